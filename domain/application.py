@@ -1,0 +1,312 @@
+"""The Network application: every command the control plane issues, as events.
+
+Thin: each method loads aggregates, lets them check and apply, saves the
+changed ones together (one transaction), and returns primitives. Every method
+is safe to call twice with the same arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from domain.errors import InsufficientFunds, UnknownJob, UnknownProvider
+from domain.job import Job
+from domain.ledger import (
+    EXTERNAL,
+    FEES,
+    Account,
+    client_account,
+    escrow_account,
+    provider_account,
+    transfer,
+)
+from domain.matching import Candidate, Decision, Requirements, decide
+from domain.money import cost_of_gpu_time
+from domain.provider import Directory, Provider
+from domain.spec import JobSpec
+
+CONFLICT_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    max_cost_micro: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SettlementFigures:
+    charged_micro: int
+    provider_paid_micro: int
+    fee_micro: int
+    refunded_micro: int
+
+
+class Network(Application[Any]):
+    name = "gpgpu"
+
+    # Loading helpers
+
+    def _get_or_none(self, aggregate_id: Any) -> Any:
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    def job(self, job_id: str) -> Job:
+        job = self._get_or_none(Job.create_id(job_id=job_id))
+        if job is None:
+            raise UnknownJob(f"no job {job_id}")
+        return job  # type: ignore[no-any-return]
+
+    def provider(self, provider_id: str) -> Provider:
+        provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
+        if provider is None:
+            raise UnknownProvider(f"no provider {provider_id}")
+        return provider  # type: ignore[no-any-return]
+
+    def account(self, name: str) -> Account:
+        account = self._get_or_none(Account.create_id(name=name))
+        if account is None:
+            may_go_negative = name.startswith("external:")
+            account = Account(name=name, may_go_negative=may_go_negative)
+        return account  # type: ignore[no-any-return]
+
+    def balance(self, name: str) -> int:
+        account = self._get_or_none(Account.create_id(name=name))
+        return 0 if account is None else int(account.balance_micro)
+
+    def _save_retrying(self, attempt_fn: Any) -> Any:
+        """Run load-decide-save again when another writer got there first."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                result, changed = attempt_fn()
+                if changed:
+                    self.save(*changed)
+                return result
+            except IntegrityError:
+                continue
+        raise RuntimeError("gave up after repeated concurrent conflicts")
+
+    # Accounts
+
+    def deposit(self, client_id: str, amount_micro: int, deposit_id: str) -> int:
+        def attempt() -> tuple[int, list[Aggregate]]:
+            src, dst = self.account(EXTERNAL), self.account(client_account(client_id))
+            transfer(src, dst, f"deposit:{deposit_id}", amount_micro, "deposit")
+            return dst.balance_micro, [src, dst]
+
+        return int(self._save_retrying(attempt))
+
+    def open_client(self, client_id: str, starting_balance_micro: int) -> None:
+        """A client's first contact opens its account with the starting balance."""
+        self.deposit(client_id, starting_balance_micro, f"welcome:{client_id}")
+
+    # Jobs
+
+    def submit_job(self, job_id: str, client_id: str, spec: JobSpec) -> None:
+        if self._get_or_none(Job.create_id(job_id=job_id)) is not None:
+            return
+        job = Job(
+            job_id=job_id,
+            client_id=client_id,
+            spec=spec.model_dump(mode="json"),
+            max_cost_micro=spec.max_cost_micro,
+        )
+        self.save(job)
+
+    def admit_job(self, job_id: str) -> Admission:
+        def attempt() -> tuple[Admission, list[Aggregate]]:
+            job = self.job(job_id)
+            if job.state == "REJECTED":
+                return Admission(False, job.max_cost_micro, job.reason), []
+            if "FundsEscrowed" in job.recorded:
+                return Admission(True, job.max_cost_micro, ""), []
+            client = self.account(client_account(job.client_id))
+            escrow = self.account(escrow_account(job_id))
+            try:
+                transfer(client, escrow, f"escrow:{job_id}", job.max_cost_micro, "escrow")
+            except InsufficientFunds:
+                reason = (
+                    f"insufficient balance: the job may cost up to {job.max_cost_micro} "
+                    f"micro-credits, the balance is {client.balance_micro}"
+                )
+                job.reject(reason)
+                return Admission(False, job.max_cost_micro, reason), [job]
+            job.record_escrow(job.max_cost_micro)
+            job.queue(1)
+            return Admission(True, job.max_cost_micro, ""), [job, client, escrow]
+
+        return self._save_retrying(attempt)  # type: ignore[no-any-return]
+
+    def queue_job(self, job_id: str, attempt_no: int) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            job.queue(attempt_no)
+            return None, [job]
+
+        self._save_retrying(attempt)
+
+    # Providers
+
+    def register_provider(
+        self, provider_id: str, region: str, price_micro: int, gpus: list[dict[str, Any]]
+    ) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
+            directory = self._get_or_none(Directory.create_id()) or Directory()
+            if provider is None:
+                provider = Provider(
+                    provider_id=provider_id,
+                    region=region,
+                    price_per_gpu_hour_micro=price_micro,
+                    gpus=gpus,
+                )
+            else:
+                provider.rejoin(region, price_micro, gpus)
+            directory.add(provider_id)
+            return None, [provider, directory]
+
+        self._save_retrying(attempt)
+
+    def provider_ids(self) -> list[str]:
+        directory = self._get_or_none(Directory.create_id())
+        return [] if directory is None else list(directory.provider_ids)
+
+    def allocate(
+        self, job_id: str, attempt_no: int, excluded: set[str], online: set[str]
+    ) -> Decision:
+        """Reserve GPUs for the job, or say why none fit. Never books a GPU twice."""
+
+        def attempt() -> tuple[Decision, list[Aggregate]]:
+            job = self.job(job_id)
+            if f"GpusAllocated:{attempt_no}" in job.recorded and job.provider_id:
+                held = self.provider(job.provider_id)
+                return Decision(
+                    job.provider_id,
+                    held.reservations.get(job_id, []),
+                    held.price_per_gpu_hour_micro,
+                ), []
+            spec = JobSpec.model_validate(job.spec)
+            req = Requirements(
+                gpus=spec.resources.gpus,
+                gpu_model=spec.resources.gpu_model,
+                min_gpu_memory_mb=spec.resources.min_gpu_memory_gb * 1024,
+                max_price_per_gpu_hour_micro=spec.max_price_micro,
+            )
+            providers = {pid: self.provider(pid) for pid in self.provider_ids()}
+            candidates = [
+                Candidate(
+                    provider_id=p.provider_id,
+                    price_per_gpu_hour_micro=p.price_per_gpu_hour_micro,
+                    reputation=p.reputation,
+                    online=p.status == "online" and p.provider_id in online,
+                    gpus=p.gpus,
+                    free_gpu_indexes=p.free_gpu_indexes(),
+                )
+                for p in providers.values()
+            ]
+            decision = decide(req, candidates, excluded)
+            if decision.provider_id is None:
+                return decision, []
+            chosen = providers[decision.provider_id]
+            chosen.reserve(job_id, decision.gpu_indexes)
+            job.record_allocation(
+                attempt_no,
+                decision.provider_id,
+                decision.gpu_indexes,
+                decision.price_per_gpu_hour_micro,
+            )
+            return decision, [chosen, job]
+
+        return self._save_retrying(attempt)  # type: ignore[no-any-return]
+
+    def record_step(self, job_id: str, step: str, attempt_no: int, data: dict[str, Any]) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            job.record_step(step, attempt_no, data)
+            return None, [job]
+
+        self._save_retrying(attempt)
+
+    def provider_lost(self, job_id: str, attempt_no: int, provider_id: str, reason: str) -> None:
+        """The provider stopped answering while it held this job: free, penalise, requeue."""
+
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            provider = self.provider(provider_id)
+            job.record_provider_lost(attempt_no, provider_id, reason)
+            provider.release(job_id)
+            provider.mark_lost(job_id, reason)
+            provider.record_outcome(f"{job_id}#{attempt_no}", "lost")
+            return None, [job, provider]
+
+        self._save_retrying(attempt)
+
+    def record_verdict(self, job_id: str, accepted: bool, succeeded: bool, reason: str) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            job.record_verdict(accepted, succeeded, reason)
+            return None, [job]
+
+        self._save_retrying(attempt)
+
+    def settle(
+        self,
+        job_id: str,
+        provider_id: str,
+        gpu_ms: int,
+        price_micro: int,
+        pay_provider: bool,
+        fee_bps: int,
+    ) -> SettlementFigures:
+        """Pay the provider for accepted GPU time, take the fee, refund the rest."""
+
+        def attempt() -> tuple[SettlementFigures, list[Aggregate]]:
+            job = self.job(job_id)
+            escrow = self.account(escrow_account(job_id))
+            client = self.account(client_account(job.client_id))
+            prov = self.account(provider_account(provider_id))
+            fees = self.account(FEES)
+            held = job.max_cost_micro
+            charged = min(cost_of_gpu_time(gpu_ms, price_micro), held) if pay_provider else 0
+            fee = charged * fee_bps // 10_000
+            paid, refund = charged - fee, held - charged
+            transfer(escrow, prov, f"pay:{job_id}", paid, "payment for GPU time")
+            transfer(escrow, fees, f"fee:{job_id}", fee, "protocol fee")
+            transfer(escrow, client, f"refund:{job_id}", refund, "escrow refund")
+            job.record_settlement(charged, paid, fee, refund)
+            figures = SettlementFigures(charged, paid, fee, refund)
+            return figures, [job, escrow, client, prov, fees]
+
+        return self._save_retrying(attempt)  # type: ignore[no-any-return]
+
+    def record_reputation(self, job_id: str, provider_id: str, outcome: str) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            provider = self.provider(provider_id)
+            provider.record_outcome(job_id, outcome)
+            return None, [provider]
+
+        self._save_retrying(attempt)
+
+    def release_gpus(self, job_id: str, provider_id: str) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            provider = self.provider(provider_id)
+            provider.release(job_id)
+            return None, [provider]
+
+        self._save_retrying(attempt)
+
+    def finish_job(self, job_id: str, succeeded: bool, reason: str) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            job.finish(succeeded, reason)
+            return None, [job]
+
+        self._save_retrying(attempt)

@@ -1,0 +1,194 @@
+"""The Job aggregate: one client job's whole lifecycle as past-tense events.
+
+Each command is safe to repeat: it carries a dedupe key (the step and the
+attempt) and does nothing when that fact is already recorded, because Temporal
+may run the activity that issues it more than once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import InvalidTransition
+from domain.ids import business_id
+
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "REJECTED")
+
+
+class Job(Aggregate):
+    @staticmethod
+    def create_id(job_id: str, **_: Any) -> UUID:
+        return business_id("job", job_id)
+
+    @event("JobSubmitted")
+    def __init__(self, job_id: str, client_id: str, spec: dict[str, Any], max_cost_micro: int):
+        self.job_id = job_id
+        self.client_id = client_id
+        self.spec = spec
+        self.max_cost_micro = max_cost_micro
+        self.state = "SUBMITTED"
+        self.reason = ""
+        self.provider_id: str | None = None
+        self.attempt = 0
+        self.recorded: list[str] = []
+
+    # Commands: check, then apply through a private @event method.
+
+    def _once(self, key: str) -> bool:
+        if key in self.recorded:
+            return False
+        if self.state in TERMINAL_STATES:
+            raise InvalidTransition(f"job {self.job_id} is {self.state}; cannot record {key}")
+        return True
+
+    def reject(self, reason: str) -> None:
+        if self._once("JobRejected"):
+            self._rejected(reason=reason)
+
+    def record_escrow(self, amount_micro: int) -> None:
+        if self._once("FundsEscrowed"):
+            self._escrowed(amount_micro=amount_micro)
+
+    def queue(self, attempt: int) -> None:
+        if self._once(f"JobQueued:{attempt}"):
+            self._queued(attempt=attempt)
+
+    def record_allocation(
+        self, attempt: int, provider_id: str, gpu_indexes: list[int], price_micro: int
+    ) -> None:
+        if self._once(f"GpusAllocated:{attempt}"):
+            self._allocated(
+                attempt=attempt,
+                provider_id=provider_id,
+                gpu_indexes=gpu_indexes,
+                price_per_gpu_hour_micro=price_micro,
+            )
+
+    def record_step(self, step: str, attempt: int, data: dict[str, Any]) -> None:
+        handlers = {
+            "inputs_staged": self._staged,
+            "execution_started": self._started,
+            "execution_finished": self._finished,
+            "outputs_uploaded": self._uploaded,
+        }
+        if step not in handlers:
+            raise InvalidTransition(f"unknown job step {step!r}")
+        if self._once(f"{step}:{attempt}"):
+            handlers[step](attempt=attempt, **data)
+
+    def record_provider_lost(self, attempt: int, provider_id: str, reason: str) -> None:
+        if self._once(f"ProviderLost:{attempt}"):
+            self._provider_lost(attempt=attempt, provider_id=provider_id, reason=reason)
+
+    def record_verdict(self, accepted: bool, succeeded: bool, reason: str) -> None:
+        if not self._once("Verdict"):
+            return
+        if accepted:
+            self._verified(succeeded=succeeded, reason=reason)
+        else:
+            self._verification_failed(reason=reason)
+
+    def record_settlement(
+        self, charged_micro: int, provider_paid_micro: int, fee_micro: int, refunded_micro: int
+    ) -> None:
+        if self._once("JobSettled"):
+            self._settled(
+                charged_micro=charged_micro,
+                provider_paid_micro=provider_paid_micro,
+                fee_micro=fee_micro,
+                refunded_micro=refunded_micro,
+            )
+
+    def finish(self, succeeded: bool, reason: str) -> None:
+        if "Finished" in self.recorded or self.state in TERMINAL_STATES:
+            return
+        if succeeded:
+            self._succeeded()
+        else:
+            self._failed(reason=reason)
+
+    # Events: deterministic bodies that only apply what the command computed.
+
+    @event("JobRejected")
+    def _rejected(self, reason: str) -> None:
+        self.state, self.reason = "REJECTED", reason
+        self.recorded.append("JobRejected")
+
+    @event("FundsEscrowed")
+    def _escrowed(self, amount_micro: int) -> None:
+        self.recorded.append("FundsEscrowed")
+
+    @event("JobQueued")
+    def _queued(self, attempt: int) -> None:
+        self.state, self.attempt, self.provider_id = "QUEUED", attempt, None
+        self.recorded.append(f"JobQueued:{attempt}")
+
+    @event("GpusAllocated")
+    def _allocated(
+        self, attempt: int, provider_id: str, gpu_indexes: list[int], price_per_gpu_hour_micro: int
+    ) -> None:
+        self.state, self.provider_id = "STAGING", provider_id
+        self.recorded.append(f"GpusAllocated:{attempt}")
+
+    @event("InputsStaged")
+    def _staged(self, attempt: int, provider_id: str, files: int, bytes: int) -> None:
+        self.recorded.append(f"inputs_staged:{attempt}")
+
+    @event("ExecutionStarted")
+    def _started(self, attempt: int, provider_id: str) -> None:
+        self.state = "RUNNING"
+        self.recorded.append(f"execution_started:{attempt}")
+
+    @event("ExecutionFinished")
+    def _finished(
+        self,
+        attempt: int,
+        provider_id: str,
+        exit_code: int | None,
+        timed_out: bool,
+        gpu_ms: int,
+        log_tail: str,
+    ) -> None:
+        self.state = "UPLOADING"
+        self.recorded.append(f"execution_finished:{attempt}")
+
+    @event("OutputsUploaded")
+    def _uploaded(
+        self, attempt: int, provider_id: str, manifest: list[dict[str, Any]], missing: list[str]
+    ) -> None:
+        self.state = "VERIFYING"
+        self.recorded.append(f"outputs_uploaded:{attempt}")
+
+    @event("ProviderLost")
+    def _provider_lost(self, attempt: int, provider_id: str, reason: str) -> None:
+        self.state, self.provider_id = "QUEUED", None
+        self.recorded.append(f"ProviderLost:{attempt}")
+
+    @event("JobVerified")
+    def _verified(self, succeeded: bool, reason: str) -> None:
+        self.state = "SETTLING"
+        self.recorded.append("Verdict")
+
+    @event("VerificationFailed")
+    def _verification_failed(self, reason: str) -> None:
+        self.state = "SETTLING"
+        self.recorded.append("Verdict")
+
+    @event("JobSettled")
+    def _settled(
+        self, charged_micro: int, provider_paid_micro: int, fee_micro: int, refunded_micro: int
+    ) -> None:
+        self.recorded.append("JobSettled")
+
+    @event("JobSucceeded")
+    def _succeeded(self) -> None:
+        self.state = "SUCCEEDED"
+        self.recorded.append("Finished")
+
+    @event("JobFailed")
+    def _failed(self, reason: str) -> None:
+        self.state, self.reason = "FAILED", reason
+        self.recorded.append("Finished")

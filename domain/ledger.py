@@ -1,0 +1,78 @@
+"""Double-entry ledger: every transfer debits one account and credits another.
+
+Accounts are aggregates named by business key (client:alice, escrow:<job>,
+provider:<id>, protocol:fees, external:deposits). A transfer posts two entries
+with the same transfer id, saved in one transaction, so the sum of all balances
+is always zero. A transfer id already posted is skipped: retries are harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import InsufficientFunds, InvalidAmount
+from domain.ids import business_id
+
+EXTERNAL = "external:deposits"
+FEES = "protocol:fees"
+
+
+def client_account(client_id: str) -> str:
+    return f"client:{client_id}"
+
+
+def escrow_account(job_id: str) -> str:
+    return f"escrow:{job_id}"
+
+
+def provider_account(provider_id: str) -> str:
+    return f"provider:{provider_id}"
+
+
+class Account(Aggregate):
+    @staticmethod
+    def create_id(name: str, **_: Any) -> UUID:
+        return business_id("account", name)
+
+    @event("AccountOpened")
+    def __init__(self, name: str, may_go_negative: bool):
+        self.name = name
+        self.may_go_negative = may_go_negative
+        self.balance_micro = 0
+        self.posted: list[str] = []
+
+    def has_posted(self, transfer_id: str) -> bool:
+        return transfer_id in self.posted
+
+    def check_debit(self, amount_micro: int) -> None:
+        if not self.may_go_negative and self.balance_micro < amount_micro:
+            raise InsufficientFunds(
+                f"account {self.name} holds {self.balance_micro} micro-credits, "
+                f"{amount_micro} needed"
+            )
+
+    @event("EntryPosted")
+    def post(self, transfer_id: str, amount_micro: int, counterparty: str, memo: str) -> None:
+        self.balance_micro += amount_micro
+        self.posted.append(transfer_id)
+
+
+def transfer(
+    source: Account, target: Account, transfer_id: str, amount_micro: int, memo: str
+) -> bool:
+    """Move money between two loaded accounts. Returns False if already posted."""
+    if not isinstance(amount_micro, int) or isinstance(amount_micro, bool):
+        raise InvalidAmount(f"amount must be an integer of micro-credits, got {amount_micro!r}")
+    if amount_micro < 0:
+        raise InvalidAmount(f"amount must not be negative, got {amount_micro}")
+    if source.name == target.name:
+        raise InvalidAmount(f"cannot transfer from {source.name} to itself")
+    if source.has_posted(transfer_id) or target.has_posted(transfer_id):
+        return False
+    source.check_debit(amount_micro)
+    source.post(transfer_id, -amount_micro, target.name, memo)
+    target.post(transfer_id, amount_micro, source.name, memo)
+    return True

@@ -1,0 +1,38 @@
+"""Money is an integer number of micro-credits; these are the only conversions."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+MICRO = 1_000_000
+MS_PER_HOUR = 3_600_000
+
+
+def credits_to_micro(value: str | int | float | Decimal) -> int:
+    """Parse a credit amount as written by a person ("2.5", 3) into micro-credits exactly."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of credits, not a boolean")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a number of credits") from None
+    if not amount.is_finite():
+        raise ValueError(f"{value!r} is not a finite number of credits")
+    micro = amount * MICRO
+    if micro != micro.to_integral_value():
+        raise ValueError(f"{value!r} has more than 6 decimal places")
+    return int(micro)
+
+
+def micro_to_credits(micro: int) -> str:
+    """Render micro-credits for people: '2.5', '0.000001'."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:06d}".rstrip("0")
+
+
+def cost_of_gpu_time(gpu_ms: int, price_per_gpu_hour_micro: int) -> int:
+    """Charge for GPU time, rounded up to the next micro-credit."""
+    return -(-gpu_ms * price_per_gpu_hour_micro // MS_PER_HOUR)

@@ -1,0 +1,208 @@
+"""The read-model projection: folds the event log into views, idempotently.
+
+Views and the tracking position are written in one transaction, and the
+position only moves forward from where this batch started, so two runners (or
+a crash between batches) never apply an event twice or skip one. The whole
+read model can be rebuilt from the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+
+from domain.reputation import reputation_score
+from infra.db import Cursor, ViewDB
+
+log = logging.getLogger(__name__)
+
+NAME = "views"
+_META = ("timestamp", "originator_id", "originator_version", "originator_topic")
+
+# The job state each event leaves the job in (None: state unchanged).
+JOB_STATE_AFTER: dict[str, str | None] = {
+    "JobSubmitted": "SUBMITTED",
+    "JobRejected": "REJECTED",
+    "FundsEscrowed": None,
+    "JobQueued": "QUEUED",
+    "GpusAllocated": "STAGING",
+    "InputsStaged": None,
+    "ExecutionStarted": "RUNNING",
+    "ExecutionFinished": "UPLOADING",
+    "OutputsUploaded": "VERIFYING",
+    "ProviderLost": "QUEUED",
+    "JobVerified": "SETTLING",
+    "VerificationFailed": "SETTLING",
+    "JobSettled": None,
+    "JobSucceeded": "SUCCEEDED",
+    "JobFailed": "FAILED",
+}
+TERMINAL_EVENTS = ("JobSucceeded", "JobFailed", "JobRejected")
+
+
+def event_data(event: Any) -> dict[str, Any]:
+    return {
+        k: (str(v) if isinstance(v, UUID) else v)
+        for k, v in event.__dict__.items()
+        if k not in _META
+    }
+
+
+class Projector:
+    def __init__(self, app: Application[Any], db: ViewDB, batch_size: int = 500):
+        self.app, self.db, self.batch_size = app, db, batch_size
+        self.listeners: list[Callable[[int], None]] = []
+        with db.transaction() as cur:
+            if cur.one("SELECT position FROM tracking WHERE name = ?", (NAME,)) is None:
+                cur.execute("INSERT INTO tracking (name, position) VALUES (?, 0)", (NAME,))
+
+    def position(self) -> int:
+        rows = self.db.query("SELECT position FROM tracking WHERE name = ?", (NAME,))
+        return int(rows[0]["position"])
+
+    def run_once(self) -> int:
+        """Project the next batch of events; returns how many were applied."""
+        start = self.position()
+        notifications = self.app.recorder.select_notifications(
+            start=start, limit=self.batch_size, inclusive_of_start=False
+        )
+        if not notifications:
+            return 0
+        with self.db.transaction() as cur:
+            moved = cur.execute(
+                "UPDATE tracking SET position = ? WHERE name = ? AND position = ?",
+                (notifications[-1].id, NAME, start),
+            )
+            if moved != 1:
+                return 0  # another runner applied this batch first; its transaction wins
+            for n in notifications:
+                self._apply(cur, n.id, self.app.mapper.to_domain_event(n))
+        last = notifications[-1].id
+        for listener in self.listeners:
+            listener(last)
+        return len(notifications)
+
+    def catch_up(self) -> int:
+        total = 0
+        while applied := self.run_once():
+            total += applied
+        return total
+
+    def rebuild(self) -> int:
+        """Drop every view and project the whole log again."""
+        with self.db.transaction() as cur:
+            for table in ("jobs", "job_events", "providers", "accounts"):
+                cur.execute(f"DELETE FROM {table}")
+            cur.execute("UPDATE tracking SET position = 0 WHERE name = ?", (NAME,))
+        return self.catch_up()
+
+    # Folding
+
+    def _apply(self, cur: Cursor, nid: int, event: Any) -> None:
+        kind, _, etype = type(event).__qualname__.rpartition(".")
+        at = event.timestamp.isoformat()
+        data = event_data(event)
+        agg = str(event.originator_id)
+        if kind == "Job":
+            self._job(cur, nid, agg, etype, at, data)
+        elif kind == "Provider":
+            self._provider(cur, agg, etype, at, data)
+        elif kind == "Account":
+            if etype == "AccountOpened":
+                cur.execute(
+                    "INSERT INTO accounts (name, aggregate_id, balance_micro) VALUES (?, ?, 0)",
+                    (data["name"], agg),
+                )
+            elif etype == "EntryPosted":
+                cur.execute(
+                    "UPDATE accounts SET balance_micro = balance_micro + ? WHERE aggregate_id = ?",
+                    (data["amount_micro"], agg),
+                )
+
+    def _job(self, cur: Cursor, nid: int, agg: str, etype: str, at: str, data: dict[str, Any]):
+        if etype == "JobSubmitted":
+            cur.execute(
+                "INSERT INTO jobs (job_id, aggregate_id, client_id, name, state, max_cost_micro,"
+                " submitted_at, updated_at, spec, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    data["job_id"], agg, data["client_id"], data["spec"]["name"], "SUBMITTED",
+                    data["max_cost_micro"], at, at, json.dumps(data["spec"]),
+                ),
+            )
+            data = {k: v for k, v in data.items() if k != "spec"}
+        row = cur.one("SELECT job_id, last_seq, queued_position FROM jobs WHERE aggregate_id = ?",
+                      (agg,))
+        if row is None:
+            log.error("event %s for unknown job aggregate %s", etype, agg)
+            return
+        job_id, seq = row["job_id"], row["last_seq"] + 1
+        cur.execute(
+            "INSERT INTO job_events (job_id, seq, notification_id, type, at, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, seq, nid, etype, at, json.dumps(data)),
+        )
+        sets, params = ["last_seq = ?", "updated_at = ?"], [seq, at]
+        state = JOB_STATE_AFTER.get(etype)
+        if state:
+            sets.append("state = ?")
+            params.append(state)
+        if etype in ("JobRejected", "JobFailed"):
+            sets.append("reason = ?")
+            params.append(data["reason"])
+        elif etype == "JobQueued":
+            sets += ["attempt = ?", "provider_id = NULL"]
+            params.append(data["attempt"])
+            if row["queued_position"] is None:
+                sets.append("queued_position = ?")
+                params.append(nid)
+        elif etype == "GpusAllocated":
+            sets.append("provider_id = ?")
+            params.append(data["provider_id"])
+        elif etype == "ProviderLost":
+            sets.append("provider_id = NULL")
+        elif etype == "OutputsUploaded":
+            sets.append("outputs = ?")
+            params.append(json.dumps(data["manifest"]))
+        elif etype == "JobSettled":
+            sets.append("cost_micro = ?")
+            params.append(data["charged_micro"])
+        cur.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?", (*params, job_id))
+
+    def _provider(self, cur: Cursor, agg: str, etype: str, at: str, data: dict[str, Any]) -> None:
+        if etype == "ProviderRegistered":
+            cur.execute(
+                "INSERT INTO providers (provider_id, aggregate_id, region, status, price_micro,"
+                " gpus, reputation, updated_at) VALUES (?, ?, ?, 'online', ?, ?, ?, ?)",
+                (
+                    data["provider_id"], agg, data["region"], data["price_per_gpu_hour_micro"],
+                    json.dumps(data["gpus"]), reputation_score([]), at,
+                ),
+            )
+            return
+        row = cur.one("SELECT reservations, outcomes FROM providers WHERE aggregate_id = ?", (agg,))
+        if row is None:
+            log.error("event %s for unknown provider aggregate %s", etype, agg)
+            return
+        reservations = json.loads(row["reservations"])
+        outcomes = json.loads(row["outcomes"])
+        sets, params = ["updated_at = ?"], [at]
+        if etype == "ProviderRejoined":
+            sets += ["region = ?", "price_micro = ?", "gpus = ?", "status = 'online'"]
+            params += [data["region"], data["price_per_gpu_hour_micro"], json.dumps(data["gpus"])]
+        elif etype == "ProviderMarkedLost":
+            sets.append("status = 'lost'")
+        elif etype == "GpusReserved":
+            reservations[data["job_id"]] = data["gpu_indexes"]
+        elif etype == "GpusReleased":
+            reservations.pop(data["job_id"], None)
+        elif etype == "ReputationRecorded":
+            outcomes.append(data["outcome"])
+        sets += ["reservations = ?", "outcomes = ?", "reputation = ?"]
+        params += [json.dumps(reservations), json.dumps(outcomes), reputation_score(outcomes)]
+        cur.execute(f"UPDATE providers SET {', '.join(sets)} WHERE aggregate_id = ?",
+                    (*params, agg))

@@ -1,0 +1,103 @@
+"""All configuration in one place, read from GPGPU_* environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPGPU_", extra="ignore")
+
+    home: Path = Path(".gpgpu")
+    # Event store: "sqlite" (file under home), "postgres" (psycopg 3) or "memory" (tests only).
+    event_store: Literal["sqlite", "postgres", "memory"] = "sqlite"
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_dbname: str = "test"
+    pg_user: str = "postgres"
+    pg_password: str = ""
+    pg_schema: str = ""
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_port: int = 8233
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # Where providers and clients reach the API (used in presigned storage URLs).
+    api_url: str = "http://127.0.0.1:8000"
+
+    # Money: integer micro-credits. A new client account is opened with this deposit.
+    starting_balance_micro: int = 100_000_000
+    protocol_fee_bps: int = 500
+
+    # Liveness: a provider whose last heartbeat is older than this is not allocated.
+    provider_heartbeat_interval_s: float = 5.0
+    provider_offline_after_s: float = 20.0
+    # How long a GPU-side activity may go without a heartbeat before its provider is lost.
+    gpu_activity_heartbeat_timeout_s: float = 10.0
+    # How long a GPU-side activity may wait in a provider's queue before it is lost.
+    gpu_schedule_to_start_timeout_s: float = 30.0
+    max_provider_attempts: int = 3
+
+    @property
+    def events_path(self) -> Path:
+        return self.home / "events.db"
+
+    @property
+    def views_path(self) -> Path:
+        return self.home / "views.db"
+
+    @property
+    def storage_root(self) -> Path:
+        return self.home / "storage"
+
+    @cached_property
+    def signing_secret(self) -> bytes:
+        """Secret for presigned storage URLs; made once and kept under home."""
+        path = self.home / "signing.key"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.replace(path)
+        return bytes.fromhex(path.read_text().strip())
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """Environment for the eventsourcing Application, from the store switch."""
+        if self.event_store == "memory":
+            return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+        if self.event_store == "sqlite":
+            self.home.mkdir(parents=True, exist_ok=True)
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(self.events_path),
+                "SQLITE_LOCK_TIMEOUT": "30",
+            }
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": self.pg_dbname,
+            "POSTGRES_HOST": self.pg_host,
+            "POSTGRES_PORT": str(self.pg_port),
+            "POSTGRES_USER": self.pg_user,
+            "POSTGRES_PASSWORD": self.pg_password,
+        }
+        if self.pg_schema:
+            env["POSTGRES_SCHEMA"] = self.pg_schema
+        return env
+
+    def postgres_conninfo(self) -> str:
+        parts = [
+            f"host={self.pg_host}",
+            f"port={self.pg_port}",
+            f"dbname={self.pg_dbname}",
+            f"user={self.pg_user}",
+        ]
+        if self.pg_password:
+            parts.append(f"password={self.pg_password}")
+        return " ".join(parts)

@@ -1,0 +1,232 @@
+"""The contracts between JobWorkflow and its activities: names, inputs, results.
+
+Control activities run on task queue `control`; GPU activities run on the chosen
+provider's own queue `gpu.<provider_id>`, served by that provider's agent. The
+control worker never imports the GPU side: it only knows these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CONTROL_TASK_QUEUE = "control"
+
+
+def gpu_task_queue(provider_id: str) -> str:
+    return f"gpu.{provider_id}"
+
+
+def job_workflow_id(job_id: str) -> str:
+    return f"job-{job_id}"
+
+
+# Activity names. Control side (activities/), GPU side (worker_gpu/).
+ADMIT_JOB = "admit_job"
+ALLOCATE_GPUS = "allocate_gpus"
+PREPARE_TRANSFERS = "prepare_transfers"
+RECORD_JOB_STEP = "record_job_step"
+MARK_PROVIDER_LOST = "mark_provider_lost"
+VERIFY_JOB = "verify_job"
+SETTLE_JOB = "settle_job"
+RECORD_REPUTATION = "record_reputation"
+RELEASE_GPUS = "release_gpus"
+FINISH_JOB = "finish_job"
+
+STAGE_INPUTS = "stage_inputs"
+EXECUTE_JOB = "execute_job"
+UPLOAD_OUTPUTS = "upload_outputs"
+
+
+@dataclass
+class JobInput:
+    job_id: str
+    client_id: str
+
+
+@dataclass
+class AdmitResult:
+    admitted: bool
+    max_cost_micro: int = 0
+    reason: str = ""
+
+
+@dataclass
+class AllocateRequest:
+    job_id: str
+    attempt: int
+    excluded_provider_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Allocation:
+    job_id: str
+    attempt: int
+    provider_id: str
+    gpu_indexes: list[int]
+    price_per_gpu_hour_micro: int
+
+
+@dataclass
+class InputTransfer:
+    name: str  # path inside the job's working directory
+    url: str  # presigned GET
+    sha256: str
+    size: int
+
+
+@dataclass
+class OutputTransfer:
+    path: str  # path inside the job's working directory
+    key: str  # storage key under the client's space
+    url: str  # presigned PUT
+
+
+@dataclass
+class TransferPlan:
+    job_id: str
+    attempt: int
+    inputs: list[InputTransfer]
+    outputs: list[OutputTransfer]
+
+
+@dataclass
+class StageRequest:
+    job_id: str
+    attempt: int
+    inputs: list[InputTransfer]
+
+
+@dataclass
+class StageResult:
+    files: int
+    bytes: int
+
+
+@dataclass
+class ExecuteRequest:
+    job_id: str
+    attempt: int
+    command: list[str]
+    gpu_indexes: list[int]
+    timeout_s: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ExecuteResult:
+    exit_code: int | None  # None when killed for the timeout
+    timed_out: bool
+    wall_ms: int
+    gpu_ms: int  # wall time times the number of GPUs held
+    log_tail: str
+
+
+@dataclass
+class UploadRequest:
+    job_id: str
+    attempt: int
+    outputs: list[OutputTransfer]
+
+
+@dataclass
+class ManifestEntry:
+    path: str
+    key: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class UploadResult:
+    manifest: list[ManifestEntry]
+    missing: list[str]
+
+
+@dataclass
+class JobStep:
+    """A fact the workflow learnt from a GPU activity, to be recorded as a domain event."""
+
+    job_id: str
+    step: str  # "inputs_staged" | "execution_started" | "execution_finished" | "outputs_uploaded"
+    provider_id: str
+    attempt: int
+    files: int = 0
+    bytes: int = 0
+    exit_code: int | None = None
+    timed_out: bool = False
+    gpu_ms: int = 0
+    log_tail: str = ""
+    manifest: list[ManifestEntry] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ProviderLost:
+    job_id: str
+    attempt: int
+    provider_id: str
+    reason: str
+
+
+@dataclass
+class VerifyRequest:
+    job_id: str
+    attempt: int
+    provider_id: str
+    exit_code: int | None
+    timed_out: bool
+    manifest: list[ManifestEntry]
+    missing: list[str]
+
+
+@dataclass
+class Verdict:
+    accepted: bool  # the provider's report holds: it is paid for its GPU time
+    succeeded: bool  # the job did what it was asked: exit 0 and every output present
+    reason: str
+
+
+@dataclass
+class SettleRequest:
+    job_id: str
+    provider_id: str
+    gpu_ms: int
+    price_per_gpu_hour_micro: int
+    pay_provider: bool
+
+
+@dataclass
+class Settlement:
+    charged_micro: int
+    provider_paid_micro: int
+    fee_micro: int
+    refunded_micro: int
+
+
+@dataclass
+class ReputationRequest:
+    job_id: str
+    provider_id: str
+    outcome: str  # "success" | "failure" | "timeout" | "mismatch" | "lost"
+
+
+@dataclass
+class ReleaseRequest:
+    job_id: str
+    provider_id: str
+
+
+@dataclass
+class FinishRequest:
+    job_id: str
+    succeeded: bool
+    reason: str
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    state: str  # "SUCCEEDED" | "FAILED"
+    reason: str
+    provider_id: str = ""
+    charged_micro: int = 0
