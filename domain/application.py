@@ -7,12 +7,13 @@ is safe to call twice with the same arguments.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain.errors import InsufficientFunds, UnknownJob, UnknownProvider
 from domain.job import Job
@@ -63,20 +64,20 @@ class Network(Application[Any]):
         job = self._get_or_none(Job.create_id(job_id=job_id))
         if job is None:
             raise UnknownJob(f"no job {job_id}")
-        return job  # type: ignore[no-any-return]
+        return job
 
     def provider(self, provider_id: str) -> Provider:
         provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
         if provider is None:
             raise UnknownProvider(f"no provider {provider_id}")
-        return provider  # type: ignore[no-any-return]
+        return provider
 
     def account(self, name: str) -> Account:
         account = self._get_or_none(Account.create_id(name=name))
         if account is None:
             may_go_negative = name.startswith("external:")
             account = Account(name=name, may_go_negative=may_go_negative)
-        return account  # type: ignore[no-any-return]
+        return account
 
     def balance(self, name: str) -> int:
         account = self._get_or_none(Account.create_id(name=name))
@@ -84,7 +85,7 @@ class Network(Application[Any]):
 
     def _save_retrying(self, attempt_fn: Any) -> Any:
         """Run load-decide-save again when another writer got there first."""
-        for _ in range(CONFLICT_RETRIES):
+        for n in range(CONFLICT_RETRIES):
             try:
                 result, changed = attempt_fn()
                 if changed:
@@ -92,6 +93,9 @@ class Network(Application[Any]):
                 return result
             except IntegrityError:
                 continue
+            except OperationalError:
+                # SQLite shared by several processes: another writer holds the lock.
+                time.sleep(min(0.01 * 2**n, 0.5))
         raise RuntimeError("gave up after repeated concurrent conflicts")
 
     # Accounts
@@ -143,7 +147,7 @@ class Network(Application[Any]):
             job.queue(1)
             return Admission(True, job.max_cost_micro, ""), [job, client, escrow]
 
-        return self._save_retrying(attempt)  # type: ignore[no-any-return]
+        return self._save_retrying(attempt)
 
     def queue_job(self, job_id: str, attempt_no: int) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
@@ -225,7 +229,7 @@ class Network(Application[Any]):
             )
             return decision, [chosen, job]
 
-        return self._save_retrying(attempt)  # type: ignore[no-any-return]
+        return self._save_retrying(attempt)
 
     def record_step(self, job_id: str, step: str, attempt_no: int, data: dict[str, Any]) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
@@ -285,7 +289,7 @@ class Network(Application[Any]):
             figures = SettlementFigures(charged, paid, fee, refund)
             return figures, [job, escrow, client, prov, fees]
 
-        return self._save_retrying(attempt)  # type: ignore[no-any-return]
+        return self._save_retrying(attempt)
 
     def record_reputation(self, job_id: str, provider_id: str, outcome: str) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:

@@ -68,7 +68,7 @@ class Job(Aggregate):
             )
 
     def record_step(self, step: str, attempt: int, data: dict[str, Any]) -> None:
-        handlers = {
+        handlers: dict[str, Any] = {
             "inputs_staged": self._staged,
             "execution_started": self._started,
             "execution_finished": self._finished,

@@ -63,14 +63,14 @@ class Account(Aggregate):
 def transfer(
     source: Account, target: Account, transfer_id: str, amount_micro: int, memo: str
 ) -> bool:
-    """Move money between two loaded accounts. Returns False if already posted."""
+    """Move money between two loaded accounts. False if already posted (or nothing to move)."""
     if not isinstance(amount_micro, int) or isinstance(amount_micro, bool):
         raise InvalidAmount(f"amount must be an integer of micro-credits, got {amount_micro!r}")
     if amount_micro < 0:
         raise InvalidAmount(f"amount must not be negative, got {amount_micro}")
     if source.name == target.name:
         raise InvalidAmount(f"cannot transfer from {source.name} to itself")
-    if source.has_posted(transfer_id) or target.has_posted(transfer_id):
+    if amount_micro == 0 or source.has_posted(transfer_id) or target.has_posted(transfer_id):
         return False
     source.check_debit(amount_micro)
     source.post(transfer_id, -amount_micro, target.name, memo)

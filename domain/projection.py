@@ -146,7 +146,7 @@ class Projector:
             " VALUES (?, ?, ?, ?, ?, ?)",
             (job_id, seq, nid, etype, at, json.dumps(data)),
         )
-        sets, params = ["last_seq = ?", "updated_at = ?"], [seq, at]
+        sets, params = ["last_seq = ?", "updated_at = ?"], list[Any]([seq, at])
         state = JOB_STATE_AFTER.get(etype)
         if state:
             sets.append("state = ?")
@@ -190,7 +190,7 @@ class Projector:
             return
         reservations = json.loads(row["reservations"])
         outcomes = json.loads(row["outcomes"])
-        sets, params = ["updated_at = ?"], [at]
+        sets, params = ["updated_at = ?"], list[Any]([at])
         if etype == "ProviderRejoined":
             sets += ["region = ?", "price_micro = ?", "gpus = ?", "status = 'online'"]
             params += [data["region"], data["price_per_gpu_hour_micro"], json.dumps(data["gpus"])]

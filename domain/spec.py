@@ -89,6 +89,9 @@ class InputRef(_Strict):
 
     key: str
     name: str | None = None  # where the job sees it; defaults to the key's last part
+    # Pinned when the job is submitted: staging refuses bytes that changed since.
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size: Annotated[int, Field(ge=0)] | None = None
 
     _key = field_validator("key")(check_storage_key)
 

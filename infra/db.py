@@ -55,7 +55,7 @@ class ViewDB:
             for statement in SCHEMA:
                 cur.execute(statement)
 
-    def _connect(self) -> Any:
+    def _connect(self) -> Any:  # a psycopg or sqlite3 connection
         if self.is_postgres:
             import psycopg
 
@@ -69,10 +69,10 @@ class ViewDB:
         )
         if path != ":memory:":
             self.settings.home.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
+        lite = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        lite.execute("PRAGMA journal_mode=WAL")
+        lite.execute("PRAGMA synchronous=NORMAL")
+        return lite
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.is_postgres else sql

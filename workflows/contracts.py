@@ -41,6 +41,10 @@ UPLOAD_OUTPUTS = "upload_outputs"
 class JobInput:
     job_id: str
     client_id: str
+    # Fault detection, fixed when the job starts so that replays see the same values.
+    gpu_heartbeat_timeout_s: float = 10.0
+    gpu_schedule_to_start_timeout_s: float = 30.0
+    max_provider_attempts: int = 3
 
 
 @dataclass
@@ -83,10 +87,15 @@ class OutputTransfer:
 
 @dataclass
 class TransferPlan:
+    """What the provider needs for one attempt: where the bytes are, what to run."""
+
     job_id: str
     attempt: int
     inputs: list[InputTransfer]
     outputs: list[OutputTransfer]
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_s: int = 600
 
 
 @dataclass

@@ -1,0 +1,189 @@
+"""Control-plane activities: admit, allocate, transfers, record, verify, settle, reputation.
+
+Synchronous (the eventsourcing application is synchronous); the worker runs
+them in a thread pool. Every one is safe to run twice: the application's
+commands are idempotent by business key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from domain.application import Network
+from domain.errors import DomainError
+from domain.spec import JobSpec
+from infra.db import ViewDB
+from infra.settings import Settings
+from infra.signing import presigned_url
+from infra.storage import ObjectNotFound, ObjectStore
+from workflows import contracts as c
+
+
+def output_key(job_id: str, path: str) -> str:
+    return f"jobs/{job_id}/outputs/{path}"
+
+
+def _refuse(err: Exception) -> ApplicationError:
+    return ApplicationError(str(err), type=type(err).__name__, non_retryable=True)
+
+
+class ControlActivities:
+    def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
+        self.network, self.views, self.store, self.settings = network, views, store, settings
+
+    def online_provider_ids(self) -> set[str]:
+        cutoff = time.time() - self.settings.provider_offline_after_s
+        rows = self.views.query(
+            "SELECT provider_id FROM provider_liveness WHERE last_heartbeat_at >= ?", (cutoff,)
+        )
+        return {r["provider_id"] for r in rows}
+
+    @activity.defn(name=c.ADMIT_JOB)
+    def admit_job(self, req: c.JobInput) -> c.AdmitResult:
+        try:
+            admission = self.network.admit_job(req.job_id)
+        except DomainError as err:
+            raise _refuse(err) from err
+        return c.AdmitResult(admission.admitted, admission.max_cost_micro, admission.reason)
+
+    @activity.defn(name=c.ALLOCATE_GPUS)
+    def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
+        decision = self.network.allocate(
+            req.job_id, req.attempt, set(req.excluded_provider_ids), self.online_provider_ids()
+        )
+        if decision.provider_id is None:
+            why = ", ".join(f"{p}: {r}" for p, r in sorted(decision.rejected.items()))
+            # Retryable on purpose: the job waits in the queue until GPUs fit.
+            raise ApplicationError(
+                f"waiting for GPUs ({why or 'no providers have joined'})", type="NoCapacity"
+            )
+        return c.Allocation(
+            req.job_id,
+            req.attempt,
+            decision.provider_id,
+            decision.gpu_indexes,
+            decision.price_per_gpu_hour_micro,
+        )
+
+    @activity.defn(name=c.PREPARE_TRANSFERS)
+    def prepare_transfers(self, req: c.AllocateRequest) -> c.TransferPlan:
+        job = self.network.job(req.job_id)
+        spec = JobSpec.model_validate(job.spec)
+        expires = int(time.time()) + spec.timeout_s + 3600
+        secret, base = self.settings.signing_secret, self.settings.api_url
+        inputs = []
+        for ref in spec.inputs:
+            if ref.sha256 is None or ref.size is None:
+                raise _refuse(DomainError(f"input {ref.key} was not pinned at submission"))
+            url = presigned_url(secret, base, "GET", job.client_id, ref.key, expires)
+            inputs.append(c.InputTransfer(ref.target, url, ref.sha256, ref.size))
+        outputs = []
+        for path in spec.outputs:
+            key = output_key(req.job_id, path)
+            url = presigned_url(secret, base, "PUT", job.client_id, key, expires)
+            outputs.append(c.OutputTransfer(path, key, url))
+        return c.TransferPlan(
+            req.job_id, req.attempt, inputs, outputs, spec.command, spec.env, spec.timeout_s
+        )
+
+    @activity.defn(name=c.RECORD_JOB_STEP)
+    def record_job_step(self, step: c.JobStep) -> None:
+        data: dict[str, object] = {"provider_id": step.provider_id}
+        if step.step == "inputs_staged":
+            data |= {"files": step.files, "bytes": step.bytes}
+        elif step.step == "execution_finished":
+            data |= {
+                "exit_code": step.exit_code,
+                "timed_out": step.timed_out,
+                "gpu_ms": step.gpu_ms,
+                "log_tail": step.log_tail,
+            }
+        elif step.step == "outputs_uploaded":
+            data |= {"manifest": [asdict(m) for m in step.manifest], "missing": step.missing}
+        try:
+            self.network.record_step(step.job_id, step.step, step.attempt, data)
+        except DomainError as err:
+            raise _refuse(err) from err
+
+    @activity.defn(name=c.MARK_PROVIDER_LOST)
+    def mark_provider_lost(self, req: c.ProviderLost) -> None:
+        self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
+
+    @activity.defn(name=c.VERIFY_JOB)
+    def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
+        """Check the provider's report against what storage really holds, then the job's outcome."""
+        job = self.network.job(req.job_id)
+        spec = JobSpec.model_validate(job.spec)
+        problems = []
+        for entry in req.manifest:
+            if entry.path not in spec.outputs or entry.key != output_key(req.job_id, entry.path):
+                problems.append(f"{entry.path}: not a declared output of this job")
+                continue
+            try:
+                info = self.store.stat(job.client_id, entry.key)
+            except ObjectNotFound:
+                problems.append(f"{entry.path}: reported uploaded but not in storage")
+                continue
+            if (info.sha256, info.size) != (entry.sha256, entry.size):
+                problems.append(
+                    f"{entry.path}: storage holds sha256 {info.sha256[:12]}… ({info.size} B), "
+                    f"the provider reported {entry.sha256[:12]}… ({entry.size} B)"
+                )
+        listed = {e.path for e in req.manifest} | set(req.missing)
+        problems += [f"{p}: neither uploaded nor reported missing" for p in spec.outputs
+                     if p not in listed]
+        if problems:
+            verdict = c.Verdict(False, False, "manifest mismatch: " + "; ".join(problems))
+        elif req.timed_out:
+            verdict = c.Verdict(True, False, f"timed out after {spec.timeout_s} s")
+        elif req.exit_code != 0:
+            verdict = c.Verdict(True, False, f"the command exited with code {req.exit_code}")
+        elif req.missing:
+            verdict = c.Verdict(True, False, "declared outputs missing: " + ", ".join(req.missing))
+        else:
+            verdict = c.Verdict(True, True, "exit code 0, every output present and intact")
+        self.network.record_verdict(req.job_id, verdict.accepted, verdict.succeeded, verdict.reason)
+        return verdict
+
+    @activity.defn(name=c.SETTLE_JOB)
+    def settle_job(self, req: c.SettleRequest) -> c.Settlement:
+        try:
+            s = self.network.settle(
+                req.job_id,
+                req.provider_id,
+                req.gpu_ms,
+                req.price_per_gpu_hour_micro,
+                req.pay_provider,
+                self.settings.protocol_fee_bps,
+            )
+        except DomainError as err:
+            raise _refuse(err) from err
+        return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
+
+    @activity.defn(name=c.RECORD_REPUTATION)
+    def record_reputation(self, req: c.ReputationRequest) -> None:
+        try:
+            self.network.record_reputation(req.job_id, req.provider_id, req.outcome)
+        except DomainError as err:
+            raise _refuse(err) from err
+
+    @activity.defn(name=c.RELEASE_GPUS)
+    def release_gpus(self, req: c.ReleaseRequest) -> None:
+        self.network.release_gpus(req.job_id, req.provider_id)
+
+    @activity.defn(name=c.FINISH_JOB)
+    def finish_job(self, req: c.FinishRequest) -> None:
+        self.network.finish_job(req.job_id, req.succeeded, req.reason)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.admit_job, self.allocate_gpus, self.prepare_transfers, self.record_job_step,
+            self.mark_provider_lost, self.verify_job, self.settle_job, self.record_reputation,
+            self.release_gpus, self.finish_job,
+        ]

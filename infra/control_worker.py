@@ -1,0 +1,22 @@
+"""`python -m infra.control_worker`: JobWorkflow and the control activities."""
+
+from __future__ import annotations
+
+import asyncio
+
+from infra.process import run_service
+from infra.settings import Settings
+from infra.temporal import run_control_worker
+
+
+def main() -> None:
+    settings = Settings()
+
+    async def serve(stop: asyncio.Event) -> None:
+        await run_control_worker(settings, stop)
+
+    run_service(serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Temporal client and the control worker's bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.control import ControlActivities
+from domain.application import Network
+from infra.db import ViewDB
+from infra.settings import Settings
+from infra.storage import FilesystemStore
+from workflows.contracts import CONTROL_TASK_QUEUE
+from workflows.job import JobWorkflow
+
+log = logging.getLogger(__name__)
+
+
+async def connect(settings: Settings, attempts: int = 60) -> Client:
+    """Connect to Temporal, waiting for a server that is still starting."""
+    for n in range(attempts):
+        try:
+            return await Client.connect(
+                settings.temporal_address, namespace=settings.temporal_namespace
+            )
+        except RuntimeError:
+            if n == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def build_control_activities(settings: Settings) -> ControlActivities:
+    network = Network(env=settings.eventsourcing_env())
+    return ControlActivities(
+        network, ViewDB(settings), FilesystemStore(settings.storage_root), settings
+    )
+
+
+async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
+    client = await connect(settings)
+    activities = build_control_activities(settings)
+    with ThreadPoolExecutor(max_workers=32) as executor:
+        worker = Worker(
+            client,
+            task_queue=CONTROL_TASK_QUEUE,
+            workflows=[JobWorkflow],
+            activities=activities.all(),
+            activity_executor=executor,
+            max_concurrent_activities=32,
+        )
+        async with worker:
+            log.info("control worker serving task queue %r", CONTROL_TASK_QUEUE)
+            await stop.wait()
