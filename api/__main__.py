@@ -1,0 +1,36 @@
+"""`python -m api`: the API server on GPGPU_API_HOST:GPGPU_API_PORT."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from api.app import create_app
+from infra.process import run_service
+from infra.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+
+    async def serve(stop: asyncio.Event) -> None:
+        config = uvicorn.Config(
+            create_app(settings), host=settings.api_host, port=settings.api_port,
+            log_level="warning", ws="websockets", lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await task
+        if server.started is False:
+            where = f"{settings.api_host}:{settings.api_port}"
+            raise RuntimeError(f"the API could not start on {where}")
+
+    run_service(serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""The GraphQL schema: jobs, accounts, providers; job events live over graphql-transport-ws."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any, NewType
+
+import strawberry
+from strawberry.fastapi import BaseContext
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from api.jobs import submit_job
+from api.services import Services
+from domain.ledger import client_account, provider_account
+from domain.projection import TERMINAL_EVENTS
+from domain.spec import SpecError
+from infra.storage import check_client_id
+
+BigInt = NewType("BigInt", int)
+BIG_INT_SCALAR = strawberry.scalar(
+    NewType("BigInt", int),
+    name="BigInt",
+    serialize=int,
+    parse_value=int,
+    description="An integer beyond GraphQL's 32 bits: money is in micro-credits.",
+)
+
+_PROVIDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class Context(BaseContext):
+    def __init__(self, services: Services):
+        super().__init__()
+        self.services = services
+
+    @property
+    def client_id(self) -> str:
+        """The caller: header X-Gpgpu-Client, or `client` in the websocket's init payload."""
+        params = self.connection_params if isinstance(self.connection_params, dict) else {}
+        header = self.request.headers.get("x-gpgpu-client") if self.request else None
+        client = params.get("client") or header or "demo"
+        return check_client_id(str(client))
+
+
+I = Info[Context, None]  # noqa: E741
+
+
+@strawberry.type
+class OutputFile:
+    path: str
+    key: str
+    sha256: str
+    size: BigInt
+
+
+@strawberry.type
+class JobEvent:
+    seq: int
+    job_id: str
+    type: str
+    at: str
+    data: JSON
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobEvent:
+        return cls(
+            seq=row["seq"], job_id=row["job_id"], type=row["type"], at=row["at"],
+            data=json.loads(row["data"]),
+        )
+
+
+EVENTS_SQL = "SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq"
+
+
+@strawberry.type
+class Job:
+    id: strawberry.ID
+    client_id: str
+    name: str
+    state: str
+    reason: str
+    provider_id: str | None
+    max_cost_micro: BigInt
+    cost_micro: BigInt | None
+    submitted_at: str
+    updated_at: str
+    outputs: list[OutputFile]
+    queued_position: strawberry.Private[int | None]
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        return cls(
+            id=strawberry.ID(row["job_id"]), client_id=row["client_id"], name=row["name"],
+            state=row["state"], reason=row["reason"], provider_id=row["provider_id"],
+            max_cost_micro=row["max_cost_micro"], cost_micro=row["cost_micro"],
+            submitted_at=row["submitted_at"], updated_at=row["updated_at"],
+            outputs=[OutputFile(**o) for o in json.loads(row["outputs"])],
+            queued_position=row["queued_position"],
+        )
+
+    @strawberry.field(description="1 for the next job to be placed; null unless QUEUED")
+    async def queue_position(self, info: I) -> int | None:
+        if self.state != "QUEUED" or self.queued_position is None:
+            return None
+        rows = await info.context.services.query(
+            "SELECT COUNT(*) AS n FROM jobs WHERE state = 'QUEUED' AND queued_position < ?",
+            (self.queued_position,),
+        )
+        return int(rows[0]["n"]) + 1
+
+    @strawberry.field
+    async def events(self, info: I) -> list[JobEvent]:
+        rows = await info.context.services.query(EVENTS_SQL, (str(self.id), 0))
+        return [JobEvent.from_row(r) for r in rows]
+
+
+@strawberry.type
+class Account:
+    client_id: str
+    balance_micro: BigInt
+    escrow_micro: BigInt
+
+
+@strawberry.type
+class Gpu:
+    index: int
+    model: str
+    memory_mb: int
+    busy_job_id: str | None
+
+
+@strawberry.type
+class Provider:
+    provider_id: str
+    region: str
+    status: str
+    last_heartbeat_at: str | None
+    reputation: float
+    earnings_micro: BigInt
+    price_per_gpu_hour_micro: BigInt
+    gpus: list[Gpu]
+
+
+@strawberry.type
+class FieldError:
+    field: str
+    message: str
+
+
+@strawberry.type
+class JobSubmitted:
+    job: Job
+
+
+@strawberry.type
+class SpecRejected:
+    errors: list[FieldError]
+
+
+SubmitJobResult = Annotated[JobSubmitted | SpecRejected, strawberry.union("SubmitJobResult")]
+
+
+@strawberry.input
+class GpuInput:
+    index: int
+    model: str
+    memory_mb: int
+    uuid: str = ""
+
+
+@strawberry.input
+class RegisterProviderInput:
+    provider_id: str
+    region: str
+    price_per_gpu_hour_micro: BigInt
+    gpus: list[GpuInput]
+
+
+async def load_job(info: I, job_id: str) -> Job | None:
+    rows = await info.context.services.query(
+        "SELECT * FROM jobs WHERE job_id = ? AND client_id = ?", (job_id, info.context.client_id)
+    )
+    return Job.from_row(rows[0]) if rows else None
+
+
+async def load_providers(services: Services, provider_id: str | None = None) -> list[Provider]:
+    where, params = ("WHERE p.provider_id = ?", (provider_id,)) if provider_id else ("", ())
+    rows = await services.query(
+        "SELECT p.*, l.last_heartbeat_at, a.balance_micro FROM providers p"
+        " LEFT JOIN provider_liveness l ON l.provider_id = p.provider_id"
+        " LEFT JOIN accounts a ON a.name = 'provider:' || p.provider_id"
+        f" {where} ORDER BY p.provider_id",
+        params,
+    )
+    cutoff = time.time() - services.settings.provider_offline_after_s
+    out = []
+    for r in rows:
+        busy = {i: job for job, idx in json.loads(r["reservations"]).items() for i in idx}
+        beat = r["last_heartbeat_at"]
+        status = r["status"]
+        if status == "online":
+            status = "busy" if busy else "online"
+            if beat is None or beat < cutoff:
+                status = "offline"
+        out.append(Provider(
+            provider_id=r["provider_id"], region=r["region"], status=status,
+            last_heartbeat_at=None if beat is None else time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(beat)),
+            reputation=r["reputation"], earnings_micro=BigInt(r["balance_micro"] or 0),
+            price_per_gpu_hour_micro=r["price_micro"],
+            gpus=[Gpu(index=g["index"], model=g["model"], memory_mb=g["memory_mb"],
+                      busy_job_id=busy.get(g["index"])) for g in json.loads(r["gpus"])],
+        ))
+    return out
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    async def job(self, info: I, id: strawberry.ID) -> Job | None:
+        return await load_job(info, str(id))
+
+    @strawberry.field(description="The caller's jobs, newest first")
+    async def jobs(self, info: I, limit: int = 50) -> list[Job]:
+        limit = max(1, min(limit, 500))
+        rows = await info.context.services.query(
+            "SELECT * FROM jobs WHERE client_id = ? ORDER BY submitted_at DESC LIMIT ?",
+            (info.context.client_id, limit),
+        )
+        return [Job.from_row(r) for r in rows]
+
+    @strawberry.field
+    async def account(self, info: I) -> Account:
+        client = info.context.client_id
+        rows = await info.context.services.query(
+            "SELECT a.balance_micro AS b FROM accounts a WHERE a.name = ?",
+            (client_account(client),),
+        )
+        escrow = await info.context.services.query(
+            "SELECT COALESCE(SUM(a.balance_micro), 0) AS e FROM accounts a JOIN jobs j"
+            " ON a.name = 'escrow:' || j.job_id WHERE j.client_id = ?",
+            (client,),
+        )
+        balance = rows[0]["b"] if rows else info.context.services.settings.starting_balance_micro
+        return Account(
+            client_id=client, balance_micro=BigInt(balance), escrow_micro=BigInt(escrow[0]["e"])
+        )
+
+    @strawberry.field
+    async def providers(self, info: I) -> list[Provider]:
+        return await load_providers(info.context.services)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Validate a job spec, pin its inputs and start the job")
+    async def submit_job(self, info: I, spec: JSON) -> SubmitJobResult:
+        try:
+            submitted = await submit_job(info.context.services, info.context.client_id, spec)
+        except SpecError as err:
+            return SpecRejected(errors=[FieldError(field=f, message=m) for f, m in err.errors])
+        services = info.context.services
+        # Wait (briefly) for the read model to show the job, so a follow-up query finds it.
+        deadline = time.monotonic() + 5
+        while (job := await load_job(info, submitted.job_id)) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the job was recorded but the read model is not keeping up")
+            await asyncio.wait({services.broadcaster.current()}, timeout=0.2)
+        return JobSubmitted(job=job)
+
+    @strawberry.mutation(description="A provider agent declares its GPUs and price")
+    async def register_provider(self, info: I, input: RegisterProviderInput) -> Provider:
+        errors = []
+        if not _PROVIDER_ID.match(input.provider_id):
+            errors.append("providerId: must be 1-63 letters, digits, '.', '_' or '-'")
+        if input.price_per_gpu_hour_micro <= 0:
+            errors.append("pricePerGpuHourMicro: must be more than 0")
+        if not input.gpus:
+            errors.append("gpus: a provider declares at least one GPU")
+        if len({g.index for g in input.gpus}) != len(input.gpus):
+            errors.append("gpus: two GPUs have the same index")
+        if any(g.memory_mb <= 0 or g.index < 0 for g in input.gpus):
+            errors.append("gpus: index must be >= 0 and memoryMb > 0")
+        if errors:
+            raise ValueError("; ".join(errors))
+        services = info.context.services
+        gpus = [{"index": g.index, "model": g.model, "memory_mb": g.memory_mb, "uuid": g.uuid}
+                for g in input.gpus]
+        await asyncio.to_thread(
+            services.network.register_provider,
+            input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus,
+        )
+        await _record_heartbeat(services, input.provider_id, [])
+        deadline = time.monotonic() + 5
+        while not (found := await load_providers(services, input.provider_id)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the provider was recorded but the read model is not keeping up")
+            await asyncio.wait({services.broadcaster.current()}, timeout=0.2)
+        return found[0]
+
+    @strawberry.mutation(description="A provider agent is alive; telemetry is kept, not evented")
+    async def provider_heartbeat(
+        self, info: I, provider_id: str, telemetry: JSON | None = None
+    ) -> bool:
+        services = info.context.services
+        known = await services.query(
+            "SELECT status FROM providers WHERE provider_id = ?", (provider_id,)
+        )
+        if not known:
+            raise ValueError(f"providerId: no provider {provider_id!r}; register first")
+        await _record_heartbeat(services, provider_id, telemetry or [])
+        return True
+
+
+async def _record_heartbeat(services: Services, provider_id: str, telemetry: Any) -> None:
+    def write() -> None:
+        with services.views.transaction() as cur:
+            cur.execute(
+                "INSERT INTO provider_liveness (provider_id, last_heartbeat_at, telemetry)"
+                " VALUES (?, ?, ?) ON CONFLICT (provider_id) DO UPDATE SET"
+                " last_heartbeat_at = excluded.last_heartbeat_at, telemetry = excluded.telemetry",
+                (provider_id, time.time(), json.dumps(telemetry)[:65536]),
+            )
+
+    await asyncio.to_thread(write)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="Every event of the job after seq `after`, in order; ends with the job"
+    )
+    async def job_events(
+        self, info: I, job_id: strawberry.ID, after: int = 0
+    ) -> AsyncGenerator[JobEvent, None]:
+        if await load_job(info, str(job_id)) is None:
+            raise ValueError(f"jobId: no job {job_id} of yours")
+        services, last = info.context.services, after
+        while True:
+            wake = services.broadcaster.current()
+            rows = await services.query(EVENTS_SQL, (str(job_id), last))
+            for row in rows:
+                last = row["seq"]
+                yield JobEvent.from_row(row)
+                if row["type"] in TERMINAL_EVENTS:
+                    return
+            # Another process may run the projection: look again at least every second.
+            await asyncio.wait({wake}, timeout=1.0)
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    subscription=Subscription,
+    scalar_overrides={BigInt: BIG_INT_SCALAR},  # type: ignore[dict-item]
+)
+_ = provider_account  # earnings are read through the accounts view joined above

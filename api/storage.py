@@ -1,0 +1,144 @@
+"""Client storage over plain HTTP: streamed uploads and downloads, presigned for providers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+
+from api.services import Services
+from infra.signing import verify
+from infra.storage import IntegrityMismatch, ObjectInfo, ObjectNotFound, StorageError
+
+router = APIRouter(prefix="/storage", tags=["storage"])
+MAX_UPLOAD_BYTES = 64 << 30
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def authorise(
+    services: Services,
+    method: str,
+    client_id: str,
+    key: str,
+    caller: str | None,
+    expires: int | None,
+    sig: str | None,
+) -> None:
+    """The owner (by header) or a holder of a presigned URL for this method and key."""
+    if sig is not None and expires is not None:
+        if verify(services.settings.signing_secret, method, client_id, key, expires, sig,
+                  time.time()):
+            return
+        raise HTTPException(403, "the presigned URL is invalid or has expired")
+    if (caller or "demo") != client_id:
+        raise HTTPException(403, f"storage space {client_id!r} is not yours")
+
+
+def _storage_error(err: StorageError) -> HTTPException:
+    status = 404 if isinstance(err, ObjectNotFound) else 400
+    return HTTPException(status, str(err))
+
+
+def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
+    """Hand an async request body to synchronous storage code running in a thread."""
+    total = 0
+
+    async def next_chunk() -> bytes:
+        return await anext(stream)
+
+    while True:
+        try:
+            chunk = asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()
+        except StopAsyncIteration:
+            return
+        total += len(chunk)
+        if total > MAX_UPLOAD_BYTES:
+            raise StorageError(f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+        if chunk:
+            yield chunk
+
+
+Caller = Annotated[str | None, Header(alias="X-Gpgpu-Client")]
+
+
+@router.put("/{client_id}/{key:path}")
+async def put_object(
+    client_id: str,
+    key: str,
+    request: Request,
+    services: ServicesDep,
+    caller: Caller = None,
+    x_sha256: Annotated[str | None, Header()] = None,
+    expires: int | None = None,
+    sig: str | None = None,
+) -> dict[str, object]:
+    authorise(services, "PUT", client_id, key, caller, expires, sig)
+    length = request.headers.get("content-length")
+    if length and int(length) > MAX_UPLOAD_BYTES:
+        raise HTTPException(413, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+    loop = asyncio.get_running_loop()
+    body = _bridge(request.stream(), loop)
+    try:
+        info: ObjectInfo = await asyncio.to_thread(
+            services.store.put, client_id, key, body, x_sha256
+        )
+    except IntegrityMismatch as err:
+        raise HTTPException(400, str(err)) from None
+    except StorageError as err:
+        raise _storage_error(err) from None
+    return {"key": info.key, "sha256": info.sha256, "size": info.size}
+
+
+@router.get("/{client_id}/{key:path}")
+async def get_object(
+    client_id: str,
+    key: str,
+    services: ServicesDep,
+    caller: Caller = None,
+    expires: int | None = None,
+    sig: str | None = None,
+) -> StreamingResponse:
+    authorise(services, "GET", client_id, key, caller, expires, sig)
+    try:
+        info, chunks = await asyncio.to_thread(services.store.open, client_id, key)
+    except StorageError as err:
+        raise _storage_error(err) from None
+    headers = {"X-Sha256": info.sha256, "Content-Length": str(info.size)}
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
+
+
+@router.get("/{client_id}")
+async def list_objects(
+    client_id: str,
+    services: ServicesDep,
+    caller: Caller = None,
+    prefix: Annotated[str, Query(max_length=1024)] = "",
+) -> list[dict[str, object]]:
+    authorise(services, "LIST", client_id, "", caller, None, None)
+    try:
+        objects = await asyncio.to_thread(services.store.list, client_id, prefix)
+    except StorageError as err:
+        raise _storage_error(err) from None
+    return [{"key": o.key, "size": o.size, "sha256": o.sha256} for o in objects]
+
+
+@router.delete("/{client_id}/{key:path}")
+async def delete_object(
+    client_id: str, key: str, services: ServicesDep, caller: Caller = None
+) -> dict[str, str]:
+    authorise(services, "DELETE", client_id, key, caller, None, None)
+    try:
+        await asyncio.to_thread(services.store.delete, client_id, key)
+    except StorageError as err:
+        raise _storage_error(err) from None
+    return {"deleted": key}
