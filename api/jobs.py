@@ -10,7 +10,7 @@ from typing import Any
 from api.services import Services
 from domain.spec import JobSpec, SpecError, parse_job_spec
 from infra.storage import ObjectNotFound, StorageError
-from workflows.contracts import CONTROL_TASK_QUEUE, JobInput, job_workflow_id
+from workflows.contracts import JobInput, job_workflow_id
 from workflows.job import JobWorkflow
 
 
@@ -61,7 +61,7 @@ async def submit_job(services: Services, client_id: str, data: Any) -> Submitted
             JobWorkflow.run,
             job_input,
             id=job_workflow_id(job_id),
-            task_queue=CONTROL_TASK_QUEUE,
+            task_queue=settings.control_task_queue,
         )
     except Exception as err:
         # The job is recorded; say plainly that it never started rather than leave it hanging.

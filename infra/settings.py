@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_ui_port: int = 8233
+    # The control worker's task queue; JobWorkflow runs its control activities there too.
+    control_task_queue: str = "control"
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

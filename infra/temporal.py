@@ -14,7 +14,6 @@ from domain.application import Network
 from infra.db import ViewDB
 from infra.settings import Settings
 from infra.storage import FilesystemStore
-from workflows.contracts import CONTROL_TASK_QUEUE
 from workflows.job import JobWorkflow
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,12 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
     with ThreadPoolExecutor(max_workers=32) as executor:
         worker = Worker(
             client,
-            task_queue=CONTROL_TASK_QUEUE,
+            task_queue=settings.control_task_queue,
             workflows=[JobWorkflow],
             activities=activities.all(),
             activity_executor=executor,
             max_concurrent_activities=32,
         )
         async with worker:
-            log.info("control worker serving task queue %r", CONTROL_TASK_QUEUE)
+            log.info("control worker serving task queue %r", settings.control_task_queue)
             await stop.wait()

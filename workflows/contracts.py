@@ -1,6 +1,6 @@
 """The contracts between JobWorkflow and its activities: names, inputs, results.
 
-Control activities run on task queue `control`; GPU activities run on the chosen
+Control activities run on the control task queue; GPU activities run on the chosen
 provider's own queue `gpu.<provider_id>`, served by that provider's agent. The
 control worker never imports the GPU side: it only knows these names.
 """
@@ -8,9 +8,6 @@ control worker never imports the GPU side: it only knows these names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-CONTROL_TASK_QUEUE = "control"
-
 
 def gpu_task_queue(provider_id: str) -> str:
     return f"gpu.{provider_id}"

@@ -1,7 +1,8 @@
 """JobWorkflow: one client job, durable from admission to reputation.
 
 Deterministic: no I/O, no clocks, no randomness here; everything that touches
-the world is an activity. Control activities run on `control`; stage, execute
+the world is an activity. Control activities run on the workflow's own task
+queue (`control` unless configured otherwise); stage, execute
 and upload run on the allocated provider's own queue. A provider that stops
 heartbeating (or never picks its work up) is marked lost and the job goes back
 to allocation without it.
@@ -69,7 +70,7 @@ class JobWorkflow:
         return await workflow.execute_activity(
             name,
             arg,
-            task_queue=c.CONTROL_TASK_QUEUE,
+            task_queue=workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=CONTROL_RETRY,
             result_type=result_type,
@@ -108,7 +109,7 @@ class JobWorkflow:
             alloc = await workflow.execute_activity(
                 c.ALLOCATE_GPUS,
                 c.AllocateRequest(inp.job_id, attempt, list(excluded)),
-                task_queue=c.CONTROL_TASK_QUEUE,
+                task_queue=workflow.info().task_queue,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=QUEUE_RETRY,
                 result_type=c.Allocation,

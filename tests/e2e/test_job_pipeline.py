@@ -1,0 +1,209 @@
+"""One job through the whole network: real Temporal, API, control worker and provider processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.worker import Replayer
+
+from client.sdk import GpgpuClient
+from domain.application import Network as DomainNetwork
+from tests.e2e.network import Network, network
+from workflows.job import JobWorkflow
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = pytest.mark.e2e
+
+SUCCESS_EVENTS = [
+    "JobSubmitted", "FundsEscrowed", "JobQueued", "GpusAllocated", "InputsStaged",
+    "ExecutionStarted", "ExecutionFinished", "OutputsUploaded", "JobVerified", "JobSettled",
+    "JobSucceeded",
+]
+SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
+  ... on JobSubmitted { job { id state } }
+  ... on SpecRejected { errors { field message } } } }"""
+SCRIPT = b"""import os, sys
+text = open("data/words.txt").read()
+os.makedirs("out", exist_ok=True)
+open("out/upper.txt", "w").write(text.upper())
+open("out/gpus.txt", "w").write(os.environ["CUDA_VISIBLE_DEVICES"])
+print("done", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Network]:
+    home = tmp_path_factory.mktemp("pipeline")
+    with network(home, temporal_server, [
+        ("pipe-a", "1xH100:80", "2.0", []),
+        ("pipe-b", "1xA100:40", "3.0", []),
+        ("pipe-liar", "1xL4:24", "5.0", ["--corrupt-outputs"]),
+    ]) as n:
+        yield n
+
+
+def spec(name: str, command: object, **extra: object) -> dict[str, object]:
+    return {"name": name, "command": command, "max_price_per_gpu_hour": "4",
+            "timeout": "2m", **extra}
+
+
+def submit(net: Network, client: str, body: dict[str, object]) -> str:
+    result = net.gql(SUBMIT, client, s=body)["submitJob"]
+    assert result["__typename"] == "JobSubmitted", result
+    return str(result["job"]["id"])
+
+
+def ledger(net: Network) -> DomainNetwork:
+    return DomainNetwork(env=net.stack.settings.eventsourcing_env())
+
+
+def test_job_runs_end_to_end(net: Network) -> None:
+    client = "alice"
+    net.put(client, "inputs/words.txt", b"gpu cloud\nverified\n")
+    net.put(client, "inputs/job.py", SCRIPT)
+    job_id = submit(net, client, spec(
+        "upper", ["python3", "job.py"],
+        inputs=[{"key": "inputs/job.py"}, {"key": "inputs/words.txt", "name": "data/words.txt"}],
+        outputs=["out/upper.txt", "out/gpus.txt"],
+    ))
+
+    with GpgpuClient(api_url=net.url, client_id=client) as sdk:
+        events = list(sdk.follow(job_id))
+    assert [e.type for e in events] == SUCCESS_EVENTS
+    assert [e.seq for e in events] == list(range(1, len(SUCCESS_EVENTS) + 1))
+    allocated = events[3].data
+    assert allocated["provider_id"] == "pipe-a"  # the cheapest GPU that fits
+
+    job = net.gql("query($id: ID!) { job(id: $id) { state costMicro outputs { path key sha256 } }"
+                  " account { balanceMicro escrowMicro } }", client, id=job_id)
+    assert job["job"]["state"] == "SUCCEEDED"
+    outputs = {o["path"]: o for o in job["job"]["outputs"]}
+    upper = net.get(client, outputs["out/upper.txt"]["key"])
+    assert upper == b"GPU CLOUD\nVERIFIED\n"
+    assert outputs["out/upper.txt"]["sha256"] == hashlib.sha256(upper).hexdigest()
+    assert net.get(client, outputs["out/gpus.txt"]["key"]) == b"0"
+
+    settled = events[-2].data
+    charged = job["job"]["costMicro"]
+    assert charged == settled["charged_micro"] > 0
+    assert settled["provider_paid_micro"] + settled["fee_micro"] == charged
+    start = net.stack.settings.starting_balance_micro
+    assert job["account"] == {"balanceMicro": start - charged, "escrowMicro": 0}
+
+    store = ledger(net)
+    assert store.balance("client:alice") == start - charged
+    assert store.balance(f"escrow:{job_id}") == 0
+    assert store.balance("provider:pipe-a") == settled["provider_paid_micro"]
+    assert store.balance("protocol:fees") >= settled["fee_micro"]
+    names = [r["name"] for r in store_accounts(net)]
+    assert sum(store.balance(n) for n in names) == 0  # double entry: the ledger sums to zero
+
+
+def store_accounts(net: Network) -> list[dict[str, object]]:
+    from infra.db import ViewDB
+
+    return ViewDB(net.stack.settings).query("SELECT name FROM accounts")
+
+
+async def test_workflow_is_visible_and_replays(net: Network, temporal_server: str) -> None:
+    net.put("bob", "inputs/a.txt", b"a")
+    job_id = submit(net, "bob", spec("visible", "cat a.txt > b.txt",
+                                     inputs=[{"key": "inputs/a.txt"}], outputs=["b.txt"]))
+    net.wait_job(job_id, ("SUCCEEDED",), client="bob")
+    temporal = await Client.connect(temporal_server)
+    handle = temporal.get_workflow_handle(f"job-{job_id}")
+    history = await handle.fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    for name in ("admit_job", "allocate_gpus", "stage_inputs", "execute_job", "upload_outputs",
+                 "verify_job", "settle_job", "record_reputation", "release_gpus", "finish_job"):
+        assert name in scheduled
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "job_workflow_history.json").write_text(history.to_json())
+    await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
+
+
+def test_cli_submit_wait_and_outputs(net: Network, tmp_path: Path) -> None:
+    env = {**os.environ, "GPGPU_API_URL": net.url, "GPGPU_CLIENT": "carol"}
+    gpgpu = [sys.executable, "-m", "client"]
+    done = subprocess.run(
+        [*gpgpu, "job", "submit", str(ROOT / "examples/hello/job.yaml"), "--wait", "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    job_id = job.get("id") or job["job"]["id"]
+    shown = subprocess.run([*gpgpu, "job", "show", job_id], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "SUCCEEDED" in shown.stdout and "JobSettled" in shown.stdout
+    got = subprocess.run([*gpgpu, "job", "outputs", job_id, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    result = (tmp_path / "out" / "result.txt").read_text()
+    assert "HELLO" in result
+
+
+def test_bad_spec_is_refused_and_nothing_recorded(net: Network) -> None:
+    store = ledger(net)
+    before = store.recorder.max_notification_id()
+    bad = spec("bad", ["true"], resources={"gpus": 0, "colour": "red"}, timeout="forever")
+    result = net.gql(SUBMIT, "dave", s=bad)["submitJob"]
+    assert result["__typename"] == "SpecRejected"
+    fields = {e["field"]: e["message"] for e in result["errors"]}
+    assert set(fields) == {"resources.gpus", "resources.colour", "timeout"}
+    assert "not a known field" in fields["resources.colour"]
+    missing = net.gql(SUBMIT, "dave", s=spec("m", ["true"], inputs=[{"key": "nope.bin"}]))
+    assert missing["submitJob"]["errors"] == [
+        {"field": "inputs.0.key", "message": "no object 'nope.bin' in your storage"}
+    ]
+    assert store.recorder.max_notification_id() == before
+    assert net.gql("{ jobs { id } }", "dave")["jobs"] == []
+
+
+def test_job_beyond_balance_is_rejected(net: Network) -> None:
+    job_id = submit(net, "erin", spec("huge", ["true"], timeout="7d",
+                                      max_price_per_gpu_hour="1", resources={"gpus": 8}))
+    job = net.wait_job(job_id, ("REJECTED",), client="erin")
+    assert "insufficient balance" in job["reason"]
+    account = net.gql("{ account { balanceMicro escrowMicro } }", "erin")["account"]
+    assert account == {"balanceMicro": net.stack.settings.starting_balance_micro,
+                       "escrowMicro": 0}
+
+
+def test_failing_command_fails_the_job_and_pays_for_time_used(net: Network) -> None:
+    job_id = submit(net, "frank", spec("fails", "echo oops >&2; exit 3"))
+    job = net.wait_job(job_id, ("FAILED",), client="frank")
+    assert job["reason"] == "the command exited with code 3"
+    events = net.gql("query($id: ID!) { job(id: $id) { events { type data } } }", "frank",
+                     id=job_id)["job"]["events"]
+    finished = next(e for e in events if e["type"] == "ExecutionFinished")
+    assert finished["data"]["exit_code"] == 3 and "oops" in finished["data"]["log_tail"]
+    assert [e["type"] for e in events][-3:] == ["JobVerified", "JobSettled", "JobFailed"]
+
+
+def test_dishonest_provider_is_caught_and_not_paid(net: Network) -> None:
+    job_id = submit(net, "gina", spec("checked", "echo 42 > answer.txt", outputs=["answer.txt"],
+                                      resources={"gpu_model": "L4"},
+                                      max_price_per_gpu_hour="6"))
+    job = net.wait_job(job_id, ("FAILED",), client="gina")
+    assert job["providerId"] == "pipe-liar"
+    assert job["reason"].startswith("manifest mismatch: answer.txt: storage holds sha256")
+    assert job["costMicro"] == 0
+    providers = {p["providerId"]: p for p in net.gql(
+        "{ providers { providerId reputation earningsMicro } }")["providers"]}
+    assert providers["pipe-liar"]["earningsMicro"] == 0
+    assert providers["pipe-liar"]["reputation"] < 0.5
+    account = net.gql("{ account { balanceMicro escrowMicro } }", "gina")["account"]
+    assert account["balanceMicro"] == net.stack.settings.starting_balance_micro
