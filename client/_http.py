@@ -1,0 +1,168 @@
+"""What both clients share: HTTP and GraphQL answers turned into results or errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from client.errors import (
+    ApiError,
+    ApiUnreachable,
+    GpgpuError,
+    IntegrityError,
+    NotFoundError,
+    SpecRejectedError,
+)
+from client.models import Account, Job, Provider
+
+CHUNK = 1 << 20
+ByteProgress = Callable[[int, int | None], None]  # (bytes done, total if known)
+FileProgress = Callable[[str, int, int | None], None]  # (key, bytes done, total)
+
+
+def bind_progress(progress: FileProgress | None, key: str) -> ByteProgress | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(key, done, total)
+
+
+def error_detail(body: bytes) -> str:
+    """The human part of an error answer: FastAPI's {"detail": ...} or the raw text."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:500] or "no detail"
+    if isinstance(payload, dict) and "detail" in payload:
+        detail = payload["detail"]
+        if isinstance(detail, str):
+            return detail
+        if isinstance(detail, list):  # FastAPI validation errors
+            return "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', d)}"
+                if isinstance(d, dict)
+                else str(d)
+                for d in detail
+            )
+        return json.dumps(detail)
+    if isinstance(payload, dict) and isinstance(payload.get("errors"), list):
+        return graphql_errors_text(payload["errors"])
+    return json.dumps(payload)[:500]
+
+
+def transport_error(api_url: str, err: httpx.TransportError) -> GpgpuError:
+    """Could not connect at all, or the connection broke during a request."""
+    if isinstance(err, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol):
+        return ApiUnreachable(api_url, str(err))
+    return ApiError(0, f"the GPGPU API at {api_url} stopped answering: {type(err).__name__} {err}")
+
+
+def check_status(status: int, body: bytes, what: str = "") -> None:
+    if status < 400:
+        return
+    if status == 404 and what:
+        raise NotFoundError(what)
+    raise ApiError(status, error_detail(body))
+
+
+def graphql_errors_text(errors: list[Any]) -> str:
+    return (
+        "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
+        or "unknown GraphQL error"
+    )
+
+
+def graphql_data(status: int, body: bytes) -> dict[str, Any]:
+    """The `data` of a GraphQL answer, or ApiError with the server's messages."""
+    check_status(status, body)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise ApiError(status, f"not a GraphQL answer: {body[:200]!r}") from None
+    if payload.get("errors"):
+        raise ApiError(status, graphql_errors_text(payload["errors"]))
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise ApiError(status, "GraphQL answer without data")
+    return data
+
+
+def parse_job(data: dict[str, Any], job_id: str) -> Job:
+    if data.get("job") is None:
+        raise NotFoundError(f"job {job_id}")
+    return Job.from_json(data["job"])
+
+
+def parse_jobs(data: dict[str, Any]) -> list[Job]:
+    return [Job.from_json(j) for j in data["jobs"]]
+
+
+def parse_account(data: dict[str, Any]) -> Account:
+    return Account.from_json(data["account"])
+
+
+def parse_providers(data: dict[str, Any]) -> list[Provider]:
+    return [Provider.from_json(p) for p in data["providers"]]
+
+
+def parse_submit(data: dict[str, Any]) -> Job:
+    result = data["submitJob"]
+    kind = result.get("__typename")
+    if kind == "SpecRejected" or "errors" in result:
+        raise SpecRejectedError([(e["field"], e["message"]) for e in result["errors"]])
+    if kind not in (None, "JobSubmitted") or "job" not in result:
+        raise ApiError(200, f"unexpected submitJob answer: {kind}")
+    return Job.from_json(result["job"])
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """The hex sha256 and size of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class PartFile:
+    """A download in progress: bytes go to a hidden temp file beside the destination,
+    hashed as they arrive, and only a verified file is renamed into place."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        self.tmp = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+
+    def commit(self, key: str, promised: list[str]) -> str:
+        """Check the digest against every promised sha256, then rename into place."""
+        self.file.close()
+        actual = self.digest.hexdigest()
+        for expected in promised:
+            if expected.lower() != actual:
+                raise IntegrityError(
+                    f"{key}: downloaded bytes have sha256 {actual}, expected {expected}"
+                )
+        os.replace(self.tmp, self.dest)
+        return actual
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)

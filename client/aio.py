@@ -1,0 +1,240 @@
+"""The asyncio SDK: `AsyncGpgpuClient`, the same calls and results as `GpgpuClient`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.typing import Subprotocol
+
+from client import _http, queries
+from client._http import (
+    CHUNK,
+    ByteProgress,
+    FileProgress,
+    PartFile,
+    bind_progress,
+    file_sha256,
+)
+from client.config import (
+    CLIENT_HEADER,
+    SHA256_HEADER,
+    graphql_ws_url,
+    resolve_api_url,
+    resolve_client_id,
+    storage_url,
+)
+from client.errors import ApiError, ApiUnreachable, GpgpuError, SpecRejectedError
+from client.models import Account, Job, JobEvent, Provider, StoredObject
+from client.specfile import plan_spec_file
+from client.subscription import (
+    RECONNECT_WINDOW_S,
+    SUBPROTOCOL,
+    JobEventsSession,
+    backoff_s,
+    close_error,
+)
+
+
+class AsyncGpgpuClient:
+    def __init__(
+        self,
+        api_url: str | None = None,
+        client_id: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        reconnect_window_s: float = RECONNECT_WINDOW_S,
+    ):
+        self.api_url = resolve_api_url(api_url)
+        self.client_id = resolve_client_id(client_id)
+        self.reconnect_window_s = reconnect_window_s
+        self._http = httpx.AsyncClient(
+            headers={CLIENT_HEADER: self.client_id},
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncGpgpuClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _request(self, method: str, url: str, what: str = "", **kw: Any) -> httpx.Response:
+        try:
+            resp = await self._http.request(method, url, **kw)
+        except httpx.TransportError as err:
+            raise _http.transport_error(self.api_url, err) from None
+        _http.check_status(resp.status_code, resp.content, what)
+        return resp
+
+    async def _graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            resp = await self._http.post(
+                f"{self.api_url}/graphql", json={"query": query, "variables": variables or {}}
+            )
+        except httpx.TransportError as err:
+            raise _http.transport_error(self.api_url, err) from None
+        return _http.graphql_data(resp.status_code, resp.content)
+
+    async def submit_job(self, spec: dict[str, Any]) -> Job:
+        return _http.parse_submit(await self._graphql(queries.SUBMIT_JOB, {"spec": spec}))
+
+    async def job(self, job_id: str) -> Job:
+        return _http.parse_job(await self._graphql(queries.JOB, {"id": job_id}), job_id)
+
+    async def jobs(self, limit: int = 50) -> list[Job]:
+        return _http.parse_jobs(await self._graphql(queries.JOBS, {"limit": limit}))
+
+    async def account(self) -> Account:
+        return _http.parse_account(await self._graphql(queries.ACCOUNT))
+
+    async def providers(self) -> list[Provider]:
+        return _http.parse_providers(await self._graphql(queries.PROVIDERS))
+
+    async def submit_spec_file(self, path: str | Path, progress: FileProgress | None = None) -> Job:
+        plan = await asyncio.to_thread(plan_spec_file, Path(path))
+        for item in plan.uploads:
+            await self.upload(item.local, item.key, bind_progress(progress, item.key))
+        try:
+            return await self.submit_job(plan.spec)
+        except SpecRejectedError as err:
+            raise err.with_source(str(path)) from None
+
+    async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
+        """Every event of the job with seq > after, in order, until its terminal event.
+
+        A dropped connection is reopened, resuming after the last event seen.
+        """
+        uri = graphql_ws_url(self.api_url)
+        last = after
+        down_since: float | None = None
+        failures = 0
+        connected = False
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with ws_connect(
+                    uri,
+                    subprotocols=[Subprotocol(SUBPROTOCOL)],
+                    additional_headers={CLIENT_HEADER: self.client_id},
+                    open_timeout=10,
+                ) as ws:
+                    connected = True
+                    session = JobEventsSession(self.client_id, job_id, last)
+                    await ws.send(session.init_message())
+                    async for raw in ws:
+                        step = session.handle(raw)
+                        if step.reply is not None:
+                            await ws.send(step.reply)
+                        if session.acked:
+                            down_since, failures = None, 0
+                        if step.event is not None and step.event.seq > last:
+                            last = step.event.seq
+                            yield step.event
+                            if step.event.terminal:
+                                return
+                        if step.done:
+                            return
+                    if fatal := close_error(ws.close_code, ws.close_reason):
+                        raise fatal
+            except ConnectionClosed as err:
+                code = err.rcvd.code if err.rcvd else None
+                if fatal := close_error(code, err.rcvd.reason if err.rcvd else None):
+                    raise fatal from None
+            except InvalidStatus as err:
+                status = err.response.status_code
+                if 400 <= status < 500:
+                    raise ApiError(status, f"subscription refused at {uri}") from None
+                if not connected:
+                    raise ApiUnreachable(self.api_url, str(err)) from None
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as err:
+                if not connected:
+                    raise ApiUnreachable(self.api_url, str(err)) from None
+            now = loop.time()
+            down_since = down_since or now
+            if now - down_since > self.reconnect_window_s:
+                raise ApiUnreachable(self.api_url, "the event stream dropped and did not come back")
+            failures += 1
+            await asyncio.sleep(backoff_s(failures))
+
+    async def upload(
+        self, path: str | Path, key: str, progress: ByteProgress | None = None
+    ) -> StoredObject:
+        local = Path(path)
+        try:
+            sha256, size = await asyncio.to_thread(file_sha256, local)
+        except OSError as err:
+            raise GpgpuError(f"{local}: cannot read: {err.strerror or err}") from None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            done = 0
+            with local.open("rb") as f:
+                while chunk := await asyncio.to_thread(f.read, CHUNK):
+                    done += len(chunk)
+                    yield chunk
+                    if progress is not None:
+                        progress(done, size)
+
+        if progress is not None:
+            progress(0, size)
+        resp = await self._request(
+            "PUT",
+            storage_url(self.api_url, self.client_id, key),
+            content=chunks(),
+            headers={SHA256_HEADER: sha256, "Content-Length": str(size)},
+        )
+        return StoredObject.from_json(resp.json())
+
+    async def download(
+        self,
+        key: str,
+        dest: str | Path,
+        progress: ByteProgress | None = None,
+        expected_sha256: str | None = None,
+    ) -> StoredObject:
+        url = storage_url(self.api_url, self.client_id, key)
+        try:
+            async with self._http.stream("GET", url) as resp:
+                if resp.status_code >= 400:
+                    body = await resp.aread()
+                    _http.check_status(resp.status_code, body, f"object {key!r}")
+                promised = resp.headers.get(SHA256_HEADER)
+                if not promised:
+                    raise ApiError(resp.status_code, f"{key}: the API sent no {SHA256_HEADER}")
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                part = PartFile(Path(dest))
+                try:
+                    async for chunk in resp.aiter_bytes(CHUNK):
+                        part.write(chunk)
+                        if progress is not None:
+                            progress(part.size, total)
+                    promises = [promised, *([expected_sha256] if expected_sha256 else [])]
+                    sha = part.commit(key, promises)
+                except BaseException:
+                    part.discard()
+                    raise
+        except httpx.TransportError as err:
+            raise _http.transport_error(self.api_url, err) from None
+        return StoredObject(key=key, size=part.size, sha256=sha)
+
+    async def list_objects(self, prefix: str = "") -> list[StoredObject]:
+        resp = await self._request(
+            "GET", storage_url(self.api_url, self.client_id), params={"prefix": prefix}
+        )
+        return [StoredObject.from_json(o) for o in resp.json()]
+
+    async def delete(self, key: str) -> None:
+        await self._request(
+            "DELETE", storage_url(self.api_url, self.client_id, key), f"object {key!r}"
+        )

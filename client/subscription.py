@@ -1,0 +1,94 @@
+"""The graphql-transport-ws protocol for `jobEvents`, as a small state machine.
+
+Both clients drive the same session: it says what to send back and which event
+arrived; the clients own the socket, the reconnects and the resume point.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from client import queries
+from client._http import graphql_errors_text
+from client.errors import ApiError
+from client.models import JobEvent
+
+SUBPROTOCOL = "graphql-transport-ws"
+SUBSCRIPTION_ID = "1"
+# Close codes that say "this request is wrong", not "the connection broke": don't retry.
+FATAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4404, 4409, 4429})
+RECONNECT_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Step:
+    reply: str | None = None
+    event: JobEvent | None = None
+    done: bool = False
+
+
+class JobEventsSession:
+    """One connection's worth of protocol: init, ack, subscribe, next..., complete."""
+
+    def __init__(self, client_id: str, job_id: str, after: int):
+        self.client_id = client_id
+        self.job_id = job_id
+        self.after = after
+        self.acked = False
+
+    def init_message(self) -> str:
+        return json.dumps({"type": "connection_init", "payload": {"client": self.client_id}})
+
+    def subscribe_message(self) -> str:
+        return json.dumps(
+            {
+                "id": SUBSCRIPTION_ID,
+                "type": "subscribe",
+                "payload": {
+                    "query": queries.JOB_EVENTS,
+                    "variables": {"jobId": self.job_id, "after": self.after},
+                },
+            }
+        )
+
+    def handle(self, raw: str | bytes) -> Step:
+        try:
+            msg: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise ApiError(0, f"subscription: not a JSON message: {raw[:200]!r}") from None
+        kind = msg.get("type")
+        if kind == "connection_ack":
+            self.acked = True
+            return Step(reply=self.subscribe_message())
+        if kind == "ping":
+            return Step(reply=json.dumps({"type": "pong"}))
+        if msg.get("id") not in (None, SUBSCRIPTION_ID):
+            return Step()
+        if kind == "next":
+            payload = msg.get("payload") or {}
+            if payload.get("errors"):
+                raise ApiError(0, graphql_errors_text(payload["errors"]))
+            event = (payload.get("data") or {}).get("jobEvents")
+            if event is None:
+                return Step()
+            return Step(event=JobEvent.from_json(event))
+        if kind == "error":
+            payload = msg.get("payload")
+            errors = payload if isinstance(payload, list) else [payload]
+            raise ApiError(0, graphql_errors_text(errors))
+        if kind == "complete":
+            return Step(done=True)
+        return Step()  # pong and anything newer than us
+
+
+def close_error(code: int | None, reason: str | None) -> ApiError | None:
+    """An ApiError when the server closed for a reason that retrying won't fix."""
+    if code in FATAL_CLOSE_CODES:
+        return ApiError(code or 0, f"subscription refused: {reason or 'no reason given'}")
+    return None
+
+
+def backoff_s(failures: int) -> float:
+    return float(min(0.25 * 2**failures, 5.0))

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client import (
+    ApiError,
+    ApiUnreachable,
+    AsyncGpgpuClient,
+    GpgpuClient,
+    IntegrityError,
+    NotFoundError,
+    SpecRejectedError,
+)
+from tests.client.fake_api import CLIENT, FakeApi
+
+HELLO = Path(__file__).parents[2] / "examples" / "hello" / "job.yaml"
+
+
+def sync_client(api: FakeApi) -> GpgpuClient:
+    return GpgpuClient(api.url, CLIENT, transport=api.transport)
+
+
+def test_config_comes_from_arguments_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPGPU_API_URL", "http://api.example:9000/")
+    monkeypatch.setenv("GPGPU_CLIENT", "bob")
+    with GpgpuClient() as gp:
+        assert (gp.api_url, gp.client_id) == ("http://api.example:9000", "bob")
+    monkeypatch.delenv("GPGPU_API_URL")
+    monkeypatch.delenv("GPGPU_CLIENT")
+    with GpgpuClient() as gp:
+        assert (gp.api_url, gp.client_id) == ("http://127.0.0.1:8000", "demo")
+    with GpgpuClient("http://x:1", "carol") as gp:
+        assert (gp.api_url, gp.client_id) == ("http://x:1", "carol")
+
+
+def test_upload_streams_with_its_sha256_and_reports_progress(api: FakeApi, tmp_path: Path) -> None:
+    local = tmp_path / "data.bin"
+    local.write_bytes(b"x" * (3 << 20))
+    seen: list[tuple[int, int | None]] = []
+
+    with sync_client(api) as gp:
+        obj = gp.upload(local, "datasets/data.bin", lambda d, t: seen.append((d, t)))
+
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    assert (obj.key, obj.size, obj.sha256) == ("datasets/data.bin", 3 << 20, sha)
+    put = api.requests[-1]
+    assert put.url.path == f"/storage/{CLIENT}/datasets/data.bin"
+    assert put.headers["X-Sha256"] == sha
+    assert put.headers["Content-Length"] == str(3 << 20)
+    assert "Transfer-Encoding" not in put.headers
+    assert seen[0] == (0, 3 << 20) and seen[-1] == (3 << 20, 3 << 20) and len(seen) == 4
+
+
+def test_download_verifies_and_then_renames(api: FakeApi, tmp_path: Path) -> None:
+    api.objects["outputs/j/out/result.txt"] = b"HELLO\n"
+    dest = tmp_path / "got" / "result.txt"
+
+    with sync_client(api) as gp:
+        obj = gp.download("outputs/j/out/result.txt", dest)
+
+    assert dest.read_bytes() == b"HELLO\n"
+    assert obj.sha256 == hashlib.sha256(b"HELLO\n").hexdigest()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["result.txt"]
+
+
+def test_a_download_that_does_not_match_leaves_nothing_behind(api: FakeApi, tmp_path: Path) -> None:
+    api.objects["k"] = b"bytes"
+    dest = tmp_path / "k.txt"
+    dest.write_text("old content")
+
+    with sync_client(api) as gp, pytest.raises(IntegrityError, match="expected 00"):
+        gp.download("k", dest, expected_sha256="00" * 32)
+
+    assert dest.read_text() == "old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["k.txt"]
+
+
+def test_a_lying_server_header_is_caught(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"evil", headers={"X-Sha256": "ab" * 32})
+
+    transport = httpx.MockTransport(handler)
+    with GpgpuClient("http://x", CLIENT, transport=transport) as gp, pytest.raises(IntegrityError):
+        gp.download("k", tmp_path / "k")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_delete_and_missing_objects(api: FakeApi) -> None:
+    api.objects.update({"a/1": b"1", "a/2": b"22", "b/3": b"333"})
+    with sync_client(api) as gp:
+        assert [(o.key, o.size) for o in gp.list_objects("a/")] == [("a/1", 1), ("a/2", 2)]
+        gp.delete("a/1")
+        assert [o.key for o in gp.list_objects()] == ["a/2", "b/3"]
+        with pytest.raises(NotFoundError, match="object 'a/1' not found"):
+            gp.delete("a/1")
+
+
+def test_the_wrong_caller_gets_the_api_detail(api: FakeApi) -> None:
+    with (
+        GpgpuClient(api.url, "mallory", transport=api.transport) as gp,
+        pytest.raises(ApiError, match="API error 403: wrong client"),
+    ):
+        gp.list_objects()
+
+
+def test_submit_spec_file_uploads_inputs_then_submits(api: FakeApi) -> None:
+    progress: list[str] = []
+    with sync_client(api) as gp:
+        job = gp.submit_spec_file(HELLO, lambda key, d, t: progress.append(key))
+
+    assert job.id == "job-1"
+    folder = HELLO.parent
+    assert api.objects["inputs/hello/hello.py"] == (folder / "hello.py").read_bytes()
+    assert api.objects["inputs/hello/input.txt"] == (folder / "input.txt").read_bytes()
+    [spec] = api.submitted
+    assert spec["inputs"] == [
+        {"key": "inputs/hello/hello.py", "name": "hello.py"},
+        {"key": "inputs/hello/input.txt", "name": "input.txt"},
+    ]
+    assert set(progress) == {"inputs/hello/hello.py", "inputs/hello/input.txt"}
+
+
+def test_a_spec_the_api_refuses_names_the_file_and_field(api: FakeApi) -> None:
+    api.reject = [{"field": "resources.gpu_model", "message": "no provider offers H900"}]
+    with sync_client(api) as gp, pytest.raises(SpecRejectedError) as caught:
+        gp.submit_spec_file(HELLO)
+    assert str(caught.value) == f"{HELLO}: resources.gpu_model: no provider offers H900"
+
+
+def test_an_unreachable_api_says_so(dead_url: str) -> None:
+    with GpgpuClient(dead_url) as gp, pytest.raises(ApiUnreachable) as caught:
+        gp.account()
+    assert str(caught.value) == (f"cannot reach the GPGPU API at {dead_url}: is `make up` running?")
+    with GpgpuClient(dead_url) as gp, pytest.raises(ApiUnreachable):
+        list(gp.follow("job-1"))
+
+
+async def test_async_client_does_the_same(api: FakeApi, tmp_path: Path) -> None:
+    local = tmp_path / "in.txt"
+    local.write_bytes(b"async bytes")
+    async with AsyncGpgpuClient(api.url, CLIENT, transport=httpx.MockTransport(api.handle)) as gp:
+        obj = await gp.upload(local, "in.txt")
+        assert obj.sha256 == hashlib.sha256(b"async bytes").hexdigest()
+        await gp.download("in.txt", tmp_path / "back.txt")
+        assert (tmp_path / "back.txt").read_bytes() == b"async bytes"
+        job = await gp.submit_spec_file(HELLO)
+        assert (await gp.job(job.id)).name == "hello"
+        assert [j.id for j in await gp.jobs()] == ["job-1"]
+        assert (await gp.account()).balance_micro == 87_500_000
+        with pytest.raises(NotFoundError):
+            await gp.job("nope")
