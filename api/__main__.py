@@ -17,7 +17,7 @@ def main() -> None:
     async def serve(stop: asyncio.Event) -> None:
         config = uvicorn.Config(
             create_app(settings), host=settings.api_host, port=settings.api_port,
-            log_level="warning", ws="websockets", lifespan="on",
+            log_level="warning", ws="websockets-sansio", lifespan="on",
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())

@@ -8,12 +8,14 @@ events, files, workflow history) stays under home for the next start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,12 @@ PROVIDERS = [
     ("provider-a", "2xH100:80", "2.5"),
     ("provider-b", "2xA100:80", "1.8"),
 ]
+
+
+def say(*parts: object, err: bool = False) -> None:
+    """Print, but never let a closed terminal or pipe stop the shutdown."""
+    with contextlib.suppress(BrokenPipeError, OSError):
+        print(*parts, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 @dataclass
@@ -115,16 +123,16 @@ class Stack:
 
     def start(self) -> None:
         s = self.settings
-        print(f"starting the embedded network under {self.home}", flush=True)
+        say(f"starting the embedded network under {self.home}")
         self.start_temporal()
         host = s.temporal_address.rpartition(":")[0]
-        print(f"  temporal      {s.temporal_address} (UI http://{host}:{s.temporal_ui_port})")
+        say(f"  temporal      {s.temporal_address} (UI http://{host}:{s.temporal_ui_port})")
         self.start_control_plane()
-        print(f"  api           {s.api_url}  (GraphiQL {s.api_url}/graphql)")
+        say(f"  api           {s.api_url}  (GraphiQL {s.api_url}/graphql)")
         for provider_id, gpus, price in PROVIDERS:
             self.start_provider(provider_id, gpus, price)
-            print(f"  provider      {provider_id}: simulated {gpus} at {price} credits/GPU-hour")
-        print(f"  logs          {self.logs}/", flush=True)
+            say(f"  provider      {provider_id}: simulated {gpus} at {price} credits/GPU-hour")
+        say(f"  logs          {self.logs}/")
 
     def submit_example_once(self) -> None:
         marker = self.home / "example-submitted"
@@ -135,8 +143,8 @@ class Stack:
         with GpgpuClient(api_url=self.settings.api_url) as client:
             job = client.submit_spec_file(EXAMPLE)
         marker.write_text(job.id)
-        print(f"\nsubmitted the example job {job.id}; follow it with\n"
-              f"  gpgpu job show {job.id}\n", flush=True)
+        say(f"\nsubmitted the example job {job.id}; follow it with\n"
+              f"  gpgpu job show {job.id}\n")
 
     def watch(self) -> int:
         """Block until Ctrl-C (0) or a child dies on its own (1)."""
@@ -147,17 +155,19 @@ class Stack:
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        print("the network is up; Ctrl-C stops it", flush=True)
+        say("the network is up; Ctrl-C stops it")
         while not stop["signal"]:
             for child in self.children:
                 if child.proc.poll() is not None:
-                    print(f"error: {child.name} exited with code {child.proc.returncode}; "
-                          f"see {child.log}", file=sys.stderr, flush=True)
+                    code = child.proc.returncode
+                    say(f"error: {child.name} exited with code {code}; see {child.log}", err=True)
                     return 1
             time.sleep(0.3)
         return 0
 
     def stop(self, quiet: bool = False) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
         for child in reversed(self.children):
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
@@ -167,7 +177,7 @@ class Stack:
                     child.proc.kill()
                     child.proc.wait()
             if not quiet:
-                print(f"  stopped {child.name}", flush=True)
+                say(f"  stopped {child.name}")
 
 
 def main() -> None:
@@ -180,9 +190,9 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 0
     except Exception as err:  # one clear line; the logs hold the details
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        say(f"error: {err}", err=True)
     finally:
-        print("stopping the network", flush=True)
+        say("stopping the network")
         stack.stop()
     sys.exit(code)
 
