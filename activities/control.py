@@ -179,7 +179,7 @@ class ControlActivities:
 
     @activity.defn(name=c.FINISH_JOB)
     def finish_job(self, req: c.FinishRequest) -> None:
-        self.network.finish_job(req.job_id, req.succeeded, req.reason)
+        self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)
 
     def all(self) -> list[Callable[..., Any]]:
         return [

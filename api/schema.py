@@ -16,10 +16,12 @@ from strawberry.types import Info
 
 from api.jobs import submit_job
 from api.services import Services
+from domain.job import TERMINAL_STATES
 from domain.ledger import client_account, provider_account
 from domain.projection import TERMINAL_EVENTS
 from domain.spec import SpecError
 from infra.storage import check_client_id
+from workflows.contracts import job_workflow_id
 
 BigInt = NewType("BigInt", int)
 BIG_INT_SCALAR = strawberry.scalar(
@@ -272,6 +274,19 @@ class Mutation:
                 raise RuntimeError("the job was recorded but the read model is not keeping up")
             await asyncio.wait({services.broadcaster.current()}, timeout=0.2)
         return JobSubmitted(job=job)
+
+    @strawberry.mutation(
+        description="Stop a job: its process stops within seconds; it pays for GPU time used"
+    )
+    async def cancel_job(self, info: I, id: strawberry.ID) -> Job:
+        job = await load_job(info, str(id))
+        if job is None:
+            raise ValueError(f"id: no job {id} of yours")
+        if job.state in TERMINAL_STATES:
+            raise ValueError(f"id: job {id} is already {job.state}")
+        handle = info.context.services.temporal.get_workflow_handle(job_workflow_id(str(id)))
+        await handle.cancel()
+        return job
 
     @strawberry.mutation(description="A provider agent declares its GPUs and price")
     async def register_provider(self, info: I, input: RegisterProviderInput) -> Provider:

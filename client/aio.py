@@ -92,6 +92,10 @@ class AsyncGpgpuClient:
     async def job(self, job_id: str) -> Job:
         return _http.parse_job(await self._graphql(queries.JOB, {"id": job_id}), job_id)
 
+    async def cancel_job(self, job_id: str) -> Job:
+        data = await self._graphql(queries.CANCEL_JOB, {"id": job_id})
+        return Job.from_json(data["cancelJob"])
+
     async def jobs(self, limit: int = 50) -> list[Job]:
         return _http.parse_jobs(await self._graphql(queries.JOBS, {"limit": limit}))
 

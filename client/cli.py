@@ -242,6 +242,19 @@ def job_show(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None
         _out().print(job_detail(job))
 
 
+@job_app.command("cancel")
+@fails_cleanly
+def job_cancel(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """Stop a job: it pays for the GPU time used and the rest of its escrow is refunded."""
+    with _client(ctx) as gp:
+        job = gp.cancel_job(job_id)
+    if as_json:
+        _print_json(job)
+    else:
+        _out().print(f"cancelling job {job_id} (it was {job.state}); "
+                     f"see `gpgpu job show {job_id}`")
+
+
 @job_app.command("outputs")
 @fails_cleanly
 def job_outputs(

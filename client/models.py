@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "REJECTED"})
-TERMINAL_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobRejected"})
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "CANCELLED"})
+TERMINAL_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobRejected", "JobCancelled"})
 
 
 @dataclass(frozen=True)

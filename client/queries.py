@@ -26,6 +26,15 @@ query Jobs($limit: Int!) {
     + JOB_FIELDS
 )
 
+CANCEL_JOB = (
+    """
+mutation CancelJob($id: ID!) {
+  cancelJob(id: $id) { ...JobFields }
+}
+"""
+    + JOB_FIELDS
+)
+
 ACCOUNT = """
 query Account {
   account { clientId balanceMicro escrowMicro }

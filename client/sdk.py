@@ -102,6 +102,11 @@ class GpgpuClient:
     def job(self, job_id: str) -> Job:
         return _http.parse_job(self._graphql(queries.JOB, {"id": job_id}), job_id)
 
+    def cancel_job(self, job_id: str) -> Job:
+        """Ask the job to stop; it settles what it used and ends CANCELLED."""
+        data = self._graphql(queries.CANCEL_JOB, {"id": job_id})
+        return Job.from_json(data["cancelJob"])
+
     def jobs(self, limit: int = 50) -> list[Job]:
         return _http.parse_jobs(self._graphql(queries.JOBS, {"limit": limit}))
 

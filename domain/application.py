@@ -15,7 +15,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from domain.errors import InsufficientFunds, UnknownJob, UnknownProvider
+from domain.errors import InsufficientFunds, InvalidTransition, UnknownJob, UnknownProvider
 from domain.job import Job
 from domain.ledger import (
     EXTERNAL,
@@ -274,20 +274,34 @@ class Network(Application[Any]):
 
         def attempt() -> tuple[SettlementFigures, list[Aggregate]]:
             job = self.job(job_id)
-            escrow = self.account(escrow_account(job_id))
-            client = self.account(client_account(job.client_id))
-            prov = self.account(provider_account(provider_id))
-            fees = self.account(FEES)
+            if "FundsEscrowed" not in job.recorded:
+                raise InvalidTransition(f"job {job_id} holds no escrow to settle")
             held = job.max_cost_micro
             charged = min(cost_of_gpu_time(gpu_ms, price_micro), held) if pay_provider else 0
             fee = charged * fee_bps // 10_000
-            paid, refund = charged - fee, held - charged
-            transfer(escrow, prov, f"pay:{job_id}", paid, "payment for GPU time")
-            transfer(escrow, fees, f"fee:{job_id}", fee, "protocol fee")
-            transfer(escrow, client, f"refund:{job_id}", refund, "escrow refund")
-            job.record_settlement(charged, paid, fee, refund)
-            figures = SettlementFigures(charged, paid, fee, refund)
-            return figures, [job, escrow, client, prov, fees]
+            figures = SettlementFigures(charged, charged - fee, fee, held - charged)
+            if job.settlement is not None:
+                if SettlementFigures(**job.settlement) != figures:
+                    raise InvalidTransition(
+                        f"job {job_id} is already settled ({job.settlement}); "
+                        f"refusing a second settlement ({figures})"
+                    )
+                return figures, []  # a retry of the same settlement
+            escrow = self.account(escrow_account(job_id))
+            changed: list[Aggregate] = [job, escrow]
+            for name, transfer_id, amount, memo in (
+                (provider_account(provider_id), f"pay:{job_id}", figures.provider_paid_micro,
+                 "payment for GPU time"),
+                (FEES, f"fee:{job_id}", fee, "protocol fee"),
+                (client_account(job.client_id), f"refund:{job_id}", figures.refunded_micro,
+                 "escrow refund"),
+            ):
+                if amount:
+                    target = self.account(name)
+                    transfer(escrow, target, transfer_id, amount, memo)
+                    changed.append(target)
+            job.record_settlement(charged, figures.provider_paid_micro, fee, figures.refunded_micro)
+            return figures, changed
 
         return self._save_retrying(attempt)
 
@@ -307,10 +321,12 @@ class Network(Application[Any]):
 
         self._save_retrying(attempt)
 
-    def finish_job(self, job_id: str, succeeded: bool, reason: str) -> None:
+    def finish_job(
+        self, job_id: str, succeeded: bool, reason: str, cancelled: bool = False
+    ) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
             job = self.job(job_id)
-            job.finish(succeeded, reason)
+            job.finish(succeeded, reason, cancelled)
             return None, [job]
 
         self._save_retrying(attempt)

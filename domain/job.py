@@ -15,7 +15,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import InvalidTransition
 from domain.ids import business_id
 
-TERMINAL_STATES = ("SUCCEEDED", "FAILED", "REJECTED")
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "REJECTED", "CANCELLED")
 
 
 class Job(Aggregate):
@@ -34,6 +34,7 @@ class Job(Aggregate):
         self.provider_id: str | None = None
         self.attempt = 0
         self.recorded: list[str] = []
+        self.settlement: dict[str, int] | None = None
 
     # Commands: check, then apply through a private @event method.
 
@@ -102,10 +103,12 @@ class Job(Aggregate):
                 refunded_micro=refunded_micro,
             )
 
-    def finish(self, succeeded: bool, reason: str) -> None:
+    def finish(self, succeeded: bool, reason: str, cancelled: bool = False) -> None:
         if "Finished" in self.recorded or self.state in TERMINAL_STATES:
             return
-        if succeeded:
+        if cancelled:
+            self._cancelled(reason=reason)
+        elif succeeded:
             self._succeeded()
         else:
             self._failed(reason=reason)
@@ -181,11 +184,22 @@ class Job(Aggregate):
     def _settled(
         self, charged_micro: int, provider_paid_micro: int, fee_micro: int, refunded_micro: int
     ) -> None:
+        self.settlement = {
+            "charged_micro": charged_micro,
+            "provider_paid_micro": provider_paid_micro,
+            "fee_micro": fee_micro,
+            "refunded_micro": refunded_micro,
+        }
         self.recorded.append("JobSettled")
 
     @event("JobSucceeded")
     def _succeeded(self) -> None:
         self.state = "SUCCEEDED"
+        self.recorded.append("Finished")
+
+    @event("JobCancelled")
+    def _cancelled(self, reason: str) -> None:
+        self.state, self.reason = "CANCELLED", reason
         self.recorded.append("Finished")
 
     @event("JobFailed")

@@ -41,8 +41,9 @@ JOB_STATE_AFTER: dict[str, str | None] = {
     "JobSettled": None,
     "JobSucceeded": "SUCCEEDED",
     "JobFailed": "FAILED",
+    "JobCancelled": "CANCELLED",
 }
-TERMINAL_EVENTS = ("JobSucceeded", "JobFailed", "JobRejected")
+TERMINAL_EVENTS = ("JobSucceeded", "JobFailed", "JobRejected", "JobCancelled")
 
 
 def event_data(event: Any) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class Projector:
         if state:
             sets.append("state = ?")
             params.append(state)
-        if etype in ("JobRejected", "JobFailed"):
+        if etype in ("JobRejected", "JobFailed", "JobCancelled"):
             sets.append("reason = ?")
             params.append(data["reason"])
         elif etype == "JobQueued":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
 def gpu_task_queue(provider_id: str) -> str:
     return f"gpu.{provider_id}"
 
@@ -227,6 +228,7 @@ class FinishRequest:
     job_id: str
     succeeded: bool
     reason: str
+    cancelled: bool = False
 
 
 @dataclass

@@ -10,12 +10,19 @@ to allocation without it.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    TimeoutError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from workflows import contracts as c
@@ -61,6 +68,9 @@ class JobWorkflow:
     def __init__(self) -> None:
         self._step = "admit"
         self._provider: str | None = None
+        self._alloc: c.Allocation | None = None
+        self._execution_started: datetime | None = None
+        self._executed: c.ExecuteResult | None = None
 
     @workflow.query
     def progress(self) -> dict[str, Any]:
@@ -85,6 +95,7 @@ class JobWorkflow:
         result_type: type[T],
         run_for_s: float,
         retry: RetryPolicy = GPU_RETRY,
+        cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
     ) -> T:
         return await workflow.execute_activity(
             name,
@@ -95,10 +106,19 @@ class JobWorkflow:
             heartbeat_timeout=timedelta(seconds=inp.gpu_heartbeat_timeout_s),
             retry_policy=retry,
             result_type=result_type,
+            cancellation_type=cancellation,
         )
 
     @workflow.run
     async def run(self, inp: c.JobInput) -> c.JobResult:
+        try:
+            return await self._run(inp)
+        except (asyncio.CancelledError, ActivityError) as err:
+            if not is_cancelled_exception(err):
+                raise
+            return await self._cancelled(inp)
+
+    async def _run(self, inp: c.JobInput) -> c.JobResult:
         admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
         if not admitted.admitted:
             return c.JobResult(inp.job_id, "REJECTED", admitted.reason)
@@ -113,8 +133,10 @@ class JobWorkflow:
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=QUEUE_RETRY,
                 result_type=c.Allocation,
+                # A cancel must not race an allocation that is being written.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
-            self._provider = alloc.provider_id
+            self._provider, self._alloc = alloc.provider_id, alloc
             try:
                 outcome = await self._run_on_provider(inp, alloc)
             except ProviderLostError as lost:
@@ -125,6 +147,8 @@ class JobWorkflow:
                 excluded.append(alloc.provider_id)
                 continue
             except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise
                 # The provider answered with a refusal (e.g. inputs changed in storage).
                 return await self._close(inp, alloc, None, None, _reason(err))
             return await self._close(inp, alloc, *outcome, "")
@@ -153,6 +177,7 @@ class JobWorkflow:
             ))
             await self._step_done(c.JobStep(inp.job_id, "execution_started", pid, attempt))
             self._step = "execute"
+            self._execution_started = workflow.now()
             executed = await self._gpu(
                 inp, pid, c.EXECUTE_JOB,
                 c.ExecuteRequest(
@@ -161,7 +186,10 @@ class JobWorkflow:
                 c.ExecuteResult, plan.timeout_s + 60.0,
                 # Never run a job twice on the same provider: a lost run is re-allocated.
                 retry=RetryPolicy(maximum_attempts=1),
+                # On cancel, settle only once the process has really stopped.
+                cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
+            self._executed = executed
             await self._step_done(c.JobStep(
                 inp.job_id, "execution_finished", pid, attempt, exit_code=executed.exit_code,
                 timed_out=executed.timed_out, gpu_ms=executed.gpu_ms, log_tail=executed.log_tail,
@@ -226,6 +254,38 @@ class JobWorkflow:
         self._step = "done"
         state = "SUCCEEDED" if verdict.succeeded else "FAILED"
         return c.JobResult(inp.job_id, state, verdict.reason, pid, settlement.charged_micro)
+
+
+    async def _cancelled(self, inp: c.JobInput) -> c.JobResult:
+        """The client cancelled: pay for the GPU time used, refund the rest, free the GPUs."""
+        self._step = "cancel"
+        reason = "cancelled by the client"
+        alloc, gpu_ms = self._alloc, 0
+        if self._executed is not None:
+            gpu_ms = self._executed.gpu_ms
+        elif alloc is not None and self._execution_started is not None:
+            elapsed = workflow.now() - self._execution_started
+            gpu_ms = int(elapsed.total_seconds() * 1000) * len(alloc.gpu_indexes)
+        # Admission is idempotent: this returns what happened, or admits now so we can refund.
+        admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
+        charged = 0
+        if admitted.admitted:
+            settle = c.SettleRequest(
+                inp.job_id,
+                alloc.provider_id if alloc else "",
+                gpu_ms,
+                alloc.price_per_gpu_hour_micro if alloc else 0,
+                pay_provider=alloc is not None and gpu_ms > 0,
+            )
+            charged = (await self._control(c.SETTLE_JOB, settle, c.Settlement)).charged_micro
+        if alloc is not None:
+            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, alloc.provider_id))
+        await self._control(
+            c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason, cancelled=True)
+        )
+        self._step = "done"
+        provider = alloc.provider_id if alloc else ""
+        return c.JobResult(inp.job_id, "CANCELLED", reason, provider, charged)
 
 
 def _reason(err: ActivityError) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +208,37 @@ def test_dishonest_provider_is_caught_and_not_paid(net: Network) -> None:
     assert providers["pipe-liar"]["reputation"] < 0.5
     account = net.gql("{ account { balanceMicro escrowMicro } }", "gina")["account"]
     assert account["balanceMicro"] == net.stack.settings.starting_balance_micro
+
+
+CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { id state } }"
+
+
+def test_cancel_running_job_stops_it_and_charges_time_used(net: Network) -> None:
+    job_id = submit(net, "ivan", spec("sleepy", "echo started; sleep 61.25; echo never"))
+    net.wait_job(job_id, ("RUNNING",), client="ivan")
+    time.sleep(1.5)
+    cancelled_at = time.monotonic()
+    net.gql(CANCEL, "ivan", id=job_id)
+    job = net.wait_job(job_id, ("CANCELLED",), client="ivan", timeout_s=30)
+    assert time.monotonic() - cancelled_at < 15
+    assert job["reason"] == "cancelled by the client"
+    assert subprocess.run(["pgrep", "-f", "sleep 61.25"], capture_output=True).returncode == 1
+    # Paid for a few seconds of one GPU at 2 credits/hour: more than nothing, far below the max.
+    assert 0 < job["costMicro"] < 2_000_000 * 20 // 3600
+    account = net.gql("{ account { balanceMicro escrowMicro } }", "ivan")["account"]
+    start = net.stack.settings.starting_balance_micro
+    assert account == {"balanceMicro": start - job["costMicro"], "escrowMicro": 0}
+    again = net.http.post("/graphql", json={"query": CANCEL, "variables": {"id": job_id}},
+                          headers={"X-Gpgpu-Client": "ivan"}).json()
+    assert "is already CANCELLED" in again["errors"][0]["message"]
+
+
+def test_cancel_queued_job_refunds_everything(net: Network) -> None:
+    job_id = submit(net, "judy", spec("nowhere", ["true"], resources={"gpu_model": "B200"}))
+    net.wait_job(job_id, ("QUEUED",), client="judy")
+    net.gql(CANCEL, "judy", id=job_id)
+    job = net.wait_job(job_id, ("CANCELLED",), client="judy", timeout_s=30)
+    assert job["costMicro"] in (None, 0)
+    account = net.gql("{ account { balanceMicro escrowMicro } }", "judy")["account"]
+    assert account == {"balanceMicro": net.stack.settings.starting_balance_micro,
+                       "escrowMicro": 0}
