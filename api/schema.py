@@ -356,16 +356,26 @@ class Subscription:
         if await load_job(info, str(job_id)) is None:
             raise ValueError(f"jobId: no job {job_id} of yours")
         services, last = info.context.services, after
+        wake = services.broadcaster.current()
+        rows = await services.query(EVENTS_SQL, (str(job_id), last))
         while True:
-            wake = services.broadcaster.current()
-            rows = await services.query(EVENTS_SQL, (str(job_id), last))
             for row in rows:
+                if row["seq"] != last + 1:
+                    break  # a gap: read what was missed from the view below
                 last = row["seq"]
                 yield JobEvent.from_row(row)
                 if row["type"] in TERMINAL_EVENTS:
                     return
-            # Another process may run the projection: look again at least every second.
-            await asyncio.wait({wake}, timeout=1.0)
+            # Woken by a batch (with its rows when this process applied it), or every
+            # second in case another process runs the projection and no NOTIFY reaches us.
+            done, _ = await asyncio.wait({wake}, timeout=1.0)
+            pushed = wake.result() if done else []
+            wake = services.broadcaster.current()
+            mine = [r for r in pushed if r["job_id"] == job_id and r["seq"] > last]
+            if mine and mine[0]["seq"] == last + 1:
+                rows = mine
+            else:
+                rows = await services.query(EVENTS_SQL, (str(job_id), last))
 
 
 schema = strawberry.Schema(

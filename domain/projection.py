@@ -22,6 +22,7 @@ from infra.db import Cursor, ViewDB
 log = logging.getLogger(__name__)
 
 NAME = "views"
+CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
 # The job state each event leaves the job in (None: state unchanged).
@@ -57,7 +58,9 @@ def event_data(event: Any) -> dict[str, Any]:
 class Projector:
     def __init__(self, app: Application[Any], db: ViewDB, batch_size: int = 500):
         self.app, self.db, self.batch_size = app, db, batch_size
-        self.listeners: list[Callable[[int], None]] = []
+        # Called after each committed batch with the new position and the job events it added.
+        self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
+        self._added: list[dict[str, Any]] = []
         with db.transaction() as cur:
             if cur.one("SELECT position FROM tracking WHERE name = ?", (NAME,)) is None:
                 cur.execute("INSERT INTO tracking (name, position) VALUES (?, 0)", (NAME,))
@@ -74,6 +77,7 @@ class Projector:
         )
         if not notifications:
             return 0
+        self._added = []
         with self.db.transaction() as cur:
             moved = cur.execute(
                 "UPDATE tracking SET position = ? WHERE name = ? AND position = ?",
@@ -83,9 +87,11 @@ class Projector:
                 return 0  # another runner applied this batch first; its transaction wins
             for n in notifications:
                 self._apply(cur, n.id, self.app.mapper.to_domain_event(n))
+            if self.db.is_postgres:
+                cur.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(notifications[-1].id)))
         last = notifications[-1].id
         for listener in self.listeners:
-            listener(last)
+            listener(last, self._added)
         return len(notifications)
 
     def catch_up(self) -> int:
@@ -136,17 +142,20 @@ class Projector:
                 ),
             )
             data = {k: v for k, v in data.items() if k != "spec"}
-        row = cur.one("SELECT job_id, last_seq, queued_position FROM jobs WHERE aggregate_id = ?",
+        job = cur.one("SELECT job_id, last_seq, queued_position FROM jobs WHERE aggregate_id = ?",
                       (agg,))
-        if row is None:
+        if job is None:
             log.error("event %s for unknown job aggregate %s", etype, agg)
             return
-        job_id, seq = row["job_id"], row["last_seq"] + 1
+        job_id, seq = job["job_id"], job["last_seq"] + 1
+        row = {"job_id": job_id, "seq": seq, "notification_id": nid, "type": etype, "at": at,
+               "data": json.dumps(data)}
         cur.execute(
             "INSERT INTO job_events (job_id, seq, notification_id, type, at, data)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, seq, nid, etype, at, json.dumps(data)),
+            tuple(row.values()),
         )
+        self._added.append(row)
         sets, params = ["last_seq = ?", "updated_at = ?"], list[Any]([seq, at])
         state = JOB_STATE_AFTER.get(etype)
         if state:
@@ -158,7 +167,7 @@ class Projector:
         elif etype == "JobQueued":
             sets += ["attempt = ?", "provider_id = NULL"]
             params.append(data["attempt"])
-            if row["queued_position"] is None:
+            if job["queued_position"] is None:
                 sets.append("queued_position = ?")
                 params.append(nid)
         elif etype == "GpusAllocated":
