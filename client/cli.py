@@ -54,6 +54,11 @@ job_app = typer.Typer(help="Submit and inspect jobs.", no_args_is_help=True)
 storage_app = typer.Typer(help="Your storage space: put, get, ls, rm.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(storage_app, name="storage")
+admin_app = typer.Typer(
+    help="Operator commands on this node's stores (GPGPU_HOME / GPGPU_EVENT_STORE).",
+    no_args_is_help=True,
+)
+app.add_typer(admin_app, name="admin")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -366,7 +371,7 @@ def providers(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 @app.command("up")
 def up() -> None:
-    """Start the embedded dev stack on this machine (Temporal, API, workers, a simulated GPU)."""
+    """Start the embedded network here: Temporal, the API, the control worker, two providers."""
     try:
         devstack = importlib.import_module("infra.devstack")
     except ModuleNotFoundError as err:
@@ -375,6 +380,20 @@ def up() -> None:
         _fail("the dev stack launcher (infra/devstack.py) is not in this installation", 1)
     code = devstack.main()
     raise typer.Exit(code if isinstance(code, int) else 0)
+
+
+@admin_app.command("rebuild-projections")
+def admin_rebuild_projections(as_json: JsonFlag = False) -> None:
+    """Drop every read model and rebuild it from the event log."""
+    from infra.admin import rebuild_projections
+    from infra.settings import Settings
+
+    result = rebuild_projections(Settings())
+    if as_json:
+        _print_json(result)
+    else:
+        rows = ", ".join(f"{n} {t}" for t, n in result["rows"].items())
+        _out().print(f"rebuilt from {result['events']} events in {result['seconds']} s: {rows}")
 
 
 def main() -> None:

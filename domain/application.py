@@ -15,7 +15,13 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from domain.errors import InsufficientFunds, InvalidTransition, UnknownJob, UnknownProvider
+from domain.errors import (
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidTransition,
+    UnknownJob,
+    UnknownProvider,
+)
 from domain.job import Job
 from domain.ledger import (
     EXTERNAL,
@@ -105,6 +111,18 @@ class Network(Application[Any]):
             src, dst = self.account(EXTERNAL), self.account(client_account(client_id))
             transfer(src, dst, f"deposit:{deposit_id}", amount_micro, "deposit")
             return dst.balance_micro, [src, dst]
+
+        return int(self._save_retrying(attempt))
+
+    def withdraw(self, account: str, amount_micro: int, withdrawal_id: str) -> int:
+        """Pay money out of a client's or provider's account; refuses an overdraft."""
+        if not account.startswith(("client:", "provider:")):
+            raise InvalidAmount(f"only client and provider accounts withdraw, not {account}")
+
+        def attempt() -> tuple[int, list[Aggregate]]:
+            src, dst = self.account(account), self.account(EXTERNAL)
+            transfer(src, dst, f"withdraw:{withdrawal_id}", amount_micro, "withdrawal")
+            return src.balance_micro, [src, dst]
 
         return int(self._save_retrying(attempt))
 

@@ -19,6 +19,21 @@ from domain.ids import business_id
 EXTERNAL = "external:deposits"
 FEES = "protocol:fees"
 
+# What a transfer is, from the prefix of its id: the ledger per account shows it.
+KINDS = {
+    "deposit": "deposit", "withdraw": "withdrawal", "escrow": "escrow", "pay": "payment",
+    "fee": "fee", "refund": "refund",
+}
+# Entries written before `kind` existed (version 1) carry only their memo.
+_KIND_FROM_MEMO = {
+    "deposit": "deposit", "escrow": "escrow", "payment for GPU time": "payment",
+    "protocol fee": "fee", "escrow refund": "refund",
+}
+
+
+def kind_of(transfer_id: str) -> str:
+    return KINDS.get(transfer_id.partition(":")[0], "other")
+
 
 def client_account(client_id: str) -> str:
     return f"client:{client_id}"
@@ -33,6 +48,20 @@ def provider_account(provider_id: str) -> str:
 
 
 class Account(Aggregate):
+    class EntryPosted(Aggregate.Event):
+        """One side of a transfer. Version 2 added `kind`."""
+
+        class_version = 2
+        transfer_id: str
+        amount_micro: int
+        counterparty: str
+        memo: str
+        kind: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["kind"] = _KIND_FROM_MEMO.get(state["memo"], "other")
+
     @staticmethod
     def create_id(name: str, **_: Any) -> UUID:
         return business_id("account", name)
@@ -54,8 +83,10 @@ class Account(Aggregate):
                 f"{amount_micro} needed"
             )
 
-    @event("EntryPosted")
-    def post(self, transfer_id: str, amount_micro: int, counterparty: str, memo: str) -> None:
+    @event(EntryPosted)
+    def post(
+        self, transfer_id: str, amount_micro: int, counterparty: str, memo: str, kind: str
+    ) -> None:
         self.balance_micro += amount_micro
         self.posted.append(transfer_id)
 
@@ -73,6 +104,7 @@ def transfer(
     if amount_micro == 0 or source.has_posted(transfer_id) or target.has_posted(transfer_id):
         return False
     source.check_debit(amount_micro)
-    source.post(transfer_id, -amount_micro, target.name, memo)
-    target.post(transfer_id, amount_micro, source.name, memo)
+    kind = kind_of(transfer_id)
+    source.post(transfer_id, -amount_micro, target.name, memo, kind)
+    target.post(transfer_id, amount_micro, source.name, memo, kind)
     return True

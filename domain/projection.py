@@ -22,6 +22,8 @@ from infra.db import Cursor, ViewDB
 log = logging.getLogger(__name__)
 
 NAME = "views"
+# Bump when the views' tables or folding change: the next start rebuilds them from the log.
+VIEWS_VERSION = 2
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
@@ -64,6 +66,15 @@ class Projector:
         with db.transaction() as cur:
             if cur.one("SELECT position FROM tracking WHERE name = ?", (NAME,)) is None:
                 cur.execute("INSERT INTO tracking (name, position) VALUES (?, 0)", (NAME,))
+            version = cur.one("SELECT position FROM tracking WHERE name = 'views_version'")
+            stale = version is None or version["position"] != VIEWS_VERSION
+            if stale:
+                cur.execute("DELETE FROM tracking WHERE name = 'views_version'")
+                cur.execute("INSERT INTO tracking (name, position) VALUES ('views_version', ?)",
+                            (VIEWS_VERSION,))
+        if stale and self.position() > 0:
+            log.warning("read model is from another version: rebuilding it from the event log")
+            self.rebuild()
 
     def position(self) -> int:
         rows = self.db.query("SELECT position FROM tracking WHERE name = ?", (NAME,))
@@ -103,7 +114,7 @@ class Projector:
     def rebuild(self) -> int:
         """Drop every view and project the whole log again."""
         with self.db.transaction() as cur:
-            for table in ("jobs", "job_events", "providers", "accounts"):
+            for table in ("jobs", "job_events", "providers", "accounts", "ledger_entries"):
                 cur.execute(f"DELETE FROM {table}")
             cur.execute("UPDATE tracking SET position = 0 WHERE name = ?", (NAME,))
         return self.catch_up()
@@ -126,10 +137,26 @@ class Projector:
                     (data["name"], agg),
                 )
             elif etype == "EntryPosted":
-                cur.execute(
-                    "UPDATE accounts SET balance_micro = balance_micro + ? WHERE aggregate_id = ?",
-                    (data["amount_micro"], agg),
-                )
+                self._entry(cur, agg, at, data)
+
+    def _entry(self, cur: Cursor, agg: str, at: str, data: dict[str, Any]) -> None:
+        cur.execute(
+            "UPDATE accounts SET balance_micro = balance_micro + ? WHERE aggregate_id = ?",
+            (data["amount_micro"], agg),
+        )
+        acct = cur.one("SELECT name, balance_micro FROM accounts WHERE aggregate_id = ?", (agg,))
+        if acct is None:
+            log.error("entry for unknown account aggregate %s", agg)
+            return
+        last = cur.one("SELECT COALESCE(MAX(seq), 0) AS seq FROM ledger_entries WHERE account = ?",
+                       (acct["name"],))
+        cur.execute(
+            "INSERT INTO ledger_entries (account, seq, transfer_id, amount_micro, balance_micro,"
+            " counterparty, kind, memo, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (acct["name"], (last["seq"] if last else 0) + 1, data["transfer_id"],
+             data["amount_micro"], acct["balance_micro"], data["counterparty"], data["kind"],
+             data["memo"], at),
+        )
 
     def _job(self, cur: Cursor, nid: int, agg: str, etype: str, at: str, data: dict[str, Any]):
         if etype == "JobSubmitted":

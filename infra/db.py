@@ -37,6 +37,10 @@ SCHEMA = [
         reputation DOUBLE PRECISION NOT NULL, updated_at TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS accounts (
         name TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, balance_micro BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS ledger_entries (
+        account TEXT NOT NULL, seq INTEGER NOT NULL, transfer_id TEXT NOT NULL,
+        amount_micro BIGINT NOT NULL, balance_micro BIGINT NOT NULL, counterparty TEXT NOT NULL,
+        kind TEXT NOT NULL, memo TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (account, seq))""",
     """CREATE TABLE IF NOT EXISTS provider_liveness (
         provider_id TEXT PRIMARY KEY, last_heartbeat_at DOUBLE PRECISION NOT NULL,
         telemetry TEXT NOT NULL DEFAULT '[]')""",

@@ -2,7 +2,8 @@
 
 Every key lives under its client's own space. Writes go to a temporary file and
 are renamed into place only once complete and checked, so nothing is ever
-half-written; each object's sha256 is kept beside it.
+half-written; each object's sha256 is kept beside it. The S3 backend is in
+infra/storage_s3.py; `build_store` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from domain.spec import check_storage_key
@@ -29,6 +30,10 @@ class ObjectNotFound(StorageError):
 
 
 class IntegrityMismatch(StorageError):
+    pass
+
+
+class QuotaExceeded(StorageError):
     pass
 
 
@@ -58,17 +63,71 @@ def check_client_id(client_id: str) -> str:
     return client_id
 
 
+def check_object_key(client_id: str, key: str) -> str:
+    """The key in its plain form ('a//b' is 'a/b'), refused unless it stays in the client's space.
+
+    Every backend checks keys here, so a key means the same object on all of them.
+    """
+    check_client_id(client_id)
+    try:
+        check_storage_key(key)
+    except ValueError as err:
+        raise StorageError(f"key: {err}") from None
+    plain = PurePosixPath(key).as_posix()
+    if PurePosixPath(client_id, plain).parent.parts[:1] != (client_id,):
+        raise StorageError(f"key: {key!r} leaves your storage space")
+    return plain
+
+
+class Intake:
+    """The bytes of one upload as they pass: counted, hashed, refused past the client's quota.
+
+    `usage` is what the client stores already, not counting the object being replaced.
+    """
+
+    def __init__(self, client_id: str, key: str, quota_bytes: int | None, usage: int = 0):
+        self.client_id, self.key = client_id, key
+        self.quota_bytes, self.usage = quota_bytes, usage
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    def take(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        self._check_quota()
+        for chunk in chunks:
+            if not chunk:
+                continue
+            self.size += len(chunk)
+            self._check_quota()
+            self._digest.update(chunk)
+            yield chunk
+
+    def _check_quota(self) -> None:
+        if self.quota_bytes is not None and self.usage + self.size > self.quota_bytes:
+            raise QuotaExceeded(
+                f"{self.key}: refused, {self.client_id}'s storage quota is {self.quota_bytes} "
+                f"bytes, {self.usage} bytes are in use and this upload reached {self.size} bytes"
+            )
+
+    def verify(self, expected_sha256: str | None) -> str:
+        """The sha256 of everything taken, refused if the sender announced another."""
+        sha = self._digest.hexdigest()
+        if expected_sha256 and expected_sha256.lower() != sha:
+            raise IntegrityMismatch(
+                f"{self.key}: sha256 of the bytes received is {sha}, the sender said "
+                f"{expected_sha256}"
+            )
+        return sha
+
+
 class FilesystemStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, quota_bytes: int | None = None):
         self.root = root
+        self.quota_bytes = quota_bytes
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, client_id: str, key: str) -> Path:
-        try:
-            check_storage_key(key)
-        except ValueError as err:
-            raise StorageError(f"key: {err}") from None
-        space = (self.root / check_client_id(client_id)).resolve()
+        key = check_object_key(client_id, key)
+        space = (self.root / client_id).resolve()
         path = (space / key).resolve()
         if space not in path.parents:
             raise StorageError(f"key: {key!r} leaves your storage space")
@@ -78,25 +137,31 @@ class FilesystemStore:
     def _sidecar(path: Path) -> Path:
         return path.with_name(f".{path.name}.sha256")
 
+    def _usage(self, client_id: str, replacing: Path) -> int:
+        """Bytes in the client's objects, not counting `replacing` (sums the whole space)."""
+        space = (self.root / client_id).resolve()
+        if not space.exists():
+            return 0
+        return sum(
+            p.stat().st_size
+            for p in space.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p != replacing
+        )
+
     def put(
         self, client_id: str, key: str, chunks: Iterable[bytes], expected_sha256: str | None = None
     ) -> ObjectInfo:
         path = self._path(client_id, key)
+        key = check_object_key(client_id, key)
+        usage = 0 if self.quota_bytes is None else self._usage(client_id, replacing=path)
+        intake = Intake(client_id, key, self.quota_bytes, usage)
         path.parent.mkdir(parents=True, exist_ok=True)
-        digest, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
+                for chunk in intake.take(chunks):
                     f.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-            sha = digest.hexdigest()
-            if expected_sha256 and expected_sha256.lower() != sha:
-                raise IntegrityMismatch(
-                    f"{key}: sha256 of the bytes received is {sha}, the sender said "
-                    f"{expected_sha256}"
-                )
+            sha = intake.verify(expected_sha256)
             side_tmp = self._sidecar(path).with_suffix(".part")
             side_tmp.write_text(sha)
             os.replace(tmp, path)
@@ -104,7 +169,7 @@ class FilesystemStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return ObjectInfo(key, size, sha)
+        return ObjectInfo(key, intake.size, sha)
 
     def stat(self, client_id: str, key: str) -> ObjectInfo:
         path = self._path(client_id, key)
@@ -151,3 +216,31 @@ def _hash_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def build_store(
+    kind: str,
+    *,
+    root: Path,
+    s3_endpoint: str | None = None,
+    s3_bucket: str = "gpgpu",
+    s3_access_key: str | None = None,
+    s3_secret_key: str | None = None,
+    s3_region: str = "us-east-1",
+    quota_bytes: int | None = None,
+) -> ObjectStore:
+    """The backend named by `kind`: "filesystem" (under `root`) or "s3" (one bucket)."""
+    if kind == "filesystem":
+        return FilesystemStore(root, quota_bytes=quota_bytes)
+    if kind == "s3":
+        from infra.storage_s3 import S3Store  # boto3 is imported only when S3 is used
+
+        return S3Store(
+            s3_bucket,
+            endpoint=s3_endpoint,
+            access_key=s3_access_key,
+            secret_key=s3_secret_key,
+            region=s3_region,
+            quota_bytes=quota_bytes,
+        )
+    raise ValueError(f"storage backend {kind!r} is not one of 'filesystem', 's3'")
