@@ -1,0 +1,137 @@
+"""Small real HTTP servers for the provider agent's tests.
+
+StorageServer stands in for presigned storage URLs (GET/PUT files in a folder);
+GraphQLRecorder answers the two mutations the agent sends and keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import unquote, urlsplit
+
+
+class _Server:
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@dataclass
+class Put:
+    name: str
+    body: bytes
+    sha256_header: str | None
+    chunked: bool
+
+
+class _StorageHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _name(self) -> str:
+        return unquote(urlsplit(self.path).path).removeprefix("/files/")
+
+    def _refuse(self) -> bool:
+        status = self.server.owner.fail_status  # type: ignore[attr-defined]
+        if status is None:
+            return False
+        body = b"signature expired"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return True
+
+    def do_GET(self) -> None:
+        if self._refuse():
+            return
+        path = self.server.owner.root / self._name()  # type: ignore[attr-defined]
+        if not path.is_file():
+            self.send_error(404, "no such object")
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self) -> None:
+        if self._refuse():
+            return
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        owner = self.server.owner  # type: ignore[attr-defined]
+        name = self._name()
+        chunked = self.headers.get("Transfer-Encoding") == "chunked"
+        owner.puts.append(Put(name, body, self.headers.get("X-Sha256"), chunked))
+        (owner.uploaded / name).parent.mkdir(parents=True, exist_ok=True)
+        (owner.uploaded / name).write_bytes(body)
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class StorageServer(_Server):
+    """GET /files/<name> from `root`; PUT /files/<name> into `uploaded`."""
+
+    def __init__(self, root: Path, uploaded: Path) -> None:
+        super().__init__(_StorageHandler)
+        self.root = root
+        self.uploaded = uploaded
+        self.puts: list[Put] = []
+        self.fail_status: int | None = None
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/files/{name}"
+
+
+class _GraphQLHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        owner: GraphQLRecorder = self.server.owner  # type: ignore[attr-defined]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        owner.calls.append(body)
+        if "registerProvider" in body["query"]:
+            provider_id = body["variables"]["input"]["providerId"]
+            answer: dict[str, Any] = {"data": {"registerProvider": {"providerId": provider_id}}}
+        else:
+            answer = {"data": {"providerHeartbeat": True}}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class GraphQLRecorder(_Server):
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(_GraphQLHandler, port)
+        self.calls: list[dict[str, Any]] = []
+
+    def named(self, mutation: str) -> list[dict[str, Any]]:
+        return [c for c in self.calls if mutation in c["query"]]

@@ -1,0 +1,108 @@
+"""`python -m worker_gpu --provider-id ID [--simulate 2xH100:80] ...`: run a provider agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from domain.money import credits_to_micro
+from infra.settings import Settings
+from worker_gpu.config import AgentConfig
+
+
+def _price(text: str) -> int:
+    try:
+        micro = credits_to_micro(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if micro <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 credits")
+    return micro
+
+
+def _provider_id(text: str) -> str:
+    # It names a task queue and a scratch folder: keep it to characters safe in both.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use letters, digits, '.', '_' and '-' (at most 128)"
+        )
+    return text
+
+
+def parse_args(argv: list[str]) -> AgentConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker_gpu",
+        description="GPGPU provider agent: rent out this machine's GPUs",
+    )
+    parser.add_argument(
+        "--provider-id",
+        required=True,
+        type=_provider_id,
+        help="this provider's id on the network",
+    )
+    parser.add_argument(
+        "--simulate",
+        metavar="SPEC",
+        help='declare GPUs instead of asking the driver, e.g. "2xH100:80" or "1xA100:40,1xL4:24"',
+    )
+    parser.add_argument(
+        "--price", type=_price, default=_price("2.5"), help="credits per GPU-hour (default 2.5)"
+    )
+    parser.add_argument("--region", default="local")
+    parser.add_argument("--scratch", type=Path, help="job directories (default GPGPU_HOME/scratch)")
+    parser.add_argument(
+        "--corrupt-outputs",
+        action="store_true",
+        help="TEST ONLY: act as a dishonest provider that reports wrong output sha256s",
+    )
+    parser.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=10.0,
+        help="on SIGTERM, seconds running jobs get to finish before they are killed",
+    )
+    args = parser.parse_args(argv)
+    return AgentConfig(
+        provider_id=args.provider_id,
+        price_per_gpu_hour_micro=args.price,
+        region=args.region,
+        simulate=args.simulate,
+        scratch=args.scratch,
+        corrupt_outputs=args.corrupt_outputs,
+        shutdown_grace_s=args.shutdown_grace_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # httpx logs every request at INFO: a line per heartbeat, and presigned URLs
+    # (signatures included) in the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    code = 1
+    try:
+        # Imported here, not at the top: temporalio takes seconds to import, and a
+        # mistyped flag should be answered at once.
+        from worker_gpu.agent import serve
+
+        code = asyncio.run(serve(config, Settings()))
+    except Exception:
+        logging.getLogger("worker_gpu").exception("provider agent failed")
+    finally:
+        # temporalio can abort at interpreter exit after the work is done; leave
+        # deliberately so that a clean stop never reports a crash.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

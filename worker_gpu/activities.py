@@ -1,0 +1,312 @@
+"""The GPU-side activities a provider serves on its own task queue: stage, execute, upload.
+
+They are synchronous and run in the worker's thread pool. Each is declared with
+no_thread_cancel_exception: a CancelledError thrown into the thread at an
+arbitrary bytecode could land between "kill the job" and "reap it"; instead they
+poll activity.is_cancelled() at every heartbeat and stop cleanly themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from worker_gpu.runtime import JobRuntime
+from worker_gpu.ticker import Ticker
+from worker_gpu.transfer import (
+    HttpFailure,
+    IntegrityMismatch,
+    UnsafePath,
+    already_present,
+    download_verified,
+    relative_path,
+    safe_path,
+    sha256_file,
+    upload_file,
+)
+from workflows.contracts import (
+    EXECUTE_JOB,
+    STAGE_INPUTS,
+    UPLOAD_OUTPUTS,
+    ExecuteRequest,
+    ExecuteResult,
+    ManifestEntry,
+    StageRequest,
+    StageResult,
+    UploadRequest,
+    UploadResult,
+)
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+@dataclass
+class _Progress:
+    """What a transfer heartbeat reports; written by the activity thread, read by the ticker."""
+
+    files_done: int = 0
+    bytes: int = 0
+    current: str = ""
+
+    def details(self) -> dict[str, object]:
+        return {"files_done": self.files_done, "bytes": self.bytes, "current": self.current}
+
+
+def _non_retryable(message: str, type_: str) -> ApplicationError:
+    return ApplicationError(message, type=type_, non_retryable=True)
+
+
+def _http_error(err: HttpFailure, what: str) -> ApplicationError:
+    return ApplicationError(
+        f"{what}: {err}", type=f"{err.method.title()}Failed", non_retryable=not err.retryable
+    )
+
+
+def _lie_about(digest: str) -> str:
+    # One hex digit off: the smallest lie a verifier must still catch.
+    return ("1" if digest[0] == "0" else "0") + digest[1:]
+
+
+class GpuActivities:
+    """Stage, execute and upload for one provider; bind its methods into a Worker.
+
+    corrupt_outputs=True makes this a DISHONEST provider that reports a wrong
+    sha256 for every output; it exists only to test verification.
+    """
+
+    def __init__(
+        self,
+        provider_id: str,
+        scratch_root: Path,
+        runtime: JobRuntime,
+        *,
+        gpu_indexes: list[int] | None = None,
+        memory_limit_mb: int | None = None,
+        corrupt_outputs: bool = False,
+    ) -> None:
+        self.provider_id = provider_id
+        self.scratch_root = scratch_root
+        self._runtime = runtime
+        self._gpu_indexes = set(gpu_indexes) if gpu_indexes is not None else None
+        self._memory_limit_mb = memory_limit_mb
+        self.corrupt_outputs = corrupt_outputs
+        self._busy_lock = threading.Lock()
+        self._busy: dict[int, int] = {}  # GPU index -> number of jobs holding it
+
+    # -- paths -------------------------------------------------------------
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        if not _SAFE_ID.match(job_id):
+            raise _non_retryable(f"job id {job_id!r} cannot name a directory", "UnsafePathError")
+        return self.scratch_root / job_id / str(int(attempt))
+
+    def work_dir(self, job_id: str, attempt: int) -> Path:
+        return self.attempt_dir(job_id, attempt) / "work"
+
+    # -- GPU occupancy, for honest simulated telemetry ----------------------
+
+    def busy_gpu_indexes(self) -> set[int]:
+        with self._busy_lock:
+            return set(self._busy)
+
+    @contextmanager
+    def _holding(self, gpu_indexes: list[int]) -> Iterator[None]:
+        with self._busy_lock:
+            for i in gpu_indexes:
+                self._busy[i] = self._busy.get(i, 0) + 1
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                for i in gpu_indexes:
+                    self._busy[i] -= 1
+                    if not self._busy[i]:
+                        del self._busy[i]
+
+    # -- activities ----------------------------------------------------------
+
+    @activity.defn(name=STAGE_INPUTS, no_thread_cancel_exception=True)
+    def stage_inputs(self, request: StageRequest) -> StageResult:
+        work = self.work_dir(request.job_id, request.attempt)
+        work.mkdir(parents=True, exist_ok=True)
+        progress = _Progress()
+        with (
+            httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=True) as client,
+            Ticker(HEARTBEAT_S, lambda: activity.heartbeat(progress.details())) as ticker,
+        ):
+
+            def on_chunk(n: int) -> None:
+                progress.bytes += n
+                _raise_if_cancelled(ticker)
+
+            for transfer in request.inputs:
+                progress.current = transfer.name
+                target = _job_path(work, transfer.name)
+                if already_present(target, transfer.sha256, transfer.size):
+                    progress.bytes += transfer.size
+                else:
+                    try:
+                        download_verified(
+                            client,
+                            transfer.url,
+                            target,
+                            name=transfer.name,
+                            sha256=transfer.sha256,
+                            size=transfer.size,
+                            on_chunk=on_chunk,
+                        )
+                    except IntegrityMismatch as err:
+                        raise _non_retryable(str(err), "InputIntegrityError") from None
+                    except HttpFailure as err:
+                        raise _http_error(err, f"fetching input {transfer.name!r}") from None
+                progress.files_done += 1
+        log.info(
+            "job %s: staged %d files, %d bytes", request.job_id, len(request.inputs), progress.bytes
+        )
+        return StageResult(files=len(request.inputs), bytes=progress.bytes)
+
+    @activity.defn(name=EXECUTE_JOB, no_thread_cancel_exception=True)
+    def execute_job(self, request: ExecuteRequest) -> ExecuteResult:
+        if self._gpu_indexes is not None:
+            unknown = sorted(set(request.gpu_indexes) - self._gpu_indexes)
+            if unknown:
+                raise _non_retryable(
+                    f"GPU indexes {unknown} are not on provider {self.provider_id}",
+                    "UnknownGpuError",
+                )
+        work = self.work_dir(request.job_id, request.attempt)
+        work.mkdir(parents=True, exist_ok=True)
+        cancel = threading.Event()
+
+        def on_progress(elapsed_s: float, log_tail: str) -> None:
+            try:
+                activity.heartbeat({"elapsed_s": round(elapsed_s, 1), "log_tail": log_tail})
+            except Exception as err:
+                # The heartbeat is how cancellation arrives: without it we cannot be told to stop.
+                log.warning("job %s: heartbeat failed (%s); stopping it", request.job_id, err)
+                cancel.set()
+            if activity.is_cancelled():
+                cancel.set()
+
+        on_progress(0.0, "")
+        log.info(
+            "job %s: running %s on GPUs %s", request.job_id, request.command, request.gpu_indexes
+        )
+        with self._holding(request.gpu_indexes):
+            outcome = self._runtime.run(
+                request.command,
+                work,
+                request.gpu_indexes,
+                request.timeout_s,
+                request.env,
+                on_progress,
+                cancel,
+                log_path=self.attempt_dir(request.job_id, request.attempt) / "job.log",
+                memory_limit_mb=self._memory_limit_mb,
+            )
+        if cancel.is_set():
+            raise CancelledError(f"job {request.job_id} was cancelled; its processes were killed")
+        log.info(
+            "job %s: exit %s, timed out %s, %d ms",
+            request.job_id,
+            outcome.exit_code,
+            outcome.timed_out,
+            outcome.wall_ms,
+        )
+        return ExecuteResult(
+            exit_code=outcome.exit_code,
+            timed_out=outcome.timed_out,
+            wall_ms=outcome.wall_ms,
+            gpu_ms=outcome.wall_ms * len(request.gpu_indexes),
+            log_tail=outcome.log_tail,
+        )
+
+    @activity.defn(name=UPLOAD_OUTPUTS, no_thread_cancel_exception=True)
+    def upload_outputs(self, request: UploadRequest) -> UploadResult:
+        work = self.work_dir(request.job_id, request.attempt)
+        manifest: list[ManifestEntry] = []
+        missing: list[str] = []
+        progress = _Progress()
+        with (
+            httpx.Client(timeout=HTTP_TIMEOUT) as client,
+            Ticker(HEARTBEAT_S, lambda: activity.heartbeat(progress.details())) as ticker,
+        ):
+
+            def on_chunk(n: int) -> None:
+                progress.bytes += n
+                _raise_if_cancelled(ticker)
+
+            for output in request.outputs:
+                progress.current = output.path
+                path = _produced_file(work, output.path)
+                if path is None:
+                    missing.append(output.path)
+                    continue
+                digest, size = sha256_file(path, on_chunk)
+                try:
+                    upload_file(
+                        client, output.url, path, sha256=digest, size=size, on_chunk=on_chunk
+                    )
+                except HttpFailure as err:
+                    raise _http_error(err, f"uploading output {output.path!r}") from None
+                reported = _lie_about(digest) if self.corrupt_outputs else digest
+                manifest.append(ManifestEntry(output.path, output.key, reported, size))
+                progress.files_done += 1
+        self._remove_attempt(request.job_id, request.attempt)
+        log.info(
+            "job %s: uploaded %d outputs, %d missing", request.job_id, len(manifest), len(missing)
+        )
+        return UploadResult(manifest=manifest, missing=missing)
+
+    def _remove_attempt(self, job_id: str, attempt: int) -> None:
+        attempt_dir = self.attempt_dir(job_id, attempt)
+        shutil.rmtree(attempt_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the job's folder goes once no attempt is left
+            attempt_dir.parent.rmdir()
+
+
+def _raise_if_cancelled(ticker: Ticker) -> None:
+    if activity.is_cancelled():
+        raise CancelledError("activity cancelled")
+    if ticker.error is not None:
+        raise CancelledError(f"heartbeat failed ({ticker.error}); stopping")
+
+
+def _job_path(work: Path, name: str) -> Path:
+    try:
+        return safe_path(work, name)
+    except UnsafePath as err:
+        raise _non_retryable(str(err), "UnsafePathError") from None
+
+
+def _produced_file(work: Path, relative: str) -> Path | None:
+    """The output file the job produced, or None when it did not produce a regular one.
+
+    A job could leave a symlink to the provider's own files as an "output";
+    anything that resolves outside the work dir counts as missing, never uploaded.
+    """
+    try:
+        relative_path(relative)
+    except UnsafePath as err:
+        raise _non_retryable(str(err), "UnsafePathError") from None
+    try:
+        path = safe_path(work, relative)
+    except UnsafePath:
+        log.warning("output %r leaves the job directory; treated as missing", relative)
+        return None
+    return path if path.is_file() else None

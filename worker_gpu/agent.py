@@ -1,0 +1,191 @@
+"""The provider agent: find the GPUs, join the network, serve this provider's task queue.
+
+Order matters: Temporal is reached before the provider is registered, and the
+heartbeat starts only once the worker polls, so the node never allocates GPUs
+of a provider that cannot yet pick the work up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from infra.settings import Settings
+from worker_gpu.activities import GpuActivities
+from worker_gpu.api_client import (
+    ApiRejected,
+    ApiUnreachable,
+    HeartbeatThread,
+    ProviderApi,
+    registration_input,
+)
+from worker_gpu.config import AgentConfig
+from worker_gpu.discovery import (
+    GpuInfo,
+    GpuTelemetry,
+    NvmlTelemetry,
+    NvmlUnavailable,
+    discover_nvml,
+    parse_simulated,
+    simulated_telemetry,
+)
+from worker_gpu.runtime_process import ProcessRuntime
+from workflows.contracts import gpu_task_queue
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_BACKOFF_S = 10.0
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NO_GPUS = 2
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived while the agent was still starting."""
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _until_answered(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+    """Retry `attempt` with capped exponential backoff until it answers or we are stopped."""
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except ApiUnreachable as err:
+            reason = str(err)
+        except RuntimeError as err:  # temporalio's "failed client connect"
+            reason = str(err).splitlines()[0]
+        say(f"waiting for {what} ({reason}); retrying in {delay:.1f}s")
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            raise Stopped()
+        except TimeoutError:
+            delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+def find_gpus(config: AgentConfig) -> tuple[list[GpuInfo], NvmlTelemetry | None]:
+    """Declared GPUs when --simulate is given, else the driver's; NvmlUnavailable if neither."""
+    if config.simulate:
+        return parse_simulated(config.simulate, namespace=config.provider_id), None
+    return discover_nvml(), NvmlTelemetry()
+
+
+async def serve(config: AgentConfig, settings: Settings) -> int:
+    try:
+        gpus, nvml = find_gpus(config)
+    except NvmlUnavailable as err:
+        say(f"no NVIDIA driver found ({err}); start with --simulate to declare GPUs")
+        return EXIT_NO_GPUS
+    except ValueError as err:
+        say(f"--simulate: {err}")
+        return EXIT_NO_GPUS
+    for gpu in gpus:
+        kind = "simulated" if config.simulate else f"driver {gpu.driver_version}"
+        say(f"GPU {gpu.index}: {gpu.model}, {gpu.memory_mb} MiB, {gpu.uuid} ({kind})")
+
+    runtime = ProcessRuntime()
+    scratch = config.scratch or settings.home / "scratch" / config.provider_id
+    activities = GpuActivities(
+        config.provider_id,
+        scratch,
+        runtime,
+        gpu_indexes=[g.index for g in gpus],
+        corrupt_outputs=config.corrupt_outputs,
+    )
+    if config.corrupt_outputs:
+        say("WARNING: --corrupt-outputs: this provider reports wrong output sha256s (test only)")
+
+    def read_telemetry() -> list[GpuTelemetry]:
+        if nvml is not None:
+            return nvml.read()
+        return simulated_telemetry(gpus, activities.busy_gpu_indexes())
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    heartbeat: HeartbeatThread | None = None
+    executor = ThreadPoolExecutor(max_workers=len(gpus) + 2, thread_name_prefix="gpu-activity")
+    try:
+        client = await _until_answered(
+            f"Temporal at {settings.temporal_address}",
+            lambda: Client.connect(
+                settings.temporal_address, namespace=settings.temporal_namespace
+            ),
+            stop,
+        )
+        registration = registration_input(
+            config.provider_id, config.region, config.price_per_gpu_hour_micro, gpus
+        )
+        api = ProviderApi(settings.api_url)
+        try:
+            provider_id = await _until_answered(
+                f"the API at {api.url}",
+                lambda: asyncio.to_thread(api.register, registration),
+                stop,
+            )
+        finally:
+            api.close()
+        say(f"registered provider {provider_id} in region {config.region}")
+
+        task_queue = gpu_task_queue(config.provider_id)
+        worker = Worker(
+            client,
+            task_queue=task_queue,
+            activities=[activities.stage_inputs, activities.execute_job, activities.upload_outputs],
+            activity_executor=executor,
+            max_concurrent_activities=len(gpus) + 2,
+            graceful_shutdown_timeout=timedelta(seconds=config.shutdown_grace_s),
+        )
+        run = asyncio.create_task(worker.run())
+        heartbeat = HeartbeatThread(
+            settings.api_url,
+            config.provider_id,
+            read_telemetry,
+            settings.provider_heartbeat_interval_s,
+        )
+        heartbeat.start()
+        say(f"serving task queue {task_queue} with {len(gpus)} GPUs; Ctrl-C to stop")
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if run.done():
+            stopping.cancel()
+            error = run.exception()
+            say(f"the worker stopped on its own: {error or 'no error'}")
+            return EXIT_FAILED if error else EXIT_OK
+        say(
+            "stopping: no new work is taken; running activities get "
+            f"{config.shutdown_grace_s:g}s to finish"
+        )
+        await worker.shutdown()
+        await run
+        say("stopped")
+        return EXIT_OK
+    except Stopped:
+        say("stopped before the provider was serving")
+        return EXIT_OK
+    except ApiRejected as err:
+        say(f"the API refused to register provider {config.provider_id}: {err}")
+        return EXIT_FAILED
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        runtime.kill_all()  # no job outlives its agent on a GPU
+        executor.shutdown(wait=False, cancel_futures=True)
+        if nvml is not None:
+            nvml.close()

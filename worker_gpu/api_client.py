@@ -1,0 +1,142 @@
+"""The provider agent's two calls to the network's API: register, then heartbeat."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from worker_gpu.discovery import GpuInfo, GpuTelemetry
+
+log = logging.getLogger(__name__)
+
+REGISTER_PROVIDER = """
+mutation($input: RegisterProviderInput!) {
+  registerProvider(input: $input) { providerId }
+}
+"""
+
+PROVIDER_HEARTBEAT = """
+mutation($id: String!, $t: JSON) { providerHeartbeat(providerId: $id, telemetry: $t) }
+"""
+
+
+class ApiUnreachable(Exception):
+    """The API did not answer (down, starting, 5xx): worth trying again."""
+
+
+class ApiRejected(Exception):
+    """The API answered no: trying again will not change that."""
+
+
+def registration_input(
+    provider_id: str, region: str, price_per_gpu_hour_micro: int, gpus: list[GpuInfo]
+) -> dict[str, Any]:
+    return {
+        "providerId": provider_id,
+        "region": region,
+        "pricePerGpuHourMicro": price_per_gpu_hour_micro,
+        "gpus": [
+            {"index": g.index, "model": g.model, "memoryMb": g.memory_mb, "uuid": g.uuid}
+            for g in gpus
+        ],
+    }
+
+
+class ProviderApi:
+    """GraphQL over HTTP POST; one instance per thread (it owns an httpx.Client)."""
+
+    def __init__(self, api_url: str, timeout_s: float = 10.0) -> None:
+        self.url = f"{api_url.rstrip('/')}/graphql"
+        self._client = httpx.Client(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._client.post(self.url, json={"query": query, "variables": variables})
+        except httpx.HTTPError as err:
+            raise ApiUnreachable(f"{type(err).__name__}: {err}") from None
+        if response.status_code >= 500:
+            raise ApiUnreachable(f"HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise ApiRejected(f"HTTP {response.status_code}: {response.text[:300]}") from None
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if errors:
+            raise ApiRejected("; ".join(str(e.get("message", e)) for e in errors))
+        if not response.is_success or not isinstance(body.get("data"), dict):
+            raise ApiRejected(f"HTTP {response.status_code}: {response.text[:300]}")
+        data: dict[str, Any] = body["data"]
+        return data
+
+    def register(self, registration: dict[str, Any]) -> str:
+        data = self._call(REGISTER_PROVIDER, {"input": registration})
+        return str(data["registerProvider"]["providerId"])
+
+    def heartbeat(self, provider_id: str, telemetry: list[GpuTelemetry]) -> None:
+        self._call(
+            PROVIDER_HEARTBEAT,
+            {"id": provider_id, "t": [dataclasses.asdict(t) for t in telemetry]},
+        )
+
+
+class HeartbeatThread:
+    """Tells the API every interval that this provider is alive, with its GPUs' telemetry.
+
+    A failed beat is logged and the next one tried: an API restart must not
+    take the provider down, and the node judges liveness from the beats it gets.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        provider_id: str,
+        read_telemetry: Callable[[], list[GpuTelemetry]],
+        interval_s: float,
+    ) -> None:
+        self._api_url = api_url
+        self._provider_id = provider_id
+        self._read_telemetry = read_telemetry
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="provider-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+
+    def _telemetry(self) -> list[GpuTelemetry]:
+        try:
+            return self._read_telemetry()
+        except Exception as err:
+            log.warning("reading GPU telemetry failed: %s", err)
+            return []
+
+    def _loop(self) -> None:
+        api = ProviderApi(self._api_url)
+        failing = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    api.heartbeat(self._provider_id, self._telemetry())
+                    if failing:
+                        log.info("provider heartbeat delivered again")
+                    failing = False
+                except (ApiUnreachable, ApiRejected) as err:
+                    if not failing:  # once per outage, not every few seconds
+                        log.warning("provider heartbeat failed: %s", err)
+                    failing = True
+                self._stop.wait(self._interval_s)
+        finally:
+            api.close()
