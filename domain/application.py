@@ -7,9 +7,10 @@ is safe to call twice with the same arguments.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
@@ -32,12 +33,14 @@ from domain.ledger import (
     provider_account,
     transfer,
 )
-from domain.matching import Candidate, Decision, Requirements, decide
+from domain.matching import Candidate, Decision, Requirements, decide, gb_to_mib
 from domain.money import cost_of_gpu_time
 from domain.provider import Directory, Provider
 from domain.spec import JobSpec
 
-CONFLICT_RETRIES = 20
+# Hot accounts (the protocol's fees, a busy provider) make writers collide; each retry
+# reloads and decides again, after a jittered pause so colliding writers spread out.
+CONFLICT_RETRIES = 60
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,11 @@ class SettlementFigures:
 
 class Network(Application[Any]):
     name = "gpgpu"
+    # Long-lived aggregates (a client's account, the fee account, a busy provider) load from
+    # their latest snapshot plus what came after, not from their first event.
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {
+        Account: 50, Provider: 50, Directory: 50
+    }
 
     # Loading helpers
 
@@ -98,7 +106,7 @@ class Network(Application[Any]):
                     self.save(*changed)
                 return result
             except IntegrityError:
-                continue
+                time.sleep(random.uniform(0, min(0.002 * 2**n, 0.1)))
             except OperationalError:
                 # SQLite shared by several processes: another writer holds the lock.
                 time.sleep(min(0.01 * 2**n, 0.5))
@@ -219,10 +227,17 @@ class Network(Application[Any]):
             req = Requirements(
                 gpus=spec.resources.gpus,
                 gpu_model=spec.resources.gpu_model,
-                min_gpu_memory_mb=spec.resources.min_gpu_memory_gb * 1024,
+                min_gpu_memory_mb=gb_to_mib(spec.resources.min_gpu_memory_gb),
                 max_price_per_gpu_hour_micro=spec.max_price_micro,
             )
             providers = {pid: self.provider(pid) for pid in self.provider_ids()}
+            for p in providers.values():
+                if job_id in p.reservations:
+                    # A concurrent run of this same allocation saved first (job and provider
+                    # are saved together): its answer is ours.
+                    return Decision(
+                        p.provider_id, p.reservations[job_id], p.price_per_gpu_hour_micro
+                    ), []
             candidates = [
                 Candidate(
                     provider_id=p.provider_id,

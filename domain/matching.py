@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def gb_to_mib(gb: int) -> int:
+    """GPU memory is sold in decimal gigabytes: an "80 GB" H100 reports 81,559 MiB."""
+    return -(-gb * 10**9 // 2**20)
+
+
 @dataclass(frozen=True)
 class Requirements:
     gpus: int

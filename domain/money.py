@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 MICRO = 1_000_000
 MS_PER_HOUR = 3_600_000
@@ -18,7 +18,11 @@ def credits_to_micro(value: str | int | float | Decimal) -> int:
         raise ValueError(f"{value!r} is not a number of credits") from None
     if not amount.is_finite():
         raise ValueError(f"{value!r} is not a finite number of credits")
-    micro = amount * MICRO
+    if abs(amount) >= 10**18:
+        raise ValueError(f"{value!r} is more credits than exist")
+    with localcontext() as ctx:
+        ctx.prec = 60  # exact for every amount below the bound above
+        micro = amount * MICRO
     if micro != micro.to_integral_value():
         raise ValueError(f"{value!r} has more than 6 decimal places")
     return int(micro)

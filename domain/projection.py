@@ -64,14 +64,19 @@ class Projector:
         self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
         self._added: list[dict[str, Any]] = []
         with db.transaction() as cur:
-            if cur.one("SELECT position FROM tracking WHERE name = ?", (NAME,)) is None:
-                cur.execute("INSERT INTO tracking (name, position) VALUES (?, 0)", (NAME,))
+            # Several runners may start at once: the first insert wins, the others do nothing.
+            cur.execute(
+                "INSERT INTO tracking (name, position) VALUES (?, 0) ON CONFLICT DO NOTHING",
+                (NAME,),
+            )
             version = cur.one("SELECT position FROM tracking WHERE name = 'views_version'")
             stale = version is None or version["position"] != VIEWS_VERSION
             if stale:
-                cur.execute("DELETE FROM tracking WHERE name = 'views_version'")
-                cur.execute("INSERT INTO tracking (name, position) VALUES ('views_version', ?)",
-                            (VIEWS_VERSION,))
+                cur.execute(
+                    "INSERT INTO tracking (name, position) VALUES ('views_version', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                    (VIEWS_VERSION,),
+                )
         if stale and self.position() > 0:
             log.warning("read model is from another version: rebuilding it from the event log")
             self.rebuild()

@@ -23,9 +23,12 @@ from pydantic import (
 from domain.money import credits_to_micro
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+_DURATION = re.compile(r"\s*(\d+)\s*(s|m|h|d)?\s*")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Far above any real price, and it keeps every cost inside a signed 64-bit integer.
+MAX_PRICE_MICRO = 1_000_000 * 1_000_000
 
 
 class SpecError(ValueError):
@@ -41,7 +44,7 @@ def parse_duration(value: Any) -> int:
         raise ValueError("must be a duration like 90, '90s', '10m' or '2h'")
     if isinstance(value, int):
         seconds = value
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         seconds = int(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError("must be a duration like 90, '90s', '10m' or '2h'")
@@ -68,8 +71,8 @@ def check_storage_key(value: str) -> str:
         raise ValueError("must be a non-empty key of at most 1024 characters")
     if value.startswith("/"):
         raise ValueError(f"{value!r} is absolute; keys are relative to your storage space")
-    parts = PurePosixPath(value).parts
-    if any(p in ("..", ".") for p in parts) or value.endswith("/"):
+    parts = value.split("/")
+    if any(p in ("..", ".", "") for p in parts):
         raise ValueError(f"{value!r} is not a plain key (no '.', '..' or trailing '/')")
     return value
 
@@ -135,7 +138,7 @@ class _SpecBase(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not _NAME.fullmatch(v):
             raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting alnum")
         return v
 
@@ -158,24 +161,28 @@ class _SpecBase(_Strict):
             raise ValueError("lists the same output twice")
         return paths
 
-    @field_validator("max_price_per_gpu_hour")
+    @field_validator("max_price_per_gpu_hour", mode="before")
     @classmethod
-    def _price(cls, v: str | int | float) -> str:
+    def _price(cls, v: Any) -> str:
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise ValueError("must be a number of credits such as \"2.5\"")
         micro = credits_to_micro(v)
         if micro <= 0:
             raise ValueError("must be more than 0 credits")
+        if micro > MAX_PRICE_MICRO:
+            raise ValueError(f"must be at most {MAX_PRICE_MICRO // 1_000_000} credits")
         return str(v)
 
-    @field_validator("timeout")
+    @field_validator("timeout", mode="before")
     @classmethod
-    def _timeout(cls, v: str | int) -> int:
+    def _timeout(cls, v: Any) -> int:
         return parse_duration(v)
 
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for k in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            if not _ENV_NAME.fullmatch(k):
                 raise ValueError(f"{k!r} is not a valid environment variable name")
             if k in ("CUDA_VISIBLE_DEVICES", "PATH", "HOME"):
                 raise ValueError(f"{k} is set by the provider and cannot be overridden")

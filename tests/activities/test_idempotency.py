@@ -1,0 +1,126 @@
+"""Temporal may run any activity more than once, even two copies at the same time.
+
+Every control activity is run twice in a row, and then three times concurrently
+with itself; the events recorded and the balances must be exactly those of a
+run where each activity ran once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from activities.control import ControlActivities, output_key
+from domain.application import Network
+from domain.spec import parse_job_spec
+from infra.db import ViewDB
+from infra.settings import Settings
+from infra.storage import FilesystemStore
+from tests.domain.conftest import store_settings
+from workflows import contracts as c
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    with store_settings(request.param, tmp_path) as s:
+        yield s
+
+
+def build(settings: Settings) -> ControlActivities:
+    views = ViewDB(settings)
+    acts = ControlActivities(
+        Network(env=settings.eventsourcing_env()), views,
+        FilesystemStore(settings.home / "storage"), settings,
+    )
+    return acts
+
+
+def lifecycle(acts: ControlActivities, job_id: str, repeat: Callable[[Callable[[], Any]], Any]):
+    """Drive one job through every control activity; `repeat` decides how often each runs."""
+    net, store = acts.network, acts.store
+    net.open_client("alice", 100_000_000)
+    net.register_provider("p1", "local", 3_600_000, [{"index": 0, "model": "H100",
+                                                      "memory_mb": 81920}])
+    with acts.views.transaction() as cur:
+        cur.execute("DELETE FROM provider_liveness WHERE provider_id = 'p1'")
+        cur.execute("INSERT INTO provider_liveness (provider_id, last_heartbeat_at) VALUES "
+                    "('p1', ?)", (time.time() + 3600,))
+    spec = parse_job_spec({"name": "j", "command": "true", "outputs": ["o.txt"],
+                           "max_price_per_gpu_hour": "4", "timeout": 60})
+    net.submit_job(job_id, "alice", spec)
+    data = b"result"
+    store.put("alice", output_key(job_id, "o.txt"), [data], None)
+    manifest = [c.ManifestEntry("o.txt", output_key(job_id, "o.txt"),
+                                hashlib.sha256(data).hexdigest(), len(data))]
+
+    repeat(lambda: acts.admit_job(c.JobInput(job_id, "alice")))
+    alloc = repeat(lambda: acts.allocate_gpus(c.AllocateRequest(job_id, 1)))
+    repeat(lambda: acts.prepare_transfers(c.AllocateRequest(job_id, 1)))
+    for step in (
+        c.JobStep(job_id, "inputs_staged", "p1", 1, files=0, bytes=0),
+        c.JobStep(job_id, "execution_started", "p1", 1),
+        c.JobStep(job_id, "execution_finished", "p1", 1, exit_code=0, gpu_ms=30_000),
+        c.JobStep(job_id, "outputs_uploaded", "p1", 1, manifest=manifest),
+    ):
+        repeat(lambda step=step: acts.record_job_step(step))
+    verdict = repeat(lambda: acts.verify_job(c.VerifyRequest(job_id, 1, "p1", 0, False,
+                                                             manifest, [])))
+    assert verdict.accepted and verdict.succeeded
+    settlement = repeat(lambda: acts.settle_job(
+        c.SettleRequest(job_id, "p1", 30_000, alloc.price_per_gpu_hour_micro, True)))
+    repeat(lambda: acts.record_reputation(c.ReputationRequest(job_id, "p1", "success")))
+    repeat(lambda: acts.release_gpus(c.ReleaseRequest(job_id, "p1")))
+    repeat(lambda: acts.finish_job(c.FinishRequest(job_id, True, "")))
+    return settlement
+
+
+def history(net: Network) -> list[tuple[str, str]]:
+    """Every stored event as (aggregate kind, event type), in order, without ids or times."""
+    out = []
+    for n in net.recorder.select_notifications(start=1, limit=10_000):
+        event = net.mapper.to_domain_event(n)
+        kind, _, etype = type(event).__qualname__.rpartition(".")
+        out.append((kind, etype))
+    return out
+
+
+def once(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def twice(fn: Callable[[], Any]) -> Any:
+    first = fn()
+    assert fn() == first
+    return first
+
+
+def concurrently(fn: Callable[[], Any]) -> Any:
+    with ThreadPoolExecutor(3) as pool:
+        results = [f.result() for f in [pool.submit(fn) for _ in range(3)]]
+    assert all(r == results[0] for r in results)
+    return results[0]
+
+
+@pytest.mark.parametrize("repeat", [twice, concurrently], ids=["twice", "concurrently"])
+def test_every_activity_is_idempotent(
+    settings: Settings, tmp_path: Path, repeat: Callable[[Callable[[], Any]], Any]
+) -> None:
+    baseline_settings = Settings(event_store="sqlite", home=tmp_path / "baseline")
+    baseline = build(baseline_settings)
+    expected = lifecycle(baseline, "job-1", once)
+
+    acts = build(settings)
+    got = lifecycle(acts, "job-1", repeat)
+
+    assert got == expected
+    assert history(acts.network) == history(baseline.network)
+    for account in ("client:alice", "escrow:job-1", "provider:p1", "protocol:fees",
+                    "external:deposits"):
+        assert acts.network.balance(account) == baseline.network.balance(account), account
+    assert acts.network.job("job-1").state == "SUCCEEDED"

@@ -1,0 +1,410 @@
+"""The job spec as a client writes it: what parses, and what each refusal says."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from domain.spec import (
+    MAX_TIMEOUT_S,
+    JobSpec,
+    SpecError,
+    parse_duration,
+    parse_job_spec,
+    parse_job_spec_file,
+)
+
+BASE: dict[str, Any] = {
+    "name": "train",
+    "command": "python train.py",
+    "max_price_per_gpu_hour": "2",
+}
+
+
+def spec_with(**fields: Any) -> dict[str, Any]:
+    return {**BASE, **fields}
+
+
+def refusal(data: Any, parse: Any = parse_job_spec) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        parse(data)
+    return info.value
+
+
+def fields_of(err: SpecError) -> list[str]:
+    return [field for field, _ in err.errors]
+
+
+# What parses
+
+
+def test_minimal_spec_gets_defaults() -> None:
+    spec = parse_job_spec(dict(BASE))
+    assert spec.name == "train"
+    assert spec.command == ["/bin/sh", "-c", "python train.py"]
+    assert spec.outputs == []
+    assert spec.inputs == []
+    assert spec.env == {}
+    assert spec.resources.gpus == 1
+    assert spec.resources.gpu_model is None
+    assert spec.resources.min_gpu_memory_gb == 0
+    assert spec.timeout_s == 600
+
+
+def test_command_list_is_kept_as_given() -> None:
+    spec = parse_job_spec(spec_with(command=["python", "-c", "print(1)"]))
+    assert spec.command == ["python", "-c", "print(1)"]
+
+
+def test_command_string_is_run_by_the_shell() -> None:
+    spec = parse_job_spec(spec_with(command="echo hi && nvidia-smi"))
+    assert spec.command == ["/bin/sh", "-c", "echo hi && nvidia-smi"]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        (" 10m ", 600),
+        ("10m", 600),
+        ("2h", 7200),
+        ("1d", 86_400),
+        ("7d", 7 * 86_400),
+        (45, 45),
+        (1, 1),
+        (MAX_TIMEOUT_S, MAX_TIMEOUT_S),
+    ],
+)
+def test_durations(timeout: Any, seconds: int) -> None:
+    assert parse_job_spec(spec_with(timeout=timeout)).timeout_s == seconds
+    assert parse_duration(timeout) == seconds
+
+
+@pytest.mark.parametrize(
+    ("price", "micro"),
+    [("2.5", 2_500_000), ("2", 2_000_000), (3, 3_000_000), ("0.000001", 1), (0.25, 250_000)],
+)
+def test_price_is_exact_micro_credits(price: Any, micro: int) -> None:
+    assert parse_job_spec(spec_with(max_price_per_gpu_hour=price)).max_price_micro == micro
+
+
+@pytest.mark.parametrize(
+    ("gpus", "timeout", "price"),
+    [
+        (1, "1h", "2"),  # 2 credits exactly
+        (2, 90, "2.5"),  # 125_000 exactly
+        (3, 7, "1"),  # 5833.33.. -> 5834
+        (1, 1, "0.000001"),  # 0.00027.. -> 1
+        (64, "7d", "1000"),
+    ],
+)
+def test_max_cost_is_every_gpu_for_the_whole_timeout_rounded_up(
+    gpus: int, timeout: Any, price: str
+) -> None:
+    spec = parse_job_spec(
+        spec_with(resources={"gpus": gpus}, timeout=timeout, max_price_per_gpu_hour=price)
+    )
+    price_micro = int(Fraction(price) * 1_000_000)
+    expected = math.ceil(Fraction(gpus * spec.timeout_s * price_micro, 3600))
+    assert spec.max_cost_micro == expected
+
+
+def test_max_cost_worked_examples() -> None:
+    assert parse_job_spec(spec_with(timeout="1h")).max_cost_micro == 2_000_000
+    cheap = spec_with(resources={"gpus": 3}, timeout=7, max_price_per_gpu_hour="1")
+    assert parse_job_spec(cheap).max_cost_micro == 5834  # 5833.33... rounded up, never down
+    tiny = spec_with(timeout=1, max_price_per_gpu_hour="0.000001")
+    assert parse_job_spec(tiny).max_cost_micro == 1
+
+
+def test_paths_are_normalised() -> None:
+    spec = parse_job_spec(spec_with(outputs=["out/./model.bin", "logs/"]))
+    assert spec.outputs == ["out/model.bin", "logs"]
+
+
+def test_full_spec_round_trips_through_json() -> None:
+    """allocate() re-validates the spec recorded on JobSubmitted; it must come back equal."""
+    spec = parse_job_spec(
+        spec_with(
+            resources={"gpus": 2, "gpu_model": "H100", "min_gpu_memory_gb": 40},
+            timeout="2h",
+            outputs=["out/a.txt"],
+            inputs=[{"key": "data/train.csv", "name": "in/train.csv", "size": 10}],
+            env={"SEED": "1", "_X": "y"},
+            max_price_per_gpu_hour="2.5",
+        )
+    )
+    again = JobSpec.model_validate(spec.model_dump(mode="json"))
+    assert again == spec
+    assert again.max_cost_micro == spec.max_cost_micro == 2 * 2 * 2_500_000
+    assert again.inputs[0].target == "in/train.csv"
+
+
+def test_input_target_defaults_to_the_keys_last_part() -> None:
+    spec = parse_job_spec(spec_with(inputs=[{"key": "datasets/mnist/train.csv"}]))
+    assert spec.inputs[0].target == "train.csv"
+
+
+# What is refused, and the field each refusal names
+
+
+def test_unknown_field_is_named() -> None:
+    err = refusal(spec_with(resources={"gpus": 1, "colour": "red"}))
+    assert err.errors == [("resources.colour", "is not a known field")]
+    assert "resources.colour: is not a known field" in str(err)
+
+
+def test_unknown_top_level_field_is_named() -> None:
+    err = refusal(spec_with(priority="high"))
+    assert err.errors == [("priority", "is not a known field")]
+
+
+def test_missing_fields_are_required() -> None:
+    err = refusal({"name": "x"})
+    assert ("command", "is required") in err.errors
+    assert ("max_price_per_gpu_hour", "is required") in err.errors
+
+
+def test_every_bad_field_is_reported_at_once() -> None:
+    err = refusal(spec_with(resources={"gpus": 0}, timeout="soon", env={"1BAD": "x"}))
+    assert sorted(fields_of(err)) == ["env", "resources.gpus", "timeout"]
+
+
+@pytest.mark.parametrize("gpus", [0, -1, 65])
+def test_gpu_count_out_of_range(gpus: int) -> None:
+    err = refusal(spec_with(resources={"gpus": gpus}))
+    assert fields_of(err) == ["resources.gpus"]
+
+
+def test_gpu_count_must_be_an_integer_not_text() -> None:
+    err = refusal(spec_with(resources={"gpus": "2"}))
+    assert fields_of(err) == ["resources.gpus"]
+
+
+def test_zero_gpus_message() -> None:
+    ((field, message),) = refusal(spec_with(resources={"gpus": 0})).errors
+    assert field == "resources.gpus"
+    assert "greater than or equal to 1" in message
+
+
+def test_negative_memory() -> None:
+    ((field, message),) = refusal(spec_with(resources={"min_gpu_memory_gb": -1})).errors
+    assert field == "resources.min_gpu_memory_gb"
+    assert "greater than or equal to 0" in message
+
+
+def test_price_with_seven_decimal_places() -> None:
+    err = refusal(spec_with(max_price_per_gpu_hour="2.0000001"))
+    assert err.errors == [("max_price_per_gpu_hour", "'2.0000001' has more than 6 decimal places")]
+
+
+@pytest.mark.parametrize("price", ["0", 0, "0.000000", "-1", -0.5])
+def test_price_must_be_positive(price: Any) -> None:
+    err = refusal(spec_with(max_price_per_gpu_hour=price))
+    assert err.errors == [("max_price_per_gpu_hour", "must be more than 0 credits")]
+
+
+@pytest.mark.parametrize("price", ["two", "", "nan", "inf"])
+def test_price_must_be_a_number(price: str) -> None:
+    err = refusal(spec_with(max_price_per_gpu_hour=price))
+    assert fields_of(err) == ["max_price_per_gpu_hour"]
+
+
+@pytest.mark.parametrize("timeout", ["ten minutes", "10x", "", "1.5h", "-5", "m"])
+def test_bad_duration(timeout: Any) -> None:
+    err = refusal(spec_with(timeout=timeout))
+    assert fields_of(err) == ["timeout"]
+
+
+def test_fractional_timeout_is_refused_under_timeout() -> None:
+    # pydantic reports one error per branch of the str|int union ("timeout.str", "timeout.int")
+    err = refusal(spec_with(timeout=1.5))
+    assert err.errors
+    assert all(field.split(".")[0] == "timeout" for field in fields_of(err))
+
+
+def test_bad_duration_message() -> None:
+    err = refusal(spec_with(timeout="10x"))
+    assert err.errors == [("timeout", "must be a duration like 90, '90s', '10m' or '2h'")]
+
+
+@pytest.mark.parametrize("timeout", ["8d", "169h", MAX_TIMEOUT_S + 1, "0", 0, "0s"])
+def test_timeout_outside_one_second_to_seven_days(timeout: Any) -> None:
+    err = refusal(spec_with(timeout=timeout))
+    assert err.errors == [("timeout", "must be between 1 second and 7 days")]
+
+
+def test_parse_duration_refuses_booleans() -> None:
+    with pytest.raises(ValueError, match="must be a duration"):
+        parse_duration(True)
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("../x", "leaves the job's directory"),
+        ("out/../../x", "leaves the job's directory"),
+        ("..", "leaves the job's directory"),
+        (".", "leaves the job's directory"),
+        ("/abs", "is absolute"),
+        ("/etc/passwd", "is absolute"),
+        ("", "non-empty relative path"),
+        ("a\\b", "non-empty relative path"),
+        ("a\x00b", "non-empty relative path"),
+    ],
+)
+def test_output_paths_must_stay_inside_the_job(path: str, words: str) -> None:
+    ((field, message),) = refusal(spec_with(outputs=["ok.txt", path])).errors
+    assert field == "outputs"
+    assert words in message
+
+
+def test_duplicate_outputs_even_after_normalising() -> None:
+    err = refusal(spec_with(outputs=["out/a.txt", "out/./a.txt"]))
+    assert err.errors == [("outputs", "lists the same output twice")]
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("../x", "is not a plain key"),
+        ("a/../b", "is not a plain key"),
+        ("dir/", "is not a plain key"),
+        ("/abs", "is absolute"),
+        ("", "non-empty key"),
+        ("k" * 1025, "at most 1024 characters"),
+    ],
+)
+def test_input_keys_stay_in_the_clients_storage(key: str, words: str) -> None:
+    ((field, message),) = refusal(spec_with(inputs=[{"key": key}])).errors
+    assert field == "inputs.0.key"
+    assert words in message
+
+
+def test_input_name_must_be_relative() -> None:
+    err = refusal(spec_with(inputs=[{"key": "data.csv", "name": "../data.csv"}]))
+    assert fields_of(err) == ["inputs.0.name"]
+
+
+def test_input_sha256_must_be_hex() -> None:
+    err = refusal(spec_with(inputs=[{"key": "a", "sha256": "XYZ"}]))
+    assert fields_of(err) == ["inputs.0.sha256"]
+
+
+def test_two_inputs_landing_on_one_name_are_refused() -> None:
+    err = refusal(spec_with(inputs=[{"key": "a/data.csv"}, {"key": "b/data.csv"}]))
+    assert len(err.errors) == 1
+    assert "inputs" in str(err)
+    assert "two inputs would land on the same name" in str(err)
+
+
+@pytest.mark.parametrize("name", ["1BAD", "BAD-NAME", "A B", "", "Ä"])
+def test_env_names_must_be_shell_names(name: str) -> None:
+    err = refusal(spec_with(env={"GOOD": "1", name: "x"}))
+    assert err.errors == [("env", f"{name!r} is not a valid environment variable name")]
+
+
+@pytest.mark.parametrize("name", ["CUDA_VISIBLE_DEVICES", "PATH", "HOME"])
+def test_env_set_by_the_provider_is_refused(name: str) -> None:
+    err = refusal(spec_with(env={name: "0"}))
+    assert err.errors == [("env", f"{name} is set by the provider and cannot be overridden")]
+
+
+@pytest.mark.parametrize("command", ["", "   ", []])
+def test_empty_command(command: Any) -> None:
+    err = refusal(spec_with(command=command))
+    assert err.errors == [("command", "must not be empty")]
+
+
+@pytest.mark.parametrize("name", ["", "-lead", "a" * 64, "has space", "x/y"])
+def test_job_name(name: str) -> None:
+    err = refusal(spec_with(name=name))
+    assert fields_of(err) == ["name"]
+
+
+@pytest.mark.parametrize("data", [None, [], ["name", "x"], "name: x", 42])
+@pytest.mark.parametrize("parse", [parse_job_spec, parse_job_spec_file])
+def test_spec_must_be_a_mapping(data: Any, parse: Any) -> None:
+    err = refusal(data, parse)
+    assert err.errors == [("spec", "must be a mapping of fields")]
+    assert str(err) == "spec: must be a mapping of fields"
+
+
+def test_spec_error_is_a_value_error_listing_each_field() -> None:
+    err = refusal(spec_with(resources={"gpus": 0}, outputs=["/abs"]))
+    assert isinstance(err, ValueError)
+    for field, message in err.errors:
+        assert f"{field}: {message}" in str(err)
+
+
+# Spec files: inputs may be local files or stored keys, never both or neither
+
+
+def test_spec_file_input_by_path_or_by_key() -> None:
+    spec = parse_job_spec_file(spec_with(inputs=[{"path": "./train.csv"}, {"key": "data/x"}]))
+    assert spec.inputs[0].path == "./train.csv"
+    assert spec.inputs[0].key is None
+    assert spec.inputs[1].key == "data/x"
+
+
+@pytest.mark.parametrize("item", [{}, {"name": "x"}, {"path": "a.csv", "key": "data/a.csv"}])
+def test_spec_file_input_needs_exactly_one_source(item: dict[str, str]) -> None:
+    err = refusal(spec_with(inputs=[item]), parse_job_spec_file)
+    assert err.errors == [
+        ("inputs.0", "give exactly one of 'path' (a local file) or 'key' (in storage)")
+    ]
+
+
+def test_spec_file_input_key_is_checked() -> None:
+    err = refusal(spec_with(inputs=[{"key": "../x"}]), parse_job_spec_file)
+    assert fields_of(err) == ["inputs.0"]
+    assert "is not a plain key" in str(err)
+
+
+def test_api_spec_does_not_take_local_paths() -> None:
+    err = refusal(spec_with(inputs=[{"path": "a.csv"}]))
+    assert ("inputs.0.path", "is not a known field") in err.errors
+
+
+# Bugs found (see the reasons)
+
+
+def test_env_name_with_trailing_newline_is_refused() -> None:
+    err = refusal(spec_with(env={"BAD\n": "x"}))
+    assert fields_of(err) == ["env"]
+
+
+@pytest.mark.parametrize("key", ["a/./b", "./x"])
+def test_input_key_with_a_dot_part_is_refused(key: str) -> None:
+    err = refusal(spec_with(inputs=[{"key": key}]))
+    assert fields_of(err) == ["inputs.0.key"]
+
+
+def test_job_name_with_trailing_newline_is_refused() -> None:
+    err = refusal(spec_with(name="train\n"))
+    assert fields_of(err) == ["name"]
+
+
+def test_boolean_price_is_refused() -> None:
+    err = refusal(spec_with(max_price_per_gpu_hour=True))
+    assert fields_of(err) == ["max_price_per_gpu_hour"]
+
+
+def test_boolean_timeout_is_refused() -> None:
+    err = refusal(spec_with(timeout=True))
+    assert fields_of(err) == ["timeout"]
+
+
+def test_accepted_spec_cost_fits_in_a_bigint() -> None:
+    try:
+        spec = parse_job_spec(
+            spec_with(resources={"gpus": 64}, timeout="7d", max_price_per_gpu_hour="1000000000")
+        )
+    except SpecError as err:
+        assert fields_of(err) == ["max_price_per_gpu_hour"]
+    else:
+        assert spec.max_cost_micro < 2**63
