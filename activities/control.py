@@ -89,7 +89,8 @@ class ControlActivities:
             url = presigned_url(secret, base, "PUT", job.client_id, key, expires)
             outputs.append(c.OutputTransfer(path, key, url))
         return c.TransferPlan(
-            req.job_id, req.attempt, inputs, outputs, spec.command, spec.env, spec.timeout_s
+            req.job_id, req.attempt, inputs, outputs, spec.command, spec.env, spec.timeout_s,
+            spec.image, spec.network,
         )
 
     @activity.defn(name=c.RECORD_JOB_STEP)

@@ -19,6 +19,7 @@ from api.services import Services
 from domain.job import TERMINAL_STATES
 from domain.ledger import client_account, provider_account
 from domain.projection import TERMINAL_EVENTS
+from domain.provider import RUNTIMES
 from domain.spec import SpecError
 from infra.storage import check_client_id
 from workflows.contracts import job_workflow_id
@@ -145,6 +146,7 @@ class Provider:
     reputation: float
     earnings_micro: BigInt
     price_per_gpu_hour_micro: BigInt
+    runtimes: list[str]
     gpus: list[Gpu]
 
 
@@ -181,6 +183,7 @@ class RegisterProviderInput:
     region: str
     price_per_gpu_hour_micro: BigInt
     gpus: list[GpuInput]
+    runtimes: list[str] = strawberry.field(default_factory=lambda: ["process"])
 
 
 async def load_job(info: I, job_id: str) -> Job | None:
@@ -214,7 +217,7 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
             last_heartbeat_at=None if beat is None else time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(beat)),
             reputation=r["reputation"], earnings_micro=BigInt(r["balance_micro"] or 0),
-            price_per_gpu_hour_micro=r["price_micro"],
+            price_per_gpu_hour_micro=r["price_micro"], runtimes=json.loads(r["runtimes"]),
             gpus=[Gpu(index=g["index"], model=g["model"], memory_mb=g["memory_mb"],
                       busy_job_id=busy.get(g["index"])) for g in json.loads(r["gpus"])],
         ))
@@ -301,6 +304,8 @@ class Mutation:
             errors.append("gpus: two GPUs have the same index")
         if any(g.memory_mb <= 0 or g.index < 0 for g in input.gpus):
             errors.append("gpus: index must be >= 0 and memoryMb > 0")
+        if not input.runtimes or not set(input.runtimes) <= set(RUNTIMES):
+            errors.append(f"runtimes: each one of {', '.join(RUNTIMES)}")
         if errors:
             raise ValueError("; ".join(errors))
         services = info.context.services
@@ -308,7 +313,7 @@ class Mutation:
                 for g in input.gpus]
         await asyncio.to_thread(
             services.network.register_provider,
-            input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus,
+            input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus, input.runtimes,
         )
         await _record_heartbeat(services, input.provider_id, [])
         deadline = time.monotonic() + 5

@@ -186,7 +186,12 @@ class Network(Application[Any]):
     # Providers
 
     def register_provider(
-        self, provider_id: str, region: str, price_micro: int, gpus: list[dict[str, Any]]
+        self,
+        provider_id: str,
+        region: str,
+        price_micro: int,
+        gpus: list[dict[str, Any]],
+        runtimes: list[str] | None = None,
     ) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
@@ -200,6 +205,7 @@ class Network(Application[Any]):
                 )
             else:
                 provider.rejoin(region, price_micro, gpus)
+            provider.declare_runtimes(runtimes or ["process"])
             directory.add(provider_id)
             return None, [provider, directory]
 
@@ -229,6 +235,7 @@ class Network(Application[Any]):
                 gpu_model=spec.resources.gpu_model,
                 min_gpu_memory_mb=gb_to_mib(spec.resources.min_gpu_memory_gb),
                 max_price_per_gpu_hour_micro=spec.max_price_micro,
+                runtime=spec.runtime,
             )
             providers = {pid: self.provider(pid) for pid in self.provider_ids()}
             for p in providers.values():
@@ -246,6 +253,7 @@ class Network(Application[Any]):
                     online=p.status == "online" and p.provider_id in online,
                     gpus=p.gpus,
                     free_gpu_indexes=p.free_gpu_indexes(),
+                    runtimes=tuple(p.runtimes),
                 )
                 for p in providers.values()
             ]

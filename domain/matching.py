@@ -1,11 +1,12 @@
 """Matching: decide which GPUs a job gets, as a pure function of what is known.
 
 Eligible: the provider is online with a fresh heartbeat, not excluded for this
-job, has enough free GPUs on one machine whose model contains the requested
-model (case-insensitive, so "H100" matches "NVIDIA H100 80GB HBM3") and whose
-memory is at least the minimum, at a price no higher than the job's maximum.
-Among eligible providers the pick is the lowest price, then the highest
-reputation, then the provider id (so the decision is reproducible).
+job, offers the runtime the job needs (docker for an image, else process), has
+enough free GPUs on one machine whose model contains the requested model
+(case-insensitive, so "H100" matches "NVIDIA H100 80GB HBM3") and whose memory
+is at least the minimum, at a price no higher than the job's maximum. Among
+eligible providers the pick is the lowest price, then the highest reputation,
+then the provider id (so the decision is reproducible).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Requirements:
     gpu_model: str | None
     min_gpu_memory_mb: int
     max_price_per_gpu_hour_micro: int
+    runtime: str = "process"
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Candidate:
     online: bool
     gpus: list[dict[str, Any]]
     free_gpu_indexes: list[int]
+    runtimes: tuple[str, ...] = ("process",)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ def decide(req: Requirements, candidates: list[Candidate], excluded: set[str]) -
             rejected[c.provider_id] = "excluded: lost while running this job"
         elif not c.online:
             rejected[c.provider_id] = "offline"
+        elif req.runtime not in c.runtimes:
+            rejected[c.provider_id] = f"no {req.runtime} runtime"
         elif c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro:
             rejected[c.provider_id] = "price above the job's maximum"
         else:

@@ -17,13 +17,13 @@ from uuid import UUID
 from eventsourcing.application import Application
 
 from domain.reputation import reputation_score
-from infra.db import Cursor, ViewDB
+from infra.db import VIEW_TABLES, Cursor, ViewDB
 
 log = logging.getLogger(__name__)
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
-VIEWS_VERSION = 2
+VIEWS_VERSION = 3
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
@@ -79,6 +79,7 @@ class Projector:
                 )
         if stale and self.position() > 0:
             log.warning("read model is from another version: rebuilding it from the event log")
+            db.reset_views()
             self.rebuild()
 
     def position(self) -> int:
@@ -119,7 +120,7 @@ class Projector:
     def rebuild(self) -> int:
         """Drop every view and project the whole log again."""
         with self.db.transaction() as cur:
-            for table in ("jobs", "job_events", "providers", "accounts", "ledger_entries"):
+            for table in VIEW_TABLES:
                 cur.execute(f"DELETE FROM {table}")
             cur.execute("UPDATE tracking SET position = 0 WHERE name = ?", (NAME,))
         return self.catch_up()
@@ -236,6 +237,9 @@ class Projector:
         if etype == "ProviderRejoined":
             sets += ["region = ?", "price_micro = ?", "gpus = ?", "status = 'online'"]
             params += [data["region"], data["price_per_gpu_hour_micro"], json.dumps(data["gpus"])]
+        elif etype == "RuntimesDeclared":
+            sets.append("runtimes = ?")
+            params.append(json.dumps(data["runtimes"]))
         elif etype == "ProviderMarkedLost":
             sets.append("status = 'lost'")
         elif etype == "GpusReserved":

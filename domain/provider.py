@@ -16,6 +16,8 @@ from domain.errors import DomainError
 from domain.ids import business_id
 from domain.reputation import OUTCOMES, reputation_score
 
+RUNTIMES = ("process", "docker")
+
 
 class Provider(Aggregate):
     @staticmethod
@@ -38,6 +40,7 @@ class Provider(Aggregate):
         self.reservations: dict[str, list[int]] = {}
         self.outcomes: list[str] = []
         self.outcome_jobs: list[str] = []
+        self.runtimes: list[str] = ["process"]
 
     @property
     def reputation(self) -> float:
@@ -57,6 +60,14 @@ class Provider(Aggregate):
         ):
             return
         self._rejoined(region=region, price_per_gpu_hour_micro=price_micro, gpus=gpus)
+
+    def declare_runtimes(self, runtimes: list[str]) -> None:
+        """Which ways to run a job the agent offers (process, docker)."""
+        unknown = sorted(set(runtimes) - set(RUNTIMES))
+        if unknown or not runtimes:
+            raise DomainError(f"runtimes: {unknown or 'none'}; each one of {', '.join(RUNTIMES)}")
+        if sorted(runtimes) != sorted(self.runtimes):
+            self._runtimes_declared(runtimes=sorted(runtimes))
 
     def reserve(self, job_id: str, gpu_indexes: list[int]) -> None:
         if self.reservations.get(job_id) == gpu_indexes:
@@ -90,6 +101,10 @@ class Provider(Aggregate):
         self.price_per_gpu_hour_micro = price_per_gpu_hour_micro
         self.gpus = gpus
         self.status = "online"
+
+    @event("RuntimesDeclared")
+    def _runtimes_declared(self, runtimes: list[str]) -> None:
+        self.runtimes = runtimes
 
     @event("GpusReserved")
     def _reserved(self, job_id: str, gpu_indexes: list[int]) -> None:

@@ -27,6 +27,11 @@ _DURATION = re.compile(r"\s*(\d+)\s*(s|m|h|d)?\s*")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# name[:tag][@digest], as Docker writes image references (lower-case repository).
+_IMAGE = re.compile(
+    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
 # Far above any real price, and it keeps every cost inside a signed 64-bit integer.
 MAX_PRICE_MICRO = 1_000_000 * 1_000_000
 
@@ -129,6 +134,10 @@ class InputFile(_Strict):
 class _SpecBase(_Strict):
     name: str
     command: list[str]
+    # A container image runs the command in Docker; without one, the provider's process
+    # runtime runs it. Only providers with the matching runtime are eligible.
+    image: str | None = None
+    network: bool = False  # the job asks for network access; a provider must also allow it
     outputs: list[str] = []
     resources: Resources = Resources()
     max_price_per_gpu_hour: str | int | float
@@ -141,6 +150,17 @@ class _SpecBase(_Strict):
         if not _NAME.fullmatch(v):
             raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting alnum")
         return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 255 or not _IMAGE.fullmatch(v)):
+            raise ValueError(f"{v!r} is not an image reference like 'python:3.11-slim'")
+        return v
+
+    @property
+    def runtime(self) -> str:
+        return "docker" if self.image else "process"
 
     @field_validator("command", mode="before")
     @classmethod

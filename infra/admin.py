@@ -7,10 +7,8 @@ from typing import Any
 
 from domain.application import Network
 from domain.projection import Projector
-from infra.db import ViewDB
+from infra.db import VIEW_TABLES, ViewDB
 from infra.settings import Settings
-
-VIEW_TABLES = ("jobs", "job_events", "providers", "accounts", "ledger_entries")
 
 
 def rebuild_projections(settings: Settings) -> dict[str, Any]:

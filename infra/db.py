@@ -34,7 +34,8 @@ SCHEMA = [
         provider_id TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, region TEXT NOT NULL,
         status TEXT NOT NULL, price_micro BIGINT NOT NULL, gpus TEXT NOT NULL,
         reservations TEXT NOT NULL DEFAULT '{}', outcomes TEXT NOT NULL DEFAULT '[]',
-        reputation DOUBLE PRECISION NOT NULL, updated_at TEXT NOT NULL)""",
+        reputation DOUBLE PRECISION NOT NULL, updated_at TEXT NOT NULL,
+        runtimes TEXT NOT NULL DEFAULT '["process"]')""",
     """CREATE TABLE IF NOT EXISTS accounts (
         name TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, balance_micro BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS ledger_entries (
@@ -45,6 +46,10 @@ SCHEMA = [
         provider_id TEXT PRIMARY KEY, last_heartbeat_at DOUBLE PRECISION NOT NULL,
         telemetry TEXT NOT NULL DEFAULT '[]')""",
 ]
+
+
+# The read models proper: derived from the log, dropped and rebuilt when their shape changes.
+VIEW_TABLES = ("jobs", "job_events", "providers", "accounts", "ledger_entries")
 
 
 class ViewDB:
@@ -77,6 +82,14 @@ class ViewDB:
         lite.execute("PRAGMA journal_mode=WAL")
         lite.execute("PRAGMA synchronous=NORMAL")
         return lite
+
+    def reset_views(self) -> None:
+        """Drop and recreate every read-model table (their tracking is the caller's)."""
+        with self.transaction() as cur:
+            for table in VIEW_TABLES:
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in SCHEMA:
+                cur.execute(statement)
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.is_postgres else sql

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def check_object_key(client_id: str, key: str) -> str:
     except ValueError as err:
         raise StorageError(f"key: {err}") from None
     plain = PurePosixPath(key).as_posix()
-    if PurePosixPath(client_id, plain).parent.parts[:1] != (client_id,):
+    if not posixpath.normpath(f"{client_id}/{plain}").startswith(f"{client_id}/"):
         raise StorageError(f"key: {key!r} leaves your storage space")
     return plain
 
@@ -151,8 +152,8 @@ class FilesystemStore:
     def put(
         self, client_id: str, key: str, chunks: Iterable[bytes], expected_sha256: str | None = None
     ) -> ObjectInfo:
-        path = self._path(client_id, key)
         key = check_object_key(client_id, key)
+        path = self._path(client_id, key)
         usage = 0 if self.quota_bytes is None else self._usage(client_id, replacing=path)
         intake = Intake(client_id, key, self.quota_bytes, usage)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,12 +34,17 @@ class ApiRejected(Exception):
 
 
 def registration_input(
-    provider_id: str, region: str, price_per_gpu_hour_micro: int, gpus: list[GpuInfo]
+    provider_id: str,
+    region: str,
+    price_per_gpu_hour_micro: int,
+    gpus: list[GpuInfo],
+    runtimes: list[str] | None = None,
 ) -> dict[str, Any]:
     return {
         "providerId": provider_id,
         "region": region,
         "pricePerGpuHourMicro": price_per_gpu_hour_micro,
+        "runtimes": runtimes or ["process"],
         "gpus": [
             {"index": g.index, "model": g.model, "memoryMb": g.memory_mb, "uuid": g.uuid}
             for g in gpus

@@ -94,6 +94,8 @@ class TransferPlan:
     command: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     timeout_s: int = 600
+    image: str | None = None
+    network: bool = False
 
 
 @dataclass
@@ -117,6 +119,8 @@ class ExecuteRequest:
     gpu_indexes: list[int]
     timeout_s: int
     env: dict[str, str] = field(default_factory=dict)
+    image: str | None = None  # run in this container image (the docker runtime)
+    network: bool = False  # the job asked for network access
 
 
 @dataclass

@@ -181,7 +181,8 @@ class JobWorkflow:
             executed = await self._gpu(
                 inp, pid, c.EXECUTE_JOB,
                 c.ExecuteRequest(
-                    inp.job_id, attempt, plan.command, alloc.gpu_indexes, plan.timeout_s, plan.env
+                    inp.job_id, attempt, plan.command, alloc.gpu_indexes, plan.timeout_s, plan.env,
+                    plan.image, plan.network,
                 ),
                 c.ExecuteResult, plan.timeout_s + 60.0,
                 # Never run a job twice on the same provider: a lost run is re-allocated.

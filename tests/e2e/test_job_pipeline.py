@@ -245,8 +245,7 @@ def test_cancel_queued_job_refunds_everything(net: Network) -> None:
 
 
 def test_rebuild_projections_gives_identical_views(net: Network) -> None:
-    from infra.admin import VIEW_TABLES
-    from infra.db import ViewDB
+    from infra.db import VIEW_TABLES, ViewDB
 
     views = ViewDB(net.stack.settings)
 

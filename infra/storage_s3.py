@@ -1,0 +1,350 @@
+"""Client storage on S3 or an S3-compatible server (Ceph RGW): a bucket, `<client_id>/` each.
+
+An upload streams through as the parts of a multipart upload, hashed on the way,
+and becomes visible only once complete and checked: any error aborts it. Its
+sha256 is kept as the object's `sha256` metadata. S3 takes metadata when an
+upload starts, so an upload whose sender announced its sha256 goes straight to
+its key and is checked before it is completed; one that did not goes to a
+staging key outside every client's space and is copied into place with the
+sha256 computed on the way. Either way a refused upload leaves the previous
+object, if any, as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from infra.storage import (
+    CHUNK,
+    Intake,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageError,
+    check_client_id,
+    check_object_key,
+)
+
+log = logging.getLogger(__name__)
+
+PART_SIZE = 8 << 20
+MIN_PART_SIZE = 5 << 20  # S3's least size for any part but the last
+# Client ids never start with '.', so nothing here is in a client's space.
+STAGING_PREFIX = ".staging/"
+# A plain copy takes up to 5 GiB; larger staged objects are copied in parts.
+COPY_TRANSFER = TransferConfig(multipart_threshold=4 << 30, multipart_chunksize=1 << 30)
+MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4's longest
+PRESIGN_OPERATIONS = {"GET": "get_object", "PUT": "put_object"}
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class S3Store:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str = "us-east-1",
+        quota_bytes: int | None = None,
+        part_size: int = PART_SIZE,
+    ):
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part size {part_size} is below S3's least, {MIN_PART_SIZE}")
+        self.bucket = bucket
+        self.region = region
+        self.quota_bytes = quota_bytes
+        self.part_size = part_size
+        config = Config(
+            signature_version="s3v4",
+            # An endpoint of our own (RGW on 127.0.0.1) has no per-bucket host names.
+            s3={"addressing_style": "path" if endpoint else "virtual"},
+            retries={"mode": "standard", "max_attempts": 5},
+            max_pool_connections=32,
+            # We hash every object ourselves; servers other than AWS may refuse the
+            # checksum headers newer botocore adds by default.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.s3: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=config,
+        )
+        self._bucket_ready = False
+        self._bucket_lock = threading.Lock()
+
+    # -- the bucket ---------------------------------------------------------
+
+    def _client(self) -> Any:
+        """The S3 client, once the bucket exists (it is created on first use)."""
+        if not self._bucket_ready:
+            with self._bucket_lock:
+                if not self._bucket_ready:
+                    self._create_bucket_if_missing()
+                    self._bucket_ready = True
+        return self.s3
+
+    def _create_bucket_if_missing(self) -> None:
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as err:
+            if _code(err) not in {"404", "NoSuchBucket", "NotFound"}:
+                raise
+        args: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self.s3.create_bucket(**args)
+        except ClientError as err:
+            if _code(err) != "BucketAlreadyOwnedByYou":  # another process was first
+                raise
+            return
+        log.info("created bucket %s", self.bucket)
+        self._set_lifecycle()
+
+    def _set_lifecycle(self) -> None:
+        """Clear what a process that died mid-upload left: parts and staged objects."""
+        rules = [
+            {
+                "ID": "abort-stale-multipart-uploads",
+                "Filter": {"Prefix": ""},
+                "Status": "Enabled",
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+            },
+            {
+                "ID": "expire-staged-uploads",
+                "Filter": {"Prefix": STAGING_PREFIX},
+                "Status": "Enabled",
+                "Expiration": {"Days": 1},
+            },
+        ]
+        try:
+            self.s3.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": rules}
+            )
+        except ClientError as err:
+            log.warning("bucket %s: lifecycle rules not set (%s)", self.bucket, err)
+
+    # -- the object store -----------------------------------------------------
+
+    def put(
+        self, client_id: str, key: str, chunks: Iterable[bytes], expected_sha256: str | None = None
+    ) -> ObjectInfo:
+        key = check_object_key(client_id, key)
+        name = f"{client_id}/{key}"
+        s3 = self._client()
+        usage = 0 if self.quota_bytes is None else self._usage(client_id, replacing=name)
+        intake = Intake(client_id, key, self.quota_bytes, usage)
+        parts = _parts(intake.take(chunks), self.part_size)
+        first = next(parts)
+        if len(first) < self.part_size:  # the whole object: one plain PUT
+            sha = intake.verify(expected_sha256)
+            s3.put_object(Bucket=self.bucket, Key=name, Body=first, Metadata={"sha256": sha})
+            return ObjectInfo(key, intake.size, sha)
+        held = [first]
+        del first  # from here on a part is let go of once uploaded
+        parts = _released_then(held, parts)
+        if expected_sha256 and _SHA256.fullmatch(expected_sha256):
+            metadata = {"sha256": expected_sha256.lower()}
+            self._multipart(name, metadata, parts, intake, expected_sha256)
+            return ObjectInfo(key, intake.size, metadata["sha256"])
+        staged = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        try:
+            self._multipart(staged, {}, parts, intake, expected_sha256)
+            sha = intake.verify(expected_sha256)
+            s3.copy(
+                {"Bucket": self.bucket, "Key": staged},
+                self.bucket,
+                name,
+                ExtraArgs={"Metadata": {"sha256": sha}, "MetadataDirective": "REPLACE"},
+                Config=COPY_TRANSFER,
+            )
+        finally:
+            self._delete_quietly(staged)
+        return ObjectInfo(key, intake.size, sha)
+
+    def _multipart(
+        self,
+        name: str,
+        metadata: dict[str, str],
+        parts: Iterator[bytearray],
+        intake: Intake,
+        expected_sha256: str | None,
+    ) -> None:
+        """Upload `parts` as the parts of `name`; complete it if the sha256 holds."""
+        s3 = self.s3
+        upload = s3.create_multipart_upload(Bucket=self.bucket, Key=name, Metadata=metadata)
+        upload_id = upload["UploadId"]
+        try:
+            done: list[dict[str, Any]] = []
+            for part in parts:  # not enumerate(): its reused tuple would hold the last part
+                if done and not part:  # the size was a whole number of parts
+                    break
+                number = len(done) + 1
+                answer = s3.upload_part(
+                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=part
+                )
+                done.append({"PartNumber": number, "ETag": answer["ETag"]})
+                del part  # free it before the next one is read
+            intake.verify(expected_sha256)
+            s3.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=name,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": done},
+            )
+        except BaseException:
+            try:
+                s3.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
+            except Exception as err:  # the lifecycle rule clears it later
+                log.warning("%s: abort of multipart upload %s failed: %s", name, upload_id, err)
+            raise
+
+    def _delete_quietly(self, name: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=name)
+        except Exception as err:  # the lifecycle rule expires staged objects
+            log.warning("%s: delete failed: %s", name, err)
+
+    def _usage(self, client_id: str, replacing: str) -> int:
+        """Bytes in the client's objects, not counting `replacing`: one LIST per 1000 objects."""
+        total = 0
+        pages = self.s3.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=f"{client_id}/"):
+            total += sum(o["Size"] for o in page.get("Contents", []) if o["Key"] != replacing)
+        return total
+
+    def stat(self, client_id: str, key: str) -> ObjectInfo:
+        key = check_object_key(client_id, key)
+        self._client()
+        return self._head(client_id, key)
+
+    def _head(self, client_id: str, key: str) -> ObjectInfo:
+        name = f"{client_id}/{key}"
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=name)
+        except ClientError as err:
+            raise _not_found(err, client_id, key) from None
+        sha = head["Metadata"].get("sha256") or self._hash(name)
+        return ObjectInfo(key, head["ContentLength"], sha)
+
+    def _hash(self, name: str) -> str:
+        """The sha256 of an object stored without one (PUT through a presigned URL): read it all."""
+        body = self.s3.get_object(Bucket=self.bucket, Key=name)["Body"]
+        intake = Intake("", name, None)
+        try:
+            for _ in intake.take(body.iter_chunks(CHUNK)):
+                pass
+        finally:
+            body.close()
+        return intake.verify(None)
+
+    def open(self, client_id: str, key: str) -> tuple[ObjectInfo, Iterator[bytes]]:
+        key = check_object_key(client_id, key)
+        name = f"{client_id}/{key}"
+        try:
+            got = self._client().get_object(Bucket=self.bucket, Key=name)
+        except ClientError as err:
+            raise _not_found(err, client_id, key) from None
+        body = got["Body"]
+        sha = got["Metadata"].get("sha256") or self._hash(name)
+        info = ObjectInfo(key, got["ContentLength"], sha)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(CHUNK)
+            finally:
+                body.close()
+
+        return info, chunks()
+
+    def delete(self, client_id: str, key: str) -> None:
+        key = check_object_key(client_id, key)
+        self._client()
+        self._head(client_id, key)  # S3 deletes a missing key without a word
+        self.s3.delete_object(Bucket=self.bucket, Key=f"{client_id}/{key}")
+
+    def presign(self, method: str, client_id: str, key: str, expires_s: int) -> str:
+        """A URL that lets its holder GET or PUT this one object, straight from S3, for expires_s.
+
+        A PUT through it skips our checks: no quota, and no sha256 metadata (stat
+        then reads the object once to compute it).
+        """
+        key = check_object_key(client_id, key)
+        operation = PRESIGN_OPERATIONS.get(method.upper())
+        if operation is None:
+            raise StorageError(f"presign: method {method!r} is not one of GET, PUT")
+        if not 1 <= expires_s <= MAX_PRESIGN_S:
+            raise StorageError(f"presign: expiry {expires_s}s is not within 1-{MAX_PRESIGN_S}s")
+        return str(
+            self._client().generate_presigned_url(
+                operation,
+                Params={"Bucket": self.bucket, "Key": f"{client_id}/{key}"},
+                ExpiresIn=expires_s,
+                HttpMethod=method.upper(),
+            )
+        )
+
+    def list(self, client_id: str, prefix: str = "") -> list[ObjectInfo]:
+        """The client's objects under `prefix`: one LIST per 1000, then one HEAD each for sha256."""
+        start = f"{check_client_id(client_id)}/"
+        pages = self._client().get_paginator("list_objects_v2")
+        out = []
+        for page in pages.paginate(Bucket=self.bucket, Prefix=f"{start}{prefix}"):
+            for obj in page.get("Contents", []):
+                try:
+                    out.append(self._head(client_id, obj["Key"][len(start) :]))
+                except ObjectNotFound:  # deleted since the listing
+                    continue
+        return out
+
+
+def _parts(chunks: Iterable[bytes], size: int) -> Iterator[bytearray]:
+    """The stream regrouped into parts of `size` bytes, the last one shorter, perhaps empty.
+
+    Each part is a buffer of its own, filled without copying chunks whole, so a
+    caller that lets go of one part before asking for the next holds one at a time.
+    """
+    part = bytearray()
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while len(part) + len(view) >= size:
+            need = size - len(part)
+            part += view[:need]
+            view = view[need:]
+            yield part
+            part = bytearray()
+        part += view
+    yield part
+
+
+def _released_then(held: list[bytearray], rest: Iterator[bytearray]) -> Iterator[bytearray]:
+    """The part in `held`, which keeps no hold on it once taken, then `rest`."""
+    yield held.pop()
+    yield from rest
+
+
+def _code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def _not_found(err: ClientError, client_id: str, key: str) -> Exception:
+    if _code(err) in _MISSING:
+        return ObjectNotFound(f"no object {key!r} in {client_id}'s storage")
+    return err
