@@ -17,7 +17,7 @@ from strawberry.types import Info
 from api.jobs import submit_job
 from api.services import Services
 from domain.job import TERMINAL_STATES
-from domain.ledger import client_account, provider_account
+from domain.ledger import client_account
 from domain.projection import TERMINAL_EVENTS
 from domain.provider import RUNTIMES
 from domain.spec import SpecError
@@ -78,6 +78,38 @@ class JobEvent:
 
 
 EVENTS_SQL = "SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq"
+
+
+@strawberry.type
+class ProviderEvent:
+    seq: int
+    provider_id: str
+    type: str
+    at: str
+    data: JSON
+
+
+@strawberry.type
+class LedgerEntry:
+    seq: int
+    transfer_id: str
+    amount_micro: BigInt
+    balance_micro: BigInt
+    counterparty: str
+    kind: str
+    memo: str
+    at: str
+
+
+@strawberry.type
+class QueuedJob:
+    position: int
+    job_id: str
+    name: str
+    gpus: int
+    gpu_model: str | None
+    waiting_since: str
+    mine: bool
 
 
 @strawberry.type
@@ -260,6 +292,39 @@ class Query:
     async def providers(self, info: I) -> list[Provider]:
         return await load_providers(info.context.services)
 
+    @strawberry.field(description="The caller's ledger: every entry on its account, newest first")
+    async def ledger(self, info: I, limit: int = 100) -> list[LedgerEntry]:
+        rows = await info.context.services.query(
+            "SELECT * FROM ledger_entries WHERE account = ? ORDER BY seq DESC LIMIT ?",
+            (client_account(info.context.client_id), max(1, min(limit, 1000))),
+        )
+        return [
+            LedgerEntry(
+                seq=r["seq"], transfer_id=r["transfer_id"], amount_micro=r["amount_micro"],
+                balance_micro=r["balance_micro"], counterparty=r["counterparty"], kind=r["kind"],
+                memo=r["memo"], at=r["at"],
+            )
+            for r in rows
+        ]
+
+    @strawberry.field(description="Jobs waiting for GPUs, in the order they will be placed")
+    async def queue(self, info: I, limit: int = 100) -> list[QueuedJob]:
+        rows = await info.context.services.query(
+            "SELECT job_id, client_id, name, spec, updated_at FROM jobs WHERE state = 'QUEUED'"
+            " ORDER BY queued_position LIMIT ?",
+            (max(1, min(limit, 1000)),),
+        )
+        out = []
+        for n, r in enumerate(rows, start=1):
+            resources = json.loads(r["spec"])["resources"]
+            mine = r["client_id"] == info.context.client_id
+            out.append(QueuedJob(
+                position=n, job_id=r["job_id"], name=r["name"] if mine else "",
+                gpus=resources["gpus"], gpu_model=resources["gpu_model"],
+                waiting_since=r["updated_at"], mine=mine,
+            ))
+        return out
+
 
 @strawberry.type
 class Mutation:
@@ -350,6 +415,39 @@ async def _record_heartbeat(services: Services, provider_id: str, telemetry: Any
     await asyncio.to_thread(write)
 
 
+async def follow_stream(
+    services: Services, kind: str, key: str, after: int, terminal: tuple[str, ...] = ()
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Every event of one job's or provider's history after `after`, in order, once each.
+
+    Rows the projection pushes are used as they come; a gap (this replica did not
+    apply that batch) is filled from the view, so a reconnecting subscriber that
+    names the last seq it saw gets exactly what it missed.
+    """
+    sql = f"SELECT * FROM {kind}_events WHERE {kind}_id = ? AND seq > ? ORDER BY seq"
+    stream, last = f"{kind}:{key}", after
+    wake = services.broadcaster.current()
+    rows = await services.query(sql, (key, last))
+    while True:
+        for row in rows:
+            if row["seq"] != last + 1:
+                break  # a gap: read what was missed from the view below
+            last = row["seq"]
+            yield row
+            if row["type"] in terminal:
+                return
+        # Woken by a batch (with its rows when this process applied it), or every
+        # second in case another process runs the projection and no NOTIFY reaches us.
+        done, _ = await asyncio.wait({wake}, timeout=1.0)
+        pushed = wake.result() if done else []
+        wake = services.broadcaster.current()
+        mine = [r for r in pushed if r["stream"] == stream and r["seq"] > last]
+        if mine and mine[0]["seq"] == last + 1:
+            rows = mine
+        else:
+            rows = await services.query(sql, (key, last))
+
+
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
@@ -360,27 +458,23 @@ class Subscription:
     ) -> AsyncGenerator[JobEvent, None]:
         if await load_job(info, str(job_id)) is None:
             raise ValueError(f"jobId: no job {job_id} of yours")
-        services, last = info.context.services, after
-        wake = services.broadcaster.current()
-        rows = await services.query(EVENTS_SQL, (str(job_id), last))
-        while True:
-            for row in rows:
-                if row["seq"] != last + 1:
-                    break  # a gap: read what was missed from the view below
-                last = row["seq"]
-                yield JobEvent.from_row(row)
-                if row["type"] in TERMINAL_EVENTS:
-                    return
-            # Woken by a batch (with its rows when this process applied it), or every
-            # second in case another process runs the projection and no NOTIFY reaches us.
-            done, _ = await asyncio.wait({wake}, timeout=1.0)
-            pushed = wake.result() if done else []
-            wake = services.broadcaster.current()
-            mine = [r for r in pushed if r["job_id"] == job_id and r["seq"] > last]
-            if mine and mine[0]["seq"] == last + 1:
-                rows = mine
-            else:
-                rows = await services.query(EVENTS_SQL, (str(job_id), last))
+        rows = follow_stream(info.context.services, "job", str(job_id), after, TERMINAL_EVENTS)
+        async for row in rows:
+            yield JobEvent.from_row(row)
+
+    @strawberry.subscription(
+        description="A provider's status changes, reservations and reputation, after `after`"
+    )
+    async def provider_events(
+        self, info: I, provider_id: str, after: int = 0
+    ) -> AsyncGenerator[ProviderEvent, None]:
+        if not await load_providers(info.context.services, provider_id):
+            raise ValueError(f"providerId: no provider {provider_id!r}")
+        async for row in follow_stream(info.context.services, "provider", provider_id, after):
+            yield ProviderEvent(
+                seq=row["seq"], provider_id=row["provider_id"], type=row["type"], at=row["at"],
+                data=json.loads(row["data"]),
+            )
 
 
 schema = strawberry.Schema(
@@ -389,4 +483,3 @@ schema = strawberry.Schema(
     subscription=Subscription,
     scalar_overrides={BigInt: BIG_INT_SCALAR},  # type: ignore[dict-item]
 )
-_ = provider_account  # earnings are read through the accounts view joined above

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
-VIEWS_VERSION = 3
+VIEWS_VERSION = 4
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
@@ -135,7 +135,7 @@ class Projector:
         if kind == "Job":
             self._job(cur, nid, agg, etype, at, data)
         elif kind == "Provider":
-            self._provider(cur, agg, etype, at, data)
+            self._provider(cur, nid, agg, etype, at, data)
         elif kind == "Account":
             if etype == "AccountOpened":
                 cur.execute(
@@ -181,14 +181,7 @@ class Projector:
             log.error("event %s for unknown job aggregate %s", etype, agg)
             return
         job_id, seq = job["job_id"], job["last_seq"] + 1
-        row = {"job_id": job_id, "seq": seq, "notification_id": nid, "type": etype, "at": at,
-               "data": json.dumps(data)}
-        cur.execute(
-            "INSERT INTO job_events (job_id, seq, notification_id, type, at, data)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            tuple(row.values()),
-        )
-        self._added.append(row)
+        self._stream_event(cur, "job", job_id, seq, nid, etype, at, data)
         sets, params = ["last_seq = ?", "updated_at = ?"], list[Any]([seq, at])
         state = JOB_STATE_AFTER.get(etype)
         if state:
@@ -216,7 +209,23 @@ class Projector:
             params.append(data["charged_micro"])
         cur.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?", (*params, job_id))
 
-    def _provider(self, cur: Cursor, agg: str, etype: str, at: str, data: dict[str, Any]) -> None:
+    def _stream_event(
+        self, cur: Cursor, kind: str, key: str, seq: int, nid: int, etype: str, at: str,
+        data: dict[str, Any],
+    ) -> None:
+        """Append to a job's or provider's event history, and hand it to live subscribers."""
+        row = {f"{kind}_id": key, "seq": seq, "notification_id": nid, "type": etype, "at": at,
+               "data": json.dumps(data)}
+        cur.execute(
+            f"INSERT INTO {kind}_events ({kind}_id, seq, notification_id, type, at, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            tuple(row.values()),
+        )
+        self._added.append({**row, "stream": f"{kind}:{key}"})
+
+    def _provider(
+        self, cur: Cursor, nid: int, agg: str, etype: str, at: str, data: dict[str, Any]
+    ) -> None:
         if etype == "ProviderRegistered":
             cur.execute(
                 "INSERT INTO providers (provider_id, aggregate_id, region, status, price_micro,"
@@ -226,14 +235,18 @@ class Projector:
                     json.dumps(data["gpus"]), reputation_score([]), at,
                 ),
             )
-            return
-        row = cur.one("SELECT reservations, outcomes FROM providers WHERE aggregate_id = ?", (agg,))
+        row = cur.one(
+            "SELECT provider_id, reservations, outcomes, last_seq FROM providers"
+            " WHERE aggregate_id = ?", (agg,),
+        )
         if row is None:
             log.error("event %s for unknown provider aggregate %s", etype, agg)
             return
+        seq = row["last_seq"] + 1
+        self._stream_event(cur, "provider", row["provider_id"], seq, nid, etype, at, data)
         reservations = json.loads(row["reservations"])
         outcomes = json.loads(row["outcomes"])
-        sets, params = ["updated_at = ?"], list[Any]([at])
+        sets, params = ["updated_at = ?", "last_seq = ?"], list[Any]([at, seq])
         if etype == "ProviderRejoined":
             sets += ["region = ?", "price_micro = ?", "gpus = ?", "status = 'online'"]
             params += [data["region"], data["price_per_gpu_hour_micro"], json.dumps(data["gpus"])]

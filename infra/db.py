@@ -35,7 +35,11 @@ SCHEMA = [
         status TEXT NOT NULL, price_micro BIGINT NOT NULL, gpus TEXT NOT NULL,
         reservations TEXT NOT NULL DEFAULT '{}', outcomes TEXT NOT NULL DEFAULT '[]',
         reputation DOUBLE PRECISION NOT NULL, updated_at TEXT NOT NULL,
-        runtimes TEXT NOT NULL DEFAULT '["process"]')""",
+        runtimes TEXT NOT NULL DEFAULT '["process"]', last_seq INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS provider_events (
+        provider_id TEXT NOT NULL, seq INTEGER NOT NULL, notification_id BIGINT NOT NULL,
+        type TEXT NOT NULL, at TEXT NOT NULL, data TEXT NOT NULL,
+        PRIMARY KEY (provider_id, seq))""",
     """CREATE TABLE IF NOT EXISTS accounts (
         name TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, balance_micro BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS ledger_entries (
@@ -49,7 +53,9 @@ SCHEMA = [
 
 
 # The read models proper: derived from the log, dropped and rebuilt when their shape changes.
-VIEW_TABLES = ("jobs", "job_events", "providers", "accounts", "ledger_entries")
+VIEW_TABLES = (
+    "jobs", "job_events", "providers", "provider_events", "accounts", "ledger_entries"
+)
 
 
 class ViewDB:
