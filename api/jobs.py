@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.services import Services
+from domain.errors import DomainError
 from domain.spec import JobSpec, SpecError, parse_job_spec
 from infra.storage import ObjectNotFound, StorageError
 from workflows.contracts import JobInput, job_workflow_id
@@ -42,6 +43,10 @@ async def pin_inputs(services: Services, client_id: str, spec: JobSpec) -> JobSp
 
 async def submit_job(services: Services, client_id: str, data: Any) -> Submitted:
     spec = parse_job_spec(data)
+    try:
+        await asyncio.to_thread(services.network.check_queue, spec.queue)
+    except DomainError as err:
+        raise SpecError([("queue", str(err).removeprefix("queue: "))]) from None
     spec = await pin_inputs(services, client_id, spec)
     job_id = str(uuid.uuid4())
     settings = services.settings

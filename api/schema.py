@@ -16,8 +16,10 @@ from strawberry.types import Info
 
 from api.jobs import submit_job
 from api.services import Services
+from domain.errors import DomainError
 from domain.job import TERMINAL_STATES
 from domain.ledger import client_account
+from domain.node import DEFAULT_NODE
 from domain.projection import TERMINAL_EVENTS
 from domain.provider import RUNTIMES
 from domain.spec import SpecError
@@ -102,6 +104,22 @@ class LedgerEntry:
 
 
 @strawberry.type
+class Queue:
+    name: str
+    gpu_models: list[str]
+    waiting: int
+
+
+@strawberry.type
+class Node:
+    node_id: str
+    region: str
+    operator: str
+    provider_ids: list[str]
+    queues: list[Queue]
+
+
+@strawberry.type
 class QueuedJob:
     position: int
     job_id: str
@@ -143,8 +161,9 @@ class Job:
         if self.state != "QUEUED" or self.queued_position is None:
             return None
         rows = await info.context.services.query(
-            "SELECT COUNT(*) AS n FROM jobs WHERE state = 'QUEUED' AND queued_position < ?",
-            (self.queued_position,),
+            "SELECT COUNT(*) AS n FROM jobs WHERE state = 'QUEUED' AND queued_position < ?"
+            " AND queue = (SELECT queue FROM jobs WHERE job_id = ?)",
+            (self.queued_position, str(self.id)),
         )
         return int(rows[0]["n"]) + 1
 
@@ -216,6 +235,7 @@ class RegisterProviderInput:
     price_per_gpu_hour_micro: BigInt
     gpus: list[GpuInput]
     runtimes: list[str] = strawberry.field(default_factory=lambda: ["process"])
+    node: str = DEFAULT_NODE
 
 
 async def load_job(info: I, job_id: str) -> Job | None:
@@ -307,12 +327,36 @@ class Query:
             for r in rows
         ]
 
-    @strawberry.field(description="Jobs waiting for GPUs, in the order they will be placed")
-    async def queue(self, info: I, limit: int = 100) -> list[QueuedJob]:
+    @strawberry.field(description="Nodes, their providers and queues with how many jobs wait")
+    async def nodes(self, info: I) -> list[Node]:
+        services = info.context.services
+        waiting = {
+            r["queue"]: r["n"] for r in await services.query(
+                "SELECT queue, COUNT(*) AS n FROM jobs WHERE state = 'QUEUED' GROUP BY queue"
+            )
+        }
+        out = []
+        for r in await services.query("SELECT * FROM nodes ORDER BY node_id"):
+            queues = json.loads(r["queues"])
+            out.append(Node(
+                node_id=r["node_id"], region=r["region"], operator=r["operator"],
+                provider_ids=json.loads(r["provider_ids"]),
+                queues=[Queue(name=q, gpu_models=c["gpu_models"],
+                              waiting=waiting.get(f"{r['node_id']}/{q}", 0))
+                        for q, c in sorted(queues.items())],
+            ))
+        return out
+
+    @strawberry.field(description="Jobs waiting in a queue, in the order they will be placed")
+    async def queue(
+        self, info: I, name: str = f"{DEFAULT_NODE}/default", limit: int = 100
+    ) -> list[QueuedJob]:
+        if "/" not in name:
+            name = f"{DEFAULT_NODE}/{name}"
         rows = await info.context.services.query(
-            "SELECT job_id, client_id, name, spec, updated_at FROM jobs WHERE state = 'QUEUED'"
-            " ORDER BY queued_position LIMIT ?",
-            (max(1, min(limit, 1000)),),
+            "SELECT job_id, client_id, name, spec, updated_at FROM jobs"
+            " WHERE state = 'QUEUED' AND queue = ? ORDER BY queued_position LIMIT ?",
+            (name, max(1, min(limit, 1000))),
         )
         out = []
         for n, r in enumerate(rows, start=1):
@@ -356,6 +400,26 @@ class Mutation:
         await handle.cancel()
         return job
 
+    @strawberry.mutation(description="A node joins the network, with a queue `default`")
+    async def register_node(self, info: I, node_id: str, region: str, operator: str) -> bool:
+        services = info.context.services
+        try:
+            await asyncio.to_thread(services.network.register_node, node_id, region, operator)
+        except DomainError as err:
+            raise ValueError(str(err)) from None
+        return True
+
+    @strawberry.mutation(description="Create or change a node's queue: the GPU models it serves")
+    async def configure_queue(
+        self, info: I, node_id: str, name: str, gpu_models: list[str]
+    ) -> bool:
+        services = info.context.services
+        try:
+            await asyncio.to_thread(services.network.configure_queue, node_id, name, gpu_models)
+        except DomainError as err:
+            raise ValueError(str(err)) from None
+        return True
+
     @strawberry.mutation(description="A provider agent declares its GPUs and price")
     async def register_provider(self, info: I, input: RegisterProviderInput) -> Provider:
         errors = []
@@ -379,6 +443,7 @@ class Mutation:
         await asyncio.to_thread(
             services.network.register_provider,
             input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus, input.runtimes,
+            input.node,
         )
         await _record_heartbeat(services, input.provider_id, [])
         deadline = time.monotonic() + 5

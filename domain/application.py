@@ -17,6 +17,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain.errors import (
+    DomainError,
     InsufficientFunds,
     InvalidAmount,
     InvalidTransition,
@@ -35,6 +36,7 @@ from domain.ledger import (
 )
 from domain.matching import Candidate, Decision, Requirements, decide, gb_to_mib
 from domain.money import cost_of_gpu_time
+from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
 from domain.provider import Directory, Provider
 from domain.spec import JobSpec
 
@@ -183,6 +185,44 @@ class Network(Application[Any]):
 
         self._save_retrying(attempt)
 
+    # Nodes
+
+    def node(self, node_id: str) -> Node:
+        """A node; the default node exists from the first time anyone needs it."""
+        node = self._get_or_none(Node.create_id(node_id=node_id))
+        if node is None and node_id == DEFAULT_NODE:
+            node = Node(node_id=DEFAULT_NODE, region="local", operator="network")
+            node.configure_queue(DEFAULT_QUEUE, [])
+        if node is None:
+            raise DomainError(f"node: no node {node_id!r}")
+        return node
+
+    def register_node(self, node_id: str, region: str, operator: str) -> None:
+        """A node joins the network with a default queue that serves any GPU."""
+        check_name("node", node_id)
+
+        def attempt() -> tuple[None, list[Aggregate]]:
+            if self._get_or_none(Node.create_id(node_id=node_id)) is not None:
+                return None, []
+            node = Node(node_id=node_id, region=region, operator=operator)
+            node.configure_queue(DEFAULT_QUEUE, [])
+            return None, [node]
+
+        self._save_retrying(attempt)
+
+    def configure_queue(self, node_id: str, name: str, gpu_models: list[str]) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            node = self.node(node_id)
+            node.configure_queue(name, gpu_models)
+            return None, [node]
+
+        self._save_retrying(attempt)
+
+    def check_queue(self, queue: str) -> None:
+        node_id, name = split_queue(queue)
+        if name not in self.node(node_id).queues:
+            raise DomainError(f"queue: node {node_id!r} has no queue {name!r}")
+
     # Providers
 
     def register_provider(
@@ -192,6 +232,7 @@ class Network(Application[Any]):
         price_micro: int,
         gpus: list[dict[str, Any]],
         runtimes: list[str] | None = None,
+        node_id: str = DEFAULT_NODE,
     ) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
@@ -207,7 +248,9 @@ class Network(Application[Any]):
                 provider.rejoin(region, price_micro, gpus)
             provider.declare_runtimes(runtimes or ["process"])
             directory.add(provider_id)
-            return None, [provider, directory]
+            node = self.node(node_id)
+            node.admit_provider(provider_id)
+            return None, [provider, directory, node]
 
         self._save_retrying(attempt)
 
@@ -230,14 +273,19 @@ class Network(Application[Any]):
                     held.price_per_gpu_hour_micro,
                 ), []
             spec = JobSpec.model_validate(job.spec)
+            node_id, queue = split_queue(spec.queue)
+            node = self.node(node_id)
+            if queue not in node.queues:
+                return Decision(None, rejected={"*": f"queue {spec.queue} does not exist"}), []
             req = Requirements(
                 gpus=spec.resources.gpus,
                 gpu_model=spec.resources.gpu_model,
                 min_gpu_memory_mb=gb_to_mib(spec.resources.min_gpu_memory_gb),
                 max_price_per_gpu_hour_micro=spec.max_price_micro,
                 runtime=spec.runtime,
+                queue_models=tuple(node.queues[queue]["gpu_models"]),
             )
-            providers = {pid: self.provider(pid) for pid in self.provider_ids()}
+            providers = {pid: self.provider(pid) for pid in node.provider_ids}
             for p in providers.values():
                 if job_id in p.reservations:
                     # A concurrent run of this same allocation saved first (job and provider

@@ -27,6 +27,8 @@ class Requirements:
     min_gpu_memory_mb: int
     max_price_per_gpu_hour_micro: int
     runtime: str = "process"
+    # The queue's GPU classes: a GPU must match one of them (empty: any model).
+    queue_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,16 @@ class Decision:
     rejected: dict[str, str] = field(default_factory=dict)  # provider id -> why not
 
 
+def _model_fits(wanted: str, model: str) -> bool:
+    return wanted.lower() in model.lower()
+
+
 def _matching_gpus(req: Requirements, gpus: list[dict[str, Any]]) -> list[int]:
     return [
         g["index"]
         for g in gpus
-        if (req.gpu_model is None or req.gpu_model.lower() in str(g["model"]).lower())
+        if (req.gpu_model is None or _model_fits(req.gpu_model, str(g["model"])))
+        and (not req.queue_models or any(_model_fits(m, str(g["model"])) for m in req.queue_models))
         and int(g["memory_mb"]) >= req.min_gpu_memory_mb
     ]
 

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 
+from domain.node import DEFAULT_QUEUE, split_queue
 from domain.reputation import reputation_score
 from infra.db import VIEW_TABLES, Cursor, ViewDB
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
-VIEWS_VERSION = 4
+VIEWS_VERSION = 5
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
@@ -136,6 +137,8 @@ class Projector:
             self._job(cur, nid, agg, etype, at, data)
         elif kind == "Provider":
             self._provider(cur, nid, agg, etype, at, data)
+        elif kind == "Node":
+            self._node(cur, agg, etype, data)
         elif kind == "Account":
             if etype == "AccountOpened":
                 cur.execute(
@@ -144,6 +147,29 @@ class Projector:
                 )
             elif etype == "EntryPosted":
                 self._entry(cur, agg, at, data)
+
+    def _node(self, cur: Cursor, agg: str, etype: str, data: dict[str, Any]) -> None:
+        if etype == "NodeRegistered":
+            cur.execute(
+                "INSERT INTO nodes (node_id, aggregate_id, region, operator) VALUES (?, ?, ?, ?)",
+                (data["node_id"], agg, data["region"], data["operator"]),
+            )
+            return
+        row = cur.one("SELECT queues, provider_ids FROM nodes WHERE aggregate_id = ?", (agg,))
+        if row is None:
+            log.error("event %s for unknown node aggregate %s", etype, agg)
+            return
+        queues, providers = json.loads(row["queues"]), json.loads(row["provider_ids"])
+        if etype == "QueueConfigured":
+            queues[data["name"]] = {"gpu_models": data["gpu_models"]}
+        elif etype == "QueueRemoved":
+            queues.pop(data["name"], None)
+        elif etype == "ProviderJoinedNode":
+            providers.append(data["provider_id"])
+        cur.execute(
+            "UPDATE nodes SET queues = ?, provider_ids = ? WHERE aggregate_id = ?",
+            (json.dumps(queues), json.dumps(providers), agg),
+        )
 
     def _entry(self, cur: Cursor, agg: str, at: str, data: dict[str, Any]) -> None:
         cur.execute(
@@ -166,12 +192,14 @@ class Projector:
 
     def _job(self, cur: Cursor, nid: int, agg: str, etype: str, at: str, data: dict[str, Any]):
         if etype == "JobSubmitted":
+            node, queue = split_queue(data["spec"].get("queue", DEFAULT_QUEUE))
             cur.execute(
                 "INSERT INTO jobs (job_id, aggregate_id, client_id, name, state, max_cost_micro,"
-                " submitted_at, updated_at, spec, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                " submitted_at, updated_at, spec, last_seq, queue)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 (
                     data["job_id"], agg, data["client_id"], data["spec"]["name"], "SUBMITTED",
-                    data["max_cost_micro"], at, at, json.dumps(data["spec"]),
+                    data["max_cost_micro"], at, at, json.dumps(data["spec"]), f"{node}/{queue}",
                 ),
             )
             data = {k: v for k, v in data.items() if k != "spec"}

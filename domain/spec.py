@@ -27,6 +27,7 @@ _DURATION = re.compile(r"\s*(\d+)\s*(s|m|h|d)?\s*")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_QUEUE = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,62}/)?[a-z0-9][a-z0-9._-]{0,62}")
 # name[:tag][@digest], as Docker writes image references (lower-case repository).
 _IMAGE = re.compile(
     r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
@@ -138,6 +139,7 @@ class _SpecBase(_Strict):
     # runtime runs it. Only providers with the matching runtime are eligible.
     image: str | None = None
     network: bool = False  # the job asks for network access; a provider must also allow it
+    queue: str = "default"  # "<node>/<queue>", or a queue of the default node
     outputs: list[str] = []
     resources: Resources = Resources()
     max_price_per_gpu_hour: str | int | float
@@ -149,6 +151,13 @@ class _SpecBase(_Strict):
     def _name(cls, v: str) -> str:
         if not _NAME.fullmatch(v):
             raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting alnum")
+        return v
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, v: str) -> str:
+        if not _QUEUE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a queue like 'default' or 'gpu-eu/batch'")
         return v
 
     @field_validator("image")

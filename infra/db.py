@@ -24,7 +24,8 @@ SCHEMA = [
         provider_id TEXT, attempt INTEGER NOT NULL DEFAULT 0,
         max_cost_micro BIGINT NOT NULL, cost_micro BIGINT,
         submitted_at TEXT NOT NULL, updated_at TEXT NOT NULL, queued_position BIGINT,
-        outputs TEXT NOT NULL DEFAULT '[]', spec TEXT NOT NULL, last_seq INTEGER NOT NULL)""",
+        outputs TEXT NOT NULL DEFAULT '[]', spec TEXT NOT NULL, last_seq INTEGER NOT NULL,
+        queue TEXT NOT NULL DEFAULT 'local/default')""",
     "CREATE INDEX IF NOT EXISTS jobs_client ON jobs (client_id, submitted_at)",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, queued_position)",
     """CREATE TABLE IF NOT EXISTS job_events (
@@ -40,6 +41,10 @@ SCHEMA = [
         provider_id TEXT NOT NULL, seq INTEGER NOT NULL, notification_id BIGINT NOT NULL,
         type TEXT NOT NULL, at TEXT NOT NULL, data TEXT NOT NULL,
         PRIMARY KEY (provider_id, seq))""",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        node_id TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, region TEXT NOT NULL,
+        operator TEXT NOT NULL, queues TEXT NOT NULL DEFAULT '{}',
+        provider_ids TEXT NOT NULL DEFAULT '[]')""",
     """CREATE TABLE IF NOT EXISTS accounts (
         name TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, balance_micro BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS ledger_entries (
@@ -54,7 +59,7 @@ SCHEMA = [
 
 # The read models proper: derived from the log, dropped and rebuilt when their shape changes.
 VIEW_TABLES = (
-    "jobs", "job_events", "providers", "provider_events", "accounts", "ledger_entries"
+    "jobs", "job_events", "providers", "provider_events", "accounts", "ledger_entries", "nodes"
 )
 
 

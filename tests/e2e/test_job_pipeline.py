@@ -262,3 +262,20 @@ def test_rebuild_projections_gives_identical_views(net: Network) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows"]["jobs"] == len(before["jobs"])
     assert dump() == before
+
+
+def test_nodes_and_queues(net: Network) -> None:
+    refused = net.gql(SUBMIT, "kim", s=spec("q", ["true"], queue="mars/fast"))["submitJob"]
+    assert refused["errors"] == [{"field": "queue", "message": "node: no node 'mars'"}]
+    net.gql('mutation { registerNode(nodeId: "mars", region: "mars-1", operator: "ops") }')
+    net.gql('mutation { configureQueue(nodeId: "mars", name: "fast", gpuModels: ["B200"]) }')
+    job_id = submit(net, "kim", spec("q", ["true"], queue="mars/fast"))
+    net.wait_job(job_id, ("QUEUED",), client="kim")
+    nodes = {n["nodeId"]: n for n in net.gql(
+        "{ nodes { nodeId providerIds queues { name gpuModels waiting } } }")["nodes"]}
+    assert set(nodes["local"]["providerIds"]) == {"pipe-a", "pipe-b", "pipe-liar"}
+    assert {"name": "fast", "gpuModels": ["B200"], "waiting": 1} in nodes["mars"]["queues"]
+    queue = net.gql('{ queue(name: "mars/fast") { position jobId mine } }', "kim")["queue"]
+    assert queue == [{"position": 1, "jobId": job_id, "mine": True}]
+    net.gql(CANCEL, "kim", id=job_id)
+    net.wait_job(job_id, ("CANCELLED",), client="kim")

@@ -1,0 +1,126 @@
+"""A real S3 server (Ceph RGW, via scripts/s3-up.sh) for the session, and stores of both kinds."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from infra.storage import FilesystemStore, ObjectStore, build_store
+from infra.storage_s3 import STAGING_PREFIX, S3Store
+from tests.conftest import free_port
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+PACKAGES_NOT_INSTALLABLE = 3  # s3-up.sh's exit status when it cannot install Ceph
+# RGW's first start may install Ceph from apt (over a minute on a fresh machine).
+SERVER_START_LIMIT_S = 600
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str = "devaccess"
+    secret_key: str = "devsecret"
+    region: str = "us-east-1"
+
+    def client(self) -> Any:
+        """A plain boto3 client, to look at the bucket behind a store's back."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+    def store(self, bucket: str | None = None, quota_bytes: int | None = None) -> S3Store:
+        return S3Store(
+            bucket or fresh_bucket(),
+            endpoint=self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+            quota_bytes=quota_bytes,
+        )
+
+
+def fresh_bucket() -> str:
+    return f"t-{uuid.uuid4().hex[:20]}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Ceph RGW on a free port; skipped only where Ceph's packages cannot be installed."""
+    where = tmp_path_factory.mktemp("rgw")
+    port = free_port()
+    started = time.monotonic()
+    try:
+        up = subprocess.run(
+            ["bash", str(SCRIPTS / "s3-up.sh"), str(where), str(port)],
+            capture_output=True,
+            text=True,
+            timeout=SERVER_START_LIMIT_S,
+        )
+        took = time.monotonic() - started
+        said = (up.stdout + up.stderr).strip()[-3000:]
+        if up.returncode == PACKAGES_NOT_INSTALLABLE:
+            pytest.skip(f"no S3 server: Ceph RGW's packages cannot be installed here:\n{said}")
+        if up.returncode != 0:
+            pytest.fail(
+                f"scripts/s3-up.sh failed (exit {up.returncode}) after {took:.1f}s:\n{said}"
+            )
+        yield S3Server(f"http://127.0.0.1:{port}")
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "s3-down.sh"), str(where)], timeout=60, check=False)
+
+
+StoreFactory = Callable[..., ObjectStore]
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Stores of the kind under test, made by build_store as the services make them."""
+    server: S3Server | None = None
+    if request.param == "s3":
+        server = request.getfixturevalue("s3_server")
+
+    def make(quota_bytes: int | None = None) -> ObjectStore:
+        if server is None:
+            return build_store("filesystem", root=tmp_path / "storage", quota_bytes=quota_bytes)
+        return build_store(
+            "s3",
+            root=tmp_path / "unused",
+            s3_endpoint=server.endpoint,
+            s3_bucket=fresh_bucket(),
+            s3_access_key=server.access_key,
+            s3_secret_key=server.secret_key,
+            s3_region=server.region,
+            quota_bytes=quota_bytes,
+        )
+
+    return make
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> ObjectStore:
+    return make_store()
+
+
+def leftovers(store: ObjectStore) -> list[str]:
+    """What an upload may leave behind outside any object: temporary files, parts, staged copies."""
+    if isinstance(store, FilesystemStore):
+        return sorted(str(p) for p in store.root.rglob("*.part"))
+    assert isinstance(store, S3Store)
+    s3 = store.s3
+    uploads = s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+    staged = s3.list_objects_v2(Bucket=store.bucket, Prefix=STAGING_PREFIX).get("Contents", [])
+    return [f"multipart upload of {u['Key']}" for u in uploads] + [o["Key"] for o in staged]

@@ -1,0 +1,214 @@
+"""One storage contract, run against the filesystem backend and S3 (a real Ceph RGW)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tracemalloc
+from collections.abc import Iterable, Iterator
+
+import pytest
+
+from infra.storage import (
+    IntegrityMismatch,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    QuotaExceeded,
+    StorageError,
+)
+from tests.infra.conftest import StoreFactory, leftovers
+
+# The first S3 test waits for RGW to start, and maybe for Ceph to install.
+pytestmark = pytest.mark.timeout(900)
+
+ALICE, BOB = "alice", "bob"
+MiB = 1 << 20
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def in_chunks(data: bytes, size: int = MiB) -> Iterator[bytes]:
+    return (data[i : i + size] for i in range(0, len(data), size))
+
+
+def read(store: ObjectStore, client_id: str, key: str) -> bytes:
+    _, chunks = store.open(client_id, key)
+    return b"".join(chunks)
+
+
+def keys(objects: Iterable[ObjectInfo]) -> list[str]:
+    return sorted(o.key for o in objects)
+
+
+def test_put_stat_open_round_trip_with_sha256(store: ObjectStore) -> None:
+    data = b"model weights\n" * 1000
+    info = store.put(ALICE, "models/w.bin", [data[:100], data[100:]], sha(data))
+    assert info == ObjectInfo("models/w.bin", len(data), sha(data))
+    assert store.stat(ALICE, "models/w.bin") == info
+    opened, chunks = store.open(ALICE, "models/w.bin")
+    assert opened == info
+    assert b"".join(chunks) == data
+
+
+def test_sha256_is_recorded_when_the_sender_gives_none(store: ObjectStore) -> None:
+    info = store.put(ALICE, "notes.txt", [b"hello ", b"world"], None)
+    assert info == ObjectInfo("notes.txt", 11, sha(b"hello world"))
+    assert store.stat(ALICE, "notes.txt").sha256 == sha(b"hello world")
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["sha256-announced", "no-sha256"])
+def test_20mib_streamed_in_1mib_chunks_round_trips(store: ObjectStore, announced: bool) -> None:
+    data = os.urandom(20 * MiB)
+    tracemalloc.start()
+    try:
+        info = store.put(ALICE, "big.bin", in_chunks(data), sha(data) if announced else None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info == ObjectInfo("big.bin", 20 * MiB, sha(data))
+    # One 8 MiB part and a chunk at most: the 20 MiB are never held at once.
+    assert peak < 12 * MiB, f"the upload held {peak} bytes at once"
+    assert store.stat(ALICE, "big.bin") == info
+    opened, chunks = store.open(ALICE, "big.bin")
+    pieces = list(chunks)
+    assert opened == info
+    assert max(len(p) for p in pieces) <= MiB
+    assert b"".join(pieces) == data
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize("size", [1000, 20 * MiB], ids=["small", "multipart"])
+def test_wrong_sha256_is_refused_and_nothing_is_stored(store: ObjectStore, size: int) -> None:
+    data = os.urandom(size)
+    with pytest.raises(IntegrityMismatch) as refused:
+        store.put(ALICE, "out.bin", in_chunks(data), sha(b"something else"))
+    assert str(refused.value) == (
+        f"out.bin: sha256 of the bytes received is {sha(data)}, "
+        f"the sender said {sha(b'something else')}"
+    )
+    with pytest.raises(ObjectNotFound):
+        store.stat(ALICE, "out.bin")
+    assert store.list(ALICE) == []
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize("size", [1000, 20 * MiB], ids=["small", "multipart"])
+def test_a_refused_upload_leaves_the_previous_object(store: ObjectStore, size: int) -> None:
+    before = store.put(ALICE, "out.bin", [b"previous"], None)
+    with pytest.raises(IntegrityMismatch):
+        store.put(ALICE, "out.bin", in_chunks(os.urandom(size)), sha(b"something else"))
+    assert store.stat(ALICE, "out.bin") == before
+    assert read(store, ALICE, "out.bin") == b"previous"
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a/../b", "a//b", "a/./b"])
+def test_keys_leaving_the_client_space_are_refused(store: ObjectStore, key: str) -> None:
+    store.put(BOB, "x", [b"bob's"], None)
+    attempts = {
+        "put": lambda: store.put(ALICE, key, [b"data"], None),
+        "stat": lambda: store.stat(ALICE, key),
+        "open": lambda: store.open(ALICE, key),
+        "delete": lambda: store.delete(ALICE, key),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(StorageError) as refused:
+            attempt()
+        assert type(refused.value) is StorageError, name
+        assert repr(key) in str(refused.value), name
+    assert store.list(ALICE) == []
+    assert read(store, BOB, "x") == b"bob's"
+
+
+def test_client_ids_that_are_not_plain_names_are_refused(store: ObjectStore) -> None:
+    for client_id in ["../bob", ".hidden", "a/b", ""]:
+        with pytest.raises(StorageError, match="client id"):
+            store.put(client_id, "x", [b"data"], None)
+
+
+def test_other_clients_objects_are_invisible(store: ObjectStore) -> None:
+    store.put(BOB, "secret.txt", [b"bob's"], None)
+    store.put("ali", "short.txt", [b"a client whose id is a prefix of another's"], None)
+    store.put(ALICE, "mine.txt", [b"alice's"], None)
+    assert keys(store.list(ALICE)) == ["mine.txt"]
+    assert keys(store.list("ali")) == ["short.txt"]
+    assert keys(store.list(BOB)) == ["secret.txt"]
+    with pytest.raises(
+        ObjectNotFound, match=re.escape("no object 'secret.txt' in alice's storage")
+    ):
+        store.stat(ALICE, "secret.txt")
+    with pytest.raises(ObjectNotFound):
+        store.open(ALICE, "secret.txt")
+    with pytest.raises(ObjectNotFound):
+        store.delete(ALICE, "secret.txt")
+    assert read(store, BOB, "secret.txt") == b"bob's"
+
+
+def test_an_upload_past_the_quota_is_refused_and_nothing_stored(make_store: StoreFactory) -> None:
+    store = make_store(quota_bytes=3 * MiB)
+    store.put(ALICE, "a.bin", in_chunks(bytes(2 * MiB)), None)
+    store.put(BOB, "b.bin", in_chunks(bytes(2 * MiB)), None)  # each client has its own quota
+    with pytest.raises(QuotaExceeded) as refused:
+        store.put(ALICE, "b.bin", in_chunks(os.urandom(2 * MiB)), None)
+    assert str(refused.value).startswith(
+        "b.bin: refused, alice's storage quota is 3145728 bytes, 2097152 bytes are in use"
+    )
+    with pytest.raises(ObjectNotFound):
+        store.stat(ALICE, "b.bin")
+    assert keys(store.list(ALICE)) == ["a.bin"]
+    assert leftovers(store) == []
+    # Replacing an object counts only the new bytes: up to the quota, not past it.
+    store.put(ALICE, "a.bin", in_chunks(bytes(3 * MiB)), None)
+    with pytest.raises(QuotaExceeded, match="3145728 bytes are in use"):
+        store.put(ALICE, "c.txt", [b"x"], None)
+    assert store.stat(ALICE, "a.bin").size == 3 * MiB
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["sha256-announced", "no-sha256"])
+def test_a_large_upload_past_the_quota_stops_early(
+    make_store: StoreFactory, announced: bool
+) -> None:
+    store = make_store(quota_bytes=10 * MiB)
+    data = os.urandom(20 * MiB)
+    taken = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal taken
+        for chunk in in_chunks(data):
+            taken += 1
+            yield chunk
+
+    with pytest.raises(QuotaExceeded, match="alice's storage quota is 10485760 bytes, 0 bytes"):
+        store.put(ALICE, "big.bin", chunks(), sha(data) if announced else None)
+    assert taken == 11, "the upload went on past the quota"
+    with pytest.raises(ObjectNotFound):
+        store.stat(ALICE, "big.bin")
+    assert store.list(ALICE) == []
+    assert leftovers(store) == []
+
+
+def test_delete_then_stat_is_not_found(store: ObjectStore) -> None:
+    store.put(ALICE, "tmp/x.bin", [b"x"], None)
+    store.delete(ALICE, "tmp/x.bin")
+    with pytest.raises(ObjectNotFound, match=re.escape("no object 'tmp/x.bin' in alice's storage")):
+        store.stat(ALICE, "tmp/x.bin")
+    with pytest.raises(ObjectNotFound):
+        store.open(ALICE, "tmp/x.bin")
+    with pytest.raises(ObjectNotFound):
+        store.delete(ALICE, "tmp/x.bin")
+    assert store.list(ALICE) == []
+
+
+def test_list_with_prefix(store: ObjectStore) -> None:
+    for key in ["runs/1/out.txt", "runs/2/out.txt", "runs10/x", "inputs/data.csv"]:
+        store.put(ALICE, key, [key.encode()], None)
+    assert keys(store.list(ALICE, "runs/")) == ["runs/1/out.txt", "runs/2/out.txt"]
+    assert keys(store.list(ALICE, "runs")) == ["runs/1/out.txt", "runs/2/out.txt", "runs10/x"]
+    assert store.list(ALICE, "nothing/") == []
+    everything = {o.key: o for o in store.list(ALICE)}
+    assert sorted(everything) == ["inputs/data.csv", "runs/1/out.txt", "runs/2/out.txt", "runs10/x"]
+    assert everything["runs10/x"] == ObjectInfo("runs10/x", 8, sha(b"runs10/x"))
