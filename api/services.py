@@ -15,7 +15,7 @@ from domain.application import Network
 from domain.projection import CHANNEL, Projector
 from infra.db import ViewDB
 from infra.settings import Settings
-from infra.storage import FilesystemStore, ObjectStore
+from infra.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Services:
             threads.append(PostgresListener(settings, broadcaster))
         for thread in threads:
             thread.start()
-        store = FilesystemStore(settings.storage_root)
+        store = settings.object_store()
         return cls(settings, network, views, store, temporal, broadcaster, projector, threads)
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

@@ -12,7 +12,13 @@ from fastapi.responses import StreamingResponse
 
 from api.services import Services
 from infra.signing import verify
-from infra.storage import IntegrityMismatch, ObjectInfo, ObjectNotFound, StorageError
+from infra.storage import (
+    IntegrityMismatch,
+    ObjectInfo,
+    ObjectNotFound,
+    QuotaExceeded,
+    StorageError,
+)
 
 router = APIRouter(prefix="/storage", tags=["storage"])
 MAX_UPLOAD_BYTES = 64 << 30
@@ -45,8 +51,11 @@ def authorise(
 
 
 def _storage_error(err: StorageError) -> HTTPException:
-    status = 404 if isinstance(err, ObjectNotFound) else 400
-    return HTTPException(status, str(err))
+    if isinstance(err, ObjectNotFound):
+        return HTTPException(404, str(err))
+    if isinstance(err, QuotaExceeded):
+        return HTTPException(413, str(err))
+    return HTTPException(400, str(err))
 
 
 def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.storage import ObjectStore, build_store
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPGPU_", extra="ignore")
@@ -34,6 +36,15 @@ class Settings(BaseSettings):
     # Where providers and clients reach the API (used in presigned storage URLs).
     api_url: str = "http://127.0.0.1:8000"
 
+    # Client storage: "filesystem" (under home/storage) or "s3" (one bucket, a prefix per client).
+    storage: Literal["filesystem", "s3"] = "filesystem"
+    s3_endpoint: str | None = None  # None: AWS; e.g. http://127.0.0.1:7480 for Ceph RGW
+    s3_bucket: str = "gpgpu"
+    s3_access_key: str | None = None  # None: boto3's credential chain (env, IAM role)
+    s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
+    storage_quota_bytes: int | None = None  # bytes each client may store; None: no limit
+
     # Money: integer micro-credits. A new client account is opened with this deposit.
     starting_balance_micro: int = 100_000_000
     protocol_fee_bps: int = 500
@@ -46,6 +57,14 @@ class Settings(BaseSettings):
     # How long a GPU-side activity may wait in a provider's queue before it is lost.
     gpu_schedule_to_start_timeout_s: float = 30.0
     max_provider_attempts: int = 3
+
+    def object_store(self) -> ObjectStore:
+        return build_store(
+            self.storage, root=self.storage_root, s3_endpoint=self.s3_endpoint,
+            s3_bucket=self.s3_bucket, s3_access_key=self.s3_access_key,
+            s3_secret_key=self.s3_secret_key, s3_region=self.s3_region,
+            quota_bytes=self.storage_quota_bytes,
+        )
 
     @property
     def events_path(self) -> Path:

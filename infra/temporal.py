@@ -13,7 +13,6 @@ from activities.control import ControlActivities
 from domain.application import Network
 from infra.db import ViewDB
 from infra.settings import Settings
-from infra.storage import FilesystemStore
 from workflows.job import JobWorkflow
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ async def connect(settings: Settings, attempts: int = 60) -> Client:
 def build_control_activities(settings: Settings) -> ControlActivities:
     network = Network(env=settings.eventsourcing_env())
     return ControlActivities(
-        network, ViewDB(settings), FilesystemStore(settings.storage_root), settings
+        network, ViewDB(settings), settings.object_store(), settings
     )
 
 

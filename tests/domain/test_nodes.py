@@ -42,7 +42,7 @@ def test_queues_place_jobs_on_their_node_and_gpu_classes(app: Network) -> None:
 
 
 def test_unknown_nodes_and_queues_are_refused(app: Network) -> None:
-    with pytest.raises(DomainError, match="queue: node 'mars' has no queue|node: no node 'mars'"):
+    with pytest.raises(DomainError, match="node: no node 'mars'"):
         app.check_queue("mars/x")
     with pytest.raises(DomainError, match="queue: node 'local' has no queue 'gpu'"):
         app.check_queue("gpu")
