@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 from domain.application import Network
 from domain.errors import DomainError
 from domain.spec import JobSpec
-from infra.db import ViewDB
+from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
 from infra.signing import presigned_url
 from infra.storage import ObjectNotFound, ObjectStore
@@ -38,11 +38,7 @@ class ControlActivities:
         self.network, self.views, self.store, self.settings = network, views, store, settings
 
     def online_provider_ids(self) -> set[str]:
-        cutoff = time.time() - self.settings.provider_offline_after_s
-        rows = self.views.query(
-            "SELECT provider_id FROM provider_liveness WHERE last_heartbeat_at >= ?", (cutoff,)
-        )
-        return {r["provider_id"] for r in rows}
+        return online_provider_ids(self.views, self.settings)
 
     @activity.defn(name=c.ADMIT_JOB)
     def admit_job(self, req: c.JobInput) -> c.AdmitResult:

@@ -19,10 +19,12 @@ from api.services import Services
 from domain.errors import DomainError
 from domain.job import TERMINAL_STATES
 from domain.ledger import client_account
+from domain.money import cost_of_gpu_time
 from domain.node import DEFAULT_NODE
 from domain.projection import TERMINAL_EVENTS
 from domain.provider import RUNTIMES
-from domain.spec import SpecError
+from domain.spec import JobSpec, SpecError, parse_job_spec
+from infra.db import online_provider_ids
 from infra.storage import check_client_id
 from workflows.contracts import job_workflow_id
 
@@ -220,6 +222,50 @@ class SpecRejected:
 SubmitJobResult = Annotated[JobSubmitted | SpecRejected, strawberry.union("SubmitJobResult")]
 
 
+@strawberry.type
+class Offer:
+    provider_id: str
+    gpu_indexes: list[int]
+    price_per_gpu_hour_micro: BigInt
+    quote_micro: BigInt = strawberry.field(description="the most the job can cost here")
+    reputation: float
+    expected_start: str = strawberry.field(description="'now': these GPUs are free")
+
+
+@strawberry.type
+class Rejection:
+    provider_id: str
+    reason: str
+
+
+@strawberry.type
+class Explanation:
+    eligible: list[Offer]
+    rejected: list[Rejection]
+
+
+ExplainResult = Annotated[Explanation | SpecRejected, strawberry.union("ExplainResult")]
+
+
+async def explain_spec(services: Services, spec: JobSpec) -> Explanation:
+    online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
+    judged = await asyncio.to_thread(services.network.explain, spec, online)
+    hours_ms = spec.resources.gpus * spec.timeout_s * 1000
+    return Explanation(
+        eligible=[
+            Offer(
+                provider_id=a.provider_id, gpu_indexes=a.gpu_indexes,
+                price_per_gpu_hour_micro=BigInt(a.price_per_gpu_hour_micro),
+                quote_micro=BigInt(cost_of_gpu_time(hours_ms, a.price_per_gpu_hour_micro)),
+                reputation=a.reputation, expected_start="now",
+            )
+            for a in judged if a.eligible
+        ],
+        rejected=[Rejection(provider_id=a.provider_id, reason=a.reason)
+                  for a in judged if not a.eligible],
+    )
+
+
 @strawberry.input
 class GpuInput:
     index: int
@@ -326,6 +372,19 @@ class Query:
             )
             for r in rows
         ]
+
+    @strawberry.field(
+        description="Where a job spec could run now, with a price quote, and why not elsewhere"
+    )
+    async def explain(self, info: I, spec: JSON) -> ExplainResult:
+        data = {**spec, "inputs": []} if isinstance(spec, dict) else spec
+        try:  # where a job runs does not depend on its inputs
+            parsed = parse_job_spec(data)
+            return await explain_spec(info.context.services, parsed)
+        except SpecError as err:
+            return SpecRejected(errors=[FieldError(field=f, message=m) for f, m in err.errors])
+        except DomainError as err:
+            return SpecRejected(errors=[FieldError(field="queue", message=str(err))])
 
     @strawberry.field(description="Nodes, their providers and queues with how many jobs wait")
     async def nodes(self, info: I) -> list[Node]:

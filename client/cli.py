@@ -27,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 from client._http import FileProgress, bind_progress
 from client.errors import BadInput, GpgpuError
@@ -41,6 +42,7 @@ from client.views import (
     providers_table,
     state_text,
 )
+from domain.money import micro_to_credits
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -245,6 +247,35 @@ def job_show(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None
         _print_json(job)
     else:
         _out().print(job_detail(job))
+
+
+@job_app.command("explain")
+@fails_cleanly
+def job_explain(
+    ctx: typer.Context,
+    spec: Annotated[Path, typer.Argument(help="The job spec file (YAML).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Before submitting: where the job could run now, its price, and why not elsewhere."""
+    with _client(ctx) as gp:
+        found = gp.explain_spec_file(spec)
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("provider", "gpus", "price/GPU-hour", "quote (max)", "reputation", "start",
+                  box=None)
+    for o in found["eligible"]:
+        table.add_row(o["providerId"], ",".join(map(str, o["gpuIndexes"])),
+                      micro_to_credits(o["pricePerGpuHourMicro"]),
+                      micro_to_credits(o["quoteMicro"]), f"{o['reputation']:.2f}",
+                      o["expectedStart"])
+    out = _out()
+    if found["eligible"]:
+        out.print(table)
+    else:
+        out.print("no provider can take this job now")
+    for r in found["rejected"]:
+        out.print(f"  {r['providerId']}: {r['reason']}")
 
 
 @job_app.command("cancel")

@@ -35,6 +35,19 @@ mutation CancelJob($id: ID!) {
     + JOB_FIELDS
 )
 
+EXPLAIN = """
+query Explain($spec: JSON!) {
+  explain(spec: $spec) {
+    __typename
+    ... on Explanation {
+      eligible { providerId gpuIndexes pricePerGpuHourMicro quoteMicro reputation expectedStart }
+      rejected { providerId reason }
+    }
+    ... on SpecRejected { errors { field message } }
+  }
+}
+"""
+
 ACCOUNT = """
 query Account {
   account { clientId balanceMicro escrowMicro }

@@ -37,7 +37,7 @@ from client.config import (
 )
 from client.errors import ApiError, ApiUnreachable, GpgpuError, SpecRejectedError
 from client.models import Account, Job, JobEvent, Provider, StoredObject
-from client.specfile import plan_spec_file
+from client.specfile import load_spec_file, plan_spec_file
 from client.subscription import (
     RECONNECT_WINDOW_S,
     SUBPROTOCOL,
@@ -101,6 +101,20 @@ class GpgpuClient:
 
     def job(self, job_id: str) -> Job:
         return _http.parse_job(self._graphql(queries.JOB, {"id": job_id}), job_id)
+
+    def explain(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Where a spec could run now (with a price quote), and why every other provider can't."""
+        result = self._graphql(queries.EXPLAIN, {"spec": spec})["explain"]
+        if result["__typename"] == "SpecRejected":
+            raise SpecRejectedError([(e["field"], e["message"]) for e in result["errors"]])
+        return dict(result)
+
+    def explain_spec_file(self, path: str | Path) -> dict[str, Any]:
+        spec = load_spec_file(Path(path))
+        try:
+            return self.explain(spec.model_dump(mode="json", exclude={"inputs"}))
+        except SpecRejectedError as err:
+            raise err.with_source(str(path)) from None
 
     def cancel_job(self, job_id: str) -> Job:
         """Ask the job to stop; it settles what it used and ends CANCELLED."""

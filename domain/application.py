@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,7 +35,15 @@ from domain.ledger import (
     provider_account,
     transfer,
 )
-from domain.matching import Candidate, Decision, Requirements, decide, gb_to_mib
+from domain.matching import (
+    Assessment,
+    Candidate,
+    Decision,
+    Requirements,
+    decide,
+    explain,
+    gb_to_mib,
+)
 from domain.money import cost_of_gpu_time
 from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
 from domain.provider import Directory, Provider
@@ -277,14 +286,7 @@ class Network(Application[Any]):
             node = self.node(node_id)
             if queue not in node.queues:
                 return Decision(None, rejected={"*": f"queue {spec.queue} does not exist"}), []
-            req = Requirements(
-                gpus=spec.resources.gpus,
-                gpu_model=spec.resources.gpu_model,
-                min_gpu_memory_mb=gb_to_mib(spec.resources.min_gpu_memory_gb),
-                max_price_per_gpu_hour_micro=spec.max_price_micro,
-                runtime=spec.runtime,
-                queue_models=tuple(node.queues[queue]["gpu_models"]),
-            )
+            req = self._requirements(spec, node)
             providers = {pid: self.provider(pid) for pid in node.provider_ids}
             for p in providers.values():
                 if job_id in p.reservations:
@@ -293,19 +295,7 @@ class Network(Application[Any]):
                     return Decision(
                         p.provider_id, p.reservations[job_id], p.price_per_gpu_hour_micro
                     ), []
-            candidates = [
-                Candidate(
-                    provider_id=p.provider_id,
-                    price_per_gpu_hour_micro=p.price_per_gpu_hour_micro,
-                    reputation=p.reputation,
-                    online=p.status == "online" and p.provider_id in online,
-                    gpus=p.gpus,
-                    free_gpu_indexes=p.free_gpu_indexes(),
-                    runtimes=tuple(p.runtimes),
-                )
-                for p in providers.values()
-            ]
-            decision = decide(req, candidates, excluded)
+            decision = decide(req, self._candidates(providers.values(), online), excluded)
             if decision.provider_id is None:
                 return decision, []
             chosen = providers[decision.provider_id]
@@ -319,6 +309,45 @@ class Network(Application[Any]):
             return decision, [chosen, job]
 
         return self._save_retrying(attempt)
+
+    @staticmethod
+    def _requirements(spec: JobSpec, node: Node) -> Requirements:
+        _, queue = split_queue(spec.queue)
+        return Requirements(
+            gpus=spec.resources.gpus,
+            gpu_model=spec.resources.gpu_model,
+            min_gpu_memory_mb=gb_to_mib(spec.resources.min_gpu_memory_gb),
+            max_price_per_gpu_hour_micro=spec.max_price_micro,
+            runtime=spec.runtime,
+            queue_models=tuple(node.queues[queue]["gpu_models"]),
+            region=spec.resources.region,
+            min_reputation=spec.resources.min_reputation,
+        )
+
+    @staticmethod
+    def _candidates(providers: Iterable[Provider], online: set[str]) -> list[Candidate]:
+        return [
+            Candidate(
+                provider_id=p.provider_id,
+                price_per_gpu_hour_micro=p.price_per_gpu_hour_micro,
+                reputation=p.reputation,
+                online=p.status == "online" and p.provider_id in online,
+                gpus=p.gpus,
+                free_gpu_indexes=p.free_gpu_indexes(),
+                runtimes=tuple(p.runtimes),
+                region=p.region,
+            )
+            for p in providers
+        ]
+
+    def explain(self, spec: JobSpec, online: set[str]) -> list[Assessment]:
+        """Where this spec could run now, and for every other provider of its node, why not."""
+        node_id, queue = split_queue(spec.queue)
+        node = self.node(node_id)
+        if queue not in node.queues:
+            raise DomainError(f"queue: node {node_id!r} has no queue {queue!r}")
+        providers = [self.provider(pid) for pid in node.provider_ids]
+        return explain(self._requirements(spec, node), self._candidates(providers, online), set())
 
     def record_step(self, job_id: str, step: str, attempt_no: int, data: dict[str, Any]) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:

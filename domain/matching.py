@@ -29,6 +29,8 @@ class Requirements:
     runtime: str = "process"
     # The queue's GPU classes: a GPU must match one of them (empty: any model).
     queue_models: tuple[str, ...] = ()
+    region: str | None = None
+    min_reputation: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Candidate:
     gpus: list[dict[str, Any]]
     free_gpu_indexes: list[int]
     runtimes: tuple[str, ...] = ("process",)
+    region: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,32 +67,61 @@ def _matching_gpus(req: Requirements, gpus: list[dict[str, Any]]) -> list[int]:
     ]
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """One provider, judged for one job: where it could run, or why not."""
+
+    provider_id: str
+    eligible: bool
+    reason: str  # why not; "" when eligible
+    gpu_indexes: list[int] = field(default_factory=list)
+    price_per_gpu_hour_micro: int = 0
+    reputation: float = 0.0
+
+
+def assess(req: Requirements, c: Candidate, excluded: set[str]) -> Assessment:
+    def no(reason: str) -> Assessment:
+        return Assessment(c.provider_id, False, reason, [], c.price_per_gpu_hour_micro,
+                          c.reputation)
+
+    if c.provider_id in excluded:
+        return no("excluded: lost while running this job")
+    if not c.online:
+        return no("offline")
+    if req.region is not None and c.region != req.region:
+        return no(f"in region {c.region}, not {req.region}")
+    if req.runtime not in c.runtimes:
+        return no(f"no {req.runtime} runtime")
+    if c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro:
+        return no("price above the job's maximum")
+    if c.reputation < req.min_reputation:
+        return no(f"reputation {c.reputation:.2f} below the job's minimum {req.min_reputation}")
+    matching = _matching_gpus(req, c.gpus)
+    if len(matching) < req.gpus:
+        return no("no GPUs of the requested model and memory")
+    free = set(c.free_gpu_indexes)
+    fitting = [i for i in matching if i in free]
+    if len(fitting) < req.gpus:
+        return no("busy")
+    return Assessment(c.provider_id, True, "", fitting[: req.gpus], c.price_per_gpu_hour_micro,
+                      c.reputation)
+
+
+def explain(req: Requirements, candidates: list[Candidate], excluded: set[str]) -> list[Assessment]:
+    """Every provider judged: the eligible first, best first, then the others by id."""
+    judged = [assess(req, c, excluded) for c in candidates]
+    return sorted(judged, key=lambda a: (
+        not a.eligible,
+        a.price_per_gpu_hour_micro if a.eligible else 0,
+        -a.reputation if a.eligible else 0.0,
+        a.provider_id,
+    ))
+
+
 def decide(req: Requirements, candidates: list[Candidate], excluded: set[str]) -> Decision:
-    rejected: dict[str, str] = {}
-    eligible: list[tuple[int, float, str, list[int]]] = []
-    for c in candidates:
-        if c.provider_id in excluded:
-            rejected[c.provider_id] = "excluded: lost while running this job"
-        elif not c.online:
-            rejected[c.provider_id] = "offline"
-        elif req.runtime not in c.runtimes:
-            rejected[c.provider_id] = f"no {req.runtime} runtime"
-        elif c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro:
-            rejected[c.provider_id] = "price above the job's maximum"
-        else:
-            matching = _matching_gpus(req, c.gpus)
-            free = set(c.free_gpu_indexes)
-            fitting = [i for i in matching if i in free]
-            if len(fitting) >= req.gpus:
-                eligible.append(
-                    (c.price_per_gpu_hour_micro, -c.reputation, c.provider_id, fitting[: req.gpus])
-                )
-            elif len(matching) >= req.gpus:
-                rejected[c.provider_id] = "busy"
-            else:
-                rejected[c.provider_id] = "no GPUs of the requested model and memory"
-    if not eligible:
+    judged = explain(req, candidates, excluded)
+    rejected = {a.provider_id: a.reason for a in judged if not a.eligible}
+    if not judged or not judged[0].eligible:
         return Decision(provider_id=None, rejected=rejected)
-    eligible.sort()
-    price, _, provider_id, gpu_indexes = eligible[0]
-    return Decision(provider_id, gpu_indexes, price, rejected)
+    best = judged[0]
+    return Decision(best.provider_id, best.gpu_indexes, best.price_per_gpu_hour_micro, rejected)

@@ -91,6 +91,8 @@ class Resources(_Strict):
     gpus: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
     gpu_model: str | None = None
     min_gpu_memory_gb: Annotated[int, Field(ge=0, le=4096, strict=True)] = 0
+    region: str | None = None
+    min_reputation: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
 class InputRef(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -153,3 +154,12 @@ class Cursor:
         if row is None:
             return None
         return dict(zip([d[0] for d in self._cur.description], row, strict=True))
+
+
+def online_provider_ids(views: ViewDB, settings: Settings) -> set[str]:
+    """Providers whose last heartbeat is recent enough to give them work."""
+    cutoff = time.time() - settings.provider_offline_after_s
+    rows = views.query(
+        "SELECT provider_id FROM provider_liveness WHERE last_heartbeat_at >= ?", (cutoff,)
+    )
+    return {r["provider_id"] for r in rows}

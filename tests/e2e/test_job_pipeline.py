@@ -279,3 +279,30 @@ def test_nodes_and_queues(net: Network) -> None:
     assert queue == [{"position": 1, "jobId": job_id, "mine": True}]
     net.gql(CANCEL, "kim", id=job_id)
     net.wait_job(job_id, ("CANCELLED",), client="kim")
+
+
+def test_explain_says_where_a_job_could_run_and_why_not_elsewhere(net: Network,
+                                                                   tmp_path: Path) -> None:
+    query = """query($s: JSON!) { explain(spec: $s) { __typename
+      ... on Explanation { eligible { providerId quoteMicro expectedStart }
+                           rejected { providerId reason } }
+      ... on SpecRejected { errors { field message } } } }"""
+    body = spec("where", ["true"], resources={"min_gpu_memory_gb": 60}, timeout="1h")
+    found = net.gql(query, "lee", s=body)["explain"]
+    assert found["eligible"] == [{"providerId": "pipe-a", "quoteMicro": 2_000_000,
+                                  "expectedStart": "now"}]
+    assert {r["providerId"]: r["reason"] for r in found["rejected"]} == {
+        "pipe-b": "no GPUs of the requested model and memory",  # an A100 with 40 GB
+        "pipe-liar": "price above the job's maximum",
+    }
+    bad = net.gql(query, "lee", s=spec("where", ["true"], resources={"gpu": 1}))["explain"]
+    assert bad["errors"] == [{"field": "resources.gpu", "message": "is not a known field"}]
+
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text("name: where\ncommand: ['true']\nmax_price_per_gpu_hour: '4'\n"
+                         "resources: {gpu_model: A100}\n")
+    env = {**os.environ, "GPGPU_API_URL": net.url}
+    shown = subprocess.run([sys.executable, "-m", "client", "job", "explain", str(spec_file)],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "pipe-b" in shown.stdout and "pipe-a: no GPUs of the requested model" in shown.stdout
