@@ -15,18 +15,16 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from domain.application import Network
+from activities.verify import judge, output_key
+from domain.application import Network, Payment
 from domain.errors import DomainError
 from domain.spec import JobSpec
+from domain.verification import check_rate, decide_check
 from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
 from infra.signing import presigned_url
-from infra.storage import ObjectNotFound, ObjectStore
+from infra.storage import ObjectStore
 from workflows import contracts as c
-
-
-def output_key(job_id: str, path: str) -> str:
-    return f"jobs/{job_id}/outputs/{path}"
 
 
 def _refuse(err: Exception) -> ApplicationError:
@@ -46,7 +44,11 @@ class ControlActivities:
             admission = self.network.admit_job(req.job_id)
         except DomainError as err:
             raise _refuse(err) from err
-        return c.AdmitResult(admission.admitted, admission.max_cost_micro, admission.reason)
+        verification = JobSpec.model_validate(self.network.job(req.job_id).spec).verification
+        return c.AdmitResult(
+            admission.admitted, admission.max_cost_micro, admission.reason,
+            verification.replicas, list(verification.verifier or []),
+        )
 
     @activity.defn(name=c.ALLOCATE_GPUS)
     def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
@@ -79,9 +81,23 @@ class ControlActivities:
                 raise _refuse(DomainError(f"input {ref.key} was not pinned at submission"))
             url = presigned_url(secret, base, "GET", job.client_id, ref.key, expires)
             inputs.append(c.InputTransfer(ref.target, url, ref.sha256, ref.size))
+        if req.purpose == "verify":  # the verifier reads the accepted outputs, writes nothing
+            if not spec.verification.verifier:
+                raise _refuse(DomainError(f"job {req.job_id} has no verifier"))
+            inputs = [
+                c.InputTransfer(
+                    m["path"], presigned_url(secret, base, "GET", job.client_id, m["key"], expires),
+                    m["sha256"], m["size"],
+                )
+                for m in job.manifests.get(req.source_attempt, [])
+            ]
+            return c.TransferPlan(
+                req.job_id, req.attempt, inputs, [], spec.verification.verifier, spec.env,
+                spec.timeout_s, spec.image, False,
+            )
         outputs = []
         for path in spec.outputs:
-            key = output_key(req.job_id, path)
+            key = output_key(req.job_id, path, req.attempt)
             url = presigned_url(secret, base, "PUT", job.client_id, key, expires)
             outputs.append(c.OutputTransfer(path, key, url))
         return c.TransferPlan(
@@ -114,51 +130,51 @@ class ControlActivities:
 
     @activity.defn(name=c.VERIFY_JOB)
     def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
-        """Check the provider's report against what storage really holds, then the job's outcome."""
+        """Check each run's report against storage, the runs against each other, the outcome."""
         job = self.network.job(req.job_id)
         spec = JobSpec.model_validate(job.spec)
-        problems = []
-        for entry in req.manifest:
-            if entry.path not in spec.outputs or entry.key != output_key(req.job_id, entry.path):
-                problems.append(f"{entry.path}: not a declared output of this job")
-                continue
-            try:
-                info = self.store.stat(job.client_id, entry.key)
-            except ObjectNotFound:
-                problems.append(f"{entry.path}: reported uploaded but not in storage")
-                continue
-            if (info.sha256, info.size) != (entry.sha256, entry.size):
-                problems.append(
-                    f"{entry.path}: storage holds sha256 {info.sha256[:12]}… ({info.size} B), "
-                    f"the provider reported {entry.sha256[:12]}… ({entry.size} B)"
-                )
-        listed = {e.path for e in req.manifest} | set(req.missing)
-        problems += [f"{p}: neither uploaded nor reported missing" for p in spec.outputs
-                     if p not in listed]
-        if problems:
-            verdict = c.Verdict(False, False, "manifest mismatch: " + "; ".join(problems))
-        elif req.timed_out:
-            verdict = c.Verdict(True, False, f"timed out after {spec.timeout_s} s")
-        elif req.exit_code != 0:
-            verdict = c.Verdict(True, False, f"the command exited with code {req.exit_code}")
-        elif req.missing:
-            verdict = c.Verdict(True, False, "declared outputs missing: " + ", ".join(req.missing))
-        else:
-            verdict = c.Verdict(True, True, "exit code 0, every output present and intact")
-        self.network.record_verdict(req.job_id, verdict.accepted, verdict.succeeded, verdict.reason)
+        primary = c.ReplicaReport(
+            req.attempt, req.provider_id, 0, req.exit_code, req.timed_out, 0, req.manifest,
+            req.missing,
+        )
+        reports = [primary, *req.others]
+        verdict, winner = judge(
+            self.store, job.client_id, req.job_id, spec, reports, may_add_run=len(reports) < 3
+        )
+        if verdict.decided:
+            self.network.record_verdict(
+                req.job_id, verdict.accepted, verdict.succeeded, verdict.reason, winner
+            )
         return verdict
+
+    @activity.defn(name=c.PLAN_CHECK)
+    def plan_check(self, req: c.CheckRequest) -> c.CheckDecision:
+        """The network's own check: replicate this run at a rate that falls with trust."""
+        if not self.settings.adaptive_checks:
+            return c.CheckDecision(False, "adaptive checks are off on this network")
+        outcomes = self.network.provider(req.provider_id).outcomes
+        rate = check_rate(outcomes)
+        run = decide_check(outcomes, req.draw)
+        return c.CheckDecision(run, f"check rate {rate:.2f} for {req.provider_id}")
 
     @activity.defn(name=c.SETTLE_JOB)
     def settle_job(self, req: c.SettleRequest) -> c.Settlement:
         try:
-            s = self.network.settle(
-                req.job_id,
-                req.provider_id,
-                req.gpu_ms,
-                req.price_per_gpu_hour_micro,
-                req.pay_provider,
-                self.settings.protocol_fee_bps,
-            )
+            if req.payments is not None:
+                payments = [
+                    Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer)
+                    for p in req.payments
+                ]
+                s = self.network.settle_many(req.job_id, payments, self.settings.protocol_fee_bps)
+            else:
+                s = self.network.settle(
+                    req.job_id,
+                    req.provider_id,
+                    req.gpu_ms,
+                    req.price_per_gpu_hour_micro,
+                    req.pay_provider,
+                    self.settings.protocol_fee_bps,
+                )
         except DomainError as err:
             raise _refuse(err) from err
         return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
@@ -182,5 +198,5 @@ class ControlActivities:
         return [
             self.admit_job, self.allocate_gpus, self.prepare_transfers, self.record_job_step,
             self.mark_provider_lost, self.verify_job, self.settle_job, self.record_reputation,
-            self.release_gpus, self.finish_job,
+            self.release_gpus, self.finish_job, self.plan_check,
         ]

@@ -27,8 +27,10 @@ from domain.errors import (
 )
 from domain.job import Job
 from domain.ledger import (
+    CHECKS,
     EXTERNAL,
     FEES,
+    MAY_GO_NEGATIVE,
     Account,
     client_account,
     escrow_account,
@@ -59,6 +61,14 @@ class Admission:
     admitted: bool
     max_cost_micro: int
     reason: str
+
+
+@dataclass(frozen=True)
+class Payment:
+    provider_id: str
+    gpu_ms: int
+    price_micro: int
+    payer: str = "client"  # "client": a run it asked for; "network": a check the network added
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,7 @@ class Network(Application[Any]):
     def account(self, name: str) -> Account:
         account = self._get_or_none(Account.create_id(name=name))
         if account is None:
-            may_go_negative = name.startswith("external:")
-            account = Account(name=name, may_go_negative=may_go_negative)
+            account = Account(name=name, may_go_negative=name in MAY_GO_NEGATIVE)
         return account
 
     def balance(self, name: str) -> int:
@@ -273,29 +282,29 @@ class Network(Application[Any]):
         """Reserve GPUs for the job, or say why none fit. Never books a GPU twice."""
 
         def attempt() -> tuple[Decision, list[Aggregate]]:
-            job = self.job(job_id)
-            if f"GpusAllocated:{attempt_no}" in job.recorded and job.provider_id:
-                held = self.provider(job.provider_id)
-                return Decision(
-                    job.provider_id,
-                    held.reservations.get(job_id, []),
-                    held.price_per_gpu_hour_micro,
-                ), []
-            spec = JobSpec.model_validate(job.spec)
+            spec = JobSpec.model_validate(self.job(job_id).spec)
             node_id, queue = split_queue(spec.queue)
             node = self.node(node_id)
             if queue not in node.queues:
                 return Decision(None, rejected={"*": f"queue {spec.queue} does not exist"}), []
-            req = self._requirements(spec, node)
+            # Providers before the job: the job and its reservation are saved together, so a
+            # reservation seen here is always matched by the job's record below.
             providers = {pid: self.provider(pid) for pid in node.provider_ids}
-            for p in providers.values():
-                if job_id in p.reservations:
-                    # A concurrent run of this same allocation saved first (job and provider
-                    # are saved together): its answer is ours.
-                    return Decision(
-                        p.provider_id, p.reservations[job_id], p.price_per_gpu_hour_micro
-                    ), []
-            decision = decide(req, self._candidates(providers.values(), online), excluded)
+            job = self.job(job_id)
+            if attempt_no in job.allocations:  # this allocation ran before (a retry, a twin)
+                held = self.provider(job.allocations[attempt_no])  # as fresh as the job
+                return Decision(
+                    held.provider_id,
+                    held.reservations.get(job_id, []),
+                    held.price_per_gpu_hour_micro,
+                ), []
+            # Replicas of one job never share a provider.
+            holding = {pid for pid, p in providers.items() if job_id in p.reservations}
+            decision = decide(
+                self._requirements(spec, node),
+                self._candidates(providers.values(), online),
+                excluded | holding,
+            )
             if decision.provider_id is None:
                 return decision, []
             chosen = providers[decision.provider_id]
@@ -371,9 +380,18 @@ class Network(Application[Any]):
 
         self._save_retrying(attempt)
 
-    def record_verdict(self, job_id: str, accepted: bool, succeeded: bool, reason: str) -> None:
+    def record_verdict(
+        self,
+        job_id: str,
+        accepted: bool,
+        succeeded: bool,
+        reason: str,
+        accepted_attempt: int | None = None,
+    ) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
             job = self.job(job_id)
+            if accepted and accepted_attempt is not None:
+                job.accept_result(accepted_attempt)
             job.record_verdict(accepted, succeeded, reason)
             return None, [job]
 
@@ -388,16 +406,44 @@ class Network(Application[Any]):
         pay_provider: bool,
         fee_bps: int,
     ) -> SettlementFigures:
-        """Pay the provider for accepted GPU time, take the fee, refund the rest."""
+        """Pay one provider for accepted GPU time, take the fee, refund the rest."""
+        payments = [Payment(provider_id, gpu_ms, price_micro)] if pay_provider else []
+        return self.settle_many(job_id, payments, fee_bps)
+
+    def settle_many(
+        self, job_id: str, payments: list[Payment], fee_bps: int
+    ) -> SettlementFigures:
+        """Pay every provider whose result was accepted, refund the rest of the escrow.
+
+        The client pays for the runs it asked for, each capped at one run's maximum, and
+        the protocol takes its fee from them; the network pays, without a fee, for the
+        checks it added on its own.
+        """
 
         def attempt() -> tuple[SettlementFigures, list[Aggregate]]:
             job = self.job(job_id)
             if "FundsEscrowed" not in job.recorded:
                 raise InvalidTransition(f"job {job_id} holds no escrow to settle")
             held = job.max_cost_micro
-            charged = min(cost_of_gpu_time(gpu_ms, price_micro), held) if pay_provider else 0
-            fee = charged * fee_bps // 10_000
-            figures = SettlementFigures(charged, charged - fee, fee, held - charged)
+            run_cap = JobSpec.model_validate(job.spec).max_run_cost_micro
+            moves: list[tuple[str, str, str, int, str]] = []  # from, to, id, amount, memo
+            charged = fee = paid = 0
+            for p in payments:
+                cost = min(cost_of_gpu_time(p.gpu_ms, p.price_micro), run_cap)
+                if p.payer == "network":
+                    moves.append((CHECKS, provider_account(p.provider_id),
+                                  f"check:{job_id}:{p.provider_id}", cost, "verification run"))
+                    continue
+                cost = min(cost, held - charged)
+                cut = cost * fee_bps // 10_000
+                charged, fee, paid = charged + cost, fee + cut, paid + cost - cut
+                moves.append((escrow_account(job_id), provider_account(p.provider_id),
+                              f"pay:{job_id}:{p.provider_id}", cost - cut, "payment for GPU time"))
+                moves.append((escrow_account(job_id), FEES, f"fee:{job_id}:{p.provider_id}",
+                              cut, "protocol fee"))
+            moves.append((escrow_account(job_id), client_account(job.client_id),
+                          f"refund:{job_id}", held - charged, "escrow refund"))
+            figures = SettlementFigures(charged, paid, fee, held - charged)
             if job.settlement is not None:
                 if SettlementFigures(**job.settlement) != figures:
                     raise InvalidTransition(
@@ -405,21 +451,14 @@ class Network(Application[Any]):
                         f"refusing a second settlement ({figures})"
                     )
                 return figures, []  # a retry of the same settlement
-            escrow = self.account(escrow_account(job_id))
-            changed: list[Aggregate] = [job, escrow]
-            for name, transfer_id, amount, memo in (
-                (provider_account(provider_id), f"pay:{job_id}", figures.provider_paid_micro,
-                 "payment for GPU time"),
-                (FEES, f"fee:{job_id}", fee, "protocol fee"),
-                (client_account(job.client_id), f"refund:{job_id}", figures.refunded_micro,
-                 "escrow refund"),
-            ):
+            accounts: dict[str, Account] = {}
+            for source, target, transfer_id, amount, memo in moves:
                 if amount:
-                    target = self.account(name)
-                    transfer(escrow, target, transfer_id, amount, memo)
-                    changed.append(target)
-            job.record_settlement(charged, figures.provider_paid_micro, fee, figures.refunded_micro)
-            return figures, changed
+                    src = accounts.setdefault(source, self.account(source))
+                    dst = accounts.setdefault(target, self.account(target))
+                    transfer(src, dst, transfer_id, amount, memo)
+            job.record_settlement(charged, paid, fee, held - charged)
+            return figures, [job, *accounts.values()]
 
         return self._save_retrying(attempt)
 

@@ -35,6 +35,8 @@ class Job(Aggregate):
         self.attempt = 0
         self.recorded: list[str] = []
         self.settlement: dict[str, int] | None = None
+        self.allocations: dict[int, str] = {}  # attempt -> provider
+        self.manifests: dict[int, list[dict[str, Any]]] = {}  # attempt -> uploaded outputs
 
     # Commands: check, then apply through a private @event method.
 
@@ -92,6 +94,17 @@ class Job(Aggregate):
         else:
             self._verification_failed(reason=reason)
 
+    def accept_result(self, attempt: int) -> None:
+        """These outputs are the job's: verification chose this run's (and its twins')."""
+        if attempt not in self.manifests:
+            raise InvalidTransition(f"job {self.job_id} has no outputs from attempt {attempt}")
+        if self._once("ResultAccepted"):
+            self._result_accepted(
+                attempt=attempt,
+                provider_id=self.allocations.get(attempt, ""),
+                manifest=self.manifests[attempt],
+            )
+
     def record_settlement(
         self, charged_micro: int, provider_paid_micro: int, fee_micro: int, refunded_micro: int
     ) -> None:
@@ -134,6 +147,7 @@ class Job(Aggregate):
         self, attempt: int, provider_id: str, gpu_indexes: list[int], price_per_gpu_hour_micro: int
     ) -> None:
         self.state, self.provider_id = "STAGING", provider_id
+        self.allocations[attempt] = provider_id
         self.recorded.append(f"GpusAllocated:{attempt}")
 
     @event("InputsStaged")
@@ -163,12 +177,19 @@ class Job(Aggregate):
         self, attempt: int, provider_id: str, manifest: list[dict[str, Any]], missing: list[str]
     ) -> None:
         self.state = "VERIFYING"
+        self.manifests[attempt] = manifest
         self.recorded.append(f"outputs_uploaded:{attempt}")
 
     @event("ProviderLost")
     def _provider_lost(self, attempt: int, provider_id: str, reason: str) -> None:
         self.state, self.provider_id = "QUEUED", None
         self.recorded.append(f"ProviderLost:{attempt}")
+
+    @event("ResultAccepted")
+    def _result_accepted(
+        self, attempt: int, provider_id: str, manifest: list[dict[str, Any]]
+    ) -> None:
+        self.recorded.append("ResultAccepted")
 
     @event("JobVerified")
     def _verified(self, succeeded: bool, reason: str) -> None:

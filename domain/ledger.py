@@ -18,11 +18,14 @@ from domain.ids import business_id
 
 EXTERNAL = "external:deposits"
 FEES = "protocol:fees"
+# The network pays for the checks it adds on its own; this account shows what they cost it.
+CHECKS = "protocol:verification"
+MAY_GO_NEGATIVE = (EXTERNAL, CHECKS)
 
 # What a transfer is, from the prefix of its id: the ledger per account shows it.
 KINDS = {
     "deposit": "deposit", "withdraw": "withdrawal", "escrow": "escrow", "pay": "payment",
-    "fee": "fee", "refund": "refund",
+    "fee": "fee", "refund": "refund", "check": "verification",
 }
 # Entries written before `kind` existed (version 1) carry only their memo.
 _KIND_FROM_MEMO = {

@@ -43,6 +43,7 @@ JOB_STATE_AFTER: dict[str, str | None] = {
     "JobVerified": "SETTLING",
     "VerificationFailed": "SETTLING",
     "JobSettled": None,
+    "ResultAccepted": None,
     "JobSucceeded": "SUCCEEDED",
     "JobFailed": "FAILED",
     "JobCancelled": "CANCELLED",
@@ -229,7 +230,8 @@ class Projector:
             params.append(data["provider_id"])
         elif etype == "ProviderLost":
             sets.append("provider_id = NULL")
-        elif etype == "OutputsUploaded":
+        elif etype in ("OutputsUploaded", "ResultAccepted"):
+            # The latest upload until verification accepts one run's outputs as the job's.
             sets.append("outputs = ?")
             params.append(json.dumps(data["manifest"]))
         elif etype == "JobSettled":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from domain.money import credits_to_micro
+from domain.money import cost_of_gpu_time, credits_to_micro
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 _DURATION = re.compile(r"\s*(\d+)\s*(s|m|h|d)?\s*")
@@ -95,6 +95,44 @@ class Resources(_Strict):
     min_reputation: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+class Comparator(_Strict):
+    """How two providers' outputs are compared: byte for byte, or numbers within a tolerance."""
+
+    kind: Literal["exact", "numeric"] = "exact"
+    rel_tol: Annotated[float, Field(ge=0, le=1)] = 0.0
+    abs_tol: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Verification(_Strict):
+    """What the client asks beyond the checks every job gets (exit code, outputs, sha256s)."""
+
+    # Run on this many distinct providers; a quorum of matching outputs decides.
+    replicas: Annotated[int, Field(ge=1, le=5, strict=True)] = 1
+    comparator: Comparator = Comparator()
+    # A command run on a different provider over the accepted outputs: exit 0 accepts them.
+    verifier: list[str] | None = None
+
+    @field_validator("verifier", mode="before")
+    @classmethod
+    def _verifier(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return ["/bin/sh", "-c", v] if v.strip() else []
+        return v
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifier_not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @property
+    def runs(self) -> int:
+        """The most executions the client pays for: replicas, a tie-break, the verifier."""
+        tie_break = 1 if self.replicas == 2 else 0
+        return self.replicas + tie_break + (1 if self.verifier else 0)
+
+
 class InputRef(_Strict):
     """An input as the API takes it: an object already in the client's storage."""
 
@@ -142,6 +180,7 @@ class _SpecBase(_Strict):
     image: str | None = None
     network: bool = False  # the job asks for network access; a provider must also allow it
     queue: str = "default"  # "<node>/<queue>", or a queue of the default node
+    verification: Verification = Verification()
     outputs: list[str] = []
     resources: Resources = Resources()
     max_price_per_gpu_hour: str | int | float
@@ -228,11 +267,14 @@ class _SpecBase(_Strict):
         return credits_to_micro(self.max_price_per_gpu_hour)
 
     @property
-    def max_cost_micro(self) -> int:
-        """The most this job can cost: every GPU at the max price for the whole timeout."""
-        from domain.money import cost_of_gpu_time
-
+    def max_run_cost_micro(self) -> int:
+        """The most one execution can cost: every GPU at the max price for the whole timeout."""
         return cost_of_gpu_time(self.resources.gpus * self.timeout_s * 1000, self.max_price_micro)
+
+    @property
+    def max_cost_micro(self) -> int:
+        """What escrow holds: one run's maximum for every run the verification may need."""
+        return self.max_run_cost_micro * self.verification.runs
 
 
 class JobSpec(_SpecBase):

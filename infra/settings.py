@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # How long a GPU-side activity may wait in a provider's queue before it is lost.
     gpu_schedule_to_start_timeout_s: float = 30.0
     max_provider_attempts: int = 3
+    # The network's own replicated checks, at a rate that falls as a provider earns trust.
+    adaptive_checks: bool = True
 
     def object_store(self) -> ObjectStore:
         return build_store(

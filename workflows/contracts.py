@@ -29,6 +29,7 @@ SETTLE_JOB = "settle_job"
 RECORD_REPUTATION = "record_reputation"
 RELEASE_GPUS = "release_gpus"
 FINISH_JOB = "finish_job"
+PLAN_CHECK = "plan_check"
 
 STAGE_INPUTS = "stage_inputs"
 EXECUTE_JOB = "execute_job"
@@ -50,6 +51,8 @@ class AdmitResult:
     admitted: bool
     max_cost_micro: int = 0
     reason: str = ""
+    replicas: int = 1  # run on this many distinct providers
+    verifier: list[str] = field(default_factory=list)  # a command to run over the outputs
 
 
 @dataclass
@@ -57,6 +60,9 @@ class AllocateRequest:
     job_id: str
     attempt: int
     excluded_provider_ids: list[str] = field(default_factory=list)
+    # For prepare_transfers: "run" the job, or "verify" the outputs of `source_attempt`.
+    purpose: str = "run"
+    source_attempt: int = 0
 
 
 @dataclass
@@ -180,6 +186,21 @@ class ProviderLost:
 
 
 @dataclass
+class ReplicaReport:
+    """One provider's run of the job, as the workflow saw it."""
+
+    attempt: int
+    provider_id: str
+    price_per_gpu_hour_micro: int
+    exit_code: int | None
+    timed_out: bool
+    gpu_ms: int
+    manifest: list[ManifestEntry]
+    missing: list[str]
+    payer: str = "client"  # "network": a check the network added on its own
+
+
+@dataclass
 class VerifyRequest:
     job_id: str
     attempt: int
@@ -188,6 +209,7 @@ class VerifyRequest:
     timed_out: bool
     manifest: list[ManifestEntry]
     missing: list[str]
+    others: list[ReplicaReport] = field(default_factory=list)  # more runs to compare with
 
 
 @dataclass
@@ -195,6 +217,30 @@ class Verdict:
     accepted: bool  # the provider's report holds: it is paid for its GPU time
     succeeded: bool  # the job did what it was asked: exit 0 and every output present
     reason: str
+    accepted_attempts: list[int] = field(default_factory=list)
+    mismatched_attempts: list[int] = field(default_factory=list)
+    decided: bool = True  # False: runs disagree with no majority; another run can decide
+
+
+@dataclass
+class CheckRequest:
+    job_id: str
+    provider_id: str
+    draw: float  # uniform in [0, 1), drawn by the workflow so replays see the same
+
+
+@dataclass
+class CheckDecision:
+    run_check: bool
+    reason: str
+
+
+@dataclass
+class PaymentLine:
+    provider_id: str
+    gpu_ms: int
+    price_per_gpu_hour_micro: int
+    payer: str = "client"
 
 
 @dataclass
@@ -204,6 +250,7 @@ class SettleRequest:
     gpu_ms: int
     price_per_gpu_hour_micro: int
     pay_provider: bool
+    payments: list[PaymentLine] | None = None  # when set, these and not the fields above
 
 
 @dataclass

@@ -2,15 +2,22 @@
 
 Deterministic: no I/O, no clocks, no randomness here; everything that touches
 the world is an activity. Control activities run on the workflow's own task
-queue (`control` unless configured otherwise); stage, execute
-and upload run on the allocated provider's own queue. A provider that stops
-heartbeating (or never picks its work up) is marked lost and the job goes back
-to allocation without it.
+queue (`control` unless configured otherwise); stage, execute and upload run on
+the allocated provider's own queue. A provider that stops heartbeating (or
+never picks its work up) is marked lost and that run goes back to allocation
+without it.
+
+Verification: every run's manifest is checked against storage. A client may ask
+for k replicas on distinct providers (a majority of matching outputs decides;
+with two that disagree a third breaks the tie) and for a verifier command run
+on yet another provider; the network adds its own replicated check to a
+provider's work at a rate that falls as the provider earns trust.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -47,9 +54,16 @@ GPU_RETRY = RetryPolicy(
     maximum_attempts=2,
     non_retryable_error_types=["InputIntegrityError", "PathError"],
 )
+TRANSFER_S = 3600.0
+# Workflow versions: the network's own adaptive checks came after the first histories.
+ADAPTIVE_CHECKS = "adaptive-checks"
 
 
 class ProviderLostError(Exception):
+    pass
+
+
+class AllProvidersLost(Exception):
     pass
 
 
@@ -63,18 +77,38 @@ def _is_provider_loss(err: ActivityError) -> bool:
     return False
 
 
+@dataclass
+class Run:
+    """One execution of the job (or of its verifier) on one provider."""
+
+    alloc: c.Allocation
+    payer: str = "client"
+    purpose: str = "run"  # or "verify": the client's verifier over the accepted outputs
+    started: datetime | None = None
+    executed: c.ExecuteResult | None = None
+    uploaded: c.UploadResult | None = None
+
+    def report(self) -> c.ReplicaReport:
+        assert self.executed is not None and self.uploaded is not None
+        return c.ReplicaReport(
+            self.alloc.attempt, self.alloc.provider_id, self.alloc.price_per_gpu_hour_micro,
+            self.executed.exit_code, self.executed.timed_out, self.executed.gpu_ms,
+            self.uploaded.manifest, self.uploaded.missing, self.payer,
+        )
+
+
 @workflow.defn
 class JobWorkflow:
     def __init__(self) -> None:
         self._step = "admit"
-        self._provider: str | None = None
-        self._alloc: c.Allocation | None = None
-        self._execution_started: datetime | None = None
-        self._executed: c.ExecuteResult | None = None
+        self._attempts = 0
+        self._runs: list[Run] = []  # every allocation that got GPUs, in order
+        self._lost: list[str] = []
 
     @workflow.query
     def progress(self) -> dict[str, Any]:
-        return {"step": self._step, "provider_id": self._provider}
+        live = [r.alloc.provider_id for r in self._runs if r.executed is None]
+        return {"step": self._step, "providers": live, "lost": list(self._lost)}
 
     async def _control(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
         return await workflow.execute_activity(
@@ -122,13 +156,63 @@ class JobWorkflow:
         admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
         if not admitted.admitted:
             return c.JobResult(inp.job_id, "REJECTED", admitted.reason)
+        try:
+            runs = await self._replicas(inp, max(1, admitted.replicas))
+        except AllProvidersLost as lost:
+            return await self._refund_and_fail(inp, str(lost))
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            # A provider refused the job (e.g. its inputs changed in storage).
+            return await self._close(inp, [], _reason(err))
 
-        excluded: list[str] = []
-        for attempt in range(1, inp.max_provider_attempts + 1):
-            self._step, self._provider = "allocate", None
+        if admitted.replicas <= 1 and workflow.patched(ADAPTIVE_CHECKS):
+            check = await self._control(
+                c.PLAN_CHECK,
+                c.CheckRequest(inp.job_id, runs[0].alloc.provider_id, workflow.random().random()),
+                c.CheckDecision,
+            )
+            if check.run_check:
+                runs += await self._more_runs(inp, 1, payer="network")
+
+        verdict = await self._verify(inp, runs)
+        if not verdict.decided:  # two runs disagree: a third decides
+            payer = "client" if admitted.replicas > 1 else "network"
+            runs += await self._more_runs(inp, 1, payer=payer)
+            verdict = await self._verify(inp, runs)
+        if verdict.succeeded and admitted.verifier:
+            verdict = await self._run_verifier(inp, runs, verdict)
+        return await self._close(inp, runs, "", verdict)
+
+    # Runs
+
+    async def _replicas(self, inp: c.JobInput, k: int) -> list[Run]:
+        done = await asyncio.gather(
+            *(self._one_run(inp, "client") for _ in range(k)), return_exceptions=True
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [r for r in done if isinstance(r, Run)]
+
+    async def _more_runs(self, inp: c.JobInput, n: int, payer: str) -> list[Run]:
+        try:
+            return [await self._one_run(inp, payer) for _ in range(n)]
+        except AllProvidersLost:
+            return []  # a check that cannot be placed is skipped, not fatal
+
+    async def _one_run(
+        self, inp: c.JobInput, payer: str, purpose: str = "run", source_attempt: int = 0
+    ) -> Run:
+        """Allocate, stage, execute, upload; on a lost provider, again elsewhere."""
+        for _ in range(inp.max_provider_attempts):
+            self._attempts += 1
+            attempt = self._attempts
+            self._step = "allocate"
+            busy = [r.alloc.provider_id for r in self._runs]
             alloc = await workflow.execute_activity(
                 c.ALLOCATE_GPUS,
-                c.AllocateRequest(inp.job_id, attempt, list(excluded)),
+                c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + busy)),
                 task_queue=workflow.info().task_queue,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=QUEUE_RETRY,
@@ -136,53 +220,48 @@ class JobWorkflow:
                 # A cancel must not race an allocation that is being written.
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
-            self._provider, self._alloc = alloc.provider_id, alloc
+            run = Run(alloc, payer, purpose)
+            self._runs.append(run)
             try:
-                outcome = await self._run_on_provider(inp, alloc)
+                await self._run_on_provider(inp, run, purpose, source_attempt)
             except ProviderLostError as lost:
                 await self._control(
                     c.MARK_PROVIDER_LOST,
                     c.ProviderLost(inp.job_id, attempt, alloc.provider_id, str(lost)),
                 )
-                excluded.append(alloc.provider_id)
+                self._runs.remove(run)
+                self._lost.append(alloc.provider_id)
                 continue
-            except ActivityError as err:
-                if is_cancelled_exception(err):
-                    raise
-                # The provider answered with a refusal (e.g. inputs changed in storage).
-                return await self._close(inp, alloc, None, None, _reason(err))
-            return await self._close(inp, alloc, *outcome, "")
-        reason = f"lost {len(excluded)} providers in a row: {', '.join(excluded)}"
-        refund = c.SettleRequest(inp.job_id, excluded[-1], 0, 0, pay_provider=False)
-        await self._control(c.SETTLE_JOB, refund, c.Settlement)
-        await self._control(c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason))
-        return c.JobResult(inp.job_id, "FAILED", reason)
+            return run
+        raise AllProvidersLost(
+            f"lost {len(self._lost)} providers in a row: {', '.join(self._lost)}"
+        )
 
     async def _run_on_provider(
-        self, inp: c.JobInput, alloc: c.Allocation
-    ) -> tuple[c.ExecuteResult, c.UploadResult]:
-        pid, attempt = alloc.provider_id, alloc.attempt
-        plan = await self._control(
-            c.PREPARE_TRANSFERS, c.AllocateRequest(inp.job_id, attempt), c.TransferPlan
-        )
-        transfer_s = 3600.0
+        self, inp: c.JobInput, run: Run, purpose: str, source_attempt: int
+    ) -> None:
+        pid, attempt = run.alloc.provider_id, run.alloc.attempt
+        request = c.AllocateRequest(inp.job_id, attempt)
+        if purpose != "run":
+            request = c.AllocateRequest(inp.job_id, attempt, [], purpose, source_attempt)
+        plan = await self._control(c.PREPARE_TRANSFERS, request, c.TransferPlan)
         try:
             self._step = "stage"
             staged = await self._gpu(
                 inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
-                c.StageResult, transfer_s,
+                c.StageResult, TRANSFER_S,
             )
             await self._step_done(c.JobStep(
                 inp.job_id, "inputs_staged", pid, attempt, files=staged.files, bytes=staged.bytes
             ))
             await self._step_done(c.JobStep(inp.job_id, "execution_started", pid, attempt))
             self._step = "execute"
-            self._execution_started = workflow.now()
+            run.started = workflow.now()
             executed = await self._gpu(
                 inp, pid, c.EXECUTE_JOB,
                 c.ExecuteRequest(
-                    inp.job_id, attempt, plan.command, alloc.gpu_indexes, plan.timeout_s, plan.env,
-                    plan.image, plan.network,
+                    inp.job_id, attempt, plan.command, run.alloc.gpu_indexes, plan.timeout_s,
+                    plan.env, plan.image, plan.network,
                 ),
                 c.ExecuteResult, plan.timeout_s + 60.0,
                 # Never run a job twice on the same provider: a lost run is re-allocated.
@@ -190,16 +269,20 @@ class JobWorkflow:
                 # On cancel, settle only once the process has really stopped.
                 cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
-            self._executed = executed
+            run.executed = executed
             await self._step_done(c.JobStep(
                 inp.job_id, "execution_finished", pid, attempt, exit_code=executed.exit_code,
                 timed_out=executed.timed_out, gpu_ms=executed.gpu_ms, log_tail=executed.log_tail,
             ))
+            if purpose != "run":
+                run.uploaded = c.UploadResult([], [])
+                return
             self._step = "upload"
             uploaded = await self._gpu(
                 inp, pid, c.UPLOAD_OUTPUTS, c.UploadRequest(inp.job_id, attempt, plan.outputs),
-                c.UploadResult, transfer_s,
+                c.UploadResult, TRANSFER_S,
             )
+            run.uploaded = uploaded
             await self._step_done(c.JobStep(
                 inp.job_id, "outputs_uploaded", pid, attempt,
                 manifest=uploaded.manifest, missing=uploaded.missing,
@@ -208,85 +291,162 @@ class JobWorkflow:
             if _is_provider_loss(err):
                 raise ProviderLostError(f"{pid} stopped answering during {self._step}") from err
             raise
-        return executed, uploaded
 
     async def _step_done(self, step: c.JobStep) -> None:
         await self._control(c.RECORD_JOB_STEP, step)
 
+    # Verification
+
+    async def _verify(self, inp: c.JobInput, runs: list[Run]) -> c.Verdict:
+        self._step = "verify"
+        first, others = runs[0].report(), [r.report() for r in runs[1:]]
+        return await self._control(
+            c.VERIFY_JOB,
+            c.VerifyRequest(
+                inp.job_id, first.attempt, first.provider_id, first.exit_code, first.timed_out,
+                first.manifest, first.missing, others,
+            ),
+            c.Verdict,
+        )
+
+    async def _run_verifier(
+        self, inp: c.JobInput, runs: list[Run], verdict: c.Verdict
+    ) -> c.Verdict:
+        """The client's verifier command, over the accepted outputs, on another provider."""
+        self._step = "verifier"
+        try:
+            check = await self._one_run(
+                inp, "client", purpose="verify", source_attempt=verdict.accepted_attempts[0]
+            )
+        except AllProvidersLost as lost:
+            return c.Verdict(True, False, f"the verifier could not run: {lost}",
+                             verdict.accepted_attempts, verdict.mismatched_attempts)
+        runs.append(check)
+        assert check.executed is not None
+        if check.executed.exit_code == 0:
+            return verdict
+        code = "timed out" if check.executed.timed_out else f"exited {check.executed.exit_code}"
+        return c.Verdict(
+            True, False, f"the verifier rejected the outputs ({code}): {check.executed.log_tail}",
+            verdict.accepted_attempts, verdict.mismatched_attempts,
+        )
+
+    # Endings
+
     async def _close(
         self,
         inp: c.JobInput,
-        alloc: c.Allocation,
-        executed: c.ExecuteResult | None,
-        uploaded: c.UploadResult | None,
+        runs: list[Run],
         failure: str,
+        verdict: c.Verdict | None = None,
     ) -> c.JobResult:
-        """Verify, settle, record reputation, release: the same tail for every ending."""
-        pid = alloc.provider_id
-        if executed is not None and uploaded is not None:
-            self._step = "verify"
-            verdict = await self._control(
-                c.VERIFY_JOB,
-                c.VerifyRequest(
-                    inp.job_id, alloc.attempt, pid, executed.exit_code, executed.timed_out,
-                    uploaded.manifest, uploaded.missing,
-                ),
-                c.Verdict,
-            )
-            gpu_ms = executed.gpu_ms
-        else:
-            verdict, gpu_ms = c.Verdict(False, False, failure), 0
+        """Settle, record reputation, release: the same tail for every ending."""
+        if verdict is None:
+            verdict = c.Verdict(False, False, failure)
+        held = [r for r in self._runs if r not in runs] + runs
         self._step = "settle"
-        settlement = await self._control(
-            c.SETTLE_JOB,
-            c.SettleRequest(
-                inp.job_id, pid, gpu_ms, alloc.price_per_gpu_hour_micro, verdict.accepted
-            ),
-            c.Settlement,
-        )
+        accepted = set(verdict.accepted_attempts)
+        if len(runs) == 1 and not verdict.accepted_attempts and verdict.accepted:
+            accepted = {runs[0].alloc.attempt}  # an answer from before replicas existed
+        if len(runs) <= 1 and all(r.payer == "client" for r in runs):
+            # One run: the settlement as it was first written (replays of old histories).
+            only = held[0].alloc if held else None
+            gpu_ms = runs[0].executed.gpu_ms if runs and runs[0].executed else 0
+            request = c.SettleRequest(
+                inp.job_id, only.provider_id if only else "", gpu_ms,
+                only.price_per_gpu_hour_micro if only else 0, verdict.accepted and bool(runs),
+            )
+        else:
+            # Paid: every run whose result was accepted, and the verifier's run.
+            request = c.SettleRequest(inp.job_id, "", 0, 0, False, payments=[
+                c.PaymentLine(r.alloc.provider_id, r.executed.gpu_ms,
+                              r.alloc.price_per_gpu_hour_micro, r.payer)
+                for r in runs
+                if r.executed is not None
+                and (r.alloc.attempt in accepted or r.purpose == "verify")
+            ])
+        settlement = await self._control(c.SETTLE_JOB, request, c.Settlement)
         self._step = "reputation"
-        if executed is not None:
-            outcome = "success" if verdict.accepted else "mismatch"
-            await self._control(c.RECORD_REPUTATION, c.ReputationRequest(inp.job_id, pid, outcome))
-        await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, pid))
+        mismatched = set(verdict.mismatched_attempts)
+        for r in runs:
+            if r.executed is None:
+                continue
+            if len(runs) == 1:
+                outcome = "success" if verdict.accepted else "mismatch"
+            else:
+                outcome = "mismatch" if r.alloc.attempt in mismatched else "success"
+            await self._control(
+                c.RECORD_REPUTATION,
+                c.ReputationRequest(_outcome_key(inp.job_id, r, runs), r.alloc.provider_id,
+                                    outcome),
+            )
+        for r in held:
+            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
         await self._control(
             c.FINISH_JOB, c.FinishRequest(inp.job_id, verdict.succeeded, verdict.reason)
         )
         self._step = "done"
         state = "SUCCEEDED" if verdict.succeeded else "FAILED"
-        return c.JobResult(inp.job_id, state, verdict.reason, pid, settlement.charged_micro)
+        provider = held[0].alloc.provider_id if held else ""
+        return c.JobResult(inp.job_id, state, verdict.reason, provider, settlement.charged_micro)
 
+    async def _refund_and_fail(self, inp: c.JobInput, reason: str) -> c.JobResult:
+        refund = c.SettleRequest(inp.job_id, self._lost[-1], 0, 0, pay_provider=False)
+        await self._control(c.SETTLE_JOB, refund, c.Settlement)
+        for r in self._runs:  # replicas that finished while another could not be placed
+            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
+        await self._control(c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason))
+        return c.JobResult(inp.job_id, "FAILED", reason)
 
     async def _cancelled(self, inp: c.JobInput) -> c.JobResult:
         """The client cancelled: pay for the GPU time used, refund the rest, free the GPUs."""
         self._step = "cancel"
         reason = "cancelled by the client"
-        alloc, gpu_ms = self._alloc, 0
-        if self._executed is not None:
-            gpu_ms = self._executed.gpu_ms
-        elif alloc is not None and self._execution_started is not None:
-            elapsed = workflow.now() - self._execution_started
-            gpu_ms = int(elapsed.total_seconds() * 1000) * len(alloc.gpu_indexes)
+        now = workflow.now()
+        payments = []
+        for r in self._runs:
+            if r.executed is not None:
+                gpu_ms = r.executed.gpu_ms
+            elif r.started is not None:
+                elapsed_ms = int((now - r.started).total_seconds() * 1000)
+                gpu_ms = elapsed_ms * len(r.alloc.gpu_indexes)
+            else:
+                continue
+            payments.append(c.PaymentLine(
+                r.alloc.provider_id, gpu_ms, r.alloc.price_per_gpu_hour_micro, r.payer
+            ))
         # Admission is idempotent: this returns what happened, or admits now so we can refund.
         admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
         charged = 0
         if admitted.admitted:
-            settle = c.SettleRequest(
-                inp.job_id,
-                alloc.provider_id if alloc else "",
-                gpu_ms,
-                alloc.price_per_gpu_hour_micro if alloc else 0,
-                pay_provider=alloc is not None and gpu_ms > 0,
-            )
+            if len(payments) <= 1 and len(self._runs) <= 1:
+                only = self._runs[0].alloc if self._runs else None
+                settle = c.SettleRequest(
+                    inp.job_id, only.provider_id if only else "",
+                    payments[0].gpu_ms if payments else 0,
+                    only.price_per_gpu_hour_micro if only else 0,
+                    pay_provider=bool(payments) and payments[0].gpu_ms > 0,
+                )
+            else:
+                settle = c.SettleRequest(inp.job_id, "", 0, 0, False, payments=payments)
             charged = (await self._control(c.SETTLE_JOB, settle, c.Settlement)).charged_micro
-        if alloc is not None:
-            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, alloc.provider_id))
+        for r in self._runs:
+            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
         await self._control(
             c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason, cancelled=True)
         )
         self._step = "done"
-        provider = alloc.provider_id if alloc else ""
+        provider = self._runs[0].alloc.provider_id if self._runs else ""
         return c.JobResult(inp.job_id, "CANCELLED", reason, provider, charged)
+
+
+def _unique(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def _outcome_key(job_id: str, run: Run, runs: list[Run]) -> str:
+    """Reputation records one outcome per provider and job (per run when there are several)."""
+    return job_id if len(runs) == 1 else f"{job_id}#{run.alloc.attempt}"
 
 
 def _reason(err: ActivityError) -> str:

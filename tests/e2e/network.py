@@ -18,6 +18,8 @@ FAST_FAULTS = {
     "GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "3",
     "GPGPU_GPU_SCHEDULE_TO_START_TIMEOUT_S": "6",
     "GPGPU_PROVIDER_HEARTBEAT_INTERVAL_S": "1",
+    # Tests that count runs turn the network's own random checks off; one module turns them on.
+    "GPGPU_ADAPTIVE_CHECKS": "false",
     "GPGPU_PROVIDER_OFFLINE_AFTER_S": "20",  # generous: a loaded CI machine delays beats
 }
 

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.e2e
 
 SUCCESS_EVENTS = [
     "JobSubmitted", "FundsEscrowed", "JobQueued", "GpusAllocated", "InputsStaged",
-    "ExecutionStarted", "ExecutionFinished", "OutputsUploaded", "JobVerified", "JobSettled",
-    "JobSucceeded",
+    "ExecutionStarted", "ExecutionFinished", "OutputsUploaded", "ResultAccepted", "JobVerified",
+    "JobSettled", "JobSucceeded",
 ]
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
   ... on JobSubmitted { job { id state } }
