@@ -12,7 +12,7 @@ from pathlib import Path
 
 from domain.money import credits_to_micro
 from infra.settings import Settings
-from worker_gpu.config import AgentConfig
+from worker_gpu.config import AgentConfig, add_runtime_arguments, runtime_fields
 
 
 def _price(text: str) -> int:
@@ -54,6 +54,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
         "--price", type=_price, default=_price("2.5"), help="credits per GPU-hour (default 2.5)"
     )
     parser.add_argument("--region", default="local")
+    parser.add_argument("--node", default="local", help="the node this provider joins")
     parser.add_argument("--scratch", type=Path, help="job directories (default GPGPU_HOME/scratch)")
     parser.add_argument(
         "--corrupt-outputs",
@@ -61,11 +62,18 @@ def parse_args(argv: list[str]) -> AgentConfig:
         help="TEST ONLY: act as a dishonest provider that reports wrong output sha256s",
     )
     parser.add_argument(
+        "--wrong-results",
+        action="store_true",
+        help="TEST ONLY: act as a dishonest provider that uploads altered outputs, "
+        "honestly hashed (only comparing runs can catch it)",
+    )
+    parser.add_argument(
         "--shutdown-grace-s",
         type=float,
         default=10.0,
         help="on SIGTERM, seconds running jobs get to finish before they are killed",
     )
+    add_runtime_arguments(parser)
     args = parser.parse_args(argv)
     return AgentConfig(
         provider_id=args.provider_id,
@@ -74,7 +82,10 @@ def parse_args(argv: list[str]) -> AgentConfig:
         simulate=args.simulate,
         scratch=args.scratch,
         corrupt_outputs=args.corrupt_outputs,
+        wrong_results=args.wrong_results,
+        node=args.node,
         shutdown_grace_s=args.shutdown_grace_s,
+        **runtime_fields(args),
     )
 
 

@@ -37,6 +37,8 @@ from worker_gpu.discovery import (
     parse_simulated,
     simulated_telemetry,
 )
+from worker_gpu.runtime import JobRuntime
+from worker_gpu.runtime_docker import ContainerLimits, DockerRuntime, EngineUnavailable
 from worker_gpu.runtime_process import ProcessRuntime
 from workflows.contracts import gpu_task_queue
 
@@ -49,6 +51,10 @@ MAX_BACKOFF_S = 10.0
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_NO_GPUS = 2
+EXIT_NO_ENGINE = 3
+
+# The engine network that jobs asking for one get, with --allow-network.
+JOB_NETWORK = "bridge"
 
 
 class Stopped(Exception):
@@ -84,6 +90,31 @@ def find_gpus(config: AgentConfig) -> tuple[list[GpuInfo], NvmlTelemetry | None]
     return discover_nvml(), NvmlTelemetry()
 
 
+def make_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> JobRuntime:
+    """The runtime --runtime names; for docker, checks the engine answers (EngineUnavailable
+    if not) and removes the containers a crashed run of this provider left behind."""
+    if config.runtime == "process":
+        return ProcessRuntime()
+    limits = ContainerLimits.machine_share(
+        len(gpus), config.job_memory_mb_per_gpu, config.job_cpus_per_gpu, config.job_pids_limit
+    )
+    runtime = DockerRuntime(
+        config.provider_id,
+        limits,
+        gpu_devices=not config.simulate,
+        job_network=JOB_NETWORK if config.allow_network else None,
+    )
+    left = runtime.sweep()
+    if left:
+        say(f"removed {len(left)} containers left by an earlier run: {', '.join(left)}")
+    say(
+        f"docker runtime: per GPU {limits.memory_mb_per_gpu} MiB and {limits.cpus_per_gpu:g} "
+        f"CPUs, {limits.pids} pids per job, network "
+        + ("for jobs that ask" if config.allow_network else "never")
+    )
+    return runtime
+
+
 async def serve(config: AgentConfig, settings: Settings) -> int:
     try:
         gpus, nvml = find_gpus(config)
@@ -97,7 +128,11 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
         kind = "simulated" if config.simulate else f"driver {gpu.driver_version}"
         say(f"GPU {gpu.index}: {gpu.model}, {gpu.memory_mb} MiB, {gpu.uuid} ({kind})")
 
-    runtime = ProcessRuntime()
+    try:
+        runtime = make_runtime(config, gpus)
+    except EngineUnavailable as err:
+        say(f"{err}; start dockerd (or set DOCKER_HOST), or run with --runtime process")
+        return EXIT_NO_ENGINE
     scratch = config.scratch or settings.home / "scratch" / config.provider_id
     activities = GpuActivities(
         config.provider_id,
@@ -105,6 +140,7 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
         runtime,
         gpu_indexes=[g.index for g in gpus],
         corrupt_outputs=config.corrupt_outputs,
+        wrong_results=config.wrong_results,
     )
     if config.corrupt_outputs:
         say("WARNING: --corrupt-outputs: this provider reports wrong output sha256s (test only)")
@@ -130,7 +166,12 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
             stop,
         )
         registration = registration_input(
-            config.provider_id, config.region, config.price_per_gpu_hour_micro, gpus
+            config.provider_id,
+            config.region,
+            config.price_per_gpu_hour_micro,
+            gpus,
+            runtimes=config.runtimes,
+            node=config.node,
         )
         api = ProviderApi(settings.api_url)
         try:

@@ -39,8 +39,10 @@ def registration_input(
     price_per_gpu_hour_micro: int,
     gpus: list[GpuInfo],
     runtimes: list[str] | None = None,
+    node: str = "local",
 ) -> dict[str, Any]:
     return {
+        "node": node,
         "providerId": provider_id,
         "region": region,
         "pricePerGpuHourMicro": price_per_gpu_hour_micro,

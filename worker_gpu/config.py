@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+RUNTIMES = ("process", "docker")
 
 
 @dataclass
@@ -14,6 +18,89 @@ class AgentConfig:
     simulate: str | None = None
     scratch: Path | None = None
     corrupt_outputs: bool = False
+    wrong_results: bool = False
+    node: str = "local"
     # How long running activities get to finish after SIGTERM before they are
     # cancelled, which kills their jobs; the workflow then reallocates the work.
     shutdown_grace_s: float = 10.0
+    # How jobs run: "process" (local processes, no image) or "docker" (an image each).
+    runtime: str = "process"
+    # Docker only. A job gets a network when it asks for one and the provider allows it.
+    allow_network: bool = False
+    # Per GPU a job holds; None: an even share of this machine between its GPUs.
+    job_memory_mb_per_gpu: int | None = None
+    job_cpus_per_gpu: float | None = None
+    job_pids_limit: int = 4096
+
+    @property
+    def runtimes(self) -> list[str]:
+        """What this provider tells the network it runs, at registration."""
+        return [self.runtime]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line flags behind the runtime fields of AgentConfig."""
+    group = parser.add_argument_group("job runtime")
+    group.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="process",
+        help="process: jobs run as local processes (default); docker: each job runs "
+        "hardened in the container image it names (needs a Docker engine, DOCKER_HOST)",
+    )
+    group.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="docker: give a network to the jobs that ask for one (default: never)",
+    )
+    group.add_argument(
+        "--job-memory-mb",
+        type=_positive_int,
+        metavar="MB",
+        help="docker: memory per GPU a job holds (default: this machine's, less 10%%, "
+        "split between its GPUs)",
+    )
+    group.add_argument(
+        "--job-cpus",
+        type=_positive_float,
+        metavar="N",
+        help="docker: CPUs per GPU a job holds (default: this machine's split between its GPUs)",
+    )
+    group.add_argument(
+        "--job-pids",
+        type=_positive_int,
+        default=4096,
+        metavar="N",
+        help="docker: processes and threads a job may have at once (default 4096)",
+    )
+
+
+def runtime_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """AgentConfig's runtime fields from what add_runtime_arguments parsed."""
+    return {
+        "runtime": args.runtime,
+        "allow_network": args.allow_network,
+        "job_memory_mb_per_gpu": args.job_memory_mb,
+        "job_cpus_per_gpu": args.job_cpus,
+        "job_pids_limit": args.job_pids,
+    }

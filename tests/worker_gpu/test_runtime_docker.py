@@ -4,23 +4,32 @@ real image made offline (scripts/make-test-image.sh): busybox, nothing else."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from infra.settings import Settings
+from tests.worker_gpu.agent_process import AgentProcess, free_port
 from tests.worker_gpu.docker_fixtures import TEST_IMAGE, Engine, docker_engine
+from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer
+from tests.worker_gpu.test_agent_e2e import ProviderRoundTrip, RoundTrip, _agent_env
+from worker_gpu.__main__ import parse_args
 from worker_gpu.activities import GpuActivities
 from worker_gpu.agent import EXIT_NO_ENGINE, make_runtime, serve
 from worker_gpu.config import AgentConfig
@@ -32,9 +41,16 @@ from worker_gpu.runtime_docker import (
     DockerRuntime,
     EngineUnavailable,
     ImageUnavailable,
+    container_environment,
 )
 from worker_gpu.runtime_process import ProcessRuntime
-from workflows.contracts import ExecuteRequest
+from workflows.contracts import (
+    ExecuteRequest,
+    InputTransfer,
+    OutputTransfer,
+    StageRequest,
+    UploadRequest,
+)
 
 LIMITS = ContainerLimits(memory_mb_per_gpu=256, cpus_per_gpu=1.0, pids=256)
 
@@ -124,6 +140,14 @@ def test_the_environment_is_the_jobs_and_pins_the_gpus(
     assert "do-not-leak" not in outcome.log_tail
 
 
+def test_real_gpus_are_numbered_from_zero_inside_the_container() -> None:
+    env = container_environment([1, 3], {"NVIDIA_VISIBLE_DEVICES": "all"}, gpu_devices=True)
+
+    # The engine passes GPUs 1 and 3 only; CUDA inside sees them as 0 and 1.
+    assert (env["CUDA_VISIBLE_DEVICES"], env["NVIDIA_VISIBLE_DEVICES"]) == ("0,1", "1,3")
+    assert container_environment([], {}, gpu_devices=True)["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
 def test_logs_stream_back_while_the_job_runs(runtime: DockerRuntime, work: Path) -> None:
     seen: list[tuple[float, str]] = []
 
@@ -194,6 +218,27 @@ def test_kill_all_stops_running_jobs(runtime: DockerRuntime, work: Path) -> None
     assert time.monotonic() - started < 5
 
 
+def test_an_engine_lost_mid_job_is_an_engine_error(tmp_path: Path, work: Path) -> None:
+    with docker_engine() as second:
+        client = docker.DockerClient(base_url=second.docker_host)
+        runtime = DockerRuntime("p1", LIMITS, client=client, gpu_devices=False)
+        dockerd = int((second.folder / "dockerd.pid").read_text())
+
+        def kill_once_running() -> None:
+            end = time.monotonic() + 20
+            while not (work / "made").exists() and time.monotonic() < end:
+                time.sleep(0.05)
+            os.kill(dockerd, signal.SIGKILL)
+
+        threading.Thread(target=kill_once_running, daemon=True).start()
+
+        with pytest.raises(EngineUnavailable, match="lost the Docker engine"):
+            run(runtime, work, "touch /work/made; sleep 60")
+
+        # The work dir is the agent's again, what the job made included.
+        assert (work / "made").stat().st_uid == os.geteuid()
+
+
 def test_sweep_removes_this_providers_leftovers_only(
     runtime: DockerRuntime, client: docker.DockerClient
 ) -> None:
@@ -253,7 +298,7 @@ def test_the_job_has_no_network(
     runtime: DockerRuntime, work: Path, client: docker.DockerClient, host_server: int
 ) -> None:
     fetch = "; ".join(
-        f"timeout 3 wget -q -O - http://{a}:{host_server}/ || echo blocked"
+        f"timeout 3 wget -q -O - http://{a}:{host_server}/ 2>&1 || echo blocked"
         for a in _host_addresses()
     )
     # The same job asks for a network but this provider does not allow one.
@@ -263,8 +308,9 @@ def test_the_job_has_no_network(
     lines = outcome.log_tail.splitlines()
     assert lines[0].startswith("gpgpu: the job asked for network access, which this provider")
     assert lines[1] == "interfaces lo"
-    assert lines.count("blocked") == len(_host_addresses())  # wget says why on the lines between
-    assert "hello from the host" not in outcome.log_tail
+    assert lines[3::2] == ["blocked"] * len(_host_addresses())
+    for address, why in zip(_host_addresses(), lines[2::2], strict=True):
+        assert why.startswith(f"wget: can't connect to remote host ({address}): ")
 
     # The check can fail: where the provider allows it, the same fetch gets through.
     allowed = DockerRuntime("p1", LIMITS, client=client, gpu_devices=False, job_network="host")
@@ -320,6 +366,27 @@ def test_a_job_cannot_see_another_jobs_files(
     assert outcome.log_tail.count("No such file or directory") == 2
     assert outcome.log_tail.endswith(".\n..\nend\n")  # find found nothing; /work is empty
     assert (other / "secret.txt").read_text() == "job 0's secret\n"
+
+
+def test_what_a_job_leaves_cannot_reach_the_agents_files(
+    runtime: DockerRuntime, work: Path, tmp_path: Path
+) -> None:
+    host_file = tmp_path / "host-file"
+    host_file.write_text("the provider's\n")
+    os.chown(host_file, 1234, 1234)
+    (work / "earlier-link").symlink_to(host_file)  # left by an earlier run in this dir
+
+    outcome = run(
+        runtime,
+        work,
+        "ln -s /etc/passwd /work/link; echo x > s; chmod 6755 s; ls -l s",
+    )
+
+    assert outcome.exit_code == 0
+    assert outcome.log_tail.startswith("-rwsr-sr-x")  # the job could set them
+    assert (host_file.stat().st_uid, host_file.stat().st_gid) == (1234, 1234)
+    assert (work / "link").is_symlink() and os.readlink(work / "link") == "/etc/passwd"
+    assert (work / "s").stat().st_mode & 0o7777 == 0o755  # set-id bits gone once it is ours
 
 
 def test_the_pids_limit_holds(client: docker.DockerClient, work: Path) -> None:
@@ -467,3 +534,73 @@ def test_the_runtime_fails_clearly_without_an_engine(
 
     with pytest.raises(EngineUnavailable, match="does not answer"):
         DockerRuntime("p1", LIMITS)
+
+
+def _cli_has_docker_runtime() -> bool:
+    try:
+        return parse_args(["--provider-id", "p1", "--runtime", "docker"]).runtime == "docker"
+    except SystemExit:
+        return False
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not _cli_has_docker_runtime(), reason="worker_gpu/__main__.py does not parse --runtime yet"
+)
+async def test_an_agent_with_the_docker_runtime_runs_a_job_in_its_image(
+    temporal_address: str, engine: Engine, client: docker.DockerClient, tmp_path: Path
+) -> None:
+    api_port = free_port()
+    env = {**_agent_env(temporal_address, api_port, tmp_path), "DOCKER_HOST": engine.docker_host}
+    args = ["--provider-id", "e2e-d1", "--simulate", "1xH100:80", "--runtime", "docker"]
+    agent = AgentProcess([*args, "--scratch", str(tmp_path / "scratch")], env)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "uploaded").mkdir()
+    data = b"3\n4\n"
+    (tmp_path / "store" / "numbers.txt").write_bytes(data)
+    try:
+        with (
+            GraphQLRecorder(api_port) as api,
+            StorageServer(tmp_path / "store", tmp_path / "uploaded") as storage,
+        ):
+            agent.wait_for("serving task queue gpu.e2e-d1")
+            execute = ExecuteRequest(
+                "job-d1", 1, ["sh", "-c", "sleep 1; cat numbers.txt > out.txt; id -u >> out.txt"],
+                [0], timeout_s=60, image=TEST_IMAGE,
+            )  # fmt: skip
+            trip = RoundTrip(
+                "e2e-d1",
+                StageRequest(
+                    "job-d1", 1,
+                    [InputTransfer("numbers.txt", storage.url("numbers.txt"),
+                                   hashlib.sha256(data).hexdigest(), len(data))],
+                ),
+                execute,
+                UploadRequest(
+                    "job-d1", 1, [OutputTransfer("out.txt", "out/out.txt", storage.url("out.txt"))]
+                ),
+            )  # fmt: skip
+            temporal = await Client.connect(temporal_address)
+            async with Worker(
+                temporal,
+                task_queue="test-docker-round-trip",
+                workflows=[ProviderRoundTrip],
+                workflow_runner=UnsandboxedWorkflowRunner(),
+            ):
+                result = await temporal.execute_workflow(
+                    ProviderRoundTrip.run,
+                    trip,
+                    id="docker-round-trip",
+                    task_queue="test-docker-round-trip",
+                    execution_timeout=timedelta(seconds=60),
+                )
+
+            assert result.executed.exit_code == 0
+            assert (tmp_path / "uploaded" / "out.txt").read_bytes() == b"3\n4\n65534\n"
+            assert not (tmp_path / "scratch" / "job-d1").exists()  # upload removed the attempt
+            registration = api.named("registerProvider")[0]["variables"]["input"]
+            assert registration["runtimes"] == ["docker"]
+        assert agent.terminate() == 0
+        assert "Traceback" not in agent.output
+    finally:
+        agent.kill()
