@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
-VIEWS_VERSION = 5
+VIEWS_VERSION = 6
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
@@ -216,7 +216,8 @@ class Projector:
         if state:
             sets.append("state = ?")
             params.append(state)
-        if etype in ("JobRejected", "JobFailed", "JobCancelled"):
+        if etype in ("JobRejected", "JobFailed", "JobCancelled", "JobVerified",
+                     "VerificationFailed"):
             sets.append("reason = ?")
             params.append(data["reason"])
         elif etype == "JobQueued":

@@ -75,7 +75,10 @@ class Network:
 
 @contextmanager
 def network(
-    home: Path, temporal_address: str, providers: list[tuple[str, str, str, list[str]]]
+    home: Path,
+    temporal_address: str,
+    providers: list[tuple[str, str, str, list[str]]],
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Network]:
     port = free_port()
     env = {
@@ -85,6 +88,7 @@ def network(
         "GPGPU_API_URL": f"http://127.0.0.1:{port}",
         "GPGPU_LOG_LEVEL": "WARNING",
         "GPGPU_CONTROL_TASK_QUEUE": f"control-{port}",
+        **(extra_env or {}),
     }
     settings = Settings(
         home=home, temporal_address=temporal_address, api_port=port,
