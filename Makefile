@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test install lint clean gpu-check
+.PHONY: up test install lint clean gpu-check system-deps
 
 install: $(STAMP)
 
@@ -21,7 +21,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy domain workflows activities api worker_gpu infra client
 
-test: install lint
+system-deps:
+	bash scripts/system-deps.sh
+
+test: install lint system-deps
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 gpu-check:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The Debian packages the test suite's real services need: Ceph's RADOS Gateway (S3),
+# a Docker engine, busybox for offline test images. One apt transaction, only if missing.
+set -euo pipefail
+need=()
+command -v radosgw >/dev/null 2>&1 || need+=(ceph-mon ceph-osd radosgw ceph-common)
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+[ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "system-deps: missing ${need[*]}; run as root to install them (the tests that need them skip)" >&2
+  exit 0
+fi
+echo "system-deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
