@@ -98,7 +98,7 @@ def test_lifecycle_views(app: Network, open_views: OpenViews) -> None:
     assert job["attempt"] == 1
     assert job["max_cost_micro"] == MAX_COST
     assert job["cost_micro"] == CHARGED
-    assert job["reason"] == ""
+    assert job["reason"] == "outputs verified"  # the verdict says why it succeeded
     assert job["last_seq"] == len(JOB_EVENTS_SUCCESS)
     assert json.loads(job["spec"])["command"] == ["/bin/sh", "-c", "python train.py"]
     assert json.loads(job["outputs"])[0]["path"] == "out/model.bin"
