@@ -427,5 +427,24 @@ def admin_rebuild_projections(as_json: JsonFlag = False) -> None:
         _out().print(f"rebuilt from {result['events']} events in {result['seconds']} s: {rows}")
 
 
+@admin_app.command("recompute-reputation")
+def admin_recompute_reputation(as_json: JsonFlag = False) -> None:
+    """Recompute every provider's reputation from the event log and compare it with the records."""
+    from infra.admin import recompute_reputation
+    from infra.settings import Settings
+
+    result = recompute_reputation(Settings())
+    if as_json:
+        _print_json(result)
+    else:
+        table = Table("provider", "outcomes", "recomputed", "recorded", "matches", box=None)
+        for r in result["providers"]:
+            table.add_row(r["provider_id"], str(r["outcomes"]), f"{r['recomputed']:.6f}",
+                          f"{r['recorded']:.6f}", "yes" if r["matches"] else "NO")
+        _out().print(table)
+    if not result["all_match"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app(prog_name="gpgpu")

@@ -104,3 +104,20 @@ def test_the_network_checks_a_new_provider_on_its_own_and_pays_for_it(
         ledger = Ledger(env=net.stack.settings.eventsourcing_env())
         paid = fleet["honest-a"]["earningsMicro"] + fleet["honest-b"]["earningsMicro"]
         assert ledger.balance("protocol:verification") == -paid
+
+
+def test_reputation_can_be_recomputed_from_the_log(net: Network) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GPGPU_HOME": str(net.stack.home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "client", "admin", "recompute-reputation", "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = {p["provider_id"]: p for p in json.loads(done.stdout)["providers"]}
+    assert report["liar"]["outcomes"] >= 1 and report["liar"]["recomputed"] < 0.5
+    assert all(p["matches"] for p in report.values())
