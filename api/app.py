@@ -14,8 +14,9 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from api import storage
-from api.schema import Context, schema
+from api.schema import schema
 from api.services import Services
+from api.types import Context
 from infra.settings import Settings
 from infra.temporal import connect
 
