@@ -327,14 +327,14 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench verification", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, help="client jobs (10000; 2000 with --quick)")
-    p.add_argument("--providers", type=int, help="providers (100; 40 with --quick)")
+    p.add_argument("--providers", type=int, help="providers (100; 20 with --quick)")
     p.add_argument("--seed", type=int, default=2024, help="random seed (2024)")
     p.add_argument("--min-reputation", type=float, default=0.5,
                    help="providers below this reputation get no work (0.5)")
     p.add_argument("--quick", action="store_true", help="a small run, for tests")
     args = p.parse_args(list(argv))
     args.jobs = args.jobs or (2000 if args.quick else 10_000)
-    args.providers = args.providers or (40 if args.quick else 100)
+    args.providers = args.providers or (20 if args.quick else 100)
     if args.jobs < 1 or args.providers < 5:
         p.error("need at least 1 job and 5 providers")
     return args

@@ -215,6 +215,7 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
         )
         await worker.shutdown()
         await run
+        heartbeat.stop()  # before the last word: nothing may print after "stopped"
         say("stopped")
         return EXIT_OK
     except Stopped:
