@@ -19,7 +19,7 @@ up: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy domain workflows activities api worker_gpu infra client
+	$(VENV)/bin/mypy domain workflows activities api worker_gpu infra client bench
 
 system-deps:
 	bash scripts/system-deps.sh

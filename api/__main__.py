@@ -18,6 +18,7 @@ def main() -> None:
         config = uvicorn.Config(
             create_app(settings), host=settings.api_host, port=settings.api_port,
             log_level="warning", ws="websockets-sansio", lifespan="on",
+            ws_per_message_deflate=False,  # ~200-byte events: compression only costs CPU
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())

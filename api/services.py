@@ -74,7 +74,7 @@ class PostgresListener(threading.Thread):
 class ProjectionThread(threading.Thread):
     """Runs the projector: applies new events as soon as they are committed."""
 
-    def __init__(self, projector: Projector, idle_sleep_s: float = 0.02):
+    def __init__(self, projector: Projector, idle_sleep_s: float = 0.005):
         super().__init__(name="projection", daemon=True)
         self.projector, self.idle_sleep_s = projector, idle_sleep_s
         self.stopping = threading.Event()
