@@ -454,8 +454,10 @@ class Network(Application[Any]):
             accounts: dict[str, Account] = {}
             for source, target, transfer_id, amount, memo in moves:
                 if amount:
-                    src = accounts.setdefault(source, self.account(source))
-                    dst = accounts.setdefault(target, self.account(target))
+                    for name in (source, target):
+                        if name not in accounts:  # load each account once per settlement
+                            accounts[name] = self.account(name)
+                    src, dst = accounts[source], accounts[target]
                     transfer(src, dst, transfer_id, amount, memo)
             job.record_settlement(charged, paid, fee, held - charged)
             return figures, [job, *accounts.values()]
