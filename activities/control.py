@@ -13,8 +13,9 @@ from dataclasses import asdict
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 
+from activities.scheduler import Scheduler
 from activities.verify import judge, output_key
 from domain.application import Network, Payment
 from domain.errors import DomainError
@@ -31,9 +32,15 @@ def _refuse(err: Exception) -> ApplicationError:
     return ApplicationError(str(err), type=type(err).__name__, non_retryable=True)
 
 
+# How long one try of the allocate activity waits in line before Temporal retries it: short,
+# so that cancelling a waiting job takes effect within seconds.
+ALLOCATE_WAIT_S = 5.0
+
+
 class ControlActivities:
     def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
         self.network, self.views, self.store, self.settings = network, views, store, settings
+        self.scheduler = Scheduler(network, self.online_provider_ids)
 
     def online_provider_ids(self) -> set[str]:
         return online_provider_ids(self.views, self.settings)
@@ -52,15 +59,22 @@ class ControlActivities:
 
     @activity.defn(name=c.ALLOCATE_GPUS)
     def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
-        decision = self.network.allocate(
-            req.job_id, req.attempt, set(req.excluded_provider_ids), self.online_provider_ids()
-        )
-        if decision.provider_id is None:
-            why = ", ".join(f"{p}: {r}" for p, r in sorted(decision.rejected.items()))
-            # Retryable on purpose: the job waits in the queue until GPUs fit.
-            raise ApplicationError(
-                f"waiting for GPUs ({why or 'no providers have joined'})", type="NoCapacity"
+        """Wait in the job's queue for the scheduler to place this run (a few seconds a try)."""
+        live = activity.in_activity()  # also called directly, by tests and tools
+        try:
+            decision = self.scheduler.request(
+                req.job_id, req.attempt, set(req.excluded_provider_ids), ALLOCATE_WAIT_S,
+                cancelled=activity.is_cancelled if live else lambda: False,
+                heartbeat=activity.heartbeat if live else lambda _: None,
             )
+        except DomainError as err:
+            raise _refuse(err) from err
+        if live and activity.is_cancelled():
+            raise CancelledError("the job was cancelled while it waited for GPUs")
+        if isinstance(decision, str):
+            # Retryable on purpose: the job waits in the queue until GPUs fit.
+            raise ApplicationError(decision, type="NoCapacity")
+        assert decision.provider_id is not None
         return c.Allocation(
             req.job_id,
             req.attempt,
@@ -189,10 +203,12 @@ class ControlActivities:
     @activity.defn(name=c.RELEASE_GPUS)
     def release_gpus(self, req: c.ReleaseRequest) -> None:
         self.network.release_gpus(req.job_id, req.provider_id)
+        self.scheduler.wake()
 
     @activity.defn(name=c.FINISH_JOB)
     def finish_job(self, req: c.FinishRequest) -> None:
         self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)
+        self.scheduler.wake()
 
     def all(self) -> list[Callable[..., Any]]:
         return [

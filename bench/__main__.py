@@ -12,6 +12,7 @@ import sys
 # name -> module; adding a bench is one line here.
 BENCHES = {
     "events": "bench.events",
+    "matching": "bench.matching",
     "staging": "bench.staging",
     "verification": "bench.verification",
 }

@@ -17,6 +17,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
+from domain.canary import Canary, CanaryEnded, CanaryStarted, make_canary
 from domain.errors import (
     DomainError,
     InsufficientFunds,
@@ -49,6 +50,7 @@ from domain.matching import (
 from domain.money import cost_of_gpu_time
 from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
 from domain.provider import Directory, Provider
+from domain.scheduling import Placement, Waiting
 from domain.spec import JobSpec
 
 # Hot accounts (the protocol's fees, a busy provider) make writers collide; each retry
@@ -84,7 +86,7 @@ class Network(Application[Any]):
     # Long-lived aggregates (a client's account, the fee account, a busy provider) load from
     # their latest snapshot plus what came after, not from their first event.
     snapshotting_intervals: ClassVar[dict[Any, int]] = {
-        Account: 50, Provider: 50, Directory: 50
+        Account: 50, Provider: 50, Directory: 50, Node: 50
     }
 
     # Loading helpers
@@ -228,18 +230,29 @@ class Network(Application[Any]):
 
         self._save_retrying(attempt)
 
-    def configure_queue(self, node_id: str, name: str, gpu_models: list[str]) -> None:
+    def configure_queue(
+        self,
+        node_id: str,
+        name: str,
+        gpu_models: list[str],
+        priority_levels: int = 1,
+        max_gpus_per_client: int = 0,
+        fair_share: bool = True,
+    ) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
             node = self.node(node_id)
-            node.configure_queue(name, gpu_models)
+            node.configure_queue(name, gpu_models, priority_levels, max_gpus_per_client,
+                                 fair_share)
             return None, [node]
 
         self._save_retrying(attempt)
 
-    def check_queue(self, queue: str) -> None:
+    def check_queue(self, queue: str, priority: int = 0) -> None:
         node_id, name = split_queue(queue)
-        if name not in self.node(node_id).queues:
+        node = self.node(node_id)
+        if name not in node.queues:
             raise DomainError(f"queue: node {node_id!r} has no queue {name!r}")
+        node.check_priority(name, priority)
 
     # Providers
 
@@ -304,11 +317,12 @@ class Network(Application[Any]):
                 self._requirements(spec, node),
                 self._candidates(providers.values(), online),
                 excluded | holding,
+                node.region,
             )
             if decision.provider_id is None:
                 return decision, []
             chosen = providers[decision.provider_id]
-            chosen.reserve(job_id, decision.gpu_indexes)
+            chosen.reserve(job_id, decision.gpu_indexes, job.client_id)
             job.record_allocation(
                 attempt_no,
                 decision.provider_id,
@@ -345,6 +359,8 @@ class Network(Application[Any]):
                 free_gpu_indexes=p.free_gpu_indexes(),
                 runtimes=tuple(p.runtimes),
                 region=p.region,
+                suspended=tuple(p.suspended),
+                degraded={int(i): why for i, why in p.degraded.items()},
             )
             for p in providers
         ]
@@ -356,7 +372,115 @@ class Network(Application[Any]):
         if queue not in node.queues:
             raise DomainError(f"queue: node {node_id!r} has no queue {queue!r}")
         providers = [self.provider(pid) for pid in node.provider_ids]
-        return explain(self._requirements(spec, node), self._candidates(providers, online), set())
+        return explain(
+            self._requirements(spec, node), self._candidates(providers, online), set(), node.region
+        )
+
+    # Scheduling (see domain/scheduling.py and activities/scheduler.py)
+
+    def waiting_entry(
+        self,
+        job_id: str,
+        attempt_no: int,
+        excluded: set[str],
+        job: Job | None = None,
+        node: Node | None = None,
+    ) -> Waiting:
+        """What the scheduler needs to know about one allocation a job waits for."""
+        job = job or self.job(job_id)
+        spec = JobSpec.model_validate(job.spec)
+        node = node or self.node(split_queue(spec.queue)[0])
+        return Waiting(
+            job_id=job_id,
+            attempt=attempt_no,
+            client_id=job.client_id,
+            priority=spec.priority,
+            queued_at=job.created_on.timestamp(),
+            req=self._requirements(spec, node),
+            excluded=frozenset(excluded),
+            queue=spec.queue,
+        )
+
+    def place(
+        self,
+        placements: list[Placement],
+        providers: dict[str, Provider],
+        jobs: dict[str, Job] | None = None,
+    ) -> list[bool]:
+        """Write a round's placements: each job's allocation and its provider's reservation.
+
+        `providers` (and `jobs`, if given) are the scheduler's copies, updated in place.
+        All placements go in one transaction; if any copy was stale, the whole batch is
+        refused by the store and each placement is then tried alone on fresh copies, so a
+        conflict costs a retry, never a double booking. Returns which were written.
+        """
+        if not placements:
+            return []
+        jobs = {} if jobs is None else jobs
+        changed: dict[str, Aggregate] = {}
+        try:
+            for p in placements:
+                job = jobs.get(p.job_id) or self.job(p.job_id)
+                jobs[p.job_id] = job
+                provider = providers[p.provider_id]
+                provider.reserve(p.job_id, p.gpu_indexes, p.client_id)
+                job.record_allocation(p.attempt, p.provider_id, p.gpu_indexes,
+                                      p.price_per_gpu_hour_micro)
+                changed[f"p:{p.provider_id}"], changed[f"j:{p.job_id}"] = provider, job
+            self.save(*changed.values())
+            return [True] * len(placements)
+        except (IntegrityError, DomainError):
+            pass
+        # Slow path: fresh copies, one placement per transaction.
+        for pid in {p.provider_id for p in placements}:
+            providers[pid] = self.provider(pid)
+        for p in placements:
+            jobs.pop(p.job_id, None)
+        written = []
+        for p in placements:
+            try:
+                job, provider = self.job(p.job_id), self.provider(p.provider_id)
+                if job.allocations.get(p.attempt) is not None:
+                    written.append(job.allocations[p.attempt] == p.provider_id)
+                    continue
+                provider.reserve(p.job_id, p.gpu_indexes, p.client_id)
+                job.record_allocation(p.attempt, p.provider_id, p.gpu_indexes,
+                                      p.price_per_gpu_hour_micro)
+                self.save(provider, job)
+                providers[p.provider_id] = provider
+                written.append(True)
+            except (IntegrityError, DomainError):
+                providers[p.provider_id] = self.provider(p.provider_id)
+                written.append(False)
+        return written
+
+    # Providers' own controls
+
+    def _provider_change(self, provider_id: str, change: Any) -> None:
+        def attempt() -> tuple[None, list[Aggregate]]:
+            provider = self.provider(provider_id)
+            change(provider)
+            return None, [provider]
+
+        self._save_retrying(attempt)
+
+    def suspend_gpu(self, provider_id: str, index: int) -> None:
+        self._provider_change(provider_id, lambda p: p.suspend_gpu(index))
+
+    def resume_gpu(self, provider_id: str, index: int) -> None:
+        self._provider_change(provider_id, lambda p: p.resume_gpu(index))
+
+    def set_price(self, provider_id: str, price_micro: int) -> None:
+        self._provider_change(provider_id, lambda p: p.set_price(price_micro))
+
+    def report_gpu_health(self, provider_id: str, index: int, healthy: bool, reason: str) -> None:
+        self._provider_change(provider_id, lambda p: p.report_health(index, healthy, reason))
+
+    def provider_offline(self, provider_id: str, reason: str) -> None:
+        self._provider_change(provider_id, lambda p: p.go_offline(reason))
+
+    def provider_online(self, provider_id: str) -> None:
+        self._provider_change(provider_id, lambda p: p.come_online())
 
     def record_step(self, job_id: str, step: str, attempt_no: int, data: dict[str, Any]) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
@@ -486,6 +610,112 @@ class Network(Application[Any]):
         def attempt() -> tuple[None, list[Aggregate]]:
             job = self.job(job_id)
             job.finish(succeeded, reason, cancelled)
-            return None, [job]
+            # A finished job holds no GPU, even one placed as its workflow stopped waiting.
+            leftovers = []
+            for provider_id in set(job.allocations.values()):
+                provider = self.provider(provider_id)
+                if job_id in provider.reservations:
+                    provider.release(job_id)
+                    leftovers.append(provider)
+            return None, [job, *leftovers]
 
         self._save_retrying(attempt)
+
+    # Canaries (see domain/canary.py, workflows/canary.py, activities/canary.py)
+
+    def canary(self, origin_job_id: str, provider_id: str) -> Canary | None:
+        """The canary that followed this job on this provider, if there was one."""
+        return self._get_or_none(
+            Canary.create_id(origin_job_id=origin_job_id, provider_id=provider_id)
+        )
+
+    def start_canary(
+        self,
+        origin_job_id: str,
+        provider_id: str,
+        seed: str,
+        online: set[str],
+        image: str | None = None,
+    ) -> CanaryStarted:
+        """Submit a known-answer job to exactly this provider and reserve its GPUs there.
+
+        Skipped, with nothing recorded, when the provider is offline, has no free GPU
+        or no runtime a canary fits. Called again, it answers what it did the first time.
+        """
+
+        def attempt() -> tuple[CanaryStarted, list[Aggregate]]:
+            known = self.canary(origin_job_id, provider_id)
+            if known is not None:
+                return CanaryStarted(True, "", known.job_id, known.client_id,
+                                     tuple(known.gpu_indexes), known.price_micro), []
+            provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
+            if provider is None:
+                return CanaryStarted(False, f"no provider {provider_id}"), []
+            if provider.status != "online" or provider_id not in online:
+                return CanaryStarted(False, f"{provider_id} is offline"), []
+            price = provider.price_per_gpu_hour_micro
+            task = make_canary(seed, price, provider.runtimes, image)
+            if task is None:
+                return CanaryStarted(
+                    False, f"no canary fits {provider_id}'s runtimes ({provider.runtimes}) "
+                    "without a canary image"), []
+            free = provider.free_gpu_indexes()
+            if len(free) < task.spec.resources.gpus:
+                return CanaryStarted(False, f"{provider_id} has no free GPU"), []
+            gpus = free[: task.spec.resources.gpus]
+            job = Job(
+                job_id=task.job_id,
+                client_id=task.client_id,
+                spec=task.spec.model_dump(mode="json"),
+                max_cost_micro=task.spec.max_cost_micro,
+            )
+            provider.reserve(task.job_id, gpus, task.client_id)
+            job.record_allocation(1, provider_id, gpus, price)
+            canary = Canary(
+                origin_job_id=origin_job_id, provider_id=provider_id, job_id=task.job_id,
+                client_id=task.client_id, seed=seed, gpu_indexes=gpus, price_micro=price,
+                expected=[vars(e) for e in task.expected],
+            )
+            started = CanaryStarted(True, "", task.job_id, task.client_id, tuple(gpus), price)
+            return started, [provider, job, canary]
+
+        return self._save_retrying(attempt)
+
+    def close_canary(
+        self, origin_job_id: str, provider_id: str, outcome: str, reason: str, gpu_ms: int
+    ) -> CanaryEnded:
+        """End a canary: pay an honest provider, record its outcome, finish the job.
+
+        "success" pays the GPU time at the price it was reserved at (at most the job's
+        timeout) from the network's verification account, without a fee; any other
+        outcome pays nothing. A judged outcome becomes the provider's reputation
+        outcome for the job; "lost" was recorded when it was lost, "void" is none.
+        """
+
+        def attempt() -> tuple[CanaryEnded, list[Aggregate]]:
+            canary = self.canary(origin_job_id, provider_id)
+            if canary is None:
+                raise UnknownJob(f"no canary after job {origin_job_id} on {provider_id}")
+            if canary.outcome is not None:
+                return CanaryEnded(canary.outcome, canary.reason, canary.paid_micro), []
+            job, provider = self.job(canary.job_id), self.provider(provider_id)
+            changed: list[Aggregate] = [canary, job, provider]
+            honest, paid = outcome == "success", 0
+            if honest:
+                cap = JobSpec.model_validate(job.spec).max_run_cost_micro
+                paid = min(cost_of_gpu_time(gpu_ms, canary.price_micro), cap)
+                src, dst = self.account(CHECKS), self.account(provider_account(provider_id))
+                transfer(src, dst, f"check:{job.job_id}:{provider_id}", paid, "verification run")
+                changed += [src, dst]
+                if 1 in job.manifests:
+                    job.accept_result(1)
+            if outcome not in ("lost", "void"):
+                provider.record_outcome(job.job_id, outcome)
+            job.record_verdict(honest, honest, reason)
+            job.record_settlement(0, paid, 0, 0)
+            job.finish(honest, reason)
+            provider.release(job.job_id)
+            canary.close(outcome, reason, paid)
+            return CanaryEnded(outcome, reason, paid), changed
+
+        return self._save_retrying(attempt)

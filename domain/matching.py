@@ -4,13 +4,23 @@ Eligible: the provider is online with a fresh heartbeat, not excluded for this
 job, offers the runtime the job needs (docker for an image, else process), has
 enough free GPUs on one machine whose model contains the requested model
 (case-insensitive, so "H100" matches "NVIDIA H100 80GB HBM3") and whose memory
-is at least the minimum, at a price no higher than the job's maximum. Among
-eligible providers the pick is the lowest price, then the highest reputation,
-then the provider id (so the decision is reproducible).
+is at least the minimum, at a price no higher than the job's maximum, with
+at least the job's minimum reputation; suspended and degraded GPUs are never
+free. Among eligible providers the pick is the lowest score (then the provider
+id, so the decision is reproducible):
+
+    score = 0.5 * price / max_price            (cheaper is better)
+          + 0.3 * (1 - reputation)             (more trusted is better)
+          + 0.1 * (0 if in the node's region else 1)   (locality)
+          + 0.1 * busy GPUs / all GPUs         (spread the load)
+
+each term in [0, 1], so a provider at half the job's maximum price beats one at
+full price unless its reputation is about 0.8 lower.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +53,8 @@ class Candidate:
     free_gpu_indexes: list[int]
     runtimes: tuple[str, ...] = ("process",)
     region: str = ""
+    suspended: tuple[int, ...] = ()
+    degraded: Mapping[int, str] = field(default_factory=dict)  # GPU index -> why
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,21 @@ def _matching_gpus(req: Requirements, gpus: list[dict[str, Any]]) -> list[int]:
     ]
 
 
+PRICE_WEIGHT, REPUTATION_WEIGHT, LOCALITY_WEIGHT, LOAD_WEIGHT = 0.5, 0.3, 0.1, 0.1
+
+
+def score(req: Requirements, c: Candidate, home_region: str = "") -> float:
+    """Lower is better; see the module docstring."""
+    price = c.price_per_gpu_hour_micro / max(1, req.max_price_per_gpu_hour_micro)
+    remote = 0.0 if not home_region or c.region == home_region else 1.0
+    busy = 1.0 - len(c.free_gpu_indexes) / len(c.gpus) if c.gpus else 1.0
+    return round(
+        PRICE_WEIGHT * min(price, 1.0) + REPUTATION_WEIGHT * (1.0 - c.reputation)
+        + LOCALITY_WEIGHT * remote + LOAD_WEIGHT * busy,
+        9,
+    )
+
+
 @dataclass(frozen=True)
 class Assessment:
     """One provider, judged for one job: where it could run, or why not."""
@@ -77,12 +104,17 @@ class Assessment:
     gpu_indexes: list[int] = field(default_factory=list)
     price_per_gpu_hour_micro: int = 0
     reputation: float = 0.0
+    score: float = 0.0
 
 
-def assess(req: Requirements, c: Candidate, excluded: set[str]) -> Assessment:
+def assess(
+    req: Requirements, c: Candidate, excluded: set[str], home_region: str = ""
+) -> Assessment:
+    points = score(req, c, home_region)
+
     def no(reason: str) -> Assessment:
         return Assessment(c.provider_id, False, reason, [], c.price_per_gpu_hour_micro,
-                          c.reputation)
+                          c.reputation, points)
 
     if c.provider_id in excluded:
         return no("excluded: lost while running this job")
@@ -102,24 +134,33 @@ def assess(req: Requirements, c: Candidate, excluded: set[str]) -> Assessment:
     free = set(c.free_gpu_indexes)
     fitting = [i for i in matching if i in free]
     if len(fitting) < req.gpus:
+        held = set(matching) & (set(c.suspended) | set(c.degraded))
+        if len(matching) - len(held) < req.gpus:
+            if set(matching) & set(c.degraded):
+                return no("degraded: " + "; ".join(
+                    f"GPU {i} {c.degraded[i]}" for i in sorted(set(matching) & set(c.degraded))))
+            return no("suspended")
         return no("busy")
     return Assessment(c.provider_id, True, "", fitting[: req.gpus], c.price_per_gpu_hour_micro,
-                      c.reputation)
+                      c.reputation, points)
 
 
-def explain(req: Requirements, candidates: list[Candidate], excluded: set[str]) -> list[Assessment]:
-    """Every provider judged: the eligible first, best first, then the others by id."""
-    judged = [assess(req, c, excluded) for c in candidates]
+def explain(
+    req: Requirements, candidates: list[Candidate], excluded: set[str], home_region: str = ""
+) -> list[Assessment]:
+    """Every provider judged: the eligible first, best score first, then the others by id."""
+    judged = [assess(req, c, excluded, home_region) for c in candidates]
     return sorted(judged, key=lambda a: (
         not a.eligible,
-        a.price_per_gpu_hour_micro if a.eligible else 0,
-        -a.reputation if a.eligible else 0.0,
+        a.score if a.eligible else 0.0,
         a.provider_id,
     ))
 
 
-def decide(req: Requirements, candidates: list[Candidate], excluded: set[str]) -> Decision:
-    judged = explain(req, candidates, excluded)
+def decide(
+    req: Requirements, candidates: list[Candidate], excluded: set[str], home_region: str = ""
+) -> Decision:
+    judged = explain(req, candidates, excluded, home_region)
     rejected = {a.provider_id: a.reason for a in judged if not a.eligible}
     if not judged or not judged[0].eligible:
         return Decision(provider_id=None, rejected=rejected)

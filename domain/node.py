@@ -1,8 +1,12 @@
 """The Node aggregate: a node's region, its operator, the providers it manages, its queues.
 
-A queue says which GPU models it serves (none listed: any). A job names its
-queue as `<node>/<queue>` (a bare name means the default node); allocation only
-looks at that node's providers and the queue's GPU models.
+A queue says which GPU models it serves (none listed: any), how many priority
+levels its jobs may ask for (0 is the lowest; higher goes first), how many GPUs
+one client may hold at once (0: no cap), and whether waiting clients share the
+GPUs fairly (each next GPU to the client holding the fewest) or first come,
+first served. A job names its queue as `<node>/<queue>` (a bare name means the
+default node); allocation only looks at that node's providers and the queue's
+GPU models. `domain/scheduling.py` orders a queue's waiting jobs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from domain.ids import business_id
 
 DEFAULT_NODE = "local"
 DEFAULT_QUEUE = "default"
+MAX_PRIORITY_LEVELS = 10
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
@@ -33,7 +38,24 @@ def split_queue(ref: str) -> tuple[str, str]:
     return (node or DEFAULT_NODE), queue
 
 
+def queue_config(
+    gpu_models: list[str], priority_levels: int, max_gpus_per_client: int, fair_share: bool
+) -> dict[str, Any]:
+    return {
+        "gpu_models": gpu_models, "priority_levels": priority_levels,
+        "max_gpus_per_client": max_gpus_per_client, "fair_share": fair_share,
+    }
+
+
 class Node(Aggregate):
+    # v2: queues carry priority levels, a per-client GPU cap and fair share.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        for config in state.get("queues", {}).values():
+            config.update(queue_config(config["gpu_models"], 1, 0, True) | config)
+
     @staticmethod
     def create_id(node_id: str, **_: Any) -> UUID:
         return business_id("node", node_id)
@@ -46,11 +68,37 @@ class Node(Aggregate):
         self.queues: dict[str, dict[str, Any]] = {}
         self.provider_ids: list[str] = []
 
-    def configure_queue(self, name: str, gpu_models: list[str]) -> None:
+    def configure_queue(
+        self,
+        name: str,
+        gpu_models: list[str],
+        priority_levels: int = 1,
+        max_gpus_per_client: int = 0,
+        fair_share: bool = True,
+    ) -> None:
         check_name("queue", name)
+        if not 1 <= priority_levels <= MAX_PRIORITY_LEVELS:
+            raise DomainError(
+                f"priority_levels: {priority_levels} must be 1 to {MAX_PRIORITY_LEVELS}"
+            )
+        if max_gpus_per_client < 0:
+            raise DomainError(f"max_gpus_per_client: {max_gpus_per_client} must be 0 (no cap) "
+                              "or more")
         models = sorted({m.strip() for m in gpu_models if m.strip()})
-        if self.queues.get(name) != {"gpu_models": models}:
-            self._queue_configured(name=name, gpu_models=models)
+        config = queue_config(models, priority_levels, max_gpus_per_client, fair_share)
+        if self.queues.get(name) != config:
+            self._queue_configured(
+                name=name, gpu_models=models, priority_levels=priority_levels,
+                max_gpus_per_client=max_gpus_per_client, fair_share=fair_share,
+            )
+
+    def check_priority(self, queue: str, priority: int) -> None:
+        levels = self.queues[queue]["priority_levels"]
+        if not 0 <= priority < levels:
+            raise DomainError(
+                f"priority: {priority} is not a level of queue {self.node_id}/{queue} "
+                f"(0 to {levels - 1})"
+            )
 
     def serves(self, queue: str, gpu_model: str) -> bool:
         models = self.queues[queue]["gpu_models"]
@@ -66,8 +114,17 @@ class Node(Aggregate):
             self._provider_joined(provider_id=provider_id)
 
     @event("QueueConfigured")
-    def _queue_configured(self, name: str, gpu_models: list[str]) -> None:
-        self.queues[name] = {"gpu_models": gpu_models}
+    def _queue_configured(
+        self,
+        name: str,
+        gpu_models: list[str],
+        priority_levels: int = 1,
+        max_gpus_per_client: int = 0,
+        fair_share: bool = True,
+    ) -> None:
+        self.queues[name] = queue_config(
+            gpu_models, priority_levels, max_gpus_per_client, fair_share
+        )
 
     @event("QueueRemoved")
     def _queue_removed(self, name: str) -> None:

@@ -7,6 +7,8 @@ and one of them retries, so no GPU is ever booked twice.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -14,12 +16,41 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 from domain.ids import business_id
-from domain.reputation import OUTCOMES, reputation_score
+from domain.reputation import OUTCOMES, Reputation, reputation
 
 RUNTIMES = ("process", "docker")
 
 
 class Provider(Aggregate):
+    # v2 added per-GPU suspension and health and the client behind each reservation;
+    # v3 the time of each outcome (reputation decays with age).
+    class_version = 3
+
+    class ReputationRecorded(Aggregate.Event):
+        """One outcome of the provider's work. Version 2 added `at` (unix time)."""
+
+        class_version = 2
+        job_id: str
+        outcome: str
+        at: float
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            stamp = state["timestamp"]
+            state["at"] = stamp.timestamp() if isinstance(stamp, datetime) else 0.0
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state.setdefault("reservation_clients", {})
+        state.setdefault("suspended", [])
+        state.setdefault("degraded", {})
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        # Times of outcomes before v3 snapshots are not known: the snapshot's own time.
+        stamp = state.get("_modified_on")
+        at = stamp.timestamp() if isinstance(stamp, datetime) else 0.0
+        state.setdefault("outcome_times", [at] * len(state.get("outcomes", [])))
     @staticmethod
     def create_id(provider_id: str, **_: Any) -> UUID:
         return business_id("provider", provider_id)
@@ -40,15 +71,79 @@ class Provider(Aggregate):
         self.reservations: dict[str, list[int]] = {}
         self.outcomes: list[str] = []
         self.outcome_jobs: list[str] = []
+        self.outcome_times: list[float] = []  # unix time of each outcome
         self.runtimes: list[str] = ["process"]
+        self.reservation_clients: dict[str, str] = {}  # job id -> the client it runs for
+        self.suspended: list[int] = []  # GPU indexes the provider took out of service
+        # GPU index (as text: snapshots are JSON) -> why it is unhealthy (ECC, Xid errors)
+        self.degraded: dict[str, str] = {}
 
     @property
     def reputation(self) -> float:
-        return reputation_score(self.outcomes)
+        """The score now (see domain/reputation.py); it drifts as outcomes age."""
+        return self.reputation_at(time.time()).score
+
+    def reputation_at(self, as_of: float) -> Reputation:
+        return reputation(list(zip(self.outcomes, self.outcome_times, strict=True)), as_of)
 
     def free_gpu_indexes(self) -> list[int]:
+        """GPUs that could take a job now: not reserved, not suspended, not degraded."""
         busy = {i for idx in self.reservations.values() for i in idx}
+        busy.update(self.suspended)
+        busy.update(int(i) for i in self.degraded)
         return [g["index"] for g in self.gpus if g["index"] not in busy]
+
+    def gpu_status(self, index: int, online: bool) -> str:
+        """offline, suspended, degraded, busy or online (free), in that order of precedence."""
+        if not online or self.status != "online":
+            return "offline"
+        if index in self.suspended:
+            return "suspended"
+        if str(index) in self.degraded:
+            return "degraded"
+        if any(index in idx for idx in self.reservations.values()):
+            return "busy"
+        return "online"
+
+    def _check_index(self, index: int) -> None:
+        if index not in {g["index"] for g in self.gpus}:
+            known = ", ".join(str(g["index"]) for g in self.gpus)
+            raise DomainError(f"gpu_index: {self.provider_id} has no GPU {index} (it has {known})")
+
+    def suspend_gpu(self, index: int) -> None:
+        """Take one GPU out of service; a job running on it finishes first."""
+        self._check_index(index)
+        if index not in self.suspended:
+            self._gpu_suspended(index=index)
+
+    def resume_gpu(self, index: int) -> None:
+        self._check_index(index)
+        if index in self.suspended:
+            self._gpu_resumed(index=index)
+
+    def set_price(self, price_micro: int) -> None:
+        """New jobs pay the new price; running ones keep the price they were allocated at."""
+        if price_micro <= 0:
+            raise DomainError(f"price_per_gpu_hour: must be positive, got {price_micro}")
+        if price_micro != self.price_per_gpu_hour_micro:
+            self._price_changed(price_per_gpu_hour_micro=price_micro)
+
+    def report_health(self, index: int, healthy: bool, reason: str = "") -> None:
+        """A GPU with ECC or Xid errors is not given work until it reports healthy again."""
+        self._check_index(index)
+        if not healthy and self.degraded.get(str(index)) != (reason or "unhealthy"):
+            self._gpu_degraded(index=index, reason=reason or "unhealthy")
+        elif healthy and str(index) in self.degraded:
+            self._gpu_recovered(index=index)
+
+    def go_offline(self, reason: str) -> None:
+        """Missed heartbeats: a status change, recorded once (the samples are not events)."""
+        if self.status == "online":
+            self._went_offline(reason=reason)
+
+    def come_online(self) -> None:
+        if self.status == "offline":
+            self._came_online()
 
     def rejoin(self, region: str, price_micro: int, gpus: list[dict[str, Any]]) -> None:
         """A restarted agent declares itself again; only a change is recorded."""
@@ -69,7 +164,7 @@ class Provider(Aggregate):
         if sorted(runtimes) != sorted(self.runtimes):
             self._runtimes_declared(runtimes=sorted(runtimes))
 
-    def reserve(self, job_id: str, gpu_indexes: list[int]) -> None:
+    def reserve(self, job_id: str, gpu_indexes: list[int], client_id: str = "") -> None:
         if self.reservations.get(job_id) == gpu_indexes:
             return
         if job_id in self.reservations:
@@ -78,7 +173,13 @@ class Provider(Aggregate):
         taken = [i for i in gpu_indexes if i not in free]
         if taken:
             raise DomainError(f"GPUs {taken} on {self.provider_id} are not free")
-        self._reserved(job_id=job_id, gpu_indexes=gpu_indexes)
+        self._reserved(job_id=job_id, gpu_indexes=gpu_indexes, client_id=client_id)
+
+    def gpus_held_by(self, client_id: str) -> int:
+        return sum(
+            len(self.reservations[job]) for job, c in self.reservation_clients.items()
+            if c == client_id and job in self.reservations
+        )
 
     def release(self, job_id: str) -> None:
         if job_id in self.reservations:
@@ -88,12 +189,12 @@ class Provider(Aggregate):
         if self.status != "lost":
             self._lost(job_id=job_id, reason=reason)
 
-    def record_outcome(self, job_id: str, outcome: str) -> None:
+    def record_outcome(self, job_id: str, outcome: str, at: float | None = None) -> None:
         if outcome not in OUTCOMES:
             raise DomainError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
         if job_id in self.outcome_jobs:
             return
-        self._outcome(job_id=job_id, outcome=outcome)
+        self._outcome(job_id=job_id, outcome=outcome, at=time.time() if at is None else at)
 
     @event("ProviderRejoined")
     def _rejoined(self, region: str, price_per_gpu_hour_micro: int, gpus: list[dict[str, Any]]):
@@ -107,21 +208,52 @@ class Provider(Aggregate):
         self.runtimes = runtimes
 
     @event("GpusReserved")
-    def _reserved(self, job_id: str, gpu_indexes: list[int]) -> None:
+    def _reserved(self, job_id: str, gpu_indexes: list[int], client_id: str = "") -> None:
         self.reservations[job_id] = gpu_indexes
+        self.reservation_clients[job_id] = client_id
 
     @event("GpusReleased")
     def _released(self, job_id: str) -> None:
         del self.reservations[job_id]
+        self.reservation_clients.pop(job_id, None)
+
+    @event("GpuSuspended")
+    def _gpu_suspended(self, index: int) -> None:
+        self.suspended = sorted([*self.suspended, index])
+
+    @event("GpuResumed")
+    def _gpu_resumed(self, index: int) -> None:
+        self.suspended = [i for i in self.suspended if i != index]
+
+    @event("PriceChanged")
+    def _price_changed(self, price_per_gpu_hour_micro: int) -> None:
+        self.price_per_gpu_hour_micro = price_per_gpu_hour_micro
+
+    @event("GpuDegraded")
+    def _gpu_degraded(self, index: int, reason: str) -> None:
+        self.degraded[str(index)] = reason
+
+    @event("GpuRecovered")
+    def _gpu_recovered(self, index: int) -> None:
+        del self.degraded[str(index)]
+
+    @event("ProviderWentOffline")
+    def _went_offline(self, reason: str) -> None:
+        self.status = "offline"
+
+    @event("ProviderCameOnline")
+    def _came_online(self) -> None:
+        self.status = "online"
 
     @event("ProviderMarkedLost")
     def _lost(self, job_id: str, reason: str) -> None:
         self.status = "lost"
 
-    @event("ReputationRecorded")
-    def _outcome(self, job_id: str, outcome: str) -> None:
+    @event(ReputationRecorded)
+    def _outcome(self, job_id: str, outcome: str, at: float) -> None:
         self.outcomes.append(outcome)
         self.outcome_jobs.append(job_id)
+        self.outcome_times.append(at)
 
 
 class Directory(Aggregate):

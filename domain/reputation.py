@@ -1,19 +1,40 @@
-"""Reputation is a documented function of a provider's recorded outcomes.
+"""Reputation is a documented function of a provider's recorded outcomes and their times.
 
-score = (successes + 1) / (successes + 1 + failures + 2*timeouts + 3*lost + 5*mismatches + 1)
+Each outcome (a ReputationRecorded event) counts with a weight that halves every
+HALF_LIFE_DAYS of age, so recent behaviour matters most and old faults fade:
 
-A new provider starts at 0.5 (the +1 on each side is a uniform prior), each
+    w(outcome) = 0.5 ** (age_days / HALF_LIFE_DAYS)
+    good = 1 + sum of w over successes
+    bad  = 1 + sum of w * (1 failure, 2 timeout, 3 lost, 5 mismatch)
+    score = good / (good + bad)
+
+A new provider starts at 0.5 (the 1 on each side is a uniform prior), each
 success raises it, and faults weigh by how much they cost clients: a lost
-provider wastes a whole attempt, a wrong result is the worst. Anyone holding the
-event log can recompute it with this function.
+provider wastes a whole attempt, a wrong result is the worst.
+
+Confidence grows with history: with n = the sum of all weights (the effective
+number of outcomes), confidence = n / (n + CONFIDENCE_HALF), 0 for a new
+provider and 0.5 after CONFIDENCE_HALF recent outcomes. A provider with fewer
+than PROBATION outcomes is on probation: every one of its results is checked
+(domain/verification.py).
+
+Anyone holding the event log can recompute every score with `reputation`
+(`gpgpu admin recompute-reputation` does, and compares with the stored ones).
+`reputation_score` is the same formula without time (every weight 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 OUTCOMES = ("success", "failure", "timeout", "lost", "mismatch")
 WEIGHTS = {"failure": 1, "timeout": 2, "lost": 3, "mismatch": 5}
+HALF_LIFE_DAYS = 30.0
+CONFIDENCE_HALF = 10.0
+PROBATION = 5
+DAY_S = 86_400.0
 
 
 def reputation_score(outcomes: Iterable[str]) -> float:
@@ -24,3 +45,37 @@ def reputation_score(outcomes: Iterable[str]) -> float:
         else:
             bad += WEIGHTS[outcome]
     return good / (good + bad)
+
+
+@dataclass(frozen=True)
+class Reputation:
+    """A provider's score and what it is made of, as of one moment."""
+
+    score: float
+    confidence: float
+    probation: bool
+    outcomes: int  # recorded outcomes, all time
+    effective_outcomes: float  # their weights summed (time decay)
+    weighted: dict[str, float]  # outcome -> its decayed count
+
+
+def reputation(outcomes: Sequence[tuple[str, float]], as_of: float) -> Reputation:
+    """The documented score of (outcome, unix time) pairs, as of `as_of` (unix time).
+
+    An outcome stamped after `as_of` (clocks of two machines differ) counts as new.
+    """
+    weighted = dict.fromkeys(OUTCOMES, 0.0)
+    for outcome, at in outcomes:
+        age_days = max(0.0, as_of - at) / DAY_S
+        weighted[outcome] += math.pow(0.5, age_days / HALF_LIFE_DAYS)
+    good = 1.0 + weighted["success"]
+    bad = 1.0 + sum(WEIGHTS[o] * w for o, w in weighted.items() if o != "success")
+    effective = sum(weighted.values())
+    return Reputation(
+        score=good / (good + bad),
+        confidence=effective / (effective + CONFIDENCE_HALF),
+        probation=len(outcomes) < PROBATION,
+        outcomes=len(outcomes),
+        effective_outcomes=effective,
+        weighted=weighted,
+    )

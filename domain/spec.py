@@ -180,6 +180,8 @@ class _SpecBase(_Strict):
     image: str | None = None
     network: bool = False  # the job asks for network access; a provider must also allow it
     queue: str = "default"  # "<node>/<queue>", or a queue of the default node
+    # Higher goes first within the queue; the queue says how many levels it has.
+    priority: int = Field(0, ge=0, le=9)
     verification: Verification = Verification()
     outputs: list[str] = []
     resources: Resources = Resources()

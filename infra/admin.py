@@ -7,7 +7,7 @@ from typing import Any
 
 from domain.application import Network
 from domain.projection import Projector
-from domain.reputation import reputation_score
+from domain.reputation import reputation
 from infra.db import VIEW_TABLES, ViewDB
 from infra.settings import Settings
 
@@ -26,10 +26,16 @@ def rebuild_projections(settings: Settings) -> dict[str, Any]:
     return {"events": events, "seconds": round(seconds, 3), "rows": counts}
 
 
-def recompute_reputation(settings: Settings) -> dict[str, Any]:
-    """Every provider's score recomputed from the log alone, next to the ones recorded."""
+def recompute_reputation(settings: Settings, as_of: float | None = None) -> dict[str, Any]:
+    """Every provider's score recomputed from the log alone, next to the ones recorded.
+
+    All scores are taken as of one moment (`as_of`, now by default), since they decay
+    with age. The read model keeps the score as of the provider's latest outcome, so
+    that one is recomputed as of that time.
+    """
+    as_of = time.time() if as_of is None else as_of
     app = Network(env=settings.eventsourcing_env())
-    outcomes: dict[str, list[str]] = {}
+    outcomes: dict[str, list[tuple[str, float]]] = {}
     names: dict[str, str] = {}  # aggregate id -> provider id
     position = 0
     while batch := app.recorder.select_notifications(
@@ -42,7 +48,9 @@ def recompute_reputation(settings: Settings) -> dict[str, Any]:
                 names[str(event.originator_id)] = event.provider_id  # type: ignore[attr-defined]
             elif kind == "Provider.ReputationRecorded":
                 provider = names[str(event.originator_id)]
-                outcomes.setdefault(provider, []).append(event.outcome)  # type: ignore[attr-defined]
+                outcomes.setdefault(provider, []).append(
+                    (event.outcome, event.at)  # type: ignore[attr-defined]
+                )
         position = batch[-1].id
     views = ViewDB(settings)
     try:
@@ -52,12 +60,16 @@ def recompute_reputation(settings: Settings) -> dict[str, Any]:
         views.close()
     report = []
     for provider in sorted(names.values()):
-        recomputed = reputation_score(outcomes.get(provider, []))
-        recorded = app.provider(provider).reputation
+        pairs = outcomes.get(provider, [])
+        now = reputation(pairs, as_of)
+        recorded = app.provider(provider).reputation_at(as_of).score
+        as_shown = reputation(pairs, max((at for _, at in pairs), default=as_of)).score
         report.append({
-            "provider_id": provider, "outcomes": len(outcomes.get(provider, [])),
-            "recomputed": recomputed, "recorded": recorded, "shown": shown.get(provider),
-            "matches": abs(recomputed - recorded) < 1e-12
-            and abs(recomputed - shown.get(provider, -1.0)) < 1e-12,
+            "provider_id": provider, "outcomes": len(pairs),
+            "recomputed": now.score, "recorded": recorded, "shown": shown.get(provider),
+            "confidence": now.confidence, "probation": now.probation,
+            "components": now.weighted,
+            "matches": abs(now.score - recorded) < 1e-12
+            and abs(as_shown - shown.get(provider, -1.0)) < 1e-9,
         })
     return {"providers": report, "all_match": all(r["matches"] for r in report)}

@@ -9,10 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.canary import CanaryActivities
 from activities.control import ControlActivities
 from domain.application import Network
 from infra.db import ViewDB
 from infra.settings import Settings
+from workflows.canary import CanaryWorkflow
 from workflows.job import JobWorkflow
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,10 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
         worker = Worker(
             client,
             task_queue=settings.control_task_queue,
-            workflows=[JobWorkflow],
-            activities=activities.all(),
+            workflows=[JobWorkflow, CanaryWorkflow],
+            activities=activities.all() + CanaryActivities(
+                activities.network, activities.views, activities.store, settings
+            ).all(),
             activity_executor=executor,
             max_concurrent_activities=32,
         )

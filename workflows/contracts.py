@@ -289,3 +289,83 @@ class JobResult:
     reason: str
     provider_id: str = ""
     charged_micro: int = 0
+
+
+# Known-answer canaries (workflows/canary.py, activities/canary.py, domain/canary.py).
+
+CANARY_WORKFLOW = "CanaryWorkflow"
+PLAN_CANARY = "plan_canary"
+START_CANARY = "start_canary"
+CLOSE_CANARY = "close_canary"
+
+
+def canary_workflow_id(origin_job_id: str, provider_id: str) -> str:
+    return f"canary-{origin_job_id}-{provider_id}"
+
+
+@dataclass
+class CanaryRequest:
+    job_id: str  # the job whose accepted run may be followed by a canary
+    provider_id: str
+    draw: float  # uniform in [0, 1), drawn by the workflow so replays see the same
+
+
+@dataclass
+class CanaryPlan:
+    run: bool
+    reason: str
+    seed: str = ""  # 32 hex digits: the canary's work and known answer follow from it
+    delay_s: float = 0.0  # wait this long first, so a canary does not follow a job at once
+
+
+@dataclass
+class CanaryInput:
+    origin_job_id: str
+    provider_id: str
+    seed: str
+    delay_s: float = 0.0
+    gpu_heartbeat_timeout_s: float = 10.0
+    gpu_schedule_to_start_timeout_s: float = 30.0
+
+
+@dataclass
+class CanaryStartRequest:
+    origin_job_id: str
+    provider_id: str
+    seed: str
+
+
+@dataclass
+class CanaryStart:
+    started: bool  # False: skipped (provider offline, no free GPU, no runtime that fits)
+    reason: str
+    job_id: str = ""
+    client_id: str = ""
+    gpu_indexes: list[int] = field(default_factory=list)
+    price_per_gpu_hour_micro: int = 0
+
+
+@dataclass
+class CanaryReport:
+    """How the canary's run went, as the workflow saw it; `lost` or `void` end it unjudged."""
+
+    origin_job_id: str
+    provider_id: str
+    attempt: int
+    exit_code: int | None = None
+    timed_out: bool = False
+    gpu_ms: int = 0
+    manifest: list[ManifestEntry] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    lost: bool = False  # the provider stopped answering (already recorded as lost)
+    void: str = ""  # the run could not be judged, and why
+
+
+@dataclass
+class CanaryResult:
+    origin_job_id: str
+    provider_id: str
+    job_id: str
+    outcome: str  # success | failure | timeout | mismatch | lost | void | skipped
+    reason: str
+    paid_micro: int = 0

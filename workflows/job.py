@@ -27,6 +27,7 @@ from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     TimeoutError,
+    WorkflowAlreadyStartedError,
     is_cancelled_exception,
 )
 from temporalio.workflow import ActivityCancellationType
@@ -57,6 +58,8 @@ GPU_RETRY = RetryPolicy(
 TRANSFER_S = 3600.0
 # Workflow versions: the network's own adaptive checks came after the first histories.
 ADAPTIVE_CHECKS = "adaptive-checks"
+# ... and the known-answer canaries that may follow a provider's accepted run.
+CANARIES = "canaries"
 
 
 class ProviderLostError(Exception):
@@ -385,6 +388,32 @@ class JobWorkflow:
         await self._control(
             c.FINISH_JOB, c.FinishRequest(inp.job_id, verdict.succeeded, verdict.reason)
         )
+        if workflow.patched(CANARIES):
+            # A known-answer canary may follow each provider whose run was accepted, at
+            # its canary rate; it runs on its own (abandoned) and never holds up the job.
+            trusted = _unique([r.alloc.provider_id for r in runs if r.executed is not None
+                               and r.purpose == "run" and r.alloc.attempt in accepted])
+            for pid in trusted:
+                try:
+                    plan = await self._control(
+                        c.PLAN_CANARY,
+                        c.CanaryRequest(inp.job_id, pid, workflow.random().random()),
+                        c.CanaryPlan,
+                    )
+                    if plan.run:
+                        await workflow.start_child_workflow(
+                            c.CANARY_WORKFLOW,
+                            c.CanaryInput(inp.job_id, pid, plan.seed, plan.delay_s,
+                                          inp.gpu_heartbeat_timeout_s,
+                                          inp.gpu_schedule_to_start_timeout_s),
+                            id=c.canary_workflow_id(inp.job_id, pid),
+                            task_queue=workflow.info().task_queue,
+                            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                        )
+                except (asyncio.CancelledError, ActivityError, WorkflowAlreadyStartedError) as err:
+                    if is_cancelled_exception(err):
+                        break  # the job has finished: a cancel now only stops the canaries
+                    workflow.logger.warning("no canary for %s: %s", pid, err)
         self._step = "done"
         state = "SUCCEEDED" if verdict.succeeded else "FAILED"
         provider = held[0].alloc.provider_id if held else ""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from domain.application import Network
-from domain.matching import Candidate, Decision, Requirements, decide
+from domain.matching import Candidate, Decision, Requirements, decide, score
 from infra.settings import Settings
 from tests.domain.support import (
     H100,
@@ -71,11 +71,29 @@ def test_equal_price_goes_to_the_better_reputation() -> None:
     assert decision.provider_id == "b"
 
 
-def test_cheaper_beats_better_reputation() -> None:
+def test_half_the_price_beats_a_slightly_better_reputation() -> None:
+    # a: 0.5*0.5 + 0.3*0.2 = 0.31; b: 0.5*1.0 + 0.3*0.0 = 0.5
     decision = decide(
-        req(), [cand("a", price=999_999, reputation=0.1), cand("b", reputation=0.99)], set()
+        req(), [cand("a", price=1_000_000, reputation=0.8), cand("b", price=2_000_000,
+                                                               reputation=1.0)], set()
     )
     assert decision.provider_id == "a"
+
+
+def test_a_much_better_reputation_beats_a_small_saving() -> None:
+    # a: 0.5*0.45 + 0.3*0.9 = 0.495; b: 0.5*0.5 + 0.3*0.01 = 0.253
+    decision = decide(
+        req(), [cand("a", price=900_000, reputation=0.1), cand("b", reputation=0.99)], set()
+    )
+    assert decision.provider_id == "b"
+
+
+def test_score_is_the_documented_weighted_sum() -> None:
+    c = Candidate("p", 500_000, 0.75, True, [gpu(0), gpu(1)], [1], region="eu")
+    # price 0.25 of max, reputation 0.75, remote, half the GPUs busy
+    expected = 0.5 * 0.25 + 0.3 * 0.25 + 0.1 * 1 + 0.1 * 0.5
+    assert score(req(), c, home_region="us") == pytest.approx(expected)
+    assert score(req(), c, home_region="eu") == pytest.approx(expected - 0.1)
 
 
 def test_full_tie_goes_to_the_lowest_provider_id() -> None:
@@ -88,7 +106,7 @@ def test_decision_does_not_depend_on_candidate_order() -> None:
         cand("a", price=1_000_000, reputation=0.6),
         cand("b", price=1_000_000, reputation=0.6),
         cand("c", price=1_000_000, reputation=0.8),
-        cand("d", price=1_100_000, reputation=0.99),
+        cand("d", price=1_600_000, reputation=0.7),
     ]
     decisions = {
         decide(req(), list(order), set()).provider_id

@@ -112,3 +112,67 @@ def test_reputation_through_the_app(app: Network) -> None:
     with pytest.raises(DomainError, match="unknown outcome 'meh'"):
         app.record_reputation("job-3", "p", "meh")
     assert notification_count(app) == count
+
+
+# Time decay, confidence and probation
+
+DAY = 86_400.0
+
+
+def test_an_outcome_weighs_half_after_one_half_life() -> None:
+    from domain.reputation import HALF_LIFE_DAYS, reputation
+
+    fresh = reputation([("lost", 0.0)], as_of=0.0)
+    aged = reputation([("lost", 0.0)], as_of=HALF_LIFE_DAYS * DAY)
+    assert fresh.weighted["lost"] == 1.0 and aged.weighted["lost"] == pytest.approx(0.5)
+    assert fresh.score == pytest.approx(1 / (1 + 1 + 3))
+    assert aged.score == pytest.approx(1 / (1 + 1 + 1.5))
+
+
+def test_old_faults_fade_so_recent_work_counts_most() -> None:
+    from domain.reputation import reputation
+
+    old_faults = [("mismatch", 0.0)] * 3 + [("success", 200 * DAY)] * 10
+    new_faults = [("success", 0.0)] * 10 + [("mismatch", 200 * DAY)] * 3
+    assert reputation(old_faults, as_of=200 * DAY).score > 0.9
+    assert reputation(new_faults, as_of=200 * DAY).score < 0.1
+
+
+def test_without_new_outcomes_a_score_drifts_back_towards_one_half() -> None:
+    from domain.reputation import reputation
+
+    good = [("success", 0.0)] * 20
+    now, later = reputation(good, 0.0).score, reputation(good, 365 * DAY).score
+    assert now > later > 0.5
+
+
+def test_confidence_grows_with_history_and_probation_ends_after_five() -> None:
+    from domain.reputation import CONFIDENCE_HALF, PROBATION, reputation
+
+    assert reputation([], 0.0).confidence == 0.0 and reputation([], 0.0).probation
+    confidences = [reputation([("success", 0.0)] * n, 0.0).confidence for n in range(1, 30)]
+    assert confidences == sorted(confidences)
+    assert reputation([("success", 0.0)] * int(CONFIDENCE_HALF), 0.0).confidence == 0.5
+    assert reputation([("success", 0.0)] * (PROBATION - 1), 0.0).probation
+    assert not reputation([("success", 0.0)] * PROBATION, 0.0).probation
+
+
+def test_the_aggregate_records_when_each_outcome_happened() -> None:
+    p = Provider(provider_id="p", region="eu", price_per_gpu_hour_micro=1, gpus=[])
+    p.record_outcome("j1", "success", at=1_000.0)
+    p.record_outcome("j2", "lost", at=2_000.0)
+    assert p.outcome_times == [1_000.0, 2_000.0]
+    assert p.reputation_at(2_000.0).score == pytest.approx(
+        __import__("domain.reputation", fromlist=["reputation"]).reputation(
+            [("success", 1_000.0), ("lost", 2_000.0)], 2_000.0).score)
+
+
+def test_a_provider_snapshot_from_before_outcome_times_still_loads() -> None:
+    from datetime import UTC, datetime
+
+    state = {"outcomes": ["success", "lost"], "_modified_on": datetime(2026, 1, 1, tzinfo=UTC)}
+    Provider.upcast_v2_v3(state)
+    assert state["outcome_times"] == [datetime(2026, 1, 1, tzinfo=UTC).timestamp()] * 2
+    old = {"reservations": {}}
+    Provider.upcast_v1_v2(old)
+    assert old["suspended"] == [] and old["degraded"] == {} and old["reservation_clients"] == {}

@@ -159,8 +159,8 @@ def test_unknown_field_is_named() -> None:
 
 
 def test_unknown_top_level_field_is_named() -> None:
-    err = refusal(spec_with(priority="high"))
-    assert err.errors == [("priority", "is not a known field")]
+    err = refusal(spec_with(urgency="high"))
+    assert err.errors == [("urgency", "is not a known field")]
 
 
 def test_missing_fields_are_required() -> None:

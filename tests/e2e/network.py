@@ -20,6 +20,8 @@ FAST_FAULTS = {
     "GPGPU_PROVIDER_HEARTBEAT_INTERVAL_S": "1",
     # Tests that count runs turn the network's own random checks off; one module turns them on.
     "GPGPU_ADAPTIVE_CHECKS": "false",
+    # Likewise the known-answer canaries; tests/e2e/test_canaries.py turns them on at rate 1.
+    "GPGPU_CANARIES": "false",
     "GPGPU_PROVIDER_OFFLINE_AFTER_S": "20",  # generous: a loaded CI machine delays beats
 }
 

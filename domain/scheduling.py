@@ -1,0 +1,216 @@
+"""Scheduling: which of a queue's waiting jobs goes next, and onto which GPUs.
+
+Pure functions of what the caller passes in (no I/O, no clock), so the order a
+scheduler placed jobs in and the queue position the API shows come from the
+same code.
+
+Order (`fair_order`): higher priority first. Within one priority, with fair
+share on, the next job is the oldest job of the client that holds the fewest
+GPUs, counting the GPUs it already runs on and those this order has handed it
+so far; so one client's 500 jobs do not starve another's 5 (each gets every
+other GPU). With fair share off, oldest first.
+
+Placement (`plan`): in that order, each job gets the best-scoring provider that
+is eligible (`domain.matching.assess`) and still has enough free GPUs after the
+placements before it. A client at the queue's cap on concurrent GPUs waits; a
+job that fits nowhere waits, and smaller jobs behind it may still start
+(backfill: a large job can wait long on a busy queue; its position shows it).
+
+Speed: providers are sorted once per round by score for each distinct set of
+requirements, so one decision looks at the first few providers of a sorted
+list instead of every provider; a provider's load term is as of the round's
+start.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from domain.matching import Candidate, Requirements, score
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One allocation a job waits for (a job with replicas waits for several)."""
+
+    job_id: str
+    attempt: int
+    client_id: str
+    priority: int
+    queued_at: float  # when the job entered the queue: equals go oldest first
+    req: Requirements
+    excluded: frozenset[str] = frozenset()
+    queue: str = "default"  # "<node>/<queue>"
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: str
+    attempt: int
+    client_id: str
+    provider_id: str
+    gpu_indexes: list[int]
+    price_per_gpu_hour_micro: int
+
+
+@dataclass
+class Plan:
+    placements: list[Placement] = field(default_factory=list)
+    # (job id, attempt) -> why it still waits ("client cap", "no eligible GPUs")
+    waiting: dict[tuple[str, int], str] = field(default_factory=dict)
+
+
+def fair_order(
+    waiting: Iterable[Waiting], held_by_client: Mapping[str, int], fair_share: bool = True
+) -> list[Waiting]:
+    """The order in which waiting jobs get GPUs (see the module docstring)."""
+    oldest_first = sorted(waiting, key=lambda w: (w.queued_at, w.job_id, w.attempt))
+    if not fair_share:
+        return sorted(oldest_first, key=lambda w: -w.priority)  # stable: FIFO per priority
+    held = defaultdict(int, held_by_client)
+    by_priority: dict[int, dict[str, deque[Waiting]]] = defaultdict(dict)
+    for w in oldest_first:
+        by_priority[w.priority].setdefault(w.client_id, deque()).append(w)
+    ordered: list[Waiting] = []
+    for priority in sorted(by_priority, reverse=True):
+        lines = by_priority[priority]
+        heap = [(held[c], line[0].queued_at, c) for c, line in lines.items()]
+        heapq.heapify(heap)
+        while heap:
+            _, _, client = heapq.heappop(heap)
+            line = lines[client]
+            job = line.popleft()
+            ordered.append(job)
+            held[client] += job.req.gpus
+            if line:
+                heapq.heappush(heap, (held[client], line[0].queued_at, client))
+    return ordered
+
+
+class _Pool:
+    """The round's view of free GPUs, updated as placements are made."""
+
+    def __init__(self, candidates: Iterable[Candidate], home_region: str) -> None:
+        self.by_id = {c.provider_id: c for c in candidates}
+        self.free = {pid: list(c.free_gpu_indexes) for pid, c in self.by_id.items()}
+        self.home_region = home_region
+        self._sorted: dict[Requirements, list[str]] = {}
+        # Providers grouped by the GPUs they have, so a model/memory test runs per group.
+        self._shapes: dict[tuple[tuple[str, int], ...], list[Candidate]] = defaultdict(list)
+        for c in self.by_id.values():
+            shape = tuple(sorted((str(g["model"]), int(g["memory_mb"])) for g in c.gpus))
+            self._shapes[shape].append(c)
+
+    def ranked(self, req: Requirements) -> list[str]:
+        """Providers that could serve `req` when free, best score first (cached per round).
+
+        The same tests as `domain.matching.assess`, grouped for speed; a test checks
+        that both agree.
+        """
+        ranked = self._sorted.get(req)
+        if ranked is not None:
+            return ranked
+        judged = []
+        for shape, members in self._shapes.items():
+            if sum(1 for model, memory in shape if _fits(req, model, memory)) < req.gpus:
+                continue
+            for c in members:
+                if (
+                    not c.online
+                    or c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro
+                    or c.reputation < req.min_reputation
+                    or (req.region is not None and c.region != req.region)
+                    or req.runtime not in c.runtimes
+                ):
+                    continue
+                judged.append((score(req, c, self.home_region), c.provider_id))
+        judged.sort()
+        ranked = self._sorted[req] = [pid for _, pid in judged]
+        return ranked
+
+    def take(self, w: Waiting, also_excluded: set[str]) -> tuple[str, list[int]] | None:
+        for pid in self.ranked(w.req):
+            if pid in w.excluded or pid in also_excluded:
+                continue
+            free = self.free[pid]
+            if len(free) < w.req.gpus:
+                continue
+            c = self.by_id[pid]
+            fitting = [g["index"] for g in c.gpus
+                       if g["index"] in free and _fits(w.req, str(g["model"]),
+                                                       int(g["memory_mb"]))]
+            if len(fitting) < w.req.gpus:
+                continue
+            chosen = fitting[: w.req.gpus]
+            self.free[pid] = [i for i in free if i not in chosen]
+            return pid, chosen
+        return None
+
+
+def _fits(req: Requirements, model: str, memory_mb: int) -> bool:
+    lowered = model.lower()
+    return (
+        (req.gpu_model is None or req.gpu_model.lower() in lowered)
+        and (not req.queue_models or any(m.lower() in lowered for m in req.queue_models))
+        and memory_mb >= req.min_gpu_memory_mb
+    )
+
+
+def plan(
+    waiting: Iterable[Waiting],
+    candidates: Iterable[Candidate],
+    held_by_client: Mapping[str, int],
+    *,
+    fair_share: bool = True,
+    max_gpus_per_client: int = 0,
+    home_region: str = "",
+    timings: list[float] | None = None,
+) -> Plan:
+    """Place as many waiting jobs as fit, in fair order; say why the others wait."""
+    pool = _Pool(candidates, home_region)
+    ordered = fair_order(waiting, held_by_client, fair_share)
+    for req in {w.req for w in ordered}:  # rank once per kind of job, before deciding
+        pool.ranked(req)
+    held = defaultdict(int, held_by_client)
+    chosen_for: dict[str, set[str]] = defaultdict(set)  # replicas never share a provider
+    result = Plan()
+    for w in ordered:
+        key = (w.job_id, w.attempt)
+        if max_gpus_per_client and held[w.client_id] + w.req.gpus > max_gpus_per_client:
+            result.waiting[key] = (
+                f"client {w.client_id} holds {held[w.client_id]} of its "
+                f"{max_gpus_per_client} GPUs"
+            )
+            continue
+        if timings is None:
+            taken = pool.take(w, chosen_for[w.job_id])
+        else:  # bench/matching.py: how long one decision takes
+            started = time.perf_counter()
+            taken = pool.take(w, chosen_for[w.job_id])
+            timings.append(time.perf_counter() - started)
+        if taken is None:
+            result.waiting[key] = "no eligible GPUs free"
+            continue
+        pid, gpus = taken
+        chosen_for[w.job_id].add(pid)
+        held[w.client_id] += len(gpus)
+        price = pool.by_id[pid].price_per_gpu_hour_micro
+        result.placements.append(Placement(w.job_id, w.attempt, w.client_id, pid, gpus, price))
+    return result
+
+
+def positions(
+    waiting: Iterable[Waiting], held_by_client: Mapping[str, int], fair_share: bool = True
+) -> dict[str, int]:
+    """Each waiting job's place in line (1 is next), by its first waiting allocation."""
+    line: dict[str, int] = {}
+    for w in fair_order(waiting, held_by_client, fair_share):
+        line.setdefault(w.job_id, len(line) + 1)
+    return line
+
+
+__all__ = ["Placement", "Plan", "Waiting", "fair_order", "plan", "positions", "score"]
