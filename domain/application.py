@@ -42,9 +42,11 @@ from domain.matching import (
     Assessment,
     Candidate,
     Decision,
+    GpuAssessment,
     Requirements,
     decide,
     explain,
+    explain_gpus,
     gb_to_mib,
 )
 from domain.money import cost_of_gpu_time
@@ -373,6 +375,17 @@ class Network(Application[Any]):
             raise DomainError(f"queue: node {node_id!r} has no queue {queue!r}")
         providers = [self.provider(pid) for pid in node.provider_ids]
         return explain(
+            self._requirements(spec, node), self._candidates(providers, online), set(), node.region
+        )
+
+    def explain_gpus(self, spec: JobSpec, online: set[str]) -> list[GpuAssessment]:
+        """Every GPU of the spec's node: eligible now (best first), or why not."""
+        node_id, queue = split_queue(spec.queue)
+        node = self.node(node_id)
+        if queue not in node.queues:
+            raise DomainError(f"queue: node {node_id!r} has no queue {queue!r}")
+        providers = [self.provider(pid) for pid in node.provider_ids]
+        return explain_gpus(
             self._requirements(spec, node), self._candidates(providers, online), set(), node.region
         )
 

@@ -116,18 +116,9 @@ def assess(
         return Assessment(c.provider_id, False, reason, [], c.price_per_gpu_hour_micro,
                           c.reputation, points)
 
-    if c.provider_id in excluded:
-        return no("excluded: lost while running this job")
-    if not c.online:
-        return no("offline")
-    if req.region is not None and c.region != req.region:
-        return no(f"in region {c.region}, not {req.region}")
-    if req.runtime not in c.runtimes:
-        return no(f"no {req.runtime} runtime")
-    if c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro:
-        return no("price above the job's maximum")
-    if c.reputation < req.min_reputation:
-        return no(f"reputation {c.reputation:.2f} below the job's minimum {req.min_reputation}")
+    whole = _provider_reason(req, c, excluded)
+    if whole:
+        return no(whole)
     matching = _matching_gpus(req, c.gpus)
     if len(matching) < req.gpus:
         return no("no GPUs of the requested model and memory")
@@ -143,6 +134,23 @@ def assess(
         return no("busy")
     return Assessment(c.provider_id, True, "", fitting[: req.gpus], c.price_per_gpu_hour_micro,
                       c.reputation, points)
+
+
+def _provider_reason(req: Requirements, c: Candidate, excluded: set[str]) -> str:
+    """Why none of this provider's GPUs can take the job, whatever the GPUs; "" if none."""
+    if c.provider_id in excluded:
+        return "excluded: lost while running this job"
+    if not c.online:
+        return "offline"
+    if req.region is not None and c.region != req.region:
+        return f"in region {c.region}, not {req.region}"
+    if req.runtime not in c.runtimes:
+        return f"no {req.runtime} runtime"
+    if c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro:
+        return "price above the job's maximum"
+    if c.reputation < req.min_reputation:
+        return f"reputation {c.reputation:.2f} below the job's minimum {req.min_reputation}"
+    return ""
 
 
 def explain(
@@ -166,3 +174,67 @@ def decide(
         return Decision(provider_id=None, rejected=rejected)
     best = judged[0]
     return Decision(best.provider_id, best.gpu_indexes, best.price_per_gpu_hour_micro, rejected)
+
+
+@dataclass(frozen=True)
+class GpuAssessment:
+    """One GPU, judged for one job: could it be among the job's GPUs now, or why not."""
+
+    provider_id: str
+    index: int
+    model: str
+    memory_mb: int
+    eligible: bool
+    reason: str  # why not; "" when eligible
+    price_per_gpu_hour_micro: int
+    reputation: float
+    score: float
+
+
+def explain_gpus(
+    req: Requirements, candidates: list[Candidate], excluded: set[str], home_region: str = ""
+) -> list[GpuAssessment]:
+    """Every GPU of every provider judged: the eligible first (best score first).
+
+    A provider-wide reason (offline, region, runtime, price, reputation, excluded) applies
+    to each of its GPUs; then each GPU's own: model, memory, suspended, degraded, busy; and
+    a GPU that fits on a machine without enough other fitting free GPUs says so.
+    """
+    rows: list[GpuAssessment] = []
+    for c in candidates:
+        points = score(req, c, home_region)
+        whole = _provider_reason(req, c, excluded)
+        fitting_free = [
+            g["index"] for g in c.gpus
+            if g["index"] in set(c.free_gpu_indexes) and _matching_gpus(req, [g])
+        ]
+        for g in c.gpus:
+            index = int(g["index"])
+            reason = whole or _gpu_reason(req, c, g)
+            if not reason and len(fitting_free) < req.gpus:
+                reason = (f"the job needs {req.gpus} GPUs on one machine; "
+                          f"{len(fitting_free)} fit and are free here")
+            rows.append(GpuAssessment(
+                c.provider_id, index, str(g["model"]), int(g["memory_mb"]), not reason, reason,
+                c.price_per_gpu_hour_micro, c.reputation, points,
+            ))
+    return sorted(rows, key=lambda r: (not r.eligible, r.score if r.eligible else 0.0,
+                                       r.provider_id, r.index))
+
+
+def _gpu_reason(req: Requirements, c: Candidate, g: dict[str, Any]) -> str:
+    model = str(g["model"])
+    index = int(g["index"])
+    if req.gpu_model is not None and not _model_fits(req.gpu_model, model):
+        return f"model {model} is not {req.gpu_model}"
+    if req.queue_models and not any(_model_fits(m, model) for m in req.queue_models):
+        return f"model {model} is not served by this queue ({', '.join(req.queue_models)})"
+    if int(g["memory_mb"]) < req.min_gpu_memory_mb:
+        return f"memory {g['memory_mb']} MiB below the job's {req.min_gpu_memory_mb} MiB"
+    if index in c.suspended:
+        return "suspended"
+    if index in c.degraded:
+        return f"degraded: {c.degraded[index]}"
+    if index not in c.free_gpu_indexes:
+        return "busy"
+    return ""

@@ -321,3 +321,41 @@ def test_concurrent_allocations_from_separate_apps_on_sqlite(sqlite_settings: Se
     finally:
         for network in [setup, *apps]:
             network.close()
+
+
+# Per-GPU explanations
+
+
+def test_explain_gpus_gives_every_gpu_a_reason() -> None:
+    from domain.matching import explain_gpus
+
+    l4, h100 = ("NVIDIA L4", 23_034), (H100, 81_559)
+    cands = [
+        Candidate("cheap", 500_000, 0.9, True,
+                  [gpu(0, *h100), gpu(1, *h100), gpu(2, *h100), gpu(3, *l4)], [0, 3],
+                  suspended=(1,), degraded={2: "ECC errors: 2"}),
+        Candidate("dear", 3_000_000, 0.9, True, [gpu(0, *h100)], [0]),
+        Candidate("quiet", 500_000, 0.9, False, [gpu(0, *h100)], [0]),
+        Candidate("far", 500_000, 0.9, True, [gpu(0, *h100)], [0], region="us"),
+        Candidate("lone", 500_000, 0.9, True, [gpu(0, *h100), gpu(1, *h100)], [0],
+                  region="eu"),
+    ]
+    wanted = Requirements(gpus=1, gpu_model="H100", min_gpu_memory_mb=0,
+                          max_price_per_gpu_hour_micro=2_000_000, region=None)
+    rows = {(r.provider_id, r.index): r.reason for r in explain_gpus(wanted, cands, set())}
+    assert rows == {
+        ("cheap", 0): "",
+        ("cheap", 1): "suspended",
+        ("cheap", 2): "degraded: ECC errors: 2",
+        ("cheap", 3): "model NVIDIA L4 is not H100",
+        ("dear", 0): "price above the job's maximum",
+        ("quiet", 0): "offline",
+        ("far", 0): "",
+        ("lone", 0): "",
+        ("lone", 1): "busy",
+    }
+    two = Requirements(gpus=2, gpu_model="H100", min_gpu_memory_mb=0,
+                       max_price_per_gpu_hour_micro=2_000_000, region="eu")
+    rows = {(r.provider_id, r.index): r.reason for r in explain_gpus(two, cands, set())}
+    assert rows[("lone", 0)] == "the job needs 2 GPUs on one machine; 1 fit and are free here"
+    assert rows[("far", 0)] == "in region us, not eu"
