@@ -15,15 +15,18 @@ import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from worker_gpu import checkpoint
 from worker_gpu.runtime import JobRuntime, ProgressFn, RunOutcome
+from worker_gpu.runtime_docker import WORKDIR as CONTAINER_WORKDIR
 from worker_gpu.runtime_docker import DockerRuntime, EngineUnavailable, ImageUnavailable
+from worker_gpu.runtime_process import read_log_tail
 from worker_gpu.ticker import Ticker
 from worker_gpu.transfer import (
     HttpFailure,
@@ -194,6 +197,11 @@ class GpuActivities:
                 )
         work = self.work_dir(request.job_id, request.attempt)
         work.mkdir(parents=True, exist_ok=True)
+        (work / checkpoint.CHECKPOINT_DIR).mkdir(exist_ok=True)
+        # The job's own checkpoints (worker_gpu/checkpoint.py) go here; an earlier attempt's
+        # were staged here as inputs.
+        where = self._checkpoint_dir(work, request)
+        request = replace(request, env={**request.env, checkpoint.ENV_VAR: where})
         cancel = threading.Event()
 
         def on_progress(elapsed_s: float, log_tail: str) -> None:
@@ -210,8 +218,18 @@ class GpuActivities:
         log.info(
             "job %s: running %s on GPUs %s", request.job_id, request.command, request.gpu_indexes
         )
-        with self._holding(request.gpu_indexes):
-            outcome = self._run(request, work, on_progress, cancel)
+        uploader = None
+        if request.checkpoint is not None:
+            uploader = checkpoint.CheckpointUploader(
+                request.checkpoint, work, job_id=request.job_id, attempt=request.attempt
+            ).start()
+        try:
+            with self._holding(request.gpu_indexes):
+                outcome = self._run(request, work, on_progress, cancel)
+        finally:
+            if uploader is not None:
+                uploader.stop()
+        outcome = self._note_checkpoints(request, uploader, outcome)
         if cancel.is_set():
             raise CancelledError(f"job {request.job_id} was cancelled; its processes were killed")
         log.info(
@@ -228,6 +246,34 @@ class GpuActivities:
             gpu_ms=outcome.wall_ms * len(request.gpu_indexes),
             log_tail=outcome.log_tail,
         )
+
+    @staticmethod
+    def _checkpoint_dir(work: Path, request: ExecuteRequest) -> str:
+        """Where the job sees its checkpoint directory (GPGPU_CHECKPOINT_DIR)."""
+        if request.image:
+            return f"{CONTAINER_WORKDIR}/{checkpoint.CHECKPOINT_DIR}"
+        return str((work / checkpoint.CHECKPOINT_DIR).resolve())
+
+    def _note_checkpoints(
+        self,
+        request: ExecuteRequest,
+        uploader: checkpoint.CheckpointUploader | None,
+        outcome: RunOutcome,
+    ) -> RunOutcome:
+        """Tell the job's log where its checkpoint came from and what could not be uploaded.
+
+        Written once the job has stopped: its own output goes to the log through a file
+        offset of its own, which would overwrite lines appended while it runs.
+        """
+        plan = request.checkpoint
+        notes = [checkpoint.resumed_note(plan)] if plan is not None and plan.resumed else []
+        notes += uploader.notes if uploader is not None else []
+        if not notes:
+            return outcome
+        log_path = self.attempt_dir(request.job_id, request.attempt) / "job.log"
+        with log_path.open("a", encoding="utf-8") as f:
+            f.writelines(f"gpgpu: {note}\n" for note in notes)
+        return outcome._replace(log_tail=read_log_tail(log_path))
 
     def _run(
         self,

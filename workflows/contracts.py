@@ -102,6 +102,7 @@ class TransferPlan:
     timeout_s: int = 600
     image: str | None = None
     network: bool = False
+    checkpoint: CheckpointPlan | None = None  # None: this run keeps no checkpoint
 
 
 @dataclass
@@ -127,6 +128,7 @@ class ExecuteRequest:
     env: dict[str, str] = field(default_factory=dict)
     image: str | None = None  # run in this container image (the docker runtime)
     network: bool = False  # the job asked for network access
+    checkpoint: CheckpointPlan | None = None  # upload the job's checkpoint/ while it runs
 
 
 @dataclass
@@ -369,3 +371,27 @@ class CanaryResult:
     outcome: str  # success | failure | timeout | mismatch | lost | void | skipped
     reason: str
     paid_micro: int = 0
+
+
+# Checkpoints (worker_gpu/checkpoint.py): a job's checkpoint/ directory, uploaded while it
+# runs, staged into the next attempt when its provider is lost.
+
+
+@dataclass
+class CheckpointPlan:
+    """Where one run uploads its job's checkpoint while it runs.
+
+    Files go to `slots` (presigned PUTs, taken in turn so that no file of the last
+    complete checkpoint is ever overwritten), then the manifest to `manifest_url`.
+    """
+
+    manifest_key: str  # jobs/<job_id>/checkpoint.json
+    manifest_url: str  # presigned PUT
+    slots: list[OutputTransfer]  # presigned PUTs for the files, twice max_files of them
+    max_bytes: int
+    max_files: int
+    interval_s: float = 5.0
+    # The checkpoint this run starts from (staged into checkpoint/ as inputs): paths
+    # relative to checkpoint/, keys where its files already are.
+    resumed: list[ManifestEntry] = field(default_factory=list)
+    resumed_from_attempt: int = 0

@@ -122,10 +122,8 @@ def test_500_jobs_on_20_gpus_with_concurrent_schedulers_never_double_book(
     app: Network, open_app: Callable[[], Network], settings: Settings, jobs: int
 ) -> None:
     job_ids = _network(app, jobs=jobs, clients=5, gpus=20)
-    if settings.event_store == "memory":
-        apps = [app]  # the memory store is one process's: one app, two schedulers on it
-    else:
-        apps = [open_app(), open_app()]
+    # The memory store is one process's: there, one app with two schedulers on it.
+    apps = [app] if settings.event_store == "memory" else [open_app(), open_app()]
     online = {f"p{p:02d}" for p in range(10)}
     schedulers = [Scheduler(apps[i % len(apps)], lambda: online, 0.01) for i in range(2)]
     rng = random.Random(7)
