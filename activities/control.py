@@ -7,6 +7,8 @@ commands are idempotent by business key.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,13 +21,15 @@ from activities.scheduler import Scheduler
 from activities.verify import judge, output_key
 from domain.application import Network, Payment
 from domain.errors import DomainError
-from domain.spec import JobSpec
+from domain.spec import JobSpec, check_relative_path
 from domain.verification import check_rate, decide_check
 from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
 from infra.signing import presigned_url
-from infra.storage import ObjectStore
+from infra.storage import ObjectStore, StorageError
 from workflows import contracts as c
+
+log = logging.getLogger(__name__)
 
 
 def _refuse(err: Exception) -> ApplicationError:
@@ -114,9 +118,24 @@ class ControlActivities:
             key = output_key(req.job_id, path, req.attempt)
             url = presigned_url(secret, base, "PUT", job.client_id, key, expires)
             outputs.append(c.OutputTransfer(path, key, url))
+        checkpoint = None
+        if spec.verification.replicas == 1 and not job.manifests:
+            # The job's one line of runs (not a check or a tie-break that follows it): it
+            # keeps a checkpoint, and a run after a lost provider starts from the last one.
+            checkpoint = _checkpoint_plan(
+                self.store, self.settings, job.client_id, req, expires, {i.name for i in inputs}
+            )
+            inputs += [
+                c.InputTransfer(
+                    f"{CHECKPOINT_DIR}/{e.path}",
+                    presigned_url(secret, base, "GET", job.client_id, e.key, expires),
+                    e.sha256, e.size,
+                )
+                for e in checkpoint.resumed
+            ]
         return c.TransferPlan(
             req.job_id, req.attempt, inputs, outputs, spec.command, spec.env, spec.timeout_s,
-            spec.image, spec.network,
+            spec.image, spec.network, checkpoint,
         )
 
     @activity.defn(name=c.RECORD_JOB_STEP)
@@ -216,3 +235,77 @@ class ControlActivities:
             self.mark_provider_lost, self.verify_job, self.settle_job, self.record_reputation,
             self.release_gpus, self.finish_job, self.plan_check,
         ]
+
+
+# Checkpoints (worker_gpu/checkpoint.py has the provider's side and the convention).
+
+CHECKPOINT_DIR = "checkpoint"
+MANIFEST_LIMIT = 1 << 20  # bytes of checkpoint.json worth reading
+
+
+def checkpoint_manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}/checkpoint.json"
+
+
+def checkpoint_slot_key(job_id: str, attempt: int, slot: int) -> str:
+    """Each run uploads into slots of its own, so no run overwrites another's checkpoint."""
+    return f"jobs/{job_id}/checkpoint/{attempt}/{slot}"
+
+
+def _checkpoint_plan(
+    store: ObjectStore, settings: Settings, client_id: str, req: c.AllocateRequest,
+    expires: int, taken: set[str],
+) -> c.CheckpointPlan:
+    """Presigned PUTs for this run's checkpoint and, after a lost run, the last one to resume."""
+    secret, base = settings.signing_secret, settings.api_url
+    manifest_key = checkpoint_manifest_key(req.job_id)
+    slots = []
+    for n in range(2 * settings.checkpoint_max_files):
+        key = checkpoint_slot_key(req.job_id, req.attempt, n)
+        slots.append(c.OutputTransfer(str(n), key,
+                                      presigned_url(secret, base, "PUT", client_id, key, expires)))
+    resumed: list[c.ManifestEntry] = []
+    source = 0
+    if req.attempt > 1:  # the first attempt has no checkpoint to start from
+        try:
+            resumed, source = _last_checkpoint(store, settings, client_id, req.job_id)
+        except (StorageError, ValueError, KeyError, TypeError, AttributeError) as err:
+            log.warning("job %s: not resuming from its checkpoint: %s", req.job_id, err)
+        # A declared input keeps its place; a checkpoint file of the same name stays behind.
+        resumed = [e for e in resumed if f"{CHECKPOINT_DIR}/{e.path}" not in taken]
+    return c.CheckpointPlan(
+        manifest_key, presigned_url(secret, base, "PUT", client_id, manifest_key, expires),
+        slots, settings.checkpoint_max_bytes, settings.checkpoint_max_files,
+        settings.checkpoint_interval_s, resumed, source,
+    )
+
+
+def _last_checkpoint(
+    store: ObjectStore, settings: Settings, client_id: str, job_id: str
+) -> tuple[list[c.ManifestEntry], int]:
+    """The last complete checkpoint, each file checked against storage; none: ([], 0)."""
+    key = checkpoint_manifest_key(job_id)
+    try:
+        info, chunks = store.open(client_id, key)
+    except StorageError:
+        return [], 0  # the job never wrote one
+    if info.size > MANIFEST_LIMIT:
+        raise ValueError(f"{key} is larger than {MANIFEST_LIMIT} bytes")
+    doc = json.loads(b"".join(chunks))
+    entries = []
+    for f in doc["files"]:
+        path, file_key, sha256, size = f["path"], f["key"], f["sha256"], f["size"]
+        if not isinstance(path, str) or check_relative_path(path) != path:
+            raise ValueError(f"checkpoint path {path!r} is not a plain relative path")
+        if not isinstance(file_key, str) or not file_key.startswith(f"jobs/{job_id}/checkpoint/"):
+            raise ValueError(f"checkpoint file {path!r} is stored outside the job's checkpoint")
+        stored = store.stat(client_id, file_key)
+        if (stored.sha256, stored.size) != (sha256, size):
+            raise ValueError(f"checkpoint file {path!r} in storage does not match the manifest")
+        entries.append(c.ManifestEntry(path, file_key, sha256, size))
+    if len(entries) > settings.checkpoint_max_files:
+        raise ValueError(f"{len(entries)} files, more than {settings.checkpoint_max_files}")
+    if sum(e.size for e in entries) > settings.checkpoint_max_bytes:
+        raise ValueError(f"more than {settings.checkpoint_max_bytes} bytes")
+    return entries, int(doc.get("attempt", 0))
+

@@ -16,10 +16,10 @@ from typing import Any
 
 
 def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("GPGPU_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from infra.logs import configure_logging
+    from infra.settings import Settings
+
+    configure_logging(os.environ.get("GPGPU_LOG_LEVEL", "INFO"), Settings().log_format)
 
 
 def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.devstack import temporal_binary, wait_for_port
+from workflows.search_attributes import registration_flags
 
 
 def free_port() -> int:
@@ -30,7 +31,7 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--port", str(port), "--http-port", str(free_port()),
             "--metrics-port", str(free_port()), "--db-filename", str(db),
             "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1",
-            "--log-level", "error",
+            "--log-level", "error", *registration_flags(),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

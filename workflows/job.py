@@ -5,7 +5,8 @@ the world is an activity. Control activities run on the workflow's own task
 queue (`control` unless configured otherwise); stage, execute and upload run on
 the allocated provider's own queue. A provider that stops heartbeating (or
 never picks its work up) is marked lost and that run goes back to allocation
-without it.
+without it; the next attempt starts from the checkpoint the job last wrote, if
+any (worker_gpu/checkpoint.py).
 
 Verification: every run's manifest is checked against storage. A client may ask
 for k replicas on distinct providers (a majority of matching outputs decides;
@@ -34,6 +35,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from workflows import contracts as c
+    from workflows import search_attributes as sa
 
 T = TypeVar("T")
 
@@ -60,6 +62,10 @@ TRANSFER_S = 3600.0
 ADAPTIVE_CHECKS = "adaptive-checks"
 # ... and the known-answer canaries that may follow a provider's accepted run.
 CANARIES = "canaries"
+# ... and the checkpoint a run uploads while it runs (resumed from after a lost provider).
+CHECKPOINTS = "checkpoints"
+# ... and the search attributes that show operators each job's state.
+SEARCH_ATTRIBUTES = "search-attributes"
 
 
 class ProviderLostError(Exception):
@@ -103,10 +109,30 @@ class Run:
 @workflow.defn
 class JobWorkflow:
     def __init__(self) -> None:
+        self._searchable = False  # set in run(): may this workflow upsert its attributes?
+        self._shown_state = "SUBMITTED"  # GpgpuState as the API set it at start
         self._step = "admit"
         self._attempts = 0
         self._runs: list[Run] = []  # every allocation that got GPUs, in order
         self._lost: list[str] = []
+
+    @property
+    def _step(self) -> str:
+        return self._step_name
+
+    @_step.setter
+    def _step(self, step: str) -> None:
+        # Every step change is a state operators may search by (GpgpuState).
+        self._step_name = step
+        self._show_state(sa.STATE_OF_STEP.get(step))
+
+    def _show_state(self, state: str | None) -> None:
+        """Keep GpgpuState current, where the workflow was started with its attributes."""
+        if state is None or state == self._shown_state or not self._searchable:
+            return
+        if workflow.patched(SEARCH_ATTRIBUTES):
+            workflow.upsert_search_attributes([sa.STATE.value_set(state)])
+            self._shown_state = state
 
     @workflow.query
     def progress(self) -> dict[str, Any]:
@@ -148,12 +174,17 @@ class JobWorkflow:
 
     @workflow.run
     async def run(self, inp: c.JobInput) -> c.JobResult:
+        # A server without the attributes registered would fail every upsert: the API
+        # started this workflow with them only where the server has them.
+        self._searchable = sa.CLIENT in workflow.info().typed_search_attributes
         try:
-            return await self._run(inp)
+            result = await self._run(inp)
         except (asyncio.CancelledError, ActivityError) as err:
             if not is_cancelled_exception(err):
                 raise
-            return await self._cancelled(inp)
+            result = await self._cancelled(inp)
+        self._show_state(result.state)
+        return result
 
     async def _run(self, inp: c.JobInput) -> c.JobResult:
         admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
@@ -260,11 +291,14 @@ class JobWorkflow:
             await self._step_done(c.JobStep(inp.job_id, "execution_started", pid, attempt))
             self._step = "execute"
             run.started = workflow.now()
+            checkpoint = None
+            if plan.checkpoint is not None and workflow.patched(CHECKPOINTS):
+                checkpoint = plan.checkpoint
             executed = await self._gpu(
                 inp, pid, c.EXECUTE_JOB,
                 c.ExecuteRequest(
                     inp.job_id, attempt, plan.command, run.alloc.gpu_indexes, plan.timeout_s,
-                    plan.env, plan.image, plan.network,
+                    plan.env, plan.image, plan.network, checkpoint,
                 ),
                 c.ExecuteResult, plan.timeout_s + 60.0,
                 # Never run a job twice on the same provider: a lost run is re-allocated.
