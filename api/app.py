@@ -7,20 +7,38 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from api import storage
+from api import metrics, storage
 from api.schema import schema
 from api.services import Services
 from api.types import Context
+from domain.errors import UnknownProvider
 from infra.settings import Settings
 from infra.temporal import connect
 
 WEB = Path(__file__).resolve().parent.parent / "web"
+
+
+class WebUI(StaticFiles):
+    """The built web UI (web/dist). A path it does not hold is one of the UI's own
+    routes (/client/jobs/ID): answer index.html and let the UI route it."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            return await super().get_response(path, scope)
+        except StarletteHTTPException as err:
+            if err.status_code != 404 or "." in path.rsplit("/", 1)[-1]:
+                raise
+            return await super().get_response("index.html", scope)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(graphql, prefix="/graphql")
     app.include_router(storage.router)
+    app.include_router(metrics.router)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, object]:
@@ -56,8 +75,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         position = await asyncio.to_thread(services.projector.position)
         return {"status": "ok", "projection_position": position}
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(WEB / "index.html")
+    @app.post("/providers/{provider_id}/heartbeat")
+    async def provider_heartbeat(provider_id: str, request: Request) -> dict[str, bool]:
+        """The GraphQL providerHeartbeat without GraphQL's per-request cost: the body is the
+        telemetry list (or {"telemetry": [...]}); 400 names the field, 404 an unknown provider."""
+        services: Services = request.app.state.services
+        try:
+            body = await request.json() if await request.body() else None
+        except ValueError:
+            raise HTTPException(400, "the body is not JSON") from None
+        telemetry = body.get("telemetry") if isinstance(body, dict) else body
+        try:
+            await services.heartbeat(provider_id, telemetry)
+        except UnknownProvider as err:
+            raise HTTPException(404, str(err)) from None
+        except ValueError as err:
+            raise HTTPException(400, str(err)) from None
+        return {"ok": True}
+
+    if (WEB / "dist" / "index.html").is_file():  # `make web` built it; mounted last
+        app.mount("/", WebUI(directory=WEB / "dist", html=True), name="web")
+    else:  # no build (no npm): a page saying where the API is
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(WEB / "fallback" / "index.html")
 
     return app

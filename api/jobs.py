@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from temporalio.client import Client
+from temporalio.common import TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
+
 from api.services import Services
 from domain.errors import DomainError
+from domain.node import split_queue
 from domain.spec import JobSpec, SpecError, parse_job_spec
 from infra.storage import ObjectNotFound, StorageError
 from workflows.contracts import JobInput, job_workflow_id
 from workflows.job import JobWorkflow
+from workflows.search_attributes import job_search_attributes
+
+log = logging.getLogger(__name__)
+
+# A server that lacked the search attributes (target, namespace) -> when it was found so;
+# asked again after a while, since an operator may register them on a running cluster.
+_WITHOUT_SEARCH_ATTRIBUTES: dict[tuple[str, str], float] = {}
+RECHECK_SEARCH_ATTRIBUTES_S = 300.0
 
 
 @dataclass
@@ -44,7 +59,7 @@ async def pin_inputs(services: Services, client_id: str, spec: JobSpec) -> JobSp
 async def submit_job(services: Services, client_id: str, data: Any) -> Submitted:
     spec = parse_job_spec(data)
     try:
-        await asyncio.to_thread(services.network.check_queue, spec.queue)
+        await asyncio.to_thread(services.network.check_queue, spec.queue, spec.priority)
     except DomainError as err:
         raise SpecError([("queue", str(err).removeprefix("queue: "))]) from None
     spec = await pin_inputs(services, client_id, spec)
@@ -61,16 +76,49 @@ async def submit_job(services: Services, client_id: str, data: Any) -> Submitted
         gpu_schedule_to_start_timeout_s=settings.gpu_schedule_to_start_timeout_s,
         max_provider_attempts=settings.max_provider_attempts,
     )
+    node, _ = split_queue(spec.queue)
+    attributes = job_search_attributes(client_id, spec.resources.gpu_model, node)
     try:
-        await services.temporal.start_workflow(
-            JobWorkflow.run,
-            job_input,
-            id=job_workflow_id(job_id),
-            task_queue=settings.control_task_queue,
-        )
+        await start_job_workflow(services.temporal, job_input, settings.control_task_queue,
+                                 attributes)
     except Exception as err:
         # The job is recorded; say plainly that it never started rather than leave it hanging.
         reason = f"could not start the job's workflow: {err}"
         await asyncio.to_thread(services.network.finish_job, job_id, False, reason)
         raise
     return Submitted(job_id)
+
+
+async def start_job_workflow(
+    temporal: Client, job_input: JobInput, task_queue: str, attributes: TypedSearchAttributes
+) -> None:
+    """Start the job's workflow with its search attributes, or without them on a server
+    that has none registered (an operator's own cluster): the job runs all the same."""
+    server = (temporal.service_client.config.target_host, temporal.namespace)
+    lacking_since = _WITHOUT_SEARCH_ATTRIBUTES.get(server)
+    if lacking_since is not None and time.monotonic() - lacking_since < RECHECK_SEARCH_ATTRIBUTES_S:
+        attributes = TypedSearchAttributes.empty
+    workflow_id = job_workflow_id(job_input.job_id)
+    try:
+        await temporal.start_workflow(JobWorkflow.run, job_input, id=workflow_id,
+                                      task_queue=task_queue, search_attributes=attributes)
+        _WITHOUT_SEARCH_ATTRIBUTES.pop(server, None)
+        return
+    except RPCError as err:
+        if not attributes or not _lacks_search_attributes(err):
+            raise
+        if lacking_since is None:
+            log.warning(
+                "Temporal at %s (namespace %s) has no GPGPU search attributes registered; "
+                "jobs run without them (%s). Register them as Keyword: %s", server[0],
+                server[1], err.message, ", ".join(pair.key.name for pair in attributes),
+            )
+        _WITHOUT_SEARCH_ATTRIBUTES[server] = time.monotonic()
+    await temporal.start_workflow(JobWorkflow.run, job_input, id=workflow_id,
+                                  task_queue=task_queue)
+
+
+def _lacks_search_attributes(err: RPCError) -> bool:
+    # SQL visibility: "Namespace default has no mapping defined for search attribute X";
+    # Elasticsearch: "search attribute X is not defined".
+    return err.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in err.message

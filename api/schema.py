@@ -27,6 +27,7 @@ from api.types import (
     LedgerEntry,
     Node,
     Provider,
+    ProviderEarnings,
     ProviderEvent,
     Queue,
     QueuedJob,
@@ -34,16 +35,20 @@ from api.types import (
     SpecRejected,
     SubmitJobResult,
     explain_spec,
+    ledger_entry,
+    load_earnings,
     load_job,
     load_providers,
 )
 from domain.errors import DomainError
 from domain.job import TERMINAL_STATES
 from domain.ledger import client_account
+from domain.money import credits_to_micro
 from domain.node import DEFAULT_NODE
 from domain.projection import TERMINAL_EVENTS
 from domain.provider import RUNTIMES
 from domain.spec import SpecError, parse_job_spec
+from infra.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
 
 
@@ -83,20 +88,26 @@ class Query:
     async def providers(self, info: I) -> list[Provider]:
         return await load_providers(info.context.services)
 
+    @strawberry.field
+    async def provider(self, info: I, provider_id: str) -> Provider | None:
+        found = await load_providers(info.context.services, provider_id)
+        return found[0] if found else None
+
+    @strawberry.field(description="A provider's balance, what it earned and its ledger entries")
+    async def provider_earnings(
+        self, info: I, provider_id: str, limit: int = 100
+    ) -> ProviderEarnings:
+        if not await load_providers(info.context.services, provider_id):
+            raise ValueError(f"providerId: no provider {provider_id!r}")
+        return await load_earnings(info.context.services, provider_id, limit)
+
     @strawberry.field(description="The caller's ledger: every entry on its account, newest first")
     async def ledger(self, info: I, limit: int = 100) -> list[LedgerEntry]:
         rows = await info.context.services.query(
             "SELECT * FROM ledger_entries WHERE account = ? ORDER BY seq DESC LIMIT ?",
             (client_account(info.context.client_id), max(1, min(limit, 1000))),
         )
-        return [
-            LedgerEntry(
-                seq=r["seq"], transfer_id=r["transfer_id"], amount_micro=r["amount_micro"],
-                balance_micro=r["balance_micro"], counterparty=r["counterparty"], kind=r["kind"],
-                memo=r["memo"], at=r["at"],
-            )
-            for r in rows
-        ]
+        return [ledger_entry(r) for r in rows]
 
     @strawberry.field(
         description="Where a job spec could run now, with a price quote, and why not elsewhere"
@@ -126,7 +137,10 @@ class Query:
                 node_id=r["node_id"], region=r["region"], operator=r["operator"],
                 provider_ids=json.loads(r["provider_ids"]),
                 queues=[Queue(name=q, gpu_models=c["gpu_models"],
-                              waiting=waiting.get(f"{r['node_id']}/{q}", 0))
+                              waiting=waiting.get(f"{r['node_id']}/{q}", 0),
+                              priority_levels=c.get("priority_levels", 1),
+                              max_gpus_per_client=c.get("max_gpus_per_client", 0),
+                              fair_share=c.get("fair_share", True))
                         for q, c in sorted(queues.items())],
             ))
         return out
@@ -137,19 +151,17 @@ class Query:
     ) -> list[QueuedJob]:
         if "/" not in name:
             name = f"{DEFAULT_NODE}/{name}"
-        rows = await info.context.services.query(
-            "SELECT job_id, client_id, name, spec, updated_at FROM jobs"
-            " WHERE state = 'QUEUED' AND queue = ? ORDER BY queued_position LIMIT ?",
-            (name, max(1, min(limit, 1000))),
-        )
+        line = await info.context.line(name)
         out = []
-        for n, r in enumerate(rows, start=1):
+        for r in line.rows[: max(1, min(limit, 1000))]:
             resources = json.loads(r["spec"])["resources"]
             mine = r["client_id"] == info.context.client_id
             out.append(QueuedJob(
-                position=n, job_id=r["job_id"], name=r["name"] if mine else "",
-                gpus=resources["gpus"], gpu_model=resources["gpu_model"],
-                waiting_since=r["updated_at"], mine=mine,
+                position=line.positions[r["job_id"]], job_id=r["job_id"],
+                name=r["name"] if mine else "", gpus=r["gpus"],
+                gpu_model=resources.get("gpu_model"), priority=r["priority"],
+                waiting_since=r["submitted_at"],
+                expected_start=line.expected_start.get(r["job_id"]), mine=mine,
             ))
         return out
 
@@ -193,16 +205,47 @@ class Mutation:
             raise ValueError(str(err)) from None
         return True
 
-    @strawberry.mutation(description="Create or change a node's queue: the GPU models it serves")
+    @strawberry.mutation(
+        description="Create or change a node's queue: the GPU models it serves (none: any), "
+        "its priority levels, a per-client cap on GPUs held (0: none), fair share or FIFO"
+    )
     async def configure_queue(
-        self, info: I, node_id: str, name: str, gpu_models: list[str]
+        self, info: I, node_id: str, name: str, gpu_models: list[str],
+        priority_levels: int = 1, max_gpus_per_client: int = 0, fair_share: bool = True,
     ) -> bool:
         services = info.context.services
         try:
-            await asyncio.to_thread(services.network.configure_queue, node_id, name, gpu_models)
+            await asyncio.to_thread(
+                services.network.configure_queue, node_id, name, gpu_models, priority_levels,
+                max_gpus_per_client, fair_share,
+            )
         except DomainError as err:
             raise ValueError(str(err)) from None
+        await services.projected()
         return True
+
+    @strawberry.mutation(
+        description="Take one GPU out of service: it gets no new work; a job on it finishes"
+    )
+    async def suspend_gpu(self, info: I, provider_id: str, index: int) -> Provider:
+        return await _provider_control(info, provider_id, "suspend_gpu", index)
+
+    @strawberry.mutation(description="Put a suspended GPU back in service")
+    async def resume_gpu(self, info: I, provider_id: str, index: int) -> Provider:
+        return await _provider_control(info, provider_id, "resume_gpu", index)
+
+    @strawberry.mutation(
+        description="A provider's new price in credits per GPU-hour (e.g. '2.5'): new jobs "
+        "pay it; running ones keep the price they were allocated at"
+    )
+    async def set_price(self, info: I, provider_id: str, price_per_gpu_hour: str) -> Provider:
+        try:
+            micro = credits_to_micro(price_per_gpu_hour)
+        except ValueError as err:
+            raise ValueError(f"pricePerGpuHour: {err}") from None
+        if micro <= 0:
+            raise ValueError(f"pricePerGpuHour: must be more than 0, got {price_per_gpu_hour}")
+        return await _provider_control(info, provider_id, "set_price", micro)
 
     @strawberry.mutation(description="A provider agent declares its GPUs and price")
     async def register_provider(self, info: I, input: RegisterProviderInput) -> Provider:
@@ -229,7 +272,7 @@ class Mutation:
             input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus, input.runtimes,
             input.node,
         )
-        await _record_heartbeat(services, input.provider_id, [])
+        await services.heartbeats.submit(Heartbeat(input.provider_id, time.time()))
         deadline = time.monotonic() + 5
         while not (found := await load_providers(services, input.provider_id)):
             if time.monotonic() > deadline:
@@ -237,31 +280,28 @@ class Mutation:
             await asyncio.wait({services.broadcaster.current()}, timeout=0.2)
         return found[0]
 
-    @strawberry.mutation(description="A provider agent is alive; telemetry is kept, not evented")
+    @strawberry.mutation(
+        description="A provider agent is alive. Its GPU telemetry is kept as samples (the last "
+        "few per provider), not as events; ECC or Xid errors mark a GPU degraded"
+    )
     async def provider_heartbeat(
         self, info: I, provider_id: str, telemetry: JSON | None = None
     ) -> bool:
-        services = info.context.services
-        known = await services.query(
-            "SELECT status FROM providers WHERE provider_id = ?", (provider_id,)
-        )
-        if not known:
-            raise ValueError(f"providerId: no provider {provider_id!r}; register first")
-        await _record_heartbeat(services, provider_id, telemetry or [])
+        await info.context.services.heartbeat(provider_id, telemetry)
         return True
 
 
-async def _record_heartbeat(services: Services, provider_id: str, telemetry: Any) -> None:
-    def write() -> None:
-        with services.views.transaction() as cur:
-            cur.execute(
-                "INSERT INTO provider_liveness (provider_id, last_heartbeat_at, telemetry)"
-                " VALUES (?, ?, ?) ON CONFLICT (provider_id) DO UPDATE SET"
-                " last_heartbeat_at = excluded.last_heartbeat_at, telemetry = excluded.telemetry",
-                (provider_id, time.time(), json.dumps(telemetry)[:65536]),
-            )
-
-    await asyncio.to_thread(write)
+async def _provider_control(info: I, provider_id: str, command: str, arg: int) -> Provider:
+    """Run one of a provider's own controls and answer with the provider as it is now."""
+    services = info.context.services
+    if not await load_providers(services, provider_id):
+        raise ValueError(f"providerId: no provider {provider_id!r}")
+    try:
+        await asyncio.to_thread(getattr(services.network, command), provider_id, arg)
+    except DomainError as err:
+        raise ValueError(str(err)) from None
+    await services.projected()
+    return (await load_providers(services, provider_id))[0]
 
 
 async def follow_stream(

@@ -1,21 +1,33 @@
-"""What the API process holds: the application, the read model, storage, Temporal, and
-the projection runner that keeps the read model current and wakes subscribers."""
+"""What the API process holds: the application, the read model, storage, Temporal, the
+projection runner that keeps the read model current and wakes subscribers, and the
+providers' heartbeats: their ingest and the liveness monitor."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.client import Client
 
 from domain.application import Network
+from domain.errors import DomainError, UnknownProvider
 from domain.projection import CHANNEL, Projector
 from infra.db import ViewDB
 from infra.settings import Settings
 from infra.storage import ObjectStore
+from infra.telemetry import (
+    HealthWatch,
+    Heartbeat,
+    degraded_gpus,
+    ingest_heartbeats,
+    liveness_changes,
+    liveness_rows,
+    parse_readings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +102,98 @@ class ProjectionThread(threading.Thread):
                 self.stopping.wait(self.idle_sleep_s)
 
 
+class HeartbeatIngest:
+    """Gathers the heartbeats that arrive together and writes them as one batch.
+
+    A request waits for its batch to be written (so an answered heartbeat is
+    recorded); while one batch is written the next one gathers, so the batch grows
+    with the load and the database sees a few statements per batch, not per beat.
+    GPU health changes seen in a batch go to the domain (only changes: `HealthWatch`).
+    """
+
+    def __init__(self, views: ViewDB, network: Network, health: HealthWatch):
+        self.views, self.network, self.health = views, network, health
+        self._pending: list[tuple[Heartbeat, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, beat: Heartbeat) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((beat, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all())
+        await done
+
+    async def _write_all(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self._write, [beat for beat, _ in batch])
+            except Exception as err:
+                log.exception("writing %d heartbeats failed", len(batch))
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(err)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    def _write(self, batch: list[Heartbeat]) -> None:
+        ingest_heartbeats(self.views, batch)
+        for change in self.health.observe(batch):
+            try:
+                self.network.report_gpu_health(
+                    change.provider_id, change.index, change.healthy, change.reason
+                )
+            except DomainError as err:  # e.g. a reading for a GPU the provider never declared
+                log.warning("GPU health of %s: %s", change.provider_id, err)
+                self.health.ignore(change.provider_id, change.index)
+
+
+class ProviderMonitor(threading.Thread):
+    """Records a provider's going offline (missed heartbeats) and coming back, once each.
+
+    Twice per heartbeat interval it compares the read model's provider status with
+    the last heartbeats (`infra.telemetry.liveness_changes`) and tells the domain of
+    the differences, and refreshes what `HealthWatch` knows. Safe in several API
+    replicas at once: the domain records a change only once (the second replica's
+    save conflicts, reloads, and finds nothing left to do).
+    """
+
+    def __init__(self, settings: Settings, views: ViewDB, network: Network, health: HealthWatch):
+        super().__init__(name="provider-monitor", daemon=True)
+        self.settings, self.views, self.network, self.health = settings, views, network, health
+        self.stopping = threading.Event()
+        self.tick_s = min(1.0, max(0.05, settings.provider_heartbeat_interval_s / 2))
+        self.started_at = time.time()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.tick_s):
+            try:
+                self.check()
+            except Exception:
+                log.exception("provider liveness check failed; retrying")
+
+    def check(self) -> None:
+        now, after = time.time(), self.settings.offline_after_s
+        self.health.refresh(degraded_gpus(self.views))
+        rows = liveness_rows(self.views, now, after)
+        changes = liveness_changes(
+            rows, now, after, self.settings.provider_heartbeat_interval_s, self.started_at
+        )
+        for change in changes:
+            try:
+                if change.online:
+                    self.network.provider_online(change.provider_id)
+                else:
+                    self.network.provider_offline(change.provider_id, change.reason)
+            except DomainError as err:
+                log.warning("liveness of %s: %s", change.provider_id, err)
+
+
+Worker = ProjectionThread | PostgresListener | ProviderMonitor
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -99,7 +203,14 @@ class Services:
     temporal: Client
     broadcaster: Broadcaster
     projector: Projector
-    threads: list[ProjectionThread | PostgresListener] = field(default_factory=list)
+    heartbeats: HeartbeatIngest
+    threads: list[Worker] = field(default_factory=list)
+    # Heartbeats and the monitor use a connection of their own, so that a burst of
+    # heartbeats never queues the read queries behind it (but the memory store's
+    # in-memory views exist on one connection only).
+    telemetry_views: ViewDB | None = None
+    # Providers once seen in the read model (they are never removed): a heartbeat costs no query.
+    known_providers: set[str] = field(default_factory=set)
 
     @classmethod
     async def start(cls, settings: Settings, temporal: Client) -> Services:
@@ -108,19 +219,52 @@ class Services:
         projector = Projector(network, views)
         broadcaster = Broadcaster(asyncio.get_running_loop())
         projector.listeners.append(broadcaster.advance)
-        threads: list[ProjectionThread | PostgresListener] = [ProjectionThread(projector)]
+        telemetry_views = views if settings.event_store == "memory" else ViewDB(settings)
+        health = HealthWatch()
+        threads: list[Worker] = [
+            ProjectionThread(projector),
+            ProviderMonitor(settings, telemetry_views, network, health),
+        ]
         if views.is_postgres:
             threads.append(PostgresListener(settings, broadcaster))
         for thread in threads:
             thread.start()
         store = settings.object_store()
-        return cls(settings, network, views, store, temporal, broadcaster, projector, threads)
+        heartbeats = HeartbeatIngest(telemetry_views, network, health)
+        return cls(settings, network, views, store, temporal, broadcaster, projector,
+                   heartbeats, threads, telemetry_views)
+
+    async def heartbeat(self, provider_id: str, telemetry: Any) -> None:
+        """A provider is alive: check its telemetry, then record it with the others arriving.
+
+        ValueError names the field (`telemetry.0.index: ...`); UnknownProvider if unregistered.
+        """
+        readings = parse_readings(telemetry)
+        if provider_id not in self.known_providers:
+            known = await self.query(
+                "SELECT status FROM providers WHERE provider_id = ?", (provider_id,)
+            )
+            if not known:
+                raise UnknownProvider(f"providerId: no provider {provider_id!r}; register first")
+            self.known_providers.add(provider_id)
+        await self.heartbeats.submit(Heartbeat(provider_id, time.time(), readings))
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.views.query, sql, params)
+
+    async def projected(self, timeout_s: float = 5.0) -> None:
+        """Wait until the read model shows every event recorded so far (a command's too)."""
+        target = await asyncio.to_thread(self.network.recorder.max_notification_id) or 0
+        deadline = time.monotonic() + timeout_s
+        while await asyncio.to_thread(self.projector.position) < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the change was recorded but the read model is not keeping up")
+            await asyncio.wait({self.broadcaster.current()}, timeout=0.2)
 
     def stop(self) -> None:
         for thread in self.threads:
             thread.stopping.set()
             thread.join(timeout=5)
+        if self.telemetry_views is not None and self.telemetry_views is not self.views:
+            self.telemetry_views.close()
         self.views.close()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import re
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, NewType
 
 import strawberry
@@ -14,11 +17,14 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api.services import Services
-from domain.money import cost_of_gpu_time
-from domain.node import DEFAULT_NODE
+from domain.matching import Requirements
+from domain.money import cost_of_gpu_time, micro_to_credits
+from domain.node import DEFAULT_NODE, split_queue
+from domain.scheduling import Waiting, fair_order
 from domain.spec import JobSpec
 from infra.db import online_provider_ids
 from infra.storage import check_client_id
+from infra.telemetry import recent_samples
 
 BigInt = NewType("BigInt", int)
 BIG_INT_SCALAR = strawberry.scalar(
@@ -31,11 +37,28 @@ BIG_INT_SCALAR = strawberry.scalar(
 
 PROVIDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
+EXPECTED_START = (
+    "An estimate, while QUEUED: when this job would start if every job ahead of it and every "
+    "running job on the queue's GPUs ran its whole timeout (so usually later than it will). "
+    "Null when the queue has too few usable GPUs for it."
+)
+
+
+def iso_time(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
+
 
 class Context(BaseContext):
     def __init__(self, services: Services):
         super().__init__()
         self.services = services
+        self.lines: dict[str, asyncio.Task[QueueLine]] = {}  # per request: queue -> its line
+
+    async def line(self, queue: str) -> QueueLine:
+        """The queue's waiting jobs in order, worked out once per request."""
+        if queue not in self.lines:
+            self.lines[queue] = asyncio.ensure_future(queue_line(self.services, queue))
+        return await self.lines[queue]
 
     @property
     def client_id(self) -> str:
@@ -102,6 +125,9 @@ class Queue:
     name: str
     gpu_models: list[str]
     waiting: int
+    priority_levels: int = strawberry.field(description="a job's priority is 0 to levels - 1")
+    max_gpus_per_client: int = strawberry.field(description="0: no cap")
+    fair_share: bool
 
 
 @strawberry.type
@@ -120,7 +146,9 @@ class QueuedJob:
     name: str
     gpus: int
     gpu_model: str | None
+    priority: int
     waiting_since: str
+    expected_start: str | None = strawberry.field(description=EXPECTED_START)
     mine: bool
 
 
@@ -137,7 +165,8 @@ class Job:
     submitted_at: str
     updated_at: str
     outputs: list[OutputFile]
-    queued_position: strawberry.Private[int | None]
+    queue: str = strawberry.field(description="<node>/<queue>")
+    priority: int
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -147,19 +176,23 @@ class Job:
             max_cost_micro=row["max_cost_micro"], cost_micro=row["cost_micro"],
             submitted_at=row["submitted_at"], updated_at=row["updated_at"],
             outputs=[OutputFile(**o) for o in json.loads(row["outputs"])],
-            queued_position=row["queued_position"],
+            queue=row["queue"], priority=row["priority"],
         )
 
-    @strawberry.field(description="1 for the next job to be placed; null unless QUEUED")
+    @strawberry.field(
+        description="1 for the next job the scheduler places (priority, then fair share, "
+        "then age); null unless QUEUED"
+    )
     async def queue_position(self, info: I) -> int | None:
-        if self.state != "QUEUED" or self.queued_position is None:
+        if self.state != "QUEUED":
             return None
-        rows = await info.context.services.query(
-            "SELECT COUNT(*) AS n FROM jobs WHERE state = 'QUEUED' AND queued_position < ?"
-            " AND queue = (SELECT queue FROM jobs WHERE job_id = ?)",
-            (self.queued_position, str(self.id)),
-        )
-        return int(rows[0]["n"]) + 1
+        return (await info.context.line(self.queue)).positions.get(str(self.id))
+
+    @strawberry.field(description=EXPECTED_START)
+    async def expected_start(self, info: I) -> str | None:
+        if self.state != "QUEUED":
+            return None
+        return (await info.context.line(self.queue)).expected_start.get(str(self.id))
 
     @strawberry.field
     async def events(self, info: I) -> list[JobEvent]:
@@ -180,19 +213,62 @@ class Gpu:
     model: str
     memory_mb: int
     busy_job_id: str | None
+    status: str = strawberry.field(
+        description="online (free), busy, suspended, degraded or offline (the provider is)"
+    )
+    reason: str = strawberry.field(description="why degraded (ECC, Xid errors) or offline")
+
+
+@strawberry.type
+class GpuReading:
+    index: int
+    utilization_pct: int | None
+    memory_used_mb: int | None
+    temperature_c: int | None
+    power_w: float | None
+    ecc_errors: int | None
+    xid_errors: int | None
+
+
+@strawberry.type
+class TelemetrySample:
+    at: str
+    gpus: list[GpuReading]
 
 
 @strawberry.type
 class Provider:
     provider_id: str
     region: str
-    status: str
+    status: str = strawberry.field(description="online, busy, offline or lost")
+    status_reason: str
     last_heartbeat_at: str | None
     reputation: float
-    earnings_micro: BigInt
+    earnings_micro: BigInt = strawberry.field(description="the provider account's balance")
     price_per_gpu_hour_micro: BigInt
+    price_per_gpu_hour: str = strawberry.field(description="credits, e.g. '2.5'")
     runtimes: list[str]
     gpus: list[Gpu]
+
+    @strawberry.field(description="The last heartbeats' GPU readings, oldest first")
+    async def telemetry(self, info: I, limit: int = 120) -> list[TelemetrySample]:
+        services = info.context.services
+        samples = await asyncio.to_thread(
+            recent_samples, services.views, self.provider_id, max(1, limit)
+        )
+        return [
+            TelemetrySample(at=iso_time(s.at), gpus=[GpuReading(**vars(r)) for r in s.readings])
+            for s in samples
+        ]
+
+
+@strawberry.type
+class ProviderEarnings:
+    provider_id: str
+    balance_micro: BigInt
+    earned_micro: BigInt = strawberry.field(description="paid for verified work, ever")
+    withdrawn_micro: BigInt
+    entries: list[LedgerEntry] = strawberry.field(description="newest first")
 
 
 @strawberry.type
@@ -283,6 +359,22 @@ async def load_job(info: I, job_id: str) -> Job | None:
     return Job.from_row(rows[0]) if rows else None
 
 
+def gpu_status(
+    provider_online: bool, index: int, suspended: set[int], degraded: dict[str, str],
+    busy: dict[int, str],
+) -> tuple[str, str]:
+    """(status, reason) of one GPU, by the precedence of domain.provider.Provider.gpu_status."""
+    if not provider_online:
+        return "offline", ""
+    if index in suspended:
+        return "suspended", ""
+    if str(index) in degraded:
+        return "degraded", degraded[str(index)]
+    if index in busy:
+        return "busy", ""
+    return "online", ""
+
+
 async def load_providers(services: Services, provider_id: str | None = None) -> list[Provider]:
     where, params = ("WHERE p.provider_id = ?", (provider_id,)) if provider_id else ("", ())
     rows = await services.query(
@@ -292,25 +384,155 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
         f" {where} ORDER BY p.provider_id",
         params,
     )
-    cutoff = time.time() - services.settings.provider_offline_after_s
+    cutoff = time.time() - services.settings.offline_after_s
     out = []
     for r in rows:
         busy = {i: job for job, idx in json.loads(r["reservations"]).items() for i in idx}
         beat = r["last_heartbeat_at"]
-        status = r["status"]
-        if status == "online":
-            status = "busy" if busy else "online"
-            if beat is None or beat < cutoff:
-                status = "offline"
+        status, reason = r["status"], r["status_reason"]
+        if status == "online" and (beat is None or beat < cutoff):
+            status, reason = "offline", "no recent heartbeat"
+        online = status == "online"
+        if online and busy:
+            status = "busy"
+        suspended, degraded = set(json.loads(r["suspended"])), json.loads(r["degraded"])
+        gpus = []
+        for g in json.loads(r["gpus"]):
+            state, why = gpu_status(online, g["index"], suspended, degraded, busy)
+            gpus.append(Gpu(index=g["index"], model=g["model"], memory_mb=g["memory_mb"],
+                            busy_job_id=busy.get(g["index"]), status=state,
+                            reason=why or (reason if state == "offline" else "")))
         out.append(Provider(
             provider_id=r["provider_id"], region=r["region"], status=status,
-            last_heartbeat_at=None if beat is None else time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(beat)),
+            status_reason=reason,
+            last_heartbeat_at=None if beat is None else iso_time(beat),
             reputation=r["reputation"], earnings_micro=BigInt(r["balance_micro"] or 0),
-            price_per_gpu_hour_micro=r["price_micro"], runtimes=json.loads(r["runtimes"]),
-            gpus=[Gpu(index=g["index"], model=g["model"], memory_mb=g["memory_mb"],
-                      busy_job_id=busy.get(g["index"])) for g in json.loads(r["gpus"])],
+            price_per_gpu_hour_micro=r["price_micro"],
+            price_per_gpu_hour=micro_to_credits(r["price_micro"]),
+            runtimes=json.loads(r["runtimes"]), gpus=gpus,
         ))
     return out
 
 
+async def load_earnings(services: Services, provider_id: str, limit: int) -> ProviderEarnings:
+    account = f"provider:{provider_id}"
+    totals = await services.query(
+        "SELECT COALESCE(SUM(CASE WHEN kind IN ('payment', 'verification') THEN amount_micro"
+        " ELSE 0 END), 0) AS earned, COALESCE(SUM(CASE WHEN kind = 'withdrawal'"
+        " THEN -amount_micro ELSE 0 END), 0) AS withdrawn FROM ledger_entries WHERE account = ?",
+        (account,),
+    )
+    balance = await services.query(
+        "SELECT balance_micro FROM accounts WHERE name = ?", (account,)
+    )
+    rows = await services.query(
+        "SELECT * FROM ledger_entries WHERE account = ? ORDER BY seq DESC LIMIT ?",
+        (account, max(1, min(limit, 1000))),
+    )
+    return ProviderEarnings(
+        provider_id=provider_id,
+        balance_micro=BigInt(balance[0]["balance_micro"] if balance else 0),
+        earned_micro=BigInt(totals[0]["earned"]), withdrawn_micro=BigInt(totals[0]["withdrawn"]),
+        entries=[ledger_entry(r) for r in rows],
+    )
+
+
+def ledger_entry(r: dict[str, Any]) -> LedgerEntry:
+    return LedgerEntry(
+        seq=r["seq"], transfer_id=r["transfer_id"], amount_micro=r["amount_micro"],
+        balance_micro=r["balance_micro"], counterparty=r["counterparty"], kind=r["kind"],
+        memo=r["memo"], at=r["at"],
+    )
+
+
+# A queue's line: positions as the scheduler orders them, and expected starts
+
+
+@dataclass
+class QueueLine:
+    rows: list[dict[str, Any]]  # the waiting jobs, in the scheduler's order
+    positions: dict[str, int]
+    expected_start: dict[str, str | None]
+
+
+ACTIVE_STATES = ("STAGING", "RUNNING", "UPLOADING", "VERIFYING", "SETTLING")
+
+
+def _unix(at: str) -> float:
+    return datetime.fromisoformat(at).timestamp()
+
+
+async def queue_line(services: Services, queue: str) -> QueueLine:
+    """The queue's QUEUED jobs in `domain.scheduling.fair_order`, with the scheduler's inputs
+    (priority, age, each client's GPUs held on the node) taken from the read model."""
+    node_id, name = split_queue(queue)
+    waiting = await services.query(
+        "SELECT job_id, client_id, name, spec, priority, gpus, timeout_s, attempt, submitted_at"
+        " FROM jobs WHERE state = 'QUEUED' AND queue = ?", (f"{node_id}/{name}",),
+    )
+    nodes = await services.query("SELECT queues, provider_ids FROM nodes WHERE node_id = ?",
+                                 (node_id,))
+    if not waiting or not nodes:
+        return QueueLine(waiting, {}, {r["job_id"]: None for r in waiting})
+    config = json.loads(nodes[0]["queues"]).get(name, {})
+    members = set(json.loads(nodes[0]["provider_ids"]))
+    providers = [p for p in await services.query(
+        "SELECT provider_id, status, gpus, reservations, reservation_clients, suspended,"
+        " degraded FROM providers") if p["provider_id"] in members]
+    held: dict[str, int] = {}
+    for p in providers:
+        clients = json.loads(p["reservation_clients"])
+        for job, idx in json.loads(p["reservations"]).items():
+            held[clients.get(job, "")] = held.get(clients.get(job, ""), 0) + len(idx)
+    by_id = {r["job_id"]: r for r in waiting}
+    entries = [
+        Waiting(job_id=r["job_id"], attempt=r["attempt"], client_id=r["client_id"],
+                priority=r["priority"], queued_at=_unix(r["submitted_at"]),
+                req=Requirements(r["gpus"], None, 0, 0), queue=queue)
+        for r in waiting
+    ]
+    ordered = [by_id[w.job_id] for w in fair_order(entries, held, config.get("fair_share", True))]
+    running = await services.query(
+        "SELECT job_id, allocated_at, timeout_s FROM jobs WHERE allocated_at IS NOT NULL"
+        f" AND state IN ({', '.join('?' * len(ACTIVE_STATES))})", ACTIVE_STATES,
+    )
+    online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
+    starts = estimate_starts(ordered, providers, config.get("gpu_models", []), running,
+                             online, time.time())
+    return QueueLine(ordered, {r["job_id"]: n for n, r in enumerate(ordered, start=1)}, starts)
+
+
+def estimate_starts(
+    ordered: list[dict[str, Any]], providers: list[dict[str, Any]], models: list[str],
+    running: list[dict[str, Any]], online: set[str], now: float,
+) -> dict[str, str | None]:
+    """See EXPECTED_START: the queue's usable GPUs (online provider, a model the queue serves,
+    not suspended or degraded) as interchangeable slots, each free from now or from when
+    the job holding it reaches its timeout; the waiting jobs take the earliest free slots
+    in their order, each for its whole timeout. Ignores backfill, a job's own model and
+    memory wishes and its replicas."""
+    ends = {r["job_id"]: _unix(r["allocated_at"]) + r["timeout_s"] for r in running}
+    free_at: list[float] = []
+    for p in providers:
+        if p["status"] != "online" or p["provider_id"] not in online:
+            continue
+        out = {str(i) for i in json.loads(p["suspended"])} | set(json.loads(p["degraded"]))
+        busy = {i: job for job, idx in json.loads(p["reservations"]).items() for i in idx}
+        for g in json.loads(p["gpus"]):
+            model = str(g["model"]).lower()
+            if str(g["index"]) in out or (models and not any(m.lower() in model for m in models)):
+                continue
+            job = busy.get(g["index"])
+            free_at.append(max(now, ends.get(job, now)) if job else now)
+    heapq.heapify(free_at)
+    starts: dict[str, str | None] = {}
+    for r in ordered:
+        if r["gpus"] > len(free_at):
+            starts[r["job_id"]] = None
+            continue
+        taken = [heapq.heappop(free_at) for _ in range(r["gpus"])]
+        start = max(taken)
+        for _ in taken:
+            heapq.heappush(free_at, start + r["timeout_s"])
+        starts[r["job_id"]] = iso_time(start)
+    return starts

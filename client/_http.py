@@ -15,12 +15,14 @@ import httpx
 from client.errors import (
     ApiError,
     ApiUnreachable,
+    BadInput,
     GpgpuError,
     IntegrityError,
     NotFoundError,
     SpecRejectedError,
 )
-from client.models import Account, Job, Provider
+from client.models import Account, Job, Node, Provider, ProviderEarnings, QueuedJob
+from domain.money import credits_to_micro
 
 CHUNK = 1 << 20
 ByteProgress = Callable[[int, int | None], None]  # (bytes done, total if known)
@@ -86,7 +88,9 @@ def graphql_data(status: int, body: bytes) -> dict[str, Any]:
     except ValueError:
         raise ApiError(status, f"not a GraphQL answer: {body[:200]!r}") from None
     if payload.get("errors"):
-        raise ApiError(status, graphql_errors_text(payload["errors"]))
+        # The API's own words ("gpu_index: p1 has no GPU 7"), without an "API error 200".
+        text = graphql_errors_text(payload["errors"])
+        raise ApiError(status, text, text if status == 200 else None)
     data = payload.get("data")
     if not isinstance(data, dict):
         raise ApiError(status, "GraphQL answer without data")
@@ -109,6 +113,43 @@ def parse_account(data: dict[str, Any]) -> Account:
 
 def parse_providers(data: dict[str, Any]) -> list[Provider]:
     return [Provider.from_json(p) for p in data["providers"]]
+
+
+def parse_provider(data: dict[str, Any], key: str, provider_id: str) -> Provider:
+    if data.get(key) is None:
+        raise NotFoundError(f"provider {provider_id}")
+    return Provider.from_json(data[key])
+
+
+def parse_earnings(data: dict[str, Any]) -> ProviderEarnings:
+    return ProviderEarnings.from_json(data["providerEarnings"])
+
+
+def parse_nodes(data: dict[str, Any]) -> list[Node]:
+    return [Node.from_json(n) for n in data["nodes"]]
+
+
+def parse_queue(data: dict[str, Any]) -> list[QueuedJob]:
+    return [QueuedJob.from_json(q) for q in data["queue"]]
+
+
+def price_text(credits: str | int | float) -> str:
+    """A price in credits, checked here so a typo is answered before any request."""
+    try:
+        micro = credits_to_micro(credits)
+    except ValueError as err:
+        raise BadInput(f"price: {err}") from None
+    if micro <= 0:
+        raise BadInput(f"price: must be more than 0 credits, got {credits}")
+    return str(credits)
+
+
+def queue_variables(
+    node_id: str, name: str, gpu_models: list[str], priority_levels: int,
+    max_gpus_per_client: int, fair_share: bool,
+) -> dict[str, Any]:
+    return {"node": node_id, "name": name, "models": gpu_models, "levels": priority_levels,
+            "cap": max_gpus_per_client, "fair": fair_share}
 
 
 def parse_submit(data: dict[str, Any]) -> Job:

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -31,16 +32,20 @@ from rich.table import Table
 
 from client._http import FileProgress, bind_progress
 from client.errors import BadInput, GpgpuError
-from client.models import Job
+from client.models import Job, Provider
 from client.render import credits
 from client.sdk import GpgpuClient
 from client.views import (
     account_grid,
+    earnings_view,
     job_detail,
     jobs_table,
     objects_table,
+    provider_detail,
     providers_table,
+    queues_table,
     state_text,
+    waiting_table,
 )
 from domain.money import micro_to_credits
 
@@ -61,6 +66,14 @@ admin_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(admin_app, name="admin")
+provider_app = typer.Typer(
+    help="Rent out GPUs: run the agent, see status and earnings, suspend GPUs, set the price.",
+    no_args_is_help=True,
+)
+app.add_typer(provider_app, name="provider")
+node_app = typer.Typer(help="A node's queues: list, configure, see who waits.",
+                       no_args_is_help=True)
+app.add_typer(node_app, name="node")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -400,6 +413,213 @@ def providers(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         _out().print(providers_table(found))
 
 
+# -- providers' own controls ------------------------------------------------
+
+
+@provider_app.command(
+    "start",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def provider_start(ctx: typer.Context) -> None:
+    """Run this machine's provider agent (the same as `python -m worker_gpu`; every argument
+    is passed on: --provider-id ID [--simulate 2xH100:80] [--price 2.5] ..., --help for all)."""
+    target = ctx.find_object(Target) or Target()
+    if target.api:  # the agent reads its settings from the environment
+        os.environ["GPGPU_API_URL"] = target.api
+    from worker_gpu.__main__ import main as agent_main
+
+    agent_main(list(ctx.args))
+
+
+ProviderId = Annotated[str, typer.Argument(metavar="PROVIDER", help="The provider's id.")]
+GpuIndex = Annotated[int, typer.Argument(metavar="GPU_INDEX", help="The GPU's index.", min=0)]
+
+
+@provider_app.command("status")
+@fails_cleanly
+def provider_status(
+    ctx: typer.Context,
+    provider_id: Annotated[
+        str | None, typer.Argument(metavar="[PROVIDER]", help="One provider in detail.")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Telemetry samples to include (--json).")] = 1,
+    as_json: JsonFlag = False,
+) -> None:
+    """Each GPU's status (online, busy, suspended, degraded, offline), price, last heartbeat."""
+    with _client(ctx) as gp:
+        if provider_id is None:
+            found = gp.providers()
+            if as_json:
+                _print_json(found)
+            elif not found:
+                _err().print("no providers registered yet")
+            else:
+                _out().print(providers_table(found))
+            return
+        provider = gp.provider(provider_id, samples=max(1, samples))
+    if as_json:
+        _print_json(provider)
+    else:
+        _out().print(provider_detail(provider))
+
+
+@provider_app.command("earnings")
+@fails_cleanly
+def provider_earnings(
+    ctx: typer.Context,
+    provider_id: ProviderId,
+    limit: Annotated[int, typer.Option(help="How many ledger entries, newest first.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """What the provider earned for verified work, its balance, and its ledger entries."""
+    with _client(ctx) as gp:
+        earnings = gp.provider_earnings(provider_id, limit)
+    if as_json:
+        _print_json(earnings)
+    else:
+        _out().print(earnings_view(earnings))
+
+
+def _gpu_line(provider_id: str, index: int, provider: Provider) -> str:
+    gpu = next((g for g in provider.gpus if g.index == index), None)
+    state = gpu.status if gpu is not None else "?"
+    return f"GPU {index} of {provider_id}: {state}"
+
+
+@provider_app.command("suspend")
+@fails_cleanly
+def provider_suspend(
+    ctx: typer.Context, provider_id: ProviderId, index: GpuIndex, as_json: JsonFlag = False
+) -> None:
+    """Take a GPU out of service: it gets no new work; a job running on it finishes."""
+    with _client(ctx) as gp:
+        provider = gp.suspend_gpu(provider_id, index)
+    if as_json:
+        _print_json(provider)
+    else:
+        _out().print(_gpu_line(provider_id, index, provider))
+
+
+@provider_app.command("resume")
+@fails_cleanly
+def provider_resume(
+    ctx: typer.Context, provider_id: ProviderId, index: GpuIndex, as_json: JsonFlag = False
+) -> None:
+    """Put a suspended GPU back in service."""
+    with _client(ctx) as gp:
+        provider = gp.resume_gpu(provider_id, index)
+    if as_json:
+        _print_json(provider)
+    else:
+        _out().print(_gpu_line(provider_id, index, provider))
+
+
+@provider_app.command("price")
+@fails_cleanly
+def provider_price(
+    ctx: typer.Context,
+    provider_id: ProviderId,
+    price: Annotated[str, typer.Argument(metavar="CREDITS", help="Per GPU-hour, e.g. 2.5")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Set the price per GPU-hour: jobs placed from now pay it; running ones keep theirs."""
+    with _client(ctx) as gp:
+        provider = gp.set_price(provider_id, price)
+    if as_json:
+        _print_json(provider)
+    else:
+        _out().print(f"{provider_id}: {credits(provider.price_per_gpu_hour_micro)} credits "
+                     "per GPU-hour for new jobs")
+
+
+# -- nodes and queues --------------------------------------------------------
+
+
+@node_app.command("queues")
+@fails_cleanly
+def node_queues(
+    ctx: typer.Context,
+    node_id: Annotated[str | None, typer.Argument(metavar="[NODE]", help="Only this node.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every queue: the GPU models it serves, priority levels, per-client cap, order, waiting."""
+    with _client(ctx) as gp:
+        nodes = [n for n in gp.nodes() if node_id is None or n.node_id == node_id]
+    if node_id is not None and not nodes:
+        raise GpgpuError(f"node {node_id} not found")
+    if as_json:
+        _print_json([q for n in nodes for q in n.queues])
+    else:
+        _out().print(queues_table(nodes))
+
+
+@node_app.command("configure-queue")
+@fails_cleanly
+def node_configure_queue(
+    ctx: typer.Context,
+    node_id: Annotated[str, typer.Argument(metavar="NODE")],
+    name: Annotated[str, typer.Argument(metavar="QUEUE")],
+    gpu_model: Annotated[
+        list[str] | None,
+        typer.Option("--gpu-model", help="A GPU model it serves (repeat for more).")
+    ] = None,
+    any_model: Annotated[
+        bool, typer.Option("--any-model", help="Serve every GPU model.")
+    ] = False,
+    priority_levels: Annotated[
+        int | None, typer.Option(help="Priorities 0 .. levels-1 a job may ask for (1-10).")
+    ] = None,
+    max_gpus_per_client: Annotated[
+        int | None, typer.Option(help="GPUs one client may hold at once (0: no cap).")
+    ] = None,
+    fair_share: Annotated[
+        bool | None,
+        typer.Option("--fair-share/--first-come",
+                     help="Share GPUs fairly between waiting clients, or first come first served."),
+    ] = None,
+) -> None:
+    """Create a queue or change it; what is not given stays as it is (or its default)."""
+    if gpu_model and any_model:
+        raise BadInput("--gpu-model and --any-model: give one or the other")
+    with _client(ctx) as gp:
+        current = next((q for n in gp.nodes() if n.node_id == node_id for q in n.queues
+                        if q.name == name), None)
+        models = [] if any_model else list(gpu_model or (current.gpu_models if current else []))
+        gp.configure_queue(
+            node_id, name, models,
+            priority_levels if priority_levels is not None
+            else (current.priority_levels if current else 1),
+            max_gpus_per_client if max_gpus_per_client is not None
+            else (current.max_gpus_per_client if current else 0),
+            fair_share if fair_share is not None else (current.fair_share if current else True),
+        )
+        nodes = [n for n in gp.nodes() if n.node_id == node_id]
+    _out().print(queues_table([dataclasses.replace(
+        n, queues=[q for q in n.queues if q.name == name]) for n in nodes]))
+
+
+@node_app.command("waiting")
+@fails_cleanly
+def node_waiting(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(metavar="[QUEUE]", help="<node>/<queue>")] = (
+        "local/default"
+    ),
+    limit: Annotated[int, typer.Option(help="How many, from the front.")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """A queue's waiting jobs in the order they will be placed, with expected starts."""
+    with _client(ctx) as gp:
+        jobs = gp.queue(queue, limit)
+    if as_json:
+        _print_json(jobs)
+    elif not jobs:
+        _err().print(f"nobody waits in {queue}")
+    else:
+        _out().print(waiting_table(jobs))
+
+
 @app.command("up")
 def up() -> None:
     """Start the embedded network here: Temporal, the API, the control worker, two providers."""
@@ -444,6 +664,159 @@ def admin_recompute_reputation(as_json: JsonFlag = False) -> None:
         _out().print(table)
     if not result["all_match"]:
         raise typer.Exit(1)
+
+
+
+# -- admin: jobs' workflows in Temporal ------------------------------------
+
+
+def _with_temporal(work: Callable[[Any], Any]) -> Any:
+    """Run `await work(client)` against this node's Temporal (GPGPU_TEMPORAL_ADDRESS)."""
+    import asyncio
+
+    from temporalio.client import Client
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from infra.settings import Settings
+
+    settings = Settings()
+
+    async def run() -> Any:
+        client = await Client.connect(settings.temporal_address,
+                                      namespace=settings.temporal_namespace)
+        return await work(client)
+
+    try:
+        return asyncio.run(run())
+    except RPCError as err:
+        found = err.status != RPCStatusCode.NOT_FOUND
+        typer.echo(f"error: {'Temporal: ' if found else ''}{err.message}", err=True)
+    except RuntimeError as err:  # temporalio's "Failed client connect: ..."
+        typer.echo(f"error: cannot reach Temporal at {settings.temporal_address}: {err}",
+                   err=True)
+    _exit_after_temporal(1)
+
+
+def _exit_after_temporal(code: int = 0) -> NoReturn:
+    """temporalio may abort at interpreter exit after the work is done (an open upstream
+    issue, seen in about 1 in 3 short runs here): a command run from a terminal exits on
+    purpose. Inside a harness that replaced stdout (tests), it exits normally."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__:
+        os._exit(code)
+    raise typer.Exit(code)
+
+
+def _attributes(execution: Any) -> dict[str, Any]:
+    return {pair.key.name: pair.value for pair in execution.typed_search_attributes}
+
+
+def _when(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@admin_app.command("workflow")
+def admin_workflow(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """A job's workflow in Temporal: ids, status, search attributes and its history events."""
+    from datetime import UTC
+
+    from temporalio.api.enums.v1 import EventType
+
+    from workflows.contracts import job_workflow_id
+
+    async def describe(client: Any) -> dict[str, Any]:
+        handle = client.get_workflow_handle(job_workflow_id(job_id))
+        info = await handle.describe()
+        events = []
+        async for e in handle.fetch_history_events():
+            detail = ""
+            if e.HasField("activity_task_scheduled_event_attributes"):
+                detail = e.activity_task_scheduled_event_attributes.activity_type.name
+            elif e.HasField("marker_recorded_event_attributes"):
+                detail = e.marker_recorded_event_attributes.marker_name
+            events.append({
+                "id": e.event_id,
+                "type": EventType.Name(e.event_type).removeprefix("EVENT_TYPE_"),
+                "time": e.event_time.ToDatetime(tzinfo=UTC).isoformat(),
+                "detail": detail,
+            })
+        return {
+            "workflow_id": info.id, "run_id": info.run_id,
+            "status": info.status.name if info.status else None,
+            "workflow_type": info.workflow_type, "task_queue": info.task_queue,
+            "start_time": _when(info.start_time), "close_time": _when(info.close_time),
+            "search_attributes": _attributes(info), "history": events,
+        }
+
+    found = _with_temporal(describe)
+    if as_json:
+        _print_json(found)
+    else:
+        out = _out()
+        grid = Table.grid(padding=(0, 2))
+        for label, key in (("workflow", "workflow_id"), ("run", "run_id"), ("status", "status"),
+                           ("type", "workflow_type"), ("task queue", "task_queue"),
+                           ("started", "start_time"), ("closed", "close_time")):
+            grid.add_row(label, str(found[key] or "-"))
+        attrs = " ".join(f"{k}={v}" for k, v in sorted(found["search_attributes"].items()))
+        grid.add_row("search attributes", attrs or "-")
+        out.print(grid)
+        table = Table("#", "time", "event", "detail", box=None,
+                      title=f"history: {len(found['history'])} events", title_justify="left")
+        for e in found["history"]:
+            table.add_row(str(e["id"]), e["time"], e["type"], e["detail"])
+        out.print(table)
+    _exit_after_temporal()
+
+
+@admin_app.command("jobs")
+def admin_jobs(
+    state: Annotated[str | None, typer.Option(help="e.g. QUEUED, RUNNING, SUCCEEDED.")] = None,
+    client_id: Annotated[
+        str | None, typer.Option("--client", "--client-id", help="The client's id.")
+    ] = None,
+    gpu_model: Annotated[str | None, typer.Option(help="As the job asked ('any': none).")] = None,
+    node: Annotated[str | None, typer.Option(help="The job's node.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """Job workflows found through Temporal's visibility on their search attributes."""
+    from workflows.search_attributes import job_query
+
+    try:
+        query = job_query(state.upper() if state else None, client_id, gpu_model, node)
+    except ValueError as err:
+        _fail(str(err), 2)
+
+    async def search(client: Any) -> list[dict[str, Any]]:
+        return [
+            {"workflow_id": w.id, "run_id": w.run_id,
+             "status": w.status.name if w.status else None, "start_time": _when(w.start_time),
+             "close_time": _when(w.close_time), "search_attributes": _attributes(w)}
+            async for w in client.list_workflows(query, limit=limit)
+        ]
+
+    found = _with_temporal(search)
+    if as_json:
+        _print_json({"query": query, "workflows": found})
+    elif not found:
+        _err().print(f"no job workflow matches {query}")
+    else:
+        table = Table("workflow", "state", "client", "gpu model", "node", "status", "started",
+                      box=None)
+        for w in found:
+            a = w["search_attributes"]
+            table.add_row(w["workflow_id"], a.get("GpgpuState", "-"), a.get("GpgpuClient", "-"),
+                          a.get("GpgpuGpuModel", "-"), a.get("GpgpuNode", "-"),
+                          str(w["status"]), str(w["start_time"]))
+        _out().print(table)
+    _exit_after_temporal()
 
 
 def main() -> None:

@@ -63,6 +63,9 @@ class Job:
     updated_at: str
     outputs: list[OutputFile] = field(default_factory=list)
     events: list[JobEvent] = field(default_factory=list)
+    queue: str = ""
+    priority: int = 0
+    expected_start: str | None = None  # an estimate while QUEUED (see the API's description)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Job:
@@ -80,6 +83,9 @@ class Job:
             updated_at=d["updatedAt"],
             outputs=[OutputFile.from_json(o) for o in d.get("outputs") or []],
             events=[JobEvent.from_json(e) for e in d.get("events") or []],
+            queue=d.get("queue") or "",
+            priority=int(d.get("priority") or 0),
+            expected_start=d.get("expectedStart"),
         )
 
     @property
@@ -108,6 +114,8 @@ class Gpu:
     model: str
     memory_mb: int
     busy_job_id: str | None
+    status: str = ""  # online (free), busy, suspended, degraded, offline
+    reason: str = ""  # why degraded or offline
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Gpu:
@@ -116,7 +124,42 @@ class Gpu:
             model=d["model"],
             memory_mb=int(d["memoryMb"]),
             busy_job_id=d.get("busyJobId"),
+            status=d.get("status") or "",
+            reason=d.get("reason") or "",
         )
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    utilization_pct: int | None = None
+    memory_used_mb: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    ecc_errors: int | None = None
+    xid_errors: int | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GpuReading:
+        return cls(
+            index=int(d["index"]),
+            utilization_pct=d.get("utilizationPct"),
+            memory_used_mb=d.get("memoryUsedMb"),
+            temperature_c=d.get("temperatureC"),
+            power_w=d.get("powerW"),
+            ecc_errors=d.get("eccErrors"),
+            xid_errors=d.get("xidErrors"),
+        )
+
+
+@dataclass(frozen=True)
+class TelemetrySample:
+    at: str
+    gpus: list[GpuReading] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TelemetrySample:
+        return cls(at=d["at"], gpus=[GpuReading.from_json(g) for g in d.get("gpus") or []])
 
 
 @dataclass(frozen=True)
@@ -128,9 +171,13 @@ class Provider:
     reputation: float
     earnings_micro: int
     gpus: list[Gpu] = field(default_factory=list)
+    status_reason: str = ""
+    price_per_gpu_hour_micro: int | None = None
+    telemetry: list[TelemetrySample] = field(default_factory=list)  # oldest first
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Provider:
+        price = d.get("pricePerGpuHourMicro")
         return cls(
             provider_id=d["providerId"],
             region=d["region"],
@@ -139,6 +186,109 @@ class Provider:
             reputation=float(d["reputation"]),
             earnings_micro=int(d["earningsMicro"]),
             gpus=[Gpu.from_json(g) for g in d.get("gpus") or []],
+            status_reason=d.get("statusReason") or "",
+            price_per_gpu_hour_micro=None if price is None else int(price),
+            telemetry=[TelemetrySample.from_json(t) for t in d.get("telemetry") or []],
+        )
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    transfer_id: str
+    amount_micro: int
+    balance_micro: int
+    counterparty: str
+    kind: str
+    memo: str
+    at: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LedgerEntry:
+        return cls(
+            seq=int(d["seq"]), transfer_id=d["transferId"], amount_micro=int(d["amountMicro"]),
+            balance_micro=int(d["balanceMicro"]), counterparty=d["counterparty"], kind=d["kind"],
+            memo=d["memo"], at=d["at"],
+        )
+
+
+@dataclass(frozen=True)
+class ProviderEarnings:
+    provider_id: str
+    balance_micro: int
+    earned_micro: int
+    withdrawn_micro: int
+    entries: list[LedgerEntry] = field(default_factory=list)  # newest first
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ProviderEarnings:
+        return cls(
+            provider_id=d["providerId"], balance_micro=int(d["balanceMicro"]),
+            earned_micro=int(d["earnedMicro"]), withdrawn_micro=int(d["withdrawnMicro"]),
+            entries=[LedgerEntry.from_json(e) for e in d.get("entries") or []],
+        )
+
+
+@dataclass(frozen=True)
+class Queue:
+    node_id: str
+    name: str
+    gpu_models: list[str]
+    waiting: int
+    priority_levels: int = 1
+    max_gpus_per_client: int = 0  # 0: no cap
+    fair_share: bool = True
+
+    @property
+    def ref(self) -> str:
+        return f"{self.node_id}/{self.name}"
+
+    @classmethod
+    def from_json(cls, node_id: str, d: dict[str, Any]) -> Queue:
+        return cls(
+            node_id=node_id, name=d["name"], gpu_models=list(d.get("gpuModels") or []),
+            waiting=int(d.get("waiting") or 0), priority_levels=int(d.get("priorityLevels", 1)),
+            max_gpus_per_client=int(d.get("maxGpusPerClient", 0)),
+            fair_share=bool(d.get("fairShare", True)),
+        )
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    region: str
+    operator: str
+    provider_ids: list[str] = field(default_factory=list)
+    queues: list[Queue] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Node:
+        return cls(
+            node_id=d["nodeId"], region=d["region"], operator=d["operator"],
+            provider_ids=list(d.get("providerIds") or []),
+            queues=[Queue.from_json(d["nodeId"], q) for q in d.get("queues") or []],
+        )
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    position: int
+    job_id: str
+    name: str  # "" for another client's job
+    gpus: int
+    gpu_model: str | None
+    priority: int
+    waiting_since: str
+    expected_start: str | None
+    mine: bool
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> QueuedJob:
+        return cls(
+            position=int(d["position"]), job_id=d["jobId"], name=d.get("name") or "",
+            gpus=int(d["gpus"]), gpu_model=d.get("gpuModel"), priority=int(d.get("priority", 0)),
+            waiting_since=d["waitingSince"], expected_start=d.get("expectedStart"),
+            mine=bool(d.get("mine")),
         )
 
 

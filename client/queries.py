@@ -2,7 +2,7 @@
 
 JOB_FIELDS = """
 fragment JobFields on Job {
-  id clientId name state reason providerId queuePosition
+  id clientId name state reason providerId queuePosition queue priority expectedStart
   maxCostMicro costMicro submittedAt updatedAt
   outputs { path key sha256 size }
 }
@@ -54,11 +54,94 @@ query Account {
 }
 """
 
-PROVIDERS = """
+PROVIDER_FIELDS = """
+fragment ProviderFields on Provider {
+  providerId region status statusReason lastHeartbeatAt reputation earningsMicro
+  pricePerGpuHourMicro
+  gpus { index model memoryMb busyJobId status reason }
+}
+"""
+
+PROVIDERS = (
+    """
 query Providers {
-  providers {
-    providerId region status lastHeartbeatAt reputation earningsMicro
-    gpus { index model memoryMb busyJobId }
+  providers { ...ProviderFields }
+}
+"""
+    + PROVIDER_FIELDS
+)
+
+PROVIDER = (
+    """
+query Provider($id: String!, $samples: Int!) {
+  provider(providerId: $id) {
+    ...ProviderFields
+    telemetry(limit: $samples) {
+      at gpus { index utilizationPct memoryUsedMb temperatureC powerW eccErrors xidErrors }
+    }
+  }
+}
+"""
+    + PROVIDER_FIELDS
+)
+
+PROVIDER_EARNINGS = """
+query ProviderEarnings($id: String!, $limit: Int!) {
+  providerEarnings(providerId: $id, limit: $limit) {
+    providerId balanceMicro earnedMicro withdrawnMicro
+    entries { seq transferId amountMicro balanceMicro counterparty kind memo at }
+  }
+}
+"""
+
+SUSPEND_GPU = (
+    """
+mutation SuspendGpu($id: String!, $index: Int!) {
+  suspendGpu(providerId: $id, index: $index) { ...ProviderFields }
+}
+"""
+    + PROVIDER_FIELDS
+)
+
+RESUME_GPU = (
+    """
+mutation ResumeGpu($id: String!, $index: Int!) {
+  resumeGpu(providerId: $id, index: $index) { ...ProviderFields }
+}
+"""
+    + PROVIDER_FIELDS
+)
+
+SET_PRICE = (
+    """
+mutation SetPrice($id: String!, $price: String!) {
+  setPrice(providerId: $id, pricePerGpuHour: $price) { ...ProviderFields }
+}
+"""
+    + PROVIDER_FIELDS
+)
+
+NODES = """
+query Nodes {
+  nodes {
+    nodeId region operator providerIds
+    queues { name gpuModels waiting priorityLevels maxGpusPerClient fairShare }
+  }
+}
+"""
+
+CONFIGURE_QUEUE = """
+mutation ConfigureQueue($node: String!, $name: String!, $models: [String!]!, $levels: Int!,
+                        $cap: Int!, $fair: Boolean!) {
+  configureQueue(nodeId: $node, name: $name, gpuModels: $models, priorityLevels: $levels,
+                 maxGpusPerClient: $cap, fairShare: $fair)
+}
+"""
+
+QUEUE = """
+query Queue($name: String!, $limit: Int!) {
+  queue(name: $name, limit: $limit) {
+    position jobId name gpus gpuModel priority waitingSince expectedStart mine
   }
 }
 """

@@ -36,7 +36,16 @@ from client.config import (
     storage_url,
 )
 from client.errors import ApiError, ApiUnreachable, GpgpuError, SpecRejectedError
-from client.models import Account, Job, JobEvent, Provider, StoredObject
+from client.models import (
+    Account,
+    Job,
+    JobEvent,
+    Node,
+    Provider,
+    ProviderEarnings,
+    QueuedJob,
+    StoredObject,
+)
 from client.specfile import load_spec_file, plan_spec_file
 from client.subscription import (
     RECONNECT_WINDOW_S,
@@ -129,6 +138,55 @@ class GpgpuClient:
 
     def providers(self) -> list[Provider]:
         return _http.parse_providers(self._graphql(queries.PROVIDERS))
+
+    # -- providers' own controls and nodes --------------------------------
+
+    def provider(self, provider_id: str, samples: int = 0) -> Provider:
+        """One provider, with its GPUs' status and its last `samples` telemetry readings."""
+        data = self._graphql(queries.PROVIDER, {"id": provider_id, "samples": samples})
+        return _http.parse_provider(data, "provider", provider_id)
+
+    def provider_earnings(self, provider_id: str, limit: int = 100) -> ProviderEarnings:
+        data = self._graphql(
+            queries.PROVIDER_EARNINGS, {"id": provider_id, "limit": limit}
+        )
+        return _http.parse_earnings(data)
+
+    def suspend_gpu(self, provider_id: str, index: int) -> Provider:
+        """Take a GPU out of service: no new work; a job on it finishes."""
+        data = self._graphql(queries.SUSPEND_GPU, {"id": provider_id, "index": index})
+        return _http.parse_provider(data, "suspendGpu", provider_id)
+
+    def resume_gpu(self, provider_id: str, index: int) -> Provider:
+        data = self._graphql(queries.RESUME_GPU, {"id": provider_id, "index": index})
+        return _http.parse_provider(data, "resumeGpu", provider_id)
+
+    def set_price(self, provider_id: str, credits: str | int | float) -> Provider:
+        """The provider's price per GPU-hour, in credits ("2.5"), for jobs placed from now."""
+        variables = {"id": provider_id, "price": _http.price_text(credits)}
+        data = self._graphql(queries.SET_PRICE, variables)
+        return _http.parse_provider(data, "setPrice", provider_id)
+
+    def nodes(self) -> list[Node]:
+        return _http.parse_nodes(self._graphql(queries.NODES))
+
+    def configure_queue(
+        self,
+        node_id: str,
+        name: str,
+        gpu_models: list[str],
+        priority_levels: int = 1,
+        max_gpus_per_client: int = 0,
+        fair_share: bool = True,
+    ) -> None:
+        """Create or change a queue (every setting: what is left out takes its default)."""
+        self._graphql(queries.CONFIGURE_QUEUE, _http.queue_variables(
+            node_id, name, gpu_models, priority_levels, max_gpus_per_client, fair_share
+        ))
+
+    def queue(self, name: str = "local/default", limit: int = 100) -> list[QueuedJob]:
+        """A queue's waiting jobs in the order the scheduler places them."""
+        return _http.parse_queue(self._graphql(queries.QUEUE, {"name": name, "limit": limit}))
 
     def submit_spec_file(self, path: str | Path, progress: FileProgress | None = None) -> Job:
         """Check a spec file, upload its local inputs, submit the job."""

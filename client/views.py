@@ -7,7 +7,16 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from client.models import Account, Job, Provider, StoredObject
+from client.models import (
+    Account,
+    GpuReading,
+    Job,
+    Node,
+    Provider,
+    ProviderEarnings,
+    QueuedJob,
+    StoredObject,
+)
 from client.pipeline import Pipeline, StepState
 from client.render import credits, event_summary, human_bytes
 
@@ -56,7 +65,10 @@ def job_detail(job: Job) -> RenderableType:
     if job.reason:
         facts.add_row("reason", job.reason)
     if job.queue_position is not None:
-        facts.add_row("queue position", str(job.queue_position))
+        where = f" in {job.queue}" if job.queue else ""
+        facts.add_row("queue position", f"{job.queue_position}{where}")
+    if job.expected_start is not None:
+        facts.add_row("expected start", f"by {short_time(job.expected_start)} (estimate)")
     facts.add_row("cost", f"{credits(job.cost_micro)} credits (max {credits(job.max_cost_micro)})")
     facts.add_row("provider", job.provider_id or "-")
     facts.add_row("submitted", short_time(job.submitted_at))
@@ -75,25 +87,104 @@ def job_detail(job: Job) -> RenderableType:
     return Group(*parts)
 
 
+_GPU_STYLE = {"online": "green", "busy": "cyan", "suspended": "yellow", "degraded": "red",
+              "offline": "dim"}
+
+
 def providers_table(providers: list[Provider]) -> Table:
     table = Table(
-        "provider", "region", "status", "gpus", "reputation", "earnings", "heartbeat", box=None
+        "provider", "region", "status", "gpus", "price/GPU-hour", "reputation", "earnings",
+        "heartbeat", box=None,
     )
     for p in providers:
         models = sorted({f"{g.model} {g.memory_mb // 1024}GB" for g in p.gpus})
-        busy = sum(1 for g in p.gpus if g.busy_job_id)
         gpus = f"{len(p.gpus)} x {', '.join(models)}" if p.gpus else "none"
-        if busy:
-            gpus += f" ({busy} busy)"
+        states: dict[str, int] = {}
+        for g in p.gpus:
+            state = g.status or ("busy" if g.busy_job_id else "")
+            if state and state not in ("online", "offline"):
+                states[state] = states.get(state, 0) + 1
+        if states:
+            gpus += " (" + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"
         table.add_row(
             p.provider_id,
             p.region,
             p.status,
             gpus,
+            credits(p.price_per_gpu_hour_micro),
             f"{p.reputation:.2f}",
             credits(p.earnings_micro),
             short_time(p.last_heartbeat_at),
         )
+    return table
+
+
+def _reading(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:g}{unit}"
+
+
+def provider_detail(p: Provider) -> RenderableType:
+    """One provider: its facts, then a line per GPU with its status and latest readings."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_row("provider", f"{p.provider_id} ({p.region})")
+    status = p.status + (f": {p.status_reason}" if p.status_reason else "")
+    facts.add_row("status", status)
+    facts.add_row("price", f"{credits(p.price_per_gpu_hour_micro)} credits per GPU-hour")
+    facts.add_row("reputation", f"{p.reputation:.2f}")
+    facts.add_row("earnings", f"{credits(p.earnings_micro)} credits")
+    facts.add_row("heartbeat", short_time(p.last_heartbeat_at))
+    latest = {r.index: r for r in p.telemetry[-1].gpus} if p.telemetry else {}
+    gpus = Table("gpu", "model", "memory", "status", "job", "util", "mem used", "temp", "power",
+                 box=None)
+    for g in p.gpus:
+        r = latest.get(g.index)
+        state = Text(g.status or "-", style=_GPU_STYLE.get(g.status, ""))
+        if g.reason:
+            state.append(f" ({g.reason})")
+        r = r or GpuReading(g.index)
+        gpus.add_row(
+            str(g.index), g.model, human_bytes(g.memory_mb * 1024 * 1024), state,
+            g.busy_job_id or "-",
+            _reading(r.utilization_pct, "%"),
+            "-" if r.memory_used_mb is None else human_bytes(r.memory_used_mb * 1024 * 1024),
+            _reading(r.temperature_c, "°C"), _reading(r.power_w, " W"),
+        )
+    return Group(facts, Text(""), gpus)
+
+
+def earnings_view(e: ProviderEarnings) -> RenderableType:
+    facts = Table.grid(padding=(0, 2))
+    facts.add_row("provider", e.provider_id)
+    facts.add_row("balance", f"{credits(e.balance_micro)} credits")
+    facts.add_row("earned", f"{credits(e.earned_micro)} credits (paid for verified work)")
+    facts.add_row("withdrawn", f"{credits(e.withdrawn_micro)} credits")
+    if not e.entries:
+        return facts
+    entries = Table("at", "kind", "amount", "balance", "from/to", "memo", box=None)
+    for x in e.entries:
+        entries.add_row(short_time(x.at), x.kind, credits(x.amount_micro),
+                        credits(x.balance_micro), x.counterparty, x.memo)
+    return Group(facts, Text(""), entries)
+
+
+def queues_table(nodes: list[Node]) -> Table:
+    table = Table("queue", "gpu models", "priority levels", "max gpus/client", "order", "waiting",
+                  box=None)
+    for n in nodes:
+        for q in n.queues:
+            table.add_row(q.ref, ", ".join(q.gpu_models) or "any", str(q.priority_levels),
+                          str(q.max_gpus_per_client or "no cap"),
+                          "fair share" if q.fair_share else "first come", str(q.waiting))
+    return table
+
+
+def waiting_table(jobs: list[QueuedJob]) -> Table:
+    table = Table("#", "job", "name", "gpus", "priority", "waiting since", "expected start",
+                  box=None)
+    for j in jobs:
+        table.add_row(str(j.position), Text(j.job_id, no_wrap=True, overflow="fold"),
+                      j.name if j.mine else "-", str(j.gpus), str(j.priority),
+                      short_time(j.waiting_since), short_time(j.expected_start))
     return table
 
 

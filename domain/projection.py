@@ -16,15 +16,15 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 
-from domain.node import DEFAULT_QUEUE, split_queue
-from domain.reputation import reputation_score
+from domain.node import DEFAULT_QUEUE, queue_config, split_queue
+from domain.reputation import reputation, reputation_score
 from infra.db import VIEW_TABLES, Cursor, ViewDB
 
 log = logging.getLogger(__name__)
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
-VIEWS_VERSION = 6
+VIEWS_VERSION = 8
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
@@ -161,8 +161,11 @@ class Projector:
             log.error("event %s for unknown node aggregate %s", etype, agg)
             return
         queues, providers = json.loads(row["queues"]), json.loads(row["provider_ids"])
-        if etype == "QueueConfigured":
-            queues[data["name"]] = {"gpu_models": data["gpu_models"]}
+        if etype == "QueueConfigured":  # events before v2 of Node carry only the models
+            queues[data["name"]] = queue_config(
+                data["gpu_models"], data.get("priority_levels", 1),
+                data.get("max_gpus_per_client", 0), data.get("fair_share", True),
+            )
         elif etype == "QueueRemoved":
             queues.pop(data["name"], None)
         elif etype == "ProviderJoinedNode":
@@ -193,14 +196,17 @@ class Projector:
 
     def _job(self, cur: Cursor, nid: int, agg: str, etype: str, at: str, data: dict[str, Any]):
         if etype == "JobSubmitted":
-            node, queue = split_queue(data["spec"].get("queue", DEFAULT_QUEUE))
+            spec = data["spec"]
+            node, queue = split_queue(spec.get("queue", DEFAULT_QUEUE))
             cur.execute(
                 "INSERT INTO jobs (job_id, aggregate_id, client_id, name, state, max_cost_micro,"
-                " submitted_at, updated_at, spec, last_seq, queue)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                " submitted_at, updated_at, spec, last_seq, queue, priority, gpus, timeout_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
                 (
-                    data["job_id"], agg, data["client_id"], data["spec"]["name"], "SUBMITTED",
-                    data["max_cost_micro"], at, at, json.dumps(data["spec"]), f"{node}/{queue}",
+                    data["job_id"], agg, data["client_id"], spec["name"], "SUBMITTED",
+                    data["max_cost_micro"], at, at, json.dumps(spec), f"{node}/{queue}",
+                    spec.get("priority", 0), spec.get("resources", {}).get("gpus", 1),
+                    int(spec.get("timeout", 600)),
                 ),
             )
             data = {k: v for k, v in data.items() if k != "spec"}
@@ -221,16 +227,16 @@ class Projector:
             sets.append("reason = ?")
             params.append(data["reason"])
         elif etype == "JobQueued":
-            sets += ["attempt = ?", "provider_id = NULL"]
+            sets += ["attempt = ?", "provider_id = NULL", "allocated_at = NULL"]
             params.append(data["attempt"])
             if job["queued_position"] is None:
                 sets.append("queued_position = ?")
                 params.append(nid)
         elif etype == "GpusAllocated":
-            sets.append("provider_id = ?")
-            params.append(data["provider_id"])
+            sets += ["provider_id = ?", "allocated_at = ?"]
+            params += [data["provider_id"], at]
         elif etype == "ProviderLost":
-            sets.append("provider_id = NULL")
+            sets += ["provider_id = NULL", "allocated_at = NULL"]
         elif etype in ("OutputsUploaded", "ResultAccepted"):
             # The latest upload until verification accepts one run's outputs as the job's.
             sets.append("outputs = ?")
@@ -267,8 +273,9 @@ class Projector:
                 ),
             )
         row = cur.one(
-            "SELECT provider_id, reservations, outcomes, last_seq FROM providers"
-            " WHERE aggregate_id = ?", (agg,),
+            "SELECT provider_id, reservations, reservation_clients, outcomes, outcome_times,"
+            " suspended,"
+            " degraded, last_seq FROM providers WHERE aggregate_id = ?", (agg,),
         )
         if row is None:
             log.error("event %s for unknown provider aggregate %s", etype, agg)
@@ -276,23 +283,51 @@ class Projector:
         seq = row["last_seq"] + 1
         self._stream_event(cur, "provider", row["provider_id"], seq, nid, etype, at, data)
         reservations = json.loads(row["reservations"])
+        clients = json.loads(row["reservation_clients"])
         outcomes = json.loads(row["outcomes"])
+        times: list[float] = json.loads(row["outcome_times"])
+        suspended: list[int] = json.loads(row["suspended"])
+        degraded: dict[str, str] = json.loads(row["degraded"])
         sets, params = ["updated_at = ?", "last_seq = ?"], list[Any]([at, seq])
         if etype == "ProviderRejoined":
-            sets += ["region = ?", "price_micro = ?", "gpus = ?", "status = 'online'"]
+            sets += ["region = ?", "price_micro = ?", "gpus = ?", "status = 'online'",
+                     "status_reason = ''"]
             params += [data["region"], data["price_per_gpu_hour_micro"], json.dumps(data["gpus"])]
         elif etype == "RuntimesDeclared":
             sets.append("runtimes = ?")
             params.append(json.dumps(data["runtimes"]))
-        elif etype == "ProviderMarkedLost":
-            sets.append("status = 'lost'")
+        elif etype in ("ProviderMarkedLost", "ProviderWentOffline"):
+            sets += ["status = ?", "status_reason = ?"]
+            params += ["lost" if etype == "ProviderMarkedLost" else "offline", data["reason"]]
+        elif etype == "ProviderCameOnline":
+            sets += ["status = 'online'", "status_reason = ''"]
+        elif etype == "PriceChanged":
+            sets.append("price_micro = ?")
+            params.append(data["price_per_gpu_hour_micro"])
         elif etype == "GpusReserved":
             reservations[data["job_id"]] = data["gpu_indexes"]
+            clients[data["job_id"]] = data.get("client_id", "")
         elif etype == "GpusReleased":
             reservations.pop(data["job_id"], None)
+            clients.pop(data["job_id"], None)
+        elif etype == "GpuSuspended":
+            suspended = sorted({*suspended, data["index"]})
+        elif etype == "GpuResumed":
+            suspended = [i for i in suspended if i != data["index"]]
+        elif etype == "GpuDegraded":
+            degraded[str(data["index"])] = data["reason"]
+        elif etype == "GpuRecovered":
+            degraded.pop(str(data["index"]), None)
         elif etype == "ReputationRecorded":
             outcomes.append(data["outcome"])
-        sets += ["reservations = ?", "outcomes = ?", "reputation = ?"]
-        params += [json.dumps(reservations), json.dumps(outcomes), reputation_score(outcomes)]
+            times.append(data["at"])
+        # The score as of the latest outcome; readers decay it to their own moment
+        # (domain/reputation.py) from the outcomes and their times kept beside it.
+        score = reputation(list(zip(outcomes, times, strict=True)), max(times, default=0.0))
+        sets += ["reservations = ?", "reservation_clients = ?", "outcomes = ?", "reputation = ?",
+                 "suspended = ?", "degraded = ?", "outcome_times = ?"]
+        params += [json.dumps(reservations), json.dumps(clients), json.dumps(outcomes),
+                   score.score, json.dumps(suspended),
+                   json.dumps(degraded, sort_keys=True), json.dumps(times)]
         cur.execute(f"UPDATE providers SET {', '.join(sets)} WHERE aggregate_id = ?",
                     (*params, agg))

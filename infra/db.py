@@ -26,9 +26,12 @@ SCHEMA = [
         max_cost_micro BIGINT NOT NULL, cost_micro BIGINT,
         submitted_at TEXT NOT NULL, updated_at TEXT NOT NULL, queued_position BIGINT,
         outputs TEXT NOT NULL DEFAULT '[]', spec TEXT NOT NULL, last_seq INTEGER NOT NULL,
-        queue TEXT NOT NULL DEFAULT 'local/default')""",
+        queue TEXT NOT NULL DEFAULT 'local/default', priority INTEGER NOT NULL DEFAULT 0,
+        gpus INTEGER NOT NULL DEFAULT 1, timeout_s BIGINT NOT NULL DEFAULT 0,
+        allocated_at TEXT)""",
     "CREATE INDEX IF NOT EXISTS jobs_client ON jobs (client_id, submitted_at)",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, queued_position)",
+    "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (queue, state)",
     """CREATE TABLE IF NOT EXISTS job_events (
         job_id TEXT NOT NULL, seq INTEGER NOT NULL, notification_id BIGINT NOT NULL,
         type TEXT NOT NULL, at TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, seq))""",
@@ -36,8 +39,11 @@ SCHEMA = [
         provider_id TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, region TEXT NOT NULL,
         status TEXT NOT NULL, price_micro BIGINT NOT NULL, gpus TEXT NOT NULL,
         reservations TEXT NOT NULL DEFAULT '{}', outcomes TEXT NOT NULL DEFAULT '[]',
+        outcome_times TEXT NOT NULL DEFAULT '[]',
         reputation DOUBLE PRECISION NOT NULL, updated_at TEXT NOT NULL,
-        runtimes TEXT NOT NULL DEFAULT '["process"]', last_seq INTEGER NOT NULL DEFAULT 0)""",
+        runtimes TEXT NOT NULL DEFAULT '["process"]', last_seq INTEGER NOT NULL DEFAULT 0,
+        status_reason TEXT NOT NULL DEFAULT '', reservation_clients TEXT NOT NULL DEFAULT '{}',
+        suspended TEXT NOT NULL DEFAULT '[]', degraded TEXT NOT NULL DEFAULT '{}')""",
     """CREATE TABLE IF NOT EXISTS provider_events (
         provider_id TEXT NOT NULL, seq INTEGER NOT NULL, notification_id BIGINT NOT NULL,
         type TEXT NOT NULL, at TEXT NOT NULL, data TEXT NOT NULL,
@@ -52,10 +58,21 @@ SCHEMA = [
         account TEXT NOT NULL, seq INTEGER NOT NULL, transfer_id TEXT NOT NULL,
         amount_micro BIGINT NOT NULL, balance_micro BIGINT NOT NULL, counterparty TEXT NOT NULL,
         kind TEXT NOT NULL, memo TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (account, seq))""",
+    # Not read models: heartbeats are samples, not events (infra/telemetry.py). The liveness
+    # row holds a provider's last heartbeat and how many it sent; provider_samples is a ring
+    # of its last `provider_samples_kept` heartbeats' GPU readings (slot = beat number mod N).
     """CREATE TABLE IF NOT EXISTS provider_liveness (
         provider_id TEXT PRIMARY KEY, last_heartbeat_at DOUBLE PRECISION NOT NULL,
-        telemetry TEXT NOT NULL DEFAULT '[]')""",
+        telemetry TEXT NOT NULL DEFAULT '[]', beats BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS provider_samples (
+        provider_id TEXT NOT NULL, slot INTEGER NOT NULL, gpu_index INTEGER NOT NULL,
+        at DOUBLE PRECISION NOT NULL, utilization_pct INTEGER, memory_used_mb BIGINT,
+        temperature_c INTEGER, power_w DOUBLE PRECISION, ecc_errors BIGINT, xid_errors BIGINT,
+        PRIMARY KEY (provider_id, slot, gpu_index))""",
 ]
+
+# Columns added to tables that are not rebuilt from the log: (table, column, declaration).
+COLUMNS_ADDED = [("provider_liveness", "beats", "BIGINT NOT NULL DEFAULT 0")]
 
 
 # The read models proper: derived from the log, dropped and rebuilt when their shape changes.
@@ -75,6 +92,20 @@ class ViewDB:
         with self.transaction() as cur:
             for statement in SCHEMA:
                 cur.execute(statement)
+            self._add_columns(cur)
+
+    def _add_columns(self, cur: Cursor) -> None:
+        for table, column, declaration in COLUMNS_ADDED:
+            if self.is_postgres:
+                have = cur.all(
+                    "SELECT column_name AS name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = ?", (table,)
+                )
+            else:
+                have = cur.all(f"SELECT name FROM pragma_table_info('{table}')")
+            if column not in {r["name"] for r in have}:
+                exists = "IF NOT EXISTS " if self.is_postgres else ""
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN {exists}{column} {declaration}")
 
     def _connect(self) -> Any:  # a psycopg or sqlite3 connection
         if self.is_postgres:
@@ -143,6 +174,7 @@ class ViewDB:
 class Cursor:
     def __init__(self, db: ViewDB, cur: Any):
         self._db, self._cur = db, cur
+        self.is_postgres = db.is_postgres
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         self._cur.execute(self._db._sql(sql), tuple(params))
@@ -155,10 +187,19 @@ class Cursor:
             return None
         return dict(zip([d[0] for d in self._cur.description], row, strict=True))
 
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self._cur.execute(self._db._sql(sql), tuple(params))
+        cols = [d[0] for d in self._cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in self._cur.fetchall()]
+
 
 def online_provider_ids(views: ViewDB, settings: Settings) -> set[str]:
-    """Providers whose last heartbeat is recent enough to give them work."""
-    cutoff = time.time() - settings.provider_offline_after_s
+    """Providers whose last heartbeat is recent enough to give them work.
+
+    The same rule as the liveness monitor's (infra/telemetry.py): silent for longer than
+    `settings.offline_after_s` (a few missed heartbeats, not one late one) is offline.
+    """
+    cutoff = time.time() - settings.offline_after_s
     rows = views.query(
         "SELECT provider_id FROM provider_liveness WHERE last_heartbeat_at >= ?", (cutoff,)
     )

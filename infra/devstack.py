@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from infra.settings import Settings
+from workflows.search_attributes import create_command, registration_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hello" / "job.yaml"
@@ -105,9 +106,16 @@ class Stack:
             "--db-filename", str(self.home / "temporal.db"),
             "--ip", host, "--port", port, "--ui-port", str(s.temporal_ui_port),
             "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1",
-            "--log-level", "warn",
+            "--log-level", "warn", *registration_flags(),
         ])
         wait_for_port(host, int(port), 30, "the Temporal dev server")
+        # A home made before the search attributes existed: its database needs them too.
+        done = subprocess.run(
+            create_command(temporal_binary(), s.temporal_address, s.temporal_namespace),
+            capture_output=True, text=True, timeout=30,
+        )
+        if done.returncode != 0:  # jobs still run, only unsearchable
+            say(f"warning: search attributes not registered: {done.stderr.strip()}", err=True)
 
     def start_control_plane(self) -> None:
         self.spawn("api", [sys.executable, "-m", "api"])

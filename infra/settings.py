@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.storage import ObjectStore, build_store
@@ -49,9 +50,10 @@ class Settings(BaseSettings):
     starting_balance_micro: int = 100_000_000
     protocol_fee_bps: int = 500
 
-    # Liveness: a provider whose last heartbeat is older than this is not allocated.
+    # Liveness: the agents' heartbeat interval. A provider is offline once it missed
+    # `provider_missed_heartbeats` of them (see `offline_after_s`); this overrides that.
     provider_heartbeat_interval_s: float = 5.0
-    provider_offline_after_s: float = 20.0
+    provider_offline_after_s: float | None = None
     # How long a GPU-side activity may go without a heartbeat before its provider is lost.
     gpu_activity_heartbeat_timeout_s: float = 10.0
     # How long a GPU-side activity may wait in a provider's queue before it is lost.
@@ -59,6 +61,34 @@ class Settings(BaseSettings):
     max_provider_attempts: int = 3
     # The network's own replicated checks, at a rate that falls as a provider earns trust.
     adaptive_checks: bool = True
+    # Known-answer canary jobs after a provider's accepted runs, at its canary rate
+    # (domain/verification.py); the override fixes the rate (tests), the delay spreads them.
+    canaries: bool = True
+    canary_rate_override: float | None = Field(default=None, ge=0.0, le=1.0)
+    canary_max_delay_s: float = 60.0
+    # Container-only providers get the shell canary in this image (sh and sha256sum); None:
+    # they get no canaries (a provider never pulls an image it was not given).
+    canary_image: str | None = None
+    # Heartbeats a provider may miss before it counts as offline (one late beat is not death).
+    provider_missed_heartbeats: int = 3
+    # Telemetry samples (heartbeats) kept per provider for its charts; older ones are overwritten.
+    provider_samples_kept: int = 120
+    # Job checkpoints (worker_gpu/checkpoint.py): a larger checkpoint/ is not uploaded (the
+    # job goes on, its log says why); the agent looks for changes every interval.
+    checkpoint_max_bytes: int = Field(default=1 << 30, ge=0)
+    checkpoint_max_files: int = Field(default=16, ge=1, le=1000)
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)
+    # Service logs: "text" for people, "json" for log pipelines (one object per line with the
+    # job id; infra/logs.py).
+    log_format: Literal["text", "json"] = "text"
+
+    @property
+    def offline_after_s(self) -> float:
+        """Silence after which a provider is offline: `provider_missed_heartbeats` intervals,
+        plus half an interval for a beat that is merely late; or the explicit override."""
+        if self.provider_offline_after_s is not None:
+            return self.provider_offline_after_s
+        return self.provider_heartbeat_interval_s * (self.provider_missed_heartbeats + 0.5)
 
     def object_store(self) -> ObjectStore:
         return build_store(

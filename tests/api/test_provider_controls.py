@@ -1,0 +1,371 @@
+"""Providers' own controls, GPU health, liveness and queue positions, through the real API.
+
+The API app runs under uvicorn in this process (its projection, heartbeat ingest
+and liveness monitor included) against a real Temporal dev server; heartbeats
+come over HTTP from threads, as agents send them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.services import Services
+from domain.spec import parse_job_spec
+from infra.settings import Settings
+from tests.conftest import free_port
+
+INTERVAL = 1.0  # heartbeat interval: offline after 3 missed (3.5 s)
+H100 = "NVIDIA H100 80GB HBM3"
+
+REGISTER = """mutation($input: RegisterProviderInput!) {
+  registerProvider(input: $input) { providerId status } }"""
+HEARTBEAT = "mutation($id: String!, $t: JSON) { providerHeartbeat(providerId: $id, telemetry: $t) }"
+PROVIDER_FIELDS = """providerId status statusReason lastHeartbeatAt pricePerGpuHourMicro
+  pricePerGpuHour reputation earningsMicro gpus { index status reason busyJobId }"""
+PROVIDER = f"query($id: String!) {{ provider(providerId: $id) {{ {PROVIDER_FIELDS} }} }}"
+SUSPEND = f"""mutation($id: String!, $i: Int!) {{
+  suspendGpu(providerId: $id, index: $i) {{ {PROVIDER_FIELDS} }} }}"""
+RESUME = f"""mutation($id: String!, $i: Int!) {{
+  resumeGpu(providerId: $id, index: $i) {{ {PROVIDER_FIELDS} }} }}"""
+SET_PRICE = f"""mutation($id: String!, $p: String!) {{
+  setPrice(providerId: $id, pricePerGpuHour: $p) {{ {PROVIDER_FIELDS} }} }}"""
+EXPLAIN = """query($s: JSON!) { explain(spec: $s) { __typename
+  ... on Explanation { eligible { providerId gpuIndexes } rejected { providerId reason } } } }"""
+
+
+@dataclass
+class Api:
+    url: str
+    app: FastAPI
+    http: httpx.Client
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+    def post(self, query: str, client: str = "demo", **variables: Any) -> dict[str, Any]:
+        r = self.http.post("/graphql", json={"query": query, "variables": variables},
+                           headers={"X-Gpgpu-Client": client})
+        r.raise_for_status()
+        return r.json()
+
+    def gql(self, query: str, client: str = "demo", **variables: Any) -> dict[str, Any]:
+        body = self.post(query, client, **variables)
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def error(self, query: str, **variables: Any) -> str:
+        body = self.post(query, **variables)
+        assert body.get("errors"), body
+        return str(body["errors"][0]["message"])
+
+    def provider(self, provider_id: str) -> dict[str, Any]:
+        return self.gql(PROVIDER, id=provider_id)["provider"]
+
+    def events(self, provider_id: str) -> list[str]:
+        rows = self.services.views.query(
+            "SELECT type FROM provider_events WHERE provider_id = ? ORDER BY seq", (provider_id,)
+        )
+        return [r["type"] for r in rows]
+
+    def register(self, provider_id: str, gpus: int = 2, model: str = H100,
+                 price_micro: int = 2_000_000) -> None:
+        self.gql(REGISTER, input={
+            "providerId": provider_id, "region": "eu", "pricePerGpuHourMicro": price_micro,
+            "gpus": [{"index": i, "model": model, "memoryMb": 81_559} for i in range(gpus)],
+        })
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Api]:
+    port = free_port()
+    settings = Settings(
+        home=tmp_path_factory.mktemp("controls"), temporal_address=temporal_server,
+        api_port=port, api_url=f"http://127.0.0.1:{port}", provider_heartbeat_interval_s=INTERVAL,
+    )
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    try:
+        with httpx.Client(base_url=settings.api_url, timeout=30) as http:
+            yield Api(settings.api_url, app, http)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@dataclass
+class Beater:
+    """An agent's heartbeat: every half interval, with this telemetry, until paused."""
+
+    api: Api
+    provider_id: str
+    telemetry: list[dict[str, Any]] = field(default_factory=list)
+    paused: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.api.url, timeout=30) as http:
+            while not self.stopped.wait(INTERVAL / 2):
+                if not self.paused.is_set():
+                    http.post("/graphql", json={
+                        "query": HEARTBEAT,
+                        "variables": {"id": self.provider_id, "t": self.telemetry},
+                    }).raise_for_status()
+
+
+@pytest.fixture
+def beating(api: Api) -> Iterator[Callable[[str], Beater]]:
+    beaters: list[tuple[Beater, threading.Thread]] = []
+
+    def start(provider_id: str) -> Beater:
+        beater = Beater(api, provider_id)
+        thread = threading.Thread(target=beater.run, daemon=True)
+        thread.start()
+        beaters.append((beater, thread))
+        return beater
+
+    yield start
+    for beater, thread in beaters:
+        beater.stopped.set()
+        thread.join(timeout=10)
+
+
+def eventually(check: Callable[[], Any], timeout_s: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result = check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if result is not False:
+                return result
+            assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def spec(gpus: int = 2, **over: Any) -> dict[str, Any]:
+    return {"name": "x", "command": "true", "max_price_per_gpu_hour": "3", "timeout": 600,
+            "resources": {"gpus": gpus, "gpu_model": "H100"}, **over}
+
+
+def judged(api: Api, provider_id: str, s: dict[str, Any]) -> str | list[int]:
+    """The provider's GPUs this spec would get, or why it would not run there."""
+    found = api.gql(EXPLAIN, s=s)["explain"]
+    for offer in found["eligible"]:
+        if offer["providerId"] == provider_id:
+            return offer["gpuIndexes"]
+    return next(r["reason"] for r in found["rejected"] if r["providerId"] == provider_id)
+
+
+def test_suspend_and_resume_a_gpu(api: Api, beating: Callable[[str], Beater]) -> None:
+    api.register("p-suspend")
+    beating("p-suspend")
+    assert judged(api, "p-suspend", spec(2)) == [0, 1]
+
+    after = api.gql(SUSPEND, id="p-suspend", i=1)["suspendGpu"]
+    assert [(g["index"], g["status"]) for g in after["gpus"]] == [(0, "online"), (1, "suspended")]
+    assert judged(api, "p-suspend", spec(2)) == "suspended"
+    assert judged(api, "p-suspend", spec(1)) == [0]
+    api.gql(SUSPEND, id="p-suspend", i=1)  # twice: one event
+
+    after = api.gql(RESUME, id="p-suspend", i=1)["resumeGpu"]
+    assert [g["status"] for g in after["gpus"]] == ["online", "online"]
+    assert judged(api, "p-suspend", spec(2)) == [0, 1]
+    assert api.events("p-suspend").count("GpuSuspended") == 1
+    assert api.events("p-suspend")[-1] == "GpuResumed"
+
+
+def test_controls_name_the_field_in_their_errors(api: Api) -> None:
+    api.register("p-errors")
+    assert api.error(SUSPEND, id="p-errors", i=7) == (
+        "gpu_index: p-errors has no GPU 7 (it has 0, 1)"
+    )
+    assert api.error(RESUME, id="nobody", i=0) == "providerId: no provider 'nobody'"
+    assert api.error(SET_PRICE, id="p-errors", p="cheap") == (
+        "pricePerGpuHour: 'cheap' is not a number of credits"
+    )
+    assert api.error(SET_PRICE, id="p-errors", p="0") == (
+        "pricePerGpuHour: must be more than 0, got 0"
+    )
+    assert api.error(HEARTBEAT, id="p-errors", t=[{"index": "zero"}]) == (
+        "telemetry.0.index: must be a GPU index (0 or more)"
+    )
+    assert api.error(HEARTBEAT, id="nobody", t=[]) == (
+        "providerId: no provider 'nobody'; register first"
+    )
+
+
+def test_a_price_change_applies_to_new_quotes(api: Api, beating: Callable[[str], Beater]) -> None:
+    api.register("p-price", price_micro=2_000_000)
+    beating("p-price")
+    after = api.gql(SET_PRICE, id="p-price", p="3.25")["setPrice"]
+    assert (after["pricePerGpuHourMicro"], after["pricePerGpuHour"]) == (3_250_000, "3.25")
+    assert judged(api, "p-price", spec(1)) == "price above the job's maximum"
+    assert judged(api, "p-price", spec(1, max_price_per_gpu_hour="3.25")) == [0]
+    assert api.events("p-price")[-1] == "PriceChanged"
+
+
+def test_ecc_errors_degrade_a_gpu_until_they_clear(
+    api: Api, beating: Callable[[str], Beater]
+) -> None:
+    api.register("p-ecc")
+    beater = beating("p-ecc")
+    healthy = [{"index": 0, "utilization_pct": 10, "ecc_errors": 0, "xid_errors": 0},
+               {"index": 1, "utilization_pct": 20, "ecc_errors": 0, "xid_errors": 0}]
+    beater.telemetry = healthy
+    time.sleep(INTERVAL)
+    assert "GpuDegraded" not in api.events("p-ecc")
+    beater.telemetry = [{**healthy[0], "ecc_errors": 2}, healthy[1]]
+
+    def degraded() -> bool:
+        gpus = api.provider("p-ecc")["gpus"]
+        return [(g["status"], g["reason"]) for g in gpus] == [
+            ("degraded", "ECC errors: 2"), ("online", "")]
+
+    eventually(degraded)
+    assert judged(api, "p-ecc", spec(2)) == "degraded: GPU 0 ECC errors: 2"
+    assert judged(api, "p-ecc", spec(1)) == [1]
+    time.sleep(2 * INTERVAL)  # more beats with the same errors: no more events
+    assert api.events("p-ecc").count("GpuDegraded") == 1
+
+    beater.telemetry = healthy
+    eventually(lambda: [g["status"] for g in api.provider("p-ecc")["gpus"]] == ["online"] * 2)
+    assert judged(api, "p-ecc", spec(2)) == [0, 1]
+    assert api.events("p-ecc").count("GpuRecovered") == 1
+
+    samples = api.gql('{ provider(providerId: "p-ecc") { telemetry(limit: 3) {'
+                      ' at gpus { index utilizationPct eccErrors } } } }')["provider"]["telemetry"]
+    assert len(samples) == 3
+    assert samples[-1]["gpus"] == [{"index": 0, "utilizationPct": 10, "eccErrors": 0},
+                                   {"index": 1, "utilizationPct": 20, "eccErrors": 0}]
+
+
+def test_liveness_has_hysteresis(api: Api, beating: Callable[[str], Beater]) -> None:
+    api.register("p-live")
+    beater = beating("p-live")
+    time.sleep(INTERVAL)
+    beater.paused.set()  # one beat late, another missed: not offline
+    time.sleep(1.5 * INTERVAL)
+    beater.paused.clear()
+    time.sleep(2 * INTERVAL)
+    assert "ProviderWentOffline" not in api.events("p-live")
+    assert api.provider("p-live")["status"] == "online"
+
+    beater.paused.set()
+    went = eventually(lambda: api.provider("p-live")["status"] == "offline"
+                      and "ProviderWentOffline" in api.events("p-live") and api.provider("p-live"))
+    assert went["statusReason"].startswith("missed ")
+    assert {g["status"] for g in went["gpus"]} == {"offline"}
+    assert judged(api, "p-live", spec(1)) == "offline"
+    time.sleep(2 * INTERVAL)
+    assert api.events("p-live").count("ProviderWentOffline") == 1
+
+    beater.paused.clear()
+    eventually(lambda: api.provider("p-live")["status"] == "online")
+    assert api.events("p-live")[-2:] == ["ProviderWentOffline", "ProviderCameOnline"]
+    assert judged(api, "p-live", spec(1)) == [0]
+
+
+QUEUE = """query($n: String!) { queue(name: $n) { position jobId name priority expectedStart
+  mine } }"""
+JOB = "query($id: ID!) { job(id: $id) { state queue priority queuePosition expectedStart } }"
+
+
+def test_queue_positions_follow_the_schedulers_order(
+    api: Api, beating: Callable[[str], Beater]
+) -> None:
+    api.gql("""mutation { configureQueue(nodeId: "local", name: "l4", gpuModels: ["L4"],
+              priorityLevels: 3, maxGpusPerClient: 4, fairShare: true) }""")
+    nodes = api.gql("{ nodes { nodeId queues { name gpuModels priorityLevels maxGpusPerClient"
+                    " fairShare waiting } } }")["nodes"]
+    (l4,) = [q for n in nodes if n["nodeId"] == "local" for q in n["queues"] if q["name"] == "l4"]
+    assert l4 == {"name": "l4", "gpuModels": ["L4"], "priorityLevels": 3,
+                  "maxGpusPerClient": 4, "fairShare": True, "waiting": 0}
+    api.register("p-l4", gpus=1, model="NVIDIA L4")
+    beating("p-l4")
+    network = api.services.network
+    jobs = [("a1", "alice", 0, 1), ("a2", "alice", 0, 1), ("a3", "alice", 0, 1),
+            ("b1", "bob", 0, 1), ("d1", "dave", 0, 2), ("c1", "carol", 2, 1)]
+    for job_id, client, priority, gpus in jobs:
+        network.open_client(client, 100_000_000)
+        network.submit_job(job_id, client, parse_job_spec(
+            {**spec(gpus, queue="local/l4", priority=priority), "resources": {"gpus": gpus}}))
+        network.admit_job(job_id)
+    now = time.time()
+
+    line = eventually(lambda: (q := api.gql(QUEUE, "alice", n="local/l4")["queue"])
+                      and len(q) == 6 and q)
+    # Priority first; then fair share: each next job to the client holding the fewest GPUs.
+    assert [j["jobId"] for j in line] == ["c1", "a1", "b1", "d1", "a2", "a3"]
+    assert [j["position"] for j in line] == [1, 2, 3, 4, 5, 6]
+    assert [j["name"] for j in line] == ["", "x", "", "", "x", "x"]  # others' names are theirs
+    # One L4 GPU, each job for its whole 600 s timeout; d1 asks for 2: never on this queue.
+    starts = [j["expectedStart"] and datetime.fromisoformat(j["expectedStart"]).timestamp() - now
+              for j in line]
+    assert starts[3] is None
+    for got, expected in zip([s for s in starts if s is not None], [0, 600, 1200, 1800, 2400],
+                             strict=True):
+        assert got == pytest.approx(expected, abs=15)
+
+    job = api.gql(JOB, "bob", id="b1")["job"]
+    assert (job["state"], job["queue"], job["priority"], job["queuePosition"]) == (
+        "QUEUED", "local/l4", 0, 3)
+    assert job["expectedStart"] == line[2]["expectedStart"]
+    assert api.gql(JOB, "carol", id="c1")["job"]["queuePosition"] == 1
+
+
+def test_earnings_of_a_provider(api: Api) -> None:
+    api.register("p-earn")
+    found = api.gql('{ providerEarnings(providerId: "p-earn") { providerId balanceMicro'
+                    ' earnedMicro withdrawnMicro entries { kind amountMicro } } }')
+    assert found["providerEarnings"] == {"providerId": "p-earn", "balanceMicro": 0,
+                                         "earnedMicro": 0, "withdrawnMicro": 0, "entries": []}
+    assert api.error('{ providerEarnings(providerId: "nobody") { balanceMicro } }') == (
+        "providerId: no provider 'nobody'"
+    )
+
+
+def test_heartbeats_are_samples_not_events(api: Api) -> None:
+    api.register("p-samples", gpus=1)
+    before = api.events("p-samples")
+    for n in range(5):
+        api.gql(HEARTBEAT, id="p-samples", t=[{"index": 0, "utilization_pct": n}])
+    assert api.events("p-samples") == before
+    rows = api.services.views.query(
+        "SELECT beats FROM provider_liveness WHERE provider_id = 'p-samples'")
+    assert rows[0]["beats"] == 6  # the registration counts as one
+
+    # The same without GraphQL's cost per request: POST the telemetry list.
+    ok = api.http.post("/providers/p-samples/heartbeat", json=[{"index": 0, "ecc_errors": 0}])
+    assert (ok.status_code, ok.json()) == (200, {"ok": True})
+    assert api.http.post("/providers/p-samples/heartbeat").status_code == 200  # no telemetry
+    bad = api.http.post("/providers/p-samples/heartbeat", json=[{"index": -1}])
+    assert (bad.status_code, bad.json()) == (
+        400, {"detail": "telemetry.0.index: must be a GPU index (0 or more)"})
+    unknown = api.http.post("/providers/nobody/heartbeat", json=[])
+    assert (unknown.status_code, unknown.json()) == (
+        404, {"detail": "providerId: no provider 'nobody'; register first"})
+    rows = api.services.views.query(
+        "SELECT beats FROM provider_liveness WHERE provider_id = 'p-samples'")
+    assert rows[0]["beats"] == 8
