@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test install lint clean gpu-check system-deps
+.PHONY: up test install lint clean gpu-check system-deps web
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-up: install
+up: install web
 	$(VENV)/bin/gpgpu up
 
 lint: install
@@ -24,7 +24,7 @@ lint: install
 system-deps:
 	bash scripts/system-deps.sh
 
-test: install lint system-deps
+test: install lint system-deps web
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 gpu-check:
@@ -32,3 +32,21 @@ gpu-check:
 
 clean:
 	rm -rf .gpgpu test-artifacts
+
+# The web UI (web/): `npm ci` only when the lock file changed (node_modules is kept between
+# runs), `npm run build` (tsc --noEmit, then vite) only when a source changed; the API
+# serves web/dist at /. Without npm: say so and go on (the API serves a plain page).
+WEB_DEPS := web/node_modules/.installed-$(shell cksum < web/package-lock.json | cut -d' ' -f1)
+WEB_SRC := $(shell find web/src -type f) web/index.html web/package.json web/tsconfig.json web/vite.config.ts
+
+web:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory web/dist/index.html; \
+	else echo "web: npm is missing, so the web UI is not built (the API serves a plain page at /)." \
+	  "Install Node.js 20+ with npm, then run make web; the browser tests skip until then." >&2; fi
+
+$(WEB_DEPS): web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+web/dist/index.html: $(WEB_DEPS) $(WEB_SRC)
+	cd web && npm run --silent build

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The Debian packages the test suite's real services need: Ceph's RADOS Gateway (S3),
-# a Docker engine, busybox for offline test images. One apt transaction, only if missing.
+# a Docker engine, busybox for offline test images, Chromium for the browser tests (tests/web).
+# One apt transaction, only if missing.
 set -euo pipefail
 need=()
 command -v radosgw >/dev/null 2>&1 || need+=(ceph-mon ceph-osd radosgw ceph-common)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)  # v1: validates the stack file
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # tests/web (playwright drives it)
 [ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

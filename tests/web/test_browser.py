@@ -1,0 +1,439 @@
+"""The web UI in a real browser (Debian's chromium, driven by playwright) on a real network.
+
+Each flow signs in the way the API allows: with accounts (the schema has `signUp`) it
+signs up through the UI; before accounts exist, on the development sign-in page that
+names a client (X-Gpgpu-Client). Tests that need accounts skip, saying so, until the
+schema has `signUp`. Screenshots of each main page go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.network import Network, network
+from tests.web.conftest import FAILED
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = ROOT / "web" / "dist"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+HELLO = ROOT / "examples" / "hello"
+PASSWORD = "correct horse battery staple"
+TIMEOUT_MS = 20_000
+
+# The cheapest provider, started by the provider test (with the user's API key when the
+# network has accounts), so the jobs placed during that test go to it.
+OWN_PROVIDER = "web-own"
+
+
+def _unavailable(reason: str) -> None:
+    """Skip where a developer lacks the browser tools; in CI (`make test` installs them) fail."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI installs it: make test runs system-deps and web)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed: uv pip install -e '.[dev]'")
+    if not CHROMIUM.exists():
+        _unavailable("chromium is missing: bash scripts/system-deps.sh as root "
+                     "(apt-get install chromium)")
+    if shutil.which("npm") and shutil.which("make"):  # a no-op when web/dist is up to date
+        subprocess.run(["make", "--no-print-directory", "web"], cwd=ROOT, check=True)
+    if not (DIST / "index.html").exists():
+        _unavailable("the web UI is not built: make web (needs Node.js and npm)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def net(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory, temporal_server: str
+) -> Iterator[Network]:
+    home = tmp_path_factory.mktemp("web")
+    with network(home, temporal_server, [
+        ("web-h100", "1xH100:80", "2.0", []),
+        ("web-a100", "1xA100:40", "3.0", []),
+    ]) as n:
+        yield n
+
+
+@pytest.fixture(scope="module")
+def has_accounts(net: Network) -> bool:
+    fields = net.gql('{ __type(name: "Mutation") { fields { name } } }')["__type"]["fields"]
+    return "signUp" in {f["name"] for f in fields}
+
+
+@pytest.fixture
+def needs_accounts(has_accounts: bool) -> None:
+    if not has_accounts:
+        pytest.skip("the API has no accounts yet: its schema lacks the mutation signUp "
+                    "(issue 6's auth contract); these flows sign up and sign in")
+
+
+@pytest.fixture
+def page(browser: Any, net: Network, request: pytest.FixtureRequest) -> Iterator[Any]:
+    context = browser.new_context(base_url=net.url, accept_downloads=True,
+                                  viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda err: errors.append(str(err)))
+    yield p
+    if request.node.stash.get(FAILED, False):
+        shot(p, f"failed-{request.node.name}")
+    context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def enter(page: Any, has_accounts: bool, name: str, roles: list[str]) -> None:
+    """Sign up (with accounts) or name a client (without); lands on the role's start page."""
+    page.goto("/")
+    page.wait_for_url("**/signin")
+    if has_accounts:
+        page.click("text=Create an account")
+        page.wait_for_url("**/signup")
+        page.fill("input[name=email]", f"{name}@example.test")
+        page.fill("input[name=password]", PASSWORD)
+    else:
+        page.fill("input[name=client]", name)
+    for role in ("client", "provider", "operator"):
+        page.set_checked(f"input[name=role-{role}]", role in roles)
+    page.click("button[type=submit]")
+    page.wait_for_selector("header.top")
+
+
+def session_of(page: Any) -> dict[str, Any]:
+    raw = page.evaluate("localStorage.getItem('gpgpu.session')")
+    assert raw, "no session in localStorage"
+    return json.loads(raw)
+
+
+def gql_as(net: Network, page: Any, query: str, **variables: Any) -> dict[str, Any]:
+    """A GraphQL call as the browser's signed-in user (bearer token or client header)."""
+    s = session_of(page)
+    headers = ({"Authorization": f"Bearer {s['token']}"} if s["mode"] == "auth"
+               else {"X-Gpgpu-Client": s["user"]["clientId"]})
+    r = net.http.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+    r.raise_for_status()
+    body = r.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def nav(page: Any, label: str, url: str) -> None:
+    page.click(f"header.top nav >> text={label}")
+    page.wait_for_url(f"**{url}")
+
+
+def switch_role(page: Any, role: str) -> None:
+    page.select_option("[data-testid=role-switch]", role)
+
+
+def test_the_api_serves_the_ui_and_its_routes(net: Network) -> None:
+    index = net.http.get("/")
+    assert index.status_code == 200 and '<div id="app">' in index.text
+    # A client-side route (a reload on a job page) gets the same page; a missing asset a 404.
+    deep = net.http.get("/client/jobs/3f2a")
+    assert deep.status_code == 200 and deep.text == index.text
+    assert net.http.get("/assets/nothing-here.js").status_code == 404
+    asset = re.search(r'src="(/assets/[^"]+\.js)"', index.text)
+    assert asset and net.http.get(asset.group(1)).status_code == 200
+    assert net.http.get("/healthz").json()["status"] == "ok"
+
+
+def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
+    page: Any, net: Network, has_accounts: bool, tmp_path: Path
+) -> None:
+    enter(page, has_accounts, "web-alice", ["client"])
+    if not has_accounts:
+        shot(page, "jobs-empty")
+
+    # Storage: upload two files, each with a progress bar that ends at "uploaded".
+    nav(page, "My files", "/client/storage")
+    page.fill("input[name=folder]", "inputs/")
+    page.set_input_files("[data-testid=upload-input]", [HELLO / "hello.py", HELLO / "input.txt"])
+    for key in ("inputs/hello.py", "inputs/input.txt"):
+        page.wait_for_selector(f'[data-testid=uploads] li[data-key="{key}"][data-done=yes]')
+        page.wait_for_selector(f'[data-testid=objects] tr[data-key="{key}"]')
+    assert "uploaded" in page.inner_text('[data-testid=uploads] li[data-key="inputs/hello.py"]')
+    assert page.get_attribute("[data-testid=uploads] [role=progressbar]", "aria-valuenow") == "100"
+    shot(page, "client-storage")
+
+    # The job form: the live explanation follows the fields, refusals as the API words them.
+    nav(page, "New job", "/client/jobs/new")
+    page.fill("input[name=name]", "hello")
+    page.fill("input[name=command]", "python3 hello.py")
+    page.check('input[name=input][value="inputs/hello.py"]')
+    page.check('input[name=input][value="inputs/input.txt"]')
+    page.fill("textarea[name=outputs]", "out/result.txt")
+    page.fill("input[name=gpus]", "0")
+    page.wait_for_selector("[data-testid=explain] >> text=resources.gpus: Input should be "
+                           "greater than or equal to 1")
+    page.fill("input[name=gpus]", "1")
+    page.fill("input[name=minMemoryGb]", "60")
+    page.fill("input[name=maxPrice]", "4")
+    page.fill("input[name=timeout]", "2m")
+    page.wait_for_selector("[data-testid=quote]")
+    # web-a100 has 40 GB: the explanation names it among the rejected, with its reason.
+    page.wait_for_selector("[data-testid=rejections] >> text=web-a100")
+    shot(page, "client-new-job")
+    page.click("button:has-text('Submit job')")
+
+    # The job page follows the job live (subscription jobEvents) to its end.
+    page.wait_for_url(re.compile(r".*/client/jobs/[0-9a-f-]{36}$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("[data-testid=job-state] >> text=SUCCEEDED", timeout=120_000)
+    page.wait_for_selector("[data-testid=job-events] >> text=JobSucceeded")
+    assert "wrote out/result.txt" in page.inner_text("[data-testid=job-log]")
+    assert "credits" in page.inner_text("[data-testid=job-cost]")
+    assert page.get_attribute("[data-testid=job-progress] [role=progressbar]",
+                              "aria-valuenow") == "100"
+    shot(page, "client-job")
+
+    with page.expect_download() as download:
+        page.click('[data-testid="download-out/result.txt"]')
+    saved = tmp_path / "result.txt"
+    download.value.save_as(saved)
+    lines = (HELLO / "input.txt").read_text().splitlines()
+    expected = "\n".join(line.upper() for line in lines) + "\nlines: 3\nCUDA_VISIBLE_DEVICES: 0\n"
+    assert saved.read_text() == expected
+
+    nav(page, "My jobs", "/client/jobs")
+    page.wait_for_selector(f'[data-testid=jobs] tr[data-job="{job_id}"] >> text=succeeded')
+    shot(page, "client-jobs")
+    nav(page, "Balance", "/client/account")
+    page.wait_for_selector("[data-testid=ledger] >> text=held for a job")
+    page.wait_for_selector("[data-testid=ledger] >> text=returned from a job")
+    balance = page.inner_text("[data-testid=balance]")
+    assert balance.startswith("99.9"), balance  # 100 credits, less the job's cost
+    shot(page, "client-balance")
+
+    nav(page, "My files", "/client/storage")  # a delete asks first
+    row = '[data-testid=objects] tr[data-key="inputs/input.txt"]'
+    page.click(f"{row} button:has-text('Delete')")
+    page.click(f"{row} button:has-text('Yes, delete')")
+    page.wait_for_selector(row, state="detached")
+    assert page.is_visible('[data-testid=objects] tr[data-key="inputs/hello.py"]')
+
+
+def test_a_pasted_spec_is_explained_and_refused_field_by_field(
+    page: Any, has_accounts: bool
+) -> None:
+    enter(page, has_accounts, "web-paste", ["client"])
+    nav(page, "New job", "/client/jobs/new")
+    page.click("text=Paste a job spec (YAML/JSON)")
+    page.fill("textarea[name=spec]", "name: x\ncommand: [true]\nmax_price_per_gpu_hour: '2'\n"
+                                     "resources: {gpus: 1, colour: red}\n")
+    page.wait_for_selector("[data-testid=explain] >> text=resources.colour: is not a known field")
+    page.fill("textarea[name=spec]", "name: [unclosed\n")
+    page.wait_for_selector("[data-testid=explain] >> text=not valid YAML or JSON")
+    page.fill("textarea[name=spec]", '{"name": "x", "command": ["true"], '
+                                     '"max_price_per_gpu_hour": "2", "timeout": "9d"}')
+    page.wait_for_selector("[data-testid=explain] >> text=timeout:")
+    page.click("button:has-text('Submit job')")
+    page.wait_for_selector("[data-testid=refused] >> text=timeout:")
+    assert page.url.endswith("/client/jobs/new")  # nothing was recorded
+
+
+def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
+    page: Any, net: Network, has_accounts: bool
+) -> None:
+    enter(page, has_accounts, "web-prov", ["client", "provider"])
+    env = dict(net.stack.env)
+    if has_accounts:  # the agent joins the account whose API key it holds
+        page.click("header.top nav >> text=API keys")
+        page.fill("input[name=key-name]", "gpu-box")
+        page.click("button:has-text('Create key')")
+        env["GPGPU_API_KEY"] = page.inner_text("[data-testid=new-key]").strip()
+    saved, net.stack.env = net.stack.env, env
+    try:
+        net.stack.start_provider(OWN_PROVIDER, "1xH100:80", "1.0")
+    finally:
+        net.stack.env = saved
+    net.wait_providers_online([OWN_PROVIDER])
+
+    switch_role(page, "provider")
+    page.wait_for_url("**/provider")
+    card = f"[data-provider={OWN_PROVIDER}]"
+    page.wait_for_selector(card, timeout=60_000)
+    page.goto(f"/provider/{OWN_PROVIDER}")  # its own page: a deep link the API serves
+    page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=online]",
+                           timeout=60_000)
+    assert page.inner_text(f"{card} [data-testid=earned]") == "0.00 credits"
+    page.wait_for_selector(f"{card} [data-testid=chart-util] canvas")
+
+    # A job of this user's client role goes to the cheapest GPU: this provider's.
+    job = gql_as(net, page, """mutation($s: JSON!) { submitJob(spec: $s) { __typename
+        ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }""",
+                 s={"name": "busy", "command": "sleep 6; echo done", "timeout": "2m",
+                    "max_price_per_gpu_hour": "1.5"})["submitJob"]
+    assert job["__typename"] == "JobSubmitted", job
+    page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=busy]",
+                           timeout=60_000)
+    assert job["job"]["id"][:8] in page.inner_text(f"{card} [data-testid=gpus]")
+    shot(page, "provider-busy")
+    page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=online]",
+                           timeout=90_000)
+    page.wait_for_function(
+        """sel => { const el = document.querySelector(sel);
+                    return el && el.textContent !== '0.00 credits'; }""",
+        arg=f"{card} [data-testid=earned]", timeout=60_000,
+    )
+    earned = page.inner_text(f"{card} [data-testid=earned]")
+    assert float(earned.split()[0]) > 0, earned
+    page.wait_for_selector(f"{card} [data-testid=ledger] >> text=paid for GPU time")
+    page.wait_for_selector(f"{card} [data-testid=reputation] [data-outcome=success] >> text=1")
+
+    # Its controls: suspend and resume a GPU; a price the API refuses, then one it takes.
+    page.click(f"{card} [data-testid=suspend-0]")
+    page.wait_for_selector(f"{card} tr[data-gpu='0'] [data-status=suspended]")
+    shot(page, "provider")
+    page.click(f"{card} [data-testid=resume-0]")
+    page.wait_for_selector(f"{card} tr[data-gpu='0'] [data-status=online]")
+    page.fill(f"{card} input[name=price]", "cheap")
+    page.click(f"{card} button:has-text('Set price')")
+    page.wait_for_selector(f"{card} .price-form .error >> text=pricePerGpuHour:")
+    page.fill(f"{card} input[name=price]", "1.25")
+    page.click(f"{card} button:has-text('Set price')")
+    page.wait_for_selector(f"{card} >> text=1.25 credits / GPU-hour")
+
+
+def test_operator_sees_queues_waiting_jobs_and_gpus(
+    page: Any, net: Network, has_accounts: bool
+) -> None:
+    enter(page, has_accounts, "web-op", ["client", "operator"])
+    switch_role(page, "operator")
+    page.wait_for_url("**/operator")
+    form = "[data-testid=register-node]"
+    page.fill(f"{form} input[name=node-id]", "web-node")
+    page.fill(f"{form} input[name=region]", "eu-west")
+    page.click(f"{form} button[type=submit]")
+    node = "[data-node=web-node]"
+    page.wait_for_selector(f"{node} [data-testid=queues-web-node] tr[data-queue=default]")
+    page.click(f"{node} summary:has-text('Add a queue')")
+    page.fill(f"{node} details input[name=queue-name]", "b200")
+    page.fill(f"{node} details input[name=models]", "B200")
+    page.fill(f"{node} details input[name=levels]", "3")
+    page.click(f"{node} details button:has-text('Add queue')")
+    page.wait_for_selector(f"{node} tr[data-queue=b200] >> text=B200")
+
+    # A client's job for a GPU class nobody offers waits in that queue, first in line.
+    switch_role(page, "client")
+    page.wait_for_url("**/client/jobs")
+    nav(page, "New job", "/client/jobs/new")
+    page.fill("input[name=name]", "waits")
+    page.fill("input[name=command]", "true")
+    page.select_option("select[name=queue]", "web-node/b200")
+    page.fill("input[name=priority]", "2")
+    page.wait_for_selector("[data-testid=explain] >> text=No provider can run it right now")
+    page.click("button:has-text('Submit job')")
+    page.wait_for_url(re.compile(r".*/client/jobs/[0-9a-f-]{36}$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("[data-testid=queue-position] >> text=1")
+
+    switch_role(page, "operator")
+    page.wait_for_url("**/operator")
+    waiting = f"{node} [data-testid='waiting-web-node/b200']"
+    page.wait_for_selector(f"{waiting} tr[data-job='{job_id}']")
+    cells = page.eval_on_selector_all(f"{waiting} tr[data-job='{job_id}'] td",
+                                      "tds => tds.map(td => td.textContent.trim())")
+    assert cells[0] == "1" and cells[1] == "waits" and cells[4] == "2", cells  # position, priority
+    assert cells[6] == "not enough usable GPUs", cells  # nobody offers a B200
+    if not has_accounts:  # the development network shows every node: the default one too
+        local = "[data-node=local]"
+        page.wait_for_selector(f"{local} [data-testid=node-gpus-local] >> text=web-h100")
+        page.wait_for_selector(f"{local} [data-testid=providers-local] >> text=web-a100")
+    shot(page, "operator")
+
+    # The client cancels it from the job page.
+    page.goto(f"/client/jobs/{job_id}")
+    page.click("button:has-text('Cancel job')")
+    page.wait_for_selector("[data-testid=job-state] >> text=CANCELLED", timeout=60_000)
+
+
+def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> None:
+    page.goto("/")
+    page.wait_for_url("**/signin")
+    shot(page, "sign-in")
+    page.click("text=Create an account")
+    page.fill("input[name=email]", "web-everyone@example.test")
+    page.fill("input[name=password]", PASSWORD)
+    for role in ("client", "provider", "operator"):
+        page.set_checked(f"input[name=role-{role}]", True)
+    shot(page, "sign-up")
+    page.click("button[type=submit]")
+    page.wait_for_selector("header.top")
+    assert page.inner_text("[data-testid=who]") == "web-everyone@example.test"
+    s = session_of(page)
+    assert s["mode"] == "auth" and s["token"]
+    assert sorted(s["user"]["roles"]) == ["client", "operator", "provider"]
+    assert s["user"]["clientId"]
+    options = page.eval_on_selector_all("[data-testid=role-switch] option",
+                                        "os => os.map(o => o.value)")
+    assert options == ["client", "provider", "operator"]
+    switch_role(page, "provider")
+    page.wait_for_url("**/provider")
+    switch_role(page, "operator")
+    page.wait_for_url("**/operator")
+
+    # The same email again is refused, in the API's words (they name the field).
+    page.click("button:has-text('Sign out')")
+    page.wait_for_url("**/signin")
+    assert page.evaluate("localStorage.getItem('gpgpu.session')") is None
+    page.click("text=Create an account")
+    page.fill("input[name=email]", "web-everyone@example.test")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector(".error >> text=email")
+
+    # A wrong password is refused; the right one signs in; a reload keeps the session.
+    page.click("text=Sign in")
+    page.wait_for_url("**/signin")
+    page.fill("input[name=email]", "web-everyone@example.test")
+    page.fill("input[name=password]", "not the password")
+    page.click("button[type=submit]")
+    page.wait_for_selector(".error")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("header.top")
+    page.reload()
+    page.wait_for_selector("[data-testid=who] >> text=web-everyone@example.test")
+
+    # API keys: the key is shown once, listed without it, and revoked.
+    page.click("header.top nav >> text=API keys")
+    page.wait_for_url("**/keys")
+    page.fill("input[name=key-name]", "laptop")
+    page.click("button:has-text('Create key')")
+    key = page.inner_text("[data-testid=new-key]").strip()
+    assert len(key) >= 16
+    page.wait_for_selector("[data-testid=api-keys] tr[data-key-name=laptop]")
+    assert key not in page.inner_text("[data-testid=api-keys]")
+    shot(page, "api-keys")
+    page.click("[data-testid=api-keys] tr[data-key-name=laptop] button:has-text('Revoke')")
+    page.wait_for_selector("[data-testid=api-keys] tr[data-key-name=laptop]", state="detached")

@@ -1,0 +1,101 @@
+// The GraphQL client: urql over fetch for queries and mutations, graphql-ws for
+// subscriptions (the graphql-transport-ws protocol the API serves at /graphql).
+import {
+  Client,
+  CombinedError,
+  fetchExchange,
+  subscriptionExchange,
+  type AnyVariables,
+  type DocumentInput,
+} from "@urql/core";
+import { createClient as createWsClient, type Client as WsClient } from "graphql-ws/client";
+import { authHeaders, session, wsPayload, type Session } from "./session";
+
+interface Bound {
+  key: string;
+  client: Client;
+  ws: WsClient;
+}
+
+let bound: Bound | null = null;
+
+function sessionKey(s: Session | null): string {
+  return s ? `${s.mode}:${s.token ?? ""}:${s.user.clientId ?? ""}` : "anonymous";
+}
+
+function wsUrl(): string {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}/graphql`;
+}
+
+/** The client for the current session; a new one (and websocket) when the caller changes. */
+export function api(): Client {
+  const s = session.value;
+  const key = sessionKey(s);
+  if (bound?.key === key) return bound.client;
+  bound?.ws.dispose();
+  const ws = createWsClient({
+    url: wsUrl(),
+    connectionParams: () => wsPayload(session.value),
+    lazy: true,
+    retryAttempts: 20,
+    shouldRetry: () => true,
+  });
+  const client = new Client({
+    url: "/graphql",
+    preferGetMethod: false,
+    requestPolicy: "network-only",
+    fetchOptions: () => ({ headers: authHeaders(session.value) }),
+    exchanges: [
+      fetchExchange,
+      subscriptionExchange({
+        forwardSubscription(request) {
+          const input = { ...request, query: request.query ?? "" };
+          return {
+            subscribe(sink) {
+              const unsubscribe = ws.subscribe(input, sink);
+              return { unsubscribe };
+            },
+          };
+        },
+      }),
+    ],
+  });
+  bound = { key, client, ws };
+  return client;
+}
+
+/** What the API said, as it said it: GraphQL errors name the field ("providerId: ..."). */
+export function errorText(err: unknown): string {
+  if (err instanceof CombinedError) {
+    if (err.graphQLErrors.length) return err.graphQLErrors.map((e) => e.message).join("\n");
+    if (err.networkError) return `Could not reach the network: ${err.networkError.message}`;
+    return err.message;
+  }
+  if (err instanceof Error) return err.message;
+  if (Array.isArray(err)) return err.map((e) => (e as { message?: string }).message ?? String(e)).join("\n");
+  return String(err);
+}
+
+export class ApiError extends Error {}
+
+/** Run a query or mutation once; resolves to its data or throws ApiError with the API's words. */
+export async function request<T, V extends AnyVariables = AnyVariables>(
+  query: DocumentInput<T, V>,
+  variables: V,
+  kind: "query" | "mutation" = "query",
+): Promise<T> {
+  const client = api();
+  const result =
+    kind === "query"
+      ? await client.query(query, variables, { requestPolicy: "network-only" }).toPromise()
+      : await client.mutation(query, variables).toPromise();
+  if (result.error) throw new ApiError(errorText(result.error));
+  if (!result.data) throw new ApiError("The API answered without data");
+  return result.data;
+}
+
+export const mutate = <T, V extends AnyVariables = AnyVariables>(
+  query: DocumentInput<T, V>,
+  variables: V,
+): Promise<T> => request(query, variables, "mutation");

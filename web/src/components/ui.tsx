@@ -1,0 +1,129 @@
+// Small building blocks every page uses.
+import type { ComponentChildren, JSX } from "preact";
+import { useState } from "preact/hooks";
+
+/** An error exactly as the API sent it (it names the field: "pricePerGpuHour: ..."). */
+export function ErrorBox(props: { error: string | null | undefined; title?: string }): JSX.Element | null {
+  if (!props.error) return null;
+  return (
+    <div class="error" role="alert">
+      {props.title ? <strong>{props.title} </strong> : null}
+      <span class="error-text">{props.error}</span>
+    </div>
+  );
+}
+
+export function Notice(props: { children: ComponentChildren; kind?: "info" | "ok" | "warn" }): JSX.Element {
+  return <div class={`notice ${props.kind ?? "info"}`}>{props.children}</div>;
+}
+
+const STATUS_KIND: Record<string, string> = {
+  online: "ok",
+  succeeded: "ok",
+  busy: "busy",
+  running: "busy",
+  staging: "busy",
+  uploading: "busy",
+  verifying: "busy",
+  settling: "busy",
+  queued: "wait",
+  submitted: "wait",
+  suspended: "wait",
+  offline: "bad",
+  lost: "bad",
+  degraded: "bad",
+  failed: "bad",
+  rejected: "bad",
+  cancelled: "muted",
+};
+
+export function Badge(props: { status: string; title?: string }): JSX.Element {
+  const kind = STATUS_KIND[props.status.toLowerCase()] ?? "muted";
+  return (
+    <span class={`badge ${kind}`} title={props.title} data-status={props.status.toLowerCase()}>
+      {props.status.toLowerCase()}
+    </span>
+  );
+}
+
+export function ProgressBar(props: { value: number; label?: string }): JSX.Element {
+  const pct = Math.max(0, Math.min(100, Math.round(props.value * 100)));
+  return (
+    <div class="progress" role="progressbar" aria-valuenow={pct} aria-valuemin={0} aria-valuemax={100}>
+      <div class="progress-fill" style={{ width: `${pct}%` }} />
+      <span class="progress-label">{props.label ?? `${pct} %`}</span>
+    </div>
+  );
+}
+
+export function Loading(props: { what?: string }): JSX.Element {
+  return <p class="muted">Loading {props.what ?? ""}…</p>;
+}
+
+/** A button that runs an async action, shows it is working, and shows the API's error. */
+export function ActionButton(props: {
+  onClick: () => Promise<unknown>;
+  children: ComponentChildren;
+  kind?: "primary" | "danger" | "plain";
+  disabled?: boolean;
+  title?: string;
+  testid?: string;
+}): JSX.Element {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const run = async () => {
+    setBusy(true);
+    setError(null);
+    try {
+      await props.onClick();
+    } catch (err) {
+      setError(err instanceof Error ? err.message : String(err));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <span class="action">
+      <button
+        type="button"
+        class={props.kind ?? "plain"}
+        disabled={busy || props.disabled}
+        title={props.title}
+        data-testid={props.testid}
+        onClick={run}
+      >
+        {busy ? "Working…" : props.children}
+      </button>
+      <ErrorBox error={error} />
+    </span>
+  );
+}
+
+export function Stat(props: { label: string; value: ComponentChildren; hint?: string; testid?: string }): JSX.Element {
+  return (
+    <div class="stat" title={props.hint}>
+      <div class="stat-label">{props.label}</div>
+      <div class="stat-value" data-testid={props.testid}>
+        {props.value}
+      </div>
+    </div>
+  );
+}
+
+export function Card(props: { title?: ComponentChildren; children: ComponentChildren; actions?: ComponentChildren; id?: string }): JSX.Element {
+  return (
+    <section class="card" id={props.id}>
+      {props.title || props.actions ? (
+        <header class="card-head">
+          {props.title ? <h2>{props.title}</h2> : <span />}
+          {props.actions}
+        </header>
+      ) : null}
+      {props.children}
+    </section>
+  );
+}
+
+export function Empty(props: { children: ComponentChildren }): JSX.Element {
+  return <p class="empty">{props.children}</p>;
+}

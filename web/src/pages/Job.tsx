@@ -1,0 +1,211 @@
+// One job, live: its progress (subscription jobEvents), log, events, outputs and cost.
+import type { JSX } from "preact";
+import { useCallback, useEffect, useRef, useState } from "preact/hooks";
+import { mutate } from "../api";
+import { ActionButton, Badge, Card, Empty, ErrorBox, Loading, Notice, ProgressBar, Stat } from "../components/ui";
+import { ago, bytes, credits, when } from "../format";
+import { useNow, useQuery, useSubscription } from "../hooks";
+import { CANCEL_JOB, JOB, JOB_EVENTS, type JobEvent } from "../queries";
+import { Link } from "../router";
+import { downloadObject } from "../storage";
+import { useClientId } from "./Storage";
+
+const STEPS: [string[], string][] = [
+  [["JobSubmitted"], "Submitted"],
+  [["FundsEscrowed"], "Cost held"],
+  [["JobQueued"], "Waiting for a GPU"],
+  [["GpusAllocated"], "GPU found"],
+  [["InputsStaged"], "Files copied"],
+  [["ExecutionStarted"], "Running"],
+  [["ExecutionFinished"], "Run finished"],
+  [["OutputsUploaded"], "Results saved"],
+  [["JobVerified", "VerificationFailed"], "Results checked"],
+  [["JobSettled"], "Paid"],
+  [["JobSucceeded", "JobFailed"], "Done"],
+];
+const TERMINAL = new Set(["JobSucceeded", "JobFailed", "JobRejected", "JobCancelled"]);
+export const TERMINAL_STATES = new Set(["SUCCEEDED", "FAILED", "REJECTED", "CANCELLED"]);
+
+/** A line about an event's data: money in credits, files counted, long texts left out. */
+export function describe(data: Record<string, unknown>): string {
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(data)) {
+    if (k === "log_tail" || v === null || v === "" || (Array.isArray(v) && v.length === 0)) continue;
+    if (k === "at" && typeof v === "number") parts.push(`at ${new Date(v * 1000).toLocaleString()}`);
+    else if (k.endsWith("_micro") && typeof v === "number") parts.push(`${k.replace(/_micro$/, "")} ${credits(v)}`);
+    else if (Array.isArray(v)) parts.push(`${k} ${v.every((x) => typeof x !== "object") ? v.join(", ") : `${v.length} item${v.length === 1 ? "" : "s"}`}`);
+    else if (typeof v === "object") parts.push(`${k} ${JSON.stringify(v)}`);
+    else parts.push(`${k} ${String(v)}`);
+  }
+  return parts.join(" · ");
+}
+
+function Steps(props: { events: JobEvent[]; state: string }): JSX.Element {
+  const seen = new Set(props.events.map((e) => e.type));
+  let reached = -1;
+  STEPS.forEach(([types], i) => {
+    if (types.some((t) => seen.has(t))) reached = i;
+  });
+  const ended = props.events.some((e) => TERMINAL.has(e.type));
+  const bad = ["FAILED", "REJECTED", "CANCELLED"].includes(props.state);
+  const fraction = ended ? 1 : (reached + 1) / STEPS.length;
+  const current = ended ? props.state.toLowerCase() : (STEPS[reached + 1]?.[1] ?? "…");
+  return (
+    <div class={`steps ${bad ? "bad" : ""}`} data-testid="job-progress">
+      <ProgressBar value={fraction} label={ended ? current : `next: ${current}`} />
+      <ol>
+        {STEPS.map(([, label], i) => (
+          <li class={i <= reached ? "done" : i === reached + 1 && !ended ? "now" : ""}>{label}</li>
+        ))}
+      </ol>
+    </div>
+  );
+}
+
+export function JobPage(props: { id: string }): JSX.Element {
+  const client = useClientId();
+  const now = useNow(5000);
+  const [events, setEvents] = useState<JobEvent[]>([]);
+  const [ended, setEnded] = useState(false);
+  const job = useQuery(JOB, { id: props.id }, { pollMs: ended ? undefined : 3000 });
+  const refetchSoon = useRef<ReturnType<typeof setTimeout> | null>(null);
+
+  useEffect(() => {
+    setEvents([]);
+    setEnded(false);
+  }, [props.id]);
+
+  const onEvent = useCallback(
+    (data: { jobEvents: JobEvent }) => {
+      const ev = data.jobEvents;
+      setEvents((all) => (all.some((e) => e.seq === ev.seq) ? all : [...all, ev].sort((a, b) => a.seq - b.seq)));
+      if (TERMINAL.has(ev.type)) setEnded(true);
+      // The job's row (state, cost, outputs) follows its events; read it again shortly.
+      if (refetchSoon.current) clearTimeout(refetchSoon.current);
+      refetchSoon.current = setTimeout(job.refetch, 150);
+    },
+    [job.refetch],
+  );
+  const after = 0;
+  const sub = useSubscription(JOB_EVENTS, { jobId: props.id, after }, onEvent, { pause: job.data?.job === null });
+
+  const j = job.data?.job;
+  if (job.data && !j) {
+    return <ErrorBox error={`id: no job ${props.id} of yours`} />;
+  }
+  if (!j) return job.error ? <ErrorBox error={job.error} /> : <Loading what="the job" />;
+
+  const shown = events.length ? events : j.events;
+  const logs = [...shown].reverse().find((e) => typeof e.data.log_tail === "string")?.data.log_tail as string | undefined;
+  const terminal = TERMINAL_STATES.has(j.state);
+
+  return (
+    <>
+      <div class="title-row">
+        <h1>
+          {j.name} <Badge status={j.state} />
+        </h1>
+        {!terminal ? (
+          <ActionButton kind="danger" onClick={() => mutate(CANCEL_JOB, { id: j.id }).then(job.refetch)}>
+            Cancel job
+          </ActionButton>
+        ) : null}
+      </div>
+      <p class="muted small mono">job {j.id}</p>
+      <ErrorBox error={sub.error} title="Live updates stopped:" />
+      <ErrorBox error={job.error} />
+      <Card>
+        <Steps events={shown} state={j.state} />
+        {j.reason ? <Notice kind={j.state === "SUCCEEDED" ? "ok" : terminal ? "warn" : "info"}>{j.reason}</Notice> : null}
+        {j.state === "QUEUED" ? (
+          <Notice>
+            In the queue <strong>{j.queue}</strong>
+            {j.queuePosition ? (
+              <>
+                {" "}
+                at position <strong data-testid="queue-position">{j.queuePosition}</strong>
+              </>
+            ) : null}
+            {j.expectedStart ? <>; expected to start by {when(j.expectedStart)} (a cautious estimate)</> : null}.
+          </Notice>
+        ) : null}
+        <div class="stats">
+          <Stat label="State" value={<span data-testid="job-state">{j.state}</span>} />
+          <Stat label="Cost" testid="job-cost" value={j.costMicro === null ? "not settled yet" : `${credits(j.costMicro)} credits`} />
+          <Stat label="Most it can cost" value={`${credits(j.maxCostMicro)} credits`} hint="held while the job runs; the unused part comes back" />
+          <Stat label="Provider" value={j.providerId ?? "—"} />
+          <Stat label="Queue" value={`${j.queue} · priority ${j.priority}`} />
+          <Stat label="Submitted" value={ago(j.submittedAt, now)} hint={when(j.submittedAt)} />
+        </div>
+      </Card>
+      <Card title="Outputs">
+        {j.outputs.length === 0 ? (
+          <Empty>{terminal ? "This job left no outputs." : "Outputs appear here when the job has finished and they were checked."}</Empty>
+        ) : (
+          <table data-testid="outputs">
+            <thead>
+              <tr>
+                <th>File</th>
+                <th class="num">Size</th>
+                <th>sha256</th>
+                <th />
+              </tr>
+            </thead>
+            <tbody>
+              {j.outputs.map((o) => (
+                <tr>
+                  <td class="mono">{o.path}</td>
+                  <td class="num">{bytes(o.size)}</td>
+                  <td class="mono small" title={o.sha256}>
+                    {o.sha256.slice(0, 12)}…
+                  </td>
+                  <td>
+                    {client ? (
+                      <ActionButton testid={`download-${o.path}`} onClick={() => downloadObject(client, o.key)}>
+                        Download
+                      </ActionButton>
+                    ) : null}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+      </Card>
+      <Card title="Log">
+        {logs ? (
+          <pre class="log" data-testid="job-log">
+            {logs}
+          </pre>
+        ) : (
+          <Empty>The end of the job's output shows here once it has run.</Empty>
+        )}
+      </Card>
+      <Card title="Events">
+        <table data-testid="job-events">
+          <thead>
+            <tr>
+              <th class="num">#</th>
+              <th>When</th>
+              <th>What</th>
+              <th>Details</th>
+            </tr>
+          </thead>
+          <tbody>
+            {shown.map((e) => (
+              <tr key={e.seq}>
+                <td class="num">{e.seq}</td>
+                <td title={when(e.at)}>{new Date(e.at).toLocaleTimeString()}</td>
+                <td>{e.type}</td>
+                <td class="small">{describe(e.data)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </Card>
+      <p>
+        <Link href="/client/jobs">← All my jobs</Link>
+      </p>
+    </>
+  );
+}
