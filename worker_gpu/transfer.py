@@ -6,10 +6,13 @@ file that is renamed into place only once its size and digest are right.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -17,6 +20,8 @@ import httpcore
 import httpx
 
 CHUNK_BYTES = 1024 * 1024
+HASH_QUEUE_DEPTH = 8  # chunks (of at most about CHUNK_BYTES) waiting to be hashed
+RESERVE_FROM_BYTES = 16 * CHUNK_BYTES  # smaller files gain nothing from preallocation
 
 # httpcore reads an HTTP/1.1 body 64 KiB at a time, and each read passes through h11 and
 # httpx in Python: half the CPU of staging a large input (bench/staging.py). Reading up to
@@ -102,6 +107,111 @@ def _error_body(response: httpx.Response) -> str:
         return ""
 
 
+class _Sha256Behind:
+    """The sha256 of a stream, computed on a thread of its own, behind the caller's I/O.
+
+    hashlib releases the GIL on large buffers, so hashing one chunk overlaps receiving
+    and writing the next ones instead of following them. At most `depth` chunks wait
+    for it, so memory stays bounded; they are hashed in order (one worker).
+    """
+
+    def __init__(self, depth: int = HASH_QUEUE_DEPTH):
+        self._digest = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self._pending: deque[Future[None]] = deque()
+        self._depth = depth
+
+    def update(self, chunk: bytes) -> None:
+        if len(self._pending) >= self._depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._digest.update, chunk))
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _body(response: httpx.Response) -> Iterator[bytes]:
+    """The body as sent, in the pieces read, without h11 in the way where that is safe.
+
+    h11 copies every byte twice and httpcore once more, all holding the GIL. For a
+    plain HTTP/1.1 body of known length, the first piece comes through httpx (it holds
+    what was read along with the headers) and the rest straight from the connection's
+    network stream (httpcore's documented `network_stream` extension). h11 then never
+    sees the end of the body, so the connection is closed with the response rather
+    than reused. Anything else (chunked, encoded, HTTP/2) goes through httpx as is.
+    """
+    headers = response.headers
+    length = headers.get("content-length", "")
+    stream = response.extensions.get("network_stream")
+    plain = (
+        response.extensions.get("http_version") == b"HTTP/1.1"
+        and "transfer-encoding" not in headers
+        and headers.get("content-encoding", "identity") == "identity"
+        and length.isascii()
+        and length.isdigit()
+        and int(length) > 0
+    )
+    if stream is None or not plain:
+        yield from response.iter_raw()
+        return
+    left = int(length)
+    timeout = response.request.extensions.get("timeout", {}).get("read")
+    through_httpx = response.iter_raw()
+    try:
+        # h11 hands over all it holds, up to the length. Were it ever to hold some back,
+        # the digest would not match (tests/worker_gpu/test_transfer.py would say so).
+        first = next(through_httpx, b"")
+        if first:
+            left -= len(first)
+            yield first
+        while left > 0:
+            try:
+                chunk = stream.read(min(CHUNK_BYTES, left), timeout)
+            except httpcore.TimeoutException as err:
+                raise httpx.ReadTimeout(str(err), request=response.request) from err
+            except httpcore.NetworkError as err:
+                raise httpx.ReadError(str(err), request=response.request) from err
+            if not chunk:
+                raise httpx.RemoteProtocolError(
+                    f"peer closed connection without sending complete message body "
+                    f"(received {int(length) - left} bytes, expected {length})",
+                    request=response.request,
+                )
+            left -= len(chunk)
+            yield chunk
+    finally:
+        response.close()  # and its connection, whose h11 did not see the body end
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the declared size up front, where the filesystem can.
+
+    Writing into blocks already allocated costs ext4 about a quarter less CPU than
+    delayed allocation, block by block, does (bench/staging.py), and a disk too full
+    for the input says so before any byte moves. Only the declared size is reserved:
+    a longer body is refused as it arrives, and the file is removed on any failure.
+    """
+    if size < RESERVE_FROM_BYTES or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EFBIG):
+            raise
+        # Not supported here: the writes allocate as they go.
+
+
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def download_verified(
     client: httpx.Client,
     url: str,
@@ -116,32 +226,36 @@ def download_verified(
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
+    digest = _Sha256Behind()
     try:
-        digest = hashlib.sha256()
+        _reserve(fd, size)
         got = 0
-        # The body as sent, in the pieces read (iter_raw: no decoder, no regrouping into
-        # CHUNK_BYTES, which copies every byte twice more); so ask for it uncompressed.
+        # The body as sent (no decoder, no regrouping into CHUNK_BYTES, which copies
+        # every byte twice more); so ask for it uncompressed.
         headers = {"Accept-Encoding": "identity"}
-        with (
-            os.fdopen(fd, "wb") as out,
-            client.stream("GET", url, headers=headers) as response,
-        ):
+        with client.stream("GET", url, headers=headers) as response:
             if not response.is_success:
                 raise HttpFailure("GET", response.status_code, _error_body(response))
-            for chunk in response.iter_raw():
+            for chunk in _body(response):
                 got += len(chunk)
                 if got > size:
                     # Stop early: a wrong file must not fill the provider's disk.
                     raise IntegrityMismatch(name, sha256, size, "", got)
                 digest.update(chunk)
-                out.write(chunk)
+                _write_all(fd, chunk)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
-        if got != size or digest.hexdigest() != sha256.lower():
-            raise IntegrityMismatch(name, sha256, size, digest.hexdigest(), got)
+        os.close(fd)
+        fd = -1
+        got_sha256 = digest.hexdigest()
+        if got != size or got_sha256 != sha256.lower():
+            raise IntegrityMismatch(name, sha256, size, got_sha256, got)
         tmp.replace(target)
         return got
     finally:
+        digest.close()
+        if fd != -1:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
 
 

@@ -1,0 +1,97 @@
+"""A provider stages inputs from the API's presigned GET over each backend, as stage_inputs does."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from api.storage import router
+from infra.signing import presigned_url
+from tests.conftest import free_port
+from tests.infra.conftest import StoreFactory
+from worker_gpu.transfer import IntegrityMismatch, download_verified
+
+pytestmark = pytest.mark.timeout(900)
+
+SECRET = b"s" * 32
+MiB = 1 << 20
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def api(make_store: StoreFactory) -> Iterator[str]:
+    """The storage router alone, served by uvicorn over a store of the kind under test."""
+    app = FastAPI()
+    app.include_router(router)
+    settings = SimpleNamespace(signing_secret=SECRET)
+    app.state.services = SimpleNamespace(settings=settings, store=make_store())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def url(base: str, method: str, key: str) -> str:
+    return presigned_url(SECRET, base, method, "alice", key, int(time.time()) + 60)
+
+
+def put(api: str, key: str, data: bytes) -> None:
+    answer = httpx.put(url(api, "PUT", key), content=data, headers={"X-Sha256": sha(data)},
+                       timeout=120)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+
+
+def test_inputs_are_staged_whole_and_progress_counts_every_byte(api: str, tmp_path: Path) -> None:
+    inputs = {"big.bin": os.urandom(40 * MiB + 3), "small.json": b'{"a": 1}', "empty": b""}
+    for key, data in inputs.items():
+        put(api, key, data)
+    moved: list[int] = []
+
+    with httpx.Client(timeout=60, follow_redirects=True) as client:
+        for key, data in inputs.items():
+            got = download_verified(client, url(api, "GET", key), tmp_path / "work" / key,
+                                    name=key, sha256=sha(data), size=len(data),
+                                    on_chunk=moved.append)  # fmt: skip
+            assert got == len(data)
+
+    for key, data in inputs.items():
+        assert (tmp_path / "work" / key).read_bytes() == data
+    assert sum(moved) == sum(len(d) for d in inputs.values())
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == sorted(inputs)
+
+
+def test_an_input_that_is_not_what_was_declared_leaves_nothing(api: str, tmp_path: Path) -> None:
+    data = os.urandom(20 * MiB)
+    put(api, "data.bin", data)
+    declared = sha(data[:-1] + b"x")
+    work = tmp_path / "work"
+
+    with (
+        httpx.Client(timeout=60) as client,
+        pytest.raises(IntegrityMismatch) as caught,
+    ):
+        download_verified(client, url(api, "GET", "data.bin"), work / "data.bin",
+                          name="data.bin", sha256=declared, size=len(data))  # fmt: skip
+
+    assert (caught.value.got_sha256, caught.value.got_size) == (sha(data), len(data))
+    assert list(work.iterdir()) == []
