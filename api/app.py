@@ -14,10 +14,12 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET, UnsetType
 
-from api import metrics, storage
+from api import auth, metrics, storage
 from api.schema import schema
 from api.services import Services
 from api.types import Context
@@ -41,6 +43,22 @@ class WebUI(StaticFiles):
             return await super().get_response("index.html", scope)
 
 
+class AuthorizedRouter(GraphQLRouter[Context, None]):
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """connection_init {"Authorization": "Bearer <token>"}: a token that names no one
+        closes the socket (4403); without one the connection stays anonymous."""
+        params = context.connection_params if isinstance(context.connection_params, dict) else {}
+        header = params.get("Authorization", params.get("authorization"))
+        if header is None:
+            return UNSET
+        token = auth.bearer(str(header))
+        caller = await context.services.auth.authenticate(token)
+        if caller is None:
+            raise ConnectionRejectionError({"message": "the token is not valid"})
+        context.caller, context.token = caller, token
+        return UNSET
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -57,9 +75,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="GPGPU", lifespan=lifespan)
 
     async def get_context(connection: HTTPConnection) -> Context:
-        return Context(connection.app.state.services)
+        """The caller named by `Authorization: Bearer`; a websocket may name it (again) in
+        its connection_init payload (`AuthorizedRouter.on_ws_connect`)."""
+        services: Services = connection.app.state.services
+        token = auth.bearer(connection.headers.get("authorization"))
+        return Context(services, await services.auth.authenticate(token), token)
 
-    graphql = GraphQLRouter(
+    graphql = AuthorizedRouter(
         schema,
         context_getter=get_context,
         graphql_ide="graphiql",
@@ -78,8 +100,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/providers/{provider_id}/heartbeat")
     async def provider_heartbeat(provider_id: str, request: Request) -> dict[str, bool]:
         """The GraphQL providerHeartbeat without GraphQL's per-request cost: the body is the
-        telemetry list (or {"telemetry": [...]}); 400 names the field, 404 an unknown provider."""
+        telemetry list (or {"telemetry": [...]}); 400 names the field, 404 an unknown provider,
+        401 without a valid token, 403 for a provider that is not the caller's."""
         services: Services = request.app.state.services
+        caller = await services.auth.authenticate(
+            auth.bearer(request.headers.get("authorization"))
+        )
+        if caller is None:
+            raise HTTPException(401, "unauthenticated: send Authorization: Bearer <API key>",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not auth.can_manage_provider(caller, provider_id):  # registered a moment ago?
+            caller = await services.auth.authenticate(
+                auth.bearer(request.headers.get("authorization")), fresh=True
+            )
+            if not auth.can_manage_provider(caller, provider_id):
+                raise HTTPException(403,
+                                    f"forbidden: provider {provider_id!r} is not one of yours")
         try:
             body = await request.json() if await request.body() else None
         except ValueError:

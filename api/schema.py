@@ -1,22 +1,28 @@
-"""The GraphQL schema: queries, mutations, and live job and provider events."""
+"""The GraphQL schema: queries, mutations, and live job and provider events.
+
+Every root field names its gate (api/auth.py); ownership is checked in the resolvers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import strawberry
 from strawberry.scalars import JSON
 
+from api import auth
 from api.jobs import submit_job
 from api.services import Services
 from api.types import (
     BIG_INT_SCALAR,
     PROVIDER_ID,
     Account,
+    ApiKey,
+    ApiKeyCreated,
     BigInt,
     ExplainResult,
     FieldError,
@@ -32,33 +38,68 @@ from api.types import (
     Queue,
     QueuedJob,
     RegisterProviderInput,
+    Session,
     SpecRejected,
     SubmitJobResult,
+    User,
     explain_spec,
     ledger_entry,
     load_earnings,
     load_job,
     load_providers,
+    shown_providers,
 )
+from domain.application import Network
 from domain.errors import DomainError
+from domain.identity import ROLES, Caller
 from domain.job import TERMINAL_STATES
 from domain.ledger import client_account
 from domain.money import credits_to_micro
-from domain.node import DEFAULT_NODE
+from domain.node import DEFAULT_NODE, check_name, split_queue
 from domain.projection import TERMINAL_EVENTS
 from domain.provider import RUNTIMES
 from domain.spec import SpecError, parse_job_spec
 from infra.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
 
+T = TypeVar("T")
+
+
+def _refused(err: DomainError) -> ValueError:
+    """A domain refusal as the API's words: it names the field ("email: ...")."""
+    return ValueError(str(err))
+
+
+async def _run(fn: Callable[..., T], *args: Any) -> T:
+    """A domain command in a thread; its refusal becomes a GraphQL error naming the field."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except DomainError as err:
+        raise _refused(err) from None
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
+
+
+def _signed_in(info: I) -> Caller:
+    caller = info.context.caller
+    if caller is None:  # the gates let no one through here anonymously
+        raise auth.Denied("unauthenticated: sign in, or send Authorization: Bearer <token>")
+    return caller
+
 
 @strawberry.type
 class Query:
-    @strawberry.field
+    @strawberry.field(
+        description="One job: yours, or one assigned to your provider; null otherwise",
+        permission_classes=[auth.SignedIn],
+    )
     async def job(self, info: I, id: strawberry.ID) -> Job | None:
         return await load_job(info, str(id))
 
-    @strawberry.field(description="The caller's jobs, newest first")
+    @strawberry.field(description="The caller's jobs, newest first",
+                      permission_classes=[auth.ClientRole])
     async def jobs(self, info: I, limit: int = 50) -> list[Job]:
         limit = max(1, min(limit, 500))
         rows = await info.context.services.query(
@@ -67,7 +108,7 @@ class Query:
         )
         return [Job.from_row(r) for r in rows]
 
-    @strawberry.field
+    @strawberry.field(permission_classes=[auth.ClientRole])
     async def account(self, info: I) -> Account:
         client = info.context.client_id
         rows = await info.context.services.query(
@@ -84,24 +125,29 @@ class Query:
             client_id=client, balance_micro=BigInt(balance), escrow_micro=BigInt(escrow[0]["e"])
         )
 
-    @strawberry.field
+    @strawberry.field(
+        description="The market: every provider's GPUs, status, price and reputation (earnings, "
+        "telemetry and which job holds a GPU only for your own)",
+        permission_classes=[auth.SignedIn],
+    )
     async def providers(self, info: I) -> list[Provider]:
-        return await load_providers(info.context.services)
+        return await shown_providers(info, await load_providers(info.context.services))
 
-    @strawberry.field
+    @strawberry.field(permission_classes=[auth.SignedIn])
     async def provider(self, info: I, provider_id: str) -> Provider | None:
         found = await load_providers(info.context.services, provider_id)
-        return found[0] if found else None
+        return (await shown_providers(info, found))[0] if found else None
 
-    @strawberry.field(description="A provider's balance, what it earned and its ledger entries")
+    @strawberry.field(description="A provider's balance, what it earned and its ledger entries",
+                      permission_classes=[auth.ProviderRole])
     async def provider_earnings(
         self, info: I, provider_id: str, limit: int = 100
     ) -> ProviderEarnings:
-        if not await load_providers(info.context.services, provider_id):
-            raise ValueError(f"providerId: no provider {provider_id!r}")
+        await _own_provider(info, provider_id)
         return await load_earnings(info.context.services, provider_id, limit)
 
-    @strawberry.field(description="The caller's ledger: every entry on its account, newest first")
+    @strawberry.field(description="The caller's ledger: every entry on its account, newest first",
+                      permission_classes=[auth.ClientRole])
     async def ledger(self, info: I, limit: int = 100) -> list[LedgerEntry]:
         rows = await info.context.services.query(
             "SELECT * FROM ledger_entries WHERE account = ? ORDER BY seq DESC LIMIT ?",
@@ -110,7 +156,8 @@ class Query:
         return [ledger_entry(r) for r in rows]
 
     @strawberry.field(
-        description="Where a job spec could run now, with a price quote, and why not elsewhere"
+        description="Where a job spec could run now, with a price quote, and why not elsewhere",
+        permission_classes=[auth.ClientRole],
     )
     async def explain(self, info: I, spec: JSON) -> ExplainResult:
         data = {**spec, "inputs": []} if isinstance(spec, dict) else spec
@@ -122,7 +169,8 @@ class Query:
         except DomainError as err:
             return SpecRejected(errors=[FieldError(field="queue", message=str(err))])
 
-    @strawberry.field(description="Nodes, their providers and queues with how many jobs wait")
+    @strawberry.field(description="Nodes, their providers and queues with how many jobs wait",
+                      permission_classes=[auth.SignedIn])
     async def nodes(self, info: I) -> list[Node]:
         services = info.context.services
         waiting = {
@@ -145,30 +193,52 @@ class Query:
             ))
         return out
 
-    @strawberry.field(description="Jobs waiting in a queue, in the order they will be placed")
+    @strawberry.field(
+        description="Jobs waiting in a queue, in the order they will be placed (the node's "
+        "operator)",
+        permission_classes=[auth.OperatorRole],
+    )
     async def queue(
         self, info: I, name: str = f"{DEFAULT_NODE}/default", limit: int = 100
     ) -> list[QueuedJob]:
         if "/" not in name:
             name = f"{DEFAULT_NODE}/{name}"
+        node_id, _ = split_queue(name)
+        auth.require(await info.context.allowed(auth.can_operate_node, node_id),
+                     f"forbidden: node {node_id!r} is not one of yours")
+        caller = info.context.caller
         line = await info.context.line(name)
         out = []
         for r in line.rows[: max(1, min(limit, 1000))]:
             resources = json.loads(r["spec"])["resources"]
-            mine = r["client_id"] == info.context.client_id
+            mine = caller is not None and r["client_id"] == caller.client_id
             out.append(QueuedJob(
                 position=line.positions[r["job_id"]], job_id=r["job_id"],
-                name=r["name"] if mine else "", gpus=r["gpus"],
-                gpu_model=resources.get("gpu_model"), priority=r["priority"],
+                name=r["name"] if mine or (caller is not None and caller.admin) else "",
+                gpus=r["gpus"], gpu_model=resources.get("gpu_model"), priority=r["priority"],
                 waiting_since=r["submitted_at"],
                 expected_start=line.expected_start.get(r["job_id"]), mine=mine,
             ))
         return out
 
+    @strawberry.field(description="Who you are; null when anonymous or the token is not valid",
+                      permission_classes=[auth.Public])
+    async def me(self, info: I) -> User | None:
+        caller = info.context.caller
+        return None if caller is None else User.of(caller)
+
+    @strawberry.field(description="Your API keys (never the keys themselves)",
+                      permission_classes=[auth.SignedIn])
+    async def api_keys(self, info: I) -> list[ApiKey]:
+        keys = await _run(info.context.services.network.api_keys, _signed_in(info).user_id)
+        return [ApiKey(id=strawberry.ID(k.id), name=k.name, scopes=k.scopes,
+                       created_at=_iso(k.created_at)) for k in keys]
+
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(description="Validate a job spec, pin its inputs and start the job")
+    @strawberry.mutation(description="Validate a job spec, pin its inputs and start the job",
+                         permission_classes=[auth.ClientRole])
     async def submit_job(self, info: I, spec: JSON) -> SubmitJobResult:
         try:
             submitted = await submit_job(info.context.services, info.context.client_id, spec)
@@ -184,11 +254,12 @@ class Mutation:
         return JobSubmitted(job=job)
 
     @strawberry.mutation(
-        description="Stop a job: its process stops within seconds; it pays for GPU time used"
+        description="Stop a job: its process stops within seconds; it pays for GPU time used",
+        permission_classes=[auth.ClientRole],
     )
     async def cancel_job(self, info: I, id: strawberry.ID) -> Job:
         job = await load_job(info, str(id))
-        if job is None:
+        if job is None or not auth.can_cancel_job(info.context.caller, job.client_id):
             raise ValueError(f"id: no job {id} of yours")
         if job.state in TERMINAL_STATES:
             raise ValueError(f"id: job {id} is already {job.state}")
@@ -196,49 +267,63 @@ class Mutation:
         await handle.cancel()
         return job
 
-    @strawberry.mutation(description="A node joins the network, with a queue `default`")
+    @strawberry.mutation(
+        description="A node joins the network, with a queue `default`; it becomes yours",
+        permission_classes=[auth.OperatorRole],
+    )
     async def register_node(self, info: I, node_id: str, region: str, operator: str) -> bool:
-        services = info.context.services
-        try:
-            await asyncio.to_thread(services.network.register_node, node_id, region, operator)
-        except DomainError as err:
-            raise ValueError(str(err)) from None
+        services, caller = info.context.services, _signed_in(info)
+        network = services.network
+        owner = await asyncio.to_thread(network.owner_of, "node", node_id)
+        exists = await asyncio.to_thread(_node_exists, network, node_id)
+        auth.require(auth.can_claim(caller, "operator", owner, exists),
+                     f"nodeId: {node_id!r} belongs to another account")
+        await _run(check_name, "nodeId", node_id)
+        if owner is None:
+            await _run(network.claim, "node", node_id, caller.user_id)
+            services.auth.forget(user_id=caller.user_id)
+        await _run(network.register_node, node_id, region, operator)
+        await services.projected()
         return True
 
     @strawberry.mutation(
         description="Create or change a node's queue: the GPU models it serves (none: any), "
-        "its priority levels, a per-client cap on GPUs held (0: none), fair share or FIFO"
+        "its priority levels, a per-client cap on GPUs held (0: none), fair share or FIFO",
+        permission_classes=[auth.OperatorRole],
     )
     async def configure_queue(
         self, info: I, node_id: str, name: str, gpu_models: list[str],
         priority_levels: int = 1, max_gpus_per_client: int = 0, fair_share: bool = True,
     ) -> bool:
+        auth.require(await info.context.allowed(auth.can_operate_node, node_id),
+                     f"forbidden: node {node_id!r} is not one of yours")
         services = info.context.services
-        try:
-            await asyncio.to_thread(
-                services.network.configure_queue, node_id, name, gpu_models, priority_levels,
-                max_gpus_per_client, fair_share,
-            )
-        except DomainError as err:
-            raise ValueError(str(err)) from None
+        await _run(
+            services.network.configure_queue, node_id, name, gpu_models, priority_levels,
+            max_gpus_per_client, fair_share,
+        )
         await services.projected()
         return True
 
     @strawberry.mutation(
-        description="Take one GPU out of service: it gets no new work; a job on it finishes"
+        description="Take one GPU out of service: it gets no new work; a job on it finishes",
+        permission_classes=[auth.ProviderRole],
     )
     async def suspend_gpu(self, info: I, provider_id: str, index: int) -> Provider:
         return await _provider_control(info, provider_id, "suspend_gpu", index)
 
-    @strawberry.mutation(description="Put a suspended GPU back in service")
+    @strawberry.mutation(description="Put a suspended GPU back in service",
+                         permission_classes=[auth.ProviderRole])
     async def resume_gpu(self, info: I, provider_id: str, index: int) -> Provider:
         return await _provider_control(info, provider_id, "resume_gpu", index)
 
     @strawberry.mutation(
         description="A provider's new price in credits per GPU-hour (e.g. '2.5'): new jobs "
-        "pay it; running ones keep the price they were allocated at"
+        "pay it; running ones keep the price they were allocated at",
+        permission_classes=[auth.ProviderRole],
     )
     async def set_price(self, info: I, provider_id: str, price_per_gpu_hour: str) -> Provider:
+        await _own_provider(info, provider_id)
         try:
             micro = credits_to_micro(price_per_gpu_hour)
         except ValueError as err:
@@ -247,7 +332,11 @@ class Mutation:
             raise ValueError(f"pricePerGpuHour: must be more than 0, got {price_per_gpu_hour}")
         return await _provider_control(info, provider_id, "set_price", micro)
 
-    @strawberry.mutation(description="A provider agent declares its GPUs and price")
+    @strawberry.mutation(
+        description="A provider agent declares its GPUs and price; the provider becomes the "
+        "caller's (an agent sends its owner's API key)",
+        permission_classes=[auth.ProviderRole],
+    )
     async def register_provider(self, info: I, input: RegisterProviderInput) -> Provider:
         errors = []
         if not PROVIDER_ID.match(input.provider_id):
@@ -264,11 +353,21 @@ class Mutation:
             errors.append(f"runtimes: each one of {', '.join(RUNTIMES)}")
         if errors:
             raise ValueError("; ".join(errors))
-        services = info.context.services
+        services, caller = info.context.services, _signed_in(info)
+        network = services.network
+        if not await asyncio.to_thread(_node_exists, network, input.node):
+            raise ValueError(f"node: no node {input.node!r}")
+        owner = await asyncio.to_thread(network.owner_of, "provider", input.provider_id)
+        exists = input.provider_id in await asyncio.to_thread(network.provider_ids)
+        auth.require(auth.can_claim(caller, "provider", owner, exists),
+                     f"providerId: {input.provider_id!r} belongs to another account")
+        if owner is None:
+            await _run(network.claim, "provider", input.provider_id, caller.user_id)
+            services.auth.forget(user_id=caller.user_id)
         gpus = [{"index": g.index, "model": g.model, "memory_mb": g.memory_mb, "uuid": g.uuid}
                 for g in input.gpus]
-        await asyncio.to_thread(
-            services.network.register_provider,
+        await _run(
+            network.register_provider,
             input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus, input.runtimes,
             input.node,
         )
@@ -282,30 +381,114 @@ class Mutation:
 
     @strawberry.mutation(
         description="A provider agent is alive. Its GPU telemetry is kept as samples (the last "
-        "few per provider), not as events; ECC or Xid errors mark a GPU degraded"
+        "few per provider), not as events; ECC or Xid errors mark a GPU degraded",
+        permission_classes=[auth.ProviderRole],
     )
     async def provider_heartbeat(
         self, info: I, provider_id: str, telemetry: JSON | None = None
     ) -> bool:
+        auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
+                     f"forbidden: provider {provider_id!r} is not one of yours")
         await info.context.services.heartbeat(provider_id, telemetry)
         return True
+
+    @strawberry.mutation(
+        description="Create an account with the roles you need (client, provider, operator) "
+        "and sign in",
+        permission_classes=[auth.Public],
+    )
+    async def sign_up(self, info: I, email: str, password: str, roles: list[str]) -> Session:
+        settings = info.context.services.settings
+        issued = await _run(info.context.services.network.sign_up, email, password, roles,
+                            time.time(), settings.session_ttl_s)
+        return await _session(info, issued.token)
+
+    @strawberry.mutation(description="Sign in: a session token for `Authorization: Bearer`",
+                         permission_classes=[auth.Public])
+    async def sign_in(self, info: I, email: str, password: str) -> Session:
+        settings = info.context.services.settings
+        issued = await _run(info.context.services.network.sign_in, email, password,
+                            time.time(), settings.session_ttl_s)
+        return await _session(info, issued.token)
+
+    @strawberry.mutation(
+        description="End this session (its token stops working); false for an API key",
+        permission_classes=[auth.SignedIn],
+    )
+    async def sign_out(self, info: I) -> bool:
+        caller, services = _signed_in(info), info.context.services
+        if caller.via != "session":
+            return False
+        ended = await _run(services.network.sign_out, caller.credential_id, time.time())
+        services.auth.forget(credential_id=caller.credential_id)
+        return ended
+
+    @strawberry.mutation(
+        description="A new API key for programs and provider agents, acting as some of your "
+        "roles (scopes); the key is shown only in this answer",
+        permission_classes=[auth.SignedIn],
+    )
+    async def create_api_key(self, info: I, name: str, scopes: list[str]) -> ApiKeyCreated:
+        caller = _signed_in(info)
+        auth.require(auth.can_mint_keys(caller),
+                     "forbidden: API keys are made from a signed-in session, not with a key")
+        allowed = [r for r in ROLES if r in caller.roles]
+        issued = await _run(info.context.services.network.create_api_key, caller.user_id,
+                            name, scopes, allowed, time.time())
+        view = issued.view
+        return ApiKeyCreated(id=strawberry.ID(view.id), name=view.name, scopes=view.scopes,
+                             key=issued.key, created_at=_iso(view.created_at))
+
+    @strawberry.mutation(description="Revoke one of your API keys: it stops working at once",
+                         permission_classes=[auth.SignedIn])
+    async def revoke_api_key(self, info: I, id: strawberry.ID) -> bool:
+        caller, services = _signed_in(info), info.context.services
+        owner = None if caller.admin else caller.user_id
+        await _run(services.network.revoke_api_key, owner, str(id), time.time())
+        services.auth.forget(credential_id=str(id))
+        return True
+
+
+def _node_exists(network: Network, node_id: str) -> bool:
+    try:
+        network.node(node_id)
+    except DomainError:
+        return False
+    return True
+
+
+async def _session(info: I, token: str) -> Session:
+    caller = await info.context.services.auth.authenticate(token)
+    if caller is None:
+        raise RuntimeError("the session was recorded but cannot be read back")
+    return Session(token=token, user=User.of(caller))
+
+
+async def _own_provider(info: I, provider_id: str) -> None:
+    """The provider exists (for an admin) and is the caller's own; refused otherwise."""
+    caller = info.context.caller
+    if caller is not None and caller.admin:
+        if not await load_providers(info.context.services, provider_id):
+            raise ValueError(f"providerId: no provider {provider_id!r}")
+        return
+    auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
+                 f"forbidden: provider {provider_id!r} is not one of yours")
 
 
 async def _provider_control(info: I, provider_id: str, command: str, arg: int) -> Provider:
     """Run one of a provider's own controls and answer with the provider as it is now."""
+    await _own_provider(info, provider_id)
     services = info.context.services
     if not await load_providers(services, provider_id):
         raise ValueError(f"providerId: no provider {provider_id!r}")
-    try:
-        await asyncio.to_thread(getattr(services.network, command), provider_id, arg)
-    except DomainError as err:
-        raise ValueError(str(err)) from None
+    await _run(getattr(services.network, command), provider_id, arg)
     await services.projected()
     return (await load_providers(services, provider_id))[0]
 
 
 async def follow_stream(
-    services: Services, kind: str, key: str, after: int, terminal: tuple[str, ...] = ()
+    services: Services, kind: str, key: str, after: int, terminal: tuple[str, ...] = (),
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Every event of one job's or provider's history after `after`, in order, once each.
 
@@ -328,6 +511,8 @@ async def follow_stream(
         # Woken by a batch (with its rows when this process applied it), or every
         # second in case another process runs the projection and no NOTIFY reaches us.
         done, _ = await asyncio.wait({wake}, timeout=1.0)
+        if still_allowed is not None and not await still_allowed():
+            raise auth.Denied("unauthenticated: the session or API key was revoked or expired")
         pushed = wake.result() if done else []
         wake = services.broadcaster.current()
         mine = [r for r in pushed if r["stream"] == stream and r["seq"] > last]
@@ -340,26 +525,36 @@ async def follow_stream(
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
-        description="Every event of the job after seq `after`, in order; ends with the job"
+        description="Every event of the job after seq `after`, in order; ends with the job",
+        permission_classes=[auth.SignedIn],
     )
     async def job_events(
         self, info: I, job_id: strawberry.ID, after: int = 0
     ) -> AsyncGenerator[JobEvent, None]:
         if await load_job(info, str(job_id)) is None:
             raise ValueError(f"jobId: no job {job_id} of yours")
-        rows = follow_stream(info.context.services, "job", str(job_id), after, TERMINAL_EVENTS)
+        rows = follow_stream(info.context.services, "job", str(job_id), after, TERMINAL_EVENTS,
+                             info.context.still_signed_in)
         async for row in rows:
             yield JobEvent.from_row(row)
 
     @strawberry.subscription(
-        description="A provider's status changes, reservations and reputation, after `after`"
+        description="A provider's status changes, reservations and reputation, after `after` "
+        "(its owner and the operators of its nodes)",
+        permission_classes=[auth.SignedIn],
     )
     async def provider_events(
         self, info: I, provider_id: str, after: int = 0
     ) -> AsyncGenerator[ProviderEvent, None]:
-        if not await load_providers(info.context.services, provider_id):
+        services = info.context.services
+        nodes = (await info.context.provider_nodes()).get(provider_id, set())
+        if not auth.can_watch_provider(info.context.caller, provider_id, nodes):
+            raise auth.Denied(f"forbidden: provider {provider_id!r} is not yours or on your node")
+        if not await load_providers(services, provider_id):
             raise ValueError(f"providerId: no provider {provider_id!r}")
-        async for row in follow_stream(info.context.services, "provider", provider_id, after):
+        rows = follow_stream(services, "provider", provider_id, after, (),
+                             info.context.still_signed_in)
+        async for row in rows:
             yield ProviderEvent(
                 seq=row["seq"], provider_id=row["provider_id"], type=row["type"], at=row["at"],
                 data=json.loads(row["data"]),
@@ -372,3 +567,4 @@ schema = strawberry.Schema(
     subscription=Subscription,
     scalar_overrides={BigInt: BIG_INT_SCALAR},  # type: ignore[dict-item]
 )
+auth.check_every_field_guarded(schema)

@@ -13,6 +13,7 @@ from typing import Any
 
 from temporalio.client import Client
 
+from api.auth import Authenticator
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.projection import CHANNEL, Projector
@@ -211,6 +212,11 @@ class Services:
     telemetry_views: ViewDB | None = None
     # Providers once seen in the read model (they are never removed): a heartbeat costs no query.
     known_providers: set[str] = field(default_factory=set)
+    # Bearer tokens to callers, remembered for `auth_cache_ttl_s` (api/auth.py).
+    auth: Authenticator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)
 
     @classmethod
     async def start(cls, settings: Settings, temporal: Client) -> Services:

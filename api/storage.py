@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from api import auth
 from api.services import Services
 from infra.signing import verify
 from infra.storage import (
@@ -31,22 +32,27 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def authorise(
+async def authorise(
     services: Services,
     method: str,
     client_id: str,
     key: str,
-    caller: str | None,
+    authorization: str | None,
     expires: int | None,
     sig: str | None,
 ) -> None:
-    """The owner (by header) or a holder of a presigned URL for this method and key."""
+    """A holder of a presigned URL for this method and key (no token needed), or a caller
+    whose bearer token owns the space (auth.can_use_storage: its client id, or an admin)."""
     if sig is not None and expires is not None:
         if verify(services.settings.signing_secret, method, client_id, key, expires, sig,
                   time.time()):
             return
         raise HTTPException(403, "the presigned URL is invalid or has expired")
-    if (caller or "demo") != client_id:
+    caller = await services.auth.authenticate(auth.bearer(authorization))
+    if caller is None:
+        raise HTTPException(401, "unauthenticated: send Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not auth.can_use_storage(caller, client_id):
         raise HTTPException(403, f"storage space {client_id!r} is not yours")
 
 
@@ -77,7 +83,7 @@ def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> It
             yield chunk
 
 
-Caller = Annotated[str | None, Header(alias="X-Gpgpu-Client")]
+Authorization = Annotated[str | None, Header()]
 
 
 @router.put("/{client_id}/{key:path}")
@@ -86,12 +92,12 @@ async def put_object(
     key: str,
     request: Request,
     services: ServicesDep,
-    caller: Caller = None,
+    authorization: Authorization = None,
     x_sha256: Annotated[str | None, Header()] = None,
     expires: int | None = None,
     sig: str | None = None,
 ) -> dict[str, object]:
-    authorise(services, "PUT", client_id, key, caller, expires, sig)
+    await authorise(services, "PUT", client_id, key, authorization, expires, sig)
     length = request.headers.get("content-length")
     if length and int(length) > MAX_UPLOAD_BYTES:
         raise HTTPException(413, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
@@ -113,11 +119,11 @@ async def get_object(
     client_id: str,
     key: str,
     services: ServicesDep,
-    caller: Caller = None,
+    authorization: Authorization = None,
     expires: int | None = None,
     sig: str | None = None,
 ) -> StreamingResponse:
-    authorise(services, "GET", client_id, key, caller, expires, sig)
+    await authorise(services, "GET", client_id, key, authorization, expires, sig)
     try:
         info, chunks = await asyncio.to_thread(services.store.open, client_id, key)
     except StorageError as err:
@@ -130,10 +136,10 @@ async def get_object(
 async def list_objects(
     client_id: str,
     services: ServicesDep,
-    caller: Caller = None,
+    authorization: Authorization = None,
     prefix: Annotated[str, Query(max_length=1024)] = "",
 ) -> list[dict[str, object]]:
-    authorise(services, "LIST", client_id, "", caller, None, None)
+    await authorise(services, "LIST", client_id, "", authorization, None, None)
     try:
         objects = await asyncio.to_thread(services.store.list, client_id, prefix)
     except StorageError as err:
@@ -143,9 +149,9 @@ async def list_objects(
 
 @router.delete("/{client_id}/{key:path}")
 async def delete_object(
-    client_id: str, key: str, services: ServicesDep, caller: Caller = None
+    client_id: str, key: str, services: ServicesDep, authorization: Authorization = None
 ) -> dict[str, str]:
-    authorise(services, "DELETE", client_id, key, caller, None, None)
+    await authorise(services, "DELETE", client_id, key, authorization, None, None)
     try:
         await asyncio.to_thread(services.store.delete, client_id, key)
     except StorageError as err:

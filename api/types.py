@@ -7,7 +7,8 @@ import heapq
 import json
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, NewType
 
@@ -16,14 +17,15 @@ from strawberry.fastapi import BaseContext
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from api import auth
 from api.services import Services
+from domain.identity import ROLES, Caller
 from domain.matching import Requirements
 from domain.money import cost_of_gpu_time, micro_to_credits
 from domain.node import DEFAULT_NODE, split_queue
 from domain.scheduling import Waiting, fair_order
 from domain.spec import JobSpec
 from infra.db import online_provider_ids
-from infra.storage import check_client_id
 from infra.telemetry import recent_samples
 
 BigInt = NewType("BigInt", int)
@@ -49,10 +51,14 @@ def iso_time(unix: float) -> str:
 
 
 class Context(BaseContext):
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, caller: Caller | None = None,
+                 token: str | None = None):
         super().__init__()
         self.services = services
+        self.caller = caller  # None: anonymous (or a token that is not valid)
+        self.token = token  # what named the caller; a subscription checks it again
         self.lines: dict[str, asyncio.Task[QueueLine]] = {}  # per request: queue -> its line
+        self._provider_nodes: asyncio.Task[dict[str, set[str]]] | None = None
 
     async def line(self, queue: str) -> QueueLine:
         """The queue's waiting jobs in order, worked out once per request."""
@@ -62,14 +68,83 @@ class Context(BaseContext):
 
     @property
     def client_id(self) -> str:
-        """The caller: header X-Gpgpu-Client, or `client` in the websocket's init payload."""
-        params = self.connection_params if isinstance(self.connection_params, dict) else {}
-        header = self.request.headers.get("x-gpgpu-client") if self.request else None
-        client = params.get("client") or header or "demo"
-        return check_client_id(str(client))
+        """The caller's own client id; refused (auth.Denied) without the client role."""
+        return auth.client_of(self.caller)
+
+    async def provider_nodes(self) -> dict[str, set[str]]:
+        """Provider id -> the nodes it belongs to, once per request."""
+        if self._provider_nodes is None:
+            self._provider_nodes = asyncio.ensure_future(_provider_nodes(self.services))
+        return await self._provider_nodes
+
+    async def allowed(self, rule: Callable[..., bool], *args: Any) -> bool:
+        """auth's `rule` for the caller; when it says no, asked once more past the cache:
+        what the caller owns may have changed through another API replica a moment ago."""
+        if rule(self.caller, *args):
+            return True
+        if self.token is None:
+            return False
+        self.caller = await self.services.auth.authenticate(self.token, fresh=True)
+        return rule(self.caller, *args)
+
+    async def still_signed_in(self) -> bool:
+        """For a long subscription: does its token still name someone (not revoked)?"""
+        if self.token is None:
+            return self.caller is None
+        return await self.services.auth.authenticate(self.token) is not None
+
+
+async def _provider_nodes(services: Services) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for r in await services.query("SELECT node_id, provider_ids FROM nodes"):
+        for provider_id in json.loads(r["provider_ids"]):
+            out.setdefault(provider_id, set()).add(r["node_id"])
+    return out
 
 
 I = Info[Context, None]  # noqa: E741
+
+
+@strawberry.type
+class User:
+    id: strawberry.ID
+    email: str
+    roles: list[str] = strawberry.field(description="client, provider, operator, admin")
+    client_id: str | None = strawberry.field(description="your storage space and jobs' owner")
+    provider_ids: list[str]
+    node_ids: list[str]
+
+    @classmethod
+    def of(cls, caller: Caller) -> User:
+        """As this credential may act: an API key's scopes narrow the roles."""
+        return cls(
+            id=strawberry.ID(caller.user_id), email=caller.email,
+            roles=[r for r in ROLES if r in caller.roles], client_id=caller.client_id,
+            provider_ids=sorted(caller.provider_ids), node_ids=sorted(caller.node_ids),
+        )
+
+
+@strawberry.type
+class Session:
+    token: str = strawberry.field(description="send it as Authorization: Bearer <token>")
+    user: User
+
+
+@strawberry.type
+class ApiKey:
+    id: strawberry.ID
+    name: str
+    scopes: list[str]
+    created_at: str
+
+
+@strawberry.type
+class ApiKeyCreated:
+    id: strawberry.ID
+    name: str
+    scopes: list[str]
+    key: str = strawberry.field(description="shown only this once: only its hash is kept")
+    created_at: str
 
 
 @strawberry.type
@@ -212,7 +287,9 @@ class Gpu:
     index: int
     model: str
     memory_mb: int
-    busy_job_id: str | None
+    busy_job_id: str | None = strawberry.field(
+        description="the job holding it; null unless the provider is yours or on your node"
+    )
     status: str = strawberry.field(
         description="online (free), busy, suspended, degraded or offline (the provider is)"
     )
@@ -244,14 +321,23 @@ class Provider:
     status_reason: str
     last_heartbeat_at: str | None
     reputation: float
-    earnings_micro: BigInt = strawberry.field(description="the provider account's balance")
+    earnings_micro: BigInt | None = strawberry.field(
+        description="the provider account's balance; null unless the provider is yours"
+    )
     price_per_gpu_hour_micro: BigInt
     price_per_gpu_hour: str = strawberry.field(description="credits, e.g. '2.5'")
     runtimes: list[str]
     gpus: list[Gpu]
+    # Its owner, its node's operator and admins see its telemetry and which job holds a GPU.
+    watched: strawberry.Private[bool] = True
 
-    @strawberry.field(description="The last heartbeats' GPU readings, oldest first")
+    @strawberry.field(
+        description="The last heartbeats' GPU readings, oldest first; empty unless the "
+        "provider is yours or on your node"
+    )
     async def telemetry(self, info: I, limit: int = 120) -> list[TelemetrySample]:
+        if not self.watched:
+            return []
         services = info.context.services
         samples = await asyncio.to_thread(
             recent_samples, services.views, self.provider_id, max(1, limit)
@@ -353,10 +439,30 @@ class RegisterProviderInput:
 
 
 async def load_job(info: I, job_id: str) -> Job | None:
-    rows = await info.context.services.query(
-        "SELECT * FROM jobs WHERE job_id = ? AND client_id = ?", (job_id, info.context.client_id)
-    )
-    return Job.from_row(rows[0]) if rows else None
+    """The job if the caller may see it (auth.can_read_job), else None: no hint it exists."""
+    rows = await info.context.services.query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+    if not rows or not auth.can_read_job(
+        info.context.caller, rows[0]["client_id"], rows[0]["provider_id"]
+    ):
+        return None
+    return Job.from_row(rows[0])
+
+
+async def shown_providers(info: I, providers: list[Provider]) -> list[Provider]:
+    """Providers as this caller may see them: the market's catalogue for everyone signed
+    in; earnings for the owner; telemetry and who holds each GPU for the owner and the
+    operators of its nodes (auth.can_manage_provider, auth.can_watch_provider)."""
+    caller = info.context.caller
+    nodes = await info.context.provider_nodes()
+    out = []
+    for p in providers:
+        if auth.can_manage_provider(caller, p.provider_id):
+            out.append(p)
+            continue
+        watched = auth.can_watch_provider(caller, p.provider_id, nodes.get(p.provider_id, set()))
+        gpus = p.gpus if watched else [replace(g, busy_job_id=None) for g in p.gpus]
+        out.append(replace(p, earnings_micro=None, gpus=gpus, watched=watched))
+    return out
 
 
 def gpu_status(

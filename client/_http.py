@@ -21,7 +21,7 @@ from client.errors import (
     NotFoundError,
     SpecRejectedError,
 )
-from client.models import Account, Job, Node, Provider, ProviderEarnings, QueuedJob
+from client.models import Account, Job, Node, Provider, ProviderEarnings, QueuedJob, User
 from domain.money import credits_to_micro
 
 CHUNK = 1 << 20
@@ -207,3 +207,18 @@ class PartFile:
         if not self.file.closed:
             self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def parse_session(data: dict[str, Any], key: str) -> tuple[str, User]:
+    session = data[key]
+    return str(session["token"]), User.from_json(session["user"])
+
+
+def own_space(data: dict[str, Any]) -> str:
+    """The caller's client id from `me`, or why there is none."""
+    me = data.get("me")
+    if me is None:
+        raise GpgpuError("not signed in: run `gpgpu login`, or set GPGPU_API_KEY to an API key")
+    if not me.get("clientId"):
+        raise GpgpuError(f"{me.get('email')} has no client role here: no storage space or jobs")
+    return str(me["clientId"])

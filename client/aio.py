@@ -22,11 +22,11 @@ from client._http import (
     file_sha256,
 )
 from client.config import (
-    CLIENT_HEADER,
     SHA256_HEADER,
+    auth_headers,
     graphql_ws_url,
     resolve_api_url,
-    resolve_client_id,
+    resolve_token,
     storage_url,
 )
 from client.errors import ApiError, ApiUnreachable, GpgpuError, SpecRejectedError
@@ -39,6 +39,7 @@ from client.models import (
     ProviderEarnings,
     QueuedJob,
     StoredObject,
+    User,
 )
 from client.specfile import plan_spec_file
 from client.subscription import (
@@ -56,15 +57,19 @@ class AsyncGpgpuClient:
         api_url: str | None = None,
         client_id: str | None = None,
         *,
+        api_key: str | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         reconnect_window_s: float = RECONNECT_WINDOW_S,
     ):
         self.api_url = resolve_api_url(api_url)
-        self.client_id = resolve_client_id(client_id)
+        # Sent as `Authorization: Bearer`: api_key, GPGPU_API_KEY, or what `gpgpu login` saved.
+        self.token = resolve_token(self.api_url, api_key)
+        # Whose storage space: given (an admin may name any), else the caller's own (`me`).
+        self.client_id = client_id
         self.reconnect_window_s = reconnect_window_s
         self._http = httpx.AsyncClient(
-            headers={CLIENT_HEADER: self.client_id},
+            headers=auth_headers(self.token),
             timeout=httpx.Timeout(timeout, connect=5.0),
             transport=transport,
         )
@@ -94,6 +99,26 @@ class AsyncGpgpuClient:
         except httpx.TransportError as err:
             raise _http.transport_error(self.api_url, err) from None
         return _http.graphql_data(resp.status_code, resp.content)
+
+
+    # -- accounts ---------------------------------------------------------
+
+    async def _space(self) -> str:
+        """The storage space calls act on: the one given, else the caller's own client id."""
+        if self.client_id is None:
+            self.client_id = _http.own_space(await self._graphql(queries.ME))
+        return self.client_id
+
+    async def me(self) -> User | None:
+        found = (await self._graphql(queries.ME)).get("me")
+        return None if found is None else User.from_json(found)
+
+    async def sign_in(self, email: str, password: str) -> tuple[str, User]:
+        data = await self._graphql(queries.SIGN_IN, {"email": email, "password": password})
+        token, user = _http.parse_session(data, "signIn")
+        self.token = token
+        self._http.headers.update(auth_headers(token))
+        return token, user
 
     async def submit_job(self, spec: dict[str, Any]) -> Job:
         return _http.parse_submit(await self._graphql(queries.SUBMIT_JOB, {"spec": spec}))
@@ -188,11 +213,11 @@ class AsyncGpgpuClient:
                 async with ws_connect(
                     uri,
                     subprotocols=[Subprotocol(SUBPROTOCOL)],
-                    additional_headers={CLIENT_HEADER: self.client_id},
+                    additional_headers=auth_headers(self.token),
                     open_timeout=10,
                 ) as ws:
                     connected = True
-                    session = JobEventsSession(self.client_id, job_id, last)
+                    session = JobEventsSession(self.token, job_id, last)
                     await ws.send(session.init_message())
                     async for raw in ws:
                         step = session.handle(raw)
@@ -251,7 +276,7 @@ class AsyncGpgpuClient:
             progress(0, size)
         resp = await self._request(
             "PUT",
-            storage_url(self.api_url, self.client_id, key),
+            storage_url(self.api_url, await self._space(), key),
             content=chunks(),
             headers={SHA256_HEADER: sha256, "Content-Length": str(size)},
         )
@@ -264,7 +289,7 @@ class AsyncGpgpuClient:
         progress: ByteProgress | None = None,
         expected_sha256: str | None = None,
     ) -> StoredObject:
-        url = storage_url(self.api_url, self.client_id, key)
+        url = storage_url(self.api_url, await self._space(), key)
         try:
             async with self._http.stream("GET", url) as resp:
                 if resp.status_code >= 400:
@@ -292,11 +317,11 @@ class AsyncGpgpuClient:
 
     async def list_objects(self, prefix: str = "") -> list[StoredObject]:
         resp = await self._request(
-            "GET", storage_url(self.api_url, self.client_id), params={"prefix": prefix}
+            "GET", storage_url(self.api_url, await self._space()), params={"prefix": prefix}
         )
         return [StoredObject.from_json(o) for o in resp.json()]
 
     async def delete(self, key: str) -> None:
         await self._request(
-            "DELETE", storage_url(self.api_url, self.client_id, key), f"object {key!r}"
+            "DELETE", storage_url(self.api_url, await self._space(), key), f"object {key!r}"
         )

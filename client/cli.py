@@ -117,9 +117,11 @@ def _options(
     ] = None,
     client: Annotated[
         str | None,
-        typer.Option("--client", help="Your client id (env GPGPU_CLIENT).", metavar="ID"),
+        typer.Option("--client", help="Whose storage space (an admin's choice; default: "
+                     "your own).", metavar="ID"),
     ] = None,
 ) -> None:
+    """Who you are comes from GPGPU_API_KEY, else the token `gpgpu login` saved."""
     ctx.obj = Target(api, client)
 
 
@@ -180,6 +182,136 @@ def _transfers(enabled: bool = True) -> Iterator[FileProgress]:
     finally:
         if tasks:
             progress.stop()
+
+
+# -- accounts -------------------------------------------------------------
+
+keys_app = typer.Typer(help="API keys for programs and provider agents: create, list, revoke.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+ROLE_CHOICES = "client, provider, operator"
+
+
+def _password(password_stdin: bool, confirm: bool = False) -> str:
+    if password_stdin:
+        import sys
+
+        return sys.stdin.readline().rstrip("\n")
+    return str(typer.prompt("password", hide_input=True, confirmation_prompt=confirm))
+
+
+@app.command("login")
+@fails_cleanly
+def login(
+    ctx: typer.Context,
+    email: Annotated[str | None, typer.Option(help="Your account's email.")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    sign_up: Annotated[
+        bool, typer.Option("--sign-up", help="Create the account first.")
+    ] = False,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", help=f"With --sign-up: {ROLE_CHOICES} (repeat for more).")
+    ] = None,
+) -> None:
+    """Sign in and keep the session token for this API in ~/.config/gpgpu/credentials
+    (GPGPU_API_KEY, when set, is used instead)."""
+    from client.config import save_credentials
+
+    email = email or str(typer.prompt("email"))
+    password = _password(password_stdin, confirm=sign_up)
+    with _client(ctx) as gp:
+        if sign_up:
+            token, user = gp.sign_up(email, password, list(role or ["client"]))
+        else:
+            token, user = gp.sign_in(email, password)
+        path = save_credentials(gp.api_url, token, user.email)
+    _err().print(f"signed in as {user.email} ({', '.join(user.roles)}); token kept in {path}")
+
+
+@app.command("logout")
+@fails_cleanly
+def logout(ctx: typer.Context) -> None:
+    """End the saved session and forget its token."""
+    from client.config import forget_credentials, load_credentials
+
+    with _client(ctx) as gp:
+        saved = load_credentials().get(gp.api_url)
+        if saved and gp.token == saved.get("token"):
+            gp.sign_out()
+        forget_credentials(gp.api_url)
+    _err().print("signed out")
+
+
+@app.command("whoami")
+@fails_cleanly
+def whoami(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Who the API takes you for: email, roles, client id, providers and nodes."""
+    with _client(ctx) as gp:
+        user = gp.me()
+    if user is None:
+        raise GpgpuError("not signed in: run `gpgpu login`, or set GPGPU_API_KEY")
+    if as_json:
+        _print_json(user)
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("email", user.email)
+    grid.add_row("roles", ", ".join(user.roles))
+    grid.add_row("client", user.client_id or "-")
+    grid.add_row("providers", ", ".join(user.provider_ids) or "-")
+    grid.add_row("nodes", ", ".join(user.node_ids) or "-")
+    _out().print(grid)
+
+
+@keys_app.command("create")
+@fails_cleanly
+def keys_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="What it is for, e.g. gpu-box-1.")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help=f"A role it may act as: {ROLE_CHOICES} (repeat).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A new key: printed once, only its hash is kept. Needs a signed-in session."""
+    with _client(ctx) as gp:
+        scopes = list(scope or [])
+        if not scopes:
+            user = gp.me()
+            scopes = [r for r in (user.roles if user else []) if r != "admin"]
+        key = gp.create_api_key(name, scopes)
+    if as_json:
+        _print_json(key)
+    else:
+        _err().print(f"API key {key.name} ({', '.join(key.scopes)}); shown only now:")
+        typer.echo(key.key)
+
+
+@keys_app.command("list")
+@fails_cleanly
+def keys_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Your API keys (their names and scopes; never the keys)."""
+    with _client(ctx) as gp:
+        keys = gp.api_keys()
+    if as_json:
+        _print_json(keys)
+        return
+    table = Table("id", "name", "scopes", "created", box=None)
+    for k in keys:
+        table.add_row(k.id, k.name, ", ".join(k.scopes), k.created_at)
+    _out().print(table)
+
+
+@keys_app.command("revoke")
+@fails_cleanly
+def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Revoke a key: it stops working within seconds."""
+    with _client(ctx) as gp:
+        gp.revoke_api_key(key_id)
+    typer.echo(f"revoked {key_id}")
 
 
 # -- jobs -----------------------------------------------------------------
@@ -645,6 +777,28 @@ def admin_rebuild_projections(as_json: JsonFlag = False) -> None:
     else:
         rows = ", ".join(f"{n} {t}" for t, n in result["rows"].items())
         _out().print(f"rebuilt from {result['events']} events in {result['seconds']} s: {rows}")
+
+
+@admin_app.command("create-admin")
+def admin_create_admin(
+    email: Annotated[str, typer.Argument(help="The admin's email.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+) -> None:
+    """Make an admin account (every role) on this node's stores; an existing account keeps
+    its password and becomes an admin."""
+    from domain.errors import DomainError
+    from infra.admin import create_admin
+    from infra.settings import Settings
+
+    password = _password(password_stdin, confirm=True)
+    try:
+        user = create_admin(Settings(), email, password)
+    except DomainError as err:
+        _fail(str(err), 2)
+    _out().print(f"{user.email} is an admin ({', '.join(user.roles)}); sign in with "
+                 "`gpgpu login`")
 
 
 @admin_app.command("recompute-reputation")

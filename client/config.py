@@ -1,13 +1,16 @@
-"""Where the API is and who is calling: arguments first, then GPGPU_* variables, then defaults."""
+"""Where the API is and who is calling: arguments first, then GPGPU_* variables, then the
+token `gpgpu login` saved (~/.config/gpgpu/credentials, one per API URL), then defaults."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-DEFAULT_CLIENT_ID = "demo"
-CLIENT_HEADER = "X-Gpgpu-Client"
 SHA256_HEADER = "X-Sha256"
 
 
@@ -16,8 +19,61 @@ def resolve_api_url(api_url: str | None = None) -> str:
     return url.rstrip("/")
 
 
-def resolve_client_id(client_id: str | None = None) -> str:
-    return client_id or os.environ.get("GPGPU_CLIENT") or DEFAULT_CLIENT_ID
+def credentials_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "gpgpu" / "credentials"
+
+
+def load_credentials() -> dict[str, Any]:
+    """API URL -> {"token", "email"}; empty when there is no (readable) file."""
+    try:
+        found = json.loads(credentials_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def save_credentials(api_url: str, token: str, email: str) -> Path:
+    """Keep a token for this API URL, readable by this user only."""
+    found = load_credentials()
+    found[api_url] = {"token": token, "email": email}
+    return _write(found)
+
+
+def _write(found: dict[str, Any]) -> Path:
+    path = credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(found, f, indent=2)
+    tmp.replace(path)
+    return path
+
+
+def forget_credentials(api_url: str) -> bool:
+    found = load_credentials()
+    if found.pop(api_url, None) is None:
+        return False
+    with contextlib.suppress(OSError):
+        _write(found)
+    return True
+
+
+def resolve_token(api_url: str, api_key: str | None = None) -> str | None:
+    """What is sent as `Authorization: Bearer`: the argument, GPGPU_API_KEY, or the token
+    `gpgpu login` saved for this API URL."""
+    if api_key:
+        return api_key
+    if env := os.environ.get("GPGPU_API_KEY"):
+        return env
+    saved = load_credentials().get(api_url)
+    token = saved.get("token") if isinstance(saved, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def graphql_ws_url(api_url: str) -> str:

@@ -169,7 +169,7 @@ class Provider:
     status: str
     last_heartbeat_at: str | None
     reputation: float
-    earnings_micro: int
+    earnings_micro: int | None  # None: not your provider
     gpus: list[Gpu] = field(default_factory=list)
     status_reason: str = ""
     price_per_gpu_hour_micro: int | None = None
@@ -184,7 +184,7 @@ class Provider:
             status=d["status"],
             last_heartbeat_at=d.get("lastHeartbeatAt"),
             reputation=float(d["reputation"]),
-            earnings_micro=int(d["earningsMicro"]),
+            earnings_micro=None if d.get("earningsMicro") is None else int(d["earningsMicro"]),
             gpus=[Gpu.from_json(g) for g in d.get("gpus") or []],
             status_reason=d.get("statusReason") or "",
             price_per_gpu_hour_micro=None if price is None else int(price),
@@ -301,3 +301,35 @@ class StoredObject:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StoredObject:
         return cls(key=d["key"], size=int(d["size"]), sha256=d["sha256"])
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    roles: list[str]
+    client_id: str | None
+    provider_ids: list[str] = field(default_factory=list)
+    node_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> User:
+        return cls(
+            id=str(d["id"]), email=d["email"], roles=list(d.get("roles") or []),
+            client_id=d.get("clientId"), provider_ids=list(d.get("providerIds") or []),
+            node_ids=list(d.get("nodeIds") or []),
+        )
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: str
+    key: str | None = None  # only in the answer that created it
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ApiKey:
+        return cls(id=str(d["id"]), name=d["name"], scopes=list(d.get("scopes") or []),
+                   created_at=d["createdAt"], key=d.get("key"))

@@ -164,3 +164,33 @@ subscription JobEvents($jobId: ID!, $after: Int!) {
   jobEvents(jobId: $jobId, after: $after) { seq jobId type at data }
 }
 """
+
+# Accounts: sign up or in for a session token; API keys for programs and provider agents.
+
+USER_FIELDS = "id email roles clientId providerIds nodeIds"
+
+ME = f"query Me {{ me {{ {USER_FIELDS} }} }}"
+
+SIGN_UP = f"""
+mutation SignUp($email: String!, $password: String!, $roles: [String!]!) {{
+  signUp(email: $email, password: $password, roles: $roles) {{ token user {{ {USER_FIELDS} }} }}
+}}
+"""
+
+SIGN_IN = f"""
+mutation SignIn($email: String!, $password: String!) {{
+  signIn(email: $email, password: $password) {{ token user {{ {USER_FIELDS} }} }}
+}}
+"""
+
+SIGN_OUT = "mutation SignOut { signOut }"
+
+API_KEYS = "query ApiKeys { apiKeys { id name scopes createdAt } }"
+
+CREATE_API_KEY = """
+mutation CreateApiKey($name: String!, $scopes: [String!]!) {
+  createApiKey(name: $name, scopes: $scopes) { id name scopes key createdAt }
+}
+"""
+
+REVOKE_API_KEY = "mutation RevokeApiKey($id: ID!) { revokeApiKey(id: $id) }"

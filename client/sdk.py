@@ -28,16 +28,17 @@ from client._http import (
     file_sha256,
 )
 from client.config import (
-    CLIENT_HEADER,
     SHA256_HEADER,
+    auth_headers,
     graphql_ws_url,
     resolve_api_url,
-    resolve_client_id,
+    resolve_token,
     storage_url,
 )
 from client.errors import ApiError, ApiUnreachable, GpgpuError, SpecRejectedError
 from client.models import (
     Account,
+    ApiKey,
     Job,
     JobEvent,
     Node,
@@ -45,6 +46,7 @@ from client.models import (
     ProviderEarnings,
     QueuedJob,
     StoredObject,
+    User,
 )
 from client.specfile import load_spec_file, plan_spec_file
 from client.subscription import (
@@ -62,15 +64,19 @@ class GpgpuClient:
         api_url: str | None = None,
         client_id: str | None = None,
         *,
+        api_key: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         reconnect_window_s: float = RECONNECT_WINDOW_S,
     ):
         self.api_url = resolve_api_url(api_url)
-        self.client_id = resolve_client_id(client_id)
+        # Sent as `Authorization: Bearer`: api_key, GPGPU_API_KEY, or what `gpgpu login` saved.
+        self.token = resolve_token(self.api_url, api_key)
+        # Whose storage space: given (an admin may name any), else the caller's own (`me`).
+        self.client_id = client_id
         self.reconnect_window_s = reconnect_window_s
         self._http = httpx.Client(
-            headers={CLIENT_HEADER: self.client_id},
+            headers=auth_headers(self.token),
             timeout=httpx.Timeout(timeout, connect=5.0),
             transport=transport,
         )
@@ -102,6 +108,50 @@ class GpgpuClient:
         except httpx.TransportError as err:
             raise _http.transport_error(self.api_url, err) from None
         return _http.graphql_data(resp.status_code, resp.content)
+
+
+    # -- accounts ---------------------------------------------------------
+
+    def _space(self) -> str:
+        """The storage space calls act on: the one given, else the caller's own client id."""
+        if self.client_id is None:
+            self.client_id = _http.own_space(self._graphql(queries.ME))
+        return self.client_id
+
+    def me(self) -> User | None:
+        found = self._graphql(queries.ME).get("me")
+        return None if found is None else User.from_json(found)
+
+    def sign_up(self, email: str, password: str, roles: list[str]) -> tuple[str, User]:
+        """A new account; its session token is used from now on (and returned)."""
+        variables = {"email": email, "password": password, "roles": roles}
+        token, user = _http.parse_session(self._graphql(queries.SIGN_UP, variables), "signUp")
+        self._use(token)
+        return token, user
+
+    def sign_in(self, email: str, password: str) -> tuple[str, User]:
+        data = self._graphql(queries.SIGN_IN, {"email": email, "password": password})
+        token, user = _http.parse_session(data, "signIn")
+        self._use(token)
+        return token, user
+
+    def sign_out(self) -> bool:
+        return bool(self._graphql(queries.SIGN_OUT)["signOut"])
+
+    def create_api_key(self, name: str, scopes: list[str]) -> ApiKey:
+        """A new key (its `key` is in this answer only)."""
+        data = self._graphql(queries.CREATE_API_KEY, {"name": name, "scopes": scopes})
+        return ApiKey.from_json(data["createApiKey"])
+
+    def api_keys(self) -> list[ApiKey]:
+        return [ApiKey.from_json(k) for k in self._graphql(queries.API_KEYS)["apiKeys"]]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        return bool(self._graphql(queries.REVOKE_API_KEY, {"id": key_id})["revokeApiKey"])
+
+    def _use(self, token: str) -> None:
+        self.token = token
+        self._http.headers.update(auth_headers(token))
 
     # -- jobs -------------------------------------------------------------
 
@@ -213,11 +263,11 @@ class GpgpuClient:
                 with ws_connect(
                     uri,
                     subprotocols=[Subprotocol(SUBPROTOCOL)],
-                    additional_headers={CLIENT_HEADER: self.client_id},
+                    additional_headers=auth_headers(self.token),
                     open_timeout=10,
                 ) as ws:
                     connected = True
-                    session = JobEventsSession(self.client_id, job_id, last)
+                    session = JobEventsSession(self.token, job_id, last)
                     ws.send(session.init_message())
                     for raw in ws:
                         step = session.handle(raw)
@@ -279,7 +329,7 @@ class GpgpuClient:
             progress(0, size)
         resp = self._request(
             "PUT",
-            storage_url(self.api_url, self.client_id, key),
+            storage_url(self.api_url, self._space(), key),
             content=chunks(),
             headers={SHA256_HEADER: sha256, "Content-Length": str(size)},
         )
@@ -296,7 +346,7 @@ class GpgpuClient:
 
         Bytes land in a temp file beside dest that is renamed only once verified.
         """
-        url = storage_url(self.api_url, self.client_id, key)
+        url = storage_url(self.api_url, self._space(), key)
         try:
             with self._http.stream("GET", url) as resp:
                 if resp.status_code >= 400:
@@ -323,9 +373,9 @@ class GpgpuClient:
 
     def list_objects(self, prefix: str = "") -> list[StoredObject]:
         resp = self._request(
-            "GET", storage_url(self.api_url, self.client_id), params={"prefix": prefix}
+            "GET", storage_url(self.api_url, self._space()), params={"prefix": prefix}
         )
         return [StoredObject.from_json(o) for o in resp.json()]
 
     def delete(self, key: str) -> None:
-        self._request("DELETE", storage_url(self.api_url, self.client_id, key), f"object {key!r}")
+        self._request("DELETE", storage_url(self.api_url, self._space(), key), f"object {key!r}")

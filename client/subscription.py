@@ -32,14 +32,15 @@ class Step:
 class JobEventsSession:
     """One connection's worth of protocol: init, ack, subscribe, next..., complete."""
 
-    def __init__(self, client_id: str, job_id: str, after: int):
-        self.client_id = client_id
+    def __init__(self, token: str | None, job_id: str, after: int):
+        self.token = token
         self.job_id = job_id
         self.after = after
         self.acked = False
 
     def init_message(self) -> str:
-        return json.dumps({"type": "connection_init", "payload": {"client": self.client_id}})
+        payload = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return json.dumps({"type": "connection_init", "payload": payload})
 
     def subscribe_message(self) -> str:
         return json.dumps(

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from domain.application import Network
+from domain.identity import ROLES, UserView
 from domain.projection import Projector
 from domain.reputation import reputation
 from infra.db import VIEW_TABLES, ViewDB
@@ -73,3 +74,12 @@ def recompute_reputation(settings: Settings, as_of: float | None = None) -> dict
             and abs(as_shown - shown.get(provider, -1.0)) < 1e-9,
         })
     return {"providers": report, "all_match": all(r["matches"] for r in report)}
+
+
+def create_admin(
+    settings: Settings, email: str, password: str, roles: tuple[str, ...] = ROLES
+) -> UserView:
+    """An admin account on the stores directly (no API needed): every role by default.
+    An existing account keeps its password and gains the roles it lacked."""
+    app = Network(env=settings.eventsourcing_env())
+    return app.create_user(email, password, list(roles), time.time())

@@ -4,12 +4,20 @@ Starts the Temporal dev server (SQLite file under home), the API, the control
 worker and two simulated GPU providers as child processes; submits the bundled
 example job on first start; stops everything in order on Ctrl-C. State (jobs,
 events, files, workflow history) stays under home for the next start.
+
+On first start it makes a local admin account (every role) with an API key, on the
+stores directly, prints both once, keeps them in home/dev-account.json (readable by
+you only) and as `gpgpu login` would (~/.config/gpgpu/credentials for this API URL):
+the providers register with the key, the example job runs with it, and the `gpgpu`
+command works from another shell.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +35,7 @@ from workflows.search_attributes import create_command, registration_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hello" / "job.yaml"
+DEV_EMAIL = "dev@gpgpu.local"
 PROVIDERS = [
     ("provider-a", "2xH100:80", "2.5"),
     ("provider-b", "2xA100:80", "1.8"),
@@ -129,10 +138,51 @@ class Stack:
             "--scratch", str(self.home / "providers" / provider_id), *extra,
         ])
 
+    def dev_account(self) -> dict[str, str]:
+        """The local admin and its API key: made on the stores once, kept under home."""
+        path = self.home / "dev-account.json"
+        if path.exists():
+            found: dict[str, str] = json.loads(path.read_text())
+            return found
+        from domain.application import Network
+        from domain.identity import ROLES
+        from infra.admin import create_admin
+
+        password = secrets.token_urlsafe(12)
+        user = create_admin(self.settings, DEV_EMAIL, password)
+        app = Network(env=self.settings.eventsourcing_env())
+        key = app.create_api_key(user.id, "gpgpu up", list(ROLES), list(ROLES), time.time())
+        account = {"email": DEV_EMAIL, "password": password, "api_key": key.key}
+        self.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(account, f, indent=2)
+        say(f"  account       {DEV_EMAIL} (admin), password {password}\n"
+            f"  API key       {key.key}\n"
+            f"                shown once; kept in {path}")
+        return account
+
+    def use_dev_account(self) -> str:
+        """The dev account's key for the providers, the example job and the gpgpu command."""
+        from client.config import load_credentials, save_credentials
+
+        account = self.dev_account()
+        key = account["api_key"]
+        self.env["GPGPU_API_KEY"] = key
+        saved = load_credentials().get(self.settings.api_url)
+        if not isinstance(saved, dict) or saved.get("token") != key:
+            try:
+                where = save_credentials(self.settings.api_url, key, account["email"])
+                say(f"  credentials   {where} (gpgpu commands act as {account['email']})")
+            except OSError as err:
+                say(f"  warning: could not save the key for gpgpu commands: {err}", err=True)
+        return key
+
     def start(self) -> None:
         s = self.settings
         say(f"starting the embedded network under {self.home}")
         self.start_temporal()
+        self.use_dev_account()
         host = s.temporal_address.rpartition(":")[0]
         say(f"  temporal      {s.temporal_address} (UI http://{host}:{s.temporal_ui_port})")
         self.start_control_plane()
@@ -148,7 +198,8 @@ class Stack:
             return
         from client.sdk import GpgpuClient
 
-        with GpgpuClient(api_url=self.settings.api_url) as client:
+        key = self.env.get("GPGPU_API_KEY") or self.use_dev_account()
+        with GpgpuClient(api_url=self.settings.api_url, api_key=key) as client:
             job = client.submit_spec_file(EXAMPLE)
         marker.write_text(job.id)
         say(f"\nsubmitted the example job {job.id}; follow it with\n"

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # Service logs: "text" for people, "json" for log pipelines (one object per line with the
     # job id; infra/logs.py).
     log_format: Literal["text", "json"] = "text"
+    # Accounts (domain/identity.py): how long a sign-in lasts; how long the API trusts what
+    # it found for a token (a revoked key or ended session stops working within this).
+    session_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # What a provider agent (and the SDK) sends as `Authorization: Bearer`: an API key.
+    api_key: str | None = None
 
     @property
     def offline_after_s(self) -> float:

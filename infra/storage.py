@@ -156,19 +156,32 @@ class FilesystemStore:
         path = self._path(client_id, key)
         usage = 0 if self.quota_bytes is None else self._usage(client_id, replacing=path)
         intake = Intake(client_id, key, self.quota_bytes, usage)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # A file system can't hold both "a" and "a/b" (S3 can): refuse by name, not with a 500.
+        clash = StorageError(f"key: {key!r} clashes with a stored key that is a folder of it "
+                             "or inside it (this store can't hold both 'a' and 'a/b')")
+        if path.is_dir():
+            raise clash
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise clash from None
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        side_tmp = self._sidecar(path).with_suffix(".part")
         try:
             with os.fdopen(fd, "wb") as f:
                 for chunk in intake.take(chunks):
                     f.write(chunk)
             sha = intake.verify(expected_sha256)
-            side_tmp = self._sidecar(path).with_suffix(".part")
             side_tmp.write_text(sha)
             os.replace(tmp, path)
             os.replace(side_tmp, self._sidecar(path))
+        except IsADirectoryError:  # a folder of that name appeared meanwhile
+            Path(tmp).unlink(missing_ok=True)
+            side_tmp.unlink(missing_ok=True)
+            raise clash from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            side_tmp.unlink(missing_ok=True)
             raise
         return ObjectInfo(key, intake.size, sha)
 

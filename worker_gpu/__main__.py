@@ -97,13 +97,20 @@ def main(argv: list[str] | None = None) -> None:
     # httpx logs every request at INFO: a line per heartbeat, and presigned URLs
     # (signatures included) in the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = Settings()
+    if not settings.api_key:
+        logging.getLogger("worker_gpu").warning(
+            "GPGPU_API_KEY is not set: the API refuses to register a provider without the API "
+            "key of its owner's account (create one on the web UI's API keys page, or with "
+            "`gpgpu keys create NAME --scope provider`)"
+        )
     code = 1
     try:
         # Imported here, not at the top: temporalio takes seconds to import, and a
         # mistyped flag should be answered at once.
         from worker_gpu.agent import serve
 
-        code = asyncio.run(serve(config, Settings()))
+        code = asyncio.run(serve(config, settings))
     except Exception:
         logging.getLogger("worker_gpu").exception("provider agent failed")
     finally:

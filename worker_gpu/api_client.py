@@ -1,4 +1,7 @@
-"""The provider agent's two calls to the network's API: register, then heartbeat."""
+"""The provider agent's two calls to the network's API: register, then heartbeat.
+
+Both carry `Authorization: Bearer <GPGPU_API_KEY>`: the providers it registers belong to
+that key's account, and only that account (or an admin) may heartbeat or manage them."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from infra.settings import Settings
 from worker_gpu.discovery import GpuInfo, GpuTelemetry
 
 log = logging.getLogger(__name__)
@@ -54,12 +58,20 @@ def registration_input(
     }
 
 
+def agent_api_key() -> str | None:
+    """The key the agent acts with (GPGPU_API_KEY, through Settings): a provider-scoped API
+    key of the account that will own the providers it registers."""
+    return Settings().api_key
+
+
 class ProviderApi:
     """GraphQL over HTTP POST; one instance per thread (it owns an httpx.Client)."""
 
-    def __init__(self, api_url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, api_url: str, timeout_s: float = 10.0, api_key: str | None = None) -> None:
         self.url = f"{api_url.rstrip('/')}/graphql"
-        self._client = httpx.Client(timeout=timeout_s)
+        key = api_key if api_key is not None else agent_api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(timeout=timeout_s, headers=headers)
 
     def close(self) -> None:
         self._client.close()

@@ -2,7 +2,8 @@
 
 The API app runs under uvicorn in this process (its projection, heartbeat ingest
 and liveness monitor included) against a real Temporal dev server; heartbeats
-come over HTTP from threads, as agents send them.
+come over HTTP from threads, as agents send them. Callers are accounts: "prov" owns
+the providers it registers, "alice" runs a node, "admin" was made on the stores.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.services import Services
+from domain.identity import ROLES
 from domain.spec import parse_job_spec
 from infra.settings import Settings
 from tests.conftest import free_port
@@ -44,30 +46,61 @@ EXPLAIN = """query($s: JSON!) { explain(spec: $s) { __typename
   ... on Explanation { eligible { providerId gpuIndexes } rejected { providerId reason } } } }"""
 
 
+PASSWORD = "controls password"
+ACCOUNT_ROLES = {"prov": ["client", "provider"], "alice": ["client", "operator"]}
+SIGN_IN = """mutation($e: String!, $p: String!) { signIn(email: $e, password: $p) {
+  token user { clientId } } }"""
+SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
+  signUp(email: $e, password: $p, roles: $r) { token user { clientId } } }"""
+
+
 @dataclass
 class Api:
     url: str
     app: FastAPI
     http: httpx.Client
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def services(self) -> Services:
         services: Services = self.app.state.services
         return services
 
-    def post(self, query: str, client: str = "demo", **variables: Any) -> dict[str, Any]:
+    def session(self, name: str) -> dict[str, Any]:
+        """The account `name` (signed up once; "admin" made on the stores): token, clientId."""
+        if name not in self.sessions:
+            email = f"{name}@controls.test"
+            if name == "admin":
+                self.services.network.create_user(email, PASSWORD, list(ROLES), time.time())
+                query, variables = SIGN_IN, {"e": email, "p": PASSWORD}
+            else:
+                roles = ACCOUNT_ROLES.get(name, ["client"])
+                query, variables = SIGN_UP, {"e": email, "p": PASSWORD, "r": roles}
+            r = self.http.post("/graphql", json={"query": query, "variables": variables})
+            data = r.json()["data"]
+            found = data.get("signIn") or data["signUp"]
+            self.sessions[name] = {"token": found["token"], **found["user"]}
+        return self.sessions[name]
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.session(name)['token']}"}
+
+    def client_id(self, name: str) -> str:
+        return str(self.session(name)["clientId"])
+
+    def post(self, query: str, client: str = "prov", **variables: Any) -> dict[str, Any]:
         r = self.http.post("/graphql", json={"query": query, "variables": variables},
-                           headers={"X-Gpgpu-Client": client})
+                           headers=self.headers(client))
         r.raise_for_status()
         return r.json()
 
-    def gql(self, query: str, client: str = "demo", **variables: Any) -> dict[str, Any]:
+    def gql(self, query: str, client: str = "prov", **variables: Any) -> dict[str, Any]:
         body = self.post(query, client, **variables)
         assert "errors" not in body, body["errors"]
         return body["data"]
 
-    def error(self, query: str, **variables: Any) -> str:
-        body = self.post(query, **variables)
+    def error(self, query: str, caller: str = "prov", **variables: Any) -> str:
+        body = self.post(query, caller, **variables)
         assert body.get("errors"), body
         return str(body["errors"][0]["message"])
 
@@ -81,10 +114,11 @@ class Api:
         return [r["type"] for r in rows]
 
     def register(self, provider_id: str, gpus: int = 2, model: str = H100,
-                 price_micro: int = 2_000_000) -> None:
+                 price_micro: int = 2_000_000, node: str = "local") -> None:
         self.gql(REGISTER, input={
             "providerId": provider_id, "region": "eu", "pricePerGpuHourMicro": price_micro,
             "gpus": [{"index": i, "model": model, "memoryMb": 81_559} for i in range(gpus)],
+            "node": node,
         })
 
 
@@ -123,7 +157,8 @@ class Beater:
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.api.url, timeout=30) as http:
+        with httpx.Client(base_url=self.api.url, timeout=30,
+                          headers=self.api.headers("prov")) as http:
             while not self.stopped.wait(INTERVAL / 2):
                 if not self.paused.is_set():
                     http.post("/graphql", json={
@@ -201,7 +236,10 @@ def test_controls_name_the_field_in_their_errors(api: Api) -> None:
     assert api.error(SUSPEND, id="p-errors", i=7) == (
         "gpu_index: p-errors has no GPU 7 (it has 0, 1)"
     )
-    assert api.error(RESUME, id="nobody", i=0) == "providerId: no provider 'nobody'"
+    assert api.error(RESUME, id="nobody", i=0) == (
+        "forbidden: provider 'nobody' is not one of yours"
+    )
+    assert api.error(RESUME, "admin", id="nobody", i=0) == "providerId: no provider 'nobody'"
     assert api.error(SET_PRICE, id="p-errors", p="cheap") == (
         "pricePerGpuHour: 'cheap' is not a number of credits"
     )
@@ -211,7 +249,7 @@ def test_controls_name_the_field_in_their_errors(api: Api) -> None:
     assert api.error(HEARTBEAT, id="p-errors", t=[{"index": "zero"}]) == (
         "telemetry.0.index: must be a GPU index (0 or more)"
     )
-    assert api.error(HEARTBEAT, id="nobody", t=[]) == (
+    assert api.error(HEARTBEAT, "admin", id="nobody", t=[]) == (
         "providerId: no provider 'nobody'; register first"
     )
 
@@ -295,27 +333,35 @@ JOB = "query($id: ID!) { job(id: $id) { state queue priority queuePosition expec
 def test_queue_positions_follow_the_schedulers_order(
     api: Api, beating: Callable[[str], Beater]
 ) -> None:
-    api.gql("""mutation { configureQueue(nodeId: "local", name: "l4", gpuModels: ["L4"],
-              priorityLevels: 3, maxGpusPerClient: 4, fairShare: true) }""")
+    # alice runs the node (and is one of its clients); prov's provider joins it.
+    api.gql('mutation { registerNode(nodeId: "n-l4", region: "eu", operator: "alice") }',
+            "alice")
+    api.gql("""mutation { configureQueue(nodeId: "n-l4", name: "l4", gpuModels: ["L4"],
+              priorityLevels: 3, maxGpusPerClient: 4, fairShare: true) }""", "alice")
     nodes = api.gql("{ nodes { nodeId queues { name gpuModels priorityLevels maxGpusPerClient"
                     " fairShare waiting } } }")["nodes"]
-    (l4,) = [q for n in nodes if n["nodeId"] == "local" for q in n["queues"] if q["name"] == "l4"]
+    (l4,) = [q for n in nodes if n["nodeId"] == "n-l4" for q in n["queues"] if q["name"] == "l4"]
     assert l4 == {"name": "l4", "gpuModels": ["L4"], "priorityLevels": 3,
                   "maxGpusPerClient": 4, "fairShare": True, "waiting": 0}
-    api.register("p-l4", gpus=1, model="NVIDIA L4")
+    api.register("p-l4", gpus=1, model="NVIDIA L4", node="n-l4")
     beating("p-l4")
     network = api.services.network
     jobs = [("a1", "alice", 0, 1), ("a2", "alice", 0, 1), ("a3", "alice", 0, 1),
             ("b1", "bob", 0, 1), ("d1", "dave", 0, 2), ("c1", "carol", 2, 1)]
+    for name in ("alice", "bob", "carol", "dave"):  # sign up first: jobs go in back to back
+        api.client_id(name)
     for job_id, client, priority, gpus in jobs:
-        network.open_client(client, 100_000_000)
-        network.submit_job(job_id, client, parse_job_spec(
-            {**spec(gpus, queue="local/l4", priority=priority), "resources": {"gpus": gpus}}))
+        network.open_client(api.client_id(client), 100_000_000)
+        network.submit_job(job_id, api.client_id(client), parse_job_spec(
+            {**spec(gpus, queue="n-l4/l4", priority=priority), "resources": {"gpus": gpus}}))
         network.admit_job(job_id)
     now = time.time()
 
-    line = eventually(lambda: (q := api.gql(QUEUE, "alice", n="local/l4")["queue"])
+    line = eventually(lambda: (q := api.gql(QUEUE, "alice", n="n-l4/l4")["queue"])
                       and len(q) == 6 and q)
+    assert api.error(QUEUE, "bob", n="n-l4/l4") == (  # only the node's operator sees its line
+        "forbidden: this needs the node operator role (sign in with an account, or send an "
+        "API key, that holds it)")
     # Priority first; then fair share: each next job to the client holding the fewest GPUs.
     assert [j["jobId"] for j in line] == ["c1", "a1", "b1", "d1", "a2", "a3"]
     assert [j["position"] for j in line] == [1, 2, 3, 4, 5, 6]
@@ -330,7 +376,7 @@ def test_queue_positions_follow_the_schedulers_order(
 
     job = api.gql(JOB, "bob", id="b1")["job"]
     assert (job["state"], job["queue"], job["priority"], job["queuePosition"]) == (
-        "QUEUED", "local/l4", 0, 3)
+        "QUEUED", "n-l4/l4", 0, 3)
     assert job["expectedStart"] == line[2]["expectedStart"]
     assert api.gql(JOB, "carol", id="c1")["job"]["queuePosition"] == 1
 
@@ -342,8 +388,10 @@ def test_earnings_of_a_provider(api: Api) -> None:
     assert found["providerEarnings"] == {"providerId": "p-earn", "balanceMicro": 0,
                                          "earnedMicro": 0, "withdrawnMicro": 0, "entries": []}
     assert api.error('{ providerEarnings(providerId: "nobody") { balanceMicro } }') == (
-        "providerId: no provider 'nobody'"
+        "forbidden: provider 'nobody' is not one of yours"
     )
+    assert api.error('{ providerEarnings(providerId: "nobody") { balanceMicro } }',
+                     "admin") == "providerId: no provider 'nobody'"
 
 
 def test_heartbeats_are_samples_not_events(api: Api) -> None:
@@ -357,15 +405,21 @@ def test_heartbeats_are_samples_not_events(api: Api) -> None:
     assert rows[0]["beats"] == 6  # the registration counts as one
 
     # The same without GraphQL's cost per request: POST the telemetry list.
-    ok = api.http.post("/providers/p-samples/heartbeat", json=[{"index": 0, "ecc_errors": 0}])
+    owner, admin = api.headers("prov"), api.headers("admin")
+    ok = api.http.post("/providers/p-samples/heartbeat", json=[{"index": 0, "ecc_errors": 0}],
+                       headers=owner)
     assert (ok.status_code, ok.json()) == (200, {"ok": True})
-    assert api.http.post("/providers/p-samples/heartbeat").status_code == 200  # no telemetry
-    bad = api.http.post("/providers/p-samples/heartbeat", json=[{"index": -1}])
+    assert api.http.post("/providers/p-samples/heartbeat",  # no telemetry
+                         headers=owner).status_code == 200
+    bad = api.http.post("/providers/p-samples/heartbeat", json=[{"index": -1}], headers=owner)
     assert (bad.status_code, bad.json()) == (
         400, {"detail": "telemetry.0.index: must be a GPU index (0 or more)"})
-    unknown = api.http.post("/providers/nobody/heartbeat", json=[])
+    unknown = api.http.post("/providers/nobody/heartbeat", json=[], headers=admin)
     assert (unknown.status_code, unknown.json()) == (
         404, {"detail": "providerId: no provider 'nobody'; register first"})
+    assert api.http.post("/providers/p-samples/heartbeat", json=[]).status_code == 401
+    assert api.http.post("/providers/p-samples/heartbeat", json=[],
+                         headers=api.headers("bob")).status_code == 403
     rows = api.services.views.query(
         "SELECT beats FROM provider_liveness WHERE provider_id = 'p-samples'")
     assert rows[0]["beats"] == 8

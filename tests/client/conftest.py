@@ -5,7 +5,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.client.fake_api import FakeApi
+from tests.client.fake_api import TOKEN, FakeApi
+
+
+@pytest.fixture(autouse=True)
+def signed_in(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every call carries alice's key; no credentials file of the machine's user is read."""
+    monkeypatch.setenv("GPGPU_API_KEY", TOKEN)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
 
 
 @pytest.fixture

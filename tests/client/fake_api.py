@@ -20,6 +20,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
 CLIENT = "alice"
+TOKEN = "gpk_alices-test-key-0123456789abcdef"  # conftest sets GPGPU_API_KEY to it
 
 
 def job_json(job_id: str = "job-1", state: str = "SUBMITTED", **over: Any) -> dict[str, Any]:
@@ -102,6 +103,7 @@ class FakeApi:
     # After the first connection, answer every handshake with this HTTP status.
     refuse_reconnects: int | None = None
     ws_inits: list[Any] = field(default_factory=list)
+    keys_made: list[dict[str, Any]] = field(default_factory=list)
     ws_subscribes: list[dict[str, Any]] = field(default_factory=list)
     pongs: int = 0
     refused: int = 0
@@ -120,8 +122,8 @@ class FakeApi:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        if request.headers.get("X-Gpgpu-Client") != CLIENT:
-            return httpx.Response(403, json={"detail": "wrong client"})
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return httpx.Response(401, json={"detail": "unauthenticated"})
         path = request.url.path
         if path == "/graphql":
             return self._graphql(json.loads(request.content))
@@ -169,6 +171,23 @@ class FakeApi:
                 self.jobs.setdefault(job["id"], job)
                 result = {"__typename": "JobSubmitted", "job": job}
             return httpx.Response(200, json={"data": {"submitJob": result}})
+        if "mutation SignIn" in query:
+            if variables["password"] != "alice's password":
+                return httpx.Response(200, json={"data": None, "errors": [{
+                    "message": "password: the email and password do not match an account"}]})
+            user = {"id": "u-1", "email": variables["email"], "roles": ["client", "provider"],
+                    "clientId": CLIENT, "providerIds": [], "nodeIds": []}
+            return httpx.Response(200, json={"data": {"signIn": {"token": "gps_new-session",
+                                                                  "user": user}}})
+        if "mutation CreateApiKey" in query:
+            self.keys_made.append(variables)
+            made = {"id": "k-1", "name": variables["name"], "scopes": variables["scopes"],
+                    "key": "gpk_the-new-key-shown-once", "createdAt": "2025-01-02T03:04:05+00:00"}
+            return httpx.Response(200, json={"data": {"createApiKey": made}})
+        if "query Me" in query:
+            me = {"id": "u-1", "email": "alice@example.test", "roles": ["client"],
+                  "clientId": CLIENT, "providerIds": [], "nodeIds": []}
+            return httpx.Response(200, json={"data": {"me": me}})
         if "query Jobs" in query:
             return httpx.Response(200, json={"data": {"jobs": list(self.jobs.values())}})
         if "query Job" in query:

@@ -231,3 +231,29 @@ def test_up_starts_the_dev_stack_lazily(monkeypatch: pytest.MonkeyPatch) -> None
     result = runner.invoke(cli.app, ["up"])
 
     assert (result.exit_code, started) == (0, ["up"])
+
+
+def test_login_keeps_the_session_token_for_this_api(wired: FakeApi) -> None:
+    from client.config import credentials_path
+
+    refused = runner.invoke(cli.app, ["--api", wired.url, "login", "--email", "a@b.test",
+                                      "--password-stdin"], input="wrong\n")
+    assert refused.exit_code == 1
+    assert refused.stderr == "error: password: the email and password do not match an account\n"
+    assert not credentials_path().exists()
+
+    done = runner.invoke(cli.app, ["--api", wired.url, "login", "--email", "a@b.test",
+                                   "--password-stdin"], input="alice's password\n")
+    assert done.exit_code == 0, done.output
+    assert "signed in as a@b.test (client, provider)" in done.stderr
+    saved = json.loads(credentials_path().read_text())
+    assert saved == {wired.url: {"token": "gps_new-session", "email": "a@b.test"}}
+    assert oct(credentials_path().stat().st_mode & 0o777) == "0o600"
+
+
+def test_keys_create_prints_the_key_once_on_stdout(wired: FakeApi) -> None:
+    made = gpgpu(wired.url, "keys", "create", "gpu-box", "--scope", "provider")
+    assert made.exit_code == 0, made.output
+    assert made.stdout == "gpk_the-new-key-shown-once\n"
+    assert "shown only now" in made.stderr
+    assert wired.keys_made == [{"name": "gpu-box", "scopes": ["provider"]}]

@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from client import ApiError, ApiUnreachable, AsyncGpgpuClient, GpgpuClient
-from tests.client.fake_api import CLIENT, FakeApi, happy_events, job_json
+from tests.client.fake_api import CLIENT, TOKEN, FakeApi, happy_events, job_json
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def test_follow_speaks_graphql_transport_ws(running: FakeApi) -> None:
 
     assert [e.seq for e in events] == list(range(1, 12))
     assert events[-1].type == "JobSucceeded"
-    assert running.ws_inits == [{"client": CLIENT}]
+    assert running.ws_inits == [{"Authorization": f"Bearer {TOKEN}"}]
     assert running.ws_subscribes == [{"jobId": "job-1", "after": 0}]
     assert running.pongs == 1
 

@@ -26,15 +26,39 @@ def sync_client(api: FakeApi) -> GpgpuClient:
 
 def test_config_comes_from_arguments_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPGPU_API_URL", "http://api.example:9000/")
-    monkeypatch.setenv("GPGPU_CLIENT", "bob")
+    monkeypatch.setenv("GPGPU_API_KEY", "gpk_from-env")
     with GpgpuClient() as gp:
-        assert (gp.api_url, gp.client_id) == ("http://api.example:9000", "bob")
+        assert (gp.api_url, gp.token, gp.client_id) == (
+            "http://api.example:9000", "gpk_from-env", None)  # the space: asked of `me`
     monkeypatch.delenv("GPGPU_API_URL")
-    monkeypatch.delenv("GPGPU_CLIENT")
+    monkeypatch.delenv("GPGPU_API_KEY")
     with GpgpuClient() as gp:
-        assert (gp.api_url, gp.client_id) == ("http://127.0.0.1:8000", "demo")
-    with GpgpuClient("http://x:1", "carol") as gp:
-        assert (gp.api_url, gp.client_id) == ("http://x:1", "carol")
+        assert (gp.api_url, gp.token) == ("http://127.0.0.1:8000", None)
+    with GpgpuClient("http://x:1", "carol", api_key="gpk_given") as gp:
+        assert (gp.api_url, gp.client_id, gp.token) == ("http://x:1", "carol", "gpk_given")
+        assert gp._http.headers["Authorization"] == "Bearer gpk_given"
+
+
+def test_a_saved_login_is_used_for_its_api_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from client.config import credentials_path, forget_credentials, save_credentials
+
+    monkeypatch.delenv("GPGPU_API_KEY")
+    path = save_credentials("http://x:1", "gps_saved", "alice@example.test")
+    assert path == credentials_path() and oct(path.stat().st_mode & 0o777) == "0o600"
+    with GpgpuClient("http://x:1") as gp:
+        assert gp.token == "gps_saved"
+    with GpgpuClient("http://elsewhere:1") as gp:
+        assert gp.token is None
+    monkeypatch.setenv("GPGPU_API_KEY", "gpk_env_wins")
+    with GpgpuClient("http://x:1") as gp:
+        assert gp.token == "gpk_env_wins"
+    assert forget_credentials("http://x:1") and not forget_credentials("http://x:1")
+
+
+def test_the_storage_space_is_the_callers_own(api: FakeApi) -> None:
+    with GpgpuClient(api.url, transport=api.transport) as gp:
+        assert gp.list_objects() == []
+        assert gp.client_id == CLIENT  # from `me`
 
 
 def test_upload_streams_with_its_sha256_and_reports_progress(api: FakeApi, tmp_path: Path) -> None:
@@ -101,8 +125,8 @@ def test_list_delete_and_missing_objects(api: FakeApi) -> None:
 
 def test_the_wrong_caller_gets_the_api_detail(api: FakeApi) -> None:
     with (
-        GpgpuClient(api.url, "mallory", transport=api.transport) as gp,
-        pytest.raises(ApiError, match="API error 403: wrong client"),
+        GpgpuClient(api.url, CLIENT, api_key="gpk_wrong", transport=api.transport) as gp,
+        pytest.raises(ApiError, match="API error 401: unauthenticated"),
     ):
         gp.list_objects()
 

@@ -1,15 +1,24 @@
-"""A whole network of real processes for a test: API, control worker, providers."""
+"""A whole network of real processes for a test: API, control worker, providers.
+
+Tests name callers ("alice", "bob"): each distinct name becomes an account signed up
+through the API (roles client unless `sign_up` said otherwise) whose session token is
+sent as `Authorization: Bearer`; `client_id(name)` is its storage space. The simulated
+providers run with an API key of the account `PROVIDER_OWNER`, which so owns them; `ADMIN`
+is an admin made on the stores before the API starts, as `gpgpu admin create-admin` does.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from infra.admin import create_admin
 from infra.devstack import Stack
 from infra.settings import Settings
 from tests.conftest import free_port
@@ -24,6 +33,24 @@ FAST_FAULTS = {
     "GPGPU_CANARIES": "false",
     "GPGPU_PROVIDER_OFFLINE_AFTER_S": "20",  # generous: a loaded CI machine delays beats
 }
+PASSWORD = "e2e password"
+PROVIDER_OWNER = "providers"  # the account that owns the simulated providers
+ADMIN = "admin"
+
+SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
+  signUp(email: $e, password: $p, roles: $r) { token user { id clientId } } }"""
+SIGN_IN = """mutation($e: String!, $p: String!) {
+  signIn(email: $e, password: $p) { token user { id clientId } } }"""
+CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
+  createApiKey(name: $n, scopes: $s) { key } }"""
+
+
+@dataclass(frozen=True)
+class Account:
+    email: str
+    token: str
+    user_id: str
+    client_id: str | None
 
 
 class Network:
@@ -31,11 +58,49 @@ class Network:
         self.stack = stack
         self.url = stack.settings.api_url
         self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.accounts: dict[str, Account] = {}
+
+    def _anonymous(self, query: str, **variables: Any) -> dict[str, Any]:
+        r = self.http.post("/graphql", json={"query": query, "variables": variables})
+        r.raise_for_status()
+        body = r.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]  # type: ignore[no-any-return]
+
+    def sign_up(self, name: str, roles: list[str]) -> Account:
+        """The account `name` with these roles (once; later calls return it)."""
+        if name not in self.accounts:
+            email = f"{name}@e2e.test"
+            if name == ADMIN:
+                session = self._anonymous(SIGN_IN, e=email, p=PASSWORD)["signIn"]
+            else:
+                session = self._anonymous(SIGN_UP, e=email, p=PASSWORD, r=roles)["signUp"]
+            self.accounts[name] = Account(email, session["token"], session["user"]["id"],
+                                          session["user"]["clientId"])
+        return self.accounts[name]
+
+    def account(self, name: str) -> Account:
+        return self.sign_up(name, ["provider"] if name == PROVIDER_OWNER else ["client"])
+
+    def token(self, name: str) -> str:
+        return self.account(name).token
+
+    def client_id(self, name: str) -> str:
+        client_id = self.account(name).client_id
+        assert client_id, f"{name} has no client role"
+        return client_id
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(name)}"}
+
+    def api_key(self, name: str, scopes: list[str]) -> str:
+        data = self.gql(CREATE_KEY, name, n=f"e2e-{len(scopes)}-{time.monotonic_ns()}", s=scopes)
+        return str(data["createApiKey"]["key"])
 
     def gql(self, query: str, client: str = "demo", **variables: Any) -> dict[str, Any]:
         r = self.http.post(
             "/graphql", json={"query": query, "variables": variables},
-            headers={"X-Gpgpu-Client": client},
+            headers=self.headers(client),
         )
         r.raise_for_status()
         body = r.json()
@@ -43,13 +108,15 @@ class Network:
         return body["data"]  # type: ignore[no-any-return]
 
     def put(self, client: str, key: str, data: bytes) -> dict[str, Any]:
-        r = self.http.put(f"/storage/{client}/{key}", content=data,
-                          headers={"X-Gpgpu-Client": client})
+        r = self.http.put(f"/storage/{self.client_id(client)}/{key}", content=data,
+                          headers=self.headers(client))
         r.raise_for_status()
         return r.json()  # type: ignore[no-any-return]
 
-    def get(self, client: str, key: str) -> bytes:
-        r = self.http.get(f"/storage/{client}/{key}", headers={"X-Gpgpu-Client": client})
+    def get(self, client: str, key: str, space: str | None = None) -> bytes:
+        """`key` from `client`'s space, or (as that caller) from another `space`."""
+        r = self.http.get(f"/storage/{space or self.client_id(client)}/{key}",
+                          headers=self.headers(client))
         r.raise_for_status()
         return r.content
 
@@ -96,12 +163,15 @@ def network(
         home=home, temporal_address=temporal_address, api_port=port,
         api_url=f"http://127.0.0.1:{port}",
     )
+    create_admin(settings, f"{ADMIN}@e2e.test", PASSWORD)
     stack = Stack(settings, env)
     try:
         stack.start_control_plane()
+        net = Network(stack)
+        net.sign_up(ADMIN, [])
+        stack.env["GPGPU_API_KEY"] = net.api_key(PROVIDER_OWNER, ["provider"])
         for provider_id, gpus, price, extra in providers:
             stack.start_provider(provider_id, gpus, price, *extra)
-        net = Network(stack)
         net.wait_providers_online([p[0] for p in providers])
         yield net
     finally:

@@ -19,7 +19,7 @@ from domain.canary import make_canary
 from domain.ledger import CHECKS, provider_account
 from domain.money import cost_of_gpu_time
 from domain.verification import CANARY_FRACTION, canary_rate, ever_caught
-from tests.e2e.network import Network, network
+from tests.e2e.network import ADMIN, PROVIDER_OWNER, Network, network
 from workflows import contracts as c
 
 pytestmark = pytest.mark.e2e
@@ -90,7 +90,7 @@ async def canary_result(temporal: str, job_id: str, provider_id: str) -> c.Canar
 
 
 def providers(net: Network) -> dict[str, dict[str, Any]]:
-    return {p["providerId"]: p for p in net.gql(PROVIDERS)["providers"]}
+    return {p["providerId"]: p for p in net.gql(PROVIDERS, PROVIDER_OWNER)["providers"]}
 
 
 async def test_an_honest_provider_passes_a_canary_and_the_network_pays_it(
@@ -107,7 +107,7 @@ async def test_an_honest_provider_passes_a_canary_and_the_network_pays_it(
     assert canary is not None and canary.job_id == result.job_id != job["id"]
     assert canary.client_id not in ("ann", "network")
     # Paid its GPU time at its price, by the network, without a fee.
-    seen = net.gql(JOB, canary.client_id, id=canary.job_id)["job"]
+    seen = net.gql(JOB, ADMIN, id=canary.job_id)["job"]  # nobody signs in as a canary
     finished = next(e["data"] for e in seen["events"] if e["type"] == "ExecutionFinished")
     assert result.paid_micro == cost_of_gpu_time(finished["gpu_ms"], 1_000_000) > 0
     assert ledger.balance(CHECKS) == checks_before - result.paid_micro
@@ -127,7 +127,7 @@ async def test_an_honest_provider_passes_a_canary_and_the_network_pays_it(
     assert task is not None
     (output,) = seen["outputs"]
     assert output["key"] == f"jobs/{canary.job_id}/runs/1/{task.spec.outputs[0]}"
-    assert net.get(canary.client_id, output["key"]) == task.answer
+    assert net.get(ADMIN, output["key"], space=canary.client_id) == task.answer
 
 
 async def test_a_provider_with_wrong_results_fails_a_canary_unpaid(
@@ -149,6 +149,6 @@ async def test_a_provider_with_wrong_results_fails_a_canary_unpaid(
     assert ever_caught(outcomes) and canary_rate(outcomes) == CANARY_FRACTION  # back to probation
     fleet = providers(net)
     assert fleet["liar"]["reputation"] < 0.5 < fleet["honest"]["reputation"]
-    seen = net.gql(JOB, canary.client_id, id=canary.job_id)["job"]
+    seen = net.gql(JOB, ADMIN, id=canary.job_id)["job"]  # nobody signs in as a canary
     assert seen["state"] == "FAILED" and "the known answer is" in seen["reason"]
     assert ledger.provider("liar").reservations == {}

@@ -111,7 +111,7 @@ def test_a_job_resumes_from_its_checkpoint_on_another_provider(net: Network) -> 
     assert store.balance("provider:ckpt-a") == 0
     assert store.balance("provider:ckpt-b") == settled["provider_paid_micro"] > 0
     start = net.stack.settings.starting_balance_micro
-    assert store.balance(f"client:{client}") == start - settled["charged_micro"]
+    assert store.balance(f"client:{net.client_id(client)}") == start - settled["charged_micro"]
     assert store.balance(f"escrow:{job_id}") == 0
 
     # The history, with its "checkpoints" patch marker, replays against today's code.

@@ -17,7 +17,7 @@ from temporalio.worker import Replayer
 
 from client.sdk import GpgpuClient
 from domain.application import Network as DomainNetwork
-from tests.e2e.network import Network, network
+from tests.e2e.network import PROVIDER_OWNER, Network, network
 from workflows.job import JobWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def test_job_runs_end_to_end(net: Network) -> None:
         outputs=["out/upper.txt", "out/gpus.txt"],
     ))
 
-    with GpgpuClient(api_url=net.url, client_id=client) as sdk:
+    with GpgpuClient(api_url=net.url, api_key=net.token(client)) as sdk:
         events = list(sdk.follow(job_id))
     assert [e.type for e in events] == SUCCESS_EVENTS
     assert [e.seq for e in events] == list(range(1, len(SUCCESS_EVENTS) + 1))
@@ -101,7 +101,7 @@ def test_job_runs_end_to_end(net: Network) -> None:
     assert job["account"] == {"balanceMicro": start - charged, "escrowMicro": 0}
 
     store = ledger(net)
-    assert store.balance("client:alice") == start - charged
+    assert store.balance(f"client:{net.client_id(client)}") == start - charged
     assert store.balance(f"escrow:{job_id}") == 0
     assert store.balance("provider:pipe-a") == settled["provider_paid_micro"]
     assert store.balance("protocol:fees") >= settled["fee_micro"]
@@ -136,7 +136,7 @@ async def test_workflow_is_visible_and_replays(net: Network, temporal_server: st
 
 
 def test_cli_submit_wait_and_outputs(net: Network, tmp_path: Path) -> None:
-    env = {**os.environ, "GPGPU_API_URL": net.url, "GPGPU_CLIENT": "carol"}
+    env = {**os.environ, "GPGPU_API_URL": net.url, "GPGPU_API_KEY": net.token("carol")}
     gpgpu = [sys.executable, "-m", "client"]
     done = subprocess.run(
         [*gpgpu, "job", "submit", str(ROOT / "examples/hello/job.yaml"), "--wait", "--json"],
@@ -158,6 +158,7 @@ def test_cli_submit_wait_and_outputs(net: Network, tmp_path: Path) -> None:
 
 def test_bad_spec_is_refused_and_nothing_recorded(net: Network) -> None:
     store = ledger(net)
+    net.account("dave")  # signing up is recorded; the refusals after it are not
     before = store.recorder.max_notification_id()
     bad = spec("bad", ["true"], resources={"gpus": 0, "colour": "red"}, timeout="forever")
     result = net.gql(SUBMIT, "dave", s=bad)["submitJob"]
@@ -203,7 +204,7 @@ def test_dishonest_provider_is_caught_and_not_paid(net: Network) -> None:
     assert job["reason"].startswith("manifest mismatch: answer.txt: storage holds sha256")
     assert job["costMicro"] == 0
     providers = {p["providerId"]: p for p in net.gql(
-        "{ providers { providerId reputation earningsMicro } }")["providers"]}
+        "{ providers { providerId reputation earningsMicro } }", PROVIDER_OWNER)["providers"]}
     assert providers["pipe-liar"]["earningsMicro"] == 0
     assert providers["pipe-liar"]["reputation"] < 0.5
     account = net.gql("{ account { balanceMicro escrowMicro } }", "gina")["account"]
@@ -229,7 +230,7 @@ def test_cancel_running_job_stops_it_and_charges_time_used(net: Network) -> None
     start = net.stack.settings.starting_balance_micro
     assert account == {"balanceMicro": start - job["costMicro"], "escrowMicro": 0}
     again = net.http.post("/graphql", json={"query": CANCEL, "variables": {"id": job_id}},
-                          headers={"X-Gpgpu-Client": "ivan"}).json()
+                          headers=net.headers("ivan")).json()
     assert "is already CANCELLED" in again["errors"][0]["message"]
 
 
@@ -267,16 +268,18 @@ def test_rebuild_projections_gives_identical_views(net: Network) -> None:
 def test_nodes_and_queues(net: Network) -> None:
     refused = net.gql(SUBMIT, "kim", s=spec("q", ["true"], queue="mars/fast"))["submitJob"]
     assert refused["errors"] == [{"field": "queue", "message": "node: no node 'mars'"}]
-    net.gql('mutation { registerNode(nodeId: "mars", region: "mars-1", operator: "ops") }')
-    net.gql('mutation { configureQueue(nodeId: "mars", name: "fast", gpuModels: ["B200"]) }')
+    net.sign_up("ops", ["operator"])
+    net.gql('mutation { registerNode(nodeId: "mars", region: "mars-1", operator: "ops") }', "ops")
+    net.gql('mutation { configureQueue(nodeId: "mars", name: "fast", gpuModels: ["B200"]) }',
+            "ops")
     job_id = submit(net, "kim", spec("q", ["true"], queue="mars/fast"))
     net.wait_job(job_id, ("QUEUED",), client="kim")
     nodes = {n["nodeId"]: n for n in net.gql(
         "{ nodes { nodeId providerIds queues { name gpuModels waiting } } }")["nodes"]}
     assert set(nodes["local"]["providerIds"]) == {"pipe-a", "pipe-b", "pipe-liar"}
     assert {"name": "fast", "gpuModels": ["B200"], "waiting": 1} in nodes["mars"]["queues"]
-    queue = net.gql('{ queue(name: "mars/fast") { position jobId mine } }', "kim")["queue"]
-    assert queue == [{"position": 1, "jobId": job_id, "mine": True}]
+    queue = net.gql('{ queue(name: "mars/fast") { position jobId mine } }', "ops")["queue"]
+    assert queue == [{"position": 1, "jobId": job_id, "mine": False}]  # the operator's view
     net.gql(CANCEL, "kim", id=job_id)
     net.wait_job(job_id, ("CANCELLED",), client="kim")
 
@@ -301,7 +304,7 @@ def test_explain_says_where_a_job_could_run_and_why_not_elsewhere(net: Network,
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text("name: where\ncommand: ['true']\nmax_price_per_gpu_hour: '4'\n"
                          "resources: {gpu_model: A100}\n")
-    env = {**os.environ, "GPGPU_API_URL": net.url}
+    env = {**os.environ, "GPGPU_API_URL": net.url, "GPGPU_API_KEY": net.token("lee")}
     shown = subprocess.run([sys.executable, "-m", "client", "job", "explain", str(spec_file)],
                            env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr

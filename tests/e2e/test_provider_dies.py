@@ -63,7 +63,7 @@ def test_job_survives_its_provider_being_killed(net: Network) -> None:
     assert store.balance("provider:dies-a") == 0
     assert store.balance("provider:dies-b") == settled["provider_paid_micro"] > 0
     start = net.stack.settings.starting_balance_micro
-    assert store.balance("client:hank") == start - settled["charged_micro"]
+    assert store.balance(f"client:{net.client_id('hank')}") == start - settled["charged_micro"]
     assert store.balance(f"escrow:{job_id}") == 0
 
     providers = {p["providerId"]: p for p in net.gql(

@@ -70,13 +70,14 @@ def gpgpu(temporal: str, *args: str) -> Any:
 async def test_a_job_is_found_by_client_and_ends_succeeded(
     net: Network, temporal_server: str
 ) -> None:
-    client_id = f"sa-{uuid.uuid4().hex[:8]}"
+    name = f"sa-{uuid.uuid4().hex[:8]}"
+    client_id = net.client_id(name)
     body = {"name": "searchable", "command": "true", "max_price_per_gpu_hour": "4",
             "timeout": "1m", "resources": {"gpu_model": "H100"}}
-    submitted = net.gql(SUBMIT, client_id, s=body)["submitJob"]
+    submitted = net.gql(SUBMIT, name, s=body)["submitJob"]
     assert submitted["__typename"] == "JobSubmitted", submitted
     job_id = submitted["job"]["id"]
-    assert net.wait_job(job_id, ("SUCCEEDED", "FAILED"), client_id)["state"] == "SUCCEEDED"
+    assert net.wait_job(job_id, ("SUCCEEDED", "FAILED"), name)["state"] == "SUCCEEDED"
 
     temporal = await Client.connect(temporal_server)
     query = f'GpgpuClient = "{client_id}"'

@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from client.aio import AsyncGpgpuClient
-from tests.e2e.network import Network, network
+from tests.e2e.network import PROVIDER_OWNER, Network, network
 
 pytestmark = pytest.mark.e2e
 
@@ -31,12 +31,13 @@ def submit(net: Network, client: str, command: str) -> str:
     return str(net.gql(SUBMIT, client, s=body)["submitJob"]["job"]["id"])
 
 
-async def raw_subscription(url: str, query: str, variables: dict[str, Any], client: str,
+async def raw_subscription(net: Network, query: str, variables: dict[str, Any], client: str,
                            count: int) -> list[dict[str, Any]]:
     """The protocol by hand: init, subscribe, collect `count` payloads, complete."""
-    ws_url = url.replace("http://", "ws://") + "/graphql"
+    ws_url = net.url.replace("http://", "ws://") + "/graphql"
+    init = {"Authorization": f"Bearer {net.token(client)}"}
     async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({"type": "connection_init", "payload": {"client": client}}))
+        await ws.send(json.dumps({"type": "connection_init", "payload": init}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
         await ws.send(json.dumps({"id": "1", "type": "subscribe",
                                   "payload": {"query": query, "variables": variables}}))
@@ -53,7 +54,7 @@ async def test_many_subscribers_each_get_every_event_once_in_order(net: Network)
     job_id = submit(net, "sub1", "sleep 1; echo done")
 
     async def follow() -> list[tuple[int, str]]:
-        async with AsyncGpgpuClient(api_url=net.url, client_id="sub1") as sdk:
+        async with AsyncGpgpuClient(api_url=net.url, api_key=net.token("sub1")) as sdk:
             return [(e.seq, e.type) async for e in sdk.follow(job_id)]
 
     streams = await asyncio.gather(*(follow() for _ in range(25)))
@@ -66,7 +67,7 @@ async def test_many_subscribers_each_get_every_event_once_in_order(net: Network)
 async def test_reconnecting_subscriber_gets_only_what_it_missed(net: Network) -> None:
     job_id = submit(net, "sub2", "true")
     net.wait_job(job_id, ("SUCCEEDED",), client="sub2")
-    async with AsyncGpgpuClient(api_url=net.url, client_id="sub2") as sdk:
+    async with AsyncGpgpuClient(api_url=net.url, api_key=net.token("sub2")) as sdk:
         everything = [e.seq async for e in sdk.follow(job_id)]
         resumed = [e.seq async for e in sdk.follow(job_id, after=5)]
     assert resumed == everything[5:]
@@ -77,7 +78,8 @@ async def test_a_client_cannot_follow_another_clients_job(net: Network) -> None:
     query = "subscription($id: ID!) { jobEvents(jobId: $id) { seq } }"
     ws_url = net.url.replace("http://", "ws://") + "/graphql"
     async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({"type": "connection_init", "payload": {"client": "thief"}}))
+        init = {"Authorization": f"Bearer {net.token('thief')}"}
+        await ws.send(json.dumps({"type": "connection_init", "payload": init}))
         await ws.recv()
         await ws.send(json.dumps({"id": "1", "type": "subscribe",
                                   "payload": {"query": query, "variables": {"id": job_id}}}))
@@ -91,13 +93,13 @@ async def test_a_client_cannot_follow_another_clients_job(net: Network) -> None:
 async def test_provider_events_show_its_reservations_live(net: Network) -> None:
     query = ("subscription($p: String!, $a: Int!) { providerEvents(providerId: $p, after: $a)"
              " { seq type data } }")
-    history = await raw_subscription(net.url, query, {"p": "subs-a", "a": 0}, "x", 2)
+    history = await raw_subscription(net, query, {"p": "subs-a", "a": 0}, PROVIDER_OWNER, 2)
     types = [h["providerEvents"]["type"] for h in history]
     assert types[0] == "ProviderRegistered"
     last = history[-1]["providerEvents"]["seq"]
 
     async def watch() -> list[dict[str, Any]]:
-        return await raw_subscription(net.url, query, {"p": "subs-a", "a": last}, "x", 1)
+        return await raw_subscription(net, query, {"p": "subs-a", "a": last}, PROVIDER_OWNER, 1)
 
     watcher = asyncio.create_task(watch())
     await asyncio.sleep(0.5)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.network import Network, network
+from tests.e2e.network import PROVIDER_OWNER, Network, network
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def run_job(net: Network, client: str, **extra: Any) -> dict[str, Any]:
 
 
 def providers(net: Network) -> dict[str, dict[str, Any]]:
-    return {p["providerId"]: p for p in net.gql(PROVIDERS)["providers"]}
+    return {p["providerId"]: p for p in net.gql(PROVIDERS, PROVIDER_OWNER)["providers"]}
 
 
 def test_two_replicas_disagree_and_a_third_decides(net: Network) -> None:

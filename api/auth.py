@@ -1,0 +1,237 @@
+"""Who is calling, and what they may do: one function per rule, deny by default.
+
+A caller is named by `Authorization: Bearer <session token or API key>` (on the
+websocket: `{"Authorization": "Bearer ..."}` in connection_init). `Authenticator`
+asks the domain once per token and remembers the answer for `auth_cache_ttl_s`, so a
+request costs a dict lookup; a key revoked or a session ended on another replica stops
+working within that time (at once on this one).
+
+Every root field of the schema names exactly one gate below (`permission_classes`);
+`check_every_field_guarded` refuses to build a schema where one does not, so a new
+field can't skip authorisation. The gates check roles; the rules after them check
+ownership, inside the resolvers, once the row in question is loaded.
+
+| rule | who |
+| --- | --- |
+| a job: read, follow | its client; the provider it is (or was last) assigned to; admin |
+| a job: cancel | its client; admin |
+| jobs, account, ledger, explain, submitJob, storage | its own client id (client role); admin |
+| a provider: GPU status, price, reputation | anyone signed in (the market's catalogue) |
+| a provider: telemetry, which job holds a GPU, events | its owner; its node's operator; admin |
+| a provider: earnings, suspend/resume/setPrice, heartbeat | its owner; admin |
+| registerProvider | provider role; the id is new or already the caller's; admin |
+| registerNode | operator role; the id is new or already the caller's; admin |
+| configureQueue, queue (who waits) | the node's operator; admin |
+| nodes and their queues | anyone signed in |
+| createApiKey | a signed-in session (a key can't mint keys), scopes among the caller's roles |
+| apiKeys, revokeApiKey, signOut | anyone signed in, their own; admin revokes any key |
+| signUp, signIn, me, introspection | anyone |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import strawberry
+from strawberry.permission import BasePermission
+from strawberry.types import Info
+
+from domain.application import Network
+from domain.identity import Caller, secret_hash
+
+ROLE_WORDS = {"client": "client", "provider": "provider", "operator": "node operator"}
+
+
+class Denied(PermissionError):
+    """Refused; the message says what would be allowed."""
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of `Bearer <token>`, or None when there is no such header."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class Authenticator:
+    """Tokens to callers, remembered for a few seconds (keyed by the token's sha256)."""
+
+    def __init__(self, network: Network, ttl_s: float, max_entries: int = 50_000):
+        self.network, self.ttl_s, self.max_entries = network, ttl_s, max_entries
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
+        self._asking: dict[str, asyncio.Future[Caller | None]] = {}  # one lookup per token
+        self._forgets = 0  # a lookup that overlapped a forget() is not remembered
+
+    async def authenticate(self, token: str | None, fresh: bool = False) -> Caller | None:
+        """Who the token stands for; `fresh` asks the domain again unless it was asked within
+        the last second (a provider or node registered through another replica just now)."""
+        if not token:
+            return None
+        key, now = secret_hash(token), time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now and (not fresh or now - hit[0] + self.ttl_s < 1.0):
+            return hit[1]
+        if key in self._asking:
+            return await asyncio.shield(self._asking[key])
+        asking = self._asking[key] = asyncio.get_running_loop().create_future()
+        forgets = self._forgets
+        try:
+            caller = await asyncio.to_thread(self.network.authenticate, token, time.time())
+        except Exception as err:
+            asking.set_exception(err)
+            asking.exception()  # retrieved: a lookup nobody else waited for is not "lost"
+            raise
+        except BaseException:
+            asking.cancel()
+            raise
+        finally:
+            del self._asking[key]
+        asking.set_result(caller)
+        if forgets == self._forgets:
+            self._remember(key, now, caller)
+        return caller
+
+    def _remember(self, key: str, now: float, caller: Caller | None) -> None:
+        if len(self._cache) >= self.max_entries:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+        if self.ttl_s > 0:
+            self._cache[key] = (now + self.ttl_s, caller)
+
+    def forget(self, *, user_id: str | None = None, credential_id: str | None = None) -> None:
+        """Drop what is remembered for a user (it changed) or a credential (it was revoked)."""
+        self._forgets += 1
+        self._cache = {
+            k: (until, c) for k, (until, c) in self._cache.items()
+            if c is None or (c.user_id != user_id and c.credential_id != credential_id)
+        }
+
+
+# Rules
+
+
+def acts_as(caller: Caller | None, role: str) -> bool:
+    return caller is not None and (caller.admin or caller.has(role))
+
+
+def client_of(caller: Caller | None) -> str:
+    """The caller's own client id; refused without the client role."""
+    if caller is None:
+        raise Denied("unauthenticated: sign in, or send Authorization: Bearer <token>")
+    if caller.client_id is None:
+        raise Denied("forbidden: this needs the client role (an account or API key that "
+                     "holds it)")
+    return caller.client_id
+
+
+def can_read_job(caller: Caller | None, client_id: str, provider_id: str | None) -> bool:
+    if caller is None:
+        return False
+    return (caller.admin or client_id == caller.client_id
+            or (caller.has("provider") and provider_id in caller.provider_ids))
+
+
+def can_cancel_job(caller: Caller | None, client_id: str) -> bool:
+    return caller is not None and (caller.admin or client_id == caller.client_id)
+
+
+def can_manage_provider(caller: Caller | None, provider_id: str) -> bool:
+    return caller is not None and (
+        caller.admin or (caller.has("provider") and provider_id in caller.provider_ids)
+    )
+
+
+def can_watch_provider(caller: Caller | None, provider_id: str, nodes: set[str]) -> bool:
+    """Its owner, or the operator of a node it belongs to (`nodes`)."""
+    return can_manage_provider(caller, provider_id) or (
+        caller is not None and caller.has("operator") and bool(nodes & caller.node_ids)
+    )
+
+
+def can_claim(caller: Caller | None, role: str, owner: str | None, exists: bool) -> bool:
+    """Register a provider or node id: a new one, or one the caller already owns."""
+    if caller is None:
+        return False
+    if caller.admin:
+        return True
+    return caller.has(role) and (owner == caller.user_id or (owner is None and not exists))
+
+
+def can_operate_node(caller: Caller | None, node_id: str) -> bool:
+    return caller is not None and (
+        caller.admin or (caller.has("operator") and node_id in caller.node_ids)
+    )
+
+
+def can_use_storage(caller: Caller | None, client_id: str) -> bool:
+    return caller is not None and (caller.admin or caller.client_id == client_id)
+
+
+def can_mint_keys(caller: Caller | None) -> bool:
+    return caller is not None and caller.via == "session"
+
+
+def require(allowed: bool, message: str) -> None:
+    if not allowed:
+        raise Denied(message)
+
+
+# Gates on the schema's root fields
+
+
+def _caller(info: Info[Any, Any]) -> Caller | None:
+    return getattr(info.context, "caller", None)
+
+
+class Gate(BasePermission):
+    """A root field's gate; `check_every_field_guarded` wants exactly one on each."""
+
+    message = "unauthenticated: sign in, or send Authorization: Bearer <token>"
+
+
+class Public(Gate):
+    def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
+        return True
+
+
+class SignedIn(Gate):
+    def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
+        return _caller(info) is not None
+
+
+def _role_gate(role: str) -> type[Gate]:
+    class RoleGate(Gate):
+        message = (f"forbidden: this needs the {ROLE_WORDS[role]} role (sign in with an "
+                   "account, or send an API key, that holds it)")
+
+        def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
+            if _caller(info) is None:  # say what is missing: who, before which role
+                raise Denied(Gate.message)
+            return acts_as(_caller(info), role)
+
+    RoleGate.__name__ = RoleGate.__qualname__ = f"{role.capitalize()}Role"
+    return RoleGate
+
+
+ClientRole = _role_gate("client")
+ProviderRole = _role_gate("provider")
+OperatorRole = _role_gate("operator")
+
+
+def check_every_field_guarded(schema: strawberry.Schema) -> None:
+    """Deny by default: each query, mutation and subscription names exactly one gate."""
+    unguarded = []
+    for root in (schema.query, schema.mutation, schema.subscription):
+        if root is None:
+            continue
+        definition = root.__strawberry_definition__  # type: ignore[attr-defined]
+        for field in definition.fields:
+            gates = [p for p in field.permission_classes if issubclass(p, Gate)]
+            if len(gates) != 1:
+                unguarded.append(f"{definition.name}.{field.python_name}")
+    if unguarded:
+        raise RuntimeError(f"fields without exactly one auth gate: {', '.join(unguarded)}")
