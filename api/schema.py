@@ -393,6 +393,22 @@ class Mutation:
         return True
 
     @strawberry.mutation(
+        description="The provider's agent is stopping: it is offline at once (no new work) "
+        "until it registers again",
+        permission_classes=[auth.ProviderRole],
+    )
+    async def drain_provider(self, info: I, provider_id: str) -> bool:
+        auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
+                     f"forbidden: provider {provider_id!r} is not one of yours")
+        network = info.context.services.network
+        try:
+            await asyncio.to_thread(network.provider_offline, provider_id,
+                                    "draining: its agent is stopping")
+        except DomainError as err:
+            raise _refused(err) from None
+        return True
+
+    @strawberry.mutation(
         description="Create an account with the roles you need (client, provider, operator) "
         "and sign in",
         permission_classes=[auth.Public],

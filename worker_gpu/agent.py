@@ -213,9 +213,12 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
             "stopping: no new work is taken; running activities get "
             f"{config.shutdown_grace_s:g}s to finish"
         )
+        # Drain: first silence the heartbeat and mark the provider offline, so that the
+        # scheduler places nothing more here while running work finishes or is handed back.
+        heartbeat.stop()
+        await _drain(settings.api_url, config.provider_id)
         await worker.shutdown()
         await run
-        heartbeat.stop()  # before the last word: nothing may print after "stopped"
         say("stopped")
         return EXIT_OK
     except Stopped:
@@ -231,3 +234,14 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
         executor.shutdown(wait=False, cancel_futures=True)
         if nvml is not None:
             nvml.close()
+
+
+async def _drain(api_url: str, provider_id: str) -> None:
+    """Best effort: an API that does not answer cannot give new work either."""
+    api = ProviderApi(api_url, timeout_s=5.0)
+    try:
+        await asyncio.to_thread(api.drain, provider_id)
+    except Exception as err:  # the agent stops anyway; the liveness monitor will notice
+        say(f"could not tell the API this provider is draining: {err}")
+    finally:
+        api.close()

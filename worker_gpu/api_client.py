@@ -24,6 +24,9 @@ mutation($input: RegisterProviderInput!) {
 }
 """
 
+DRAIN_PROVIDER = """
+mutation($id: String!) { drainProvider(providerId: $id) }
+"""
 PROVIDER_HEARTBEAT = """
 mutation($id: String!, $t: JSON) { providerHeartbeat(providerId: $id, telemetry: $t) }
 """
@@ -98,6 +101,10 @@ class ProviderApi:
     def register(self, registration: dict[str, Any]) -> str:
         data = self._call(REGISTER_PROVIDER, {"input": registration})
         return str(data["registerProvider"]["providerId"])
+
+    def drain(self, provider_id: str) -> None:
+        """Tell the network this provider takes no new work (its agent is stopping)."""
+        self._call(DRAIN_PROVIDER, {"id": provider_id})
 
     def heartbeat(self, provider_id: str, telemetry: list[GpuTelemetry]) -> None:
         self._call(

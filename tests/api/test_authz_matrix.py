@@ -61,6 +61,7 @@ MATRIX: dict[str, tuple[str, str, str, str, str, str]] = {
     "Mutation.setPrice":       (DENY, DENY, DENY, OK, DENY, OK),
     "Mutation.registerProvider": (DENY, DENY, DENY, OK, DENY, OK),
     "Mutation.providerHeartbeat": (DENY, DENY, DENY, OK, DENY, OK),
+    "Mutation.drainProvider":  (DENY, DENY, DENY, OK, DENY, OK),
     "Mutation.signUp":         (OK, OK, OK, OK, OK, OK),
     "Mutation.signIn":         (OK, OK, OK, OK, OK, OK),
     "Mutation.signOut":        (DENY, OK, OK, OK, OK, OK),
@@ -248,6 +249,8 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
     "Mutation.registerProvider": (REGISTER, lambda w, who: {"input": registration(P1)}),
     "Mutation.providerHeartbeat": ("mutation($p: String!) { providerHeartbeat(providerId: $p,"
                                    " telemetry: []) }", lambda w, who: {"p": P1}),
+    "Mutation.drainProvider": ("mutation($p: String!) { drainProvider(providerId: $p) }",
+                               lambda w, who: {"p": P1}),
     "Mutation.signUp": (SIGN_UP, lambda w, who: {"e": f"new-{time.monotonic_ns()}@matrix.test",
                                                  "p": PASSWORD, "r": ["client"]}),
     "Mutation.signIn": (SIGN_IN, lambda w, who: {"e": "client_a@matrix.test", "p": PASSWORD}),

@@ -118,6 +118,8 @@ class _GraphQLHandler(BaseHTTPRequestHandler):
         if "registerProvider" in body["query"]:
             provider_id = body["variables"]["input"]["providerId"]
             answer: dict[str, Any] = {"data": {"registerProvider": {"providerId": provider_id}}}
+        elif "drainProvider" in body["query"]:
+            answer = {"data": {"drainProvider": True}}
         else:
             answer = {"data": {"providerHeartbeat": True}}
         data = json.dumps(answer).encode()

@@ -199,7 +199,7 @@ async def test_sigterm_stops_the_agent_and_kills_its_running_job(
     api_port = free_port()
     scratch = tmp_path / "scratch"
     args = ["--provider-id", "e2e-p2", "--simulate", "1xL4:24", "--scratch", str(scratch)]
-    with GraphQLRecorder(api_port):
+    with GraphQLRecorder(api_port) as api:
         agent = AgentProcess(
             [*args, "--shutdown-grace-s", "1"], _agent_env(temporal_address, api_port, tmp_path)
         )
@@ -236,6 +236,12 @@ async def test_sigterm_stops_the_agent_and_kills_its_running_job(
                 assert time.monotonic() - started < 10
                 assert agent.lines[-1] == "stopped"
                 assert not _running(job_pid), "no job outlives its agent"
+                # Drained first: the heartbeat fell silent, then the agent told the API it
+                # takes no new work, before the running job was stopped.
+                kinds = ["drain" if "drainProvider" in c["query"] else "beat"
+                         for c in api.calls if "registerProvider" not in c["query"]]
+                assert kinds[-1] == "drain" and kinds.count("drain") == 1, kinds
+                assert api.named("drainProvider")[0]["variables"] == {"id": "e2e-p2"}
                 # The workflow hears of it now, not at its heartbeat timeout.
                 with pytest.raises(WorkflowFailureError):
                     await asyncio.wait_for(handle.result(), timeout=10)
