@@ -316,6 +316,7 @@ class Followers:
 
     subscribers: int
     events: int
+    token: str = ""
 
     def __post_init__(self) -> None:
         self.arrivals: list[dict[int, float]] = [{} for _ in range(self.subscribers)]
@@ -325,7 +326,7 @@ class Followers:
         self.all_received = asyncio.Event()
 
     async def follow(self, n: int, url: str, job_id: str) -> None:
-        session = JobEventsSession("bench", job_id, after=0)
+        session = JobEventsSession(self.token, job_id, after=0)
         async with connect(url, subprotocols=[Subprotocol(SUBPROTOCOL)], open_timeout=60,
                            ping_interval=None, max_queue=None) as ws:
             await ws.send(session.init_message())
@@ -376,8 +377,8 @@ def append_steps(network: Network, job_id: str, events: int, interval_s: float,
 
 
 async def follow_job(network: Network, url: str, job_id: str, subscribers: int, events: int,
-                     interval_s: float) -> list[float]:
-    followers = Followers(subscribers, events)
+                     interval_s: float, token: str) -> list[float]:
+    followers = Followers(subscribers, events, token)
     tasks = [asyncio.create_task(followers.follow(n, url, job_id)) for n in range(subscribers)]
     try:
         await wait_or_fail(followers.all_joined, tasks, 60, "every subscriber joined")
@@ -445,10 +446,26 @@ def api_processes(home: Path) -> Iterator[Stack]:
         signal.signal(signal.SIGINT, interrupt)  # Stack.stop ignores Ctrl-C from then on
 
 
-def wait_for_job(api_url: str, job_id: str, timeout_s: float = 30) -> None:
+SIGN_UP = """mutation($e: String!, $p: String!) {
+  signUp(email: $e, password: $p, roles: ["client"]) { token user { clientId } } }"""
+
+
+def sign_up(api_url: str) -> tuple[str, str]:
+    """A client account for the bench: its session token and client id."""
+    variables = {"e": f"bench-{uuid.uuid4().hex[:8]}@bench.local", "p": secrets.token_hex(12)}
+    with httpx.Client(base_url=api_url, timeout=30) as http:
+        body = http.post("/graphql", json={"query": SIGN_UP, "variables": variables}).json()
+    if body.get("errors"):
+        raise RuntimeError(f"signing the bench up failed: {body['errors']}")
+    session = body["data"]["signUp"]
+    return str(session["token"]), str(session["user"]["clientId"])
+
+
+def wait_for_job(api_url: str, job_id: str, token: str, timeout_s: float = 30) -> None:
     query = "query($id: ID!) { job(id: $id) { id } }"
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=api_url, headers={"X-Gpgpu-Client": "bench"}, timeout=10) as http:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=10) as http:
         while time.monotonic() < deadline:
             body = http.post("/graphql", json={"query": query, "variables": {"id": job_id}}).json()
             if (body.get("data") or {}).get("job"):
@@ -464,12 +481,14 @@ def measure_latency(workdir: Path, subscribers: int, events: int,
         api_pid = next(c.proc.pid for c in stack.children if c.name == "api")
         network = Network(env=settings.eventsourcing_env())
         try:
+            token, client_id = sign_up(settings.api_url)
             job_id = str(uuid.uuid4())
-            network.submit_job(job_id, "bench", SPEC)
-            wait_for_job(settings.api_url, job_id)
+            network.submit_job(job_id, client_id, SPEC)
+            wait_for_job(settings.api_url, job_id, token)
             url = f"ws://127.0.0.1:{settings.api_port}/graphql"
             cpu = cpu_seconds(api_pid), cpu_seconds(os.getpid())
-            ms = asyncio.run(follow_job(network, url, job_id, subscribers, events, interval_s))
+            ms = asyncio.run(follow_job(network, url, job_id, subscribers, events, interval_s,
+                                        token))
             api_cpu, own_cpu = cpu_seconds(api_pid) - cpu[0], cpu_seconds(os.getpid()) - cpu[1]
             say(f"  CPU per event sent to {subscribers} subscribers: API process "
                 f"{api_cpu / events * 1000:.1f} ms, this process {own_cpu / events * 1000:.1f} ms")
