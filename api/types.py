@@ -23,6 +23,7 @@ from domain.identity import ROLES, Caller
 from domain.matching import Requirements
 from domain.money import cost_of_gpu_time, micro_to_credits
 from domain.node import DEFAULT_NODE, split_queue
+from domain.reputation import Reputation, reputation
 from domain.scheduling import Waiting, fair_order
 from domain.spec import JobSpec
 from infra.db import online_provider_ids
@@ -314,13 +315,30 @@ class TelemetrySample:
 
 
 @strawberry.type
+class ReputationDetail:
+    """What a provider's score is made of (domain/reputation.py documents the formula)."""
+
+    score: float
+    confidence: float = strawberry.field(description="grows with (recent) history, 0 to 1")
+    probation: bool = strawberry.field(description="fewer than 5 outcomes: every result checked")
+    outcomes: int
+    effective_outcomes: float = strawberry.field(description="outcomes weighted by age")
+    successes: float
+    failures: float
+    timeouts: float
+    lost: float
+    mismatches: float
+
+
+@strawberry.type
 class Provider:
     provider_id: str
     region: str
     status: str = strawberry.field(description="online, busy, offline or lost")
     status_reason: str
     last_heartbeat_at: str | None
-    reputation: float
+    reputation: float = strawberry.field(description="the score now; old outcomes weigh less")
+    reputation_detail: ReputationDetail
     earnings_micro: BigInt | None = strawberry.field(
         description="the provider account's balance; null unless the provider is yours"
     )
@@ -393,9 +411,28 @@ class Rejection:
 
 
 @strawberry.type
+class GpuVerdict:
+    """One GPU of the queue's node, judged for the spec: eligible, or why not."""
+
+    provider_id: str
+    index: int
+    model: str
+    memory_mb: int
+    eligible: bool
+    reason: str = strawberry.field(description="why not (model, memory, price, reputation, "
+                                   "region, offline, busy, suspended, degraded); '' if eligible")
+    price_per_gpu_hour_micro: BigInt
+    score: float = strawberry.field(description="the documented matching score; lower wins")
+
+
+@strawberry.type
 class Explanation:
     eligible: list[Offer]
     rejected: list[Rejection]
+    gpus: list[GpuVerdict] = strawberry.field(
+        description="every GPU of the queue's node: eligible first (best first), then the "
+        "others, each with its reason"
+    )
 
 
 ExplainResult = Annotated[Explanation | SpecRejected, strawberry.union("ExplainResult")]
@@ -404,6 +441,7 @@ ExplainResult = Annotated[Explanation | SpecRejected, strawberry.union("ExplainR
 async def explain_spec(services: Services, spec: JobSpec) -> Explanation:
     online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
     judged = await asyncio.to_thread(services.network.explain, spec, online)
+    per_gpu = await asyncio.to_thread(services.network.explain_gpus, spec, online)
     hours_ms = spec.resources.gpus * spec.timeout_s * 1000
     return Explanation(
         eligible=[
@@ -417,6 +455,14 @@ async def explain_spec(services: Services, spec: JobSpec) -> Explanation:
         ],
         rejected=[Rejection(provider_id=a.provider_id, reason=a.reason)
                   for a in judged if not a.eligible],
+        gpus=[
+            GpuVerdict(
+                provider_id=g.provider_id, index=g.index, model=g.model, memory_mb=g.memory_mb,
+                eligible=g.eligible, reason=g.reason,
+                price_per_gpu_hour_micro=BigInt(g.price_per_gpu_hour_micro), score=g.score,
+            )
+            for g in per_gpu
+        ],
     )
 
 
@@ -493,6 +539,8 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
     cutoff = time.time() - services.settings.offline_after_s
     out = []
     for r in rows:
+        rep = reputation(list(zip(json.loads(r["outcomes"]), json.loads(r["outcome_times"]),
+                                  strict=True)), time.time())
         busy = {i: job for job, idx in json.loads(r["reservations"]).items() for i in idx}
         beat = r["last_heartbeat_at"]
         status, reason = r["status"], r["status_reason"]
@@ -512,7 +560,8 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
             provider_id=r["provider_id"], region=r["region"], status=status,
             status_reason=reason,
             last_heartbeat_at=None if beat is None else iso_time(beat),
-            reputation=r["reputation"], earnings_micro=BigInt(r["balance_micro"] or 0),
+            reputation=rep.score, reputation_detail=_detail(rep),
+            earnings_micro=BigInt(r["balance_micro"] or 0),
             price_per_gpu_hour_micro=r["price_micro"],
             price_per_gpu_hour=micro_to_credits(r["price_micro"]),
             runtimes=json.loads(r["runtimes"]), gpus=gpus,
@@ -642,3 +691,13 @@ def estimate_starts(
             heapq.heappush(free_at, start + r["timeout_s"])
         starts[r["job_id"]] = iso_time(start)
     return starts
+
+
+def _detail(rep: Reputation) -> ReputationDetail:
+    w = rep.weighted
+    return ReputationDetail(
+        score=rep.score, confidence=rep.confidence, probation=rep.probation,
+        outcomes=rep.outcomes, effective_outcomes=rep.effective_outcomes,
+        successes=w["success"], failures=w["failure"], timeouts=w["timeout"], lost=w["lost"],
+        mismatches=w["mismatch"],
+    )

@@ -45,6 +45,9 @@ SET_PRICE = f"""mutation($id: String!, $p: String!) {{
 EXPLAIN = """query($s: JSON!) { explain(spec: $s) { __typename
   ... on Explanation { eligible { providerId gpuIndexes } rejected { providerId reason } } } }"""
 
+EXPLAIN_GPUS = """query($s: JSON!) { explain(spec: $s) { __typename
+  ... on Explanation { gpus { providerId index eligible reason score } } } }"""
+
 
 PASSWORD = "controls password"
 ACCOUNT_ROLES = {"prov": ["client", "provider"], "alice": ["client", "operator"]}
@@ -284,6 +287,10 @@ def test_ecc_errors_degrade_a_gpu_until_they_clear(
     eventually(degraded)
     assert judged(api, "p-ecc", spec(2)) == "degraded: GPU 0 ECC errors: 2"
     assert judged(api, "p-ecc", spec(1)) == [1]
+    per_gpu = api.gql(EXPLAIN_GPUS, s=spec(1))["explain"]["gpus"]
+    mine = [(g["index"], g["eligible"], g["reason"]) for g in per_gpu
+            if g["providerId"] == "p-ecc"]
+    assert mine == [(1, True, ""), (0, False, "degraded: ECC errors: 2")]
     time.sleep(2 * INTERVAL)  # more beats with the same errors: no more events
     assert api.events("p-ecc").count("GpuDegraded") == 1
 
@@ -423,3 +430,24 @@ def test_heartbeats_are_samples_not_events(api: Api) -> None:
     rows = api.services.views.query(
         "SELECT beats FROM provider_liveness WHERE provider_id = 'p-samples'")
     assert rows[0]["beats"] == 8
+
+
+def test_reputation_shows_its_components(api: Api) -> None:
+    api.register("p-rep")
+    network = api.app.state.services.network
+    network.record_reputation("rep-j1", "p-rep", "success")
+    network.record_reputation("rep-j2", "p-rep", "lost")
+
+    def shown() -> dict[str, Any] | bool:
+        found = api.gql('{ provider(providerId: "p-rep") { reputation reputationDetail {'
+                        ' score confidence probation outcomes successes lost mismatches } } }')
+        detail = found["provider"]["reputationDetail"]
+        return found["provider"] if detail["outcomes"] == 2 else False
+
+    found = eventually(shown)
+    detail = found["reputationDetail"]
+    assert detail["probation"] and detail["mismatches"] == 0
+    assert detail["successes"] == pytest.approx(1.0, rel=1e-6)
+    assert detail["lost"] == pytest.approx(1.0, rel=1e-6)
+    assert found["reputation"] == pytest.approx(2 / (2 + 4), rel=1e-6)
+    assert detail["confidence"] == pytest.approx(2 / 12, rel=1e-6)
