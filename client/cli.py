@@ -423,6 +423,24 @@ def job_explain(
         out.print(f"  {r['providerId']}: {r['reason']}")
 
 
+@job_app.command("logs")
+@fails_cleanly
+def job_logs(ctx: typer.Context, job_id: str) -> None:
+    """The job's output (the tail each run reported), run by run."""
+    with _client(ctx) as gp:
+        job = gp.job(job_id)
+    out = _out()
+    runs = [e for e in job.events if e.type == "ExecutionFinished"]
+    if not runs:
+        out.print(f"job {job_id} has not finished a run yet (it is {job.state})")
+        return
+    for e in runs:
+        head = f"--- run {e.data.get('attempt', '?')} on {e.data.get('provider_id', '?')}"
+        head += f", exit {e.data.get('exit_code')}"
+        out.print(head + " ---", markup=False, highlight=False)
+        out.print(str(e.data.get("log_tail", "")).rstrip("\n"), markup=False, highlight=False)
+
+
 @job_app.command("cancel")
 @fails_cleanly
 def job_cancel(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
@@ -529,6 +547,51 @@ def account(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         _print_json(acct)
     else:
         _out().print(account_grid(acct))
+
+
+@app.command("offers")
+@fails_cleanly
+def offers(
+    ctx: typer.Context,
+    gpus: Annotated[int, typer.Option(help="GPUs on one machine.")] = 1,
+    model: Annotated[str | None, typer.Option(help="GPU model, e.g. H100.")] = None,
+    min_memory_gb: Annotated[int, typer.Option(help="Least GPU memory, GB.")] = 0,
+    max_price: Annotated[str, typer.Option(help="Most credits per GPU-hour.")] = "1000000",
+    region: Annotated[str | None, typer.Option(help="Only this region.")] = None,
+    min_reputation: Annotated[float, typer.Option(help="Least reputation, 0 to 1.")] = 0.0,
+    queue: Annotated[str, typer.Option(help="'<node>/<queue>' or a default-node queue.")] = (
+        "default"),
+    show_all: Annotated[bool, typer.Option("--all", help="Also GPUs that don't fit, and why.")]
+    = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Search GPUs that fit these filters now, cheapest and best first (every filter is
+    checked exactly as a job spec's; a bad one is an error, never dropped)."""
+    resources: dict[str, object] = {"gpus": gpus, "min_gpu_memory_gb": min_memory_gb,
+                                    "min_reputation": min_reputation}
+    if model is not None:
+        resources["gpu_model"] = model
+    if region is not None:
+        resources["region"] = region
+    spec = {"name": "offer-search", "command": ["true"], "max_price_per_gpu_hour": max_price,
+            "queue": queue, "resources": resources}
+    with _client(ctx) as gp:
+        found = gp.explain(spec)
+    rows = [g for g in found.get("gpus", []) if show_all or g["eligible"]]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("provider", "gpu", "model", "memory MiB", "price/GPU-hour", "score",
+                  "why not", box=None)
+    for g in rows:
+        table.add_row(g["providerId"], str(g["index"]), g["model"], str(g["memoryMb"]),
+                      micro_to_credits(g["pricePerGpuHourMicro"]), f"{g['score']:.3f}",
+                      g["reason"])
+    out = _out()
+    if rows:
+        out.print(table)
+    else:
+        out.print("no GPU fits these filters now (try --all to see why)")
 
 
 @app.command("providers")

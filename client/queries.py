@@ -42,6 +42,7 @@ query Explain($spec: JSON!) {
     ... on Explanation {
       eligible { providerId gpuIndexes pricePerGpuHourMicro quoteMicro reputation expectedStart }
       rejected { providerId reason }
+      gpus { providerId index model memoryMb eligible reason pricePerGpuHourMicro score }
     }
     ... on SpecRejected { errors { field message } }
   }

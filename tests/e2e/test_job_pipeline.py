@@ -154,6 +154,25 @@ def test_cli_submit_wait_and_outputs(net: Network, tmp_path: Path) -> None:
     assert got.returncode == 0, got.stderr
     result = (tmp_path / "out" / "result.txt").read_text()
     assert "HELLO" in result
+    logs = subprocess.run([*gpgpu, "job", "logs", job_id], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert logs.returncode == 0, logs.stderr
+    assert "--- run 1 on " in logs.stdout and "exit 0" in logs.stdout
+
+
+def test_cli_offers_filters_gpus_and_refuses_bad_filters(net: Network) -> None:
+    env = {**os.environ, "GPGPU_API_URL": net.url, "GPGPU_API_KEY": net.token("carol")}
+    gpgpu = [sys.executable, "-m", "client", "offers"]
+    found = subprocess.run([*gpgpu, "--json", "--all", "--model", "A100"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    rows = json.loads(found.stdout)
+    assert rows and all(r["eligible"] == ("A100" in r["model"]) for r in rows), rows
+    assert all(r["reason"].startswith("model ") for r in rows if not r["eligible"])
+    bad = subprocess.run([*gpgpu, "--min-reputation", "2"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0
+    assert "min_reputation" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_bad_spec_is_refused_and_nothing_recorded(net: Network) -> None:
