@@ -13,6 +13,7 @@ import sys
 BENCHES = {
     "events": "bench.events",
     "matching": "bench.matching",
+    "pipeline": "bench.pipeline",
     "staging": "bench.staging",
     "verification": "bench.verification",
 }

@@ -99,11 +99,21 @@ class _Pool:
         self.free = {pid: list(c.free_gpu_indexes) for pid, c in self.by_id.items()}
         self.home_region = home_region
         self._sorted: dict[Requirements, list[str]] = {}
-        # Providers grouped by the GPUs they have, so a model/memory test runs per group.
-        self._shapes: dict[tuple[tuple[str, int], ...], list[Candidate]] = defaultdict(list)
-        for c in self.by_id.values():
-            shape = tuple(sorted((str(g["model"]), int(g["memory_mb"])) for g in c.gpus))
-            self._shapes[shape].append(c)
+        # Each provider's GPUs as a shape, so a model/memory test runs once per shape.
+        self._shape: dict[str, tuple[tuple[str, int], ...]] = {
+            c.provider_id: tuple(sorted((str(g["model"]), int(g["memory_mb"])) for g in c.gpus))
+            for c in self.by_id.values()
+        }
+        # Online providers by score; the score depends on a job only through its max price.
+        self._by_score: dict[int, list[tuple[float, str]]] = {}
+
+    def _scored(self, req: Requirements) -> list[tuple[float, str]]:
+        ranked = self._by_score.get(req.max_price_per_gpu_hour_micro)
+        if ranked is None:
+            ranked = sorted((score(req, c, self.home_region), c.provider_id)
+                            for c in self.by_id.values() if c.online)
+            self._by_score[req.max_price_per_gpu_hour_micro] = ranked
+        return ranked
 
     def ranked(self, req: Requirements) -> list[str]:
         """Providers that could serve `req` when free, best score first (cached per round).
@@ -114,22 +124,25 @@ class _Pool:
         ranked = self._sorted.get(req)
         if ranked is not None:
             return ranked
-        judged = []
-        for shape, members in self._shapes.items():
-            if sum(1 for model, memory in shape if _fits(req, model, memory)) < req.gpus:
+        shape_fits: dict[tuple[tuple[str, int], ...], bool] = {}
+        ranked = []
+        for _, pid in self._scored(req):
+            c = self.by_id[pid]
+            shape = self._shape[pid]
+            fits = shape_fits.get(shape)
+            if fits is None:
+                fits = shape_fits[shape] = sum(
+                    1 for model, memory in shape if _fits(req, model, memory)) >= req.gpus
+            if (
+                not fits
+                or c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro
+                or c.reputation < req.min_reputation
+                or (req.region is not None and c.region != req.region)
+                or req.runtime not in c.runtimes
+            ):
                 continue
-            for c in members:
-                if (
-                    not c.online
-                    or c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro
-                    or c.reputation < req.min_reputation
-                    or (req.region is not None and c.region != req.region)
-                    or req.runtime not in c.runtimes
-                ):
-                    continue
-                judged.append((score(req, c, self.home_region), c.provider_id))
-        judged.sort()
-        ranked = self._sorted[req] = [pid for _, pid in judged]
+            ranked.append(pid)
+        self._sorted[req] = ranked
         return ranked
 
     def take(self, w: Waiting, also_excluded: set[str]) -> tuple[str, list[int]] | None:
