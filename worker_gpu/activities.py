@@ -37,6 +37,7 @@ from worker_gpu.transfer import (
     relative_path,
     safe_path,
     sha256_file,
+    tls,
     upload_file,
 )
 from workflows.contracts import (
@@ -152,7 +153,7 @@ class GpuActivities:
         work.mkdir(parents=True, exist_ok=True)
         progress = _Progress()
         with (
-            httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=True) as client,
+            httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=True, verify=tls()) as client,
             Ticker(HEARTBEAT_S, lambda: activity.heartbeat(progress.details())) as ticker,
         ):
 
@@ -323,7 +324,7 @@ class GpuActivities:
         missing: list[str] = []
         progress = _Progress()
         with (
-            httpx.Client(timeout=HTTP_TIMEOUT) as client,
+            httpx.Client(timeout=HTTP_TIMEOUT, verify=tls()) as client,
             Ticker(HEARTBEAT_S, lambda: activity.heartbeat(progress.details())) as ticker,
         ):
 

@@ -41,6 +41,7 @@ from worker_gpu.transfer import (
     relative_path,
     safe_path,
     sha256_file,
+    tls,
     upload_file,
 )
 from workflows.contracts import CheckpointPlan, ManifestEntry, OutputTransfer
@@ -271,7 +272,7 @@ class CheckpointUploader:
 
     def _http(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(timeout=HTTP_TIMEOUT)
+            self._client = httpx.Client(timeout=HTTP_TIMEOUT, verify=tls())
         return self._client
 
     def _check_stop(self, _n: int) -> None:

@@ -224,6 +224,12 @@ def _wait_group_gone(pgid: int, timeout_s: float) -> None:
     # SIGKILL is delivered asynchronously: return once the tree is really gone, so
     # that the next job on these GPUs finds their memory free.
     end = time.monotonic() + timeout_s
+    try:
+        os.killpg(pgid, 0)  # no process left in the group: done, without scanning /proc
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
     while _group_has_live_members(pgid):
         if time.monotonic() >= end:
             log.warning("processes of job group %d still running after SIGKILL", pgid)

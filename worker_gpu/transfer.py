@@ -7,8 +7,10 @@ file that is renamed into place only once its size and digest are right.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
+import ssl
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -20,6 +22,13 @@ import httpcore
 import httpx
 
 CHUNK_BYTES = 1024 * 1024
+
+
+@functools.cache
+def tls() -> ssl.SSLContext:
+    """One TLS context per process for every transfer: building one loads the CA bundle,
+    which cost more CPU than staging a small job's inputs (bench/pipeline.py)."""
+    return httpx.create_ssl_context()
 HASH_QUEUE_DEPTH = 8  # chunks (of at most about CHUNK_BYTES) waiting to be hashed
 RESERVE_FROM_BYTES = 16 * CHUNK_BYTES  # smaller files gain nothing from preallocation
 

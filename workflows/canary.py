@@ -25,7 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import contracts as c
+    import workflows.contracts as c
     from workflows.job import CONTROL_RETRY, GPU_RETRY, TRANSFER_S, _is_provider_loss, _reason
 
 T = TypeVar("T")

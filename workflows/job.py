@@ -34,8 +34,8 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import contracts as c
-    from workflows import search_attributes as sa
+    import workflows.contracts as c
+    import workflows.search_attributes as sa
 
 T = TypeVar("T")
 
@@ -62,6 +62,8 @@ TRANSFER_S = 3600.0
 ADAPTIVE_CHECKS = "adaptive-checks"
 # ... and the known-answer canaries that may follow a provider's accepted run.
 CANARIES = "canaries"
+# ... and a run with no inputs going straight to execution (one round trip less).
+SKIP_EMPTY_STAGE = "skip-empty-stage"
 # ... and the checkpoint a run uploads while it runs (resumed from after a lost provider).
 CHECKPOINTS = "checkpoints"
 # ... and the search attributes that show operators each job's state.
@@ -281,10 +283,13 @@ class JobWorkflow:
         plan = await self._control(c.PREPARE_TRANSFERS, request, c.TransferPlan)
         try:
             self._step = "stage"
-            staged = await self._gpu(
-                inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
-                c.StageResult, TRANSFER_S,
-            )
+            if not plan.inputs and workflow.patched(SKIP_EMPTY_STAGE):
+                staged = c.StageResult(0, 0)  # nothing to fetch: execute makes the work dir
+            else:
+                staged = await self._gpu(
+                    inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
+                    c.StageResult, TRANSFER_S,
+                )
             await self._step_done(c.JobStep(
                 inp.job_id, "inputs_staged", pid, attempt, files=staged.files, bytes=staged.bytes
             ))
