@@ -7,15 +7,17 @@ commands are idempotent by business key.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
 from activities.scheduler import Scheduler
 from activities.verify import judge, output_key
@@ -39,17 +41,40 @@ def _refuse(err: Exception) -> ApplicationError:
 # How long one try of the allocate activity waits in line before Temporal retries it: short,
 # so that cancelling a waiting job takes effect within seconds.
 ALLOCATE_WAIT_S = 5.0
+# A waiting job holds a worker slot (and a thread) in allocate_gpus for most of its wait; the
+# other control activities are short and touch the stores. The worker has a slot for each of
+# up to WAITING_SLOTS waiting jobs on top of BUSY_SLOTS for the rest, which are bounded
+# to BUSY_SLOTS at once: waiting jobs never starve the steps of running ones (with 32 slots
+# for all, 120 waiting jobs made every step of a running job wait ~15 s for a slot).
+BUSY_SLOTS = 32
+WAITING_SLOTS = 1024
+CONTROL_SLOTS = BUSY_SLOTS + WAITING_SLOTS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _busy(fn: F) -> F:
+    """Run the activity in one of the BUSY_SLOTS threads (a store-bound step, not a wait)."""
+
+    @functools.wraps(fn)
+    def bounded(self: ControlActivities, *args: Any) -> Any:
+        with self.busy:
+            return fn(self, *args)
+
+    return cast(F, bounded)
 
 
 class ControlActivities:
     def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
         self.network, self.views, self.store, self.settings = network, views, store, settings
         self.scheduler = Scheduler(network, self.online_provider_ids)
+        self.busy = threading.BoundedSemaphore(BUSY_SLOTS)
 
     def online_provider_ids(self) -> set[str]:
         return online_provider_ids(self.views, self.settings)
 
     @activity.defn(name=c.ADMIT_JOB)
+    @_busy
     def admit_job(self, req: c.JobInput) -> c.AdmitResult:
         try:
             admission = self.network.admit_job(req.job_id)
@@ -76,8 +101,10 @@ class ControlActivities:
         if live and activity.is_cancelled():
             raise CancelledError("the job was cancelled while it waited for GPUs")
         if isinstance(decision, str):
-            # Retryable on purpose: the job waits in the queue until GPUs fit.
-            raise ApplicationError(decision, type="NoCapacity")
+            # Retryable on purpose: the job waits in the queue until GPUs fit. Benign: the
+            # worker logs it at DEBUG, not a traceback per waiting job every few seconds.
+            raise ApplicationError(decision, type="NoCapacity",
+                                   category=ApplicationErrorCategory.BENIGN)
         assert decision.provider_id is not None
         return c.Allocation(
             req.job_id,
@@ -88,6 +115,7 @@ class ControlActivities:
         )
 
     @activity.defn(name=c.PREPARE_TRANSFERS)
+    @_busy
     def prepare_transfers(self, req: c.AllocateRequest) -> c.TransferPlan:
         job = self.network.job(req.job_id)
         spec = JobSpec.model_validate(job.spec)
@@ -139,6 +167,7 @@ class ControlActivities:
         )
 
     @activity.defn(name=c.RECORD_JOB_STEP)
+    @_busy
     def record_job_step(self, step: c.JobStep) -> None:
         data: dict[str, object] = {"provider_id": step.provider_id}
         if step.step == "inputs_staged":
@@ -158,10 +187,12 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.MARK_PROVIDER_LOST)
+    @_busy
     def mark_provider_lost(self, req: c.ProviderLost) -> None:
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
 
     @activity.defn(name=c.VERIFY_JOB)
+    @_busy
     def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
         """Check each run's report against storage, the runs against each other, the outcome."""
         job = self.network.job(req.job_id)
@@ -181,6 +212,7 @@ class ControlActivities:
         return verdict
 
     @activity.defn(name=c.PLAN_CHECK)
+    @_busy
     def plan_check(self, req: c.CheckRequest) -> c.CheckDecision:
         """The network's own check: replicate this run at a rate that falls with trust."""
         if not self.settings.adaptive_checks:
@@ -191,6 +223,7 @@ class ControlActivities:
         return c.CheckDecision(run, f"check rate {rate:.2f} for {req.provider_id}")
 
     @activity.defn(name=c.SETTLE_JOB)
+    @_busy
     def settle_job(self, req: c.SettleRequest) -> c.Settlement:
         try:
             if req.payments is not None:
@@ -213,6 +246,7 @@ class ControlActivities:
         return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
 
     @activity.defn(name=c.RECORD_REPUTATION)
+    @_busy
     def record_reputation(self, req: c.ReputationRequest) -> None:
         try:
             self.network.record_reputation(req.job_id, req.provider_id, req.outcome)
@@ -220,11 +254,13 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.RELEASE_GPUS)
+    @_busy
     def release_gpus(self, req: c.ReleaseRequest) -> None:
         self.network.release_gpus(req.job_id, req.provider_id)
         self.scheduler.wake()
 
     @activity.defn(name=c.FINISH_JOB)
+    @_busy
     def finish_job(self, req: c.FinishRequest) -> None:
         self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)
         self.scheduler.wake()

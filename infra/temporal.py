@@ -10,7 +10,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.canary import CanaryActivities
-from activities.control import ControlActivities
+from activities.control import CONTROL_SLOTS, ControlActivities
 from domain.application import Network
 from infra.db import ViewDB
 from infra.settings import Settings
@@ -44,7 +44,8 @@ def build_control_activities(settings: Settings) -> ControlActivities:
 async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
     client = await connect(settings)
     activities = build_control_activities(settings)
-    with ThreadPoolExecutor(max_workers=32) as executor:
+    # A slot and a thread for every job waiting in allocate_gpus, and BUSY_SLOTS for the rest.
+    with ThreadPoolExecutor(max_workers=CONTROL_SLOTS) as executor:
         worker = Worker(
             client,
             task_queue=settings.control_task_queue,
@@ -53,7 +54,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
                 activities.network, activities.views, activities.store, settings
             ).all(),
             activity_executor=executor,
-            max_concurrent_activities=32,
+            max_concurrent_activities=CONTROL_SLOTS,
         )
         async with worker:
             log.info("control worker serving task queue %r", settings.control_task_queue)
