@@ -464,6 +464,8 @@ class Network(Application[Any]):
             for p in placements:
                 job = jobs.get(p.job_id) or self.job(p.job_id)
                 jobs[p.job_id] = job
+                if p.attempt in job.allocations:  # another scheduler placed it meanwhile
+                    raise DomainError(f"job {p.job_id} attempt {p.attempt} is placed already")
                 provider = providers[p.provider_id]
                 provider.reserve(p.job_id, p.gpu_indexes, p.client_id)
                 job.record_allocation(p.attempt, p.provider_id, p.gpu_indexes,

@@ -262,3 +262,19 @@ def test_the_round_index_agrees_with_assess() -> None:
             key=lambda a: (a.score, a.provider_id),
         ) if a.eligible]
         assert pool.ranked(req) == expected
+
+
+def test_a_job_another_scheduler_placed_is_not_reserved_again(app: Network) -> None:
+    """Two schedulers saw the same waiting job: the second placement books nothing."""
+    from domain.scheduling import Placement
+
+    app.open_client("a", 10**12)
+    app.register_provider("p1", "eu", PRICE, [gpu(0)])
+    app.register_provider("p2", "eu", PRICE, [gpu(0)])
+    app.submit_job("twice", "a", make_spec(timeout=60))
+    app.admit_job("twice")
+    first = app.place([Placement("twice", 1, "a", "p1", [0], PRICE)], {"p1": app.provider("p1")})
+    late = app.place([Placement("twice", 1, "a", "p2", [0], PRICE)], {"p2": app.provider("p2")})
+    assert first == [True] and late == [False]
+    assert app.provider("p2").reservations == {}
+    assert app.job("twice").allocations == {1: "p1"}
