@@ -69,14 +69,17 @@ def _model_fits(wanted: str, model: str) -> bool:
     return wanted.lower() in model.lower()
 
 
+def gpu_fits(req: Requirements, model: str, memory_mb: int) -> bool:
+    """One GPU of this model and memory meets the job's model, queue and memory needs."""
+    return (
+        (req.gpu_model is None or _model_fits(req.gpu_model, model))
+        and (not req.queue_models or any(_model_fits(m, model) for m in req.queue_models))
+        and memory_mb >= req.min_gpu_memory_mb
+    )
+
+
 def _matching_gpus(req: Requirements, gpus: list[dict[str, Any]]) -> list[int]:
-    return [
-        g["index"]
-        for g in gpus
-        if (req.gpu_model is None or _model_fits(req.gpu_model, str(g["model"])))
-        and (not req.queue_models or any(_model_fits(m, str(g["model"])) for m in req.queue_models))
-        and int(g["memory_mb"]) >= req.min_gpu_memory_mb
-    ]
+    return [g["index"] for g in gpus if gpu_fits(req, str(g["model"]), int(g["memory_mb"]))]
 
 
 PRICE_WEIGHT, REPUTATION_WEIGHT, LOCALITY_WEIGHT, LOAD_WEIGHT = 0.5, 0.3, 0.1, 0.1

@@ -30,7 +30,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from domain.matching import Candidate, Requirements, score
+from domain.matching import Candidate, Requirements, gpu_fits, score
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class _Pool:
             fits = shape_fits.get(shape)
             if fits is None:
                 fits = shape_fits[shape] = sum(
-                    1 for model, memory in shape if _fits(req, model, memory)) >= req.gpus
+                    1 for model, memory in shape if gpu_fits(req, model, memory)) >= req.gpus
             if (
                 not fits
                 or c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro
@@ -154,7 +154,7 @@ class _Pool:
                 continue
             c = self.by_id[pid]
             fitting = [g["index"] for g in c.gpus
-                       if g["index"] in free and _fits(w.req, str(g["model"]),
+                       if g["index"] in free and gpu_fits(w.req, str(g["model"]),
                                                        int(g["memory_mb"]))]
             if len(fitting) < w.req.gpus:
                 continue
@@ -162,15 +162,6 @@ class _Pool:
             self.free[pid] = [i for i in free if i not in chosen]
             return pid, chosen
         return None
-
-
-def _fits(req: Requirements, model: str, memory_mb: int) -> bool:
-    lowered = model.lower()
-    return (
-        (req.gpu_model is None or req.gpu_model.lower() in lowered)
-        and (not req.queue_models or any(m.lower() in lowered for m in req.queue_models))
-        and memory_mb >= req.min_gpu_memory_mb
-    )
 
 
 def plan(
