@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -29,12 +30,14 @@ from worker_gpu.runtime_docker import DockerRuntime, EngineUnavailable, ImageUna
 from worker_gpu.runtime_process import read_log_tail
 from worker_gpu.ticker import Ticker
 from worker_gpu.transfer import (
+    ChunkFn,
     HttpFailure,
     IntegrityMismatch,
     UnsafePath,
     already_present,
     download_verified,
     relative_path,
+    ride_out,
     safe_path,
     sha256_file,
     tls,
@@ -46,6 +49,7 @@ from workflows.contracts import (
     UPLOAD_OUTPUTS,
     ExecuteRequest,
     ExecuteResult,
+    InputTransfer,
     ManifestEntry,
     StageRequest,
     StageResult,
@@ -168,15 +172,10 @@ class GpuActivities:
                     progress.bytes += transfer.size
                 else:
                     try:
-                        download_verified(
-                            client,
-                            transfer.url,
-                            target,
-                            name=transfer.name,
-                            sha256=transfer.sha256,
-                            size=transfer.size,
-                            on_chunk=on_chunk,
-                        )
+                        fetch = partial(_fetch, client, transfer, target, on_chunk, progress,
+                                        progress.bytes)
+                        ride_out(fetch, f"fetching input {transfer.name!r}",
+                                 check=lambda: _raise_if_cancelled(ticker))
                     except IntegrityMismatch as err:
                         raise _non_retryable(str(err), "InputIntegrityError") from None
                     except HttpFailure as err:
@@ -342,10 +341,11 @@ class GpuActivities:
                     with path.open("ab") as f:
                         f.write(b"\n0.4242 (not what the job computed)\n")
                 digest, size = sha256_file(path, on_chunk)
+                put = partial(_put, client, output.url, path, digest, size, on_chunk, progress,
+                              progress.bytes)
                 try:
-                    upload_file(
-                        client, output.url, path, sha256=digest, size=size, on_chunk=on_chunk
-                    )
+                    ride_out(put, f"uploading output {output.path!r}",
+                             check=lambda: _raise_if_cancelled(ticker))
                 except HttpFailure as err:
                     raise _http_error(err, f"uploading output {output.path!r}") from None
                 reported = _lie_about(digest) if self.corrupt_outputs else digest
@@ -362,6 +362,19 @@ class GpuActivities:
         shutil.rmtree(attempt_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # the job's folder goes once no attempt is left
             attempt_dir.parent.rmdir()
+
+
+def _fetch(client: httpx.Client, transfer: InputTransfer, target: Path, on_chunk: ChunkFn,
+           progress: _Progress, bytes_before: int) -> int:
+    progress.bytes = bytes_before  # each try starts the file over
+    return download_verified(client, transfer.url, target, name=transfer.name,
+                             sha256=transfer.sha256, size=transfer.size, on_chunk=on_chunk)
+
+
+def _put(client: httpx.Client, url: str, path: Path, digest: str, size: int, on_chunk: ChunkFn,
+         progress: _Progress, bytes_before: int) -> None:
+    progress.bytes = bytes_before
+    upload_file(client, url, path, sha256=digest, size=size, on_chunk=on_chunk)
 
 
 def _raise_if_cancelled(ticker: Ticker) -> None:

@@ -9,19 +9,31 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import logging
 import os
 import ssl
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import httpcore
 import httpx
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 CHUNK_BYTES = 1024 * 1024
+# A storage server that restarts (a deploy, a crash loop) is gone for seconds. A transfer
+# rides that out here, within its activity, rather than fail the run: Temporal retries a
+# staging or upload activity only once, and a run lost to a blip costs the whole job.
+RIDE_OUT_S = 60.0
+RETRY_FIRST_S, RETRY_MAX_S = 0.25, 4.0
 
 
 @functools.cache
@@ -77,6 +89,41 @@ class HttpFailure(Exception):
         # A 4xx will not change on retry (bad or expired signature, missing object),
         # except the two that mean "later".
         return self.status >= 500 or self.status in (408, 429)
+
+
+def transient(err: BaseException) -> bool:
+    """An error that may go away by itself: no connection, a broken one, a 5xx, 408 or 429."""
+    if isinstance(err, HttpFailure):
+        return err.retryable
+    return isinstance(err, httpx.TransportError)
+
+
+def ride_out(
+    transfer: Callable[[], T],
+    what: str,
+    *,
+    budget_s: float = RIDE_OUT_S,
+    check: Callable[[], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `transfer` again, with backoff, while it fails transiently and `budget_s` lasts.
+
+    Each try starts the transfer over (a presigned PUT cannot resume); `check` runs before
+    each wait and may raise to stop (a cancelled activity). Other errors pass at once.
+    """
+    deadline = time.monotonic() + budget_s
+    wait, tries = RETRY_FIRST_S, 1
+    while True:
+        try:
+            return transfer()
+        except (HttpFailure, httpx.TransportError) as err:
+            if not transient(err) or time.monotonic() + wait > deadline:
+                raise
+            log.warning("%s: try %d failed (%s); again in %.2f s", what, tries, err, wait)
+        if check is not None:
+            check()
+        sleep(wait)
+        wait, tries = min(wait * 2, RETRY_MAX_S), tries + 1
 
 
 def relative_path(relative: str) -> PurePosixPath:

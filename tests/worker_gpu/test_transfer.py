@@ -20,7 +20,12 @@ import httpx
 import pytest
 from temporalio.exceptions import CancelledError
 
-from worker_gpu.transfer import HttpFailure, IntegrityMismatch, download_verified
+from worker_gpu.transfer import (
+    HttpFailure,
+    IntegrityMismatch,
+    download_verified,
+    ride_out,
+)
 
 MiB = 1 << 20
 
@@ -284,3 +289,67 @@ def test_the_same_client_fetches_again_after_a_fast_read(
     assert len(server.requests) == 3
     assert server.connections == 3  # the fast path was taken each time (else 1, kept alive)
     assert all((tmp_path / f"copy{n}.bin").read_bytes() == BODY for n in range(3))
+
+
+def test_a_server_that_comes_back_is_waited_for(
+    server: Scripted, client: httpx.Client, tmp_path: Path
+) -> None:
+    """Nothing listens (a restarting API), then a server that closes mid-body, then the
+    file: ride_out tries again until one try is whole, and the file appears once."""
+    port = server.listener.getsockname()[1]
+    server.listener.close()
+    server.parts = [head(len(BODY)), BODY[:MiB]]
+    server.keep_alive = False
+    waits: list[float] = []
+
+    def come_back(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:  # after two refused connections, a server that breaks off
+            server.listener = socket.create_server(("127.0.0.1", port))
+            threading.Thread(target=server._serve, daemon=True).start()
+        if len(waits) == 3:  # and then one that sends it all
+            server.parts = [head(len(BODY)), BODY]
+
+    got = ride_out(lambda: fetch(client, server, tmp_path / "data.bin", BODY)[0], "fetching",
+                   sleep=come_back)
+
+    assert got == len(BODY) and (tmp_path / "data.bin").read_bytes() == BODY
+    assert waits == [0.25, 0.5, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_a_refusal_or_a_mismatch_is_not_tried_again(
+    server: Scripted, client: httpx.Client, tmp_path: Path
+) -> None:
+    server.parts = [head(len(BODY)), BODY]
+    waits: list[float] = []
+
+    with pytest.raises(IntegrityMismatch):
+        ride_out(lambda: fetch(client, server, tmp_path / "a.bin", BODY, sha256="0" * 64),
+                 "fetching", sleep=waits.append)
+    server.parts = [b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"]
+    with pytest.raises(HttpFailure):
+        ride_out(lambda: fetch(client, server, tmp_path / "b.bin", BODY), "fetching",
+                 sleep=waits.append)
+
+    assert waits == [] and len(server.requests) == 2
+
+
+def test_riding_out_ends_with_its_budget_or_a_cancel(client: httpx.Client, tmp_path: Path) -> None:
+    nobody = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{nobody.getsockname()[1]}/x"
+    nobody.close()
+
+    def get() -> httpx.Response:
+        return client.get(url)
+
+    started = time.monotonic()
+    with pytest.raises(httpx.ConnectError):
+        ride_out(get, "fetching", budget_s=1.0)
+    assert 0.7 < time.monotonic() - started < 3.0
+
+    def cancelled() -> None:
+        raise CancelledError("activity cancelled")
+
+    with pytest.raises(CancelledError):
+        ride_out(get, "fetching", check=cancelled)
