@@ -48,7 +48,7 @@ class CanaryWorkflow:
             name,
             arg,
             task_queue=workflow.info().task_queue,
-            start_to_close_timeout=timedelta(seconds=60),
+            start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=CONTROL_RETRY,
             result_type=result_type,
         )

@@ -36,6 +36,11 @@ EXECUTE_JOB = "execute_job"
 UPLOAD_OUTPUTS = "upload_outputs"
 
 
+# A control step is one short transaction (allocate waits at most a few seconds a try), so
+# a step that has not finished in this long ran on a control worker that died: Temporal
+# gives it to another (or the restarted one) this soon, rather than after a minute.
+CONTROL_STEP_S = 20.0
+
 @dataclass
 class JobInput:
     job_id: str

@@ -146,7 +146,7 @@ class JobWorkflow:
             name,
             arg,
             task_queue=workflow.info().task_queue,
-            start_to_close_timeout=timedelta(seconds=60),
+            start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=CONTROL_RETRY,
             result_type=result_type,
         )
@@ -250,7 +250,7 @@ class JobWorkflow:
                 c.ALLOCATE_GPUS,
                 c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + busy)),
                 task_queue=workflow.info().task_queue,
-                start_to_close_timeout=timedelta(seconds=60),
+                start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
                 retry_policy=QUEUE_RETRY,
                 result_type=c.Allocation,
                 # A cancel must not race an allocation that is being written.
