@@ -69,6 +69,9 @@ class Scheduler:
         self._candidates: dict[str, tuple[tuple[str, int, bool], Candidate]] = {}
         self._nodes: dict[str, Node] = {}
         self._by_uuid: dict[UUID, str] = {}  # aggregate id -> "p:<id>" or "n:<id>"
+        # Client -> the turn it was last given GPUs: fair share's tie-break (least recent first).
+        self._served: dict[str, int] = {}
+        self._turns = 0
         self._position = network.recorder.max_notification_id() or 0
 
     # The activity's side
@@ -208,6 +211,7 @@ class Scheduler:
             fair_share=config.get("fair_share", True),
             max_gpus_per_client=config.get("max_gpus_per_client", 0),
             home_region=node.region,
+            served=self._served,
             timings=self.timings,
         )
         by_key = {(t.entry.job_id, t.entry.attempt): t for t in tickets}
@@ -221,6 +225,8 @@ class Scheduler:
         for placement, ok in zip(result.placements, written, strict=True):
             ticket = by_key[(placement.job_id, placement.attempt)]
             if ok:
+                self._turns += 1
+                self._served[placement.client_id] = self._turns
                 ticket.decision = _decision(placement)
                 ticket.done.set()
                 placed += 1

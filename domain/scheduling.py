@@ -8,7 +8,11 @@ Order (`fair_order`): higher priority first. Within one priority, with fair
 share on, the next job is the oldest job of the client that holds the fewest
 GPUs, counting the GPUs it already runs on and those this order has handed it
 so far; so one client's 500 jobs do not starve another's 5 (each gets every
-other GPU). With fair share off, oldest first.
+other GPU). Clients that hold as many go least recently served first (`served`:
+a number that grows each time a client is given GPUs), else the one with the
+oldest job: on a busy queue most rounds are such ties, and oldest-first alone
+would hand them all to the client that queued first. With fair share off,
+oldest first.
 
 Placement (`plan`): in that order, each job gets the best-scoring provider that
 is eligible (`domain.matching.assess`) and still has enough free GPUs after the
@@ -65,29 +69,36 @@ class Plan:
 
 
 def fair_order(
-    waiting: Iterable[Waiting], held_by_client: Mapping[str, int], fair_share: bool = True
+    waiting: Iterable[Waiting],
+    held_by_client: Mapping[str, int],
+    fair_share: bool = True,
+    served: Mapping[str, int] | None = None,
 ) -> list[Waiting]:
     """The order in which waiting jobs get GPUs (see the module docstring)."""
     oldest_first = sorted(waiting, key=lambda w: (w.queued_at, w.job_id, w.attempt))
     if not fair_share:
         return sorted(oldest_first, key=lambda w: -w.priority)  # stable: FIFO per priority
     held = defaultdict(int, held_by_client)
+    last = defaultdict(lambda: -1, served or {})
+    turn = max(last.values(), default=0)
     by_priority: dict[int, dict[str, deque[Waiting]]] = defaultdict(dict)
     for w in oldest_first:
         by_priority[w.priority].setdefault(w.client_id, deque()).append(w)
     ordered: list[Waiting] = []
     for priority in sorted(by_priority, reverse=True):
         lines = by_priority[priority]
-        heap = [(held[c], line[0].queued_at, c) for c, line in lines.items()]
+        heap = [(held[c], last[c], line[0].queued_at, c) for c, line in lines.items()]
         heapq.heapify(heap)
         while heap:
-            _, _, client = heapq.heappop(heap)
+            *_, client = heapq.heappop(heap)
             line = lines[client]
             job = line.popleft()
             ordered.append(job)
             held[client] += job.req.gpus
+            turn += 1
+            last[client] = turn
             if line:
-                heapq.heappush(heap, (held[client], line[0].queued_at, client))
+                heapq.heappush(heap, (held[client], last[client], line[0].queued_at, client))
     return ordered
 
 
@@ -172,11 +183,12 @@ def plan(
     fair_share: bool = True,
     max_gpus_per_client: int = 0,
     home_region: str = "",
+    served: Mapping[str, int] | None = None,
     timings: list[float] | None = None,
 ) -> Plan:
     """Place as many waiting jobs as fit, in fair order; say why the others wait."""
     pool = _Pool(candidates, home_region)
-    ordered = fair_order(waiting, held_by_client, fair_share)
+    ordered = fair_order(waiting, held_by_client, fair_share, served)
     for req in {w.req for w in ordered}:  # rank once per kind of job, before deciding
         pool.ranked(req)
     held = defaultdict(int, held_by_client)
@@ -208,11 +220,14 @@ def plan(
 
 
 def positions(
-    waiting: Iterable[Waiting], held_by_client: Mapping[str, int], fair_share: bool = True
+    waiting: Iterable[Waiting],
+    held_by_client: Mapping[str, int],
+    fair_share: bool = True,
+    served: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Each waiting job's place in line (1 is next), by its first waiting allocation."""
     line: dict[str, int] = {}
-    for w in fair_order(waiting, held_by_client, fair_share):
+    for w in fair_order(waiting, held_by_client, fair_share, served):
         line.setdefault(w.job_id, len(line) + 1)
     return line
 

@@ -50,6 +50,26 @@ def test_fair_share_counts_the_gpus_a_client_already_holds() -> None:
     assert order == ["b1", "b2", "a1"]
 
 
+def test_ties_go_to_the_client_served_least_recently() -> None:
+    """A busy queue: every client holds one GPU, one frees and one job goes. The client that
+    queued first must not win every such tie; the one served longest ago goes next."""
+    def firsts(remember: bool) -> list[str]:
+        line = [waiting(f"{c}{i}", c, t + i) for t, c in ((0, "a"), (100, "b"), (200, "c"))
+                for i in range(3)]
+        held = {"a": 1, "b": 1, "c": 1}
+        served: dict[str, int] = {}
+        got = []
+        for turn in range(6):  # one GPU at a time, as a full queue hands them out
+            first = fair_order(line, held, served=served if remember else None)[0]
+            got.append(first.client_id)
+            served[first.client_id] = turn
+            line.remove(first)
+        return got
+
+    assert firsts(remember=True) == ["a", "b", "c", "a", "b", "c"]
+    assert firsts(remember=False) == ["a", "a", "a", "b", "b", "b"]  # oldest wins each tie
+
+
 def test_without_fair_share_first_come_first_served() -> None:
     line = [waiting(f"a{i}", "a", i) for i in range(3)] + [waiting("b0", "b", 10)]
     assert [w.job_id for w in fair_order(line, {}, fair_share=False)] == ["a0", "a1", "a2", "b0"]
