@@ -7,12 +7,14 @@ import asyncio
 import uvicorn
 
 from api.app import create_app
+from infra import tracing
 from infra.process import run_service
 from infra.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
+    tracing.setup(settings.tracing, "api")
 
     async def serve(stop: asyncio.Event) -> None:
         config = uvicorn.Config(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+from cross_web import HTTPException as GraphQLHTTPException
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
+from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
@@ -19,7 +23,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from api import auth, metrics, storage
+from api import auth, json_body, metrics, storage
 from api.schema import schema
 from api.services import Services
 from api.types import Context
@@ -28,6 +32,12 @@ from infra.settings import Settings
 from infra.temporal import connect
 
 WEB = Path(__file__).resolve().parent.parent / "web"
+UNTRACED = frozenset({"/healthz", "/metrics"})  # polled every few seconds: noise in a trace
+TELEMETRY: TelemetryConfig = {
+    "exclude": lambda scope: scope.get("path") in UNTRACED,
+    "operation_spans": False,  # no spans for FastAPI's dependencies, endpoint, serialization
+    "auto_configure": False,  # exporters are GPGPU_TRACING's business (infra/tracing.py)
+}
 
 
 class WebUI(StaticFiles):
@@ -44,6 +54,19 @@ class WebUI(StaticFiles):
 
 
 class AuthorizedRouter(GraphQLRouter[Context, None]):
+    def decode_json(self, data: str | bytes) -> object:
+        """Websocket messages: too deep a message closes the socket as bad JSON (4400)."""
+        return json_body.loads(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """Request bodies (and GET's variables): a 400 that says what is wrong, never a 500."""
+        try:
+            return json_body.loads(data)
+        except json_body.BodyNotJson as err:
+            raise GraphQLHTTPException(400, str(err)) from err
+        except json.JSONDecodeError as err:
+            raise GraphQLHTTPException(400, f"Unable to parse request body as JSON: {err}") from err
+
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """connection_init {"Authorization": "Bearer <token>"}: a token that names no one
         closes the socket (4403); without one the connection stays anonymous."""
@@ -72,7 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             services.stop()
 
-    app = FastAPI(title="GPGPU", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry server span per request (`POST /graphql`), parent of the
+    # StartWorkflow span; it records only once GPGPU_TRACING installed a tracer provider.
+    app = FastAPI(title="GPGPU", lifespan=lifespan, telemetry=TELEMETRY)
 
     async def get_context(connection: HTTPConnection) -> Context:
         """The caller named by `Authorization: Bearer`; a websocket may name it (again) in
@@ -117,7 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise HTTPException(403,
                                     f"forbidden: provider {provider_id!r} is not one of yours")
         try:
-            body = await request.json() if await request.body() else None
+            body = json_body.loads(raw) if (raw := await request.body()) else None
+        except json_body.BodyNotJson as err:
+            raise HTTPException(400, str(err)) from None
         except ValueError:
             raise HTTPException(400, "the body is not JSON") from None
         telemetry = body.get("telemetry") if isinstance(body, dict) else body

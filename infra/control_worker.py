@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from infra import tracing
 from infra.process import run_service
 from infra.settings import Settings
 from infra.temporal import run_control_worker
@@ -11,6 +12,7 @@ from infra.temporal import run_control_worker
 
 def main() -> None:
     settings = Settings()
+    tracing.setup(settings.tracing, "control-worker")
 
     async def serve(stop: asyncio.Event) -> None:
         await run_control_worker(settings, stop)

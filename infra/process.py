@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from infra import tracing
+
 
 def setup_logging() -> None:
     from infra.logs import configure_logging
@@ -38,6 +40,7 @@ def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> N
     except Exception:
         logging.getLogger(__name__).exception("service failed")
         code = 1
+    tracing.shutdown()  # os._exit skips atexit: export the spans still buffered
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.storage import ObjectStore, build_store
+from infra.tracing import check as check_tracing
 
 
 class Settings(BaseSettings):
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
     # Service logs: "text" for people, "json" for log pipelines (one object per line with the
     # job id; infra/logs.py).
     log_format: Literal["text", "json"] = "text"
+    # Traces (infra/tracing.py): "off", "otlp" (to OTEL_EXPORTER_OTLP_ENDPOINT) or
+    # "file:/path/spans.jsonl" (one JSON line per span; processes may share the file).
+    tracing: Annotated[str, AfterValidator(check_tracing)] = "off"
     # Accounts (domain/identity.py): how long a sign-in lasts; how long the API trusts what
     # it found for a token (a revoked key or ended session stops working within this).
     session_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)

@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from activities.canary import CanaryActivities
 from activities.control import CONTROL_SLOTS, ControlActivities
 from domain.application import Network
+from infra import tracing
 from infra.db import ViewDB
 from infra.settings import Settings
 from workflows.canary import CanaryWorkflow
@@ -21,11 +22,13 @@ log = logging.getLogger(__name__)
 
 
 async def connect(settings: Settings, attempts: int = 60) -> Client:
-    """Connect to Temporal, waiting for a server that is still starting."""
+    """Connect to Temporal, waiting for a server that is still starting. With tracing on,
+    the client (and so its workers) carries the trace in workflow and activity headers."""
     for n in range(attempts):
         try:
             return await Client.connect(
-                settings.temporal_address, namespace=settings.temporal_namespace
+                settings.temporal_address, namespace=settings.temporal_namespace,
+                interceptors=tracing.interceptors(),
             )
         except RuntimeError:
             if n == attempts - 1:
@@ -55,6 +58,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
             ).all(),
             activity_executor=executor,
             max_concurrent_activities=CONTROL_SLOTS,
+            **tracing.worker_options(),
         )
         async with worker:
             log.info("control worker serving task queue %r", settings.control_task_queue)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from domain.money import credits_to_micro
+from infra import tracing
 from infra.settings import Settings
 from worker_gpu.config import AgentConfig, add_runtime_arguments, runtime_fields
 
@@ -110,10 +111,13 @@ def main(argv: list[str] | None = None) -> None:
         # mistyped flag should be answered at once.
         from worker_gpu.agent import serve
 
+        tracing.setup(settings.tracing, "gpu-worker", config.provider_id)
+
         code = asyncio.run(serve(config, settings))
     except Exception:
         logging.getLogger("worker_gpu").exception("provider agent failed")
     finally:
+        tracing.shutdown()  # os._exit skips atexit: export the spans still buffered
         # temporalio can abort at interpreter exit after the work is done; leave
         # deliberately so that a clean stop never reports a crash.
         sys.stdout.flush()

@@ -18,6 +18,7 @@ from typing import TypeVar
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from infra import tracing
 from infra.settings import Settings
 from worker_gpu.activities import GpuActivities
 from worker_gpu.api_client import (
@@ -161,7 +162,8 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
         client = await _until_answered(
             f"Temporal at {settings.temporal_address}",
             lambda: Client.connect(
-                settings.temporal_address, namespace=settings.temporal_namespace
+                settings.temporal_address, namespace=settings.temporal_namespace,
+                interceptors=tracing.interceptors(),
             ),
             stop,
         )

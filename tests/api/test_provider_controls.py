@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.json_body import MAX_JSON_DEPTH
 from api.services import Services
 from domain.identity import ROLES
 from domain.spec import parse_job_spec
@@ -421,6 +422,10 @@ def test_heartbeats_are_samples_not_events(api: Api) -> None:
     bad = api.http.post("/providers/p-samples/heartbeat", json=[{"index": -1}], headers=owner)
     assert (bad.status_code, bad.json()) == (
         400, {"detail": "telemetry.0.index: must be a GPU index (0 or more)"})
+    deep = api.http.post("/providers/p-samples/heartbeat", content=b"[" * 100_000,
+                         headers=owner)  # json.loads: RecursionError, a 500
+    assert deep.status_code == 400
+    assert f"may nest at most {MAX_JSON_DEPTH} levels" in deep.json()["detail"]
     unknown = api.http.post("/providers/nobody/heartbeat", json=[], headers=admin)
     assert (unknown.status_code, unknown.json()) == (
         404, {"detail": "providerId: no provider 'nobody'; register first"})
