@@ -35,6 +35,14 @@ class Submitted:
     job_id: str
 
 
+def queue_refusal(err: DomainError) -> SpecError:
+    """A refusal of the spec's queue or priority, under the field it is about."""
+    # The network says what it refuses: "queue: ...", "node: ..." (the queue's), "priority: ...".
+    message = str(err)
+    field = "priority" if message.startswith("priority: ") else "queue"
+    return SpecError([(field, message.removeprefix(f"{field}: "))])
+
+
 async def pin_inputs(services: Services, client_id: str, spec: JobSpec) -> JobSpec:
     """Fix each input's sha256 and size as storage holds them now."""
     errors: list[tuple[str, str]] = []
@@ -61,7 +69,7 @@ async def submit_job(services: Services, client_id: str, data: Any) -> Submitted
     try:
         await asyncio.to_thread(services.network.check_queue, spec.queue, spec.priority)
     except DomainError as err:
-        raise SpecError([("queue", str(err).removeprefix("queue: "))]) from None
+        raise queue_refusal(err) from None
     spec = await pin_inputs(services, client_id, spec)
     job_id = str(uuid.uuid4())
     settings = services.settings

@@ -49,6 +49,8 @@ def load_spec_file(path: Path) -> JobSpecFile:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise SpecRejectedError([("spec", f"is not valid YAML{at}")], label) from None
+    except RecursionError:  # PyYAML recurses once per level: a few hundred `[` end it
+        raise SpecRejectedError([("spec", "is nested too deeply to read")], label) from None
     try:
         return parse_job_spec_file(data)
     except SpecError as err:

@@ -2,6 +2,20 @@
 
 Every refusal names the field it is about ("resources.gpus: ..."), unknown
 fields are errors (never silently dropped), and money is parsed exactly.
+
+Numbers are strict: `priority: true` or `gpus: "2"` is refused, not read as 1 or 2.
+Every string is text a process can be handed: Unicode that UTF-8 can encode (JSON
+may carry a lone surrogate such as "\\ud800", which is not) and no NUL character.
+Sizes are bounded, so that one spec can neither bloat the event log nor overflow a
+provider's execve (argv and environment share its ARG_MAX, 2 MiB on Linux):
+
+| field | at most |
+| --- | --- |
+| `command`, `verification.verifier` | 64 KiB: UTF-8 bytes and a NUL per argument |
+| `env` | 256 variables, a value 32 KiB; 256 KiB in all (`NAME=value` and a NUL each) |
+| `inputs`, `outputs` | 256 each |
+| a path (`outputs.N`, `inputs.N.name`), a key (`inputs.N.key`) | 1024 characters |
+| `resources.gpu_model`, `resources.region` | 128 characters |
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +50,13 @@ _IMAGE = re.compile(
 )
 # Far above any real price, and it keeps every cost inside a signed 64-bit integer.
 MAX_PRICE_MICRO = 1_000_000 * 1_000_000
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ENV_VARS = 256
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_ENV_BYTES = 256 * 1024  # all of them, as execve counts: NAME=value and a NUL each
+MAX_FILES = 256  # inputs, and outputs
+MAX_PATH_CHARS = 1024
+MAX_LABEL_CHARS = 128  # resources.gpu_model, resources.region
 
 
 class SpecError(ValueError):
@@ -59,10 +81,71 @@ def parse_duration(value: Any) -> int:
     return seconds
 
 
+def check_text(value: str) -> str:
+    """Text a process can be handed: Unicode that UTF-8 can encode, without NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"is not valid Unicode: a lone surrogate {value[err.start]!r} at "
+                         f"character {err.start}") from None
+    if (at := value.find("\x00")) >= 0:
+        raise ValueError(f"must not contain a NUL character (one is at character {at})")
+    return value
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value for a message: its repr, cut short."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def _kib(size: int) -> str:
+    return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} bytes"
+
+
+def _chars_at_most(limit: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters, more than the {limit} allowed")
+        return value
+
+    return AfterValidator(check)
+
+
+def _utf8_at_most(limit: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if (size := len(value.encode("utf-8"))) > limit:
+            raise ValueError(f"is {size} bytes of UTF-8, more than the {_kib(limit)} allowed")
+        return value
+
+    return AfterValidator(check)
+
+
+def _command_size(args: list[str]) -> list[str]:
+    """At most MAX_COMMAND_BYTES as execve counts: each argument's bytes and its NUL."""
+    if (size := sum(len(a.encode("utf-8")) + 1 for a in args)) > MAX_COMMAND_BYTES:
+        raise ValueError(f"is {size} bytes (UTF-8, a NUL after each argument), more than "
+                         f"the {_kib(MAX_COMMAND_BYTES)} allowed")
+    return args
+
+
+Text = Annotated[str, AfterValidator(check_text)]
+Label = Annotated[Text, _chars_at_most(MAX_LABEL_CHARS)]
+Command = Annotated[list[Text], AfterValidator(_command_size)]
+# Paths and keys: their own checks (check_relative_path, check_storage_key) refuse NUL.
+PathText = Annotated[str, _chars_at_most(MAX_PATH_CHARS)]
+EnvValue = Annotated[Text, _utf8_at_most(MAX_ENV_VALUE_BYTES)]
+# Strict: a bool or a string is refused, never read as 1 or 2.
+StrictInt = Annotated[int, Field(strict=True)]
+StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # an int is taken
+
+
 def check_relative_path(value: str) -> str:
     """A path inside the job's working directory: relative, no '..', no NUL."""
     if not value or "\x00" in value or "\\" in value:
         raise ValueError("must be a non-empty relative path")
+    check_text(value)
     if value.startswith("/"):
         raise ValueError(f"{value!r} is absolute; use a path relative to the job's directory")
     norm = posixpath.normpath(value)
@@ -75,6 +158,7 @@ def check_storage_key(value: str) -> str:
     """A key inside the client's own storage space."""
     if not value or len(value) > 1024 or "\x00" in value or "\\" in value:
         raise ValueError("must be a non-empty key of at most 1024 characters")
+    check_text(value)
     if value.startswith("/"):
         raise ValueError(f"{value!r} is absolute; keys are relative to your storage space")
     parts = value.split("/")
@@ -88,29 +172,29 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    gpus: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
-    gpu_model: str | None = None
-    min_gpu_memory_gb: Annotated[int, Field(ge=0, le=4096, strict=True)] = 0
-    region: str | None = None
-    min_reputation: Annotated[float, Field(ge=0, le=1)] = 0.0
+    gpus: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    gpu_model: Label | None = None
+    min_gpu_memory_gb: Annotated[StrictInt, Field(ge=0, le=4096)] = 0
+    region: Label | None = None
+    min_reputation: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.0
 
 
 class Comparator(_Strict):
     """How two providers' outputs are compared: byte for byte, or numbers within a tolerance."""
 
     kind: Literal["exact", "numeric"] = "exact"
-    rel_tol: Annotated[float, Field(ge=0, le=1)] = 0.0
-    abs_tol: Annotated[float, Field(ge=0)] = 0.0
+    rel_tol: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.0
+    abs_tol: Annotated[StrictFloat, Field(ge=0)] = 0.0
 
 
 class Verification(_Strict):
     """What the client asks beyond the checks every job gets (exit code, outputs, sha256s)."""
 
     # Run on this many distinct providers; a quorum of matching outputs decides.
-    replicas: Annotated[int, Field(ge=1, le=5, strict=True)] = 1
+    replicas: Annotated[StrictInt, Field(ge=1, le=5)] = 1
     comparator: Comparator = Comparator()
     # A command run on a different provider over the accepted outputs: exit 0 accepts them.
-    verifier: list[str] | None = None
+    verifier: Command | None = None
 
     @field_validator("verifier", mode="before")
     @classmethod
@@ -137,10 +221,10 @@ class InputRef(_Strict):
     """An input as the API takes it: an object already in the client's storage."""
 
     key: str
-    name: str | None = None  # where the job sees it; defaults to the key's last part
+    name: PathText | None = None  # where the job sees it; defaults to the key's last part
     # Pinned when the job is submitted: staging refuses bytes that changed since.
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    size: Annotated[int, Field(ge=0)] | None = None
+    size: Annotated[StrictInt, Field(ge=0)] | None = None
 
     _key = field_validator("key")(check_storage_key)
 
@@ -157,9 +241,9 @@ class InputRef(_Strict):
 class InputFile(_Strict):
     """An input as a spec file may give it: a local path to upload, or a stored key."""
 
-    path: str | None = None
+    path: Text | None = None
     key: str | None = None
-    name: str | None = None
+    name: PathText | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> InputFile:
@@ -173,21 +257,21 @@ class InputFile(_Strict):
 
 
 class _SpecBase(_Strict):
-    name: str
-    command: list[str]
+    name: Text
+    command: Command
     # A container image runs the command in Docker; without one, the provider's process
     # runtime runs it. Only providers with the matching runtime are eligible.
-    image: str | None = None
+    image: Text | None = None
     network: bool = False  # the job asks for network access; a provider must also allow it
-    queue: str = "default"  # "<node>/<queue>", or a queue of the default node
+    queue: Text = "default"  # "<node>/<queue>", or a queue of the default node
     # Higher goes first within the queue; the queue says how many levels it has.
-    priority: int = Field(0, ge=0, le=9)
+    priority: Annotated[StrictInt, Field(ge=0, le=9)] = 0
     verification: Verification = Verification()
-    outputs: list[str] = []
+    outputs: Annotated[list[PathText], Field(max_length=MAX_FILES)] = []
     resources: Resources = Resources()
     max_price_per_gpu_hour: str | int | float
     timeout: str | int = 600
-    env: dict[str, str] = {}
+    env: dict[str, EnvValue] = {}
 
     @field_validator("name")
     @classmethod
@@ -200,14 +284,14 @@ class _SpecBase(_Strict):
     @classmethod
     def _queue(cls, v: str) -> str:
         if not _QUEUE.fullmatch(v):
-            raise ValueError(f"{v!r} is not a queue like 'default' or 'gpu-eu/batch'")
+            raise ValueError(f"{_shown(v)} is not a queue like 'default' or 'gpu-eu/batch'")
         return v
 
     @field_validator("image")
     @classmethod
     def _image(cls, v: str | None) -> str | None:
         if v is not None and (len(v) > 255 or not _IMAGE.fullmatch(v)):
-            raise ValueError(f"{v!r} is not an image reference like 'python:3.11-slim'")
+            raise ValueError(f"{_shown(v)} is not an image reference like 'python:3.11-slim'")
         return v
 
     @property
@@ -250,14 +334,26 @@ class _SpecBase(_Strict):
     def _timeout(cls, v: Any) -> int:
         return parse_duration(v)
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_count(cls, v: Any) -> Any:
+        # Before each value is validated: a dict's max_length is checked only after.
+        if isinstance(v, dict) and len(v) > MAX_ENV_VARS:
+            raise ValueError(f"has {len(v)} variables, more than the {MAX_ENV_VARS} allowed")
+        return v
+
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for k in v:
             if not _ENV_NAME.fullmatch(k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
+                raise ValueError(f"{_shown(k)} is not a valid environment variable name")
             if k in ("CUDA_VISIBLE_DEVICES", "PATH", "HOME"):
                 raise ValueError(f"{k} is set by the provider and cannot be overridden")
+        size = sum(len(k) + len(x.encode("utf-8")) + 2 for k, x in v.items())
+        if size > MAX_ENV_BYTES:
+            raise ValueError(f"is {size} bytes in all (NAME=value and a NUL each), more than "
+                             f"the {_kib(MAX_ENV_BYTES)} allowed")
         return v
 
     @property
@@ -282,7 +378,7 @@ class _SpecBase(_Strict):
 class JobSpec(_SpecBase):
     """A job as submitted to the API: inputs are keys in the client's storage."""
 
-    inputs: list[InputRef] = []
+    inputs: Annotated[list[InputRef], Field(max_length=MAX_FILES)] = []
 
     @model_validator(mode="after")
     def _distinct_inputs(self) -> JobSpec:
@@ -295,7 +391,7 @@ class JobSpec(_SpecBase):
 class JobSpecFile(_SpecBase):
     """A job spec file (YAML) as a person writes it: inputs may be local files."""
 
-    inputs: list[InputFile] = []
+    inputs: Annotated[list[InputFile], Field(max_length=MAX_FILES)] = []
 
 
 def _format(err: ValidationError) -> list[tuple[str, str]]:

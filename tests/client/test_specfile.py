@@ -119,6 +119,7 @@ def test_two_inputs_landing_on_one_name_are_refused_before_upload(tmp_path: Path
     ("text", "field", "words"),
     [
         ("name: [unclosed\n", "spec", "is not valid YAML at line"),
+        ("name: " + "[" * 5000 + "]" * 5000 + "\n", "spec", "is nested too deeply"),
         ("- just\n- a list\n", "spec", "must be a mapping"),
         ("name: x\ncommand: [a]\n", "max_price_per_gpu_hour", "is required"),
         ("name: x\ncommand: [a]\nmax_price_per_gpu_hour: 1\ncolour: red\n", "colour", "known"),

@@ -9,6 +9,13 @@ from typing import Any
 import pytest
 
 from domain.spec import (
+    MAX_COMMAND_BYTES,
+    MAX_ENV_BYTES,
+    MAX_ENV_VALUE_BYTES,
+    MAX_ENV_VARS,
+    MAX_FILES,
+    MAX_LABEL_CHARS,
+    MAX_PATH_CHARS,
     MAX_TIMEOUT_S,
     JobSpec,
     SpecError,
@@ -408,3 +415,104 @@ def test_accepted_spec_cost_fits_in_a_bigint() -> None:
         assert fields_of(err) == ["max_price_per_gpu_hour"]
     else:
         assert spec.max_cost_micro < 2**63
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("priority", True), ("priority", "3"), ("priority", 3.0),
+    ("resources.gpus", True), ("resources.min_gpu_memory_gb", "8"),
+    ("resources.min_reputation", True), ("resources.min_reputation", "0.5"),
+    ("resources.min_reputation", math.nan), ("verification.replicas", False),
+    ("verification.comparator.abs_tol", math.inf),
+])
+def test_numbers_are_strict(field: str, value: Any) -> None:
+    """`priority: true` was read as priority 1, `min_reputation: "0.5"` as 0.5."""
+    data: dict[str, Any] = spec_with()
+    *parents, leaf = field.split(".")
+    inner = data
+    for part in parents:
+        inner = inner.setdefault(part, {})
+    inner[leaf] = value
+    assert fields_of(refusal(data)) == [field]
+
+
+def test_an_int_is_still_a_float() -> None:
+    spec = parse_job_spec(spec_with(resources={"min_reputation": 1}, priority=2))
+    assert (spec.resources.min_reputation, spec.priority) == (1.0, 2)
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"env": {"A": "\ud800"}}, "env.A"),
+    ({"command": ["echo", "a\udfffb"]}, "command.1"),
+    ({"command": "echo \udfff"}, "command.2"),
+    ({"outputs": ["\udc80.txt"]}, "outputs"),
+    ({"inputs": [{"key": "\ud800"}]}, "inputs.0.key"),
+    ({"inputs": [{"key": "k", "name": "\ud800"}]}, "inputs.0.name"),
+    ({"resources": {"gpu_model": "H\ud800"}}, "resources.gpu_model"),
+    ({"verification": {"verifier": ["\ud800"]}}, "verification.verifier.0"),
+])
+def test_a_lone_surrogate_is_refused_by_field(fields: dict[str, Any], field: str) -> None:
+    """JSON may carry "\\ud800": the spec took it, and recording it failed in the event
+    store with "'utf-8' codec can't encode character", which names no field."""
+    ((got, message),) = refusal(spec_with(**fields)).errors
+    assert got == field
+    assert "lone surrogate" in message
+
+
+@pytest.mark.parametrize(("fields", "field", "at"), [
+    ({"env": {"A": "a\x00b"}}, "env.A", 1),
+    ({"command": ["echo", "ab\x00"]}, "command.1", 2),
+    ({"resources": {"region": "\x00eu"}}, "resources.region", 0),
+])
+def test_a_nul_character_is_refused_by_field(fields: dict[str, Any], field: str, at: int) -> None:
+    """No process can be handed an argument or a variable with NUL in it."""
+    assert refusal(spec_with(**fields)).errors == [
+        (field, f"must not contain a NUL character (one is at character {at})")]
+
+
+def test_a_command_is_at_most_64_kib_as_execve_counts_it() -> None:
+    fits = ["x" * (MAX_COMMAND_BYTES - 3), "a"]  # "x...\0a\0"
+    assert parse_job_spec(spec_with(command=fits)).command == fits
+    err = refusal(spec_with(command=[*fits[:-1], "ab"]))
+    assert err.errors == [("command", f"is {MAX_COMMAND_BYTES + 1} bytes (UTF-8, a NUL after "
+                                      "each argument), more than the 64 KiB allowed")]
+    err = refusal(spec_with(command="é" * MAX_COMMAND_BYTES))  # 2 bytes each
+    assert fields_of(err) == ["command"]
+    assert "more than the 64 KiB allowed" in err.errors[0][1]
+    err = refusal(spec_with(verification={"verifier": "x" * MAX_COMMAND_BYTES}))
+    assert fields_of(err) == ["verification.verifier"]
+
+
+def test_env_is_bounded_per_value_in_count_and_in_all() -> None:
+    value = "x" * MAX_ENV_VALUE_BYTES
+    assert parse_job_spec(spec_with(env={"A": value})).env == {"A": value}
+    assert refusal(spec_with(env={"A": value + "x"})).errors == [
+        ("env.A", f"is {MAX_ENV_VALUE_BYTES + 1} bytes of UTF-8, more than the 32 KiB allowed")]
+    many = {f"V{n}": "1" for n in range(MAX_ENV_VARS + 1)}
+    assert refusal(spec_with(env=many)).errors == [
+        ("env", f"has {MAX_ENV_VARS + 1} variables, more than the {MAX_ENV_VARS} allowed")]
+    big = {f"V{n}": value for n in range(MAX_ENV_BYTES // MAX_ENV_VALUE_BYTES)}
+    ((field, message),) = refusal(spec_with(env=big)).errors
+    assert field == "env" and "more than the 256 KiB allowed" in message
+
+
+def test_inputs_outputs_and_paths_are_bounded() -> None:
+    outputs = [f"o{n}" for n in range(MAX_FILES + 1)]
+    assert refusal(spec_with(outputs=outputs)).errors == [
+        ("outputs", f"List should have at most {MAX_FILES} items after validation, "
+                    f"not {MAX_FILES + 1}")]
+    inputs = [{"key": f"k{n}"} for n in range(MAX_FILES + 1)]
+    assert fields_of(refusal(spec_with(inputs=inputs))) == ["inputs"]
+    long = "d/" * (MAX_PATH_CHARS // 2) + "x"
+    assert refusal(spec_with(outputs=[long])).errors == [
+        ("outputs.0", f"is {len(long)} characters, more than the {MAX_PATH_CHARS} allowed")]
+    assert fields_of(refusal(spec_with(inputs=[{"key": "k", "name": long}]))) == [
+        "inputs.0.name"]
+    model = "H" * (MAX_LABEL_CHARS + 1)
+    assert refusal(spec_with(resources={"gpu_model": model})).errors == [
+        ("resources.gpu_model",
+         f"is {MAX_LABEL_CHARS + 1} characters, more than the {MAX_LABEL_CHARS} allowed")]
+
+
+def test_a_long_bad_value_is_shown_cut_short() -> None:
+    ((_, message),) = refusal(spec_with(queue="Q" * 1_000_000)).errors
+    assert len(message) < 200 and "(1000000 characters)" in message
