@@ -25,13 +25,22 @@ ownership, inside the resolvers, once the row in question is loaded.
 | nodes and their queues | anyone signed in |
 | createApiKey | a signed-in session (a key can't mint keys), scopes among the caller's roles |
 | apiKeys, revokeApiKey, signOut | anyone signed in, their own; admin revokes any key |
+| changePassword | anyone signed in with a session, their own |
+| resetPassword | admin |
 | signUp, signIn, me, introspection | anyone |
+
+`SignInThrottle` stops password guessing: after `max_failures` wrong passwords for one
+email within `window_s`, signIn for it is refused until the oldest failure leaves the
+window, right password or not. It counts per API process (replicas each count theirs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import strawberry
@@ -41,7 +50,8 @@ from strawberry.types import Info
 from domain.application import Network
 from domain.identity import Caller, secret_hash
 
-ROLE_WORDS = {"client": "client", "provider": "provider", "operator": "node operator"}
+ROLE_WORDS = {"client": "client", "provider": "provider", "operator": "node operator",
+              "admin": "admin"}
 
 
 class Denied(PermissionError):
@@ -109,6 +119,43 @@ class Authenticator:
             k: (until, c) for k, (until, c) in self._cache.items()
             if c is None or (c.user_id != user_id and c.credential_id != credential_id)
         }
+
+
+class SignInThrottle:
+    """Failed sign-ins per email, in a sliding window; a locked email is refused by name."""
+
+    def __init__(self, max_failures: int = 5, window_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic, max_entries: int = 100_000):
+        self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self.max_entries = max_entries
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, email: str, now: float) -> deque[float]:
+        failures = self._failures.get(email.strip().lower(), deque())
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        return failures
+
+    def check(self, email: str) -> None:
+        """Raise Denied, saying when to try again, while the email is locked."""
+        now = self.clock()
+        failures = self._recent(email, now)
+        if len(failures) >= self.max_failures:
+            wait = math.ceil(failures[0] + self.window_s - now)
+            raise Denied(f"password: {len(failures)} wrong passwords for this email in "
+                         f"{self.window_s / 60:g} min; try again in {wait} s")
+
+    def failed(self, email: str) -> None:
+        now = self.clock()
+        if len(self._failures) >= self.max_entries:  # many emails: forget the quiet ones
+            self._failures = {e: f for e, f in self._failures.items()
+                              if f and f[-1] > now - self.window_s}
+        failures = self._recent(email, now)
+        failures.append(now)
+        self._failures[email.strip().lower()] = failures
+
+    def succeeded(self, email: str) -> None:
+        self._failures.pop(email.strip().lower(), None)
 
 
 # Rules
@@ -220,6 +267,7 @@ def _role_gate(role: str) -> type[Gate]:
 ClientRole = _role_gate("client")
 ProviderRole = _role_gate("provider")
 OperatorRole = _role_gate("operator")
+AdminRole = _role_gate("admin")
 
 
 def check_every_field_guarded(schema: strawberry.Schema) -> None:

@@ -15,7 +15,8 @@ import strawberry
 from strawberry.scalars import JSON
 
 from api import auth
-from api.jobs import submit_job
+from api.jobs import queue_refusal, submit_job
+from api.limits import LIMIT_EXTENSIONS
 from api.services import Services
 from api.types import (
     BIG_INT_SCALAR,
@@ -167,7 +168,8 @@ class Query:
         except SpecError as err:
             return SpecRejected(errors=[FieldError(field=f, message=m) for f, m in err.errors])
         except DomainError as err:
-            return SpecRejected(errors=[FieldError(field="queue", message=str(err))])
+            refusal = queue_refusal(err)
+            return SpecRejected(errors=[FieldError(field=f, message=m) for f, m in refusal.errors])
 
     @strawberry.field(description="Nodes, their providers and queues with how many jobs wait",
                       permission_classes=[auth.SignedIn])
@@ -422,10 +424,55 @@ class Mutation:
     @strawberry.mutation(description="Sign in: a session token for `Authorization: Bearer`",
                          permission_classes=[auth.Public])
     async def sign_in(self, info: I, email: str, password: str) -> Session:
-        settings = info.context.services.settings
-        issued = await _run(info.context.services.network.sign_in, email, password,
-                            time.time(), settings.session_ttl_s)
+        services = info.context.services
+        services.sign_ins.check(email)
+        try:
+            issued = await _run(services.network.sign_in, email, password, time.time(),
+                                services.settings.session_ttl_s)
+        except ValueError as err:
+            if str(err).startswith("password:"):
+                services.sign_ins.failed(email)
+            raise
+        services.sign_ins.succeeded(email)
         return await _session(info, issued.token)
+
+    @strawberry.mutation(
+        description="Choose a new password (the current one is asked again); every other "
+        "session of the account ends, and this answer is a new session",
+        permission_classes=[auth.SignedIn],
+    )
+    async def change_password(
+        self, info: I, current_password: str, new_password: str
+    ) -> Session:
+        caller, services = _signed_in(info), info.context.services
+        if caller.via != "session":
+            raise auth.Denied("forbidden: change a password from a signed-in session, "
+                              "not with an API key")
+        services.sign_ins.check(caller.email)
+        try:
+            issued = await _run(services.network.change_password, caller.user_id,
+                                current_password, new_password, time.time(),
+                                services.settings.session_ttl_s)
+        except ValueError as err:
+            if str(err).startswith("currentPassword:"):
+                services.sign_ins.failed(caller.email)
+            raise
+        services.auth.forget(user_id=caller.user_id)
+        return await _session(info, issued.token)
+
+    @strawberry.mutation(
+        description="Admin: a temporary password for a locked-out account (answered once); "
+        "every session of it ends",
+        permission_classes=[auth.AdminRole],
+    )
+    async def reset_password(self, info: I, email: str) -> str:
+        services = info.context.services
+        temporary = await _run(services.network.reset_password, email, time.time())
+        services.sign_ins.succeeded(email)
+        user = await asyncio.to_thread(services.network.user_by_email, email)
+        if user is not None:
+            services.auth.forget(user_id=str(user.id))
+        return temporary
 
     @strawberry.mutation(
         description="End this session (its token stops working); false for an API key",
@@ -582,5 +629,6 @@ schema = strawberry.Schema(
     mutation=Mutation,
     subscription=Subscription,
     scalar_overrides={BigInt: BIG_INT_SCALAR},  # type: ignore[dict-item]
+    extensions=LIMIT_EXTENSIONS,
 )
 auth.check_every_field_guarded(schema)

@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from api.auth import Authenticator
+from api.auth import Authenticator, SignInThrottle
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.projection import CHANNEL, Projector
@@ -214,6 +214,8 @@ class Services:
     known_providers: set[str] = field(default_factory=set)
     # Bearer tokens to callers, remembered for `auth_cache_ttl_s` (api/auth.py).
     auth: Authenticator = field(init=False)
+    # Wrong passwords per email: guessing is refused after a few (api/auth.py).
+    sign_ins: SignInThrottle = field(default_factory=SignInThrottle)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)

@@ -120,6 +120,17 @@ class AsyncGpgpuClient:
         self._http.headers.update(auth_headers(token))
         return token, user
 
+    async def change_password(self, current: str, new: str) -> tuple[str, User]:
+        data = await self._graphql(queries.CHANGE_PASSWORD, {"current": current, "new": new})
+        token, user = _http.parse_session(data, "changePassword")
+        self.token = token
+        self._http.headers.update(auth_headers(token))
+        return token, user
+
+    async def reset_password(self, email: str) -> str:
+        data = await self._graphql(queries.RESET_PASSWORD, {"email": email})
+        return str(data["resetPassword"])
+
     async def submit_job(self, spec: dict[str, Any]) -> Job:
         return _http.parse_submit(await self._graphql(queries.SUBMIT_JOB, {"spec": spec}))
 

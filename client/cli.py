@@ -245,6 +245,36 @@ def logout(ctx: typer.Context) -> None:
     _err().print("signed out")
 
 
+@app.command("passwd")
+@fails_cleanly
+def passwd(
+    ctx: typer.Context,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin",
+                           help="Read the current and the new password from stdin, one a line.")
+    ] = False,
+) -> None:
+    """Change your password; your other sessions end and this one is kept."""
+    from client.config import load_credentials, save_credentials
+
+    if password_stdin:
+        import sys
+
+        lines = sys.stdin.read().splitlines()
+        if len(lines) < 2:
+            raise GpgpuError("--password-stdin: give the current password, then the new one")
+        current, new = lines[0], lines[1]
+    else:
+        current = str(typer.prompt("current password", hide_input=True))
+        new = str(typer.prompt("new password", hide_input=True, confirmation_prompt=True))
+    with _client(ctx) as gp:
+        saved = load_credentials().get(gp.api_url)
+        token, user = gp.change_password(current, new)
+        if saved:
+            save_credentials(gp.api_url, token, user.email)
+    _err().print(f"password changed for {user.email}; other sessions have ended")
+
+
 @app.command("whoami")
 @fails_cleanly
 def whoami(ctx: typer.Context, as_json: JsonFlag = False) -> None:
@@ -862,6 +892,25 @@ def admin_create_admin(
         _fail(str(err), 2)
     _out().print(f"{user.email} is an admin ({', '.join(user.roles)}); sign in with "
                  "`gpgpu login`")
+
+
+@admin_app.command("reset-password")
+def admin_reset_password(
+    email: Annotated[str, typer.Argument(help="The locked-out account's email.")],
+) -> None:
+    """Give an account a temporary password, printed once; every session of it ends. Its
+    owner signs in with it and chooses their own with `gpgpu passwd`."""
+    from domain.errors import DomainError
+    from infra.admin import reset_password
+    from infra.settings import Settings
+
+    try:
+        temporary = reset_password(Settings(), email)
+    except DomainError as err:
+        _fail(str(err), 2)
+    _out().print(temporary)
+    _err().print(f"{email}: the temporary password is above; sign in with it, then run "
+                 "`gpgpu passwd`")
 
 
 @admin_app.command("recompute-reputation")

@@ -186,6 +186,16 @@ mutation SignIn($email: String!, $password: String!) {{
 
 SIGN_OUT = "mutation SignOut { signOut }"
 
+CHANGE_PASSWORD = f"""
+mutation ChangePassword($current: String!, $new: String!) {{
+  changePassword(currentPassword: $current, newPassword: $new) {{
+    token user {{ {USER_FIELDS} }}
+  }}
+}}
+"""
+
+RESET_PASSWORD = "mutation ResetPassword($email: String!) { resetPassword(email: $email) }"
+
 API_KEYS = "query ApiKeys { apiKeys { id name scopes createdAt } }"
 
 CREATE_API_KEY = """

@@ -138,6 +138,17 @@ class GpgpuClient:
     def sign_out(self) -> bool:
         return bool(self._graphql(queries.SIGN_OUT)["signOut"])
 
+    def change_password(self, current: str, new: str) -> tuple[str, User]:
+        """A new password: the account's other sessions end; this client uses the new one."""
+        data = self._graphql(queries.CHANGE_PASSWORD, {"current": current, "new": new})
+        token, user = _http.parse_session(data, "changePassword")
+        self._use(token)
+        return token, user
+
+    def reset_password(self, email: str) -> str:
+        """Admin: a temporary password for someone locked out (every session of theirs ends)."""
+        return str(self._graphql(queries.RESET_PASSWORD, {"email": email})["resetPassword"])
+
     def create_api_key(self, name: str, scopes: list[str]) -> ApiKey:
         """A new key (its `key` is in this answer only)."""
         data = self._graphql(queries.CREATE_API_KEY, {"name": name, "scopes": scopes})

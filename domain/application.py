@@ -49,6 +49,7 @@ from domain.identity import (
     hash_password,
     new_api_key,
     new_session_token,
+    new_temporary_password,
     normalise_email,
     password_matches,
     password_needs_rehash,
@@ -813,6 +814,33 @@ class Network(Application[Any]):
         self.save(*changed, session)
         return Issued(token, user_view(user))
 
+    def change_password(
+        self, user_id: str, current: str, new: str, now: float, session_ttl_s: float
+    ) -> Issued:
+        """The account's own new password; its other sessions end, this answer is a new one."""
+        check_password(new, "newPassword")
+        password_hash = hash_password(new)
+        user = self.user(user_id)
+        if user is None:
+            raise IdentityError("user: no such account")
+        if not password_matches(user.password_hash, current):
+            raise IdentityError("currentPassword: does not match the account's password")
+        user.set_password(password_hash, now)
+        token, session = self._start_session(user, now, session_ttl_s)
+        self.save(user, session)
+        return Issued(token, user_view(user))
+
+    def reset_password(self, email: str, now: float) -> str:
+        """An admin's reset for someone locked out: a temporary password, returned once, in
+        place of theirs; every session of the account ends."""
+        user = self.user_by_email(email)
+        if user is None:
+            raise IdentityError(f"email: no account has {normalise_email(email)!r}")
+        temporary = new_temporary_password()
+        user.set_password(hash_password(temporary), now)
+        self.save(user)
+        return temporary
+
     def create_user(
         self, email: str, password: str, roles: list[str], now: float
     ) -> UserView:
@@ -895,7 +923,9 @@ class Network(Application[Any]):
             if not isinstance(session, Session) or not session.valid_at(now):
                 return None
             user = self.user(session.user_id)
-            return None if user is None else caller_of(user, "session", str(session.id))
+            if user is None or not user.session_current(session):
+                return None
+            return caller_of(user, "session", str(session.id))
         if token.startswith(API_KEY_PREFIX):
             api_key = self._get_or_none(ApiKey.create_id(key_hash=secret_hash(token)))
             if not isinstance(api_key, ApiKey) or api_key.revoked_at is not None:

@@ -59,12 +59,17 @@ def hash_password(password: str) -> str:
 def password_matches(password_hash: str | None, password: str) -> bool:
     try:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
+    except (VerifyMismatchError, VerificationError, InvalidHashError, UnicodeEncodeError):
         return False
 
 
 def password_needs_rehash(password_hash: str) -> bool:
     return _hasher.check_needs_rehash(password_hash)
+
+
+def new_temporary_password() -> str:
+    """A password an admin hands over after a reset; its owner then chooses their own."""
+    return "tmp-" + secrets.token_urlsafe(12)
 
 
 def new_session_token() -> str:
@@ -83,18 +88,31 @@ def secret_hash(secret: str) -> str:
 # Checks of what people type
 
 
+def _check_text(value: str, field: str) -> None:
+    """Text we hash or store must be Unicode that UTF-8 can hold, without NUL."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as err:
+        raise IdentityError(f"{field}: is not valid Unicode (a lone surrogate at character "
+                            f"{err.start})") from None
+    if "\x00" in value:
+        raise IdentityError(f"{field}: contains a NUL character")
+
+
 def normalise_email(email: str) -> str:
+    _check_text(email, "email")
     normal = email.strip().lower()
     if not _EMAIL.fullmatch(normal) or len(normal) > 254:
         raise IdentityError(f"email: {email.strip()!r} is not an email address")
     return normal
 
 
-def check_password(password: str) -> str:
+def check_password(password: str, field: str = "password") -> str:
+    _check_text(password, field)
     if len(password) < MIN_PASSWORD:
-        raise IdentityError(f"password: at least {MIN_PASSWORD} characters")
+        raise IdentityError(f"{field}: at least {MIN_PASSWORD} characters")
     if len(password) > MAX_PASSWORD:
-        raise IdentityError(f"password: at most {MAX_PASSWORD} characters")
+        raise IdentityError(f"{field}: at most {MAX_PASSWORD} characters")
     return password
 
 
@@ -110,6 +128,7 @@ def check_roles(roles: list[str], allowed: tuple[str, ...], field: str = "roles"
 
 
 def check_key_name(name: str) -> str:
+    _check_text(name, "name")
     name = name.strip()
     if not _KEY_NAME.fullmatch(name):
         raise IdentityError("name: 1 to 64 characters")
@@ -125,6 +144,10 @@ def client_id_of(user_id: UUID) -> str:
 
 
 class User(Aggregate):
+    # Sessions started before this time are over (a changed or reset password ends them).
+    # A class default: accounts from before it was recorded have never set a password.
+    sessions_valid_from: float = 0.0
+
     @staticmethod
     def create_id(email: str, **_: Any) -> UUID:
         return business_id("user", email)
@@ -164,6 +187,18 @@ class User(Aggregate):
     @event("PasswordChanged")
     def _password_changed(self, password_hash: str) -> None:
         self.password_hash = password_hash
+
+    def set_password(self, password_hash: str, at: float) -> None:
+        """A new password, chosen or reset: every session started before it ends."""
+        self._password_set(password_hash=password_hash, at=at)
+
+    @event("PasswordSet")
+    def _password_set(self, password_hash: str, at: float) -> None:
+        self.password_hash = password_hash
+        self.sessions_valid_from = at
+
+    def session_current(self, session: Session) -> bool:
+        return session.started_at >= self.sessions_valid_from
 
     def own(self, kind: str, key: str) -> None:
         owned = self.provider_ids if kind == "provider" else self.node_ids

@@ -65,6 +65,8 @@ MATRIX: dict[str, tuple[str, str, str, str, str, str]] = {
     "Mutation.signUp":         (OK, OK, OK, OK, OK, OK),
     "Mutation.signIn":         (OK, OK, OK, OK, OK, OK),
     "Mutation.signOut":        (DENY, OK, OK, OK, OK, OK),
+    "Mutation.changePassword": (DENY, OK, OK, OK, OK, OK),  # each their own
+    "Mutation.resetPassword":  (DENY, DENY, DENY, DENY, DENY, OK),
     "Mutation.createApiKey":   (DENY, OK, OK, OK, OK, OK),
     "Mutation.revokeApiKey":   (DENY, OK, OK, OK, OK, OK),  # each its own key
     "Subscription.jobEvents":  (DENY, OK, DENY, OK, DENY, OK),
@@ -131,6 +133,11 @@ class World:
         found = self.gql("anonymous", SIGN_UP, e=f"{who}@matrix.test", p=PASSWORD,
                          r=roles)["signUp"]
         self.tokens[who], self.clients[who] = found["token"], found["user"]["clientId"]
+
+    def throwaway_account(self) -> str:
+        email = f"reset-{time.monotonic_ns()}@matrix.test"
+        self.gql("anonymous", SIGN_UP, e=email, p=PASSWORD, r=["client"])
+        return email
 
     def fresh_session(self, who: str) -> str:
         return str(self.gql("anonymous", SIGN_IN, e=f"{who}@matrix.test",
@@ -255,6 +262,10 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
                                                  "p": PASSWORD, "r": ["client"]}),
     "Mutation.signIn": (SIGN_IN, lambda w, who: {"e": "client_a@matrix.test", "p": PASSWORD}),
     "Mutation.signOut": ("mutation { signOut }", lambda w, who: {}),
+    "Mutation.changePassword": ("mutation($p: String!) { changePassword(currentPassword: $p,"
+                                " newPassword: $p) { token } }", lambda w, who: {"p": PASSWORD}),
+    "Mutation.resetPassword": ("mutation($e: String!) { resetPassword(email: $e) }",
+                               lambda w, who: {"e": w.throwaway_account()}),
     "Mutation.createApiKey": (CREATE_KEY, _scopes),
     "Mutation.revokeApiKey": ("mutation($id: ID!) { revokeApiKey(id: $id) }", _key_of),
 }
@@ -274,6 +285,15 @@ def call_graphql(w: World, key: str, who: str) -> str:
         r = w.http.post("/graphql", json={"query": query},
                         headers={"Authorization": f"Bearer {w.fresh_session(who)}"})
         return outcome(r.json(), "signOut")
+    if key == "Mutation.changePassword" and who != "anonymous":
+        # From a session (an API key may not), to the same password; the account's other
+        # sessions end, so the caller goes on with the one the answer holds.
+        r = w.http.post("/graphql", json={"query": query, "variables": variables(w, who)},
+                        headers={"Authorization": f"Bearer {w.fresh_session(who)}"})
+        found = outcome(r.json(), "changePassword")
+        if found == OK and str(w.tokens.get(who, "")).startswith("gps_"):
+            w.tokens[who] = r.json()["data"]["changePassword"]["token"]
+        return found
     return outcome(w.post(who, query, **variables(w, who)), key.split(".")[1])
 
 
@@ -505,3 +525,26 @@ def test_the_old_client_header_names_no_one(world: World) -> None:
                         headers={"X-Gpgpu-Client": a})
     assert "unauthenticated" in r.json()["errors"][0]["message"]
     assert world.http.get(f"/storage/{a}", headers={"X-Gpgpu-Client": a}).status_code == 401
+
+
+def test_guessing_a_password_is_stopped_and_a_reset_lets_the_owner_back(world: World) -> None:
+    w = world
+    email = w.throwaway_account()
+    wrong = [w.post("anonymous", SIGN_IN, e=email, p="not the password")["errors"][0]["message"]
+             for _ in range(5)]
+    assert all(m.startswith("password: the email and password do not match") for m in wrong)
+    locked = w.post("anonymous", SIGN_IN, e=email, p=PASSWORD)  # the right one, too late
+    assert locked["errors"][0]["message"].startswith("password: 5 wrong passwords"), locked
+    assert "try again in" in locked["errors"][0]["message"]
+
+    temporary = w.gql("admin", "mutation($e: String!) { resetPassword(email: $e) }",
+                      e=email)["resetPassword"]
+    token = w.gql("anonymous", SIGN_IN, e=email, p=temporary)["signIn"]["token"]
+    changed = w.http.post("/graphql", headers={"Authorization": f"Bearer {token}"}, json={
+        "query": "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c,"
+                 " newPassword: $n) { token } }", "variables": {"c": temporary, "n": PASSWORD}})
+    assert "errors" not in changed.json(), changed.json()
+    me = w.http.post("/graphql", headers={"Authorization": f"Bearer {token}"},
+                     json={"query": "{ me { email } }"}).json()
+    assert me["data"]["me"] is None  # the session from before the change ended
+    assert w.gql("anonymous", SIGN_IN, e=email, p=PASSWORD)["signIn"]["token"]

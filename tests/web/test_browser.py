@@ -437,3 +437,27 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     shot(page, "api-keys")
     page.click("[data-testid=api-keys] tr[data-key-name=laptop] button:has-text('Revoke')")
     page.wait_for_selector("[data-testid=api-keys] tr[data-key-name=laptop]", state="detached")
+
+    # A new password: the wrong current one is refused by name; then this session goes on
+    # (with the token the change answered) and the old password no longer signs in.
+    old_token = session_of(page)["token"]
+    page.fill("input[name=current-password]", "not the password")
+    page.fill("input[name=new-password]", "a new password 2")
+    page.click("button:has-text('Change password')")
+    page.wait_for_selector(".error >> text=currentPassword")
+    page.fill("input[name=current-password]", PASSWORD)
+    page.fill("input[name=new-password]", "a new password 2")
+    page.click("button:has-text('Change password')")
+    page.wait_for_selector("text=Your other sessions have been signed out")
+    assert session_of(page)["token"] not in (None, old_token)
+    page.reload()
+    page.wait_for_selector("[data-testid=who] >> text=web-everyone@example.test")
+    page.click("button:has-text('Sign out')")
+    page.wait_for_url("**/signin")
+    page.fill("input[name=email]", "web-everyone@example.test")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector(".error")
+    page.fill("input[name=password]", "a new password 2")
+    page.click("button[type=submit]")
+    page.wait_for_selector("header.top")

@@ -172,6 +172,13 @@ export const SIGN_IN = gql<{ signIn: SessionResult }, { email: string; password:
 }`,
 );
 
+export const CHANGE_PASSWORD = gql<
+  { changePassword: SessionResult },
+  { current: string; next: string }
+>(`mutation ChangePassword($current: String!, $next: String!) {
+  changePassword(currentPassword: $current, newPassword: $next) { token user { ${USER} } }
+}`);
+
 export const SIGN_OUT = gql<{ signOut: boolean }>`
   mutation SignOut {
     signOut

@@ -5,8 +5,8 @@ import { mutate } from "../api";
 import { ActionButton, Card, Empty, ErrorBox, Loading, Notice } from "../components/ui";
 import { when } from "../format";
 import { useQuery } from "../hooks";
-import { API_KEYS, CREATE_API_KEY, REVOKE_API_KEY } from "../queries";
-import { ROLE_WORDS, rolesOf, session } from "../session";
+import { API_KEYS, CHANGE_PASSWORD, CREATE_API_KEY, REVOKE_API_KEY } from "../queries";
+import { ROLE_WORDS, rolesOf, session, setSession } from "../session";
 import { useStore } from "../store";
 
 export function ApiKeysPage(): JSX.Element {
@@ -94,6 +94,7 @@ export function ApiKeysPage(): JSX.Element {
         </form>
         <ErrorBox error={formError} />
       </Card>
+      {s?.mode === "auth" ? <PasswordCard /> : null}
       <Card title="Your keys">
         <ErrorBox error={error} />
         {!data ? (
@@ -128,5 +129,68 @@ export function ApiKeysPage(): JSX.Element {
         )}
       </Card>
     </>
+  );
+}
+
+/** A new password: asks for the current one; the account's other sessions end. */
+function PasswordCard(): JSX.Element {
+  const [current, setCurrent] = useState("");
+  const [next, setNext] = useState("");
+  const [done, setDone] = useState(false);
+  const [formError, setFormError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  const change = async (e: Event) => {
+    e.preventDefault();
+    setBusy(true);
+    setFormError(null);
+    setDone(false);
+    try {
+      const { changePassword } = await mutate(CHANGE_PASSWORD, { current, next });
+      const s = session.value;
+      if (s) setSession({ ...s, token: changePassword.token, user: changePassword.user });
+      setCurrent("");
+      setNext("");
+      setDone(true);
+    } catch (err) {
+      setFormError(err instanceof Error ? err.message : String(err));
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  return (
+    <Card title="Your password">
+      <form class="row" onSubmit={change}>
+        <label>
+          Current password
+          <input
+            name="current-password"
+            type="password"
+            autocomplete="current-password"
+            required
+            value={current}
+            onInput={(e) => setCurrent(e.currentTarget.value)}
+          />
+        </label>
+        <label>
+          New password <span class="hint">at least 8 characters</span>
+          <input
+            name="new-password"
+            type="password"
+            autocomplete="new-password"
+            required
+            minLength={8}
+            value={next}
+            onInput={(e) => setNext(e.currentTarget.value)}
+          />
+        </label>
+        <button class="primary" type="submit" disabled={busy}>
+          {busy ? "Changing…" : "Change password"}
+        </button>
+      </form>
+      {done ? <Notice kind="ok">Password changed. Your other sessions have been signed out.</Notice> : null}
+      <ErrorBox error={formError} />
+    </Card>
   );
 }

@@ -1,0 +1,93 @@
+"""Changing and resetting a password ends the account's other sessions; guessing one is
+throttled per email."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from api.auth import Denied, SignInThrottle
+from domain.application import Network
+from domain.identity import IdentityError
+
+
+def network() -> Network:
+    return Network(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+
+def test_a_changed_password_ends_the_other_sessions_and_keeps_the_new_one() -> None:
+    app = network()
+    first = app.sign_up("pw@test.example", "old password", ["client"], time.time(), 60)
+    second = app.sign_in("pw@test.example", "old password", time.time(), 60)
+    key = app.create_api_key(first.user.id, "ci", ["client"], ["client"], time.time())
+
+    changed = app.change_password(first.user.id, "old password", "new password 2",
+                                  time.time(), 60)
+
+    assert app.authenticate(first.token, time.time()) is None
+    assert app.authenticate(second.token, time.time()) is None
+    assert app.authenticate(changed.token, time.time()) is not None
+    assert app.authenticate(key.key, time.time()) is not None  # keys are revoked one by one
+    with pytest.raises(IdentityError, match=r"^password: the email and password do not"):
+        app.sign_in("pw@test.example", "old password", time.time(), 60)
+    assert app.sign_in("pw@test.example", "new password 2", time.time(), 60).token
+
+
+def test_a_change_needs_the_current_password_and_a_good_new_one() -> None:
+    app = network()
+    user = app.sign_up("pw2@test.example", "old password", ["client"], time.time(), 60).user
+    with pytest.raises(IdentityError, match=r"^currentPassword: does not match"):
+        app.change_password(user.id, "guess", "new password 2", time.time(), 60)
+    with pytest.raises(IdentityError, match=r"^newPassword: at least"):
+        app.change_password(user.id, "old password", "short", time.time(), 60)
+    assert app.sign_in("pw2@test.example", "old password", time.time(), 60).token
+
+
+def test_a_reset_hands_out_a_temporary_password_and_ends_every_session() -> None:
+    app = network()
+    issued = app.sign_up("lost@test.example", "forgotten pw", ["client"], time.time(), 60)
+
+    temporary = app.reset_password("Lost@Test.example", time.time())
+
+    assert app.authenticate(issued.token, time.time()) is None
+    assert app.sign_in("lost@test.example", temporary, time.time(), 60).token
+    with pytest.raises(IdentityError, match=r"^email: no account has 'nobody@test.example'"):
+        app.reset_password("nobody@test.example", time.time())
+
+
+def test_wrong_passwords_lock_the_email_for_the_window_then_let_it_go() -> None:
+    now = [1000.0]
+    throttle = SignInThrottle(max_failures=3, window_s=60, clock=lambda: now[0])
+    for _ in range(3):
+        throttle.check("Eve@test.example")
+        throttle.failed("eve@test.example")
+    with pytest.raises(Denied, match=r"^password: 3 wrong passwords .* try again in 60 s"):
+        throttle.check("eve@test.example")
+    throttle.check("someone-else@test.example")  # per email
+    now[0] += 30
+    with pytest.raises(Denied, match="try again in 30 s"):
+        throttle.check("EVE@test.example")
+    now[0] += 31
+    throttle.check("eve@test.example")  # the failures left the window
+
+
+def test_a_success_clears_the_count() -> None:
+    throttle = SignInThrottle(max_failures=2, window_s=60)
+    throttle.failed("ann@test.example")
+    throttle.succeeded("ann@test.example")
+    throttle.failed("ann@test.example")
+    throttle.check("ann@test.example")
+
+
+def test_broken_unicode_is_refused_by_field() -> None:
+    app = network()
+    with pytest.raises(IdentityError, match=r"^email: is not valid Unicode"):
+        app.sign_up("\ud800@test.example", "a password 1", ["client"], time.time(), 60)
+    with pytest.raises(IdentityError, match=r"^password: is not valid Unicode"):
+        app.sign_up("u@test.example", "a password \udfff", ["client"], time.time(), 60)
+    user = app.sign_up("u@test.example", "a password 1", ["client"], time.time(), 60).user
+    with pytest.raises(IdentityError, match=r"^password: the email and password do not"):
+        app.sign_in("u@test.example", "\ud800 password", time.time(), 60)
+    with pytest.raises(IdentityError, match=r"^name: contains a NUL"):
+        app.create_api_key(user.id, "ci\x00", ["client"], ["client"], time.time())
