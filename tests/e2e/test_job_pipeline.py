@@ -328,3 +328,22 @@ def test_explain_says_where_a_job_could_run_and_why_not_elsewhere(net: Network,
                            env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "pipe-b" in shown.stdout and "pipe-a: no GPUs of the requested model" in shown.stdout
+
+
+def test_the_readmes_ten_lines_of_python_run_a_job(net: Network, tmp_path: Path) -> None:
+    """The SDK example in README.md, run as a user would: in a folder with data.csv."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## The Python SDK", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 12  # ten, and the import and a blank line
+    (tmp_path / "data.csv").write_text("a,1\nb,2\nc,3\n")
+    env = {**os.environ, "GPGPU_API_URL": net.url,
+           "GPGPU_API_KEY": net.api_key("readme", ["client"]), "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "JobSubmitted" in lines and "JobSucceeded" in lines, done.stdout
+    assert lines[-1].startswith("SUCCEEDED ") and lines[-1].endswith(" credits; 3 rows"), lines[-1]
+    assert (tmp_path / "count.txt").read_text().strip() == "3"
