@@ -142,7 +142,8 @@ class Provider(Aggregate):
             self._went_offline(reason=reason)
 
     def come_online(self) -> None:
-        if self.status == "offline":
+        """Heartbeats again after going silent, or after a run was lost with it."""
+        if self.status in ("offline", "lost"):
             self._came_online()
 
     def rejoin(self, region: str, price_micro: int, gpus: list[dict[str, Any]]) -> None:

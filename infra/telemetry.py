@@ -21,6 +21,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any, TypeVar
 
 from infra.db import Cursor, ViewDB
@@ -278,10 +279,10 @@ class LivenessChange:
 
 
 LIVENESS_SQL = (
-    "SELECT p.provider_id, p.status, l.last_heartbeat_at FROM providers p"
+    "SELECT p.provider_id, p.status, p.updated_at, l.last_heartbeat_at FROM providers p"
     " LEFT JOIN provider_liveness l ON l.provider_id = p.provider_id"
     " WHERE (p.status = 'online' AND (l.last_heartbeat_at IS NULL OR l.last_heartbeat_at < ?))"
-    " OR (p.status = 'offline' AND l.last_heartbeat_at >= ?)"
+    " OR (p.status IN ('offline', 'lost') AND l.last_heartbeat_at >= ?)"
 )
 
 
@@ -296,7 +297,11 @@ def liveness_changes(
 
     Silence is counted from `watching_since` at the earliest: a monitor that just
     started (an API restart) gives every provider a full window to beat again.
-    `rows`: provider_id, status (the domain's, from the read model), last_heartbeat_at.
+    A provider marked lost (it stopped answering for a job: a crash, or a machine too
+    busy to heartbeat in time) comes back once it beats after its last recorded change
+    (`updated_at`, ISO 8601): its agent is alive. The lost run stays in its reputation.
+    `rows`: provider_id, status (the domain's, from the read model), last_heartbeat_at,
+    and updated_at for lost ones.
     """
     changes = []
     for r in rows:
@@ -309,7 +314,10 @@ def liveness_changes(
                     r["provider_id"], False,
                     f"missed {missed} heartbeats (none for {silent:.1f}s)",
                 ))
-        elif r["status"] == "offline" and beat is not None and now - beat <= offline_after_s:
+        elif (r["status"] == "offline" and beat is not None and now - beat <= offline_after_s) or (
+            r["status"] == "lost" and beat is not None and now - beat <= offline_after_s
+            and beat > datetime.fromisoformat(r["updated_at"]).timestamp()
+        ):
             changes.append(LivenessChange(r["provider_id"], True))
     return changes
 

