@@ -116,15 +116,17 @@ class AsyncGpgpuClient:
     async def sign_in(self, email: str, password: str) -> tuple[str, User]:
         data = await self._graphql(queries.SIGN_IN, {"email": email, "password": password})
         token, user = _http.parse_session(data, "signIn")
+        self._use(token)
+        return token, user
+
+    def _use(self, token: str) -> None:
         self.token = token
         self._http.headers.update(auth_headers(token))
-        return token, user
 
     async def change_password(self, current: str, new: str) -> tuple[str, User]:
         data = await self._graphql(queries.CHANGE_PASSWORD, {"current": current, "new": new})
         token, user = _http.parse_session(data, "changePassword")
-        self.token = token
-        self._http.headers.update(auth_headers(token))
+        self._use(token)
         return token, user
 
     async def reset_password(self, email: str) -> str:
