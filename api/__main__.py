@@ -20,6 +20,7 @@ def main() -> None:
         config = uvicorn.Config(
             create_app(settings), host=settings.api_host, port=settings.api_port,
             log_level="warning", ws="websockets-sansio", lifespan="on",
+            log_config=None,  # uvicorn's lines go through ours: GPGPU_LOG_FORMAT=json too
             ws_per_message_deflate=False,  # ~200-byte events: compression only costs CPU
         )
         server = uvicorn.Server(config)

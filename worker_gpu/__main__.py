@@ -92,13 +92,13 @@ def parse_args(argv: list[str]) -> AgentConfig:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    settings = Settings()
+    from infra.logs import configure_logging  # text, or JSON lines with the job id
+
+    configure_logging(logging.INFO, settings.log_format)
     # httpx logs every request at INFO: a line per heartbeat, and presigned URLs
     # (signatures included) in the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = Settings()
     if not settings.api_key:
         logging.getLogger("worker_gpu").warning(
             "GPGPU_API_KEY is not set: the API refuses to register a provider without the API "

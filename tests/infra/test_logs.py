@@ -6,7 +6,11 @@ import dataclasses
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +110,23 @@ def test_the_setting_chooses_the_format(monkeypatch: pytest.MonkeyPatch) -> None
         root.handlers[:] = handlers
         root.setLevel(level)
         activity.logger.activity_info_on_message = True
+
+
+def test_the_provider_agent_logs_json_lines_too(tmp_path: Path) -> None:
+    """The agent's own lines (here: its warning about a missing API key) follow the setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPGPU_")}
+    env |= {"GPGPU_LOG_FORMAT": "json", "GPGPU_HOME": str(tmp_path),
+            "GPGPU_API_URL": "http://127.0.0.1:9", "GPGPU_TEMPORAL_ADDRESS": "127.0.0.1:9"}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "worker_gpu", "--provider-id", "logs-json", "--simulate",
+         "1xH100:80"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert agent.stderr is not None
+        first = agent.stderr.readline()
+    finally:
+        agent.kill()
+        agent.wait()
+    line = json.loads(first)
+    assert (line["level"], line["logger"]) == ("WARNING", "worker_gpu")
+    assert line["message"].startswith("GPGPU_API_KEY is not set")
