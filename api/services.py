@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from api.auth import Authenticator, SignInThrottle
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.projection import CHANNEL, Projector
-from infra.db import ViewDB
+from infra.db import SqliteChanges, ViewDB
 from infra.settings import Settings
 from infra.storage import ObjectStore
 from infra.telemetry import (
@@ -85,22 +86,43 @@ class PostgresListener(threading.Thread):
 
 
 class ProjectionThread(threading.Thread):
-    """Runs the projector: applies new events as soon as they are committed."""
+    """Runs the projector: applies new events as soon as they are committed.
 
-    def __init__(self, projector: Projector, idle_sleep_s: float = 0.005):
+    With `changed` (SQLite: infra.db.SqliteChanges) an idle poll costs a pragma, not two
+    queries; the projector still looks for itself every `FULL_POLL_S`.
+    """
+
+    FULL_POLL_S = 1.0
+
+    def __init__(self, projector: Projector, idle_sleep_s: float = 0.005,
+                 changed: Callable[[], bool] | None = None):
         super().__init__(name="projection", daemon=True)
-        self.projector, self.idle_sleep_s = projector, idle_sleep_s
+        self.projector, self.idle_sleep_s, self.changed = projector, idle_sleep_s, changed
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        next_full = 0.0
         while not self.stopping.is_set():
-            try:
-                applied = self.projector.run_once()
-            except Exception:
-                log.exception("projection batch failed; retrying")
-                applied = 0
+            applied = 0
+            # Asked before the batch is read: a commit after the read shows next time.
+            if self._changed() or time.monotonic() >= next_full:
+                next_full = time.monotonic() + self.FULL_POLL_S
+                try:
+                    applied = self.projector.run_once()
+                except Exception:
+                    log.exception("projection batch failed; retrying")
             if not applied:
                 self.stopping.wait(self.idle_sleep_s)
+
+    def _changed(self) -> bool:
+        if self.changed is None:
+            return True
+        try:
+            return self.changed()
+        except Exception:
+            log.exception("cannot tell whether the event store changed; polling it instead")
+            self.changed = None
+            return True
 
 
 class HeartbeatIngest:
@@ -229,8 +251,9 @@ class Services:
         projector.listeners.append(broadcaster.advance)
         telemetry_views = views if settings.event_store == "memory" else ViewDB(settings)
         health = HealthWatch()
+        changes = SqliteChanges(settings.events_path) if settings.event_store == "sqlite" else None
         threads: list[Worker] = [
-            ProjectionThread(projector),
+            ProjectionThread(projector, changed=changes),
             ProviderMonitor(settings, telemetry_views, network, health),
         ]
         if views.is_postgres:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from infra.settings import Settings
@@ -204,3 +205,21 @@ def online_provider_ids(views: ViewDB, settings: Settings) -> set[str]:
         "SELECT provider_id FROM provider_liveness WHERE last_heartbeat_at >= ?", (cutoff,)
     )
     return {r["provider_id"] for r in rows}
+
+
+class SqliteChanges:
+    """Says whether anyone committed to a SQLite file since it last asked (`PRAGMA
+    data_version`: a read of the shared WAL index, no query plan, no disk read), so a
+    poller runs its real query only when there is something new."""
+
+    def __init__(self, path: Path):
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._seen: int | None = None
+
+    def __call__(self) -> bool:
+        (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+        changed, self._seen = version != self._seen, version
+        return bool(changed)
+
+    def close(self) -> None:
+        self._conn.close()
