@@ -5,9 +5,10 @@ provider's own queue `gpu.<provider_id>`, served by that provider's agent. The
 control worker never imports the GPU side: it only knows these names.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
+
+# No `from __future__ import annotations` here: with string annotations, Temporal's data
+# converter compiled and evaluated every field's type again on each payload it decoded.
 
 
 def gpu_task_queue(provider_id: str) -> str:
@@ -95,6 +96,38 @@ class OutputTransfer:
 
 
 @dataclass
+class ManifestEntry:
+    path: str
+    key: str
+    sha256: str
+    size: int
+
+
+# Checkpoints (worker_gpu/checkpoint.py): a job's checkpoint/ directory, uploaded while it
+# runs, staged into the next attempt when its provider is lost.
+
+
+@dataclass
+class CheckpointPlan:
+    """Where one run uploads its job's checkpoint while it runs.
+
+    Files go to `slots` (presigned PUTs, taken in turn so that no file of the last
+    complete checkpoint is ever overwritten), then the manifest to `manifest_url`.
+    """
+
+    manifest_key: str  # jobs/<job_id>/checkpoint.json
+    manifest_url: str  # presigned PUT
+    slots: list[OutputTransfer]  # presigned PUTs for the files, twice max_files of them
+    max_bytes: int
+    max_files: int
+    interval_s: float = 5.0
+    # The checkpoint this run starts from (staged into checkpoint/ as inputs): paths
+    # relative to checkpoint/, keys where its files already are.
+    resumed: list[ManifestEntry] = field(default_factory=list)
+    resumed_from_attempt: int = 0
+
+
+@dataclass
 class TransferPlan:
     """What the provider needs for one attempt: where the bytes are, what to run."""
 
@@ -150,14 +183,6 @@ class UploadRequest:
     job_id: str
     attempt: int
     outputs: list[OutputTransfer]
-
-
-@dataclass
-class ManifestEntry:
-    path: str
-    key: str
-    sha256: str
-    size: int
 
 
 @dataclass
@@ -376,27 +401,3 @@ class CanaryResult:
     outcome: str  # success | failure | timeout | mismatch | lost | void | skipped
     reason: str
     paid_micro: int = 0
-
-
-# Checkpoints (worker_gpu/checkpoint.py): a job's checkpoint/ directory, uploaded while it
-# runs, staged into the next attempt when its provider is lost.
-
-
-@dataclass
-class CheckpointPlan:
-    """Where one run uploads its job's checkpoint while it runs.
-
-    Files go to `slots` (presigned PUTs, taken in turn so that no file of the last
-    complete checkpoint is ever overwritten), then the manifest to `manifest_url`.
-    """
-
-    manifest_key: str  # jobs/<job_id>/checkpoint.json
-    manifest_url: str  # presigned PUT
-    slots: list[OutputTransfer]  # presigned PUTs for the files, twice max_files of them
-    max_bytes: int
-    max_files: int
-    interval_s: float = 5.0
-    # The checkpoint this run starts from (staged into checkpoint/ as inputs): paths
-    # relative to checkpoint/, keys where its files already are.
-    resumed: list[ManifestEntry] = field(default_factory=list)
-    resumed_from_attempt: int = 0
