@@ -14,8 +14,10 @@ Figures, one JSON line each on stdout (progress and the breakdowns go to stderr)
   ones on a control task queue and the GPU ones (stage, execute, upload) on the
   queue of a second worker process per provider, each workflow on the provider
   the matching real job had. The activity plan is read from a warm-up job's
-  history. Same worker settings as ours: sync activities in a thread pool, 32
-  slots on the control worker, GPUs + 2 on each provider's. Started with
+  history. Same worker settings as ours: sync activities in a thread pool of as
+  many threads as slots, the control worker's slots (activities/control.py
+  CONTROL_SLOTS: BUSY_SLOTS for the store steps plus WAITING_SLOTS for jobs
+  waiting for GPUs) on the control queue, GPUs + 2 on each provider's. Started with
   `start_workflow` from this process, at most `--submitters` at a time, and
   timed the same way (first start request to the last close).
 - ratio_to_temporal: pipeline_jobs_per_s / baseline_workflows_per_s.
@@ -88,8 +90,6 @@ T = TypeVar("T")
 
 NOOP = "bench_noop"
 PLAIN_CONTROL_QUEUE = "plain-control"
-# As infra/temporal.py's control worker and worker_gpu/agent.py's (GPUs + 2).
-CONTROL_SLOTS = 32
 SPEC = {
     "name": "noop", "command": ["true"], "resources": {"gpus": 1},
     "max_price_per_gpu_hour": "2.5", "timeout": "1m",
@@ -783,6 +783,10 @@ async def measure_pipeline(procs: Processes, temporal: Client,
 
 async def measure_baseline(procs: Processes, temporal: Client, opts: Options, kinds: list[str],
                            gpu_queues: list[str]) -> Measured:
+    # Slots as infra/temporal.py's control worker has them and worker_gpu/agent.py's (GPUs
+    # + 2). Imported here: the sandbox imports this module anew for every baseline run.
+    from activities.control import CONTROL_SLOTS
+
     stack = procs.stack()
     try:
         me = [sys.executable, "-m", "bench", "pipeline", "_worker", procs.temporal_address]
