@@ -34,6 +34,23 @@ from workflows import contracts as c
 log = logging.getLogger(__name__)
 
 
+def _step_data(step: c.JobStep) -> dict[str, object]:
+    """What a step's domain event carries, by the kind of step."""
+    data: dict[str, object] = {"provider_id": step.provider_id}
+    if step.step == "inputs_staged":
+        data |= {"files": step.files, "bytes": step.bytes}
+    elif step.step == "execution_finished":
+        data |= {
+            "exit_code": step.exit_code,
+            "timed_out": step.timed_out,
+            "gpu_ms": step.gpu_ms,
+            "log_tail": step.log_tail,
+        }
+    elif step.step == "outputs_uploaded":
+        data |= {"manifest": [asdict(m) for m in step.manifest], "missing": step.missing}
+    return data
+
+
 def _refuse(err: Exception) -> ApplicationError:
     return ApplicationError(str(err), type=type(err).__name__, non_retryable=True)
 
@@ -169,20 +186,24 @@ class ControlActivities:
     @activity.defn(name=c.RECORD_JOB_STEP)
     @_busy
     def record_job_step(self, step: c.JobStep) -> None:
-        data: dict[str, object] = {"provider_id": step.provider_id}
-        if step.step == "inputs_staged":
-            data |= {"files": step.files, "bytes": step.bytes}
-        elif step.step == "execution_finished":
-            data |= {
-                "exit_code": step.exit_code,
-                "timed_out": step.timed_out,
-                "gpu_ms": step.gpu_ms,
-                "log_tail": step.log_tail,
-            }
-        elif step.step == "outputs_uploaded":
-            data |= {"manifest": [asdict(m) for m in step.manifest], "missing": step.missing}
         try:
-            self.network.record_step(step.job_id, step.step, step.attempt, data)
+            self.network.record_step(step.job_id, step.step, step.attempt, _step_data(step))
+        except DomainError as err:
+            raise _refuse(err) from err
+
+    @activity.defn(name=c.RECORD_JOB_STEPS)
+    @_busy
+    def record_job_steps(self, steps: c.JobSteps) -> None:
+        """Facts about one job, in order, in one transaction."""
+        if not steps.steps:
+            return
+        job_id = steps.steps[0].job_id
+        if any(s.job_id != job_id for s in steps.steps):
+            raise ApplicationError("steps: all must be about one job", non_retryable=True)
+        try:
+            self.network.record_steps(
+                job_id, [(s.step, s.attempt, _step_data(s)) for s in steps.steps]
+            )
         except DomainError as err:
             raise _refuse(err) from err
 
@@ -268,6 +289,7 @@ class ControlActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.admit_job, self.allocate_gpus, self.prepare_transfers, self.record_job_step,
+            self.record_job_steps,
             self.mark_provider_lost, self.verify_job, self.settle_job, self.record_reputation,
             self.release_gpus, self.finish_job, self.plan_check,
         ]

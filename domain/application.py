@@ -528,9 +528,15 @@ class Network(Application[Any]):
         self._provider_change(provider_id, lambda p: p.come_online())
 
     def record_step(self, job_id: str, step: str, attempt_no: int, data: dict[str, Any]) -> None:
+        self.record_steps(job_id, [(step, attempt_no, data)])
+
+    def record_steps(self, job_id: str, steps: list[tuple[str, int, dict[str, Any]]]) -> None:
+        """Steps of one job (step, attempt, data), in order, saved together."""
+
         def attempt() -> tuple[None, list[Aggregate]]:
             job = self.job(job_id)
-            job.record_step(step, attempt_no, data)
+            for step, attempt_no, data in steps:
+                job.record_step(step, attempt_no, data)
             return None, [job]
 
         self._save_retrying(attempt)

@@ -24,6 +24,7 @@ ADMIT_JOB = "admit_job"
 ALLOCATE_GPUS = "allocate_gpus"
 PREPARE_TRANSFERS = "prepare_transfers"
 RECORD_JOB_STEP = "record_job_step"
+RECORD_JOB_STEPS = "record_job_steps"
 MARK_PROVIDER_LOST = "mark_provider_lost"
 VERIFY_JOB = "verify_job"
 SETTLE_JOB = "settle_job"
@@ -207,6 +208,13 @@ class JobStep:
     log_tail: str = ""
     manifest: list[ManifestEntry] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class JobSteps:
+    """Several facts at once, recorded in one transaction (one round trip for the workflow)."""
+
+    steps: list[JobStep]
 
 
 @dataclass

@@ -68,6 +68,8 @@ SKIP_EMPTY_STAGE = "skip-empty-stage"
 CHECKPOINTS = "checkpoints"
 # ... and the search attributes that show operators each job's state.
 SEARCH_ATTRIBUTES = "search-attributes"
+# ... and "inputs staged" and "execution started" recorded in one step, not two.
+ONE_START_STEP = "one-start-step"
 
 
 class ProviderLostError(Exception):
@@ -290,10 +292,16 @@ class JobWorkflow:
                     inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
                     c.StageResult, TRANSFER_S,
                 )
-            await self._step_done(c.JobStep(
-                inp.job_id, "inputs_staged", pid, attempt, files=staged.files, bytes=staged.bytes
-            ))
-            await self._step_done(c.JobStep(inp.job_id, "execution_started", pid, attempt))
+            starting = [
+                c.JobStep(inp.job_id, "inputs_staged", pid, attempt, files=staged.files,
+                          bytes=staged.bytes),
+                c.JobStep(inp.job_id, "execution_started", pid, attempt),
+            ]
+            if workflow.patched(ONE_START_STEP):  # one round trip less before the run starts
+                await self._control(c.RECORD_JOB_STEPS, c.JobSteps(starting))
+            else:
+                for step in starting:
+                    await self._step_done(step)
             self._step = "execute"
             run.started = workflow.now()
             checkpoint = None
