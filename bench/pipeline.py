@@ -10,9 +10,10 @@ Figures, one JSON line each on stdout (progress and the breakdowns go to stderr)
   request to the last job workflow's close (its WorkflowExecutionCompleted event
   time); every job must have SUCCEEDED.
 - baseline_workflows_per_s: as many plain Temporal workflows, each running one
-  no-op activity per activity a real job ran, in the same order, the control
-  ones on a control task queue and the GPU ones (stage, execute, upload) on the
-  queue of a second worker process per provider, each workflow on the provider
+  no-op activity per activity a real job ran, in the same order and of the same
+  kind: the control ones on a control task queue (local activities where ours
+  were local), the GPU ones (stage, execute, upload) on the queue of a second
+  worker process per provider, each workflow on the provider
   the matching real job had. The activity plan is read from a warm-up job's
   history. Same worker settings as ours: sync activities in a thread pool of as
   many threads as slots, the control worker's slots (activities/control.py
@@ -20,7 +21,12 @@ Figures, one JSON line each on stdout (progress and the breakdowns go to stderr)
   waiting for GPUs) on the control queue, GPUs + 2 on each provider's. Started with
   `start_workflow` from this process, at most `--submitters` at a time, and
   timed the same way (first start request to the last close).
-- ratio_to_temporal: pipeline_jobs_per_s / baseline_workflows_per_s.
+  Where our job ran a step as a local activity (workflows/job.py, LOCAL_CONTROL_STEPS),
+  this baseline runs a regular one: the issue's "plain Temporal workflow with as many
+  no-op activities as JobWorkflow has steps". A second baseline runs local no-op
+  activities where ours were local (like for like); its rate is a label of the ratio.
+- ratio_to_temporal: pipeline_jobs_per_s / baseline_workflows_per_s; labels
+  same_kinds_baseline_per_s and same_kinds_ratio for the like-for-like baseline.
 - submit_to_running_p50_ms / _p99_ms: jobs submitted at a steady `--rate` per
   second for `--seconds`; for each, the job's ExecutionStarted event time (the
   `at` the control worker stamped on it, read from the jobEvents subscription)
@@ -89,6 +95,8 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 
 NOOP = "bench_noop"
+LOCAL = "local"  # a step that ran as a local activity (a marker in the history)
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 PLAIN_CONTROL_QUEUE = "plain-control"
 SPEC = {
     "name": "noop", "command": ["true"], "resources": {"gpus": 1},
@@ -143,7 +151,7 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass
 class PlainInput:
-    kinds: list[str]  # "control" or "gpu" per activity, in a real job's order
+    kinds: list[str]  # "control", "gpu" or "local" per activity, in a real job's order
     gpu_task_queue: str
 
 
@@ -158,6 +166,11 @@ class PlainWorkflow:
     async def run(self, inp: PlainInput) -> int:
         control = workflow.info().task_queue
         for n, kind in enumerate(inp.kinds):
+            if kind == LOCAL:  # as ours: a local activity where the real job ran one
+                await workflow.execute_local_activity(
+                    NOOP, n, start_to_close_timeout=timedelta(seconds=60)
+                )
+                continue
             await workflow.execute_activity(
                 NOOP, n, task_queue=inp.gpu_task_queue if kind == "gpu" else control,
                 start_to_close_timeout=timedelta(seconds=60),
@@ -211,7 +224,8 @@ class Run:
 
     @property
     def kinds(self) -> list[str]:
-        return ["gpu" if s.queue.startswith("gpu.") else "control" for s in self.steps]
+        return ["gpu" if s.queue.startswith("gpu.") else LOCAL if s.queue == LOCAL else "control"
+                for s in self.steps]
 
     @property
     def gpu_queue(self) -> str:
@@ -233,6 +247,11 @@ def parse_history(events: list[HistoryEvent]) -> Run:
             a = e.activity_task_scheduled_event_attributes
             by_id[e.event_id] = Step(a.activity_type.name, a.task_queue.name, t)
             run.steps.append(by_id[e.event_id])
+        elif (e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+              and e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER):
+            # A local activity: run inside a workflow task, so no queue wait of its own.
+            data = e.marker_recorded_event_attributes.details["data"].payloads[0].data
+            run.steps.append(Step(json.loads(data)["activity_type"], LOCAL, t, t, t))
         elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             by_id[e.activity_task_started_event_attributes.scheduled_event_id].started = t
         elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
@@ -781,8 +800,13 @@ async def measure_pipeline(procs: Processes, temporal: Client,
 # The baseline
 
 
+def plain_kinds(kinds: list[str]) -> list[str]:
+    """The plain baseline's steps: a regular activity on the control queue for each local one."""
+    return ["control" if k == LOCAL else k for k in kinds]
+
+
 async def measure_baseline(procs: Processes, temporal: Client, opts: Options, kinds: list[str],
-                           gpu_queues: list[str]) -> Measured:
+                           gpu_queues: list[str], tag: str) -> Measured:
     # Slots as infra/temporal.py's control worker has them and worker_gpu/agent.py's (GPUs
     # + 2). Imported here: the sandbox imports this module anew for every baseline run.
     from activities.control import CONTROL_SLOTS
@@ -799,7 +823,7 @@ async def measure_baseline(procs: Processes, temporal: Client, opts: Options, ki
         async def start(queue: str) -> str:
             nonlocal started
             started += 1
-            wid = f"plain-{started}"
+            wid = f"plain-{tag}-{started}"
             await temporal.start_workflow(
                 PlainWorkflow.run, PlainInput(kinds, f"plain-{queue}"), id=wid,
                 task_queue=PLAIN_CONTROL_QUEUE,
@@ -815,8 +839,9 @@ async def measure_baseline(procs: Processes, temporal: Client, opts: Options, ki
         warm = sorted(set(gpu_queues))
         await batch(warm * max(1, math.ceil(opts.warmup / len(warm))))  # also: workers poll
         procs.check_alive()
-        say(f"baseline: {len(gpu_queues)} workflows of {len(kinds)} no-op activities "
-            f"({kinds.count('gpu')} on {len(warm)} provider queues) at once")
+        say(f"baseline ({tag}): {len(gpu_queues)} workflows of {len(kinds)} no-op activities "
+            f"({kinds.count('gpu')} on {len(warm)} provider queues, {kinds.count(LOCAL)} local) "
+            "at once")
         cpu = Cpu(procs.pids())
         first, runs = await batch(gpu_queues)
         rate = jobs_per_s(first, runs)
@@ -874,22 +899,30 @@ async def run(args: argparse.Namespace, home: Path) -> None:
         if other:  # e.g. a provider counted as lost under load, and a run elsewhere
             say(f"  {len(other)} of {len(ours.runs)} jobs ran other activities than the "
                 f"warm-up's, e.g. {', '.join(s.name for s in other[0].steps)}")
-        base = await measure_baseline(procs, temporal, opts, kinds,
-                                      [r.gpu_queue for r in ours.runs])
+        queues = [r.gpu_queue for r in ours.runs]
+        # As the issue defines it: one plain activity per step. Then like for like: a local
+        # activity where ours ran one, which shows what our own work per step costs.
+        base = await measure_baseline(procs, temporal, opts, plain_kinds(kinds), queues, "plain")
+        same = await measure_baseline(procs, temporal, opts, kinds, queues, "same-kinds")
     except BaseException:
         procs.log_tails()
         raise
     finally:
         procs.stop_all()
     marks: dict[str, Any] = {"profiled": True} if opts.profile else {}
-    plan = {"activities": len(kinds), "gpu_activities": kinds.count("gpu")}
+    plan = {"activities": len(kinds), "gpu_activities": kinds.count("gpu"),
+            "local_activities": kinds.count(LOCAL)}
     emit("baseline_workflows_per_s", base.per_s, "workflows/s", workflows=opts.jobs, **plan,
+         baseline_activities="regular",
          cpu_ms_per_workflow=round(base.cpu_ms, 1), share_of_cores=round(base.share, 2))
     emit("pipeline_jobs_per_s", ours.per_s, "jobs/s", jobs=opts.jobs, providers=opts.providers,
          gpus_per_provider=opts.gpus, cpu_ms_per_job=round(ours.cpu_ms, 1),
          share_of_cores=round(ours.share, 2), **marks)
     emit("ratio_to_temporal", ours.per_s / base.per_s, "ratio", jobs=opts.jobs, goal=0.8,
-         cpu_ratio=round(base.cpu_ms / ours.cpu_ms, 3), **marks)
+         cpu_ratio=round(base.cpu_ms / ours.cpu_ms, 3),
+         same_kinds_baseline_per_s=round(same.per_s, 3),
+         same_kinds_ratio=round(ours.per_s / same.per_s, 3),
+         same_kinds_cpu_ratio=round(same.cpu_ms / ours.cpu_ms, 3), **marks)
     ms = [t.ms for t in timed]
     labels = {"rate_per_s": opts.rate, "jobs": len(ms), "to": "ExecutionStarted.at",
               "subscriptions_stalled": sum(t.stalled for t in timed), **marks}

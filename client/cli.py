@@ -984,6 +984,22 @@ def _when(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _marker_detail(marker: Any) -> str:
+    """A local activity's name (the job's control steps run as such), a patch's id, or the
+    marker's name."""
+    name = str(marker.marker_name)
+    key = {"core_local_activity": "data", "core_patch": "patch-data"}.get(name)
+    if key is None or key not in marker.details or not marker.details[key].payloads:
+        return name
+    try:
+        data = json.loads(marker.details[key].payloads[0].data)
+    except ValueError:
+        return name
+    if name == "core_local_activity":
+        return f"{data.get('activity_type', '?')} (local)"
+    return f"patch {data.get('id', '?')}"
+
+
 @admin_app.command("workflow")
 def admin_workflow(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
@@ -1005,7 +1021,7 @@ def admin_workflow(
             if e.HasField("activity_task_scheduled_event_attributes"):
                 detail = e.activity_task_scheduled_event_attributes.activity_type.name
             elif e.HasField("marker_recorded_event_attributes"):
-                detail = e.marker_recorded_event_attributes.marker_name
+                detail = _marker_detail(e.marker_recorded_event_attributes)
             events.append({
                 "id": e.event_id,
                 "type": EventType.Name(e.event_type).removeprefix("EVENT_TYPE_"),

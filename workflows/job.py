@@ -70,6 +70,10 @@ CHECKPOINTS = "checkpoints"
 SEARCH_ATTRIBUTES = "search-attributes"
 # ... and "inputs staged" and "execution started" recorded in one step, not two.
 ONE_START_STEP = "one-start-step"
+# ... and the control steps run as local activities: in the control worker that runs the
+# workflow, inside its workflow task, with no round trip through the Temporal server each.
+# Allocation stays a regular activity (it waits in the queue, seconds at a time).
+LOCAL_CONTROL_STEPS = "local-control-steps"
 
 
 class ProviderLostError(Exception):
@@ -115,6 +119,7 @@ class JobWorkflow:
     def __init__(self) -> None:
         self._searchable = False  # set in run(): may this workflow upsert its attributes?
         self._shown_state = "SUBMITTED"  # GpgpuState as the API set it at start
+        self._local = False  # control steps as local activities (LOCAL_CONTROL_STEPS)
         self._step = "admit"
         self._attempts = 0
         self._runs: list[Run] = []  # every allocation that got GPUs, in order
@@ -144,6 +149,15 @@ class JobWorkflow:
         return {"step": self._step, "providers": live, "lost": list(self._lost)}
 
     async def _control(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
+        """A short step on the stores, idempotent: retried as it is, even twice at once."""
+        if self._local:
+            return await workflow.execute_local_activity(
+                name,
+                arg,
+                start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
+                retry_policy=CONTROL_RETRY,
+                result_type=result_type,
+            )
         return await workflow.execute_activity(
             name,
             arg,
@@ -181,6 +195,7 @@ class JobWorkflow:
         # A server without the attributes registered would fail every upsert: the API
         # started this workflow with them only where the server has them.
         self._searchable = sa.CLIENT in workflow.info().typed_search_attributes
+        self._local = workflow.patched(LOCAL_CONTROL_STEPS)
         try:
             result = await self._run(inp)
         except (asyncio.CancelledError, ActivityError) as err:

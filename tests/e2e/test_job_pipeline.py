@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -115,6 +116,19 @@ def store_accounts(net: Network) -> list[dict[str, object]]:
     return ViewDB(net.stack.settings).query("SELECT name FROM accounts")
 
 
+def activity_types(events: Any) -> list[str]:
+    """Each activity a history ran, in order: regular ones and local ones (markers)."""
+    names = []
+    for e in events:
+        if e.HasField("activity_task_scheduled_event_attributes"):
+            names.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+        elif (e.HasField("marker_recorded_event_attributes")
+              and e.marker_recorded_event_attributes.marker_name == "core_local_activity"):
+            data = e.marker_recorded_event_attributes.details["data"].payloads[0].data
+            names.append(json.loads(data)["activity_type"])
+    return names
+
+
 async def test_workflow_is_visible_and_replays(net: Network, temporal_server: str) -> None:
     net.put("bob", "inputs/a.txt", b"a")
     job_id = submit(net, "bob", spec("visible", "cat a.txt > b.txt",
@@ -123,10 +137,7 @@ async def test_workflow_is_visible_and_replays(net: Network, temporal_server: st
     temporal = await Client.connect(temporal_server)
     handle = temporal.get_workflow_handle(f"job-{job_id}")
     history = await handle.fetch_history()
-    scheduled = [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
-    ]
+    scheduled = activity_types(history.events)
     for name in ("admit_job", "allocate_gpus", "stage_inputs", "execute_job", "upload_outputs",
                  "verify_job", "settle_job", "record_reputation", "release_gpus", "finish_job"):
         assert name in scheduled
