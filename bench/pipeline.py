@@ -532,6 +532,7 @@ class Options:
     seconds: float
     warmup: int
     profile: Path | None = None
+    control_workers: int = 1
 
 
 class Pipeline:
@@ -579,7 +580,8 @@ class Pipeline:
                                    str(self.opts.profile / f"{name}.prof"), *module])
 
         spawn("api", "api")
-        spawn("control-worker", "infra.control_worker")
+        for n in range(self.opts.control_workers):
+            spawn("control-worker" + (f"-{n + 1}" if n else ""), "infra.control_worker")
         await asyncio.to_thread(wait_for_http, f"{self.procs.api_url}/healthz", 60, "the API")
         for n in range(self.opts.clients):
             self.tokens.append(await self.sign_up(f"client-{n}", "client"))
@@ -602,15 +604,15 @@ class Pipeline:
         if self.opts.profile is None:
             return
         for name, pid in self.procs.pids().items():
-            if name in ("api", "control-worker") or name.startswith("provider-"):
+            if name == "api" or name.startswith(("control-worker", "provider-")):
                 os.kill(pid, sig)
 
     def report_profiles(self) -> None:
         if self.opts.profile is None:
             return
         self.profiles(signal.SIGUSR2)
-        names = [n for n in self.procs.pids() if n in ("api", "control-worker")
-                 or n.startswith("provider-")]
+        names = [n for n in self.procs.pids()
+                 if n == "api" or n.startswith(("control-worker", "provider-"))]
         paths = {n: self.opts.profile / f"{n}.prof" for n in names}
         deadline = time.monotonic() + 60
         while not all(p.exists() for p in paths.values()):
@@ -814,8 +816,9 @@ async def measure_baseline(procs: Processes, temporal: Client, opts: Options, ki
     stack = procs.stack()
     try:
         me = [sys.executable, "-m", "bench", "pipeline", "_worker", procs.temporal_address]
-        stack.spawn("plain-control", [*me, PLAIN_CONTROL_QUEUE, str(CONTROL_SLOTS),
-                                      "--workflows"])
+        for n in range(opts.control_workers):
+            stack.spawn("plain-control" + (f"-{n + 1}" if n else ""),
+                        [*me, PLAIN_CONTROL_QUEUE, str(CONTROL_SLOTS), "--workflows"])
         for queue in sorted(set(gpu_queues)):
             stack.spawn(f"plain-{queue}", [*me, f"plain-{queue}", str(opts.gpus + 2)])
         started = 0
@@ -866,6 +869,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--submitters", type=int, default=16, help="requests in flight (16)")
     p.add_argument("--rate", type=float, default=5.0, help="jobs/s for the latency (5)")
     p.add_argument("--seconds", type=float, help="how long to submit at that rate (60)")
+    p.add_argument("--control-workers", type=int, default=1,
+                   help="control worker processes, ours and the baseline's (1, as `gpgpu up`)")
     p.add_argument("--quick", action="store_true", help="small sizes, for tests")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="profile the API, control worker and providers during the throughput "
@@ -882,7 +887,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace, home: Path) -> None:
     opts = Options(args.jobs, args.providers, args.gpus, args.clients, args.submitters,
-                   args.rate, args.seconds, args.warmup, args.profile)
+                   args.rate, args.seconds, args.warmup, args.profile, args.control_workers)
     if opts.profile is not None:
         opts.profile = opts.profile.resolve()
         opts.profile.mkdir(parents=True, exist_ok=True)
