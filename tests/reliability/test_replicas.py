@@ -105,7 +105,8 @@ def leaked_gpus(log: EventLog) -> list[str]:
 
 
 def control_identities(address: str, job_ids: list[str]) -> Counter[str]:
-    """Which worker (pid@host) started each control activity of these jobs' workflows."""
+    """Which worker (pid@host) ran each workflow task (the control steps run inside them, as
+    local activities) and started each control activity (allocation) of these jobs."""
 
     async def read() -> Counter[str]:
         client = await Client.connect(address)
@@ -114,7 +115,9 @@ def control_identities(address: str, job_ids: list[str]) -> Counter[str]:
             history = await client.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
             queues = {}
             for e in history.events:
-                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                    found[e.workflow_task_started_event_attributes.identity] += 1
+                elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                     queues[e.event_id] = e.activity_task_scheduled_event_attributes.task_queue.name
                 elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
                     started = e.activity_task_started_event_attributes
@@ -146,7 +149,7 @@ def test_two_apis_and_two_control_workers_share_the_work_without_doubles(
     identities = control_identities(cluster.temporal_address, job_ids)
     host = socket.gethostname()
     by_worker = {w: identities[f"{cluster.procs[w].pid}@{host}"] for w in WORKERS}
-    print(f"\ncontrol activities started by each worker: {by_worker}")
+    print(f"\nworkflow tasks and control activities by each worker: {by_worker}")
     assert all(by_worker.values()), f"a control worker did no work: {by_worker}, {identities}"
 
     assert_ledger_balances(log, job_ids, clients, cluster.settings.starting_balance_micro)
