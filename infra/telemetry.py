@@ -314,9 +314,11 @@ def liveness_changes(
                     r["provider_id"], False,
                     f"missed {missed} heartbeats (none for {silent:.1f}s)",
                 ))
-        elif (r["status"] == "offline" and beat is not None and now - beat <= offline_after_s) or (
-            r["status"] == "lost" and beat is not None and now - beat <= offline_after_s
-            and beat > datetime.fromisoformat(r["updated_at"]).timestamp()
+        elif r["status"] in ("offline", "lost") and beat is not None and (
+            now - beat <= offline_after_s
+            # lost: only a beat after the loss was recorded says its agent is alive
+            and (r["status"] == "offline"
+                 or beat > datetime.fromisoformat(r["updated_at"]).timestamp())
         ):
             changes.append(LivenessChange(r["provider_id"], True))
     return changes

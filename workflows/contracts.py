@@ -43,6 +43,7 @@ UPLOAD_OUTPUTS = "upload_outputs"
 # gives it to another (or the restarted one) this soon, rather than after a minute.
 CONTROL_STEP_S = 20.0
 
+
 @dataclass
 class JobInput:
     job_id: str
