@@ -130,8 +130,12 @@ class SignInThrottle:
         self.max_entries = max_entries
         self._failures: dict[str, deque[float]] = {}
 
+    @staticmethod
+    def _key(email: str) -> str:
+        return email.strip().lower()  # as accounts are found (domain.identity.normalise_email)
+
     def _recent(self, email: str, now: float) -> deque[float]:
-        failures = self._failures.get(email.strip().lower(), deque())
+        failures = self._failures.get(self._key(email), deque())
         while failures and failures[0] <= now - self.window_s:
             failures.popleft()
         return failures
@@ -152,10 +156,10 @@ class SignInThrottle:
                               if f and f[-1] > now - self.window_s}
         failures = self._recent(email, now)
         failures.append(now)
-        self._failures[email.strip().lower()] = failures
+        self._failures[self._key(email)] = failures
 
     def succeeded(self, email: str) -> None:
-        self._failures.pop(email.strip().lower(), None)
+        self._failures.pop(self._key(email), None)
 
 
 # Rules
