@@ -8,7 +8,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,24 +94,27 @@ class ProjectionThread(threading.Thread):
     FULL_POLL_S = 1.0
 
     def __init__(self, projector: Projector, idle_sleep_s: float = 0.005,
-                 changed: Callable[[], bool] | None = None):
+                 changed: SqliteChanges | None = None):
         super().__init__(name="projection", daemon=True)
         self.projector, self.idle_sleep_s, self.changed = projector, idle_sleep_s, changed
         self.stopping = threading.Event()
 
     def run(self) -> None:
         next_full = 0.0
-        while not self.stopping.is_set():
-            applied = 0
-            # Asked before the batch is read: a commit after the read shows next time.
-            if self._changed() or time.monotonic() >= next_full:
-                next_full = time.monotonic() + self.FULL_POLL_S
-                try:
-                    applied = self.projector.run_once()
-                except Exception:
-                    log.exception("projection batch failed; retrying")
-            if not applied:
-                self.stopping.wait(self.idle_sleep_s)
+        try:
+            while not self.stopping.is_set():
+                applied = 0
+                # Asked before the batch is read: a commit after the read shows next time.
+                if self._changed() or time.monotonic() >= next_full:
+                    next_full = time.monotonic() + self.FULL_POLL_S
+                    try:
+                        applied = self.projector.run_once()
+                    except Exception:
+                        log.exception("projection batch failed; retrying")
+                if not applied:
+                    self.stopping.wait(self.idle_sleep_s)
+        finally:
+            self._stop_watching()
 
     def _changed(self) -> bool:
         if self.changed is None:
@@ -121,8 +123,13 @@ class ProjectionThread(threading.Thread):
             return self.changed()
         except Exception:
             log.exception("cannot tell whether the event store changed; polling it instead")
-            self.changed = None
+            self._stop_watching()
             return True
+
+    def _stop_watching(self) -> None:
+        if self.changed is not None:
+            self.changed.close()
+            self.changed = None
 
 
 class HeartbeatIngest:
