@@ -535,6 +535,11 @@ class Options:
     control_workers: int = 1
 
 
+def replicas(name: str, n: int) -> list[str]:
+    """Process names for n copies: the first keeps the name, then name-2, name-3, ..."""
+    return [name] + [f"{name}-{k}" for k in range(2, n + 1)]
+
+
 class Pipeline:
     def __init__(self, procs: Processes, temporal: Client, opts: Options):
         self.procs, self.temporal, self.opts = procs, temporal, opts
@@ -580,8 +585,8 @@ class Pipeline:
                                    str(self.opts.profile / f"{name}.prof"), *module])
 
         spawn("api", "api")
-        for n in range(self.opts.control_workers):
-            spawn("control-worker" + (f"-{n + 1}" if n else ""), "infra.control_worker")
+        for name in replicas("control-worker", self.opts.control_workers):
+            spawn(name, "infra.control_worker")
         await asyncio.to_thread(wait_for_http, f"{self.procs.api_url}/healthz", 60, "the API")
         for n in range(self.opts.clients):
             self.tokens.append(await self.sign_up(f"client-{n}", "client"))
@@ -816,9 +821,8 @@ async def measure_baseline(procs: Processes, temporal: Client, opts: Options, ki
     stack = procs.stack()
     try:
         me = [sys.executable, "-m", "bench", "pipeline", "_worker", procs.temporal_address]
-        for n in range(opts.control_workers):
-            stack.spawn("plain-control" + (f"-{n + 1}" if n else ""),
-                        [*me, PLAIN_CONTROL_QUEUE, str(CONTROL_SLOTS), "--workflows"])
+        for name in replicas("plain-control", opts.control_workers):
+            stack.spawn(name, [*me, PLAIN_CONTROL_QUEUE, str(CONTROL_SLOTS), "--workflows"])
         for queue in sorted(set(gpu_queues)):
             stack.spawn(f"plain-{queue}", [*me, f"plain-{queue}", str(opts.gpus + 2)])
         started = 0
