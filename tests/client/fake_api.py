@@ -104,6 +104,7 @@ class FakeApi:
     refuse_reconnects: int | None = None
     ws_inits: list[Any] = field(default_factory=list)
     keys_made: list[dict[str, Any]] = field(default_factory=list)
+    password_changes: list[str] = field(default_factory=list)
     ws_subscribes: list[dict[str, Any]] = field(default_factory=list)
     pongs: int = 0
     refused: int = 0
@@ -179,6 +180,15 @@ class FakeApi:
                     "clientId": CLIENT, "providerIds": [], "nodeIds": []}
             return httpx.Response(200, json={"data": {"signIn": {"token": "gps_new-session",
                                                                   "user": user}}})
+        if "mutation ChangePassword" in query:
+            if variables["current"] != "alice's password":
+                return httpx.Response(200, json={"data": None, "errors": [{
+                    "message": "currentPassword: does not match the account's password"}]})
+            self.password_changes.append(variables["new"])
+            user = {"id": "u-1", "email": "a@b.test", "roles": ["client"], "clientId": CLIENT,
+                    "providerIds": [], "nodeIds": []}
+            return httpx.Response(200, json={"data": {"changePassword": {
+                "token": "gps_after-the-change", "user": user}}})
         if "mutation CreateApiKey" in query:
             self.keys_made.append(variables)
             made = {"id": "k-1", "name": variables["name"], "scopes": variables["scopes"],

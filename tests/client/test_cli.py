@@ -251,6 +251,30 @@ def test_login_keeps_the_session_token_for_this_api(wired: FakeApi) -> None:
     assert oct(credentials_path().stat().st_mode & 0o777) == "0o600"
 
 
+def test_passwd_changes_the_password_and_keeps_the_new_session(wired: FakeApi) -> None:
+    from client.config import credentials_path
+
+    login = ["--api", wired.url, "login", "--email", "a@b.test", "--password-stdin"]
+    assert runner.invoke(cli.app, login, input="alice's password\n").exit_code == 0
+    passwd = ["--api", wired.url, "passwd", "--password-stdin"]
+
+    short = runner.invoke(cli.app, passwd, input="only one line\n")
+    assert short.exit_code == 1
+    assert short.stderr == ("error: --password-stdin: give the current password, then the "
+                            "new one\n")
+    wrong = runner.invoke(cli.app, passwd, input="a guess\nnew password 2\n")
+    assert wrong.exit_code == 1
+    assert wrong.stderr == "error: currentPassword: does not match the account's password\n"
+    assert wired.password_changes == []
+
+    done = runner.invoke(cli.app, passwd, input="alice's password\nnew password 2\n")
+    assert done.exit_code == 0, done.output
+    assert "password changed for a@b.test" in done.stderr
+    assert wired.password_changes == ["new password 2"]
+    saved = json.loads(credentials_path().read_text())
+    assert saved == {wired.url: {"token": "gps_after-the-change", "email": "a@b.test"}}
+
+
 def test_keys_create_prints_the_key_once_on_stdout(wired: FakeApi) -> None:
     made = gpgpu(wired.url, "keys", "create", "gpu-box", "--scope", "provider")
     assert made.exit_code == 0, made.output
