@@ -281,3 +281,28 @@ def test_keys_create_prints_the_key_once_on_stdout(wired: FakeApi) -> None:
     assert made.stdout == "gpk_the-new-key-shown-once\n"
     assert "shown only now" in made.stderr
     assert wired.keys_made == [{"name": "gpu-box", "scopes": ["provider"]}]
+
+
+def test_admin_reset_password_prints_a_temporary_one_that_signs_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from domain.application import Network
+    from infra.settings import Settings
+
+    monkeypatch.setenv("GPGPU_HOME", str(tmp_path))
+    made = runner.invoke(cli.app, ["admin", "create-admin", "boss@b.test", "--password-stdin"],
+                         input="the boss's password\n")
+    assert made.exit_code == 0, made.output
+    unknown = runner.invoke(cli.app, ["admin", "reset-password", "nobody@b.test"])
+    assert unknown.exit_code == 2
+    assert "email: no account has 'nobody@b.test'" in unknown.stderr
+
+    reset = runner.invoke(cli.app, ["admin", "reset-password", "boss@b.test"])
+
+    assert reset.exit_code == 0, reset.output
+    temporary = reset.stdout.strip()
+    assert temporary.startswith("tmp-") and "gpgpu passwd" in reset.stderr
+    network = Network(env=Settings().eventsourcing_env())
+    assert network.sign_in("boss@b.test", temporary, time.time(), 60).token
