@@ -29,6 +29,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 from domain.ids import business_id
+from domain.spec import check_text
 
 ROLES = ("client", "provider", "operator", "admin")
 SELF_SERVICE_ROLES = ("client", "provider", "operator")  # "admin" is never self-granted
@@ -89,14 +90,11 @@ def secret_hash(secret: str) -> str:
 
 
 def _check_text(value: str, field: str) -> None:
-    """Text we hash or store must be Unicode that UTF-8 can hold, without NUL."""
+    """Text we hash or store: the same rule as a job spec's text (domain.spec.check_text)."""
     try:
-        value.encode()
-    except UnicodeEncodeError as err:
-        raise IdentityError(f"{field}: is not valid Unicode (a lone surrogate at character "
-                            f"{err.start})") from None
-    if "\x00" in value:
-        raise IdentityError(f"{field}: contains a NUL character")
+        check_text(value)
+    except ValueError as err:
+        raise IdentityError(f"{field}: {err}") from None
 
 
 def normalise_email(email: str) -> str:

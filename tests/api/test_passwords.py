@@ -89,5 +89,6 @@ def test_broken_unicode_is_refused_by_field() -> None:
     user = app.sign_up("u@test.example", "a password 1", ["client"], time.time(), 60).user
     with pytest.raises(IdentityError, match=r"^password: the email and password do not"):
         app.sign_in("u@test.example", "\ud800 password", time.time(), 60)
-    with pytest.raises(IdentityError, match=r"^name: contains a NUL"):
+    nul = r"^name: must not contain a NUL character \(one is at character 2\)"
+    with pytest.raises(IdentityError, match=nul):
         app.create_api_key(user.id, "ci\x00", ["client"], ["client"], time.time())
