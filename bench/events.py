@@ -22,7 +22,6 @@ import math
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -57,7 +56,7 @@ from domain.projection import Projector
 from domain.provider import Provider
 from domain.spec import JobSpec
 from infra.db import ViewDB
-from infra.devstack import Stack, temporal_binary, wait_for_http, wait_for_port
+from infra.devstack import Stack, free_port, temporal_dev_args, wait_for_http
 from infra.settings import Settings
 
 SPEC = JobSpec.model_validate({
@@ -84,12 +83,6 @@ def percentile(values: list[float], p: float) -> float:
     """Nearest rank: the smallest value with at least p% of values at or below it."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -427,13 +420,9 @@ def api_processes(home: Path) -> Iterator[Stack]:
     })
     interrupt = signal.getsignal(signal.SIGINT)
     try:
-        stack.spawn("temporal", [
-            temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-            "--port", str(temporal_port), "--http-port", str(free_port()),
-            "--metrics-port", str(free_port()), "--db-filename", str(home / "temporal.db"),
-            "--log-level", "error",
-        ])
-        wait_for_port("127.0.0.1", temporal_port, 60, "the Temporal dev server")
+        stack.spawn_listening("temporal", lambda: temporal_dev_args(
+            temporal_port, home / "temporal.db", wal=False, search_attributes=False,
+        ), "127.0.0.1", temporal_port, "the Temporal dev server")  # fmt: skip
         stack.spawn("api", [sys.executable, "-m", "api"])
         wait_for_http(f"{settings.api_url}/healthz", 60, "the API")
         yield stack

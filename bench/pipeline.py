@@ -61,7 +61,6 @@ import os
 import pstats
 import runpy
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -89,7 +88,7 @@ with workflow.unsafe.imports_passed_through():
     from websockets.typing import Subprotocol
 
     from client.subscription import SUBPROTOCOL, JobEventsSession
-    from infra.devstack import Stack, temporal_binary, wait_for_http, wait_for_port
+    from infra.devstack import Stack, free_port, temporal_dev_args, wait_for_http
     from infra.settings import Settings
 
 T = TypeVar("T")
@@ -129,12 +128,6 @@ def percentile(values: list[float], p: float) -> float:
     """Nearest rank: the smallest value with at least p% of values at or below it."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -403,17 +396,10 @@ class Processes:
 
     def start_temporal(self) -> None:
         """As `gpgpu up` starts it (SQLite file, WAL, the jobs' search attributes), headless."""
-        from workflows.search_attributes import registration_flags
-
-        port = self.temporal_address.rpartition(":")[2]
-        self.stack().spawn("temporal", [
-            temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-            "--port", port, "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-            "--db-filename", str(self.home / "temporal.db"),
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1",
-            "--log-level", "error", *registration_flags(),
-        ])
-        wait_for_port("127.0.0.1", int(port), 60, "the Temporal dev server")
+        port = int(self.temporal_address.rpartition(":")[2])
+        self.stack().spawn_listening("temporal", lambda: temporal_dev_args(
+            port, self.home / "temporal.db",
+        ), "127.0.0.1", port, "the Temporal dev server")  # fmt: skip
 
     def pids(self) -> dict[str, int]:
         return {c.name: c.proc.pid for s in self.stacks for c in s.children

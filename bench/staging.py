@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from infra.devstack import ROOT, Stack, temporal_binary, wait_for_http, wait_for_port
+from infra.devstack import ROOT, Stack, free_port, temporal_dev_args, wait_for_http
 from infra.settings import Settings
 from infra.signing import presigned_url
 from worker_gpu.transfer import download_verified, sha256_file, upload_file
@@ -72,12 +71,6 @@ def say(message: str) -> None:
 def emit(metric: str, value: float, unit: str, **labels: Any) -> None:
     line = {"bench": "staging", "metric": metric, "value": round(value, 3), "unit": unit, **labels}
     print(json.dumps(line), flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_input(path: Path, size_mib: int) -> None:
@@ -143,13 +136,9 @@ def temporal_server(home: Path) -> Iterator[str]:
     port = free_port()
     stack = Stack(Settings(home=home))
     with stopping(stack):
-        stack.spawn("temporal", [
-            temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-            "--port", str(port), "--http-port", str(free_port()),
-            "--metrics-port", str(free_port()), "--db-filename", str(home / "temporal.db"),
-            "--log-level", "error",
-        ])  # fmt: skip
-        wait_for_port("127.0.0.1", port, 60, "the Temporal dev server")
+        stack.spawn_listening("temporal", lambda: temporal_dev_args(
+            port, home / "temporal.db", wal=False, search_attributes=False,
+        ), "127.0.0.1", port, "the Temporal dev server")  # fmt: skip
         yield f"127.0.0.1:{port}"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,15 +64,93 @@ def temporal_binary() -> str:
     return found
 
 
-def wait_for_port(host: str, port: int, timeout_s: float, what: str) -> None:
+def ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing holds now, for a server we are about to start.
+
+    Picked at random below the kernel's range for outgoing connections, so no client
+    socket can take it before the server binds it (a port from bind(0) can go to any
+    outgoing connection in the meantime), and parallel test workers rarely pick the same.
+    """
+    top = max(ephemeral_low() - 1, 20_000)
+    for _ in range(200):
+        port = random.randint(15_000, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded low range: let the kernel choose
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ExitedEarly(RuntimeError):
+    """The process we were waiting on exited before it opened its port."""
+
+
+def wait_for_port(
+    host: str, port: int, timeout_s: float, what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Until host:port accepts a connection; ExitedEarly if `proc` exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with socket.socket() as s:
             s.settimeout(0.5)
             if s.connect_ex((host, port)) == 0:
                 return
+        if proc is not None and proc.poll() is not None:
+            raise ExitedEarly(f"{what} exited with code {proc.returncode} before it opened "
+                              f"{host}:{port}")
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not open {host}:{port} within {timeout_s:.0f} s")
+
+
+def temporal_dev_args(
+    port: int, db: Path, *, host: str = "127.0.0.1", ui_port: int | None = None,
+    log_level: str = "error", wal: bool = True, search_attributes: bool = True,
+) -> list[str]:
+    """`temporal server start-dev` on a SQLite file, every port it opens named (its HTTP
+    API and metrics on fresh free ports), headless unless a UI port is given."""
+    args = [
+        temporal_binary(), "server", "start-dev", "--ip", host, "--port", str(port),
+        "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+        "--db-filename", str(db), "--log-level", log_level,
+    ]  # fmt: skip
+    args += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+    if wal:
+        args += ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1"]
+    if search_attributes:
+        args += registration_flags()
+    return args
+
+
+def start_listening(
+    start: Callable[[], subprocess.Popen[bytes]], host: str, port: int, what: str,
+    timeout_s: float = 60, tries: int = 3,
+) -> subprocess.Popen[bytes]:
+    """Start a server with `start` until it listens on host:port. A start that exits first
+    is tried again (up to `tries` starts): besides the port we name, the Temporal dev server
+    binds ports of its own choosing, and another process can take one of them first."""
+    for attempt in range(1, tries + 1):
+        proc = start()
+        try:
+            wait_for_port(host, port, timeout_s, what, proc)
+            return proc
+        except ExitedEarly:
+            if attempt == tries:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def wait_for_http(url: str, timeout_s: float, what: str) -> None:
@@ -107,17 +187,30 @@ class Stack:
         self.children.append(child)
         return child
 
+    def spawn_listening(
+        self, name: str, args: Callable[[], list[str]], host: str, port: int, what: str,
+        timeout_s: float = 60,
+    ) -> Child:
+        """spawn(name, args()) until it listens on host:port (see start_listening); a start
+        that exited is dropped from the children."""
+        started: list[Child] = []
+
+        def start() -> subprocess.Popen[bytes]:
+            if started:
+                self.children.remove(started.pop())  # the start before, which exited
+            started.append(self.spawn(name, args()))
+            return started[-1].proc
+
+        start_listening(start, host, port, what, timeout_s)
+        return started[-1]
+
     def start_temporal(self) -> None:
         s = self.settings
         host, _, port = s.temporal_address.rpartition(":")
-        self.spawn("temporal", [
-            temporal_binary(), "server", "start-dev",
-            "--db-filename", str(self.home / "temporal.db"),
-            "--ip", host, "--port", port, "--ui-port", str(s.temporal_ui_port),
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1",
-            "--log-level", "warn", *registration_flags(),
-        ])
-        wait_for_port(host, int(port), 30, "the Temporal dev server")
+        self.spawn_listening("temporal", lambda: temporal_dev_args(
+            int(port), self.home / "temporal.db", host=host, ui_port=s.temporal_ui_port,
+            log_level="warn",
+        ), host, int(port), "the Temporal dev server", 30)  # fmt: skip
         # A home made before the search attributes existed: its database needs them too.
         done = subprocess.run(
             create_command(temporal_binary(), s.temporal_address, s.temporal_namespace),

@@ -26,9 +26,9 @@ from api.app import create_app
 from api.services import Services
 from domain.identity import ROLES
 from domain.spec import parse_job_spec
+from infra.devstack import free_port
 from infra.settings import Settings
 from infra.signing import presigned_url
-from tests.conftest import free_port
 
 WHO = ("anonymous", "client_a", "client_b", "provider", "operator", "admin")
 OK, DENY, NULL = "ok", "deny", "null"  # data; refused (an auth error); hidden (null)

@@ -25,8 +25,8 @@ from api.json_body import MAX_JSON_DEPTH
 from api.services import Services
 from domain.identity import ROLES
 from domain.spec import parse_job_spec
+from infra.devstack import free_port
 from infra.settings import Settings
-from tests.conftest import free_port
 
 INTERVAL = 1.0  # heartbeat interval: offline after 3 missed (3.5 s)
 H100 = "NVIDIA H100 80GB HBM3"

@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 
 from infra.admin import create_admin
-from infra.devstack import Stack
+from infra.devstack import Stack, free_port
 from infra.settings import Settings
-from tests.conftest import free_port
 
 FAST_FAULTS = {
     "GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "3",

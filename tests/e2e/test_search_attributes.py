@@ -26,8 +26,7 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.worker import Replayer
 
 from api import jobs
-from infra.devstack import temporal_binary, wait_for_port
-from tests.conftest import free_port
+from infra.devstack import free_port, start_listening, temporal_dev_args
 from tests.e2e.network import Network, network
 from workflows import search_attributes as sa
 from workflows.contracts import JobInput, job_workflow_id
@@ -120,15 +119,15 @@ async def test_a_job_is_found_by_client_and_ends_succeeded(
 def bare_temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A dev server on which nobody registered GPGPU's search attributes."""
     port = free_port()
-    proc = subprocess.Popen(
-        [temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-         "--port", str(port), "--http-port", str(free_port()),
-         "--metrics-port", str(free_port()), "--log-level", "error",
-         "--db-filename", str(tmp_path_factory.mktemp("bare") / "temporal.db")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    db = tmp_path_factory.mktemp("bare") / "temporal.db"
+    proc = start_listening(
+        lambda: subprocess.Popen(
+            temporal_dev_args(port, db, wal=False, search_attributes=False),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ),
+        "127.0.0.1", port, "the bare Temporal dev server", 30,
+    )  # fmt: skip
     try:
-        wait_for_port("127.0.0.1", port, 30, "the bare Temporal dev server")
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

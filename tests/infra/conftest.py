@@ -14,9 +14,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from infra.devstack import free_port
 from infra.storage import FilesystemStore, ObjectStore, build_store
 from infra.storage_s3 import STAGING_PREFIX, S3Store
-from tests.conftest import free_port
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 PACKAGES_NOT_INSTALLABLE = 3  # s3-up.sh's exit status when it cannot install Ceph

@@ -15,8 +15,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.storage import router
+from infra.devstack import free_port
 from infra.signing import presigned_url
-from tests.conftest import free_port
 from tests.infra.conftest import StoreFactory
 
 pytestmark = pytest.mark.timeout(900)

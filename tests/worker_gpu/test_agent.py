@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker_gpu.agent_process import AgentProcess, free_port
+from infra.devstack import free_port
+from tests.worker_gpu.agent_process import AgentProcess
 from worker_gpu.discovery import NvmlUnavailable, discover_nvml
 
 

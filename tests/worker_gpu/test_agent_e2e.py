@@ -20,7 +20,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from tests.worker_gpu.agent_process import AgentProcess, free_port
+from infra.devstack import free_port
+from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer
 from workflows.contracts import (
     EXECUTE_JOB,

@@ -24,8 +24,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from infra.devstack import free_port
 from infra.settings import Settings
-from tests.worker_gpu.agent_process import AgentProcess, free_port
+from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.docker_fixtures import TEST_IMAGE, Engine, docker_engine
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer
 from tests.worker_gpu.test_agent_e2e import ProviderRoundTrip, RoundTrip, _agent_env
