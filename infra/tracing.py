@@ -4,9 +4,9 @@
 the standard `OTEL_EXPORTER_OTLP_ENDPOINT`, needs `gpgpu[otlp]`) or `file:PATH` (one
 JSON line per finished span, infra/spans.py). Each process calls `setup` once with its
 service name; its Temporal clients take `interceptors()` (temporalio's TracingInterceptor,
-which carries the trace through workflow and activity headers) and a worker that runs
-workflows takes `worker_options()`. Tracing off, all of these are empty and
-opentelemetry is not even imported.
+which carries the trace through workflow and activity headers), a worker that runs
+workflows takes `worker_options()`, and a provider's file transfers send `headers()`.
+Tracing off, all of these are empty and opentelemetry is not even imported.
 """
 
 from __future__ import annotations
@@ -68,6 +68,18 @@ def worker_options() -> dict[str, Any]:
 
     restrictions = SandboxRestrictions.default.with_passthrough_modules("opentelemetry")
     return {"workflow_runner": SandboxedWorkflowRunner(restrictions=restrictions)}
+
+
+def headers() -> dict[str, str]:
+    """The current span as W3C trace headers (`traceparent`), for an HTTP request this
+    process makes outside FastAPI and Temporal (a provider's transfers); {} when off."""
+    if _provider is None:
+        return {}
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 def shutdown() -> None:

@@ -24,6 +24,8 @@ from typing import TypeVar
 import httpcore
 import httpx
 
+from infra import tracing
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -288,7 +290,7 @@ def download_verified(
         got = 0
         # The body as sent (no decoder, no regrouping into CHUNK_BYTES, which copies
         # every byte twice more); so ask for it uncompressed.
-        headers = {"Accept-Encoding": "identity"}
+        headers = {"Accept-Encoding": "identity", **tracing.headers()}
         with client.stream("GET", url, headers=headers) as response:
             if not response.is_success:
                 raise HttpFailure("GET", response.status_code, _error_body(response))
@@ -341,7 +343,7 @@ def upload_file(
 ) -> None:
     """PUT `path` to `url` as a stream, announcing its digest in X-Sha256."""
     # An explicit Content-Length: S3-style presigned PUTs refuse chunked bodies.
-    headers = {"X-Sha256": sha256, "Content-Length": str(size)}
+    headers = {"X-Sha256": sha256, "Content-Length": str(size), **tracing.headers()}
     response = client.put(url, content=_chunks(path, on_chunk), headers=headers)
     if not response.is_success:
         raise HttpFailure("PUT", response.status_code, response.text[:500])

@@ -2,7 +2,8 @@
 
 The network runs with GPGPU_TRACING=file:<spans.jsonl>: the API, the control worker and
 the provider append their finished spans to the one file; the test follows the parent
-ids of the job's spans from the GPU activity back to the HTTP request. The traced job's
+ids of the job's spans from the GPU activity back to the HTTP request, and from the
+API's spans for the provider's file transfers back to the GPU activities. The traced job's
 history then replays with and without the tracing interceptor: tracing adds headers, never
 commands.
 """
@@ -47,9 +48,10 @@ async def test_one_trace_links_the_request_to_the_gpu_activity(
     traced: tuple[Network, Path], temporal_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net, path = traced
+    net.put("tracy", "in.txt", b"traced input\n")
     result = net.gql(SUBMIT, "tracy", s={
-        "name": "traced", "command": "echo traced > out.txt", "outputs": ["out.txt"],
-        "max_price_per_gpu_hour": "4", "timeout": "2m",
+        "name": "traced", "command": "cp in.txt out.txt", "inputs": [{"key": "in.txt"}],
+        "outputs": ["out.txt"], "max_price_per_gpu_hour": "4", "timeout": "2m",
     })["submitJob"]
     assert result["__typename"] == "JobSubmitted", result
     job_id = result["job"]["id"]
@@ -92,8 +94,17 @@ async def test_one_trace_links_the_request_to_the_gpu_activity(
     assert run_activity["end_ns"] > run_activity["start_ns"]
     # Every step of the job hangs in this one trace, on its three processes.
     names = {s["name"] for s in trace}
-    assert "RunActivity:upload_outputs" in names  # (no inputs: nothing to stage)
+    assert {"RunActivity:stage_inputs", "RunActivity:upload_outputs"} <= names
     assert {s["service"] for s in trace} == {"api", "control-worker", "gpu-worker"}
+    # And so do the provider's file transfers: the API serves them inside the activity's
+    # trace (the provider sends traceparent on its presigned GET and PUT).
+    get = only("GET /storage/{client_id}/{key}")
+    put = only("PUT /storage/{client_id}/{key}")
+    assert ancestry(get)[:2] == ["api: GET /storage/{client_id}/{key}",
+                                 "gpu-worker: RunActivity:stage_inputs"]
+    assert ancestry(put)[:2] == ["api: PUT /storage/{client_id}/{key}",
+                                 "gpu-worker: RunActivity:upload_outputs"]
+    assert put["attributes"]["http.response.status_code"] in (200, 201, 204)
 
     temporal = await Client.connect(temporal_server)
     history = await temporal.get_workflow_handle(f"job-{job_id}").fetch_history()
