@@ -20,6 +20,7 @@ provider's execve (argv and environment share its ARG_MAX, 2 MiB on Linux):
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from pathlib import PurePosixPath
@@ -394,6 +395,19 @@ class JobSpecFile(_SpecBase):
     inputs: Annotated[list[InputFile], Field(max_length=MAX_FILES)] = []
 
 
+def _kind(value: Any) -> str:
+    """What a person wrote, in their words (JSON's and YAML's, not Python's)."""
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return "null" if value is None else type(value).__name__
+
+
 def _format(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
@@ -403,6 +417,11 @@ def _format(err: ValidationError) -> list[tuple[str, str]]:
             msg = "is not a known field"
         elif e["type"] == "missing":
             msg = "is required"
+        elif e["type"] in ("model_type", "dict_type"):  # not "Input should be ... InputRef"
+            example = ""
+            if len(e["loc"]) == 2 and e["loc"][0] == "inputs" and isinstance(e["input"], str):
+                example = f' such as {{"key": {json.dumps(e["input"][:40])}}}'
+            msg = f"must be a mapping of fields{example}, not {_kind(e['input'])}"
         out.append((loc, msg))
     return out
 

@@ -176,6 +176,19 @@ def test_missing_fields_are_required() -> None:
     assert ("max_price_per_gpu_hour", "is required") in err.errors
 
 
+def test_a_field_that_wants_a_mapping_says_so_in_a_persons_words() -> None:
+    """Not pydantic's "Input should be a valid dictionary or instance of InputRef"."""
+    err = refusal(spec_with(inputs=["data/in.txt", 3], resources="big"))
+    assert err.errors == [
+        ("resources", "must be a mapping of fields, not the text 'big'"),
+        ("inputs.0", 'must be a mapping of fields such as {"key": "data/in.txt"}, '
+                     "not the text 'data/in.txt'"),
+        ("inputs.1", "must be a mapping of fields, not a number"),
+    ]
+    file_err = refusal(spec_with(inputs=[None]), parse_job_spec_file)
+    assert file_err.errors == [("inputs.0", "must be a mapping of fields, not null")]
+
+
 def test_every_bad_field_is_reported_at_once() -> None:
     err = refusal(spec_with(resources={"gpus": 0}, timeout="soon", env={"1BAD": "x"}))
     assert sorted(fields_of(err)) == ["env", "resources.gpus", "timeout"]
