@@ -31,7 +31,8 @@ ownership, inside the resolvers, once the row in question is loaded.
 
 `SignInThrottle` stops password guessing: after `max_failures` wrong passwords for one
 email within `window_s`, signIn for it is refused until the oldest failure leaves the
-window, right password or not. It counts per API process (replicas each count theirs).
+window, right password or not. The failures are kept in the read-model database, so
+every API replica counts the same guesses.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +49,7 @@ from strawberry.types import Info
 
 from domain.application import Network
 from domain.identity import Caller, secret_hash
+from infra.db import ViewDB
 
 ROLE_WORDS = {"client": "client", "provider": "provider", "operator": "node operator",
               "admin": "admin"}
@@ -122,44 +123,44 @@ class Authenticator:
 
 
 class SignInThrottle:
-    """Failed sign-ins per email, in a sliding window; a locked email is refused by name."""
+    """Failed sign-ins per email in a sliding window; a locked email is refused by name.
 
-    def __init__(self, max_failures: int = 5, window_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic, max_entries: int = 100_000):
-        self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
-        self.max_entries = max_entries
-        self._failures: dict[str, deque[float]] = {}
+    The failures live in the read-model database (table sign_in_failures), so every API
+    process behind a load balancer counts the same guesses. Each call is one short
+    statement: call it off the event loop.
+    """
+
+    def __init__(self, db: ViewDB, max_failures: int = 5, window_s: float = 300.0,
+                 clock: Callable[[], float] = time.time):
+        self.db, self.max_failures, self.window_s = db, max_failures, window_s
+        self.clock = clock
 
     @staticmethod
     def _key(email: str) -> str:
         return email.strip().lower()  # as accounts are found (domain.identity.normalise_email)
 
-    def _recent(self, email: str, now: float) -> deque[float]:
-        failures = self._failures.get(self._key(email), deque())
-        while failures and failures[0] <= now - self.window_s:
-            failures.popleft()
-        return failures
-
     def check(self, email: str) -> None:
         """Raise Denied, saying when to try again, while the email is locked."""
         now = self.clock()
-        failures = self._recent(email, now)
-        if len(failures) >= self.max_failures:
-            wait = math.ceil(failures[0] + self.window_s - now)
-            raise Denied(f"password: {len(failures)} wrong passwords for this email in "
+        (row,) = self.db.query(
+            "SELECT COUNT(*) AS n, MIN(at) AS first FROM sign_in_failures"
+            " WHERE email = ? AND at > ?", (self._key(email), now - self.window_s),
+        )
+        if row["n"] >= self.max_failures:
+            wait = math.ceil(row["first"] + self.window_s - now)
+            raise Denied(f"password: {row['n']} wrong passwords for this email in "
                          f"{self.window_s / 60:g} min; try again in {wait} s")
 
     def failed(self, email: str) -> None:
         now = self.clock()
-        if len(self._failures) >= self.max_entries:  # many emails: forget the quiet ones
-            self._failures = {e: f for e, f in self._failures.items()
-                              if f and f[-1] > now - self.window_s}
-        failures = self._recent(email, now)
-        failures.append(now)
-        self._failures[self._key(email)] = failures
+        with self.db.transaction() as cur:  # everyone's old failures go: the table stays small
+            cur.execute("DELETE FROM sign_in_failures WHERE at <= ?", (now - self.window_s,))
+            cur.execute("INSERT INTO sign_in_failures (email, at) VALUES (?, ?)",
+                        (self._key(email), now))
 
     def succeeded(self, email: str) -> None:
-        self._failures.pop(self._key(email), None)
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM sign_in_failures WHERE email = ?", (self._key(email),))
 
 
 # Rules

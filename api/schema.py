@@ -427,15 +427,15 @@ class Mutation:
                          permission_classes=[auth.Public])
     async def sign_in(self, info: I, email: str, password: str) -> Session:
         services = info.context.services
-        services.sign_ins.check(email)
+        await asyncio.to_thread(services.sign_ins.check, email)
         try:
             issued = await _run(services.network.sign_in, email, password, time.time(),
                                 services.settings.session_ttl_s)
         except ValueError as err:
             if str(err).startswith("password:"):
-                services.sign_ins.failed(email)
+                await asyncio.to_thread(services.sign_ins.failed, email)
             raise
-        services.sign_ins.succeeded(email)
+        await asyncio.to_thread(services.sign_ins.succeeded, email)
         return await _session(info, issued.token)
 
     @strawberry.mutation(
@@ -450,14 +450,14 @@ class Mutation:
         if caller.via != "session":
             raise auth.Denied("forbidden: change a password from a signed-in session, "
                               "not with an API key")
-        services.sign_ins.check(caller.email)
+        await asyncio.to_thread(services.sign_ins.check, caller.email)
         try:
             issued = await _run(services.network.change_password, caller.user_id,
                                 current_password, new_password, time.time(),
                                 services.settings.session_ttl_s)
         except ValueError as err:
             if str(err).startswith("currentPassword:"):
-                services.sign_ins.failed(caller.email)
+                await asyncio.to_thread(services.sign_ins.failed, caller.email)
             raise
         services.auth.forget(user_id=caller.user_id)
         return await _session(info, issued.token)
@@ -470,7 +470,7 @@ class Mutation:
     async def reset_password(self, info: I, email: str) -> str:
         services = info.context.services
         temporary = await _run(services.network.reset_password, email, time.time())
-        services.sign_ins.succeeded(email)
+        await asyncio.to_thread(services.sign_ins.succeeded, email)
         user = await asyncio.to_thread(services.network.user_by_email, email)
         if user is not None:
             services.auth.forget(user_id=str(user.id))

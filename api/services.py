@@ -244,10 +244,11 @@ class Services:
     # Bearer tokens to callers, remembered for `auth_cache_ttl_s` (api/auth.py).
     auth: Authenticator = field(init=False)
     # Wrong passwords per email: guessing is refused after a few (api/auth.py).
-    sign_ins: SignInThrottle = field(default_factory=SignInThrottle)
+    sign_ins: SignInThrottle = field(init=False)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)
+        self.sign_ins = SignInThrottle(self.telemetry_views or self.views)
 
     @classmethod
     async def start(cls, settings: Settings, temporal: Client) -> Services:

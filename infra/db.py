@@ -70,6 +70,11 @@ SCHEMA = [
         at DOUBLE PRECISION NOT NULL, utilization_pct INTEGER, memory_used_mb BIGINT,
         temperature_c INTEGER, power_w DOUBLE PRECISION, ecc_errors BIGINT, xid_errors BIGINT,
         PRIMARY KEY (provider_id, slot, gpu_index))""",
+    # Not a read model either: wrong passwords per email, for every API process
+    # (api/auth.py SignInThrottle); rows leave once they are older than the window.
+    """CREATE TABLE IF NOT EXISTS sign_in_failures (
+        email TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sign_in_failures_email ON sign_in_failures (email, at)",
 ]
 
 # Columns added to tables that are not rebuilt from the log: (table, column, declaration).

@@ -4,12 +4,17 @@ throttled per email."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from api.auth import Denied, SignInThrottle
 from domain.application import Network
 from domain.identity import IdentityError
+from infra.db import ViewDB
+from infra.settings import Settings
+from tests.domain.support import store_settings
 
 
 def network() -> Network:
@@ -56,28 +61,54 @@ def test_a_reset_hands_out_a_temporary_password_and_ends_every_session() -> None
         app.reset_password("nobody@test.example", time.time())
 
 
-def test_wrong_passwords_lock_the_email_for_the_window_then_let_it_go() -> None:
+@pytest.fixture(params=("sqlite", "postgres"))
+def views_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    with store_settings(request.param, tmp_path) as settings:
+        yield settings
+
+
+def test_wrong_passwords_lock_the_email_for_the_window_then_let_it_go(
+    views_settings: Settings,
+) -> None:
     now = [1000.0]
-    throttle = SignInThrottle(max_failures=3, window_s=60, clock=lambda: now[0])
-    for _ in range(3):
-        throttle.check("Eve@test.example")
-        throttle.failed("eve@test.example")
-    with pytest.raises(Denied, match=r"^password: 3 wrong passwords .* try again in 60 s"):
-        throttle.check("eve@test.example")
-    throttle.check("someone-else@test.example")  # per email
-    now[0] += 30
-    with pytest.raises(Denied, match="try again in 30 s"):
-        throttle.check("EVE@test.example")
-    now[0] += 31
-    throttle.check("eve@test.example")  # the failures left the window
+    db = ViewDB(views_settings)
+    throttle = SignInThrottle(db, max_failures=3, window_s=60, clock=lambda: now[0])
+    try:
+        for _ in range(3):
+            throttle.check("Eve@test.example")
+            throttle.failed("eve@test.example")
+        with pytest.raises(Denied, match=r"^password: 3 wrong passwords .* try again in 60 s"):
+            throttle.check("eve@test.example")
+        throttle.check("someone-else@test.example")  # per email
+        now[0] += 30
+        with pytest.raises(Denied, match="try again in 30 s"):
+            throttle.check("EVE@test.example")
+        now[0] += 31
+        throttle.check("eve@test.example")  # the failures left the window
+        throttle.failed("mallory@test.example")  # and a later failure takes them away
+        assert db.query("SELECT DISTINCT email FROM sign_in_failures") == [
+            {"email": "mallory@test.example"}
+        ]
+    finally:
+        db.close()
 
 
-def test_a_success_clears_the_count() -> None:
-    throttle = SignInThrottle(max_failures=2, window_s=60)
-    throttle.failed("ann@test.example")
-    throttle.succeeded("ann@test.example")
-    throttle.failed("ann@test.example")
-    throttle.check("ann@test.example")
+def test_every_api_process_counts_the_same_guesses(views_settings: Settings) -> None:
+    """Two API replicas on one database: what one counts locks the email on the other,
+    and a success on either clears it for both."""
+    first, second = ViewDB(views_settings), ViewDB(views_settings)
+    one, other = SignInThrottle(first, max_failures=2), SignInThrottle(second, max_failures=2)
+    try:
+        one.failed("ann@test.example")
+        other.failed("ann@test.example")
+        for throttle in (one, other):
+            with pytest.raises(Denied, match=r"^password: 2 wrong passwords"):
+                throttle.check("ann@test.example")
+        other.succeeded("ann@test.example")
+        one.check("ann@test.example")
+    finally:
+        first.close()
+        second.close()
 
 
 def test_broken_unicode_is_refused_by_field() -> None:
