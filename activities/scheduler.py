@@ -8,7 +8,9 @@ fits (`domain.scheduling.plan`) and writes the round's reservations in one
 transaction (`Network.place`), which the store refuses if any copy was stale:
 then each placement is retried alone on fresh copies. Several control workers
 may run schedulers side by side: they never book a GPU twice (the store's
-version check), though fair share then holds per worker.
+version check), and each counts the others' placements (read from the log) in fair
+share: the GPUs each client holds, and whom it served last. Each still orders only the
+jobs waiting on it.
 
 A request that gives up (the activity's wait is short so cancellation stays
 quick; Temporal retries it) stays in line a little longer; if it is placed
@@ -24,6 +26,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from uuid import UUID
+
+from eventsourcing.persistence import Notification
 
 from domain.application import Network
 from domain.job import Job
@@ -280,6 +284,8 @@ class Scheduler:
                 copy = (self._providers if name[0] == "p" else self._nodes).get(name[2:])
                 if copy is not None and n.originator_version > copy.version:
                     stale.add(name)
+                    if n.topic.endswith(".GpusReserved"):
+                        self._served_elsewhere(n)
             if batch:
                 self._position = batch[-1].id
             if len(batch) < 5000:
@@ -289,6 +295,16 @@ class Scheduler:
                 self._providers[name[2:]] = self.network.provider(name[2:])
             else:
                 self._nodes[name[2:]] = self.network.node(name[2:])
+
+
+    def _served_elsewhere(self, notification: Notification) -> None:
+        """Another scheduler gave a client GPUs: it counts as that client's turn here too,
+        so fair share's tie-break (least recently served) holds across control workers."""
+        reserved = self.network.mapper.to_domain_event(notification)
+        client = getattr(reserved, "client_id", "")
+        if client:
+            self._turns += 1
+            self._served[client] = self._turns
 
 
 def _decision(p: Placement) -> Decision:

@@ -250,6 +250,32 @@ def test_fair_share_from_the_scheduler(app: Network) -> None:
     assert order.index("b00") <= 2 and order.index("b01") <= 4, order
 
 
+def test_whom_another_scheduler_served_counts_in_the_tie_break(
+    app: Network, open_app: Callable[[], Network], settings: Settings
+) -> None:
+    """Two control workers: one gives client a a GPU (and a's job ends); on the other, a's
+    next job and b's wait with both clients holding nothing. b goes first there: a was
+    served more recently, though not by this worker; a's job is also the older one."""
+    app.open_client("a", 10**12)
+    app.open_client("b", 10**12)
+    app.register_provider("p", "eu", PRICE, [gpu(0)])
+    for job_id, client in (("a1", "a"), ("a2", "a"), ("b1", "b")):
+        app.submit_job(job_id, client, make_spec(timeout=60))
+        app.admit_job(job_id)
+    other = app if settings.event_store == "memory" else open_app()
+    here, there = Scheduler(app, lambda: {"p"}, 0.01), Scheduler(other, lambda: {"p"}, 0.01)
+    here.load_node("local")  # a long-lived worker knows the node before the others' rounds
+
+    there.enqueue("a1", 1, set())
+    assert there.run_round() == 1
+    other.release_gpus("a1", "p")
+    here.enqueue("a2", 1, set())
+    here.enqueue("b1", 1, set())
+    assert here.run_round() == 1
+    assert app.job("b1").allocations == {1: "p"}
+    assert app.job("a2").allocations == {}
+
+
 def test_the_round_index_agrees_with_assess() -> None:
     """The grouped filter in scheduling ranks exactly the providers `assess` would take."""
     from domain.matching import assess
