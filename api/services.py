@@ -17,7 +17,7 @@ from api.auth import Authenticator, SignInThrottle
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.projection import CHANNEL, Projector
-from infra.db import SqliteChanges, ViewDB
+from infra.db import PostgresChanges, SqliteChanges, ViewDB
 from infra.settings import Settings
 from infra.storage import ObjectStore
 from infra.telemetry import (
@@ -87,14 +87,15 @@ class PostgresListener(threading.Thread):
 class ProjectionThread(threading.Thread):
     """Runs the projector: applies new events as soon as they are committed.
 
-    With `changed` (SQLite: infra.db.SqliteChanges) an idle poll costs a pragma, not two
-    queries; the projector still looks for itself every `FULL_POLL_S`.
+    With `changed` (infra.db's SqliteChanges or PostgresChanges) an idle poll costs a
+    pragma or a look at a LISTEN socket, not two queries; the projector still looks for
+    itself every `FULL_POLL_S`.
     """
 
     FULL_POLL_S = 1.0
 
     def __init__(self, projector: Projector, idle_sleep_s: float = 0.005,
-                 changed: SqliteChanges | None = None):
+                 changed: SqliteChanges | PostgresChanges | None = None):
         super().__init__(name="projection", daemon=True)
         self.projector, self.idle_sleep_s, self.changed = projector, idle_sleep_s, changed
         self.stopping = threading.Event()
@@ -259,7 +260,11 @@ class Services:
         projector.listeners.append(broadcaster.advance)
         telemetry_views = views if settings.event_store == "memory" else ViewDB(settings)
         health = HealthWatch()
-        changes = SqliteChanges(settings.events_path) if settings.event_store == "sqlite" else None
+        changes: SqliteChanges | PostgresChanges | None = None
+        if settings.event_store == "sqlite":
+            changes = SqliteChanges(settings.events_path)
+        elif settings.event_store == "postgres":
+            changes = PostgresChanges(settings, network.recorder.events_table_name)  # type: ignore[attr-defined]
         threads: list[Worker] = [
             ProjectionThread(projector, changed=changes),
             ProviderMonitor(settings, telemetry_views, network, health),

@@ -228,3 +228,50 @@ class SqliteChanges:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class PostgresChanges:
+    """Says whether anyone committed events since it last asked, as SqliteChanges does.
+
+    A trigger on the events table NOTIFYs `EVENTS_CHANNEL` with each inserting
+    transaction's commit (installed here, once per database: the first API to start puts
+    it there); this LISTENs on a connection of its own, so an idle poll reads a socket
+    instead of querying the database hundreds of times a second.
+    """
+
+    EVENTS_CHANNEL = "gpgpu_events"
+
+    def __init__(self, settings: Settings, events_table: str):
+        import psycopg
+        from psycopg import sql
+
+        self._conn = psycopg.connect(settings.postgres_conninfo(), autocommit=True)
+        try:
+            schema = settings.pg_schema
+            if schema:
+                self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            table = sql.Identifier(*([schema] if schema else []), events_table)
+            function = sql.Identifier(*([schema] if schema else []), f"{events_table}_notify")
+            trigger = sql.Identifier(f"{events_table}_notify")
+            with self._conn.transaction():
+                # Replicas starting together must not replace the function at the same time.
+                self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('gpgpu_events_notify'))")
+                self._conn.execute(sql.SQL(
+                    "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN PERFORM pg_notify({}, ''); RETURN NULL; END $$"
+                ).format(function, sql.Literal(self.EVENTS_CHANNEL)))
+                self._conn.execute(sql.SQL(
+                    "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+                ).format(trigger, table, function))
+            self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.EVENTS_CHANNEL)))
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def __call__(self) -> bool:
+        # Drain every notification that arrived; never wait for one.
+        return sum(1 for _ in self._conn.notifies(timeout=0)) > 0
+
+    def close(self) -> None:
+        self._conn.close()
