@@ -557,8 +557,9 @@ async def follow_stream(
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Every event of one job's or provider's history after `after`, in order, once each.
 
-    Rows the projection pushes are used as they come; a gap (this replica did not
-    apply that batch) is filled from the view, so a reconnecting subscriber that
+    Rows the projection pushes are used as they come (the broadcaster keeps the recent
+    ones, for a subscriber a few behind); a gap (this replica did not apply that batch,
+    or it is long gone) is filled from the view, so a reconnecting subscriber that
     names the last seq it saw gets exactly what it missed.
     """
     sql = f"SELECT * FROM {kind}_events WHERE {kind}_id = ? AND seq > ? ORDER BY seq"
@@ -578,13 +579,13 @@ async def follow_stream(
         done, _ = await asyncio.wait({wake}, timeout=1.0)
         if still_allowed is not None and not await still_allowed():
             raise auth.Denied("unauthenticated: the session or API key was revoked or expired")
-        pushed = wake.result() if done else []
+        pushed = wake.result() if done else None
         wake = services.broadcaster.current()
-        mine = [r for r in pushed if r["stream"] == stream and r["seq"] > last]
-        if mine and mine[0]["seq"] == last + 1:
-            rows = mine
-        else:
+        kept = services.broadcaster.recent(stream, last)
+        if kept is None or (not kept and pushed is None):  # a gap, or news from elsewhere
             rows = await services.query(sql, (key, last))
+        else:
+            rows = kept
 
 
 @strawberry.type

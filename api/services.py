@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,23 +40,60 @@ Rows = list[dict[str, Any]]
 class Broadcaster:
     """Wakes every waiting subscriber when the projection moves forward.
 
-    The wake carries the job events the batch added (when this process applied
-    it), so a hundred subscribers cost no hundred queries. A waiter takes the
-    current future *before* reading the view, so an advance that lands between
-    its read and its wait is never missed.
+    A wake's result is the rows the batch added when this process applied it (every row
+    of that batch), or None when it only knows that something changed (another replica's
+    NOTIFY): then subscribers read the view. The pushed rows are kept per stream, the
+    last `RECENT_PER_STREAM` of the last `RECENT_STREAMS` streams, so a hundred
+    subscribers cost no hundred queries, nor does one that fell a few events behind
+    while it was sending. A waiter takes the current future *before* reading, so an
+    advance that lands between its read and its wait is never missed.
     """
+
+    RECENT_PER_STREAM = 256
+    RECENT_STREAMS = 2048
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self._future: asyncio.Future[Rows] = loop.create_future()
+        self._future: asyncio.Future[Rows | None] = loop.create_future()
+        self._recent: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        self._pushed_to = 0  # the last position whose rows were pushed here
 
-    def current(self) -> asyncio.Future[Rows]:
+    def current(self) -> asyncio.Future[Rows | None]:
         return self._future
 
-    def advance(self, position: int, rows: Rows) -> None:
-        self.loop.call_soon_threadsafe(self._resolve, rows)
+    def advance(self, position: int, rows: Rows | None) -> None:
+        """From any thread: the projection reached `position`, adding `rows` (None: not
+        known here)."""
+        self.loop.call_soon_threadsafe(self._resolve, position, rows)
 
-    def _resolve(self, rows: Rows) -> None:
+    def recent(self, stream: str, after: int) -> Rows | None:
+        """The kept rows of `stream` after seq `after`, oldest first ([] if none); None if
+        they do not go on from `after` (some were never pushed here, or are gone): then
+        the caller reads the view."""
+        kept = self._recent.get(stream)
+        newer: Rows = []
+        for row in reversed(kept or ()):  # a subscriber is seldom more than a few behind
+            if row["seq"] <= after:
+                break
+            newer.append(row)
+        newer.reverse()
+        return None if newer and newer[0]["seq"] != after + 1 else newer
+
+    def _resolve(self, position: int, rows: Rows | None) -> None:
+        if rows is None and position <= self._pushed_to:
+            return  # the NOTIFY of a batch this process applied and pushed already
+        for row in rows or ():
+            stream = row["stream"]
+            kept = self._recent.get(stream)
+            if kept is None:
+                kept = self._recent[stream] = deque(maxlen=self.RECENT_PER_STREAM)
+                if len(self._recent) > self.RECENT_STREAMS:
+                    self._recent.popitem(last=False)
+            else:
+                self._recent.move_to_end(stream)
+            kept.append(row)
+        if rows is not None:
+            self._pushed_to = max(self._pushed_to, position)
         future, self._future = self._future, self.loop.create_future()
         if not future.done():
             future.set_result(rows)
@@ -78,7 +116,7 @@ class PostgresListener(threading.Thread):
                     conn.execute(f"LISTEN {CHANNEL}")
                     while not self.stopping.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            self.broadcaster.advance(int(note.payload), [])
+                            self.broadcaster.advance(int(note.payload), None)
             except Exception:
                 log.exception("LISTEN connection lost; reconnecting")
                 self.stopping.wait(1.0)
