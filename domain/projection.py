@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -59,12 +60,48 @@ def event_data(event: Any) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Rows:
+    """The view rows one batch has read or written, by aggregate id: an aggregate's next
+    event in the same batch needs no query. Valid for one transaction only (another
+    runner may apply the next batch)."""
+
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger_seq: dict[str, int] = field(default_factory=dict)  # by account name
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Column changes not yet written, by (table, key column, key): one UPDATE per row and
+    # batch, however many of the batch's events changed it.
+    pending: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    # Rows to append (event histories, ledger entries), by INSERT statement: one
+    # executemany each.
+    appends: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+
+    def update(self, table: str, key_column: str, key: str, changes: dict[str, Any]) -> None:
+        self.pending.setdefault((table, key_column, key), {}).update(changes)
+
+    def append(self, insert: str, row: tuple[Any, ...]) -> None:
+        self.appends.setdefault(insert, []).append(row)
+
+    def flush(self, cur: Cursor) -> None:
+        for insert, rows in self.appends.items():
+            cur.executemany(insert, rows)
+        self.appends.clear()
+        for (table, key_column, key), changes in self.pending.items():
+            sets = ", ".join(f"{column} = ?" for column in changes)
+            cur.execute(f"UPDATE {table} SET {sets} WHERE {key_column} = ?",
+                        (*changes.values(), key))
+        self.pending.clear()
+
+
 class Projector:
-    def __init__(self, app: Application[Any], db: ViewDB, batch_size: int = 500):
+    def __init__(self, app: Application[Any], db: ViewDB, batch_size: int = 2000):
         self.app, self.db, self.batch_size = app, db, batch_size
         # Called after each committed batch with the new position and the job events it added.
         self.listeners: list[Callable[[int, list[dict[str, Any]]], None]] = []
         self._added: list[dict[str, Any]] = []
+        self._rows = _Rows()  # the view rows this batch read or wrote
         self._position: int | None = None
         with db.transaction() as cur:
             # Several runners may start at once: the first insert wins, the others do nothing.
@@ -108,8 +145,11 @@ class Projector:
             if moved != 1:
                 self._position = None  # read it again next time
                 return 0  # another runner applied this batch first; its transaction wins
-            for n in notifications:
-                self._apply(cur, n.id, self.app.mapper.to_domain_event(n))
+            self._rows = _Rows()
+            with self.db.pipeline():  # PostgreSQL: writes go out without a round trip each
+                for n in notifications:
+                    self._apply(cur, n.id, self.app.mapper.to_domain_event(n))
+                self._rows.flush(cur)
             if self.db.is_postgres:
                 cur.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(notifications[-1].id)))
         last = self._position = notifications[-1].id
@@ -151,6 +191,8 @@ class Projector:
                     "INSERT INTO accounts (name, aggregate_id, balance_micro) VALUES (?, ?, 0)",
                     (data["name"], agg),
                 )
+                self._rows.accounts[agg] = {"name": data["name"], "balance_micro": 0}
+                self._rows.ledger_seq[data["name"]] = 0  # a new account has no entries
             elif etype == "EntryPosted":
                 self._entry(cur, agg, at, data)
 
@@ -161,7 +203,9 @@ class Projector:
                 (data["node_id"], agg, data["region"], data["operator"]),
             )
             return
-        row = cur.one("SELECT queues, provider_ids FROM nodes WHERE aggregate_id = ?", (agg,))
+        row = self._rows.nodes.get(agg) or cur.one(
+            "SELECT queues, provider_ids FROM nodes WHERE aggregate_id = ?", (agg,)
+        )
         if row is None:
             log.error("event %s for unknown node aggregate %s", etype, agg)
             return
@@ -175,28 +219,32 @@ class Projector:
             queues.pop(data["name"], None)
         elif etype == "ProviderJoinedNode":
             providers.append(data["provider_id"])
-        cur.execute(
-            "UPDATE nodes SET queues = ?, provider_ids = ? WHERE aggregate_id = ?",
-            (json.dumps(queues), json.dumps(providers), agg),
-        )
+        row = self._rows.nodes[agg] = {"queues": json.dumps(queues),
+                                        "provider_ids": json.dumps(providers)}
+        self._rows.update("nodes", "aggregate_id", agg, row)
 
     def _entry(self, cur: Cursor, agg: str, at: str, data: dict[str, Any]) -> None:
-        cur.execute(
-            "UPDATE accounts SET balance_micro = balance_micro + ? WHERE aggregate_id = ?",
-            (data["amount_micro"], agg),
-        )
-        acct = cur.one("SELECT name, balance_micro FROM accounts WHERE aggregate_id = ?", (agg,))
-        if acct is None:
-            log.error("entry for unknown account aggregate %s", agg)
-            return
-        last = cur.one("SELECT COALESCE(MAX(seq), 0) AS seq FROM ledger_entries WHERE account = ?",
-                       (acct["name"],))
-        cur.execute(
+        acct = self._rows.accounts.get(agg)
+        if acct is None:  # the account and its last entry's seq, in one round trip
+            acct = cur.one(
+                "SELECT name, balance_micro, (SELECT COALESCE(MAX(seq), 0) FROM ledger_entries"
+                " WHERE account = accounts.name) AS last_seq FROM accounts"
+                " WHERE aggregate_id = ?", (agg,),
+            )
+            if acct is None:
+                log.error("entry for unknown account aggregate %s", agg)
+                return
+            self._rows.ledger_seq[acct["name"]] = acct["last_seq"]
+        name, balance = acct["name"], acct["balance_micro"] + data["amount_micro"]
+        seq = self._rows.ledger_seq[name] + 1
+        self._rows.accounts[agg] = {"name": name, "balance_micro": balance}
+        self._rows.ledger_seq[name] = seq
+        self._rows.update("accounts", "aggregate_id", agg, {"balance_micro": balance})
+        self._rows.append(
             "INSERT INTO ledger_entries (account, seq, transfer_id, amount_micro, balance_micro,"
             " counterparty, kind, memo, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (acct["name"], (last["seq"] if last else 0) + 1, data["transfer_id"],
-             data["amount_micro"], acct["balance_micro"], data["counterparty"], data["kind"],
-             data["memo"], at),
+            (name, seq, data["transfer_id"], data["amount_micro"], balance,
+             data["counterparty"], data["kind"], data["memo"], at),
         )
 
     def _job(self, cur: Cursor, nid: int, agg: str, etype: str, at: str, data: dict[str, Any]):
@@ -215,50 +263,46 @@ class Projector:
                 ),
             )
             data = {k: v for k, v in data.items() if k != "spec"}
-        job = cur.one("SELECT job_id, last_seq, queued_position FROM jobs WHERE aggregate_id = ?",
-                      (agg,))
+            self._rows.jobs[agg] = {"job_id": data["job_id"], "last_seq": 0,
+                                    "queued_position": None}
+        job = self._rows.jobs.get(agg) or cur.one(
+            "SELECT job_id, last_seq, queued_position FROM jobs WHERE aggregate_id = ?", (agg,)
+        )
         if job is None:
             log.error("event %s for unknown job aggregate %s", etype, agg)
             return
         job_id, seq = job["job_id"], job["last_seq"] + 1
-        self._stream_event(cur, "job", job_id, seq, nid, etype, at, data)
-        sets, params = ["last_seq = ?", "updated_at = ?"], list[Any]([seq, at])
+        job = self._rows.jobs[agg] = {**job, "last_seq": seq}
+        self._stream_event("job", job_id, seq, nid, etype, at, data)
+        changes: dict[str, Any] = {"last_seq": seq, "updated_at": at}
         state = JOB_STATE_AFTER.get(etype)
         if state:
-            sets.append("state = ?")
-            params.append(state)
+            changes["state"] = state
         if etype in ("JobRejected", "JobFailed", "JobCancelled", "JobVerified",
                      "VerificationFailed"):
-            sets.append("reason = ?")
-            params.append(data["reason"])
+            changes["reason"] = data["reason"]
         elif etype == "JobQueued":
-            sets += ["attempt = ?", "provider_id = NULL", "allocated_at = NULL"]
-            params.append(data["attempt"])
+            changes.update(attempt=data["attempt"], provider_id=None, allocated_at=None)
             if job["queued_position"] is None:
-                sets.append("queued_position = ?")
-                params.append(nid)
+                changes["queued_position"] = job["queued_position"] = nid
         elif etype == "GpusAllocated":
-            sets += ["provider_id = ?", "allocated_at = ?"]
-            params += [data["provider_id"], at]
+            changes.update(provider_id=data["provider_id"], allocated_at=at)
         elif etype == "ProviderLost":
-            sets += ["provider_id = NULL", "allocated_at = NULL"]
+            changes.update(provider_id=None, allocated_at=None)
         elif etype in ("OutputsUploaded", "ResultAccepted"):
             # The latest upload until verification accepts one run's outputs as the job's.
-            sets.append("outputs = ?")
-            params.append(json.dumps(data["manifest"]))
+            changes["outputs"] = json.dumps(data["manifest"])
         elif etype == "JobSettled":
-            sets.append("cost_micro = ?")
-            params.append(data["charged_micro"])
-        cur.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?", (*params, job_id))
+            changes["cost_micro"] = data["charged_micro"]
+        self._rows.update("jobs", "job_id", job_id, changes)
 
     def _stream_event(
-        self, cur: Cursor, kind: str, key: str, seq: int, nid: int, etype: str, at: str,
-        data: dict[str, Any],
+        self, kind: str, key: str, seq: int, nid: int, etype: str, at: str, data: dict[str, Any]
     ) -> None:
         """Append to a job's or provider's event history, and hand it to live subscribers."""
         row = {f"{kind}_id": key, "seq": seq, "notification_id": nid, "type": etype, "at": at,
                "data": json.dumps(data)}
-        cur.execute(
+        self._rows.append(
             f"INSERT INTO {kind}_events ({kind}_id, seq, notification_id, type, at, data)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             tuple(row.values()),
@@ -277,38 +321,34 @@ class Projector:
                     json.dumps(data["gpus"]), reputation_score([]), at,
                 ),
             )
-        row = cur.one(
+        row = self._rows.providers.get(agg) or cur.one(
             "SELECT provider_id, reservations, reservation_clients, outcomes, outcome_times,"
-            " suspended,"
-            " degraded, last_seq FROM providers WHERE aggregate_id = ?", (agg,),
+            " suspended, degraded, last_seq FROM providers WHERE aggregate_id = ?", (agg,),
         )
         if row is None:
             log.error("event %s for unknown provider aggregate %s", etype, agg)
             return
         seq = row["last_seq"] + 1
-        self._stream_event(cur, "provider", row["provider_id"], seq, nid, etype, at, data)
+        self._stream_event("provider", row["provider_id"], seq, nid, etype, at, data)
         reservations = json.loads(row["reservations"])
         clients = json.loads(row["reservation_clients"])
         outcomes = json.loads(row["outcomes"])
         times: list[float] = json.loads(row["outcome_times"])
         suspended: list[int] = json.loads(row["suspended"])
         degraded: dict[str, str] = json.loads(row["degraded"])
-        sets, params = ["updated_at = ?", "last_seq = ?"], list[Any]([at, seq])
+        changes: dict[str, Any] = {"updated_at": at, "last_seq": seq}
         if etype == "ProviderRejoined":
-            sets += ["region = ?", "price_micro = ?", "gpus = ?", "status = 'online'",
-                     "status_reason = ''"]
-            params += [data["region"], data["price_per_gpu_hour_micro"], json.dumps(data["gpus"])]
+            changes.update(region=data["region"], price_micro=data["price_per_gpu_hour_micro"],
+                           gpus=json.dumps(data["gpus"]), status="online", status_reason="")
         elif etype == "RuntimesDeclared":
-            sets.append("runtimes = ?")
-            params.append(json.dumps(data["runtimes"]))
+            changes["runtimes"] = json.dumps(data["runtimes"])
         elif etype in ("ProviderMarkedLost", "ProviderWentOffline"):
-            sets += ["status = ?", "status_reason = ?"]
-            params += ["lost" if etype == "ProviderMarkedLost" else "offline", data["reason"]]
+            changes.update(status="lost" if etype == "ProviderMarkedLost" else "offline",
+                           status_reason=data["reason"])
         elif etype == "ProviderCameOnline":
-            sets += ["status = 'online'", "status_reason = ''"]
+            changes.update(status="online", status_reason="")
         elif etype == "PriceChanged":
-            sets.append("price_micro = ?")
-            params.append(data["price_per_gpu_hour_micro"])
+            changes["price_micro"] = data["price_per_gpu_hour_micro"]
         elif etype == "GpusReserved":
             reservations[data["job_id"]] = data["gpu_indexes"]
             clients[data["job_id"]] = data.get("client_id", "")
@@ -329,10 +369,12 @@ class Projector:
         # The score as of the latest outcome; readers decay it to their own moment
         # (domain/reputation.py) from the outcomes and their times kept beside it.
         score = reputation(list(zip(outcomes, times, strict=True)), max(times, default=0.0))
-        sets += ["reservations = ?", "reservation_clients = ?", "outcomes = ?", "reputation = ?",
-                 "suspended = ?", "degraded = ?", "outcome_times = ?"]
-        params += [json.dumps(reservations), json.dumps(clients), json.dumps(outcomes),
-                   score.score, json.dumps(suspended),
-                   json.dumps(degraded, sort_keys=True), json.dumps(times)]
-        cur.execute(f"UPDATE providers SET {', '.join(sets)} WHERE aggregate_id = ?",
-                    (*params, agg))
+        kept = self._rows.providers[agg] = {
+            "provider_id": row["provider_id"], "last_seq": seq,
+            "reservations": json.dumps(reservations), "reservation_clients": json.dumps(clients),
+            "outcomes": json.dumps(outcomes), "outcome_times": json.dumps(times),
+            "suspended": json.dumps(suspended), "degraded": json.dumps(degraded, sort_keys=True),
+        }
+        changes.update({k: v for k, v in kept.items() if k not in ("provider_id", "last_seq")},
+                       reputation=score.score)
+        self._rows.update("providers", "aggregate_id", agg, changes)

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,11 @@ class ViewDB:
             finally:
                 cur.close()
 
+    def pipeline(self) -> AbstractContextManager[Any]:
+        """Inside a transaction: PostgreSQL sends the statements without waiting for each
+        answer (a read still waits, for everything before it); SQLite: nothing changes."""
+        return self._conn.pipeline() if self.is_postgres else nullcontext()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             cur = self._conn.cursor()
@@ -185,6 +190,9 @@ class Cursor:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         self._cur.execute(self._db._sql(sql), tuple(params))
         return int(self._cur.rowcount)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._cur.executemany(self._db._sql(sql), [tuple(r) for r in rows])
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         self._cur.execute(self._db._sql(sql), tuple(params))
