@@ -60,6 +60,11 @@ def event_data(event: Any) -> dict[str, Any]:
     }
 
 
+# A provider row's columns that hold JSON, kept parsed while a batch folds.
+PROVIDER_JSON = ("reservations", "reservation_clients", "outcomes", "outcome_times",
+                 "suspended", "degraded")
+
+
 @dataclass
 class _Rows:
     """The view rows one batch has read or written, by aggregate id: an aggregate's next
@@ -77,6 +82,7 @@ class _Rows:
     # Rows to append (event histories, ledger entries), by INSERT statement: one
     # executemany each.
     appends: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    changed_providers: set[str] = field(default_factory=set)  # their JSON columns to write
 
     def update(self, table: str, key_column: str, key: str, changes: dict[str, Any]) -> None:
         self.pending.setdefault((table, key_column, key), {}).update(changes)
@@ -85,6 +91,18 @@ class _Rows:
         self.appends.setdefault(insert, []).append(row)
 
     def flush(self, cur: Cursor) -> None:
+        for agg in self.changed_providers:  # their lists, written once, and the score
+            kept = self.providers[agg]
+            outcomes, times = kept["outcomes"], kept["outcome_times"]
+            # The score as of the latest outcome; readers decay it to their own moment
+            # (domain/reputation.py) from the outcomes and their times kept beside it.
+            score = reputation(list(zip(outcomes, times, strict=True)), max(times, default=0.0))
+            self.update("providers", "aggregate_id", agg, {
+                **{column: json.dumps(kept[column], sort_keys=column == "degraded")
+                   for column in PROVIDER_JSON},
+                "reputation": score.score,
+            })
+        self.changed_providers.clear()
         for insert, rows in self.appends.items():
             cur.executemany(insert, rows)
         self.appends.clear()
@@ -321,21 +339,21 @@ class Projector:
                     json.dumps(data["gpus"]), reputation_score([]), at,
                 ),
             )
-        row = self._rows.providers.get(agg) or cur.one(
-            "SELECT provider_id, reservations, reservation_clients, outcomes, outcome_times,"
-            " suspended, degraded, last_seq FROM providers WHERE aggregate_id = ?", (agg,),
-        )
-        if row is None:
-            log.error("event %s for unknown provider aggregate %s", etype, agg)
-            return
-        seq = row["last_seq"] + 1
-        self._stream_event("provider", row["provider_id"], seq, nid, etype, at, data)
-        reservations = json.loads(row["reservations"])
-        clients = json.loads(row["reservation_clients"])
-        outcomes = json.loads(row["outcomes"])
-        times: list[float] = json.loads(row["outcome_times"])
-        suspended: list[int] = json.loads(row["suspended"])
-        degraded: dict[str, str] = json.loads(row["degraded"])
+        kept = self._rows.providers.get(agg)
+        if kept is None:
+            row = cur.one(
+                f"SELECT provider_id, last_seq, {', '.join(PROVIDER_JSON)} FROM providers"
+                " WHERE aggregate_id = ?", (agg,),
+            )
+            if row is None:
+                log.error("event %s for unknown provider aggregate %s", etype, agg)
+                return
+            kept = self._rows.providers[agg] = {
+                "provider_id": row["provider_id"], "last_seq": row["last_seq"],
+                **{column: json.loads(row[column]) for column in PROVIDER_JSON},
+            }
+        seq = kept["last_seq"] = kept["last_seq"] + 1
+        self._stream_event("provider", kept["provider_id"], seq, nid, etype, at, data)
         changes: dict[str, Any] = {"updated_at": at, "last_seq": seq}
         if etype == "ProviderRejoined":
             changes.update(region=data["region"], price_micro=data["price_per_gpu_hour_micro"],
@@ -350,31 +368,21 @@ class Projector:
         elif etype == "PriceChanged":
             changes["price_micro"] = data["price_per_gpu_hour_micro"]
         elif etype == "GpusReserved":
-            reservations[data["job_id"]] = data["gpu_indexes"]
-            clients[data["job_id"]] = data.get("client_id", "")
+            kept["reservations"][data["job_id"]] = data["gpu_indexes"]
+            kept["reservation_clients"][data["job_id"]] = data.get("client_id", "")
         elif etype == "GpusReleased":
-            reservations.pop(data["job_id"], None)
-            clients.pop(data["job_id"], None)
+            kept["reservations"].pop(data["job_id"], None)
+            kept["reservation_clients"].pop(data["job_id"], None)
         elif etype == "GpuSuspended":
-            suspended = sorted({*suspended, data["index"]})
+            kept["suspended"] = sorted({*kept["suspended"], data["index"]})
         elif etype == "GpuResumed":
-            suspended = [i for i in suspended if i != data["index"]]
+            kept["suspended"] = [i for i in kept["suspended"] if i != data["index"]]
         elif etype == "GpuDegraded":
-            degraded[str(data["index"])] = data["reason"]
+            kept["degraded"][str(data["index"])] = data["reason"]
         elif etype == "GpuRecovered":
-            degraded.pop(str(data["index"]), None)
+            kept["degraded"].pop(str(data["index"]), None)
         elif etype == "ReputationRecorded":
-            outcomes.append(data["outcome"])
-            times.append(data["at"])
-        # The score as of the latest outcome; readers decay it to their own moment
-        # (domain/reputation.py) from the outcomes and their times kept beside it.
-        score = reputation(list(zip(outcomes, times, strict=True)), max(times, default=0.0))
-        kept = self._rows.providers[agg] = {
-            "provider_id": row["provider_id"], "last_seq": seq,
-            "reservations": json.dumps(reservations), "reservation_clients": json.dumps(clients),
-            "outcomes": json.dumps(outcomes), "outcome_times": json.dumps(times),
-            "suspended": json.dumps(suspended), "degraded": json.dumps(degraded, sort_keys=True),
-        }
-        changes.update({k: v for k, v in kept.items() if k not in ("provider_id", "last_seq")},
-                       reputation=score.score)
+            kept["outcomes"].append(data["outcome"])
+            kept["outcome_times"].append(data["at"])
         self._rows.update("providers", "aggregate_id", agg, changes)
+        self._rows.changed_providers.add(agg)
