@@ -25,7 +25,7 @@ system-deps:
 	bash scripts/system-deps.sh
 
 test: install lint system-deps web
-	$(VENV)/bin/pytest -q -rs -p no:cacheprovider
+	$(VENV)/bin/pytest -q -rs -p no:cacheprovider --durations=15
 
 gpu-check:
 	bash scripts/gpu_check.sh
