@@ -7,6 +7,7 @@ commands are idempotent by business key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -28,7 +29,7 @@ from domain.verification import check_rate, decide_check
 from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
 from infra.signing import presigned_url
-from infra.storage import ObjectStore, StorageError
+from infra.storage import ObjectNotFound, ObjectStore, StorageError
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,24 @@ class ControlActivities:
     def finish_job(self, req: c.FinishRequest) -> None:
         self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)
         self.scheduler.wake()
+        if req.succeeded and not req.cancelled:
+            self._drop_checkpoint(req.job_id)
+
+    def _drop_checkpoint(self, job_id: str) -> None:
+        """A succeeded job's checkpoint is of no more use: its files leave the client's
+        storage (and quota). A failed or cancelled job keeps its last one to start from.
+        Best effort: the job has finished either way, and a retry finds less to delete."""
+        client_id = self.network.job(job_id).client_id
+        try:
+            # The manifest first: no half-deleted checkpoint is ever named as complete.
+            keys = [checkpoint_manifest_key(job_id)] + [
+                o.key for o in self.store.list(client_id, f"jobs/{job_id}/{CHECKPOINT_DIR}/")
+            ]
+            for key in keys:
+                with contextlib.suppress(ObjectNotFound):
+                    self.store.delete(client_id, key)
+        except (StorageError, OSError) as err:
+            log.warning("job %s: its checkpoint stays in storage: %s", job_id, err)
 
     def all(self) -> list[Callable[..., Any]]:
         return [

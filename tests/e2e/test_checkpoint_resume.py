@@ -105,6 +105,18 @@ def test_a_job_resumes_from_its_checkpoint_on_another_provider(net: Network) -> 
     assert f"starting at {found.group(1)}" in finished[0]["log_tail"]
     assert "gpgpu: started from the checkpoint of attempt 1 (1 file, " in finished[0]["log_tail"]
 
+    # Its checkpoint has done its work: it leaves the client's storage; the output stays.
+    def stored() -> list[str]:
+        r = net.http.get(f"/storage/{net.client_id(client)}", params={"prefix": f"jobs/{job_id}/"},
+                         headers=net.headers(client))
+        r.raise_for_status()
+        return sorted(o["key"] for o in r.json())
+
+    deadline = time.monotonic() + 15  # deleted just after the job's end is recorded
+    while any("checkpoint" in key for key in stored()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stored() == [outputs[0]["key"]]
+
     # Charged once, paid to the provider that finished; the lost one gets nothing.
     store = DomainNetwork(env=net.stack.settings.eventsourcing_env())
     settled = next(e["data"] for e in events if e["type"] == "JobSettled")
@@ -129,3 +141,17 @@ def test_a_job_resumes_from_its_checkpoint_on_another_provider(net: Network) -> 
         assert result.replay_failure is None
 
     asyncio.run(replay())
+
+
+def test_a_failed_job_keeps_its_checkpoint_to_start_again_from(net: Network) -> None:
+    client = "ivy"
+    body = {
+        "name": "fails", "max_price_per_gpu_hour": "3", "timeout": "2m",
+        "command": 'echo 5 > "$GPGPU_CHECKPOINT_DIR/step.txt"; sleep 2; exit 3',
+    }
+    job_id = net.gql(SUBMIT, client, s=body)["submitJob"]["job"]["id"]
+    job = net.wait_job(job_id, ("SUCCEEDED", "FAILED"), client=client, timeout_s=90)
+    assert job["state"] == "FAILED", job
+    time.sleep(1)  # as long as a success's checkpoint would have had to go
+    step, manifest = checkpoint_step(net, client, job_id)
+    assert step == 5, manifest
