@@ -9,6 +9,8 @@ put in storage under the same key with the same bytes.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import random
 import secrets
 from collections.abc import Callable
@@ -25,8 +27,10 @@ from domain.spec import JobSpec
 from domain.verification import canary_rate
 from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
-from infra.storage import ObjectStore
+from infra.storage import ObjectNotFound, ObjectStore, StorageError
 from workflows import contracts as c
+
+log = logging.getLogger(__name__)
 
 
 class CanaryActivities:
@@ -101,10 +105,22 @@ class CanaryActivities:
             )
         except DomainError as err:
             raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from err
+        if ended.outcome == "success":
+            self._drop_files(canary.client_id)
         return c.CanaryResult(
             req.origin_job_id, req.provider_id, canary.job_id, ended.outcome, ended.reason,
             ended.paid_micro,
         )
+
+    def _drop_files(self, space: str) -> None:
+        """A passed canary's inputs and outputs are of no more use; a failed one's stay, as
+        the evidence behind its outcome. Best effort: the canary is closed either way."""
+        try:
+            for stored in self.store.list(space):
+                with contextlib.suppress(ObjectNotFound):
+                    self.store.delete(space, stored.key)
+        except (StorageError, OSError) as err:
+            log.warning("canary files stay in storage space %s: %s", space, err)
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.plan_canary, self.start_canary, self.close_canary]

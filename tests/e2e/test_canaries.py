@@ -127,7 +127,9 @@ async def test_an_honest_provider_passes_a_canary_and_the_network_pays_it(
     assert task is not None
     (output,) = seen["outputs"]
     assert output["key"] == f"jobs/{canary.job_id}/runs/1/{task.spec.outputs[0]}"
-    assert net.get(ADMIN, output["key"], space=canary.client_id) == task.answer
+    # Passed: its inputs and outputs leave storage (a failed canary's stay, as evidence).
+    listed = net.http.get(f"/storage/{canary.client_id}", headers=net.headers(ADMIN))
+    assert listed.status_code == 200 and listed.json() == []
 
 
 async def test_a_provider_with_wrong_results_fails_a_canary_unpaid(
@@ -151,4 +153,8 @@ async def test_a_provider_with_wrong_results_fails_a_canary_unpaid(
     assert fleet["liar"]["reputation"] < 0.5 < fleet["honest"]["reputation"]
     seen = net.gql(JOB, ADMIN, id=canary.job_id)["job"]  # nobody signs in as a canary
     assert seen["state"] == "FAILED" and "the known answer is" in seen["reason"]
+    (output,) = seen["outputs"]  # the wrong output stays, the evidence behind the outcome
+    task = make_canary(canary.seed, 1_000_000, ["process"])
+    assert task is not None
+    assert net.get(ADMIN, output["key"], space=canary.client_id) != task.answer
     assert ledger.provider("liar").reservations == {}
