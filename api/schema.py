@@ -477,6 +477,28 @@ class Mutation:
         return temporary
 
     @strawberry.mutation(
+        description="Take on more roles (client, provider, operator): a client who also "
+        "offers GPUs, say. Make a new API key to use them from a program",
+        permission_classes=[auth.SignedIn],
+    )
+    async def add_roles(self, info: I, roles: list[str]) -> User:
+        caller, services = _signed_in(info), info.context.services
+        view = await _run(services.network.add_roles, caller.user_id, roles)
+        services.auth.forget(user_id=caller.user_id)
+        return User.of_account(view)
+
+    @strawberry.mutation(
+        description="Admin: take a role away from an account (it keeps one at least); its "
+        "sessions and API keys stop acting as that role",
+        permission_classes=[auth.AdminRole],
+    )
+    async def revoke_role(self, info: I, email: str, role: str) -> User:
+        services = info.context.services
+        view = await _run(services.network.revoke_role, email, role)
+        services.auth.forget(user_id=view.id)
+        return User.of_account(view)
+
+    @strawberry.mutation(
         description="End this session (its token stops working); false for an API key",
         permission_classes=[auth.SignedIn],
     )

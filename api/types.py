@@ -19,7 +19,7 @@ from strawberry.types import Info
 
 from api import auth
 from api.services import Services
-from domain.identity import ROLES, Caller
+from domain.identity import ROLES, Caller, UserView
 from domain.matching import Requirements
 from domain.money import cost_of_gpu_time, micro_to_credits
 from domain.node import DEFAULT_NODE, split_queue
@@ -122,6 +122,15 @@ class User:
             id=strawberry.ID(caller.user_id), email=caller.email,
             roles=[r for r in ROLES if r in caller.roles], client_id=caller.client_id,
             provider_ids=sorted(caller.provider_ids), node_ids=sorted(caller.node_ids),
+        )
+
+    @classmethod
+    def of_account(cls, view: UserView) -> User:
+        """The account itself, every role it holds."""
+        return cls(
+            id=strawberry.ID(view.id), email=view.email, roles=list(view.roles),
+            client_id=view.client_id if "client" in view.roles else None,
+            provider_ids=sorted(view.provider_ids), node_ids=sorted(view.node_ids),
         )
 
 

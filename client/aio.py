@@ -133,6 +133,14 @@ class AsyncGpgpuClient:
         data = await self._graphql(queries.RESET_PASSWORD, {"email": email})
         return str(data["resetPassword"])
 
+    async def add_roles(self, roles: list[str]) -> User:
+        data = await self._graphql(queries.ADD_ROLES, {"roles": roles})
+        return User.from_json(data["addRoles"])
+
+    async def revoke_role(self, email: str, role: str) -> User:
+        data = await self._graphql(queries.REVOKE_ROLE, {"email": email, "role": role})
+        return User.from_json(data["revokeRole"])
+
     async def submit_job(self, spec: dict[str, Any]) -> Job:
         return _http.parse_submit(await self._graphql(queries.SUBMIT_JOB, {"spec": spec}))
 

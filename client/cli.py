@@ -275,6 +275,24 @@ def passwd(
     _err().print(f"password changed for {user.email}; other sessions have ended")
 
 
+@app.command("add-role")
+@fails_cleanly
+def add_role(
+    ctx: typer.Context,
+    roles: Annotated[list[str], typer.Argument(help="client, provider or operator (several "
+                                                    "at once if you like).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Take on more roles: a client who also offers GPUs adds `provider`. An API key keeps
+    the scopes it was made with: make a new one to act in the new role from a program."""
+    with _client(ctx) as gp:
+        user = gp.add_roles(roles)
+    if as_json:
+        _print_json(user)
+        return
+    _err().print(f"{user.email} now acts as {', '.join(user.roles)}")
+
+
 @app.command("whoami")
 @fails_cleanly
 def whoami(ctx: typer.Context, as_json: JsonFlag = False) -> None:
@@ -911,6 +929,24 @@ def admin_reset_password(
     _out().print(temporary)
     _err().print(f"{email}: the temporary password is above; sign in with it, then run "
                  "`gpgpu passwd`")
+
+
+@admin_app.command("revoke-role")
+def admin_revoke_role(
+    email: Annotated[str, typer.Argument(help="The account's email.")],
+    role: Annotated[str, typer.Argument(help="client, provider, operator or admin.")],
+) -> None:
+    """Take a role from an account, on this node's stores (it keeps one at least); its
+    sessions and API keys stop acting as it within GPGPU_AUTH_CACHE_TTL_S."""
+    from domain.errors import DomainError
+    from infra.admin import revoke_role
+    from infra.settings import Settings
+
+    try:
+        user = revoke_role(Settings(), email, role)
+    except DomainError as err:
+        _fail(str(err), 2)
+    _out().print(f"{user.email}: {', '.join(user.roles)}")
 
 
 @admin_app.command("recompute-reputation")

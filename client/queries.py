@@ -196,6 +196,16 @@ mutation ChangePassword($current: String!, $new: String!) {{
 
 RESET_PASSWORD = "mutation ResetPassword($email: String!) { resetPassword(email: $email) }"
 
+ADD_ROLES = f"""
+mutation AddRoles($roles: [String!]!) {{ addRoles(roles: $roles) {{ {USER_FIELDS} }} }}
+"""
+
+REVOKE_ROLE = f"""
+mutation RevokeRole($email: String!, $role: String!) {{
+  revokeRole(email: $email, role: $role) {{ {USER_FIELDS} }}
+}}
+"""
+
 API_KEYS = "query ApiKeys { apiKeys { id name scopes createdAt } }"
 
 CREATE_API_KEY = """

@@ -149,6 +149,15 @@ class GpgpuClient:
         """Admin: a temporary password for someone locked out (every session of theirs ends)."""
         return str(self._graphql(queries.RESET_PASSWORD, {"email": email})["resetPassword"])
 
+    def add_roles(self, roles: list[str]) -> User:
+        """Take on more roles (client, provider, operator); the account as it is now."""
+        return User.from_json(self._graphql(queries.ADD_ROLES, {"roles": roles})["addRoles"])
+
+    def revoke_role(self, email: str, role: str) -> User:
+        """Admin: take a role from an account (it keeps one at least)."""
+        data = self._graphql(queries.REVOKE_ROLE, {"email": email, "role": role})
+        return User.from_json(data["revokeRole"])
+
     def create_api_key(self, name: str, scopes: list[str]) -> ApiKey:
         """A new key (its `key` is in this answer only)."""
         data = self._graphql(queries.CREATE_API_KEY, {"name": name, "scopes": scopes})

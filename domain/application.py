@@ -847,6 +847,32 @@ class Network(Application[Any]):
         self.save(user)
         return temporary
 
+    def add_roles(self, user_id: str, roles: list[str]) -> UserView:
+        """More roles for yourself (never admin): a client who also offers GPUs, say."""
+        chosen = check_roles(roles, SELF_SERVICE_ROLES)
+
+        def attempt() -> tuple[UserView, list[Aggregate]]:
+            user = self.user(user_id)
+            if user is None:
+                raise IdentityError("user: no such account")
+            for role in chosen:
+                user.grant_role(role)
+            return user_view(user), [user]
+
+        return self._save_retrying(attempt)
+
+    def revoke_role(self, email: str, role: str) -> UserView:
+        """An admin takes a role from an account (it keeps one at least)."""
+
+        def attempt() -> tuple[UserView, list[Aggregate]]:
+            user = self.user_by_email(email)
+            if user is None:
+                raise IdentityError(f"email: no account has {normalise_email(email)!r}")
+            user.revoke_role(role)
+            return user_view(user), [user]
+
+        return self._save_retrying(attempt)
+
     def create_user(
         self, email: str, password: str, roles: list[str], now: float
     ) -> UserView:

@@ -174,6 +174,21 @@ class User(Aggregate):
     def _role_granted(self, role: str) -> None:
         self._grant(role)
 
+    def revoke_role(self, role: str) -> None:
+        """Take a role away (its API keys stop acting as it); an account keeps one at least."""
+        if role not in ROLES:
+            raise IdentityError(f"role: {role!r} is not one of {', '.join(ROLES)}")
+        if role not in self.roles:
+            return
+        if self.roles == [role]:
+            raise IdentityError(f"role: {role!r} is the account's only role; it keeps one")
+        self._role_revoked(role=role)
+
+    @event("RoleRevoked")
+    def _role_revoked(self, role: str) -> None:
+        # The client id stays: the storage space and the jobs are still the account's.
+        self.roles = [r for r in self.roles if r != role]
+
     def _grant(self, role: str) -> None:
         self.roles = [r for r in ROLES if r in (*self.roles, role)]
         if role == "client" and self.client_id is None:

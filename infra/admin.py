@@ -85,6 +85,12 @@ def create_admin(
     return app.create_user(email, password, list(roles), time.time())
 
 
+def revoke_role(settings: Settings, email: str, role: str) -> UserView:
+    """Take a role from an account, on the stores directly; a running API notices within
+    GPGPU_AUTH_CACHE_TTL_S (an admin's revokeRole through the API, at once)."""
+    return Network(env=settings.eventsourcing_env()).revoke_role(email, role)
+
+
 def reset_password(settings: Settings, email: str) -> str:
     """A temporary password for a locked-out account, on the stores directly (an admin who
     lost theirs too can run it); every session of the account ends."""

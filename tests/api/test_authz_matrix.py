@@ -67,6 +67,8 @@ MATRIX: dict[str, tuple[str, str, str, str, str, str]] = {
     "Mutation.signOut":        (DENY, OK, OK, OK, OK, OK),
     "Mutation.changePassword": (DENY, OK, OK, OK, OK, OK),  # each their own
     "Mutation.resetPassword":  (DENY, DENY, DENY, DENY, DENY, OK),
+    "Mutation.addRoles":       (DENY, OK, OK, OK, OK, OK),  # each their own
+    "Mutation.revokeRole":     (DENY, DENY, DENY, DENY, DENY, OK),
     "Mutation.createApiKey":   (DENY, OK, OK, OK, OK, OK),
     "Mutation.revokeApiKey":   (DENY, OK, OK, OK, OK, OK),  # each its own key
     "Subscription.jobEvents":  (DENY, OK, DENY, OK, DENY, OK),
@@ -134,9 +136,9 @@ class World:
                          r=roles)["signUp"]
         self.tokens[who], self.clients[who] = found["token"], found["user"]["clientId"]
 
-    def throwaway_account(self) -> str:
+    def throwaway_account(self, roles: tuple[str, ...] = ("client",)) -> str:
         email = f"reset-{time.monotonic_ns()}@matrix.test"
-        self.gql("anonymous", SIGN_UP, e=email, p=PASSWORD, r=["client"])
+        self.gql("anonymous", SIGN_UP, e=email, p=PASSWORD, r=list(roles))
         return email
 
     def fresh_session(self, who: str) -> str:
@@ -215,6 +217,14 @@ def _key_of(w: World, who: str) -> dict[str, Any]:
     return {"id": made["createApiKey"]["id"]}
 
 
+def _a_role_held(w: World, who: str) -> dict[str, Any]:
+    """One of the caller's own roles again (no change: later rows see the same callers)."""
+    if who == "anonymous":
+        return {"r": ["client"]}
+    roles = w.gql(who, "{ me { roles } }")["me"]["roles"]
+    return {"r": [r for r in roles if r != "admin"][:1]}
+
+
 def _scopes(w: World, who: str) -> dict[str, Any]:
     if who == "anonymous":
         return {"n": "k", "s": ["client"]}
@@ -266,6 +276,11 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
                                 " newPassword: $p) { token } }", lambda w, who: {"p": PASSWORD}),
     "Mutation.resetPassword": ("mutation($e: String!) { resetPassword(email: $e) }",
                                lambda w, who: {"e": w.throwaway_account()}),
+    "Mutation.addRoles": ("mutation($r: [String!]!) { addRoles(roles: $r) { roles } }",
+                          _a_role_held),
+    "Mutation.revokeRole": ('mutation($e: String!) { revokeRole(email: $e, role: "provider")'
+                            " { roles } }",
+                            lambda w, who: {"e": w.throwaway_account(("client", "provider"))}),
     "Mutation.createApiKey": (CREATE_KEY, _scopes),
     "Mutation.revokeApiKey": ("mutation($id: ID!) { revokeApiKey(id: $id) }", _key_of),
 }
@@ -548,3 +563,37 @@ def test_guessing_a_password_is_stopped_and_a_reset_lets_the_owner_back(world: W
                      json={"query": "{ me { email } }"}).json()
     assert me["data"]["me"] is None  # the session from before the change ended
     assert w.gql("anonymous", SIGN_IN, e=email, p=PASSWORD)["signIn"]["token"]
+
+
+def test_a_provider_takes_on_a_role_and_an_admin_takes_it_away_at_once(world: World) -> None:
+    w = world
+    email = w.throwaway_account(("provider",))
+    token = w.gql("anonymous", SIGN_IN, e=email, p=PASSWORD)["signIn"]["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+
+    def as_them(query: str, **variables: Any) -> dict[str, Any]:
+        r = w.http.post("/graphql", headers=bearer, json={"query": query, "variables": variables})
+        return r.json()  # type: ignore[no-any-return]
+
+    def me() -> dict[str, Any]:
+        return as_them("{ me { roles clientId } }")["data"]["me"]  # type: ignore[no-any-return]
+
+    jobs = "{ jobs { id } }"
+    assert me() == {"roles": ["provider"], "clientId": None}
+    assert as_them(jobs)["errors"][0]["message"].startswith("forbidden")
+    refused = as_them('mutation { addRoles(roles: ["admin"]) { roles } }')
+    assert refused["errors"][0]["message"] == (
+        "roles: 'admin' is not one of client, provider, operator")
+    added = as_them('mutation { addRoles(roles: ["client"]) { roles clientId } }')
+    assert added["data"]["addRoles"]["roles"] == ["client", "provider"]
+    assert me() == added["data"]["addRoles"]  # the same session, at once, with a storage space
+    assert me()["clientId"] and as_them(jobs)["data"]["jobs"] == []
+
+    revoke = "mutation($e: String!, $r: String!) { revokeRole(email: $e, role: $r) { roles } }"
+    assert w.gql("admin", revoke, e=email, r="client")["revokeRole"]["roles"] == ["provider"]
+    assert me() == {"roles": ["provider"], "clientId": None}  # no cached caller outlives it
+    assert as_them(jobs)["errors"][0]["message"].startswith("forbidden")
+    only = w.post("admin", revoke, e=email, r="provider")["errors"][0]["message"]
+    assert only == "role: 'provider' is the account's only role; it keeps one"
+    unknown = w.post("admin", revoke, e="nobody@matrix.test", r="client")["errors"][0]["message"]
+    assert unknown == "email: no account has 'nobody@matrix.test'"

@@ -105,6 +105,7 @@ class FakeApi:
     ws_inits: list[Any] = field(default_factory=list)
     keys_made: list[dict[str, Any]] = field(default_factory=list)
     password_changes: list[str] = field(default_factory=list)
+    roles_added: list[list[str]] = field(default_factory=list)
     ws_subscribes: list[dict[str, Any]] = field(default_factory=list)
     pongs: int = 0
     refused: int = 0
@@ -189,6 +190,15 @@ class FakeApi:
                     "providerIds": [], "nodeIds": []}
             return httpx.Response(200, json={"data": {"changePassword": {
                 "token": "gps_after-the-change", "user": user}}})
+        if "mutation AddRoles" in query:
+            wanted = variables["roles"]
+            if "admin" in wanted:  # as the API words it (domain.identity.check_roles)
+                return httpx.Response(200, json={"data": None, "errors": [{
+                    "message": "roles: 'admin' is not one of client, provider, operator"}]})
+            self.roles_added.append(wanted)
+            user = {"id": "u-1", "email": "a@b.test", "roles": ["client", *wanted],
+                    "clientId": CLIENT, "providerIds": [], "nodeIds": []}
+            return httpx.Response(200, json={"data": {"addRoles": user}})
         if "mutation CreateApiKey" in query:
             self.keys_made.append(variables)
             made = {"id": "k-1", "name": variables["name"], "scopes": variables["scopes"],

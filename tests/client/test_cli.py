@@ -275,6 +275,18 @@ def test_passwd_changes_the_password_and_keeps_the_new_session(wired: FakeApi) -
     assert saved == {wired.url: {"token": "gps_after-the-change", "email": "a@b.test"}}
 
 
+def test_add_role_asks_for_the_roles_and_says_what_the_account_acts_as(wired: FakeApi) -> None:
+    done = gpgpu(wired.url, "add-role", "provider", "operator")
+    assert done.exit_code == 0, done.output
+    assert done.stderr == "a@b.test now acts as client, provider, operator\n"
+    assert wired.roles_added == [["provider", "operator"]]
+    as_json = gpgpu(wired.url, "add-role", "provider", "--json")
+    assert json.loads(as_json.stdout)["roles"] == ["client", "provider"]
+    refused = gpgpu(wired.url, "add-role", "admin")
+    assert refused.exit_code == 1
+    assert refused.stderr == "error: roles: 'admin' is not one of client, provider, operator\n"
+
+
 def test_keys_create_prints_the_key_once_on_stdout(wired: FakeApi) -> None:
     made = gpgpu(wired.url, "keys", "create", "gpu-box", "--scope", "provider")
     assert made.exit_code == 0, made.output
@@ -298,6 +310,13 @@ def test_admin_reset_password_prints_a_temporary_one_that_signs_in(
     unknown = runner.invoke(cli.app, ["admin", "reset-password", "nobody@b.test"])
     assert unknown.exit_code == 2
     assert "email: no account has 'nobody@b.test'" in unknown.stderr
+
+    only = runner.invoke(cli.app, ["admin", "revoke-role", "boss@b.test", "admin"])
+    assert only.exit_code == 0, only.output
+    assert only.stdout == "boss@b.test: client, provider, operator\n"
+    unknown_role = runner.invoke(cli.app, ["admin", "revoke-role", "boss@b.test", "king"])
+    assert unknown_role.exit_code == 2
+    assert "role: 'king' is not one of client, provider, operator, admin" in unknown_role.stderr
 
     reset = runner.invoke(cli.app, ["admin", "reset-password", "boss@b.test"])
 

@@ -264,11 +264,16 @@ def test_a_pasted_spec_is_explained_and_refused_field_by_field(
 def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
     page: Any, net: Network, has_accounts: bool
 ) -> None:
-    enter(page, has_accounts, "web-prov", ["client", "provider"])
+    enter(page, has_accounts, "web-prov", ["client"] if has_accounts else ["client", "provider"])
     env = dict(net.stack.env)
     if has_accounts:  # the agent joins the account whose API key it holds
+        # A client who starts offering GPUs takes on the provider role, then makes the key.
         page.click("header.top nav >> text=API keys")
+        page.click("[data-testid=add-role-provider]")
+        page.wait_for_selector("text=You can act as GPU provider now")
+        assert page.inner_text("[data-testid=roles-held]") == "You act as Client, GPU provider."
         page.fill("input[name=key-name]", "gpu-box")
+        page.check("input[name=scope-provider]")
         page.click("button:has-text('Create key')")
         env["GPGPU_API_KEY"] = page.inner_text("[data-testid=new-key]").strip()
     saved, net.stack.env = net.stack.env, env

@@ -172,6 +172,10 @@ export const SIGN_IN = gql<{ signIn: SessionResult }, { email: string; password:
 }`,
 );
 
+export const ADD_ROLES = gql<{ addRoles: User }, { roles: string[] }>(
+  `mutation AddRoles($roles: [String!]!) { addRoles(roles: $roles) { ${USER} } }`,
+);
+
 export const CHANGE_PASSWORD = gql<
   { changePassword: SessionResult },
   { current: string; next: string }

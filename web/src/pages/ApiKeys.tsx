@@ -5,8 +5,8 @@ import { mutate } from "../api";
 import { ActionButton, Card, Empty, ErrorBox, Loading, Notice } from "../components/ui";
 import { when } from "../format";
 import { useQuery } from "../hooks";
-import { API_KEYS, CHANGE_PASSWORD, CREATE_API_KEY, REVOKE_API_KEY } from "../queries";
-import { ROLE_WORDS, rolesOf, session, setSession } from "../session";
+import { ADD_ROLES, API_KEYS, CHANGE_PASSWORD, CREATE_API_KEY, REVOKE_API_KEY } from "../queries";
+import { ROLES, ROLE_WORDS, type Role, rolesOf, session, setSession } from "../session";
 import { useStore } from "../store";
 
 export function ApiKeysPage(): JSX.Element {
@@ -94,6 +94,7 @@ export function ApiKeysPage(): JSX.Element {
         </form>
         <ErrorBox error={formError} />
       </Card>
+      {s?.mode === "auth" ? <RolesCard /> : null}
       {s?.mode === "auth" ? <PasswordCard /> : null}
       <Card title="Your keys">
         <ErrorBox error={error} />
@@ -129,6 +130,43 @@ export function ApiKeysPage(): JSX.Element {
         )}
       </Card>
     </>
+  );
+}
+
+/** More roles: a client who starts offering GPUs, say. An admin takes one away. */
+function RolesCard(): JSX.Element | null {
+  const s = useStore(session);
+  const [added, setAdded] = useState<Role | null>(null);
+  if (!s) return null;
+  const held = rolesOf(s.user);
+  const missing = ROLES.filter((r) => !held.includes(r));
+
+  const add = async (role: Role) => {
+    const { addRoles } = await mutate(ADD_ROLES, { roles: [role] });
+    const now = session.value;
+    if (now) setSession({ ...now, user: { ...now.user, ...addRoles } });
+    setAdded(role);
+  };
+
+  return (
+    <Card title="Your roles">
+      <p data-testid="roles-held">You act as {held.map((r) => ROLE_WORDS[r].name).join(", ")}.</p>
+      {missing.length > 0 ? (
+        <div class="row">
+          {missing.map((r) => (
+            <ActionButton kind="plain" testid={`add-role-${r}`} title={ROLE_WORDS[r].about} onClick={() => add(r)}>
+              Also act as {ROLE_WORDS[r].name}
+            </ActionButton>
+          ))}
+        </div>
+      ) : null}
+      {added ? (
+        <Notice kind="ok">
+          You can act as {ROLE_WORDS[added].name} now: pick it under "Acting as". A key keeps the roles it was made
+          with, so create a new one for a program that acts as {ROLE_WORDS[added].name}.
+        </Notice>
+      ) : null}
+    </Card>
   );
 }
 
