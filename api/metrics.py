@@ -12,6 +12,7 @@ default registry.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections import Counter, defaultdict
@@ -249,6 +250,15 @@ def render(views: ViewDB) -> bytes:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    views: ViewDB = request.app.state.services.views
+    services = request.app.state.services
+    wanted = services.settings.metrics_token
+    if wanted:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                   wanted.encode()):
+            return Response("metrics: send Authorization: Bearer <GPGPU_METRICS_TOKEN>\n",
+                            status_code=401, media_type="text/plain",
+                            headers={"WWW-Authenticate": "Bearer"})
+    views: ViewDB = services.views
     body = await asyncio.to_thread(render, views)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

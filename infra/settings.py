@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     # What a provider agent (and the SDK) sends as `Authorization: Bearer`: an API key.
     api_key: str | None = None
+    # Set, GET /metrics wants `Authorization: Bearer <it>` (Prometheus: `authorization:`
+    # `credentials:`); unset, /metrics is open (scrape it from inside the network).
+    metrics_token: str | None = None
 
     @property
     def offline_after_s(self) -> float:

@@ -154,3 +154,28 @@ def test_gpu_time_and_money(scraped: str) -> None:
 
 def test_process_metrics_follow(scraped: str) -> None:
     assert "process_cpu_seconds_total" in scraped or "python_info" in scraped
+
+
+def test_a_metrics_token_closes_the_endpoint_to_everyone_without_it(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from infra.db import ViewDB
+
+    settings = Settings(home=tmp_path, event_store="memory", metrics_token="scrape-me")
+    app = create_app(settings)
+    views = ViewDB(settings)
+    app.state.services = SimpleNamespace(settings=settings, views=views)  # no lifespan needed
+    try:
+        http = TestClient(app)
+        for headers in ({}, {"Authorization": "Bearer not-it"}, {"Authorization": "scrape-me"}):
+            refused = http.get("/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.text == "metrics: send Authorization: Bearer <GPGPU_METRICS_TOKEN>\n"
+            assert refused.headers["www-authenticate"] == "Bearer"
+        scraped = http.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert scraped.status_code == 200
+        assert value(scraped.text, "gpgpu_jobs", state="RUNNING") == 0
+    finally:
+        views.close()
