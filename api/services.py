@@ -302,7 +302,12 @@ class Services:
         if settings.event_store == "sqlite":
             changes = SqliteChanges(settings.events_path)
         elif settings.event_store == "postgres":
-            changes = PostgresChanges(settings, network.recorder.events_table_name)  # type: ignore[attr-defined]
+            table = network.recorder.events_table_name  # type: ignore[attr-defined]
+            try:
+                changes = PostgresChanges(settings, table)
+            except Exception as err:  # e.g. a database user that may not add triggers
+                log.warning("the projection polls PostgreSQL: no NOTIFY trigger on %s (%s)",
+                            table, err)
         threads: list[Worker] = [
             ProjectionThread(projector, changed=changes),
             ProviderMonitor(settings, telemetry_views, network, health),
