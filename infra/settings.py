@@ -141,7 +141,7 @@ class Settings(BaseSettings):
         if self.event_store == "sqlite":
             self.home.mkdir(parents=True, exist_ok=True)
             return {
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "PERSISTENCE_MODULE": "infra.sqlite_store:PatientSQLiteFactory",
                 "SQLITE_DBNAME": str(self.events_path),
                 "SQLITE_LOCK_TIMEOUT": "30",
             }
