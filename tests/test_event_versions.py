@@ -31,10 +31,10 @@ def test_entry_posted_v1_is_upcast_with_its_kind() -> None:
     app.save(source, target)
     transfer(source, target, "deposit:legacy", 5_000_000, "deposit")
     transfer(target, source, "refund:legacy", 1_000_000, "escrow refund")
-    pending = source.collect_events() + target.collect_events()
+    pending = [*source.collect_events(), *target.collect_events()]
     app.recorder.insert_events([_as_version_1(app, e) for e in pending])
 
-    loaded = app.repository.get(Account.create_id(name="client:old"))
+    loaded: Account = app.repository.get(Account.create_id(name="client:old"))
     assert loaded.balance_micro == 4_000_000
     entries = [
         app.mapper.to_domain_event(n)

@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def lifecycle(acts: ControlActivities, job_id: str, repeat: Callable[[Callable[[
         c.JobStep(job_id, "execution_finished", "p1", 1, exit_code=0, gpu_ms=30_000),
         c.JobStep(job_id, "outputs_uploaded", "p1", 1, manifest=manifest),
     ):
-        repeat(lambda step=step: acts.record_job_step(step))
+        repeat(partial(acts.record_job_step, step))
     verdict = repeat(lambda: acts.verify_job(c.VerifyRequest(job_id, 1, "p1", 0, False,
                                                              manifest, [])))
     assert verdict.accepted and verdict.succeeded

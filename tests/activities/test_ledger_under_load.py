@@ -76,7 +76,7 @@ def test_concurrent_settlements_with_retries_keep_the_ledger_whole(settings: Set
         assert app.balance(f"provider:{provider}") == paid
     assert app.balance(FEES) == fees
 
-    names = [r["name"] for r in _accounts(app, settings)]
+    names = [str(r["name"]) for r in _accounts(app, settings)]
     assert sum(app.balance(n) for n in names) == 0
     assert app.balance(EXTERNAL) == -CLIENTS * 1_000_000_000
 

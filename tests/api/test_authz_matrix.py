@@ -124,12 +124,12 @@ class World:
         r = self.http.post("/graphql", json={"query": query, "variables": variables},
                            headers=self.headers(who))
         r.raise_for_status()
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
     def gql(self, who: str, query: str, **variables: Any) -> dict[str, Any]:
         body = self.post(who, query, **variables)
         assert "errors" not in body, body["errors"]
-        return body["data"]  # type: ignore[no-any-return]
+        return body["data"]
 
     def sign_up(self, who: str, roles: list[str]) -> None:
         found = self.gql("anonymous", SIGN_UP, e=f"{who}@matrix.test", p=PASSWORD,
@@ -325,7 +325,7 @@ async def first_message(w: World, who: str, query: str, variables: dict[str, Any
         assert ack["type"] == "connection_ack", ack
         await ws.send(json.dumps({"id": "1", "type": "subscribe",
                                   "payload": {"query": query, "variables": variables}}))
-        return json.loads(await asyncio.wait_for(ws.recv(), 10))  # type: ignore[no-any-return]
+        return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
 SUBSCRIPTIONS = {
@@ -573,10 +573,10 @@ def test_a_provider_takes_on_a_role_and_an_admin_takes_it_away_at_once(world: Wo
 
     def as_them(query: str, **variables: Any) -> dict[str, Any]:
         r = w.http.post("/graphql", headers=bearer, json={"query": query, "variables": variables})
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
     def me() -> dict[str, Any]:
-        return as_them("{ me { roles clientId } }")["data"]["me"]  # type: ignore[no-any-return]
+        return as_them("{ me { roles clientId } }")["data"]["me"]
 
     jobs = "{ jobs { id } }"
     assert me() == {"roles": ["provider"], "clientId": None}

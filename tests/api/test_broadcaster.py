@@ -31,8 +31,8 @@ class View:
 
 async def test_pushed_rows_reach_subscribers_without_queries_and_gaps_are_read() -> None:
     broadcaster, view = Broadcaster(asyncio.get_running_loop()), View()
-    stream = follow_stream(SimpleNamespace(broadcaster=broadcaster, query=view.query),
-                           "job", "j1", 0)
+    services: Any = SimpleNamespace(broadcaster=broadcaster, query=view.query)
+    stream = follow_stream(services, "job", "j1", 0)
     got: list[int] = []
 
     async def follow() -> None:
@@ -77,7 +77,7 @@ async def test_pushed_rows_reach_subscribers_without_queries_and_gaps_are_read()
 
 async def test_a_subscriber_far_behind_reads_the_view() -> None:
     broadcaster = Broadcaster(asyncio.get_running_loop())
-    broadcaster.RECENT_PER_STREAM = 3  # type: ignore[misc]
+    broadcaster.RECENT_PER_STREAM = 3
     broadcaster.advance(1, [row("j1", n) for n in range(1, 7)])
     await asyncio.sleep(0)
     assert broadcaster.recent("job:j1", 5) == [row("j1", 6)]

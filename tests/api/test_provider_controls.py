@@ -74,6 +74,7 @@ class Api:
         """The account `name` (signed up once; "admin" made on the stores): token, clientId."""
         if name not in self.sessions:
             email = f"{name}@controls.test"
+            variables: dict[str, Any]
             if name == "admin":
                 self.services.network.create_user(email, PASSWORD, list(ROLES), time.time())
                 query, variables = SIGN_IN, {"e": email, "p": PASSWORD}

@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-EXPECTED = [
+EXPECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("append_events_per_s", "events/s", {"store": "sqlite", "mode": "single"}),
     ("append_events_per_s", "events/s", {"store": "sqlite", "mode": "batched"}),
     ("append_events_per_s", "events/s", {"store": "postgres", "mode": "single"}),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from fractions import Fraction
+from typing import Any
 
 import pytest
 
@@ -173,6 +174,6 @@ def test_a_provider_snapshot_from_before_outcome_times_still_loads() -> None:
     state = {"outcomes": ["success", "lost"], "_modified_on": datetime(2026, 1, 1, tzinfo=UTC)}
     Provider.upcast_v2_v3(state)
     assert state["outcome_times"] == [datetime(2026, 1, 1, tzinfo=UTC).timestamp()] * 2
-    old = {"reservations": {}}
+    old: dict[str, Any] = {"reservations": {}}
     Provider.upcast_v1_v2(old)
     assert old["suspended"] == [] and old["degraded"] == {} and old["reservation_clients"] == {}

@@ -64,7 +64,7 @@ class Network:
         r.raise_for_status()
         body = r.json()
         assert "errors" not in body, body["errors"]
-        return body["data"]  # type: ignore[no-any-return]
+        return body["data"]
 
     def sign_up(self, name: str, roles: list[str]) -> Account:
         """The account `name` with these roles (once; later calls return it)."""
@@ -104,13 +104,13 @@ class Network:
         r.raise_for_status()
         body = r.json()
         assert "errors" not in body, body["errors"]
-        return body["data"]  # type: ignore[no-any-return]
+        return body["data"]
 
     def put(self, client: str, key: str, data: bytes) -> dict[str, Any]:
         r = self.http.put(f"/storage/{self.client_id(client)}/{key}", content=data,
                           headers=self.headers(client))
         r.raise_for_status()
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
     def get(self, client: str, key: str, space: str | None = None) -> bytes:
         """`key` from `client`'s space, or (as that caller) from another `space`."""
@@ -136,7 +136,7 @@ class Network:
             job = self.gql("query($id: ID!) { job(id: $id) { id state reason providerId"
                            " costMicro } }", client, id=job_id)["job"]
             if job and job["state"] in states:
-                return job  # type: ignore[no-any-return]
+                return job
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} did not reach {states}: {job}")
 

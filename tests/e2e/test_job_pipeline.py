@@ -106,7 +106,7 @@ def test_job_runs_end_to_end(net: Network) -> None:
     assert store.balance(f"escrow:{job_id}") == 0
     assert store.balance("provider:pipe-a") == settled["provider_paid_micro"]
     assert store.balance("protocol:fees") >= settled["fee_micro"]
-    names = [r["name"] for r in store_accounts(net)]
+    names = [str(r["name"]) for r in store_accounts(net)]
     assert sum(store.balance(n) for n in names) == 0  # double entry: the ledger sums to zero
 
 

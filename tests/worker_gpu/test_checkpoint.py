@@ -54,7 +54,7 @@ def make_plan(storage: StorageServer, *, max_files: int = 4, max_bytes: int = 1 
 
 
 def manifest(storage: StorageServer) -> dict[str, Any]:
-    return json.loads((storage.uploaded / "checkpoint.json").read_bytes())  # type: ignore[no-any-return]
+    return json.loads((storage.uploaded / "checkpoint.json").read_bytes())
 
 
 def write(path: Path, data: bytes) -> None:
