@@ -104,16 +104,17 @@ def ride_out(
     transfer: Callable[[], T],
     what: str,
     *,
-    budget_s: float = RIDE_OUT_S,
+    budget_s: float | None = None,
     check: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run `transfer` again, with backoff, while it fails transiently and `budget_s` lasts.
+    """Run `transfer` again, with backoff, while it fails transiently and `budget_s`
+    (default RIDE_OUT_S) lasts.
 
     Each try starts the transfer over (a presigned PUT cannot resume); `check` runs before
     each wait and may raise to stop (a cancelled activity). Other errors pass at once.
     """
-    deadline = time.monotonic() + budget_s
+    deadline = time.monotonic() + (RIDE_OUT_S if budget_s is None else budget_s)
     wait, tries = RETRY_FIRST_S, 1
     while True:
         try:

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from domain.application import Network
 from infra.db import PostgresChanges, SqliteChanges
 from infra.settings import Settings
+from tests.domain.support import store_settings
+
+
+@pytest.fixture(params=("sqlite", "postgres"))  # the memory store is one process's
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    with store_settings(request.param, tmp_path) as s:
+        yield s
 
 
 @pytest.fixture
 def changes(settings: Settings) -> Iterator[Callable[[], bool]]:
-    if settings.event_store == "memory":
-        pytest.skip("one process's store: nothing to watch")
     first = Network(env=settings.eventsourcing_env())  # makes the events table
     watch: SqliteChanges | PostgresChanges
     if settings.event_store == "sqlite":

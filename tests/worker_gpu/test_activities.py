@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from tests.worker_gpu.http_servers import StorageServer
+from worker_gpu import transfer
 from worker_gpu.activities import GpuActivities
 from worker_gpu.runtime_process import ProcessRuntime
 from workflows.contracts import (
@@ -309,8 +310,10 @@ def test_upload_reports_a_refused_put(
 
 
 def test_upload_server_error_is_retryable(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer
+    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(transfer, "RIDE_OUT_S", 1.0)  # it rides out 60 s of 5xx otherwise
     work = acts.work_dir("job-1", 1)
     work.mkdir(parents=True)
     (work / "out.txt").write_text("result")
