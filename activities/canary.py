@@ -37,7 +37,7 @@ class CanaryActivities:
     def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
         self.network, self.views, self.store, self.settings = network, views, store, settings
 
-    @activity.defn(name=c.PLAN_CANARY)
+    @activity.defn(name=c.PLAN_CANARY, no_thread_cancel_exception=True)
     def plan_canary(self, req: c.CanaryRequest) -> c.CanaryPlan:
         """Whether a canary follows this provider's accepted run: at its canary rate."""
         if not self.settings.canaries:
@@ -57,7 +57,7 @@ class CanaryActivities:
             random.uniform(0.0, max(0.0, self.settings.canary_max_delay_s)),
         )
 
-    @activity.defn(name=c.START_CANARY)
+    @activity.defn(name=c.START_CANARY, no_thread_cancel_exception=True)
     def start_canary(self, req: c.CanaryStartRequest) -> c.CanaryStart:
         """Submit the canary job to exactly this provider, reserve its GPUs, stage the program."""
         started = self.network.start_canary(
@@ -74,7 +74,7 @@ class CanaryActivities:
             started.price_micro,
         )
 
-    @activity.defn(name=c.CLOSE_CANARY)
+    @activity.defn(name=c.CLOSE_CANARY, no_thread_cancel_exception=True)
     def close_canary(self, req: c.CanaryReport) -> c.CanaryResult:
         """Judge the run against the known answer and storage; pay, record, finish."""
         canary = self.network.canary(req.origin_job_id, req.provider_id)

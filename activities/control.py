@@ -82,6 +82,15 @@ def _busy(fn: F) -> F:
     return cast(F, bounded)
 
 
+# Every control step runs with no_thread_cancel_exception: a cancelled step (its
+# workflow's timeout or a cancel) finishes on its own; the cancel only stops anyone waiting
+# for it. Temporal would otherwise raise CancelledError inside the thread at any bytecode,
+# also between a lock's acquire and its try/finally in eventsourcing's connection pool:
+# the lock was never released and every later store step waited forever (seen in the
+# 500-job test: a control worker idle with 500 jobs unfinished). Steps that wait (the
+# scheduler's allocate) look at activity.is_cancelled() themselves.
+
+
 class ControlActivities:
     def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
         self.network, self.views, self.store, self.settings = network, views, store, settings
@@ -91,7 +100,7 @@ class ControlActivities:
     def online_provider_ids(self) -> set[str]:
         return online_provider_ids(self.views, self.settings)
 
-    @activity.defn(name=c.ADMIT_JOB)
+    @activity.defn(name=c.ADMIT_JOB, no_thread_cancel_exception=True)
     @_busy
     def admit_job(self, req: c.JobInput) -> c.AdmitResult:
         try:
@@ -104,7 +113,7 @@ class ControlActivities:
             verification.replicas, list(verification.verifier or []),
         )
 
-    @activity.defn(name=c.ALLOCATE_GPUS)
+    @activity.defn(name=c.ALLOCATE_GPUS, no_thread_cancel_exception=True)
     def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
         """Wait in the job's queue for the scheduler to place this run (a few seconds a try)."""
         live = activity.in_activity()  # also called directly, by tests and tools
@@ -132,7 +141,7 @@ class ControlActivities:
             decision.price_per_gpu_hour_micro,
         )
 
-    @activity.defn(name=c.PREPARE_TRANSFERS)
+    @activity.defn(name=c.PREPARE_TRANSFERS, no_thread_cancel_exception=True)
     @_busy
     def prepare_transfers(self, req: c.AllocateRequest) -> c.TransferPlan:
         job = self.network.job(req.job_id)
@@ -184,7 +193,7 @@ class ControlActivities:
             spec.image, spec.network, checkpoint,
         )
 
-    @activity.defn(name=c.RECORD_JOB_STEP)
+    @activity.defn(name=c.RECORD_JOB_STEP, no_thread_cancel_exception=True)
     @_busy
     def record_job_step(self, step: c.JobStep) -> None:
         try:
@@ -192,7 +201,7 @@ class ControlActivities:
         except DomainError as err:
             raise _refuse(err) from err
 
-    @activity.defn(name=c.RECORD_JOB_STEPS)
+    @activity.defn(name=c.RECORD_JOB_STEPS, no_thread_cancel_exception=True)
     @_busy
     def record_job_steps(self, steps: c.JobSteps) -> None:
         """Facts about one job, in order, in one transaction."""
@@ -208,12 +217,12 @@ class ControlActivities:
         except DomainError as err:
             raise _refuse(err) from err
 
-    @activity.defn(name=c.MARK_PROVIDER_LOST)
+    @activity.defn(name=c.MARK_PROVIDER_LOST, no_thread_cancel_exception=True)
     @_busy
     def mark_provider_lost(self, req: c.ProviderLost) -> None:
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
 
-    @activity.defn(name=c.VERIFY_JOB)
+    @activity.defn(name=c.VERIFY_JOB, no_thread_cancel_exception=True)
     @_busy
     def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
         """Check each run's report against storage, the runs against each other, the outcome."""
@@ -233,7 +242,7 @@ class ControlActivities:
             )
         return verdict
 
-    @activity.defn(name=c.PLAN_CHECK)
+    @activity.defn(name=c.PLAN_CHECK, no_thread_cancel_exception=True)
     @_busy
     def plan_check(self, req: c.CheckRequest) -> c.CheckDecision:
         """The network's own check: replicate this run at a rate that falls with trust."""
@@ -244,7 +253,7 @@ class ControlActivities:
         run = decide_check(outcomes, req.draw)
         return c.CheckDecision(run, f"check rate {rate:.2f} for {req.provider_id}")
 
-    @activity.defn(name=c.SETTLE_JOB)
+    @activity.defn(name=c.SETTLE_JOB, no_thread_cancel_exception=True)
     @_busy
     def settle_job(self, req: c.SettleRequest) -> c.Settlement:
         try:
@@ -267,7 +276,7 @@ class ControlActivities:
             raise _refuse(err) from err
         return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
 
-    @activity.defn(name=c.RECORD_REPUTATION)
+    @activity.defn(name=c.RECORD_REPUTATION, no_thread_cancel_exception=True)
     @_busy
     def record_reputation(self, req: c.ReputationRequest) -> None:
         try:
@@ -275,13 +284,13 @@ class ControlActivities:
         except DomainError as err:
             raise _refuse(err) from err
 
-    @activity.defn(name=c.RELEASE_GPUS)
+    @activity.defn(name=c.RELEASE_GPUS, no_thread_cancel_exception=True)
     @_busy
     def release_gpus(self, req: c.ReleaseRequest) -> None:
         self.network.release_gpus(req.job_id, req.provider_id)
         self.scheduler.wake()
 
-    @activity.defn(name=c.FINISH_JOB)
+    @activity.defn(name=c.FINISH_JOB, no_thread_cancel_exception=True)
     @_busy
     def finish_job(self, req: c.FinishRequest) -> None:
         self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)
