@@ -7,10 +7,11 @@ previous writer, which may itself be waiting (up to SQLITE_LOCK_TIMEOUT) for the
 process's write lock. The pool gives up after 5 s, so under a burst (500 jobs submitted
 at once) reads that could have run at once failed with "Timed out waiting for connection
 pool semaphore"; their activities were retried while the stalled threads kept going, and
-the pile grew until nothing finished (tests/reliability/test_fair_share_load.py, once
-in three runs). Here the pool waits as long as SQLite's own lock does: a burst is slower,
-not an error. (An flock that makes writers of all processes take turns was tried: the
-API's writers then held the lock back to back and the control worker starved worse.)
+the pile grew (tests/reliability/test_fair_share_load.py; the stall that never ended was
+a lock leaked by a cancelled step, see activities/control.py). Here the pool waits as
+long as SQLite's own lock does: a burst is slower, not an error. (An flock that makes
+writers of all processes take turns was tried: the API's writers then held the lock
+back to back and the control worker starved worse.)
 """
 
 from __future__ import annotations
