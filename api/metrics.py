@@ -31,6 +31,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from api.auth import bearer
 from domain.projection import JOB_STATE_AFTER
 from infra.db import ViewDB
 
@@ -253,9 +254,8 @@ async def metrics(request: Request) -> Response:
     services = request.app.state.services
     wanted = services.settings.metrics_token
     if wanted:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                   wanted.encode()):
+        given = bearer(request.headers.get("authorization")) or ""
+        if not hmac.compare_digest(given.encode(), wanted.encode()):
             return Response("metrics: send Authorization: Bearer <GPGPU_METRICS_TOKEN>\n",
                             status_code=401, media_type="text/plain",
                             headers={"WWW-Authenticate": "Bearer"})
