@@ -9,7 +9,6 @@ put in storage under the same key with the same bytes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import secrets
@@ -27,7 +26,7 @@ from domain.spec import JobSpec
 from domain.verification import canary_rate
 from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
-from infra.storage import ObjectNotFound, ObjectStore, StorageError
+from infra.storage import ObjectStore, StorageError, delete_each
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -116,9 +115,7 @@ class CanaryActivities:
         """A passed canary's inputs and outputs are of no more use; a failed one's stay, as
         the evidence behind its outcome. Best effort: the canary is closed either way."""
         try:
-            for stored in self.store.list(space):
-                with contextlib.suppress(ObjectNotFound):
-                    self.store.delete(space, stored.key)
+            delete_each(self.store, space, [o.key for o in self.store.list(space)])
         except (StorageError, OSError) as err:
             log.warning("canary files stay in storage space %s: %s", space, err)
 

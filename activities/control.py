@@ -7,7 +7,6 @@ commands are idempotent by business key.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -29,7 +28,7 @@ from domain.verification import check_rate, decide_check
 from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
 from infra.signing import presigned_url
-from infra.storage import ObjectNotFound, ObjectStore, StorageError
+from infra.storage import ObjectStore, StorageError, delete_each
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -305,12 +304,9 @@ class ControlActivities:
         client_id = self.network.job(job_id).client_id
         try:
             # The manifest first: no half-deleted checkpoint is ever named as complete.
-            keys = [checkpoint_manifest_key(job_id)] + [
+            delete_each(self.store, client_id, [checkpoint_manifest_key(job_id)] + [
                 o.key for o in self.store.list(client_id, f"jobs/{job_id}/{CHECKPOINT_DIR}/")
-            ]
-            for key in keys:
-                with contextlib.suppress(ObjectNotFound):
-                    self.store.delete(client_id, key)
+            ])
         except (StorageError, OSError) as err:
             log.warning("job %s: its checkpoint stays in storage: %s", job_id, err)
 

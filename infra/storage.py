@@ -8,6 +8,7 @@ infra/storage_s3.py; `build_store` picks one from the settings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -53,6 +54,13 @@ class ObjectStore(Protocol):
     def stat(self, client_id: str, key: str) -> ObjectInfo: ...
     def list(self, client_id: str, prefix: str = "") -> list[ObjectInfo]: ...
     def delete(self, client_id: str, key: str) -> None: ...
+
+
+def delete_each(store: ObjectStore, client_id: str, keys: Iterable[str]) -> None:
+    """Delete these objects in order; one already gone is no error (a retried cleanup)."""
+    for key in keys:
+        with contextlib.suppress(ObjectNotFound):
+            store.delete(client_id, key)
 
 
 def check_client_id(client_id: str) -> str:
