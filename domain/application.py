@@ -68,6 +68,7 @@ from domain.ledger import (
     provider_account,
     transfer,
 )
+from domain.limits import AMOUNT
 from domain.matching import (
     Assessment,
     Candidate,
@@ -81,7 +82,7 @@ from domain.matching import (
 )
 from domain.money import cost_of_gpu_time
 from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
-from domain.provider import Directory, Provider
+from domain.provider import Directory, Provider, check_declaration
 from domain.scheduling import Placement, Waiting
 from domain.spec import JobSpec
 
@@ -197,6 +198,7 @@ class Network(Application[Any]):
     def submit_job(self, job_id: str, client_id: str, spec: JobSpec) -> None:
         if self._get_or_none(Job.create_id(job_id=job_id)) is not None:
             return
+        AMOUNT.check("max_cost_micro", spec.max_cost_micro)
         job = Job(
             job_id=job_id,
             client_id=client_id,
@@ -297,6 +299,8 @@ class Network(Application[Any]):
         runtimes: list[str] | None = None,
         node_id: str = DEFAULT_NODE,
     ) -> None:
+        check_declaration(price_micro, gpus)
+
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
             directory = self._get_or_none(Directory.create_id()) or Directory()

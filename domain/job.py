@@ -14,8 +14,39 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import InvalidTransition
 from domain.ids import business_id
+from domain.limits import (
+    AMOUNT,
+    ATTEMPT,
+    BYTES,
+    EXIT_CODE,
+    GPU_INDEX,
+    GPU_MS,
+    JOB_GPUS,
+    PRICE,
+    STEP_FILES,
+    OutOfBounds,
+)
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "REJECTED", "CANCELLED")
+
+
+def check_step_data(step: str, data: dict[str, Any]) -> None:
+    """The numbers a step reports (a provider's figures among them), within their bounds."""
+    if step == "inputs_staged":
+        STEP_FILES.check("files", data.get("files"))
+        BYTES.check("bytes", data.get("bytes"))
+    elif step == "execution_finished":
+        if data.get("exit_code") is not None:
+            EXIT_CODE.check("exit_code", data["exit_code"])
+        GPU_MS.check("gpu_ms", data.get("gpu_ms"))
+    elif step == "outputs_uploaded":
+        manifest = data.get("manifest")
+        if not isinstance(manifest, list):
+            raise OutOfBounds("manifest", "must be a list of outputs")
+        STEP_FILES.check("manifest", len(manifest))
+        for n, entry in enumerate(manifest):
+            if isinstance(entry, dict) and "size" in entry:
+                BYTES.check(f"manifest.{n}.size", entry["size"])
 
 
 class Job(Aggregate):
@@ -52,16 +83,23 @@ class Job(Aggregate):
             self._rejected(reason=reason)
 
     def record_escrow(self, amount_micro: int) -> None:
+        AMOUNT.check("amount_micro", amount_micro)
         if self._once("FundsEscrowed"):
             self._escrowed(amount_micro=amount_micro)
 
     def queue(self, attempt: int) -> None:
+        ATTEMPT.check("attempt", attempt)
         if self._once(f"JobQueued:{attempt}"):
             self._queued(attempt=attempt)
 
     def record_allocation(
         self, attempt: int, provider_id: str, gpu_indexes: list[int], price_micro: int
     ) -> None:
+        ATTEMPT.check("attempt", attempt)
+        JOB_GPUS.check("gpu_indexes", len(gpu_indexes))
+        for n, index in enumerate(gpu_indexes):
+            GPU_INDEX.check(f"gpu_indexes.{n}", index)
+        PRICE.check("price_per_gpu_hour_micro", price_micro)
         if self._once(f"GpusAllocated:{attempt}"):
             self._allocated(
                 attempt=attempt,
@@ -79,6 +117,8 @@ class Job(Aggregate):
         }
         if step not in handlers:
             raise InvalidTransition(f"unknown job step {step!r}")
+        ATTEMPT.check("attempt", attempt)
+        check_step_data(step, data)
         if self._once(f"{step}:{attempt}"):
             handlers[step](attempt=attempt, **data)
 
@@ -108,6 +148,10 @@ class Job(Aggregate):
     def record_settlement(
         self, charged_micro: int, provider_paid_micro: int, fee_micro: int, refunded_micro: int
     ) -> None:
+        for name, amount in (("charged_micro", charged_micro),
+                             ("provider_paid_micro", provider_paid_micro),
+                             ("fee_micro", fee_micro), ("refunded_micro", refunded_micro)):
+            AMOUNT.check(name, amount)
         if self._once("JobSettled"):
             self._settled(
                 charged_micro=charged_micro,

@@ -15,6 +15,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import InsufficientFunds, InvalidAmount
 from domain.ids import business_id
+from domain.limits import AMOUNT, MAX_BALANCE_MICRO, OutOfBounds
 
 EXTERNAL = "external:deposits"
 FEES = "protocol:fees"
@@ -102,11 +103,19 @@ def transfer(
         raise InvalidAmount(f"amount must be an integer of micro-credits, got {amount_micro!r}")
     if amount_micro < 0:
         raise InvalidAmount(f"amount must not be negative, got {amount_micro}")
+    AMOUNT.check("amount_micro", amount_micro)
     if source.name == target.name:
         raise InvalidAmount(f"cannot transfer from {source.name} to itself")
     if amount_micro == 0 or source.has_posted(transfer_id) or target.has_posted(transfer_id):
         return False
     source.check_debit(amount_micro)
+    # Balances stay representable (domain/limits.py), the outside world's account too.
+    if source.balance_micro - amount_micro < -MAX_BALANCE_MICRO:
+        raise OutOfBounds("amount_micro", f"would take {source.name} below "
+                          f"-{MAX_BALANCE_MICRO} micro-credits")
+    if target.balance_micro + amount_micro > MAX_BALANCE_MICRO:
+        raise OutOfBounds("amount_micro", f"would take {target.name} above "
+                          f"{MAX_BALANCE_MICRO} micro-credits")
     kind = kind_of(transfer_id)
     source.post(transfer_id, -amount_micro, target.name, memo, kind)
     target.post(transfer_id, amount_micro, source.name, memo, kind)

@@ -19,10 +19,11 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 from domain.ids import business_id
+from domain.limits import GPUS_PER_CLIENT, PRIORITY_LEVELS
 
 DEFAULT_NODE = "local"
 DEFAULT_QUEUE = "default"
-MAX_PRIORITY_LEVELS = 10
+MAX_GPU_MODELS = 64  # GPU models one queue lists
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
@@ -77,13 +78,11 @@ class Node(Aggregate):
         fair_share: bool = True,
     ) -> None:
         check_name("queue", name)
-        if not 1 <= priority_levels <= MAX_PRIORITY_LEVELS:
-            raise DomainError(
-                f"priority_levels: {priority_levels} must be 1 to {MAX_PRIORITY_LEVELS}"
-            )
-        if max_gpus_per_client < 0:
-            raise DomainError(f"max_gpus_per_client: {max_gpus_per_client} must be 0 (no cap) "
-                              "or more")
+        PRIORITY_LEVELS.check("priority_levels", priority_levels)
+        GPUS_PER_CLIENT.check("max_gpus_per_client", max_gpus_per_client)
+        if len(gpu_models) > MAX_GPU_MODELS or any(len(m) > 128 for m in gpu_models):
+            raise DomainError(f"gpu_models: at most {MAX_GPU_MODELS} models of at most 128 "
+                              "characters each")
         models = sorted({m.strip() for m in gpu_models if m.strip()})
         config = queue_config(models, priority_levels, max_gpus_per_client, fair_share)
         if self.queues.get(name) != config:

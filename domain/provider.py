@@ -16,9 +16,16 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 from domain.ids import business_id
+from domain.limits import GPU_INDEX, PRICE, check_gpus
 from domain.reputation import OUTCOMES, Reputation, reputation
 
 RUNTIMES = ("process", "docker")
+
+
+def check_declaration(price_micro: int, gpus: list[dict[str, Any]]) -> None:
+    """What an agent declares, within the bounds (domain/limits.py); OutOfBounds otherwise."""
+    PRICE.check("price_per_gpu_hour_micro", price_micro)
+    check_gpus("gpus", gpus)
 
 
 class Provider(Aggregate):
@@ -106,6 +113,7 @@ class Provider(Aggregate):
         return "online"
 
     def _check_index(self, index: int) -> None:
+        GPU_INDEX.check("gpu_index", index)
         if index not in {g["index"] for g in self.gpus}:
             known = ", ".join(str(g["index"]) for g in self.gpus)
             raise DomainError(f"gpu_index: {self.provider_id} has no GPU {index} (it has {known})")
@@ -123,8 +131,7 @@ class Provider(Aggregate):
 
     def set_price(self, price_micro: int) -> None:
         """New jobs pay the new price; running ones keep the price they were allocated at."""
-        if price_micro <= 0:
-            raise DomainError(f"price_per_gpu_hour: must be positive, got {price_micro}")
+        PRICE.check("price_per_gpu_hour_micro", price_micro)
         if price_micro != self.price_per_gpu_hour_micro:
             self._price_changed(price_per_gpu_hour_micro=price_micro)
 
@@ -148,6 +155,7 @@ class Provider(Aggregate):
 
     def rejoin(self, region: str, price_micro: int, gpus: list[dict[str, Any]]) -> None:
         """A restarted agent declares itself again; only a change is recorded."""
+        check_declaration(price_micro, gpus)
         if (
             self.status == "online"
             and region == self.region

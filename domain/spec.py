@@ -36,9 +36,17 @@ from pydantic import (
     model_validator,
 )
 
+from domain.limits import (
+    MAX_BYTES,
+    MAX_GPU_MEMORY_GB,
+    MAX_JOB_GPUS,
+    MAX_PRICE_MICRO,
+    MAX_PRIORITY_LEVELS,
+    MAX_REPLICAS,
+    MAX_TIMEOUT_S,
+)
 from domain.money import cost_of_gpu_time, credits_to_micro
 
-MAX_TIMEOUT_S = 7 * 24 * 3600
 _DURATION = re.compile(r"\s*(\d+)\s*(s|m|h|d)?\s*")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -49,8 +57,6 @@ _IMAGE = re.compile(
     r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
-# Far above any real price, and it keeps every cost inside a signed 64-bit integer.
-MAX_PRICE_MICRO = 1_000_000 * 1_000_000
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_ENV_VARS = 256
 MAX_ENV_VALUE_BYTES = 32 * 1024
@@ -173,9 +179,9 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    gpus: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    gpus: Annotated[StrictInt, Field(ge=1, le=MAX_JOB_GPUS)] = 1
     gpu_model: Label | None = None
-    min_gpu_memory_gb: Annotated[StrictInt, Field(ge=0, le=4096)] = 0
+    min_gpu_memory_gb: Annotated[StrictInt, Field(ge=0, le=MAX_GPU_MEMORY_GB)] = 0
     region: Label | None = None
     min_reputation: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.0
 
@@ -192,7 +198,7 @@ class Verification(_Strict):
     """What the client asks beyond the checks every job gets (exit code, outputs, sha256s)."""
 
     # Run on this many distinct providers; a quorum of matching outputs decides.
-    replicas: Annotated[StrictInt, Field(ge=1, le=5)] = 1
+    replicas: Annotated[StrictInt, Field(ge=1, le=MAX_REPLICAS)] = 1
     comparator: Comparator = Comparator()
     # A command run on a different provider over the accepted outputs: exit 0 accepts them.
     verifier: Command | None = None
@@ -225,7 +231,7 @@ class InputRef(_Strict):
     name: PathText | None = None  # where the job sees it; defaults to the key's last part
     # Pinned when the job is submitted: staging refuses bytes that changed since.
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    size: Annotated[StrictInt, Field(ge=0)] | None = None
+    size: Annotated[StrictInt, Field(ge=0, le=MAX_BYTES)] | None = None
 
     _key = field_validator("key")(check_storage_key)
 
@@ -266,7 +272,7 @@ class _SpecBase(_Strict):
     network: bool = False  # the job asks for network access; a provider must also allow it
     queue: Text = "default"  # "<node>/<queue>", or a queue of the default node
     # Higher goes first within the queue; the queue says how many levels it has.
-    priority: Annotated[StrictInt, Field(ge=0, le=9)] = 0
+    priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY_LEVELS - 1)] = 0
     verification: Verification = Verification()
     outputs: Annotated[list[PathText], Field(max_length=MAX_FILES)] = []
     resources: Resources = Resources()

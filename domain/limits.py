@@ -1,0 +1,144 @@
+"""Every number that enters the network, bounded: one table, the only home of these maxima.
+
+The API checks a number against its bound where it arrives (a field error naming the
+field in the API's words: `pricePerGpuHourMicro: must be at most 1000000000000
+micro-credits`), and the domain checks it again in its command methods
+(`OutOfBounds`, a DomainError naming the field), so no event holding a value the read
+model or a provider cannot represent is ever stored. Every bound keeps the sums the
+network makes of it (a cost, a balance, GPU-milliseconds over a week) far inside a
+signed 64-bit integer (SQLite's INTEGER, PostgreSQL's BIGINT: 9.2e18).
+
+| quantity | at least | at most |
+| --- | --- | --- |
+| a price per GPU-hour | 1 | 10^12 micro-credits (a million credits) |
+| an amount moved (deposit, grant, escrow) | 0 | 10^17 micro-credits (an escrow: <= 6.5e16) |
+| an account's balance | | ±4 x 10^18 micro-credits |
+| GPUs a job asks for | 1 | 64 |
+| GPUs a provider declares | 1 | 256 |
+| a GPU index | 0 | 1023 |
+| a GPU's memory | 1 | 4 TiB (4194304 MiB) |
+| a timeout | 1 s | 7 days |
+| replicas | 1 | 5 |
+| priority levels of a queue | 1 | 10 (a job's priority: 0 to 9) |
+| GPUs one client may hold in a queue | 0 (no cap) | 1000000 |
+| a byte size (an object, staged bytes) | 0 | 2^50 (1 PiB) |
+| files of one step | 0 | 4096 |
+| GPU-milliseconds of one run | 0 | 64 GPUs x 7 days |
+| an exit code | -2^31 | 2^31 - 1 |
+| telemetry: utilization | 0 | 100 % |
+| telemetry: temperature | 0 | 1000 °C |
+| telemetry: power | 0 | 100000 W |
+| telemetry: ECC, Xid error counts | 0 | 10^12 |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from domain.errors import DomainError
+
+
+class OutOfBounds(DomainError):
+    """A number outside its bound: `field` names it, the message says the bound."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    low: int | float
+    high: int | float
+    unit: str
+    whole: bool = True  # an integer; False: a finite float is taken too
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not within the bound, or None."""
+        number: int | float
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, float) and not self.whole:
+            if not math.isfinite(value):
+                return f"must be a finite number of {self.unit}"
+            number = value
+        else:
+            return f"must be {'a whole number' if self.whole else 'a number'} of {self.unit}"
+        if number > self.high:
+            return f"must be at most {self.high} {self.unit}"
+        if number < self.low:
+            return f"must be at least {self.low} {self.unit}"
+        return None
+
+    def check(self, field: str, value: Any) -> Any:
+        """`value`, or OutOfBounds naming `field`."""
+        if (why := self.problem(value)) is not None:
+            raise OutOfBounds(field, why)
+        return value
+
+
+MAX_PRICE_MICRO = 10**12
+MAX_AMOUNT_MICRO = 10**17
+MAX_BALANCE_MICRO = 4 * 10**18
+MAX_JOB_GPUS = 64
+MAX_PROVIDER_GPUS = 256
+MAX_GPU_INDEX = 1023
+MAX_GPU_MEMORY_MB = 4 * 1024 * 1024
+MAX_GPU_MEMORY_GB = MAX_GPU_MEMORY_MB // 1024
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_REPLICAS = 5
+MAX_PRIORITY_LEVELS = 10
+MAX_GPUS_PER_CLIENT = 1_000_000
+MAX_BYTES = 2**50
+MAX_STEP_FILES = 4096
+MAX_GPU_MS = MAX_JOB_GPUS * MAX_TIMEOUT_S * 1000
+MAX_ERROR_COUNT = 10**12
+
+PRICE = Bound(1, MAX_PRICE_MICRO, "micro-credits")
+AMOUNT = Bound(0, MAX_AMOUNT_MICRO, "micro-credits")
+BALANCE = Bound(-MAX_BALANCE_MICRO, MAX_BALANCE_MICRO, "micro-credits")
+JOB_GPUS = Bound(1, MAX_JOB_GPUS, "GPUs")
+PROVIDER_GPUS = Bound(1, MAX_PROVIDER_GPUS, "GPUs")
+GPU_INDEX = Bound(0, MAX_GPU_INDEX, "(a GPU index)")
+GPU_MEMORY_MB = Bound(1, MAX_GPU_MEMORY_MB, "MiB")
+TIMEOUT_S = Bound(1, MAX_TIMEOUT_S, "seconds")
+REPLICAS = Bound(1, MAX_REPLICAS, "replicas")
+PRIORITY_LEVELS = Bound(1, MAX_PRIORITY_LEVELS, "levels")
+PRIORITY = Bound(0, MAX_PRIORITY_LEVELS - 1, "(a priority level)")
+GPUS_PER_CLIENT = Bound(0, MAX_GPUS_PER_CLIENT, "GPUs")
+BYTES = Bound(0, MAX_BYTES, "bytes")
+STEP_FILES = Bound(0, MAX_STEP_FILES, "files")
+GPU_MS = Bound(0, MAX_GPU_MS, "GPU-milliseconds")
+EXIT_CODE = Bound(-(2**31), 2**31 - 1, "(an exit code)")
+ATTEMPT = Bound(0, 1_000_000, "(an attempt number)")
+UTILIZATION_PCT = Bound(0, 100, "%")
+TEMPERATURE_C = Bound(0, 1000, "°C")
+POWER_W = Bound(0, 100_000, "W", whole=False)
+ERROR_COUNT = Bound(0, MAX_ERROR_COUNT, "errors")
+
+# The read model's and the samples' bound per GPU telemetry field (infra/telemetry.py).
+TELEMETRY: dict[str, Bound] = {
+    "utilization_pct": UTILIZATION_PCT,
+    "memory_used_mb": Bound(0, MAX_GPU_MEMORY_MB, "MiB"),
+    "temperature_c": TEMPERATURE_C,
+    "power_w": POWER_W,
+    "ecc_errors": ERROR_COUNT,
+    "xid_errors": ERROR_COUNT,
+}
+
+
+def check_gpus(field: str, gpus: Any) -> list[dict[str, Any]]:
+    """A provider's declared GPUs: 1 to 256, each with a bounded, distinct index and memory."""
+    if not isinstance(gpus, list):
+        raise OutOfBounds(field, "must be a list of GPUs")
+    PROVIDER_GPUS.check(field, len(gpus))
+    for n, gpu in enumerate(gpus):
+        if not isinstance(gpu, dict):
+            raise OutOfBounds(f"{field}.{n}", "must be a GPU (index, model, memory_mb)")
+        GPU_INDEX.check(f"{field}.{n}.index", gpu.get("index"))
+        GPU_MEMORY_MB.check(f"{field}.{n}.memory_mb", gpu.get("memory_mb"))
+    if len({g["index"] for g in gpus}) != len(gpus):
+        raise OutOfBounds(field, "two GPUs have the same index")
+    return gpus
