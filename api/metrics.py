@@ -72,6 +72,7 @@ class ReadModelCollector(Collector):
         yield from self._providers()
         yield from self._gpu_time()
         yield from self._money()
+        yield from self._projection()
 
     def _jobs(self, now: float) -> Iterator[Metric]:
         by_state = Counter({s: 0 for s in JOB_STATES})
@@ -235,6 +236,16 @@ class ReadModelCollector(Collector):
         for name, micro in sorted(balances.items()):
             gauge.add_metric([name], micro)
         yield gauge
+
+
+    def _projection(self) -> Iterator[Metric]:
+        (row,) = self._rows("SELECT COUNT(*) AS n FROM projection_set_aside")
+        yield CounterMetricFamily(
+            "gpgpu_projection_events_set_aside",
+            "Events the read model could not apply and set aside (projection_set_aside names "
+            "each and its error); the others were applied.",
+            value=row["n"],
+        )
 
 
 def account_class(name: str) -> str:

@@ -57,6 +57,16 @@ from domain.errors import DomainError
 from domain.identity import ROLES, Caller
 from domain.job import TERMINAL_STATES
 from domain.ledger import client_account
+from domain.limits import (
+    GPU_INDEX,
+    GPU_MEMORY_MB,
+    GPUS_PER_CLIENT,
+    MAX_PROVIDER_GPUS,
+    PRICE,
+    PRIORITY_LEVELS,
+    PROVIDER_GPUS,
+    Bound,
+)
 from domain.money import credits_to_micro
 from domain.node import DEFAULT_NODE, check_name, split_queue
 from domain.projection import TERMINAL_EVENTS
@@ -79,6 +89,13 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)
     except DomainError as err:
         raise _refused(err) from None
+
+
+def _bounded(field: str, bound: Bound, value: Any) -> Any:
+    """`value` within its bound (domain/limits.py), or a GraphQL error naming the field."""
+    if (why := bound.problem(value)) is not None:
+        raise ValueError(f"{field}: {why}")
+    return value
 
 
 def _iso(unix: float) -> str:
@@ -301,6 +318,8 @@ class Mutation:
     ) -> bool:
         auth.require(await info.context.allowed(auth.can_operate_node, node_id),
                      f"forbidden: node {node_id!r} is not one of yours")
+        _bounded("priorityLevels", PRIORITY_LEVELS, priority_levels)
+        _bounded("maxGpusPerClient", GPUS_PER_CLIENT, max_gpus_per_client)
         services = info.context.services
         await _run(
             services.network.configure_queue, node_id, name, gpu_models, priority_levels,
@@ -314,11 +333,13 @@ class Mutation:
         permission_classes=[auth.ProviderRole],
     )
     async def suspend_gpu(self, info: I, provider_id: str, index: int) -> Provider:
+        _bounded("index", GPU_INDEX, index)
         return await _provider_control(info, provider_id, "suspend_gpu", index)
 
     @strawberry.mutation(description="Put a suspended GPU back in service",
                          permission_classes=[auth.ProviderRole])
     async def resume_gpu(self, info: I, provider_id: str, index: int) -> Provider:
+        _bounded("index", GPU_INDEX, index)
         return await _provider_control(info, provider_id, "resume_gpu", index)
 
     @strawberry.mutation(
@@ -334,6 +355,9 @@ class Mutation:
             raise ValueError(f"pricePerGpuHour: {err}") from None
         if micro <= 0:
             raise ValueError(f"pricePerGpuHour: must be more than 0, got {price_per_gpu_hour}")
+        if micro > PRICE.high:
+            raise ValueError(f"pricePerGpuHour: must be at most {PRICE.high} micro-credits "
+                             f"({PRICE.high // 1_000_000} credits)")
         return await _provider_control(info, provider_id, "set_price", micro)
 
     @strawberry.mutation(
@@ -347,12 +371,19 @@ class Mutation:
             errors.append("providerId: must be 1-63 letters, digits, '.', '_' or '-'")
         if input.price_per_gpu_hour_micro <= 0:
             errors.append("pricePerGpuHourMicro: must be more than 0")
+        elif why := PRICE.problem(input.price_per_gpu_hour_micro):
+            errors.append(f"pricePerGpuHourMicro: {why}")
         if not input.gpus:
             errors.append("gpus: a provider declares at least one GPU")
+        elif why := PROVIDER_GPUS.problem(len(input.gpus)):
+            errors.append(f"gpus: {why}")
         if len({g.index for g in input.gpus}) != len(input.gpus):
             errors.append("gpus: two GPUs have the same index")
-        if any(g.memory_mb <= 0 or g.index < 0 for g in input.gpus):
-            errors.append("gpus: index must be >= 0 and memoryMb > 0")
+        for n, g in enumerate(input.gpus[:MAX_PROVIDER_GPUS]):
+            for field, bound, value in ((f"gpus.{n}.index", GPU_INDEX, g.index),
+                                        (f"gpus.{n}.memoryMb", GPU_MEMORY_MB, g.memory_mb)):
+                if why := bound.problem(value):
+                    errors.append(f"{field}: {why}")
         if not input.runtimes or not set(input.runtimes) <= set(RUNTIMES):
             errors.append(f"runtimes: each one of {', '.join(RUNTIMES)}")
         if errors:

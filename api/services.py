@@ -197,15 +197,30 @@ class HeartbeatIngest:
             batch, self._pending = self._pending, []
             try:
                 await asyncio.to_thread(self._write, [beat for beat, _ in batch])
-            except Exception as err:
-                log.exception("writing %d heartbeats failed", len(batch))
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(err)
+            except Exception:
+                # One bad beat must not cost the others theirs: the batch's transaction was
+                # rolled back whole, so each beat is written again on its own.
+                log.warning("writing %d heartbeats together failed; writing each alone",
+                            len(batch))
+                for beat, done in batch:
+                    await self._write_one(beat, done)
             else:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
+
+    async def _write_one(self, beat: Heartbeat, done: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.to_thread(self._write, [beat])
+        except Exception as err:
+            log.warning("heartbeat of %s refused: %s", beat.provider_id, err)
+            if not done.done():
+                done.set_exception(ValueError(
+                    f"telemetry: the heartbeat of {beat.provider_id!r} was refused: {err}"
+                ))
+        else:
+            if not done.done():
+                done.set_result(None)
 
     def _write(self, batch: list[Heartbeat]) -> None:
         ingest_heartbeats(self.views, batch)

@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import Notification
 
 from domain.node import DEFAULT_QUEUE, queue_config, split_queue
 from domain.reputation import reputation, reputation_score
 from infra.db import VIEW_TABLES, Cursor, ViewDB
 
 log = logging.getLogger(__name__)
+
+
+def transient(err: BaseException) -> bool:
+    """An error of the database, not of the event: the same event may apply next time."""
+    if isinstance(err, sqlite3.OperationalError):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(err, psycopg.OperationalError | psycopg.InterfaceError)
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
@@ -145,7 +158,15 @@ class Projector:
         return int(rows[0]["position"])
 
     def run_once(self) -> int:
-        """Project the next batch of events; returns how many were applied."""
+        """Project the next batch of events; returns how many were taken (applied or set aside).
+
+        The batch is applied in one transaction. If it fails, it is applied again one event
+        per transaction, and an event that cannot be applied alone is set aside (recorded in
+        `projection_set_aside`, logged, counted in /metrics) while the position moves past
+        it: one tenant's bad event never stops the read model for the others. An error of
+        the database itself (a lock, a lost connection) is no event's fault: it is raised,
+        and the batch is tried again later.
+        """
         # Where this runner's last batch left the position (one query less per poll). Stale
         # only if another runner moved it: then the conditional update below finds out.
         start = self._position if self._position is not None else self.position()
@@ -155,25 +176,76 @@ class Projector:
         if not notifications:
             return 0
         self._added = []
-        with self.db.transaction() as cur:
-            moved = cur.execute(
-                "UPDATE tracking SET position = ? WHERE name = ? AND position = ?",
-                (notifications[-1].id, NAME, start),
-            )
-            if moved != 1:
-                self._position = None  # read it again next time
-                return 0  # another runner applied this batch first; its transaction wins
-            self._rows = _Rows()
-            with self.db.pipeline():  # PostgreSQL: writes go out without a round trip each
-                for n in notifications:
-                    self._apply(cur, n.id, self.app.mapper.to_domain_event(n))
-                self._rows.flush(cur)
-            if self.db.is_postgres:
-                cur.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(notifications[-1].id)))
+        try:
+            with self.db.transaction() as cur:
+                if not self._advance(cur, start, notifications[-1].id):
+                    return 0  # another runner applied this batch first; its transaction wins
+                self._rows = _Rows()
+                with self.db.pipeline():  # PostgreSQL: writes go out without a round trip each
+                    for n in notifications:
+                        self._apply(cur, n.id, self.app.mapper.to_domain_event(n))
+                    self._rows.flush(cur)
+                if self.db.is_postgres:
+                    cur.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(notifications[-1].id)))
+        except Exception as err:
+            if transient(err):
+                raise
+            log.warning("a projection batch of %d events failed (%s: %s); applying them one "
+                        "by one", len(notifications), type(err).__name__, err)
+            return self._run_singly(start, notifications)
         last = self._position = notifications[-1].id
         for listener in self.listeners:
             listener(last, self._added)
         return len(notifications)
+
+    def _advance(self, cur: Cursor, start: int, to: int) -> bool:
+        """Move the position from `start` to `to`; False if another runner moved it first."""
+        moved = cur.execute(
+            "UPDATE tracking SET position = ? WHERE name = ? AND position = ?", (to, NAME, start)
+        )
+        if moved != 1:
+            self._position = None  # read it again next time
+        return moved == 1
+
+    def _run_singly(self, start: int, notifications: Sequence[Notification]) -> int:
+        self._added = []
+        position = start
+        for n in notifications:
+            kept = len(self._added)
+            self._rows = _Rows()
+            try:
+                with self.db.transaction() as cur:
+                    if not self._advance(cur, position, n.id):
+                        return 0  # another runner is ahead; what this one did is committed
+                    self._apply(cur, n.id, self.app.mapper.to_domain_event(n))
+                    self._rows.flush(cur)
+            except Exception as err:
+                if transient(err):
+                    raise
+                del self._added[kept:]
+                if not self._set_aside(position, n, err):
+                    return 0
+            position = self._position = n.id
+        if self.db.is_postgres:
+            self.db.query("SELECT pg_notify(?, ?)", (CHANNEL, str(position)))
+        for listener in self.listeners:
+            listener(position, self._added)
+        return len(notifications)
+
+    def _set_aside(self, start: int, n: Notification, err: Exception) -> bool:
+        """Record that event `n` cannot be applied and move past it."""
+        error = f"{type(err).__name__}: {err}"[:2000]
+        with self.db.transaction() as cur:
+            if not self._advance(cur, start, n.id):
+                return False
+            cur.execute(
+                "INSERT INTO projection_set_aside (notification_id, topic, error)"
+                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (n.id, n.topic, error),
+            )
+        log.error("projection: event %d (%s of %s) set aside: %s", n.id, n.topic,
+                  n.originator_id, error)
+        return True
 
     def catch_up(self) -> int:
         total = 0

@@ -59,6 +59,9 @@ SCHEMA = [
         account TEXT NOT NULL, seq INTEGER NOT NULL, transfer_id TEXT NOT NULL,
         amount_micro BIGINT NOT NULL, balance_micro BIGINT NOT NULL, counterparty TEXT NOT NULL,
         kind TEXT NOT NULL, memo TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (account, seq))""",
+    # Events the projection could not apply (domain/projection.py), so the others go on.
+    """CREATE TABLE IF NOT EXISTS projection_set_aside (
+        notification_id BIGINT PRIMARY KEY, topic TEXT NOT NULL, error TEXT NOT NULL)""",
     # Not read models: heartbeats are samples, not events (infra/telemetry.py). The liveness
     # row holds a provider's last heartbeat and how many it sent; provider_samples is a ring
     # of its last `provider_samples_kept` heartbeats' GPU readings (slot = beat number mod N).
@@ -83,7 +86,8 @@ COLUMNS_ADDED = [("provider_liveness", "beats", "BIGINT NOT NULL DEFAULT 0")]
 
 # The read models proper: derived from the log, dropped and rebuilt when their shape changes.
 VIEW_TABLES = (
-    "jobs", "job_events", "providers", "provider_events", "accounts", "ledger_entries", "nodes"
+    "jobs", "job_events", "providers", "provider_events", "accounts", "ledger_entries", "nodes",
+    "projection_set_aside",
 )
 
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
+from domain.limits import GPU_INDEX, MAX_PROVIDER_GPUS, TELEMETRY
 from infra.db import Cursor, ViewDB
 
 T = TypeVar("T")
 
-MAX_GPUS_PER_HEARTBEAT = 256
+MAX_GPUS_PER_HEARTBEAT = MAX_PROVIDER_GPUS
 # Rows per statement: SQLite allows 32766 parameters, PostgreSQL 65535.
 _ROWS_PER_STATEMENT = 1000
 
@@ -57,7 +58,6 @@ class GpuReading:
 
 
 SAMPLE_FIELDS = tuple(f.name for f in fields(GpuReading) if f.name != "index")
-_FLOAT_FIELDS = {"power_w"}
 
 
 @dataclass(frozen=True)
@@ -79,18 +79,14 @@ def parse_readings(raw: Any) -> tuple[GpuReading, ...]:
     for n, item in enumerate(raw):
         if not isinstance(item, dict):
             raise ValueError(f"telemetry.{n}: must be an object")
-        index = item.get("index")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise ValueError(f"telemetry.{n}.index: must be a GPU index (0 or more)")
+        index: Any = item.get("index")
+        if (why := GPU_INDEX.problem(index)) is not None:
+            raise ValueError(f"telemetry.{n}.index: {why}")
         values: dict[str, Any] = {}
-        for name in SAMPLE_FIELDS:
+        for name in SAMPLE_FIELDS:  # each bounded by domain/limits.py, or null
             value = item.get(name)
-            number = (int, float) if name in _FLOAT_FIELDS else (int,)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, number)
-                or not math.isfinite(value) or value < 0 or value >= 2**62
-            ):
-                raise ValueError(f"telemetry.{n}.{name}: must be a number >= 0 or null")
+            if value is not None and (why := TELEMETRY[name].problem(value)) is not None:
+                raise ValueError(f"telemetry.{n}.{name}: {why} (or null)")
             values[name] = value
         readings.append(GpuReading(index=index, **values))
     if len({r.index for r in readings}) != len(readings):

@@ -357,3 +357,35 @@ def test_any_accepted_spec_can_be_projected(app: Network, open_views: OpenViews)
         {"state": "SUCCEEDED"}
     ]
     assert job_row(db, "job-huge")["state"] == "REJECTED"
+
+
+def test_an_event_the_views_cannot_hold_is_set_aside_and_the_others_go_on(
+    app: Network, open_views: OpenViews, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A price of 10^24 written straight into the log (past the domain's bounds, as a bug or
+    an old version might): the projection sets it aside, says so, and shows what came after,
+    another tenant's events and the same provider's later ones alike."""
+    db = open_views()
+    projector = Projector(app, db)
+    app.register_provider("p-bad", "eu", PRICE, [gpu(0)])
+    bad = app.provider("p-bad")
+    bad._price_changed(price_per_gpu_hour_micro=10**24)  # the @event body: no check
+    app.save(bad)
+    bad_id = app.recorder.max_notification_id()
+    app.register_provider("p-good", "eu", PRICE, [gpu(0)])
+    app.deposit("bob", 5_000_000, "d1")
+    with caplog.at_level("ERROR", logger="domain.projection"):
+        projector.catch_up()
+    app.set_price("p-bad", PRICE + 1)
+    projector.catch_up()
+    assert projector.position() == app.recorder.max_notification_id()
+    (aside,) = db.query("SELECT * FROM projection_set_aside")
+    assert aside["notification_id"] == bad_id
+    assert aside["topic"].endswith("Provider.PriceChanged")
+    assert "OverflowError" in aside["error"] or "out of range" in aside["error"]
+    assert any(f"event {bad_id}" in r.getMessage() for r in caplog.records)
+    assert provider_row(db, "p-good")["price_micro"] == PRICE
+    assert provider_row(db, "p-bad")["price_micro"] == PRICE + 1
+    assert db.query("SELECT balance_micro FROM accounts WHERE name = 'client:bob'") == [
+        {"balance_micro": 5_000_000}
+    ]
