@@ -977,6 +977,32 @@ class Network(Application[Any]):
         claim = self._get_or_none(Claim.create_id(kind=kind, key=key))
         return str(claim.user_id) if isinstance(claim, Claim) else None
 
+    def hand_over(self, kind: str, key: str, user_id: str) -> None:
+        """An operator's command on the stores: this provider or node id is the user's now
+        (its former owner's sessions and keys stop managing it)."""
+
+        def attempt() -> tuple[None, list[Aggregate]]:
+            user = self.user(user_id)
+            if user is None:
+                raise IdentityError("user: no such account")
+            claim = self._get_or_none(Claim.create_id(kind=kind, key=key))
+            if claim is None:
+                claim = Claim(kind=kind, key=key, user_id=user.id)
+                changed: list[Aggregate] = [claim, user]
+            elif claim.user_id == user.id:
+                changed = [claim, user]
+            else:
+                former = self.user(claim.user_id)
+                claim.hand_over(user.id)
+                changed = [claim, user]
+                if former is not None:
+                    former.release(kind, key)
+                    changed.append(former)
+            user.own(kind, key)
+            return None, changed
+
+        self._save_retrying(attempt)
+
     def claim(self, kind: str, key: str, user_id: str) -> None:
         """The user owns this provider or node id from now on; refused if another user does."""
         field = "providerId" if kind == "provider" else "nodeId"

@@ -222,6 +222,18 @@ class User(Aggregate):
     def _claimed(self, kind: str, key: str) -> None:
         (self.provider_ids if kind == "provider" else self.node_ids).append(key)
 
+    def release(self, kind: str, key: str) -> None:
+        owned = self.provider_ids if kind == "provider" else self.node_ids
+        if key in owned:
+            self._released(kind=kind, key=key)
+
+    @event("OwnershipReleased")
+    def _released(self, kind: str, key: str) -> None:
+        if kind == "provider":
+            self.provider_ids = [k for k in self.provider_ids if k != key]
+        else:
+            self.node_ids = [k for k in self.node_ids if k != key]
+
     def active_keys(self) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.api_keys.items() if v["revoked_at"] is None}
 
@@ -307,6 +319,14 @@ class Claim(Aggregate):
     def __init__(self, kind: str, key: str, user_id: UUID):
         self.kind = kind
         self.key = key
+        self.user_id = user_id
+
+    def hand_over(self, user_id: UUID) -> None:
+        if user_id != self.user_id:
+            self._handed_over(user_id=user_id)
+
+    @event("ClaimHandedOver")
+    def _handed_over(self, user_id: UUID) -> None:
         self.user_id = user_id
 
 

@@ -52,8 +52,9 @@ class OutOfBounds(DomainError):
 class Bound:
     low: int | float
     high: int | float
-    unit: str
+    unit: str  # "" for a count without one (an index, a level)
     whole: bool = True  # an integer; False: a finite float is taken too
+    kind: str = ""  # what the number is, for a value that is no number: "a GPU index"
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not within the bound, or None."""
@@ -62,15 +63,25 @@ class Bound:
             number = value
         elif isinstance(value, float) and not self.whole:
             if not math.isfinite(value):
-                return f"must be a finite number of {self.unit}"
+                return f"must be a finite number{self._of}"
             number = value
+        elif self.kind:
+            return f"must be {self.kind}, a whole number from {self.low} to {self.high}"
         else:
-            return f"must be {'a whole number' if self.whole else 'a number'} of {self.unit}"
+            return f"must be {'a whole number' if self.whole else 'a number'}{self._of}"
         if number > self.high:
-            return f"must be at most {self.high} {self.unit}"
+            return f"must be at most {self.high}{self._units}"
         if number < self.low:
-            return f"must be at least {self.low} {self.unit}"
+            return f"must be at least {self.low}{self._units}"
         return None
+
+    @property
+    def _of(self) -> str:
+        return f" of {self.unit}" if self.unit else ""
+
+    @property
+    def _units(self) -> str:
+        return f" {self.unit}" if self.unit else ""
 
     def check(self, field: str, value: Any) -> Any:
         """`value`, or OutOfBounds naming `field`."""
@@ -101,18 +112,18 @@ AMOUNT = Bound(0, MAX_AMOUNT_MICRO, "micro-credits")
 BALANCE = Bound(-MAX_BALANCE_MICRO, MAX_BALANCE_MICRO, "micro-credits")
 JOB_GPUS = Bound(1, MAX_JOB_GPUS, "GPUs")
 PROVIDER_GPUS = Bound(1, MAX_PROVIDER_GPUS, "GPUs")
-GPU_INDEX = Bound(0, MAX_GPU_INDEX, "(a GPU index)")
+GPU_INDEX = Bound(0, MAX_GPU_INDEX, "", kind="a GPU index")
 GPU_MEMORY_MB = Bound(1, MAX_GPU_MEMORY_MB, "MiB")
 TIMEOUT_S = Bound(1, MAX_TIMEOUT_S, "seconds")
 REPLICAS = Bound(1, MAX_REPLICAS, "replicas")
 PRIORITY_LEVELS = Bound(1, MAX_PRIORITY_LEVELS, "levels")
-PRIORITY = Bound(0, MAX_PRIORITY_LEVELS - 1, "(a priority level)")
+PRIORITY = Bound(0, MAX_PRIORITY_LEVELS - 1, "", kind="a priority level")
 GPUS_PER_CLIENT = Bound(0, MAX_GPUS_PER_CLIENT, "GPUs")
 BYTES = Bound(0, MAX_BYTES, "bytes")
 STEP_FILES = Bound(0, MAX_STEP_FILES, "files")
 GPU_MS = Bound(0, MAX_GPU_MS, "GPU-milliseconds")
-EXIT_CODE = Bound(-(2**31), 2**31 - 1, "(an exit code)")
-ATTEMPT = Bound(0, 1_000_000, "(an attempt number)")
+EXIT_CODE = Bound(-(2**31), 2**31 - 1, "", kind="an exit code")
+ATTEMPT = Bound(0, 1_000_000, "", kind="an attempt number")
 UTILIZATION_PCT = Bound(0, 100, "%")
 TEMPERATURE_C = Bound(0, 1000, "°C")
 POWER_W = Bound(0, 100_000, "W", whole=False)

@@ -252,7 +252,7 @@ def test_controls_name_the_field_in_their_errors(api: Api) -> None:
         "pricePerGpuHour: must be more than 0, got 0"
     )
     assert api.error(HEARTBEAT, id="p-errors", t=[{"index": "zero"}]) == (
-        "telemetry.0.index: must be a GPU index (0 or more)"
+        "telemetry.0.index: must be a GPU index, a whole number from 0 to 1023"
     )
     assert api.error(HEARTBEAT, "admin", id="nobody", t=[]) == (
         "providerId: no provider 'nobody'; register first"
@@ -425,7 +425,7 @@ def test_heartbeats_are_samples_not_events(api: Api) -> None:
                          headers=owner).status_code == 200
     bad = api.http.post("/providers/p-samples/heartbeat", json=[{"index": -1}], headers=owner)
     assert (bad.status_code, bad.json()) == (
-        400, {"detail": "telemetry.0.index: must be a GPU index (0 or more)"})
+        400, {"detail": "telemetry.0.index: must be at least 0"})
     deep = api.http.post("/providers/p-samples/heartbeat", content=b"[" * 100_000,
                          headers=owner)  # json.loads: RecursionError, a 500
     assert deep.status_code == 400

@@ -101,14 +101,14 @@ def test_readings_are_checked_field_by_field() -> None:
     for raw, message in [
         ({"index": 0}, "telemetry: must be a list of GPU readings"),
         ([{"utilization_pct": 5}],
-         "telemetry.0.index: must be a whole number of (a GPU index)"),
+         "telemetry.0.index: must be a GPU index, a whole number from 0 to 1023"),
         ([{"index": 0}, {"index": 1, "ecc_errors": -1}],
          "telemetry.1.ecc_errors: must be at least 0 errors (or null)"),
         ([{"index": 0, "temperature_c": 1.5}],
          "telemetry.0.temperature_c: must be a whole number of °C (or null)"),
         # Each number at its bound's maximum + 1 (domain/limits.py)
-        ([{"index": 2**63}], "telemetry.0.index: must be at most 1023 (a GPU index)"),
-        ([{"index": 1024}], "telemetry.0.index: must be at most 1023 (a GPU index)"),
+        ([{"index": 2**63}], "telemetry.0.index: must be at most 1023"),
+        ([{"index": 1024}], "telemetry.0.index: must be at most 1023"),
         ([{"index": 0, "utilization_pct": 101}],
          "telemetry.0.utilization_pct: must be at most 100 % (or null)"),
         ([{"index": 0, "memory_used_mb": 4 * 1024 * 1024 + 1}],
