@@ -8,8 +8,13 @@ events, files, workflow history) stays under home for the next start.
 On first start it makes a local admin account (every role) with an API key, on the
 stores directly, prints both once, keeps them in home/dev-account.json (readable by
 you only) and as `gpgpu login` would (~/.config/gpgpu/credentials for this API URL):
-the providers register with the key, the example job runs with it, and the `gpgpu`
-command works from another shell.
+the example job runs with the key, and the `gpgpu` command works from another shell.
+
+Each simulated provider is an account of its own (`<provider-id>@gpgpu.local`, role
+provider) whose agent holds only that account's provider-scoped API key, kept in
+dev-account.json too: an agent (and a job that escapes its sandbox into the agent's
+environment) holds no admin key and no other secret of the control plane
+(`agent_env`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -42,6 +48,39 @@ PROVIDERS = [
     ("provider-a", "2xH100:80", "2.5"),
     ("provider-b", "2xA100:80", "1.8"),
 ]
+
+
+# What a provider agent's environment keeps of ours: the GPGPU_* settings it reads, minus
+# the control plane's secrets, and the few variables a process needs to run.
+AGENT_SECRETS = frozenset({
+    "GPGPU_API_KEY", "GPGPU_PG_PASSWORD", "GPGPU_S3_ACCESS_KEY", "GPGPU_S3_SECRET_KEY",
+    "GPGPU_METRICS_TOKEN",
+})
+AGENT_PASSES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TZ", "TMPDIR", "TERM",
+    "VIRTUAL_ENV", "PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
+    "DOCKER_HOST", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME",
+})
+
+
+def agent_env(env: dict[str, str], api_key: str) -> dict[str, str]:
+    """A provider agent's environment: `api_key` (its own provider key) and nothing secret."""
+    kept = {
+        k: v for k, v in env.items()
+        if k in AGENT_PASSES or k.startswith("LC_")
+        or (k.startswith("GPGPU_") and k not in AGENT_SECRETS and not k.startswith("GPGPU_PG_"))
+    }
+    return {**kept, "GPGPU_API_KEY": api_key}
+
+
+def write_private(path: Path, data: str) -> None:
+    """Write a file only its owner can read, from its first byte (then moved into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    tmp.replace(path)
 
 
 def say(*parts: object, err: bool = False) -> None:
@@ -175,12 +214,13 @@ class Stack:
             **os.environ, **(env or {}), "GPGPU_HOME": str(self.home), "PYTHONUNBUFFERED": "1"
         }
 
-    def spawn(self, name: str, args: list[str]) -> Child:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                args, stdout=out, stderr=subprocess.STDOUT,
+                env=self.env if env is None else env, cwd=ROOT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop children in order
             )
         child = Child(name, proc, log)
@@ -224,18 +264,31 @@ class Stack:
         self.spawn("control-worker", [sys.executable, "-m", "infra.control_worker"])
         wait_for_http(f"{self.settings.api_url}/healthz", 60, "the API")
 
-    def start_provider(self, provider_id: str, gpus: str, price: str, *extra: str) -> Child:
+    def start_provider(
+        self, provider_id: str, gpus: str, price: str, *extra: str, api_key: str | None = None
+    ) -> Child:
+        """An agent with `api_key` (default: GPGPU_API_KEY of the stack's environment, which
+        a test sets to a provider key) and no other secret in its environment."""
+        key = api_key or self.env.get("GPGPU_API_KEY")
+        if not key:
+            raise RuntimeError(f"no API key for provider {provider_id}")
         return self.spawn(provider_id, [
             sys.executable, "-m", "worker_gpu", "--provider-id", provider_id,
             "--simulate", gpus, "--price", price,
             "--scratch", str(self.home / "providers" / provider_id), *extra,
-        ])
+        ], agent_env(self.env, key))
 
-    def dev_account(self) -> dict[str, str]:
+    @property
+    def account_path(self) -> Path:
+        return self.home / "dev-account.json"
+
+    def dev_account(self) -> dict[str, Any]:
         """The local admin and its API key: made on the stores once, kept under home."""
-        path = self.home / "dev-account.json"
+        path = self.account_path
         if path.exists():
-            found: dict[str, str] = json.loads(path.read_text())
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)  # kept by a version that let others read it
+            found: dict[str, Any] = json.loads(path.read_text())
             return found
         from domain.application import Network
         from domain.identity import ROLES
@@ -247,21 +300,38 @@ class Stack:
         key = app.create_api_key(user.id, "gpgpu up", list(ROLES), list(ROLES), time.time())
         account = {"email": DEV_EMAIL, "password": password, "api_key": key.key}
         self.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(account, f, indent=2)
+        write_private(path, json.dumps(account, indent=2))
         say(f"  account       {DEV_EMAIL} (admin), password {password}\n"
             f"  API key       {key.key}\n"
             f"                shown once; kept in {path}")
         return account
 
+    def provider_key(self, provider_id: str) -> str:
+        """The API key of the account that owns this simulated provider (role and scope
+        provider only): made on the stores once, kept in dev-account.json. A provider id an
+        earlier version registered with the admin account is handed over to it."""
+        account = self.dev_account()
+        keys: dict[str, str] = account.setdefault("providers", {})
+        if provider_id in keys:
+            return keys[provider_id]
+        from domain.application import Network
+
+        app = Network(env=self.settings.eventsourcing_env())
+        email = f"{provider_id}@gpgpu.local"
+        user = app.create_user(email, secrets.token_urlsafe(24), ["provider"], time.time())
+        app.hand_over("provider", provider_id, user.id)
+        issued = app.create_api_key(user.id, f"agent {provider_id}", ["provider"], ["provider"],
+                                    time.time())
+        keys[provider_id] = issued.key
+        write_private(self.account_path, json.dumps(account, indent=2))
+        return issued.key
+
     def use_dev_account(self) -> str:
-        """The dev account's key for the providers, the example job and the gpgpu command."""
+        """The dev account's key for the example job and the gpgpu command (never an agent's)."""
         from client.config import load_credentials, save_credentials
 
         account = self.dev_account()
-        key = account["api_key"]
-        self.env["GPGPU_API_KEY"] = key
+        key: str = account["api_key"]
         saved = load_credentials().get(self.settings.api_url)
         if not isinstance(saved, dict) or saved.get("token") != key:
             try:
@@ -280,10 +350,17 @@ class Stack:
         say(f"  temporal      {s.temporal_address} (UI http://{host}:{s.temporal_ui_port})")
         self.start_control_plane()
         say(f"  api           {s.api_url}  (GraphiQL {s.api_url}/graphql)")
-        for provider_id, gpus, price in PROVIDERS:
-            self.start_provider(provider_id, gpus, price)
-            say(f"  provider      {provider_id}: simulated {gpus} at {price} credits/GPU-hour")
+        self.start_providers()
         say(f"  logs          {self.logs}/")
+
+    def start_providers(self) -> list[Child]:
+        """The simulated providers, each agent with its own account's provider key."""
+        agents = []
+        for provider_id, gpus, price in PROVIDERS:
+            key = self.provider_key(provider_id)
+            agents.append(self.start_provider(provider_id, gpus, price, api_key=key))
+            say(f"  provider      {provider_id}: simulated {gpus} at {price} credits/GPU-hour")
+        return agents
 
     def submit_example_once(self) -> None:
         marker = self.home / "example-submitted"
@@ -291,7 +368,7 @@ class Stack:
             return
         from client.sdk import GpgpuClient
 
-        key = self.env.get("GPGPU_API_KEY") or self.use_dev_account()
+        key = self.dev_account()["api_key"]
         with GpgpuClient(api_url=self.settings.api_url, api_key=key) as client:
             job = client.submit_spec_file(EXAMPLE)
         marker.write_text(job.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -129,9 +130,14 @@ class Settings(BaseSettings):
         path = self.home / "signing.key"
         if not path.exists():
             self.home.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            # Readable by the control plane's user only, from its first byte (no chmod after).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
             tmp.replace(path)
+        elif path.stat().st_mode & 0o077:
+            path.chmod(0o600)  # a key made before it was kept private
         return bytes.fromhex(path.read_text().strip())
 
     def eventsourcing_env(self) -> dict[str, str]:
