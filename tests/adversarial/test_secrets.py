@@ -198,5 +198,11 @@ def test_an_agents_key_cannot_do_what_an_admin_or_another_provider_does(
         "query": "mutation($e: String!, $p: String!) { signIn(email: $e, password: $p)"
                  " { token } }", "variables": {"e": DEV_EMAIL, "p": account["password"]}})
     assert signed_in.json()["data"]["signIn"]["token"]  # the admin's password is unchanged
+    # provider-a, the admin's in the older home, was handed over to its own account.
+    owner = app.user_by_email("provider-a@gpgpu.local")
+    dev = app.user_by_email(DEV_EMAIL)
+    assert owner is not None and dev is not None
+    assert app.owner_of("provider", "provider-a") == str(owner.id)
+    assert "provider-a" in owner.provider_ids and "provider-a" not in dev.provider_ids
     # Its own provider it does manage (the key is a real provider key, not a dead one).
     assert agent.gql(PROVIDER_STATE, id="provider-a")["provider"]["status"] == "online"
