@@ -296,6 +296,7 @@ class Network(Application[Any]):
         gpus: list[dict[str, Any]],
         runtimes: list[str] | None = None,
         node_id: str = DEFAULT_NODE,
+        sandbox: str | None = None,
     ) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
@@ -310,6 +311,8 @@ class Network(Application[Any]):
             else:
                 provider.rejoin(region, price_micro, gpus)
             provider.declare_runtimes(runtimes or ["process"])
+            if sandbox is not None:
+                provider.declare_sandbox(sandbox)
             directory.add(provider_id)
             node = self.node(node_id)
             node.admit_provider(provider_id)
