@@ -96,6 +96,9 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+BWRAP_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
 def sandbox_environment(gpu_indexes: list[int], env: dict[str, str]) -> dict[str, str]:
     """The job's whole environment inside the sandbox (bwrap starts from an empty one)."""
     result = {"PATH": INSIDE_PATH, "LANG": "C.UTF-8"}
@@ -246,8 +249,6 @@ class ProcessRuntime:
                 code = 127 if isinstance(err, FileNotFoundError) else 126
                 return RunOutcome(code, False, wall_ms(), read_log_tail(log_path))
 
-            with self._lock:
-                self._running[job.proc.pid] = job
             try:
                 stopped, full = self._wait(job, workdir, started + timeout_s, log_path,
                                            on_progress, cancel_event)  # fmt: skip
@@ -290,7 +291,10 @@ class ProcessRuntime:
                 start_new_session=True,  # its own process group, so the tree dies together
                 preexec_fn=_address_space_limit(memory_limit_mb) if memory_limit_mb else None,
             )
-            return _Job(proc, None)
+            job = _Job(proc, None)
+            with self._lock:
+                self._running[proc.pid] = job
+            return job
         limited = prlimit_args(self.limits, len(gpu_indexes), timeout_s, memory_limit_mb,
                                gpu_devices=bool(self.sandbox.devices))  # fmt: skip
         info_read, info_write = os.pipe()
@@ -306,15 +310,22 @@ class ProcessRuntime:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 pass_fds=(info_write, *launch.fds),
+                # Not the agent's: bwrap's own PID 1 in the sandbox keeps the environment
+                # bwrap was started with, and the job can read /proc/1/environ.
+                env=BWRAP_ENV,
             )
         finally:
             launch.close()
             os.close(info_write)
+        job = _Job(proc, None)
+        with self._lock:  # from now on kill_all reaches it (bwrap's group, then its PID 1)
+            self._running[proc.pid] = job
         try:
             init_pid = read_info(info_read)
         finally:
             os.close(info_read)
-        return _Job(proc, _open_init(init_pid, proc.pid))
+        job.init_pidfd = _open_init(init_pid, proc.pid)
+        return job
 
     def kill_all(self) -> None:
         with self._lock:

@@ -231,8 +231,8 @@ class Bwrap:
             launch = self.command(scratch, write, ["/bin/sh", "-c", "echo x > /work/ok"], {},
                                   network=False, tmp_mb=1)  # fmt: skip
             try:
-                done = subprocess.run(launch.argv, pass_fds=(write, *launch.fds),
-                                      capture_output=True, timeout=30)  # fmt: skip
+                done = subprocess.run(launch.argv, pass_fds=(write, *launch.fds), env={
+                    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, capture_output=True, timeout=30)
             except (OSError, subprocess.TimeoutExpired) as err:
                 raise SandboxUnavailable(f"bwrap did not run: {err}") from None
             finally:

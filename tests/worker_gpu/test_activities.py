@@ -223,7 +223,7 @@ def test_cancel_kills_the_job(env: ActivityEnvironment, acts: GpuActivities) -> 
 
     thread = threading.Thread(target=run)
     thread.start()
-    wait_for_host_pids(marker)
+    wait_for_host_pids(marker, "sleep")
     started = time.monotonic()
     env.cancel()
     thread.join(timeout=10)

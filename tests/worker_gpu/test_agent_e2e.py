@@ -223,7 +223,7 @@ async def test_sigterm_stops_the_agent_and_kills_its_running_job(
                 )
                 # Blocking waits go to a thread: this loop runs the workflow worker.
                 await asyncio.to_thread(agent.wait_for, "job job-long: running")
-                await asyncio.to_thread(wait_for_host_pids, marker)
+                await asyncio.to_thread(wait_for_host_pids, marker, "sleep")
 
                 started = time.monotonic()
                 code = await asyncio.to_thread(agent.terminate)

@@ -97,8 +97,13 @@ def test_environment_is_only_the_jobs_and_gpus_pinned(
 ) -> None:
     monkeypatch.setenv("SECRET_X", "provider-credential")
     job_env = {"FOO": "bar", "CUDA_VISIBLE_DEVICES": "0,1,2,3", "HOME": "/root"}
+    # Every process of the sandbox, bwrap's own PID 1 included, has only the job's env.
+    every = runtime.run(["sh", "-c", "cat /proc/[0-9]*/environ"], tmp_path, [], 30, {})
 
     outcome = runtime.run(["env"], tmp_path, [0, 2], 30, job_env)
+
+    assert "GPGPU_JOB_DIR=/work" in every.log_tail
+    assert "SECRET_X" not in every.log_tail and "provider-credential" not in every.log_tail
 
     env = dict(line.split("=", 1) for line in outcome.log_tail.splitlines())
     assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
@@ -170,7 +175,7 @@ def test_kill_all_stops_running_jobs(runtime: ProcessRuntime, tmp_path: Path) ->
         target=lambda: result.append(runtime.run(["sleep", marker], tmp_path, [], 60, {}).exit_code)
     )
     thread.start()
-    wait_for_host_pids(marker)
+    wait_for_host_pids(marker, "sleep")
 
     runtime.kill_all()
     thread.join(timeout=5)
