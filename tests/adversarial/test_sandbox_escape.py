@@ -29,6 +29,7 @@ pytestmark = [
 ]
 
 PROVIDER = "sbx-a"
+UNSAFE = "sbx-unsafe"
 PIDS, DISK_MB = 64, 64
 ATTACKER, VICTIM = "mallory", "victor"
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
@@ -45,6 +46,8 @@ def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
     (home / "dev-account.json").write_text(json.dumps({"api_key": ADMIN_KEY}))
     with network(home, temporal_server, [
         (PROVIDER, "2xH100:80", "2.0", ["--job-pids", str(PIDS), "--job-disk-mb", str(DISK_MB)]),
+        # Dearer than any job here will pay: it runs none of them, it is only looked at.
+        (UNSAFE, "1xL4:24", "9.0", ["--unsafe-no-sandbox"]),
     ]) as n:
         yield n
 
@@ -83,6 +86,13 @@ def run_attack(net: Network, name: str, script: str, *args: str) -> dict[str, An
 
 def agent_pid(net: Network) -> int:
     return next(c.proc.pid for c in net.stack.children if c.name == PROVIDER)
+
+
+def test_the_network_shows_which_providers_run_jobs_without_a_sandbox(net: Network) -> None:
+    providers = net.gql("{ providers { providerId sandbox } }", ATTACKER)["providers"]
+
+    shown = {p["providerId"]: p["sandbox"] for p in providers}
+    assert shown == {PROVIDER: "bwrap", UNSAFE: "none"}
 
 
 READ_SECRETS = r"""

@@ -170,6 +170,7 @@ async def test_agent_registers_heartbeats_and_runs_a_job(
 
             registration = api.named("registerProvider")[0]["variables"]["input"]
             assert registration["providerId"] == "e2e-p1"
+            assert registration["sandbox"] == "bwrap"
             assert registration["region"] == "eu-west"
             assert registration["pricePerGpuHourMicro"] == 1_500_000
             assert [(g["index"], g["model"], g["memoryMb"]) for g in registration["gpus"]] == [
