@@ -99,7 +99,8 @@ def make_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> JobRuntime:
     if config.runtime == "process":
         return make_process_runtime(config, gpus)
     limits = ContainerLimits.machine_share(
-        len(gpus), config.job_memory_mb_per_gpu, config.job_cpus_per_gpu, config.job_pids_limit
+        len(gpus), config.job_memory_mb_per_gpu, config.job_cpus_per_gpu, config.job_pids_limit,
+        config.job_disk_mb,
     )
     runtime = DockerRuntime(
         config.provider_id,
@@ -112,7 +113,7 @@ def make_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> JobRuntime:
         say(f"removed {len(left)} containers left by an earlier run: {', '.join(left)}")
     say(
         f"docker runtime: per GPU {limits.memory_mb_per_gpu} MiB and {limits.cpus_per_gpu:g} "
-        f"CPUs, {limits.pids} pids per job, network "
+        f"CPUs, {limits.pids} pids, work dir {limits.disk_mb} MiB per job, network "
         + ("for jobs that ask" if config.allow_network else "never")
     )
     return runtime

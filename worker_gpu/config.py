@@ -31,7 +31,7 @@ class AgentConfig:
     job_memory_mb_per_gpu: int | None = None
     job_cpus_per_gpu: float | None = None
     job_pids_limit: int = 4096
-    # Process runtime: the work directory's size (and any one file's), and /tmp's.
+    # The work directory's size (and any one file's); process runtime: /tmp's too.
     job_disk_mb: int = 20 * 1024
     job_tmp_mb: int = 1024
     # Process runtime: run jobs without the bubblewrap sandbox (the network is told).
@@ -107,8 +107,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=20 * 1024,
         metavar="MB",
-        help="process runtime: the most a job's work directory (and any one file) may hold "
-        "(default 20480)",
+        help="the most a job's work directory (and any one file) may hold (default 20480)",
     )
     group.add_argument(
         "--job-tmp-mb",
