@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -378,3 +380,30 @@ def test_unsafe_no_sandbox_runs_a_plain_process(tmp_path: Path) -> None:
 
     assert runtime.sandbox_name == "none"
     assert outcome.log_tail == f"{tmp_path / 'w'}\n{tmp_path / 'w'}\n"
+
+
+AGENT = """
+import sys
+from pathlib import Path
+from worker_gpu.runtime_process import ProcessRuntime
+ProcessRuntime().run(["sh", "-c", "setsid sleep %s & sleep %s" % (sys.argv[1], sys.argv[1])],
+                     Path(sys.argv[2]), [], 60, {})
+"""
+
+
+def test_a_killed_agent_leaves_no_job_behind(tmp_path: Path) -> None:
+    marker = _marker()
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, marker, str(tmp_path / "w")],
+                             cwd=Path(__file__).parents[2])  # fmt: skip
+    try:
+        wait_for_host_pids(marker, "sleep", timeout_s=30)
+
+        agent.kill()  # SIGKILL: no cleanup of its own runs
+        agent.wait()
+        end = time.monotonic() + 5
+        while host_pids(marker) and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        agent.kill()
+
+    assert host_pids(marker) == []
