@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test install lint clean gpu-check system-deps web
+.PHONY: up test install lint clean gpu-check system-deps sandbox-deps web
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-up: install web
+up: install web sandbox-deps
 	$(VENV)/bin/gpgpu up
 
 lint: install
@@ -23,6 +23,10 @@ lint: install
 
 system-deps:
 	bash scripts/system-deps.sh
+
+# bubblewrap: the provider agents run every job in its sandbox.
+sandbox-deps:
+	@bash scripts/system-deps.sh sandbox
 
 test: install lint system-deps web
 	$(VENV)/bin/pytest -q -rs -p no:cacheprovider --durations=15

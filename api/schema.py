@@ -70,7 +70,7 @@ from domain.limits import (
 from domain.money import credits_to_micro
 from domain.node import DEFAULT_NODE, check_name, split_queue
 from domain.projection import TERMINAL_EVENTS
-from domain.provider import RUNTIMES
+from domain.provider import RUNTIMES, SANDBOXES
 from domain.spec import SpecError, parse_job_spec
 from infra.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
@@ -386,6 +386,8 @@ class Mutation:
                     errors.append(f"{field}: {why}")
         if not input.runtimes or not set(input.runtimes) <= set(RUNTIMES):
             errors.append(f"runtimes: each one of {', '.join(RUNTIMES)}")
+        if input.sandbox is not None and input.sandbox not in SANDBOXES:
+            errors.append(f"sandbox: one of {', '.join(SANDBOXES)}")
         if errors:
             raise ValueError("; ".join(errors))
         services, caller = info.context.services, _signed_in(info)
@@ -404,7 +406,7 @@ class Mutation:
         await _run(
             network.register_provider,
             input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus, input.runtimes,
-            input.node,
+            input.node, input.sandbox,
         )
         await services.heartbeats.submit(Heartbeat(input.provider_id, time.time()))
         deadline = time.monotonic() + 5

@@ -370,6 +370,10 @@ class Provider:
     price_per_gpu_hour_micro: BigInt
     price_per_gpu_hour: str = strawberry.field(description="credits, e.g. '2.5'")
     runtimes: list[str]
+    sandbox: str = strawberry.field(
+        description="how its agent isolates jobs: bwrap, docker, or none (started with "
+        "--unsafe-no-sandbox: a job there can read the machine's files); empty if not told"
+    )
     gpus: list[Gpu]
     # Its owner, its node's operator and admins see its telemetry and which job holds a GPU.
     watched: strawberry.Private[bool] = True
@@ -507,6 +511,9 @@ class RegisterProviderInput:
     gpus: list[GpuInput]
     runtimes: list[str] = strawberry.field(default_factory=lambda: ["process"])
     node: str = DEFAULT_NODE
+    sandbox: str | None = strawberry.field(
+        default=None, description="bwrap, docker or none; an older agent does not say"
+    )
 
 
 async def load_job(info: I, job_id: str) -> Job | None:
@@ -589,7 +596,7 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
             earnings_micro=BigInt(r["balance_micro"] or 0),
             price_per_gpu_hour_micro=r["price_micro"],
             price_per_gpu_hour=micro_to_credits(r["price_micro"]),
-            runtimes=json.loads(r["runtimes"]), gpus=gpus,
+            runtimes=json.loads(r["runtimes"]), sandbox=r["sandbox"], gpus=gpus,
         ))
     return out
 

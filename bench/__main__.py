@@ -14,6 +14,7 @@ BENCHES = {
     "events": "bench.events",
     "matching": "bench.matching",
     "pipeline": "bench.pipeline",
+    "sandbox": "bench.sandbox",
     "staging": "bench.staging",
     "verification": "bench.verification",
 }

@@ -298,6 +298,7 @@ class Network(Application[Any]):
         gpus: list[dict[str, Any]],
         runtimes: list[str] | None = None,
         node_id: str = DEFAULT_NODE,
+        sandbox: str | None = None,
     ) -> None:
         check_declaration(price_micro, gpus)
 
@@ -314,6 +315,8 @@ class Network(Application[Any]):
             else:
                 provider.rejoin(region, price_micro, gpus)
             provider.declare_runtimes(runtimes or ["process"])
+            if sandbox is not None:
+                provider.declare_sandbox(sandbox)
             directory.add(provider_id)
             node = self.node(node_id)
             node.admit_provider(provider_id)

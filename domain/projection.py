@@ -38,7 +38,7 @@ def transient(err: BaseException) -> bool:
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
-VIEWS_VERSION = 8
+VIEWS_VERSION = 9
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
@@ -432,6 +432,8 @@ class Projector:
                            gpus=json.dumps(data["gpus"]), status="online", status_reason="")
         elif etype == "RuntimesDeclared":
             changes["runtimes"] = json.dumps(data["runtimes"])
+        elif etype == "SandboxDeclared":
+            changes["sandbox"] = data["sandbox"]
         elif etype in ("ProviderMarkedLost", "ProviderWentOffline"):
             changes.update(status="lost" if etype == "ProviderMarkedLost" else "offline",
                            status_reason=data["reason"])

@@ -20,6 +20,9 @@ from domain.limits import GPU_INDEX, PRICE, check_gpus
 from domain.reputation import OUTCOMES, Reputation, reputation
 
 RUNTIMES = ("process", "docker")
+# How a provider isolates jobs: bubblewrap (process runtime), Docker, or not at all
+# (an agent started with --unsafe-no-sandbox).
+SANDBOXES = ("bwrap", "docker", "none")
 
 
 def check_declaration(price_micro: int, gpus: list[dict[str, Any]]) -> None:
@@ -80,6 +83,7 @@ class Provider(Aggregate):
         self.outcome_jobs: list[str] = []
         self.outcome_times: list[float] = []  # unix time of each outcome
         self.runtimes: list[str] = ["process"]
+        self.sandbox = ""  # unknown: registered by an agent from before sandboxes were declared
         self.reservation_clients: dict[str, str] = {}  # job id -> the client it runs for
         self.suspended: list[int] = []  # GPU indexes the provider took out of service
         # GPU index (as text: snapshots are JSON) -> why it is unhealthy (ECC, Xid errors)
@@ -173,6 +177,13 @@ class Provider(Aggregate):
         if sorted(runtimes) != sorted(self.runtimes):
             self._runtimes_declared(runtimes=sorted(runtimes))
 
+    def declare_sandbox(self, sandbox: str) -> None:
+        """How the agent isolates jobs; "none" is shown to the network as it is."""
+        if sandbox not in SANDBOXES:
+            raise DomainError(f"sandbox: {sandbox!r}; one of {', '.join(SANDBOXES)}")
+        if sandbox != getattr(self, "sandbox", ""):
+            self._sandbox_declared(sandbox=sandbox)
+
     def reserve(self, job_id: str, gpu_indexes: list[int], client_id: str = "") -> None:
         if self.reservations.get(job_id) == gpu_indexes:
             return
@@ -215,6 +226,10 @@ class Provider(Aggregate):
     @event("RuntimesDeclared")
     def _runtimes_declared(self, runtimes: list[str]) -> None:
         self.runtimes = runtimes
+
+    @event("SandboxDeclared")
+    def _sandbox_declared(self, sandbox: str) -> None:
+        self.sandbox = sandbox
 
     @event("GpusReserved")
     def _reserved(self, job_id: str, gpu_indexes: list[int], client_id: str = "") -> None:

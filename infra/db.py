@@ -44,7 +44,8 @@ SCHEMA = [
         reputation DOUBLE PRECISION NOT NULL, updated_at TEXT NOT NULL,
         runtimes TEXT NOT NULL DEFAULT '["process"]', last_seq INTEGER NOT NULL DEFAULT 0,
         status_reason TEXT NOT NULL DEFAULT '', reservation_clients TEXT NOT NULL DEFAULT '{}',
-        suspended TEXT NOT NULL DEFAULT '[]', degraded TEXT NOT NULL DEFAULT '{}')""",
+        suspended TEXT NOT NULL DEFAULT '[]', degraded TEXT NOT NULL DEFAULT '{}',
+        sandbox TEXT NOT NULL DEFAULT '')""",
     """CREATE TABLE IF NOT EXISTS provider_events (
         provider_id TEXT NOT NULL, seq INTEGER NOT NULL, notification_id BIGINT NOT NULL,
         type TEXT NOT NULL, at TEXT NOT NULL, data TEXT NOT NULL,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from worker_gpu import checkpoint
 from worker_gpu.runtime import JobRuntime, ProgressFn, RunOutcome
 from worker_gpu.runtime_docker import WORKDIR as CONTAINER_WORKDIR
 from worker_gpu.runtime_docker import DockerRuntime, EngineUnavailable, ImageUnavailable
-from worker_gpu.runtime_process import read_log_tail
+from worker_gpu.runtime_process import ProcessRuntime, read_log_tail
 from worker_gpu.ticker import Ticker
 from worker_gpu.transfer import (
     ChunkFn,
@@ -247,11 +249,12 @@ class GpuActivities:
             log_tail=outcome.log_tail,
         )
 
-    @staticmethod
-    def _checkpoint_dir(work: Path, request: ExecuteRequest) -> str:
+    def _checkpoint_dir(self, work: Path, request: ExecuteRequest) -> str:
         """Where the job sees its checkpoint directory (GPGPU_CHECKPOINT_DIR)."""
         if request.image:
             return f"{CONTAINER_WORKDIR}/{checkpoint.CHECKPOINT_DIR}"
+        if isinstance(self._runtime, ProcessRuntime):  # /work in its sandbox
+            return f"{self._runtime.job_path(work)}/{checkpoint.CHECKPOINT_DIR}"
         return str((work / checkpoint.CHECKPOINT_DIR).resolve())
 
     def _note_checkpoints(
@@ -292,6 +295,10 @@ class GpuActivities:
                     f"{self.provider_id} has no docker runtime",
                     "RuntimeUnavailableError",
                 )
+            if isinstance(self._runtime, ProcessRuntime):
+                return self._runtime.run(*args, on_progress, cancel, log_path=log_path,
+                                         memory_limit_mb=self._memory_limit_mb,
+                                         network=request.network)  # fmt: skip
             return self._runtime.run(
                 *args, on_progress, cancel, log_path=log_path, memory_limit_mb=self._memory_limit_mb
             )
@@ -392,18 +399,31 @@ def _job_path(work: Path, name: str) -> Path:
 
 
 def _produced_file(work: Path, relative: str) -> Path | None:
-    """The output file the job produced, or None when it did not produce a regular one.
+    """The output file the job produced, or None when it did not produce one of its own.
 
-    A job could leave a symlink to the provider's own files as an "output";
-    anything that resolves outside the work dir counts as missing, never uploaded.
+    Only a regular file reached without any symlink and with no other name (st_nlink 1)
+    is uploaded: a job could leave a symlink to the provider's files, or a hard link to a
+    file it can read but does not own, as an "output". Those count as missing, and the
+    agent's log says why.
     """
     try:
-        relative_path(relative)
+        parts = relative_path(relative).parts
     except UnsafePath as err:
         raise _non_retryable(str(err), "UnsafePathError") from None
-    try:
-        path = safe_path(work, relative)
-    except UnsafePath:
-        log.warning("output %r leaves the job directory; treated as missing", relative)
+    path = work
+    for part in parts:
+        path = path / part
+        try:
+            mode = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(mode.st_mode):
+            log.warning("output %r: %s is a symlink; treated as missing", relative, path)
+            return None
+    if not stat.S_ISREG(mode.st_mode):
         return None
-    return path if path.is_file() else None
+    if mode.st_nlink != 1:
+        log.warning("output %r has %d names (a hard link); treated as missing", relative,
+                    mode.st_nlink)  # fmt: skip
+        return None
+    return path

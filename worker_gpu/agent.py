@@ -41,6 +41,7 @@ from worker_gpu.discovery import (
 from worker_gpu.runtime import JobRuntime
 from worker_gpu.runtime_docker import ContainerLimits, DockerRuntime, EngineUnavailable
 from worker_gpu.runtime_process import ProcessRuntime
+from worker_gpu.sandbox import Bwrap, JobLimits, SandboxUnavailable
 from workflows.contracts import gpu_task_queue
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_NO_GPUS = 2
 EXIT_NO_ENGINE = 3
+EXIT_NO_SANDBOX = 4
 
 # The engine network that jobs asking for one get, with --allow-network.
 JOB_NETWORK = "bridge"
@@ -95,9 +97,10 @@ def make_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> JobRuntime:
     """The runtime --runtime names; for docker, checks the engine answers (EngineUnavailable
     if not) and removes the containers a crashed run of this provider left behind."""
     if config.runtime == "process":
-        return ProcessRuntime()
+        return make_process_runtime(config, gpus)
     limits = ContainerLimits.machine_share(
-        len(gpus), config.job_memory_mb_per_gpu, config.job_cpus_per_gpu, config.job_pids_limit
+        len(gpus), config.job_memory_mb_per_gpu, config.job_cpus_per_gpu, config.job_pids_limit,
+        config.job_disk_mb,
     )
     runtime = DockerRuntime(
         config.provider_id,
@@ -110,10 +113,39 @@ def make_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> JobRuntime:
         say(f"removed {len(left)} containers left by an earlier run: {', '.join(left)}")
     say(
         f"docker runtime: per GPU {limits.memory_mb_per_gpu} MiB and {limits.cpus_per_gpu:g} "
-        f"CPUs, {limits.pids} pids per job, network "
+        f"CPUs, {limits.pids} pids, work dir {limits.disk_mb} MiB per job, network "
         + ("for jobs that ask" if config.allow_network else "never")
     )
     return runtime
+
+
+def make_process_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> ProcessRuntime:
+    """The process runtime, sandboxed unless --unsafe-no-sandbox; SandboxUnavailable when
+    bubblewrap is missing or cannot create a sandbox here."""
+    share = ContainerLimits.machine_share(
+        len(gpus), config.job_memory_mb_per_gpu, config.job_cpus_per_gpu, config.job_pids_limit
+    )
+    limits = JobLimits(
+        memory_mb_per_gpu=share.memory_mb_per_gpu,
+        cpus_per_gpu=share.cpus_per_gpu,
+        pids=config.job_pids_limit,
+        disk_mb=config.job_disk_mb,
+        tmp_mb=config.job_tmp_mb,
+    )
+    if config.unsafe_no_sandbox:
+        say("WARNING: --unsafe-no-sandbox: jobs run as plain processes of this agent's user; "
+            "they can read this machine's files and reach its services")  # fmt: skip
+        return ProcessRuntime(limits=limits, allow_network=config.allow_network,
+                              unsafe_no_sandbox=True)  # fmt: skip
+    bwrap = Bwrap()
+    bwrap.check()
+    say(
+        f"process runtime: bubblewrap sandbox; per GPU {limits.memory_mb_per_gpu} MiB per "
+        f"process and {limits.cpus_per_gpu:g} CPUs, {limits.pids} pids, work dir "
+        f"{limits.disk_mb} MiB, /tmp {limits.tmp_mb} MiB per job, network "
+        + ("for jobs that ask (this machine's)" if config.allow_network else "never")
+    )
+    return ProcessRuntime(limits=limits, allow_network=config.allow_network, bwrap=bwrap)
 
 
 async def serve(config: AgentConfig, settings: Settings) -> int:
@@ -134,6 +166,10 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
     except EngineUnavailable as err:
         say(f"{err}; start dockerd (or set DOCKER_HOST), or run with --runtime process")
         return EXIT_NO_ENGINE
+    except SandboxUnavailable as err:
+        say(f"{err}; jobs are not run without a sandbox unless the agent is started with "
+            "--unsafe-no-sandbox")  # fmt: skip
+        return EXIT_NO_SANDBOX
     scratch = config.scratch or settings.home / "scratch" / config.provider_id
     activities = GpuActivities(
         config.provider_id,
@@ -174,6 +210,7 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
             gpus,
             runtimes=config.runtimes,
             node=config.node,
+            sandbox=runtime.sandbox_name if isinstance(runtime, ProcessRuntime) else "docker",
         )
         api = ProviderApi(settings.api_url)
         try:

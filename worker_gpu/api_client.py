@@ -47,13 +47,17 @@ def registration_input(
     gpus: list[GpuInfo],
     runtimes: list[str] | None = None,
     node: str = "local",
+    sandbox: str = "bwrap",
 ) -> dict[str, Any]:
+    """sandbox: how this provider isolates jobs ("bwrap", "docker", or "none" when it runs
+    them unsandboxed), shown on the provider to the network."""
     return {
         "node": node,
         "providerId": provider_id,
         "region": region,
         "pricePerGpuHourMicro": price_per_gpu_hour_micro,
         "runtimes": runtimes or ["process"],
+        "sandbox": sandbox,
         "gpus": [
             {"index": g.index, "model": g.model, "memoryMb": g.memory_mb, "uuid": g.uuid}
             for g in gpus

@@ -25,12 +25,17 @@ class AgentConfig:
     shutdown_grace_s: float = 10.0
     # How jobs run: "process" (local processes, no image) or "docker" (an image each).
     runtime: str = "process"
-    # Docker only. A job gets a network when it asks for one and the provider allows it.
+    # A job gets a network when it asks for one and the provider allows it.
     allow_network: bool = False
     # Per GPU a job holds; None: an even share of this machine between its GPUs.
     job_memory_mb_per_gpu: int | None = None
     job_cpus_per_gpu: float | None = None
     job_pids_limit: int = 4096
+    # The work directory's size (and any one file's); process runtime: /tmp's too.
+    job_disk_mb: int = 20 * 1024
+    job_tmp_mb: int = 1024
+    # Process runtime: run jobs without the bubblewrap sandbox (the network is told).
+    unsafe_no_sandbox: bool = False
 
     @property
     def runtimes(self) -> list[str]:
@@ -71,27 +76,54 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--allow-network",
         action="store_true",
-        help="docker: give a network to the jobs that ask for one (default: never)",
+        help="give a network to the jobs that ask for one (default: never). With the "
+        "process runtime that is this machine's own network, 127.0.0.1 included: do not "
+        "allow it where services listen on this machine",
     )
     group.add_argument(
         "--job-memory-mb",
         type=_positive_int,
         metavar="MB",
-        help="docker: memory per GPU a job holds (default: this machine's, less 10%%, "
-        "split between its GPUs)",
+        help="memory per GPU a job holds (default: this machine's, less 10%%, split between "
+        "its GPUs); process runtime: per process (address space, or data size on a GPU "
+        "machine)",
     )
     group.add_argument(
         "--job-cpus",
         type=_positive_float,
         metavar="N",
-        help="docker: CPUs per GPU a job holds (default: this machine's split between its GPUs)",
+        help="CPUs per GPU a job holds (default: this machine's split between its GPUs); "
+        "process runtime: CPU seconds per process, CPUs x GPUs x the job's timeout",
     )
     group.add_argument(
         "--job-pids",
         type=_positive_int,
         default=4096,
         metavar="N",
-        help="docker: processes and threads a job may have at once (default 4096)",
+        help="processes and threads a job may have at once (default 4096)",
+    )
+    group.add_argument(
+        "--job-disk-mb",
+        type=_positive_int,
+        default=20 * 1024,
+        metavar="MB",
+        help="the most a job's work directory (and any one file) may hold (default 20480)",
+    )
+    group.add_argument(
+        "--job-tmp-mb",
+        type=_positive_int,
+        default=1024,
+        metavar="MB",
+        help="process runtime: the size of a job's private /tmp and /dev/shm, in memory "
+        "(default 1024)",
+    )
+    group.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="process runtime: run jobs as plain processes of this agent's user, without "
+        "the bubblewrap sandbox: a job can then read this machine's files and reach its "
+        "services. The network shows the provider as unsandboxed. Only where bubblewrap "
+        "cannot run and every job is trusted",
     )
 
 
@@ -103,4 +135,7 @@ def runtime_fields(args: argparse.Namespace) -> dict[str, Any]:
         "job_memory_mb_per_gpu": args.job_memory_mb,
         "job_cpus_per_gpu": args.job_cpus,
         "job_pids_limit": args.job_pids,
+        "job_disk_mb": args.job_disk_mb,
+        "job_tmp_mb": args.job_tmp_mb,
+        "unsafe_no_sandbox": args.unsafe_no_sandbox,
     }

@@ -13,11 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +27,8 @@ import requests
 
 from worker_gpu.runtime import ProgressFn, RunOutcome
 from worker_gpu.runtime_process import read_log_tail
+from worker_gpu.sandbox import disk_usage
+from worker_gpu.sandbox import give as _give
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class ContainerLimits:
     memory_mb_per_gpu: int
     cpus_per_gpu: float
     pids: int = 4096
+    # The work dir (bind-mounted, so the engine's storage options do not apply): any one
+    # file by RLIMIT_FSIZE, the whole checked while the job runs, on every storage driver.
+    disk_mb: int = 20 * 1024
 
     @classmethod
     def machine_share(
@@ -66,6 +69,7 @@ class ContainerLimits:
         memory_mb_per_gpu: int | None = None,
         cpus_per_gpu: float | None = None,
         pids: int = 4096,
+        disk_mb: int = 20 * 1024,
     ) -> ContainerLimits:
         """Defaults: the machine's memory (less 10% for the agent and system) and CPUs split
         evenly between its GPUs, so that jobs running side by side cannot starve each other."""
@@ -75,7 +79,7 @@ class ContainerLimits:
             memory_mb_per_gpu = max(256, int(total_mb * 0.9) // gpus)
         if cpus_per_gpu is None:
             cpus_per_gpu = max(0.5, (os.cpu_count() or 1) / gpus)
-        return cls(memory_mb_per_gpu, cpus_per_gpu, pids)
+        return cls(memory_mb_per_gpu, cpus_per_gpu, pids, disk_mb)
 
     def memory_mb(self, gpus: int) -> int:
         return self.memory_mb_per_gpu * max(1, gpus)
@@ -111,25 +115,6 @@ def container_environment(
     if overridden:
         log.warning("job env may not set %s; ignored", ", ".join(overridden))
     return result
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    yield root
-    for folder, dirs, files in os.walk(root):  # never follows symlinks
-        for name in dirs + files:
-            yield Path(folder, name)
-
-
-def _give(root: Path, uid: int, gid: int) -> None:
-    """chown the tree, links themselves and never what they point at: a job may leave a
-    symlink to /etc/shadow in /work. Set-id bits go, so that no job file becomes a
-    set-uid program of the agent's user."""
-    for path in _walk(root):
-        with contextlib.suppress(FileNotFoundError):
-            os.chown(path, uid, gid, follow_symlinks=False)
-            mode = os.stat(path, follow_symlinks=False).st_mode
-            if stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
-                os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
 
 
 def _pump(stream: Any, log_file: IO[bytes]) -> None:
@@ -243,7 +228,7 @@ class DockerRuntime:
                 try:
                     state = self._start_and_wait(
                         container, command, log_file, log_path,
-                        started + timeout_s, on_progress, cancel_event,
+                        started + timeout_s, on_progress, cancel_event, workdir,
                     )  # fmt: skip
                 finally:
                     self._remove(container)
@@ -253,6 +238,9 @@ class DockerRuntime:
             finally:
                 if as_root:
                     _give(workdir, os.geteuid(), os.getegid())
+            if state is not None and state.get("Status") == "full":
+                log_file.write(f"gpgpu: the job's work directory grew past "
+                               f"{self.limits.disk_mb} MiB; the job was stopped\n".encode())
             if state is not None and state.get("OOMKilled"):
                 memory_mb = self._memory_mb(gpu_indexes, memory_limit_mb)
                 log_file.write(f"gpgpu: the job ran out of memory ({memory_mb} MiB)\n".encode())
@@ -327,6 +315,9 @@ class DockerRuntime:
                 memswap_limit=f"{memory_mb}m",  # no swap on top
                 nano_cpus=self.limits.nano_cpus(len(gpu_indexes)),
                 pids_limit=self.limits.pids,
+                ulimits=[docker.types.Ulimit(name="fsize", soft=self.limits.disk_mb * 2**20,
+                                             hard=self.limits.disk_mb * 2**20),
+                         docker.types.Ulimit(name="core", soft=0, hard=0)],
                 device_requests=devices,
                 stdin_open=False,
                 tty=False,
@@ -350,6 +341,7 @@ class DockerRuntime:
         deadline: float,
         on_progress: ProgressFn | None,
         cancel_event: threading.Event | None,
+        workdir: Path,
     ) -> dict[str, Any] | None:
         """Start the container, stream its output into log_file, wait; its final state,
         or None when it had to be killed."""
@@ -370,7 +362,7 @@ class DockerRuntime:
         )
         pump.start()
         try:
-            return self._wait(container, deadline, log_path, on_progress, cancel_event)
+            return self._wait(container, deadline, log_path, on_progress, cancel_event, workdir)
         finally:
             # The stream ends once the container stops; what it still holds is the end
             # of the log, so give it a moment before cutting it off.
@@ -385,10 +377,13 @@ class DockerRuntime:
         log_path: Path,
         on_progress: ProgressFn | None,
         cancel_event: threading.Event | None,
+        workdir: Path,
     ) -> dict[str, Any] | None:
-        """The container's final state, or None when it had to be killed (timeout, cancel)."""
+        """The container's final state, or None when it had to be killed (timeout, cancel);
+        Status "full" (exit 137) when its work dir went past the disk limit."""
         started = time.monotonic()
         next_tick = started + self._tick_s
+        limit = self.limits.disk_mb * 2**20
         while True:
             try:
                 state: dict[str, Any] = self._client.api.inspect_container(container.id)["State"]
@@ -396,6 +391,8 @@ class DockerRuntime:
                 # Removed under us by kill_all: killed, as a shell would report SIGKILL.
                 return {"Status": "removed", "ExitCode": 137}
             if state["Status"] in ("exited", "dead"):
+                if disk_usage(workdir) > limit:
+                    return {"Status": "full", "ExitCode": 137}
                 return state
             now = time.monotonic()
             if (cancel_event is not None and cancel_event.is_set()) or now >= deadline:
@@ -404,6 +401,10 @@ class DockerRuntime:
                 return None
             if now >= next_tick:
                 next_tick = now + self._tick_s
+                if disk_usage(workdir) > limit:
+                    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                        container.kill()
+                    return {"Status": "full", "ExitCode": 137}
                 if on_progress is not None:
                     on_progress(now - started, read_log_tail(log_path))
             if cancel_event is not None:

@@ -1,8 +1,11 @@
-"""The local process runtime: a job is a process group on this machine.
+"""The local process runtime: a job is a process tree on this machine, in a sandbox.
 
-This is the embedded default, not a sandbox: it cleans the environment, pins the
-GPUs through CUDA_VISIBLE_DEVICES and kills the job's whole process tree, but a
-job runs as the agent's user. Hardened isolation is the Docker runtime's job.
+By default every job runs inside bubblewrap (worker_gpu/sandbox.py): its own namespaces,
+uid nobody, a read-only system, its work directory at /work as the only writable path,
+limits on processes, memory, CPU time and disk, and no process left once it ends. With
+unsafe_no_sandbox (the agent's --unsafe-no-sandbox) it is a plain process group of the
+agent's user, with a cleaned environment: for machines where bubblewrap cannot run, and
+the network shows such a provider as unsandboxed.
 """
 
 from __future__ import annotations
@@ -11,14 +14,27 @@ import contextlib
 import logging
 import os
 import resource
+import select
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from worker_gpu.runtime import ProgressFn, RunOutcome
+from worker_gpu.sandbox import (
+    INSIDE_PATH,
+    INSIDE_WORKDIR,
+    NOBODY,
+    Bwrap,
+    JobLimits,
+    disk_usage,
+    give,
+    prlimit_args,
+    read_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +96,105 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+BWRAP_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+def sandbox_environment(gpu_indexes: list[int], env: dict[str, str]) -> dict[str, str]:
+    """The job's whole environment inside the sandbox (bwrap starts from an empty one)."""
+    result = {"PATH": INSIDE_PATH, "LANG": "C.UTF-8"}
+    result.update(env)
+    result.update(
+        HOME=INSIDE_WORKDIR,
+        TMPDIR="/tmp",
+        CUDA_VISIBLE_DEVICES=",".join(str(i) for i in gpu_indexes),
+        GPGPU_JOB_DIR=INSIDE_WORKDIR,
+    )
+    overridden = sorted(k for k in env if k in _PINNED and env[k] != result[k])
+    if overridden:
+        log.warning("job env may not set %s; ignored", ", ".join(overridden))
+    return result
+
+
+class _Job:
+    """One running job: bwrap (or the job itself, unsandboxed) and the sandbox's PID 1."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], init_pidfd: int | None) -> None:
+        self.proc = proc
+        self.init_pidfd = init_pidfd
+
+    def kill(self) -> None:
+        """SIGKILL the sandbox's PID 1 (the kernel then kills its whole PID namespace) and
+        bwrap's process group; without a sandbox, the job's process group."""
+        if self.init_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+        _signal_group(self.proc.pid, signal.SIGKILL)
+
+    def wait_sandbox_gone(self, timeout_s: float) -> bool:
+        """True once the sandbox's PID 1 has exited, which the kernel allows only after
+        every other process of its namespace is gone."""
+        if self.init_pidfd is None:
+            return True
+        readable, _, _ = select.select([self.init_pidfd], [], [], timeout_s)
+        return bool(readable)
+
+    def close(self) -> None:
+        if self.init_pidfd is not None:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+
+
+def _open_init(init_pid: int | None, bwrap_pid: int) -> int | None:
+    """A pidfd of the sandbox's PID 1, checked to be bwrap's child (so a reused pid is
+    never signalled)."""
+    if init_pid is None:
+        return None
+    try:
+        pidfd = os.pidfd_open(init_pid)
+    except OSError:
+        return None  # already gone and reaped: nothing of it is left to kill
+    try:
+        stat = Path(f"/proc/{init_pid}/stat").read_text()
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        parent = -1
+    if parent != bwrap_pid:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
 class ProcessRuntime:
-    def __init__(self, kill_grace_s: float = 3.0, tick_s: float = 1.0) -> None:
+    """Jobs as processes of this machine, each in a bubblewrap sandbox unless
+    unsafe_no_sandbox. Raises SandboxUnavailable when bubblewrap is missing (and the
+    sandbox was not turned off)."""
+
+    def __init__(
+        self,
+        kill_grace_s: float = 3.0,
+        tick_s: float = 1.0,
+        *,
+        limits: JobLimits | None = None,
+        allow_network: bool = False,
+        unsafe_no_sandbox: bool = False,
+        bwrap: Bwrap | None = None,
+    ) -> None:
         self._kill_grace_s = kill_grace_s
         self._tick_s = tick_s
+        self.limits = limits or JobLimits()
+        self.allow_network = allow_network
+        self.sandbox = None if unsafe_no_sandbox else (bwrap or Bwrap())
         self._lock = threading.Lock()
-        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._running: dict[int, _Job] = {}
+
+    @property
+    def sandbox_name(self) -> str:
+        """What the network is told: "bwrap", or "none" for an unsandboxed runtime."""
+        return "bwrap" if self.sandbox is not None else "none"
+
+    def job_path(self, workdir: Path) -> str:
+        """Where the job sees its work directory."""
+        return INSIDE_WORKDIR if self.sandbox is not None else str(workdir.resolve())
 
     def run(
         self,
@@ -99,83 +208,159 @@ class ProcessRuntime:
         *,
         log_path: Path | None = None,
         memory_limit_mb: int | None = None,
+        network: bool = False,
     ) -> RunOutcome:
         """Run `command` in `workdir` until it exits, times out or is cancelled.
 
-        memory_limit_mb caps the address space (RLIMIT_AS). CUDA reserves far more
-        address space than it uses, so leave it unset for CUDA jobs.
+        memory_limit_mb replaces the per-GPU memory limit of the runtime's limits (per
+        process: the address space, or the data size where CUDA devices are present).
+        network: the job asks for one; it gets the host's only when allow_network.
         """
         if not command:
             raise ValueError("empty command")
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / ".tmp").mkdir(exist_ok=True)
+        workdir = workdir.resolve()
         log_path = log_path or workdir / "job.log"
         started = time.monotonic()
 
         def wall_ms() -> int:
             return int((time.monotonic() - started) * 1000)
 
+        lent = False
         with log_path.open("wb") as log_file:
-            try:
-                proc = subprocess.Popen(
-                    command,
-                    cwd=workdir,
-                    env=job_environment(workdir, gpu_indexes, env),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group, so the tree dies together
-                    preexec_fn=_address_space_limit(memory_limit_mb) if memory_limit_mb else None,
+            if network and not self.allow_network:
+                log_file.write(
+                    b"gpgpu: the job asked for network access, which this provider does "
+                    b"not allow; it runs without a network\n"
                 )
+                log_file.flush()
+            try:
+                if self.sandbox is not None and self.sandbox.drop_to_nobody:
+                    give(workdir, NOBODY, NOBODY)  # lent to the sandbox's user for the run
+                    lent = True
+                job = self._start(command, workdir, gpu_indexes, timeout_s, env, log_file,
+                                  memory_limit_mb, network and self.allow_network)  # fmt: skip
             except OSError as err:
+                if lent:
+                    give(workdir, os.geteuid(), os.getegid())
                 # What a shell would answer: 127 not found, 126 not executable.
                 log_file.write(f"cannot start {command[0]!r}: {err.strerror}\n".encode())
                 log_file.flush()
                 code = 127 if isinstance(err, FileNotFoundError) else 126
                 return RunOutcome(code, False, wall_ms(), read_log_tail(log_path))
 
-        with self._lock:
-            self._running[proc.pid] = proc
-        try:
-            stopped = self._wait(proc, started + timeout_s, log_path, on_progress, cancel_event)
-        finally:
-            self._finish(proc)
-            with self._lock:
-                self._running.pop(proc.pid, None)
+            try:
+                stopped, full = self._wait(job, workdir, started + timeout_s, log_path,
+                                           on_progress, cancel_event)  # fmt: skip
+            finally:
+                self._finish(job)
+                with self._lock:
+                    self._running.pop(job.proc.pid, None)
+                if lent:
+                    give(workdir, os.geteuid(), os.getegid())
+            if not full and self.sandbox is not None:
+                full = disk_usage(workdir) > self.limits.disk_mb * 2**20
+            if full:
+                log_file.write(
+                    f"gpgpu: the job's work directory grew past {self.limits.disk_mb} MiB; "
+                    "the job was stopped\n".encode()
+                )
         tail = read_log_tail(log_path)
+        if full:
+            return RunOutcome(137, False, wall_ms(), tail)
         if stopped:
             timed_out = not (cancel_event is not None and cancel_event.is_set())
             return RunOutcome(None, timed_out, wall_ms(), tail)
-        assert proc.returncode is not None
-        return RunOutcome(_exit_code(proc.returncode), False, wall_ms(), tail)
+        returncode = job.proc.returncode
+        assert returncode is not None
+        return RunOutcome(_exit_code(returncode), False, wall_ms(), tail)
+
+    def _start(
+        self, command: list[str], workdir: Path, gpu_indexes: list[int], timeout_s: int,
+        env: dict[str, str], log_file: IO[bytes], memory_limit_mb: int | None, network: bool,
+    ) -> _Job:
+        if self.sandbox is None:
+            (workdir / ".tmp").mkdir(exist_ok=True)
+            proc = subprocess.Popen(
+                command,
+                cwd=workdir,
+                env=job_environment(workdir, gpu_indexes, env),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so the tree dies together
+                preexec_fn=_address_space_limit(memory_limit_mb) if memory_limit_mb else None,
+            )
+            job = _Job(proc, None)
+            with self._lock:
+                self._running[proc.pid] = job
+            return job
+        limited = prlimit_args(self.limits, len(gpu_indexes), timeout_s, memory_limit_mb,
+                               gpu_devices=bool(self.sandbox.devices))  # fmt: skip
+        info_read, info_write = os.pipe()
+        launch = self.sandbox.command(
+            workdir, info_write, [*limited, *command], sandbox_environment(gpu_indexes, env),
+            network=network, tmp_mb=self.limits.tmp_mb,
+        )
+        try:
+            proc = subprocess.Popen(
+                launch.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(info_write, *launch.fds),
+                # Not the agent's: bwrap's own PID 1 in the sandbox keeps the environment
+                # bwrap was started with, and the job can read /proc/1/environ.
+                env=BWRAP_ENV,
+            )
+        finally:
+            launch.close()
+            os.close(info_write)
+        job = _Job(proc, None)
+        with self._lock:  # from now on kill_all reaches it (bwrap's group, then its PID 1)
+            self._running[proc.pid] = job
+        try:
+            init_pid = read_info(info_read)
+        finally:
+            os.close(info_read)
+        job.init_pidfd = _open_init(init_pid, proc.pid)
+        return job
 
     def kill_all(self) -> None:
         with self._lock:
-            pids = list(self._running)
-        for pid in pids:
-            _signal_group(pid, signal.SIGKILL)
+            jobs = list(self._running.values())
+        for job in jobs:
+            job.kill()
 
     def _wait(
         self,
-        proc: subprocess.Popen[bytes],
+        job: _Job,
+        workdir: Path,
         deadline: float,
         log_path: Path,
         on_progress: ProgressFn | None,
         cancel_event: threading.Event | None,
-    ) -> bool:
-        """Wait for the job; True when it had to be stopped (timeout or cancel)."""
+    ) -> tuple[bool, bool]:
+        """Wait for the job: (stopped, full). stopped: it had to be stopped (timeout or
+        cancel); full: its work directory went past the disk limit, and it was stopped."""
+        proc = job.proc
         started = time.monotonic()
         next_tick = started + self._tick_s
+        limit = self.limits.disk_mb * 2**20
         while not self._leader_exited(proc, timeout=min(next_tick, deadline) - time.monotonic()):
             now = time.monotonic()
             if (cancel_event is not None and cancel_event.is_set()) or now >= deadline:
-                self._stop(proc)
-                return True
+                self._stop(job)
+                return True, False
             if now >= next_tick:
                 next_tick = now + self._tick_s
+                if self.sandbox is not None and disk_usage(workdir) > limit:
+                    self._stop(job)
+                    return False, True
                 if on_progress is not None:
                     on_progress(now - started, read_log_tail(log_path))
-        return False
+        return False, False
 
     def _leader_exited(self, proc: subprocess.Popen[bytes], timeout: float) -> bool:
         """Poll without reaping: while the leader is an unreaped zombie its pid, which is
@@ -188,16 +373,24 @@ class ProcessRuntime:
                 return False
             time.sleep(0.02)
 
-    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
-        _signal_group(proc.pid, signal.SIGTERM)
-        self._leader_exited(proc, timeout=self._kill_grace_s)
+    def _stop(self, job: _Job) -> None:
+        if self.sandbox is not None:
+            job.kill()  # at once: a sandbox is one unit, and a cancel must free the GPUs now
+            return
+        _signal_group(job.proc.pid, signal.SIGTERM)
+        self._leader_exited(job.proc, timeout=self._kill_grace_s)
 
-    def _finish(self, proc: subprocess.Popen[bytes]) -> None:
-        # Whatever the job left behind in its group (daemons, background children)
-        # must not outlive it on a GPU that is about to be handed to someone else.
-        _signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
-        _wait_group_gone(proc.pid, timeout_s=self._kill_grace_s)
+    def _finish(self, job: _Job) -> None:
+        # Whatever the job left behind (daemons, background children) must not outlive it
+        # on a GPU that is about to be handed to someone else.
+        job.kill()
+        job.proc.wait()
+        try:
+            if not job.wait_sandbox_gone(self._kill_grace_s):
+                log.warning("sandbox of job process %d still running after SIGKILL", job.proc.pid)
+        finally:
+            job.close()
+        _wait_group_gone(job.proc.pid, timeout_s=self._kill_grace_s)
 
 
 def _group_has_live_members(pgid: int) -> bool:

@@ -131,7 +131,8 @@ def main() -> int:
         else:
             print("\n[nvidia-smi] not on PATH; skipped")
 
-        probe = [sys.executable, "-c", CUDA_PROBE]
+        # The system's python: the job runs in the sandbox, which shows /usr, not this venv.
+        probe = ["python3", "-c", CUDA_PROBE]
         one = run_job(runtime, "cuda on GPU 0", probe, [0], root)
         if one.exit_code != 0 or "visible devices: 1" not in one.log_tail:
             failures.append("CUDA job on GPU 0")
@@ -140,7 +141,7 @@ def main() -> int:
             failures.append("CUDA_VISIBLE_DEVICES='' must hide every GPU")
 
         if importlib.util.find_spec("torch") is not None:
-            torch_job = run_job(runtime, "torch", [sys.executable, "-c", TORCH_PROBE], [0], root)
+            torch_job = run_job(runtime, "torch", ["python3", "-c", TORCH_PROBE], [0], root)
             if torch_job.exit_code != 0:
                 failures.append("torch")
         else:

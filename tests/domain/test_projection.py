@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from domain.application import Network
+from domain.errors import DomainError
 from domain.job import Job
 from domain.projection import JOB_STATE_AFTER, Projector
 from domain.reputation import reputation_score
@@ -389,3 +390,22 @@ def test_an_event_the_views_cannot_hold_is_set_aside_and_the_others_go_on(
     assert db.query("SELECT balance_micro FROM accounts WHERE name = 'client:bob'") == [
         {"balance_micro": 5_000_000}
     ]
+
+
+def test_a_providers_sandbox_is_recorded_and_shown(app: Network, open_views: OpenViews) -> None:
+    app.register_provider("p-safe", "eu", PRICE, [gpu(0)], sandbox="bwrap")
+    app.register_provider("p-bare", "eu", PRICE, [gpu(0)], sandbox="bwrap")
+    app.register_provider("p-bare", "eu", PRICE, [gpu(0)], sandbox="none")  # restarted unsafe
+    app.register_provider("p-bare", "eu", PRICE, [gpu(0)], sandbox="none")  # no change: no event
+    app.register_provider("p-old", "eu", PRICE, [gpu(0)])  # an agent that does not say
+    with pytest.raises(DomainError, match="sandbox"):
+        app.register_provider("p-odd", "eu", PRICE, [gpu(0)], sandbox="chroot")
+    db = open_views()
+
+    Projector(app, db).catch_up()
+
+    shown = {p: provider_row(db, p)["sandbox"] for p in ("p-safe", "p-bare", "p-old")}
+    assert shown == {"p-safe": "bwrap", "p-bare": "none", "p-old": ""}
+    declared = [e for e in db.query("SELECT type FROM provider_events WHERE provider_id = ?",
+                                    ("p-bare",)) if e["type"] == "SandboxDeclared"]  # fmt: skip
+    assert len(declared) == 2

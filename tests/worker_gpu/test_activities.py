@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import hashlib
-import sys
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from tests.worker_gpu.http_servers import StorageServer
+from tests.worker_gpu.processes import host_pids, wait_for_host_pids
 from worker_gpu import transfer
 from worker_gpu.activities import GpuActivities
 from worker_gpu.runtime_process import ProcessRuntime
@@ -172,7 +173,7 @@ def test_execute_returns_exit_code_and_gpu_time(
         "import os, sys, time; time.sleep(1.3); "
         "print('gpus', os.environ['CUDA_VISIBLE_DEVICES']); sys.exit(4)"
     )
-    request = ExecuteRequest("job-1", 1, [sys.executable, "-c", script], [0, 2], timeout_s=30)
+    request = ExecuteRequest("job-1", 1, ["python3", "-c", script], [0, 2], timeout_s=30)
 
     result = env.run(acts.execute_job, request)
 
@@ -210,7 +211,8 @@ def test_execute_holds_its_gpus_while_running(
 
 
 def test_cancel_kills_the_job(env: ActivityEnvironment, acts: GpuActivities) -> None:
-    request = ExecuteRequest("job-1", 1, ["sh", "-c", "echo $$ > pid; sleep 60"], [0], 60)
+    marker = f"60.{time.monotonic_ns() % 10**9}"  # its pids inside the sandbox mean nothing here
+    request = ExecuteRequest("job-1", 1, ["sleep", marker], [0], 60)
     outcome: list[Any] = []
 
     def run() -> None:
@@ -221,15 +223,14 @@ def test_cancel_kills_the_job(env: ActivityEnvironment, acts: GpuActivities) -> 
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.7)
+    wait_for_host_pids(marker, "sleep")
     started = time.monotonic()
     env.cancel()
     thread.join(timeout=10)
 
     assert isinstance(outcome[0], CancelledError)
     assert time.monotonic() - started < 5
-    pid = int((acts.work_dir("job-1", 1) / "pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    assert host_pids(marker) == []
 
 
 def test_execute_refuses_gpus_the_provider_does_not_have(
@@ -291,6 +292,27 @@ def test_upload_never_follows_a_symlink_out_of_the_job_dir(
 
     assert (result.manifest, result.missing) == ([], ["result.txt"])
     assert storage.puts == []
+
+
+def test_upload_never_takes_a_hard_link_or_a_path_through_a_symlink(
+    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer, tmp_path: Path
+) -> None:
+    secret = tmp_path / "provider-secret.txt"
+    secret.write_text("do not leak")
+    work = acts.work_dir("job-1", 1)
+    (work / "inside").mkdir(parents=True)
+    (work / "inside" / "ok.txt").write_text("fine")
+    os.link(secret, work / "linked.txt")  # a second name of a file outside
+    (work / "dir").symlink_to(work / "inside")  # stays inside, but a link all the same
+    (work / "out").symlink_to(tmp_path)
+
+    result = env.run(acts.upload_outputs, UploadRequest("job-1", 1, _outputs(
+        storage, "linked.txt", "dir/ok.txt", "out/provider-secret.txt", "inside/ok.txt")))
+
+    assert [m.path for m in result.manifest] == ["inside/ok.txt"]
+    assert result.missing == ["linked.txt", "dir/ok.txt", "out/provider-secret.txt"]
+    assert [p.name for p in storage.puts] == ["inside/ok.txt"]
+    assert secret.read_text() == "do not leak"
 
 
 def test_upload_reports_a_refused_put(

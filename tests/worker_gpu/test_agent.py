@@ -58,3 +58,31 @@ def test_sigterm_while_waiting_for_temporal_exits_cleanly(tmp_path: Path) -> Non
         assert agent.lines[-1] == "stopped before the provider was serving"
     finally:
         agent.kill()
+
+
+def test_without_bubblewrap_it_refuses_to_run_jobs(tmp_path: Path) -> None:
+    # A PATH with python but no bwrap: the agent must not fall back to running jobs bare.
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("sh", "env"):
+        (bare / tool).symlink_to(f"/usr/bin/{tool}")
+    agent = AgentProcess(["--provider-id", "p1", "--simulate", "1xL4:24"],
+                         {"PATH": str(bare), "GPGPU_HOME": str(tmp_path)})  # fmt: skip
+
+    assert agent.wait() == 4
+    assert agent.lines[-1].startswith("bubblewrap (bwrap) is not installed")
+    assert agent.lines[-1].endswith("unless the agent is started with --unsafe-no-sandbox")
+
+
+def test_unsafe_no_sandbox_is_said_out_loud(tmp_path: Path) -> None:
+    env = {"GPGPU_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}", "GPGPU_HOME": str(tmp_path)}
+    agent = AgentProcess(
+        ["--provider-id", "p1", "--simulate", "1xL4:24", "--unsafe-no-sandbox"], env
+    )
+    try:
+        agent.wait_for("waiting for Temporal")
+
+        assert any(line.startswith("WARNING: --unsafe-no-sandbox") for line in agent.lines)
+        assert agent.terminate() == 0
+    finally:
+        agent.kill()

@@ -23,6 +23,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from infra.devstack import free_port
 from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer
+from tests.worker_gpu.processes import host_pids, wait_for_host_pids
 from workflows.contracts import (
     EXECUTE_JOB,
     STAGE_INPUTS,
@@ -169,6 +170,7 @@ async def test_agent_registers_heartbeats_and_runs_a_job(
 
             registration = api.named("registerProvider")[0]["variables"]["input"]
             assert registration["providerId"] == "e2e-p1"
+            assert registration["sandbox"] == "bwrap"
             assert registration["region"] == "eu-west"
             assert registration["pricePerGpuHourMicro"] == 1_500_000
             assert [(g["index"], g["model"], g["memoryMb"]) for g in registration["gpus"]] == [
@@ -206,9 +208,8 @@ async def test_sigterm_stops_the_agent_and_kills_its_running_job(
         )
         try:
             agent.wait_for("serving task queue gpu.e2e-p2")
-            execute = ExecuteRequest(
-                "job-long", 1, ["sh", "-c", "echo $$ > pid; sleep 120"], [0], 120
-            )
+            marker = f"120.{time.monotonic_ns() % 10**9}"  # found from outside its sandbox
+            execute = ExecuteRequest("job-long", 1, ["sleep", marker], [0], 120)
             trip = RoundTrip("e2e-p2", StageRequest("job-long", 1, []), execute,
                              UploadRequest("job-long", 1, []))  # fmt: skip
             client = await Client.connect(temporal_address)
@@ -223,12 +224,7 @@ async def test_sigterm_stops_the_agent_and_kills_its_running_job(
                 )
                 # Blocking waits go to a thread: this loop runs the workflow worker.
                 await asyncio.to_thread(agent.wait_for, "job job-long: running")
-                pid_file = scratch / "job-long" / "1" / "work" / "pid"
-                for _ in range(100):
-                    if pid_file.exists() and pid_file.read_text().strip():
-                        break
-                    await asyncio.sleep(0.05)
-                job_pid = int(pid_file.read_text())
+                await asyncio.to_thread(wait_for_host_pids, marker, "sleep")
 
                 started = time.monotonic()
                 code = await asyncio.to_thread(agent.terminate)
@@ -236,7 +232,7 @@ async def test_sigterm_stops_the_agent_and_kills_its_running_job(
                 assert code == 0
                 assert time.monotonic() - started < 10
                 assert agent.lines[-1] == "stopped"
-                assert not _running(job_pid), "no job outlives its agent"
+                assert host_pids(marker) == [], "no job outlives its agent"
                 # Drained first: the heartbeat fell silent, then the agent told the API it
                 # takes no new work, before the running job was stopped.
                 kinds = ["drain" if "drainProvider" in c["query"] else "beat"
@@ -248,11 +244,3 @@ async def test_sigterm_stops_the_agent_and_kills_its_running_job(
                     await asyncio.wait_for(handle.result(), timeout=10)
         finally:
             agent.kill()
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

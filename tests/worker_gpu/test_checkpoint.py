@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,7 +226,7 @@ def test_execute_uploads_the_jobs_checkpoint_and_logs_what_it_could_not(
     staged = [ManifestEntry("step.txt", f"jobs/{JOB}/checkpoint/1/0", sha256(b"8\n"), 2)]
     plan = make_plan(storage, max_bytes=4096, interval_s=0.2, resumed=staged, attempt=2)
     plan.resumed_from_attempt = 1
-    request = ExecuteRequest(JOB, 2, [sys.executable, "-c", script], [0], 30,
+    request = ExecuteRequest(JOB, 2, ["python3", "-c", script], [0], 30,
                              env={"GPGPU_CHECKPOINT_DIR": "/elsewhere"}, checkpoint=plan)
 
     result = ActivityEnvironment().run(acts.execute_job, request)

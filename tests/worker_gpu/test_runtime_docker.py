@@ -401,6 +401,31 @@ def test_the_pids_limit_holds(client: docker.DockerClient, work: Path) -> None:
     assert "spawned all" not in outcome.log_tail
 
 
+def test_a_file_cannot_grow_past_the_disk_limit(client: docker.DockerClient, work: Path) -> None:
+    limits = ContainerLimits(256, 1.0, disk_mb=4)
+    runtime = DockerRuntime("p1", limits, client=client, gpu_devices=False)
+
+    outcome = run(runtime, work, "head -c 6000000 /dev/zero > big; echo wrote")
+
+    assert (work / "big").stat().st_size <= 4 * 2**20
+    assert outcome.exit_code != 0
+
+
+def test_the_work_dir_cannot_grow_past_the_disk_limit(
+    client: docker.DockerClient, work: Path
+) -> None:
+    limits = ContainerLimits(256, 1.0, disk_mb=4)
+    runtime = DockerRuntime("p1", limits, client=client, gpu_devices=False, tick_s=0.2)
+    # Files each under the per-file limit, then wait to be noticed.
+    script = "for i in 1 2 3 4; do head -c 3000000 /dev/urandom > f$i; done; sleep 30"
+
+    outcome = run(runtime, work, script, timeout_s=60)
+
+    assert outcome.exit_code == 137
+    assert outcome.wall_ms < 15_000
+    assert "grew past 4 MiB" in outcome.log_tail
+
+
 def test_the_limits_are_set_on_the_container(
     runtime: DockerRuntime, work: Path, client: docker.DockerClient
 ) -> None:
@@ -424,6 +449,7 @@ def test_the_limits_are_set_on_the_container(
     assert host["Memory"] == host["MemorySwap"] == 2 * 256 * 2**20  # two GPUs: two shares
     assert host["NanoCpus"] == 2 * 10**9
     assert host["PidsLimit"] == 256
+    assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"fsize": 20 * 2**30, "core": 0}
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
@@ -524,7 +550,8 @@ def test_the_agent_sweeps_leftovers_and_states_its_limits(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("removed 1 containers left by an earlier run: ")
     assert lines[1] == (
-        "docker runtime: per GPU 1000 MiB and 2 CPUs, 4096 pids per job, network for jobs that ask"
+        "docker runtime: per GPU 1000 MiB and 2 CPUs, 4096 pids, work dir 20480 MiB per job,"
+        " network for jobs that ask"
     )
 
 

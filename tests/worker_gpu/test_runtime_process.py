@@ -1,32 +1,29 @@
+"""The process runtime, on the real bubblewrap sandbox (and once without it)."""
+
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.worker_gpu.processes import host_pids, wait_for_host_pids
 from worker_gpu.runtime_process import LOG_TAIL_BYTES, ProcessRuntime
+from worker_gpu.sandbox import Bwrap, JobLimits, SandboxUnavailable
+
+pytestmark = pytest.mark.skipif(not Bwrap.installed(), reason="bubblewrap is not installed")
 
 
-def _alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie nobody reaped (PID 1 in a container may not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_for_file(path: Path, timeout_s: float = 5.0) -> str:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never appeared")
+def _marker() -> str:
+    """A sleep length no other process uses, to find the job's processes from outside."""
+    return f"1000.{uuid.uuid4().int % 10**9}"
 
 
 @pytest.fixture
@@ -38,7 +35,7 @@ def test_exit_code_and_log_tail(runtime: ProcessRuntime, tmp_path: Path) -> None
     script = "import sys; print('x' * 10000); print('last line'); sys.exit(3)"
 
     exit_code, timed_out, wall_ms, tail = runtime.run(
-        [sys.executable, "-c", script], tmp_path, [0], timeout_s=30, env={}
+        ["python3", "-c", script], tmp_path, [0], timeout_s=30, env={}
     )
 
     assert (exit_code, timed_out) == (3, False)
@@ -60,55 +57,59 @@ def test_stderr_goes_to_the_log_file_given(runtime: ProcessRuntime, tmp_path: Pa
     assert outcome.log_tail == "out\nerr\n"
 
 
-def test_timeout_kills_the_whole_process_group(runtime: ProcessRuntime, tmp_path: Path) -> None:
-    # A child of a child, ignoring SIGTERM: only SIGKILL to the group stops it.
-    script = "trap '' TERM; sh -c 'echo $$ > grandchild.pid; sleep 60'; sleep 60"
+def test_timeout_kills_the_whole_sandbox(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    # A child of a child, ignoring SIGTERM.
+    marker = _marker()
+    script = f"trap '' TERM; sh -c 'sleep {marker}'; sleep 60"
     started = time.monotonic()
 
     outcome = runtime.run(["bash", "-c", script], tmp_path, [0], timeout_s=1, env={})
 
-    grandchild = int(_wait_for_file(tmp_path / "grandchild.pid"))
     assert (outcome.exit_code, outcome.timed_out) == (None, True)
     assert time.monotonic() - started < 5
-    assert not _alive(grandchild)
+    assert host_pids(marker) == []
 
 
-def test_background_children_do_not_outlive_the_job(
+def test_no_process_outlives_the_job_setsid_daemons_included(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:
-    outcome = runtime.run(
-        ["bash", "-c", "sleep 60 & echo $! > bg.pid; exit 0"], tmp_path, [], 30, {}
-    )
+    marker = _marker()
+    script = f"sleep {marker} & setsid sleep {marker} & (setsid sh -c 'sleep {marker}' &); exit 0"
+
+    outcome = runtime.run(["bash", "-c", script], tmp_path, [], 30, {})
 
     assert outcome.exit_code == 0
-    assert not _alive(int((tmp_path / "bg.pid").read_text()))
+    assert host_pids(marker) == []
 
 
 def test_cancel_event_stops_the_job(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    marker = _marker()
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
 
-    outcome = runtime.run(["sleep", "60"], tmp_path, [], 60, {}, cancel_event=cancel)
+    outcome = runtime.run(["sleep", marker], tmp_path, [], 60, {}, cancel_event=cancel)
 
     assert (outcome.exit_code, outcome.timed_out) == (None, False)
     assert outcome.wall_ms < 5000
+    assert host_pids(marker) == []
 
 
-def test_environment_is_cleaned_and_gpus_pinned(
+def test_environment_is_only_the_jobs_and_gpus_pinned(
     runtime: ProcessRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SECRET_X", "provider-credential")
-    job_env = {"FOO": "bar", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    job_env = {"FOO": "bar", "CUDA_VISIBLE_DEVICES": "0,1,2,3", "HOME": "/root"}
+    # Every process of the sandbox, bwrap's own PID 1 included, has only the job's env.
+    every = runtime.run(["sh", "-c", "cat /proc/[0-9]*/environ"], tmp_path, [], 30, {})
 
     outcome = runtime.run(["env"], tmp_path, [0, 2], 30, job_env)
 
+    assert "GPGPU_JOB_DIR=/work" in every.log_tail
+    assert "SECRET_X" not in every.log_tail and "provider-credential" not in every.log_tail
+
     env = dict(line.split("=", 1) for line in outcome.log_tail.splitlines())
-    assert "SECRET_X" not in env
     assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
-    assert env["HOME"] == str(tmp_path)
-    assert env["GPGPU_JOB_DIR"] == str(tmp_path)
-    assert env["TMPDIR"] == str(tmp_path / ".tmp")
-    assert (tmp_path / ".tmp").is_dir()
+    assert (env["HOME"], env["GPGPU_JOB_DIR"], env["TMPDIR"]) == ("/work", "/work", "/tmp")
     assert env["FOO"] == "bar"
     assert set(env) <= {"PATH", "LANG", "HOME", "TMPDIR", "CUDA_VISIBLE_DEVICES"} | {
         "GPGPU_JOB_DIR",
@@ -117,10 +118,13 @@ def test_environment_is_cleaned_and_gpus_pinned(
     }
 
 
-def test_runs_in_the_work_dir(runtime: ProcessRuntime, tmp_path: Path) -> None:
-    outcome = runtime.run(["pwd"], tmp_path / "work", [], 30, {})
+def test_runs_in_its_work_dir_at_work(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "input.txt").write_text("staged")
 
-    assert outcome.log_tail.strip() == str(tmp_path / "work")
+    outcome = runtime.run(["sh", "-c", "pwd; cat input.txt"], tmp_path / "work", [], 30, {})
+
+    assert outcome.log_tail == "/work\nstaged"
 
 
 def test_progress_is_reported_while_running(runtime: ProcessRuntime, tmp_path: Path) -> None:
@@ -155,11 +159,11 @@ def test_killed_by_a_signal_reads_as_128_plus_signal(
     assert outcome.exit_code == 137
 
 
-def test_memory_limit_caps_the_address_space(runtime: ProcessRuntime, tmp_path: Path) -> None:
+def test_memory_limit_caps_each_process(runtime: ProcessRuntime, tmp_path: Path) -> None:
     script = "b = bytearray(512 * 1024 * 1024)"
 
-    limited = runtime.run([sys.executable, "-c", script], tmp_path, [], 30, {}, memory_limit_mb=200)
-    unlimited = runtime.run([sys.executable, "-c", script], tmp_path, [], 30, {})
+    limited = runtime.run(["python3", "-c", script], tmp_path, [], 30, {}, memory_limit_mb=200)
+    unlimited = runtime.run(["python3", "-c", script], tmp_path, [], 30, {})
 
     assert limited.exit_code == 1
     assert "MemoryError" in limited.log_tail
@@ -167,15 +171,239 @@ def test_memory_limit_caps_the_address_space(runtime: ProcessRuntime, tmp_path: 
 
 
 def test_kill_all_stops_running_jobs(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    marker = _marker()
     result: list[int | None] = []
     thread = threading.Thread(
-        target=lambda: result.append(runtime.run(["sleep", "60"], tmp_path, [], 60, {}).exit_code)
+        target=lambda: result.append(runtime.run(["sleep", marker], tmp_path, [], 60, {}).exit_code)
     )
     thread.start()
-    time.sleep(0.3)
+    wait_for_host_pids(marker, "sleep")
 
     runtime.kill_all()
     thread.join(timeout=5)
 
     assert result == [137]
+    assert host_pids(marker) == []
     assert os.listdir(tmp_path)  # the log is there
+
+
+# -- what the sandbox keeps from the job ----------------------------------------------------
+
+
+def test_the_job_is_nobody_and_its_files_come_back_to_the_agent(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+
+    outcome = runtime.run(["sh", "-c", "id -u; echo made > made.txt; mkdir d; touch d/f"],
+                          work, [], 30, {})  # fmt: skip
+
+    assert outcome.exit_code == 0, outcome.log_tail
+    assert outcome.log_tail == "65534\n"
+    for path in (work, work / "made.txt", work / "d", work / "d" / "f"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (os.geteuid(), os.getegid())
+    assert (work / "made.txt").read_text() == "made\n"
+    (work / "made.txt").unlink()
+    (work / "d" / "f").unlink()
+
+
+def test_the_job_sees_no_file_of_the_agent(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    secret = tmp_path / "dev-account.json"
+    secret.write_text("admin key")
+    neighbour = tmp_path / "other-job" / "work"
+    neighbour.mkdir(parents=True)
+    (neighbour / "input.bin").write_text("someone else's data")
+    script = (
+        f"cat {secret}; cat {neighbour}/input.bin; cat ../other-job/work/input.bin;"
+        " cat ../../../other-job/work/input.bin; ls /root /home /etc/shadow /var /run /opt;"
+        " echo written > /usr/evil; echo written > /etc/evil; echo written > /evil;"
+        " ls /etc; echo end"
+    )
+
+    outcome = runtime.run(["sh", "-c", script], tmp_path / "work", [], 30, {})
+
+    log = outcome.log_tail
+    assert "admin key" not in log and "someone else" not in log
+    assert log.count("No such file or directory") >= 8
+    assert log.count("Read-only file system") == 3
+    listed = set(log.split("Read-only file system\n")[-1].split("\n")[:-2])
+    assert "passwd" in listed and "ld.so.cache" in listed
+    assert not listed & {"shadow", "gshadow", "ssl/private", "ceph", "docker", "mysql"}
+    assert not Path("/usr/evil").exists() and not Path("/etc/evil").exists()
+
+
+def test_the_job_sees_only_its_own_processes(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    script = (
+        f"cat /proc/{os.getpid()}/environ; ls /proc | grep -c '^[0-9]'; kill -0 {os.getpid()}"
+    )
+
+    outcome = runtime.run(["sh", "-c", script], tmp_path, [], 30, {"AGENT": str(os.getpid())})
+
+    lines = outcome.log_tail.splitlines()
+    assert "No such file or directory" in lines[0]
+    assert int(lines[1]) <= 4  # bwrap's init, sh, ls, grep
+    assert outcome.exit_code != 0  # kill -0 of the agent's pid: no such process in here
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 (a stand-in for the API, PostgreSQL or Temporal)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+CONNECT = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 2)" \
+          "; print('connected')"
+
+
+def test_no_network_unless_asked_and_allowed(
+    runtime: ProcessRuntime, tmp_path: Path, listener: int
+) -> None:
+    job = ["python3", "-c", CONNECT, str(listener)]
+    allowed = ProcessRuntime(kill_grace_s=0.5, allow_network=True)
+
+    by_default = runtime.run(job, tmp_path / "a", [], 30, {})
+    asked_not_allowed = runtime.run(job, tmp_path / "b", [], 30, {}, network=True)
+    allowed_not_asked = allowed.run(job, tmp_path / "c", [], 30, {})
+    asked_and_allowed = allowed.run(job, tmp_path / "d", [], 30, {}, network=True)
+
+    for refused in (by_default, asked_not_allowed, allowed_not_asked):
+        assert refused.exit_code == 1 and "ConnectionRefusedError" in refused.log_tail
+    assert "which this provider does not allow" in asked_not_allowed.log_tail
+    assert (asked_and_allowed.exit_code, asked_and_allowed.log_tail) == (0, "connected\n")
+
+
+def test_a_fork_bomb_stops_at_the_process_limit(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(kill_grace_s=0.5, limits=JobLimits(pids=20))
+    marker = _marker()
+    bomb = (
+        f"import os, time  # {marker}\n"
+        "n = 0\n"
+        "try:\n"
+        "    while n < 500:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(60); os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as err:\n"
+        "    print('forked', n, err.errno)\n"
+    )
+
+    outcome = runtime.run(["python3", "-c", bomb], tmp_path, [], 30, {})
+
+    word, forked, errno = outcome.log_tail.split()
+    assert (word, errno) == ("forked", "11")  # EAGAIN
+    assert 10 < int(forked) < 20
+    assert host_pids(marker) == []
+
+
+def test_two_jobs_each_get_the_whole_process_limit(tmp_path: Path) -> None:
+    # RLIMIT_NPROC counts per user namespace: jobs side by side do not share it.
+    runtime = ProcessRuntime(kill_grace_s=0.5, limits=JobLimits(pids=30))
+    script = "for i in $(seq 20); do sleep 2 & done; wait; echo all-forked"
+    outcomes: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda d=d: outcomes.append(
+                runtime.run(["bash", "-c", script], tmp_path / d, [], 30, {}).log_tail
+            )
+        )
+        for d in ("a", "b")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert outcomes == ["all-forked\n", "all-forked\n"]
+
+
+def test_a_file_cannot_grow_past_the_disk_limit(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(kill_grace_s=0.5, limits=JobLimits(disk_mb=4))
+
+    outcome = runtime.run(["sh", "-c", "head -c 6000000 /dev/zero > big; ls -l big"],
+                          tmp_path / "work", [], 30, {})  # fmt: skip
+
+    assert (tmp_path / "work" / "big").stat().st_size <= 4 * 2**20
+    assert "File size limit exceeded" in outcome.log_tail or outcome.exit_code != 0
+
+
+def test_the_work_dir_cannot_grow_past_the_disk_limit(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(kill_grace_s=0.5, tick_s=0.2, limits=JobLimits(disk_mb=4))
+    # Files under the per-file limit, many of them, then wait to be noticed.
+    script = "for i in 1 2 3 4; do head -c 3000000 /dev/urandom > f$i; done; sleep 30"
+
+    outcome = runtime.run(["sh", "-c", script], tmp_path / "work", [], 60, {})
+
+    assert outcome.exit_code == 137
+    assert outcome.wall_ms < 10_000
+    assert "grew past 4 MiB" in outcome.log_tail
+
+
+def test_tmp_is_private_and_size_limited(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(kill_grace_s=0.5, limits=JobLimits(tmp_mb=2))
+    (Path("/tmp") / f"agent-{os.getpid()}").write_text("host tmp")
+    try:
+        outcome = runtime.run(
+            ["sh", "-c", "ls /tmp; head -c 3000000 /dev/zero > /tmp/x;"
+             " head -c 3000000 /dev/zero > /dev/shm/x; echo end"],
+            tmp_path, [], 30, {},
+        )  # fmt: skip
+    finally:
+        (Path("/tmp") / f"agent-{os.getpid()}").unlink()
+
+    assert "agent-" not in outcome.log_tail
+    assert outcome.log_tail.count("No space left on device") == 2
+
+
+def test_without_bubblewrap_the_runtime_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+
+    with pytest.raises(SandboxUnavailable, match="bubblewrap"):
+        ProcessRuntime()
+
+
+def test_a_bwrap_that_cannot_sandbox_is_refused_at_the_check() -> None:
+    Bwrap().check()  # this machine's
+
+    with pytest.raises(SandboxUnavailable, match="cannot create a sandbox"):
+        Bwrap("/bin/false").check()
+
+
+def test_unsafe_no_sandbox_runs_a_plain_process(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(kill_grace_s=0.5, unsafe_no_sandbox=True)
+
+    outcome = runtime.run(["sh", "-c", "pwd; echo $HOME"], tmp_path / "w", [], 30, {})
+
+    assert runtime.sandbox_name == "none"
+    assert outcome.log_tail == f"{tmp_path / 'w'}\n{tmp_path / 'w'}\n"
+
+
+AGENT = """
+import sys
+from pathlib import Path
+from worker_gpu.runtime_process import ProcessRuntime
+ProcessRuntime().run(["sh", "-c", "setsid sleep %s & sleep %s" % (sys.argv[1], sys.argv[1])],
+                     Path(sys.argv[2]), [], 60, {})
+"""
+
+
+def test_a_killed_agent_leaves_no_job_behind(tmp_path: Path) -> None:
+    marker = _marker()
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, marker, str(tmp_path / "w")],
+                             cwd=Path(__file__).parents[2])  # fmt: skip
+    try:
+        wait_for_host_pids(marker, "sleep", timeout_s=30)
+
+        agent.kill()  # SIGKILL: no cleanup of its own runs
+        agent.wait()
+        end = time.monotonic() + 5
+        while host_pids(marker) and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        agent.kill()
+
+    assert host_pids(marker) == []

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ def test_table_shows_unknown_readings_as_dashes(capsys: pytest.CaptureFixture[st
 
 @pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="this machine has an NVIDIA driver")
 def test_cuda_probe_says_when_there_is_no_driver(tmp_path: Path) -> None:
-    outcome = ProcessRuntime().run([sys.executable, "-c", CUDA_PROBE], tmp_path, [0], 60, {})
+    outcome = ProcessRuntime().run(["python3", "-c", CUDA_PROBE], tmp_path, [0], 60, {})
 
     assert outcome.exit_code == 3
     assert "libcuda.so.1 not loadable" in outcome.log_tail
