@@ -442,6 +442,10 @@ class Explanation:
         description="every GPU of the queue's node: eligible first (best first), then the "
         "others, each with its reason"
     )
+    held_micro: BigInt = strawberry.field(
+        description="what submitting it holds from the balance (escrow): the maximum price "
+        "for every GPU for the whole timeout, for each run verification may need; the unused "
+        "part comes back")
 
 
 ExplainResult = Annotated[Explanation | SpecRejected, strawberry.union("ExplainResult")]
@@ -472,6 +476,7 @@ async def explain_spec(services: Services, spec: JobSpec) -> Explanation:
             )
             for g in per_gpu
         ],
+        held_micro=BigInt(spec.max_cost_micro),
     )
 
 

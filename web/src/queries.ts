@@ -54,6 +54,7 @@ export interface Explanation {
   __typename: "Explanation";
   eligible: Offer[];
   rejected: { providerId: string; reason: string }[];
+  heldMicro: number;
 }
 export interface LedgerEntry {
   seq: number;
@@ -294,6 +295,7 @@ export const EXPLAIN = gql<{ explain: Explanation | SpecRejected }, { spec: unkn
           providerId
           reason
         }
+        heldMicro
       }
       ... on SpecRejected {
         errors {

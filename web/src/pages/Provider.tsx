@@ -37,6 +37,7 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
         Reputation <strong class="big-number">{percent(props.score)}</strong>: clients with a minimum reputation
         only get your GPUs above it, and ties on price go to the higher one.
       </p>
+      <div class="table-wrap" tabIndex={0}>
       <table>
         <thead>
           <tr>
@@ -57,6 +58,7 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
           ))}
         </tbody>
       </table>
+      </div>
       <p class="small muted">
         Score = good ÷ (good + bad), each side starting at 1 (a new provider is at 50 %): here {good} ÷ ({good} + {bad}) ={" "}
         {percent(good / (good + bad))} before recent outcomes are weighed more than old ones.
@@ -171,6 +173,7 @@ function ProviderCard(props: { id: string }): JSX.Element {
         <PriceForm id={p.providerId} price={p.pricePerGpuHour} onDone={refetch} />
       </Card>
       <Card title="GPUs">
+        <div class="table-wrap" tabIndex={0}>
         <table data-testid="gpus">
           <thead>
             <tr>
@@ -192,7 +195,15 @@ function ProviderCard(props: { id: string }): JSX.Element {
                   <Badge status={g.status} title={g.reason} />
                   {g.reason ? <span class="small muted"> {g.reason}</span> : null}
                 </td>
-                <td class="mono small">{g.busyJobId ? `job ${g.busyJobId.slice(0, 8)}` : "—"}</td>
+                <td class="mono small">
+                  {g.busyJobId ? (
+                    <Link href={`/client/jobs/${g.busyJobId}`} title={`job ${g.busyJobId} (its page shows to the client who submitted it)`}>
+                      job {g.busyJobId.slice(0, 8)}
+                    </Link>
+                  ) : (
+                    "—"
+                  )}
+                </td>
                 <td>
                   {g.status === "suspended" ? (
                     <ActionButton testid={`resume-${g.index}`} onClick={() => mutate(RESUME_GPU, { id: p.providerId, index: g.index }).then(refetch)}>
@@ -212,6 +223,7 @@ function ProviderCard(props: { id: string }): JSX.Element {
             ))}
           </tbody>
         </table>
+        </div>
       </Card>
       <Card title="Telemetry (recent heartbeats)">
         <div class="charts">
