@@ -354,18 +354,33 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
         page.check("input[name=scope-provider]")
         page.click("button:has-text('Create key')")
         env["GPGPU_API_KEY"] = page.inner_text("[data-testid=new-key]").strip()
+    own, gpus, price = OWN_PROVIDER, "1xH100:80", "1.0"
+    if has_accounts:
+        # The page's copy-paste block, filled in: install, this API's URL, the key, an id
+        # of the user's own, the price asked for, --simulate; the agent starts as it says.
+        page.fill("input[name=start-price]", "1.0")
+        block = page.inner_text("[data-testid=provider-start-block]")
+        assert "pip install" in block, block
+        assert f"export GPGPU_API_URL={net.url}\n" in block, block
+        assert f"export GPGPU_API_KEY={env['GPGPU_API_KEY']}\n" in block, block
+        started = re.search(r"^gpgpu provider start --provider-id (web-prov-gpus-[0-9a-f]{4}) "
+                            r"--price (\S+) --simulate (\S+)$", block, re.M)
+        assert started, block
+        own, price, gpus = started[1], started[2], started[3]
+        assert (price, gpus) == ("1.0", "1xH100:80")
+        env["GPGPU_API_URL"] = block.split("GPGPU_API_URL=")[1].split("\n")[0]
     saved, net.stack.env = net.stack.env, env
     try:
-        net.stack.start_provider(OWN_PROVIDER, "1xH100:80", "1.0")
+        net.stack.start_provider(own, gpus, price)
     finally:
         net.stack.env = saved
-    net.wait_providers_online([OWN_PROVIDER])
+    net.wait_providers_online([own])
 
     switch_role(page, "provider")
     page.wait_for_url("**/provider")
-    card = f"[data-provider={OWN_PROVIDER}]"
+    card = f"[data-provider={own}]"
     page.wait_for_selector(card, timeout=60_000)
-    page.goto(f"/provider/{OWN_PROVIDER}")  # its own page: a deep link the API serves
+    page.goto(f"/provider/{own}")  # its own page: a deep link the API serves
     page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=online]",
                            timeout=60_000)
     assert page.inner_text(f"{card} [data-testid=earned]") == "0.000000 credits"
@@ -677,3 +692,22 @@ def test_an_admin_sees_every_node_and_anyone_the_market(
     page.select_option("select[name=market-model]", label="A100")
     page.wait_for_selector("tr[data-offer=web-h100]", state="detached")
     assert page.is_visible("tr[data-offer=web-a100]")
+
+    # An admin adds funds (here to their own client account); the ledger shows the grant.
+    nav(page, "Settings", "/settings")
+    form = "[data-testid=grant-credits]"
+    page.fill(f"{form} input[name=grant-email]", f"{ADMIN}@e2e.test")
+    page.fill(f"{form} input[name=grant-amount]", "none")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector(".error >> text=amount:")
+    page.fill(f"{form} input[name=grant-amount]", "25")
+    page.fill(f"{form} input[name=grant-memo]", "a welcome bonus")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector("text=Granted 25 credits")
+    switch_role(page, "client")
+    page.wait_for_url("**/client/jobs")
+    nav(page, "Balance", "/client/account")
+    page.wait_for_selector("[data-testid=ledger] >> text=credits granted")
+    row = page.inner_text("[data-testid=ledger] tbody tr:first-child")
+    assert "granted by admin@e2e.test: a welcome bonus" in row and "25.000000" in row, row
+    assert "from outside the network" in row, row

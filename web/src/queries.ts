@@ -184,6 +184,13 @@ export const CHANGE_PASSWORD = gql<
   changePassword(currentPassword: $current, newPassword: $next) { token user { ${USER} } }
 }`);
 
+export const GRANT_CREDITS = gql<
+  { grantCredits: number },
+  { email: string; amount: string; memo: string }
+>(`mutation GrantCredits($email: String!, $amount: String!, $memo: String!) {
+  grantCredits(email: $email, amount: $amount, memo: $memo)
+}`);
+
 export const SIGN_OUT = gql<{ signOut: boolean }>`
   mutation SignOut {
     signOut

@@ -14,6 +14,7 @@ const KIND_WORDS: Record<string, string> = {
   fee: "network fee",
   verification: "verification",
   withdrawal: "withdrawal",
+  grant: "credits granted",
 };
 
 // Memos that only repeat the kind.

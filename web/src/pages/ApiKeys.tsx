@@ -7,6 +7,7 @@ import { when } from "../format";
 import { useQuery } from "../hooks";
 import { API_KEYS, CREATE_API_KEY, REVOKE_API_KEY } from "../queries";
 import { ROLE_WORDS, rolesOf, session } from "../session";
+import { ProviderStart } from "../components/ProviderStart";
 import { Link } from "../router";
 import { useStore } from "../store";
 
@@ -16,7 +17,7 @@ export function ApiKeysPage(): JSX.Element {
   const { data, error, refetch } = useQuery(API_KEYS, {});
   const [name, setName] = useState("");
   const [scopes, setScopes] = useState<string[]>(roles);
-  const [created, setCreated] = useState<{ name: string; key: string } | null>(null);
+  const [created, setCreated] = useState<{ name: string; key: string; scopes: string[] } | null>(null);
   const [formError, setFormError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const [copied, setCopied] = useState(false);
@@ -28,7 +29,7 @@ export function ApiKeysPage(): JSX.Element {
     setCopied(false);
     try {
       const { createApiKey } = await mutate(CREATE_API_KEY, { name: name.trim(), scopes });
-      setCreated({ name: createApiKey.name, key: createApiKey.key });
+      setCreated({ name: createApiKey.name, key: createApiKey.key, scopes });
       setName("");
       refetch();
     } catch (err) {
@@ -66,6 +67,13 @@ export function ApiKeysPage(): JSX.Element {
               I saved it
             </button>
           </div>
+          {created.scopes.includes("provider") ? (
+            <>
+              <h2>Start offering your GPUs with it</h2>
+              <p>On the machine with the GPUs, run:</p>
+              <ProviderStart apiKey={created.key} />
+            </>
+          ) : null}
         </Notice>
       ) : null}
       <Card title="Create a key">

@@ -9,6 +9,7 @@ import { ActionButton, Badge, Card, Empty, ErrorBox, Loading, Notice, Stat } fro
 import { ago, credits, percent, when } from "../format";
 import { useNow, useQuery, useSubscription } from "../hooks";
 import { PROVIDER, PROVIDER_EVENTS, PROVIDERS, RESUME_GPU, SET_PRICE, SUSPEND_GPU, type ProviderEvent, type TelemetrySample } from "../queries";
+import { ProviderStart } from "../components/ProviderStart";
 import { Link } from "../router";
 import { session } from "../session";
 import { useStore } from "../store";
@@ -165,7 +166,12 @@ function ProviderCard(props: { id: string }): JSX.Element {
       <Card>
         <div class="stats">
           <Stat label="GPUs working" value={`${busy} of ${p.gpus.length}`} />
-          <Stat label="Earned for verified work" testid="earned" value={`${credits(earn.earnedMicro)} credits`} />
+          <Stat
+            label="Earned"
+            testid="earned"
+            value={`${credits(earn.earnedMicro)} credits`}
+            hint="paid for GPU time at your price, less the network's fee: verified work, checks, and the time a job used before its client cancelled it"
+          />
           <Stat label="Balance" testid="provider-balance" value={`${credits(earn.balanceMicro)} credits`} />
           <Stat label="Reputation" testid="reputation-score" value={percent(p.reputation)} />
           <Stat label="Price" value={`${p.pricePerGpuHour} credits / GPU-hour`} />
@@ -255,7 +261,8 @@ function ProviderCard(props: { id: string }): JSX.Element {
       </div>
       <Card title="Earnings">
         <p class="small muted">
-          You are paid for verified GPU time at your price, less the network's 5 % fee. Withdrawn so far:{" "}
+          You are paid for GPU time at your price, less the network's 5 % fee: for verified work, for checks, and for the
+          time a job used before its client cancelled it. Withdrawn so far:{" "}
           {credits(earn.withdrawnMicro)} credits.
         </p>
         <LedgerTable entries={earn.entries} />
@@ -293,10 +300,11 @@ export function ProviderPage(props: { only?: string }): JSX.Element {
       {(!dev || all.data) && shown.length === 0 ? (
         <Card>
           <Empty>
-            No GPUs of yours have joined yet. On the machine with the GPUs, create an API key (page “API keys”) and
-            start the agent with it:
-            <pre class="mono">GPGPU_API_KEY=… gpgpu provider start --provider-id my-gpus --price 2.5</pre>
+            No GPUs of yours have joined yet. Make a key that may act as GPU provider on{" "}
+            <Link href="/keys">API keys</Link> (the page then shows this with your key filled in), and run this on the
+            machine with the GPUs:
           </Empty>
+          <ProviderStart />
         </Card>
       ) : null}
       {shown.map((id) => (

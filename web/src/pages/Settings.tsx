@@ -3,7 +3,8 @@ import type { JSX } from "preact";
 import { useState } from "preact/hooks";
 import { mutate } from "../api";
 import { ActionButton, Card, ErrorBox, Notice } from "../components/ui";
-import { ADD_ROLES, CHANGE_PASSWORD } from "../queries";
+import { credits } from "../format";
+import { ADD_ROLES, CHANGE_PASSWORD, GRANT_CREDITS } from "../queries";
 import { ROLES, ROLE_WORDS, type Role, rolesOf, session, setSession } from "../session";
 import { useStore } from "../store";
 
@@ -19,6 +20,7 @@ export function SettingsPage(): JSX.Element {
       ) : null}
       <RolesCard />
       <PasswordCard />
+      {s?.user.roles.includes("admin") ? <GrantCard /> : null}
     </>
   );
 }
@@ -118,6 +120,59 @@ function PasswordCard(): JSX.Element {
         </button>
       </form>
       {done ? <Notice kind="ok">Password changed. Your other sessions have been signed out.</Notice> : null}
+      <ErrorBox error={formError} />
+    </Card>
+  );
+}
+
+/** An admin adds credits to a client's account: a grant, shown in its ledger as one. */
+function GrantCard(): JSX.Element {
+  const [email, setEmail] = useState("");
+  const [amount, setAmount] = useState("");
+  const [memo, setMemo] = useState("");
+  const [done, setDone] = useState<string | null>(null);
+  const [formError, setFormError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const grant = async (e: Event) => {
+    e.preventDefault();
+    setBusy(true);
+    setFormError(null);
+    setDone(null);
+    try {
+      const { grantCredits } = await mutate(GRANT_CREDITS, { email: email.trim(), amount: amount.trim(), memo });
+      setDone(`Granted ${amount.trim()} credits to ${email.trim()}: their balance is now ${credits(grantCredits)} credits.`);
+      setAmount("");
+      setMemo("");
+    } catch (err) {
+      setFormError(err instanceof Error ? err.message : String(err));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <Card title="Grant credits (admin)">
+      <p class="small muted">
+        Adds credits to the client account of the user with this email, from outside the network. The client sees it in their ledger as a grant,
+        with your email and the reason.
+      </p>
+      <form class="row" onSubmit={grant} data-testid="grant-credits">
+        <label>
+          The client's email
+          <input name="grant-email" type="email" required value={email} onInput={(e) => setEmail(e.currentTarget.value)} />
+        </label>
+        <label>
+          Credits
+          <input name="grant-amount" inputMode="decimal" size={10} required value={amount} onInput={(e) => setAmount(e.currentTarget.value)} />
+        </label>
+        <label>
+          Reason <span class="hint">optional</span>
+          <input name="grant-memo" maxLength={200} value={memo} onInput={(e) => setMemo(e.currentTarget.value)} />
+        </label>
+        <button class="primary" type="submit" disabled={busy}>
+          {busy ? "Granting…" : "Grant credits"}
+        </button>
+      </form>
+      {done ? <Notice kind="ok">{done}</Notice> : null}
       <ErrorBox error={formError} />
     </Card>
   );
