@@ -454,6 +454,19 @@ def test_operator_sees_queues_waiting_jobs_and_gpus(
     page.wait_for_url(re.compile(r".*/client/jobs/[0-9a-f-]{36}$"))
     job_id = page.url.rsplit("/", 1)[1]
     page.wait_for_selector("[data-testid=queue-position] >> text=1")
+    # What it waits for, in words: nobody offers a GPU on that node.
+    page.wait_for_selector("[data-testid=waiting-for] >> text=no provider has joined node "
+                           "web-node yet")
+    # A job priced below every offer says so, provider by provider.
+    cheap = gql_as(net, page, """mutation($s: JSON!) { submitJob(spec: $s) { __typename
+        ... on JobSubmitted { job { id } } } }""", s={
+        "name": "cheap", "command": "true", "timeout": "1m",
+        "max_price_per_gpu_hour": "0.1"})["submitJob"]["job"]["id"]
+    page.goto(f"/client/jobs/{cheap}")
+    page.wait_for_selector("[data-testid=waiting-for] >> text=no provider can take it now")
+    said = page.inner_text("[data-testid=waiting-for]")
+    assert "web-h100: price above the job's maximum" in said, said
+    gql_as(net, page, "mutation($id: ID!) { cancelJob(id: $id) { id } }", id=cheap)
 
     switch_role(page, "operator")
     page.wait_for_url("**/operator")

@@ -238,8 +238,8 @@ export const JOBS = gql<{ jobs: Job[] }, { limit: number }>(
   `query Jobs($limit: Int!) { jobs(limit: $limit) { ${JOB_FIELDS} } }`,
 );
 
-export const JOB = gql<{ job: (Job & { events: JobEvent[] }) | null }, { id: string }>(
-  `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} events { seq jobId type at data } } }`,
+export const JOB = gql<{ job: (Job & { events: JobEvent[]; waitingFor: string[] }) | null }, { id: string }>(
+  `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} waitingFor events { seq jobId type at data } } }`,
 );
 
 export const JOB_EVENTS = gql<{ jobEvents: JobEvent }, { jobId: string; after: number }>`

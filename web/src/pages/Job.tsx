@@ -153,7 +153,21 @@ export function JobPage(props: { id: string }): JSX.Element {
                 at position <strong data-testid="queue-position">{j.queuePosition}</strong>
               </>
             ) : null}
-            {j.expectedStart ? <>; expected to start by {when(j.expectedStart)} (a cautious estimate)</> : null}.
+            {j.expectedStart && new Date(j.expectedStart).getTime() > now + 5000 ? (
+              <>; expected to start by {when(j.expectedStart)} (a cautious estimate)</>
+            ) : null}
+            .
+            {j.waitingFor.length ? (
+              <>
+                {" "}
+                It waits because:
+                <ul class="waiting-for" data-testid="waiting-for">
+                  {j.waitingFor.map((w) => (
+                    <li>{w}</li>
+                  ))}
+                </ul>
+              </>
+            ) : null}
           </Notice>
         ) : null}
         <div class="stats">
