@@ -392,6 +392,17 @@ def test_queue_positions_follow_the_schedulers_order(
     assert 0 <= (later - first).total_seconds() <= 1
     assert api.gql(JOB, "carol", id="c1")["job"]["queuePosition"] == 1
 
+    # What each waits for, in words: the first in line could start now; one behind others
+    # counts them; one that no GPU of the node can take says why, provider by provider.
+    waits = "query($id: ID!) { job(id: $id) { waitingFor } }"
+    assert api.gql(waits, "carol", id="c1")["job"]["waitingFor"] == [
+        "a GPU fits it and is free: the scheduler places it within seconds"]
+    assert api.gql(waits, "alice", id="a2")["job"]["waitingFor"] == [
+        "4 jobs ahead of it in the queue"]
+    assert api.gql(waits, "dave", id="d1")["job"]["waitingFor"] == [
+        "no provider can take it now: p-l4: no GPUs of the requested model and memory",
+        "3 jobs ahead of it in the queue"]
+
 
 def test_earnings_of_a_provider(api: Api) -> None:
     api.register("p-earn")
