@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -76,6 +77,7 @@ from infra.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
 
 T = TypeVar("T")
+MAX_GRANT_MICRO = 1_000_000 * 1_000_000  # an admin's grant: at most a million credits
 
 
 def _refused(err: DomainError) -> ValueError:
@@ -359,6 +361,36 @@ class Mutation:
             raise ValueError(f"pricePerGpuHour: must be at most {PRICE.high} micro-credits "
                              f"({PRICE.high // 1_000_000} credits)")
         return await _provider_control(info, provider_id, "set_price", micro)
+
+    @strawberry.mutation(
+        description="Admin: add credits to the client account of the user with this email (a "
+        "grant from outside the network, in its ledger as one, with who granted it and why); "
+        "answers the client's new balance in micro-credits",
+        permission_classes=[auth.AdminRole],
+    )
+    async def grant_credits(
+        self, info: I, email: str, amount: str, memo: str = ""
+    ) -> BigInt:
+        caller, services = _signed_in(info), info.context.services
+        try:
+            micro = credits_to_micro(amount)
+        except ValueError as err:
+            raise ValueError(f"amount: {err}") from None
+        if not 0 < micro <= MAX_GRANT_MICRO:
+            raise ValueError(f"amount: must be more than 0 and at most "
+                             f"{MAX_GRANT_MICRO // 1_000_000} credits, got {amount}")
+        memo = memo.strip()
+        if len(memo) > 200:
+            raise ValueError(f"memo: at most 200 characters, got {len(memo)}")
+        user = await asyncio.to_thread(services.network.user_by_email, email[:320])
+        if user is None or user.client_id is None or "client" not in user.roles:
+            raise ValueError(f"email: no client account '{email[:80]}'")
+        words = f"granted by {caller.email}" + (f": {memo}" if memo else "")
+        # The starting balance the client sees before its first job is theirs: keep it.
+        await _run(services.network.open_client, user.client_id,
+                   services.settings.starting_balance_micro)
+        return BigInt(await _run(services.network.grant, user.client_id, micro,
+                                 str(uuid.uuid4()), words))
 
     @strawberry.mutation(
         description="A provider agent declares its GPUs and price; the provider becomes the "

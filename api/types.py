@@ -8,7 +8,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, NewType
 
@@ -19,6 +19,7 @@ from strawberry.types import Info
 
 from api import auth
 from api.services import Services
+from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
 from domain.matching import Requirements
 from domain.money import cost_of_gpu_time, micro_to_credits
@@ -295,6 +296,17 @@ class Job:
             return None
         return (await info.context.line(self.queue)).expected_start.get(str(self.id))
 
+    @strawberry.field(
+        description="While QUEUED, what it waits for, in words: the queue's per-client cap, "
+        "every reason each provider of its node cannot take it now, the jobs ahead of it; "
+        "empty otherwise"
+    )
+    async def waiting_for(self, info: I) -> list[str]:
+        if self.state != "QUEUED":
+            return []
+        line = await info.context.line(self.queue)
+        return await waiting_reasons(info.context.services, str(self.id), self.queue, line)
+
     @strawberry.field
     async def events(self, info: I) -> list[JobEvent]:
         rows = await info.context.services.query(EVENTS_SQL, (str(self.id), 0))
@@ -462,6 +474,10 @@ class Explanation:
         description="every GPU of the queue's node: eligible first (best first), then the "
         "others, each with its reason"
     )
+    held_micro: BigInt = strawberry.field(
+        description="what submitting it holds from the balance (escrow): the maximum price "
+        "for every GPU for the whole timeout, for each run verification may need; the unused "
+        "part comes back")
 
 
 ExplainResult = Annotated[Explanation | SpecRejected, strawberry.union("ExplainResult")]
@@ -492,6 +508,7 @@ async def explain_spec(services: Services, spec: JobSpec) -> Explanation:
             )
             for g in per_gpu
         ],
+        held_micro=BigInt(spec.max_cost_micro),
     )
 
 
@@ -640,6 +657,8 @@ class QueueLine:
     rows: list[dict[str, Any]]  # the waiting jobs, in the scheduler's order
     positions: dict[str, int]
     expected_start: dict[str, str | None]
+    held: dict[str, int] = field(default_factory=dict)  # GPUs each client holds on the node
+    max_gpus_per_client: int = 0
 
 
 ACTIVE_STATES = ("STAGING", "RUNNING", "UPLOADING", "VERIFYING", "SETTLING")
@@ -686,7 +705,42 @@ async def queue_line(services: Services, queue: str) -> QueueLine:
     online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
     starts = estimate_starts(ordered, providers, config.get("gpu_models", []), running,
                              online, time.time())
-    return QueueLine(ordered, {r["job_id"]: n for n, r in enumerate(ordered, start=1)}, starts)
+    return QueueLine(ordered, {r["job_id"]: n for n, r in enumerate(ordered, start=1)}, starts,
+                     held, int(config.get("max_gpus_per_client", 0)))
+
+
+async def waiting_reasons(
+    services: Services, job_id: str, queue: str, line: QueueLine
+) -> list[str]:
+    """Why a queued job has not started, from what the scheduler weighs: the per-client cap
+    (domain.scheduling.plan), where it could run (the network's explain, every reason per
+    provider) and its place in the queue's fair order."""
+    row = next((r for r in line.rows if r["job_id"] == job_id), None)
+    if row is None:
+        return []
+    reasons: list[str] = []
+    cap, held = line.max_gpus_per_client, line.held.get(row["client_id"], 0)
+    if cap and held + row["gpus"] > cap:
+        reasons.append(f"the queue lets a client hold at most {cap} GPUs at once; your jobs "
+                       f"hold {held} and this one needs {row['gpus']}: it starts when one ends")
+    node_id, _ = split_queue(queue)
+    try:
+        spec = JobSpec.model_validate(json.loads(row["spec"]))
+        online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
+        judged = await asyncio.to_thread(services.network.explain, spec, online)
+    except (ValueError, DomainError) as err:
+        return [*reasons, f"its spec cannot be matched now: {err}"]
+    if not judged:
+        reasons.append(f"no provider has joined node {node_id} yet")
+    elif not any(a.eligible for a in judged):
+        reasons.append("no provider can take it now: " + "; ".join(
+            f"{a.provider_id}: {a.reason}" for a in judged))
+    ahead = line.positions.get(job_id, 1) - 1
+    if ahead:
+        reasons.append(f"{ahead} job{'s' if ahead > 1 else ''} ahead of it in the queue")
+    if not reasons:
+        reasons.append("a GPU fits it and is free: the scheduler places it within seconds")
+    return reasons
 
 
 def estimate_starts(

@@ -66,6 +66,7 @@ class Job:
     queue: str = ""
     priority: int = 0
     expected_start: str | None = None  # an estimate while QUEUED (see the API's description)
+    waiting_for: list[str] = field(default_factory=list)  # while QUEUED, why, in words
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Job:
@@ -86,6 +87,7 @@ class Job:
             queue=d.get("queue") or "",
             priority=int(d.get("priority") or 0),
             expected_start=d.get("expectedStart"),
+            waiting_for=[str(w) for w in d.get("waitingFor") or []],
         )
 
     @property

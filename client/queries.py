@@ -11,7 +11,7 @@ fragment JobFields on Job {
 JOB = (
     """
 query Job($id: ID!) {
-  job(id: $id) { ...JobFields events { seq jobId type at data } }
+  job(id: $id) { ...JobFields waitingFor events { seq jobId type at data } }
 }
 """
     + JOB_FIELDS

@@ -69,6 +69,8 @@ def job_detail(job: Job) -> RenderableType:
         facts.add_row("queue position", f"{job.queue_position}{where}")
     if job.expected_start is not None:
         facts.add_row("expected start", f"by {short_time(job.expected_start)} (estimate)")
+    for i, why in enumerate(job.waiting_for):
+        facts.add_row("waits for" if i == 0 else "", why)
     facts.add_row("cost", f"{credits(job.cost_micro)} credits (max {credits(job.max_cost_micro)})")
     facts.add_row("provider", job.provider_id or "-")
     facts.add_row("submitted", short_time(job.submitted_at))

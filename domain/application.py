@@ -177,6 +177,16 @@ class Network(Application[Any]):
 
         return int(self._save_retrying(attempt))
 
+    def grant(self, client_id: str, amount_micro: int, grant_id: str, memo: str) -> int:
+        """Credits an admin adds to a client's account from outside the network (a grant:
+        its own kind in the ledger, with who granted it and why in the memo)."""
+        def attempt() -> tuple[int, list[Aggregate]]:
+            src, dst = self.account(EXTERNAL), self.account(client_account(client_id))
+            transfer(src, dst, f"grant:{grant_id}", amount_micro, memo)
+            return dst.balance_micro, [src, dst]
+
+        return int(self._save_retrying(attempt))
+
     def withdraw(self, account: str, amount_micro: int, withdrawal_id: str) -> int:
         """Pay money out of a client's or provider's account; refuses an overdraft."""
         if not account.startswith(("client:", "provider:")):

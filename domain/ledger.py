@@ -26,7 +26,7 @@ MAY_GO_NEGATIVE = (EXTERNAL, CHECKS)
 # What a transfer is, from the prefix of its id: the ledger per account shows it.
 KINDS = {
     "deposit": "deposit", "withdraw": "withdrawal", "escrow": "escrow", "pay": "payment",
-    "fee": "fee", "refund": "refund", "check": "verification",
+    "fee": "fee", "refund": "refund", "check": "verification", "grant": "grant",
 }
 # Entries written before `kind` existed (version 1) carry only their memo.
 _KIND_FROM_MEMO = {

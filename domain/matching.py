@@ -119,41 +119,55 @@ def assess(
         return Assessment(c.provider_id, False, reason, [], c.price_per_gpu_hour_micro,
                           c.reputation, points)
 
-    whole = _provider_reason(req, c, excluded)
-    if whole:
-        return no(whole)
+    # Every reason, not only the first: a person fixing their spec (or their offer) should
+    # see all that stands in the way at once.
+    reasons = _provider_reasons(req, c, excluded)
     matching = _matching_gpus(req, c.gpus)
     if len(matching) < req.gpus:
-        return no("no GPUs of the requested model and memory")
-    free = set(c.free_gpu_indexes)
-    fitting = [i for i in matching if i in free]
-    if len(fitting) < req.gpus:
-        held = set(matching) & (set(c.suspended) | set(c.degraded))
-        if len(matching) - len(held) < req.gpus:
-            if set(matching) & set(c.degraded):
-                return no("degraded: " + "; ".join(
-                    f"GPU {i} {c.degraded[i]}" for i in sorted(set(matching) & set(c.degraded))))
-            return no("suspended")
-        return no("busy")
+        reasons.append("no GPUs of the requested model and memory")
+    elif c.online and c.provider_id not in excluded:  # an offline one's GPUs say nothing
+        free = set(c.free_gpu_indexes)
+        fitting = [i for i in matching if i in free]
+        if len(fitting) < req.gpus:
+            held = set(matching) & (set(c.suspended) | set(c.degraded))
+            if len(matching) - len(held) < req.gpus:
+                if set(matching) & set(c.degraded):
+                    reasons.append("degraded: " + "; ".join(
+                        f"GPU {i} {c.degraded[i]}"
+                        for i in sorted(set(matching) & set(c.degraded))))
+                else:
+                    reasons.append("suspended")
+            else:
+                reasons.append("busy")
+    if reasons:
+        return no("; ".join(reasons))
+    fitting = [i for i in matching if i in set(c.free_gpu_indexes)]
     return Assessment(c.provider_id, True, "", fitting[: req.gpus], c.price_per_gpu_hour_micro,
                       c.reputation, points)
 
 
-def _provider_reason(req: Requirements, c: Candidate, excluded: set[str]) -> str:
-    """Why none of this provider's GPUs can take the job, whatever the GPUs; "" if none."""
+def _provider_reasons(req: Requirements, c: Candidate, excluded: set[str]) -> list[str]:
+    """Every reason none of this provider's GPUs can take the job, whatever the GPUs."""
+    reasons = []
     if c.provider_id in excluded:
-        return "excluded: lost while running this job"
+        reasons.append("excluded: lost while running this job")
     if not c.online:
-        return "offline"
+        reasons.append("offline")
     if req.region is not None and c.region != req.region:
-        return f"in region {c.region}, not {req.region}"
+        reasons.append(f"in region {c.region}, not {req.region}")
     if req.runtime not in c.runtimes:
-        return f"no {req.runtime} runtime"
+        reasons.append(f"no {req.runtime} runtime")
     if c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro:
-        return "price above the job's maximum"
+        reasons.append("price above the job's maximum")
     if c.reputation < req.min_reputation:
-        return f"reputation {c.reputation:.2f} below the job's minimum {req.min_reputation}"
-    return ""
+        reasons.append(
+            f"reputation {c.reputation:.2f} below the job's minimum {req.min_reputation}")
+    return reasons
+
+
+def _provider_reason(req: Requirements, c: Candidate, excluded: set[str]) -> str:
+    """Why none of this provider's GPUs can take the job, every reason; "" if none."""
+    return "; ".join(_provider_reasons(req, c, excluded))
 
 
 def explain(
@@ -213,7 +227,11 @@ def explain_gpus(
         ]
         for g in c.gpus:
             index = int(g["index"])
-            reason = whole or _gpu_reason(req, c, g)
+            own = _gpu_reasons(req, c, g)
+            if not c.online or c.provider_id in excluded:  # its GPUs' state says nothing
+                own = [r for r in own if r not in ("busy", "suspended")
+                       and not r.startswith("degraded")]
+            reason = "; ".join([whole] * bool(whole) + own)
             if not reason and len(fitting_free) < req.gpus:
                 reason = (f"the job needs {req.gpus} GPUs on one machine; "
                           f"{len(fitting_free)} fit and are free here")
@@ -225,19 +243,22 @@ def explain_gpus(
                                        r.provider_id, r.index))
 
 
-def _gpu_reason(req: Requirements, c: Candidate, g: dict[str, Any]) -> str:
+def _gpu_reasons(req: Requirements, c: Candidate, g: dict[str, Any]) -> list[str]:
+    """Every reason this GPU cannot be among the job's: what it is, then its state."""
     model = str(g["model"])
     index = int(g["index"])
+    reasons = []
     if req.gpu_model is not None and not _model_fits(req.gpu_model, model):
-        return f"model {model} is not {req.gpu_model}"
+        reasons.append(f"model {model} is not {req.gpu_model}")
     if req.queue_models and not any(_model_fits(m, model) for m in req.queue_models):
-        return f"model {model} is not served by this queue ({', '.join(req.queue_models)})"
+        reasons.append(
+            f"model {model} is not served by this queue ({', '.join(req.queue_models)})")
     if int(g["memory_mb"]) < req.min_gpu_memory_mb:
-        return f"memory {g['memory_mb']} MiB below the job's {req.min_gpu_memory_mb} MiB"
+        reasons.append(f"memory {g['memory_mb']} MiB below the job's {req.min_gpu_memory_mb} MiB")
     if index in c.suspended:
-        return "suspended"
-    if index in c.degraded:
-        return f"degraded: {c.degraded[index]}"
-    if index not in c.free_gpu_indexes:
-        return "busy"
-    return ""
+        reasons.append("suspended")
+    elif index in c.degraded:
+        reasons.append(f"degraded: {c.degraded[index]}")
+    elif index not in c.free_gpu_indexes:
+        reasons.append("busy")
+    return reasons

@@ -69,6 +69,7 @@ MATRIX: dict[str, tuple[str, str, str, str, str, str]] = {
     "Mutation.resetPassword":  (DENY, DENY, DENY, DENY, DENY, OK),
     "Mutation.addRoles":       (DENY, OK, OK, OK, OK, OK),  # each their own
     "Mutation.revokeRole":     (DENY, DENY, DENY, DENY, DENY, OK),
+    "Mutation.grantCredits":   (DENY, DENY, DENY, DENY, DENY, OK),
     "Mutation.createApiKey":   (DENY, OK, OK, OK, OK, OK),
     "Mutation.revokeApiKey":   (DENY, OK, OK, OK, OK, OK),  # each its own key
     "Subscription.jobEvents":  (DENY, OK, DENY, OK, DENY, OK),
@@ -281,6 +282,8 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
     "Mutation.revokeRole": ('mutation($e: String!) { revokeRole(email: $e, role: "provider")'
                             " { roles } }",
                             lambda w, who: {"e": w.throwaway_account(("client", "provider"))}),
+    "Mutation.grantCredits": ('mutation { grantCredits(email: "client_a@matrix.test",'
+                              ' amount: "1") }', lambda w, who: {}),
     "Mutation.createApiKey": (CREATE_KEY, _scopes),
     "Mutation.revokeApiKey": ("mutation($id: ID!) { revokeApiKey(id: $id) }", _key_of),
 }

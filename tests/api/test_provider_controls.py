@@ -392,6 +392,17 @@ def test_queue_positions_follow_the_schedulers_order(
     assert 0 <= (later - first).total_seconds() <= 1
     assert api.gql(JOB, "carol", id="c1")["job"]["queuePosition"] == 1
 
+    # What each waits for, in words: the first in line could start now; one behind others
+    # counts them; one that no GPU of the node can take says why, provider by provider.
+    waits = "query($id: ID!) { job(id: $id) { waitingFor } }"
+    assert api.gql(waits, "carol", id="c1")["job"]["waitingFor"] == [
+        "a GPU fits it and is free: the scheduler places it within seconds"]
+    assert api.gql(waits, "alice", id="a2")["job"]["waitingFor"] == [
+        "4 jobs ahead of it in the queue"]
+    assert api.gql(waits, "dave", id="d1")["job"]["waitingFor"] == [
+        "no provider can take it now: p-l4: no GPUs of the requested model and memory",
+        "3 jobs ahead of it in the queue"]
+
 
 def test_earnings_of_a_provider(api: Api) -> None:
     api.register("p-earn")
@@ -460,3 +471,37 @@ def test_reputation_shows_its_components(api: Api) -> None:
     assert detail["lost"] == pytest.approx(1.0, rel=1e-6)
     assert found["reputation"] == pytest.approx(2 / (2 + 4), rel=1e-6)
     assert detail["confidence"] == pytest.approx(2 / 12, rel=1e-6)
+
+
+GRANT = """mutation($c: String!, $a: String!, $m: String!) {
+  grantCredits(email: $c, amount: $a, memo: $m) }"""
+
+
+def test_an_admin_grants_credits_and_the_ledger_shows_it(api: Api) -> None:
+    api.client_id("granted")  # signs up
+    client = "granted@controls.test"
+    before = api.gql("{ account { balanceMicro } }", "granted")["account"]["balanceMicro"]
+    balance = api.gql(GRANT, "admin", c=client, a="12.5", m="trial credits")["grantCredits"]
+    assert balance == before + 12_500_000
+    deadline = time.monotonic() + 10
+    while True:  # the ledger is a projection: it follows in a moment
+        rows = api.gql("{ ledger(limit: 5) { kind amountMicro counterparty memo } }",
+                       "granted")["ledger"]
+        if (rows and rows[0]["kind"] == "grant") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rows[0] == {"kind": "grant", "amountMicro": 12_500_000,
+                       "counterparty": "external:deposits",
+                       "memo": "granted by admin@controls.test: trial credits"}
+    # Only an admin grants; every bad value is refused naming its field.
+    assert "forbidden" in api.error(GRANT, "granted", c=client, a="1", m="")
+    assert api.error(GRANT, "admin", c=client, a="0", m="").startswith("amount: must be more")
+    assert api.error(GRANT, "admin", c=client, a="1e9", m="").startswith("amount: must be")
+    assert api.error(GRANT, "admin", c=client, a="lots", m="").startswith("amount: ")
+    assert api.error(GRANT, "admin", c=client, a="0.0000001", m="") == (
+        "amount: '0.0000001' has more than 6 decimal places")
+    assert api.error(GRANT, "admin", c=client, a="1", m="x" * 201).startswith("memo: ")
+    assert api.error(GRANT, "admin", c="nobody@controls.test", a="1", m="") == (
+        "email: no client account 'nobody@controls.test'")
+    api.client_id("alice")  # an operator and a client; "prov" is one too: both may be granted
+    assert api.gql(GRANT, "admin", c="alice@controls.test", a="1", m="")["grantCredits"] > 0

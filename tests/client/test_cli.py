@@ -159,6 +159,14 @@ def test_list_show_and_json(wired: FakeApi) -> None:
     missing = gpgpu(wired.url, "job", "show", "nope")
     assert (missing.exit_code, missing.stderr) == (1, "error: job nope not found\n")
 
+    # A queued job says what it waits for, every reason, as the API words them.
+    wired.jobs["job-2"] = job_json("job-2", state="QUEUED", queuePosition=2, waitingFor=[
+        "no provider can take it now: a: price above the job's maximum", "1 job ahead of it"])
+    waiting = gpgpu(wired.url, "job", "show", "job-2")
+    assert waiting.exit_code == 0
+    assert "waits for" in waiting.stdout and "1 job ahead of it" in waiting.stdout
+    assert "a: price above the job's maximum" in waiting.stdout
+
 
 def test_outputs_are_downloaded_and_verified(wired: FakeApi, tmp_path: Path) -> None:
     good, bad = b"HELLO\n", b"tampered"

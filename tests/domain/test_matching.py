@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from domain.application import Network
-from domain.matching import Candidate, Decision, Requirements, decide, score
+from domain.matching import Candidate, Decision, Requirements, decide, explain_gpus, score
 from infra.settings import Settings
 from tests.domain.support import (
     H100,
@@ -186,7 +186,25 @@ def test_rejected_reasons() -> None:
 
 def test_exclusion_is_reported_before_offline() -> None:
     decision = decide(req(), [cand("x", online=False)], {"x"})
-    assert decision.rejected == {"x": "excluded: lost while running this job"}
+    assert decision.rejected == {"x": "excluded: lost while running this job; offline"}
+
+
+def test_every_reason_a_provider_is_ruled_out_is_given() -> None:
+    """A 4xH100 job at price 1 and an A100 provider with 2 GPUs at price 3: its price and
+    its GPUs both rule it out, and both are said, for the provider and for each GPU."""
+    a100 = [gpu(0, "NVIDIA A100", 40_960), gpu(1, "NVIDIA A100", 40_960)]
+    job = req(gpus=4, model="H100", max_price=1_000_000)
+    decision = decide(job, [cand("a100", price=3_000_000, gpus=a100)], set())
+    assert decision.rejected == {
+        "a100": "price above the job's maximum; no GPUs of the requested model and memory"}
+    per_gpu = explain_gpus(job, [cand("a100", price=3_000_000, gpus=a100, free=[0])], set())
+    assert [g.reason for g in per_gpu] == [
+        "price above the job's maximum; model NVIDIA A100 is not H100",
+        "price above the job's maximum; model NVIDIA A100 is not H100; busy",
+    ]
+    # Offline: its GPUs' last known state (busy) is no reason; what they are still is.
+    gone = explain_gpus(job, [cand("a100", online=False, gpus=a100, free=[0])], set())
+    assert [g.reason for g in gone] == ["offline; model NVIDIA A100 is not H100"] * 2
 
 
 def test_no_candidates() -> None:

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.network import Network, network
+from tests.e2e.network import ADMIN, Network, network
+from tests.e2e.network import PASSWORD as ADMIN_PASSWORD
 from tests.web.conftest import FAILED
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +28,9 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "web" / "dist"
 SHOTS = ROOT / "test-artifacts" / "screenshots"
+AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
 CHROMIUM = Path("/usr/bin/chromium")
 HELLO = ROOT / "examples" / "hello"
 PASSWORD = "correct horse battery staple"
@@ -94,7 +98,7 @@ def needs_accounts(has_accounts: bool) -> None:
 @pytest.fixture
 def page(browser: Any, net: Network, request: pytest.FixtureRequest) -> Iterator[Any]:
     context = browser.new_context(base_url=net.url, accept_downloads=True,
-                                  viewport={"width": 1280, "height": 900})
+                                  viewport=DESKTOP)
     context.set_default_timeout(TIMEOUT_MS)
     p = context.new_page()
     errors: list[str] = []
@@ -109,6 +113,52 @@ def page(browser: Any, net: Network, request: pytest.FixtureRequest) -> Iterator
 def shot(page: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def shots(page: Any, name: str) -> None:
+    """The page at a laptop's size and a phone's (NAME.png, NAME-phone.png); on the phone
+    it must not scroll sideways."""
+    shot(page, name)
+    page.set_viewport_size(PHONE)
+    try:
+        page.wait_for_timeout(150)
+        assert_fits(page)
+        shot(page, f"{name}-phone")
+    finally:
+        page.set_viewport_size(DESKTOP)
+
+
+def assert_fits(page: Any) -> None:
+    """Nothing makes the document wider than the window (no sideways scrolling)."""
+    width, inner = page.evaluate(
+        "[document.documentElement.scrollWidth, window.innerWidth]")
+    if width > inner:  # name the elements that stick out, innermost first
+        wide = page.evaluate("""inner => [...document.querySelectorAll("body *")]
+            .filter(e => e.getBoundingClientRect().right > inner + 0.5)
+            .reverse().slice(0, 5)
+            .map(e => `${e.tagName.toLowerCase()}.${e.className} `
+                      + `${Math.round(e.getBoundingClientRect().right)}px`)""",
+                             inner)
+        pytest.fail(f"{page.url} is {width} px wide in a {inner} px window: {wide}")
+
+
+def axe_violations(page: Any) -> list[str]:
+    """axe-core's serious and critical findings on the page as it is now."""
+    if not AXE.exists():
+        _unavailable("axe-core is not installed: cd web && npm ci")
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    return list(page.evaluate("""async () => {
+        const r = await axe.run(document, { resultTypes: ["violations"] });
+        return r.violations.filter(v => v.impact === "serious" || v.impact === "critical")
+            .map(v => `${v.id} (${v.impact}): ${v.help} at ` +
+                      v.nodes.slice(0, 3).map(n => n.target.join(" ")).join(" | "));
+    }"""))
+
+
+def assert_accessible(page: Any) -> None:
+    found = axe_violations(page)
+    assert not found, f"{page.url}: " + "\n".join(found)
 
 
 def enter(page: Any, has_accounts: bool, name: str, roles: list[str]) -> None:
@@ -183,7 +233,7 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
         page.wait_for_selector(f'[data-testid=objects] tr[data-key="{key}"]')
     assert "uploaded" in page.inner_text('[data-testid=uploads] li[data-key="inputs/hello.py"]')
     assert page.get_attribute("[data-testid=uploads] [role=progressbar]", "aria-valuenow") == "100"
-    shot(page, "client-storage")
+    shots(page, "client-storage")
 
     # The job form: the live explanation follows the fields, refusals as the API words them.
     nav(page, "New job", "/client/jobs/new")
@@ -193,8 +243,8 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     page.check('input[name=input][value="inputs/input.txt"]')
     page.fill("textarea[name=outputs]", "out/result.txt")
     page.fill("input[name=gpus]", "0")
-    page.wait_for_selector("[data-testid=explain] >> text=resources.gpus: Input should be "
-                           "greater than or equal to 1")
+    page.wait_for_selector(
+        "[data-testid=explain] >> text=GPUs (resources.gpus): must be at least 1")
     page.fill("input[name=gpus]", "1")
     page.fill("input[name=minMemoryGb]", "60")
     page.fill("input[name=maxPrice]", "4")
@@ -202,7 +252,12 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     page.wait_for_selector("[data-testid=quote]")
     # web-a100 has 40 GB: the explanation names it among the rejected, with its reason.
     page.wait_for_selector("[data-testid=rejections] >> text=web-a100")
-    shot(page, "client-new-job")
+    # What the quote says is held is what escrow holds: the most per GPU-hour for the
+    # whole time limit (4 credits x 1 GPU x 2 min = 0.133333 per run), not the cheapest offer.
+    held = page.inner_text("[data-testid=held]")
+    assert float(held) >= 0.133333 and float(held) > float(page.inner_text("[data-testid=quote]"))
+    assert_accessible(page)
+    shots(page, "client-new-job")
     page.click("button:has-text('Submit job')")
 
     # The job page follows the job live (subscription jobEvents) to its end.
@@ -214,7 +269,8 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     assert "credits" in page.inner_text("[data-testid=job-cost]")
     assert page.get_attribute("[data-testid=job-progress] [role=progressbar]",
                               "aria-valuenow") == "100"
-    shot(page, "client-job")
+    assert_accessible(page)  # the progress label's contrast among the rest
+    shots(page, "client-job")
 
     with page.expect_download() as download:
         page.click('[data-testid="download-out/result.txt"]')
@@ -226,13 +282,17 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
 
     nav(page, "My jobs", "/client/jobs")
     page.wait_for_selector(f'[data-testid=jobs] tr[data-job="{job_id}"] >> text=succeeded')
-    shot(page, "client-jobs")
+    shots(page, "client-jobs")
     nav(page, "Balance", "/client/account")
     page.wait_for_selector("[data-testid=ledger] >> text=held for a job")
     page.wait_for_selector("[data-testid=ledger] >> text=returned from a job")
     balance = page.inner_text("[data-testid=balance]")
     assert balance.startswith("99.9"), balance  # 100 credits, less the job's cost
-    shot(page, "client-balance")
+    ledger = page.inner_text("[data-testid=ledger]")
+    assert f"-{held}" in ledger, (held, ledger)  # held as the quote said
+    assert "escrow:" not in ledger and f"job {job_id[:8]}" in ledger  # in words, a link
+    assert re.fullmatch(r"[\d,]+\.\d{6} credits", balance), balance  # one precision
+    shots(page, "client-balance")
 
     nav(page, "My files", "/client/storage")  # a delete asks first
     row = '[data-testid=objects] tr[data-key="inputs/input.txt"]'
@@ -247,17 +307,34 @@ def test_a_pasted_spec_is_explained_and_refused_field_by_field(
 ) -> None:
     enter(page, has_accounts, "web-paste", ["client"])
     nav(page, "New job", "/client/jobs/new")
+    # The form: a refusal shows once, under its field, which is marked invalid and focused.
+    page.fill("input[name=gpus]", "0")
+    page.click("button:has-text('Submit job')")
+    page.wait_for_selector("[data-testid=refused] >> text=see the fields marked above")
+    gpus = "input[name=gpus]"
+    assert page.get_attribute(gpus, "aria-invalid") == "true"
+    page.wait_for_function("document.activeElement && document.activeElement.name === 'gpus'")
+    form = page.inner_text("[data-testid=job-form]")
+    assert form.count("must be at least 1") == 1 and "Input should be" not in form, form
+    assert page.inner_text("[id='err-resources.gpus']") == "must be at least 1"
+    # The sample spec runs as it is: the live check finds no fault in it.
     page.click("text=Paste a job spec (YAML/JSON)")
+    assert not page.is_visible("[data-testid=refused]")  # the form's refusal stays there
+    page.wait_for_selector("[data-testid=explain] >> text=It can start now")
+    assert "Fix these first" not in page.inner_text("[data-testid=explain]")
     page.fill("textarea[name=spec]", "name: x\ncommand: [true]\nmax_price_per_gpu_hour: '2'\n"
                                      "resources: {gpus: 1, colour: red}\n")
     page.wait_for_selector("[data-testid=explain] >> text=resources.colour: is not a known field")
     page.fill("textarea[name=spec]", "name: [unclosed\n")
     page.wait_for_selector("[data-testid=explain] >> text=not valid YAML or JSON")
+    caret = page.eval_on_selector("[data-testid=explain] pre.error",
+                                  "e => getComputedStyle(e).fontFamily")
+    assert "mono" in caret.lower(), caret  # the ^ under the fault lines up
     page.fill("textarea[name=spec]", '{"name": "x", "command": ["true"], '
                                      '"max_price_per_gpu_hour": "2", "timeout": "9d"}')
-    page.wait_for_selector("[data-testid=explain] >> text=timeout:")
+    page.wait_for_selector("[data-testid=explain] >> text=Time limit (timeout):")
     page.click("button:has-text('Submit job')")
-    page.wait_for_selector("[data-testid=refused] >> text=timeout:")
+    page.wait_for_selector("[data-testid=refused] >> text=Time limit (timeout):")
     assert page.url.endswith("/client/jobs/new")  # nothing was recorded
 
 
@@ -268,29 +345,45 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
     env = dict(net.stack.env)
     if has_accounts:  # the agent joins the account whose API key it holds
         # A client who starts offering GPUs takes on the provider role, then makes the key.
-        page.click("header.top nav >> text=API keys")
+        page.click("header.top nav >> text=Settings")
         page.click("[data-testid=add-role-provider]")
         page.wait_for_selector("text=You can act as GPU provider now")
         assert page.inner_text("[data-testid=roles-held]") == "You act as Client, GPU provider."
+        page.click("header.top nav >> text=API keys")
         page.fill("input[name=key-name]", "gpu-box")
         page.check("input[name=scope-provider]")
         page.click("button:has-text('Create key')")
         env["GPGPU_API_KEY"] = page.inner_text("[data-testid=new-key]").strip()
+    own, gpus, price = OWN_PROVIDER, "1xH100:80", "1.0"
+    if has_accounts:
+        # The page's copy-paste block, filled in: install, this API's URL, the key, an id
+        # of the user's own, the price asked for, --simulate; the agent starts as it says.
+        page.fill("input[name=start-price]", "1.0")
+        block = page.inner_text("[data-testid=provider-start-block]")
+        assert "pip install" in block, block
+        assert f"export GPGPU_API_URL={net.url}\n" in block, block
+        assert f"export GPGPU_API_KEY={env['GPGPU_API_KEY']}\n" in block, block
+        started = re.search(r"^gpgpu provider start --provider-id (web-prov-gpus-[0-9a-f]{4}) "
+                            r"--price (\S+) --simulate (\S+)$", block, re.M)
+        assert started, block
+        own, price, gpus = started[1], started[2], started[3]
+        assert (price, gpus) == ("1.0", "1xH100:80")
+        env["GPGPU_API_URL"] = block.split("GPGPU_API_URL=")[1].split("\n")[0]
     saved, net.stack.env = net.stack.env, env
     try:
-        net.stack.start_provider(OWN_PROVIDER, "1xH100:80", "1.0")
+        net.stack.start_provider(own, gpus, price)
     finally:
         net.stack.env = saved
-    net.wait_providers_online([OWN_PROVIDER])
+    net.wait_providers_online([own])
 
     switch_role(page, "provider")
     page.wait_for_url("**/provider")
-    card = f"[data-provider={OWN_PROVIDER}]"
+    card = f"[data-provider={own}]"
     page.wait_for_selector(card, timeout=60_000)
-    page.goto(f"/provider/{OWN_PROVIDER}")  # its own page: a deep link the API serves
+    page.goto(f"/provider/{own}")  # its own page: a deep link the API serves
     page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=online]",
                            timeout=60_000)
-    assert page.inner_text(f"{card} [data-testid=earned]") == "0.00 credits"
+    assert page.inner_text(f"{card} [data-testid=earned]") == "0.000000 credits"
     page.wait_for_selector(f"{card} [data-testid=chart-util] canvas")
 
     # A job of this user's client role goes to the cheapest GPU: this provider's.
@@ -307,7 +400,7 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
                            timeout=90_000)
     page.wait_for_function(
         """sel => { const el = document.querySelector(sel);
-                    return el && el.textContent !== '0.00 credits'; }""",
+                    return el && el.textContent !== '0.000000 credits'; }""",
         arg=f"{card} [data-testid=earned]", timeout=60_000,
     )
     earned = page.inner_text(f"{card} [data-testid=earned]")
@@ -318,7 +411,7 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
     # Its controls: suspend and resume a GPU; a price the API refuses, then one it takes.
     page.click(f"{card} [data-testid=suspend-0]")
     page.wait_for_selector(f"{card} tr[data-gpu='0'] [data-status=suspended]")
-    shot(page, "provider")
+    shots(page, "provider")
     page.click(f"{card} [data-testid=resume-0]")
     page.wait_for_selector(f"{card} tr[data-gpu='0'] [data-status=online]")
     page.fill(f"{card} input[name=price]", "cheap")
@@ -361,6 +454,19 @@ def test_operator_sees_queues_waiting_jobs_and_gpus(
     page.wait_for_url(re.compile(r".*/client/jobs/[0-9a-f-]{36}$"))
     job_id = page.url.rsplit("/", 1)[1]
     page.wait_for_selector("[data-testid=queue-position] >> text=1")
+    # What it waits for, in words: nobody offers a GPU on that node.
+    page.wait_for_selector("[data-testid=waiting-for] >> text=no provider has joined node "
+                           "web-node yet")
+    # A job priced below every offer says so, provider by provider.
+    cheap = gql_as(net, page, """mutation($s: JSON!) { submitJob(spec: $s) { __typename
+        ... on JobSubmitted { job { id } } } }""", s={
+        "name": "cheap", "command": "true", "timeout": "1m",
+        "max_price_per_gpu_hour": "0.1"})["submitJob"]["job"]["id"]
+    page.goto(f"/client/jobs/{cheap}")
+    page.wait_for_selector("[data-testid=waiting-for] >> text=no provider can take it now")
+    said = page.inner_text("[data-testid=waiting-for]")
+    assert "web-h100: price above the job's maximum" in said, said
+    gql_as(net, page, "mutation($id: ID!) { cancelJob(id: $id) { id } }", id=cheap)
 
     switch_role(page, "operator")
     page.wait_for_url("**/operator")
@@ -374,11 +480,14 @@ def test_operator_sees_queues_waiting_jobs_and_gpus(
         local = "[data-node=local]"
         page.wait_for_selector(f"{local} [data-testid=node-gpus-local] >> text=web-h100")
         page.wait_for_selector(f"{local} [data-testid=providers-local] >> text=web-a100")
-    shot(page, "operator")
+    shots(page, "operator")
 
     # The client cancels it from the job page.
     page.goto(f"/client/jobs/{job_id}")
+    page.click("button:has-text('Cancel job')")  # it asks first; "no" keeps the job
+    page.click("button:has-text('No, let it run')")
     page.click("button:has-text('Cancel job')")
+    page.click("button:has-text('Yes, cancel it')")
     page.wait_for_selector("[data-testid=job-state] >> text=CANCELLED", timeout=60_000)
 
 
@@ -446,6 +555,7 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     # A new password: the wrong current one is refused by name; then this session goes on
     # (with the token the change answered) and the old password no longer signs in.
     old_token = session_of(page)["token"]
+    nav(page, "Settings", "/settings")
     page.fill("input[name=current-password]", "not the password")
     page.fill("input[name=new-password]", "a new password 2")
     page.click("button:has-text('Change password')")
@@ -466,3 +576,151 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     page.fill("input[name=password]", "a new password 2")
     page.click("button[type=submit]")
     page.wait_for_selector("header.top")
+
+
+# The main pages a user with every role reaches, with the title each has of its own.
+MAIN_PAGES = [
+    ("/client/jobs", "My jobs · GPGPU", "client-jobs"),
+    ("/client/jobs/new", "New job · GPGPU", "client-new-job"),
+    ("/client/storage", "My files · GPGPU", "client-storage"),
+    ("/client/account", "Balance · GPGPU", "client-balance"),
+    ("/client/jobs/00000000-0000-4000-8000-000000000000", "Job 00000000 · GPGPU",
+     "client-job-not-found"),
+    ("/provider", "My GPUs · GPGPU", "provider-empty"),
+    ("/operator", "My node · GPGPU", "operator-empty"),
+    ("/keys", "API keys · GPGPU", "api-keys"),
+    ("/settings", "Settings · GPGPU", "settings"),
+    ("/market", "Market · GPGPU", "market"),
+]
+
+
+def test_every_main_page_fits_a_phone_has_its_title_and_passes_axe(
+    browser: Any, net: Network, needs_accounts: None
+) -> None:
+    """At 390x844 and 1280x900: no page scrolls sideways, each route has its own title,
+    axe-core finds nothing serious or critical; keyboard users get a skip link, focus on
+    the new page's heading, and arrow keys on the job form's tabs."""
+    context = browser.new_context(base_url=net.url, viewport=PHONE)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        # Signed out: a deep link goes to sign-in, and from there back to where it pointed.
+        page.goto("/client/account")
+        page.wait_for_url("**/signin")
+        assert page.title() == "Sign in · GPGPU"
+        assert_fits(page)
+        assert_accessible(page)
+        page.click("text=Create an account")
+        page.wait_for_url("**/signup")
+        assert page.title() == "Create an account · GPGPU"
+        assert_accessible(page)
+        page.fill("input[name=email]", "web-a11y@example.test")
+        page.fill("input[name=password]", PASSWORD)
+        for role in ("client", "provider", "operator"):
+            page.set_checked(f"input[name=role-{role}]", True)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/client/account")
+        page.wait_for_selector("[data-testid=balance]")
+
+        # The header on a phone: compact, Sign out and the role switch on screen.
+        header = page.eval_on_selector("header.top", "h => h.getBoundingClientRect().height")
+        assert header <= 110, f"the header takes {header} px of 844"
+        for sel in ("button:has-text('Sign out')", "[data-testid=role-switch]"):
+            box = page.locator(sel).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (sel, box)
+
+        titles = set()
+        for size, viewport in (("phone", PHONE), ("", DESKTOP)):
+            page.set_viewport_size(viewport)
+            for url, title, name in MAIN_PAGES:
+                page.goto(url)
+                page.wait_for_selector("main h1")
+                page.wait_for_load_state("networkidle")
+                assert page.title() == title, (url, page.title())
+                titles.add(page.title())
+                assert_fits(page)
+                assert_accessible(page)
+                shot(page, f"fresh-{name}-phone" if size else f"fresh-{name}")  # a new account's
+                if name == "client-job-not-found":  # a page of its own, with ways on
+                    assert page.is_visible("[data-testid=job-not-found] >> text=See all my jobs")
+        assert len(titles) == len(MAIN_PAGES)
+
+        # The keyboard: the first Tab reaches the skip link, which lands in the page.
+        page.goto("/client/jobs")
+        page.wait_for_selector("main h1")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Skip to the page"
+        page.keyboard.press("Enter")
+        assert page.evaluate("document.activeElement.id") == "main"
+        # After a navigation the new page's heading has focus, not the link clicked.
+        page.click("header.top nav >> text=New job")
+        page.wait_for_function("document.activeElement && document.activeElement.tagName === 'H1'")
+        assert page.evaluate("document.activeElement.textContent") == "New job"
+        # The tabs: arrow keys move between them and show their panel.
+        page.focus("#tab-form")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_selector("textarea[name=spec]")
+        assert page.evaluate("document.activeElement.id") == "tab-paste"
+        assert page.get_attribute("#tab-paste", "aria-selected") == "true"
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_selector("input[name=command]")
+        assert page.evaluate("document.activeElement.id") == "tab-form"
+    finally:
+        context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+def test_an_admin_sees_every_node_and_anyone_the_market(
+    page: Any, net: Network, needs_accounts: None
+) -> None:
+    """The network's admin, acting as node operator, sees the `local` node (its queues, its
+    GPUs, its providers) that no operator account registered; the market lists every
+    provider's GPUs, the cheapest first, filtered by model."""
+    page.goto("/signin")
+    page.fill("input[name=email]", f"{ADMIN}@e2e.test")
+    page.fill("input[name=password]", ADMIN_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("header.top")
+    switch_role(page, "operator")
+    page.wait_for_url("**/operator")
+    local = "[data-node=local]"
+    page.wait_for_selector(f"{local} [data-testid=queues-local] tr[data-queue=default]")
+    page.wait_for_selector(f"{local} [data-testid=node-gpus-local] >> text=web-h100")
+    page.wait_for_selector(f"{local} [data-testid=providers-local] >> text=web-a100")
+    page.wait_for_selector(f"{local} [data-testid='waiting-local/default'], {local} .waiting")
+    assert page.inner_text("main h1") == "Nodes"
+    shots(page, "admin-nodes")
+
+    nav(page, "Market", "/market")
+    page.wait_for_selector("[data-testid=offers] tr[data-offer=web-a100]")
+    order = page.eval_on_selector_all("[data-testid=offers] tbody tr",
+                                      "rows => rows.map(r => r.dataset.offer)")
+    prices = [float(page.inner_text(f"[data-testid=offer-price-{p}]")) for p in order]
+    assert prices == sorted(prices) and {"web-h100", "web-a100"} <= set(order), order
+    assert "1 \u00d7 A100 40 GiB" in page.inner_text("tr[data-offer=web-a100]")
+    assert_accessible(page)
+    shots(page, "market")
+    page.select_option("select[name=market-model]", label="A100")
+    page.wait_for_selector("tr[data-offer=web-h100]", state="detached")
+    assert page.is_visible("tr[data-offer=web-a100]")
+
+    # An admin adds funds (here to their own client account); the ledger shows the grant.
+    nav(page, "Settings", "/settings")
+    form = "[data-testid=grant-credits]"
+    page.fill(f"{form} input[name=grant-email]", f"{ADMIN}@e2e.test")
+    page.fill(f"{form} input[name=grant-amount]", "none")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector(".error >> text=amount:")
+    page.fill(f"{form} input[name=grant-amount]", "25")
+    page.fill(f"{form} input[name=grant-memo]", "a welcome bonus")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector("text=Granted 25 credits")
+    switch_role(page, "client")
+    page.wait_for_url("**/client/jobs")
+    nav(page, "Balance", "/client/account")
+    page.wait_for_selector("[data-testid=ledger] >> text=credits granted")
+    row = page.inner_text("[data-testid=ledger] tbody tr:first-child")
+    assert "granted by admin@e2e.test: a welcome bonus" in row and "25.000000" in row, row
+    assert "from outside the network" in row, row

@@ -1,14 +1,27 @@
 // Money is integer micro-credits everywhere; these turn numbers into words people read.
 
-/** 1234567 -> "1.234567"; 2500000 -> "2.50". Exact: no floating point on the fraction. */
+/** 1234567 -> "1.234567"; 2500000 -> "2.500000": one precision for every amount, the
+ *  ledger's own (a micro-credit), so figures line up and add up. Exact: integer maths. */
 export function credits(micro: number | null | undefined): string {
   if (micro === null || micro === undefined) return "—";
   const sign = micro < 0 ? "-" : "";
   const abs = Math.abs(Math.trunc(micro));
   const whole = Math.floor(abs / 1_000_000);
-  let frac = String(abs % 1_000_000).padStart(6, "0").replace(/0+$/, "");
-  if (frac.length < 2) frac = frac.padEnd(2, "0");
+  const frac = String(abs % 1_000_000).padStart(6, "0");
   return `${sign}${whole.toLocaleString("en-US")}.${frac}`;
+}
+
+/** A ledger entry's other side in words: "escrow:<job id>" is that job's held credits. */
+export function counterpartyWords(name: string): { text: string; jobId?: string } {
+  const [kind, ...rest] = name.split(":");
+  const id = rest.join(":");
+  if (kind === "escrow" && id) return { text: `job ${shortId(id)}`, jobId: id };
+  if (kind === "provider" && id) return { text: `provider ${id}` };
+  if (kind === "client" && id) return { text: `client ${id}` };
+  if (name === "protocol:fees") return { text: "the network's fee" };
+  if (name === "protocol:verification") return { text: "the network's checks" };
+  if (kind === "external") return { text: "from outside the network" };
+  return { text: name };
 }
 
 export function bytes(n: number): string {

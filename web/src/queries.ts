@@ -54,6 +54,7 @@ export interface Explanation {
   __typename: "Explanation";
   eligible: Offer[];
   rejected: { providerId: string; reason: string }[];
+  heldMicro: number;
 }
 export interface LedgerEntry {
   seq: number;
@@ -183,6 +184,13 @@ export const CHANGE_PASSWORD = gql<
   changePassword(currentPassword: $current, newPassword: $next) { token user { ${USER} } }
 }`);
 
+export const GRANT_CREDITS = gql<
+  { grantCredits: number },
+  { email: string; amount: string; memo: string }
+>(`mutation GrantCredits($email: String!, $amount: String!, $memo: String!) {
+  grantCredits(email: $email, amount: $amount, memo: $memo)
+}`);
+
 export const SIGN_OUT = gql<{ signOut: boolean }>`
   mutation SignOut {
     signOut
@@ -230,8 +238,8 @@ export const JOBS = gql<{ jobs: Job[] }, { limit: number }>(
   `query Jobs($limit: Int!) { jobs(limit: $limit) { ${JOB_FIELDS} } }`,
 );
 
-export const JOB = gql<{ job: (Job & { events: JobEvent[] }) | null }, { id: string }>(
-  `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} events { seq jobId type at data } } }`,
+export const JOB = gql<{ job: (Job & { events: JobEvent[]; waitingFor: string[] }) | null }, { id: string }>(
+  `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} waitingFor events { seq jobId type at data } } }`,
 );
 
 export const JOB_EVENTS = gql<{ jobEvents: JobEvent }, { jobId: string; after: number }>`
@@ -294,6 +302,7 @@ export const EXPLAIN = gql<{ explain: Explanation | SpecRejected }, { spec: unkn
           providerId
           reason
         }
+        heldMicro
       }
       ... on SpecRejected {
         errors {

@@ -49,9 +49,11 @@ export function Badge(props: { status: string; title?: string }): JSX.Element {
 export function ProgressBar(props: { value: number; label?: string }): JSX.Element {
   const pct = Math.max(0, Math.min(100, Math.round(props.value * 100)));
   return (
-    <div class="progress" role="progressbar" aria-valuenow={pct} aria-valuemin={0} aria-valuemax={100}>
+    <div class="progress" role="progressbar" aria-label={props.label ?? "progress"} aria-valuenow={pct} aria-valuemin={0} aria-valuemax={100}>
       <div class="progress-fill" style={{ width: `${pct}%` }} />
-      <span class="progress-label">{props.label ?? `${pct} %`}</span>
+      <span class="progress-label">
+        <span>{props.label ?? `${pct} %`}</span>
+      </span>
     </div>
   );
 }
@@ -126,4 +128,43 @@ export function Card(props: { title?: ComponentChildren; children: ComponentChil
 
 export function Empty(props: { children: ComponentChildren }): JSX.Element {
   return <p class="empty">{props.children}</p>;
+}
+
+/** A wide table that scrolls sideways inside its card on a narrow screen, not the page. */
+export function TableWrap(props: { children: ComponentChildren }): JSX.Element {
+  return (
+    <div class="table-wrap" tabIndex={0}>
+      {props.children}
+    </div>
+  );
+}
+
+/** A button that asks "are you sure?" in place before it runs (cancel, delete, revoke). */
+export function ConfirmButton(props: {
+  onConfirm: () => Promise<unknown>;
+  children: ComponentChildren;
+  question: string;
+  yes: string;
+  no?: string;
+  testid?: string;
+}): JSX.Element {
+  const [asking, setAsking] = useState(false);
+  if (!asking) {
+    return (
+      <button type="button" class="danger" data-testid={props.testid} onClick={() => setAsking(true)}>
+        {props.children}
+      </button>
+    );
+  }
+  return (
+    <span class="confirm" role="group" aria-label={props.question}>
+      <span>{props.question}</span>
+      <ActionButton kind="danger" onClick={props.onConfirm}>
+        {props.yes}
+      </ActionButton>
+      <button type="button" class="plain" onClick={() => setAsking(false)}>
+        {props.no ?? "No, keep it"}
+      </button>
+    </span>
+  );
 }

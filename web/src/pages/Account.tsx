@@ -1,7 +1,8 @@
 // The client's balance, what is held for running jobs, and every ledger entry.
 import type { JSX } from "preact";
 import { Card, Empty, ErrorBox, Loading, Stat } from "../components/ui";
-import { credits, when } from "../format";
+import { counterpartyWords, credits, when } from "../format";
+import { Link } from "../router";
 import { useQuery } from "../hooks";
 import { ACCOUNT, type LedgerEntry } from "../queries";
 
@@ -13,14 +14,21 @@ const KIND_WORDS: Record<string, string> = {
   fee: "network fee",
   verification: "verification",
   withdrawal: "withdrawal",
+  grant: "credits granted",
 };
 
 // Memos that only repeat the kind.
 const PLAIN_MEMOS = new Set(["deposit", "escrow", "escrow refund", "payment for GPU time", "protocol fee"]);
 
+function Counterparty(props: { name: string }): JSX.Element {
+  const w = counterpartyWords(props.name);
+  return w.jobId ? <Link href={`/client/jobs/${w.jobId}`}>{w.text}</Link> : <>{w.text}</>;
+}
+
 export function LedgerTable(props: { entries: LedgerEntry[] }): JSX.Element {
   if (!props.entries.length) return <Empty>No entries yet.</Empty>;
   return (
+    <div class="table-wrap" tabIndex={0}>
     <table data-testid="ledger">
       <thead>
         <tr>
@@ -39,13 +47,16 @@ export function LedgerTable(props: { entries: LedgerEntry[] }): JSX.Element {
               {KIND_WORDS[e.kind] ?? e.kind}
               {e.memo && !PLAIN_MEMOS.has(e.memo) && e.memo !== e.kind ? <span class="muted small"> · {e.memo}</span> : null}
             </td>
-            <td class="mono small">{e.counterparty}</td>
+            <td class="small" title={e.counterparty}>
+              <Counterparty name={e.counterparty} />
+            </td>
             <td class={`num ${e.amountMicro < 0 ? "neg" : "pos"}`}>{credits(e.amountMicro)}</td>
             <td class="num">{credits(e.balanceMicro)}</td>
           </tr>
         ))}
       </tbody>
     </table>
+    </div>
   );
 }
 

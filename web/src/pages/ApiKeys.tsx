@@ -5,8 +5,10 @@ import { mutate } from "../api";
 import { ActionButton, Card, Empty, ErrorBox, Loading, Notice } from "../components/ui";
 import { when } from "../format";
 import { useQuery } from "../hooks";
-import { ADD_ROLES, API_KEYS, CHANGE_PASSWORD, CREATE_API_KEY, REVOKE_API_KEY } from "../queries";
-import { ROLES, ROLE_WORDS, type Role, rolesOf, session, setSession } from "../session";
+import { API_KEYS, CREATE_API_KEY, REVOKE_API_KEY } from "../queries";
+import { ROLE_WORDS, rolesOf, session } from "../session";
+import { ProviderStart } from "../components/ProviderStart";
+import { Link } from "../router";
 import { useStore } from "../store";
 
 export function ApiKeysPage(): JSX.Element {
@@ -15,7 +17,7 @@ export function ApiKeysPage(): JSX.Element {
   const { data, error, refetch } = useQuery(API_KEYS, {});
   const [name, setName] = useState("");
   const [scopes, setScopes] = useState<string[]>(roles);
-  const [created, setCreated] = useState<{ name: string; key: string } | null>(null);
+  const [created, setCreated] = useState<{ name: string; key: string; scopes: string[] } | null>(null);
   const [formError, setFormError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const [copied, setCopied] = useState(false);
@@ -27,7 +29,7 @@ export function ApiKeysPage(): JSX.Element {
     setCopied(false);
     try {
       const { createApiKey } = await mutate(CREATE_API_KEY, { name: name.trim(), scopes });
-      setCreated({ name: createApiKey.name, key: createApiKey.key });
+      setCreated({ name: createApiKey.name, key: createApiKey.key, scopes });
       setName("");
       refetch();
     } catch (err) {
@@ -42,7 +44,8 @@ export function ApiKeysPage(): JSX.Element {
       <h1>API keys</h1>
       <p class="lead">
         A key lets the <code>gpgpu</code> command, your programs, or your GPU machines act for you. Give each its own
-        key, so you can revoke one without the others.
+        key, so you can revoke one without the others. Your roles and password are under{" "}
+        <Link href="/settings">Settings</Link>.
       </p>
       {created ? (
         <Notice kind="ok">
@@ -64,6 +67,13 @@ export function ApiKeysPage(): JSX.Element {
               I saved it
             </button>
           </div>
+          {created.scopes.includes("provider") ? (
+            <>
+              <h2>Start offering your GPUs with it</h2>
+              <p>On the machine with the GPUs, run:</p>
+              <ProviderStart apiKey={created.key} />
+            </>
+          ) : null}
         </Notice>
       ) : null}
       <Card title="Create a key">
@@ -94,8 +104,6 @@ export function ApiKeysPage(): JSX.Element {
         </form>
         <ErrorBox error={formError} />
       </Card>
-      {s?.mode === "auth" ? <RolesCard /> : null}
-      {s?.mode === "auth" ? <PasswordCard /> : null}
       <Card title="Your keys">
         <ErrorBox error={error} />
         {!data ? (
@@ -103,6 +111,7 @@ export function ApiKeysPage(): JSX.Element {
         ) : data.apiKeys.length === 0 ? (
           <Empty>No keys yet.</Empty>
         ) : (
+          <div class="table-wrap" tabIndex={0}>
           <table data-testid="api-keys">
             <thead>
               <tr>
@@ -127,108 +136,9 @@ export function ApiKeysPage(): JSX.Element {
               ))}
             </tbody>
           </table>
+          </div>
         )}
       </Card>
     </>
-  );
-}
-
-/** More roles: a client who starts offering GPUs, say. An admin takes one away. */
-function RolesCard(): JSX.Element | null {
-  const s = useStore(session);
-  const [added, setAdded] = useState<Role | null>(null);
-  if (!s) return null;
-  const held = rolesOf(s.user);
-  const missing = ROLES.filter((r) => !held.includes(r));
-
-  const add = async (role: Role) => {
-    const { addRoles } = await mutate(ADD_ROLES, { roles: [role] });
-    const now = session.value;
-    if (now) setSession({ ...now, user: { ...now.user, ...addRoles } });
-    setAdded(role);
-  };
-
-  return (
-    <Card title="Your roles">
-      <p data-testid="roles-held">You act as {held.map((r) => ROLE_WORDS[r].name).join(", ")}.</p>
-      {missing.length > 0 ? (
-        <div class="row">
-          {missing.map((r) => (
-            <ActionButton kind="plain" testid={`add-role-${r}`} title={ROLE_WORDS[r].about} onClick={() => add(r)}>
-              Also act as {ROLE_WORDS[r].name}
-            </ActionButton>
-          ))}
-        </div>
-      ) : null}
-      {added ? (
-        <Notice kind="ok">
-          You can act as {ROLE_WORDS[added].name} now: pick it under "Acting as". A key keeps the roles it was made
-          with, so create a new one for a program that acts as {ROLE_WORDS[added].name}.
-        </Notice>
-      ) : null}
-    </Card>
-  );
-}
-
-/** A new password: asks for the current one; the account's other sessions end. */
-function PasswordCard(): JSX.Element {
-  const [current, setCurrent] = useState("");
-  const [next, setNext] = useState("");
-  const [done, setDone] = useState(false);
-  const [formError, setFormError] = useState<string | null>(null);
-  const [busy, setBusy] = useState(false);
-
-  const change = async (e: Event) => {
-    e.preventDefault();
-    setBusy(true);
-    setFormError(null);
-    setDone(false);
-    try {
-      const { changePassword } = await mutate(CHANGE_PASSWORD, { current, next });
-      const s = session.value;
-      if (s) setSession({ ...s, token: changePassword.token, user: changePassword.user });
-      setCurrent("");
-      setNext("");
-      setDone(true);
-    } catch (err) {
-      setFormError(err instanceof Error ? err.message : String(err));
-    } finally {
-      setBusy(false);
-    }
-  };
-
-  return (
-    <Card title="Your password">
-      <form class="row" onSubmit={change}>
-        <label>
-          Current password
-          <input
-            name="current-password"
-            type="password"
-            autocomplete="current-password"
-            required
-            value={current}
-            onInput={(e) => setCurrent(e.currentTarget.value)}
-          />
-        </label>
-        <label>
-          New password <span class="hint">at least 8 characters</span>
-          <input
-            name="new-password"
-            type="password"
-            autocomplete="new-password"
-            required
-            minLength={8}
-            value={next}
-            onInput={(e) => setNext(e.currentTarget.value)}
-          />
-        </label>
-        <button class="primary" type="submit" disabled={busy}>
-          {busy ? "Changing…" : "Change password"}
-        </button>
-      </form>
-      {done ? <Notice kind="ok">Password changed. Your other sessions have been signed out.</Notice> : null}
-      <ErrorBox error={formError} />
-    </Card>
   );
 }

@@ -2,7 +2,7 @@
 import type { JSX } from "preact";
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import { mutate } from "../api";
-import { ActionButton, Badge, Card, Empty, ErrorBox, Loading, Notice, ProgressBar, Stat } from "../components/ui";
+import { ActionButton, Badge, Card, ConfirmButton, Empty, ErrorBox, Loading, Notice, ProgressBar, Stat } from "../components/ui";
 import { ago, bytes, credits, when } from "../format";
 import { useNow, useQuery, useSubscription } from "../hooks";
 import { CANCEL_JOB, JOB, JOB_EVENTS, type JobEvent } from "../queries";
@@ -90,8 +90,29 @@ export function JobPage(props: { id: string }): JSX.Element {
   const sub = useSubscription(JOB_EVENTS, { jobId: props.id, after }, onEvent, { pause: job.data?.job === null });
 
   const j = job.data?.job;
+  useEffect(() => {
+    if (j?.name) document.title = `${j.name} · Job ${j.id.slice(0, 8)} · GPGPU`;
+  }, [j?.name, j?.id]);
   if (job.data && !j) {
-    return <ErrorBox error={`id: no job ${props.id} of yours`} />;
+    return (
+      <Card>
+        <div class="not-found" data-testid="job-not-found">
+          <h1>Job not found</h1>
+          <p>
+            There is no job <code>{props.id}</code> among yours. The link may be mistyped or cut short, or the job
+            belongs to another account: a job is shown to the client who submitted it and to the provider it runs on.
+          </p>
+          <div class="actions-row">
+            <Link href="/client/jobs" class="button primary">
+              See all my jobs
+            </Link>
+            <Link href="/client/jobs/new" class="button">
+              Submit a new job
+            </Link>
+          </div>
+        </div>
+      </Card>
+    );
   }
   if (!j) return job.error ? <ErrorBox error={job.error} /> : <Loading what="the job" />;
 
@@ -106,9 +127,15 @@ export function JobPage(props: { id: string }): JSX.Element {
           {j.name} <Badge status={j.state} />
         </h1>
         {!terminal ? (
-          <ActionButton kind="danger" onClick={() => mutate(CANCEL_JOB, { id: j.id }).then(job.refetch)}>
+          <ConfirmButton
+            testid="cancel-job"
+            question="Stop this job? It cannot be started again."
+            yes="Yes, cancel it"
+            no="No, let it run"
+            onConfirm={() => mutate(CANCEL_JOB, { id: j.id }).then(job.refetch)}
+          >
             Cancel job
-          </ActionButton>
+          </ConfirmButton>
         ) : null}
       </div>
       <p class="muted small mono">job {j.id}</p>
@@ -126,7 +153,21 @@ export function JobPage(props: { id: string }): JSX.Element {
                 at position <strong data-testid="queue-position">{j.queuePosition}</strong>
               </>
             ) : null}
-            {j.expectedStart ? <>; expected to start by {when(j.expectedStart)} (a cautious estimate)</> : null}.
+            {j.expectedStart && new Date(j.expectedStart).getTime() > now + 5000 ? (
+              <>; expected to start by {when(j.expectedStart)} (a cautious estimate)</>
+            ) : null}
+            .
+            {j.waitingFor.length ? (
+              <>
+                {" "}
+                It waits because:
+                <ul class="waiting-for" data-testid="waiting-for">
+                  {j.waitingFor.map((w) => (
+                    <li>{w}</li>
+                  ))}
+                </ul>
+              </>
+            ) : null}
           </Notice>
         ) : null}
         <div class="stats">
@@ -142,6 +183,7 @@ export function JobPage(props: { id: string }): JSX.Element {
         {j.outputs.length === 0 ? (
           <Empty>{terminal ? "This job left no outputs." : "Outputs appear here when the job has finished and they were checked."}</Empty>
         ) : (
+          <div class="table-wrap" tabIndex={0}>
           <table data-testid="outputs">
             <thead>
               <tr>
@@ -170,6 +212,7 @@ export function JobPage(props: { id: string }): JSX.Element {
               ))}
             </tbody>
           </table>
+          </div>
         )}
       </Card>
       <Card title="Log">
@@ -182,6 +225,7 @@ export function JobPage(props: { id: string }): JSX.Element {
         )}
       </Card>
       <Card title="Events">
+        <div class="table-wrap" tabIndex={0}>
         <table data-testid="job-events">
           <thead>
             <tr>
@@ -202,6 +246,7 @@ export function JobPage(props: { id: string }): JSX.Element {
             ))}
           </tbody>
         </table>
+        </div>
       </Card>
       <p>
         <Link href="/client/jobs">← All my jobs</Link>

@@ -28,6 +28,7 @@ export function JobsPage(): JSX.Element {
             No jobs yet. <Link href="/client/jobs/new">Submit your first job</Link>.
           </Empty>
         ) : (
+          <div class="table-wrap" tabIndex={0}>
           <table data-testid="jobs">
             <thead>
               <tr>
@@ -51,12 +52,13 @@ export function JobsPage(): JSX.Element {
                   <td title={when(j.submittedAt)}>{ago(j.submittedAt, now)}</td>
                   <td>{j.providerId ?? "—"}</td>
                   <td class="num">
-                    {j.costMicro !== null ? credits(j.costMicro) : TERMINAL_STATES.has(j.state) ? "0.00" : `up to ${credits(j.maxCostMicro)}`}
+                    {j.costMicro !== null ? credits(j.costMicro) : TERMINAL_STATES.has(j.state) ? credits(0) : `up to ${credits(j.maxCostMicro)}`}
                   </td>
                 </tr>
               ))}
             </tbody>
           </table>
+          </div>
         )}
       </Card>
     </>

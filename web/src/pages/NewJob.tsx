@@ -1,7 +1,7 @@
 // A new job: a form (or a pasted YAML/JSON spec), a live explanation of where it could
 // run and what it would cost, and the API's refusals next to the fields they name.
 import type { JSX } from "preact";
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { mutate } from "../api";
 import { Card, ErrorBox, Notice } from "../components/ui";
 import { bytes, credits, percent } from "../format";
@@ -44,12 +44,12 @@ const START: Form = {
   replicas: "1",
 };
 
+// Runs as it is: it names no file the user may not have (inputs are shown commented out).
 const EXAMPLE_SPEC = `name: hello
-command: ["python3", "hello.py"]
-inputs:
-  - key: inputs/hello.py
-  - key: inputs/input.txt
-outputs: [out/result.txt]
+command: ["python3", "-c", "print('hello from a GPU')"]
+# inputs:                  # files from My files, by their key
+#   - key: inputs/train.py
+# outputs: [out/model.bin]  # files the job writes, to download after
 resources: {gpus: 1}
 max_price_per_gpu_hour: "2.5"
 timeout: 5m
@@ -119,18 +119,80 @@ function usePasted(text: string, on: boolean): { spec: unknown; error: string | 
   return out;
 }
 
-function errorsFor(errors: FieldError[], ...fields: string[]): FieldError[] {
-  return errors.filter((e) => fields.some((f) => e.field === f || e.field.startsWith(`${f}.`) || e.field.startsWith(`${f}[`)));
+// The form's fields, by the spec key their errors name. An error goes to the most specific
+// one (resources.gpus, not resources), so it shows once and under its own field.
+const FORM_FIELDS: Record<string, string> = {
+  name: "Name",
+  command: "Command",
+  inputs: "Input files",
+  outputs: "Output files",
+  "resources.gpus": "GPUs",
+  "resources.gpu_model": "GPU model",
+  "resources.min_gpu_memory_gb": "GPU memory",
+  resources: "Resources",
+  max_price_per_gpu_hour: "Most you pay per GPU-hour",
+  timeout: "Time limit",
+  queue: "Queue",
+  priority: "Priority",
+  verification: "Verification",
+  env: "Environment",
+  image: "Container image",
+};
+
+// The form's inputs by the spec key they fill.
+const SPEC_KEY: Partial<Record<keyof Form, string>> = {
+  gpus: "resources.gpus",
+  gpuModel: "resources.gpu_model",
+  minMemoryGb: "resources.min_gpu_memory_gb",
+  maxPrice: "max_price_per_gpu_hour",
+  replicas: "verification",
+};
+
+function slotOf(field: string): string | null {
+  let best: string | null = null;
+  for (const key of Object.keys(FORM_FIELDS)) {
+    const fits = field === key || field.startsWith(`${key}.`) || field.startsWith(`${key}[`);
+    if (fits && (!best || key.length > best.length)) best = key;
+  }
+  return best;
 }
 
-function FieldErrors(props: { errors: FieldError[] }): JSX.Element | null {
+/** The API's (pydantic's) wording, said as a person would. */
+export function plainMessage(message: string): string {
+  const rules: [RegExp, (m: RegExpMatchArray) => string][] = [
+    [/^Input should be greater than or equal to (.+)$/, (m) => `must be at least ${m[1]}`],
+    [/^Input should be less than or equal to (.+)$/, (m) => `must be at most ${m[1]}`],
+    [/^Input should be greater than (.+)$/, (m) => `must be more than ${m[1]}`],
+    [/^Input should be less than (.+)$/, (m) => `must be less than ${m[1]}`],
+    [/^Input should be a valid integer.*$/, () => "must be a whole number"],
+    [/^Input should be a valid number.*$/, () => "must be a number"],
+    [/^Field required$/, () => "is required"],
+    [/^String should have at least (\d+) characters?$/, (m) => `needs at least ${m[1]} character${m[1] === "1" ? "" : "s"}`],
+    [/^String should have at most (\d+) characters$/, (m) => `may have at most ${m[1]} characters`],
+    [/^List should have at least (\d+) items? after validation.*$/, (m) => `needs at least ${m[1]}`],
+    [/^Extra inputs are not permitted$/, () => "is not a known field"],
+    [/^Value error, (.+)$/, (m) => m[1]],
+  ];
+  for (const [re, say] of rules) {
+    const m = message.match(re);
+    if (m) return say(m);
+  }
+  return message;
+}
+
+/** "GPUs (resources.gpus): must be at least 1": the form's name for it, and the spec's. */
+function saidOf(e: FieldError): string {
+  const slot = slotOf(e.field);
+  const label = slot && slot === e.field ? FORM_FIELDS[slot] : null;
+  return `${label ? `${label} (${e.field})` : e.field}: ${plainMessage(e.message)}`;
+}
+
+function FieldErrors(props: { errors: FieldError[]; id?: string; bare?: boolean }): JSX.Element | null {
   if (!props.errors.length) return null;
   return (
-    <ul class="field-errors">
+    <ul class="field-errors" id={props.id}>
       {props.errors.map((e) => (
-        <li>
-          {e.field}: {e.message}
-        </li>
+        <li>{props.bare && slotOf(e.field) === e.field ? plainMessage(e.message) : saidOf(e)}</li>
       ))}
     </ul>
   );
@@ -145,7 +207,11 @@ function Explain(props: { spec: unknown; localError: string | null }): JSX.Eleme
   return (
     <Card title="Where it could run" id="explain">
       <div data-testid="explain" aria-live="polite">
-        {props.localError ? <ErrorBox error={props.localError} /> : null}
+        {props.localError ? (
+          <pre class="error mono" role="alert">
+            {props.localError}
+          </pre>
+        ) : null}
         {ready && loading ? <p class="muted small">Checking with the network…</p> : null}
         <ErrorBox error={error} />
         {ready && result?.__typename === "SpecRejected" ? (
@@ -158,20 +224,26 @@ function Explain(props: { spec: unknown; localError: string | null }): JSX.Eleme
           <>
             {result.eligible.length ? (
               <Notice kind="ok">
-                It can start now on {result.eligible.length} provider{result.eligible.length > 1 ? "s" : ""}. It will
-                cost at most <strong data-testid="quote">{credits(result.eligible[0].quoteMicro)}</strong> credits on
-                the cheapest ({result.eligible[0].providerId}); that much is held while it runs and what it does not
-                use comes back.
+                It can start now on {result.eligible.length} provider{result.eligible.length > 1 ? "s" : ""}. On the
+                cheapest ({result.eligible[0].providerId}) a run costs at most{" "}
+                <strong data-testid="quote">{credits(result.eligible[0].quoteMicro)}</strong> credits. Submitting holds{" "}
+                <strong data-testid="held">{credits(result.heldMicro)}</strong> credits from your balance (your most per
+                GPU-hour, for every GPU, for the whole time limit, for each run the check may need); what the job does
+                not use comes back when it ends.
               </Notice>
             ) : (
-              <Notice kind="warn">No provider can run it right now: see why below. It would wait in the queue.</Notice>
+              <Notice kind="warn">
+                No provider can run it right now: see why below. It would wait in the queue; submitting holds{" "}
+                <strong data-testid="held">{credits(result.heldMicro)}</strong> credits from your balance until it ends.
+              </Notice>
             )}
             {result.eligible.length ? (
+              <div class="table-wrap" tabIndex={0}>
               <table>
                 <thead>
                   <tr>
                     <th>Provider</th>
-                    <th>GPUs</th>
+                    <th>Uses GPU no.</th>
                     <th class="num">Price / GPU-hour</th>
                     <th class="num">At most</th>
                     <th class="num">Reputation</th>
@@ -191,6 +263,7 @@ function Explain(props: { spec: unknown; localError: string | null }): JSX.Eleme
                   ))}
                 </tbody>
               </table>
+              </div>
             ) : null}
             {result.rejected.length ? (
               <>
@@ -227,6 +300,7 @@ export function NewJobPage(): JSX.Element {
   const set = (patch: Partial<Form>) => setForm((f) => ({ ...f, ...patch }));
   const text = (name: keyof Form) => ({
     name,
+    ...invalid(SPEC_KEY[name] ?? name),
     value: form[name] as string,
     onInput: (e: Event) => set({ [name]: (e.currentTarget as HTMLInputElement).value }),
   });
@@ -251,21 +325,74 @@ export function NewJobPage(): JSX.Element {
     }
   };
 
-  const fe = (...fields: string[]) => <FieldErrors errors={errorsFor(refused, ...fields)} />;
+  // The tabs as a screen reader and a keyboard expect them: arrows, Home and End move
+  // between them (and focus follows), Tab goes on into the panel.
+  const tabKeys = (e: KeyboardEvent) => {
+    const order: ("form" | "paste")[] = ["form", "paste"];
+    const at = order.indexOf(mode);
+    const to =
+      e.key === "ArrowRight" ? order[(at + 1) % 2] : e.key === "ArrowLeft" ? order[(at + 1) % 2] : e.key === "Home" ? "form" : e.key === "End" ? "paste" : null;
+    if (!to) return;
+    e.preventDefault();
+    setMode(to);
+    setRefused([]);
+    document.getElementById(`tab-${to}`)?.focus();
+  };
+
+  // Each refusal under its own field (once), the rest in the box by the button.
+  const inForm = mode === "form";
+  const fe = (key: string) =>
+    inForm ? <FieldErrors id={`err-${key}`} bare errors={refused.filter((e) => slotOf(e.field) === key)} /> : null;
+  const unplaced = inForm ? refused.filter((e) => slotOf(e.field) === null) : refused;
+  const invalid = (key: string) =>
+    inForm && refused.some((e) => slotOf(e.field) === key)
+      ? { "aria-invalid": true as const, "aria-describedby": `err-${key}` }
+      : {};
+  const formRef = useRef<HTMLFormElement>(null);
+  useEffect(() => {
+    if (!refused.length) return;
+    const first = formRef.current?.querySelector<HTMLElement>("[aria-invalid=true]");
+    (first ?? document.querySelector<HTMLElement>("[data-testid=refused]"))?.focus();
+  }, [refused]);
 
   return (
     <>
       <h1>New job</h1>
-      <div class="tabs" role="tablist">
-        <button type="button" role="tab" aria-selected={mode === "form"} class={mode === "form" ? "tab on" : "tab"} onClick={() => setMode("form")}>
+      <div class="tabs" role="tablist" aria-label="How to describe the job" onKeyDown={tabKeys}>
+        <button
+          type="button"
+          role="tab"
+          id="tab-form"
+          aria-controls="job-panel"
+          aria-selected={mode === "form"}
+          tabIndex={mode === "form" ? 0 : -1}
+          class={mode === "form" ? "tab on" : "tab"}
+          onClick={() => {
+            setMode("form");
+            if (mode !== "form") setRefused([]);
+          }}
+        >
           Fill in a form
         </button>
-        <button type="button" role="tab" aria-selected={mode === "paste"} class={mode === "paste" ? "tab on" : "tab"} onClick={() => setMode("paste")}>
+        <button
+          type="button"
+          role="tab"
+          id="tab-paste"
+          aria-controls="job-panel"
+          aria-selected={mode === "paste"}
+          tabIndex={mode === "paste" ? 0 : -1}
+          class={mode === "paste" ? "tab on" : "tab"}
+          onClick={() => {
+            setMode("paste");
+            if (mode !== "paste") setRefused([]);
+          }}
+        >
           Paste a job spec (YAML/JSON)
         </button>
       </div>
       <div class="split">
-        <form class="card job-form" onSubmit={submit} data-testid="job-form">
+        <div role="tabpanel" id="job-panel" aria-labelledby={mode === "form" ? "tab-form" : "tab-paste"}>
+        <form class="card job-form" onSubmit={submit} data-testid="job-form" ref={formRef}>
           {mode === "paste" ? (
             <label>
               Job spec
@@ -342,7 +469,7 @@ export function NewJobPage(): JSX.Element {
                 </label>
                 <label>
                   GPU model
-                  <select name="gpuModel" value={form.gpuModel} onChange={(e) => set({ gpuModel: e.currentTarget.value })}>
+                  <select name="gpuModel" {...invalid("resources.gpu_model")} value={form.gpuModel} onChange={(e) => set({ gpuModel: e.currentTarget.value })}>
                     <option value="">any</option>
                     {models.map((m) => (
                       <option value={m}>{m}</option>
@@ -372,7 +499,7 @@ export function NewJobPage(): JSX.Element {
               <div class="row">
                 <label>
                   Queue
-                  <select name="queue" value={form.queue} onChange={(e) => set({ queue: e.currentTarget.value })}>
+                  <select name="queue" {...invalid("queue")} value={form.queue} onChange={(e) => set({ queue: e.currentTarget.value })}>
                     <option value="default">default</option>
                     {queues.map(({ id, q }) => (
                       <option value={id}>
@@ -409,9 +536,12 @@ export function NewJobPage(): JSX.Element {
             </>
           )}
           {refused.length ? (
-            <div class="error" role="alert" data-testid="refused">
-              <strong>The network refused this job:</strong>
-              <FieldErrors errors={refused} />
+            <div class="error" role="alert" data-testid="refused" tabIndex={-1}>
+              <strong>
+                The network refused this job
+                {unplaced.length < refused.length ? ": see the fields marked above" : ":"}
+              </strong>
+              <FieldErrors errors={unplaced} />
             </div>
           ) : null}
           <ErrorBox error={error} />
@@ -419,6 +549,7 @@ export function NewJobPage(): JSX.Element {
             {busy ? "Submitting…" : "Submit job"}
           </button>
         </form>
+        </div>
         <Explain spec={spec} localError={mode === "paste" ? parsed.error : null} />
       </div>
     </>

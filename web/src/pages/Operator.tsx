@@ -18,6 +18,7 @@ function Waiting(props: { name: string; pollMs: number }): JSX.Element {
   if (!data) return <Loading what="waiting jobs" />;
   if (!data.queue.length) return <Empty>Nobody is waiting.</Empty>;
   return (
+    <div class="table-wrap" tabIndex={0}>
     <table data-testid={`waiting-${props.name}`}>
       <thead>
         <tr>
@@ -46,6 +47,7 @@ function Waiting(props: { name: string; pollMs: number }): JSX.Element {
         ))}
       </tbody>
     </table>
+    </div>
   );
 }
 
@@ -131,6 +133,7 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
         </div>
       </Card>
       <Card title="Queues">
+        <div class="table-wrap" tabIndex={0}>
         <table data-testid={`queues-${node.nodeId}`}>
           <thead>
             <tr>
@@ -163,6 +166,7 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
             ))}
           </tbody>
         </table>
+        </div>
         {editing ? (
           <QueueForm
             key={editing}
@@ -191,6 +195,7 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
         {gpus.length === 0 ? (
           <Empty>No provider has joined this node yet.</Empty>
         ) : (
+          <div class="table-wrap" tabIndex={0}>
           <table data-testid={`node-gpus-${node.nodeId}`}>
             <thead>
               <tr>
@@ -215,10 +220,12 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
               ))}
             </tbody>
           </table>
+          </div>
         )}
       </Card>
       <Card title="Providers">
         {mine.length === 0 ? <Empty>None yet: a provider joins a node when its agent starts with <code>--node {node.nodeId}</code>.</Empty> : null}
+        <div class="table-wrap" tabIndex={0}>
         <table data-testid={`providers-${node.nodeId}`} hidden={mine.length === 0}>
           <thead>
             <tr>
@@ -245,6 +252,7 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
             ))}
           </tbody>
         </table>
+        </div>
       </Card>
     </section>
   );
@@ -293,10 +301,17 @@ export function OperatorPage(): JSX.Element {
   const c = useStore(caps);
   const { data, error, refetch } = useQuery(OPERATOR, {}, { pollMs: 3000 });
   const dev = s?.mode === "dev" || !c?.auth;
-  const nodes = (data?.nodes ?? []).filter((n) => dev || s?.user.nodeIds.includes(n.nodeId));
+  // An admin sees every node, the network's own (`local`) among them; an operator theirs.
+  const admin = !!s?.user.roles.includes("admin");
+  const nodes = (data?.nodes ?? []).filter((n) => dev || admin || s?.user.nodeIds.includes(n.nodeId));
   return (
     <>
-      <h1>My node</h1>
+      <h1>{admin ? "Nodes" : "My node"}</h1>
+      {admin ? (
+        <p class="lead" data-testid="admin-sees-all">
+          As an admin you see every node of the network, with its queues, the jobs waiting in them and its GPUs.
+        </p>
+      ) : null}
       <ErrorBox error={error} />
       {!data ? <Loading what="your nodes" /> : null}
       {data && nodes.length === 0 ? (

@@ -9,6 +9,7 @@ import { ActionButton, Badge, Card, Empty, ErrorBox, Loading, Notice, Stat } fro
 import { ago, credits, percent, when } from "../format";
 import { useNow, useQuery, useSubscription } from "../hooks";
 import { PROVIDER, PROVIDER_EVENTS, PROVIDERS, RESUME_GPU, SET_PRICE, SUSPEND_GPU, type ProviderEvent, type TelemetrySample } from "../queries";
+import { ProviderStart } from "../components/ProviderStart";
 import { Link } from "../router";
 import { session } from "../session";
 import { useStore } from "../store";
@@ -37,6 +38,7 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
         Reputation <strong class="big-number">{percent(props.score)}</strong>: clients with a minimum reputation
         only get your GPUs above it, and ties on price go to the higher one.
       </p>
+      <div class="table-wrap" tabIndex={0}>
       <table>
         <thead>
           <tr>
@@ -57,6 +59,7 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
           ))}
         </tbody>
       </table>
+      </div>
       <p class="small muted">
         Score = good ÷ (good + bad), each side starting at 1 (a new provider is at 50 %): here {good} ÷ ({good} + {bad}) ={" "}
         {percent(good / (good + bad))} before recent outcomes are weighed more than old ones.
@@ -163,7 +166,12 @@ function ProviderCard(props: { id: string }): JSX.Element {
       <Card>
         <div class="stats">
           <Stat label="GPUs working" value={`${busy} of ${p.gpus.length}`} />
-          <Stat label="Earned for verified work" testid="earned" value={`${credits(earn.earnedMicro)} credits`} />
+          <Stat
+            label="Earned"
+            testid="earned"
+            value={`${credits(earn.earnedMicro)} credits`}
+            hint="paid for GPU time at your price, less the network's fee: verified work, checks, and the time a job used before its client cancelled it"
+          />
           <Stat label="Balance" testid="provider-balance" value={`${credits(earn.balanceMicro)} credits`} />
           <Stat label="Reputation" testid="reputation-score" value={percent(p.reputation)} />
           <Stat label="Price" value={`${p.pricePerGpuHour} credits / GPU-hour`} />
@@ -171,6 +179,7 @@ function ProviderCard(props: { id: string }): JSX.Element {
         <PriceForm id={p.providerId} price={p.pricePerGpuHour} onDone={refetch} />
       </Card>
       <Card title="GPUs">
+        <div class="table-wrap" tabIndex={0}>
         <table data-testid="gpus">
           <thead>
             <tr>
@@ -192,7 +201,15 @@ function ProviderCard(props: { id: string }): JSX.Element {
                   <Badge status={g.status} title={g.reason} />
                   {g.reason ? <span class="small muted"> {g.reason}</span> : null}
                 </td>
-                <td class="mono small">{g.busyJobId ? `job ${g.busyJobId.slice(0, 8)}` : "—"}</td>
+                <td class="mono small">
+                  {g.busyJobId ? (
+                    <Link href={`/client/jobs/${g.busyJobId}`} title={`job ${g.busyJobId} (its page shows to the client who submitted it)`}>
+                      job {g.busyJobId.slice(0, 8)}
+                    </Link>
+                  ) : (
+                    "—"
+                  )}
+                </td>
                 <td>
                   {g.status === "suspended" ? (
                     <ActionButton testid={`resume-${g.index}`} onClick={() => mutate(RESUME_GPU, { id: p.providerId, index: g.index }).then(refetch)}>
@@ -212,6 +229,7 @@ function ProviderCard(props: { id: string }): JSX.Element {
             ))}
           </tbody>
         </table>
+        </div>
       </Card>
       <Card title="Telemetry (recent heartbeats)">
         <div class="charts">
@@ -243,7 +261,8 @@ function ProviderCard(props: { id: string }): JSX.Element {
       </div>
       <Card title="Earnings">
         <p class="small muted">
-          You are paid for verified GPU time at your price, less the network's 5 % fee. Withdrawn so far:{" "}
+          You are paid for GPU time at your price, less the network's 5 % fee: for verified work, for checks, and for the
+          time a job used before its client cancelled it. Withdrawn so far:{" "}
           {credits(earn.withdrawnMicro)} credits.
         </p>
         <LedgerTable entries={earn.entries} />
@@ -281,10 +300,11 @@ export function ProviderPage(props: { only?: string }): JSX.Element {
       {(!dev || all.data) && shown.length === 0 ? (
         <Card>
           <Empty>
-            No GPUs of yours have joined yet. On the machine with the GPUs, create an API key (page “API keys”) and
-            start the agent with it:
-            <pre class="mono">GPGPU_API_KEY=… gpgpu provider start --provider-id my-gpus --price 2.5</pre>
+            No GPUs of yours have joined yet. Make a key that may act as GPU provider on{" "}
+            <Link href="/keys">API keys</Link> (the page then shows this with your key filled in), and run this on the
+            machine with the GPUs:
           </Empty>
+          <ProviderStart />
         </Card>
       ) : null}
       {shown.map((id) => (

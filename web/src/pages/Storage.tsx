@@ -187,6 +187,7 @@ export function StoragePage(): JSX.Element {
         ) : objects.length === 0 ? (
           <Empty>No files {prefix ? `starting with “${prefix}”` : "yet: upload some above"}.</Empty>
         ) : (
+          <div class="table-wrap" tabIndex={0}>
           <table data-testid="objects">
             <thead>
               <tr>
@@ -202,6 +203,7 @@ export function StoragePage(): JSX.Element {
               ))}
             </tbody>
           </table>
+          </div>
         )}
       </Card>
     </>
