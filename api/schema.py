@@ -9,11 +9,9 @@ import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, TypeVar
 
 import strawberry
-from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.scalars import JSON
 
 from api import auth
@@ -649,17 +647,11 @@ class Subscription:
             )
 
 
-DOCUMENT_CACHE = 512  # distinct documents remembered, parsed and validated
-
 schema = strawberry.Schema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
     scalar_overrides={BigInt: BIG_INT_SCALAR},  # type: ignore[dict-item]
-    # The limits first (they set the parser's token cap), then caches of parsed and validated
-    # documents: our clients send the same few dozen documents over and over, and parsing
-    # and validating each again was the API's largest cost per request (bench/pipeline.py).
-    extensions=[*LIMIT_EXTENSIONS, partial(ParserCache, maxsize=DOCUMENT_CACHE),
-                partial(ValidationCache, maxsize=DOCUMENT_CACHE)],
+    extensions=LIMIT_EXTENSIONS,  # size, depth, aliases; parse and validation caches
 )
 auth.check_every_field_guarded(schema)
