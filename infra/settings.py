@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     # it found for a token (a revoked key or ended session stops working within this).
     session_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # Live GraphQL subscriptions one account may hold open at once (per API process).
+    max_subscriptions_per_account: int = Field(default=32, ge=1, le=10_000)
     # What a provider agent (and the SDK) sends as `Authorization: Bearer`: an API key.
     api_key: str | None = None
     # Set, GET /metrics wants `Authorization: Bearer <it>` (Prometheus: `authorization:`
