@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -83,10 +84,22 @@ def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> It
             yield chunk
 
 
+def utf8_key(request: Request) -> None:
+    """Refuse a path whose percent-escapes are not UTF-8 (`%ff%fe`): Starlette decodes them
+    to U+FFFD, and the object would be stored under a key the client never sent."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    try:
+        unquote_to_bytes(raw.decode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HTTPException(400, f"key: its percent-escapes are not UTF-8 text ({err.reason} "
+                            f"at byte {err.start} of the decoded path)") from None
+
+
 Authorization = Annotated[str | None, Header()]
+Utf8Key = Depends(utf8_key)
 
 
-@router.put("/{client_id}/{key:path}")
+@router.put("/{client_id}/{key:path}", dependencies=[Utf8Key])
 async def put_object(
     client_id: str,
     key: str,
@@ -114,7 +127,7 @@ async def put_object(
     return {"key": info.key, "sha256": info.sha256, "size": info.size}
 
 
-@router.get("/{client_id}/{key:path}")
+@router.get("/{client_id}/{key:path}", dependencies=[Utf8Key])
 async def get_object(
     client_id: str,
     key: str,
@@ -132,7 +145,7 @@ async def get_object(
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
 
-@router.get("/{client_id}")
+@router.get("/{client_id}", dependencies=[Utf8Key])
 async def list_objects(
     client_id: str,
     services: ServicesDep,
@@ -147,7 +160,7 @@ async def list_objects(
     return [{"key": o.key, "size": o.size, "sha256": o.sha256} for o in objects]
 
 
-@router.delete("/{client_id}/{key:path}")
+@router.delete("/{client_id}/{key:path}", dependencies=[Utf8Key])
 async def delete_object(
     client_id: str, key: str, services: ServicesDep, authorization: Authorization = None
 ) -> dict[str, str]:
