@@ -27,12 +27,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from infra.settings import Settings
+from infra.supervisor import Child, Supervisor
 from workflows.search_attributes import create_command, registration_flags
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,13 +48,6 @@ def say(*parts: object, err: bool = False) -> None:
     """Print, but never let a closed terminal or pipe stop the shutdown."""
     with contextlib.suppress(BrokenPipeError, OSError):
         print(*parts, file=sys.stderr if err else sys.stdout, flush=True)
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
 
 
 def temporal_binary() -> str:
@@ -175,15 +168,18 @@ class Stack:
             **os.environ, **(env or {}), "GPGPU_HOME": str(self.home), "PYTHONUNBUFFERED": "1"
         }
 
-    def spawn(self, name: str, args: list[str]) -> Child:
+    def popen(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
-        log = self.logs / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
+        with (self.logs / f"{name}.log").open("ab") as out:
+            return subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop children in order
             )
-        child = Child(name, proc, log)
+
+    def spawn(self, name: str, args: list[str]) -> Child:
+        """Start a child; the supervisor (`watch`) starts it again the same way if it exits."""
+        child = Child(name, self.popen(name, args), self.logs / f"{name}.log",
+                      lambda: self.popen(name, args), started_at=time.monotonic())
         self.children.append(child)
         return child
 
@@ -191,18 +187,17 @@ class Stack:
         self, name: str, args: Callable[[], list[str]], host: str, port: int, what: str,
         timeout_s: float = 60,
     ) -> Child:
-        """spawn(name, args()) until it listens on host:port (see start_listening); a start
-        that exited is dropped from the children."""
-        started: list[Child] = []
+        """A child started until it listens on host:port (see start_listening), again so
+        when the supervisor restarts it. Critical: the network stops if it cannot."""
 
-        def start() -> subprocess.Popen[bytes]:
-            if started:
-                self.children.remove(started.pop())  # the start before, which exited
-            started.append(self.spawn(name, args()))
-            return started[-1].proc
+        def launch() -> subprocess.Popen[bytes]:
+            return start_listening(lambda: self.popen(name, args()), host, port, what,
+                                   timeout_s)
 
-        start_listening(start, host, port, what, timeout_s)
-        return started[-1]
+        child = Child(name, launch(), self.logs / f"{name}.log", launch, critical=True,
+                      started_at=time.monotonic())
+        self.children.append(child)
+        return child
 
     def start_temporal(self) -> None:
         s = self.settings
@@ -299,7 +294,8 @@ class Stack:
               f"  gpgpu job show {job.id}\n")
 
     def watch(self) -> int:
-        """Block until Ctrl-C (0) or a child dies on its own (1)."""
+        """Block until Ctrl-C (0), restarting children that exit (infra/supervisor.py); 1 when
+        the Temporal dev server cannot be started again."""
         stop = {"signal": False}
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -308,12 +304,11 @@ class Stack:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         say("the network is up; Ctrl-C stops it")
+        supervisor = Supervisor(self.children, say)
         while not stop["signal"]:
-            for child in self.children:
-                if child.proc.poll() is not None:
-                    code = child.proc.returncode
-                    say(f"error: {child.name} exited with code {code}; see {child.log}", err=True)
-                    return 1
+            if (reason := supervisor.poll()) is not None:
+                say(f"error: {reason}; stopping the network", err=True)
+                return 1
             time.sleep(0.3)
         return 0
 
