@@ -71,6 +71,14 @@ def _refused(err: DomainError) -> ValueError:
     return ValueError(str(err))
 
 
+def _source_address(info: I) -> str:
+    """The address the request came from, as the API's socket saw it (behind a proxy: the
+    proxy's, so run the throttle where it sees clients, or one replica per proxy)."""
+    request = getattr(info.context, "request", None)
+    client = getattr(request, "client", None)
+    return str(client.host) if client is not None else ""
+
+
 async def _run(fn: Callable[..., T], *args: Any) -> T:
     """A domain command in a thread; its refusal becomes a GraphQL error naming the field."""
     try:
@@ -425,13 +433,14 @@ class Mutation:
                          permission_classes=[auth.Public])
     async def sign_in(self, info: I, email: str, password: str) -> Session:
         services = info.context.services
-        await asyncio.to_thread(services.sign_ins.check, email)
+        source = _source_address(info)
+        await asyncio.to_thread(services.sign_ins.check, email, source)
         try:
             issued = await _run(services.network.sign_in, email, password, time.time(),
                                 services.settings.session_ttl_s)
         except ValueError as err:
             if str(err).startswith("password:"):
-                await asyncio.to_thread(services.sign_ins.failed, email)
+                await asyncio.to_thread(services.sign_ins.failed, email, source)
             raise
         await asyncio.to_thread(services.sign_ins.succeeded, email)
         return await _session(info, issued.token)
@@ -448,14 +457,15 @@ class Mutation:
         if caller.via != "session":
             raise auth.Denied("forbidden: change a password from a signed-in session, "
                               "not with an API key")
-        await asyncio.to_thread(services.sign_ins.check, caller.email)
+        source = _source_address(info)
+        await asyncio.to_thread(services.sign_ins.check, caller.email, source)
         try:
             issued = await _run(services.network.change_password, caller.user_id,
                                 current_password, new_password, time.time(),
                                 services.settings.session_ttl_s)
         except ValueError as err:
             if str(err).startswith("currentPassword:"):
-                await asyncio.to_thread(services.sign_ins.failed, caller.email)
+                await asyncio.to_thread(services.sign_ins.failed, caller.email, source)
             raise
         services.auth.forget(user_id=caller.user_id)
         return await _session(info, issued.token)

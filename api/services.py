@@ -292,7 +292,9 @@ class Services:
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)
-        self.sign_ins = SignInThrottle(self.telemetry_views or self.views)
+        self.sign_ins = SignInThrottle(
+            self.telemetry_views or self.views,
+            max_source_failures=self.settings.sign_in_max_failures_per_address)
 
     @classmethod
     async def start(cls, settings: Settings, temporal: Client) -> Services:

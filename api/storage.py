@@ -23,7 +23,11 @@ from infra.storage import (
 )
 
 router = APIRouter(prefix="/storage", tags=["storage"])
-MAX_UPLOAD_BYTES = 64 << 30
+MAX_UPLOAD_BYTES = 64 << 30  # the most GPGPU_MAX_OBJECT_BYTES may say
+
+
+class ObjectTooLarge(StorageError):
+    """An upload past the per-object maximum (413)."""
 
 
 def get_services(request: Request) -> Services:
@@ -60,13 +64,15 @@ async def authorise(
 def _storage_error(err: StorageError) -> HTTPException:
     if isinstance(err, ObjectNotFound):
         return HTTPException(404, str(err))
-    if isinstance(err, QuotaExceeded):
+    if isinstance(err, QuotaExceeded | ObjectTooLarge):
         return HTTPException(413, str(err))
     return HTTPException(400, str(err))
 
 
-def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
-    """Hand an async request body to synchronous storage code running in a thread."""
+def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop,
+            limit: int) -> Iterator[bytes]:
+    """Hand an async request body to synchronous storage code running in a thread, refusing
+    it (ObjectTooLarge) once it passes `limit` bytes."""
     total = 0
 
     async def next_chunk() -> bytes:
@@ -78,8 +84,9 @@ def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> It
         except StopAsyncIteration:
             return
         total += len(chunk)
-        if total > MAX_UPLOAD_BYTES:
-            raise StorageError(f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+        if total > limit:
+            raise ObjectTooLarge(f"upload larger than {limit} bytes (the most one object "
+                                 f"may hold)")
         if chunk:
             yield chunk
 
@@ -111,11 +118,13 @@ async def put_object(
     sig: str | None = None,
 ) -> dict[str, object]:
     await authorise(services, "PUT", client_id, key, authorization, expires, sig)
+    limit = services.settings.max_object_bytes
     length = request.headers.get("content-length")
-    if length and int(length) > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+    if length and int(length) > limit:
+        raise HTTPException(413, f"upload larger than {limit} bytes (the most one object "
+                                 f"may hold)")
     loop = asyncio.get_running_loop()
-    body = _bridge(request.stream(), loop)
+    body = _bridge(request.stream(), loop, limit)
     try:
         info: ObjectInfo = await asyncio.to_thread(
             services.store.put, client_id, key, body, x_sha256

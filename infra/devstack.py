@@ -38,6 +38,7 @@ from workflows.search_attributes import create_command, registration_flags
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hello" / "job.yaml"
 DEV_EMAIL = "dev@gpgpu.local"
+DEV_CREDITS_MICRO = 1_000 * 1_000_000  # granted to the dev account (a ledger deposit)
 PROVIDERS = [
     ("provider-a", "2xH100:80", "2.5"),
     ("provider-b", "2xA100:80", "1.8"),
@@ -250,11 +251,22 @@ class Stack:
             f"                shown once; kept in {path}")
         return account
 
+    def grant_dev_credits(self) -> None:
+        """The dev account's credits: a grant recorded in the ledger, once per home (sign-up
+        gives nothing unless GPGPU_STARTING_BALANCE_MICRO says so)."""
+        from domain.application import Network
+        from infra.admin import grant_credits
+
+        user = Network(env=self.settings.eventsourcing_env()).user_by_email(DEV_EMAIL)
+        if user is not None and user.client_id:
+            grant_credits(self.settings, user.client_id, DEV_CREDITS_MICRO, "gpgpu-up")
+
     def use_dev_account(self) -> str:
         """The dev account's key for the providers, the example job and the gpgpu command."""
         from client.config import load_credentials, save_credentials
 
         account = self.dev_account()
+        self.grant_dev_credits()
         key = account["api_key"]
         self.env["GPGPU_API_KEY"] = key
         saved = load_credentials().get(self.settings.api_url)

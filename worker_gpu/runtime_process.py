@@ -17,12 +17,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from worker_gpu.runtime import ProgressFn, RunOutcome
 
 log = logging.getLogger(__name__)
 
 LOG_TAIL_BYTES = 4096
+# A job's log on the provider's disk: past this it keeps only its tail (trim_log), so a job
+# that prints without end cannot fill the provider's disk. GPGPU_JOB_LOG_MAX_BYTES sets it.
+JOB_LOG_MAX_BYTES = 64 << 20
+JOB_LOG_KEPT_BYTES = 1 << 20  # what a trimmed log keeps: its last MiB
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Variables the runtime owns; a job's env cannot override them.
 _PINNED = ("HOME", "TMPDIR", "CUDA_VISIBLE_DEVICES", "GPGPU_JOB_DIR")
@@ -59,6 +64,42 @@ def read_log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
     return data.decode("utf-8", errors="replace").lstrip("\ufffd")
 
 
+def job_log_max_bytes() -> int:
+    """GPGPU_JOB_LOG_MAX_BYTES, or JOB_LOG_MAX_BYTES; at least twice what a trim keeps."""
+    try:
+        value = int(os.environ.get("GPGPU_JOB_LOG_MAX_BYTES", JOB_LOG_MAX_BYTES))
+    except ValueError:
+        value = JOB_LOG_MAX_BYTES
+    return min(max(value, 2 * JOB_LOG_KEPT_BYTES), 1 << 40)
+
+
+def trim_log(path: Path, max_bytes: int, keep: int = JOB_LOG_KEPT_BYTES) -> int:
+    """Past max_bytes, the log keeps its last `keep` bytes after a line saying how many went;
+    the bytes cut (0: none). The job writes with O_APPEND, so what it writes next lands
+    after the kept tail (a line written while the trim runs may be lost with the rest)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size <= max_bytes:
+        return 0
+    with path.open("r+b") as f:
+        f.seek(size - keep)
+        tail = f.read(keep)
+        cut = size - len(tail)
+        f.seek(0)
+        f.write(f"gpgpu: the log passed {max_bytes} bytes; {cut} earlier bytes were "
+                f"dropped, its tail is kept\n".encode() + tail)
+        f.truncate()
+    return cut
+
+
+def open_job_log(path: Path) -> BinaryIO:
+    """An empty log the job appends to (O_APPEND, so trim_log can shorten it under the job)."""
+    path.write_bytes(b"")
+    return path.open("ab")
+
+
 def _address_space_limit(memory_limit_mb: int) -> Callable[[], None]:
     limit = memory_limit_mb * 1024 * 1024
 
@@ -81,9 +122,11 @@ def _exit_code(returncode: int) -> int:
 
 
 class ProcessRuntime:
-    def __init__(self, kill_grace_s: float = 3.0, tick_s: float = 1.0) -> None:
+    def __init__(self, kill_grace_s: float = 3.0, tick_s: float = 1.0,
+                 log_max_bytes: int | None = None) -> None:
         self._kill_grace_s = kill_grace_s
         self._tick_s = tick_s
+        self._log_max_bytes = log_max_bytes or job_log_max_bytes()
         self._lock = threading.Lock()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -115,7 +158,7 @@ class ProcessRuntime:
         def wall_ms() -> int:
             return int((time.monotonic() - started) * 1000)
 
-        with log_path.open("wb") as log_file:
+        with open_job_log(log_path) as log_file:
             try:
                 proc = subprocess.Popen(
                     command,
@@ -173,6 +216,7 @@ class ProcessRuntime:
                 return True
             if now >= next_tick:
                 next_tick = now + self._tick_s
+                trim_log(log_path, self._log_max_bytes)
                 if on_progress is not None:
                     on_progress(now - started, read_log_tail(log_path))
         return False

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.devstack import ROOT, free_port
+from infra.devstack import DEV_CREDITS_MICRO, ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -152,6 +152,13 @@ def test_every_child_killed_is_restarted_and_a_job_still_succeeds(up: Up) -> Non
                 "query": "query($id: ID!) { job(id: $id) { state reason } }",
                 "variables": {"id": job_id}}).json()["data"]["job"]["state"]
         assert state == "SUCCEEDED", (state, up.output())
+        # The dev account's credits are a grant recorded in its ledger, not a hidden balance.
+        ledger = http.post("/graphql", json={
+            "query": "{ ledger(limit: 1000) { transferId amountMicro kind } }"}).json()
+        grants = [e for e in ledger["data"]["ledger"]
+                  if e["transferId"].startswith("deposit:grant:gpgpu-up:")]
+        assert [(g["amountMicro"], g["kind"]) for g in grants] == [(DEV_CREDITS_MICRO,
+                                                                    "deposit")], ledger
 
     last = children_of(up.proc.pid)
     up.proc.send_signal(signal.SIGINT)
