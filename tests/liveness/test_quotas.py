@@ -28,6 +28,11 @@ from worker_gpu.runtime_process import JOB_LOG_KEPT_BYTES, ProcessRuntime
 
 pytestmark = pytest.mark.e2e
 
+# One provider and no fault under test: a provider slowed by a loaded machine must not
+# count as lost (it would be excluded, and the job wait for another that never comes).
+PATIENT = {"GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "30",
+           "GPGPU_GPU_SCHEDULE_TO_START_TIMEOUT_S": "60"}
+
 KIB = 1024
 QUOTA = 1024 * KIB
 MAX_OBJECT = 256 * KIB
@@ -43,6 +48,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
                      "GPGPU_STORAGE_QUOTA_BYTES": str(QUOTA),
                      "GPGPU_MAX_OBJECT_BYTES": str(MAX_OBJECT),
                      "GPGPU_SIGN_IN_MAX_FAILURES_PER_ADDRESS": str(ADDRESS_FAILURES),
+                     **PATIENT,
                  }) as n:
         yield n
 
@@ -194,3 +200,19 @@ def test_wrong_passwords_are_throttled_per_address_across_emails(net: Network) -
         "sys.argv[2], 'variables': {'e': 'other@q.test'}}).json()['errors'][0]['message'])"),
         net.url, sign_in], capture_output=True, text=True, timeout=60)
     assert "wrong passwords from your address" in done.stdout, done
+
+
+def test_outputs_per_job_and_bytes_per_output_are_capped(net: Network) -> None:
+    spec = {"name": "many", "command": "true", "max_price_per_gpu_hour": "3", "timeout": 60,
+            "outputs": [f"out-{n}.txt" for n in range(257)]}
+    refused = net.gql(SUBMIT, "outputter", s=spec)["submitJob"]
+    assert refused["__typename"] == "SpecRejected", refused
+    assert [e["field"] for e in refused["errors"]] == ["outputs"], refused
+    assert "at most 256 items" in refused["errors"][0]["message"], refused
+    # One output past the per-object maximum fails the job, saying so; nothing is stored.
+    job_id = submit(net, "outputter", {
+        "name": "big-out", "command": f"head -c {MAX_OBJECT + 1} /dev/zero > out.bin",
+        "outputs": ["out.bin"], "max_price_per_gpu_hour": "3", "timeout": 60})
+    job = net.wait_job(job_id, ("SUCCEEDED", "FAILED"), "outputter")
+    assert job["state"] == "FAILED" and "the most one object may hold" in job["reason"], job
+    assert stored_bytes(net, "outputter") == {}

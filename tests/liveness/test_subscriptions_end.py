@@ -19,6 +19,11 @@ from tests.e2e.network import Network, network
 
 pytestmark = pytest.mark.e2e
 
+# One provider and no fault under test: a provider slowed by a loaded machine must not
+# count as lost (it would be excluded, and the job wait for another that never comes).
+PATIENT = {"GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "30",
+           "GPGPU_GPU_SCHEDULE_TO_START_TIMEOUT_S": "60"}
+
 CAP = 3
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
   ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
@@ -30,7 +35,7 @@ EVENTS = """subscription($id: ID!, $after: Int!) {
 def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Network]:
     with network(tmp_path_factory.mktemp("subs-end"), temporal_server,
                  [("ends-a", "1xH100:80", "2.0", [])],
-                 {"GPGPU_MAX_SUBSCRIPTIONS_PER_ACCOUNT": str(CAP)}) as n:
+                 {"GPGPU_MAX_SUBSCRIPTIONS_PER_ACCOUNT": str(CAP), **PATIENT}) as n:
         yield n
 
 
