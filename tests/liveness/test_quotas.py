@@ -174,9 +174,13 @@ def test_sign_up_gives_no_credits_and_test_accounts_are_granted_through_the_ledg
             assert time.monotonic() < deadline, job
             time.sleep(0.3)
         assert job["state"] == "REJECTED" and "insufficient balance" in job["reason"], job
-    # The fixtures' accounts: a grant, in the ledger.
-    ledger = net.gql("{ ledger { transferId amountMicro kind } }", "granted")["ledger"]
+    # The fixtures' accounts: a grant, in the ledger (recorded on the stores; the API's read
+    # model shows it once its projection has caught up).
     client = net.client_id("granted")
+    deadline = time.monotonic() + 15
+    while not (ledger := net.gql("{ ledger { transferId amountMicro kind } }",
+                                 "granted")["ledger"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert [(e["transferId"], e["amountMicro"], e["kind"]) for e in ledger] == [
         (f"deposit:grant:e2e:{client}", CREDITS_MICRO, "deposit")], ledger
 
