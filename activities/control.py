@@ -34,6 +34,18 @@ from workflows import contracts as c
 log = logging.getLogger(__name__)
 
 
+MAX_LOG_TAIL_BYTES = 16 * 1024  # of a job's log kept in its ExecutionFinished event
+
+
+def log_tail(text: str, limit: int = MAX_LOG_TAIL_BYTES) -> str:
+    """At most the last `limit` bytes (UTF-8) of a log tail a provider reported: a provider
+    is not trusted to send the 4 KiB it is meant to, and the event store keeps it for good."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[-limit:].decode("utf-8", "replace").lstrip("\ufffd")
+
+
 def _step_data(step: c.JobStep) -> dict[str, object]:
     """What a step's domain event carries, by the kind of step."""
     data: dict[str, object] = {"provider_id": step.provider_id}
@@ -44,7 +56,7 @@ def _step_data(step: c.JobStep) -> dict[str, object]:
             "exit_code": step.exit_code,
             "timed_out": step.timed_out,
             "gpu_ms": step.gpu_ms,
-            "log_tail": step.log_tail,
+            "log_tail": log_tail(step.log_tail),
         }
     elif step.step == "outputs_uploaded":
         data |= {"manifest": [asdict(m) for m in step.manifest], "missing": step.missing}

@@ -22,6 +22,7 @@ def main() -> None:
             log_level="warning", ws="websockets-sansio", lifespan="on",
             log_config=None,  # uvicorn's lines go through ours: GPGPU_LOG_FORMAT=json too
             ws_per_message_deflate=False,  # ~200-byte events: compression only costs CPU
+            ws_max_size=settings.max_request_bytes,  # a websocket message, as a request body
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())

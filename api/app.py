@@ -26,6 +26,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
 from api import auth, json_body, metrics, storage
+from api.body_limit import BodyLimit
 from api.schema import schema
 from api.services import Services
 from api.types import Context
@@ -110,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # FastAPI's own OpenTelemetry server span per request (`POST /graphql`), parent of the
     # StartWorkflow span; it records only once GPGPU_TRACING installed a tracer provider.
     app = FastAPI(title="GPGPU", lifespan=lifespan, telemetry=TELEMETRY)
+    app.add_middleware(BodyLimit, max_request_bytes=settings.max_request_bytes,
+                       max_object_bytes=settings.max_object_bytes)
 
     async def get_context(connection: HTTPConnection) -> Context:
         """The caller named by `Authorization: Bearer`; a websocket may name it (again) in

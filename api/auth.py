@@ -123,24 +123,27 @@ class Authenticator:
 
 
 class SignInThrottle:
-    """Failed sign-ins per email in a sliding window; a locked email is refused by name.
+    """Failed sign-ins in a sliding window, per email and per source address; a locked
+    email or address is refused by name.
 
-    The failures live in the read-model database (table sign_in_failures), so every API
-    process behind a load balancer counts the same guesses. Each call is one short
-    statement: call it off the event loop.
+    Per email stops guesses at one account; per address stops one machine guessing a few
+    passwords at each of many accounts. The failures live in the read-model database
+    (table sign_in_failures), so every API process behind a load balancer counts the same
+    guesses. Each call is one short statement: call it off the event loop.
     """
 
     def __init__(self, db: ViewDB, max_failures: int = 5, window_s: float = 300.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, max_source_failures: int = 20):
         self.db, self.max_failures, self.window_s = db, max_failures, window_s
+        self.max_source_failures = max_source_failures
         self.clock = clock
 
     @staticmethod
     def _key(email: str) -> str:
         return email.strip().lower()  # as accounts are found (domain.identity.normalise_email)
 
-    def check(self, email: str) -> None:
-        """Raise Denied, saying when to try again, while the email is locked."""
+    def check(self, email: str, source: str = "") -> None:
+        """Raise Denied, saying when to try again, while the email or the address is locked."""
         now = self.clock()
         (row,) = self.db.query(
             "SELECT COUNT(*) AS n, MIN(at) AS first FROM sign_in_failures"
@@ -150,17 +153,30 @@ class SignInThrottle:
             wait = math.ceil(row["first"] + self.window_s - now)
             raise Denied(f"password: {row['n']} wrong passwords for this email in "
                          f"{self.window_s / 60:g} min; try again in {wait} s")
+        if not source:
+            return
+        (row,) = self.db.query(
+            "SELECT COUNT(*) AS n, MIN(at) AS first FROM sign_in_failures"
+            " WHERE source = ? AND at > ?", (source, now - self.window_s),
+        )
+        if row["n"] >= self.max_source_failures:
+            wait = math.ceil(row["first"] + self.window_s - now)
+            raise Denied(f"password: {row['n']} wrong passwords from your address in "
+                         f"{self.window_s / 60:g} min; try again in {wait} s")
 
-    def failed(self, email: str) -> None:
+    def failed(self, email: str, source: str = "") -> None:
         now = self.clock()
         with self.db.transaction() as cur:  # everyone's old failures go: the table stays small
             cur.execute("DELETE FROM sign_in_failures WHERE at <= ?", (now - self.window_s,))
-            cur.execute("INSERT INTO sign_in_failures (email, at) VALUES (?, ?)",
-                        (self._key(email), now))
+            cur.execute("INSERT INTO sign_in_failures (email, at, source) VALUES (?, ?, ?)",
+                        (self._key(email), now, source))
 
     def succeeded(self, email: str) -> None:
+        """The email's own failures go; an address keeps its count (a guesser who also
+        holds one account of its own does not clear it by signing in)."""
         with self.db.transaction() as cur:
-            cur.execute("DELETE FROM sign_in_failures WHERE email = ?", (self._key(email),))
+            cur.execute("UPDATE sign_in_failures SET email = '' WHERE email = ?",
+                        (self._key(email),))
 
 
 # Rules

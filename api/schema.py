@@ -10,11 +10,9 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, TypeVar
 
 import strawberry
-from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.scalars import JSON
 
 from api import auth
@@ -83,6 +81,14 @@ MAX_GRANT_MICRO = 1_000_000 * 1_000_000  # an admin's grant: at most a million c
 def _refused(err: DomainError) -> ValueError:
     """A domain refusal as the API's words: it names the field ("email: ...")."""
     return ValueError(str(err))
+
+
+def _source_address(info: I) -> str:
+    """The address the request came from, as the API's socket saw it (behind a proxy: the
+    proxy's, so run the throttle where it sees clients, or one replica per proxy)."""
+    request = getattr(info.context, "request", None)
+    client = getattr(request, "client", None)
+    return str(client.host) if client is not None else ""
 
 
 async def _run(fn: Callable[..., T], *args: Any) -> T:
@@ -492,13 +498,14 @@ class Mutation:
                          permission_classes=[auth.Public])
     async def sign_in(self, info: I, email: str, password: str) -> Session:
         services = info.context.services
-        await asyncio.to_thread(services.sign_ins.check, email)
+        source = _source_address(info)
+        await asyncio.to_thread(services.sign_ins.check, email, source)
         try:
             issued = await _run(services.network.sign_in, email, password, time.time(),
                                 services.settings.session_ttl_s)
         except ValueError as err:
             if str(err).startswith("password:"):
-                await asyncio.to_thread(services.sign_ins.failed, email)
+                await asyncio.to_thread(services.sign_ins.failed, email, source)
             raise
         await asyncio.to_thread(services.sign_ins.succeeded, email)
         return await _session(info, issued.token)
@@ -515,14 +522,15 @@ class Mutation:
         if caller.via != "session":
             raise auth.Denied("forbidden: change a password from a signed-in session, "
                               "not with an API key")
-        await asyncio.to_thread(services.sign_ins.check, caller.email)
+        source = _source_address(info)
+        await asyncio.to_thread(services.sign_ins.check, caller.email, source)
         try:
             issued = await _run(services.network.change_password, caller.user_id,
                                 current_password, new_password, time.time(),
                                 services.settings.session_ttl_s)
         except ValueError as err:
             if str(err).startswith("currentPassword:"):
-                await asyncio.to_thread(services.sign_ins.failed, caller.email)
+                await asyncio.to_thread(services.sign_ins.failed, caller.email, source)
             raise
         services.auth.forget(user_id=caller.user_id)
         return await _session(info, issued.token)
@@ -638,6 +646,18 @@ async def _provider_control(info: I, provider_id: str, command: str, arg: int) -
     return (await load_providers(services, provider_id))[0]
 
 
+MAX_SEQ = 1 << 30  # `after` past this names no event a stream will hold
+
+
+def check_after(after: int) -> int:
+    """`after` as a seq to read past: -1 and 0 both mean "from the first event" (seqs start
+    at 1); anything lower, or absurdly high, is refused naming the argument."""
+    if after < -1 or after > MAX_SEQ:
+        raise ValueError(f"after: must be -1 or 0 (from the first event) or the seq of an "
+                         f"event already seen, at most {MAX_SEQ}; got {after}")
+    return max(after, 0)
+
+
 async def follow_stream(
     services: Services, kind: str, key: str, after: int, terminal: tuple[str, ...] = (),
     still_allowed: Callable[[], Awaitable[bool]] | None = None,
@@ -647,11 +667,26 @@ async def follow_stream(
     Rows the projection pushes are used as they come (the broadcaster keeps the recent
     ones, for a subscriber a few behind); a gap (this replica did not apply that batch,
     or it is long gone) is filled from the view, so a reconnecting subscriber that
-    names the last seq it saw gets exactly what it missed.
+    names the last seq it saw gets exactly what it missed. A stream that already holds
+    one of its `terminal` events is finished: what is after `after` is sent and the
+    stream ends, also when that is nothing (a client reconnecting after the last event).
     """
     sql = f"SELECT * FROM {kind}_events WHERE {kind}_id = ? AND seq > ? ORDER BY seq"
-    stream, last = f"{kind}:{key}", after
+    stream, last = f"{kind}:{key}", check_after(after)
     wake = services.broadcaster.current()
+    if terminal:
+        marks = ", ".join("?" * len(terminal))
+        ended = await services.query(
+            f"SELECT max(seq) AS last, max(CASE WHEN type IN ({marks}) THEN 1 ELSE 0 END) AS done "
+            f"FROM {kind}_events "
+            f"WHERE {kind}_id = ?", (*terminal, key))
+        if ended and ended[0]["done"]:  # finished: the rest, then the end
+            if last > ended[0]["last"]:
+                raise ValueError(f"after: {kind} {key}'s last event is seq "
+                                 f"{ended[0]['last']}; got {after}")
+            for row in await services.query(sql, (key, last)):
+                yield row
+            return
     rows = await services.query(sql, (key, last))
     while True:
         for row in rows:
@@ -678,7 +713,8 @@ async def follow_stream(
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
-        description="Every event of the job after seq `after`, in order; ends with the job",
+        description="Every event of the job after seq `after` (0 or -1: from the first), in "
+        "order; ends with the job, at once for a job that already ended",
         permission_classes=[auth.SignedIn],
     )
     async def job_events(
@@ -686,10 +722,12 @@ class Subscription:
     ) -> AsyncGenerator[JobEvent, None]:
         if await load_job(info, str(job_id)) is None:
             raise ValueError(f"jobId: no job {job_id} of yours")
-        rows = follow_stream(info.context.services, "job", str(job_id), after, TERMINAL_EVENTS,
-                             info.context.still_signed_in)
-        async for row in rows:
-            yield JobEvent.from_row(row)
+        check_after(after)
+        with info.context.services.subscription_of(info.context.caller):
+            rows = follow_stream(info.context.services, "job", str(job_id), after,
+                                 TERMINAL_EVENTS, info.context.still_signed_in)
+            async for row in rows:
+                yield JobEvent.from_row(row)
 
     @strawberry.subscription(
         description="A provider's status changes, reservations and reputation, after `after` "
@@ -705,26 +743,22 @@ class Subscription:
             raise auth.Denied(f"forbidden: provider {provider_id!r} is not yours or on your node")
         if not await load_providers(services, provider_id):
             raise ValueError(f"providerId: no provider {provider_id!r}")
-        rows = follow_stream(services, "provider", provider_id, after, (),
-                             info.context.still_signed_in)
-        async for row in rows:
-            yield ProviderEvent(
-                seq=row["seq"], provider_id=row["provider_id"], type=row["type"], at=row["at"],
-                data=json.loads(row["data"]),
-            )
+        check_after(after)
+        with services.subscription_of(info.context.caller):
+            rows = follow_stream(services, "provider", provider_id, after, (),
+                                 info.context.still_signed_in)
+            async for row in rows:
+                yield ProviderEvent(
+                    seq=row["seq"], provider_id=row["provider_id"], type=row["type"],
+                    at=row["at"], data=json.loads(row["data"]),
+                )
 
-
-DOCUMENT_CACHE = 512  # distinct documents remembered, parsed and validated
 
 schema = strawberry.Schema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
     scalar_overrides={BigInt: BIG_INT_SCALAR},  # type: ignore[dict-item]
-    # The limits first (they set the parser's token cap), then caches of parsed and validated
-    # documents: our clients send the same few dozen documents over and over, and parsing
-    # and validating each again was the API's largest cost per request (bench/pipeline.py).
-    extensions=[*LIMIT_EXTENSIONS, partial(ParserCache, maxsize=DOCUMENT_CACHE),
-                partial(ValidationCache, maxsize=DOCUMENT_CACHE)],
+    extensions=LIMIT_EXTENSIONS,  # size, depth, aliases; parse and validation caches
 )
 auth.check_every_field_guarded(schema)

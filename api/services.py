@@ -9,6 +9,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from temporalio.client import Client
 from api.auth import Authenticator, SignInThrottle
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
+from domain.identity import Caller
 from domain.projection import CHANNEL, Projector
 from infra.db import PostgresChanges, SqliteChanges, ViewDB
 from infra.settings import Settings
@@ -299,10 +302,14 @@ class Services:
     auth: Authenticator = field(init=False)
     # Wrong passwords per email: guessing is refused after a few (api/auth.py).
     sign_ins: SignInThrottle = field(init=False)
+    # Live subscriptions per account (user id), in this process.
+    open_subscriptions: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)
-        self.sign_ins = SignInThrottle(self.telemetry_views or self.views)
+        self.sign_ins = SignInThrottle(
+            self.telemetry_views or self.views,
+            max_source_failures=self.settings.sign_in_max_failures_per_address)
 
     @classmethod
     async def start(cls, settings: Settings, temporal: Client) -> Services:
@@ -350,6 +357,26 @@ class Services:
                 raise UnknownProvider(f"providerId: no provider {provider_id!r}; register first")
             self.known_providers.add(provider_id)
         await self.heartbeats.submit(Heartbeat(provider_id, time.time(), readings))
+
+    @contextmanager
+    def subscription_of(self, caller: Caller | None) -> Iterator[None]:
+        """One more live subscription of the caller's account while the block runs; refused
+        past `max_subscriptions_per_account` (each one holds a task and a poll a second)."""
+        account = caller.user_id if caller is not None else "anonymous"
+        held = self.open_subscriptions.get(account, 0)
+        cap = self.settings.max_subscriptions_per_account
+        if held >= cap:
+            raise ValueError(f"subscriptions: at most {cap} live subscriptions per account; "
+                             f"end one (complete) before starting another")
+        self.open_subscriptions[account] = held + 1
+        try:
+            yield
+        finally:
+            left = self.open_subscriptions[account] - 1
+            if left:
+                self.open_subscriptions[account] = left
+            else:
+                del self.open_subscriptions[account]
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.views.query, sql, params)

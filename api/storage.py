@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -22,7 +23,11 @@ from infra.storage import (
 )
 
 router = APIRouter(prefix="/storage", tags=["storage"])
-MAX_UPLOAD_BYTES = 64 << 30
+MAX_UPLOAD_BYTES = 64 << 30  # the most GPGPU_MAX_OBJECT_BYTES may say
+
+
+class ObjectTooLarge(StorageError):
+    """An upload past the per-object maximum (413)."""
 
 
 def get_services(request: Request) -> Services:
@@ -59,13 +64,15 @@ async def authorise(
 def _storage_error(err: StorageError) -> HTTPException:
     if isinstance(err, ObjectNotFound):
         return HTTPException(404, str(err))
-    if isinstance(err, QuotaExceeded):
+    if isinstance(err, QuotaExceeded | ObjectTooLarge):
         return HTTPException(413, str(err))
     return HTTPException(400, str(err))
 
 
-def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
-    """Hand an async request body to synchronous storage code running in a thread."""
+def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop,
+            limit: int) -> Iterator[bytes]:
+    """Hand an async request body to synchronous storage code running in a thread, refusing
+    it (ObjectTooLarge) once it passes `limit` bytes."""
     total = 0
 
     async def next_chunk() -> bytes:
@@ -77,16 +84,29 @@ def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> It
         except StopAsyncIteration:
             return
         total += len(chunk)
-        if total > MAX_UPLOAD_BYTES:
-            raise StorageError(f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+        if total > limit:
+            raise ObjectTooLarge(f"upload larger than {limit} bytes (the most one object "
+                                 f"may hold)")
         if chunk:
             yield chunk
 
 
+def utf8_key(request: Request) -> None:
+    """Refuse a path whose percent-escapes are not UTF-8 (`%ff%fe`): Starlette decodes them
+    to U+FFFD, and the object would be stored under a key the client never sent."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    try:
+        unquote_to_bytes(raw.decode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HTTPException(400, f"key: its percent-escapes are not UTF-8 text ({err.reason} "
+                            f"at byte {err.start} of the decoded path)") from None
+
+
 Authorization = Annotated[str | None, Header()]
+Utf8Key = Depends(utf8_key)
 
 
-@router.put("/{client_id}/{key:path}")
+@router.put("/{client_id}/{key:path}", dependencies=[Utf8Key])
 async def put_object(
     client_id: str,
     key: str,
@@ -98,11 +118,13 @@ async def put_object(
     sig: str | None = None,
 ) -> dict[str, object]:
     await authorise(services, "PUT", client_id, key, authorization, expires, sig)
+    limit = services.settings.max_object_bytes
     length = request.headers.get("content-length")
-    if length and int(length) > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+    if length and int(length) > limit:
+        raise HTTPException(413, f"upload larger than {limit} bytes (the most one object "
+                                 f"may hold)")
     loop = asyncio.get_running_loop()
-    body = _bridge(request.stream(), loop)
+    body = _bridge(request.stream(), loop, limit)
     try:
         info: ObjectInfo = await asyncio.to_thread(
             services.store.put, client_id, key, body, x_sha256
@@ -114,7 +136,7 @@ async def put_object(
     return {"key": info.key, "sha256": info.sha256, "size": info.size}
 
 
-@router.get("/{client_id}/{key:path}")
+@router.get("/{client_id}/{key:path}", dependencies=[Utf8Key])
 async def get_object(
     client_id: str,
     key: str,
@@ -132,7 +154,7 @@ async def get_object(
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
 
-@router.get("/{client_id}")
+@router.get("/{client_id}", dependencies=[Utf8Key])
 async def list_objects(
     client_id: str,
     services: ServicesDep,
@@ -147,7 +169,7 @@ async def list_objects(
     return [{"key": o.key, "size": o.size, "sha256": o.sha256} for o in objects]
 
 
-@router.delete("/{client_id}/{key:path}")
+@router.delete("/{client_id}/{key:path}", dependencies=[Utf8Key])
 async def delete_object(
     client_id: str, key: str, services: ServicesDep, authorization: Authorization = None
 ) -> dict[str, str]:

@@ -386,6 +386,8 @@ class Processes:
             "GPGPU_API_PORT": str(self.api_port), "GPGPU_API_URL": self.api_url,
             "GPGPU_TEMPORAL_ADDRESS": self.temporal_address, "GPGPU_LOG_LEVEL": "WARNING",
             "GPGPU_ADAPTIVE_CHECKS": "false", "GPGPU_CANARIES": "false",
+            # Sign-up gives nothing by default; the bench's clients open with 100 credits.
+            "GPGPU_STARTING_BALANCE_MICRO": "100000000",
         }
         self.stacks: list[Stack] = []
 

@@ -174,6 +174,9 @@ def check_storage_key(value: str) -> str:
     return value
 
 
+OutputPath = Annotated[PathText, AfterValidator(check_relative_path)]  # refused as outputs.N
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -274,7 +277,7 @@ class _SpecBase(_Strict):
     # Higher goes first within the queue; the queue says how many levels it has.
     priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY_LEVELS - 1)] = 0
     verification: Verification = Verification()
-    outputs: Annotated[list[PathText], Field(max_length=MAX_FILES)] = []
+    outputs: Annotated[list[OutputPath], Field(max_length=MAX_FILES)] = []
     resources: Resources = Resources()
     max_price_per_gpu_hour: str | int | float
     timeout: str | int = 600
@@ -319,10 +322,13 @@ class _SpecBase(_Strict):
     @field_validator("outputs")
     @classmethod
     def _outputs(cls, v: list[str]) -> list[str]:
-        paths = [check_relative_path(p) for p in v]
-        if len(set(paths)) != len(paths):
-            raise ValueError("lists the same output twice")
-        return paths
+        first: dict[str, int] = {}
+        for n, path in enumerate(v):  # each one already checked and normalised (OutputPath)
+            if path in first:
+                raise ValueError(f"lists the same output twice ({path!r} is outputs.{first[path]} "
+                                 f"and outputs.{n})")
+            first[path] = n
+        return v
 
     @field_validator("max_price_per_gpu_hour", mode="before")
     @classmethod

@@ -12,6 +12,8 @@ from domain.reputation import reputation
 from infra.db import VIEW_TABLES, ViewDB
 from infra.settings import Settings
 
+MAX_GRANT_MICRO = 10**15  # a billion credits: far above any real grant
+
 
 def rebuild_projections(settings: Settings) -> dict[str, Any]:
     """Drop every read model and fold the whole event log again."""
@@ -83,6 +85,17 @@ def create_admin(
     An existing account keeps its password and gains the roles it lacked."""
     app = Network(env=settings.eventsourcing_env())
     return app.create_user(email, password, list(roles), time.time())
+
+
+def grant_credits(settings: Settings, client_id: str, amount_micro: int, grant_id: str) -> int:
+    """Credits for a client, on the stores directly: a deposit recorded in the ledger
+    (`deposit:grant:<grant_id>:<client_id>`, once however often it is run), never a
+    balance set by hand. `gpgpu up` grants its dev account this way, and the end-to-end
+    tests their accounts, since sign-up gives nothing by default. The new balance."""
+    if not 0 < amount_micro <= MAX_GRANT_MICRO:
+        raise ValueError(f"amount_micro: must be between 1 and {MAX_GRANT_MICRO}")
+    app = Network(env=settings.eventsourcing_env())
+    return app.deposit(client_id, amount_micro, f"grant:{grant_id}:{client_id}")
 
 
 def revoke_role(settings: Settings, email: str, role: str) -> UserView:

@@ -77,12 +77,13 @@ SCHEMA = [
     # Not a read model either: wrong passwords per email, for every API process
     # (api/auth.py SignInThrottle); rows leave once they are older than the window.
     """CREATE TABLE IF NOT EXISTS sign_in_failures (
-        email TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)""",
+        email TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, source TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS sign_in_failures_email ON sign_in_failures (email, at)",
 ]
 
 # Columns added to tables that are not rebuilt from the log: (table, column, declaration).
-COLUMNS_ADDED = [("provider_liveness", "beats", "BIGINT NOT NULL DEFAULT 0")]
+COLUMNS_ADDED = [("provider_liveness", "beats", "BIGINT NOT NULL DEFAULT 0"),
+                 ("sign_in_failures", "source", "TEXT NOT NULL DEFAULT ''")]
 
 
 # The read models proper: derived from the log, dropped and rebuilt when their shape changes.

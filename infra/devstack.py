@@ -32,18 +32,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from infra.settings import Settings
+from infra.supervisor import Child, Supervisor
 from workflows.search_attributes import create_command, registration_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hello" / "job.yaml"
 DEV_EMAIL = "dev@gpgpu.local"
+DEV_CREDITS_MICRO = 1_000 * 1_000_000  # granted to the dev account (a ledger deposit)
 PROVIDERS = [
     ("provider-a", "2xH100:80", "2.5"),
     ("provider-b", "2xA100:80", "1.8"),
@@ -87,13 +88,6 @@ def say(*parts: object, err: bool = False) -> None:
     """Print, but never let a closed terminal or pipe stop the shutdown."""
     with contextlib.suppress(BrokenPipeError, OSError):
         print(*parts, file=sys.stderr if err else sys.stdout, flush=True)
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
 
 
 def temporal_binary() -> str:
@@ -214,16 +208,20 @@ class Stack:
             **os.environ, **(env or {}), "GPGPU_HOME": str(self.home), "PYTHONUNBUFFERED": "1"
         }
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+    def popen(self, name: str, args: list[str],
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
-        log = self.logs / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
+        with (self.logs / f"{name}.log").open("ab") as out:
+            return subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT,
                 env=self.env if env is None else env, cwd=ROOT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop children in order
             )
-        child = Child(name, proc, log)
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
+        """Start a child; the supervisor (`watch`) starts it again the same way if it exits."""
+        child = Child(name, self.popen(name, args, env), self.logs / f"{name}.log",
+                      lambda: self.popen(name, args, env), started_at=time.monotonic())
         self.children.append(child)
         return child
 
@@ -231,18 +229,17 @@ class Stack:
         self, name: str, args: Callable[[], list[str]], host: str, port: int, what: str,
         timeout_s: float = 60,
     ) -> Child:
-        """spawn(name, args()) until it listens on host:port (see start_listening); a start
-        that exited is dropped from the children."""
-        started: list[Child] = []
+        """A child started until it listens on host:port (see start_listening), again so
+        when the supervisor restarts it. Critical: the network stops if it cannot."""
 
-        def start() -> subprocess.Popen[bytes]:
-            if started:
-                self.children.remove(started.pop())  # the start before, which exited
-            started.append(self.spawn(name, args()))
-            return started[-1].proc
+        def launch() -> subprocess.Popen[bytes]:
+            return start_listening(lambda: self.popen(name, args()), host, port, what,
+                                   timeout_s)
 
-        start_listening(start, host, port, what, timeout_s)
-        return started[-1]
+        child = Child(name, launch(), self.logs / f"{name}.log", launch, critical=True,
+                      started_at=time.monotonic())
+        self.children.append(child)
+        return child
 
     def start_temporal(self) -> None:
         s = self.settings
@@ -326,11 +323,22 @@ class Stack:
         write_private(self.account_path, json.dumps(account, indent=2))
         return issued.key
 
+    def grant_dev_credits(self) -> None:
+        """The dev account's credits: a grant recorded in the ledger, once per home (sign-up
+        gives nothing unless GPGPU_STARTING_BALANCE_MICRO says so)."""
+        from domain.application import Network
+        from infra.admin import grant_credits
+
+        user = Network(env=self.settings.eventsourcing_env()).user_by_email(DEV_EMAIL)
+        if user is not None and user.client_id:
+            grant_credits(self.settings, user.client_id, DEV_CREDITS_MICRO, "gpgpu-up")
+
     def use_dev_account(self) -> str:
         """The dev account's key for the example job and the gpgpu command (never an agent's)."""
         from client.config import load_credentials, save_credentials
 
         account = self.dev_account()
+        self.grant_dev_credits()
         key: str = account["api_key"]
         saved = load_credentials().get(self.settings.api_url)
         if not isinstance(saved, dict) or saved.get("token") != key:
@@ -376,7 +384,8 @@ class Stack:
               f"  gpgpu job show {job.id}\n")
 
     def watch(self) -> int:
-        """Block until Ctrl-C (0) or a child dies on its own (1)."""
+        """Block until Ctrl-C (0), restarting children that exit (infra/supervisor.py); 1 when
+        the Temporal dev server cannot be started again."""
         stop = {"signal": False}
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -385,12 +394,11 @@ class Stack:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         say("the network is up; Ctrl-C stops it")
+        supervisor = Supervisor(self.children, say)
         while not stop["signal"]:
-            for child in self.children:
-                if child.proc.poll() is not None:
-                    code = child.proc.returncode
-                    say(f"error: {child.name} exited with code {code}; see {child.log}", err=True)
-                    return 1
+            if (reason := supervisor.poll()) is not None:
+                say(f"error: {reason}; stopping the network", err=True)
+                return 1
             time.sleep(0.3)
         return 0
 

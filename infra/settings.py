@@ -46,10 +46,17 @@ class Settings(BaseSettings):
     s3_access_key: str | None = None  # None: boto3's credential chain (env, IAM role)
     s3_secret_key: str | None = None
     s3_region: str = "us-east-1"
-    storage_quota_bytes: int | None = None  # bytes each client may store; None: no limit
+    # Bytes each client may store, every byte counted (its uploads, its jobs' outputs and
+    # checkpoints); None: no limit. One object (an upload, an output) may hold at most
+    # max_object_bytes; any other request body at most max_request_bytes (api/body_limit.py).
+    storage_quota_bytes: int | None = Field(default=10 << 30, ge=0, le=1 << 50)
+    max_object_bytes: int = Field(default=4 << 30, ge=1, le=64 << 30)
+    max_request_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
 
-    # Money: integer micro-credits. A new client account is opened with this deposit.
-    starting_balance_micro: int = 100_000_000
+    # Money: integer micro-credits. A new client account is opened with this deposit; none by
+    # default, so that sign-ups are no source of free GPU time (`gpgpu up` and the tests
+    # grant their accounts credits through the ledger: infra/admin.py grant_credits).
+    starting_balance_micro: int = Field(default=0, ge=0, le=10**15)
     protocol_fee_bps: int = 500
 
     # Liveness: the agents' heartbeat interval. A provider is offline once it missed
@@ -90,6 +97,11 @@ class Settings(BaseSettings):
     # it found for a token (a revoked key or ended session stops working within this).
     session_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # Wrong passwords from one address (any emails) in 5 minutes before it must wait; one
+    # email is locked after 5 (api/auth.py SignInThrottle).
+    sign_in_max_failures_per_address: int = Field(default=20, ge=1, le=10_000)
+    # Live GraphQL subscriptions one account may hold open at once (per API process).
+    max_subscriptions_per_account: int = Field(default=32, ge=1, le=10_000)
     # What a provider agent (and the SDK) sends as `Authorization: Bearer`: an API key.
     api_key: str | None = None
     # Set, GET /metrics wants `Authorization: Bearer <it>` (Prometheus: `authorization:`

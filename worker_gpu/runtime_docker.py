@@ -26,7 +26,7 @@ import docker.types
 import requests
 
 from worker_gpu.runtime import ProgressFn, RunOutcome
-from worker_gpu.runtime_process import read_log_tail
+from worker_gpu.runtime_process import job_log_max_bytes, open_job_log, read_log_tail, trim_log
 from worker_gpu.sandbox import disk_usage
 from worker_gpu.sandbox import give as _give
 
@@ -159,6 +159,7 @@ class DockerRuntime:
         self._client = client or connect()
         self._tick_s = tick_s
         self._poll_s = poll_s
+        self._log_max_bytes = job_log_max_bytes()
         self._lock = threading.Lock()
         self._running: dict[str, Any] = {}  # container id -> Container
 
@@ -211,7 +212,7 @@ class DockerRuntime:
         as_root = os.geteuid() == 0
         user = NOBODY if as_root else f"{os.getuid()}:{os.getgid()}"
         with_network = network and self.job_network is not None
-        with log_path.open("wb") as log_file:
+        with open_job_log(log_path) as log_file:
             if network and not with_network:
                 log_file.write(
                     b"gpgpu: the job asked for network access, which this provider does "
@@ -401,6 +402,7 @@ class DockerRuntime:
                 return None
             if now >= next_tick:
                 next_tick = now + self._tick_s
+                trim_log(log_path, self._log_max_bytes)
                 if disk_usage(workdir) > limit:
                     with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                         container.kill()

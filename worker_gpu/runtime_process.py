@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from worker_gpu.runtime import ProgressFn, RunOutcome
 from worker_gpu.sandbox import (
@@ -39,6 +39,10 @@ from worker_gpu.sandbox import (
 log = logging.getLogger(__name__)
 
 LOG_TAIL_BYTES = 4096
+# A job's log on the provider's disk: past this it keeps only its tail (trim_log), so a job
+# that prints without end cannot fill the provider's disk. GPGPU_JOB_LOG_MAX_BYTES sets it.
+JOB_LOG_MAX_BYTES = 64 << 20
+JOB_LOG_KEPT_BYTES = 1 << 20  # what a trimmed log keeps: its last MiB
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Variables the runtime owns; a job's env cannot override them.
 _PINNED = ("HOME", "TMPDIR", "CUDA_VISIBLE_DEVICES", "GPGPU_JOB_DIR")
@@ -73,6 +77,42 @@ def read_log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
         return ""
     # A cut in the middle of a UTF-8 character leaves replacement marks at the start.
     return data.decode("utf-8", errors="replace").lstrip("\ufffd")
+
+
+def job_log_max_bytes() -> int:
+    """GPGPU_JOB_LOG_MAX_BYTES, or JOB_LOG_MAX_BYTES; at least twice what a trim keeps."""
+    try:
+        value = int(os.environ.get("GPGPU_JOB_LOG_MAX_BYTES", JOB_LOG_MAX_BYTES))
+    except ValueError:
+        value = JOB_LOG_MAX_BYTES
+    return min(max(value, 2 * JOB_LOG_KEPT_BYTES), 1 << 40)
+
+
+def trim_log(path: Path, max_bytes: int, keep: int = JOB_LOG_KEPT_BYTES) -> int:
+    """Past max_bytes, the log keeps its last `keep` bytes after a line saying how many went;
+    the bytes cut (0: none). The job writes with O_APPEND, so what it writes next lands
+    after the kept tail (a line written while the trim runs may be lost with the rest)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size <= max_bytes:
+        return 0
+    with path.open("r+b") as f:
+        f.seek(size - keep)
+        tail = f.read(keep)
+        cut = size - len(tail)
+        f.seek(0)
+        f.write(f"gpgpu: the log passed {max_bytes} bytes; {cut} earlier bytes were "
+                f"dropped, its tail is kept\n".encode() + tail)
+        f.truncate()
+    return cut
+
+
+def open_job_log(path: Path) -> BinaryIO:
+    """An empty log the job appends to (O_APPEND, so trim_log can shorten it under the job)."""
+    path.write_bytes(b"")
+    return path.open("ab")
 
 
 def _address_space_limit(memory_limit_mb: int) -> Callable[[], None]:
@@ -178,9 +218,11 @@ class ProcessRuntime:
         allow_network: bool = False,
         unsafe_no_sandbox: bool = False,
         bwrap: Bwrap | None = None,
+        log_max_bytes: int | None = None,
     ) -> None:
         self._kill_grace_s = kill_grace_s
         self._tick_s = tick_s
+        self._log_max_bytes = log_max_bytes or job_log_max_bytes()
         self.limits = limits or JobLimits()
         self.allow_network = allow_network
         self.sandbox = None if unsafe_no_sandbox else (bwrap or Bwrap())
@@ -227,7 +269,7 @@ class ProcessRuntime:
             return int((time.monotonic() - started) * 1000)
 
         lent = False
-        with log_path.open("wb") as log_file:
+        with open_job_log(log_path) as log_file:
             if network and not self.allow_network:
                 log_file.write(
                     b"gpgpu: the job asked for network access, which this provider does "
@@ -355,6 +397,7 @@ class ProcessRuntime:
                 return True, False
             if now >= next_tick:
                 next_tick = now + self._tick_s
+                trim_log(log_path, self._log_max_bytes)
                 if self.sandbox is not None and disk_usage(workdir) > limit:
                     self._stop(job)
                     return False, True

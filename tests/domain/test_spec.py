@@ -279,13 +279,14 @@ def test_parse_duration_refuses_booleans() -> None:
 )
 def test_output_paths_must_stay_inside_the_job(path: str, words: str) -> None:
     ((field, message),) = refusal(spec_with(outputs=["ok.txt", path])).errors
-    assert field == "outputs"
+    assert field == "outputs.1"  # which output, by its index
     assert words in message
 
 
 def test_duplicate_outputs_even_after_normalising() -> None:
     err = refusal(spec_with(outputs=["out/a.txt", "out/./a.txt"]))
-    assert err.errors == [("outputs", "lists the same output twice")]
+    assert err.errors == [("outputs", "lists the same output twice ('out/a.txt' is outputs.0 "
+                                      "and outputs.1)")]
 
 
 @pytest.mark.parametrize(
@@ -457,7 +458,7 @@ def test_an_int_is_still_a_float() -> None:
     ({"env": {"A": "\ud800"}}, "env.A"),
     ({"command": ["echo", "a\udfffb"]}, "command.1"),
     ({"command": "echo \udfff"}, "command.2"),
-    ({"outputs": ["\udc80.txt"]}, "outputs"),
+    ({"outputs": ["\udc80.txt"]}, "outputs.0"),
     ({"inputs": [{"key": "\ud800"}]}, "inputs.0.key"),
     ({"inputs": [{"key": "k", "name": "\ud800"}]}, "inputs.0.name"),
     ({"resources": {"gpu_model": "H\ud800"}}, "resources.gpu_model"),

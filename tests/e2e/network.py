@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from infra.admin import create_admin
+from infra.admin import create_admin, grant_credits
 from infra.devstack import Stack, free_port
 from infra.settings import Settings
 
@@ -32,6 +32,9 @@ FAST_FAULTS = {
     "GPGPU_CANARIES": "false",
     "GPGPU_PROVIDER_OFFLINE_AFTER_S": "20",  # generous: a loaded CI machine delays beats
 }
+# Sign-up gives no credits by default: each test account is granted these through the
+# ledger, as `gpgpu up` grants its dev account (infra/admin.py grant_credits).
+CREDITS_MICRO = 100_000_000
 PASSWORD = "e2e password"
 PROVIDER_OWNER = "providers"  # the account that owns the simulated providers
 ADMIN = "admin"
@@ -76,6 +79,8 @@ class Network:
                 session = self._anonymous(SIGN_UP, e=email, p=PASSWORD, r=roles)["signUp"]
             self.accounts[name] = Account(email, session["token"], session["user"]["id"],
                                           session["user"]["clientId"])
+            if client_id := session["user"]["clientId"]:
+                grant_credits(self.stack.settings, client_id, CREDITS_MICRO, "e2e")
         return self.accounts[name]
 
     def account(self, name: str) -> Account:

@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Replayer
 
 from domain.application import Network as DomainNetwork
-from tests.e2e.network import Network, network
+from tests.e2e.network import CREDITS_MICRO, Network, network
 from workflows.contracts import job_workflow_id
 from workflows.job import JobWorkflow
 
@@ -122,7 +122,7 @@ def test_a_job_resumes_from_its_checkpoint_on_another_provider(net: Network) -> 
     settled = next(e["data"] for e in events if e["type"] == "JobSettled")
     assert store.balance("provider:ckpt-a") == 0
     assert store.balance("provider:ckpt-b") == settled["provider_paid_micro"] > 0
-    start = net.stack.settings.starting_balance_micro
+    start = CREDITS_MICRO
     assert store.balance(f"client:{net.client_id(client)}") == start - settled["charged_micro"]
     assert store.balance(f"escrow:{job_id}") == 0
 

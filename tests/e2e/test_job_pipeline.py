@@ -18,7 +18,7 @@ from temporalio.worker import Replayer
 
 from client.sdk import GpgpuClient
 from domain.application import Network as DomainNetwork
-from tests.e2e.network import PROVIDER_OWNER, Network, network
+from tests.e2e.network import CREDITS_MICRO, PROVIDER_OWNER, Network, network
 from workflows.job import JobWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +98,7 @@ def test_job_runs_end_to_end(net: Network) -> None:
     charged = job["job"]["costMicro"]
     assert charged == settled["charged_micro"] > 0
     assert settled["provider_paid_micro"] + settled["fee_micro"] == charged
-    start = net.stack.settings.starting_balance_micro
+    start = CREDITS_MICRO
     assert job["account"] == {"balanceMicro": start - charged, "escrowMicro": 0}
 
     store = ledger(net)
@@ -210,7 +210,7 @@ def test_job_beyond_balance_is_rejected(net: Network) -> None:
     job = net.wait_job(job_id, ("REJECTED",), client="erin")
     assert "insufficient balance" in job["reason"]
     account = net.gql("{ account { balanceMicro escrowMicro } }", "erin")["account"]
-    assert account == {"balanceMicro": net.stack.settings.starting_balance_micro,
+    assert account == {"balanceMicro": CREDITS_MICRO,
                        "escrowMicro": 0}
 
 
@@ -238,7 +238,7 @@ def test_dishonest_provider_is_caught_and_not_paid(net: Network) -> None:
     assert providers["pipe-liar"]["earningsMicro"] == 0
     assert providers["pipe-liar"]["reputation"] < 0.5
     account = net.gql("{ account { balanceMicro escrowMicro } }", "gina")["account"]
-    assert account["balanceMicro"] == net.stack.settings.starting_balance_micro
+    assert account["balanceMicro"] == CREDITS_MICRO
 
 
 CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { id state } }"
@@ -257,7 +257,7 @@ def test_cancel_running_job_stops_it_and_charges_time_used(net: Network) -> None
     # Paid for a few seconds of one GPU at 2 credits/hour: more than nothing, far below the max.
     assert 0 < job["costMicro"] < 2_000_000 * 20 // 3600
     account = net.gql("{ account { balanceMicro escrowMicro } }", "ivan")["account"]
-    start = net.stack.settings.starting_balance_micro
+    start = CREDITS_MICRO
     assert account == {"balanceMicro": start - job["costMicro"], "escrowMicro": 0}
     again = net.http.post("/graphql", json={"query": CANCEL, "variables": {"id": job_id}},
                           headers=net.headers("ivan")).json()
@@ -271,7 +271,7 @@ def test_cancel_queued_job_refunds_everything(net: Network) -> None:
     job = net.wait_job(job_id, ("CANCELLED",), client="judy", timeout_s=30)
     assert job["costMicro"] in (None, 0)
     account = net.gql("{ account { balanceMicro escrowMicro } }", "judy")["account"]
-    assert account == {"balanceMicro": net.stack.settings.starting_balance_micro,
+    assert account == {"balanceMicro": CREDITS_MICRO,
                        "escrowMicro": 0}
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from domain.application import Network as DomainNetwork
-from tests.e2e.network import Network, network
+from tests.e2e.network import CREDITS_MICRO, Network, network
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +62,7 @@ def test_job_survives_its_provider_being_killed(net: Network) -> None:
     settled = next(e["data"] for e in events if e["type"] == "JobSettled")
     assert store.balance("provider:dies-a") == 0
     assert store.balance("provider:dies-b") == settled["provider_paid_micro"] > 0
-    start = net.stack.settings.starting_balance_micro
+    start = CREDITS_MICRO
     assert store.balance(f"client:{net.client_id('hank')}") == start - settled["charged_micro"]
     assert store.balance(f"escrow:{job_id}") == 0
 

@@ -34,7 +34,7 @@ def api(make_store: StoreFactory) -> Iterator[str]:
     """The storage router alone, served by uvicorn over a store with a 30 MiB quota."""
     app = FastAPI()
     app.include_router(router)
-    settings = SimpleNamespace(signing_secret=SECRET)
+    settings = SimpleNamespace(signing_secret=SECRET, max_object_bytes=64 * MiB)
     app.state.services = SimpleNamespace(settings=settings, store=make_store(30 * MiB))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))

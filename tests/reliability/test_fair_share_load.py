@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.network import CREDITS_MICRO
 from tests.reliability.harness import Cluster, EventLog, event_type, submit_many
 from tests.reliability.ledger import (
     assert_each_job_ended_once,
@@ -152,7 +153,7 @@ def test_500_jobs_from_5_clients_drain_in_fair_share(cluster: Cluster) -> None:
 
     assert_log_is_whole(log)
     assert_each_job_ended_once(log, job_ids)
-    assert_ledger_balances(log, job_ids, clients, cluster.settings.starting_balance_micro)
+    assert_ledger_balances(log, job_ids, clients, CREDITS_MICRO)
 
 
 def test_the_fairness_measure_sees_starvation() -> None:

@@ -28,6 +28,7 @@ from functools import partial
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from tests.e2e.network import CREDITS_MICRO
 from tests.reliability.harness import Cluster, EventLog, TemporalServer, submit_many
 from tests.reliability.ledger import (
     assert_each_job_ended_once,
@@ -161,7 +162,7 @@ def test_every_process_killed_and_restarted_loses_and_repeats_nothing(
     odd = {j: r for j, r in runs.items() if r != [WorkflowExecutionStatus.COMPLETED]}
     assert not odd, f"jobs without exactly one completed workflow run: {list(odd.items())[:5]}"
     assert_log_is_whole(log)
-    assert_ledger_balances(log, job_ids, clients, stack.settings.starting_balance_micro)
+    assert_ledger_balances(log, job_ids, clients, CREDITS_MICRO)
 
     # And each job succeeded: a restart loses nothing.
     failed = {j: e for j, e in ends.items() if e != "JobSucceeded"}

@@ -31,6 +31,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from tests.domain.support import store_settings
+from tests.e2e.network import CREDITS_MICRO
 from tests.reliability.harness import Cluster, EventLog, event_type, submit_many
 from tests.reliability.ledger import assert_each_job_ended_once, assert_ledger_balances
 from workflows.contracts import job_workflow_id
@@ -152,7 +153,7 @@ def test_two_apis_and_two_control_workers_share_the_work_without_doubles(
     print(f"\nworkflow tasks and control activities by each worker: {by_worker}")
     assert all(by_worker.values()), f"a control worker did no work: {by_worker}, {identities}"
 
-    assert_ledger_balances(log, job_ids, clients, cluster.settings.starting_balance_micro)
+    assert_ledger_balances(log, job_ids, clients, CREDITS_MICRO)
     for net in nets:  # each API's read model (the same PostgreSQL views) shows every job
         states: Counter[str] = Counter()
         for client in CLIENTS:

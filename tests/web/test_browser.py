@@ -78,7 +78,7 @@ def net(
     with network(home, temporal_server, [
         ("web-h100", "1xH100:80", "2.0", []),
         ("web-a100", "1xA100:40", "3.0", []),
-    ]) as n:
+    ], {"GPGPU_STARTING_BALANCE_MICRO": "100000000"}) as n:  # UI sign-ups: 100 credits
         yield n
 
 
