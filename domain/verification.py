@@ -128,10 +128,11 @@ def canary_rate(outcomes: Sequence[str], comparable: bool = True) -> float:
     return CANARY_FRACTION * check_rate(outcomes)
 
 
-def decide_canary(outcomes: Sequence[str], draw: float) -> bool:
-    """Whether the provider's next task is a canary; `draw` is a uniform number in [0, 1)."""
+def decide_canary(outcomes: Sequence[str], draw: float, comparable: bool = True) -> bool:
+    """Whether the provider's next task is a canary; `draw` is a uniform number in [0, 1).
+    After a job that could not be compared, at the rate a check would have had."""
     _check_draw(draw)
-    return draw < canary_rate(outcomes)
+    return draw < canary_rate(outcomes, comparable)
 
 
 def recheck_after_mismatch(outcomes: Sequence[str]) -> int:
