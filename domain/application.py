@@ -709,6 +709,18 @@ class Network(Application[Any]):
 
         self._save_retrying(attempt)
 
+    def end_abandoned(self, job_id: str, reason: str, fee_bps: int) -> bool:
+        """End a job whose workflow stopped without ending it (an operator terminated it):
+        no result was verified, so the escrow goes back whole (a settlement already made
+        stands), its GPUs are released, and it fails with `reason`. False if it had ended."""
+        job = self.job(job_id)
+        if job.ended:
+            return False
+        if "FundsEscrowed" in job.recorded and job.settlement is None:
+            self.settle_many(job_id, [], fee_bps)
+        self.finish_job(job_id, False, reason)
+        return True
+
     # Canaries (see domain/canary.py, workflows/canary.py, activities/canary.py)
 
     def canary(self, origin_job_id: str, provider_id: str) -> Canary | None:
