@@ -59,7 +59,7 @@ GPU_RETRY = RetryPolicy(
     non_retryable_error_types=["InputIntegrityError", "PathError"],
 )
 TRANSFER_S = 3600.0
-ALLOCATE_HEARTBEAT_S = 3.0
+ALLOCATE_HEARTBEAT_S = 6.0  # the scheduler beats each second; a loaded machine may lag
 # Workflow versions: the network's own adaptive checks came after the first histories.
 ADAPTIVE_CHECKS = "adaptive-checks"
 # ... and the known-answer canaries that may follow a provider's accepted run.
@@ -139,6 +139,9 @@ class JobWorkflow:
         self._check_wait_s = 0.0
         self._replica_wait_s = 0.0
         self._settlement: c.Settlement | None = None  # once SETTLE_JOB answered
+        # The settlement asked for, once asked: a cancel that interrupts it asks it again
+        # (the step may have completed in the stores), never a different one.
+        self._settle_request: c.SettleRequest | None = None
 
     @property
     def _step(self) -> str:
@@ -326,11 +329,11 @@ class JobWorkflow:
             await workflow.wait_condition(handle.done, timeout=timedelta(seconds=bound))
         except asyncio.TimeoutError:  # noqa: UP041 (TimeoutError here is Temporal's)
             handle.cancel()
-            try:
-                await handle  # the try has stopped: its scheduler ticket is out of line
-            except (ActivityError, asyncio.CancelledError) as err:
-                if not is_cancelled_exception(err):
-                    raise
+            # Wait for the try to stop (its scheduler ticket then leaves the line). It ends
+            # cancelled, or failed for want of GPUs (a server does not retry a try that was
+            # asked to cancel), or placed just then: the run does not start either way.
+            with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                await handle
             # Placed as the wait ended or not, the run does not start: record_unplaced
             # frees any GPUs it got, and a later placement of this attempt is refused.
             reason = _unplaced_reason(label, bound)
@@ -521,6 +524,7 @@ class JobWorkflow:
                 if r.executed is not None
                 and (r.alloc.attempt in accepted or r.purpose == "verify")
             ])
+        self._settle_request = request
         settlement = await self._control(c.SETTLE_JOB, request, c.Settlement)
         self._settlement = settlement
         self._step = "reputation"
@@ -581,6 +585,7 @@ class JobWorkflow:
         refund = c.SettleRequest(
             inp.job_id, self._lost[-1] if self._lost else "", 0, 0, pay_provider=False
         )
+        self._settle_request = refund
         self._settlement = await self._control(c.SETTLE_JOB, refund, c.Settlement)
         for r in self._runs:  # replicas that finished while another could not be placed
             await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
@@ -611,6 +616,9 @@ class JobWorkflow:
         charged = 0
         if self._settlement is not None:  # settled before the cancel: that stands
             charged = self._settlement.charged_micro
+        elif self._settle_request is not None:  # the cancel interrupted the settlement
+            again = await self._control(c.SETTLE_JOB, self._settle_request, c.Settlement)
+            charged = again.charged_micro
         elif admitted.admitted:
             if len(payments) <= 1 and len(self._runs) <= 1:
                 only = self._runs[0].alloc if self._runs else None
