@@ -81,8 +81,8 @@ def test_a_nondeterministic_job_is_never_compared_and_blames_no_one(net: Network
 
 
 def test_a_tie_break_no_provider_can_run_fails_the_job_refunded(net: Network) -> None:
-    start = balance(net, "cid")
-    job_id = submit(net, "cid", command=NONDETERMINISTIC,
+    start = net.stack.settings.starting_balance_micro  # a new client
+    job_id = submit(net, "cid", command=NONDETERMINISTIC, resources={"gpu_model": "H100"},
                     verification={"replicas": 2})  # two H100 providers only: no third
     record = finish(net, "cid", job_id, timeout_s=90)
     assert record["state"] == "FAILED"

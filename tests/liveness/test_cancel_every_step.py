@@ -52,7 +52,7 @@ def cancel(net: Network, client: str, job_id: str) -> dict[str, object]:
 
 
 def test_cancel_while_queued_running_and_with_a_check_pending(net: Network) -> None:
-    start = balance(net, "ann")
+    start = net.stack.settings.starting_balance_micro  # a new client
     # Running: a long job holds the only GPU; a second one waits in the queue behind it.
     running = submit(net, "ann", command="sleep 60", outputs=[])
     wait_state(net, "ann", running, "RUNNING")
@@ -80,7 +80,7 @@ def test_cancel_while_queued_running_and_with_a_check_pending(net: Network) -> N
 async def test_a_terminated_workflow_is_reconciled_by_the_sweeper(
     net: Network, temporal_server: str
 ) -> None:
-    start = balance(net, "bob")
+    start = net.stack.settings.starting_balance_micro  # a new client
     job_id = submit(net, "bob", command="sleep 60", outputs=[])
     wait_state(net, "bob", job_id, "RUNNING")
     client = await Client.connect(temporal_server)
