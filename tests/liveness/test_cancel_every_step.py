@@ -47,7 +47,7 @@ def cancel(net: Network, client: str, job_id: str) -> dict[str, object]:
     record = finish(net, client, job_id, timeout_s=60)
     assert record["state"] == "CANCELLED", record
     assert ledger(net).job(job_id).state == "CANCELLED"  # the domain agrees
-    assert held_gpus(net, ["only"]) == {}
+    assert job_id not in ledger(net).provider("only").reservations
     return record
 
 
@@ -64,10 +64,12 @@ def test_cancel_while_queued_running_and_with_a_check_pending(net: Network) -> N
         "refunded_micro": ledger(net).job(queued).max_cost_micro,
     }
     cancel(net, "ann", running)
+    assert held_gpus(net, ["only"]) == {}
     # Verifying: the run is done, the network's check waits (600 s) for another provider.
     checked = submit(net, "ann", verification={"reproducible": True})
     wait_state(net, "ann", checked, "VERIFYING")
     record = cancel(net, "ann", checked)
+    assert held_gpus(net, ["only"]) == {}
     # Paid: the GPU time the runs used; refunded: the rest of every escrow.
     charged = sum(int(ledger(net).job(j).settlement["charged_micro"])  # type: ignore[index]
                   for j in (queued, running, checked))
