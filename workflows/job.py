@@ -217,7 +217,7 @@ class JobWorkflow:
         self._bounded = workflow.patched(BOUNDED_WAITS)
         try:
             result = await self._run(inp)
-        except (asyncio.CancelledError, ActivityError) as err:
+        except (asyncio.CancelledError, ActivityError, ApplicationError) as err:
             ended = _ended(inp, err)
             if ended is not None:  # a reset re-ran a step of a job that had ended
                 result = ended
@@ -648,8 +648,9 @@ def _cancel_requested() -> bool:
 
 
 def _ended(inp: c.JobInput, err: BaseException) -> c.JobResult | None:
-    """The job's recorded ending, when a step refused to run again for a job that ended."""
-    cause = err.cause if isinstance(err, ActivityError) else None
+    """The job's recorded ending, when a step refused to run again for a job that ended.
+    (A local activity's refusal arrives as the ApplicationError itself.)"""
+    cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, ApplicationError) and cause.type == c.JOB_ENDED:
         details = cause.details[0] if cause.details else {}
         if isinstance(details, dict):

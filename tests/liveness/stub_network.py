@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from temporalio import activity
@@ -37,6 +37,7 @@ class StubNetwork:
     check_wait_s: float = 60.0
     replica_wait_s: float = 120.0
     ended: c.EndedJob | None = None
+    ended_at: str = ""  # this step refuses: the job had ended (as after a Temporal reset)
     try_s: float = 0.0  # how long an allocation try with no GPUs free waits (real time)
     block: set[str] = field(default_factory=set)  # activity names that wait until cancelled
     calls: list[tuple[str, Any]] = field(default_factory=list)
@@ -102,6 +103,11 @@ class StubNetwork:
         def plain(name: str, result: Callable[[Any], Any] = lambda _: None) -> Any:
             async def step(arg: Any) -> Any:
                 net._seen(name, arg)
+                if name == net.ended_at:
+                    raise ApplicationError(
+                        "the job has already ended", asdict(c.EndedJob("SUCCEEDED", "", "p1", 7)),
+                        type=c.JOB_ENDED, non_retryable=True,
+                    )
                 await net._maybe_block(name)
                 return result(arg)
 

@@ -17,7 +17,7 @@ import pytest
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from domain.ledger import CHECKS, FEES, client_account, escrow_account, provider_account
 from tests.e2e.network import Network, network
@@ -58,11 +58,12 @@ def figures(net: Network, client: str, job_id: str) -> dict[str, Any]:
     }
 
 
-async def reset_points(client: Client, workflow_id: str) -> dict[str, int]:
+async def reset_points(client: Client, workflow_id: str, run_id: str) -> dict[str, int]:
     """WorkflowTaskCompleted event ids: the first, the one after allocation, the last."""
     completed, after_allocation, allocated = [], 0, False
     scheduled: dict[int, str] = {}
-    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             scheduled[event.event_id] = (
                 event.activity_task_scheduled_event_attributes.activity_type.name
@@ -79,13 +80,12 @@ async def reset_points(client: Client, workflow_id: str) -> dict[str, int]:
             "last": completed[-1]}
 
 
-async def reset(client: Client, workflow_id: str, event_id: int) -> str:
-    described = await client.get_workflow_handle(workflow_id).describe()
+async def reset(client: Client, workflow_id: str, run_id: str, event_id: int) -> str:
+    """Reset the job's original run (its history has the points) to after event_id."""
     response = await client.workflow_service.reset_workflow_execution(
         ResetWorkflowExecutionRequest(
             namespace=client.namespace,
-            workflow_execution=WorkflowExecution(workflow_id=workflow_id,
-                                                 run_id=described.run_id),
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
             reason="liveness test", workflow_task_finish_event_id=event_id,
             request_id=str(uuid.uuid4()),
         )
@@ -104,12 +104,17 @@ async def test_resetting_a_finished_job_changes_nothing(
     before = figures(net, "ann", job_id)
     client = await Client.connect(temporal_server)
     workflow_id = job_workflow_id(job_id)
-    points = await reset_points(client, workflow_id)
+    original = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    points = await reset_points(client, workflow_id, original)
     for name, event_id in points.items():
-        run_id = await reset(client, workflow_id, event_id)
-        result = await client.get_workflow_handle(
-            workflow_id, run_id=run_id, result_type=JobResult
-        ).result()
+        run_id = await reset(client, workflow_id, original, event_id)
+        try:
+            result = await client.get_workflow_handle(
+                workflow_id, run_id=run_id, result_type=JobResult
+            ).result()
+        except WorkflowFailureError as err:
+            cause = err.cause.cause if err.cause and err.cause.cause else err.cause
+            raise AssertionError(f"reset to the {name} task: the run failed: {cause}") from err
         assert result.state == ending, (name, result)
         assert result.charged_micro == (before["settlement"] or {}).get("charged_micro"), name
         assert figures(net, "ann", job_id) == before, f"reset to the {name} task changed it"

@@ -148,6 +148,17 @@ async def test_a_job_that_had_ended_returns_its_record_and_runs_nothing(start: S
     assert steps(net) == [c.ADMIT_JOB]
 
 
+@pytest.mark.parametrize("step", [c.PREPARE_TRANSFERS, c.RECORD_JOB_STEPS, c.RECORD_JOB_STEP])
+async def test_a_step_that_finds_the_job_ended_ends_the_run_with_its_record(
+    start: Start, step: str
+) -> None:
+    net = StubNetwork(ended_at=step)
+    result = await (await start(net)).result()
+    assert (result.state, result.provider_id, result.charged_micro) == ("SUCCEEDED", "p1", 7)
+    assert not net.called(c.SETTLE_JOB) and not net.called(c.FINISH_JOB)
+    assert not net.called(c.EXECUTE_JOB if step != c.RECORD_JOB_STEP else c.UPLOAD_OUTPUTS)
+
+
 # Cancel at each step: the job ends CANCELLED, is settled once, its GPUs are released.
 CANCEL_AT = {
     "allocating": (c.ALLOCATE_GPUS, {"placeable": set(), "try_s": 5.0}),
