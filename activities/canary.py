@@ -46,7 +46,11 @@ class CanaryActivities:
         except UnknownProvider:
             return c.CanaryPlan(False, f"no provider {req.provider_id}")
         override = self.settings.canary_rate_override
-        rate = canary_rate(outcomes) if override is None else override
+        comparable = True
+        origin = self.network.find_job(req.job_id)
+        if origin is not None:  # a job that cannot be compared gets a canary in its stead
+            comparable = JobSpec.model_validate(origin.spec).verification.comparable
+        rate = canary_rate(outcomes, comparable) if override is None else override
         if not 0.0 <= req.draw < 1.0 or req.draw >= rate:
             return c.CanaryPlan(False, f"canary rate {rate:.3f} for {req.provider_id}")
         return c.CanaryPlan(

@@ -23,6 +23,7 @@ from activities.scheduler import Scheduler
 from activities.verify import judge, output_key
 from domain.application import Network, Payment
 from domain.errors import DomainError
+from domain.job import Job
 from domain.spec import JobSpec, check_relative_path
 from domain.verification import check_rate, decide_check
 from infra.db import ViewDB, online_provider_ids
@@ -65,6 +66,31 @@ def _step_data(step: c.JobStep) -> dict[str, object]:
 
 def _refuse(err: Exception) -> ApplicationError:
     return ApplicationError(str(err), type=type(err).__name__, non_retryable=True)
+
+
+def ended_job(job: Job) -> c.EndedJob:
+    charged = (job.settlement or {}).get("charged_micro", 0)
+    return c.EndedJob(job.state, job.reason, job.accepted_provider, charged)
+
+
+def _ended(job: Job, step: str) -> ApplicationError:
+    """The refusal of a step for a job that has already ended (a Temporal reset re-ran it):
+    the workflow ends with the job's recorded outcome, and nothing runs or is stored again."""
+    return ApplicationError(
+        f"job {job.job_id} has already ended ({job.state}); {step} is not run again",
+        asdict(ended_job(job)), type=c.JOB_ENDED, non_retryable=True,
+    )
+
+
+def _live(job: Job, step: str, attempt: int | None = None) -> None:
+    """Refuse a step of a job that ended, or that would run an attempt's command twice."""
+    if job.ended:
+        raise _ended(job, step)
+    if attempt is not None and job.spent(attempt):
+        raise ApplicationError(
+            f"job {job.job_id} attempt {attempt} has already run; {step} is not run again",
+            type="AttemptSpent", non_retryable=True,
+        )
 
 
 # How long one try of the allocate activity waits in line before Temporal retries it: short,
@@ -118,16 +144,20 @@ class ControlActivities:
             admission = self.network.admit_job(req.job_id)
         except DomainError as err:
             raise _refuse(err) from err
-        verification = JobSpec.model_validate(self.network.job(req.job_id).spec).verification
+        job = self.network.job(req.job_id)
+        verification = JobSpec.model_validate(job.spec).verification
         return c.AdmitResult(
             admission.admitted, admission.max_cost_micro, admission.reason,
             verification.replicas, list(verification.verifier or []),
+            self.settings.check_wait_s, self.settings.replica_wait_s,
+            ended_job(job) if admission.admitted and job.ended else None,
         )
 
     @activity.defn(name=c.ALLOCATE_GPUS, no_thread_cancel_exception=True)
     def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
         """Wait in the job's queue for the scheduler to place this run (a few seconds a try)."""
         live = activity.in_activity()  # also called directly, by tests and tools
+        _live(self.network.job(req.job_id), "allocation")
         try:
             decision = self.scheduler.request(
                 req.job_id, req.attempt, set(req.excluded_provider_ids), ALLOCATE_WAIT_S,
@@ -156,6 +186,7 @@ class ControlActivities:
     @_busy
     def prepare_transfers(self, req: c.AllocateRequest) -> c.TransferPlan:
         job = self.network.job(req.job_id)
+        _live(job, "a run", req.attempt)
         spec = JobSpec.model_validate(job.spec)
         expires = int(time.time()) + spec.timeout_s + 3600
         secret, base = self.settings.signing_secret, self.settings.api_url
@@ -207,6 +238,7 @@ class ControlActivities:
     @activity.defn(name=c.RECORD_JOB_STEP, no_thread_cancel_exception=True)
     @_busy
     def record_job_step(self, step: c.JobStep) -> None:
+        _live(self.network.job(step.job_id), step.step)
         try:
             self.network.record_step(step.job_id, step.step, step.attempt, _step_data(step))
         except DomainError as err:
@@ -221,6 +253,10 @@ class ControlActivities:
         job_id = steps.steps[0].job_id
         if any(s.job_id != job_id for s in steps.steps):
             raise ApplicationError("steps: all must be about one job", non_retryable=True)
+        job = self.network.job(job_id)
+        # What follows these steps runs the job's command (a step that says it started).
+        starting = [s.attempt for s in steps.steps if s.step == "execution_started"]
+        _live(job, steps.steps[-1].step, starting[0] if starting else None)
         try:
             self.network.record_steps(
                 job_id, [(s.step, s.attempt, _step_data(s)) for s in steps.steps]
@@ -231,6 +267,7 @@ class ControlActivities:
     @activity.defn(name=c.MARK_PROVIDER_LOST, no_thread_cancel_exception=True)
     @_busy
     def mark_provider_lost(self, req: c.ProviderLost) -> None:
+        _live(self.network.job(req.job_id), "a provider's loss")
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
 
     @activity.defn(name=c.VERIFY_JOB, no_thread_cancel_exception=True)
@@ -238,6 +275,7 @@ class ControlActivities:
     def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
         """Check each run's report against storage, the runs against each other, the outcome."""
         job = self.network.job(req.job_id)
+        _live(job, "verification")
         spec = JobSpec.model_validate(job.spec)
         primary = c.ReplicaReport(
             req.attempt, req.provider_id, 0, req.exit_code, req.timed_out, 0, req.manifest,
@@ -259,10 +297,34 @@ class ControlActivities:
         """The network's own check: replicate this run at a rate that falls with trust."""
         if not self.settings.adaptive_checks:
             return c.CheckDecision(False, "adaptive checks are off on this network")
+        job = self.network.job(req.job_id)
+        _live(job, "a check")
+        if not JobSpec.model_validate(job.spec).verification.comparable:
+            return c.CheckDecision(False, "the job is not declared reproducible: its provider "
+                                          "is checked with known-answer canaries instead")
         outcomes = self.network.provider(req.provider_id).outcomes
         rate = check_rate(outcomes)
         run = decide_check(outcomes, req.draw)
         return c.CheckDecision(run, f"check rate {rate:.2f} for {req.provider_id}")
+
+    @activity.defn(name=c.RECORD_UNPLACED, no_thread_cancel_exception=True)
+    @_busy
+    def record_unplaced(self, req: c.UnplacedRun) -> None:
+        """The workflow gave up waiting for this run's GPUs: say so on the job, free any
+        GPUs a placement gave it meanwhile, and take it out of this scheduler's line."""
+        self.scheduler.withdraw(req.job_id, req.attempt)
+        try:
+            self.network.record_unplaced(req.job_id, req.attempt, req.purpose, req.reason)
+        except DomainError as err:
+            raise _refuse(err) from err
+        self.scheduler.wake()
+
+    @activity.defn(name=c.RELEASE_RUN, no_thread_cancel_exception=True)
+    @_busy
+    def release_run(self, req: c.ReleaseRunRequest) -> None:
+        """A run finished: its GPUs go back now, while the job verifies and settles."""
+        self.network.release_gpus(req.job_id, req.provider_id)
+        self.scheduler.wake()
 
     @activity.defn(name=c.SETTLE_JOB, no_thread_cancel_exception=True)
     @_busy
@@ -327,7 +389,8 @@ class ControlActivities:
             self.admit_job, self.allocate_gpus, self.prepare_transfers, self.record_job_step,
             self.record_job_steps,
             self.mark_provider_lost, self.verify_job, self.settle_job, self.record_reputation,
-            self.release_gpus, self.finish_job, self.plan_check,
+            self.release_gpus, self.finish_job, self.plan_check, self.record_unplaced,
+            self.release_run,
         ]
 
 

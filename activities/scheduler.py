@@ -126,6 +126,11 @@ class Scheduler:
         ticket.abandoned_at = None
         return ticket
 
+    def withdraw(self, job_id: str, attempt: int) -> None:
+        """This allocation is no longer wanted: out of line now, not after LINGER_S."""
+        with self._lock:
+            self._tickets.pop((job_id, attempt), None)
+
     def _held(self, job_id: str, attempt: int) -> Decision:
         job = self.network.job(job_id)
         provider = self.network.provider(job.allocations[attempt])

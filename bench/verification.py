@@ -8,17 +8,20 @@ a provider below the minimum reputation gets no work. 10% of the providers are
 dishonest: honest until they have 10 accepted results, then wrong on 30% of
 everything they run. 30% of the jobs print floating-point numbers that differ in
 the last bits from one honest GPU to another, and declare a numeric comparator
-(rel_tol 1e-6); a wrong result is off by 0.1% to 10%.
+(rel_tol 1e-6); a wrong result is off by 0.1% to 10%. Another 20% are honest but
+nondeterministic (like examples/hello, which writes the GPU it was given into its result):
+two honest runs differ, and the job does not declare itself reproducible.
 
 Policies:
 - none: every result is accepted.
 - redundant: every job runs on k=2 distinct providers; on disagreement a third
   (then a fourth, a fifth) distinct provider breaks the tie; outvoted results
   are caught and their providers get a "mismatch".
-- adaptive: a result is re-run on a second provider when `decide_check` says so
-  (a quorum as above); a caught provider's latest accepted, unconfirmed results
-  are re-run (`recheck_after_mismatch`); known-answer canaries are mixed into
-  each provider's work (`decide_canary`).
+- adaptive: a result of a reproducible job (exact or numeric) is re-run on a second
+  provider when `decide_check` says so (a quorum as above); a nondeterministic job is
+  never compared, its provider gets a canary at the check's rate instead; a caught
+  provider's latest accepted, unconfirmed results are re-run (`recheck_after_mismatch`);
+  known-answer canaries are mixed into each provider's work (`decide_canary`).
 
 Figures, one JSON line each on stdout, labelled with `policy` (progress on stderr):
 - wrong_accepted_share: jobs whose accepted result is wrong at the end ÷ accepted jobs.
@@ -26,6 +29,8 @@ Figures, one JSON line each on stdout, labelled with `policy` (progress on stder
   (by the first provider, a checker or a tie-breaker).
 - extra_gpu_time_share: GPU time beyond one run per job (replicas, tie-breaks,
   re-checks, canaries) ÷ the jobs' own GPU time.
+- honest_penalised_share: honest providers given at least one mismatch ÷ honest
+  providers (goal 0: a job's own nondeterminism never blames an honest provider).
 and, from the redundant run, labelled with `comparator`:
 - false_alarm_share: comparisons of two honest results that the comparator calls
   different, with byte equality for every job (exact) and with each job's declared
@@ -62,6 +67,7 @@ DISHONEST_SHARE = 0.10
 TURN_AFTER = 10  # accepted results before a dishonest provider starts cheating
 WRONG_SHARE = 0.30
 FLOAT_JOB_SHARE = 0.30
+NONDETERMINISTIC_SHARE = 0.20  # honest runs differ; the job is not declared reproducible
 NUMERIC = Comparator("numeric", rel_tol=1e-6)
 NUMBERS_PER_OUTPUT = 8
 MAX_RUNS = 5  # a job whose results never reach a quorum in this many runs is not accepted
@@ -108,8 +114,13 @@ class Job:
     index: int
     floats: bool
     values: tuple[float, ...]
+    nondeterministic: bool = False
     accepted: Result | None = None
     confirmed: bool = False  # a second provider's result agreed with the accepted one
+
+    @property
+    def reproducible(self) -> bool:
+        return not self.nondeterministic
 
     @property
     def comparator(self) -> Comparator:
@@ -168,6 +179,9 @@ class Simulation:
                       for v in values]
         elif job.floats:  # the last bits differ from one GPU to another
             values = [v * (1 + self.rng.randint(-4, 4) * 2.0**-52) for v in values]
+        if job.nondeterministic:  # e.g. the GPU it ran on: every honest run differs
+            device = f"device {self.rng.randrange(1 << 30)}\n"
+            return device + "".join(f"step {i} loss {v:.6f}\n" for i, v in enumerate(values)), wrong
         if job.floats or wrong:
             return "".join(f"step {i} loss {v!r}\n" for i, v in enumerate(values)), wrong
         return "".join(f"step {i} loss {v:.6f}\n" for i, v in enumerate(values)), wrong
@@ -230,7 +244,12 @@ class Simulation:
             provider.record("success")
             self.accept(job, first, confirmed=False)
             return
-        if self.policy == "redundant" or decide_check(provider.outcomes, self.rng.random()):
+        # A job that is not reproducible is never compared: its client asks no replicas
+        # (redundant) and the network checks its provider with canaries (adaptive).
+        check = decide_check(provider.outcomes, self.rng.random(), comparable=job.reproducible)
+        if self.policy == "redundant":
+            check = job.reproducible
+        if check:
             self.tally.checks += 1
             second = self.run(job, self.pick({provider.index}))
             winner = self.agree(job, [first, second], recorded=set())
@@ -240,13 +259,13 @@ class Simulation:
             provider.record("success")
             self.accept(job, first, confirmed=False)
         if self.policy == "adaptive":
-            self.canaries(provider)
+            self.canaries(provider, job.reproducible)
             self.recheck_caught()
 
-    def canaries(self, provider: Provider) -> None:
+    def canaries(self, provider: Provider, comparable: bool = True) -> None:
         """Known-answer jobs: a wrong answer needs no second provider to be caught."""
         for _ in range(MAX_CANARIES_PER_JOB):
-            if not decide_canary(provider.outcomes, self.rng.random()):
+            if not decide_canary(provider.outcomes, self.rng.random(), comparable):
                 return
             self.tally.canaries += 1
             self.tally.gpu_units += 1
@@ -265,6 +284,8 @@ class Simulation:
                 continue
             for index in provider.accepted[-count:]:
                 job = self.jobs[index]
+                if not job.reproducible:
+                    continue  # nothing to compare a re-run with
                 if job.confirmed or job.accepted is None or job.accepted.provider != provider.index:
                     continue
                 self.tally.rechecks += 1
@@ -288,16 +309,24 @@ class Simulation:
             "wrong_accepted_share": wrong / max(1, len(accepted)),
             "detection_rate": t.wrong_caught / t.wrong_returned if t.wrong_returned else 0.0,
             "extra_gpu_time_share": (t.gpu_units - t.jobs) / t.jobs,
+            "honest_penalised_share": self.honest_penalised_share(),
         }
+
+    def honest_penalised_share(self) -> float:
+        honest = [p for p in self.providers if not p.dishonest]
+        blamed = [p for p in honest if "mismatch" in p.outcomes]
+        return len(blamed) / max(1, len(honest))
 
 
 def make_jobs(args: argparse.Namespace) -> list[Job]:
     rng = random.Random(f"{args.seed}/jobs")
-    return [
-        Job(i, rng.random() < FLOAT_JOB_SHARE,
-            tuple(rng.uniform(0.01, 10.0) for _ in range(NUMBERS_PER_OUTPUT)))
-        for i in range(args.jobs)
-    ]
+    jobs = []
+    for i in range(args.jobs):
+        draw = rng.random()
+        values = tuple(rng.uniform(0.01, 10.0) for _ in range(NUMBERS_PER_OUTPUT))
+        jobs.append(Job(i, draw < FLOAT_JOB_SHARE, values,
+                        nondeterministic=draw >= 1 - NONDETERMINISTIC_SHARE))
+    return jobs
 
 
 def simulate(policy: str, args: argparse.Namespace) -> Simulation:
@@ -357,15 +386,17 @@ def main(argv: Sequence[str]) -> int:
                 "exact": sim.tally.honest_pairs_differ_exact / pairs,
                 "numeric": sim.tally.honest_pairs_differ_declared / pairs,
             }
-    for metric in ("wrong_accepted_share", "detection_rate", "extra_gpu_time_share"):
+    for metric in ("wrong_accepted_share", "detection_rate", "extra_gpu_time_share",
+                   "honest_penalised_share"):
         for policy in POLICIES:
             emit(metric, results[policy][metric], "fraction", policy=policy)
     for comparator, share in false_alarms.items():
         emit("false_alarm_share", share, "fraction", comparator=comparator)
     adaptive = results["adaptive"]
-    meets = adaptive["wrong_accepted_share"] < 0.01 and adaptive["extra_gpu_time_share"] < 0.20
+    meets = (adaptive["wrong_accepted_share"] < 0.01 and adaptive["extra_gpu_time_share"] < 0.20
+             and adaptive["honest_penalised_share"] == 0)
     say(f"adaptive {'meets' if meets else 'misses'} the goal (under 1% wrong accepted, "
-        f"under 20% extra GPU time)")
+        f"under 20% extra GPU time, no honest provider penalised)")
     return 0
 
 

@@ -136,6 +136,10 @@ class Network(Application[Any]):
             raise UnknownJob(f"no job {job_id}")
         return job
 
+    def find_job(self, job_id: str) -> Job | None:
+        job: Job | None = self._get_or_none(Job.create_id(job_id=job_id))
+        return job
+
     def provider(self, provider_id: str) -> Provider:
         provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
         if provider is None:
@@ -657,18 +661,50 @@ class Network(Application[Any]):
         return self._save_retrying(attempt)
 
     def record_reputation(self, job_id: str, provider_id: str, outcome: str) -> None:
+        """`job_id` is the outcome's key: the job's id, or `<job id>#<attempt>` for one of
+        several runs; the job's own stream shows it too (ReputationRecorded)."""
+
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self.provider(provider_id)
             provider.record_outcome(job_id, outcome)
-            return None, [provider]
+            job = self._get_or_none(Job.create_id(job_id=job_id.split("#", 1)[0]))
+            if job is None:
+                return None, [provider]
+            job.note_reputation(provider_id, job_id, outcome)
+            return None, [provider, job]
 
         self._save_retrying(attempt)
 
     def release_gpus(self, job_id: str, provider_id: str) -> None:
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self.provider(provider_id)
+            if job_id not in provider.reservations:
+                return None, []
             provider.release(job_id)
-            return None, [provider]
+            job = self._get_or_none(Job.create_id(job_id=job_id))
+            if job is None:
+                return None, [provider]
+            job.note_released(provider_id)
+            return None, [provider, job]
+
+        self._save_retrying(attempt)
+
+    def record_unplaced(self, job_id: str, attempt_no: int, purpose: str, reason: str) -> None:
+        """The workflow stopped waiting for this run's GPUs; a placement that raced the
+        give-up is released at once (the run never starts)."""
+
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            changed: list[Aggregate] = [job]
+            job.record_unplaced(attempt_no, purpose, reason)
+            placed_on = job.allocations.get(attempt_no)
+            if placed_on is not None:
+                provider = self.provider(placed_on)
+                if job_id in provider.reservations:
+                    provider.release(job_id)
+                    job.note_released(placed_on)
+                    changed.append(provider)
+            return None, changed
 
         self._save_retrying(attempt)
 
@@ -680,14 +716,27 @@ class Network(Application[Any]):
             job.finish(succeeded, reason, cancelled)
             # A finished job holds no GPU, even one placed as its workflow stopped waiting.
             leftovers = []
-            for provider_id in set(job.allocations.values()):
+            for provider_id in sorted(set(job.allocations.values())):
                 provider = self.provider(provider_id)
                 if job_id in provider.reservations:
                     provider.release(job_id)
+                    job.note_released(provider_id)
                     leftovers.append(provider)
             return None, [job, *leftovers]
 
         self._save_retrying(attempt)
+
+    def end_abandoned(self, job_id: str, reason: str, fee_bps: int) -> bool:
+        """End a job whose workflow stopped without ending it (an operator terminated it):
+        no result was verified, so the escrow goes back whole (a settlement already made
+        stands), its GPUs are released, and it fails with `reason`. False if it had ended."""
+        job = self.job(job_id)
+        if job.ended:
+            return False
+        if "FundsEscrowed" in job.recorded and job.settlement is None:
+            self.settle_many(job_id, [], fee_bps)
+        self.finish_job(job_id, False, reason)
+        return True
 
     # Canaries (see domain/canary.py, workflows/canary.py, activities/canary.py)
 

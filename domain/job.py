@@ -68,6 +68,15 @@ class Job(Aggregate):
         self.settlement: dict[str, int] | None = None
         self.allocations: dict[int, str] = {}  # attempt -> provider
         self.manifests: dict[int, list[dict[str, Any]]] = {}  # attempt -> uploaded outputs
+        self.accepted_provider = ""  # whose result verification accepted
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def spent(self, attempt: int) -> bool:
+        """Whether this attempt already ran its command (a re-run would run it twice)."""
+        return f"execution_finished:{attempt}" in self.recorded or attempt in self.manifests
 
     # Commands: check, then apply through a private @event method.
 
@@ -100,6 +109,10 @@ class Job(Aggregate):
         for n, index in enumerate(gpu_indexes):
             GPU_INDEX.check(f"gpu_indexes.{n}", index)
         PRICE.check("price_per_gpu_hour_micro", price_micro)
+        if f"Unplaced:{attempt}" in self.recorded:
+            raise InvalidTransition(
+                f"job {self.job_id} stopped waiting for attempt {attempt}'s GPUs"
+            )
         if self._once(f"GpusAllocated:{attempt}"):
             self._allocated(
                 attempt=attempt,
@@ -121,6 +134,28 @@ class Job(Aggregate):
         check_step_data(step, data)
         if self._once(f"{step}:{attempt}"):
             handlers[step](attempt=attempt, **data)
+
+    def record_unplaced(self, attempt: int, purpose: str, reason: str) -> None:
+        """A run the workflow stopped waiting for: the network's check is skipped
+        (CheckSkipped), a client's replica or tie-break could not be placed (RunUnplaced)."""
+        if self._once(f"Unplaced:{attempt}"):
+            if purpose == "check":
+                self._check_skipped(attempt=attempt, reason=reason)
+            else:
+                self._run_unplaced(attempt=attempt, purpose=purpose, reason=reason)
+
+    def note_released(self, provider_id: str) -> None:
+        """This job's GPUs on a provider went back to it (also after the job ended)."""
+        key = f"GpusReleased:{provider_id}"
+        if key not in self.recorded:
+            self._gpus_released(provider_id=provider_id)
+
+    def note_reputation(self, provider_id: str, outcome_key: str, outcome: str) -> None:
+        """An outcome of this job's run was recorded on its provider's reputation."""
+        key = f"Reputation:{outcome_key}:{provider_id}"
+        if key not in self.recorded:
+            self._reputation_recorded(provider_id=provider_id, outcome_key=outcome_key,
+                                      outcome=outcome)
 
     def record_provider_lost(self, attempt: int, provider_id: str, reason: str) -> None:
         if self._once(f"ProviderLost:{attempt}"):
@@ -224,6 +259,22 @@ class Job(Aggregate):
         self.manifests[attempt] = manifest
         self.recorded.append(f"outputs_uploaded:{attempt}")
 
+    @event("CheckSkipped")
+    def _check_skipped(self, attempt: int, reason: str) -> None:
+        self.recorded.append(f"Unplaced:{attempt}")
+
+    @event("RunUnplaced")
+    def _run_unplaced(self, attempt: int, purpose: str, reason: str) -> None:
+        self.recorded.append(f"Unplaced:{attempt}")
+
+    @event("GpusReleased")
+    def _gpus_released(self, provider_id: str) -> None:
+        self.recorded.append(f"GpusReleased:{provider_id}")
+
+    @event("ReputationRecorded")
+    def _reputation_recorded(self, provider_id: str, outcome_key: str, outcome: str) -> None:
+        self.recorded.append(f"Reputation:{outcome_key}:{provider_id}")
+
     @event("ProviderLost")
     def _provider_lost(self, attempt: int, provider_id: str, reason: str) -> None:
         self.state, self.provider_id = "QUEUED", None
@@ -233,6 +284,7 @@ class Job(Aggregate):
     def _result_accepted(
         self, attempt: int, provider_id: str, manifest: list[dict[str, Any]]
     ) -> None:
+        self.accepted_provider = provider_id
         self.recorded.append("ResultAccepted")
 
     @event("JobVerified")

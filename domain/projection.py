@@ -58,6 +58,10 @@ JOB_STATE_AFTER: dict[str, str | None] = {
     "VerificationFailed": "SETTLING",
     "JobSettled": None,
     "ResultAccepted": None,
+    "CheckSkipped": None,
+    "RunUnplaced": None,
+    "GpusReleased": None,
+    "ReputationRecorded": None,
     "JobSucceeded": "SUCCEEDED",
     "JobFailed": "FAILED",
     "JobCancelled": "CANCELLED",
@@ -382,6 +386,10 @@ class Projector:
         elif etype in ("OutputsUploaded", "ResultAccepted"):
             # The latest upload until verification accepts one run's outputs as the job's.
             changes["outputs"] = json.dumps(data["manifest"])
+            if etype == "ResultAccepted" and data.get("provider_id"):
+                # The job's provider is the one whose result was accepted, not the last
+                # one allocated (a check run, a tie-break).
+                changes["provider_id"] = data["provider_id"]
         elif etype == "JobSettled":
             changes["cost_micro"] = data["charged_micro"]
         self._rows.update("jobs", "job_id", job_id, changes)

@@ -31,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -203,6 +204,11 @@ class Verification(_Strict):
     # Run on this many distinct providers; a quorum of matching outputs decides.
     replicas: Annotated[StrictInt, Field(ge=1, le=MAX_REPLICAS)] = 1
     comparator: Comparator = Comparator()
+    # The job gives the same outputs on any honest provider: the network may check a run by
+    # running it again elsewhere and comparing. Unset (and no numeric comparator), the
+    # network checks the provider with known-answer canaries instead, never by comparing
+    # this job's outputs, so a job's own nondeterminism never blames an honest provider.
+    reproducible: StrictBool = False
     # A command run on a different provider over the accepted outputs: exit 0 accepts them.
     verifier: Command | None = None
 
@@ -219,6 +225,11 @@ class Verification(_Strict):
         if v is not None and not v:
             raise ValueError("must not be empty")
         return v
+
+    @property
+    def comparable(self) -> bool:
+        """Whether two honest runs of this job are expected to agree (as compared)."""
+        return self.reproducible or self.comparator.kind == "numeric"
 
     @property
     def runs(self) -> int:

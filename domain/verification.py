@@ -103,25 +103,36 @@ def _check_draw(draw: float) -> None:
         raise ValueError(f"draw must be in [0, 1), got {draw!r}")
 
 
-def decide_check(outcomes: Sequence[str], draw: float) -> bool:
+def decide_check(outcomes: Sequence[str], draw: float, comparable: bool = True) -> bool:
     """Whether to re-run this result elsewhere; `draw` is a uniform number in [0, 1).
 
     The caller supplies the draw (the workflow, from its deterministic random), so
-    the same outcomes and draw always give the same decision.
+    the same outcomes and draw always give the same decision. A job that is not known
+    to be reproducible (`comparable` False: two honest runs may differ) is never
+    re-run to compare: a difference would say nothing about the provider, and an
+    honest one would be blamed. Its provider is checked with canaries instead
+    (`canary_rate`).
     """
     _check_draw(draw)
-    return draw < check_rate(outcomes)
+    return comparable and draw < check_rate(outcomes)
 
 
-def canary_rate(outcomes: Sequence[str]) -> float:
-    """The share of this provider's work that should be known-answer canary jobs."""
+def canary_rate(outcomes: Sequence[str], comparable: bool = True) -> float:
+    """The share of this provider's work that should be known-answer canary jobs.
+
+    After a job whose outputs cannot be compared (`comparable` False) a canary takes
+    the place of the check run the job could not have: at the whole check rate.
+    """
+    if not comparable:
+        return check_rate(outcomes)
     return CANARY_FRACTION * check_rate(outcomes)
 
 
-def decide_canary(outcomes: Sequence[str], draw: float) -> bool:
-    """Whether the provider's next task is a canary; `draw` is a uniform number in [0, 1)."""
+def decide_canary(outcomes: Sequence[str], draw: float, comparable: bool = True) -> bool:
+    """Whether the provider's next task is a canary; `draw` is a uniform number in [0, 1).
+    After a job that could not be compared, at the rate a check would have had."""
     _check_draw(draw)
-    return draw < canary_rate(outcomes)
+    return draw < canary_rate(outcomes, comparable)
 
 
 def recheck_after_mismatch(outcomes: Sequence[str]) -> int:

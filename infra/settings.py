@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     max_provider_attempts: int = 3
     # The network's own replicated checks, at a rate that falls as a provider earns trust.
     adaptive_checks: bool = True
+    # How long the network's own check run waits for a GPU on an independent provider
+    # before it is skipped (CheckSkipped) and the job settles on the checks it had.
+    check_wait_s: float = Field(default=60.0, gt=0, le=3600)
+    # How long a client's further replica, tie-break or verifier run waits for GPUs once
+    # the job holds GPUs (or has finished runs): then the job fails, its escrow refunded.
+    replica_wait_s: float = Field(default=300.0, gt=0, le=86400)
+    # How often the control worker looks for jobs whose workflow closed without ending
+    # them (an operator's `temporal workflow terminate`) and ends them, refunded.
+    sweep_interval_s: float = Field(default=30.0, gt=0, le=3600)
     # Known-answer canary jobs after a provider's accepted runs, at its canary rate
     # (domain/verification.py); the override fixes the rate (tests), the delay spreads them.
     canaries: bool = True

@@ -11,6 +11,7 @@ from temporalio.worker import Worker
 
 from activities.canary import CanaryActivities
 from activities.control import CONTROL_SLOTS, ControlActivities
+from activities.sweeper import Sweeper
 from domain.application import Network
 from infra import tracing
 from infra.db import ViewDB
@@ -60,6 +61,10 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
             max_concurrent_activities=CONTROL_SLOTS,
             **tracing.worker_options(),
         )
+        sweeper = Sweeper(activities.network, activities.views, client,
+                          settings.protocol_fee_bps, settings.sweep_interval_s)
         async with worker:
             log.info("control worker serving task queue %r", settings.control_task_queue)
+            sweeping = asyncio.create_task(sweeper.run(stop))
             await stop.wait()
+            await sweeping

@@ -32,6 +32,14 @@ RECORD_REPUTATION = "record_reputation"
 RELEASE_GPUS = "release_gpus"
 FINISH_JOB = "finish_job"
 PLAN_CHECK = "plan_check"
+# A run the workflow gave up placing (a check skipped, a tie-break or replica unplaced).
+RECORD_UNPLACED = "record_unplaced"
+# One finished run's GPUs go back to the provider at once (the job may still be verifying).
+RELEASE_RUN = "release_run"
+
+# An activity's refusal because the job has already ended (a Temporal reset re-ran it): the
+# workflow ends with the job's recorded outcome (`JobEnded`, details: an EndedJob).
+JOB_ENDED = "JobEnded"
 
 STAGE_INPUTS = "stage_inputs"
 EXECUTE_JOB = "execute_job"
@@ -55,12 +63,44 @@ class JobInput:
 
 
 @dataclass
+class EndedJob:
+    """A job's recorded ending: what a re-run workflow returns instead of running again."""
+
+    state: str
+    reason: str
+    provider_id: str = ""
+    charged_micro: int = 0
+
+
+@dataclass
 class AdmitResult:
     admitted: bool
     max_cost_micro: int = 0
     reason: str = ""
     replicas: int = 1  # run on this many distinct providers
     verifier: list[str] = field(default_factory=list)  # a command to run over the outputs
+    # How long a run the network adds (its own check) may wait for GPUs before it is
+    # skipped, and how long a client's further replica or tie-break may wait once the job
+    # holds GPUs; 0 (histories from before these bounds): no bound.
+    check_wait_s: float = 0.0
+    replica_wait_s: float = 0.0
+    # Set when the job had already ended (a Temporal reset re-ran admission): its record.
+    ended: EndedJob | None = None
+
+
+@dataclass
+class UnplacedRun:
+    job_id: str
+    attempt: int
+    purpose: str  # "check" | "tie-break" | "replica" | "verifier"
+    reason: str
+
+
+@dataclass
+class ReleaseRunRequest:
+    job_id: str
+    attempt: int
+    provider_id: str
 
 
 @dataclass

@@ -18,6 +18,7 @@ provider's work at a rate that falls as the provider earns trust.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -58,6 +59,7 @@ GPU_RETRY = RetryPolicy(
     non_retryable_error_types=["InputIntegrityError", "PathError"],
 )
 TRANSFER_S = 3600.0
+ALLOCATE_HEARTBEAT_S = 6.0  # the scheduler beats each second; a loaded machine may lag
 # Workflow versions: the network's own adaptive checks came after the first histories.
 ADAPTIVE_CHECKS = "adaptive-checks"
 # ... and the known-answer canaries that may follow a provider's accepted run.
@@ -74,6 +76,11 @@ ONE_START_STEP = "one-start-step"
 # workflow, inside its workflow task, with no round trip through the Temporal server each.
 # Allocation stays a regular activity (it waits in the queue, seconds at a time).
 LOCAL_CONTROL_STEPS = "local-control-steps"
+# ... and bounded waits: the network's check run waits at most AdmitResult.check_wait_s for
+# GPUs (then CheckSkipped), a client's further replica, tie-break or verifier at most
+# replica_wait_s once the job holds GPUs (then the job fails, refunded); a run's GPUs go
+# back as soon as it finishes, not when the job closes.
+BOUNDED_WAITS = "bounded-waits"
 
 
 class ProviderLostError(Exception):
@@ -82,6 +89,10 @@ class ProviderLostError(Exception):
 
 class AllProvidersLost(Exception):
     pass
+
+
+class Unplaced(Exception):
+    """A bounded run found no GPUs in time (recorded on the job: CheckSkipped, RunUnplaced)."""
 
 
 def _is_provider_loss(err: ActivityError) -> bool:
@@ -124,6 +135,13 @@ class JobWorkflow:
         self._attempts = 0
         self._runs: list[Run] = []  # every allocation that got GPUs, in order
         self._lost: list[str] = []
+        self._bounded = False  # BOUNDED_WAITS
+        self._check_wait_s = 0.0
+        self._replica_wait_s = 0.0
+        self._settlement: c.Settlement | None = None  # once SETTLE_JOB answered
+        # The settlement asked for, once asked: a cancel that interrupts it asks it again
+        # (the step may have completed in the stores), never a different one.
+        self._settle_request: c.SettleRequest | None = None
 
     @property
     def _step(self) -> str:
@@ -196,25 +214,37 @@ class JobWorkflow:
         # started this workflow with them only where the server has them.
         self._searchable = sa.CLIENT in workflow.info().typed_search_attributes
         self._local = workflow.patched(LOCAL_CONTROL_STEPS)
+        self._bounded = workflow.patched(BOUNDED_WAITS)
         try:
             result = await self._run(inp)
-        except (asyncio.CancelledError, ActivityError) as err:
-            if not is_cancelled_exception(err):
+        except (asyncio.CancelledError, ActivityError, ApplicationError) as err:
+            ended = _ended(inp, err)
+            if ended is not None:  # a reset re-ran a step of a job that had ended
+                result = ended
+            elif is_cancelled_exception(err) or _cancel_requested():
+                # A cancel that reached an activity as it failed for its own reason (a
+                # wait for GPUs that timed out) is still the client's cancel.
+                result = await self._cancelled(inp)
+            else:
                 raise
-            result = await self._cancelled(inp)
         self._show_state(result.state)
         return result
 
     async def _run(self, inp: c.JobInput) -> c.JobResult:
         admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
+        if admitted.ended is not None:  # a reset re-ran this job's workflow: nothing runs
+            return _result(inp, admitted.ended)
         if not admitted.admitted:
             return c.JobResult(inp.job_id, "REJECTED", admitted.reason)
+        self._check_wait_s, self._replica_wait_s = admitted.check_wait_s, admitted.replica_wait_s
         try:
             runs = await self._replicas(inp, max(1, admitted.replicas))
         except AllProvidersLost as lost:
             return await self._refund_and_fail(inp, str(lost))
+        except Unplaced as unplaced:
+            return await self._refund_and_fail(inp, str(unplaced))
         except ActivityError as err:
-            if is_cancelled_exception(err):
+            if is_cancelled_exception(err) or _ended(inp, err) is not None:
                 raise
             # A provider refused the job (e.g. its inputs changed in storage).
             return await self._close(inp, [], _reason(err))
@@ -226,12 +256,21 @@ class JobWorkflow:
                 c.CheckDecision,
             )
             if check.run_check:
-                runs += await self._more_runs(inp, 1, payer="network")
+                # Unplaced: skipped (CheckSkipped), the job settles on the checks it had.
+                with contextlib.suppress(Unplaced):
+                    runs += await self._more_runs(inp, 1, payer="network")
 
         verdict = await self._verify(inp, runs)
         if not verdict.decided:  # two runs disagree: a third decides
             payer = "client" if admitted.replicas > 1 else "network"
-            runs += await self._more_runs(inp, 1, payer=payer)
+            try:
+                runs += await self._more_runs(inp, 1, payer=payer)
+            except Unplaced as unplaced:
+                if payer == "client":  # the client's tie-break: the job fails, refunded
+                    return await self._refund_and_fail(inp, str(unplaced))
+                # The network's check could not be settled: the job's own run stands alone,
+                # judged by the checks every job gets; the check run decides nothing.
+                runs = runs[:1]
             verdict = await self._verify(inp, runs)
         if verdict.succeeded and admitted.verifier:
             verdict = await self._run_verifier(inp, runs, verdict)
@@ -240,8 +279,10 @@ class JobWorkflow:
     # Runs
 
     async def _replicas(self, inp: c.JobInput, k: int) -> list[Run]:
+        label = "replica" if k > 1 else "run"
         done = await asyncio.gather(
-            *(self._one_run(inp, "client") for _ in range(k)), return_exceptions=True
+            *(self._one_run(inp, "client", label=label) for _ in range(k)),
+            return_exceptions=True,
         )
         for outcome in done:
             if isinstance(outcome, BaseException):
@@ -249,30 +290,72 @@ class JobWorkflow:
         return [r for r in done if isinstance(r, Run)]
 
     async def _more_runs(self, inp: c.JobInput, n: int, payer: str) -> list[Run]:
+        """Runs after the first ones: the network's check, a tie-break. Unplaced if bounded."""
+        label = "check" if payer == "network" else "tie-break"
         try:
-            return [await self._one_run(inp, payer) for _ in range(n)]
+            return [await self._one_run(inp, payer, label=label) for _ in range(n)]
         except AllProvidersLost:
             return []  # a check that cannot be placed is skipped, not fatal
 
+    def _bound_s(self, label: str) -> float:
+        """How long this kind of run may wait for GPUs; 0: as long as it takes."""
+        if not self._bounded:
+            return 0.0
+        if label == "check":
+            return self._check_wait_s
+        return self._replica_wait_s if label != "run" else 0.0
+
+    async def _allocate(self, inp: c.JobInput, attempt: int, label: str) -> c.Allocation:
+        busy = [r.alloc.provider_id for r in self._runs]
+        handle = workflow.start_activity(
+            c.ALLOCATE_GPUS,
+            c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + busy)),
+            task_queue=workflow.info().task_queue,
+            start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
+            retry_policy=QUEUE_RETRY,
+            result_type=c.Allocation,
+            # A cancel must not race an allocation that is being written.
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            # The scheduler heartbeats each second it waits: a cancel reaches the try in
+            # seconds (unset, heartbeats were throttled to 30 s, past the try's own end).
+            heartbeat_timeout=timedelta(seconds=ALLOCATE_HEARTBEAT_S) if self._bounded else None,
+        )
+        bound = self._bound_s(label)
+        if not bound:
+            return await handle
+        try:
+            if label == "replica":  # the clock starts once another replica holds GPUs
+                await workflow.wait_condition(lambda: handle.done() or bool(self._runs))
+            await workflow.wait_condition(handle.done, timeout=timedelta(seconds=bound))
+        except asyncio.TimeoutError:  # noqa: UP041 (TimeoutError here is Temporal's)
+            handle.cancel()
+            # Wait for the try to stop (its scheduler ticket then leaves the line). It ends
+            # cancelled, or failed for want of GPUs (a server does not retry a try that was
+            # asked to cancel), or placed just then: the run does not start either way.
+            with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                await handle
+            # Placed as the wait ended or not, the run does not start: record_unplaced
+            # frees any GPUs it got, and a later placement of this attempt is refused.
+            reason = _unplaced_reason(label, bound)
+            await self._control(
+                c.RECORD_UNPLACED, c.UnplacedRun(inp.job_id, attempt, label, reason)
+            )
+            raise Unplaced(reason) from None
+        except asyncio.CancelledError:
+            handle.cancel()  # the job is cancelled: stop waiting in line
+            raise
+        return await handle
+
     async def _one_run(
-        self, inp: c.JobInput, payer: str, purpose: str = "run", source_attempt: int = 0
+        self, inp: c.JobInput, payer: str, purpose: str = "run", source_attempt: int = 0,
+        label: str = "run",
     ) -> Run:
         """Allocate, stage, execute, upload; on a lost provider, again elsewhere."""
         for _ in range(inp.max_provider_attempts):
             self._attempts += 1
             attempt = self._attempts
             self._step = "allocate"
-            busy = [r.alloc.provider_id for r in self._runs]
-            alloc = await workflow.execute_activity(
-                c.ALLOCATE_GPUS,
-                c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + busy)),
-                task_queue=workflow.info().task_queue,
-                start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
-                retry_policy=QUEUE_RETRY,
-                result_type=c.Allocation,
-                # A cancel must not race an allocation that is being written.
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            )
+            alloc = await self._allocate(inp, attempt, label)
             run = Run(alloc, payer, purpose)
             self._runs.append(run)
             try:
@@ -341,6 +424,7 @@ class JobWorkflow:
             ))
             if purpose != "run":
                 run.uploaded = c.UploadResult([], [])
+                await self._release_run(inp, run)
                 return
             self._step = "upload"
             uploaded = await self._gpu(
@@ -352,10 +436,19 @@ class JobWorkflow:
                 inp.job_id, "outputs_uploaded", pid, attempt,
                 manifest=uploaded.manifest, missing=uploaded.missing,
             ))
+            await self._release_run(inp, run)
         except ActivityError as err:
             if _is_provider_loss(err):
                 raise ProviderLostError(f"{pid} stopped answering during {self._step}") from err
             raise
+
+    async def _release_run(self, inp: c.JobInput, run: Run) -> None:
+        """A finished run holds no GPU while the job verifies, waits for a check, settles."""
+        if self._bounded:
+            await self._control(
+                c.RELEASE_RUN,
+                c.ReleaseRunRequest(inp.job_id, run.alloc.attempt, run.alloc.provider_id),
+            )
 
     async def _step_done(self, step: c.JobStep) -> None:
         await self._control(c.RECORD_JOB_STEP, step)
@@ -381,9 +474,10 @@ class JobWorkflow:
         self._step = "verifier"
         try:
             check = await self._one_run(
-                inp, "client", purpose="verify", source_attempt=verdict.accepted_attempts[0]
+                inp, "client", purpose="verify", source_attempt=verdict.accepted_attempts[0],
+                label="verifier",
             )
-        except AllProvidersLost as lost:
+        except (AllProvidersLost, Unplaced) as lost:
             return c.Verdict(True, False, f"the verifier could not run: {lost}",
                              verdict.accepted_attempts, verdict.mismatched_attempts)
         runs.append(check)
@@ -430,7 +524,9 @@ class JobWorkflow:
                 if r.executed is not None
                 and (r.alloc.attempt in accepted or r.purpose == "verify")
             ])
+        self._settle_request = request
         settlement = await self._control(c.SETTLE_JOB, request, c.Settlement)
+        self._settlement = settlement
         self._step = "reputation"
         mismatched = set(verdict.mismatched_attempts)
         for r in runs:
@@ -479,11 +575,18 @@ class JobWorkflow:
         self._step = "done"
         state = "SUCCEEDED" if verdict.succeeded else "FAILED"
         provider = held[0].alloc.provider_id if held else ""
+        chosen = [r for r in runs if r.alloc.attempt in accepted and r.purpose == "run"]
+        if chosen:  # the provider whose result the job kept, not the last one allocated
+            provider = chosen[0].alloc.provider_id
         return c.JobResult(inp.job_id, state, verdict.reason, provider, settlement.charged_micro)
 
     async def _refund_and_fail(self, inp: c.JobInput, reason: str) -> c.JobResult:
-        refund = c.SettleRequest(inp.job_id, self._lost[-1], 0, 0, pay_provider=False)
-        await self._control(c.SETTLE_JOB, refund, c.Settlement)
+        # No run of the job was verified: the whole escrow goes back, no provider is paid.
+        refund = c.SettleRequest(
+            inp.job_id, self._lost[-1] if self._lost else "", 0, 0, pay_provider=False
+        )
+        self._settle_request = refund
+        self._settlement = await self._control(c.SETTLE_JOB, refund, c.Settlement)
         for r in self._runs:  # replicas that finished while another could not be placed
             await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
         await self._control(c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason))
@@ -508,8 +611,15 @@ class JobWorkflow:
             ))
         # Admission is idempotent: this returns what happened, or admits now so we can refund.
         admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
+        if admitted.ended is not None:  # it had ended before the cancel reached it
+            return _result(inp, admitted.ended)
         charged = 0
-        if admitted.admitted:
+        if self._settlement is not None:  # settled before the cancel: that stands
+            charged = self._settlement.charged_micro
+        elif self._settle_request is not None:  # the cancel interrupted the settlement
+            again = await self._control(c.SETTLE_JOB, self._settle_request, c.Settlement)
+            charged = again.charged_micro
+        elif admitted.admitted:
             if len(payments) <= 1 and len(self._runs) <= 1:
                 only = self._runs[0].alloc if self._runs else None
                 settle = c.SettleRequest(
@@ -529,6 +639,35 @@ class JobWorkflow:
         self._step = "done"
         provider = self._runs[0].alloc.provider_id if self._runs else ""
         return c.JobResult(inp.job_id, "CANCELLED", reason, provider, charged)
+
+
+def _cancel_requested() -> bool:
+    """Whether the workflow has been asked to cancel (its main task was cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _ended(inp: c.JobInput, err: BaseException) -> c.JobResult | None:
+    """The job's recorded ending, when a step refused to run again for a job that ended.
+    (A local activity's refusal arrives as the ApplicationError itself.)"""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    if isinstance(cause, ApplicationError) and cause.type == c.JOB_ENDED:
+        details = cause.details[0] if cause.details else {}
+        if isinstance(details, dict):
+            return _result(inp, c.EndedJob(**details))
+        return c.JobResult(inp.job_id, "FAILED", cause.message)
+    return None
+
+
+def _result(inp: c.JobInput, ended: c.EndedJob) -> c.JobResult:
+    return c.JobResult(inp.job_id, ended.state, ended.reason, ended.provider_id,
+                       ended.charged_micro)
+
+
+def _unplaced_reason(label: str, bound_s: float) -> str:
+    what = {"check": "the network's check", "replica": "a replica",
+            "tie-break": "the tie-break", "verifier": "the verifier"}.get(label, "a run")
+    return f"{what} found no independent provider within {bound_s:g} s"
 
 
 def _unique(ids: list[str]) -> list[str]:

@@ -50,6 +50,9 @@ JOB_EVENTS_SUCCESS = [
     "OutputsUploaded",
     "JobVerified",
     "JobSettled",
+    # The provider's side, shown on the job's own stream too (README step 8).
+    "ReputationRecorded",
+    "GpusReleased",
     "JobSucceeded",
 ]
 

@@ -89,6 +89,8 @@ def test_failed_verification_path(app: Network) -> None:
         *JOB_EVENTS_SUCCESS[:8],
         "VerificationFailed",
         "JobSettled",
+        "ReputationRecorded",
+        "GpusReleased",
         "JobFailed",
     ]
     job = app.job("job-1")
@@ -113,7 +115,8 @@ def test_every_command_twice_records_what_once_records(app: Network, succeed: bo
 def run_lifecycle_types(succeed: bool) -> list[str]:
     if succeed:
         return JOB_EVENTS_SUCCESS
-    return [*JOB_EVENTS_SUCCESS[:8], "VerificationFailed", "JobSettled", "JobFailed"]
+    return [*JOB_EVENTS_SUCCESS[:8], "VerificationFailed", "JobSettled", "ReputationRecorded",
+            "GpusReleased", "JobFailed"]
 
 
 def test_repeated_lifecycle_log_equals_single_lifecycle_log(app: Network) -> None:

@@ -200,7 +200,7 @@ def test_rebuild_gives_identical_views(app: Network, open_views: OpenViews) -> N
     before = snapshot(db)
     assert {"tracking", "jobs", "job_events", "providers", "accounts"} <= set(before)
     assert len(before["jobs"]) == 2
-    assert len(before["job_events"]) == 22
+    assert len(before["job_events"]) == 26  # 11 + 2 each (ReputationRecorded, GpusReleased)
     assert len(before["providers"]) == 2
     assert projector.rebuild() == total
     assert snapshot(db) == before

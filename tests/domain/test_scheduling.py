@@ -202,7 +202,7 @@ def _check_the_log_never_books_a_gpu_twice(app: Network, jobs: int) -> None:
                 )
                 holder[(pid, index)] = event.job_id
             reserved += 1
-        elif kind == "GpusReleased":
+        elif kind == "GpusReleased" and event.originator_id in names:  # not the job's note
             pid = names[event.originator_id]
             for key in [k for k, j in holder.items() if k[0] == pid and j == event.job_id]:
                 del holder[key]

@@ -27,8 +27,11 @@ pytestmark = pytest.mark.e2e
 
 SUCCESS_EVENTS = [
     "JobSubmitted", "FundsEscrowed", "JobQueued", "GpusAllocated", "InputsStaged",
-    "ExecutionStarted", "ExecutionFinished", "OutputsUploaded", "ResultAccepted", "JobVerified",
-    "JobSettled", "JobSucceeded",
+    "ExecutionStarted", "ExecutionFinished", "OutputsUploaded",
+    "GpusReleased",  # the run's GPUs go back as soon as it has finished
+    "ResultAccepted", "JobVerified", "JobSettled",
+    "ReputationRecorded",  # the provider's reputation, shown on the job too
+    "JobSucceeded",
 ]
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
   ... on JobSubmitted { job { id state } }
@@ -94,7 +97,7 @@ def test_job_runs_end_to_end(net: Network) -> None:
     assert outputs["out/upper.txt"]["sha256"] == hashlib.sha256(upper).hexdigest()
     assert net.get(client, outputs["out/gpus.txt"]["key"]) == b"0"
 
-    settled = events[-2].data
+    settled = next(e.data for e in events if e.type == "JobSettled")
     charged = job["job"]["costMicro"]
     assert charged == settled["charged_micro"] > 0
     assert settled["provider_paid_micro"] + settled["fee_micro"] == charged
@@ -222,7 +225,11 @@ def test_failing_command_fails_the_job_and_pays_for_time_used(net: Network) -> N
                      id=job_id)["job"]["events"]
     finished = next(e for e in events if e["type"] == "ExecutionFinished")
     assert finished["data"]["exit_code"] == 3 and "oops" in finished["data"]["log_tail"]
-    assert [e["type"] for e in events][-3:] == ["JobVerified", "JobSettled", "JobFailed"]
+    # The run's GPUs went back when it finished (GpusReleased, before the verdict); the
+    # provider's reputation shows on the job's own events too.
+    assert [e["type"] for e in events][-4:] == ["JobVerified", "JobSettled",
+                                                "ReputationRecorded", "JobFailed"]
+    assert "GpusReleased" in [e["type"] for e in events]
 
 
 def test_dishonest_provider_is_caught_and_not_paid(net: Network) -> None:

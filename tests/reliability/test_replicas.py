@@ -79,7 +79,7 @@ def replay_reservations(log: EventLog) -> tuple[list[str], dict[tuple[str, int],
                 if key in held and held[key] != e.job_id:
                     doubles.append(f"GPU {key} reserved for {e.job_id} while {held[key]} holds it")
                 held[key] = e.job_id
-        elif t == "GpusReleased":
+        elif t == "GpusReleased" and e.originator_id in names:  # not the job's own note
             for key in [k for k, job in held.items() if job == e.job_id
                         and k[0] == names[e.originator_id]]:
                 del held[key]

@@ -1,0 +1,120 @@
+"""Reset-safe workflows, on a real network (issue 13 item 3).
+
+An operator resets a finished job's workflow (as `temporal workflow reset` does) to its
+first workflow task, to the task right after its allocation, and to its last task. Each
+new run ends with the job's recorded outcome, and nothing changes: not one event of the
+job, not one ledger entry, not a byte of its stored outputs, not a provider's reputation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowFailureError
+
+from domain.ledger import CHECKS, FEES, client_account, escrow_account, provider_account
+from tests.e2e.network import Network, network
+from tests.liveness.flow_support import PATIENT, finish, ledger, submit
+from workflows.contracts import ALLOCATE_GPUS, JobResult, job_workflow_id
+
+pytestmark = pytest.mark.e2e
+
+FLEET = [("r-1", "1xH100:80", "1.0", [])]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Network]:
+    with network(tmp_path_factory.mktemp("reset"), temporal_server, FLEET, PATIENT) as n:
+        yield n
+
+
+def figures(net: Network, client: str, job_id: str) -> dict[str, Any]:
+    """Every figure a reset must not change: the job's events, balances, outputs, reputation."""
+    books = ledger(net)
+    job = books.job(job_id)
+    events = [type(e).__name__ for e in books.repository.event_store.get(job.id)]
+    stored = {}
+    for entries in job.manifests.values():
+        for m in entries:
+            stored[m["key"]] = hashlib.sha256(net.get(client, m["key"])).hexdigest()
+    names = [client_account(net.client_id(client)), provider_account("r-1"), FEES, CHECKS,
+             escrow_account(job_id)]
+    return {
+        "version": job.version,
+        "events": events,
+        "state": job.state,
+        "settlement": job.settlement,
+        "balances": {n: books.balance(n) for n in names},
+        "outputs": stored,
+        "outcomes": list(books.provider("r-1").outcomes),
+        "reservations": dict(books.provider("r-1").reservations),
+    }
+
+
+async def reset_points(client: Client, workflow_id: str, run_id: str) -> dict[str, int]:
+    """WorkflowTaskCompleted event ids: the first, the one after allocation, the last."""
+    completed, after_allocation, allocated = [], 0, False
+    scheduled: dict[int, str] = {}
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = (
+                event.activity_task_scheduled_event_attributes.activity_type.name
+            )
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            sid = event.activity_task_completed_event_attributes.scheduled_event_id
+            allocated = allocated or scheduled.get(sid) == ALLOCATE_GPUS
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            completed.append(event.event_id)
+            if allocated and not after_allocation:
+                after_allocation = event.event_id
+    assert completed and after_allocation
+    return {"first": completed[0], "after allocation": after_allocation,
+            "last": completed[-1]}
+
+
+async def reset(client: Client, workflow_id: str, run_id: str, event_id: int) -> str:
+    """Reset the job's original run (its history has the points) to after event_id."""
+    response = await client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
+            reason="liveness test", workflow_task_finish_event_id=event_id,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    return str(response.run_id)
+
+
+@pytest.mark.parametrize("ending", ["SUCCEEDED", "FAILED"])
+async def test_resetting_a_finished_job_changes_nothing(
+    net: Network, temporal_server: str, ending: str
+) -> None:
+    command = "echo 3.14159 > out.txt" + ("" if ending == "SUCCEEDED" else "; exit 3")
+    job_id = submit(net, "ann", command=command)
+    record = finish(net, "ann", job_id)
+    assert record["state"] == ending
+    before = figures(net, "ann", job_id)
+    client = await Client.connect(temporal_server)
+    workflow_id = job_workflow_id(job_id)
+    original = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    points = await reset_points(client, workflow_id, original)
+    for name, event_id in points.items():
+        run_id = await reset(client, workflow_id, original, event_id)
+        try:
+            result = await client.get_workflow_handle(
+                workflow_id, run_id=run_id, result_type=JobResult
+            ).result()
+        except WorkflowFailureError as err:
+            cause = err.cause.cause if err.cause and err.cause.cause else err.cause
+            raise AssertionError(f"reset to the {name} task: the run failed: {cause}") from err
+        assert result.state == ending, (name, result)
+        assert result.charged_micro == (before["settlement"] or {}).get("charged_micro"), name
+        assert figures(net, "ann", job_id) == before, f"reset to the {name} task changed it"
