@@ -260,7 +260,7 @@ def test_after_loss_the_next_allocation_picks_another_provider(app: Network) -> 
     assert decision.provider_id == "steady"
     assert decision.gpu_indexes == [0]
     assert decision.price_per_gpu_hour_micro == 1_000_000
-    assert decision.rejected == {"cheap": "excluded: lost while running this job"}
+    assert decision.rejected == {"cheap": "excluded: lost while running this job; offline"}
     job = app.job("job-1")
     assert (job.state, job.provider_id) == ("STAGING", "steady")
     assert app.provider("steady").reservations == {"job-1": [0]}
