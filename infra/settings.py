@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.signing import load_or_create_key
 from infra.storage import ObjectStore, build_store
 from infra.tracing import check as check_tracing
 
@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = None
     s3_region: str = "us-east-1"
     storage_quota_bytes: int | None = None  # bytes each client may store; None: no limit
+    # Storage grants (infra/signing.py) expire within this many seconds; the storage
+    # endpoint refuses one whose deadline is further away, whatever its signature. A run
+    # longer than this renews its grants while it is live (POST /storage/grants/renew).
+    grant_max_s: Annotated[int, Field(ge=30, le=3600)] = 900
 
     # Money: integer micro-credits. A new client account is opened with this deposit.
     starting_balance_micro: int = 100_000_000
@@ -126,13 +130,7 @@ class Settings(BaseSettings):
     @cached_property
     def signing_secret(self) -> bytes:
         """Secret for presigned storage URLs; made once and kept under home."""
-        path = self.home / "signing.key"
-        if not path.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.replace(path)
-        return bytes.fromhex(path.read_text().strip())
+        return load_or_create_key(self.home / "signing.key")
 
     def eventsourcing_env(self) -> dict[str, str]:
         """Environment for the eventsourcing Application, from the store switch."""

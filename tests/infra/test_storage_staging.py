@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -17,8 +16,7 @@ from fastapi import FastAPI
 
 from api.storage import router
 from infra.devstack import free_port
-from infra.signing import presigned_url
-from tests.infra.conftest import StoreFactory
+from tests.infra.conftest import StoreFactory, run_grant, storage_services
 from worker_gpu.transfer import IntegrityMismatch, download_verified
 
 pytestmark = pytest.mark.timeout(900)
@@ -36,8 +34,7 @@ def api(make_store: StoreFactory) -> Iterator[str]:
     """The storage router alone, served by uvicorn over a store of the kind under test."""
     app = FastAPI()
     app.include_router(router)
-    settings = SimpleNamespace(signing_secret=SECRET)
-    app.state.services = SimpleNamespace(settings=settings, store=make_store())
+    app.state.services = storage_services(make_store())
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -52,7 +49,7 @@ def api(make_store: StoreFactory) -> Iterator[str]:
 
 
 def url(base: str, method: str, key: str) -> str:
-    return presigned_url(SECRET, base, method, "alice", key, int(time.time()) + 60)
+    return run_grant(base, method, key)
 
 
 def put(api: str, key: str, data: bytes) -> None:
