@@ -28,8 +28,8 @@ from domain.spec import JobSpec, check_relative_path
 from domain.verification import check_rate, decide_check
 from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
-from infra.signing import presigned_url
-from infra.storage import ObjectStore, StorageError, delete_each
+from infra.signing import Grant, grant_url
+from infra.storage import ObjectNotFound, ObjectStore, StorageError, delete_each
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -185,25 +185,28 @@ class ControlActivities:
     @activity.defn(name=c.PREPARE_TRANSFERS, no_thread_cancel_exception=True)
     @_busy
     def prepare_transfers(self, req: c.AllocateRequest) -> c.TransferPlan:
+        """The run's grants (infra/signing.py): each for one key, bound to this job, attempt
+        and provider, for minutes (the agent renews them while the run is live)."""
         job = self.network.job(req.job_id)
         _live(job, "a run", req.attempt)
         spec = JobSpec.model_validate(job.spec)
-        expires = int(time.time()) + spec.timeout_s + 3600
-        secret, base = self.settings.signing_secret, self.settings.api_url
+        provider_id = job.allocations.get(req.attempt)
+        if provider_id is None:
+            raise _refuse(DomainError(f"attempt {req.attempt} of job {req.job_id} is not "
+                                      "allocated"))
+        grants = Grants(self.settings, job.client_id, req.job_id, req.attempt, provider_id)
         inputs = []
         for ref in spec.inputs:
             if ref.sha256 is None or ref.size is None:
                 raise _refuse(DomainError(f"input {ref.key} was not pinned at submission"))
-            url = presigned_url(secret, base, "GET", job.client_id, ref.key, expires)
-            inputs.append(c.InputTransfer(ref.target, url, ref.sha256, ref.size))
+            inputs.append(c.InputTransfer(ref.target, grants.get(ref.key, ref.sha256, ref.size),
+                                          ref.sha256, ref.size))
         if req.purpose == "verify":  # the verifier reads the accepted outputs, writes nothing
             if not spec.verification.verifier:
                 raise _refuse(DomainError(f"job {req.job_id} has no verifier"))
             inputs = [
-                c.InputTransfer(
-                    m["path"], presigned_url(secret, base, "GET", job.client_id, m["key"], expires),
-                    m["sha256"], m["size"],
-                )
+                c.InputTransfer(m["path"], grants.get(m["key"], m["sha256"], m["size"]),
+                                m["sha256"], m["size"])
                 for m in job.manifests.get(req.source_attempt, [])
             ]
             return c.TransferPlan(
@@ -213,21 +216,19 @@ class ControlActivities:
         outputs = []
         for path in spec.outputs:
             key = output_key(req.job_id, path, req.attempt)
-            url = presigned_url(secret, base, "PUT", job.client_id, key, expires)
-            outputs.append(c.OutputTransfer(path, key, url))
+            outputs.append(c.OutputTransfer(path, key, grants.put(key, OUTPUT_GRANT_BYTES,
+                                                                  once=True)))
         checkpoint = None
         if spec.verification.replicas == 1 and not job.manifests:
             # The job's one line of runs (not a check or a tie-break that follows it): it
             # keeps a checkpoint, and a run after a lost provider starts from the last one.
             checkpoint = _checkpoint_plan(
-                self.store, self.settings, job.client_id, req, expires, {i.name for i in inputs}
+                self.store, self.settings, grants, job.allocations, req,
+                {i.name for i in inputs},
             )
             inputs += [
-                c.InputTransfer(
-                    f"{CHECKPOINT_DIR}/{e.path}",
-                    presigned_url(secret, base, "GET", job.client_id, e.key, expires),
-                    e.sha256, e.size,
-                )
+                c.InputTransfer(f"{CHECKPOINT_DIR}/{e.path}", grants.get(e.key, e.sha256, e.size),
+                                e.sha256, e.size)
                 for e in checkpoint.resumed
             ]
         return c.TransferPlan(
@@ -377,10 +378,11 @@ class ControlActivities:
         Best effort: the job has finished either way, and a retry finds less to delete."""
         client_id = self.network.job(job_id).client_id
         try:
-            # The manifest first: no half-deleted checkpoint is ever named as complete.
-            delete_each(self.store, client_id, [checkpoint_manifest_key(job_id)] + [
-                o.key for o in self.store.list(client_id, f"jobs/{job_id}/{CHECKPOINT_DIR}/")
-            ])
+            stored = [o.key for o in self.store.list(client_id, f"jobs/{job_id}/{CHECKPOINT_DIR}/")]
+            # The manifests first: no half-deleted checkpoint is ever named as complete.
+            manifests = [k for k in stored if k.endswith(f"/{MANIFEST_NAME}")]
+            delete_each(self.store, client_id,
+                        manifests + [k for k in stored if k not in manifests])
         except (StorageError, OSError) as err:
             log.warning("job %s: its checkpoint stays in storage: %s", job_id, err)
 
@@ -394,68 +396,111 @@ class ControlActivities:
         ]
 
 
+# Grants (infra/signing.py, api/storage.py).
+
+OUTPUT_GRANT_BYTES = 64 << 30  # the most one output may hold (api.storage.MAX_UPLOAD_BYTES)
+
+
+class Grants:
+    """Grants for one run: its job, attempt and provider, in force for settings.grant_max_s."""
+
+    def __init__(self, settings: Settings, client_id: str, job_id: str, attempt: int,
+                 provider_id: str):
+        self.secret, self.base = settings.signing_secret, settings.api_url
+        self.client_id, self.job_id, self.attempt = client_id, job_id, attempt
+        self.provider_id = provider_id
+        self.expires = int(time.time()) + settings.grant_max_s
+
+    def _url(self, method: str, key: str, size: int, sha256: str = "", once: bool = False
+             ) -> str:
+        grant = Grant(method, self.client_id, key, self.expires, self.job_id, self.attempt,
+                      self.provider_id, size, sha256, once)
+        return grant_url(self.secret, self.base, grant)
+
+    def get(self, key: str, sha256: str, size: int) -> str:
+        """A GET of this object as it is now (its sha256 and size)."""
+        return self._url("GET", key, size, sha256.lower())
+
+    def put(self, key: str, max_bytes: int, once: bool = False) -> str:
+        """A PUT of at most max_bytes, whose sha256 and size the uploader declares."""
+        return self._url("PUT", key, max_bytes, once=once)
+
+
 # Checkpoints (worker_gpu/checkpoint.py has the provider's side and the convention).
 
 CHECKPOINT_DIR = "checkpoint"
-MANIFEST_LIMIT = 1 << 20  # bytes of checkpoint.json worth reading
+MANIFEST_NAME = "manifest.json"
+MANIFEST_LIMIT = 1 << 20  # bytes of a checkpoint manifest worth reading
 
 
-def checkpoint_manifest_key(job_id: str) -> str:
-    return f"jobs/{job_id}/checkpoint.json"
+def checkpoint_manifest_key(job_id: str, attempt: int) -> str:
+    """Each run has its own manifest: no run can name what another run resumes from."""
+    return f"jobs/{job_id}/{CHECKPOINT_DIR}/{attempt}/{MANIFEST_NAME}"
 
 
 def checkpoint_slot_key(job_id: str, attempt: int, slot: int) -> str:
     """Each run uploads into slots of its own, so no run overwrites another's checkpoint."""
-    return f"jobs/{job_id}/checkpoint/{attempt}/{slot}"
+    return f"jobs/{job_id}/{CHECKPOINT_DIR}/{attempt}/{slot}"
 
 
 def _checkpoint_plan(
-    store: ObjectStore, settings: Settings, client_id: str, req: c.AllocateRequest,
-    expires: int, taken: set[str],
+    store: ObjectStore, settings: Settings, grants: Grants, allocations: dict[int, str],
+    req: c.AllocateRequest, taken: set[str],
 ) -> c.CheckpointPlan:
-    """Presigned PUTs for this run's checkpoint and, after a lost run, the last one to resume."""
-    secret, base = settings.signing_secret, settings.api_url
-    manifest_key = checkpoint_manifest_key(req.job_id)
+    """Grants for this run's checkpoint and, after a lost run, the last one to resume."""
+    manifest_key = checkpoint_manifest_key(req.job_id, req.attempt)
     slots = []
     for n in range(2 * settings.checkpoint_max_files):
         key = checkpoint_slot_key(req.job_id, req.attempt, n)
-        slots.append(c.OutputTransfer(str(n), key,
-                                      presigned_url(secret, base, "PUT", client_id, key, expires)))
-    resumed: list[c.ManifestEntry] = []
+        slots.append(c.OutputTransfer(str(n), key, grants.put(key, settings.checkpoint_max_bytes)))
+    resumed: list[c.ManifestEntry] | None = None
     source = 0
-    if req.attempt > 1:  # the first attempt has no checkpoint to start from
+    # The latest earlier run of this job that left a checkpoint, written through that
+    # run's own grants (no client writes under jobs/): the first attempt has none.
+    for earlier in range(req.attempt - 1, 0, -1):
+        if earlier not in allocations:
+            continue
         try:
-            resumed, source = _last_checkpoint(store, settings, client_id, req.job_id)
+            resumed = _checkpoint_of(store, settings, grants.client_id, req.job_id, earlier)
         except (StorageError, ValueError, KeyError, TypeError, AttributeError) as err:
-            log.warning("job %s: not resuming from its checkpoint: %s", req.job_id, err)
-        # A declared input keeps its place; a checkpoint file of the same name stays behind.
-        resumed = [e for e in resumed if f"{CHECKPOINT_DIR}/{e.path}" not in taken]
+            log.warning("job %s: not resuming from the checkpoint of attempt %d: %s",
+                        req.job_id, earlier, err)
+            break
+        if resumed is not None:
+            source = earlier
+            break
+    # A declared input keeps its place; a checkpoint file of the same name stays behind.
+    kept = [e for e in resumed or [] if f"{CHECKPOINT_DIR}/{e.path}" not in taken]
     return c.CheckpointPlan(
-        manifest_key, presigned_url(secret, base, "PUT", client_id, manifest_key, expires),
+        manifest_key, grants.put(manifest_key, MANIFEST_LIMIT),
         slots, settings.checkpoint_max_bytes, settings.checkpoint_max_files,
-        settings.checkpoint_interval_s, resumed, source,
+        settings.checkpoint_interval_s, kept, source if kept else 0,
     )
 
 
-def _last_checkpoint(
-    store: ObjectStore, settings: Settings, client_id: str, job_id: str
-) -> tuple[list[c.ManifestEntry], int]:
-    """The last complete checkpoint, each file checked against storage; none: ([], 0)."""
-    key = checkpoint_manifest_key(job_id)
+def _checkpoint_of(
+    store: ObjectStore, settings: Settings, client_id: str, job_id: str, attempt: int
+) -> list[c.ManifestEntry] | None:
+    """The last complete checkpoint of this run, each file checked against storage; None:
+    the run wrote none."""
+    key = checkpoint_manifest_key(job_id, attempt)
     try:
         info, chunks = store.open(client_id, key)
-    except StorageError:
-        return [], 0  # the job never wrote one
+    except ObjectNotFound:
+        return None
     if info.size > MANIFEST_LIMIT:
         raise ValueError(f"{key} is larger than {MANIFEST_LIMIT} bytes")
     doc = json.loads(b"".join(chunks))
+    if doc.get("job_id") != job_id or doc.get("attempt") != attempt:
+        raise ValueError(f"{key} is not the manifest of attempt {attempt} of job {job_id}")
     entries = []
     for f in doc["files"]:
         path, file_key, sha256, size = f["path"], f["key"], f["sha256"], f["size"]
         if not isinstance(path, str) or check_relative_path(path) != path:
             raise ValueError(f"checkpoint path {path!r} is not a plain relative path")
-        if not isinstance(file_key, str) or not file_key.startswith(f"jobs/{job_id}/checkpoint/"):
-            raise ValueError(f"checkpoint file {path!r} is stored outside the job's checkpoint")
+        if not _checkpoint_file_of(file_key, job_id, attempt):
+            raise ValueError(f"checkpoint file {path!r} is not stored in a checkpoint of "
+                             f"attempt {attempt} or before")
         stored = store.stat(client_id, file_key)
         if (stored.sha256, stored.size) != (sha256, size):
             raise ValueError(f"checkpoint file {path!r} in storage does not match the manifest")
@@ -464,5 +509,15 @@ def _last_checkpoint(
         raise ValueError(f"{len(entries)} files, more than {settings.checkpoint_max_files}")
     if sum(e.size for e in entries) > settings.checkpoint_max_bytes:
         raise ValueError(f"more than {settings.checkpoint_max_bytes} bytes")
-    return entries, int(doc.get("attempt", 0))
+    return entries
 
+
+def _checkpoint_file_of(file_key: object, job_id: str, attempt: int) -> bool:
+    """A slot of this run or of an earlier one (a resumed run keeps the files it did not
+    change where they are)."""
+    if not isinstance(file_key, str):
+        return False
+    prefix = f"jobs/{job_id}/{CHECKPOINT_DIR}/"
+    owner, _, slot = file_key.removeprefix(prefix).partition("/")
+    return (file_key.startswith(prefix) and owner.isdigit() and slot.isdigit()
+            and 1 <= int(owner) <= attempt and len(owner) < 8)

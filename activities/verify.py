@@ -18,7 +18,16 @@ def output_key(job_id: str, path: str, attempt: int) -> str:
 def integrity_problems(
     store: ObjectStore, client_id: str, job_id: str, spec: JobSpec, report: c.ReplicaReport
 ) -> list[str]:
-    """What in a provider's report does not hold: storage is the witness."""
+    """What in a provider's report does not hold: storage is the witness.
+
+    What `stat` answers for a run's output is what the storage endpoint computed while it
+    received the upload, and nothing can change it after: the output's key is under
+    `jobs/`, which no client may write or delete (api/storage.py); only this run's grant
+    writes it, once (write-once, If-None-Match on S3), and only until the run has reported
+    its outputs; the sha256 and size live in the backend's own metadata, which no key can
+    name (infra/storage.py). So this is the digest recorded at upload time, not a later
+    one: no separate event is needed to hold it.
+    """
     problems = []
     for entry in report.manifest:
         if entry.path not in spec.outputs or entry.key != output_key(

@@ -1,8 +1,22 @@
-"""Client storage over plain HTTP: streamed uploads and downloads, presigned for providers."""
+"""Client storage over plain HTTP: streamed uploads and downloads, with grants for providers.
+
+Two ways in. A client (or an admin) with its bearer token reads and writes its own
+space, except `jobs/`: that prefix is the control plane's (runs' outputs and
+checkpoints), which the client may read but never write or delete. A provider
+holds grants (infra/signing.py): each allows one method on one key for one run,
+for minutes, and only while that run is live (its job not ended, the attempt
+still this provider's, not lost; a PUT only until the run reported its outputs).
+A PUT through a grant must declare the body's sha256 (X-Sha256) and size
+(Content-Length); the store refuses a body that differs and keeps nothing. A run's
+output grant writes once: a second PUT to the key is refused (409) and changes
+nothing. What the store computed on the way in is what verification reads.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
@@ -13,8 +27,11 @@ from fastapi.responses import StreamingResponse
 
 from api import auth
 from api.services import Services
-from infra.signing import verify
+from domain.errors import UnknownJob
+from domain.job import TERMINAL_STATES
+from infra.signing import METHODS, Grant, GrantRefused, check, grant_url, parse_grant
 from infra.storage import (
+    AlreadyStored,
     IntegrityMismatch,
     ObjectInfo,
     ObjectNotFound,
@@ -28,6 +45,10 @@ MAX_UPLOAD_BYTES = 64 << 30  # the most GPGPU_MAX_OBJECT_BYTES may say
 
 class ObjectTooLarge(StorageError):
     """An upload past the per-object maximum (413)."""
+# Keys the control plane writes (runs' outputs, checkpoints): a client reads them, never
+# writes or deletes them; only a run's grant does.
+RESERVED_PREFIX = "jobs/"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def get_services(request: Request) -> Services:
@@ -37,28 +58,57 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+def run_refusal(services: Services, grant: Grant) -> str | None:
+    """Why the run a grant belongs to may no longer use it; None while it may."""
+    try:
+        job = services.network.job(grant.job_id)
+    except UnknownJob:
+        return f"no job {grant.job_id}"
+    if job.client_id != grant.client_id:
+        return f"job {grant.job_id} is not in storage space {grant.client_id!r}"
+    if job.state in TERMINAL_STATES:
+        return f"job {grant.job_id} has ended ({job.state})"
+    if job.allocations.get(grant.attempt) != grant.provider_id:
+        return f"attempt {grant.attempt} of job {grant.job_id} is not {grant.provider_id}'s"
+    if f"ProviderLost:{grant.attempt}" in job.recorded:
+        return f"attempt {grant.attempt} of job {grant.job_id} has ended (its provider was lost)"
+    if grant.method == "PUT" and f"outputs_uploaded:{grant.attempt}" in job.recorded:
+        return f"attempt {grant.attempt} of job {grant.job_id} has reported its outputs"
+    return None
+
+
+async def granted(
+    services: Services, method: str, client_id: str, key: str, request: Request, sig: str
+) -> Grant:
+    """The grant this request carries, refused (403) unless it is the network's, in force,
+    for this method and key, and its run is live."""
+    try:
+        grant = parse_grant(method, client_id, key, dict(request.query_params))
+        check(services.settings.signing_secret, grant, sig, time.time(),
+              services.settings.grant_max_s)
+    except GrantRefused as err:
+        raise HTTPException(403, f"grant refused: {err}") from None
+    refusal = await asyncio.to_thread(run_refusal, services, grant)
+    if refusal is not None:
+        raise HTTPException(403, f"grant refused: {refusal}")
+    return grant
+
+
 async def authorise(
-    services: Services,
-    method: str,
-    client_id: str,
-    key: str,
-    authorization: str | None,
-    expires: int | None,
-    sig: str | None,
+    services: Services, method: str, client_id: str, key: str, authorization: str | None
 ) -> None:
-    """A holder of a presigned URL for this method and key (no token needed), or a caller
-    whose bearer token owns the space (auth.can_use_storage: its client id, or an admin)."""
-    if sig is not None and expires is not None:
-        if verify(services.settings.signing_secret, method, client_id, key, expires, sig,
-                  time.time()):
-            return
-        raise HTTPException(403, "the presigned URL is invalid or has expired")
+    """A caller whose bearer token owns the space (auth.can_use_storage: its client id, or
+    an admin); writes never under RESERVED_PREFIX."""
     caller = await services.auth.authenticate(auth.bearer(authorization))
     if caller is None:
         raise HTTPException(401, "unauthenticated: send Authorization: Bearer <token>",
                             headers={"WWW-Authenticate": "Bearer"})
     if not auth.can_use_storage(caller, client_id):
         raise HTTPException(403, f"storage space {client_id!r} is not yours")
+    if method in ("PUT", "DELETE") and key.startswith(RESERVED_PREFIX):
+        raise HTTPException(
+            403, f"{key}: keys under {RESERVED_PREFIX!r} are written by the network's runs only"
+        )
 
 
 def _storage_error(err: StorageError) -> HTTPException:
@@ -66,6 +116,10 @@ def _storage_error(err: StorageError) -> HTTPException:
         return HTTPException(404, str(err))
     if isinstance(err, QuotaExceeded | ObjectTooLarge):
         return HTTPException(413, str(err))
+    if isinstance(err, AlreadyStored):
+        stored = err.stored
+        return HTTPException(409, {"message": str(err), "key": stored.key,
+                                   "sha256": stored.sha256, "size": stored.size})
     return HTTPException(400, str(err))
 
 
@@ -114,20 +168,35 @@ async def put_object(
     services: ServicesDep,
     authorization: Authorization = None,
     x_sha256: Annotated[str | None, Header()] = None,
-    expires: int | None = None,
     sig: str | None = None,
 ) -> dict[str, object]:
-    await authorise(services, "PUT", client_id, key, authorization, expires, sig)
-    limit = services.settings.max_object_bytes
     length = request.headers.get("content-length")
-    if length and int(length) > limit:
+    if length is not None and (not length.isdigit() or len(length) > 19):
+        raise HTTPException(400, "Content-Length: not a whole number of bytes")
+    size = None if length is None else int(length)
+    limit = services.settings.max_object_bytes
+    if size is not None and size > limit:
         raise HTTPException(413, f"upload larger than {limit} bytes (the most one object "
                                  f"may hold)")
+    once = False
+    if sig is not None:
+        grant = await granted(services, "PUT", client_id, key, request, sig)
+        if x_sha256 is None or not _SHA256.fullmatch(x_sha256.lower()):
+            raise HTTPException(400, "X-Sha256: a PUT through a grant declares the body's "
+                                     "sha256 (64 hex digits)")
+        if size is None:
+            raise HTTPException(411, "Content-Length: a PUT through a grant declares its size")
+        if size > grant.size:
+            raise HTTPException(413, f"upload of {size} bytes is over the grant's {grant.size}")
+        once = grant.once
+    else:
+        await authorise(services, "PUT", client_id, key, authorization)
     loop = asyncio.get_running_loop()
     body = _bridge(request.stream(), loop, limit)
     try:
         info: ObjectInfo = await asyncio.to_thread(
-            services.store.put, client_id, key, body, x_sha256
+            lambda: services.store.put(client_id, key, body, x_sha256, expected_size=size,
+                                       create_only=once)
         )
     except IntegrityMismatch as err:
         raise HTTPException(400, str(err)) from None
@@ -136,20 +205,59 @@ async def put_object(
     return {"key": info.key, "sha256": info.sha256, "size": info.size}
 
 
+@router.post("/{client_id}/{key:path}", dependencies=[Utf8Key])
+async def renew_grant(
+    client_id: str,
+    key: str,
+    request: Request,
+    services: ServicesDep,
+    sig: str,
+    x_grant_method: Annotated[str, Header()] = "GET",
+) -> dict[str, object]:
+    """The same grant with a fresh deadline (now + grant_max_s), while its run is live: a run
+    longer than a grant renews its grants as it goes. An ended run's grant is refused."""
+    method = x_grant_method.upper()
+    if method not in METHODS:
+        raise HTTPException(400, f"X-Grant-Method: {x_grant_method!r} is not one of GET, PUT")
+    settings = services.settings
+    try:
+        grant = parse_grant(method, client_id, key, dict(request.query_params))
+        check(settings.signing_secret, grant, sig, grant.expires, settings.grant_max_s)
+    except GrantRefused as err:
+        raise HTTPException(403, f"grant refused: {err}") from None
+    refusal = await asyncio.to_thread(run_refusal, services, grant)
+    if refusal is not None:
+        raise HTTPException(403, f"grant refused: {refusal}")
+    fresh = dataclasses.replace(grant, expires=int(time.time()) + settings.grant_max_s)
+    return {"url": grant_url(settings.signing_secret, settings.api_url, fresh),
+            "expires": fresh.expires}
+
+
 @router.get("/{client_id}/{key:path}", dependencies=[Utf8Key])
 async def get_object(
     client_id: str,
     key: str,
+    request: Request,
     services: ServicesDep,
     authorization: Authorization = None,
-    expires: int | None = None,
     sig: str | None = None,
 ) -> StreamingResponse:
-    await authorise(services, "GET", client_id, key, authorization, expires, sig)
+    grant = None
+    if sig is not None:
+        grant = await granted(services, "GET", client_id, key, request, sig)
+    else:
+        await authorise(services, "GET", client_id, key, authorization)
     try:
         info, chunks = await asyncio.to_thread(services.store.open, client_id, key)
     except StorageError as err:
         raise _storage_error(err) from None
+    if grant is not None and grant.sha256 and (info.sha256, info.size) != (
+        grant.sha256, grant.size
+    ):
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        raise HTTPException(409, f"{key}: the object is not the one the grant names")
     headers = {"X-Sha256": info.sha256, "Content-Length": str(info.size)}
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
@@ -161,7 +269,7 @@ async def list_objects(
     authorization: Authorization = None,
     prefix: Annotated[str, Query(max_length=1024)] = "",
 ) -> list[dict[str, object]]:
-    await authorise(services, "LIST", client_id, "", authorization, None, None)
+    await authorise(services, "LIST", client_id, "", authorization)
     try:
         objects = await asyncio.to_thread(services.store.list, client_id, prefix)
     except StorageError as err:
@@ -173,7 +281,7 @@ async def list_objects(
 async def delete_object(
     client_id: str, key: str, services: ServicesDep, authorization: Authorization = None
 ) -> dict[str, str]:
-    await authorise(services, "DELETE", client_id, key, authorization, None, None)
+    await authorise(services, "DELETE", client_id, key, authorization)
     try:
         await asyncio.to_thread(services.store.delete, client_id, key)
     except StorageError as err:

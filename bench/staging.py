@@ -2,8 +2,10 @@
 
 The input (`--size-mib`, 1 GiB by default, random bytes) is uploaded for a client
 through the real API, then staged the way a provider's stage activity does it:
-`worker_gpu.transfer.download_verified` over HTTP from a URL presigned with
-`infra.signing.presigned_url`, checking size and sha256 while streaming into a
+`worker_gpu.transfer.download_verified` over HTTP from a grant made with
+`infra.signing.grant_url` for a run recorded in the API's event store (a job
+allocated to a provider, as the control plane records it), checking size and
+sha256 while streaming into a
 scratch directory. The API runs as a real process (with the Temporal dev server
 its lifespan needs), once per storage backend: `filesystem`, and `s3` against a
 real Ceph RGW started here (`--skip-s3` to leave it out). In the same run, next
@@ -46,9 +48,11 @@ from typing import Any
 
 import httpx
 
+from domain.application import Network
+from domain.spec import parse_job_spec
 from infra.devstack import ROOT, Stack, free_port, temporal_dev_args, wait_for_http
 from infra.settings import Settings
-from infra.signing import presigned_url
+from infra.signing import Grant, grant_url
 from worker_gpu.transfer import download_verified, sha256_file, upload_file
 
 BACKENDS = ("filesystem", "s3")
@@ -56,7 +60,7 @@ CLIENT_ID = "bench"
 KEY = "inputs/staging.bin"
 # As worker_gpu.activities.HTTP_TIMEOUT (not imported: that module pulls in the GPU runtimes).
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-URL_LIFETIME_S = 3600
+JOB_ID, PROVIDER_ID = "bench-staging", "bench-provider"
 S3_NOT_INSTALLABLE = 3  # scripts/s3-up.sh: Ceph's packages cannot be installed here
 S3_START_LIMIT_S = 600  # a first start may install Ceph from apt
 
@@ -101,10 +105,12 @@ class Api:
     def pid(self) -> int:
         return self.stack.children[-1].proc.pid
 
-    def url(self, method: str, key: str = KEY) -> str:
+    def url(self, method: str, key: str = KEY, sha256: str = "", size: int = 0) -> str:
+        """A grant of the bench's run (open_run), as prepare_transfers makes them."""
         s = self.settings
-        expires = int(time.time()) + URL_LIFETIME_S
-        return presigned_url(s.signing_secret, s.api_url, method, CLIENT_ID, key, expires)
+        grant = Grant(method, CLIENT_ID, key, int(time.time()) + s.grant_max_s, JOB_ID, 1,
+                      PROVIDER_ID, size, sha256)
+        return grant_url(s.signing_secret, s.api_url, grant)
 
     @property
     def stored_file(self) -> Path:
@@ -185,11 +191,26 @@ def api_process(backend: str, home: Path, temporal: str, s3_env: dict[str, str] 
     env["GPGPU_STORAGE"] = backend  # s3.env says "s3"; the backend asked for wins
     settings = Settings(home=home, api_port=port, api_url=env["GPGPU_API_URL"])
     settings.signing_secret  # noqa: B018 -- made here, before the API reads it
+    open_run(settings)
     stack = Stack(settings, env)
     with stopping(stack):
         stack.spawn("api", command or [sys.executable, "-m", "api"])
         wait_for_http(f"{settings.api_url}/healthz", 60, f"the API ({backend})")
         yield Api(backend, stack, settings)
+
+
+def open_run(settings: Settings) -> None:
+    """A run in the API's event store that the bench's grants belong to: storage honours a
+    grant only while its run is live (a job allocated to that provider, not ended)."""
+    network = Network(env=settings.eventsourcing_env())
+    network.open_client(CLIENT_ID, settings.starting_balance_micro)
+    spec = parse_job_spec({"name": "bench", "command": "true", "max_price_per_gpu_hour": "2",
+                           "timeout": "1h"})
+    network.submit_job(JOB_ID, CLIENT_ID, spec)
+    network.admit_job(JOB_ID)
+    network.register_provider(PROVIDER_ID, "bench", 1_000_000,
+                              [{"index": 0, "model": "bench", "memory_mb": 1024}])
+    network.allocate(JOB_ID, 1, set(), {PROVIDER_ID})
 
 
 # Staging
@@ -259,7 +280,8 @@ def measure(apis: list[Api], source: Path, scratch: Path, sha256: str, size: int
 
     steps: list[tuple[str, int | None, Callable[[], int]]] = [("copy", None, copy)]
     steps += [
-        (api.backend, api.pid, partial(stage, api.url("GET"), target, sha256, size))
+        (api.backend, api.pid,
+         partial(stage, api.url("GET", sha256=sha256, size=size), target, sha256, size))
         for api in apis
     ]
     for _, _, action in steps[1:]:  # untimed: each API process's first large download
@@ -311,7 +333,7 @@ def upload(api: Api, source: Path, sha256: str, size: int) -> None:
     """Into the client's storage through the API, as `gpgpu` clients and providers upload."""
     started = time.perf_counter()
     with httpx.Client(timeout=HTTP_TIMEOUT) as client:
-        upload_file(client, api.url("PUT"), source, sha256=sha256, size=size)
+        upload_file(client, api.url("PUT", size=size), source, sha256=sha256, size=size)
     seconds = time.perf_counter() - started
     say(f"{api.backend}: uploaded {size >> 20} MiB through the API in {seconds:.1f} s")
 

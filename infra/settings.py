@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.signing import load_or_create_key
 from infra.storage import ObjectStore, build_store
 from infra.tracing import check as check_tracing
 
@@ -52,6 +51,10 @@ class Settings(BaseSettings):
     storage_quota_bytes: int | None = Field(default=10 << 30, ge=0, le=1 << 50)
     max_object_bytes: int = Field(default=4 << 30, ge=1, le=64 << 30)
     max_request_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    # Storage grants (infra/signing.py) expire within this many seconds; the storage
+    # endpoint refuses one whose deadline is further away, whatever its signature. A run
+    # longer than this renews its grants while it is live (POST /storage/grants/renew).
+    grant_max_s: Annotated[int, Field(ge=30, le=3600)] = 900
 
     # Money: integer micro-credits. A new client account is opened with this deposit; none by
     # default, so that sign-ups are no source of free GPU time (`gpgpu up` and the tests
@@ -148,18 +151,7 @@ class Settings(BaseSettings):
     @cached_property
     def signing_secret(self) -> bytes:
         """Secret for presigned storage URLs; made once and kept under home."""
-        path = self.home / "signing.key"
-        if not path.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            # Readable by the control plane's user only, from its first byte (no chmod after).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-            tmp.replace(path)
-        elif path.stat().st_mode & 0o077:
-            path.chmod(0o600)  # a key made before it was kept private
-        return bytes.fromhex(path.read_text().strip())
+        return load_or_create_key(self.home / "signing.key")
 
     def eventsourcing_env(self) -> dict[str, str]:
         """Environment for the eventsourcing Application, from the store switch."""

@@ -1,34 +1,152 @@
-"""Presigned storage URLs: an HMAC over method, client, key and expiry.
+"""Presigned storage grants: an HMAC over everything a grant allows, bound to one run.
 
 A provider never holds a client's credentials; the control plane hands it URLs
-that allow one method on one object until a deadline, as S3 presigning does.
+that each allow one method on one object, for one run (job, attempt, provider),
+until a deadline a few minutes away. A GET grant names the object's sha256 and
+size; a PUT grant names the most bytes it may carry, and the uploader declares
+the body's sha256 and size (X-Sha256, Content-Length), which the storage endpoint
+checks while it receives the body. A `once` grant writes a key that does not yet
+exist (a run's output): it succeeds once, and nothing replaces what it wrote.
+
+The storage endpoint refuses a grant whose signature is not the network's, whose
+deadline has passed, or whose deadline lies further than the server's maximum
+(`grant_max_s`) from now, even with a valid signature: a key that leaks cannot
+mint long-lived grants that this server honours.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from urllib.parse import quote
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+VERSION = "g2"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SIG = re.compile(r"[0-9a-f]{64}")
+METHODS = ("GET", "PUT")
+MAX_GRANT_BYTES = 1 << 40  # no grant is for more than 1 TiB
 
 
-def sign(secret: bytes, method: str, client_id: str, key: str, expires: int) -> str:
-    message = f"{method.upper()}\n{client_id}\n{key}\n{expires}".encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+@dataclass(frozen=True)
+class Grant:
+    method: str  # GET or PUT
+    client_id: str
+    key: str
+    expires: int  # unix seconds
+    job_id: str
+    attempt: int
+    provider_id: str
+    size: int  # GET: the object's size; PUT: the most bytes the body may hold
+    sha256: str = ""  # GET: the object's sha256; PUT: "" (the uploader declares it)
+    once: bool = False  # PUT: only onto a key that does not exist yet (a run's output)
+
+    def message(self) -> bytes:
+        fields = [
+            VERSION, self.method.upper(), self.client_id, self.key, str(self.expires),
+            self.job_id, str(self.attempt), self.provider_id, str(self.size), self.sha256,
+            "once" if self.once else "",
+        ]
+        return "\n".join(fields).encode()
+
+    def query(self) -> dict[str, str]:
+        """The grant's fields as the URL carries them (client and key are in the path)."""
+        q = {
+            "expires": str(self.expires), "job": self.job_id, "attempt": str(self.attempt),
+            "provider": self.provider_id, "size": str(self.size),
+        }
+        if self.sha256:
+            q["sha256"] = self.sha256
+        if self.once:
+            q["once"] = "1"
+        return q
 
 
-def presigned_url(
-    secret: bytes, base_url: str, method: str, client_id: str, key: str, expires: int
-) -> str:
-    sig = sign(secret, method, client_id, key, expires)
+class GrantRefused(Exception):
+    """A grant the storage endpoint does not honour; the message says why."""
+
+
+def sign(secret: bytes, grant: Grant) -> str:
+    return hmac.new(secret, grant.message(), hashlib.sha256).hexdigest()
+
+
+def grant_url(secret: bytes, base_url: str, grant: Grant) -> str:
+    query = urlencode({**grant.query(), "sig": sign(secret, grant)})
     return (
-        f"{base_url.rstrip('/')}/storage/{quote(client_id)}/{quote(key)}"
-        f"?expires={expires}&sig={sig}"
+        f"{base_url.rstrip('/')}/storage/{quote(grant.client_id)}/{quote(grant.key)}?{query}"
     )
 
 
-def verify(
-    secret: bytes, method: str, client_id: str, key: str, expires: int, sig: str, now: float
-) -> bool:
-    if now > expires:
-        return False
-    return hmac.compare_digest(sign(secret, method, client_id, key, expires), sig)
+def parse_grant(method: str, client_id: str, key: str, params: dict[str, str]) -> Grant:
+    """The grant a request's query carries, each field checked; GrantRefused names the field."""
+
+    def field(name: str) -> str:
+        value = params.get(name)
+        if value is None:
+            raise GrantRefused(f"the grant has no {name!r}")
+        return value
+
+    def integer(name: str, low: int, high: int) -> int:
+        raw = field(name)
+        if not raw.isdigit() or len(raw) > 19 or not low <= int(raw) <= high:
+            raise GrantRefused(f"the grant's {name!r} is not a whole number in {low}-{high}")
+        return int(raw)
+
+    sha256 = params.get("sha256", "")
+    if sha256 and not _SHA256.fullmatch(sha256):
+        raise GrantRefused("the grant's 'sha256' is not 64 lowercase hex digits")
+    once = params.get("once", "")
+    if once not in ("", "1"):
+        raise GrantRefused("the grant's 'once' is not '1'")
+    job, provider = field("job"), field("provider")
+    if not 0 < len(job) <= 128 or not 0 < len(provider) <= 128:
+        raise GrantRefused("the grant's 'job' and 'provider' must be 1-128 characters")
+    return Grant(
+        method.upper(), client_id, key, integer("expires", 0, 2**63 - 1), job,
+        integer("attempt", 1, 1_000_000), provider, integer("size", 0, MAX_GRANT_BYTES),
+        sha256, once == "1",
+    )
+
+
+def check(secret: bytes, grant: Grant, sig: str, now: float, max_s: int) -> None:
+    """Refuse (GrantRefused) unless the network signed this grant and it is in force now.
+
+    In force: not past its deadline, and the deadline no further than `max_s` from now.
+    """
+    if not _SIG.fullmatch(sig) or not hmac.compare_digest(sign(secret, grant), sig):
+        raise GrantRefused("the grant's signature is not the network's")
+    if now > grant.expires:
+        raise GrantRefused("the grant has expired")
+    if grant.expires > now + max_s:
+        raise GrantRefused(
+            f"the grant's deadline is more than the server's maximum of {max_s} s away"
+        )
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The network's signing key, made once (0600, never readable by others) and kept at `path`.
+
+    A key file that others may read is made private again: it may have been created
+    before this rule (an old checkout).
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # never replaces a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return bytes.fromhex(path.read_text().strip())

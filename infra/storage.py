@@ -2,14 +2,22 @@
 
 Every key lives under its client's own space. Writes go to a temporary file and
 are renamed into place only once complete and checked, so nothing is ever
-half-written; each object's sha256 is kept beside it. The S3 backend is in
-infra/storage_s3.py; `build_store` picks one from the settings.
+half-written. Each object's sha256 and size, computed by the store as the bytes
+arrive, are kept where no key can name them: the filesystem backend keeps them
+under `<root>/.meta/` (client ids never start with '.', so no client's space is
+there), the S3 backend in the object's own metadata. A key that looks like a
+metadata file (`.x.sha256`) is an ordinary object. A put with `create_only`
+writes a key that does not exist yet, atomically (a run's output: written once,
+never replaced). The S3 backend is in infra/storage_s3.py; `build_store` picks
+one from the settings.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import posixpath
 import tempfile
@@ -39,6 +47,14 @@ class QuotaExceeded(StorageError):
     pass
 
 
+class AlreadyStored(StorageError):
+    """A create-only put found the key taken: nothing was written."""
+
+    def __init__(self, message: str, stored: ObjectInfo):
+        super().__init__(message)
+        self.stored = stored
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -48,7 +64,8 @@ class ObjectInfo:
 
 class ObjectStore(Protocol):
     def put(
-        self, client_id: str, key: str, chunks: Iterable[bytes], expected_sha256: str | None
+        self, client_id: str, key: str, chunks: Iterable[bytes], expected_sha256: str | None,
+        *, expected_size: int | None = None, create_only: bool = False,
     ) -> ObjectInfo: ...
     def open(self, client_id: str, key: str) -> tuple[ObjectInfo, Iterator[bytes]]: ...
     def stat(self, client_id: str, key: str) -> ObjectInfo: ...
@@ -89,14 +106,19 @@ def check_object_key(client_id: str, key: str) -> str:
 
 
 class Intake:
-    """The bytes of one upload as they pass: counted, hashed, refused past the client's quota.
+    """The bytes of one upload as they pass: counted, hashed, refused past the client's quota
+    or past the size the sender declared.
 
     `usage` is what the client stores already, not counting the object being replaced.
     """
 
-    def __init__(self, client_id: str, key: str, quota_bytes: int | None, usage: int = 0):
+    def __init__(
+        self, client_id: str, key: str, quota_bytes: int | None, usage: int = 0,
+        expected_size: int | None = None,
+    ):
         self.client_id, self.key = client_id, key
         self.quota_bytes, self.usage = quota_bytes, usage
+        self.expected_size = expected_size
         self.size = 0
         self._digest = hashlib.sha256()
 
@@ -107,6 +129,11 @@ class Intake:
                 continue
             self.size += len(chunk)
             self._check_quota()
+            if self.expected_size is not None and self.size > self.expected_size:
+                raise IntegrityMismatch(
+                    f"{self.key}: the body is longer than the {self.expected_size} bytes the "
+                    "sender declared"
+                )
             self._digest.update(chunk)
             yield chunk
 
@@ -118,8 +145,14 @@ class Intake:
             )
 
     def verify(self, expected_sha256: str | None) -> str:
-        """The sha256 of everything taken, refused if the sender announced another."""
+        """The sha256 of everything taken, refused if the sender announced another (or
+        another size)."""
         sha = self._digest.hexdigest()
+        if self.expected_size is not None and self.size != self.expected_size:
+            raise IntegrityMismatch(
+                f"{self.key}: {self.size} bytes received, the sender declared "
+                f"{self.expected_size}"
+            )
         if expected_sha256 and expected_sha256.lower() != sha:
             raise IntegrityMismatch(
                 f"{self.key}: sha256 of the bytes received is {sha}, the sender said "
@@ -129,10 +162,20 @@ class Intake:
 
 
 class FilesystemStore:
+    """Objects at `<root>/<client>/<key>`; their sha256 and size at `<root>/.meta/<client>/<key>`.
+
+    The metadata also holds the object file's inode and mtime: one that does not
+    match the file (a crash between the two renames) is not believed, and the
+    file is hashed instead. Temporary files live in `<root>/.tmp/`, locks in
+    `<root>/.locks/`: nothing but the client's objects is in its space.
+    """
+
     def __init__(self, root: Path, quota_bytes: int | None = None):
         self.root = root
         self.quota_bytes = quota_bytes
         root.mkdir(parents=True, exist_ok=True)
+        for inner in (".meta", ".tmp", ".locks"):
+            (root / inner).mkdir(exist_ok=True)
 
     def _path(self, client_id: str, key: str) -> Path:
         key = check_object_key(client_id, key)
@@ -142,71 +185,118 @@ class FilesystemStore:
             raise StorageError(f"key: {key!r} leaves your storage space")
         return path
 
-    @staticmethod
-    def _sidecar(path: Path) -> Path:
-        return path.with_name(f".{path.name}.sha256")
+    def _meta(self, client_id: str, key: str) -> Path:
+        return self.root / ".meta" / client_id / key
+
+    @contextlib.contextmanager
+    def _locked(self, client_id: str) -> Iterator[None]:
+        """One writer at a time in a client's space, across processes (the API, the workers)."""
+        with (self.root / ".locks" / client_id).open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _usage(self, client_id: str, replacing: Path) -> int:
         """Bytes in the client's objects, not counting `replacing` (sums the whole space)."""
         space = (self.root / client_id).resolve()
         if not space.exists():
             return 0
-        return sum(
-            p.stat().st_size
-            for p in space.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p != replacing
-        )
+        return sum(p.stat().st_size for p in space.rglob("*") if p.is_file() and p != replacing)
 
     def put(
-        self, client_id: str, key: str, chunks: Iterable[bytes], expected_sha256: str | None = None
+        self, client_id: str, key: str, chunks: Iterable[bytes],
+        expected_sha256: str | None = None, *, expected_size: int | None = None,
+        create_only: bool = False,
     ) -> ObjectInfo:
         key = check_object_key(client_id, key)
         path = self._path(client_id, key)
+        if create_only:
+            self._refuse_taken(client_id, key, path)
         usage = 0 if self.quota_bytes is None else self._usage(client_id, replacing=path)
-        intake = Intake(client_id, key, self.quota_bytes, usage)
+        intake = Intake(client_id, key, self.quota_bytes, usage, expected_size)
         # A file system can't hold both "a" and "a/b" (S3 can): refuse by name, not with a 500.
         clash = StorageError(f"key: {key!r} clashes with a stored key that is a folder of it "
                              "or inside it (this store can't hold both 'a' and 'a/b')")
         if path.is_dir():
             raise clash
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise clash from None
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        side_tmp = self._sidecar(path).with_suffix(".part")
+        fd, tmp = tempfile.mkstemp(dir=self.root / ".tmp", suffix=".part")
+        meta = self._meta(client_id, key)
         try:
             with os.fdopen(fd, "wb") as f:
                 for chunk in intake.take(chunks):
                     f.write(chunk)
             sha = intake.verify(expected_sha256)
-            side_tmp.write_text(sha)
-            os.replace(tmp, path)
-            os.replace(side_tmp, self._sidecar(path))
-        except IsADirectoryError:  # a folder of that name appeared meanwhile
+            with self._locked(client_id):
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    meta.parent.mkdir(parents=True, exist_ok=True)
+                except (FileExistsError, NotADirectoryError):
+                    raise clash from None
+                st = os.stat(tmp)
+                meta_tmp = Path(f"{tmp}.meta")
+                meta_tmp.write_text(json.dumps(
+                    {"sha256": sha, "size": intake.size, "ino": st.st_ino,
+                     "mtime_ns": st.st_mtime_ns}
+                ))
+                try:
+                    if create_only:
+                        os.link(tmp, path)  # fails if the key exists: never replaces
+                    else:
+                        os.replace(tmp, path)
+                except FileExistsError:
+                    meta_tmp.unlink(missing_ok=True)
+                    self._refuse_taken(client_id, key, path)
+                    raise
+                except IsADirectoryError:  # a folder of that name appeared meanwhile
+                    meta_tmp.unlink(missing_ok=True)
+                    raise clash from None
+                os.replace(meta_tmp, meta)
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            side_tmp.unlink(missing_ok=True)
-            raise clash from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            side_tmp.unlink(missing_ok=True)
-            raise
         return ObjectInfo(key, intake.size, sha)
+
+    def _refuse_taken(self, client_id: str, key: str, path: Path) -> None:
+        if path.is_file():
+            raise AlreadyStored(
+                f"{key}: already stored, and it is written once",
+                self._info(client_id, key, path, path.stat()),
+            )
+
+    def _info(self, client_id: str, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
+        """The recorded sha256 when it is this very file's, else the file's own, computed."""
+        try:
+            meta = json.loads(self._meta(client_id, key).read_text())
+            same = (meta["ino"], meta["mtime_ns"], meta["size"]) == (
+                st.st_ino, st.st_mtime_ns, st.st_size
+            )
+            if same and isinstance(meta["sha256"], str):
+                return ObjectInfo(key, st.st_size, meta["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return ObjectInfo(key, st.st_size, _hash_file(path))
 
     def stat(self, client_id: str, key: str) -> ObjectInfo:
         path = self._path(client_id, key)
         if not path.is_file():
             raise ObjectNotFound(f"no object {key!r} in {client_id}'s storage")
-        side = self._sidecar(path)
-        sha = side.read_text().strip() if side.exists() else _hash_file(path)
-        return ObjectInfo(key, path.stat().st_size, sha)
+        return self._info(client_id, key, path, path.stat())
 
     def open(self, client_id: str, key: str) -> tuple[ObjectInfo, Iterator[bytes]]:
-        info = self.stat(client_id, key)
         path = self._path(client_id, key)
+        try:
+            f = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"no object {key!r} in {client_id}'s storage") from None
+        try:
+            info = self._info(client_id, key, path, os.fstat(f.fileno()))
+        except BaseException:
+            f.close()
+            raise
 
         def chunks() -> Iterator[bytes]:
-            with path.open("rb") as f:
+            with f:
                 while chunk := f.read(CHUNK):
                     yield chunk
 
@@ -218,18 +308,20 @@ class FilesystemStore:
             return []
         out = []
         for path in sorted(space.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
+            if path.is_file():
                 key = path.relative_to(space).as_posix()
                 if key.startswith(prefix):
-                    out.append(self.stat(client_id, key))
+                    with contextlib.suppress(ObjectNotFound):  # deleted since the walk
+                        out.append(self.stat(client_id, key))
         return out
 
     def delete(self, client_id: str, key: str) -> None:
         path = self._path(client_id, key)
-        if not path.is_file():
-            raise ObjectNotFound(f"no object {key!r} in {client_id}'s storage")
-        path.unlink()
-        self._sidecar(path).unlink(missing_ok=True)
+        with self._locked(client_id):
+            if not path.is_file():
+                raise ObjectNotFound(f"no object {key!r} in {client_id}'s storage")
+            path.unlink()
+            self._meta(client_id, key).unlink(missing_ok=True)
 
 
 def _hash_file(path: Path) -> str:

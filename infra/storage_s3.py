@@ -7,7 +7,11 @@ upload starts, so an upload whose sender announced its sha256 goes straight to
 its key and is checked before it is completed; one that did not goes to a
 staging key outside every client's space and is copied into place with the
 sha256 computed on the way. Either way a refused upload leaves the previous
-object, if any, as it was.
+object, if any, as it was. Only the control plane holds the bucket's credentials,
+so no client key reaches the metadata: what `stat` says is what the store
+computed when the bytes arrived. A `create_only` put (a run's output) needs the
+sender's sha256 and is made with `If-None-Match: *`, and the key is looked at
+again just before the upload completes, so it never replaces an object.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from botocore.exceptions import ClientError
 
 from infra.storage import (
     CHUNK,
+    AlreadyStored,
     Intake,
     ObjectInfo,
     ObjectNotFound,
@@ -42,9 +47,10 @@ MIN_PART_SIZE = 5 << 20  # S3's least size for any part but the last
 STAGING_PREFIX = ".staging/"
 # A plain copy takes up to 5 GiB; larger staged objects are copied in parts.
 COPY_TRANSFER = TransferConfig(multipart_threshold=4 << 30, multipart_chunksize=1 << 30)
-MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4's longest
-PRESIGN_OPERATIONS = {"GET": "get_object", "PUT": "put_object"}
+MAX_PRESIGN_S = 15 * 60  # a GET straight from S3 is a grant: minutes, as ours (infra/signing)
+PRESIGN_OPERATIONS = {"GET": "get_object"}  # a PUT straight to S3 would skip every check
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_TAKEN = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -144,25 +150,39 @@ class S3Store:
     # -- the object store -----------------------------------------------------
 
     def put(
-        self, client_id: str, key: str, chunks: Iterable[bytes], expected_sha256: str | None = None
+        self, client_id: str, key: str, chunks: Iterable[bytes],
+        expected_sha256: str | None = None, *, expected_size: int | None = None,
+        create_only: bool = False,
     ) -> ObjectInfo:
         key = check_object_key(client_id, key)
         name = f"{client_id}/{key}"
         s3 = self._client()
+        if create_only:
+            if not (expected_sha256 and _SHA256.fullmatch(expected_sha256)):
+                raise StorageError(f"{key}: a write-once upload must declare its sha256")
+            self._refuse_taken(client_id, key)
         usage = 0 if self.quota_bytes is None else self._usage(client_id, replacing=name)
-        intake = Intake(client_id, key, self.quota_bytes, usage)
+        intake = Intake(client_id, key, self.quota_bytes, usage, expected_size)
         parts = _parts(intake.take(chunks), self.part_size)
         first = next(parts)
         if len(first) < self.part_size:  # the whole object: one plain PUT
             sha = intake.verify(expected_sha256)
-            s3.put_object(Bucket=self.bucket, Key=name, Body=first, Metadata={"sha256": sha})
+            condition = {"IfNoneMatch": "*"} if create_only else {}
+            try:
+                s3.put_object(Bucket=self.bucket, Key=name, Body=first,
+                              Metadata={"sha256": sha}, **condition)
+            except ClientError as err:
+                if _code(err) in _TAKEN:
+                    self._refuse_taken(client_id, key)
+                raise
             return ObjectInfo(key, intake.size, sha)
         held = [first]
         del first  # from here on a part is let go of once uploaded
         parts = _released_then(held, parts)
         if expected_sha256 and _SHA256.fullmatch(expected_sha256):
             metadata = {"sha256": expected_sha256.lower()}
-            self._multipart(name, metadata, parts, intake, expected_sha256)
+            taken = (client_id, key) if create_only else None
+            self._multipart(name, metadata, parts, intake, expected_sha256, taken)
             return ObjectInfo(key, intake.size, metadata["sha256"])
         staged = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         try:
@@ -186,8 +206,10 @@ class S3Store:
         parts: Iterator[bytearray],
         intake: Intake,
         expected_sha256: str | None,
+        create_only: tuple[str, str] | None = None,
     ) -> None:
-        """Upload `parts` as the parts of `name`; complete it if the sha256 holds."""
+        """Upload `parts` as the parts of `name`; complete it if the sha256 holds (and, for
+        `create_only` (client, key), if the key is still free)."""
         s3 = self.s3
         upload = s3.create_multipart_upload(Bucket=self.bucket, Key=name, Metadata=metadata)
         upload_id = upload["UploadId"]
@@ -203,18 +225,35 @@ class S3Store:
                 done.append({"PartNumber": number, "ETag": answer["ETag"]})
                 del part  # free it before the next one is read
             intake.verify(expected_sha256)
-            s3.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=name,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": done},
-            )
+            condition: dict[str, str] = {}
+            if create_only is not None:
+                self._refuse_taken(*create_only)
+                condition = {"IfNoneMatch": "*"}
+            try:
+                s3.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=name,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": done},
+                    **condition,
+                )
+            except ClientError as err:
+                if create_only is not None and _code(err) in _TAKEN:
+                    self._refuse_taken(*create_only)
+                raise
         except BaseException:
             try:
                 s3.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
             except Exception as err:  # the lifecycle rule clears it later
                 log.warning("%s: abort of multipart upload %s failed: %s", name, upload_id, err)
             raise
+
+    def _refuse_taken(self, client_id: str, key: str) -> None:
+        try:
+            stored = self._head(client_id, key)
+        except ObjectNotFound:
+            return
+        raise AlreadyStored(f"{key}: already stored, and it is written once", stored)
 
     def _delete_quietly(self, name: str) -> None:
         try:
@@ -281,15 +320,13 @@ class S3Store:
         self.s3.delete_object(Bucket=self.bucket, Key=f"{client_id}/{key}")
 
     def presign(self, method: str, client_id: str, key: str, expires_s: int) -> str:
-        """A URL that lets its holder GET or PUT this one object, straight from S3, for expires_s.
-
-        A PUT through it skips our checks: no quota, and no sha256 metadata (stat
-        then reads the object once to compute it).
-        """
+        """A URL that lets its holder GET this one object, straight from S3, for expires_s
+        (at most MAX_PRESIGN_S). There is no PUT: one would skip the quota, the declared
+        sha256 and size, and write-once."""
         key = check_object_key(client_id, key)
         operation = PRESIGN_OPERATIONS.get(method.upper())
         if operation is None:
-            raise StorageError(f"presign: method {method!r} is not one of GET, PUT")
+            raise StorageError(f"presign: method {method!r} is not GET")
         if not 1 <= expires_s <= MAX_PRESIGN_S:
             raise StorageError(f"presign: expiry {expires_s}s is not within 1-{MAX_PRESIGN_S}s")
         return str(

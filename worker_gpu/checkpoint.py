@@ -9,7 +9,10 @@ uploaded, and a file that changes while it is read waits for the next round.
 While the job runs, `CheckpointUploader` looks at the directory every few seconds
 (the plan's interval). When a file changed, it uploads the changed files through
 the presigned PUT URLs of the plan's slots, then the manifest
-(`jobs/<job_id>/checkpoint.json`: path, key, sha256 and size of every file) last.
+(`jobs/<job_id>/checkpoint/<attempt>/manifest.json`: path, key, sha256 and size of
+every file) last. Each attempt has its own slots and manifest, written only through
+that run's grants while it is live: no other run, and no client, can name what a
+later attempt resumes from.
 A slot that the last manifest names is never written, so storage always holds one
 complete checkpoint and a reader of the manifest never sees half of a newer one.
 A checkpoint over the plan's size or file limits is not uploaded; the job goes on
@@ -17,7 +20,8 @@ and its log says why. Paths go through the same checks as outputs
 (transfer.relative_path, transfer.safe_path): nothing outside the job's directory
 is ever read.
 
-When a provider is lost, the control plane reads the manifest, checks each file
+When a provider is lost, the control plane reads the manifest of the latest earlier
+attempt that has one, checks each file
 against storage, and stages the files into the next attempt's `checkpoint/` as
 ordinary inputs (sha256 checked): the job finds them and resumes.
 """
@@ -39,6 +43,7 @@ from worker_gpu.transfer import (
     HttpFailure,
     UnsafePath,
     relative_path,
+    renewed,
     safe_path,
     sha256_file,
     tls,
@@ -226,7 +231,7 @@ class CheckpointUploader:
     def _write_manifest(self, entries: list[ManifestEntry]) -> None:
         body = manifest_bytes(self.job_id, self.attempt, entries)
         response = self._http().put(
-            self.plan.manifest_url,
+            renewed(self._http(), self.plan.manifest_url, "PUT"),
             content=body,
             headers={"X-Sha256": hashlib.sha256(body).hexdigest()},
         )

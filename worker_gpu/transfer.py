@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import httpcore
 import httpx
@@ -158,6 +159,30 @@ def sha256_file(path: Path, on_chunk: ChunkFn | None = None) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+# A grant (infra/signing.py) lives minutes; one that ends within this is renewed before use.
+RENEW_MARGIN_S = 60.0
+
+
+def renewed(client: httpx.Client, url: str, method: str, *, now: float | None = None) -> str:
+    """`url`, or, if it is a storage grant for `method` that ends within RENEW_MARGIN_S, a
+    fresh grant for the same key and run: a POST to the grant renews it while its run is
+    live (api/storage.py)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    expires = query.get("expires", [""])[0]
+    if "sig" not in query or not expires.isdigit():
+        return url
+    if int(expires) - (time.time() if now is None else now) > RENEW_MARGIN_S:
+        return url
+    response = client.post(url, headers={"X-Grant-Method": method, **tracing.headers()})
+    if not response.is_success:
+        raise HttpFailure("POST", response.status_code, response.text[:500])
+    fresh = response.json().get("url")
+    if not isinstance(fresh, str):
+        raise HttpFailure("POST", response.status_code, "the renewal holds no url")
+    return fresh
+
+
 def _error_body(response: httpx.Response) -> str:
     try:
         response.read()
@@ -292,7 +317,7 @@ def download_verified(
         # The body as sent (no decoder, no regrouping into CHUNK_BYTES, which copies
         # every byte twice more); so ask for it uncompressed.
         headers = {"Accept-Encoding": "identity", **tracing.headers()}
-        with client.stream("GET", url, headers=headers) as response:
+        with client.stream("GET", renewed(client, url, "GET"), headers=headers) as response:
             if not response.is_success:
                 raise HttpFailure("GET", response.status_code, _error_body(response))
             for chunk in _body(response):
@@ -342,9 +367,26 @@ def upload_file(
     size: int,
     on_chunk: ChunkFn | None = None,
 ) -> None:
-    """PUT `path` to `url` as a stream, announcing its digest in X-Sha256."""
+    """PUT `path` to `url` as a stream, declaring its digest (X-Sha256) and size.
+
+    A write-once key that already holds these very bytes (an upload retried after its
+    answer was lost) counts as uploaded: the storage endpoint refuses the PUT (409) and
+    says what it holds."""
     # An explicit Content-Length: S3-style presigned PUTs refuse chunked bodies.
     headers = {"X-Sha256": sha256, "Content-Length": str(size), **tracing.headers()}
+    url = renewed(client, url, "PUT")
     response = client.put(url, content=_chunks(path, on_chunk), headers=headers)
+    if response.status_code == 409 and _holds(response, sha256, size):
+        return
     if not response.is_success:
         raise HttpFailure("PUT", response.status_code, response.text[:500])
+
+
+def _holds(response: httpx.Response, sha256: str, size: int) -> bool:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return False
+    return isinstance(detail, dict) and (detail.get("sha256"), detail.get("size")) == (
+        sha256.lower(), size
+    )

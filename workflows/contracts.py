@@ -157,7 +157,7 @@ class CheckpointPlan:
     complete checkpoint is ever overwritten), then the manifest to `manifest_url`.
     """
 
-    manifest_key: str  # jobs/<job_id>/checkpoint.json
+    manifest_key: str  # jobs/<job_id>/checkpoint/<attempt>/manifest.json
     manifest_url: str  # presigned PUT
     slots: list[OutputTransfer]  # presigned PUTs for the files, twice max_files of them
     max_bytes: int

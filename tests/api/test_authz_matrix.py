@@ -9,6 +9,7 @@ Then the cross-tenant cases one by one: nobody reads or writes what is someone e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -28,7 +29,7 @@ from domain.identity import ROLES
 from domain.spec import parse_job_spec
 from infra.devstack import free_port
 from infra.settings import Settings
-from infra.signing import presigned_url
+from infra.signing import Grant, grant_url
 
 WHO = ("anonymous", "client_a", "client_b", "provider", "operator", "admin")
 OK, DENY, NULL = "ok", "deny", "null"  # data; refused (an auth error); hidden (null)
@@ -424,11 +425,15 @@ def test_client_b_reads_nothing_of_client_a(world: World) -> None:
 
 def test_a_presigned_url_works_without_a_token(world: World) -> None:
     a = str(world.clients["client_a"])
-    url = presigned_url(world.services.settings.signing_secret, world.url, "GET", a,
-                        "data/a.txt", int(time.time()) + 60)
+    grant = Grant("GET", a, "data/a.txt", int(time.time()) + 60, world.job_id, 1, P1, 8)
+    url = grant_url(world.services.settings.signing_secret, world.url, grant)
     assert httpx.get(url).content == b"A's data"
     forged = url.replace("sig=", "sig=0")
     assert httpx.get(forged).status_code == 403
+    # A grant of a run that is not P2's (A's job runs on P1) is refused, signature and all.
+    p2 = dataclasses.replace(grant, provider_id=P2)
+    assert httpx.get(grant_url(world.services.settings.signing_secret, world.url, p2)
+                     ).status_code == 403
 
 
 def test_a_provider_cannot_touch_another_providers_gpus(world: World) -> None:

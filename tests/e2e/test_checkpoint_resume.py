@@ -46,10 +46,12 @@ def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
         yield n
 
 
-def checkpoint_step(net: Network, client: str, job_id: str) -> tuple[int, dict[str, Any]]:
-    """The step in the job's last complete checkpoint in storage (0: none yet)."""
+def checkpoint_step(
+    net: Network, client: str, job_id: str, attempt: int = 1
+) -> tuple[int, dict[str, Any]]:
+    """The step in the last complete checkpoint of this attempt in storage (0: none yet)."""
     try:
-        manifest = json.loads(net.get(client, f"jobs/{job_id}/checkpoint.json"))
+        manifest = json.loads(net.get(client, f"jobs/{job_id}/checkpoint/{attempt}/manifest.json"))
     except httpx.HTTPStatusError:
         return 0, {}
     files = {f["path"]: f for f in manifest["files"]}

@@ -8,15 +8,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 
+from domain.application import Network
 from infra.devstack import free_port
+from infra.signing import Grant, grant_url
 from infra.storage import FilesystemStore, ObjectStore, build_store
 from infra.storage_s3 import STAGING_PREFIX, S3Store
+from tests.domain.support import Names, lifecycle_commands
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 PACKAGES_NOT_INSTALLABLE = 3  # s3-up.sh's exit status when it cannot install Ceph
@@ -124,3 +128,34 @@ def leftovers(store: ObjectStore) -> list[str]:
     uploads = s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
     staged = s3.list_objects_v2(Bucket=store.bucket, Prefix=STAGING_PREFIX).get("Contents", [])
     return [f"multipart upload of {u['Key']}" for u in uploads] + [o["Key"] for o in staged]
+
+
+# The storage router served alone, for the grant tests (test_storage_api, test_storage_staging).
+
+SECRET = b"k" * 32
+RUN = Names()  # job-1 of alice, attempt 1 on prov-1
+
+
+def live_run() -> Network:
+    """A real (in-memory) Network with RUN's job admitted and allocated: its grants are live."""
+    network = Network(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    for name, command in lifecycle_commands(network, RUN):
+        command()
+        if name == "allocate":
+            return network
+    raise AssertionError("the lifecycle has no allocate step")
+
+
+def storage_services(store: ObjectStore, api_url: str = "http://127.0.0.1") -> SimpleNamespace:
+    """What api.storage reads from the services: settings, the store, the network."""
+    settings = SimpleNamespace(signing_secret=SECRET, grant_max_s=900, api_url=api_url,
+                               max_object_bytes=64 << 20)
+    return SimpleNamespace(settings=settings, store=store, network=live_run())
+
+
+def run_grant(base: str, method: str, key: str, *, sha256: str = "", size: int = 1 << 30,
+              once: bool = False, expires_in: int = 600, job_id: str = RUN.job,
+              provider_id: str = RUN.provider) -> str:
+    grant = Grant(method, RUN.client, key, int(time.time()) + expires_in, job_id, 1,
+                  provider_id, size, sha256, once)
+    return grant_url(SECRET, base, grant)

@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -16,12 +15,10 @@ from fastapi import FastAPI
 
 from api.storage import router
 from infra.devstack import free_port
-from infra.signing import presigned_url
-from tests.infra.conftest import StoreFactory
+from tests.infra.conftest import StoreFactory, run_grant, storage_services
 
 pytestmark = pytest.mark.timeout(900)
 
-SECRET = b"k" * 32
 MiB = 1 << 20
 
 
@@ -34,8 +31,7 @@ def api(make_store: StoreFactory) -> Iterator[str]:
     """The storage router alone, served by uvicorn over a store with a 30 MiB quota."""
     app = FastAPI()
     app.include_router(router)
-    settings = SimpleNamespace(signing_secret=SECRET, max_object_bytes=64 * MiB)
-    app.state.services = SimpleNamespace(settings=settings, store=make_store(30 * MiB))
+    app.state.services = storage_services(make_store(30 * MiB))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -50,7 +46,7 @@ def api(make_store: StoreFactory) -> Iterator[str]:
 
 
 def url(base: str, method: str, key: str) -> str:
-    return presigned_url(SECRET, base, method, "alice", key, int(time.time()) + 60)
+    return run_grant(base, method, key)
 
 
 def test_a_provider_puts_and_gets_through_presigned_urls(api: str) -> None:
@@ -61,7 +57,8 @@ def test_a_provider_puts_and_gets_through_presigned_urls(api: str) -> None:
             yield data[i : i + MiB]
 
     put = httpx.put(url(api, "PUT", "out/result.bin"), content=body(),
-                    headers={"X-Sha256": sha(data)}, timeout=60)  # fmt: skip
+                    headers={"X-Sha256": sha(data), "Content-Length": str(len(data))},
+                    timeout=60)  # fmt: skip
     assert put.status_code == 200, put.text
     assert put.json() == {"key": "out/result.bin", "sha256": sha(data), "size": 20 * MiB}
     got = httpx.get(url(api, "GET", "out/result.bin"), timeout=60)
@@ -78,7 +75,62 @@ def test_the_api_reports_refusals_in_the_stores_words(api: str) -> None:
     )
     assert httpx.get(url(api, "GET", "bad.bin")).status_code == 404
 
-    big = httpx.put(url(api, "PUT", "big.bin"), content=bytes(31 * MiB), timeout=60)
+    big = httpx.put(url(api, "PUT", "big.bin"), content=bytes(31 * MiB), timeout=60,
+                    headers={"X-Sha256": sha(bytes(31 * MiB))})
     assert big.status_code in (400, 413)
     assert "alice's storage quota is 31457280 bytes, 0 bytes are in use" in big.json()["detail"]
     assert httpx.get(url(api, "GET", "big.bin")).status_code == 404
+
+
+def test_a_grant_put_must_match_its_declared_sha256_and_size_and_stores_nothing_else(
+    api: str,
+) -> None:
+    data = b"x" * 1000
+    declared = {"X-Sha256": sha(data), "Content-Length": "999"}
+    short = httpx.put(url(api, "PUT", "o.bin"), content=data[:999] + b"", headers=declared)
+    assert short.status_code == 400, short.text  # 999 bytes whose sha256 is another's
+    no_sha = httpx.put(url(api, "PUT", "o.bin"), content=data)
+    assert no_sha.status_code == 400 and "X-Sha256" in no_sha.text
+    big = httpx.put(run_grant(api, "PUT", "o.bin", size=10), content=data,
+                    headers={"X-Sha256": sha(data)})
+    assert big.status_code == 413
+    assert httpx.get(url(api, "GET", "o.bin")).status_code == 404
+
+
+def test_a_write_once_grant_succeeds_once(api: str) -> None:
+    once = run_grant(api, "PUT", "jobs/job-1/runs/1/out.txt", once=True)
+    first = httpx.put(once, content=b"first", headers={"X-Sha256": sha(b"first")})
+    assert first.status_code == 200, first.text
+    again = httpx.put(once, content=b"other", headers={"X-Sha256": sha(b"other")})
+    assert again.status_code == 409
+    assert again.json()["detail"]["sha256"] == sha(b"first")
+    got = httpx.get(url(api, "GET", "jobs/job-1/runs/1/out.txt"))
+    assert got.content == b"first"
+
+
+def test_grants_out_of_force_or_of_another_run_are_refused(api: str) -> None:
+    httpx.put(url(api, "PUT", "a.txt"), content=b"a", headers={"X-Sha256": sha(b"a")})
+    far = run_grant(api, "GET", "a.txt", expires_in=10**9)  # signed with the key, year 2050+
+    assert httpx.get(far).status_code == 403
+    assert "maximum" in httpx.get(far).text
+    other_job = run_grant(api, "GET", "a.txt", job_id="job-2")
+    assert "no job job-2" in httpx.get(other_job).text
+    other_provider = run_grant(api, "GET", "a.txt", provider_id="prov-2")
+    assert httpx.get(other_provider).status_code == 403
+    moved = url(api, "GET", "a.txt").replace("/a.txt?", "/b.txt?")
+    assert "signature" in httpx.get(moved).text
+    bound = run_grant(api, "GET", "a.txt", sha256=sha(b"b"), size=1)
+    assert httpx.get(bound).status_code == 409  # not the object the grant names
+    assert httpx.get(url(api, "GET", "a.txt")).content == b"a"
+
+
+def test_a_live_runs_grant_is_renewed_with_a_fresh_deadline(api: str) -> None:
+    old = run_grant(api, "GET", "a.txt", expires_in=-5)  # expired 5 s ago
+    assert httpx.get(old).status_code == 403
+    renewed = httpx.post(old, headers={"X-Grant-Method": "GET"})
+    assert renewed.status_code == 200, renewed.text
+    assert renewed.json()["expires"] > time.time() + 800
+    httpx.put(url(api, "PUT", "a.txt"), content=b"a", headers={"X-Sha256": sha(b"a")})
+    fresh = renewed.json()["url"].replace("http://127.0.0.1", api)
+    assert httpx.get(fresh).content == b"a"
+    assert httpx.post(old, headers={"X-Grant-Method": "PUT"}).status_code == 403  # not a PUT

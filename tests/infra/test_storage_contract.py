@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 from infra.storage import (
+    AlreadyStored,
     IntegrityMismatch,
     ObjectInfo,
     ObjectNotFound,
@@ -212,3 +213,35 @@ def test_list_with_prefix(store: ObjectStore) -> None:
     everything = {o.key: o for o in store.list(ALICE)}
     assert sorted(everything) == ["inputs/data.csv", "runs/1/out.txt", "runs/2/out.txt", "runs10/x"]
     assert everything["runs10/x"] == ObjectInfo("runs10/x", 8, sha(b"runs10/x"))
+
+
+def test_a_key_named_like_a_metadata_file_is_an_ordinary_object(store: ObjectStore) -> None:
+    """Metadata lives where no key reaches it: writing `.<name>.sha256` (the old side file)
+    changes nothing about `<name>`; it is an object of its own, listed and counted."""
+    store.put(ALICE, "out/result.txt", [b"real"], None)
+    store.put(ALICE, "out/.result.txt.sha256", [b"0" * 64], None)
+    assert store.stat(ALICE, "out/result.txt") == ObjectInfo("out/result.txt", 4, sha(b"real"))
+    assert keys(store.list(ALICE, "out/")) == ["out/.result.txt.sha256", "out/result.txt"]
+    store.delete(ALICE, "out/.result.txt.sha256")
+    assert store.stat(ALICE, "out/result.txt").sha256 == sha(b"real")
+
+
+@pytest.mark.parametrize("size", [5, 9 * MiB], ids=["one-part", "multipart"])
+def test_a_create_only_put_never_replaces_an_object(store: ObjectStore, size: int) -> None:
+    first, other = os.urandom(size), os.urandom(size)
+    stored = store.put(ALICE, "jobs/j/runs/1/o", in_chunks(first), sha(first), create_only=True)
+    with pytest.raises(AlreadyStored) as taken:
+        store.put(ALICE, "jobs/j/runs/1/o", in_chunks(other), sha(other), create_only=True)
+    assert taken.value.stored == stored
+    assert read(store, ALICE, "jobs/j/runs/1/o") == first
+    assert store.stat(ALICE, "jobs/j/runs/1/o") == stored
+    assert leftovers(store) == []
+
+
+def test_a_body_other_than_its_declared_size_is_refused(store: ObjectStore) -> None:
+    for body in (b"12345", b"123"):
+        with pytest.raises(IntegrityMismatch):
+            store.put(ALICE, "s.bin", [body], None, expected_size=4)
+    with pytest.raises(ObjectNotFound):
+        store.stat(ALICE, "s.bin")
+    assert leftovers(store) == []

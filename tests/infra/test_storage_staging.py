@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -17,9 +17,8 @@ from fastapi import FastAPI
 
 from api.storage import router
 from infra.devstack import free_port
-from infra.signing import presigned_url
-from tests.infra.conftest import StoreFactory
-from worker_gpu.transfer import IntegrityMismatch, download_verified
+from tests.infra.conftest import StoreFactory, run_grant, storage_services
+from worker_gpu.transfer import IntegrityMismatch, download_verified, renewed
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -36,9 +35,8 @@ def api(make_store: StoreFactory) -> Iterator[str]:
     """The storage router alone, served by uvicorn over a store of the kind under test."""
     app = FastAPI()
     app.include_router(router)
-    settings = SimpleNamespace(signing_secret=SECRET)
-    app.state.services = SimpleNamespace(settings=settings, store=make_store())
     port = free_port()
+    app.state.services = storage_services(make_store(), f"http://127.0.0.1:{port}")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -52,7 +50,7 @@ def api(make_store: StoreFactory) -> Iterator[str]:
 
 
 def url(base: str, method: str, key: str) -> str:
-    return presigned_url(SECRET, base, method, "alice", key, int(time.time()) + 60)
+    return run_grant(base, method, key)
 
 
 def put(api: str, key: str, data: bytes) -> None:
@@ -95,3 +93,19 @@ def test_an_input_that_is_not_what_was_declared_leaves_nothing(api: str, tmp_pat
 
     assert (caught.value.got_sha256, caught.value.got_size) == (sha(data), len(data))
     assert list(work.iterdir()) == []
+
+
+def test_a_grant_about_to_end_is_renewed_before_it_is_used(api: str, tmp_path: Path) -> None:
+    """A run longer than a grant: the agent renews it (POST to the grant) while the run is live."""
+    put(api, "late.bin", b"late")
+    ending = run_grant(api, "GET", "late.bin", sha256=sha(b"late"), size=4, expires_in=20)
+    with httpx.Client(timeout=60) as client:
+        fresh = renewed(client, ending, "GET")
+        expires = int(parse_qs(urlsplit(fresh).query)["expires"][0])
+        assert expires > time.time() + 800  # grant_max_s (900) from now
+        got = download_verified(client, ending, tmp_path / "late.bin", name="late.bin",
+                                sha256=sha(b"late"), size=4)
+    assert got == 4 and (tmp_path / "late.bin").read_bytes() == b"late"
+    far = run_grant(api, "GET", "late.bin", expires_in=600)
+    with httpx.Client() as client:
+        assert renewed(client, far, "GET") == far  # not near its end: used as it is
