@@ -15,6 +15,7 @@ BENCHES = {
     "matching": "bench.matching",
     "pipeline": "bench.pipeline",
     "staging": "bench.staging",
+    "soak": "bench.soak",
     "verification": "bench.verification",
 }
 
