@@ -11,10 +11,11 @@ two GPU models are on a single provider only.
 `--jobs` jobs (default 300; `--quick` 20) from `--clients` clients (one thread each, signed up
 through the API) with specs drawn from `--seed`: plain runs, runs on a single-provider model
 (A100 or L4), 2 and 3 replicas, a verifier command, and runs that outlive their own timeout;
-a share of them is cancelled at a random moment after submit (queued, allocating, running or
-verifying: the state each cancel met is reported). While they run, one provider is killed
-with SIGKILL while it runs a job and started again, and later the API is killed and started
-again (clients retry through the outage).
+`--cancel-share` of them (15 %; `--quick` 30 %) are cancelled once the API shows them in a
+state drawn for each (queued, staging, running, uploading, verifying or settling, or a later
+one; the state each cancel met is reported). While they run, one provider is killed with
+SIGKILL while it runs a job and started again, and later the API is killed and started again
+(clients retry through the outage).
 
 Then, from the event log (tests/reliability/ledger.py), the read model through the API and
 the providers' GPUs as their owner sees them:
@@ -80,6 +81,10 @@ MODELS = ("H100", "A100", "L4")
 PRICE = "1.0"  # every provider's, credits per GPU-hour
 MAX_PRICE = "3"
 CANCEL_SHARE = 0.15
+# The API's states in a job's order; a cancel waits for one of them (CANCEL_AT) or a later one.
+STEPS = ("SUBMITTED", "QUEUED", "STAGING", "RUNNING", "UPLOADING", "VERIFYING", "SETTLING")
+CANCEL_AT = ("QUEUED", "STAGING", "RUNNING", "UPLOADING", "VERIFYING", "SETTLING")
+CANCEL_WAIT_S = 60.0  # a cancel that waited this long for its state is sent anyway
 RETRY_S = 90.0  # how long a client retries a request through an API outage
 JOB_STATE = "query($id: ID!) { job(id: $id) { state } }"
 CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { state } }"
@@ -107,12 +112,12 @@ class Planned:
     client: str
     kind: str
     spec: dict[str, Any]
-    cancel_after_s: float | None
+    cancel_at: str | None  # cancelled once the API shows this state (or a later one)
     runs: int  # the executions the spec pays for (replicas, tie-break, verifier)
 
 
-def spec_of(kind: str, n: int, rng: random.Random) -> tuple[dict[str, Any], int]:
-    work = f"sleep {rng.uniform(0.2, 1.5):.2f}; echo job {n} > out.txt"
+def spec_of(kind: str, n: int, rng: random.Random, seconds: float) -> tuple[dict[str, Any], int]:
+    work = f"sleep {seconds:.2f}; echo job {n} > out.txt"
     spec: dict[str, Any] = {
         "name": f"soak-{n}", "command": work, "outputs": ["out.txt"],
         "max_price_per_gpu_hour": MAX_PRICE, "timeout": "30s",
@@ -136,13 +141,16 @@ def spec_of(kind: str, n: int, rng: random.Random) -> tuple[dict[str, Any], int]
     return spec, runs
 
 
-def plan(jobs: int, clients: list[str], seed: int) -> list[Planned]:
+def plan(jobs: int, clients: list[str], seed: int, cancel_share: float = CANCEL_SHARE,
+         ) -> list[Planned]:
     rng = random.Random(seed)
     kinds = rng.choices(list(KINDS), weights=list(KINDS.values()), k=jobs)
     planned = []
     for n, kind in enumerate(kinds):
-        spec, runs = spec_of(kind, n, rng)
-        cancel = rng.uniform(0.0, 4.0) if rng.random() < CANCEL_SHARE else None
+        cancel = rng.choice(CANCEL_AT) if rng.random() < cancel_share else None
+        # a cancelled job works longer, so that a cancel can meet it running
+        seconds = rng.uniform(2.0, 5.0) if cancel else rng.uniform(0.2, 1.5)
+        spec, runs = spec_of(kind, n, rng, seconds)
         planned.append(Planned(n, clients[n % len(clients)], kind, spec, cancel, runs))
     return planned
 
@@ -166,7 +174,8 @@ class Soak:
     lock: threading.Lock = field(default_factory=threading.Lock)
     submitted: dict[str, Planned] = field(default_factory=dict)
     submit_errors: list[str] = field(default_factory=list)
-    cancels: list[tuple[float, int, str, str]] = field(default_factory=list)  # a heap
+    # a heap of (when to look next, job number, job id, client, state to cancel at, give up)
+    cancels: list[tuple[float, int, str, str, str, float]] = field(default_factory=list)
     cancelled_at: Counter[str] = field(default_factory=Counter)
     faults: list[str] = field(default_factory=list)
     done_submitting: threading.Event = field(default_factory=threading.Event)
@@ -194,9 +203,10 @@ class Soak:
                 continue
             with self.lock:
                 self.submitted[job_id] = p
-                if p.cancel_after_s is not None:
-                    heapq.heappush(self.cancels,
-                                   (time.monotonic() + p.cancel_after_s, p.n, job_id, client))
+                if p.cancel_at is not None:
+                    now = time.monotonic()
+                    heapq.heappush(self.cancels, (now, p.n, job_id, client, p.cancel_at,
+                                                  now + CANCEL_WAIT_S))
             time.sleep(rng.uniform(0.0, 0.4))
 
     def cancel_loop(self) -> None:
@@ -213,17 +223,28 @@ class Soak:
             if due[0] > time.monotonic():
                 time.sleep(min(0.1, due[0] - time.monotonic()))
                 continue
-            self.cancel(due[2], due[3])
+            _, n, job_id, client, target, give_up = due
+            try:
+                state = self.state(job_id, client)
+            except (RuntimeError, AssertionError, TypeError) as err:
+                self.cancelled_at[f"not looked at: {str(err)[:80]}"] += 1
+                continue
+            reached = state not in STEPS or STEPS.index(state) >= STEPS.index(target)
+            if reached or time.monotonic() > give_up:
+                self.cancel(job_id, client, state)
+            else:
+                with self.lock:
+                    heapq.heappush(self.cancels,
+                                   (time.monotonic() + 0.3, n, job_id, client, target, give_up))
 
     def state(self, job_id: str, client: str) -> str:
         """The job's state as the API shows it to its client."""
         job = self.call("job state", partial(self.net.gql, JOB_STATE, client, id=job_id))["job"]
         return str(job["state"]) if job else "not found"
 
-    def cancel(self, job_id: str, client: str) -> None:
+    def cancel(self, job_id: str, client: str, state: str) -> None:
         """cancelJob as the job's client; counted by the state the job was in just before."""
         try:
-            state = self.state(job_id, client)
             self.call(f"cancel {job_id}", lambda: self.net.gql(CANCEL, client, id=job_id))
             self.cancelled_at[state] += 1
         except (RuntimeError, AssertionError) as err:  # e.g. already ended: recorded
@@ -257,11 +278,13 @@ class Soak:
                                    f"{time.monotonic() - self.started:.0f} s, started again")
             else:
                 self.api_up.clear()
-                self.cluster.procs["api"].kill9()
-                time.sleep(3)
-                self.cluster.procs["api"].start()
-                self.cluster.wait_api("api")
-                self.api_up.set()
+                try:
+                    self.cluster.procs["api"].kill9()
+                    time.sleep(3)
+                    self.cluster.procs["api"].start()
+                    self.cluster.wait_api("api")
+                finally:
+                    self.api_up.set()  # clients retry, and name an API that never came back
                 self.faults.append(f"api killed -9 at {time.monotonic() - self.started:.0f} s, "
                                    "down 3 s, started again")
             say(self.faults[-1])
@@ -392,7 +415,7 @@ def audit(soak: Soak, log: EventLog, ended: dict[str, Any], grace_s: float) -> l
 
 def run(args: argparse.Namespace, home: Path) -> int:
     clients = [f"soak{i}" for i in range(1, args.clients + 1)]
-    planned = plan(args.jobs, clients, args.seed)
+    planned = plan(args.jobs, clients, args.seed, args.cancel_share)
     providers = providers_of(args.providers)
     h100 = [p for p, gpus in providers if "H100" in gpus]
     temporal = TemporalServer(home)
@@ -471,18 +494,24 @@ def main(argv: list[str]) -> int:
                         help="the whole soak's bound (default 1800; --quick 300)")
     parser.add_argument("--grace-s", type=float, default=90.0,
                         help="how far past timeout x runs a job may end")
+    parser.add_argument("--cancel-share", type=float, default=None,
+                        help=f"the share of jobs cancelled (default {CANCEL_SHARE}; --quick 0.3)")
     parser.add_argument("--no-checks", action="store_true",
                         help="turn the network's own adaptive check runs off")
     parser.add_argument("--home", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
     if args.quick:
         args.jobs = min(args.jobs, 20)
+    if args.cancel_share is None:
+        args.cancel_share = 0.3 if args.quick else CANCEL_SHARE
     args.deadline_s = args.deadline_s or (300.0 if args.quick else 1800.0)
     for name, low, high in (("jobs", 1, 10_000), ("clients", 1, 50), ("providers", 5, 50)):
         if not low <= getattr(args, name) <= high:
             parser.error(f"--{name} must be between {low} and {high}")
     if not 10 <= args.deadline_s <= 86_400 or not 0 <= args.grace_s <= 3600:
         parser.error("--deadline-s must be 10..86400 and --grace-s 0..3600")
+    if not 0 <= args.cancel_share <= 1:
+        parser.error("--cancel-share must be between 0 and 1")
 
     def overdue(signum: int, frame: FrameType | None) -> None:
         raise Overdue(f"the soak ran past its deadline + 120 s ({args.deadline_s:.0f} s)")
