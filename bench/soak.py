@@ -44,6 +44,7 @@ import argparse
 import heapq
 import json
 import random
+import re
 import shutil
 import signal
 import sys
@@ -248,7 +249,9 @@ class Soak:
             self.call(f"cancel {job_id}", lambda: self.net.gql(CANCEL, client, id=job_id))
             self.cancelled_at[state] += 1
         except (RuntimeError, AssertionError) as err:  # e.g. already ended: recorded
-            self.cancelled_at[f"refused: {str(err)[:80]}"] += 1
+            ended = re.search(r"is already ([A-Z]+)", str(err))
+            self.cancelled_at[f"refused: already {ended[1]}" if ended
+                              else f"refused: {str(err)[:80]}"] += 1
 
     def running_provider(self, ids: list[str], timeout_s: float) -> str | None:
         """An H100 provider whose agent runs a job's process now."""
