@@ -16,6 +16,7 @@ BENCHES = {
     "pipeline": "bench.pipeline",
     "sandbox": "bench.sandbox",
     "staging": "bench.staging",
+    "soak": "bench.soak",
     "verification": "bench.verification",
 }
 

@@ -32,8 +32,13 @@ from temporalio.client import Client
 
 from tests.domain.support import store_settings
 from tests.e2e.network import CREDITS_MICRO
-from tests.reliability.harness import Cluster, EventLog, event_type, submit_many
-from tests.reliability.ledger import assert_each_job_ended_once, assert_ledger_balances
+from tests.reliability.harness import Cluster, EventLog, submit_many
+from tests.reliability.ledger import (
+    assert_each_job_ended_once,
+    assert_ledger_balances,
+    double_bookings,
+    leaked_gpus,
+)
 from workflows.contracts import job_workflow_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -63,46 +68,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> I
             yield cluster
         finally:
             cluster.stop()
-
-
-def replay_reservations(log: EventLog) -> tuple[list[str], dict[tuple[str, int], str]]:
-    """Replay the providers' GpusReserved and GpusReleased in log order: the GPUs reserved
-    while another job held them, and what is still held at the end."""
-    names = {e.originator_id: e.provider_id for e in log.of_type("ProviderRegistered")}
-    held: dict[tuple[str, int], str] = {}
-    doubles = []
-    for e in log.events:
-        t = event_type(e)
-        if t == "GpusReserved":
-            for index in e.gpu_indexes:
-                key = (names[e.originator_id], index)
-                if key in held and held[key] != e.job_id:
-                    doubles.append(f"GPU {key} reserved for {e.job_id} while {held[key]} holds it")
-                held[key] = e.job_id
-        elif t == "GpusReleased" and e.originator_id in names:  # not the job's own note
-            for key in [k for k, job in held.items() if job == e.job_id
-                        and k[0] == names[e.originator_id]]:
-                del held[key]
-    return doubles, held
-
-
-def double_bookings(log: EventLog) -> list[str]:
-    return replay_reservations(log)[0]
-
-
-def leaked_gpus(log: EventLog) -> list[str]:
-    """GPUs still reserved once every job has ended, and reservations that no allocation of
-    the job matches (a provider's GPUs held for a job that was never placed there)."""
-    _, held = replay_reservations(log)
-    problems = [f"GPU {key} still reserved for {job} after every job ended"
-                for key, job in held.items()]
-    names = {e.originator_id: e.provider_id for e in log.of_type("ProviderRegistered")}
-    allocated = Counter((log.job_of(e), e.provider_id) for e in log.of_type("GpusAllocated"))
-    reserved = Counter((e.job_id, names[e.originator_id]) for e in log.of_type("GpusReserved"))
-    problems += [f"{n} reservations of {provider} for job {job}, which was allocated there "
-                 f"{allocated[job, provider]} times"
-                 for (job, provider), n in reserved.items() if n > allocated[job, provider]]
-    return problems
 
 
 def control_identities(address: str, job_ids: list[str]) -> Counter[str]:
