@@ -428,6 +428,10 @@ def run(args: argparse.Namespace, home: Path) -> int:
         # they cause)
         "GPGPU_ADAPTIVE_CHECKS": "false" if args.no_checks else "true",
         "GPGPU_STARTING_BALANCE_MICRO": str(1000 * 1_000_000),
+        # A run that cannot be placed gives up within these (CheckSkipped, RunUnplaced): short
+        # here so that a stuck wait shows within the soak's own deadline and grace.
+        "GPGPU_CHECK_WAIT_S": str(args.check_wait_s),
+        "GPGPU_REPLICA_WAIT_S": str(args.replica_wait_s),
     })
     began = time.monotonic()
     try:
@@ -499,6 +503,10 @@ def main(argv: list[str]) -> int:
                         help="how far past timeout x runs a job may end")
     parser.add_argument("--cancel-share", type=float, default=None,
                         help=f"the share of jobs cancelled (default {CANCEL_SHARE}; --quick 0.3)")
+    parser.add_argument("--check-wait-s", type=float, default=20.0,
+                        help="GPGPU_CHECK_WAIT_S of the soak's network (default 20)")
+    parser.add_argument("--replica-wait-s", type=float, default=30.0,
+                        help="GPGPU_REPLICA_WAIT_S of the soak's network (default 30)")
     parser.add_argument("--no-checks", action="store_true",
                         help="turn the network's own adaptive check runs off")
     parser.add_argument("--home", type=Path, default=None, help="default: a temporary folder")
