@@ -165,6 +165,11 @@ def wait_for_http(url: str, timeout_s: float, what: str) -> None:
     raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s")
 
 
+def agent_env(env: dict[str, str]) -> dict[str, str]:
+    """A provider agent's environment: nothing of Temporal (it speaks only to the API)."""
+    return {k: v for k, v in env.items() if not k.startswith("GPGPU_TEMPORAL_")}
+
+
 class Stack:
     def __init__(self, settings: Settings, env: dict[str, str] | None = None):
         self.settings = settings
@@ -175,12 +180,12 @@ class Stack:
             **os.environ, **(env or {}), "GPGPU_HOME": str(self.home), "PYTHONUNBUFFERED": "1"
         }
 
-    def spawn(self, name: str, args: list[str]) -> Child:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                args, stdout=out, stderr=subprocess.STDOUT, env=env or self.env, cwd=ROOT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop children in order
             )
         child = Child(name, proc, log)
@@ -229,7 +234,7 @@ class Stack:
             sys.executable, "-m", "worker_gpu", "--provider-id", provider_id,
             "--simulate", gpus, "--price", price,
             "--scratch", str(self.home / "providers" / provider_id), *extra,
-        ])
+        ], env=agent_env(self.env))
 
     def dev_account(self) -> dict[str, str]:
         """The local admin and its API key: made on the stores once, kept under home."""

@@ -9,10 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.assign import AssignActivities, watch_pickups
 from activities.canary import CanaryActivities
 from activities.control import CONTROL_SLOTS, ControlActivities
 from domain.application import Network
 from infra import tracing
+from infra.assignments import AssignmentBoard
 from infra.db import ViewDB
 from infra.settings import Settings
 from workflows.canary import CanaryWorkflow
@@ -47,6 +49,7 @@ def build_control_activities(settings: Settings) -> ControlActivities:
 async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
     client = await connect(settings)
     activities = build_control_activities(settings)
+    board = AssignmentBoard(activities.views)
     # A slot and a thread for every job waiting in allocate_gpus, and BUSY_SLOTS for the rest.
     with ThreadPoolExecutor(max_workers=CONTROL_SLOTS) as executor:
         worker = Worker(
@@ -55,11 +58,13 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
             workflows=[JobWorkflow, CanaryWorkflow],
             activities=activities.all() + CanaryActivities(
                 activities.network, activities.views, activities.store, settings
-            ).all(),
+            ).all() + AssignActivities(board).all(),
             activity_executor=executor,
             max_concurrent_activities=CONTROL_SLOTS,
             **tracing.worker_options(),
         )
         async with worker:
             log.info("control worker serving task queue %r", settings.control_task_queue)
+            watch = asyncio.create_task(watch_pickups(client, board, stop))
             await stop.wait()
+            await watch
