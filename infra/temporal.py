@@ -7,6 +7,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
+from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
 from activities.assign import AssignActivities, watch_pickups
@@ -30,13 +31,26 @@ async def connect(settings: Settings, attempts: int = 60) -> Client:
         try:
             return await Client.connect(
                 settings.temporal_address, namespace=settings.temporal_namespace,
-                interceptors=tracing.interceptors(),
+                interceptors=tracing.interceptors(), tls=tls_config(settings),
             )
         except RuntimeError:
             if n == attempts - 1:
                 raise
             await asyncio.sleep(0.5)
     raise AssertionError("unreachable")
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """mTLS to the frontend when a certificate is configured; plain TCP otherwise (the
+    embedded dev server, or an internal network that nothing untrusted can reach)."""
+    paths = (settings.temporal_tls_ca, settings.temporal_tls_cert, settings.temporal_tls_key)
+    if not any(paths):
+        return False
+    if bool(settings.temporal_tls_cert) != bool(settings.temporal_tls_key):
+        raise ValueError("GPGPU_TEMPORAL_TLS_CERT and GPGPU_TEMPORAL_TLS_KEY go together")
+    ca, cert, key = (p.read_bytes() if p else None for p in paths)
+    return TLSConfig(server_root_ca_cert=ca, client_cert=cert, client_private_key=key,
+                     domain=settings.temporal_tls_server_name)
 
 
 def build_control_activities(settings: Settings) -> ControlActivities:
