@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.client import Client
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from tests.adversarial.outside_workflow import Forgery, OutsideWorkflow
 from tests.adversarial.rogue import Rogue, State
 from tests.e2e.network import Network, network
 
@@ -258,3 +262,30 @@ def test_the_agent_process_has_no_temporal_address_or_credential(net: Network) -
     cmdline = Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes()
     assert temporal_port not in cmdline
     assert "GPGPU_API_KEY" in names  # what it holds: its owner's provider key
+
+
+@pytest.mark.parametrize("activity, arg", [
+    ("record_reputation", {"job_id": "job-fake-1", "provider_id": "rogue-1",
+                           "outcome": "success"}),
+    ("settle_job", {"job_id": "job-fake-2", "provider_id": "rogue-1", "gpu_ms": 3_600_000,
+                    "price_per_gpu_hour_micro": 10**9, "pay_provider": True}),
+])
+async def test_a_workflow_from_outside_cannot_run_control_steps(
+    net: Network, mallory: Rogue, state: State, temporal_server: str, activity: str,
+    arg: dict[str, Any],
+) -> None:
+    # Defence in depth: were Temporal reachable, a workflow of the outsider's own (even one
+    # named JobWorkflow) scheduling the network's control steps on its control queue.
+    before = settled(state, wait_s=0.2)
+    client = await Client.connect(temporal_server)
+    queue = f"outside-{activity}"
+    async with Worker(client, task_queue=queue, workflows=[OutsideWorkflow],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        answer = await client.execute_workflow(
+            "JobWorkflow", Forgery(net.stack.env["GPGPU_CONTROL_TASK_QUEUE"], activity, arg),
+            id=f"outside-{activity}-{time.monotonic_ns()}", task_queue=queue,
+            execution_timeout=timedelta(seconds=60), result_type=str,
+        )
+
+    assert answer.startswith("refused: NotOurWorkflow"), answer
+    assert settled(state, wait_s=0.2) == before
