@@ -25,6 +25,7 @@ from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from infra import tracing
 from infra.assignments import AssignmentBoard
 from workflows import contracts as c
 
@@ -49,6 +50,7 @@ class AssignActivities:
             run_id=info.workflow_run_id or "", activity_id=info.activity_id, attempt=info.attempt,
             gpus=gpus, heartbeat_timeout_s=heartbeat_s,
             pickup_timeout_s=max(1.0, float(request.pickup_timeout_s)),
+            trace=tracing.headers(),  # the agent's span of the step joins the job's trace
         )
         activity.raise_complete_async()
 

@@ -40,6 +40,7 @@ class Assignment:
     handed_out_at: float | None
     finished_at: float | None
     outcome: str
+    trace: dict[str, str]  # the step's trace context (W3C headers), when tracing is on
 
     @property
     def open(self) -> bool:
@@ -53,6 +54,7 @@ class Assignment:
             "kind": self.kind,
             "request": self.request,
             "heartbeatTimeoutS": self.heartbeat_timeout_s,
+            "trace": self.trace,
         }
 
 
@@ -62,6 +64,7 @@ def _row(r: dict[str, Any]) -> Assignment:
         bytes.fromhex(r["task_token"]), r["workflow_id"], r["activity_id"], int(r["attempt"]),
         int(r["gpus"]), float(r["heartbeat_timeout_s"]), float(r["pickup_by"]),
         float(r["created_at"]), r["handed_out_at"], r["finished_at"], r["outcome"],
+        json.loads(r["trace"]),
     )
 
 
@@ -79,6 +82,7 @@ class AssignmentBoard:
         self, *, provider_id: str, kind: str, request: dict[str, Any], task_token: bytes,
         workflow_id: str, run_id: str, activity_id: str, attempt: int, gpus: int,
         heartbeat_timeout_s: float, pickup_timeout_s: float,
+        trace: dict[str, str] | None = None,
     ) -> str:
         """Record the step's assignment; a retried try replaces the earlier try's row (its
         agent is told to stop at its next heartbeat: the row is gone)."""
@@ -92,10 +96,10 @@ class AssignmentBoard:
             cur.execute(
                 "INSERT INTO assignments (assignment_id, provider_id, kind, request, task_token,"
                 " workflow_id, run_id, activity_id, attempt, gpus, heartbeat_timeout_s,"
-                " pickup_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " pickup_by, created_at, trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (aid, provider_id, kind, json.dumps(request), task_token.hex(), workflow_id,
                  run_id, activity_id, attempt, gpus, heartbeat_timeout_s,
-                 now + pickup_timeout_s, now),
+                 now + pickup_timeout_s, now, json.dumps(trace or {})),
             )
         return aid
 

@@ -85,12 +85,13 @@ SCHEMA = [
         pickup_by DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
         handed_out_at DOUBLE PRECISION, last_seen_at DOUBLE PRECISION,
         finished_at DOUBLE PRECISION, outcome TEXT NOT NULL DEFAULT '',
-        UNIQUE (workflow_id, run_id, activity_id))""",
+        trace TEXT NOT NULL DEFAULT '{}', UNIQUE (workflow_id, run_id, activity_id))""",
     "CREATE INDEX IF NOT EXISTS assignments_open ON assignments (finished_at, provider_id)",
 ]
 
 # Columns added to tables that are not rebuilt from the log: (table, column, declaration).
-COLUMNS_ADDED = [("provider_liveness", "beats", "BIGINT NOT NULL DEFAULT 0")]
+COLUMNS_ADDED = [("provider_liveness", "beats", "BIGINT NOT NULL DEFAULT 0"),
+                 ("assignments", "trace", "TEXT NOT NULL DEFAULT '{}'")]
 
 
 # The read models proper: derived from the log, dropped and rebuilt when their shape changes.

@@ -16,8 +16,11 @@ import threading
 import time
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from infra import tracing
 from worker_gpu.activities import GpuActivities
 from worker_gpu.api_client import ApiRejected, ApiUnreachable, ProviderApi
 from worker_gpu.context import StepCancelled, StepContext, StepFailed, running
@@ -117,8 +120,10 @@ def run_assignment(api_url: str, activities: GpuActivities, assignment: dict[str
     contexts[aid] = ctx
     ctx.start()
     report: tuple[str, Any]
+    request_data = assignment.get("request")
+    job_id = str(request_data.get("job_id", "")) if isinstance(request_data, dict) else ""
     try:
-        with running(ctx):
+        with running(ctx), _span(assignment.get("trace"), kind, job_id):
             try:
                 request = from_dict(REQUESTS[kind], assignment.get("request"))
                 result = getattr(activities, kind)(request)
@@ -138,6 +143,25 @@ def run_assignment(api_url: str, activities: GpuActivities, assignment: dict[str
     finally:
         ctx.stop()
         contexts.pop(aid, None)
+
+
+@contextmanager
+def _span(trace: Any, kind: str, job_id: str) -> Iterator[None]:
+    """The step's span, a child of the control plane's (the assignment carries its W3C
+    trace headers), so that the provider's work and transfers hang in the job's trace."""
+    if not tracing.enabled():
+        yield
+        return
+    from opentelemetry import propagate
+    from opentelemetry import trace as otel
+
+    carrier = {k: v for k, v in trace.items() if isinstance(k, str) and isinstance(v, str)
+               } if isinstance(trace, dict) else {}
+    tracer = otel.get_tracer("gpgpu.worker_gpu")
+    with tracer.start_as_current_span(f"RunAssignment:{kind}",
+                                      context=propagate.extract(carrier),
+                                      attributes={"gpgpu.job_id": job_id}):
+        yield
 
 
 def _deliver(api_url: str, ctx: ApiStepContext, kind: str, report: tuple[str, Any]) -> None:
