@@ -25,7 +25,6 @@ times the GPUs in the request; a provider's own figure can only lower them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -48,6 +47,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/provider/v1", tags=["provider"])
 
 MAX_WAIT_S = 25.0
+SEEN_EVERY_S = 15.0
 POLL_S = 0.05  # how often this process looks for new assignments while agents wait
 MAX_BODY_BYTES = 1 << 20
 MAX_DETAILS_BYTES = 16 << 10
@@ -71,6 +71,18 @@ class Dispatch:
         self.board = board
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
+
+    def due_to_record(self, aid: str) -> bool:
+        """Whether to write the assignment's last_seen_at (it only tells the lapsed from the
+        living, a minute past their timeout): every SEEN_EVERY_S at most, per process."""
+        now = time.monotonic()
+        if now - self._recorded.get(aid, -SEEN_EVERY_S) < SEEN_EVERY_S:
+            return False
+        if len(self._recorded) > 100_000:
+            self._recorded.clear()
+        self._recorded[aid] = now
+        return True
 
     async def next(self, provider_id: str, wait_s: float) -> list[Assignment]:
         deadline = time.monotonic() + wait_s
@@ -158,16 +170,10 @@ async def assignments(
     wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 20.0,
 ) -> dict[str, Any]:
     await _owner(services, request, provider_id)
+    # No Temporal call here: the pickup watch kept the step alive until now, and the
+    # agent's first heartbeat goes out as it starts the step.
     got = await board.next(provider_id, wait_s)
-    if got:  # the step's heartbeat clock starts over now that the agent holds it
-        await asyncio.gather(*(_touch(services, a) for a in got))
     return {"assignments": [a.public() for a in got]}
-
-
-async def _touch(services: Services, a: Assignment) -> None:
-    handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
-    with contextlib.suppress(AsyncActivityCancelledError, RPCError):
-        await handle.heartbeat()  # a cancel: the agent's first heartbeat hears it
 
 
 class _Strict(BaseModel):
@@ -200,7 +206,8 @@ async def heartbeat(
                                      f"{err.message}") from None
         await asyncio.to_thread(board.board.finish, aid, "gone")
         return {"cancel": True}
-    await asyncio.to_thread(board.board.seen, aid)
+    if board.due_to_record(aid):  # a write now and then, not one per heartbeat
+        await asyncio.to_thread(board.board.seen, aid)
     return {"cancel": False}
 
 

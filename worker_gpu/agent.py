@@ -158,6 +158,7 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
     executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="gpu-step")
     contexts: dict[str, ApiStepContext] = {}
     running: set[Future[None]] = set()
+    steps_api = ProviderApi(settings.api_url)  # every step's heartbeats and reports
     try:
         registration = registration_input(
             config.provider_id,
@@ -185,7 +186,7 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
             say(f"taking assignments for provider {config.provider_id} from {api.base} "
                 f"with {len(gpus)} GPUs; Ctrl-C to stop")
             await _take_assignments(api, config.provider_id, stop, running, lambda a:
-                                    executor.submit(run_assignment, settings.api_url,
+                                    executor.submit(run_assignment, steps_api,
                                                     activities, a, contexts))
         finally:
             api.close()
@@ -217,6 +218,7 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
             heartbeat.stop()
         runtime.kill_all()  # no job outlives its agent on a GPU
         executor.shutdown(wait=False, cancel_futures=True)
+        steps_api.close()
         if nvml is not None:
             nvml.close()
 

@@ -73,8 +73,8 @@ def agent_api_key() -> str | None:
 
 
 class ProviderApi:
-    """GraphQL and the provider API over HTTP; one instance per thread (it owns an
-    httpx.Client)."""
+    """GraphQL and the provider API over HTTP (it owns an httpx.Client, which threads may
+    share)."""
 
     def __init__(self, api_url: str, timeout_s: float = 10.0, api_key: str | None = None) -> None:
         self.base = api_url.rstrip("/")
@@ -142,10 +142,12 @@ class ProviderApi:
         found = answer.get("assignments")
         return [a for a in found if isinstance(a, dict)] if isinstance(found, list) else []
 
-    def assignment_heartbeat(self, provider_id: str, aid: str, details: Any) -> bool:
+    def assignment_heartbeat(self, provider_id: str, aid: str, details: Any,
+                             timeout_s: float | None = None) -> bool:
         """Alive; True when the step is to stop (cancelled, or gone)."""
         answer = self._rest("POST", f"providers/{provider_id}/assignments/{aid}/heartbeat",
-                            {"details": details if isinstance(details, dict) else {}})
+                            {"details": details if isinstance(details, dict) else {}},
+                            timeout_s=timeout_s)
         return bool(answer.get("cancel"))
 
     def complete(self, provider_id: str, aid: str, result: dict[str, Any]) -> None:

@@ -61,12 +61,15 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 class ApiStepContext(StepContext):
-    """Sends the step's latest heartbeat to the API every `interval_s` until stopped."""
+    """Sends the step's latest heartbeat to the API every `interval_s` until stopped.
 
-    def __init__(self, api_url: str, provider_id: str, assignment_id: str,
+    `api` is shared by every step of the agent (an httpx client is safe to share between
+    threads, and making one per step cost tens of CPU-ms each)."""
+
+    def __init__(self, api: ProviderApi, provider_id: str, assignment_id: str,
                  heartbeat_timeout_s: float) -> None:
         super().__init__()
-        self.api_url, self.provider_id, self.assignment_id = api_url, provider_id, assignment_id
+        self.api, self.provider_id, self.assignment_id = api, provider_id, assignment_id
         self.timeout_s = max(0.5, heartbeat_timeout_s)
         self.interval_s = min(10.0, max(0.2, self.timeout_s / 3))
         self.told_to_cancel = False  # by the API (else: stopped here, e.g. the agent stops)
@@ -89,33 +92,30 @@ class ApiStepContext(StepContext):
             self._thread.join(timeout=15)
 
     def _loop(self) -> None:
-        api = ProviderApi(self.api_url, timeout_s=max(2.0, self.timeout_s))
         delivered = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                try:
-                    if api.assignment_heartbeat(self.provider_id, self.assignment_id,
-                                                self._latest):
-                        self.told_to_cancel = True
-                        self.cancel()
-                    delivered = time.monotonic()
-                except (ApiUnreachable, ApiRejected) as err:
-                    if time.monotonic() - delivered > self.timeout_s:
-                        log.warning("assignment %s: no heartbeat delivered for %.0fs (%s); "
-                                    "stopping it", self.assignment_id, self.timeout_s, err)
-                        self.cancel()
-                self._stop.wait(self.interval_s)
-        finally:
-            api.close()
+        while not self._stop.is_set():
+            try:
+                if self.api.assignment_heartbeat(self.provider_id, self.assignment_id,
+                                                 self._latest,
+                                                 timeout_s=max(2.0, self.timeout_s)):
+                    self.told_to_cancel = True
+                    self.cancel()
+                delivered = time.monotonic()
+            except (ApiUnreachable, ApiRejected) as err:
+                if time.monotonic() - delivered > self.timeout_s:
+                    log.warning("assignment %s: no heartbeat delivered for %.0fs (%s); "
+                                "stopping it", self.assignment_id, self.timeout_s, err)
+                    self.cancel()
+            self._stop.wait(self.interval_s)
 
 
-def run_assignment(api_url: str, activities: GpuActivities, assignment: dict[str, Any],
+def run_assignment(api: ProviderApi, activities: GpuActivities, assignment: dict[str, Any],
                    contexts: dict[str, ApiStepContext]) -> None:
     """Run one assignment to its end and report it; never raises."""
     aid = str(assignment.get("assignmentId", ""))
     provider_id = str(assignment.get("providerId", activities.provider_id))
     kind = str(assignment.get("kind", ""))
-    ctx = ApiStepContext(api_url, provider_id, aid,
+    ctx = ApiStepContext(api, provider_id, aid,
                          float(assignment.get("heartbeatTimeoutS", 10.0)))
     contexts[aid] = ctx
     ctx.start()
@@ -139,7 +139,7 @@ def run_assignment(api_url: str, activities: GpuActivities, assignment: dict[str
                 log.exception("assignment %s (%s) failed", aid, kind)
                 report = ("fail", StepFailed(f"{type(err).__name__}: {err}",
                                              type(err).__name__))
-        _deliver(api_url, ctx, kind, report)
+        _deliver(api, ctx, kind, report)
     finally:
         ctx.stop()
         contexts.pop(aid, None)
@@ -164,37 +164,33 @@ def _span(trace: Any, kind: str, job_id: str) -> Iterator[None]:
         yield
 
 
-def _deliver(api_url: str, ctx: ApiStepContext, kind: str, report: tuple[str, Any]) -> None:
+def _deliver(api: ProviderApi, ctx: ApiStepContext, kind: str, report: tuple[str, Any]) -> None:
     """Report the step's end; the heartbeat goes on meanwhile, so a short API outage costs
     nothing."""
     what, value = report
-    api = ProviderApi(api_url)
     deadline = time.monotonic() + REPORT_FOR_S
     delay = 0.5
-    try:
-        while True:
-            try:
-                if what == "complete":
-                    api.complete(ctx.provider_id, ctx.assignment_id, value)
-                elif what == "cancelled":
-                    api.fail(ctx.provider_id, ctx.assignment_id, value or "cancelled",
-                             "Cancelled" if ctx.told_to_cancel else "AgentStopped",
-                             cancelled=ctx.told_to_cancel)
-                else:
-                    api.fail(ctx.provider_id, ctx.assignment_id, value.message, value.type,
-                             value.non_retryable)
-                log.info("assignment %s (%s): %s reported", ctx.assignment_id, kind, what)
-                return
-            except ApiRejected as err:  # finished already, gone, or refused: nothing to do
-                log.warning("assignment %s (%s): the API refused the report: %s",
+    while True:
+        try:
+            if what == "complete":
+                api.complete(ctx.provider_id, ctx.assignment_id, value)
+            elif what == "cancelled":
+                api.fail(ctx.provider_id, ctx.assignment_id, value or "cancelled",
+                         "Cancelled" if ctx.told_to_cancel else "AgentStopped",
+                         cancelled=ctx.told_to_cancel)
+            else:
+                api.fail(ctx.provider_id, ctx.assignment_id, value.message, value.type,
+                         value.non_retryable)
+            log.info("assignment %s (%s): %s reported", ctx.assignment_id, kind, what)
+            return
+        except ApiRejected as err:  # finished already, gone, or refused: nothing to do
+            log.warning("assignment %s (%s): the API refused the report: %s",
+                        ctx.assignment_id, kind, err)
+            return
+        except ApiUnreachable as err:
+            if time.monotonic() > deadline:
+                log.warning("assignment %s (%s): report not delivered: %s",
                             ctx.assignment_id, kind, err)
                 return
-            except ApiUnreachable as err:
-                if time.monotonic() > deadline:
-                    log.warning("assignment %s (%s): report not delivered: %s",
-                                ctx.assignment_id, kind, err)
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-    finally:
-        api.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

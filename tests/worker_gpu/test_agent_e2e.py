@@ -49,7 +49,8 @@ class RoundTripResult:
 
 
 def _step(api: GraphQLRecorder, pid: str, kind: str, request: object) -> dict[str, Any]:
-    aid = api.assign(pid, kind, asdict(request))  # type: ignore[call-overload]
+    # A short heartbeat timeout: the agent beats every 0.3 s, several times in a 1 s job.
+    aid = api.assign(pid, kind, asdict(request), heartbeat_timeout_s=0.9)  # type: ignore[call-overload]
     what, body = api.report(aid)
     assert what == "complete", body
     result: dict[str, Any] = body["result"]
