@@ -119,6 +119,35 @@ def _busy(fn: F) -> F:
     return cast(F, bounded)
 
 
+def _ours(fn: F) -> F:
+    """Defence in depth for steps that only JobWorkflow takes: run as a local activity
+    inside the workflow (patch local-control-steps), or, for histories from before it,
+    scheduled by the job's own workflow (`job-<job_id>`, type JobWorkflow), which Temporal
+    runs once per id. A workflow started from outside, were Temporal ever reachable,
+    cannot settle or rate a job it is not. Called directly (tests, tools): allowed."""
+
+    @functools.wraps(fn)
+    def guarded(self: ControlActivities, req: Any) -> Any:
+        if activity.in_activity():
+            info = activity.info()
+            job_id = _job_of(req).split("#", 1)[0]
+            if not info.is_local and (info.workflow_type != "JobWorkflow"
+                                      or info.workflow_id != c.job_workflow_id(job_id)):
+                raise ApplicationError(
+                    f"{info.activity_type} runs only inside the network's own job workflows",
+                    type="NotOurWorkflow", non_retryable=True,
+                )
+        return fn(self, req)
+
+    return cast(F, guarded)
+
+
+def _job_of(req: Any) -> str:
+    if isinstance(req, c.JobSteps):
+        return req.steps[0].job_id if req.steps else ""
+    return str(getattr(req, "job_id", ""))
+
+
 # Every control step runs with no_thread_cancel_exception: a cancelled step (its
 # workflow's timeout or a cancel) finishes on its own; the cancel only stops anyone waiting
 # for it. Temporal would otherwise raise CancelledError inside the thread at any bytecode,
@@ -138,6 +167,7 @@ class ControlActivities:
         return online_provider_ids(self.views, self.settings)
 
     @activity.defn(name=c.ADMIT_JOB, no_thread_cancel_exception=True)
+    @_ours
     @_busy
     def admit_job(self, req: c.JobInput) -> c.AdmitResult:
         try:
@@ -246,6 +276,7 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.RECORD_JOB_STEPS, no_thread_cancel_exception=True)
+    @_ours
     @_busy
     def record_job_steps(self, steps: c.JobSteps) -> None:
         """Facts about one job, in order, in one transaction."""
@@ -272,6 +303,7 @@ class ControlActivities:
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
 
     @activity.defn(name=c.VERIFY_JOB, no_thread_cancel_exception=True)
+    @_ours
     @_busy
     def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
         """Check each run's report against storage, the runs against each other, the outcome."""
@@ -293,6 +325,7 @@ class ControlActivities:
         return verdict
 
     @activity.defn(name=c.PLAN_CHECK, no_thread_cancel_exception=True)
+    @_ours
     @_busy
     def plan_check(self, req: c.CheckRequest) -> c.CheckDecision:
         """The network's own check: replicate this run at a rate that falls with trust."""
@@ -328,6 +361,7 @@ class ControlActivities:
         self.scheduler.wake()
 
     @activity.defn(name=c.SETTLE_JOB, no_thread_cancel_exception=True)
+    @_ours
     @_busy
     def settle_job(self, req: c.SettleRequest) -> c.Settlement:
         try:
@@ -351,6 +385,7 @@ class ControlActivities:
         return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
 
     @activity.defn(name=c.RECORD_REPUTATION, no_thread_cancel_exception=True)
+    @_ours
     @_busy
     def record_reputation(self, req: c.ReputationRequest) -> None:
         try:
@@ -365,6 +400,7 @@ class ControlActivities:
         self.scheduler.wake()
 
     @activity.defn(name=c.FINISH_JOB, no_thread_cancel_exception=True)
+    @_ours
     @_busy
     def finish_job(self, req: c.FinishRequest) -> None:
         self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)

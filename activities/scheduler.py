@@ -66,6 +66,7 @@ class Scheduler:
         self.round_interval_s = round_interval_s
         self._lock = threading.Lock()
         self._tickets: dict[tuple[str, int], _Ticket] = {}
+        self._owner_of: dict[str, str] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -208,9 +209,12 @@ class Scheduler:
         for p in providers:
             for job_id in p.reservations:
                 holding[job_id].add(p.provider_id)
+        # ... nor an owner: every provider of a holder's account is out for its replicas.
+        owners = self._owners(node.provider_ids)
         entries = []
         for t in tickets:
-            extra = holding.get(t.entry.job_id, set())
+            held_by = {owners.get(pid, pid) for pid in holding.get(t.entry.job_id, ())}
+            extra = {pid for pid, owner in owners.items() if owner in held_by}
             entries.append(replace(t.entry, excluded=t.entry.excluded | extra) if extra
                            else t.entry)
         result = plan(
@@ -222,6 +226,7 @@ class Scheduler:
             home_region=node.region,
             served=self._served,
             timings=self.timings,
+            owners=owners,
         )
         by_key = {(t.entry.job_id, t.entry.attempt): t for t in tickets}
         for key, why in result.waiting.items():
@@ -243,6 +248,13 @@ class Scheduler:
                 ticket.reason = "lost a race for GPUs; trying again"
                 self._wake.set()
         return placed
+
+    def _owners(self, provider_ids: list[str]) -> dict[str, str]:
+        """Provider id -> owning account (a claim never changes hands: asked once each)."""
+        for pid in provider_ids:
+            if pid not in self._owner_of:
+                self._owner_of[pid] = self.network.owner_of("provider", pid) or pid
+        return {pid: self._owner_of[pid] for pid in provider_ids}
 
     # Copies of the node's aggregates, kept current from the event log
 

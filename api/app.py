@@ -25,7 +25,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from api import auth, json_body, metrics, storage
+from api import assignments, auth, json_body, metrics, storage
 from api.body_limit import BodyLimit
 from api.schema import schema
 from api.services import Services
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(graphql, prefix="/graphql")
     app.include_router(storage.router)
     app.include_router(metrics.router)
+    app.include_router(assignments.router)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, object]:

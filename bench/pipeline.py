@@ -88,8 +88,9 @@ with workflow.unsafe.imports_passed_through():
     from websockets.typing import Subprotocol
 
     from client.subscription import SUBPROTOCOL, JobEventsSession
-    from infra.devstack import Stack, free_port, temporal_dev_args, wait_for_http
+    from infra.devstack import Stack, agent_env, free_port, temporal_dev_args, wait_for_http
     from infra.settings import Settings
+    from workflows.contracts import GPU_STEPS
 
 T = TypeVar("T")
 
@@ -217,12 +218,13 @@ class Run:
 
     @property
     def kinds(self) -> list[str]:
-        return ["gpu" if s.queue.startswith("gpu.") else LOCAL if s.queue == LOCAL else "control"
+        return ["gpu" if s.name in GPU_STEPS else LOCAL if s.queue == LOCAL else "control"
                 for s in self.steps]
 
     @property
     def gpu_queue(self) -> str:
-        return next((s.queue for s in self.steps if s.queue.startswith("gpu.")), "")
+        # GPU steps are assignments on the control queue; the baseline gives each a queue.
+        return next((s.queue for s in self.steps if s.name in GPU_STEPS), "")
 
 
 def _seconds(event: HistoryEvent) -> float:
@@ -306,7 +308,7 @@ def breakdown(what: str, runs: list[Run]) -> None:
     runs_ms: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in runs:
         for s in r.steps:
-            key = (s.name, "gpu" if s.queue.startswith("gpu.") else s.queue)
+            key = (s.name, "gpu" if s.name in GPU_STEPS else s.queue)
             waits[key].append((s.started - s.scheduled) * 1000)
             runs_ms[key].append((s.closed - s.started) * 1000)
     say(f"  {what}: mean ms per activity (queue wait / running), over {len(runs)} runs")
@@ -566,11 +568,15 @@ class Pipeline:
         stack = self.procs.stack()
 
         def spawn(name: str, *module: str) -> None:
+            # A provider's agent is given nothing of Temporal: it speaks only to the API.
+            env = None
+            if module[0] == "worker_gpu":
+                env = agent_env(stack.env, stack.env.get("GPGPU_API_KEY", ""))
             if self.opts.profile is None:
-                stack.spawn(name, [sys.executable, "-m", *module])
+                stack.spawn(name, [sys.executable, "-m", *module], env=env)
             else:
                 stack.spawn(name, [sys.executable, "-m", "bench", "pipeline", "_profiled",
-                                   str(self.opts.profile / f"{name}.prof"), *module])
+                                   str(self.opts.profile / f"{name}.prof"), *module], env=env)
 
         spawn("api", "api")
         for name in replicas("control-worker", self.opts.control_workers):

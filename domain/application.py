@@ -364,8 +364,9 @@ class Network(Application[Any]):
                     held.reservations.get(job_id, []),
                     held.price_per_gpu_hour_micro,
                 ), []
-            # Replicas of one job never share a provider.
-            holding = {pid for pid, p in providers.items() if job_id in p.reservations}
+            # Replicas of one job never share a provider, nor an owner.
+            holding = self.same_owner({pid for pid, p in providers.items()
+                                       if job_id in p.reservations})
             decision = decide(
                 self._requirements(spec, node),
                 self._candidates(providers.values(), online),
@@ -1033,6 +1034,17 @@ class Network(Application[Any]):
                 return None
             return caller_of(user, "api_key", str(api_key.id), list(api_key.scopes))
         return None
+
+    def same_owner(self, provider_ids: set[str]) -> set[str]:
+        """These providers and every other provider of their owners' accounts: a job's check
+        runs are on providers of distinct owners, or one owner could agree with itself."""
+        found = set(provider_ids)
+        owners = {self.owner_of("provider", pid) for pid in provider_ids}
+        for owner in owners - {None}:
+            user = self.user(str(owner))
+            if user is not None:
+                found.update(user.provider_ids)
+        return found
 
     def owner_of(self, kind: str, key: str) -> str | None:
         """The user id that owns this provider or node id, if anyone does."""

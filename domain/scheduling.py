@@ -185,14 +185,21 @@ def plan(
     home_region: str = "",
     served: Mapping[str, int] | None = None,
     timings: list[float] | None = None,
+    owners: Mapping[str, str] | None = None,
 ) -> Plan:
-    """Place as many waiting jobs as fit, in fair order; say why the others wait."""
+    """Place as many waiting jobs as fit, in fair order; say why the others wait.
+
+    `owners` (provider id -> owning account) keeps the replicas of one job placed in this
+    round on providers of distinct owners; a provider without one is its own owner."""
     pool = _Pool(candidates, home_region)
     ordered = fair_order(waiting, held_by_client, fair_share, served)
     for req in {w.req for w in ordered}:  # rank once per kind of job, before deciding
         pool.ranked(req)
     held = defaultdict(int, held_by_client)
     chosen_for: dict[str, set[str]] = defaultdict(set)  # replicas never share a provider
+    siblings: dict[str, set[str]] = defaultdict(set)  # owner -> its providers
+    for provider_id, owner in (owners or {}).items():
+        siblings[owner].add(provider_id)
     result = Plan()
     for w in ordered:
         key = (w.job_id, w.attempt)
@@ -212,7 +219,8 @@ def plan(
             result.waiting[key] = "no eligible GPUs free"
             continue
         pid, gpus = taken
-        chosen_for[w.job_id].add(pid)
+        chosen_for[w.job_id].update(siblings.get(owners.get(pid, pid), {pid}) if owners
+                                    else {pid})
         held[w.client_id] += len(gpus)
         price = pool.by_id[pid].price_per_gpu_hour_micro
         result.placements.append(Placement(w.job_id, w.attempt, w.client_id, pid, gpus, price))

@@ -79,12 +79,24 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sign_in_failures (
         email TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, source TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS sign_in_failures_email ON sign_in_failures (email, at)",
+    # Not a read model: the GPU steps handed to providers (infra/assignments.py). The task
+    # token lets the control plane complete the step's activity; it never leaves this table.
+    """CREATE TABLE IF NOT EXISTS assignments (
+        assignment_id TEXT PRIMARY KEY, provider_id TEXT NOT NULL, kind TEXT NOT NULL,
+        request TEXT NOT NULL, task_token TEXT NOT NULL, workflow_id TEXT NOT NULL,
+        run_id TEXT NOT NULL, activity_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+        gpus INTEGER NOT NULL DEFAULT 0, heartbeat_timeout_s DOUBLE PRECISION NOT NULL,
+        pickup_by DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        handed_out_at DOUBLE PRECISION, last_seen_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION, outcome TEXT NOT NULL DEFAULT '',
+        trace TEXT NOT NULL DEFAULT '{}', UNIQUE (workflow_id, run_id, activity_id))""",
+    "CREATE INDEX IF NOT EXISTS assignments_open ON assignments (finished_at, provider_id)",
 ]
 
 # Columns added to tables that are not rebuilt from the log: (table, column, declaration).
 COLUMNS_ADDED = [("provider_liveness", "beats", "BIGINT NOT NULL DEFAULT 0"),
-                 ("sign_in_failures", "source", "TEXT NOT NULL DEFAULT ''")]
-
+                 ("sign_in_failures", "source", "TEXT NOT NULL DEFAULT ''"),
+                 ("assignments", "trace", "TEXT NOT NULL DEFAULT '{}'")]
 
 # The read models proper: derived from the log, dropped and rebuilt when their shape changes.
 VIEW_TABLES = (

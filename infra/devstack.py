@@ -66,11 +66,13 @@ AGENT_PASSES = frozenset({
 
 
 def agent_env(env: dict[str, str], api_key: str) -> dict[str, str]:
-    """A provider agent's environment: `api_key` (its own provider key) and nothing secret."""
+    """A provider agent's environment: `api_key` (its own provider key) and nothing secret,
+    nothing of Temporal either (it speaks only to the API)."""
     kept = {
         k: v for k, v in env.items()
         if k in AGENT_PASSES or k.startswith("LC_")
-        or (k.startswith("GPGPU_") and k not in AGENT_SECRETS and not k.startswith("GPGPU_PG_"))
+        or (k.startswith("GPGPU_") and k not in AGENT_SECRETS and not k.startswith("GPGPU_PG_")
+            and not k.startswith("GPGPU_TEMPORAL_"))
     }
     return {**kept, "GPGPU_API_KEY": api_key}
 

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_ui_port: int = 8233
+    # mTLS to Temporal's frontend (README, "Production"): the CA that signed the server's
+    # certificate, and this control-plane service's own certificate and key (PEM files).
+    # Only the API and the control worker connect; no provider ever has these.
+    temporal_tls_ca: Path | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_server_name: str | None = None
     # The control worker's task queue; JobWorkflow runs its control activities there too.
     control_task_queue: str = "control"
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,3 +24,33 @@ def test_stack_file_validates() -> None:
                     "gpu-worker"):
         assert f"  {service}:" in done.stdout
     assert "runtime: nvidia" in done.stdout
+
+
+def _config() -> dict[str, Any]:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose (apt: docker-compose) is not installed")
+    done = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=True)
+    found: dict[str, Any] = yaml.safe_load(done.stdout)
+    return found
+
+
+def test_temporal_is_out_of_reach_of_providers_and_the_outside() -> None:
+    config = _config()
+    services, networks = config["services"], config["networks"]
+    temporal = services["temporal"]
+    assert "ports" not in temporal, "Temporal's frontend is published"
+    assert all(networks[n].get("internal") for n in temporal["networks"])
+    agent = services["gpu-worker"]
+    assert not set(agent["networks"]) & set(temporal["networks"]), "the agent can reach Temporal"
+    for name in ("postgres", "minio", "control-worker"):
+        assert set(services[name]["networks"]) <= set(temporal["networks"]), name
+    env = agent["environment"]
+    assert not [k for k in env if k.startswith(("GPGPU_TEMPORAL", "GPGPU_PG", "GPGPU_S3"))], env
+    assert set(env) == {"GPGPU_API_URL", "GPGPU_API_KEY", "GPGPU_LOG_FORMAT"}
+    ui_ports = services["temporal-ui"]["ports"]  # histories: on the host's loopback only
+    assert ui_ports and all(
+        (p.get("host_ip") if isinstance(p, dict) else str(p).split(":")[0]) == "127.0.0.1"
+        for p in ui_ports
+    ), ui_ports

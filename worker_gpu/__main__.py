@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     code = 1
     try:
-        # Imported here, not at the top: temporalio takes seconds to import, and a
-        # mistyped flag should be answered at once.
+        # Imported here, not at the top: the runtimes (docker) take a while to import,
+        # and a mistyped flag should be answered at once.
         from worker_gpu.agent import serve
 
         tracing.setup(settings.tracing, "gpu-worker", config.provider_id)
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("worker_gpu").exception("provider agent failed")
     finally:
         tracing.shutdown()  # os._exit skips atexit: export the spans still buffered
-        # temporalio can abort at interpreter exit after the work is done; leave
-        # deliberately so that a clean stop never reports a crash.
+        # Leave deliberately: the abandoned long-poll and heartbeat threads never hold
+        # up an exit, and a clean stop never reports a crash.
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

@@ -1,9 +1,9 @@
-"""The GPU-side activities a provider serves on its own task queue: stage, execute, upload.
+"""The GPU-side steps a provider runs for its assignments: stage, execute, upload.
 
-They are synchronous and run in the worker's thread pool. Each is declared with
-no_thread_cancel_exception: a CancelledError thrown into the thread at an
-arbitrary bytecode could land between "kill the job" and "reap it"; instead they
-poll activity.is_cancelled() at every heartbeat and stop cleanly themselves.
+They are synchronous and run in the agent's thread pool, inside a step context
+(worker_gpu/context.py): they heartbeat through it and poll its is_cancelled() at
+every heartbeat, and stop cleanly themselves (nothing is ever thrown into their
+thread between "kill the job" and "reap it").
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from functools import partial
 from pathlib import Path
 
 import httpx
-from temporalio import activity
-from temporalio.exceptions import ApplicationError, CancelledError
 
-from worker_gpu import checkpoint
+from worker_gpu import checkpoint, context
+from worker_gpu.context import StepCancelled, StepFailed
 from worker_gpu.runtime import JobRuntime, ProgressFn, RunOutcome
 from worker_gpu.runtime_docker import WORKDIR as CONTAINER_WORKDIR
 from worker_gpu.runtime_docker import DockerRuntime, EngineUnavailable, ImageUnavailable
@@ -46,9 +45,6 @@ from worker_gpu.transfer import (
     upload_file,
 )
 from workflows.contracts import (
-    EXECUTE_JOB,
-    STAGE_INPUTS,
-    UPLOAD_OUTPUTS,
     ExecuteRequest,
     ExecuteResult,
     InputTransfer,
@@ -78,12 +74,12 @@ class _Progress:
         return {"files_done": self.files_done, "bytes": self.bytes, "current": self.current}
 
 
-def _non_retryable(message: str, type_: str) -> ApplicationError:
-    return ApplicationError(message, type=type_, non_retryable=True)
+def _non_retryable(message: str, type_: str) -> StepFailed:
+    return StepFailed(message, type=type_, non_retryable=True)
 
 
-def _http_error(err: HttpFailure, what: str) -> ApplicationError:
-    return ApplicationError(
+def _http_error(err: HttpFailure, what: str) -> StepFailed:
+    return StepFailed(
         f"{what}: {err}", type=f"{err.method.title()}Failed", non_retryable=not err.retryable
     )
 
@@ -94,7 +90,7 @@ def _lie_about(digest: str) -> str:
 
 
 class GpuActivities:
-    """Stage, execute and upload for one provider; bind its methods into a Worker.
+    """Stage, execute and upload for one provider; the agent runs them for its assignments.
 
     corrupt_outputs=True makes this a DISHONEST provider that reports a wrong
     sha256 for every output; it exists only to test verification.
@@ -153,14 +149,13 @@ class GpuActivities:
 
     # -- activities ----------------------------------------------------------
 
-    @activity.defn(name=STAGE_INPUTS, no_thread_cancel_exception=True)
     def stage_inputs(self, request: StageRequest) -> StageResult:
         work = self.work_dir(request.job_id, request.attempt)
         work.mkdir(parents=True, exist_ok=True)
         progress = _Progress()
         with (
             httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=True, verify=tls()) as client,
-            Ticker(HEARTBEAT_S, lambda: activity.heartbeat(progress.details())) as ticker,
+            Ticker(HEARTBEAT_S, lambda: context.heartbeat(progress.details())) as ticker,
         ):
 
             def on_chunk(n: int) -> None:
@@ -188,7 +183,6 @@ class GpuActivities:
         )
         return StageResult(files=len(request.inputs), bytes=progress.bytes)
 
-    @activity.defn(name=EXECUTE_JOB, no_thread_cancel_exception=True)
     def execute_job(self, request: ExecuteRequest) -> ExecuteResult:
         if self._gpu_indexes is not None:
             unknown = sorted(set(request.gpu_indexes) - self._gpu_indexes)
@@ -208,12 +202,12 @@ class GpuActivities:
 
         def on_progress(elapsed_s: float, log_tail: str) -> None:
             try:
-                activity.heartbeat({"elapsed_s": round(elapsed_s, 1), "log_tail": log_tail})
+                context.heartbeat({"elapsed_s": round(elapsed_s, 1), "log_tail": log_tail})
             except Exception as err:
                 # The heartbeat is how cancellation arrives: without it we cannot be told to stop.
                 log.warning("job %s: heartbeat failed (%s); stopping it", request.job_id, err)
                 cancel.set()
-            if activity.is_cancelled():
+            if context.is_cancelled():
                 cancel.set()
 
         on_progress(0.0, "")
@@ -233,7 +227,7 @@ class GpuActivities:
                 uploader.stop()
         outcome = self._note_checkpoints(request, uploader, outcome)
         if cancel.is_set():
-            raise CancelledError(f"job {request.job_id} was cancelled; its processes were killed")
+            raise StepCancelled(f"job {request.job_id} was cancelled; its processes were killed")
         log.info(
             "job %s: exit %s, timed out %s, %d ms",
             request.job_id,
@@ -321,9 +315,8 @@ class GpuActivities:
         except ImageUnavailable as err:
             raise _non_retryable(str(err), "ImageUnavailableError") from None
         except EngineUnavailable as err:
-            raise ApplicationError(str(err), type="ContainerEngineError") from None
+            raise StepFailed(str(err), type="ContainerEngineError") from None
 
-    @activity.defn(name=UPLOAD_OUTPUTS, no_thread_cancel_exception=True)
     def upload_outputs(self, request: UploadRequest) -> UploadResult:
         work = self.work_dir(request.job_id, request.attempt)
         manifest: list[ManifestEntry] = []
@@ -331,7 +324,7 @@ class GpuActivities:
         progress = _Progress()
         with (
             httpx.Client(timeout=HTTP_TIMEOUT, verify=tls()) as client,
-            Ticker(HEARTBEAT_S, lambda: activity.heartbeat(progress.details())) as ticker,
+            Ticker(HEARTBEAT_S, lambda: context.heartbeat(progress.details())) as ticker,
         ):
 
             def on_chunk(n: int) -> None:
@@ -385,10 +378,10 @@ def _put(client: httpx.Client, url: str, path: Path, digest: str, size: int, on_
 
 
 def _raise_if_cancelled(ticker: Ticker) -> None:
-    if activity.is_cancelled():
-        raise CancelledError("activity cancelled")
+    if context.is_cancelled():
+        raise StepCancelled("activity cancelled")
     if ticker.error is not None:
-        raise CancelledError(f"heartbeat failed ({ticker.error}); stopping")
+        raise StepCancelled(f"heartbeat failed ({ticker.error}); stopping")
 
 
 def _job_path(work: Path, name: str) -> Path:

@@ -1,8 +1,10 @@
-"""The provider agent: find the GPUs, join the network, serve this provider's task queue.
+"""The provider agent: find the GPUs, join the network, run this provider's assignments.
 
-Order matters: Temporal is reached before the provider is registered, and the
-heartbeat starts only once the worker polls, so the node never allocates GPUs
-of a provider that cannot yet pick the work up.
+The agent speaks only HTTPS to the network's API, with its own provider key: it
+registers, heartbeats, long-polls its assignments (stage, execute, upload) and reports
+each one's heartbeats and result (api/assignments.py). It never reaches Temporal.
+Order matters: the heartbeat starts only once the agent polls, so the node never
+allocates GPUs of a provider that cannot yet pick the work up.
 """
 
 from __future__ import annotations
@@ -11,14 +13,9 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from temporalio.client import Client
-from temporalio.worker import Worker
-
-from infra import tracing
 from infra.settings import Settings
 from worker_gpu.activities import GpuActivities
 from worker_gpu.api_client import (
@@ -28,6 +25,7 @@ from worker_gpu.api_client import (
     ProviderApi,
     registration_input,
 )
+from worker_gpu.assignments import ApiStepContext, run_assignment
 from worker_gpu.config import AgentConfig
 from worker_gpu.discovery import (
     GpuInfo,
@@ -42,13 +40,14 @@ from worker_gpu.runtime import JobRuntime
 from worker_gpu.runtime_docker import ContainerLimits, DockerRuntime, EngineUnavailable
 from worker_gpu.runtime_process import ProcessRuntime
 from worker_gpu.sandbox import Bwrap, JobLimits, SandboxUnavailable
-from workflows.contracts import gpu_task_queue
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MAX_BACKOFF_S = 10.0
+# How long one long-poll for assignments waits at the API (its maximum is 25 s).
+POLL_WAIT_S = 20.0
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,8 +75,6 @@ async def _until_answered(what: str, attempt: Callable[[], Awaitable[T]], stop: 
             return await attempt()
         except ApiUnreachable as err:
             reason = str(err)
-        except RuntimeError as err:  # temporalio's "failed client connect"
-            reason = str(err).splitlines()[0]
         say(f"waiting for {what} ({reason}); retrying in {delay:.1f}s")
         try:
             await asyncio.wait_for(stop.wait(), delay)
@@ -193,16 +190,12 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     heartbeat: HeartbeatThread | None = None
-    executor = ThreadPoolExecutor(max_workers=len(gpus) + 2, thread_name_prefix="gpu-activity")
+    slots = len(gpus) + 2
+    executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="gpu-step")
+    contexts: dict[str, ApiStepContext] = {}
+    running: set[Future[None]] = set()
+    steps_api = ProviderApi(settings.api_url)  # every step's heartbeats and reports
     try:
-        client = await _until_answered(
-            f"Temporal at {settings.temporal_address}",
-            lambda: Client.connect(
-                settings.temporal_address, namespace=settings.temporal_namespace,
-                interceptors=tracing.interceptors(),
-            ),
-            stop,
-        )
         registration = registration_input(
             config.provider_id,
             config.region,
@@ -212,67 +205,100 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
             node=config.node,
             sandbox=runtime.sandbox_name if isinstance(runtime, ProcessRuntime) else "docker",
         )
-        api = ProviderApi(settings.api_url)
+        api = ProviderApi(settings.api_url, timeout_s=POLL_WAIT_S + 10.0)
         try:
             provider_id = await _until_answered(
-                f"the API at {api.url}",
+                f"the API at {api.base}",
                 lambda: asyncio.to_thread(api.register, registration),
                 stop,
             )
+            say(f"registered provider {provider_id} in region {config.region}")
+            heartbeat = HeartbeatThread(
+                settings.api_url,
+                config.provider_id,
+                read_telemetry,
+                settings.provider_heartbeat_interval_s,
+            )
+            heartbeat.start()
+            say(f"taking assignments for provider {config.provider_id} from {api.base} "
+                f"with {len(gpus)} GPUs; Ctrl-C to stop")
+            await _take_assignments(api, config.provider_id, stop, running, lambda a:
+                                    executor.submit(run_assignment, steps_api,
+                                                    activities, a, contexts))
         finally:
             api.close()
-        say(f"registered provider {provider_id} in region {config.region}")
-
-        task_queue = gpu_task_queue(config.provider_id)
-        worker = Worker(
-            client,
-            task_queue=task_queue,
-            activities=[activities.stage_inputs, activities.execute_job, activities.upload_outputs],
-            activity_executor=executor,
-            max_concurrent_activities=len(gpus) + 2,
-            graceful_shutdown_timeout=timedelta(seconds=config.shutdown_grace_s),
-        )
-        run = asyncio.create_task(worker.run())
-        heartbeat = HeartbeatThread(
-            settings.api_url,
-            config.provider_id,
-            read_telemetry,
-            settings.provider_heartbeat_interval_s,
-        )
-        heartbeat.start()
-        say(f"serving task queue {task_queue} with {len(gpus)} GPUs; Ctrl-C to stop")
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if run.done():
-            stopping.cancel()
-            error = run.exception()
-            say(f"the worker stopped on its own: {error or 'no error'}")
-            return EXIT_FAILED if error else EXIT_OK
         say(
-            "stopping: no new work is taken; running activities get "
+            "stopping: no new work is taken; running assignments get "
             f"{config.shutdown_grace_s:g}s to finish"
         )
         # Drain: first silence the heartbeat and mark the provider offline, so that the
         # scheduler places nothing more here while running work finishes or is handed back.
         heartbeat.stop()
         await _drain(settings.api_url, config.provider_id)
-        await worker.shutdown()
-        await run
+        if running:
+            await asyncio.wait([asyncio.wrap_future(f) for f in running],
+                               timeout=config.shutdown_grace_s)
+        for ctx in list(contexts.values()):  # past the grace: stop them, and say so
+            ctx.cancel()
+        if running:
+            await asyncio.wait([asyncio.wrap_future(f) for f in running], timeout=15.0)
         say("stopped")
         return EXIT_OK
     except Stopped:
         say("stopped before the provider was serving")
         return EXIT_OK
     except ApiRejected as err:
-        say(f"the API refused to register provider {config.provider_id}: {err}")
+        say(f"the API refused provider {config.provider_id}: {err}")
         return EXIT_FAILED
     finally:
         if heartbeat is not None:
             heartbeat.stop()
         runtime.kill_all()  # no job outlives its agent on a GPU
         executor.shutdown(wait=False, cancel_futures=True)
+        steps_api.close()
         if nvml is not None:
             nvml.close()
+
+
+async def _take_assignments(
+    api: ProviderApi, provider_id: str, stop: asyncio.Event,
+    running: set[Future[None]], start: Callable[[dict[str, object]], Future[None]],
+) -> None:
+    """Long-poll the API for this provider's assignments and start each, until stopped.
+
+    An API that does not answer is asked again with capped backoff; the assignments
+    running meanwhile go on (their heartbeats retry on their own).
+    """
+    delay = 0.5
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while not stop.is_set():
+            running.difference_update({f for f in running if f.done()})
+            poll = asyncio.ensure_future(asyncio.to_thread(api.assignments, provider_id,
+                                                           POLL_WAIT_S))
+            await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not poll.done():
+                return  # stopped: what this poll might still bring is never started
+            try:
+                for assignment in poll.result():
+                    log.info("assignment %s: %s", assignment.get("assignmentId"),
+                             assignment.get("kind"))
+                    running.add(start(assignment))
+                delay = 0.5
+            except ApiUnreachable as err:
+                say(f"waiting for the API ({err}); retrying in {delay:.1f}s")
+            except ApiRejected as err:
+                if err.status in (401, 403):
+                    raise
+                say(f"the API refused the poll ({err}); retrying in {delay:.1f}s")
+            else:
+                continue
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, MAX_BACKOFF_S)
+    finally:
+        stopping.cancel()
 
 
 async def _drain(api_url: str, provider_id: str) -> None:

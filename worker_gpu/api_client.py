@@ -1,6 +1,7 @@
-"""The provider agent's two calls to the network's API: register, then heartbeat.
+"""The provider agent's calls to the network's API: register, heartbeat, drain (GraphQL), and
+its assignments (the provider API under /provider/v1, api/assignments.py).
 
-Both carry `Authorization: Bearer <GPGPU_API_KEY>`: the providers it registers belong to
+All carry `Authorization: Bearer <GPGPU_API_KEY>`: the providers it registers belong to
 that key's account, and only that account (or an admin) may heartbeat or manage them."""
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class ApiUnreachable(Exception):
 class ApiRejected(Exception):
     """The API answered no: trying again will not change that."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 def registration_input(
     provider_id: str,
@@ -72,10 +77,12 @@ def agent_api_key() -> str | None:
 
 
 class ProviderApi:
-    """GraphQL over HTTP POST; one instance per thread (it owns an httpx.Client)."""
+    """GraphQL and the provider API over HTTP (it owns an httpx.Client, which threads may
+    share)."""
 
     def __init__(self, api_url: str, timeout_s: float = 10.0, api_key: str | None = None) -> None:
-        self.url = f"{api_url.rstrip('/')}/graphql"
+        self.base = api_url.rstrip("/")
+        self.url = f"{self.base}/graphql"
         key = api_key if api_key is not None else agent_api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
@@ -109,6 +116,54 @@ class ProviderApi:
     def drain(self, provider_id: str) -> None:
         """Tell the network this provider takes no new work (its agent is stopping)."""
         self._call(DRAIN_PROVIDER, {"id": provider_id})
+
+    def _rest(self, method: str, path: str, body: dict[str, Any] | None = None,
+              timeout_s: float | None = None) -> dict[str, Any]:
+        try:
+            response = self._client.request(
+                method, f"{self.base}/provider/v1/{path}", json=body,
+                timeout=timeout_s if timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as err:
+            raise ApiUnreachable(f"{type(err).__name__}: {err}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ApiUnreachable(f"HTTP {response.status_code}: {response.text[:300]}")
+        if not response.is_success:
+            raise ApiRejected(f"HTTP {response.status_code}: {response.text[:300]}",
+                              response.status_code)
+        try:
+            answer = response.json()
+        except ValueError:
+            raise ApiRejected(f"HTTP {response.status_code}: not JSON") from None
+        if not isinstance(answer, dict):
+            raise ApiRejected(f"HTTP {response.status_code}: not a JSON object")
+        return answer
+
+    def assignments(self, provider_id: str, wait_s: float) -> list[dict[str, Any]]:
+        """This provider's new assignments; waits up to `wait_s` for one to come."""
+        answer = self._rest("GET", f"providers/{provider_id}/assignments?wait_s={wait_s:g}",
+                            timeout_s=wait_s + 10.0)
+        found = answer.get("assignments")
+        return [a for a in found if isinstance(a, dict)] if isinstance(found, list) else []
+
+    def assignment_heartbeat(self, provider_id: str, aid: str, details: Any,
+                             timeout_s: float | None = None) -> bool:
+        """Alive; True when the step is to stop (cancelled, or gone)."""
+        answer = self._rest("POST", f"providers/{provider_id}/assignments/{aid}/heartbeat",
+                            {"details": details if isinstance(details, dict) else {}},
+                            timeout_s=timeout_s)
+        return bool(answer.get("cancel"))
+
+    def complete(self, provider_id: str, aid: str, result: dict[str, Any]) -> None:
+        self._rest("POST", f"providers/{provider_id}/assignments/{aid}/complete",
+                   {"result": result})
+
+    def fail(self, provider_id: str, aid: str, message: str, type_: str,
+             non_retryable: bool = False, cancelled: bool = False) -> None:
+        self._rest("POST", f"providers/{provider_id}/assignments/{aid}/fail", {
+            "message": message[:4000], "type": type_, "nonRetryable": non_retryable,
+            "cancelled": cancelled,
+        })
 
     def heartbeat(self, provider_id: str, telemetry: list[GpuTelemetry]) -> None:
         self._call(

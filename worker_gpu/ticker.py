@@ -14,7 +14,7 @@ class Ticker:
     """Calls `fn` now and then every `interval_s` on a thread of its own, until exit.
 
     The thread runs in a copy of the caller's contextvars, which is where
-    temporalio keeps the activity context, so `activity.heartbeat` works there.
+    worker_gpu.context keeps the step's context, so `context.heartbeat` works there.
     A blocked socket read therefore cannot starve the heartbeat; it is bounded
     by the HTTP client's own timeouts instead.
     """

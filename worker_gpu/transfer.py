@@ -33,8 +33,8 @@ T = TypeVar("T")
 
 CHUNK_BYTES = 1024 * 1024
 # A storage server that restarts (a deploy, a crash loop) is gone for seconds. A transfer
-# rides that out here, within its activity, rather than fail the run: Temporal retries a
-# staging or upload activity only once, and a run lost to a blip costs the whole job.
+# rides that out here, within its step, rather than fail the run: the network retries a
+# staging or upload step only once, and a run lost to a blip costs the whole job.
 RIDE_OUT_S = 60.0
 RETRY_FIRST_S, RETRY_MAX_S = 0.25, 4.0
 

@@ -5,7 +5,7 @@ canary rate (domain/verification.py), as an abandoned child with workflow id
 `canary-<job_id>-<provider_id>`. It waits a random delay, reserves free GPUs on
 that provider only (skipping quietly when it is offline or busy), then runs the
 canary like any job: the same transfer plan and the same stage, execute and
-upload activities on the provider's own task queue, with the outputs going to
+upload steps, as assignments for that provider (activities/assign.py), with the outputs going to
 the canary client's storage through presigned URLs. The control plane then
 compares the uploaded manifest with storage and with the answer it computed
 itself: an honest provider is paid for its GPU time from protocol:verification
@@ -26,7 +26,14 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import workflows.contracts as c
-    from workflows.job import CONTROL_RETRY, GPU_RETRY, TRANSFER_S, _is_provider_loss, _reason
+    from workflows.job import (
+        CONTROL_RETRY,
+        GPU_RETRY,
+        TRANSFER_S,
+        _is_provider_loss,
+        _reason,
+        gpu_step,
+    )
 
 T = TypeVar("T")
 
@@ -57,15 +64,9 @@ class CanaryWorkflow:
         self, inp: c.CanaryInput, name: str, arg: Any, result_type: type[T], run_for_s: float,
         retry: RetryPolicy = GPU_RETRY,
     ) -> T:
-        return await workflow.execute_activity(
-            name,
-            arg,
-            task_queue=c.gpu_task_queue(inp.provider_id),
-            schedule_to_start_timeout=timedelta(seconds=inp.gpu_schedule_to_start_timeout_s),
-            start_to_close_timeout=timedelta(seconds=run_for_s),
-            heartbeat_timeout=timedelta(seconds=inp.gpu_heartbeat_timeout_s),
-            retry_policy=retry,
-            result_type=result_type,
+        return await gpu_step(
+            inp.provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
+            name, arg, result_type, run_for_s, retry,
         )
 
     @workflow.run

@@ -1,18 +1,17 @@
 """The contracts between JobWorkflow and its activities: names, inputs, results.
 
-Control activities run on the control task queue; GPU activities run on the chosen
-provider's own queue `gpu.<provider_id>`, served by that provider's agent. The
-control worker never imports the GPU side: it only knows these names.
+Control activities run on the control task queue. The GPU steps (stage, execute,
+upload) run there too, as *assignments* (activities/assign.py): the control worker
+records one for the chosen provider and completes the activity asynchronously once
+that provider's agent reports through the API (api/assignments.py). No provider ever
+talks to Temporal. The control worker never imports the GPU side: it only knows these
+names and dataclasses.
 """
 
 from dataclasses import dataclass, field
 
 # No `from __future__ import annotations` here: with string annotations, Temporal's data
 # converter compiled and evaluated every field's type again on each payload it decoded.
-
-
-def gpu_task_queue(provider_id: str) -> str:
-    return f"gpu.{provider_id}"
 
 
 def job_workflow_id(job_id: str) -> str:
@@ -44,6 +43,9 @@ JOB_ENDED = "JobEnded"
 STAGE_INPUTS = "stage_inputs"
 EXECUTE_JOB = "execute_job"
 UPLOAD_OUTPUTS = "upload_outputs"
+GPU_STEPS = (STAGE_INPUTS, EXECUTE_JOB, UPLOAD_OUTPUTS)
+# The failure type of an assignment its provider did not pick up in time: a lost provider.
+NOT_PICKED_UP = "AssignmentNotPickedUp"
 
 
 # A control step is one short transaction (allocate waits at most a few seconds a try), so
@@ -185,11 +187,17 @@ class TransferPlan:
     checkpoint: CheckpointPlan | None = None  # None: this run keeps no checkpoint
 
 
+# Every GPU step's request names the provider it is assigned to and how long that provider
+# has to pick it up (JobWorkflow._gpu fills both in); the agent ignores them.
+
+
 @dataclass
 class StageRequest:
     job_id: str
     attempt: int
     inputs: list[InputTransfer]
+    provider_id: str = ""
+    pickup_timeout_s: float = 30.0
 
 
 @dataclass
@@ -209,6 +217,8 @@ class ExecuteRequest:
     image: str | None = None  # run in this container image (the docker runtime)
     network: bool = False  # the job asked for network access
     checkpoint: CheckpointPlan | None = None  # upload the job's checkpoint/ while it runs
+    provider_id: str = ""
+    pickup_timeout_s: float = 30.0
 
 
 @dataclass
@@ -225,6 +235,8 @@ class UploadRequest:
     job_id: str
     attempt: int
     outputs: list[OutputTransfer]
+    provider_id: str = ""
+    pickup_timeout_s: float = 30.0
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 Deterministic: no I/O, no clocks, no randomness here; everything that touches
 the world is an activity. Control activities run on the workflow's own task
-queue (`control` unless configured otherwise); stage, execute and upload run on
-the allocated provider's own queue. A provider that stops heartbeating (or
-never picks its work up) is marked lost and that run goes back to allocation
-without it; the next attempt starts from the checkpoint the job last wrote, if
-any (worker_gpu/checkpoint.py).
+queue (`control` unless configured otherwise); stage, execute and upload run
+there too, as assignments the allocated provider takes from the API. A provider
+that stops heartbeating (or never picks its work up) is marked lost and that run
+goes back to allocation without it; the next attempt starts from the checkpoint
+the job last wrote, if any (worker_gpu/checkpoint.py).
 
 Verification: every run's manifest is checked against storage. A client may ask
 for k replicas on distinct providers (a majority of matching outputs decides;
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -96,13 +96,47 @@ class Unplaced(Exception):
 
 
 def _is_provider_loss(err: ActivityError) -> bool:
-    """A timeout of a GPU activity means its provider stopped answering."""
+    """A timeout of a GPU step means its provider stopped answering; an assignment it did
+    not pick up in time, that it never answered at all."""
     cause: BaseException | None = err.cause
     while cause is not None:
         if isinstance(cause, TimeoutError):
             return True
+        if isinstance(cause, ApplicationError) and cause.type == c.NOT_PICKED_UP:
+            return True
         cause = cause.__cause__
     return False
+
+
+async def gpu_step(
+    provider_id: str,
+    pickup_timeout_s: float,
+    heartbeat_timeout_s: float,
+    name: str,
+    arg: Any,
+    result_type: type[T],
+    run_for_s: float,
+    retry: RetryPolicy = GPU_RETRY,
+    cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
+) -> T:
+    """One GPU step, as an assignment for `provider_id` (activities/assign.py).
+
+    It runs on the workflow's own (control-plane) task queue: the control worker records
+    the assignment and the provider's agent takes it from the API; no provider polls
+    Temporal. The assignment must be picked up within `pickup_timeout_s` and heartbeated
+    within `heartbeat_timeout_s` from then on, else its provider is lost.
+    """
+    arg = replace(arg, provider_id=provider_id, pickup_timeout_s=pickup_timeout_s)
+    return await workflow.execute_activity(
+        name,
+        arg,
+        task_queue=workflow.info().task_queue,
+        start_to_close_timeout=timedelta(seconds=run_for_s + pickup_timeout_s),
+        heartbeat_timeout=timedelta(seconds=heartbeat_timeout_s),
+        retry_policy=retry,
+        result_type=result_type,
+        cancellation_type=cancellation,
+    )
 
 
 @dataclass
@@ -196,16 +230,9 @@ class JobWorkflow:
         retry: RetryPolicy = GPU_RETRY,
         cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
     ) -> T:
-        return await workflow.execute_activity(
-            name,
-            arg,
-            task_queue=c.gpu_task_queue(provider_id),
-            schedule_to_start_timeout=timedelta(seconds=inp.gpu_schedule_to_start_timeout_s),
-            start_to_close_timeout=timedelta(seconds=run_for_s),
-            heartbeat_timeout=timedelta(seconds=inp.gpu_heartbeat_timeout_s),
-            retry_policy=retry,
-            result_type=result_type,
-            cancellation_type=cancellation,
+        return await gpu_step(
+            provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
+            name, arg, result_type, run_for_s, retry, cancellation,
         )
 
     @workflow.run

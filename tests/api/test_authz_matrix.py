@@ -81,6 +81,8 @@ MATRIX: dict[str, tuple[str, str, str, str, str, str]] = {
     "GET /storage/{A}":        (DENY, OK, DENY, DENY, DENY, OK),
     "DELETE /storage/{A}/{key}": (DENY, OK, DENY, DENY, DENY, OK),
     "POST /providers/{P1}/heartbeat": (DENY, DENY, DENY, OK, DENY, OK),
+    # The provider API's long-poll (heartbeat/complete/fail: tests/adversarial/)
+    "GET /provider/v1/providers/{P1}/assignments?wait_s=0": (DENY, DENY, DENY, OK, DENY, OK),
 }
 HTTP_ENDPOINTS = [k for k in MATRIX if not k.startswith(("Query.", "Mutation.", "Subscription."))]
 

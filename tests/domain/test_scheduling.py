@@ -103,6 +103,19 @@ def test_replicas_of_one_job_never_share_a_provider_in_a_round() -> None:
     assert len(result.waiting) == 1
 
 
+def test_replicas_of_one_job_never_share_an_owner_in_a_round() -> None:
+    # p00 and p01 are one account's (cheapest first: p00, p01, p02); p02 another's.
+    line = [Waiting("j", attempt, "a", 0, 1.0, REQ) for attempt in (1, 2)]
+    owners = {"p00": "acct-1", "p01": "acct-1", "p02": "acct-2"}
+
+    result = plan(line, providers(3, gpus_each=4), {}, owners=owners)
+
+    placed = sorted(p.provider_id for p in result.placements)
+    assert len(placed) == 2 and {owners[p] for p in placed} == {"acct-1", "acct-2"}, placed
+    unowned = plan(line, providers(3, gpus_each=4), {}).placements
+    assert {owners[p.provider_id] for p in unowned} == {"acct-1"}  # what the rule prevents
+
+
 def test_a_job_too_big_for_any_machine_does_not_block_smaller_ones() -> None:
     line = [waiting("big", "a", 1, gpus=8), waiting("small", "b", 2)]
     result = plan(line, providers(2, gpus_each=2), {})

@@ -152,7 +152,10 @@ def network(
     temporal_address: str,
     providers: list[tuple[str, str, str, list[str]]],
     extra_env: dict[str, str] | None = None,
+    owners: dict[str, str] | None = None,
 ) -> Iterator[Network]:
+    """The network, its providers run with a provider key of `PROVIDER_OWNER`, or of the
+    account `owners` names for them (a job's replicas need providers of distinct owners)."""
     port = free_port()
     env = {
         **FAST_FAULTS,
@@ -173,9 +176,16 @@ def network(
         stack.start_control_plane()
         net = Network(stack)
         net.sign_up(ADMIN, [])
-        stack.env["GPGPU_API_KEY"] = net.api_key(PROVIDER_OWNER, ["provider"])
+        keys: dict[str, str] = {}
         for provider_id, gpus, price, extra in providers:
+            owner = (owners or {}).get(provider_id, PROVIDER_OWNER)
+            if owner not in keys:
+                net.sign_up(owner, ["provider"])
+                keys[owner] = net.api_key(owner, ["provider"])
+            stack.env["GPGPU_API_KEY"] = keys[owner]
             stack.start_provider(provider_id, gpus, price, *extra)
+        stack.env["GPGPU_API_KEY"] = keys.get(PROVIDER_OWNER) or net.api_key(PROVIDER_OWNER,
+                                                                             ["provider"])
         net.wait_providers_online([p[0] for p in providers])
         yield net
     finally:

@@ -1,9 +1,10 @@
-"""One trace from the API request to the GPU worker's activity, across three processes.
+"""One trace from the API request to the GPU worker's step, across three processes.
 
 The network runs with GPGPU_TRACING=file:<spans.jsonl>: the API, the control worker and
 the provider append their finished spans to the one file; the test follows the parent
-ids of the job's spans from the GPU activity back to the HTTP request, and from the
-API's spans for the provider's file transfers back to the GPU activities. The traced job's
+ids of the job's spans from the provider's step back to the HTTP request (the step's
+assignment carries the control plane's trace context to the agent), and from the API's
+spans for the provider's file transfers back to the provider's steps. The traced job's
 history then replays with and without the tracing interceptor: tracing adds headers, never
 commands.
 """
@@ -77,14 +78,15 @@ async def test_one_trace_links_the_request_to_the_gpu_activity(
 
     request = only("POST /graphql")
     run_workflow = only("RunWorkflow:JobWorkflow")
-    run_activity = only("RunActivity:execute_job")
+    run_activity = only("RunAssignment:execute_job")
     assert request["parent_id"] is None  # the root: the test's request carried no traceparent
     assert request["attributes"]["gpgpu.job_id"] == job_id
     assert request["attributes"]["http.response.status_code"] == 200
     assert start["parent_id"] == request["span_id"]
     assert run_workflow["parent_id"] == start["span_id"]
     assert ancestry(run_activity) == [
-        "gpu-worker: RunActivity:execute_job",
+        "gpu-worker: RunAssignment:execute_job",
+        "control-worker: RunActivity:execute_job",  # the assignment, recorded
         "control-worker: StartActivity:execute_job",
         "api: StartWorkflow:JobWorkflow",
         "api: POST /graphql",
@@ -94,16 +96,16 @@ async def test_one_trace_links_the_request_to_the_gpu_activity(
     assert run_activity["end_ns"] > run_activity["start_ns"]
     # Every step of the job hangs in this one trace, on its three processes.
     names = {s["name"] for s in trace}
-    assert {"RunActivity:stage_inputs", "RunActivity:upload_outputs"} <= names
+    assert {"RunAssignment:stage_inputs", "RunAssignment:upload_outputs"} <= names
     assert {s["service"] for s in trace} == {"api", "control-worker", "gpu-worker"}
     # And so do the provider's file transfers: the API serves them inside the activity's
     # trace (the provider sends traceparent on its presigned GET and PUT).
     get = only("GET /storage/{client_id}/{key}")
     put = only("PUT /storage/{client_id}/{key}")
     assert ancestry(get)[:2] == ["api: GET /storage/{client_id}/{key}",
-                                 "gpu-worker: RunActivity:stage_inputs"]
+                                 "gpu-worker: RunAssignment:stage_inputs"]
     assert ancestry(put)[:2] == ["api: PUT /storage/{client_id}/{key}",
-                                 "gpu-worker: RunActivity:upload_outputs"]
+                                 "gpu-worker: RunAssignment:upload_outputs"]
     assert put["attributes"]["http.response.status_code"] in (200, 201, 204)
 
     temporal = await Client.connect(temporal_server)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.network import PROVIDER_OWNER, Network, network
+from tests.e2e.network import ADMIN, Network, network
 
 pytestmark = pytest.mark.e2e
 
@@ -26,9 +26,14 @@ FLEET = [
 ]
 
 
+# Each of its own account: a job's runs that check each other go to distinct owners.
+OWNERS = {"liar": "owner-liar", "honest-a": "owner-a", "honest-b": "owner-b"}
+
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Network]:
-    with network(tmp_path_factory.mktemp("verify"), temporal_server, FLEET) as n:
+    with network(tmp_path_factory.mktemp("verify"), temporal_server, FLEET,
+                 owners=OWNERS) as n:
         yield n
 
 
@@ -43,7 +48,7 @@ def run_job(net: Network, client: str, **extra: Any) -> dict[str, Any]:
 
 
 def providers(net: Network) -> dict[str, dict[str, Any]]:
-    return {p["providerId"]: p for p in net.gql(PROVIDERS, PROVIDER_OWNER)["providers"]}
+    return {p["providerId"]: p for p in net.gql(PROVIDERS, ADMIN)["providers"]}
 
 
 def test_two_replicas_disagree_and_a_third_decides(net: Network) -> None:
@@ -88,7 +93,8 @@ def test_the_network_checks_a_new_provider_on_its_own_and_pays_for_it(
     tmp_path_factory: pytest.TempPathFactory, temporal_server: str
 ) -> None:
     home = tmp_path_factory.mktemp("adaptive")
-    with network(home, temporal_server, FLEET, {"GPGPU_ADAPTIVE_CHECKS": "true"}) as net:
+    with network(home, temporal_server, FLEET, {"GPGPU_ADAPTIVE_CHECKS": "true"},
+                 owners=OWNERS) as net:
         # No verification asked for; the job is reproducible, so the network may compare.
         job = run_job(net, "dee", verification={"reproducible": True})
         assert job["state"] == "SUCCEEDED", job["reason"]

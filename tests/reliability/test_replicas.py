@@ -39,7 +39,7 @@ from tests.reliability.ledger import (
     double_bookings,
     leaked_gpus,
 )
-from workflows.contracts import job_workflow_id
+from workflows.contracts import GPU_STEPS, job_workflow_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -84,10 +84,11 @@ def control_identities(address: str, job_ids: list[str]) -> Counter[str]:
                 if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
                     found[e.workflow_task_started_event_attributes.identity] += 1
                 elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                    queues[e.event_id] = e.activity_task_scheduled_event_attributes.task_queue.name
+                    scheduled = e.activity_task_scheduled_event_attributes
+                    queues[e.event_id] = scheduled.activity_type.name
                 elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
                     started = e.activity_task_started_event_attributes
-                    if not queues[started.scheduled_event_id].startswith("gpu."):
+                    if queues[started.scheduled_event_id] not in GPU_STEPS:  # assignments
                         found[started.identity] += 1
         return found
 

@@ -1,18 +1,23 @@
 """Small real HTTP servers for the provider agent's tests.
 
 StorageServer stands in for presigned storage URLs (GET/PUT files in a folder);
-GraphQLRecorder answers the two mutations the agent sends and keeps them.
+GraphQLRecorder answers the mutations the agent sends and keeps them, and plays the
+provider API (api/assignments.py): it hands out the assignments a test gives it and
+keeps the agent's heartbeats and reports. The real API is tested end to end in tests/e2e
+and tests/adversarial; this one is for what the agent itself sends.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class _Server:
@@ -111,9 +116,46 @@ class _GraphQLHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
+    def _answer(self, answer: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        owner: GraphQLRecorder = self.server.owner  # type: ignore[attr-defined]
+        url = urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        if parts[:3] != ["provider", "v1", "providers"] or parts[4:] != ["assignments"]:
+            self._answer({"detail": "not found"}, 404)
+            return
+        wait_s = min(1.0, float(parse_qs(url.query).get("wait_s", ["0"])[0]))
+        deadline = time.monotonic() + wait_s
+        while True:
+            with owner.lock:
+                mine = [a for a in owner.pending if a["providerId"] == parts[3]]
+                for a in mine:
+                    owner.pending.remove(a)
+            if mine or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        self._answer({"assignments": mine})
+
     def do_POST(self) -> None:
         owner: GraphQLRecorder = self.server.owner  # type: ignore[attr-defined]
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        if parts[:2] == ["provider", "v1"]:
+            aid, what = parts[5], parts[6]
+            with owner.lock:
+                owner.step_calls.append((aid, what, body))
+                if what in ("complete", "fail"):
+                    owner.reports[aid] = (what, body)
+            self._answer({"cancel": aid in owner.cancelled} if what == "heartbeat"
+                         else {"ok": True})
+            return
         owner.calls.append(body)
         if "registerProvider" in body["query"]:
             provider_id = body["variables"]["input"]["providerId"]
@@ -122,18 +164,39 @@ class _GraphQLHandler(BaseHTTPRequestHandler):
             answer = {"data": {"drainProvider": True}}
         else:
             answer = {"data": {"providerHeartbeat": True}}
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._answer(answer)
 
 
 class GraphQLRecorder(_Server):
     def __init__(self, port: int = 0) -> None:
         super().__init__(_GraphQLHandler, port)
         self.calls: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.pending: list[dict[str, Any]] = []
+        self.step_calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.reports: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.cancelled: set[str] = set()
 
     def named(self, mutation: str) -> list[dict[str, Any]]:
         return [c for c in self.calls if mutation in c["query"]]
+
+    def assign(self, provider_id: str, kind: str, request: dict[str, Any],
+               heartbeat_timeout_s: float = 10.0) -> str:
+        aid = str(uuid.uuid4())
+        with self.lock:
+            self.pending.append({"assignmentId": aid, "providerId": provider_id, "kind": kind,
+                                 "request": request, "heartbeatTimeoutS": heartbeat_timeout_s})
+        return aid
+
+    def report(self, aid: str, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if aid in self.reports:
+                    return self.reports[aid]
+            time.sleep(0.05)
+        raise AssertionError(f"assignment {aid} was never reported")
+
+    def heartbeats(self, aid: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [b for a, what, b in self.step_calls if a == aid and what == "heartbeat"]

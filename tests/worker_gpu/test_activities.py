@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.exceptions import ApplicationError, CancelledError
-from temporalio.testing import ActivityEnvironment
 
 from tests.worker_gpu.http_servers import StorageServer
 from tests.worker_gpu.processes import host_pids, wait_for_host_pids
+from tests.worker_gpu.step_env import StepEnvironment
 from worker_gpu import transfer
 from worker_gpu.activities import GpuActivities
+from worker_gpu.context import StepCancelled, StepFailed
 from worker_gpu.runtime_process import ProcessRuntime
 from workflows.contracts import (
     ExecuteRequest,
@@ -51,11 +51,8 @@ def acts(scratch: Path) -> GpuActivities:
 
 
 @pytest.fixture
-def env() -> ActivityEnvironment:
-    environment = ActivityEnvironment()
-    environment.heartbeats = []  # type: ignore[attr-defined]
-    environment.on_heartbeat = lambda *details: environment.heartbeats.append(details)  # type: ignore[attr-defined]
-    return environment
+def env() -> StepEnvironment:
+    return StepEnvironment()
 
 
 def put_object(storage: StorageServer, name: str, data: bytes) -> InputTransfer:
@@ -67,7 +64,7 @@ def put_object(storage: StorageServer, name: str, data: bytes) -> InputTransfer:
 
 
 def test_stage_fetches_and_verifies_inputs(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer
 ) -> None:
     big = bytes(range(256)) * 12_000  # about 3 MB: several chunks
     inputs = [put_object(storage, "model.bin", big), put_object(storage, "cfg.json", b"{}")]
@@ -80,17 +77,17 @@ def test_stage_fetches_and_verifies_inputs(
     assert (work / "model.bin").read_bytes() == big
     assert (work / "conf" / "cfg.json").read_bytes() == b"{}"
     assert sorted(p.name for p in work.rglob("*")) == ["cfg.json", "conf", "model.bin"]
-    assert env.heartbeats, "stage must heartbeat"  # type: ignore[attr-defined]
+    assert env.heartbeats, "stage must heartbeat"
 
 
 def test_stage_rejects_a_sha256_mismatch_without_leaving_the_file(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer
 ) -> None:
     transfer = put_object(storage, "data.csv", b"a,b\n1,2\n")
     declared = sha256(b"something else")
     transfer.sha256 = declared
 
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(StepFailed) as caught:
         env.run(acts.stage_inputs, StageRequest("job-1", 1, [transfer]))
 
     err = caught.value
@@ -103,12 +100,12 @@ def test_stage_rejects_a_sha256_mismatch_without_leaving_the_file(
 
 
 def test_stage_rejects_a_size_mismatch(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer
 ) -> None:
     transfer = put_object(storage, "data.csv", b"0123456789")
     transfer.size = 4
 
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(StepFailed) as caught:
         env.run(acts.stage_inputs, StageRequest("job-1", 1, [transfer]))
 
     assert caught.value.type == "InputIntegrityError"
@@ -118,33 +115,33 @@ def test_stage_rejects_a_size_mismatch(
 
 @pytest.mark.parametrize("name", ["../escape.txt", "/etc/passwd", "a/../../b", ""])
 def test_stage_refuses_names_that_leave_the_job_dir(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer, name: str
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer, name: str
 ) -> None:
     transfer = put_object(storage, "x.txt", b"x")
     transfer.name = name
 
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(StepFailed) as caught:
         env.run(acts.stage_inputs, StageRequest("job-1", 1, [transfer]))
 
     assert (caught.value.type, caught.value.non_retryable) == ("UnsafePathError", True)
 
 
 def test_stage_refuses_a_job_id_that_is_not_a_name(
-    env: ActivityEnvironment, acts: GpuActivities
+    env: StepEnvironment, acts: GpuActivities
 ) -> None:
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(StepFailed) as caught:
         env.run(acts.stage_inputs, StageRequest("../../etc", 1, []))
 
     assert caught.value.type == "UnsafePathError"
 
 
 def test_stage_reports_a_refused_url_as_non_retryable(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer
 ) -> None:
     transfer = put_object(storage, "x.txt", b"x")
     storage.fail_status = 403
 
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(StepFailed) as caught:
         env.run(acts.stage_inputs, StageRequest("job-1", 1, [transfer]))
 
     assert caught.value.non_retryable
@@ -152,7 +149,7 @@ def test_stage_reports_a_refused_url_as_non_retryable(
 
 
 def test_stage_retry_keeps_files_already_verified(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer
 ) -> None:
     transfer = put_object(storage, "x.txt", b"payload")
     env.run(acts.stage_inputs, StageRequest("job-1", 1, [transfer]))
@@ -167,7 +164,7 @@ def test_stage_retry_keeps_files_already_verified(
 
 
 def test_execute_returns_exit_code_and_gpu_time(
-    env: ActivityEnvironment, acts: GpuActivities
+    env: StepEnvironment, acts: GpuActivities
 ) -> None:
     script = (
         "import os, sys, time; time.sleep(1.3); "
@@ -181,13 +178,13 @@ def test_execute_returns_exit_code_and_gpu_time(
     assert result.wall_ms >= 1300
     assert result.gpu_ms == result.wall_ms * 2
     assert result.log_tail == "gpus 0,2\n"
-    details = [d[0] for d in env.heartbeats]  # type: ignore[attr-defined]
+    details = [d[0] for d in env.heartbeats]
     assert details[0] == {"elapsed_s": 0.0, "log_tail": ""}
     assert any(d["elapsed_s"] >= 1.0 for d in details)
     assert acts.busy_gpu_indexes() == set()
 
 
-def test_execute_reports_a_timeout(env: ActivityEnvironment, acts: GpuActivities) -> None:
+def test_execute_reports_a_timeout(env: StepEnvironment, acts: GpuActivities) -> None:
     request = ExecuteRequest("job-1", 1, ["sleep", "30"], [1], timeout_s=1)
 
     result = env.run(acts.execute_job, request)
@@ -197,7 +194,7 @@ def test_execute_reports_a_timeout(env: ActivityEnvironment, acts: GpuActivities
 
 
 def test_execute_holds_its_gpus_while_running(
-    env: ActivityEnvironment, acts: GpuActivities
+    env: StepEnvironment, acts: GpuActivities
 ) -> None:
     request = ExecuteRequest("job-1", 1, ["sleep", "1"], [1, 2], timeout_s=30)
     thread = threading.Thread(target=env.run, args=(acts.execute_job, request))
@@ -210,7 +207,7 @@ def test_execute_holds_its_gpus_while_running(
     assert acts.busy_gpu_indexes() == set()
 
 
-def test_cancel_kills_the_job(env: ActivityEnvironment, acts: GpuActivities) -> None:
+def test_cancel_kills_the_job(env: StepEnvironment, acts: GpuActivities) -> None:
     marker = f"60.{time.monotonic_ns() % 10**9}"  # its pids inside the sandbox mean nothing here
     request = ExecuteRequest("job-1", 1, ["sleep", marker], [0], 60)
     outcome: list[Any] = []
@@ -228,15 +225,15 @@ def test_cancel_kills_the_job(env: ActivityEnvironment, acts: GpuActivities) -> 
     env.cancel()
     thread.join(timeout=10)
 
-    assert isinstance(outcome[0], CancelledError)
+    assert isinstance(outcome[0], StepCancelled)
     assert time.monotonic() - started < 5
     assert host_pids(marker) == []
 
 
 def test_execute_refuses_gpus_the_provider_does_not_have(
-    env: ActivityEnvironment, acts: GpuActivities
+    env: StepEnvironment, acts: GpuActivities
 ) -> None:
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(StepFailed) as caught:
         env.run(acts.execute_job, ExecuteRequest("job-1", 1, ["true"], [0, 7], 30))
 
     assert caught.value.type == "UnknownGpuError"
@@ -251,7 +248,7 @@ def _outputs(storage: StorageServer, *paths: str) -> list[OutputTransfer]:
 
 
 def test_upload_streams_outputs_with_their_manifest(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer, scratch: Path
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer, scratch: Path
 ) -> None:
     work = acts.work_dir("job-1", 1)
     (work / "res").mkdir(parents=True)
@@ -278,7 +275,7 @@ def test_upload_streams_outputs_with_their_manifest(
 
 
 def test_upload_never_follows_a_symlink_out_of_the_job_dir(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer, tmp_path: Path
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer, tmp_path: Path
 ) -> None:
     secret = tmp_path / "provider-secret.txt"
     secret.write_text("do not leak")
@@ -295,7 +292,7 @@ def test_upload_never_follows_a_symlink_out_of_the_job_dir(
 
 
 def test_upload_never_takes_a_hard_link_or_a_path_through_a_symlink(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer, tmp_path: Path
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer, tmp_path: Path
 ) -> None:
     secret = tmp_path / "provider-secret.txt"
     secret.write_text("do not leak")
@@ -316,14 +313,14 @@ def test_upload_never_takes_a_hard_link_or_a_path_through_a_symlink(
 
 
 def test_upload_reports_a_refused_put(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer
 ) -> None:
     work = acts.work_dir("job-1", 1)
     work.mkdir(parents=True)
     (work / "out.txt").write_text("result")
     storage.fail_status = 403
 
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(StepFailed) as caught:
         env.run(acts.upload_outputs, UploadRequest("job-1", 1, _outputs(storage, "out.txt")))
 
     assert "403" in caught.value.message and "signature expired" in caught.value.message
@@ -332,7 +329,7 @@ def test_upload_reports_a_refused_put(
 
 
 def test_upload_server_error_is_retryable(
-    env: ActivityEnvironment, acts: GpuActivities, storage: StorageServer,
+    env: StepEnvironment, acts: GpuActivities, storage: StorageServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(transfer, "RIDE_OUT_S", 1.0)  # it rides out 60 s of 5xx otherwise
@@ -341,14 +338,14 @@ def test_upload_server_error_is_retryable(
     (work / "out.txt").write_text("result")
     storage.fail_status = 503
 
-    with pytest.raises(ApplicationError) as caught:
+    with pytest.raises(StepFailed) as caught:
         env.run(acts.upload_outputs, UploadRequest("job-1", 1, _outputs(storage, "out.txt")))
 
     assert not caught.value.non_retryable
 
 
 def test_dishonest_provider_reports_a_wrong_sha256(
-    env: ActivityEnvironment, storage: StorageServer, scratch: Path
+    env: StepEnvironment, storage: StorageServer, scratch: Path
 ) -> None:
     liar = GpuActivities("liar", scratch, ProcessRuntime(), corrupt_outputs=True)
     work = liar.work_dir("job-1", 1)

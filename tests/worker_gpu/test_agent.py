@@ -45,14 +45,14 @@ def test_a_bad_price_is_refused() -> None:
     assert "--price" in agent.output
 
 
-def test_sigterm_while_waiting_for_temporal_exits_cleanly(tmp_path: Path) -> None:
+def test_sigterm_while_waiting_for_the_api_exits_cleanly(tmp_path: Path) -> None:
     env = {
-        "GPGPU_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "GPGPU_API_URL": f"http://127.0.0.1:{free_port()}",
         "GPGPU_HOME": str(tmp_path),
     }
     agent = AgentProcess(["--provider-id", "p1", "--simulate", "1xL4:24"], env)
     try:
-        agent.wait_for("waiting for Temporal")
+        agent.wait_for("waiting for the API")
 
         assert agent.terminate() == 0
         assert agent.lines[-1] == "stopped before the provider was serving"

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.testing import ActivityEnvironment
 
 from tests.worker_gpu.http_servers import StorageServer
+from tests.worker_gpu.step_env import StepEnvironment
 from worker_gpu.activities import GpuActivities
 from worker_gpu.checkpoint import CheckpointUploader
 from worker_gpu.runtime_process import ProcessRuntime
@@ -229,7 +229,7 @@ def test_execute_uploads_the_jobs_checkpoint_and_logs_what_it_could_not(
     request = ExecuteRequest(JOB, 2, ["python3", "-c", script], [0], 30,
                              env={"GPGPU_CHECKPOINT_DIR": "/elsewhere"}, checkpoint=plan)
 
-    result = ActivityEnvironment().run(acts.execute_job, request)
+    result = StepEnvironment().run(acts.execute_job, request)
 
     assert result.exit_code == 0, result.log_tail
     assert "resuming from 8" in result.log_tail

@@ -12,28 +12,25 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from infra.devstack import free_port
 from infra.settings import Settings
 from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.docker_fixtures import TEST_IMAGE, Engine, docker_engine
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer
-from tests.worker_gpu.test_agent_e2e import ProviderRoundTrip, RoundTrip, _agent_env
+from tests.worker_gpu.step_env import StepEnvironment
+from tests.worker_gpu.test_agent_e2e import RoundTrip, _agent_env, round_trip
 from worker_gpu.__main__ import parse_args
 from worker_gpu.activities import GpuActivities
 from worker_gpu.agent import EXIT_NO_ENGINE, make_runtime, serve
 from worker_gpu.config import AgentConfig
+from worker_gpu.context import StepFailed
 from worker_gpu.discovery import parse_simulated
 from worker_gpu.runtime_docker import (
     LABEL_JOB,
@@ -482,7 +479,7 @@ def test_gpus_are_requested_from_the_engine(client: docker.DockerClient, work: P
 
 
 def _execute(acts: GpuActivities, request: ExecuteRequest) -> Any:
-    return ActivityEnvironment().run(acts.execute_job, request)
+    return StepEnvironment().run(acts.execute_job, request)
 
 
 def test_execute_runs_the_jobs_image(runtime: DockerRuntime, tmp_path: Path) -> None:
@@ -510,7 +507,7 @@ def test_execute_refuses_what_the_runtime_cannot_run(
     for acts, image, type_, words in cases:
         request = ExecuteRequest("job-3", 1, ["true"], [], 30, image=image)
 
-        with pytest.raises(ApplicationError) as raised:
+        with pytest.raises(StepFailed) as raised:
             _execute(acts, request)
 
         assert (raised.value.type, raised.value.non_retryable) == (type_, True)
@@ -575,11 +572,11 @@ def _cli_has_docker_runtime() -> bool:
 @pytest.mark.skipif(
     not _cli_has_docker_runtime(), reason="worker_gpu/__main__.py does not parse --runtime yet"
 )
-async def test_an_agent_with_the_docker_runtime_runs_a_job_in_its_image(
-    temporal_address: str, engine: Engine, client: docker.DockerClient, tmp_path: Path
+def test_an_agent_with_the_docker_runtime_runs_a_job_in_its_image(
+    engine: Engine, client: docker.DockerClient, tmp_path: Path
 ) -> None:
     api_port = free_port()
-    env = {**_agent_env(temporal_address, api_port, tmp_path), "DOCKER_HOST": engine.docker_host}
+    env = {**_agent_env(api_port, tmp_path), "DOCKER_HOST": engine.docker_host}
     args = ["--provider-id", "e2e-d1", "--simulate", "1xH100:80", "--runtime", "docker"]
     agent = AgentProcess([*args, "--scratch", str(tmp_path / "scratch")], env)
     (tmp_path / "store").mkdir()
@@ -591,7 +588,7 @@ async def test_an_agent_with_the_docker_runtime_runs_a_job_in_its_image(
             GraphQLRecorder(api_port) as api,
             StorageServer(tmp_path / "store", tmp_path / "uploaded") as storage,
         ):
-            agent.wait_for("serving task queue gpu.e2e-d1")
+            agent.wait_for("taking assignments for provider e2e-d1")
             execute = ExecuteRequest(
                 "job-d1", 1, ["sh", "-c", "sleep 1; cat numbers.txt > out.txt; id -u >> out.txt"],
                 [0], timeout_s=60, image=TEST_IMAGE,
@@ -608,22 +605,9 @@ async def test_an_agent_with_the_docker_runtime_runs_a_job_in_its_image(
                     "job-d1", 1, [OutputTransfer("out.txt", "out/out.txt", storage.url("out.txt"))]
                 ),
             )  # fmt: skip
-            temporal = await Client.connect(temporal_address)
-            async with Worker(
-                temporal,
-                task_queue="test-docker-round-trip",
-                workflows=[ProviderRoundTrip],
-                workflow_runner=UnsandboxedWorkflowRunner(),
-            ):
-                result = await temporal.execute_workflow(
-                    ProviderRoundTrip.run,
-                    trip,
-                    id="docker-round-trip",
-                    task_queue="test-docker-round-trip",
-                    execution_timeout=timedelta(seconds=60),
-                )
+            result = round_trip(api, trip)
 
-            assert result.executed.exit_code == 0
+            assert result.executed["exit_code"] == 0
             assert (tmp_path / "uploaded" / "out.txt").read_bytes() == b"3\n4\n65534\n"
             assert not (tmp_path / "scratch" / "job-d1").exists()  # upload removed the attempt
             registration = api.named("registerProvider")[0]["variables"]["input"]

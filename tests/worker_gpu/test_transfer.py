@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from temporalio.exceptions import CancelledError
 
+from worker_gpu.context import StepCancelled
 from worker_gpu.transfer import (
     HttpFailure,
     IntegrityMismatch,
@@ -250,9 +250,9 @@ def test_cancelling_from_the_progress_callback_stops_the_transfer(
     def on_chunk(n: int) -> None:
         moved.append(n)
         if sum(moved) >= 3 * MiB:
-            raise CancelledError("activity cancelled")  # as stage_inputs does
+            raise StepCancelled("activity cancelled")  # as stage_inputs does
 
-    with pytest.raises(CancelledError):
+    with pytest.raises(StepCancelled):
         download_verified(client, server.url, tmp_path / "data.bin", name="data.bin",
                           sha256=sha256(big), size=len(big), on_chunk=on_chunk)  # fmt: skip
 
@@ -349,7 +349,7 @@ def test_riding_out_ends_with_its_budget_or_a_cancel(client: httpx.Client, tmp_p
     assert 0.7 < time.monotonic() - started < 3.0
 
     def cancelled() -> None:
-        raise CancelledError("activity cancelled")
+        raise StepCancelled("activity cancelled")
 
-    with pytest.raises(CancelledError):
+    with pytest.raises(StepCancelled):
         ride_out(get, "fetching", check=cancelled)

@@ -1,0 +1,108 @@
+"""The GPU steps as assignments: the control worker's side of stage, execute and upload.
+
+A workflow schedules a GPU step on its own (control-plane) task queue with the chosen
+provider's id in the request. This activity records an *assignment* for that provider,
+with the activity's task token, in the control plane's database, and returns without a
+result (`activity.raise_complete_async()`): the API completes the activity when the
+provider's agent reports (api/assignments.py). No provider ever reaches Temporal.
+
+The pickup watch keeps an assignment alive while it waits for its provider's agent (it
+heartbeats the activity for it) and, past the pickup bound, fails it as not picked up,
+which the workflow treats as a lost provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import AsyncActivityCancelledError, Client
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from infra import tracing
+from infra.assignments import AssignmentBoard
+from workflows import contracts as c
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 1.0
+
+
+class AssignActivities:
+    def __init__(self, board: AssignmentBoard):
+        self.board = board
+
+    def _assign(self, kind: str, request: Any, gpus: int) -> None:
+        info = activity.info()
+        if not request.provider_id:
+            raise ApplicationError(f"{kind}: the request names no provider", non_retryable=True)
+        heartbeat_s = (info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout
+                       else 30.0)
+        self.board.publish(
+            provider_id=request.provider_id, kind=kind, request=dataclasses.asdict(request),
+            task_token=info.task_token, workflow_id=info.workflow_id or "",
+            run_id=info.workflow_run_id or "", activity_id=info.activity_id, attempt=info.attempt,
+            gpus=gpus, heartbeat_timeout_s=heartbeat_s,
+            pickup_timeout_s=max(1.0, float(request.pickup_timeout_s)),
+            trace=tracing.headers(),  # the agent's span of the step joins the job's trace
+        )
+        activity.raise_complete_async()
+
+    @activity.defn(name=c.STAGE_INPUTS, no_thread_cancel_exception=True)
+    def stage_inputs(self, request: c.StageRequest) -> c.StageResult:
+        self._assign(c.STAGE_INPUTS, request, 0)
+        raise AssertionError("unreachable")
+
+    @activity.defn(name=c.EXECUTE_JOB, no_thread_cancel_exception=True)
+    def execute_job(self, request: c.ExecuteRequest) -> c.ExecuteResult:
+        self._assign(c.EXECUTE_JOB, request, len(request.gpu_indexes))
+        raise AssertionError("unreachable")
+
+    @activity.defn(name=c.UPLOAD_OUTPUTS, no_thread_cancel_exception=True)
+    def upload_outputs(self, request: c.UploadRequest) -> c.UploadResult:
+        self._assign(c.UPLOAD_OUTPUTS, request, 0)
+        raise AssertionError("unreachable")
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.stage_inputs, self.execute_job, self.upload_outputs]
+
+
+async def watch_pickups(client: Client, board: AssignmentBoard, stop: asyncio.Event) -> None:
+    """Heartbeat assignments still waiting for their provider; fail those past their bound."""
+    while not stop.is_set():
+        try:
+            await _watch_once(client, board)
+        except Exception as err:  # the database or Temporal blinked: next round
+            log.warning("assignment pickup watch: %s", err)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
+
+
+async def _watch_once(client: Client, board: AssignmentBoard) -> None:
+    waiting = await asyncio.to_thread(board.waiting)
+    now = board.clock()
+    for a in waiting:
+        handle = client.get_async_activity_handle(task_token=a.task_token)
+        try:
+            if now < a.pickup_by:
+                await handle.heartbeat()
+                continue
+            if not await asyncio.to_thread(board.finish, a.assignment_id, "not picked up"):
+                continue  # handed out (or closed) meanwhile
+            await handle.fail(ApplicationError(
+                f"provider {a.provider_id} did not pick up its {a.kind} assignment within "
+                f"{a.pickup_by - a.created_at:g}s", type=c.NOT_PICKED_UP, non_retryable=True,
+            ))
+        except AsyncActivityCancelledError:
+            if await asyncio.to_thread(board.finish, a.assignment_id, "cancelled"):
+                await handle.report_cancellation()
+        except RPCError as err:  # the activity is gone (timed out, workflow ended)
+            log.info("assignment %s: %s", a.assignment_id, err.message)
+            await asyncio.to_thread(board.finish, a.assignment_id, "gone")
+    await asyncio.to_thread(board.forget_finished)

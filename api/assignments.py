@@ -1,0 +1,355 @@
+"""The provider API: a provider's agent takes its assignments and reports on them here.
+
+Plain JSON over HTTPS, each call with `Authorization: Bearer <API key>` of the account
+that owns the provider (provider scope):
+
+- `GET  /provider/v1/providers/{pid}/assignments?wait_s=20`: long-poll (at most 25 s)
+  for the provider's new assignments, each handed out once;
+- `POST .../assignments/{aid}/heartbeat` `{"details": {...}}`: alive; the answer
+  `{"cancel": true}` says the step was cancelled or is gone;
+- `POST .../assignments/{aid}/complete` `{"result": {...}}`: the step's result, checked
+  strictly against its request;
+- `POST .../assignments/{aid}/fail` `{"message", "type", "nonRetryable", "cancelled"}`:
+  the step failed, or stopped on a cancel.
+
+401 without a valid key; 403 for a provider that is not the caller's; 404 for an
+assignment that is not this provider's (or none); 409 for one already finished. Only then
+does the API touch Temporal, with the task token it keeps (activities/assign.py): the
+provider never sees the token or any Temporal address.
+
+The control plane measures what it pays for: an execute result's wall and GPU time are
+cut to the window the API itself observed (assignment handed out -> result received),
+times the GPUs in the request; a provider's own figure can only lower them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio.client import AsyncActivityCancelledError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api import auth, json_body
+from api.services import Services
+from infra.assignments import Assignment, AssignmentBoard
+from workflows import contracts as c
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/provider/v1", tags=["provider"])
+
+MAX_WAIT_S = 25.0
+SEEN_EVERY_S = 15.0
+POLL_S = 0.05  # how often this process looks for new assignments while agents wait
+MAX_BODY_BYTES = 1 << 20
+MAX_DETAILS_BYTES = 16 << 10
+MAX_MESSAGE_CHARS = 4096
+MAX_LOG_TAIL_CHARS = 16 << 10
+MAX_COUNT = 1 << 53  # bytes, milliseconds: anything an int64 and a float both hold
+_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+class Dispatch:
+    """This process's waiting agents, woken by one shared look at the table."""
+
+    def __init__(self, board: AssignmentBoard):
+        self.board = board
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
+
+    def due_to_record(self, aid: str) -> bool:
+        """Whether to write the assignment's last_seen_at (it only tells the lapsed from the
+        living, a minute past their timeout): every SEEN_EVERY_S at most, per process."""
+        now = time.monotonic()
+        if now - self._recorded.get(aid, -SEEN_EVERY_S) < SEEN_EVERY_S:
+            return False
+        if len(self._recorded) > 100_000:
+            self._recorded.clear()
+        self._recorded[aid] = now
+        return True
+
+    async def next(self, provider_id: str, wait_s: float) -> list[Assignment]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            got = await asyncio.to_thread(self.board.hand_out, provider_id)
+            left = deadline - time.monotonic()
+            if got or left <= 0:
+                return got
+            woken = asyncio.Event()
+            self._waiters.setdefault(provider_id, set()).add(woken)
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.create_task(self._poll())
+            try:
+                await asyncio.wait_for(woken.wait(), left)
+            except TimeoutError:
+                pass
+            finally:
+                waiting = self._waiters.get(provider_id, set())
+                waiting.discard(woken)
+                if not waiting:
+                    self._waiters.pop(provider_id, None)
+
+    async def _poll(self) -> None:
+        while self._waiters:
+            try:
+                ready = await asyncio.to_thread(self.board.waiting_providers)
+            except Exception as err:
+                log.warning("looking for assignments: %s", err)
+                ready = set()
+            for pid in ready & set(self._waiters):
+                for woken in self._waiters.get(pid, ()):
+                    woken.set()
+            await asyncio.sleep(POLL_S)
+
+
+def dispatch(request: Request) -> Dispatch:
+    state = request.app.state
+    if getattr(state, "dispatch", None) is None:
+        services: Services = state.services
+        state.dispatch = Dispatch(AssignmentBoard(services.telemetry_views or services.views))
+    found: Dispatch = state.dispatch
+    return found
+
+
+DispatchDep = Annotated[Dispatch, Depends(dispatch)]
+
+
+async def _owner(services: Services, request: Request, provider_id: str) -> None:
+    """401 without a valid token; 403 unless the caller's account owns the provider."""
+    token = auth.bearer(request.headers.get("authorization"))
+    caller = await services.auth.authenticate(token)
+    if caller is None:
+        raise HTTPException(401, "unauthenticated: send Authorization: Bearer <API key>",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not auth.can_manage_provider(caller, provider_id):  # registered a moment ago?
+        caller = await services.auth.authenticate(token, fresh=True)
+        if not auth.can_manage_provider(caller, provider_id):
+            raise HTTPException(403, f"forbidden: provider {provider_id!r} is not one of yours")
+
+
+async def _assignment(board: AssignmentBoard, provider_id: str, aid: str) -> Assignment:
+    found = await asyncio.to_thread(board.get, aid) if len(aid) <= 64 else None
+    if found is None or found.provider_id != provider_id:
+        raise HTTPException(404, f"assignmentId: provider {provider_id!r} has no assignment "
+                                 f"{aid!r}")
+    return found
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json_body.loads(raw) if raw else {}
+    except ValueError as err:
+        raise HTTPException(400, f"the body is not JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the body must be a JSON object")
+    return body
+
+
+@router.get("/providers/{provider_id}/assignments")
+async def assignments(
+    provider_id: str, request: Request, services: ServicesDep, board: DispatchDep,
+    wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 20.0,
+) -> dict[str, Any]:
+    await _owner(services, request, provider_id)
+    # No Temporal call here: the pickup watch kept the step alive until now, and the
+    # agent's first heartbeat goes out as it starts the step.
+    got = await board.next(provider_id, wait_s)
+    return {"assignments": [a.public() for a in got]}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HeartbeatBody(_Strict):
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.post("/providers/{provider_id}/assignments/{aid}/heartbeat")
+async def heartbeat(
+    provider_id: str, aid: str, request: Request, services: ServicesDep, board: DispatchDep,
+) -> dict[str, bool]:
+    await _owner(services, request, provider_id)
+    a = await _assignment(board.board, provider_id, aid)
+    body = _parse(HeartbeatBody, await _body(request))
+    if len(json.dumps(body.details)) > MAX_DETAILS_BYTES:
+        raise HTTPException(413, f"details: larger than {MAX_DETAILS_BYTES} bytes")
+    if not a.open:
+        return {"cancel": True}
+    handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
+    try:
+        await handle.heartbeat(body.details)
+    except AsyncActivityCancelledError:
+        return {"cancel": True}
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise HTTPException(503, f"the control plane did not take the heartbeat: "
+                                     f"{err.message}") from None
+        await asyncio.to_thread(board.board.finish, aid, "gone")
+        return {"cancel": True}
+    if board.due_to_record(aid):  # a write now and then, not one per heartbeat
+        await asyncio.to_thread(board.board.seen, aid)
+    return {"cancel": False}
+
+
+# Results, each checked against what its request asked for.
+
+
+class StageOut(_Strict):
+    files: int = Field(ge=0, le=100_000)
+    bytes: int = Field(ge=0, le=MAX_COUNT)
+
+
+class ExecuteOut(_Strict):
+    exit_code: int | None = Field(ge=-(1 << 31), le=(1 << 31) - 1)
+    timed_out: bool
+    wall_ms: int = Field(ge=0, le=MAX_COUNT)
+    gpu_ms: int = Field(ge=0, le=MAX_COUNT)
+    log_tail: str = Field(max_length=MAX_LOG_TAIL_CHARS)
+
+
+class ManifestOut(_Strict):
+    path: str = Field(max_length=1024)
+    key: str = Field(max_length=2048)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=MAX_COUNT)
+
+
+class UploadOut(_Strict):
+    manifest: list[ManifestOut] = Field(max_length=1024)
+    missing: list[str] = Field(max_length=1024)
+
+
+class CompleteBody(_Strict):
+    result: dict[str, Any]
+
+
+class FailBody(_Strict):
+    message: str = Field(max_length=MAX_MESSAGE_CHARS)
+    type: str = Field(default="ProviderError", pattern=_TYPE.pattern)
+    nonRetryable: bool = False
+    cancelled: bool = False
+
+
+def _parse(model: type[Any], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise HTTPException(400, f"{where}: {first['msg']}") from None
+
+
+def _result(a: Assignment, data: dict[str, Any], received_at: float) -> Any:
+    """The result as the step's dataclass, or 400 naming the field."""
+    if a.kind == c.STAGE_INPUTS:
+        stage = _parse(StageOut, data)
+        inputs = a.request.get("inputs", [])
+        if stage.files > len(inputs) or stage.bytes > sum(int(i["size"]) for i in inputs):
+            raise HTTPException(400, "result: more files or bytes than the request staged")
+        return c.StageResult(stage.files, stage.bytes)
+    if a.kind == c.EXECUTE_JOB:
+        run = _parse(ExecuteOut, data)
+        # What the control plane saw: handed out -> result received, on every GPU held.
+        window_ms = max(0, int((received_at - float(a.handed_out_at or received_at)) * 1000))
+        gpus = max(1, a.gpus)
+        return c.ExecuteResult(run.exit_code, run.timed_out, min(run.wall_ms, window_ms),
+                               min(run.gpu_ms, window_ms * gpus), run.log_tail)
+    up = _parse(UploadOut, data)
+    asked = {(o["path"], o["key"]) for o in a.request.get("outputs", [])}
+    paths = {p for p, _ in asked}
+    seen: set[str] = set()
+    for m in up.manifest:
+        if (m.path, m.key) not in asked or m.path in seen:
+            raise HTTPException(400, f"result.manifest: {m.path!r} was not asked for at "
+                                     f"{m.key!r} (or is named twice)")
+        seen.add(m.path)
+    for p in up.missing:
+        if p not in paths or p in seen:
+            raise HTTPException(400, f"result.missing: {p!r} was not asked for (or is "
+                                     "reported twice)")
+        seen.add(p)
+    return c.UploadResult(
+        [c.ManifestEntry(m.path, m.key, m.sha256, m.size) for m in up.manifest],
+        list(up.missing),
+    )
+
+
+async def _finish(board: AssignmentBoard, a: Assignment, outcome: str) -> None:
+    if not await asyncio.to_thread(board.finish, a.assignment_id, outcome):
+        raise HTTPException(409, f"assignment {a.assignment_id!r} is already finished")
+
+
+async def _deliver(board: AssignmentBoard, a: Assignment, call: Any) -> dict[str, bool]:
+    """Hand the outcome to Temporal; the assignment stays finished unless the RPC failed
+    in a way worth trying again."""
+    try:
+        await call
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise HTTPException(410, f"assignment {a.assignment_id!r}: the step is no longer "
+                                     "waiting (timed out or cancelled)") from None
+        await asyncio.to_thread(board.reopen, a.assignment_id)
+        raise HTTPException(503, f"the control plane did not take it: {err.message}") from None
+    return {"ok": True}
+
+
+@router.post("/providers/{provider_id}/assignments/{aid}/complete")
+async def complete(
+    provider_id: str, aid: str, request: Request, services: ServicesDep, board: DispatchDep,
+) -> dict[str, bool]:
+    await _owner(services, request, provider_id)
+    received_at = time.time()
+    a = await _assignment(board.board, provider_id, aid)
+    if not a.open:
+        raise HTTPException(409, f"assignment {aid!r} is already finished")
+    result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
+    await _finish(board.board, a, "completed")
+    handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
+    return await _deliver(board.board, a, handle.complete(result))
+
+
+@router.post("/providers/{provider_id}/assignments/{aid}/fail")
+async def fail(
+    provider_id: str, aid: str, request: Request, services: ServicesDep, board: DispatchDep,
+) -> dict[str, bool]:
+    await _owner(services, request, provider_id)
+    a = await _assignment(board.board, provider_id, aid)
+    if not a.open:
+        raise HTTPException(409, f"assignment {aid!r} is already finished")
+    body = _parse(FailBody, await _body(request))
+    if body.type == c.NOT_PICKED_UP:
+        raise HTTPException(400, f"type: {c.NOT_PICKED_UP!r} is the control plane's own")
+    await _finish(board.board, a, "cancelled" if body.cancelled else "failed")
+    handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
+    if body.cancelled:
+        try:
+            await handle.report_cancellation(body.message)
+            return {"ok": True}
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise HTTPException(410, f"assignment {aid!r}: the step is no longer "
+                                         "waiting") from None
+            # No cancel was asked for: a step the provider stopped on its own failed.
+    error = ApplicationError(f"provider {provider_id}: {body.message}", type=body.type,
+                             non_retryable=body.nonRetryable)
+    return await _deliver(board.board, a, handle.fail(error))

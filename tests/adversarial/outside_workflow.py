@@ -1,0 +1,34 @@
+"""A workflow of an outsider who reached Temporal: it schedules the network's control steps
+by name on the network's own control queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+
+@dataclass
+class Forgery:
+    control_queue: str
+    activity: str
+    arg: dict[str, Any]
+
+
+@workflow.defn(name="JobWorkflow")  # even named as ours
+class OutsideWorkflow:
+    @workflow.run
+    async def run(self, forgery: Forgery) -> str:
+        try:
+            await workflow.execute_activity(
+                forgery.activity, forgery.arg, task_queue=forgery.control_queue,
+                start_to_close_timeout=timedelta(seconds=20),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+        except Exception as err:
+            cause = getattr(err, "cause", None)
+            return f"refused: {getattr(cause, 'type', '')}: {cause or err}"
+        return "ran"

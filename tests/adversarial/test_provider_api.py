@@ -1,0 +1,291 @@
+"""Attacks on the provider API (api/assignments.py), against a real network: real Temporal,
+API, control worker and an honest agent; the attackers speak HTTP by hand.
+
+`mallory` owns the rogue provider `rogue-1` (the cheapest: every job here goes to it);
+`eve` owns `eve-1`, too dear for any job here, and attacks mallory's work. Each test asserts
+the refusal and that nothing changed: no job event, no ledger entry, no reputation change,
+no assignment handed out or closed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from tests.adversarial.outside_workflow import Forgery, OutsideWorkflow
+from tests.adversarial.rogue import Rogue, State
+from tests.e2e.network import Network, network
+
+pytestmark = pytest.mark.e2e
+
+SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
+  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
+PRICE_MICRO = 500_000  # the rogue's 0.5 credits per GPU-hour
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("adversarial")
+
+
+@pytest.fixture(scope="module")
+def net(home: Path, temporal_server: str) -> Iterator[Network]:
+    # The honest agent asks 2 credits, above every job's maximum here: it only watches.
+    with network(home, temporal_server, [("adv-honest", "1xH100:80", "2.0", [])]) as n:
+        yield n
+
+
+@pytest.fixture(scope="module")
+def mallory(net: Network) -> Iterator[Rogue]:
+    rogue = Rogue(net, "mallory", "rogue-1", PRICE_MICRO)
+    net.wait_providers_online(["rogue-1"])
+    yield rogue
+    rogue.close()
+
+
+@pytest.fixture(scope="module")
+def eve(net: Network) -> Iterator[Rogue]:
+    rogue = Rogue(net, "eve", "eve-1", 50_000_000)
+    yield rogue
+    rogue.close()
+
+
+@pytest.fixture
+def state(home: Path) -> State:
+    return State(home)
+
+
+def submit(net: Network, client: str = "victim") -> str:
+    spec = {"name": "adv", "max_price_per_gpu_hour": "1", "timeout": "1m", "command": "true",
+            "outputs": []}
+    result = net.gql(SUBMIT, client, s=spec)["submitJob"]
+    assert result["__typename"] == "JobSubmitted", result
+    return str(result["job"]["id"])
+
+
+def settled(state: State, wait_s: float = 0.4) -> dict[str, Any]:
+    """The state once nothing moves (the projection has caught up)."""
+    before = state.snapshot()
+    while True:
+        time.sleep(wait_s)
+        now = state.snapshot()
+        if now == before:
+            return now
+        before = now
+
+
+def finish_honestly(mallory: Rogue, net: Network, execute: dict[str, Any], job_id: str) -> None:
+    """Complete the run as an honest provider would, so the job ends and frees the rogue."""
+    r = mallory.call("complete", execute["assignmentId"], {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 10, "gpu_ms": 10, "log_tail": ""}})
+    assert r.status_code in (200, 409), r.text
+    upload = mallory.take("upload_outputs")
+    r = mallory.call("complete", upload["assignmentId"],
+                     {"result": {"manifest": [], "missing": []}})
+    assert r.status_code == 200, r.text
+    assert net.wait_job(job_id, ("SUCCEEDED",), client="victim")["state"] == "SUCCEEDED"
+
+
+def test_a_process_with_no_key_gets_no_assignment(net: Network, mallory: Rogue,
+                                                  state: State) -> None:
+    job_id = submit(net)
+    before = settled(state)
+    anonymous = mallory.http.get("/provider/v1/providers/rogue-1/assignments",
+                                 params={"wait_s": 1}, headers={"Authorization": ""})
+    forged = mallory.http.get("/provider/v1/providers/rogue-1/assignments",
+                              params={"wait_s": 1}, headers={"Authorization": "Bearer gpk_x"})
+
+    assert anonymous.status_code == 401 and forged.status_code == 401
+    assert "assignments" not in anonymous.text
+    execute = mallory.take("execute_job")  # still there for its provider: nothing handed out
+    assert all(a[1] is None for a in before["assignments"] if a[0] == execute["assignmentId"])
+    finish_honestly(mallory, net, execute, job_id)
+
+
+def test_another_owners_key_cannot_take_a_providers_assignments(
+    net: Network, mallory: Rogue, eve: Rogue, state: State
+) -> None:
+    job_id = submit(net)
+    time.sleep(1.0)  # the execute assignment is waiting for rogue-1 now
+    before = settled(state)
+
+    refused = eve.poll("rogue-1", wait_s=1)
+    own = eve.poll("eve-1", wait_s=1)
+
+    assert refused.status_code == 403, refused.text
+    assert own.status_code == 200 and own.json() == {"assignments": []}
+    assert state.snapshot() == before
+    execute = mallory.take("execute_job")
+    finish_honestly(mallory, net, execute, job_id)
+
+
+def test_another_owners_key_cannot_heartbeat_complete_or_fail_an_assignment(
+    net: Network, mallory: Rogue, eve: Rogue, state: State
+) -> None:
+    job_id = submit(net)
+    execute = mallory.take("execute_job")
+    aid = execute["assignmentId"]
+    assert mallory.call("heartbeat", aid, {"details": {}}).json() == {"cancel": False}
+    before = settled(state, wait_s=0.2)
+    lie = {"result": {"exit_code": 0, "timed_out": False, "wall_ms": 1, "gpu_ms": 1,
+                      "log_tail": "eve was here"}}
+
+    answers = [
+        eve.call("complete", aid, lie, provider_id="rogue-1").status_code,
+        eve.call("complete", aid, lie, provider_id="eve-1").status_code,
+        eve.call("heartbeat", aid, {"details": {}}, provider_id="rogue-1").status_code,
+        eve.call("heartbeat", aid, {"details": {}}, provider_id="eve-1").status_code,
+        eve.call("fail", aid, {"message": "no"}, provider_id="rogue-1").status_code,
+        eve.call("fail", aid, {"message": "no"}, provider_id="eve-1").status_code,
+    ]
+
+    assert answers == [403, 404, 403, 404, 403, 404]
+    assert state.snapshot() == before
+    assert state.assignment(aid)["finished_at"] is None
+    finish_honestly(mallory, net, execute, job_id)
+    events = net.gql("query($id: ID!) { job(id: $id) { events { type data } } }", "victim",
+                     id=job_id)["job"]["events"]
+    finished = next(e for e in events if e["type"] == "ExecutionFinished")
+    assert finished["data"]["log_tail"] == ""  # mallory's report, not eve's
+
+
+def test_an_assignment_completed_twice_is_refused_the_second_time(
+    net: Network, mallory: Rogue, state: State
+) -> None:
+    job_id = submit(net)
+    execute = mallory.take("execute_job")
+    aid = execute["assignmentId"]
+    first = mallory.call("complete", aid, {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 5, "gpu_ms": 5, "log_tail": "first"}})
+    assert first.status_code == 200, first.text
+    upload = mallory.take("upload_outputs")
+    before = settled(state, wait_s=0.3)
+
+    second = mallory.call("complete", aid, {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 9, "gpu_ms": 9, "log_tail": "second"}})
+
+    assert second.status_code == 409, second.text
+    assert state.snapshot() == before
+    r = mallory.call("complete", upload["assignmentId"],
+                     {"result": {"manifest": [], "missing": []}})
+    assert r.status_code == 200, r.text
+    assert net.wait_job(job_id, ("SUCCEEDED",), client="victim")["state"] == "SUCCEEDED"
+
+
+def test_a_result_that_does_not_fit_its_request_is_refused(
+    net: Network, mallory: Rogue, state: State
+) -> None:
+    job_id = submit(net)
+    execute = mallory.take("execute_job")
+    aid = execute["assignmentId"]
+    before = settled(state, wait_s=0.2)
+    bad = [
+        {"exit_code": "0", "timed_out": False, "wall_ms": 1, "gpu_ms": 1, "log_tail": ""},
+        {"exit_code": 0, "timed_out": False, "wall_ms": 1, "gpu_ms": 10**30, "log_tail": ""},
+        {"exit_code": 0, "timed_out": False, "wall_ms": -1, "gpu_ms": 1, "log_tail": ""},
+        {"exit_code": 0, "timed_out": False, "wall_ms": 1, "gpu_ms": 1, "log_tail": "",
+         "paid_micro": 10**9},
+        {"manifest": [], "missing": []},
+    ]
+
+    answers = [mallory.call("complete", aid, {"result": r}) for r in bad]
+
+    assert [a.status_code for a in answers] == [400] * len(bad), [a.text for a in answers]
+    assert "exit_code" in answers[0].text and "gpu_ms" in answers[1].text
+    assert state.snapshot() == before
+    finish_honestly(mallory, net, execute, job_id)
+
+
+def test_an_upload_naming_an_output_it_was_not_asked_for_is_refused(
+    net: Network, mallory: Rogue, state: State
+) -> None:
+    job_id = submit(net)
+    execute = mallory.take("execute_job")
+    assert mallory.call("complete", execute["assignmentId"], {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 5, "gpu_ms": 5,
+        "log_tail": ""}}).status_code == 200
+    upload = mallory.take("upload_outputs")
+    before = settled(state, wait_s=0.3)
+
+    planted = mallory.call("complete", upload["assignmentId"], {"result": {
+        "manifest": [{"path": "model.bin", "key": "jobs/other/model.bin", "sha256": "0" * 64,
+                      "size": 1}], "missing": []}})
+
+    assert planted.status_code == 400 and "model.bin" in planted.text
+    assert state.snapshot() == before
+    r = mallory.call("complete", upload["assignmentId"],
+                     {"result": {"manifest": [], "missing": []}})
+    assert r.status_code == 200, r.text
+    assert net.wait_job(job_id, ("SUCCEEDED",), client="victim")["state"] == "SUCCEEDED"
+
+
+def test_a_provider_claiming_600000_gpu_ms_for_a_1s_job_is_billed_about_1s(
+    net: Network, mallory: Rogue, state: State
+) -> None:
+    job_id = submit(net)
+    execute = mallory.take("execute_job")
+    time.sleep(1.0)
+    r = mallory.call("complete", execute["assignmentId"], {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 600_000, "gpu_ms": 600_000,
+        "log_tail": ""}})
+    assert r.status_code == 200, r.text
+    upload = mallory.take("upload_outputs")
+    assert mallory.call("complete", upload["assignmentId"],
+                        {"result": {"manifest": [], "missing": []}}).status_code == 200
+
+    job = net.wait_job(job_id, ("SUCCEEDED",), client="victim")
+    events = net.gql("query($id: ID!) { job(id: $id) { events { type data } } }", "victim",
+                     id=job_id)["job"]["events"]
+    billed_ms = next(e for e in events if e["type"] == "ExecutionFinished")["data"]["gpu_ms"]
+    assert 1000 <= billed_ms < 3000, billed_ms  # what the API saw: handed out -> result
+    one_second = PRICE_MICRO / 3600
+    assert int(job["costMicro"]) < 3 * one_second, job  # not 600 s: 83,333 micro-credits
+    paid = state.transfers(f"pay:{job_id}:rogue-1")
+    assert paid and all(0 < a < 3 * one_second for a in paid), paid
+
+
+def test_the_agent_process_has_no_temporal_address_or_credential(net: Network) -> None:
+    agent = next(c for c in net.stack.children if c.name == "adv-honest")
+    environ = Path(f"/proc/{agent.proc.pid}/environ").read_bytes().split(b"\0")
+    names = {e.split(b"=", 1)[0].decode() for e in environ if e}
+    temporal_port = net.stack.settings.temporal_address.rpartition(":")[2].encode()
+
+    assert not {n for n in names if "TEMPORAL" in n}
+    assert not [e for e in environ if temporal_port in e]
+    cmdline = Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes()
+    assert temporal_port not in cmdline
+    assert "GPGPU_API_KEY" in names  # what it holds: its owner's provider key
+
+
+@pytest.mark.parametrize("activity, arg", [
+    ("record_reputation", {"job_id": "job-fake-1", "provider_id": "rogue-1",
+                           "outcome": "success"}),
+    ("settle_job", {"job_id": "job-fake-2", "provider_id": "rogue-1", "gpu_ms": 3_600_000,
+                    "price_per_gpu_hour_micro": 10**9, "pay_provider": True}),
+])
+async def test_a_workflow_from_outside_cannot_run_control_steps(
+    net: Network, mallory: Rogue, state: State, temporal_server: str, activity: str,
+    arg: dict[str, Any],
+) -> None:
+    # Defence in depth: were Temporal reachable, a workflow of the outsider's own (even one
+    # named JobWorkflow) scheduling the network's control steps on its control queue.
+    before = settled(state, wait_s=0.2)
+    client = await Client.connect(temporal_server)
+    queue = f"outside-{activity}"
+    async with Worker(client, task_queue=queue, workflows=[OutsideWorkflow],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        answer = await client.execute_workflow(
+            "JobWorkflow", Forgery(net.stack.env["GPGPU_CONTROL_TASK_QUEUE"], activity, arg),
+            id=f"outside-{activity}-{time.monotonic_ns()}", task_queue=queue,
+            execution_timeout=timedelta(seconds=60), result_type=str,
+        )
+
+    assert answer.startswith("refused: NotOurWorkflow"), answer
+    assert settled(state, wait_s=0.2) == before
