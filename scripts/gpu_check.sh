@@ -14,9 +14,9 @@ if [ -x .venv/bin/python ] && .venv/bin/python -c "import pynvml" 2>/dev/null; t
 elif python3 -c "import sys, pynvml; assert sys.version_info >= (3, 10)" 2>/dev/null; then
   PY=python3
 else
-  echo "== creating .venv (python3 -m venv) and installing nvidia-ml-py temporalio httpx pydantic-settings"
+  echo "== creating .venv (python3 -m venv) and installing nvidia-ml-py httpx pydantic-settings"
   [ -x .venv/bin/python ] || python3 -m venv .venv || { echo "python3 -m venv failed"; exit 1; }
-  .venv/bin/pip install --quiet nvidia-ml-py temporalio httpx pydantic-settings \
+  .venv/bin/pip install --quiet nvidia-ml-py httpx pydantic-settings \
     || { echo "pip install failed (no network?): install nvidia-ml-py for python3 and rerun"; exit 1; }
   PY=.venv/bin/python
 fi
