@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from api.app import create_app
 from domain.application import Network
 from domain.limits import (
     MAX_AMOUNT_MICRO,
@@ -46,6 +43,7 @@ from tests.api.test_provider_controls import (
     SUSPEND,
     Api,
 )
+from tests.support.api_server import running_api
 
 H100 = "NVIDIA H100 80GB HBM3"
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
@@ -63,21 +61,9 @@ def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
         home=tmp_path_factory.mktemp("bounds"), temporal_address=temporal_server,
         api_port=port, api_url=f"http://127.0.0.1:{port}", provider_heartbeat_interval_s=1.0,
     )
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    try:
-        with httpx.Client(base_url=settings.api_url, timeout=30) as http:
+    with running_api(settings) as app, httpx.Client(base_url=settings.api_url,
+                                                     timeout=30) as http:
             yield Api(settings.api_url, app, http)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def gpus(n: int, index: int = 0, memory_mb: int = 81_559) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,17 +18,16 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from fastapi import FastAPI
 
-from api.app import create_app
 from api.services import Services
 from domain.identity import ROLES
 from domain.spec import parse_job_spec
 from infra.devstack import free_port
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
+from tests.support.api_server import running_api
 
 WHO = ("anonymous", "client_a", "client_b", "provider", "operator", "admin")
 OK, DENY, NULL = "ok", "deny", "null"  # data; refused (an auth error); hidden (null)
@@ -166,47 +164,35 @@ def world(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Ite
         event_store="memory", provider_heartbeat_interval_s=60.0, api_port=port,
         api_url=f"http://127.0.0.1:{port}", control_task_queue=f"authz-{port}",
     )
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    try:
-        with httpx.Client(base_url=settings.api_url, timeout=30) as http:
-            w = World(settings.api_url, app, http, tokens={"anonymous": None})
-            network = w.services.network
-            network.create_user("admin@matrix.test", PASSWORD, list(ROLES), time.time())
-            w.tokens["admin"] = w.fresh_session("admin")
-            w.clients["admin"] = w.gql("admin", "{ me { clientId } }")["me"]["clientId"]
-            for who, roles in (("client_a", ["client"]), ("client_b", ["client"]),
-                               ("provider", ["provider"]), ("provider_2", ["provider"]),
-                               ("operator", ["operator"]), ("operator_2", ["operator"])):
-                w.sign_up(who, roles)
-            w.gql("operator", f'mutation {{ registerNode(nodeId: "{NODE}", region: "eu",'
-                              ' operator: "ops") }')
-            w.gql("provider", REGISTER, input=registration(P1))
-            w.gql("provider_2", REGISTER, input=registration(P2))
-            client_a = str(w.clients["client_a"])
-            network.open_client(client_a, 100_000_000)
-            network.submit_job("mx-job", client_a, parse_job_spec({**SPEC,
-                                                                   "queue": f"{NODE}/default"}))
-            network.admit_job("mx-job")
-            assert network.allocate("mx-job", 1, set(), {P1, P2}).provider_id == P1
-            w.job_id = "mx-job"
-            w.cancellable = w.gql("client_a", SUBMIT, s=SPEC)["submitJob"]["job"]["id"]
-            eventually(lambda: w.services.views.query(
-                "SELECT provider_id FROM jobs WHERE job_id = 'mx-job' AND provider_id = ?",
-                (P1,)))
-            w.http.put(f"/storage/{client_a}/data/a.txt", content=b"A's data",
-                       headers=w.headers("client_a")).raise_for_status()
-            yield w
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with running_api(settings) as app, httpx.Client(base_url=settings.api_url,
+                                                     timeout=30) as http:
+        w = World(settings.api_url, app, http, tokens={"anonymous": None})
+        network = w.services.network
+        network.create_user("admin@matrix.test", PASSWORD, list(ROLES), time.time())
+        w.tokens["admin"] = w.fresh_session("admin")
+        w.clients["admin"] = w.gql("admin", "{ me { clientId } }")["me"]["clientId"]
+        for who, roles in (("client_a", ["client"]), ("client_b", ["client"]),
+                           ("provider", ["provider"]), ("provider_2", ["provider"]),
+                           ("operator", ["operator"]), ("operator_2", ["operator"])):
+            w.sign_up(who, roles)
+        w.gql("operator", f'mutation {{ registerNode(nodeId: "{NODE}", region: "eu",'
+                          ' operator: "ops") }')
+        w.gql("provider", REGISTER, input=registration(P1))
+        w.gql("provider_2", REGISTER, input=registration(P2))
+        client_a = str(w.clients["client_a"])
+        network.open_client(client_a, 100_000_000)
+        network.submit_job("mx-job", client_a, parse_job_spec({**SPEC,
+                                                               "queue": f"{NODE}/default"}))
+        network.admit_job("mx-job")
+        assert network.allocate("mx-job", 1, set(), {P1, P2}).provider_id == P1
+        w.job_id = "mx-job"
+        w.cancellable = w.gql("client_a", SUBMIT, s=SPEC)["submitJob"]["job"]["id"]
+        eventually(lambda: w.services.views.query(
+            "SELECT provider_id FROM jobs WHERE job_id = 'mx-job' AND provider_id = ?",
+            (P1,)))
+        w.http.put(f"/storage/{client_a}/data/a.txt", content=b"A's data",
+                   headers=w.headers("client_a")).raise_for_status()
+        yield w
 
 
 # One call of each GraphQL field: the document, and its variables for this caller.

@@ -3,14 +3,12 @@ read from the projected views after a few jobs went through the domain."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
@@ -18,6 +16,7 @@ from api.services import Services
 from domain.spec import parse_job_spec
 from infra.devstack import free_port
 from infra.settings import Settings
+from tests.support.api_server import running_api
 
 H100 = "NVIDIA H100 80GB HBM3"
 PRICE = 2_000_000  # micro-credits per GPU-hour
@@ -38,16 +37,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> I
         event_store="memory", provider_heartbeat_interval_s=60.0,  # nobody goes offline by itself
         api_port=port, api_url=f"http://127.0.0.1:{port}",
     )
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    try:
+    with running_api(settings) as app:
         services: Services = app.state.services
         net = services.network
         gpus = [{"index": i, "model": H100, "memory_mb": 81_559} for i in range(2)]
@@ -91,9 +81,6 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> I
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         yield response.text
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def value(text: str, name: str, **labels: str) -> float:

@@ -17,16 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
-from api.app import create_app
 from api.json_body import MAX_JSON_DEPTH
 from api.services import Services
 from domain.identity import ROLES
 from domain.spec import parse_job_spec
 from infra.devstack import free_port
 from infra.settings import Settings
+from tests.support.api_server import running_api
 
 INTERVAL = 1.0  # heartbeat interval: offline after 3 missed (3.5 s)
 H100 = "NVIDIA H100 80GB HBM3"
@@ -134,21 +133,9 @@ def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
         home=tmp_path_factory.mktemp("controls"), temporal_address=temporal_server,
         api_port=port, api_url=f"http://127.0.0.1:{port}", provider_heartbeat_interval_s=INTERVAL,
     )
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    try:
-        with httpx.Client(base_url=settings.api_url, timeout=30) as http:
+    with running_api(settings) as app, httpx.Client(base_url=settings.api_url,
+                                                     timeout=30) as http:
             yield Api(settings.api_url, app, http)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 @dataclass
