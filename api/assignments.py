@@ -337,8 +337,8 @@ async def fail(
     if not a.open:
         raise HTTPException(409, f"assignment {aid!r} is already finished")
     body = _parse(FailBody, await _body(request))
-    if body.type == c.NOT_PICKED_UP:
-        raise HTTPException(400, f"type: {c.NOT_PICKED_UP!r} is the control plane's own")
+    if body.type in c.CONTROL_PLANE_ERRORS:
+        raise HTTPException(400, f"type: {body.type!r} is the control plane's own")
     await _finish(board.board, a, "cancelled" if body.cancelled else "failed")
     handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
     if body.cancelled:

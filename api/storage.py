@@ -105,7 +105,9 @@ async def authorise(
                             headers={"WWW-Authenticate": "Bearer"})
     if not auth.can_use_storage(caller, client_id):
         raise HTTPException(403, f"storage space {client_id!r} is not yours")
-    if method in ("PUT", "DELETE") and key.startswith(RESERVED_PREFIX):
+    if method in ("PUT", "DELETE") and (
+        key.startswith(RESERVED_PREFIX) or key == RESERVED_PREFIX.rstrip("/")
+    ):
         raise HTTPException(
             403, f"{key}: keys under {RESERVED_PREFIX!r} are written by the network's runs only"
         )

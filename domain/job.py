@@ -159,6 +159,12 @@ class Job(Aggregate):
 
     def record_provider_lost(self, attempt: int, provider_id: str, reason: str) -> None:
         if self._once(f"ProviderLost:{attempt}"):
+            # Only the provider that held the attempt can be lost from it: nobody else's
+            # reputation is hurt by naming them.
+            if self.allocations.get(attempt) != provider_id:
+                raise InvalidTransition(
+                    f"attempt {attempt} of job {self.job_id} is not {provider_id}'s"
+                )
             self._provider_lost(attempt=attempt, provider_id=provider_id, reason=reason)
 
     def record_verdict(self, accepted: bool, succeeded: bool, reason: str) -> None:

@@ -46,6 +46,12 @@ UPLOAD_OUTPUTS = "upload_outputs"
 GPU_STEPS = (STAGE_INPUTS, EXECUTE_JOB, UPLOAD_OUTPUTS)
 # The failure type of an assignment its provider did not pick up in time: a lost provider.
 NOT_PICKED_UP = "AssignmentNotPickedUp"
+# Failure types the control plane raises and the workflow acts on: a provider failing its
+# assignment may not use them (a provider's "JobEnded" would end a live job as if a reset
+# had found it over).
+CONTROL_PLANE_ERRORS = frozenset({
+    NOT_PICKED_UP, JOB_ENDED, "AttemptSpent", "NotOurWorkflow", "NoCapacity", "UnknownJob",
+})
 
 
 # A control step is one short transaction (allocate waits at most a few seconds a try), so

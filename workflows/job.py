@@ -681,7 +681,10 @@ def _ended(inp: c.JobInput, err: BaseException) -> c.JobResult | None:
     if isinstance(cause, ApplicationError) and cause.type == c.JOB_ENDED:
         details = cause.details[0] if cause.details else {}
         if isinstance(details, dict):
-            return _result(inp, c.EndedJob(**details))
+            try:
+                return _result(inp, c.EndedJob(**details))
+            except TypeError:  # not the control plane's record of an ending
+                return None
         return c.JobResult(inp.job_id, "FAILED", cause.message)
     return None
 

@@ -203,6 +203,25 @@ def test_a_result_that_does_not_fit_its_request_is_refused(
     finish_honestly(mallory, net, execute, job_id)
 
 
+@pytest.mark.parametrize("kind", ["JobEnded", "AttemptSpent", "AssignmentNotPickedUp"])
+def test_a_provider_cannot_fail_its_step_with_the_control_planes_own_error(
+    net: Network, mallory: Rogue, state: State, kind: str
+) -> None:
+    """A provider's "JobEnded" would end a live job as if a reset had found it over (and,
+    without its details, stall the workflow): the control plane's failure types are its own."""
+    job_id = submit(net)
+    execute = mallory.take("execute_job")
+    aid = execute["assignmentId"]
+    before = settled(state, wait_s=0.2)
+
+    forged = mallory.call("fail", aid, {"message": "over", "type": kind, "nonRetryable": True})
+
+    assert forged.status_code == 400 and kind in forged.text, forged.text
+    assert state.snapshot() == before
+    assert state.assignment(aid)["finished_at"] is None
+    finish_honestly(mallory, net, execute, job_id)
+
+
 def test_an_upload_naming_an_output_it_was_not_asked_for_is_refused(
     net: Network, mallory: Rogue, state: State
 ) -> None:

@@ -302,6 +302,18 @@ def test_client_puts_and_deletes_in_its_jobs_output_space_after_success(net: Net
     assert snapshot(net, job_id) == before
 
 
+def test_client_stores_an_object_named_jobs_to_block_every_later_run(net: Network) -> None:
+    """On the filesystem store an object named `jobs` would stand where the network's `jobs/`
+    folder must go, so that every later output of the client's jobs failed to upload (and the
+    job ended unpaid): the bare name is the network's too."""
+    space = net.client_id(CLIENT)
+    blocked = net.http.put(f"/storage/{space}/jobs", content=b"x", headers=net.headers(CLIENT))
+    assert blocked.status_code == 403 and "jobs" in blocked.text, blocked.text
+    assert net.http.get(f"/storage/{space}/jobs", headers=net.headers(CLIENT)).status_code == 404
+    job_id = submit(net, {"command": "echo honest > result.txt", "outputs": ["result.txt"]})
+    assert finished(net, job_id)["state"] == "SUCCEEDED"
+
+
 def test_a_checkpoint_manifest_planted_for_the_next_attempt(net: Network) -> None:
     """Checkpoints are per attempt, written only through that run's grants: neither the
     client nor the run's provider can name what a later attempt resumes from."""

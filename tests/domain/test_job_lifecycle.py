@@ -224,6 +224,26 @@ def lose_provider_mid_run(app: Network) -> None:
     app.provider_lost("job-1", 1, "cheap", "no heartbeat for 10s")
 
 
+def test_only_the_provider_that_held_an_attempt_can_be_lost_from_it(app: Network) -> None:
+    """Naming another provider as lost would cost it reputation for a job it never held."""
+    app.open_client("alice", START)
+    app.submit_job("job-1", "alice", make_spec())
+    app.admit_job("job-1")
+    app.register_provider("cheap", "eu", 500_000, [gpu(0)])
+    app.register_provider("bystander", "us", 1_000_000, [gpu(0)])
+    assert app.allocate("job-1", 1, set(), {"cheap"}).provider_id == "cheap"
+    count = notification_count(app)
+
+    with pytest.raises(InvalidTransition, match="is not bystander's"):
+        app.provider_lost("job-1", 1, "bystander", "framed")
+    with pytest.raises(InvalidTransition, match="is not cheap's"):
+        app.provider_lost("job-1", 7, "cheap", "an attempt that never was")
+
+    assert notification_count(app) == count
+    assert app.provider("bystander").outcomes == []
+    assert app.provider("bystander").status != "lost"
+
+
 def test_provider_lost_requeues_frees_and_penalises(app: Network) -> None:
     lose_provider_mid_run(app)
     job = app.job("job-1")
