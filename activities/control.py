@@ -187,10 +187,17 @@ class ControlActivities:
     def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
         """Wait in the job's queue for the scheduler to place this run (a few seconds a try)."""
         live = activity.in_activity()  # also called directly, by tests and tools
-        _live(self.network.job(req.job_id), "allocation")
+        job = self.network.job(req.job_id)
+        _live(job, "allocation")
+        # This job's other runs (not lost) put their owners' providers out: a run whose GPUs
+        # went back when it finished still counts, or a replica, tie-break or verifier could
+        # land on another provider of the same account and agree with itself.
+        ran = {pid for attempt, pid in job.allocations.items()
+               if attempt != req.attempt and f"ProviderLost:{attempt}" not in job.recorded}
+        excluded = set(req.excluded_provider_ids) | self.network.same_owner(ran)
         try:
             decision = self.scheduler.request(
-                req.job_id, req.attempt, set(req.excluded_provider_ids), ALLOCATE_WAIT_S,
+                req.job_id, req.attempt, excluded, ALLOCATE_WAIT_S,
                 cancelled=activity.is_cancelled if live else lambda: False,
                 heartbeat=activity.heartbeat if live else lambda _: None,
             )

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.network import Network, network
+from tests.e2e.network import CREDITS_MICRO, Network, network
 from tests.liveness.flow_support import (
     PATIENT,
     balance,
@@ -44,7 +44,10 @@ NONDETERMINISTIC = 'echo "$CUDA_VISIBLE_DEVICES $(date +%s%N)" > out.txt'
 def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Network]:
     env = {**PATIENT, "GPGPU_ADAPTIVE_CHECKS": "true", "GPGPU_CHECK_WAIT_S": str(WAIT_S),
            "GPGPU_REPLICA_WAIT_S": str(WAIT_S)}
-    with network(tmp_path_factory.mktemp("bounded"), temporal_server, FLEET, env) as n:
+    # The two H100 providers belong to two accounts: a job's runs need distinct owners.
+    owners = {"h-1": "owner-h1", "h-2": "owner-h2"}
+    with network(tmp_path_factory.mktemp("bounded"), temporal_server, FLEET, env,
+                 owners=owners) as n:
         yield n
 
 
@@ -81,7 +84,7 @@ def test_a_nondeterministic_job_is_never_compared_and_blames_no_one(net: Network
 
 
 def test_a_tie_break_no_provider_can_run_fails_the_job_refunded(net: Network) -> None:
-    start = net.stack.settings.starting_balance_micro  # a new client
+    start = CREDITS_MICRO  # a new client: granted through the ledger (tests/e2e/network.py)
     job_id = submit(net, "cid", command=NONDETERMINISTIC, resources={"gpu_model": "H100"},
                     verification={"replicas": 2})  # two H100 providers only: no third
     record = finish(net, "cid", job_id, timeout_s=90)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from temporalio.client import Client
 
-from tests.e2e.network import Network, network
+from tests.e2e.network import CREDITS_MICRO, Network, network
 from tests.liveness.flow_support import (
     CANCEL,
     PATIENT,
@@ -52,7 +52,7 @@ def cancel(net: Network, client: str, job_id: str) -> dict[str, object]:
 
 
 def test_cancel_while_queued_running_and_with_a_check_pending(net: Network) -> None:
-    start = net.stack.settings.starting_balance_micro  # a new client
+    start = CREDITS_MICRO  # a new client: granted through the ledger (tests/e2e/network.py)
     # Running: a long job holds the only GPU; a second one waits in the queue behind it.
     running = submit(net, "ann", command="sleep 60", outputs=[])
     wait_state(net, "ann", running, "RUNNING")
@@ -82,7 +82,7 @@ def test_cancel_while_queued_running_and_with_a_check_pending(net: Network) -> N
 async def test_a_terminated_workflow_is_reconciled_by_the_sweeper(
     net: Network, temporal_server: str
 ) -> None:
-    start = net.stack.settings.starting_balance_micro  # a new client
+    start = CREDITS_MICRO  # a new client: granted through the ledger (tests/e2e/network.py)
     job_id = submit(net, "bob", command="sleep 60", outputs=[])
     wait_state(net, "bob", job_id, "RUNNING")
     client = await Client.connect(temporal_server)

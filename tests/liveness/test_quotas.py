@@ -138,7 +138,8 @@ def test_a_jobs_log_keeps_its_tail(tmp_path: Path) -> None:
     def progress(_elapsed: float, _tail: str) -> None:
         sizes.append(log.stat().st_size)
 
-    outcome = runtime.run([sys.executable, "-c", script], tmp_path / "work", [], 60, {},
+    # The system python: the sandbox shows /usr, not this venv.
+    outcome = runtime.run(["python3", "-c", script], tmp_path / "work", [], 60, {},
                           on_progress=progress, log_path=log)
     assert outcome.exit_code == 0, outcome
     text = log.read_text()
