@@ -183,7 +183,7 @@ class StubNetwork:
                 mark_provider_lost, verify_job, plan_check, settle_job, record_reputation,
                 release_gpus, release_run, record_unplaced, finish_job, plan_canary]
 
-    # A provider's side (on its own queue gpu.<id>)
+    # A provider's side (its assignments: on the workflow's own queue, named by provider_id)
 
     def gpu(self) -> list[Callable[..., Any]]:
         net = self

@@ -38,17 +38,16 @@ Start = Callable[[StubNetwork], Awaitable[WorkflowHandle[JobWorkflow, c.JobResul
 
 @pytest.fixture
 async def start(env: WorkflowEnvironment) -> AsyncIterator[Start]:
-    """Start a job's workflow with workers for the control queue and each stub provider."""
+    """Start a job's workflow with a worker for its queue: the control steps and the stub
+    providers' GPU steps."""
     workers: list[Worker] = []
     runners: list[asyncio.Task[None]] = []
 
     async def starting(net: StubNetwork) -> WorkflowHandle[JobWorkflow, c.JobResult]:
         queue = f"{QUEUE}-{uuid.uuid4().hex[:8]}"
+        # The GPU steps run on the workflow's own queue too (as assignments, in the network).
         workers.append(Worker(env.client, task_queue=queue, workflows=[JobWorkflow],
-                              activities=net.control()))
-        for pid in net.providers:
-            workers.append(Worker(env.client, task_queue=c.gpu_task_queue(pid),
-                                  activities=net.gpu()))
+                              activities=net.control() + net.gpu()))
         runners.extend(asyncio.create_task(w.run()) for w in workers)
         job_id = uuid.uuid4().hex
         return await env.client.start_workflow(
