@@ -417,6 +417,8 @@ def api_processes(home: Path) -> Iterator[Stack]:
         "GPGPU_EVENT_STORE": "sqlite", "GPGPU_API_HOST": "127.0.0.1",
         "GPGPU_API_PORT": str(api_port), "GPGPU_API_URL": settings.api_url,
         "GPGPU_TEMPORAL_ADDRESS": settings.temporal_address, "GPGPU_LOG_LEVEL": "WARNING",
+        # Every subscriber of the bench is one account: past the default cap of 32.
+        "GPGPU_MAX_SUBSCRIPTIONS_PER_ACCOUNT": "10000",
     })
     interrupt = signal.getsignal(signal.SIGINT)
     try:

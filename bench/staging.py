@@ -203,7 +203,8 @@ def open_run(settings: Settings) -> None:
     """A run in the API's event store that the bench's grants belong to: storage honours a
     grant only while its run is live (a job allocated to that provider, not ended)."""
     network = Network(env=settings.eventsourcing_env())
-    network.open_client(CLIENT_ID, settings.starting_balance_micro)
+    network.open_client(CLIENT_ID, 0)
+    network.deposit(CLIENT_ID, 100_000_000, "bench-staging")  # sign-ups get no credits
     spec = parse_job_spec({"name": "bench", "command": "true", "max_price_per_gpu_hour": "2",
                            "timeout": "1h"})
     network.submit_job(JOB_ID, CLIENT_ID, spec)

@@ -333,7 +333,8 @@ def test_explain_says_where_a_job_could_run_and_why_not_elsewhere(net: Network,
                                   "expectedStart": "now"}]
     assert {r["providerId"]: r["reason"] for r in found["rejected"]} == {
         "pipe-b": "no GPUs of the requested model and memory",  # an A100 with 40 GB
-        "pipe-liar": "price above the job's maximum",
+        # every reason: too dear, and an L4 with 24 GB
+        "pipe-liar": "price above the job's maximum; no GPUs of the requested model and memory",
     }
     bad = net.gql(query, "lee", s=spec("where", ["true"], resources={"gpu": 1}))["explain"]
     assert bad["errors"] == [{"field": "resources.gpu", "message": "is not a known field"}]
