@@ -75,12 +75,12 @@ def test_without_bubblewrap_it_refuses_to_run_jobs(tmp_path: Path) -> None:
 
 
 def test_unsafe_no_sandbox_is_said_out_loud(tmp_path: Path) -> None:
-    env = {"GPGPU_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}", "GPGPU_HOME": str(tmp_path)}
+    env = {"GPGPU_API_URL": f"http://127.0.0.1:{free_port()}", "GPGPU_HOME": str(tmp_path)}
     agent = AgentProcess(
         ["--provider-id", "p1", "--simulate", "1xL4:24", "--unsafe-no-sandbox"], env
     )
     try:
-        agent.wait_for("waiting for Temporal")
+        agent.wait_for("waiting for the API")
 
         assert any(line.startswith("WARNING: --unsafe-no-sandbox") for line in agent.lines)
         assert agent.terminate() == 0

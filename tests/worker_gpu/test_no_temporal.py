@@ -42,4 +42,5 @@ def test_running_the_agent_loads_no_temporalio() -> None:
 def test_the_agents_environment_names_no_temporal() -> None:
     env = {"GPGPU_TEMPORAL_ADDRESS": "127.0.0.1:7233", "GPGPU_TEMPORAL_NAMESPACE": "default",
            "GPGPU_API_URL": "http://127.0.0.1:8000", "GPGPU_API_KEY": "gpk_x"}
-    assert agent_env(env) == {"GPGPU_API_URL": "http://127.0.0.1:8000", "GPGPU_API_KEY": "gpk_x"}
+    assert agent_env(env, "gpk_provider") == {"GPGPU_API_URL": "http://127.0.0.1:8000",
+                                              "GPGPU_API_KEY": "gpk_provider"}
