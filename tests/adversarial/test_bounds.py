@@ -34,7 +34,7 @@ from domain.limits import (
 from domain.spec import parse_job_spec
 from infra.devstack import free_port
 from infra.settings import Settings
-from infra.telemetry import GpuReading, Heartbeat
+from readmodel.telemetry import GpuReading, Heartbeat
 from tests.api.test_provider_controls import (
     HEARTBEAT,
     REGISTER,
