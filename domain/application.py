@@ -133,7 +133,7 @@ class Network(Application[Any]):
     def job(self, job_id: str) -> Job:
         job = self._get_or_none(Job.create_id(job_id=job_id))
         if job is None:
-            raise UnknownJob(f"no job {job_id}")
+            raise UnknownJob("", f"no job {job_id}")
         return job
 
     def find_job(self, job_id: str) -> Job | None:
@@ -143,7 +143,7 @@ class Network(Application[Any]):
     def provider(self, provider_id: str) -> Provider:
         provider = self._get_or_none(Provider.create_id(provider_id=provider_id))
         if provider is None:
-            raise UnknownProvider(f"no provider {provider_id}")
+            raise UnknownProvider("", f"no provider {provider_id}")
         return provider
 
     def account(self, name: str) -> Account:
@@ -194,7 +194,7 @@ class Network(Application[Any]):
     def withdraw(self, account: str, amount_micro: int, withdrawal_id: str) -> int:
         """Pay money out of a client's or provider's account; refuses an overdraft."""
         if not account.startswith(("client:", "provider:")):
-            raise InvalidAmount(f"only client and provider accounts withdraw, not {account}")
+            raise InvalidAmount("", f"only client and provider accounts withdraw, not {account}")
 
         def attempt() -> tuple[int, list[Aggregate]]:
             src, dst = self.account(account), self.account(EXTERNAL)
@@ -262,7 +262,7 @@ class Network(Application[Any]):
             node = Node(node_id=DEFAULT_NODE, region="local", operator="network")
             node.configure_queue(DEFAULT_QUEUE, [])
         if node is None:
-            raise DomainError(f"node: no node {node_id!r}")
+            raise DomainError("node", f"no node {node_id!r}")
         return node
 
     def register_node(self, node_id: str, region: str, operator: str) -> None:
@@ -299,7 +299,7 @@ class Network(Application[Any]):
         node_id, name = split_queue(queue)
         node = self.node(node_id)
         if name not in node.queues:
-            raise DomainError(f"queue: node {node_id!r} has no queue {name!r}")
+            raise DomainError("queue", f"node {node_id!r} has no queue {name!r}")
         node.check_priority(name, priority)
 
     # Providers
@@ -424,7 +424,7 @@ class Network(Application[Any]):
         node_id, queue = split_queue(spec.queue)
         node = self.node(node_id)
         if queue not in node.queues:
-            raise DomainError(f"queue: node {node_id!r} has no queue {queue!r}")
+            raise DomainError("queue", f"node {node_id!r} has no queue {queue!r}")
         providers = [self.provider(pid) for pid in node.provider_ids]
         return explain(
             self._requirements(spec, node), self._candidates(providers, online), set(), node.region
@@ -435,7 +435,7 @@ class Network(Application[Any]):
         node_id, queue = split_queue(spec.queue)
         node = self.node(node_id)
         if queue not in node.queues:
-            raise DomainError(f"queue: node {node_id!r} has no queue {queue!r}")
+            raise DomainError("queue", f"node {node_id!r} has no queue {queue!r}")
         providers = [self.provider(pid) for pid in node.provider_ids]
         return explain_gpus(
             self._requirements(spec, node), self._candidates(providers, online), set(), node.region
@@ -488,7 +488,7 @@ class Network(Application[Any]):
                 job = jobs.get(p.job_id) or self.job(p.job_id)
                 jobs[p.job_id] = job
                 if p.attempt in job.allocations:  # another scheduler placed it meanwhile
-                    raise DomainError(f"job {p.job_id} attempt {p.attempt} is placed already")
+                    raise DomainError("", f"job {p.job_id} attempt {p.attempt} is placed already")
                 provider = providers[p.provider_id]
                 provider.reserve(p.job_id, p.gpu_indexes, p.client_id)
                 job.record_allocation(p.attempt, p.provider_id, p.gpu_indexes,
@@ -620,7 +620,7 @@ class Network(Application[Any]):
         def attempt() -> tuple[SettlementFigures, list[Aggregate]]:
             job = self.job(job_id)
             if "FundsEscrowed" not in job.recorded:
-                raise InvalidTransition(f"job {job_id} holds no escrow to settle")
+                raise InvalidTransition("", f"job {job_id} holds no escrow to settle")
             held = job.max_cost_micro
             run_cap = JobSpec.model_validate(job.spec).max_run_cost_micro
             moves: list[tuple[str, str, str, int, str]] = []  # from, to, id, amount, memo
@@ -644,7 +644,7 @@ class Network(Application[Any]):
             if job.settlement is not None:
                 if SettlementFigures(**job.settlement) != figures:
                     raise InvalidTransition(
-                        f"job {job_id} is already settled ({job.settlement}); "
+                        "", f"job {job_id} is already settled ({job.settlement}); "
                         f"refusing a second settlement ({figures})"
                     )
                 return figures, []  # a retry of the same settlement
@@ -813,7 +813,7 @@ class Network(Application[Any]):
         def attempt() -> tuple[CanaryEnded, list[Aggregate]]:
             canary = self.canary(origin_job_id, provider_id)
             if canary is None:
-                raise UnknownJob(f"no canary after job {origin_job_id} on {provider_id}")
+                raise UnknownJob("", f"no canary after job {origin_job_id} on {provider_id}")
             if canary.outcome is not None:
                 return CanaryEnded(canary.outcome, canary.reason, canary.paid_micro), []
             job, provider = self.job(canary.job_id), self.provider(provider_id)
@@ -868,7 +868,7 @@ class Network(Application[Any]):
 
         def attempt() -> tuple[Issued, list[Aggregate]]:
             if self._get_or_none(User.create_id(email=normal)) is not None:
-                raise IdentityError("email: already registered")
+                raise IdentityError("email", "already registered")
             user = User(email=normal, password_hash=password_hash, roles=chosen, at=now)
             token, session = self._start_session(user, now, session_ttl_s)
             return Issued(token, user_view(user)), [user, session]
@@ -878,7 +878,7 @@ class Network(Application[Any]):
     def sign_in(self, email: str, password: str, now: float, session_ttl_s: float) -> Issued:
         user = self.user_by_email(email)
         if not password_matches(user.password_hash if user else None, password) or user is None:
-            raise IdentityError("password: the email and password do not match an account")
+            raise IdentityError("password", "the email and password do not match an account")
         changed: list[Aggregate] = []
         if password_needs_rehash(user.password_hash):
             user.rehash_password(hash_password(password))
@@ -891,13 +891,13 @@ class Network(Application[Any]):
         self, user_id: str, current: str, new: str, now: float, session_ttl_s: float
     ) -> Issued:
         """The account's own new password; its other sessions end, this answer is a new one."""
-        check_password(new, "newPassword")
+        check_password(new, "new_password")
         password_hash = hash_password(new)
         user = self.user(user_id)
         if user is None:
-            raise IdentityError("user: no such account")
+            raise IdentityError("user", "no such account")
         if not password_matches(user.password_hash, current):
-            raise IdentityError("currentPassword: does not match the account's password")
+            raise IdentityError("current_password", "does not match the account's password")
         user.set_password(password_hash, now)
         token, session = self._start_session(user, now, session_ttl_s)
         self.save(user, session)
@@ -908,7 +908,7 @@ class Network(Application[Any]):
         place of theirs; every session of the account ends."""
         user = self.user_by_email(email)
         if user is None:
-            raise IdentityError(f"email: no account has {normalise_email(email)!r}")
+            raise IdentityError("email", f"no account has {normalise_email(email)!r}")
         temporary = new_temporary_password()
         user.set_password(hash_password(temporary), now)
         self.save(user)
@@ -921,7 +921,7 @@ class Network(Application[Any]):
         def attempt() -> tuple[UserView, list[Aggregate]]:
             user = self.user(user_id)
             if user is None:
-                raise IdentityError("user: no such account")
+                raise IdentityError("user", "no such account")
             for role in chosen:
                 user.grant_role(role)
             return user_view(user), [user]
@@ -934,7 +934,7 @@ class Network(Application[Any]):
         def attempt() -> tuple[UserView, list[Aggregate]]:
             user = self.user_by_email(email)
             if user is None:
-                raise IdentityError(f"email: no account has {normalise_email(email)!r}")
+                raise IdentityError("email", f"no account has {normalise_email(email)!r}")
             user.revoke_role(role)
             return user_view(user), [user]
 
@@ -974,7 +974,7 @@ class Network(Application[Any]):
         def attempt() -> tuple[KeyIssued, list[Aggregate]]:
             user = self.user(user_id)
             if user is None:
-                raise IdentityError("user: no such account")
+                raise IdentityError("user", "no such account")
             key = new_api_key()
             api_key = ApiKey(key_hash=secret_hash(key), user_id=user.id, name=name,
                              scopes=chosen, at=now)
@@ -996,14 +996,14 @@ class Network(Application[Any]):
         try:
             aggregate_id = UUID(key_id)
         except ValueError:
-            raise IdentityError(f"id: no API key {key_id!r} of yours") from None
+            raise IdentityError("id", f"no API key {key_id!r} of yours") from None
 
         def attempt() -> tuple[bool, list[Aggregate]]:
             api_key = self._get_or_none(aggregate_id)
             if not isinstance(api_key, ApiKey) or (
                 user_id is not None and str(api_key.user_id) != user_id
             ):
-                raise IdentityError(f"id: no API key {key_id!r} of yours")
+                raise IdentityError("id", f"no API key {key_id!r} of yours")
             if api_key.revoked_at is not None:
                 return False, []
             owner = self.user(api_key.user_id)
@@ -1058,7 +1058,7 @@ class Network(Application[Any]):
         def attempt() -> tuple[None, list[Aggregate]]:
             user = self.user(user_id)
             if user is None:
-                raise IdentityError("user: no such account")
+                raise IdentityError("user", "no such account")
             claim = self._get_or_none(Claim.create_id(kind=kind, key=key))
             if claim is None:
                 claim = Claim(kind=kind, key=key, user_id=user.id)
@@ -1079,17 +1079,17 @@ class Network(Application[Any]):
 
     def claim(self, kind: str, key: str, user_id: str) -> None:
         """The user owns this provider or node id from now on; refused if another user does."""
-        field = "providerId" if kind == "provider" else "nodeId"
+        field = "provider_id" if kind == "provider" else "node_id"
 
         def attempt() -> tuple[None, list[Aggregate]]:
             user = self.user(user_id)
             if user is None:
-                raise IdentityError("user: no such account")
+                raise IdentityError("user", "no such account")
             claim = self._get_or_none(Claim.create_id(kind=kind, key=key))
             if claim is None:
                 claim = Claim(kind=kind, key=key, user_id=user.id)
             elif claim.user_id != user.id:
-                raise IdentityError(f"{field}: {key!r} belongs to another account")
+                raise IdentityError(field, f"{key!r} belongs to another account")
             user.own(kind, key)
             return None, [claim, user]
 
