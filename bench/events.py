@@ -54,8 +54,8 @@ from domain.ledger import (
 from domain.money import cost_of_gpu_time
 from domain.provider import Provider
 from domain.spec import JobSpec
-from infra.devstack import Stack, free_port, temporal_dev_args, wait_for_http
 from infra.settings import Settings
+from ops.devstack import Stack, free_port, temporal_dev_args, wait_for_http
 from readmodel.projector import Projector
 from readmodel.schema import ViewDB
 

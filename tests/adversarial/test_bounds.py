@@ -32,8 +32,8 @@ from domain.limits import (
     OutOfBounds,
 )
 from domain.spec import parse_job_spec
-from infra.devstack import free_port
 from infra.settings import Settings
+from ops.devstack import free_port
 from readmodel.telemetry import GpuReading, Heartbeat
 from tests.api.test_provider_controls import (
     HEARTBEAT,
