@@ -20,7 +20,7 @@ def graphql_field(err: DomainError) -> str:
 def refusal_text(err: DomainError) -> str:
     """"field: why", the field as the API names it (just "why" when it names no field)."""
     field = graphql_field(err)
-    return f"{field}: {err.message}" if field else err.message
+    return f"{field}: {err.reason}" if field else err.reason
 
 
 def refused(err: DomainError) -> ValueError:

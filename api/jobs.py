@@ -39,7 +39,7 @@ def queue_refusal(err: DomainError) -> SpecError:
     """A refusal of the spec's queue or priority, under the spec field it is about (a
     refused node is the queue's: "queue: node: no node 'x'")."""
     if err.field in ("queue", "priority"):
-        return SpecError([(err.field, err.message)])
+        return SpecError([(err.field, err.reason)])
     return SpecError([("queue", str(err))])
 
 

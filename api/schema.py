@@ -459,7 +459,10 @@ class Mutation:
     ) -> bool:
         auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
                      f"forbidden: provider {provider_id!r} is not one of yours")
-        await info.context.services.heartbeat(provider_id, telemetry)
+        try:
+            await info.context.services.heartbeat(provider_id, telemetry)
+        except DomainError as err:
+            raise refused(err) from None
         return True
 
     @strawberry.mutation(

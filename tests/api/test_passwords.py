@@ -46,7 +46,7 @@ def test_a_change_needs_the_current_password_and_a_good_new_one() -> None:
     with pytest.raises(IdentityError, match=r"^current_password: does not match") as wrong:
         app.change_password(user.id, "guess", "new password 2", time.time(), 60)
     # The API names it by its GraphQL argument, from the error's field (no text parsed).
-    assert (wrong.value.field, wrong.value.message) == (
+    assert (wrong.value.field, wrong.value.reason) == (
         "current_password", "does not match the account's password")
     assert refusal_text(wrong.value) == "currentPassword: does not match the account's password"
     with pytest.raises(IdentityError, match=r"^new_password: at least") as short:
