@@ -22,13 +22,13 @@ from api.services import Services
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
 from domain.matching import Requirements
-from domain.money import cost_of_gpu_time, micro_to_credits
 from domain.node import DEFAULT_NODE, split_queue
 from domain.reputation import Reputation, reputation
 from domain.scheduling import Waiting, fair_order
-from domain.spec import JobSpec
 from infra.db import online_provider_ids
 from infra.telemetry import recent_samples
+from protocol.money import cost_of_gpu_time, micro_to_credits
+from protocol.spec import JobSpec
 
 BigInt = NewType("BigInt", int)
 INT64 = 2**63

@@ -80,11 +80,11 @@ from domain.matching import (
     explain_gpus,
     gb_to_mib,
 )
-from domain.money import cost_of_gpu_time
 from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
 from domain.provider import Directory, Provider, check_declaration
 from domain.scheduling import Placement, Waiting
-from domain.spec import JobSpec
+from protocol.money import cost_of_gpu_time
+from protocol.spec import JobSpec
 
 # Hot accounts (the protocol's fees, a busy provider) make writers collide; each retry
 # reloads and decides again, after a jittered pause so colliding writers spread out.

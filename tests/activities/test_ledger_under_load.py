@@ -11,9 +11,9 @@ import pytest
 
 from domain.application import Network, SettlementFigures
 from domain.ledger import EXTERNAL, FEES
-from domain.spec import parse_job_spec
 from infra.db import ViewDB
 from infra.settings import Settings
+from protocol.spec import parse_job_spec
 from tests.domain.conftest import store_settings
 
 JOBS = 1000
