@@ -67,11 +67,11 @@ from domain.limits import (
     Bound,
 )
 from domain.node import DEFAULT_NODE, check_name, split_queue
-from domain.projection import TERMINAL_EVENTS
 from domain.provider import RUNTIMES, SANDBOXES
-from infra.telemetry import Heartbeat
 from protocol.money import credits_to_micro
 from protocol.spec import SpecError, parse_job_spec
+from readmodel.projector import TERMINAL_EVENTS
+from readmodel.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
 
 T = TypeVar("T")
