@@ -109,9 +109,17 @@ class call(Generic[P, T]):  # lower case: used as a decorator, like `property`
 
     def __init__(self, steps: Callable[Concatenate[Any, P], Steps[T]]):
         self.steps = steps
-        self.__doc__ = steps.__doc__
+        functools.update_wrapper(self, steps)
         signature = inspect.signature(steps)
+        returns = signature.return_annotation  # "Steps[Job]": the caller gets a Job
+        if isinstance(returns, str) and returns.startswith("Steps[") and returns.endswith("]"):
+            signature = signature.replace(return_annotation=returns[len("Steps["):-1])
+        self.__signature__ = signature  # as help() shows it on the class
         self.signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+
+    def __call__(self, client: Any, *args: Any, **kwargs: Any) -> Any:
+        """Called on the class with the client first, as a method can be."""
+        return self.__get__(client, type(client))(*args, **kwargs)
 
     @overload
     def __get__(self, obj: None, owner: type) -> call[P, T]: ...
