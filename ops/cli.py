@@ -1,4 +1,4 @@
-"""The operator's `gpgpu`: the user CLI (client/cli.py) with the commands that reach past the
+"""The operator's `gpgpu`: the user CLI (client/cli/) with the commands that reach past the
 API, mounted onto the same typer app.
 
 `gpgpu up` runs the dev stack, `gpgpu admin ...` opens this node's stores and Temporal, and
