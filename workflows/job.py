@@ -60,27 +60,9 @@ GPU_RETRY = RetryPolicy(
 )
 TRANSFER_S = 3600.0
 ALLOCATE_HEARTBEAT_S = 6.0  # the scheduler beats each second; a loaded machine may lag
-# Workflow versions: the network's own adaptive checks came after the first histories.
-ADAPTIVE_CHECKS = "adaptive-checks"
-# ... and the known-answer canaries that may follow a provider's accepted run.
-CANARIES = "canaries"
-# ... and a run with no inputs going straight to execution (one round trip less).
-SKIP_EMPTY_STAGE = "skip-empty-stage"
-# ... and the checkpoint a run uploads while it runs (resumed from after a lost provider).
-CHECKPOINTS = "checkpoints"
-# ... and the search attributes that show operators each job's state.
-SEARCH_ATTRIBUTES = "search-attributes"
-# ... and "inputs staged" and "execution started" recorded in one step, not two.
-ONE_START_STEP = "one-start-step"
-# ... and the control steps run as local activities: in the control worker that runs the
-# workflow, inside its workflow task, with no round trip through the Temporal server each.
-# Allocation stays a regular activity (it waits in the queue, seconds at a time).
-LOCAL_CONTROL_STEPS = "local-control-steps"
-# ... and bounded waits: the network's check run waits at most AdmitResult.check_wait_s for
-# GPUs (then CheckSkipped), a client's further replica, tie-break or verifier at most
-# replica_wait_s once the job holds GPUs (then the job fails, refunded); a run's GPUs go
-# back as soon as it finishes, not when the job closes.
-BOUNDED_WAITS = "bounded-waits"
+# JobWorkflow has no `workflow.patched` branches: the versions written while the network was
+# developed were folded into this one before any history was kept (tests/replay/ holds
+# histories of this version). The next change of its logic goes behind a patch.
 
 
 class ProviderLostError(Exception):
@@ -164,12 +146,10 @@ class JobWorkflow:
     def __init__(self) -> None:
         self._searchable = False  # set in run(): may this workflow upsert its attributes?
         self._shown_state = "SUBMITTED"  # GpgpuState as the API set it at start
-        self._local = False  # control steps as local activities (LOCAL_CONTROL_STEPS)
         self._step = "admit"
         self._attempts = 0
         self._runs: list[Run] = []  # every allocation that got GPUs, in order
         self._lost: list[str] = []
-        self._bounded = False  # BOUNDED_WAITS
         self._check_wait_s = 0.0
         self._replica_wait_s = 0.0
         self._settlement: c.Settlement | None = None  # once SETTLE_JOB answered
@@ -191,9 +171,8 @@ class JobWorkflow:
         """Keep GpgpuState current, where the workflow was started with its attributes."""
         if state is None or state == self._shown_state or not self._searchable:
             return
-        if workflow.patched(SEARCH_ATTRIBUTES):
-            workflow.upsert_search_attributes([sa.STATE.value_set(state)])
-            self._shown_state = state
+        workflow.upsert_search_attributes([sa.STATE.value_set(state)])
+        self._shown_state = state
 
     @workflow.query
     def progress(self) -> dict[str, Any]:
@@ -201,19 +180,13 @@ class JobWorkflow:
         return {"step": self._step, "providers": live, "lost": list(self._lost)}
 
     async def _control(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
-        """A short step on the stores, idempotent: retried as it is, even twice at once."""
-        if self._local:
-            return await workflow.execute_local_activity(
-                name,
-                arg,
-                start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
-                retry_policy=CONTROL_RETRY,
-                result_type=result_type,
-            )
-        return await workflow.execute_activity(
+        """A short step on the stores, idempotent: retried as it is, even twice at once.
+
+        A local activity: it runs in the control worker that runs this workflow, inside its
+        workflow task, with no round trip through the Temporal server."""
+        return await workflow.execute_local_activity(
             name,
             arg,
-            task_queue=workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=CONTROL_RETRY,
             result_type=result_type,
@@ -240,8 +213,6 @@ class JobWorkflow:
         # A server without the attributes registered would fail every upsert: the API
         # started this workflow with them only where the server has them.
         self._searchable = sa.CLIENT in workflow.info().typed_search_attributes
-        self._local = workflow.patched(LOCAL_CONTROL_STEPS)
-        self._bounded = workflow.patched(BOUNDED_WAITS)
         try:
             result = await self._run(inp)
         except (asyncio.CancelledError, ActivityError, ApplicationError) as err:
@@ -276,7 +247,7 @@ class JobWorkflow:
             # A provider refused the job (e.g. its inputs changed in storage).
             return await self._close(inp, [], _reason(err))
 
-        if admitted.replicas <= 1 and workflow.patched(ADAPTIVE_CHECKS):
+        if admitted.replicas <= 1:
             check = await self._control(
                 c.PLAN_CHECK,
                 c.CheckRequest(inp.job_id, runs[0].alloc.provider_id, workflow.random().random()),
@@ -326,8 +297,6 @@ class JobWorkflow:
 
     def _bound_s(self, label: str) -> float:
         """How long this kind of run may wait for GPUs; 0: as long as it takes."""
-        if not self._bounded:
-            return 0.0
         if label == "check":
             return self._check_wait_s
         return self._replica_wait_s if label != "run" else 0.0
@@ -345,7 +314,7 @@ class JobWorkflow:
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             # The scheduler heartbeats each second it waits: a cancel reaches the try in
             # seconds (unset, heartbeats were throttled to 30 s, past the try's own end).
-            heartbeat_timeout=timedelta(seconds=ALLOCATE_HEARTBEAT_S) if self._bounded else None,
+            heartbeat_timeout=timedelta(seconds=ALLOCATE_HEARTBEAT_S),
         )
         bound = self._bound_s(label)
         if not bound:
@@ -410,33 +379,26 @@ class JobWorkflow:
         plan = await self._control(c.PREPARE_TRANSFERS, request, c.TransferPlan)
         try:
             self._step = "stage"
-            if not plan.inputs and workflow.patched(SKIP_EMPTY_STAGE):
+            if not plan.inputs:
                 staged = c.StageResult(0, 0)  # nothing to fetch: execute makes the work dir
             else:
                 staged = await self._gpu(
                     inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
                     c.StageResult, TRANSFER_S,
                 )
-            starting = [
+            # "Inputs staged" and "execution started" in one step: one round trip less.
+            await self._control(c.RECORD_JOB_STEPS, c.JobSteps([
                 c.JobStep(inp.job_id, "inputs_staged", pid, attempt, files=staged.files,
                           bytes=staged.bytes),
                 c.JobStep(inp.job_id, "execution_started", pid, attempt),
-            ]
-            if workflow.patched(ONE_START_STEP):  # one round trip less before the run starts
-                await self._control(c.RECORD_JOB_STEPS, c.JobSteps(starting))
-            else:
-                for step in starting:
-                    await self._step_done(step)
+            ]))
             self._step = "execute"
             run.started = workflow.now()
-            checkpoint = None
-            if plan.checkpoint is not None and workflow.patched(CHECKPOINTS):
-                checkpoint = plan.checkpoint
             executed = await self._gpu(
                 inp, pid, c.EXECUTE_JOB,
                 c.ExecuteRequest(
                     inp.job_id, attempt, plan.command, run.alloc.gpu_indexes, plan.timeout_s,
-                    plan.env, plan.image, plan.network, checkpoint,
+                    plan.env, plan.image, plan.network, plan.checkpoint,
                 ),
                 c.ExecuteResult, plan.timeout_s + 60.0,
                 # Never run a job twice on the same provider: a lost run is re-allocated.
@@ -471,11 +433,10 @@ class JobWorkflow:
 
     async def _release_run(self, inp: c.JobInput, run: Run) -> None:
         """A finished run holds no GPU while the job verifies, waits for a check, settles."""
-        if self._bounded:
-            await self._control(
-                c.RELEASE_RUN,
-                c.ReleaseRunRequest(inp.job_id, run.alloc.attempt, run.alloc.provider_id),
-            )
+        await self._control(
+            c.RELEASE_RUN,
+            c.ReleaseRunRequest(inp.job_id, run.alloc.attempt, run.alloc.provider_id),
+        )
 
     async def _step_done(self, step: c.JobStep) -> None:
         await self._control(c.RECORD_JOB_STEP, step)
@@ -573,32 +534,31 @@ class JobWorkflow:
         await self._control(
             c.FINISH_JOB, c.FinishRequest(inp.job_id, verdict.succeeded, verdict.reason)
         )
-        if workflow.patched(CANARIES):
-            # A known-answer canary may follow each provider whose run was accepted, at
-            # its canary rate; it runs on its own (abandoned) and never holds up the job.
-            trusted = _unique([r.alloc.provider_id for r in runs if r.executed is not None
-                               and r.purpose == "run" and r.alloc.attempt in accepted])
-            for pid in trusted:
-                try:
-                    plan = await self._control(
-                        c.PLAN_CANARY,
-                        c.CanaryRequest(inp.job_id, pid, workflow.random().random()),
-                        c.CanaryPlan,
+        # A known-answer canary may follow each provider whose run was accepted, at
+        # its canary rate; it runs on its own (abandoned) and never holds up the job.
+        trusted = _unique([r.alloc.provider_id for r in runs if r.executed is not None
+                           and r.purpose == "run" and r.alloc.attempt in accepted])
+        for pid in trusted:
+            try:
+                plan = await self._control(
+                    c.PLAN_CANARY,
+                    c.CanaryRequest(inp.job_id, pid, workflow.random().random()),
+                    c.CanaryPlan,
+                )
+                if plan.run:
+                    await workflow.start_child_workflow(
+                        c.CANARY_WORKFLOW,
+                        c.CanaryInput(inp.job_id, pid, plan.seed, plan.delay_s,
+                                      inp.gpu_heartbeat_timeout_s,
+                                      inp.gpu_schedule_to_start_timeout_s),
+                        id=c.canary_workflow_id(inp.job_id, pid),
+                        task_queue=workflow.info().task_queue,
+                        parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                     )
-                    if plan.run:
-                        await workflow.start_child_workflow(
-                            c.CANARY_WORKFLOW,
-                            c.CanaryInput(inp.job_id, pid, plan.seed, plan.delay_s,
-                                          inp.gpu_heartbeat_timeout_s,
-                                          inp.gpu_schedule_to_start_timeout_s),
-                            id=c.canary_workflow_id(inp.job_id, pid),
-                            task_queue=workflow.info().task_queue,
-                            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                        )
-                except (asyncio.CancelledError, ActivityError, WorkflowAlreadyStartedError) as err:
-                    if is_cancelled_exception(err):
-                        break  # the job has finished: a cancel now only stops the canaries
-                    workflow.logger.warning("no canary for %s: %s", pid, err)
+            except (asyncio.CancelledError, ActivityError, WorkflowAlreadyStartedError) as err:
+                if is_cancelled_exception(err):
+                    break  # the job has finished: a cancel now only stops the canaries
+                workflow.logger.warning("no canary for %s: %s", pid, err)
         self._step = "done"
         state = "SUCCEEDED" if verdict.succeeded else "FAILED"
         provider = held[0].alloc.provider_id if held else ""
