@@ -319,7 +319,7 @@ class ControlActivities:
         spec = JobSpec.model_validate(job.spec)
         primary = c.ReplicaReport(
             req.attempt, req.provider_id, 0, req.exit_code, req.timed_out, 0, req.manifest,
-            req.missing,
+            req.missing, refused=req.refused,
         )
         reports = [primary, *req.others]
         verdict, winner = judge(

@@ -245,10 +245,18 @@ class UploadRequest:
     pickup_timeout_s: float = 30.0
 
 
+# The most of a storage answer a provider may pass on for an output the store refused.
+MAX_REFUSAL_CHARS = 512
+
+
 @dataclass
 class UploadResult:
     manifest: list[ManifestEntry]
     missing: list[str]
+    # Outputs the storage refused (larger than one object may be, past the client's quota),
+    # with its answer: they are in `missing` too, so the run is judged and paid like any run
+    # with missing outputs, and the client is told why.
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -297,6 +305,7 @@ class ReplicaReport:
     manifest: list[ManifestEntry]
     missing: list[str]
     payer: str = "client"  # "network": a check the network added on its own
+    refused: dict[str, str] = field(default_factory=dict)  # UploadResult.refused
 
 
 @dataclass
@@ -309,6 +318,7 @@ class VerifyRequest:
     manifest: list[ManifestEntry]
     missing: list[str]
     others: list[ReplicaReport] = field(default_factory=list)  # more runs to compare with
+    refused: dict[str, str] = field(default_factory=dict)  # UploadResult.refused
 
 
 @dataclass

@@ -137,7 +137,7 @@ class Run:
         return c.ReplicaReport(
             self.alloc.attempt, self.alloc.provider_id, self.alloc.price_per_gpu_hour_micro,
             self.executed.exit_code, self.executed.timed_out, self.executed.gpu_ms,
-            self.uploaded.manifest, self.uploaded.missing, self.payer,
+            self.uploaded.manifest, self.uploaded.missing, self.payer, self.uploaded.refused,
         )
 
 
@@ -450,7 +450,7 @@ class JobWorkflow:
             c.VERIFY_JOB,
             c.VerifyRequest(
                 inp.job_id, first.attempt, first.provider_id, first.exit_code, first.timed_out,
-                first.manifest, first.missing, others,
+                first.manifest, first.missing, others, first.refused,
             ),
             c.Verdict,
         )

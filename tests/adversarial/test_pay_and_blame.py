@@ -1,0 +1,107 @@
+"""Who pays and who is blamed when a run goes wrong on purpose, against a real network: real
+Temporal, API, control worker, honest agents, and a rogue provider speaking the provider
+API by hand.
+
+`fair-a` (the cheaper) and `fair-b` are honest A100 agents of two owners; `rogue-p`, an H100
+of mallory's, is the cheapest of all, so every job that does not ask for an A100 goes to it
+first. Each test checks what the attacker wanted did not happen and what the network did
+instead: who was paid (the ledger), what outcome was recorded (the job's events).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.adversarial.rogue import Rogue, State
+from tests.e2e.network import Network, network
+
+pytestmark = pytest.mark.e2e
+
+SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
+  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
+EVENTS = "query($id: ID!) { job(id: $id) { events { type data } } }"
+MAX_OBJECT = 256 * 1024
+ROGUE_PRICE_MICRO = 500_000
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pay-and-blame")
+
+
+@pytest.fixture(scope="module")
+def net(home: Path, temporal_server: str) -> Iterator[Network]:
+    with network(home, temporal_server, [
+        ("fair-a", "1xA100:40", "1.0", []),
+        ("fair-b", "1xA100:40", "1.5", []),
+    ], {"GPGPU_MAX_OBJECT_BYTES": str(MAX_OBJECT), "GPGPU_CHECKPOINT_INTERVAL_S": "0.5"},
+            owners={"fair-b": "other-owner"}) as n:
+        yield n
+
+
+@pytest.fixture(scope="module")
+def rogue(net: Network) -> Iterator[Rogue]:
+    r = Rogue(net, "mallory", "rogue-p", ROGUE_PRICE_MICRO)
+    net.wait_providers_online(["rogue-p"])
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def state(home: Path) -> State:
+    return State(home)
+
+
+def submit(net: Network, client: str, **spec: Any) -> str:
+    body = {"name": "adv", "max_price_per_gpu_hour": "3", "timeout": "1m", **spec}
+    answer = net.gql(SUBMIT, client, s=body)["submitJob"]
+    assert answer["__typename"] == "JobSubmitted", answer
+    return str(answer["job"]["id"])
+
+
+def events(net: Network, client: str, job_id: str) -> list[dict[str, Any]]:
+    return list(net.gql(EVENTS, client, id=job_id)["job"]["events"])
+
+
+def outcomes(net: Network, client: str, job_id: str) -> dict[str, str]:
+    """provider -> the reputation outcome this job recorded for it."""
+    return {e["data"]["provider_id"]: e["data"]["outcome"]
+            for e in events(net, client, job_id) if e["type"] == "ReputationRecorded"}
+
+
+def ended(net: Network, client: str, job_id: str) -> dict[str, Any]:
+    job = net.wait_job(job_id, ("SUCCEEDED", "FAILED", "CANCELLED"), client, timeout_s=120)
+    # The job's last steps (reputation, release) are projected just after its end.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            e["type"] == "ReputationRecorded" for e in events(net, client, job_id)):
+        time.sleep(0.2)
+    return job
+
+
+def test_a_client_whose_output_the_store_refuses_still_pays_for_the_run(
+    net: Network, state: State
+) -> None:
+    """A job that writes an output past the per-object maximum makes its upload answer 413:
+    the client hoped the network would take that as the provider refusing the job, and pay
+    no one. The output counts as missing: the run is judged, and paid, like any run with
+    missing outputs, and the client is told why."""
+    job_id = submit(net, "stingy", command=f"head -c {MAX_OBJECT + 1} /dev/zero > out.bin",
+                    outputs=["out.bin"], resources={"gpu_model": "A100"})
+
+    job = ended(net, "stingy", job_id)
+
+    assert job["state"] == "FAILED", job
+    assert "declared outputs missing: out.bin" in job["reason"], job
+    assert "the most one object may hold" in job["reason"], job
+    assert int(job["costMicro"]) > 0, job
+    paid = state.transfers(f"pay:{job_id}:fair-a")
+    assert paid and paid[0] > 0, paid
+    assert outcomes(net, "stingy", job_id) == {"fair-a": "success"}
+    stored = net.http.get(f"/storage/{net.client_id('stingy')}", headers=net.headers("stingy"))
+    assert [o["key"] for o in stored.json()] == []
