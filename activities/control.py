@@ -193,7 +193,7 @@ class ControlActivities:
         # went back when it finished still counts, or a replica, tie-break or verifier could
         # land on another provider of the same account and agree with itself.
         ran = {pid for attempt, pid in job.allocations.items()
-               if attempt != req.attempt and f"ProviderLost:{attempt}" not in job.recorded}
+               if attempt != req.attempt and not job.ran_elsewhere(attempt)}
         excluded = set(req.excluded_provider_ids) | self.network.same_owner(ran)
         try:
             decision = self.scheduler.request(
@@ -308,6 +308,17 @@ class ControlActivities:
     def mark_provider_lost(self, req: c.ProviderLost) -> None:
         _live(self.network.job(req.job_id), "a provider's loss")
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
+
+    @activity.defn(name=c.RECORD_RUN_FAILED, no_thread_cancel_exception=True)
+    @_ours
+    @_busy
+    def record_run_failed(self, req: c.RunFailed) -> None:
+        _live(self.network.job(req.job_id), "a provider's failure")
+        try:
+            self.network.run_failed(req.job_id, req.attempt, req.provider_id, req.reason)
+        except DomainError as err:
+            raise _refuse(err) from err
+        self.scheduler.wake()
 
     @activity.defn(name=c.VERIFY_JOB, no_thread_cancel_exception=True)
     @_ours
@@ -432,8 +443,8 @@ class ControlActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.admit_job, self.allocate_gpus, self.prepare_transfers, self.record_job_step,
-            self.record_job_steps,
-            self.mark_provider_lost, self.verify_job, self.settle_job, self.record_reputation,
+            self.record_job_steps, self.mark_provider_lost, self.record_run_failed,
+            self.verify_job, self.settle_job, self.record_reputation,
             self.release_gpus, self.finish_job, self.plan_check, self.record_unplaced,
             self.release_run,
         ]

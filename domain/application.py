@@ -577,6 +577,19 @@ class Network(Application[Any]):
 
         self._save_retrying(attempt)
 
+    def run_failed(self, job_id: str, attempt_no: int, provider_id: str, reason: str) -> None:
+        """The provider failed its step with an error of its own: free its GPUs; the run goes
+        elsewhere (no outcome yet: JobWorkflow records it once another provider got through)."""
+
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            provider = self.provider(provider_id)
+            job.record_run_failed(attempt_no, provider_id, reason)
+            provider.release(job_id)
+            return None, [job, provider]
+
+        self._save_retrying(attempt)
+
     def record_verdict(
         self,
         job_id: str,

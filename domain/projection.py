@@ -54,6 +54,7 @@ JOB_STATE_AFTER: dict[str, str | None] = {
     "ExecutionFinished": "UPLOADING",
     "OutputsUploaded": "VERIFYING",
     "ProviderLost": "QUEUED",
+    "RunFailed": "QUEUED",
     "JobVerified": "SETTLING",
     "VerificationFailed": "SETTLING",
     "JobSettled": None,
@@ -381,7 +382,7 @@ class Projector:
                 changes["queued_position"] = job["queued_position"] = nid
         elif etype == "GpusAllocated":
             changes.update(provider_id=data["provider_id"], allocated_at=at)
-        elif etype == "ProviderLost":
+        elif etype in ("ProviderLost", "RunFailed"):
             changes.update(provider_id=None, allocated_at=None)
         elif etype in ("OutputsUploaded", "ResultAccepted"):
             # The latest upload until verification accepts one run's outputs as the job's.

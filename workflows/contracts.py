@@ -25,6 +25,8 @@ PREPARE_TRANSFERS = "prepare_transfers"
 RECORD_JOB_STEP = "record_job_step"
 RECORD_JOB_STEPS = "record_job_steps"
 MARK_PROVIDER_LOST = "mark_provider_lost"
+# A provider failed its GPU step with an error of its own: the run goes elsewhere.
+RECORD_RUN_FAILED = "record_run_failed"
 VERIFY_JOB = "verify_job"
 SETTLE_JOB = "settle_job"
 RECORD_REPUTATION = "record_reputation"
@@ -286,6 +288,14 @@ class JobSteps:
 
 @dataclass
 class ProviderLost:
+    job_id: str
+    attempt: int
+    provider_id: str
+    reason: str
+
+
+@dataclass
+class RunFailed:
     job_id: str
     attempt: int
     provider_id: str

@@ -69,6 +69,10 @@ class ProviderLostError(Exception):
     pass
 
 
+class ProviderFailed(Exception):
+    """A provider failed its GPU step with an error of its own (not a loss, not a cancel)."""
+
+
 class AllProvidersLost(Exception):
     pass
 
@@ -150,6 +154,7 @@ class JobWorkflow:
         self._attempts = 0
         self._runs: list[Run] = []  # every allocation that got GPUs, in order
         self._lost: list[str] = []
+        self._failed: list[str] = []  # providers that failed a step of theirs for this job
         self._check_wait_s = 0.0
         self._replica_wait_s = 0.0
         self._settlement: c.Settlement | None = None  # once SETTLE_JOB answered
@@ -177,7 +182,8 @@ class JobWorkflow:
     @workflow.query
     def progress(self) -> dict[str, Any]:
         live = [r.alloc.provider_id for r in self._runs if r.executed is None]
-        return {"step": self._step, "providers": live, "lost": list(self._lost)}
+        return {"step": self._step, "providers": live, "lost": list(self._lost),
+                "failed": list(self._failed)}
 
     async def _control(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
         """A short step on the stores, idempotent: retried as it is, even twice at once.
@@ -203,10 +209,18 @@ class JobWorkflow:
         retry: RetryPolicy = GPU_RETRY,
         cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
     ) -> T:
-        return await gpu_step(
-            provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
-            name, arg, result_type, run_for_s, retry, cancellation,
-        )
+        try:
+            return await gpu_step(
+                provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
+                name, arg, result_type, run_for_s, retry, cancellation,
+            )
+        except ActivityError as err:
+            if _is_provider_loss(err):
+                raise ProviderLostError(f"{provider_id} stopped answering during {name}") from err
+            if is_cancelled_exception(err) or _cancel_requested() or _ended(inp, err):
+                raise
+            # The provider's own error (the API refuses the control plane's error types).
+            raise ProviderFailed(f"{provider_id} failed its {name} step: {_reason(err)}") from err
 
     @workflow.run
     async def run(self, inp: c.JobInput) -> c.JobResult:
@@ -305,7 +319,7 @@ class JobWorkflow:
         busy = [r.alloc.provider_id for r in self._runs]
         handle = workflow.start_activity(
             c.ALLOCATE_GPUS,
-            c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + busy)),
+            c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + self._failed + busy)),
             task_queue=workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=QUEUE_RETRY,
@@ -346,12 +360,22 @@ class JobWorkflow:
         self, inp: c.JobInput, payer: str, purpose: str = "run", source_attempt: int = 0,
         label: str = "run",
     ) -> Run:
-        """Allocate, stage, execute, upload; on a lost provider, again elsewhere."""
+        """Allocate, stage, execute, upload; on a lost provider, or one that failed its step
+        with an error of its own, again elsewhere (at most max_provider_attempts in all)."""
+        failures: list[tuple[int, str, str]] = []  # (attempt, provider, why) of failed runs
         for _ in range(inp.max_provider_attempts):
             self._attempts += 1
             attempt = self._attempts
             self._step = "allocate"
-            alloc = await self._allocate(inp, attempt, label)
+            try:
+                # After a failure the run waits for another provider, but not for ever: the
+                # job may be what no provider can run (an input changed, an image missing).
+                alloc = await self._allocate(
+                    inp, attempt, "retry" if failures and label == "run" else label)
+            except Unplaced as unplaced:
+                if failures:
+                    raise Unplaced(f"{failures[-1][2]}; {unplaced}") from None
+                raise
             run = Run(alloc, payer, purpose)
             self._runs.append(run)
             try:
@@ -364,7 +388,26 @@ class JobWorkflow:
                 self._runs.remove(run)
                 self._lost.append(alloc.provider_id)
                 continue
+            except ProviderFailed as failed:
+                await self._control(
+                    c.RECORD_RUN_FAILED,
+                    c.RunFailed(inp.job_id, attempt, alloc.provider_id, str(failed)),
+                )
+                self._runs.remove(run)
+                self._failed.append(alloc.provider_id)
+                failures.append((attempt, alloc.provider_id, str(failed)))
+                continue
+            # Another provider got through where these failed: the failures were theirs, not
+            # the job's (a job no provider can run blames none of them).
+            for failed_attempt, provider_id, _ in failures:
+                await self._control(c.RECORD_REPUTATION, c.ReputationRequest(
+                    f"{inp.job_id}#{failed_attempt}", provider_id, "failure"))
             return run
+        if failures:
+            raise AllProvidersLost(
+                f"{len(failures)} providers failed the job and {len(self._lost)} were lost; "
+                f"the last: {failures[-1][2]}"
+            )
         raise AllProvidersLost(
             f"lost {len(self._lost)} providers in a row: {', '.join(self._lost)}"
         )
@@ -377,59 +420,54 @@ class JobWorkflow:
         if purpose != "run":
             request = c.AllocateRequest(inp.job_id, attempt, [], purpose, source_attempt)
         plan = await self._control(c.PREPARE_TRANSFERS, request, c.TransferPlan)
-        try:
-            self._step = "stage"
-            if not plan.inputs:
-                staged = c.StageResult(0, 0)  # nothing to fetch: execute makes the work dir
-            else:
-                staged = await self._gpu(
-                    inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
-                    c.StageResult, TRANSFER_S,
-                )
-            # "Inputs staged" and "execution started" in one step: one round trip less.
-            await self._control(c.RECORD_JOB_STEPS, c.JobSteps([
-                c.JobStep(inp.job_id, "inputs_staged", pid, attempt, files=staged.files,
-                          bytes=staged.bytes),
-                c.JobStep(inp.job_id, "execution_started", pid, attempt),
-            ]))
-            self._step = "execute"
-            run.started = workflow.now()
-            executed = await self._gpu(
-                inp, pid, c.EXECUTE_JOB,
-                c.ExecuteRequest(
-                    inp.job_id, attempt, plan.command, run.alloc.gpu_indexes, plan.timeout_s,
-                    plan.env, plan.image, plan.network, plan.checkpoint,
-                ),
-                c.ExecuteResult, plan.timeout_s + 60.0,
-                # Never run a job twice on the same provider: a lost run is re-allocated.
-                retry=RetryPolicy(maximum_attempts=1),
-                # On cancel, settle only once the process has really stopped.
-                cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        self._step = "stage"
+        if not plan.inputs:
+            staged = c.StageResult(0, 0)  # nothing to fetch: execute makes the work dir
+        else:
+            staged = await self._gpu(
+                inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
+                c.StageResult, TRANSFER_S,
             )
-            run.executed = executed
-            await self._step_done(c.JobStep(
-                inp.job_id, "execution_finished", pid, attempt, exit_code=executed.exit_code,
-                timed_out=executed.timed_out, gpu_ms=executed.gpu_ms, log_tail=executed.log_tail,
-            ))
-            if purpose != "run":
-                run.uploaded = c.UploadResult([], [])
-                await self._release_run(inp, run)
-                return
-            self._step = "upload"
-            uploaded = await self._gpu(
-                inp, pid, c.UPLOAD_OUTPUTS, c.UploadRequest(inp.job_id, attempt, plan.outputs),
-                c.UploadResult, TRANSFER_S,
-            )
-            run.uploaded = uploaded
-            await self._step_done(c.JobStep(
-                inp.job_id, "outputs_uploaded", pid, attempt,
-                manifest=uploaded.manifest, missing=uploaded.missing,
-            ))
+        # "Inputs staged" and "execution started" in one step: one round trip less.
+        await self._control(c.RECORD_JOB_STEPS, c.JobSteps([
+            c.JobStep(inp.job_id, "inputs_staged", pid, attempt, files=staged.files,
+                      bytes=staged.bytes),
+            c.JobStep(inp.job_id, "execution_started", pid, attempt),
+        ]))
+        self._step = "execute"
+        run.started = workflow.now()
+        executed = await self._gpu(
+            inp, pid, c.EXECUTE_JOB,
+            c.ExecuteRequest(
+                inp.job_id, attempt, plan.command, run.alloc.gpu_indexes, plan.timeout_s,
+                plan.env, plan.image, plan.network, plan.checkpoint,
+            ),
+            c.ExecuteResult, plan.timeout_s + 60.0,
+            # Never run a job twice on the same provider: a lost run is re-allocated.
+            retry=RetryPolicy(maximum_attempts=1),
+            # On cancel, settle only once the process has really stopped.
+            cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        run.executed = executed
+        await self._step_done(c.JobStep(
+            inp.job_id, "execution_finished", pid, attempt, exit_code=executed.exit_code,
+            timed_out=executed.timed_out, gpu_ms=executed.gpu_ms, log_tail=executed.log_tail,
+        ))
+        if purpose != "run":
+            run.uploaded = c.UploadResult([], [])
             await self._release_run(inp, run)
-        except ActivityError as err:
-            if _is_provider_loss(err):
-                raise ProviderLostError(f"{pid} stopped answering during {self._step}") from err
-            raise
+            return
+        self._step = "upload"
+        uploaded = await self._gpu(
+            inp, pid, c.UPLOAD_OUTPUTS, c.UploadRequest(inp.job_id, attempt, plan.outputs),
+            c.UploadResult, TRANSFER_S,
+        )
+        run.uploaded = uploaded
+        await self._step_done(c.JobStep(
+            inp.job_id, "outputs_uploaded", pid, attempt,
+            manifest=uploaded.manifest, missing=uploaded.missing,
+        ))
+        await self._release_run(inp, run)
 
     async def _release_run(self, inp: c.JobInput, run: Run) -> None:
         """A finished run holds no GPU while the job verifies, waits for a check, settles."""
@@ -656,7 +694,8 @@ def _result(inp: c.JobInput, ended: c.EndedJob) -> c.JobResult:
 
 def _unplaced_reason(label: str, bound_s: float) -> str:
     what = {"check": "the network's check", "replica": "a replica",
-            "tie-break": "the tie-break", "verifier": "the verifier"}.get(label, "a run")
+            "tie-break": "the tie-break", "verifier": "the verifier",
+            "retry": "the run, once a provider failed it,"}.get(label, "a run")
     return f"{what} found no independent provider within {bound_s:g} s"
 
 

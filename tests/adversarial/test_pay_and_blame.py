@@ -27,6 +27,7 @@ SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
 EVENTS = "query($id: ID!) { job(id: $id) { events { type data } } }"
 MAX_OBJECT = 256 * 1024
 ROGUE_PRICE_MICRO = 500_000
+RETRY_WAIT_S = 15
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def net(home: Path, temporal_server: str) -> Iterator[Network]:
     with network(home, temporal_server, [
         ("fair-a", "1xA100:40", "1.0", []),
         ("fair-b", "1xA100:40", "1.5", []),
-    ], {"GPGPU_MAX_OBJECT_BYTES": str(MAX_OBJECT), "GPGPU_CHECKPOINT_INTERVAL_S": "0.5"},
+    ], {"GPGPU_MAX_OBJECT_BYTES": str(MAX_OBJECT), "GPGPU_CHECKPOINT_INTERVAL_S": "0.5",
+        # A run a provider failed waits this long for another (then the job fails).
+        "GPGPU_REPLICA_WAIT_S": str(RETRY_WAIT_S)},
             owners={"fair-b": "other-owner"}) as n:
         yield n
 
@@ -105,3 +108,54 @@ def test_a_client_whose_output_the_store_refuses_still_pays_for_the_run(
     assert outcomes(net, "stingy", job_id) == {"fair-a": "success"}
     stored = net.http.get(f"/storage/{net.client_id('stingy')}", headers=net.headers("stingy"))
     assert [o["key"] for o in stored.json()] == []
+
+
+def test_a_provider_that_fails_its_stage_step_is_blamed_and_the_job_goes_elsewhere(
+    net: Network, rogue: Rogue, state: State
+) -> None:
+    """mallory takes the job, fails its stage step with an error of its own ("disk full"),
+    and hoped the job would end FAILED with no outcome recorded against it. The run goes to
+    another provider; once that one got through, the failure is mallory's."""
+    net.put("refused", "inputs/in.txt", b"some input\n")
+    job_id = submit(net, "refused", command="cat in.txt > out.txt", outputs=["out.txt"],
+                    inputs=[{"key": "inputs/in.txt", "name": "in.txt"}])
+    stage = rogue.take("stage_inputs")
+    r = rogue.call("fail", stage["assignmentId"],
+                   {"message": "disk full", "type": "ProviderError", "nonRetryable": True})
+    assert r.status_code == 200, r.text
+
+    job = ended(net, "refused", job_id)
+
+    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-a", job
+    failed = [e["data"] for e in events(net, "refused", job_id) if e["type"] == "RunFailed"]
+    assert [(f["attempt"], f["provider_id"]) for f in failed] == [(1, "rogue-p")], failed
+    assert "disk full" in failed[0]["reason"], failed
+    assert outcomes(net, "refused", job_id) == {"rogue-p": "failure", "fair-a": "success"}
+    assert state.transfers(f"pay:{job_id}:rogue-p") == []
+    assert state.transfers(f"pay:{job_id}:fair-a")
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", "refused",
+                  id=job_id)["job"]["outputs"]
+    assert net.get("refused", got[0]["key"]) == b"some input\n"
+
+
+def test_a_job_no_provider_can_run_fails_refunded_and_blames_no_provider(
+    net: Network, state: State
+) -> None:
+    """The client changes its input after submitting: every provider refuses it (the grant
+    names the bytes pinned at submission). Each failure re-places the run; none got
+    through, so no provider is blamed, and the job fails refunded, saying why."""
+    net.put("changer", "inputs/in.txt", b"as submitted\n")
+    job_id = submit(net, "changer", command="cat in.txt > out.txt", outputs=["out.txt"],
+                    inputs=[{"key": "inputs/in.txt", "name": "in.txt"}],
+                    resources={"gpu_model": "A100"})
+    net.put("changer", "inputs/in.txt", b"changed after submission\n")
+
+    job = ended(net, "changer", job_id)
+
+    assert job["state"] == "FAILED" and int(job["costMicro"]) == 0, job
+    assert "in.txt" in job["reason"] and "once a provider failed it" in job["reason"], job
+    seen = events(net, "changer", job_id)
+    assert {e["data"]["provider_id"] for e in seen if e["type"] == "RunFailed"} == {
+        "fair-a", "fair-b"}
+    assert outcomes(net, "changer", job_id) == {}
+    assert not state.transfers(f"pay:{job_id}:fair-a") + state.transfers(f"pay:{job_id}:fair-b")
