@@ -25,7 +25,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
-from infra.devstack import free_port, start_listening, temporal_dev_args
+from ops.devstack import free_port, start_listening, temporal_dev_args
 from tests.e2e.network import Network, network
 from workflows.contracts import job_workflow_id
 from workflows.job import JobWorkflow
