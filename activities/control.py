@@ -386,7 +386,8 @@ class ControlActivities:
         try:
             if req.payments is not None:
                 payments = [
-                    Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer)
+                    Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer,
+                            p.withheld)
                     for p in req.payments
                 ]
                 s = self.network.settle_many(req.job_id, payments, self.settings.protocol_fee_bps)

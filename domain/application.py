@@ -104,6 +104,9 @@ class Payment:
     gpu_ms: int
     price_micro: int
     payer: str = "client"  # "client": a run it asked for; "network": a check the network added
+    # The client pays for the run's GPU time but its provider is not paid: the network keeps
+    # it (a timed-out run with no outputs that nothing checked; JobWorkflow decides).
+    withheld: bool = False
 
 
 @dataclass(frozen=True)
@@ -645,6 +648,12 @@ class Network(Application[Any]):
                                   f"check:{job_id}:{p.provider_id}", cost, "verification run"))
                     continue
                 cost = min(cost, held - charged)
+                if p.withheld:
+                    charged, fee = charged + cost, fee + cost
+                    moves.append((escrow_account(job_id), FEES,
+                                  f"withheld:{job_id}:{p.provider_id}", cost,
+                                  "GPU time of a timed-out run with no outputs, not paid"))
+                    continue
                 cut = cost * fee_bps // 10_000
                 charged, fee, paid = charged + cost, fee + cut, paid + cost - cut
                 moves.append((escrow_account(job_id), provider_account(p.provider_id),

@@ -360,6 +360,9 @@ class PaymentLine:
     gpu_ms: int
     price_per_gpu_hour_micro: int
     payer: str = "client"
+    # Charged to the payer, not paid to the provider (the network keeps it): a timed-out
+    # run with no outputs that nothing checked, whose window its provider chose.
+    withheld: bool = False
 
 
 @dataclass

@@ -531,25 +531,17 @@ class JobWorkflow:
         held = [r for r in self._runs if r not in runs] + runs
         self._step = "settle"
         accepted = set(verdict.accepted_attempts)
-        if len(runs) == 1 and not verdict.accepted_attempts and verdict.accepted:
-            accepted = {runs[0].alloc.attempt}  # an answer from before replicas existed
-        if len(runs) <= 1 and all(r.payer == "client" for r in runs):
-            # One run: the settlement as it was first written (replays of old histories).
-            only = held[0].alloc if held else None
-            gpu_ms = runs[0].executed.gpu_ms if runs and runs[0].executed else 0
-            request = c.SettleRequest(
-                inp.job_id, only.provider_id if only else "", gpu_ms,
-                only.price_per_gpu_hour_micro if only else 0, verdict.accepted and bool(runs),
-            )
-        else:
-            # Paid: every run whose result was accepted, and the verifier's run.
-            request = c.SettleRequest(inp.job_id, "", 0, 0, False, payments=[
-                c.PaymentLine(r.alloc.provider_id, r.executed.gpu_ms,
-                              r.alloc.price_per_gpu_hour_micro, r.payer)
-                for r in runs
-                if r.executed is not None
-                and (r.alloc.attempt in accepted or r.purpose == "verify")
-            ])
+        unproven = {r.alloc.attempt for r in runs if _unproven_timeout(r, runs)}
+        # Paid: every run whose result was accepted, and the verifier's run; an unproven
+        # timeout is charged all the same, but its provider is not paid for it.
+        request = c.SettleRequest(inp.job_id, "", 0, 0, False, payments=[
+            c.PaymentLine(r.alloc.provider_id, r.executed.gpu_ms,
+                          r.alloc.price_per_gpu_hour_micro, r.payer,
+                          withheld=r.alloc.attempt in unproven)
+            for r in runs
+            if r.executed is not None
+            and (r.alloc.attempt in accepted or r.purpose == "verify")
+        ])
         self._settle_request = request
         settlement = await self._control(c.SETTLE_JOB, request, c.Settlement)
         self._settlement = settlement
@@ -558,7 +550,9 @@ class JobWorkflow:
         for r in runs:
             if r.executed is None:
                 continue
-            if len(runs) == 1:
+            if r.alloc.attempt in unproven:
+                outcome = "timeout"
+            elif len(runs) == 1:
                 outcome = "success" if verdict.accepted else "mismatch"
             else:
                 outcome = "mismatch" if r.alloc.attempt in mismatched else "success"
@@ -701,6 +695,17 @@ def _unplaced_reason(label: str, bound_s: float) -> str:
 
 def _unique(ids: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
+
+
+def _unproven_timeout(run: Run, runs: list[Run]) -> bool:
+    """A run that timed out with no output, and that no other run of the job checked: the
+    window it would be paid for is one its provider chose (heartbeating without running,
+    then reporting a timeout), and nothing shows work was done. The client pays for it all
+    the same (its job was given the GPUs; so a client gains nothing from a job that never
+    ends), the provider is not paid, and it is recorded as a `timeout`."""
+    ran = [r for r in runs if r.purpose == "run"]
+    return (len(ran) == 1 and ran[0] is run and run.executed is not None and run.executed.timed_out
+            and run.uploaded is not None and not run.uploaded.manifest)
 
 
 def _outcome_key(job_id: str, run: Run, runs: list[Run]) -> str:

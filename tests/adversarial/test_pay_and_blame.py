@@ -159,3 +159,38 @@ def test_a_job_no_provider_can_run_fails_refunded_and_blames_no_provider(
         "fair-a", "fair-b"}
     assert outcomes(net, "changer", job_id) == {}
     assert not state.transfers(f"pay:{job_id}:fair-a") + state.transfers(f"pay:{job_id}:fair-b")
+
+
+def test_a_provider_that_heartbeats_then_reports_a_timeout_with_no_outputs_is_not_paid(
+    net: Network, rogue: Rogue, state: State
+) -> None:
+    """mallory takes the job, heartbeats without running it, then reports a timeout with
+    every output missing, to be paid for a window it chose. Nothing checked the run and
+    nothing shows work: the client pays (so it gains nothing from a job that never ends),
+    mallory is not paid, and the run is recorded as a timeout."""
+    # Priced so that only mallory fits (its failure above made the others more attractive).
+    job_id = submit(net, "timed", command="sleep 1; echo done > out.txt", outputs=["out.txt"],
+                    max_price_per_gpu_hour="0.9")
+    execute = rogue.take("execute_job")
+    aid = execute["assignmentId"]
+    for _ in range(3):
+        assert rogue.call("heartbeat", aid, {"details": {}}).json() == {"cancel": False}
+        time.sleep(1.0)
+    r = rogue.call("complete", aid, {"result": {
+        "exit_code": None, "timed_out": True, "wall_ms": 60_000, "gpu_ms": 60_000,
+        "log_tail": "killed at the timeout"}})
+    assert r.status_code == 200, r.text
+    upload = rogue.take("upload_outputs")
+    r = rogue.call("complete", upload["assignmentId"],
+                   {"result": {"manifest": [], "missing": ["out.txt"]}})
+    assert r.status_code == 200, r.text
+
+    job = ended(net, "timed", job_id)
+
+    assert job["state"] == "FAILED" and "timed out" in job["reason"], job
+    assert state.transfers(f"pay:{job_id}:rogue-p") == []
+    withheld = state.transfers(f"withheld:{job_id}:rogue-p")
+    one_second = ROGUE_PRICE_MICRO / 3600
+    assert withheld and 2 * one_second < withheld[0] < 10 * one_second, withheld  # the window
+    assert int(job["costMicro"]) == withheld[0], job
+    assert outcomes(net, "timed", job_id) == {"rogue-p": "timeout"}
