@@ -262,7 +262,7 @@ class ControlActivities:
             # keeps a checkpoint, and a run after a lost provider starts from the last one.
             checkpoint = _checkpoint_plan(
                 self.store, self.settings, grants, job.allocations, req,
-                {i.name for i in inputs},
+                {i.name for i in inputs}, self.network.same_owner({provider_id}),
             )
             inputs += [
                 c.InputTransfer(f"{CHECKPOINT_DIR}/{e.path}", grants.get(e.key, e.sha256, e.size),
@@ -501,9 +501,13 @@ def checkpoint_slot_key(job_id: str, attempt: int, slot: int) -> str:
 
 def _checkpoint_plan(
     store: ObjectStore, settings: Settings, grants: Grants, allocations: dict[int, str],
-    req: c.AllocateRequest, taken: set[str],
+    req: c.AllocateRequest, taken: set[str], kin: set[str],
 ) -> c.CheckpointPlan:
-    """Grants for this run's checkpoint and, after a lost run, the last one to resume."""
+    """Grants for this run's checkpoint and, after a lost run, the last one to resume.
+
+    Only a checkpoint that a provider of this run's owner (`kin`: its providers) wrote is
+    resumed: another owner's lost provider could have uploaded anything through its own
+    grants, and this run's result, judged as its provider's, would be what it planted."""
     manifest_key = checkpoint_manifest_key(req.job_id, req.attempt)
     slots = []
     for n in range(2 * settings.checkpoint_max_files):
@@ -515,6 +519,10 @@ def _checkpoint_plan(
     # run's own grants (no client writes under jobs/): the first attempt has none.
     for earlier in range(req.attempt - 1, 0, -1):
         if earlier not in allocations:
+            continue
+        if allocations[earlier] not in kin:
+            log.info("job %s: attempt %d does not resume the checkpoint of attempt %d "
+                     "(another owner's provider)", req.job_id, req.attempt, earlier)
             continue
         try:
             resumed = _checkpoint_of(store, settings, grants.client_id, req.job_id, earlier)

@@ -10,11 +10,14 @@ instead: who was paid (the ledger), what outcome was recorded (the job's events)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.adversarial.rogue import Rogue, State
@@ -194,3 +197,48 @@ def test_a_provider_that_heartbeats_then_reports_a_timeout_with_no_outputs_is_no
     assert withheld and 2 * one_second < withheld[0] < 10 * one_second, withheld  # the window
     assert int(job["costMicro"]) == withheld[0], job
     assert outcomes(net, "timed", job_id) == {"rogue-p": "timeout"}
+
+
+def test_a_lost_providers_checkpoint_does_not_decide_another_owners_run(
+    net: Network, state: State
+) -> None:
+    """trudy's provider takes a job that checkpoints, uploads through its own grants a
+    checkpoint saying the work is done, and stops answering. The next provider (another
+    owner's) would resume from it, and its result, judged as its own, would be trudy's
+    plant. It runs from scratch: only a checkpoint of the same owner's providers is resumed
+    (tests/e2e/test_checkpoint_resume.py has one resumed)."""
+    trudy = Rogue(net, "trudy", "rogue-q", 100_000)  # fresh: the most attractive provider
+    try:
+        net.wait_providers_online(["rogue-q"])
+        job_id = submit(net, "resumer", outputs=["out.txt"], command=(
+            'echo "from $(cat "$GPGPU_CHECKPOINT_DIR/n" 2>/dev/null || echo 0)" > out.txt'))
+        execute = trudy.take("execute_job")
+        plan = execute["request"]["checkpoint"]
+        planted = b"999\n"
+        slot = plan["slots"][0]
+        r = httpx.put(slot["url"], content=planted,
+                      headers={"X-Sha256": hashlib.sha256(planted).hexdigest()})
+        assert r.status_code == 200, r.text
+        manifest = json.dumps({"job_id": job_id, "attempt": 1, "files": [
+            {"path": "n", "key": slot["key"], "sha256": hashlib.sha256(planted).hexdigest(),
+             "size": len(planted)}]}).encode()
+        r = httpx.put(plan["manifest_url"], content=manifest,
+                      headers={"X-Sha256": hashlib.sha256(manifest).hexdigest()})
+        assert r.status_code == 200, r.text
+        # ... and no heartbeat: the step times out, rogue-q is lost.
+
+        job = ended(net, "resumer", job_id)
+    finally:
+        trudy.close()
+
+    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-a", job
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", "resumer",
+                  id=job_id)["job"]["outputs"]
+    assert net.get("resumer", got[0]["key"]) == b"from 0\n"  # not trudy's "999"
+    seen = events(net, "resumer", job_id)
+    lost = [e["data"]["provider_id"] for e in seen if e["type"] == "ProviderLost"]
+    assert lost == ["rogue-q"], seen
+    finished = next(e["data"] for e in seen if e["type"] == "ExecutionFinished")
+    assert "started from the checkpoint" not in finished["log_tail"], finished
+    assert outcomes(net, "resumer", job_id) == {"fair-a": "success"}
+    assert state.transfers(f"pay:{job_id}:rogue-q") == []
