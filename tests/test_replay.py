@@ -1,9 +1,10 @@
 """Committed JobWorkflow histories replay against today's code without nondeterminism.
 
-The histories are recorded on a real network by `python -m tests.replay.record` (one per
-scenario: success, failure, the network's check, replicas, a verifier, a cancel, a lost
-provider). Replay would notice a change of what the workflow does: the last test changes
-one step's name and sees every history refuse it.
+The histories are recorded on a real network by `python -m tests.replay.record`, one per
+scenario: success, failure, the network's check, replicas, a verifier, a cancel, a timeout
+with no output, providers failing their stage step, a lost provider. Replay would notice a
+change of what the workflow does: the last test changes one step's name and sees every
+history refuse it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ async def test_history_replays(path: Path) -> None:
 
 
 def test_there_are_histories() -> None:
-    assert len(HISTORIES) >= 7, "record them: python -m tests.replay.record"
+    assert len(HISTORIES) >= 9, "record them: python -m tests.replay.record"
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

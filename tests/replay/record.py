@@ -37,6 +37,8 @@ SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
 CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { state } }"
 # rec-a is the cheapest: every first run lands there. rec-b (another owner) takes what must
 # be on a distinct owner (replicas, the network's check); rec-c is rec-a's owner's second.
+# (Scenarios: success, failure, the network's check, replicas, a verifier, a cancel, a
+# timeout with no output, providers failing their step, a lost provider.)
 PROVIDERS: list[tuple[str, str, str, list[str]]] = [
     ("rec-a", "1xH100:80", "1.0", []),
     ("rec-b", "1xH100:80", "2.0", []),
@@ -49,6 +51,7 @@ ENV = {
     # Patient with a loaded machine, but a killed provider is found lost within seconds.
     "GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "5",
     "GPGPU_GPU_SCHEDULE_TO_START_TIMEOUT_S": "20",
+    "GPGPU_REPLICA_WAIT_S": "10",  # how long a run a provider failed waits for another
 }
 COUNTER = (  # counts to 8, a step a second, checkpointing each step
     'd="$GPGPU_CHECKPOINT_DIR"; i=$(cat "$d/n" 2>/dev/null || echo 0); '
@@ -118,6 +121,24 @@ def cancelled(net: Network) -> str:
     return job_id
 
 
+def timed_out(net: Network) -> str:
+    """Times out with no output, and nothing checked it: charged, its provider not paid."""
+    job_id = submit(net, spec("slow", "sleep 100", outputs=["never.txt"], timeout=3))
+    ended(net, job_id, "FAILED")
+    return job_id
+
+
+def input_changed(net: Network) -> str:
+    """The client changes its input after submitting: each provider fails its stage step
+    (RunFailed), the run goes to the next, and with none left the job fails refunded."""
+    net.put(CLIENT, "inputs/pinned.txt", b"as submitted\n")
+    job_id = submit(net, spec("changed", "cat pinned.txt",
+                              inputs=[{"key": "inputs/pinned.txt", "name": "pinned.txt"}]))
+    net.put(CLIENT, "inputs/pinned.txt", b"changed after submission\n")
+    ended(net, job_id, "FAILED")
+    return job_id
+
+
 def provider_lost(net: Network) -> str:
     """rec-a is killed while it runs the job (having checkpointed a few steps): the run
     goes to another provider. Last: rec-a stays down."""
@@ -138,6 +159,8 @@ SCENARIOS: dict[str, Callable[[Network], str]] = {
     "replicas": replicas,
     "verifier": verifier,
     "cancelled": cancelled,
+    "timed_out": timed_out,
+    "input_changed": input_changed,
     "provider_lost": provider_lost,
 }
 
