@@ -6,7 +6,10 @@ queue (`control` unless configured otherwise); stage, execute and upload run
 there too, as assignments the allocated provider takes from the API. A provider
 that stops heartbeating (or never picks its work up) is marked lost and that run
 goes back to allocation without it; the next attempt starts from the checkpoint
-the job last wrote, if any (worker_gpu/checkpoint.py).
+the job last wrote on a provider of the same owner, if any (worker_gpu/checkpoint.py).
+A provider that fails its step with an error of its own is treated alike (RunFailed),
+and blamed (`failure`) once another provider got through. A run that timed out with
+no output, unchecked, is charged but not paid to its provider (`timeout`).
 
 Verification: every run's manifest is checked against storage. A client may ask
 for k replicas on distinct providers (a majority of matching outputs decides;
@@ -258,7 +261,8 @@ class JobWorkflow:
         except ActivityError as err:
             if is_cancelled_exception(err) or _ended(inp, err) is not None:
                 raise
-            # A provider refused the job (e.g. its inputs changed in storage).
+            # A control step refused the job for good (an input not pinned at submission).
+            # A provider's own failure never arrives here: its run goes elsewhere (_one_run).
             return await self._close(inp, [], _reason(err))
 
         if admitted.replicas <= 1:
