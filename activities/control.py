@@ -194,7 +194,7 @@ class ControlActivities:
         # went back when it finished still counts, or a replica, tie-break or verifier could
         # land on another provider of the same account and agree with itself.
         ran = {pid for attempt, pid in job.allocations.items()
-               if attempt != req.attempt and f"ProviderLost:{attempt}" not in job.recorded}
+               if attempt != req.attempt and not job.ran_elsewhere(attempt)}
         excluded = set(req.excluded_provider_ids) | self.network.same_owner(ran)
         try:
             decision = self.scheduler.request(
@@ -262,7 +262,7 @@ class ControlActivities:
             # keeps a checkpoint, and a run after a lost provider starts from the last one.
             checkpoint = _checkpoint_plan(
                 self.store, self.settings, grants, job.allocations, req,
-                {i.name for i in inputs},
+                {i.name for i in inputs}, self.network.same_owner({provider_id}),
             )
             inputs += [
                 c.InputTransfer(f"{CHECKPOINT_DIR}/{e.path}", grants.get(e.key, e.sha256, e.size),
@@ -310,6 +310,17 @@ class ControlActivities:
         _live(self.network.job(req.job_id), "a provider's loss")
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
 
+    @activity.defn(name=c.RECORD_RUN_FAILED, no_thread_cancel_exception=True)
+    @_ours
+    @_busy
+    def record_run_failed(self, req: c.RunFailed) -> None:
+        _live(self.network.job(req.job_id), "a provider's failure")
+        try:
+            self.network.run_failed(req.job_id, req.attempt, req.provider_id, req.reason)
+        except DomainError as err:
+            raise _refuse(err) from err
+        self.scheduler.wake()
+
     @activity.defn(name=c.VERIFY_JOB, no_thread_cancel_exception=True)
     @_ours
     @_busy
@@ -320,7 +331,7 @@ class ControlActivities:
         spec = JobSpec.model_validate(job.spec)
         primary = c.ReplicaReport(
             req.attempt, req.provider_id, 0, req.exit_code, req.timed_out, 0, req.manifest,
-            req.missing,
+            req.missing, refused=req.refused,
         )
         reports = [primary, *req.others]
         verdict, winner = judge(
@@ -375,7 +386,8 @@ class ControlActivities:
         try:
             if req.payments is not None:
                 payments = [
-                    Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer)
+                    Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer,
+                            p.withheld)
                     for p in req.payments
                 ]
                 s = self.network.settle_many(req.job_id, payments, self.settings.protocol_fee_bps)
@@ -433,8 +445,8 @@ class ControlActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.admit_job, self.allocate_gpus, self.prepare_transfers, self.record_job_step,
-            self.record_job_steps,
-            self.mark_provider_lost, self.verify_job, self.settle_job, self.record_reputation,
+            self.record_job_steps, self.mark_provider_lost, self.record_run_failed,
+            self.verify_job, self.settle_job, self.record_reputation,
             self.release_gpus, self.finish_job, self.plan_check, self.record_unplaced,
             self.release_run,
         ]
@@ -489,9 +501,13 @@ def checkpoint_slot_key(job_id: str, attempt: int, slot: int) -> str:
 
 def _checkpoint_plan(
     store: ObjectStore, settings: Settings, grants: Grants, allocations: dict[int, str],
-    req: c.AllocateRequest, taken: set[str],
+    req: c.AllocateRequest, taken: set[str], kin: set[str],
 ) -> c.CheckpointPlan:
-    """Grants for this run's checkpoint and, after a lost run, the last one to resume."""
+    """Grants for this run's checkpoint and, after a lost run, the last one to resume.
+
+    Only a checkpoint that a provider of this run's owner (`kin`: its providers) wrote is
+    resumed: another owner's lost provider could have uploaded anything through its own
+    grants, and this run's result, judged as its provider's, would be what it planted."""
     manifest_key = checkpoint_manifest_key(req.job_id, req.attempt)
     slots = []
     for n in range(2 * settings.checkpoint_max_files):
@@ -503,6 +519,10 @@ def _checkpoint_plan(
     # run's own grants (no client writes under jobs/): the first attempt has none.
     for earlier in range(req.attempt - 1, 0, -1):
         if earlier not in allocations:
+            continue
+        if allocations[earlier] not in kin:
+            log.info("job %s: attempt %d does not resume the checkpoint of attempt %d "
+                     "(another owner's provider)", req.job_id, req.attempt, earlier)
             continue
         try:
             resumed = _checkpoint_of(store, settings, grants.client_id, req.job_id, earlier)

@@ -237,6 +237,9 @@ class ManifestOut(_Strict):
 class UploadOut(_Strict):
     manifest: list[ManifestOut] = Field(max_length=1024)
     missing: list[str] = Field(max_length=1024)
+    # Outputs the store refused, with its answer (each also in `missing`).
+    refused: dict[str, Annotated[str, Field(max_length=c.MAX_REFUSAL_CHARS)]] = Field(
+        default_factory=dict, max_length=1024)
 
 
 class CompleteBody(_Strict):
@@ -288,9 +291,12 @@ def _result(a: Assignment, data: dict[str, Any], received_at: float) -> Any:
             raise HTTPException(400, f"result.missing: {p!r} was not asked for (or is "
                                      "reported twice)")
         seen.add(p)
+    for p in up.refused:
+        if p not in up.missing:
+            raise HTTPException(400, f"result.refused: {p!r} is not reported missing")
     return c.UploadResult(
         [c.ManifestEntry(m.path, m.key, m.sha256, m.size) for m in up.manifest],
-        list(up.missing),
+        list(up.missing), dict(up.refused),
     )
 
 

@@ -70,8 +70,9 @@ def run_refusal(services: Services, grant: Grant) -> str | None:
         return f"job {grant.job_id} has ended ({job.state})"
     if job.allocations.get(grant.attempt) != grant.provider_id:
         return f"attempt {grant.attempt} of job {grant.job_id} is not {grant.provider_id}'s"
-    if f"ProviderLost:{grant.attempt}" in job.recorded:
-        return f"attempt {grant.attempt} of job {grant.job_id} has ended (its provider was lost)"
+    if job.ran_elsewhere(grant.attempt):
+        return (f"attempt {grant.attempt} of job {grant.job_id} has ended (its provider was "
+                "lost or failed it)")
     if grant.method == "PUT" and f"outputs_uploaded:{grant.attempt}" in job.recorded:
         return f"attempt {grant.attempt} of job {grant.job_id} has reported its outputs"
     return None

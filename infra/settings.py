@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     # before it is skipped (CheckSkipped) and the job settles on the checks it had.
     check_wait_s: float = Field(default=60.0, gt=0, le=3600)
     # How long a client's further replica, tie-break or verifier run waits for GPUs once
-    # the job holds GPUs (or has finished runs): then the job fails, its escrow refunded.
+    # the job holds GPUs (or has finished runs), and a run that a provider failed waits for
+    # another: then the job fails, its escrow refunded.
     replica_wait_s: float = Field(default=300.0, gt=0, le=86400)
     # How often the control worker looks for jobs whose workflow closed without ending
     # them (an operator's `temporal workflow terminate`) and ends them, refunded.

@@ -327,6 +327,7 @@ JOB_CHANGES: dict[str, JobChange] = {
     "JobQueued": _queued,
     "GpusAllocated": lambda _, e: {"provider_id": e.data["provider_id"], "allocated_at": e.at},
     "ProviderLost": lambda _, e: {"provider_id": None, "allocated_at": None},
+    "RunFailed": lambda _, e: {"provider_id": None, "allocated_at": None},
     "OutputsUploaded": _outputs,
     "ResultAccepted": _accepted,
     "JobSettled": lambda _, e: {"cost_micro": e.data["charged_micro"]},

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from domain.application import Network
+from domain.application import Network, Payment
 from domain.errors import InsufficientFunds, InvalidAmount
 from domain.ledger import EXTERNAL, FEES, Account, transfer
 from tests.domain.support import (
@@ -215,4 +215,28 @@ def test_two_jobs_two_clients_still_sum_to_zero(app: Network) -> None:
     assert app.balance("client:bob") == START
     assert app.balance(FEES) == FEE
     assert app.balance(EXTERNAL) == -2 * START
+    assert total_of_all_balances(app) == 0
+
+
+def test_a_withheld_payment_charges_the_client_and_pays_the_network_not_the_provider(
+    app: Network,
+) -> None:
+    """A timed-out run with no outputs that nothing checked (JobWorkflow): the client pays
+    for the window, the provider gets nothing, the network keeps it; a retry changes nothing."""
+    commands = dict(lifecycle_commands(app, succeed=False))
+    for name in ("open_client", "submit_job", "admit_job", "register_provider", "allocate"):
+        commands[name]()
+    names = Names()
+    withheld = [Payment(names.provider, GPU_MS, PRICE, withheld=True)]
+    fees_before = app.balance(FEES)
+
+    figures = app.settle_many(names.job, withheld, FEE_BPS)
+    again = app.settle_many(names.job, withheld, FEE_BPS)
+
+    assert figures == again
+    assert figures.charged_micro == CHARGED and figures.provider_paid_micro == 0
+    assert figures.fee_micro == CHARGED and figures.refunded_micro == MAX_COST - CHARGED
+    assert app.balance(f"provider:{names.provider}") == 0
+    assert app.balance(FEES) - fees_before == CHARGED
+    assert app.balance(f"client:{names.client}") == START - CHARGED
     assert total_of_all_balances(app) == 0
