@@ -985,7 +985,8 @@ def _with_temporal(work: Callable[[Any], Any]) -> Any:
 
     async def run() -> Any:
         client = await Client.connect(settings.temporal_address,
-                                      namespace=settings.temporal_namespace)
+                                      namespace=settings.temporal_namespace,
+                                      data_converter=settings.temporal_converter())
         return await work(client)
 
     try:

@@ -139,7 +139,9 @@ def test_a_job_resumes_from_its_checkpoint_on_another_provider(net: Network) -> 
             for payload in payloads.payloads
         ]
         assert any(b'"checkpoints"' in data for data in patches), patches
-        result = await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
+        result = await Replayer(
+            workflows=[JobWorkflow], data_converter=net.stack.settings.temporal_converter()
+        ).replay_workflow(history)
         assert result.replay_failure is None
 
     asyncio.run(replay())
