@@ -9,7 +9,7 @@ the old ones until no open workflow's history was written with them).
 
 Decoding passes a payload that is not `binary/encrypted` through unchanged: histories
 written before the codec (committed replay fixtures, workflows open at the upgrade) still
-replay. The codec is for secrecy; who may run a control step is `_ours`'s concern
+replay. The codec is for secrecy; who may run a control step is activities/guard.py's concern
 (activities/control.py).
 """
 

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     # Storage grants (infra/signing.py) expire within this many seconds; the storage
     # endpoint refuses one whose deadline is further away, whatever its signature. A run
-    # longer than this renews its grants while it is live (POST /storage/grants/renew).
+    # longer than this renews its grants while it is live: a POST to the grant, with the
+    # provider's own key (api/storage.py renew_grant).
     grant_max_s: Annotated[int, Field(ge=30, le=3600)] = 900
 
     # Money: integer micro-credits. A new client account is opened with this deposit; none by

@@ -76,7 +76,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
             workflows=[JobWorkflow, CanaryWorkflow],
             activities=activities.all() + CanaryActivities(
                 activities.network, activities.views, activities.store, settings
-            ).all() + AssignActivities(board).all(),
+            ).all() + AssignActivities(board, activities.callers).all(),
             activity_executor=executor,
             max_concurrent_activities=CONTROL_SLOTS,
             **tracing.worker_options(),
