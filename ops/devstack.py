@@ -265,7 +265,7 @@ class Stack:
             self.settings.payload_keys  # noqa: B018
         self.settings.signing_secret  # noqa: B018
         self.spawn("api", [sys.executable, "-m", "api"])
-        self.spawn("control-worker", [sys.executable, "-m", "infra.control_worker"])
+        self.spawn("control-worker", [sys.executable, "-m", "activities.worker"])
         wait_for_http(f"{self.settings.api_url}/healthz", 60, "the API")
 
     def start_provider(

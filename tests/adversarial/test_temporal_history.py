@@ -98,7 +98,7 @@ async def test_a_jobs_env_and_grants_are_ciphertext_in_temporal(
         decrypt_history(raw, [secrets.token_bytes(32)])
 
 
-@pytest.mark.parametrize("service", ["api", "infra.control_worker"])
+@pytest.mark.parametrize("service", ["api", "activities.worker"])
 def test_a_production_process_without_a_payload_key_refuses_to_start(
     service: str, tmp_path: Path
 ) -> None:
