@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
+from activities.guard import Callers, ours
 from activities.scheduler import Scheduler
 from activities.verify import judge, output_key
 from domain.application import Network, Payment
@@ -120,35 +121,6 @@ def _busy(fn: F) -> F:
     return cast(F, bounded)
 
 
-def _ours(fn: F) -> F:
-    """Defence in depth for steps that only JobWorkflow takes: run as a local activity
-    inside the workflow (patch local-control-steps), or, for histories from before it,
-    scheduled by the job's own workflow (`job-<job_id>`, type JobWorkflow), which Temporal
-    runs once per id. A workflow started from outside, were Temporal ever reachable,
-    cannot settle or rate a job it is not. Called directly (tests, tools): allowed."""
-
-    @functools.wraps(fn)
-    def guarded(self: ControlActivities, req: Any) -> Any:
-        if activity.in_activity():
-            info = activity.info()
-            job_id = _job_of(req).split("#", 1)[0]
-            if not info.is_local and (info.workflow_type != "JobWorkflow"
-                                      or info.workflow_id != c.job_workflow_id(job_id)):
-                raise ApplicationError(
-                    f"{info.activity_type} runs only inside the network's own job workflows",
-                    type="NotOurWorkflow", non_retryable=True,
-                )
-        return fn(self, req)
-
-    return cast(F, guarded)
-
-
-def _job_of(req: Any) -> str:
-    if isinstance(req, c.JobSteps):
-        return req.steps[0].job_id if req.steps else ""
-    return str(getattr(req, "job_id", ""))
-
-
 # Every control step runs with no_thread_cancel_exception: a cancelled step (its
 # workflow's timeout or a cancel) finishes on its own; the cancel only stops anyone waiting
 # for it. Temporal would otherwise raise CancelledError inside the thread at any bytecode,
@@ -161,6 +133,7 @@ def _job_of(req: Any) -> str:
 class ControlActivities:
     def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
         self.network, self.views, self.store, self.settings = network, views, store, settings
+        self.callers = Callers(network)
         self.scheduler = Scheduler(network, self.online_provider_ids)
         self.busy = threading.BoundedSemaphore(BUSY_SLOTS)
 
@@ -168,7 +141,7 @@ class ControlActivities:
         return online_provider_ids(self.views, self.settings)
 
     @activity.defn(name=c.ADMIT_JOB, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def admit_job(self, req: c.JobInput) -> c.AdmitResult:
         try:
@@ -185,6 +158,7 @@ class ControlActivities:
         )
 
     @activity.defn(name=c.ALLOCATE_GPUS, no_thread_cancel_exception=True)
+    @ours
     def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
         """Wait in the job's queue for the scheduler to place this run (a few seconds a try)."""
         live = activity.in_activity()  # also called directly, by tests and tools
@@ -221,6 +195,7 @@ class ControlActivities:
         )
 
     @activity.defn(name=c.PREPARE_TRANSFERS, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def prepare_transfers(self, req: c.AllocateRequest) -> c.TransferPlan:
         """The run's grants (infra/signing.py): each for one key, bound to this job, attempt
@@ -275,6 +250,7 @@ class ControlActivities:
         )
 
     @activity.defn(name=c.RECORD_JOB_STEP, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def record_job_step(self, step: c.JobStep) -> None:
         _live(self.network.job(step.job_id), step.step)
@@ -284,7 +260,7 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.RECORD_JOB_STEPS, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def record_job_steps(self, steps: c.JobSteps) -> None:
         """Facts about one job, in order, in one transaction."""
@@ -305,6 +281,7 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.MARK_PROVIDER_LOST, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def mark_provider_lost(self, req: c.ProviderLost) -> None:
         _live(self.network.job(req.job_id), "a provider's loss")
@@ -322,7 +299,7 @@ class ControlActivities:
         self.scheduler.wake()
 
     @activity.defn(name=c.VERIFY_JOB, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
         """Check each run's report against storage, the runs against each other, the outcome."""
@@ -344,7 +321,7 @@ class ControlActivities:
         return verdict
 
     @activity.defn(name=c.PLAN_CHECK, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def plan_check(self, req: c.CheckRequest) -> c.CheckDecision:
         """The network's own check: replicate this run at a rate that falls with trust."""
@@ -361,6 +338,7 @@ class ControlActivities:
         return c.CheckDecision(run, f"check rate {rate:.2f} for {req.provider_id}")
 
     @activity.defn(name=c.RECORD_UNPLACED, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def record_unplaced(self, req: c.UnplacedRun) -> None:
         """The workflow gave up waiting for this run's GPUs: say so on the job, free any
@@ -373,6 +351,7 @@ class ControlActivities:
         self.scheduler.wake()
 
     @activity.defn(name=c.RELEASE_RUN, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def release_run(self, req: c.ReleaseRunRequest) -> None:
         """A run finished: its GPUs go back now, while the job verifies and settles."""
@@ -380,7 +359,7 @@ class ControlActivities:
         self.scheduler.wake()
 
     @activity.defn(name=c.SETTLE_JOB, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def settle_job(self, req: c.SettleRequest) -> c.Settlement:
         try:
@@ -405,7 +384,7 @@ class ControlActivities:
         return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
 
     @activity.defn(name=c.RECORD_REPUTATION, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def record_reputation(self, req: c.ReputationRequest) -> None:
         try:
@@ -414,13 +393,14 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.RELEASE_GPUS, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def release_gpus(self, req: c.ReleaseRequest) -> None:
         self.network.release_gpus(req.job_id, req.provider_id)
         self.scheduler.wake()
 
     @activity.defn(name=c.FINISH_JOB, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def finish_job(self, req: c.FinishRequest) -> None:
         self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)

@@ -213,6 +213,13 @@ def can_manage_provider(caller: Caller | None, provider_id: str) -> bool:
     )
 
 
+def holds_provider_key(caller: Caller | None, provider_id: str) -> bool:
+    """The caller acts as the provider itself: a provider-scoped key (or session) of the
+    account that owns it. An admin is not the provider: what only the provider's agent
+    does (renew its run's grants) wants this, not can_manage_provider."""
+    return caller is not None and caller.has("provider") and provider_id in caller.provider_ids
+
+
 def can_watch_provider(caller: Caller | None, provider_id: str, nodes: set[str]) -> bool:
     """Its owner, or the operator of a node it belongs to (`nodes`)."""
     return can_manage_provider(caller, provider_id) or (

@@ -132,7 +132,9 @@ def test_a_job_resumes_from_its_checkpoint_on_another_provider(net: Network) -> 
     async def replay() -> None:
         temporal = await Client.connect(net.stack.settings.temporal_address)
         history = await temporal.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
-        result = await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
+        result = await Replayer(
+            workflows=[JobWorkflow], data_converter=net.stack.settings.temporal_converter()
+        ).replay_workflow(history)
         assert result.replay_failure is None
 
     asyncio.run(replay())
