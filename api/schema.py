@@ -31,6 +31,7 @@ from api.types import (
     I,
     Job,
     JobEvent,
+    JobLogChunk,
     JobSubmitted,
     LedgerEntry,
     Node,
@@ -728,6 +729,25 @@ class Subscription:
                                  TERMINAL_EVENTS, info.context.still_signed_in)
             async for row in rows:
                 yield JobEvent.from_row(row)
+
+    @strawberry.subscription(
+        description="The job's output as its runs print it, chunk by chunk after seq `after` "
+        "(0: from the first kept); ends once the job has ended and every chunk was sent. "
+        "The job's owner only",
+        permission_classes=[auth.SignedIn],
+    )
+    async def job_log(
+        self, info: I, job_id: strawberry.ID, after: int = 0
+    ) -> AsyncGenerator[JobLogChunk, None]:
+        services = info.context.services
+        rows = await services.query("SELECT client_id FROM jobs WHERE job_id = ?", (str(job_id),))
+        if not rows or not auth.can_read_job_log(info.context.caller, rows[0]["client_id"]):
+            raise ValueError(f"jobId: no job {job_id} of yours")
+        check_after(after)
+        with services.subscription_of(info.context.caller):
+            async for row in services.live_logs.follow(
+                    services.views, str(job_id), max(after, 0), info.context.still_signed_in):
+                yield JobLogChunk.from_row(row)
 
     @strawberry.subscription(
         description="A provider's status changes, reservations and reputation, after `after` "

@@ -201,6 +201,24 @@ class JobEvent:
 EVENTS_SQL = "SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq"
 
 
+@strawberry.type(description="A piece of a job's output as its run printed it (api/joblog.py)")
+class JobLogChunk:
+    seq: int = strawberry.field(description="the order in the job's log; resume after it")
+    attempt: int = strawberry.field(description="the run that printed it")
+    provider_id: str
+    at: str
+    text: str = strawberry.field(description="the output, not always whole lines")
+    skipped_bytes: BigInt = strawberry.field(
+        description="output of this run before this chunk that is not shown: passed over "
+        "by its provider or trimmed to keep the log within its bound (0: none)")
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobLogChunk:
+        return cls(seq=row["seq"], attempt=row["attempt"], provider_id=row["provider_id"],
+                   at=iso_time(float(row["at"])), text=row["text"],
+                   skipped_bytes=BigInt(row["skipped"]))
+
+
 @strawberry.type
 class ProviderEvent:
     seq: int
