@@ -34,6 +34,7 @@ from client.models import (
     Account,
     Job,
     JobEvent,
+    JobLogChunk,
     Node,
     Provider,
     ProviderEarnings,
@@ -46,6 +47,7 @@ from client.subscription import (
     RECONNECT_WINDOW_S,
     SUBPROTOCOL,
     JobEventsSession,
+    JobLogSession,
     backoff_s,
     close_error,
 )
@@ -223,6 +225,17 @@ class AsyncGpgpuClient:
 
         A dropped connection is reopened, resuming after the last event seen.
         """
+        async for event in self._follow(job_id, after, JobEventsSession):
+            yield event
+
+    async def follow_log(self, job_id: str, after: int = 0) -> AsyncIterator[JobLogChunk]:
+        """The job's output as its runs print it, chunk by chunk after seq `after`, until
+        the job has ended (the job's owner only); resumes as `follow` does."""
+        async for chunk in self._follow(job_id, after, JobLogSession):
+            yield chunk
+
+    async def _follow(self, job_id: str, after: int, kind: type[JobEventsSession]
+                      ) -> AsyncIterator[Any]:
         uri = graphql_ws_url(self.api_url)
         last = after
         down_since: float | None = None
@@ -238,7 +251,7 @@ class AsyncGpgpuClient:
                     open_timeout=10,
                 ) as ws:
                     connected = True
-                    session = JobEventsSession(self.token, job_id, last)
+                    session = kind(self.token, job_id, last)
                     await ws.send(session.init_message())
                     async for raw in ws:
                         step = session.handle(raw)
@@ -249,7 +262,7 @@ class AsyncGpgpuClient:
                         if step.event is not None and step.event.seq > last:
                             last = step.event.seq
                             yield step.event
-                            if step.event.terminal:
+                            if getattr(step.event, "terminal", False):
                                 return
                         if step.done:
                             return

@@ -12,6 +12,7 @@ import functools
 import importlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -473,8 +474,17 @@ def job_explain(
 
 @job_app.command("logs")
 @fails_cleanly
-def job_logs(ctx: typer.Context, job_id: str) -> None:
-    """The job's output (the tail each run reported), run by run."""
+def job_logs(
+    ctx: typer.Context,
+    job_id: str,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Print the output live as the job's runs print it, until the "
+        "job ends.")] = False,
+) -> None:
+    """The job's output (the tail each run reported), run by run; --follow: live."""
+    if follow:
+        _follow_log(ctx, job_id)
+        return
     with _client(ctx) as gp:
         job = gp.job(job_id)
     out = _out()
@@ -487,6 +497,21 @@ def job_logs(ctx: typer.Context, job_id: str) -> None:
         head += f", exit {e.data.get('exit_code')}"
         out.print(head + " ---", markup=False, highlight=False)
         out.print(str(e.data.get("log_tail", "")).rstrip("\n"), markup=False, highlight=False)
+
+
+def _follow_log(ctx: typer.Context, job_id: str) -> None:
+    attempt = None
+    with _client(ctx) as gp:
+        for chunk in gp.follow_log(job_id):
+            if chunk.attempt != attempt:
+                attempt = chunk.attempt
+                sys.stderr.write(f"--- run {attempt} on {chunk.provider_id} ---\n")
+            if chunk.skipped_bytes:
+                sys.stderr.write(f"--- {chunk.skipped_bytes} bytes of output not kept ---\n")
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+        state = gp.job(job_id).state
+    sys.stderr.write(f"--- job {job_id} ended: {state} ---\n")
 
 
 @job_app.command("cancel")

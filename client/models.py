@@ -49,6 +49,23 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class JobLogChunk:
+    """A piece of a job's output as its run printed it (`jobLog`)."""
+
+    seq: int
+    attempt: int
+    provider_id: str
+    at: str
+    text: str
+    skipped_bytes: int = 0  # output of the run before it that is not shown
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> JobLogChunk:
+        return cls(seq=int(d["seq"]), attempt=int(d["attempt"]), provider_id=d["providerId"],
+                   at=d["at"], text=str(d["text"]), skipped_bytes=int(d.get("skippedBytes") or 0))
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     client_id: str

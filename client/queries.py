@@ -166,6 +166,12 @@ subscription JobEvents($jobId: ID!, $after: Int!) {
 }
 """
 
+JOB_LOG = """
+subscription JobLog($jobId: ID!, $after: Int!) {
+  jobLog(jobId: $jobId, after: $after) { seq attempt providerId at text skippedBytes }
+}
+"""
+
 # Accounts: sign up or in for a session token; API keys for programs and provider agents.
 
 USER_FIELDS = "id email roles clientId providerIds nodeIds"

@@ -41,6 +41,7 @@ from client.models import (
     ApiKey,
     Job,
     JobEvent,
+    JobLogChunk,
     Node,
     Provider,
     ProviderEarnings,
@@ -53,6 +54,7 @@ from client.subscription import (
     RECONNECT_WINDOW_S,
     SUBPROTOCOL,
     JobEventsSession,
+    JobLogSession,
     backoff_s,
     close_error,
 )
@@ -273,6 +275,14 @@ class GpgpuClient:
 
         A dropped connection is reopened, resuming after the last event seen.
         """
+        yield from self._follow(job_id, after, JobEventsSession)
+
+    def follow_log(self, job_id: str, after: int = 0) -> Iterator[JobLogChunk]:
+        """The job's output as its runs print it, chunk by chunk after seq `after`, until
+        the job has ended (the job's owner only); resumes as `follow` does."""
+        yield from self._follow(job_id, after, JobLogSession)
+
+    def _follow(self, job_id: str, after: int, kind: type[JobEventsSession]) -> Iterator[Any]:
         uri = graphql_ws_url(self.api_url)
         last = after
         down_since: float | None = None
@@ -287,7 +297,7 @@ class GpgpuClient:
                     open_timeout=10,
                 ) as ws:
                     connected = True
-                    session = JobEventsSession(self.token, job_id, last)
+                    session = kind(self.token, job_id, last)
                     ws.send(session.init_message())
                     for raw in ws:
                         step = session.handle(raw)
@@ -298,7 +308,7 @@ class GpgpuClient:
                         if step.event is not None and step.event.seq > last:
                             last = step.event.seq
                             yield step.event
-                            if step.event.terminal:
+                            if getattr(step.event, "terminal", False):
                                 return
                         if step.done:
                             return
