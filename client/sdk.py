@@ -305,10 +305,11 @@ class GpgpuClient:
                             ws.send(step.reply)
                         if session.acked:
                             down_since, failures = None, 0
-                        if step.event is not None and step.event.seq > last:
-                            last = step.event.seq
-                            yield step.event
-                            if getattr(step.event, "terminal", False):
+                        item = step.event or step.chunk
+                        if item is not None and item.seq > last:
+                            last = item.seq
+                            yield item
+                            if getattr(item, "terminal", False):
                                 return
                         if step.done:
                             return

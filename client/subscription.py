@@ -25,7 +25,8 @@ RECONNECT_WINDOW_S = 60.0
 @dataclass(frozen=True)
 class Step:
     reply: str | None = None
-    event: JobEvent | JobLogChunk | None = None
+    event: JobEvent | None = None
+    chunk: JobLogChunk | None = None  # jobLog's
     done: bool = False
 
 
@@ -76,7 +77,7 @@ class JobEventsSession:
             event = (payload.get("data") or {}).get(self.FIELD)
             if event is None:
                 return Step()
-            return Step(event=self.parse(event))
+            return self.parse(event)
         if kind == "error":
             payload = msg.get("payload")
             errors = payload if isinstance(payload, list) else [payload]
@@ -86,8 +87,8 @@ class JobEventsSession:
         return Step()  # pong and anything newer than us
 
 
-    def parse(self, data: dict[str, Any]) -> JobEvent | JobLogChunk:
-        return JobEvent.from_json(data)
+    def parse(self, data: dict[str, Any]) -> Step:
+        return Step(event=JobEvent.from_json(data))
 
 
 class JobLogSession(JobEventsSession):
@@ -95,8 +96,8 @@ class JobLogSession(JobEventsSession):
 
     QUERY, FIELD = queries.JOB_LOG, "jobLog"
 
-    def parse(self, data: dict[str, Any]) -> JobEvent | JobLogChunk:
-        return JobLogChunk.from_json(data)
+    def parse(self, data: dict[str, Any]) -> Step:
+        return Step(chunk=JobLogChunk.from_json(data))
 
 
 def close_error(code: int | None, reason: str | None) -> ApiError | None:
