@@ -8,6 +8,7 @@ those another replica stored; it ends once the job has ended and every chunk kep
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from infra.joblog import JobLogs
 
 POLL_S = 1.0  # how often a subscriber looks for chunks other API replicas stored
 BATCH = 256
+SWEEP_EVERY_S = 600.0  # how often a process that stores chunks drops logs past their keep
 
 
 class LiveLogs:
@@ -26,6 +28,7 @@ class LiveLogs:
     def __init__(self, db: ViewDB):
         self.store = JobLogs(db)
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._swept_at = time.monotonic()
 
     async def append(self, job_id: str, attempt: int, provider_id: str, offset: int,
                      size: int, text: str) -> int:
@@ -35,6 +38,9 @@ class LiveLogs:
         if stored.seq is not None:
             for woken in self._waiters.get(job_id, ()):
                 woken.set()
+        if time.monotonic() - self._swept_at > SWEEP_EVERY_S:  # old logs go, now and then
+            self._swept_at = time.monotonic()
+            await asyncio.to_thread(self.store.forget_old)
         return stored.trimmed
 
     async def _wait(self, job_id: str, timeout_s: float) -> None:

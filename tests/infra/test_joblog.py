@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from infra.db import ViewDB
-from infra.joblog import JobLogs, LogRefused
+from infra.joblog import KEEP_S, JobLogs, LogRefused
 from tests.domain.support import store_settings
 
 
@@ -86,3 +86,17 @@ def test_two_replicas_number_one_jobs_chunks_without_a_clash(
     assert not errors
     seqs = [r["seq"] for r in one.after("j2", 0, 1000)]
     assert seqs == list(range(1, 41))
+
+
+def test_logs_go_a_week_after_their_last_chunk(tmp_path: Path) -> None:
+    with store_settings("sqlite", tmp_path) as settings:
+        db = ViewDB(settings)
+        now = [1000.0]
+        logs = JobLogs(db, clock=lambda: now[0])
+        logs.append("old", 1, "p", 0, 2, "a\n")
+        now[0] += KEEP_S - 10
+        logs.append("new", 1, "p", 0, 2, "b\n")
+        now[0] += 20
+        logs.forget_old()
+        assert logs.after("old", 0) == [] and len(logs.after("new", 0)) == 1
+        db.close()
