@@ -302,6 +302,37 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     assert page.is_visible('[data-testid=objects] tr[data-key="inputs/hello.py"]')
 
 
+def test_the_job_page_shows_the_output_live_while_the_job_runs(
+    page: Any, net: Network, has_accounts: bool
+) -> None:
+    enter(page, has_accounts, "web-logger", ["client"])
+    spec = {"name": "ticking", "max_price_per_gpu_hour": "4", "timeout": "2m",
+            "command": "for i in 1 2 3 4 5 6; do echo tick $i; sleep 1; done"}
+    submitted = gql_as(net, page, """mutation($s: JSON!) { submitJob(spec: $s) {
+        ... on JobSubmitted { job { id } } } }""", s=spec)
+    job_id = submitted["submitJob"]["job"]["id"]
+    page.goto(f"/client/jobs/{job_id}")
+    log = "[data-testid=job-log]"
+    assert page.get_attribute(log, "role") == "log"
+    assert page.get_attribute(log, "aria-label") == "Job output"
+    box = page.locator(log).bounding_box()
+    page.wait_for_selector(f"{log} >> text=tick 1", timeout=60_000)
+    # The first line is on the page while the job still runs, and the box kept its size.
+    assert page.inner_text("[data-testid=job-state]") == "RUNNING"
+    assert "Live" in page.inner_text("[data-testid=job-log-status]")
+    assert page.locator(log).bounding_box()["height"] == box["height"]
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(150)
+    assert_fits(page)
+    assert_accessible(page)
+    page.set_viewport_size(DESKTOP)
+    page.wait_for_selector("[data-testid=job-state] >> text=SUCCEEDED", timeout=60_000)
+    text = page.inner_text(log)
+    assert text.strip() == "\n".join(f"tick {i}" for i in range(1, 7)), text
+    assert "has ended" in page.inner_text("[data-testid=job-log-status]")
+    shots(page, "client-job-live-log")
+
+
 def test_a_pasted_spec_is_explained_and_refused_field_by_field(
     page: Any, has_accounts: bool
 ) -> None:

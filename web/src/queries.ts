@@ -254,6 +254,28 @@ export const JOB_EVENTS = gql<{ jobEvents: JobEvent }, { jobId: string; after: n
   }
 `;
 
+export interface JobLogChunk {
+  seq: number;
+  attempt: number;
+  providerId: string;
+  at: string;
+  text: string;
+  skippedBytes: number;
+}
+
+export const JOB_LOG = gql<{ jobLog: JobLogChunk }, { jobId: string; after: number }>`
+  subscription JobLog($jobId: ID!, $after: Int!) {
+    jobLog(jobId: $jobId, after: $after) {
+      seq
+      attempt
+      providerId
+      at
+      text
+      skippedBytes
+    }
+  }
+`;
+
 export const CANCEL_JOB = gql<{ cancelJob: { id: string; state: string } }, { id: string }>`
   mutation CancelJob($id: ID!) {
     cancelJob(id: $id) {
