@@ -42,7 +42,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import auth, json_body
 from api.services import Services
 from infra.assignments import Assignment, AssignmentBoard
-from infra.joblog import LogRefused
+from readmodel.joblog import LogRefused
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)

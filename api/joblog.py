@@ -14,8 +14,8 @@ from typing import Any
 
 from api import auth
 from domain.job import TERMINAL_STATES
-from infra.db import ViewDB
-from infra.joblog import JobLogs
+from infra.db import Database
+from readmodel.joblog import JobLogs
 
 POLL_S = 1.0  # how often a subscriber looks for chunks other API replicas stored
 BATCH = 256
@@ -25,7 +25,7 @@ SWEEP_EVERY_S = 600.0  # how often a process that stores chunks drops logs past 
 class LiveLogs:
     """The job log store and this process's waiting subscribers."""
 
-    def __init__(self, db: ViewDB):
+    def __init__(self, db: Database):
         self.store = JobLogs(db)
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._swept_at = time.monotonic()
@@ -57,7 +57,7 @@ class LiveLogs:
                 self._waiters.pop(job_id, None)
 
     async def follow(
-        self, views: ViewDB, job_id: str, after: int,
+        self, views: Database, job_id: str, after: int,
         still_allowed: Callable[[], Awaitable[bool]] | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Every chunk of the job's log with seq > `after`, in order, until the job ended."""

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.db import ViewDB
-from infra.joblog import KEEP_S, JobLogs, LogRefused
+from readmodel.joblog import KEEP_S, JobLogs, LogRefused
+from readmodel.schema import ViewDB
 from tests.domain.support import store_settings
 
 

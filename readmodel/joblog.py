@@ -1,11 +1,12 @@
 """Jobs' live logs: the output each run's provider sends with its heartbeats, kept bounded.
 
-Not a read model (no event says what a job printed): the API writes a chunk as its run's
-provider sends it (api/assignments.py) and the `jobLog` subscription reads the chunks back
-in order (api/schema.py). Each chunk names its offset in the run's whole output, so a
-resent chunk is stored once and a gap (output the provider passed over, or the API
-trimmed) is counted on the next chunk kept (`skipped`). A run keeps at most
-`max_run_bytes` of text and a job `max_job_bytes`: past that the oldest chunks go.
+Kept beside the read model, as heartbeats are (no event says what a job printed): the API
+writes a chunk as its run's provider sends it (api/assignments.py) and the `jobLog`
+subscription reads the chunks back in order (api/schema.py, api/joblog.py). Each chunk
+names its offset in the run's whole output, so a resent chunk is stored once and a gap
+(output the provider passed over, or the API trimmed) is counted on the next chunk kept
+(`skipped`). A run keeps at most `max_run_bytes` of text and a job `max_job_bytes`: past
+that the oldest chunks go.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from infra.db import Cursor, ViewDB
+from infra.db import Cursor, Database
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS job_log (
@@ -54,13 +55,11 @@ def _conflict(err: Exception) -> bool:
 
 
 class JobLogs:
-    def __init__(self, db: ViewDB, max_run_bytes: int = MAX_RUN_BYTES,
+    def __init__(self, db: Database, max_run_bytes: int = MAX_RUN_BYTES,
                  max_job_bytes: int = MAX_JOB_BYTES, clock: Any = time.time):
         self.db, self.clock = db, clock
         self.max_run_bytes, self.max_job_bytes = max_run_bytes, max_job_bytes
-        with db.transaction() as cur:
-            for statement in SCHEMA:
-                cur.execute(statement)
+        db.ensure(SCHEMA)
 
     def append(self, job_id: str, attempt: int, provider_id: str, offset: int, size: int,
                text: str) -> Stored:
