@@ -415,7 +415,12 @@ class Provider:
 class ProviderEarnings:
     provider_id: str
     balance_micro: BigInt
-    earned_micro: BigInt = strawberry.field(description="paid for verified work, ever")
+    earned_micro: BigInt = strawberry.field(
+        description="paid for GPU time, ever: verified work, the network's checks, and the "
+        "time used by jobs that were cancelled or failed")
+    verified_micro: BigInt = strawberry.field(
+        description="paid for verified work, ever: runs of jobs whose results were checked "
+        "and accepted (the job succeeded)")
     withdrawn_micro: BigInt
     entries: list[LedgerEntry] = strawberry.field(description="newest first")
 
@@ -630,6 +635,13 @@ async def load_earnings(services: Services, provider_id: str, limit: int) -> Pro
         " THEN -amount_micro ELSE 0 END), 0) AS withdrawn FROM ledger_entries WHERE account = ?",
         (account,),
     )
+    # A payment's transfer is pay:<job id>:<provider id> (domain/application.py settle_many).
+    verified = await services.query(
+        "SELECT COALESCE(SUM(e.amount_micro), 0) AS verified FROM ledger_entries e"
+        " JOIN jobs j ON j.job_id = substr(e.transfer_id, 5, length(e.transfer_id) - 5 - ?)"
+        " WHERE e.account = ? AND e.kind = 'payment' AND j.state = 'SUCCEEDED'",
+        (len(provider_id), account),
+    )
     balance = await services.query(
         "SELECT balance_micro FROM accounts WHERE name = ?", (account,)
     )
@@ -641,6 +653,7 @@ async def load_earnings(services: Services, provider_id: str, limit: int) -> Pro
         provider_id=provider_id,
         balance_micro=BigInt(balance[0]["balance_micro"] if balance else 0),
         earned_micro=BigInt(totals[0]["earned"]), withdrawn_micro=BigInt(totals[0]["withdrawn"]),
+        verified_micro=BigInt(verified[0]["verified"]),
         entries=[ledger_entry(r) for r in rows],
     )
 

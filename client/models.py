@@ -238,6 +238,7 @@ class ProviderEarnings:
     earned_micro: int
     withdrawn_micro: int
     entries: list[LedgerEntry] = field(default_factory=list)  # newest first
+    verified_micro: int = 0  # of earned_micro: for runs of jobs that were verified
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ProviderEarnings:
@@ -245,6 +246,7 @@ class ProviderEarnings:
             provider_id=d["providerId"], balance_micro=int(d["balanceMicro"]),
             earned_micro=int(d["earnedMicro"]), withdrawn_micro=int(d["withdrawnMicro"]),
             entries=[LedgerEntry.from_json(e) for e in d.get("entries") or []],
+            verified_micro=int(d.get("verifiedMicro") or 0),
         )
 
 

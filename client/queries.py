@@ -89,7 +89,7 @@ query Provider($id: String!, $samples: Int!) {
 PROVIDER_EARNINGS = """
 query ProviderEarnings($id: String!, $limit: Int!) {
   providerEarnings(providerId: $id, limit: $limit) {
-    providerId balanceMicro earnedMicro withdrawnMicro
+    providerId balanceMicro earnedMicro verifiedMicro withdrawnMicro
     entries { seq transferId amountMicro balanceMicro counterparty kind memo at }
   }
 }

@@ -158,7 +158,9 @@ def earnings_view(e: ProviderEarnings) -> RenderableType:
     facts = Table.grid(padding=(0, 2))
     facts.add_row("provider", e.provider_id)
     facts.add_row("balance", f"{credits(e.balance_micro)} credits")
-    facts.add_row("earned", f"{credits(e.earned_micro)} credits (paid for verified work)")
+    facts.add_row("earned for verified work", f"{credits(e.verified_micro)} credits")
+    facts.add_row("paid in all", f"{credits(e.earned_micro)} credits (also checks, and "
+                  "time used by jobs cancelled or failed)")
     facts.add_row("withdrawn", f"{credits(e.withdrawn_micro)} credits")
     if not e.entries:
         return facts

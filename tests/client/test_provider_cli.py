@@ -85,7 +85,7 @@ class ProviderApi(FakeApi):
         if name == "ProviderEarnings":
             return {"providerEarnings": {
                 "providerId": v["id"], "balanceMicro": 1_500_000, "earnedMicro": 2_000_000,
-                "withdrawnMicro": 500_000,
+                "verifiedMicro": 1_250_000, "withdrawnMicro": 500_000,
                 "entries": [{"seq": 1, "transferId": "pay:j1:p1", "amountMicro": 2_000_000,
                              "balanceMicro": 2_000_000, "counterparty": "escrow:j1",
                              "kind": "payment", "memo": "payment for GPU time",
@@ -177,7 +177,8 @@ def test_price(fake: ProviderApi) -> None:
 def test_earnings(fake: ProviderApi) -> None:
     shown = gpgpu("provider", "earnings", "p1")
     assert shown.exit_code == 0, shown.output
-    assert "1.5 credits" in shown.stdout and "2 credits (paid for verified work)" in shown.stdout
+    assert "1.5 credits" in shown.stdout and "2 credits (also checks" in shown.stdout
+    assert re.search(r"earned for verified work\s+1\.25 credits", shown.stdout), shown.stdout
     assert "payment for GPU time" in shown.stdout
     doc = json.loads(gpgpu("provider", "earnings", "p1", "--json", "--limit", "5").stdout)
     assert (doc["earned_micro"], doc["entries"][0]["kind"]) == (2_000_000, "payment")

@@ -438,6 +438,25 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
     assert float(earned.split()[0]) > 0, earned
     page.wait_for_selector(f"{card} [data-testid=ledger] >> text=paid for GPU time")
     page.wait_for_selector(f"{card} [data-testid=reputation] [data-outcome=success] >> text=1")
+    assert page.inner_text(f"{card} [data-testid=earned-verified]") == earned  # it was verified
+
+    # A job cancelled while it runs pays for the time it used, but that is no verified work.
+    job = gql_as(net, page, """mutation($s: JSON!) { submitJob(spec: $s) {
+        ... on JobSubmitted { job { id } } } }""",
+                 s={"name": "cancelled", "command": "sleep 60", "timeout": "2m",
+                    "max_price_per_gpu_hour": "1.5"})["submitJob"]["job"]
+    page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=busy]",
+                           timeout=60_000)
+    page.wait_for_timeout(2000)
+    gql_as(net, page, "mutation($id: ID!) { cancelJob(id: $id) { id } }", id=job["id"])
+    page.wait_for_function(
+        """([sel, before]) => { const el = document.querySelector(sel);
+                                return el && el.textContent !== before; }""",
+        arg=[f"{card} [data-testid=earned]", earned], timeout=60_000,
+    )
+    assert page.inner_text(f"{card} [data-testid=earned-verified]") == earned
+    assert float(page.inner_text(f"{card} [data-testid=earned]").split()[0]) > float(
+        earned.split()[0])
 
     # Its controls: suspend and resume a GPU; a price the API refuses, then one it takes.
     page.click(f"{card} [data-testid=suspend-0]")

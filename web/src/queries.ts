@@ -402,6 +402,7 @@ export const PROVIDER = gql<
     providerEarnings: {
       balanceMicro: number;
       earnedMicro: number;
+      verifiedMicro: number;
       withdrawnMicro: number;
       entries: LedgerEntry[];
     };
@@ -415,7 +416,7 @@ export const PROVIDER = gql<
     }
   }
   providerEarnings(providerId: $id, limit: 50) {
-    balanceMicro earnedMicro withdrawnMicro
+    balanceMicro earnedMicro verifiedMicro withdrawnMicro
     entries { seq transferId amountMicro balanceMicro counterparty kind memo at }
   }
 }`);
