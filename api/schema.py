@@ -239,7 +239,7 @@ class Query:
         caller = info.context.caller
         line = await info.context.line(name)
         out = []
-        for r in line.rows[: max(1, min(limit, 1000))]:
+        for n, r in enumerate(line.rows[: max(1, min(limit, 1000))]):
             resources = json.loads(r["spec"])["resources"]
             mine = caller is not None and r["client_id"] == caller.client_id
             out.append(QueuedJob(
@@ -248,6 +248,7 @@ class Query:
                 gpus=r["gpus"], gpu_model=resources.get("gpu_model"), priority=r["priority"],
                 waiting_since=r["submitted_at"],
                 expected_start=line.expected_start.get(r["job_id"]), mine=mine,
+                queue=name, rank=n,
             ))
         return out
 

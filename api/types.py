@@ -17,6 +17,7 @@ from strawberry.types import Info
 
 from api import auth
 from api.services import Services
+from api.waiting import verifying_reasons
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
 from domain.money import cost_of_gpu_time, micro_to_credits
@@ -245,6 +246,9 @@ class Node:
     queues: list[Queue]
 
 
+WAITING_REASONS_SHOWN = 20  # each is a match over the node's providers
+
+
 @strawberry.type
 class QueuedJob:
     position: int
@@ -256,6 +260,17 @@ class QueuedJob:
     waiting_since: str
     expected_start: str | None = strawberry.field(description=EXPECTED_START)
     mine: bool
+    queue: strawberry.Private[str]
+    rank: strawberry.Private[int]  # 0 for the first in line
+
+    @strawberry.field(
+        description=f"what it waits for, in words (as Job.waitingFor); for the first "
+        f"{WAITING_REASONS_SHOWN} in line, empty further down")
+    async def waiting_for(self, info: I) -> list[str]:
+        if self.rank >= WAITING_REASONS_SHOWN:
+            return []
+        line = await info.context.line(self.queue)
+        return await waiting_reasons(info.context.services, self.job_id, self.queue, line)
 
 
 @strawberry.type
@@ -303,9 +318,12 @@ class Job:
     @strawberry.field(
         description="While QUEUED, what it waits for, in words: the queue's per-client cap, "
         "every reason each provider of its node cannot take it now, the jobs ahead of it; "
-        "empty otherwise"
+        "while VERIFYING, the step it is on or the further run (check, tie-break, verifier) "
+        "waiting for GPUs and why; empty otherwise"
     )
     async def waiting_for(self, info: I) -> list[str]:
+        if self.state == "VERIFYING":
+            return await verifying_reasons(info.context.services.temporal, str(self.id))
         if self.state != "QUEUED":
             return []
         line = await info.context.line(self.queue)

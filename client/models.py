@@ -83,7 +83,7 @@ class Job:
     queue: str = ""
     priority: int = 0
     expected_start: str | None = None  # an estimate while QUEUED (see the API's description)
-    waiting_for: list[str] = field(default_factory=list)  # while QUEUED, why, in words
+    waiting_for: list[str] = field(default_factory=list)  # QUEUED or VERIFYING: why, in words
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Job:
@@ -302,6 +302,7 @@ class QueuedJob:
     waiting_since: str
     expected_start: str | None
     mine: bool
+    waiting_for: list[str] = field(default_factory=list)  # why, in words (the first in line)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> QueuedJob:
@@ -310,6 +311,7 @@ class QueuedJob:
             gpus=int(d["gpus"]), gpu_model=d.get("gpuModel"), priority=int(d.get("priority", 0)),
             waiting_since=d["waitingSince"], expected_start=d.get("expectedStart"),
             mine=bool(d.get("mine")),
+            waiting_for=[str(w) for w in d.get("waitingFor") or []],
         )
 
 

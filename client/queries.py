@@ -142,7 +142,7 @@ mutation ConfigureQueue($node: String!, $name: String!, $models: [String!]!, $le
 QUEUE = """
 query Queue($name: String!, $limit: Int!) {
   queue(name: $name, limit: $limit) {
-    position jobId name gpus gpuModel priority waitingSince expectedStart mine
+    position jobId name gpus gpuModel priority waitingSince expectedStart mine waitingFor
   }
 }
 """

@@ -184,11 +184,12 @@ def queues_table(nodes: list[Node]) -> Table:
 
 def waiting_table(jobs: list[QueuedJob]) -> Table:
     table = Table("#", "job", "name", "gpus", "priority", "waiting since", "expected start",
-                  box=None)
+                  "waits for", box=None)
     for j in jobs:
         table.add_row(str(j.position), Text(j.job_id, no_wrap=True, overflow="fold"),
                       j.name if j.mine else "-", str(j.gpus), str(j.priority),
-                      short_time(j.waiting_since), short_time(j.expected_start))
+                      short_time(j.waiting_since), short_time(j.expected_start),
+                      "; ".join(j.waiting_for) or "-")
     return table
 
 

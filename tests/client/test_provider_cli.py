@@ -105,7 +105,8 @@ class ProviderApi(FakeApi):
             return {"queue": [
                 {"position": 1, "jobId": "j-mine", "name": "train", "gpus": 1, "gpuModel": None,
                  "priority": 2, "waitingSince": "2025-01-02T03:04:05+00:00",
-                 "expectedStart": "2025-01-02T03:04:05+00:00", "mine": True},
+                 "expectedStart": "2025-01-02T03:04:05+00:00", "mine": True,
+                 "waitingFor": ["2 jobs ahead of it in the queue"]},
                 {"position": 2, "jobId": "j-other", "name": "", "gpus": 8, "gpuModel": "H100",
                  "priority": 0, "waitingSince": "2025-01-02T03:00:00+00:00",
                  "expectedStart": None, "mine": False},
@@ -221,6 +222,7 @@ def test_node_waiting(fake: ProviderApi) -> None:
     assert re.search(r"1\s+j-mine\s+train\s+1\s+2\s+2025-01-02 03:04:05\s+2025-01-02 03:04:05",
                      shown.stdout)
     assert re.search(r"2\s+j-other\s+-\s+8\s+0\s+2025-01-02 03:00:00\s+-", shown.stdout)
+    assert "2 jobs ahead of it" in shown.stdout
     doc = json.loads(gpgpu("node", "waiting", "local/h100", "--json").stdout)
     assert [j["position"] for j in doc] == [1, 2]
     assert fake.operations[-1] == ("Queue", {"name": "local/h100", "limit": 100})

@@ -132,6 +132,7 @@ export interface QueuedJob {
   waitingSince: string;
   expectedStart: string | null;
   mine: boolean;
+  waitingFor: string[];
 }
 export interface ApiKey {
   id: string;
@@ -486,6 +487,7 @@ export const QUEUE = gql<{ queue: QueuedJob[] }, { name: string }>`
       waitingSince
       expectedStart
       mine
+      waitingFor
     }
   }
 `;

@@ -171,6 +171,16 @@ export function JobPage(props: { id: string }): JSX.Element {
             ) : null}
           </Notice>
         ) : null}
+        {j.state === "VERIFYING" && j.waitingFor.length ? (
+          <Notice>
+            Its run has finished; it is not done yet because:
+            <ul class="waiting-for" data-testid="waiting-for">
+              {j.waitingFor.map((w) => (
+                <li>{w}</li>
+              ))}
+            </ul>
+          </Notice>
+        ) : null}
         <div class="stats">
           <Stat label="State" value={<span data-testid="job-state">{j.state}</span>} />
           <Stat label="Cost" testid="job-cost" value={j.costMicro === null ? "not settled yet" : `${credits(j.costMicro)} credits`} />
