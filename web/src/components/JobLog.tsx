@@ -71,7 +71,7 @@ export function JobLog(props: { jobId: string; ended: boolean; tail?: string }):
         : "The job has ended without printing anything."
     : chunks.length
       ? "Live: new output appears as the job prints it."
-      : "Waiting for the job to print something…";
+      : "Nothing printed yet: output appears here as the job prints it.";
 
   return (
     <div class="job-log">
