@@ -129,7 +129,7 @@ class ApiStepContext(StepContext):
         """When the next heartbeat goes: output waiting brings it forward."""
         if not self._pending:
             return last + self.interval_s
-        if self._failing:  # no faster than every LOG_CATCH_UP_S while the API is away
+        if self._failing:  # the API is away: the usual pace (draining: LOG_CATCH_UP_S)
             return last + (self.interval_s if not self._draining else LOG_CATCH_UP_S)
         if self._draining:
             return last
