@@ -203,6 +203,12 @@ def can_read_job(caller: Caller | None, client_id: str, provider_id: str | None)
             or (caller.has("provider") and provider_id in caller.provider_ids))
 
 
+def can_read_job_log(caller: Caller | None, client_id: str) -> bool:
+    """A job's output is its owner's (and an admin's): not a provider's, whose check run
+    could copy what another provider's run printed."""
+    return caller is not None and (caller.admin or client_id == caller.client_id)
+
+
 def can_cancel_job(caller: Caller | None, client_id: str) -> bool:
     return caller is not None and (caller.admin or client_id == caller.client_id)
 

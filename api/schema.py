@@ -32,6 +32,7 @@ from api.types import (
     I,
     Job,
     JobEvent,
+    JobLogChunk,
     JobSubmitted,
     LedgerEntry,
     Node,
@@ -233,7 +234,7 @@ class Query:
         caller = info.context.caller
         line = await info.context.line(name)
         out = []
-        for r in line.rows[: max(1, min(limit, 1000))]:
+        for n, r in enumerate(line.rows[: max(1, min(limit, 1000))]):
             resources = json.loads(r["spec"])["resources"]
             mine = caller is not None and r["client_id"] == caller.client_id
             out.append(QueuedJob(
@@ -242,6 +243,7 @@ class Query:
                 gpus=r["gpus"], gpu_model=resources.get("gpu_model"), priority=r["priority"],
                 waiting_since=r["submitted_at"],
                 expected_start=line.expected_start.get(r["job_id"]), mine=mine,
+                queue=name, rank=n,
             ))
         return out
 
@@ -726,6 +728,25 @@ class Subscription:
                                  TERMINAL_EVENTS, info.context.still_signed_in)
             async for row in rows:
                 yield JobEvent.from_row(row)
+
+    @strawberry.subscription(
+        description="The job's output as its runs print it, chunk by chunk after seq `after` "
+        "(0: from the first kept); ends once the job has ended and every chunk was sent. "
+        "The job's owner only",
+        permission_classes=[auth.SignedIn],
+    )
+    async def job_log(
+        self, info: I, job_id: strawberry.ID, after: int = 0
+    ) -> AsyncGenerator[JobLogChunk, None]:
+        services = info.context.services
+        rows = await services.query("SELECT client_id FROM jobs WHERE job_id = ?", (str(job_id),))
+        if not rows or not auth.can_read_job_log(info.context.caller, rows[0]["client_id"]):
+            raise ValueError(f"jobId: no job {job_id} of yours")
+        check_after(after)
+        with services.subscription_of(info.context.caller):
+            async for row in services.live_logs.follow(
+                    services.views, str(job_id), max(after, 0), info.context.still_signed_in):
+                yield JobLogChunk.from_row(row)
 
     @strawberry.subscription(
         description="A provider's status changes, reservations and reputation, after `after` "

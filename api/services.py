@@ -16,6 +16,7 @@ from typing import Any
 from temporalio.client import Client
 
 from api.auth import Authenticator, SignInThrottle
+from api.joblog import LiveLogs
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.identity import Caller
@@ -168,9 +169,12 @@ class Services:
     sign_ins: SignInThrottle = field(init=False)
     # Live subscriptions per account (user id), in this process.
     open_subscriptions: dict[str, int] = field(default_factory=dict)
+    # Jobs' live logs: chunks from the providers, followed by subscribers (api/joblog.py).
+    live_logs: LiveLogs = field(init=False)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)
+        self.live_logs = LiveLogs(self.telemetry_views or self.views)
         self.sign_ins = SignInThrottle(
             self.telemetry_views or self.views,
             max_source_failures=self.settings.sign_in_max_failures_per_address)

@@ -25,6 +25,7 @@ import httpx
 
 from worker_gpu import checkpoint, context
 from worker_gpu.context import StepCancelled, StepFailed
+from worker_gpu.joblog import LogFollower
 from worker_gpu.runtime import JobRuntime, ProgressFn, RunOutcome
 from worker_gpu.runtime_docker import WORKDIR as CONTAINER_WORKDIR
 from worker_gpu.runtime_docker import DockerRuntime, EngineUnavailable, ImageUnavailable
@@ -203,10 +204,15 @@ class GpuActivities:
         where = self._checkpoint_dir(work, request)
         request = replace(request, env={**request.env, checkpoint.ENV_VAR: where})
         cancel = threading.Event()
+        # The job's output as it comes, for its live log (sent with the heartbeats).
+        log_path = self.attempt_dir(request.job_id, request.attempt) / "job.log"
+        log_path.unlink(missing_ok=True)  # an earlier try's: the runtime starts it afresh
+        follower = LogFollower(log_path)
 
         def on_progress(elapsed_s: float, log_tail: str) -> None:
             try:
                 context.heartbeat({"elapsed_s": round(elapsed_s, 1), "log_tail": log_tail})
+                context.log(follower.read())
             except Exception as err:
                 # The heartbeat is how cancellation arrives: without it we cannot be told to stop.
                 log.warning("job %s: heartbeat failed (%s); stopping it", request.job_id, err)
@@ -230,6 +236,7 @@ class GpuActivities:
             if uploader is not None:
                 uploader.stop()
         outcome = self._note_checkpoints(request, uploader, outcome)
+        context.log(follower.read(final=True))
         if cancel.is_set():
             raise StepCancelled(f"job {request.job_id} was cancelled; its processes were killed")
         log.info(

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
 
+from worker_gpu.joblog import trim_header
 from worker_gpu.runtime import ProgressFn, RunOutcome
 
 if TYPE_CHECKING:
@@ -92,9 +93,10 @@ def job_log_max_bytes() -> int:
 
 
 def trim_log(path: Path, max_bytes: int, keep: int = JOB_LOG_KEPT_BYTES) -> int:
-    """Past max_bytes, the log keeps its last `keep` bytes after a line saying how many went;
-    the bytes cut (0: none). The job writes with O_APPEND, so what it writes next lands
-    after the kept tail (a line written while the trim runs may be lost with the rest)."""
+    """Past max_bytes, the log keeps its last `keep` bytes after a line saying how many
+    bytes of the job's output went (by every trim so far); returns the bytes cut (0: none).
+    The job writes with O_APPEND, so what it writes next lands after the kept tail (a line
+    written while the trim runs may be lost with the rest)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -102,12 +104,15 @@ def trim_log(path: Path, max_bytes: int, keep: int = JOB_LOG_KEPT_BYTES) -> int:
     if size <= max_bytes:
         return 0
     with path.open("r+b") as f:
+        # The header counts the output dropped by every trim so far (a live reader of the
+        # log, joblog.LogFollower, places what it reads by that count).
+        dropped, header = trim_header(f.read(256))
         f.seek(size - keep)
         tail = f.read(keep)
         cut = size - len(tail)
         f.seek(0)
-        f.write(f"gpgpu: the log passed {max_bytes} bytes; {cut} earlier bytes were "
-                f"dropped, its tail is kept\n".encode() + tail)
+        f.write(f"gpgpu: the log passed {max_bytes} bytes; {dropped + cut - header} earlier "
+                f"bytes were dropped, its tail is kept\n".encode() + tail)
         f.truncate()
     return cut
 

@@ -9,6 +9,7 @@ no assignment handed out or closed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import typing
@@ -28,6 +29,7 @@ from activities.control import ControlActivities
 from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWorkflow
 from tests.adversarial.rogue import Rogue, State
 from tests.e2e.network import Network, network
+from tests.e2e.test_job_log import follow as follow_log
 from workflows.contracts import JobInput
 
 pytestmark = pytest.mark.e2e
@@ -412,3 +414,45 @@ async def test_the_networks_job_workflow_under_another_id_runs_no_control_step(
     assert settled(state, wait_s=0.2) == before
     job = net.gql("query($id: ID!) { job(id: $id) { state } }", "victim", id=job_id)["job"]
     assert job["state"] == "QUEUED"
+
+
+def test_a_jobs_live_log_takes_only_its_own_providers_output_within_bounds(
+    net: Network, mallory: Rogue, eve: Rogue
+) -> None:
+    job_id = submit(net)
+    execute = mallory.take("execute_job")
+    aid = execute["assignmentId"]
+
+    def beat(who: Rogue, log: dict[str, Any], provider_id: str | None = None) -> Any:
+        return who.call("heartbeat", aid, {"details": {}, "log": log}, provider_id=provider_id)
+
+    hello = {"offset": 0, "bytes": 6, "text": "hello\n"}
+    assert beat(eve, {**hello, "text": "eve!!\n"}, "rogue-1").status_code == 403
+    assert beat(eve, {**hello, "text": "eve!!\n"}, "eve-1").status_code == 404
+    assert beat(mallory, hello).json() == {"cancel": False}
+    assert beat(mallory, hello).json() == {"cancel": False}  # sent again: kept once
+    huge = beat(mallory, {"offset": 6, "bytes": 16385, "text": "x" * 16385})
+    assert huge.status_code == 413 and "at most 16384 bytes" in huge.text, huge.text
+    overlap = beat(mallory, {"offset": 3, "bytes": 6, "text": "lo\nbye"})
+    assert overlap.status_code == 400 and "log.offset: 3 overlaps" in overlap.text
+    padded = beat(mallory, {"offset": 6, "bytes": 1, "text": "many chars"})
+    assert padded.status_code == 400 and "log.text" in padded.text
+
+    r = mallory.call("complete", aid, {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 10, "gpu_ms": 10, "log_tail": ""}})
+    assert r.status_code == 200, r.text
+    late = beat(mallory, {"offset": 6, "bytes": 5, "text": "late\n"})
+    assert late.json() == {"cancel": True}  # a finished run's output is not taken
+    upload = mallory.take("upload_outputs")
+    wrong_step = mallory.call("heartbeat", upload["assignmentId"],
+                              {"details": {}, "log": {**hello, "text": "upld\n"}})
+    assert wrong_step.status_code == 400 and "only a run has output" in wrong_step.text
+    r = mallory.call("complete", upload["assignmentId"],
+                     {"result": {"manifest": [], "missing": []}})
+    assert r.status_code == 200, r.text
+    assert net.wait_job(job_id, ("SUCCEEDED",), client="victim")["state"] == "SUCCEEDED"
+
+    chunks, end = asyncio.run(follow_log(net, "victim", job_id))
+    assert [c["text"] for c in chunks] == ["hello\n"] and '"complete"' in end
+    stolen, refusal = asyncio.run(follow_log(net, "mallory", job_id))
+    assert stolen == [] and "of yours" in refusal
