@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from temporalio.client import Client
 
 from api.auth import Authenticator, SignInThrottle
+from api.multiplex import Hub
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.identity import Caller
@@ -60,6 +61,8 @@ class Broadcaster:
         self._future: asyncio.Future[Rows | None] = loop.create_future()
         self._recent: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
         self._pushed_to = 0  # the last position whose rows were pushed here
+        # Told of each advance on the event loop, after the rows are kept (api/multiplex.py).
+        self.listeners: list[Callable[[int, Rows | None], None]] = []
 
     def current(self) -> asyncio.Future[Rows | None]:
         return self._future
@@ -97,6 +100,11 @@ class Broadcaster:
             kept.append(row)
         if rows is not None:
             self._pushed_to = max(self._pushed_to, position)
+        for listener in self.listeners:
+            try:
+                listener(position, rows)
+            except Exception:  # one listener's fault must not stop the others' wake-ups
+                log.exception("a listener of the projection's advance failed")
         future, self._future = self._future, self.loop.create_future()
         if not future.done():
             future.set_result(rows)
@@ -304,8 +312,13 @@ class Services:
     sign_ins: SignInThrottle = field(init=False)
     # Live subscriptions per account (user id), in this process.
     open_subscriptions: dict[str, int] = field(default_factory=dict)
+    # Live subscriptions by stream, sharing each event's execution (api/multiplex.py).
+    live: Hub = field(init=False)
 
     def __post_init__(self) -> None:
+        self.live = Hub(self.query, self.broadcaster.recent,
+                        lambda: asyncio.to_thread(self.projector.position))
+        self.broadcaster.listeners.append(self.live.advanced)
         self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)
         self.sign_ins = SignInThrottle(
             self.telemetry_views or self.views,
