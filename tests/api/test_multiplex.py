@@ -23,8 +23,8 @@ from api import multiplex
 from api.services import Services
 from bench.events import step_data
 from domain.spec import parse_job_spec
-from infra.devstack import free_port
 from infra.settings import Settings
+from ops.devstack import free_port
 from tests.support.api_server import running_api
 
 EVENTS = """subscription($id: ID!, $after: Int!) {
