@@ -1,10 +1,11 @@
 """Live subscriptions, multiplexed (as Hasura serves its live queries).
 
 strawberry runs a subscription's selection once per subscriber per event and sends each
-result through its protocol handler. Here, subscribers of one stream (a job's events, a
-provider's) that sent the same document with the same result-shaping variables form a
-`Group`: an event is executed once per group, serialized once, and the same payload text
-goes into every subscriber's `next` frame, written straight to its websocket.
+result through its protocol handler. Here, subscribers that sent the same document with
+the same result-shaping variables form a `Group` (whatever job or provider each follows:
+the root field resolves to the event itself): an event is executed once per group,
+serialized once, and the same payload text goes into the `next` frame of every subscriber
+of its stream, written straight to its websocket.
 
 What stays strawberry's: everything at subscribe time (the request limits, validation, the
 field's gate, the resolver's own checks of whose job it is, `after` and the per-account
@@ -68,7 +69,7 @@ Rows = list[Row]
 Query = Callable[[str, tuple[Any, ...]], Awaitable[Rows]]
 
 MAX_QUEUED = 256  # rows waiting for one subscriber's task; past that it reads them later
-PAYLOADS_KEPT = 64  # serialized events per group, for subscribers a few behind
+PAYLOADS_KEPT = 1024  # serialized events per group (of any stream), for those a few behind
 SHAPES_KEPT = 512  # documents whose result-shaping variables are remembered
 TICK_S = 1.0  # sign-ins asked again, and the projection's position looked at
 REVOKED = "unauthenticated: the session or API key was revoked or expired"
@@ -159,19 +160,20 @@ def shaping_variables(document: DocumentNode, operation: OperationDefinitionNode
 
 
 class Group:
-    """Subscribers of one feed whose document and shaping variables are the same: an
-    event is executed and serialized once for all of them."""
+    """Subscribers whose document and shaping variables are the same: an event is executed
+    and serialized once for all of them. The stream followed (jobId, say) is no part of the
+    result (the root field resolves to the event), so one group serves every stream."""
 
     def __init__(self, key: tuple[str, ...], executor: Executor, value: Callable[[Row], Any],
                  errors: Callable[[list[GraphQLError]], None]):
         self.key, self.executor, self.value, self.errors = key, executor, value, errors
         self.subscribers = 0
         self.executions = 0
-        self._payloads: OrderedDict[int, str] = OrderedDict()
+        self._payloads: OrderedDict[tuple[str, int], str] = OrderedDict()
 
-    async def payload(self, row: Row) -> str:
+    async def payload(self, stream: str, row: Row) -> str:
         """The `next` payload for this row, as JSON text: executed once per group."""
-        seq = row["seq"]
+        seq = (stream, row["seq"])
         kept = self._payloads.get(seq)
         if kept is not None:
             return kept
@@ -225,10 +227,9 @@ class Subscriber:
 
 @dataclass
 class Feed:
-    """One stream's live subscribers in this process, in their groups."""
+    """One stream's live subscribers in this process."""
 
     source: Source
-    groups: dict[tuple[str, ...], Group] = field(default_factory=dict)
     subscribers: set[Subscriber] = field(default_factory=set)
 
     def push(self, rows: Rows) -> None:
@@ -243,6 +244,7 @@ class Hub:
                  position: Callable[[], Awaitable[int]] | None = None):
         self.query, self.recent, self.position = query, recent, position
         self.feeds: dict[str, Feed] = {}
+        self.groups: dict[tuple[str, ...], Group] = {}
         self._shapes: OrderedDict[tuple[str, str | None], frozenset[str]] = OrderedDict()
         self._seen = 0  # the projection's position as pushed or notified here
         self._ticker: asyncio.Task[None] | None = None
@@ -296,7 +298,7 @@ class Hub:
         feed = self.feeds.get(source.stream)
         if feed is None:
             feed = self.feeds[source.stream] = Feed(source)
-        group = self._group(feed, info, context)
+        group = self._group(info, context, source)
         subscriber = Subscriber(group, after, still_allowed)
         feed.subscribers.add(subscriber)
         group.subscribers += 1
@@ -307,7 +309,7 @@ class Hub:
             feed.subscribers.discard(subscriber)
             group.subscribers -= 1
             if not group.subscribers:
-                del feed.groups[group.key]
+                del self.groups[group.key]
             if not feed.subscribers and self.feeds.get(source.stream) is feed:
                 del self.feeds[source.stream]
 
@@ -325,7 +327,8 @@ class Hub:
                     raise auth.Denied(REVOKED)
                 while subscriber.queue:
                     row = subscriber.queue.popleft()
-                    await outlet.send_text(outlet.frame(await subscriber.group.payload(row)))
+                    payload = await subscriber.group.payload(source.stream, row)
+                    await outlet.send_text(outlet.frame(payload))
                     if row["type"] in source.terminal:
                         return
                 continue
@@ -346,7 +349,7 @@ class Hub:
         # Rows pushed while it read may have set `behind` again: the next round takes them.
         subscriber.offer(rows, read=True)
 
-    def _group(self, feed: Feed, info: Info[Any, Any], context: Any) -> Group:
+    def _group(self, info: Info[Any, Any], context: Any, source: Source) -> Group:
         raw = info._raw_info
         operation = raw.operation
         name = operation.name.value if operation.name else None
@@ -360,15 +363,15 @@ class Hub:
                 self._shapes.popitem(last=False)
         variables = info.variable_values
         shaping = {k: v for k, v in variables.items() if k in shape}
-        key = (query, name or "", json.dumps(shaping, sort_keys=True, default=str))
-        group = feed.groups.get(key)
+        key = (source.kind, query, name or "", json.dumps(shaping, sort_keys=True, default=str))
+        group = self.groups.get(key)
         if group is None:
             built = Executor.build(raw.schema, document, context_value=context,
                                    raw_variable_values=dict(variables), operation_name=name)
             if isinstance(built, list):  # strawberry coerced these very values a moment ago
                 raise RuntimeError(f"subscription variables: {built[0].message}")
             schema = info.schema
-            group = feed.groups[key] = Group(key, built, feed.source.value,
+            group = self.groups[key] = Group(key, built, source.value,
                                              lambda errors: schema.process_errors(errors))
         return group
 
@@ -398,7 +401,6 @@ class Hub:
 
     def stats(self) -> dict[str, int]:
         """Feeds, groups, subscribers and executions so far (tests, /metrics)."""
-        groups = [g for f in self.feeds.values() for g in f.groups.values()]
-        return {"feeds": len(self.feeds), "groups": len(groups),
+        return {"feeds": len(self.feeds), "groups": len(self.groups),
                 "subscribers": sum(len(f.subscribers) for f in self.feeds.values()),
-                "executions": sum(g.executions for g in groups)}
+                "executions": sum(g.executions for g in self.groups.values())}

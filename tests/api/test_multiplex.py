@@ -138,8 +138,8 @@ async def test_subscribers_of_one_document_share_each_execution(api: Api) -> Non
                 subscribed(api, EVENTS, id=job, after=1) as c,  # resumes: same group
                 subscribed(api, SHORT, id=job, after=0) as d):
         await asyncio.gather(a.read(1), b.read(1), d.read(1))  # JobSubmitted: all are in
-        feed = api.services.live.feeds[f"job:{job}"]
-        assert sorted(g.subscribers for g in feed.groups.values()) == [1, 3]
+        live = api.services.live
+        assert sorted(g.subscribers for g in live.groups.values()) == [1, 3]
         for n in range(1, 11):
             await asyncio.to_thread(api.steps, job, n, 1)
         got = await asyncio.gather(a.read(11), b.read(11), c.read(10), d.read(11))
@@ -150,7 +150,7 @@ async def test_subscribers_of_one_document_share_each_execution(api: Api) -> Non
         assert got[3][1] == {"data": {"e": {"seq": 2}}}
         assert got[0][1]["data"]["jobEvents"]["data"]["attempt"] == 1
         # Ten events, plus the first for those that came in: executed once per document.
-        executions = sorted(g.executions for g in feed.groups.values())
+        executions = sorted(g.executions for g in live.groups.values())
         assert executions == [11, 11], executions
     await asyncio.sleep(0.1)
     assert f"job:{job}" not in api.services.live.feeds  # the last one out closes the feed
@@ -161,11 +161,23 @@ async def test_variables_that_shape_the_result_make_their_own_group(api: Api) ->
     async with (subscribed(api, SHAPED, id=job, after=0, data=True) as full,
                 subscribed(api, SHAPED, id=job, after=0, data=False) as bare):
         await asyncio.gather(full.read(1), bare.read(1))
-        assert len(api.services.live.feeds[f"job:{job}"].groups) == 2
+        assert len(api.services.live.groups) == 2
         await asyncio.to_thread(api.steps, job, 1, 1)
         with_data, without = await asyncio.gather(full.read(2), bare.read(2))
         assert with_data[1]["data"]["jobEvents"]["data"]["attempt"] == 1
         assert without[1] == {"data": {"jobEvents": {"seq": 2}}}
+
+
+async def test_one_group_serves_every_job_followed_with_the_same_document(api: Api) -> None:
+    jobs = [api.new_job(), api.new_job()]
+    async with (subscribed(api, EVENTS, id=jobs[0], after=0) as a,
+                subscribed(api, EVENTS, id=jobs[1], after=0) as b):
+        first = await asyncio.gather(a.read(1), b.read(1))
+        assert [p[0]["data"]["jobEvents"]["seq"] for p in first] == [1, 1]
+        (group,) = api.services.live.groups.values()
+        assert group.subscribers == 2 and group.executions == 2  # one per job's event
+        await asyncio.to_thread(api.steps, jobs[1], 1, 1)
+        assert seqs(await b.read(2)) == [1, 2] and len(a.frames) == 1
 
 
 async def test_a_subscriber_behind_reads_what_it_missed_once_in_order(
