@@ -57,9 +57,10 @@ from domain.ledger import (
 from domain.money import cost_of_gpu_time
 from domain.provider import Provider
 from domain.spec import JobSpec
+from domain.states import TERMINAL_EVENTS
 from infra.settings import Settings
 from ops.devstack import Stack, free_port, temporal_dev_args, wait_for_http
-from readmodel.projector import TERMINAL_EVENTS, Projector
+from readmodel.projector import Projector
 from readmodel.schema import ViewDB
 
 SPEC = JobSpec.model_validate({
