@@ -197,13 +197,17 @@ class Group:
 class Subscriber:
     """One live subscription: the rows queued for it and how far it has got."""
 
-    __slots__ = ("behind", "denied", "group", "last", "queue", "still_allowed", "wake")
+    __slots__ = ("ask", "behind", "denied", "group", "last", "queue", "still_allowed", "token",
+                 "wake")
 
-    def __init__(self, group: Group, after: int, still_allowed: Callable[[], Awaitable[bool]]):
+    def __init__(self, group: Group, after: int, still_allowed: Callable[[], Awaitable[bool]],
+                 token: str | None):
         self.group, self.last, self.still_allowed = group, after, still_allowed
+        self.token = token  # what signed it in: the once-a-second check asks once per token
         self.queue: deque[Row] = deque()
         self.behind = True  # it reads what the stream holds after `after` first
         self.denied = False
+        self.ask = False  # its own task asks its sign-in again (the hub's asking failed)
         self.wake: asyncio.Future[None] | None = None
 
     def offer(self, rows: Rows, read: bool = False) -> None:
@@ -292,14 +296,16 @@ class Hub:
     # The subscriber's side (the operation's task)
 
     async def serve(self, outlet: Outlet, info: Info[Any, Any], source: Source, after: int,
-                    still_allowed: Callable[[], Awaitable[bool]], context: Any) -> None:
+                    still_allowed: Callable[[], Awaitable[bool]], token: str | None,
+                    context: Any) -> None:
         """Send `source`'s events after seq `after` to the outlet until the stream ends (a
-        terminal event was sent), the subscriber's sign-in ends (auth.Denied) or it goes."""
+        terminal event was sent), the subscriber's sign-in ends (auth.Denied) or it goes.
+        `still_allowed` says whether `token` (what signed it in) still names someone."""
+        group = self._group(info, context, source)
         feed = self.feeds.get(source.stream)
         if feed is None:
             feed = self.feeds[source.stream] = Feed(source)
-        group = self._group(info, context, source)
-        subscriber = Subscriber(group, after, still_allowed)
+        subscriber = Subscriber(group, after, still_allowed, token)
         feed.subscribers.add(subscriber)
         group.subscribers += 1
         self._start_ticking()
@@ -319,6 +325,10 @@ class Hub:
         while True:
             if subscriber.denied:
                 raise auth.Denied(REVOKED)
+            if subscriber.ask:  # an error here ends the subscription, as it always did
+                subscriber.ask = False
+                if not await subscriber.still_allowed():
+                    raise auth.Denied(REVOKED)
             if subscriber.behind:
                 await self._catch_up(feed, subscriber, first)
                 first = False
@@ -332,7 +342,7 @@ class Hub:
                     if row["type"] in source.terminal:
                         return
                 continue
-            if subscriber.behind or subscriber.denied:
+            if subscriber.behind or subscriber.denied or subscriber.ask:
                 continue
             subscriber.wake = loop.create_future()
             await subscriber.wake
@@ -393,11 +403,23 @@ class Hub:
                 log.exception("the subscriptions' once-a-second check failed")
 
     async def _check_sign_ins(self) -> None:
-        for feed in list(self.feeds.values()):
-            for subscriber in list(feed.subscribers):
-                if not subscriber.denied and not await subscriber.still_allowed():
+        """Each token of a live subscriber asked once (together: each may be a lookup)."""
+        by_token: dict[str | None, list[Subscriber]] = {}
+        for feed in self.feeds.values():
+            for subscriber in feed.subscribers:
+                if not subscriber.denied:
+                    by_token.setdefault(subscriber.token, []).append(subscriber)
+        answers = await asyncio.gather(*(subs[0].still_allowed() for subs in by_token.values()),
+                                       return_exceptions=True)
+        for subs, allowed in zip(by_token.values(), answers, strict=True):
+            for subscriber in subs:
+                if isinstance(allowed, BaseException):
+                    subscriber.ask = True
+                elif not allowed:
                     subscriber.denied = True
-                    subscriber.poke()
+                else:
+                    continue
+                subscriber.poke()
 
     def stats(self) -> dict[str, int]:
         """Feeds, groups, subscribers and executions so far (tests, /metrics)."""

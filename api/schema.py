@@ -738,7 +738,7 @@ async def live_rows(info: I, source: multiplex.Source, after: int) -> AsyncGener
     outlet = multiplex.OUTLET.get()
     if outlet is not None:
         await services.live.serve(outlet, info, source, check_after(after),
-                                  context.still_signed_in, Context(services))
+                                  context.still_signed_in, context.token, Context(services))
         return
     rows = follow_stream(services, source.kind, source.key, after, source.terminal,
                          context.still_signed_in)
