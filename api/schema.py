@@ -67,11 +67,11 @@ from domain.limits import (
     PROVIDER_GPUS,
     Bound,
 )
-from domain.money import credits_to_micro
 from domain.node import DEFAULT_NODE, check_name, split_queue
 from domain.provider import RUNTIMES, SANDBOXES
-from domain.spec import SpecError, parse_job_spec
 from domain.states import TERMINAL_EVENTS, TERMINAL_STATES
+from protocol.money import credits_to_micro
+from protocol.spec import SpecError, parse_job_spec
 from readmodel.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
 

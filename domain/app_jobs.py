@@ -26,8 +26,8 @@ from domain.ledger import (
     transfer,
 )
 from domain.limits import AMOUNT
-from domain.money import cost_of_gpu_time
-from domain.spec import JobSpec
+from protocol.money import cost_of_gpu_time
+from protocol.spec import JobSpec
 
 
 @dataclass(frozen=True)

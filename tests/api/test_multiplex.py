@@ -22,9 +22,9 @@ import websockets
 from api import multiplex
 from api.services import Services
 from bench.events import step_data
-from domain.spec import parse_job_spec
 from infra.settings import Settings
 from ops.devstack import free_port
+from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
 
 EVENTS = """subscription($id: ID!, $after: Int!) {

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from client import cli
+from client.cli import common
 from client.sdk import GpgpuClient
 from tests.client.fake_api import CLIENT, FakeApi
 
@@ -116,7 +117,8 @@ class ProviderApi(FakeApi):
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> ProviderApi:
     api = ProviderApi()
-    monkeypatch.setattr(cli, "GpgpuClient", functools.partial(GpgpuClient, transport=api.transport))
+    wired_client = functools.partial(GpgpuClient, transport=api.transport)
+    monkeypatch.setattr(common, "GpgpuClient", wired_client)
     return api
 
 
