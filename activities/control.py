@@ -288,7 +288,7 @@ class ControlActivities:
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
 
     @activity.defn(name=c.RECORD_RUN_FAILED, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def record_run_failed(self, req: c.RunFailed) -> None:
         _live(self.network.job(req.job_id), "a provider's failure")
