@@ -364,9 +364,10 @@ class Network(Application[Any]):
                     held.reservations.get(job_id, []),
                     held.price_per_gpu_hour_micro,
                 ), []
-            # Replicas of one job never share a provider, nor an owner.
+            # Replicas of one job never share a provider, nor an owner (also once a run's
+            # GPUs went back).
             holding = self.same_owner({pid for pid, p in providers.items()
-                                       if job_id in p.reservations})
+                                       if job_id in p.reservations} | job.ran_on(attempt_no))
             decision = decide(
                 self._requirements(spec, node),
                 self._candidates(providers.values(), online),
@@ -489,6 +490,7 @@ class Network(Application[Any]):
                 jobs[p.job_id] = job
                 if p.attempt in job.allocations:  # another scheduler placed it meanwhile
                     raise DomainError(f"job {p.job_id} attempt {p.attempt} is placed already")
+                self._check_independent(job, p.attempt, p.provider_id)
                 provider = providers[p.provider_id]
                 provider.reserve(p.job_id, p.gpu_indexes, p.client_id)
                 job.record_allocation(p.attempt, p.provider_id, p.gpu_indexes,
@@ -510,6 +512,7 @@ class Network(Application[Any]):
                 if job.allocations.get(p.attempt) is not None:
                     written.append(job.allocations[p.attempt] == p.provider_id)
                     continue
+                self._check_independent(job, p.attempt, p.provider_id)
                 provider.reserve(p.job_id, p.gpu_indexes, p.client_id)
                 job.record_allocation(p.attempt, p.provider_id, p.gpu_indexes,
                                       p.price_per_gpu_hour_micro)
@@ -520,6 +523,17 @@ class Network(Application[Any]):
                 providers[p.provider_id] = self.provider(p.provider_id)
                 written.append(False)
         return written
+
+    def _check_independent(self, job: Job, attempt_no: int, provider_id: str) -> None:
+        """Refuse to place a run of a job on a provider, or an owner, that ran another of its
+        runs: replicas, checks and verifiers are independent, also once a run gave its GPUs
+        back and whatever a scheduler's copies missed."""
+        ran = job.ran_on(attempt_no)
+        if ran and provider_id in self.same_owner(ran):
+            raise DomainError(
+                f"provider_id: {provider_id} (or its owner) ran another of job "
+                f"{job.job_id}'s runs; attempt {attempt_no} must run elsewhere"
+            )
 
     # Providers' own controls
 
@@ -648,8 +662,16 @@ class Network(Application[Any]):
                         f"refusing a second settlement ({figures})"
                     )
                 return figures, []  # a retry of the same settlement
-            accounts: dict[str, Account] = {}
+            # Several runs paid to one provider share its transfer ids (pay:, fee:, check:):
+            # one transfer each, of their sum. Posted apart, the second would be skipped as
+            # already posted and its money left in escrow for good.
+            merged: dict[str, tuple[str, str, str, int, str]] = {}
             for source, target, transfer_id, amount, memo in moves:
+                if transfer_id in merged:
+                    amount += merged[transfer_id][3]
+                merged[transfer_id] = (source, target, transfer_id, amount, memo)
+            accounts: dict[str, Account] = {}
+            for source, target, transfer_id, amount, memo in merged.values():
                 if amount:
                     for name in (source, target):
                         if name not in accounts:  # load each account once per settlement
