@@ -38,7 +38,7 @@ def transient(err: BaseException) -> bool:
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
-VIEWS_VERSION = 9
+VIEWS_VERSION = 10
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 _META = ("timestamp", "originator_id", "originator_version", "originator_topic")
 
@@ -358,9 +358,10 @@ class Projector:
             )
             data = {k: v for k, v in data.items() if k != "spec"}
             self._rows.jobs[agg] = {"job_id": data["job_id"], "last_seq": 0,
-                                    "queued_position": None}
+                                    "queued_position": None, "provider_id": None}
         job = self._rows.jobs.get(agg) or cur.one(
-            "SELECT job_id, last_seq, queued_position FROM jobs WHERE aggregate_id = ?", (agg,)
+            "SELECT job_id, last_seq, queued_position, provider_id FROM jobs"
+            " WHERE aggregate_id = ?", (agg,)
         )
         if job is None:
             log.error("event %s for unknown job aggregate %s", etype, agg)
@@ -380,9 +381,15 @@ class Projector:
             if job["queued_position"] is None:
                 changes["queued_position"] = job["queued_position"] = nid
         elif etype == "GpusAllocated":
-            changes.update(provider_id=data["provider_id"], allocated_at=at)
+            changes["allocated_at"] = at
+            # The job's provider is its run's: a check run, a verifier or a tie-break placed
+            # while the job has one does not replace it (nor does its loss clear it).
+            if job["provider_id"] is None:
+                changes["provider_id"] = data["provider_id"]
         elif etype == "ProviderLost":
-            changes.update(provider_id=None, allocated_at=None)
+            changes["allocated_at"] = None
+            if job["provider_id"] == data["provider_id"]:
+                changes["provider_id"] = None
         elif etype in ("OutputsUploaded", "ResultAccepted"):
             # The latest upload until verification accepts one run's outputs as the job's.
             changes["outputs"] = json.dumps(data["manifest"])
@@ -392,6 +399,8 @@ class Projector:
                 changes["provider_id"] = data["provider_id"]
         elif etype == "JobSettled":
             changes["cost_micro"] = data["charged_micro"]
+        if "provider_id" in changes:
+            job["provider_id"] = changes["provider_id"]
         self._rows.update("jobs", "job_id", job_id, changes)
 
     def _stream_event(
