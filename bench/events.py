@@ -56,8 +56,8 @@ from domain.projection import Projector
 from domain.provider import Provider
 from domain.spec import JobSpec
 from infra.db import ViewDB
-from infra.devstack import Stack, free_port, temporal_dev_args, wait_for_http
 from infra.settings import Settings
+from ops.devstack import Stack, free_port, temporal_dev_args, wait_for_http
 
 SPEC = JobSpec.model_validate({
     "name": "bench", "command": ["python3", "train.py"], "outputs": ["out/model.pt"],

@@ -88,8 +88,8 @@ with workflow.unsafe.imports_passed_through():
     from websockets.typing import Subprotocol
 
     from client.subscription import SUBPROTOCOL, JobEventsSession
-    from infra.devstack import Stack, agent_env, free_port, temporal_dev_args, wait_for_http
     from infra.settings import Settings
+    from ops.devstack import Stack, agent_env, free_port, temporal_dev_args, wait_for_http
     from workflows.contracts import GPU_STEPS
 
 T = TypeVar("T")

@@ -32,9 +32,9 @@ from domain.limits import (
     OutOfBounds,
 )
 from domain.spec import parse_job_spec
-from infra.devstack import free_port
 from infra.settings import Settings
 from infra.telemetry import GpuReading, Heartbeat
+from ops.devstack import free_port
 from tests.api.test_provider_controls import (
     HEARTBEAT,
     REGISTER,

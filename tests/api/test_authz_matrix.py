@@ -24,9 +24,9 @@ from fastapi import FastAPI
 from api.services import Services
 from domain.identity import ROLES
 from domain.spec import parse_job_spec
-from infra.devstack import free_port
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
+from ops.devstack import free_port
 from tests.support.api_server import running_api
 
 WHO = ("anonymous", "client_a", "client_b", "provider", "operator", "admin")

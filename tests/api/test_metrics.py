@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.services import Services
 from domain.spec import parse_job_spec
-from infra.devstack import free_port
 from infra.settings import Settings
+from ops.devstack import free_port
 from tests.support.api_server import running_api
 
 H100 = "NVIDIA H100 80GB HBM3"

@@ -294,7 +294,7 @@ def test_rebuild_projections_gives_identical_views(net: Network) -> None:
     assert before["jobs"] and before["ledger_entries"]
     env = {**os.environ, "GPGPU_HOME": str(net.stack.home)}
     done = subprocess.run(
-        [sys.executable, "-m", "client", "admin", "rebuild-projections", "--json"],
+        [sys.executable, "-m", "ops", "admin", "rebuild-projections", "--json"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr

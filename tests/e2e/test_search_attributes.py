@@ -26,7 +26,7 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.worker import Replayer
 
 from api import jobs
-from infra.devstack import free_port, start_listening, temporal_dev_args
+from ops.devstack import free_port, start_listening, temporal_dev_args
 from tests.e2e.network import Network, network
 from workflows import search_attributes as sa
 from workflows.contracts import JobInput, job_workflow_id

@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.storage import router
-from infra.devstack import free_port
+from ops.devstack import free_port
 from tests.infra.conftest import StoreFactory, run_grant, storage_services
 from worker_gpu.transfer import IntegrityMismatch, download_verified, renewed
 

@@ -1,7 +1,7 @@
 """A network of real processes the reliability tests can break: kill -9 any of them, start it
 again, run several of a kind; the event log read back as it grows.
 
-The processes are the ones `gpgpu up` runs (infra/devstack.py), started the same way, with
+The processes are the ones `gpgpu up` runs (ops/devstack.py), started the same way, with
 the end-to-end tests' short fault timeouts (tests/e2e/network.py: FAST_FAULTS). Callers are
 that module's named accounts (`Network.gql(query, "alice")`), signed up through the API.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from domain.application import Network as DomainNetwork
-from infra.devstack import ROOT, Stack, free_port, start_listening, temporal_dev_args, wait_for_http
 from infra.settings import Settings
+from ops.devstack import ROOT, Stack, free_port, start_listening, temporal_dev_args, wait_for_http
 from tests.e2e.network import FAST_FAULTS, PROVIDER_OWNER, Network
 
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
