@@ -146,7 +146,6 @@ async def test_resetting_a_running_job_ends_it_once_paid_once(
         raise AssertionError(f"reset to the {point} task: the run failed: {cause}") from err
     record = finish(net, "cat", job_id, timeout_s=60)
     assert record["state"] == result.state, (record, result)
-    print(f"reset to the {point} task while running: {result.state} ({result.reason})")
 
     books = ledger(net)
     job = books.job(job_id)
@@ -168,6 +167,12 @@ async def test_resetting_a_running_job_ends_it_once_paid_once(
     assert all(len(a) == 1 for a in paid_to.values()), paid_to
     assert sum(sum(a) for a in paid_to.values()) == job.settlement["provider_paid_micro"]
     assert held_gpus(net, ["r-1"]) == {}
+    if result.state != "SUCCEEDED":
+        # Known, open: the reset's new run hands attempt 1's execute to the provider again
+        # while the first run's process still runs (nothing tells the agent that run is
+        # gone): the command runs twice in one work directory, the second fails ("cannot
+        # create out.txt: Permission denied") and the job FAILS, charged for that run.
+        pytest.xfail(f"reset to the {point} task re-ran the running command: {result.reason}")
 
 
 def entries_of(books: Any, account: str, job_id: str) -> dict[str, list[int]]:
