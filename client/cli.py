@@ -372,6 +372,9 @@ def job_submit(
     with _client(ctx) as gp:
         with _transfers(enabled=not as_json) as report:
             job = gp.submit_spec_file(spec, progress=report)
+        if not as_json:
+            for warning in job.warnings:
+                _err().print(f"warning: {warning}", markup=False, highlight=False)
         if not wait:
             if as_json:
                 _print_json(job)

@@ -79,6 +79,7 @@ from domain.matching import (
     explain,
     explain_gpus,
     gb_to_mib,
+    unsatisfiable,
 )
 from domain.money import cost_of_gpu_time
 from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
@@ -430,6 +431,17 @@ class Network(Application[Any]):
         return explain(
             self._requirements(spec, node), self._candidates(providers, online), set(), node.region
         )
+
+    def unsatisfiable(self, spec: JobSpec) -> str | None:
+        """Why no provider registered on the spec's node could ever run it (its GPUs, their
+        model and memory, region, runtime), in words; None when one could."""
+        node_id, queue = split_queue(spec.queue)
+        node = self.node(node_id)
+        if queue not in node.queues:
+            raise DomainError(f"queue: node {node_id!r} has no queue {queue!r}")
+        providers = [self.provider(pid) for pid in node.provider_ids]
+        return unsatisfiable(self._requirements(spec, node),
+                             self._candidates(providers, set()), node_id)
 
     def explain_gpus(self, spec: JobSpec, online: set[str]) -> list[GpuAssessment]:
         """Every GPU of the spec's node: eligible now (best first), or why not."""
