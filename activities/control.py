@@ -26,10 +26,11 @@ from domain.errors import DomainError
 from domain.job import Job
 from domain.spec import JobSpec, check_relative_path
 from domain.verification import check_rate, decide_check
-from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
 from infra.storage import ObjectNotFound, ObjectStore, StorageError, delete_each
+from readmodel.schema import ViewDB
+from readmodel.telemetry import online_provider_ids
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from domain.application import Network
 from domain.job import TERMINAL_STATES
-from infra.db import ViewDB
+from readmodel.schema import ViewDB
 from workflows.contracts import job_workflow_id
 
 log = logging.getLogger(__name__)

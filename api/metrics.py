@@ -32,8 +32,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from api.auth import bearer
-from domain.projection import JOB_STATE_AFTER
-from infra.db import ViewDB
+from readmodel.projector import JOB_STATE_AFTER
+from readmodel.schema import ViewDB
 
 router = APIRouter()
 

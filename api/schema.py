@@ -68,10 +68,10 @@ from domain.limits import (
 )
 from domain.money import credits_to_micro
 from domain.node import DEFAULT_NODE, check_name, split_queue
-from domain.projection import TERMINAL_EVENTS
 from domain.provider import RUNTIMES, SANDBOXES
 from domain.spec import SpecError, parse_job_spec
-from infra.telemetry import Heartbeat
+from readmodel.projector import TERMINAL_EVENTS
+from readmodel.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
 
 T = TypeVar("T")

@@ -198,7 +198,7 @@ def main(argv: list[str]) -> int:
         except ImportError:
             say("bench/heartbeats.py is missing: no heartbeat figure")
             return 1
-        from infra.db import ViewDB
+        from readmodel.schema import ViewDB
 
         views = ViewDB(settings)
         try:

@@ -129,7 +129,7 @@ TEMPERATURE_C = Bound(0, 1000, "°C")
 POWER_W = Bound(0, 100_000, "W", whole=False)
 ERROR_COUNT = Bound(0, MAX_ERROR_COUNT, "errors")
 
-# The read model's and the samples' bound per GPU telemetry field (infra/telemetry.py).
+# The read model's and the samples' bound per GPU telemetry field (readmodel/telemetry.py).
 TELEMETRY: dict[str, Bound] = {
     "utilization_pct": UTILIZATION_PCT,
     "memory_used_mb": Bound(0, MAX_GPU_MEMORY_MB, "MiB"),

@@ -17,8 +17,8 @@ from activities.sweeper import Sweeper
 from domain.application import Network
 from infra import tracing
 from infra.assignments import AssignmentBoard
-from infra.db import ViewDB
 from infra.settings import Settings
+from readmodel.schema import ViewDB
 from workflows.canary import CanaryWorkflow
 from workflows.job import JobWorkflow
 

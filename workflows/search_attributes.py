@@ -20,7 +20,7 @@ KEYS = (CLIENT, STATE, GPU_MODEL, NODE)
 ANY_MODEL = "any"  # a job that names no GPU model
 
 # The job state each of JobWorkflow's steps stands for (the read model's names; see
-# domain/projection.py). The terminal state comes from the workflow's result.
+# readmodel/projector.py). The terminal state comes from the workflow's result.
 STATE_OF_STEP = {
     "admit": "SUBMITTED",
     "allocate": "QUEUED",

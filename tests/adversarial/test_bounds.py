@@ -33,8 +33,8 @@ from domain.limits import (
 )
 from domain.spec import parse_job_spec
 from infra.settings import Settings
-from infra.telemetry import GpuReading, Heartbeat
 from ops.devstack import free_port
+from readmodel.telemetry import GpuReading, Heartbeat
 from tests.api.test_provider_controls import (
     HEARTBEAT,
     REGISTER,

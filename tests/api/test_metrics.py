@@ -148,7 +148,7 @@ def test_a_metrics_token_closes_the_endpoint_to_everyone_without_it(tmp_path: Pa
 
     from fastapi.testclient import TestClient
 
-    from infra.db import ViewDB
+    from readmodel.schema import ViewDB
 
     settings = Settings(home=tmp_path, event_store="memory", metrics_token="scrape-me")
     app = create_app(settings)

@@ -12,8 +12,8 @@ import pytest
 from api.auth import Denied, SignInThrottle
 from domain.application import Network
 from domain.identity import IdentityError
-from infra.db import ViewDB
 from infra.settings import Settings
+from readmodel.schema import ViewDB
 from tests.domain.support import store_settings
 
 

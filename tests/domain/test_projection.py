@@ -13,10 +13,10 @@ import pytest
 from domain.application import Network
 from domain.errors import DomainError
 from domain.job import Job
-from domain.projection import JOB_STATE_AFTER, Projector
 from domain.reputation import reputation_score
-from infra.db import ViewDB
 from infra.settings import Settings
+from readmodel.projector import JOB_STATE_AFTER, Projector
+from readmodel.schema import ViewDB
 from tests.domain.support import (
     CHARGED,
     JOB_EVENTS_SUCCESS,
@@ -250,7 +250,7 @@ def test_rebuild_gives_identical_views(app: Network, open_views: OpenViews) -> N
 def test_views_do_not_depend_on_how_events_are_batched(
     app: Network, open_views: OpenViews, batch_size: int
 ) -> None:
-    """A batch keeps the rows it read and writes each changed row once (domain/projection.py
+    """A batch keeps the rows it read and writes each changed row once (readmodel/projector.py
     _Rows); one event per batch reads and writes every time. Both fold to the same views."""
     run_lifecycle(app, Names("job-a", "alice", "prov-a"))
     run_lifecycle(app, Names("job-b", "bob", "prov-b"), succeed=False)
@@ -414,7 +414,7 @@ def test_an_event_the_views_cannot_hold_is_set_aside_and_the_others_go_on(
     bad_id = app.recorder.max_notification_id()
     app.register_provider("p-good", "eu", PRICE, [gpu(0)])
     app.deposit("bob", 5_000_000, "d1")
-    with caplog.at_level("ERROR", logger="domain.projection"):
+    with caplog.at_level("ERROR", logger="readmodel.projector"):
         projector.catch_up()
     app.set_price("p-bad", PRICE + 1)
     projector.catch_up()

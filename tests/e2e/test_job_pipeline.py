@@ -114,7 +114,7 @@ def test_job_runs_end_to_end(net: Network) -> None:
 
 
 def store_accounts(net: Network) -> list[dict[str, object]]:
-    from infra.db import ViewDB
+    from readmodel.schema import ViewDB
 
     return ViewDB(net.stack.settings).query("SELECT name FROM accounts")
 
@@ -283,7 +283,7 @@ def test_cancel_queued_job_refunds_everything(net: Network) -> None:
 
 
 def test_rebuild_projections_gives_identical_views(net: Network) -> None:
-    from infra.db import VIEW_TABLES, ViewDB
+    from readmodel.schema import VIEW_TABLES, ViewDB
 
     views = ViewDB(net.stack.settings)
 

@@ -21,7 +21,8 @@ from eventsourcing.persistence import Notification
 
 from domain.node import DEFAULT_QUEUE, queue_config, split_queue
 from domain.reputation import reputation, reputation_score
-from infra.db import VIEW_TABLES, Cursor, ViewDB
+from infra.db import Cursor
+from readmodel.schema import VIEW_TABLES, ViewDB
 
 log = logging.getLogger(__name__)
 
