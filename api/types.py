@@ -20,7 +20,7 @@ from api.services import Services
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
 from domain.money import cost_of_gpu_time, micro_to_credits
-from domain.node import DEFAULT_NODE, split_queue
+from domain.node import DEFAULT_NODE
 from domain.reputation import Reputation, reputation
 from domain.spec import JobSpec
 from readmodel.queue import EXPECTED_START, QueueLine, iso_time, queue_line
