@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.application import Network
-from domain.job import TERMINAL_STATES
+from domain.states import TERMINAL_STATES
 from readmodel.schema import ViewDB
 from workflows.contracts import job_workflow_id
 

@@ -218,7 +218,7 @@ class Services:
                 "SELECT status FROM providers WHERE provider_id = ?", (provider_id,)
             )
             if not known:
-                raise UnknownProvider(f"providerId: no provider {provider_id!r}; register first")
+                raise UnknownProvider("provider_id", f"no provider {provider_id!r}; register first")
             self.known_providers.add(provider_id)
         await self.heartbeats.submit(Heartbeat(provider_id, time.time(), readings))
 

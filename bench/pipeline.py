@@ -580,7 +580,7 @@ class Pipeline:
 
         spawn("api", "api")
         for name in replicas("control-worker", self.opts.control_workers):
-            spawn(name, "infra.control_worker")
+            spawn(name, "activities.worker")
         await asyncio.to_thread(wait_for_http, f"{self.procs.api_url}/healthz", 60, "the API")
         for n in range(self.opts.clients):
             self.tokens.append(await self.sign_up(f"client-{n}", "client"))

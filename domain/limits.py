@@ -43,10 +43,6 @@ from domain.errors import DomainError
 class OutOfBounds(DomainError):
     """A number outside its bound: `field` names it, the message says the bound."""
 
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
-
 
 @dataclass(frozen=True)
 class Bound:

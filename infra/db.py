@@ -161,7 +161,8 @@ class SqliteChanges:
 class PostgresChanges:
     """Says whether anyone committed events since it last asked, as SqliteChanges does.
 
-    A trigger on the events table NOTIFYs `EVENTS_CHANNEL` with each inserting
+    A trigger on the events table NOTIFYs `channel` (EVENTS_CHANNEL, per schema: NOTIFY
+    is database-wide, and another schema's commits are not ours) with each inserting
     transaction's commit (installed here, once per database: the first API to start puts
     it there); this LISTENs on a connection of its own, so an idle poll reads a socket
     instead of querying the database hundreds of times a second.
@@ -173,9 +174,10 @@ class PostgresChanges:
         import psycopg
         from psycopg import sql
 
+        schema = settings.pg_schema
+        self.channel = f"{self.EVENTS_CHANNEL}_{schema}"[:63] if schema else self.EVENTS_CHANNEL
         self._conn = psycopg.connect(settings.postgres_conninfo(), autocommit=True)
         try:
-            schema = settings.pg_schema
             if schema:
                 self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
             table = sql.Identifier(*([schema] if schema else []), events_table)
@@ -187,12 +189,12 @@ class PostgresChanges:
                 self._conn.execute(sql.SQL(
                     "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
                     "$$ BEGIN PERFORM pg_notify({}, ''); RETURN NULL; END $$"
-                ).format(function, sql.Literal(self.EVENTS_CHANNEL)))
+                ).format(function, sql.Literal(self.channel)))
                 self._conn.execute(sql.SQL(
                     "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {} "
                     "FOR EACH STATEMENT EXECUTE FUNCTION {}()"
                 ).format(trigger, table, function))
-            self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.EVENTS_CHANNEL)))
+            self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
         except BaseException:
             self._conn.close()
             raise

@@ -260,7 +260,7 @@ class Stack:
 
     def start_control_plane(self) -> None:
         self.spawn("api", [sys.executable, "-m", "api"])
-        self.spawn("control-worker", [sys.executable, "-m", "infra.control_worker"])
+        self.spawn("control-worker", [sys.executable, "-m", "activities.worker"])
         wait_for_http(f"{self.settings.api_url}/healthz", 60, "the API")
 
     def start_provider(

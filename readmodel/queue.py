@@ -13,6 +13,7 @@ from typing import Any
 from domain.matching import Requirements
 from domain.node import split_queue
 from domain.scheduling import Waiting, fair_order
+from domain.states import ACTIVE_STATES
 from infra.settings import Settings
 from readmodel.schema import ViewDB
 from readmodel.telemetry import online_provider_ids
@@ -35,9 +36,6 @@ class QueueLine:
     expected_start: dict[str, str | None]
     held: dict[str, int] = field(default_factory=dict)  # GPUs each client holds on the node
     max_gpus_per_client: int = 0
-
-
-ACTIVE_STATES = ("STAGING", "RUNNING", "UPLOADING", "VERIFYING", "SETTLING")
 
 
 def _unix(at: str) -> float:

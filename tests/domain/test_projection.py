@@ -9,13 +9,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from eventsourcing.domain import Aggregate
 
 from domain.application import Network
 from domain.errors import DomainError
 from domain.job import Job
+from domain.ledger import Account
+from domain.node import Node
+from domain.provider import Provider
 from domain.reputation import reputation_score
+from domain.states import STATE_AFTER
 from infra.settings import Settings
-from readmodel.projector import JOB_STATE_AFTER, Projector
+from readmodel.folding import HANDLERS
+from readmodel.projector import Projector
 from readmodel.schema import ViewDB
 from tests.domain.support import (
     CHARGED,
@@ -224,9 +230,20 @@ def test_the_jobs_provider_stays_its_runs_through_checks_and_a_verifier(
 
 
 def test_every_job_event_type_has_a_state_rule() -> None:
-    assert set(JOB_EVENTS_SUCCESS) <= set(JOB_STATE_AFTER)
+    assert set(JOB_EVENTS_SUCCESS) <= set(STATE_AFTER)
     for etype in ("JobRejected", "ProviderLost", "VerificationFailed", "JobFailed"):
-        assert etype in JOB_STATE_AFTER
+        assert etype in STATE_AFTER
+
+
+@pytest.mark.parametrize("aggregate", [Job, Provider, Node, Account])
+def test_every_event_class_of_a_viewed_aggregate_has_a_fold(aggregate: type[Aggregate]) -> None:
+    """The views dispatch on the event's class: a new event of Job, Provider, Node or
+    Account must get a handler (even one that only appends to its history)."""
+    declared = [cls for name, cls in vars(aggregate).items()
+                if isinstance(cls, type) and issubclass(cls, Aggregate.Event)
+                and name not in ("Event", "Created")]
+    assert declared
+    assert [cls.__name__ for cls in declared if cls not in HANDLERS] == []
 
 
 def test_rebuild_gives_identical_views(app: Network, open_views: OpenViews) -> None:

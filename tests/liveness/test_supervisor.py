@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 # How each child of `gpgpu up` is recognised among its processes, by its command line.
 CHILDREN = {
     "provider-a": "--provider-id\0provider-a",
-    "control-worker": "-m\0infra.control_worker",
+    "control-worker": "-m\0activities.worker",
     "api": "-m\0api\0",
     "provider-b": "--provider-id\0provider-b",
 }

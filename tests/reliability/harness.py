@@ -210,7 +210,7 @@ class Cluster:
             raise AssertionError(f"{name} did not start:\n{self.procs[name].tail()}") from None
 
     def start_control_worker(self, name: str = "control", api: str = "api") -> None:
-        self._proc(name, [sys.executable, "-m", "infra.control_worker"],
+        self._proc(name, [sys.executable, "-m", "activities.worker"],
                    {"GPGPU_API_URL": self.api_urls[api]})
 
     def start_provider(self, provider_id: str, gpus: str, price: str = "1.0",
