@@ -167,8 +167,7 @@ class ControlActivities:
         # This job's other runs (not lost) put their owners' providers out: a run whose GPUs
         # went back when it finished still counts, or a replica, tie-break or verifier could
         # land on another provider of the same account and agree with itself.
-        ran = {pid for attempt, pid in job.allocations.items()
-               if attempt != req.attempt and not job.ran_elsewhere(attempt)}
+        ran = job.ran_on(req.attempt)
         excluded = set(req.excluded_provider_ids) | self.network.same_owner(ran)
         try:
             decision = self.scheduler.request(

@@ -278,7 +278,7 @@ class Mutation:
             if time.monotonic() > deadline:
                 raise RuntimeError("the job was recorded but the read model is not keeping up")
             await asyncio.wait({services.broadcaster.current()}, timeout=0.2)
-        return JobSubmitted(job=job)
+        return JobSubmitted(job=job, warnings=submitted.warnings)
 
     @strawberry.mutation(
         description="Stop a job: its process stops within seconds; it pays for GPU time used",

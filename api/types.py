@@ -20,7 +20,7 @@ from api.services import Services
 from api.waiting import verifying_reasons
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
-from domain.node import DEFAULT_NODE, split_queue
+from domain.node import DEFAULT_NODE
 from domain.reputation import Reputation, reputation
 from protocol.money import cost_of_gpu_time, micro_to_credits
 from protocol.spec import JobSpec
@@ -452,6 +452,11 @@ class FieldError:
 @strawberry.type
 class JobSubmitted:
     job: Job
+    warnings: list[str] = strawberry.field(
+        default_factory=list,
+        description="What the network saw at submit that the client should know, e.g. that no "
+        "provider registered could ever run the spec (too many GPUs, memory, a model or a "
+        "region none has): the job is queued all the same and runs if one joins")
 
 
 @strawberry.type
@@ -505,6 +510,11 @@ class Explanation:
         description="what submitting it holds from the balance (escrow): the maximum price "
         "for every GPU for the whole timeout, for each run verification may need; the unused "
         "part comes back")
+    unsatisfiable: str | None = strawberry.field(
+        default=None,
+        description="why no provider registered on the queue's node could ever run the spec "
+        "(its GPU count, model, memory, region, runtime), whatever they are doing; null when "
+        "one could")
 
 
 ExplainResult = Annotated[Explanation | SpecRejected, strawberry.union("ExplainResult")]
@@ -514,6 +524,9 @@ async def explain_spec(services: Services, spec: JobSpec) -> Explanation:
     online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
     judged = await asyncio.to_thread(services.network.explain, spec, online)
     per_gpu = await asyncio.to_thread(services.network.explain_gpus, spec, online)
+    never = None
+    if not any(a.eligible for a in judged):
+        never = await asyncio.to_thread(services.network.unsatisfiable, spec)
     hours_ms = spec.resources.gpus * spec.timeout_s * 1000
     return Explanation(
         eligible=[
@@ -536,6 +549,7 @@ async def explain_spec(services: Services, spec: JobSpec) -> Explanation:
             for g in per_gpu
         ],
         held_micro=BigInt(spec.max_cost_micro),
+        unsatisfiable=never,
     )
 
 
@@ -698,15 +712,17 @@ async def waiting_reasons(
     if cap and held + row["gpus"] > cap:
         reasons.append(f"the queue lets a client hold at most {cap} GPUs at once; your jobs "
                        f"hold {held} and this one needs {row['gpus']}: it starts when one ends")
-    node_id, _ = split_queue(queue)
     try:
         spec = JobSpec.model_validate(json.loads(row["spec"]))
         online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
         judged = await asyncio.to_thread(services.network.explain, spec, online)
+        never = None  # an eligible provider could run it, so one could ever
+        if not any(a.eligible for a in judged):
+            never = await asyncio.to_thread(services.network.unsatisfiable, spec)
     except (ValueError, DomainError) as err:
         return [*reasons, f"its spec cannot be matched now: {err}"]
-    if not judged:
-        reasons.append(f"no provider has joined node {node_id} yet")
+    if never is not None:  # what the providers are, not what they are doing: say that
+        reasons.append(never)
     elif not any(a.eligible for a in judged):
         reasons.append("no provider can take it now: " + "; ".join(
             f"{a.provider_id}: {a.reason}" for a in judged))

@@ -84,6 +84,9 @@ class Job:
     priority: int = 0
     expected_start: str | None = None  # an estimate while QUEUED (see the API's description)
     waiting_for: list[str] = field(default_factory=list)  # QUEUED or VERIFYING: why, in words
+    # What the network said at submit (only on the job a submit returns): e.g. that no
+    # provider registered could ever run its spec.
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Job:
@@ -105,6 +108,7 @@ class Job:
             priority=int(d.get("priority") or 0),
             expected_start=d.get("expectedStart"),
             waiting_for=[str(w) for w in d.get("waitingFor") or []],
+            warnings=[str(w) for w in d.get("warnings") or []],
         )
 
     @property

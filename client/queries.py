@@ -152,7 +152,7 @@ SUBMIT_JOB = (
 mutation SubmitJob($spec: JSON!) {
   submitJob(spec: $spec) {
     __typename
-    ... on JobSubmitted { job { ...JobFields } }
+    ... on JobSubmitted { job { ...JobFields } warnings }
     ... on SpecRejected { errors { field message } }
   }
 }

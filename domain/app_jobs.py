@@ -261,8 +261,16 @@ class Jobs(Base):
                         f"refusing a second settlement ({figures})"
                     )
                 return figures, []  # a retry of the same settlement
-            accounts: dict[str, Account] = {}
+            # Several runs paid to one provider share its transfer ids (pay:, fee:, check:):
+            # one transfer each, of their sum. Posted apart, the second would be skipped as
+            # already posted and its money left in escrow for good.
+            merged: dict[str, tuple[str, str, str, int, str]] = {}
             for source, target, transfer_id, amount, memo in moves:
+                if transfer_id in merged:
+                    amount += merged[transfer_id][3]
+                merged[transfer_id] = (source, target, transfer_id, amount, memo)
+            accounts: dict[str, Account] = {}
+            for source, target, transfer_id, amount, memo in merged.values():
                 if amount:
                     for name in (source, target):
                         if name not in accounts:  # load each account once per settlement

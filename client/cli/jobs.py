@@ -43,6 +43,9 @@ def job_submit(
     with connect(ctx) as gp:
         with transfers(enabled=live) as report:
             job = gp.submit_spec_file(spec, progress=report)
+        if live:
+            for warning in job.warnings:
+                err().print(f"warning: {warning}", markup=False, highlight=False)
         if not wait:
             return Shown(job, lambda: typer.echo(job.id))
         if live:
