@@ -26,14 +26,14 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import workflows.contracts as c
-    from workflows.job import (
+    from workflows.steps import (
         CONTROL_RETRY,
         GPU_RETRY,
         TRANSFER_S,
-        _is_provider_loss,
-        _reason,
         gpu_step,
+        is_provider_loss,
     )
+    from workflows.steps import reason as error_reason
 
 T = TypeVar("T")
 
@@ -136,14 +136,14 @@ class CanaryWorkflow:
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
-            if _is_provider_loss(err):
+            if is_provider_loss(err):
                 reason = f"{pid} stopped answering during {self._step}"
                 await self._control(
                     c.MARK_PROVIDER_LOST, c.ProviderLost(job_id, ATTEMPT, pid, reason)
                 )
                 report.lost = True
             else:  # e.g. a transfer refused: not necessarily the provider's doing
-                report.void = f"{self._step} failed: {_reason(err)}"
+                report.void = f"{self._step} failed: {error_reason(err)}"
         return report
 
     async def _record(self, step: c.JobStep) -> None:

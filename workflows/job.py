@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -31,125 +30,38 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
-    TimeoutError,
-    WorkflowAlreadyStartedError,
     is_cancelled_exception,
 )
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     import workflows.contracts as c
+    import workflows.runs as runs_
     import workflows.search_attributes as sa
+    import workflows.steps as st
+    from workflows.job_endings import JobEndings
+    from workflows.runs import Run
+    from workflows.steps import (
+        ALLOCATE_HEARTBEAT_S,
+        CONTROL_RETRY,
+        GPU_RETRY,
+        QUEUE_RETRY,
+        TRANSFER_S,
+        AllProvidersLost,
+        ProviderFailed,
+        ProviderLostError,
+        Unplaced,
+    )
 
 T = TypeVar("T")
 
-CONTROL_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=20,
-)
-# A job waits in the queue by retrying allocation until GPUs fit; it never gives up.
-QUEUE_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=300),
-    backoff_coefficient=1.5,
-    maximum_interval=timedelta(seconds=3),
-    maximum_attempts=0,
-)
-GPU_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_attempts=2,
-    non_retryable_error_types=["InputIntegrityError", "PathError"],
-)
-TRANSFER_S = 3600.0
-ALLOCATE_HEARTBEAT_S = 6.0  # the scheduler beats each second; a loaded machine may lag
 # JobWorkflow has no `workflow.patched` branches: the versions written while the network was
 # developed were folded into this one before any history was kept (tests/replay/ holds
 # histories of this version). The next change of its logic goes behind a patch.
 
 
-class ProviderLostError(Exception):
-    pass
-
-
-class ProviderFailed(Exception):
-    """A provider failed its GPU step with an error of its own (not a loss, not a cancel)."""
-
-
-class AllProvidersLost(Exception):
-    pass
-
-
-class Unplaced(Exception):
-    """A bounded run found no GPUs in time (recorded on the job: CheckSkipped, RunUnplaced)."""
-
-
-def _is_provider_loss(err: ActivityError) -> bool:
-    """A timeout of a GPU step means its provider stopped answering; an assignment it did
-    not pick up in time, that it never answered at all."""
-    cause: BaseException | None = err.cause
-    while cause is not None:
-        if isinstance(cause, TimeoutError):
-            return True
-        if isinstance(cause, ApplicationError) and cause.type == c.NOT_PICKED_UP:
-            return True
-        cause = cause.__cause__
-    return False
-
-
-async def gpu_step(
-    provider_id: str,
-    pickup_timeout_s: float,
-    heartbeat_timeout_s: float,
-    name: str,
-    arg: Any,
-    result_type: type[T],
-    run_for_s: float,
-    retry: RetryPolicy = GPU_RETRY,
-    cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
-) -> T:
-    """One GPU step, as an assignment for `provider_id` (activities/assign.py).
-
-    It runs on the workflow's own (control-plane) task queue: the control worker records
-    the assignment and the provider's agent takes it from the API; no provider polls
-    Temporal. The assignment must be picked up within `pickup_timeout_s` and heartbeated
-    within `heartbeat_timeout_s` from then on, else its provider is lost.
-    """
-    arg = replace(arg, provider_id=provider_id, pickup_timeout_s=pickup_timeout_s)
-    return await workflow.execute_activity(
-        name,
-        arg,
-        task_queue=workflow.info().task_queue,
-        start_to_close_timeout=timedelta(seconds=run_for_s + pickup_timeout_s),
-        heartbeat_timeout=timedelta(seconds=heartbeat_timeout_s),
-        retry_policy=retry,
-        result_type=result_type,
-        cancellation_type=cancellation,
-    )
-
-
-@dataclass
-class Run:
-    """One execution of the job (or of its verifier) on one provider."""
-
-    alloc: c.Allocation
-    payer: str = "client"
-    purpose: str = "run"  # or "verify": the client's verifier over the accepted outputs
-    started: datetime | None = None
-    executed: c.ExecuteResult | None = None
-    uploaded: c.UploadResult | None = None
-
-    def report(self) -> c.ReplicaReport:
-        assert self.executed is not None and self.uploaded is not None
-        return c.ReplicaReport(
-            self.alloc.attempt, self.alloc.provider_id, self.alloc.price_per_gpu_hour_micro,
-            self.executed.exit_code, self.executed.timed_out, self.executed.gpu_ms,
-            self.uploaded.manifest, self.uploaded.missing, self.payer, self.uploaded.refused,
-        )
-
-
 @workflow.defn
-class JobWorkflow:
+class JobWorkflow(JobEndings):
     def __init__(self) -> None:
         self._searchable = False  # set in run(): may this workflow upsert its attributes?
         self._shown_state = "SUBMITTED"  # GpgpuState as the API set it at start
@@ -213,17 +125,17 @@ class JobWorkflow:
         cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
     ) -> T:
         try:
-            return await gpu_step(
+            return await st.gpu_step(
                 provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
                 name, arg, result_type, run_for_s, retry, cancellation,
             )
         except ActivityError as err:
-            if _is_provider_loss(err):
+            if st.is_provider_loss(err):
                 raise ProviderLostError(f"{provider_id} stopped answering during {name}") from err
-            if is_cancelled_exception(err) or _cancel_requested() or _ended(inp, err):
+            if is_cancelled_exception(err) or st.cancel_requested() or st.ended(inp, err):
                 raise
             # The provider's own error (the API refuses the control plane's error types).
-            raise ProviderFailed(f"{provider_id} failed its {name} step: {_reason(err)}") from err
+            raise ProviderFailed(f"{provider_id} failed its {name} step: {st.reason(err)}") from err
 
     @workflow.run
     async def run(self, inp: c.JobInput) -> c.JobResult:
@@ -233,10 +145,10 @@ class JobWorkflow:
         try:
             result = await self._run(inp)
         except (asyncio.CancelledError, ActivityError, ApplicationError) as err:
-            ended = _ended(inp, err)
+            ended = st.ended(inp, err)
             if ended is not None:  # a reset re-ran a step of a job that had ended
                 result = ended
-            elif is_cancelled_exception(err) or _cancel_requested():
+            elif is_cancelled_exception(err) or st.cancel_requested():
                 # A cancel that reached an activity as it failed for its own reason (a
                 # wait for GPUs that timed out) is still the client's cancel.
                 result = await self._cancelled(inp)
@@ -248,7 +160,7 @@ class JobWorkflow:
     async def _run(self, inp: c.JobInput) -> c.JobResult:
         admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
         if admitted.ended is not None:  # a reset re-ran this job's workflow: nothing runs
-            return _result(inp, admitted.ended)
+            return st.result_of(inp, admitted.ended)
         if not admitted.admitted:
             return c.JobResult(inp.job_id, "REJECTED", admitted.reason)
         self._check_wait_s, self._replica_wait_s = admitted.check_wait_s, admitted.replica_wait_s
@@ -259,11 +171,11 @@ class JobWorkflow:
         except Unplaced as unplaced:
             return await self._refund_and_fail(inp, str(unplaced))
         except ActivityError as err:
-            if is_cancelled_exception(err) or _ended(inp, err) is not None:
+            if is_cancelled_exception(err) or st.ended(inp, err) is not None:
                 raise
             # A control step refused the job for good (an input not pinned at submission).
             # A provider's own failure never arrives here: its run goes elsewhere (_one_run).
-            return await self._close(inp, [], _reason(err))
+            return await self._close(inp, [], st.reason(err))
 
         if admitted.replicas <= 1:
             check = await self._control(
@@ -323,7 +235,7 @@ class JobWorkflow:
         busy = [r.alloc.provider_id for r in self._runs]
         handle = workflow.start_activity(
             c.ALLOCATE_GPUS,
-            c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + self._failed + busy)),
+            c.AllocateRequest(inp.job_id, attempt, runs_.unique(self._lost + self._failed + busy)),
             task_queue=workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=QUEUE_RETRY,
@@ -350,7 +262,7 @@ class JobWorkflow:
                 await handle
             # Placed as the wait ended or not, the run does not start: record_unplaced
             # frees any GPUs it got, and a later placement of this attempt is refused.
-            reason = _unplaced_reason(label, bound)
+            reason = runs_.unplaced_reason(label, bound)
             await self._control(
                 c.RECORD_UNPLACED, c.UnplacedRun(inp.job_id, attempt, label, reason)
             )
@@ -519,206 +431,3 @@ class JobWorkflow:
             True, False, f"the verifier rejected the outputs ({code}): {check.executed.log_tail}",
             verdict.accepted_attempts, verdict.mismatched_attempts,
         )
-
-    # Endings
-
-    async def _close(
-        self,
-        inp: c.JobInput,
-        runs: list[Run],
-        failure: str,
-        verdict: c.Verdict | None = None,
-    ) -> c.JobResult:
-        """Settle, record reputation, release: the same tail for every ending."""
-        if verdict is None:
-            verdict = c.Verdict(False, False, failure)
-        held = [r for r in self._runs if r not in runs] + runs
-        self._step = "settle"
-        accepted = set(verdict.accepted_attempts)
-        unproven = {r.alloc.attempt for r in runs if _unproven_timeout(r, runs)}
-        # Paid: every run whose result was accepted, and the verifier's run; an unproven
-        # timeout is charged all the same, but its provider is not paid for it.
-        request = c.SettleRequest(inp.job_id, "", 0, 0, False, payments=[
-            c.PaymentLine(r.alloc.provider_id, r.executed.gpu_ms,
-                          r.alloc.price_per_gpu_hour_micro, r.payer,
-                          withheld=r.alloc.attempt in unproven)
-            for r in runs
-            if r.executed is not None
-            and (r.alloc.attempt in accepted or r.purpose == "verify")
-        ])
-        self._settle_request = request
-        settlement = await self._control(c.SETTLE_JOB, request, c.Settlement)
-        self._settlement = settlement
-        self._step = "reputation"
-        mismatched = set(verdict.mismatched_attempts)
-        for r in runs:
-            if r.executed is None:
-                continue
-            if r.alloc.attempt in unproven:
-                outcome = "timeout"
-            elif len(runs) == 1:
-                outcome = "success" if verdict.accepted else "mismatch"
-            else:
-                outcome = "mismatch" if r.alloc.attempt in mismatched else "success"
-            await self._control(
-                c.RECORD_REPUTATION,
-                c.ReputationRequest(_outcome_key(inp.job_id, r, runs), r.alloc.provider_id,
-                                    outcome),
-            )
-        for r in held:
-            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
-        await self._control(
-            c.FINISH_JOB, c.FinishRequest(inp.job_id, verdict.succeeded, verdict.reason)
-        )
-        # A known-answer canary may follow each provider whose run was accepted, at
-        # its canary rate; it runs on its own (abandoned) and never holds up the job.
-        trusted = _unique([r.alloc.provider_id for r in runs if r.executed is not None
-                           and r.purpose == "run" and r.alloc.attempt in accepted])
-        for pid in trusted:
-            try:
-                plan = await self._control(
-                    c.PLAN_CANARY,
-                    c.CanaryRequest(inp.job_id, pid, workflow.random().random()),
-                    c.CanaryPlan,
-                )
-                if plan.run:
-                    await workflow.start_child_workflow(
-                        c.CANARY_WORKFLOW,
-                        c.CanaryInput(inp.job_id, pid, plan.seed, plan.delay_s,
-                                      inp.gpu_heartbeat_timeout_s,
-                                      inp.gpu_schedule_to_start_timeout_s),
-                        id=c.canary_workflow_id(inp.job_id, pid),
-                        task_queue=workflow.info().task_queue,
-                        parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                    )
-            except (asyncio.CancelledError, ActivityError, WorkflowAlreadyStartedError) as err:
-                if is_cancelled_exception(err):
-                    break  # the job has finished: a cancel now only stops the canaries
-                workflow.logger.warning("no canary for %s: %s", pid, err)
-        self._step = "done"
-        state = "SUCCEEDED" if verdict.succeeded else "FAILED"
-        provider = held[0].alloc.provider_id if held else ""
-        chosen = [r for r in runs if r.alloc.attempt in accepted and r.purpose == "run"]
-        if chosen:  # the provider whose result the job kept, not the last one allocated
-            provider = chosen[0].alloc.provider_id
-        return c.JobResult(inp.job_id, state, verdict.reason, provider, settlement.charged_micro)
-
-    async def _refund_and_fail(self, inp: c.JobInput, reason: str) -> c.JobResult:
-        # No run of the job was verified: the whole escrow goes back, no provider is paid.
-        refund = c.SettleRequest(
-            inp.job_id, self._lost[-1] if self._lost else "", 0, 0, pay_provider=False
-        )
-        self._settle_request = refund
-        self._settlement = await self._control(c.SETTLE_JOB, refund, c.Settlement)
-        for r in self._runs:  # replicas that finished while another could not be placed
-            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
-        await self._control(c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason))
-        return c.JobResult(inp.job_id, "FAILED", reason)
-
-    async def _cancelled(self, inp: c.JobInput) -> c.JobResult:
-        """The client cancelled: pay for the GPU time used, refund the rest, free the GPUs."""
-        self._step = "cancel"
-        reason = "cancelled by the client"
-        now = workflow.now()
-        payments = []
-        for r in self._runs:
-            if r.executed is not None:
-                gpu_ms = r.executed.gpu_ms
-            elif r.started is not None:
-                elapsed_ms = int((now - r.started).total_seconds() * 1000)
-                gpu_ms = elapsed_ms * len(r.alloc.gpu_indexes)
-            else:
-                continue
-            payments.append(c.PaymentLine(
-                r.alloc.provider_id, gpu_ms, r.alloc.price_per_gpu_hour_micro, r.payer
-            ))
-        # Admission is idempotent: this returns what happened, or admits now so we can refund.
-        admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
-        if admitted.ended is not None:  # it had ended before the cancel reached it
-            return _result(inp, admitted.ended)
-        charged = 0
-        if self._settlement is not None:  # settled before the cancel: that stands
-            charged = self._settlement.charged_micro
-        elif self._settle_request is not None:  # the cancel interrupted the settlement
-            again = await self._control(c.SETTLE_JOB, self._settle_request, c.Settlement)
-            charged = again.charged_micro
-        elif admitted.admitted:
-            if len(payments) <= 1 and len(self._runs) <= 1:
-                only = self._runs[0].alloc if self._runs else None
-                settle = c.SettleRequest(
-                    inp.job_id, only.provider_id if only else "",
-                    payments[0].gpu_ms if payments else 0,
-                    only.price_per_gpu_hour_micro if only else 0,
-                    pay_provider=bool(payments) and payments[0].gpu_ms > 0,
-                )
-            else:
-                settle = c.SettleRequest(inp.job_id, "", 0, 0, False, payments=payments)
-            charged = (await self._control(c.SETTLE_JOB, settle, c.Settlement)).charged_micro
-        for r in self._runs:
-            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
-        await self._control(
-            c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason, cancelled=True)
-        )
-        self._step = "done"
-        provider = self._runs[0].alloc.provider_id if self._runs else ""
-        return c.JobResult(inp.job_id, "CANCELLED", reason, provider, charged)
-
-
-def _cancel_requested() -> bool:
-    """Whether the workflow has been asked to cancel (its main task was cancelled)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _ended(inp: c.JobInput, err: BaseException) -> c.JobResult | None:
-    """The job's recorded ending, when a step refused to run again for a job that ended.
-    (A local activity's refusal arrives as the ApplicationError itself.)"""
-    cause = err.cause if isinstance(err, ActivityError) else err
-    if isinstance(cause, ApplicationError) and cause.type == c.JOB_ENDED:
-        details = cause.details[0] if cause.details else {}
-        if isinstance(details, dict):
-            try:
-                return _result(inp, c.EndedJob(**details))
-            except TypeError:  # not the control plane's record of an ending
-                return None
-        return c.JobResult(inp.job_id, "FAILED", cause.message)
-    return None
-
-
-def _result(inp: c.JobInput, ended: c.EndedJob) -> c.JobResult:
-    return c.JobResult(inp.job_id, ended.state, ended.reason, ended.provider_id,
-                       ended.charged_micro)
-
-
-def _unplaced_reason(label: str, bound_s: float) -> str:
-    what = {"check": "the network's check", "replica": "a replica",
-            "tie-break": "the tie-break", "verifier": "the verifier",
-            "retry": "the run, once a provider failed it,"}.get(label, "a run")
-    return f"{what} found no independent provider within {bound_s:g} s"
-
-
-def _unique(ids: list[str]) -> list[str]:
-    return list(dict.fromkeys(ids))
-
-
-def _unproven_timeout(run: Run, runs: list[Run]) -> bool:
-    """A run that timed out with no output, and that no other run of the job checked: the
-    window it would be paid for is one its provider chose (heartbeating without running,
-    then reporting a timeout), and nothing shows work was done. The client pays for it all
-    the same (its job was given the GPUs; so a client gains nothing from a job that never
-    ends), the provider is not paid, and it is recorded as a `timeout`."""
-    ran = [r for r in runs if r.purpose == "run"]
-    return (len(ran) == 1 and ran[0] is run and run.executed is not None and run.executed.timed_out
-            and run.uploaded is not None and not run.uploaded.manifest)
-
-
-def _outcome_key(job_id: str, run: Run, runs: list[Run]) -> str:
-    """Reputation records one outcome per provider and job (per run when there are several)."""
-    return job_id if len(runs) == 1 else f"{job_id}#{run.alloc.attempt}"
-
-
-def _reason(err: ActivityError) -> str:
-    cause = err.cause
-    if isinstance(cause, ApplicationError):
-        return f"{cause.type}: {cause.message}"
-    return str(cause or err)

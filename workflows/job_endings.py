@@ -1,0 +1,131 @@
+"""How a job ends: settle, record reputation, release the GPUs, finish (JobWorkflow's tail).
+
+A base of JobWorkflow (workflows/job.py), in the workflow sandbox: deterministic, every
+effect a control step; the arithmetic of who is paid what lives in workflows/runs.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import (
+    ActivityError,
+    WorkflowAlreadyStartedError,
+    is_cancelled_exception,
+)
+
+with workflow.unsafe.imports_passed_through():
+    import workflows.contracts as c
+    import workflows.runs as runs_
+    import workflows.steps as st
+    from workflows.runs import Run
+
+T = TypeVar("T")
+
+
+class JobEndings:
+    """The endings of a job: every one settles, releases and finishes it, once."""
+
+    _step: str
+    _runs: list[Run]
+    _lost: list[str]
+    _settlement: c.Settlement | None
+    _settle_request: c.SettleRequest | None
+
+    async def _control(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
+        raise NotImplementedError  # JobWorkflow's: a local activity on the stores
+
+    async def _close(
+        self,
+        inp: c.JobInput,
+        runs: list[Run],
+        failure: str,
+        verdict: c.Verdict | None = None,
+    ) -> c.JobResult:
+        """Settle, record reputation, release: the same tail for every ending."""
+        if verdict is None:
+            verdict = c.Verdict(False, False, failure)
+        held = [r for r in self._runs if r not in runs] + runs
+        self._step = "settle"
+        request = runs_.settlement(inp.job_id, runs, verdict)
+        self._settle_request = request
+        settlement = await self._control(c.SETTLE_JOB, request, c.Settlement)
+        self._settlement = settlement
+        self._step = "reputation"
+        for outcome in runs_.outcomes(inp.job_id, runs, verdict):
+            await self._control(c.RECORD_REPUTATION, outcome)
+        for r in held:
+            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
+        await self._control(
+            c.FINISH_JOB, c.FinishRequest(inp.job_id, verdict.succeeded, verdict.reason)
+        )
+        # A known-answer canary may follow each provider whose run was accepted, at
+        # its canary rate; it runs on its own (abandoned) and never holds up the job.
+        trusted = runs_.trusted(runs, verdict)
+        for pid in trusted:
+            try:
+                plan = await self._control(
+                    c.PLAN_CANARY,
+                    c.CanaryRequest(inp.job_id, pid, workflow.random().random()),
+                    c.CanaryPlan,
+                )
+                if plan.run:
+                    await workflow.start_child_workflow(
+                        c.CANARY_WORKFLOW,
+                        c.CanaryInput(inp.job_id, pid, plan.seed, plan.delay_s,
+                                      inp.gpu_heartbeat_timeout_s,
+                                      inp.gpu_schedule_to_start_timeout_s),
+                        id=c.canary_workflow_id(inp.job_id, pid),
+                        task_queue=workflow.info().task_queue,
+                        parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                    )
+            except (asyncio.CancelledError, ActivityError, WorkflowAlreadyStartedError) as err:
+                if is_cancelled_exception(err):
+                    break  # the job has finished: a cancel now only stops the canaries
+                workflow.logger.warning("no canary for %s: %s", pid, err)
+        self._step = "done"
+        state = "SUCCEEDED" if verdict.succeeded else "FAILED"
+        provider = runs_.kept_provider(held, runs, verdict)
+        return c.JobResult(inp.job_id, state, verdict.reason, provider, settlement.charged_micro)
+
+    async def _refund_and_fail(self, inp: c.JobInput, reason: str) -> c.JobResult:
+        # No run of the job was verified: the whole escrow goes back, no provider is paid.
+        refund = c.SettleRequest(
+            inp.job_id, self._lost[-1] if self._lost else "", 0, 0, pay_provider=False
+        )
+        self._settle_request = refund
+        self._settlement = await self._control(c.SETTLE_JOB, refund, c.Settlement)
+        for r in self._runs:  # replicas that finished while another could not be placed
+            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
+        await self._control(c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason))
+        return c.JobResult(inp.job_id, "FAILED", reason)
+
+    async def _cancelled(self, inp: c.JobInput) -> c.JobResult:
+        """The client cancelled: pay for the GPU time used, refund the rest, free the GPUs."""
+        self._step = "cancel"
+        reason = "cancelled by the client"
+        payments = runs_.used_so_far(self._runs, workflow.now())
+        # Admission is idempotent: this returns what happened, or admits now so we can refund.
+        admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
+        if admitted.ended is not None:  # it had ended before the cancel reached it
+            return st.result_of(inp, admitted.ended)
+        charged = 0
+        if self._settlement is not None:  # settled before the cancel: that stands
+            charged = self._settlement.charged_micro
+        elif self._settle_request is not None:  # the cancel interrupted the settlement
+            again = await self._control(c.SETTLE_JOB, self._settle_request, c.Settlement)
+            charged = again.charged_micro
+        elif admitted.admitted:
+            settle = runs_.cancel_settlement(inp.job_id, self._runs, payments)
+            charged = (await self._control(c.SETTLE_JOB, settle, c.Settlement)).charged_micro
+        for r in self._runs:
+            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
+        await self._control(
+            c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason, cancelled=True)
+        )
+        self._step = "done"
+        provider = self._runs[0].alloc.provider_id if self._runs else ""
+        return c.JobResult(inp.job_id, "CANCELLED", reason, provider, charged)
+

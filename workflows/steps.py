@@ -1,0 +1,134 @@
+"""How a job's workflows call their steps and read the steps' errors (JobWorkflow, CanaryWorkflow).
+
+Deterministic and free of I/O: imported inside the workflow sandbox (passed through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.workflow import ActivityCancellationType
+
+import workflows.contracts as c
+
+T = TypeVar("T")
+
+CONTROL_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=20,
+)
+# A job waits in the queue by retrying allocation until GPUs fit; it never gives up.
+QUEUE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=300),
+    backoff_coefficient=1.5,
+    maximum_interval=timedelta(seconds=3),
+    maximum_attempts=0,
+)
+GPU_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_attempts=2,
+    non_retryable_error_types=["InputIntegrityError", "PathError"],
+)
+TRANSFER_S = 3600.0
+ALLOCATE_HEARTBEAT_S = 6.0  # the scheduler beats each second; a loaded machine may lag
+
+
+class ProviderLostError(Exception):
+    pass
+
+
+class ProviderFailed(Exception):
+    """A provider failed its GPU step with an error of its own (not a loss, not a cancel)."""
+
+
+class AllProvidersLost(Exception):
+    pass
+
+
+class Unplaced(Exception):
+    """A bounded run found no GPUs in time (recorded on the job: CheckSkipped, RunUnplaced)."""
+
+
+def is_provider_loss(err: ActivityError) -> bool:
+    """A timeout of a GPU step means its provider stopped answering; an assignment it did
+    not pick up in time, that it never answered at all."""
+    cause: BaseException | None = err.cause
+    while cause is not None:
+        if isinstance(cause, TimeoutError):
+            return True
+        if isinstance(cause, ApplicationError) and cause.type == c.NOT_PICKED_UP:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+async def gpu_step(
+    provider_id: str,
+    pickup_timeout_s: float,
+    heartbeat_timeout_s: float,
+    name: str,
+    arg: Any,
+    result_type: type[T],
+    run_for_s: float,
+    retry: RetryPolicy = GPU_RETRY,
+    cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
+) -> T:
+    """One GPU step, as an assignment for `provider_id` (activities/assign.py).
+
+    It runs on the workflow's own (control-plane) task queue: the control worker records
+    the assignment and the provider's agent takes it from the API; no provider polls
+    Temporal. The assignment must be picked up within `pickup_timeout_s` and heartbeated
+    within `heartbeat_timeout_s` from then on, else its provider is lost.
+    """
+    arg = replace(arg, provider_id=provider_id, pickup_timeout_s=pickup_timeout_s)
+    return await workflow.execute_activity(
+        name,
+        arg,
+        task_queue=workflow.info().task_queue,
+        start_to_close_timeout=timedelta(seconds=run_for_s + pickup_timeout_s),
+        heartbeat_timeout=timedelta(seconds=heartbeat_timeout_s),
+        retry_policy=retry,
+        result_type=result_type,
+        cancellation_type=cancellation,
+    )
+
+
+def cancel_requested() -> bool:
+    """Whether the workflow has been asked to cancel (its main task was cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def ended(inp: c.JobInput, err: BaseException) -> c.JobResult | None:
+    """The job's recorded ending, when a step refused to run again for a job that ended.
+    (A local activity's refusal arrives as the ApplicationError itself.)"""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    if isinstance(cause, ApplicationError) and cause.type == c.JOB_ENDED:
+        details = cause.details[0] if cause.details else {}
+        if isinstance(details, dict):
+            try:
+                return result_of(inp, c.EndedJob(**details))
+            except TypeError:  # not the control plane's record of an ending
+                return None
+        return c.JobResult(inp.job_id, "FAILED", cause.message)
+    return None
+
+
+def result_of(inp: c.JobInput, ended: c.EndedJob) -> c.JobResult:
+    return c.JobResult(inp.job_id, ended.state, ended.reason, ended.provider_id,
+                       ended.charged_micro)
+
+
+def reason(err: ActivityError) -> str:
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type}: {cause.message}"
+    return str(cause or err)
