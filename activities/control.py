@@ -8,10 +8,8 @@ commands are idempotent by business key.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TypeVar, cast
@@ -19,6 +17,8 @@ from typing import Any, TypeVar, cast
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
+from activities import checkpoints
+from activities.grants import OUTPUT_GRANT_BYTES, Grants
 from activities.guard import Callers, ours
 from activities.scheduler import Scheduler
 from activities.verify import judge, output_key
@@ -27,9 +27,8 @@ from domain.errors import DomainError
 from domain.job import Job
 from domain.verification import check_rate, decide_check
 from infra.settings import Settings
-from infra.signing import Grant, grant_url
-from infra.storage import ObjectNotFound, ObjectStore, StorageError, delete_each
-from protocol.spec import JobSpec, check_relative_path
+from infra.storage import ObjectStore
+from protocol.spec import JobSpec
 from readmodel.schema import ViewDB
 from readmodel.telemetry import online_provider_ids
 from workflows import contracts as c
@@ -234,13 +233,13 @@ class ControlActivities:
         if spec.verification.replicas == 1 and not job.manifests:
             # The job's one line of runs (not a check or a tie-break that follows it): it
             # keeps a checkpoint, and a run after a lost provider starts from the last one.
-            checkpoint = _checkpoint_plan(
+            checkpoint = checkpoints.plan(
                 self.store, self.settings, grants, job.allocations, req,
                 {i.name for i in inputs}, self.network.same_owner({provider_id}),
             )
             inputs += [
-                c.InputTransfer(f"{CHECKPOINT_DIR}/{e.path}", grants.get(e.key, e.sha256, e.size),
-                                e.sha256, e.size)
+                c.InputTransfer(f"{checkpoints.CHECKPOINT_DIR}/{e.path}",
+                                grants.get(e.key, e.sha256, e.size), e.sha256, e.size)
                 for e in checkpoint.resumed
             ]
         return c.TransferPlan(
@@ -405,21 +404,7 @@ class ControlActivities:
         self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)
         self.scheduler.wake()
         if req.succeeded and not req.cancelled:
-            self._drop_checkpoint(req.job_id)
-
-    def _drop_checkpoint(self, job_id: str) -> None:
-        """A succeeded job's checkpoint is of no more use: its files leave the client's
-        storage (and quota). A failed or cancelled job keeps its last one to start from.
-        Best effort: the job has finished either way, and a retry finds less to delete."""
-        client_id = self.network.job(job_id).client_id
-        try:
-            stored = [o.key for o in self.store.list(client_id, f"jobs/{job_id}/{CHECKPOINT_DIR}/")]
-            # The manifests first: no half-deleted checkpoint is ever named as complete.
-            manifests = [k for k in stored if k.endswith(f"/{MANIFEST_NAME}")]
-            delete_each(self.store, client_id,
-                        manifests + [k for k in stored if k not in manifests])
-        except (StorageError, OSError) as err:
-            log.warning("job %s: its checkpoint stays in storage: %s", job_id, err)
+            checkpoints.drop(self.store, self.network.job(req.job_id).client_id, req.job_id)
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -429,138 +414,3 @@ class ControlActivities:
             self.release_gpus, self.finish_job, self.plan_check, self.record_unplaced,
             self.release_run,
         ]
-
-
-# Grants (infra/signing.py, api/storage.py).
-
-OUTPUT_GRANT_BYTES = 64 << 30  # the most one output may hold (api.storage.MAX_UPLOAD_BYTES)
-
-
-class Grants:
-    """Grants for one run: its job, attempt and provider, in force for settings.grant_max_s."""
-
-    def __init__(self, settings: Settings, client_id: str, job_id: str, attempt: int,
-                 provider_id: str):
-        self.secret, self.base = settings.signing_secret, settings.api_url
-        self.client_id, self.job_id, self.attempt = client_id, job_id, attempt
-        self.provider_id = provider_id
-        self.expires = int(time.time()) + settings.grant_max_s
-
-    def _url(self, method: str, key: str, size: int, sha256: str = "", once: bool = False
-             ) -> str:
-        grant = Grant(method, self.client_id, key, self.expires, self.job_id, self.attempt,
-                      self.provider_id, size, sha256, once)
-        return grant_url(self.secret, self.base, grant)
-
-    def get(self, key: str, sha256: str, size: int) -> str:
-        """A GET of this object as it is now (its sha256 and size)."""
-        return self._url("GET", key, size, sha256.lower())
-
-    def put(self, key: str, max_bytes: int, once: bool = False) -> str:
-        """A PUT of at most max_bytes, whose sha256 and size the uploader declares."""
-        return self._url("PUT", key, max_bytes, once=once)
-
-
-# Checkpoints (worker_gpu/checkpoint.py has the provider's side and the convention).
-
-CHECKPOINT_DIR = "checkpoint"
-MANIFEST_NAME = "manifest.json"
-MANIFEST_LIMIT = 1 << 20  # bytes of a checkpoint manifest worth reading
-
-
-def checkpoint_manifest_key(job_id: str, attempt: int) -> str:
-    """Each run has its own manifest: no run can name what another run resumes from."""
-    return f"jobs/{job_id}/{CHECKPOINT_DIR}/{attempt}/{MANIFEST_NAME}"
-
-
-def checkpoint_slot_key(job_id: str, attempt: int, slot: int) -> str:
-    """Each run uploads into slots of its own, so no run overwrites another's checkpoint."""
-    return f"jobs/{job_id}/{CHECKPOINT_DIR}/{attempt}/{slot}"
-
-
-def _checkpoint_plan(
-    store: ObjectStore, settings: Settings, grants: Grants, allocations: dict[int, str],
-    req: c.AllocateRequest, taken: set[str], kin: set[str],
-) -> c.CheckpointPlan:
-    """Grants for this run's checkpoint and, after a lost run, the last one to resume.
-
-    Only a checkpoint that a provider of this run's owner (`kin`: its providers) wrote is
-    resumed: another owner's lost provider could have uploaded anything through its own
-    grants, and this run's result, judged as its provider's, would be what it planted."""
-    manifest_key = checkpoint_manifest_key(req.job_id, req.attempt)
-    slots = []
-    for n in range(2 * settings.checkpoint_max_files):
-        key = checkpoint_slot_key(req.job_id, req.attempt, n)
-        slots.append(c.OutputTransfer(str(n), key, grants.put(key, settings.checkpoint_max_bytes)))
-    resumed: list[c.ManifestEntry] | None = None
-    source = 0
-    # The latest earlier run of this job that left a checkpoint, written through that
-    # run's own grants (no client writes under jobs/): the first attempt has none.
-    for earlier in range(req.attempt - 1, 0, -1):
-        if earlier not in allocations:
-            continue
-        if allocations[earlier] not in kin:
-            log.info("job %s: attempt %d does not resume the checkpoint of attempt %d "
-                     "(another owner's provider)", req.job_id, req.attempt, earlier)
-            continue
-        try:
-            resumed = _checkpoint_of(store, settings, grants.client_id, req.job_id, earlier)
-        except (StorageError, ValueError, KeyError, TypeError, AttributeError) as err:
-            log.warning("job %s: not resuming from the checkpoint of attempt %d: %s",
-                        req.job_id, earlier, err)
-            break
-        if resumed is not None:
-            source = earlier
-            break
-    # A declared input keeps its place; a checkpoint file of the same name stays behind.
-    kept = [e for e in resumed or [] if f"{CHECKPOINT_DIR}/{e.path}" not in taken]
-    return c.CheckpointPlan(
-        manifest_key, grants.put(manifest_key, MANIFEST_LIMIT),
-        slots, settings.checkpoint_max_bytes, settings.checkpoint_max_files,
-        settings.checkpoint_interval_s, kept, source if kept else 0,
-    )
-
-
-def _checkpoint_of(
-    store: ObjectStore, settings: Settings, client_id: str, job_id: str, attempt: int
-) -> list[c.ManifestEntry] | None:
-    """The last complete checkpoint of this run, each file checked against storage; None:
-    the run wrote none."""
-    key = checkpoint_manifest_key(job_id, attempt)
-    try:
-        info, chunks = store.open(client_id, key)
-    except ObjectNotFound:
-        return None
-    if info.size > MANIFEST_LIMIT:
-        raise ValueError(f"{key} is larger than {MANIFEST_LIMIT} bytes")
-    doc = json.loads(b"".join(chunks))
-    if doc.get("job_id") != job_id or doc.get("attempt") != attempt:
-        raise ValueError(f"{key} is not the manifest of attempt {attempt} of job {job_id}")
-    entries = []
-    for f in doc["files"]:
-        path, file_key, sha256, size = f["path"], f["key"], f["sha256"], f["size"]
-        if not isinstance(path, str) or check_relative_path(path) != path:
-            raise ValueError(f"checkpoint path {path!r} is not a plain relative path")
-        if not _checkpoint_file_of(file_key, job_id, attempt):
-            raise ValueError(f"checkpoint file {path!r} is not stored in a checkpoint of "
-                             f"attempt {attempt} or before")
-        stored = store.stat(client_id, file_key)
-        if (stored.sha256, stored.size) != (sha256, size):
-            raise ValueError(f"checkpoint file {path!r} in storage does not match the manifest")
-        entries.append(c.ManifestEntry(path, file_key, sha256, size))
-    if len(entries) > settings.checkpoint_max_files:
-        raise ValueError(f"{len(entries)} files, more than {settings.checkpoint_max_files}")
-    if sum(e.size for e in entries) > settings.checkpoint_max_bytes:
-        raise ValueError(f"more than {settings.checkpoint_max_bytes} bytes")
-    return entries
-
-
-def _checkpoint_file_of(file_key: object, job_id: str, attempt: int) -> bool:
-    """A slot of this run or of an earlier one (a resumed run keeps the files it did not
-    change where they are)."""
-    if not isinstance(file_key, str):
-        return False
-    prefix = f"jobs/{job_id}/{CHECKPOINT_DIR}/"
-    owner, _, slot = file_key.removeprefix(prefix).partition("/")
-    return (file_key.startswith(prefix) and owner.isdigit() and slot.isdigit()
-            and 1 <= int(owner) <= attempt and len(owner) < 8)
