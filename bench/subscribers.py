@@ -151,7 +151,9 @@ async def own_jobs(home: Path, jobs: int, providers: int, gpus: int, clients: in
     """Each of `jobs` jobs followed by a subscriber of its own while the network runs them."""
     from temporalio.client import Client
 
-    from bench.pipeline import ENOUGH, Options, Pipeline, Processes, bounded
+    from bench._common import bounded
+    from bench.pipeline_jobs import ENOUGH, Options, Pipeline
+    from bench.pipeline_procs import Processes
 
     procs = Processes(home)
     procs.env["GPGPU_MAX_SUBSCRIPTIONS_PER_ACCOUNT"] = "10000"  # clients take turns: past 32
