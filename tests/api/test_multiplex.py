@@ -21,7 +21,7 @@ import websockets
 
 from api import multiplex
 from api.services import Services
-from bench.events import step_data
+from bench.events_store import step_data
 from infra.settings import Settings
 from ops.devstack import free_port
 from protocol.spec import parse_job_spec
