@@ -48,127 +48,43 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import random
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 
+from bench._common import say
+from bench.soak_audit import audit, emit, wait_terminal
+from bench.soak_plan import CANCEL_SHARE, Planned, plan, providers_of
 from tests.e2e.network import Network
 from tests.reliability.harness import (
-    TERMINAL,
     Cluster,
     EventLog,
     TemporalServer,
-    event_type,
-    per_job,
     submit,
 )
-from tests.reliability.ledger import balances, open_escrows, replay_reservations
 
 T = TypeVar("T")
 
-API_STATES = {"JobSucceeded": "SUCCEEDED", "JobFailed": "FAILED", "JobCancelled": "CANCELLED",
-              "JobRejected": "REJECTED"}
-MODELS = ("H100", "A100", "L4")
 PRICE = "1.0"  # every provider's, credits per GPU-hour
-MAX_PRICE = "3"
-CANCEL_SHARE = 0.15
 # The API's states in a job's order; a cancel waits for one of them (CANCEL_AT) or a later one.
 STEPS = ("SUBMITTED", "QUEUED", "STAGING", "RUNNING", "UPLOADING", "VERIFYING", "SETTLING")
-CANCEL_AT = ("QUEUED", "STAGING", "RUNNING", "UPLOADING", "VERIFYING", "SETTLING")
 CANCEL_WAIT_S = 60.0  # a cancel that waited this long for its state is sent anyway
 RETRY_S = 90.0  # how long a client retries a request through an API outage
 JOB_STATE = "query($id: ID!) { job(id: $id) { state } }"
 CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { state } }"
-GPUS = "{ providers { providerId gpus { index busyJobId } } }"
-# kind -> weight; the spec of each is made by `spec_of`
-KINDS = {"plain": 30, "single-provider": 20, "replicas-2": 12, "replicas-3": 12,
-         "verifier": 12, "over-timeout": 6}
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def emit(metric: str, value: float, unit: str, **labels: Any) -> None:
-    print(json.dumps({"bench": "soak", "metric": metric, "value": value, "unit": unit,
-                      **labels}), flush=True)
-
-
-# The plan: which client submits which spec, and which jobs are cancelled when
-
-
-@dataclass
-class Planned:
-    n: int
-    client: str
-    kind: str
-    spec: dict[str, Any]
-    cancel_at: str | None  # cancelled once the API shows this state (or a later one)
-    runs: int  # the executions the spec pays for (replicas, tie-break, verifier)
-
-
-def spec_of(kind: str, n: int, rng: random.Random, seconds: float) -> tuple[dict[str, Any], int]:
-    work = f"sleep {seconds:.2f}; echo job {n} > out.txt"
-    spec: dict[str, Any] = {
-        "name": f"soak-{n}", "command": work, "outputs": ["out.txt"],
-        "max_price_per_gpu_hour": MAX_PRICE, "timeout": "30s",
-    }
-    runs = 1
-    if kind == "single-provider":
-        spec["resources"] = {"gpu_model": rng.choice(MODELS[1:])}
-    elif kind == "replicas-2":
-        spec["verification"] = {"replicas": 2}
-        runs = 3  # a tie-break if the two disagree
-    elif kind == "replicas-3":
-        spec["verification"] = {"replicas": 3}
-        runs = 3
-    elif kind == "verifier":
-        spec["verification"] = {"verifier": "grep -q job out.txt"}
-        runs = 2
-    elif kind == "over-timeout":
-        spec["command"] = "sleep 60"
-        spec["timeout"] = "3s"
-        spec["outputs"] = []
-    return spec, runs
-
-
-def plan(jobs: int, clients: list[str], seed: int, cancel_share: float = CANCEL_SHARE,
-         ) -> list[Planned]:
-    rng = random.Random(seed)
-    kinds = rng.choices(list(KINDS), weights=list(KINDS.values()), k=jobs)
-    planned = []
-    for n, kind in enumerate(kinds):
-        cancel = rng.choice(CANCEL_AT) if rng.random() < cancel_share else None
-        # a cancelled job works longer, so that a cancel can meet it running
-        seconds = rng.uniform(2.0, 5.0) if cancel else rng.uniform(0.2, 1.5)
-        spec, runs = spec_of(kind, n, rng, seconds)
-        planned.append(Planned(n, clients[n % len(clients)], kind, spec, cancel, runs))
-    return planned
-
-
-def providers_of(count: int) -> list[tuple[str, str, str]]:
-    """(provider id, simulated GPUs, owner): count - 2 of H100, one of A100, one of L4; each
-    with an owner of its own, but soak-h1 and soak-h2, which share one."""
-    h100 = [(f"soak-h{i}", "2xH100:80", f"soak-owner{max(i, 2) - 1}")
-            for i in range(1, count - 1)]
-    return [*h100, ("soak-a100", "2xA100:80", f"soak-owner{count - 2}"),
-            ("soak-l4", "2xL4:24", f"soak-owner{count - 1}")]
 
 
 # The run
@@ -302,146 +218,6 @@ class Soak:
             say(self.faults[-1])
 
 
-def wait_terminal(log: EventLog, job_ids: set[str], deadline: float) -> dict[str, Any]:
-    """Each job's terminal event, waiting until every job has one or the deadline."""
-    ended: dict[str, Any] = {}
-    last = 0.0
-    while True:
-        log.read()
-        for e in log.of_type(*TERMINAL):
-            ended.setdefault(log.job_of(e), e)
-        missing = job_ids - set(ended)
-        if not missing or time.monotonic() > deadline:
-            return ended
-        if time.monotonic() - last > 15:
-            say(f"  {len(job_ids) - len(missing)} of {len(job_ids)} jobs ended")
-            last = time.monotonic()
-        time.sleep(0.5)
-
-
-def overruns(log: EventLog, ended: dict[str, Any], submitted: dict[str, Planned],
-             timeout_of: Callable[[Planned], int]) -> dict[str, float]:
-    """Seconds past its bound each job took: from its first allocation (its submit if never
-    placed) to its terminal event (to now, if it has none), less its timeout times the runs
-    it pays for."""
-    start: dict[str, datetime] = {}
-    for e in log.of_type("GpusAllocated"):
-        start.setdefault(log.job_of(e), e.timestamp)
-    for e in log.jobs_submitted():
-        start.setdefault(log.job_of(e), e.timestamp)
-    now = datetime.now(UTC)
-    return {
-        job_id: ((ended[job_id].timestamp if job_id in ended else now) - start[job_id])
-        .total_seconds() - timeout_of(p) * p.runs
-        for job_id, p in submitted.items() if job_id in start
-    }
-
-
-def gpus_held_by_api(soak: Soak, ended: set[str]) -> list[str]:
-    """GPUs the API shows (each provider to its owner) as held by a job that has ended."""
-    held = []
-    for owner in sorted(set(soak.cluster.owners.values())):
-        providers = soak.call("providers", partial(soak.net.gql, GPUS, owner))["providers"]
-        held += [f"{p['providerId']} GPU {g['index']} held by {g['busyJobId']}"
-                 for p in providers if soak.cluster.owners.get(p["providerId"]) == owner
-                 for g in p["gpus"] if g["busyJobId"] and g["busyJobId"] in ended]
-    return held
-
-
-def audit(soak: Soak, log: EventLog, ended: dict[str, Any], grace_s: float) -> list[str]:
-    failures: list[str] = []
-    jobs = set(soak.submitted)
-    ours = {log.job_of(e) for e in log.jobs_submitted()}  # all, even a retried submit's twin
-    emit("jobs", len(jobs), "jobs", planned=len(soak.planned),
-         kinds=dict(Counter(p.kind for p in soak.submitted.values())),
-         cancelled_at=dict(soak.cancelled_at), submit_errors=len(soak.submit_errors))
-    failures += [f"submit failed: {e}" for e in soak.submit_errors]
-    states = Counter(API_STATES[event_type(e)] for j, e in ended.items() if j in jobs)
-    emit("jobs_terminal", sum(states.values()), "jobs", states=dict(states))
-    missing = sorted(jobs - set(ended))
-    last = {log.job_of(e): event_type(e) for e in log.events if e.originator_id in log.jobs}
-    stuck = Counter(f"{soak.state(j, soak.submitted[j].client)} after {last.get(j)} "
-                    f"({soak.submitted[j].kind})" for j in missing)
-    emit("jobs_not_terminal", len(missing), "jobs", stuck=dict(stuck.most_common()),
-         sample=missing[:3])
-    if missing:
-        failures.append(f"{len(missing)} jobs reached no terminal state within the deadline, "
-                        f"e.g. {missing[:3]}")
-    twice = {j: dict(c) for j, c in per_job(log, TERMINAL).items() if sum(c.values()) > 1}
-    if twice:
-        failures.append(f"{len(twice)} jobs ended more than once: {list(twice.items())[:3]}")
-
-    from protocol.spec import parse_duration
-
-    over = overruns(log, ended, soak.submitted, lambda p: parse_duration(p.spec["timeout"]))
-    worst = max(over, key=lambda j: over[j], default=None)
-    emit("max_overrun_s", round(max(over.values(), default=0.0), 3), "s", job=worst,
-         kind=soak.submitted[worst].kind if worst else None, ended=worst in ended,
-         grace_s=grace_s)
-    late = {j: round(s, 1) for j, s in over.items() if s > grace_s}
-    if late:
-        failures.append(f"{len(late)} jobs ran more than {grace_s:.0f} s past their bound "
-                        f"(timeout x runs from their first allocation): "
-                        f"{sorted(late.items(), key=lambda x: -x[1])[:3]}")
-
-    mismatched = []
-    for job_id in sorted(jobs & set(ended)):
-        client = soak.submitted[job_id].client
-        state = soak.state(job_id, client)
-        if state != API_STATES[event_type(ended[job_id])]:
-            mismatched.append(f"{job_id}: API {state}, events "
-                              f"{event_type(ended[job_id])}")
-    emit("read_model_mismatches", len(mismatched), "jobs", sample=mismatched[:3])
-    if mismatched:
-        failures.append(f"{len(mismatched)} jobs' API state differs from their events: "
-                        f"{mismatched[:3]}")
-
-    # Replicas, checks and verifiers: each run of a job on a provider of another owner.
-    runs: dict[str, dict[int, str]] = {}
-    for e in log.of_type("GpusAllocated"):
-        runs.setdefault(log.job_of(e), {})[e.attempt] = e.provider_id
-    for e in log.of_type("ProviderLost", "CheckSkipped", "RunUnplaced"):
-        runs.get(log.job_of(e), {}).pop(e.attempt, None)
-    owners = soak.cluster.owners
-    several = {j: r for j, r in runs.items() if j in jobs and len(r) > 1}
-    shared = [f"{j}: {sorted(r.values())}" for j, r in several.items()
-              if len({owners.get(p, p) for p in r.values()}) < len(r)]
-    emit("jobs_run_more_than_once", len(several), "jobs", shared_owner=len(shared),
-         sample=shared[:3], unplaced=Counter(event_type(e) for e in log.of_type(
-             "CheckSkipped", "RunUnplaced") if log.job_of(e) in jobs))
-    if shared:
-        failures.append(f"{len(shared)} jobs ran twice on one owner's providers: {shared[:3]}")
-
-    # GPUs: a job's release may follow its terminal event by a moment.
-    deadline = time.monotonic() + 30
-    while True:
-        log.read()
-        held_now = replay_reservations(log)[1]
-        leaked = [f"{p} GPU {i} reserved for {j}, which ended {event_type(ended[j])}"
-                  for (p, i), j in held_now.items() if j in ended]
-        shown = gpus_held_by_api(soak, set(ended))
-        if not (leaked or shown) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    emit("gpus_reserved", len(leaked), "gpus", by_api=len(shown), sample=(leaked + shown)[:3],
-         held_by_unended_jobs=len(held_now) - len(leaked))
-    if leaked or shown:
-        failures.append(f"GPUs still reserved after their jobs ended: {(leaked + shown)[:3]}")
-
-    held, by_transfer = balances(log)
-    total = sum(held.values())
-    lopsided = {t: a for t, a in by_transfer.items() if len(a) != 2 or sum(a) != 0}
-    emit("ledger_sum_micro", total, "micro-credits", accounts=len(held))
-    emit("lopsided_transfers", len(lopsided), "transfers", sample=list(lopsided)[:3])
-    if total != 0:
-        failures.append(f"the ledger sums to {total} micro-credits, not 0")
-    if lopsided:
-        failures.append(f"transfers not posted once on each side: {list(lopsided.items())[:3]}")
-    escrows = open_escrows(log, ours & set(ended))
-    emit("open_escrows", len(escrows), "escrows", sample=escrows[:3])
-    if escrows:
-        failures.append(f"{len(escrows)} ended jobs left their escrow open: {escrows[:3]}")
-    return failures
 
 
 def run(args: argparse.Namespace, home: Path) -> int:
