@@ -25,11 +25,11 @@ import httpx
 
 from worker_gpu import checkpoint, context
 from worker_gpu.context import StepCancelled, StepFailed
-from worker_gpu.joblog import LogFollower
+from worker_gpu.joblog import LogFollower, read_log_tail
 from worker_gpu.runtime import JobRuntime, ProgressFn, RunOutcome
 from worker_gpu.runtime_docker import WORKDIR as CONTAINER_WORKDIR
 from worker_gpu.runtime_docker import DockerRuntime, EngineUnavailable, ImageUnavailable
-from worker_gpu.runtime_process import ProcessRuntime, read_log_tail
+from worker_gpu.runtime_process import ProcessRuntime
 from worker_gpu.ticker import Ticker
 from worker_gpu.transfer import (
     ChunkFn,

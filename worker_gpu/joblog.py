@@ -1,17 +1,26 @@
-"""A job's live log: what it printed since the last look, in bounded chunks, across trims.
+"""A job's log on the provider: written by the runtime, kept bounded on disk, its tail
+reported; followed live, what it printed since the last look, in bounded chunks.
 
 The runtime writes the job's output to job.log and, past its limit, trims the file to its
 tail behind a header line that says how many bytes of output were dropped in all
-(runtime_process.trim_log). `LogFollower` reads what was appended since its last read,
+(trim_log). `LogFollower` reads what was appended since its last read,
 naming each chunk by its offset in the job's whole output (trims included), so that the
 API can tell a resent chunk from a new one and a gap from a repeat.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+LOG_TAIL_BYTES = 4096
+# A job's log on the provider's disk: past this it keeps only its tail (trim_log), so a job
+# that prints without end cannot fill the provider's disk. GPGPU_JOB_LOG_MAX_BYTES sets it.
+JOB_LOG_MAX_BYTES = 64 << 20
+JOB_LOG_KEPT_BYTES = 1 << 20  # what a trimmed log keeps: its last MiB
 
 # At most this much of the job's output in one chunk (the API refuses more: api/assignments.py).
 CHUNK_BYTES = 16 << 10
@@ -93,3 +102,55 @@ class LogFollower:
             self.offset += len(part)
             at += len(part)
         return chunks
+
+
+def read_log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            data = f.read(limit)
+    except FileNotFoundError:
+        return ""
+    # A cut in the middle of a UTF-8 character leaves replacement marks at the start.
+    return data.decode("utf-8", errors="replace").lstrip("\ufffd")
+
+
+def job_log_max_bytes() -> int:
+    """GPGPU_JOB_LOG_MAX_BYTES, or JOB_LOG_MAX_BYTES; at least twice what a trim keeps."""
+    try:
+        value = int(os.environ.get("GPGPU_JOB_LOG_MAX_BYTES", JOB_LOG_MAX_BYTES))
+    except ValueError:
+        value = JOB_LOG_MAX_BYTES
+    return min(max(value, 2 * JOB_LOG_KEPT_BYTES), 1 << 40)
+
+
+def trim_log(path: Path, max_bytes: int, keep: int = JOB_LOG_KEPT_BYTES) -> int:
+    """Past max_bytes, the log keeps its last `keep` bytes after a line saying how many
+    bytes of the job's output went (by every trim so far); returns the bytes cut (0: none).
+    The job writes with O_APPEND, so what it writes next lands after the kept tail (a line
+    written while the trim runs may be lost with the rest)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size <= max_bytes:
+        return 0
+    with path.open("r+b") as f:
+        # The header counts the output dropped by every trim so far (a live reader of the
+        # log, LogFollower, places what it reads by that count).
+        dropped, header = trim_header(f.read(256))
+        f.seek(size - keep)
+        tail = f.read(keep)
+        cut = size - len(tail)
+        f.seek(0)
+        f.write(f"gpgpu: the log passed {max_bytes} bytes; {dropped + cut - header} earlier "
+                f"bytes were dropped, its tail is kept\n".encode() + tail)
+        f.truncate()
+    return cut
+
+
+def open_job_log(path: Path) -> BinaryIO:
+    """An empty log the job appends to (O_APPEND, so trim_log can shorten it under the job)."""
+    path.write_bytes(b"")
+    return path.open("ab")

@@ -25,8 +25,8 @@ import docker.errors
 import docker.types
 import requests
 
+from worker_gpu.joblog import job_log_max_bytes, open_job_log, read_log_tail, trim_log
 from worker_gpu.runtime import ProgressFn, RunOutcome
-from worker_gpu.runtime_process import job_log_max_bytes, open_job_log, read_log_tail, trim_log
 from worker_gpu.sandbox import disk_usage
 from worker_gpu.sandbox import give as _give
 

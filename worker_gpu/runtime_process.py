@@ -21,9 +21,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
-from worker_gpu.joblog import trim_header
+from worker_gpu.joblog import job_log_max_bytes, open_job_log, read_log_tail, trim_log
 from worker_gpu.runtime import ProgressFn, RunOutcome
 
 if TYPE_CHECKING:
@@ -42,11 +42,6 @@ from worker_gpu.sandbox import (
 
 log = logging.getLogger(__name__)
 
-LOG_TAIL_BYTES = 4096
-# A job's log on the provider's disk: past this it keeps only its tail (trim_log), so a job
-# that prints without end cannot fill the provider's disk. GPGPU_JOB_LOG_MAX_BYTES sets it.
-JOB_LOG_MAX_BYTES = 64 << 20
-JOB_LOG_KEPT_BYTES = 1 << 20  # what a trimmed log keeps: its last MiB
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Variables the runtime owns; a job's env cannot override them.
 _PINNED = ("HOME", "TMPDIR", "CUDA_VISIBLE_DEVICES", "GPGPU_JOB_DIR")
@@ -69,58 +64,6 @@ def job_environment(workdir: Path, gpu_indexes: list[int], env: dict[str, str]) 
     if overridden:
         log.warning("job env may not set %s; ignored", ", ".join(overridden))
     return result
-
-
-def read_log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            data = f.read(limit)
-    except FileNotFoundError:
-        return ""
-    # A cut in the middle of a UTF-8 character leaves replacement marks at the start.
-    return data.decode("utf-8", errors="replace").lstrip("\ufffd")
-
-
-def job_log_max_bytes() -> int:
-    """GPGPU_JOB_LOG_MAX_BYTES, or JOB_LOG_MAX_BYTES; at least twice what a trim keeps."""
-    try:
-        value = int(os.environ.get("GPGPU_JOB_LOG_MAX_BYTES", JOB_LOG_MAX_BYTES))
-    except ValueError:
-        value = JOB_LOG_MAX_BYTES
-    return min(max(value, 2 * JOB_LOG_KEPT_BYTES), 1 << 40)
-
-
-def trim_log(path: Path, max_bytes: int, keep: int = JOB_LOG_KEPT_BYTES) -> int:
-    """Past max_bytes, the log keeps its last `keep` bytes after a line saying how many
-    bytes of the job's output went (by every trim so far); returns the bytes cut (0: none).
-    The job writes with O_APPEND, so what it writes next lands after the kept tail (a line
-    written while the trim runs may be lost with the rest)."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return 0
-    if size <= max_bytes:
-        return 0
-    with path.open("r+b") as f:
-        # The header counts the output dropped by every trim so far (a live reader of the
-        # log, joblog.LogFollower, places what it reads by that count).
-        dropped, header = trim_header(f.read(256))
-        f.seek(size - keep)
-        tail = f.read(keep)
-        cut = size - len(tail)
-        f.seek(0)
-        f.write(f"gpgpu: the log passed {max_bytes} bytes; {dropped + cut - header} earlier "
-                f"bytes were dropped, its tail is kept\n".encode() + tail)
-        f.truncate()
-    return cut
-
-
-def open_job_log(path: Path) -> BinaryIO:
-    """An empty log the job appends to (O_APPEND, so trim_log can shorten it under the job)."""
-    path.write_bytes(b"")
-    return path.open("ab")
 
 
 def _address_space_limit(memory_limit_mb: int) -> Callable[[], None]:

@@ -24,7 +24,8 @@ import websockets
 
 from infra.settings import Settings
 from tests.e2e.network import CREDITS_MICRO, Network, network
-from worker_gpu.runtime_process import JOB_LOG_KEPT_BYTES, ProcessRuntime
+from worker_gpu.joblog import JOB_LOG_KEPT_BYTES
+from worker_gpu.runtime_process import ProcessRuntime
 
 pytestmark = pytest.mark.e2e
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker_gpu.joblog import MAX_BEHIND, LogFollower, complete_utf8
-from worker_gpu.runtime_process import trim_log
+from worker_gpu.joblog import MAX_BEHIND, LogFollower, complete_utf8, trim_log
 
 
 def _append(path: Path, data: bytes) -> None:

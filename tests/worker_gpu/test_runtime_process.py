@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.worker_gpu.processes import host_pids, wait_for_host_pids
-from worker_gpu.runtime_process import LOG_TAIL_BYTES, ProcessRuntime
+from worker_gpu.joblog import LOG_TAIL_BYTES
+from worker_gpu.runtime_process import ProcessRuntime
 from worker_gpu.sandbox import Bwrap, JobLimits, SandboxUnavailable
 
 pytestmark = pytest.mark.skipif(not Bwrap.installed(), reason="bubblewrap is not installed")
