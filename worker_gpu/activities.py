@@ -45,7 +45,7 @@ from worker_gpu.transfer import (
     tls,
     upload_file,
 )
-from workflows.contracts import (
+from workflows.contracts_gpu import (
     MAX_REFUSAL_CHARS,
     ExecuteRequest,
     ExecuteResult,

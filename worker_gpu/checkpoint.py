@@ -49,7 +49,7 @@ from worker_gpu.transfer import (
     tls,
     upload_file,
 )
-from workflows.contracts import CheckpointPlan, ManifestEntry, OutputTransfer
+from workflows.contracts_gpu import CheckpointPlan, ManifestEntry, OutputTransfer
 
 log = logging.getLogger(__name__)
 

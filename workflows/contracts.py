@@ -10,6 +10,23 @@ names and dataclasses.
 
 from dataclasses import dataclass, field
 
+# The GPU steps' own contracts live in workflows/contracts_gpu.py (the provider agent imports
+# them from there); named here too, with every other step's contracts.
+from workflows.contracts_gpu import (  # noqa: F401
+    MAX_REFUSAL_CHARS,
+    CheckpointPlan,
+    ExecuteRequest,
+    ExecuteResult,
+    InputTransfer,
+    ManifestEntry,
+    OutputTransfer,
+    StageRequest,
+    StageResult,
+    TransferPlan,
+    UploadRequest,
+    UploadResult,
+)
+
 # No `from __future__ import annotations` here: with string annotations, Temporal's data
 # converter compiled and evaluated every field's type again on each payload it decoded.
 
@@ -130,135 +147,6 @@ class Allocation:
     provider_id: str
     gpu_indexes: list[int]
     price_per_gpu_hour_micro: int
-
-
-@dataclass
-class InputTransfer:
-    name: str  # path inside the job's working directory
-    url: str  # presigned GET
-    sha256: str
-    size: int
-
-
-@dataclass
-class OutputTransfer:
-    path: str  # path inside the job's working directory
-    key: str  # storage key under the client's space
-    url: str  # presigned PUT
-
-
-@dataclass
-class ManifestEntry:
-    path: str
-    key: str
-    sha256: str
-    size: int
-
-
-# Checkpoints (worker_gpu/checkpoint.py): a job's checkpoint/ directory, uploaded while it
-# runs, staged into the next attempt when its provider is lost.
-
-
-@dataclass
-class CheckpointPlan:
-    """Where one run uploads its job's checkpoint while it runs.
-
-    Files go to `slots` (presigned PUTs, taken in turn so that no file of the last
-    complete checkpoint is ever overwritten), then the manifest to `manifest_url`.
-    """
-
-    manifest_key: str  # jobs/<job_id>/checkpoint/<attempt>/manifest.json
-    manifest_url: str  # presigned PUT
-    slots: list[OutputTransfer]  # presigned PUTs for the files, twice max_files of them
-    max_bytes: int
-    max_files: int
-    interval_s: float = 5.0
-    # The checkpoint this run starts from (staged into checkpoint/ as inputs): paths
-    # relative to checkpoint/, keys where its files already are.
-    resumed: list[ManifestEntry] = field(default_factory=list)
-    resumed_from_attempt: int = 0
-
-
-@dataclass
-class TransferPlan:
-    """What the provider needs for one attempt: where the bytes are, what to run."""
-
-    job_id: str
-    attempt: int
-    inputs: list[InputTransfer]
-    outputs: list[OutputTransfer]
-    command: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    timeout_s: int = 600
-    image: str | None = None
-    network: bool = False
-    checkpoint: CheckpointPlan | None = None  # None: this run keeps no checkpoint
-
-
-# Every GPU step's request names the provider it is assigned to and how long that provider
-# has to pick it up (JobWorkflow._gpu fills both in); the agent ignores them.
-
-
-@dataclass
-class StageRequest:
-    job_id: str
-    attempt: int
-    inputs: list[InputTransfer]
-    provider_id: str = ""
-    pickup_timeout_s: float = 30.0
-
-
-@dataclass
-class StageResult:
-    files: int
-    bytes: int
-
-
-@dataclass
-class ExecuteRequest:
-    job_id: str
-    attempt: int
-    command: list[str]
-    gpu_indexes: list[int]
-    timeout_s: int
-    env: dict[str, str] = field(default_factory=dict)
-    image: str | None = None  # run in this container image (the docker runtime)
-    network: bool = False  # the job asked for network access
-    checkpoint: CheckpointPlan | None = None  # upload the job's checkpoint/ while it runs
-    provider_id: str = ""
-    pickup_timeout_s: float = 30.0
-
-
-@dataclass
-class ExecuteResult:
-    exit_code: int | None  # None when killed for the timeout
-    timed_out: bool
-    wall_ms: int
-    gpu_ms: int  # wall time times the number of GPUs held
-    log_tail: str
-
-
-@dataclass
-class UploadRequest:
-    job_id: str
-    attempt: int
-    outputs: list[OutputTransfer]
-    provider_id: str = ""
-    pickup_timeout_s: float = 30.0
-
-
-# The most of a storage answer a provider may pass on for an output the store refused.
-MAX_REFUSAL_CHARS = 512
-
-
-@dataclass
-class UploadResult:
-    manifest: list[ManifestEntry]
-    missing: list[str]
-    # Outputs the storage refused (larger than one object may be, past the client's quota),
-    # with its answer: they are in `missing` too, so the run is judged and paid like any run
-    # with missing outputs, and the client is told why.
-    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
