@@ -10,7 +10,7 @@ import logging
 from activities.grants import Grants
 from infra.settings import Settings
 from infra.storage import ObjectNotFound, ObjectStore, StorageError, delete_each
-from protocol.spec import check_relative_path
+from protocol.fields import check_relative_path
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)

@@ -23,3 +23,12 @@ MAX_BYTES = 2**50
 MAX_STEP_FILES = 4096
 MAX_GPU_MS = MAX_JOB_GPUS * MAX_TIMEOUT_S * 1000
 MAX_ERROR_COUNT = 10**12
+
+# A job spec's sizes (protocol/spec.py, protocol/fields.py).
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ENV_VARS = 256
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_ENV_BYTES = 256 * 1024  # all of them, as execve counts: NAME=value and a NUL each
+MAX_FILES = 256  # inputs, and outputs
+MAX_PATH_CHARS = 1024
+MAX_LABEL_CHARS = 128  # resources.gpu_model, resources.region

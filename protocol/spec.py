@@ -21,13 +21,11 @@ provider's execve (argv and environment share its ARG_MAX, 2 MiB on Linux):
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -37,19 +35,34 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.fields import (
+    Command,
+    EnvValue,
+    Label,
+    OutputPath,
+    PathText,
+    StrictFloat,
+    StrictInt,
+    Text,
+    check_relative_path,
+    check_storage_key,
+    kib,
+    parse_duration,
+    shown,
+)
 from protocol.limits import (
     MAX_BYTES,
+    MAX_ENV_BYTES,
+    MAX_ENV_VARS,
+    MAX_FILES,
     MAX_GPU_MEMORY_GB,
     MAX_JOB_GPUS,
     MAX_PRICE_MICRO,
     MAX_PRIORITY_LEVELS,
     MAX_REPLICAS,
-    MAX_TIMEOUT_S,
 )
 from protocol.money import cost_of_gpu_time, credits_to_micro
 
-_DURATION = re.compile(r"\s*(\d+)\s*(s|m|h|d)?\s*")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _QUEUE = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,62}/)?[a-z0-9][a-z0-9._-]{0,62}")
@@ -58,13 +71,6 @@ _IMAGE = re.compile(
     r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
-MAX_COMMAND_BYTES = 64 * 1024
-MAX_ENV_VARS = 256
-MAX_ENV_VALUE_BYTES = 32 * 1024
-MAX_ENV_BYTES = 256 * 1024  # all of them, as execve counts: NAME=value and a NUL each
-MAX_FILES = 256  # inputs, and outputs
-MAX_PATH_CHARS = 1024
-MAX_LABEL_CHARS = 128  # resources.gpu_model, resources.region
 
 
 class SpecError(ValueError):
@@ -75,107 +81,6 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
 
 
-def parse_duration(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be a duration like 90, '90s', '10m' or '2h'")
-    if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
-        seconds = int(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError("must be a duration like 90, '90s', '10m' or '2h'")
-    if not 1 <= seconds <= MAX_TIMEOUT_S:
-        raise ValueError(f"must be between 1 second and {MAX_TIMEOUT_S // 86400} days")
-    return seconds
-
-
-def check_text(value: str) -> str:
-    """Text a process can be handed: Unicode that UTF-8 can encode, without NUL."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(f"is not valid Unicode: a lone surrogate {value[err.start]!r} at "
-                         f"character {err.start}") from None
-    if (at := value.find("\x00")) >= 0:
-        raise ValueError(f"must not contain a NUL character (one is at character {at})")
-    return value
-
-
-def _shown(value: str, limit: int = 60) -> str:
-    """A value for a message: its repr, cut short."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
-
-
-def _kib(size: int) -> str:
-    return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} bytes"
-
-
-def _chars_at_most(limit: int) -> AfterValidator:
-    def check(value: str) -> str:
-        if len(value) > limit:
-            raise ValueError(f"is {len(value)} characters, more than the {limit} allowed")
-        return value
-
-    return AfterValidator(check)
-
-
-def _utf8_at_most(limit: int) -> AfterValidator:
-    def check(value: str) -> str:
-        if (size := len(value.encode("utf-8"))) > limit:
-            raise ValueError(f"is {size} bytes of UTF-8, more than the {_kib(limit)} allowed")
-        return value
-
-    return AfterValidator(check)
-
-
-def _command_size(args: list[str]) -> list[str]:
-    """At most MAX_COMMAND_BYTES as execve counts: each argument's bytes and its NUL."""
-    if (size := sum(len(a.encode("utf-8")) + 1 for a in args)) > MAX_COMMAND_BYTES:
-        raise ValueError(f"is {size} bytes (UTF-8, a NUL after each argument), more than "
-                         f"the {_kib(MAX_COMMAND_BYTES)} allowed")
-    return args
-
-
-Text = Annotated[str, AfterValidator(check_text)]
-Label = Annotated[Text, _chars_at_most(MAX_LABEL_CHARS)]
-Command = Annotated[list[Text], AfterValidator(_command_size)]
-# Paths and keys: their own checks (check_relative_path, check_storage_key) refuse NUL.
-PathText = Annotated[str, _chars_at_most(MAX_PATH_CHARS)]
-EnvValue = Annotated[Text, _utf8_at_most(MAX_ENV_VALUE_BYTES)]
-# Strict: a bool or a string is refused, never read as 1 or 2.
-StrictInt = Annotated[int, Field(strict=True)]
-StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # an int is taken
-
-
-def check_relative_path(value: str) -> str:
-    """A path inside the job's working directory: relative, no '..', no NUL."""
-    if not value or "\x00" in value or "\\" in value:
-        raise ValueError("must be a non-empty relative path")
-    check_text(value)
-    if value.startswith("/"):
-        raise ValueError(f"{value!r} is absolute; use a path relative to the job's directory")
-    norm = posixpath.normpath(value)
-    if norm == "." or norm.startswith("../") or norm == "..":
-        raise ValueError(f"{value!r} leaves the job's directory")
-    return norm
-
-
-def check_storage_key(value: str) -> str:
-    """A key inside the client's own storage space."""
-    if not value or len(value) > 1024 or "\x00" in value or "\\" in value:
-        raise ValueError("must be a non-empty key of at most 1024 characters")
-    check_text(value)
-    if value.startswith("/"):
-        raise ValueError(f"{value!r} is absolute; keys are relative to your storage space")
-    parts = value.split("/")
-    if any(p in ("..", ".", "") for p in parts):
-        raise ValueError(f"{value!r} is not a plain key (no '.', '..' or trailing '/')")
-    return value
-
-
-OutputPath = Annotated[PathText, AfterValidator(check_relative_path)]  # refused as outputs.N
 
 
 class _Strict(BaseModel):
@@ -305,14 +210,14 @@ class _SpecBase(_Strict):
     @classmethod
     def _queue(cls, v: str) -> str:
         if not _QUEUE.fullmatch(v):
-            raise ValueError(f"{_shown(v)} is not a queue like 'default' or 'gpu-eu/batch'")
+            raise ValueError(f"{shown(v)} is not a queue like 'default' or 'gpu-eu/batch'")
         return v
 
     @field_validator("image")
     @classmethod
     def _image(cls, v: str | None) -> str | None:
         if v is not None and (len(v) > 255 or not _IMAGE.fullmatch(v)):
-            raise ValueError(f"{_shown(v)} is not an image reference like 'python:3.11-slim'")
+            raise ValueError(f"{shown(v)} is not an image reference like 'python:3.11-slim'")
         return v
 
     @property
@@ -371,13 +276,13 @@ class _SpecBase(_Strict):
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for k in v:
             if not _ENV_NAME.fullmatch(k):
-                raise ValueError(f"{_shown(k)} is not a valid environment variable name")
+                raise ValueError(f"{shown(k)} is not a valid environment variable name")
             if k in ("CUDA_VISIBLE_DEVICES", "PATH", "HOME"):
                 raise ValueError(f"{k} is set by the provider and cannot be overridden")
         size = sum(len(k) + len(x.encode("utf-8")) + 2 for k, x in v.items())
         if size > MAX_ENV_BYTES:
             raise ValueError(f"is {size} bytes in all (NAME=value and a NUL each), more than "
-                             f"the {_kib(MAX_ENV_BYTES)} allowed")
+                             f"the {kib(MAX_ENV_BYTES)} allowed")
         return v
 
     @property

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from protocol.spec import (
+from protocol.fields import parse_duration
+from protocol.limits import (
     MAX_COMMAND_BYTES,
     MAX_ENV_BYTES,
     MAX_ENV_VALUE_BYTES,
@@ -17,9 +18,10 @@ from protocol.spec import (
     MAX_LABEL_CHARS,
     MAX_PATH_CHARS,
     MAX_TIMEOUT_S,
+)
+from protocol.spec import (
     JobSpec,
     SpecError,
-    parse_duration,
     parse_job_spec,
     parse_job_spec_file,
 )
