@@ -24,7 +24,7 @@ from domain.spec import parse_job_spec
 from infra.db import ViewDB
 from infra.settings import Settings
 from infra.storage import FilesystemStore
-from tests.domain.conftest import store_settings
+from tests.support.stores import store_settings
 from workflows import contracts as c
 
 

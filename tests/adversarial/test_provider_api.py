@@ -22,11 +22,10 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from tests.adversarial.outside_workflow import Forgery, OutsideWorkflow
 from tests.adversarial.rogue import Rogue, State
 from tests.e2e.network import Network, network
+from tests.support.graphql import SUBMIT
 
 pytestmark = pytest.mark.e2e
 
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 PRICE_MICRO = 500_000  # the rogue's 0.5 credits per GPU-hour
 
 

@@ -14,7 +14,7 @@ from domain.application import Network
 from domain.identity import IdentityError
 from infra.db import ViewDB
 from infra.settings import Settings
-from tests.domain.support import store_settings
+from tests.support.stores import store_settings
 
 
 def network() -> Network:

@@ -14,7 +14,7 @@ from domain.application import Network
 from domain.projection import Projector
 from infra.db import ViewDB
 from infra.settings import Settings
-from tests.domain.conftest import store_settings
+from tests.support.stores import store_settings
 
 
 @pytest.fixture

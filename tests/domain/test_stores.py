@@ -13,7 +13,8 @@ from domain.application import Network
 from domain.projection import Projector
 from infra.db import ViewDB
 from infra.settings import Settings
-from tests.domain.support import notification_count, run_lifecycle, store_settings
+from tests.domain.support import notification_count, run_lifecycle
+from tests.support.stores import store_settings
 
 VIEW_TABLES = {"tracking", "jobs", "job_events", "providers", "accounts", "provider_liveness"}
 
