@@ -22,11 +22,12 @@ from activities.verify import integrity_problems
 from domain.application import Network
 from domain.canary import judge_canary, new_seed, staged_inputs
 from domain.errors import DomainError, UnknownProvider
-from domain.spec import JobSpec
 from domain.verification import canary_rate
-from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
 from infra.storage import ObjectStore, StorageError, delete_each
+from protocol.spec import JobSpec
+from readmodel.schema import ViewDB
+from readmodel.telemetry import online_provider_ids
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,13 @@ from activities.verify import judge, output_key
 from domain.application import Network, Payment
 from domain.errors import DomainError
 from domain.job import Job
-from domain.spec import JobSpec, check_relative_path
 from domain.verification import check_rate, decide_check
-from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
 from infra.storage import ObjectNotFound, ObjectStore, StorageError, delete_each
+from protocol.spec import JobSpec, check_relative_path
+from readmodel.schema import ViewDB
+from readmodel.telemetry import online_provider_ids
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -229,18 +230,18 @@ class ControlActivities:
         spec = JobSpec.model_validate(job.spec)
         provider_id = job.allocations.get(req.attempt)
         if provider_id is None:
-            raise _refuse(DomainError(f"attempt {req.attempt} of job {req.job_id} is not "
+            raise _refuse(DomainError("", f"attempt {req.attempt} of job {req.job_id} is not "
                                       "allocated"))
         grants = Grants(self.settings, job.client_id, req.job_id, req.attempt, provider_id)
         inputs = []
         for ref in spec.inputs:
             if ref.sha256 is None or ref.size is None:
-                raise _refuse(DomainError(f"input {ref.key} was not pinned at submission"))
+                raise _refuse(DomainError("", f"input {ref.key} was not pinned at submission"))
             inputs.append(c.InputTransfer(ref.target, grants.get(ref.key, ref.sha256, ref.size),
                                           ref.sha256, ref.size))
         if req.purpose == "verify":  # the verifier reads the accepted outputs, writes nothing
             if not spec.verification.verifier:
-                raise _refuse(DomainError(f"job {req.job_id} has no verifier"))
+                raise _refuse(DomainError("", f"job {req.job_id} has no verifier"))
             inputs = [
                 c.InputTransfer(m["path"], grants.get(m["key"], m["sha256"], m["size"]),
                                 m["sha256"], m["size"])

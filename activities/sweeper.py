@@ -21,8 +21,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.application import Network
-from domain.job import TERMINAL_STATES
-from infra.db import ViewDB
+from domain.states import TERMINAL_STATES
+from readmodel.schema import ViewDB
 from workflows.contracts import job_workflow_id
 
 log = logging.getLogger(__name__)

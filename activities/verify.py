@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from domain.spec import JobSpec
 from domain.verification import Comparator, OutputFile, outvoted, quorum
 from infra.storage import ObjectNotFound, ObjectStore
+from protocol.spec import JobSpec
 from workflows import contracts as c
 
 TEXT_LIMIT = 1 << 20  # a numeric comparator reads outputs up to this size

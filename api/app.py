@@ -27,6 +27,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from api import assignments, auth, json_body, metrics, storage
 from api.body_limit import BodyLimit
+from api.errors import refusal_text
 from api.schema import schema
 from api.services import Services
 from api.types import Context
@@ -167,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await services.heartbeat(provider_id, telemetry)
         except UnknownProvider as err:
-            raise HTTPException(404, str(err)) from None
+            raise HTTPException(404, refusal_text(err)) from None
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
         return {"ok": True}

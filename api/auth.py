@@ -49,7 +49,7 @@ from strawberry.types import Info
 
 from domain.application import Network
 from domain.identity import Caller, secret_hash
-from infra.db import ViewDB
+from readmodel.schema import ViewDB
 
 ROLE_WORDS = {"client": "client", "provider": "provider", "operator": "node operator",
               "admin": "admin"}

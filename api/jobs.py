@@ -16,8 +16,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.services import Services
 from domain.errors import DomainError
 from domain.node import split_queue
-from domain.spec import JobSpec, SpecError, parse_job_spec
 from infra.storage import ObjectNotFound, StorageError
+from protocol.spec import JobSpec, SpecError, parse_job_spec
 from workflows.contracts import JobInput, job_workflow_id
 from workflows.job import JobWorkflow
 from workflows.search_attributes import job_search_attributes
@@ -36,11 +36,11 @@ class Submitted:
 
 
 def queue_refusal(err: DomainError) -> SpecError:
-    """A refusal of the spec's queue or priority, under the field it is about."""
-    # The network says what it refuses: "queue: ...", "node: ..." (the queue's), "priority: ...".
-    message = str(err)
-    field = "priority" if message.startswith("priority: ") else "queue"
-    return SpecError([(field, message.removeprefix(f"{field}: "))])
+    """A refusal of the spec's queue or priority, under the spec field it is about (a
+    refused node is the queue's: "queue: node: no node 'x'")."""
+    if err.field in ("queue", "priority"):
+        return SpecError([(err.field, err.reason)])
+    return SpecError([("queue", str(err))])
 
 
 async def pin_inputs(services: Services, client_id: str, spec: JobSpec) -> JobSpec:

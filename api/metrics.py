@@ -32,12 +32,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from api.auth import bearer
-from domain.projection import JOB_STATE_AFTER
-from infra.db import ViewDB
+from domain.states import JobState
+from readmodel.schema import ViewDB
 
 router = APIRouter()
 
-JOB_STATES = tuple(sorted({"SUBMITTED", *(s for s in JOB_STATE_AFTER.values() if s)}))
+JOB_STATES = tuple(sorted(s.value for s in JobState))
 PROVIDER_STATUSES = ("online", "offline", "lost")
 GPU_STATES = ("idle", "busy", "suspended", "degraded", "offline")
 # Seconds: from a moment to a day, for waits in a queue that may hold GPUs for hours.

@@ -16,6 +16,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from api import auth
+from api.errors import refused
 from api.jobs import queue_refusal, submit_job
 from api.limits import LIMIT_EXTENSIONS
 from api.services import Services
@@ -54,7 +55,6 @@ from api.types import (
 from domain.application import Network
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller
-from domain.job import TERMINAL_STATES
 from domain.ledger import client_account
 from domain.limits import (
     GPU_INDEX,
@@ -66,21 +66,16 @@ from domain.limits import (
     PROVIDER_GPUS,
     Bound,
 )
-from domain.money import credits_to_micro
 from domain.node import DEFAULT_NODE, check_name, split_queue
-from domain.projection import TERMINAL_EVENTS
 from domain.provider import RUNTIMES, SANDBOXES
-from domain.spec import SpecError, parse_job_spec
-from infra.telemetry import Heartbeat
+from domain.states import TERMINAL_EVENTS, TERMINAL_STATES
+from protocol.money import credits_to_micro
+from protocol.spec import SpecError, parse_job_spec
+from readmodel.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
 
 T = TypeVar("T")
 MAX_GRANT_MICRO = 1_000_000 * 1_000_000  # an admin's grant: at most a million credits
-
-
-def _refused(err: DomainError) -> ValueError:
-    """A domain refusal as the API's words: it names the field ("email: ...")."""
-    return ValueError(str(err))
 
 
 def _source_address(info: I) -> str:
@@ -96,7 +91,7 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args)
     except DomainError as err:
-        raise _refused(err) from None
+        raise refused(err) from None
 
 
 def _bounded(field: str, bound: Bound, value: Any) -> Any:
@@ -464,7 +459,10 @@ class Mutation:
     ) -> bool:
         auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
                      f"forbidden: provider {provider_id!r} is not one of yours")
-        await info.context.services.heartbeat(provider_id, telemetry)
+        try:
+            await info.context.services.heartbeat(provider_id, telemetry)
+        except DomainError as err:
+            raise refused(err) from None
         return True
 
     @strawberry.mutation(
@@ -480,7 +478,7 @@ class Mutation:
             await asyncio.to_thread(network.provider_offline, provider_id,
                                     "draining: its agent is stopping")
         except DomainError as err:
-            raise _refused(err) from None
+            raise refused(err) from None
         return True
 
     @strawberry.mutation(
@@ -501,12 +499,12 @@ class Mutation:
         source = _source_address(info)
         await asyncio.to_thread(services.sign_ins.check, email, source)
         try:
-            issued = await _run(services.network.sign_in, email, password, time.time(),
-                                services.settings.session_ttl_s)
-        except ValueError as err:
-            if str(err).startswith("password:"):
+            issued = await asyncio.to_thread(services.network.sign_in, email, password,
+                                             time.time(), services.settings.session_ttl_s)
+        except DomainError as err:
+            if err.field == "password":
                 await asyncio.to_thread(services.sign_ins.failed, email, source)
-            raise
+            raise refused(err) from None
         await asyncio.to_thread(services.sign_ins.succeeded, email)
         return await _session(info, issued.token)
 
@@ -525,13 +523,13 @@ class Mutation:
         source = _source_address(info)
         await asyncio.to_thread(services.sign_ins.check, caller.email, source)
         try:
-            issued = await _run(services.network.change_password, caller.user_id,
-                                current_password, new_password, time.time(),
-                                services.settings.session_ttl_s)
-        except ValueError as err:
-            if str(err).startswith("currentPassword:"):
+            issued = await asyncio.to_thread(
+                services.network.change_password, caller.user_id, current_password,
+                new_password, time.time(), services.settings.session_ttl_s)
+        except DomainError as err:
+            if err.field == "current_password":
                 await asyncio.to_thread(services.sign_ins.failed, caller.email, source)
-            raise
+            raise refused(err) from None
         services.auth.forget(user_id=caller.user_id)
         return await _session(info, issued.token)
 

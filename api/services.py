@@ -1,6 +1,6 @@
 """What the API process holds: the application, the read model, storage, Temporal, the
-projection runner that keeps the read model current and wakes subscribers, and the
-providers' heartbeats: their ingest and the liveness monitor."""
+projection runner and the subscribers' wake-ups (readmodel/live.py), and the providers'
+heartbeats: their ingest and the liveness monitor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,11 +19,13 @@ from api.auth import Authenticator, SignInThrottle
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.identity import Caller
-from domain.projection import CHANNEL, Projector
-from infra.db import PostgresChanges, SqliteChanges, ViewDB
+from infra.db import PostgresChanges, SqliteChanges
 from infra.settings import Settings
 from infra.storage import ObjectStore
-from infra.telemetry import (
+from readmodel.live import Broadcaster, PostgresListener, ProjectionThread
+from readmodel.projector import Projector
+from readmodel.schema import ViewDB
+from readmodel.telemetry import (
     HealthWatch,
     Heartbeat,
     degraded_gpus,
@@ -35,143 +36,6 @@ from infra.telemetry import (
 )
 
 log = logging.getLogger(__name__)
-
-
-Rows = list[dict[str, Any]]
-
-
-class Broadcaster:
-    """Wakes every waiting subscriber when the projection moves forward.
-
-    A wake's result is the rows the batch added when this process applied it (every row
-    of that batch), or None when it only knows that something changed (another replica's
-    NOTIFY): then subscribers read the view. The pushed rows are kept per stream, the
-    last `RECENT_PER_STREAM` of the last `RECENT_STREAMS` streams, so a hundred
-    subscribers cost no hundred queries, nor does one that fell a few events behind
-    while it was sending. A waiter takes the current future *before* reading, so an
-    advance that lands between its read and its wait is never missed.
-    """
-
-    RECENT_PER_STREAM = 256
-    RECENT_STREAMS = 2048
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self._future: asyncio.Future[Rows | None] = loop.create_future()
-        self._recent: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
-        self._pushed_to = 0  # the last position whose rows were pushed here
-
-    def current(self) -> asyncio.Future[Rows | None]:
-        return self._future
-
-    def advance(self, position: int, rows: Rows | None) -> None:
-        """From any thread: the projection reached `position`, adding `rows` (None: not
-        known here)."""
-        self.loop.call_soon_threadsafe(self._resolve, position, rows)
-
-    def recent(self, stream: str, after: int) -> Rows | None:
-        """The kept rows of `stream` after seq `after`, oldest first ([] if none); None if
-        they do not go on from `after` (some were never pushed here, or are gone): then
-        the caller reads the view."""
-        kept = self._recent.get(stream)
-        newer: Rows = []
-        for row in reversed(kept or ()):  # a subscriber is seldom more than a few behind
-            if row["seq"] <= after:
-                break
-            newer.append(row)
-        newer.reverse()
-        return None if newer and newer[0]["seq"] != after + 1 else newer
-
-    def _resolve(self, position: int, rows: Rows | None) -> None:
-        if rows is None and position <= self._pushed_to:
-            return  # the NOTIFY of a batch this process applied and pushed already
-        for row in rows or ():
-            stream = row["stream"]
-            kept = self._recent.get(stream)
-            if kept is None:
-                kept = self._recent[stream] = deque(maxlen=self.RECENT_PER_STREAM)
-                if len(self._recent) > self.RECENT_STREAMS:
-                    self._recent.popitem(last=False)
-            else:
-                self._recent.move_to_end(stream)
-            kept.append(row)
-        if rows is not None:
-            self._pushed_to = max(self._pushed_to, position)
-        future, self._future = self._future, self.loop.create_future()
-        if not future.done():
-            future.set_result(rows)
-
-
-class PostgresListener(threading.Thread):
-    """LISTENs on a dedicated connection: another replica's projection woke us."""
-
-    def __init__(self, settings: Settings, broadcaster: Broadcaster):
-        super().__init__(name="pg-listen", daemon=True)
-        self.settings, self.broadcaster = settings, broadcaster
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        import psycopg
-
-        while not self.stopping.is_set():
-            try:
-                with psycopg.connect(self.settings.postgres_conninfo(), autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    while not self.stopping.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            self.broadcaster.advance(int(note.payload), None)
-            except Exception:
-                log.exception("LISTEN connection lost; reconnecting")
-                self.stopping.wait(1.0)
-
-
-class ProjectionThread(threading.Thread):
-    """Runs the projector: applies new events as soon as they are committed.
-
-    With `changed` (infra.db's SqliteChanges or PostgresChanges) an idle poll costs a
-    pragma or a look at a LISTEN socket, not two queries; the projector still looks for
-    itself every `FULL_POLL_S`.
-    """
-
-    FULL_POLL_S = 1.0
-
-    def __init__(self, projector: Projector, idle_sleep_s: float = 0.005,
-                 changed: SqliteChanges | PostgresChanges | None = None):
-        super().__init__(name="projection", daemon=True)
-        self.projector, self.idle_sleep_s, self.changed = projector, idle_sleep_s, changed
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        next_full = 0.0
-        try:
-            while not self.stopping.is_set():
-                applied = 0
-                # Asked before the batch is read: a commit after the read shows next time.
-                if self._changed() or time.monotonic() >= next_full:
-                    next_full = time.monotonic() + self.FULL_POLL_S
-                    try:
-                        applied = self.projector.run_once()
-                    except Exception:
-                        log.exception("projection batch failed; retrying")
-                if not applied:
-                    self.stopping.wait(self.idle_sleep_s)
-        finally:
-            self._stop_watching()
-
-    def _changed(self) -> bool:
-        if self.changed is None:
-            return True
-        try:
-            return self.changed()
-        except Exception:
-            log.exception("cannot tell whether the event store changed; polling it instead")
-            self._stop_watching()
-            return True
-
-    def _stop_watching(self) -> None:
-        if self.changed is not None:
-            self.changed.close()
-            self.changed = None
 
 
 class HeartbeatIngest:
@@ -241,7 +105,7 @@ class ProviderMonitor(threading.Thread):
     """Records a provider's going offline (missed heartbeats) and coming back, once each.
 
     Twice per heartbeat interval it compares the read model's provider status with
-    the last heartbeats (`infra.telemetry.liveness_changes`) and tells the domain of
+    the last heartbeats (`readmodel.telemetry.liveness_changes`) and tells the domain of
     the differences, and refreshes what `HealthWatch` knows. Safe in several API
     replicas at once: the domain records a change only once (the second replica's
     save conflicts, reloads, and finds nothing left to do).
@@ -354,7 +218,7 @@ class Services:
                 "SELECT status FROM providers WHERE provider_id = ?", (provider_id,)
             )
             if not known:
-                raise UnknownProvider(f"providerId: no provider {provider_id!r}; register first")
+                raise UnknownProvider("provider_id", f"no provider {provider_id!r}; register first")
             self.known_providers.add(provider_id)
         await self.heartbeats.submit(Heartbeat(provider_id, time.time(), readings))
 

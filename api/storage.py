@@ -28,7 +28,7 @@ from fastapi.responses import StreamingResponse
 from api import auth
 from api.services import Services
 from domain.errors import UnknownJob
-from domain.job import TERMINAL_STATES
+from domain.states import TERMINAL_STATES
 from infra.signing import METHODS, Grant, GrantRefused, check, grant_url, parse_grant
 from infra.storage import (
     AlreadyStored,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Annotated, Any, NewType
 
 import strawberry
@@ -21,14 +19,12 @@ from api import auth
 from api.services import Services
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
-from domain.matching import Requirements
-from domain.money import cost_of_gpu_time, micro_to_credits
 from domain.node import DEFAULT_NODE, split_queue
 from domain.reputation import Reputation, reputation
-from domain.scheduling import Waiting, fair_order
-from domain.spec import JobSpec
-from infra.db import online_provider_ids
-from infra.telemetry import recent_samples
+from protocol.money import cost_of_gpu_time, micro_to_credits
+from protocol.spec import JobSpec
+from readmodel.queue import EXPECTED_START, QueueLine, iso_time, queue_line
+from readmodel.telemetry import online_provider_ids, recent_samples
 
 BigInt = NewType("BigInt", int)
 INT64 = 2**63
@@ -57,17 +53,6 @@ BIG_INT_SCALAR = strawberry.scalar(
 
 PROVIDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
-EXPECTED_START = (
-    "An estimate, while QUEUED: when this job would start if every job ahead of it and every "
-    "running job on the queue's GPUs ran its whole timeout (so usually later than it will). "
-    "Null when the queue has too few usable GPUs for it."
-)
-
-
-def iso_time(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds")
-
-
 class Context(BaseContext):
     def __init__(self, services: Services, caller: Caller | None = None,
                  token: str | None = None):
@@ -81,7 +66,8 @@ class Context(BaseContext):
     async def line(self, queue: str) -> QueueLine:
         """The queue's waiting jobs in order, worked out once per request."""
         if queue not in self.lines:
-            self.lines[queue] = asyncio.ensure_future(queue_line(self.services, queue))
+            self.lines[queue] = asyncio.ensure_future(asyncio.to_thread(
+                queue_line, self.services.views, self.services.settings, queue))
         return await self.lines[queue]
 
     @property
@@ -649,66 +635,6 @@ def ledger_entry(r: dict[str, Any]) -> LedgerEntry:
     )
 
 
-# A queue's line: positions as the scheduler orders them, and expected starts
-
-
-@dataclass
-class QueueLine:
-    rows: list[dict[str, Any]]  # the waiting jobs, in the scheduler's order
-    positions: dict[str, int]
-    expected_start: dict[str, str | None]
-    held: dict[str, int] = field(default_factory=dict)  # GPUs each client holds on the node
-    max_gpus_per_client: int = 0
-
-
-ACTIVE_STATES = ("STAGING", "RUNNING", "UPLOADING", "VERIFYING", "SETTLING")
-
-
-def _unix(at: str) -> float:
-    return datetime.fromisoformat(at).timestamp()
-
-
-async def queue_line(services: Services, queue: str) -> QueueLine:
-    """The queue's QUEUED jobs in `domain.scheduling.fair_order`, with the scheduler's inputs
-    (priority, age, each client's GPUs held on the node) taken from the read model."""
-    node_id, name = split_queue(queue)
-    waiting = await services.query(
-        "SELECT job_id, client_id, name, spec, priority, gpus, timeout_s, attempt, submitted_at"
-        " FROM jobs WHERE state = 'QUEUED' AND queue = ?", (f"{node_id}/{name}",),
-    )
-    nodes = await services.query("SELECT queues, provider_ids FROM nodes WHERE node_id = ?",
-                                 (node_id,))
-    if not waiting or not nodes:
-        return QueueLine(waiting, {}, {r["job_id"]: None for r in waiting})
-    config = json.loads(nodes[0]["queues"]).get(name, {})
-    members = set(json.loads(nodes[0]["provider_ids"]))
-    providers = [p for p in await services.query(
-        "SELECT provider_id, status, gpus, reservations, reservation_clients, suspended,"
-        " degraded FROM providers") if p["provider_id"] in members]
-    held: dict[str, int] = {}
-    for p in providers:
-        clients = json.loads(p["reservation_clients"])
-        for job, idx in json.loads(p["reservations"]).items():
-            held[clients.get(job, "")] = held.get(clients.get(job, ""), 0) + len(idx)
-    by_id = {r["job_id"]: r for r in waiting}
-    entries = [
-        Waiting(job_id=r["job_id"], attempt=r["attempt"], client_id=r["client_id"],
-                priority=r["priority"], queued_at=_unix(r["submitted_at"]),
-                req=Requirements(r["gpus"], None, 0, 0), queue=queue)
-        for r in waiting
-    ]
-    ordered = [by_id[w.job_id] for w in fair_order(entries, held, config.get("fair_share", True))]
-    running = await services.query(
-        "SELECT job_id, allocated_at, timeout_s FROM jobs WHERE allocated_at IS NOT NULL"
-        f" AND state IN ({', '.join('?' * len(ACTIVE_STATES))})", ACTIVE_STATES,
-    )
-    online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
-    starts = estimate_starts(ordered, providers, config.get("gpu_models", []), running,
-                             online, time.time())
-    return QueueLine(ordered, {r["job_id"]: n for n, r in enumerate(ordered, start=1)}, starts,
-                     held, int(config.get("max_gpus_per_client", 0)))
-
-
 async def waiting_reasons(
     services: Services, job_id: str, queue: str, line: QueueLine
 ) -> list[str]:
@@ -741,42 +667,6 @@ async def waiting_reasons(
     if not reasons:
         reasons.append("a GPU fits it and is free: the scheduler places it within seconds")
     return reasons
-
-
-def estimate_starts(
-    ordered: list[dict[str, Any]], providers: list[dict[str, Any]], models: list[str],
-    running: list[dict[str, Any]], online: set[str], now: float,
-) -> dict[str, str | None]:
-    """See EXPECTED_START: the queue's usable GPUs (online provider, a model the queue serves,
-    not suspended or degraded) as interchangeable slots, each free from now or from when
-    the job holding it reaches its timeout; the waiting jobs take the earliest free slots
-    in their order, each for its whole timeout. Ignores backfill, a job's own model and
-    memory wishes and its replicas."""
-    ends = {r["job_id"]: _unix(r["allocated_at"]) + r["timeout_s"] for r in running}
-    free_at: list[float] = []
-    for p in providers:
-        if p["status"] != "online" or p["provider_id"] not in online:
-            continue
-        out = {str(i) for i in json.loads(p["suspended"])} | set(json.loads(p["degraded"]))
-        busy = {i: job for job, idx in json.loads(p["reservations"]).items() for i in idx}
-        for g in json.loads(p["gpus"]):
-            model = str(g["model"]).lower()
-            if str(g["index"]) in out or (models and not any(m.lower() in model for m in models)):
-                continue
-            job = busy.get(g["index"])
-            free_at.append(max(now, ends.get(job, now)) if job else now)
-    heapq.heapify(free_at)
-    starts: dict[str, str | None] = {}
-    for r in ordered:
-        if r["gpus"] > len(free_at):
-            starts[r["job_id"]] = None
-            continue
-        taken = [heapq.heappop(free_at) for _ in range(r["gpus"])]
-        start = max(taken)
-        for _ in taken:
-            heapq.heappush(free_at, start + r["timeout_s"])
-        starts[r["job_id"]] = iso_time(start)
-    return starts
 
 
 def _detail(rep: Reputation) -> ReputationDetail:

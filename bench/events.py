@@ -51,13 +51,13 @@ from domain.ledger import (
     provider_account,
     transfer,
 )
-from domain.money import cost_of_gpu_time
-from domain.projection import Projector
 from domain.provider import Provider
-from domain.spec import JobSpec
-from infra.db import ViewDB
-from infra.devstack import Stack, free_port, temporal_dev_args, wait_for_http
 from infra.settings import Settings
+from ops.devstack import Stack, free_port, temporal_dev_args, wait_for_http
+from protocol.money import cost_of_gpu_time
+from protocol.spec import JobSpec
+from readmodel.projector import Projector
+from readmodel.schema import ViewDB
 
 SPEC = JobSpec.model_validate({
     "name": "bench", "command": ["python3", "train.py"], "outputs": ["out/model.pt"],

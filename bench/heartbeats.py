@@ -16,9 +16,9 @@ import json
 import sys
 import time
 
-from infra.db import ViewDB
 from infra.settings import Settings
-from infra.telemetry import GpuReading, Heartbeat, ingest_heartbeats
+from readmodel.schema import ViewDB
+from readmodel.telemetry import GpuReading, Heartbeat, ingest_heartbeats
 
 PREFIX = "bench-hb-"
 

@@ -97,7 +97,7 @@ def join_providers(network: Network, providers: int, gpus_each: int, rng: random
 def queue_jobs(network: Network, jobs: int, clients: int, rng: random.Random) -> list[str]:
     """Jobs submitted and admitted (escrow moved), in batches (setup, not timed)."""
     from domain.job import Job
-    from domain.spec import parse_job_spec
+    from protocol.spec import parse_job_spec
 
     accounts = {}
     for c in range(clients):
@@ -198,7 +198,7 @@ def main(argv: list[str]) -> int:
         except ImportError:
             say("bench/heartbeats.py is missing: no heartbeat figure")
             return 1
-        from infra.db import ViewDB
+        from readmodel.schema import ViewDB
 
         views = ViewDB(settings)
         try:

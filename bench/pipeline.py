@@ -88,8 +88,8 @@ with workflow.unsafe.imports_passed_through():
     from websockets.typing import Subprotocol
 
     from client.subscription import SUBPROTOCOL, JobEventsSession
-    from infra.devstack import Stack, agent_env, free_port, temporal_dev_args, wait_for_http
     from infra.settings import Settings
+    from ops.devstack import Stack, agent_env, free_port, temporal_dev_args, wait_for_http
     from workflows.contracts import GPU_STEPS
 
 T = TypeVar("T")
@@ -580,7 +580,7 @@ class Pipeline:
 
         spawn("api", "api")
         for name in replicas("control-worker", self.opts.control_workers):
-            spawn(name, "infra.control_worker")
+            spawn(name, "activities.worker")
         await asyncio.to_thread(wait_for_http, f"{self.procs.api_url}/healthz", 60, "the API")
         for n in range(self.opts.clients):
             self.tokens.append(await self.sign_up(f"client-{n}", "client"))

@@ -29,7 +29,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 from domain.ids import business_id
-from domain.spec import check_text
+from protocol.spec import check_text
 
 ROLES = ("client", "provider", "operator", "admin")
 SELF_SERVICE_ROLES = ("client", "provider", "operator")  # "admin" is never self-granted
@@ -90,38 +90,38 @@ def secret_hash(secret: str) -> str:
 
 
 def _check_text(value: str, field: str) -> None:
-    """Text we hash or store: the same rule as a job spec's text (domain.spec.check_text)."""
+    """Text we hash or store: the same rule as a job spec's text (protocol.spec.check_text)."""
     try:
         check_text(value)
     except ValueError as err:
-        raise IdentityError(f"{field}: {err}") from None
+        raise IdentityError(field, f"{err}") from None
 
 
 def normalise_email(email: str) -> str:
     _check_text(email, "email")
     normal = email.strip().lower()
     if not _EMAIL.fullmatch(normal) or len(normal) > 254:
-        raise IdentityError(f"email: {email.strip()!r} is not an email address")
+        raise IdentityError("email", f"{email.strip()!r} is not an email address")
     return normal
 
 
 def check_password(password: str, field: str = "password") -> str:
     _check_text(password, field)
     if len(password) < MIN_PASSWORD:
-        raise IdentityError(f"{field}: at least {MIN_PASSWORD} characters")
+        raise IdentityError(field, f"at least {MIN_PASSWORD} characters")
     if len(password) > MAX_PASSWORD:
-        raise IdentityError(f"{field}: at most {MAX_PASSWORD} characters")
+        raise IdentityError(field, f"at most {MAX_PASSWORD} characters")
     return password
 
 
 def check_roles(roles: list[str], allowed: tuple[str, ...], field: str = "roles") -> list[str]:
     unknown = [r for r in roles if r not in allowed]
     if unknown:
-        raise IdentityError(f"{field}: {', '.join(map(repr, unknown))} is not one of "
+        raise IdentityError(field, f"{', '.join(map(repr, unknown))} is not one of "
                             f"{', '.join(allowed)}")
     chosen = [r for r in ROLES if r in roles]  # a fixed order, no repeats
     if not chosen:
-        raise IdentityError(f"{field}: pick at least one of {', '.join(allowed)}")
+        raise IdentityError(field, f"pick at least one of {', '.join(allowed)}")
     return chosen
 
 
@@ -129,7 +129,7 @@ def check_key_name(name: str) -> str:
     _check_text(name, "name")
     name = name.strip()
     if not _KEY_NAME.fullmatch(name):
-        raise IdentityError("name: 1 to 64 characters")
+        raise IdentityError("name", "1 to 64 characters")
     return name
 
 
@@ -166,7 +166,7 @@ class User(Aggregate):
 
     def grant_role(self, role: str) -> None:
         if role not in ROLES:
-            raise IdentityError(f"roles: {role!r} is not one of {', '.join(ROLES)}")
+            raise IdentityError("roles", f"{role!r} is not one of {', '.join(ROLES)}")
         if role not in self.roles:
             self._role_granted(role=role)
 
@@ -177,11 +177,11 @@ class User(Aggregate):
     def revoke_role(self, role: str) -> None:
         """Take a role away (its API keys stop acting as it); an account keeps one at least."""
         if role not in ROLES:
-            raise IdentityError(f"role: {role!r} is not one of {', '.join(ROLES)}")
+            raise IdentityError("role", f"{role!r} is not one of {', '.join(ROLES)}")
         if role not in self.roles:
             return
         if self.roles == [role]:
-            raise IdentityError(f"role: {role!r} is the account's only role; it keeps one")
+            raise IdentityError("role", f"{role!r} is the account's only role; it keeps one")
         self._role_revoked(role=role)
 
     @event("RoleRevoked")
@@ -239,9 +239,9 @@ class User(Aggregate):
 
     def add_api_key(self, key_id: str, name: str, scopes: list[str], at: float) -> None:
         if len(self.active_keys()) >= MAX_API_KEYS:
-            raise IdentityError(f"name: at most {MAX_API_KEYS} keys; revoke one first")
+            raise IdentityError("name", f"at most {MAX_API_KEYS} keys; revoke one first")
         if any(v["name"] == name for v in self.active_keys().values()):
-            raise IdentityError(f"name: you already have a key named {name!r}")
+            raise IdentityError("name", f"you already have a key named {name!r}")
         self._api_key_added(key_id=key_id, name=name, scopes=scopes, at=at)
 
     @event("ApiKeyAdded")

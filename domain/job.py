@@ -26,8 +26,10 @@ from domain.limits import (
     STEP_FILES,
     OutOfBounds,
 )
+from domain.states import TERMINAL_STATES, JobState
 
-TERMINAL_STATES = ("SUCCEEDED", "FAILED", "REJECTED", "CANCELLED")
+__all__ = ["TERMINAL_STATES", "Job", "JobState", "check_step_data"]
+
 
 
 def check_step_data(step: str, data: dict[str, Any]) -> None:
@@ -60,7 +62,7 @@ class Job(Aggregate):
         self.client_id = client_id
         self.spec = spec
         self.max_cost_micro = max_cost_micro
-        self.state = "SUBMITTED"
+        self.state = JobState.SUBMITTED
         self.reason = ""
         self.provider_id: str | None = None
         self.attempt = 0
@@ -84,7 +86,7 @@ class Job(Aggregate):
         if key in self.recorded:
             return False
         if self.state in TERMINAL_STATES:
-            raise InvalidTransition(f"job {self.job_id} is {self.state}; cannot record {key}")
+            raise InvalidTransition("", f"job {self.job_id} is {self.state}; cannot record {key}")
         return True
 
     def reject(self, reason: str) -> None:
@@ -111,7 +113,7 @@ class Job(Aggregate):
         PRICE.check("price_per_gpu_hour_micro", price_micro)
         if f"Unplaced:{attempt}" in self.recorded:
             raise InvalidTransition(
-                f"job {self.job_id} stopped waiting for attempt {attempt}'s GPUs"
+                "", f"job {self.job_id} stopped waiting for attempt {attempt}'s GPUs"
             )
         if self._once(f"GpusAllocated:{attempt}"):
             self._allocated(
@@ -129,7 +131,7 @@ class Job(Aggregate):
             "outputs_uploaded": self._uploaded,
         }
         if step not in handlers:
-            raise InvalidTransition(f"unknown job step {step!r}")
+            raise InvalidTransition("", f"unknown job step {step!r}")
         ATTEMPT.check("attempt", attempt)
         check_step_data(step, data)
         if self._once(f"{step}:{attempt}"):
@@ -163,7 +165,7 @@ class Job(Aggregate):
             # reputation is hurt by naming them.
             if self.allocations.get(attempt) != provider_id:
                 raise InvalidTransition(
-                    f"attempt {attempt} of job {self.job_id} is not {provider_id}'s"
+                    "", f"attempt {attempt} of job {self.job_id} is not {provider_id}'s"
                 )
             self._provider_lost(attempt=attempt, provider_id=provider_id, reason=reason)
 
@@ -178,7 +180,7 @@ class Job(Aggregate):
     def accept_result(self, attempt: int) -> None:
         """These outputs are the job's: verification chose this run's (and its twins')."""
         if attempt not in self.manifests:
-            raise InvalidTransition(f"job {self.job_id} has no outputs from attempt {attempt}")
+            raise InvalidTransition("", f"job {self.job_id} has no outputs from attempt {attempt}")
         if self._once("ResultAccepted"):
             self._result_accepted(
                 attempt=attempt,
@@ -215,7 +217,7 @@ class Job(Aggregate):
 
     @event("JobRejected")
     def _rejected(self, reason: str) -> None:
-        self.state, self.reason = "REJECTED", reason
+        self.state, self.reason = JobState.REJECTED, reason
         self.recorded.append("JobRejected")
 
     @event("FundsEscrowed")
@@ -224,14 +226,14 @@ class Job(Aggregate):
 
     @event("JobQueued")
     def _queued(self, attempt: int) -> None:
-        self.state, self.attempt, self.provider_id = "QUEUED", attempt, None
+        self.state, self.attempt, self.provider_id = JobState.QUEUED, attempt, None
         self.recorded.append(f"JobQueued:{attempt}")
 
     @event("GpusAllocated")
     def _allocated(
         self, attempt: int, provider_id: str, gpu_indexes: list[int], price_per_gpu_hour_micro: int
     ) -> None:
-        self.state, self.provider_id = "STAGING", provider_id
+        self.state, self.provider_id = JobState.STAGING, provider_id
         self.allocations[attempt] = provider_id
         self.recorded.append(f"GpusAllocated:{attempt}")
 
@@ -241,7 +243,7 @@ class Job(Aggregate):
 
     @event("ExecutionStarted")
     def _started(self, attempt: int, provider_id: str) -> None:
-        self.state = "RUNNING"
+        self.state = JobState.RUNNING
         self.recorded.append(f"execution_started:{attempt}")
 
     @event("ExecutionFinished")
@@ -254,14 +256,14 @@ class Job(Aggregate):
         gpu_ms: int,
         log_tail: str,
     ) -> None:
-        self.state = "UPLOADING"
+        self.state = JobState.UPLOADING
         self.recorded.append(f"execution_finished:{attempt}")
 
     @event("OutputsUploaded")
     def _uploaded(
         self, attempt: int, provider_id: str, manifest: list[dict[str, Any]], missing: list[str]
     ) -> None:
-        self.state = "VERIFYING"
+        self.state = JobState.VERIFYING
         self.manifests[attempt] = manifest
         self.recorded.append(f"outputs_uploaded:{attempt}")
 
@@ -283,7 +285,7 @@ class Job(Aggregate):
 
     @event("ProviderLost")
     def _provider_lost(self, attempt: int, provider_id: str, reason: str) -> None:
-        self.state, self.provider_id = "QUEUED", None
+        self.state, self.provider_id = JobState.QUEUED, None
         self.recorded.append(f"ProviderLost:{attempt}")
 
     @event("ResultAccepted")
@@ -295,12 +297,12 @@ class Job(Aggregate):
 
     @event("JobVerified")
     def _verified(self, succeeded: bool, reason: str) -> None:
-        self.state = "SETTLING"
+        self.state = JobState.SETTLING
         self.recorded.append("Verdict")
 
     @event("VerificationFailed")
     def _verification_failed(self, reason: str) -> None:
-        self.state = "SETTLING"
+        self.state = JobState.SETTLING
         self.recorded.append("Verdict")
 
     @event("JobSettled")
@@ -317,15 +319,15 @@ class Job(Aggregate):
 
     @event("JobSucceeded")
     def _succeeded(self) -> None:
-        self.state = "SUCCEEDED"
+        self.state = JobState.SUCCEEDED
         self.recorded.append("Finished")
 
     @event("JobCancelled")
     def _cancelled(self, reason: str) -> None:
-        self.state, self.reason = "CANCELLED", reason
+        self.state, self.reason = JobState.CANCELLED, reason
         self.recorded.append("Finished")
 
     @event("JobFailed")
     def _failed(self, reason: str) -> None:
-        self.state, self.reason = "FAILED", reason
+        self.state, self.reason = JobState.FAILED, reason
         self.recorded.append("Finished")

@@ -83,7 +83,7 @@ class Account(Aggregate):
     def check_debit(self, amount_micro: int) -> None:
         if not self.may_go_negative and self.balance_micro < amount_micro:
             raise InsufficientFunds(
-                f"account {self.name} holds {self.balance_micro} micro-credits, "
+                "", f"account {self.name} holds {self.balance_micro} micro-credits, "
                 f"{amount_micro} needed"
             )
 
@@ -100,12 +100,12 @@ def transfer(
 ) -> bool:
     """Move money between two loaded accounts. False if already posted (or nothing to move)."""
     if not isinstance(amount_micro, int) or isinstance(amount_micro, bool):
-        raise InvalidAmount(f"amount must be an integer of micro-credits, got {amount_micro!r}")
+        raise InvalidAmount("", f"amount must be an integer of micro-credits, got {amount_micro!r}")
     if amount_micro < 0:
-        raise InvalidAmount(f"amount must not be negative, got {amount_micro}")
+        raise InvalidAmount("", f"amount must not be negative, got {amount_micro}")
     AMOUNT.check("amount_micro", amount_micro)
     if source.name == target.name:
-        raise InvalidAmount(f"cannot transfer from {source.name} to itself")
+        raise InvalidAmount("", f"cannot transfer from {source.name} to itself")
     if amount_micro == 0 or source.has_posted(transfer_id) or target.has_posted(transfer_id):
         return False
     source.check_debit(amount_micro)

@@ -1,4 +1,4 @@
-"""Every number that enters the network, bounded: one table, the only home of these maxima.
+"""Every number that enters the network, bounded: the maxima (protocol/limits.py) as checks.
 
 The API checks a number against its bound where it arrives (a field error naming the
 field in the API's words: `pricePerGpuHourMicro: must be at most 1000000000000
@@ -38,14 +38,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.errors import DomainError
+from protocol.limits import (
+    MAX_AMOUNT_MICRO,
+    MAX_BALANCE_MICRO,
+    MAX_BYTES,
+    MAX_ERROR_COUNT,
+    MAX_GPU_INDEX,
+    MAX_GPU_MEMORY_MB,
+    MAX_GPU_MS,
+    MAX_GPUS_PER_CLIENT,
+    MAX_JOB_GPUS,
+    MAX_PRICE_MICRO,
+    MAX_PRIORITY_LEVELS,
+    MAX_PROVIDER_GPUS,
+    MAX_REPLICAS,
+    MAX_STEP_FILES,
+    MAX_TIMEOUT_S,
+)
 
 
 class OutOfBounds(DomainError):
     """A number outside its bound: `field` names it, the message says the bound."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 @dataclass(frozen=True)
@@ -90,23 +103,6 @@ class Bound:
         return value
 
 
-MAX_PRICE_MICRO = 10**12
-MAX_AMOUNT_MICRO = 10**17
-MAX_BALANCE_MICRO = 4 * 10**18
-MAX_JOB_GPUS = 64
-MAX_PROVIDER_GPUS = 256
-MAX_GPU_INDEX = 1023
-MAX_GPU_MEMORY_MB = 4 * 1024 * 1024
-MAX_GPU_MEMORY_GB = MAX_GPU_MEMORY_MB // 1024
-MAX_TIMEOUT_S = 7 * 24 * 3600
-MAX_REPLICAS = 5
-MAX_PRIORITY_LEVELS = 10
-MAX_GPUS_PER_CLIENT = 1_000_000
-MAX_BYTES = 2**50
-MAX_STEP_FILES = 4096
-MAX_GPU_MS = MAX_JOB_GPUS * MAX_TIMEOUT_S * 1000
-MAX_ERROR_COUNT = 10**12
-
 PRICE = Bound(1, MAX_PRICE_MICRO, "micro-credits")
 AMOUNT = Bound(0, MAX_AMOUNT_MICRO, "micro-credits")
 BALANCE = Bound(-MAX_BALANCE_MICRO, MAX_BALANCE_MICRO, "micro-credits")
@@ -129,7 +125,7 @@ TEMPERATURE_C = Bound(0, 1000, "°C")
 POWER_W = Bound(0, 100_000, "W", whole=False)
 ERROR_COUNT = Bound(0, MAX_ERROR_COUNT, "errors")
 
-# The read model's and the samples' bound per GPU telemetry field (infra/telemetry.py).
+# The read model's and the samples' bound per GPU telemetry field (readmodel/telemetry.py).
 TELEMETRY: dict[str, Bound] = {
     "utilization_pct": UTILIZATION_PCT,
     "memory_used_mb": Bound(0, MAX_GPU_MEMORY_MB, "MiB"),

@@ -29,7 +29,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 def check_name(what: str, value: str) -> str:
     if not _NAME.fullmatch(value):
-        raise DomainError(f"{what}: {value!r} must be 1-63 lower-case letters, digits, . _ -")
+        raise DomainError(what, f"{value!r} must be 1-63 lower-case letters, digits, . _ -")
     return value
 
 
@@ -81,7 +81,7 @@ class Node(Aggregate):
         PRIORITY_LEVELS.check("priority_levels", priority_levels)
         GPUS_PER_CLIENT.check("max_gpus_per_client", max_gpus_per_client)
         if len(gpu_models) > MAX_GPU_MODELS or any(len(m) > 128 for m in gpu_models):
-            raise DomainError(f"gpu_models: at most {MAX_GPU_MODELS} models of at most 128 "
+            raise DomainError("gpu_models", f"at most {MAX_GPU_MODELS} models of at most 128 "
                               "characters each")
         models = sorted({m.strip() for m in gpu_models if m.strip()})
         config = queue_config(models, priority_levels, max_gpus_per_client, fair_share)
@@ -95,7 +95,7 @@ class Node(Aggregate):
         levels = self.queues[queue]["priority_levels"]
         if not 0 <= priority < levels:
             raise DomainError(
-                f"priority: {priority} is not a level of queue {self.node_id}/{queue} "
+                "priority", f"{priority} is not a level of queue {self.node_id}/{queue} "
                 f"(0 to {levels - 1})"
             )
 
@@ -105,7 +105,7 @@ class Node(Aggregate):
 
     def remove_queue(self, name: str) -> None:
         if name not in self.queues:
-            raise DomainError(f"queue: node {self.node_id} has no queue {name!r}")
+            raise DomainError("queue", f"node {self.node_id} has no queue {name!r}")
         self._queue_removed(name=name)
 
     def admit_provider(self, provider_id: str) -> None:

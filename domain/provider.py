@@ -120,7 +120,8 @@ class Provider(Aggregate):
         GPU_INDEX.check("gpu_index", index)
         if index not in {g["index"] for g in self.gpus}:
             known = ", ".join(str(g["index"]) for g in self.gpus)
-            raise DomainError(f"gpu_index: {self.provider_id} has no GPU {index} (it has {known})")
+            raise DomainError("gpu_index",
+                              f"{self.provider_id} has no GPU {index} (it has {known})")
 
     def suspend_gpu(self, index: int) -> None:
         """Take one GPU out of service; a job running on it finishes first."""
@@ -173,14 +174,14 @@ class Provider(Aggregate):
         """Which ways to run a job the agent offers (process, docker)."""
         unknown = sorted(set(runtimes) - set(RUNTIMES))
         if unknown or not runtimes:
-            raise DomainError(f"runtimes: {unknown or 'none'}; each one of {', '.join(RUNTIMES)}")
+            raise DomainError("runtimes", f"{unknown or 'none'}; each one of {', '.join(RUNTIMES)}")
         if sorted(runtimes) != sorted(self.runtimes):
             self._runtimes_declared(runtimes=sorted(runtimes))
 
     def declare_sandbox(self, sandbox: str) -> None:
         """How the agent isolates jobs; "none" is shown to the network as it is."""
         if sandbox not in SANDBOXES:
-            raise DomainError(f"sandbox: {sandbox!r}; one of {', '.join(SANDBOXES)}")
+            raise DomainError("sandbox", f"{sandbox!r}; one of {', '.join(SANDBOXES)}")
         if sandbox != getattr(self, "sandbox", ""):
             self._sandbox_declared(sandbox=sandbox)
 
@@ -188,11 +189,11 @@ class Provider(Aggregate):
         if self.reservations.get(job_id) == gpu_indexes:
             return
         if job_id in self.reservations:
-            raise DomainError(f"job {job_id} already holds GPUs on {self.provider_id}")
+            raise DomainError("", f"job {job_id} already holds GPUs on {self.provider_id}")
         free = set(self.free_gpu_indexes())
         taken = [i for i in gpu_indexes if i not in free]
         if taken:
-            raise DomainError(f"GPUs {taken} on {self.provider_id} are not free")
+            raise DomainError("", f"GPUs {taken} on {self.provider_id} are not free")
         self._reserved(job_id=job_id, gpu_indexes=gpu_indexes, client_id=client_id)
 
     def gpus_held_by(self, client_id: str) -> int:
@@ -211,7 +212,7 @@ class Provider(Aggregate):
 
     def record_outcome(self, job_id: str, outcome: str, at: float | None = None) -> None:
         if outcome not in OUTCOMES:
-            raise DomainError(f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
+            raise DomainError("", f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
         if job_id in self.outcome_jobs:
             return
         self._outcome(job_id=job_id, outcome=outcome, at=time.time() if at is None else at)

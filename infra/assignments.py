@@ -15,7 +15,23 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from infra.db import ViewDB
+from infra.db import Column, Database
+
+SCHEMA = [
+    # The task token lets the control plane complete the step's activity; it never leaves
+    # this table.
+    """CREATE TABLE IF NOT EXISTS assignments (
+        assignment_id TEXT PRIMARY KEY, provider_id TEXT NOT NULL, kind TEXT NOT NULL,
+        request TEXT NOT NULL, task_token TEXT NOT NULL, workflow_id TEXT NOT NULL,
+        run_id TEXT NOT NULL, activity_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+        gpus INTEGER NOT NULL DEFAULT 0, heartbeat_timeout_s DOUBLE PRECISION NOT NULL,
+        pickup_by DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        handed_out_at DOUBLE PRECISION, last_seen_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION, outcome TEXT NOT NULL DEFAULT '',
+        trace TEXT NOT NULL DEFAULT '{}', UNIQUE (workflow_id, run_id, activity_id))""",
+    "CREATE INDEX IF NOT EXISTS assignments_open ON assignments (finished_at, provider_id)",
+]
+COLUMNS_ADDED: list[Column] = [("assignments", "trace", "TEXT NOT NULL DEFAULT '{}'")]
 
 # Finished rows are kept this long (a second complete is refused, not "unknown"), then go.
 KEEP_FINISHED_S = 24 * 3600.0
@@ -75,8 +91,9 @@ def assignment_id(workflow_id: str, run_id: str, activity_id: str, attempt: int)
 
 
 class AssignmentBoard:
-    def __init__(self, db: ViewDB, clock: Any = time.time):
+    def __init__(self, db: Database, clock: Any = time.time):
         self.db, self.clock = db, clock
+        db.ensure(SCHEMA, COLUMNS_ADDED)
 
     def publish(
         self, *, provider_id: str, kind: str, request: dict[str, Any], task_token: bytes,

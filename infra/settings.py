@@ -65,7 +65,7 @@ class Settings(BaseSettings):
 
     # Money: integer micro-credits. A new client account is opened with this deposit; none by
     # default, so that sign-ups are no source of free GPU time (`gpgpu up` and the tests
-    # grant their accounts credits through the ledger: infra/admin.py grant_credits).
+    # grant their accounts credits through the ledger: ops/admin.py grant_credits).
     starting_balance_micro: int = Field(default=0, ge=0, le=10**15)
     protocol_fee_bps: int = 500
 

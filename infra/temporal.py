@@ -1,28 +1,15 @@
-"""Temporal client and the control worker's bootstrap."""
+"""The Temporal client: how every process of the control plane connects (the control
+worker itself is activities/worker.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
 from temporalio.service import TLSConfig
-from temporalio.worker import Worker
 
-from activities.assign import AssignActivities, watch_pickups
-from activities.canary import CanaryActivities
-from activities.control import CONTROL_SLOTS, ControlActivities
-from activities.sweeper import Sweeper
-from domain.application import Network
 from infra import tracing
-from infra.assignments import AssignmentBoard
-from infra.db import ViewDB
 from infra.settings import Settings
-from workflows.canary import CanaryWorkflow
-from workflows.job import JobWorkflow
-
-log = logging.getLogger(__name__)
 
 
 async def connect(settings: Settings, attempts: int = 60) -> Client:
@@ -52,38 +39,3 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     ca, cert, key = (p.read_bytes() if p else None for p in paths)
     return TLSConfig(server_root_ca_cert=ca, client_cert=cert, client_private_key=key,
                      domain=settings.temporal_tls_server_name)
-
-
-def build_control_activities(settings: Settings) -> ControlActivities:
-    network = Network(env=settings.eventsourcing_env())
-    return ControlActivities(
-        network, ViewDB(settings), settings.object_store(), settings
-    )
-
-
-async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
-    client = await connect(settings)
-    activities = build_control_activities(settings)
-    board = AssignmentBoard(activities.views)
-    # A slot and a thread for every job waiting in allocate_gpus, and BUSY_SLOTS for the rest.
-    with ThreadPoolExecutor(max_workers=CONTROL_SLOTS) as executor:
-        worker = Worker(
-            client,
-            task_queue=settings.control_task_queue,
-            workflows=[JobWorkflow, CanaryWorkflow],
-            activities=activities.all() + CanaryActivities(
-                activities.network, activities.views, activities.store, settings
-            ).all() + AssignActivities(board).all(),
-            activity_executor=executor,
-            max_concurrent_activities=CONTROL_SLOTS,
-            **tracing.worker_options(),
-        )
-        sweeper = Sweeper(activities.network, activities.views, client,
-                          settings.protocol_fee_bps, settings.sweep_interval_s)
-        async with worker:
-            log.info("control worker serving task queue %r", settings.control_task_queue)
-            sweeping = asyncio.create_task(sweeper.run(stop))
-            watch = asyncio.create_task(watch_pickups(client, board, stop))
-            await stop.wait()
-            await sweeping
-            await watch

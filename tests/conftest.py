@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.devstack import free_port, start_listening, temporal_dev_args
+from ops.devstack import free_port, start_listening, temporal_dev_args
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
+from domain.states import STATE_OF_STEP as STATE_OF_STEP  # JobWorkflow reads it here
+
 CLIENT = SearchAttributeKey.for_keyword("GpgpuClient")
 STATE = SearchAttributeKey.for_keyword("GpgpuState")
 GPU_MODEL = SearchAttributeKey.for_keyword("GpgpuGpuModel")
@@ -19,19 +21,7 @@ NODE = SearchAttributeKey.for_keyword("GpgpuNode")
 KEYS = (CLIENT, STATE, GPU_MODEL, NODE)
 ANY_MODEL = "any"  # a job that names no GPU model
 
-# The job state each of JobWorkflow's steps stands for (the read model's names; see
-# domain/projection.py). The terminal state comes from the workflow's result.
-STATE_OF_STEP = {
-    "admit": "SUBMITTED",
-    "allocate": "QUEUED",
-    "stage": "STAGING",
-    "execute": "RUNNING",
-    "upload": "UPLOADING",
-    "verify": "VERIFYING",
-    "verifier": "VERIFYING",
-    "settle": "SETTLING",
-    "reputation": "SETTLING",
-}
+# The job state each of JobWorkflow's steps stands for: domain.states.STATE_OF_STEP.
 
 
 def registration_flags() -> list[str]:

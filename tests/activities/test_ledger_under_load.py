@@ -11,9 +11,9 @@ import pytest
 
 from domain.application import Network, SettlementFigures
 from domain.ledger import EXTERNAL, FEES
-from domain.spec import parse_job_spec
-from infra.db import ViewDB
 from infra.settings import Settings
+from protocol.spec import parse_job_spec
+from readmodel.schema import ViewDB
 from tests.support.stores import store_settings
 
 JOBS = 1000
@@ -83,7 +83,7 @@ def test_concurrent_settlements_with_retries_keep_the_ledger_whole(settings: Set
 
 def _accounts(app: Network, settings: Settings) -> list[dict[str, object]]:
     """Every account that exists, from the projection of the log."""
-    from domain.projection import Projector
+    from readmodel.projector import Projector
 
     views = ViewDB(settings)
     Projector(app, views).catch_up()

@@ -30,8 +30,8 @@ from domain.limits import (
     MAX_TIMEOUT_S,
     OutOfBounds,
 )
-from domain.spec import parse_job_spec
-from infra.telemetry import GpuReading, Heartbeat
+from protocol.spec import parse_job_spec
+from readmodel.telemetry import GpuReading, Heartbeat
 from tests.support.api_client import Api, api_in_thread
 from tests.support.graphql import HEARTBEAT, REGISTER_PROVIDER, RESUME, SET_PRICE, SUBMIT, SUSPEND
 

@@ -230,7 +230,7 @@ def test_job_cannot_see_other_processes(net: Network) -> None:
 
     seen = " ".join(report["procs"].values()) + report["ps"]
     assert len(report["procs"]) <= 5, report["procs"]  # bwrap's init, prlimit's job, ps
-    for other in ("worker_gpu", "infra.control_worker", "api", "temporal", "pytest"):
+    for other in ("worker_gpu", "activities.worker", "api", "temporal", "pytest"):
         assert other not in seen.replace("job.py", ""), (other, seen)
 
 

@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from domain.application import Network
-from infra.devstack import DEV_EMAIL, PROVIDERS, Stack, free_port
 from infra.settings import Settings
+from ops.devstack import DEV_EMAIL, PROVIDERS, Stack, free_port
 from tests.e2e.network import FAST_FAULTS
 
 CANARIES = {  # secrets of the control plane, in the environment `gpgpu up` was started from

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from api.schema import follow_stream
-from api.services import Broadcaster
+from readmodel.live import Broadcaster
 
 
 def row(job: str, seq: int) -> dict[str, Any]:

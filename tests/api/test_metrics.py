@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.services import Services
-from domain.spec import parse_job_spec
-from infra.devstack import free_port
 from infra.settings import Settings
+from ops.devstack import free_port
+from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -148,7 +148,7 @@ def test_a_metrics_token_closes_the_endpoint_to_everyone_without_it(tmp_path: Pa
 
     from fastapi.testclient import TestClient
 
-    from infra.db import ViewDB
+    from readmodel.schema import ViewDB
 
     settings = Settings(home=tmp_path, event_store="memory", metrics_token="scrape-me")
     app = create_app(settings)

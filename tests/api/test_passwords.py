@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from api.auth import Denied, SignInThrottle
+from api.errors import refusal_text
 from domain.application import Network
 from domain.identity import IdentityError
-from infra.db import ViewDB
 from infra.settings import Settings
+from readmodel.schema import ViewDB
 from tests.support.stores import store_settings
 
 
@@ -42,10 +43,15 @@ def test_a_changed_password_ends_the_other_sessions_and_keeps_the_new_one() -> N
 def test_a_change_needs_the_current_password_and_a_good_new_one() -> None:
     app = network()
     user = app.sign_up("pw2@test.example", "old password", ["client"], time.time(), 60).user
-    with pytest.raises(IdentityError, match=r"^currentPassword: does not match"):
+    with pytest.raises(IdentityError, match=r"^current_password: does not match") as wrong:
         app.change_password(user.id, "guess", "new password 2", time.time(), 60)
-    with pytest.raises(IdentityError, match=r"^newPassword: at least"):
+    # The API names it by its GraphQL argument, from the error's field (no text parsed).
+    assert (wrong.value.field, wrong.value.reason) == (
+        "current_password", "does not match the account's password")
+    assert refusal_text(wrong.value) == "currentPassword: does not match the account's password"
+    with pytest.raises(IdentityError, match=r"^new_password: at least") as short:
         app.change_password(user.id, "old password", "short", time.time(), 60)
+    assert refusal_text(short.value).startswith("newPassword: at least")
     assert app.sign_in("pw2@test.example", "old password", time.time(), 60).token
 
 

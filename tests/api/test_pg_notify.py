@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from api.services import Broadcaster, PostgresListener
 from domain.application import Network
-from domain.projection import Projector
-from infra.db import ViewDB
 from infra.settings import Settings
+from readmodel.live import Broadcaster, PostgresListener
+from readmodel.projector import Projector
+from readmodel.schema import ViewDB
 from tests.support.stores import store_settings
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from api.json_body import MAX_JSON_DEPTH
-from domain.spec import parse_job_spec
+from protocol.spec import parse_job_spec
 from tests.support.api_client import Api, api_in_thread
 from tests.support.graphql import HEARTBEAT, RESUME, SET_PRICE, SUSPEND
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import types
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from client import cli
+from client.cli import common
 from client.sdk import GpgpuClient
 from tests.client.fake_api import CLIENT, FakeApi, event_json, happy_events, job_json
 
@@ -20,7 +20,8 @@ runner = CliRunner(env={"COLUMNS": "200"})
 @pytest.fixture
 def wired(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     """The CLI's clients talk to the fake: HTTP in-process, the websocket on its port."""
-    monkeypatch.setattr(cli, "GpgpuClient", functools.partial(GpgpuClient, transport=api.transport))
+    wired_client = functools.partial(GpgpuClient, transport=api.transport)
+    monkeypatch.setattr(common, "GpgpuClient", wired_client)
     return api
 
 
@@ -221,26 +222,6 @@ def test_account(wired: FakeApi) -> None:
     assert doc == {"client_id": CLIENT, "balance_micro": 87_500_000, "escrow_micro": 12_500_000}
 
 
-def test_up_starts_the_dev_stack_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[str] = []
-
-    def devstack_main() -> int:
-        started.append("up")
-        return 0
-
-    devstack = types.SimpleNamespace(main=devstack_main)
-    real = cli.importlib.import_module
-    monkeypatch.setattr(
-        cli.importlib,
-        "import_module",
-        lambda name: devstack if name == "infra.devstack" else real(name),
-    )
-
-    result = runner.invoke(cli.app, ["up"])
-
-    assert (result.exit_code, started) == (0, ["up"])
-
-
 def test_login_keeps_the_session_token_for_this_api(wired: FakeApi) -> None:
     from client.config import credentials_path
 
@@ -301,35 +282,3 @@ def test_keys_create_prints_the_key_once_on_stdout(wired: FakeApi) -> None:
     assert made.stdout == "gpk_the-new-key-shown-once\n"
     assert "shown only now" in made.stderr
     assert wired.keys_made == [{"name": "gpu-box", "scopes": ["provider"]}]
-
-
-def test_admin_reset_password_prints_a_temporary_one_that_signs_in(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import time
-
-    from domain.application import Network
-    from infra.settings import Settings
-
-    monkeypatch.setenv("GPGPU_HOME", str(tmp_path))
-    made = runner.invoke(cli.app, ["admin", "create-admin", "boss@b.test", "--password-stdin"],
-                         input="the boss's password\n")
-    assert made.exit_code == 0, made.output
-    unknown = runner.invoke(cli.app, ["admin", "reset-password", "nobody@b.test"])
-    assert unknown.exit_code == 2
-    assert "email: no account has 'nobody@b.test'" in unknown.stderr
-
-    only = runner.invoke(cli.app, ["admin", "revoke-role", "boss@b.test", "admin"])
-    assert only.exit_code == 0, only.output
-    assert only.stdout == "boss@b.test: client, provider, operator\n"
-    unknown_role = runner.invoke(cli.app, ["admin", "revoke-role", "boss@b.test", "king"])
-    assert unknown_role.exit_code == 2
-    assert "role: 'king' is not one of client, provider, operator, admin" in unknown_role.stderr
-
-    reset = runner.invoke(cli.app, ["admin", "reset-password", "boss@b.test"])
-
-    assert reset.exit_code == 0, reset.output
-    temporary = reset.stdout.strip()
-    assert temporary.startswith("tmp-") and "gpgpu passwd" in reset.stderr
-    network = Network(env=Settings().eventsourcing_env())
-    assert network.sign_in("boss@b.test", temporary, time.time(), 60).token

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from client import cli
+from client.cli import common
 from client.sdk import GpgpuClient
 from tests.client.fake_api import CLIENT, FakeApi
 
@@ -117,7 +117,8 @@ class ProviderApi(FakeApi):
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> ProviderApi:
     api = ProviderApi()
-    monkeypatch.setattr(cli, "GpgpuClient", functools.partial(GpgpuClient, transport=api.transport))
+    wired_client = functools.partial(GpgpuClient, transport=api.transport)
+    monkeypatch.setattr(common, "GpgpuClient", wired_client)
     return api
 
 
@@ -224,21 +225,6 @@ def test_node_waiting(fake: ProviderApi) -> None:
     doc = json.loads(gpgpu("node", "waiting", "local/h100", "--json").stdout)
     assert [j["position"] for j in doc] == [1, 2]
     assert fake.operations[-1] == ("Queue", {"name": "local/h100", "limit": 100})
-
-
-def test_provider_start_runs_the_agent_with_every_argument(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import worker_gpu.__main__ as agent
-
-    seen: list[list[str]] = []
-    monkeypatch.setattr(agent, "main", lambda argv: seen.append(argv))
-    monkeypatch.setenv("GPGPU_API_URL", "http://elsewhere")  # restored afterwards
-    args = ["--provider-id", "p1", "--simulate", "2xH100:80", "--price", "2.5", "--help"]
-    result = runner.invoke(cli.app, ["--api", "http://api.test:9", "provider", "start", *args])
-    assert result.exit_code == 0, result.output
-    assert seen == [args]
-    assert os.environ["GPGPU_API_URL"] == "http://api.test:9"  # the agent's settings read it
 
 
 def test_an_unreachable_api_is_one_line(dead_url: str) -> None:

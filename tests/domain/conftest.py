@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from domain.application import Network
-from infra.db import ViewDB
 from infra.settings import Settings
+from readmodel.schema import ViewDB
 from tests.support.stores import STORES, store_settings
 
 

@@ -10,7 +10,7 @@ from uuid import UUID
 from domain.application import Network
 from domain.job import Job
 from domain.provider import Provider
-from domain.spec import JobSpec, parse_job_spec
+from protocol.spec import JobSpec, parse_job_spec
 
 # The stores live in tests/support/stores.py; these names stay for older imports.
 from tests.support.stores import STORES as STORES

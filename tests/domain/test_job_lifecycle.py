@@ -289,7 +289,7 @@ def test_after_loss_the_next_allocation_picks_another_provider(app: Network) -> 
 
 def test_a_lost_provider_that_heartbeats_again_comes_back_online(app: Network) -> None:
     """The API's liveness monitor calls provider_online once the lost provider's agent beats
-    after the loss (infra/telemetry.py): it takes work again; the loss stays in its record."""
+    after the loss (readmodel/telemetry.py): it takes work again; the loss stays in its record."""
     lose_provider_mid_run(app)
     app.provider_online("cheap")
     assert app.provider("cheap").status == "online"

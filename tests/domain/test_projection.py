@@ -9,14 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from eventsourcing.domain import Aggregate
 
 from domain.application import Network
 from domain.errors import DomainError
 from domain.job import Job
-from domain.projection import JOB_STATE_AFTER, Projector
+from domain.ledger import Account
+from domain.node import Node
+from domain.provider import Provider
 from domain.reputation import reputation_score
-from infra.db import ViewDB
+from domain.states import STATE_AFTER
 from infra.settings import Settings
+from readmodel.folding import HANDLERS
+from readmodel.projector import Projector
+from readmodel.schema import ViewDB
 from tests.domain.support import (
     CHARGED,
     JOB_EVENTS_SUCCESS,
@@ -185,9 +191,20 @@ def test_rejected_and_lost_jobs_in_the_views(app: Network, open_views: OpenViews
 
 
 def test_every_job_event_type_has_a_state_rule() -> None:
-    assert set(JOB_EVENTS_SUCCESS) <= set(JOB_STATE_AFTER)
+    assert set(JOB_EVENTS_SUCCESS) <= set(STATE_AFTER)
     for etype in ("JobRejected", "ProviderLost", "VerificationFailed", "JobFailed"):
-        assert etype in JOB_STATE_AFTER
+        assert etype in STATE_AFTER
+
+
+@pytest.mark.parametrize("aggregate", [Job, Provider, Node, Account])
+def test_every_event_class_of_a_viewed_aggregate_has_a_fold(aggregate: type[Aggregate]) -> None:
+    """The views dispatch on the event's class: a new event of Job, Provider, Node or
+    Account must get a handler (even one that only appends to its history)."""
+    declared = [cls for name, cls in vars(aggregate).items()
+                if isinstance(cls, type) and issubclass(cls, Aggregate.Event)
+                and name not in ("Event", "Created")]
+    assert declared
+    assert [cls.__name__ for cls in declared if cls not in HANDLERS] == []
 
 
 def test_rebuild_gives_identical_views(app: Network, open_views: OpenViews) -> None:
@@ -211,7 +228,7 @@ def test_rebuild_gives_identical_views(app: Network, open_views: OpenViews) -> N
 def test_views_do_not_depend_on_how_events_are_batched(
     app: Network, open_views: OpenViews, batch_size: int
 ) -> None:
-    """A batch keeps the rows it read and writes each changed row once (domain/projection.py
+    """A batch keeps the rows it read and writes each changed row once (readmodel/projector.py
     _Rows); one event per batch reads and writes every time. Both fold to the same views."""
     run_lifecycle(app, Names("job-a", "alice", "prov-a"))
     run_lifecycle(app, Names("job-b", "bob", "prov-b"), succeed=False)
@@ -375,7 +392,7 @@ def test_an_event_the_views_cannot_hold_is_set_aside_and_the_others_go_on(
     bad_id = app.recorder.max_notification_id()
     app.register_provider("p-good", "eu", PRICE, [gpu(0)])
     app.deposit("bob", 5_000_000, "d1")
-    with caplog.at_level("ERROR", logger="domain.projection"):
+    with caplog.at_level("ERROR", logger="readmodel.projector"):
         projector.catch_up()
     app.set_price("p-bad", PRICE + 1)
     projector.catch_up()

@@ -10,9 +10,9 @@ import pytest
 from psycopg import sql
 
 from domain.application import Network
-from domain.projection import Projector
-from infra.db import ViewDB
 from infra.settings import Settings
+from readmodel.projector import Projector
+from readmodel.schema import ViewDB
 from tests.domain.support import notification_count, run_lifecycle
 from tests.support.stores import store_settings
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from infra.admin import create_admin, grant_credits
-from infra.devstack import Stack, free_port
 from infra.settings import Settings
+from ops.admin import create_admin, grant_credits
+from ops.devstack import Stack, free_port
 from tests.support.graphql import CREATE_KEY, SIGN_IN, SIGN_UP
 
 FAST_FAULTS = {
@@ -34,7 +34,7 @@ FAST_FAULTS = {
     "GPGPU_PROVIDER_OFFLINE_AFTER_S": "20",  # generous: a loaded CI machine delays beats
 }
 # Sign-up gives no credits by default: each test account is granted these through the
-# ledger, as `gpgpu up` grants its dev account (infra/admin.py grant_credits).
+# ledger, as `gpgpu up` grants its dev account (ops/admin.py grant_credits).
 CREDITS_MICRO = 100_000_000
 PASSWORD = "e2e password"
 PROVIDER_OWNER = "providers"  # the account that owns the simulated providers

@@ -17,8 +17,8 @@ from temporalio.service import RPCError
 from domain.application import Network as Ledger
 from domain.canary import make_canary
 from domain.ledger import CHECKS, provider_account
-from domain.money import cost_of_gpu_time
 from domain.verification import CANARY_FRACTION, canary_rate, ever_caught
+from protocol.money import cost_of_gpu_time
 from tests.e2e.network import ADMIN, PROVIDER_OWNER, Network, network
 from tests.support.graphql import JOB, PROVIDERS, SUBMIT
 from workflows import contracts as c

@@ -112,7 +112,7 @@ def test_job_runs_end_to_end(net: Network) -> None:
 
 
 def store_accounts(net: Network) -> list[dict[str, object]]:
-    from infra.db import ViewDB
+    from readmodel.schema import ViewDB
 
     return ViewDB(net.stack.settings).query("SELECT name FROM accounts")
 
@@ -278,7 +278,7 @@ def test_cancel_queued_job_refunds_everything(net: Network) -> None:
 
 
 def test_rebuild_projections_gives_identical_views(net: Network) -> None:
-    from infra.db import VIEW_TABLES, ViewDB
+    from readmodel.schema import VIEW_TABLES, ViewDB
 
     views = ViewDB(net.stack.settings)
 
@@ -289,7 +289,7 @@ def test_rebuild_projections_gives_identical_views(net: Network) -> None:
     assert before["jobs"] and before["ledger_entries"]
     env = {**os.environ, "GPGPU_HOME": str(net.stack.home)}
     done = subprocess.run(
-        [sys.executable, "-m", "client", "admin", "rebuild-projections", "--json"],
+        [sys.executable, "-m", "ops", "admin", "rebuild-projections", "--json"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr

@@ -117,7 +117,7 @@ def test_reputation_can_be_recomputed_from_the_log(net: Network) -> None:
 
     env = {**os.environ, "GPGPU_HOME": str(net.stack.home)}
     done = subprocess.run(
-        [sys.executable, "-m", "client", "admin", "recompute-reputation", "--json"],
+        [sys.executable, "-m", "ops", "admin", "recompute-reputation", "--json"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr

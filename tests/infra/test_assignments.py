@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from infra.assignments import AssignmentBoard
-from infra.db import ViewDB
+from readmodel.schema import ViewDB
 from tests.support.stores import store_settings
 
 

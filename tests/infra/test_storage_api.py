@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.storage import router
-from infra.devstack import free_port
+from ops.devstack import free_port
 from tests.infra.conftest import StoreFactory, run_grant, storage_services
 from tests.support.api_server import serving
 

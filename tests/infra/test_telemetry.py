@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench.heartbeats import measure
-from infra.db import ViewDB, online_provider_ids
 from infra.settings import Settings
-from infra.telemetry import (
+from readmodel.schema import ViewDB
+from readmodel.telemetry import (
     GpuReading,
     HealthChange,
     HealthWatch,
@@ -21,6 +21,7 @@ from infra.telemetry import (
     LivenessChange,
     ingest_heartbeats,
     liveness_changes,
+    online_provider_ids,
     parse_readings,
     recent_samples,
 )

@@ -1,7 +1,7 @@
 """`gpgpu up` is a supervisor: kill -9 of any child is followed by a restart, and the network
 still runs a job to SUCCEEDED.
 
-`python -m infra.devstack` (what `gpgpu up` runs) as a real subprocess, with its own
+`python -m ops.devstack` (what `gpgpu up` runs) as a real subprocess, with its own
 GPGPU_HOME, free ports and its own config folder (the credentials `gpgpu up` saves); each
 of its children (both providers, the control worker, the API) is killed with SIGKILL in
 turn; each must come back as a new process, with a line saying so, while `gpgpu up`
@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.devstack import DEV_CREDITS_MICRO, ROOT, free_port
+from ops.devstack import DEV_CREDITS_MICRO, ROOT, free_port
 from tests.support.graphql import SUBMIT
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 # How each child of `gpgpu up` is recognised among its processes, by its command line.
 CHILDREN = {
     "provider-a": "--provider-id\0provider-a",
-    "control-worker": "-m\0infra.control_worker",
+    "control-worker": "-m\0activities.worker",
     "api": "-m\0api\0",
     "provider-b": "--provider-id\0provider-b",
 }
@@ -96,7 +96,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
     env.pop("GPGPU_API_KEY", None)
     console = tmp_path / "console.txt"
     with console.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "infra.devstack"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "ops.devstack"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         yield Up(proc, tmp_path / "home", env["GPGPU_API_URL"], console)
@@ -166,7 +166,7 @@ def test_every_child_killed_is_restarted_and_a_job_still_succeeds(up: Up) -> Non
 
 
 def test_back_off_doubles_to_its_cap_and_starts_over_after_a_stable_run() -> None:
-    from infra.supervisor import MAX_BACKOFF_S, STABLE_AFTER_S, next_start
+    from ops.supervisor import MAX_BACKOFF_S, STABLE_AFTER_S, next_start
 
     delays, restarts = [], 0
     for _ in range(8):  # crashing at once, again and again

@@ -1,7 +1,7 @@
 """A network of real processes the reliability tests can break: kill -9 any of them, start it
 again, run several of a kind; the event log read back as it grows.
 
-The processes are the ones `gpgpu up` runs (infra/devstack.py), started the same way, with
+The processes are the ones `gpgpu up` runs (ops/devstack.py), started the same way, with
 the end-to-end tests' short fault timeouts (tests/e2e/network.py: FAST_FAULTS). Callers are
 that module's named accounts (`Network.gql(query, "alice")`), signed up through the API.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from domain.application import Network as DomainNetwork
-from infra.devstack import ROOT, Stack, free_port, start_listening, temporal_dev_args, wait_for_http
 from infra.settings import Settings
+from ops.devstack import ROOT, Stack, free_port, start_listening, temporal_dev_args, wait_for_http
 from tests.e2e.network import FAST_FAULTS, PROVIDER_OWNER, Network
 from tests.support.graphql import SUBMIT
 
@@ -208,7 +208,7 @@ class Cluster:
             raise AssertionError(f"{name} did not start:\n{self.procs[name].tail()}") from None
 
     def start_control_worker(self, name: str = "control", api: str = "api") -> None:
-        self._proc(name, [sys.executable, "-m", "infra.control_worker"],
+        self._proc(name, [sys.executable, "-m", "activities.worker"],
                    {"GPGPU_API_URL": self.api_urls[api]})
 
     def start_provider(self, provider_id: str, gpus: str, price: str = "1.0",

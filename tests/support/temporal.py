@@ -21,7 +21,7 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from infra.devstack import free_port, start_listening, temporal_dev_args
+from ops.devstack import free_port, start_listening, temporal_dev_args
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

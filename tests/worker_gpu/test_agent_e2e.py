@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from infra.devstack import free_port
+from ops.devstack import free_port
 from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer
 from tests.worker_gpu.processes import host_pids, wait_for_host_pids

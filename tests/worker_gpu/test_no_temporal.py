@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra.devstack import agent_env
+from ops.devstack import agent_env
 
 PACKAGE = Path(__file__).resolve().parents[2] / "worker_gpu"
 

@@ -19,8 +19,8 @@ from typing import Any
 import docker
 import pytest
 
-from infra.devstack import free_port
 from infra.settings import Settings
+from ops.devstack import free_port
 from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.docker_fixtures import TEST_IMAGE, Engine, docker_engine
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from infra.settings import Settings
-from infra.supervisor import Child, Supervisor
+from ops.supervisor import Child, Supervisor
 from workflows.search_attributes import create_command, registration_flags
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,7 +260,7 @@ class Stack:
 
     def start_control_plane(self) -> None:
         self.spawn("api", [sys.executable, "-m", "api"])
-        self.spawn("control-worker", [sys.executable, "-m", "infra.control_worker"])
+        self.spawn("control-worker", [sys.executable, "-m", "activities.worker"])
         wait_for_http(f"{self.settings.api_url}/healthz", 60, "the API")
 
     def start_provider(
@@ -291,7 +291,7 @@ class Stack:
             return found
         from domain.application import Network
         from domain.identity import ROLES
-        from infra.admin import create_admin
+        from ops.admin import create_admin
 
         password = secrets.token_urlsafe(12)
         user = create_admin(self.settings, DEV_EMAIL, password)
@@ -329,7 +329,7 @@ class Stack:
         """The dev account's credits: a grant recorded in the ledger, once per home (sign-up
         gives nothing unless GPGPU_STARTING_BALANCE_MICRO says so)."""
         from domain.application import Network
-        from infra.admin import grant_credits
+        from ops.admin import grant_credits
 
         user = Network(env=self.settings.eventsourcing_env()).user_by_email(DEV_EMAIL)
         if user is not None and user.client_id:
@@ -386,7 +386,7 @@ class Stack:
               f"  gpgpu job show {job.id}\n")
 
     def watch(self) -> int:
-        """Block until Ctrl-C (0), restarting children that exit (infra/supervisor.py); 1 when
+        """Block until Ctrl-C (0), restarting children that exit (ops/supervisor.py); 1 when
         the Temporal dev server cannot be started again."""
         stop = {"signal": False}
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from domain.application import Network
 from domain.identity import ROLES, UserView
-from domain.projection import Projector
 from domain.reputation import reputation
-from infra.db import VIEW_TABLES, ViewDB
 from infra.settings import Settings
+from readmodel.projector import Projector
+from readmodel.schema import VIEW_TABLES, ViewDB
 
 MAX_GRANT_MICRO = 10**15  # a billion credits: far above any real grant
 

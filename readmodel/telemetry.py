@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -25,7 +26,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from domain.limits import GPU_INDEX, MAX_PROVIDER_GPUS, TELEMETRY
-from infra.db import Cursor, ViewDB
+from infra.db import Cursor
+from infra.settings import Settings
+from readmodel.schema import ViewDB
 
 T = TypeVar("T")
 
@@ -333,3 +336,16 @@ def degraded_gpus(views: ViewDB) -> list[tuple[str, int, str]]:
         (r["provider_id"], int(index), why)
         for r in rows for index, why in json.loads(r["degraded"]).items()
     ]
+
+
+def online_provider_ids(views: ViewDB, settings: Settings) -> set[str]:
+    """Providers whose last heartbeat is recent enough to give them work.
+
+    The same rule as the liveness monitor's (`liveness_changes`): silent for longer than
+    `settings.offline_after_s` (a few missed heartbeats, not one late one) is offline.
+    """
+    cutoff = time.time() - settings.offline_after_s
+    rows = views.query(
+        "SELECT provider_id FROM provider_liveness WHERE last_heartbeat_at >= ?", (cutoff,)
+    )
+    return {r["provider_id"] for r in rows}

@@ -1,0 +1,75 @@
+"""`python -m activities.worker`: the control worker, JobWorkflow and CanaryWorkflow with
+the control activities, the assignment watch and the sweeper, on the control task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.worker import Worker
+
+from activities.assign import AssignActivities, watch_pickups
+from activities.canary import CanaryActivities
+from activities.control import CONTROL_SLOTS, ControlActivities
+from activities.sweeper import Sweeper
+from domain.application import Network
+from infra import tracing
+from infra.assignments import AssignmentBoard
+from infra.process import run_service
+from infra.settings import Settings
+from infra.temporal import connect
+from readmodel.schema import ViewDB
+from workflows.canary import CanaryWorkflow
+from workflows.job import JobWorkflow
+
+log = logging.getLogger(__name__)
+
+
+def build_control_activities(settings: Settings) -> ControlActivities:
+    network = Network(env=settings.eventsourcing_env())
+    return ControlActivities(
+        network, ViewDB(settings), settings.object_store(), settings
+    )
+
+
+async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
+    client = await connect(settings)
+    activities = build_control_activities(settings)
+    board = AssignmentBoard(activities.views)
+    # A slot and a thread for every job waiting in allocate_gpus, and BUSY_SLOTS for the rest.
+    with ThreadPoolExecutor(max_workers=CONTROL_SLOTS) as executor:
+        worker = Worker(
+            client,
+            task_queue=settings.control_task_queue,
+            workflows=[JobWorkflow, CanaryWorkflow],
+            activities=activities.all() + CanaryActivities(
+                activities.network, activities.views, activities.store, settings
+            ).all() + AssignActivities(board).all(),
+            activity_executor=executor,
+            max_concurrent_activities=CONTROL_SLOTS,
+            **tracing.worker_options(),
+        )
+        sweeper = Sweeper(activities.network, activities.views, client,
+                          settings.protocol_fee_bps, settings.sweep_interval_s)
+        async with worker:
+            log.info("control worker serving task queue %r", settings.control_task_queue)
+            sweeping = asyncio.create_task(sweeper.run(stop))
+            watch = asyncio.create_task(watch_pickups(client, board, stop))
+            await stop.wait()
+            await sweeping
+            await watch
+
+
+def main() -> None:
+    settings = Settings()
+    tracing.setup(settings.tracing, "control-worker")
+
+    async def serve(stop: asyncio.Event) -> None:
+        await run_control_worker(settings, stop)
+
+    run_service(serve)
+
+
+if __name__ == "__main__":
+    main()
