@@ -35,7 +35,7 @@ sandbox-deps:
 TEST_WORKERS ?= 4
 
 test: install lint system-deps web
-	$(VENV)/bin/pytest -q -rs -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -q -rs -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadscope
 
 gpu-check:
 	bash scripts/gpu_check.sh

@@ -2,17 +2,22 @@
 
 Each xdist worker is a session of its own: it starts its own Temporal dev server (on free
 ports), and every test makes its own scratch PostgreSQL schema, S3 bucket, API port and
-task queue, so workers never meet. `make test` runs `pytest -n N --dist loadgroup`:
-- a module's tests stay together on one worker (its module-scoped network starts once);
-- tests that share one server across modules name a group of their own (`xdist_group`):
-  every test of the real S3 server (Ceph RGW, heavy to start) runs on one worker;
+task queue, so workers never meet. `make test` runs `pytest -n N --dist loadscope`, with
+the scheduler below:
+- a module's tests stay together on one worker, in order (its module-scoped network
+  starts once, and some tests read what the module's earlier tests left);
+- the modules of the real S3 server (Ceph RGW, heavy to start) all run on one worker;
 - the slowest directories are handed out first, so no worker is left with a long module
   at the end while the others idle.
+(xdist's own `--dist loadgroup` with `xdist_group` marks does not group on pytest 9.2:
+pytest-dev/pytest-xdist#1386.)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -21,7 +26,9 @@ from tests.support.temporal import temporal_dev_server
 # Handed out first under xdist: the modules that start whole networks of processes.
 SLOW_FIRST = ("reliability", "e2e", "web", "adversarial", "liveness", "bench", "worker_gpu",
               "api", "infra", "activities", "workflows", "ops", "client")
-S3_FIXTURES = {"s3_server", "make_store"}
+# The modules whose tests use tests/infra/conftest.py's s3_server (through make_store too).
+S3_MODULES = frozenset(f"tests/infra/test_storage_{name}.py"
+                       for name in ("api", "contract", "s3", "staging"))
 
 
 @pytest.fixture(scope="session")
@@ -36,20 +43,36 @@ def _directory(item: pytest.Item) -> str:
     return parts[1] if len(parts) > 2 else ""
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not getattr(config.option, "loadgroup", False):
+    if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        if S3_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("s3"))
-        else:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
     def weight(item: pytest.Item) -> int:
         directory = _directory(item)
         return SLOW_FIRST.index(directory) if directory in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=weight)  # stable: each module's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        """A work unit per module (or one for all the S3 modules)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "s3" if module in S3_MODULES else module
+
+    return ByModule(config, log)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every S3 module is listed above (a new one would start a Ceph RGW of its own on
+    whichever worker ran it)."""
+    for item in session.items:
+        uses_s3 = {"s3_server", "make_store"} & set(getattr(item, "fixturenames", ()))
+        module = item.nodeid.split("::", 1)[0]
+        if uses_s3 and module not in S3_MODULES:
+            raise pytest.UsageError(f"{module} uses the S3 server: add it to S3_MODULES in "
+                                    "tests/conftest.py")
