@@ -124,6 +124,10 @@ class Scheduler:
             entry = self.network.waiting_entry(job_id, attempt, excluded, job, node)
             with self._lock:
                 ticket = self._tickets.setdefault(key, _Ticket(entry, job))
+        elif not excluded <= ticket.entry.excluded:  # a later try knows more to leave out
+            with self._lock:
+                ticket.entry = replace(ticket.entry,
+                                       excluded=ticket.entry.excluded | frozenset(excluded))
         ticket.abandoned_at = None
         return ticket
 
@@ -204,7 +208,9 @@ class Scheduler:
             for job_id, client in p.reservation_clients.items():
                 if job_id in p.reservations:
                     held[client] += len(p.reservations[job_id])
-        # Replicas of one job never share a provider.
+        # Replicas of one job never share a provider: one that holds GPUs for the job, or
+        # that ran another of its runs and gave them back (a ticket in line since before
+        # that run was placed does not know it from its own exclusions).
         holding: dict[str, set[str]] = defaultdict(set)
         for p in providers:
             for job_id in p.reservations:
@@ -213,7 +219,10 @@ class Scheduler:
         owners = self._owners(node.provider_ids)
         entries = []
         for t in tickets:
-            held_by = {owners.get(pid, pid) for pid in holding.get(t.entry.job_id, ())}
+            if t.job is None:
+                t.job = self.network.job(t.entry.job_id)
+            ran = holding.get(t.entry.job_id, set()) | t.job.ran_on(t.entry.attempt)
+            held_by = {owners.get(pid, pid) for pid in ran}
             extra = {pid for pid, owner in owners.items() if owner in held_by}
             entries.append(replace(t.entry, excluded=t.entry.excluded | extra) if extra
                            else t.entry)
@@ -288,15 +297,24 @@ class Scheduler:
         return node
 
     def _refresh(self) -> None:
-        """Reload the copies that someone else changed since the last round."""
+        """Reload the copies that someone else changed since the last round (a waiting job's
+        copy on its next round: where its other runs were placed, lost, given up)."""
         stale: set[str] = set()
+        waiting: dict[UUID, str] | None = None
+        changed_jobs: set[str] = set()
         while True:
             batch = self.network.recorder.select_notifications(
                 start=self._position, limit=5000, inclusive_of_start=False
             )
+            if batch and waiting is None:
+                with self._lock:
+                    waiting = {Job.create_id(job_id=job_id): job_id
+                               for job_id, _ in self._tickets}
             for n in batch:
                 name = self._by_uuid.get(n.originator_id)  # type: ignore[arg-type]
                 if name is None:
+                    if waiting and n.originator_id in waiting:
+                        changed_jobs.add(waiting[n.originator_id])  # type: ignore[index]
                     continue
                 copy = (self._providers if name[0] == "p" else self._nodes).get(name[2:])
                 if copy is not None and n.originator_version > copy.version:
@@ -307,6 +325,11 @@ class Scheduler:
                 self._position = batch[-1].id
             if len(batch) < 5000:
                 break
+        if changed_jobs:
+            with self._lock:
+                for (job_id, _), ticket in self._tickets.items():
+                    if job_id in changed_jobs:
+                        ticket.job = None  # reloaded when its round needs it
         for name in stale:
             if name[0] == "p":
                 self._providers[name[2:]] = self.network.provider(name[2:])

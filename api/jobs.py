@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.client import Client
@@ -33,6 +33,7 @@ RECHECK_SEARCH_ATTRIBUTES_S = 300.0
 @dataclass
 class Submitted:
     job_id: str
+    warnings: list[str] = field(default_factory=list)
 
 
 def queue_refusal(err: DomainError) -> SpecError:
@@ -94,7 +95,9 @@ async def submit_job(services: Services, client_id: str, data: Any) -> Submitted
         reason = f"could not start the job's workflow: {err}"
         await asyncio.to_thread(services.network.finish_job, job_id, False, reason)
         raise
-    return Submitted(job_id)
+    # A notice, not a refusal: a provider that fits may still join (and the job then runs).
+    never = await asyncio.to_thread(services.network.unsatisfiable, spec)
+    return Submitted(job_id, [never] if never else [])
 
 
 async def start_job_workflow(

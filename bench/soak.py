@@ -6,7 +6,9 @@ its own on a SQLite file, an API, a control worker and simulated providers, each
 that can be killed with SIGKILL and started again, with the end-to-end tests' short fault
 timeouts, and the network's own adaptive checks on (as in production). Providers:
 `--providers` N (at least 5): N - 2 with 2 H100 each, one with 2 A100 and one with 2 L4, so
-two GPU models are on a single provider only.
+two GPU models are on a single provider only. Each provider has an owner of its own but the
+first two H100 ones, which share one: a job's replicas, check and verifier run on providers
+of distinct owners, so those two never serve one job together.
 
 `--jobs` jobs (default 300; `--quick` 20) from `--clients` clients (one thread each, signed up
 through the API) with specs drawn from `--seed`: plain runs, runs on a single-provider model
@@ -26,6 +28,8 @@ the providers' GPUs as their owner sees them:
   placed) to its terminal event, at most its timeout times the runs its spec pays for
   (replicas, tie-break, verifier), plus `--grace-s`;
 - the API shows every job in the terminal state its events record;
+- no two runs of one job (replicas, the network's check, the verifier; lost ones aside) ran
+  on providers of one owner;
 - no GPU is still reserved (replaying GpusReserved/GpusReleased, and each provider's GPUs as
   the API shows them to their owner);
 - every ledger transfer is posted once on each side and all balances sum to zero;
@@ -33,7 +37,9 @@ the providers' GPUs as their owner sees them:
 
 Figures, one JSON line each on stdout (progress on stderr): jobs, jobs_terminal (labels: by
 state), jobs_not_terminal, wall_time_s, max_overrun_s (the longest time a job took past its
-bound; labels: its job), gpus_reserved, ledger_sum_micro, lopsided_transfers, open_escrows,
+bound; labels: its job), jobs_run_more_than_once (replicas, checks, verifiers that ran; labels:
+those on one owner's providers, which must be none, and the runs given up: CheckSkipped,
+RunUnplaced), gpus_reserved, ledger_sum_micro, lopsided_transfers, open_escrows,
 read_model_mismatches. It exits 1 when an invariant fails (each failure is named on stderr,
 and in a last line `failures`), 0 otherwise.
 """
@@ -62,7 +68,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tests.e2e.network import PROVIDER_OWNER, Network
+from tests.e2e.network import Network
 from tests.reliability.harness import (
     TERMINAL,
     Cluster,
@@ -156,10 +162,13 @@ def plan(jobs: int, clients: list[str], seed: int, cancel_share: float = CANCEL_
     return planned
 
 
-def providers_of(count: int) -> list[tuple[str, str]]:
-    """(provider id, simulated GPUs): count - 2 of H100, one of A100, one of L4."""
-    return [*((f"soak-h{i}", "2xH100:80") for i in range(1, count - 1)),
-            ("soak-a100", "2xA100:80"), ("soak-l4", "2xL4:24")]
+def providers_of(count: int) -> list[tuple[str, str, str]]:
+    """(provider id, simulated GPUs, owner): count - 2 of H100, one of A100, one of L4; each
+    with an owner of its own, but soak-h1 and soak-h2, which share one."""
+    h100 = [(f"soak-h{i}", "2xH100:80", f"soak-owner{max(i, 2) - 1}")
+            for i in range(1, count - 1)]
+    return [*h100, ("soak-a100", "2xA100:80", f"soak-owner{count - 2}"),
+            ("soak-l4", "2xL4:24", f"soak-owner{count - 1}")]
 
 
 # The run
@@ -329,11 +338,14 @@ def overruns(log: EventLog, ended: dict[str, Any], submitted: dict[str, Planned]
 
 
 def gpus_held_by_api(soak: Soak, ended: set[str]) -> list[str]:
-    """GPUs the API shows (to the providers' owner) as held by a job that has ended."""
-    providers = soak.call("providers", lambda: soak.net.gql(GPUS, PROVIDER_OWNER)["providers"])
-    return [f"{p['providerId']} GPU {g['index']} held by {g['busyJobId']}"
-            for p in providers for g in p["gpus"]
-            if g["busyJobId"] and g["busyJobId"] in ended]
+    """GPUs the API shows (each provider to its owner) as held by a job that has ended."""
+    held = []
+    for owner in sorted(set(soak.cluster.owners.values())):
+        providers = soak.call("providers", partial(soak.net.gql, GPUS, owner))["providers"]
+        held += [f"{p['providerId']} GPU {g['index']} held by {g['busyJobId']}"
+                 for p in providers if soak.cluster.owners.get(p["providerId"]) == owner
+                 for g in p["gpus"] if g["busyJobId"] and g["busyJobId"] in ended]
+    return held
 
 
 def audit(soak: Soak, log: EventLog, ended: dict[str, Any], grace_s: float) -> list[str]:
@@ -384,6 +396,22 @@ def audit(soak: Soak, log: EventLog, ended: dict[str, Any], grace_s: float) -> l
         failures.append(f"{len(mismatched)} jobs' API state differs from their events: "
                         f"{mismatched[:3]}")
 
+    # Replicas, checks and verifiers: each run of a job on a provider of another owner.
+    runs: dict[str, dict[int, str]] = {}
+    for e in log.of_type("GpusAllocated"):
+        runs.setdefault(log.job_of(e), {})[e.attempt] = e.provider_id
+    for e in log.of_type("ProviderLost", "CheckSkipped", "RunUnplaced"):
+        runs.get(log.job_of(e), {}).pop(e.attempt, None)
+    owners = soak.cluster.owners
+    several = {j: r for j, r in runs.items() if j in jobs and len(r) > 1}
+    shared = [f"{j}: {sorted(r.values())}" for j, r in several.items()
+              if len({owners.get(p, p) for p in r.values()}) < len(r)]
+    emit("jobs_run_more_than_once", len(several), "jobs", shared_owner=len(shared),
+         sample=shared[:3], unplaced=Counter(event_type(e) for e in log.of_type(
+             "CheckSkipped", "RunUnplaced") if log.job_of(e) in jobs))
+    if shared:
+        failures.append(f"{len(shared)} jobs ran twice on one owner's providers: {shared[:3]}")
+
     # GPUs: a job's release may follow its terminal event by a moment.
     deadline = time.monotonic() + 30
     while True:
@@ -420,7 +448,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
     clients = [f"soak{i}" for i in range(1, args.clients + 1)]
     planned = plan(args.jobs, clients, args.seed, args.cancel_share)
     providers = providers_of(args.providers)
-    h100 = [p for p, gpus in providers if "H100" in gpus]
+    h100 = [p for p, gpus, _ in providers if "H100" in gpus]
     temporal = TemporalServer(home)
     temporal.start()
     cluster = Cluster.create(home, temporal.address, extra_env={
@@ -437,9 +465,9 @@ def run(args: argparse.Namespace, home: Path) -> int:
     try:
         net = cluster.start_api()
         cluster.start_control_worker()
-        for provider_id, gpus in providers:
-            cluster.start_provider(provider_id, gpus, PRICE)
-        cluster.wait_providers_online([p for p, _ in providers])
+        for provider_id, gpus, owner in providers:
+            cluster.start_provider(provider_id, gpus, PRICE, owner=owner)
+        cluster.wait_providers_online([p for p, _, _ in providers])
         for client in clients:
             net.account(client)  # signed up once, before the threads
         say(f"network up in {time.monotonic() - began:.0f} s: {len(providers)} providers; "

@@ -159,7 +159,7 @@ def parse_submit(data: dict[str, Any]) -> Job:
         raise SpecRejectedError([(e["field"], e["message"]) for e in result["errors"]])
     if kind not in (None, "JobSubmitted") or "job" not in result:
         raise ApiError(200, f"unexpected submitJob answer: {kind}")
-    return Job.from_json(result["job"])
+    return Job.from_json({**result["job"], "warnings": result.get("warnings") or []})
 
 
 def file_sha256(path: Path) -> tuple[str, int]:

@@ -25,11 +25,12 @@ from client.config import (
     resolve_token,
 )
 from client.errors import ApiError, ApiUnreachable
-from client.models import JobEvent, StoredObject
+from client.models import JobEvent, JobLogChunk, StoredObject
 from client.subscription import (
     RECONNECT_WINDOW_S,
     SUBPROTOCOL,
     JobEventsSession,
+    JobLogSession,
     backoff_s,
     close_error,
 )
@@ -158,6 +159,17 @@ class AsyncGpgpuClient(Calls):
 
         A dropped connection is reopened, resuming after the last event seen.
         """
+        async for event in self._follow(job_id, after, JobEventsSession):
+            yield event
+
+    async def follow_log(self, job_id: str, after: int = 0) -> AsyncIterator[JobLogChunk]:
+        """The job's output as its runs print it, chunk by chunk after seq `after`, until
+        the job has ended (the job's owner only); resumes as `follow` does."""
+        async for chunk in self._follow(job_id, after, JobLogSession):
+            yield chunk
+
+    async def _follow(self, job_id: str, after: int, kind: type[JobEventsSession]
+                      ) -> AsyncIterator[Any]:
         uri = graphql_ws_url(self.api_url)
         last = after
         down_since: float | None = None
@@ -173,7 +185,7 @@ class AsyncGpgpuClient(Calls):
                     open_timeout=10,
                 ) as ws:
                     connected = True
-                    session = JobEventsSession(self.token, job_id, last)
+                    session = kind(self.token, job_id, last)
                     await ws.send(session.init_message())
                     async for raw in ws:
                         step = session.handle(raw)
@@ -181,10 +193,11 @@ class AsyncGpgpuClient(Calls):
                             await ws.send(step.reply)
                         if session.acked:
                             down_since, failures = None, 0
-                        if step.event is not None and step.event.seq > last:
-                            last = step.event.seq
-                            yield step.event
-                            if step.event.terminal:
+                        item = step.event or step.chunk
+                        if item is not None and item.seq > last:
+                            last = item.seq
+                            yield item
+                            if getattr(item, "terminal", False):
                                 return
                         if step.done:
                             return

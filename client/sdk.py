@@ -29,11 +29,12 @@ from client.config import (
     resolve_token,
 )
 from client.errors import ApiError, ApiUnreachable
-from client.models import JobEvent, StoredObject
+from client.models import JobEvent, JobLogChunk, StoredObject
 from client.subscription import (
     RECONNECT_WINDOW_S,
     SUBPROTOCOL,
     JobEventsSession,
+    JobLogSession,
     backoff_s,
     close_error,
 )
@@ -160,6 +161,14 @@ class GpgpuClient(Calls):
 
         A dropped connection is reopened, resuming after the last event seen.
         """
+        yield from self._follow(job_id, after, JobEventsSession)
+
+    def follow_log(self, job_id: str, after: int = 0) -> Iterator[JobLogChunk]:
+        """The job's output as its runs print it, chunk by chunk after seq `after`, until
+        the job has ended (the job's owner only); resumes as `follow` does."""
+        yield from self._follow(job_id, after, JobLogSession)
+
+    def _follow(self, job_id: str, after: int, kind: type[JobEventsSession]) -> Iterator[Any]:
         uri = graphql_ws_url(self.api_url)
         last = after
         down_since: float | None = None
@@ -174,7 +183,7 @@ class GpgpuClient(Calls):
                     open_timeout=10,
                 ) as ws:
                     connected = True
-                    session = JobEventsSession(self.token, job_id, last)
+                    session = kind(self.token, job_id, last)
                     ws.send(session.init_message())
                     for raw in ws:
                         step = session.handle(raw)
@@ -182,10 +191,11 @@ class GpgpuClient(Calls):
                             ws.send(step.reply)
                         if session.acked:
                             down_since, failures = None, 0
-                        if step.event is not None and step.event.seq > last:
-                            last = step.event.seq
-                            yield step.event
-                            if step.event.terminal:
+                        item = step.event or step.chunk
+                        if item is not None and item.seq > last:
+                            last = item.seq
+                            yield item
+                            if getattr(item, "terminal", False):
                                 return
                         if step.done:
                             return

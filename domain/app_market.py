@@ -25,6 +25,7 @@ from domain.matching import (
     explain,
     explain_gpus,
     gb_to_mib,
+    unsatisfiable,
 )
 from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
 from domain.provider import Directory, Provider, check_declaration
@@ -149,9 +150,10 @@ class Market(Identity):
                     held.reservations.get(job_id, []),
                     held.price_per_gpu_hour_micro,
                 ), []
-            # Replicas of one job never share a provider, nor an owner.
+            # Replicas of one job never share a provider, nor an owner (also once a run's
+            # GPUs went back).
             holding = self.same_owner({pid for pid, p in providers.items()
-                                       if job_id in p.reservations})
+                                       if job_id in p.reservations} | job.ran_on(attempt_no))
             decision = decide(
                 self._requirements(spec, node),
                 self._candidates(providers.values(), online),
@@ -215,6 +217,17 @@ class Market(Identity):
             self._requirements(spec, node), self._candidates(providers, online), set(), node.region
         )
 
+    def unsatisfiable(self, spec: JobSpec) -> str | None:
+        """Why no provider registered on the spec's node could ever run it (its GPUs, their
+        model and memory, region, runtime), in words; None when one could."""
+        node_id, queue = split_queue(spec.queue)
+        node = self.node(node_id)
+        if queue not in node.queues:
+            raise DomainError("queue", f"node {node_id!r} has no queue {queue!r}")
+        providers = [self.provider(pid) for pid in node.provider_ids]
+        return unsatisfiable(self._requirements(spec, node),
+                             self._candidates(providers, set()), node_id)
+
     def explain_gpus(self, spec: JobSpec, online: set[str]) -> list[GpuAssessment]:
         """Every GPU of the spec's node: eligible now (best first), or why not."""
         node_id, queue = split_queue(spec.queue)
@@ -274,6 +287,7 @@ class Market(Identity):
                 jobs[p.job_id] = job
                 if p.attempt in job.allocations:  # another scheduler placed it meanwhile
                     raise DomainError("", f"job {p.job_id} attempt {p.attempt} is placed already")
+                self._check_independent(job, p.attempt, p.provider_id)
                 provider = providers[p.provider_id]
                 provider.reserve(p.job_id, p.gpu_indexes, p.client_id)
                 job.record_allocation(p.attempt, p.provider_id, p.gpu_indexes,
@@ -295,6 +309,7 @@ class Market(Identity):
                 if job.allocations.get(p.attempt) is not None:
                     written.append(job.allocations[p.attempt] == p.provider_id)
                     continue
+                self._check_independent(job, p.attempt, p.provider_id)
                 provider.reserve(p.job_id, p.gpu_indexes, p.client_id)
                 job.record_allocation(p.attempt, p.provider_id, p.gpu_indexes,
                                       p.price_per_gpu_hour_micro)
@@ -305,6 +320,16 @@ class Market(Identity):
                 providers[p.provider_id] = self.provider(p.provider_id)
                 written.append(False)
         return written
+
+    def _check_independent(self, job: Job, attempt_no: int, provider_id: str) -> None:
+        """Refuse to place a run of a job on a provider, or an owner, that ran another of its
+        runs: replicas, checks and verifiers are independent, also once a run gave its GPUs
+        back and whatever a scheduler's copies missed."""
+        ran = job.ran_on(attempt_no)
+        if ran and provider_id in self.same_owner(ran):
+            raise DomainError(
+                "provider_id", f"{provider_id} (or its owner) ran another of job "
+                f"{job.job_id}'s runs; attempt {attempt_no} must run elsewhere")
 
     # Providers' own controls
 

@@ -165,6 +165,54 @@ def _provider_reasons(req: Requirements, c: Candidate, excluded: set[str]) -> li
     return reasons
 
 
+def never_fits(req: Requirements, c: Candidate) -> list[str]:
+    """Every reason this provider could never take the job, whatever it is doing: what it
+    is (its region, runtimes, its GPUs' models and memory, how many fit on the machine),
+    not its state (offline, busy, suspended, degraded) nor what it may change (price) or
+    earn (reputation)."""
+    reasons = []
+    if req.region is not None and c.region != req.region:
+        reasons.append(f"in region {c.region}, not {req.region}")
+    if req.runtime not in c.runtimes:
+        reasons.append(f"no {req.runtime} runtime")
+    matching = _matching_gpus(req, c.gpus)
+    if len(matching) < req.gpus:
+        reasons.append(f"{len(matching)} of its {len(c.gpus)} GPUs fit the job's model and "
+                       f"memory, {req.gpus} needed on one machine")
+    return reasons
+
+
+NEVER_SHOWN = 5  # providers named in a notice; the rest are counted
+
+
+def unsatisfiable(req: Requirements, candidates: list[Candidate], node_id: str) -> str | None:
+    """Why no provider registered on the node could ever run the job, in words (None when
+    one could, online or not). A notice, not a refusal: a provider that fits may register
+    later, and the job then runs; it says so now rather than waiting in silence."""
+    wanted = [f"{req.gpus} GPU{'s' if req.gpus > 1 else ''} on one machine"]
+    if req.gpu_model:
+        wanted.append(f"of model {req.gpu_model}")
+    if req.queue_models:
+        wanted.append(f"of a model its queue serves ({', '.join(req.queue_models)})")
+    if req.min_gpu_memory_mb:
+        wanted.append(f"with at least {req.min_gpu_memory_mb} MiB each")
+    if req.region is not None:
+        wanted.append(f"in region {req.region}")
+    wanted.append(f"with the {req.runtime} runtime")
+    needs = " ".join(wanted)
+    if not candidates:
+        return (f"no provider has joined node {node_id} yet: the job waits until one that "
+                f"has {needs} does")
+    judged = sorted((c.provider_id, never_fits(req, c)) for c in candidates)
+    if any(not reasons for _, reasons in judged):
+        return None
+    named = "; ".join(f"{pid}: {', '.join(reasons)}" for pid, reasons in judged[:NEVER_SHOWN])
+    more = len(judged) - NEVER_SHOWN
+    return (f"no provider of node {node_id} could ever run this job as specified: it needs "
+            f"{needs} ({named}{f'; and {more} more' if more > 0 else ''}); it waits until "
+            "such a provider joins")
+
+
 def _provider_reason(req: Requirements, c: Candidate, excluded: set[str]) -> str:
     """Why none of this provider's GPUs can take the job, every reason; "" if none."""
     return "; ".join(_provider_reasons(req, c, excluded))

@@ -161,13 +161,15 @@ def _with_temporal(work: Callable[[Any], Any]) -> Any:
     from temporalio.client import Client
     from temporalio.service import RPCError, RPCStatusCode
 
+    from infra.payload_codec import PayloadKeyError
     from infra.settings import Settings
 
     settings = Settings()
 
     async def run() -> Any:
         client = await Client.connect(settings.temporal_address,
-                                      namespace=settings.temporal_namespace)
+                                      namespace=settings.temporal_namespace,
+                                      data_converter=settings.temporal_converter())
         return await work(client)
 
     try:
@@ -178,6 +180,8 @@ def _with_temporal(work: Callable[[Any], Any]) -> Any:
     except RuntimeError as err:  # temporalio's "Failed client connect: ..."
         typer.echo(f"error: cannot reach Temporal at {settings.temporal_address}: {err}",
                    err=True)
+    except PayloadKeyError as err:  # production without GPGPU_TEMPORAL_PAYLOAD_KEYS
+        typer.echo(f"error: {err}", err=True)
     _exit_after_temporal(1)
 
 

@@ -219,13 +219,14 @@ class Fold:
             ),
         )
         self.rows.jobs[e.agg] = {"job_id": data["job_id"], "last_seq": 0,
-                                 "queued_position": None}
+                                 "queued_position": None, "provider_id": None}
         self.job(Event(e.nid, e.agg, e.type, e.at,
                        {k: v for k, v in data.items() if k != "spec"}))
 
     def job(self, e: Event) -> None:
         job = self.rows.jobs.get(e.agg) or self.cur.one(
-            "SELECT job_id, last_seq, queued_position FROM jobs WHERE aggregate_id = ?", (e.agg,)
+            "SELECT job_id, last_seq, queued_position, provider_id FROM jobs"
+            " WHERE aggregate_id = ?", (e.agg,)
         )
         if job is None:
             log.error("event %s for unknown job aggregate %s", e.type, e.agg)
@@ -240,6 +241,8 @@ class Fold:
         more = JOB_CHANGES.get(e.type)
         if more is not None:
             changes.update(more(job, e))
+        if "provider_id" in changes:
+            job["provider_id"] = changes["provider_id"]
         self.rows.update("jobs", "job_id", job_id, changes)
 
     def _history(self, kind: str, key: str, seq: int, e: Event) -> None:
@@ -312,6 +315,20 @@ def _outputs(job: dict[str, Any], e: Event) -> dict[str, Any]:
     return {"outputs": json.dumps(e.data["manifest"])}
 
 
+def _allocated(job: dict[str, Any], e: Event) -> dict[str, Any]:
+    # The job's provider is its run's: a check run, a verifier or a tie-break placed while
+    # the job has one does not replace it (nor does its loss clear it).
+    if job["provider_id"] is None:
+        return {"provider_id": e.data["provider_id"], "allocated_at": e.at}
+    return {"allocated_at": e.at}
+
+
+def _lost(job: dict[str, Any], e: Event) -> dict[str, Any]:
+    if job["provider_id"] == e.data["provider_id"]:
+        return {"provider_id": None, "allocated_at": None}
+    return {"allocated_at": None}
+
+
 def _accepted(job: dict[str, Any], e: Event) -> dict[str, Any]:
     changes = _outputs(job, e)
     if e.data.get("provider_id"):
@@ -325,8 +342,9 @@ JOB_CHANGES: dict[str, JobChange] = {
     "JobRejected": _reason, "JobFailed": _reason, "JobCancelled": _reason,
     "JobVerified": _reason, "VerificationFailed": _reason,
     "JobQueued": _queued,
-    "GpusAllocated": lambda _, e: {"provider_id": e.data["provider_id"], "allocated_at": e.at},
-    "ProviderLost": lambda _, e: {"provider_id": None, "allocated_at": None},
+    "GpusAllocated": _allocated,
+    "ProviderLost": _lost,
+    "RunFailed": _lost,
     "OutputsUploaded": _outputs,
     "ResultAccepted": _accepted,
     "JobSettled": lambda _, e: {"cost_micro": e.data["charged_micro"]},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -42,6 +43,9 @@ def job_submit(
     with connect(ctx) as gp:
         with transfers(enabled=live) as report:
             job = gp.submit_spec_file(spec, progress=report)
+        if live:
+            for warning in job.warnings:
+                err().print(f"warning: {warning}", markup=False, highlight=False)
         if not wait:
             return Shown(job, lambda: typer.echo(job.id))
         if live:
@@ -130,11 +134,36 @@ def _logs_view(job: Job) -> None:
 
 
 @command(job_app, "logs")
-def job_logs(ctx: typer.Context, job_id: str) -> Shown:
-    """The job's output (the tail each run reported), run by run."""
+def job_logs(
+    ctx: typer.Context,
+    job_id: str,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Print the output live as the job's runs print it, until the "
+        "job ends.")] = False,
+) -> Shown | None:
+    """The job's output (the tail each run reported), run by run; --follow: live."""
+    if follow:
+        _follow_log(ctx, job_id)
+        return None
     with connect(ctx) as gp:
         job = gp.job(job_id)
     return Shown(job, lambda: _logs_view(job))
+
+
+def _follow_log(ctx: typer.Context, job_id: str) -> None:
+    """Output on stdout as it comes; which run, gaps and the end on stderr."""
+    attempt = None
+    with connect(ctx) as gp:
+        for chunk in gp.follow_log(job_id):
+            if chunk.attempt != attempt:
+                attempt = chunk.attempt
+                sys.stderr.write(f"--- run {attempt} on {chunk.provider_id} ---\n")
+            if chunk.skipped_bytes:
+                sys.stderr.write(f"--- {chunk.skipped_bytes} bytes of output not kept ---\n")
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+        state = gp.job(job_id).state
+    sys.stderr.write(f"--- job {job_id} ended: {state} ---\n")
 
 
 @command(job_app, "cancel")

@@ -281,14 +281,18 @@ def test_queue_positions_follow_the_schedulers_order(
     assert api.gql(JOB, "carol", id="c1")["job"]["queuePosition"] == 1
 
     # What each waits for, in words: the first in line could start now; one behind others
-    # counts them; one that no GPU of the node can take says why, provider by provider.
+    # counts them; one that no provider of the node could ever take (2 GPUs on a machine of
+    # one) says so, and why, provider by provider.
     waits = "query($id: ID!) { job(id: $id) { waitingFor } }"
     assert api.gql(waits, "carol", id="c1")["job"]["waitingFor"] == [
         "a GPU fits it and is free: the scheduler places it within seconds"]
     assert api.gql(waits, "alice", id="a2")["job"]["waitingFor"] == [
         "4 jobs ahead of it in the queue"]
     assert api.gql(waits, "dave", id="d1")["job"]["waitingFor"] == [
-        "no provider can take it now: p-l4: no GPUs of the requested model and memory",
+        "no provider of node n-l4 could ever run this job as specified: it needs 2 GPUs on "
+        "one machine of a model its queue serves (L4) with the process runtime (p-l4: 1 of its "
+        "1 GPUs fit the job's model and memory, 2 needed on one machine); it waits until such "
+        "a provider joins",
         "3 jobs ahead of it in the queue"]
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from domain.money import cost_of_gpu_time
 
-from domain.application import Network
+from domain.application import Network, Payment
 from domain.errors import InsufficientFunds, InvalidAmount
 from domain.ledger import EXTERNAL, FEES, Account, transfer
 from tests.domain.support import (
@@ -216,3 +217,49 @@ def test_two_jobs_two_clients_still_sum_to_zero(app: Network) -> None:
     assert app.balance(FEES) == FEE
     assert app.balance(EXTERNAL) == -2 * START
     assert total_of_all_balances(app) == 0
+
+
+def test_a_withheld_payment_charges_the_client_and_pays_the_network_not_the_provider(
+    app: Network,
+) -> None:
+    """A timed-out run with no outputs that nothing checked (JobWorkflow): the client pays
+    for the window, the provider gets nothing, the network keeps it; a retry changes nothing."""
+    commands = dict(lifecycle_commands(app, succeed=False))
+    for name in ("open_client", "submit_job", "admit_job", "register_provider", "allocate"):
+        commands[name]()
+    names = Names()
+    withheld = [Payment(names.provider, GPU_MS, PRICE, withheld=True)]
+    fees_before = app.balance(FEES)
+
+    figures = app.settle_many(names.job, withheld, FEE_BPS)
+    again = app.settle_many(names.job, withheld, FEE_BPS)
+
+    assert figures == again
+    assert figures.charged_micro == CHARGED and figures.provider_paid_micro == 0
+    assert figures.fee_micro == CHARGED and figures.refunded_micro == MAX_COST - CHARGED
+    assert app.balance(f"provider:{names.provider}") == 0
+    assert app.balance(FEES) - fees_before == CHARGED
+    assert app.balance(f"client:{names.client}") == START - CHARGED
+    assert total_of_all_balances(app) == 0
+
+
+def test_two_runs_paid_to_one_provider_both_leave_the_escrow(app: Network) -> None:
+    """Two accepted runs on one provider (e.g. a replica and the verifier, or a run placed
+    there again after a release): the settlement moves what its figures say, every
+    micro-credit, and the escrow ends empty (the soak found 2 escrows left holding the
+    second run's pay, posted under the first one's transfer id and skipped)."""
+    for name, command in lifecycle_commands(app, Names()):
+        if name == "settle":
+            break
+        command()
+    runs = [Payment("prov-1", GPU_MS, PRICE), Payment("prov-1", 2 * GPU_MS, PRICE)]
+    figures = app.settle_many("job-1", runs, FEE_BPS)
+    cost = cost_of_gpu_time(GPU_MS, PRICE) + cost_of_gpu_time(2 * GPU_MS, PRICE)
+    assert figures.charged_micro == cost and figures.refunded_micro == MAX_COST - cost
+    assert app.balance("escrow:job-1") == 0
+    assert app.balance("client:alice") == START - cost
+    assert app.balance("provider:prov-1") == figures.provider_paid_micro
+    assert app.balance(FEES) == figures.fee_micro
+    assert total_of_all_balances(app) == 0
+    assert app.settle_many("job-1", runs, FEE_BPS) == figures  # a retry moves nothing more
+    assert app.balance("escrow:job-1") == 0 and app.balance(FEES) == figures.fee_micro

@@ -377,3 +377,50 @@ def test_explain_gpus_gives_every_gpu_a_reason() -> None:
     rows = {(r.provider_id, r.index): r.reason for r in explain_gpus(two, cands, set())}
     assert rows[("lone", 0)] == "the job needs 2 GPUs on one machine; 1 fit and are free here"
     assert rows[("far", 0)] == "in region us, not eu"
+
+
+# Never satisfiable: what the providers are, not what they are doing
+
+
+def test_a_spec_no_provider_could_ever_run_says_why_for_each() -> None:
+    from domain.matching import unsatisfiable
+
+    a100 = cand("a100", gpus=[gpu(0, "NVIDIA A100 80GB", 81_559), gpu(1, "NVIDIA A100", 81_559)])
+    small = cand("h100", gpus=[gpu(0)], online=False)
+    notice = unsatisfiable(req(gpus=4), [a100, small], "local")
+    assert notice is not None
+    assert notice.startswith("no provider of node local could ever run this job as specified: "
+                             "it needs 4 GPUs on one machine with the process runtime")
+    assert "a100: 2 of its 2 GPUs fit the job's model and memory, 4 needed" in notice
+    assert "h100: 1 of its 1 GPUs fit" in notice and "until such a provider joins" in notice
+    wrong = unsatisfiable(Requirements(1, "H100", 0, 2_000_000, "docker", region="us"), [a100],
+                          "local")
+    assert wrong is not None and "a100: in region , not us, no docker runtime, 0 of its 2" in wrong
+    assert unsatisfiable(req(), [], "edge") == (
+        "no provider has joined node edge yet: the job waits until one that has 1 GPU on one "
+        "machine with the process runtime does")
+
+
+def test_what_a_provider_may_change_or_is_doing_is_no_notice() -> None:
+    """Offline, busy, too dear, too little reputation: it could run the job one day."""
+    from domain.matching import unsatisfiable
+
+    busy = cand("busy", price=9_000_000, reputation=0.0, online=False, free=[])
+    assert unsatisfiable(Requirements(1, "h100", 80_000, 1_000_000, min_reputation=0.9),
+                         [busy], "local") is None
+    many = [cand(f"p{i}") for i in range(8)]
+    notice = unsatisfiable(req(gpus=2), many, "local")
+    assert notice is not None and "p4:" in notice and "p5:" not in notice
+    assert "; and 3 more)" in notice
+
+
+def test_the_notice_comes_and_goes_with_the_providers_registered(app: Network) -> None:
+    spec = make_spec(resources={"gpus": 2, "gpu_model": "h100"})
+    assert app.unsatisfiable(spec) == (
+        "no provider has joined node local yet: the job waits until one that has 2 GPUs on one "
+        "machine of model h100 with the process runtime does")
+    app.register_provider("one", "eu", PRICE, [gpu(0)])
+    notice = app.unsatisfiable(spec)
+    assert notice is not None and "one: 1 of its 1 GPUs fit" in notice
+    app.register_provider("two", "eu", PRICE, [gpu(0), gpu(1)])
+    assert app.unsatisfiable(spec) is None

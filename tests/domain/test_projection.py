@@ -190,6 +190,45 @@ def test_rejected_and_lost_jobs_in_the_views(app: Network, open_views: OpenViews
     assert_views_match_the_app(app, db)
 
 
+def test_the_jobs_provider_stays_its_runs_through_checks_and_a_verifier(
+    app: Network, open_views: OpenViews
+) -> None:
+    """job.providerId names the provider of the job's run (then the one whose result was
+    accepted): a check run, a verifier run or the loss of one of them does not move it; the
+    loss of the job's own run clears it until the run is placed again."""
+    app.open_client("alice", START)
+    app.submit_job("job-1", "alice", make_spec(verification={"verifier": "true"}))
+    app.admit_job("job-1")
+    online = {"prov-1", "prov-2", "prov-3", "prov-4"}
+    for pid in sorted(online):
+        app.register_provider(pid, "eu-west", PRICE, [gpu(0)])
+    db = open_views()
+    projector = Projector(app, db)
+
+    def provider_shown() -> str | None:
+        projector.catch_up()
+        return job_row(db, "job-1")["provider_id"]
+
+    first = app.allocate("job-1", 1, {"prov-2", "prov-3", "prov-4"}, online).provider_id
+    assert first == "prov-1" and provider_shown() == "prov-1"
+    app.provider_lost("job-1", 1, "prov-1", "gone")  # the job's own run: no provider now
+    assert provider_shown() is None
+    app.allocate("job-1", 2, {"prov-1", "prov-3", "prov-4"}, online)
+    assert provider_shown() == "prov-2"
+    for step in ("inputs_staged", "execution_started", "execution_finished", "outputs_uploaded"):
+        app.record_step("job-1", step, 2, step_data(step, "prov-2"))
+    app.release_gpus("job-1", "prov-2")
+    app.allocate("job-1", 3, {"prov-1", "prov-4"}, online)  # the network's check run
+    assert provider_shown() == "prov-2"
+    app.provider_lost("job-1", 3, "prov-3", "gone")  # ... lost: the job's provider stays
+    assert provider_shown() == "prov-2"
+    app.record_verdict("job-1", True, True, "outputs verified", accepted_attempt=2)
+    assert provider_shown() == "prov-2"
+    app.allocate("job-1", 4, {"prov-1", "prov-3"}, online)  # the client's verifier
+    assert provider_shown() == "prov-2"
+    assert_views_match_the_app(app, db)
+
+
 def test_every_job_event_type_has_a_state_rule() -> None:
     assert set(JOB_EVENTS_SUCCESS) <= set(STATE_AFTER)
     for etype in ("JobRejected", "ProviderLost", "VerificationFailed", "JobFailed"):

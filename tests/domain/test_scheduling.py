@@ -337,3 +337,55 @@ def test_a_job_another_scheduler_placed_is_not_reserved_again(app: Network) -> N
     assert first == [True] and late == [False]
     assert app.provider("p2").reservations == {}
     assert app.job("twice").allocations == {1: "p1"}
+
+
+def _replicated_job(app: Network, providers: list[str]) -> None:
+    app.open_client("a", 10**12)
+    for pid in providers:
+        app.register_provider(pid, "eu", PRICE, [gpu(0)])
+    app.submit_job("rep", "a", make_spec(timeout=60, verification={"replicas": 2}))
+    app.admit_job("rep")
+
+
+def test_a_replica_waiting_since_before_its_sibling_ran_never_lands_where_it_ran(
+    app: Network,
+) -> None:
+    """Both replicas wait from the start (their allocations run side by side, so neither
+    knew where the other would run). The first runs on p1 and gives its GPU back at once:
+    the second must not take that GPU, but wait for another provider (the soak saw three
+    replicas of one job run one after the other on one provider, "3 runs agree")."""
+    _replicated_job(app, ["p1"])
+    scheduler = Scheduler(app, lambda: {"p1", "p2"}, 0.01)
+    scheduler.enqueue("rep", 1, set())
+    scheduler.enqueue("rep", 2, set())
+    assert scheduler.run_round() == 1
+    first = app.job("rep").allocations
+    assert list(first.values()) == ["p1"], first
+    app.release_gpus("rep", "p1")  # the run finished (bounded waits: released at once)
+    assert scheduler.run_round() == 0
+    assert app.job("rep").allocations == first
+    app.register_provider("p2", "eu", PRICE, [gpu(0)])
+    assert scheduler.run_round() == 1
+    assert sorted(app.job("rep").allocations.values()) == ["p1", "p2"]
+
+
+def test_a_placement_where_a_sibling_replica_ran_is_refused(app: Network) -> None:
+    """However the scheduler's copies lag, the store does not place a replica on a
+    provider (or an owner) that ran another of the job's runs; a lost one's does not count."""
+    from domain.scheduling import Placement
+
+    _replicated_job(app, ["p1", "p2", "p3"])
+    owner = app.create_user("owner@example.com", "a long password 1", ["provider"], 0.0)
+    for pid in ("p1", "p2"):
+        app.claim("provider", pid, owner.id)
+    assert app.place([Placement("rep", 1, "a", "p1", [0], PRICE)],
+                     {"p1": app.provider("p1")}) == [True]
+    app.release_gpus("rep", "p1")
+    for pid in ("p1", "p2"):  # the same provider, another of its owner's
+        assert app.place([Placement("rep", 2, "a", pid, [0], PRICE)],
+                         {pid: app.provider(pid)}) == [False], pid
+        assert app.provider(pid).reservations == {}
+    app.provider_lost("rep", 1, "p1", "stopped answering")
+    assert app.place([Placement("rep", 2, "a", "p2", [0], PRICE)],
+                     {"p2": app.provider("p2")}) == [True]
+    assert app.job("rep").allocations == {1: "p1", 2: "p2"}

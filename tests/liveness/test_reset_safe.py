@@ -4,12 +4,14 @@ An operator resets a finished job's workflow (as `temporal workflow reset` does)
 first workflow task, to the task right after its allocation, and to its last task. Each
 new run ends with the job's recorded outcome, and nothing changes: not one event of the
 job, not one ledger entry, not a byte of its stored outputs, not a provider's reputation.
+A job reset while its command runs ends once, is paid once and holds nothing after.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +23,8 @@ from temporalio.client import Client, WorkflowFailureError
 
 from domain.ledger import CHECKS, FEES, client_account, escrow_account, provider_account
 from tests.e2e.network import Network, network
-from tests.liveness.flow_support import PATIENT, finish, ledger, submit
+from tests.liveness.flow_support import PATIENT, finish, held_gpus, ledger, submit
+from tests.reliability.harness import TERMINAL as TERMINAL_EVENTS
 from workflows.contracts import ALLOCATE_GPUS, JobResult, job_workflow_id
 
 pytestmark = pytest.mark.e2e
@@ -102,7 +105,8 @@ async def test_resetting_a_finished_job_changes_nothing(
     record = finish(net, "ann", job_id)
     assert record["state"] == ending
     before = figures(net, "ann", job_id)
-    client = await Client.connect(temporal_server)
+    client = await Client.connect(temporal_server,
+                                  data_converter=net.stack.settings.temporal_converter())
     workflow_id = job_workflow_id(job_id)
     original = (await client.get_workflow_handle(workflow_id).describe()).run_id
     points = await reset_points(client, workflow_id, original)
@@ -118,3 +122,64 @@ async def test_resetting_a_finished_job_changes_nothing(
         assert result.state == ending, (name, result)
         assert result.charged_micro == (before["settlement"] or {}).get("charged_micro"), name
         assert figures(net, "ann", job_id) == before, f"reset to the {name} task changed it"
+
+
+@pytest.mark.parametrize("point", ["first", "after allocation"])
+async def test_resetting_a_running_job_ends_it_once_paid_once(
+    net: Network, temporal_server: str, point: str
+) -> None:
+    """An operator resets a job's workflow while its command runs. The job still ends once,
+    is settled once (one escrow, one charge, each payment posted once), and leaves nothing
+    held: its escrow is empty and its provider's GPU free."""
+    job_id = submit(net, "cat", command="sleep 4; echo 3.14159 > out.txt")
+    net.wait_job(job_id, ("RUNNING",), client="cat", timeout_s=60)
+    client = await Client.connect(temporal_server)
+    workflow_id = job_workflow_id(job_id)
+    original = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    points = await reset_points(client, workflow_id, original)
+    run_id = await reset(client, workflow_id, original, points[point])
+    try:
+        result = await client.get_workflow_handle(
+            workflow_id, run_id=run_id, result_type=JobResult
+        ).result()
+    except WorkflowFailureError as err:
+        cause = err.cause.cause if err.cause and err.cause.cause else err.cause
+        raise AssertionError(f"reset to the {point} task: the run failed: {cause}") from err
+    record = finish(net, "cat", job_id, timeout_s=60)
+    assert record["state"] == result.state, (record, result)
+
+    books = ledger(net)
+    job = books.job(job_id)
+    events = Counter(type(e).__name__ for e in books.repository.event_store.get(job.id))
+    ends = {t: n for t, n in events.items() if t in TERMINAL_EVENTS}
+    assert sum(ends.values()) == 1, events
+    assert events["FundsEscrowed"] == events["JobSettled"] == 1, events
+    assert events["ExecutionFinished"] <= 1, events
+    assert job.settlement is not None
+    assert result.charged_micro == job.settlement["charged_micro"]
+    assert int(record["costMicro"]) == job.settlement["charged_micro"]
+    assert books.balance(escrow_account(job_id)) == 0
+    # Each transfer posted once: the client paid its charge, the provider its pay, no more.
+    paid_by = entries_of(books, client_account(net.client_id("cat")), job_id)
+    assert sorted(paid_by) == (["escrow", "refund"] if job.settlement["refunded_micro"]
+                               else ["escrow"]), paid_by
+    assert -sum(sum(a) for a in paid_by.values()) == job.settlement["charged_micro"]
+    paid_to = entries_of(books, provider_account("r-1"), job_id)
+    assert all(len(a) == 1 for a in paid_to.values()), paid_to
+    assert sum(sum(a) for a in paid_to.values()) == job.settlement["provider_paid_micro"]
+    assert held_gpus(net, ["r-1"]) == {}
+    if result.state != "SUCCEEDED":
+        # Known, open: the reset's new run hands attempt 1's execute to the provider again
+        # while the first run's process still runs (nothing tells the agent that run is
+        # gone): the command runs twice in one work directory, the second fails ("cannot
+        # create out.txt: Permission denied") and the job FAILS, charged for that run.
+        pytest.xfail(f"reset to the {point} task re-ran the running command: {result.reason}")
+
+
+def entries_of(books: Any, account: str, job_id: str) -> dict[str, list[int]]:
+    """The amounts an account posted for this job, by kind of transfer (escrow, pay...)."""
+    found: dict[str, list[int]] = {}
+    for e in books.repository.event_store.get(books.account(account).id):
+        if type(e).__name__ == "EntryPosted" and job_id in e.transfer_id:
+            found.setdefault(e.transfer_id.split(":")[0], []).append(e.amount_micro)
+    return found

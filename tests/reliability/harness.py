@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -160,7 +161,8 @@ class Cluster:
     procs: dict[str, Proc] = field(default_factory=dict)
     api_urls: dict[str, str] = field(default_factory=dict)
     nets: dict[str, Network] = field(default_factory=dict)
-    provider_key: str | None = None
+    provider_keys: dict[str, str] = field(default_factory=dict)  # owner -> its provider key
+    owners: dict[str, str] = field(default_factory=dict)  # provider id -> its owner
 
     @classmethod
     def create(cls, home: Path, temporal_address: str, extra_env: dict[str, str] | None = None,
@@ -177,6 +179,9 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
+        if settings.event_store == "postgres" and not env.get("GPGPU_TEMPORAL_PAYLOAD_KEYS"):
+            # Production's rule: processes on one PostgreSQL store share a given payload key.
+            env["GPGPU_TEMPORAL_PAYLOAD_KEYS"] = secrets.token_hex(32)
         return cls(home, temporal_address, settings, env)
 
     def _proc(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
@@ -212,14 +217,20 @@ class Cluster:
                    {"GPGPU_API_URL": self.api_urls[api]})
 
     def start_provider(self, provider_id: str, gpus: str, price: str = "1.0",
-                       api: str = "api") -> None:
-        if self.provider_key is None:  # the providers' owner, as tests/e2e/network.py has it
-            self.provider_key = self.net(api).api_key(PROVIDER_OWNER, ["provider"])
+                       api: str = "api", owner: str = PROVIDER_OWNER) -> None:
+        """A simulated provider that runs with a provider key of `owner` (a caller name of
+        tests/e2e/network.py, signed up with the provider role), which so owns it. A job's
+        replicas, checks and verifier run on providers of distinct owners."""
+        if owner not in self.provider_keys:
+            net = self.net(api)
+            net.sign_up(owner, ["provider"])
+            self.provider_keys[owner] = net.api_key(owner, ["provider"])
+        self.owners[provider_id] = owner
         self._proc(provider_id, [
             sys.executable, "-m", "worker_gpu", "--provider-id", provider_id,
             "--simulate", gpus, "--price", price,
             "--scratch", str(self.home / "providers" / provider_id),
-        ], {"GPGPU_API_URL": self.api_urls[api], "GPGPU_API_KEY": self.provider_key})
+        ], {"GPGPU_API_URL": self.api_urls[api], "GPGPU_API_KEY": self.provider_keys[owner]})
 
     def restart(self, name: str) -> None:
         """kill -9, then start again with the same arguments (an API waits until it answers)."""
