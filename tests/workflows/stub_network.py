@@ -53,6 +53,7 @@ class StubNetwork:
     liars: set[str] = field(default_factory=set)  # providers whose outputs differ
     answers: dict[str, str] = field(default_factory=dict)  # a provider's own output sha256
     exit_codes: dict[str, int] = field(default_factory=dict)  # a provider's command exits so
+    timeouts: set[str] = field(default_factory=set)  # providers whose command runs out of time
     verifier_exit: int = 0  # the client's verifier command exits so
     # A provider that stops answering during this GPU step (its heartbeats stop: Temporal
     # times the step out), or that never picks this step's assignment up.
@@ -160,6 +161,10 @@ class StubNetwork:
         async def mark_provider_lost(req: c.ProviderLost) -> None:
             await plain(c.MARK_PROVIDER_LOST)(req)
 
+        @activity.defn(name=c.RECORD_RUN_FAILED)
+        async def record_run_failed(req: c.RunFailed) -> None:
+            await plain(c.RECORD_RUN_FAILED)(req)
+
         @activity.defn(name=c.VERIFY_JOB)
         async def verify_job(req: c.VerifyRequest) -> c.Verdict:
             net._seen(c.VERIFY_JOB, req)
@@ -211,8 +216,9 @@ class StubNetwork:
             return c.CanaryPlan(False, "stub")
 
         return [admit_job, allocate_gpus, prepare_transfers, record_job_step, record_job_steps,
-                mark_provider_lost, verify_job, plan_check, settle_job, record_reputation,
-                release_gpus, release_run, record_unplaced, finish_job, plan_canary]
+                mark_provider_lost, record_run_failed, verify_job, plan_check, settle_job,
+                record_reputation, release_gpus, release_run, record_unplaced, finish_job,
+                plan_canary]
 
     # A provider's side (its assignments: on the workflow's own queue, named by provider_id)
 
@@ -246,6 +252,8 @@ class StubNetwork:
             if req.command == VERIFIER:
                 code = net.verifier_exit
                 return c.ExecuteResult(code, False, 500, 500, "rejected" if code else "fine")
+            if req.provider_id in net.timeouts:
+                return c.ExecuteResult(None, True, 60_000, 60_000, "killed at its timeout")
             code = net.exit_codes.get(req.provider_id, 0)
             return c.ExecuteResult(code, False, 1000, 1000, "ok")
 
@@ -253,6 +261,8 @@ class StubNetwork:
         async def upload_outputs(req: c.UploadRequest) -> c.UploadResult:
             net._seen(c.UPLOAD_OUTPUTS, req)
             await net._provider_side(c.UPLOAD_OUTPUTS, req.provider_id)
+            if req.provider_id in net.timeouts:
+                return c.UploadResult([], ["out.txt"])  # killed before it wrote anything
             sha = LIARS_SHA if req.provider_id in net.liars else HONEST_SHA
             sha = net.answers.get(req.provider_id, sha)
             return c.UploadResult([c.ManifestEntry("out.txt", f"k{req.attempt}", sha, 1)], [])
@@ -265,6 +275,8 @@ def majority(reports: list[c.ReplicaReport]) -> c.Verdict:
     is judged alone; several by the majority of their outputs; two that disagree leave it
     undecided (a third may decide), three with no majority fail the job."""
     def outcome(r: c.ReplicaReport) -> tuple[bool, str]:
+        if r.timed_out:
+            return False, "timed out after 60 s"
         if r.exit_code != 0:
             return False, f"the command exited with code {r.exit_code}"
         return True, "exit code 0, every output present and intact"

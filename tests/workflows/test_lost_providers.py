@@ -30,15 +30,14 @@ async def test_a_lost_provider_is_marked_and_the_run_moves_to_another(
     assert (result.state, result.provider_id) == ("SUCCEEDED", "p2"), result.reason
     (lost,) = net.called(c.MARK_PROVIDER_LOST)
     assert (lost.provider_id, lost.attempt) == ("p1", 1)
-    where = {c.STAGE_INPUTS: "stage", c.EXECUTE_JOB: "execute", c.UPLOAD_OUTPUTS: "upload"}
-    assert lost.reason == f"p1 stopped answering during {where[step]}"
+    assert lost.reason == f"p1 stopped answering during {step}"
     second = net.called(c.ALLOCATE_GPUS)[-1]
     assert (second.attempt, second.excluded_provider_ids) == (2, ["p1"])
     # Only the run that finished is judged, paid and released at the end.
     (verify,) = net.called(c.VERIFY_JOB)
     assert (verify.provider_id, verify.attempt, verify.others) == ("p2", 2, [])
     (settle,) = net.called(c.SETTLE_JOB)
-    assert (settle.provider_id, settle.pay_provider) == ("p2", True)
+    assert [p.provider_id for p in settle.payments or []] == ["p2"]
     assert [r.provider_id for r in net.called(c.RECORD_REPUTATION)] == ["p2"]
     assert [r.provider_id for r in net.called(c.RELEASE_GPUS)] == ["p2"]
 
