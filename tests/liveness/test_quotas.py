@@ -24,6 +24,7 @@ import websockets
 
 from infra.settings import Settings
 from tests.e2e.network import CREDITS_MICRO, Network, network
+from tests.support.graphql import SUBMIT
 from worker_gpu.joblog import JOB_LOG_KEPT_BYTES
 from worker_gpu.runtime_process import ProcessRuntime
 
@@ -38,8 +39,6 @@ KIB = 1024
 QUOTA = 1024 * KIB
 MAX_OBJECT = 256 * KIB
 ADDRESS_FAILURES = 4
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 
 
 @pytest.fixture(scope="module")
