@@ -19,7 +19,7 @@ up: install web sandbox-deps
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy domain readmodel workflows activities api worker_gpu infra client ops bench
+	$(VENV)/bin/mypy protocol domain readmodel workflows activities api worker_gpu infra client ops bench
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -25,6 +25,7 @@ from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from activities.guard import Callers, ours
 from infra import tracing
 from infra.assignments import AssignmentBoard
 from workflows import contracts as c
@@ -35,8 +36,8 @@ WATCH_INTERVAL_S = 1.0
 
 
 class AssignActivities:
-    def __init__(self, board: AssignmentBoard):
-        self.board = board
+    def __init__(self, board: AssignmentBoard, callers: Callers):
+        self.board, self.callers = board, callers
 
     def _assign(self, kind: str, request: Any, gpus: int) -> None:
         info = activity.info()
@@ -55,16 +56,19 @@ class AssignActivities:
         activity.raise_complete_async()
 
     @activity.defn(name=c.STAGE_INPUTS, no_thread_cancel_exception=True)
+    @ours
     def stage_inputs(self, request: c.StageRequest) -> c.StageResult:
         self._assign(c.STAGE_INPUTS, request, 0)
         raise AssertionError("unreachable")
 
     @activity.defn(name=c.EXECUTE_JOB, no_thread_cancel_exception=True)
+    @ours
     def execute_job(self, request: c.ExecuteRequest) -> c.ExecuteResult:
         self._assign(c.EXECUTE_JOB, request, len(request.gpu_indexes))
         raise AssertionError("unreachable")
 
     @activity.defn(name=c.UPLOAD_OUTPUTS, no_thread_cancel_exception=True)
+    @ours
     def upload_outputs(self, request: c.UploadRequest) -> c.UploadResult:
         self._assign(c.UPLOAD_OUTPUTS, request, 0)
         raise AssertionError("unreachable")

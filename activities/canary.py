@@ -18,14 +18,15 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.guard import Callers, ours
 from activities.verify import integrity_problems
 from domain.application import Network
 from domain.canary import judge_canary, new_seed, staged_inputs
 from domain.errors import DomainError, UnknownProvider
-from domain.spec import JobSpec
 from domain.verification import canary_rate
 from infra.settings import Settings
 from infra.storage import ObjectStore, StorageError, delete_each
+from protocol.spec import JobSpec
 from readmodel.schema import ViewDB
 from readmodel.telemetry import online_provider_ids
 from workflows import contracts as c
@@ -36,8 +37,10 @@ log = logging.getLogger(__name__)
 class CanaryActivities:
     def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
         self.network, self.views, self.store, self.settings = network, views, store, settings
+        self.callers = Callers(network)
 
     @activity.defn(name=c.PLAN_CANARY, no_thread_cancel_exception=True)
+    @ours
     def plan_canary(self, req: c.CanaryRequest) -> c.CanaryPlan:
         """Whether a canary follows this provider's accepted run: at its canary rate."""
         if not self.settings.canaries:
@@ -62,6 +65,7 @@ class CanaryActivities:
         )
 
     @activity.defn(name=c.START_CANARY, no_thread_cancel_exception=True)
+    @ours
     def start_canary(self, req: c.CanaryStartRequest) -> c.CanaryStart:
         """Submit the canary job to exactly this provider, reserve its GPUs, stage the program."""
         started = self.network.start_canary(
@@ -79,6 +83,7 @@ class CanaryActivities:
         )
 
     @activity.defn(name=c.CLOSE_CANARY, no_thread_cancel_exception=True)
+    @ours
     def close_canary(self, req: c.CanaryReport) -> c.CanaryResult:
         """Judge the run against the known answer and storage; pay, record, finish."""
         canary = self.network.canary(req.origin_job_id, req.provider_id)

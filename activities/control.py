@@ -19,16 +19,17 @@ from typing import Any, TypeVar, cast
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
+from activities.guard import Callers, ours
 from activities.scheduler import Scheduler
 from activities.verify import judge, output_key
 from domain.application import Network, Payment
 from domain.errors import DomainError
 from domain.job import Job
-from domain.spec import JobSpec, check_relative_path
 from domain.verification import check_rate, decide_check
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
 from infra.storage import ObjectNotFound, ObjectStore, StorageError, delete_each
+from protocol.spec import JobSpec, check_relative_path
 from readmodel.schema import ViewDB
 from readmodel.telemetry import online_provider_ids
 from workflows import contracts as c
@@ -120,35 +121,6 @@ def _busy(fn: F) -> F:
     return cast(F, bounded)
 
 
-def _ours(fn: F) -> F:
-    """Defence in depth for steps that only JobWorkflow takes: run as a local activity
-    inside the workflow (patch local-control-steps), or, for histories from before it,
-    scheduled by the job's own workflow (`job-<job_id>`, type JobWorkflow), which Temporal
-    runs once per id. A workflow started from outside, were Temporal ever reachable,
-    cannot settle or rate a job it is not. Called directly (tests, tools): allowed."""
-
-    @functools.wraps(fn)
-    def guarded(self: ControlActivities, req: Any) -> Any:
-        if activity.in_activity():
-            info = activity.info()
-            job_id = _job_of(req).split("#", 1)[0]
-            if not info.is_local and (info.workflow_type != "JobWorkflow"
-                                      or info.workflow_id != c.job_workflow_id(job_id)):
-                raise ApplicationError(
-                    f"{info.activity_type} runs only inside the network's own job workflows",
-                    type="NotOurWorkflow", non_retryable=True,
-                )
-        return fn(self, req)
-
-    return cast(F, guarded)
-
-
-def _job_of(req: Any) -> str:
-    if isinstance(req, c.JobSteps):
-        return req.steps[0].job_id if req.steps else ""
-    return str(getattr(req, "job_id", ""))
-
-
 # Every control step runs with no_thread_cancel_exception: a cancelled step (its
 # workflow's timeout or a cancel) finishes on its own; the cancel only stops anyone waiting
 # for it. Temporal would otherwise raise CancelledError inside the thread at any bytecode,
@@ -161,6 +133,7 @@ def _job_of(req: Any) -> str:
 class ControlActivities:
     def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
         self.network, self.views, self.store, self.settings = network, views, store, settings
+        self.callers = Callers(network)
         self.scheduler = Scheduler(network, self.online_provider_ids)
         self.busy = threading.BoundedSemaphore(BUSY_SLOTS)
 
@@ -168,7 +141,7 @@ class ControlActivities:
         return online_provider_ids(self.views, self.settings)
 
     @activity.defn(name=c.ADMIT_JOB, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def admit_job(self, req: c.JobInput) -> c.AdmitResult:
         try:
@@ -185,6 +158,7 @@ class ControlActivities:
         )
 
     @activity.defn(name=c.ALLOCATE_GPUS, no_thread_cancel_exception=True)
+    @ours
     def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
         """Wait in the job's queue for the scheduler to place this run (a few seconds a try)."""
         live = activity.in_activity()  # also called directly, by tests and tools
@@ -220,6 +194,7 @@ class ControlActivities:
         )
 
     @activity.defn(name=c.PREPARE_TRANSFERS, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def prepare_transfers(self, req: c.AllocateRequest) -> c.TransferPlan:
         """The run's grants (infra/signing.py): each for one key, bound to this job, attempt
@@ -261,7 +236,7 @@ class ControlActivities:
             # keeps a checkpoint, and a run after a lost provider starts from the last one.
             checkpoint = _checkpoint_plan(
                 self.store, self.settings, grants, job.allocations, req,
-                {i.name for i in inputs},
+                {i.name for i in inputs}, self.network.same_owner({provider_id}),
             )
             inputs += [
                 c.InputTransfer(f"{CHECKPOINT_DIR}/{e.path}", grants.get(e.key, e.sha256, e.size),
@@ -274,6 +249,7 @@ class ControlActivities:
         )
 
     @activity.defn(name=c.RECORD_JOB_STEP, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def record_job_step(self, step: c.JobStep) -> None:
         _live(self.network.job(step.job_id), step.step)
@@ -283,7 +259,7 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.RECORD_JOB_STEPS, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def record_job_steps(self, steps: c.JobSteps) -> None:
         """Facts about one job, in order, in one transaction."""
@@ -304,13 +280,25 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.MARK_PROVIDER_LOST, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def mark_provider_lost(self, req: c.ProviderLost) -> None:
         _live(self.network.job(req.job_id), "a provider's loss")
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
 
+    @activity.defn(name=c.RECORD_RUN_FAILED, no_thread_cancel_exception=True)
+    @ours
+    @_busy
+    def record_run_failed(self, req: c.RunFailed) -> None:
+        _live(self.network.job(req.job_id), "a provider's failure")
+        try:
+            self.network.run_failed(req.job_id, req.attempt, req.provider_id, req.reason)
+        except DomainError as err:
+            raise _refuse(err) from err
+        self.scheduler.wake()
+
     @activity.defn(name=c.VERIFY_JOB, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
         """Check each run's report against storage, the runs against each other, the outcome."""
@@ -319,7 +307,7 @@ class ControlActivities:
         spec = JobSpec.model_validate(job.spec)
         primary = c.ReplicaReport(
             req.attempt, req.provider_id, 0, req.exit_code, req.timed_out, 0, req.manifest,
-            req.missing,
+            req.missing, refused=req.refused,
         )
         reports = [primary, *req.others]
         verdict, winner = judge(
@@ -332,7 +320,7 @@ class ControlActivities:
         return verdict
 
     @activity.defn(name=c.PLAN_CHECK, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def plan_check(self, req: c.CheckRequest) -> c.CheckDecision:
         """The network's own check: replicate this run at a rate that falls with trust."""
@@ -349,6 +337,7 @@ class ControlActivities:
         return c.CheckDecision(run, f"check rate {rate:.2f} for {req.provider_id}")
 
     @activity.defn(name=c.RECORD_UNPLACED, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def record_unplaced(self, req: c.UnplacedRun) -> None:
         """The workflow gave up waiting for this run's GPUs: say so on the job, free any
@@ -361,6 +350,7 @@ class ControlActivities:
         self.scheduler.wake()
 
     @activity.defn(name=c.RELEASE_RUN, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def release_run(self, req: c.ReleaseRunRequest) -> None:
         """A run finished: its GPUs go back now, while the job verifies and settles."""
@@ -368,13 +358,14 @@ class ControlActivities:
         self.scheduler.wake()
 
     @activity.defn(name=c.SETTLE_JOB, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def settle_job(self, req: c.SettleRequest) -> c.Settlement:
         try:
             if req.payments is not None:
                 payments = [
-                    Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer)
+                    Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer,
+                            p.withheld)
                     for p in req.payments
                 ]
                 s = self.network.settle_many(req.job_id, payments, self.settings.protocol_fee_bps)
@@ -392,7 +383,7 @@ class ControlActivities:
         return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
 
     @activity.defn(name=c.RECORD_REPUTATION, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def record_reputation(self, req: c.ReputationRequest) -> None:
         try:
@@ -401,13 +392,14 @@ class ControlActivities:
             raise _refuse(err) from err
 
     @activity.defn(name=c.RELEASE_GPUS, no_thread_cancel_exception=True)
+    @ours
     @_busy
     def release_gpus(self, req: c.ReleaseRequest) -> None:
         self.network.release_gpus(req.job_id, req.provider_id)
         self.scheduler.wake()
 
     @activity.defn(name=c.FINISH_JOB, no_thread_cancel_exception=True)
-    @_ours
+    @ours
     @_busy
     def finish_job(self, req: c.FinishRequest) -> None:
         self.network.finish_job(req.job_id, req.succeeded, req.reason, req.cancelled)
@@ -432,8 +424,8 @@ class ControlActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.admit_job, self.allocate_gpus, self.prepare_transfers, self.record_job_step,
-            self.record_job_steps,
-            self.mark_provider_lost, self.verify_job, self.settle_job, self.record_reputation,
+            self.record_job_steps, self.mark_provider_lost, self.record_run_failed,
+            self.verify_job, self.settle_job, self.record_reputation,
             self.release_gpus, self.finish_job, self.plan_check, self.record_unplaced,
             self.release_run,
         ]
@@ -488,9 +480,13 @@ def checkpoint_slot_key(job_id: str, attempt: int, slot: int) -> str:
 
 def _checkpoint_plan(
     store: ObjectStore, settings: Settings, grants: Grants, allocations: dict[int, str],
-    req: c.AllocateRequest, taken: set[str],
+    req: c.AllocateRequest, taken: set[str], kin: set[str],
 ) -> c.CheckpointPlan:
-    """Grants for this run's checkpoint and, after a lost run, the last one to resume."""
+    """Grants for this run's checkpoint and, after a lost run, the last one to resume.
+
+    Only a checkpoint that a provider of this run's owner (`kin`: its providers) wrote is
+    resumed: another owner's lost provider could have uploaded anything through its own
+    grants, and this run's result, judged as its provider's, would be what it planted."""
     manifest_key = checkpoint_manifest_key(req.job_id, req.attempt)
     slots = []
     for n in range(2 * settings.checkpoint_max_files):
@@ -502,6 +498,10 @@ def _checkpoint_plan(
     # run's own grants (no client writes under jobs/): the first attempt has none.
     for earlier in range(req.attempt - 1, 0, -1):
         if earlier not in allocations:
+            continue
+        if allocations[earlier] not in kin:
+            log.info("job %s: attempt %d does not resume the checkpoint of attempt %d "
+                     "(another owner's provider)", req.job_id, req.attempt, earlier)
             continue
         try:
             resumed = _checkpoint_of(store, settings, grants.client_id, req.job_id, earlier)

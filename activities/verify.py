@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from domain.spec import JobSpec
 from domain.verification import Comparator, OutputFile, outvoted, quorum
 from infra.storage import ObjectNotFound, ObjectStore
+from protocol.spec import JobSpec
 from workflows import contracts as c
 
 TEXT_LIMIT = 1 << 20  # a numeric comparator reads outputs up to this size
@@ -58,7 +58,9 @@ def outcome(spec: JobSpec, report: c.ReplicaReport) -> tuple[bool, str]:
     if report.exit_code != 0:
         return False, f"the command exited with code {report.exit_code}"
     if report.missing:
-        return False, "declared outputs missing: " + ", ".join(report.missing)
+        why = "".join(f"; storage refused {p}: {report.refused[p][:c.MAX_REFUSAL_CHARS]}"
+                      for p in report.missing if p in report.refused)
+        return False, "declared outputs missing: " + ", ".join(report.missing) + why
     return True, "exit code 0, every output present and intact"
 
 

@@ -16,6 +16,7 @@ from activities.sweeper import Sweeper
 from domain.application import Network
 from infra import tracing
 from infra.assignments import AssignmentBoard
+from infra.payload_codec import PayloadKeyError
 from infra.process import run_service
 from infra.settings import Settings
 from infra.temporal import connect
@@ -45,7 +46,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
             workflows=[JobWorkflow, CanaryWorkflow],
             activities=activities.all() + CanaryActivities(
                 activities.network, activities.views, activities.store, settings
-            ).all() + AssignActivities(board).all(),
+            ).all() + AssignActivities(board, activities.callers).all(),
             activity_executor=executor,
             max_concurrent_activities=CONTROL_SLOTS,
             **tracing.worker_options(),
@@ -63,6 +64,10 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = Settings()
+    try:
+        settings.payload_keys  # noqa: B018 -- Temporal's payloads are encrypted with it
+    except PayloadKeyError as err:
+        raise SystemExit(f"error: {err}") from None
     tracing.setup(settings.tracing, "control-worker")
 
     async def serve(stop: asyncio.Event) -> None:

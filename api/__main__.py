@@ -8,12 +8,17 @@ import uvicorn
 
 from api.app import create_app
 from infra import tracing
+from infra.payload_codec import PayloadKeyError
 from infra.process import run_service
 from infra.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
+    try:
+        settings.payload_keys  # noqa: B018 -- Temporal's payloads are encrypted with it
+    except PayloadKeyError as err:
+        raise SystemExit(f"error: {err}") from None
     tracing.setup(settings.tracing, "api")
 
     async def serve(stop: asyncio.Event) -> None:

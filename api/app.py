@@ -28,6 +28,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from api import assignments, auth, json_body, metrics, storage
 from api.body_limit import BodyLimit
 from api.errors import refusal_text
+from api.multiplex import MultiplexedTransportWS
 from api.schema import schema
 from api.services import Services
 from api.types import Context
@@ -68,6 +69,9 @@ class WebUI(StaticFiles):
 
 
 class AuthorizedRouter(GraphQLRouter[Context, None]):
+    # Subscriptions' events are sent by api/multiplex.py's hub: once executed per group.
+    graphql_transport_ws_handler_class = MultiplexedTransportWS
+
     def decode_json(self, data: str | bytes) -> object:
         """Websocket messages: too deep a message closes the socket as bad JSON (4400)."""
         return json_body.loads(data)

@@ -5,8 +5,10 @@ that owns the provider (provider scope):
 
 - `GET  /provider/v1/providers/{pid}/assignments?wait_s=20`: long-poll (at most 25 s)
   for the provider's new assignments, each handed out once;
-- `POST .../assignments/{aid}/heartbeat` `{"details": {...}}`: alive; the answer
-  `{"cancel": true}` says the step was cancelled or is gone;
+- `POST .../assignments/{aid}/heartbeat` `{"details": {...}, "log": {"offset", "bytes",
+  "text"}}`: alive, with the run's next output (at most MAX_LOG_CHUNK_BYTES, stored for its
+  job's live log, api/joblog.py); the answer `{"cancel": true}` says the step was
+  cancelled or is gone;
 - `POST .../assignments/{aid}/complete` `{"result": {...}}`: the step's result, checked
   strictly against its request;
 - `POST .../assignments/{aid}/fail` `{"message", "type", "nonRetryable", "cancelled"}`:
@@ -40,6 +42,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import auth, json_body
 from api.services import Services
 from infra.assignments import Assignment, AssignmentBoard
+from readmodel.joblog import LogRefused
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ MAX_BODY_BYTES = 1 << 20
 MAX_DETAILS_BYTES = 16 << 10
 MAX_MESSAGE_CHARS = 4096
 MAX_LOG_TAIL_CHARS = 16 << 10
+MAX_LOG_CHUNK_BYTES = 16 << 10  # one chunk of a run's live log (worker_gpu/joblog.py)
+BEAT_EVERY_S = 2.0  # at most one Temporal heartbeat per assignment this often, per process
 MAX_COUNT = 1 << 53  # bytes, milliseconds: anything an int64 and a float both hold
 _TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 
@@ -72,6 +77,7 @@ class Dispatch:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
+        self._beaten: dict[str, float] = {}  # assignment -> its last heartbeat to Temporal
 
     def due_to_record(self, aid: str) -> bool:
         """Whether to write the assignment's last_seen_at (it only tells the lapsed from the
@@ -82,6 +88,19 @@ class Dispatch:
         if len(self._recorded) > 100_000:
             self._recorded.clear()
         self._recorded[aid] = now
+        return True
+
+    def due_to_beat(self, a: Assignment) -> bool:
+        """Whether to pass this heartbeat on to Temporal: the agent beats early to send its
+        job's output, and Temporal needs a beat every few seconds only (a cancel is heard
+        at the next one passed on)."""
+        every = min(BEAT_EVERY_S, a.heartbeat_timeout_s / 4)
+        now = time.monotonic()
+        if now - self._beaten.get(a.assignment_id, -every) < every:
+            return False
+        if len(self._beaten) > 100_000:
+            self._beaten.clear()
+        self._beaten[a.assignment_id] = now
         return True
 
     async def next(self, provider_id: str, wait_s: float) -> list[Assignment]:
@@ -180,8 +199,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class LogChunkIn(_Strict):
+    offset: int = Field(ge=0, le=MAX_COUNT)
+    bytes: int = Field(ge=0, le=MAX_LOG_CHUNK_BYTES)
+    text: str = Field(max_length=MAX_LOG_CHUNK_BYTES)
+
+
 class HeartbeatBody(_Strict):
     details: dict[str, Any] = Field(default_factory=dict)
+    log: LogChunkIn | None = None  # the run's next output (execute_job only)
+
+
+def _log_chunk(body: dict[str, Any], a: Assignment) -> None:
+    """413 for a chunk over the bound, 400 for one no run of this assignment can send."""
+    chunk = body.get("log")
+    if chunk is None:
+        return
+    if isinstance(chunk, dict):
+        size, text = chunk.get("bytes"), chunk.get("text")
+        if (isinstance(size, int) and size > MAX_LOG_CHUNK_BYTES) or (
+                isinstance(text, str) and len(text) > MAX_LOG_CHUNK_BYTES):
+            raise HTTPException(413, f"log: a chunk carries at most {MAX_LOG_CHUNK_BYTES} "
+                                     "bytes of output; send the rest in the next heartbeats")
+        if isinstance(size, int) and isinstance(text, str) and len(text) > size:
+            raise HTTPException(400, "log.text: longer than the bytes of output it stands for")
+    if a.kind != c.EXECUTE_JOB:
+        raise HTTPException(400, f"log: only a run has output; this assignment is {a.kind}")
+
+
+async def _store_log(services: Services, a: Assignment, chunk: LogChunkIn) -> None:
+    try:
+        await services.live_logs.append(
+            str(a.request.get("job_id", "")), int(a.request.get("attempt", 0)),
+            a.provider_id, chunk.offset, chunk.bytes, chunk.text)
+    except LogRefused as err:
+        raise HTTPException(400, str(err)) from None
 
 
 @router.post("/providers/{provider_id}/assignments/{aid}/heartbeat")
@@ -190,11 +242,17 @@ async def heartbeat(
 ) -> dict[str, bool]:
     await _owner(services, request, provider_id)
     a = await _assignment(board.board, provider_id, aid)
-    body = _parse(HeartbeatBody, await _body(request))
+    raw = await _body(request)
+    _log_chunk(raw, a)
+    body = _parse(HeartbeatBody, raw)
     if len(json.dumps(body.details)) > MAX_DETAILS_BYTES:
         raise HTTPException(413, f"details: larger than {MAX_DETAILS_BYTES} bytes")
     if not a.open:
-        return {"cancel": True}
+        return {"cancel": True}  # a finished run's output is not taken
+    if body.log is not None:
+        await _store_log(services, a, body.log)
+    if not board.due_to_beat(a):  # output comes often; Temporal hears every few seconds
+        return {"cancel": False}
     handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
     try:
         await handle.heartbeat(body.details)
@@ -237,6 +295,9 @@ class ManifestOut(_Strict):
 class UploadOut(_Strict):
     manifest: list[ManifestOut] = Field(max_length=1024)
     missing: list[str] = Field(max_length=1024)
+    # Outputs the store refused, with its answer (each also in `missing`).
+    refused: dict[str, Annotated[str, Field(max_length=c.MAX_REFUSAL_CHARS)]] = Field(
+        default_factory=dict, max_length=1024)
 
 
 class CompleteBody(_Strict):
@@ -288,9 +349,12 @@ def _result(a: Assignment, data: dict[str, Any], received_at: float) -> Any:
             raise HTTPException(400, f"result.missing: {p!r} was not asked for (or is "
                                      "reported twice)")
         seen.add(p)
+    for p in up.refused:
+        if p not in up.missing:
+            raise HTTPException(400, f"result.refused: {p!r} is not reported missing")
     return c.UploadResult(
         [c.ManifestEntry(m.path, m.key, m.sha256, m.size) for m in up.manifest],
-        list(up.missing),
+        list(up.missing), dict(up.refused),
     )
 
 

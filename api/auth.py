@@ -203,6 +203,12 @@ def can_read_job(caller: Caller | None, client_id: str, provider_id: str | None)
             or (caller.has("provider") and provider_id in caller.provider_ids))
 
 
+def can_read_job_log(caller: Caller | None, client_id: str) -> bool:
+    """A job's output is its owner's (and an admin's): not a provider's, whose check run
+    could copy what another provider's run printed."""
+    return caller is not None and (caller.admin or client_id == caller.client_id)
+
+
 def can_cancel_job(caller: Caller | None, client_id: str) -> bool:
     return caller is not None and (caller.admin or client_id == caller.client_id)
 
@@ -211,6 +217,13 @@ def can_manage_provider(caller: Caller | None, provider_id: str) -> bool:
     return caller is not None and (
         caller.admin or (caller.has("provider") and provider_id in caller.provider_ids)
     )
+
+
+def holds_provider_key(caller: Caller | None, provider_id: str) -> bool:
+    """The caller acts as the provider itself: a provider-scoped key (or session) of the
+    account that owns it. An admin is not the provider: what only the provider's agent
+    does (renew its run's grants) wants this, not can_manage_provider."""
+    return caller is not None and caller.has("provider") and provider_id in caller.provider_ids
 
 
 def can_watch_provider(caller: Caller | None, provider_id: str, nodes: set[str]) -> bool:

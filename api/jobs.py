@@ -16,8 +16,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.services import Services
 from domain.errors import DomainError
 from domain.node import split_queue
-from domain.spec import JobSpec, SpecError, parse_job_spec
 from infra.storage import ObjectNotFound, StorageError
+from protocol.spec import JobSpec, SpecError, parse_job_spec
 from workflows.contracts import JobInput, job_workflow_id
 from workflows.job import JobWorkflow
 from workflows.search_attributes import job_search_attributes

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import strawberry
 from strawberry.scalars import JSON
 
-from api import auth
+from api import auth, multiplex
 from api.errors import refused
 from api.jobs import queue_refusal, submit_job
 from api.limits import LIMIT_EXTENSIONS
@@ -27,11 +27,13 @@ from api.types import (
     ApiKey,
     ApiKeyCreated,
     BigInt,
+    Context,
     ExplainResult,
     FieldError,
     I,
     Job,
     JobEvent,
+    JobLogChunk,
     JobSubmitted,
     LedgerEntry,
     Node,
@@ -66,11 +68,11 @@ from domain.limits import (
     PROVIDER_GPUS,
     Bound,
 )
-from domain.money import credits_to_micro
 from domain.node import DEFAULT_NODE, check_name, split_queue
 from domain.provider import RUNTIMES, SANDBOXES
-from domain.spec import SpecError, parse_job_spec
 from domain.states import TERMINAL_EVENTS, TERMINAL_STATES
+from protocol.money import credits_to_micro
+from protocol.spec import SpecError, parse_job_spec
 from readmodel.telemetry import Heartbeat
 from workflows.contracts import job_workflow_id
 
@@ -233,7 +235,7 @@ class Query:
         caller = info.context.caller
         line = await info.context.line(name)
         out = []
-        for r in line.rows[: max(1, min(limit, 1000))]:
+        for n, r in enumerate(line.rows[: max(1, min(limit, 1000))]):
             resources = json.loads(r["spec"])["resources"]
             mine = caller is not None and r["client_id"] == caller.client_id
             out.append(QueuedJob(
@@ -242,6 +244,7 @@ class Query:
                 gpus=r["gpus"], gpu_model=resources.get("gpu_model"), priority=r["priority"],
                 waiting_since=r["submitted_at"],
                 expected_start=line.expected_start.get(r["job_id"]), mine=mine,
+                queue=name, rank=n,
             ))
         return out
 
@@ -656,11 +659,34 @@ def check_after(after: int) -> int:
     return max(after, 0)
 
 
+async def finished_rows(
+    services: Services, kind: str, key: str, after: int, terminal: tuple[str, ...]
+) -> list[dict[str, Any]] | None:
+    """For a stream that already holds one of its `terminal` events: what is after `after`
+    (maybe nothing: a client reconnecting after the last event); None while it goes on."""
+    if not terminal:
+        return None
+    marks = ", ".join("?" * len(terminal))
+    ended = await services.query(
+        f"SELECT max(seq) AS last, max(CASE WHEN type IN ({marks}) THEN 1 ELSE 0 END) AS done "
+        f"FROM {kind}_events "
+        f"WHERE {kind}_id = ?", (*terminal, key))
+    if not ended or not ended[0]["done"]:
+        return None
+    last = check_after(after)
+    if last > ended[0]["last"]:
+        raise ValueError(f"after: {kind} {key}'s last event is seq "
+                         f"{ended[0]['last']}; got {after}")
+    return await services.query(
+        f"SELECT * FROM {kind}_events WHERE {kind}_id = ? AND seq > ? ORDER BY seq", (key, last))
+
+
 async def follow_stream(
     services: Services, kind: str, key: str, after: int, terminal: tuple[str, ...] = (),
     still_allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """Every event of one job's or provider's history after `after`, in order, once each.
+    """Every event of one job's or provider's history after `after`, in order, once each,
+    for a subscriber with no websocket outlet (see api/multiplex.py for those).
 
     Rows the projection pushes are used as they come (the broadcaster keeps the recent
     ones, for a subscriber a few behind); a gap (this replica did not apply that batch,
@@ -672,19 +698,11 @@ async def follow_stream(
     sql = f"SELECT * FROM {kind}_events WHERE {kind}_id = ? AND seq > ? ORDER BY seq"
     stream, last = f"{kind}:{key}", check_after(after)
     wake = services.broadcaster.current()
-    if terminal:
-        marks = ", ".join("?" * len(terminal))
-        ended = await services.query(
-            f"SELECT max(seq) AS last, max(CASE WHEN type IN ({marks}) THEN 1 ELSE 0 END) AS done "
-            f"FROM {kind}_events "
-            f"WHERE {kind}_id = ?", (*terminal, key))
-        if ended and ended[0]["done"]:  # finished: the rest, then the end
-            if last > ended[0]["last"]:
-                raise ValueError(f"after: {kind} {key}'s last event is seq "
-                                 f"{ended[0]['last']}; got {after}")
-            for row in await services.query(sql, (key, last)):
-                yield row
-            return
+    finished = await finished_rows(services, kind, key, after, terminal)
+    if finished is not None:
+        for row in finished:
+            yield row
+        return
     rows = await services.query(sql, (key, last))
     while True:
         for row in rows:
@@ -698,7 +716,7 @@ async def follow_stream(
         # second in case another process runs the projection and no NOTIFY reaches us.
         done, _ = await asyncio.wait({wake}, timeout=1.0)
         if still_allowed is not None and not await still_allowed():
-            raise auth.Denied("unauthenticated: the session or API key was revoked or expired")
+            raise auth.Denied(multiplex.REVOKED)
         pushed = wake.result() if done else None
         wake = services.broadcaster.current()
         kept = services.broadcaster.recent(stream, last)
@@ -706,6 +724,33 @@ async def follow_stream(
             rows = await services.query(sql, (key, last))
         else:
             rows = kept
+
+
+async def live_rows(info: I, source: multiplex.Source, after: int) -> AsyncGenerator[Any, None]:
+    """The field's values for `source`'s events after `after`, until a terminal event.
+
+    Over our websocket handler the hub sends them itself (one execution per event for every
+    subscriber of the same document) and this yields nothing; elsewhere they are yielded."""
+    services, context = info.context.services, info.context
+    finished = await finished_rows(services, source.kind, source.key, after, source.terminal)
+    if finished is not None:
+        for row in finished:
+            yield source.value(row)
+        return
+    outlet = multiplex.OUTLET.get()
+    if outlet is not None:
+        await services.live.serve(outlet, info, source, check_after(after),
+                                  context.still_signed_in, context.token, Context(services))
+        return
+    rows = follow_stream(services, source.kind, source.key, after, source.terminal,
+                         context.still_signed_in)
+    async for row in rows:
+        yield source.value(row)
+
+
+def _provider_event(row: dict[str, Any]) -> ProviderEvent:
+    return ProviderEvent(seq=row["seq"], provider_id=row["provider_id"], type=row["type"],
+                         at=row["at"], data=json.loads(row["data"]))
 
 
 @strawberry.type
@@ -721,11 +766,29 @@ class Subscription:
         if await load_job(info, str(job_id)) is None:
             raise ValueError(f"jobId: no job {job_id} of yours")
         check_after(after)
+        source = multiplex.Source("job", str(job_id), JobEvent.from_row, TERMINAL_EVENTS)
         with info.context.services.subscription_of(info.context.caller):
-            rows = follow_stream(info.context.services, "job", str(job_id), after,
-                                 TERMINAL_EVENTS, info.context.still_signed_in)
-            async for row in rows:
-                yield JobEvent.from_row(row)
+            async for event in live_rows(info, source, after):
+                yield event
+
+    @strawberry.subscription(
+        description="The job's output as its runs print it, chunk by chunk after seq `after` "
+        "(0: from the first kept); ends once the job has ended and every chunk was sent. "
+        "The job's owner only",
+        permission_classes=[auth.SignedIn],
+    )
+    async def job_log(
+        self, info: I, job_id: strawberry.ID, after: int = 0
+    ) -> AsyncGenerator[JobLogChunk, None]:
+        services = info.context.services
+        rows = await services.query("SELECT client_id FROM jobs WHERE job_id = ?", (str(job_id),))
+        if not rows or not auth.can_read_job_log(info.context.caller, rows[0]["client_id"]):
+            raise ValueError(f"jobId: no job {job_id} of yours")
+        check_after(after)
+        with services.subscription_of(info.context.caller):
+            async for row in services.live_logs.follow(
+                    services.views, str(job_id), max(after, 0), info.context.still_signed_in):
+                yield JobLogChunk.from_row(row)
 
     @strawberry.subscription(
         description="A provider's status changes, reservations and reputation, after `after` "
@@ -742,14 +805,10 @@ class Subscription:
         if not await load_providers(services, provider_id):
             raise ValueError(f"providerId: no provider {provider_id!r}")
         check_after(after)
+        source = multiplex.Source("provider", provider_id, _provider_event)
         with services.subscription_of(info.context.caller):
-            rows = follow_stream(services, "provider", provider_id, after, (),
-                                 info.context.still_signed_in)
-            async for row in rows:
-                yield ProviderEvent(
-                    seq=row["seq"], provider_id=row["provider_id"], type=row["type"],
-                    at=row["at"], data=json.loads(row["data"]),
-                )
+            async for event in live_rows(info, source, after):
+                yield event
 
 
 schema = strawberry.Schema(

@@ -16,6 +16,8 @@ from typing import Any
 from temporalio.client import Client
 
 from api.auth import Authenticator, SignInThrottle
+from api.joblog import LiveLogs
+from api.multiplex import Hub
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.identity import Caller
@@ -168,9 +170,17 @@ class Services:
     sign_ins: SignInThrottle = field(init=False)
     # Live subscriptions per account (user id), in this process.
     open_subscriptions: dict[str, int] = field(default_factory=dict)
+    # Jobs' live logs: chunks from the providers, followed by subscribers (api/joblog.py).
+    live_logs: LiveLogs = field(init=False)
+    # Live subscriptions by stream, sharing each event's execution (api/multiplex.py).
+    live: Hub = field(init=False)
 
     def __post_init__(self) -> None:
+        self.live = Hub(self.query, self.broadcaster.recent,
+                        lambda: asyncio.to_thread(self.projector.position))
+        self.broadcaster.listeners.append(self.live.advanced)
         self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)
+        self.live_logs = LiveLogs(self.telemetry_views or self.views)
         self.sign_ins = SignInThrottle(
             self.telemetry_views or self.views,
             max_source_failures=self.settings.sign_in_max_failures_per_address)

@@ -70,8 +70,9 @@ def run_refusal(services: Services, grant: Grant) -> str | None:
         return f"job {grant.job_id} has ended ({job.state})"
     if job.allocations.get(grant.attempt) != grant.provider_id:
         return f"attempt {grant.attempt} of job {grant.job_id} is not {grant.provider_id}'s"
-    if f"ProviderLost:{grant.attempt}" in job.recorded:
-        return f"attempt {grant.attempt} of job {grant.job_id} has ended (its provider was lost)"
+    if job.ran_elsewhere(grant.attempt):
+        return (f"attempt {grant.attempt} of job {grant.job_id} has ended (its provider was "
+                "lost or failed it)")
     if grant.method == "PUT" and f"outputs_uploaded:{grant.attempt}" in job.recorded:
         return f"attempt {grant.attempt} of job {grant.job_id} has reported its outputs"
     return None
@@ -111,6 +112,22 @@ async def authorise(
         raise HTTPException(
             403, f"{key}: keys under {RESERVED_PREFIX!r} are written by the network's runs only"
         )
+
+
+async def grant_holder(services: Services, provider_id: str, authorization: str | None) -> None:
+    """401 without a valid token; 403 unless it is a provider key of the grant's provider's
+    owner (asked again once: a provider registered through another replica just now)."""
+    token = auth.bearer(authorization)
+    caller = await services.auth.authenticate(token)
+    if caller is None:
+        raise HTTPException(401, "unauthenticated: a grant is renewed with its provider's key"
+                                 " (Authorization: Bearer <API key>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not auth.holds_provider_key(caller, provider_id):
+        caller = await services.auth.authenticate(token, fresh=True)
+        if not auth.holds_provider_key(caller, provider_id):
+            raise HTTPException(403, f"grant refused: only provider {provider_id!r}'s own key"
+                                     " renews its grants")
 
 
 def _storage_error(err: StorageError) -> HTTPException:
@@ -215,9 +232,12 @@ async def renew_grant(
     services: ServicesDep,
     sig: str,
     x_grant_method: Annotated[str, Header()] = "GET",
+    authorization: Authorization = None,
 ) -> dict[str, object]:
     """The same grant with a fresh deadline (now + grant_max_s), while its run is live: a run
-    longer than a grant renews its grants as it goes. An ended run's grant is refused."""
+    longer than a grant renews its grants as it goes. An ended run's grant is refused, and
+    only the provider the grant was made for renews it (its own provider key): a grant
+    that leaked from a provider, a log or a history is good until it expires, no longer."""
     method = x_grant_method.upper()
     if method not in METHODS:
         raise HTTPException(400, f"X-Grant-Method: {x_grant_method!r} is not one of GET, PUT")
@@ -227,6 +247,7 @@ async def renew_grant(
         check(settings.signing_secret, grant, sig, grant.expires, settings.grant_max_s)
     except GrantRefused as err:
         raise HTTPException(403, f"grant refused: {err}") from None
+    await grant_holder(services, grant.provider_id, authorization)
     refusal = await asyncio.to_thread(run_refusal, services, grant)
     if refusal is not None:
         raise HTTPException(403, f"grant refused: {refusal}")

@@ -17,12 +17,13 @@ from strawberry.types import Info
 
 from api import auth
 from api.services import Services
+from api.waiting import verifying_reasons
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
-from domain.money import cost_of_gpu_time, micro_to_credits
 from domain.node import DEFAULT_NODE
 from domain.reputation import Reputation, reputation
-from domain.spec import JobSpec
+from protocol.money import cost_of_gpu_time, micro_to_credits
+from protocol.spec import JobSpec
 from readmodel.queue import EXPECTED_START, QueueLine, iso_time, queue_line
 from readmodel.telemetry import online_provider_ids, recent_samples
 
@@ -187,6 +188,24 @@ class JobEvent:
 EVENTS_SQL = "SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq"
 
 
+@strawberry.type(description="A piece of a job's output as its run printed it (api/joblog.py)")
+class JobLogChunk:
+    seq: int = strawberry.field(description="the order in the job's log; resume after it")
+    attempt: int = strawberry.field(description="the run that printed it")
+    provider_id: str
+    at: str
+    text: str = strawberry.field(description="the output, not always whole lines")
+    skipped_bytes: BigInt = strawberry.field(
+        description="output of this run before this chunk that is not shown: passed over "
+        "by its provider or trimmed to keep the log within its bound (0: none)")
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobLogChunk:
+        return cls(seq=row["seq"], attempt=row["attempt"], provider_id=row["provider_id"],
+                   at=iso_time(float(row["at"])), text=row["text"],
+                   skipped_bytes=BigInt(row["skipped"]))
+
+
 @strawberry.type
 class ProviderEvent:
     seq: int
@@ -227,6 +246,9 @@ class Node:
     queues: list[Queue]
 
 
+WAITING_REASONS_SHOWN = 20  # each is a match over the node's providers
+
+
 @strawberry.type
 class QueuedJob:
     position: int
@@ -238,6 +260,17 @@ class QueuedJob:
     waiting_since: str
     expected_start: str | None = strawberry.field(description=EXPECTED_START)
     mine: bool
+    queue: strawberry.Private[str]
+    rank: strawberry.Private[int]  # 0 for the first in line
+
+    @strawberry.field(
+        description=f"what it waits for, in words (as Job.waitingFor); for the first "
+        f"{WAITING_REASONS_SHOWN} in line, empty further down")
+    async def waiting_for(self, info: I) -> list[str]:
+        if self.rank >= WAITING_REASONS_SHOWN:
+            return []
+        line = await info.context.line(self.queue)
+        return await waiting_reasons(info.context.services, self.job_id, self.queue, line)
 
 
 @strawberry.type
@@ -285,9 +318,12 @@ class Job:
     @strawberry.field(
         description="While QUEUED, what it waits for, in words: the queue's per-client cap, "
         "every reason each provider of its node cannot take it now, the jobs ahead of it; "
-        "empty otherwise"
+        "while VERIFYING, the step it is on or the further run (check, tie-break, verifier) "
+        "waiting for GPUs and why; empty otherwise"
     )
     async def waiting_for(self, info: I) -> list[str]:
+        if self.state == "VERIFYING":
+            return await verifying_reasons(info.context.services.temporal, str(self.id))
         if self.state != "QUEUED":
             return []
         line = await info.context.line(self.queue)
@@ -397,7 +433,12 @@ class Provider:
 class ProviderEarnings:
     provider_id: str
     balance_micro: BigInt
-    earned_micro: BigInt = strawberry.field(description="paid for verified work, ever")
+    earned_micro: BigInt = strawberry.field(
+        description="paid for GPU time, ever: verified work, the network's checks, and the "
+        "time used by jobs that were cancelled or failed")
+    verified_micro: BigInt = strawberry.field(
+        description="paid for verified work, ever: runs of jobs whose results were checked "
+        "and accepted (the job succeeded)")
     withdrawn_micro: BigInt
     entries: list[LedgerEntry] = strawberry.field(description="newest first")
 
@@ -626,6 +667,13 @@ async def load_earnings(services: Services, provider_id: str, limit: int) -> Pro
         " THEN -amount_micro ELSE 0 END), 0) AS withdrawn FROM ledger_entries WHERE account = ?",
         (account,),
     )
+    # A payment's transfer is pay:<job id>:<provider id> (domain/application.py settle_many).
+    verified = await services.query(
+        "SELECT COALESCE(SUM(e.amount_micro), 0) AS verified FROM ledger_entries e"
+        " JOIN jobs j ON j.job_id = substr(e.transfer_id, 5, length(e.transfer_id) - 5 - ?)"
+        " WHERE e.account = ? AND e.kind = 'payment' AND j.state = 'SUCCEEDED'",
+        (len(provider_id), account),
+    )
     balance = await services.query(
         "SELECT balance_micro FROM accounts WHERE name = ?", (account,)
     )
@@ -637,6 +685,7 @@ async def load_earnings(services: Services, provider_id: str, limit: int) -> Pro
         provider_id=provider_id,
         balance_micro=BigInt(balance[0]["balance_micro"] if balance else 0),
         earned_micro=BigInt(totals[0]["earned"]), withdrawn_micro=BigInt(totals[0]["withdrawn"]),
+        verified_micro=BigInt(verified[0]["verified"]),
         entries=[ledger_entry(r) for r in rows],
     )
 

@@ -11,6 +11,8 @@ Figures, one JSON line each on stdout (progress goes to stderr):
 - subscriber_latency_p50_ms / _p99_ms {subscribers}: from the moment `save`
   returns in this process to the moment each websocket subscriber of the real
   API process reads the event, over every (subscriber, event) pair.
+- own_job_latency_p50_ms / _p99_ms and idle_subscription_kib: many subscribers,
+  each following its own job (bench/subscribers.py says how they are measured).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from eventsourcing.domain import Aggregate
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
+from bench import subscribers as many
 from client.subscription import SUBPROTOCOL, JobEventsSession
 from domain.application import Network
 from domain.job import Job
@@ -51,11 +54,12 @@ from domain.ledger import (
     provider_account,
     transfer,
 )
-from domain.money import cost_of_gpu_time
 from domain.provider import Provider
-from domain.spec import JobSpec
+from domain.states import TERMINAL_EVENTS
 from infra.settings import Settings
 from ops.devstack import Stack, free_port, temporal_dev_args, wait_for_http
+from protocol.money import cost_of_gpu_time
+from protocol.spec import JobSpec
 from readmodel.projector import Projector
 from readmodel.schema import ViewDB
 
@@ -67,7 +71,7 @@ PRICE_MICRO = 2_500_000
 GPU_MS = 60_000
 FEE_BPS = 500
 STARTING_BALANCE_MICRO = 100_000_000
-PARTS = ("append", "rebuild", "latency")
+PARTS = ("append", "rebuild", "latency", "own_jobs", "idle")
 
 
 def say(message: str) -> None:
@@ -488,6 +492,30 @@ def measure_latency(workdir: Path, subscribers: int, events: int,
             network.close()
 
 
+def measure_idle(workdir: Path, n: int) -> float:
+    """Bytes of the API's memory per idle subscription, each on its own job and websocket."""
+    with api_processes(workdir / "idle") as stack:
+        settings = stack.settings
+        api_pid = next(c.proc.pid for c in stack.children if c.name == "api")
+        network = Network(env=settings.eventsourcing_env())
+        try:
+            token, client_id = sign_up(settings.api_url)
+            job_ids = [str(uuid.uuid4()) for _ in range(n)]
+            for job_id in job_ids:
+                network.submit_job(job_id, client_id, SPEC)
+            wait_for_job(settings.api_url, job_ids[-1], token, 120)
+            url = f"ws://127.0.0.1:{settings.api_port}/graphql"
+            return asyncio.run(many.idle_growth(url, token, job_ids, api_pid))
+        finally:
+            network.close()
+
+
+def measure_own_jobs(workdir: Path, args: argparse.Namespace) -> many.OwnJobsResult:
+    return asyncio.run(many.own_jobs(
+        workdir / "own-jobs", args.own_jobs, args.providers, args.gpus, clients=10,
+        submitters=16, cpu_seconds=cpu_seconds, terminal=frozenset(TERMINAL_EVENTS)))
+
+
 # Entry point
 
 
@@ -500,6 +528,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--interval-ms", type=float, default=20.0, help="between those events (20)")
     p.add_argument("--single", type=int, help="events appended one per save (2000)")
     p.add_argument("--batched", type=int, help="events appended 100 per save (50000)")
+    p.add_argument("--own-jobs", type=int, help="jobs, each followed by its own subscriber, "
+                   "run by a real network (1000)")
+    p.add_argument("--providers", type=int, default=2, help="its simulated providers (2)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per provider (8)")
+    p.add_argument("--idle", type=int, help="idle subscriptions whose memory is measured (1000)")
     p.add_argument("--skip-postgres", action="store_true", help="SQLite only")
     p.add_argument("--only", action="append", choices=PARTS, help="run just this part")
     p.add_argument("--quick", action="store_true", help="small sizes, for tests")
@@ -509,6 +542,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.latency_events = args.latency_events or (20 if quick else 200)
     args.single = args.single or (100 if quick else 2_000)
     args.batched = args.batched or (1_000 if quick else 50_000)
+    args.own_jobs = args.own_jobs or (20 if quick else 1_000)
+    args.idle = args.idle or (50 if quick else 1_000)
     args.only = args.only or list(PARTS)
     return args
 
@@ -552,5 +587,22 @@ def main(argv: list[str]) -> int:
                 emit(f"subscriber_latency_p{p}_ms", percentile(ms, p), "ms",
                      subscribers=args.subscribers, events=args.latency_events,
                      interval_ms=args.interval_ms)
+        if "own_jobs" in args.only:
+            say(f"own jobs: {args.own_jobs} jobs, each followed by its own subscriber")
+            own = measure_own_jobs(workdir, args)
+            ms = own.ms
+            say(f"  {len(ms)} deliveries: mean {sum(ms) / len(ms):.1f} ms, max {max(ms):.1f} ms; "
+                f"{own.jobs_per_s:.1f} jobs/s; API CPU {own.api_cpu_ms_per_event:.2f} ms "
+                f"per event delivered")
+            for p in (50, 99):
+                emit(f"own_job_latency_p{p}_ms", percentile(ms, p), "ms",
+                     subscribers=args.own_jobs, most_live=own.most_live, events=len(ms),
+                     jobs_per_s=round(own.jobs_per_s, 1),
+                     api_cpu_ms_per_event=round(own.api_cpu_ms_per_event, 2))
+        if "idle" in args.only:
+            say(f"idle: {args.idle} subscriptions, each on its own job and websocket")
+            per = measure_idle(workdir, args.idle)
+            emit("idle_subscription_kib", per / 1024, "KiB", subscribers=args.idle,
+                 websocket_each=True)
     say(f"done in {time.perf_counter() - started:.0f} s")
     return 0

@@ -97,7 +97,7 @@ def join_providers(network: Network, providers: int, gpus_each: int, rng: random
 def queue_jobs(network: Network, jobs: int, clients: int, rng: random.Random) -> list[str]:
     """Jobs submitted and admitted (escrow moved), in batches (setup, not timed)."""
     from domain.job import Job
-    from domain.spec import parse_job_spec
+    from protocol.spec import parse_job_spec
 
     accounts = {}
     for c in range(clients):

@@ -894,7 +894,11 @@ async def run(args: argparse.Namespace, home: Path) -> None:
     procs = Processes(home)
     try:
         procs.start_temporal()
-        temporal = await Client.connect(procs.temporal_address)
+        # Our jobs' payloads are encrypted (infra/payload_codec.py): read their results with
+        # the network's key. The baseline's plain workflows go through a plain client.
+        temporal = await Client.connect(procs.temporal_address,
+                                        data_converter=procs.settings.temporal_converter())
+        plain = await Client.connect(procs.temporal_address)
         say(f"pipeline: our network on {opts.providers} providers")
         ours, warm, timed = await measure_pipeline(procs, temporal, opts)
         kinds = warm[0].kinds
@@ -905,8 +909,8 @@ async def run(args: argparse.Namespace, home: Path) -> None:
         queues = [r.gpu_queue for r in ours.runs]
         # As the issue defines it: one plain activity per step. Then like for like: a local
         # activity where ours ran one, which shows what our own work per step costs.
-        base = await measure_baseline(procs, temporal, opts, plain_kinds(kinds), queues, "plain")
-        same = await measure_baseline(procs, temporal, opts, kinds, queues, "same-kinds")
+        base = await measure_baseline(procs, plain, opts, plain_kinds(kinds), queues, "plain")
+        same = await measure_baseline(procs, plain, opts, kinds, queues, "same-kinds")
     except BaseException:
         procs.log_tails()
         raise

@@ -371,7 +371,7 @@ def audit(soak: Soak, log: EventLog, ended: dict[str, Any], grace_s: float) -> l
     if twice:
         failures.append(f"{len(twice)} jobs ended more than once: {list(twice.items())[:3]}")
 
-    from domain.spec import parse_duration
+    from protocol.spec import parse_duration
 
     over = overruns(log, ended, soak.submitted, lambda p: parse_duration(p.spec["timeout"]))
     worst = max(over, key=lambda j: over[j], default=None)

@@ -49,10 +49,10 @@ from typing import Any
 import httpx
 
 from domain.application import Network
-from domain.spec import parse_job_spec
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
 from ops.devstack import ROOT, Stack, free_port, temporal_dev_args, wait_for_http
+from protocol.spec import parse_job_spec
 from worker_gpu.transfer import download_verified, sha256_file, upload_file
 
 BACKENDS = ("filesystem", "s3")

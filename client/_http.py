@@ -22,7 +22,7 @@ from client.errors import (
     SpecRejectedError,
 )
 from client.models import Account, Job, Node, Provider, ProviderEarnings, QueuedJob, User
-from domain.money import credits_to_micro
+from protocol.money import credits_to_micro
 
 CHUNK = 1 << 20
 ByteProgress = Callable[[int, int | None], None]  # (bytes done, total if known)

@@ -1,57 +1,44 @@
-"""The asyncio SDK: `AsyncGpgpuClient`, the same calls and results as `GpgpuClient`."""
+"""The asyncio SDK: `AsyncGpgpuClient`, the calls of client/calls.py over httpx.AsyncClient
+(blocking local work in a thread), and a job's events over a graphql-transport-ws websocket:
+the same methods, parameters and results as `GpgpuClient`, awaited.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
-from client import _http, queries
-from client._http import (
-    CHUNK,
-    ByteProgress,
-    FileProgress,
-    PartFile,
-    bind_progress,
-    file_sha256,
-)
+from client import _http
+from client._http import CHUNK, PartFile
+from client.calls import Calls, GetFile, Http, PutFile, Query, Step, Steps
 from client.config import (
     SHA256_HEADER,
     auth_headers,
     graphql_ws_url,
     resolve_api_url,
     resolve_token,
-    storage_url,
 )
-from client.errors import ApiError, ApiUnreachable, GpgpuError, SpecRejectedError
-from client.models import (
-    Account,
-    Job,
-    JobEvent,
-    Node,
-    Provider,
-    ProviderEarnings,
-    QueuedJob,
-    StoredObject,
-    User,
-)
-from client.specfile import plan_spec_file
+from client.errors import ApiError, ApiUnreachable
+from client.models import JobEvent, JobLogChunk, StoredObject
 from client.subscription import (
     RECONNECT_WINDOW_S,
     SUBPROTOCOL,
     JobEventsSession,
+    JobLogSession,
     backoff_s,
     close_error,
 )
 
+T = TypeVar("T")
 
-class AsyncGpgpuClient:
+
+class AsyncGpgpuClient(Calls):
     def __init__(
         self,
         api_url: str | None = None,
@@ -83,146 +70,106 @@ class AsyncGpgpuClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _request(self, method: str, url: str, what: str = "", **kw: Any) -> httpx.Response:
+    # -- the transport: each step of a call, done with httpx.AsyncClient ------
+
+    _http: httpx.AsyncClient
+
+    def _serve(self, steps: Callable[..., Steps[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
+        async def run(*args: Any, **kwargs: Any) -> T:
+            return await self._drive(steps(self, *args, **kwargs))
+
+        return run
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        answer: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = steps.send(answer) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                answer, error = await self._do(step), None
+            except Exception as err:  # handed to the call, which may catch it
+                answer, error = None, err
+
+    async def _do(self, step: Step) -> Any:
         try:
-            resp = await self._http.request(method, url, **kw)
+            if isinstance(step, Query):
+                resp = await self._http.post(
+                    f"{self.api_url}/graphql",
+                    json={"query": step.document, "variables": step.variables})
+                return _http.graphql_data(resp.status_code, resp.content)
+            if isinstance(step, Http):
+                resp = await self._http.request(step.method, step.url, params=step.params)
+                _http.check_status(resp.status_code, resp.content, step.what)
+                return resp
+            if isinstance(step, PutFile):
+                return await self._put_file(step)
+            if isinstance(step, GetFile):
+                return await self._get_file(step)
+            return await asyncio.to_thread(step.fn, *step.args)
         except httpx.TransportError as err:
             raise _http.transport_error(self.api_url, err) from None
-        _http.check_status(resp.status_code, resp.content, what)
+
+    async def _put_file(self, step: PutFile) -> httpx.Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            done = 0
+            with step.local.open("rb") as f:
+                while chunk := await asyncio.to_thread(f.read, CHUNK):
+                    done += len(chunk)
+                    yield chunk
+                    if step.progress is not None:
+                        step.progress(done, step.size)
+
+        if step.progress is not None:
+            step.progress(0, step.size)
+        resp = await self._http.put(step.url, content=chunks(), headers={
+            SHA256_HEADER: step.sha256, "Content-Length": str(step.size)})
+        _http.check_status(resp.status_code, resp.content)
         return resp
 
-    async def _graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            resp = await self._http.post(
-                f"{self.api_url}/graphql", json={"query": query, "variables": variables or {}}
-            )
-        except httpx.TransportError as err:
-            raise _http.transport_error(self.api_url, err) from None
-        return _http.graphql_data(resp.status_code, resp.content)
+    async def _get_file(self, step: GetFile) -> StoredObject:
+        async with self._http.stream("GET", step.url) as resp:
+            if resp.status_code >= 400:
+                body = await resp.aread()
+                _http.check_status(resp.status_code, body, f"object {step.key!r}")
+            promised = resp.headers.get(SHA256_HEADER)
+            if not promised:
+                raise ApiError(resp.status_code, f"{step.key}: the API sent no {SHA256_HEADER}")
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            part = PartFile(step.dest)
+            try:
+                async for chunk in resp.aiter_bytes(CHUNK):
+                    part.write(chunk)
+                    if step.progress is not None:
+                        step.progress(part.size, total)
+                promises = [promised, *([step.expected_sha256] if step.expected_sha256 else [])]
+                sha = part.commit(step.key, promises)
+            except BaseException:
+                part.discard()
+                raise
+        return StoredObject(key=step.key, size=part.size, sha256=sha)
 
-
-    # -- accounts ---------------------------------------------------------
-
-    async def _space(self) -> str:
-        """The storage space calls act on: the one given, else the caller's own client id."""
-        if self.client_id is None:
-            self.client_id = _http.own_space(await self._graphql(queries.ME))
-        return self.client_id
-
-    async def me(self) -> User | None:
-        found = (await self._graphql(queries.ME)).get("me")
-        return None if found is None else User.from_json(found)
-
-    async def sign_in(self, email: str, password: str) -> tuple[str, User]:
-        data = await self._graphql(queries.SIGN_IN, {"email": email, "password": password})
-        token, user = _http.parse_session(data, "signIn")
-        self._use(token)
-        return token, user
-
-    def _use(self, token: str) -> None:
-        self.token = token
-        self._http.headers.update(auth_headers(token))
-
-    async def change_password(self, current: str, new: str) -> tuple[str, User]:
-        data = await self._graphql(queries.CHANGE_PASSWORD, {"current": current, "new": new})
-        token, user = _http.parse_session(data, "changePassword")
-        self._use(token)
-        return token, user
-
-    async def reset_password(self, email: str) -> str:
-        data = await self._graphql(queries.RESET_PASSWORD, {"email": email})
-        return str(data["resetPassword"])
-
-    async def add_roles(self, roles: list[str]) -> User:
-        data = await self._graphql(queries.ADD_ROLES, {"roles": roles})
-        return User.from_json(data["addRoles"])
-
-    async def revoke_role(self, email: str, role: str) -> User:
-        data = await self._graphql(queries.REVOKE_ROLE, {"email": email, "role": role})
-        return User.from_json(data["revokeRole"])
-
-    async def submit_job(self, spec: dict[str, Any]) -> Job:
-        return _http.parse_submit(await self._graphql(queries.SUBMIT_JOB, {"spec": spec}))
-
-    async def job(self, job_id: str) -> Job:
-        return _http.parse_job(await self._graphql(queries.JOB, {"id": job_id}), job_id)
-
-    async def cancel_job(self, job_id: str) -> Job:
-        data = await self._graphql(queries.CANCEL_JOB, {"id": job_id})
-        return Job.from_json(data["cancelJob"])
-
-    async def jobs(self, limit: int = 50) -> list[Job]:
-        return _http.parse_jobs(await self._graphql(queries.JOBS, {"limit": limit}))
-
-    async def account(self) -> Account:
-        return _http.parse_account(await self._graphql(queries.ACCOUNT))
-
-    async def providers(self) -> list[Provider]:
-        return _http.parse_providers(await self._graphql(queries.PROVIDERS))
-
-    # -- providers' own controls and nodes --------------------------------
-
-    async def provider(self, provider_id: str, samples: int = 0) -> Provider:
-        """One provider, with its GPUs' status and its last `samples` telemetry readings."""
-        data = await self._graphql(queries.PROVIDER, {"id": provider_id, "samples": samples})
-        return _http.parse_provider(data, "provider", provider_id)
-
-    async def provider_earnings(self, provider_id: str, limit: int = 100) -> ProviderEarnings:
-        data = await self._graphql(
-            queries.PROVIDER_EARNINGS, {"id": provider_id, "limit": limit}
-        )
-        return _http.parse_earnings(data)
-
-    async def suspend_gpu(self, provider_id: str, index: int) -> Provider:
-        """Take a GPU out of service: no new work; a job on it finishes."""
-        data = await self._graphql(queries.SUSPEND_GPU, {"id": provider_id, "index": index})
-        return _http.parse_provider(data, "suspendGpu", provider_id)
-
-    async def resume_gpu(self, provider_id: str, index: int) -> Provider:
-        data = await self._graphql(queries.RESUME_GPU, {"id": provider_id, "index": index})
-        return _http.parse_provider(data, "resumeGpu", provider_id)
-
-    async def set_price(self, provider_id: str, credits: str | int | float) -> Provider:
-        """The provider's price per GPU-hour, in credits ("2.5"), for jobs placed from now."""
-        variables = {"id": provider_id, "price": _http.price_text(credits)}
-        data = await self._graphql(queries.SET_PRICE, variables)
-        return _http.parse_provider(data, "setPrice", provider_id)
-
-    async def nodes(self) -> list[Node]:
-        return _http.parse_nodes(await self._graphql(queries.NODES))
-
-    async def configure_queue(
-        self,
-        node_id: str,
-        name: str,
-        gpu_models: list[str],
-        priority_levels: int = 1,
-        max_gpus_per_client: int = 0,
-        fair_share: bool = True,
-    ) -> None:
-        """Create or change a queue (every setting: what is left out takes its default)."""
-        await self._graphql(queries.CONFIGURE_QUEUE, _http.queue_variables(
-            node_id, name, gpu_models, priority_levels, max_gpus_per_client, fair_share
-        ))
-
-    async def queue(self, name: str = "local/default", limit: int = 100) -> list[QueuedJob]:
-        """A queue's waiting jobs in the order the scheduler places them."""
-        return _http.parse_queue(await self._graphql(queries.QUEUE, {"name": name, "limit": limit}))
-
-    async def submit_spec_file(self, path: str | Path, progress: FileProgress | None = None) -> Job:
-        plan = await asyncio.to_thread(plan_spec_file, Path(path))
-        for item in plan.uploads:
-            await self.upload(item.local, item.key, bind_progress(progress, item.key))
-        try:
-            return await self.submit_job(plan.spec)
-        except SpecRejectedError as err:
-            raise err.with_source(str(path)) from None
+    # -- a job's events, over a websocket -------------------------------------
 
     async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
         """Every event of the job with seq > after, in order, until its terminal event.
 
         A dropped connection is reopened, resuming after the last event seen.
         """
+        async for event in self._follow(job_id, after, JobEventsSession):
+            yield event
+
+    async def follow_log(self, job_id: str, after: int = 0) -> AsyncIterator[JobLogChunk]:
+        """The job's output as its runs print it, chunk by chunk after seq `after`, until
+        the job has ended (the job's owner only); resumes as `follow` does."""
+        async for chunk in self._follow(job_id, after, JobLogSession):
+            yield chunk
+
+    async def _follow(self, job_id: str, after: int, kind: type[JobEventsSession]
+                      ) -> AsyncIterator[Any]:
         uri = graphql_ws_url(self.api_url)
         last = after
         down_since: float | None = None
@@ -238,7 +185,7 @@ class AsyncGpgpuClient:
                     open_timeout=10,
                 ) as ws:
                     connected = True
-                    session = JobEventsSession(self.token, job_id, last)
+                    session = kind(self.token, job_id, last)
                     await ws.send(session.init_message())
                     async for raw in ws:
                         step = session.handle(raw)
@@ -246,10 +193,11 @@ class AsyncGpgpuClient:
                             await ws.send(step.reply)
                         if session.acked:
                             down_since, failures = None, 0
-                        if step.event is not None and step.event.seq > last:
-                            last = step.event.seq
-                            yield step.event
-                            if step.event.terminal:
+                        item = step.event or step.chunk
+                        if item is not None and item.seq > last:
+                            last = item.seq
+                            yield item
+                            if getattr(item, "terminal", False):
                                 return
                         if step.done:
                             return
@@ -274,75 +222,3 @@ class AsyncGpgpuClient:
                 raise ApiUnreachable(self.api_url, "the event stream dropped and did not come back")
             failures += 1
             await asyncio.sleep(backoff_s(failures))
-
-    async def upload(
-        self, path: str | Path, key: str, progress: ByteProgress | None = None
-    ) -> StoredObject:
-        local = Path(path)
-        try:
-            sha256, size = await asyncio.to_thread(file_sha256, local)
-        except OSError as err:
-            raise GpgpuError(f"{local}: cannot read: {err.strerror or err}") from None
-
-        async def chunks() -> AsyncIterator[bytes]:
-            done = 0
-            with local.open("rb") as f:
-                while chunk := await asyncio.to_thread(f.read, CHUNK):
-                    done += len(chunk)
-                    yield chunk
-                    if progress is not None:
-                        progress(done, size)
-
-        if progress is not None:
-            progress(0, size)
-        resp = await self._request(
-            "PUT",
-            storage_url(self.api_url, await self._space(), key),
-            content=chunks(),
-            headers={SHA256_HEADER: sha256, "Content-Length": str(size)},
-        )
-        return StoredObject.from_json(resp.json())
-
-    async def download(
-        self,
-        key: str,
-        dest: str | Path,
-        progress: ByteProgress | None = None,
-        expected_sha256: str | None = None,
-    ) -> StoredObject:
-        url = storage_url(self.api_url, await self._space(), key)
-        try:
-            async with self._http.stream("GET", url) as resp:
-                if resp.status_code >= 400:
-                    body = await resp.aread()
-                    _http.check_status(resp.status_code, body, f"object {key!r}")
-                promised = resp.headers.get(SHA256_HEADER)
-                if not promised:
-                    raise ApiError(resp.status_code, f"{key}: the API sent no {SHA256_HEADER}")
-                length = resp.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                part = PartFile(Path(dest))
-                try:
-                    async for chunk in resp.aiter_bytes(CHUNK):
-                        part.write(chunk)
-                        if progress is not None:
-                            progress(part.size, total)
-                    promises = [promised, *([expected_sha256] if expected_sha256 else [])]
-                    sha = part.commit(key, promises)
-                except BaseException:
-                    part.discard()
-                    raise
-        except httpx.TransportError as err:
-            raise _http.transport_error(self.api_url, err) from None
-        return StoredObject(key=key, size=part.size, sha256=sha)
-
-    async def list_objects(self, prefix: str = "") -> list[StoredObject]:
-        resp = await self._request(
-            "GET", storage_url(self.api_url, await self._space()), params={"prefix": prefix}
-        )
-        return [StoredObject.from_json(o) for o in resp.json()]
-
-    async def delete(self, key: str) -> None:
-        await self._request(
-            "DELETE", storage_url(self.api_url, await self._space(), key), f"object {key!r}"
-        )

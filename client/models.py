@@ -49,6 +49,23 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class JobLogChunk:
+    """A piece of a job's output as its run printed it (`jobLog`)."""
+
+    seq: int
+    attempt: int
+    provider_id: str
+    at: str
+    text: str
+    skipped_bytes: int = 0  # output of the run before it that is not shown
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> JobLogChunk:
+        return cls(seq=int(d["seq"]), attempt=int(d["attempt"]), provider_id=d["providerId"],
+                   at=d["at"], text=str(d["text"]), skipped_bytes=int(d.get("skippedBytes") or 0))
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     client_id: str
@@ -66,7 +83,7 @@ class Job:
     queue: str = ""
     priority: int = 0
     expected_start: str | None = None  # an estimate while QUEUED (see the API's description)
-    waiting_for: list[str] = field(default_factory=list)  # while QUEUED, why, in words
+    waiting_for: list[str] = field(default_factory=list)  # QUEUED or VERIFYING: why, in words
     # What the network said at submit (only on the job a submit returns): e.g. that no
     # provider registered could ever run its spec.
     warnings: list[str] = field(default_factory=list)
@@ -225,6 +242,7 @@ class ProviderEarnings:
     earned_micro: int
     withdrawn_micro: int
     entries: list[LedgerEntry] = field(default_factory=list)  # newest first
+    verified_micro: int = 0  # of earned_micro: for runs of jobs that were verified
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ProviderEarnings:
@@ -232,6 +250,7 @@ class ProviderEarnings:
             provider_id=d["providerId"], balance_micro=int(d["balanceMicro"]),
             earned_micro=int(d["earnedMicro"]), withdrawn_micro=int(d["withdrawnMicro"]),
             entries=[LedgerEntry.from_json(e) for e in d.get("entries") or []],
+            verified_micro=int(d.get("verifiedMicro") or 0),
         )
 
 
@@ -287,6 +306,7 @@ class QueuedJob:
     waiting_since: str
     expected_start: str | None
     mine: bool
+    waiting_for: list[str] = field(default_factory=list)  # why, in words (the first in line)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> QueuedJob:
@@ -295,6 +315,7 @@ class QueuedJob:
             gpus=int(d["gpus"]), gpu_model=d.get("gpuModel"), priority=int(d.get("priority", 0)),
             waiting_since=d["waitingSince"], expected_start=d.get("expectedStart"),
             mine=bool(d.get("mine")),
+            waiting_for=[str(w) for w in d.get("waitingFor") or []],
         )
 
 

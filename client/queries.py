@@ -89,7 +89,7 @@ query Provider($id: String!, $samples: Int!) {
 PROVIDER_EARNINGS = """
 query ProviderEarnings($id: String!, $limit: Int!) {
   providerEarnings(providerId: $id, limit: $limit) {
-    providerId balanceMicro earnedMicro withdrawnMicro
+    providerId balanceMicro earnedMicro verifiedMicro withdrawnMicro
     entries { seq transferId amountMicro balanceMicro counterparty kind memo at }
   }
 }
@@ -142,7 +142,7 @@ mutation ConfigureQueue($node: String!, $name: String!, $models: [String!]!, $le
 QUEUE = """
 query Queue($name: String!, $limit: Int!) {
   queue(name: $name, limit: $limit) {
-    position jobId name gpus gpuModel priority waitingSince expectedStart mine
+    position jobId name gpus gpuModel priority waitingSince expectedStart mine waitingFor
   }
 }
 """
@@ -163,6 +163,12 @@ mutation SubmitJob($spec: JSON!) {
 JOB_EVENTS = """
 subscription JobEvents($jobId: ID!, $after: Int!) {
   jobEvents(jobId: $jobId, after: $after) { seq jobId type at data }
+}
+"""
+
+JOB_LOG = """
+subscription JobLog($jobId: ID!, $after: Int!) {
+  jobLog(jobId: $jobId, after: $after) { seq attempt providerId at text skippedBytes }
 }
 """
 

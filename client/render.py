@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from client.models import JobEvent
-from domain.money import micro_to_credits
+from protocol.money import micro_to_credits
 
 
 def credits(micro: int | None) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from client.errors import SpecRejectedError
-from domain.spec import JobSpecFile, SpecError, parse_job_spec, parse_job_spec_file
+from protocol.spec import JobSpecFile, SpecError, parse_job_spec, parse_job_spec_file
 
 
 @dataclass(frozen=True)

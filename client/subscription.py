@@ -1,4 +1,4 @@
-"""The graphql-transport-ws protocol for `jobEvents`, as a small state machine.
+"""The graphql-transport-ws protocol for `jobEvents` and `jobLog`, as a small state machine.
 
 Both clients drive the same session: it says what to send back and which event
 arrived; the clients own the socket, the reconnects and the resume point.
@@ -13,7 +13,7 @@ from typing import Any
 from client import queries
 from client._http import graphql_errors_text
 from client.errors import ApiError
-from client.models import JobEvent
+from client.models import JobEvent, JobLogChunk
 
 SUBPROTOCOL = "graphql-transport-ws"
 SUBSCRIPTION_ID = "1"
@@ -26,11 +26,14 @@ RECONNECT_WINDOW_S = 60.0
 class Step:
     reply: str | None = None
     event: JobEvent | None = None
+    chunk: JobLogChunk | None = None  # jobLog's
     done: bool = False
 
 
 class JobEventsSession:
     """One connection's worth of protocol: init, ack, subscribe, next..., complete."""
+
+    QUERY, FIELD = queries.JOB_EVENTS, "jobEvents"
 
     def __init__(self, token: str | None, job_id: str, after: int):
         self.token = token
@@ -48,7 +51,7 @@ class JobEventsSession:
                 "id": SUBSCRIPTION_ID,
                 "type": "subscribe",
                 "payload": {
-                    "query": queries.JOB_EVENTS,
+                    "query": self.QUERY,
                     "variables": {"jobId": self.job_id, "after": self.after},
                 },
             }
@@ -71,10 +74,10 @@ class JobEventsSession:
             payload = msg.get("payload") or {}
             if payload.get("errors"):
                 raise ApiError(0, graphql_errors_text(payload["errors"]))
-            event = (payload.get("data") or {}).get("jobEvents")
+            event = (payload.get("data") or {}).get(self.FIELD)
             if event is None:
                 return Step()
-            return Step(event=JobEvent.from_json(event))
+            return self.parse(event)
         if kind == "error":
             payload = msg.get("payload")
             errors = payload if isinstance(payload, list) else [payload]
@@ -82,6 +85,19 @@ class JobEventsSession:
         if kind == "complete":
             return Step(done=True)
         return Step()  # pong and anything newer than us
+
+
+    def parse(self, data: dict[str, Any]) -> Step:
+        return Step(event=JobEvent.from_json(data))
+
+
+class JobLogSession(JobEventsSession):
+    """The same protocol for `jobLog`: the job's output, chunk by chunk."""
+
+    QUERY, FIELD = queries.JOB_LOG, "jobLog"
+
+    def parse(self, data: dict[str, Any]) -> Step:
+        return Step(chunk=JobLogChunk.from_json(data))
 
 
 def close_error(code: int | None, reason: str | None) -> ApiError | None:

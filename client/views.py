@@ -158,7 +158,9 @@ def earnings_view(e: ProviderEarnings) -> RenderableType:
     facts = Table.grid(padding=(0, 2))
     facts.add_row("provider", e.provider_id)
     facts.add_row("balance", f"{credits(e.balance_micro)} credits")
-    facts.add_row("earned", f"{credits(e.earned_micro)} credits (paid for verified work)")
+    facts.add_row("earned for verified work", f"{credits(e.verified_micro)} credits")
+    facts.add_row("paid in all", f"{credits(e.earned_micro)} credits (also checks, and "
+                  "time used by jobs cancelled or failed)")
     facts.add_row("withdrawn", f"{credits(e.withdrawn_micro)} credits")
     if not e.entries:
         return facts
@@ -182,11 +184,12 @@ def queues_table(nodes: list[Node]) -> Table:
 
 def waiting_table(jobs: list[QueuedJob]) -> Table:
     table = Table("#", "job", "name", "gpus", "priority", "waiting since", "expected start",
-                  box=None)
+                  "waits for", box=None)
     for j in jobs:
         table.add_row(str(j.position), Text(j.job_id, no_wrap=True, overflow="fold"),
                       j.name if j.mine else "-", str(j.gpus), str(j.priority),
-                      short_time(j.waiting_since), short_time(j.expected_start))
+                      short_time(j.waiting_since), short_time(j.expected_start),
+                      "; ".join(j.waiting_for) or "-")
     return table
 
 

@@ -16,9 +16,9 @@ from domain.ledger import (
     provider_account,
     transfer,
 )
-from domain.money import cost_of_gpu_time
 from domain.provider import Provider
-from domain.spec import JobSpec
+from protocol.money import cost_of_gpu_time
+from protocol.spec import JobSpec
 
 
 class Canaries(Base):

@@ -26,8 +26,8 @@ from domain.ledger import (
     transfer,
 )
 from domain.limits import AMOUNT
-from domain.money import cost_of_gpu_time
-from domain.spec import JobSpec
+from protocol.money import cost_of_gpu_time
+from protocol.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class Payment:
     gpu_ms: int
     price_micro: int
     payer: str = "client"  # "client": a run it asked for; "network": a check the network added
+    # The client pays for the run's GPU time but its provider is not paid: the network keeps
+    # it (a timed-out run with no outputs that nothing checked; JobWorkflow decides).
+    withheld: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,19 @@ class Jobs(Base):
 
         self._save_retrying(attempt)
 
+    def run_failed(self, job_id: str, attempt_no: int, provider_id: str, reason: str) -> None:
+        """The provider failed its step with an error of its own: free its GPUs; the run goes
+        elsewhere (no outcome yet: JobWorkflow records it once another provider got through)."""
+
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            provider = self.provider(provider_id)
+            job.record_run_failed(attempt_no, provider_id, reason)
+            provider.release(job_id)
+            return None, [job, provider]
+
+        self._save_retrying(attempt)
+
     def record_verdict(
         self,
         job_id: str,
@@ -223,6 +239,12 @@ class Jobs(Base):
                                   f"check:{job_id}:{p.provider_id}", cost, "verification run"))
                     continue
                 cost = min(cost, held - charged)
+                if p.withheld:
+                    charged, fee = charged + cost, fee + cost
+                    moves.append((escrow_account(job_id), FEES,
+                                  f"withheld:{job_id}:{p.provider_id}", cost,
+                                  "GPU time of a timed-out run with no outputs, not paid"))
+                    continue
                 cut = cost * fee_bps // 10_000
                 charged, fee, paid = charged + cost, fee + cut, paid + cost - cut
                 moves.append((escrow_account(job_id), provider_account(p.provider_id),

@@ -30,7 +30,7 @@ from domain.matching import (
 from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
 from domain.provider import Directory, Provider, check_declaration
 from domain.scheduling import Placement, Waiting
-from domain.spec import JobSpec
+from protocol.spec import JobSpec
 
 
 class Market(Identity):

@@ -56,8 +56,8 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain.ids import business_id
-from domain.money import micro_to_credits
-from domain.spec import InputRef, JobSpec
+from protocol.money import micro_to_credits
+from protocol.spec import InputRef, JobSpec
 
 # What a canary's Canary record may end with: a reputation outcome, or "void" (the run could
 # not be judged: e.g. a transfer failed for reasons that need not be the provider's).

@@ -29,7 +29,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 from domain.ids import business_id
-from domain.spec import check_text
+from protocol.spec import check_text
 
 ROLES = ("client", "provider", "operator", "admin")
 SELF_SERVICE_ROLES = ("client", "provider", "operator")  # "admin" is never self-granted
@@ -90,7 +90,7 @@ def secret_hash(secret: str) -> str:
 
 
 def _check_text(value: str, field: str) -> None:
-    """Text we hash or store: the same rule as a job spec's text (domain.spec.check_text)."""
+    """Text we hash or store: the same rule as a job spec's text (protocol.spec.check_text)."""
     try:
         check_text(value)
     except ValueError as err:

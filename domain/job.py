@@ -51,6 +51,9 @@ def check_step_data(step: str, data: dict[str, Any]) -> None:
                 BYTES.check(f"manifest.{n}.size", entry["size"])
 
 
+MAX_FAILURE_CHARS = 1024  # of a provider's own account of why its step failed
+
+
 class Job(Aggregate):
     @staticmethod
     def create_id(job_id: str, **_: Any) -> UUID:
@@ -81,11 +84,12 @@ class Job(Aggregate):
         return f"execution_finished:{attempt}" in self.recorded or attempt in self.manifests
 
     def ran_on(self, except_attempt: int | None = None) -> set[str]:
-        """The providers this job's runs were placed on (but `except_attempt`), those it lost
-        and those it gave up waiting for left out: another replica, check or verifier of the
-        job must run elsewhere, even once their GPUs went back."""
+        """The providers this job's runs were placed on (but `except_attempt`), those that
+        ended without a result (lost, failed) and those it gave up waiting for left out:
+        another replica, check or verifier of the job must run elsewhere, even once their
+        GPUs went back."""
         return {pid for attempt, pid in self.allocations.items()
-                if attempt != except_attempt and f"ProviderLost:{attempt}" not in self.recorded
+                if attempt != except_attempt and not self.ran_elsewhere(attempt)
                 and f"Unplaced:{attempt}" not in self.recorded}
 
     # Commands: check, then apply through a private @event method.
@@ -176,6 +180,22 @@ class Job(Aggregate):
                     "", f"attempt {attempt} of job {self.job_id} is not {provider_id}'s"
                 )
             self._provider_lost(attempt=attempt, provider_id=provider_id, reason=reason)
+
+    def record_run_failed(self, attempt: int, provider_id: str, reason: str) -> None:
+        """The provider failed its step of this attempt with an error of its own: the run
+        goes elsewhere. Its reputation is judged later (JobWorkflow: once another provider
+        got through, the failure was this one's)."""
+        if self._once(f"RunFailed:{attempt}"):
+            if self.allocations.get(attempt) != provider_id:
+                raise InvalidTransition(
+                    "", f"attempt {attempt} of job {self.job_id} is not {provider_id}'s"
+                )
+            self._run_failed(attempt=attempt, provider_id=provider_id,
+                             reason=reason[:MAX_FAILURE_CHARS])
+
+    def ran_elsewhere(self, attempt: int) -> bool:
+        """Whether this attempt's run ended without a result (its provider lost or failed)."""
+        return f"ProviderLost:{attempt}" in self.recorded or f"RunFailed:{attempt}" in self.recorded
 
     def record_verdict(self, accepted: bool, succeeded: bool, reason: str) -> None:
         if not self._once("Verdict"):
@@ -295,6 +315,11 @@ class Job(Aggregate):
     def _provider_lost(self, attempt: int, provider_id: str, reason: str) -> None:
         self.state, self.provider_id = JobState.QUEUED, None
         self.recorded.append(f"ProviderLost:{attempt}")
+
+    @event("RunFailed")
+    def _run_failed(self, attempt: int, provider_id: str, reason: str) -> None:
+        self.state, self.provider_id = JobState.QUEUED, None
+        self.recorded.append(f"RunFailed:{attempt}")
 
     @event("ResultAccepted")
     def _result_accepted(

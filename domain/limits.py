@@ -1,4 +1,4 @@
-"""Every number that enters the network, bounded: one table, the only home of these maxima.
+"""Every number that enters the network, bounded: the maxima (protocol/limits.py) as checks.
 
 The API checks a number against its bound where it arrives (a field error naming the
 field in the API's words: `pricePerGpuHourMicro: must be at most 1000000000000
@@ -38,6 +38,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.errors import DomainError
+from protocol.limits import (
+    MAX_AMOUNT_MICRO,
+    MAX_BALANCE_MICRO,
+    MAX_BYTES,
+    MAX_ERROR_COUNT,
+    MAX_GPU_INDEX,
+    MAX_GPU_MEMORY_MB,
+    MAX_GPU_MS,
+    MAX_GPUS_PER_CLIENT,
+    MAX_JOB_GPUS,
+    MAX_PRICE_MICRO,
+    MAX_PRIORITY_LEVELS,
+    MAX_PROVIDER_GPUS,
+    MAX_REPLICAS,
+    MAX_STEP_FILES,
+    MAX_TIMEOUT_S,
+)
 
 
 class OutOfBounds(DomainError):
@@ -85,23 +102,6 @@ class Bound:
             raise OutOfBounds(field, why)
         return value
 
-
-MAX_PRICE_MICRO = 10**12
-MAX_AMOUNT_MICRO = 10**17
-MAX_BALANCE_MICRO = 4 * 10**18
-MAX_JOB_GPUS = 64
-MAX_PROVIDER_GPUS = 256
-MAX_GPU_INDEX = 1023
-MAX_GPU_MEMORY_MB = 4 * 1024 * 1024
-MAX_GPU_MEMORY_GB = MAX_GPU_MEMORY_MB // 1024
-MAX_TIMEOUT_S = 7 * 24 * 3600
-MAX_REPLICAS = 5
-MAX_PRIORITY_LEVELS = 10
-MAX_GPUS_PER_CLIENT = 1_000_000
-MAX_BYTES = 2**50
-MAX_STEP_FILES = 4096
-MAX_GPU_MS = MAX_JOB_GPUS * MAX_TIMEOUT_S * 1000
-MAX_ERROR_COUNT = 10**12
 
 PRICE = Bound(1, MAX_PRICE_MICRO, "micro-credits")
 AMOUNT = Bound(0, MAX_AMOUNT_MICRO, "micro-credits")

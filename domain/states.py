@@ -54,6 +54,7 @@ STATE_AFTER: dict[str, JobState | None] = {
     "ExecutionFinished": JobState.UPLOADING,
     "OutputsUploaded": JobState.VERIFYING,
     "ProviderLost": JobState.QUEUED,
+    "RunFailed": JobState.QUEUED,
     "JobVerified": JobState.SETTLING,
     "VerificationFailed": JobState.SETTLING,
     "JobSettled": None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from infra.signing import load_or_create_key
 from infra.storage import ObjectStore, build_store
 from infra.tracing import check as check_tracing
+
+if TYPE_CHECKING:
+    from temporalio.converter import DataConverter
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,13 @@ class Settings(BaseSettings):
     temporal_tls_cert: Path | None = None
     temporal_tls_key: Path | None = None
     temporal_tls_server_name: str | None = None
+    # Every payload the network gives Temporal is encrypted (infra/payload_codec.py):
+    # comma-separated AES-256 keys, 64 hex digits each; the first encrypts, all decrypt
+    # (rotation: put a new key first, drop an old one once no open workflow needs it).
+    # Unset on the embedded network (SQLite): made once under home (temporal-payload.key,
+    # 0600). With PostgreSQL (production, several machines) it must be set, the same on
+    # the API and every control worker; a process without it refuses to start.
+    temporal_payload_keys: str | None = Field(default=None, repr=False)
     # The control worker's task queue; JobWorkflow runs its control activities there too.
     control_task_queue: str = "control"
 
@@ -60,7 +70,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     # Storage grants (infra/signing.py) expire within this many seconds; the storage
     # endpoint refuses one whose deadline is further away, whatever its signature. A run
-    # longer than this renews its grants while it is live (POST /storage/grants/renew).
+    # longer than this renews its grants while it is live: a POST to the grant, with the
+    # provider's own key (api/storage.py renew_grant).
     grant_max_s: Annotated[int, Field(ge=30, le=3600)] = 900
 
     # Money: integer micro-credits. A new client account is opened with this deposit; none by
@@ -84,7 +95,8 @@ class Settings(BaseSettings):
     # before it is skipped (CheckSkipped) and the job settles on the checks it had.
     check_wait_s: float = Field(default=60.0, gt=0, le=3600)
     # How long a client's further replica, tie-break or verifier run waits for GPUs once
-    # the job holds GPUs (or has finished runs): then the job fails, its escrow refunded.
+    # the job holds GPUs (or has finished runs), and a run that a provider failed waits for
+    # another: then the job fails, its escrow refunded.
     replica_wait_s: float = Field(default=300.0, gt=0, le=86400)
     # How often the control worker looks for jobs whose workflow closed without ending
     # them (an operator's `temporal workflow terminate`) and ends them, refunded.
@@ -159,6 +171,28 @@ class Settings(BaseSettings):
     def signing_secret(self) -> bytes:
         """Secret for presigned storage URLs; made once and kept under home."""
         return load_or_create_key(self.home / "signing.key")
+
+    @cached_property
+    def payload_keys(self) -> list[bytes]:
+        """The Temporal payload keys (first encrypts); PayloadKeyError says what is missing."""
+        from infra.payload_codec import PayloadKeyError, parse_keys
+
+        if self.temporal_payload_keys and self.temporal_payload_keys.strip():
+            return parse_keys(self.temporal_payload_keys)
+        if self.event_store == "postgres":
+            raise PayloadKeyError(
+                "GPGPU_TEMPORAL_PAYLOAD_KEYS is not set: with GPGPU_EVENT_STORE=postgres"
+                " (production) the API and every control worker need the same key to"
+                " encrypt Temporal's payloads (make one with: python -c 'import secrets;"
+                " print(secrets.token_hex(32))')"
+            )
+        return [load_or_create_key(self.home / "temporal-payload.key")]
+
+    def temporal_converter(self) -> DataConverter:
+        """The data converter of every Temporal client, worker and replayer of the network."""
+        from infra.payload_codec import data_converter
+
+        return data_converter(self.payload_keys)
 
     def eventsourcing_env(self) -> dict[str, str]:
         """Environment for the eventsourcing Application, from the store switch."""

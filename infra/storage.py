@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from domain.spec import check_storage_key
+from protocol.spec import check_storage_key
 
 CHUNK = 1 << 20
 

@@ -13,13 +13,16 @@ from infra.settings import Settings
 
 
 async def connect(settings: Settings, attempts: int = 60) -> Client:
-    """Connect to Temporal, waiting for a server that is still starting. With tracing on,
-    the client (and so its workers) carries the trace in workflow and activity headers."""
+    """Connect to Temporal, waiting for a server that is still starting. The client (and so
+    its workers) encrypts every payload (infra/payload_codec.py); with tracing on, it
+    carries the trace in workflow and activity headers."""
+    converter = settings.temporal_converter()  # no key: a clear error before any wait
     for n in range(attempts):
         try:
             return await Client.connect(
                 settings.temporal_address, namespace=settings.temporal_namespace,
                 interceptors=tracing.interceptors(), tls=tls_config(settings),
+                data_converter=converter,
             )
         except RuntimeError:
             if n == attempts - 1:

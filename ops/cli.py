@@ -1,4 +1,4 @@
-"""The operator's `gpgpu`: the user CLI (client/cli.py) with the commands that reach past the
+"""The operator's `gpgpu`: the user CLI (client/cli/) with the commands that reach past the
 API, mounted onto the same typer app.
 
 `gpgpu up` runs the dev stack, `gpgpu admin ...` opens this node's stores and Temporal, and
@@ -17,16 +17,18 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.table import Table
 
-from client.cli import (
+from client.cli import app
+from client.cli.common import (
     JsonFlag,
+    Shown,
     Target,
-    _err,
-    _fail,
-    _out,
-    _password,
-    _print_json,
-    app,
+    command,
+    err,
+    fail,
+    out,
     provider_app,
+    read_password,
+    render,
 )
 
 admin_app = typer.Typer(
@@ -60,46 +62,44 @@ def up() -> None:
     devstack.main()  # exits with the stack's code
 
 
-@admin_app.command("rebuild-projections")
-def admin_rebuild_projections(as_json: JsonFlag = False) -> None:
+@command(admin_app, "rebuild-projections")
+def admin_rebuild_projections(as_json: JsonFlag = False) -> Shown:
     """Drop every read model and rebuild it from the event log."""
     from infra.settings import Settings
     from ops.admin import rebuild_projections
 
     result = rebuild_projections(Settings())
-    if as_json:
-        _print_json(result)
-    else:
-        rows = ", ".join(f"{n} {t}" for t, n in result["rows"].items())
-        _out().print(f"rebuilt from {result['events']} events in {result['seconds']} s: {rows}")
+    rows = ", ".join(f"{n} {t}" for t, n in result["rows"].items())
+    return Shown(result, lambda: out().print(
+        f"rebuilt from {result['events']} events in {result['seconds']} s: {rows}"))
 
 
-@admin_app.command("create-admin")
+@command(admin_app, "create-admin")
 def admin_create_admin(
     email: Annotated[str, typer.Argument(help="The admin's email.")],
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
     ] = False,
-) -> None:
+) -> Shown:
     """Make an admin account (every role) on this node's stores; an existing account keeps
     its password and becomes an admin."""
     from domain.errors import DomainError
     from infra.settings import Settings
     from ops.admin import create_admin
 
-    password = _password(password_stdin, confirm=True)
+    password = read_password(password_stdin, confirm=True)
     try:
         user = create_admin(Settings(), email, password)
-    except DomainError as err:
-        _fail(str(err), 2)
-    _out().print(f"{user.email} is an admin ({', '.join(user.roles)}); sign in with "
-                 "`gpgpu login`")
+    except DomainError as error:
+        fail(str(error), 2)
+    return Shown(user, lambda: out().print(
+        f"{user.email} is an admin ({', '.join(user.roles)}); sign in with `gpgpu login`"))
 
 
-@admin_app.command("reset-password")
+@command(admin_app, "reset-password")
 def admin_reset_password(
     email: Annotated[str, typer.Argument(help="The locked-out account's email.")],
-) -> None:
+) -> Shown:
     """Give an account a temporary password, printed once; every session of it ends. Its
     owner signs in with it and chooses their own with `gpgpu passwd`."""
     from domain.errors import DomainError
@@ -108,18 +108,22 @@ def admin_reset_password(
 
     try:
         temporary = reset_password(Settings(), email)
-    except DomainError as err:
-        _fail(str(err), 2)
-    _out().print(temporary)
-    _err().print(f"{email}: the temporary password is above; sign in with it, then run "
-                 "`gpgpu passwd`")
+    except DomainError as error:
+        fail(str(error), 2)
+
+    def view() -> None:
+        out().print(temporary)
+        err().print(f"{email}: the temporary password is above; sign in with it, then run "
+                    "`gpgpu passwd`")
+
+    return Shown(temporary, view)
 
 
-@admin_app.command("revoke-role")
+@command(admin_app, "revoke-role")
 def admin_revoke_role(
     email: Annotated[str, typer.Argument(help="The account's email.")],
     role: Annotated[str, typer.Argument(help="client, provider, operator or admin.")],
-) -> None:
+) -> Shown:
     """Take a role from an account, on this node's stores (it keeps one at least); its
     sessions and API keys stop acting as it within GPGPU_AUTH_CACHE_TTL_S."""
     from domain.errors import DomainError
@@ -128,29 +132,23 @@ def admin_revoke_role(
 
     try:
         user = revoke_role(Settings(), email, role)
-    except DomainError as err:
-        _fail(str(err), 2)
-    _out().print(f"{user.email}: {', '.join(user.roles)}")
+    except DomainError as error:
+        fail(str(error), 2)
+    return Shown(user, lambda: out().print(f"{user.email}: {', '.join(user.roles)}"))
 
 
-@admin_app.command("recompute-reputation")
-def admin_recompute_reputation(as_json: JsonFlag = False) -> None:
+@command(admin_app, "recompute-reputation")
+def admin_recompute_reputation(as_json: JsonFlag = False) -> Shown:
     """Recompute every provider's reputation from the event log and compare it with the records."""
     from infra.settings import Settings
     from ops.admin import recompute_reputation
 
     result = recompute_reputation(Settings())
-    if as_json:
-        _print_json(result)
-    else:
-        table = Table("provider", "outcomes", "recomputed", "recorded", "matches", box=None)
-        for r in result["providers"]:
-            table.add_row(r["provider_id"], str(r["outcomes"]), f"{r['recomputed']:.6f}",
-                          f"{r['recorded']:.6f}", "yes" if r["matches"] else "NO")
-        _out().print(table)
-    if not result["all_match"]:
-        raise typer.Exit(1)
-
+    table = Table("provider", "outcomes", "recomputed", "recorded", "matches", box=None)
+    for r in result["providers"]:
+        table.add_row(r["provider_id"], str(r["outcomes"]), f"{r['recomputed']:.6f}",
+                      f"{r['recorded']:.6f}", "yes" if r["matches"] else "NO")
+    return Shown(result, lambda: out().print(table), code=0 if result["all_match"] else 1)
 
 
 # -- admin: jobs' workflows in Temporal ------------------------------------
@@ -163,13 +161,15 @@ def _with_temporal(work: Callable[[Any], Any]) -> Any:
     from temporalio.client import Client
     from temporalio.service import RPCError, RPCStatusCode
 
+    from infra.payload_codec import PayloadKeyError
     from infra.settings import Settings
 
     settings = Settings()
 
     async def run() -> Any:
         client = await Client.connect(settings.temporal_address,
-                                      namespace=settings.temporal_namespace)
+                                      namespace=settings.temporal_namespace,
+                                      data_converter=settings.temporal_converter())
         return await work(client)
 
     try:
@@ -180,6 +180,8 @@ def _with_temporal(work: Callable[[Any], Any]) -> Any:
     except RuntimeError as err:  # temporalio's "Failed client connect: ..."
         typer.echo(f"error: cannot reach Temporal at {settings.temporal_address}: {err}",
                    err=True)
+    except PayloadKeyError as err:  # production without GPGPU_TEMPORAL_PAYLOAD_KEYS
+        typer.echo(f"error: {err}", err=True)
     _exit_after_temporal(1)
 
 
@@ -257,10 +259,9 @@ def admin_workflow(
         }
 
     found = _with_temporal(describe)
-    if as_json:
-        _print_json(found)
-    else:
-        out = _out()
+
+    def view() -> None:
+        console = out()
         grid = Table.grid(padding=(0, 2))
         for label, key in (("workflow", "workflow_id"), ("run", "run_id"), ("status", "status"),
                            ("type", "workflow_type"), ("task queue", "task_queue"),
@@ -268,12 +269,14 @@ def admin_workflow(
             grid.add_row(label, str(found[key] or "-"))
         attrs = " ".join(f"{k}={v}" for k, v in sorted(found["search_attributes"].items()))
         grid.add_row("search attributes", attrs or "-")
-        out.print(grid)
+        console.print(grid)
         table = Table("#", "time", "event", "detail", box=None,
                       title=f"history: {len(found['history'])} events", title_justify="left")
         for e in found["history"]:
             table.add_row(str(e["id"]), e["time"], e["type"], e["detail"])
-        out.print(table)
+        console.print(table)
+
+    render(Shown(found, view), as_json)
     _exit_after_temporal()
 
 
@@ -293,8 +296,8 @@ def admin_jobs(
 
     try:
         query = job_query(state.upper() if state else None, client_id, gpu_model, node)
-    except ValueError as err:
-        _fail(str(err), 2)
+    except ValueError as error:
+        fail(str(error), 2)
 
     async def search(client: Any) -> list[dict[str, Any]]:
         return [
@@ -305,11 +308,11 @@ def admin_jobs(
         ]
 
     found = _with_temporal(search)
-    if as_json:
-        _print_json({"query": query, "workflows": found})
-    elif not found:
-        _err().print(f"no job workflow matches {query}")
-    else:
+
+    def view() -> None:
+        if not found:
+            err().print(f"no job workflow matches {query}")
+            return
         table = Table("workflow", "state", "client", "gpu model", "node", "status", "started",
                       box=None)
         for w in found:
@@ -317,7 +320,9 @@ def admin_jobs(
             table.add_row(w["workflow_id"], a.get("GpgpuState", "-"), a.get("GpgpuClient", "-"),
                           a.get("GpgpuGpuModel", "-"), a.get("GpgpuNode", "-"),
                           str(w["status"]), str(w["start_time"]))
-        _out().print(table)
+        out().print(table)
+
+    render(Shown({"query": query, "workflows": found}, view), as_json)
     _exit_after_temporal()
 
 

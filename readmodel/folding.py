@@ -344,6 +344,7 @@ JOB_CHANGES: dict[str, JobChange] = {
     "JobQueued": _queued,
     "GpusAllocated": _allocated,
     "ProviderLost": _lost,
+    "RunFailed": _lost,
     "OutputsUploaded": _outputs,
     "ResultAccepted": _accepted,
     "JobSettled": lambda _, e: {"cost_micro": e.data["charged_micro"]},

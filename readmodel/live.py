@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from infra.db import PostgresChanges, SqliteChanges
@@ -40,6 +41,8 @@ class Broadcaster:
         self._future: asyncio.Future[Rows | None] = loop.create_future()
         self._recent: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
         self._pushed_to = 0  # the last position whose rows were pushed here
+        # Told of each advance on the event loop, after the rows are kept (api/multiplex.py).
+        self.listeners: list[Callable[[int, Rows | None], None]] = []
 
     def current(self) -> asyncio.Future[Rows | None]:
         return self._future
@@ -77,6 +80,11 @@ class Broadcaster:
             kept.append(row)
         if rows is not None:
             self._pushed_to = max(self._pushed_to, position)
+        for listener in self.listeners:
+            try:
+                listener(position, rows)
+            except Exception:  # one listener's fault must not stop the others' wake-ups
+                log.exception("a listener of the projection's advance failed")
         future, self._future = self._future, self.loop.create_future()
         if not future.done():
             future.set_result(rows)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Check the provider agent's real GPU path on a machine with an NVIDIA GPU:
-# NVML discovery and telemetry, tiny CUDA jobs through ProcessRuntime, and a
-# container with --gpus when Docker has NVIDIA's runtime. Run from anywhere:
+# NVML discovery and telemetry, tiny CUDA jobs through ProcessRuntime, each GPU
+# given alone to a sandboxed job that must reach no other (its /dev, nvidia-smi -L,
+# CUDA with CUDA_VISIBLE_DEVICES unset), and containers with --gpus when Docker has
+# NVIDIA's runtime (one given device 0 must list one GPU). Run from anywhere:
 #   bash scripts/gpu_check.sh
 # Exit status: 0 all passed, 1 a check failed, 2 no NVIDIA GPU usable.
 set -uo pipefail
@@ -22,7 +24,7 @@ else
 fi
 echo "== python: $PY ($($PY --version 2>&1))"
 
-echo "== NVML discovery, telemetry and CUDA jobs through ProcessRuntime"
+echo "== NVML discovery, telemetry, CUDA jobs through ProcessRuntime, one GPU per sandbox"
 timeout 180 "$PY" -m worker_gpu.selfcheck
 status=$?
 if [ "$status" -eq 124 ]; then echo "selfcheck timed out after 180 s"; status=1; fi
@@ -49,6 +51,13 @@ else
     rc=$?
     echo "docker: exit=$rc wall=$(( ($(date +%s%N) - start) / 1000000 )) ms"
     [ "$rc" -eq 0 ] || status=1
+    # As the docker runtime asks (device_requests with the job's own device ids only).
+    echo "docker run --rm --gpus device=0 $image nvidia-smi -L"
+    listed=$(timeout 120 docker run --rm --gpus device=0 "$image" nvidia-smi -L)
+    echo "$listed"
+    if [ "$(printf '%s\n' "$listed" | grep -c '^GPU ')" -ne 1 ]; then
+      echo "docker: a container given device 0 lists other than one GPU"; status=1
+    fi
   fi
 fi
 

@@ -13,17 +13,10 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("domain", "readmodel", "workflows", "activities", "api", "infra", "ops", "client",
-            "worker_gpu", "bench")
+PACKAGES = ("protocol", "domain", "readmodel", "workflows", "activities", "api", "infra", "ops",
+            "client", "worker_gpu", "bench")
 SERVER = ("domain", "readmodel", "workflows", "activities", "api", "infra", "ops")
-
-# The storage adapter checks every key with the spec's key rule (domain.spec.
-# check_storage_key): the rule needs a home both may import, or the adapter its own.
-KEY_RULE = frozenset({"infra/storage.py"})
-
 
 @cache
 def imports() -> dict[str, set[str]]:
@@ -72,8 +65,13 @@ def test_the_reader_finds_a_violation() -> None:
     assert set(_imported(tree, "domain")) == {"api", "infra"}
 
 
+def test_the_protocol_imports_nothing_of_the_project() -> None:
+    """protocol/ is what client and network agree on: a leaf both import."""
+    assert violations("protocol", tuple(p for p in PACKAGES if p != "protocol")) == {}
+
+
 def test_the_domain_imports_nothing_of_the_project_but_itself() -> None:
-    others = tuple(p for p in PACKAGES if p != "domain")
+    others = tuple(p for p in PACKAGES if p not in ("domain", "protocol"))
     assert violations("domain", others) == {}
 
 
@@ -85,14 +83,7 @@ def test_the_read_model_imports_no_api_activities_workflows() -> None:
 def test_infra_holds_adapters_only() -> None:
     forbidden = ("domain", "readmodel", "activities", "workflows", "api", "ops", "client",
                  "worker_gpu", "bench")
-    found = violations("infra", forbidden)
-    assert {m: used for m, used in found.items() if m not in KEY_RULE} == {}
-
-
-@pytest.mark.xfail(strict=True, reason="infra/storage.py checks keys with domain.spec."
-                   "check_storage_key (see KEY_RULE)")
-def test_the_storage_adapter_has_its_own_key_rule() -> None:
-    assert violations("infra", ("domain",)).keys().isdisjoint(KEY_RULE)
+    assert violations("infra", forbidden) == {}
 
 
 def test_the_sdk_imports_none_of_the_servers_packages() -> None:
@@ -101,10 +92,8 @@ def test_the_sdk_imports_none_of_the_servers_packages() -> None:
                                  "worker_gpu")) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="client/ parses job specs and credits with the "
-                   "domain's own code (domain.spec, domain.money): the SDK ships alone only "
-                   "with those, or with the domain beside it")
 def test_the_sdk_imports_not_even_the_domain() -> None:
+    """Job specs and credits are parsed with protocol/, which the SDK ships with."""
     assert violations("client", SERVER) == {}
 
 

@@ -10,9 +10,9 @@ import re
 import sys
 from pathlib import Path
 
-from domain.money import credits_to_micro
 from infra import tracing
 from infra.settings import Settings
+from protocol.money import credits_to_micro
 from worker_gpu.config import AgentConfig, add_runtime_arguments, runtime_fields
 
 

@@ -25,6 +25,7 @@ import httpx
 
 from worker_gpu import checkpoint, context
 from worker_gpu.context import StepCancelled, StepFailed
+from worker_gpu.joblog import LogFollower
 from worker_gpu.runtime import JobRuntime, ProgressFn, RunOutcome
 from worker_gpu.runtime_docker import WORKDIR as CONTAINER_WORKDIR
 from worker_gpu.runtime_docker import DockerRuntime, EngineUnavailable, ImageUnavailable
@@ -45,6 +46,7 @@ from worker_gpu.transfer import (
     upload_file,
 )
 from workflows.contracts import (
+    MAX_REFUSAL_CHARS,
     ExecuteRequest,
     ExecuteResult,
     InputTransfer,
@@ -58,6 +60,9 @@ from workflows.contracts import (
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+# Storage answers that refuse an output for what it is (its size, the client's quota),
+# which no retry and no other provider changes.
+STORE_REFUSED = (400, 413)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
@@ -199,10 +204,15 @@ class GpuActivities:
         where = self._checkpoint_dir(work, request)
         request = replace(request, env={**request.env, checkpoint.ENV_VAR: where})
         cancel = threading.Event()
+        # The job's output as it comes, for its live log (sent with the heartbeats).
+        log_path = self.attempt_dir(request.job_id, request.attempt) / "job.log"
+        log_path.unlink(missing_ok=True)  # an earlier try's: the runtime starts it afresh
+        follower = LogFollower(log_path)
 
         def on_progress(elapsed_s: float, log_tail: str) -> None:
             try:
                 context.heartbeat({"elapsed_s": round(elapsed_s, 1), "log_tail": log_tail})
+                context.log(follower.read())
             except Exception as err:
                 # The heartbeat is how cancellation arrives: without it we cannot be told to stop.
                 log.warning("job %s: heartbeat failed (%s); stopping it", request.job_id, err)
@@ -226,6 +236,7 @@ class GpuActivities:
             if uploader is not None:
                 uploader.stop()
         outcome = self._note_checkpoints(request, uploader, outcome)
+        context.log(follower.read(final=True))
         if cancel.is_set():
             raise StepCancelled(f"job {request.job_id} was cancelled; its processes were killed")
         log.info(
@@ -321,6 +332,7 @@ class GpuActivities:
         work = self.work_dir(request.job_id, request.attempt)
         manifest: list[ManifestEntry] = []
         missing: list[str] = []
+        refused: dict[str, str] = {}
         progress = _Progress()
         with (
             httpx.Client(timeout=HTTP_TIMEOUT, verify=tls()) as client,
@@ -347,7 +359,16 @@ class GpuActivities:
                     ride_out(put, f"uploading output {output.path!r}",
                              check=lambda: _raise_if_cancelled(ticker))
                 except HttpFailure as err:
-                    raise _http_error(err, f"uploading output {output.path!r}") from None
+                    if err.status not in STORE_REFUSED:
+                        raise _http_error(err, f"uploading output {output.path!r}") from None
+                    # The store refused the object itself (larger than one object may be,
+                    # past the client's quota): the job's doing, not this provider's. It is
+                    # missing, and the run is judged and paid like any run with missing
+                    # outputs; the client is told the store's answer.
+                    log.warning("output %r refused by storage: %s", output.path, err)
+                    missing.append(output.path)
+                    refused[output.path] = str(err)[:MAX_REFUSAL_CHARS]
+                    continue
                 reported = _lie_about(digest) if self.corrupt_outputs else digest
                 manifest.append(ManifestEntry(output.path, output.key, reported, size))
                 progress.files_done += 1
@@ -355,7 +376,7 @@ class GpuActivities:
         log.info(
             "job %s: uploaded %d outputs, %d missing", request.job_id, len(manifest), len(missing)
         )
-        return UploadResult(manifest=manifest, missing=missing)
+        return UploadResult(manifest=manifest, missing=missing, refused=refused)
 
     def _remove_attempt(self, job_id: str, attempt: int) -> None:
         attempt_dir = self.attempt_dir(job_id, attempt)

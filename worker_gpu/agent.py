@@ -133,7 +133,7 @@ def make_process_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> ProcessRun
         say("WARNING: --unsafe-no-sandbox: jobs run as plain processes of this agent's user; "
             "they can read this machine's files and reach its services")  # fmt: skip
         return ProcessRuntime(limits=limits, allow_network=config.allow_network,
-                              unsafe_no_sandbox=True)  # fmt: skip
+                              unsafe_no_sandbox=True, gpus=gpus)  # fmt: skip
     bwrap = Bwrap()
     bwrap.check()
     say(
@@ -142,7 +142,8 @@ def make_process_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> ProcessRun
         f"{limits.disk_mb} MiB, /tmp {limits.tmp_mb} MiB per job, network "
         + ("for jobs that ask (this machine's)" if config.allow_network else "never")
     )
-    return ProcessRuntime(limits=limits, allow_network=config.allow_network, bwrap=bwrap)
+    return ProcessRuntime(limits=limits, allow_network=config.allow_network, bwrap=bwrap,
+                          gpus=gpus)
 
 
 async def serve(config: AgentConfig, settings: Settings) -> int:

@@ -147,11 +147,15 @@ class ProviderApi:
         return [a for a in found if isinstance(a, dict)] if isinstance(found, list) else []
 
     def assignment_heartbeat(self, provider_id: str, aid: str, details: Any,
-                             timeout_s: float | None = None) -> bool:
-        """Alive; True when the step is to stop (cancelled, or gone)."""
+                             timeout_s: float | None = None,
+                             log: dict[str, Any] | None = None) -> bool:
+        """Alive, with the job's next chunk of output if any; True when the step is to stop
+        (cancelled, or gone)."""
+        body: dict[str, Any] = {"details": details if isinstance(details, dict) else {}}
+        if log is not None:
+            body["log"] = log
         answer = self._rest("POST", f"providers/{provider_id}/assignments/{aid}/heartbeat",
-                            {"details": details if isinstance(details, dict) else {}},
-                            timeout_s=timeout_s)
+                            body, timeout_s=timeout_s)
         return bool(answer.get("cancel"))
 
     def complete(self, provider_id: str, aid: str, result: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import threading
 import time
 import types
 import typing
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from infra import tracing
 from worker_gpu.activities import GpuActivities
 from worker_gpu.api_client import ApiRejected, ApiUnreachable, ProviderApi
 from worker_gpu.context import StepCancelled, StepContext, StepFailed, running
+from worker_gpu.joblog import LogChunk
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,13 @@ REQUESTS: dict[str, type[Any]] = {
 }
 # How long a finished step keeps trying to deliver its report to an API that is down.
 REPORT_FOR_S = 120.0
+# A job's new output goes with an early heartbeat at most this often (more often while
+# several chunks wait); at most this much waits for the API (the oldest goes first).
+LOG_EVERY_S = 1.0
+LOG_CATCH_UP_S = 0.2
+MAX_PENDING_LOG_BYTES = 256 << 10
+# How long a finished step waits for its last output to reach the API before its result.
+DRAIN_LOG_S = 10.0
 
 
 def from_dict(cls: Any, data: Any) -> Any:
@@ -61,7 +70,9 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 class ApiStepContext(StepContext):
-    """Sends the step's latest heartbeat to the API every `interval_s` until stopped.
+    """Sends the step's latest heartbeat to the API every `interval_s` until stopped, and
+    the job's new output (joblog.LogChunk) in bounded chunks, one with each heartbeat: a
+    heartbeat goes out early (at most every LOG_EVERY_S) when output waits.
 
     `api` is shared by every step of the agent (an httpx client is safe to share between
     threads, and making one per step cost tens of CPU-ms each)."""
@@ -74,7 +85,12 @@ class ApiStepContext(StepContext):
         self.interval_s = min(10.0, max(0.2, self.timeout_s / 3))
         self.told_to_cancel = False  # by the API (else: stopped here, e.g. the agent stops)
         self._latest: Any = {}
+        self._pending: deque[LogChunk] = deque()  # output not yet taken by the API
+        self._pending_bytes = 0
+        self._draining = False
+        self._failing = False  # the last heartbeat was not delivered
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"heartbeat-{assignment_id[:8]}")
 
@@ -82,31 +98,85 @@ class ApiStepContext(StepContext):
         super().heartbeat(details)
         self._latest = details if isinstance(details, dict) else {}
 
+    def log(self, chunks: list[Any]) -> None:
+        with self._lock:
+            for chunk in chunks:
+                self._pending.append(chunk)
+                self._pending_bytes += chunk.size
+            while self._pending_bytes > MAX_PENDING_LOG_BYTES:  # the API shows the gap
+                self._pending_bytes -= self._pending.popleft().size
+        self._wake.set()
+
+    def drain_log(self, timeout_s: float = DRAIN_LOG_S) -> None:
+        """Send the output still waiting (before the step's result ends the assignment)."""
+        self._draining = True
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        while self._pending and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def start(self) -> ApiStepContext:
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=15)
 
+    def _due(self, last: float) -> float:
+        """When the next heartbeat goes: output waiting brings it forward."""
+        if not self._pending:
+            return last + self.interval_s
+        if self._failing:  # the API is away: the usual pace (draining: LOG_CATCH_UP_S)
+            return last + (self.interval_s if not self._draining else LOG_CATCH_UP_S)
+        if self._draining:
+            return last
+        return last + (LOG_EVERY_S if len(self._pending) == 1 else LOG_CATCH_UP_S)
+
     def _loop(self) -> None:
-        delivered = time.monotonic()
+        delivered = last = time.monotonic()
+        first = True
         while not self._stop.is_set():
+            wait = self._due(last) - time.monotonic()
+            if not first and wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
+            first, last = False, time.monotonic()
+            chunk = self._pending[0] if self._pending else None
             try:
-                if self.api.assignment_heartbeat(self.provider_id, self.assignment_id,
-                                                 self._latest,
-                                                 timeout_s=max(2.0, self.timeout_s)):
+                if self.api.assignment_heartbeat(
+                        self.provider_id, self.assignment_id, self._latest,
+                        timeout_s=max(2.0, self.timeout_s),
+                        log=None if chunk is None else chunk.as_json()):
                     self.told_to_cancel = True
                     self.cancel()
-                delivered = time.monotonic()
-            except (ApiUnreachable, ApiRejected) as err:
-                if time.monotonic() - delivered > self.timeout_s:
-                    log.warning("assignment %s: no heartbeat delivered for %.0fs (%s); "
-                                "stopping it", self.assignment_id, self.timeout_s, err)
-                    self.cancel()
-            self._stop.wait(self.interval_s)
+                delivered, self._failing = time.monotonic(), False
+                self._taken(chunk)
+            except ApiRejected as err:
+                self._failing = True
+                self._taken(chunk)  # a chunk the API refuses is not sent again
+                if chunk is not None:
+                    log.warning("assignment %s: the API refused output at %d: %s",
+                                self.assignment_id, chunk.offset, err)
+                self._gave_up(delivered, err)
+            except ApiUnreachable as err:
+                self._failing = True
+                self._gave_up(delivered, err)
+
+    def _taken(self, chunk: LogChunk | None) -> None:
+        with self._lock:
+            if chunk is not None and self._pending and self._pending[0] is chunk:
+                self._pending.popleft()
+                self._pending_bytes -= chunk.size
+
+    def _gave_up(self, delivered: float, err: Exception) -> None:
+        if time.monotonic() - delivered > self.timeout_s:
+            log.warning("assignment %s: no heartbeat delivered for %.0fs (%s); "
+                        "stopping it", self.assignment_id, self.timeout_s, err)
+            self.cancel()
 
 
 def run_assignment(api: ProviderApi, activities: GpuActivities, assignment: dict[str, Any],
@@ -139,6 +209,7 @@ def run_assignment(api: ProviderApi, activities: GpuActivities, assignment: dict
                 log.exception("assignment %s (%s) failed", aid, kind)
                 report = ("fail", StepFailed(f"{type(err).__name__}: {err}",
                                              type(err).__name__))
+        ctx.drain_log()  # the run's last output reaches the API before its result
         _deliver(api, ctx, kind, report)
     finally:
         ctx.stop()

@@ -33,6 +33,7 @@ class StepContext:
 
     def __init__(self) -> None:
         self.heartbeats: list[Any] = []
+        self.logged: list[Any] = []
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
 
@@ -40,6 +41,12 @@ class StepContext:
         with self._lock:
             self.heartbeats.append(details)
             del self.heartbeats[:-100]  # the last ones are what matter
+
+    def log(self, chunks: list[Any]) -> None:
+        """New output of the job (joblog.LogChunk); kept here, sent by the agent's context."""
+        with self._lock:
+            self.logged.extend(chunks)
+            del self.logged[:-1000]
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -69,6 +76,11 @@ def current() -> StepContext:
 
 def heartbeat(details: Any = None) -> None:
     current().heartbeat(details)
+
+
+def log(chunks: list[Any]) -> None:
+    if chunks:
+        current().log(chunks)
 
 
 def is_cancelled() -> bool:

@@ -41,6 +41,9 @@ class GpuInfo:
     uuid: str
     driver_version: str = ""
     cuda_version: str = ""
+    # The device minor number (/dev/nvidiaN) NVML reports; None for a simulated GPU. A job's
+    # sandbox gets the device nodes of its own GPUs only (worker_gpu/sandbox.py gpu_binds).
+    minor: int | None = None
 
 
 @dataclass
@@ -83,6 +86,12 @@ def _optional(call: Callable[[], T]) -> T | None:
         return None
 
 
+def _minor(handle: object) -> int | None:
+    """The device minor number (/dev/nvidiaN), or None where NVML does not tell it."""
+    found = _optional(lambda: pynvml.nvmlDeviceGetMinorNumber(handle))
+    return None if found is None else int(found)
+
+
 def discover_nvml() -> list[GpuInfo]:
     """The GPUs the NVIDIA driver reports, or NvmlUnavailable saying why there are none."""
     _init_nvml()
@@ -105,6 +114,7 @@ def discover_nvml() -> list[GpuInfo]:
                     uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
                     driver_version=driver,
                     cuda_version=cuda,
+                    minor=_minor(handle),
                 )
             )
         return gpus

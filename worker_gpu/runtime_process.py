@@ -21,9 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
+from worker_gpu.joblog import trim_header
 from worker_gpu.runtime import ProgressFn, RunOutcome
+
+if TYPE_CHECKING:
+    from worker_gpu.discovery import GpuInfo
 from worker_gpu.sandbox import (
     INSIDE_PATH,
     INSIDE_WORKDIR,
@@ -89,9 +93,10 @@ def job_log_max_bytes() -> int:
 
 
 def trim_log(path: Path, max_bytes: int, keep: int = JOB_LOG_KEPT_BYTES) -> int:
-    """Past max_bytes, the log keeps its last `keep` bytes after a line saying how many went;
-    the bytes cut (0: none). The job writes with O_APPEND, so what it writes next lands
-    after the kept tail (a line written while the trim runs may be lost with the rest)."""
+    """Past max_bytes, the log keeps its last `keep` bytes after a line saying how many
+    bytes of the job's output went (by every trim so far); returns the bytes cut (0: none).
+    The job writes with O_APPEND, so what it writes next lands after the kept tail (a line
+    written while the trim runs may be lost with the rest)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -99,12 +104,15 @@ def trim_log(path: Path, max_bytes: int, keep: int = JOB_LOG_KEPT_BYTES) -> int:
     if size <= max_bytes:
         return 0
     with path.open("r+b") as f:
+        # The header counts the output dropped by every trim so far (a live reader of the
+        # log, joblog.LogFollower, places what it reads by that count).
+        dropped, header = trim_header(f.read(256))
         f.seek(size - keep)
         tail = f.read(keep)
         cut = size - len(tail)
         f.seek(0)
-        f.write(f"gpgpu: the log passed {max_bytes} bytes; {cut} earlier bytes were "
-                f"dropped, its tail is kept\n".encode() + tail)
+        f.write(f"gpgpu: the log passed {max_bytes} bytes; {dropped + cut - header} earlier "
+                f"bytes were dropped, its tail is kept\n".encode() + tail)
         f.truncate()
     return cut
 
@@ -139,14 +147,18 @@ def _exit_code(returncode: int) -> int:
 BWRAP_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
-def sandbox_environment(gpu_indexes: list[int], env: dict[str, str]) -> dict[str, str]:
-    """The job's whole environment inside the sandbox (bwrap starts from an empty one)."""
+def sandbox_environment(
+    gpu_indexes: list[int], env: dict[str, str], uuids: list[str] | None = None
+) -> dict[str, str]:
+    """The job's whole environment inside the sandbox (bwrap starts from an empty one).
+    Real GPUs are named by UUID: the sandbox holds only their device nodes, so CUDA's own
+    numbering inside need not match the machine's indexes."""
     result = {"PATH": INSIDE_PATH, "LANG": "C.UTF-8"}
     result.update(env)
     result.update(
         HOME=INSIDE_WORKDIR,
         TMPDIR="/tmp",
-        CUDA_VISIBLE_DEVICES=",".join(str(i) for i in gpu_indexes),
+        CUDA_VISIBLE_DEVICES=",".join(uuids if uuids else [str(i) for i in gpu_indexes]),
         GPGPU_JOB_DIR=INSIDE_WORKDIR,
     )
     overridden = sorted(k for k in env if k in _PINNED and env[k] != result[k])
@@ -219,6 +231,7 @@ class ProcessRuntime:
         unsafe_no_sandbox: bool = False,
         bwrap: Bwrap | None = None,
         log_max_bytes: int | None = None,
+        gpus: list[GpuInfo] | None = None,
     ) -> None:
         self._kill_grace_s = kill_grace_s
         self._tick_s = tick_s
@@ -226,6 +239,8 @@ class ProcessRuntime:
         self.limits = limits or JobLimits()
         self.allow_network = allow_network
         self.sandbox = None if unsafe_no_sandbox else (bwrap or Bwrap())
+        # The machine's real GPUs by index: a sandbox gets the device nodes of its job's own.
+        self.devices = {g.index: g for g in gpus or [] if g.minor is not None}
         self._lock = threading.Lock()
         self._running: dict[int, _Job] = {}
 
@@ -340,9 +355,12 @@ class ProcessRuntime:
         limited = prlimit_args(self.limits, len(gpu_indexes), timeout_s, memory_limit_mb,
                                gpu_devices=bool(self.sandbox.devices))  # fmt: skip
         info_read, info_write = os.pipe()
+        own = [self.devices[i] for i in gpu_indexes if i in self.devices]
         launch = self.sandbox.command(
-            workdir, info_write, [*limited, *command], sandbox_environment(gpu_indexes, env),
+            workdir, info_write, [*limited, *command],
+            sandbox_environment(gpu_indexes, env, [g.uuid for g in own]),
             network=network, tmp_mb=self.limits.tmp_mb,
+            gpu_minors=[g.minor for g in own if g.minor is not None],
         )
         try:
             proc = subprocess.Popen(

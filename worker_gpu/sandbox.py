@@ -6,8 +6,11 @@ started as nobody, so the job holds no root-owned file and RLIMIT_NPROC is enfor
 sandbox mapped to root outside would be exempt from it); a read-only view of /usr (the
 /bin, /lib, /lib64 links) and of an allow-list of /etc (not all of it: /etc holds service
 passwords, keyrings and private keys on many machines) with a passwd and group of two
-lines; a fresh /proc of its own processes; a minimal /dev (plus the NVIDIA device nodes
-and a read-only /sys on a GPU machine, which CUDA and NVML need); its work directory at
+lines; a fresh /proc of its own processes; a minimal /dev (plus, on a GPU machine, the
+driver's shared NVIDIA nodes and the device nodes of the job's own GPUs only, with the
+driver's /proc entries of those GPUs only, and a read-only /sys, which CUDA and NVML need:
+a job cannot reach a GPU it was not given, whatever it sets CUDA_VISIBLE_DEVICES to,
+`gpu_binds`); its work directory at
 /work as the only writable path on disk, and size-limited tmpfs /tmp and /dev/shm. No
 network unless the job asks and the provider allows it, and then the host's (see
 --allow-network). Limits are set inside the sandbox with prlimit(1) just before the job's
@@ -106,6 +109,49 @@ def nvidia_devices() -> list[str]:
     return sorted(glob.glob("/dev/nvidia*"))
 
 
+# The driver's nodes every CUDA process opens, whichever GPUs it uses (those present).
+NVIDIA_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+# One directory per GPU (its PCI bus id), read by NVML; each says its device minor.
+NVIDIA_PROC_GPUS = "/proc/driver/nvidia/gpus"
+
+
+def proc_minor(entry: Path) -> int | None:
+    """The device minor number a /proc/driver/nvidia/gpus/<bus id> entry names."""
+    try:
+        text = (entry / "information").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "Device Minor" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def gpu_binds(
+    minors: list[int], dev: Path = Path("/dev"), proc_gpus: Path = Path(NVIDIA_PROC_GPUS)
+) -> list[str]:
+    """bwrap arguments that give a job the GPUs of these NVML minor numbers and no other:
+    the driver's shared nodes, /dev/nvidiaN of each of its GPUs, and in the sandbox's /proc
+    only those GPUs' driver entries (so NVML inside lists just them). No GPU, no node at all.
+    SandboxUnavailable if an assigned GPU's node is missing (the driver went away)."""
+    if not minors:
+        return []
+    own = [dev / f"nvidia{m}" for m in sorted(set(minors))]
+    missing = [str(p) for p in own if not p.exists()]
+    if missing:
+        raise SandboxUnavailable(f"the job's GPU device nodes are missing: {', '.join(missing)}")
+    shared = [dev / name for name in NVIDIA_SHARED_NODES if (dev / name).exists()]
+    args = [a for node in [*shared, *own] for a in ("--dev-bind", str(node), f"/dev/{node.name}")]
+    if proc_gpus.is_dir():
+        args += ["--tmpfs", NVIDIA_PROC_GPUS]
+        for entry in sorted(proc_gpus.iterdir()):
+            if proc_minor(entry) in minors:
+                args += ["--ro-bind", str(entry), f"{NVIDIA_PROC_GPUS}/{entry.name}"]
+        args += ["--remount-ro", NVIDIA_PROC_GPUS]
+    return args
+
+
 def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
@@ -152,15 +198,17 @@ class Bwrap:
             )
         self.binary = found
         self.devices = nvidia_devices()
+        self.dev, self.proc_gpus = Path("/dev"), Path(NVIDIA_PROC_GPUS)  # tests point elsewhere
         # As root, bwrap is started as nobody: see the module's docstring.
         self.drop_to_nobody = os.geteuid() == 0
 
     def command(
         self, workdir: Path, info_fd: int, command: list[str], env: dict[str, str], *,
-        network: bool, tmp_mb: int,
+        network: bool, tmp_mb: int, gpu_minors: list[int] | None = None,
     ) -> Launch:
-        """The command line that runs `command` in a sandbox with `workdir` at /work. The
-        sandbox's PID 1 and namespaces are written as JSON to info_fd."""
+        """The command line that runs `command` in a sandbox with `workdir` at /work, given
+        the GPUs of `gpu_minors` (NVML minor numbers) and no other. The sandbox's PID 1 and
+        namespaces are written as JSON to info_fd."""
         tmp = str(tmp_mb * 2**20)
         data = [_data_pipe(PASSWD), _data_pipe(GROUP), _data_pipe(HOSTS)]
         resolv = []
@@ -187,7 +235,7 @@ class Bwrap:
             "--proc", "/proc",
             "--dev", "/dev",
             "--size", tmp, "--tmpfs", "/dev/shm",
-            *[a for dev in self.devices for a in ("--dev-bind", dev, dev)],
+            *gpu_binds(gpu_minors or [], self.dev, self.proc_gpus),
             *(["--ro-bind", "/sys", "/sys"] if self.devices else []),
             "--size", tmp, "--perms", "1777", "--tmpfs", "/tmp",
             "--bind", source, INSIDE_WORKDIR,

@@ -28,7 +28,7 @@ from worker_gpu.runtime_process import ProcessRuntime
 # what CUDA_VISIBLE_DEVICES lets it see and, given a device, allocates 256 MiB,
 # fills it on the GPU and reads some back.
 CUDA_PROBE = r"""
-import ctypes, sys
+import ctypes, os, sys
 try:
     cuda = ctypes.CDLL("libcuda.so.1")
 except OSError as err:
@@ -39,7 +39,7 @@ def check(what, rc):
         cuda.cuGetErrorName(rc, ctypes.byref(name))
         print(what, "failed:", rc, (name.value or b"").decode()); sys.exit(4)
 rc = cuda.cuInit(0)
-if rc == 100:  # CUDA_ERROR_NO_DEVICE
+if rc == 100 or not os.path.exists("/dev/nvidiactl"):  # no device, or a sandbox without GPUs
     print("visible devices: 0"); sys.exit(0)
 check("cuInit", rc)
 count = ctypes.c_int()
@@ -97,6 +97,40 @@ def print_table(gpus: list[GpuInfo], readings: list[GpuTelemetry]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
+# What a sandboxed job given one GPU finds of the machine's: the NVIDIA nodes in its /dev,
+# the GPUs NVML lists (nvidia-smi), and the devices CUDA opens.
+ISOLATION_PROBE = (
+    "ls /dev | grep '^nvidia[0-9]' | sed 's/^/node /'; "
+    "command -v nvidia-smi >/dev/null && nvidia-smi -L | sed 's/^/smi /'; "
+    "unset CUDA_VISIBLE_DEVICES; python3 -c \"$CUDA_PROBE\""
+)
+
+
+def isolation_failures(runtime: ProcessRuntime, gpus: list[GpuInfo], root: Path) -> list[str]:
+    """Each GPU given alone to a sandboxed job, which unsets CUDA_VISIBLE_DEVICES to see the
+    others: it must find that GPU's node only, NVML must list that GPU only, CUDA must open
+    one device."""
+    failures = []
+    for gpu in gpus:
+        title = f"isolation of GPU {gpu.index}"
+        outcome = runtime.run(
+            ["sh", "-c", ISOLATION_PROBE], root / title.replace(" ", "-"), [gpu.index], 120,
+            {"CUDA_PROBE": CUDA_PROBE},
+        )
+        lines = outcome.log_tail.splitlines()
+        print(f"\n[{title}] minor {gpu.minor} exit={outcome.exit_code}")
+        print("  " + "\n  ".join(lines))
+        nodes = [line.split()[1] for line in lines if line.startswith("node ")]
+        listed = [line for line in lines if line.startswith("smi ")]
+        if nodes != [f"nvidia{gpu.minor}"]:
+            failures.append(f"GPU {gpu.index}: the sandbox holds nodes {nodes}")
+        if shutil.which("nvidia-smi") and (len(listed) != 1 or gpu.uuid not in listed[0]):
+            failures.append(f"GPU {gpu.index}: nvidia-smi in the sandbox lists {listed}")
+        if "visible devices: 1" not in outcome.log_tail:
+            failures.append(f"GPU {gpu.index}: CUDA in the sandbox does not see exactly one")
+    return failures
+
+
 def run_job(
     runtime: ProcessRuntime, title: str, command: list[str], gpu_indexes: list[int], root: Path
 ) -> RunOutcome:
@@ -120,7 +154,7 @@ def main() -> int:
     print_table(gpus, readings)
 
     failures: list[str] = []
-    runtime = ProcessRuntime()
+    runtime = ProcessRuntime(gpus=gpus)
     with tempfile.TemporaryDirectory(prefix="gpgpu-selfcheck-") as tmp:
         root = Path(tmp)
         smi = shutil.which("nvidia-smi")
@@ -139,6 +173,9 @@ def main() -> int:
         none = run_job(runtime, "cuda with no GPU", probe, [], root)
         if none.exit_code != 0 or "visible devices: 0" not in none.log_tail:
             failures.append("CUDA_VISIBLE_DEVICES='' must hide every GPU")
+
+        # A job given one GPU reaches no other, whatever CUDA_VISIBLE_DEVICES it sets.
+        failures += isolation_failures(runtime, gpus, root)
 
         if importlib.util.find_spec("torch") is not None:
             torch_job = run_job(runtime, "torch", ["python3", "-c", TORCH_PROBE], [0], root)

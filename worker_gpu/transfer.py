@@ -163,10 +163,12 @@ def sha256_file(path: Path, on_chunk: ChunkFn | None = None) -> tuple[str, int]:
 RENEW_MARGIN_S = 60.0
 
 
-def renewed(client: httpx.Client, url: str, method: str, *, now: float | None = None) -> str:
+def renewed(client: httpx.Client, url: str, method: str, *, now: float | None = None,
+            api_key: str | None = None) -> str:
     """`url`, or, if it is a storage grant for `method` that ends within RENEW_MARGIN_S, a
-    fresh grant for the same key and run: a POST to the grant renews it while its run is
-    live (api/storage.py)."""
+    fresh grant for the same key and run: a POST to the grant, with the provider's own key
+    (`api_key`, default the agent's GPGPU_API_KEY), renews it while its run is live
+    (api/storage.py). The key goes with the renewal only, never with a transfer."""
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     expires = query.get("expires", [""])[0]
@@ -174,7 +176,12 @@ def renewed(client: httpx.Client, url: str, method: str, *, now: float | None = 
         return url
     if int(expires) - (time.time() if now is None else now) > RENEW_MARGIN_S:
         return url
-    response = client.post(url, headers={"X-Grant-Method": method, **tracing.headers()})
+    if api_key is None:
+        from worker_gpu.api_client import agent_api_key
+
+        api_key = agent_api_key()
+    key = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = client.post(url, headers={"X-Grant-Method": method, **key, **tracing.headers()})
     if not response.is_success:
         raise HttpFailure("POST", response.status_code, response.text[:500])
     fresh = response.json().get("url")

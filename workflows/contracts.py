@@ -25,6 +25,8 @@ PREPARE_TRANSFERS = "prepare_transfers"
 RECORD_JOB_STEP = "record_job_step"
 RECORD_JOB_STEPS = "record_job_steps"
 MARK_PROVIDER_LOST = "mark_provider_lost"
+# A provider failed its GPU step with an error of its own: the run goes elsewhere.
+RECORD_RUN_FAILED = "record_run_failed"
 VERIFY_JOB = "verify_job"
 SETTLE_JOB = "settle_job"
 RECORD_REPUTATION = "record_reputation"
@@ -245,10 +247,18 @@ class UploadRequest:
     pickup_timeout_s: float = 30.0
 
 
+# The most of a storage answer a provider may pass on for an output the store refused.
+MAX_REFUSAL_CHARS = 512
+
+
 @dataclass
 class UploadResult:
     manifest: list[ManifestEntry]
     missing: list[str]
+    # Outputs the storage refused (larger than one object may be, past the client's quota),
+    # with its answer: they are in `missing` too, so the run is judged and paid like any run
+    # with missing outputs, and the client is told why.
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -285,6 +295,14 @@ class ProviderLost:
 
 
 @dataclass
+class RunFailed:
+    job_id: str
+    attempt: int
+    provider_id: str
+    reason: str
+
+
+@dataclass
 class ReplicaReport:
     """One provider's run of the job, as the workflow saw it."""
 
@@ -297,6 +315,7 @@ class ReplicaReport:
     manifest: list[ManifestEntry]
     missing: list[str]
     payer: str = "client"  # "network": a check the network added on its own
+    refused: dict[str, str] = field(default_factory=dict)  # UploadResult.refused
 
 
 @dataclass
@@ -309,6 +328,7 @@ class VerifyRequest:
     manifest: list[ManifestEntry]
     missing: list[str]
     others: list[ReplicaReport] = field(default_factory=list)  # more runs to compare with
+    refused: dict[str, str] = field(default_factory=dict)  # UploadResult.refused
 
 
 @dataclass
@@ -340,6 +360,9 @@ class PaymentLine:
     gpu_ms: int
     price_per_gpu_hour_micro: int
     payer: str = "client"
+    # Charged to the payer, not paid to the provider (the network keeps it): a timed-out
+    # run with no outputs that nothing checked, whose window its provider chose.
+    withheld: bool = False
 
 
 @dataclass

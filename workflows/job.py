@@ -6,7 +6,10 @@ queue (`control` unless configured otherwise); stage, execute and upload run
 there too, as assignments the allocated provider takes from the API. A provider
 that stops heartbeating (or never picks its work up) is marked lost and that run
 goes back to allocation without it; the next attempt starts from the checkpoint
-the job last wrote, if any (worker_gpu/checkpoint.py).
+the job last wrote on a provider of the same owner, if any (worker_gpu/checkpoint.py).
+A provider that fails its step with an error of its own is treated alike (RunFailed),
+and blamed (`failure`) once another provider got through. A run that timed out with
+no output, unchecked, is charged but not paid to its provider (`timeout`).
 
 Verification: every run's manifest is checked against storage. A client may ask
 for k replicas on distinct providers (a majority of matching outputs decides;
@@ -60,31 +63,17 @@ GPU_RETRY = RetryPolicy(
 )
 TRANSFER_S = 3600.0
 ALLOCATE_HEARTBEAT_S = 6.0  # the scheduler beats each second; a loaded machine may lag
-# Workflow versions: the network's own adaptive checks came after the first histories.
-ADAPTIVE_CHECKS = "adaptive-checks"
-# ... and the known-answer canaries that may follow a provider's accepted run.
-CANARIES = "canaries"
-# ... and a run with no inputs going straight to execution (one round trip less).
-SKIP_EMPTY_STAGE = "skip-empty-stage"
-# ... and the checkpoint a run uploads while it runs (resumed from after a lost provider).
-CHECKPOINTS = "checkpoints"
-# ... and the search attributes that show operators each job's state.
-SEARCH_ATTRIBUTES = "search-attributes"
-# ... and "inputs staged" and "execution started" recorded in one step, not two.
-ONE_START_STEP = "one-start-step"
-# ... and the control steps run as local activities: in the control worker that runs the
-# workflow, inside its workflow task, with no round trip through the Temporal server each.
-# Allocation stays a regular activity (it waits in the queue, seconds at a time).
-LOCAL_CONTROL_STEPS = "local-control-steps"
-# ... and bounded waits: the network's check run waits at most AdmitResult.check_wait_s for
-# GPUs (then CheckSkipped), a client's further replica, tie-break or verifier at most
-# replica_wait_s once the job holds GPUs (then the job fails, refunded); a run's GPUs go
-# back as soon as it finishes, not when the job closes.
-BOUNDED_WAITS = "bounded-waits"
+# JobWorkflow has no `workflow.patched` branches: the versions written while the network was
+# developed were folded into this one before any history was kept (tests/replay/ holds
+# histories of this version). The next change of its logic goes behind a patch.
 
 
 class ProviderLostError(Exception):
     pass
+
+
+class ProviderFailed(Exception):
+    """A provider failed its GPU step with an error of its own (not a loss, not a cancel)."""
 
 
 class AllProvidersLost(Exception):
@@ -155,7 +144,7 @@ class Run:
         return c.ReplicaReport(
             self.alloc.attempt, self.alloc.provider_id, self.alloc.price_per_gpu_hour_micro,
             self.executed.exit_code, self.executed.timed_out, self.executed.gpu_ms,
-            self.uploaded.manifest, self.uploaded.missing, self.payer,
+            self.uploaded.manifest, self.uploaded.missing, self.payer, self.uploaded.refused,
         )
 
 
@@ -164,12 +153,11 @@ class JobWorkflow:
     def __init__(self) -> None:
         self._searchable = False  # set in run(): may this workflow upsert its attributes?
         self._shown_state = "SUBMITTED"  # GpgpuState as the API set it at start
-        self._local = False  # control steps as local activities (LOCAL_CONTROL_STEPS)
         self._step = "admit"
         self._attempts = 0
         self._runs: list[Run] = []  # every allocation that got GPUs, in order
         self._lost: list[str] = []
-        self._bounded = False  # BOUNDED_WAITS
+        self._failed: list[str] = []  # providers that failed a step of theirs for this job
         self._check_wait_s = 0.0
         self._replica_wait_s = 0.0
         self._settlement: c.Settlement | None = None  # once SETTLE_JOB answered
@@ -191,29 +179,23 @@ class JobWorkflow:
         """Keep GpgpuState current, where the workflow was started with its attributes."""
         if state is None or state == self._shown_state or not self._searchable:
             return
-        if workflow.patched(SEARCH_ATTRIBUTES):
-            workflow.upsert_search_attributes([sa.STATE.value_set(state)])
-            self._shown_state = state
+        workflow.upsert_search_attributes([sa.STATE.value_set(state)])
+        self._shown_state = state
 
     @workflow.query
     def progress(self) -> dict[str, Any]:
         live = [r.alloc.provider_id for r in self._runs if r.executed is None]
-        return {"step": self._step, "providers": live, "lost": list(self._lost)}
+        return {"step": self._step, "providers": live, "lost": list(self._lost),
+                "failed": list(self._failed)}
 
     async def _control(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
-        """A short step on the stores, idempotent: retried as it is, even twice at once."""
-        if self._local:
-            return await workflow.execute_local_activity(
-                name,
-                arg,
-                start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
-                retry_policy=CONTROL_RETRY,
-                result_type=result_type,
-            )
-        return await workflow.execute_activity(
+        """A short step on the stores, idempotent: retried as it is, even twice at once.
+
+        A local activity: it runs in the control worker that runs this workflow, inside its
+        workflow task, with no round trip through the Temporal server."""
+        return await workflow.execute_local_activity(
             name,
             arg,
-            task_queue=workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=CONTROL_RETRY,
             result_type=result_type,
@@ -230,18 +212,24 @@ class JobWorkflow:
         retry: RetryPolicy = GPU_RETRY,
         cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
     ) -> T:
-        return await gpu_step(
-            provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
-            name, arg, result_type, run_for_s, retry, cancellation,
-        )
+        try:
+            return await gpu_step(
+                provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
+                name, arg, result_type, run_for_s, retry, cancellation,
+            )
+        except ActivityError as err:
+            if _is_provider_loss(err):
+                raise ProviderLostError(f"{provider_id} stopped answering during {name}") from err
+            if is_cancelled_exception(err) or _cancel_requested() or _ended(inp, err):
+                raise
+            # The provider's own error (the API refuses the control plane's error types).
+            raise ProviderFailed(f"{provider_id} failed its {name} step: {_reason(err)}") from err
 
     @workflow.run
     async def run(self, inp: c.JobInput) -> c.JobResult:
         # A server without the attributes registered would fail every upsert: the API
         # started this workflow with them only where the server has them.
         self._searchable = sa.CLIENT in workflow.info().typed_search_attributes
-        self._local = workflow.patched(LOCAL_CONTROL_STEPS)
-        self._bounded = workflow.patched(BOUNDED_WAITS)
         try:
             result = await self._run(inp)
         except (asyncio.CancelledError, ActivityError, ApplicationError) as err:
@@ -273,10 +261,11 @@ class JobWorkflow:
         except ActivityError as err:
             if is_cancelled_exception(err) or _ended(inp, err) is not None:
                 raise
-            # A provider refused the job (e.g. its inputs changed in storage).
+            # A control step refused the job for good (an input not pinned at submission).
+            # A provider's own failure never arrives here: its run goes elsewhere (_one_run).
             return await self._close(inp, [], _reason(err))
 
-        if admitted.replicas <= 1 and workflow.patched(ADAPTIVE_CHECKS):
+        if admitted.replicas <= 1:
             check = await self._control(
                 c.PLAN_CHECK,
                 c.CheckRequest(inp.job_id, runs[0].alloc.provider_id, workflow.random().random()),
@@ -326,8 +315,6 @@ class JobWorkflow:
 
     def _bound_s(self, label: str) -> float:
         """How long this kind of run may wait for GPUs; 0: as long as it takes."""
-        if not self._bounded:
-            return 0.0
         if label == "check":
             return self._check_wait_s
         return self._replica_wait_s if label != "run" else 0.0
@@ -336,7 +323,7 @@ class JobWorkflow:
         busy = [r.alloc.provider_id for r in self._runs]
         handle = workflow.start_activity(
             c.ALLOCATE_GPUS,
-            c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + busy)),
+            c.AllocateRequest(inp.job_id, attempt, _unique(self._lost + self._failed + busy)),
             task_queue=workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=QUEUE_RETRY,
@@ -345,7 +332,7 @@ class JobWorkflow:
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             # The scheduler heartbeats each second it waits: a cancel reaches the try in
             # seconds (unset, heartbeats were throttled to 30 s, past the try's own end).
-            heartbeat_timeout=timedelta(seconds=ALLOCATE_HEARTBEAT_S) if self._bounded else None,
+            heartbeat_timeout=timedelta(seconds=ALLOCATE_HEARTBEAT_S),
         )
         bound = self._bound_s(label)
         if not bound:
@@ -377,12 +364,22 @@ class JobWorkflow:
         self, inp: c.JobInput, payer: str, purpose: str = "run", source_attempt: int = 0,
         label: str = "run",
     ) -> Run:
-        """Allocate, stage, execute, upload; on a lost provider, again elsewhere."""
+        """Allocate, stage, execute, upload; on a lost provider, or one that failed its step
+        with an error of its own, again elsewhere (at most max_provider_attempts in all)."""
+        failures: list[tuple[int, str, str]] = []  # (attempt, provider, why) of failed runs
         for _ in range(inp.max_provider_attempts):
             self._attempts += 1
             attempt = self._attempts
             self._step = "allocate"
-            alloc = await self._allocate(inp, attempt, label)
+            try:
+                # After a failure the run waits for another provider, but not for ever: the
+                # job may be what no provider can run (an input changed, an image missing).
+                alloc = await self._allocate(
+                    inp, attempt, "retry" if failures and label == "run" else label)
+            except Unplaced as unplaced:
+                if failures:
+                    raise Unplaced(f"{failures[-1][2]}; {unplaced}") from None
+                raise
             run = Run(alloc, payer, purpose)
             self._runs.append(run)
             try:
@@ -395,7 +392,26 @@ class JobWorkflow:
                 self._runs.remove(run)
                 self._lost.append(alloc.provider_id)
                 continue
+            except ProviderFailed as failed:
+                await self._control(
+                    c.RECORD_RUN_FAILED,
+                    c.RunFailed(inp.job_id, attempt, alloc.provider_id, str(failed)),
+                )
+                self._runs.remove(run)
+                self._failed.append(alloc.provider_id)
+                failures.append((attempt, alloc.provider_id, str(failed)))
+                continue
+            # Another provider got through where these failed: the failures were theirs, not
+            # the job's (a job no provider can run blames none of them).
+            for failed_attempt, provider_id, _ in failures:
+                await self._control(c.RECORD_REPUTATION, c.ReputationRequest(
+                    f"{inp.job_id}#{failed_attempt}", provider_id, "failure"))
             return run
+        if failures:
+            raise AllProvidersLost(
+                f"{len(failures)} providers failed the job and {len(self._lost)} were lost; "
+                f"the last: {failures[-1][2]}"
+            )
         raise AllProvidersLost(
             f"lost {len(self._lost)} providers in a row: {', '.join(self._lost)}"
         )
@@ -408,74 +424,61 @@ class JobWorkflow:
         if purpose != "run":
             request = c.AllocateRequest(inp.job_id, attempt, [], purpose, source_attempt)
         plan = await self._control(c.PREPARE_TRANSFERS, request, c.TransferPlan)
-        try:
-            self._step = "stage"
-            if not plan.inputs and workflow.patched(SKIP_EMPTY_STAGE):
-                staged = c.StageResult(0, 0)  # nothing to fetch: execute makes the work dir
-            else:
-                staged = await self._gpu(
-                    inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
-                    c.StageResult, TRANSFER_S,
-                )
-            starting = [
-                c.JobStep(inp.job_id, "inputs_staged", pid, attempt, files=staged.files,
-                          bytes=staged.bytes),
-                c.JobStep(inp.job_id, "execution_started", pid, attempt),
-            ]
-            if workflow.patched(ONE_START_STEP):  # one round trip less before the run starts
-                await self._control(c.RECORD_JOB_STEPS, c.JobSteps(starting))
-            else:
-                for step in starting:
-                    await self._step_done(step)
-            self._step = "execute"
-            run.started = workflow.now()
-            checkpoint = None
-            if plan.checkpoint is not None and workflow.patched(CHECKPOINTS):
-                checkpoint = plan.checkpoint
-            executed = await self._gpu(
-                inp, pid, c.EXECUTE_JOB,
-                c.ExecuteRequest(
-                    inp.job_id, attempt, plan.command, run.alloc.gpu_indexes, plan.timeout_s,
-                    plan.env, plan.image, plan.network, checkpoint,
-                ),
-                c.ExecuteResult, plan.timeout_s + 60.0,
-                # Never run a job twice on the same provider: a lost run is re-allocated.
-                retry=RetryPolicy(maximum_attempts=1),
-                # On cancel, settle only once the process has really stopped.
-                cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        self._step = "stage"
+        if not plan.inputs:
+            staged = c.StageResult(0, 0)  # nothing to fetch: execute makes the work dir
+        else:
+            staged = await self._gpu(
+                inp, pid, c.STAGE_INPUTS, c.StageRequest(inp.job_id, attempt, plan.inputs),
+                c.StageResult, TRANSFER_S,
             )
-            run.executed = executed
-            await self._step_done(c.JobStep(
-                inp.job_id, "execution_finished", pid, attempt, exit_code=executed.exit_code,
-                timed_out=executed.timed_out, gpu_ms=executed.gpu_ms, log_tail=executed.log_tail,
-            ))
-            if purpose != "run":
-                run.uploaded = c.UploadResult([], [])
-                await self._release_run(inp, run)
-                return
-            self._step = "upload"
-            uploaded = await self._gpu(
-                inp, pid, c.UPLOAD_OUTPUTS, c.UploadRequest(inp.job_id, attempt, plan.outputs),
-                c.UploadResult, TRANSFER_S,
-            )
-            run.uploaded = uploaded
-            await self._step_done(c.JobStep(
-                inp.job_id, "outputs_uploaded", pid, attempt,
-                manifest=uploaded.manifest, missing=uploaded.missing,
-            ))
+        # "Inputs staged" and "execution started" in one step: one round trip less.
+        await self._control(c.RECORD_JOB_STEPS, c.JobSteps([
+            c.JobStep(inp.job_id, "inputs_staged", pid, attempt, files=staged.files,
+                      bytes=staged.bytes),
+            c.JobStep(inp.job_id, "execution_started", pid, attempt),
+        ]))
+        self._step = "execute"
+        run.started = workflow.now()
+        executed = await self._gpu(
+            inp, pid, c.EXECUTE_JOB,
+            c.ExecuteRequest(
+                inp.job_id, attempt, plan.command, run.alloc.gpu_indexes, plan.timeout_s,
+                plan.env, plan.image, plan.network, plan.checkpoint,
+            ),
+            c.ExecuteResult, plan.timeout_s + 60.0,
+            # Never run a job twice on the same provider: a lost run is re-allocated.
+            retry=RetryPolicy(maximum_attempts=1),
+            # On cancel, settle only once the process has really stopped.
+            cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        run.executed = executed
+        await self._step_done(c.JobStep(
+            inp.job_id, "execution_finished", pid, attempt, exit_code=executed.exit_code,
+            timed_out=executed.timed_out, gpu_ms=executed.gpu_ms, log_tail=executed.log_tail,
+        ))
+        if purpose != "run":
+            run.uploaded = c.UploadResult([], [])
             await self._release_run(inp, run)
-        except ActivityError as err:
-            if _is_provider_loss(err):
-                raise ProviderLostError(f"{pid} stopped answering during {self._step}") from err
-            raise
+            return
+        self._step = "upload"
+        uploaded = await self._gpu(
+            inp, pid, c.UPLOAD_OUTPUTS, c.UploadRequest(inp.job_id, attempt, plan.outputs),
+            c.UploadResult, TRANSFER_S,
+        )
+        run.uploaded = uploaded
+        await self._step_done(c.JobStep(
+            inp.job_id, "outputs_uploaded", pid, attempt,
+            manifest=uploaded.manifest, missing=uploaded.missing,
+        ))
+        await self._release_run(inp, run)
 
     async def _release_run(self, inp: c.JobInput, run: Run) -> None:
         """A finished run holds no GPU while the job verifies, waits for a check, settles."""
-        if self._bounded:
-            await self._control(
-                c.RELEASE_RUN,
-                c.ReleaseRunRequest(inp.job_id, run.alloc.attempt, run.alloc.provider_id),
-            )
+        await self._control(
+            c.RELEASE_RUN,
+            c.ReleaseRunRequest(inp.job_id, run.alloc.attempt, run.alloc.provider_id),
+        )
 
     async def _step_done(self, step: c.JobStep) -> None:
         await self._control(c.RECORD_JOB_STEP, step)
@@ -489,7 +492,7 @@ class JobWorkflow:
             c.VERIFY_JOB,
             c.VerifyRequest(
                 inp.job_id, first.attempt, first.provider_id, first.exit_code, first.timed_out,
-                first.manifest, first.missing, others,
+                first.manifest, first.missing, others, first.refused,
             ),
             c.Verdict,
         )
@@ -532,25 +535,17 @@ class JobWorkflow:
         held = [r for r in self._runs if r not in runs] + runs
         self._step = "settle"
         accepted = set(verdict.accepted_attempts)
-        if len(runs) == 1 and not verdict.accepted_attempts and verdict.accepted:
-            accepted = {runs[0].alloc.attempt}  # an answer from before replicas existed
-        if len(runs) <= 1 and all(r.payer == "client" for r in runs):
-            # One run: the settlement as it was first written (replays of old histories).
-            only = held[0].alloc if held else None
-            gpu_ms = runs[0].executed.gpu_ms if runs and runs[0].executed else 0
-            request = c.SettleRequest(
-                inp.job_id, only.provider_id if only else "", gpu_ms,
-                only.price_per_gpu_hour_micro if only else 0, verdict.accepted and bool(runs),
-            )
-        else:
-            # Paid: every run whose result was accepted, and the verifier's run.
-            request = c.SettleRequest(inp.job_id, "", 0, 0, False, payments=[
-                c.PaymentLine(r.alloc.provider_id, r.executed.gpu_ms,
-                              r.alloc.price_per_gpu_hour_micro, r.payer)
-                for r in runs
-                if r.executed is not None
-                and (r.alloc.attempt in accepted or r.purpose == "verify")
-            ])
+        unproven = {r.alloc.attempt for r in runs if _unproven_timeout(r, runs)}
+        # Paid: every run whose result was accepted, and the verifier's run; an unproven
+        # timeout is charged all the same, but its provider is not paid for it.
+        request = c.SettleRequest(inp.job_id, "", 0, 0, False, payments=[
+            c.PaymentLine(r.alloc.provider_id, r.executed.gpu_ms,
+                          r.alloc.price_per_gpu_hour_micro, r.payer,
+                          withheld=r.alloc.attempt in unproven)
+            for r in runs
+            if r.executed is not None
+            and (r.alloc.attempt in accepted or r.purpose == "verify")
+        ])
         self._settle_request = request
         settlement = await self._control(c.SETTLE_JOB, request, c.Settlement)
         self._settlement = settlement
@@ -559,7 +554,9 @@ class JobWorkflow:
         for r in runs:
             if r.executed is None:
                 continue
-            if len(runs) == 1:
+            if r.alloc.attempt in unproven:
+                outcome = "timeout"
+            elif len(runs) == 1:
                 outcome = "success" if verdict.accepted else "mismatch"
             else:
                 outcome = "mismatch" if r.alloc.attempt in mismatched else "success"
@@ -573,32 +570,31 @@ class JobWorkflow:
         await self._control(
             c.FINISH_JOB, c.FinishRequest(inp.job_id, verdict.succeeded, verdict.reason)
         )
-        if workflow.patched(CANARIES):
-            # A known-answer canary may follow each provider whose run was accepted, at
-            # its canary rate; it runs on its own (abandoned) and never holds up the job.
-            trusted = _unique([r.alloc.provider_id for r in runs if r.executed is not None
-                               and r.purpose == "run" and r.alloc.attempt in accepted])
-            for pid in trusted:
-                try:
-                    plan = await self._control(
-                        c.PLAN_CANARY,
-                        c.CanaryRequest(inp.job_id, pid, workflow.random().random()),
-                        c.CanaryPlan,
+        # A known-answer canary may follow each provider whose run was accepted, at
+        # its canary rate; it runs on its own (abandoned) and never holds up the job.
+        trusted = _unique([r.alloc.provider_id for r in runs if r.executed is not None
+                           and r.purpose == "run" and r.alloc.attempt in accepted])
+        for pid in trusted:
+            try:
+                plan = await self._control(
+                    c.PLAN_CANARY,
+                    c.CanaryRequest(inp.job_id, pid, workflow.random().random()),
+                    c.CanaryPlan,
+                )
+                if plan.run:
+                    await workflow.start_child_workflow(
+                        c.CANARY_WORKFLOW,
+                        c.CanaryInput(inp.job_id, pid, plan.seed, plan.delay_s,
+                                      inp.gpu_heartbeat_timeout_s,
+                                      inp.gpu_schedule_to_start_timeout_s),
+                        id=c.canary_workflow_id(inp.job_id, pid),
+                        task_queue=workflow.info().task_queue,
+                        parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                     )
-                    if plan.run:
-                        await workflow.start_child_workflow(
-                            c.CANARY_WORKFLOW,
-                            c.CanaryInput(inp.job_id, pid, plan.seed, plan.delay_s,
-                                          inp.gpu_heartbeat_timeout_s,
-                                          inp.gpu_schedule_to_start_timeout_s),
-                            id=c.canary_workflow_id(inp.job_id, pid),
-                            task_queue=workflow.info().task_queue,
-                            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                        )
-                except (asyncio.CancelledError, ActivityError, WorkflowAlreadyStartedError) as err:
-                    if is_cancelled_exception(err):
-                        break  # the job has finished: a cancel now only stops the canaries
-                    workflow.logger.warning("no canary for %s: %s", pid, err)
+            except (asyncio.CancelledError, ActivityError, WorkflowAlreadyStartedError) as err:
+                if is_cancelled_exception(err):
+                    break  # the job has finished: a cancel now only stops the canaries
+                workflow.logger.warning("no canary for %s: %s", pid, err)
         self._step = "done"
         state = "SUCCEEDED" if verdict.succeeded else "FAILED"
         provider = held[0].alloc.provider_id if held else ""
@@ -696,12 +692,24 @@ def _result(inp: c.JobInput, ended: c.EndedJob) -> c.JobResult:
 
 def _unplaced_reason(label: str, bound_s: float) -> str:
     what = {"check": "the network's check", "replica": "a replica",
-            "tie-break": "the tie-break", "verifier": "the verifier"}.get(label, "a run")
+            "tie-break": "the tie-break", "verifier": "the verifier",
+            "retry": "the run, once a provider failed it,"}.get(label, "a run")
     return f"{what} found no independent provider within {bound_s:g} s"
 
 
 def _unique(ids: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
+
+
+def _unproven_timeout(run: Run, runs: list[Run]) -> bool:
+    """A run that timed out with no output, and that no other run of the job checked: the
+    window it would be paid for is one its provider chose (heartbeating without running,
+    then reporting a timeout), and nothing shows work was done. The client pays for it all
+    the same (its job was given the GPUs; so a client gains nothing from a job that never
+    ends), the provider is not paid, and it is recorded as a `timeout`."""
+    ran = [r for r in runs if r.purpose == "run"]
+    return (len(ran) == 1 and ran[0] is run and run.executed is not None and run.executed.timed_out
+            and run.uploaded is not None and not run.uploaded.manifest)
 
 
 def _outcome_key(job_id: str, run: Run, runs: list[Run]) -> str:

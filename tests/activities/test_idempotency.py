@@ -20,9 +20,9 @@ import pytest
 from activities.control import ControlActivities
 from activities.verify import output_key
 from domain.application import Network
-from domain.spec import parse_job_spec
 from infra.settings import Settings
 from infra.storage import FilesystemStore
+from protocol.spec import parse_job_spec
 from readmodel.schema import ViewDB
 from tests.domain.conftest import store_settings
 from workflows import contracts as c

@@ -11,8 +11,8 @@ import pytest
 
 from domain.application import Network, SettlementFigures
 from domain.ledger import EXTERNAL, FEES
-from domain.spec import parse_job_spec
 from infra.settings import Settings
+from protocol.spec import parse_job_spec
 from readmodel.schema import ViewDB
 from tests.domain.conftest import store_settings
 

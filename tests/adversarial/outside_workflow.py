@@ -32,3 +32,15 @@ class OutsideWorkflow:
             cause = getattr(err, "cause", None)
             return f"refused: {getattr(cause, 'type', '')}: {cause or err}"
         return "ran"
+
+
+@workflow.defn(name="OutsideSweep")
+class OutsideSweep:
+    """Every control step in turn, each with a request of its own type."""
+
+    @workflow.run
+    async def run(self, forgeries: list[Forgery]) -> list[str]:
+        answers = []
+        for forgery in forgeries:
+            answers.append(f"{forgery.activity}: {await OutsideWorkflow().run(forgery)}")
+        return answers

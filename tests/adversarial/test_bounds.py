@@ -31,9 +31,9 @@ from domain.limits import (
     MAX_TIMEOUT_S,
     OutOfBounds,
 )
-from domain.spec import parse_job_spec
 from infra.settings import Settings
 from ops.devstack import free_port
+from protocol.spec import parse_job_spec
 from readmodel.telemetry import GpuReading, Heartbeat
 from tests.api.test_provider_controls import (
     HEARTBEAT,

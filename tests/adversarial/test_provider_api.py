@@ -9,19 +9,28 @@ no assignment handed out or closed.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
+import typing
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client
+from temporalio import activity
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from tests.adversarial.outside_workflow import Forgery, OutsideWorkflow
+from activities.assign import AssignActivities
+from activities.canary import CanaryActivities
+from activities.control import ControlActivities
+from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWorkflow
 from tests.adversarial.rogue import Rogue, State
 from tests.e2e.network import Network, network
+from tests.e2e.test_job_log import follow as follow_log
+from workflows.contracts import JobInput
 
 pytestmark = pytest.mark.e2e
 
@@ -308,3 +317,142 @@ async def test_a_workflow_from_outside_cannot_run_control_steps(
 
     assert answer.startswith("refused: NotOurWorkflow"), answer
     assert settled(state, wait_s=0.2) == before
+
+
+def control_steps() -> list[tuple[str, type]]:
+    """Every activity the control worker serves (infra/temporal.py), with its request type."""
+    found = []
+    for cls in (ControlActivities, CanaryActivities, AssignActivities):
+        for fn in vars(cls).values():
+            defn = activity._Definition.from_callable(fn) if callable(fn) else None
+            if defn is not None:
+                assert defn.arg_types, defn.name
+                found.append((str(defn.name), defn.arg_types[0]))
+    return found
+
+
+def forged(cls: type, job_id: str, provider_id: str) -> dict[str, Any]:
+    """A request of type `cls` for this job and provider, every required field filled."""
+    hints = typing.get_type_hints(cls)
+
+    def sample(t: Any) -> Any:
+        origin = typing.get_origin(t)
+        if origin in (list, dict) or t in (list, dict):
+            return (origin or t)()
+        if origin is not None:  # X | None
+            return sample(next(a for a in typing.get_args(t) if a is not type(None)))
+        if dataclasses.is_dataclass(t):
+            return forged(t, job_id, provider_id)  # type: ignore[arg-type]
+        return {str: "x", int: 1, float: 1.0, bool: False}[t]
+
+    named = {"job_id": job_id, "origin_job_id": job_id, "provider_id": provider_id}
+    return {f.name: named.get(f.name) or sample(hints[f.name])
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+
+def waiting_job(net: Network) -> str:
+    """A victim's live job that no provider here takes (0.1 credits an hour): it waits."""
+    spec = {"name": "adv-wait", "max_price_per_gpu_hour": "0.1", "timeout": "5m",
+            "command": "true", "outputs": []}
+    result = net.gql(SUBMIT, "victim", s=spec)["submitJob"]
+    assert result["__typename"] == "JobSubmitted", result
+    job_id = str(result["job"]["id"])
+    net.wait_job(job_id, ("QUEUED",), "victim")
+    return job_id
+
+
+async def test_every_control_step_refuses_a_workflow_from_outside(
+    net: Network, state: State, temporal_server: str
+) -> None:
+    # Each of them, the GPU steps and the canary's included, for a victim's live job and the
+    # network's honest provider, from a workflow of the outsider's own on the control queue.
+    steps = control_steps()
+    assert len(steps) >= 20
+    job_id = waiting_job(net)
+    queue = net.stack.env["GPGPU_CONTROL_TASK_QUEUE"]
+    forgeries = [Forgery(queue, name, forged(cls, job_id, "adv-honest")) for name, cls in steps]
+    before = settled(state, wait_s=0.2)
+    client = await Client.connect(temporal_server)
+    own_queue = f"outside-sweep-{time.monotonic_ns()}"
+    async with Worker(client, task_queue=own_queue, workflows=[OutsideSweep],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        answers = await client.execute_workflow(
+            "OutsideSweep", forgeries, id=own_queue, task_queue=own_queue,
+            execution_timeout=timedelta(seconds=120), result_type=list[str],
+        )
+
+    assert len(answers) == len(steps)
+    assert [a for a in answers if ": refused: NotOurWorkflow" not in a] == []
+    assert settled(state, wait_s=0.2) == before
+
+
+async def test_the_networks_job_workflow_under_another_id_runs_no_control_step(
+    net: Network, state: State, temporal_server: str
+) -> None:
+    # The network's own JobWorkflow code, started by an outsider on the control queue under an
+    # id of its own with a victim's live job as input: its control steps run as local
+    # activities of our worker, and each asks which workflow it serves.
+    job_id = waiting_job(net)
+    before = settled(state, wait_s=0.2)
+    outsider = await Client.connect(temporal_server)
+    workflow_id = f"outside-job-{time.monotonic_ns()}"
+    await outsider.start_workflow(
+        "JobWorkflow", JobInput(job_id, net.client_id("victim")), id=workflow_id,
+        task_queue=net.stack.env["GPGPU_CONTROL_TASK_QUEUE"],
+        execution_timeout=timedelta(seconds=60),
+    )
+    settings = net.stack.settings  # the network's client reads what its worker wrote
+    ours = await Client.connect(settings.temporal_address,
+                                data_converter=settings.temporal_converter())
+    with pytest.raises(WorkflowFailureError) as failed:
+        await ours.get_workflow_handle(workflow_id).result()
+    cause = failed.value.cause
+    while getattr(cause, "cause", None) is not None and not getattr(cause, "type", None):
+        cause = getattr(cause, "cause")  # noqa: B009 -- through ActivityError to the cause
+    assert getattr(cause, "type", None) == "NotOurWorkflow", repr(failed.value.cause)
+    assert settled(state, wait_s=0.2) == before
+    job = net.gql("query($id: ID!) { job(id: $id) { state } }", "victim", id=job_id)["job"]
+    assert job["state"] == "QUEUED"
+
+
+def test_a_jobs_live_log_takes_only_its_own_providers_output_within_bounds(
+    net: Network, mallory: Rogue, eve: Rogue
+) -> None:
+    job_id = submit(net)
+    execute = mallory.take("execute_job")
+    aid = execute["assignmentId"]
+
+    def beat(who: Rogue, log: dict[str, Any], provider_id: str | None = None) -> Any:
+        return who.call("heartbeat", aid, {"details": {}, "log": log}, provider_id=provider_id)
+
+    hello = {"offset": 0, "bytes": 6, "text": "hello\n"}
+    assert beat(eve, {**hello, "text": "eve!!\n"}, "rogue-1").status_code == 403
+    assert beat(eve, {**hello, "text": "eve!!\n"}, "eve-1").status_code == 404
+    assert beat(mallory, hello).json() == {"cancel": False}
+    assert beat(mallory, hello).json() == {"cancel": False}  # sent again: kept once
+    huge = beat(mallory, {"offset": 6, "bytes": 16385, "text": "x" * 16385})
+    assert huge.status_code == 413 and "at most 16384 bytes" in huge.text, huge.text
+    overlap = beat(mallory, {"offset": 3, "bytes": 6, "text": "lo\nbye"})
+    assert overlap.status_code == 400 and "log.offset: 3 overlaps" in overlap.text
+    padded = beat(mallory, {"offset": 6, "bytes": 1, "text": "many chars"})
+    assert padded.status_code == 400 and "log.text" in padded.text
+
+    r = mallory.call("complete", aid, {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 10, "gpu_ms": 10, "log_tail": ""}})
+    assert r.status_code == 200, r.text
+    late = beat(mallory, {"offset": 6, "bytes": 5, "text": "late\n"})
+    assert late.json() == {"cancel": True}  # a finished run's output is not taken
+    upload = mallory.take("upload_outputs")
+    wrong_step = mallory.call("heartbeat", upload["assignmentId"],
+                              {"details": {}, "log": {**hello, "text": "upld\n"}})
+    assert wrong_step.status_code == 400 and "only a run has output" in wrong_step.text
+    r = mallory.call("complete", upload["assignmentId"],
+                     {"result": {"manifest": [], "missing": []}})
+    assert r.status_code == 200, r.text
+    assert net.wait_job(job_id, ("SUCCEEDED",), client="victim")["state"] == "SUCCEEDED"
+
+    chunks, end = asyncio.run(follow_log(net, "victim", job_id))
+    assert [c["text"] for c in chunks] == ["hello\n"] and '"complete"' in end
+    stolen, refusal = asyncio.run(follow_log(net, "mallory", job_id))
+    assert stolen == [] and "of yours" in refusal

@@ -25,6 +25,7 @@ import pytest
 from temporalio.client import Client
 
 from domain.application import Network as DomainNetwork
+from infra.payload_codec import decrypt_history
 from infra.signing import Grant, grant_url, parse_grant
 from tests.e2e.network import Network, network
 from workflows.contracts import job_workflow_id
@@ -73,7 +74,8 @@ def plan_of(net: Network, job_id: str, attempt: int = 1) -> dict[str, Any]:
 
     async def read() -> dict[str, Any]:
         temporal = await Client.connect(net.stack.settings.temporal_address)
-        history = await temporal.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
+        raw = await temporal.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
+        history = decrypt_history(raw, net.stack.settings.payload_keys)  # as the network reads it
         for event in history.events:
             payloads: list[Any] = []
             if event.HasField("activity_task_completed_event_attributes"):

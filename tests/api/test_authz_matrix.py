@@ -23,10 +23,10 @@ from fastapi import FastAPI
 
 from api.services import Services
 from domain.identity import ROLES
-from domain.spec import parse_job_spec
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
 from ops.devstack import free_port
+from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
 
 WHO = ("anonymous", "client_a", "client_b", "provider", "operator", "admin")

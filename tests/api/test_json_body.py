@@ -41,5 +41,5 @@ def test_a_body_that_is_not_utf8_is_refused_by_position() -> None:
 
 
 def test_a_lone_surrogate_escape_is_read_as_json_reads_it() -> None:
-    """Whether such text is acceptable is for the field that holds it (domain/spec.py)."""
+    """Whether such text is acceptable is for the field that holds it (protocol/spec.py)."""
     assert loads(b'["\\ud800"]') == ["\ud800"]

@@ -22,9 +22,9 @@ from fastapi import FastAPI
 from api.json_body import MAX_JSON_DEPTH
 from api.services import Services
 from domain.identity import ROLES
-from domain.spec import parse_job_spec
 from infra.settings import Settings
 from ops.devstack import free_port
+from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
 
 INTERVAL = 1.0  # heartbeat interval: offline after 3 missed (3.5 s)

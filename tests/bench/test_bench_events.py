@@ -21,6 +21,9 @@ EXPECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("rebuild_events_per_s", "events/s", {"store": "postgres"}),
     ("subscriber_latency_p50_ms", "ms", {"subscribers": 100}),
     ("subscriber_latency_p99_ms", "ms", {"subscribers": 100}),
+    ("own_job_latency_p50_ms", "ms", {"subscribers": 20}),
+    ("own_job_latency_p99_ms", "ms", {"subscribers": 20}),
+    ("idle_subscription_kib", "KiB", {"subscribers": 50}),
 ]
 
 
@@ -33,7 +36,7 @@ def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 @pytest.mark.e2e
 def test_quick_run_prints_every_figure() -> None:
-    done = run_bench("events", "--quick")
+    done = run_bench("events", "--quick", timeout=600)  # own jobs: a whole network starts
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines()]  # nothing but JSON lines
     assert len(lines) == len(EXPECTED), done.stdout
@@ -47,11 +50,14 @@ def test_quick_run_prints_every_figure() -> None:
         assert line["bench"] == "events"
         assert line["unit"] == unit
         assert isinstance(line["value"], int | float) and line["value"] > 0, line
-    p50, p99 = (
-        next(line["value"] for line in lines if line["metric"] == m)
-        for m in ("subscriber_latency_p50_ms", "subscriber_latency_p99_ms")
-    )
-    assert p50 <= p99
+    for kind in ("subscriber", "own_job"):
+        p50, p99 = (
+            next(line["value"] for line in lines if line["metric"] == m)
+            for m in (f"{kind}_latency_p50_ms", f"{kind}_latency_p99_ms")
+        )
+        assert p50 <= p99
+    own = next(line for line in lines if line["metric"] == "own_job_latency_p99_ms")
+    assert own["most_live"] >= 1 and own["events"] >= 20  # every job's events, seen live
     assert "views check: job_events=" in done.stderr  # the rebuild was checked, not just timed
 
 

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from client import cli
+from client.cli import common
 from client.sdk import GpgpuClient
 from tests.client.fake_api import CLIENT, FakeApi, event_json, happy_events, job_json
 
@@ -19,7 +20,8 @@ runner = CliRunner(env={"COLUMNS": "200"})
 @pytest.fixture
 def wired(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     """The CLI's clients talk to the fake: HTTP in-process, the websocket on its port."""
-    monkeypatch.setattr(cli, "GpgpuClient", functools.partial(GpgpuClient, transport=api.transport))
+    wired_client = functools.partial(GpgpuClient, transport=api.transport)
+    monkeypatch.setattr(common, "GpgpuClient", wired_client)
     return api
 
 

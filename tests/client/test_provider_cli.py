@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from client import cli
+from client.cli import common
 from client.sdk import GpgpuClient
 from tests.client.fake_api import CLIENT, FakeApi
 
@@ -85,7 +86,7 @@ class ProviderApi(FakeApi):
         if name == "ProviderEarnings":
             return {"providerEarnings": {
                 "providerId": v["id"], "balanceMicro": 1_500_000, "earnedMicro": 2_000_000,
-                "withdrawnMicro": 500_000,
+                "verifiedMicro": 1_250_000, "withdrawnMicro": 500_000,
                 "entries": [{"seq": 1, "transferId": "pay:j1:p1", "amountMicro": 2_000_000,
                              "balanceMicro": 2_000_000, "counterparty": "escrow:j1",
                              "kind": "payment", "memo": "payment for GPU time",
@@ -105,7 +106,8 @@ class ProviderApi(FakeApi):
             return {"queue": [
                 {"position": 1, "jobId": "j-mine", "name": "train", "gpus": 1, "gpuModel": None,
                  "priority": 2, "waitingSince": "2025-01-02T03:04:05+00:00",
-                 "expectedStart": "2025-01-02T03:04:05+00:00", "mine": True},
+                 "expectedStart": "2025-01-02T03:04:05+00:00", "mine": True,
+                 "waitingFor": ["2 jobs ahead of it in the queue"]},
                 {"position": 2, "jobId": "j-other", "name": "", "gpus": 8, "gpuModel": "H100",
                  "priority": 0, "waitingSince": "2025-01-02T03:00:00+00:00",
                  "expectedStart": None, "mine": False},
@@ -116,7 +118,8 @@ class ProviderApi(FakeApi):
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> ProviderApi:
     api = ProviderApi()
-    monkeypatch.setattr(cli, "GpgpuClient", functools.partial(GpgpuClient, transport=api.transport))
+    wired_client = functools.partial(GpgpuClient, transport=api.transport)
+    monkeypatch.setattr(common, "GpgpuClient", wired_client)
     return api
 
 
@@ -177,7 +180,8 @@ def test_price(fake: ProviderApi) -> None:
 def test_earnings(fake: ProviderApi) -> None:
     shown = gpgpu("provider", "earnings", "p1")
     assert shown.exit_code == 0, shown.output
-    assert "1.5 credits" in shown.stdout and "2 credits (paid for verified work)" in shown.stdout
+    assert "1.5 credits" in shown.stdout and "2 credits (also checks" in shown.stdout
+    assert re.search(r"earned for verified work\s+1\.25 credits", shown.stdout), shown.stdout
     assert "payment for GPU time" in shown.stdout
     doc = json.loads(gpgpu("provider", "earnings", "p1", "--json", "--limit", "5").stdout)
     assert (doc["earned_micro"], doc["entries"][0]["kind"]) == (2_000_000, "payment")
@@ -220,6 +224,7 @@ def test_node_waiting(fake: ProviderApi) -> None:
     assert re.search(r"1\s+j-mine\s+train\s+1\s+2\s+2025-01-02 03:04:05\s+2025-01-02 03:04:05",
                      shown.stdout)
     assert re.search(r"2\s+j-other\s+-\s+8\s+0\s+2025-01-02 03:00:00\s+-", shown.stdout)
+    assert "2 jobs ahead of it" in shown.stdout
     doc = json.loads(gpgpu("node", "waiting", "local/h100", "--json").stdout)
     assert [j["position"] for j in doc] == [1, 2]
     assert fake.operations[-1] == ("Queue", {"name": "local/h100", "limit": 100})

@@ -18,8 +18,8 @@ from psycopg import sql
 from domain.application import Network
 from domain.job import Job
 from domain.provider import Provider
-from domain.spec import JobSpec, parse_job_spec
 from infra.settings import Settings
+from protocol.spec import JobSpec, parse_job_spec
 
 START = 100_000_000  # the client's starting balance, 100 credits
 FEE_BPS = 500

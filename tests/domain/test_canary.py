@@ -25,7 +25,7 @@ from domain.canary import (
 )
 from domain.errors import UnknownJob
 from domain.ledger import CHECKS, provider_account
-from domain.money import cost_of_gpu_time
+from protocol.money import cost_of_gpu_time
 
 SEED = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"

@@ -244,6 +244,32 @@ def test_only_the_provider_that_held_an_attempt_can_be_lost_from_it(app: Network
     assert app.provider("bystander").status != "lost"
 
 
+def test_a_failed_run_frees_its_gpus_requeues_and_names_only_its_own_provider(
+    app: Network,
+) -> None:
+    """A provider's failure of its step is recorded on the job (RunFailed) and frees its
+    GPUs; its outcome waits for the workflow's judgement. Nobody else can be named."""
+    app.open_client("alice", START)
+    app.submit_job("job-1", "alice", make_spec())
+    app.admit_job("job-1")
+    app.register_provider("cheap", "eu", 500_000, [gpu(0)])
+    app.register_provider("bystander", "us", 1_000_000, [gpu(0)])
+    assert app.allocate("job-1", 1, set(), {"cheap"}).provider_id == "cheap"
+    count = notification_count(app)
+    with pytest.raises(InvalidTransition, match="is not bystander's"):
+        app.run_failed("job-1", 1, "bystander", "framed")
+    assert notification_count(app) == count
+
+    app.run_failed("job-1", 1, "cheap", "x" * 5000)
+    app.run_failed("job-1", 1, "cheap", "again")  # a retried step records it once
+
+    job = app.job("job-1")
+    assert (job.state, job.provider_id, job.ran_elsewhere(1)) == ("QUEUED", None, True)
+    assert "job-1" not in app.provider("cheap").reservations
+    assert app.provider("cheap").outcomes == [] and app.provider("cheap").status != "lost"
+    assert notification_count(app) == count + 2  # the job's event and the release
+
+
 def test_provider_lost_requeues_frees_and_penalises(app: Network) -> None:
     lose_provider_mid_run(app)
     job = app.job("job-1")

@@ -9,7 +9,7 @@ import pytest
 from domain.application import Network, Payment
 from domain.errors import InsufficientFunds, InvalidAmount
 from domain.ledger import EXTERNAL, FEES, Account, transfer
-from domain.money import cost_of_gpu_time
+from protocol.money import cost_of_gpu_time
 from tests.domain.support import (
     CHARGED,
     FEE,
@@ -239,3 +239,27 @@ def test_two_runs_paid_to_one_provider_both_leave_the_escrow(app: Network) -> No
     assert total_of_all_balances(app) == 0
     assert app.settle_many("job-1", runs, FEE_BPS) == figures  # a retry moves nothing more
     assert app.balance("escrow:job-1") == 0 and app.balance(FEES) == figures.fee_micro
+
+
+def test_a_withheld_payment_charges_the_client_and_pays_the_network_not_the_provider(
+    app: Network,
+) -> None:
+    """A timed-out run with no outputs that nothing checked (JobWorkflow): the client pays
+    for the window, the provider gets nothing, the network keeps it; a retry changes nothing."""
+    commands = dict(lifecycle_commands(app, succeed=False))
+    for name in ("open_client", "submit_job", "admit_job", "register_provider", "allocate"):
+        commands[name]()
+    names = Names()
+    withheld = [Payment(names.provider, GPU_MS, PRICE, withheld=True)]
+    fees_before = app.balance(FEES)
+
+    figures = app.settle_many(names.job, withheld, FEE_BPS)
+    again = app.settle_many(names.job, withheld, FEE_BPS)
+
+    assert figures == again
+    assert figures.charged_micro == CHARGED and figures.provider_paid_micro == 0
+    assert figures.fee_micro == CHARGED and figures.refunded_micro == MAX_COST - CHARGED
+    assert app.balance(f"provider:{names.provider}") == 0
+    assert app.balance(FEES) - fees_before == CHARGED
+    assert app.balance(f"client:{names.client}") == START - CHARGED
+    assert total_of_all_balances(app) == 0

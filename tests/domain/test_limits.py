@@ -22,7 +22,7 @@ from domain.limits import (
     MAX_STEP_FILES,
     OutOfBounds,
 )
-from domain.spec import parse_job_spec
+from protocol.spec import parse_job_spec
 from tests.domain.support import gpu
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from domain.application import Network
 from domain.errors import DomainError
-from domain.spec import parse_job_spec
+from protocol.spec import parse_job_spec
 
 H100 = [{"index": 0, "model": "NVIDIA H100 80GB HBM3", "memory_mb": 81559}]
 A100 = [{"index": 0, "model": "NVIDIA A100-SXM4-40GB", "memory_mb": 40960}]

@@ -17,8 +17,8 @@ from temporalio.service import RPCError
 from domain.application import Network as Ledger
 from domain.canary import make_canary
 from domain.ledger import CHECKS, provider_account
-from domain.money import cost_of_gpu_time
 from domain.verification import CANARY_FRACTION, canary_rate, ever_caught
+from protocol.money import cost_of_gpu_time
 from tests.e2e.network import ADMIN, PROVIDER_OWNER, Network, network
 from workflows import contracts as c
 
@@ -67,9 +67,11 @@ def run_job(net: Network, client: str, gpu_model: str) -> dict[str, Any]:
     return {"id": job_id, **net.gql(JOB, client, id=job_id)["job"]}
 
 
-async def canary_result(temporal: str, job_id: str, provider_id: str) -> c.CanaryResult:
+async def canary_result(net: Network, job_id: str, provider_id: str) -> c.CanaryResult:
     """The canary workflow's own result; it starts just after the job finished."""
-    client = await Client.connect(temporal)
+    settings = net.stack.settings  # its payloads are encrypted with the network's key
+    client = await Client.connect(settings.temporal_address,
+                                  data_converter=settings.temporal_converter())
     handle = client.get_workflow_handle(
         c.canary_workflow_id(job_id, provider_id), result_type=c.CanaryResult
     )
@@ -99,7 +101,7 @@ async def test_an_honest_provider_passes_a_canary_and_the_network_pays_it(
     checks_before = ledger.balance(CHECKS)
     job = run_job(net, "ann", "H100")
     assert job["providerId"] == "honest"
-    result = await canary_result(temporal_server, job["id"], "honest")
+    result = await canary_result(net, job["id"], "honest")
     assert result.outcome == "success", result.reason
     assert result.reason == "outputs equal the known answer"
 
@@ -138,7 +140,7 @@ async def test_a_provider_with_wrong_results_fails_a_canary_unpaid(
     checks_before = ledger.balance(CHECKS)
     job = run_job(net, "bea", "A100")  # no checks: the liar's wrong result is accepted
     assert job["providerId"] == "liar"
-    result = await canary_result(temporal_server, job["id"], "liar")
+    result = await canary_result(net, job["id"], "liar")
     assert result.outcome == "mismatch", result.reason
     assert "the known answer is" in result.reason and result.paid_micro == 0
 

@@ -18,6 +18,7 @@ from temporalio.worker import Replayer
 
 from client.sdk import GpgpuClient
 from domain.application import Network as DomainNetwork
+from infra.payload_codec import decrypt_history
 from tests.e2e.network import CREDITS_MICRO, PROVIDER_OWNER, Network, network
 from workflows.job import JobWorkflow
 
@@ -145,8 +146,11 @@ async def test_workflow_is_visible_and_replays(net: Network, temporal_server: st
                  "verify_job", "settle_job", "record_reputation", "release_gpus", "finish_job"):
         assert name in scheduled
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "job_workflow_history.json").write_text(history.to_json())
-    await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
+    # Decrypted, as a replay fixture is committed (tests/replay/ replays without a key).
+    plain = decrypt_history(history, net.stack.settings.payload_keys)
+    (ARTIFACTS / "job_workflow_history.json").write_text(plain.to_json())
+    replayed = await Replayer(workflows=[JobWorkflow]).replay_workflow(plain)
+    assert replayed.replay_failure is None
 
 
 def test_cli_submit_wait_and_outputs(net: Network, tmp_path: Path) -> None:

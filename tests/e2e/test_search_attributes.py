@@ -57,11 +57,11 @@ async def found_until(client: Client, query: str, done: Any, timeout_s: float = 
         await asyncio.sleep(0.2)
 
 
-def gpgpu(temporal: str, *args: str) -> Any:
-    done = subprocess.run(
-        [GPGPU, *args, "--json"], capture_output=True, text=True,
-        timeout=60, env={**os.environ, "GPGPU_TEMPORAL_ADDRESS": temporal},
-    )
+def gpgpu(temporal: str, *args: str, home: Path) -> Any:
+    """The operator CLI on this node (`home`: the network's, whose payload key it reads)."""
+    env = {**os.environ, "GPGPU_TEMPORAL_ADDRESS": temporal, "GPGPU_HOME": str(home)}
+    done = subprocess.run([GPGPU, *args, "--json"], capture_output=True, text=True,
+                          timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -97,11 +97,13 @@ async def test_a_job_is_found_by_client_and_ends_succeeded(
 
     # The upserts are in the history, and it replays against today's code.
     history = await temporal.get_workflow_handle(found.id).fetch_history()
-    replayed = await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
+    replayed = await Replayer(workflows=[JobWorkflow],
+                              data_converter=net.stack.settings.temporal_converter(),
+                              ).replay_workflow(history)
     assert replayed.replay_failure is None
 
     # The admin CLI shows the same.
-    shown = gpgpu(temporal_server, "admin", "workflow", job_id)
+    shown = gpgpu(temporal_server, "admin", "workflow", job_id, home=net.stack.home)
     assert (shown["workflow_id"], shown["status"]) == (found.id, "COMPLETED")
     assert shown["search_attributes"]["GpgpuState"] == "SUCCEEDED"
     types = [e["type"] for e in shown["history"]]
@@ -111,7 +113,7 @@ async def test_a_job_is_found_by_client_and_ends_succeeded(
     assert types.count("UPSERT_WORKFLOW_SEARCH_ATTRIBUTES") >= 7
     assert "admit_job (local)" in [e["detail"] for e in shown["history"]]  # a control step
     listed = gpgpu(temporal_server, "admin", "jobs", "--state", "succeeded",
-                   "--client", client_id)
+                   "--client", client_id, home=net.stack.home)
     assert [w["workflow_id"] for w in listed["workflows"]] == [found.id]
 
 

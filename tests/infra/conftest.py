@@ -15,6 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from api.auth import Authenticator
 from domain.application import Network
 from infra.signing import Grant, grant_url
 from infra.storage import FilesystemStore, ObjectStore, build_store
@@ -146,11 +147,36 @@ def live_run() -> Network:
     raise AssertionError("the lifecycle has no allocate step")
 
 
+# The API keys of the latest storage_services' network: "own", a provider key of RUN's
+# provider's owner (who renews its grants); "other", of another provider's owner; "client",
+# RUN's client's own key.
+KEYS: dict[str, str] = {}
+
+
+def provider_keys(network: Network) -> dict[str, str]:
+    now = time.time()
+    owner = network.create_user("prov-owner@storage.test", "pw-" + "x" * 12, ["provider"], now)
+    network.hand_over("provider", RUN.provider, owner.id)
+    other = network.create_user("other-owner@storage.test", "pw-" + "y" * 12, ["provider"], now)
+    network.claim("provider", "prov-2", other.id)
+    client = network.create_user("client@storage.test", "pw-" + "z" * 12, ["client"], now)
+    return {
+        "own": network.create_api_key(owner.id, "agent", ["provider"], ["provider"], now).key,
+        "other": network.create_api_key(other.id, "agent", ["provider"], ["provider"], now).key,
+        "client": network.create_api_key(client.id, "cli", ["client"], ["client"], now).key,
+    }
+
+
 def storage_services(store: ObjectStore, api_url: str = "http://127.0.0.1") -> SimpleNamespace:
-    """What api.storage reads from the services: settings, the store, the network."""
+    """What api.storage reads from the services: settings, the store, the network, who
+    a token is (KEYS holds the keys made for this network)."""
     settings = SimpleNamespace(signing_secret=SECRET, grant_max_s=900, api_url=api_url,
                                max_object_bytes=64 << 20)
-    return SimpleNamespace(settings=settings, store=store, network=live_run())
+    network = live_run()
+    KEYS.clear()
+    KEYS.update(provider_keys(network))
+    return SimpleNamespace(settings=settings, store=store, network=network,
+                           auth=Authenticator(network, 0.0))
 
 
 def run_grant(base: str, method: str, key: str, *, sha256: str = "", size: int = 1 << 30,

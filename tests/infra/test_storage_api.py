@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from api.storage import router
 from ops.devstack import free_port
-from tests.infra.conftest import StoreFactory, run_grant, storage_services
+from tests.infra.conftest import KEYS, StoreFactory, run_grant, storage_services
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -124,13 +124,35 @@ def test_grants_out_of_force_or_of_another_run_are_refused(api: str) -> None:
     assert httpx.get(url(api, "GET", "a.txt")).content == b"a"
 
 
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
 def test_a_live_runs_grant_is_renewed_with_a_fresh_deadline(api: str) -> None:
     old = run_grant(api, "GET", "a.txt", expires_in=-5)  # expired 5 s ago
     assert httpx.get(old).status_code == 403
-    renewed = httpx.post(old, headers={"X-Grant-Method": "GET"})
+    renewed = httpx.post(old, headers={"X-Grant-Method": "GET", **bearer("own")})
     assert renewed.status_code == 200, renewed.text
     assert renewed.json()["expires"] > time.time() + 800
     httpx.put(url(api, "PUT", "a.txt"), content=b"a", headers={"X-Sha256": sha(b"a")})
     fresh = renewed.json()["url"].replace("http://127.0.0.1", api)
     assert httpx.get(fresh).content == b"a"
-    assert httpx.post(old, headers={"X-Grant-Method": "PUT"}).status_code == 403  # not a PUT
+    put_instead = httpx.post(old, headers={"X-Grant-Method": "PUT", **bearer("own")})
+    assert put_instead.status_code == 403  # not a PUT
+
+
+def test_only_the_grants_own_provider_renews_it(api: str) -> None:
+    """Whoever else holds the URL (another provider, the client, anyone it leaked to) cannot
+    keep it alive past its deadline."""
+    old = run_grant(api, "GET", "a.txt", expires_in=-5)
+    nobody = httpx.post(old, headers={"X-Grant-Method": "GET"})
+    assert nobody.status_code == 401 and "provider's key" in nobody.text
+    for holder in ("other", "client"):
+        refused = httpx.post(old, headers={"X-Grant-Method": "GET", **bearer(holder)})
+        assert refused.status_code == 403, (holder, refused.text)
+        assert "only provider 'prov-1'" in refused.text
+    forged = run_grant(api, "GET", "a.txt", expires_in=-5).replace("sig=", "sig=0")[:-1]
+    assert httpx.post(forged, headers={"X-Grant-Method": "GET", **bearer("own")}
+                      ).status_code == 403  # a bad signature, whoever asks
+    assert httpx.post(old, headers={"X-Grant-Method": "GET", **bearer("own")}
+                      ).status_code == 200

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 
 from api.storage import router
 from ops.devstack import free_port
-from tests.infra.conftest import StoreFactory, run_grant, storage_services
-from worker_gpu.transfer import IntegrityMismatch, download_verified, renewed
+from tests.infra.conftest import KEYS, StoreFactory, run_grant, storage_services
+from worker_gpu.transfer import HttpFailure, IntegrityMismatch, download_verified, renewed
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -100,10 +100,13 @@ def test_a_grant_about_to_end_is_renewed_before_it_is_used(api: str, tmp_path: P
     put(api, "late.bin", b"late")
     ending = run_grant(api, "GET", "late.bin", sha256=sha(b"late"), size=4, expires_in=20)
     with httpx.Client(timeout=60) as client:
-        fresh = renewed(client, ending, "GET")
+        with pytest.raises(HttpFailure) as refused:  # another provider's key
+            renewed(client, ending, "GET", api_key=KEYS["other"])
+        assert refused.value.status == 403
+        fresh = renewed(client, ending, "GET", api_key=KEYS["own"])
         expires = int(parse_qs(urlsplit(fresh).query)["expires"][0])
         assert expires > time.time() + 800  # grant_max_s (900) from now
-        got = download_verified(client, ending, tmp_path / "late.bin", name="late.bin",
+        got = download_verified(client, fresh, tmp_path / "late.bin", name="late.bin",
                                 sha256=sha(b"late"), size=4)
     assert got == 4 and (tmp_path / "late.bin").read_bytes() == b"late"
     far = run_grant(api, "GET", "late.bin", expires_in=600)

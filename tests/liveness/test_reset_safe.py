@@ -105,7 +105,8 @@ async def test_resetting_a_finished_job_changes_nothing(
     record = finish(net, "ann", job_id)
     assert record["state"] == ending
     before = figures(net, "ann", job_id)
-    client = await Client.connect(temporal_server)
+    client = await Client.connect(temporal_server,
+                                  data_converter=net.stack.settings.temporal_converter())
     workflow_id = job_workflow_id(job_id)
     original = (await client.get_workflow_handle(workflow_id).describe()).run_id
     points = await reset_points(client, workflow_id, original)

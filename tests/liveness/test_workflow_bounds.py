@@ -79,7 +79,8 @@ async def test_a_check_run_that_finds_no_provider_is_skipped_and_the_job_settles
     order = steps(net)
     assert order.index(c.RELEASE_RUN) < order.index(c.RECORD_UNPLACED)
     assert net.called(c.RELEASE_RUN)[0].provider_id == "p1"
-    assert net.called(c.SETTLE_JOB)[0].pay_provider  # the provider is paid for its run
+    paid = net.called(c.SETTLE_JOB)[0].payments or []
+    assert [p.provider_id for p in paid] == ["p1"]  # the provider is paid for its run
     assert [f.succeeded for f in net.called(c.FINISH_JOB)] == [True]
 
 
@@ -124,7 +125,8 @@ async def test_a_replica_that_cannot_be_placed_fails_the_job(start: Start) -> No
     result = await (await start(net)).result()
     assert result.state == "FAILED"
     assert result.reason == "a replica found no independent provider within 120 s"
-    assert not net.called(c.SETTLE_JOB)[0].pay_provider
+    settle = net.called(c.SETTLE_JOB)[0]
+    assert not settle.pay_provider and not settle.payments
 
 
 async def test_a_single_run_waits_in_the_queue_without_bound(start: Start) -> None:
@@ -193,7 +195,7 @@ async def test_cancel_at_every_step_ends_the_job_cancelled_and_frees_its_gpus(
     assert result.state == "CANCELLED", (step, result)
     finished = net.called(c.FINISH_JOB)
     assert [f.cancelled for f in finished] == [True]
-    assert len({(s.pay_provider, s.gpu_ms) for s in net.called(c.SETTLE_JOB)}) <= 1
+    assert len({repr(s) for s in net.called(c.SETTLE_JOB)}) <= 1  # one settlement, if any
     held = set(net.allocations.values())
     released = {r.provider_id for r in net.called(c.RELEASE_GPUS)}
     released |= {r.provider_id for r in net.called(c.RELEASE_RUN)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -179,6 +180,9 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
+        if settings.event_store == "postgres" and not env.get("GPGPU_TEMPORAL_PAYLOAD_KEYS"):
+            # Production's rule: processes on one PostgreSQL store share a given payload key.
+            env["GPGPU_TEMPORAL_PAYLOAD_KEYS"] = secrets.token_hex(32)
         return cls(home, temporal_address, settings, env)
 
     def _proc(self, name: str, args: list[str], env: dict[str, str]) -> Proc:

@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 
 from api.app import create_app
 from api.limits import LIMIT_EXTENSIONS, MAX_ALIASES, MAX_DEPTH, MAX_TOKENS
-from domain.spec import SpecError, parse_job_spec
 from infra.settings import Settings
+from protocol.spec import SpecError, parse_job_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -219,7 +219,7 @@ def bad_specs(draw: st.DrawFn) -> Any:
 
 
 def local_verdict(spec: Any) -> list[tuple[str, str]] | None:
-    """What domain/spec.py says of the spec on its own: its errors, or None if valid."""
+    """What protocol/spec.py says of the spec on its own: its errors, or None if valid."""
     try:
         parse_job_spec(spec)
     except SpecError as err:
@@ -253,7 +253,7 @@ def test_bad_job_specs_are_refused_by_field_and_record_nothing(
     result = body["data"]["submitJob"]
     expected = local_verdict(spec)
     if result["__typename"] == "JobSubmitted":
-        assert expected is None, f"accepted a spec that domain/spec.py refuses: {expected}"
+        assert expected is None, f"accepted a spec that protocol/spec.py refuses: {expected}"
         return
     assert api.notifications() == before, "a refused spec recorded events"
     errors = result["errors"]

@@ -302,6 +302,37 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     assert page.is_visible('[data-testid=objects] tr[data-key="inputs/hello.py"]')
 
 
+def test_the_job_page_shows_the_output_live_while_the_job_runs(
+    page: Any, net: Network, has_accounts: bool
+) -> None:
+    enter(page, has_accounts, "web-logger", ["client"])
+    spec = {"name": "ticking", "max_price_per_gpu_hour": "4", "timeout": "2m",
+            "command": "for i in 1 2 3 4 5 6; do echo tick $i; sleep 1; done"}
+    submitted = gql_as(net, page, """mutation($s: JSON!) { submitJob(spec: $s) {
+        ... on JobSubmitted { job { id } } } }""", s=spec)
+    job_id = submitted["submitJob"]["job"]["id"]
+    page.goto(f"/client/jobs/{job_id}")
+    log = "[data-testid=job-log]"
+    assert page.get_attribute(log, "role") == "log"
+    assert page.get_attribute(log, "aria-label") == "Job output"
+    box = page.locator(log).bounding_box()
+    page.wait_for_selector(f"{log} >> text=tick 1", timeout=60_000)
+    # The first line is on the page while the job still runs, and the box kept its size.
+    assert page.inner_text("[data-testid=job-state]") == "RUNNING"
+    assert "Live" in page.inner_text("[data-testid=job-log-status]")
+    assert page.locator(log).bounding_box()["height"] == box["height"]
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(150)
+    assert_fits(page)
+    assert_accessible(page)
+    page.set_viewport_size(DESKTOP)
+    page.wait_for_selector("[data-testid=job-state] >> text=SUCCEEDED", timeout=60_000)
+    text = page.inner_text(log)
+    assert text.strip() == "\n".join(f"tick {i}" for i in range(1, 7)), text
+    assert "has ended" in page.inner_text("[data-testid=job-log-status]")
+    shots(page, "client-job-live-log")
+
+
 def test_a_pasted_spec_is_explained_and_refused_field_by_field(
     page: Any, has_accounts: bool
 ) -> None:
@@ -407,6 +438,25 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
     assert float(earned.split()[0]) > 0, earned
     page.wait_for_selector(f"{card} [data-testid=ledger] >> text=paid for GPU time")
     page.wait_for_selector(f"{card} [data-testid=reputation] [data-outcome=success] >> text=1")
+    assert page.inner_text(f"{card} [data-testid=earned-verified]") == earned  # it was verified
+
+    # A job cancelled while it runs pays for the time it used, but that is no verified work.
+    job = gql_as(net, page, """mutation($s: JSON!) { submitJob(spec: $s) {
+        ... on JobSubmitted { job { id } } } }""",
+                 s={"name": "cancelled", "command": "sleep 60", "timeout": "2m",
+                    "max_price_per_gpu_hour": "1.5"})["submitJob"]["job"]
+    page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=busy]",
+                           timeout=60_000)
+    page.wait_for_timeout(2000)
+    gql_as(net, page, "mutation($id: ID!) { cancelJob(id: $id) { id } }", id=job["id"])
+    page.wait_for_function(
+        """([sel, before]) => { const el = document.querySelector(sel);
+                                return el && el.textContent !== before; }""",
+        arg=[f"{card} [data-testid=earned]", earned], timeout=60_000,
+    )
+    assert page.inner_text(f"{card} [data-testid=earned-verified]") == earned
+    assert float(page.inner_text(f"{card} [data-testid=earned]").split()[0]) > float(
+        earned.split()[0])
 
     # Its controls: suspend and resume a GPU; a price the API refuses, then one it takes.
     page.click(f"{card} [data-testid=suspend-0]")
@@ -476,6 +526,7 @@ def test_operator_sees_queues_waiting_jobs_and_gpus(
                                       "tds => tds.map(td => td.textContent.trim())")
     assert cells[0] == "1" and cells[1] == "waits" and cells[4] == "2", cells  # position, priority
     assert cells[6] == "not enough usable GPUs", cells  # nobody offers a B200
+    assert cells[7] == "no provider has joined node web-node yet", cells  # why, in words
     if not has_accounts:  # the development network shows every node: the default one too
         local = "[data-node=local]"
         page.wait_for_selector(f"{local} [data-testid=node-gpus-local] >> text=web-h100")

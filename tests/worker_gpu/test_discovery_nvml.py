@@ -66,6 +66,9 @@ class FakeNvml:
     def nvmlDeviceGetUUID(self, handle: str) -> str:
         return f"GPU-{handle}"
 
+    def nvmlDeviceGetMinorNumber(self, handle: str) -> int:
+        return 3 if handle == "handle-0" else 0  # /dev/nvidia3, /dev/nvidia0: not the index
+
     def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:
         if handle == "handle-0":
             return SimpleNamespace(total=81559 * MIB, used=1200 * MIB)
@@ -118,8 +121,8 @@ def nvml(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
 
 def test_discovery_reads_every_gpu(nvml: FakeNvml) -> None:
     assert discover_nvml() == [
-        GpuInfo(0, "NVIDIA H100 80GB HBM3", 81559, "GPU-handle-0", "550.54.15", "12.4"),
-        GpuInfo(1, "Tesla T4", 15360, "GPU-handle-1", "550.54.15", "12.4"),
+        GpuInfo(0, "NVIDIA H100 80GB HBM3", 81559, "GPU-handle-0", "550.54.15", "12.4", minor=3),
+        GpuInfo(1, "Tesla T4", 15360, "GPU-handle-1", "550.54.15", "12.4", minor=0),
     ]
     assert nvml.inits == nvml.shutdowns == 1
 

@@ -132,6 +132,7 @@ export interface QueuedJob {
   waitingSince: string;
   expectedStart: string | null;
   mine: boolean;
+  waitingFor: string[];
 }
 export interface ApiKey {
   id: string;
@@ -250,6 +251,28 @@ export const JOB_EVENTS = gql<{ jobEvents: JobEvent }, { jobId: string; after: n
       type
       at
       data
+    }
+  }
+`;
+
+export interface JobLogChunk {
+  seq: number;
+  attempt: number;
+  providerId: string;
+  at: string;
+  text: string;
+  skippedBytes: number;
+}
+
+export const JOB_LOG = gql<{ jobLog: JobLogChunk }, { jobId: string; after: number }>`
+  subscription JobLog($jobId: ID!, $after: Int!) {
+    jobLog(jobId: $jobId, after: $after) {
+      seq
+      attempt
+      providerId
+      at
+      text
+      skippedBytes
     }
   }
 `;
@@ -380,6 +403,7 @@ export const PROVIDER = gql<
     providerEarnings: {
       balanceMicro: number;
       earnedMicro: number;
+      verifiedMicro: number;
       withdrawnMicro: number;
       entries: LedgerEntry[];
     };
@@ -393,7 +417,7 @@ export const PROVIDER = gql<
     }
   }
   providerEarnings(providerId: $id, limit: 50) {
-    balanceMicro earnedMicro withdrawnMicro
+    balanceMicro earnedMicro verifiedMicro withdrawnMicro
     entries { seq transferId amountMicro balanceMicro counterparty kind memo at }
   }
 }`);
@@ -463,6 +487,7 @@ export const QUEUE = gql<{ queue: QueuedJob[] }, { name: string }>`
       waitingSince
       expectedStart
       mine
+      waitingFor
     }
   }
 `;

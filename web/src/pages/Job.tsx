@@ -2,6 +2,7 @@
 import type { JSX } from "preact";
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import { mutate } from "../api";
+import { JobLog } from "../components/JobLog";
 import { ActionButton, Badge, Card, ConfirmButton, Empty, ErrorBox, Loading, Notice, ProgressBar, Stat } from "../components/ui";
 import { ago, bytes, credits, when } from "../format";
 import { useNow, useQuery, useSubscription } from "../hooks";
@@ -170,6 +171,16 @@ export function JobPage(props: { id: string }): JSX.Element {
             ) : null}
           </Notice>
         ) : null}
+        {j.state === "VERIFYING" && j.waitingFor.length ? (
+          <Notice>
+            Its run has finished; it is not done yet because:
+            <ul class="waiting-for" data-testid="waiting-for">
+              {j.waitingFor.map((w) => (
+                <li>{w}</li>
+              ))}
+            </ul>
+          </Notice>
+        ) : null}
         <div class="stats">
           <Stat label="State" value={<span data-testid="job-state">{j.state}</span>} />
           <Stat label="Cost" testid="job-cost" value={j.costMicro === null ? "not settled yet" : `${credits(j.costMicro)} credits`} />
@@ -215,14 +226,10 @@ export function JobPage(props: { id: string }): JSX.Element {
           </div>
         )}
       </Card>
-      <Card title="Log">
-        {logs ? (
-          <pre class="log" data-testid="job-log">
-            {logs}
-          </pre>
-        ) : (
-          <Empty>The end of the job's output shows here once it has run.</Empty>
-        )}
+      <Card title={<span id="log-heading">Output</span>}>
+        <section aria-labelledby="log-heading">
+          <JobLog jobId={j.id} ended={terminal} tail={logs} />
+        </section>
       </Card>
       <Card title="Events">
         <div class="table-wrap" tabIndex={0}>

@@ -29,6 +29,7 @@ function Waiting(props: { name: string; pollMs: number }): JSX.Element {
           <th class="num">Priority</th>
           <th>Waiting since</th>
           <th>Expected start</th>
+          <th>Waits for</th>
         </tr>
       </thead>
       <tbody>
@@ -43,6 +44,9 @@ function Waiting(props: { name: string; pollMs: number }): JSX.Element {
             <td class="num">{j.priority}</td>
             <td title={when(j.waitingSince)}>{ago(j.waitingSince, now)}</td>
             <td>{j.expectedStart ? when(j.expectedStart) : "not enough usable GPUs"}</td>
+            <td class="small reasons" data-testid="waits-for">
+              {j.waitingFor.length ? j.waitingFor.join("; ") : "—"}
+            </td>
           </tr>
         ))}
       </tbody>

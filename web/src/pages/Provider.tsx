@@ -167,10 +167,16 @@ function ProviderCard(props: { id: string }): JSX.Element {
         <div class="stats">
           <Stat label="GPUs working" value={`${busy} of ${p.gpus.length}`} />
           <Stat
-            label="Earned"
+            label="Earned for verified work"
+            testid="earned-verified"
+            value={`${credits(earn.verifiedMicro)} credits`}
+            hint="paid for your runs of jobs whose results were checked and accepted"
+          />
+          <Stat
+            label="Paid in all"
             testid="earned"
             value={`${credits(earn.earnedMicro)} credits`}
-            hint="paid for GPU time at your price, less the network's fee: verified work, checks, and the time a job used before its client cancelled it"
+            hint="also the network's checks, and the time a job used before it was cancelled or failed"
           />
           <Stat label="Balance" testid="provider-balance" value={`${credits(earn.balanceMicro)} credits`} />
           <Stat label="Reputation" testid="reputation-score" value={percent(p.reputation)} />

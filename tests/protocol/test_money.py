@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from domain.money import MICRO, cost_of_gpu_time, credits_to_micro, micro_to_credits
+from protocol.money import MICRO, cost_of_gpu_time, credits_to_micro, micro_to_credits
 
 
 @pytest.mark.parametrize(

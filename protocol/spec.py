@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from domain.limits import (
+from protocol.limits import (
     MAX_BYTES,
     MAX_GPU_MEMORY_GB,
     MAX_JOB_GPUS,
@@ -46,7 +46,7 @@ from domain.limits import (
     MAX_REPLICAS,
     MAX_TIMEOUT_S,
 )
-from domain.money import cost_of_gpu_time, credits_to_micro
+from protocol.money import cost_of_gpu_time, credits_to_micro
 
 _DURATION = re.compile(r"\s*(\d+)\s*(s|m|h|d)?\s*")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

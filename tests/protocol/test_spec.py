@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from domain.spec import (
+from protocol.spec import (
     MAX_COMMAND_BYTES,
     MAX_ENV_BYTES,
     MAX_ENV_VALUE_BYTES,

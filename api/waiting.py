@@ -1,0 +1,63 @@
+"""What a VERIFYING job waits for, in words, from its workflow's pending steps.
+
+A job verifies between runs: its first run finished, and the network's check, a
+tie-break between replicas that disagree, or the client's verifier may need another run
+on GPUs of another owner. The read model cannot tell those waits from a verification of a
+second; the workflow can: its pending activity (allocate_gpus, with the scheduler's reason
+as its heartbeat) or the step it is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from temporalio.service import RPCError
+
+from workflows import contracts as c
+
+log = logging.getLogger(__name__)
+
+DESCRIBE_S = 3.0  # a job page polls: a control plane that is slow to answer is said so
+_STEPS = {
+    c.VERIFY_JOB: "checking its outputs against storage and any other run's",
+    c.SETTLE_JOB: "paying its providers and returning the rest of what was held",
+}
+ANOTHER_RUN = ("another run of this job (the network's check, a tie-break between runs that "
+               "disagree, or your verifier) waits for GPUs, on a provider of another owner "
+               "than its earlier runs")
+
+
+async def verifying_reasons(temporal: Any, job_id: str) -> list[str]:
+    """Why a VERIFYING job has not finished yet; never raises."""
+    try:
+        handle = temporal.get_workflow_handle(c.job_workflow_id(job_id))
+        described = await asyncio.wait_for(handle.describe(), DESCRIBE_S)
+        pending = list(described.raw_description.pending_activities)
+    except (RPCError, TimeoutError) as err:
+        log.info("job %s: no pending steps from the control plane: %s", job_id, err)
+        return ["checking its results; what it waits for could not be read from the "
+                "control plane just now"]
+    reasons = []
+    for activity in pending:
+        name = activity.activity_type.name
+        if name == c.ALLOCATE_GPUS:
+            why = await _last_heartbeat(temporal, activity)
+            reasons.append(f"{ANOTHER_RUN}: {why}" if why else ANOTHER_RUN)
+        elif name in _STEPS:
+            reasons.append(_STEPS[name])
+    return reasons or ["checking its results: it ends within seconds"]
+
+
+async def _last_heartbeat(temporal: Any, activity: Any) -> str:
+    payloads = activity.heartbeat_details.payloads
+    if not payloads:
+        return ""
+    try:
+        details = await temporal.data_converter.decode(payloads)
+    except Exception as err:  # a payload this API cannot read: the wait is still said
+        log.info("allocate heartbeat not readable: %s", err)
+        return ""
+    last = details[-1] if details else ""
+    return str(last)[:500] if isinstance(last, str) else ""

@@ -1,0 +1,25 @@
+"""The network's maxima: every number that enters it is bounded by one of these.
+
+They are part of the protocol: a job spec (protocol/spec.py) is refused past them on the
+client's machine and again by the API, and the domain checks its commands against the
+same numbers (domain/limits.py, `Bound`, `OutOfBounds`). Every bound keeps the sums the
+network makes of it (a cost, a balance, GPU-milliseconds over a week) far inside a
+signed 64-bit integer (SQLite's INTEGER, PostgreSQL's BIGINT: 9.2e18).
+"""
+
+MAX_PRICE_MICRO = 10**12
+MAX_AMOUNT_MICRO = 10**17
+MAX_BALANCE_MICRO = 4 * 10**18
+MAX_JOB_GPUS = 64
+MAX_PROVIDER_GPUS = 256
+MAX_GPU_INDEX = 1023
+MAX_GPU_MEMORY_MB = 4 * 1024 * 1024
+MAX_GPU_MEMORY_GB = MAX_GPU_MEMORY_MB // 1024
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_REPLICAS = 5
+MAX_PRIORITY_LEVELS = 10
+MAX_GPUS_PER_CLIENT = 1_000_000
+MAX_BYTES = 2**50
+MAX_STEP_FILES = 4096
+MAX_GPU_MS = MAX_JOB_GPUS * MAX_TIMEOUT_S * 1000
+MAX_ERROR_COUNT = 10**12
