@@ -84,10 +84,9 @@ class Job(Aggregate):
         return f"execution_finished:{attempt}" in self.recorded or attempt in self.manifests
 
     def ran_on(self, except_attempt: int | None = None) -> set[str]:
-        """The providers this job's runs were placed on (but `except_attempt`), those that
-        ended without a result (lost, failed) and those it gave up waiting for left out:
-        another replica, check or verifier of the job must run elsewhere, even once their
-        GPUs went back."""
+        """The providers this job's runs were placed on (but `except_attempt`), those it lost,
+        those whose run failed and those it gave up waiting for left out: another replica,
+        check or verifier of the job must run elsewhere, even once their GPUs went back."""
         return {pid for attempt, pid in self.allocations.items()
                 if attempt != except_attempt and not self.ran_elsewhere(attempt)
                 and f"Unplaced:{attempt}" not in self.recorded}

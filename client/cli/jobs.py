@@ -43,7 +43,7 @@ def job_submit(
     with connect(ctx) as gp:
         with transfers(enabled=live) as report:
             job = gp.submit_spec_file(spec, progress=report)
-        if live:  # e.g. no provider registered could ever run the spec: a notice, on stderr
+        if live:
             for warning in job.warnings:
                 err().print(f"warning: {warning}", markup=False, highlight=False)
         if not wait:

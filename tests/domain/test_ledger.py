@@ -219,28 +219,6 @@ def test_two_jobs_two_clients_still_sum_to_zero(app: Network) -> None:
     assert total_of_all_balances(app) == 0
 
 
-def test_two_runs_paid_to_one_provider_both_leave_the_escrow(app: Network) -> None:
-    """Two accepted runs on one provider (e.g. a replica and the verifier, or a run placed
-    there again after a release): the settlement moves what its figures say, every
-    micro-credit, and the escrow ends empty (the soak found 2 escrows left holding the
-    second run's pay, posted under the first one's transfer id and skipped)."""
-    for name, command in lifecycle_commands(app, Names()):
-        if name == "settle":
-            break
-        command()
-    runs = [Payment("prov-1", GPU_MS, PRICE), Payment("prov-1", 2 * GPU_MS, PRICE)]
-    figures = app.settle_many("job-1", runs, FEE_BPS)
-    cost = cost_of_gpu_time(GPU_MS, PRICE) + cost_of_gpu_time(2 * GPU_MS, PRICE)
-    assert figures.charged_micro == cost and figures.refunded_micro == MAX_COST - cost
-    assert app.balance("escrow:job-1") == 0
-    assert app.balance("client:alice") == START - cost
-    assert app.balance("provider:prov-1") == figures.provider_paid_micro
-    assert app.balance(FEES) == figures.fee_micro
-    assert total_of_all_balances(app) == 0
-    assert app.settle_many("job-1", runs, FEE_BPS) == figures  # a retry moves nothing more
-    assert app.balance("escrow:job-1") == 0 and app.balance(FEES) == figures.fee_micro
-
-
 def test_a_withheld_payment_charges_the_client_and_pays_the_network_not_the_provider(
     app: Network,
 ) -> None:
@@ -263,3 +241,25 @@ def test_a_withheld_payment_charges_the_client_and_pays_the_network_not_the_prov
     assert app.balance(FEES) - fees_before == CHARGED
     assert app.balance(f"client:{names.client}") == START - CHARGED
     assert total_of_all_balances(app) == 0
+
+
+def test_two_runs_paid_to_one_provider_both_leave_the_escrow(app: Network) -> None:
+    """Two accepted runs on one provider (e.g. a replica and the verifier, or a run placed
+    there again after a release): the settlement moves what its figures say, every
+    micro-credit, and the escrow ends empty (the soak found 2 escrows left holding the
+    second run's pay, posted under the first one's transfer id and skipped)."""
+    for name, command in lifecycle_commands(app, Names()):
+        if name == "settle":
+            break
+        command()
+    runs = [Payment("prov-1", GPU_MS, PRICE), Payment("prov-1", 2 * GPU_MS, PRICE)]
+    figures = app.settle_many("job-1", runs, FEE_BPS)
+    cost = cost_of_gpu_time(GPU_MS, PRICE) + cost_of_gpu_time(2 * GPU_MS, PRICE)
+    assert figures.charged_micro == cost and figures.refunded_micro == MAX_COST - cost
+    assert app.balance("escrow:job-1") == 0
+    assert app.balance("client:alice") == START - cost
+    assert app.balance("provider:prov-1") == figures.provider_paid_micro
+    assert app.balance(FEES) == figures.fee_micro
+    assert total_of_all_balances(app) == 0
+    assert app.settle_many("job-1", runs, FEE_BPS) == figures  # a retry moves nothing more
+    assert app.balance("escrow:job-1") == 0 and app.balance(FEES) == figures.fee_micro
