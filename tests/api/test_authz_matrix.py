@@ -74,6 +74,8 @@ MATRIX: dict[str, tuple[str, str, str, str, str, str]] = {
     "Mutation.revokeApiKey":   (DENY, OK, OK, OK, OK, OK),  # each its own key
     "Subscription.jobEvents":  (DENY, OK, DENY, OK, DENY, OK),
     "Subscription.providerEvents": (DENY, DENY, DENY, OK, OK, OK),
+    # A job's output is its owner's: not its provider's (a check run could copy it).
+    "Subscription.jobLog":     (DENY, OK, DENY, DENY, DENY, OK),
     # File endpoints (A's storage space) and the heartbeat REST endpoint (P1)
     "PUT /storage/{A}/{key}":  (DENY, OK, DENY, DENY, DENY, OK),
     "GET /storage/{A}/{key}":  (DENY, OK, DENY, DENY, DENY, OK),
@@ -177,6 +179,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Ite
         network.admit_job("mx-job")
         assert network.allocate("mx-job", 1, set(), {P1, P2}).provider_id == P1
         w.job_id = "mx-job"
+        # A line of its run's output, so that a caller allowed to follow the log gets one.
+        w.services.live_logs.store.append("mx-job", 1, P1, 0, 6, "hello\n")
         w.cancellable = w.gql("client_a", SUBMIT, s=SPEC)["submitJob"]["job"]["id"]
         eventually(lambda: w.services.views.query(
             "SELECT provider_id FROM jobs WHERE job_id = 'mx-job' AND provider_id = ?",
@@ -316,6 +320,8 @@ SUBSCRIPTIONS = {
                                lambda w: {"id": w.job_id}),
     "Subscription.providerEvents": ("subscription($p: String!) { providerEvents(providerId: $p)"
                                     " { seq type } }", lambda w: {"p": P1}),
+    "Subscription.jobLog": ("subscription($id: ID!) { jobLog(jobId: $id) { seq text } }",
+                            lambda w: {"id": w.job_id}),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -136,8 +137,13 @@ async def test_workflow_is_visible_and_replays(net: Network, temporal_server: st
     job_id = submit(net, "bob", spec("visible", "cat a.txt > b.txt",
                                      inputs=[{"key": "inputs/a.txt"}], outputs=["b.txt"]))
     net.wait_job(job_id, ("SUCCEEDED",), client="bob")
-    temporal = await Client.connect(temporal_server)
+    # The read model says SUCCEEDED as soon as the verdict's event is stored, which is before
+    # the workflow task that ran the (local) verify step completes and records its marker:
+    # read the history once the workflow has ended.
+    temporal = await Client.connect(temporal_server,
+                                    data_converter=net.stack.settings.temporal_converter())
     handle = temporal.get_workflow_handle(f"job-{job_id}")
+    await asyncio.wait_for(handle.result(), 60)
     history = await handle.fetch_history()
     scheduled = activity_types(history.events)
     for name in ("admit_job", "allocate_gpus", "stage_inputs", "execute_job", "upload_outputs",

@@ -133,7 +133,8 @@ async def test_resetting_a_running_job_ends_it_once_paid_once(
     held: its escrow is empty and its provider's GPU free."""
     job_id = submit(net, "cat", command="sleep 4; echo 3.14159 > out.txt")
     net.wait_job(job_id, ("RUNNING",), client="cat", timeout_s=60)
-    client = await Client.connect(temporal_server)
+    client = await Client.connect(temporal_server,
+                                  data_converter=net.stack.settings.temporal_converter())
     workflow_id = job_workflow_id(job_id)
     original = (await client.get_workflow_handle(workflow_id).describe()).run_id
     points = await reset_points(client, workflow_id, original)
