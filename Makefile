@@ -28,8 +28,14 @@ system-deps:
 sandbox-deps:
 	@bash scripts/system-deps.sh sandbox
 
+# pytest on TEST_WORKERS xdist workers, each with its own servers (tests/conftest.py says how
+# the tests are spread: a module's tests together, the S3 ones on one worker, the slowest
+# directories first); TEST_WORKERS=0 runs them all in this process. Exit status 5 (no
+# test collected) fails the target like any other failure.
+TEST_WORKERS ?= 4
+
 test: install lint system-deps web
-	$(VENV)/bin/pytest -q -rs -p no:cacheprovider --durations=15
+	$(VENV)/bin/pytest -q -rs -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadscope
 
 gpu-check:
 	bash scripts/gpu_check.sh

@@ -12,6 +12,9 @@ from infra.payload_codec import PayloadKeyError
 from infra.process import run_service
 from infra.settings import Settings
 
+# On SIGTERM, requests in flight get this long to finish. An agent's long poll for its
+# assignments (up to 25 s) is cut short then: it asks again, of an API that is up.
+GRACEFUL_SHUTDOWN_S = 3
 
 def main() -> None:
     settings = Settings()
@@ -28,6 +31,7 @@ def main() -> None:
             log_config=None,  # uvicorn's lines go through ours: GPGPU_LOG_FORMAT=json too
             ws_per_message_deflate=False,  # ~200-byte events: compression only costs CPU
             ws_max_size=settings.max_request_bytes,  # a websocket message, as a request body
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())

@@ -48,8 +48,9 @@ async def waiting_reasons(
     reasons: list[str] = []
     cap, held = line.max_gpus_per_client, line.held.get(row["client_id"], 0)
     if cap and held + row["gpus"] > cap:
-        reasons.append(f"the queue lets a client hold at most {cap} GPUs at once; your jobs "
-                       f"hold {held} and this one needs {row['gpus']}: it starts when one ends")
+        reasons.append(f"the queue lets a client hold at most {cap} GPUs at once; the "
+                       f"client's jobs hold {held} and this one needs {row['gpus']}: it starts "
+                       "when one ends")
     try:
         spec = JobSpec.model_validate(json.loads(row["spec"]))
         online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)

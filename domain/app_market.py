@@ -13,6 +13,7 @@ from domain.app_base import NAME
 from domain.app_identity import Identity
 from domain.errors import (
     DomainError,
+    InvalidTransition,
 )
 from domain.job import Job
 from domain.matching import (
@@ -150,6 +151,9 @@ class Market(Identity):
                     held.reservations.get(job_id, []),
                     held.price_per_gpu_hour_micro,
                 ), []
+            if job.ended:  # refused before matching: "no provider" would hide why
+                raise InvalidTransition(
+                    "", f"job {job_id} is {job.state}; cannot allocate attempt {attempt_no}")
             # Replicas of one job never share a provider, nor an owner (also once a run's
             # GPUs went back).
             holding = self.same_owner({pid for pid, p in providers.items()

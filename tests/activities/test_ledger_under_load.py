@@ -14,7 +14,7 @@ from domain.ledger import EXTERNAL, FEES
 from infra.settings import Settings
 from protocol.spec import parse_job_spec
 from readmodel.schema import ViewDB
-from tests.domain.conftest import store_settings
+from tests.support.stores import store_settings
 
 JOBS = 1000
 CLIENTS = 10

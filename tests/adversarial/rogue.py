@@ -13,9 +13,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.network import Network
-
-REGISTER = """mutation($input: RegisterProviderInput!) {
-  registerProvider(input: $input) { providerId } }"""
+from tests.support.graphql import REGISTER_PROVIDER
 
 
 class Rogue:
@@ -27,7 +25,7 @@ class Rogue:
         self.key = net.api_key(owner, ["provider"])
         self.http = httpx.Client(base_url=net.url, timeout=40,
                                  headers={"Authorization": f"Bearer {self.key}"})
-        r = self.http.post("/graphql", json={"query": REGISTER, "variables": {"input": {
+        r = self.http.post("/graphql", json={"query": REGISTER_PROVIDER, "variables": {"input": {
             "node": "local", "providerId": provider_id, "region": "local",
             "pricePerGpuHourMicro": price_micro, "runtimes": ["process"],
             "gpus": [{"index": 0, "model": "H100", "memoryMb": 81920,

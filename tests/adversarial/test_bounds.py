@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from domain.application import Network
@@ -31,23 +30,12 @@ from domain.limits import (
     MAX_TIMEOUT_S,
     OutOfBounds,
 )
-from infra.settings import Settings
-from ops.devstack import free_port
 from protocol.spec import parse_job_spec
 from readmodel.telemetry import GpuReading, Heartbeat
-from tests.api.test_provider_controls import (
-    HEARTBEAT,
-    REGISTER,
-    RESUME,
-    SET_PRICE,
-    SUSPEND,
-    Api,
-)
-from tests.support.api_server import running_api
+from tests.support.api_client import Api, api_in_thread
+from tests.support.graphql import HEARTBEAT, REGISTER_PROVIDER, RESUME, SET_PRICE, SUBMIT, SUSPEND
 
 H100 = "NVIDIA H100 80GB HBM3"
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on SpecRejected { errors { field message } } ... on JobSubmitted { job { id } } } }"""
 CONFIGURE = """mutation($n: String!, $l: Int!, $m: Int!) { configureQueue(nodeId: $n,
   name: "q", gpuModels: [], priorityLevels: $l, maxGpusPerClient: $m) }"""
 REGISTER_NODE = """mutation($n: String!) { registerNode(nodeId: $n, region: "eu",
@@ -56,14 +44,9 @@ REGISTER_NODE = """mutation($n: String!) { registerNode(nodeId: $n, region: "eu"
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Api]:
-    port = free_port()
-    settings = Settings(
-        home=tmp_path_factory.mktemp("bounds"), temporal_address=temporal_server,
-        api_port=port, api_url=f"http://127.0.0.1:{port}", provider_heartbeat_interval_s=1.0,
-    )
-    with running_api(settings) as app, httpx.Client(base_url=settings.api_url,
-                                                     timeout=30) as http:
-            yield Api(settings.api_url, app, http)
+    with api_in_thread(tmp_path_factory.mktemp("bounds"), temporal_server,
+                       provider_heartbeat_interval_s=1.0) as api:
+        yield api
 
 
 def gpus(n: int, index: int = 0, memory_mb: int = 81_559) -> list[dict[str, Any]]:
@@ -105,9 +88,10 @@ def test_a_price_of_10_24_is_refused_with_a_field_error_and_no_event(api: Api) -
     message = api.error(SET_PRICE, id="p-greedy", p="999999999999999999")  # ~10^24 micro
     assert message == (f"pricePerGpuHour: must be at most {MAX_PRICE_MICRO} micro-credits "
                        f"({MAX_PRICE_MICRO // 1_000_000} credits)")
-    huge = api.error(REGISTER, input=register_input("p-greedy2", pricePerGpuHourMicro=10**24))
+    huge = api.error(REGISTER_PROVIDER,
+                     input=register_input("p-greedy2", pricePerGpuHourMicro=10**24))
     assert ".pricePerGpuHourMicro" in huge and "within a signed 64-bit integer" in huge, huge
-    assert api.error(REGISTER, input=register_input(
+    assert api.error(REGISTER_PROVIDER, input=register_input(
         "p-greedy2", pricePerGpuHourMicro=MAX_PRICE_MICRO + 1)) == (
         f"pricePerGpuHourMicro: must be at most {MAX_PRICE_MICRO} micro-credits")
     with pytest.raises(OutOfBounds) as caught:  # and the domain, past the API
@@ -190,7 +174,7 @@ def test_a_bad_event_in_the_store_is_set_aside_and_another_tenants_later_event_i
 ])
 def test_register_provider_past_a_bound(api: Api, over: dict[str, Any], message: str) -> None:
     before = last_event(api)
-    assert api.error(REGISTER, input=register_input("p-over", **over)) == message
+    assert api.error(REGISTER_PROVIDER, input=register_input("p-over", **over)) == message
     assert last_event(api) == before
     assert "p-over" not in api.services.network.provider_ids()
 

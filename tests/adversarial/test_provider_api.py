@@ -30,12 +30,11 @@ from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWor
 from tests.adversarial.rogue import Rogue, State
 from tests.e2e.network import Network, network
 from tests.e2e.test_job_log import follow as follow_log
+from tests.support.graphql import SUBMIT
 from workflows.contracts import JobInput
 
 pytestmark = pytest.mark.e2e
 
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 PRICE_MICRO = 500_000  # the rogue's 0.5 credits per GPU-hour
 
 

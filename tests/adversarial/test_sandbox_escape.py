@@ -20,6 +20,7 @@ import pytest
 
 from domain.job import TERMINAL_STATES
 from tests.e2e.network import Network, network
+from tests.support.graphql import SUBMIT
 from tests.worker_gpu.processes import host_pids
 from worker_gpu.sandbox import Bwrap
 
@@ -32,9 +33,6 @@ PROVIDER = "sbx-a"
 UNSAFE = "sbx-unsafe"
 PIDS, DISK_MB = 64, 64
 ATTACKER, VICTIM = "mallory", "victor"
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id state } }
-  ... on SpecRejected { errors { field message } } } }"""
 OUTPUTS = "query($id: ID!) { job(id: $id) { state reason outputs { path key } } }"
 ADMIN_KEY = f"gpgpu_admin_{uuid.uuid4().hex}"  # what `gpgpu up` keeps in dev-account.json
 

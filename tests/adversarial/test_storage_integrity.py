@@ -28,12 +28,11 @@ from domain.application import Network as DomainNetwork
 from infra.payload_codec import decrypt_history
 from infra.signing import Grant, grant_url, parse_grant
 from tests.e2e.network import Network, network
+from tests.support.graphql import SUBMIT
 from workflows.contracts import job_workflow_id
 
 pytestmark = pytest.mark.e2e
 
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 CLIENT, OTHER = "mallory", "victim"
 PROVIDERS = ("adv-a", "adv-b")
 

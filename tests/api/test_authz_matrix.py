@@ -28,6 +28,7 @@ from infra.signing import Grant, grant_url
 from ops.devstack import free_port
 from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
+from tests.support.graphql import CREATE_KEY, REGISTER_PROVIDER, SIGN_IN, SIGN_UP, SUBMIT
 
 WHO = ("anonymous", "client_a", "client_b", "provider", "operator", "admin")
 OK, DENY, NULL = "ok", "deny", "null"  # data; refused (an auth error); hidden (null)
@@ -84,16 +85,6 @@ MATRIX: dict[str, tuple[str, str, str, str, str, str]] = {
 }
 HTTP_ENDPOINTS = [k for k in MATRIX if not k.startswith(("Query.", "Mutation.", "Subscription."))]
 
-SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
-  signUp(email: $e, password: $p, roles: $r) { token user { id clientId } } }"""
-SIGN_IN = """mutation($e: String!, $p: String!) {
-  signIn(email: $e, password: $p) { token user { id clientId } } }"""
-REGISTER = """mutation($input: RegisterProviderInput!) { registerProvider(input: $input) {
-  providerId } }"""
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
-CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
-  createApiKey(name: $n, scopes: $s) { id key scopes } }"""
 SPEC = {"name": "mx", "command": "true", "max_price_per_gpu_hour": "3", "timeout": 60}
 
 
@@ -177,8 +168,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Ite
             w.sign_up(who, roles)
         w.gql("operator", f'mutation {{ registerNode(nodeId: "{NODE}", region: "eu",'
                           ' operator: "ops") }')
-        w.gql("provider", REGISTER, input=registration(P1))
-        w.gql("provider_2", REGISTER, input=registration(P2))
+        w.gql("provider", REGISTER_PROVIDER, input=registration(P1))
+        w.gql("provider_2", REGISTER_PROVIDER, input=registration(P2))
         client_a = str(w.clients["client_a"])
         network.open_client(client_a, 100_000_000)
         network.submit_job("mx-job", client_a, parse_job_spec({**SPEC,
@@ -253,7 +244,7 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
                            " { providerId } }", lambda w, who: {"p": P1}),
     "Mutation.setPrice": ('mutation($p: String!) { setPrice(providerId: $p, '
                           'pricePerGpuHour: "2") { providerId } }', lambda w, who: {"p": P1}),
-    "Mutation.registerProvider": (REGISTER, lambda w, who: {"input": registration(P1)}),
+    "Mutation.registerProvider": (REGISTER_PROVIDER, lambda w, who: {"input": registration(P1)}),
     "Mutation.providerHeartbeat": ("mutation($p: String!) { providerHeartbeat(providerId: $p,"
                                    " telemetry: []) }", lambda w, who: {"p": P1}),
     "Mutation.drainProvider": ("mutation($p: String!) { drainProvider(providerId: $p) }",
@@ -429,7 +420,7 @@ def test_a_provider_cannot_touch_another_providers_gpus(world: World) -> None:
     for query in (CALLS["Mutation.suspendGpu"][0], CALLS["Mutation.setPrice"][0],
                   CALLS["Mutation.providerHeartbeat"][0]):
         assert "forbidden" in w.post("provider_2", query, p=P1)["errors"][0]["message"]
-    taken = w.post("provider_2", REGISTER, input=registration(P1))["errors"][0]["message"]
+    taken = w.post("provider_2", REGISTER_PROVIDER, input=registration(P1))["errors"][0]["message"]
     assert taken == f"providerId: '{P1}' belongs to another account"
     earnings = w.post("provider_2", CALLS["Query.providerEarnings"][0], p=P1)
     assert "forbidden" in earnings["errors"][0]["message"]

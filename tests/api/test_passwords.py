@@ -15,7 +15,7 @@ from domain.application import Network
 from domain.identity import IdentityError
 from infra.settings import Settings
 from readmodel.schema import ViewDB
-from tests.domain.support import store_settings
+from tests.support.stores import store_settings
 
 
 def network() -> Network:

@@ -14,7 +14,7 @@ from infra.settings import Settings
 from readmodel.live import Broadcaster, PostgresListener
 from readmodel.projector import Projector
 from readmodel.schema import ViewDB
-from tests.domain.conftest import store_settings
+from tests.support.stores import store_settings
 
 
 @pytest.fixture

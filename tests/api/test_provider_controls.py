@@ -17,31 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from api.json_body import MAX_JSON_DEPTH
-from api.services import Services
-from domain.identity import ROLES
-from infra.settings import Settings
-from ops.devstack import free_port
 from protocol.spec import parse_job_spec
-from tests.support.api_server import running_api
+from tests.support.api_client import Api, api_in_thread
+from tests.support.graphql import HEARTBEAT, RESUME, SET_PRICE, SUSPEND
 
 INTERVAL = 1.0  # heartbeat interval: offline after 3 missed (3.5 s)
-H100 = "NVIDIA H100 80GB HBM3"
 
-REGISTER = """mutation($input: RegisterProviderInput!) {
-  registerProvider(input: $input) { providerId status } }"""
-HEARTBEAT = "mutation($id: String!, $t: JSON) { providerHeartbeat(providerId: $id, telemetry: $t) }"
-PROVIDER_FIELDS = """providerId status statusReason lastHeartbeatAt pricePerGpuHourMicro
-  pricePerGpuHour reputation earningsMicro gpus { index status reason busyJobId }"""
-PROVIDER = f"query($id: String!) {{ provider(providerId: $id) {{ {PROVIDER_FIELDS} }} }}"
-SUSPEND = f"""mutation($id: String!, $i: Int!) {{
-  suspendGpu(providerId: $id, index: $i) {{ {PROVIDER_FIELDS} }} }}"""
-RESUME = f"""mutation($id: String!, $i: Int!) {{
-  resumeGpu(providerId: $id, index: $i) {{ {PROVIDER_FIELDS} }} }}"""
-SET_PRICE = f"""mutation($id: String!, $p: String!) {{
-  setPrice(providerId: $id, pricePerGpuHour: $p) {{ {PROVIDER_FIELDS} }} }}"""
 EXPLAIN = """query($s: JSON!) { explain(spec: $s) { __typename
   ... on Explanation { eligible { providerId gpuIndexes } rejected { providerId reason } } } }"""
 
@@ -49,93 +32,11 @@ EXPLAIN_GPUS = """query($s: JSON!) { explain(spec: $s) { __typename
   ... on Explanation { gpus { providerId index eligible reason score } } } }"""
 
 
-PASSWORD = "controls password"
-ACCOUNT_ROLES = {"prov": ["client", "provider"], "alice": ["client", "operator"]}
-SIGN_IN = """mutation($e: String!, $p: String!) { signIn(email: $e, password: $p) {
-  token user { clientId } } }"""
-SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
-  signUp(email: $e, password: $p, roles: $r) { token user { clientId } } }"""
-
-
-@dataclass
-class Api:
-    url: str
-    app: FastAPI
-    http: httpx.Client
-    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def services(self) -> Services:
-        services: Services = self.app.state.services
-        return services
-
-    def session(self, name: str) -> dict[str, Any]:
-        """The account `name` (signed up once; "admin" made on the stores): token, clientId."""
-        if name not in self.sessions:
-            email = f"{name}@controls.test"
-            variables: dict[str, Any]
-            if name == "admin":
-                self.services.network.create_user(email, PASSWORD, list(ROLES), time.time())
-                query, variables = SIGN_IN, {"e": email, "p": PASSWORD}
-            else:
-                roles = ACCOUNT_ROLES.get(name, ["client"])
-                query, variables = SIGN_UP, {"e": email, "p": PASSWORD, "r": roles}
-            r = self.http.post("/graphql", json={"query": query, "variables": variables})
-            data = r.json()["data"]
-            found = data.get("signIn") or data["signUp"]
-            self.sessions[name] = {"token": found["token"], **found["user"]}
-        return self.sessions[name]
-
-    def headers(self, name: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.session(name)['token']}"}
-
-    def client_id(self, name: str) -> str:
-        return str(self.session(name)["clientId"])
-
-    def post(self, query: str, client: str = "prov", **variables: Any) -> dict[str, Any]:
-        r = self.http.post("/graphql", json={"query": query, "variables": variables},
-                           headers=self.headers(client))
-        r.raise_for_status()
-        return r.json()
-
-    def gql(self, query: str, client: str = "prov", **variables: Any) -> dict[str, Any]:
-        body = self.post(query, client, **variables)
-        assert "errors" not in body, body["errors"]
-        return body["data"]
-
-    def error(self, query: str, caller: str = "prov", **variables: Any) -> str:
-        body = self.post(query, caller, **variables)
-        assert body.get("errors"), body
-        return str(body["errors"][0]["message"])
-
-    def provider(self, provider_id: str) -> dict[str, Any]:
-        return self.gql(PROVIDER, id=provider_id)["provider"]
-
-    def events(self, provider_id: str) -> list[str]:
-        rows = self.services.views.query(
-            "SELECT type FROM provider_events WHERE provider_id = ? ORDER BY seq", (provider_id,)
-        )
-        return [r["type"] for r in rows]
-
-    def register(self, provider_id: str, gpus: int = 2, model: str = H100,
-                 price_micro: int = 2_000_000, node: str = "local") -> None:
-        self.gql(REGISTER, input={
-            "providerId": provider_id, "region": "eu", "pricePerGpuHourMicro": price_micro,
-            "gpus": [{"index": i, "model": model, "memoryMb": 81_559} for i in range(gpus)],
-            "node": node,
-        })
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Api]:
-    port = free_port()
-    settings = Settings(
-        home=tmp_path_factory.mktemp("controls"), temporal_address=temporal_server,
-        api_port=port, api_url=f"http://127.0.0.1:{port}", provider_heartbeat_interval_s=INTERVAL,
-    )
-    with running_api(settings) as app, httpx.Client(base_url=settings.api_url,
-                                                     timeout=30) as http:
-            yield Api(settings.api_url, app, http)
+    with api_in_thread(tmp_path_factory.mktemp("controls"), temporal_server,
+                       provider_heartbeat_interval_s=INTERVAL) as api:
+        yield api
 
 
 @dataclass
@@ -470,7 +371,7 @@ GRANT = """mutation($c: String!, $a: String!, $m: String!) {
 
 def test_an_admin_grants_credits_and_the_ledger_shows_it(api: Api) -> None:
     api.client_id("granted")  # signs up
-    client = "granted@controls.test"
+    client = "granted@api.test"
     before = api.gql("{ account { balanceMicro } }", "granted")["account"]["balanceMicro"]
     balance = api.gql(GRANT, "admin", c=client, a="12.5", m="trial credits")["grantCredits"]
     assert balance == before + 12_500_000
@@ -483,7 +384,7 @@ def test_an_admin_grants_credits_and_the_ledger_shows_it(api: Api) -> None:
         time.sleep(0.1)
     assert rows[0] == {"kind": "grant", "amountMicro": 12_500_000,
                        "counterparty": "external:deposits",
-                       "memo": "granted by admin@controls.test: trial credits"}
+                       "memo": "granted by admin@api.test: trial credits"}
     # Only an admin grants; every bad value is refused naming its field.
     assert "forbidden" in api.error(GRANT, "granted", c=client, a="1", m="")
     assert api.error(GRANT, "admin", c=client, a="0", m="").startswith("amount: must be more")
@@ -492,7 +393,7 @@ def test_an_admin_grants_credits_and_the_ledger_shows_it(api: Api) -> None:
     assert api.error(GRANT, "admin", c=client, a="0.0000001", m="") == (
         "amount: '0.0000001' has more than 6 decimal places")
     assert api.error(GRANT, "admin", c=client, a="1", m="x" * 201).startswith("memo: ")
-    assert api.error(GRANT, "admin", c="nobody@controls.test", a="1", m="") == (
-        "email: no client account 'nobody@controls.test'")
+    assert api.error(GRANT, "admin", c="nobody@api.test", a="1", m="") == (
+        "email: no client account 'nobody@api.test'")
     api.client_id("alice")  # an operator and a client; "prov" is one too: both may be granted
-    assert api.gql(GRANT, "admin", c="alice@controls.test", a="1", m="")["grantCredits"] > 0
+    assert api.gql(GRANT, "admin", c="alice@api.test", a="1", m="")["grantCredits"] > 0

@@ -15,7 +15,7 @@ import pytest
 from domain.application import Network
 from infra.settings import Settings
 from readmodel.schema import ViewDB
-from tests.domain.support import STORES, store_settings
+from tests.support.stores import STORES, store_settings
 
 
 @pytest.fixture(params=STORES)

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from uuid import UUID
-
-import psycopg
-import pytest
-from psycopg import sql
 
 from domain.application import Network
 from domain.job import Job
 from domain.provider import Provider
-from infra.settings import Settings
 from protocol.spec import JobSpec, parse_job_spec
+
+# The stores live in tests/support/stores.py; these names stay for older imports.
+from tests.support.stores import STORES as STORES
+from tests.support.stores import postgres_unreachable as postgres_unreachable
+from tests.support.stores import store_settings as store_settings
 
 START = 100_000_000  # the client's starting balance, 100 credits
 FEE_BPS = 500
@@ -178,46 +174,3 @@ def run_lifecycle(app: Network, names: Names | None = None, succeed: bool = True
     """Run every lifecycle command once; returns each command's result by name."""
     return {name: command() for name, command in lifecycle_commands(app, names, succeed)}
 
-
-# Stores
-
-STORES = ("memory", "sqlite", "postgres")
-
-
-def _base_postgres() -> Settings:
-    return Settings(event_store="postgres")
-
-
-@functools.cache
-def postgres_unreachable() -> str | None:
-    """Why PostgreSQL can't be used (None when it can); asked once per session."""
-    conninfo = _base_postgres().postgres_conninfo()
-    try:
-        with psycopg.connect(conninfo, connect_timeout=3, autocommit=True) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:  # any failure to connect means: skip the postgres store
-        detail = " ".join(str(exc).split())
-        return f"PostgreSQL not reachable ({conninfo}): {type(exc).__name__}: {detail}"
-    return None
-
-
-@contextmanager
-def store_settings(store: str, tmp_path: Path) -> Iterator[Settings]:
-    """Settings for one store; for postgres a fresh schema that is dropped afterwards."""
-    if store != "postgres":
-        yield Settings(event_store=store, home=tmp_path)  # type: ignore[arg-type]
-        return
-    reason = postgres_unreachable()
-    if reason is not None:
-        pytest.skip(reason)
-    schema = f"t_{uuid.uuid4().hex}"
-    settings = Settings(event_store="postgres", pg_schema=schema, home=tmp_path)
-    conninfo = settings.postgres_conninfo()
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield settings
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute("SET lock_timeout = '10s'")
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from domain.money import cost_of_gpu_time
 
 from domain.application import Network, Payment
 from domain.errors import InsufficientFunds, InvalidAmount
 from domain.ledger import EXTERNAL, FEES, Account, transfer
+from protocol.money import cost_of_gpu_time
 from tests.domain.support import (
     CHARGED,
     FEE,

@@ -15,7 +15,7 @@ import pytest
 from domain.application import Network
 from infra.db import PostgresChanges, SqliteChanges
 from infra.settings import Settings
-from tests.domain.support import store_settings
+from tests.support.stores import store_settings
 
 
 @pytest.fixture(params=("sqlite", "postgres"))  # the memory store is one process's

@@ -13,7 +13,8 @@ from domain.application import Network
 from infra.settings import Settings
 from readmodel.projector import Projector
 from readmodel.schema import ViewDB
-from tests.domain.support import notification_count, run_lifecycle, store_settings
+from tests.domain.support import notification_count, run_lifecycle
+from tests.support.stores import store_settings
 
 VIEW_TABLES = {"tracking", "jobs", "job_events", "providers", "accounts", "provider_liveness"}
 

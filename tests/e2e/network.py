@@ -21,6 +21,7 @@ import httpx
 from infra.settings import Settings
 from ops.admin import create_admin, grant_credits
 from ops.devstack import Stack, free_port
+from tests.support.graphql import CREATE_KEY, SIGN_IN, SIGN_UP
 
 FAST_FAULTS = {
     "GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "3",
@@ -38,13 +39,6 @@ CREDITS_MICRO = 100_000_000
 PASSWORD = "e2e password"
 PROVIDER_OWNER = "providers"  # the account that owns the simulated providers
 ADMIN = "admin"
-
-SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
-  signUp(email: $e, password: $p, roles: $r) { token user { id clientId } } }"""
-SIGN_IN = """mutation($e: String!, $p: String!) {
-  signIn(email: $e, password: $p) { token user { id clientId } } }"""
-CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
-  createApiKey(name: $n, scopes: $s) { key } }"""
 
 
 @dataclass(frozen=True)

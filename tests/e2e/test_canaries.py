@@ -20,15 +20,11 @@ from domain.ledger import CHECKS, provider_account
 from domain.verification import CANARY_FRACTION, canary_rate, ever_caught
 from protocol.money import cost_of_gpu_time
 from tests.e2e.network import ADMIN, PROVIDER_OWNER, Network, network
+from tests.support.graphql import JOB, PROVIDERS, SUBMIT
 from workflows import contracts as c
 
 pytestmark = pytest.mark.e2e
 
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
-JOB = """query($id: ID!) { job(id: $id) { state reason costMicro providerId
-  outputs { path key sha256 size } events { type data } } }"""
-PROVIDERS = "{ providers { providerId reputation earningsMicro } }"
 # Each provider has its own GPU model, so a job picks its provider by model.
 FLEET = [
     ("honest", "1xH100:80", "1.0", []),

@@ -17,13 +17,12 @@ from temporalio.worker import Replayer
 
 from domain.application import Network as DomainNetwork
 from tests.e2e.network import CREDITS_MICRO, Network, network
+from tests.support.graphql import SUBMIT
 from workflows.contracts import job_workflow_id
 from workflows.job import JobWorkflow
 
 pytestmark = pytest.mark.e2e
 
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 
 # Counts to 12, a step a second; each step replaces checkpoint/step.txt whole (a '.' name,
 # then a rename), and a start reads it back.

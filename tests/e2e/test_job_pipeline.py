@@ -20,6 +20,7 @@ from client.sdk import GpgpuClient
 from domain.application import Network as DomainNetwork
 from infra.payload_codec import decrypt_history
 from tests.e2e.network import CREDITS_MICRO, PROVIDER_OWNER, Network, network
+from tests.support.graphql import CANCEL, SUBMIT
 from workflows.job import JobWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +35,6 @@ SUCCESS_EVENTS = [
     "ReputationRecorded",  # the provider's reputation, shown on the job too
     "JobSucceeded",
 ]
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id state } }
-  ... on SpecRejected { errors { field message } } } }"""
 SCRIPT = b"""import os, sys
 text = open("data/words.txt").read()
 os.makedirs("out", exist_ok=True)
@@ -250,9 +248,6 @@ def test_dishonest_provider_is_caught_and_not_paid(net: Network) -> None:
     assert providers["pipe-liar"]["reputation"] < 0.5
     account = net.gql("{ account { balanceMicro escrowMicro } }", "gina")["account"]
     assert account["balanceMicro"] == CREDITS_MICRO
-
-
-CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { id state } }"
 
 
 def test_cancel_running_job_stops_it_and_charges_time_used(net: Network) -> None:

@@ -10,11 +10,9 @@ import pytest
 
 from domain.application import Network as DomainNetwork
 from tests.e2e.network import CREDITS_MICRO, Network, network
+from tests.support.graphql import SUBMIT
 
 pytestmark = pytest.mark.e2e
-
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 
 
 @pytest.fixture(scope="module")

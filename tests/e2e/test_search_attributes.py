@@ -26,17 +26,15 @@ from temporalio.common import TypedSearchAttributes
 from temporalio.worker import Replayer
 
 from api import jobs
-from ops.devstack import free_port, start_listening, temporal_dev_args
 from tests.e2e.network import Network, network
+from tests.support.graphql import SUBMIT
+from tests.support.temporal import temporal_dev_server
 from workflows import search_attributes as sa
 from workflows.contracts import JobInput, job_workflow_id
 from workflows.job import JobWorkflow
 
 pytestmark = pytest.mark.e2e
 GPGPU = str(Path(sys.executable).parent / "gpgpu")
-
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 
 
 @pytest.fixture(scope="module")
@@ -120,20 +118,9 @@ async def test_a_job_is_found_by_client_and_ends_succeeded(
 @pytest.fixture
 def bare_temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A dev server on which nobody registered GPGPU's search attributes."""
-    port = free_port()
-    db = tmp_path_factory.mktemp("bare") / "temporal.db"
-    proc = start_listening(
-        lambda: subprocess.Popen(
-            temporal_dev_args(port, db, wal=False, search_attributes=False),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ),
-        "127.0.0.1", port, "the bare Temporal dev server", 30,
-    )  # fmt: skip
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with temporal_dev_server(tmp_path_factory.mktemp("bare"), wal=False,
+                             search_attributes=False) as address:
+        yield address
 
 
 async def test_without_the_attributes_jobs_start_with_one_warning(

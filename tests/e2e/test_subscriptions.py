@@ -12,11 +12,9 @@ import websockets
 
 from client.aio import AsyncGpgpuClient
 from tests.e2e.network import PROVIDER_OWNER, Network, network
+from tests.support.graphql import SUBMIT
 
 pytestmark = pytest.mark.e2e
-
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,10 @@ from temporalio.worker import Replayer
 
 from infra import tracing
 from tests.e2e.network import Network, network
+from tests.support.graphql import SUBMIT
 from workflows.job import JobWorkflow
 
 pytestmark = pytest.mark.e2e
-
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,10 @@ from typing import Any
 import pytest
 
 from tests.e2e.network import ADMIN, Network, network
+from tests.support.graphql import JOB, PROVIDERS, SUBMIT
 
 pytestmark = pytest.mark.e2e
 
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
-JOB = """query($id: ID!) { job(id: $id) { state reason costMicro providerId
-  outputs { path key } events { type data } } }"""
-PROVIDERS = "{ providers { providerId reputation earningsMicro } }"
 # The liar is the cheapest, so it is always picked first.
 FLEET = [
     ("liar", "1xH100:80", "0.5", ["--wrong-results"]),

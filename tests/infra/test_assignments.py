@@ -11,7 +11,7 @@ import pytest
 
 from infra.assignments import AssignmentBoard
 from readmodel.schema import ViewDB
-from tests.domain.support import store_settings
+from tests.support.stores import store_settings
 
 
 class Clock:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +11,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from api.storage import router
 from ops.devstack import free_port
 from tests.infra.conftest import KEYS, StoreFactory, run_grant, storage_services
+from tests.support.api_server import serving
 from worker_gpu.transfer import HttpFailure, IntegrityMismatch, download_verified, renewed
 
 pytestmark = pytest.mark.timeout(900)
@@ -37,16 +36,8 @@ def api(make_store: StoreFactory) -> Iterator[str]:
     app.include_router(router)
     port = free_port()
     app.state.services = storage_services(make_store(), f"http://127.0.0.1:{port}")
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app, port, lifespan=False) as url:
+        yield url
 
 
 def url(base: str, method: str, key: str) -> str:

@@ -25,7 +25,7 @@ from readmodel.telemetry import (
     parse_readings,
     recent_samples,
 )
-from tests.domain.support import store_settings
+from tests.support.stores import store_settings
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

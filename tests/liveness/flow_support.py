@@ -9,12 +9,8 @@ from typing import Any
 from domain.application import Network as Ledger
 from domain.ledger import client_account
 from tests.e2e.network import Network
+from tests.support.graphql import JOB, SUBMIT
 
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
-JOB = """query($id: ID!) { job(id: $id) { id state reason costMicro providerId
-  outputs { path key sha256 } events { type data } } }"""
-CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { id state } }"
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "REJECTED")
 # These tests are not about lost providers: on a loaded CI machine an agent may take more
 # than FAST_FAULTS' 6 s to pick its work up, which would count it lost and requeue the job.

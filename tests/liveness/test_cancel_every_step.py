@@ -5,8 +5,8 @@ with the network's check waiting for a GPU that no independent provider has: eac
 CANCELLED, refunds what was not used, and releases every GPU, in the domain and in the
 read model alike. An operator's `temporal workflow terminate` leaves the job to the
 control worker's sweeper, which ends it FAILED with its escrow refunded. (The steps too
-short to catch on a real network, staging, uploading and settling, are cancelled in
-test_workflow_bounds.py.)
+short to catch on a real network, admitting, staging, uploading, verifying, settling and
+recording reputation, are cancelled in tests/workflows/test_cancel.py.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from temporalio.client import Client
 
 from tests.e2e.network import CREDITS_MICRO, Network, network
 from tests.liveness.flow_support import (
-    CANCEL,
     PATIENT,
     balance,
     finish,
@@ -27,6 +26,7 @@ from tests.liveness.flow_support import (
     submit,
     wait_state,
 )
+from tests.support.graphql import CANCEL
 from workflows.contracts import job_workflow_id
 
 pytestmark = pytest.mark.e2e

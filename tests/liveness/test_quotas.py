@@ -24,6 +24,7 @@ import websockets
 
 from infra.settings import Settings
 from tests.e2e.network import CREDITS_MICRO, Network, network
+from tests.support.graphql import SUBMIT
 from worker_gpu.runtime_process import JOB_LOG_KEPT_BYTES, ProcessRuntime
 
 pytestmark = pytest.mark.e2e
@@ -37,8 +38,6 @@ KIB = 1024
 QUOTA = 1024 * KIB
 MAX_OBJECT = 256 * KIB
 ADDRESS_FAILURES = 4
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 
 
 @pytest.fixture(scope="module")

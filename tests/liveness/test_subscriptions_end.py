@@ -16,6 +16,7 @@ import pytest
 import websockets
 
 from tests.e2e.network import Network, network
+from tests.support.graphql import JOB_EVENTS, SUBMIT
 
 pytestmark = pytest.mark.e2e
 
@@ -25,10 +26,6 @@ PATIENT = {"GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "30",
            "GPGPU_GPU_SCHEDULE_TO_START_TIMEOUT_S": "60"}
 
 CAP = 3
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
-EVENTS = """subscription($id: ID!, $after: Int!) {
-  jobEvents(jobId: $id, after: $after) { seq type } }"""
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +64,7 @@ class Socket:
         self.next_id += 1
         await self.ws.send(json.dumps({
             "id": str(self.next_id), "type": "subscribe",
-            "payload": {"query": EVENTS, "variables": {"id": job_id, "after": after}}}))
+            "payload": {"query": JOB_EVENTS, "variables": {"id": job_id, "after": after}}}))
         return str(self.next_id)
 
     async def until_end(self, sid: str, timeout_s: float = 10) -> tuple[list[Any], str]:

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from ops.devstack import DEV_CREDITS_MICRO, ROOT, free_port
+from tests.support.graphql import SUBMIT
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +36,6 @@ CHILDREN = {
     "api": "-m\0api\0",
     "provider-b": "--provider-id\0provider-b",
 }
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 
 
 def children_of(pid: int) -> dict[str, int]:

@@ -26,9 +26,8 @@ from domain.application import Network as DomainNetwork
 from infra.settings import Settings
 from ops.devstack import ROOT, Stack, free_port, start_listening, temporal_dev_args, wait_for_http
 from tests.e2e.network import FAST_FAULTS, PROVIDER_OWNER, Network
+from tests.support.graphql import SUBMIT
 
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 TERMINAL = ("JobSucceeded", "JobFailed", "JobCancelled", "JobRejected")
 
 

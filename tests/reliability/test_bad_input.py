@@ -18,11 +18,9 @@ nothing is stored.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import threading
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -34,18 +32,17 @@ from graphql import GraphQLError, get_introspection_query, parse, validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
 from api.limits import LIMIT_EXTENSIONS, MAX_ALIASES, MAX_DEPTH, MAX_TOKENS
 from infra.settings import Settings
 from protocol.spec import SpecError, parse_job_spec
+from tests.support.api_server import AsgiApi
+from tests.support.graphql import SUBMIT
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 QUOTA = 256 * 1024
-SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
-  ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 VALID = {"name": "ok", "command": ["true"], "max_price_per_gpu_hour": "1", "timeout": "1m"}
 # Not "priority": a priority the queue lacks is refused under the wrong field (see
 # test_a_priority_the_queue_lacks_is_refused_under_priority).
@@ -58,64 +55,21 @@ PROPERTY = settings(deadline=None, database=None, derandomize=False,
                                            HealthCheck.large_base_example])
 
 
-class InProcessApi:
-    """The API app with its lifespan entered, on an event loop of its own thread."""
-
-    def __init__(self, settings: Settings):
-        self.app = create_app(settings)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="api", daemon=True)
-        self.thread.start()
-        self.lifespan = self.app.router.lifespan_context(self.app)
-        self.call(self.lifespan.__aenter__())
-        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
-        self.client = httpx.AsyncClient(transport=transport, base_url="http://api.test",
-                                        timeout=60)
-        self.requests = 0
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
-
-    def request(self, method: str, url: str, token: str | None = None,
-                **kwargs: Any) -> httpx.Response:
-        headers = dict(kwargs.pop("headers", {}))
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.requests += 1
-        return self.call(self.client.request(method, url, headers=headers, **kwargs))
-
-    def graphql(self, token: str | None, query: str, **variables: Any) -> httpx.Response:
-        # ASCII JSON: a lone surrogate travels as \\ud800, as any JSON encoder may send it.
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        return self.request("POST", "/graphql", token, content=body,
-                            headers={"content-type": "application/json"})
-
-    def notifications(self) -> int:
-        services = self.app.state.services
-        return int(services.network.recorder.max_notification_id() or 0)
-
-    def close(self) -> None:
-        self.call(self.client.aclose())
-        self.call(self.lifespan.__aexit__(None, None, None))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[InProcessApi]:
+def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[AsgiApi]:
     home = tmp_path_factory.mktemp("bad-input")
     # No worker serves this task queue: a spec that is accepted starts a workflow that waits.
     settings = Settings(home=home, temporal_address=temporal_server,
                         control_task_queue=f"bad-input-{uuid.uuid4().hex[:8]}",
                         storage_quota_bytes=QUOTA)
-    running = InProcessApi(settings)
+    running = AsgiApi(settings)
     try:
         yield running
     finally:
         running.close()
 
 
-def sign_up(api: InProcessApi, name: str) -> tuple[str, str]:
+def sign_up(api: AsgiApi, name: str) -> tuple[str, str]:
     r = api.graphql(None, """mutation($e: String!) { signUp(email: $e, password: "a password",
         roles: ["client"]) { token user { clientId } } }""", e=f"{name}@bad-input.test")
     data = r.json()["data"]["signUp"]
@@ -123,7 +77,7 @@ def sign_up(api: InProcessApi, name: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def mallory(api: InProcessApi) -> tuple[str, str]:
+def mallory(api: AsgiApi) -> tuple[str, str]:
     token, client_id = sign_up(api, "mallory")
     r = api.graphql(token, SUBMIT, s=VALID)  # opens the account: later submits add only jobs
     assert r.json()["data"]["submitJob"]["__typename"] == "JobSubmitted", r.text
@@ -231,11 +185,10 @@ def top_fields(spec: Any) -> set[str]:
     return set(spec) if isinstance(spec, dict) else set()
 
 
-
 @settings(PROPERTY, max_examples=900)
 @given(spec=bad_specs())
 def test_bad_job_specs_are_refused_by_field_and_record_nothing(
-    api: InProcessApi, mallory: tuple[str, str], spec: Any
+    api: AsgiApi, mallory: tuple[str, str], spec: Any
 ) -> None:
     token, _ = mallory
     before = api.notifications()
@@ -271,7 +224,7 @@ def test_bad_job_specs_are_refused_by_field_and_record_nothing(
 
 @pytest.mark.parametrize("priority", [3, True])
 def test_a_priority_the_queue_lacks_is_refused_under_priority(
-    api: InProcessApi, mallory: tuple[str, str], priority: Any
+    api: AsgiApi, mallory: tuple[str, str], priority: Any
 ) -> None:
     """api/jobs.py files every refusal of Network.check_queue under "queue", a priority's too
     ("queue: priority: 3 is not a level of queue local/default"); True is taken as 1."""
@@ -350,11 +303,10 @@ def names_the_problem(error: dict[str, Any], words: list[str], document: str) ->
         re.search(r"(Syntax Error|Unexpected|Expected|exceeds|tokens|aliases)", message))
 
 
-
 @settings(PROPERTY, max_examples=600)
 @given(case=bad_documents())
 def test_bad_documents_are_refused_by_name(
-    api: InProcessApi, mallory: tuple[str, str], case: tuple[str, list[str]]
+    api: AsgiApi, mallory: tuple[str, str], case: tuple[str, list[str]]
 ) -> None:
     document, words = case
     token, _ = mallory
@@ -369,11 +321,10 @@ def test_bad_documents_are_refused_by_name(
     assert api.notifications() == before
 
 
-
 @settings(PROPERTY, max_examples=200)
 @given(value=JUNK, which=st.sampled_from(["n", "id", "spec"]))
 def test_bad_variables_are_refused_by_name(
-    api: InProcessApi, mallory: tuple[str, str], value: Any, which: str
+    api: AsgiApi, mallory: tuple[str, str], value: Any, which: str
 ) -> None:
     token, _ = mallory
     document = {
@@ -396,7 +347,7 @@ def test_bad_variables_are_refused_by_name(
     {**VALID, "inputs": [{"key": "\ud800"}]},
 ], ids=["env", "command", "outputs", "input-key"])
 def test_a_lone_surrogate_is_refused_by_field(
-    api: InProcessApi, mallory: tuple[str, str], spec: dict[str, Any]
+    api: AsgiApi, mallory: tuple[str, str], spec: dict[str, Any]
 ) -> None:
     """JSON may carry "\\ud800", which is no Unicode text: the spec model takes it, and the
     event store (or the view's SQL) fails to encode it, so the answer is a GraphQL error
@@ -420,11 +371,10 @@ def test_a_lone_surrogate_is_refused_by_field(
 # Storage keys
 
 
-
 @settings(PROPERTY, max_examples=300)
 @given(key=PATH_TRICK, encode=st.booleans())
 def test_storage_keys_stay_inside_the_callers_space(
-    api: InProcessApi, mallory: tuple[str, str], key: str, encode: bool
+    api: AsgiApi, mallory: tuple[str, str], key: str, encode: bool
 ) -> None:
     token, client_id = mallory
     storage = Path(api.app.state.services.settings.storage_root).resolve()
@@ -457,7 +407,7 @@ def test_storage_keys_stay_inside_the_callers_space(
 
 
 def test_a_key_that_clashes_with_a_stored_folder_is_refused_by_name(
-    api: InProcessApi, mallory: tuple[str, str]
+    api: AsgiApi, mallory: tuple[str, str]
 ) -> None:
     """The filesystem store can't hold both "a" and "a/b": it answered 500 (IsADirectoryError,
     FileExistsError) until infra/storage.py refused such a key by name."""
@@ -476,7 +426,7 @@ def test_a_key_that_clashes_with_a_stored_folder_is_refused_by_name(
 
 
 def test_nothing_was_written_outside_the_client_spaces(
-    api: InProcessApi, mallory: tuple[str, str]
+    api: AsgiApi, mallory: tuple[str, str]
 ) -> None:
     home = Path(api.app.state.services.settings.home).resolve()
     storage = (home / "storage").resolve()
@@ -486,7 +436,7 @@ def test_nothing_was_written_outside_the_client_spaces(
         assert path.resolve().is_relative_to(home), path
 
 
-def test_another_clients_space_is_refused(api: InProcessApi, mallory: tuple[str, str]) -> None:
+def test_another_clients_space_is_refused(api: AsgiApi, mallory: tuple[str, str]) -> None:
     token, _ = mallory
     _, victim = sign_up(api, "victim")
     r = api.request("PUT", f"/storage/{victim}/stolen.bin", token, content=b"x")
@@ -499,7 +449,7 @@ def test_another_clients_space_is_refused(api: InProcessApi, mallory: tuple[str,
 
 
 def test_an_upload_over_the_quota_is_refused_and_not_stored(
-    api: InProcessApi, mallory: tuple[str, str]
+    api: AsgiApi, mallory: tuple[str, str]
 ) -> None:
     token, client_id = mallory
     r = api.request("PUT", f"/storage/{client_id}/too-big.bin", token,
@@ -516,7 +466,7 @@ def test_an_upload_over_the_quota_is_refused_and_not_stored(
 
 
 def test_an_upload_announced_past_the_size_limit_is_refused_unread(
-    api: InProcessApi, mallory: tuple[str, str]
+    api: AsgiApi, mallory: tuple[str, str]
 ) -> None:
     token, client_id = mallory
     limit = Settings().max_object_bytes  # the per-object maximum by default (4 GiB)
@@ -530,7 +480,7 @@ def deep_query(depth: int) -> str:
 
 
 def test_a_too_deep_query_is_refused_with_the_limit_named(
-    api: InProcessApi, mallory: tuple[str, str]
+    api: AsgiApi, mallory: tuple[str, str]
 ) -> None:
     """Fails while api/schema.py builds its schema without api/limits.py's extensions."""
     token, _ = mallory
@@ -553,7 +503,7 @@ def test_a_too_deep_query_is_refused_with_the_limit_named(
 
 
 def test_deeply_nested_json_is_refused_not_a_server_error(
-    api: InProcessApi, mallory: tuple[str, str]
+    api: AsgiApi, mallory: tuple[str, str]
 ) -> None:
     """A body nested past Python's recursion limit: json.loads raises RecursionError, which
     strawberry does not catch (it answers 400 only for JSONDecodeError)."""

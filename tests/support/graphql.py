@@ -1,0 +1,45 @@
+"""The GraphQL documents tests send, declared once.
+
+A test that needs a field these lack selects it in a document of its own, next to the test;
+what several modules send lives here, so a schema change is made in one place.
+"""
+
+from __future__ import annotations
+
+# Accounts
+
+SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
+  signUp(email: $e, password: $p, roles: $r) { token user { id clientId } } }"""
+SIGN_IN = """mutation($e: String!, $p: String!) {
+  signIn(email: $e, password: $p) { token user { id clientId } } }"""
+CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
+  createApiKey(name: $n, scopes: $s) { id key scopes } }"""
+
+# Jobs
+
+SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
+  ... on JobSubmitted { job { id state } } ... on SpecRejected { errors { field message } } } }"""
+CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { id state } }"
+# A job as its client sees it: its ending, what it cost, where it ran, its outputs and events.
+JOB = """query($id: ID!) { job(id: $id) { id state reason costMicro providerId
+  outputs { path key sha256 size } events { type data } } }"""
+JOB_EVENTS = """subscription($id: ID!, $after: Int!) {
+  jobEvents(jobId: $id, after: $after) { seq type } }"""
+
+# Providers
+
+REGISTER_PROVIDER = """mutation($input: RegisterProviderInput!) {
+  registerProvider(input: $input) { providerId status } }"""
+PROVIDERS = "{ providers { providerId reputation earningsMicro } }"
+HEARTBEAT = """mutation($id: String!, $t: JSON) {
+  providerHeartbeat(providerId: $id, telemetry: $t) }"""
+# A provider as its owner sees it, and the owner's controls (each answers with it).
+PROVIDER_FIELDS = """providerId status statusReason lastHeartbeatAt pricePerGpuHourMicro
+  pricePerGpuHour reputation earningsMicro gpus { index status reason busyJobId }"""
+PROVIDER = f"query($id: String!) {{ provider(providerId: $id) {{ {PROVIDER_FIELDS} }} }}"
+SUSPEND = f"""mutation($id: String!, $i: Int!) {{
+  suspendGpu(providerId: $id, index: $i) {{ {PROVIDER_FIELDS} }} }}"""
+RESUME = f"""mutation($id: String!, $i: Int!) {{
+  resumeGpu(providerId: $id, index: $i) {{ {PROVIDER_FIELDS} }} }}"""
+SET_PRICE = f"""mutation($id: String!, $p: String!) {{
+  setPrice(providerId: $id, pricePerGpuHour: $p) {{ {PROVIDER_FIELDS} }} }}"""
