@@ -27,11 +27,11 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from api import assignments, auth, json_body, metrics, storage
 from api.body_limit import BodyLimit
+from api.context import Context
 from api.errors import refusal_text
 from api.multiplex import MultiplexedTransportWS
 from api.schema import schema
 from api.services import Services
-from api.types import Context
 from domain.errors import UnknownProvider
 from infra.settings import Settings
 from infra.temporal import connect

@@ -1,5 +1,5 @@
 """Jobs' live logs in the API: chunks stored as providers send them (api/assignments.py),
-followed by the `jobLog` subscription (api/schema.py).
+followed by the `jobLog` subscription (api/features/jobs.py).
 
 A subscriber is woken at once by a chunk this process stored, and looks every second for
 those another replica stored; it ends once the job has ended and every chunk kept was sent.

@@ -1,4 +1,5 @@
-"""What a VERIFYING job waits for, in words, from its workflow's pending steps.
+"""What a job waits for, in words: while QUEUED, from its queue's line and the market
+(waiting_reasons); while VERIFYING, from its workflow's pending steps (verifying_reasons).
 
 A job verifies between runs: its first run finished, and the network's check, a
 tie-break between replicas that disagree, or the client's verifier may need another run
@@ -10,11 +11,17 @@ as its heartbeat) or the step it is on.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 from temporalio.service import RPCError
 
+from api.services import Services
+from domain.errors import DomainError
+from protocol.spec import JobSpec
+from readmodel.queue import QueueLine
+from readmodel.telemetry import online_provider_ids
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,43 @@ _STEPS = {
 ANOTHER_RUN = ("another run of this job (the network's check, a tie-break between runs that "
                "disagree, or your verifier) waits for GPUs, on a provider of another owner "
                "than its earlier runs")
+
+
+async def waiting_reasons(
+    services: Services, job_id: str, queue: str, line: QueueLine
+) -> list[str]:
+    """Why a queued job has not started, from what the scheduler weighs: the per-client cap
+    (domain.scheduling.plan), where it could run (the network's explain, every reason per
+    provider) and its place in the queue's fair order."""
+    row = next((r for r in line.rows if r["job_id"] == job_id), None)
+    if row is None:
+        return []
+    reasons: list[str] = []
+    cap, held = line.max_gpus_per_client, line.held.get(row["client_id"], 0)
+    if cap and held + row["gpus"] > cap:
+        reasons.append(f"the queue lets a client hold at most {cap} GPUs at once; the "
+                       f"client's jobs hold {held} and this one needs {row['gpus']}: it starts "
+                       "when one ends")
+    try:
+        spec = JobSpec.model_validate(json.loads(row["spec"]))
+        online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
+        judged = await asyncio.to_thread(services.network.explain, spec, online)
+        never = None  # an eligible provider could run it, so one could ever
+        if not any(a.eligible for a in judged):
+            never = await asyncio.to_thread(services.network.unsatisfiable, spec)
+    except (ValueError, DomainError) as err:
+        return [*reasons, f"its spec cannot be matched now: {err}"]
+    if never is not None:  # what the providers are, not what they are doing: say that
+        reasons.append(never)
+    elif not any(a.eligible for a in judged):
+        reasons.append("no provider can take it now: " + "; ".join(
+            f"{a.provider_id}: {a.reason}" for a in judged))
+    ahead = line.positions.get(job_id, 1) - 1
+    if ahead:
+        reasons.append(f"{ahead} job{'s' if ahead > 1 else ''} ahead of it in the queue")
+    if not reasons:
+        reasons.append("a GPU fits it and is free: the scheduler places it within seconds")
+    return reasons
 
 
 async def verifying_reasons(temporal: Any, job_id: str) -> list[str]:

@@ -7,7 +7,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from api.schema import follow_stream
+from api.streams import follow_stream
 from readmodel.live import Broadcaster
 
 

@@ -520,8 +520,8 @@ def test_deeply_nested_json_is_refused_not_a_server_error(
 
 
 def limited_schema() -> strawberry.Schema:
+    from api.scalars import BIG_INT_SCALAR, BigInt
     from api.schema import Mutation, Query, Subscription
-    from api.types import BIG_INT_SCALAR, BigInt
 
     return strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription,
                              scalar_overrides={BigInt: BIG_INT_SCALAR},  # type: ignore[dict-item]

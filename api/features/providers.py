@@ -1,0 +1,425 @@
+"""Providers: the market's catalogue of GPUs (status, price, reputation, telemetry), a
+provider agent's registration, heartbeats and drain, its owner's controls (GPUs in or out
+of service, the price), and its events live."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from api import auth, multiplex
+from api.context import I, bounded, run_command, signed_in
+from api.errors import refused
+from api.features.nodes import node_exists
+from api.scalars import BigInt
+from api.services import Services
+from api.streams import check_after, live_rows
+from domain.errors import DomainError
+from domain.limits import GPU_INDEX, GPU_MEMORY_MB, MAX_PROVIDER_GPUS, PRICE, PROVIDER_GPUS
+from domain.node import DEFAULT_NODE
+from domain.provider import RUNTIMES, SANDBOXES
+from domain.reputation import Reputation, reputation
+from protocol.money import credits_to_micro, micro_to_credits
+from readmodel.queue import iso_time
+from readmodel.telemetry import Heartbeat, recent_samples
+
+PROVIDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@strawberry.type
+class Gpu:
+    index: int
+    model: str
+    memory_mb: int
+    busy_job_id: str | None = strawberry.field(
+        description="the job holding it; null unless the provider is yours or on your node"
+    )
+    status: str = strawberry.field(
+        description="online (free), busy, suspended, degraded or offline (the provider is)"
+    )
+    reason: str = strawberry.field(description="why degraded (ECC, Xid errors) or offline")
+
+
+@strawberry.type
+class GpuReading:
+    index: int
+    utilization_pct: int | None
+    memory_used_mb: int | None
+    temperature_c: int | None
+    power_w: float | None
+    ecc_errors: int | None
+    xid_errors: int | None
+
+
+@strawberry.type
+class TelemetrySample:
+    at: str
+    gpus: list[GpuReading]
+
+
+@strawberry.type
+class ReputationDetail:
+    """What a provider's score is made of (domain/reputation.py documents the formula)."""
+
+    score: float
+    confidence: float = strawberry.field(description="grows with (recent) history, 0 to 1")
+    probation: bool = strawberry.field(description="fewer than 5 outcomes: every result checked")
+    outcomes: int
+    effective_outcomes: float = strawberry.field(description="outcomes weighted by age")
+    successes: float
+    failures: float
+    timeouts: float
+    lost: float
+    mismatches: float
+
+
+@strawberry.type
+class Provider:
+    provider_id: str
+    region: str
+    status: str = strawberry.field(description="online, busy, offline or lost")
+    status_reason: str
+    last_heartbeat_at: str | None
+    reputation: float = strawberry.field(description="the score now; old outcomes weigh less")
+    reputation_detail: ReputationDetail
+    earnings_micro: BigInt | None = strawberry.field(
+        description="the provider account's balance; null unless the provider is yours"
+    )
+    price_per_gpu_hour_micro: BigInt
+    price_per_gpu_hour: str = strawberry.field(description="credits, e.g. '2.5'")
+    runtimes: list[str]
+    sandbox: str = strawberry.field(
+        description="how its agent isolates jobs: bwrap, docker, or none (started with "
+        "--unsafe-no-sandbox: a job there can read the machine's files); empty if not told"
+    )
+    gpus: list[Gpu]
+    # Its owner, its node's operator and admins see its telemetry and which job holds a GPU.
+    watched: strawberry.Private[bool] = True
+
+    @strawberry.field(
+        description="The last heartbeats' GPU readings, oldest first; empty unless the "
+        "provider is yours or on your node"
+    )
+    async def telemetry(self, info: I, limit: int = 120) -> list[TelemetrySample]:
+        if not self.watched:
+            return []
+        services = info.context.services
+        samples = await asyncio.to_thread(
+            recent_samples, services.views, self.provider_id, max(1, limit)
+        )
+        return [
+            TelemetrySample(at=iso_time(s.at), gpus=[GpuReading(**vars(r)) for r in s.readings])
+            for s in samples
+        ]
+
+
+@strawberry.type
+class ProviderEvent:
+    seq: int
+    provider_id: str
+    type: str
+    at: str
+    data: JSON
+
+
+@strawberry.input
+class GpuInput:
+    index: int
+    model: str
+    memory_mb: int
+    uuid: str = ""
+
+
+@strawberry.input
+class RegisterProviderInput:
+    provider_id: str
+    region: str
+    price_per_gpu_hour_micro: BigInt
+    gpus: list[GpuInput]
+    runtimes: list[str] = strawberry.field(default_factory=lambda: ["process"])
+    node: str = DEFAULT_NODE
+    sandbox: str | None = strawberry.field(
+        default=None, description="bwrap, docker or none; an older agent does not say"
+    )
+
+
+async def shown_providers(info: I, providers: list[Provider]) -> list[Provider]:
+    """Providers as this caller may see them: the market's catalogue for everyone signed
+    in; earnings for the owner; telemetry and who holds each GPU for the owner and the
+    operators of its nodes (auth.can_manage_provider, auth.can_watch_provider)."""
+    caller = info.context.caller
+    nodes = await info.context.provider_nodes()
+    out = []
+    for p in providers:
+        if auth.can_manage_provider(caller, p.provider_id):
+            out.append(p)
+            continue
+        watched = auth.can_watch_provider(caller, p.provider_id, nodes.get(p.provider_id, set()))
+        gpus = p.gpus if watched else [replace(g, busy_job_id=None) for g in p.gpus]
+        out.append(replace(p, earnings_micro=None, gpus=gpus, watched=watched))
+    return out
+
+
+def gpu_status(
+    provider_online: bool, index: int, suspended: set[int], degraded: dict[str, str],
+    busy: dict[int, str],
+) -> tuple[str, str]:
+    """(status, reason) of one GPU, by the precedence of domain.provider.Provider.gpu_status."""
+    if not provider_online:
+        return "offline", ""
+    if index in suspended:
+        return "suspended", ""
+    if str(index) in degraded:
+        return "degraded", degraded[str(index)]
+    if index in busy:
+        return "busy", ""
+    return "online", ""
+
+
+async def load_providers(services: Services, provider_id: str | None = None) -> list[Provider]:
+    where, params = ("WHERE p.provider_id = ?", (provider_id,)) if provider_id else ("", ())
+    rows = await services.query(
+        "SELECT p.*, l.last_heartbeat_at, a.balance_micro FROM providers p"
+        " LEFT JOIN provider_liveness l ON l.provider_id = p.provider_id"
+        " LEFT JOIN accounts a ON a.name = 'provider:' || p.provider_id"
+        f" {where} ORDER BY p.provider_id",
+        params,
+    )
+    cutoff = time.time() - services.settings.offline_after_s
+    out = []
+    for r in rows:
+        rep = reputation(list(zip(json.loads(r["outcomes"]), json.loads(r["outcome_times"]),
+                                  strict=True)), time.time())
+        busy = {i: job for job, idx in json.loads(r["reservations"]).items() for i in idx}
+        beat = r["last_heartbeat_at"]
+        status, reason = r["status"], r["status_reason"]
+        if status == "online" and (beat is None or beat < cutoff):
+            status, reason = "offline", "no recent heartbeat"
+        online = status == "online"
+        if online and busy:
+            status = "busy"
+        suspended, degraded = set(json.loads(r["suspended"])), json.loads(r["degraded"])
+        gpus = []
+        for g in json.loads(r["gpus"]):
+            state, why = gpu_status(online, g["index"], suspended, degraded, busy)
+            gpus.append(Gpu(index=g["index"], model=g["model"], memory_mb=g["memory_mb"],
+                            busy_job_id=busy.get(g["index"]), status=state,
+                            reason=why or (reason if state == "offline" else "")))
+        out.append(Provider(
+            provider_id=r["provider_id"], region=r["region"], status=status,
+            status_reason=reason,
+            last_heartbeat_at=None if beat is None else iso_time(beat),
+            reputation=rep.score, reputation_detail=_detail(rep),
+            earnings_micro=BigInt(r["balance_micro"] or 0),
+            price_per_gpu_hour_micro=r["price_micro"],
+            price_per_gpu_hour=micro_to_credits(r["price_micro"]),
+            runtimes=json.loads(r["runtimes"]), sandbox=r["sandbox"], gpus=gpus,
+        ))
+    return out
+
+
+def _detail(rep: Reputation) -> ReputationDetail:
+    w = rep.weighted
+    return ReputationDetail(
+        score=rep.score, confidence=rep.confidence, probation=rep.probation,
+        outcomes=rep.outcomes, effective_outcomes=rep.effective_outcomes,
+        successes=w["success"], failures=w["failure"], timeouts=w["timeout"], lost=w["lost"],
+        mismatches=w["mismatch"],
+    )
+
+
+async def own_provider(info: I, provider_id: str) -> None:
+    """The provider exists (for an admin) and is the caller's own; refused otherwise."""
+    caller = info.context.caller
+    if caller is not None and caller.admin:
+        if not await load_providers(info.context.services, provider_id):
+            raise ValueError(f"providerId: no provider {provider_id!r}")
+        return
+    auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
+                 f"forbidden: provider {provider_id!r} is not one of yours")
+
+
+async def _provider_control(info: I, provider_id: str, command: str, arg: int) -> Provider:
+    """Run one of a provider's own controls and answer with the provider as it is now."""
+    await own_provider(info, provider_id)
+    services = info.context.services
+    if not await load_providers(services, provider_id):
+        raise ValueError(f"providerId: no provider {provider_id!r}")
+    await run_command(getattr(services.network, command), provider_id, arg)
+    await services.projected()
+    return (await load_providers(services, provider_id))[0]
+
+
+def _provider_event(row: dict[str, Any]) -> ProviderEvent:
+    return ProviderEvent(seq=row["seq"], provider_id=row["provider_id"], type=row["type"],
+                         at=row["at"], data=json.loads(row["data"]))
+
+
+@strawberry.type
+class ProviderQuery:
+    @strawberry.field(
+        description="The market: every provider's GPUs, status, price and reputation (earnings, "
+        "telemetry and which job holds a GPU only for your own)",
+        permission_classes=[auth.SignedIn],
+    )
+    async def providers(self, info: I) -> list[Provider]:
+        return await shown_providers(info, await load_providers(info.context.services))
+
+    @strawberry.field(permission_classes=[auth.SignedIn])
+    async def provider(self, info: I, provider_id: str) -> Provider | None:
+        found = await load_providers(info.context.services, provider_id)
+        return (await shown_providers(info, found))[0] if found else None
+
+
+@strawberry.type
+class ProviderMutation:
+    @strawberry.mutation(
+        description="Take one GPU out of service: it gets no new work; a job on it finishes",
+        permission_classes=[auth.ProviderRole],
+    )
+    async def suspend_gpu(self, info: I, provider_id: str, index: int) -> Provider:
+        bounded("index", GPU_INDEX, index)
+        return await _provider_control(info, provider_id, "suspend_gpu", index)
+
+    @strawberry.mutation(description="Put a suspended GPU back in service",
+                         permission_classes=[auth.ProviderRole])
+    async def resume_gpu(self, info: I, provider_id: str, index: int) -> Provider:
+        bounded("index", GPU_INDEX, index)
+        return await _provider_control(info, provider_id, "resume_gpu", index)
+
+    @strawberry.mutation(
+        description="A provider's new price in credits per GPU-hour (e.g. '2.5'): new jobs "
+        "pay it; running ones keep the price they were allocated at",
+        permission_classes=[auth.ProviderRole],
+    )
+    async def set_price(self, info: I, provider_id: str, price_per_gpu_hour: str) -> Provider:
+        await own_provider(info, provider_id)
+        try:
+            micro = credits_to_micro(price_per_gpu_hour)
+        except ValueError as err:
+            raise ValueError(f"pricePerGpuHour: {err}") from None
+        if micro <= 0:
+            raise ValueError(f"pricePerGpuHour: must be more than 0, got {price_per_gpu_hour}")
+        if micro > PRICE.high:
+            raise ValueError(f"pricePerGpuHour: must be at most {PRICE.high} micro-credits "
+                             f"({PRICE.high // 1_000_000} credits)")
+        return await _provider_control(info, provider_id, "set_price", micro)
+
+    @strawberry.mutation(
+        description="A provider agent declares its GPUs and price; the provider becomes the "
+        "caller's (an agent sends its owner's API key)",
+        permission_classes=[auth.ProviderRole],
+    )
+    async def register_provider(self, info: I, input: RegisterProviderInput) -> Provider:
+        errors = []
+        if not PROVIDER_ID.match(input.provider_id):
+            errors.append("providerId: must be 1-63 letters, digits, '.', '_' or '-'")
+        if input.price_per_gpu_hour_micro <= 0:
+            errors.append("pricePerGpuHourMicro: must be more than 0")
+        elif why := PRICE.problem(input.price_per_gpu_hour_micro):
+            errors.append(f"pricePerGpuHourMicro: {why}")
+        if not input.gpus:
+            errors.append("gpus: a provider declares at least one GPU")
+        elif why := PROVIDER_GPUS.problem(len(input.gpus)):
+            errors.append(f"gpus: {why}")
+        if len({g.index for g in input.gpus}) != len(input.gpus):
+            errors.append("gpus: two GPUs have the same index")
+        for n, g in enumerate(input.gpus[:MAX_PROVIDER_GPUS]):
+            for field, bound, value in ((f"gpus.{n}.index", GPU_INDEX, g.index),
+                                        (f"gpus.{n}.memoryMb", GPU_MEMORY_MB, g.memory_mb)):
+                if why := bound.problem(value):
+                    errors.append(f"{field}: {why}")
+        if not input.runtimes or not set(input.runtimes) <= set(RUNTIMES):
+            errors.append(f"runtimes: each one of {', '.join(RUNTIMES)}")
+        if input.sandbox is not None and input.sandbox not in SANDBOXES:
+            errors.append(f"sandbox: one of {', '.join(SANDBOXES)}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        services, caller = info.context.services, signed_in(info)
+        network = services.network
+        if not await asyncio.to_thread(node_exists, network, input.node):
+            raise ValueError(f"node: no node {input.node!r}")
+        owner = await asyncio.to_thread(network.owner_of, "provider", input.provider_id)
+        exists = input.provider_id in await asyncio.to_thread(network.provider_ids)
+        auth.require(auth.can_claim(caller, "provider", owner, exists),
+                     f"providerId: {input.provider_id!r} belongs to another account")
+        if owner is None:
+            await run_command(network.claim, "provider", input.provider_id, caller.user_id)
+            services.auth.forget(user_id=caller.user_id)
+        gpus = [{"index": g.index, "model": g.model, "memory_mb": g.memory_mb, "uuid": g.uuid}
+                for g in input.gpus]
+        await run_command(
+            network.register_provider,
+            input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus, input.runtimes,
+            input.node, input.sandbox,
+        )
+        await services.heartbeats.submit(Heartbeat(input.provider_id, time.time()))
+        deadline = time.monotonic() + 5
+        while not (found := await load_providers(services, input.provider_id)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the provider was recorded but the read model is not keeping up")
+            await asyncio.wait({services.broadcaster.current()}, timeout=0.2)
+        return found[0]
+
+    @strawberry.mutation(
+        description="A provider agent is alive. Its GPU telemetry is kept as samples (the last "
+        "few per provider), not as events; ECC or Xid errors mark a GPU degraded",
+        permission_classes=[auth.ProviderRole],
+    )
+    async def provider_heartbeat(
+        self, info: I, provider_id: str, telemetry: JSON | None = None
+    ) -> bool:
+        auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
+                     f"forbidden: provider {provider_id!r} is not one of yours")
+        try:
+            await info.context.services.heartbeat(provider_id, telemetry)
+        except DomainError as err:
+            raise refused(err) from None
+        return True
+
+    @strawberry.mutation(
+        description="The provider's agent is stopping: it is offline at once (no new work) "
+        "until it registers again",
+        permission_classes=[auth.ProviderRole],
+    )
+    async def drain_provider(self, info: I, provider_id: str) -> bool:
+        auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
+                     f"forbidden: provider {provider_id!r} is not one of yours")
+        network = info.context.services.network
+        try:
+            await asyncio.to_thread(network.provider_offline, provider_id,
+                                    "draining: its agent is stopping")
+        except DomainError as err:
+            raise refused(err) from None
+        return True
+
+
+@strawberry.type
+class ProviderSubscription:
+    @strawberry.subscription(
+        description="A provider's status changes, reservations and reputation, after `after` "
+        "(its owner and the operators of its nodes)",
+        permission_classes=[auth.SignedIn],
+    )
+    async def provider_events(
+        self, info: I, provider_id: str, after: int = 0
+    ) -> AsyncGenerator[ProviderEvent, None]:
+        services = info.context.services
+        nodes = (await info.context.provider_nodes()).get(provider_id, set())
+        if not auth.can_watch_provider(info.context.caller, provider_id, nodes):
+            raise auth.Denied(f"forbidden: provider {provider_id!r} is not yours or on your node")
+        if not await load_providers(services, provider_id):
+            raise ValueError(f"providerId: no provider {provider_id!r}")
+        check_after(after)
+        source = multiplex.Source("provider", provider_id, _provider_event)
+        with services.subscription_of(info.context.caller):
+            async for event in live_rows(info, source, after):
+                yield event
