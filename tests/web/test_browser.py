@@ -526,7 +526,9 @@ def test_operator_sees_queues_waiting_jobs_and_gpus(
                                       "tds => tds.map(td => td.textContent.trim())")
     assert cells[0] == "1" and cells[1] == "waits" and cells[4] == "2", cells  # position, priority
     assert cells[6] == "not enough usable GPUs", cells  # nobody offers a B200
-    assert cells[7] == "no provider has joined node web-node yet", cells  # why, in words
+    # Why, in words: none joined, and what one must have for the job to start.
+    assert cells[7].startswith("no provider has joined node web-node yet: the job waits until "
+                               "one that has 1 GPU"), cells
     if not has_accounts:  # the development network shows every node: the default one too
         local = "[data-node=local]"
         page.wait_for_selector(f"{local} [data-testid=node-gpus-local] >> text=web-h100")
