@@ -49,10 +49,12 @@ CASES = {
     # (These too wait in line with tries that outlast the cancel's way to them.)
     "with a check pending": Case(
         {"placeable": {"p1"}, "run_check": True, "check_wait_s": 3600, "try_s": 30.0},
-        "check waits"),
+        "check waits", ran("p1")),
+    # The queued replica's first try starts with the job and the cancel comes only once the
+    # placed one has run (see reach): a longer try, that still outlasts the cancel's way.
     "with a replica queued": Case(
-        {"placeable": {"p1"}, "replicas": 2, "replica_wait_s": 3600, "try_s": 30.0},
-        "replica waits"),
+        {"placeable": {"p1"}, "replicas": 2, "replica_wait_s": 3600, "try_s": 60.0},
+        "replica waits", ran("p1")),
     "tie-break queued": Case(
         {"providers": THREE, "placeable": {"p1", "p2"}, "replicas": 2, "liars": {"p2"},
          "replica_wait_s": 3600, "try_s": 30.0}, "tie-break waits", ran("p1", "p2")),
@@ -69,10 +71,18 @@ async def reach(net: StubNetwork, handle: WorkflowHandle[Any, c.JobResult], what
     if not what.endswith(" waits"):
         await net.wait_started(what)
         return
-    # A run waits for GPUs nobody has free: its allocation is being tried again and again.
+    # A run waits for GPUs nobody has free: its allocation is being tried again and again,
+    # and every other run has finished (released its GPUs: no GPU step of theirs in flight).
+    # Replicas run at once: without the second condition the cancel could come as the placed
+    # replica's stage, execute or upload completes, and the time-skipping test server refuses
+    # a workflow task that asks to cancel an activity whose completion it has just taken
+    # (FAILED_PRECONDITION "ACTIVITY_UNKNOWN for scheduledEventId"; the workflow task is
+    # never retried and the workflow stalls). A real server records that cancel request and
+    # ignores it (the activity's result stands, the job ends cancelled): not the workflow's bug.
     tries = {"check waits": 2, "replica waits": 2, "tie-break waits": 3}[what]
     async with asyncio.timeout(20):
-        while len({a.attempt for a in net.called(c.ALLOCATE_GPUS)}) < tries:
+        while (len({a.attempt for a in net.called(c.ALLOCATE_GPUS)}) < tries
+               or len({r.attempt for r in net.called(c.RELEASE_RUN)}) < tries - 1):
             await asyncio.sleep(0.05)
 
 
