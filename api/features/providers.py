@@ -25,7 +25,7 @@ from api.streams import check_after, live_rows
 from domain.errors import DomainError
 from domain.limits import GPU_INDEX, GPU_MEMORY_MB, MAX_PROVIDER_GPUS, PRICE, PROVIDER_GPUS
 from domain.node import DEFAULT_NODE
-from domain.provider import RUNTIMES, SANDBOXES
+from domain.provider import RUNTIMES, SANDBOXES, gpu_status
 from domain.reputation import Reputation, reputation
 from protocol.money import micro_to_credits, price_to_micro
 from readmodel.queue import iso_time
@@ -166,22 +166,6 @@ async def shown_providers(info: I, providers: list[Provider]) -> list[Provider]:
         gpus = p.gpus if watched else [replace(g, busy_job_id=None) for g in p.gpus]
         out.append(replace(p, earnings_micro=None, gpus=gpus, watched=watched))
     return out
-
-
-def gpu_status(
-    provider_online: bool, index: int, suspended: set[int], degraded: dict[str, str],
-    busy: dict[int, str],
-) -> tuple[str, str]:
-    """(status, reason) of one GPU, by the precedence of domain.provider.Provider.gpu_status."""
-    if not provider_online:
-        return "offline", ""
-    if index in suspended:
-        return "suspended", ""
-    if str(index) in degraded:
-        return "degraded", degraded[str(index)]
-    if index in busy:
-        return "busy", ""
-    return "online", ""
 
 
 async def load_providers(services: Services, provider_id: str | None = None) -> list[Provider]:
