@@ -16,7 +16,6 @@ from activities.sweeper import Sweeper
 from domain.application import Network
 from infra import tracing
 from infra.assignments import AssignmentBoard
-from infra.payload_codec import PayloadKeyError
 from infra.process import run_service
 from infra.settings import Settings
 from infra.temporal import connect
@@ -64,10 +63,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = Settings()
-    try:
-        settings.payload_keys  # noqa: B018 -- Temporal's payloads are encrypted with it
-    except PayloadKeyError as err:
-        raise SystemExit(f"error: {err}") from None
+    settings.check_payload_keys()
     tracing.setup(settings.tracing, "control-worker")
 
     async def serve(stop: asyncio.Event) -> None:

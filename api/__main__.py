@@ -8,7 +8,6 @@ import uvicorn
 
 from api.app import create_app
 from infra import tracing
-from infra.payload_codec import PayloadKeyError
 from infra.process import run_service
 from infra.settings import Settings
 
@@ -18,10 +17,7 @@ GRACEFUL_SHUTDOWN_S = 3
 
 def main() -> None:
     settings = Settings()
-    try:
-        settings.payload_keys  # noqa: B018 -- Temporal's payloads are encrypted with it
-    except PayloadKeyError as err:
-        raise SystemExit(f"error: {err}") from None
+    settings.check_payload_keys()
     tracing.setup(settings.tracing, "api")
 
     async def serve(stop: asyncio.Event) -> None:

@@ -22,7 +22,7 @@ from client.errors import (
     SpecRejectedError,
 )
 from client.models import Account, Job, Node, Provider, ProviderEarnings, QueuedJob, User
-from protocol.money import credits_to_micro
+from protocol.money import price_to_micro
 
 CHUNK = 1 << 20
 ByteProgress = Callable[[int, int | None], None]  # (bytes done, total if known)
@@ -136,11 +136,9 @@ def parse_queue(data: dict[str, Any]) -> list[QueuedJob]:
 def price_text(credits: str | int | float) -> str:
     """A price in credits, checked here so a typo is answered before any request."""
     try:
-        micro = credits_to_micro(credits)
+        price_to_micro(credits)
     except ValueError as err:
         raise BadInput(f"price: {err}") from None
-    if micro <= 0:
-        raise BadInput(f"price: must be more than 0 credits, got {credits}")
     return str(credits)
 
 

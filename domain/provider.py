@@ -8,6 +8,7 @@ and one of them retries, so no GPU is ever booked twice.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -23,6 +24,23 @@ RUNTIMES = ("process", "docker")
 # How a provider isolates jobs: bubblewrap (process runtime), Docker, or not at all
 # (an agent started with --unsafe-no-sandbox).
 SANDBOXES = ("bwrap", "docker", "none")
+
+
+def gpu_status(
+    provider_online: bool, index: int, suspended: Collection[int], degraded: Mapping[str, str],
+    busy: Collection[int],
+) -> tuple[str, str]:
+    """(status, reason) of one GPU: offline, suspended, degraded (with why), busy or online
+    (free), in that order of precedence. The one rule, for the aggregate and the views."""
+    if not provider_online:
+        return "offline", ""
+    if index in suspended:
+        return "suspended", ""
+    if str(index) in degraded:
+        return "degraded", degraded[str(index)]
+    if index in busy:
+        return "busy", ""
+    return "online", ""
 
 
 def check_declaration(price_micro: int, gpus: list[dict[str, Any]]) -> None:
@@ -106,15 +124,9 @@ class Provider(Aggregate):
 
     def gpu_status(self, index: int, online: bool) -> str:
         """offline, suspended, degraded, busy or online (free), in that order of precedence."""
-        if not online or self.status != "online":
-            return "offline"
-        if index in self.suspended:
-            return "suspended"
-        if str(index) in self.degraded:
-            return "degraded"
-        if any(index in idx for idx in self.reservations.values()):
-            return "busy"
-        return "online"
+        busy = {i for idx in self.reservations.values() for i in idx}
+        return gpu_status(online and self.status == "online", index, self.suspended,
+                          self.degraded, busy)[0]
 
     def _check_index(self, index: int) -> None:
         GPU_INDEX.check("gpu_index", index)

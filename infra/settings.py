@@ -188,6 +188,15 @@ class Settings(BaseSettings):
             )
         return [load_or_create_key(self.home / "temporal-payload.key")]
 
+    def check_payload_keys(self) -> None:
+        """For a server process's start: exit with the reason when the payload key is missing."""
+        from infra.payload_codec import PayloadKeyError
+
+        try:
+            self.payload_keys  # noqa: B018 -- Temporal's payloads are encrypted with it
+        except PayloadKeyError as err:
+            raise SystemExit(f"error: {err}") from None
+
     def temporal_converter(self) -> DataConverter:
         """The data converter of every Temporal client, worker and replayer of the network."""
         from infra.payload_codec import data_converter

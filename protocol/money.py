@@ -28,6 +28,19 @@ def credits_to_micro(value: str | int | float | Decimal) -> int:
     return int(micro)
 
 
+def price_to_micro(value: str | int | float | Decimal) -> int:
+    """A price per GPU-hour in credits, as a person writes it, into micro-credits: more than
+    0 and at most the network's maximum. The one check of a price (spec, API, CLI, agent)."""
+    from protocol.limits import MAX_PRICE_MICRO
+
+    micro = credits_to_micro(value)
+    if micro <= 0:
+        raise ValueError(f"must be more than 0 credits, got {value}")
+    if micro > MAX_PRICE_MICRO:
+        raise ValueError(f"must be at most {MAX_PRICE_MICRO // MICRO} credits, got {value}")
+    return micro
+
+
 def micro_to_credits(micro: int) -> str:
     """Render micro-credits for people: '2.5', '0.000001'."""
     sign = "-" if micro < 0 else ""

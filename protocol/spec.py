@@ -57,11 +57,10 @@ from protocol.limits import (
     MAX_FILES,
     MAX_GPU_MEMORY_GB,
     MAX_JOB_GPUS,
-    MAX_PRICE_MICRO,
     MAX_PRIORITY_LEVELS,
     MAX_REPLICAS,
 )
-from protocol.money import cost_of_gpu_time, credits_to_micro
+from protocol.money import cost_of_gpu_time, credits_to_micro, price_to_micro
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -251,11 +250,7 @@ class _SpecBase(_Strict):
     def _price(cls, v: Any) -> str:
         if not isinstance(v, str | int | float) or isinstance(v, bool):
             raise ValueError("must be a number of credits such as \"2.5\"")
-        micro = credits_to_micro(v)
-        if micro <= 0:
-            raise ValueError("must be more than 0 credits")
-        if micro > MAX_PRICE_MICRO:
-            raise ValueError(f"must be at most {MAX_PRICE_MICRO // 1_000_000} credits")
+        price_to_micro(v)
         return str(v)
 
     @field_validator("timeout", mode="before")

@@ -12,18 +12,15 @@ from pathlib import Path
 
 from infra import tracing
 from infra.settings import Settings
-from protocol.money import credits_to_micro
+from protocol.money import price_to_micro
 from worker_gpu.config import AgentConfig, add_runtime_arguments, runtime_fields
 
 
 def _price(text: str) -> int:
     try:
-        micro = credits_to_micro(text)
+        return price_to_micro(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    if micro <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0 credits")
-    return micro
 
 
 def _provider_id(text: str) -> str:

@@ -25,9 +25,9 @@ from api.streams import check_after, live_rows
 from domain.errors import DomainError
 from domain.limits import GPU_INDEX, GPU_MEMORY_MB, MAX_PROVIDER_GPUS, PRICE, PROVIDER_GPUS
 from domain.node import DEFAULT_NODE
-from domain.provider import RUNTIMES, SANDBOXES
+from domain.provider import RUNTIMES, SANDBOXES, gpu_status
 from domain.reputation import Reputation, reputation
-from protocol.money import credits_to_micro, micro_to_credits
+from protocol.money import micro_to_credits, price_to_micro
 from readmodel.queue import iso_time
 from readmodel.telemetry import Heartbeat, recent_samples
 
@@ -168,22 +168,6 @@ async def shown_providers(info: I, providers: list[Provider]) -> list[Provider]:
     return out
 
 
-def gpu_status(
-    provider_online: bool, index: int, suspended: set[int], degraded: dict[str, str],
-    busy: dict[int, str],
-) -> tuple[str, str]:
-    """(status, reason) of one GPU, by the precedence of domain.provider.Provider.gpu_status."""
-    if not provider_online:
-        return "offline", ""
-    if index in suspended:
-        return "suspended", ""
-    if str(index) in degraded:
-        return "degraded", degraded[str(index)]
-    if index in busy:
-        return "busy", ""
-    return "online", ""
-
-
 async def load_providers(services: Services, provider_id: str | None = None) -> list[Provider]:
     where, params = ("WHERE p.provider_id = ?", (provider_id,)) if provider_id else ("", ())
     rows = await services.query(
@@ -303,14 +287,9 @@ class ProviderMutation:
     async def set_price(self, info: I, provider_id: str, price_per_gpu_hour: str) -> Provider:
         await own_provider(info, provider_id)
         try:
-            micro = credits_to_micro(price_per_gpu_hour)
+            micro = price_to_micro(price_per_gpu_hour)
         except ValueError as err:
             raise ValueError(f"pricePerGpuHour: {err}") from None
-        if micro <= 0:
-            raise ValueError(f"pricePerGpuHour: must be more than 0, got {price_per_gpu_hour}")
-        if micro > PRICE.high:
-            raise ValueError(f"pricePerGpuHour: must be at most {PRICE.high} micro-credits "
-                             f"({PRICE.high // 1_000_000} credits)")
         return await _provider_control(info, provider_id, "set_price", micro)
 
     @strawberry.mutation(

@@ -137,7 +137,7 @@ def test_controls_name_the_field_in_their_errors(api: Api) -> None:
         "pricePerGpuHour: 'cheap' is not a number of credits"
     )
     assert api.error(SET_PRICE, id="p-errors", p="0") == (
-        "pricePerGpuHour: must be more than 0, got 0"
+        "pricePerGpuHour: must be more than 0 credits, got 0"
     )
     assert api.error(HEARTBEAT, id="p-errors", t=[{"index": "zero"}]) == (
         "telemetry.0.index: must be a GPU index, a whole number from 0 to 1023"

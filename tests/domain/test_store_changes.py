@@ -39,6 +39,9 @@ def changes(settings: Settings) -> Iterator[Callable[[], bool]]:
         watch.close()
 
 
+SETTLE_S = 2.0  # far past a NOTIFY's way to a local listener, even under load
+
+
 def shows_within(changes: Callable[[], bool], seconds: float) -> bool:
     """A NOTIFY arrives a moment after the commit: ask until it shows, or give up."""
     deadline = time.monotonic() + seconds
@@ -61,7 +64,12 @@ def test_another_process_commit_shows_once(
     assert not changes()
     for n in range(3):  # several commits between two looks: one answer
         other.open_client(f"watched-{n}", 10**6)
-    assert shows_within(changes, 5)
+    # Each commit's NOTIFY reaches the listening socket a moment after it (on a loaded
+    # machine, the three may straddle a look, and a later look then answers again for a
+    # commit it already reported: harmless, one more poll of the event log, but not what
+    # this checks). Let all three arrive, then one look answers for them all.
+    time.sleep(SETTLE_S)
+    assert changes()
     assert not shows_within(changes, 0.2)
 
 

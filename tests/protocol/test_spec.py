@@ -227,7 +227,7 @@ def test_price_with_seven_decimal_places() -> None:
 @pytest.mark.parametrize("price", ["0", 0, "0.000000", "-1", -0.5])
 def test_price_must_be_positive(price: Any) -> None:
     err = refusal(spec_with(max_price_per_gpu_hour=price))
-    assert err.errors == [("max_price_per_gpu_hour", "must be more than 0 credits")]
+    assert err.errors == [("max_price_per_gpu_hour", f"must be more than 0 credits, got {price}")]
 
 
 @pytest.mark.parametrize("price", ["two", "", "nan", "inf"])
