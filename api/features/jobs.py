@@ -97,6 +97,13 @@ class Job:
         )
 
     @strawberry.field(
+        description="Whether the job has ended (SUCCEEDED, FAILED, REJECTED or CANCELLED): "
+        "the network's one list of its ending states, so clients need not keep their own"
+    )
+    def ended(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @strawberry.field(
         description="1 for the next job the scheduler places (priority, then fair share, "
         "then age); null unless QUEUED"
     )

@@ -30,6 +30,7 @@ export interface Job {
   clientId: string;
   name: string;
   state: string;
+  ended: boolean;
   reason: string;
   providerId: string | null;
   queue: string;
@@ -232,7 +233,7 @@ export const REVOKE_API_KEY = gql<{ revokeApiKey: boolean }, { id: string }>`
 
 // ---- client ----------------------------------------------------------------
 
-const JOB_FIELDS = `id clientId name state reason providerId queue priority queuePosition
+const JOB_FIELDS = `id clientId name state ended reason providerId queue priority queuePosition
   expectedStart maxCostMicro costMicro submittedAt updatedAt outputs { path key sha256 size }`;
 
 export const JOBS = gql<{ jobs: Job[] }, { limit: number }>(

@@ -25,7 +25,6 @@ const STEPS: [string[], string][] = [
   [["JobSucceeded", "JobFailed"], "Done"],
 ];
 const TERMINAL = new Set(["JobSucceeded", "JobFailed", "JobRejected", "JobCancelled"]);
-export const TERMINAL_STATES = new Set(["SUCCEEDED", "FAILED", "REJECTED", "CANCELLED"]);
 
 /** A line about an event's data: money in credits, files counted, long texts left out. */
 export function describe(data: Record<string, unknown>): string {
@@ -41,14 +40,14 @@ export function describe(data: Record<string, unknown>): string {
   return parts.join(" · ");
 }
 
-function Steps(props: { events: JobEvent[]; state: string }): JSX.Element {
+function Steps(props: { events: JobEvent[]; state: string; ended: boolean }): JSX.Element {
   const seen = new Set(props.events.map((e) => e.type));
   let reached = -1;
   STEPS.forEach(([types], i) => {
     if (types.some((t) => seen.has(t))) reached = i;
   });
   const ended = props.events.some((e) => TERMINAL.has(e.type));
-  const bad = ["FAILED", "REJECTED", "CANCELLED"].includes(props.state);
+  const bad = props.ended && props.state !== "SUCCEEDED";
   const fraction = ended ? 1 : (reached + 1) / STEPS.length;
   const current = ended ? props.state.toLowerCase() : (STEPS[reached + 1]?.[1] ?? "…");
   return (
@@ -119,7 +118,7 @@ export function JobPage(props: { id: string }): JSX.Element {
 
   const shown = events.length ? events : j.events;
   const logs = [...shown].reverse().find((e) => typeof e.data.log_tail === "string")?.data.log_tail as string | undefined;
-  const terminal = TERMINAL_STATES.has(j.state);
+  const terminal = j.ended;
 
   return (
     <>
@@ -143,7 +142,7 @@ export function JobPage(props: { id: string }): JSX.Element {
       <ErrorBox error={sub.error} title="Live updates stopped:" />
       <ErrorBox error={job.error} />
       <Card>
-        <Steps events={shown} state={j.state} />
+        <Steps events={shown} state={j.state} ended={j.ended} />
         {j.reason ? <Notice kind={j.state === "SUCCEEDED" ? "ok" : terminal ? "warn" : "info"}>{j.reason}</Notice> : null}
         {j.state === "QUEUED" ? (
           <Notice>

@@ -5,7 +5,6 @@ import { ago, credits, when } from "../format";
 import { useNow, useQuery } from "../hooks";
 import { JOBS } from "../queries";
 import { Link } from "../router";
-import { TERMINAL_STATES } from "./Job";
 
 export function JobsPage(): JSX.Element {
   const now = useNow(5000);
@@ -52,7 +51,7 @@ export function JobsPage(): JSX.Element {
                   <td title={when(j.submittedAt)}>{ago(j.submittedAt, now)}</td>
                   <td>{j.providerId ?? "—"}</td>
                   <td class="num">
-                    {j.costMicro !== null ? credits(j.costMicro) : TERMINAL_STATES.has(j.state) ? credits(0) : `up to ${credits(j.maxCostMicro)}`}
+                    {j.costMicro !== null ? credits(j.costMicro) : j.ended ? credits(0) : `up to ${credits(j.maxCostMicro)}`}
                   </td>
                 </tr>
               ))}
