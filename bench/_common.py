@@ -7,16 +7,39 @@ import asyncio
 import json
 import math
 import os
+import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
 
 T = TypeVar("T")
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def postgres_schema(prefix: str, home: Path) -> Iterator[Settings]:
+    """Settings for a fresh PostgreSQL schema of its own, dropped afterwards."""
+    import psycopg
+
+    from infra.settings import Settings
+
+    schema = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    settings = Settings(home=home, event_store="postgres", pg_schema=schema)
+    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield settings
+    finally:
+        with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def emit_line(bench: str, metric: str, value: float, unit: str, labels: dict[str, Any]) -> None:

@@ -3,8 +3,6 @@ the projection rebuilt from them (checked against what was stored)."""
 
 from __future__ import annotations
 
-import os
-import secrets
 import tempfile
 import time
 import uuid
@@ -14,10 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from eventsourcing.domain import Aggregate
 
-from bench._common import say
+from bench._common import postgres_schema, say
 from domain.application import Network
 from domain.job import Job
 from domain.ledger import (
@@ -53,15 +50,8 @@ def event_store(kind: str, workdir: Path) -> Iterator[Settings]:
     if kind == "sqlite":
         yield Settings(home=home, event_store="sqlite")
         return
-    schema = f"bench_events_{os.getpid()}_{secrets.token_hex(3)}"
-    settings = Settings(home=home, event_store="postgres", pg_schema=schema)
-    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
+    with postgres_schema("bench_events", home) as settings:
         yield settings
-    finally:
-        with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def step_data(step: str, provider_id: str, job_id: str) -> dict[str, Any]:

@@ -22,21 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import secrets
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from activities.scheduler import Scheduler
+from bench._common import postgres_schema, say
 from domain.application import Network
 from domain.ledger import client_account, escrow_account, transfer
 from domain.node import DEFAULT_NODE
@@ -53,21 +48,8 @@ def emit(metric: str, value: float, unit: str, **labels: Any) -> None:
                       "unit": unit, **labels}), flush=True)
 
 
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def postgres_store(workdir: Path) -> Iterator[Settings]:
-    schema = f"bench_matching_{os.getpid()}_{secrets.token_hex(3)}"
-    settings = Settings(home=workdir, event_store="postgres", pg_schema=schema)
-    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield settings
-    finally:
-        with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+def postgres_store(workdir: Path) -> AbstractContextManager[Settings]:
+    return postgres_schema("bench_matching", workdir)
 
 
 def join_providers(network: Network, providers: int, gpus_each: int, rng: random.Random) -> None:
