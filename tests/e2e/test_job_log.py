@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -128,9 +129,20 @@ def test_cli_job_logs_follow_prints_lines_as_they_come(net: Network) -> None:
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as cli:
         assert cli.stdout is not None and cli.stderr is not None
-        first = cli.stdout.readline()
-        state_then = state(net, job_id, "cli-logger")
-        rest, err = cli.communicate(timeout=90)
+        # Bounded: the CLI is killed if it has not ended with the job within 90 s.
+        watchdog = threading.Timer(90, cli.kill)
+        watchdog.start()
+        try:
+            first = cli.stdout.readline()
+            state_then = state(net, job_id, "cli-logger")
+            # Read on through the same buffered file, not communicate(): readline may have
+            # buffered more than its line (two chunks that came together), and communicate
+            # reads the pipe underneath that buffer, so those lines would look lost.
+            rest = cli.stdout.read()
+            err = cli.stderr.read()
+            cli.wait()
+        finally:
+            watchdog.cancel()
     assert cli.returncode == 0, err
     assert first == "line 1\n" and state_then == "RUNNING"
     assert first + rest == "".join(f"line {i}\n" for i in range(1, 6))
