@@ -41,6 +41,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api import auth, json_body
 from api.services import Services
+from api.waiters import Waiters
 from infra.assignments import Assignment, AssignmentBoard
 from readmodel.joblog import LogRefused
 from workflows import contracts as c
@@ -74,7 +75,7 @@ class Dispatch:
 
     def __init__(self, board: AssignmentBoard):
         self.board = board
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters = Waiters()
         self._poller: asyncio.Task[None] | None = None
         self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
         self._beaten: dict[str, float] = {}  # assignment -> its last heartbeat to Temporal
@@ -110,19 +111,10 @@ class Dispatch:
             left = deadline - time.monotonic()
             if got or left <= 0:
                 return got
-            woken = asyncio.Event()
-            self._waiters.setdefault(provider_id, set()).add(woken)
             if self._poller is None or self._poller.done():
+                # It first runs once this wait has begun (and is counted in `_waiters`).
                 self._poller = asyncio.create_task(self._poll())
-            try:
-                await asyncio.wait_for(woken.wait(), left)
-            except TimeoutError:
-                pass
-            finally:
-                waiting = self._waiters.get(provider_id, set())
-                waiting.discard(woken)
-                if not waiting:
-                    self._waiters.pop(provider_id, None)
+            await self._waiters.wait(provider_id, left)
 
     async def _poll(self) -> None:
         while self._waiters:
@@ -131,9 +123,8 @@ class Dispatch:
             except Exception as err:
                 log.warning("looking for assignments: %s", err)
                 ready = set()
-            for pid in ready & set(self._waiters):
-                for woken in self._waiters.get(pid, ()):
-                    woken.set()
+            for pid in ready & self._waiters.keys():
+                self._waiters.wake(pid)
             await asyncio.sleep(POLL_S)
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from api import auth
+from api.waiters import Waiters
 from domain.job import TERMINAL_STATES
 from infra.db import Database
 from readmodel.joblog import JobLogs
@@ -27,7 +28,7 @@ class LiveLogs:
 
     def __init__(self, db: Database):
         self.store = JobLogs(db)
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters = Waiters()
         self._swept_at = time.monotonic()
 
     async def append(self, job_id: str, attempt: int, provider_id: str, offset: int,
@@ -36,25 +37,11 @@ class LiveLogs:
         stored = await asyncio.to_thread(self.store.append, job_id, attempt, provider_id,
                                          offset, size, text)
         if stored.seq is not None:
-            for woken in self._waiters.get(job_id, ()):
-                woken.set()
+            self._waiters.wake(job_id)
         if time.monotonic() - self._swept_at > SWEEP_EVERY_S:  # old logs go, now and then
             self._swept_at = time.monotonic()
             await asyncio.to_thread(self.store.forget_old)
         return stored.trimmed
-
-    async def _wait(self, job_id: str, timeout_s: float) -> None:
-        woken = asyncio.Event()
-        self._waiters.setdefault(job_id, set()).add(woken)
-        try:
-            await asyncio.wait_for(woken.wait(), timeout_s)
-        except TimeoutError:
-            pass
-        finally:
-            waiting = self._waiters.get(job_id, set())
-            waiting.discard(woken)
-            if not waiting:
-                self._waiters.pop(job_id, None)
 
     async def follow(
         self, views: Database, job_id: str, after: int,
@@ -76,7 +63,7 @@ class LiveLogs:
                 for row in await asyncio.to_thread(self.store.after, job_id, last, 1000):
                     yield row
                 return
-            await self._wait(job_id, POLL_S)
+            await self._waiters.wait(job_id, POLL_S)
             if still_allowed is not None and not await still_allowed():
                 raise auth.Denied("unauthenticated: the session or API key was revoked or "
                                   "expired")
