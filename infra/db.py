@@ -21,6 +21,9 @@ from infra.settings import Settings
 # A column added to a table after its first release: (table, column, declaration).
 Column = tuple[str, str, str]
 
+# The advisory lock that serialises schema changes across processes on one PostgreSQL.
+SCHEMA_LOCK_KEY = 0x6770_6770_5343_4845  # "gpgpSCHE"
+
 
 class Database:
     """One connection to the database, serialised by a lock."""
@@ -35,8 +38,13 @@ class Database:
 
     def ensure(self, schema: Sequence[str], columns_added: Sequence[Column] = ()) -> None:
         """Create what `schema` declares (each statement IF NOT EXISTS) and add the columns
-        that tables made before them lack."""
+        that tables made before them lack. On PostgreSQL, processes starting together take
+        turns (a transaction-scoped advisory lock): two concurrent `CREATE TABLE IF NOT
+        EXISTS` of one table can both miss it, and the second fails on pg_type's unique
+        index, which stopped a second control worker at start."""
         with self.transaction() as cur:
+            if self.is_postgres:
+                cur.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
             for statement in schema:
                 cur.execute(statement)
             self._add_columns(cur, columns_added)

@@ -8,10 +8,12 @@ that module's named accounts (`Network.gql(query, "alice")`), signed up through 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 
 from domain.application import Network as DomainNetwork
 from infra.settings import Settings
@@ -215,6 +222,33 @@ class Cluster:
     def start_control_worker(self, name: str = "control", api: str = "api") -> None:
         self._proc(name, [sys.executable, "-m", "activities.worker"],
                    {"GPGPU_API_URL": self.api_urls[api]})
+
+    def wait_control_workers(self, names: Iterable[str], timeout_s: float = 60) -> None:
+        """Until each named control worker polls the control queue for workflow tasks (the
+        identity Temporal gives a poller is the worker's pid@host). Jobs submitted before a
+        worker polls all go to the others, and stay there: Temporal keeps a workflow's later
+        tasks on the worker that ran its first (sticky execution)."""
+        want = {f"{self.procs[n].pid}@{socket.gethostname()}": n for n in names}
+
+        async def pollers() -> set[str]:
+            client = await Client.connect(self.temporal_address)
+            reply = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=self.env["GPGPU_CONTROL_TASK_QUEUE"]),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            ))
+            return {p.identity for p in reply.pollers}
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            missing = set(want) - asyncio.run(pollers())
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {want[m]}\n{self.procs[want[m]].tail(1500)}" for m in missing)
+                raise AssertionError(f"control workers not polling after {timeout_s:.0f} s "
+                                     f"(pollers: {asyncio.run(pollers())}):\n{logs}")
+            time.sleep(0.2)
 
     def start_provider(self, provider_id: str, gpus: str, price: str = "1.0",
                        api: str = "api", owner: str = PROVIDER_OWNER) -> None:

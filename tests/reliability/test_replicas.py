@@ -62,6 +62,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> I
                 cluster.start_api(api)
             for worker, api in zip(WORKERS, APIS, strict=True):
                 cluster.start_control_worker(worker, api)
+            cluster.wait_control_workers(WORKERS)
             for provider_id, api in PROVIDERS:
                 cluster.start_provider(provider_id, "2xH100:80", "1.0", api)
             cluster.wait_providers_online([p for p, _ in PROVIDERS])
