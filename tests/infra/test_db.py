@@ -23,14 +23,14 @@ def test_processes_starting_together_each_ensure_the_schema(tmp_path: Path) -> N
             errors: list[BaseException] = []
             start = threading.Barrier(6)
 
-            def open_one() -> None:
+            def open_one(start: threading.Barrier, errors: list[BaseException]) -> None:
                 try:
                     start.wait(10)
                     Database(settings, SCHEMA).close()
-                except BaseException as err:  # noqa: BLE001 (reported below)
+                except BaseException as err:
                     errors.append(err)
 
-            threads = [threading.Thread(target=open_one) for _ in range(6)]
+            threads = [threading.Thread(target=open_one, args=(start, errors)) for _ in range(6)]
             for t in threads:
                 t.start()
             for t in threads:

@@ -245,7 +245,9 @@ class Cluster:
             if not missing:
                 return
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {want[m]}\n{self.procs[want[m]].tail(1500)}" for m in missing)
+                logs = "\n".join(
+                    f"--- {want[m]}\n{self.procs[want[m]].tail(1500)}" for m in missing
+                )
                 raise AssertionError(f"control workers not polling after {timeout_s:.0f} s "
                                      f"(pollers: {asyncio.run(pollers())}):\n{logs}")
             time.sleep(0.2)
