@@ -9,6 +9,11 @@ provider's agent reports (api/assignments.py). No provider ever reaches Temporal
 The pickup watch keeps an assignment alive while it waits for its provider's agent (it
 heartbeats the activity for it) and, past the pickup bound, fails it as not picked up,
 which the workflow treats as a lost provider.
+
+A Temporal reset ends the workflow's run while its step may be on the provider; the new run
+schedules the step again and takes the earlier run's over (AssignmentBoard.adopt): the
+agent goes on and reports to the new run, so an attempt's command runs once. A new run
+does not stage again into an attempt whose command an earlier run handed out.
 """
 
 from __future__ import annotations
@@ -39,18 +44,38 @@ class AssignActivities:
     def __init__(self, board: AssignmentBoard, callers: Callers):
         self.board, self.callers = board, callers
 
-    def _assign(self, kind: str, request: Any, gpus: int) -> None:
+    def _assign(self, kind: str, request: Any, gpus: int) -> Any:
+        """Publish the step for its provider and complete asynchronously; or the result an
+        earlier run of this workflow left (adopt)."""
         info = activity.info()
         if not request.provider_id:
             raise ApplicationError(f"{kind}: the request names no provider", non_retryable=True)
         heartbeat_s = (info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout
                        else 30.0)
+        ids: dict[str, Any] = {"task_token": info.task_token, "workflow_id": info.workflow_id or "",
+               "run_id": info.workflow_run_id or "", "activity_id": info.activity_id,
+               "attempt": info.attempt}
+        pickup_s = max(1.0, float(request.pickup_timeout_s))
+        adopted = self.board.adopt(
+            provider_id=request.provider_id, kind=kind, job_id=request.job_id,
+            job_attempt=request.attempt, heartbeat_timeout_s=heartbeat_s,
+            pickup_timeout_s=pickup_s, **ids,
+        )
+        if adopted is not None:
+            log.info("%s of %s#%s: took over assignment %s from an earlier run", kind,
+                     request.job_id, request.attempt, adopted.assignment_id)
+            if adopted.result is not None:
+                return typed(kind, adopted.result)
+            activity.raise_complete_async()
+        if kind == c.STAGE_INPUTS and self.board.begun(
+                ids["workflow_id"], ids["run_id"], request.job_id, request.attempt):
+            # Its command was handed out by the run a reset ended (it runs, or ran, in the
+            # work directory): nothing is fetched under it; the staging was recorded once.
+            return c.StageResult(0, 0)
         self.board.publish(
             provider_id=request.provider_id, kind=kind, request=dataclasses.asdict(request),
-            task_token=info.task_token, workflow_id=info.workflow_id or "",
-            run_id=info.workflow_run_id or "", activity_id=info.activity_id, attempt=info.attempt,
-            gpus=gpus, heartbeat_timeout_s=heartbeat_s,
-            pickup_timeout_s=max(1.0, float(request.pickup_timeout_s)),
+            **ids,
+            gpus=gpus, heartbeat_timeout_s=heartbeat_s, pickup_timeout_s=pickup_s,
             trace=tracing.headers(),  # the agent's span of the step joins the job's trace
         )
         activity.raise_complete_async()
@@ -58,23 +83,33 @@ class AssignActivities:
     @activity.defn(name=c.STAGE_INPUTS, no_thread_cancel_exception=True)
     @ours
     def stage_inputs(self, request: c.StageRequest) -> c.StageResult:
-        self._assign(c.STAGE_INPUTS, request, 0)
-        raise AssertionError("unreachable")
+        result: c.StageResult = self._assign(c.STAGE_INPUTS, request, 0)
+        return result
 
     @activity.defn(name=c.EXECUTE_JOB, no_thread_cancel_exception=True)
     @ours
     def execute_job(self, request: c.ExecuteRequest) -> c.ExecuteResult:
-        self._assign(c.EXECUTE_JOB, request, len(request.gpu_indexes))
-        raise AssertionError("unreachable")
+        result: c.ExecuteResult = self._assign(c.EXECUTE_JOB, request, len(request.gpu_indexes))
+        return result
 
     @activity.defn(name=c.UPLOAD_OUTPUTS, no_thread_cancel_exception=True)
     @ours
     def upload_outputs(self, request: c.UploadRequest) -> c.UploadResult:
-        self._assign(c.UPLOAD_OUTPUTS, request, 0)
-        raise AssertionError("unreachable")
+        result: c.UploadResult = self._assign(c.UPLOAD_OUTPUTS, request, 0)
+        return result
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.stage_inputs, self.execute_job, self.upload_outputs]
+
+
+def typed(kind: str, data: dict[str, Any]) -> Any:
+    """A step's result as its dataclass, from the JSON the API checked and kept."""
+    if kind == c.STAGE_INPUTS:
+        return c.StageResult(**data)
+    if kind == c.EXECUTE_JOB:
+        return c.ExecuteResult(**data)
+    return c.UploadResult([c.ManifestEntry(**m) for m in data["manifest"]],
+                          list(data["missing"]), dict(data.get("refused", {})))
 
 
 async def watch_pickups(client: Client, board: AssignmentBoard, stop: asyncio.Event) -> None:

@@ -27,6 +27,7 @@ times the GPUs in the request; a provider's own figure can only lower them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -35,7 +36,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from temporalio.client import AsyncActivityCancelledError
+from temporalio.client import AsyncActivityCancelledError, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -59,6 +60,9 @@ MAX_MESSAGE_CHARS = 4096
 MAX_LOG_TAIL_CHARS = 16 << 10
 MAX_LOG_CHUNK_BYTES = 16 << 10  # one chunk of a run's live log (worker_gpu/joblog.py)
 BEAT_EVERY_S = 2.0  # at most one Temporal heartbeat per assignment this often, per process
+# How long a step whose workflow run was reset goes on for the new run to take it over
+# (infra/assignments.py adopt) before its agent is told to stop.
+ADOPT_GRACE_S = 60.0
 MAX_COUNT = 1 << 53  # bytes, milliseconds: anything an int64 and a float both hold
 _TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 
@@ -79,6 +83,14 @@ class Dispatch:
         self._poller: asyncio.Task[None] | None = None
         self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
         self._beaten: dict[str, float] = {}  # assignment -> its last heartbeat to Temporal
+        self._orphaned: dict[str, float] = {}  # assignment -> when its run was seen reset
+
+    def within_grace(self, aid: str) -> bool:
+        """Whether a step whose run was reset may still wait here for the new run."""
+        now = time.monotonic()
+        if len(self._orphaned) > 100_000:
+            self._orphaned.clear()
+        return now - self._orphaned.setdefault(aid, now) < ADOPT_GRACE_S
 
     def due_to_record(self, aid: str) -> bool:
         """Whether to write the assignment's last_seen_at (it only tells the lapsed from the
@@ -253,6 +265,11 @@ async def heartbeat(
         if err.status != RPCStatusCode.NOT_FOUND:
             raise HTTPException(503, f"the control plane did not take the heartbeat: "
                                      f"{err.message}") from None
+        now = await asyncio.to_thread(board.board.get, aid)
+        if now is not None and now.open and now.task_token != a.task_token:
+            return {"cancel": False}  # the reset's new run took it over meanwhile
+        if await _reset(services, a) and board.within_grace(aid):
+            return {"cancel": False}  # its run was reset: the new run will take it over
         await asyncio.to_thread(board.board.finish, aid, "gone")
         return {"cancel": True}
     if board.due_to_record(aid):  # a write now and then, not one per heartbeat
@@ -349,6 +366,16 @@ def _result(a: Assignment, data: dict[str, Any], received_at: float) -> Any:
     )
 
 
+async def _reset(services: Services, a: Assignment) -> bool:
+    """Whether the step's workflow run has been reset: its workflow id now runs another
+    run (Temporal keeps one open run per id), which schedules the step again."""
+    try:
+        now = await services.temporal.get_workflow_handle(a.workflow_id).describe()
+    except RPCError:
+        return False
+    return now.run_id != a.run_id and now.status == WorkflowExecutionStatus.RUNNING
+
+
 async def _finish(board: AssignmentBoard, a: Assignment, outcome: str) -> None:
     if not await asyncio.to_thread(board.finish, a.assignment_id, outcome):
         raise HTTPException(409, f"assignment {a.assignment_id!r} is already finished")
@@ -380,7 +407,14 @@ async def complete(
     result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
     await _finish(board.board, a, "completed")
     handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
-    return await _deliver(board.board, a, handle.complete(result))
+    try:
+        return await _deliver(board.board, a, handle.complete(result))
+    except HTTPException as err:
+        if err.status_code != 410 or not await _reset(services, a):
+            raise
+    # Its run was reset before the result came: kept for the new run (it takes it over).
+    await asyncio.to_thread(board.board.hold, aid, dataclasses.asdict(result))
+    return {"ok": True}
 
 
 @router.post("/providers/{provider_id}/assignments/{aid}/fail")

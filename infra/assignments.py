@@ -28,15 +28,20 @@ SCHEMA = [
         pickup_by DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
         handed_out_at DOUBLE PRECISION, last_seen_at DOUBLE PRECISION,
         finished_at DOUBLE PRECISION, outcome TEXT NOT NULL DEFAULT '',
-        trace TEXT NOT NULL DEFAULT '{}', UNIQUE (workflow_id, run_id, activity_id))""",
+        trace TEXT NOT NULL DEFAULT '{}', result TEXT NOT NULL DEFAULT '',
+        UNIQUE (workflow_id, run_id, activity_id))""",
     "CREATE INDEX IF NOT EXISTS assignments_open ON assignments (finished_at, provider_id)",
 ]
-COLUMNS_ADDED: list[Column] = [("assignments", "trace", "TEXT NOT NULL DEFAULT '{}'")]
+COLUMNS_ADDED: list[Column] = [("assignments", "trace", "TEXT NOT NULL DEFAULT '{}'"),
+                               ("assignments", "result", "TEXT NOT NULL DEFAULT ''")]
 
 # Finished rows are kept this long (a second complete is refused, not "unknown"), then go.
 KEEP_FINISHED_S = 24 * 3600.0
 # At most this many assignments in one answer to a poll.
 MAX_HANDED_OUT = 64
+# The outcome of a step whose result came once its workflow run had been reset: kept open,
+# with its result, for the reset's new run to take (AssignmentBoard.adopt).
+HELD = "held"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Assignment:
     request: dict[str, Any]
     task_token: bytes
     workflow_id: str
+    run_id: str
     activity_id: str
     attempt: int
     gpus: int
@@ -74,10 +80,19 @@ class Assignment:
         }
 
 
+@dataclass(frozen=True)
+class Adopted:
+    """A step an earlier run of the workflow left behind, now this try's."""
+
+    assignment_id: str
+    result: dict[str, Any] | None  # its result, when it came after that run had ended
+
+
 def _row(r: dict[str, Any]) -> Assignment:
     return Assignment(
         r["assignment_id"], r["provider_id"], r["kind"], json.loads(r["request"]),
-        bytes.fromhex(r["task_token"]), r["workflow_id"], r["activity_id"], int(r["attempt"]),
+        bytes.fromhex(r["task_token"]), r["workflow_id"], r["run_id"], r["activity_id"],
+        int(r["attempt"]),
         int(r["gpus"]), float(r["heartbeat_timeout_s"]), float(r["pickup_by"]),
         float(r["created_at"]), r["handed_out_at"], r["finished_at"], r["outcome"],
         json.loads(r["trace"]),
@@ -119,6 +134,82 @@ class AssignmentBoard:
                  now + pickup_timeout_s, now, json.dumps(trace or {})),
             )
         return aid
+
+    def adopt(
+        self, *, provider_id: str, kind: str, job_id: str, job_attempt: int,
+        task_token: bytes, workflow_id: str, run_id: str, activity_id: str, attempt: int,
+        heartbeat_timeout_s: float, pickup_timeout_s: float,
+    ) -> Adopted | None:
+        """Take over this step of the job's attempt from an earlier run of the same workflow.
+
+        A Temporal reset ends a workflow's run and starts a new one from an earlier point;
+        the new run schedules the step again. Temporal keeps one open run per workflow id,
+        so a row of another run of it belongs to a run that is over. Open, the row becomes
+        this try's (same assignment id, this try's task token): its agent goes on and
+        reports to this try, and the command is not run a second time. Held
+        (api/assignments.py: its result came after its run ended), its result is this
+        try's. None: nothing to take over."""
+        rows = self.db.query(
+            "SELECT * FROM assignments WHERE workflow_id = ? AND run_id <> ? AND kind = ?"
+            " AND provider_id = ? AND finished_at IS NULL ORDER BY created_at",
+            (workflow_id, run_id, kind, provider_id),
+        )
+        for r in rows:
+            request = json.loads(r["request"])
+            if request.get("job_id") != job_id or request.get("attempt") != job_attempt:
+                continue
+            now = self.clock()
+            with self.db.transaction() as cur:
+                if r["outcome"] == HELD:
+                    won = cur.execute(
+                        "UPDATE assignments SET finished_at = ?, outcome = 'completed'"
+                        " WHERE assignment_id = ? AND finished_at IS NULL AND outcome = ?",
+                        (now, r["assignment_id"], HELD),
+                    )
+                    if won == 1:
+                        return Adopted(r["assignment_id"], json.loads(r["result"]))
+                    continue
+                cur.execute(  # an earlier try of this step in this run, if any
+                    "DELETE FROM assignments WHERE workflow_id = ? AND run_id = ?"
+                    " AND activity_id = ?", (workflow_id, run_id, activity_id),
+                )
+                pickup_by = (r["pickup_by"] if r["handed_out_at"] is not None
+                             else now + pickup_timeout_s)
+                won = cur.execute(
+                    "UPDATE assignments SET task_token = ?, run_id = ?, activity_id = ?,"
+                    " attempt = ?, heartbeat_timeout_s = ?, pickup_by = ?"
+                    " WHERE assignment_id = ? AND run_id = ? AND finished_at IS NULL"
+                    " AND outcome <> ?",
+                    (task_token.hex(), run_id, activity_id, attempt, heartbeat_timeout_s,
+                     pickup_by, r["assignment_id"], r["run_id"], HELD),
+                )
+            if won == 1:
+                return Adopted(r["assignment_id"], None)
+        return None
+
+    def begun(self, workflow_id: str, run_id: str, job_id: str, job_attempt: int) -> bool:
+        """Whether an earlier run of the workflow handed this attempt's command to its
+        provider (staging again would write under it)."""
+        rows = self.db.query(
+            "SELECT request FROM assignments WHERE workflow_id = ? AND run_id <> ?"
+            " AND kind = 'execute_job' AND handed_out_at IS NOT NULL",
+            (workflow_id, run_id),
+        )
+        for r in rows:
+            request = json.loads(r["request"])
+            if request.get("job_id") == job_id and request.get("attempt") == job_attempt:
+                return True
+        return False
+
+    def hold(self, aid: str, result: dict[str, Any]) -> None:
+        """Keep a completed step's result for the new run of its reset workflow (adopt);
+        if none takes it, forget_finished closes it as it closes a lapsed step."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE assignments SET finished_at = NULL, outcome = ?, result = ?,"
+                " last_seen_at = ? WHERE assignment_id = ? AND outcome = 'completed'",
+                (HELD, json.dumps(result), self.clock(), aid),
+            )
 
     def get(self, aid: str) -> Assignment | None:
         rows = self.db.query("SELECT * FROM assignments WHERE assignment_id = ?", (aid,))

@@ -36,10 +36,10 @@ def boards(request: pytest.FixtureRequest, tmp_path: Path
 
 
 def publish(board: AssignmentBoard, attempt: int = 1, provider_id: str = "p1",
-            activity_id: str = "7") -> str:
+            activity_id: str = "7", run_id: str = "r1") -> str:
     return board.publish(
         provider_id=provider_id, kind="execute_job", request={"job_id": "j1", "attempt": 1},
-        task_token=b"\x00token\xff", workflow_id="job-j1", run_id="r1",
+        task_token=b"\x00token\xff", workflow_id="job-j1", run_id=run_id,
         activity_id=activity_id, attempt=attempt, gpus=2, heartbeat_timeout_s=10.0,
         pickup_timeout_s=30.0,
     )
@@ -97,3 +97,59 @@ def test_what_waits_and_what_lapsed(boards: Any) -> None:
     assert lapsed is not None and lapsed.outcome == "lapsed"
     still = one.get(waiting)
     assert still is not None and still.open  # waiting ones are the pickup watch's business
+
+
+def adopt(board: AssignmentBoard, run_id: str = "r2", job_attempt: int = 1,
+          kind: str = "execute_job") -> Any:
+    return board.adopt(
+        provider_id="p1", kind=kind, job_id="j1", job_attempt=job_attempt,
+        task_token=b"new", workflow_id="job-j1", run_id=run_id, activity_id="9", attempt=1,
+        heartbeat_timeout_s=20.0, pickup_timeout_s=30.0,
+    )
+
+
+def test_a_reset_runs_new_run_takes_over_the_step_its_old_run_left(boards: Any) -> None:
+    """A Temporal reset's new run schedules the running step again: it takes the old run's
+    row over (its agent goes on, reporting to the new try), once; never a row of its own
+    run, of another attempt or of another step."""
+    one, two, _ = boards
+    aid = publish(one)
+    (handed,) = one.hand_out("p1")
+    assert adopt(two, run_id="r1") is None  # its own run: a retry, not a takeover
+    assert adopt(two, job_attempt=2) is None and adopt(two, kind="upload_outputs") is None
+    assert not one.begun("job-j1", "r2", "j1", 2) and not one.begun("job-j1", "r1", "j1", 1)
+    assert one.begun("job-j1", "r2", "j1", 1)  # its command was handed out: no staging
+
+    taken = adopt(two)
+    assert taken is not None and taken.assignment_id == aid and taken.result is None
+    got = one.get(aid)
+    assert got is not None and got.open and got.task_token == b"new" and got.run_id == "r2"
+    assert got.handed_out_at == handed.handed_out_at  # paid from the first hand-out
+    assert adopt(one, run_id="r3") is not None and adopt(two, run_id="r3") is None
+
+
+def test_a_result_that_came_after_its_run_was_reset_goes_to_the_new_run_once(
+    boards: Any,
+) -> None:
+    one, two, clock = boards
+    aid = publish(one)
+    one.hand_out("p1")
+    assert one.finish(aid, "completed")
+    one.hold(aid, {"exit_code": 0})
+    assert one.hand_out("p1") == [] and one.waiting() == []
+
+    taken = adopt(two)
+    assert taken is not None and taken.result == {"exit_code": 0}
+    assert adopt(one, run_id="r3") is None
+    got = one.get(aid)
+    assert got is not None and not got.open and got.outcome == "completed"
+
+    # One no run takes closes as a lapsed step does.
+    other = publish(one, run_id="r4", activity_id="8")
+    one.hand_out("p1")
+    one.finish(other, "completed")
+    one.hold(other, {"exit_code": 1})
+    clock.now += 10.0 + 61
+    one.forget_finished()
+    lapsed = one.get(other)
+    assert lapsed is not None and lapsed.outcome == "lapsed" and adopt(two, run_id="r5") is None

@@ -4,7 +4,8 @@ An operator resets a finished job's workflow (as `temporal workflow reset` does)
 first workflow task, to the task right after its allocation, and to its last task. Each
 new run ends with the job's recorded outcome, and nothing changes: not one event of the
 job, not one ledger entry, not a byte of its stored outputs, not a provider's reputation.
-A job reset while its command runs ends once, is paid once and holds nothing after.
+A job reset while its command runs ends once, is paid once and holds nothing after: the new
+run takes the first run's execution over on its provider, so the command runs once.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowFailureError
 
 from domain.ledger import CHECKS, FEES, client_account, escrow_account, provider_account
+from readmodel.schema import ViewDB
 from tests.e2e.network import Network, network
 from tests.liveness.flow_support import PATIENT, finish, held_gpus, ledger, submit
 from tests.reliability.harness import TERMINAL as TERMINAL_EVENTS
-from workflows.contracts import ALLOCATE_GPUS, JobResult, job_workflow_id
+from workflows.contracts import ALLOCATE_GPUS, EXECUTE_JOB, JobResult, job_workflow_id
 
 pytestmark = pytest.mark.e2e
 
@@ -131,7 +133,8 @@ async def test_resetting_a_running_job_ends_it_once_paid_once(
     """An operator resets a job's workflow while its command runs. The job still ends once,
     is settled once (one escrow, one charge, each payment posted once), and leaves nothing
     held: its escrow is empty and its provider's GPU free."""
-    job_id = submit(net, "cat", command="sleep 4; echo 3.14159 > out.txt")
+    # Each start of the command leaves a line in its work directory; out.txt is that file.
+    job_id = submit(net, "cat", command="echo started >> runs.txt; sleep 4; cp runs.txt out.txt")
     net.wait_job(job_id, ("RUNNING",), client="cat", timeout_s=60)
     client = await Client.connect(temporal_server,
                                   data_converter=net.stack.settings.temporal_converter())
@@ -169,12 +172,18 @@ async def test_resetting_a_running_job_ends_it_once_paid_once(
     assert all(len(a) == 1 for a in paid_to.values()), paid_to
     assert sum(sum(a) for a in paid_to.values()) == job.settlement["provider_paid_micro"]
     assert held_gpus(net, ["r-1"]) == {}
-    if result.state != "SUCCEEDED":
-        # Known, open: the reset's new run hands attempt 1's execute to the provider again
-        # while the first run's process still runs (nothing tells the agent that run is
-        # gone): the command runs twice in one work directory, the second fails ("cannot
-        # create out.txt: Permission denied") and the job FAILS, charged for that run.
-        pytest.xfail(f"reset to the {point} task re-ran the running command: {result.reason}")
+    # The command ran once: the new run took the first run's execution over.
+    assert result.state == "SUCCEEDED", result
+    (key,) = [m["key"] for entries in job.manifests.values() for m in entries]
+    assert net.get("cat", key) == b"started\n"
+    # One execute assignment, handed out once, taken over and completed by the new run.
+    views = ViewDB(net.stack.settings)
+    try:
+        rows = views.query("SELECT kind, run_id, outcome FROM assignments"
+                           " WHERE workflow_id = ? AND kind = ?", (workflow_id, EXECUTE_JOB))
+    finally:
+        views.close()
+    assert [(r["run_id"], r["outcome"]) for r in rows] == [(run_id, "completed")], rows
 
 
 def entries_of(books: Any, account: str, job_id: str) -> dict[str, list[int]]:
