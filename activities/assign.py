@@ -12,8 +12,9 @@ which the workflow treats as a lost provider.
 
 A Temporal reset ends the workflow's run while its step may be on the provider; the new run
 schedules the step again and takes the earlier run's over (AssignmentBoard.adopt): the
-agent goes on and reports to the new run, so an attempt's command runs once. A new run
-does not stage again into an attempt whose command an earlier run handed out.
+agent goes on and reports to the new run, or the result it reported is the new run's, so
+an attempt's command runs once and its outputs are uploaded once. A new run does not stage
+again into an attempt whose command an earlier run handed out.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from activities.control import RECORDED
 from activities.guard import Callers, ours
 from infra import tracing
 from infra.assignments import AssignmentBoard
@@ -67,6 +69,7 @@ class AssignActivities:
             if adopted.result is not None:
                 return typed(kind, adopted.result)
             activity.raise_complete_async()
+        self._not_again(kind, request)
         if kind == c.STAGE_INPUTS and self.board.begun(
                 ids["workflow_id"], ids["run_id"], request.job_id, request.attempt):
             # Its command was handed out by the run a reset ended (it runs, or ran, in the
@@ -79,6 +82,18 @@ class AssignActivities:
             trace=tracing.headers(),  # the agent's span of the step joins the job's trace
         )
         activity.raise_complete_async()
+
+    def _not_again(self, kind: str, request: Any) -> None:
+        """Refuse to run an attempt's command or upload a second time: one an earlier run
+        recorded but whose result the board no longer holds (kept KEEP_FINISHED_S)."""
+        network = self.callers.network
+        job = network.find_job(request.job_id) if network is not None else None
+        if (kind in RECORDED and job is not None
+                and f"{RECORDED[kind]}:{request.attempt}" in job.recorded):
+            raise ApplicationError(
+                f"job {request.job_id} attempt {request.attempt} has already run; {kind} is "
+                "not run again", type="AttemptSpent", non_retryable=True,
+            )
 
     @activity.defn(name=c.STAGE_INPUTS, no_thread_cancel_exception=True)
     @ours

@@ -26,6 +26,7 @@ from domain.application import Network, Payment
 from domain.errors import DomainError
 from domain.job import Job
 from domain.verification import check_rate, decide_check
+from infra.assignments import AssignmentBoard
 from infra.settings import Settings
 from infra.storage import ObjectStore
 from protocol.spec import JobSpec
@@ -83,15 +84,35 @@ def _ended(job: Job, step: str) -> ApplicationError:
     )
 
 
-def _live(job: Job, step: str, attempt: int | None = None) -> None:
-    """Refuse a step of a job that ended, or that would run an attempt's command twice."""
+def _live(job: Job, step: str) -> None:
+    """Refuse a step of a job that ended.
+
+    A reset's new run may go through an attempt that already ran (its steps are recorded
+    once): its GPU steps take the earlier run's results over, and are refused
+    (AttemptSpent) rather than run again (activities/assign.py)."""
     if job.ended:
         raise _ended(job, step)
-    if attempt is not None and job.spent(attempt):
-        raise ApplicationError(
-            f"job {job.job_id} attempt {attempt} has already run; {step} is not run again",
-            type="AttemptSpent", non_retryable=True,
-        )
+
+
+# The GPU steps of an attempt, by the job step that records each one's result.
+RECORDED = {c.EXECUTE_JOB: "execution_finished", c.UPLOAD_OUTPUTS: "outputs_uploaded"}
+
+
+def _spent(board: AssignmentBoard, job: Job, attempt: int, step: str) -> None:
+    """Refuse a run of an attempt that already ran (a reset's new run goes through it
+    again) unless the assignment board keeps the results of its recorded GPU steps: the
+    new run takes those over (activities/assign.py), nothing runs a second time."""
+    recorded = [kind for kind, name in RECORDED.items() if f"{name}:{attempt}" in job.recorded]
+    if not recorded:
+        return
+    workflow_id = (activity.info().workflow_id or "" if activity.in_activity()
+                   else c.job_workflow_id(job.job_id.split("#", 1)[0]))
+    if all(board.kept(workflow_id, job.job_id, attempt, kind) for kind in recorded):
+        return
+    raise ApplicationError(
+        f"job {job.job_id} attempt {attempt} has already run; {step} is not run again",
+        type="AttemptSpent", non_retryable=True,
+    )
 
 
 # How long one try of the allocate activity waits in line before Temporal retries it: short,
@@ -135,6 +156,13 @@ class ControlActivities:
         self.callers = Callers(network)
         self.scheduler = Scheduler(network, self.online_provider_ids)
         self.busy = threading.BoundedSemaphore(BUSY_SLOTS)
+        self._board: AssignmentBoard | None = None
+
+    @property
+    def board(self) -> AssignmentBoard:
+        if self._board is None:
+            self._board = AssignmentBoard(self.views)
+        return self._board
 
     def online_provider_ids(self) -> set[str]:
         return online_provider_ids(self.views, self.settings)
@@ -199,7 +227,8 @@ class ControlActivities:
         """The run's grants (infra/signing.py): each for one key, bound to this job, attempt
         and provider, for minutes (the agent renews them while the run is live)."""
         job = self.network.job(req.job_id)
-        _live(job, "a run", req.attempt)
+        _live(job, "a run")
+        _spent(self.board, job, req.attempt, "a run")
         spec = JobSpec.model_validate(job.spec)
         provider_id = job.allocations.get(req.attempt)
         if provider_id is None:
@@ -268,9 +297,10 @@ class ControlActivities:
         if any(s.job_id != job_id for s in steps.steps):
             raise ApplicationError("steps: all must be about one job", non_retryable=True)
         job = self.network.job(job_id)
-        # What follows these steps runs the job's command (a step that says it started).
-        starting = [s.attempt for s in steps.steps if s.step == "execution_started"]
-        _live(job, steps.steps[-1].step, starting[0] if starting else None)
+        _live(job, steps.steps[-1].step)
+        for s in steps.steps:
+            if s.step == "execution_started":  # what follows runs the job's command
+                _spent(self.board, job, s.attempt, s.step)
         try:
             self.network.record_steps(
                 job_id, [(s.step, s.attempt, _step_data(s)) for s in steps.steps]

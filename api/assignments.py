@@ -376,8 +376,9 @@ async def _reset(services: Services, a: Assignment) -> bool:
     return now.run_id != a.run_id and now.status == WorkflowExecutionStatus.RUNNING
 
 
-async def _finish(board: AssignmentBoard, a: Assignment, outcome: str) -> None:
-    if not await asyncio.to_thread(board.finish, a.assignment_id, outcome):
+async def _finish(board: AssignmentBoard, a: Assignment, outcome: str,
+                  result: dict[str, Any] | None = None) -> None:
+    if not await asyncio.to_thread(board.finish, a.assignment_id, outcome, result):
         raise HTTPException(409, f"assignment {a.assignment_id!r} is already finished")
 
 
@@ -405,7 +406,7 @@ async def complete(
     if not a.open:
         raise HTTPException(409, f"assignment {aid!r} is already finished")
     result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
-    await _finish(board.board, a, "completed")
+    await _finish(board.board, a, "completed", dataclasses.asdict(result))
     handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
     try:
         return await _deliver(board.board, a, handle.complete(result))
@@ -413,7 +414,7 @@ async def complete(
         if err.status_code != 410 or not await _reset(services, a):
             raise
     # Its run was reset before the result came: kept for the new run (it takes it over).
-    await asyncio.to_thread(board.board.hold, aid, dataclasses.asdict(result))
+    await asyncio.to_thread(board.board.hold, aid)
     return {"ok": True}
 
 

@@ -147,17 +147,20 @@ class AssignmentBoard:
         so a row of another run of it belongs to a run that is over. Open, the row becomes
         this try's (same assignment id, this try's task token): its agent goes on and
         reports to this try, and the command is not run a second time. Held
-        (api/assignments.py: its result came after its run ended), its result is this
-        try's. None: nothing to take over."""
+        (api/assignments.py: its result came after its run ended) or completed, its result
+        is this try's: the step is not run again. None: nothing to take over."""
         rows = self.db.query(
             "SELECT * FROM assignments WHERE workflow_id = ? AND run_id <> ? AND kind = ?"
-            " AND provider_id = ? AND finished_at IS NULL ORDER BY created_at",
+            " AND provider_id = ? AND (finished_at IS NULL OR"
+            " (outcome = 'completed' AND result <> '')) ORDER BY created_at",
             (workflow_id, run_id, kind, provider_id),
         )
         for r in rows:
             request = json.loads(r["request"])
             if request.get("job_id") != job_id or request.get("attempt") != job_attempt:
                 continue
+            if r["finished_at"] is not None:  # delivered to its run, which recorded it
+                return Adopted(r["assignment_id"], json.loads(r["result"]))
             now = self.clock()
             with self.db.transaction() as cur:
                 if r["outcome"] == HELD:
@@ -201,14 +204,24 @@ class AssignmentBoard:
                 return True
         return False
 
-    def hold(self, aid: str, result: dict[str, Any]) -> None:
-        """Keep a completed step's result for the new run of its reset workflow (adopt);
-        if none takes it, forget_finished closes it as it closes a lapsed step."""
+    def kept(self, workflow_id: str, job_id: str, job_attempt: int, kind: str) -> bool:
+        """Whether the result of this step of the job's attempt is kept for a new run of
+        the workflow to take (adopt)."""
+        rows = self.db.query(
+            "SELECT request FROM assignments WHERE workflow_id = ? AND kind = ?"
+            " AND result <> '' AND outcome IN ('completed', ?)", (workflow_id, kind, HELD),
+        )
+        return any(json.loads(r["request"]).get("job_id") == job_id
+                   and json.loads(r["request"]).get("attempt") == job_attempt for r in rows)
+
+    def hold(self, aid: str) -> None:
+        """Keep a completed step, whose run was reset before it took the result, open for
+        the new run (adopt); if none takes it, forget_finished closes it as lapsed."""
         with self.db.transaction() as cur:
             cur.execute(
-                "UPDATE assignments SET finished_at = NULL, outcome = ?, result = ?,"
-                " last_seen_at = ? WHERE assignment_id = ? AND outcome = 'completed'",
-                (HELD, json.dumps(result), self.clock(), aid),
+                "UPDATE assignments SET finished_at = NULL, outcome = ?, last_seen_at = ?"
+                " WHERE assignment_id = ? AND outcome = 'completed'",
+                (HELD, self.clock(), aid),
             )
 
     def get(self, aid: str) -> Assignment | None:
@@ -248,13 +261,14 @@ class AssignmentBoard:
             cur.execute("UPDATE assignments SET last_seen_at = ? WHERE assignment_id = ?",
                         (self.clock(), aid))
 
-    def finish(self, aid: str, outcome: str) -> bool:
-        """Close the assignment; False if it was closed already (by anyone)."""
+    def finish(self, aid: str, outcome: str, result: dict[str, Any] | None = None) -> bool:
+        """Close the assignment, with the step's result if it completed (a reset's new run
+        takes it: adopt); False if it was closed already (by anyone)."""
         with self.db.transaction() as cur:
             won = cur.execute(
-                "UPDATE assignments SET finished_at = ?, outcome = ?"
+                "UPDATE assignments SET finished_at = ?, outcome = ?, result = ?"
                 " WHERE assignment_id = ? AND finished_at IS NULL",
-                (self.clock(), outcome, aid),
+                (self.clock(), outcome, "" if result is None else json.dumps(result), aid),
             )
         return won == 1
 

@@ -134,22 +134,33 @@ def test_a_result_that_came_after_its_run_was_reset_goes_to_the_new_run_once(
     one, two, clock = boards
     aid = publish(one)
     one.hand_out("p1")
-    assert one.finish(aid, "completed")
-    one.hold(aid, {"exit_code": 0})
+    assert one.finish(aid, "completed", {"exit_code": 0})
+    one.hold(aid)
     assert one.hand_out("p1") == [] and one.waiting() == []
 
     taken = adopt(two)
     assert taken is not None and taken.result == {"exit_code": 0}
-    assert adopt(one, run_id="r3") is None
     got = one.get(aid)
     assert got is not None and not got.open and got.outcome == "completed"
+    # A later reset's run takes the same kept result; the step is not run again.
+    again = adopt(one, run_id="r3")
+    assert again is not None and again.result == {"exit_code": 0}
+    assert one.kept("job-j1", "j1", 1, "execute_job")
+    assert not one.kept("job-j1", "j1", 2, "execute_job")
+    assert not one.kept("job-j1", "j1", 1, "upload_outputs")
 
     # One no run takes closes as a lapsed step does.
-    other = publish(one, run_id="r4", activity_id="8")
+    # One no run takes closes as a lapsed step does; a failed one is not taken either.
+    with one.db.transaction() as cur:
+        cur.execute("DELETE FROM assignments WHERE assignment_id = ?", (aid,))
+    held = publish(one, run_id="r4", activity_id="8")
+    failed = publish(one, run_id="r6", activity_id="8")
     one.hand_out("p1")
-    one.finish(other, "completed")
-    one.hold(other, {"exit_code": 1})
+    one.finish(held, "completed", {"exit_code": 1})
+    one.hold(held)
+    one.finish(failed, "failed")
     clock.now += 10.0 + 61
     one.forget_finished()
-    lapsed = one.get(other)
+    lapsed = one.get(held)
     assert lapsed is not None and lapsed.outcome == "lapsed" and adopt(two, run_id="r5") is None
+    assert not one.kept("job-j1", "j1", 1, "execute_job")

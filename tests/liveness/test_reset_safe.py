@@ -10,7 +10,9 @@ run takes the first run's execution over on its provider, so the command runs on
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -193,3 +195,38 @@ def entries_of(books: Any, account: str, job_id: str) -> dict[str, list[int]]:
         if type(e).__name__ == "EntryPosted" and job_id in e.transfer_id:
             found.setdefault(e.transfer_id.split(":")[0], []).append(e.amount_micro)
     return found
+
+
+async def test_resetting_a_job_after_its_command_ran_takes_the_run_over(
+    net: Network, temporal_server: str
+) -> None:
+    """Reset once the command has run, while its outputs upload: the new run goes through
+    the attempt again and takes the recorded results (and the upload still going) over. The
+    job SUCCEEDS, its command ran once, its outputs were uploaded once and are the ones
+    verified, and it is settled once."""
+    job_id = submit(net, "dan", command="head -c 100000000 /dev/urandom > out.txt")
+    client = await Client.connect(temporal_server,
+                                  data_converter=net.stack.settings.temporal_converter())
+    workflow_id = job_workflow_id(job_id)
+    deadline = time.monotonic() + 60
+    while "execution_finished:1" not in ledger(net).job(job_id).recorded:
+        assert time.monotonic() < deadline, "the command did not finish"
+        await asyncio.sleep(0.05)
+    original = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    run_id = await reset(client, workflow_id, original,
+                         (await reset_points(client, workflow_id, original))["after allocation"])
+    at_reset = ledger(net).job(job_id).state  # where the reset stopped the first run
+    assert at_reset in ("UPLOADING", "VERIFYING"), at_reset
+    result = await client.get_workflow_handle(workflow_id, run_id=run_id,
+                                              result_type=JobResult).result()
+    assert result.state == "SUCCEEDED", (at_reset, result)
+    books = ledger(net)
+    job = books.job(job_id)
+    events = Counter(type(e).__name__ for e in books.repository.event_store.get(job.id))
+    assert events["ExecutionFinished"] == events["OutputsUploaded"] == 1, events
+    assert events["FundsEscrowed"] == events["JobSettled"] == 1, events
+    assert job.settlement is not None and result.charged_micro == job.settlement["charged_micro"]
+    assert books.balance(escrow_account(job_id)) == 0
+    (entry,) = [m for entries in job.manifests.values() for m in entries]
+    assert hashlib.sha256(net.get("dan", entry["key"])).hexdigest() == entry["sha256"]
+    assert held_gpus(net, ["r-1"]) == {}
