@@ -411,7 +411,11 @@ async def complete(
     try:
         return await _deliver(board.board, a, handle.complete(result))
     except HTTPException as err:
-        if err.status_code != 410 or not await _reset(services, a):
+        now = await asyncio.to_thread(board.board.get, aid) if err.status_code == 410 else None
+        if now is not None and now.task_token != a.task_token:  # taken over meanwhile
+            handle = services.temporal.get_async_activity_handle(task_token=now.task_token)
+            return await _deliver(board.board, now, handle.complete(result))
+        if now is None or not await _reset(services, a):
             raise
     # Its run was reset before the result came: kept for the new run (it takes it over).
     await asyncio.to_thread(board.board.hold, aid)

@@ -149,6 +149,22 @@ class AssignmentBoard:
         reports to this try, and the command is not run a second time. Held
         (api/assignments.py: its result came after its run ended) or completed, its result
         is this try's: the step is not run again. None: nothing to take over."""
+        for _ in range(3):  # again when an agent's report changed the row as it was taken
+            found, lost = self._adopt_once(
+                provider_id, kind, job_id, job_attempt, task_token, workflow_id, run_id,
+                activity_id, attempt, heartbeat_timeout_s, pickup_timeout_s,
+            )
+            if found is not None or not lost:
+                return found
+        return None
+
+    def _adopt_once(
+        self, provider_id: str, kind: str, job_id: str, job_attempt: int, task_token: bytes,
+        workflow_id: str, run_id: str, activity_id: str, attempt: int,
+        heartbeat_timeout_s: float, pickup_timeout_s: float,
+    ) -> tuple[Adopted | None, bool]:
+        """(what was taken over, whether a row changed under the take-over)."""
+        lost = False
         rows = self.db.query(
             "SELECT * FROM assignments WHERE workflow_id = ? AND run_id <> ? AND kind = ?"
             " AND provider_id = ? AND (finished_at IS NULL OR"
@@ -160,7 +176,7 @@ class AssignmentBoard:
             if request.get("job_id") != job_id or request.get("attempt") != job_attempt:
                 continue
             if r["finished_at"] is not None:  # delivered to its run, which recorded it
-                return Adopted(r["assignment_id"], json.loads(r["result"]))
+                return Adopted(r["assignment_id"], json.loads(r["result"])), False
             now = self.clock()
             with self.db.transaction() as cur:
                 if r["outcome"] == HELD:
@@ -170,7 +186,8 @@ class AssignmentBoard:
                         (now, r["assignment_id"], HELD),
                     )
                     if won == 1:
-                        return Adopted(r["assignment_id"], json.loads(r["result"]))
+                        return Adopted(r["assignment_id"], json.loads(r["result"])), False
+                    lost = True
                     continue
                 cur.execute(  # an earlier try of this step in this run, if any
                     "DELETE FROM assignments WHERE workflow_id = ? AND run_id = ?"
@@ -187,8 +204,9 @@ class AssignmentBoard:
                      pickup_by, r["assignment_id"], r["run_id"], HELD),
                 )
             if won == 1:
-                return Adopted(r["assignment_id"], None)
-        return None
+                return Adopted(r["assignment_id"], None), False
+            lost = True
+        return None, lost
 
     def begun(self, workflow_id: str, run_id: str, job_id: str, job_attempt: int) -> bool:
         """Whether an earlier run of the workflow handed this attempt's command to its
