@@ -102,9 +102,9 @@ def _spent(board: AssignmentBoard, job: Job, attempt: int, step: str) -> None:
     """Refuse a run of an attempt that already ran (a reset's new run goes through it
     again) unless the assignment board keeps the results of its recorded GPU steps: the
     new run takes those over (activities/assign.py), nothing runs a second time."""
-    recorded = [kind for kind, name in RECORDED.items() if f"{name}:{attempt}" in job.recorded]
-    if not recorded:
+    if not job.spent(attempt):
         return
+    recorded = [kind for kind, name in RECORDED.items() if f"{name}:{attempt}" in job.recorded]
     workflow_id = (activity.info().workflow_id or "" if activity.in_activity()
                    else c.job_workflow_id(job.job_id.split("#", 1)[0]))
     if all(board.kept(workflow_id, job.job_id, attempt, kind) for kind in recorded):
