@@ -186,11 +186,12 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
-        if settings.event_store == "postgres" and not env.get("GPGPU_TEMPORAL_PAYLOAD_KEYS"):
-            # Production's rule: processes on one PostgreSQL store share a given payload key.
-            env["GPGPU_TEMPORAL_PAYLOAD_KEYS"] = secrets.token_hex(32)
-        if settings.event_store == "postgres" and not env.get("GPGPU_SIGNING_KEY"):
-            env["GPGPU_SIGNING_KEY"] = secrets.token_hex(32)  # so is the grants' signing key
+        # Production's rule: processes on one PostgreSQL store share a given payload key and
+        # a given signing key (the test's own settings' where it has them).
+        for name, given in (("GPGPU_TEMPORAL_PAYLOAD_KEYS", settings.temporal_payload_keys),
+                            ("GPGPU_SIGNING_KEY", settings.signing_key)):
+            if settings.event_store == "postgres" and not env.get(name):
+                env[name] = given or secrets.token_hex(32)
         return cls(home, temporal_address, settings, env)
 
     def _proc(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
