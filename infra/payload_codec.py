@@ -8,11 +8,13 @@ the payload names: a list of keys lets an operator rotate (put the new key first
 the old ones until no open workflow's history was written with them).
 
 Decoding refuses every payload that is not `binary/encrypted` under one of the keys
-(PayloadRefused, a non-retryable ApplicationError): AES-GCM's tag is then the proof that a
+(PayloadRefused, a non-retryable ApplicationError), so AES-GCM's tag is the proof that a
 payload was written by a process of the network. Whoever reached Temporal without the key
 and starts a workflow, sends a signal or completes an activity with a plaintext or forged
 payload gets nothing run: a workflow whose input is refused fails at its first task, before
-any of its code or steps; a control step whose input is refused fails without a retry. What
+any of its code or steps; a control step whose request is refused fails (and each retry).
+A payload under a well-formed key id that is not configured is PayloadKeyError, retried
+(see PayloadRefused). What
 Temporal itself writes in the clear never goes through the codec: search attributes,
 headers (the tracing context), the markers the SDK's core records for local activities and
 patches. The tag proves where a payload was made, not for which workflow: a ciphertext
@@ -47,9 +49,11 @@ class PayloadKeyError(ValueError):
 
 
 class PayloadRefused(PayloadKeyError, ApplicationError):
-    """A payload that is not the network's: plaintext, under a key not configured, or altered.
-    Non-retryable: the workflow or step it was given to fails at once (a retry would read the
-    same payload)."""
+    """A payload that is not the network's: in the clear, or altered. Non-retryable: the
+    workflow or step it was given to fails at once (a retry would read the same payload).
+    A payload under a key id that is not configured is a plain PayloadKeyError instead: the
+    workflow task fails and is retried, so that a key dropped too soon during a rotation
+    stalls workflows until it is put back rather than failing them."""
 
     def __init__(self, message: str):
         ApplicationError.__init__(self, message, type="PayloadRefused", non_retryable=True)
@@ -111,10 +115,13 @@ class PayloadCipher(temporalio.converter.PayloadCodec):
             )
         name = payload.metadata.get(KEY_ID, b"").decode(errors="replace")
         aead = self._aead.get(name)
-        if aead is None:
-            raise PayloadRefused(
+        if aead is None and len(name) != len(self._encrypt_id):
+            raise PayloadRefused(f"a payload names no key of the network ({name!r})")
+        if aead is None:  # retryable: an operator who dropped a key too soon puts it back
+            raise PayloadKeyError(
                 f"a payload was encrypted with key {name!r}, which is not among"
-                " GPGPU_TEMPORAL_PAYLOAD_KEYS (an old key dropped too soon?)"
+                " GPGPU_TEMPORAL_PAYLOAD_KEYS (an old key dropped too soon? the workflow's"
+                " task is retried until it is listed again)"
             )
         try:
             plain = aead.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], None)
