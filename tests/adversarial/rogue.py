@@ -107,3 +107,14 @@ class State:
             rows = db.execute("SELECT amount_micro FROM ledger_entries WHERE transfer_id = ?"
                               " AND amount_micro > 0", (transfer_id,)).fetchall()
         return [int(r[0]) for r in rows]
+
+
+def settled(state: State, wait_s: float = 0.4) -> dict[str, Any]:
+    """The state once nothing moves (the projection has caught up)."""
+    before = state.snapshot()
+    while True:
+        time.sleep(wait_s)
+        now = state.snapshot()
+        if now == before:
+            return now
+        before = now
