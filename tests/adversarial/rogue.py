@@ -19,7 +19,8 @@ from tests.support.graphql import REGISTER_PROVIDER
 class Rogue:
     """Provider `provider_id`, owned by the account `owner`, registered and kept online."""
 
-    def __init__(self, net: Network, owner: str, provider_id: str, price_micro: int):
+    def __init__(self, net: Network, owner: str, provider_id: str, price_micro: int,
+                 model: str = "H100"):
         self.net, self.provider_id = net, provider_id
         net.sign_up(owner, ["provider"])
         self.key = net.api_key(owner, ["provider"])
@@ -28,7 +29,7 @@ class Rogue:
         r = self.http.post("/graphql", json={"query": REGISTER_PROVIDER, "variables": {"input": {
             "node": "local", "providerId": provider_id, "region": "local",
             "pricePerGpuHourMicro": price_micro, "runtimes": ["process"],
-            "gpus": [{"index": 0, "model": "H100", "memoryMb": 81920,
+            "gpus": [{"index": 0, "model": model, "memoryMb": 81920,
                       "uuid": f"GPU-{provider_id}"}],
         }}})
         r.raise_for_status()
