@@ -27,6 +27,7 @@ from domain.errors import DomainError
 from domain.job import Job
 from domain.verification import check_rate, decide_check
 from infra.assignments import AssignmentBoard
+from infra.row_cipher import RowCipher
 from infra.settings import Settings
 from infra.storage import ObjectStore
 from protocol.spec import JobSpec
@@ -161,7 +162,7 @@ class ControlActivities:
     @property
     def board(self) -> AssignmentBoard:
         if self._board is None:
-            self._board = AssignmentBoard(self.views)
+            self._board = AssignmentBoard(self.views, RowCipher(self.settings.payload_keys))
         return self._board
 
     def online_provider_ids(self) -> set[str]:

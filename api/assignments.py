@@ -44,6 +44,7 @@ from api import auth, json_body
 from api.services import Services
 from api.waiters import Waiters
 from infra.assignments import Assignment, AssignmentBoard
+from infra.row_cipher import RowCipher
 from readmodel.joblog import LogRefused
 from workflows import contracts as c
 
@@ -61,8 +62,7 @@ MAX_LOG_TAIL_CHARS = 16 << 10
 MAX_LOG_CHUNK_BYTES = 16 << 10  # one chunk of a run's live log (worker_gpu/joblog.py)
 BEAT_EVERY_S = 2.0  # at most one Temporal heartbeat per assignment this often, per process
 # How long a step whose workflow run was reset goes on for the new run to take it over
-# (infra/assignments.py adopt) before its agent is told to stop.
-ADOPT_GRACE_S = 60.0
+ADOPT_GRACE_S = 60.0  # (infra/assignments.py adopt) before its agent is told to stop
 MAX_COUNT = 1 << 53  # bytes, milliseconds: anything an int64 and a float both hold
 _TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 
@@ -87,10 +87,10 @@ class Dispatch:
 
     def within_grace(self, aid: str) -> bool:
         """Whether a step whose run was reset may still wait here for the new run."""
-        now = time.monotonic()
         if len(self._orphaned) > 100_000:
             self._orphaned.clear()
-        return now - self._orphaned.setdefault(aid, now) < ADOPT_GRACE_S
+        now = self._orphaned.setdefault(aid, time.monotonic())
+        return time.monotonic() - now < ADOPT_GRACE_S
 
     def due_to_record(self, aid: str) -> bool:
         """Whether to write the assignment's last_seen_at (it only tells the lapsed from the
@@ -144,7 +144,8 @@ def dispatch(request: Request) -> Dispatch:
     state = request.app.state
     if getattr(state, "dispatch", None) is None:
         services: Services = state.services
-        state.dispatch = Dispatch(AssignmentBoard(services.telemetry_views or services.views))
+        state.dispatch = Dispatch(AssignmentBoard(services.telemetry_views or services.views,
+                                                  RowCipher(services.settings.payload_keys)))
     found: Dispatch = state.dispatch
     return found
 
