@@ -40,6 +40,14 @@ class JobEvent:
     at: str
     data: JSON
 
+    @strawberry.field(
+        description="Whether this event ends the job (JobSucceeded, JobFailed, JobRejected or "
+        "JobCancelled): the network's one list of ending events, so clients need not keep "
+        "their own; the job's events stop after it"
+    )
+    def ends(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobEvent:
         return cls(

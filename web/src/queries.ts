@@ -22,6 +22,8 @@ export interface JobEvent {
   seq: number;
   jobId: string;
   type: string;
+  /** The event ends the job (the API's one list of ending events). */
+  ends: boolean;
   at: string;
   data: Record<string, unknown>;
 }
@@ -241,7 +243,7 @@ export const JOBS = gql<{ jobs: Job[] }, { limit: number }>(
 );
 
 export const JOB = gql<{ job: (Job & { events: JobEvent[]; waitingFor: string[] }) | null }, { id: string }>(
-  `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} waitingFor events { seq jobId type at data } } }`,
+  `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} waitingFor events { seq jobId type ends at data } } }`,
 );
 
 export const JOB_EVENTS = gql<{ jobEvents: JobEvent }, { jobId: string; after: number }>`
@@ -250,6 +252,7 @@ export const JOB_EVENTS = gql<{ jobEvents: JobEvent }, { jobId: string; after: n
       seq
       jobId
       type
+      ends
       at
       data
     }
