@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 
 import strawberry
 
 from api import auth
 from api.context import I, run_command, signed_in
-from api.errors import refused
+from api.errors import FieldError, refusable, refused
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
 
@@ -64,6 +65,29 @@ class ApiKeyCreated:
     scopes: list[str]
     key: str = strawberry.field(description="shown only this once: only its hash is kept")
     created_at: str
+
+
+@strawberry.type
+class PasswordReset:
+    email: str
+    temporary_password: str = strawberry.field(
+        description="shown only this once: the account's holder signs in with it and chooses "
+        "a new one")
+
+
+@strawberry.type
+class ApiKeyRevoked:
+    id: strawberry.ID
+
+
+SessionResult = Annotated[Session | FieldError, strawberry.union(
+    "SessionResult", description="A new session, or why it was refused")]
+UserResult = Annotated[User | FieldError, strawberry.union(
+    "UserResult", description="The account as it is now, or why the change was refused")]
+PasswordResetResult = Annotated[PasswordReset | FieldError, strawberry.union(
+    "PasswordResetResult", description="A temporary password, or why it was refused")]
+ApiKeyRevokedResult = Annotated[ApiKeyRevoked | FieldError, strawberry.union(
+    "ApiKeyRevokedResult", description="The key revoked, or why it was refused")]
 
 
 def _source_address(info: I) -> str:
@@ -135,9 +159,10 @@ class IdentityMutation:
         "session of the account ends, and this answer is a new session",
         permission_classes=[auth.SignedIn],
     )
+    @refusable
     async def change_password(
         self, info: I, current_password: str, new_password: str
-    ) -> Session:
+    ) -> SessionResult:
         caller, services = signed_in(info), info.context.services
         if caller.via != "session":
             raise auth.Denied("forbidden: change a password from a signed-in session, "
@@ -160,21 +185,23 @@ class IdentityMutation:
         "every session of it ends",
         permission_classes=[auth.AdminRole],
     )
-    async def reset_password(self, info: I, email: str) -> str:
+    @refusable
+    async def reset_password(self, info: I, email: str) -> PasswordResetResult:
         services = info.context.services
         temporary = await run_command(services.network.reset_password, email, time.time())
         await asyncio.to_thread(services.sign_ins.succeeded, email)
         user = await asyncio.to_thread(services.network.user_by_email, email)
         if user is not None:
             services.auth.forget(user_id=str(user.id))
-        return temporary
+        return PasswordReset(email=email, temporary_password=temporary)
 
     @strawberry.mutation(
         description="Take on more roles (client, provider, operator): a client who also "
         "offers GPUs, say. Make a new API key to use them from a program",
         permission_classes=[auth.SignedIn],
     )
-    async def add_roles(self, info: I, roles: list[str]) -> User:
+    @refusable
+    async def add_roles(self, info: I, roles: list[str]) -> UserResult:
         caller, services = signed_in(info), info.context.services
         view = await run_command(services.network.add_roles, caller.user_id, roles)
         services.auth.forget(user_id=caller.user_id)
@@ -185,7 +212,8 @@ class IdentityMutation:
         "sessions and API keys stop acting as that role",
         permission_classes=[auth.AdminRole],
     )
-    async def revoke_role(self, info: I, email: str, role: str) -> User:
+    @refusable
+    async def revoke_role(self, info: I, email: str, role: str) -> UserResult:
         services = info.context.services
         view = await run_command(services.network.revoke_role, email, role)
         services.auth.forget(user_id=view.id)
@@ -221,9 +249,10 @@ class IdentityMutation:
 
     @strawberry.mutation(description="Revoke one of your API keys: it stops working at once",
                          permission_classes=[auth.SignedIn])
-    async def revoke_api_key(self, info: I, id: strawberry.ID) -> bool:
+    @refusable
+    async def revoke_api_key(self, info: I, id: strawberry.ID) -> ApiKeyRevokedResult:
         caller, services = signed_in(info), info.context.services
         owner = None if caller.admin else caller.user_id
         await run_command(services.network.revoke_api_key, owner, str(id), time.time())
         services.auth.forget(credential_id=str(id))
-        return True
+        return ApiKeyRevoked(id=id)

@@ -39,6 +39,10 @@ def provider_json(provider_id: str = "p1") -> dict[str, Any]:
     }
 
 
+def refusal(field: str, message: str) -> dict[str, str]:
+    return {"__typename": "FieldError", "field": field, "message": message}
+
+
 @dataclass
 class ProviderApi(FakeApi):
     """FakeApi plus the provider, node and queue operations."""
@@ -71,15 +75,17 @@ class ProviderApi(FakeApi):
         if name == "Provider":
             return {"provider": p if known else None}
         if name in ("SuspendGpu", "ResumeGpu"):
-            if not known:
-                return f"providerId: no provider {v['id']!r}"
+            key = "suspendGpu" if name == "SuspendGpu" else "resumeGpu"
+            if not known:  # refusals the caller can mend are FieldError results
+                return {key: refusal("providerId", f"no provider {v['id']!r}")}
             if v["index"] not in (0, 1):
-                return f"gpu_index: {v['id']} has no GPU {v['index']} (it has 0, 1)"
+                return {key: refusal("gpu_index", f"{v['id']} has no GPU {v['index']} "
+                                     "(it has 0, 1)")}
             changed = copy.deepcopy(p)
             changed["gpus"][v["index"]]["status"] = (
                 "suspended" if name == "SuspendGpu" else "online"
             )
-            return {"suspendGpu" if name == "SuspendGpu" else "resumeGpu": changed}
+            return {key: {"__typename": "Provider", **changed}}
         if name == "SetPrice":
             micro = int(float(v["price"]) * 1_000_000)
             return {"setPrice": {**p, "pricePerGpuHourMicro": micro}}
@@ -101,7 +107,7 @@ class ProviderApi(FakeApi):
                 "priorityLevels": v["levels"], "maxGpusPerClient": v["cap"],
                 "fairShare": v["fair"],
             }]
-            return {"configureQueue": True}
+            return {"configureQueue": {"__typename": "Node", "nodeId": v["node"]}}
         if name == "Queue":
             return {"queue": [
                 {"position": 1, "jobId": "j-mine", "name": "train", "gpus": 1, "gpuModel": None,

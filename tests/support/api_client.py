@@ -83,6 +83,13 @@ class Api:
         assert body.get("errors"), body
         return str(body["errors"][0]["message"])
 
+    def refusal(self, query: str, caller: str = "prov", **variables: Any) -> str:
+        """A mutation's FieldError result (`<payload> | FieldError`) as "field: message";
+        the document asks for `__typename` and the FieldError (graphql.REFUSAL)."""
+        (answer,) = self.gql(query, caller, **variables).values()
+        assert answer["__typename"] == "FieldError", answer
+        return f"{answer['field']}: {answer['message']}" if answer["field"] else answer["message"]
+
     def provider(self, provider_id: str) -> dict[str, Any]:
         return self.gql(PROVIDER, id=provider_id)["provider"]
 
