@@ -164,7 +164,7 @@ class AccountMutation:
         memo = memo.strip()
         if len(memo) > 200:
             raise Refusal("memo", f"at most 200 characters, got {len(memo)}")
-        user = await asyncio.to_thread(services.network.user_by_email, email[:320])
+        user = await asyncio.to_thread(services.identity.user_by_email, email[:320])
         if user is None or user.client_id is None or "client" not in user.roles:
             raise Refusal("email", f"no client account '{email[:80]}'")
         words = f"granted by {caller.email}" + (f": {memo}" if memo else "")

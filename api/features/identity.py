@@ -120,7 +120,7 @@ class IdentityQuery:
     @strawberry.field(description="Your API keys (never the keys themselves)",
                       permission_classes=[auth.SignedIn])
     async def api_keys(self, info: I) -> list[ApiKey]:
-        keys = await run_command(info.context.services.network.api_keys, signed_in(info).user_id)
+        keys = await run_command(info.context.services.identity.api_keys, signed_in(info).user_id)
         return [ApiKey(id=strawberry.ID(k.id), name=k.name, scopes=k.scopes,
                        created_at=_iso(k.created_at)) for k in keys]
 
@@ -134,7 +134,7 @@ class IdentityMutation:
     )
     async def sign_up(self, info: I, email: str, password: str, roles: list[str]) -> Session:
         settings = info.context.services.settings
-        issued = await run_command(info.context.services.network.sign_up, email, password, roles,
+        issued = await run_command(info.context.services.identity.sign_up, email, password, roles,
                             time.time(), settings.session_ttl_s)
         return await _session(info, issued.token)
 
@@ -145,7 +145,7 @@ class IdentityMutation:
         source = _source_address(info)
         await asyncio.to_thread(services.sign_ins.check, email, source)
         try:
-            issued = await asyncio.to_thread(services.network.sign_in, email, password,
+            issued = await asyncio.to_thread(services.identity.sign_in, email, password,
                                              time.time(), services.settings.session_ttl_s)
         except DomainError as err:
             if err.field == "password":
@@ -171,7 +171,7 @@ class IdentityMutation:
         await asyncio.to_thread(services.sign_ins.check, caller.email, source)
         try:
             issued = await asyncio.to_thread(
-                services.network.change_password, caller.user_id, current_password,
+                services.identity.change_password, caller.user_id, current_password,
                 new_password, time.time(), services.settings.session_ttl_s)
         except DomainError as err:
             if err.field == "current_password":
@@ -188,9 +188,9 @@ class IdentityMutation:
     @refusable
     async def reset_password(self, info: I, email: str) -> PasswordResetResult:
         services = info.context.services
-        temporary = await run_command(services.network.reset_password, email, time.time())
+        temporary = await run_command(services.identity.reset_password, email, time.time())
         await asyncio.to_thread(services.sign_ins.succeeded, email)
-        user = await asyncio.to_thread(services.network.user_by_email, email)
+        user = await asyncio.to_thread(services.identity.user_by_email, email)
         if user is not None:
             services.auth.forget(user_id=str(user.id))
         return PasswordReset(email=email, temporary_password=temporary)
@@ -203,7 +203,7 @@ class IdentityMutation:
     @refusable
     async def add_roles(self, info: I, roles: list[str]) -> UserResult:
         caller, services = signed_in(info), info.context.services
-        view = await run_command(services.network.add_roles, caller.user_id, roles)
+        view = await run_command(services.identity.add_roles, caller.user_id, roles)
         services.auth.forget(user_id=caller.user_id)
         return User.of_account(view)
 
@@ -215,7 +215,7 @@ class IdentityMutation:
     @refusable
     async def revoke_role(self, info: I, email: str, role: str) -> UserResult:
         services = info.context.services
-        view = await run_command(services.network.revoke_role, email, role)
+        view = await run_command(services.identity.revoke_role, email, role)
         services.auth.forget(user_id=view.id)
         return User.of_account(view)
 
@@ -227,7 +227,7 @@ class IdentityMutation:
         caller, services = signed_in(info), info.context.services
         if caller.via != "session":
             return False
-        ended = await run_command(services.network.sign_out, caller.credential_id, time.time())
+        ended = await run_command(services.identity.sign_out, caller.credential_id, time.time())
         services.auth.forget(credential_id=caller.credential_id)
         return ended
 
@@ -241,7 +241,7 @@ class IdentityMutation:
         auth.require(auth.can_mint_keys(caller),
                      "forbidden: API keys are made from a signed-in session, not with a key")
         allowed = [r for r in ROLES if r in caller.roles]
-        issued = await run_command(info.context.services.network.create_api_key, caller.user_id,
+        issued = await run_command(info.context.services.identity.create_api_key, caller.user_id,
                             name, scopes, allowed, time.time())
         view = issued.view
         return ApiKeyCreated(id=strawberry.ID(view.id), name=view.name, scopes=view.scopes,
@@ -253,6 +253,6 @@ class IdentityMutation:
     async def revoke_api_key(self, info: I, id: strawberry.ID) -> ApiKeyRevokedResult:
         caller, services = signed_in(info), info.context.services
         owner = None if caller.admin else caller.user_id
-        await run_command(services.network.revoke_api_key, owner, str(id), time.time())
+        await run_command(services.identity.revoke_api_key, owner, str(id), time.time())
         services.auth.forget(credential_id=str(id))
         return ApiKeyRevoked(id=id)

@@ -163,13 +163,13 @@ class NodeMutation:
     ) -> NodeResult:
         services, caller = info.context.services, signed_in(info)
         network = services.network
-        owner = await asyncio.to_thread(network.owner_of, "node", node_id)
+        owner = await asyncio.to_thread(services.identity.owner_of, "node", node_id)
         exists = await asyncio.to_thread(node_exists, network, node_id)
         auth.require(auth.can_claim(caller, "operator", owner, exists),
                      f"nodeId: {node_id!r} belongs to another account")
         await run_command(check_name, "nodeId", node_id)
         if owner is None:
-            await run_command(network.claim, "node", node_id, caller.user_id)
+            await run_command(services.identity.claim, "node", node_id, caller.user_id)
             services.auth.forget(user_id=caller.user_id)
         await run_command(network.register_node, node_id, region, operator)
         return await projected_node(services, node_id)

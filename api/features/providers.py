@@ -335,12 +335,14 @@ class ProviderMutation:
         network = services.network
         if not await asyncio.to_thread(node_exists, network, input.node):
             raise ValueError(f"node: no node {input.node!r}")
-        owner = await asyncio.to_thread(network.owner_of, "provider", input.provider_id)
+        owner = await asyncio.to_thread(services.identity.owner_of, "provider",
+                                        input.provider_id)
         exists = input.provider_id in await asyncio.to_thread(network.provider_ids)
         auth.require(auth.can_claim(caller, "provider", owner, exists),
                      f"providerId: {input.provider_id!r} belongs to another account")
         if owner is None:
-            await run_command(network.claim, "provider", input.provider_id, caller.user_id)
+            await run_command(services.identity.claim, "provider", input.provider_id,
+                              caller.user_id)
             services.auth.forget(user_id=caller.user_id)
         gpus = [{"index": g.index, "model": g.model, "memory_mb": g.memory_mb, "uuid": g.uuid}
                 for g in input.gpus]

@@ -161,7 +161,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Ite
                                                      timeout=30) as http:
         w = World(settings.api_url, app, http, tokens={"anonymous": None})
         network = w.services.network
-        network.create_user("admin@matrix.test", PASSWORD, list(ROLES), time.time())
+        w.services.identity.create_user("admin@matrix.test", PASSWORD, list(ROLES), time.time())
         w.tokens["admin"] = w.fresh_session("admin")
         w.clients["admin"] = w.gql("admin", "{ me { clientId } }")["me"]["clientId"]
         for who, roles in (("client_a", ["client"]), ("client_b", ["client"]),

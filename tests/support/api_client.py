@@ -50,7 +50,7 @@ class Api:
             email = f"{name}@{EMAIL_DOMAIN}"
             variables: dict[str, Any]
             if name == "admin":
-                self.services.network.create_user(email, PASSWORD, list(ROLES), time.time())
+                self.services.identity.create_user(email, PASSWORD, list(ROLES), time.time())
                 query, variables = SIGN_IN, {"e": email, "p": PASSWORD}
             else:
                 roles = ACCOUNT_ROLES.get(name, ["client"])
