@@ -213,7 +213,7 @@ class Calls:
     def create_api_key(self, name: str, scopes: list[str]) -> Steps[ApiKey]:
         """A new key (its `key` is in this answer only)."""
         data = yield Query(queries.CREATE_API_KEY, {"name": name, "scopes": scopes})
-        return ApiKey.from_json(data["createApiKey"])
+        return ApiKey.from_json(_http.result(data, "createApiKey"))
 
     @call
     def api_keys(self) -> Steps[list[ApiKey]]:

@@ -229,7 +229,9 @@ API_KEYS = "query ApiKeys { apiKeys { id name scopes createdAt } }"
 
 CREATE_API_KEY = """
 mutation CreateApiKey($name: String!, $scopes: [String!]!) {
-  createApiKey(name: $name, scopes: $scopes) { id name scopes key createdAt }
+  createApiKey(name: $name, scopes: $scopes) {
+    ... on ApiKeyCreated { id name scopes key createdAt } """ + REFUSAL + """
+  }
 }
 """
 

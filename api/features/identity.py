@@ -86,6 +86,8 @@ UserResult = Annotated[User | FieldError, strawberry.union(
     "UserResult", description="The account as it is now, or why the change was refused")]
 PasswordResetResult = Annotated[PasswordReset | FieldError, strawberry.union(
     "PasswordResetResult", description="A temporary password, or why it was refused")]
+ApiKeyCreatedResult = Annotated[ApiKeyCreated | FieldError, strawberry.union(
+    "ApiKeyCreatedResult", description="The new key, or why it was refused")]
 ApiKeyRevokedResult = Annotated[ApiKeyRevoked | FieldError, strawberry.union(
     "ApiKeyRevokedResult", description="The key revoked, or why it was refused")]
 
@@ -236,7 +238,10 @@ class IdentityMutation:
         "roles (scopes); the key is shown only in this answer",
         permission_classes=[auth.SignedIn],
     )
-    async def create_api_key(self, info: I, name: str, scopes: list[str]) -> ApiKeyCreated:
+    @refusable
+    async def create_api_key(
+        self, info: I, name: str, scopes: list[str]
+    ) -> ApiKeyCreatedResult:
         caller = signed_in(info)
         auth.require(auth.can_mint_keys(caller),
                      "forbidden: API keys are made from a signed-in session, not with a key")

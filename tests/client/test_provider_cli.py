@@ -260,3 +260,19 @@ async def test_the_async_client_has_the_same_calls() -> None:
         queues = {q.ref: q for n in await gp.nodes() for q in n.queues}
         assert queues["local/l4"].priority_levels == 2 and not queues["local/l4"].fair_share
         assert [j.position for j in await gp.queue("local/l4")] == [1, 2]
+
+
+async def test_a_refusal_is_a_refused_error_naming_its_field_in_both_clients() -> None:
+    from client.aio import AsyncGpgpuClient
+    from client.errors import RefusedError
+
+    api = ProviderApi()
+    with GpgpuClient("http://api.test", CLIENT, transport=api.transport) as gp, \
+            pytest.raises(RefusedError) as refused:
+        gp.suspend_gpu("p1", 7)
+    assert (refused.value.field, str(refused.value)) == (
+        "gpu_index", "gpu_index: p1 has no GPU 7 (it has 0, 1)")
+    async with AsyncGpgpuClient("http://api.test", CLIENT, transport=api.transport) as aio:
+        with pytest.raises(RefusedError) as refused:
+            await aio.resume_gpu("nobody", 0)
+    assert (refused.value.field, refused.value.reason) == ("providerId", "no provider 'nobody'")

@@ -13,7 +13,8 @@ SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
 SIGN_IN = """mutation($e: String!, $p: String!) {
   signIn(email: $e, password: $p) { token user { id clientId } } }"""
 CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
-  createApiKey(name: $n, scopes: $s) { id key scopes } }"""
+  createApiKey(name: $n, scopes: $s) {
+    ... on ApiKeyCreated { id key scopes } __typename ... on FieldError { field message } } }"""
 
 # Jobs
 

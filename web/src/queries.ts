@@ -226,11 +226,18 @@ export const CREATE_API_KEY = gql<
 >`
   mutation CreateApiKey($name: String!, $scopes: [String!]!) {
     createApiKey(name: $name, scopes: $scopes) {
-      id
-      name
-      scopes
-      key
-      createdAt
+      ... on ApiKeyCreated {
+        id
+        name
+        scopes
+        key
+        createdAt
+      }
+      __typename
+      ... on FieldError {
+        field
+        message
+      }
     }
   }
 `;
