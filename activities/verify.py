@@ -15,6 +15,14 @@ def output_key(job_id: str, path: str, attempt: int) -> str:
     return f"jobs/{job_id}/runs/{attempt}/{path}"
 
 
+def stored(store: ObjectStore, client_id: str, key: str) -> bool:
+    try:
+        store.stat(client_id, key)
+    except ObjectNotFound:
+        return False
+    return True
+
+
 def integrity_problems(
     store: ObjectStore, client_id: str, job_id: str, spec: JobSpec, report: c.ReplicaReport
 ) -> list[str]:
@@ -45,6 +53,12 @@ def integrity_problems(
                 f"{entry.path}: storage holds sha256 {info.sha256[:12]}… ({info.size} B), "
                 f"the provider reported {entry.sha256[:12]}… ({entry.size} B)"
             )
+    # Missing is what storage says, not the provider: an output it calls missing that this
+    # run's grant did write contradicts the store (and would make a run look empty-handed).
+    for path in report.missing:
+        if path in spec.outputs and stored(store, client_id, output_key(job_id, path,
+                                                                        report.attempt)):
+            problems.append(f"{path}: reported missing but in storage")
     listed = {e.path for e in report.manifest} | set(report.missing)
     problems += [f"{p}: neither uploaded nor reported missing" for p in spec.outputs
                  if p not in listed]
@@ -64,9 +78,25 @@ def outcome(spec: JobSpec, report: c.ReplicaReport) -> tuple[bool, str]:
     return True, "exit code 0, every output present and intact"
 
 
+STATUS = "\0status"  # the pseudo-output by which runs compared by presence show their ending
+
+
+def by_presence(spec: JobSpec) -> bool:
+    """Runs of a job not declared reproducible (and not replicated by the client) are compared
+    only by how they ended and which outputs they left, never by bytes: the network's check
+    of an empty-handed run (workflows/runs.py) asks "does this job leave its outputs?", and
+    a job's own nondeterminism must not make honest runs disagree."""
+    return not spec.verification.comparable and spec.verification.replicas == 1
+
+
 def comparable(
-    store: ObjectStore, client_id: str, report: c.ReplicaReport, comparator: Comparator
+    store: ObjectStore, client_id: str, report: c.ReplicaReport, comparator: Comparator,
+    presence: bool = False,
 ) -> list[OutputFile]:
+    if presence:
+        status = "timed out" if report.timed_out else f"exit {report.exit_code}"
+        return [OutputFile(STATUS, status, 0)] + [
+            OutputFile(e.path, "present", 0) for e in report.manifest]
     files = []
     for e in report.manifest:
         text = None
@@ -96,14 +126,19 @@ def judge(
         return c.Verdict(True, succeeded, reason, [r.attempt], []), r.attempt
 
     comp = Comparator.from_spec(spec.verification.comparator.model_dump())
-    files = [comparable(store, client_id, r, comp) for r in intact]
+    files = [comparable(store, client_id, r, comp, by_presence(spec)) for r in intact]
     winner = quorum(files, len(files), comp) if len(files) >= 2 else None
     if winner is None:
         if may_add_run:
             undecided = c.Verdict(False, False, "runs disagree", [], sorted(corrupt), decided=False)
             return undecided, None
-        reason = f"no majority among {len(reports)} runs on distinct providers"
-        return c.Verdict(False, False, reason, [], [r.attempt for r in reports]), None
+        # Independent providers (distinct owners) that all disagree say more about the job
+        # than about any of them: no provider is blamed but those whose report storage
+        # contradicts; the client, who declared the job reproducible, pays for its runs
+        # (workflows/runs.py) and the job fails, saying so.
+        reason = (f"no majority among {len(reports)} runs on distinct providers: the job's "
+                  "outputs are not reproducible as declared; no provider is blamed")
+        return c.Verdict(False, False, reason, [], sorted(corrupt)), None
     losers = {intact[i].attempt for i in outvoted(files, winner, comp)} | set(corrupt)
     accepted = [r.attempt for r in reports if r.attempt not in losers]
     succeeded, reason = outcome(spec, intact[winner])

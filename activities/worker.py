@@ -17,6 +17,7 @@ from domain.application import Network
 from infra import tracing
 from infra.assignments import AssignmentBoard
 from infra.process import run_service
+from infra.row_cipher import RowCipher
 from infra.settings import Settings
 from infra.temporal import connect
 from readmodel.schema import ViewDB
@@ -36,7 +37,7 @@ def build_control_activities(settings: Settings) -> ControlActivities:
 async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
     client = await connect(settings)
     activities = build_control_activities(settings)
-    board = AssignmentBoard(activities.views)
+    board = AssignmentBoard(activities.views, RowCipher(settings.payload_keys))
     # A slot and a thread for every job waiting in allocate_gpus, and BUSY_SLOTS for the rest.
     with ThreadPoolExecutor(max_workers=CONTROL_SLOTS) as executor:
         worker = Worker(
@@ -63,7 +64,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = Settings()
-    settings.check_payload_keys()
+    settings.check_keys()
     tracing.setup(settings.tracing, "control-worker")
 
     async def serve(stop: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ GRACEFUL_SHUTDOWN_S = 3
 
 def main() -> None:
     settings = Settings()
-    settings.check_payload_keys()
+    settings.check_keys()
     tracing.setup(settings.tracing, "api")
 
     async def serve(stop: asyncio.Event) -> None:

@@ -43,6 +43,7 @@ from api import auth, json_body
 from api.services import Services
 from api.waiters import Waiters
 from infra.assignments import Assignment, AssignmentBoard
+from infra.row_cipher import RowCipher
 from readmodel.joblog import LogRefused
 from workflows import contracts as c
 
@@ -132,7 +133,8 @@ def dispatch(request: Request) -> Dispatch:
     state = request.app.state
     if getattr(state, "dispatch", None) is None:
         services: Services = state.services
-        state.dispatch = Dispatch(AssignmentBoard(services.telemetry_views or services.views))
+        state.dispatch = Dispatch(AssignmentBoard(services.telemetry_views or services.views,
+                                                  RowCipher(services.settings.payload_keys)))
     found: Dispatch = state.dispatch
     return found
 

@@ -159,7 +159,8 @@ async def own_jobs(home: Path, jobs: int, providers: int, gpus: int, clients: in
     procs.env["GPGPU_MAX_SUBSCRIPTIONS_PER_ACCOUNT"] = "10000"  # clients take turns: past 32
     try:
         procs.start_temporal()
-        temporal = await Client.connect(procs.temporal_address)
+        temporal = await Client.connect(procs.temporal_address,  # reads our jobs' results
+                                        data_converter=procs.settings.temporal_converter())
         pipeline = Pipeline(procs, temporal, Options(jobs, providers, gpus, clients,
                                                      submitters, 0.0, 0.0, 0))
         try:

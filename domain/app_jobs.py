@@ -44,7 +44,8 @@ class Payment:
     price_micro: int
     payer: str = "client"  # "client": a run it asked for; "network": a check the network added
     # The client pays for the run's GPU time but its provider is not paid: the network keeps
-    # it (a timed-out run with no outputs that nothing checked; JobWorkflow decides).
+    # it (a run nothing verified: a timeout with no outputs, or an exit 0 with outputs
+    # missing, that no other run reproduced; JobWorkflow decides).
     withheld: bool = False
 
 
@@ -243,7 +244,7 @@ class Jobs(Base):
                     charged, fee = charged + cost, fee + cost
                     moves.append((escrow_account(job_id), FEES,
                                   f"withheld:{job_id}:{p.provider_id}", cost,
-                                  "GPU time of a timed-out run with no outputs, not paid"))
+                                  "GPU time of an unverified run, not paid"))
                     continue
                 cut = cost * fee_bps // 10_000
                 charged, fee, paid = charged + cost, fee + cut, paid + cost - cut

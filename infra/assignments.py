@@ -5,21 +5,32 @@ the API hands it out to the provider's agent, takes its heartbeats and its resul
 completes the step's activity with the task token kept here (api/assignments.py). Every
 state change is one guarded UPDATE, so any number of API and control-worker replicas may
 share the table: an assignment is handed out once and finished once.
+
+The request (the job's `env`, presigned grants) and the task token are sealed in the row
+(infra/row_cipher.py: AES-256-GCM under a key derived from the Temporal payload keys, bound
+to the assignment's id and column) and opened only by the API and the control worker. A row
+that does not open (written in the clear by an earlier version, changed, moved from another
+row, sealed under a key no longer listed) is closed as `unreadable` the first time it is read
+and never handed out: its step then times out in Temporal and is placed again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from infra.db import Column, Database
+from infra.row_cipher import RowCipher, RowSealError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = [
     # The task token lets the control plane complete the step's activity; it never leaves
-    # this table.
+    # this table. It and the request are sealed (RowCipher), never in the clear.
     """CREATE TABLE IF NOT EXISTS assignments (
         assignment_id TEXT PRIMARY KEY, provider_id TEXT NOT NULL, kind TEXT NOT NULL,
         request TEXT NOT NULL, task_token TEXT NOT NULL, workflow_id TEXT NOT NULL,
@@ -39,7 +50,7 @@ KEEP_FINISHED_S = 24 * 3600.0
 MAX_HANDED_OUT = 64
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Assignment:
     assignment_id: str
     provider_id: str
@@ -74,16 +85,6 @@ class Assignment:
         }
 
 
-def _row(r: dict[str, Any]) -> Assignment:
-    return Assignment(
-        r["assignment_id"], r["provider_id"], r["kind"], json.loads(r["request"]),
-        bytes.fromhex(r["task_token"]), r["workflow_id"], r["activity_id"], int(r["attempt"]),
-        int(r["gpus"]), float(r["heartbeat_timeout_s"]), float(r["pickup_by"]),
-        float(r["created_at"]), r["handed_out_at"], r["finished_at"], r["outcome"],
-        json.loads(r["trace"]),
-    )
-
-
 def assignment_id(workflow_id: str, run_id: str, activity_id: str, attempt: int) -> str:
     """One id per try of one step: a retried try is a new assignment."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL,
@@ -91,9 +92,35 @@ def assignment_id(workflow_id: str, run_id: str, activity_id: str, attempt: int)
 
 
 class AssignmentBoard:
-    def __init__(self, db: Database, clock: Any = time.time):
-        self.db, self.clock = db, clock
+    def __init__(self, db: Database, cipher: RowCipher, clock: Any = time.time):
+        self.db, self.cipher, self.clock = db, cipher, clock
         db.ensure(SCHEMA, COLUMNS_ADDED)
+
+    def _seal(self, aid: str, column: str, plain: bytes) -> str:
+        return self.cipher.seal("assignments", column, aid, plain)
+
+    def _row(self, r: dict[str, Any]) -> Assignment:
+        """The row opened; RowSealError if its request or task token does not open."""
+        aid = r["assignment_id"]
+        request = self.cipher.open("assignments", "request", aid, r["request"])
+        token = self.cipher.open("assignments", "task_token", aid, r["task_token"])
+        return Assignment(
+            aid, r["provider_id"], r["kind"], json.loads(request), token, r["workflow_id"],
+            r["activity_id"], int(r["attempt"]), int(r["gpus"]),
+            float(r["heartbeat_timeout_s"]), float(r["pickup_by"]), float(r["created_at"]),
+            r["handed_out_at"], r["finished_at"], r["outcome"], json.loads(r["trace"]),
+        )
+
+    def _opened(self, rows: list[dict[str, Any]]) -> list[Assignment]:
+        """The rows that open; each that does not is closed (`unreadable`), never handed out."""
+        found = []
+        for r in rows:
+            try:
+                found.append(self._row(r))
+            except RowSealError as err:
+                log.warning("assignment closed as unreadable: %s", err)
+                self.finish(r["assignment_id"], "unreadable")
+        return found
 
     def publish(
         self, *, provider_id: str, kind: str, request: dict[str, Any], task_token: bytes,
@@ -114,7 +141,8 @@ class AssignmentBoard:
                 "INSERT INTO assignments (assignment_id, provider_id, kind, request, task_token,"
                 " workflow_id, run_id, activity_id, attempt, gpus, heartbeat_timeout_s,"
                 " pickup_by, created_at, trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (aid, provider_id, kind, json.dumps(request), task_token.hex(), workflow_id,
+                (aid, provider_id, kind, self._seal(aid, "request", json.dumps(request).encode()),
+                 self._seal(aid, "task_token", task_token), workflow_id,
                  run_id, activity_id, attempt, gpus, heartbeat_timeout_s,
                  now + pickup_timeout_s, now, json.dumps(trace or {})),
             )
@@ -122,7 +150,8 @@ class AssignmentBoard:
 
     def get(self, aid: str) -> Assignment | None:
         rows = self.db.query("SELECT * FROM assignments WHERE assignment_id = ?", (aid,))
-        return _row(rows[0]) if rows else None
+        opened = self._opened(rows)
+        return opened[0] if opened else None
 
     def waiting_providers(self) -> set[str]:
         """Providers with an assignment not yet handed out."""
@@ -141,15 +170,15 @@ class AssignmentBoard:
         )
         taken = []
         now = self.clock()
-        for r in rows:
+        for a in self._opened(rows):
             with self.db.transaction() as cur:
                 won = cur.execute(
                     "UPDATE assignments SET handed_out_at = ?, last_seen_at = ?"
                     " WHERE assignment_id = ? AND handed_out_at IS NULL AND finished_at IS NULL",
-                    (now, now, r["assignment_id"]),
+                    (now, now, a.assignment_id),
                 )
             if won == 1:
-                taken.append(_row({**r, "handed_out_at": now}))
+                taken.append(dataclasses.replace(a, handed_out_at=now))
         return taken
 
     def seen(self, aid: str) -> None:
@@ -178,7 +207,7 @@ class AssignmentBoard:
         rows = self.db.query(
             "SELECT * FROM assignments WHERE finished_at IS NULL AND handed_out_at IS NULL"
         )
-        return [_row(r) for r in rows]
+        return self._opened(rows)
 
     def forget_finished(self) -> None:
         """Close what Temporal has long timed out (no heartbeat for a minute past the

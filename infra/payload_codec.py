@@ -7,10 +7,19 @@ with the first key of `GPGPU_TEMPORAL_PAYLOAD_KEYS` and decodes with whichever k
 the payload names: a list of keys lets an operator rotate (put the new key first, keep
 the old ones until no open workflow's history was written with them).
 
-Decoding passes a payload that is not `binary/encrypted` through unchanged: histories
-written before the codec (committed replay fixtures, workflows open at the upgrade) still
-replay. The codec is for secrecy; who may run a control step is activities/guard.py's concern
-(activities/control.py).
+Decoding refuses every payload that is not `binary/encrypted` under one of the keys
+(PayloadRefused, a non-retryable ApplicationError), so AES-GCM's tag is the proof that a
+payload was written by a process of the network. Whoever reached Temporal without the key
+and starts a workflow, sends a signal or completes an activity with a plaintext or forged
+payload gets nothing run: a workflow whose input is refused fails at its first task, before
+any of its code or steps; a control step whose request is refused fails (and each retry).
+A payload under a well-formed key id that is not configured is PayloadKeyError, retried
+(see PayloadRefused). What
+Temporal itself writes in the clear never goes through the codec: search attributes,
+headers (the tracing context), the markers the SDK's core records for local activities and
+patches. The tag proves where a payload was made, not for which workflow: a ciphertext
+copied from one history into another workflow still opens, and who may run a control step
+for which job stays activities/guard.py's concern (activities/control.py).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
+from temporalio.exceptions import ApplicationError
 
 ENCODING = b"binary/encrypted"
 CIPHER = b"AES-256-GCM"
@@ -36,6 +46,17 @@ NONCE_BYTES = 12
 
 class PayloadKeyError(ValueError):
     """A payload key that is missing or malformed, or a payload no configured key opens."""
+
+
+class PayloadRefused(PayloadKeyError, ApplicationError):
+    """A payload that is not the network's: in the clear, or altered. Non-retryable: the
+    workflow or step it was given to fails at once (a retry would read the same payload).
+    A payload under a key id that is not configured is a plain PayloadKeyError instead: the
+    workflow task fails and is retried, so that a key dropped too soon during a rotation
+    stalls workflows until it is put back rather than failing them."""
+
+    def __init__(self, message: str):
+        ApplicationError.__init__(self, message, type="PayloadRefused", non_retryable=True)
 
 
 def key_id(key: bytes) -> str:
@@ -84,19 +105,28 @@ class PayloadCipher(temporalio.converter.PayloadCodec):
         )
 
     def decrypt(self, payload: Payload) -> Payload:
+        """The payload `encrypt` sealed; PayloadRefused for any other."""
         if payload.metadata.get("encoding") != ENCODING:
-            return payload
+            encoding = payload.metadata.get("encoding", b"").decode(errors="replace")
+            raise PayloadRefused(
+                f"a payload in the clear (encoding {encoding!r}) was refused: every payload"
+                " of the network is encrypted with a key of GPGPU_TEMPORAL_PAYLOAD_KEYS, so"
+                " this one was written by a process without the key"
+            )
         name = payload.metadata.get(KEY_ID, b"").decode(errors="replace")
         aead = self._aead.get(name)
-        if aead is None:
+        if aead is None and len(name) != len(self._encrypt_id):
+            raise PayloadRefused(f"a payload names no key of the network ({name!r})")
+        if aead is None:  # retryable: an operator who dropped a key too soon puts it back
             raise PayloadKeyError(
                 f"a payload was encrypted with key {name!r}, which is not among"
-                " GPGPU_TEMPORAL_PAYLOAD_KEYS (an old key dropped too soon?)"
+                " GPGPU_TEMPORAL_PAYLOAD_KEYS (an old key dropped too soon? the workflow's"
+                " task is retried until it is listed again)"
             )
         try:
             plain = aead.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], None)
         except InvalidTag as err:
-            raise PayloadKeyError(f"a payload under key {name!r} failed its integrity check") \
+            raise PayloadRefused(f"a payload under key {name!r} failed its integrity check") \
                 from err
         return Payload.FromString(plain)
 
@@ -118,8 +148,10 @@ def data_converter(keys: Sequence[bytes]) -> temporalio.converter.DataConverter:
 
 
 def decrypt_history(history: WorkflowHistory, keys: Sequence[bytes]) -> WorkflowHistory:
-    """A copy of `history` with every payload decrypted in place (the failures' encoded
-    attributes stay as payloads): to read a history, or commit it as a replay fixture."""
+    """A copy of `history` with every encrypted payload decrypted in place (the failures'
+    encoded attributes stay as payloads), to read it: what Temporal keeps in the clear
+    (search attributes, headers, the core's markers) stays as it is; PayloadRefused for a
+    ciphertext no key opens."""
     cipher = PayloadCipher(keys)
     events = []
     for event in history.events:
@@ -137,7 +169,7 @@ def _decrypt_all(message: Message, cipher: PayloadCipher) -> None:
         if field.message_type.full_name == Payload.DESCRIPTOR.full_name:
             items = list(value) if _repeated(field) else [value]
             for item in items:
-                item.CopyFrom(cipher.decrypt(item))
+                _decrypt_if_sealed(item, cipher)
         elif field.message_type.GetOptions().map_entry:
             if field.message_type.fields_by_name["value"].message_type is None:
                 continue
@@ -152,9 +184,14 @@ def _decrypt_all(message: Message, cipher: PayloadCipher) -> None:
 
 def _decrypt_or_walk(message: Message, cipher: PayloadCipher) -> None:
     if isinstance(message, Payload):
-        message.CopyFrom(cipher.decrypt(message))
+        _decrypt_if_sealed(message, cipher)
     else:
         _decrypt_all(message, cipher)
+
+
+def _decrypt_if_sealed(payload: Payload, cipher: PayloadCipher) -> None:
+    if payload.metadata.get("encoding") == ENCODING:
+        payload.CopyFrom(cipher.decrypt(payload))
 
 
 def _repeated(field: object) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from infra.signing import load_or_create_key
+from infra.signing import SigningKeyError, load_or_create_key, parse_signing_key
 from infra.storage import ObjectStore, build_store
 from infra.tracing import check as check_tracing
 
@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # 0600). With PostgreSQL (production, several machines) it must be set, the same on
     # the API and every control worker; a process without it refuses to start.
     temporal_payload_keys: str | None = Field(default=None, repr=False)
+    # The key that signs storage grants (infra/signing.py): the control worker signs them,
+    # the API signs renewals and checks them all. 64 hex digits. Unset on the embedded
+    # network (SQLite): made once under home (signing.key, 0600). With PostgreSQL
+    # (production: the API and the control workers on machines of their own) it must be
+    # set, the same on all of them; a process without it refuses to start.
+    signing_key: str | None = Field(default=None, repr=False)
     # The control worker's task queue; JobWorkflow runs its control activities there too.
     control_task_queue: str = "control"
 
@@ -169,7 +175,17 @@ class Settings(BaseSettings):
 
     @cached_property
     def signing_secret(self) -> bytes:
-        """Secret for presigned storage URLs; made once and kept under home."""
+        """Secret for presigned storage URLs: GPGPU_SIGNING_KEY, or (embedded network only)
+        made once and kept under home; SigningKeyError says what is missing."""
+        if self.signing_key and self.signing_key.strip():
+            return parse_signing_key(self.signing_key)
+        if self.event_store == "postgres":
+            raise SigningKeyError(
+                "GPGPU_SIGNING_KEY is not set: with GPGPU_EVENT_STORE=postgres (production)"
+                " the API and every control worker need the same key to sign and check"
+                " storage grants (make one with: python -c 'import secrets;"
+                " print(secrets.token_hex(32))')"
+            )
         return load_or_create_key(self.home / "signing.key")
 
     @cached_property
@@ -188,13 +204,15 @@ class Settings(BaseSettings):
             )
         return [load_or_create_key(self.home / "temporal-payload.key")]
 
-    def check_payload_keys(self) -> None:
-        """For a server process's start: exit with the reason when the payload key is missing."""
+    def check_keys(self) -> None:
+        """For a server process's start (the API, a control worker): exit with the reason
+        when the payload key or the signing key is missing or malformed."""
         from infra.payload_codec import PayloadKeyError
 
         try:
-            self.payload_keys  # noqa: B018 -- Temporal's payloads are encrypted with it
-        except PayloadKeyError as err:
+            self.payload_keys  # noqa: B018 -- Temporal's payloads and assignment rows
+            self.signing_secret  # noqa: B018 -- storage grants
+        except (PayloadKeyError, SigningKeyError) as err:
             raise SystemExit(f"error: {err}") from None
 
     def temporal_converter(self) -> DataConverter:

@@ -30,6 +30,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SIG = re.compile(r"[0-9a-f]{64}")
 METHODS = ("GET", "PUT")
 MAX_GRANT_BYTES = 1 << 40  # no grant is for more than 1 TiB
+KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,24 @@ def check(secret: bytes, grant: Grant, sig: str, now: float, max_s: int) -> None
         raise GrantRefused(
             f"the grant's deadline is more than the server's maximum of {max_s} s away"
         )
+
+
+class SigningKeyError(ValueError):
+    """A signing key that is missing or malformed; the message names the setting."""
+
+
+def parse_signing_key(raw: str) -> bytes:
+    """GPGPU_SIGNING_KEY: 64 hex digits (32 bytes)."""
+    try:
+        key = bytes.fromhex(raw.strip())
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise SigningKeyError(
+            f"GPGPU_SIGNING_KEY is not {KEY_BYTES * 2} hex digits (make one with: python -c"
+            " 'import secrets; print(secrets.token_hex(32))')"
+        )
+    return key
 
 
 def load_or_create_key(path: Path) -> bytes:

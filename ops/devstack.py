@@ -259,11 +259,13 @@ class Stack:
             say(f"warning: search attributes not registered: {done.stderr.strip()}", err=True)
 
     def start_control_plane(self) -> None:
-        # Temporal's payload key (and the signing key) made once here, before the API and
-        # the control worker both look for them; PayloadKeyError if production lacks one.
+        # Temporal's payload key and the signing key made once here (files under home),
+        # before the API and the control worker both look for them; PayloadKeyError or
+        # SigningKeyError if production (PostgreSQL) lacks one.
         if not self.env.get("GPGPU_TEMPORAL_PAYLOAD_KEYS"):
             self.settings.payload_keys  # noqa: B018
-        self.settings.signing_secret  # noqa: B018
+        if not self.env.get("GPGPU_SIGNING_KEY"):
+            self.settings.signing_secret  # noqa: B018
         self.spawn("api", [sys.executable, "-m", "api"])
         self.spawn("control-worker", [sys.executable, "-m", "activities.worker"])
         wait_for_http(f"{self.settings.api_url}/healthz", 60, "the API")

@@ -54,3 +54,23 @@ def test_temporal_is_out_of_reach_of_providers_and_the_outside() -> None:
         (p.get("host_ip") if isinstance(p, dict) else str(p).split(":")[0]) == "127.0.0.1"
         for p in ui_ports
     ), ui_ports
+
+
+def test_the_api_and_the_control_worker_are_given_the_same_keys() -> None:
+    """Two containers with no file in common: the grants the control worker signs verify at
+    the API, and both read Temporal's payloads, only through keys both are given."""
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose (apt: docker-compose) is not installed")
+    key, payload = "ab" * 32, "cd" * 32
+    done = subprocess.run(
+        [compose, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True,
+        text=True, timeout=60, cwd=ROOT, check=True,
+        env={"PATH": "/usr/bin:/bin", "GPGPU_SIGNING_KEY": key,
+             "GPGPU_TEMPORAL_PAYLOAD_KEYS": payload},
+    )
+    services = yaml.safe_load(done.stdout)["services"]
+    for name in ("api", "control-worker"):
+        env = services[name]["environment"]
+        assert env["GPGPU_SIGNING_KEY"] == key and env["GPGPU_TEMPORAL_PAYLOAD_KEYS"] == payload
+    assert "GPGPU_SIGNING_KEY" not in services["gpu-worker"]["environment"]

@@ -5,6 +5,10 @@ scenario: success, failure, the network's check, replicas, a verifier, a cancel,
 with no output, providers failing their stage step, a lost provider. Replay would notice a
 change of what the workflow does: the last test changes one step's name and sees every
 history refuse it.
+
+The histories are kept as Temporal stored them, every payload encrypted with the public test
+key (tests/support/temporal.py), and replay with the network's codec: the same history with
+its payloads in the clear, as an outsider without the key would write it, does not replay.
 """
 
 from __future__ import annotations
@@ -16,9 +20,15 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 import workflows.contracts as c
+from infra.payload_codec import PayloadRefused, data_converter, decrypt_history
+from tests.support.temporal import TEST_PAYLOAD_KEYS
 from workflows.job import JobWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "replay").glob("*.json"))
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=[JobWorkflow], data_converter=data_converter(TEST_PAYLOAD_KEYS))
 
 
 def history(path: Path) -> WorkflowHistory:
@@ -27,12 +37,25 @@ def history(path: Path) -> WorkflowHistory:
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_history_replays(path: Path) -> None:
-    result = await Replayer(workflows=[JobWorkflow]).replay_workflow(history(path))
+    result = await replayer().replay_workflow(history(path))
     assert result.replay_failure is None
 
 
 def test_there_are_histories() -> None:
     assert len(HISTORIES) >= 9, "record them: python -m tests.replay.record"
+    for path in HISTORIES:
+        assert '"YmluYXJ5L2VuY3J5cHRlZA=="' in path.read_text(), f"{path.name}: not encrypted"
+
+
+async def test_a_history_in_the_clear_does_not_replay(caplog: pytest.LogCaptureFixture) -> None:
+    # The codec refuses the workflow's input: the worker fails the workflow at its first
+    # task, where the history ran a step.
+    plain = decrypt_history(history(HISTORIES[0]), TEST_PAYLOAD_KEYS)
+    result = await replayer().replay_workflow(plain, raise_on_replay_failure=False)
+    assert result.replay_failure is not None
+    refused = [r for r in caplog.records
+               if r.exc_info and isinstance(r.exc_info[1], PayloadRefused)]
+    assert refused and "in the clear" in str(refused[0].exc_info[1])  # type: ignore[index]
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
@@ -41,7 +64,6 @@ async def test_a_changed_workflow_does_not_replay(path: Path,
     # Every job waits for GPUs: a workflow that asked for them under another name no longer
     # does what its history did.
     monkeypatch.setattr(c, "ALLOCATE_GPUS", "allocate_gpus_renamed")
-    result = await Replayer(workflows=[JobWorkflow]).replay_workflow(
-        history(path), raise_on_replay_failure=False)
+    result = await replayer().replay_workflow(history(path), raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "allocate_gpus" in str(result.replay_failure)

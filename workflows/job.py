@@ -9,7 +9,9 @@ goes back to allocation without it; the next attempt starts from the checkpoint
 the job last wrote on a provider of the same owner, if any (worker_gpu/checkpoint.py).
 A provider that fails its step with an error of its own is treated alike (RunFailed),
 and blamed (`failure`) once another provider got through. A run that timed out with
-no output, unchecked, is charged but not paid to its provider (`timeout`).
+no output, unchecked, is charged but not paid to its provider (`timeout`); a run that
+exited 0 with outputs missing is always checked, and unless another run reproduces it
+is charged but not paid, and changes no reputation.
 
 Verification: every run's manifest is checked against storage. A client may ask
 for k replicas on distinct providers (a majority of matching outputs decides;
@@ -58,6 +60,7 @@ T = TypeVar("T")
 # JobWorkflow has no `workflow.patched` branches: the versions written while the network was
 # developed were folded into this one before any history was kept (tests/replay/ holds
 # histories of this version). The next change of its logic goes behind a patch.
+EMPTY_HANDED_CHECK = "empty-handed-check"  # the network's check of every empty-handed run
 
 
 @workflow.defn
@@ -183,7 +186,10 @@ class JobWorkflow(JobEndings):
                 c.CheckRequest(inp.job_id, runs[0].alloc.provider_id, workflow.random().random()),
                 c.CheckDecision,
             )
-            if check.run_check:
+            # An empty-handed run is always checked: only an independent run tells a provider
+            # that skipped the work from a job that writes nothing (workflows/runs.py).
+            forced = runs_.empty_handed(runs[0]) and workflow.patched(EMPTY_HANDED_CHECK)
+            if check.run_check or forced:
                 # Unplaced: skipped (CheckSkipped), the job settles on the checks it had.
                 with contextlib.suppress(Unplaced):
                     runs += await self._more_runs(inp, 1, payer="network")

@@ -54,44 +54,102 @@ def unproven_timeout(run: Run, runs: list[Run]) -> bool:
             and run.uploaded is not None and not run.uploaded.manifest)
 
 
+def empty_handed(run: Run) -> bool:
+    """A run whose command exited 0 (no timeout) but that left a declared output missing.
+
+    Storage is the witness of what is missing (activities/verify.py refuses a report that
+    calls missing an output the run's grant wrote), but not of whether the command ran: a
+    provider that skipped the work and an honest one whose client's job writes nothing
+    report the same. So such a run is checked by an independent run (JobWorkflow forces the
+    network's check) and is paid and rewarded only if that run reproduces it."""
+    return (run.purpose == "run" and run.executed is not None and not run.executed.timed_out
+            and run.executed.exit_code == 0 and run.uploaded is not None
+            and bool(run.uploaded.missing))
+
+
+def undecidable(runs: list[Run], verdict: c.Verdict) -> bool:
+    """Several runs and no majority: the job, not a provider, is what cannot be trusted."""
+    return verdict.decided and not verdict.accepted and sum(
+        r.purpose == "run" for r in runs) > 1
+
+
+def unverified_empty(run: Run, runs: list[Run], verdict: c.Verdict) -> bool:
+    """An empty-handed run that no other run agreed with: nothing shows it was run (its
+    check could not be placed, or nothing decided). Charged to the client like a timeout
+    that nothing checked, not paid to its provider, and no outcome is recorded: neither
+    the provider (who may have skipped the work) nor the client (whose job may write
+    nothing) gains, and neither can lower the other's standing."""
+    accepted = set(verdict.accepted_attempts)
+    return empty_handed(run) and not (
+        run.alloc.attempt in accepted and len(accepted - {run.alloc.attempt}) > 0)
+
+
 def outcome_key(job_id: str, run: Run, runs: list[Run]) -> str:
     """Reputation records one outcome per provider and job (per run when there are several)."""
     return job_id if len(runs) == 1 else f"{job_id}#{run.alloc.attempt}"
 
 
-def unproven_attempts(runs: list[Run]) -> set[int]:
-    return {r.alloc.attempt for r in runs if unproven_timeout(r, runs)}
+def unproven_attempts(runs: list[Run], verdict: c.Verdict) -> set[int]:
+    return {r.alloc.attempt for r in runs
+            if unproven_timeout(r, runs) or unverified_empty(r, runs, verdict)}
+
+
+def kept_attempt(runs: list[Run], verdict: c.Verdict) -> int | None:
+    """The run whose result the job keeps (the first accepted run of the job's command)."""
+    accepted = set(verdict.accepted_attempts)
+    return next((r.alloc.attempt for r in runs
+                 if r.alloc.attempt in accepted and r.purpose == "run"), None)
 
 
 def settlement(job_id: str, runs: list[Run], verdict: c.Verdict) -> c.SettleRequest:
-    """Paid: every run whose result was accepted, and the verifier's run; an unproven
-    timeout is charged all the same, but its provider is not paid for it."""
+    """Paid: every run whose result was accepted, and the verifier's run; with no majority
+    (`undecidable`), every run not caught by storage. An unproven run (a timeout or an
+    empty-handed run nothing reproduced) is charged all the same, but its provider is not
+    paid. The client pays for the run whose result it keeps, even where that is the
+    network's check (its own run was outvoted): a client never gets a result for free."""
     accepted = set(verdict.accepted_attempts)
-    unproven = unproven_attempts(runs)
-    return c.SettleRequest(job_id, "", 0, 0, False, payments=[
-        c.PaymentLine(r.alloc.provider_id, r.executed.gpu_ms,
-                      r.alloc.price_per_gpu_hour_micro, r.payer,
-                      withheld=r.alloc.attempt in unproven)
-        for r in runs
-        if r.executed is not None
-        and (r.alloc.attempt in accepted or r.purpose == "verify")
-    ])
+    mismatched = set(verdict.mismatched_attempts)
+    unproven = unproven_attempts(runs, verdict)
+    open_verdict = undecidable(runs, verdict)
+    kept = kept_attempt(runs, verdict)
+    clients_kept = any(r.payer == "client" and r.purpose == "run" and r.alloc.attempt in accepted
+                       for r in runs)
+    lines = []
+    for r in runs:
+        if r.executed is None or r.alloc.attempt in mismatched:
+            continue
+        if not (r.alloc.attempt in accepted or r.purpose == "verify" or open_verdict):
+            continue
+        payer = r.payer
+        if r.alloc.attempt == kept and not clients_kept:
+            payer = "client"
+        lines.append(c.PaymentLine(r.alloc.provider_id, r.executed.gpu_ms,
+                                   r.alloc.price_per_gpu_hour_micro, payer,
+                                   withheld=r.alloc.attempt in unproven))
+    return c.SettleRequest(job_id, "", 0, 0, False, payments=lines)
 
 
 def outcomes(job_id: str, runs: list[Run], verdict: c.Verdict) -> list[c.ReputationRequest]:
-    """The reputation outcome of each run that executed, in the order of `runs`."""
-    unproven = unproven_attempts(runs)
+    """The reputation outcome of each run that executed, in the order of `runs`: none for an
+    unverified empty-handed run, nor for the runs of a job with no majority."""
+    accepted = set(verdict.accepted_attempts)
     mismatched = set(verdict.mismatched_attempts)
     out = []
     for r in runs:
         if r.executed is None:
             continue
-        if r.alloc.attempt in unproven:
+        if r.alloc.attempt in mismatched:
+            outcome = "mismatch"  # outvoted, or its report contradicts storage
+        elif unverified_empty(r, runs, verdict):
+            continue
+        elif unproven_timeout(r, runs):
             outcome = "timeout"
         elif len(runs) == 1:
             outcome = "success" if verdict.accepted else "mismatch"
+        elif r.alloc.attempt in accepted or r.purpose == "verify":
+            outcome = "success"
         else:
-            outcome = "mismatch" if r.alloc.attempt in mismatched else "success"
+            continue  # no majority: neither blamed nor rewarded
         out.append(c.ReputationRequest(outcome_key(job_id, r, runs), r.alloc.provider_id,
                                        outcome))
     return out
@@ -101,7 +159,8 @@ def trusted(runs: list[Run], verdict: c.Verdict) -> list[str]:
     """The providers whose run of the job was accepted (a canary may follow each)."""
     accepted = set(verdict.accepted_attempts)
     return unique([r.alloc.provider_id for r in runs if r.executed is not None
-                   and r.purpose == "run" and r.alloc.attempt in accepted])
+                   and r.purpose == "run" and r.alloc.attempt in accepted
+                   and not unverified_empty(r, runs, verdict)])
 
 
 def kept_provider(held: list[Run], runs: list[Run], verdict: c.Verdict) -> str:

@@ -29,8 +29,13 @@ class OutsideWorkflow:
                 retry_policy=RetryPolicy(maximum_attempts=1),
             )
         except Exception as err:
-            cause = getattr(err, "cause", None)
-            return f"refused: {getattr(cause, 'type', '')}: {cause or err}"
+            # The types down the failure's chain (the messages are encrypted by the network:
+            # without its key they read "Encoded failure").
+            types, cause = [], getattr(err, "cause", None)
+            while cause is not None:
+                types.append(getattr(cause, "type", None) or type(cause).__name__)
+                cause = getattr(cause, "cause", None)
+            return f"refused: {' <- '.join(types)}: {getattr(err, 'cause', None) or err}"
         return "ran"
 
 

@@ -19,7 +19,8 @@ from tests.support.graphql import REGISTER_PROVIDER
 class Rogue:
     """Provider `provider_id`, owned by the account `owner`, registered and kept online."""
 
-    def __init__(self, net: Network, owner: str, provider_id: str, price_micro: int):
+    def __init__(self, net: Network, owner: str, provider_id: str, price_micro: int,
+                 model: str = "H100"):
         self.net, self.provider_id = net, provider_id
         net.sign_up(owner, ["provider"])
         self.key = net.api_key(owner, ["provider"])
@@ -28,7 +29,7 @@ class Rogue:
         r = self.http.post("/graphql", json={"query": REGISTER_PROVIDER, "variables": {"input": {
             "node": "local", "providerId": provider_id, "region": "local",
             "pricePerGpuHourMicro": price_micro, "runtimes": ["process"],
-            "gpus": [{"index": 0, "model": "H100", "memoryMb": 81920,
+            "gpus": [{"index": 0, "model": model, "memoryMb": 81920,
                       "uuid": f"GPU-{provider_id}"}],
         }}})
         r.raise_for_status()
@@ -107,3 +108,14 @@ class State:
             rows = db.execute("SELECT amount_micro FROM ledger_entries WHERE transfer_id = ?"
                               " AND amount_micro > 0", (transfer_id,)).fetchall()
         return [int(r[0]) for r in rows]
+
+
+def settled(state: State, wait_s: float = 0.4) -> dict[str, Any]:
+    """The state once nothing moves (the projection has caught up)."""
+    before = state.snapshot()
+    while True:
+        time.sleep(wait_s)
+        now = state.snapshot()
+        if now == before:
+            return now
+        before = now

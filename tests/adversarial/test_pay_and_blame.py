@@ -10,6 +10,7 @@ instead: who was paid (the ledger), what outcome was recorded (the job's events)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -31,6 +32,7 @@ EVENTS = "query($id: ID!) { job(id: $id) { events { type data } } }"
 MAX_OBJECT = 256 * 1024
 ROGUE_PRICE_MICRO = 500_000
 RETRY_WAIT_S = 15
+CHECK_WAIT_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,9 @@ def net(home: Path, temporal_server: str) -> Iterator[Network]:
         ("fair-b", "1xA100:40", "1.5", []),
     ], {"GPGPU_MAX_OBJECT_BYTES": str(MAX_OBJECT), "GPGPU_CHECKPOINT_INTERVAL_S": "0.5",
         # A run a provider failed waits this long for another (then the job fails).
-        "GPGPU_REPLICA_WAIT_S": str(RETRY_WAIT_S)},
+        "GPGPU_REPLICA_WAIT_S": str(RETRY_WAIT_S),
+        # The network's check: of every empty-handed run, and drawn for reproducible jobs.
+        "GPGPU_ADAPTIVE_CHECKS": "true", "GPGPU_CHECK_WAIT_S": str(CHECK_WAIT_S)},
             owners={"fair-b": "other-owner"}) as n:
         yield n
 
@@ -108,7 +112,9 @@ def test_a_client_whose_output_the_store_refuses_still_pays_for_the_run(
     assert int(job["costMicro"]) > 0, job
     paid = state.transfers(f"pay:{job_id}:fair-a")
     assert paid and paid[0] > 0, paid
-    assert outcomes(net, "stingy", job_id) == {"fair-a": "success"}
+    # The run was empty-handed: the network's check (fair-b, another owner) reproduced it.
+    assert state.transfers(f"check:{job_id}:fair-b")
+    assert outcomes(net, "stingy", job_id) == {"fair-a": "success", "fair-b": "success"}
     stored = net.http.get(f"/storage/{net.client_id('stingy')}", headers=net.headers("stingy"))
     assert [o["key"] for o in stored.json()] == []
 
@@ -242,3 +248,170 @@ def test_a_lost_providers_checkpoint_does_not_decide_another_owners_run(
     assert "started from the checkpoint" not in finished["log_tail"], finished
     assert outcomes(net, "resumer", job_id) == {"fair-a": "success"}
     assert state.transfers(f"pay:{job_id}:rogue-q") == []
+
+
+def skip_the_work(rogue: Rogue) -> None:
+    """The rogue takes the run, reports exit 0 at once and every output missing."""
+    execute = rogue.take("execute_job")
+    r = rogue.call("complete", execute["assignmentId"], {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 500, "gpu_ms": 500, "log_tail": ""}})
+    assert r.status_code == 200, r.text
+    upload = rogue.take("upload_outputs")
+    paths = [o["path"] for o in upload["request"]["outputs"]]
+    r = rogue.call("complete", upload["assignmentId"],
+                   {"result": {"manifest": [], "missing": paths}})
+    assert r.status_code == 200, r.text
+
+
+def reputations(state: State) -> dict[str, tuple[Any, ...]]:
+    """Every provider's reputation and outcome count, once the read model has caught up
+    (two reads a second apart agree)."""
+    last = None
+    for _ in range(20):
+        now = {row[0]: row[1:] for row in state.snapshot()["reputation"]}
+        if now == last:
+            return now
+        last = now
+        time.sleep(1.0)
+    raise AssertionError(f"the providers' reputations kept changing: {last}")
+
+
+@contextlib.contextmanager
+def fresh_rogue(net: Network, owner: str, provider_id: str,
+                model: str = "H100") -> Iterator[Rogue]:
+    """A new rogue of its own owner, the cheapest provider with a new provider's standing."""
+    r = Rogue(net, owner, provider_id, 100_000, model)
+    try:
+        net.wait_providers_online([provider_id])
+        yield r
+    finally:
+        r.close()
+
+
+# The jobs below run on A100s (the fair providers and a fresh rogue of that model), with at
+# least a new provider's reputation (0.5): no rogue blamed before, still online or not, is
+# placed.
+TRUSTED = {"gpu_model": "A100", "min_reputation": 0.4}
+
+
+def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_not_paid(
+    net: Network, state: State
+) -> None:
+    """oscar's provider skips the work and reports "exit 0, every output missing", hoping to
+    be paid its window with a `success`. An empty-handed run is always checked by an
+    independent run: fair-a delivers, the tie-break (fair-b) sides with it, oscar's run is
+    outvoted and not paid; the client gets fair-a's result and pays for that run only."""
+    with fresh_rogue(net, "oscar", "rogue-r", "A100") as liar:
+        before = reputations(state)["rogue-r"]
+        job_id = submit(net, "skipped", command="echo done > out.txt", outputs=["out.txt"],
+                        resources=TRUSTED)
+        skip_the_work(liar)
+
+        job = ended(net, "skipped", job_id)
+
+    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-a", job
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", "skipped",
+                  id=job_id)["job"]["outputs"]
+    assert net.get("skipped", got[0]["key"]) == b"done\n"
+    assert state.transfers(f"pay:{job_id}:rogue-r") == []
+    assert state.transfers(f"withheld:{job_id}:rogue-r") == []
+    assert state.transfers(f"pay:{job_id}:fair-a")  # the client pays for what it keeps
+    assert state.transfers(f"check:{job_id}:fair-b")  # the network pays its tie-break
+    assert outcomes(net, "skipped", job_id) == {
+        "rogue-r": "mismatch", "fair-a": "success", "fair-b": "success"}
+    assert reputations(state)["rogue-r"][0] < before[0]
+
+
+def test_an_empty_handed_run_no_one_can_check_is_not_paid_and_changes_no_reputation(
+    net: Network, state: State
+) -> None:
+    """The same lie on a job only oscar's L4 fits: no independent run within the check's
+    bound. Nothing shows the work was done, nor that it was not: the provider is not paid,
+    the client is charged all the same (a job that writes nothing gets no free GPU time:
+    its log is a result too), and no reputation changes."""
+    with fresh_rogue(net, "oscar-2", "rogue-l4", "L4") as liar:
+        before = reputations(state)
+        job_id = submit(net, "unchecked", command="echo done > out.txt", outputs=["out.txt"],
+                        resources={"gpu_model": "L4"})
+        skip_the_work(liar)
+
+        job = ended(net, "unchecked", job_id)
+
+    assert job["state"] == "FAILED" and "declared outputs missing" in job["reason"], job
+    skipped = [e["data"]["reason"] for e in events(net, "unchecked", job_id)
+               if e["type"] == "CheckSkipped"]
+    assert skipped == [f"the network's check found no independent provider within "
+                       f"{CHECK_WAIT_S} s"], skipped
+    assert state.transfers(f"pay:{job_id}:rogue-l4") == []
+    withheld = state.transfers(f"withheld:{job_id}:rogue-l4")
+    assert withheld and int(job["costMicro"]) == withheld[0], (withheld, job)
+    assert outcomes(net, "unchecked", job_id) == {}
+    assert reputations(state) == before
+
+
+def test_an_honest_provider_whose_job_writes_no_output_is_paid_and_not_blamed(
+    net: Network, state: State
+) -> None:
+    """The client's job exits 0 and writes nothing, hoping the network blames the provider
+    (or pays no one). The network's check on another owner (fair-b) reproduces it: fair-a
+    was honest, it is paid by the client and recorded a success; the job fails, the
+    client's."""
+    job_id = submit(net, "framer", command="true", outputs=["out.txt"], resources=TRUSTED)
+
+    job = ended(net, "framer", job_id)
+
+    assert job["state"] == "FAILED" and "declared outputs missing: out.txt" in job["reason"]
+    assert state.transfers(f"pay:{job_id}:fair-a")
+    assert state.transfers(f"withheld:{job_id}:fair-a") == []
+    assert state.transfers(f"check:{job_id}:fair-b")
+    assert int(job["costMicro"]) > 0, job
+    assert outcomes(net, "framer", job_id) == {"fair-a": "success", "fair-b": "success"}
+
+
+def test_a_nondeterministic_job_declared_reproducible_blames_no_one_and_the_client_pays(
+    net: Network, state: State
+) -> None:
+    """A client declares a job reproducible that is not, to get honest providers' runs
+    compared and one marked a mismatch. A fresh provider (driven by hand) plays an honest
+    one here: it uploads the random bytes a run would. The network's check (fair-a) and
+    the tie-break (fair-b) each give other bytes: no majority, so the job, not a provider,
+    is what is wrong: no reputation changes, the client pays for its run, and the job
+    fails saying it is not reproducible."""
+    with fresh_rogue(net, "honest-hand", "hand-run", "A100") as rogue:
+        before = reputations(state)
+        job_id = run_by_hand(net, rogue)
+        job = ended(net, "declarer", job_id)
+
+    assert job["state"] == "FAILED" and "not reproducible as declared" in job["reason"], job
+    allocated = [e["data"]["provider_id"] for e in events(net, "declarer", job_id)
+                 if e["type"] == "GpusAllocated"]
+    assert allocated == ["hand-run", "fair-a", "fair-b"], allocated
+    assert outcomes(net, "declarer", job_id) == {}
+    assert reputations(state) == before
+    paid = state.transfers(f"pay:{job_id}:hand-run")  # by the client, who is charged
+    assert paid and int(job["costMicro"]) >= paid[0] > 0, (paid, job)
+    assert state.transfers(f"check:{job_id}:fair-a") and state.transfers(
+        f"check:{job_id}:fair-b")
+
+
+def run_by_hand(net: Network, rogue: Rogue) -> str:
+    """A nondeterministic job declared reproducible, whose first run `rogue` makes as an
+    honest agent would: exit 0, its own bytes uploaded through its grant."""
+    job_id = submit(net, "declarer", command="head -c 16 /dev/urandom | od -x > out.txt",
+                    outputs=["out.txt"], verification={"reproducible": True},
+                    resources=TRUSTED)
+    execute = rogue.take("execute_job")
+    r = rogue.call("complete", execute["assignmentId"], {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 500, "gpu_ms": 500, "log_tail": ""}})
+    assert r.status_code == 200, r.text
+    upload = rogue.take("upload_outputs")
+    (out,) = upload["request"]["outputs"]
+    body = b"a run of its own\n"
+    digest = hashlib.sha256(body).hexdigest()
+    r = httpx.put(out["url"], content=body, headers={"X-Sha256": digest})
+    assert r.status_code == 200, r.text
+    r = rogue.call("complete", upload["assignmentId"], {"result": {"manifest": [
+        {"path": out["path"], "key": out["key"], "sha256": digest, "size": len(body)}],
+        "missing": []}})
+    assert r.status_code == 200, r.text
+    return job_id

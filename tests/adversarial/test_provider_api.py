@@ -10,28 +10,17 @@ no assignment handed out or closed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-import typing
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.assign import AssignActivities
-from activities.canary import CanaryActivities
-from activities.control import ControlActivities
-from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWorkflow
-from tests.adversarial.rogue import Rogue, State
+from tests.adversarial.rogue import Rogue, State, settled
 from tests.e2e.network import Network, network
 from tests.e2e.test_job_log import follow as follow_log
 from tests.support.graphql import SUBMIT
-from workflows.contracts import JobInput
 
 pytestmark = pytest.mark.e2e
 
@@ -76,17 +65,6 @@ def submit(net: Network, client: str = "victim") -> str:
     result = net.gql(SUBMIT, client, s=spec)["submitJob"]
     assert result["__typename"] == "JobSubmitted", result
     return str(result["job"]["id"])
-
-
-def settled(state: State, wait_s: float = 0.4) -> dict[str, Any]:
-    """The state once nothing moves (the projection has caught up)."""
-    before = state.snapshot()
-    while True:
-        time.sleep(wait_s)
-        now = state.snapshot()
-        if now == before:
-            return now
-        before = now
 
 
 def finish_honestly(mallory: Rogue, net: Network, execute: dict[str, Any], job_id: str) -> None:
@@ -289,130 +267,6 @@ def test_the_agent_process_has_no_temporal_address_or_credential(net: Network) -
     cmdline = Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes()
     assert temporal_port not in cmdline
     assert "GPGPU_API_KEY" in names  # what it holds: its owner's provider key
-
-
-@pytest.mark.parametrize("activity, arg", [
-    ("record_reputation", {"job_id": "job-fake-1", "provider_id": "rogue-1",
-                           "outcome": "success"}),
-    ("settle_job", {"job_id": "job-fake-2", "provider_id": "rogue-1", "gpu_ms": 3_600_000,
-                    "price_per_gpu_hour_micro": 10**9, "pay_provider": True}),
-])
-async def test_a_workflow_from_outside_cannot_run_control_steps(
-    net: Network, mallory: Rogue, state: State, temporal_server: str, activity: str,
-    arg: dict[str, Any],
-) -> None:
-    # Defence in depth: were Temporal reachable, a workflow of the outsider's own (even one
-    # named JobWorkflow) scheduling the network's control steps on its control queue.
-    before = settled(state, wait_s=0.2)
-    client = await Client.connect(temporal_server)
-    queue = f"outside-{activity}"
-    async with Worker(client, task_queue=queue, workflows=[OutsideWorkflow],
-                      workflow_runner=UnsandboxedWorkflowRunner()):
-        answer = await client.execute_workflow(
-            "JobWorkflow", Forgery(net.stack.env["GPGPU_CONTROL_TASK_QUEUE"], activity, arg),
-            id=f"outside-{activity}-{time.monotonic_ns()}", task_queue=queue,
-            execution_timeout=timedelta(seconds=60), result_type=str,
-        )
-
-    assert answer.startswith("refused: NotOurWorkflow"), answer
-    assert settled(state, wait_s=0.2) == before
-
-
-def control_steps() -> list[tuple[str, type]]:
-    """Every activity the control worker serves (infra/temporal.py), with its request type."""
-    found = []
-    for cls in (ControlActivities, CanaryActivities, AssignActivities):
-        for fn in vars(cls).values():
-            defn = activity._Definition.from_callable(fn) if callable(fn) else None
-            if defn is not None:
-                assert defn.arg_types, defn.name
-                found.append((str(defn.name), defn.arg_types[0]))
-    return found
-
-
-def forged(cls: type, job_id: str, provider_id: str) -> dict[str, Any]:
-    """A request of type `cls` for this job and provider, every required field filled."""
-    hints = typing.get_type_hints(cls)
-
-    def sample(t: Any) -> Any:
-        origin = typing.get_origin(t)
-        if origin in (list, dict) or t in (list, dict):
-            return (origin or t)()
-        if origin is not None:  # X | None
-            return sample(next(a for a in typing.get_args(t) if a is not type(None)))
-        if dataclasses.is_dataclass(t):
-            return forged(t, job_id, provider_id)  # type: ignore[arg-type]
-        return {str: "x", int: 1, float: 1.0, bool: False}[t]
-
-    named = {"job_id": job_id, "origin_job_id": job_id, "provider_id": provider_id}
-    return {f.name: named.get(f.name) or sample(hints[f.name])
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-
-
-def waiting_job(net: Network) -> str:
-    """A victim's live job that no provider here takes (0.1 credits an hour): it waits."""
-    spec = {"name": "adv-wait", "max_price_per_gpu_hour": "0.1", "timeout": "5m",
-            "command": "true", "outputs": []}
-    result = net.gql(SUBMIT, "victim", s=spec)["submitJob"]
-    assert result["__typename"] == "JobSubmitted", result
-    job_id = str(result["job"]["id"])
-    net.wait_job(job_id, ("QUEUED",), "victim")
-    return job_id
-
-
-async def test_every_control_step_refuses_a_workflow_from_outside(
-    net: Network, state: State, temporal_server: str
-) -> None:
-    # Each of them, the GPU steps and the canary's included, for a victim's live job and the
-    # network's honest provider, from a workflow of the outsider's own on the control queue.
-    steps = control_steps()
-    assert len(steps) >= 20
-    job_id = waiting_job(net)
-    queue = net.stack.env["GPGPU_CONTROL_TASK_QUEUE"]
-    forgeries = [Forgery(queue, name, forged(cls, job_id, "adv-honest")) for name, cls in steps]
-    before = settled(state, wait_s=0.2)
-    client = await Client.connect(temporal_server)
-    own_queue = f"outside-sweep-{time.monotonic_ns()}"
-    async with Worker(client, task_queue=own_queue, workflows=[OutsideSweep],
-                      workflow_runner=UnsandboxedWorkflowRunner()):
-        answers = await client.execute_workflow(
-            "OutsideSweep", forgeries, id=own_queue, task_queue=own_queue,
-            execution_timeout=timedelta(seconds=120), result_type=list[str],
-        )
-
-    assert len(answers) == len(steps)
-    assert [a for a in answers if ": refused: NotOurWorkflow" not in a] == []
-    assert settled(state, wait_s=0.2) == before
-
-
-async def test_the_networks_job_workflow_under_another_id_runs_no_control_step(
-    net: Network, state: State, temporal_server: str
-) -> None:
-    # The network's own JobWorkflow code, started by an outsider on the control queue under an
-    # id of its own with a victim's live job as input: its control steps run as local
-    # activities of our worker, and each asks which workflow it serves.
-    job_id = waiting_job(net)
-    before = settled(state, wait_s=0.2)
-    outsider = await Client.connect(temporal_server)
-    workflow_id = f"outside-job-{time.monotonic_ns()}"
-    await outsider.start_workflow(
-        "JobWorkflow", JobInput(job_id, net.client_id("victim")), id=workflow_id,
-        task_queue=net.stack.env["GPGPU_CONTROL_TASK_QUEUE"],
-        execution_timeout=timedelta(seconds=60),
-    )
-    settings = net.stack.settings  # the network's client reads what its worker wrote
-    ours = await Client.connect(settings.temporal_address,
-                                data_converter=settings.temporal_converter())
-    with pytest.raises(WorkflowFailureError) as failed:
-        await ours.get_workflow_handle(workflow_id).result()
-    cause = failed.value.cause
-    while getattr(cause, "cause", None) is not None and not getattr(cause, "type", None):
-        cause = getattr(cause, "cause")  # noqa: B009 -- through ActivityError to the cause
-    assert getattr(cause, "type", None) == "NotOurWorkflow", repr(failed.value.cause)
-    assert settled(state, wait_s=0.2) == before
-    job = net.gql("query($id: ID!) { job(id: $id) { state } }", "victim", id=job_id)["job"]
-    assert job["state"] == "QUEUED"
 
 
 def test_a_jobs_live_log_takes_only_its_own_providers_output_within_bounds(

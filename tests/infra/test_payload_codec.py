@@ -1,5 +1,6 @@
-"""Temporal payloads are encrypted with the first key, opened by any listed key, refused by
-any other; payloads written before the codec pass through."""
+"""Temporal payloads are encrypted with the first key, opened by any listed key; a payload in
+the clear, under another key or altered is refused (a non-retryable ApplicationError, so the
+workflow or step given it fails at once)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ import secrets
 from pathlib import Path
 
 import pytest
+import temporalio.converter
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
+from temporalio.exceptions import ApplicationError
 
-from infra.payload_codec import PayloadCipher, PayloadKeyError, data_converter, parse_keys
+from infra.payload_codec import (
+    PayloadCipher,
+    PayloadKeyError,
+    PayloadRefused,
+    data_converter,
+    parse_keys,
+)
 from infra.settings import Settings
 
 OLD, NEW = secrets.token_bytes(32), secrets.token_bytes(32)
@@ -39,18 +48,55 @@ async def test_rotation_the_first_key_encrypts_and_every_listed_key_decrypts() -
     assert (await PayloadCipher([NEW]).decode([by_new]))[0].data == b"after"
     with pytest.raises(PayloadKeyError, match="not among GPGPU_TEMPORAL_PAYLOAD_KEYS"):
         await PayloadCipher([OLD]).decode([by_new])
+    # Once the old key is dropped, what it wrote no longer opens; retryable (not a refusal
+    # that fails the workflow): a key dropped too soon is put back and the task retried.
+    with pytest.raises(PayloadKeyError, match="not among GPGPU_TEMPORAL_PAYLOAD_KEYS") as err:
+        await PayloadCipher([NEW]).decode([by_old])
+    assert not isinstance(err.value, ApplicationError)
 
 
-async def test_a_tampered_payload_is_refused() -> None:
-    (sealed,) = await PayloadCipher([NEW]).encode([payload(b"grant")])
-    sealed.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
-    with pytest.raises(PayloadKeyError, match="integrity"):
-        await PayloadCipher([NEW]).decode([sealed])
+@pytest.mark.parametrize("where", ["last byte", "nonce", "key id"])
+async def test_a_tampered_payload_is_refused(where: str) -> None:
+    (sealed,) = await PayloadCipher([NEW, OLD]).encode([payload(b"grant")])
+    if where == "last byte":
+        sealed.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
+    elif where == "nonce":
+        sealed.data = bytes([sealed.data[0] ^ 1]) + sealed.data[1:]
+    else:  # named as the other listed key: that key does not open it
+        (other,) = await PayloadCipher([OLD]).encode([payload(b"x")])
+        sealed.metadata["encryption-key-id"] = other.metadata["encryption-key-id"]
+    with pytest.raises(PayloadRefused, match="integrity"):
+        await PayloadCipher([NEW, OLD]).decode([sealed])
 
 
-async def test_a_payload_from_before_the_codec_passes_through() -> None:
-    old = payload(b'"an old history"')
-    assert await PayloadCipher([NEW]).decode([old]) == [old]
+@pytest.mark.parametrize("plain", [
+    Payload(metadata={"encoding": b"json/plain"}, data=b'{"job_id": "j1"}'),
+    Payload(metadata={"encoding": b"binary/null"}),
+    Payload(data=b"no metadata at all"),
+    # Says it is encrypted, carries no key id and no ciphertext.
+    Payload(metadata={"encoding": b"binary/encrypted"}, data=b'{"job_id": "j1"}'),
+])
+async def test_a_payload_not_encrypted_by_the_network_is_refused(plain: Payload) -> None:
+    cipher = PayloadCipher([NEW, OLD])
+    with pytest.raises(PayloadRefused) as refused:
+        await cipher.decode([(await cipher.encode([payload(b"ok")]))[0], plain])
+    # What the SDK needs to fail the workflow (or step) at once rather than retry its task.
+    assert isinstance(refused.value, ApplicationError)
+    assert refused.value.non_retryable and refused.value.type == "PayloadRefused"
+    assert isinstance(refused.value, PayloadKeyError)  # what ops/cli.py reports plainly
+
+
+async def test_the_converter_refuses_a_plaintext_value_and_failure() -> None:
+    converter = data_converter([NEW])
+    plain = temporalio.converter.default()
+    with pytest.raises(PayloadRefused, match="in the clear"):
+        await converter.decode(await plain.encode(["from outside"]), [str])
+    failure = Failure()
+    await plain.encode_failure(RuntimeError("details"), failure)
+    failure.application_failure_info.details.payloads.add().CopyFrom(
+        (await plain.encode(["forged detail"]))[0])
+    with pytest.raises(PayloadRefused):
+        await converter.decode_failure(failure)
 
 
 async def test_the_converter_encrypts_values_and_failure_messages() -> None:

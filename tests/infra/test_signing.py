@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from infra.signing import Grant, GrantRefused, check, load_or_create_key, sign
+from infra.settings import Settings
+from infra.signing import (
+    Grant,
+    GrantRefused,
+    SigningKeyError,
+    check,
+    load_or_create_key,
+    sign,
+)
 
 GRANT = Grant("GET", "alice", "a.txt", 0, "job-1", 1, "prov-1", 4, "ab" * 32)
 
@@ -41,3 +49,22 @@ def test_a_grant_is_in_force_only_when_signed_by_the_key_and_within_the_maximum(
         check(key, year_3000, sign(key, year_3000), now, 900)
     with pytest.raises(GrantRefused, match="expired"):
         check(key, grant, sign(key, grant), now + 61, 900)
+
+
+def test_the_signing_key_setting_is_checked_and_production_must_be_given_one(
+    tmp_path: Path,
+) -> None:
+    given = Settings(home=tmp_path, event_store="postgres", signing_key="cd" * 32)
+    assert given.signing_secret == bytes.fromhex("cd" * 32)
+    assert "cd" * 32 not in repr(given)
+    assert not (tmp_path / "signing.key").exists()
+    for bad in ("zz" * 32, "cd" * 31, "cd" * 33):
+        with pytest.raises(SigningKeyError, match="GPGPU_SIGNING_KEY is not 64 hex digits"):
+            Settings(home=tmp_path, signing_key=bad).signing_secret  # noqa: B018
+    with pytest.raises(SigningKeyError, match="GPGPU_SIGNING_KEY is not set"):
+        Settings(home=tmp_path, event_store="postgres").signing_secret  # noqa: B018
+    made = Settings(home=tmp_path).signing_secret  # the embedded network makes its own
+    assert (tmp_path / "signing.key").exists() and Settings(home=tmp_path).signing_secret == made
+    with pytest.raises(SystemExit, match="GPGPU_SIGNING_KEY is not set"):
+        Settings(home=tmp_path, event_store="postgres",
+                 temporal_payload_keys="ab" * 32).check_keys()

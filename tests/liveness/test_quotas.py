@@ -48,6 +48,9 @@ def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
                      "GPGPU_STORAGE_QUOTA_BYTES": str(QUOTA),
                      "GPGPU_MAX_OBJECT_BYTES": str(MAX_OBJECT),
                      "GPGPU_SIGN_IN_MAX_FAILURES_PER_ADDRESS": str(ADDRESS_FAILURES),
+                     # A run whose output the store refused is empty-handed: the network's
+                     # check of it (no other owner here) gives up after this.
+                     "GPGPU_CHECK_WAIT_S": "5",
                      **PATIENT,
                  }) as n:
         yield n

@@ -186,9 +186,12 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
-        if settings.event_store == "postgres" and not env.get("GPGPU_TEMPORAL_PAYLOAD_KEYS"):
-            # Production's rule: processes on one PostgreSQL store share a given payload key.
-            env["GPGPU_TEMPORAL_PAYLOAD_KEYS"] = secrets.token_hex(32)
+        # Production's rule: processes on one PostgreSQL store share a given payload key and
+        # a given signing key (the test's own settings' where it has them).
+        for name, given in (("GPGPU_TEMPORAL_PAYLOAD_KEYS", settings.temporal_payload_keys),
+                            ("GPGPU_SIGNING_KEY", settings.signing_key)):
+            if settings.event_store == "postgres" and not env.get(name):
+                env[name] = given or secrets.token_hex(32)
         return cls(home, temporal_address, settings, env)
 
     def _proc(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
@@ -219,9 +222,14 @@ class Cluster:
         except RuntimeError:
             raise AssertionError(f"{name} did not start:\n{self.procs[name].tail()}") from None
 
-    def start_control_worker(self, name: str = "control", api: str = "api") -> None:
-        self._proc(name, [sys.executable, "-m", "activities.worker"],
-                   {"GPGPU_API_URL": self.api_urls[api]})
+    def start_control_worker(self, name: str = "control", api: str = "api",
+                             home: Path | None = None) -> None:
+        """A control worker; with `home`, under a home of its own (a container of its own:
+        no file in common with the API)."""
+        env = {"GPGPU_API_URL": self.api_urls[api]}
+        if home is not None:
+            env["GPGPU_HOME"] = str(home.resolve())
+        self._proc(name, [sys.executable, "-m", "activities.worker"], env)
 
     def wait_control_workers(self, names: Iterable[str], timeout_s: float = 60) -> None:
         """Until each named control worker polls the control queue for workflow tasks (the

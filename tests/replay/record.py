@@ -5,6 +5,9 @@
 A Temporal dev server, the API, the control worker and three provider agents (of two
 owners) run the scenarios below, one job each; each job's history is written as
 `job_workflow_<scenario>.json` and the files of scenarios no longer listed are removed.
+The network runs with the public test key (tests/support/temporal.py TEST_PAYLOAD_KEYS): the
+histories are kept as Temporal stored them, every payload encrypted, and tests/test_replay.py
+replays them with the network's codec, which refuses a payload in the clear.
 Record again (and commit the files) whenever JobWorkflow changes before a release; after a
 release a change goes behind `workflow.patched`, and the histories of the release stay.
 """
@@ -25,8 +28,10 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
+from infra.payload_codec import data_converter
 from ops.devstack import free_port, start_listening, temporal_dev_args
 from tests.e2e.network import Network, network
+from tests.support.temporal import TEST_PAYLOAD_KEYS
 from workflows.contracts import job_workflow_id
 from workflows.job import JobWorkflow
 
@@ -52,6 +57,7 @@ ENV = {
     "GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "5",
     "GPGPU_GPU_SCHEDULE_TO_START_TIMEOUT_S": "20",
     "GPGPU_REPLICA_WAIT_S": "10",  # how long a run a provider failed waits for another
+    "GPGPU_TEMPORAL_PAYLOAD_KEYS": ",".join(k.hex() for k in TEST_PAYLOAD_KEYS),
 }
 COUNTER = (  # counts to 8, a step a second, checkpointing each step
     'd="$GPGPU_CHECKPOINT_DIR"; i=$(cat "$d/n" 2>/dev/null || echo 0); '
@@ -166,9 +172,11 @@ SCENARIOS: dict[str, Callable[[Network], str]] = {
 
 
 async def fetch(address: str, job_id: str) -> str:
-    temporal = await Client.connect(address)
+    temporal = await Client.connect(address)  # no codec: the history as Temporal keeps it
     history = await temporal.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
-    replayed = await Replayer(workflows=[JobWorkflow]).replay_workflow(history)
+    replayed = await Replayer(workflows=[JobWorkflow],
+                              data_converter=data_converter(TEST_PAYLOAD_KEYS)
+                              ).replay_workflow(history)
     assert replayed.replay_failure is None, replayed.replay_failure
     return history.to_json()
 

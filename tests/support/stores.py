@@ -9,6 +9,7 @@ Where PostgreSQL cannot be reached, only the tests that ask for it are skipped (
 from __future__ import annotations
 
 import functools
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +46,10 @@ def scratch_schema(home: Path) -> Iterator[Settings]:
     if reason is not None:
         pytest.skip(reason)
     schema = f"t_{uuid.uuid4().hex}"
-    settings = Settings(event_store="postgres", pg_schema=schema, home=home)
+    # Production's rule: with PostgreSQL the keys are given, not made under home.
+    settings = Settings(event_store="postgres", pg_schema=schema, home=home,
+                        signing_key=secrets.token_hex(32),
+                        temporal_payload_keys=secrets.token_hex(32))
     conninfo = settings.postgres_conninfo()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))

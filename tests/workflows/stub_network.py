@@ -54,6 +54,7 @@ class StubNetwork:
     answers: dict[str, str] = field(default_factory=dict)  # a provider's own output sha256
     exit_codes: dict[str, int] = field(default_factory=dict)  # a provider's command exits so
     timeouts: set[str] = field(default_factory=set)  # providers whose command runs out of time
+    empty: set[str] = field(default_factory=set)  # providers whose run exits 0, writing nothing
     verifier_exit: int = 0  # the client's verifier command exits so
     # A provider that stops answering during this GPU step (its heartbeats stop: Temporal
     # times the step out), or that never picks this step's assignment up.
@@ -261,7 +262,7 @@ class StubNetwork:
         async def upload_outputs(req: c.UploadRequest) -> c.UploadResult:
             net._seen(c.UPLOAD_OUTPUTS, req)
             await net._provider_side(c.UPLOAD_OUTPUTS, req.provider_id)
-            if req.provider_id in net.timeouts:
+            if req.provider_id in net.timeouts | net.empty:
                 return c.UploadResult([], ["out.txt"])  # killed before it wrote anything
             sha = LIARS_SHA if req.provider_id in net.liars else HONEST_SHA
             sha = net.answers.get(req.provider_id, sha)
@@ -273,12 +274,14 @@ class StubNetwork:
 def majority(reports: list[c.ReplicaReport]) -> c.Verdict:
     """The verdict as activities/verify.py gives it (with storage taken as honest): one run
     is judged alone; several by the majority of their outputs; two that disagree leave it
-    undecided (a third may decide), three with no majority fail the job."""
+    undecided (a third may decide), three with no majority fail the job and blame no one."""
     def outcome(r: c.ReplicaReport) -> tuple[bool, str]:
         if r.timed_out:
             return False, "timed out after 60 s"
         if r.exit_code != 0:
             return False, f"the command exited with code {r.exit_code}"
+        if r.missing:
+            return False, "declared outputs missing: " + ", ".join(r.missing)
         return True, "exit code 0, every output present and intact"
 
     if len(reports) == 1:
@@ -289,8 +292,7 @@ def majority(reports: list[c.ReplicaReport]) -> c.Verdict:
     if votes * 2 <= len(reports):
         if len(reports) < 3:
             return c.Verdict(False, False, "runs disagree", [], [], decided=False)
-        return c.Verdict(False, False, f"no majority among {len(reports)} runs", [],
-                         [r.attempt for r in reports])
+        return c.Verdict(False, False, f"no majority among {len(reports)} runs", [], [])
     accepted = [r.attempt for r in reports if outputs[r.attempt] == top]
     losers = [r.attempt for r in reports if outputs[r.attempt] != top]
     winner = next(r for r in reports if r.attempt == accepted[0])

@@ -1,0 +1,80 @@
+"""The verdict over a job's runs (activities/verify.py) against a real filesystem store:
+storage, not the provider, says what is missing; a job not declared reproducible is compared
+by how its runs ended and which outputs they left; runs with no majority blame no one."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from activities.verify import judge, output_key
+from infra.storage import FilesystemStore
+from protocol.spec import JobSpec
+from workflows import contracts as c
+
+CLIENT, JOB = "alice", "job-1"
+
+
+def spec(**verification: object) -> JobSpec:
+    return JobSpec.model_validate({
+        "name": "j", "command": ["true"], "outputs": ["out.txt"],
+        "max_price_per_gpu_hour": "1", "timeout": "1m",
+        "verification": verification,
+    })
+
+
+def run(store: FilesystemStore, attempt: int, body: bytes | None, exit_code: int = 0,
+        reported_missing: bool = False) -> c.ReplicaReport:
+    """A run's report; `body` is what its grant wrote (None: nothing)."""
+    manifest, missing = [], []
+    if body is not None:
+        key = output_key(JOB, "out.txt", attempt)
+        store.put(CLIENT, key, [body], hashlib.sha256(body).hexdigest())
+        if not reported_missing:
+            manifest = [c.ManifestEntry("out.txt", key, hashlib.sha256(body).hexdigest(),
+                                        len(body))]
+    if body is None or reported_missing:
+        missing = ["out.txt"]
+    return c.ReplicaReport(attempt, f"p{attempt}", 0, exit_code, False, 0, manifest, missing)
+
+
+def test_an_output_reported_missing_that_its_run_wrote_contradicts_storage(
+    tmp_path: Path,
+) -> None:
+    store = FilesystemStore(tmp_path)
+    verdict, winner = judge(store, CLIENT, JOB, spec(),
+                            [run(store, 1, b"x", reported_missing=True)], may_add_run=True)
+    assert (verdict.accepted, verdict.mismatched_attempts, winner) == (False, [1], None)
+    assert "reported missing but in storage" in verdict.reason
+
+
+def test_runs_of_a_job_not_declared_reproducible_are_compared_by_presence(
+    tmp_path: Path,
+) -> None:
+    """Other bytes, same ending and outputs: they agree. An empty-handed run and one that
+    delivered do not; nor do two empty-handed runs that ended differently."""
+    store = FilesystemStore(tmp_path)
+    a, b = run(store, 1, b"one"), run(store, 2, b"two")
+    verdict, winner = judge(store, CLIENT, JOB, spec(), [a, b], may_add_run=True)
+    assert (verdict.accepted, verdict.accepted_attempts, winner) == (True, [1, 2], 1)
+    empty, full = run(store, 3, None), run(store, 4, b"four")
+    verdict, _ = judge(store, CLIENT, JOB, spec(), [empty, full], may_add_run=True)
+    assert not verdict.decided
+    both = judge(store, CLIENT, JOB, spec(), [empty, run(store, 5, None)], may_add_run=True)[0]
+    assert both.accepted_attempts == [3, 5] and not both.succeeded
+    assert "declared outputs missing" in both.reason
+    other = judge(store, CLIENT, JOB, spec(), [empty, run(store, 6, None, exit_code=1)],
+                  may_add_run=True)[0]
+    assert not other.decided
+
+
+def test_three_reproducible_runs_with_no_majority_blame_no_one(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path)
+    reports = [run(store, 1, b"one"), run(store, 2, b"two"), run(store, 3, b"three")]
+    verdict, winner = judge(store, CLIENT, JOB, spec(reproducible=True), reports,
+                            may_add_run=False)
+    assert (verdict.accepted, verdict.mismatched_attempts, winner) == (False, [], None)
+    assert "not reproducible as declared" in verdict.reason
+    two = judge(store, CLIENT, JOB, spec(reproducible=True),
+                [*reports[:2], run(store, 4, b"one")], may_add_run=False)[0]
+    assert (two.accepted_attempts, two.mismatched_attempts) == ([1, 4], [2])

@@ -1,0 +1,258 @@
+"""Attacks by an outsider who reached Temporal's frontend (compose keeps it on an internal
+network: this is defence in depth), against a real network: real Temporal, API, control
+worker and an honest agent.
+
+Without the payload key (infra/payload_codec.py) whatever the outsider gives the control
+worker is plaintext, and the codec refuses it before any workflow code or step runs: the
+first tests. With the key too (stolen from an operator), the step guard (activities/guard.py)
+still refuses every control step that a workflow other than the job's own asks for: the
+tests after. Each asserts the refusal and that nothing changed: no job event, no ledger
+entry, no reputation change, no assignment handed out or closed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import typing
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from activities.assign import AssignActivities
+from activities.canary import CanaryActivities
+from activities.control import ControlActivities
+from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWorkflow
+from tests.adversarial.rogue import State, settled
+from tests.e2e.network import Network, network
+from tests.support.graphql import SUBMIT
+from workflows.contracts import JobInput, job_workflow_id
+
+pytestmark = pytest.mark.e2e
+
+PROVIDER = "out-honest"
+# Nothing of the network's own may appear in the history of a workflow the codec refused:
+# no step scheduled (activity or local activity), no timer, no child, no signal sent.
+RAN = {EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED, EventType.EVENT_TYPE_MARKER_RECORDED,
+       EventType.EVENT_TYPE_TIMER_STARTED,
+       EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED,
+       EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
+       EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES,
+       EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("adversarial-outside")
+
+
+@pytest.fixture(scope="module")
+def net(home: Path, temporal_server: str) -> Iterator[Network]:
+    # The honest agent asks 2 credits, above every job's maximum here: jobs wait, QUEUED.
+    with network(home, temporal_server, [(PROVIDER, "1xH100:80", "2.0", [])]) as n:
+        n.wait_providers_online([PROVIDER])
+        yield n
+
+
+@pytest.fixture
+def state(home: Path) -> State:
+    return State(home)
+
+
+def waiting_job(net: Network) -> str:
+    """A victim's live job that no provider here takes (0.1 credits an hour): it waits."""
+    spec = {"name": "adv-wait", "max_price_per_gpu_hour": "0.1", "timeout": "5m",
+            "command": "true", "outputs": []}
+    result = net.gql(SUBMIT, "victim", s=spec)["submitJob"]
+    assert result["__typename"] == "JobSubmitted", result
+    job_id = str(result["job"]["id"])
+    net.wait_job(job_id, ("QUEUED",), "victim")
+    return job_id
+
+
+def cause_type(err: BaseException) -> str | None:
+    cause: Any = err
+    while getattr(cause, "cause", None) is not None and not getattr(cause, "type", None):
+        cause = cause.cause  # through ActivityError to the cause
+    return getattr(cause, "type", None)
+
+
+@pytest.mark.parametrize("under", ["the outsider's id", "a job's own id"])
+async def test_a_workflow_started_with_plaintext_input_is_refused_and_nothing_is_recorded(
+    net: Network, state: State, temporal_server: str, under: str
+) -> None:
+    # The network's own JobWorkflow, started on the control queue by a client without the
+    # payload key: a victim's live job under an id of the outsider's, or a job id never
+    # submitted under the id the step guard expects of it (job-<job_id>), which only the
+    # codec refuses.
+    victim = waiting_job(net)
+    before = settled(state, wait_s=0.2)
+    job_id = victim if under == "the outsider's id" else f"forged{time.monotonic_ns()}"
+    workflow_id = (f"outside-plain-{time.monotonic_ns()}" if under == "the outsider's id"
+                   else job_workflow_id(job_id))
+    outsider = await Client.connect(temporal_server)
+    await outsider.start_workflow(
+        "JobWorkflow", JobInput(job_id, net.client_id("victim")), id=workflow_id,
+        task_queue=net.stack.env["GPGPU_CONTROL_TASK_QUEUE"],
+        execution_timeout=timedelta(seconds=60),
+    )
+    settings = net.stack.settings  # the network's client reads what its worker wrote
+    ours = await Client.connect(settings.temporal_address,
+                                data_converter=settings.temporal_converter())
+    started = time.monotonic()
+    with pytest.raises(WorkflowFailureError) as failed:
+        await ours.get_workflow_handle(workflow_id).result()
+    assert time.monotonic() - started < 30  # failed at its first task, not at its timeout
+    assert cause_type(failed.value) == "PayloadRefused", repr(failed.value.cause)
+    assert "in the clear" in str(failed.value.cause)
+
+    history = await outsider.get_workflow_handle(workflow_id).fetch_history()
+    kinds = [e.event_type for e in history.events]
+    assert kinds[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+    assert not [EventType.Name(k) for k in kinds if k in RAN]
+    assert settled(state, wait_s=0.2) == before
+    job = net.gql("query($id: ID!) { job(id: $id) { state } }", "victim", id=victim)["job"]
+    assert job["state"] == "QUEUED"
+
+
+async def test_a_control_step_scheduled_with_plaintext_input_is_refused(
+    net: Network, state: State, temporal_server: str
+) -> None:
+    # A workflow of the outsider's own, on its own queue and worker, scheduling a control
+    # step on the network's control queue with a request in the clear.
+    job_id = waiting_job(net)
+    before = settled(state, wait_s=0.2)
+    client = await Client.connect(temporal_server)
+    queue = f"outside-plain-step-{time.monotonic_ns()}"
+    arg = {"job_id": job_id, "provider_id": PROVIDER, "gpu_ms": 3_600_000,
+           "price_per_gpu_hour_micro": 10**9, "pay_provider": True}
+    async with Worker(client, task_queue=queue, workflows=[OutsideWorkflow],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        answer = await client.execute_workflow(
+            "JobWorkflow", Forgery(net.stack.env["GPGPU_CONTROL_TASK_QUEUE"], "settle_job", arg),
+            id=queue, task_queue=queue, execution_timeout=timedelta(seconds=60), result_type=str,
+        )
+
+    # The SDK wraps what the codec refused: "Failed decoding arguments", caused by it.
+    assert answer.startswith("refused: ApplicationError <- PayloadRefused:"), answer
+    assert settled(state, wait_s=0.2) == before
+
+
+async def with_key(net: Network) -> Client:
+    """An outsider's client that holds the network's payload key."""
+    settings = net.stack.settings
+    return await Client.connect(settings.temporal_address,
+                                data_converter=settings.temporal_converter())
+
+
+@pytest.mark.parametrize("activity, arg", [
+    ("record_reputation", {"job_id": "job-fake-1", "provider_id": PROVIDER,
+                           "outcome": "success"}),
+    ("settle_job", {"job_id": "job-fake-2", "provider_id": PROVIDER, "gpu_ms": 3_600_000,
+                    "price_per_gpu_hour_micro": 10**9, "pay_provider": True}),
+])
+async def test_a_workflow_from_outside_cannot_run_control_steps(
+    net: Network, state: State, activity: str, arg: dict[str, Any],
+) -> None:
+    # A workflow of the outsider's own (even one named JobWorkflow) scheduling the network's
+    # control steps on its control queue, its payloads encrypted with the network's key.
+    before = settled(state, wait_s=0.2)
+    client = await with_key(net)
+    queue = f"outside-{activity}"
+    async with Worker(client, task_queue=queue, workflows=[OutsideWorkflow],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        answer = await client.execute_workflow(
+            "JobWorkflow", Forgery(net.stack.env["GPGPU_CONTROL_TASK_QUEUE"], activity, arg),
+            id=f"outside-{activity}-{time.monotonic_ns()}", task_queue=queue,
+            execution_timeout=timedelta(seconds=60), result_type=str,
+        )
+
+    assert answer.startswith("refused: NotOurWorkflow"), answer
+    assert settled(state, wait_s=0.2) == before
+
+
+def control_steps() -> list[tuple[str, type]]:
+    """Every activity the control worker serves (infra/temporal.py), with its request type."""
+    found = []
+    for cls in (ControlActivities, CanaryActivities, AssignActivities):
+        for fn in vars(cls).values():
+            defn = activity._Definition.from_callable(fn) if callable(fn) else None
+            if defn is not None:
+                assert defn.arg_types, defn.name
+                found.append((str(defn.name), defn.arg_types[0]))
+    return found
+
+
+def forged(cls: type, job_id: str, provider_id: str) -> dict[str, Any]:
+    """A request of type `cls` for this job and provider, every required field filled."""
+    hints = typing.get_type_hints(cls)
+
+    def sample(t: Any) -> Any:
+        origin = typing.get_origin(t)
+        if origin in (list, dict) or t in (list, dict):
+            return (origin or t)()
+        if origin is not None:  # X | None
+            return sample(next(a for a in typing.get_args(t) if a is not type(None)))
+        if dataclasses.is_dataclass(t):
+            return forged(t, job_id, provider_id)  # type: ignore[arg-type]
+        return {str: "x", int: 1, float: 1.0, bool: False}[t]
+
+    named = {"job_id": job_id, "origin_job_id": job_id, "provider_id": provider_id}
+    return {f.name: named.get(f.name) or sample(hints[f.name])
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+
+async def test_every_control_step_refuses_a_workflow_from_outside(
+    net: Network, state: State
+) -> None:
+    # Each of them, the GPU steps and the canary's included, for a victim's live job and the
+    # network's honest provider, from a workflow of the outsider's own on the control queue.
+    steps = control_steps()
+    assert len(steps) >= 20
+    job_id = waiting_job(net)
+    queue = net.stack.env["GPGPU_CONTROL_TASK_QUEUE"]
+    forgeries = [Forgery(queue, name, forged(cls, job_id, PROVIDER)) for name, cls in steps]
+    before = settled(state, wait_s=0.2)
+    client = await with_key(net)
+    own_queue = f"outside-sweep-{time.monotonic_ns()}"
+    async with Worker(client, task_queue=own_queue, workflows=[OutsideSweep],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        answers = await client.execute_workflow(
+            "OutsideSweep", forgeries, id=own_queue, task_queue=own_queue,
+            execution_timeout=timedelta(seconds=120), result_type=list[str],
+        )
+
+    assert len(answers) == len(steps)
+    assert [a for a in answers if ": refused: NotOurWorkflow" not in a] == []
+    assert settled(state, wait_s=0.2) == before
+
+
+async def test_the_networks_job_workflow_under_another_id_runs_no_control_step(
+    net: Network, state: State
+) -> None:
+    # The network's own JobWorkflow code, started on the control queue under an id of the
+    # outsider's with a victim's live job as input: its control steps run as local
+    # activities of our worker, and each asks which workflow it serves.
+    job_id = waiting_job(net)
+    before = settled(state, wait_s=0.2)
+    outsider = await with_key(net)
+    workflow_id = f"outside-job-{time.monotonic_ns()}"
+    await outsider.start_workflow(
+        "JobWorkflow", JobInput(job_id, net.client_id("victim")), id=workflow_id,
+        task_queue=net.stack.env["GPGPU_CONTROL_TASK_QUEUE"],
+        execution_timeout=timedelta(seconds=60),
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await outsider.get_workflow_handle(workflow_id).result()
+    assert cause_type(failed.value) == "NotOurWorkflow", repr(failed.value.cause)
+    assert settled(state, wait_s=0.2) == before
+    job = net.gql("query($id: ID!) { job(id: $id) { state } }", "victim", id=job_id)["job"]
+    assert job["state"] == "QUEUED"
