@@ -47,7 +47,7 @@ import strawberry
 from strawberry.permission import BasePermission
 from strawberry.types import Info
 
-from domain.application import Network
+from domain.app_identity import Identity
 from domain.identity import Caller, secret_hash
 from readmodel.schema import ViewDB
 
@@ -70,8 +70,8 @@ def bearer(header: str | None) -> str | None:
 class Authenticator:
     """Tokens to callers, remembered for a few seconds (keyed by the token's sha256)."""
 
-    def __init__(self, network: Network, ttl_s: float, max_entries: int = 50_000):
-        self.network, self.ttl_s, self.max_entries = network, ttl_s, max_entries
+    def __init__(self, identity: Identity, ttl_s: float, max_entries: int = 50_000):
+        self.identity, self.ttl_s, self.max_entries = identity, ttl_s, max_entries
         self._cache: dict[str, tuple[float, Caller | None]] = {}
         self._asking: dict[str, asyncio.Future[Caller | None]] = {}  # one lookup per token
         self._forgets = 0  # a lookup that overlapped a forget() is not remembered
@@ -90,7 +90,7 @@ class Authenticator:
         asking = self._asking[key] = asyncio.get_running_loop().create_future()
         forgets = self._forgets
         try:
-            caller = await asyncio.to_thread(self.network.authenticate, token, time.time())
+            caller = await asyncio.to_thread(self.identity.authenticate, token, time.time())
         except Exception as err:
             asking.set_exception(err)
             asking.exception()  # retrieved: a lookup nobody else waited for is not "lost"

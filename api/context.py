@@ -12,7 +12,7 @@ from strawberry.fastapi import BaseContext
 from strawberry.types import Info
 
 from api import auth
-from api.errors import refused
+from api.errors import Refusal, refused
 from api.services import Services
 from domain.errors import DomainError
 from domain.identity import Caller
@@ -86,7 +86,8 @@ def signed_in(info: I) -> Caller:
 
 
 async def run_command(fn: Callable[..., T], *args: Any) -> T:
-    """A domain command in a thread; its refusal becomes a GraphQL error naming the field."""
+    """A domain command in a thread; its refusal is a `Refusal` naming the field as the
+    schema does (a FieldError result under `@refusable`, a GraphQL error otherwise)."""
     try:
         return await asyncio.to_thread(fn, *args)
     except DomainError as err:
@@ -94,7 +95,7 @@ async def run_command(fn: Callable[..., T], *args: Any) -> T:
 
 
 def bounded(field: str, bound: Bound, value: Any) -> Any:
-    """`value` within its bound (domain/limits.py), or a GraphQL error naming the field."""
+    """`value` within its bound (domain/limits.py), or a `Refusal` naming the field."""
     if (why := bound.problem(value)) is not None:
-        raise ValueError(f"{field}: {why}")
+        raise Refusal(field, why)
     return value

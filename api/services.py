@@ -18,6 +18,7 @@ from temporalio.client import Client
 from api.auth import Authenticator, SignInThrottle
 from api.joblog import LiveLogs
 from api.multiplex import Hub
+from domain.app_identity import Identity
 from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.identity import Caller
@@ -164,6 +165,9 @@ class Services:
     telemetry_views: ViewDB | None = None
     # Providers once seen in the read model (they are never removed): a heartbeat costs no query.
     known_providers: set[str] = field(default_factory=set)
+    # Accounts, sessions, API keys and who owns what: an application of its own over the
+    # Network's store (domain/app_identity.py).
+    identity: Identity = field(init=False)
     # Bearer tokens to callers, remembered for `auth_cache_ttl_s` (api/auth.py).
     auth: Authenticator = field(init=False)
     # Wrong passwords per email: guessing is refused after a few (api/auth.py).
@@ -179,7 +183,8 @@ class Services:
         self.live = Hub(self.query, self.broadcaster.recent,
                         lambda: asyncio.to_thread(self.projector.position))
         self.broadcaster.listeners.append(self.live.advanced)
-        self.auth = Authenticator(self.network, self.settings.auth_cache_ttl_s)
+        self.identity = Identity.beside(self.network)
+        self.auth = Authenticator(self.identity, self.settings.auth_cache_ttl_s)
         self.live_logs = LiveLogs(self.telemetry_views or self.views)
         self.sign_ins = SignInThrottle(
             self.telemetry_views or self.views,

@@ -39,7 +39,7 @@ PROVIDERS = "{ providers { providerId status } }"
 SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
   signUp(email: $e, password: $p, roles: $r) { token } }"""
 CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
-  createApiKey(name: $n, scopes: $s) { key } }"""
+  createApiKey(name: $n, scopes: $s) { ... on ApiKeyCreated { key } } }"""
 PASSWORD = "bench password"
 ENOUGH = 10.0  # seconds to wait per job, at least, before a phase counts as stuck
 STALL_S = 15.0  # a subscription silent this long after its job closed has stalled

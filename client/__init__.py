@@ -8,6 +8,7 @@ from client.errors import (
     GpgpuError,
     IntegrityError,
     NotFoundError,
+    RefusedError,
     SpecRejectedError,
 )
 from client.models import Account, Gpu, Job, JobEvent, OutputFile, Provider, StoredObject
@@ -28,6 +29,7 @@ __all__ = [
     "NotFoundError",
     "OutputFile",
     "Provider",
+    "RefusedError",
     "SpecRejectedError",
     "StoredObject",
 ]

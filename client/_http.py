@@ -19,6 +19,7 @@ from client.errors import (
     GpgpuError,
     IntegrityError,
     NotFoundError,
+    RefusedError,
     SpecRejectedError,
 )
 from client.models import Account, Job, Node, Provider, ProviderEarnings, QueuedJob, User
@@ -97,6 +98,15 @@ def graphql_data(status: int, body: bytes) -> dict[str, Any]:
     return data
 
 
+def result(data: dict[str, Any], key: str) -> Any:
+    """The answer of a mutation whose result is `<payload> | FieldError`: the payload, or
+    RefusedError where the API refused the request."""
+    answer = data[key]
+    if isinstance(answer, dict) and answer.get("__typename") == "FieldError":
+        raise RefusedError(str(answer["field"]), str(answer["message"]))
+    return answer
+
+
 def parse_job(data: dict[str, Any], job_id: str) -> Job:
     if data.get("job") is None:
         raise NotFoundError(f"job {job_id}")
@@ -116,6 +126,7 @@ def parse_providers(data: dict[str, Any]) -> list[Provider]:
 
 
 def parse_provider(data: dict[str, Any], key: str, provider_id: str) -> Provider:
+    result(data, key)
     if data.get(key) is None:
         raise NotFoundError(f"provider {provider_id}")
     return Provider.from_json(data[key])
@@ -208,7 +219,7 @@ class PartFile:
 
 
 def parse_session(data: dict[str, Any], key: str) -> tuple[str, User]:
-    session = data[key]
+    session = result(data, key)
     return str(session["token"]), User.from_json(session["user"])
 
 

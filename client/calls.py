@@ -194,24 +194,26 @@ class Calls:
     @call
     def reset_password(self, email: str) -> Steps[str]:
         """Admin: a temporary password for someone locked out (every session of theirs ends)."""
-        return str((yield Query(queries.RESET_PASSWORD, {"email": email}))["resetPassword"])
+        data = yield Query(queries.RESET_PASSWORD, {"email": email})
+        return str(_http.result(data, "resetPassword")["temporaryPassword"])
 
     @call
     def add_roles(self, roles: list[str]) -> Steps[User]:
         """Take on more roles (client, provider, operator); the account as it is now."""
-        return User.from_json((yield Query(queries.ADD_ROLES, {"roles": roles}))["addRoles"])
+        data = yield Query(queries.ADD_ROLES, {"roles": roles})
+        return User.from_json(_http.result(data, "addRoles"))
 
     @call
     def revoke_role(self, email: str, role: str) -> Steps[User]:
         """Admin: take a role from an account (it keeps one at least)."""
         data = yield Query(queries.REVOKE_ROLE, {"email": email, "role": role})
-        return User.from_json(data["revokeRole"])
+        return User.from_json(_http.result(data, "revokeRole"))
 
     @call
     def create_api_key(self, name: str, scopes: list[str]) -> Steps[ApiKey]:
         """A new key (its `key` is in this answer only)."""
         data = yield Query(queries.CREATE_API_KEY, {"name": name, "scopes": scopes})
-        return ApiKey.from_json(data["createApiKey"])
+        return ApiKey.from_json(_http.result(data, "createApiKey"))
 
     @call
     def api_keys(self) -> Steps[list[ApiKey]]:
@@ -219,7 +221,8 @@ class Calls:
 
     @call
     def revoke_api_key(self, key_id: str) -> Steps[bool]:
-        return bool((yield Query(queries.REVOKE_API_KEY, {"id": key_id}))["revokeApiKey"])
+        data = yield Query(queries.REVOKE_API_KEY, {"id": key_id})
+        return bool(_http.result(data, "revokeApiKey")["id"])
 
     # -- jobs -------------------------------------------------------------
 
@@ -330,9 +333,10 @@ class Calls:
         fair_share: bool = True,
     ) -> Steps[None]:
         """Create or change a queue (every setting: what is left out takes its default)."""
-        yield Query(queries.CONFIGURE_QUEUE, _http.queue_variables(
+        data = yield Query(queries.CONFIGURE_QUEUE, _http.queue_variables(
             node_id, name, gpu_models, priority_levels, max_gpus_per_client, fair_share
         ))
+        _http.result(data, "configureQueue")
 
     @call
     def queue(self, name: str = "local/default", limit: int = 100) -> Steps[list[QueuedJob]]:

@@ -29,6 +29,16 @@ class ApiError(GpgpuError):
         super().__init__(message)
 
 
+class RefusedError(ApiError):
+    """The API refused the request for a reason the caller can mend (a `FieldError`
+    result): `field` names the argument it is about, as the schema does."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.reason = field, message
+        text = f"{field}: {message}" if field else message
+        super().__init__(200, text, text)
+
+
 class NotFoundError(ApiError):
     def __init__(self, what: str):
         super().__init__(404, f"{what} not found", f"{what} not found")

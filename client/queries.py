@@ -1,4 +1,9 @@
-"""The GraphQL documents both clients send; one place to keep them in step with the API."""
+"""The GraphQL documents both clients send; one place to keep them in step with the API.
+
+A mutation the API may refuse for a reason the caller can mend answers `<payload> |
+FieldError`; its document asks for `__typename` and the FieldError (client/_http.result)."""
+
+REFUSAL = "__typename ... on FieldError { field message }"
 
 JOB_FIELDS = """
 fragment JobFields on Job {
@@ -98,7 +103,7 @@ query ProviderEarnings($id: String!, $limit: Int!) {
 SUSPEND_GPU = (
     """
 mutation SuspendGpu($id: String!, $index: Int!) {
-  suspendGpu(providerId: $id, index: $index) { ...ProviderFields }
+  suspendGpu(providerId: $id, index: $index) { ...ProviderFields """ + REFUSAL + """ }
 }
 """
     + PROVIDER_FIELDS
@@ -107,7 +112,7 @@ mutation SuspendGpu($id: String!, $index: Int!) {
 RESUME_GPU = (
     """
 mutation ResumeGpu($id: String!, $index: Int!) {
-  resumeGpu(providerId: $id, index: $index) { ...ProviderFields }
+  resumeGpu(providerId: $id, index: $index) { ...ProviderFields """ + REFUSAL + """ }
 }
 """
     + PROVIDER_FIELDS
@@ -116,7 +121,7 @@ mutation ResumeGpu($id: String!, $index: Int!) {
 SET_PRICE = (
     """
 mutation SetPrice($id: String!, $price: String!) {
-  setPrice(providerId: $id, pricePerGpuHour: $price) { ...ProviderFields }
+  setPrice(providerId: $id, pricePerGpuHour: $price) { ...ProviderFields """ + REFUSAL + """ }
 }
 """
     + PROVIDER_FIELDS
@@ -135,7 +140,9 @@ CONFIGURE_QUEUE = """
 mutation ConfigureQueue($node: String!, $name: String!, $models: [String!]!, $levels: Int!,
                         $cap: Int!, $fair: Boolean!) {
   configureQueue(nodeId: $node, name: $name, gpuModels: $models, priorityLevels: $levels,
-                 maxGpusPerClient: $cap, fairShare: $fair)
+                 maxGpusPerClient: $cap, fairShare: $fair) {
+    ... on Node { nodeId } """ + REFUSAL + """
+  }
 }
 """
 
@@ -195,20 +202,26 @@ SIGN_OUT = "mutation SignOut { signOut }"
 CHANGE_PASSWORD = f"""
 mutation ChangePassword($current: String!, $new: String!) {{
   changePassword(currentPassword: $current, newPassword: $new) {{
-    token user {{ {USER_FIELDS} }}
+    ... on Session {{ token user {{ {USER_FIELDS} }} }} {REFUSAL}
   }}
 }}
 """
 
-RESET_PASSWORD = "mutation ResetPassword($email: String!) { resetPassword(email: $email) }"
+RESET_PASSWORD = f"""
+mutation ResetPassword($email: String!) {{
+  resetPassword(email: $email) {{ ... on PasswordReset {{ temporaryPassword }} {REFUSAL} }}
+}}
+"""
 
 ADD_ROLES = f"""
-mutation AddRoles($roles: [String!]!) {{ addRoles(roles: $roles) {{ {USER_FIELDS} }} }}
+mutation AddRoles($roles: [String!]!) {{
+  addRoles(roles: $roles) {{ ... on User {{ {USER_FIELDS} }} {REFUSAL} }}
+}}
 """
 
 REVOKE_ROLE = f"""
 mutation RevokeRole($email: String!, $role: String!) {{
-  revokeRole(email: $email, role: $role) {{ {USER_FIELDS} }}
+  revokeRole(email: $email, role: $role) {{ ... on User {{ {USER_FIELDS} }} {REFUSAL} }}
 }}
 """
 
@@ -216,8 +229,14 @@ API_KEYS = "query ApiKeys { apiKeys { id name scopes createdAt } }"
 
 CREATE_API_KEY = """
 mutation CreateApiKey($name: String!, $scopes: [String!]!) {
-  createApiKey(name: $name, scopes: $scopes) { id name scopes key createdAt }
+  createApiKey(name: $name, scopes: $scopes) {
+    ... on ApiKeyCreated { id name scopes key createdAt } """ + REFUSAL + """
+  }
 }
 """
 
-REVOKE_API_KEY = "mutation RevokeApiKey($id: ID!) { revokeApiKey(id: $id) }"
+REVOKE_API_KEY = f"""
+mutation RevokeApiKey($id: ID!) {{
+  revokeApiKey(id: $id) {{ ... on ApiKeyRevoked {{ id }} {REFUSAL} }}
+}}
+"""

@@ -1,10 +1,13 @@
-"""Identity: users, sessions, API keys and ownership claims."""
+"""Identity: users, sessions, API keys and ownership claims; `Ownership`, the reads of
+who owns which provider that the Network needs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import ApplicationRecorder
 
 from domain.app_base import NAME, Base
 from domain.identity import (
@@ -38,18 +41,60 @@ from domain.identity import (
 )
 
 
-class Identity(Base):
-    """Accounts of people, their sessions and API keys, and who owns which provider or node
-    id. An application of its own: nothing else of the network is needed to run it, and
-    the read model folds none of its events."""
+class Ownership(Base):
+    """Who owns which provider: the reads of identity's records that placing a job needs
+    (a job's check runs go to providers of distinct owners). The Network reads them from
+    the one store; only Identity writes them."""
 
-    name = NAME  # eventsourcing names an application after its class otherwise
-
-    # Identity
+    name = NAME
 
     def user(self, user_id: str | UUID) -> User | None:
         found = self._get_or_none(UUID(str(user_id)))
         return found if isinstance(found, User) else None
+
+    def same_owner(self, provider_ids: set[str]) -> set[str]:
+        """These providers and every other provider of their owners' accounts: a job's check
+        runs are on providers of distinct owners, or one owner could agree with itself."""
+        found = set(provider_ids)
+        owners = {self.owner_of("provider", pid) for pid in provider_ids}
+        for owner in owners - {None}:
+            user = self.user(str(owner))
+            if user is not None:
+                found.update(user.provider_ids)
+        return found
+
+    def owner_of(self, kind: str, key: str) -> str | None:
+        """The user id that owns this provider or node id, if anyone does."""
+        claim = self._get_or_none(Claim.create_id(kind=kind, key=key))
+        return str(claim.user_id) if isinstance(claim, Claim) else None
+
+
+class Identity(Ownership):
+    """Accounts of people, their sessions and API keys, and who owns which provider or node
+    id. An application of its own, used by the API directly (services.identity): the
+    Network has none of its commands, and the read model folds none of its events.
+
+    `recorder`: the Network's, to run over the very same store (one event log; with the
+    in-memory store, the only way two applications see each other's events)."""
+
+    name = NAME  # eventsourcing names an application after its class otherwise
+
+    def __init__(self, env: Mapping[str, str] | None = None,
+                 recorder: ApplicationRecorder | None = None) -> None:
+        self._shared_recorder = recorder
+        super().__init__(env)
+
+    def construct_recorder(self) -> ApplicationRecorder:
+        if self._shared_recorder is not None:
+            return self._shared_recorder
+        return super().construct_recorder()
+
+    @classmethod
+    def beside(cls, app: Base) -> Identity:
+        """Identity over the same store as `app` (the Network)."""
+        return cls(app.env, recorder=app.recorder)
+
+    # Identity
 
     def user_by_email(self, email: str) -> User | None:
         try:
@@ -241,22 +286,6 @@ class Identity(Base):
                 return None
             return caller_of(user, "api_key", str(api_key.id), list(api_key.scopes))
         return None
-
-    def same_owner(self, provider_ids: set[str]) -> set[str]:
-        """These providers and every other provider of their owners' accounts: a job's check
-        runs are on providers of distinct owners, or one owner could agree with itself."""
-        found = set(provider_ids)
-        owners = {self.owner_of("provider", pid) for pid in provider_ids}
-        for owner in owners - {None}:
-            user = self.user(str(owner))
-            if user is not None:
-                found.update(user.provider_ids)
-        return found
-
-    def owner_of(self, kind: str, key: str) -> str | None:
-        """The user id that owns this provider or node id, if anyone does."""
-        claim = self._get_or_none(Claim.create_id(kind=kind, key=key))
-        return str(claim.user_id) if isinstance(claim, Claim) else None
 
     def hand_over(self, kind: str, key: str, user_id: str) -> None:
         """An operator's command on the stores: this provider or node id is the user's now

@@ -10,7 +10,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from domain.app_base import NAME
-from domain.app_identity import Identity
+from domain.app_identity import Ownership
 from domain.errors import (
     DomainError,
     InvalidTransition,
@@ -34,7 +34,7 @@ from domain.scheduling import Placement, Waiting
 from protocol.spec import JobSpec
 
 
-class Market(Identity):
+class Market(Ownership):
     """Nodes, their queues and providers, and placing jobs on GPUs (which reads who owns a
     provider: replicas of one job go to distinct owners)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from domain.app_identity import Identity
 from domain.application import Network
 from domain.identity import ROLES, UserView
 from domain.reputation import reputation
@@ -83,7 +84,7 @@ def create_admin(
 ) -> UserView:
     """An admin account on the stores directly (no API needed): every role by default.
     An existing account keeps its password and gains the roles it lacked."""
-    app = Network(env=settings.eventsourcing_env())
+    app = Identity(env=settings.eventsourcing_env())
     return app.create_user(email, password, list(roles), time.time())
 
 
@@ -101,10 +102,10 @@ def grant_credits(settings: Settings, client_id: str, amount_micro: int, grant_i
 def revoke_role(settings: Settings, email: str, role: str) -> UserView:
     """Take a role from an account, on the stores directly; a running API notices within
     GPGPU_AUTH_CACHE_TTL_S (an admin's revokeRole through the API, at once)."""
-    return Network(env=settings.eventsourcing_env()).revoke_role(email, role)
+    return Identity(env=settings.eventsourcing_env()).revoke_role(email, role)
 
 
 def reset_password(settings: Settings, email: str) -> str:
     """A temporary password for a locked-out account, on the stores directly (an admin who
     lost theirs too can run it); every session of the account ends."""
-    return Network(env=settings.eventsourcing_env()).reset_password(email, time.time())
+    return Identity(env=settings.eventsourcing_env()).reset_password(email, time.time())

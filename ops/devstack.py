@@ -296,13 +296,13 @@ class Stack:
                 path.chmod(0o600)  # kept by a version that let others read it
             found: dict[str, Any] = json.loads(path.read_text())
             return found
-        from domain.application import Network
+        from domain.app_identity import Identity
         from domain.identity import ROLES
         from ops.admin import create_admin
 
         password = secrets.token_urlsafe(12)
         user = create_admin(self.settings, DEV_EMAIL, password)
-        app = Network(env=self.settings.eventsourcing_env())
+        app = Identity(env=self.settings.eventsourcing_env())
         key = app.create_api_key(user.id, "gpgpu up", list(ROLES), list(ROLES), time.time())
         account = {"email": DEV_EMAIL, "password": password, "api_key": key.key}
         self.home.mkdir(parents=True, exist_ok=True)
@@ -320,9 +320,9 @@ class Stack:
         keys: dict[str, str] = account.setdefault("providers", {})
         if provider_id in keys:
             return keys[provider_id]
-        from domain.application import Network
+        from domain.app_identity import Identity
 
-        app = Network(env=self.settings.eventsourcing_env())
+        app = Identity(env=self.settings.eventsourcing_env())
         email = f"{provider_id}@gpgpu.local"
         user = app.create_user(email, secrets.token_urlsafe(24), ["provider"], time.time())
         app.hand_over("provider", provider_id, user.id)
@@ -335,10 +335,10 @@ class Stack:
     def grant_dev_credits(self) -> None:
         """The dev account's credits: a grant recorded in the ledger, once per home (sign-up
         gives nothing unless GPGPU_STARTING_BALANCE_MICRO says so)."""
-        from domain.application import Network
+        from domain.app_identity import Identity
         from ops.admin import grant_credits
 
-        user = Network(env=self.settings.eventsourcing_env()).user_by_email(DEV_EMAIL)
+        user = Identity(env=self.settings.eventsourcing_env()).user_by_email(DEV_EMAIL)
         if user is not None and user.client_id:
             grant_credits(self.settings, user.client_id, DEV_CREDITS_MICRO, "gpgpu-up")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 
 from api import auth
 from api.context import I, run_command, signed_in
+from api.errors import FieldError, Refusal, refusable
 from api.features.providers import own_provider
 from api.scalars import BigInt
 from api.services import Services
@@ -51,6 +52,17 @@ class ProviderEarnings:
         "and accepted (the job succeeded)")
     withdrawn_micro: BigInt
     entries: list[LedgerEntry] = strawberry.field(description="newest first")
+
+
+@strawberry.type
+class CreditsGranted:
+    client_id: str
+    balance_micro: BigInt = strawberry.field(description="the client's balance now")
+
+
+GrantCreditsResult = Annotated[CreditsGranted | FieldError, strawberry.union(
+    "GrantCreditsResult", description="The client's balance after the grant, or why it was "
+    "refused")]
 
 
 def ledger_entry(r: dict[str, Any]) -> LedgerEntry:
@@ -134,29 +146,31 @@ class AccountMutation:
     @strawberry.mutation(
         description="Admin: add credits to the client account of the user with this email (a "
         "grant from outside the network, in its ledger as one, with who granted it and why); "
-        "answers the client's new balance in micro-credits",
+        "answers the client's new balance",
         permission_classes=[auth.AdminRole],
     )
+    @refusable
     async def grant_credits(
         self, info: I, email: str, amount: str, memo: str = ""
-    ) -> BigInt:
+    ) -> GrantCreditsResult:
         caller, services = signed_in(info), info.context.services
         try:
             micro = credits_to_micro(amount)
         except ValueError as err:
-            raise ValueError(f"amount: {err}") from None
+            raise Refusal("amount", str(err)) from None
         if not 0 < micro <= MAX_GRANT_MICRO:
-            raise ValueError(f"amount: must be more than 0 and at most "
-                             f"{MAX_GRANT_MICRO // 1_000_000} credits, got {amount}")
+            raise Refusal("amount", f"must be more than 0 and at most "
+                          f"{MAX_GRANT_MICRO // 1_000_000} credits, got {amount}")
         memo = memo.strip()
         if len(memo) > 200:
-            raise ValueError(f"memo: at most 200 characters, got {len(memo)}")
-        user = await asyncio.to_thread(services.network.user_by_email, email[:320])
+            raise Refusal("memo", f"at most 200 characters, got {len(memo)}")
+        user = await asyncio.to_thread(services.identity.user_by_email, email[:320])
         if user is None or user.client_id is None or "client" not in user.roles:
-            raise ValueError(f"email: no client account '{email[:80]}'")
+            raise Refusal("email", f"no client account '{email[:80]}'")
         words = f"granted by {caller.email}" + (f": {memo}" if memo else "")
         # The starting balance the client sees before its first job is theirs: keep it.
         await run_command(services.network.open_client, user.client_id,
                    services.settings.starting_balance_micro)
-        return BigInt(await run_command(services.network.grant, user.client_id, micro,
-                                 str(uuid.uuid4()), words))
+        balance = await run_command(services.network.grant, user.client_id, micro,
+                                    str(uuid.uuid4()), words)
+        return CreditsGranted(client_id=user.client_id, balance_micro=BigInt(balance))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 
 import strawberry
 
 from api import auth
 from api.context import I, run_command, signed_in
-from api.errors import refused
+from api.errors import FieldError, refusable, refused
 from domain.errors import DomainError
 from domain.identity import ROLES, Caller, UserView
 
@@ -66,6 +67,31 @@ class ApiKeyCreated:
     created_at: str
 
 
+@strawberry.type
+class PasswordReset:
+    email: str
+    temporary_password: str = strawberry.field(
+        description="shown only this once: the account's holder signs in with it and chooses "
+        "a new one")
+
+
+@strawberry.type
+class ApiKeyRevoked:
+    id: strawberry.ID
+
+
+SessionResult = Annotated[Session | FieldError, strawberry.union(
+    "SessionResult", description="A new session, or why it was refused")]
+UserResult = Annotated[User | FieldError, strawberry.union(
+    "UserResult", description="The account as it is now, or why the change was refused")]
+PasswordResetResult = Annotated[PasswordReset | FieldError, strawberry.union(
+    "PasswordResetResult", description="A temporary password, or why it was refused")]
+ApiKeyCreatedResult = Annotated[ApiKeyCreated | FieldError, strawberry.union(
+    "ApiKeyCreatedResult", description="The new key, or why it was refused")]
+ApiKeyRevokedResult = Annotated[ApiKeyRevoked | FieldError, strawberry.union(
+    "ApiKeyRevokedResult", description="The key revoked, or why it was refused")]
+
+
 def _source_address(info: I) -> str:
     """The address the request came from, as the API's socket saw it (behind a proxy: the
     proxy's, so run the throttle where it sees clients, or one replica per proxy)."""
@@ -96,7 +122,7 @@ class IdentityQuery:
     @strawberry.field(description="Your API keys (never the keys themselves)",
                       permission_classes=[auth.SignedIn])
     async def api_keys(self, info: I) -> list[ApiKey]:
-        keys = await run_command(info.context.services.network.api_keys, signed_in(info).user_id)
+        keys = await run_command(info.context.services.identity.api_keys, signed_in(info).user_id)
         return [ApiKey(id=strawberry.ID(k.id), name=k.name, scopes=k.scopes,
                        created_at=_iso(k.created_at)) for k in keys]
 
@@ -110,7 +136,7 @@ class IdentityMutation:
     )
     async def sign_up(self, info: I, email: str, password: str, roles: list[str]) -> Session:
         settings = info.context.services.settings
-        issued = await run_command(info.context.services.network.sign_up, email, password, roles,
+        issued = await run_command(info.context.services.identity.sign_up, email, password, roles,
                             time.time(), settings.session_ttl_s)
         return await _session(info, issued.token)
 
@@ -121,7 +147,7 @@ class IdentityMutation:
         source = _source_address(info)
         await asyncio.to_thread(services.sign_ins.check, email, source)
         try:
-            issued = await asyncio.to_thread(services.network.sign_in, email, password,
+            issued = await asyncio.to_thread(services.identity.sign_in, email, password,
                                              time.time(), services.settings.session_ttl_s)
         except DomainError as err:
             if err.field == "password":
@@ -135,9 +161,10 @@ class IdentityMutation:
         "session of the account ends, and this answer is a new session",
         permission_classes=[auth.SignedIn],
     )
+    @refusable
     async def change_password(
         self, info: I, current_password: str, new_password: str
-    ) -> Session:
+    ) -> SessionResult:
         caller, services = signed_in(info), info.context.services
         if caller.via != "session":
             raise auth.Denied("forbidden: change a password from a signed-in session, "
@@ -146,7 +173,7 @@ class IdentityMutation:
         await asyncio.to_thread(services.sign_ins.check, caller.email, source)
         try:
             issued = await asyncio.to_thread(
-                services.network.change_password, caller.user_id, current_password,
+                services.identity.change_password, caller.user_id, current_password,
                 new_password, time.time(), services.settings.session_ttl_s)
         except DomainError as err:
             if err.field == "current_password":
@@ -160,23 +187,25 @@ class IdentityMutation:
         "every session of it ends",
         permission_classes=[auth.AdminRole],
     )
-    async def reset_password(self, info: I, email: str) -> str:
+    @refusable
+    async def reset_password(self, info: I, email: str) -> PasswordResetResult:
         services = info.context.services
-        temporary = await run_command(services.network.reset_password, email, time.time())
+        temporary = await run_command(services.identity.reset_password, email, time.time())
         await asyncio.to_thread(services.sign_ins.succeeded, email)
-        user = await asyncio.to_thread(services.network.user_by_email, email)
+        user = await asyncio.to_thread(services.identity.user_by_email, email)
         if user is not None:
             services.auth.forget(user_id=str(user.id))
-        return temporary
+        return PasswordReset(email=email, temporary_password=temporary)
 
     @strawberry.mutation(
         description="Take on more roles (client, provider, operator): a client who also "
         "offers GPUs, say. Make a new API key to use them from a program",
         permission_classes=[auth.SignedIn],
     )
-    async def add_roles(self, info: I, roles: list[str]) -> User:
+    @refusable
+    async def add_roles(self, info: I, roles: list[str]) -> UserResult:
         caller, services = signed_in(info), info.context.services
-        view = await run_command(services.network.add_roles, caller.user_id, roles)
+        view = await run_command(services.identity.add_roles, caller.user_id, roles)
         services.auth.forget(user_id=caller.user_id)
         return User.of_account(view)
 
@@ -185,9 +214,10 @@ class IdentityMutation:
         "sessions and API keys stop acting as that role",
         permission_classes=[auth.AdminRole],
     )
-    async def revoke_role(self, info: I, email: str, role: str) -> User:
+    @refusable
+    async def revoke_role(self, info: I, email: str, role: str) -> UserResult:
         services = info.context.services
-        view = await run_command(services.network.revoke_role, email, role)
+        view = await run_command(services.identity.revoke_role, email, role)
         services.auth.forget(user_id=view.id)
         return User.of_account(view)
 
@@ -199,7 +229,7 @@ class IdentityMutation:
         caller, services = signed_in(info), info.context.services
         if caller.via != "session":
             return False
-        ended = await run_command(services.network.sign_out, caller.credential_id, time.time())
+        ended = await run_command(services.identity.sign_out, caller.credential_id, time.time())
         services.auth.forget(credential_id=caller.credential_id)
         return ended
 
@@ -208,12 +238,15 @@ class IdentityMutation:
         "roles (scopes); the key is shown only in this answer",
         permission_classes=[auth.SignedIn],
     )
-    async def create_api_key(self, info: I, name: str, scopes: list[str]) -> ApiKeyCreated:
+    @refusable
+    async def create_api_key(
+        self, info: I, name: str, scopes: list[str]
+    ) -> ApiKeyCreatedResult:
         caller = signed_in(info)
         auth.require(auth.can_mint_keys(caller),
                      "forbidden: API keys are made from a signed-in session, not with a key")
         allowed = [r for r in ROLES if r in caller.roles]
-        issued = await run_command(info.context.services.network.create_api_key, caller.user_id,
+        issued = await run_command(info.context.services.identity.create_api_key, caller.user_id,
                             name, scopes, allowed, time.time())
         view = issued.view
         return ApiKeyCreated(id=strawberry.ID(view.id), name=view.name, scopes=view.scopes,
@@ -221,9 +254,10 @@ class IdentityMutation:
 
     @strawberry.mutation(description="Revoke one of your API keys: it stops working at once",
                          permission_classes=[auth.SignedIn])
-    async def revoke_api_key(self, info: I, id: strawberry.ID) -> bool:
+    @refusable
+    async def revoke_api_key(self, info: I, id: strawberry.ID) -> ApiKeyRevokedResult:
         caller, services = signed_in(info), info.context.services
         owner = None if caller.admin else caller.user_id
-        await run_command(services.network.revoke_api_key, owner, str(id), time.time())
+        await run_command(services.identity.revoke_api_key, owner, str(id), time.time())
         services.auth.forget(credential_id=str(id))
-        return True
+        return ApiKeyRevoked(id=id)

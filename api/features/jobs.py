@@ -14,6 +14,7 @@ from strawberry.scalars import JSON
 
 from api import auth, multiplex
 from api.context import I
+from api.errors import FieldError
 from api.jobs import submit_job
 from api.scalars import BigInt
 from api.streams import check_after, live_rows
@@ -39,6 +40,14 @@ class JobEvent:
     type: str
     at: str
     data: JSON
+
+    @strawberry.field(
+        description="Whether this event ends the job (JobSucceeded, JobFailed, JobRejected or "
+        "JobCancelled): the network's one list of ending events, so clients need not keep "
+        "their own; the job's events stop after it"
+    )
+    def ends(self) -> bool:
+        return self.type in TERMINAL_EVENTS
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobEvent:
@@ -136,12 +145,6 @@ class Job:
     async def events(self, info: I) -> list[JobEvent]:
         rows = await info.context.services.query(EVENTS_SQL, (str(self.id), 0))
         return [JobEvent.from_row(r) for r in rows]
-
-
-@strawberry.type
-class FieldError:
-    field: str
-    message: str
 
 
 @strawberry.type

@@ -11,7 +11,8 @@ from strawberry.scalars import JSON
 
 from api import auth
 from api.context import I
-from api.features.jobs import FieldError, SpecRejected
+from api.errors import FieldError
+from api.features.jobs import SpecRejected
 from api.jobs import queue_refusal
 from api.scalars import BigInt
 from api.services import Services

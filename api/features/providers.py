@@ -10,14 +10,14 @@ import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
 
 from api import auth, multiplex
 from api.context import I, bounded, run_command, signed_in
-from api.errors import refused
+from api.errors import FieldError, Refusal, refusable, refused
 from api.features.nodes import node_exists
 from api.scalars import BigInt
 from api.services import Services
@@ -225,7 +225,7 @@ async def own_provider(info: I, provider_id: str) -> None:
     caller = info.context.caller
     if caller is not None and caller.admin:
         if not await load_providers(info.context.services, provider_id):
-            raise ValueError(f"providerId: no provider {provider_id!r}")
+            raise Refusal("providerId", f"no provider {provider_id!r}")
         return
     auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
                  f"forbidden: provider {provider_id!r} is not one of yours")
@@ -236,10 +236,14 @@ async def _provider_control(info: I, provider_id: str, command: str, arg: int) -
     await own_provider(info, provider_id)
     services = info.context.services
     if not await load_providers(services, provider_id):
-        raise ValueError(f"providerId: no provider {provider_id!r}")
+        raise Refusal("providerId", f"no provider {provider_id!r}")
     await run_command(getattr(services.network, command), provider_id, arg)
     await services.projected()
     return (await load_providers(services, provider_id))[0]
+
+
+ProviderResult = Annotated[Provider | FieldError, strawberry.union(
+    "ProviderResult", description="The provider as it is now, or why the change was refused")]
 
 
 def _provider_event(row: dict[str, Any]) -> ProviderEvent:
@@ -269,13 +273,15 @@ class ProviderMutation:
         description="Take one GPU out of service: it gets no new work; a job on it finishes",
         permission_classes=[auth.ProviderRole],
     )
-    async def suspend_gpu(self, info: I, provider_id: str, index: int) -> Provider:
+    @refusable
+    async def suspend_gpu(self, info: I, provider_id: str, index: int) -> ProviderResult:
         bounded("index", GPU_INDEX, index)
         return await _provider_control(info, provider_id, "suspend_gpu", index)
 
     @strawberry.mutation(description="Put a suspended GPU back in service",
                          permission_classes=[auth.ProviderRole])
-    async def resume_gpu(self, info: I, provider_id: str, index: int) -> Provider:
+    @refusable
+    async def resume_gpu(self, info: I, provider_id: str, index: int) -> ProviderResult:
         bounded("index", GPU_INDEX, index)
         return await _provider_control(info, provider_id, "resume_gpu", index)
 
@@ -284,12 +290,15 @@ class ProviderMutation:
         "pay it; running ones keep the price they were allocated at",
         permission_classes=[auth.ProviderRole],
     )
-    async def set_price(self, info: I, provider_id: str, price_per_gpu_hour: str) -> Provider:
+    @refusable
+    async def set_price(
+        self, info: I, provider_id: str, price_per_gpu_hour: str
+    ) -> ProviderResult:
         await own_provider(info, provider_id)
         try:
             micro = price_to_micro(price_per_gpu_hour)
         except ValueError as err:
-            raise ValueError(f"pricePerGpuHour: {err}") from None
+            raise Refusal("pricePerGpuHour", str(err)) from None
         return await _provider_control(info, provider_id, "set_price", micro)
 
     @strawberry.mutation(
@@ -326,12 +335,14 @@ class ProviderMutation:
         network = services.network
         if not await asyncio.to_thread(node_exists, network, input.node):
             raise ValueError(f"node: no node {input.node!r}")
-        owner = await asyncio.to_thread(network.owner_of, "provider", input.provider_id)
+        owner = await asyncio.to_thread(services.identity.owner_of, "provider",
+                                        input.provider_id)
         exists = input.provider_id in await asyncio.to_thread(network.provider_ids)
         auth.require(auth.can_claim(caller, "provider", owner, exists),
                      f"providerId: {input.provider_id!r} belongs to another account")
         if owner is None:
-            await run_command(network.claim, "provider", input.provider_id, caller.user_id)
+            await run_command(services.identity.claim, "provider", input.provider_id,
+                              caller.user_id)
             services.auth.forget(user_id=caller.user_id)
         gpus = [{"index": g.index, "model": g.model, "memory_mb": g.memory_mb, "uuid": g.uuid}
                 for g in input.gpus]

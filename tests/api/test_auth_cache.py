@@ -8,11 +8,11 @@ import time
 from typing import Any
 
 from api.auth import Authenticator, bearer
-from domain.application import Network
+from domain.app_identity import Identity
 from domain.identity import Caller
 
 
-class Counting(Network):
+class Counting(Identity):
     asked = 0
 
     def authenticate(self, token: str, now: float) -> Caller | None:

@@ -161,7 +161,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Ite
                                                      timeout=30) as http:
         w = World(settings.api_url, app, http, tokens={"anonymous": None})
         network = w.services.network
-        network.create_user("admin@matrix.test", PASSWORD, list(ROLES), time.time())
+        w.services.identity.create_user("admin@matrix.test", PASSWORD, list(ROLES), time.time())
         w.tokens["admin"] = w.fresh_session("admin")
         w.clients["admin"] = w.gql("admin", "{ me { clientId } }")["me"]["clientId"]
         for who, roles in (("client_a", ["client"]), ("client_b", ["client"]),
@@ -169,7 +169,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Ite
                            ("operator", ["operator"]), ("operator_2", ["operator"])):
             w.sign_up(who, roles)
         w.gql("operator", f'mutation {{ registerNode(nodeId: "{NODE}", region: "eu",'
-                          ' operator: "ops") }')
+                          ' operator: "ops") { __typename } }')
         w.gql("provider", REGISTER_PROVIDER, input=registration(P1))
         w.gql("provider_2", REGISTER_PROVIDER, input=registration(P2))
         client_a = str(w.clients["client_a"])
@@ -239,15 +239,15 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
     "Mutation.cancelJob": ("mutation($id: ID!) { cancelJob(id: $id) { id } }",
                            lambda w, who: {"id": w.cancellable}),
     "Mutation.registerNode": (f'mutation {{ registerNode(nodeId: "{NODE}", region: "eu",'
-                              ' operator: "ops") }', lambda w, who: {}),
+                              ' operator: "ops") { __typename } }', lambda w, who: {}),
     "Mutation.configureQueue": (f'mutation {{ configureQueue(nodeId: "{NODE}", name: "q1",'
-                                ' gpuModels: ["H100"]) }', lambda w, who: {}),
+                                ' gpuModels: ["H100"]) { __typename } }', lambda w, who: {}),
     "Mutation.suspendGpu": ("mutation($p: String!) { suspendGpu(providerId: $p, index: 1)"
-                            " { providerId } }", lambda w, who: {"p": P1}),
+                            " { __typename } }", lambda w, who: {"p": P1}),
     "Mutation.resumeGpu": ("mutation($p: String!) { resumeGpu(providerId: $p, index: 1)"
-                           " { providerId } }", lambda w, who: {"p": P1}),
+                           " { __typename } }", lambda w, who: {"p": P1}),
     "Mutation.setPrice": ('mutation($p: String!) { setPrice(providerId: $p, '
-                          'pricePerGpuHour: "2") { providerId } }', lambda w, who: {"p": P1}),
+                          'pricePerGpuHour: "2") { __typename } }', lambda w, who: {"p": P1}),
     "Mutation.registerProvider": (REGISTER_PROVIDER, lambda w, who: {"input": registration(P1)}),
     "Mutation.providerHeartbeat": ("mutation($p: String!) { providerHeartbeat(providerId: $p,"
                                    " telemetry: []) }", lambda w, who: {"p": P1}),
@@ -258,18 +258,20 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
     "Mutation.signIn": (SIGN_IN, lambda w, who: {"e": "client_a@matrix.test", "p": PASSWORD}),
     "Mutation.signOut": ("mutation { signOut }", lambda w, who: {}),
     "Mutation.changePassword": ("mutation($p: String!) { changePassword(currentPassword: $p,"
-                                " newPassword: $p) { token } }", lambda w, who: {"p": PASSWORD}),
-    "Mutation.resetPassword": ("mutation($e: String!) { resetPassword(email: $e) }",
-                               lambda w, who: {"e": w.throwaway_account()}),
-    "Mutation.addRoles": ("mutation($r: [String!]!) { addRoles(roles: $r) { roles } }",
+                                " newPassword: $p) { __typename ... on Session { token } } }",
+                                lambda w, who: {"p": PASSWORD}),
+    "Mutation.resetPassword": ("mutation($e: String!) { resetPassword(email: $e)"
+                               " { __typename } }", lambda w, who: {"e": w.throwaway_account()}),
+    "Mutation.addRoles": ("mutation($r: [String!]!) { addRoles(roles: $r) { __typename } }",
                           _a_role_held),
     "Mutation.revokeRole": ('mutation($e: String!) { revokeRole(email: $e, role: "provider")'
-                            " { roles } }",
+                            " { __typename } }",
                             lambda w, who: {"e": w.throwaway_account(("client", "provider"))}),
     "Mutation.grantCredits": ('mutation { grantCredits(email: "client_a@matrix.test",'
-                              ' amount: "1") }', lambda w, who: {}),
+                              ' amount: "1") { __typename } }', lambda w, who: {}),
     "Mutation.createApiKey": (CREATE_KEY, _scopes),
-    "Mutation.revokeApiKey": ("mutation($id: ID!) { revokeApiKey(id: $id) }", _key_of),
+    "Mutation.revokeApiKey": ("mutation($id: ID!) { revokeApiKey(id: $id) { __typename } }",
+                              _key_of),
 }
 
 
@@ -278,7 +280,10 @@ def outcome(body: dict[str, Any], name: str) -> str:
         message = body["errors"][0]["message"]
         assert any(word in message for word in REFUSALS), f"{name}: not a refusal: {message}"
         return DENY
-    return NULL if body["data"][name] is None else OK
+    answer = body["data"][name]
+    if isinstance(answer, dict) and answer.get("__typename") == "FieldError":
+        return f"refused: {answer}"  # the gate let the caller through; the call was refused
+    return NULL if answer is None else OK
 
 
 def call_graphql(w: World, key: str, who: str) -> str:
@@ -453,7 +458,7 @@ def test_an_operator_controls_only_its_own_nodes(world: World) -> None:
     taken = w.post("operator_2", CALLS["Mutation.registerNode"][0])["errors"][0]["message"]
     assert taken == f"nodeId: '{NODE}' belongs to another account"
     local = w.post("operator", 'mutation { configureQueue(nodeId: "local", name: "x",'
-                               ' gpuModels: []) }')["errors"][0]["message"]
+                               ' gpuModels: []) { __typename } }')["errors"][0]["message"]
     assert local == "forbidden: node 'local' is not one of yours"  # the network's: admins'
     assert w.gql("operator", "{ me { nodeIds } }")["me"]["nodeIds"] == [NODE]
     queue = w.post("operator_2", CALLS["Query.queue"][0], n=f"{NODE}/default")
@@ -472,15 +477,20 @@ def test_an_api_key_acts_only_within_its_scopes_and_stops_when_revoked(world: Wo
                                                           f' "{P1}") {{ balanceMicro }} }}'},
                                 headers=key).json()
     assert "needs the provider role" in provider_call["errors"][0]["message"]
-    broader = w.post("both", CREATE_KEY, n="too-much", s=["admin"])["errors"][0]["message"]
-    assert broader.startswith("scopes: 'admin' is not one of client, provider")
+    broader = w.gql("both", CREATE_KEY, n="too-much", s=["admin"])["createApiKey"]
+    assert broader["field"] == "scopes"
+    assert broader["message"].startswith("'admin' is not one of client, provider")
     minted = w.http.post("/graphql", json={"query": CREATE_KEY, "variables": {
         "n": "from-a-key", "s": ["client"]}}, headers=key).json()
     assert "made from a signed-in session" in minted["errors"][0]["message"]
     # Another account can't revoke it; its owner can, and it stops working at once.
-    other = w.post("client_b", "mutation($id: ID!) { revokeApiKey(id: $id) }", id=made["id"])
-    assert "of yours" in other["errors"][0]["message"]
-    w.gql("both", "mutation($id: ID!) { revokeApiKey(id: $id) }", id=made["id"])
+    revoke = ("mutation($id: ID!) { revokeApiKey(id: $id) { __typename"
+              " ... on ApiKeyRevoked { id } ... on FieldError { field message } } }")
+    other = w.gql("client_b", revoke, id=made["id"])["revokeApiKey"]
+    assert other == {"__typename": "FieldError", "field": "id",
+                     "message": f"no API key {made['id']!r} of yours"}
+    revoked = w.gql("both", revoke, id=made["id"])["revokeApiKey"]
+    assert revoked == {"__typename": "ApiKeyRevoked", "id": made["id"]}
     gone = w.http.post("/graphql", json={"query": "{ me { id } }"}, headers=key).json()
     assert gone["data"]["me"] is None
     assert made["id"] not in {k["id"] for k in w.gql("both", "{ apiKeys { id } }")["apiKeys"]}
@@ -545,13 +555,15 @@ def test_guessing_a_password_is_stopped_and_a_reset_lets_the_owner_back(world: W
     assert locked["errors"][0]["message"].startswith("password: 5 wrong passwords"), locked
     assert "try again in" in locked["errors"][0]["message"]
 
-    temporary = w.gql("admin", "mutation($e: String!) { resetPassword(email: $e) }",
-                      e=email)["resetPassword"]
+    temporary = w.gql("admin", "mutation($e: String!) { resetPassword(email: $e)"
+                      " { ... on PasswordReset { temporaryPassword } } }",
+                      e=email)["resetPassword"]["temporaryPassword"]
     token = w.gql("anonymous", SIGN_IN, e=email, p=temporary)["signIn"]["token"]
     changed = w.http.post("/graphql", headers={"Authorization": f"Bearer {token}"}, json={
         "query": "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c,"
-                 " newPassword: $n) { token } }", "variables": {"c": temporary, "n": PASSWORD}})
-    assert "errors" not in changed.json(), changed.json()
+                 " newPassword: $n) { ... on Session { token } } }",
+        "variables": {"c": temporary, "n": PASSWORD}})
+    assert "errors" not in changed.json() and changed.json()["data"]["changePassword"]["token"]
     me = w.http.post("/graphql", headers={"Authorization": f"Bearer {token}"},
                      json={"query": "{ me { email } }"}).json()
     assert me["data"]["me"] is None  # the session from before the change ended
@@ -574,19 +586,22 @@ def test_a_provider_takes_on_a_role_and_an_admin_takes_it_away_at_once(world: Wo
     jobs = "{ jobs { id } }"
     assert me() == {"roles": ["provider"], "clientId": None}
     assert as_them(jobs)["errors"][0]["message"].startswith("forbidden")
-    refused = as_them('mutation { addRoles(roles: ["admin"]) { roles } }')
-    assert refused["errors"][0]["message"] == (
-        "roles: 'admin' is not one of client, provider, operator")
-    added = as_them('mutation { addRoles(roles: ["client"]) { roles clientId } }')
+    roles = "... on User { roles clientId } ... on FieldError { field message }"
+    refused = as_them(f'mutation {{ addRoles(roles: ["admin"]) {{ {roles} }} }}')
+    assert refused["data"]["addRoles"] == {
+        "field": "roles", "message": "'admin' is not one of client, provider, operator"}
+    added = as_them(f'mutation {{ addRoles(roles: ["client"]) {{ {roles} }} }}')
     assert added["data"]["addRoles"]["roles"] == ["client", "provider"]
     assert me() == added["data"]["addRoles"]  # the same session, at once, with a storage space
     assert me()["clientId"] and as_them(jobs)["data"]["jobs"] == []
 
-    revoke = "mutation($e: String!, $r: String!) { revokeRole(email: $e, role: $r) { roles } }"
+    revoke = ("mutation($e: String!, $r: String!) { revokeRole(email: $e, role: $r) {"
+              " ... on User { roles } ... on FieldError { field message } } }")
     assert w.gql("admin", revoke, e=email, r="client")["revokeRole"]["roles"] == ["provider"]
     assert me() == {"roles": ["provider"], "clientId": None}  # no cached caller outlives it
     assert as_them(jobs)["errors"][0]["message"].startswith("forbidden")
-    only = w.post("admin", revoke, e=email, r="provider")["errors"][0]["message"]
-    assert only == "role: 'provider' is the account's only role; it keeps one"
-    unknown = w.post("admin", revoke, e="nobody@matrix.test", r="client")["errors"][0]["message"]
-    assert unknown == "email: no account has 'nobody@matrix.test'"
+    only = w.gql("admin", revoke, e=email, r="provider")["revokeRole"]
+    assert only == {"field": "role", "message": "'provider' is the account's only role; "
+                    "it keeps one"}
+    unknown = w.gql("admin", revoke, e="nobody@matrix.test", r="client")["revokeRole"]
+    assert unknown == {"field": "email", "message": "no account has 'nobody@matrix.test'"}

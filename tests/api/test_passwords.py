@@ -11,15 +11,15 @@ import pytest
 
 from api.auth import Denied, SignInThrottle
 from api.errors import refusal_text
-from domain.application import Network
+from domain.app_identity import Identity
 from domain.identity import IdentityError
 from infra.settings import Settings
 from readmodel.schema import ViewDB
 from tests.support.stores import store_settings
 
 
-def network() -> Network:
-    return Network(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+def network() -> Identity:
+    return Identity(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
 
 
 def test_a_changed_password_ends_the_other_sessions_and_keeps_the_new_one() -> None:

@@ -21,7 +21,7 @@ import pytest
 from api.json_body import MAX_JSON_DEPTH
 from protocol.spec import parse_job_spec
 from tests.support.api_client import Api, api_in_thread
-from tests.support.graphql import HEARTBEAT, RESUME, SET_PRICE, SUSPEND
+from tests.support.graphql import HEARTBEAT, REFUSAL, RESUME, SET_PRICE, SUSPEND
 
 INTERVAL = 1.0  # heartbeat interval: offline after 3 missed (3.5 s)
 
@@ -126,17 +126,18 @@ def test_suspend_and_resume_a_gpu(api: Api, beating: Callable[[str], Beater]) ->
 
 def test_controls_name_the_field_in_their_errors(api: Api) -> None:
     api.register("p-errors")
-    assert api.error(SUSPEND, id="p-errors", i=7) == (
+    # What the owner can mend is a FieldError result; what is not theirs, an error.
+    assert api.refusal(SUSPEND, id="p-errors", i=7) == (
         "gpu_index: p-errors has no GPU 7 (it has 0, 1)"
     )
     assert api.error(RESUME, id="nobody", i=0) == (
         "forbidden: provider 'nobody' is not one of yours"
     )
-    assert api.error(RESUME, "admin", id="nobody", i=0) == "providerId: no provider 'nobody'"
-    assert api.error(SET_PRICE, id="p-errors", p="cheap") == (
+    assert api.refusal(RESUME, "admin", id="nobody", i=0) == "providerId: no provider 'nobody'"
+    assert api.refusal(SET_PRICE, id="p-errors", p="cheap") == (
         "pricePerGpuHour: 'cheap' is not a number of credits"
     )
-    assert api.error(SET_PRICE, id="p-errors", p="0") == (
+    assert api.refusal(SET_PRICE, id="p-errors", p="0") == (
         "pricePerGpuHour: must be more than 0 credits, got 0"
     )
     assert api.error(HEARTBEAT, id="p-errors", t=[{"index": "zero"}]) == (
@@ -231,10 +232,13 @@ def test_queue_positions_follow_the_schedulers_order(
     api: Api, beating: Callable[[str], Beater]
 ) -> None:
     # alice runs the node (and is one of its clients); prov's provider joins it.
-    api.gql('mutation { registerNode(nodeId: "n-l4", region: "eu", operator: "alice") }',
-            "alice")
+    node = api.gql('mutation { registerNode(nodeId: "n-l4", region: "eu", operator: "alice")'
+                   ' { ... on Node { nodeId region queues { name } } } }', "alice")
+    assert node["registerNode"] == {"nodeId": "n-l4", "region": "eu",
+                                    "queues": [{"name": "default"}]}
     api.gql("""mutation { configureQueue(nodeId: "n-l4", name: "l4", gpuModels: ["L4"],
-              priorityLevels: 3, maxGpusPerClient: 4, fairShare: true) }""", "alice")
+              priorityLevels: 3, maxGpusPerClient: 4, fairShare: true) { __typename } }""",
+            "alice")
     nodes = api.gql("{ nodes { nodeId queues { name gpuModels priorityLevels maxGpusPerClient"
                     " fairShare waiting } } }")["nodes"]
     (l4,) = [q for n in nodes if n["nodeId"] == "n-l4" for q in n["queues"] if q["name"] == "l4"]
@@ -365,16 +369,18 @@ def test_reputation_shows_its_components(api: Api) -> None:
     assert detail["confidence"] == pytest.approx(2 / 12, rel=1e-6)
 
 
-GRANT = """mutation($c: String!, $a: String!, $m: String!) {
-  grantCredits(email: $c, amount: $a, memo: $m) }"""
+GRANT = f"""mutation($c: String!, $a: String!, $m: String!) {{
+  grantCredits(email: $c, amount: $a, memo: $m) {{
+    ... on CreditsGranted {{ clientId balanceMicro }} {REFUSAL} }} }}"""
 
 
 def test_an_admin_grants_credits_and_the_ledger_shows_it(api: Api) -> None:
     api.client_id("granted")  # signs up
     client = "granted@api.test"
     before = api.gql("{ account { balanceMicro } }", "granted")["account"]["balanceMicro"]
-    balance = api.gql(GRANT, "admin", c=client, a="12.5", m="trial credits")["grantCredits"]
-    assert balance == before + 12_500_000
+    granted = api.gql(GRANT, "admin", c=client, a="12.5", m="trial credits")["grantCredits"]
+    assert granted == {"__typename": "CreditsGranted", "clientId": api.client_id("granted"),
+                       "balanceMicro": before + 12_500_000}
     deadline = time.monotonic() + 10
     while True:  # the ledger is a projection: it follows in a moment
         rows = api.gql("{ ledger(limit: 5) { kind amountMicro counterparty memo } }",
@@ -385,15 +391,16 @@ def test_an_admin_grants_credits_and_the_ledger_shows_it(api: Api) -> None:
     assert rows[0] == {"kind": "grant", "amountMicro": 12_500_000,
                        "counterparty": "external:deposits",
                        "memo": "granted by admin@api.test: trial credits"}
-    # Only an admin grants; every bad value is refused naming its field.
+    # Only an admin grants; every bad value is refused naming its field (a FieldError).
     assert "forbidden" in api.error(GRANT, "granted", c=client, a="1", m="")
-    assert api.error(GRANT, "admin", c=client, a="0", m="").startswith("amount: must be more")
-    assert api.error(GRANT, "admin", c=client, a="1e9", m="").startswith("amount: must be")
-    assert api.error(GRANT, "admin", c=client, a="lots", m="").startswith("amount: ")
-    assert api.error(GRANT, "admin", c=client, a="0.0000001", m="") == (
+    assert api.refusal(GRANT, "admin", c=client, a="0", m="").startswith("amount: must be more")
+    assert api.refusal(GRANT, "admin", c=client, a="1e9", m="").startswith("amount: must be")
+    assert api.refusal(GRANT, "admin", c=client, a="lots", m="").startswith("amount: ")
+    assert api.refusal(GRANT, "admin", c=client, a="0.0000001", m="") == (
         "amount: '0.0000001' has more than 6 decimal places")
-    assert api.error(GRANT, "admin", c=client, a="1", m="x" * 201).startswith("memo: ")
-    assert api.error(GRANT, "admin", c="nobody@api.test", a="1", m="") == (
+    assert api.refusal(GRANT, "admin", c=client, a="1", m="x" * 201).startswith("memo: ")
+    assert api.refusal(GRANT, "admin", c="nobody@api.test", a="1", m="") == (
         "email: no client account 'nobody@api.test'")
     api.client_id("alice")  # an operator and a client; "prov" is one too: both may be granted
-    assert api.gql(GRANT, "admin", c="alice@api.test", a="1", m="")["grantCredits"] > 0
+    assert api.gql(GRANT, "admin", c="alice@api.test", a="1", m="")["grantCredits"][
+        "balanceMicro"] > 0

@@ -39,6 +39,10 @@ def provider_json(provider_id: str = "p1") -> dict[str, Any]:
     }
 
 
+def refusal(field: str, message: str) -> dict[str, str]:
+    return {"__typename": "FieldError", "field": field, "message": message}
+
+
 @dataclass
 class ProviderApi(FakeApi):
     """FakeApi plus the provider, node and queue operations."""
@@ -71,15 +75,17 @@ class ProviderApi(FakeApi):
         if name == "Provider":
             return {"provider": p if known else None}
         if name in ("SuspendGpu", "ResumeGpu"):
-            if not known:
-                return f"providerId: no provider {v['id']!r}"
+            key = "suspendGpu" if name == "SuspendGpu" else "resumeGpu"
+            if not known:  # refusals the caller can mend are FieldError results
+                return {key: refusal("providerId", f"no provider {v['id']!r}")}
             if v["index"] not in (0, 1):
-                return f"gpu_index: {v['id']} has no GPU {v['index']} (it has 0, 1)"
+                return {key: refusal("gpu_index", f"{v['id']} has no GPU {v['index']} "
+                                     "(it has 0, 1)")}
             changed = copy.deepcopy(p)
             changed["gpus"][v["index"]]["status"] = (
                 "suspended" if name == "SuspendGpu" else "online"
             )
-            return {"suspendGpu" if name == "SuspendGpu" else "resumeGpu": changed}
+            return {key: {"__typename": "Provider", **changed}}
         if name == "SetPrice":
             micro = int(float(v["price"]) * 1_000_000)
             return {"setPrice": {**p, "pricePerGpuHourMicro": micro}}
@@ -101,7 +107,7 @@ class ProviderApi(FakeApi):
                 "priorityLevels": v["levels"], "maxGpusPerClient": v["cap"],
                 "fairShare": v["fair"],
             }]
-            return {"configureQueue": True}
+            return {"configureQueue": {"__typename": "Node", "nodeId": v["node"]}}
         if name == "Queue":
             return {"queue": [
                 {"position": 1, "jobId": "j-mine", "name": "train", "gpus": 1, "gpuModel": None,
@@ -254,3 +260,19 @@ async def test_the_async_client_has_the_same_calls() -> None:
         queues = {q.ref: q for n in await gp.nodes() for q in n.queues}
         assert queues["local/l4"].priority_levels == 2 and not queues["local/l4"].fair_share
         assert [j.position for j in await gp.queue("local/l4")] == [1, 2]
+
+
+async def test_a_refusal_is_a_refused_error_naming_its_field_in_both_clients() -> None:
+    from client.aio import AsyncGpgpuClient
+    from client.errors import RefusedError
+
+    api = ProviderApi()
+    with GpgpuClient("http://api.test", CLIENT, transport=api.transport) as gp, \
+            pytest.raises(RefusedError) as refused:
+        gp.suspend_gpu("p1", 7)
+    assert (refused.value.field, str(refused.value)) == (
+        "gpu_index", "gpu_index: p1 has no GPU 7 (it has 0, 1)")
+    async with AsyncGpgpuClient("http://api.test", CLIENT, transport=api.transport) as aio:
+        with pytest.raises(RefusedError) as refused:
+            await aio.resume_gpu("nobody", 0)
+    assert (refused.value.field, refused.value.reason) == ("providerId", "no provider 'nobody'")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from activities.scheduler import Scheduler
+from domain.app_identity import Identity
 from domain.application import Network
 from domain.matching import Candidate, Decision, Requirements
 from domain.scheduling import Waiting, fair_order, plan, positions
@@ -391,9 +392,10 @@ def test_a_placement_where_a_sibling_replica_ran_is_refused(app: Network) -> Non
     from domain.scheduling import Placement
 
     _replicated_job(app, ["p1", "p2", "p3"])
-    owner = app.create_user("owner@example.com", "a long password 1", ["provider"], 0.0)
+    identity = Identity.beside(app)  # owners are identity's records, in the same store
+    owner = identity.create_user("owner@example.com", "a long password 1", ["provider"], 0.0)
     for pid in ("p1", "p2"):
-        app.claim("provider", pid, owner.id)
+        identity.claim("provider", pid, owner.id)
     assert app.place([Placement("rep", 1, "a", "p1", [0], PRICE)],
                      {"p1": app.provider("p1")}) == [True]
     app.release_gpus("rep", "p1")

@@ -311,9 +311,10 @@ def test_nodes_and_queues(net: Network) -> None:
     refused = net.gql(SUBMIT, "kim", s=spec("q", ["true"], queue="mars/fast"))["submitJob"]
     assert refused["errors"] == [{"field": "queue", "message": "node: no node 'mars'"}]
     net.sign_up("ops", ["operator"])
-    net.gql('mutation { registerNode(nodeId: "mars", region: "mars-1", operator: "ops") }', "ops")
-    net.gql('mutation { configureQueue(nodeId: "mars", name: "fast", gpuModels: ["B200"]) }',
-            "ops")
+    net.gql('mutation { registerNode(nodeId: "mars", region: "mars-1", operator: "ops")'
+            ' { __typename } }', "ops")
+    net.gql('mutation { configureQueue(nodeId: "mars", name: "fast", gpuModels: ["B200"])'
+            ' { __typename } }', "ops")
     job_id = submit(net, "kim", spec("q", ["true"], queue="mars/fast"))
     net.wait_job(job_id, ("QUEUED",), client="kim")
     nodes = {n["nodeId"]: n for n in net.gql(

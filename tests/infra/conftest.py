@@ -16,6 +16,7 @@ import pytest
 from botocore.config import Config
 
 from api.auth import Authenticator
+from domain.app_identity import Identity
 from domain.application import Network
 from infra.signing import Grant, grant_url
 from infra.storage import FilesystemStore, ObjectStore, build_store
@@ -153,17 +154,17 @@ def live_run() -> Network:
 KEYS: dict[str, str] = {}
 
 
-def provider_keys(network: Network) -> dict[str, str]:
+def provider_keys(identity: Identity) -> dict[str, str]:
     now = time.time()
-    owner = network.create_user("prov-owner@storage.test", "pw-" + "x" * 12, ["provider"], now)
-    network.hand_over("provider", RUN.provider, owner.id)
-    other = network.create_user("other-owner@storage.test", "pw-" + "y" * 12, ["provider"], now)
-    network.claim("provider", "prov-2", other.id)
-    client = network.create_user("client@storage.test", "pw-" + "z" * 12, ["client"], now)
+    owner = identity.create_user("prov-owner@storage.test", "pw-" + "x" * 12, ["provider"], now)
+    identity.hand_over("provider", RUN.provider, owner.id)
+    other = identity.create_user("other-owner@storage.test", "pw-" + "y" * 12, ["provider"], now)
+    identity.claim("provider", "prov-2", other.id)
+    client = identity.create_user("client@storage.test", "pw-" + "z" * 12, ["client"], now)
     return {
-        "own": network.create_api_key(owner.id, "agent", ["provider"], ["provider"], now).key,
-        "other": network.create_api_key(other.id, "agent", ["provider"], ["provider"], now).key,
-        "client": network.create_api_key(client.id, "cli", ["client"], ["client"], now).key,
+        "own": identity.create_api_key(owner.id, "agent", ["provider"], ["provider"], now).key,
+        "other": identity.create_api_key(other.id, "agent", ["provider"], ["provider"], now).key,
+        "client": identity.create_api_key(client.id, "cli", ["client"], ["client"], now).key,
     }
 
 
@@ -173,10 +174,11 @@ def storage_services(store: ObjectStore, api_url: str = "http://127.0.0.1") -> S
     settings = SimpleNamespace(signing_secret=SECRET, grant_max_s=900, api_url=api_url,
                                max_object_bytes=64 << 20)
     network = live_run()
+    identity = Identity.beside(network)  # accounts and keys: identity's, in the same store
     KEYS.clear()
-    KEYS.update(provider_keys(network))
-    return SimpleNamespace(settings=settings, store=store, network=network,
-                           auth=Authenticator(network, 0.0))
+    KEYS.update(provider_keys(identity))
+    return SimpleNamespace(settings=settings, store=store, network=network, identity=identity,
+                           auth=Authenticator(identity, 0.0))
 
 
 def run_grant(base: str, method: str, key: str, *, sha256: str = "", size: int = 1 << 30,

@@ -33,7 +33,7 @@ def test_admin_reset_password_prints_a_temporary_one_that_signs_in(
 ) -> None:
     import time
 
-    from domain.application import Network
+    from domain.app_identity import Identity
     from infra.settings import Settings
 
     monkeypatch.setenv("GPGPU_HOME", str(tmp_path))
@@ -56,8 +56,8 @@ def test_admin_reset_password_prints_a_temporary_one_that_signs_in(
     assert reset.exit_code == 0, reset.output
     temporary = reset.stdout.strip()
     assert temporary.startswith("tmp-") and "gpgpu passwd" in reset.stderr
-    network = Network(env=Settings().eventsourcing_env())
-    assert network.sign_in("boss@b.test", temporary, time.time(), 60).token
+    identity = Identity(env=Settings().eventsourcing_env())
+    assert identity.sign_in("boss@b.test", temporary, time.time(), 60).token
 
 
 def test_provider_start_runs_the_agent_with_every_argument(

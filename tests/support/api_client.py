@@ -50,7 +50,7 @@ class Api:
             email = f"{name}@{EMAIL_DOMAIN}"
             variables: dict[str, Any]
             if name == "admin":
-                self.services.network.create_user(email, PASSWORD, list(ROLES), time.time())
+                self.services.identity.create_user(email, PASSWORD, list(ROLES), time.time())
                 query, variables = SIGN_IN, {"e": email, "p": PASSWORD}
             else:
                 roles = ACCOUNT_ROLES.get(name, ["client"])
@@ -82,6 +82,13 @@ class Api:
         body = self.post(query, caller, **variables)
         assert body.get("errors"), body
         return str(body["errors"][0]["message"])
+
+    def refusal(self, query: str, caller: str = "prov", **variables: Any) -> str:
+        """A mutation's FieldError result (`<payload> | FieldError`) as "field: message";
+        the document asks for `__typename` and the FieldError (graphql.REFUSAL)."""
+        (answer,) = self.gql(query, caller, **variables).values()
+        assert answer["__typename"] == "FieldError", answer
+        return f"{answer['field']}: {answer['message']}" if answer["field"] else answer["message"]
 
     def provider(self, provider_id: str) -> dict[str, Any]:
         return self.gql(PROVIDER, id=provider_id)["provider"]

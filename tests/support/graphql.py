@@ -13,7 +13,8 @@ SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
 SIGN_IN = """mutation($e: String!, $p: String!) {
   signIn(email: $e, password: $p) { token user { id clientId } } }"""
 CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
-  createApiKey(name: $n, scopes: $s) { id key scopes } }"""
+  createApiKey(name: $n, scopes: $s) {
+    ... on ApiKeyCreated { id key scopes } __typename ... on FieldError { field message } } }"""
 
 # Jobs
 
@@ -33,13 +34,18 @@ REGISTER_PROVIDER = """mutation($input: RegisterProviderInput!) {
 PROVIDERS = "{ providers { providerId reputation earningsMicro } }"
 HEARTBEAT = """mutation($id: String!, $t: JSON) {
   providerHeartbeat(providerId: $id, telemetry: $t) }"""
+# What a mutation that may be refused asks for besides its payload (`<payload> | FieldError`).
+REFUSAL = "__typename ... on FieldError { field message }"
 # A provider as its owner sees it, and the owner's controls (each answers with it).
 PROVIDER_FIELDS = """providerId status statusReason lastHeartbeatAt pricePerGpuHourMicro
   pricePerGpuHour reputation earningsMicro gpus { index status reason busyJobId }"""
 PROVIDER = f"query($id: String!) {{ provider(providerId: $id) {{ {PROVIDER_FIELDS} }} }}"
 SUSPEND = f"""mutation($id: String!, $i: Int!) {{
-  suspendGpu(providerId: $id, index: $i) {{ {PROVIDER_FIELDS} }} }}"""
+  suspendGpu(providerId: $id, index: $i) {{
+    ... on Provider {{ {PROVIDER_FIELDS} }} {REFUSAL} }} }}"""
 RESUME = f"""mutation($id: String!, $i: Int!) {{
-  resumeGpu(providerId: $id, index: $i) {{ {PROVIDER_FIELDS} }} }}"""
+  resumeGpu(providerId: $id, index: $i) {{
+    ... on Provider {{ {PROVIDER_FIELDS} }} {REFUSAL} }} }}"""
 SET_PRICE = f"""mutation($id: String!, $p: String!) {{
-  setPrice(providerId: $id, pricePerGpuHour: $p) {{ {PROVIDER_FIELDS} }} }}"""
+  setPrice(providerId: $id, pricePerGpuHour: $p) {{
+    ... on Provider {{ {PROVIDER_FIELDS} }} {REFUSAL} }} }}"""

@@ -77,7 +77,27 @@ export function errorText(err: unknown): string {
   return String(err);
 }
 
-export class ApiError extends Error {}
+export class ApiError extends Error {
+  /** The argument a refusal is about, as the schema names it ("" when none or unknown). */
+  field = "";
+}
+
+/** A mutation's refusal the caller can mend: the `FieldError` member of its result union. */
+interface FieldErrorResult {
+  __typename: "FieldError";
+  field: string;
+  message: string;
+}
+
+function refusalOf(data: unknown): FieldErrorResult | null {
+  if (!data || typeof data !== "object") return null;
+  for (const value of Object.values(data)) {
+    if (value && typeof value === "object" && (value as { __typename?: string }).__typename === "FieldError") {
+      return value as FieldErrorResult;
+    }
+  }
+  return null;
+}
 
 /** Run a query or mutation once; resolves to its data or throws ApiError with the API's words. */
 export async function request<T, V extends AnyVariables = AnyVariables>(
@@ -95,7 +115,18 @@ export async function request<T, V extends AnyVariables = AnyVariables>(
   return result.data;
 }
 
-export const mutate = <T, V extends AnyVariables = AnyVariables>(
+/** Run a mutation; a refusal (a `FieldError` result: its document asks `... on FieldError
+ * { field message }`) throws ApiError reading "field: message", as a GraphQL error does. */
+export async function mutate<T, V extends AnyVariables = AnyVariables>(
   query: DocumentInput<T, V>,
   variables: V,
-): Promise<T> => request(query, variables, "mutation");
+): Promise<T> {
+  const data = await request(query, variables, "mutation");
+  const refused = refusalOf(data);
+  if (refused) {
+    const err = new ApiError(refused.field ? `${refused.field}: ${refused.message}` : refused.message);
+    err.field = refused.field;
+    throw err;
+  }
+  return data;
+}

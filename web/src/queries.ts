@@ -22,6 +22,8 @@ export interface JobEvent {
   seq: number;
   jobId: string;
   type: string;
+  /** The event ends the job (the API's one list of ending events). */
+  ends: boolean;
   at: string;
   data: Record<string, unknown>;
 }
@@ -175,22 +177,30 @@ export const SIGN_IN = gql<{ signIn: SessionResult }, { email: string; password:
 }`,
 );
 
+// A mutation the API may refuse for a reason the caller can mend answers `<payload> |
+// FieldError`; its document asks for the FieldError too, and `mutate` (api.ts) throws it.
+const REFUSAL = "__typename ... on FieldError { field message }";
+
 export const ADD_ROLES = gql<{ addRoles: User }, { roles: string[] }>(
-  `mutation AddRoles($roles: [String!]!) { addRoles(roles: $roles) { ${USER} } }`,
+  `mutation AddRoles($roles: [String!]!) { addRoles(roles: $roles) { ... on User { ${USER} } ${REFUSAL} } }`,
 );
 
 export const CHANGE_PASSWORD = gql<
   { changePassword: SessionResult },
   { current: string; next: string }
 >(`mutation ChangePassword($current: String!, $next: String!) {
-  changePassword(currentPassword: $current, newPassword: $next) { token user { ${USER} } }
+  changePassword(currentPassword: $current, newPassword: $next) {
+    ... on Session { token user { ${USER} } } ${REFUSAL}
+  }
 }`);
 
 export const GRANT_CREDITS = gql<
-  { grantCredits: number },
+  { grantCredits: { clientId: string; balanceMicro: number } },
   { email: string; amount: string; memo: string }
 >(`mutation GrantCredits($email: String!, $amount: String!, $memo: String!) {
-  grantCredits(email: $email, amount: $amount, memo: $memo)
+  grantCredits(email: $email, amount: $amount, memo: $memo) {
+    ... on CreditsGranted { clientId balanceMicro } ${REFUSAL}
+  }
 }`);
 
 export const SIGN_OUT = gql<{ signOut: boolean }>`
@@ -216,20 +226,25 @@ export const CREATE_API_KEY = gql<
 >`
   mutation CreateApiKey($name: String!, $scopes: [String!]!) {
     createApiKey(name: $name, scopes: $scopes) {
-      id
-      name
-      scopes
-      key
-      createdAt
+      ... on ApiKeyCreated {
+        id
+        name
+        scopes
+        key
+        createdAt
+      }
+      __typename
+      ... on FieldError {
+        field
+        message
+      }
     }
   }
 `;
 
-export const REVOKE_API_KEY = gql<{ revokeApiKey: boolean }, { id: string }>`
-  mutation RevokeApiKey($id: ID!) {
-    revokeApiKey(id: $id)
-  }
-`;
+export const REVOKE_API_KEY = gql<{ revokeApiKey: { id: string } }, { id: string }>(
+  `mutation RevokeApiKey($id: ID!) { revokeApiKey(id: $id) { ... on ApiKeyRevoked { id } ${REFUSAL} } }`,
+);
 
 // ---- client ----------------------------------------------------------------
 
@@ -241,7 +256,7 @@ export const JOBS = gql<{ jobs: Job[] }, { limit: number }>(
 );
 
 export const JOB = gql<{ job: (Job & { events: JobEvent[]; waitingFor: string[] }) | null }, { id: string }>(
-  `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} waitingFor events { seq jobId type at data } } }`,
+  `query Job($id: ID!) { job(id: $id) { ${JOB_FIELDS} waitingFor events { seq jobId type ends at data } } }`,
 );
 
 export const JOB_EVENTS = gql<{ jobEvents: JobEvent }, { jobId: string; after: number }>`
@@ -250,6 +265,7 @@ export const JOB_EVENTS = gql<{ jobEvents: JobEvent }, { jobId: string; after: n
       seq
       jobId
       type
+      ends
       at
       data
     }
@@ -438,33 +454,26 @@ export const PROVIDER_EVENTS = gql<
   }
 `;
 
-export const SUSPEND_GPU = gql<{ suspendGpu: { providerId: string } }, { id: string; index: number }>`
-  mutation SuspendGpu($id: String!, $index: Int!) {
-    suspendGpu(providerId: $id, index: $index) {
-      providerId
-    }
-  }
-`;
+export const SUSPEND_GPU = gql<{ suspendGpu: { providerId: string } }, { id: string; index: number }>(
+  `mutation SuspendGpu($id: String!, $index: Int!) {
+  suspendGpu(providerId: $id, index: $index) { ... on Provider { providerId } ${REFUSAL} }
+}`,
+);
 
-export const RESUME_GPU = gql<{ resumeGpu: { providerId: string } }, { id: string; index: number }>`
-  mutation ResumeGpu($id: String!, $index: Int!) {
-    resumeGpu(providerId: $id, index: $index) {
-      providerId
-    }
-  }
-`;
+export const RESUME_GPU = gql<{ resumeGpu: { providerId: string } }, { id: string; index: number }>(
+  `mutation ResumeGpu($id: String!, $index: Int!) {
+  resumeGpu(providerId: $id, index: $index) { ... on Provider { providerId } ${REFUSAL} }
+}`,
+);
 
 export const SET_PRICE = gql<
   { setPrice: { providerId: string; pricePerGpuHour: string } },
   { id: string; price: string }
->`
-  mutation SetPrice($id: String!, $price: String!) {
-    setPrice(providerId: $id, pricePerGpuHour: $price) {
-      providerId
-      pricePerGpuHour
-    }
+>(`mutation SetPrice($id: String!, $price: String!) {
+  setPrice(providerId: $id, pricePerGpuHour: $price) {
+    ... on Provider { providerId pricePerGpuHour } ${REFUSAL}
   }
-`;
+}`);
 
 // ---- node operator -----------------------------------------------------------
 
@@ -494,7 +503,7 @@ export const QUEUE = gql<{ queue: QueuedJob[] }, { name: string }>`
 `;
 
 export const CONFIGURE_QUEUE = gql<
-  { configureQueue: boolean },
+  { configureQueue: { nodeId: string } },
   {
     node: string;
     name: string;
@@ -503,28 +512,26 @@ export const CONFIGURE_QUEUE = gql<
     cap: number;
     fair: boolean;
   }
->`
-  mutation ConfigureQueue(
-    $node: String!
-    $name: String!
-    $models: [String!]!
-    $levels: Int!
-    $cap: Int!
-    $fair: Boolean!
-  ) {
-    configureQueue(
-      nodeId: $node
-      name: $name
-      gpuModels: $models
-      priorityLevels: $levels
-      maxGpusPerClient: $cap
-      fairShare: $fair
-    )
-  }
-`;
+>(`mutation ConfigureQueue(
+  $node: String!
+  $name: String!
+  $models: [String!]!
+  $levels: Int!
+  $cap: Int!
+  $fair: Boolean!
+) {
+  configureQueue(
+    nodeId: $node
+    name: $name
+    gpuModels: $models
+    priorityLevels: $levels
+    maxGpusPerClient: $cap
+    fairShare: $fair
+  ) { ... on Node { nodeId } ${REFUSAL} }
+}`);
 
-export const REGISTER_NODE = gql<{ registerNode: boolean }, { node: string; region: string; operator: string }>`
-  mutation RegisterNode($node: String!, $region: String!, $operator: String!) {
-    registerNode(nodeId: $node, region: $region, operator: $operator)
-  }
-`;
+export const REGISTER_NODE = gql<{ registerNode: { nodeId: string } }, { node: string; region: string; operator: string }>(
+  `mutation RegisterNode($node: String!, $region: String!, $operator: String!) {
+  registerNode(nodeId: $node, region: $region, operator: $operator) { ... on Node { nodeId } ${REFUSAL} }
+}`,
+);

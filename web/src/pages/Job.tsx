@@ -24,7 +24,6 @@ const STEPS: [string[], string][] = [
   [["JobSettled"], "Paid"],
   [["JobSucceeded", "JobFailed"], "Done"],
 ];
-const TERMINAL = new Set(["JobSucceeded", "JobFailed", "JobRejected", "JobCancelled"]);
 
 /** A line about an event's data: money in credits, files counted, long texts left out. */
 export function describe(data: Record<string, unknown>): string {
@@ -46,7 +45,7 @@ function Steps(props: { events: JobEvent[]; state: string; ended: boolean }): JS
   STEPS.forEach(([types], i) => {
     if (types.some((t) => seen.has(t))) reached = i;
   });
-  const ended = props.events.some((e) => TERMINAL.has(e.type));
+  const ended = props.events.some((e) => e.ends);
   const bad = props.ended && props.state !== "SUCCEEDED";
   const fraction = ended ? 1 : (reached + 1) / STEPS.length;
   const current = ended ? props.state.toLowerCase() : (STEPS[reached + 1]?.[1] ?? "…");
@@ -79,7 +78,7 @@ export function JobPage(props: { id: string }): JSX.Element {
     (data: { jobEvents: JobEvent }) => {
       const ev = data.jobEvents;
       setEvents((all) => (all.some((e) => e.seq === ev.seq) ? all : [...all, ev].sort((a, b) => a.seq - b.seq)));
-      if (TERMINAL.has(ev.type)) setEnded(true);
+      if (ev.ends) setEnded(true); // the API says which events end a job
       // The job's row (state, cost, outputs) follows its events; read it again shortly.
       if (refetchSoon.current) clearTimeout(refetchSoon.current);
       refetchSoon.current = setTimeout(job.refetch, 150);

@@ -140,7 +140,7 @@ function GrantCard(): JSX.Element {
     setDone(null);
     try {
       const { grantCredits } = await mutate(GRANT_CREDITS, { email: email.trim(), amount: amount.trim(), memo });
-      setDone(`Granted ${amount.trim()} credits to ${email.trim()}: their balance is now ${credits(grantCredits)} credits.`);
+      setDone(`Granted ${amount.trim()} credits to ${email.trim()}: their balance is now ${credits(grantCredits.balanceMicro)} credits.`);
       setAmount("");
       setMemo("");
     } catch (err) {
