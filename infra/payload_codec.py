@@ -17,7 +17,8 @@ A payload under a well-formed key id that is not configured is PayloadKeyError, 
 (see PayloadRefused). What
 Temporal itself writes in the clear never goes through the codec: search attributes,
 headers (the tracing context), the markers the SDK's core records for local activities and
-patches. The tag proves where a payload was made, not for which workflow: a ciphertext
+patches. The one payload the server itself writes, its marker for an activity cancelled
+before it started, passes decoding as it is (SERVER_MARKERS). The tag proves where a payload was made, not for which workflow: a ciphertext
 copied from one history into another workflow still opens, and who may run a control step
 for which job stays activities/guard.py's concern (activities/control.py).
 """
@@ -42,6 +43,15 @@ CIPHER = b"AES-256-GCM"
 KEY_ID = "encryption-key-id"
 KEY_BYTES = 32
 NONCE_BYTES = 12
+
+# The one payload Temporal's server writes itself: the details of an activity it cancels
+# before any worker started it (history service, `activityCancellationMsgActivityNotStarted`,
+# encoded as a JSON string). It is let through as it is: it says nothing but that marker,
+# and a workflow that is handed it anywhere else fails to convert it like any wrong value.
+SERVER_MARKERS = frozenset({
+    Payload(metadata={"encoding": b"json/plain"}, data=b'"ACTIVITY_ID_NOT_STARTED"')
+    .SerializeToString(deterministic=True),
+})
 
 
 class PayloadKeyError(ValueError):
@@ -105,8 +115,11 @@ class PayloadCipher(temporalio.converter.PayloadCodec):
         )
 
     def decrypt(self, payload: Payload) -> Payload:
-        """The payload `encrypt` sealed; PayloadRefused for any other."""
+        """The payload `encrypt` sealed (or a marker of the server's); PayloadRefused for any
+        other."""
         if payload.metadata.get("encoding") != ENCODING:
+            if payload.SerializeToString(deterministic=True) in SERVER_MARKERS:
+                return payload
             encoding = payload.metadata.get("encoding", b"").decode(errors="replace")
             raise PayloadRefused(
                 f"a payload in the clear (encoding {encoding!r}) was refused: every payload"

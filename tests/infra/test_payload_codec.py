@@ -86,6 +86,24 @@ async def test_a_payload_not_encrypted_by_the_network_is_refused(plain: Payload)
     assert isinstance(refused.value, PayloadKeyError)  # what ops/cli.py reports plainly
 
 
+async def test_the_servers_marker_for_an_activity_cancelled_before_it_started_passes() -> None:
+    # Temporal's history service writes these details itself when a workflow cancels an
+    # activity no worker has started (a check run still waiting for a GPU): refusing them
+    # failed the job's workflow.
+    marker = payload(b'"ACTIVITY_ID_NOT_STARTED"')
+    assert await PayloadCipher([NEW]).decode([marker]) == [marker]
+    failure = Failure()
+    failure.canceled_failure_info.details.payloads.add().CopyFrom(marker)
+    cancelled = await data_converter([NEW]).decode_failure(failure)
+    assert cancelled.details == ("ACTIVITY_ID_NOT_STARTED",)  # type: ignore[attr-defined]
+    # Only that exact payload: the same words with another encoding or more bytes are refused.
+    for near in (payload(b'"ACTIVITY_ID_NOT_STARTED" '), payload(b'"ACTIVITY_ID_UNKNOWN"'),
+                 Payload(metadata={"encoding": b"json/plain", "x": b"1"},
+                         data=b'"ACTIVITY_ID_NOT_STARTED"')):
+        with pytest.raises(PayloadRefused, match="in the clear"):
+            await PayloadCipher([NEW]).decode([near])
+
+
 async def test_the_converter_refuses_a_plaintext_value_and_failure() -> None:
     converter = data_converter([NEW])
     plain = temporalio.converter.default()
