@@ -18,9 +18,10 @@ A payload under a well-formed key id that is not configured is PayloadKeyError, 
 Temporal itself writes in the clear never goes through the codec: search attributes,
 headers (the tracing context), the markers the SDK's core records for local activities and
 patches. The one payload the server itself writes, its marker for an activity cancelled
-before it started, passes decoding as it is (SERVER_MARKERS). The tag proves where a payload was made, not for which workflow: a ciphertext
-copied from one history into another workflow still opens, and who may run a control step
-for which job stays activities/guard.py's concern (activities/control.py).
+before it started, passes decoding as it is (SERVER_MARKERS). The tag proves where a
+payload was made, not for which workflow: a ciphertext copied from one history into
+another workflow still opens, and who may run a control step for which job stays
+activities/guard.py's concern (activities/control.py).
 """
 
 from __future__ import annotations
