@@ -8,13 +8,14 @@ the payload names: a list of keys lets an operator rotate (put the new key first
 the old ones until no open workflow's history was written with them).
 
 Decoding refuses every payload that is not `binary/encrypted` under one of the keys
-(PayloadRefused, a non-retryable ApplicationError), so AES-GCM's tag is the proof that a
-payload was written by a process of the network. Whoever reached Temporal without the key
-and starts a workflow, sends a signal or completes an activity with a plaintext or forged
-payload gets nothing run: a workflow whose input is refused fails at its first task, before
-any of its code or steps; a control step whose request is refused fails (and each retry).
-A payload under a well-formed key id that is not configured is PayloadKeyError, retried
-(see PayloadRefused). What
+(PayloadRefused, a non-retryable ApplicationError, raised where the value is read: see
+PayloadCipher.opened), so AES-GCM's tag is the proof that a payload was written by a
+process of the network. Whoever reached Temporal without the key and starts a workflow,
+sends a signal or completes an activity with a plaintext or forged payload gets nothing
+run: a workflow whose input is refused fails at its first task, before any of its code or
+steps; a control step whose request is refused fails (and each retry); a signal is
+dropped, and the workflow it was sent to goes on. A payload under a well-formed key id
+that is not configured is PayloadKeyError, retried (see PayloadRefused). What
 Temporal itself writes in the clear never goes through the codec: search attributes,
 headers (the tracing context), the markers the SDK's core records for local activities and
 patches. The one payload the server itself writes, its marker for an activity cancelled
@@ -44,6 +45,8 @@ CIPHER = b"AES-256-GCM"
 KEY_ID = "encryption-key-id"
 KEY_BYTES = 32
 NONCE_BYTES = 12
+# What the codec hands the SDK in place of a payload it refused (PayloadCipher.opened).
+REFUSED = b"binary/gpgpu-refused"
 
 # The one payload Temporal's server writes itself: the details of an activity it cancels
 # before any worker started it (history service, `activityCancellationMsgActivityNotStarted`,
@@ -148,7 +151,52 @@ class PayloadCipher(temporalio.converter.PayloadCodec):
         return [self.encrypt(p) for p in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.decrypt(p) for p in payloads]
+        return [self.opened(p) for p in payloads]
+
+    def opened(self, payload: Payload) -> Payload:
+        """`decrypt`, where a payload it cannot open becomes a REFUSED one that says why:
+        the SDK decodes a workflow's whole activation at once, so an error raised here
+        would fail that activation, and every retry of it, for the one bad payload (a
+        signal from outside would stop the job it was sent to). Raised only when its value
+        is read (RefusedPayloadConverter), the error stays with that value: a workflow's
+        input or a step's request fails it (PayloadRefused, non-retryable), or its task is
+        retried until the key is listed again (PayloadKeyError); a signal's is dropped by
+        the SDK, and the workflow goes on."""
+        try:
+            return self.decrypt(payload)
+        except PayloadRefused as refused:
+            return Payload(metadata={"encoding": REFUSED}, data=refused.message.encode())
+        except PayloadKeyError as missing:
+            return Payload(metadata={"encoding": REFUSED, "retryable": b"1"},
+                           data=str(missing).encode())
+
+
+class RefusedPayloadConverter(temporalio.converter.EncodingPayloadConverter):
+    """Raises what `PayloadCipher.opened` set aside when the value is asked for; never
+    writes a REFUSED payload."""
+
+    @property
+    def encoding(self) -> str:
+        return REFUSED.decode()
+
+    def to_payload(self, value: object) -> Payload | None:
+        return None
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> object:
+        why = payload.data.decode(errors="replace")
+        if payload.metadata.get("retryable") == b"1":
+            raise PayloadKeyError(why)
+        raise PayloadRefused(why)
+
+
+class PayloadConverter(temporalio.converter.CompositePayloadConverter):
+    """The SDK's default converters, and RefusedPayloadConverter."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            *temporalio.converter.DefaultPayloadConverter.default_encoding_payload_converters,
+            RefusedPayloadConverter(),
+        )
 
 
 def data_converter(keys: Sequence[bytes]) -> temporalio.converter.DataConverter:
@@ -157,6 +205,7 @@ def data_converter(keys: Sequence[bytes]) -> temporalio.converter.DataConverter:
     return dataclasses.replace(
         temporalio.converter.default(),
         payload_codec=PayloadCipher(keys),
+        payload_converter_class=PayloadConverter,
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
     )
 

@@ -12,18 +12,22 @@ entry, no reputation change, no assignment handed out or closed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import secrets
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio import activity
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.assign import AssignActivities
@@ -32,7 +36,7 @@ from activities.control import ControlActivities
 from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWorkflow
 from tests.adversarial.rogue import State, settled
 from tests.e2e.network import Network, network
-from tests.support.graphql import SUBMIT
+from tests.support.graphql import CANCEL, SUBMIT
 from workflows.contracts import JobInput, job_workflow_id
 
 pytestmark = pytest.mark.e2e
@@ -256,3 +260,42 @@ async def test_the_networks_job_workflow_under_another_id_runs_no_control_step(
     assert settled(state, wait_s=0.2) == before
     job = net.gql("query($id: ID!) { job(id: $id) { state } }", "victim", id=job_id)["job"]
     assert job["state"] == "QUEUED"
+
+
+class ForgedKeyCodec(PayloadCodec):
+    """Labels each payload as the network's ciphertext under a well-formed key id that no
+    process of the network holds: the codec's retryable case (a key dropped too soon)."""
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [Payload(metadata={"encoding": b"binary/encrypted",
+                                  "encryption-key-id": b"0123456789abcdef"},
+                        data=secrets.token_bytes(64)) for _ in payloads]
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+
+@pytest.mark.parametrize("payload", ["in the clear", "under a key id the network lacks"])
+async def test_a_signal_the_codec_refuses_does_not_stop_a_victims_job(
+    net: Network, temporal_server: str, payload: str
+) -> None:
+    # The SDK decodes a workflow's whole activation at once: a refusal raised while decoding
+    # would fail the activation that holds the signal, and every retry of it, so the job
+    # would answer nothing again (not even its cancel). The codec sets such a payload aside
+    # and the SDK drops the signal when it cannot read it.
+    job_id = waiting_job(net)
+    outsider = await Client.connect(temporal_server) if payload == "in the clear" else \
+        await Client.connect(temporal_server, data_converter=dataclasses.replace(
+            DataConverter.default, payload_codec=ForgedKeyCodec()))
+    handle = outsider.get_workflow_handle(job_workflow_id(job_id))
+    for name in ("cancel", "anything"):
+        await handle.signal(name, "stop it")
+    await asyncio.sleep(1)  # the worker takes the activation with the signals in it
+
+    cancelled = net.gql(CANCEL, "victim", id=job_id)["cancelJob"]
+    assert cancelled["id"] == job_id, cancelled
+    job = net.wait_job(job_id, ("CANCELLED", "FAILED"), "victim", timeout_s=30)
+    assert job["state"] == "CANCELLED", job
+    ours = await with_key(net)
+    described = await ours.get_workflow_handle(job_workflow_id(job_id)).describe()
+    assert described.status != WorkflowExecutionStatus.RUNNING

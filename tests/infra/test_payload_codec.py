@@ -5,6 +5,7 @@ workflow or step given it fails at once)."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.exceptions import ApplicationError
 
 from infra.payload_codec import (
+    REFUSED,
     PayloadCipher,
+    PayloadConverter,
     PayloadKeyError,
     PayloadRefused,
     data_converter,
@@ -27,6 +30,28 @@ OLD, NEW = secrets.token_bytes(32), secrets.token_bytes(32)
 
 def payload(text: bytes) -> Payload:
     return Payload(metadata={"encoding": b"json/plain"}, data=text)
+
+
+async def refused_by(cipher: PayloadCipher, payloads: list[Payload]) -> None:
+    """Decode as the SDK does: the codec, then the converter (where a refusal is raised);
+    the strict `decrypt` refuses the same payload with the same words."""
+    decoded = await cipher.decode(payloads)
+    try:
+        PayloadConverter().from_payloads(decoded)
+    except PayloadRefused as refused:
+        strict = [e.message for e in map(strict_refusal(cipher), payloads) if e]
+        assert strict == [refused.message], (strict, refused.message)
+        raise
+
+
+def strict_refusal(cipher: PayloadCipher) -> Callable[[Payload], PayloadRefused | None]:
+    def refusal(p: Payload) -> PayloadRefused | None:
+        try:
+            cipher.decrypt(p)
+        except PayloadRefused as err:
+            return err
+        return None
+    return refusal
 
 
 async def test_a_payload_is_ciphertext_and_opens_again() -> None:
@@ -47,11 +72,13 @@ async def test_rotation_the_first_key_encrypts_and_every_listed_key_decrypts() -
     (by_new,) = await rotated.encode([payload(b"after")])
     assert (await PayloadCipher([NEW]).decode([by_new]))[0].data == b"after"
     with pytest.raises(PayloadKeyError, match="not among GPGPU_TEMPORAL_PAYLOAD_KEYS"):
-        await PayloadCipher([OLD]).decode([by_new])
+        PayloadCipher([OLD]).decrypt(by_new)
     # Once the old key is dropped, what it wrote no longer opens; retryable (not a refusal
     # that fails the workflow): a key dropped too soon is put back and the task retried.
+    # Raised where the value is read, as a refusal is.
+    (set_aside,) = await PayloadCipher([NEW]).decode([by_old])
     with pytest.raises(PayloadKeyError, match="not among GPGPU_TEMPORAL_PAYLOAD_KEYS") as err:
-        await PayloadCipher([NEW]).decode([by_old])
+        PayloadConverter().from_payloads([set_aside])
     assert not isinstance(err.value, ApplicationError)
 
 
@@ -66,7 +93,7 @@ async def test_a_tampered_payload_is_refused(where: str) -> None:
         (other,) = await PayloadCipher([OLD]).encode([payload(b"x")])
         sealed.metadata["encryption-key-id"] = other.metadata["encryption-key-id"]
     with pytest.raises(PayloadRefused, match="integrity"):
-        await PayloadCipher([NEW, OLD]).decode([sealed])
+        await refused_by(PayloadCipher([NEW, OLD]), [sealed])
 
 
 @pytest.mark.parametrize("plain", [
@@ -79,7 +106,7 @@ async def test_a_tampered_payload_is_refused(where: str) -> None:
 async def test_a_payload_not_encrypted_by_the_network_is_refused(plain: Payload) -> None:
     cipher = PayloadCipher([NEW, OLD])
     with pytest.raises(PayloadRefused) as refused:
-        await cipher.decode([(await cipher.encode([payload(b"ok")]))[0], plain])
+        await refused_by(cipher, [(await cipher.encode([payload(b'"ok"')]))[0], plain])
     # What the SDK needs to fail the workflow (or step) at once rather than retry its task.
     assert isinstance(refused.value, ApplicationError)
     assert refused.value.non_retryable and refused.value.type == "PayloadRefused"
@@ -101,7 +128,22 @@ async def test_the_servers_marker_for_an_activity_cancelled_before_it_started_pa
                  Payload(metadata={"encoding": b"json/plain", "x": b"1"},
                          data=b'"ACTIVITY_ID_NOT_STARTED"')):
         with pytest.raises(PayloadRefused, match="in the clear"):
-            await PayloadCipher([NEW]).decode([near])
+            await refused_by(PayloadCipher([NEW]), [near])
+
+
+async def test_a_refused_payload_fails_only_where_its_value_is_read() -> None:
+    # The codec hands the SDK a REFUSED payload in its place (the SDK decodes a workflow's
+    # whole activation at once: one bad signal must not fail the rest); reading its value
+    # raises, writing one is impossible.
+    cipher = PayloadCipher([NEW])
+    (good,) = await cipher.encode([payload(b'"fine"')])
+    opened, refused = await cipher.decode([good, payload(b'"forged"')])
+    assert opened == payload(b'"fine"')
+    assert refused.metadata["encoding"] == REFUSED and b"forged" not in refused.data
+    assert PayloadConverter().from_payloads([opened]) == ["fine"]
+    with pytest.raises(PayloadRefused, match="in the clear"):
+        PayloadConverter().from_payloads([refused], [str])
+    assert PayloadConverter().to_payloads(["x"])[0].metadata["encoding"] == b"json/plain"
 
 
 async def test_the_converter_refuses_a_plaintext_value_and_failure() -> None:
