@@ -26,8 +26,10 @@ SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
   ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
 LOG = """subscription($id: ID!, $after: Int!) { jobLog(jobId: $id, after: $after) {
   seq attempt providerId text skippedBytes } }"""
-# Five lines a second apart: the job runs about 5 s.
-TICKING = "for i in 1 2 3 4 5; do echo line $i; sleep 1; done"
+# Five lines a second apart, then 15 s more: the job is still running when its first line
+# reaches a reader, even with each line late by seconds on a loaded machine (CI saw the job
+# end within 5 s of that line).
+TICKING = "for i in 1 2 3 4 5; do echo line $i; sleep 1; done; sleep 15"
 
 
 @pytest.fixture(scope="module")
