@@ -121,7 +121,7 @@ def judge(
         r = reports[0]
         if corrupt:
             return c.Verdict(False, False, "manifest mismatch: " + "; ".join(corrupt[r.attempt]),
-                             [], [r.attempt]), None
+                             [], [r.attempt], contradicted_attempts=[r.attempt]), None
         succeeded, reason = outcome(spec, r)
         return c.Verdict(True, succeeded, reason, [r.attempt], []), r.attempt
 
@@ -130,7 +130,8 @@ def judge(
     winner = quorum(files, len(files), comp) if len(files) >= 2 else None
     if winner is None:
         if may_add_run:
-            undecided = c.Verdict(False, False, "runs disagree", [], sorted(corrupt), decided=False)
+            undecided = c.Verdict(False, False, "runs disagree", [], sorted(corrupt),
+                                  decided=False, contradicted_attempts=sorted(corrupt))
             return undecided, None
         # Independent providers (distinct owners) that all disagree say more about the job
         # than about any of them: no provider is blamed but those whose report storage
@@ -138,7 +139,8 @@ def judge(
         # (workflows/runs.py) and the job fails, saying so.
         reason = (f"no majority among {len(reports)} runs on distinct providers: the job's "
                   "outputs are not reproducible as declared; no provider is blamed")
-        return c.Verdict(False, False, reason, [], sorted(corrupt)), None
+        return c.Verdict(False, False, reason, [], sorted(corrupt),
+                         contradicted_attempts=sorted(corrupt)), None
     losers = {intact[i].attempt for i in outvoted(files, winner, comp)} | set(corrupt)
     accepted = [r.attempt for r in reports if r.attempt not in losers]
     succeeded, reason = outcome(spec, intact[winner])
@@ -146,4 +148,6 @@ def judge(
         reason += f"; {len(losers)} of {len(reports)} runs disagreed and were rejected"
     else:
         reason += f"; {len(reports)} runs on distinct providers agree"
-    return c.Verdict(True, succeeded, reason, accepted, sorted(losers)), intact[winner].attempt
+    verdict = c.Verdict(True, succeeded, reason, accepted, sorted(losers),
+                        contradicted_attempts=sorted(corrupt))
+    return verdict, intact[winner].attempt

@@ -307,6 +307,7 @@ def outvoted(
     results: Sequence[Manifest], winner: int,
     comparator: Comparator | Mapping[str, Any] | None = EXACT,
 ) -> list[int]:
-    """The indexes of the results that disagree with the winner: their providers get a mismatch."""
+    """The indexes of the results that disagree with the winner: not paid, and not blamed
+    (a client's command can write another answer where it likes; workflows/runs.py)."""
     comp = _as_comparator(comparator)
     return [i for i, r in enumerate(results) if not manifests_agree(r, results[winner], comp)]

@@ -225,8 +225,11 @@ class Verdict:
     succeeded: bool  # the job did what it was asked: exit 0 and every output present
     reason: str
     accepted_attempts: list[int] = field(default_factory=list)
-    mismatched_attempts: list[int] = field(default_factory=list)
+    mismatched_attempts: list[int] = field(default_factory=list)  # rejected: not paid
     decided: bool = True  # False: runs disagree with no majority; another run can decide
+    # Of the rejected, the runs whose report storage contradicts: the only ones a judgement
+    # blames. A run outvoted by others is not paid but not blamed (workflows/runs.py).
+    contradicted_attempts: list[int] = field(default_factory=list)
 
 
 @dataclass

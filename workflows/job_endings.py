@@ -63,13 +63,14 @@ class JobEndings:
         )
         # A known-answer canary may follow each provider whose run was accepted, at
         # its canary rate; it runs on its own (abandoned) and never holds up the job.
-        trusted = runs_.trusted(runs, verdict)
-        for pid in trusted:
+        # One follows each outvoted provider whenever canaries run (draw 0): a canary is
+        # the evidence against it that the client cannot shape (runs_.outvoted).
+        draws = [(pid, workflow.random().random()) for pid in runs_.trusted(runs, verdict)]
+        draws += [(r.alloc.provider_id, 0.0) for r in runs_.outvoted(runs, verdict)]
+        for pid, draw in draws:
             try:
                 plan = await self._control(
-                    c.PLAN_CANARY,
-                    c.CanaryRequest(inp.job_id, pid, workflow.random().random()),
-                    c.CanaryPlan,
+                    c.PLAN_CANARY, c.CanaryRequest(inp.job_id, pid, draw), c.CanaryPlan,
                 )
                 if plan.run:
                     await workflow.start_child_workflow(

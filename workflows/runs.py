@@ -129,22 +129,40 @@ def settlement(job_id: str, runs: list[Run], verdict: c.Verdict) -> c.SettleRequ
     return c.SettleRequest(job_id, "", 0, 0, False, payments=lines)
 
 
+def outvoted(runs: list[Run], verdict: c.Verdict) -> list[Run]:
+    """The runs a majority rejected whose report storage does not contradict.
+
+    Not paid, but not blamed either: the runs compared are of the client's command, which
+    can see when and where it runs (the clock, its GPUs, how much of its client's storage
+    quota is left) and so write one answer on the run it targets and another on the
+    network's check and tie-break (tests/adversarial/test_framing.py). A majority of
+    distinct owners therefore says which result the job keeps, never that a provider
+    cheated; that takes evidence the client cannot shape: storage contradicting the
+    provider's report, or a known-answer canary (one follows each outvoted provider)."""
+    rejected = set(verdict.mismatched_attempts) - set(verdict.contradicted_attempts)
+    return [r for r in runs if r.executed is not None and r.alloc.attempt in rejected]
+
+
 def outcomes(job_id: str, runs: list[Run], verdict: c.Verdict) -> list[c.ReputationRequest]:
     """The reputation outcome of each run that executed, in the order of `runs`: none for an
-    unverified empty-handed run, nor for the runs of a job with no majority."""
+    unverified empty-handed run, for an outvoted run, nor for the runs of a job with no
+    majority. A `mismatch` is recorded only where storage contradicts the run's report."""
     accepted = set(verdict.accepted_attempts)
-    mismatched = set(verdict.mismatched_attempts)
+    contradicted = set(verdict.contradicted_attempts)
+    rejected = set(verdict.mismatched_attempts)
     out = []
     for r in runs:
         if r.executed is None:
             continue
-        if r.alloc.attempt in mismatched:
-            outcome = "mismatch"  # outvoted, or its report contradicts storage
+        if r.alloc.attempt in contradicted:
+            outcome = "mismatch"  # its report contradicts storage
+        elif r.alloc.attempt in rejected:
+            continue  # outvoted: not paid, not blamed (`outvoted`)
         elif unverified_empty(r, runs, verdict):
             continue
         elif unproven_timeout(r, runs):
             outcome = "timeout"
-        elif len(runs) == 1:
+        elif len(runs) == 1:  # judged alone, rejected only where storage contradicts it
             outcome = "success" if verdict.accepted else "mismatch"
         elif r.alloc.attempt in accepted or r.purpose == "verify":
             outcome = "success"

@@ -45,6 +45,7 @@ def test_an_output_reported_missing_that_its_run_wrote_contradicts_storage(
     verdict, winner = judge(store, CLIENT, JOB, spec(),
                             [run(store, 1, b"x", reported_missing=True)], may_add_run=True)
     assert (verdict.accepted, verdict.mismatched_attempts, winner) == (False, [1], None)
+    assert verdict.contradicted_attempts == [1]  # storage's word: the run is blamed
     assert "reported missing but in storage" in verdict.reason
 
 
@@ -78,3 +79,5 @@ def test_three_reproducible_runs_with_no_majority_blame_no_one(tmp_path: Path) -
     two = judge(store, CLIENT, JOB, spec(reproducible=True),
                 [*reports[:2], run(store, 4, b"one")], may_add_run=False)[0]
     assert (two.accepted_attempts, two.mismatched_attempts) == ([1, 4], [2])
+    # Outvoted, not contradicted: rejected (unpaid) but not blamed (workflows/runs.py).
+    assert two.contradicted_attempts == []

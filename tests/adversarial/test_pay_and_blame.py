@@ -300,7 +300,9 @@ def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_
     """oscar's provider skips the work and reports "exit 0, every output missing", hoping to
     be paid its window with a `success`. An empty-handed run is always checked by an
     independent run: fair-a delivers, the tie-break (fair-b) sides with it, oscar's run is
-    outvoted and not paid; the client gets fair-a's result and pays for that run only."""
+    outvoted and not paid; the client gets fair-a's result and pays for that run only.
+    oscar is not blamed: an honest provider whose upload the client's storage refused
+    reports the same (tests/adversarial/test_framing.py)."""
     with fresh_rogue(net, "oscar", "rogue-r", "A100") as liar:
         before = reputations(state)["rogue-r"]
         job_id = submit(net, "skipped", command="echo done > out.txt", outputs=["out.txt"],
@@ -317,9 +319,8 @@ def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_
     assert state.transfers(f"withheld:{job_id}:rogue-r") == []
     assert state.transfers(f"pay:{job_id}:fair-a")  # the client pays for what it keeps
     assert state.transfers(f"check:{job_id}:fair-b")  # the network pays its tie-break
-    assert outcomes(net, "skipped", job_id) == {
-        "rogue-r": "mismatch", "fair-a": "success", "fair-b": "success"}
-    assert reputations(state)["rogue-r"][0] < before[0]
+    assert outcomes(net, "skipped", job_id) == {"fair-a": "success", "fair-b": "success"}
+    assert reputations(state)["rogue-r"] == before
 
 
 def test_an_empty_handed_run_no_one_can_check_is_not_paid_and_changes_no_reputation(

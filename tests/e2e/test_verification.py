@@ -59,7 +59,9 @@ def test_two_replicas_disagree_and_a_third_decides(net: Network) -> None:
     assert content == b"3.14159\n"
     fleet = providers(net)
     assert fleet["liar"]["earningsMicro"] == 0
-    assert fleet["liar"]["reputation"] < 0.5 < fleet["honest-a"]["reputation"]
+    # Outvoted, not paid, but not blamed: a majority of the client's command is no evidence
+    # against a provider (tests/adversarial/test_framing.py); a canary would be.
+    assert fleet["liar"]["reputation"] == 0.5 < fleet["honest-a"]["reputation"]
     settled = next(e["data"] for e in job["events"] if e["type"] == "JobSettled")
     assert settled["charged_micro"] == job["costMicro"] > 0  # two accepted runs, paid by ann
 
@@ -67,12 +69,12 @@ def test_two_replicas_disagree_and_a_third_decides(net: Network) -> None:
 def test_a_verifier_command_accepts_or_rejects_the_outputs(net: Network) -> None:
     good = run_job(net, "bea", verification={"replicas": 1,
                                              "verifier": "grep -q '^3.14' pi.txt"},
-                   resources={"min_reputation": 0.5})  # keeps the caught liar away
+                   resources={"min_reputation": 0.51})  # the providers with a success
     assert good["state"] == "SUCCEEDED", good["reason"]
     runs = [e["data"]["provider_id"] for e in good["events"] if e["type"] == "GpusAllocated"]
     assert len(runs) == 2 and runs[0] != runs[1]  # the verifier ran on another provider
     bad = run_job(net, "bea", verification={"verifier": "grep -q '^2.71' pi.txt"},
-                  resources={"min_reputation": 0.5})
+                  resources={"min_reputation": 0.51})
     assert bad["state"] == "FAILED"
     assert bad["reason"].startswith("the verifier rejected the outputs (exited 1)")
 
@@ -124,5 +126,5 @@ def test_reputation_can_be_recomputed_from_the_log(net: Network) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = {p["provider_id"]: p for p in json.loads(done.stdout)["providers"]}
-    assert report["liar"]["outcomes"] >= 1 and report["liar"]["recomputed"] < 0.5
+    assert report["honest-a"]["outcomes"] >= 1 and report["honest-a"]["recomputed"] > 0.5
     assert all(p["matches"] for p in report.values())

@@ -214,6 +214,7 @@ class StubNetwork:
 
         @activity.defn(name=c.PLAN_CANARY)
         async def plan_canary(req: c.CanaryRequest) -> c.CanaryPlan:
+            net._seen(c.PLAN_CANARY, req)
             return c.CanaryPlan(False, "stub")
 
         return [admit_job, allocate_gpus, prepare_transfers, record_job_step, record_job_steps,

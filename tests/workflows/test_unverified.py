@@ -32,7 +32,7 @@ async def test_an_empty_handed_run_is_checked_even_when_no_check_was_drawn(start
     assert (result.state, result.provider_id) == ("SUCCEEDED", "p2"), result.reason
     assert [a.provider_id for a in net.called(c.EXECUTE_JOB)] == THREE
     assert paid(net) == {"p2": (1000, "client", False), "p3": (1000, "network", False)}
-    assert outcomes(net) == {"p1": "mismatch", "p2": "success", "p3": "success"}
+    assert outcomes(net) == {"p2": "success", "p3": "success"}  # p1: unpaid, unblamed
 
 
 async def test_an_empty_handed_run_the_check_reproduces_is_paid_and_the_job_fails(

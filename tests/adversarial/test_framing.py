@@ -1,0 +1,159 @@
+"""A client that frames an honest provider, against a real network: real Temporal, API,
+control worker and three honest agents of three owners (`fair-a`, the cheapest, takes each
+job's first run; `fair-b` and `fair-c` the network's check and its tie-break).
+
+The client owns the job's command and its storage space, so it can make the network's
+check disagree with an honest run on purpose: a command that writes one answer on the run
+it targets and another on the check (it can read the clock), or a storage quota full for
+one run's upload and free for the other's. Each test mounts one such attack and checks that
+the attack was really mounted (three runs, the first one outvoted) and that it failed:
+no `mismatch` recorded against the honest provider, its reputation as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.adversarial.rogue import State
+from tests.adversarial.test_pay_and_blame import ended, events, outcomes, reputations, submit
+from tests.e2e.network import Network, network
+
+pytestmark = pytest.mark.e2e
+
+QUOTA = 64 * 1024  # each client's storage quota on this network
+WAIT_S = 20  # how long the network's check, and its tie-break, wait for a provider
+HONEST = "fair-a"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("framing")
+
+
+@pytest.fixture(scope="module")
+def net(home: Path, temporal_server: str) -> Iterator[Network]:
+    with network(home, temporal_server, [
+        ("fair-a", "1xA100:40", "1.0", []),
+        ("fair-b", "1xA100:40", "1.5", []),
+        ("fair-c", "1xA100:40", "2.0", []),
+    ], {"GPGPU_STORAGE_QUOTA_BYTES": str(QUOTA),
+        # The network's check: of every empty-handed run, and of every run of a provider on
+        # probation (all three are new) of a job declared reproducible.
+        "GPGPU_ADAPTIVE_CHECKS": "true", "GPGPU_CHECK_WAIT_S": str(WAIT_S),
+        "GPGPU_REPLICA_WAIT_S": str(WAIT_S)},
+            owners={"fair-b": "owner-b", "fair-c": "owner-c"}) as n:
+        yield n
+
+
+@pytest.fixture
+def state(home: Path) -> State:
+    return State(home)
+
+
+def allocated(net: Network, client: str, job_id: str) -> list[str]:
+    return [e["data"]["provider_id"] for e in events(net, client, job_id)
+            if e["type"] == "GpusAllocated"]
+
+
+def assert_not_framed(net: Network, state: State, client: str, job_id: str,
+                      before: tuple[Any, ...]) -> None:
+    """The attack was mounted (the honest run, the check, the tie-break) and failed."""
+    assert allocated(net, client, job_id) == ["fair-a", "fair-b", "fair-c"]
+    recorded = outcomes(net, client, job_id)
+    assert HONEST not in recorded, recorded
+    assert "mismatch" not in recorded.values(), recorded
+    assert reputations(state)[HONEST] == before
+    # Outvoted: not paid, and the client is not charged for it either.
+    job = f"{job_id}:{HONEST}"
+    assert state.transfers(f"pay:{job}") == [] and state.transfers(f"withheld:{job}") == []
+
+
+def test_a_job_that_writes_another_answer_on_the_run_it_targets_frames_no_one(
+    net: Network, state: State
+) -> None:
+    """A job declared reproducible writes what depends on where and when it runs: here the
+    clock (the sandbox hides the host's name and paths, not the time), "here" on the first
+    run and "elsewhere" on the network's check and its tie-break, which follow it. Two
+    runs of two other owners against one: fair-a is outvoted. The client wanted it blamed
+    (a `mismatch`, its reputation down); it is not paid, but not blamed: a majority of a
+    client's command is no evidence against a provider."""
+    before = reputations(state)[HONEST]
+    switch = int(time.time()) + 12
+    job_id = submit(
+        net, "targeter", outputs=["out.txt"], verification={"reproducible": True},
+        resources={"gpu_model": "A100"},
+        command=f'if [ "$(date +%s)" -lt {switch} ]; then echo here; else echo elsewhere; fi'
+                " > out.txt; sleep 15")
+
+    job = ended(net, "targeter", job_id)
+
+    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", "targeter",
+                  id=job_id)["job"]["outputs"]
+    assert net.get("targeter", got[0]["key"]) == b"elsewhere\n"
+    stored = net.get("targeter", f"jobs/{job_id}/runs/1/out.txt")
+    assert stored == b"here\n"  # fair-a ran it honestly, on its side of the switch
+    assert_not_framed(net, state, "targeter", job_id, before)
+    assert int(job["costMicro"]) > 0, job  # the client pays for the result it keeps
+
+
+def uploaded(net: Network, client: str, job_id: str, provider_id: str,
+             timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for e in events(net, client, job_id):
+            if e["type"] == "OutputsUploaded" and e["data"]["provider_id"] == provider_id:
+                return dict(e["data"])
+        time.sleep(0.2)
+    raise AssertionError(f"{provider_id} uploaded nothing for {job_id}")
+
+
+def test_a_client_that_fills_its_quota_for_the_run_and_frees_it_for_the_check_frames_no_one(
+    net: Network, state: State
+) -> None:
+    """The client fills its storage quota, so that fair-a's upload is refused (its run is
+    empty-handed), then frees it before the network's check uploads: the check and the
+    tie-break deliver and fair-a looks like a provider that skipped the work. It is not
+    paid (nothing shows its work), but not blamed: the network cannot tell a provider whose
+    upload the client's storage refused from one that did nothing."""
+    before = reputations(state)[HONEST]
+    net.put("quota-flipper", "filler.bin", b"\0" * (QUOTA - 4096))
+    job_id = submit(net, "quota-flipper", outputs=["out.bin"],
+                    resources={"gpu_model": "A100"},
+                    command="sleep 4; head -c 8192 /dev/zero > out.bin")
+
+    first = uploaded(net, "quota-flipper", job_id, HONEST)
+    assert first["missing"] == ["out.bin"], first  # refused: the quota was full
+    r = net.http.delete(f"/storage/{net.client_id('quota-flipper')}/filler.bin",
+                        headers=net.headers("quota-flipper"))
+    assert r.status_code in (200, 204), r.text
+    job = ended(net, "quota-flipper", job_id)
+
+    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
+    assert_not_framed(net, state, "quota-flipper", job_id, before)
+    assert int(job["costMicro"]) > 0, job
+
+
+def test_a_job_whose_own_output_fills_the_quota_for_the_check_frames_no_one(
+    net: Network, state: State
+) -> None:
+    """The other way round: fair-a delivers, and its output takes more than half the
+    client's quota, so the network's check and its tie-break (the job is declared
+    reproducible) are refused theirs: two empty-handed runs against one that delivered.
+    fair-a is outvoted by nothing but the client's full storage: not blamed."""
+    before = reputations(state)[HONEST]
+    job_id = submit(net, "quota-filler", outputs=["out.bin"],
+                    verification={"reproducible": True}, resources={"gpu_model": "A100"},
+                    command=f"head -c {QUOTA * 5 // 8} /dev/zero > out.bin")
+
+    job = ended(net, "quota-filler", job_id)
+
+    assert uploaded(net, "quota-filler", job_id, HONEST)["missing"] == []
+    assert uploaded(net, "quota-filler", job_id, "fair-b")["missing"] == ["out.bin"]
+    assert job["state"] == "FAILED" and "declared outputs missing" in job["reason"], job
+    assert_not_framed(net, state, "quota-filler", job_id, before)
