@@ -202,6 +202,7 @@ class ControlActivities:
                 req.job_id, req.attempt, excluded, ALLOCATE_WAIT_S,
                 cancelled=activity.is_cancelled if live else lambda: False,
                 heartbeat=activity.heartbeat if live else lambda _: None,
+                avoided=set(req.avoided_provider_ids) - excluded,
             )
         except DomainError as err:
             raise _refuse(err) from err

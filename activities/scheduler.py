@@ -89,13 +89,15 @@ class Scheduler:
         wait_s: float,
         cancelled: Callable[[], bool] = lambda: False,
         heartbeat: Callable[[str], None] = lambda _: None,
+        avoided: set[str] | None = None,
     ) -> Decision | str:
-        """A placement for this allocation, or why there is none yet after `wait_s`."""
+        """A placement for this allocation, or why there is none yet after `wait_s`;
+        `avoided` providers only where no other can take it (domain/scheduling.py)."""
         job = self.network.job(job_id)
         if attempt in job.allocations:  # placed while the previous try was away
             return self._held(job_id, attempt)
         key = (job_id, attempt)
-        ticket = self.enqueue(job_id, attempt, excluded)
+        ticket = self.enqueue(job_id, attempt, excluded, avoided)
         self._ensure_running()
         self._wake.set()
         deadline = time.monotonic() + wait_s
@@ -113,7 +115,9 @@ class Scheduler:
         assert ticket.decision is not None
         return ticket.decision
 
-    def enqueue(self, job_id: str, attempt: int, excluded: set[str]) -> _Ticket:
+    def enqueue(
+        self, job_id: str, attempt: int, excluded: set[str], avoided: set[str] | None = None
+    ) -> _Ticket:
         """Put one allocation in line (again); the next round may place it."""
         key = (job_id, attempt)
         with self._lock:
@@ -121,7 +125,7 @@ class Scheduler:
         if ticket is None:
             job = self.network.job(job_id)
             node = self._node(split_queue(str(job.spec.get("queue", "default")))[0])
-            entry = self.network.waiting_entry(job_id, attempt, excluded, job, node)
+            entry = self.network.waiting_entry(job_id, attempt, excluded, job, node, avoided)
             with self._lock:
                 ticket = self._tickets.setdefault(key, _Ticket(entry, job))
         elif not excluded <= ticket.entry.excluded:  # a later try knows more to leave out

@@ -252,6 +252,7 @@ class Market(Ownership):
         excluded: set[str],
         job: Job | None = None,
         node: Node | None = None,
+        avoided: set[str] | None = None,
     ) -> Waiting:
         """What the scheduler needs to know about one allocation a job waits for."""
         job = job or self.job(job_id)
@@ -266,6 +267,7 @@ class Market(Ownership):
             req=self._requirements(spec, node),
             excluded=frozenset(excluded),
             queue=spec.queue,
+            avoided=frozenset(avoided or set()),
         )
 
     def place(

@@ -16,9 +16,11 @@ oldest first.
 
 Placement (`plan`): in that order, each job gets the best-scoring provider that
 is eligible (`domain.matching.assess`) and still has enough free GPUs after the
-placements before it. A client at the queue's cap on concurrent GPUs waits; a
-job that fits nowhere waits, and smaller jobs behind it may still start
-(backfill: a large job can wait long on a busy queue; its position shows it).
+placements before it; a provider the job `avoided` (one lost once while running it)
+only when no other provider can take it in this round. A client at the queue's cap
+on concurrent GPUs waits; a job that fits nowhere waits, and smaller jobs behind it
+may still start (backfill: a large job can wait long on a busy queue; its position
+shows it).
 
 Speed: providers are sorted once per round by score for each distinct set of
 requirements, so one decision looks at the first few providers of a sorted
@@ -49,6 +51,7 @@ class Waiting:
     req: Requirements
     excluded: frozenset[str] = frozenset()
     queue: str = "default"  # "<node>/<queue>"
+    avoided: frozenset[str] = frozenset()  # a last resort: placed only where no other fits
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,11 @@ class _Pool:
         return ranked
 
     def take(self, w: Waiting, also_excluded: set[str]) -> tuple[str, list[int]] | None:
-        for pid in self.ranked(w.req):
+        ranked = self.ranked(w.req)
+        if w.avoided:  # the others first, then the job's last resort
+            ranked = ([pid for pid in ranked if pid not in w.avoided]
+                      + [pid for pid in ranked if pid in w.avoided])
+        for pid in ranked:
             if pid in w.excluded or pid in also_excluded:
                 continue
             free = self.free[pid]

@@ -138,6 +138,8 @@ class AllocateRequest:
     # For prepare_transfers: "run" the job, or "verify" the outputs of `source_attempt`.
     purpose: str = "run"
     source_attempt: int = 0
+    # Placed here only where no other provider can take the run (lost once running it).
+    avoided_provider_ids: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -5,7 +5,9 @@ the world is an activity. Control activities run on the workflow's own task
 queue (`control` unless configured otherwise); stage, execute and upload run
 there too, as assignments the allocated provider takes from the API. A provider
 that stops heartbeating (or never picks its work up) is marked lost and that run
-goes back to allocation without it; the next attempt starts from the checkpoint
+goes back to allocation, where the job's own run takes it again only as a last resort
+and only once (runs_.lost_once), waiting at most GPGPU_REPLICA_WAIT_S (then FAILED,
+refunded); the next attempt starts from the checkpoint
 the job last wrote on a provider of the same owner, if any (worker_gpu/checkpoint.py).
 A provider that fails its step with an error of its own is treated alike (RunFailed),
 and blamed (`failure`) once another provider got through. A run that timed out with
@@ -61,6 +63,7 @@ T = TypeVar("T")
 # developed were folded into this one before any history was kept (tests/replay/ holds
 # histories of this version). The next change of its logic goes behind a patch.
 EMPTY_HANDED_CHECK = "empty-handed-check"  # the network's check of every empty-handed run
+OWN_RUN = ("run", "retry", "rerun")  # the labels of the job's own (single) run's tries
 
 
 @workflow.defn
@@ -232,16 +235,26 @@ class JobWorkflow(JobEndings):
             return []  # a check that cannot be placed is skipped, not fatal
 
     def _bound_s(self, label: str) -> float:
-        """How long this kind of run may wait for GPUs; 0: as long as it takes."""
+        """How long this kind of run may wait for GPUs; 0: as long as it takes.
+
+        Only the job's first try of its own run waits in the queue as long as it takes; once
+        a provider failed it ("retry") or was lost with it ("rerun"), the run waits at most
+        GPGPU_REPLICA_WAIT_S, or a job whose only fitting provider died would hold its
+        escrow for ever."""
         if label == "check":
             return self._check_wait_s
         return self._replica_wait_s if label != "run" else 0.0
 
     async def _allocate(self, inp: c.JobInput, attempt: int, label: str) -> c.Allocation:
         busy = [r.alloc.provider_id for r in self._runs]
+        # The job's own run may go back to a provider lost once, last (runs_.lost_once).
+        avoided = runs_.lost_once(self._lost) if label in OWN_RUN else []
+        excluded = runs_.unique(
+            [p for p in self._lost if p not in avoided] + self._failed + busy)
         handle = workflow.start_activity(
             c.ALLOCATE_GPUS,
-            c.AllocateRequest(inp.job_id, attempt, runs_.unique(self._lost + self._failed + busy)),
+            c.AllocateRequest(inp.job_id, attempt, excluded, avoided_provider_ids=[
+                p for p in avoided if p not in excluded]),
             task_queue=workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=QUEUE_RETRY,
@@ -285,18 +298,20 @@ class JobWorkflow(JobEndings):
         """Allocate, stage, execute, upload; on a lost provider, or one that failed its step
         with an error of its own, again elsewhere (at most max_provider_attempts in all)."""
         failures: list[tuple[int, str, str]] = []  # (attempt, provider, why) of failed runs
+        losses: list[tuple[int, str, str]] = []  # (attempt, provider, why) of lost runs
         for _ in range(inp.max_provider_attempts):
             self._attempts += 1
             attempt = self._attempts
             self._step = "allocate"
             try:
-                # After a failure the run waits for another provider, but not for ever: the
-                # job may be what no provider can run (an input changed, an image missing).
-                alloc = await self._allocate(
-                    inp, attempt, "retry" if failures and label == "run" else label)
+                # After a failure or a loss the run waits for a provider, but not for ever:
+                # the job may be what no provider can run (an input changed, an image
+                # missing), or the one provider that fits may be gone for good.
+                again = "retry" if failures else "rerun" if losses else label
+                alloc = await self._allocate(inp, attempt, again if label == "run" else label)
             except Unplaced as unplaced:
-                if failures:
-                    raise Unplaced(f"{failures[-1][2]}; {unplaced}") from None
+                if failures or losses:
+                    raise Unplaced(f"{runs_.setbacks(failures, losses)}; {unplaced}") from None
                 raise
             run = Run(alloc, payer, purpose)
             self._runs.append(run)
@@ -309,6 +324,7 @@ class JobWorkflow(JobEndings):
                 )
                 self._runs.remove(run)
                 self._lost.append(alloc.provider_id)
+                losses.append((attempt, alloc.provider_id, str(lost)))
                 continue
             except ProviderFailed as failed:
                 await self._control(

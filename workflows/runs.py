@@ -37,10 +37,37 @@ def unique(ids: list[str]) -> list[str]:
 
 
 def unplaced_reason(label: str, bound_s: float) -> str:
+    if label == "rerun":  # the provider it lost may take it again: not "independent"
+        return f"the run, once its provider was lost, found no provider within {bound_s:g} s"
     what = {"check": "the network's check", "replica": "a replica",
             "tie-break": "the tie-break", "verifier": "the verifier",
             "retry": "the run, once a provider failed it,"}.get(label, "a run")
     return f"{what} found no independent provider within {bound_s:g} s"
+
+
+def lost_once(lost: list[str]) -> list[str]:
+    """The providers lost once while running this job (`lost`: one entry per loss).
+
+    The job's own run may go back to one of them, as a last resort: only when no other
+    provider can take the run (the scheduler tries the others first), and only once it is
+    back online (a provider marked lost is placed again only after it heartbeats anew). A
+    user whose job needs a model only one provider has would rather it ran there after a
+    brief crash than failed; a provider lost twice for the same job is out of it for good.
+    The loss is penalised either way (`lost` in its reputation). A replica, the network's
+    check, a tie-break or the verifier never go back to a provider the job lost."""
+    return [p for p in unique(lost) if lost.count(p) == 1]
+
+
+def setbacks(failures: list[tuple[int, str, str]], losses: list[tuple[int, str, str]]) -> str:
+    """What happened to a run's earlier tries, for the reason the job fails with: the last
+    failure, and the provider(s) lost ((attempt, provider, why) each)."""
+    notes = [failures[-1][2]] if failures else []
+    if len(losses) == 1:
+        notes.append(losses[0][2])
+    elif losses:
+        notes.append(f"{len(losses)} runs lost their provider "
+                     f"({', '.join(p for _, p, _ in losses)}); the last: {losses[-1][2]}")
+    return "; ".join(notes)
 
 
 def unproven_timeout(run: Run, runs: list[Run]) -> bool:

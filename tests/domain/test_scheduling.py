@@ -8,6 +8,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -407,3 +408,18 @@ def test_a_placement_where_a_sibling_replica_ran_is_refused(app: Network) -> Non
     assert app.place([Placement("rep", 2, "a", "p2", [0], PRICE)],
                      {"p2": app.provider("p2")}) == [True]
     assert app.job("rep").allocations == {1: "p1", 2: "p2"}
+
+
+def test_a_provider_the_run_avoids_is_its_last_resort() -> None:
+    """A run whose provider was lost once goes back there only when no other can take it."""
+    cheap, dear = providers(2)  # p00 scores best (same price, listed first)
+    avoiding = Waiting("j", 2, "a", 0, 0.0, REQ, avoided=frozenset({"p00"}))
+    (placed,) = plan([avoiding], [cheap, dear], {}).placements
+    assert placed.provider_id == "p01"
+    busy = Candidate("p01", PRICE, 0.5, True, [gpu(0)], [])  # no free GPU on the other
+    (placed,) = plan([avoiding], [cheap, busy], {}).placements
+    assert placed.provider_id == "p00"
+    alone = plan([avoiding], [cheap], {}).placements  # back online, the only one that fits
+    assert [p.provider_id for p in alone] == ["p00"]
+    gone = replace(cheap, online=False)  # not back yet: nothing to place on
+    assert plan([avoiding], [gone], {}).placements == []

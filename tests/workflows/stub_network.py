@@ -61,11 +61,16 @@ class StubNetwork:
     silent_at: dict[str, str] = field(default_factory=dict)
     unpicked_at: dict[str, str] = field(default_factory=dict)
     refuses: dict[str, tuple[str, str]] = field(default_factory=dict)  # pid: (step, type)
+    # Once lost, a provider of `stays_down` is never placeable again; one of `recovers`
+    # answers again (its silence or unpicked step was once).
+    stays_down: set[str] = field(default_factory=set)
+    recovers: set[str] = field(default_factory=set)
     blocks_at: dict[str, str] = field(default_factory=dict)  # pid: a GPU step it blocks in
     calls: list[tuple[str, Any]] = field(default_factory=list)
     started: dict[str, asyncio.Event] = field(default_factory=dict)
     verdicts: int = 0
     allocations: dict[int, str] = field(default_factory=dict)
+    lost_attempts: set[int] = field(default_factory=set)  # their GPUs went back
 
     def called(self, name: str) -> list[Any]:
         return [arg for n, arg in self.calls if n == name]
@@ -111,9 +116,11 @@ class StubNetwork:
             if req.attempt in net.allocations:
                 pid = net.allocations[req.attempt]
                 return c.Allocation(req.job_id, req.attempt, pid, [0], 1_000_000)
-            held = set(net.allocations.values())
+            held = {p for a, p in net.allocations.items() if a not in net.lost_attempts}
             free = [p for p in net.providers if p in net.placeable
                     and p not in req.excluded_provider_ids and p not in held]
+            # As the scheduler does: a provider the run avoids only when no other is free.
+            free.sort(key=lambda p: p in req.avoided_provider_ids)
             if not free:
                 # As the real one does: it waits its try out in line, heartbeating, then
                 # says why there is no placement, or that it was cancelled.
@@ -161,6 +168,12 @@ class StubNetwork:
         @activity.defn(name=c.MARK_PROVIDER_LOST)
         async def mark_provider_lost(req: c.ProviderLost) -> None:
             await plain(c.MARK_PROVIDER_LOST)(req)
+            net.lost_attempts.add(req.attempt)
+            if req.provider_id in net.stays_down:
+                net.placeable.discard(req.provider_id)
+            if req.provider_id in net.recovers:
+                net.silent_at.pop(req.provider_id, None)
+                net.unpicked_at.pop(req.provider_id, None)
 
         @activity.defn(name=c.RECORD_RUN_FAILED)
         async def record_run_failed(req: c.RunFailed) -> None:
