@@ -27,7 +27,8 @@ from domain.errors import DomainError
 from domain.job import Job
 from domain.verification import check_rate, decide_check
 from infra.assignments import AssignmentBoard
-from infra.row_cipher import RowCipher
+from infra.job_env import open_env
+from infra.row_cipher import RowCipher, RowSealError
 from infra.settings import Settings
 from infra.storage import ObjectStore
 from protocol.spec import JobSpec
@@ -157,13 +158,28 @@ class ControlActivities:
         self.callers = Callers(network)
         self.scheduler = Scheduler(network, self.online_provider_ids)
         self.busy = threading.BoundedSemaphore(BUSY_SLOTS)
+        self._cipher: RowCipher | None = None
         self._board: AssignmentBoard | None = None
+
+    @property
+    def cipher(self) -> RowCipher:
+        if self._cipher is None:
+            self._cipher = RowCipher(self.settings.payload_keys)
+        return self._cipher
 
     @property
     def board(self) -> AssignmentBoard:
         if self._board is None:
-            self._board = AssignmentBoard(self.views, RowCipher(self.settings.payload_keys))
+            self._board = AssignmentBoard(self.views, self.cipher)
         return self._board
+
+    def job_env(self, job: Job) -> dict[str, str]:
+        """The job's env, opened from its JobSubmitted event (infra/job_env.py): only a
+        run's plan has it, and it goes on encrypted (Temporal's payloads, the sealed row)."""
+        try:
+            return open_env(self.cipher, job.job_id, job.spec.get("env") or {}, job.sealed_env)
+        except RowSealError as err:
+            raise _refuse(DomainError("env", str(err))) from err
 
     def online_provider_ids(self) -> set[str]:
         return online_provider_ids(self.views, self.settings)
@@ -237,6 +253,7 @@ class ControlActivities:
             raise _refuse(DomainError("", f"attempt {req.attempt} of job {req.job_id} is not "
                                       "allocated"))
         grants = Grants(self.settings, job.client_id, req.job_id, req.attempt, provider_id)
+        env = self.job_env(job)
         inputs = []
         for ref in spec.inputs:
             if ref.sha256 is None or ref.size is None:
@@ -252,7 +269,7 @@ class ControlActivities:
                 for m in job.manifests.get(req.source_attempt, [])
             ]
             return c.TransferPlan(
-                req.job_id, req.attempt, inputs, [], spec.verification.verifier, spec.env,
+                req.job_id, req.attempt, inputs, [], spec.verification.verifier, env,
                 spec.timeout_s, spec.image, False,
             )
         outputs = []
@@ -274,7 +291,7 @@ class ControlActivities:
                 for e in checkpoint.resumed
             ]
         return c.TransferPlan(
-            req.job_id, req.attempt, inputs, outputs, spec.command, spec.env, spec.timeout_s,
+            req.job_id, req.attempt, inputs, outputs, spec.command, env, spec.timeout_s,
             spec.image, spec.network, checkpoint,
         )
 

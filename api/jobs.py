@@ -16,6 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.services import Services
 from domain.errors import DomainError
 from domain.node import split_queue
+from infra.job_env import seal_env
 from infra.storage import ObjectNotFound, StorageError
 from protocol.spec import JobSpec, SpecError, parse_job_spec
 from workflows.contracts import JobInput, job_workflow_id
@@ -77,7 +78,8 @@ async def submit_job(services: Services, client_id: str, data: Any) -> Submitted
     await asyncio.to_thread(
         services.network.open_client, client_id, settings.starting_balance_micro
     )
-    await asyncio.to_thread(services.network.submit_job, job_id, client_id, spec)
+    sealed_env = seal_env(services.row_cipher, job_id, spec.env)
+    await asyncio.to_thread(services.network.submit_job, job_id, client_id, spec, sealed_env)
     job_input = JobInput(
         job_id=job_id,
         client_id=client_id,

@@ -23,6 +23,7 @@ from domain.application import Network
 from domain.errors import DomainError, UnknownProvider
 from domain.identity import Caller
 from infra.db import PostgresChanges, SqliteChanges
+from infra.row_cipher import RowCipher
 from infra.settings import Settings
 from infra.storage import ObjectStore
 from readmodel.live import Broadcaster, PostgresListener, ProjectionThread
@@ -178,6 +179,8 @@ class Services:
     live_logs: LiveLogs = field(init=False)
     # Live subscriptions by stream, sharing each event's execution (api/multiplex.py).
     live: Hub = field(init=False)
+    # Seals a submitted job's env before it is recorded (infra/job_env.py).
+    row_cipher: RowCipher = field(init=False)
 
     def __post_init__(self) -> None:
         self.live = Hub(self.query, self.broadcaster.recent,
@@ -186,6 +189,7 @@ class Services:
         self.identity = Identity.beside(self.network)
         self.auth = Authenticator(self.identity, self.settings.auth_cache_ttl_s)
         self.live_logs = LiveLogs(self.telemetry_views or self.views)
+        self.row_cipher = RowCipher(self.settings.payload_keys)
         self.sign_ins = SignInThrottle(
             self.telemetry_views or self.views,
             max_source_failures=self.settings.sign_in_max_failures_per_address)

@@ -76,7 +76,7 @@ def step_data(step: str, provider_id: str, job_id: str) -> dict[str, Any]:
 def new_job(job_id: str, client_id: str = "bench") -> Job:
     return Job(
         job_id=job_id, client_id=client_id, spec=SPEC.model_dump(mode="json"),
-        max_cost_micro=SPEC.max_cost_micro,
+        max_cost_micro=SPEC.max_cost_micro, sealed_env="",  # no env
     )
 
 

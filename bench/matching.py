@@ -100,7 +100,8 @@ def queue_jobs(network: Network, jobs: int, clients: int, rng: random.Random) ->
             job_id = f"job-{n:05d}"
             client = n % clients
             job = Job(job_id=job_id, client_id=f"client-{client:02d}",
-                      spec=spec.model_dump(mode="json"), max_cost_micro=spec.max_cost_micro)
+                      spec=spec.model_dump(mode="json"), max_cost_micro=spec.max_cost_micro,
+                      sealed_env="")  # no env
             escrow = network.account(escrow_account(job_id))
             transfer(accounts[client], escrow, f"escrow:{job_id}", job.max_cost_micro, "escrow")
             job.record_escrow(job.max_cost_micro)

@@ -73,6 +73,9 @@ class Canaries(Base):
                 client_id=task.client_id,
                 spec=task.spec.model_dump(mode="json"),
                 max_cost_micro=task.spec.max_cost_micro,
+                # In the clear: a canary's env is its seed and size, which its Canary
+                # records anyway (the known answer is checked against them).
+                sealed_env="",
             )
             provider.reserve(task.job_id, gpus, task.client_id)
             job.record_allocation(1, provider_id, gpus, price)

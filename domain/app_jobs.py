@@ -14,7 +14,7 @@ from domain.errors import (
     InvalidAmount,
     InvalidTransition,
 )
-from domain.job import Job
+from domain.job import Job, env_names_only
 from domain.ledger import (
     CHECKS,
     EXTERNAL,
@@ -100,15 +100,21 @@ class Jobs(Base):
 
     # Jobs
 
-    def submit_job(self, job_id: str, client_id: str, spec: JobSpec) -> None:
+    def submit_job(self, job_id: str, client_id: str, spec: JobSpec, sealed_env: str = "") -> None:
+        """Record a job. Its `env` is recorded by its names alone: a spec with an env comes
+        with the env sealed for this job (infra/job_env.py), or is refused."""
+        if spec.env and not sealed_env:
+            raise ValueError(f"job {job_id}: an env is recorded sealed, never in the clear;"
+                             " seal it (infra/job_env.py) and pass sealed_env")
         if self._get_or_none(Job.create_id(job_id=job_id)) is not None:
             return
         AMOUNT.check("max_cost_micro", spec.max_cost_micro)
         job = Job(
             job_id=job_id,
             client_id=client_id,
-            spec=spec.model_dump(mode="json"),
+            spec=env_names_only(spec.model_dump(mode="json")),
             max_cost_micro=spec.max_cost_micro,
+            sealed_env=sealed_env if spec.env else "",
         )
         self.save(job)
 

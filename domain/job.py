@@ -3,6 +3,10 @@
 Each command is safe to repeat: it carries a dedupe key (the step and the
 attempt) and does nothing when that fact is already recorded, because Temporal
 may run the activity that issues it more than once.
+
+A job's `env` is not recorded in the clear: its JobSubmitted event keeps the spec with
+the env's names alone (each value "") and the env itself sealed by the caller
+(`sealed_env`, infra/job_env.py), which only the control plane's key opens.
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ from domain.limits import (
 )
 from domain.states import TERMINAL_STATES, JobState
 
-__all__ = ["TERMINAL_STATES", "Job", "JobState", "check_step_data"]
+__all__ = ["TERMINAL_STATES", "Job", "JobState", "check_step_data", "env_names_only"]
+
+
+def env_names_only(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as recorded and shown: its `env`'s names, each with the value ""."""
+    return {**spec, "env": dict.fromkeys(spec.get("env") or {}, "")}
 
 
 
@@ -59,11 +68,30 @@ class Job(Aggregate):
     def create_id(job_id: str, **_: Any) -> UUID:
         return business_id("job", job_id)
 
-    @event("JobSubmitted")
-    def __init__(self, job_id: str, client_id: str, spec: dict[str, Any], max_cost_micro: int):
+    class JobSubmitted(Aggregate.Created):
+        """Version 2 added `sealed_env`: the env sealed, the spec keeping only its names.
+
+        A version 1 event (and a canary's, whose seed its Canary records anyway) has none:
+        its spec's env is the env itself, in the clear."""
+
+        class_version = 2
+        job_id: str
+        client_id: str
+        spec: dict[str, Any]
+        max_cost_micro: int
+        sealed_env: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["sealed_env"] = ""
+
+    @event(JobSubmitted)
+    def __init__(self, job_id: str, client_id: str, spec: dict[str, Any], max_cost_micro: int,
+                 sealed_env: str):
         self.job_id = job_id
         self.client_id = client_id
         self.spec = spec
+        self.sealed_env = sealed_env
         self.max_cost_micro = max_cost_micro
         self.state = JobState.SUBMITTED
         self.reason = ""

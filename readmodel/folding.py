@@ -16,7 +16,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.job import Job
+from domain.job import Job, env_names_only
 from domain.ledger import Account
 from domain.node import DEFAULT_QUEUE, Node, queue_config, split_queue
 from domain.provider import Provider
@@ -205,7 +205,8 @@ class Fold:
 
     def job_submitted(self, e: Event) -> None:
         data = e.data
-        spec = data["spec"]
+        # The env's names alone, also from an event recorded before envs were sealed.
+        spec = env_names_only(data["spec"])
         node, queue = split_queue(spec.get("queue", DEFAULT_QUEUE))
         self.cur.execute(
             "INSERT INTO jobs (job_id, aggregate_id, client_id, name, state, max_cost_micro,"
@@ -221,7 +222,7 @@ class Fold:
         self.rows.jobs[e.agg] = {"job_id": data["job_id"], "last_seq": 0,
                                  "queued_position": None, "provider_id": None}
         self.job(Event(e.nid, e.agg, e.type, e.at,
-                       {k: v for k, v in data.items() if k != "spec"}))
+                       {k: v for k, v in data.items() if k not in ("spec", "sealed_env")}))
 
     def job(self, e: Event) -> None:
         job = self.rows.jobs.get(e.agg) or self.cur.one(
