@@ -13,7 +13,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -513,6 +516,61 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
     page.fill(f"{card} input[name=price]", "1.25")
     page.click(f"{card} button:has-text('Set price')")
     page.wait_for_selector(f"{card} >> text=1.25 credits / GPU-hour")
+
+
+def test_the_provider_block_run_as_shown_brings_a_provider_online(
+    page: Any, net: Network, needs_accounts: None, tmp_path: Path
+) -> None:
+    """The API keys page's block, copied as shown and run in a fresh virtualenv (a machine
+    with Python and no checkout): it installs the agent from this network's
+    /downloads/gpgpu.tar.gz, starts it with --simulate, and My GPUs shows it online."""
+    enter(page, True, "web-paster", ["client", "provider"])
+    nav(page, "API keys", "/keys")
+    page.fill("input[name=key-name]", "the-gpu-box")
+    page.set_checked("input[name=scope-client]", False)
+    page.set_checked("input[name=scope-provider]", True)
+    page.click("button:has-text('Create key')")
+    page.wait_for_selector("[data-testid=provider-start-block]")
+    block = page.inner_text("[data-testid=provider-start-block]")
+    assert block.startswith("# 1.") and f"\npip install {net.url}/downloads/gpgpu.tar.gz\n" in block
+    own = re.search(r"--provider-id (\S+)", block)
+    assert own and "--simulate" in block, block
+
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GPGPU_") and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep)
+                                  if not d.startswith(str(ROOT)))
+    env["HOME"] = str(tmp_path)  # no checkout, nothing of this one's settings
+    log = tmp_path / "block.log"
+    with log.open("w") as out:
+        agent = subprocess.Popen(
+            ["bash", "-ec", f". {tmp_path / 'venv' / 'bin' / 'activate'}\n{block}"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        card = f"[data-provider={own[1]}]"
+        deadline, online = time.monotonic() + 420, False  # pip fetches its dependencies
+        while not online and agent.poll() is None and time.monotonic() < deadline:
+            time.sleep(2)
+            gpus = gql_as(net, page, "{ providers { providerId status } }")["providers"]
+            online = any(g["providerId"] == own[1] and g["status"] == "online" for g in gpus)
+        assert online and agent.poll() is None, (
+            f"not online (the block's exit: {agent.returncode}):\n{log.read_text()[-3000:]}")
+        switch_role(page, "provider")
+        page.wait_for_url("**/provider")
+        page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=online]",
+                               timeout=60_000)
+        installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+        assert (installed / "worker_gpu" / "__main__.py").is_file()  # from the archive
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(agent.pid, signal.SIGINT)
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait(timeout=10)
 
 
 def test_operator_sees_queues_waiting_jobs_and_gpus(
