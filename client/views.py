@@ -203,8 +203,7 @@ def waiting_table(jobs: list[QueuedJob]) -> Table:
     for j in jobs:
         table.add_row(str(j.position), Text(j.job_id, no_wrap=True, overflow="fold"),
                       j.name or "-", str(j.gpus), str(j.priority),
-                      short_time(j.waiting_since),
-                      short_time(j.expected_start) if still_ahead(j.expected_start) else "-",
+                      short_time(j.waiting_since), short_time(j.expected_start),
                       "; ".join(j.waiting_for) or "-")
     return table
 
