@@ -3,7 +3,8 @@ code this API runs, so that a provider's machine installs the agent with
 `pip install <API URL>/downloads/gpgpu.tar.gz`: no checkout, the same code as the network.
 
 The archive holds pyproject.toml, README.md and the packages pyproject.toml names
-(`[tool.setuptools.packages.find] include`), built once per process. An API run from an
+(`[tool.setuptools.packages.find] include`): their .py files and the GraphQL schema, no
+other file that may lie in a deployed tree; built once per process. An API run from an
 installed package, with no source tree beside it, answers 404 saying so.
 """
 
@@ -20,7 +21,7 @@ from starlette.responses import Response
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/downloads/gpgpu.tar.gz"
-SKIP = ("__pycache__", ".pyc", ".pyo")
+SHIPPED = (".py", ".graphql")  # code, and the schema: nothing else a package dir holds
 
 router = APIRouter()
 _built: dict[Path, bytes] = {}
@@ -36,7 +37,8 @@ def sdist(root: Path) -> bytes:
     files = [root / "pyproject.toml", root / "README.md"]
     for package in top:
         files += sorted(p for p in (root / package).rglob("*") if p.is_file()
-                        and not any(part.endswith(SKIP) for part in p.parts))
+                        and p.suffix in SHIPPED and "__pycache__" not in p.parts
+                        and not any(part.startswith(".") for part in p.parts))
     base = f"{name}-{version}"
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as tar:
