@@ -25,7 +25,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from api import assignments, auth, json_body, metrics, storage
+from api import assignments, auth, downloads, json_body, metrics, storage
 from api.body_limit import BodyLimit
 from api.context import Context
 from api.errors import refusal_text
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(storage.router)
     app.include_router(metrics.router)
     app.include_router(assignments.router)
+    app.include_router(downloads.router)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, object]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from rich.console import Group, RenderableType
 from rich.spinner import Spinner
 from rich.table import Table
@@ -40,6 +42,19 @@ def short_time(at: str | None) -> str:
     return "-" if not at else at[:19].replace("T", " ")
 
 
+def still_ahead(at: str | None, now: datetime | None = None) -> bool:
+    """Whether an estimate's time is still to come: one that has passed says nothing."""
+    if not at:
+        return False
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        return True  # not a time this client reads: show it as the API sent it
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when > (now or datetime.now(UTC))
+
+
 def state_text(state: str) -> Text:
     return Text(state, style=_STATE_STYLE.get(state, ""))
 
@@ -67,7 +82,7 @@ def job_detail(job: Job) -> RenderableType:
     if job.queue_position is not None:
         where = f" in {job.queue}" if job.queue else ""
         facts.add_row("queue position", f"{job.queue_position}{where}")
-    if job.expected_start is not None:
+    if still_ahead(job.expected_start):
         facts.add_row("expected start", f"by {short_time(job.expected_start)} (estimate)")
     for i, why in enumerate(job.waiting_for):
         facts.add_row("waits for" if i == 0 else "", why)
@@ -187,7 +202,7 @@ def waiting_table(jobs: list[QueuedJob]) -> Table:
                   "waits for", box=None)
     for j in jobs:
         table.add_row(str(j.position), Text(j.job_id, no_wrap=True, overflow="fold"),
-                      j.name if j.mine else "-", str(j.gpus), str(j.priority),
+                      j.name or "-", str(j.gpus), str(j.priority),
                       short_time(j.waiting_since), short_time(j.expected_start),
                       "; ".join(j.waiting_for) or "-")
     return table

@@ -300,6 +300,43 @@ def test_queue_positions_follow_the_schedulers_order(
         "3 jobs ahead of it in the queue"]
 
 
+def test_a_job_held_back_by_the_per_client_cap_says_so(
+    api: Api, beating: Callable[[str], Beater]
+) -> None:
+    """A queue's per-client cap holds a client's second job while a GPU is free: the job
+    says that is what it waits for (api.waiting), and another client's job, under no cap,
+    says a GPU is free for it."""
+    api.gql('mutation { registerNode(nodeId: "n-cap", region: "eu", operator: "alice")'
+            ' { ... on Node { nodeId } } }', "alice")
+    api.gql("""mutation { configureQueue(nodeId: "n-cap", name: "capped", gpuModels: ["H100"],
+              priorityLevels: 1, maxGpusPerClient: 1, fairShare: true) { __typename } }""",
+            "alice")
+    api.register("p-cap", gpus=2, node="n-cap")
+    beating("p-cap")
+    network = api.services.network
+    for job_id, client in (("cap-1", "alice"), ("cap-2", "alice"), ("cap-b", "bob")):
+        network.open_client(api.client_id(client), 100_000_000)
+        network.submit_job(job_id, api.client_id(client), parse_job_spec(
+            spec(1, queue="n-cap/capped")))
+        network.admit_job(job_id)
+    # alice's first job holds one of the two GPUs (as the scheduler would place it).
+    placed = network.allocate("cap-1", 1, set(), {"p-cap"})
+    assert (placed.provider_id, len(placed.gpu_indexes)) == ("p-cap", 1), placed
+    waits = "query($id: ID!) { job(id: $id) { state waitingFor } }"
+    cap = ("the queue lets a client hold at most 1 GPUs at once; the client's jobs hold 1 "
+           "and this one needs 1: it starts when one ends")
+
+    def capped() -> list[str]:
+        job = api.gql(waits, "alice", id="cap-2")["job"]
+        assert job["state"] == "QUEUED" and cap in job["waitingFor"], job
+        return list(job["waitingFor"])
+
+    said = eventually(capped)
+    assert not any(w.startswith("no provider can take it now") for w in said), said  # one is free
+    assert api.gql(waits, "bob", id="cap-b")["job"]["waitingFor"] == [
+        "a GPU fits it and is free: the scheduler places it within seconds"]
+
+
 def test_earnings_of_a_provider(api: Api) -> None:
     api.register("p-earn")
     found = api.gql('{ providerEarnings(providerId: "p-earn") { providerId balanceMicro'

@@ -107,6 +107,7 @@ class FakeApi:
     password_changes: list[str] = field(default_factory=list)
     roles_added: list[list[str]] = field(default_factory=list)
     ws_subscribes: list[dict[str, Any]] = field(default_factory=list)
+    queued: list[dict[str, Any]] = field(default_factory=list)  # what `query Queue` answers
     pongs: int = 0
     refused: int = 0
     _server: Server | None = None
@@ -208,6 +209,8 @@ class FakeApi:
             me = {"id": "u-1", "email": "alice@example.test", "roles": ["client"],
                   "clientId": CLIENT, "providerIds": [], "nodeIds": []}
             return httpx.Response(200, json={"data": {"me": me}})
+        if "query Queue" in query:
+            return httpx.Response(200, json={"data": {"queue": self.queued}})
         if "query Jobs" in query:
             return httpx.Response(200, json={"data": {"jobs": list(self.jobs.values())}})
         if "query Job" in query:

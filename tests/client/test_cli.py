@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,40 @@ def test_list_show_and_json(wired: FakeApi) -> None:
     assert waiting.exit_code == 0
     assert "waits for" in waiting.stdout and "1 job ahead of it" in waiting.stdout
     assert "a: price above the job's maximum" in waiting.stdout
+
+
+def test_an_expected_start_that_has_passed_is_not_shown(wired: FakeApi) -> None:
+    """An estimate in the past tells the reader nothing ("expected start by 10 minutes ago"):
+    `job show` leaves it out; one still to come it shows."""
+    ahead = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    wired.jobs["job-1"] = job_json(state="QUEUED", queuePosition=1,
+                                   expectedStart="2020-01-02T03:04:05+00:00")
+    wired.jobs["job-2"] = job_json("job-2", state="QUEUED", queuePosition=1, expectedStart=ahead)
+    passed = gpgpu(wired.url, "job", "show", "job-1")
+    assert passed.exit_code == 0, passed.stderr
+    assert "expected start" not in passed.stdout and "2020-01-02" not in passed.stdout
+    coming = gpgpu(wired.url, "job", "show", "job-2")
+    assert coming.exit_code == 0, coming.stderr
+    assert f"by {ahead[:19].replace('T', ' ')} (estimate)" in coming.stdout
+
+
+def test_node_waiting_shows_each_jobs_name_the_api_sends(wired: FakeApi) -> None:
+    """The operator's waiting list names every job the API names (theirs or another
+    client's); a job sent without a name shows "-"."""
+    row = {"gpus": 1, "gpuModel": None, "priority": 0, "waitingSince": "2025-01-02T03:04:05Z",
+           "expectedStart": "2020-01-02T03:04:05+00:00", "waitingFor": ["1 job ahead of it"]}
+    wired.queued = [
+        {**row, "position": 1, "jobId": "job-a", "name": "someone-elses", "mine": False},
+        {**row, "position": 2, "jobId": "job-b", "name": "my-own", "mine": True},
+        {**row, "position": 3, "jobId": "job-c", "name": None, "mine": False},
+    ]
+    shown = gpgpu(wired.url, "node", "waiting", "local/default")
+    assert shown.exit_code == 0, shown.stderr
+    lines = {line.split()[1]: line for line in shown.stdout.splitlines()
+             if line.strip()[:1].isdigit()}
+    assert lines["job-a"].split()[2] == "someone-elses", shown.stdout
+    assert lines["job-b"].split()[2] == "my-own", shown.stdout
+    assert lines["job-c"].split()[2] == "-", shown.stdout
 
 
 def test_outputs_are_downloaded_and_verified(wired: FakeApi, tmp_path: Path) -> None:

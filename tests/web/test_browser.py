@@ -13,7 +13,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,15 +119,40 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def shots(page: Any, name: str) -> None:
-    """The page at a laptop's size and a phone's (NAME.png, NAME-phone.png); on the phone
-    it must not scroll sideways."""
-    shot(page, name)
+def shots(page: Any, name: str | None, axe: bool = False) -> None:
+    """The page at a laptop's size and a phone's (NAME.png, NAME-phone.png; none without a
+    name); on the phone it must not scroll sideways. With axe, axe-core scans it at both."""
+    if axe:
+        assert_accessible(page)
+    if name:
+        shot(page, name)
     page.set_viewport_size(PHONE)
     try:
         page.wait_for_timeout(150)
         assert_fits(page)
-        shot(page, f"{name}-phone")
+        if axe:
+            assert_accessible(page)
+        if name:
+            shot(page, f"{name}-phone")
+    finally:
+        page.set_viewport_size(DESKTOP)
+
+
+def assert_reachable(page: Any, *selectors: str) -> None:
+    """On a phone, each of these (a button, a link, a table's cell) lies within the window's
+    width as the page is, with nothing scrolled sideways (no column off to the right of a
+    table that scrolls), and takes a click there (a trial click: nothing is pressed)."""
+    page.set_viewport_size(PHONE)
+    try:
+        page.wait_for_timeout(150)
+        assert_fits(page)
+        for sel in selectors:
+            target = page.locator(sel).first
+            target.wait_for(state="visible")
+            box = target.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (
+                f"{sel} is off-screen on a phone: {box}")
+            target.click(trial=True)
     finally:
         page.set_viewport_size(DESKTOP)
 
@@ -282,6 +310,7 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
                               "aria-valuenow") == "100"
     assert_accessible(page)  # the progress label's contrast among the rest
     shots(page, "client-job")
+    assert_reachable(page, '[data-testid="download-out/result.txt"]')
 
     with page.expect_download() as download:
         page.click('[data-testid="download-out/result.txt"]')
@@ -294,6 +323,7 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     nav(page, "My jobs", "/client/jobs")
     page.wait_for_selector(f'[data-testid=jobs] tr[data-job="{job_id}"] >> text=succeeded')
     shots(page, "client-jobs")
+    assert_reachable(page, f'[data-testid=jobs] tr[data-job="{job_id}"] td:last-child')  # cost
     nav(page, "Balance", "/client/account")
     page.wait_for_selector("[data-testid=ledger] >> text=held for a job")
     page.wait_for_selector("[data-testid=ledger] >> text=returned from a job")
@@ -304,6 +334,7 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     assert "escrow:" not in ledger and f"job {job_id[:8]}" in ledger  # in words, a link
     assert re.fullmatch(r"[\d,]+\.\d{6} credits", balance), balance  # one precision
     shots(page, "client-balance")
+    assert_reachable(page, "[data-testid=ledger] tbody tr:first-child td:last-child")
 
     nav(page, "My files", "/client/storage")  # a delete asks first
     row = '[data-testid=objects] tr[data-key="inputs/input.txt"]'
@@ -401,6 +432,7 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
         # The page's copy-paste block, filled in: install, this API's URL, the key, an id
         # of the user's own, the price asked for, --simulate; the agent starts as it says.
         page.fill("input[name=start-price]", "1.0")
+        shots(page, "api-keys", axe=True)  # the new key, with the block that starts an agent
         block = page.inner_text("[data-testid=provider-start-block]")
         assert "pip install" in block, block
         assert f"export GPGPU_API_URL={net.url}\n" in block, block
@@ -427,6 +459,7 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
                            timeout=60_000)
     assert page.inner_text(f"{card} [data-testid=earned]") == "0.000000 credits"
     page.wait_for_selector(f"{card} [data-testid=chart-util] canvas")
+    shots(page, None, axe=True)  # filled in: its GPU online, its charts, its earnings
 
     # A job of this user's client role goes to the cheapest GPU: this provider's.
     job = gql_as(net, page, """mutation($s: JSON!) { submitJob(spec: $s) { __typename
@@ -470,9 +503,11 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
         earned.split()[0])
 
     # Its controls: suspend and resume a GPU; a price the API refuses, then one it takes.
+    assert_reachable(page, f"{card} [data-testid=suspend-0]")
     page.click(f"{card} [data-testid=suspend-0]")
     page.wait_for_selector(f"{card} tr[data-gpu='0'] [data-status=suspended]")
     shots(page, "provider")
+    assert_reachable(page, f"{card} [data-testid=resume-0]")
     page.click(f"{card} [data-testid=resume-0]")
     page.wait_for_selector(f"{card} tr[data-gpu='0'] [data-status=online]")
     page.fill(f"{card} input[name=price]", "cheap")
@@ -481,6 +516,61 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
     page.fill(f"{card} input[name=price]", "1.25")
     page.click(f"{card} button:has-text('Set price')")
     page.wait_for_selector(f"{card} >> text=1.25 credits / GPU-hour")
+
+
+def test_the_provider_block_run_as_shown_brings_a_provider_online(
+    page: Any, net: Network, needs_accounts: None, tmp_path: Path
+) -> None:
+    """The API keys page's block, copied as shown and run in a fresh virtualenv (a machine
+    with Python and no checkout): it installs the agent from this network's
+    /downloads/gpgpu.tar.gz, starts it with --simulate, and My GPUs shows it online."""
+    enter(page, True, "web-paster", ["client", "provider"])
+    nav(page, "API keys", "/keys")
+    page.fill("input[name=key-name]", "the-gpu-box")
+    page.set_checked("input[name=scope-client]", False)
+    page.set_checked("input[name=scope-provider]", True)
+    page.click("button:has-text('Create key')")
+    page.wait_for_selector("[data-testid=provider-start-block]")
+    block = page.inner_text("[data-testid=provider-start-block]")
+    assert block.startswith("# 1.") and f"\npip install {net.url}/downloads/gpgpu.tar.gz\n" in block
+    own = re.search(r"--provider-id (\S+)", block)
+    assert own and "--simulate" in block, block
+
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GPGPU_") and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep)
+                                  if not d.startswith(str(ROOT)))
+    env["HOME"] = str(tmp_path)  # no checkout, nothing of this one's settings
+    log = tmp_path / "block.log"
+    with log.open("w") as out:
+        agent = subprocess.Popen(
+            ["bash", "-ec", f". {tmp_path / 'venv' / 'bin' / 'activate'}\n{block}"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        card = f"[data-provider={own[1]}]"
+        deadline, online = time.monotonic() + 420, False  # pip fetches its dependencies
+        while not online and agent.poll() is None and time.monotonic() < deadline:
+            time.sleep(2)
+            gpus = gql_as(net, page, "{ providers { providerId status } }")["providers"]
+            online = any(g["providerId"] == own[1] and g["status"] == "online" for g in gpus)
+        assert online and agent.poll() is None, (
+            f"not online (the block's exit: {agent.returncode}):\n{log.read_text()[-3000:]}")
+        switch_role(page, "provider")
+        page.wait_for_url("**/provider")
+        page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=online]",
+                               timeout=60_000)
+        installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+        assert (installed / "worker_gpu" / "__main__.py").is_file()  # from the archive
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(agent.pid, signal.SIGINT)
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait(timeout=10)
 
 
 def test_operator_sees_queues_waiting_jobs_and_gpus(
@@ -544,7 +634,7 @@ def test_operator_sees_queues_waiting_jobs_and_gpus(
         local = "[data-node=local]"
         page.wait_for_selector(f"{local} [data-testid=node-gpus-local] >> text=web-h100")
         page.wait_for_selector(f"{local} [data-testid=providers-local] >> text=web-a100")
-    shots(page, "operator")
+    shots(page, "operator", axe=True)
 
     # The client cancels it from the job page.
     page.goto(f"/client/jobs/{job_id}")
@@ -558,13 +648,13 @@ def test_operator_sees_queues_waiting_jobs_and_gpus(
 def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> None:
     page.goto("/")
     page.wait_for_url("**/signin")
-    shot(page, "sign-in")
+    shots(page, "sign-in")
     page.click("text=Create an account")
     page.fill("input[name=email]", "web-everyone@example.test")
     page.fill("input[name=password]", PASSWORD)
     for role in ("client", "provider", "operator"):
         page.set_checked(f"input[name=role-{role}]", True)
-    shot(page, "sign-up")
+    shots(page, "sign-up")
     page.click("button[type=submit]")
     page.wait_for_selector("header.top")
     assert page.inner_text("[data-testid=who]") == "web-everyone@example.test"
@@ -612,7 +702,6 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     assert len(key) >= 16
     page.wait_for_selector("[data-testid=api-keys] tr[data-key-name=laptop]")
     assert key not in page.inner_text("[data-testid=api-keys]")
-    shot(page, "api-keys")
     page.click("[data-testid=api-keys] tr[data-key-name=laptop] button:has-text('Revoke')")
     page.wait_for_selector("[data-testid=api-keys] tr[data-key-name=laptop]", state="detached")
 
@@ -658,6 +747,10 @@ MAIN_PAGES = [
 ]
 
 
+# Main pages shown as a new account sees them, under their own name (docs/screenshots).
+OWN_SHOTS = {"client-job-not-found", "provider-empty", "settings"}
+
+
 def test_every_main_page_fits_a_phone_has_its_title_and_passes_axe(
     browser: Any, net: Network, needs_accounts: None
 ) -> None:
@@ -694,6 +787,11 @@ def test_every_main_page_fits_a_phone_has_its_title_and_passes_axe(
         for sel in ("button:has-text('Sign out')", "[data-testid=role-switch]"):
             box = page.locator(sel).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (sel, box)
+        # Every link of the nav is on screen (it wraps; it does not scroll sideways).
+        links = page.eval_on_selector_all("header.top nav a", "as => as.map(a => a.textContent)")
+        assert {"Market", "API keys", "Settings"} <= set(links), links
+        assert_reachable(page, *[f"header.top nav a:text-is('{label}')" for label in links])
+        page.set_viewport_size(PHONE)
 
         titles = set()
         for size, viewport in (("phone", PHONE), ("", DESKTOP)):
@@ -706,7 +804,9 @@ def test_every_main_page_fits_a_phone_has_its_title_and_passes_axe(
                 titles.add(page.title())
                 assert_fits(page)
                 assert_accessible(page)
-                shot(page, f"fresh-{name}-phone" if size else f"fresh-{name}")  # a new account's
+                # A new account's pages; those no other test shows under their own name.
+                shown = name if name in OWN_SHOTS else f"fresh-{name}"
+                shot(page, f"{shown}-phone" if size else shown)
                 if name == "client-job-not-found":  # a page of its own, with ways on
                     assert page.is_visible("[data-testid=job-not-found] >> text=See all my jobs")
         assert len(titles) == len(MAIN_PAGES)
@@ -755,7 +855,7 @@ def test_an_admin_sees_every_node_and_anyone_the_market(
     page.wait_for_selector(f"{local} [data-testid=providers-local] >> text=web-a100")
     page.wait_for_selector(f"{local} [data-testid='waiting-local/default'], {local} .waiting")
     assert page.inner_text("main h1") == "Nodes"
-    shots(page, "admin-nodes")
+    shots(page, "admin-nodes", axe=True)
 
     nav(page, "Market", "/market")
     page.wait_for_selector("[data-testid=offers] tr[data-offer=web-a100]")

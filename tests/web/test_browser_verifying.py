@@ -12,15 +12,12 @@ import pytest
 from tests.e2e.network import Network, network
 from tests.liveness.flow_support import PATIENT
 from tests.web.test_browser import (  # noqa: F401 (fixtures)
-    PHONE,
-    assert_accessible,
-    assert_fits,
     browser,
     enter,
     gql_as,
     has_accounts,
     page,
-    shot,
+    shots,
 )
 
 pytestmark = pytest.mark.e2e
@@ -52,10 +49,6 @@ def test_a_verifying_job_says_what_it_waits_for(
                            timeout=20_000)
     said = page.inner_text("[data-testid=waiting-for]")
     assert "on a provider of another owner" in said, said
-    page.set_viewport_size(PHONE)
-    page.wait_for_timeout(150)
-    assert_fits(page)
-    assert_accessible(page)
-    shot(page, "client-job-verifying-phone")
+    shots(page, "client-job-verifying", axe=True)
     page.wait_for_selector("[data-testid=job-state] >> text=SUCCEEDED", timeout=60_000)
     assert page.locator("[data-testid=waiting-for]").count() == 0

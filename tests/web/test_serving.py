@@ -63,3 +63,31 @@ def test_without_a_build_the_plain_page_is_served(
     http = TestClient(api.app.create_app())
     assert http.get("/").text == "<p>run make web</p>"
     assert http.get("/client/jobs").status_code == 404
+
+
+def test_the_agent_is_served_as_a_source_archive_of_the_running_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /downloads/gpgpu.tar.gz (what the provider block installs): pyproject.toml, the
+    README and every package pyproject names, as they are here; no compiled leftovers."""
+    import io
+    import tarfile
+
+    import api.downloads
+
+    http = TestClient(api.app.create_app())
+    got = http.get("/downloads/gpgpu.tar.gz")
+    assert got.status_code == 200 and got.headers["content-type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(got.content)) as tar:
+        names = set(tar.getnames())
+        root = api.downloads.ROOT
+        agent = tar.extractfile("gpgpu-0.1.0/worker_gpu/__main__.py")
+        assert agent and agent.read() == (root / "worker_gpu" / "__main__.py").read_bytes()
+    assert {"gpgpu-0.1.0/PKG-INFO", "gpgpu-0.1.0/pyproject.toml", "gpgpu-0.1.0/README.md",
+            "gpgpu-0.1.0/client/cli/__init__.py", "gpgpu-0.1.0/ops/cli.py"} <= names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if n.split("/")[1] in ("tests", "web", ".git", "docs")]
+    # An API installed as a package, with no source tree beside it, says it has none.
+    monkeypatch.setattr(api.downloads, "ROOT", tmp_path)
+    missing = http.get("/downloads/gpgpu.tar.gz")
+    assert missing.status_code == 404 and "no source archive" in missing.json()["detail"]

@@ -21,8 +21,8 @@ export function ProviderStart(props: { apiKey?: string }): JSX.Element {
   const [copied, setCopied] = useState(false);
   const key = props.apiKey ?? "<your provider key: API keys, “It may act as: GPU provider”>";
   const block = [
-    "# 1. Install the agent: in a checkout of the GPGPU source, with Python 3.11",
-    "pip install -e .",
+    "# 1. Install the agent from this network (Python 3.11; in a virtualenv if you like)",
+    `pip install ${location.origin}/downloads/gpgpu.tar.gz`,
     "# 2. Point it at this network, with your key",
     `export GPGPU_API_URL=${location.origin}`,
     `export GPGPU_API_KEY=${key}`,

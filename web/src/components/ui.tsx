@@ -1,6 +1,6 @@
 // Small building blocks every page uses.
 import type { ComponentChildren, JSX } from "preact";
-import { useState } from "preact/hooks";
+import { useLayoutEffect, useRef, useState } from "preact/hooks";
 
 /** An error exactly as the API sent it (it names the field: "pricePerGpuHour: ..."). */
 export function ErrorBox(props: { error: string | null | undefined; title?: string }): JSX.Element | null {
@@ -130,10 +130,32 @@ export function Empty(props: { children: ComponentChildren }): JSX.Element {
   return <p class="empty">{props.children}</p>;
 }
 
-/** A wide table that scrolls sideways inside its card on a narrow screen, not the page. */
+/** A table that fits a phone: on a narrow screen each row shows as a card of its own, each
+ * cell under its column's name (data-label, copied from the table's header), so no
+ * column and no button sits off-screen. On a wide screen it is a table as usual. */
 export function TableWrap(props: { children: ComponentChildren }): JSX.Element {
+  const ref = useRef<HTMLDivElement>(null);
+  useLayoutEffect(() => {
+    const wrap = ref.current;
+    if (!wrap) return;
+    const label = () => {
+      for (const table of Array.from(wrap.querySelectorAll("table"))) {
+        const names = Array.from(table.querySelectorAll("thead th")).map((th) => th.textContent?.trim() ?? "");
+        for (const row of Array.from(table.querySelectorAll("tbody tr"))) {
+          Array.from(row.children).forEach((cell, i) => {
+            const name = names[i] ?? "";
+            if (cell.getAttribute("data-label") !== name) cell.setAttribute("data-label", name);
+          });
+        }
+      }
+    };
+    label();
+    const watch = new MutationObserver(label);
+    watch.observe(wrap, { childList: true, subtree: true });
+    return () => watch.disconnect();
+  }, []);
   return (
-    <div class="table-wrap" tabIndex={0}>
+    <div class="table-wrap stack" ref={ref} tabIndex={0}>
       {props.children}
     </div>
   );

@@ -1,6 +1,6 @@
 // The client's balance, what is held for running jobs, and every ledger entry.
 import type { JSX } from "preact";
-import { Card, Empty, ErrorBox, Loading, Stat } from "../components/ui";
+import { Card, Empty, ErrorBox, Loading, Stat, TableWrap } from "../components/ui";
 import { counterpartyWords, credits, when } from "../format";
 import { Link } from "../router";
 import { useQuery } from "../hooks";
@@ -28,7 +28,7 @@ function Counterparty(props: { name: string }): JSX.Element {
 export function LedgerTable(props: { entries: LedgerEntry[] }): JSX.Element {
   if (!props.entries.length) return <Empty>No entries yet.</Empty>;
   return (
-    <div class="table-wrap" tabIndex={0}>
+    <TableWrap>
     <table data-testid="ledger">
       <thead>
         <tr>
@@ -56,7 +56,7 @@ export function LedgerTable(props: { entries: LedgerEntry[] }): JSX.Element {
         ))}
       </tbody>
     </table>
-    </div>
+    </TableWrap>
   );
 }
 

@@ -2,7 +2,7 @@
 import type { JSX } from "preact";
 import { useState } from "preact/hooks";
 import { mutate } from "../api";
-import { ActionButton, Card, Empty, ErrorBox, Loading, Notice } from "../components/ui";
+import { ActionButton, Card, Empty, ErrorBox, Loading, Notice, TableWrap } from "../components/ui";
 import { when } from "../format";
 import { useQuery } from "../hooks";
 import { API_KEYS, CREATE_API_KEY, REVOKE_API_KEY } from "../queries";
@@ -111,7 +111,7 @@ export function ApiKeysPage(): JSX.Element {
         ) : data.apiKeys.length === 0 ? (
           <Empty>No keys yet.</Empty>
         ) : (
-          <div class="table-wrap" tabIndex={0}>
+          <TableWrap>
           <table data-testid="api-keys">
             <thead>
               <tr>
@@ -136,7 +136,7 @@ export function ApiKeysPage(): JSX.Element {
               ))}
             </tbody>
           </table>
-          </div>
+          </TableWrap>
         )}
       </Card>
     </>

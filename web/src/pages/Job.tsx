@@ -3,7 +3,7 @@ import type { JSX } from "preact";
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import { mutate } from "../api";
 import { JobLog } from "../components/JobLog";
-import { ActionButton, Badge, Card, ConfirmButton, Empty, ErrorBox, Loading, Notice, ProgressBar, Stat } from "../components/ui";
+import { ActionButton, Badge, Card, ConfirmButton, Empty, ErrorBox, Loading, Notice, ProgressBar, Stat, TableWrap } from "../components/ui";
 import { ago, bytes, credits, when } from "../format";
 import { useNow, useQuery, useSubscription } from "../hooks";
 import { CANCEL_JOB, JOB, JOB_EVENTS, type JobEvent } from "../queries";
@@ -192,7 +192,7 @@ export function JobPage(props: { id: string }): JSX.Element {
         {j.outputs.length === 0 ? (
           <Empty>{terminal ? "This job left no outputs." : "Outputs appear here when the job has finished and they were checked."}</Empty>
         ) : (
-          <div class="table-wrap" tabIndex={0}>
+          <TableWrap>
           <table data-testid="outputs">
             <thead>
               <tr>
@@ -221,7 +221,7 @@ export function JobPage(props: { id: string }): JSX.Element {
               ))}
             </tbody>
           </table>
-          </div>
+          </TableWrap>
         )}
       </Card>
       <Card title={<span id="log-heading">Output</span>}>
@@ -230,7 +230,7 @@ export function JobPage(props: { id: string }): JSX.Element {
         </section>
       </Card>
       <Card title="Events">
-        <div class="table-wrap" tabIndex={0}>
+        <TableWrap>
         <table data-testid="job-events">
           <thead>
             <tr>
@@ -251,7 +251,7 @@ export function JobPage(props: { id: string }): JSX.Element {
             ))}
           </tbody>
         </table>
-        </div>
+        </TableWrap>
       </Card>
       <p>
         <Link href="/client/jobs">← All my jobs</Link>

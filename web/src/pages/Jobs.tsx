@@ -1,6 +1,6 @@
 // The client's jobs, newest first, refreshed while any is still going.
 import type { JSX } from "preact";
-import { Badge, Card, Empty, ErrorBox, Loading } from "../components/ui";
+import { Badge, Card, Empty, ErrorBox, Loading, TableWrap } from "../components/ui";
 import { ago, credits, when } from "../format";
 import { useNow, useQuery } from "../hooks";
 import { JOBS } from "../queries";
@@ -27,7 +27,7 @@ export function JobsPage(): JSX.Element {
             No jobs yet. <Link href="/client/jobs/new">Submit your first job</Link>.
           </Empty>
         ) : (
-          <div class="table-wrap" tabIndex={0}>
+          <TableWrap>
           <table data-testid="jobs">
             <thead>
               <tr>
@@ -57,7 +57,7 @@ export function JobsPage(): JSX.Element {
               ))}
             </tbody>
           </table>
-          </div>
+          </TableWrap>
         )}
       </Card>
     </>

@@ -2,7 +2,7 @@
 // cheapest first (what `gpgpu offers` shows, for people who do not use a terminal).
 import type { JSX } from "preact";
 import { useState } from "preact/hooks";
-import { Badge, Card, Empty, ErrorBox, Loading } from "../components/ui";
+import { Badge, Card, Empty, ErrorBox, Loading, TableWrap } from "../components/ui";
 import { ago, credits, percent, when } from "../format";
 import { useNow, useQuery } from "../hooks";
 import { PROVIDERS, type Provider } from "../queries";
@@ -69,7 +69,7 @@ export function MarketPage(): JSX.Element {
         ) : shown.length === 0 ? (
           <Empty>No provider offers {model || "GPUs"} right now{onlyFree ? " with one free" : ""}.</Empty>
         ) : (
-          <div class="table-wrap" tabIndex={0}>
+          <TableWrap>
             <table data-testid="offers">
               <thead>
                 <tr>
@@ -103,7 +103,7 @@ export function MarketPage(): JSX.Element {
                 ))}
               </tbody>
             </table>
-          </div>
+          </TableWrap>
         )}
       </Card>
     </>

@@ -3,7 +3,7 @@
 import type { JSX } from "preact";
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { mutate } from "../api";
-import { Card, ErrorBox, Notice } from "../components/ui";
+import { Card, ErrorBox, Notice, TableWrap } from "../components/ui";
 import { bytes, credits, percent } from "../format";
 import { useDebounced, useQuery } from "../hooks";
 import { EXPLAIN, JOB_FORM_CHOICES, SUBMIT_JOB, type FieldError } from "../queries";
@@ -238,7 +238,7 @@ function Explain(props: { spec: unknown; localError: string | null }): JSX.Eleme
               </Notice>
             )}
             {result.eligible.length ? (
-              <div class="table-wrap" tabIndex={0}>
+              <TableWrap>
               <table>
                 <thead>
                   <tr>
@@ -263,7 +263,7 @@ function Explain(props: { spec: unknown; localError: string | null }): JSX.Eleme
                   ))}
                 </tbody>
               </table>
-              </div>
+              </TableWrap>
             ) : null}
             {result.rejected.length ? (
               <>

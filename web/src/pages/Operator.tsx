@@ -4,7 +4,7 @@ import type { JSX } from "preact";
 import { useState } from "preact/hooks";
 import { mutate } from "../api";
 import { caps, refreshMe } from "../caps";
-import { Badge, Card, Empty, ErrorBox, Loading, Stat } from "../components/ui";
+import { Badge, Card, Empty, ErrorBox, Loading, Stat, TableWrap } from "../components/ui";
 import { ago, percent, when } from "../format";
 import { useNow, useQuery } from "../hooks";
 import { CONFIGURE_QUEUE, OPERATOR, QUEUE, REGISTER_NODE, type Node, type Provider, type Queue } from "../queries";
@@ -18,7 +18,7 @@ function Waiting(props: { name: string; pollMs: number }): JSX.Element {
   if (!data) return <Loading what="waiting jobs" />;
   if (!data.queue.length) return <Empty>Nobody is waiting.</Empty>;
   return (
-    <div class="table-wrap" tabIndex={0}>
+    <TableWrap>
     <table data-testid={`waiting-${props.name}`}>
       <thead>
         <tr>
@@ -51,7 +51,7 @@ function Waiting(props: { name: string; pollMs: number }): JSX.Element {
         ))}
       </tbody>
     </table>
-    </div>
+    </TableWrap>
   );
 }
 
@@ -137,7 +137,7 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
         </div>
       </Card>
       <Card title="Queues">
-        <div class="table-wrap" tabIndex={0}>
+        <TableWrap>
         <table data-testid={`queues-${node.nodeId}`}>
           <thead>
             <tr>
@@ -170,7 +170,7 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
             ))}
           </tbody>
         </table>
-        </div>
+        </TableWrap>
         {editing ? (
           <QueueForm
             key={editing}
@@ -199,7 +199,7 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
         {gpus.length === 0 ? (
           <Empty>No provider has joined this node yet.</Empty>
         ) : (
-          <div class="table-wrap" tabIndex={0}>
+          <TableWrap>
           <table data-testid={`node-gpus-${node.nodeId}`}>
             <thead>
               <tr>
@@ -224,12 +224,12 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
               ))}
             </tbody>
           </table>
-          </div>
+          </TableWrap>
         )}
       </Card>
       <Card title="Providers">
         {mine.length === 0 ? <Empty>None yet: a provider joins a node when its agent starts with <code>--node {node.nodeId}</code>.</Empty> : null}
-        <div class="table-wrap" tabIndex={0}>
+        <TableWrap>
         <table data-testid={`providers-${node.nodeId}`} hidden={mine.length === 0}>
           <thead>
             <tr>
@@ -256,7 +256,7 @@ function NodeView(props: { node: Node; providers: Provider[]; refetch: () => voi
             ))}
           </tbody>
         </table>
-        </div>
+        </TableWrap>
       </Card>
     </section>
   );

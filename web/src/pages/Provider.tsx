@@ -5,7 +5,7 @@ import { useCallback, useEffect, useMemo, useRef, useState } from "preact/hooks"
 import { mutate } from "../api";
 import { caps, refreshMe } from "../caps";
 import { Chart, type Series } from "../components/Chart";
-import { ActionButton, Badge, Card, Empty, ErrorBox, Loading, Notice, Stat } from "../components/ui";
+import { ActionButton, Badge, Card, Empty, ErrorBox, Loading, Notice, Stat, TableWrap } from "../components/ui";
 import { ago, credits, percent, when } from "../format";
 import { useNow, useQuery, useSubscription } from "../hooks";
 import { PROVIDER, PROVIDER_EVENTS, PROVIDERS, RESUME_GPU, SET_PRICE, SUSPEND_GPU, type ProviderEvent, type TelemetrySample } from "../queries";
@@ -38,7 +38,7 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
         Reputation <strong class="big-number">{percent(props.score)}</strong>: clients with a minimum reputation
         only get your GPUs above it, and ties on price go to the higher one.
       </p>
-      <div class="table-wrap" tabIndex={0}>
+      <TableWrap>
       <table>
         <thead>
           <tr>
@@ -59,7 +59,7 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
           ))}
         </tbody>
       </table>
-      </div>
+      </TableWrap>
       <p class="small muted">
         Score = good ÷ (good + bad), each side starting at 1 (a new provider is at 50 %): here {good} ÷ ({good} + {bad}) ={" "}
         {percent(good / (good + bad))} before recent outcomes are weighed more than old ones.
@@ -185,7 +185,7 @@ function ProviderCard(props: { id: string }): JSX.Element {
         <PriceForm id={p.providerId} price={p.pricePerGpuHour} onDone={refetch} />
       </Card>
       <Card title="GPUs">
-        <div class="table-wrap" tabIndex={0}>
+        <TableWrap>
         <table data-testid="gpus">
           <thead>
             <tr>
@@ -235,7 +235,7 @@ function ProviderCard(props: { id: string }): JSX.Element {
             ))}
           </tbody>
         </table>
-        </div>
+        </TableWrap>
       </Card>
       <Card title="Telemetry (recent heartbeats)">
         <div class="charts">

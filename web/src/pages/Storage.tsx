@@ -1,7 +1,7 @@
 // The client's files: list, upload with progress, download, delete.
 import type { JSX } from "preact";
 import { useCallback, useEffect, useState } from "preact/hooks";
-import { Card, Empty, ErrorBox, Loading, Notice, ProgressBar } from "../components/ui";
+import { Card, Empty, ErrorBox, Loading, Notice, ProgressBar, TableWrap } from "../components/ui";
 import { bytes } from "../format";
 import { session } from "../session";
 import { deleteObject, downloadObject, listObjects, uploadObject, type StoredObject } from "../storage";
@@ -187,7 +187,7 @@ export function StoragePage(): JSX.Element {
         ) : objects.length === 0 ? (
           <Empty>No files {prefix ? `starting with “${prefix}”` : "yet: upload some above"}.</Empty>
         ) : (
-          <div class="table-wrap" tabIndex={0}>
+          <TableWrap>
           <table data-testid="objects">
             <thead>
               <tr>
@@ -203,7 +203,7 @@ export function StoragePage(): JSX.Element {
               ))}
             </tbody>
           </table>
-          </div>
+          </TableWrap>
         )}
       </Card>
     </>
