@@ -8,7 +8,6 @@ Exit status 0 when every required check passed.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -106,6 +105,9 @@ ISOLATION_PROBE = (
 )
 
 
+HAS_TORCH = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"
+
+
 def isolation_failures(runtime: ProcessRuntime, gpus: list[GpuInfo], root: Path) -> list[str]:
     """Each GPU given alone to a sandboxed job, which unsets CUDA_VISIBLE_DEVICES to see the
     others: it must find that GPU's node only, NVML must list that GPU only, CUDA must open
@@ -177,12 +179,15 @@ def main() -> int:
         # A job given one GPU reaches no other, whatever CUDA_VISIBLE_DEVICES it sets.
         failures += isolation_failures(runtime, gpus, root)
 
-        if importlib.util.find_spec("torch") is not None:
+        # Torch as a job finds it: the sandbox's python3 (the system's), which may lack the
+        # torch of the python running this check (a venv under /opt is not in its view).
+        has_torch = runtime.run(["python3", "-c", HAS_TORCH], root / "has-torch", [], 60, {})
+        if has_torch.exit_code == 0:
             torch_job = run_job(runtime, "torch", ["python3", "-c", TORCH_PROBE], [0], root)
             if torch_job.exit_code != 0:
                 failures.append("torch")
         else:
-            print("\n[torch] not installed for this python; skipped")
+            print("\n[torch] the sandbox's python3 has no torch; skipped")
 
     print("\nselfcheck:", ("FAILED: " + ", ".join(failures)) if failures else "all passed")
     return 1 if failures else 0
