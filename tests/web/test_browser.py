@@ -639,7 +639,7 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     page.fill("input[name=email]", "web-everyone@example.test")
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_selector(".error")
+    page.wait_for_selector("[data-testid=err-password] >> text=do not match an account")
     page.fill("input[name=password]", "a new password 2")
     page.click("button[type=submit]")
     page.wait_for_selector("header.top")
