@@ -47,6 +47,7 @@ import strawberry
 from strawberry.permission import BasePermission
 from strawberry.types import Info
 
+from api.errors import Refusal
 from domain.app_identity import Identity
 from domain.identity import Caller, secret_hash
 from readmodel.schema import ViewDB
@@ -142,8 +143,10 @@ class SignInThrottle:
     def _key(email: str) -> str:
         return email.strip().lower()  # as accounts are found (domain.identity.normalise_email)
 
-    def check(self, email: str, source: str = "") -> None:
-        """Raise Denied, saying when to try again, while the email or the address is locked."""
+    def check(self, email: str, source: str = "", field: str = "password") -> None:
+        """Raise a Refusal on `field` (the password argument, as the schema names it),
+        saying when to try again, while the email or the address is locked: a wait the
+        caller can mend, so signIn answers it as a FieldError."""
         now = self.clock()
         (row,) = self.db.query(
             "SELECT COUNT(*) AS n, MIN(at) AS first FROM sign_in_failures"
@@ -151,8 +154,8 @@ class SignInThrottle:
         )
         if row["n"] >= self.max_failures:
             wait = math.ceil(row["first"] + self.window_s - now)
-            raise Denied(f"password: {row['n']} wrong passwords for this email in "
-                         f"{self.window_s / 60:g} min; try again in {wait} s")
+            raise Refusal(field, f"{row['n']} wrong passwords for this email in "
+                          f"{self.window_s / 60:g} min; try again in {wait} s")
         if not source:
             return
         (row,) = self.db.query(
@@ -161,8 +164,8 @@ class SignInThrottle:
         )
         if row["n"] >= self.max_source_failures:
             wait = math.ceil(row["first"] + self.window_s - now)
-            raise Denied(f"password: {row['n']} wrong passwords from your address in "
-                         f"{self.window_s / 60:g} min; try again in {wait} s")
+            raise Refusal(field, f"{row['n']} wrong passwords from your address in "
+                          f"{self.window_s / 60:g} min; try again in {wait} s")
 
     def failed(self, email: str, source: str = "") -> None:
         now = self.clock()

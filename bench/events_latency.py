@@ -156,7 +156,8 @@ def api_processes(home: Path) -> Iterator[Stack]:
 
 
 SIGN_UP = """mutation($e: String!, $p: String!) {
-  signUp(email: $e, password: $p, roles: ["client"]) { token user { clientId } } }"""
+  signUp(email: $e, password: $p, roles: ["client"]) {
+    ... on Session { token user { clientId } } ... on FieldError { field message } } }"""
 
 
 def sign_up(api_url: str) -> tuple[str, str]:
@@ -167,6 +168,9 @@ def sign_up(api_url: str) -> tuple[str, str]:
     if body.get("errors"):
         raise RuntimeError(f"signing the bench up failed: {body['errors']}")
     session = body["data"]["signUp"]
+    if "token" not in session:
+        raise RuntimeError(f"signing the bench up was refused: {session['field']}: "
+                           f"{session['message']}")
     return str(session["token"]), str(session["user"]["clientId"])
 
 

@@ -37,7 +37,8 @@ SUBMIT = """mutation($spec: JSON!) { submitJob(spec: $spec) {
 } }"""
 PROVIDERS = "{ providers { providerId status } }"
 SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
-  signUp(email: $e, password: $p, roles: $r) { token } }"""
+  signUp(email: $e, password: $p, roles: $r) {
+    ... on Session { token } ... on FieldError { field message } } }"""
 CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
   createApiKey(name: $n, scopes: $s) { ... on ApiKeyCreated { key } } }"""
 PASSWORD = "bench password"
@@ -126,8 +127,11 @@ class Pipeline:
         return ids
 
     async def sign_up(self, name: str, role: str) -> str:
-        data = await self.gql(SIGN_UP, None, e=f"{name}@bench.test", p=PASSWORD, r=[role])
-        return str(data["signUp"]["token"])
+        session = (await self.gql(SIGN_UP, None, e=f"{name}@bench.test", p=PASSWORD,
+                                  r=[role]))["signUp"]
+        if "token" not in session:
+            raise RuntimeError(f"sign-up refused: {session['field']}: {session['message']}")
+        return str(session["token"])
 
     def profiles(self, sig: signal.Signals) -> None:
         """Tell every profiled process to clear (SIGUSR1) or write (SIGUSR2) its profile."""

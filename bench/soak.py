@@ -84,7 +84,8 @@ STEPS = ("SUBMITTED", "QUEUED", "STAGING", "RUNNING", "UPLOADING", "VERIFYING", 
 CANCEL_WAIT_S = 60.0  # a cancel that waited this long for its state is sent anyway
 RETRY_S = 90.0  # how long a client retries a request through an API outage
 JOB_STATE = "query($id: ID!) { job(id: $id) { state } }"
-CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { state } }"
+CANCEL = """mutation($id: ID!) { cancelJob(id: $id) {
+  ... on Job { state } __typename ... on FieldError { field message } } }"""
 
 
 # The run
@@ -171,12 +172,17 @@ class Soak:
     def cancel(self, job_id: str, client: str, state: str) -> None:
         """cancelJob as the job's client; counted by the state the job was in just before."""
         try:
-            self.call(f"cancel {job_id}", lambda: self.net.gql(CANCEL, client, id=job_id))
+            answer = self.call(f"cancel {job_id}",
+                               lambda: self.net.gql(CANCEL, client, id=job_id))["cancelJob"]
+        except (RuntimeError, AssertionError) as err:  # not the client's, a fault: recorded
+            self.cancelled_at[f"refused: {str(err)[:80]}"] += 1
+            return
+        if answer["__typename"] != "FieldError":
             self.cancelled_at[state] += 1
-        except (RuntimeError, AssertionError) as err:  # e.g. already ended: recorded
-            ended = re.search(r"is already ([A-Z]+)", str(err))
-            self.cancelled_at[f"refused: already {ended[1]}" if ended
-                              else f"refused: {str(err)[:80]}"] += 1
+            return
+        ended = re.search(r"is already ([A-Z]+)", answer["message"])  # the job had ended
+        self.cancelled_at[f"refused: already {ended[1]}" if ended
+                          else f"refused: {answer['field']}: {answer['message'][:80]}"] += 1
 
     def running_provider(self, ids: list[str], timeout_s: float) -> str | None:
         """An H100 provider whose agent runs a job's process now."""

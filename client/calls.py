@@ -272,8 +272,10 @@ class Calls:
 
     @call
     def cancel_job(self, job_id: str) -> Steps[Job]:
-        """Ask the job to stop; it settles what it used and ends CANCELLED."""
-        return Job.from_json((yield Query(queries.CANCEL_JOB, {"id": job_id}))["cancelJob"])
+        """Ask the job to stop; it settles what it used and ends CANCELLED. A job that
+        already ended is refused (RefusedError on `id`)."""
+        data = yield Query(queries.CANCEL_JOB, {"id": job_id})
+        return Job.from_json(_http.result(data, "cancelJob"))
 
     @call
     def jobs(self, limit: int = 50) -> Steps[list[Job]]:

@@ -34,7 +34,7 @@ query Jobs($limit: Int!) {
 CANCEL_JOB = (
     """
 mutation CancelJob($id: ID!) {
-  cancelJob(id: $id) { ...JobFields }
+  cancelJob(id: $id) { ...JobFields """ + REFUSAL + """ }
 }
 """
     + JOB_FIELDS
@@ -187,13 +187,17 @@ ME = f"query Me {{ me {{ {USER_FIELDS} }} }}"
 
 SIGN_UP = f"""
 mutation SignUp($email: String!, $password: String!, $roles: [String!]!) {{
-  signUp(email: $email, password: $password, roles: $roles) {{ token user {{ {USER_FIELDS} }} }}
+  signUp(email: $email, password: $password, roles: $roles) {{
+    ... on Session {{ token user {{ {USER_FIELDS} }} }} {REFUSAL}
+  }}
 }}
 """
 
 SIGN_IN = f"""
 mutation SignIn($email: String!, $password: String!) {{
-  signIn(email: $email, password: $password) {{ token user {{ {USER_FIELDS} }} }}
+  signIn(email: $email, password: $password) {{
+    ... on Session {{ token user {{ {USER_FIELDS} }} }} {REFUSAL}
+  }}
 }}
 """
 

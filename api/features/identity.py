@@ -86,6 +86,12 @@ UserResult = Annotated[User | FieldError, strawberry.union(
     "UserResult", description="The account as it is now, or why the change was refused")]
 PasswordResetResult = Annotated[PasswordReset | FieldError, strawberry.union(
     "PasswordResetResult", description="A temporary password, or why it was refused")]
+SignUpResult = Annotated[Session | FieldError, strawberry.union(
+    "SignUpResult", description="The new account's session, or why it was refused (the "
+    "email taken, the password too short, a role not offered)")]
+SignInResult = Annotated[Session | FieldError, strawberry.union(
+    "SignInResult", description="A new session, or why it was refused (a wrong password, "
+    "or too many of them lately)")]
 ApiKeyCreatedResult = Annotated[ApiKeyCreated | FieldError, strawberry.union(
     "ApiKeyCreatedResult", description="The new key, or why it was refused")]
 ApiKeyRevokedResult = Annotated[ApiKeyRevoked | FieldError, strawberry.union(
@@ -134,7 +140,10 @@ class IdentityMutation:
         "and sign in",
         permission_classes=[auth.Public],
     )
-    async def sign_up(self, info: I, email: str, password: str, roles: list[str]) -> Session:
+    @refusable
+    async def sign_up(
+        self, info: I, email: str, password: str, roles: list[str]
+    ) -> SignUpResult:
         settings = info.context.services.settings
         issued = await run_command(info.context.services.identity.sign_up, email, password, roles,
                             time.time(), settings.session_ttl_s)
@@ -142,7 +151,8 @@ class IdentityMutation:
 
     @strawberry.mutation(description="Sign in: a session token for `Authorization: Bearer`",
                          permission_classes=[auth.Public])
-    async def sign_in(self, info: I, email: str, password: str) -> Session:
+    @refusable
+    async def sign_in(self, info: I, email: str, password: str) -> SignInResult:
         services = info.context.services
         source = _source_address(info)
         await asyncio.to_thread(services.sign_ins.check, email, source)
@@ -170,7 +180,8 @@ class IdentityMutation:
             raise auth.Denied("forbidden: change a password from a signed-in session, "
                               "not with an API key")
         source = _source_address(info)
-        await asyncio.to_thread(services.sign_ins.check, caller.email, source)
+        await asyncio.to_thread(services.sign_ins.check, caller.email, source,
+                                "currentPassword")
         try:
             issued = await asyncio.to_thread(
                 services.identity.change_password, caller.user_id, current_password,

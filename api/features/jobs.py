@@ -14,7 +14,7 @@ from strawberry.scalars import JSON
 
 from api import auth, multiplex
 from api.context import I
-from api.errors import FieldError
+from api.errors import FieldError, Refusal, refusable
 from api.jobs import submit_job
 from api.scalars import BigInt
 from api.streams import check_after, live_rows
@@ -163,6 +163,9 @@ class SpecRejected:
 
 
 SubmitJobResult = Annotated[JobSubmitted | SpecRejected, strawberry.union("SubmitJobResult")]
+CancelJobResult = Annotated[Job | FieldError, strawberry.union(
+    "CancelJobResult", description="The job, its cancelling under way, or why it was refused "
+    "(it already ended)")]
 
 
 async def load_job(info: I, job_id: str) -> Job | None:
@@ -217,12 +220,13 @@ class JobMutation:
         description="Stop a job: its process stops within seconds; it pays for GPU time used",
         permission_classes=[auth.ClientRole],
     )
-    async def cancel_job(self, info: I, id: strawberry.ID) -> Job:
+    @refusable
+    async def cancel_job(self, info: I, id: strawberry.ID) -> CancelJobResult:
         job = await load_job(info, str(id))
         if job is None or not auth.can_cancel_job(info.context.caller, job.client_id):
-            raise ValueError(f"id: no job {id} of yours")
+            raise ValueError(f"id: no job {id} of yours")  # not theirs: a GraphQL error
         if job.state in TERMINAL_STATES:
-            raise ValueError(f"id: job {id} is already {job.state}")
+            raise Refusal("id", f"job {id} is already {job.state}")
         handle = info.context.services.temporal.get_workflow_handle(job_workflow_id(str(id)))
         await handle.cancel()
         return job

@@ -36,7 +36,7 @@ from activities.control import ControlActivities
 from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWorkflow
 from tests.adversarial.rogue import State, settled
 from tests.e2e.network import Network, network
-from tests.support.graphql import CANCEL, SUBMIT
+from tests.support.graphql import CANCEL, SUBMIT, accepted
 from workflows.contracts import JobInput, job_workflow_id
 
 pytestmark = pytest.mark.e2e
@@ -292,7 +292,7 @@ async def test_a_signal_the_codec_refuses_does_not_stop_a_victims_job(
         await handle.signal(name, "stop it")
     await asyncio.sleep(1)  # the worker takes the activation with the signals in it
 
-    cancelled = net.gql(CANCEL, "victim", id=job_id)["cancelJob"]
+    cancelled = accepted(net.gql(CANCEL, "victim", id=job_id)["cancelJob"])
     assert cancelled["id"] == job_id, cancelled
     job = net.wait_job(job_id, ("CANCELLED", "FAILED"), "victim", timeout_s=30)
     assert job["state"] == "CANCELLED", job

@@ -198,7 +198,8 @@ def test_an_agents_key_cannot_do_what_an_admin_or_another_provider_does(
     assert user is not None and "provider" in user.roles
     signed_in = httpx.post(f"{url}/graphql", json={
         "query": "mutation($e: String!, $p: String!) { signIn(email: $e, password: $p)"
-                 " { token } }", "variables": {"e": DEV_EMAIL, "p": account["password"]}})
+                 " { ... on Session { token } } }",
+        "variables": {"e": DEV_EMAIL, "p": account["password"]}})
     assert signed_in.json()["data"]["signIn"]["token"]  # the admin's password is unchanged
     # provider-a, the admin's in the older home, was handed over to its own account.
     owner = app.user_by_email("provider-a@gpgpu.local")

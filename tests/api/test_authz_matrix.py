@@ -28,7 +28,15 @@ from infra.signing import Grant, grant_url
 from ops.devstack import free_port
 from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
-from tests.support.graphql import CREATE_KEY, REGISTER_PROVIDER, SIGN_IN, SIGN_UP, SUBMIT
+from tests.support.graphql import (
+    CANCEL,
+    CREATE_KEY,
+    REGISTER_PROVIDER,
+    SIGN_IN,
+    SIGN_UP,
+    SUBMIT,
+    accepted,
+)
 
 WHO = ("anonymous", "client_a", "client_b", "provider", "operator", "admin")
 OK, DENY, NULL = "ok", "deny", "null"  # data; refused (an auth error); hidden (null)
@@ -127,18 +135,18 @@ class World:
         return body["data"]
 
     def sign_up(self, who: str, roles: list[str]) -> None:
-        found = self.gql("anonymous", SIGN_UP, e=f"{who}@matrix.test", p=PASSWORD,
-                         r=roles)["signUp"]
+        found = accepted(self.gql("anonymous", SIGN_UP, e=f"{who}@matrix.test", p=PASSWORD,
+                                  r=roles)["signUp"])
         self.tokens[who], self.clients[who] = found["token"], found["user"]["clientId"]
 
     def throwaway_account(self, roles: tuple[str, ...] = ("client",)) -> str:
         email = f"reset-{time.monotonic_ns()}@matrix.test"
-        self.gql("anonymous", SIGN_UP, e=email, p=PASSWORD, r=list(roles))
+        accepted(self.gql("anonymous", SIGN_UP, e=email, p=PASSWORD, r=list(roles))["signUp"])
         return email
 
     def fresh_session(self, who: str) -> str:
-        return str(self.gql("anonymous", SIGN_IN, e=f"{who}@matrix.test",
-                            p=PASSWORD)["signIn"]["token"])
+        return str(accepted(self.gql("anonymous", SIGN_IN, e=f"{who}@matrix.test",
+                                     p=PASSWORD)["signIn"])["token"])
 
 
 def eventually(check: Callable[[], Any], timeout_s: float = 15.0) -> Any:
@@ -236,7 +244,7 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
     "Query.me": ("{ me { id email roles } }", lambda w, who: {}),
     "Query.apiKeys": ("{ apiKeys { id name } }", lambda w, who: {}),
     "Mutation.submitJob": (SUBMIT, lambda w, who: {"s": SPEC}),
-    "Mutation.cancelJob": ("mutation($id: ID!) { cancelJob(id: $id) { id } }",
+    "Mutation.cancelJob": (CANCEL,
                            lambda w, who: {"id": w.cancellable}),
     "Mutation.registerNode": (f'mutation {{ registerNode(nodeId: "{NODE}", region: "eu",'
                               ' operator: "ops") { __typename } }', lambda w, who: {}),
@@ -506,20 +514,57 @@ def test_sign_out_ends_the_session_and_accounts_refuse_bad_input(world: World) -
     assert me["data"]["me"] is None
     assert w.http.get(f"/storage/{w.clients['client_a']}", headers=headers).status_code == 401
 
-    def refusal(**variables: Any) -> str:
-        return str(w.post("anonymous", SIGN_UP, **variables)["errors"][0]["message"])
+    wrong = w.gql("anonymous", SIGN_IN, e="client_a@matrix.test", p="wrong password")
+    assert wrong["signIn"] == {"__typename": "FieldError", "field": "password",
+                               "message": "the email and password do not match an account"}
+    nobody = w.gql("anonymous", SIGN_IN, e="nobody@matrix.test", p=PASSWORD)
+    assert nobody == wrong  # no hint who exists
 
-    assert refusal(e="CLIENT_A@matrix.test ", p=PASSWORD, r=["client"]) == (
-        "email: already registered")
-    assert refusal(e="short@matrix.test", p="seven77", r=["client"]) == (
-        "password: at least 8 characters")
-    assert refusal(e="boss@matrix.test", p=PASSWORD, r=["admin"]) == (
-        "roles: 'admin' is not one of client, provider, operator")
-    assert refusal(e="not-an-email", p=PASSWORD, r=["client"]).startswith("email: ")
-    wrong = w.post("anonymous", SIGN_IN, e="client_a@matrix.test", p="wrong password")
-    assert wrong["errors"][0]["message"].startswith("password: ")
-    nobody = w.post("anonymous", SIGN_IN, e="nobody@matrix.test", p=PASSWORD)
-    assert nobody["errors"][0]["message"] == wrong["errors"][0]["message"]  # no hint who exists
+
+def test_sign_up_and_sign_in_refusals_name_their_field_and_make_nothing(world: World) -> None:
+    """An e-mail taken, a short password, a role not offered, a wrong password: each a
+    FieldError under its argument, and no account or session is recorded."""
+    w = world
+    identity = w.services.identity
+    before = identity.recorder.max_notification_id()
+
+    def refusal(query: str, **variables: Any) -> dict[str, Any]:
+        (answer,) = w.gql("anonymous", query, **variables).values()
+        assert answer["__typename"] == "FieldError", answer
+        return {"field": answer["field"], "message": answer["message"]}
+
+    assert refusal(SIGN_UP, e="CLIENT_A@matrix.test ", p=PASSWORD, r=["client"]) == {
+        "field": "email", "message": "already registered"}
+    assert refusal(SIGN_UP, e="short@matrix.test", p="seven77", r=["client"]) == {
+        "field": "password", "message": "at least 8 characters"}
+    assert refusal(SIGN_UP, e="boss@matrix.test", p=PASSWORD, r=["admin"]) == {
+        "field": "roles", "message": "'admin' is not one of client, provider, operator"}
+    assert refusal(SIGN_UP, e="not-an-email", p=PASSWORD, r=["client"])["field"] == "email"
+    assert refusal(SIGN_IN, e="client_b@matrix.test", p="wrong password") == {
+        "field": "password", "message": "the email and password do not match an account"}
+    assert identity.recorder.max_notification_id() == before  # no account, no session
+    assert identity.user_by_email("short@matrix.test") is None
+    assert identity.user_by_email("boss@matrix.test") is None
+
+
+def test_cancelling_a_job_that_ended_is_refused_by_id_and_changes_nothing(world: World) -> None:
+    w = world
+    network, client_a = w.services.network, str(w.clients["client_a"])
+    network.submit_job("mx-ended", client_a, parse_job_spec(SPEC))
+    network.admit_job("mx-ended")
+    network.finish_job("mx-ended", succeeded=False, reason="cancelled earlier", cancelled=True)
+    eventually(lambda: w.services.views.query(
+        "SELECT state FROM jobs WHERE job_id = 'mx-ended' AND state = 'CANCELLED'"))
+    before = network.recorder.max_notification_id()
+
+    answer = w.gql("client_a", CANCEL, id="mx-ended")["cancelJob"]
+    assert answer == {"__typename": "FieldError", "field": "id",
+                      "message": "job mx-ended is already CANCELLED"}, answer
+    assert network.recorder.max_notification_id() == before
+    assert network.job("mx-ended").state.value == "CANCELLED"
+    # Someone else's job is no refusal to mend: a GraphQL error, the job not named as theirs.
+    theirs = w.post("client_b", CANCEL, id="mx-ended")
+    assert theirs["errors"][0]["message"] == "id: no job mx-ended of yours", theirs
 
 
 def test_a_websocket_with_a_bad_token_is_closed(world: World) -> None:
@@ -548,12 +593,16 @@ def test_the_old_client_header_names_no_one(world: World) -> None:
 def test_guessing_a_password_is_stopped_and_a_reset_lets_the_owner_back(world: World) -> None:
     w = world
     email = w.throwaway_account()
-    wrong = [w.post("anonymous", SIGN_IN, e=email, p="not the password")["errors"][0]["message"]
+    wrong = [w.gql("anonymous", SIGN_IN, e=email, p="not the password")["signIn"]
              for _ in range(5)]
-    assert all(m.startswith("password: the email and password do not match") for m in wrong)
-    locked = w.post("anonymous", SIGN_IN, e=email, p=PASSWORD)  # the right one, too late
-    assert locked["errors"][0]["message"].startswith("password: 5 wrong passwords"), locked
-    assert "try again in" in locked["errors"][0]["message"]
+    assert all(a["field"] == "password" and a["message"].startswith(
+        "the email and password do not match") for a in wrong), wrong
+    before = w.services.identity.recorder.max_notification_id()
+    locked = w.gql("anonymous", SIGN_IN, e=email, p=PASSWORD)["signIn"]  # right, too late
+    assert locked["__typename"] == "FieldError" and locked["field"] == "password", locked
+    assert locked["message"].startswith("5 wrong passwords for this email"), locked
+    assert "try again in" in locked["message"]
+    assert w.services.identity.recorder.max_notification_id() == before  # no session made
 
     temporary = w.gql("admin", "mutation($e: String!) { resetPassword(email: $e)"
                       " { ... on PasswordReset { temporaryPassword } } }",

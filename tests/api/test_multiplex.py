@@ -36,7 +36,8 @@ SHAPED = """subscription($id: ID!, $after: Int!, $data: Boolean!) {
   jobEvents(jobId: $id, after: $after) { seq data @include(if: $data) } }"""
 SPEC = {"name": "mux", "command": "true", "max_price_per_gpu_hour": "3", "timeout": 60}
 SIGN_UP = """mutation($e: String!, $p: String!) {
-  signUp(email: $e, password: $p, roles: ["client"]) { token user { clientId } } }"""
+  signUp(email: $e, password: $p, roles: ["client"]) {
+    ... on Session { token user { clientId } } } }"""
 CREATE_KEY = """mutation { createApiKey(name: "mux", scopes: ["client"]) {
   ... on ApiKeyCreated { id key } } }"""
 

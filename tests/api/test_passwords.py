@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from api.auth import Denied, SignInThrottle
-from api.errors import refusal_text
+from api.auth import SignInThrottle
+from api.errors import Refusal, refusal_text
 from domain.app_identity import Identity
 from domain.identity import IdentityError
 from infra.settings import Settings
@@ -83,11 +83,11 @@ def test_wrong_passwords_lock_the_email_for_the_window_then_let_it_go(
         for _ in range(3):
             throttle.check("Eve@test.example")
             throttle.failed("eve@test.example")
-        with pytest.raises(Denied, match=r"^password: 3 wrong passwords .* try again in 60 s"):
+        with pytest.raises(Refusal, match=r"^password: 3 wrong passwords .* try again in 60 s"):
             throttle.check("eve@test.example")
         throttle.check("someone-else@test.example")  # per email
         now[0] += 30
-        with pytest.raises(Denied, match="try again in 30 s"):
+        with pytest.raises(Refusal, match="try again in 30 s"):
             throttle.check("EVE@test.example")
         now[0] += 31
         throttle.check("eve@test.example")  # the failures left the window
@@ -108,7 +108,7 @@ def test_every_api_process_counts_the_same_guesses(views_settings: Settings) -> 
         one.failed("ann@test.example")
         other.failed("ann@test.example")
         for throttle in (one, other):
-            with pytest.raises(Denied, match=r"^password: 2 wrong passwords"):
+            with pytest.raises(Refusal, match=r"^password: 2 wrong passwords"):
                 throttle.check("ann@test.example")
         other.succeeded("ann@test.example")
         one.check("ann@test.example")

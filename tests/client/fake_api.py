@@ -176,16 +176,18 @@ class FakeApi:
             return httpx.Response(200, json={"data": {"submitJob": result}})
         if "mutation SignIn" in query:
             if variables["password"] != "alice's password":
-                return httpx.Response(200, json={"data": None, "errors": [{
-                    "message": "password: the email and password do not match an account"}]})
+                return httpx.Response(200, json={"data": {"signIn": {
+                    "__typename": "FieldError", "field": "password",
+                    "message": "the email and password do not match an account"}}})
             user = {"id": "u-1", "email": variables["email"], "roles": ["client", "provider"],
                     "clientId": CLIENT, "providerIds": [], "nodeIds": []}
-            return httpx.Response(200, json={"data": {"signIn": {"token": "gps_new-session",
-                                                                  "user": user}}})
+            return httpx.Response(200, json={"data": {"signIn": {
+                "__typename": "Session", "token": "gps_new-session", "user": user}}})
         if "mutation ChangePassword" in query:
             if variables["current"] != "alice's password":
-                return httpx.Response(200, json={"data": None, "errors": [{
-                    "message": "currentPassword: does not match the account's password"}]})
+                return httpx.Response(200, json={"data": {"changePassword": {
+                    "__typename": "FieldError", "field": "currentPassword",
+                    "message": "does not match the account's password"}}})
             self.password_changes.append(variables["new"])
             user = {"id": "u-1", "email": "a@b.test", "roles": ["client"], "clientId": CLIENT,
                     "providerIds": [], "nodeIds": []}
@@ -213,6 +215,16 @@ class FakeApi:
             return httpx.Response(200, json={"data": {"queue": self.queued}})
         if "query Jobs" in query:
             return httpx.Response(200, json={"data": {"jobs": list(self.jobs.values())}})
+        if "mutation CancelJob" in query:
+            job = self.jobs.get(variables["id"])
+            if job is None:
+                return httpx.Response(200, json={"data": None, "errors": [{
+                    "message": f"id: no job {variables['id']} of yours"}]})
+            if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                return httpx.Response(200, json={"data": {"cancelJob": {
+                    "__typename": "FieldError", "field": "id",
+                    "message": f"job {job['id']} is already {job['state']}"}}})
+            return httpx.Response(200, json={"data": {"cancelJob": {"__typename": "Job", **job}}})
         if "query Job" in query:
             return httpx.Response(200, json={"data": {"job": self.jobs.get(variables["id"])}})
         if "query Account" in query:

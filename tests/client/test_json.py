@@ -40,7 +40,7 @@ class EveryCallApi(ProviderApi):
             return {"apiKeys": [{"id": "k-1", "name": "box", "scopes": ["provider"],
                                  "createdAt": "2025-01-02T03:04:05+00:00"}]}
         if name == "CancelJob":
-            return {"cancelJob": job_json(v["id"], state="CANCELLED")}
+            return {"cancelJob": {"__typename": "Job", **job_json(v["id"], state="CANCELLED")}}
         return super()._answer(name, v)
 
 

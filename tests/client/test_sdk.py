@@ -13,9 +13,10 @@ from client import (
     GpgpuClient,
     IntegrityError,
     NotFoundError,
+    RefusedError,
     SpecRejectedError,
 )
-from tests.client.fake_api import CLIENT, FakeApi
+from tests.client.fake_api import CLIENT, FakeApi, job_json
 
 HELLO = Path(__file__).parents[2] / "examples" / "hello" / "job.yaml"
 
@@ -153,6 +154,20 @@ def test_a_spec_the_api_refuses_names_the_file_and_field(api: FakeApi) -> None:
     with sync_client(api) as gp, pytest.raises(SpecRejectedError) as caught:
         gp.submit_spec_file(HELLO)
     assert str(caught.value) == f"{HELLO}: resources.gpu_model: no provider offers H900"
+
+
+def test_cancelling_a_job_that_ended_is_refused_by_id(api: FakeApi) -> None:
+    api.jobs["job-1"] = job_json("job-1", state="RUNNING")
+    api.jobs["job-2"] = job_json("job-2", state="SUCCEEDED")
+    with sync_client(api) as gp:
+        assert gp.cancel_job("job-1").state == "RUNNING"
+        with pytest.raises(RefusedError) as refused:
+            gp.cancel_job("job-2")
+        assert (refused.value.field, refused.value.reason) == (
+            "id", "job job-2 is already SUCCEEDED")
+        with pytest.raises(ApiError, match="no job job-3 of yours") as other:
+            gp.cancel_job("job-3")  # not theirs: an error, not a refusal to mend
+        assert not isinstance(other.value, RefusedError)
 
 
 def test_an_unreachable_api_says_so(dead_url: str) -> None:

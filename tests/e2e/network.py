@@ -21,7 +21,7 @@ import httpx
 from infra.settings import Settings
 from ops.admin import create_admin, grant_credits
 from ops.devstack import Stack, free_port
-from tests.support.graphql import CREATE_KEY, SIGN_IN, SIGN_UP
+from tests.support.graphql import CREATE_KEY, SIGN_IN, SIGN_UP, accepted
 
 FAST_FAULTS = {
     "GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "3",
@@ -68,9 +68,10 @@ class Network:
         if name not in self.accounts:
             email = f"{name}@e2e.test"
             if name == ADMIN:
-                session = self._anonymous(SIGN_IN, e=email, p=PASSWORD)["signIn"]
+                session = accepted(self._anonymous(SIGN_IN, e=email, p=PASSWORD)["signIn"])
             else:
-                session = self._anonymous(SIGN_UP, e=email, p=PASSWORD, r=roles)["signUp"]
+                session = accepted(self._anonymous(SIGN_UP, e=email, p=PASSWORD,
+                                                   r=roles)["signUp"])
             self.accounts[name] = Account(email, session["token"], session["user"]["id"],
                                           session["user"]["clientId"])
             if client_id := session["user"]["clientId"]:

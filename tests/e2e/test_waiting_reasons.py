@@ -55,4 +55,5 @@ def test_the_operators_waiting_list_says_why_each_job_waits(net: Network) -> Non
     assert rows[job_id]["name"] == "flow"
     (why,) = rows[job_id]["waitingFor"]
     assert why.startswith("no provider can take it now: only-a100:") and "price" in why, why
-    net.gql("mutation($id: ID!) { cancelJob(id: $id) { id } }", "cheapskate", id=job_id)
+    net.gql("mutation($id: ID!) { cancelJob(id: $id) { ... on Job { id } } }", "cheapskate",
+            id=job_id)

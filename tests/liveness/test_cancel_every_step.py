@@ -26,7 +26,7 @@ from tests.liveness.flow_support import (
     submit,
     wait_state,
 )
-from tests.support.graphql import CANCEL
+from tests.support.graphql import CANCEL, accepted
 from workflows.contracts import job_workflow_id
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
 
 
 def cancel(net: Network, client: str, job_id: str) -> dict[str, object]:
-    net.gql(CANCEL, client, id=job_id)
+    accepted(net.gql(CANCEL, client, id=job_id)["cancelJob"])
     record = finish(net, client, job_id, timeout_s=60)
     assert record["state"] == "CANCELLED", record
     assert ledger(net).job(job_id).state == "CANCELLED"  # the domain agrees

@@ -157,7 +157,7 @@ def test_sign_up_gives_no_credits_and_test_accounts_are_granted_through_the_ledg
     net: Network,
 ) -> None:
     r = net.http.post("/graphql", json={"query": """mutation { signUp(email: "fresh@q.test",
-        password: "a password", roles: ["client"]) { token } }"""})
+        password: "a password", roles: ["client"]) { ... on Session { token } } }"""})
     token = r.json()["data"]["signUp"]["token"]
     fresh = httpx.Client(base_url=net.url, headers={"Authorization": f"Bearer {token}"},
                          timeout=30)
@@ -190,11 +190,13 @@ def test_sign_up_gives_no_credits_and_test_accounts_are_granted_through_the_ledg
 
 
 def test_wrong_passwords_are_throttled_per_address_across_emails(net: Network) -> None:
-    sign_in = """mutation($e: String!) { signIn(email: $e, password: "wrong guess") { token } }"""
+    sign_in = """mutation($e: String!) { signIn(email: $e, password: "wrong guess") {
+      ... on Session { token } ... on FieldError { field message } } }"""
 
     def guess(email: str) -> str:
         r = net.http.post("/graphql", json={"query": sign_in, "variables": {"e": email}})
-        return str(r.json()["errors"][0]["message"])
+        refused = r.json()["data"]["signIn"]
+        return f"{refused['field']}: {refused['message']}"
 
     for n in range(ADDRESS_FAILURES):  # one guess at each of several accounts: no email locks
         assert guess(f"victim-{n}@q.test").startswith("password: the email and password"), n
@@ -205,7 +207,7 @@ def test_wrong_passwords_are_throttled_per_address_across_emails(net: Network) -
     # the count lives in the API, not in this client.
     done = subprocess.run([sys.executable, "-c", (
         "import httpx,sys; print(httpx.post(sys.argv[1] + '/graphql', json={'query': "
-        "sys.argv[2], 'variables': {'e': 'other@q.test'}}).json()['errors'][0]['message'])"),
+        "sys.argv[2], 'variables': {'e': 'other@q.test'}}).json()['data']['signIn']['message'])"),
         net.url, sign_in], capture_output=True, text=True, timeout=60)
     assert "wrong passwords from your address" in done.stdout, done
 

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 CLIENT = "recorder"
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
   ... on JobSubmitted { job { id } } ... on SpecRejected { errors { field message } } } }"""
-CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { state } }"
+CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { ... on Job { state } __typename } }"
 # rec-a is the cheapest: every first run lands there. rec-b (another owner) takes what must
 # be on a distinct owner (replicas, the network's check); rec-c is rec-a's owner's second.
 # (Scenarios: success, failure, the network's check, replicas, a verifier, a cancel, a
@@ -122,7 +122,7 @@ def cancelled(net: Network) -> str:
     job_id = submit(net, spec("cancelled", "sleep 100"))
     net.wait_job(job_id, ("RUNNING",), CLIENT, timeout_s=60)
     time.sleep(1.0)
-    net.gql(CANCEL, CLIENT, id=job_id)
+    assert net.gql(CANCEL, CLIENT, id=job_id)["cancelJob"]["__typename"] == "Job"
     ended(net, job_id, "CANCELLED")
     return job_id
 

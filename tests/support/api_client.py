@@ -23,7 +23,7 @@ from domain.identity import ROLES
 from infra.settings import Settings
 from ops.devstack import free_port
 from tests.support.api_server import running_api
-from tests.support.graphql import PROVIDER, REGISTER_PROVIDER, SIGN_IN, SIGN_UP
+from tests.support.graphql import PROVIDER, REGISTER_PROVIDER, SIGN_IN, SIGN_UP, accepted
 
 PASSWORD = "api test password"
 EMAIL_DOMAIN = "api.test"
@@ -57,7 +57,7 @@ class Api:
                 query, variables = SIGN_UP, {"e": email, "p": PASSWORD, "r": roles}
             r = self.http.post("/graphql", json={"query": query, "variables": variables})
             data = r.json()["data"]
-            found = data.get("signIn") or data["signUp"]
+            found = accepted(data.get("signIn") or data["signUp"])
             self.sessions[name] = {"token": found["token"], **found["user"]}
         return self.sessions[name]
 

@@ -6,12 +6,26 @@ what several modules send lives here, so a schema change is made in one place.
 
 from __future__ import annotations
 
+from typing import Any
+
+# What a mutation that may be refused asks for besides its payload (`<payload> | FieldError`).
+REFUSAL = "__typename ... on FieldError { field message }"
+
+
+def accepted(answer: dict[str, Any]) -> dict[str, Any]:
+    """A `<payload> | FieldError` answer that is the payload (asked with REFUSAL)."""
+    assert answer["__typename"] != "FieldError", answer
+    return answer
+
+
 # Accounts
 
-SIGN_UP = """mutation($e: String!, $p: String!, $r: [String!]!) {
-  signUp(email: $e, password: $p, roles: $r) { token user { id clientId } } }"""
-SIGN_IN = """mutation($e: String!, $p: String!) {
-  signIn(email: $e, password: $p) { token user { id clientId } } }"""
+SIGN_UP = f"""mutation($e: String!, $p: String!, $r: [String!]!) {{
+  signUp(email: $e, password: $p, roles: $r) {{
+    ... on Session {{ token user {{ id clientId }} }} {REFUSAL} }} }}"""
+SIGN_IN = f"""mutation($e: String!, $p: String!) {{
+  signIn(email: $e, password: $p) {{
+    ... on Session {{ token user {{ id clientId }} }} {REFUSAL} }} }}"""
 CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
   createApiKey(name: $n, scopes: $s) {
     ... on ApiKeyCreated { id key scopes } __typename ... on FieldError { field message } } }"""
@@ -20,7 +34,7 @@ CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
 
 SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
   ... on JobSubmitted { job { id state } } ... on SpecRejected { errors { field message } } } }"""
-CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { id state } }"
+CANCEL = f"mutation($id: ID!) {{ cancelJob(id: $id) {{ ... on Job {{ id state }} {REFUSAL} }} }}"
 # A job as its client sees it: its ending, what it cost, where it ran, its outputs and events.
 JOB = """query($id: ID!) { job(id: $id) { id state reason costMicro providerId
   outputs { path key sha256 size } events { type data } } }"""
@@ -34,8 +48,6 @@ REGISTER_PROVIDER = """mutation($input: RegisterProviderInput!) {
 PROVIDERS = "{ providers { providerId reputation earningsMicro } }"
 HEARTBEAT = """mutation($id: String!, $t: JSON) {
   providerHeartbeat(providerId: $id, telemetry: $t) }"""
-# What a mutation that may be refused asks for besides its payload (`<payload> | FieldError`).
-REFUSAL = "__typename ... on FieldError { field message }"
 # A provider as its owner sees it, and the owner's controls (each answers with it).
 PROVIDER_FIELDS = """providerId status statusReason lastHeartbeatAt pricePerGpuHourMicro
   pricePerGpuHour reputation earningsMicro gpus { index status reason busyJobId }"""

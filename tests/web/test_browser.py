@@ -492,7 +492,8 @@ def test_provider_sees_its_gpu_go_busy_and_its_earnings_rise(
     page.wait_for_selector(f"{card} [data-testid=gpus] tr[data-gpu='0'] [data-status=busy]",
                            timeout=60_000)
     page.wait_for_timeout(2000)
-    gql_as(net, page, "mutation($id: ID!) { cancelJob(id: $id) { id } }", id=job["id"])
+    gql_as(net, page, "mutation($id: ID!) { cancelJob(id: $id) { ... on Job { id } } }",
+           id=job["id"])
     page.wait_for_function(
         """([sel, before]) => { const el = document.querySelector(sel);
                                 return el && el.textContent !== before; }""",
@@ -617,7 +618,8 @@ def test_operator_sees_queues_waiting_jobs_and_gpus(
     page.wait_for_selector("[data-testid=waiting-for] >> text=no provider can take it now")
     said = page.inner_text("[data-testid=waiting-for]")
     assert "web-h100: price above the job's maximum" in said, said
-    gql_as(net, page, "mutation($id: ID!) { cancelJob(id: $id) { id } }", id=cheap)
+    gql_as(net, page, "mutation($id: ID!) { cancelJob(id: $id) { ... on Job { id } } }",
+           id=cheap)
 
     switch_role(page, "operator")
     page.wait_for_url("**/operator")
@@ -670,7 +672,7 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     switch_role(page, "operator")
     page.wait_for_url("**/operator")
 
-    # The same email again is refused, in the API's words (they name the field).
+    # The same email again is refused, in the API's words, under the field it is about.
     page.click("button:has-text('Sign out')")
     page.wait_for_url("**/signin")
     assert page.evaluate("localStorage.getItem('gpgpu.session')") is None
@@ -678,7 +680,8 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     page.fill("input[name=email]", "web-everyone@example.test")
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_selector(".error >> text=email")
+    page.wait_for_selector("[data-testid=err-email] >> text=already registered")
+    assert page.get_attribute("input[name=email]", "aria-invalid") == "true"
 
     # A wrong password is refused; the right one signs in; a reload keeps the session.
     page.click("text=Sign in")
@@ -686,7 +689,7 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     page.fill("input[name=email]", "web-everyone@example.test")
     page.fill("input[name=password]", "not the password")
     page.click("button[type=submit]")
-    page.wait_for_selector(".error")
+    page.wait_for_selector("[data-testid=err-password] >> text=do not match an account")
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_selector("header.top")
@@ -725,7 +728,7 @@ def test_sign_up_sign_in_roles_and_api_keys(page: Any, needs_accounts: None) -> 
     page.fill("input[name=email]", "web-everyone@example.test")
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_selector(".error")
+    page.wait_for_selector("[data-testid=err-password] >> text=do not match an account")
     page.fill("input[name=password]", "a new password 2")
     page.click("button[type=submit]")
     page.wait_for_selector("header.top")

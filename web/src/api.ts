@@ -80,6 +80,8 @@ export function errorText(err: unknown): string {
 export class ApiError extends Error {
   /** The argument a refusal is about, as the schema names it ("" when none or unknown). */
   field = "";
+  /** A refusal's reason without its field (the message itself for any other error). */
+  reason = this.message;
 }
 
 /** A mutation's refusal the caller can mend: the `FieldError` member of its result union. */
@@ -126,6 +128,7 @@ export async function mutate<T, V extends AnyVariables = AnyVariables>(
   if (refused) {
     const err = new ApiError(refused.field ? `${refused.field}: ${refused.message}` : refused.message);
     err.field = refused.field;
+    err.reason = refused.message;
     throw err;
   }
   return data;

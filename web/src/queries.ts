@@ -164,22 +164,26 @@ export const CAPABILITIES = gql<{ __type: { fields: { name: string }[] } | null 
 
 export const ME = gql<{ me: User | null }>(`query Me { me { ${USER} } }`);
 
+// A mutation the API may refuse for a reason the caller can mend answers `<payload> |
+// FieldError`; its document asks for the FieldError too, and `mutate` (api.ts) throws it.
+const REFUSAL = "__typename ... on FieldError { field message }";
+
 export const SIGN_UP = gql<
   { signUp: SessionResult },
   { email: string; password: string; roles: string[] }
 >(`mutation SignUp($email: String!, $password: String!, $roles: [String!]!) {
-  signUp(email: $email, password: $password, roles: $roles) { token user { ${USER} } }
+  signUp(email: $email, password: $password, roles: $roles) {
+    ... on Session { token user { ${USER} } } ${REFUSAL}
+  }
 }`);
 
 export const SIGN_IN = gql<{ signIn: SessionResult }, { email: string; password: string }>(
   `mutation SignIn($email: String!, $password: String!) {
-  signIn(email: $email, password: $password) { token user { ${USER} } }
+  signIn(email: $email, password: $password) {
+    ... on Session { token user { ${USER} } } ${REFUSAL}
+  }
 }`,
 );
-
-// A mutation the API may refuse for a reason the caller can mend answers `<payload> |
-// FieldError`; its document asks for the FieldError too, and `mutate` (api.ts) throws it.
-const REFUSAL = "__typename ... on FieldError { field message }";
 
 export const ADD_ROLES = gql<{ addRoles: User }, { roles: string[] }>(
   `mutation AddRoles($roles: [String!]!) { addRoles(roles: $roles) { ... on User { ${USER} } ${REFUSAL} } }`,
@@ -297,8 +301,15 @@ export const JOB_LOG = gql<{ jobLog: JobLogChunk }, { jobId: string; after: numb
 export const CANCEL_JOB = gql<{ cancelJob: { id: string; state: string } }, { id: string }>`
   mutation CancelJob($id: ID!) {
     cancelJob(id: $id) {
-      id
-      state
+      ... on Job {
+        id
+        state
+      }
+      __typename
+      ... on FieldError {
+        field
+        message
+      }
     }
   }
 `;

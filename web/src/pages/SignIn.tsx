@@ -1,11 +1,36 @@
 // Sign up, sign in; or, on a development network without accounts, name yourself.
 import type { JSX } from "preact";
 import { useState } from "preact/hooks";
-import { mutate } from "../api";
+import { ApiError, mutate } from "../api";
 import { ErrorBox, Notice } from "../components/ui";
 import { SIGN_IN, SIGN_UP } from "../queries";
 import { Link } from "../router";
 import { ROLE_WORDS, ROLES, startSession, type Role } from "../session";
+
+/** A refusal the API made about one of the form's fields (its FieldError), shown under it. */
+interface Refused {
+  field: string;
+  message: string;
+}
+
+/** The refusal to show under a field, or null: then the error goes in the box. */
+function refusalOf(err: unknown, fields: string[]): Refused | null {
+  return err instanceof ApiError && fields.includes(err.field) ? { field: err.field, message: err.reason } : null;
+}
+
+function FieldNote(props: { refused: Refused | null; field: string }): JSX.Element | null {
+  if (props.refused?.field !== props.field) return null;
+  return (
+    <ul class="field-errors" id={`err-${props.field}`} data-testid={`err-${props.field}`} role="alert">
+      <li>{props.refused.message}</li>
+    </ul>
+  );
+}
+
+/** The input's marks while a refusal is about it. */
+function marked(refused: Refused | null, field: string): { "aria-invalid"?: boolean; "aria-describedby"?: string } {
+  return refused?.field === field ? { "aria-invalid": true, "aria-describedby": `err-${field}` } : {};
+}
 
 function RolePicker(props: { roles: Role[]; onChange: (roles: Role[]) => void }): JSX.Element {
   return (
@@ -39,16 +64,20 @@ function AccountSignIn(): JSX.Element {
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
   const [error, setError] = useState<string | null>(null);
+  const [refused, setRefused] = useState<Refused | null>(null);
   const [busy, setBusy] = useState(false);
   const submit = async (e: Event) => {
     e.preventDefault();
     setBusy(true);
     setError(null);
+    setRefused(null);
     try {
       const { signIn } = await mutate(SIGN_IN, { email, password });
       startSession("auth", signIn.user, signIn.token);
     } catch (err) {
-      setError(err instanceof Error ? err.message : String(err));
+      const onField = refusalOf(err, ["email", "password"]);
+      if (onField) setRefused(onField);
+      else setError(err instanceof Error ? err.message : String(err));
     } finally {
       setBusy(false);
     }
@@ -58,7 +87,16 @@ function AccountSignIn(): JSX.Element {
       <h1>Sign in to GPGPU</h1>
       <label>
         Email
-        <input name="email" type="email" autoComplete="username" required value={email} onInput={(e) => setEmail(e.currentTarget.value)} />
+        <input
+          name="email"
+          type="email"
+          autoComplete="username"
+          required
+          value={email}
+          onInput={(e) => setEmail(e.currentTarget.value)}
+          {...marked(refused, "email")}
+        />
+        <FieldNote refused={refused} field="email" />
       </label>
       <label>
         Password
@@ -69,7 +107,9 @@ function AccountSignIn(): JSX.Element {
           required
           value={password}
           onInput={(e) => setPassword(e.currentTarget.value)}
+          {...marked(refused, "password")}
         />
+        <FieldNote refused={refused} field="password" />
       </label>
       <ErrorBox error={error} />
       <button class="primary" type="submit" disabled={busy}>
@@ -87,20 +127,24 @@ export function SignUpPage(): JSX.Element {
   const [password, setPassword] = useState("");
   const [roles, setRoles] = useState<Role[]>(["client"]);
   const [error, setError] = useState<string | null>(null);
+  const [refused, setRefused] = useState<Refused | null>(null);
   const [busy, setBusy] = useState(false);
   const submit = async (e: Event) => {
     e.preventDefault();
+    setError(null);
     if (!roles.length) {
-      setError("roles: pick at least one");
+      setRefused({ field: "roles", message: "pick at least one" });
       return;
     }
     setBusy(true);
-    setError(null);
+    setRefused(null);
     try {
       const { signUp } = await mutate(SIGN_UP, { email, password, roles });
       startSession("auth", signUp.user, signUp.token);
     } catch (err) {
-      setError(err instanceof Error ? err.message : String(err));
+      const onField = refusalOf(err, ["email", "password", "roles"]);
+      if (onField) setRefused(onField);
+      else setError(err instanceof Error ? err.message : String(err));
     } finally {
       setBusy(false);
     }
@@ -110,7 +154,16 @@ export function SignUpPage(): JSX.Element {
       <h1>Create your GPGPU account</h1>
       <label>
         Email
-        <input name="email" type="email" autoComplete="username" required value={email} onInput={(e) => setEmail(e.currentTarget.value)} />
+        <input
+          name="email"
+          type="email"
+          autoComplete="username"
+          required
+          value={email}
+          onInput={(e) => setEmail(e.currentTarget.value)}
+          {...marked(refused, "email")}
+        />
+        <FieldNote refused={refused} field="email" />
       </label>
       <label>
         Password
@@ -121,9 +174,12 @@ export function SignUpPage(): JSX.Element {
           required
           value={password}
           onInput={(e) => setPassword(e.currentTarget.value)}
+          {...marked(refused, "password")}
         />
+        <FieldNote refused={refused} field="password" />
       </label>
       <RolePicker roles={roles} onChange={setRoles} />
+      <FieldNote refused={refused} field="roles" />
       <ErrorBox error={error} />
       <button class="primary" type="submit" disabled={busy}>
         {busy ? "Creating your account…" : "Create account"}
