@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import JSONTranscoder, Mapper, Notification
+from eventsourcing.utils import resolve_topic
 
 from domain.job import Job, env_names_only
 from domain.ledger import Account
@@ -45,9 +47,40 @@ def event_class(aggregate: type[Aggregate], name: str) -> type[Aggregate.Event]:
     return cls
 
 
-@dataclass(frozen=True)
-class Event:
-    """One event as the folds read it."""
+_DECODE = json.JSONDecoder().raw_decode
+
+
+def stored_event(n: Notification, name: str, class_version: int) -> Event | None:
+    """The event as the folds read it, from its stored JSON alone: what
+    `event_data(mapper.to_domain_event(n))` gives, without building the domain event. None
+    where it would not be the same (a transcoded value other than a UUID at the top level,
+    one nested, an older class version to upcast): the mapper's way reads those."""
+    if type(n.originator_id) is not UUID:
+        return None
+    text = n.state.decode("utf8")
+    data, end = _DECODE(text)  # json.loads(bytes) would cost twice as much
+    if end != len(text) or type(data) is not dict:
+        return None
+    stamp = data.pop("timestamp", None)
+    if type(stamp) is not dict or len(stamp) != 2 or stamp.get("_type_") != "datetime_iso":
+        return None
+    if data.pop("class_version", 1) != class_version:
+        return None
+    data.pop("originator_topic", None)
+    transcoded = n.state.count(b'"_type_"') - 1  # besides the timestamp's
+    for key, value in data.items() if transcoded else ():
+        if type(value) is dict and value.get("_type_") == "uuid_hex" and len(value) == 2:
+            data[key] = str(UUID(value["_data_"]))
+            transcoded -= 1
+    if transcoded:
+        return None
+    # The mapper's timestamp is datetime.fromisoformat of this string; its isoformat() is
+    # the string again.
+    return Event(n.id, str(n.originator_id), name, stamp["_data_"], data)
+
+
+class Event(NamedTuple):
+    """One event as the folds read it (a tuple: made for every event, it costs less)."""
 
     nid: int  # its notification id: its place in the log
     agg: str  # its aggregate's id
@@ -55,6 +88,9 @@ class Event:
     at: str  # ISO 8601
     data: dict[str, Any]
 
+
+LEDGER_COLUMNS = ("account", "seq", "transfer_id", "amount_micro", "balance_micro",
+                  "counterparty", "kind", "memo", "at")
 
 # A provider row's columns that hold JSON, kept parsed while a batch folds.
 PROVIDER_JSON = ("reservations", "reservation_clients", "outcomes", "outcome_times",
@@ -75,18 +111,19 @@ class _Rows:
     # Column changes not yet written, by (table, key column, key): one UPDATE per row and
     # batch, however many of the batch's events changed it.
     pending: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    # Rows to append (event histories, ledger entries), by INSERT statement: one
-    # executemany each.
-    appends: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    # Rows to append (event histories, ledger entries), by table and columns: one COPY
+    # (PostgreSQL) or executemany (SQLite) each.
+    appends: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = field(
+        default_factory=dict)
     changed_providers: set[str] = field(default_factory=set)  # their JSON columns to write
 
     def update(self, table: str, key_column: str, key: str, changes: dict[str, Any]) -> None:
         self.pending.setdefault((table, key_column, key), {}).update(changes)
 
-    def append(self, insert: str, row: tuple[Any, ...]) -> None:
-        self.appends.setdefault(insert, []).append(row)
+    def append(self, table: str, columns: tuple[str, ...], row: tuple[Any, ...]) -> None:
+        self.appends.setdefault((table, columns), []).append(row)
 
-    def flush(self, cur: Cursor) -> None:
+    def write_changes(self, cur: Cursor) -> None:
         for agg in self.changed_providers:  # their lists, written once, and the score
             kept = self.providers[agg]
             outcomes, times = kept["outcomes"], kept["outcome_times"]
@@ -99,14 +136,16 @@ class _Rows:
                 "reputation": score.score,
             })
         self.changed_providers.clear()
-        for insert, rows in self.appends.items():
-            cur.executemany(insert, rows)
-        self.appends.clear()
         for (table, key_column, key), changes in self.pending.items():
             sets = ", ".join(f"{column} = ?" for column in changes)
             cur.execute(f"UPDATE {table} SET {sets} WHERE {key_column} = ?",
                         (*changes.values(), key))
         self.pending.clear()
+
+    def write_appends(self, cur: Cursor) -> None:
+        for (table, columns), rows in self.appends.items():
+            cur.insert_rows(table, columns, rows)
+        self.appends.clear()
 
 
 class Fold:
@@ -125,8 +164,81 @@ class Fold:
             handler(self, Event(nid, str(event.originator_id), type(event).__name__,
                                 event.timestamp.isoformat(), event_data(event)))
 
+    def apply_stored(self, n: Notification, mapper: Mapper[Any]) -> None:
+        """Apply a stored event, read from its JSON (`stored_event`) where it can be, through
+        the mapper otherwise; an event of a class no view shows is not decoded at all."""
+        handler, name, class_version = _topic(n.topic)
+        if handler is None:
+            return
+        plain = (mapper.cipher is None and mapper.compressor is None
+                 and type(mapper.transcoder) is JSONTranscoder)
+        event = stored_event(n, name, class_version) if plain else None
+        if event is None:
+            self.apply(n.id, mapper.to_domain_event(n))
+        else:
+            handler(self, event)
+
+    def prefetch(self, notifications: Sequence[Notification]) -> None:
+        """Read the rows the batch's events change, one query per table, before the first
+        event: each event then finds its aggregate's row kept (or finds it is new) without a
+        round trip of its own, which in a PostgreSQL pipeline would wait for every
+        statement before it."""
+        wanted: dict[str, set[UUID | str]] = {}
+        for n in notifications:
+            table = _READS.get(_topic(n.topic)[0])
+            if table is not None:
+                wanted.setdefault(table, set()).add(n.originator_id)
+        for table, ids in wanted.items():
+            self._read(table, [str(i) for i in ids])
+
+    def _read(self, table: str, aggs: list[str]) -> None:
+        """Keep the rows of these aggregates in `table` (those there are)."""
+        rows = self.rows
+        for start in range(0, len(aggs), 1000):  # SQLite takes up to 32,766 parameters
+            chunk = aggs[start:start + 1000]
+            where = f" WHERE aggregate_id IN ({', '.join('?' for _ in chunk)})"
+            if table == "jobs":
+                for row in self.cur.all(
+                    "SELECT aggregate_id, job_id, last_seq, queued_position, provider_id"
+                    " FROM jobs" + where, chunk,
+                ):
+                    rows.jobs[row.pop("aggregate_id")] = row
+            elif table == "accounts":  # with each account's last entry's seq
+                for row in self.cur.all(
+                    "SELECT aggregate_id, name, balance_micro, (SELECT COALESCE(MAX(seq), 0)"
+                    " FROM ledger_entries WHERE account = accounts.name) AS last_seq"
+                    " FROM accounts" + where, chunk,
+                ):
+                    rows.accounts[row["aggregate_id"]] = {"name": row["name"],
+                                                          "balance_micro": row["balance_micro"]}
+                    rows.ledger_seq[row["name"]] = row["last_seq"]
+            elif table == "providers":
+                for row in self.cur.all(
+                    f"SELECT aggregate_id, provider_id, last_seq, {', '.join(PROVIDER_JSON)}"
+                    " FROM providers" + where, chunk,
+                ):
+                    rows.providers[row["aggregate_id"]] = {
+                        "provider_id": row["provider_id"], "last_seq": row["last_seq"],
+                        **{column: json.loads(row[column]) for column in PROVIDER_JSON},
+                    }
+            else:
+                for row in self.cur.all(
+                    "SELECT aggregate_id, queues, provider_ids FROM nodes" + where, chunk
+                ):
+                    rows.nodes[row.pop("aggregate_id")] = row
+
     def flush(self) -> None:
-        self.rows.flush(self.cur)
+        """Write what the batch changed: `write_changes`, then `write_appends`."""
+        self.write_changes()
+        self.write_appends()
+
+    def write_changes(self) -> None:
+        """The rows the batch changed, one UPDATE each (fine in a PostgreSQL pipeline)."""
+        self.rows.write_changes(self.cur)
+
+    def write_appends(self) -> None:
+        """The rows the batch appended, one COPY per table on PostgreSQL (not in a pipeline)."""
+        self.rows.write_appends(self.cur)
 
     # Accounts
 
@@ -140,16 +252,12 @@ class Fold:
 
     def entry_posted(self, e: Event) -> None:
         acct = self.rows.accounts.get(e.agg)
-        if acct is None:  # the account and its last entry's seq, in one round trip
-            acct = self.cur.one(
-                "SELECT name, balance_micro, (SELECT COALESCE(MAX(seq), 0) FROM ledger_entries"
-                " WHERE account = accounts.name) AS last_seq FROM accounts"
-                " WHERE aggregate_id = ?", (e.agg,),
-            )
+        if acct is None:  # not prefetched: the account and its last entry's seq
+            self._read("accounts", [e.agg])
+            acct = self.rows.accounts.get(e.agg)
             if acct is None:
                 log.error("entry for unknown account aggregate %s", e.agg)
                 return
-            self.rows.ledger_seq[acct["name"]] = acct["last_seq"]
         data = e.data
         name, balance = acct["name"], acct["balance_micro"] + data["amount_micro"]
         seq = self.rows.ledger_seq[name] + 1
@@ -157,8 +265,7 @@ class Fold:
         self.rows.ledger_seq[name] = seq
         self.rows.update("accounts", "aggregate_id", e.agg, {"balance_micro": balance})
         self.rows.append(
-            "INSERT INTO ledger_entries (account, seq, transfer_id, amount_micro, balance_micro,"
-            " counterparty, kind, memo, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ledger_entries", LEDGER_COLUMNS,
             (name, seq, data["transfer_id"], data["amount_micro"], balance,
              data["counterparty"], data["kind"], data["memo"], e.at),
         )
@@ -172,9 +279,9 @@ class Fold:
         )
 
     def _node(self, e: Event, change: Callable[[dict[str, Any], list[str]], None]) -> None:
-        row = self.rows.nodes.get(e.agg) or self.cur.one(
-            "SELECT queues, provider_ids FROM nodes WHERE aggregate_id = ?", (e.agg,)
-        )
+        if e.agg not in self.rows.nodes:
+            self._read("nodes", [e.agg])
+        row = self.rows.nodes.get(e.agg)
         if row is None:
             log.error("event %s for unknown node aggregate %s", e.type, e.agg)
             return
@@ -225,10 +332,9 @@ class Fold:
                        {k: v for k, v in data.items() if k not in ("spec", "sealed_env")}))
 
     def job(self, e: Event) -> None:
-        job = self.rows.jobs.get(e.agg) or self.cur.one(
-            "SELECT job_id, last_seq, queued_position, provider_id FROM jobs"
-            " WHERE aggregate_id = ?", (e.agg,)
-        )
+        if e.agg not in self.rows.jobs:
+            self._read("jobs", [e.agg])
+        job = self.rows.jobs.get(e.agg)
         if job is None:
             log.error("event %s for unknown job aggregate %s", e.type, e.agg)
             return
@@ -250,11 +356,7 @@ class Fold:
         """Append to a job's or provider's event history, and hand it to live subscribers."""
         row = {f"{kind}_id": key, "seq": seq, "notification_id": e.nid, "type": e.type,
                "at": e.at, "data": json.dumps(e.data)}
-        self.rows.append(
-            f"INSERT INTO {kind}_events ({kind}_id, seq, notification_id, type, at, data)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            tuple(row.values()),
-        )
+        self.rows.append(f"{kind}_events", tuple(row), tuple(row.values()))
         self.added.append({**row, "stream": f"{kind}:{key}"})
 
     # Providers: every event is appended to the provider's history; PROVIDER_CHANGES
@@ -273,19 +375,12 @@ class Fold:
         self.provider(e)
 
     def provider(self, e: Event) -> None:
+        if e.agg not in self.rows.providers:
+            self._read("providers", [e.agg])
         kept = self.rows.providers.get(e.agg)
         if kept is None:
-            row = self.cur.one(
-                f"SELECT provider_id, last_seq, {', '.join(PROVIDER_JSON)} FROM providers"
-                " WHERE aggregate_id = ?", (e.agg,),
-            )
-            if row is None:
-                log.error("event %s for unknown provider aggregate %s", e.type, e.agg)
-                return
-            kept = self.rows.providers[e.agg] = {
-                "provider_id": row["provider_id"], "last_seq": row["last_seq"],
-                **{column: json.loads(row[column]) for column in PROVIDER_JSON},
-            }
+            log.error("event %s for unknown provider aggregate %s", e.type, e.agg)
+            return
         seq = kept["last_seq"] = kept["last_seq"] + 1
         self._history("provider", kept["provider_id"], seq, e)
         changes: dict[str, Any] = {"updated_at": e.at, "last_seq": seq}
@@ -435,4 +530,25 @@ HANDLERS: dict[type[Aggregate.Event], Handler] = {
     event_class(Job, "JobSubmitted"): Fold.job_submitted,
     **{event_class(Provider, name): Fold.provider for name in PROVIDER_EVENTS},
     event_class(Provider, "ProviderRegistered"): Fold.provider_registered,
+}
+
+# By stored topic: the handler of its class (None: no view shows it), the class's name and
+# its class_version.
+_TOPICS: dict[str, tuple[Handler | None, str, int]] = {}
+
+
+def _topic(topic: str) -> tuple[Handler | None, str, int]:
+    known = _TOPICS.get(topic)
+    if known is None:
+        cls = resolve_topic(topic)
+        known = _TOPICS[topic] = (HANDLERS.get(cls), cls.__name__,
+                                  getattr(cls, "class_version", 1))
+    return known
+
+
+# The table whose row each handler reads (a handler that creates its row reads none).
+_READS: dict[Handler | None, str] = {
+    Fold.entry_posted: "accounts", Fold.job: "jobs", Fold.provider: "providers",
+    Fold.queue_configured: "nodes", Fold.queue_removed: "nodes",
+    Fold.provider_joined_node: "nodes",
 }

@@ -93,9 +93,11 @@ class Projector:
                     return 0  # another runner applied this batch first; its transaction wins
                 fold = Fold(cur)
                 with self.db.pipeline():  # PostgreSQL: writes go out without a round trip each
+                    fold.prefetch(notifications)
                     for n in notifications:
-                        fold.apply(n.id, self.app.mapper.to_domain_event(n))
-                    fold.flush()
+                        fold.apply_stored(n, self.app.mapper)
+                    fold.write_changes()
+                fold.write_appends()  # PostgreSQL: a COPY per table, which a pipeline cannot run
                 self._added = fold.added
                 if self.db.is_postgres:
                     cur.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(notifications[-1].id)))
@@ -128,7 +130,7 @@ class Projector:
                     if not self._advance(cur, position, n.id):
                         return 0  # another runner is ahead; what this one did is committed
                     fold = Fold(cur)
-                    fold.apply(n.id, self.app.mapper.to_domain_event(n))
+                    fold.apply_stored(n, self.app.mapper)
                     fold.flush()
                 self._added += fold.added
             except Exception as err:
