@@ -50,15 +50,20 @@ def event_class(aggregate: type[Aggregate], name: str) -> type[Aggregate.Event]:
 _DECODE = json.JSONDecoder().raw_decode
 
 
-def stored_event(n: Notification, name: str, class_version: int) -> Event | None:
+def stored_event(n: Notification, name: str, class_version: int,
+                 agg: str | None = None) -> Event | None:
     """The event as the folds read it, from its stored JSON alone: what
     `event_data(mapper.to_domain_event(n))` gives, without building the domain event. None
     where it would not be the same (a transcoded value other than a UUID at the top level,
-    one nested, an older class version to upcast): the mapper's way reads those."""
+    one nested, an older class version to upcast): the mapper's way reads those. `agg` is
+    str(n.originator_id), where the caller has it."""
     if type(n.originator_id) is not UUID:
         return None
-    text = n.state.decode("utf8")
-    data, end = _DECODE(text)  # json.loads(bytes) would cost twice as much
+    try:
+        text = n.state.decode("utf8")
+        data, end = _DECODE(text)  # json.loads(bytes) would cost twice as much
+    except (ValueError, RecursionError):  # the mapper fails too, and says why
+        return None
     if end != len(text) or type(data) is not dict:
         return None
     stamp = data.pop("timestamp", None)
@@ -76,7 +81,33 @@ def stored_event(n: Notification, name: str, class_version: int) -> Event | None
         return None
     # The mapper's timestamp is datetime.fromisoformat of this string; its isoformat() is
     # the string again.
-    return Event(n.id, str(n.originator_id), name, stamp["_data_"], data)
+    return Event(n.id, agg or str(n.originator_id), name, stamp["_data_"], data)
+
+
+def read_events(notifications: Sequence[Notification], mapper: Mapper[Any]) -> list[Read]:
+    """Each stored event with its class's handler (None: no view shows it, and it is not
+    decoded) and the event as `stored_event` reads it (None: the mapper makes it when it
+    is applied). No database is needed: the projector reads the next batch while the one
+    before is written."""
+    plain = (mapper.cipher is None and mapper.compressor is None
+             and type(mapper.transcoder) is JSONTranscoder)
+    aggs: dict[int, str] = {}  # str(UUID), by UUID.int: an aggregate has several events
+    reads: list[Read] = []
+    for n in notifications:
+        try:
+            handler, name, class_version = _topic(n.topic)
+        except Exception:  # no such class: the mapper fails, where the event is set aside
+            reads.append((n, _unknown_topic, None))
+            continue
+        event = None
+        if handler is not None and plain and type(n.originator_id) is UUID:
+            key = n.originator_id.int
+            agg = aggs.get(key)
+            if agg is None:
+                agg = aggs[key] = str(n.originator_id)
+            event = stored_event(n, name, class_version, agg)
+        reads.append((n, handler, event))
+    return reads
 
 
 class Event(NamedTuple):
@@ -109,13 +140,22 @@ class _Rows:
     ledger_seq: dict[str, int] = field(default_factory=dict)  # by account name
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Column changes not yet written, by (table, key column, key): one UPDATE per row and
-    # batch, however many of the batch's events changed it.
+    # batch, however many of the batch's events changed it (one executemany for the rows
+    # of a table whose changes have the same columns).
     pending: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    # The rows of `pending` the batch created: each inserted once, with its changes, when
+    # the batch ends (one COPY or executemany per table and columns).
+    created: set[tuple[str, str, str]] = field(default_factory=set)
     # Rows to append (event histories, ledger entries), by table and columns: one COPY
     # (PostgreSQL) or executemany (SQLite) each.
     appends: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = field(
         default_factory=dict)
     changed_providers: set[str] = field(default_factory=set)  # their JSON columns to write
+
+    def insert(self, table: str, key_column: str, key: str, values: dict[str, Any]) -> None:
+        """A new row (its columns not in `values` take their defaults)."""
+        self.pending[(table, key_column, key)] = values
+        self.created.add((table, key_column, key))
 
     def update(self, table: str, key_column: str, key: str, changes: dict[str, Any]) -> None:
         self.pending.setdefault((table, key_column, key), {}).update(changes)
@@ -136,13 +176,21 @@ class _Rows:
                 "reputation": score.score,
             })
         self.changed_providers.clear()
+        updates: dict[tuple[str, str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
         for (table, key_column, key), changes in self.pending.items():
-            sets = ", ".join(f"{column} = ?" for column in changes)
-            cur.execute(f"UPDATE {table} SET {sets} WHERE {key_column} = ?",
-                        (*changes.values(), key))
+            if (table, key_column, key) in self.created:
+                self.append(table, tuple(changes), tuple(changes.values()))
+            else:
+                updates.setdefault((table, key_column, tuple(changes)), []).append(
+                    (*changes.values(), key))
         self.pending.clear()
+        self.created.clear()
+        for (table, key_column, columns), rows in updates.items():
+            sets = ", ".join(f"{column} = ?" for column in columns)
+            cur.executemany(f"UPDATE {table} SET {sets} WHERE {key_column} = ?", rows)
 
     def write_appends(self, cur: Cursor) -> None:
+        """The new rows and appended ones (after `write_changes`, which adds the new rows)."""
         for (table, columns), rows in self.appends.items():
             cur.insert_rows(table, columns, rows)
         self.appends.clear()
@@ -152,11 +200,13 @@ class Fold:
     """Applies one batch's events to the views, each through its class's handler; events of
     a class no view shows (identity, canaries) pass by."""
 
-    def __init__(self, cur: Cursor) -> None:
+    def __init__(self, cur: Cursor, keep_added: bool = True) -> None:
         self.cur = cur
         self.rows = _Rows()
-        # The job and provider history rows this batch added, for live subscribers.
+        # The job and provider history rows this batch added, for live subscribers (none
+        # kept where no one listens).
         self.added: list[dict[str, Any]] = []
+        self.keep_added = keep_added
 
     def apply(self, nid: int, event: Any) -> None:
         handler = HANDLERS.get(type(event))
@@ -165,31 +215,33 @@ class Fold:
                                 event.timestamp.isoformat(), event_data(event)))
 
     def apply_stored(self, n: Notification, mapper: Mapper[Any]) -> None:
-        """Apply a stored event, read from its JSON (`stored_event`) where it can be, through
-        the mapper otherwise; an event of a class no view shows is not decoded at all."""
-        handler, name, class_version = _topic(n.topic)
+        """Apply a stored event as `read_events` reads it."""
+        self.apply_read(read_events([n], mapper)[0], mapper)
+
+    def apply_read(self, read: Read, mapper: Mapper[Any]) -> None:
+        """Apply a stored event read by `read_events`: its handler with the event read from
+        its JSON, or with the mapper's domain event where the JSON alone would not do."""
+        n, handler, event = read
         if handler is None:
             return
-        plain = (mapper.cipher is None and mapper.compressor is None
-                 and type(mapper.transcoder) is JSONTranscoder)
-        event = stored_event(n, name, class_version) if plain else None
         if event is None:
             self.apply(n.id, mapper.to_domain_event(n))
         else:
             handler(self, event)
 
-    def prefetch(self, notifications: Sequence[Notification]) -> None:
+    def prefetch(self, reads: Sequence[Read]) -> None:
         """Read the rows the batch's events change, one query per table, before the first
         event: each event then finds its aggregate's row kept (or finds it is new) without a
         round trip of its own, which in a PostgreSQL pipeline would wait for every
         statement before it."""
-        wanted: dict[str, set[UUID | str]] = {}
-        for n in notifications:
-            table = _READS.get(_topic(n.topic)[0])
+        wanted: dict[str, set[str]] = {}
+        for n, handler, event in reads:
+            table = _READS.get(handler)
             if table is not None:
-                wanted.setdefault(table, set()).add(n.originator_id)
-        for table, ids in wanted.items():
-            self._read(table, [str(i) for i in ids])
+                wanted.setdefault(table, set()).add(str(n.originator_id) if event is None
+                                                    else event.agg)
+        for table, aggs in wanted.items():
+            self._read(table, list(aggs))
 
     def _read(self, table: str, aggs: list[str]) -> None:
         """Keep the rows of these aggregates in `table` (those there are)."""
@@ -243,10 +295,8 @@ class Fold:
     # Accounts
 
     def account_opened(self, e: Event) -> None:
-        self.cur.execute(
-            "INSERT INTO accounts (name, aggregate_id, balance_micro) VALUES (?, ?, 0)",
-            (e.data["name"], e.agg),
-        )
+        self.rows.insert("accounts", "aggregate_id", e.agg,
+                         {"name": e.data["name"], "aggregate_id": e.agg, "balance_micro": 0})
         self.rows.accounts[e.agg] = {"name": e.data["name"], "balance_micro": 0}
         self.rows.ledger_seq[e.data["name"]] = 0  # a new account has no entries
 
@@ -273,10 +323,11 @@ class Fold:
     # Nodes
 
     def node_registered(self, e: Event) -> None:
-        self.cur.execute(
-            "INSERT INTO nodes (node_id, aggregate_id, region, operator) VALUES (?, ?, ?, ?)",
-            (e.data["node_id"], e.agg, e.data["region"], e.data["operator"]),
-        )
+        self.rows.insert("nodes", "aggregate_id", e.agg, {
+            "node_id": e.data["node_id"], "aggregate_id": e.agg, "region": e.data["region"],
+            "operator": e.data["operator"],
+        })
+        self.rows.nodes[e.agg] = {"queues": "{}", "provider_ids": "[]"}  # the defaults
 
     def _node(self, e: Event, change: Callable[[dict[str, Any], list[str]], None]) -> None:
         if e.agg not in self.rows.nodes:
@@ -315,17 +366,14 @@ class Fold:
         # The env's names alone, also from an event recorded before envs were sealed.
         spec = env_names_only(data["spec"])
         node, queue = split_queue(spec.get("queue", DEFAULT_QUEUE))
-        self.cur.execute(
-            "INSERT INTO jobs (job_id, aggregate_id, client_id, name, state, max_cost_micro,"
-            " submitted_at, updated_at, spec, last_seq, queue, priority, gpus, timeout_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
-            (
-                data["job_id"], e.agg, data["client_id"], spec["name"], "SUBMITTED",
-                data["max_cost_micro"], e.at, e.at, json.dumps(spec), f"{node}/{queue}",
-                spec.get("priority", 0), spec.get("resources", {}).get("gpus", 1),
-                int(spec.get("timeout", 600)),
-            ),
-        )
+        self.rows.insert("jobs", "job_id", data["job_id"], {
+            "job_id": data["job_id"], "aggregate_id": e.agg, "client_id": data["client_id"],
+            "name": spec["name"], "state": "SUBMITTED", "max_cost_micro": data["max_cost_micro"],
+            "submitted_at": e.at, "updated_at": e.at, "spec": json.dumps(spec), "last_seq": 0,
+            "queue": f"{node}/{queue}", "priority": spec.get("priority", 0),
+            "gpus": spec.get("resources", {}).get("gpus", 1),
+            "timeout_s": int(spec.get("timeout", 600)),
+        })
         self.rows.jobs[e.agg] = {"job_id": data["job_id"], "last_seq": 0,
                                  "queued_position": None, "provider_id": None}
         self.job(Event(e.nid, e.agg, e.type, e.at,
@@ -357,21 +405,25 @@ class Fold:
         row = {f"{kind}_id": key, "seq": seq, "notification_id": e.nid, "type": e.type,
                "at": e.at, "data": json.dumps(e.data)}
         self.rows.append(f"{kind}_events", tuple(row), tuple(row.values()))
-        self.added.append({**row, "stream": f"{kind}:{key}"})
+        if self.keep_added:
+            self.added.append({**row, "stream": f"{kind}:{key}"})
 
     # Providers: every event is appended to the provider's history; PROVIDER_CHANGES
     # say what else it changes (the row's columns, or its lists kept parsed in `kept`).
 
     def provider_registered(self, e: Event) -> None:
         data = e.data
-        self.cur.execute(
-            "INSERT INTO providers (provider_id, aggregate_id, region, status, price_micro,"
-            " gpus, reputation, updated_at) VALUES (?, ?, ?, 'online', ?, ?, ?, ?)",
-            (
-                data["provider_id"], e.agg, data["region"], data["price_per_gpu_hour_micro"],
-                json.dumps(data["gpus"]), reputation_score([]), e.at,
-            ),
-        )
+        self.rows.insert("providers", "aggregate_id", e.agg, {
+            "provider_id": data["provider_id"], "aggregate_id": e.agg, "region": data["region"],
+            "status": "online", "price_micro": data["price_per_gpu_hour_micro"],
+            "gpus": json.dumps(data["gpus"]), "reputation": reputation_score([]),
+            "updated_at": e.at,
+        })
+        self.rows.providers[e.agg] = {  # its lists as the columns' defaults hold them
+            "provider_id": data["provider_id"], "last_seq": 0, "reservations": {},
+            "reservation_clients": {}, "outcomes": [], "outcome_times": [], "suspended": [],
+            "degraded": {},
+        }
         self.provider(e)
 
     def provider(self, e: Event) -> None:
@@ -516,6 +568,14 @@ PROVIDER_CHANGES: dict[str, ProviderChange] = {
 PROVIDER_EVENTS = ("ProviderRegistered", *PROVIDER_CHANGES)
 
 Handler = Callable[[Fold, Event], None]
+def _unknown_topic(fold: Fold, e: Event) -> None:
+    """The handler read_events gives an event whose topic names no class: never called, as
+    the mapper fails on it first."""
+    raise AssertionError(f"event {e.nid} of an unknown topic was read")
+
+
+# A stored event as read_events reads it: its handler, and the event where its JSON gave it.
+Read = tuple[Notification, Handler | None, Event | None]
 
 # The handler of each event class the views show. Job's and Provider's GpusReleased and
 # ReputationRecorded are different classes, each with its own handler.

@@ -12,7 +12,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Notification, StoredEvent
 
 from domain.application import Network
 from infra.settings import Settings
@@ -200,3 +200,25 @@ def test_stored_events_read_as_the_mapper_reads_them(app: Network) -> None:
     read = stored_event(said, "JobQueued", 1)
     assert read == mapper_event(app, said)
     assert read is not None and read.data["reason"] == '"_type_"'
+
+
+def test_an_event_that_cannot_be_read_is_set_aside(app: Network, db: ViewDB) -> None:
+    """Bytes that are not JSON, and a topic that names no class: the mapper fails on each,
+    inside the batch, so each is set aside and the events around them are applied."""
+    app.open_client("alice", 1_000)
+    job_queued = "domain.job:Job.JobQueued"
+    app.recorder.insert_events([
+        StoredEvent(originator_id=uuid4(), originator_version=1, topic=job_queued,
+                    state=b'{"timestamp": not json'),
+        StoredEvent(originator_id=uuid4(), originator_version=1, topic="domain.job:Job.Gone",
+                    state=b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-01-01"}}'),
+    ])
+    app.open_client("bob", 2_000)
+    projector = Projector(app, db)
+    assert projector.catch_up() == len(notifications(app))
+    aside = db.query("SELECT topic FROM projection_set_aside ORDER BY notification_id")
+    assert [r["topic"] for r in aside] == [job_queued, "domain.job:Job.Gone"]
+    balances = db.query("SELECT name, balance_micro FROM accounts WHERE name LIKE ?"
+                        " ORDER BY name", ("client:%",))
+    assert balances == [{"name": "client:alice", "balance_micro": 1_000},
+                        {"name": "client:bob", "balance_micro": 2_000}]
