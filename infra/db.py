@@ -135,6 +135,19 @@ class Cursor:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._cur.executemany(self._db._sql(sql), [tuple(r) for r in rows])
 
+    def insert_rows(self, table: str, columns: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Insert `rows` into `table`: on PostgreSQL with one COPY (outside a pipeline: COPY
+        cannot run in one), on SQLite with one executemany."""
+        names = ", ".join(columns)
+        if not self.is_postgres:
+            marks = ", ".join("?" for _ in columns)
+            self._cur.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+            return
+        with self._cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         self._cur.execute(self._db._sql(sql), tuple(params))
         row = self._cur.fetchone()
@@ -144,8 +157,9 @@ class Cursor:
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         self._cur.execute(self._db._sql(sql), tuple(params))
+        rows = self._cur.fetchall()  # first: in a pipeline, the description comes with them
         cols = [d[0] for d in self._cur.description]
-        return [dict(zip(cols, r, strict=True)) for r in self._cur.fetchall()]
+        return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
 class SqliteChanges:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import JSONTranscoder, Mapper, Notification
+from eventsourcing.utils import resolve_topic
 
 from domain.job import Job, env_names_only
 from domain.ledger import Account
@@ -45,9 +47,71 @@ def event_class(aggregate: type[Aggregate], name: str) -> type[Aggregate.Event]:
     return cls
 
 
-@dataclass(frozen=True)
-class Event:
-    """One event as the folds read it."""
+_DECODE = json.JSONDecoder().raw_decode
+
+
+def stored_event(n: Notification, name: str, class_version: int,
+                 agg: str | None = None) -> Event | None:
+    """The event as the folds read it, from its stored JSON alone: what
+    `event_data(mapper.to_domain_event(n))` gives, without building the domain event. None
+    where it would not be the same (a transcoded value other than a UUID at the top level,
+    one nested, an older class version to upcast): the mapper's way reads those. `agg` is
+    str(n.originator_id), where the caller has it."""
+    if type(n.originator_id) is not UUID:
+        return None
+    try:
+        text = n.state.decode("utf8")
+        data, end = _DECODE(text)  # json.loads(bytes) would cost twice as much
+    except (ValueError, RecursionError):  # the mapper fails too, and says why
+        return None
+    if end != len(text) or type(data) is not dict:
+        return None
+    stamp = data.pop("timestamp", None)
+    if type(stamp) is not dict or len(stamp) != 2 or stamp.get("_type_") != "datetime_iso":
+        return None
+    if data.pop("class_version", 1) != class_version:
+        return None
+    data.pop("originator_topic", None)
+    transcoded = n.state.count(b'"_type_"') - 1  # besides the timestamp's
+    for key, value in data.items() if transcoded else ():
+        if type(value) is dict and value.get("_type_") == "uuid_hex" and len(value) == 2:
+            data[key] = str(UUID(value["_data_"]))
+            transcoded -= 1
+    if transcoded:
+        return None
+    # The mapper's timestamp is datetime.fromisoformat of this string; its isoformat() is
+    # the string again.
+    return Event(n.id, agg or str(n.originator_id), name, stamp["_data_"], data)
+
+
+def read_events(notifications: Sequence[Notification], mapper: Mapper[Any]) -> list[Read]:
+    """Each stored event with its class's handler (None: no view shows it, and it is not
+    decoded) and the event as `stored_event` reads it (None: the mapper makes it when it
+    is applied). No database is needed: the projector reads the next batch while the one
+    before is written."""
+    plain = (mapper.cipher is None and mapper.compressor is None
+             and type(mapper.transcoder) is JSONTranscoder)
+    aggs: dict[int, str] = {}  # str(UUID), by UUID.int: an aggregate has several events
+    reads: list[Read] = []
+    for n in notifications:
+        try:
+            handler, name, class_version = _topic(n.topic)
+        except Exception:  # no such class: the mapper fails, where the event is set aside
+            reads.append((n, _unknown_topic, None))
+            continue
+        event = None
+        if handler is not None and plain and type(n.originator_id) is UUID:
+            key = n.originator_id.int
+            agg = aggs.get(key)
+            if agg is None:
+                agg = aggs[key] = str(n.originator_id)
+            event = stored_event(n, name, class_version, agg)
+        reads.append((n, handler, event))
+    return reads
+
+
+class Event(NamedTuple):
+    """One event as the folds read it (a tuple: made for every event, it costs less)."""
 
     nid: int  # its notification id: its place in the log
     agg: str  # its aggregate's id
@@ -55,6 +119,9 @@ class Event:
     at: str  # ISO 8601
     data: dict[str, Any]
 
+
+LEDGER_COLUMNS = ("account", "seq", "transfer_id", "amount_micro", "balance_micro",
+                  "counterparty", "kind", "memo", "at")
 
 # A provider row's columns that hold JSON, kept parsed while a batch folds.
 PROVIDER_JSON = ("reservations", "reservation_clients", "outcomes", "outcome_times",
@@ -73,20 +140,30 @@ class _Rows:
     ledger_seq: dict[str, int] = field(default_factory=dict)  # by account name
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Column changes not yet written, by (table, key column, key): one UPDATE per row and
-    # batch, however many of the batch's events changed it.
+    # batch, however many of the batch's events changed it (one executemany for the rows
+    # of a table whose changes have the same columns).
     pending: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    # Rows to append (event histories, ledger entries), by INSERT statement: one
-    # executemany each.
-    appends: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    # The rows of `pending` the batch created: each inserted once, with its changes, when
+    # the batch ends (one COPY or executemany per table and columns).
+    created: set[tuple[str, str, str]] = field(default_factory=set)
+    # Rows to append (event histories, ledger entries), by table and columns: one COPY
+    # (PostgreSQL) or executemany (SQLite) each.
+    appends: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = field(
+        default_factory=dict)
     changed_providers: set[str] = field(default_factory=set)  # their JSON columns to write
+
+    def insert(self, table: str, key_column: str, key: str, values: dict[str, Any]) -> None:
+        """A new row (its columns not in `values` take their defaults)."""
+        self.pending[(table, key_column, key)] = values
+        self.created.add((table, key_column, key))
 
     def update(self, table: str, key_column: str, key: str, changes: dict[str, Any]) -> None:
         self.pending.setdefault((table, key_column, key), {}).update(changes)
 
-    def append(self, insert: str, row: tuple[Any, ...]) -> None:
-        self.appends.setdefault(insert, []).append(row)
+    def append(self, table: str, columns: tuple[str, ...], row: tuple[Any, ...]) -> None:
+        self.appends.setdefault((table, columns), []).append(row)
 
-    def flush(self, cur: Cursor) -> None:
+    def write_changes(self, cur: Cursor) -> None:
         for agg in self.changed_providers:  # their lists, written once, and the score
             kept = self.providers[agg]
             outcomes, times = kept["outcomes"], kept["outcome_times"]
@@ -99,25 +176,37 @@ class _Rows:
                 "reputation": score.score,
             })
         self.changed_providers.clear()
-        for insert, rows in self.appends.items():
-            cur.executemany(insert, rows)
-        self.appends.clear()
+        updates: dict[tuple[str, str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
         for (table, key_column, key), changes in self.pending.items():
-            sets = ", ".join(f"{column} = ?" for column in changes)
-            cur.execute(f"UPDATE {table} SET {sets} WHERE {key_column} = ?",
-                        (*changes.values(), key))
+            if (table, key_column, key) in self.created:
+                self.append(table, tuple(changes), tuple(changes.values()))
+            else:
+                updates.setdefault((table, key_column, tuple(changes)), []).append(
+                    (*changes.values(), key))
         self.pending.clear()
+        self.created.clear()
+        for (table, key_column, columns), rows in updates.items():
+            sets = ", ".join(f"{column} = ?" for column in columns)
+            cur.executemany(f"UPDATE {table} SET {sets} WHERE {key_column} = ?", rows)
+
+    def write_appends(self, cur: Cursor) -> None:
+        """The new rows and appended ones (after `write_changes`, which adds the new rows)."""
+        for (table, columns), rows in self.appends.items():
+            cur.insert_rows(table, columns, rows)
+        self.appends.clear()
 
 
 class Fold:
     """Applies one batch's events to the views, each through its class's handler; events of
     a class no view shows (identity, canaries) pass by."""
 
-    def __init__(self, cur: Cursor) -> None:
+    def __init__(self, cur: Cursor, keep_added: bool = True) -> None:
         self.cur = cur
         self.rows = _Rows()
-        # The job and provider history rows this batch added, for live subscribers.
+        # The job and provider history rows this batch added, for live subscribers (none
+        # kept where no one listens).
         self.added: list[dict[str, Any]] = []
+        self.keep_added = keep_added
 
     def apply(self, nid: int, event: Any) -> None:
         handler = HANDLERS.get(type(event))
@@ -125,31 +214,100 @@ class Fold:
             handler(self, Event(nid, str(event.originator_id), type(event).__name__,
                                 event.timestamp.isoformat(), event_data(event)))
 
+    def apply_stored(self, n: Notification, mapper: Mapper[Any]) -> None:
+        """Apply a stored event as `read_events` reads it."""
+        self.apply_read(read_events([n], mapper)[0], mapper)
+
+    def apply_read(self, read: Read, mapper: Mapper[Any]) -> None:
+        """Apply a stored event read by `read_events`: its handler with the event read from
+        its JSON, or with the mapper's domain event where the JSON alone would not do."""
+        n, handler, event = read
+        if handler is None:
+            return
+        if event is None:
+            self.apply(n.id, mapper.to_domain_event(n))
+        else:
+            handler(self, event)
+
+    def prefetch(self, reads: Sequence[Read]) -> None:
+        """Read the rows the batch's events change, one query per table, before the first
+        event: each event then finds its aggregate's row kept (or finds it is new) without a
+        round trip of its own, which in a PostgreSQL pipeline would wait for every
+        statement before it."""
+        wanted: dict[str, set[str]] = {}
+        for n, handler, event in reads:
+            table = _READS.get(handler)
+            if table is not None:
+                wanted.setdefault(table, set()).add(str(n.originator_id) if event is None
+                                                    else event.agg)
+        for table, aggs in wanted.items():
+            self._read(table, list(aggs))
+
+    def _read(self, table: str, aggs: list[str]) -> None:
+        """Keep the rows of these aggregates in `table` (those there are)."""
+        rows = self.rows
+        for start in range(0, len(aggs), 1000):  # SQLite takes up to 32,766 parameters
+            chunk = aggs[start:start + 1000]
+            where = f" WHERE aggregate_id IN ({', '.join('?' for _ in chunk)})"
+            if table == "jobs":
+                for row in self.cur.all(
+                    "SELECT aggregate_id, job_id, last_seq, queued_position, provider_id"
+                    " FROM jobs" + where, chunk,
+                ):
+                    rows.jobs[row.pop("aggregate_id")] = row
+            elif table == "accounts":  # with each account's last entry's seq
+                for row in self.cur.all(
+                    "SELECT aggregate_id, name, balance_micro, (SELECT COALESCE(MAX(seq), 0)"
+                    " FROM ledger_entries WHERE account = accounts.name) AS last_seq"
+                    " FROM accounts" + where, chunk,
+                ):
+                    rows.accounts[row["aggregate_id"]] = {"name": row["name"],
+                                                          "balance_micro": row["balance_micro"]}
+                    rows.ledger_seq[row["name"]] = row["last_seq"]
+            elif table == "providers":
+                for row in self.cur.all(
+                    f"SELECT aggregate_id, provider_id, last_seq, {', '.join(PROVIDER_JSON)}"
+                    " FROM providers" + where, chunk,
+                ):
+                    rows.providers[row["aggregate_id"]] = {
+                        "provider_id": row["provider_id"], "last_seq": row["last_seq"],
+                        **{column: json.loads(row[column]) for column in PROVIDER_JSON},
+                    }
+            else:
+                for row in self.cur.all(
+                    "SELECT aggregate_id, queues, provider_ids FROM nodes" + where, chunk
+                ):
+                    rows.nodes[row.pop("aggregate_id")] = row
+
     def flush(self) -> None:
-        self.rows.flush(self.cur)
+        """Write what the batch changed: `write_changes`, then `write_appends`."""
+        self.write_changes()
+        self.write_appends()
+
+    def write_changes(self) -> None:
+        """The rows the batch changed, one UPDATE each (fine in a PostgreSQL pipeline)."""
+        self.rows.write_changes(self.cur)
+
+    def write_appends(self) -> None:
+        """The rows the batch appended, one COPY per table on PostgreSQL (not in a pipeline)."""
+        self.rows.write_appends(self.cur)
 
     # Accounts
 
     def account_opened(self, e: Event) -> None:
-        self.cur.execute(
-            "INSERT INTO accounts (name, aggregate_id, balance_micro) VALUES (?, ?, 0)",
-            (e.data["name"], e.agg),
-        )
+        self.rows.insert("accounts", "aggregate_id", e.agg,
+                         {"name": e.data["name"], "aggregate_id": e.agg, "balance_micro": 0})
         self.rows.accounts[e.agg] = {"name": e.data["name"], "balance_micro": 0}
         self.rows.ledger_seq[e.data["name"]] = 0  # a new account has no entries
 
     def entry_posted(self, e: Event) -> None:
         acct = self.rows.accounts.get(e.agg)
-        if acct is None:  # the account and its last entry's seq, in one round trip
-            acct = self.cur.one(
-                "SELECT name, balance_micro, (SELECT COALESCE(MAX(seq), 0) FROM ledger_entries"
-                " WHERE account = accounts.name) AS last_seq FROM accounts"
-                " WHERE aggregate_id = ?", (e.agg,),
-            )
+        if acct is None:  # not prefetched: the account and its last entry's seq
+            self._read("accounts", [e.agg])
+            acct = self.rows.accounts.get(e.agg)
             if acct is None:
                 log.error("entry for unknown account aggregate %s", e.agg)
                 return
-            self.rows.ledger_seq[acct["name"]] = acct["last_seq"]
         data = e.data
         name, balance = acct["name"], acct["balance_micro"] + data["amount_micro"]
         seq = self.rows.ledger_seq[name] + 1
@@ -157,8 +315,7 @@ class Fold:
         self.rows.ledger_seq[name] = seq
         self.rows.update("accounts", "aggregate_id", e.agg, {"balance_micro": balance})
         self.rows.append(
-            "INSERT INTO ledger_entries (account, seq, transfer_id, amount_micro, balance_micro,"
-            " counterparty, kind, memo, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ledger_entries", LEDGER_COLUMNS,
             (name, seq, data["transfer_id"], data["amount_micro"], balance,
              data["counterparty"], data["kind"], data["memo"], e.at),
         )
@@ -166,15 +323,16 @@ class Fold:
     # Nodes
 
     def node_registered(self, e: Event) -> None:
-        self.cur.execute(
-            "INSERT INTO nodes (node_id, aggregate_id, region, operator) VALUES (?, ?, ?, ?)",
-            (e.data["node_id"], e.agg, e.data["region"], e.data["operator"]),
-        )
+        self.rows.insert("nodes", "aggregate_id", e.agg, {
+            "node_id": e.data["node_id"], "aggregate_id": e.agg, "region": e.data["region"],
+            "operator": e.data["operator"],
+        })
+        self.rows.nodes[e.agg] = {"queues": "{}", "provider_ids": "[]"}  # the defaults
 
     def _node(self, e: Event, change: Callable[[dict[str, Any], list[str]], None]) -> None:
-        row = self.rows.nodes.get(e.agg) or self.cur.one(
-            "SELECT queues, provider_ids FROM nodes WHERE aggregate_id = ?", (e.agg,)
-        )
+        if e.agg not in self.rows.nodes:
+            self._read("nodes", [e.agg])
+        row = self.rows.nodes.get(e.agg)
         if row is None:
             log.error("event %s for unknown node aggregate %s", e.type, e.agg)
             return
@@ -208,27 +366,23 @@ class Fold:
         # The env's names alone, also from an event recorded before envs were sealed.
         spec = env_names_only(data["spec"])
         node, queue = split_queue(spec.get("queue", DEFAULT_QUEUE))
-        self.cur.execute(
-            "INSERT INTO jobs (job_id, aggregate_id, client_id, name, state, max_cost_micro,"
-            " submitted_at, updated_at, spec, last_seq, queue, priority, gpus, timeout_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
-            (
-                data["job_id"], e.agg, data["client_id"], spec["name"], "SUBMITTED",
-                data["max_cost_micro"], e.at, e.at, json.dumps(spec), f"{node}/{queue}",
-                spec.get("priority", 0), spec.get("resources", {}).get("gpus", 1),
-                int(spec.get("timeout", 600)),
-            ),
-        )
+        self.rows.insert("jobs", "job_id", data["job_id"], {
+            "job_id": data["job_id"], "aggregate_id": e.agg, "client_id": data["client_id"],
+            "name": spec["name"], "state": "SUBMITTED", "max_cost_micro": data["max_cost_micro"],
+            "submitted_at": e.at, "updated_at": e.at, "spec": json.dumps(spec), "last_seq": 0,
+            "queue": f"{node}/{queue}", "priority": spec.get("priority", 0),
+            "gpus": spec.get("resources", {}).get("gpus", 1),
+            "timeout_s": int(spec.get("timeout", 600)),
+        })
         self.rows.jobs[e.agg] = {"job_id": data["job_id"], "last_seq": 0,
                                  "queued_position": None, "provider_id": None}
         self.job(Event(e.nid, e.agg, e.type, e.at,
                        {k: v for k, v in data.items() if k not in ("spec", "sealed_env")}))
 
     def job(self, e: Event) -> None:
-        job = self.rows.jobs.get(e.agg) or self.cur.one(
-            "SELECT job_id, last_seq, queued_position, provider_id FROM jobs"
-            " WHERE aggregate_id = ?", (e.agg,)
-        )
+        if e.agg not in self.rows.jobs:
+            self._read("jobs", [e.agg])
+        job = self.rows.jobs.get(e.agg)
         if job is None:
             log.error("event %s for unknown job aggregate %s", e.type, e.agg)
             return
@@ -250,42 +404,35 @@ class Fold:
         """Append to a job's or provider's event history, and hand it to live subscribers."""
         row = {f"{kind}_id": key, "seq": seq, "notification_id": e.nid, "type": e.type,
                "at": e.at, "data": json.dumps(e.data)}
-        self.rows.append(
-            f"INSERT INTO {kind}_events ({kind}_id, seq, notification_id, type, at, data)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            tuple(row.values()),
-        )
-        self.added.append({**row, "stream": f"{kind}:{key}"})
+        self.rows.append(f"{kind}_events", tuple(row), tuple(row.values()))
+        if self.keep_added:
+            self.added.append({**row, "stream": f"{kind}:{key}"})
 
     # Providers: every event is appended to the provider's history; PROVIDER_CHANGES
     # say what else it changes (the row's columns, or its lists kept parsed in `kept`).
 
     def provider_registered(self, e: Event) -> None:
         data = e.data
-        self.cur.execute(
-            "INSERT INTO providers (provider_id, aggregate_id, region, status, price_micro,"
-            " gpus, reputation, updated_at) VALUES (?, ?, ?, 'online', ?, ?, ?, ?)",
-            (
-                data["provider_id"], e.agg, data["region"], data["price_per_gpu_hour_micro"],
-                json.dumps(data["gpus"]), reputation_score([]), e.at,
-            ),
-        )
+        self.rows.insert("providers", "aggregate_id", e.agg, {
+            "provider_id": data["provider_id"], "aggregate_id": e.agg, "region": data["region"],
+            "status": "online", "price_micro": data["price_per_gpu_hour_micro"],
+            "gpus": json.dumps(data["gpus"]), "reputation": reputation_score([]),
+            "updated_at": e.at,
+        })
+        self.rows.providers[e.agg] = {  # its lists as the columns' defaults hold them
+            "provider_id": data["provider_id"], "last_seq": 0, "reservations": {},
+            "reservation_clients": {}, "outcomes": [], "outcome_times": [], "suspended": [],
+            "degraded": {},
+        }
         self.provider(e)
 
     def provider(self, e: Event) -> None:
+        if e.agg not in self.rows.providers:
+            self._read("providers", [e.agg])
         kept = self.rows.providers.get(e.agg)
         if kept is None:
-            row = self.cur.one(
-                f"SELECT provider_id, last_seq, {', '.join(PROVIDER_JSON)} FROM providers"
-                " WHERE aggregate_id = ?", (e.agg,),
-            )
-            if row is None:
-                log.error("event %s for unknown provider aggregate %s", e.type, e.agg)
-                return
-            kept = self.rows.providers[e.agg] = {
-                "provider_id": row["provider_id"], "last_seq": row["last_seq"],
-                **{column: json.loads(row[column]) for column in PROVIDER_JSON},
-            }
+            log.error("event %s for unknown provider aggregate %s", e.type, e.agg)
+            return
         seq = kept["last_seq"] = kept["last_seq"] + 1
         self._history("provider", kept["provider_id"], seq, e)
         changes: dict[str, Any] = {"updated_at": e.at, "last_seq": seq}
@@ -421,6 +568,14 @@ PROVIDER_CHANGES: dict[str, ProviderChange] = {
 PROVIDER_EVENTS = ("ProviderRegistered", *PROVIDER_CHANGES)
 
 Handler = Callable[[Fold, Event], None]
+def _unknown_topic(fold: Fold, e: Event) -> None:
+    """The handler read_events gives an event whose topic names no class: never called, as
+    the mapper fails on it first."""
+    raise AssertionError(f"event {e.nid} of an unknown topic was read")
+
+
+# A stored event as read_events reads it: its handler, and the event where its JSON gave it.
+Read = tuple[Notification, Handler | None, Event | None]
 
 # The handler of each event class the views show. Job's and Provider's GpusReleased and
 # ReputationRecorded are different classes, each with its own handler.
@@ -435,4 +590,25 @@ HANDLERS: dict[type[Aggregate.Event], Handler] = {
     event_class(Job, "JobSubmitted"): Fold.job_submitted,
     **{event_class(Provider, name): Fold.provider for name in PROVIDER_EVENTS},
     event_class(Provider, "ProviderRegistered"): Fold.provider_registered,
+}
+
+# By stored topic: the handler of its class (None: no view shows it), the class's name and
+# its class_version.
+_TOPICS: dict[str, tuple[Handler | None, str, int]] = {}
+
+
+def _topic(topic: str) -> tuple[Handler | None, str, int]:
+    known = _TOPICS.get(topic)
+    if known is None:
+        cls = resolve_topic(topic)
+        known = _TOPICS[topic] = (HANDLERS.get(cls), cls.__name__,
+                                  getattr(cls, "class_version", 1))
+    return known
+
+
+# The table whose row each handler reads (a handler that creates its row reads none).
+_READS: dict[Handler | None, str] = {
+    Fold.entry_posted: "accounts", Fold.job: "jobs", Fold.provider: "providers",
+    Fold.queue_configured: "nodes", Fold.queue_removed: "nodes",
+    Fold.provider_joined_node: "nodes",
 }
