@@ -1,8 +1,9 @@
 """Folding: what each domain event changes in the views, dispatched on the event's class.
 
-A `Fold` applies one batch's events inside the projector's transaction; `_Rows` keeps
+A `Fold` applies one batch's events inside the projector's transaction; `BatchRows` keeps
 the rows the batch read or wrote, so an aggregate's next event in the same batch needs
-no query and each changed row is written once.
+no query and each changed row is written once (readmodel/batchrows.py). What each event
+changes in its row is readmodel/changes.py; reading stored events, readmodel/decoding.py.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -22,67 +22,14 @@ from domain.job import Job, env_names_only
 from domain.ledger import Account
 from domain.node import DEFAULT_QUEUE, Node, queue_config, split_queue
 from domain.provider import Provider
-from domain.reputation import reputation, reputation_score
+from domain.reputation import reputation_score
 from domain.states import STATE_AFTER
 from infra.db import Cursor
+from readmodel.batchrows import PROVIDER_JSON, BatchRows
+from readmodel.changes import JOB_CHANGES, PROVIDER_CHANGES, PROVIDER_EVENTS
+from readmodel.decoding import Event, event_class, event_data, stored_event
 
 log = logging.getLogger(__name__)
-
-_META = ("timestamp", "originator_id", "originator_version", "originator_topic")
-
-
-def event_data(event: Any) -> dict[str, Any]:
-    return {
-        k: (str(v) if isinstance(v, UUID) else v)
-        for k, v in event.__dict__.items()
-        if k not in _META
-    }
-
-
-def event_class(aggregate: type[Aggregate], name: str) -> type[Aggregate.Event]:
-    """The class `@event(name)` made on the aggregate (an error at import if there is none)."""
-    cls = getattr(aggregate, name)
-    if not (isinstance(cls, type) and issubclass(cls, Aggregate.Event)):
-        raise TypeError(f"{aggregate.__name__}.{name} is not an event class")
-    return cls
-
-
-_DECODE = json.JSONDecoder().raw_decode
-
-
-def stored_event(n: Notification, name: str, class_version: int,
-                 agg: str | None = None) -> Event | None:
-    """The event as the folds read it, from its stored JSON alone: what
-    `event_data(mapper.to_domain_event(n))` gives, without building the domain event. None
-    where it would not be the same (a transcoded value other than a UUID at the top level,
-    one nested, an older class version to upcast): the mapper's way reads those. `agg` is
-    str(n.originator_id), where the caller has it."""
-    if type(n.originator_id) is not UUID:
-        return None
-    try:
-        text = n.state.decode("utf8")
-        data, end = _DECODE(text)  # json.loads(bytes) would cost twice as much
-    except (ValueError, RecursionError):  # the mapper fails too, and says why
-        return None
-    if end != len(text) or type(data) is not dict:
-        return None
-    stamp = data.pop("timestamp", None)
-    if type(stamp) is not dict or len(stamp) != 2 or stamp.get("_type_") != "datetime_iso":
-        return None
-    if data.pop("class_version", 1) != class_version:
-        return None
-    data.pop("originator_topic", None)
-    transcoded = n.state.count(b'"_type_"') - 1  # besides the timestamp's
-    for key, value in data.items() if transcoded else ():
-        if type(value) is dict and value.get("_type_") == "uuid_hex" and len(value) == 2:
-            data[key] = str(UUID(value["_data_"]))
-            transcoded -= 1
-    if transcoded:
-        return None
-    # The mapper's timestamp is datetime.fromisoformat of this string; its isoformat() is
-    # the string again.
-    return Event(n.id, agg or str(n.originator_id), name, stamp["_data_"], data)
-
 
 def read_events(notifications: Sequence[Notification], mapper: Mapper[Any]) -> list[Read]:
     """Each stored event with its class's handler (None: no view shows it, and it is not
@@ -110,91 +57,8 @@ def read_events(notifications: Sequence[Notification], mapper: Mapper[Any]) -> l
     return reads
 
 
-class Event(NamedTuple):
-    """One event as the folds read it (a tuple: made for every event, it costs less)."""
-
-    nid: int  # its notification id: its place in the log
-    agg: str  # its aggregate's id
-    type: str  # its class's name, as the event histories show it
-    at: str  # ISO 8601
-    data: dict[str, Any]
-
-
 LEDGER_COLUMNS = ("account", "seq", "transfer_id", "amount_micro", "balance_micro",
                   "counterparty", "kind", "memo", "at")
-
-# A provider row's columns that hold JSON, kept parsed while a batch folds.
-PROVIDER_JSON = ("reservations", "reservation_clients", "outcomes", "outcome_times",
-                 "suspended", "degraded")
-
-
-@dataclass
-class _Rows:
-    """The view rows one batch has read or written, by aggregate id: an aggregate's next
-    event in the same batch needs no query. Valid for one transaction only (another
-    runner may apply the next batch)."""
-
-    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ledger_seq: dict[str, int] = field(default_factory=dict)  # by account name
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Column changes not yet written, by (table, key column, key): one UPDATE per row and
-    # batch, however many of the batch's events changed it (one executemany for the rows
-    # of a table whose changes have the same columns).
-    pending: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    # The rows of `pending` the batch created: each inserted once, with its changes, when
-    # the batch ends (one COPY or executemany per table and columns).
-    created: set[tuple[str, str, str]] = field(default_factory=set)
-    # Rows to append (event histories, ledger entries), by table and columns: one COPY
-    # (PostgreSQL) or executemany (SQLite) each.
-    appends: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = field(
-        default_factory=dict)
-    changed_providers: set[str] = field(default_factory=set)  # their JSON columns to write
-
-    def insert(self, table: str, key_column: str, key: str, values: dict[str, Any]) -> None:
-        """A new row (its columns not in `values` take their defaults)."""
-        self.pending[(table, key_column, key)] = values
-        self.created.add((table, key_column, key))
-
-    def update(self, table: str, key_column: str, key: str, changes: dict[str, Any]) -> None:
-        self.pending.setdefault((table, key_column, key), {}).update(changes)
-
-    def append(self, table: str, columns: tuple[str, ...], row: tuple[Any, ...]) -> None:
-        self.appends.setdefault((table, columns), []).append(row)
-
-    def write_changes(self, cur: Cursor) -> None:
-        for agg in self.changed_providers:  # their lists, written once, and the score
-            kept = self.providers[agg]
-            outcomes, times = kept["outcomes"], kept["outcome_times"]
-            # The score as of the latest outcome; readers decay it to their own moment
-            # (domain/reputation.py) from the outcomes and their times kept beside it.
-            score = reputation(list(zip(outcomes, times, strict=True)), max(times, default=0.0))
-            self.update("providers", "aggregate_id", agg, {
-                **{column: json.dumps(kept[column], sort_keys=column == "degraded")
-                   for column in PROVIDER_JSON},
-                "reputation": score.score,
-            })
-        self.changed_providers.clear()
-        updates: dict[tuple[str, str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
-        for (table, key_column, key), changes in self.pending.items():
-            if (table, key_column, key) in self.created:
-                self.append(table, tuple(changes), tuple(changes.values()))
-            else:
-                updates.setdefault((table, key_column, tuple(changes)), []).append(
-                    (*changes.values(), key))
-        self.pending.clear()
-        self.created.clear()
-        for (table, key_column, columns), rows in updates.items():
-            sets = ", ".join(f"{column} = ?" for column in columns)
-            cur.executemany(f"UPDATE {table} SET {sets} WHERE {key_column} = ?", rows)
-
-    def write_appends(self, cur: Cursor) -> None:
-        """The new rows and appended ones (after `write_changes`, which adds the new rows)."""
-        for (table, columns), rows in self.appends.items():
-            cur.insert_rows(table, columns, rows)
-        self.appends.clear()
-
 
 class Fold:
     """Applies one batch's events to the views, each through its class's handler; events of
@@ -202,7 +66,7 @@ class Fold:
 
     def __init__(self, cur: Cursor, keep_added: bool = True) -> None:
         self.cur = cur
-        self.rows = _Rows()
+        self.rows = BatchRows()
         # The job and provider history rows this batch added, for live subscribers (none
         # kept where no one listens).
         self.added: list[dict[str, Any]] = []
@@ -443,131 +307,9 @@ class Fold:
         self.rows.changed_providers.add(e.agg)
 
 
-# What a job event changes in the job's row besides its history, seq and state.
-JobChange = Callable[[dict[str, Any], Event], dict[str, Any]]
-
-
-def _reason(job: dict[str, Any], e: Event) -> dict[str, Any]:
-    return {"reason": e.data["reason"]}
-
-
-def _queued(job: dict[str, Any], e: Event) -> dict[str, Any]:
-    changes = {"attempt": e.data["attempt"], "provider_id": None, "allocated_at": None}
-    if job["queued_position"] is None:
-        changes["queued_position"] = job["queued_position"] = e.nid
-    return changes
-
-
-def _outputs(job: dict[str, Any], e: Event) -> dict[str, Any]:
-    # The latest upload until verification accepts one run's outputs as the job's.
-    return {"outputs": json.dumps(e.data["manifest"])}
-
-
-def _allocated(job: dict[str, Any], e: Event) -> dict[str, Any]:
-    # The job's provider is its run's: a check run, a verifier or a tie-break placed while
-    # the job has one does not replace it (nor does its loss clear it).
-    if job["provider_id"] is None:
-        return {"provider_id": e.data["provider_id"], "allocated_at": e.at}
-    return {"allocated_at": e.at}
-
-
-def _lost(job: dict[str, Any], e: Event) -> dict[str, Any]:
-    if job["provider_id"] == e.data["provider_id"]:
-        return {"provider_id": None, "allocated_at": None}
-    return {"allocated_at": None}
-
-
-def _accepted(job: dict[str, Any], e: Event) -> dict[str, Any]:
-    changes = _outputs(job, e)
-    if e.data.get("provider_id"):
-        # The job's provider is the one whose result was accepted, not the last one
-        # allocated (a check run, a tie-break).
-        changes["provider_id"] = e.data["provider_id"]
-    return changes
-
-
-JOB_CHANGES: dict[str, JobChange] = {
-    "JobRejected": _reason, "JobFailed": _reason, "JobCancelled": _reason,
-    "JobVerified": _reason, "VerificationFailed": _reason,
-    "JobQueued": _queued,
-    "GpusAllocated": _allocated,
-    "ProviderLost": _lost,
-    "RunFailed": _lost,
-    "OutputsUploaded": _outputs,
-    "ResultAccepted": _accepted,
-    "JobSettled": lambda _, e: {"cost_micro": e.data["charged_micro"]},
-}
-
-# What a provider event changes besides its history: the row's columns it returns, and
-# `kept` (the JSON lists, written once per batch) in place.
-ProviderChange = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
-
-
-def _rejoined(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    return {"region": data["region"], "price_micro": data["price_per_gpu_hour_micro"],
-            "gpus": json.dumps(data["gpus"]), "status": "online", "status_reason": ""}
-
-
-def _reserved(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    kept["reservations"][data["job_id"]] = data["gpu_indexes"]
-    kept["reservation_clients"][data["job_id"]] = data.get("client_id", "")
-    return {}
-
-
-def _released(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    kept["reservations"].pop(data["job_id"], None)
-    kept["reservation_clients"].pop(data["job_id"], None)
-    return {}
-
-
-def _suspended(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    kept["suspended"] = sorted({*kept["suspended"], data["index"]})
-    return {}
-
-
-def _resumed(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    kept["suspended"] = [i for i in kept["suspended"] if i != data["index"]]
-    return {}
-
-
-def _degraded(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    kept["degraded"][str(data["index"])] = data["reason"]
-    return {}
-
-
-def _recovered(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    kept["degraded"].pop(str(data["index"]), None)
-    return {}
-
-
-def _outcome(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    kept["outcomes"].append(data["outcome"])
-    kept["outcome_times"].append(data["at"])
-    return {}
-
-
-PROVIDER_CHANGES: dict[str, ProviderChange] = {
-    "ProviderRejoined": _rejoined,
-    "RuntimesDeclared": lambda _, data: {"runtimes": json.dumps(data["runtimes"])},
-    "SandboxDeclared": lambda _, data: {"sandbox": data["sandbox"]},
-    "ProviderMarkedLost": lambda _, data: {"status": "lost", "status_reason": data["reason"]},
-    "ProviderWentOffline": lambda _, data: {"status": "offline",
-                                            "status_reason": data["reason"]},
-    "ProviderCameOnline": lambda _, data: {"status": "online", "status_reason": ""},
-    "PriceChanged": lambda _, data: {"price_micro": data["price_per_gpu_hour_micro"]},
-    "GpusReserved": _reserved,
-    "GpusReleased": _released,
-    "GpuSuspended": _suspended,
-    "GpuResumed": _resumed,
-    "GpuDegraded": _degraded,
-    "GpuRecovered": _recovered,
-    "ReputationRecorded": _outcome,
-}
-
-# The provider events the views fold (those with no change past the history included).
-PROVIDER_EVENTS = ("ProviderRegistered", *PROVIDER_CHANGES)
-
 Handler = Callable[[Fold, Event], None]
+
+
 def _unknown_topic(fold: Fold, e: Event) -> None:
     """The handler read_events gives an event whose topic names no class: never called, as
     the mapper fails on it first."""

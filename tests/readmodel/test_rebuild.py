@@ -16,7 +16,8 @@ from eventsourcing.persistence import Notification, StoredEvent
 
 from domain.application import Network
 from infra.settings import Settings
-from readmodel.folding import HANDLERS, Event, Fold, event_data, stored_event
+from readmodel.decoding import Event, event_data, stored_event
+from readmodel.folding import HANDLERS, Fold
 from readmodel.projector import NAME, Projector
 from readmodel.schema import VIEW_TABLES, ViewDB
 from tests.domain.support import (
