@@ -32,6 +32,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -116,9 +117,18 @@ class Dispatch:
         self._beaten[a.assignment_id] = now
         return True
 
-    async def next(self, provider_id: str, wait_s: float) -> list[Assignment]:
+    async def next(self, provider_id: str, wait_s: float,
+                   gone: Callable[[], Awaitable[bool]] | None = None) -> list[Assignment]:
+        """The provider's new assignments, handed out (each once), waiting up to `wait_s`
+        for some. `gone` says whether the poll's agent has gone (its connection closed):
+        such a poll takes nothing, or an agent killed while its poll waited (and started
+        again at once) would lose its next assignment to the dead poll, until the step's
+        heartbeat timeout counted the provider lost again
+        (tests/liveness/test_lost_provider_bound.py saw it, every time)."""
         deadline = time.monotonic() + wait_s
         while True:
+            if gone is not None and await gone():
+                return []
             got = await asyncio.to_thread(self.board.hand_out, provider_id)
             left = deadline - time.monotonic()
             if got or left <= 0:
@@ -195,7 +205,7 @@ async def assignments(
     await _owner(services, request, provider_id)
     # No Temporal call here: the pickup watch kept the step alive until now, and the
     # agent's first heartbeat goes out as it starts the step.
-    got = await board.next(provider_id, wait_s)
+    got = await board.next(provider_id, wait_s, request.is_disconnected)
     return {"assignments": [a.public() for a in got]}
 
 
