@@ -124,7 +124,7 @@ class Dispatch:
         such a poll takes nothing, or an agent killed while its poll waited (and started
         again at once) would lose its next assignment to the dead poll, until the step's
         heartbeat timeout counted the provider lost again
-        (tests/liveness/test_lost_provider_bound.py saw it, every time)."""
+        (tests/liveness/test_lost_provider_bound.py and CI saw it)."""
         deadline = time.monotonic() + wait_s
         while True:
             if gone is not None and await gone():
