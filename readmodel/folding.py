@@ -20,7 +20,7 @@ from domain.job import Job, env_names_only
 from domain.ledger import Account
 from domain.node import DEFAULT_QUEUE, Node, queue_config, split_queue
 from domain.provider import Provider
-from domain.reputation import reputation, reputation_score
+from domain.reputation import last_scored_at, reputation, reputation_score
 from domain.states import STATE_AFTER
 from infra.db import Cursor
 
@@ -90,9 +90,11 @@ class _Rows:
         for agg in self.changed_providers:  # their lists, written once, and the score
             kept = self.providers[agg]
             outcomes, times = kept["outcomes"], kept["outcome_times"]
-            # The score as of the latest outcome; readers decay it to their own moment
-            # (domain/reputation.py) from the outcomes and their times kept beside it.
-            score = reputation(list(zip(outcomes, times, strict=True)), max(times, default=0.0))
+            # The score as of the latest scored outcome (an `outvoted` one moves nothing);
+            # readers decay it to their own moment (domain/reputation.py) from the
+            # outcomes and their times kept beside it.
+            pairs = list(zip(outcomes, times, strict=True))
+            score = reputation(pairs, last_scored_at(pairs, 0.0))
             self.update("providers", "aggregate_id", agg, {
                 **{column: json.dumps(kept[column], sort_keys=column == "degraded")
                    for column in PROVIDER_JSON},
