@@ -10,9 +10,10 @@ manifest of sha256s matches what storage holds). On top of them:
 
 - adaptive replication, after BOINC's per-host adaptive replication: a result
   is re-run on a second, distinct provider with probability `check_rate`, 1.0
-  while the provider is on probation (its first results, and for longer after it
-  was caught), then falling with the square of its verified streak, never below
-  a floor, so no provider can ever assume it is unwatched;
+  while the provider is on probation (its first results, again after each of its
+  runs was outvoted, and for longer after it was caught), then falling with the
+  square of its verified streak, never below a floor, so no provider can ever
+  assume it is unwatched;
 - a quorum of agreeing manifests decides (`quorum`), by byte equality or, for
   outputs declared numeric, numbers within a tolerance (`manifests_agree`);
 - a caught provider's latest accepted results are re-verified
@@ -54,26 +55,38 @@ CANARY_FRACTION = 0.05
 RECHECK_LIMIT = 100
 
 MISMATCH = "mismatch"
+OUTVOTED = "outvoted"
 SUCCESS = "success"
 
 
-def verified_streak(outcomes: Sequence[str]) -> int:
-    """Successes since the provider's last mismatch (all its successes if it was never caught).
-
-    Failures, timeouts and losses neither add to it nor reset it: they cost the
-    provider reputation, but they say nothing about whether its results are honest.
-    """
+def _successes_since(outcomes: Sequence[str], ends: tuple[str, ...]) -> int:
     streak = 0
     for outcome in reversed(outcomes):
-        if outcome == MISMATCH:
+        if outcome in ends:
             break
         if outcome == SUCCESS:
             streak += 1
     return streak
 
 
+def verified_streak(outcomes: Sequence[str]) -> int:
+    """Successes since the provider's last mismatch or outvoted run (all its successes if
+    it has neither).
+
+    An outvoted run ends the streak as a mismatch does, but is not a catch: the
+    client's command may have chosen which answer it gave (workflows/runs.py
+    `outvoted`), so it puts the provider back on probation (PROBATION successes
+    checked, then the rate falls as a new provider's does) without the longer
+    reprobation or the higher floor of a provider caught lying. Failures, timeouts
+    and losses neither add to it nor reset it: they cost the provider reputation,
+    but they say nothing about whether its results are honest.
+    """
+    return _successes_since(outcomes, (MISMATCH, OUTVOTED))
+
+
 def ever_caught(outcomes: Sequence[str]) -> bool:
-    """Whether a result of this provider was ever outvoted or failed a canary."""
+    """Whether storage ever contradicted this provider's report or it failed a canary
+    (a `mismatch`; an outvoted run is not a catch)."""
     return MISMATCH in outcomes
 
 
@@ -86,9 +99,13 @@ def check_rate(outcomes: Sequence[str]) -> float:
     """The probability that a result from this provider is re-run on another provider.
 
     1.0 on probation (a new provider's first PROBATION successes; after a
-    mismatch, REPROBATION successes), then (probation / streak) ** 2, falling as
-    the verified streak grows, but never below FLOOR (CAUGHT_FLOOR for a
-    provider that was ever caught).
+    mismatch, REPROBATION successes; after an outvoted run, the same again: its
+    next PROBATION successes, REPROBATION for a provider ever caught), then
+    (probation / streak) ** 2, falling as the verified streak grows, but never
+    below FLOOR (CAUGHT_FLOOR for a provider that was ever caught). So a provider
+    that returns a wrong result and is outvoted for it is checked on every one of
+    its next results until PROBATION of them agreed, and more often than a trusted
+    one for a while after: each wrong answer it tries costs it that.
     """
     probation = probation_length(outcomes)
     streak = verified_streak(outcomes)
@@ -147,7 +164,9 @@ def recheck_after_mismatch(outcomes: Sequence[str]) -> int:
     if not outcomes or outcomes[-1] != MISMATCH:
         return 0
     before = outcomes[:-1]
-    streak = verified_streak(before)
+    # Counted since its last mismatch, not since an outvoted run: the results before
+    # that run were not all checked (the caller skips the ones that were).
+    streak = _successes_since(before, (MISMATCH,))
     probation = probation_length(before)
     if streak < probation:
         return 0

@@ -8,7 +8,7 @@ from typing import Any
 from domain.app_identity import Identity
 from domain.application import Network
 from domain.identity import ROLES, UserView
-from domain.reputation import reputation
+from domain.reputation import last_scored_at, reputation
 from infra.settings import Settings
 from readmodel.projector import Projector
 from readmodel.schema import VIEW_TABLES, ViewDB
@@ -34,8 +34,8 @@ def recompute_reputation(settings: Settings, as_of: float | None = None) -> dict
     """Every provider's score recomputed from the log alone, next to the ones recorded.
 
     All scores are taken as of one moment (`as_of`, now by default), since they decay
-    with age. The read model keeps the score as of the provider's latest outcome, so
-    that one is recomputed as of that time.
+    with age. The read model keeps the score as of the provider's latest scored outcome
+    (not an `outvoted` one), so that one is recomputed as of that time.
     """
     as_of = time.time() if as_of is None else as_of
     app = Network(env=settings.eventsourcing_env())
@@ -67,7 +67,7 @@ def recompute_reputation(settings: Settings, as_of: float | None = None) -> dict
         pairs = outcomes.get(provider, [])
         now = reputation(pairs, as_of)
         recorded = app.provider(provider).reputation_at(as_of).score
-        as_shown = reputation(pairs, max((at for _, at in pairs), default=as_of)).score
+        as_shown = reputation(pairs, last_scored_at(pairs, as_of)).score
         report.append({
             "provider_id": provider, "outcomes": len(pairs),
             "recomputed": now.score, "recorded": recorded, "shown": shown.get(provider),

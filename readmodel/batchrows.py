@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.reputation import reputation
+from domain.reputation import last_scored_at, reputation
 from infra.db import Cursor
 
 # A provider row's columns that hold JSON, kept parsed while a batch folds.
@@ -55,9 +55,11 @@ class BatchRows:
         for agg in self.changed_providers:  # their lists, written once, and the score
             kept = self.providers[agg]
             outcomes, times = kept["outcomes"], kept["outcome_times"]
-            # The score as of the latest outcome; readers decay it to their own moment
-            # (domain/reputation.py) from the outcomes and their times kept beside it.
-            score = reputation(list(zip(outcomes, times, strict=True)), max(times, default=0.0))
+            # The score as of the latest scored outcome (an `outvoted` one moves nothing);
+            # readers decay it to their own moment (domain/reputation.py) from the
+            # outcomes and their times kept beside it.
+            pairs = list(zip(outcomes, times, strict=True))
+            score = reputation(pairs, last_scored_at(pairs, 0.0))
             self.update("providers", "aggregate_id", agg, {
                 **{column: json.dumps(kept[column], sort_keys=column == "degraded")
                    for column in PROVIDER_JSON},

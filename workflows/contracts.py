@@ -230,7 +230,8 @@ class Verdict:
     mismatched_attempts: list[int] = field(default_factory=list)  # rejected: not paid
     decided: bool = True  # False: runs disagree with no majority; another run can decide
     # Of the rejected, the runs whose report storage contradicts: the only ones a judgement
-    # blames. A run outvoted by others is not paid but not blamed (workflows/runs.py).
+    # blames. A run outvoted by others is not paid, and recorded `outvoted`: back on
+    # probation, not in the score (workflows/runs.py).
     contradicted_attempts: list[int] = field(default_factory=list)
 
 
@@ -280,7 +281,7 @@ class Settlement:
 class ReputationRequest:
     job_id: str
     provider_id: str
-    outcome: str  # "success" | "failure" | "timeout" | "mismatch" | "lost"
+    outcome: str  # "success" | "failure" | "timeout" | "mismatch" | "lost" | "outvoted"
 
 
 @dataclass

@@ -159,7 +159,9 @@ def settlement(job_id: str, runs: list[Run], verdict: c.Verdict) -> c.SettleRequ
 def outvoted(runs: list[Run], verdict: c.Verdict) -> list[Run]:
     """The runs a majority rejected whose report storage does not contradict.
 
-    Not paid, but not blamed either: the runs compared are of the client's command, which
+    Not paid, and recorded as `outvoted`, which puts the provider back on probation (its
+    next results are all checked, domain/verification.py `check_rate`) but is not in its
+    reputation score (domain/reputation.py): the runs compared are of the client's command, which
     can see when and where it runs (the clock, its GPUs, how much of its client's storage
     quota is left) and so write one answer on the run it targets and another on the
     network's check and tie-break (tests/adversarial/test_framing.py). A majority of
@@ -172,8 +174,9 @@ def outvoted(runs: list[Run], verdict: c.Verdict) -> list[Run]:
 
 def outcomes(job_id: str, runs: list[Run], verdict: c.Verdict) -> list[c.ReputationRequest]:
     """The reputation outcome of each run that executed, in the order of `runs`: none for an
-    unverified empty-handed run, for an outvoted run, nor for the runs of a job with no
-    majority. A `mismatch` is recorded only where storage contradicts the run's report."""
+    unverified empty-handed run, nor for the runs of a job with no majority. A `mismatch`
+    is recorded only where storage contradicts the run's report; an outvoted run gets
+    `outvoted` (back on probation, its score unchanged: `outvoted` above)."""
     accepted = set(verdict.accepted_attempts)
     contradicted = set(verdict.contradicted_attempts)
     rejected = set(verdict.mismatched_attempts)
@@ -184,7 +187,7 @@ def outcomes(job_id: str, runs: list[Run], verdict: c.Verdict) -> list[c.Reputat
         if r.alloc.attempt in contradicted:
             outcome = "mismatch"  # its report contradicts storage
         elif r.alloc.attempt in rejected:
-            continue  # outvoted: not paid, not blamed (`outvoted`)
+            outcome = "outvoted"  # not paid, checked again, not scored (`outvoted`)
         elif unverified_empty(r, runs, verdict):
             continue
         elif unproven_timeout(r, runs):

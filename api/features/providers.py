@@ -71,14 +71,20 @@ class ReputationDetail:
 
     score: float
     confidence: float = strawberry.field(description="grows with (recent) history, 0 to 1")
-    probation: bool = strawberry.field(description="fewer than 5 outcomes: every result checked")
-    outcomes: int
+    probation: bool = strawberry.field(
+        description="fewer than 5 outcomes: every result checked (as are the next ones after "
+        "an outvoted run)")
+    outcomes: int = strawberry.field(description="scored outcomes (not `outvoted`), all time")
     effective_outcomes: float = strawberry.field(description="outcomes weighted by age")
     successes: float
     failures: float
     timeouts: float
     lost: float
     mismatches: float
+    outvoted: float = strawberry.field(
+        description="runs a majority of other owners disagreed with: not in the score (the "
+        "client's command may have chosen the answer), but each puts the provider back on "
+        "probation, its next results all checked")
 
 
 @strawberry.type
@@ -216,7 +222,7 @@ def _detail(rep: Reputation) -> ReputationDetail:
         score=rep.score, confidence=rep.confidence, probation=rep.probation,
         outcomes=rep.outcomes, effective_outcomes=rep.effective_outcomes,
         successes=w["success"], failures=w["failure"], timeouts=w["timeout"], lost=w["lost"],
-        mismatches=w["mismatch"],
+        mismatches=w["mismatch"], outvoted=w["outvoted"],
     )
 
 

@@ -7,11 +7,14 @@ check disagree with an honest run on purpose: a command that writes one answer o
 it targets and another on the check (it can read the clock), or a storage quota full for
 one run's upload and free for the other's. Each test mounts one such attack and checks that
 the attack was really mounted (three runs, the first one outvoted) and that it failed:
-no `mismatch` recorded against the honest provider, its reputation as it was.
+no `mismatch` recorded against the honest provider, its reputation score as it was. It is
+recorded `outvoted`, which is not in the score and only puts it back on probation (its
+next results are all checked by the network: domain/verification.py `check_rate`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,14 +63,22 @@ def allocated(net: Network, client: str, job_id: str) -> list[str]:
             if e["type"] == "GpusAllocated"]
 
 
+def assert_outvoted_only(after: tuple[Any, ...], before: tuple[Any, ...]) -> None:
+    """One `outvoted` more on the provider's record, and its reputation score (the read
+    model's, as anyone recomputes it) exactly as it was."""
+    score, recorded = after
+    assert json.loads(recorded) == [*json.loads(before[1]), "outvoted"], (after, before)
+    assert score == before[0], (after, before)
+
+
 def assert_not_framed(net: Network, state: State, client: str, job_id: str,
                       before: tuple[Any, ...]) -> None:
     """The attack was mounted (the honest run, the check, the tie-break) and failed."""
     assert allocated(net, client, job_id) == ["fair-a", "fair-b", "fair-c"]
     recorded = outcomes(net, client, job_id)
-    assert HONEST not in recorded, recorded
+    assert recorded[HONEST] == "outvoted", recorded
     assert "mismatch" not in recorded.values(), recorded
-    assert reputations(state)[HONEST] == before
+    assert_outvoted_only(reputations(state)[HONEST], before)
     # Outvoted: not paid, and the client is not charged for it either.
     job = f"{job_id}:{HONEST}"
     assert state.transfers(f"pay:{job}") == [] and state.transfers(f"withheld:{job}") == []
@@ -81,7 +92,8 @@ def test_a_job_that_writes_another_answer_on_the_run_it_targets_frames_no_one(
     run and "elsewhere" on the network's check and its tie-break, which follow it. Two
     runs of two other owners against one: fair-a is outvoted. The client wanted it blamed
     (a `mismatch`, its reputation down); it is not paid, but not blamed: a majority of a
-    client's command is no evidence against a provider."""
+    client's command is no evidence against a provider (`outvoted`: its score unchanged,
+    its next results checked)."""
     before = reputations(state)[HONEST]
     switch = int(time.time()) + 12
     job_id = submit(

@@ -302,7 +302,8 @@ def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_
     independent run: fair-a delivers, the tie-break (fair-b) sides with it, oscar's run is
     outvoted and not paid; the client gets fair-a's result and pays for that run only.
     oscar is not blamed: an honest provider whose upload the client's storage refused
-    reports the same (tests/adversarial/test_framing.py)."""
+    reports the same (tests/adversarial/test_framing.py). It is recorded `outvoted`: its
+    score unchanged, its next results all checked."""
     with fresh_rogue(net, "oscar", "rogue-r", "A100") as liar:
         before = reputations(state)["rogue-r"]
         job_id = submit(net, "skipped", command="echo done > out.txt", outputs=["out.txt"],
@@ -319,8 +320,10 @@ def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_
     assert state.transfers(f"withheld:{job_id}:rogue-r") == []
     assert state.transfers(f"pay:{job_id}:fair-a")  # the client pays for what it keeps
     assert state.transfers(f"check:{job_id}:fair-b")  # the network pays its tie-break
-    assert outcomes(net, "skipped", job_id) == {"fair-a": "success", "fair-b": "success"}
-    assert reputations(state)["rogue-r"] == before
+    assert outcomes(net, "skipped", job_id) == {
+        "rogue-r": "outvoted", "fair-a": "success", "fair-b": "success"}
+    score, recorded = reputations(state)["rogue-r"]
+    assert score == before[0] and json.loads(recorded) == [*json.loads(before[1]), "outvoted"]
 
 
 def test_an_empty_handed_run_no_one_can_check_is_not_paid_and_changes_no_reputation(

@@ -8,6 +8,7 @@ the providers it registers, "alice" runs a node, "admin" was made on the stores.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -404,6 +405,31 @@ def test_reputation_shows_its_components(api: Api) -> None:
     assert detail["lost"] == pytest.approx(1.0, rel=1e-6)
     assert found["reputation"] == pytest.approx(2 / (2 + 4), rel=1e-6)
     assert detail["confidence"] == pytest.approx(2 / 12, rel=1e-6)
+
+
+def test_an_outvoted_run_is_shown_but_moves_no_figure_of_the_score(api: Api) -> None:
+    """`outvoted` (workflows/runs.py) is on the provider's record and shown, but the score
+    the read model keeps (as of its latest scored outcome) and every figure it is made of
+    stay as they were: a majority of a client's command is no evidence against a provider."""
+    api.register("p-outvoted")
+    network = api.app.state.services.network
+
+    def stored(outcomes: list[str]) -> Any:
+        row = api.services.views.query("SELECT reputation, outcomes FROM providers"
+                                       " WHERE provider_id = 'p-outvoted'")[0]
+        return row["reputation"] if json.loads(row["outcomes"]) == outcomes else False
+
+    network.record_reputation("ov-j1", "p-outvoted", "success")
+    before = eventually(lambda: stored(["success"]))
+    time.sleep(0.05)  # the outvoted run is stamped later: the score is not taken as of it
+    network.record_reputation("ov-j2", "p-outvoted", "outvoted")
+    assert eventually(lambda: stored(["success", "outvoted"])) == before
+    detail = api.gql('{ provider(providerId: "p-outvoted") { reputationDetail {'
+                     ' score probation outcomes successes mismatches outvoted } } }'
+                     )["provider"]["reputationDetail"]
+    assert detail["outcomes"] == 1 and detail["probation"] and detail["mismatches"] == 0
+    assert detail["outvoted"] == pytest.approx(1.0, rel=1e-6)
+    assert detail["score"] == pytest.approx(2 / 3, rel=1e-6)
 
 
 GRANT = f"""mutation($c: String!, $a: String!, $m: String!) {{

@@ -14,7 +14,15 @@ import pytest
 from domain.application import Network
 from domain.errors import DomainError
 from domain.provider import Provider
-from domain.reputation import OUTCOMES, WEIGHTS, reputation_score
+from domain.reputation import (
+    OUTCOMES,
+    PROBATION,
+    UNSCORED,
+    WEIGHTS,
+    last_scored_at,
+    reputation,
+    reputation_score,
+)
 from tests.domain.support import PRICE, gpu, notification_count, provider_event_types
 
 
@@ -61,7 +69,8 @@ def test_faults_order_by_cost_to_clients() -> None:
     [(0, 0, 0, 0, 0), (3, 0, 0, 0, 0), (2, 1, 1, 1, 1), (10, 0, 0, 0, 1), (0, 4, 0, 2, 0)],
 )
 def test_mixed_outcomes_follow_the_formula(counts: tuple[int, int, int, int, int]) -> None:
-    outcomes = [o for o, n in zip(OUTCOMES, counts, strict=True) for _ in range(n)]
+    scored = [o for o in OUTCOMES if o not in UNSCORED]
+    outcomes = [o for o, n in zip(scored, counts, strict=True) for _ in range(n)]
     assert reputation_score(outcomes) == pytest.approx(documented(*counts), rel=1e-12)
     assert reputation_score(reversed(outcomes)) == pytest.approx(documented(*counts), rel=1e-12)
 
@@ -94,7 +103,7 @@ def test_unknown_outcome_refused(outcome: str) -> None:
     with pytest.raises(DomainError) as info:
         provider.record_outcome("job-1", outcome)
     assert str(info.value) == (
-        f"unknown outcome {outcome!r}; one of success, failure, timeout, lost, mismatch"
+        f"unknown outcome {outcome!r}; one of success, failure, timeout, lost, mismatch, outvoted"
     )
     assert provider.outcomes == []
     assert provider.reputation == 0.5
@@ -113,6 +122,36 @@ def test_reputation_through_the_app(app: Network) -> None:
     with pytest.raises(DomainError, match="unknown outcome 'meh'"):
         app.record_reputation("job-3", "p", "meh")
     assert notification_count(app) == count
+
+
+def test_an_outvoted_run_is_recorded_but_changes_no_figure_of_the_score() -> None:
+    """A majority of the client's command is no evidence against a provider
+    (workflows/runs.py `outvoted`): the outcome is kept (it raises the check rate,
+    tests/domain/test_verification.py) but the score anyone recomputes is as without it."""
+    assert UNSCORED == ("outvoted",) and "outvoted" in OUTCOMES and "outvoted" not in WEIGHTS
+    history = ["success", "success", "failure", "success"]
+    assert reputation_score([*history, "outvoted", "outvoted"]) == reputation_score(history)
+    assert reputation_score(["outvoted"] * 10) == 0.5
+    pairs = [(o, i * DAY) for i, o in enumerate(history)]
+    with_outvoted = [*pairs, ("outvoted", 4 * DAY), ("outvoted", 9 * DAY)]
+    for as_of in (4 * DAY, 40 * DAY):
+        before, after = reputation(pairs, as_of), reputation(with_outvoted, as_of)
+        assert (after.score, after.confidence, after.probation, after.outcomes,
+                after.effective_outcomes) == (before.score, before.confidence,
+                                              before.probation, before.outcomes,
+                                              before.effective_outcomes)
+        assert after.weighted["outvoted"] > 0 == before.weighted["outvoted"]
+    # on probation by scored outcomes only: five outvoted runs do not end it
+    assert reputation([("outvoted", 0.0)] * PROBATION, 0.0).probation
+    # the read model's score is taken as of the latest scored outcome, not an outvoted one
+    assert last_scored_at(with_outvoted, 0.0) == 3 * DAY
+    assert last_scored_at([("outvoted", 5.0)], 0.0) == 0.0
+    provider = Provider(provider_id="p", region="eu", price_per_gpu_hour_micro=PRICE, gpus=[gpu(0)])
+    provider.record_outcome("job-1", "success")
+    score = provider.reputation
+    provider.record_outcome("job-2", "outvoted")
+    assert provider.outcomes == ["success", "outvoted"]
+    assert provider.reputation == pytest.approx(score)
 
 
 # Time decay, confidence and probation

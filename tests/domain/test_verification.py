@@ -84,6 +84,34 @@ def test_a_mismatch_sends_the_provider_back_to_a_longer_probation() -> None:
     assert check_rate([*trusted, "failure", "timeout"]) == FLOOR
 
 
+def test_an_outvoted_run_puts_the_provider_back_on_probation() -> None:
+    """Outvoted (a majority of other owners disagreed, storage did not contradict it):
+    checked on every result until PROBATION more agreed, then the rate falls as a new
+    provider's does; not a catch, so no reprobation and no higher floor. The reputation
+    score does not move (tests/domain/test_reputation.py)."""
+    trusted = ok(500)
+    assert check_rate(trusted) == FLOOR
+    outvoted_once = [*trusted, "outvoted"]
+    assert verified_streak(outvoted_once) == 0 and not ever_caught(outvoted_once)
+    for n in range(PROBATION):
+        assert check_rate([*outvoted_once, *ok(n)]) == 1.0
+        assert decide_check([*outvoted_once, *ok(n)], 0.999999)
+    # failures and timeouts after it do not end the probation
+    assert check_rate([*outvoted_once, *ok(PROBATION - 1), "failure", "timeout"]) == 1.0
+    after = [check_rate([*outvoted_once, *ok(n)]) for n in range(400)]
+    assert after == [check_rate(ok(n)) for n in range(400)]  # as a new provider's
+    assert after[-1] == FLOOR  # and no CAUGHT_FLOOR
+    # every wrong answer tried costs it again
+    twice = [*outvoted_once, *ok(3 * PROBATION), "outvoted"]
+    assert check_rate(twice) == 1.0
+    # a caught provider outvoted again starts its (longer) reprobation again
+    caught = [*trusted, "mismatch", *ok(2 * REPROBATION), "outvoted"]
+    assert check_rate([*caught, *ok(REPROBATION - 1)]) == 1.0
+    assert check_rate([*caught, *ok(10_000)]) == CAUGHT_FLOOR
+    # canaries follow the check rate
+    assert canary_rate(outvoted_once) == canary_rate([])
+
+
 def test_decide_check_is_a_pure_function_of_outcomes_and_draw() -> None:
     outcomes = ok(3 * PROBATION)
     rate = check_rate(outcomes)
@@ -118,6 +146,8 @@ def test_recheck_after_a_mismatch_covers_the_results_accepted_after_probation() 
     assert recheck_after_mismatch([*ok(40), "mismatch", *ok(20), "mismatch"]) == 0
     again = [*ok(40), "mismatch", *ok(REPROBATION + 7), "mismatch"]
     assert recheck_after_mismatch(again) == 7
+    # an outvoted run in between does not hide the unchecked results before it
+    assert recheck_after_mismatch([*ok(40), "outvoted", *ok(2), "mismatch"]) == 42 - PROBATION
 
 
 # Comparators

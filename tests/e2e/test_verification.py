@@ -4,6 +4,7 @@ outputs and hashes them honestly, so only comparing runs catches it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +48,18 @@ def providers(net: Network) -> dict[str, dict[str, Any]]:
     return {p["providerId"]: p for p in net.gql(PROVIDERS, ADMIN)["providers"]}
 
 
+def liar_detail(net: Network, timeout_s: float = 15.0) -> dict[str, Any]:
+    """The liar's reputation detail, once its `outvoted` outcome has been projected."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        detail = net.gql('{ provider(providerId: "liar") { reputationDetail {'
+                         ' outvoted } } }',
+                         ADMIN)["provider"]["reputationDetail"]
+        if detail["outvoted"] > 0 or time.monotonic() > deadline:
+            return dict(detail)
+        time.sleep(0.2)
+
+
 def test_two_replicas_disagree_and_a_third_decides(net: Network) -> None:
     job = run_job(net, "ann", verification={"replicas": 2})
     assert job["state"] == "SUCCEEDED", job["reason"]
@@ -60,8 +73,10 @@ def test_two_replicas_disagree_and_a_third_decides(net: Network) -> None:
     fleet = providers(net)
     assert fleet["liar"]["earningsMicro"] == 0
     # Outvoted, not paid, but not blamed: a majority of the client's command is no evidence
-    # against a provider (tests/adversarial/test_framing.py); a canary would be.
+    # against a provider (tests/adversarial/test_framing.py); a canary would be. It is
+    # recorded `outvoted`: back on probation (every result checked), its score as it was.
     assert fleet["liar"]["reputation"] == 0.5 < fleet["honest-a"]["reputation"]
+    assert liar_detail(net)["outvoted"] == pytest.approx(1.0, rel=1e-6)
     settled = next(e["data"] for e in job["events"] if e["type"] == "JobSettled")
     assert settled["charged_micro"] == job["costMicro"] > 0  # two accepted runs, paid by ann
 

@@ -46,14 +46,16 @@ async def test_two_replicas_that_agree_run_on_distinct_providers_and_both_are_pa
 async def test_three_replicas_outvote_a_liar_who_is_not_paid(start: Start) -> None:
     """p2's output differs from the other two: it is not paid, and not blamed (the client's
     command could have written another answer there on purpose: a majority is no evidence
-    against a provider); a known-answer canary is asked for it at once (draw 0)."""
+    against a provider): it gets `outvoted`, which is not in its reputation score but puts
+    it back on probation (its next results are all checked); a known-answer canary is asked
+    for it at once (draw 0)."""
     net = StubNetwork(providers=THREE, placeable=set(THREE), replicas=3, liars={"p2"})
     result = await (await start(net)).result()
     assert result.state == "SUCCEEDED", result.reason
     honest = min(a for a, p in net.allocations.items() if p != "p2")
     assert result.provider_id == net.allocations[honest]  # the first accepted run's
     assert paid(net) == {"p1": (1000, "client"), "p3": (1000, "client")}
-    assert outcomes(net) == {"p1": "success", "p3": "success"}  # p2 outvoted: unpaid, unblamed
+    assert outcomes(net) == {"p1": "success", "p2": "outvoted", "p3": "success"}  # p2 unpaid
     assert ("p2", 0.0) in [(r.provider_id, r.draw) for r in net.called(c.PLAN_CANARY)]
     assert sorted(r.provider_id for r in net.called(c.RELEASE_GPUS)) == THREE
 
@@ -85,7 +87,7 @@ async def test_two_replicas_that_disagree_are_decided_by_a_tie_break_the_client_
     tie_break = net.called(c.ALLOCATE_GPUS)[-1]
     assert (tie_break.attempt, sorted(tie_break.excluded_provider_ids)) == (3, ["p1", "p2"])
     assert paid(net) == {"p1": (1000, "client"), "p3": (1000, "client")}
-    assert outcomes(net) == {"p1": "success", "p3": "success"}  # p2 outvoted: unpaid, unblamed
+    assert outcomes(net) == {"p1": "success", "p2": "outvoted", "p3": "success"}  # p2 unpaid
     assert sorted(r.provider_id for r in net.called(c.RELEASE_GPUS)) == THREE
 
 
@@ -97,4 +99,4 @@ async def test_the_networks_check_that_disagrees_is_decided_by_a_tie_break_it_pa
     result = await (await start(net)).result()
     assert (result.state, result.provider_id) == ("SUCCEEDED", "p1"), result.reason
     assert paid(net) == {"p1": (1000, "client"), "p3": (1000, "network")}
-    assert outcomes(net) == {"p1": "success", "p3": "success"}  # p2 outvoted: unpaid, unblamed
+    assert outcomes(net) == {"p1": "success", "p2": "outvoted", "p3": "success"}  # p2 unpaid

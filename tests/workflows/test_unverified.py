@@ -25,14 +25,15 @@ def paid(net: StubNetwork) -> dict[str, tuple[int, str, bool]]:
 
 async def test_an_empty_handed_run_is_checked_even_when_no_check_was_drawn(start: Start) -> None:
     """p1 skipped the work (exit 0, nothing uploaded); the network's check (p2) and the
-    tie-break (p3) both deliver: p1 is outvoted, unpaid; the client gets p2's result and
-    pays for it, the network pays the tie-break."""
+    tie-break (p3) both deliver: p1 is outvoted, unpaid, recorded `outvoted` (back on
+    probation, its score unchanged); the client gets p2's result and pays for it, the
+    network pays the tie-break."""
     net = StubNetwork(providers=THREE, placeable=set(THREE), run_check=False, empty={"p1"})
     result = await (await start(net)).result()
     assert (result.state, result.provider_id) == ("SUCCEEDED", "p2"), result.reason
     assert [a.provider_id for a in net.called(c.EXECUTE_JOB)] == THREE
     assert paid(net) == {"p2": (1000, "client", False), "p3": (1000, "network", False)}
-    assert outcomes(net) == {"p2": "success", "p3": "success"}  # p1: unpaid, unblamed
+    assert outcomes(net) == {"p1": "outvoted", "p2": "success", "p3": "success"}
 
 
 async def test_an_empty_handed_run_the_check_reproduces_is_paid_and_the_job_fails(

@@ -16,22 +16,24 @@ import { useStore } from "../store";
 import { LedgerTable } from "./Account";
 import { describe } from "./Job";
 
-const OUTCOMES: [string, string, number][] = [
+// [outcome, words, weight]: weight 0 counts as good, null not in the score at all.
+const OUTCOMES: [string, string, number | null][] = [
   ["success", "verified successes", 0],
   ["failure", "failed runs", 1],
   ["timeout", "timeouts", 2],
   ["lost", "lost (stopped answering)", 3],
   ["mismatch", "wrong results caught", 5],
+  ["outvoted", "outvoted by other providers' runs", null],
 ];
 
 function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Element {
-  const counts: Record<string, number> = { success: 0, failure: 0, timeout: 0, lost: 0, mismatch: 0 };
+  const counts: Record<string, number> = { success: 0, failure: 0, timeout: 0, lost: 0, mismatch: 0, outvoted: 0 };
   for (const e of props.events) {
     const outcome = e.type === "ReputationRecorded" ? String(e.data.outcome) : "";
     if (outcome in counts) counts[outcome]++;
   }
   const good = 1 + counts.success;
-  const bad = 1 + OUTCOMES.reduce((sum, [k, , w]) => sum + w * counts[k], 0);
+  const bad = 1 + OUTCOMES.reduce((sum, [k, , w]) => sum + (w ?? 0) * counts[k], 0);
   return (
     <div class="reputation" data-testid="reputation">
       <p>
@@ -54,7 +56,7 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
               <td class="num" data-outcome={k}>
                 {counts[k]}
               </td>
-              <td class="num">{w === 0 ? "+1 good" : `${w} bad`}</td>
+              <td class="num">{w === null ? "none: your next results are all checked" : w === 0 ? "+1 good" : `${w} bad`}</td>
             </tr>
           ))}
         </tbody>
