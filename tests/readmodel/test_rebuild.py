@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -29,25 +28,9 @@ from tests.domain.support import (
     make_spec,
     run_lifecycle,
 )
-from tests.support.stores import STORES, store_settings
 
 # Text the views keep as it was said: COPY's text format escapes these.
 AWKWARD = "tab\there, new\nline, back\\slash, \\N, ünïcode, \"quotes\", \r\n"
-
-
-@pytest.fixture(params=STORES)
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    with store_settings(request.param, tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Network]:
-    network = Network(env=settings.eventsourcing_env())
-    try:
-        yield network
-    finally:
-        network.close()
 
 
 @pytest.fixture
