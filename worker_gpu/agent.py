@@ -139,14 +139,17 @@ def make_process_runtime(config: AgentConfig, gpus: list[GpuInfo]) -> ProcessRun
                               unsafe_no_sandbox=True, gpus=gpus)  # fmt: skip
     bwrap = Bwrap()
     bwrap.check()
+    runtime = ProcessRuntime(limits=limits, allow_network=config.allow_network, bwrap=bwrap,
+                             gpus=gpus)  # fmt: skip
+    memory = "per job (" + runtime.cgroups.describe() + ")" if runtime.cgroups else \
+        "per process (no control groups can be made here)"  # fmt: skip
     say(
-        f"process runtime: bubblewrap sandbox; per GPU {limits.memory_mb_per_gpu} MiB per "
-        f"process and {limits.cpus_per_gpu:g} CPUs, {limits.pids} pids, work dir "
+        f"process runtime: bubblewrap sandbox; per GPU {limits.memory_mb_per_gpu} MiB "
+        f"{memory} and {limits.cpus_per_gpu:g} CPUs, {limits.pids} pids, work dir "
         f"{limits.disk_mb} MiB, /tmp {limits.tmp_mb} MiB per job, network "
         + ("for jobs that ask (this machine's)" if config.allow_network else "never")
     )
-    return ProcessRuntime(limits=limits, allow_network=config.allow_network, bwrap=bwrap,
-                          gpus=gpus)
+    return runtime
 
 
 async def serve(config: AgentConfig, settings: Settings) -> int:

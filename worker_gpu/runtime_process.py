@@ -23,7 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from worker_gpu.cgroup import Cgroups, JobCgroup, detect
 from worker_gpu.joblog import job_log_max_bytes, open_job_log, read_log_tail, trim_log
+from worker_gpu.proctree import open_init, signal_group, wait_group_gone
 from worker_gpu.runtime import ProgressFn, RunOutcome
 
 if TYPE_CHECKING:
@@ -77,11 +79,6 @@ def _address_space_limit(memory_limit_mb: int) -> Callable[[], None]:
     return apply
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group is already gone
-        os.killpg(pgid, sig)
-
-
 def _exit_code(returncode: int) -> int:
     # A job killed by a signal reads as the shell and Docker report it (SIGKILL: 137).
     return 128 - returncode if returncode < 0 else returncode
@@ -113,9 +110,12 @@ def sandbox_environment(
 class _Job:
     """One running job: bwrap (or the job itself, unsandboxed) and the sandbox's PID 1."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], init_pidfd: int | None) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], init_pidfd: int | None,
+                 group: JobCgroup | None = None) -> None:  # fmt: skip
         self.proc = proc
         self.init_pidfd = init_pidfd
+        self.group = group
+        self.out_of_memory = False
 
     def kill(self) -> None:
         """SIGKILL the sandbox's PID 1 (the kernel then kills its whole PID namespace) and
@@ -123,7 +123,7 @@ class _Job:
         if self.init_pidfd is not None:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
-        _signal_group(self.proc.pid, signal.SIGKILL)
+        signal_group(self.proc.pid, signal.SIGKILL)
 
     def wait_sandbox_gone(self, timeout_s: float) -> bool:
         """True once the sandbox's PID 1 has exited, which the kernel allows only after
@@ -137,26 +137,10 @@ class _Job:
         if self.init_pidfd is not None:
             os.close(self.init_pidfd)
             self.init_pidfd = None
-
-
-def _open_init(init_pid: int | None, bwrap_pid: int) -> int | None:
-    """A pidfd of the sandbox's PID 1, checked to be bwrap's child (so a reused pid is
-    never signalled)."""
-    if init_pid is None:
-        return None
-    try:
-        pidfd = os.pidfd_open(init_pid)
-    except OSError:
-        return None  # already gone and reaped: nothing of it is left to kill
-    try:
-        stat = Path(f"/proc/{init_pid}/stat").read_text()
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        parent = -1
-    if parent != bwrap_pid:
-        os.close(pidfd)
-        return None
-    return pidfd
+        if self.group is not None:
+            self.out_of_memory = self.group.oom_kills() > 0
+            self.group.close()  # and whatever was left in it is killed
+            self.group = None
 
 
 class ProcessRuntime:
@@ -175,6 +159,7 @@ class ProcessRuntime:
         bwrap: Bwrap | None = None,
         log_max_bytes: int | None = None,
         gpus: list[GpuInfo] | None = None,
+        cgroups: Cgroups | bool | None = True,
     ) -> None:
         self._kill_grace_s = kill_grace_s
         self._tick_s = tick_s
@@ -182,6 +167,10 @@ class ProcessRuntime:
         self.limits = limits or JobLimits()
         self.allow_network = allow_network
         self.sandbox = None if unsafe_no_sandbox else (bwrap or Bwrap())
+        # Per-job memory and process limits (worker_gpu/cgroup.py), where this machine has
+        # them: True finds them, None or False goes without (per-process limits only).
+        found = detect() if cgroups is True else cgroups or None
+        self.cgroups = found if self.sandbox is not None else None
         # The machine's real GPUs by index: a sandbox gets the device nodes of its job's own.
         self.devices = {g.index: g for g in gpus or [] if g.minor is not None}
         self._lock = threading.Lock()
@@ -213,7 +202,8 @@ class ProcessRuntime:
         """Run `command` in `workdir` until it exits, times out or is cancelled.
 
         memory_limit_mb replaces the per-GPU memory limit of the runtime's limits (per
-        process: the address space, or the data size where CUDA devices are present).
+        process: the address space, or the data size where CUDA devices are present; and
+        for the whole job where the runtime has control groups).
         network: the job asks for one; it gets the host's only when allow_network.
         """
         if not command:
@@ -265,6 +255,9 @@ class ProcessRuntime:
                     f"gpgpu: the job's work directory grew past {self.limits.disk_mb} MiB; "
                     "the job was stopped\n".encode()
                 )
+            if job.out_of_memory:
+                log_file.write(b"gpgpu: the job went past its memory limit; the kernel "
+                               b"stopped it\n")  # fmt: skip
         tail = read_log_tail(log_path)
         if full:
             return RunOutcome(137, False, wall_ms(), tail)
@@ -305,9 +298,12 @@ class ProcessRuntime:
             network=network, tmp_mb=self.limits.tmp_mb,
             gpu_minors=[g.minor for g in own if g.minor is not None],
         )
+        memory = self.limits.memory_bytes(len(gpu_indexes), memory_limit_mb)
+        cpus = self.limits.cpus(len(gpu_indexes))
+        group = self.cgroups.job(memory, self.limits.pids, cpus) if self.cgroups else None
         try:
             proc = subprocess.Popen(
-                launch.argv,
+                group.enter(launch.argv) if group else launch.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -317,17 +313,21 @@ class ProcessRuntime:
                 # bwrap was started with, and the job can read /proc/1/environ.
                 env=BWRAP_ENV,
             )
+        except BaseException:
+            if group is not None:
+                group.close()
+            raise
         finally:
             launch.close()
             os.close(info_write)
-        job = _Job(proc, None)
+        job = _Job(proc, None, group)
         with self._lock:  # from now on kill_all reaches it (bwrap's group, then its PID 1)
             self._running[proc.pid] = job
         try:
             init_pid = read_info(info_read)
         finally:
             os.close(info_read)
-        job.init_pidfd = _open_init(init_pid, proc.pid)
+        job.init_pidfd = open_init(init_pid, proc.pid)
         return job
 
     def kill_all(self) -> None:
@@ -381,7 +381,7 @@ class ProcessRuntime:
         if self.sandbox is not None:
             job.kill()  # at once: a sandbox is one unit, and a cancel must free the GPUs now
             return
-        _signal_group(job.proc.pid, signal.SIGTERM)
+        signal_group(job.proc.pid, signal.SIGTERM)
         self._leader_exited(job.proc, timeout=self._kill_grace_s)
 
     def _finish(self, job: _Job) -> None:
@@ -394,41 +394,4 @@ class ProcessRuntime:
                 log.warning("sandbox of job process %d still running after SIGKILL", job.proc.pid)
         finally:
             job.close()
-        _wait_group_gone(job.proc.pid, timeout_s=self._kill_grace_s)
-
-
-def _group_has_live_members(pgid: int) -> bool:
-    """Any process of group `pgid` still running? Zombies do not count: in a container
-    nobody may reap them, and they hold no GPU memory."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: nothing to look at, so do not wait
-        return False
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state, ppid, pgrp, ...
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _wait_group_gone(pgid: int, timeout_s: float) -> None:
-    # SIGKILL is delivered asynchronously: return once the tree is really gone, so
-    # that the next job on these GPUs finds their memory free.
-    end = time.monotonic() + timeout_s
-    try:
-        os.killpg(pgid, 0)  # no process left in the group: done, without scanning /proc
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        pass
-    while _group_has_live_members(pgid):
-        if time.monotonic() >= end:
-            log.warning("processes of job group %d still running after SIGKILL", pgid)
-            return
-        time.sleep(0.02)
+        wait_group_gone(job.proc.pid, timeout_s=self._kill_grace_s)

@@ -15,7 +15,9 @@ a job cannot reach a GPU it was not given, whatever it sets CUDA_VISIBLE_DEVICES
 network unless the job asks and the provider allows it, and then the host's (see
 --allow-network). Limits are set inside the sandbox with prlimit(1) just before the job's
 command: processes, address space (or data size on a GPU machine: CUDA reserves far more
-address space than it uses), CPU seconds, file size, no core dumps.
+address space than it uses), CPU seconds, file size, no core dumps. Where the agent can
+make control groups, memory and processes are also limited for the job as a whole
+(worker_gpu/cgroup.py).
 
 When the job's first process exits, or the sandbox's PID 1 is killed, the kernel kills
 every process of its PID namespace, `setsid` daemons included.
@@ -64,10 +66,13 @@ class SandboxUnavailable(Exception):
 class JobLimits:
     """What one job may use. Per-GPU figures are multiplied by the GPUs the job holds.
 
-    memory_mb_per_gpu: per process (RLIMIT_AS, or RLIMIT_DATA on a GPU machine);
-    None: no limit. cpus_per_gpu: CPU seconds per process = cpus x GPUs x the job's
-    timeout (RLIMIT_CPU). pids: processes and threads of the job (RLIMIT_NPROC, which
-    the job's own user namespace turns into a per-job count). disk_mb: the work
+    memory_mb_per_gpu: per process (RLIMIT_AS, or RLIMIT_DATA on a GPU machine), and
+    for the whole job where control groups can be made (worker_gpu/cgroup.py); None: no
+    limit. cpus_per_gpu: CPU seconds per process = cpus x GPUs x the job's
+    timeout (RLIMIT_CPU), and a quota of cpus x GPUs for the job as a whole where its
+    cpu control group can be made. pids: processes and threads of the job (RLIMIT_NPROC, which
+    the job's own user namespace turns into a per-job count; and the job's pids control
+    group). disk_mb: the work
     directory in all, checked while the job runs, and any one file (RLIMIT_FSIZE).
     tmp_mb: each of /tmp and /dev/shm (tmpfs, in memory).
     """
@@ -81,6 +86,11 @@ class JobLimits:
     def memory_bytes(self, gpus: int, override_mb: int | None = None) -> int | None:
         mb = override_mb or (self.memory_mb_per_gpu and self.memory_mb_per_gpu * max(1, gpus))
         return mb * 2**20 if mb else None
+
+    def cpus(self, gpus: int) -> float | None:
+        """CPUs' worth of time the job may use at once (its cpu control group, where it has
+        one)."""
+        return None if self.cpus_per_gpu is None else self.cpus_per_gpu * max(1, gpus)
 
     def cpu_seconds(self, gpus: int, timeout_s: int) -> int | None:
         if self.cpus_per_gpu is None:

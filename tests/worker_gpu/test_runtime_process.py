@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker_gpu.processes import host_pids, wait_for_host_pids
+from worker_gpu.cgroup import Cgroups, JobCgroup, detect
 from worker_gpu.joblog import LOG_TAIL_BYTES
 from worker_gpu.runtime_process import ProcessRuntime
 from worker_gpu.sandbox import Bwrap, JobLimits, SandboxUnavailable
@@ -208,9 +209,7 @@ def test_the_job_is_nobody_and_its_files_come_back_to_the_agent(
     (work / "d" / "f").unlink()
 
 
-def test_the_job_sees_no_file_of_the_agent(
-    runtime: ProcessRuntime, tmp_path: Path
-) -> None:
+def test_the_job_sees_no_file_of_the_agent(runtime: ProcessRuntime, tmp_path: Path) -> None:
     secret = tmp_path / "dev-account.json"
     secret.write_text("admin key")
     neighbour = tmp_path / "other-job" / "work"
@@ -236,9 +235,7 @@ def test_the_job_sees_no_file_of_the_agent(
 
 
 def test_the_job_sees_only_its_own_processes(runtime: ProcessRuntime, tmp_path: Path) -> None:
-    script = (
-        f"cat /proc/{os.getpid()}/environ; ls /proc | grep -c '^[0-9]'; kill -0 {os.getpid()}"
-    )
+    script = f"cat /proc/{os.getpid()}/environ; ls /proc | grep -c '^[0-9]'; kill -0 {os.getpid()}"
 
     outcome = runtime.run(["sh", "-c", script], tmp_path, [], 30, {"AGENT": str(os.getpid())})
 
@@ -257,8 +254,10 @@ def listener() -> Iterator[int]:
         yield server.getsockname()[1]
 
 
-CONNECT = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 2)" \
-          "; print('connected')"
+CONNECT = (
+    "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 2)"
+    "; print('connected')"
+)
 
 
 def test_no_network_unless_asked_and_allowed(
@@ -386,6 +385,7 @@ def test_unsafe_no_sandbox_runs_a_plain_process(tmp_path: Path) -> None:
 AGENT = """
 import sys
 from pathlib import Path
+from worker_gpu.cgroup import Cgroups, JobCgroup, detect
 from worker_gpu.runtime_process import ProcessRuntime
 ProcessRuntime().run(["sh", "-c", "setsid sleep %s & sleep %s" % (sys.argv[1], sys.argv[1])],
                      Path(sys.argv[2]), [], 60, {})
@@ -408,3 +408,109 @@ def test_a_killed_agent_leaves_no_job_behind(tmp_path: Path) -> None:
         agent.kill()
 
     assert host_pids(marker) == []
+
+
+# -- limits for the job as a whole (control groups, worker_gpu/cgroup.py) -------------------
+
+_FOUR_HOLDERS = (
+    'for i in 1 2 3 4; do python3 -c \'import time, sys; b = b"x" * (100 << 20); '
+    'time.sleep(3); open("done." + sys.argv[1], "w")\' $i & done; wait'
+)
+
+
+@pytest.mark.skipif(detect() is None, reason="no per-job control groups on this machine")
+def test_memory_is_limited_for_the_job_as_a_whole_not_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four processes of 100 MiB each, each under the 200 MiB limit, 400 MiB in all: the
+    job's control group stops it; per-process limits alone let every one finish."""
+    made: list[Path] = []
+    make = Cgroups.job
+    monkeypatch.setattr(Cgroups, "job", lambda self, *a: _record(make(self, *a), made))
+    grouped = ProcessRuntime(kill_grace_s=0.5, tick_s=0.2)
+    per_process = ProcessRuntime(kill_grace_s=0.5, tick_s=0.2, cgroups=False)
+
+    limited = grouped.run(["sh", "-c", _FOUR_HOLDERS], tmp_path / "a", [], 60, {},
+                          memory_limit_mb=200)  # fmt: skip
+    unlimited = per_process.run(["sh", "-c", _FOUR_HOLDERS], tmp_path / "b", [], 60, {},
+                                memory_limit_mb=200)  # fmt: skip
+
+    assert len(list((tmp_path / "a").glob("done.*"))) < 4
+    assert "went past its memory limit" in limited.log_tail
+    assert len(list((tmp_path / "b").glob("done.*"))) == 4, unlimited.log_tail
+    assert len(made) >= 2 and not any(d.exists() for d in made)  # gone with the job
+
+
+def _record(group: JobCgroup, made: list[Path]) -> JobCgroup:
+    made.extend(group.dirs.values())
+    return group
+
+
+@pytest.mark.skipif(detect() is None, reason="no per-job control groups on this machine")
+def test_every_process_of_a_job_is_in_its_own_control_group(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    marker = _marker()
+    done: list[int | None] = []
+    script = f"setsid sleep {marker} & sleep {marker}"
+    thread = threading.Thread(
+        target=lambda: done.append(runtime.run(["sh", "-c", script], tmp_path, [], 60, {})
+                                   .exit_code)
+    )
+    thread.start()
+    try:
+        pids = wait_for_host_pids(marker, "sleep")
+        while len(pids) < 2:
+            pids = wait_for_host_pids(marker, "sleep")
+        groups = {Path(f"/proc/{pid}/cgroup").read_text() for pid in pids}
+    finally:
+        runtime.kill_all()
+        thread.join(timeout=10)
+
+    assert len(groups) == 1  # the daemon too
+    (lines,) = groups
+    assert runtime.cgroups is not None
+    kinds = ("",) if runtime.cgroups.version == 2 else ("memory", "pids")
+    owned = [line for line in lines.splitlines() if line.split(":")[1] in kinds]
+    assert owned and all("/gpgpu-jobs/" in line for line in owned), lines
+    assert done == [137]
+
+
+def _has_cpu_group() -> bool:
+    found = detect()
+    return found is not None and (found.version == 2 or "cpu" in found.parents)
+
+
+@pytest.mark.skipif(not _has_cpu_group(), reason="no cpu control group here")
+def test_a_jobs_processes_share_one_cpu_quota(tmp_path: Path) -> None:
+    """cpus_per_gpu x GPUs is the quota of the job's cpu group, which all its processes
+    share (RLIMIT_CPU alone would give each process its own CPU-seconds)."""
+    runtime = ProcessRuntime(kill_grace_s=0.5, limits=JobLimits(cpus_per_gpu=0.5))
+    assert runtime.cgroups is not None
+    marker = _marker()
+    thread = threading.Thread(
+        target=runtime.run, args=(["sh", "-c", f"sleep {marker} & sleep {marker}"], tmp_path,
+                                  [0, 1], 60, {}))  # fmt: skip
+    thread.start()
+    try:
+        pids = wait_for_host_pids(marker, "sleep")
+        while len(pids) < 2:
+            pids = wait_for_host_pids(marker, "sleep")
+        quotas = {_cpu_quota(runtime.cgroups.version, pid) for pid in pids}
+    finally:
+        runtime.kill_all()
+        thread.join(timeout=10)
+
+    assert quotas == {(100_000, 100_000)}  # one CPU's worth: 0.5 x 2 GPUs, for both
+
+
+def _cpu_quota(version: int, pid: int) -> tuple[int, int]:
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    if version == 2:
+        (path,) = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+        quota, period = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max").read_text().split()
+        return int(quota), int(period)
+    (path,) = [line.split(":", 2)[2] for line in lines if "cpu" in line.split(":")[1].split(",")]
+    group = Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
+    return (int((group / "cpu.cfs_quota_us").read_text()),
+            int((group / "cpu.cfs_period_us").read_text()))
