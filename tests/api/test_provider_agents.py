@@ -24,7 +24,7 @@ H100 = "NVIDIA H100 80GB HBM3"
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Api]:
     with api_in_thread(tmp_path_factory.mktemp("agents"), temporal_server,
-                       provider_heartbeat_interval_s=60.0) as api:
+                       provider_heartbeat_interval_s=600.0) as api:  # none goes offline
         yield api
 
 
