@@ -22,6 +22,8 @@ provider never sees the token or any Temporal address.
 The control plane measures what it pays for: an execute result's wall and GPU time are
 cut to the window the API itself observed (assignment handed out -> result received),
 times the GPUs in the request; a provider's own figure can only lower them.
+
+The waiting agents and the per-process pacing of heartbeats are api/dispatch.py's.
 """
 
 from __future__ import annotations
@@ -29,10 +31,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -42,28 +42,20 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import auth, json_body
+from api.dispatch import DispatchDep
 from api.services import Services
-from api.waiters import Waiters
 from infra.assignments import Assignment, AssignmentBoard
-from infra.row_cipher import RowCipher
 from readmodel.joblog import LogRefused
 from workflows import contracts as c
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/provider/v1", tags=["provider"])
 
 MAX_WAIT_S = 25.0
-SEEN_EVERY_S = 15.0
-POLL_S = 0.05  # how often this process looks for new assignments while agents wait
 MAX_BODY_BYTES = 1 << 20
 MAX_DETAILS_BYTES = 16 << 10
 MAX_MESSAGE_CHARS = 4096
 MAX_LOG_TAIL_CHARS = 16 << 10
 MAX_LOG_CHUNK_BYTES = 16 << 10  # one chunk of a run's live log (worker_gpu/joblog.py)
-BEAT_EVERY_S = 2.0  # at most one Temporal heartbeat per assignment this often, per process
-# How long a step whose workflow run was reset goes on for the new run to take it over
-ADOPT_GRACE_S = 60.0  # (infra/assignments.py adopt) before its agent is told to stop
 MAX_COUNT = 1 << 53  # bytes, milliseconds: anything an int64 and a float both hold
 _TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 
@@ -73,94 +65,6 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-class Dispatch:
-    """This process's waiting agents, woken by one shared look at the table."""
-
-    def __init__(self, board: AssignmentBoard):
-        self.board = board
-        self._waiters = Waiters()
-        self._poller: asyncio.Task[None] | None = None
-        self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
-        self._beaten: dict[str, float] = {}  # assignment -> its last heartbeat to Temporal
-        self._orphaned: dict[str, float] = {}  # assignment -> when its run was seen reset
-
-    def within_grace(self, aid: str) -> bool:
-        """Whether a step whose run was reset may still wait here for the new run."""
-        if len(self._orphaned) > 100_000:
-            self._orphaned.clear()
-        now = self._orphaned.setdefault(aid, time.monotonic())
-        return time.monotonic() - now < ADOPT_GRACE_S
-
-    def due_to_record(self, aid: str) -> bool:
-        """Whether to write the assignment's last_seen_at (it only tells the lapsed from the
-        living, a minute past their timeout): every SEEN_EVERY_S at most, per process."""
-        now = time.monotonic()
-        if now - self._recorded.get(aid, -SEEN_EVERY_S) < SEEN_EVERY_S:
-            return False
-        if len(self._recorded) > 100_000:
-            self._recorded.clear()
-        self._recorded[aid] = now
-        return True
-
-    def due_to_beat(self, a: Assignment) -> bool:
-        """Whether to pass this heartbeat on to Temporal: the agent beats early to send its
-        job's output, and Temporal needs a beat every few seconds only (a cancel is heard
-        at the next one passed on)."""
-        every = min(BEAT_EVERY_S, a.heartbeat_timeout_s / 4)
-        now = time.monotonic()
-        if now - self._beaten.get(a.assignment_id, -every) < every:
-            return False
-        if len(self._beaten) > 100_000:
-            self._beaten.clear()
-        self._beaten[a.assignment_id] = now
-        return True
-
-    async def next(self, provider_id: str, wait_s: float,
-                   gone: Callable[[], Awaitable[bool]] | None = None) -> list[Assignment]:
-        """The provider's new assignments, handed out (each once), waiting up to `wait_s`
-        for some. `gone` says whether the poll's agent has gone (its connection closed):
-        such a poll takes nothing, or an agent killed while its poll waited (and started
-        again at once) would lose its next assignment to the dead poll, until the step's
-        heartbeat timeout counted the provider lost again
-        (tests/liveness/test_lost_provider_bound.py and CI saw it)."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            if gone is not None and await gone():
-                return []
-            got = await asyncio.to_thread(self.board.hand_out, provider_id)
-            left = deadline - time.monotonic()
-            if got or left <= 0:
-                return got
-            if self._poller is None or self._poller.done():
-                # It first runs once this wait has begun (and is counted in `_waiters`).
-                self._poller = asyncio.create_task(self._poll())
-            await self._waiters.wait(provider_id, left)
-
-    async def _poll(self) -> None:
-        while self._waiters:
-            try:
-                ready = await asyncio.to_thread(self.board.waiting_providers)
-            except Exception as err:
-                log.warning("looking for assignments: %s", err)
-                ready = set()
-            for pid in ready & self._waiters.keys():
-                self._waiters.wake(pid)
-            await asyncio.sleep(POLL_S)
-
-
-def dispatch(request: Request) -> Dispatch:
-    state = request.app.state
-    if getattr(state, "dispatch", None) is None:
-        services: Services = state.services
-        state.dispatch = Dispatch(AssignmentBoard(services.telemetry_views or services.views,
-                                                  RowCipher(services.settings.payload_keys)))
-    found: Dispatch = state.dispatch
-    return found
-
-
-DispatchDep = Annotated[Dispatch, Depends(dispatch)]
 
 
 async def _owner(services: Services, request: Request, provider_id: str) -> None:

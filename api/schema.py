@@ -12,6 +12,7 @@ from strawberry.types.base import get_object_definition
 
 from api import auth
 from api.features.accounts import AccountMutation, AccountQuery
+from api.features.agents import AgentMutation
 from api.features.identity import IdentityMutation, IdentityQuery
 from api.features.jobs import JobMutation, JobQuery, JobSubscription
 from api.features.market import MarketQuery
@@ -48,7 +49,7 @@ Query = merged("Query", (JobQuery, AccountQuery, ProviderQuery, MarketQuery, Nod
 """)
 
 Mutation = merged("Mutation", (JobMutation, NodeMutation, ProviderMutation, AccountMutation,
-                               IdentityMutation), """
+                               AgentMutation, IdentityMutation), """
     submit_job cancel_job register_node configure_queue suspend_gpu resume_gpu set_price
     grant_credits register_provider provider_heartbeat drain_provider sign_up sign_in
     change_password reset_password add_roles revoke_role sign_out create_api_key

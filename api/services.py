@@ -229,7 +229,8 @@ class Services:
     async def heartbeat(self, provider_id: str, telemetry: Any) -> None:
         """A provider is alive: check its telemetry, then record it with the others arriving.
 
-        ValueError names the field (`telemetry.0.index: ...`); UnknownProvider if unregistered.
+        TelemetryRefused (a ValueError) names the field (`telemetry.0.index: ...`);
+        UnknownProvider if unregistered.
         """
         readings = parse_readings(telemetry)
         if provider_id not in self.known_providers:

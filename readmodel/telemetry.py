@@ -70,30 +70,40 @@ class Heartbeat:
     readings: tuple[GpuReading, ...] = ()
 
 
+class TelemetryRefused(ValueError):
+    """A heartbeat's telemetry the API does not take: `field` the reading it is about
+    ("telemetry.0.index"), `reason` why; the message reads "field: reason"."""
+
+    def __init__(self, field: str, reason: str):
+        self.field, self.reason = field, reason
+        super().__init__(f"{field}: {reason}")
+
+
 def parse_readings(raw: Any) -> tuple[GpuReading, ...]:
-    """The agent's telemetry (a JSON list of objects), checked; ValueError names the field."""
+    """The agent's telemetry (a JSON list of objects), checked; TelemetryRefused names the
+    field."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ValueError("telemetry: must be a list of GPU readings")
+        raise TelemetryRefused("telemetry", "must be a list of GPU readings")
     if len(raw) > MAX_GPUS_PER_HEARTBEAT:
-        raise ValueError(f"telemetry: at most {MAX_GPUS_PER_HEARTBEAT} GPUs")
+        raise TelemetryRefused("telemetry", f"at most {MAX_GPUS_PER_HEARTBEAT} GPUs")
     readings = []
     for n, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise ValueError(f"telemetry.{n}: must be an object")
+            raise TelemetryRefused(f"telemetry.{n}", "must be an object")
         index: Any = item.get("index")
         if (why := GPU_INDEX.problem(index)) is not None:
-            raise ValueError(f"telemetry.{n}.index: {why}")
+            raise TelemetryRefused(f"telemetry.{n}.index", why)
         values: dict[str, Any] = {}
         for name in SAMPLE_FIELDS:  # each bounded by domain/limits.py, or null
             value = item.get(name)
             if value is not None and (why := TELEMETRY[name].problem(value)) is not None:
-                raise ValueError(f"telemetry.{n}.{name}: {why} (or null)")
+                raise TelemetryRefused(f"telemetry.{n}.{name}", f"{why} (or null)")
             values[name] = value
         readings.append(GpuReading(index=index, **values))
     if len({r.index for r in readings}) != len(readings):
-        raise ValueError("telemetry: two readings for the same GPU index")
+        raise TelemetryRefused("telemetry", "two readings for the same GPU index")
     return tuple(readings)
 
 

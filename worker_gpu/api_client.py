@@ -19,17 +19,24 @@ from worker_gpu.discovery import GpuInfo, GpuTelemetry
 
 log = logging.getLogger(__name__)
 
-REGISTER_PROVIDER = """
-mutation($input: RegisterProviderInput!) {
-  registerProvider(input: $input) { providerId }
-}
+# Each mutation answers `<payload> | FieldError`: a refusal the agent's input caused names
+# its field (api/features/agents.py); ApiRejected carries it as "field: message".
+REFUSAL = "__typename ... on FieldError { field message }"
+REGISTER_PROVIDER = f"""
+mutation($input: RegisterProviderInput!) {{
+  registerProvider(input: $input) {{ ... on Provider {{ providerId }} {REFUSAL} }}
+}}
 """
-
-DRAIN_PROVIDER = """
-mutation($id: String!) { drainProvider(providerId: $id) }
+DRAIN_PROVIDER = f"""
+mutation($id: String!) {{
+  drainProvider(providerId: $id) {{ ... on ProviderDrained {{ providerId }} {REFUSAL} }}
+}}
 """
-PROVIDER_HEARTBEAT = """
-mutation($id: String!, $t: JSON) { providerHeartbeat(providerId: $id, telemetry: $t) }
+PROVIDER_HEARTBEAT = f"""
+mutation($id: String!, $t: JSON) {{
+  providerHeartbeat(providerId: $id, telemetry: $t) {{
+    ... on HeartbeatReceived {{ providerId }} {REFUSAL} }}
+}}
 """
 
 
@@ -109,13 +116,24 @@ class ProviderApi:
         data: dict[str, Any] = body["data"]
         return data
 
+    def _mutate(self, query: str, name: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """The mutation's payload; ApiRejected "field: message" where it answered a
+        FieldError."""
+        answer = self._call(query, variables).get(name)
+        if not isinstance(answer, dict):
+            raise ApiRejected(f"{name}: the API answered {answer!r}")
+        if answer.get("__typename") == "FieldError":
+            field, message = answer.get("field"), answer.get("message")
+            raise ApiRejected(f"{field}: {message}" if field else str(message))
+        return answer
+
     def register(self, registration: dict[str, Any]) -> str:
-        data = self._call(REGISTER_PROVIDER, {"input": registration})
-        return str(data["registerProvider"]["providerId"])
+        answer = self._mutate(REGISTER_PROVIDER, "registerProvider", {"input": registration})
+        return str(answer["providerId"])
 
     def drain(self, provider_id: str) -> None:
         """Tell the network this provider takes no new work (its agent is stopping)."""
-        self._call(DRAIN_PROVIDER, {"id": provider_id})
+        self._mutate(DRAIN_PROVIDER, "drainProvider", {"id": provider_id})
 
     def _rest(self, method: str, path: str, body: dict[str, Any] | None = None,
               timeout_s: float | None = None) -> dict[str, Any]:
@@ -170,8 +188,8 @@ class ProviderApi:
         })
 
     def heartbeat(self, provider_id: str, telemetry: list[GpuTelemetry]) -> None:
-        self._call(
-            PROVIDER_HEARTBEAT,
+        self._mutate(
+            PROVIDER_HEARTBEAT, "providerHeartbeat",
             {"id": provider_id, "t": [dataclasses.asdict(t) for t in telemetry]},
         )
 

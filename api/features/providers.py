@@ -1,12 +1,11 @@
-"""Providers: the market's catalogue of GPUs (status, price, reputation, telemetry), a
-provider agent's registration, heartbeats and drain, its owner's controls (GPUs in or out
-of service, the price), and its events live."""
+"""Providers: the market's catalogue of GPUs (status, price, reputation, telemetry), its
+owner's controls (GPUs in or out of service, the price), and its events live. What a
+provider's agent calls (registration, heartbeats, drain) is api/features/agents.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
@@ -16,22 +15,17 @@ import strawberry
 from strawberry.scalars import JSON
 
 from api import auth, multiplex
-from api.context import I, bounded, run_command, signed_in
-from api.errors import FieldError, Refusal, refusable, refused
-from api.features.nodes import node_exists
+from api.context import I, bounded, run_command
+from api.errors import FieldError, Refusal, refusable
 from api.scalars import BigInt
 from api.services import Services
 from api.streams import check_after, live_rows
-from domain.errors import DomainError
-from domain.limits import GPU_INDEX, GPU_MEMORY_MB, MAX_PROVIDER_GPUS, PRICE, PROVIDER_GPUS
-from domain.node import DEFAULT_NODE
-from domain.provider import RUNTIMES, SANDBOXES, gpu_status
+from domain.limits import GPU_INDEX
+from domain.provider import gpu_status
 from domain.reputation import Reputation, reputation
 from protocol.money import micro_to_credits, price_to_micro
 from readmodel.queue import iso_time
-from readmodel.telemetry import Heartbeat, recent_samples
-
-PROVIDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+from readmodel.telemetry import recent_samples
 
 
 @strawberry.type
@@ -134,27 +128,6 @@ class ProviderEvent:
     type: str
     at: str
     data: JSON
-
-
-@strawberry.input
-class GpuInput:
-    index: int
-    model: str
-    memory_mb: int
-    uuid: str = ""
-
-
-@strawberry.input
-class RegisterProviderInput:
-    provider_id: str
-    region: str
-    price_per_gpu_hour_micro: BigInt
-    gpus: list[GpuInput]
-    runtimes: list[str] = strawberry.field(default_factory=lambda: ["process"])
-    node: str = DEFAULT_NODE
-    sandbox: str | None = strawberry.field(
-        default=None, description="bwrap, docker or none; an older agent does not say"
-    )
 
 
 async def shown_providers(info: I, providers: list[Provider]) -> list[Provider]:
@@ -306,96 +279,6 @@ class ProviderMutation:
         except ValueError as err:
             raise Refusal("pricePerGpuHour", str(err)) from None
         return await _provider_control(info, provider_id, "set_price", micro)
-
-    @strawberry.mutation(
-        description="A provider agent declares its GPUs and price; the provider becomes the "
-        "caller's (an agent sends its owner's API key)",
-        permission_classes=[auth.ProviderRole],
-    )
-    async def register_provider(self, info: I, input: RegisterProviderInput) -> Provider:
-        errors = []
-        if not PROVIDER_ID.match(input.provider_id):
-            errors.append("providerId: must be 1-63 letters, digits, '.', '_' or '-'")
-        if input.price_per_gpu_hour_micro <= 0:
-            errors.append("pricePerGpuHourMicro: must be more than 0")
-        elif why := PRICE.problem(input.price_per_gpu_hour_micro):
-            errors.append(f"pricePerGpuHourMicro: {why}")
-        if not input.gpus:
-            errors.append("gpus: a provider declares at least one GPU")
-        elif why := PROVIDER_GPUS.problem(len(input.gpus)):
-            errors.append(f"gpus: {why}")
-        if len({g.index for g in input.gpus}) != len(input.gpus):
-            errors.append("gpus: two GPUs have the same index")
-        for n, g in enumerate(input.gpus[:MAX_PROVIDER_GPUS]):
-            for field, bound, value in ((f"gpus.{n}.index", GPU_INDEX, g.index),
-                                        (f"gpus.{n}.memoryMb", GPU_MEMORY_MB, g.memory_mb)):
-                if why := bound.problem(value):
-                    errors.append(f"{field}: {why}")
-        if not input.runtimes or not set(input.runtimes) <= set(RUNTIMES):
-            errors.append(f"runtimes: each one of {', '.join(RUNTIMES)}")
-        if input.sandbox is not None and input.sandbox not in SANDBOXES:
-            errors.append(f"sandbox: one of {', '.join(SANDBOXES)}")
-        if errors:
-            raise ValueError("; ".join(errors))
-        services, caller = info.context.services, signed_in(info)
-        network = services.network
-        if not await asyncio.to_thread(node_exists, network, input.node):
-            raise ValueError(f"node: no node {input.node!r}")
-        owner = await asyncio.to_thread(services.identity.owner_of, "provider",
-                                        input.provider_id)
-        exists = input.provider_id in await asyncio.to_thread(network.provider_ids)
-        auth.require(auth.can_claim(caller, "provider", owner, exists),
-                     f"providerId: {input.provider_id!r} belongs to another account")
-        if owner is None:
-            await run_command(services.identity.claim, "provider", input.provider_id,
-                              caller.user_id)
-            services.auth.forget(user_id=caller.user_id)
-        gpus = [{"index": g.index, "model": g.model, "memory_mb": g.memory_mb, "uuid": g.uuid}
-                for g in input.gpus]
-        await run_command(
-            network.register_provider,
-            input.provider_id, input.region, input.price_per_gpu_hour_micro, gpus, input.runtimes,
-            input.node, input.sandbox,
-        )
-        await services.heartbeats.submit(Heartbeat(input.provider_id, time.time()))
-        deadline = time.monotonic() + 5
-        while not (found := await load_providers(services, input.provider_id)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the provider was recorded but the read model is not keeping up")
-            await asyncio.wait({services.broadcaster.current()}, timeout=0.2)
-        return found[0]
-
-    @strawberry.mutation(
-        description="A provider agent is alive. Its GPU telemetry is kept as samples (the last "
-        "few per provider), not as events; ECC or Xid errors mark a GPU degraded",
-        permission_classes=[auth.ProviderRole],
-    )
-    async def provider_heartbeat(
-        self, info: I, provider_id: str, telemetry: JSON | None = None
-    ) -> bool:
-        auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
-                     f"forbidden: provider {provider_id!r} is not one of yours")
-        try:
-            await info.context.services.heartbeat(provider_id, telemetry)
-        except DomainError as err:
-            raise refused(err) from None
-        return True
-
-    @strawberry.mutation(
-        description="The provider's agent is stopping: it is offline at once (no new work) "
-        "until it registers again",
-        permission_classes=[auth.ProviderRole],
-    )
-    async def drain_provider(self, info: I, provider_id: str) -> bool:
-        auth.require(await info.context.allowed(auth.can_manage_provider, provider_id),
-                     f"forbidden: provider {provider_id!r} is not one of yours")
-        network = info.context.services.network
-        try:
-            await asyncio.to_thread(network.provider_offline, provider_id,
-                                    "draining: its agent is stopping")
-        except DomainError as err:
-            raise refused(err) from None
-        return True
 
 
 @strawberry.type

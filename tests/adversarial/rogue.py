@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.network import Network
-from tests.support.graphql import REGISTER_PROVIDER
+from tests.support.graphql import REGISTER_PROVIDER, accepted
 
 
 class Rogue:
@@ -34,6 +34,7 @@ class Rogue:
         }}})
         r.raise_for_status()
         assert "errors" not in r.json(), r.json()
+        accepted(r.json()["data"]["registerProvider"])
         self._stop = threading.Event()
         self._beats = threading.Thread(target=self._beat, daemon=True)
         self._beats.start()

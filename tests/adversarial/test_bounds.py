@@ -99,7 +99,7 @@ def test_a_price_of_10_24_is_refused_with_a_field_error_and_no_event(api: Api) -
     huge = api.error(REGISTER_PROVIDER,
                      input=register_input("p-greedy2", pricePerGpuHourMicro=10**24))
     assert ".pricePerGpuHourMicro" in huge and "within a signed 64-bit integer" in huge, huge
-    assert api.error(REGISTER_PROVIDER, input=register_input(
+    assert api.refusal(REGISTER_PROVIDER, input=register_input(
         "p-greedy2", pricePerGpuHourMicro=MAX_PRICE_MICRO + 1)) == (
         f"pricePerGpuHourMicro: must be at most {MAX_PRICE_MICRO} micro-credits")
     with pytest.raises(OutOfBounds) as caught:  # and the domain, past the API
@@ -123,8 +123,11 @@ def test_a_heartbeat_with_gpu_index_2_63_is_refused_and_the_good_beats_are_recor
             lambda t: api.post(HEARTBEAT, id=t[0], t=t[1]),
             [("p-honest", good)] * 5 + [("p-index", bad)],
         ))
-    assert all("errors" not in a for a in answers[:5]), answers
-    assert answers[5]["errors"][0]["message"] == "telemetry.0.index: must be at most 1023"
+    assert all(a["data"]["providerHeartbeat"]["__typename"] == "HeartbeatReceived"
+               for a in answers[:5]), answers
+    assert answers[5]["data"]["providerHeartbeat"] == {
+        "__typename": "FieldError", "field": "telemetry.0.index",
+        "message": "must be at most 1023"}, answers[5]
     assert beats_of(api, "p-honest") == honest + 5
     assert beats_of(api, "p-index") == index
 
@@ -183,7 +186,7 @@ def test_a_bad_event_in_the_store_is_set_aside_and_another_tenants_later_event_i
 def test_register_provider_past_a_bound(api: Api, over: dict[str, Any], message: str) -> None:
     api.session("prov")  # signed up before counting: run alone, signing up is the first events
     before = last_event(api)
-    assert api.error(REGISTER_PROVIDER, input=register_input("p-over", **over)) == message
+    assert api.refusal(REGISTER_PROVIDER, input=register_input("p-over", **over)) == message
     assert last_event(api) == before
     assert "p-over" not in api.services.network.provider_ids()
 
@@ -248,7 +251,7 @@ def test_the_heartbeats_numbers_past_their_bounds(api: Api) -> None:
          f"memory_used_mb: must be at most {MAX_GPU_MEMORY_MB} MiB"),
         ({"index": 0, "ecc_errors": 10**12 + 1}, "ecc_errors: must be at most 10"),
     ]:
-        assert api.error(HEARTBEAT, id="p-telemetry", t=[reading]).startswith(
+        assert api.refusal(HEARTBEAT, id="p-telemetry", t=[reading]).startswith(
             f"telemetry.0.{message}")
     assert beats_of(api, "p-telemetry") == beats
 

@@ -187,7 +187,8 @@ def test_an_agents_key_cannot_do_what_an_admin_or_another_provider_does(
          ' { __typename } }', {"id": "provider-b"}),
         ('mutation($id: String!) { suspendGpu(providerId: $id, index: 0) { __typename } }',
          {"id": "provider-b"}),
-        ('mutation($id: String!) { drainProvider(providerId: $id) }', {"id": "provider-b"}),
+        ('mutation($id: String!) { drainProvider(providerId: $id) { __typename } }',
+         {"id": "provider-b"}),
     ]
     for query, variables in attacks:
         message = agent.refused(query, **variables)

@@ -178,8 +178,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Ite
             w.sign_up(who, roles)
         w.gql("operator", f'mutation {{ registerNode(nodeId: "{NODE}", region: "eu",'
                           ' operator: "ops") { __typename } }')
-        w.gql("provider", REGISTER_PROVIDER, input=registration(P1))
-        w.gql("provider_2", REGISTER_PROVIDER, input=registration(P2))
+        accepted(w.gql("provider", REGISTER_PROVIDER, input=registration(P1))["registerProvider"])
+        accepted(w.gql("provider_2", REGISTER_PROVIDER,
+                       input=registration(P2))["registerProvider"])
         client_a = str(w.clients["client_a"])
         network.open_client(client_a, 100_000_000)
         network.submit_job("mx-job", client_a, parse_job_spec({**SPEC,
@@ -258,9 +259,9 @@ CALLS: dict[str, tuple[str, Callable[[World, str], dict[str, Any]]]] = {
                           'pricePerGpuHour: "2") { __typename } }', lambda w, who: {"p": P1}),
     "Mutation.registerProvider": (REGISTER_PROVIDER, lambda w, who: {"input": registration(P1)}),
     "Mutation.providerHeartbeat": ("mutation($p: String!) { providerHeartbeat(providerId: $p,"
-                                   " telemetry: []) }", lambda w, who: {"p": P1}),
-    "Mutation.drainProvider": ("mutation($p: String!) { drainProvider(providerId: $p) }",
-                               lambda w, who: {"p": P1}),
+                                   " telemetry: []) { __typename } }", lambda w, who: {"p": P1}),
+    "Mutation.drainProvider": ("mutation($p: String!) { drainProvider(providerId: $p)"
+                               " { __typename } }", lambda w, who: {"p": P1}),
     "Mutation.signUp": (SIGN_UP, lambda w, who: {"e": f"new-{time.monotonic_ns()}@matrix.test",
                                                  "p": PASSWORD, "r": ["client"]}),
     "Mutation.signIn": (SIGN_IN, lambda w, who: {"e": "client_a@matrix.test", "p": PASSWORD}),

@@ -141,10 +141,10 @@ def test_controls_name_the_field_in_their_errors(api: Api) -> None:
     assert api.refusal(SET_PRICE, id="p-errors", p="0") == (
         "pricePerGpuHour: must be more than 0 credits, got 0"
     )
-    assert api.error(HEARTBEAT, id="p-errors", t=[{"index": "zero"}]) == (
+    assert api.refusal(HEARTBEAT, id="p-errors", t=[{"index": "zero"}]) == (
         "telemetry.0.index: must be a GPU index, a whole number from 0 to 1023"
     )
-    assert api.error(HEARTBEAT, "admin", id="nobody", t=[]) == (
+    assert api.refusal(HEARTBEAT, "admin", id="nobody", t=[]) == (
         "providerId: no provider 'nobody'; register first"
     )
 

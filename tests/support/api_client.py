@@ -101,11 +101,11 @@ class Api:
 
     def register(self, provider_id: str, gpus: int = 2, model: str = H100,
                  price_micro: int = 2_000_000, node: str = "local") -> None:
-        self.gql(REGISTER_PROVIDER, input={
+        accepted(self.gql(REGISTER_PROVIDER, input={
             "providerId": provider_id, "region": "eu", "pricePerGpuHourMicro": price_micro,
             "gpus": [{"index": i, "model": model, "memoryMb": 81_559} for i in range(gpus)],
             "node": node,
-        })
+        })["registerProvider"])
 
 
 @contextmanager

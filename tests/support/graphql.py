@@ -43,11 +43,14 @@ JOB_EVENTS = """subscription($id: ID!, $after: Int!) {
 
 # Providers
 
-REGISTER_PROVIDER = """mutation($input: RegisterProviderInput!) {
-  registerProvider(input: $input) { providerId status } }"""
+REGISTER_PROVIDER = f"""mutation($input: RegisterProviderInput!) {{
+  registerProvider(input: $input) {{ ... on Provider {{ providerId status }} {REFUSAL} }} }}"""
 PROVIDERS = "{ providers { providerId reputation earningsMicro } }"
-HEARTBEAT = """mutation($id: String!, $t: JSON) {
-  providerHeartbeat(providerId: $id, telemetry: $t) }"""
+HEARTBEAT = f"""mutation($id: String!, $t: JSON) {{
+  providerHeartbeat(providerId: $id, telemetry: $t) {{
+    ... on HeartbeatReceived {{ providerId }} {REFUSAL} }} }}"""
+DRAIN = f"""mutation($id: String!) {{
+  drainProvider(providerId: $id) {{ ... on ProviderDrained {{ providerId }} {REFUSAL} }} }}"""
 # A provider as its owner sees it, and the owner's controls (each answers with it).
 PROVIDER_FIELDS = """providerId status statusReason lastHeartbeatAt pricePerGpuHourMicro
   pricePerGpuHour reputation earningsMicro gpus { index status reason busyJobId }"""

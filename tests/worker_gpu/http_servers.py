@@ -159,11 +159,14 @@ class _GraphQLHandler(BaseHTTPRequestHandler):
         owner.calls.append(body)
         if "registerProvider" in body["query"]:
             provider_id = body["variables"]["input"]["providerId"]
-            answer: dict[str, Any] = {"data": {"registerProvider": {"providerId": provider_id}}}
+            answer: dict[str, Any] = {"data": {"registerProvider": {
+                "__typename": "Provider", "providerId": provider_id}}}
         elif "drainProvider" in body["query"]:
-            answer = {"data": {"drainProvider": True}}
+            answer = {"data": {"drainProvider": {
+                "__typename": "ProviderDrained", "providerId": body["variables"]["id"]}}}
         else:
-            answer = {"data": {"providerHeartbeat": True}}
+            answer = {"data": {"providerHeartbeat": {
+                "__typename": "HeartbeatReceived", "providerId": body["variables"]["id"]}}}
         self._answer(answer)
 
 
