@@ -35,6 +35,7 @@ from activities.control import RECORDED
 from activities.guard import Callers, ours
 from infra import tracing
 from infra.assignments import AssignmentBoard
+from infra.payload_codec import activity_handle
 from workflows import contracts as c
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ async def _watch_once(client: Client, board: AssignmentBoard) -> None:
     waiting = await asyncio.to_thread(board.waiting)
     now = board.clock()
     for a in waiting:
-        handle = client.get_async_activity_handle(task_token=a.task_token)
+        handle = activity_handle(client, a.task_token, a.workflow_id)
         try:
             if now < a.pickup_by:
                 await handle.heartbeat()

@@ -45,6 +45,7 @@ from api import auth, json_body
 from api.dispatch import DispatchDep
 from api.services import Services
 from infra.assignments import Assignment, AssignmentBoard
+from infra.payload_codec import activity_handle
 from readmodel.joblog import LogRefused
 from workflows import contracts as c
 
@@ -171,7 +172,7 @@ async def heartbeat(
         await _store_log(services, a, body.log)
     if not board.due_to_beat(a):  # output comes often; Temporal hears every few seconds
         return {"cancel": False}
-    handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
+    handle = activity_handle(services.temporal, a.task_token, a.workflow_id)
     try:
         await handle.heartbeat(body.details)
     except AsyncActivityCancelledError:
@@ -322,13 +323,13 @@ async def complete(
         raise HTTPException(409, f"assignment {aid!r} is already finished")
     result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
     await _finish(board.board, a, "completed", dataclasses.asdict(result))
-    handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
+    handle = activity_handle(services.temporal, a.task_token, a.workflow_id)
     try:
         return await _deliver(board.board, a, handle.complete(result))
     except HTTPException as err:
         now = await asyncio.to_thread(board.board.get, aid) if err.status_code == 410 else None
         if now is not None and now.task_token != a.task_token:  # taken over meanwhile
-            handle = services.temporal.get_async_activity_handle(task_token=now.task_token)
+            handle = activity_handle(services.temporal, now.task_token, now.workflow_id)
             return await _deliver(board.board, now, handle.complete(result))
         if now is None or not await _reset(services, a):
             raise
@@ -349,7 +350,7 @@ async def fail(
     if body.type in c.CONTROL_PLANE_ERRORS:
         raise HTTPException(400, f"type: {body.type!r} is the control plane's own")
     await _finish(board.board, a, "cancelled" if body.cancelled else "failed")
-    handle = services.temporal.get_async_activity_handle(task_token=a.task_token)
+    handle = activity_handle(services.temporal, a.task_token, a.workflow_id)
     if body.cancelled:
         try:
             await handle.report_cancellation(body.message)

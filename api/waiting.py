@@ -15,6 +15,7 @@ import json
 import logging
 from typing import Any
 
+from temporalio.converter import WorkflowSerializationContext
 from temporalio.service import RPCError
 
 from api.services import Services
@@ -87,19 +88,22 @@ async def verifying_reasons(temporal: Any, job_id: str) -> list[str]:
     for activity in pending:
         name = activity.activity_type.name
         if name == c.ALLOCATE_GPUS:
-            why = await _last_heartbeat(temporal, activity)
+            why = await _last_heartbeat(temporal, handle.id, activity)
             reasons.append(f"{ANOTHER_RUN}: {why}" if why else ANOTHER_RUN)
         elif name in _STEPS:
             reasons.append(_STEPS[name])
     return reasons or ["checking its results: it ends within seconds"]
 
 
-async def _last_heartbeat(temporal: Any, activity: Any) -> str:
+async def _last_heartbeat(temporal: Any, workflow_id: str, activity: Any) -> str:
     payloads = activity.heartbeat_details.payloads
     if not payloads:
         return ""
+    # Sealed for the job's workflow (infra/payload_codec.py): opened for it alone.
+    converter = temporal.data_converter.with_context(
+        WorkflowSerializationContext(temporal.namespace, workflow_id))
     try:
-        details = await temporal.data_converter.decode(payloads)
+        details = await converter.decode(payloads)
     except Exception as err:  # a payload this API cannot read: the wait is still said
         log.info("allocate heartbeat not readable: %s", err)
         return ""

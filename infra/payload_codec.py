@@ -19,25 +19,45 @@ that is not configured is PayloadKeyError, retried (see PayloadRefused). What
 Temporal itself writes in the clear never goes through the codec: search attributes,
 headers (the tracing context), the markers the SDK's core records for local activities and
 patches. The one payload the server itself writes, its marker for an activity cancelled
-before it started, passes decoding as it is (SERVER_MARKERS). The tag proves where a
-payload was made, not for which workflow: a ciphertext copied from one history into
-another workflow still opens, and who may run a control step for which job stays
-activities/guard.py's concern (activities/control.py).
+before it started, passes decoding as it is (SERVER_MARKERS).
+
+Each payload is sealed for the workflow it belongs to: its namespace and workflow id are
+AES-GCM's associated data (format 2, `gpgpu-payload-format` in its metadata), taken from the
+serialization context the SDK gives the codec (`with_context`): a workflow's own payloads,
+its activities' (inputs, results, heartbeats, failures) and its queries' are bound to its
+id; a child's input and result, and a signal sent to another workflow, to that workflow's.
+A ciphertext copied from one history into another workflow (a job's input into JobWorkflow
+under another id, a job's payload signalled to another job) fails its tag there and is
+refused like any unreadable payload. Where the SDK gives no workflow (a client's async
+activity handle by task token, `activity_handle` below gives it one; a standalone
+activity; a plain `decode`), nothing is sealed (PayloadUnbound) and nothing opens
+(refused): no ciphertext is bound to no workflow. The binding is to the workflow id, not
+to its run or to one activity: within one workflow id a payload may still be moved (to a
+later run under the same id, to another of its steps), and who may run a control step for
+which job stays activities/guard.py's concern (activities/control.py).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
+from typing import Any, Self
 
 import temporalio.converter
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
-from temporalio.client import WorkflowHistory
+from temporalio.client import AsyncActivityHandle, Client, WorkflowHistory
+from temporalio.converter import (
+    ActivitySerializationContext,
+    SerializationContext,
+    WithSerializationContext,
+    WorkflowSerializationContext,
+)
 from temporalio.exceptions import ApplicationError
 
 ENCODING = b"binary/encrypted"
@@ -45,6 +65,10 @@ CIPHER = b"AES-256-GCM"
 KEY_ID = "encryption-key-id"
 KEY_BYTES = 32
 NONCE_BYTES = 12
+# Format 2: sealed for one workflow (its namespace and id as associated data). A payload
+# without it (format 1, bound to no workflow) is refused.
+FORMAT = "gpgpu-payload-format"
+FORMAT_VERSION = b"2"
 # What the codec hands the SDK in place of a payload it refused (PayloadCipher.opened).
 REFUSED = b"binary/gpgpu-refused"
 
@@ -98,8 +122,30 @@ def parse_keys(raw: str) -> list[bytes]:
     return keys
 
 
-class PayloadCipher(temporalio.converter.PayloadCodec):
-    """AES-256-GCM over each whole serialized payload (its metadata too), a fresh nonce each."""
+class PayloadUnbound(ValueError):
+    """A payload to seal where the SDK gave no workflow: a bug of the caller (an async
+    activity handle without `activity_handle`?), never sealed for no workflow."""
+
+
+def associated_data(namespace: str, workflow_id: str) -> bytes:
+    """What a payload is sealed for: each part length-prefixed, so no two bindings meet."""
+    parts = [b"gpgpu-temporal-payload", FORMAT_VERSION, namespace.encode(), workflow_id.encode()]
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def workflow_of(context: SerializationContext) -> tuple[str, str] | None:
+    """(namespace, workflow id) that a payload in this context belongs to; None for none (a
+    standalone activity's, a Nexus operation's)."""
+    if (isinstance(context, WorkflowSerializationContext | ActivitySerializationContext)
+            and context.workflow_id):
+        return context.namespace, context.workflow_id
+    return None
+
+
+class PayloadCipher(temporalio.converter.PayloadCodec, WithSerializationContext):
+    """AES-256-GCM over each whole serialized payload (its metadata too), a fresh nonce each,
+    sealed for one workflow: the SDK hands each workflow, activity and client call a copy
+    bound to its workflow (`with_context`); the unbound one seals and opens nothing."""
 
     def __init__(self, keys: Sequence[bytes]):
         if not keys:
@@ -108,19 +154,38 @@ class PayloadCipher(temporalio.converter.PayloadCodec):
             raise PayloadKeyError(f"every payload key is {KEY_BYTES} bytes")
         self._encrypt_id = key_id(keys[0])
         self._aead = {key_id(k): AESGCM(k) for k in keys}
+        self.workflow: tuple[str, str] | None = None  # (namespace, workflow id)
+
+    def for_workflow(self, namespace: str, workflow_id: str) -> PayloadCipher:
+        """This cipher, sealing and opening for one workflow (the same keys)."""
+        bound = copy.copy(self)
+        bound.workflow = (namespace, workflow_id) if workflow_id else None
+        return bound
+
+    def with_context(self, context: SerializationContext) -> Self:
+        bound = copy.copy(self)
+        bound.workflow = workflow_of(context)
+        return bound
 
     def encrypt(self, payload: Payload) -> Payload:
+        if self.workflow is None:
+            raise PayloadUnbound(
+                "a payload to encrypt for no workflow: the SDK gave this codec no workflow"
+                " (a handle by task token needs infra.payload_codec.activity_handle)"
+            )
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._aead[self._encrypt_id].encrypt(nonce, payload.SerializeToString(), None)
+        sealed = self._aead[self._encrypt_id].encrypt(
+            nonce, payload.SerializeToString(), associated_data(*self.workflow)
+        )
         return Payload(
             metadata={"encoding": ENCODING, "encryption-cipher": CIPHER,
-                      KEY_ID: self._encrypt_id.encode()},
+                      KEY_ID: self._encrypt_id.encode(), FORMAT: FORMAT_VERSION},
             data=nonce + sealed,
         )
 
     def decrypt(self, payload: Payload) -> Payload:
-        """The payload `encrypt` sealed (or a marker of the server's); PayloadRefused for any
-        other."""
+        """The payload `encrypt` sealed for this workflow (or a marker of the server's);
+        PayloadRefused for any other."""
         if payload.metadata.get("encoding") != ENCODING:
             if payload.SerializeToString(deterministic=True) in SERVER_MARKERS:
                 return payload
@@ -130,6 +195,9 @@ class PayloadCipher(temporalio.converter.PayloadCodec):
                 " of the network is encrypted with a key of GPGPU_TEMPORAL_PAYLOAD_KEYS, so"
                 " this one was written by a process without the key"
             )
+        if self.workflow is None:
+            raise PayloadRefused("a payload read for no workflow was refused: each is sealed"
+                                 " for one workflow and opens only there")
         name = payload.metadata.get(KEY_ID, b"").decode(errors="replace")
         aead = self._aead.get(name)
         if aead is None and len(name) != len(self._encrypt_id):
@@ -140,11 +208,22 @@ class PayloadCipher(temporalio.converter.PayloadCodec):
                 " GPGPU_TEMPORAL_PAYLOAD_KEYS (an old key dropped too soon? the workflow's"
                 " task is retried until it is listed again)"
             )
+        namespace, workflow_id = self.workflow
+        if payload.metadata.get(FORMAT) != FORMAT_VERSION:
+            raise PayloadRefused(
+                f"a payload under key {name!r} is sealed for no workflow (format"
+                f" {payload.metadata.get(FORMAT, b'1').decode(errors='replace')!r}, not"
+                f" {FORMAT_VERSION.decode()!r}): refused in workflow {workflow_id!r}"
+            )
         try:
-            plain = aead.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], None)
+            plain = aead.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:],
+                                 associated_data(namespace, workflow_id))
         except InvalidTag as err:
-            raise PayloadRefused(f"a payload under key {name!r} failed its integrity check") \
-                from err
+            raise PayloadRefused(
+                f"a payload under key {name!r} failed its integrity check in workflow"
+                f" {workflow_id!r} (namespace {namespace!r}): altered, or sealed for another"
+                " workflow and copied here"
+            ) from err
         return Payload.FromString(plain)
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
@@ -210,19 +289,51 @@ def data_converter(keys: Sequence[bytes]) -> temporalio.converter.DataConverter:
     )
 
 
-def decrypt_history(history: WorkflowHistory, keys: Sequence[bytes]) -> WorkflowHistory:
-    """A copy of `history` with every encrypted payload decrypted in place (the failures'
-    encoded attributes stay as payloads), to read it: what Temporal keeps in the clear
-    (search attributes, headers, the core's markers) stays as it is; PayloadRefused for a
-    ciphertext no key opens."""
+def activity_handle(client: Client, task_token: bytes, workflow_id: str) -> AsyncActivityHandle:
+    """The handle that heartbeats, completes or fails a workflow's activity by its task
+    token, its payloads sealed for that workflow: the SDK gives a handle by task token no
+    workflow of its own (and seals nothing for none, PayloadUnbound)."""
+    return client.get_async_activity_handle(task_token=task_token).with_context(
+        ActivitySerializationContext(
+            namespace=client.namespace, workflow_id=workflow_id, workflow_type=None,
+            activity_id=None, activity_type=None, activity_task_queue=None, is_local=False,
+        )
+    )
+
+
+def decrypt_history(history: WorkflowHistory, keys: Sequence[bytes],
+                    namespace: str) -> WorkflowHistory:
+    """A copy of `history` (of a workflow in `namespace`) with every encrypted payload
+    decrypted in place (the failures' encoded attributes stay as payloads), to read it: what
+    Temporal keeps in the clear (search attributes, headers, the core's markers) stays as it
+    is; PayloadRefused for a ciphertext no key opens for the workflow it belongs to (a
+    child's or a signalled workflow's for theirs)."""
     cipher = PayloadCipher(keys)
     events = []
     for event in history.events:
-        copy = type(event)()
-        copy.CopyFrom(event)
-        _decrypt_all(copy, cipher)
-        events.append(copy)
+        opened = type(event)()
+        opened.CopyFrom(event)
+        _decrypt_all(opened, cipher.for_workflow(*_sealed_for(opened, namespace,
+                                                             history.workflow_id)))
+        events.append(opened)
     return WorkflowHistory(history.workflow_id, events)
+
+
+def _sealed_for(event: Message, namespace: str, workflow_id: str) -> tuple[str, str]:
+    """The workflow an event's payloads were sealed for: a child's start and outcome and a
+    signal sent out name the other workflow; every other event is the history's own."""
+    name = event.WhichOneof("attributes")
+    if not name:
+        return namespace, workflow_id
+    attributes: Any = getattr(event, name)
+    if ("workflow_execution" in attributes.DESCRIPTOR.fields_by_name
+            and attributes.HasField("workflow_execution")):
+        workflow_id = attributes.workflow_execution.workflow_id
+    elif name == "start_child_workflow_execution_initiated_event_attributes":
+        workflow_id = attributes.workflow_id
+    else:
+        return namespace, workflow_id
+    return (getattr(attributes, "namespace", "") or namespace), workflow_id
 
 
 def _decrypt_all(message: Message, cipher: PayloadCipher) -> None:

@@ -7,8 +7,9 @@ change of what the workflow does: the last test changes one step's name and sees
 history refuse it.
 
 The histories are kept as Temporal stored them, every payload encrypted with the public test
-key (tests/support/temporal.py), and replay with the network's codec: the same history with
-its payloads in the clear, as an outsider without the key would write it, does not replay.
+key (tests/support/temporal.py) and sealed for its workflow, and replay with the network's
+codec: the same history with its payloads in the clear, as an outsider without the key would
+write it, does not replay, nor does it under another workflow id.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
+from temporalio.converter import WorkflowSerializationContext
 from temporalio.worker import Replayer
 
 import workflows.contracts as c
@@ -25,14 +27,19 @@ from tests.support.temporal import TEST_PAYLOAD_KEYS
 from workflows.job import JobWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "replay").glob("*.json"))
+NAMESPACE = "default"  # where tests/replay/record.py's network ran: payloads are sealed for it
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[JobWorkflow], data_converter=data_converter(TEST_PAYLOAD_KEYS))
+    return Replayer(workflows=[JobWorkflow], namespace=NAMESPACE,
+                    data_converter=data_converter(TEST_PAYLOAD_KEYS))
 
 
 def history(path: Path) -> WorkflowHistory:
-    return WorkflowHistory.from_json(f"job-{path.stem}", path.read_text())
+    """The recorded history, under its workflow's id (its first event names it)."""
+    events = WorkflowHistory.from_json("", path.read_text()).events
+    return WorkflowHistory(events[0].workflow_execution_started_event_attributes.workflow_id,
+                           events)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
@@ -44,18 +51,39 @@ async def test_history_replays(path: Path) -> None:
 def test_there_are_histories() -> None:
     assert len(HISTORIES) >= 9, "record them: python -m tests.replay.record"
     for path in HISTORIES:
-        assert '"YmluYXJ5L2VuY3J5cHRlZA=="' in path.read_text(), f"{path.name}: not encrypted"
+        text = path.read_text()
+        sealed = text.count('"YmluYXJ5L2VuY3J5cHRlZA=="')  # binary/encrypted
+        assert sealed, f"{path.name}: not encrypted"
+        # Each sealed for its workflow (format 2): record again after a format change.
+        assert text.count('"gpgpu-payload-format": "Mg=="') == sealed, path.name
 
 
 async def test_a_history_in_the_clear_does_not_replay() -> None:
     # The codec refuses the workflow's input: the workflow fails at its first task, where
     # the history ran a step.
-    plain = decrypt_history(history(HISTORIES[0]), TEST_PAYLOAD_KEYS)
+    plain = decrypt_history(history(HISTORIES[0]), TEST_PAYLOAD_KEYS, NAMESPACE)
     result = await replayer().replay_workflow(plain, raise_on_replay_failure=False)
     assert result.replay_failure is not None
     started = plain.events[0].workflow_execution_started_event_attributes.input.payloads
+    own = WorkflowSerializationContext(NAMESPACE, plain.workflow_id)
     with pytest.raises(PayloadRefused, match="in the clear"):
-        await data_converter(TEST_PAYLOAD_KEYS).decode(started, [c.JobInput])
+        await data_converter(TEST_PAYLOAD_KEYS).with_context(own).decode(started, [c.JobInput])
+
+
+@pytest.mark.parametrize("where", ["another workflow id", "another namespace"])
+async def test_a_history_under_another_workflow_does_not_replay(where: str) -> None:
+    # Its payloads are sealed for the workflow that wrote them: under another id (or in
+    # another namespace) its input is refused at the first task, where the history ran a
+    # step.
+    recorded = history(HISTORIES[0])
+    moved = WorkflowHistory(f"{recorded.workflow_id}-copy", recorded.events) \
+        if where == "another workflow id" else recorded
+    namespace = NAMESPACE if where == "another workflow id" else "elsewhere"
+    result = await Replayer(workflows=[JobWorkflow], namespace=namespace,
+                            data_converter=data_converter(TEST_PAYLOAD_KEYS)
+                            ).replay_workflow(moved, raise_on_replay_failure=False)
+    assert "LocalActivity(1)" in str(result.replay_failure)  # its first step (admit) never ran
+    assert (await replayer().replay_workflow(recorded)).replay_failure is None
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

@@ -27,6 +27,7 @@ from temporalio import activity
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import RawValue
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -37,7 +38,7 @@ from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWor
 from tests.adversarial.rogue import State, settled
 from tests.e2e.network import Network, network
 from tests.support.graphql import CANCEL, SUBMIT, accepted
-from workflows.contracts import JobInput, job_workflow_id
+from workflows.contracts import JobInput, JobResult, job_workflow_id
 
 pytestmark = pytest.mark.e2e
 
@@ -124,6 +125,83 @@ async def test_a_workflow_started_with_plaintext_input_is_refused_and_nothing_is
     assert settled(state, wait_s=0.2) == before
     job = net.gql("query($id: ID!) { job(id: $id) { state } }", "victim", id=victim)["job"]
     assert job["state"] == "QUEUED"
+
+
+async def copied_input(outsider: Client, job_id: str) -> Payload:
+    """A job's input as its history holds it, sealed by the network: what an outsider with
+    Temporal's frontend and no key can copy."""
+    history = await outsider.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
+    (sealed,) = history.events[0].workflow_execution_started_event_attributes.input.payloads
+    assert sealed.metadata["encoding"] == b"binary/encrypted"
+    return sealed
+
+
+@pytest.mark.parametrize("under", ["the outsider's id", "another job's own id"])
+async def test_a_jobs_sealed_input_copied_into_another_workflow_is_refused(
+    net: Network, state: State, temporal_server: str, under: str
+) -> None:
+    # The outsider reads a victim's live job's history and starts the network's JobWorkflow
+    # on the control queue with that job's input, byte for byte (the network's own
+    # ciphertext), under an id of its own or under the id the step guard expects of a job
+    # never submitted: the payload is sealed for the victim's workflow and opens in no other.
+    victim = waiting_job(net)
+    outsider = await Client.connect(temporal_server)
+    sealed = await copied_input(outsider, victim)
+    before = settled(state, wait_s=0.2)
+    workflow_id = (f"outside-copy-{time.monotonic_ns()}" if under == "the outsider's id"
+                   else job_workflow_id(f"forged{time.monotonic_ns()}"))
+    await outsider.start_workflow(
+        "JobWorkflow", RawValue(sealed), id=workflow_id,
+        task_queue=net.stack.env["GPGPU_CONTROL_TASK_QUEUE"],
+        execution_timeout=timedelta(seconds=60),
+    )
+    started = time.monotonic()
+    ours = await with_key(net)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await ours.get_workflow_handle(workflow_id).result()
+    assert time.monotonic() - started < 30  # failed at its first task, not at its timeout
+    assert cause_type(failed.value) == "PayloadRefused", repr(failed.value.cause)
+    assert f"failed its integrity check in workflow {workflow_id!r}" in str(failed.value.cause)
+    assert "sealed for another workflow" in str(failed.value.cause)
+
+    history = await outsider.get_workflow_handle(workflow_id).fetch_history()
+    kinds = [e.event_type for e in history.events]
+    assert kinds[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+    assert not [EventType.Name(k) for k in kinds if k in RAN]
+    assert settled(state, wait_s=0.2) == before
+    job = net.gql("query($id: ID!) { job(id: $id) { state } }", "victim", id=victim)["job"]
+    assert job["state"] == "QUEUED"
+
+
+async def test_a_finished_jobs_input_started_again_under_its_own_id_changes_nothing(
+    net: Network, state: State, temporal_server: str
+) -> None:
+    # What the binding leaves open: a payload is sealed for a workflow id, not for one run
+    # of it, so a finished job's own input opens in a new run under the job's id. Every
+    # step refuses a job that has ended (as after a reset): the run ends with the job's own
+    # ending and records nothing.
+    job_id = waiting_job(net)
+    assert accepted(net.gql(CANCEL, "victim", id=job_id)["cancelJob"])["id"] == job_id
+    assert net.wait_job(job_id, ("CANCELLED",), "victim", timeout_s=30)["state"] == "CANCELLED"
+    outsider = await Client.connect(temporal_server)
+    sealed = await copied_input(outsider, job_id)
+    ours = await with_key(net)
+    await ours.get_workflow_handle(job_workflow_id(job_id)).result()  # its run has ended
+    before = settled(state, wait_s=0.2)
+
+    again = await outsider.start_workflow(
+        "JobWorkflow", RawValue(sealed), id=job_workflow_id(job_id),
+        task_queue=net.stack.env["GPGPU_CONTROL_TASK_QUEUE"],
+        execution_timeout=timedelta(seconds=60),
+    )
+    result = await ours.get_workflow_handle(job_workflow_id(job_id), run_id=again.result_run_id,
+                                            result_type=JobResult).result()
+    assert (result.job_id, result.state) == (job_id, "CANCELLED")
+    history = await outsider.get_workflow_handle(
+        job_workflow_id(job_id), run_id=again.result_run_id).fetch_history()
+    assert not [e for e in history.events
+                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert settled(state, wait_s=0.2) == before
 
 
 async def test_a_control_step_scheduled_with_plaintext_input_is_refused(

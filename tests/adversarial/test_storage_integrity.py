@@ -74,7 +74,8 @@ def plan_of(net: Network, job_id: str, attempt: int = 1) -> dict[str, Any]:
     async def read() -> dict[str, Any]:
         temporal = await Client.connect(net.stack.settings.temporal_address)
         raw = await temporal.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
-        history = decrypt_history(raw, net.stack.settings.payload_keys)  # as the network reads it
+        history = decrypt_history(raw, net.stack.settings.payload_keys,  # as the network reads it
+                                  net.stack.settings.temporal_namespace)
         for event in history.events:
             payloads: list[Any] = []
             if event.HasField("activity_task_completed_event_attributes"):

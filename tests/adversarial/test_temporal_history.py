@@ -71,7 +71,8 @@ async def test_a_jobs_env_and_grants_are_ciphertext_in_temporal(
     stored = serialized(raw.events) + raw.to_json().encode()
 
     # The same history decrypted holds the secret and the grants: so they are there to hide.
-    plain = serialized(decrypt_history(raw, settings.payload_keys).events)
+    plain = serialized(decrypt_history(raw, settings.payload_keys,
+                                      settings.temporal_namespace).events)
     signatures = set(SIG.findall(plain))
     assert secret.encode() in plain
     assert len(signatures) >= 2, "no input and output grants in the decrypted history"
@@ -91,11 +92,11 @@ async def test_a_jobs_env_and_grants_are_ciphertext_in_temporal(
                                 data_converter=settings.temporal_converter())
     result = await ours.get_workflow_handle(job_workflow_id(job_id), result_type=JobResult).result()
     assert result.state == "SUCCEEDED"
-    replayed = await Replayer(workflows=[JobWorkflow], data_converter=settings.temporal_converter()
-                              ).replay_workflow(raw)
+    replayed = await Replayer(workflows=[JobWorkflow], namespace=settings.temporal_namespace,
+                              data_converter=settings.temporal_converter()).replay_workflow(raw)
     assert replayed.replay_failure is None
     with pytest.raises(PayloadKeyError, match="not among GPGPU_TEMPORAL_PAYLOAD_KEYS"):
-        decrypt_history(raw, [secrets.token_bytes(32)])
+        decrypt_history(raw, [secrets.token_bytes(32)], settings.temporal_namespace)
 
 
 @pytest.mark.parametrize("service", ["api", "activities.worker"])

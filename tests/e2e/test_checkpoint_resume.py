@@ -132,7 +132,8 @@ def test_a_job_resumes_from_its_checkpoint_on_another_provider(net: Network) -> 
         temporal = await Client.connect(net.stack.settings.temporal_address)
         history = await temporal.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
         result = await Replayer(
-            workflows=[JobWorkflow], data_converter=net.stack.settings.temporal_converter()
+            workflows=[JobWorkflow], namespace=net.stack.settings.temporal_namespace,
+            data_converter=net.stack.settings.temporal_converter(),
         ).replay_workflow(history)
         assert result.replay_failure is None
 

@@ -151,7 +151,8 @@ async def test_workflow_is_visible_and_replays(net: Network, temporal_server: st
         assert name in scheduled
     ARTIFACTS.mkdir(exist_ok=True)
     # Decrypted, as a replay fixture is committed (tests/replay/ replays without a key).
-    plain = decrypt_history(history, net.stack.settings.payload_keys)
+    plain = decrypt_history(history, net.stack.settings.payload_keys,
+                            net.stack.settings.temporal_namespace)
     (ARTIFACTS / "job_workflow_history.json").write_text(plain.to_json())
     replayed = await Replayer(workflows=[JobWorkflow]).replay_workflow(plain)
     assert replayed.replay_failure is None

@@ -96,6 +96,7 @@ async def test_a_job_is_found_by_client_and_ends_succeeded(
     # The upserts are in the history, and it replays against today's code.
     history = await temporal.get_workflow_handle(found.id).fetch_history()
     replayed = await Replayer(workflows=[JobWorkflow],
+                              namespace=net.stack.settings.temporal_namespace,
                               data_converter=net.stack.settings.temporal_converter(),
                               ).replay_workflow(history)
     assert replayed.replay_failure is None

@@ -109,13 +109,14 @@ async def test_one_trace_links_the_request_to_the_gpu_activity(
     temporal = await Client.connect(temporal_server)
     history = await temporal.get_workflow_handle(f"job-{job_id}").fetch_history()
     converter = net.stack.settings.temporal_converter()  # its payloads are encrypted
-    plain = await Replayer(workflows=[JobWorkflow], data_converter=converter).replay_workflow(
-        history)
+    namespace = net.stack.settings.temporal_namespace  # payloads are sealed for it
+    plain = await Replayer(workflows=[JobWorkflow], namespace=namespace,
+                           data_converter=converter).replay_workflow(history)
     assert plain.replay_failure is None
     # As in a traced control worker, but without making this test process's provider global.
     monkeypatch.setattr(tracing, "_provider", TracerProvider())
     options = tracing.worker_options()
     assert options  # the sandbox passes opentelemetry through
     replayer = Replayer(workflows=[JobWorkflow], interceptors=tracing.interceptors(),
-                        data_converter=converter, **options)
+                        namespace=namespace, data_converter=converter, **options)
     assert (await replayer.replay_workflow(history)).replay_failure is None

@@ -1,6 +1,7 @@
-"""Temporal payloads are encrypted with the first key, opened by any listed key; a payload in
-the clear, under another key or altered is refused (a non-retryable ApplicationError, so the
-workflow or step given it fails at once)."""
+"""Temporal payloads are encrypted with the first key, opened by any listed key, each sealed
+for one workflow (its namespace and id); a payload in the clear, under another key, altered
+or sealed for another workflow is refused (a non-retryable ApplicationError, so the workflow
+or step given it fails at once)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ from pathlib import Path
 
 import pytest
 import temporalio.converter
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import WorkflowHistory
+from temporalio.converter import (
+    ActivitySerializationContext,
+    DataConverter,
+    WorkflowSerializationContext,
+)
 from temporalio.exceptions import ApplicationError
 
 from infra.payload_codec import (
@@ -20,12 +30,32 @@ from infra.payload_codec import (
     PayloadConverter,
     PayloadKeyError,
     PayloadRefused,
-    data_converter,
+    PayloadUnbound,
+    decrypt_history,
     parse_keys,
 )
+from infra.payload_codec import data_converter as network_converter
 from infra.settings import Settings
 
 OLD, NEW = secrets.token_bytes(32), secrets.token_bytes(32)
+JOB = WorkflowSerializationContext("default", "job-a")  # the workflow most payloads are for
+
+
+def cipher_for(keys: list[bytes]) -> PayloadCipher:
+    """The codec as the SDK hands it to a workflow (job-a) and its activities."""
+    return PayloadCipher(keys).with_context(JOB)
+
+
+def data_converter(keys: list[bytes]) -> DataConverter:
+    return network_converter(keys).with_context(JOB)
+
+
+def step_of(workflow_id: str, namespace: str = "default") -> ActivitySerializationContext:
+    """What the SDK gives an activity a workflow scheduled (its worker's side)."""
+    return ActivitySerializationContext(
+        namespace=namespace, workflow_id=workflow_id, workflow_type="JobWorkflow",
+        activity_id="7", activity_type="execute_job", activity_task_queue="control",
+        is_local=False)
 
 
 def payload(text: bytes) -> Payload:
@@ -55,7 +85,7 @@ def strict_refusal(cipher: PayloadCipher) -> Callable[[Payload], PayloadRefused 
 
 
 async def test_a_payload_is_ciphertext_and_opens_again() -> None:
-    cipher = PayloadCipher([NEW])
+    cipher = cipher_for([NEW])
     (sealed,) = await cipher.encode([payload(b'{"env": "tok-secret"}')])
     assert sealed.metadata["encoding"] == b"binary/encrypted"
     assert b"tok-secret" not in sealed.SerializeToString()
@@ -66,34 +96,129 @@ async def test_a_payload_is_ciphertext_and_opens_again() -> None:
 
 
 async def test_rotation_the_first_key_encrypts_and_every_listed_key_decrypts() -> None:
-    (by_old,) = await PayloadCipher([OLD]).encode([payload(b"written before the rotation")])
-    rotated = PayloadCipher([NEW, OLD])
+    (by_old,) = await cipher_for([OLD]).encode([payload(b"written before the rotation")])
+    rotated = cipher_for([NEW, OLD])
     assert (await rotated.decode([by_old]))[0].data == b"written before the rotation"
     (by_new,) = await rotated.encode([payload(b"after")])
-    assert (await PayloadCipher([NEW]).decode([by_new]))[0].data == b"after"
+    assert (await cipher_for([NEW]).decode([by_new]))[0].data == b"after"
     with pytest.raises(PayloadKeyError, match="not among GPGPU_TEMPORAL_PAYLOAD_KEYS"):
-        PayloadCipher([OLD]).decrypt(by_new)
+        cipher_for([OLD]).decrypt(by_new)
     # Once the old key is dropped, what it wrote no longer opens; retryable (not a refusal
     # that fails the workflow): a key dropped too soon is put back and the task retried.
     # Raised where the value is read, as a refusal is.
-    (set_aside,) = await PayloadCipher([NEW]).decode([by_old])
+    (set_aside,) = await cipher_for([NEW]).decode([by_old])
     with pytest.raises(PayloadKeyError, match="not among GPGPU_TEMPORAL_PAYLOAD_KEYS") as err:
         PayloadConverter().from_payloads([set_aside])
     assert not isinstance(err.value, ApplicationError)
 
 
+async def test_a_payload_sealed_for_one_workflow_opens_there_and_nowhere_else() -> None:
+    (sealed,) = await cipher_for([NEW]).encode([payload(b'{"job_id": "a"}')])
+    assert sealed.metadata["gpgpu-payload-format"] == b"2"
+    # The same workflow opens it: its own tasks, and the activities it scheduled.
+    for same in (JOB, step_of("job-a")):
+        assert await PayloadCipher([NEW]).with_context(same).decode([sealed]) == [
+            payload(b'{"job_id": "a"}')]
+    # Copied into another workflow, or the same id in another namespace: refused.
+    for other in (WorkflowSerializationContext("default", "job-b"), step_of("job-b"),
+                  WorkflowSerializationContext("staging", "job-a"), step_of("job-a", "staging"),
+                  WorkflowSerializationContext("default", "job-a ")):
+        with pytest.raises(PayloadRefused, match="sealed for another workflow"):
+            await refused_by(PayloadCipher([NEW]).with_context(other), [sealed])
+
+
+async def test_a_value_and_a_failure_copied_to_another_workflow_are_refused() -> None:
+    converter = network_converter([NEW])
+    a, b = (converter.with_context(WorkflowSerializationContext("default", w))
+            for w in ("job-a", "job-b"))
+    (sealed,) = await a.encode(["grant sig=tok-secret"])
+    assert await a.decode([sealed], [str]) == ["grant sig=tok-secret"]
+    with pytest.raises(PayloadRefused, match="in workflow 'job-b'"):
+        await b.decode([sealed], [str])
+    # A failure: its message (and stack) do not open elsewhere; its details are refused.
+    failure = Failure()
+    await a.encode_failure(ApplicationError("step failed: tok-secret", "detail"), failure)
+    copied = Failure()
+    copied.CopyFrom(failure)  # decoding opens a failure in place
+    opened = await a.decode_failure(failure)
+    assert str(opened) == "step failed: tok-secret"
+    assert opened.details == ("detail",)  # type: ignore[attr-defined]
+    with pytest.raises(PayloadRefused, match="sealed for another workflow"):
+        await b.decode_failure(copied)
+    del copied.application_failure_info.details.payloads[:]
+    assert str(await b.decode_failure(copied)) == "Encoded failure"
+
+
+async def test_where_the_sdk_gives_no_workflow_nothing_is_sealed_and_nothing_opens() -> None:
+    (sealed,) = await cipher_for([NEW]).encode([payload(b'"for job-a"')])
+    standalone = ActivitySerializationContext(
+        namespace="default", workflow_id=None, workflow_type=None, activity_id="act-1",
+        activity_type="settle_job", activity_task_queue="control", is_local=False)
+    for unbound in (PayloadCipher([NEW]), PayloadCipher([NEW]).with_context(standalone),
+                    PayloadCipher([NEW]).for_workflow("default", "")):
+        with pytest.raises(PayloadUnbound, match="no workflow"):
+            await unbound.encode([payload(b'"anything"')])
+        with pytest.raises(PayloadRefused, match="for no workflow"):
+            await refused_by(unbound, [sealed])
+    with pytest.raises(PayloadUnbound):  # the converter as a client holds it, before a call
+        await network_converter([NEW]).encode(["x"])
+
+
+@pytest.mark.parametrize("how", ["written by an earlier version", "relabelled"])
+async def test_a_payload_sealed_for_no_workflow_is_refused(how: str) -> None:
+    # Format 1 (before payloads were bound to their workflow): a tag with no associated
+    # data. Accepting it anywhere would let such a ciphertext be copied into any workflow.
+    cipher = cipher_for([NEW])
+    (sealed,) = await cipher.encode([payload(b'"x"')])
+    if how == "written by an earlier version":
+        nonce = secrets.token_bytes(12)
+        sealed.data = nonce + AESGCM(NEW).encrypt(nonce, payload(b'"x"').SerializeToString(),
+                                                   None)
+    del sealed.metadata["gpgpu-payload-format"]
+    with pytest.raises(PayloadRefused, match="sealed for no workflow"):
+        await refused_by(cipher, [sealed])
+
+
+async def test_a_history_is_read_with_each_payload_for_the_workflow_it_was_sealed_for() -> None:
+    # A parent's history holds its child's input and result, sealed for the child.
+    parent, child = (PayloadCipher([NEW]).for_workflow("default", w)
+                     for w in ("job-a", "canary-a-p1"))
+    events = [HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED),
+              HistoryEvent(event_type=EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED),
+              HistoryEvent(event_type=EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED)]
+    started = events[0].workflow_execution_started_event_attributes
+    started.input.payloads.append(parent.encrypt(payload(b'"job input"')))
+    initiated = events[1].start_child_workflow_execution_initiated_event_attributes
+    initiated.workflow_id = "canary-a-p1"
+    initiated.input.payloads.append(child.encrypt(payload(b'"canary input"')))
+    completed = events[2].child_workflow_execution_completed_event_attributes
+    completed.workflow_execution.workflow_id = "canary-a-p1"
+    completed.result.payloads.append(child.encrypt(payload(b'"canary result"')))
+
+    plain = decrypt_history(WorkflowHistory("job-a", events), [NEW], "default")
+    assert [p.data for p in (plain.events[0].workflow_execution_started_event_attributes.input
+                             .payloads[0],
+                             plain.events[1].start_child_workflow_execution_initiated_event_attributes
+                             .input.payloads[0],
+                             plain.events[2].child_workflow_execution_completed_event_attributes
+                             .result.payloads[0])] == [b'"job input"', b'"canary input"',
+                                                        b'"canary result"']
+    with pytest.raises(PayloadRefused, match="in workflow 'job-b'"):
+        decrypt_history(WorkflowHistory("job-b", events), [NEW], "default")
+
+
 @pytest.mark.parametrize("where", ["last byte", "nonce", "key id"])
 async def test_a_tampered_payload_is_refused(where: str) -> None:
-    (sealed,) = await PayloadCipher([NEW, OLD]).encode([payload(b"grant")])
+    (sealed,) = await cipher_for([NEW, OLD]).encode([payload(b"grant")])
     if where == "last byte":
         sealed.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
     elif where == "nonce":
         sealed.data = bytes([sealed.data[0] ^ 1]) + sealed.data[1:]
     else:  # named as the other listed key: that key does not open it
-        (other,) = await PayloadCipher([OLD]).encode([payload(b"x")])
+        (other,) = await cipher_for([OLD]).encode([payload(b"x")])
         sealed.metadata["encryption-key-id"] = other.metadata["encryption-key-id"]
     with pytest.raises(PayloadRefused, match="integrity"):
-        await refused_by(PayloadCipher([NEW, OLD]), [sealed])
+        await refused_by(cipher_for([NEW, OLD]), [sealed])
 
 
 @pytest.mark.parametrize("plain", [
@@ -104,7 +229,7 @@ async def test_a_tampered_payload_is_refused(where: str) -> None:
     Payload(metadata={"encoding": b"binary/encrypted"}, data=b'{"job_id": "j1"}'),
 ])
 async def test_a_payload_not_encrypted_by_the_network_is_refused(plain: Payload) -> None:
-    cipher = PayloadCipher([NEW, OLD])
+    cipher = cipher_for([NEW, OLD])
     with pytest.raises(PayloadRefused) as refused:
         await refused_by(cipher, [(await cipher.encode([payload(b'"ok"')]))[0], plain])
     # What the SDK needs to fail the workflow (or step) at once rather than retry its task.
@@ -118,7 +243,7 @@ async def test_the_servers_marker_for_an_activity_cancelled_before_it_started_pa
     # activity no worker has started (a check run still waiting for a GPU): refusing them
     # failed the job's workflow.
     marker = payload(b'"ACTIVITY_ID_NOT_STARTED"')
-    assert await PayloadCipher([NEW]).decode([marker]) == [marker]
+    assert await cipher_for([NEW]).decode([marker]) == [marker]
     failure = Failure()
     failure.canceled_failure_info.details.payloads.add().CopyFrom(marker)
     cancelled = await data_converter([NEW]).decode_failure(failure)
@@ -128,14 +253,14 @@ async def test_the_servers_marker_for_an_activity_cancelled_before_it_started_pa
                  Payload(metadata={"encoding": b"json/plain", "x": b"1"},
                          data=b'"ACTIVITY_ID_NOT_STARTED"')):
         with pytest.raises(PayloadRefused, match="in the clear"):
-            await refused_by(PayloadCipher([NEW]), [near])
+            await refused_by(cipher_for([NEW]), [near])
 
 
 async def test_a_refused_payload_fails_only_where_its_value_is_read() -> None:
     # The codec hands the SDK a REFUSED payload in its place (the SDK decodes a workflow's
     # whole activation at once: one bad signal must not fail the rest); reading its value
     # raises, writing one is impossible.
-    cipher = PayloadCipher([NEW])
+    cipher = cipher_for([NEW])
     (good,) = await cipher.encode([payload(b'"fine"')])
     opened, refused = await cipher.decode([good, payload(b'"forged"')])
     assert opened == payload(b'"fine"')

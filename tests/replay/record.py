@@ -6,8 +6,10 @@ A Temporal dev server, the API, the control worker and three provider agents (of
 owners) run the scenarios below, one job each; each job's history is written as
 `job_workflow_<scenario>.json` and the files of scenarios no longer listed are removed.
 The network runs with the public test key (tests/support/temporal.py TEST_PAYLOAD_KEYS): the
-histories are kept as Temporal stored them, every payload encrypted, and tests/test_replay.py
-replays them with the network's codec, which refuses a payload in the clear.
+histories are kept as Temporal stored them, every payload encrypted and sealed for its
+workflow (its id is in the history's first event; the namespace is Temporal's `default`), and
+tests/test_replay.py replays them with the network's codec, which refuses a payload in the
+clear or sealed for another workflow.
 Record again (and commit the files) whenever JobWorkflow changes before a release; after a
 release a change goes behind `workflow.patched`, and the histories of the release stay.
 """
@@ -174,7 +176,7 @@ SCENARIOS: dict[str, Callable[[Network], str]] = {
 async def fetch(address: str, job_id: str) -> str:
     temporal = await Client.connect(address)  # no codec: the history as Temporal keeps it
     history = await temporal.get_workflow_handle(job_workflow_id(job_id)).fetch_history()
-    replayed = await Replayer(workflows=[JobWorkflow],
+    replayed = await Replayer(workflows=[JobWorkflow], namespace=temporal.namespace,
                               data_converter=data_converter(TEST_PAYLOAD_KEYS)
                               ).replay_workflow(history)
     assert replayed.replay_failure is None, replayed.replay_failure
