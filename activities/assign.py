@@ -31,8 +31,8 @@ from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities.control import RECORDED
 from activities.guard import Callers, ours
+from activities.refusals import RECORDED
 from infra import tracing
 from infra.assignments import AssignmentBoard
 from infra.payload_codec import activity_handle

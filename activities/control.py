@@ -2,7 +2,8 @@
 
 Synchronous (the eventsourcing application is synchronous); the worker runs
 them in a thread pool. Every one is safe to run twice: the application's
-commands are idempotent by business key.
+commands are idempotent by business key; a step a Temporal reset runs again for a job that
+ended, or for an attempt that already ran, is refused (activities/refusals.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, Ca
 from activities import checkpoints
 from activities.grants import OUTPUT_GRANT_BYTES, Grants
 from activities.guard import Callers, ours
+from activities.refusals import ended_job, live, refuse, spent
 from activities.scheduler import Scheduler
 from activities.verify import judge, output_key
 from domain.application import Network, Payment
@@ -66,55 +68,6 @@ def _step_data(step: c.JobStep) -> dict[str, object]:
     elif step.step == "outputs_uploaded":
         data |= {"manifest": [asdict(m) for m in step.manifest], "missing": step.missing}
     return data
-
-
-def _refuse(err: Exception) -> ApplicationError:
-    return ApplicationError(str(err), type=type(err).__name__, non_retryable=True)
-
-
-def ended_job(job: Job) -> c.EndedJob:
-    charged = (job.settlement or {}).get("charged_micro", 0)
-    return c.EndedJob(job.state, job.reason, job.accepted_provider, charged)
-
-
-def _ended(job: Job, step: str) -> ApplicationError:
-    """The refusal of a step for a job that has already ended (a Temporal reset re-ran it):
-    the workflow ends with the job's recorded outcome, and nothing runs or is stored again."""
-    return ApplicationError(
-        f"job {job.job_id} has already ended ({job.state}); {step} is not run again",
-        asdict(ended_job(job)), type=c.JOB_ENDED, non_retryable=True,
-    )
-
-
-def _live(job: Job, step: str) -> None:
-    """Refuse a step of a job that ended.
-
-    A reset's new run may go through an attempt that already ran (its steps are recorded
-    once): its GPU steps take the earlier run's results over, and are refused
-    (AttemptSpent) rather than run again (activities/assign.py)."""
-    if job.ended:
-        raise _ended(job, step)
-
-
-# The GPU steps of an attempt, by the job step that records each one's result.
-RECORDED = {c.EXECUTE_JOB: "execution_finished", c.UPLOAD_OUTPUTS: "outputs_uploaded"}
-
-
-def _spent(board: AssignmentBoard, job: Job, attempt: int, step: str) -> None:
-    """Refuse a run of an attempt that already ran (a reset's new run goes through it
-    again) unless the assignment board keeps the results of its recorded GPU steps: the
-    new run takes those over (activities/assign.py), nothing runs a second time."""
-    if not job.spent(attempt):
-        return
-    recorded = [kind for kind, name in RECORDED.items() if f"{name}:{attempt}" in job.recorded]
-    workflow_id = (activity.info().workflow_id or "" if activity.in_activity()
-                   else c.job_workflow_id(job.job_id.split("#", 1)[0]))
-    if all(board.kept(workflow_id, job.job_id, attempt, kind) for kind in recorded):
-        return
-    raise ApplicationError(
-        f"job {job.job_id} attempt {attempt} has already run; {step} is not run again",
-        type="AttemptSpent", non_retryable=True,
-    )
 
 
 # How long one try of the allocate activity waits in line before Temporal retries it: short,
@@ -179,7 +132,7 @@ class ControlActivities:
         try:
             return open_env(self.cipher, job.job_id, job.spec.get("env") or {}, job.sealed_env)
         except RowSealError as err:
-            raise _refuse(DomainError("env", str(err))) from err
+            raise refuse(DomainError("env", str(err))) from err
 
     def online_provider_ids(self) -> set[str]:
         return online_provider_ids(self.views, self.settings)
@@ -191,7 +144,7 @@ class ControlActivities:
         try:
             admission = self.network.admit_job(req.job_id)
         except DomainError as err:
-            raise _refuse(err) from err
+            raise refuse(err) from err
         job = self.network.job(req.job_id)
         verification = JobSpec.model_validate(job.spec).verification
         return c.AdmitResult(
@@ -205,9 +158,9 @@ class ControlActivities:
     @ours
     def allocate_gpus(self, req: c.AllocateRequest) -> c.Allocation:
         """Wait in the job's queue for the scheduler to place this run (a few seconds a try)."""
-        live = activity.in_activity()  # also called directly, by tests and tools
+        in_activity = activity.in_activity()  # also called directly, by tests and tools
         job = self.network.job(req.job_id)
-        _live(job, "allocation")
+        live(job, "allocation")
         # This job's other runs (not lost) put their owners' providers out: a run whose GPUs
         # went back when it finished still counts, or a replica, tie-break or verifier could
         # land on another provider of the same account and agree with itself.
@@ -216,13 +169,13 @@ class ControlActivities:
         try:
             decision = self.scheduler.request(
                 req.job_id, req.attempt, excluded, ALLOCATE_WAIT_S,
-                cancelled=activity.is_cancelled if live else lambda: False,
-                heartbeat=activity.heartbeat if live else lambda _: None,
+                cancelled=activity.is_cancelled if in_activity else lambda: False,
+                heartbeat=activity.heartbeat if in_activity else lambda _: None,
                 avoided=set(req.avoided_provider_ids) - excluded,
             )
         except DomainError as err:
-            raise _refuse(err) from err
-        if live and activity.is_cancelled():
+            raise refuse(err) from err
+        if in_activity and activity.is_cancelled():
             raise CancelledError("the job was cancelled while it waited for GPUs")
         if isinstance(decision, str):
             # Retryable on purpose: the job waits in the queue until GPUs fit. Benign: the
@@ -245,24 +198,24 @@ class ControlActivities:
         """The run's grants (infra/signing.py): each for one key, bound to this job, attempt
         and provider, for minutes (the agent renews them while the run is live)."""
         job = self.network.job(req.job_id)
-        _live(job, "a run")
-        _spent(self.board, job, req.attempt, "a run")
+        live(job, "a run")
+        spent(self.board, job, req.attempt, "a run")
         spec = JobSpec.model_validate(job.spec)
         provider_id = job.allocations.get(req.attempt)
         if provider_id is None:
-            raise _refuse(DomainError("", f"attempt {req.attempt} of job {req.job_id} is not "
+            raise refuse(DomainError("", f"attempt {req.attempt} of job {req.job_id} is not "
                                       "allocated"))
         grants = Grants(self.settings, job.client_id, req.job_id, req.attempt, provider_id)
         env = self.job_env(job)
         inputs = []
         for ref in spec.inputs:
             if ref.sha256 is None or ref.size is None:
-                raise _refuse(DomainError("", f"input {ref.key} was not pinned at submission"))
+                raise refuse(DomainError("", f"input {ref.key} was not pinned at submission"))
             inputs.append(c.InputTransfer(ref.target, grants.get(ref.key, ref.sha256, ref.size),
                                           ref.sha256, ref.size))
         if req.purpose == "verify":  # the verifier reads the accepted outputs, writes nothing
             if not spec.verification.verifier:
-                raise _refuse(DomainError("", f"job {req.job_id} has no verifier"))
+                raise refuse(DomainError("", f"job {req.job_id} has no verifier"))
             inputs = [
                 c.InputTransfer(m["path"], grants.get(m["key"], m["sha256"], m["size"]),
                                 m["sha256"], m["size"])
@@ -299,11 +252,11 @@ class ControlActivities:
     @ours
     @_busy
     def record_job_step(self, step: c.JobStep) -> None:
-        _live(self.network.job(step.job_id), step.step)
+        live(self.network.job(step.job_id), step.step)
         try:
             self.network.record_step(step.job_id, step.step, step.attempt, _step_data(step))
         except DomainError as err:
-            raise _refuse(err) from err
+            raise refuse(err) from err
 
     @activity.defn(name=c.RECORD_JOB_STEPS, no_thread_cancel_exception=True)
     @ours
@@ -316,33 +269,33 @@ class ControlActivities:
         if any(s.job_id != job_id for s in steps.steps):
             raise ApplicationError("steps: all must be about one job", non_retryable=True)
         job = self.network.job(job_id)
-        _live(job, steps.steps[-1].step)
+        live(job, steps.steps[-1].step)
         for s in steps.steps:
             if s.step == "execution_started":  # what follows runs the job's command
-                _spent(self.board, job, s.attempt, s.step)
+                spent(self.board, job, s.attempt, s.step)
         try:
             self.network.record_steps(
                 job_id, [(s.step, s.attempt, _step_data(s)) for s in steps.steps]
             )
         except DomainError as err:
-            raise _refuse(err) from err
+            raise refuse(err) from err
 
     @activity.defn(name=c.MARK_PROVIDER_LOST, no_thread_cancel_exception=True)
     @ours
     @_busy
     def mark_provider_lost(self, req: c.ProviderLost) -> None:
-        _live(self.network.job(req.job_id), "a provider's loss")
+        live(self.network.job(req.job_id), "a provider's loss")
         self.network.provider_lost(req.job_id, req.attempt, req.provider_id, req.reason)
 
     @activity.defn(name=c.RECORD_RUN_FAILED, no_thread_cancel_exception=True)
     @ours
     @_busy
     def record_run_failed(self, req: c.RunFailed) -> None:
-        _live(self.network.job(req.job_id), "a provider's failure")
+        live(self.network.job(req.job_id), "a provider's failure")
         try:
             self.network.run_failed(req.job_id, req.attempt, req.provider_id, req.reason)
         except DomainError as err:
-            raise _refuse(err) from err
+            raise refuse(err) from err
         self.scheduler.wake()
 
     @activity.defn(name=c.VERIFY_JOB, no_thread_cancel_exception=True)
@@ -351,7 +304,7 @@ class ControlActivities:
     def verify_job(self, req: c.VerifyRequest) -> c.Verdict:
         """Check each run's report against storage, the runs against each other, the outcome."""
         job = self.network.job(req.job_id)
-        _live(job, "verification")
+        live(job, "verification")
         spec = JobSpec.model_validate(job.spec)
         primary = c.ReplicaReport(
             req.attempt, req.provider_id, 0, req.exit_code, req.timed_out, 0, req.manifest,
@@ -375,7 +328,7 @@ class ControlActivities:
         if not self.settings.adaptive_checks:
             return c.CheckDecision(False, "adaptive checks are off on this network")
         job = self.network.job(req.job_id)
-        _live(job, "a check")
+        live(job, "a check")
         if not JobSpec.model_validate(job.spec).verification.comparable:
             return c.CheckDecision(False, "the job is not declared reproducible: its provider "
                                           "is checked with known-answer canaries instead")
@@ -394,7 +347,7 @@ class ControlActivities:
         try:
             self.network.record_unplaced(req.job_id, req.attempt, req.purpose, req.reason)
         except DomainError as err:
-            raise _refuse(err) from err
+            raise refuse(err) from err
         self.scheduler.wake()
 
     @activity.defn(name=c.RELEASE_RUN, no_thread_cancel_exception=True)
@@ -427,7 +380,7 @@ class ControlActivities:
                     self.settings.protocol_fee_bps,
                 )
         except DomainError as err:
-            raise _refuse(err) from err
+            raise refuse(err) from err
         return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
 
     @activity.defn(name=c.RECORD_REPUTATION, no_thread_cancel_exception=True)
@@ -437,7 +390,7 @@ class ControlActivities:
         try:
             self.network.record_reputation(req.job_id, req.provider_id, req.outcome)
         except DomainError as err:
-            raise _refuse(err) from err
+            raise refuse(err) from err
 
     @activity.defn(name=c.RELEASE_GPUS, no_thread_cancel_exception=True)
     @ours

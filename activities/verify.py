@@ -78,14 +78,25 @@ def outcome(spec: JobSpec, report: c.ReplicaReport) -> tuple[bool, str]:
     return True, "exit code 0, every output present and intact"
 
 
-STATUS = "\0status"  # the pseudo-output by which runs compared by presence show their ending
+STATUS = "\0status"  # the pseudo-output by which compared runs show their ending
+
+
+def ending(report: c.ReplicaReport) -> str:
+    """How a run ended, as runs are compared: it timed out, exited 0, or failed. A failure
+    is one whatever its code: the code a failing job exits with is not a fact of the job
+    (a signal, the sandbox's kill at a limit, a library's error number on another GPU), and
+    a job's own nondeterminism must not make honest runs disagree."""
+    if report.timed_out:
+        return "timed out"
+    return "exit 0" if report.exit_code == 0 else "failed"
 
 
 def by_presence(spec: JobSpec) -> bool:
     """Runs of a job not declared reproducible (and not replicated by the client) are compared
     only by how they ended and which outputs they left, never by bytes: the network's check
-    of an empty-handed run (workflows/runs.py) asks "does this job leave its outputs?", and
-    a job's own nondeterminism must not make honest runs disagree."""
+    of a failed or empty-handed run (workflows/runs.py `unproven_ending`) asks "does this
+    job fail, or leave its outputs?", and a job's own nondeterminism must not make honest
+    runs disagree."""
     return not spec.verification.comparable and spec.verification.replicas == 1
 
 
@@ -93,11 +104,13 @@ def comparable(
     store: ObjectStore, client_id: str, report: c.ReplicaReport, comparator: Comparator,
     presence: bool = False,
 ) -> list[OutputFile]:
+    """What of a run is compared: its ending (runs that ended differently never agree: a
+    failed run is not a successful one that wrote the same bytes), and its outputs, by bytes
+    or, with `presence`, by which are there."""
+    status = OutputFile(STATUS, ending(report), 0)
     if presence:
-        status = "timed out" if report.timed_out else f"exit {report.exit_code}"
-        return [OutputFile(STATUS, status, 0)] + [
-            OutputFile(e.path, "present", 0) for e in report.manifest]
-    files = []
+        return [status] + [OutputFile(e.path, "present", 0) for e in report.manifest]
+    files = [status]
     for e in report.manifest:
         text = None
         if comparator.kind == "numeric" and e.size <= TEXT_LIMIT:

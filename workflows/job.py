@@ -11,15 +11,15 @@ refunded); the next attempt starts from the checkpoint
 the job last wrote on a provider of the same owner, if any (worker_gpu/checkpoint.py).
 A provider that fails its step with an error of its own is treated alike (RunFailed),
 and blamed (`failure`) once another provider got through. A run that timed out with
-no output, unchecked, is charged but not paid to its provider (`timeout`); a run that
-exited 0 with outputs missing is always checked, and unless another run reproduces it
-is charged but not paid, and changes no reputation.
+no output, unchecked, is charged but not paid to its provider (`timeout`); a run whose
+command failed, or exited 0 with outputs missing, is always checked, and unless another
+run reproduces it is charged but not paid, and changes no reputation.
 
-Verification: every run's manifest is checked against storage. A client may ask
-for k replicas on distinct providers (a majority of matching outputs decides;
-with two that disagree a third breaks the tie) and for a verifier command run
-on yet another provider; the network adds its own replicated check to a
-provider's work at a rate that falls as the provider earns trust.
+Verification (workflows/job_verification.py): every run's manifest is checked against
+storage. A client may ask for k replicas on distinct providers (a majority of matching
+outputs decides; with two that disagree a third breaks the tie) and for a verifier command
+run on yet another provider; the network adds its own replicated check to a provider's
+work at a rate that falls as the provider earns trust.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     import workflows.search_attributes as sa
     import workflows.steps as st
     from workflows.job_endings import JobEndings
+    from workflows.job_verification import JobVerification
     from workflows.runs import Run
     from workflows.steps import (
         ALLOCATE_HEARTBEAT_S,
@@ -60,14 +61,13 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 
 # JobWorkflow has no `workflow.patched` branches: the versions written while the network was
-# developed were folded into this one before any history was kept (tests/replay/ holds
-# histories of this version). The next change of its logic goes behind a patch.
-EMPTY_HANDED_CHECK = "empty-handed-check"  # the network's check of every empty-handed run
+# developed were folded into this one before the first release (tests/replay/ holds
+# histories of this version). After a release, a change of its logic goes behind a patch.
 OWN_RUN = ("run", "retry", "rerun")  # the labels of the job's own (single) run's tries
 
 
 @workflow.defn
-class JobWorkflow(JobEndings):
+class JobWorkflow(JobVerification, JobEndings):
     def __init__(self) -> None:
         self._searchable = False  # set in run(): may this workflow upsert its attributes?
         self._shown_state = "SUBMITTED"  # GpgpuState as the API set it at start
@@ -183,34 +183,10 @@ class JobWorkflow(JobEndings):
             # A provider's own failure never arrives here: its run goes elsewhere (_one_run).
             return await self._close(inp, [], st.reason(err))
 
-        if admitted.replicas <= 1:
-            check = await self._control(
-                c.PLAN_CHECK,
-                c.CheckRequest(inp.job_id, runs[0].alloc.provider_id, workflow.random().random()),
-                c.CheckDecision,
-            )
-            # An empty-handed run is always checked: only an independent run tells a provider
-            # that skipped the work from a job that writes nothing (workflows/runs.py).
-            forced = runs_.empty_handed(runs[0]) and workflow.patched(EMPTY_HANDED_CHECK)
-            if check.run_check or forced:
-                # Unplaced: skipped (CheckSkipped), the job settles on the checks it had.
-                with contextlib.suppress(Unplaced):
-                    runs += await self._more_runs(inp, 1, payer="network")
-
-        verdict = await self._verify(inp, runs)
-        if not verdict.decided:  # two runs disagree: a third decides
-            payer = "client" if admitted.replicas > 1 else "network"
-            try:
-                runs += await self._more_runs(inp, 1, payer=payer)
-            except Unplaced as unplaced:
-                if payer == "client":  # the client's tie-break: the job fails, refunded
-                    return await self._refund_and_fail(inp, str(unplaced))
-                # The network's check could not be settled: the job's own run stands alone,
-                # judged by the checks every job gets; the check run decides nothing.
-                runs = runs[:1]
-            verdict = await self._verify(inp, runs)
-        if verdict.succeeded and admitted.verifier:
-            verdict = await self._run_verifier(inp, runs, verdict)
+        try:
+            runs, verdict = await self._judged(inp, runs, admitted)
+        except Unplaced as unplaced:  # the client's tie-break found no provider
+            return await self._refund_and_fail(inp, str(unplaced))
         return await self._close(inp, runs, "", verdict)
 
     # Runs
@@ -225,14 +201,6 @@ class JobWorkflow(JobEndings):
             if isinstance(outcome, BaseException):
                 raise outcome
         return [r for r in done if isinstance(r, Run)]
-
-    async def _more_runs(self, inp: c.JobInput, n: int, payer: str) -> list[Run]:
-        """Runs after the first ones: the network's check, a tie-break. Unplaced if bounded."""
-        label = "check" if payer == "network" else "tie-break"
-        try:
-            return [await self._one_run(inp, payer, label=label) for _ in range(n)]
-        except AllProvidersLost:
-            return []  # a check that cannot be placed is skipped, not fatal
 
     def _bound_s(self, label: str) -> float:
         """How long this kind of run may wait for GPUs; 0: as long as it takes.
@@ -416,40 +384,3 @@ class JobWorkflow(JobEndings):
 
     async def _step_done(self, step: c.JobStep) -> None:
         await self._control(c.RECORD_JOB_STEP, step)
-
-    # Verification
-
-    async def _verify(self, inp: c.JobInput, runs: list[Run]) -> c.Verdict:
-        self._step = "verify"
-        first, others = runs[0].report(), [r.report() for r in runs[1:]]
-        return await self._control(
-            c.VERIFY_JOB,
-            c.VerifyRequest(
-                inp.job_id, first.attempt, first.provider_id, first.exit_code, first.timed_out,
-                first.manifest, first.missing, others, first.refused,
-            ),
-            c.Verdict,
-        )
-
-    async def _run_verifier(
-        self, inp: c.JobInput, runs: list[Run], verdict: c.Verdict
-    ) -> c.Verdict:
-        """The client's verifier command, over the accepted outputs, on another provider."""
-        self._step = "verifier"
-        try:
-            check = await self._one_run(
-                inp, "client", purpose="verify", source_attempt=verdict.accepted_attempts[0],
-                label="verifier",
-            )
-        except (AllProvidersLost, Unplaced) as lost:
-            return c.Verdict(True, False, f"the verifier could not run: {lost}",
-                             verdict.accepted_attempts, verdict.mismatched_attempts)
-        runs.append(check)
-        assert check.executed is not None
-        if check.executed.exit_code == 0:
-            return verdict
-        code = "timed out" if check.executed.timed_out else f"exited {check.executed.exit_code}"
-        return c.Verdict(
-            True, False, f"the verifier rejected the outputs ({code}): {check.executed.log_tail}",
-            verdict.accepted_attempts, verdict.mismatched_attempts,
-        )

@@ -81,17 +81,22 @@ def unproven_timeout(run: Run, runs: list[Run]) -> bool:
             and run.uploaded is not None and not run.uploaded.manifest)
 
 
-def empty_handed(run: Run) -> bool:
-    """A run whose command exited 0 (no timeout) but that left a declared output missing.
+def unproven_ending(run: Run) -> bool:
+    """A run of the job's command whose provider alone says it came to nothing: its command
+    exited non-zero ("failed"), or exited 0 but left a declared output missing
+    ("empty-handed"); not a timeout (`unproven_timeout`).
 
     Storage is the witness of what is missing (activities/verify.py refuses a report that
-    calls missing an output the run's grant wrote), but not of whether the command ran: a
-    provider that skipped the work and an honest one whose client's job writes nothing
-    report the same. So such a run is checked by an independent run (JobWorkflow forces the
-    network's check) and is paid and rewarded only if that run reproduces it."""
-    return (run.purpose == "run" and run.executed is not None and not run.executed.timed_out
-            and run.executed.exit_code == 0 and run.uploaded is not None
-            and bool(run.uploaded.missing))
+    calls missing an output the run's grant wrote), but not of whether the command ran, nor
+    of how it exited: a provider that skipped the work and reported a failure or an empty
+    hand, and an honest one whose client's job fails or writes nothing, report the same. So
+    such a run is checked by an independent run (JobWorkflow forces the network's check)
+    and is paid and rewarded only if that run reproduces it (`unreproduced`)."""
+    if run.purpose != "run" or run.executed is None or run.executed.timed_out:
+        return False
+    if run.executed.exit_code != 0:
+        return True
+    return run.uploaded is not None and bool(run.uploaded.missing)
 
 
 def undecidable(runs: list[Run], verdict: c.Verdict) -> bool:
@@ -100,14 +105,14 @@ def undecidable(runs: list[Run], verdict: c.Verdict) -> bool:
         r.purpose == "run" for r in runs) > 1
 
 
-def unverified_empty(run: Run, runs: list[Run], verdict: c.Verdict) -> bool:
-    """An empty-handed run that no other run agreed with: nothing shows it was run (its
-    check could not be placed, or nothing decided). Charged to the client like a timeout
-    that nothing checked, not paid to its provider, and no outcome is recorded: neither
-    the provider (who may have skipped the work) nor the client (whose job may write
-    nothing) gains, and neither can lower the other's standing."""
+def unreproduced(run: Run, runs: list[Run], verdict: c.Verdict) -> bool:
+    """A run with an unproven ending that no other run agreed with: nothing shows it was run
+    (its check could not be placed, or nothing decided). Charged to the client like a
+    timeout that nothing checked, not paid to its provider, and no outcome is recorded:
+    neither the provider (who may have skipped the work) nor the client (whose job may fail
+    or write nothing) gains, and neither can lower the other's standing."""
     accepted = set(verdict.accepted_attempts)
-    return empty_handed(run) and not (
+    return unproven_ending(run) and not (
         run.alloc.attempt in accepted and len(accepted - {run.alloc.attempt}) > 0)
 
 
@@ -118,7 +123,7 @@ def outcome_key(job_id: str, run: Run, runs: list[Run]) -> str:
 
 def unproven_attempts(runs: list[Run], verdict: c.Verdict) -> set[int]:
     return {r.alloc.attempt for r in runs
-            if unproven_timeout(r, runs) or unverified_empty(r, runs, verdict)}
+            if unproven_timeout(r, runs) or unreproduced(r, runs, verdict)}
 
 
 def kept_attempt(runs: list[Run], verdict: c.Verdict) -> int | None:
@@ -130,10 +135,11 @@ def kept_attempt(runs: list[Run], verdict: c.Verdict) -> int | None:
 
 def settlement(job_id: str, runs: list[Run], verdict: c.Verdict) -> c.SettleRequest:
     """Paid: every run whose result was accepted, and the verifier's run; with no majority
-    (`undecidable`), every run not caught by storage. An unproven run (a timeout or an
-    empty-handed run nothing reproduced) is charged all the same, but its provider is not
-    paid. The client pays for the run whose result it keeps, even where that is the
-    network's check (its own run was outvoted): a client never gets a result for free."""
+    (`undecidable`), every run not caught by storage. An unproven run (a timeout, or a
+    failed or empty-handed run nothing reproduced) is charged all the same, but its
+    provider is not paid. The client pays for the run whose result it keeps, even where
+    that is the network's check (its own run was outvoted): a client never gets a result
+    for free."""
     accepted = set(verdict.accepted_attempts)
     mismatched = set(verdict.mismatched_attempts)
     unproven = unproven_attempts(runs, verdict)
@@ -174,9 +180,9 @@ def outvoted(runs: list[Run], verdict: c.Verdict) -> list[Run]:
 
 def outcomes(job_id: str, runs: list[Run], verdict: c.Verdict) -> list[c.ReputationRequest]:
     """The reputation outcome of each run that executed, in the order of `runs`: none for an
-    unverified empty-handed run, nor for the runs of a job with no majority. A `mismatch`
-    is recorded only where storage contradicts the run's report; an outvoted run gets
-    `outvoted` (back on probation, its score unchanged: `outvoted` above)."""
+    unreproduced failed or empty-handed run, nor for the runs of a job with no majority. A
+    `mismatch` is recorded only where storage contradicts the run's report; an outvoted run
+    gets `outvoted` (back on probation, its score unchanged: `outvoted` above)."""
     accepted = set(verdict.accepted_attempts)
     contradicted = set(verdict.contradicted_attempts)
     rejected = set(verdict.mismatched_attempts)
@@ -188,7 +194,7 @@ def outcomes(job_id: str, runs: list[Run], verdict: c.Verdict) -> list[c.Reputat
             outcome = "mismatch"  # its report contradicts storage
         elif r.alloc.attempt in rejected:
             outcome = "outvoted"  # not paid, checked again, not scored (`outvoted`)
-        elif unverified_empty(r, runs, verdict):
+        elif unreproduced(r, runs, verdict):
             continue
         elif unproven_timeout(r, runs):
             outcome = "timeout"
@@ -208,7 +214,7 @@ def trusted(runs: list[Run], verdict: c.Verdict) -> list[str]:
     accepted = set(verdict.accepted_attempts)
     return unique([r.alloc.provider_id for r in runs if r.executed is not None
                    and r.purpose == "run" and r.alloc.attempt in accepted
-                   and not unverified_empty(r, runs, verdict)])
+                   and not unreproduced(r, runs, verdict)])
 
 
 def kept_provider(held: list[Run], runs: list[Run], verdict: c.Verdict) -> str:

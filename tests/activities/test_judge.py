@@ -81,3 +81,25 @@ def test_three_reproducible_runs_with_no_majority_blame_no_one(tmp_path: Path) -
     assert (two.accepted_attempts, two.mismatched_attempts) == ([1, 4], [2])
     # Outvoted, not contradicted: rejected (unpaid) but not blamed (workflows/runs.py).
     assert two.contradicted_attempts == []
+
+
+def test_a_failed_run_agrees_with_a_failed_check_and_not_with_one_that_succeeds(
+    tmp_path: Path,
+) -> None:
+    """The network's check of a failed run (workflows/runs.py `unproven_ending`): a failure
+    is one whatever its code; a run that failed never agrees with one that exited 0, also
+    where both wrote the same bytes (a job declared reproducible, compared by bytes)."""
+    store = FilesystemStore(tmp_path)
+    failed, check = run(store, 1, None, exit_code=1), run(store, 2, None, exit_code=137)
+    verdict, winner = judge(store, CLIENT, JOB, spec(), [failed, check], may_add_run=True)
+    assert (verdict.accepted_attempts, winner, verdict.succeeded) == ([1, 2], 1, False)
+    assert verdict.reason.startswith("the command exited with code 1")
+    delivered = run(store, 3, b"out")
+    assert not judge(store, CLIENT, JOB, spec(), [failed, delivered], may_add_run=True)[0].decided
+    same_bytes = [run(store, 4, b"same", exit_code=1), run(store, 5, b"same")]
+    verdict, _ = judge(store, CLIENT, JOB, spec(reproducible=True), same_bytes,
+                       may_add_run=True)
+    assert not verdict.decided
+    both = [run(store, 6, b"same", exit_code=2), run(store, 7, b"same", exit_code=1)]
+    verdict, _ = judge(store, CLIENT, JOB, spec(reproducible=True), both, may_add_run=True)
+    assert verdict.accepted_attempts == [6, 7] and not verdict.succeeded

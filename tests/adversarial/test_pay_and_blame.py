@@ -23,6 +23,7 @@ import pytest
 
 from tests.adversarial.rogue import Rogue, State
 from tests.e2e.network import Network, network
+from tests.support.graphql import SUSPEND
 
 pytestmark = pytest.mark.e2e
 
@@ -279,13 +280,18 @@ def reputations(state: State) -> dict[str, tuple[Any, ...]]:
 @contextlib.contextmanager
 def fresh_rogue(net: Network, owner: str, provider_id: str,
                 model: str = "H100") -> Iterator[Rogue]:
-    """A new rogue of its own owner, the cheapest provider with a new provider's standing."""
+    """A new rogue of its own owner, the cheapest provider with a new provider's standing.
+    Once done, its GPU is suspended: the next test's jobs never wait for a rogue that stopped
+    answering but is not yet seen offline."""
     r = Rogue(net, owner, provider_id, 100_000, model)
     try:
         net.wait_providers_online([provider_id])
         yield r
     finally:
+        suspended = r.http.post("/graphql", json={"query": SUSPEND,
+                                                  "variables": {"id": provider_id, "i": 0}})
         r.close()
+    assert suspended.json()["data"]["suspendGpu"]["__typename"] == "Provider", suspended.text
 
 
 # The jobs below run on A100s (the fair providers and a fresh rogue of that model), with at
@@ -323,6 +329,56 @@ def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_
     assert outcomes(net, "skipped", job_id) == {
         "rogue-r": "outvoted", "fair-a": "success", "fair-b": "success"}
     score, recorded = reputations(state)["rogue-r"]
+    assert score == before[0] and json.loads(recorded) == [*json.loads(before[1]), "outvoted"]
+
+
+def fail_without_running(rogue: Rogue) -> None:
+    """The rogue takes the run and reports at once that the command failed, every output
+    missing, as an honest agent would for a job that crashed before writing anything."""
+    execute = rogue.take("execute_job")
+    r = rogue.call("complete", execute["assignmentId"], {"result": {
+        "exit_code": 1, "timed_out": False, "wall_ms": 500, "gpu_ms": 500,
+        "log_tail": "RuntimeError: CUDA error: out of memory"}})
+    assert r.status_code == 200, r.text
+    upload = rogue.take("upload_outputs")
+    paths = [o["path"] for o in upload["request"]["outputs"]]
+    r = rogue.call("complete", upload["assignmentId"],
+                   {"result": {"manifest": [], "missing": paths}})
+    assert r.status_code == 200, r.text
+
+
+def test_a_provider_that_reports_a_failure_without_running_is_checked_and_not_paid(
+    net: Network, state: State
+) -> None:
+    """peggy's provider reports that the command failed (exit 1) instead of running it,
+    hoping to be paid its window with a `success` while the client's job fails. A failed
+    run is always checked by an independent run: fair-a delivers, the tie-break (fair-b)
+    sides with it, peggy's run is outvoted, neither paid nor charged; the job keeps fair-a's
+    result and the client pays for that run only. peggy is recorded `outvoted` (not blamed:
+    a client's job may fail on the run it targets only), its score unchanged."""
+    with fresh_rogue(net, "peggy", "rogue-f", "A100") as liar:
+        before = reputations(state)["rogue-f"]
+        job_id = submit(net, "crashed", command="echo done > out.txt", outputs=["out.txt"],
+                        resources=TRUSTED)
+        fail_without_running(liar)
+
+        job = ended(net, "crashed", job_id)
+
+    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-a", job
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", "crashed",
+                  id=job_id)["job"]["outputs"]
+    assert net.get("crashed", got[0]["key"]) == b"done\n"
+    finished = [(e["data"]["provider_id"], e["data"]["exit_code"])
+                for e in events(net, "crashed", job_id) if e["type"] == "ExecutionFinished"]
+    assert finished == [("rogue-f", 1), ("fair-a", 0), ("fair-b", 0)], finished
+    assert state.transfers(f"pay:{job_id}:rogue-f") == []
+    assert state.transfers(f"withheld:{job_id}:rogue-f") == []
+    paid, fee = state.transfers(f"pay:{job_id}:fair-a"), state.transfers(f"fee:{job_id}:fair-a")
+    assert paid and int(job["costMicro"]) == paid[0] + sum(fee), (paid, fee, job)
+    assert state.transfers(f"check:{job_id}:fair-b")  # the network pays its tie-break
+    assert outcomes(net, "crashed", job_id) == {
+        "rogue-f": "outvoted", "fair-a": "success", "fair-b": "success"}
+    score, recorded = reputations(state)["rogue-f"]
     assert score == before[0] and json.loads(recorded) == [*json.loads(before[1]), "outvoted"]
 
 
@@ -370,6 +426,26 @@ def test_an_honest_provider_whose_job_writes_no_output_is_paid_and_not_blamed(
     assert state.transfers(f"check:{job_id}:fair-b")
     assert int(job["costMicro"]) > 0, job
     assert outcomes(net, "framer", job_id) == {"fair-a": "success", "fair-b": "success"}
+
+
+def test_an_honest_provider_whose_job_fails_is_paid_and_not_blamed(
+    net: Network, state: State
+) -> None:
+    """The client's job fails (exit 3), as a job may: fair-a ran it honestly. The network's
+    check on another owner (fair-b) fails too: fair-a is paid by the client and recorded a
+    success; the job fails with its ending, the client's."""
+    job_id = submit(net, "failer", command="echo no; exit 3", outputs=["out.txt"],
+                    resources=TRUSTED)
+
+    job = ended(net, "failer", job_id)
+
+    assert (job["state"], job["providerId"]) == ("FAILED", "fair-a"), job
+    assert job["reason"].startswith("the command exited with code 3"), job
+    paid, fee = state.transfers(f"pay:{job_id}:fair-a"), state.transfers(f"fee:{job_id}:fair-a")
+    assert paid and int(job["costMicro"]) == paid[0] + sum(fee), (paid, fee, job)
+    assert state.transfers(f"withheld:{job_id}:fair-a") == []
+    assert state.transfers(f"check:{job_id}:fair-b")
+    assert outcomes(net, "failer", job_id) == {"fair-a": "success", "fair-b": "success"}
 
 
 def test_a_nondeterministic_job_declared_reproducible_blames_no_one_and_the_client_pays(

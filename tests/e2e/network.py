@@ -32,6 +32,9 @@ FAST_FAULTS = {
     # Likewise the known-answer canaries; tests/e2e/test_canaries.py turns them on at rate 1.
     "GPGPU_CANARIES": "false",
     "GPGPU_PROVIDER_OFFLINE_AFTER_S": "20",  # generous: a loaded CI machine delays beats
+    # Every failed or empty-handed run gets the network's check on another owner; on a
+    # network of one owner it is never placed: such a job ends once this wait is over.
+    "GPGPU_CHECK_WAIT_S": "10",
 }
 # Sign-up gives no credits by default: each test account is granted these through the
 # ledger, as `gpgpu up` grants its dev account (ops/admin.py grant_credits).

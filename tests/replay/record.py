@@ -44,8 +44,8 @@ SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
 CANCEL = "mutation($id: ID!) { cancelJob(id: $id) { ... on Job { state } __typename } }"
 # rec-a is the cheapest: every first run lands there. rec-b (another owner) takes what must
 # be on a distinct owner (replicas, the network's check); rec-c is rec-a's owner's second.
-# (Scenarios: success, failure, the network's check, replicas, a verifier, a cancel, a
-# timeout with no output, providers failing their step, a lost provider.)
+# (Scenarios: success, failure (checked), the network's check, replicas, a verifier, a
+# cancel, a timeout with no output, providers failing their step, a lost provider.)
 PROVIDERS: list[tuple[str, str, str, list[str]]] = [
     ("rec-a", "1xH100:80", "1.0", []),
     ("rec-b", "1xH100:80", "2.0", []),
@@ -94,6 +94,7 @@ def succeeded(net: Network) -> str:
 
 
 def failed(net: Network) -> str:
+    """Fails on rec-a; the network's check of every failed run (rec-b) fails too."""
     job_id = submit(net, spec("fails", "echo no; exit 3", outputs=["never.txt"]))
     ended(net, job_id, "FAILED")
     return job_id

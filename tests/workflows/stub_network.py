@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
+from activities.verify import ending
 from tests.support.temporal import TEST_SERVER as TEST_SERVER
 from workflows import contracts as c
 
@@ -54,7 +55,7 @@ class StubNetwork:
     answers: dict[str, str] = field(default_factory=dict)  # a provider's own output sha256
     exit_codes: dict[str, int] = field(default_factory=dict)  # a provider's command exits so
     timeouts: set[str] = field(default_factory=set)  # providers whose command runs out of time
-    empty: set[str] = field(default_factory=set)  # providers whose run exits 0, writing nothing
+    empty: set[str] = field(default_factory=set)  # providers whose run writes nothing
     verifier_exit: int = 0  # the client's verifier command exits so
     # A provider that stops answering during this GPU step (its heartbeats stop: Temporal
     # times the step out), or that never picks this step's assignment up.
@@ -287,8 +288,9 @@ class StubNetwork:
 
 def majority(reports: list[c.ReplicaReport]) -> c.Verdict:
     """The verdict as activities/verify.py gives it (with storage taken as honest): one run
-    is judged alone; several by the majority of their outputs; two that disagree leave it
-    undecided (a third may decide), three with no majority fail the job and blame no one."""
+    is judged alone; several by the majority of their endings and outputs; two that disagree
+    leave it undecided (a third may decide), three with no majority fail the job and blame
+    no one."""
     def outcome(r: c.ReplicaReport) -> tuple[bool, str]:
         if r.timed_out:
             return False, "timed out after 60 s"
@@ -301,7 +303,7 @@ def majority(reports: list[c.ReplicaReport]) -> c.Verdict:
     if len(reports) == 1:
         succeeded, reason = outcome(reports[0])
         return c.Verdict(True, succeeded, reason, [reports[0].attempt], [])
-    outputs = {r.attempt: tuple(e.sha256 for e in r.manifest) for r in reports}
+    outputs = {r.attempt: (ending(r), *(e.sha256 for e in r.manifest)) for r in reports}
     top, votes = Counter(outputs.values()).most_common(1)[0]
     if votes * 2 <= len(reports):
         if len(reports) < 3:

@@ -43,13 +43,15 @@ async def test_a_run_goes_through_every_step_in_order_and_its_provider_is_paid(
 async def test_a_command_that_fails_fails_the_job_and_its_provider_is_still_paid(
     start: Start,
 ) -> None:
-    net = StubNetwork(exit_codes={"p1": 3})
+    """The network's check (p2, forced: tests/workflows/test_unverified.py) fails too."""
+    net = StubNetwork(exit_codes={"p1": 3, "p2": 3})
     result = await (await start(net)).result()
     assert (result.state, result.reason) == ("FAILED", "the command exited with code 3")
     (settle,) = net.called(c.SETTLE_JOB)
     # The provider ran what it was given: its GPU time is paid.
-    assert [(p.provider_id, p.withheld) for p in settle.payments or []] == [("p1", False)]
-    assert [r.outcome for r in net.called(c.RECORD_REPUTATION)] == ["success"]
+    assert [(p.provider_id, p.payer, p.withheld) for p in settle.payments or []] == [
+        ("p1", "client", False), ("p2", "network", False)]
+    assert [r.outcome for r in net.called(c.RECORD_REPUTATION)] == ["success", "success"]
     assert [f.succeeded for f in net.called(c.FINISH_JOB)] == [False]
 
 

@@ -1,8 +1,10 @@
-"""Payment only for verified work: a run that exits 0 with its outputs missing ("empty-handed")
-is what a provider that skipped the work and an honest provider of a job that writes nothing
-both report. It is always checked by an independent run, and paid and rewarded only if that
-run reproduces it; unchecked, the client is charged and the provider not paid, and no
-reputation changes. The same against a real network: tests/adversarial/test_pay_and_blame.py.
+"""Payment only for verified work: a run that exits 0 with its outputs missing ("empty-handed"),
+or whose command exits non-zero ("failed"), is what a provider that skipped the work and an
+honest provider of a job that writes nothing, or fails, both report. It is always checked by
+an independent run, and paid and rewarded only if that run reproduces it; unchecked, the
+client is charged and the provider not paid, and no reputation changes. A timeout is not
+(workflows/runs.py `unproven_timeout`). The same against a real network:
+tests/adversarial/test_pay_and_blame.py.
 """
 
 from __future__ import annotations
@@ -101,3 +103,75 @@ async def test_a_nondeterministic_job_checked_three_ways_blames_no_one_and_the_c
     assert paid(net) == {"p1": (1000, "client", False), "p2": (1000, "network", False),
                          "p3": (1000, "network", False)}
     assert outcomes(net) == {}
+
+
+async def test_a_failed_run_whose_check_succeeds_is_outvoted_and_not_paid(start: Start) -> None:
+    """p1 reports a failure without running (exit 1, nothing written); the network's check
+    (p2) and the tie-break (p3) both deliver: p1 is outvoted, neither paid nor charged, and
+    recorded `outvoted`; the client gets p2's result and pays for it, the network pays the
+    tie-break."""
+    net = StubNetwork(providers=THREE, placeable=set(THREE), exit_codes={"p1": 1},
+                      empty={"p1"})
+    result = await (await start(net)).result()
+    assert (result.state, result.provider_id) == ("SUCCEEDED", "p2"), result.reason
+    assert [a.provider_id for a in net.called(c.EXECUTE_JOB)] == THREE
+    assert paid(net) == {"p2": (1000, "client", False), "p3": (1000, "network", False)}
+    assert outcomes(net) == {"p1": "outvoted", "p2": "success", "p3": "success"}
+    assert result.charged_micro == 1000  # p2's run only
+
+
+async def test_a_failed_run_the_check_reproduces_is_paid_and_the_job_fails(
+    start: Start,
+) -> None:
+    """The client's job fails: p1 (honest) and the network's check (p2) both exit non-zero,
+    with other codes (a failure is one whatever its code). p1 is paid by the client and
+    recorded a success; the job fails with p1's ending, the client's."""
+    net = StubNetwork(providers=THREE, placeable=set(THREE), exit_codes={"p1": 2, "p2": 1})
+    result = await (await start(net)).result()
+    assert (result.state, result.reason) == ("FAILED", "the command exited with code 2")
+    assert [a.provider_id for a in net.called(c.EXECUTE_JOB)] == ["p1", "p2"]
+    assert paid(net) == {"p1": (1000, "client", False), "p2": (1000, "network", False)}
+    assert outcomes(net) == {"p1": "success", "p2": "success"}
+    assert result.charged_micro == 1000
+
+
+async def test_a_failed_run_no_one_can_check_is_charged_not_paid_and_blames_no_one(
+    start: Start,
+) -> None:
+    """No independent provider within the check's bound: the client is charged (a failing
+    job gets no free GPU time), the provider is not paid (it may not have run it), and no
+    reputation changes."""
+    net = StubNetwork(providers=["p1", "p2"], placeable={"p1"}, exit_codes={"p1": 1},
+                      check_wait_s=5)
+    result = await (await start(net)).result()
+    assert (result.state, result.reason) == ("FAILED", "the command exited with code 1")
+    (unplaced,) = net.called(c.RECORD_UNPLACED)
+    assert unplaced.purpose == "check"
+    assert paid(net) == {"p1": (1000, "client", True)}
+    assert result.charged_micro == 1000
+    assert outcomes(net) == {}
+    assert [r.provider_id for r in net.called(c.RELEASE_GPUS)] == ["p1"]
+
+
+async def test_a_failed_run_whose_check_succeeds_and_no_tie_break_fits_is_not_paid(
+    start: Start,
+) -> None:
+    """p1 fails, the check (p2) delivers, no third owner for the tie-break: the check
+    decides nothing, p1's run stands alone, unreproduced: charged, not paid, no outcome."""
+    net = StubNetwork(providers=THREE, placeable={"p1", "p2"}, exit_codes={"p1": 1})
+    result = await (await start(net)).result()
+    assert (result.state, result.reason) == ("FAILED", "the command exited with code 1")
+    assert [a.provider_id for a in net.called(c.EXECUTE_JOB)] == ["p1", "p2"]
+    assert paid(net) == {"p1": (1000, "client", True)}
+    assert outcomes(net) == {}
+
+
+async def test_a_timeout_is_not_forced_to_a_check(start: Start) -> None:
+    """A timed-out run with no output that nothing checked is not paid anyway (row 7a): a
+    check would cost the network a whole timeout of GPU time and change nothing of that."""
+    net = StubNetwork(providers=THREE, placeable=set(THREE), timeouts={"p1"})
+    result = await (await start(net)).result()
+    assert result.state == "FAILED" and "timed out" in result.reason, result
+    assert [a.provider_id for a in net.called(c.EXECUTE_JOB)] == ["p1"]
+    assert paid(net) == {"p1": (60_000, "client", True)}
+    assert outcomes(net) == {"p1": "timeout"}

@@ -67,7 +67,8 @@ async def test_a_verifier_whose_provider_is_lost_runs_on_another(start: Start) -
 
 
 async def test_no_verifier_runs_when_the_job_failed(start: Start) -> None:
-    net = StubNetwork(verifier=VERIFIER, exit_codes={"p1": 1})
+    net = StubNetwork(verifier=VERIFIER, exit_codes={"p1": 1, "p2": 1})
     result = await (await start(net)).result()
     assert (result.state, result.reason) == ("FAILED", "the command exited with code 1")
-    assert [e.command for e in net.called(c.EXECUTE_JOB)] == [["true"]]
+    # The job's run and the network's check of its failure (p2), no verifier.
+    assert [e.command for e in net.called(c.EXECUTE_JOB)] == [["true"], ["true"]]
