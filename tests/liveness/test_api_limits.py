@@ -3,8 +3,9 @@
 A chain of n fragments, each spreading the next twice, is ~8 words per fragment and
 expands to 2^n selections; depth and alias validators that followed every spread took
 75 s at n = 24, on the event loop, and `/healthz` went unanswered meanwhile. Against a
-real API process: n = 30 is refused in under 100 ms with the limit named, and a
-`/healthz` poller running beside it never waits.
+real API process: n = 30 is refused at once with the limit named (under 1 s, where
+expanding it would take hours: the bound leaves room for a loaded CI machine, on which
+100 ms was missed), and a `/healthz` poller running beside it never waits long.
 """
 
 from __future__ import annotations
@@ -62,13 +63,13 @@ def test_a_fragment_chain_is_refused_at_once_and_health_stays_answered(net: Netw
                 f"'Chain' expands to {2 ** n * 2 + 1} selections (its fragments spread in "
                 f"full); at most {MAX_SELECTIONS} are allowed"], messages
             assert r.json()["data"] is None
-            assert took < 0.1, f"n={n}: refused after {took * 1000:.0f} ms"
+            assert took < 1.0, f"n={n}: refused after {took * 1000:.0f} ms"
         time.sleep(0.1)
     finally:
         stop.set()
         poller.join(timeout=10)
     assert len(waits) >= 5, waits  # the poller ran all along
-    assert max(waits) < 0.5, f"/healthz waited {max(waits):.2f} s"
+    assert max(waits) < 2.0, f"/healthz waited {max(waits):.2f} s"
 
 
 def test_a_document_within_the_limits_still_runs(net: Network) -> None:

@@ -37,7 +37,9 @@ FLEET = [
     ("h-1", "1xH100:80", "1.0", []),
 ]
 IDS = [p[0] for p in FLEET]
-WAIT_S = 8
+# Long enough for a restarted agent to start and take its rerun on a loaded machine (8 s
+# was missed once: its imports, the sandbox check and registering took longer).
+WAIT_S = 15
 # FAST_FAULTS' heartbeat timeout: a killed provider is found lost within seconds.
 HEARTBEAT_TIMEOUT_S = 3
 SLACK_S = 25  # a loaded machine: the kill noticed, the wait's cancel, settling, the read model
