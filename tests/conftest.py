@@ -7,8 +7,10 @@ the scheduler below:
 - a module's tests stay together on one worker, in order (its module-scoped network
   starts once, and some tests read what the module's earlier tests left);
 - the modules of the real S3 server (Ceph RGW, heavy to start) all run on one worker;
-- the slowest directories are handed out first, so no worker is left with a long module
-  at the end while the others idle.
+- the slowest modules are handed out first, then the rest by directory, so no worker is
+  left with a long module at the end while the others idle (xdist's own loadscope order,
+  most tests first, is turned off: it ran the many quick protocol and domain tests first
+  and the long e2e modules last).
 (xdist's own `--dist loadgroup` with `xdist_group` marks does not group on pytest 9.2:
 pytest-dev/pytest-xdist#1386.)
 """
@@ -23,7 +25,14 @@ import pytest
 
 from tests.support.temporal import temporal_dev_server
 
-# Handed out first under xdist: the modules that start whole networks of processes.
+# Handed out first under xdist, in this order: the modules that take longest (a minute or
+# more on a 2-core machine), then the directories whose modules start whole networks.
+SLOWEST = ("tests/web/test_browser.py", "tests/reliability/test_fair_share_load.py",
+           "tests/bench/test_bench_pipeline.py", "tests/bench/test_bench_events.py",
+           "tests/activities/test_ledger_under_load.py", "tests/reliability/test_kill_restart.py",
+           "tests/liveness/test_supervisor.py", "tests/reliability/test_replicas.py",
+           "tests/domain/test_scheduling.py", "tests/adversarial/test_pay_and_blame.py",
+           "tests/infra/test_storage_api.py")  # the first of the S3 unit
 SLOW_FIRST = ("reliability", "e2e", "web", "adversarial", "liveness", "bench", "worker_gpu",
               "api", "infra", "activities", "workflows", "ops", "client")
 # The modules whose tests use tests/infra/conftest.py's s3_server (through make_store too).
@@ -47,15 +56,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
 
-    def weight(item: pytest.Item) -> int:
-        directory = _directory(item)
-        return SLOW_FIRST.index(directory) if directory in SLOW_FIRST else len(SLOW_FIRST)
+    def weight(item: pytest.Item) -> tuple[int, int]:
+        module, directory = item.nodeid.split("::", 1)[0], _directory(item)
+        if module in SLOWEST:
+            return 0, SLOWEST.index(module)
+        return 1, SLOW_FIRST.index(directory) if directory in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=weight)  # stable: each module's tests keep their order
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # keep the order pytest_collection_modifyitems made
 
     class ByModule(LoadScopeScheduling):
         """A work unit per module (or one for all the S3 modules)."""
