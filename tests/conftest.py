@@ -29,7 +29,7 @@ from tests.support.temporal import temporal_dev_server
 # more on a 2-core machine), then the directories whose modules start whole networks.
 SLOWEST = ("tests/web/test_browser.py", "tests/reliability/test_fair_share_load.py",
            "tests/bench/test_bench_pipeline.py", "tests/bench/test_bench_events.py",
-           "tests/activities/test_ledger_under_load.py", "tests/reliability/test_kill_restart.py",
+           "tests/reliability/test_kill_restart.py",
            "tests/liveness/test_supervisor.py", "tests/reliability/test_replicas.py",
            "tests/domain/test_scheduling.py", "tests/adversarial/test_pay_and_blame.py",
            "tests/infra/test_storage_api.py")  # the first of the S3 unit
