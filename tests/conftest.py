@@ -13,17 +13,26 @@ the scheduler below:
   and the long e2e modules last).
 (xdist's own `--dist loadgroup` with `xdist_group` marks does not group on pytest 9.2:
 pytest-dev/pytest-xdist#1386.)
+
+The suite starts hundreds of Python processes (the xdist workers, and in them APIs, control
+workers, agents, CLIs, benches). Where PYTHONDONTWRITEBYTECODE is set (as in many container
+images), each would compile every module it imports from source again: the API alone spent
+some 4 s of CPU on that before it answered. So the session keeps their bytecode in .pycache/
+of the checkout (PYTHONPYCACHEPREFIX; git ignores it), and nothing next to the sources.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.temporal import temporal_dev_server
+
+PYCACHE = Path(__file__).resolve().parents[1] / ".pycache"
 
 # Handed out first under xdist, in this order: the modules that take longest (a minute or
 # more on a 2-core machine), then the directories whose modules start whole networks.
@@ -38,6 +47,14 @@ SLOW_FIRST = ("reliability", "e2e", "web", "adversarial", "liveness", "bench", "
 # The modules whose tests use tests/infra/conftest.py's s3_server (through make_store too).
 S3_MODULES = frozenset(f"tests/infra/test_storage_{name}.py"
                        for name in ("api", "contract", "s3", "staging"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before xdist starts its workers: they, and every process started from them, compile
+    each module once into PYCACHE and read it from there (unless the caller chose a prefix)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and "PYTHONPYCACHEPREFIX" not in os.environ:
+        os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 @pytest.fixture(scope="session")
