@@ -41,7 +41,7 @@ gpu-check:
 	bash scripts/gpu_check.sh
 
 clean:
-	rm -rf .gpgpu test-artifacts
+	rm -rf .gpgpu test-artifacts .pycache
 
 # The web UI (web/): `npm ci` only when the lock file changed (node_modules is kept between
 # runs), `npm run build` (tsc --noEmit, then vite) only when a source changed; the API

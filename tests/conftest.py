@@ -7,28 +7,54 @@ the scheduler below:
 - a module's tests stay together on one worker, in order (its module-scoped network
   starts once, and some tests read what the module's earlier tests left);
 - the modules of the real S3 server (Ceph RGW, heavy to start) all run on one worker;
-- the slowest directories are handed out first, so no worker is left with a long module
-  at the end while the others idle.
+- the slowest modules are handed out first, then the rest by directory, so no worker is
+  left with a long module at the end while the others idle (xdist's own loadscope order,
+  most tests first, is turned off: it ran the many quick protocol and domain tests first
+  and the long e2e modules last).
 (xdist's own `--dist loadgroup` with `xdist_group` marks does not group on pytest 9.2:
 pytest-dev/pytest-xdist#1386.)
+
+The suite starts hundreds of Python processes (the xdist workers, and in them APIs, control
+workers, agents, CLIs, benches). Where PYTHONDONTWRITEBYTECODE is set (as in many container
+images), each would compile every module it imports from source again: the API alone spent
+some 4 s of CPU on that before it answered. So the session keeps their bytecode in .pycache/
+of the checkout (PYTHONPYCACHEPREFIX; git ignores it), and nothing next to the sources.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.temporal import temporal_dev_server
 
-# Handed out first under xdist: the modules that start whole networks of processes.
+PYCACHE = Path(__file__).resolve().parents[1] / ".pycache"
+
+# Handed out first under xdist, in this order: the modules that take longest (a minute or
+# more on a 2-core machine), then the directories whose modules start whole networks.
+SLOWEST = ("tests/web/test_browser.py", "tests/reliability/test_fair_share_load.py",
+           "tests/bench/test_bench_pipeline.py", "tests/bench/test_bench_events.py",
+           "tests/reliability/test_kill_restart.py",
+           "tests/liveness/test_supervisor.py", "tests/reliability/test_replicas.py",
+           "tests/domain/test_scheduling.py", "tests/adversarial/test_pay_and_blame.py",
+           "tests/infra/test_storage_api.py")  # the first of the S3 unit
 SLOW_FIRST = ("reliability", "e2e", "web", "adversarial", "liveness", "bench", "worker_gpu",
               "api", "infra", "activities", "workflows", "ops", "client")
 # The modules whose tests use tests/infra/conftest.py's s3_server (through make_store too).
 S3_MODULES = frozenset(f"tests/infra/test_storage_{name}.py"
                        for name in ("api", "contract", "s3", "staging"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before xdist starts its workers: they, and every process started from them, compile
+    each module once into PYCACHE and read it from there (unless the caller chose a prefix)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and "PYTHONPYCACHEPREFIX" not in os.environ:
+        os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 @pytest.fixture(scope="session")
@@ -47,15 +73,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
 
-    def weight(item: pytest.Item) -> int:
-        directory = _directory(item)
-        return SLOW_FIRST.index(directory) if directory in SLOW_FIRST else len(SLOW_FIRST)
+    def weight(item: pytest.Item) -> tuple[int, int]:
+        module, directory = item.nodeid.split("::", 1)[0], _directory(item)
+        if module in SLOWEST:
+            return 0, SLOWEST.index(module)
+        return 1, SLOW_FIRST.index(directory) if directory in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=weight)  # stable: each module's tests keep their order
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # keep the order pytest_collection_modifyitems made
 
     class ByModule(LoadScopeScheduling):
         """A work unit per module (or one for all the S3 modules)."""

@@ -99,8 +99,10 @@ def test_a_job_that_writes_another_answer_on_the_run_it_targets_frames_no_one(
     job_id = submit(
         net, "targeter", outputs=["out.txt"], verification={"reproducible": True},
         resources={"gpu_model": "A100"},
+        # The first run writes before the switch and ends after it, so the check and the
+        # tie-break, which follow it, start after it (and end at once).
         command=f'if [ "$(date +%s)" -lt {switch} ]; then echo here; else echo elsewhere; fi'
-                " > out.txt; sleep 15")
+                f' > out.txt; while [ "$(date +%s)" -le {switch} ]; do sleep 0.2; done')
 
     job = ended(net, "targeter", job_id)
 

@@ -35,6 +35,9 @@ PIDS, DISK_MB = 64, 64
 ATTACKER, VICTIM = "mallory", "victor"
 OUTPUTS = "query($id: ID!) { job(id: $id) { state reason outputs { path key } } }"
 ADMIN_KEY = f"gpgpu_admin_{uuid.uuid4().hex}"  # what `gpgpu up` keeps in dev-account.json
+# A job that leaves its outputs missing is checked by another provider's run, which no
+# provider here can take (UNSAFE is too dear): it is skipped after this, not the default 60 s.
+CHECK_WAIT_S = 5
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
         (PROVIDER, "2xH100:80", "2.0", ["--job-pids", str(PIDS), "--job-disk-mb", str(DISK_MB)]),
         # Dearer than any job here will pay: it runs none of them, it is only looked at.
         (UNSAFE, "1xL4:24", "9.0", ["--unsafe-no-sandbox"]),
-    ]) as n:
+    ], extra_env={"GPGPU_CHECK_WAIT_S": str(CHECK_WAIT_S)}) as n:
         yield n
 
 
