@@ -318,17 +318,28 @@ def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_
 
         job = ended(net, "skipped", job_id)
 
+    assert_outvoted_and_the_check_kept(net, state, "skipped", job, "rogue-r", before)
+
+
+def assert_outvoted_and_the_check_kept(net: Network, state: State, client: str,
+                                       job: dict[str, Any], rogue: str,
+                                       before: tuple[Any, ...]) -> None:
+    """The rogue's run outvoted: not paid, not charged, recorded `outvoted` with its score
+    unchanged; the job keeps fair-a's output, which the client pays for (its cost is that
+    run and its fee); the network pays fair-b's tie-break."""
+    job_id = job["id"]
     assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-a", job
-    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", "skipped",
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", client,
                   id=job_id)["job"]["outputs"]
-    assert net.get("skipped", got[0]["key"]) == b"done\n"
-    assert state.transfers(f"pay:{job_id}:rogue-r") == []
-    assert state.transfers(f"withheld:{job_id}:rogue-r") == []
-    assert state.transfers(f"pay:{job_id}:fair-a")  # the client pays for what it keeps
+    assert net.get(client, got[0]["key"]) == b"done\n"
+    assert state.transfers(f"pay:{job_id}:{rogue}") == []
+    assert state.transfers(f"withheld:{job_id}:{rogue}") == []
+    paid, fee = state.transfers(f"pay:{job_id}:fair-a"), state.transfers(f"fee:{job_id}:fair-a")
+    assert paid and int(job["costMicro"]) == paid[0] + sum(fee), (paid, fee, job)
     assert state.transfers(f"check:{job_id}:fair-b")  # the network pays its tie-break
-    assert outcomes(net, "skipped", job_id) == {
-        "rogue-r": "outvoted", "fair-a": "success", "fair-b": "success"}
-    score, recorded = reputations(state)["rogue-r"]
+    assert outcomes(net, client, job_id) == {
+        rogue: "outvoted", "fair-a": "success", "fair-b": "success"}
+    score, recorded = reputations(state)[rogue]
     assert score == before[0] and json.loads(recorded) == [*json.loads(before[1]), "outvoted"]
 
 
@@ -364,22 +375,10 @@ def test_a_provider_that_reports_a_failure_without_running_is_checked_and_not_pa
 
         job = ended(net, "crashed", job_id)
 
-    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-a", job
-    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", "crashed",
-                  id=job_id)["job"]["outputs"]
-    assert net.get("crashed", got[0]["key"]) == b"done\n"
     finished = [(e["data"]["provider_id"], e["data"]["exit_code"])
                 for e in events(net, "crashed", job_id) if e["type"] == "ExecutionFinished"]
     assert finished == [("rogue-f", 1), ("fair-a", 0), ("fair-b", 0)], finished
-    assert state.transfers(f"pay:{job_id}:rogue-f") == []
-    assert state.transfers(f"withheld:{job_id}:rogue-f") == []
-    paid, fee = state.transfers(f"pay:{job_id}:fair-a"), state.transfers(f"fee:{job_id}:fair-a")
-    assert paid and int(job["costMicro"]) == paid[0] + sum(fee), (paid, fee, job)
-    assert state.transfers(f"check:{job_id}:fair-b")  # the network pays its tie-break
-    assert outcomes(net, "crashed", job_id) == {
-        "rogue-f": "outvoted", "fair-a": "success", "fair-b": "success"}
-    score, recorded = reputations(state)["rogue-f"]
-    assert score == before[0] and json.loads(recorded) == [*json.loads(before[1]), "outvoted"]
+    assert_outvoted_and_the_check_kept(net, state, "crashed", job, "rogue-f", before)
 
 
 def test_an_empty_handed_run_no_one_can_check_is_not_paid_and_changes_no_reputation(
