@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SEEN_EVERY_S = 15.0
 POLL_S = 0.05  # how often this process looks for new assignments while agents wait
+GONE_EVERY_S = 0.5  # how often a waiting poll looks whether its agent has gone
 BEAT_EVERY_S = 2.0  # at most one Temporal heartbeat per assignment this often, per process
 # How long a step whose workflow run was reset goes on for the new run to take it over
 ADOPT_GRACE_S = 60.0  # (infra/assignments.py adopt) before its agent is told to stop
@@ -86,10 +87,21 @@ class Dispatch:
             left = deadline - time.monotonic()
             if got or left <= 0:
                 return got
+            await self._wait(provider_id, deadline, gone)
+
+    async def _wait(self, provider_id: str, deadline: float,
+                    gone: Callable[[], Awaitable[bool]] | None) -> None:
+        """Until the provider is woken or the deadline, or its agent has gone (looked at
+        every GONE_EVERY_S): a dead poll would otherwise wait out its whole wait, and hold
+        the API's graceful shutdown that long (the agents stop first)."""
+        while (left := deadline - time.monotonic()) > 0:
             if self._poller is None or self._poller.done():
                 # It first runs once this wait has begun (and is counted in `_waiters`).
                 self._poller = asyncio.create_task(self._poll())
-            await self._waiters.wait(provider_id, left)
+            if await self._waiters.wait(provider_id, min(left, GONE_EVERY_S) if gone else left):
+                return
+            if gone is not None and await gone():
+                return
 
     async def _poll(self) -> None:
         while self._waiters:

@@ -20,14 +20,16 @@ class Waiters:
         for woken in self._by_key.get(key, ()):
             woken.set()
 
-    async def wait(self, key: str, timeout_s: float) -> None:
-        """Until `key` is woken or `timeout_s` has passed, whichever comes first."""
+    async def wait(self, key: str, timeout_s: float) -> bool:
+        """Until `key` is woken (True) or `timeout_s` has passed (False), whichever comes
+        first."""
         woken = asyncio.Event()
         self._by_key.setdefault(key, set()).add(woken)
         try:
             await asyncio.wait_for(woken.wait(), timeout_s)
+            return True
         except TimeoutError:
-            pass
+            return False
         finally:
             waiting = self._by_key.get(key, set())
             waiting.discard(woken)
