@@ -28,7 +28,7 @@ from typing import Protocol
 
 from protocol.fields import check_storage_key
 
-CHUNK = 1 << 20
+CHUNK = 1 << 22
 
 
 class StorageError(Exception):
