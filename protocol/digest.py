@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -61,13 +61,22 @@ def normal(value: str) -> str:
     return f"{algorithm}:{hexpart.lower()}"
 
 
-def of_record(record: dict[str, object]) -> str:
+def of_record(record: Mapping[str, object]) -> str:
     """The digest of a record written either way: its "digest", or its "sha256" (a
     manifest entry, input or metadata from before digests said their algorithm)."""
     value = record.get("digest") or record.get("sha256")
     if not isinstance(value, str):
         raise ValueError("has neither a 'digest' nor a 'sha256'")
     return normal(value)
+
+
+def upcast_records(records: object) -> None:
+    """Inputs or manifest entries recorded before BLAKE3, in place: each bare `sha256` as a
+    `digest` ("sha256:<hex>"; None stays None). What is not a list of dicts is left as is."""
+    for record in records if isinstance(records, list) else ():
+        if isinstance(record, dict) and "sha256" in record and "digest" not in record:
+            legacy = record.pop("sha256")
+            record["digest"] = normal(legacy) if isinstance(legacy, str) else None
 
 
 def algorithm_of(value: str) -> str:
