@@ -56,8 +56,9 @@ def normal(value: str) -> str:
     if not sep or algorithm not in ALGORITHMS:
         raise ValueError(f"{value[:80]!r} is not a digest: expected 'blake3:' and 64 hex digits")
     if not _BARE.fullmatch(hexpart):
-        raise ValueError(f"{value[:80]!r} is not a digest: the part after "
-                         f"'{algorithm}:' must be 64 hex digits")
+        raise ValueError(
+            f"{value[:80]!r} is not a digest: the part after '{algorithm}:' must be 64 hex digits"
+        )
     return f"{algorithm}:{hexpart.lower()}"
 
 
@@ -118,8 +119,9 @@ def of_bytes(data: bytes, algorithm: str = ALGORITHM) -> str:
     return d.value()
 
 
-def of_file(path: Path, on_chunk: Callable[[int], None] | None = None,
-            algorithm: str = ALGORITHM) -> tuple[str, int]:
+def of_file(
+    path: Path, on_chunk: Callable[[int], None] | None = None, algorithm: str = ALGORITHM
+) -> tuple[str, int]:
     """The digest and size of a file, read CHUNK_BYTES at a time into one buffer;
     `on_chunk` is told each chunk's size (and may raise to stop)."""
     d = Digester(algorithm, threads=True)

@@ -101,8 +101,15 @@ def write_all(fd: int, piece: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def receive(response: httpx.Response, fd: int, *, name: str, expected: str, size: int,
-            on_chunk: ChunkFn | None = None) -> tuple[int, str]:
+def receive(
+    response: httpx.Response,
+    fd: int,
+    *,
+    name: str,
+    expected: str,
+    size: int,
+    on_chunk: ChunkFn | None = None,
+) -> tuple[int, str]:
     """Write the body of `response` to `fd`; how many bytes it held and their digest, in
     the algorithm of `expected` (the digest it should have).
 
@@ -136,8 +143,11 @@ def _pieces(response: httpx.Response) -> Iterator[bytes | memoryview]:
     sock = stream.get_extra_info("socket") if stream is not None else None
     # The socket is the body's own only if the stream's TLS, if any, is the socket's (not
     # so for TLS inside a proxy's TLS, whose "socket" carries the inner TLS's bytes).
-    own = isinstance(sock, socket.socket) and stream is not None and (
-        getattr(sock, "_sslobj", None) is stream.get_extra_info("ssl_object"))
+    own = (
+        isinstance(sock, socket.socket)
+        and stream is not None
+        and (getattr(sock, "_sslobj", None) is stream.get_extra_info("ssl_object"))
+    )
     plain = (
         response.extensions.get("http_version") == b"HTTP/1.1"
         and "transfer-encoding" not in headers
@@ -155,7 +165,9 @@ def _pieces(response: httpx.Response) -> Iterator[bytes | memoryview]:
     # the length; were it ever to hold some back, the digest would not match
     # (tests/worker_gpu/test_transfer.py would say so). h11 then never sees the end of
     # the body, so the connection is closed with the response rather than reused.
-    first = next(response.iter_raw(), b"")
+    # The generator is kept until the end: closing it would close the connection.
+    through_httpx = response.iter_raw()
+    first = next(through_httpx, b"")
     if first:
         left -= len(first)
         yield first
@@ -168,14 +180,22 @@ def _pieces(response: httpx.Response) -> Iterator[bytes | memoryview]:
     while left > 0:
         buf = buffers[turn % count]
         turn += 1
-        filled = _fill(sock, buf[: min(piece, left)], timeout, response.request,
-                       int(length) - left, length)
+        filled = _fill(
+            sock, buf[: min(piece, left)], timeout, response.request, int(length) - left, length
+        )
         left -= filled
         yield buf[:filled]
+    del through_httpx
 
 
-def _fill(sock: socket.socket, view: memoryview, timeout: float | None,
-          request: httpx.Request, before: int, length: str) -> int:
+def _fill(
+    sock: socket.socket,
+    view: memoryview,
+    timeout: float | None,
+    request: httpx.Request,
+    before: int,
+    length: str,
+) -> int:
     """Fill `view` from the socket (a plain or an SSL one); httpx's errors."""
     filled = 0
     try:
@@ -185,7 +205,8 @@ def _fill(sock: socket.socket, view: memoryview, timeout: float | None,
             if not n:
                 raise httpx.RemoteProtocolError(
                     "peer closed connection without sending complete message body "
-                    f"(received {before + filled} bytes, expected {length})", request=request,
+                    f"(received {before + filled} bytes, expected {length})",
+                    request=request,
                 )
             filled += n
     except TimeoutError as err:
