@@ -119,6 +119,9 @@ def receive(
     got = 0
     hasher = HashBehind(digest.Digester.like(expected))
     try:
+        length = response.headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length) > size:
+            raise IntegrityMismatch(name, expected, size, "", int(length))  # says so up front
         for piece in _pieces(response):
             got += len(piece)
             if got > size:
