@@ -155,22 +155,19 @@ class InputRef(_Strict):
     name: PathText | None = None  # where the job sees it; defaults to the key's last part
     digest: str | None = Field(default=None, pattern=digest_rules.PATTERN)
     size: Annotated[StrictInt, Field(ge=0, le=MAX_BYTES)] | None = None
+    # Never kept: read into `digest` as it is taken, left out of what is recorded.
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", exclude=True,
+                               repr=False)
 
     _key = field_validator("key")(check_storage_key)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _legacy_sha256(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "sha256" in data:
-            if "digest" in data:
-                raise ValueError("sha256: give the input's digest alone")
-            data = dict(data)
-            legacy = data.pop("sha256")
-            if legacy is not None:
-                if not isinstance(legacy, str) or not re.fullmatch(r"[0-9a-f]{64}", legacy):
-                    raise ValueError("sha256: must be 64 lowercase hex digits")
-                data["digest"] = f"sha256:{legacy}"
-        return data
+    @model_validator(mode="after")
+    def _legacy_sha256(self) -> InputRef:
+        if self.sha256 is None:
+            return self
+        if self.digest is not None:
+            raise ValueError("give the input's digest, or its sha256, not both")
+        return self.model_copy(update={"digest": f"sha256:{self.sha256}", "sha256": None})
 
     @field_validator("name")
     @classmethod
