@@ -1,11 +1,10 @@
-"""Receiving one response body into a file: counted, hashed and written, in large pieces.
+"""Receiving one response body into a file: counted, hashed and written, piece by piece.
 
 What a staged input costs is the bytes' trips through memory and the Python work per
-piece (bench/staging.py). So the body is read in pieces of up to PIECE_BYTES, as much
-as the socket holds: for a plain HTTP/1.1 body of known length, straight from the
-connection's socket into a few buffers that are used again and again (no h11, no new
-object per read, one write per piece); anything else (chunked, encoded, HTTP/2)
-through httpx as it comes. Each piece is hashed on a thread of its own, behind the
+piece (bench/staging.py). So a plain HTTP/1.1 body of known length is read straight
+from the connection's socket into a few buffers that are used again and again (no
+h11, no new object per read, one write per piece); anything else (chunked, encoded,
+HTTP/2) comes through httpx as it is. Each piece is hashed on a thread of its own, behind the
 receiving and writing of the next ones (blake3 and hashlib release the GIL while they
 hash), and a buffer is filled again only once its digest is taken.
 """
@@ -24,7 +23,12 @@ import httpx
 
 from protocol import digest
 
-PIECE_BYTES = digest.CHUNK_BYTES  # 4 MiB: the largest read and write of a body
+# A piece is received, hashed and written while it is still in the CPU's cache: receiving
+# 512 MiB from a sendfile server took the receiver 1.0 CPU-s per GiB with 1 MiB pieces on
+# the development machine (2 vCPUs, AMD EPYC), 2.6 with 2 MiB and 2.9 with 4 MiB ones,
+# the difference nearly all the kernel's copies (README, Performance: staging). Larger
+# pieces save Python work per piece, not memory traffic.
+PIECE_BYTES = 1 << 20
 BUFFERS = 4  # one being filled while up to three wait for (or are in) the hash
 RESERVE_FROM_BYTES = 16 << 20  # smaller files gain nothing from preallocation
 
@@ -57,7 +61,7 @@ class HashBehind:
     has been hashed. Pieces are hashed in order (one worker).
     """
 
-    def __init__(self, digester: digest.Digester, depth: int = BUFFERS - 1):
+    def __init__(self, digester: digest.Digester, depth: int):
         self._digester = digester
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest")
         self._pending: deque[Future[None]] = deque()
@@ -117,12 +121,13 @@ def receive(
     a wrong file cannot fill the disk. Closes the response.
     """
     got = 0
-    hasher = HashBehind(digest.Digester.like(expected))
+    buffers = BUFFERS
+    hasher = HashBehind(digest.Digester.like(expected), depth=buffers - 1)
     try:
         length = response.headers.get("content-length", "")
         if length.isascii() and length.isdigit() and int(length) > size:
             raise IntegrityMismatch(name, expected, size, "", int(length))  # says so up front
-        for piece in _pieces(response):
+        for piece in _pieces(response, PIECE_BYTES, buffers):
             got += len(piece)
             if got > size:
                 raise IntegrityMismatch(name, expected, size, "", got)
@@ -136,9 +141,10 @@ def receive(
         response.close()  # and its connection, if its h11 did not see the body end
 
 
-def _pieces(response: httpx.Response) -> Iterator[bytes | memoryview]:
-    """The body in the pieces read. A memoryview is into one of BUFFERS buffers, filled
-    again BUFFERS pieces later: by then `receive`'s HashBehind (BUFFERS - 1 deep) has
+def _pieces(response: httpx.Response, piece_bytes: int,
+            buffers: int) -> Iterator[bytes | memoryview]:
+    """The body in the pieces read. A memoryview is into one of `buffers` buffers, filled
+    again `buffers` pieces later: by then `receive`'s HashBehind (`buffers` - 1 deep) has
     hashed it."""
     headers = response.headers
     length = headers.get("content-length", "")
@@ -176,12 +182,12 @@ def _pieces(response: httpx.Response) -> Iterator[bytes | memoryview]:
         yield first
     # A small body gets buffers of its size, and no more of them than it fills: none is
     # then filled twice.
-    piece = min(PIECE_BYTES, left)
-    count = min(BUFFERS, -(-left // piece)) if left > 0 else 0
-    buffers = [memoryview(bytearray(piece)) for _ in range(count)]
+    piece = min(piece_bytes, left)
+    count = min(buffers, -(-left // piece)) if left > 0 else 0
+    ring = [memoryview(bytearray(piece)) for _ in range(count)]
     turn = 0
     while left > 0:
-        buf = buffers[turn % count]
+        buf = ring[turn % count]
         turn += 1
         filled = _fill(
             sock, buf[: min(piece, left)], timeout, response.request, int(length) - left, length
