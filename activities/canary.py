@@ -76,7 +76,7 @@ class CanaryActivities:
             return c.CanaryStart(False, started.reason)
         spec = JobSpec.model_validate(self.network.job(started.job_id).spec)
         for ref, data in staged_inputs(spec):
-            self.store.put(started.client_id, ref.key, [data], ref.sha256)
+            self.store.put(started.client_id, ref.key, [data], ref.digest)
         return c.CanaryStart(
             True, "", started.job_id, started.client_id, list(started.gpu_indexes),
             started.price_micro,
@@ -104,7 +104,7 @@ class CanaryActivities:
             )
             judged = judge_canary(
                 canary.expected_outputs(), req.exit_code, req.timed_out,
-                [(m.path, m.sha256, m.size) for m in req.manifest], req.missing,
+                [(m.path, m.digest, m.size) for m in req.manifest], req.missing,
                 integrity_problems(self.store, canary.client_id, canary.job_id, spec, report),
             )
             outcome, reason = judged.outcome, judged.reason

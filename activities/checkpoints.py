@@ -10,6 +10,7 @@ import logging
 from activities.grants import Grants
 from infra.settings import Settings
 from infra.storage import ObjectNotFound, ObjectStore, StorageError, delete_each
+from protocol import digest
 from protocol.fields import check_relative_path
 from workflows import contracts as c
 
@@ -90,16 +91,17 @@ def checkpoint_of(
         raise ValueError(f"{key} is not the manifest of attempt {attempt} of job {job_id}")
     entries = []
     for f in doc["files"]:
-        path, file_key, sha256, size = f["path"], f["key"], f["sha256"], f["size"]
+        path, file_key, size = f["path"], f["key"], f["size"]
+        recorded = digest.of_record(f)  # a manifest from before BLAKE3 names a sha256
         if not isinstance(path, str) or check_relative_path(path) != path:
             raise ValueError(f"checkpoint path {path!r} is not a plain relative path")
         if not checkpoint_file_of(file_key, job_id, attempt):
             raise ValueError(f"checkpoint file {path!r} is not stored in a checkpoint of "
                              f"attempt {attempt} or before")
         stored = store.stat(client_id, file_key)
-        if (stored.sha256, stored.size) != (sha256, size):
+        if (stored.digest, stored.size) != (recorded, size):
             raise ValueError(f"checkpoint file {path!r} in storage does not match the manifest")
-        entries.append(c.ManifestEntry(path, file_key, sha256, size))
+        entries.append(c.ManifestEntry(path, file_key, recorded, size))
     if len(entries) > settings.checkpoint_max_files:
         raise ValueError(f"{len(entries)} files, more than {settings.checkpoint_max_files}")
     if sum(e.size for e in entries) > settings.checkpoint_max_bytes:

@@ -12,7 +12,6 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any, TypeVar, cast
 
 from temporalio import activity
@@ -66,7 +65,7 @@ def _step_data(step: c.JobStep) -> dict[str, object]:
             "log_tail": log_tail(step.log_tail),
         }
     elif step.step == "outputs_uploaded":
-        data |= {"manifest": [asdict(m) for m in step.manifest], "missing": step.missing}
+        data |= {"manifest": [m.record() for m in step.manifest], "missing": step.missing}
     return data
 
 
@@ -209,16 +208,16 @@ class ControlActivities:
         env = self.job_env(job)
         inputs = []
         for ref in spec.inputs:
-            if ref.sha256 is None or ref.size is None:
+            if ref.digest is None or ref.size is None:
                 raise refuse(DomainError("", f"input {ref.key} was not pinned at submission"))
-            inputs.append(c.InputTransfer(ref.target, grants.get(ref.key, ref.sha256, ref.size),
-                                          ref.sha256, ref.size))
+            inputs.append(c.InputTransfer(ref.target, grants.get(ref.key, ref.digest, ref.size),
+                                          ref.digest, ref.size))
         if req.purpose == "verify":  # the verifier reads the accepted outputs, writes nothing
             if not spec.verification.verifier:
                 raise refuse(DomainError("", f"job {req.job_id} has no verifier"))
             inputs = [
-                c.InputTransfer(m["path"], grants.get(m["key"], m["sha256"], m["size"]),
-                                m["sha256"], m["size"])
+                c.InputTransfer(m["path"], grants.get(m["key"], m["digest"], m["size"]),
+                                m["digest"], m["size"])
                 for m in job.manifests.get(req.source_attempt, [])
             ]
             return c.TransferPlan(
@@ -240,7 +239,7 @@ class ControlActivities:
             )
             inputs += [
                 c.InputTransfer(f"{checkpoints.CHECKPOINT_DIR}/{e.path}",
-                                grants.get(e.key, e.sha256, e.size), e.sha256, e.size)
+                                grants.get(e.key, e.digest, e.size), e.digest, e.size)
                 for e in checkpoint.resumed
             ]
         return c.TransferPlan(

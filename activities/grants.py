@@ -9,6 +9,7 @@ import time
 
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
+from protocol import digest as digests
 
 OUTPUT_GRANT_BYTES = 64 << 30  # the most one output may hold (api.storage.MAX_UPLOAD_BYTES)
 
@@ -23,16 +24,16 @@ class Grants:
         self.provider_id = provider_id
         self.expires = int(time.time()) + settings.grant_max_s
 
-    def _url(self, method: str, key: str, size: int, sha256: str = "", once: bool = False
+    def _url(self, method: str, key: str, size: int, digest: str = "", once: bool = False
              ) -> str:
         grant = Grant(method, self.client_id, key, self.expires, self.job_id, self.attempt,
-                      self.provider_id, size, sha256, once)
+                      self.provider_id, size, digest, once)
         return grant_url(self.secret, self.base, grant)
 
-    def get(self, key: str, sha256: str, size: int) -> str:
-        """A GET of this object as it is now (its sha256 and size)."""
-        return self._url("GET", key, size, sha256.lower())
+    def get(self, key: str, digest: str, size: int) -> str:
+        """A GET of this object as recorded (its digest, as an event holds it, and size)."""
+        return self._url("GET", key, size, digests.normal(digest))
 
     def put(self, key: str, max_bytes: int, once: bool = False) -> str:
-        """A PUT of at most max_bytes, whose sha256 and size the uploader declares."""
+        """A PUT of at most max_bytes, whose digest and size the uploader declares."""
         return self._url("PUT", key, max_bytes, once=once)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from domain.verification import Comparator, OutputFile, outvoted, quorum
 from infra.storage import ObjectNotFound, ObjectStore
+from protocol import digest
 from protocol.spec import JobSpec
 from workflows import contracts as c
 
@@ -32,7 +33,7 @@ def integrity_problems(
     received the upload, and nothing can change it after: the output's key is under
     `jobs/`, which no client may write or delete (api/storage.py); only this run's grant
     writes it, once (write-once, If-None-Match on S3), and only until the run has reported
-    its outputs; the sha256 and size live in the backend's own metadata, which no key can
+    its outputs; the digest and size live in the backend's own metadata, which no key can
     name (infra/storage.py). So this is the digest recorded at upload time, not a later
     one: no separate event is needed to hold it.
     """
@@ -48,10 +49,10 @@ def integrity_problems(
         except ObjectNotFound:
             problems.append(f"{entry.path}: reported uploaded but not in storage")
             continue
-        if (info.sha256, info.size) != (entry.sha256, entry.size):
+        if (info.digest, info.size) != (entry.digest, entry.size):
             problems.append(
-                f"{entry.path}: storage holds sha256 {info.sha256[:12]}… ({info.size} B), "
-                f"the provider reported {entry.sha256[:12]}… ({entry.size} B)"
+                f"{entry.path}: storage holds {digest.short(info.digest)} ({info.size} B), "
+                f"the provider reported {digest.short(entry.digest)} ({entry.size} B)"
             )
     # Missing is what storage says, not the provider: an output it calls missing that this
     # run's grant did write contradicts the store (and would make a run look empty-handed).
@@ -116,7 +117,7 @@ def comparable(
         if comparator.kind == "numeric" and e.size <= TEXT_LIMIT:
             _, chunks = store.open(client_id, e.key)
             text = b"".join(chunks).decode("utf-8", errors="replace")
-        files.append(OutputFile(e.path, e.sha256, e.size, text))
+        files.append(OutputFile(e.path, e.digest, e.size, text))
     return files
 
 

@@ -212,7 +212,8 @@ class ExecuteOut(_Strict):
 class ManifestOut(_Strict):
     path: str = Field(max_length=1024)
     key: str = Field(max_length=2048)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # What the provider uploaded through its grants, which take BLAKE3 digests only.
+    digest: str = Field(pattern=r"^blake3:[0-9a-f]{64}$")
     size: int = Field(ge=0, le=MAX_COUNT)
 
 
@@ -277,7 +278,7 @@ def _result(a: Assignment, data: dict[str, Any], received_at: float) -> Any:
         if p not in up.missing:
             raise HTTPException(400, f"result.refused: {p!r} is not reported missing")
     return c.UploadResult(
-        [c.ManifestEntry(m.path, m.key, m.sha256, m.size) for m in up.manifest],
+        [c.ManifestEntry(m.path, m.key, m.digest, m.size) for m in up.manifest],
         list(up.missing), dict(up.refused),
     )
 

@@ -46,7 +46,8 @@ def queue_refusal(err: DomainError) -> SpecError:
 
 
 async def pin_inputs(services: Services, client_id: str, spec: JobSpec) -> JobSpec:
-    """Fix each input's sha256 and size as storage holds them now."""
+    """Fix each input's digest and size as storage holds them now (a digest the client
+    pinned must be the one storage recorded)."""
     errors: list[tuple[str, str]] = []
     pinned = []
     for n, ref in enumerate(spec.inputs):
@@ -58,9 +59,9 @@ async def pin_inputs(services: Services, client_id: str, spec: JobSpec) -> JobSp
         except StorageError as err:
             errors.append((f"inputs.{n}.key", str(err)))
             continue
-        if ref.sha256 is not None and ref.sha256 != info.sha256:
-            errors.append((f"inputs.{n}.sha256", f"storage holds sha256 {info.sha256}"))
-        pinned.append(ref.model_copy(update={"sha256": info.sha256, "size": info.size}))
+        if ref.digest is not None and ref.digest != info.digest:
+            errors.append((f"inputs.{n}.digest", f"storage holds {info.digest}"))
+        pinned.append(ref.model_copy(update={"digest": info.digest, "size": info.size}))
     if errors:
         raise SpecError(errors)
     return spec.model_copy(update={"inputs": pinned})

@@ -6,10 +6,18 @@ checkpoints), which the client may read but never write or delete. A provider
 holds grants (infra/signing.py): each allows one method on one key for one run,
 for minutes, and only while that run is live (its job not ended, the attempt
 still this provider's, not lost; a PUT only until the run reported its outputs).
-A PUT through a grant must declare the body's sha256 (X-Sha256) and size
-(Content-Length); the store refuses a body that differs and keeps nothing. A run's
-output grant writes once: a second PUT to the key is refused (409) and changes
-nothing. What the store computed on the way in is what verification reads.
+A PUT through a grant must declare the body's BLAKE3 digest (X-Digest:
+blake3:<hex>, protocol/digest.py) and size (Content-Length); the store refuses a
+body that differs and keeps nothing. A client may declare a digest too (or, as
+clients before BLAKE3 did, an X-Sha256, checked on the same pass). A run's output
+grant writes once: a second PUT to the key is refused (409) and changes nothing.
+What the store computed on the way in is what verification reads. A GET answers
+with the recorded digest in X-Digest.
+
+Bodies move in large pieces (protocol.digest.CHUNK_BYTES): an upload is handed to
+the storage thread a few MiB at a time, a download read from storage in such
+pieces, so that the per-piece hops between the event loop and the threads cost
+little next to the bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from domain.errors import UnknownJob
 from domain.states import TERMINAL_STATES
 from infra.signing import METHODS, Grant, GrantRefused, check, grant_url, parse_grant
 from infra.storage import (
+    CHUNK,
     AlreadyStored,
     IntegrityMismatch,
     ObjectInfo,
@@ -38,6 +47,7 @@ from infra.storage import (
     QuotaExceeded,
     StorageError,
 )
+from protocol import digest
 
 router = APIRouter(prefix="/storage", tags=["storage"])
 MAX_UPLOAD_BYTES = 64 << 30  # the most GPGPU_MAX_OBJECT_BYTES may say
@@ -48,7 +58,8 @@ class ObjectTooLarge(StorageError):
 # Keys the control plane writes (runs' outputs, checkpoints): a client reads them, never
 # writes or deletes them; only a run's grant does.
 RESERVED_PREFIX = "jobs/"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+DIGEST_HEADER = "X-Digest"
 
 
 def get_services(request: Request) -> Services:
@@ -138,30 +149,40 @@ def _storage_error(err: StorageError) -> HTTPException:
     if isinstance(err, AlreadyStored):
         stored = err.stored
         return HTTPException(409, {"message": str(err), "key": stored.key,
-                                   "sha256": stored.sha256, "size": stored.size})
+                                   "digest": stored.digest, "size": stored.size})
     return HTTPException(400, str(err))
 
 
 def _bridge(stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop,
-            limit: int) -> Iterator[bytes]:
+            limit: int, group: int = CHUNK) -> Iterator[bytes]:
     """Hand an async request body to synchronous storage code running in a thread, refusing
-    it (ObjectTooLarge) once it passes `limit` bytes."""
+    it (ObjectTooLarge) once it passes `limit` bytes.
+
+    The server hands the body over in the pieces it received (tens of KiB); the thread
+    asks the event loop for the next `group` bytes' worth of them at a time, not one."""
     total = 0
 
-    async def next_chunk() -> bytes:
-        return await anext(stream)
+    async def next_chunks() -> list[bytes]:
+        got: list[bytes] = []
+        size = 0
+        async for chunk in stream:
+            got.append(chunk)
+            size += len(chunk)
+            if size >= group:
+                break
+        return got
 
     while True:
-        try:
-            chunk = asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()
-        except StopAsyncIteration:
+        chunks = asyncio.run_coroutine_threadsafe(next_chunks(), loop).result()
+        if not chunks:
             return
-        total += len(chunk)
-        if total > limit:
-            raise ObjectTooLarge(f"upload larger than {limit} bytes (the most one object "
-                                 f"may hold)")
-        if chunk:
-            yield chunk
+        for chunk in chunks:
+            total += len(chunk)
+            if total > limit:
+                raise ObjectTooLarge(f"upload larger than {limit} bytes (the most one object "
+                                     f"may hold)")
+            if chunk:
+                yield chunk
 
 
 def utf8_key(request: Request) -> None:
@@ -186,6 +207,7 @@ async def put_object(
     request: Request,
     services: ServicesDep,
     authorization: Authorization = None,
+    x_digest: Annotated[str | None, Header()] = None,
     x_sha256: Annotated[str | None, Header()] = None,
     sig: str | None = None,
 ) -> dict[str, object]:
@@ -200,9 +222,10 @@ async def put_object(
     once = False
     if sig is not None:
         grant = await granted(services, "PUT", client_id, key, request, sig)
-        if x_sha256 is None or not _SHA256.fullmatch(x_sha256.lower()):
-            raise HTTPException(400, "X-Sha256: a PUT through a grant declares the body's "
-                                     "sha256 (64 hex digits)")
+        declared = _declared(x_digest, x_sha256)
+        if declared is None or digest.algorithm_of(declared) != digest.ALGORITHM:
+            raise HTTPException(400, f"{DIGEST_HEADER}: a PUT through a grant declares the "
+                                     f"body's digest ({digest.ALGORITHM}: and 64 hex digits)")
         if size is None:
             raise HTTPException(411, "Content-Length: a PUT through a grant declares its size")
         if size > grant.size:
@@ -210,18 +233,36 @@ async def put_object(
         once = grant.once
     else:
         await authorise(services, "PUT", client_id, key, authorization)
+        declared = _declared(x_digest, x_sha256)
     loop = asyncio.get_running_loop()
     body = _bridge(request.stream(), loop, limit)
     try:
         info: ObjectInfo = await asyncio.to_thread(
-            lambda: services.store.put(client_id, key, body, x_sha256, expected_size=size,
+            lambda: services.store.put(client_id, key, body, declared, expected_size=size,
                                        create_only=once)
         )
     except IntegrityMismatch as err:
         raise HTTPException(400, str(err)) from None
     except StorageError as err:
         raise _storage_error(err) from None
-    return {"key": info.key, "sha256": info.sha256, "size": info.size}
+    return {"key": info.key, "digest": info.digest, "size": info.size}
+
+
+def _declared(x_digest: str | None, x_sha256: str | None) -> str | None:
+    """The digest the uploader declared: X-Digest, or a bare sha256 in X-Sha256 (clients
+    from before BLAKE3); 400 naming the header when it is malformed or both are sent."""
+    if x_digest is not None and x_sha256 is not None:
+        raise HTTPException(400, f"{DIGEST_HEADER}: send it or X-Sha256, not both")
+    if x_sha256 is not None:
+        if not _SHA256.fullmatch(x_sha256):
+            raise HTTPException(400, "X-Sha256: not 64 hex digits")
+        return f"sha256:{x_sha256.lower()}"
+    if x_digest is None:
+        return None
+    try:
+        return digest.normal(x_digest)
+    except ValueError as err:
+        raise HTTPException(400, f"{DIGEST_HEADER}: {err}") from None
 
 
 @router.post("/{client_id}/{key:path}", dependencies=[Utf8Key])
@@ -274,14 +315,14 @@ async def get_object(
         info, chunks = await asyncio.to_thread(services.store.open, client_id, key)
     except StorageError as err:
         raise _storage_error(err) from None
-    if grant is not None and grant.sha256 and (info.sha256, info.size) != (
-        grant.sha256, grant.size
+    if grant is not None and grant.digest and (info.digest, info.size) != (
+        grant.digest, grant.size
     ):
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
         raise HTTPException(409, f"{key}: the object is not the one the grant names")
-    headers = {"X-Sha256": info.sha256, "Content-Length": str(info.size)}
+    headers = {DIGEST_HEADER: info.digest, "Content-Length": str(info.size)}
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
 
@@ -297,7 +338,7 @@ async def list_objects(
         objects = await asyncio.to_thread(services.store.list, client_id, prefix)
     except StorageError as err:
         raise _storage_error(err) from None
-    return [{"key": o.key, "size": o.size, "sha256": o.sha256} for o in objects]
+    return [{"key": o.key, "size": o.size, "digest": o.digest} for o in objects]
 
 
 @router.delete("/{client_id}/{key:path}", dependencies=[Utf8Key])

@@ -5,7 +5,7 @@ through the real API, then staged the way a provider's stage activity does it:
 `worker_gpu.transfer.download_verified` over HTTP from a grant made with
 `infra.signing.grant_url` for a run recorded in the API's event store (a job
 allocated to a provider, as the control plane records it), checking size and
-sha256 while streaming into a
+digest (BLAKE3) while streaming into a
 scratch directory. The API runs as a real process (with the Temporal dev server
 its lifespan needs), once per storage backend: `filesystem`, and `s3` against a
 real Ceph RGW started here (`--skip-s3` to leave it out). In the same run, next
@@ -53,7 +53,7 @@ from infra.settings import Settings
 from infra.signing import Grant, grant_url
 from ops.devstack import ROOT, Stack, free_port, temporal_dev_args, wait_for_http
 from protocol.spec import parse_job_spec
-from worker_gpu.transfer import download_verified, sha256_file, upload_file
+from worker_gpu.transfer import digest_file, download_verified, upload_file
 
 BACKENDS = ("filesystem", "s3")
 CLIENT_ID = "bench"
@@ -64,7 +64,7 @@ JOB_ID, PROVIDER_ID = "bench-staging", "bench-provider"
 S3_NOT_INSTALLABLE = 3  # scripts/s3-up.sh: Ceph's packages cannot be installed here
 S3_START_LIMIT_S = 600  # a first start may install Ceph from apt
 
-# stage(url, target, sha256, size) -> bytes staged: the code path being measured.
+# stage(url, target, digest, size) -> bytes staged: the code path being measured.
 StageFn = Callable[[str, Path, str, int], int]
 
 
@@ -105,11 +105,11 @@ class Api:
     def pid(self) -> int:
         return self.stack.children[-1].proc.pid
 
-    def url(self, method: str, key: str = KEY, sha256: str = "", size: int = 0) -> str:
+    def url(self, method: str, key: str = KEY, digest: str = "", size: int = 0) -> str:
         """A grant of the bench's run (open_run), as prepare_transfers makes them."""
         s = self.settings
         grant = Grant(method, CLIENT_ID, key, int(time.time()) + s.grant_max_s, JOB_ID, 1,
-                      PROVIDER_ID, size, sha256)
+                      PROVIDER_ID, size, digest)
         return grant_url(s.signing_secret, s.api_url, grant)
 
     @property
@@ -217,7 +217,7 @@ def open_run(settings: Settings) -> None:
 # Staging
 
 
-def stage_verified(url: str, target: Path, sha256: str, size: int) -> int:
+def stage_verified(url: str, target: Path, digest: str, size: int) -> int:
     """What GpuActivities.stage_inputs does for one input, less the Temporal heartbeats."""
     moved = 0
 
@@ -226,7 +226,7 @@ def stage_verified(url: str, target: Path, sha256: str, size: int) -> int:
         moved += n
 
     with httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=True) as client:
-        return download_verified(client, url, target, name=KEY, sha256=sha256, size=size,
+        return download_verified(client, url, target, name=KEY, digest=digest, size=size,
                                  on_chunk=on_chunk)
 
 
@@ -267,7 +267,7 @@ def timed(warm: Path, action: Callable[[], int], size: int) -> float:
     return seconds
 
 
-def measure(apis: list[Api], source: Path, scratch: Path, sha256: str, size: int, repeat: int,
+def measure(apis: list[Api], source: Path, scratch: Path, digest: str, size: int, repeat: int,
             stage: StageFn = stage_verified) -> Runs:
     """`repeat` interleaved rounds of: plain copy, then staging from each API."""
     target = scratch / "work" / "inputs" / "staging.bin"
@@ -282,7 +282,7 @@ def measure(apis: list[Api], source: Path, scratch: Path, sha256: str, size: int
     steps: list[tuple[str, int | None, Callable[[], int]]] = [("copy", None, copy)]
     steps += [
         (api.backend, api.pid,
-         partial(stage, api.url("GET", sha256=sha256, size=size), target, sha256, size))
+         partial(stage, api.url("GET", digest=digest, size=size), target, digest, size))
         for api in apis
     ]
     for _, _, action in steps[1:]:  # untimed: each API process's first large download
@@ -330,11 +330,11 @@ def filesystem_of(path: Path) -> str:
         return "unknown"
 
 
-def upload(api: Api, source: Path, sha256: str, size: int) -> None:
+def upload(api: Api, source: Path, digest: str, size: int) -> None:
     """Into the client's storage through the API, as `gpgpu` clients and providers upload."""
     started = time.perf_counter()
     with httpx.Client(timeout=HTTP_TIMEOUT) as client:
-        upload_file(client, api.url("PUT", size=size), source, sha256=sha256, size=size)
+        upload_file(client, api.url("PUT", size=size), source, digest=digest, size=size)
     seconds = time.perf_counter() - started
     say(f"{api.backend}: uploaded {size >> 20} MiB through the API in {seconds:.1f} s")
 
@@ -357,7 +357,7 @@ def run(args: argparse.Namespace, stage: StageFn = stage_verified) -> int:
             f"under {tmp} ({fs}); {os.cpu_count()} CPUs")
         source = tmp / "input.bin"
         make_input(source, args.size_mib)
-        sha256, _ = sha256_file(source)
+        digest, _ = digest_file(source)
         with ExitStack() as servers:
             temporal = servers.enter_context(temporal_server(tmp / "temporal"))
             s3_env = servers.enter_context(s3_server(tmp / "rgw")) if "s3" in backends else None
@@ -366,12 +366,12 @@ def run(args: argparse.Namespace, stage: StageFn = stage_verified) -> int:
                 for b in backends
             ]
             for api in apis:
-                upload(api, source, sha256, size)
+                upload(api, source, digest, size)
             stored = apis[0].stored_file  # the filesystem backend's object: the copy's source
-            if sha256_file(stored) != (sha256, size):
+            if digest_file(stored) != (digest, size):
                 raise RuntimeError(f"{stored} is not the uploaded input")
             source.unlink()  # one copy of the bytes on disk is enough from here on
-            runs = measure(apis, stored, tmp / "scratch", sha256, size, args.repeat, stage)
+            runs = measure(apis, stored, tmp / "scratch", digest, size, args.repeat, stage)
         copy = runs.throughput("copy", args.stat)
         labels = {"size_mib": args.size_mib, "repeat": args.repeat, "stat": args.stat,
                   "cache": "warm", "fs": fs}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -12,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from client.config import DIGEST_HEADER, LEGACY_SHA256_HEADER
 from client.errors import (
     ApiError,
     ApiUnreachable,
@@ -23,9 +23,10 @@ from client.errors import (
     SpecRejectedError,
 )
 from client.models import Account, Job, Node, Provider, ProviderEarnings, QueuedJob, User
+from protocol import digest
 from protocol.money import price_to_micro
 
-CHUNK = 1 << 20
+CHUNK = digest.CHUNK_BYTES
 ByteProgress = Callable[[int, int | None], None]  # (bytes done, total if known)
 FileProgress = Callable[[str, int, int | None], None]  # (key, bytes done, total)
 
@@ -171,46 +172,56 @@ def parse_submit(data: dict[str, Any]) -> Job:
     return Job.from_json({**result["job"], "warnings": result.get("warnings") or []})
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    """The hex sha256 and size of a local file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+def file_digest(path: Path) -> tuple[str, int]:
+    """The digest ("blake3:<hex>") and size of a local file."""
+    return digest.of_file(path)
+
+
+def promises(key: str, headers: httpx.Headers, expected: str | None) -> list[str]:
+    """The digests a download must have: the API's (X-Digest, or an older API's X-Sha256)
+    and the caller's `expected`, each in its written form."""
+    sent = headers.get(DIGEST_HEADER) or headers.get(LEGACY_SHA256_HEADER)
+    if not sent:
+        raise ApiError(200, f"{key}: the API sent no {DIGEST_HEADER}")
+    try:
+        return [digest.normal(v) for v in (sent, *([expected] if expected else []))]
+    except ValueError as err:
+        raise IntegrityError(f"{key}: {err}") from None
 
 
 class PartFile:
     """A download in progress: bytes go to a hidden temp file beside the destination,
-    hashed as they arrive, and only a verified file is renamed into place."""
+    hashed as they arrive (with each algorithm a promised digest is in), and only a
+    verified file is renamed into place."""
 
-    def __init__(self, dest: Path):
+    def __init__(self, dest: Path, promised: list[str]):
         self.dest = dest
+        self.promised = promised
+        self.digesters = {digest.algorithm_of(p): digest.Digester.like(p) for p in promised}
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         self.tmp = Path(name)
         self.file = os.fdopen(fd, "wb")
-        self.digest = hashlib.sha256()
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
         self.file.write(chunk)
-        self.digest.update(chunk)
+        for d in self.digesters.values():
+            d.update(chunk)
         self.size += len(chunk)
 
-    def commit(self, key: str, promised: list[str]) -> str:
-        """Check the digest against every promised sha256, then rename into place."""
+    def commit(self, key: str) -> str:
+        """Check the bytes against every promised digest, then rename into place; the
+        first promised (the API's)."""
         self.file.close()
-        actual = self.digest.hexdigest()
-        for expected in promised:
-            if expected.lower() != actual:
+        for expected in self.promised:
+            actual = self.digesters[digest.algorithm_of(expected)].value()
+            if actual != expected:
                 raise IntegrityError(
-                    f"{key}: downloaded bytes have sha256 {actual}, expected {expected}"
+                    f"{key}: downloaded bytes have digest {actual}, expected {expected}"
                 )
         os.replace(self.tmp, self.dest)
-        return actual
+        return self.promised[0]
 
     def discard(self) -> None:
         if not self.file.closed:

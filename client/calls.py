@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 import httpx
 
 from client import _http, queries
-from client._http import ByteProgress, FileProgress, bind_progress, file_sha256
+from client._http import ByteProgress, FileProgress, bind_progress, file_digest
 from client.config import auth_headers, storage_url
 from client.errors import GpgpuError, SpecRejectedError
 from client.models import (
@@ -71,25 +71,25 @@ class Http:
 
 @dataclass(frozen=True)
 class PutFile:
-    """Stream a local file of known sha256 and size to `url`; answered with the response."""
+    """Stream a local file of known digest and size to `url`; answered with the response."""
 
     url: str
     local: Path
-    sha256: str
+    digest: str
     size: int
     progress: ByteProgress | None
 
 
 @dataclass(frozen=True)
 class GetFile:
-    """Stream `url` into `dest`, verified against the API's X-Sha256 and `expected`;
+    """Stream `url` into `dest`, verified against the API's X-Digest and `expected_digest`;
     answered with the StoredObject written."""
 
     url: str
     key: str
     dest: Path
     progress: ByteProgress | None
-    expected_sha256: str | None
+    expected_digest: str | None
 
 
 @dataclass(frozen=True)
@@ -352,18 +352,18 @@ class Calls:
     ) -> Steps[StoredObject]:
         local = Path(path)
         try:
-            sha256, size = yield Blocking(file_sha256, (local,))
+            digest, size = yield Blocking(file_digest, (local,))
         except OSError as err:
             raise GpgpuError(f"{local}: cannot read: {err.strerror or err}") from None
         url = storage_url(self.api_url, (yield from self._space()), key)
-        resp = yield PutFile(url, local, sha256, size, progress)
+        resp = yield PutFile(url, local, digest, size, progress)
         return StoredObject.from_json(resp.json())
 
     @call
     def upload(
         self, path: str | Path, key: str, progress: ByteProgress | None = None
     ) -> Steps[StoredObject]:
-        """Stream a local file to `key`, with its sha256 (computed first) for the API to check."""
+        """Stream a local file to `key`, with its digest (computed first) for the API to check."""
         return (yield from self._upload(path, key, progress))
 
     @call
@@ -372,14 +372,15 @@ class Calls:
         key: str,
         dest: str | Path,
         progress: ByteProgress | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
     ) -> Steps[StoredObject]:
-        """Stream `key` to `dest`, verified against X-Sha256 (and expected_sha256 if given).
+        """Stream `key` to `dest`, verified against X-Digest (and expected_digest if given:
+        "blake3:<hex>", or a sha256, "sha256:<hex>" or bare).
 
         Bytes land in a temp file beside dest that is renamed only once verified.
         """
         url = storage_url(self.api_url, (yield from self._space()), key)
-        return (yield GetFile(url, key, Path(dest), progress, expected_sha256))
+        return (yield GetFile(url, key, Path(dest), progress, expected_digest))
 
     @call
     def list_objects(self, prefix: str = "") -> Steps[list[StoredObject]]:

@@ -11,7 +11,10 @@ from typing import Any
 from urllib.parse import quote
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-SHA256_HEADER = "X-Sha256"
+# The object's digest ("blake3:<hex>", protocol/digest.py) that the API checks on upload
+# and sends with a download; an API from before BLAKE3 sent a bare sha256 as X-Sha256.
+DIGEST_HEADER = "X-Digest"
+LEGACY_SHA256_HEADER = "X-Sha256"
 
 
 def resolve_api_url(api_url: str | None = None) -> str:

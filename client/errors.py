@@ -45,7 +45,7 @@ class NotFoundError(ApiError):
 
 
 class IntegrityError(GpgpuError):
-    """Downloaded bytes do not match the sha256 the API promised."""
+    """Downloaded bytes do not match the digest the API promised."""
 
 
 class SpecRejectedError(BadInput):

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol import digest
+
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "CANCELLED"})
 TERMINAL_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobRejected", "JobCancelled"})
 
@@ -14,12 +16,13 @@ TERMINAL_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobRejected", "JobCan
 class OutputFile:
     path: str
     key: str
-    sha256: str
+    digest: str  # "blake3:<hex>" (protocol/digest.py); from an API before BLAKE3, "sha256:…"
     size: int
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> OutputFile:
-        return cls(path=d["path"], key=d["key"], sha256=d["sha256"], size=int(d["size"]))
+        return cls(path=d["path"], key=d["key"], digest=digest.of_record(d),
+                   size=int(d["size"]))
 
 
 @dataclass(frozen=True)
@@ -323,11 +326,11 @@ class QueuedJob:
 class StoredObject:
     key: str
     size: int
-    sha256: str
+    digest: str  # as OutputFile's
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StoredObject:
-        return cls(key=d["key"], size=int(d["size"]), sha256=d["sha256"])
+        return cls(key=d["key"], size=int(d["size"]), digest=digest.of_record(d))
 
 
 @dataclass(frozen=True)

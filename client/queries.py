@@ -9,7 +9,7 @@ JOB_FIELDS = """
 fragment JobFields on Job {
   id clientId name state reason providerId queuePosition queue priority expectedStart
   maxCostMicro costMicro submittedAt updatedAt
-  outputs { path key sha256 size }
+  outputs { path key digest size }
 }
 """
 

@@ -22,7 +22,7 @@ from client import _http
 from client._http import CHUNK, PartFile
 from client.calls import Calls, GetFile, Http, PutFile, Query, Step, Steps
 from client.config import (
-    SHA256_HEADER,
+    DIGEST_HEADER,
     auth_headers,
     graphql_ws_url,
     resolve_api_url,
@@ -128,7 +128,7 @@ class GpgpuClient(Calls):
         if step.progress is not None:
             step.progress(0, step.size)
         resp = self._http.put(step.url, content=chunks(), headers={
-            SHA256_HEADER: step.sha256, "Content-Length": str(step.size)})
+            DIGEST_HEADER: step.digest, "Content-Length": str(step.size)})
         _http.check_status(resp.status_code, resp.content)
         return resp
 
@@ -136,23 +136,20 @@ class GpgpuClient(Calls):
         with self._http.stream("GET", step.url) as resp:
             if resp.status_code >= 400:
                 _http.check_status(resp.status_code, resp.read(), f"object {step.key!r}")
-            promised = resp.headers.get(SHA256_HEADER)
-            if not promised:
-                raise ApiError(resp.status_code, f"{step.key}: the API sent no {SHA256_HEADER}")
+            promised = _http.promises(step.key, resp.headers, step.expected_digest)
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            part = PartFile(step.dest)
+            part = PartFile(step.dest, promised)
             try:
                 for chunk in resp.iter_bytes(CHUNK):
                     part.write(chunk)
                     if step.progress is not None:
                         step.progress(part.size, total)
-                promises = [promised, *([step.expected_sha256] if step.expected_sha256 else [])]
-                sha = part.commit(step.key, promises)
+                got = part.commit(step.key)
             except BaseException:
                 part.discard()
                 raise
-        return StoredObject(key=step.key, size=part.size, sha256=sha)
+        return StoredObject(key=step.key, size=part.size, digest=got)
 
     # -- a job's events, over a websocket -------------------------------------
 

@@ -21,6 +21,7 @@ from client.models import (
 )
 from client.pipeline import Pipeline, StepState
 from client.render import credits, event_summary, human_bytes
+from protocol import digest
 
 _STATE_STYLE = {
     "SUCCEEDED": "green",
@@ -92,9 +93,9 @@ def job_detail(job: Job) -> RenderableType:
     facts.add_row("updated", short_time(job.updated_at))
     parts: list[RenderableType] = [facts]
     if job.outputs:
-        outputs = Table("output", "key", "size", "sha256", box=None, title_justify="left")
+        outputs = Table("output", "key", "size", "digest", box=None, title_justify="left")
         for o in job.outputs:
-            outputs.add_row(o.path, o.key, human_bytes(o.size), o.sha256[:16])
+            outputs.add_row(o.path, o.key, human_bytes(o.size), digest.short(o.digest))
         parts += [Text(""), outputs]
     if job.events:
         events = Table("seq", "type", "at", "summary", box=None)
@@ -209,9 +210,9 @@ def waiting_table(jobs: list[QueuedJob]) -> Table:
 
 
 def objects_table(objects: list[StoredObject]) -> Table:
-    table = Table("key", "size", "sha256", box=None)
+    table = Table("key", "size", "digest", box=None)
     for o in objects:
-        table.add_row(o.key, human_bytes(o.size), o.sha256[:16])
+        table.add_row(o.key, human_bytes(o.size), digest.short(o.digest))
     return table
 
 

@@ -56,6 +56,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain.ids import business_id
+from protocol import digest
 from protocol.money import micro_to_credits
 from protocol.spec import InputRef, JobSpec
 
@@ -113,10 +114,10 @@ def program() -> bytes:
 
 def shell_chain(seed: str, steps: int) -> str:
     """The shell form's answer: `steps` rounds of sha256 over the hex text, as sha256sum does."""
-    digest = seed
+    h = seed
     for _ in range(steps):
-        digest = hashlib.sha256(digest.encode()).hexdigest()
-    return f"steps {steps}\ndigest {digest}\n"
+        h = hashlib.sha256(h.encode()).hexdigest()
+    return f"steps {steps}\ndigest {h}\n"
 
 
 def shell_command(output: str) -> str:
@@ -133,7 +134,7 @@ def shell_command(output: str) -> str:
 @dataclass(frozen=True)
 class ExpectedOutput:
     path: str
-    sha256: str
+    digest: str  # protocol/digest.py; a canary issued before BLAKE3 holds a sha256 one
     size: int
 
 
@@ -215,7 +216,7 @@ def make_canary(
             "command": ["python3", script, output],
             "env": {"SEED": seed, "STEPS": str(steps)},
             "inputs": [{"key": key, "name": script, "size": len(code),
-                        "sha256": hashlib.sha256(code).hexdigest()}],
+                        "digest": digest.of_bytes(code)}],
         })
         answer = sweep(seed, steps).encode()
     elif "docker" in runtimes and image:
@@ -229,7 +230,7 @@ def make_canary(
         answer = shell_chain(seed, steps).encode()
     else:
         return None
-    expected = (ExpectedOutput(output, hashlib.sha256(answer).hexdigest(), len(answer)),)
+    expected = (ExpectedOutput(output, digest.of_bytes(answer), len(answer)),)
     return CanaryTask(seed, job_id, client_id, spec, files, expected, answer)
 
 
@@ -259,7 +260,7 @@ class CanaryEnded:
 
 @dataclass(frozen=True)
 class Judgement:
-    outcome: str  # a reputation outcome: success, failure, timeout or mismatch
+    outcome: str  # a reputation outcome (success, failure, timeout, mismatch), or void
     reason: str
 
     @property
@@ -277,11 +278,12 @@ def judge_canary(
 ) -> Judgement:
     """Compare a provider's report of a canary with the known answer.
 
-    `manifest` is what the provider reported uploading, (path, sha256, size);
+    `manifest` is what the provider reported uploading, (path, digest, size);
     `integrity_problems` what storage says about that report (activities/verify.py).
     A report that storage contradicts, or outputs other than the known answer, are a
     mismatch; a timeout is a timeout; a known-good program that exits non-zero or
-    writes nothing is a failure.
+    writes nothing is a failure. A known answer recorded as a sha256 (a canary issued
+    before BLAKE3) cannot be compared with a BLAKE3 report: void, no one's fault.
     """
     if integrity_problems:
         return Judgement("mismatch", "the report does not match storage: "
@@ -297,11 +299,15 @@ def judge_canary(
         got = reported.get(want.path)
         if got is None:
             return Judgement("failure", f"{want.path}: not uploaded")
-        if got != (want.sha256, want.size):
+        if digest.algorithm_of(got[0]) != digest.algorithm_of(want.digest):
+            return Judgement("void", f"{want.path}: the known answer is a "
+                             f"{digest.algorithm_of(want.digest)} digest, the report's "
+                             f"{digest.algorithm_of(got[0])}")
+        if got != (want.digest, want.size):
             return Judgement(
                 "mismatch",
-                f"{want.path}: sha256 {got[0][:12]}… ({got[1]} B), "
-                f"the known answer is {want.sha256[:12]}… ({want.size} B)",
+                f"{want.path}: {digest.short(got[0])} ({got[1]} B), "
+                f"the known answer is {digest.short(want.digest)} ({want.size} B)",
             )
     return Judgement("success", "outputs equal the known answer")
 
@@ -313,7 +319,24 @@ class Canary(Aggregate):
     def create_id(origin_job_id: str, provider_id: str, **_: Any) -> UUID:
         return business_id("canary", f"{origin_job_id}/{provider_id}")
 
-    @event("CanaryIssued")
+    class CanaryIssued(Aggregate.Created):
+        """Version 2: each expected output's `digest` (before, a bare `sha256`)."""
+
+        class_version = 2
+        origin_job_id: str
+        provider_id: str
+        job_id: str
+        client_id: str
+        seed: str
+        gpu_indexes: list[int]
+        price_micro: int
+        expected: list[dict[str, Any]]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            digest.upcast_records(state.get("expected"))
+
+    @event(CanaryIssued)
     def __init__(
         self,
         origin_job_id: str,

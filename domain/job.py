@@ -7,6 +7,10 @@ may run the activity that issues it more than once.
 A job's `env` is not recorded in the clear: its JobSubmitted event keeps the spec with
 the env's names alone (each value "") and the env itself sealed by the caller
 (`sealed_env`, infra/job_env.py), which only the control plane's key opens.
+
+Digests (an input's, an output's) are recorded as protocol/digest.py writes them,
+"blake3:<hex>"; events from before BLAKE3 held a bare sha256 under `sha256`, and are
+upcast on reading to `digest` "sha256:<hex>", which still verifies.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from domain.limits import (
     OutOfBounds,
 )
 from domain.states import TERMINAL_STATES, JobState
+from protocol import digest
 
 __all__ = ["TERMINAL_STATES", "Job", "JobState", "check_step_data", "env_names_only"]
 
@@ -72,9 +77,10 @@ class Job(Aggregate):
         """Version 2 added `sealed_env`: the env sealed, the spec keeping only its names.
 
         A version 1 event (and a canary's, whose seed its Canary records anyway) has none:
-        its spec's env is the env itself, in the clear."""
+        its spec's env is the env itself, in the clear. Version 3 pins each input by its
+        `digest`; before, by a bare `sha256`."""
 
-        class_version = 2
+        class_version = 3
         job_id: str
         client_id: str
         spec: dict[str, Any]
@@ -84,6 +90,36 @@ class Job(Aggregate):
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state["sealed_env"] = ""
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            digest.upcast_records(state["spec"].get("inputs"))
+
+    class OutputsUploaded(Aggregate.Event):
+        """A run's outputs as its provider reported them. Version 2: each entry's `digest`
+        (before, a bare `sha256`)."""
+
+        class_version = 2
+        attempt: int
+        provider_id: str
+        manifest: list[dict[str, Any]]
+        missing: list[str]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            digest.upcast_records(state.get("manifest"))
+
+    class ResultAccepted(Aggregate.Event):
+        """The run whose outputs are the job's. Version 2: as OutputsUploaded."""
+
+        class_version = 2
+        attempt: int
+        provider_id: str
+        manifest: list[dict[str, Any]]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            digest.upcast_records(state.get("manifest"))
 
     @event(JobSubmitted)
     def __init__(self, job_id: str, client_id: str, spec: dict[str, Any], max_cost_micro: int,
@@ -314,7 +350,7 @@ class Job(Aggregate):
         self.state = JobState.UPLOADING
         self.recorded.append(f"execution_finished:{attempt}")
 
-    @event("OutputsUploaded")
+    @event(OutputsUploaded)
     def _uploaded(
         self, attempt: int, provider_id: str, manifest: list[dict[str, Any]], missing: list[str]
     ) -> None:
@@ -348,7 +384,7 @@ class Job(Aggregate):
         self.state, self.provider_id = JobState.QUEUED, None
         self.recorded.append(f"RunFailed:{attempt}")
 
-    @event("ResultAccepted")
+    @event(ResultAccepted)
     def _result_accepted(
         self, attempt: int, provider_id: str, manifest: list[dict[str, Any]]
     ) -> None:

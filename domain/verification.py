@@ -6,7 +6,7 @@ random draw): no I/O, no clock, no randomness inside, so workflow code can call
 them and replay them.
 
 Every job gets the always-on checks (exit code, declared outputs present, the
-manifest of sha256s matches what storage holds). On top of them:
+manifest of digests matches what storage holds). On top of them:
 
 - adaptive replication, after BOINC's per-host adaptive replication: a result
   is re-run on a second, distinct provider with probability `check_rate`, 1.0
@@ -180,7 +180,7 @@ def recheck_after_mismatch(outcomes: Sequence[str]) -> int:
 class Comparator:
     """How two outputs of one path count as equal.
 
-    "exact": same sha256 and size. "numeric": same bytes, or the same text with
+    "exact": same digest and size. "numeric": same bytes, or the same text with
     every number within `rel_tol` (relative) or `abs_tol` (absolute) of the
     other, as `math.isclose` says, for outputs that may differ in the last bits.
     """
@@ -225,11 +225,13 @@ NUMERIC_REL_TOL = 1e-6
 class OutputFile(NamedTuple):
     """One line of an output manifest; `text` (the contents) only a numeric comparator reads.
 
-    A plain (path, sha256, size) tuple is read as OutputFile(path, sha256, size).
+    A plain (path, digest, size) tuple is read as OutputFile(path, digest, size). Digests
+    are compared as written (protocol/digest.py): a sha256 recorded before BLAKE3 does not
+    equal the BLAKE3 digest of the same bytes.
     """
 
     path: str
-    sha256: str
+    digest: str
     size: int
     text: str | None = None
 
@@ -267,7 +269,7 @@ def _as_comparator(comparator: Comparator | Mapping[str, Any] | None) -> Compara
 
 
 def files_agree(a: OutputFile, b: OutputFile, comparator: Comparator) -> bool:
-    if (a.sha256, a.size) == (b.sha256, b.size):
+    if (a.digest, a.size) == (b.digest, b.size):
         return True
     if comparator.kind != "numeric" or a.text is None or b.text is None:
         return False
@@ -279,7 +281,7 @@ def manifests_agree(
 ) -> bool:
     """Whether two providers' results for one job count as the same result.
 
-    Both must list the same paths, and each path must agree: same sha256 and size
+    Both must list the same paths, and each path must agree: same digest and size
     or, under a numeric comparator, texts whose numbers are within its tolerance
     (sizes may then differ: 0.30000000000000004 is longer than 0.3). A numeric
     comparison needs both texts; without them only identical bytes agree.

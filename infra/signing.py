@@ -2,10 +2,13 @@
 
 A provider never holds a client's credentials; the control plane hands it URLs
 that each allow one method on one object, for one run (job, attempt, provider),
-until a deadline a few minutes away. A GET grant names the object's sha256 and
-size; a PUT grant names the most bytes it may carry, and the uploader declares
-the body's sha256 and size (X-Sha256, Content-Length), which the storage endpoint
-checks while it receives the body. A `once` grant writes a key that does not yet
+until a deadline a few minutes away. A GET grant names the object's digest
+(protocol/digest.py: "blake3:<hex>", or the sha256 of an object stored before
+BLAKE3) and size; a PUT grant names the most bytes it may carry, and the uploader
+declares the body's BLAKE3 digest and size (X-Digest, Content-Length), which the
+storage endpoint checks while it receives the body. The signed message writes a
+sha256 digest as the bare hex that grants made before BLAKE3 signed, so those
+still check; "blake3:…" can never read as one. A `once` grant writes a key that does not yet
 exist (a run's output): it succeeds once, and nothing replaces what it wrote.
 
 The storage endpoint refuses a grant whose signature is not the network's, whose
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from protocol import digest as digests
+
 VERSION = "g2"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SIG = re.compile(r"[0-9a-f]{64}")
@@ -43,13 +48,15 @@ class Grant:
     attempt: int
     provider_id: str
     size: int  # GET: the object's size; PUT: the most bytes the body may hold
-    sha256: str = ""  # GET: the object's sha256; PUT: "" (the uploader declares it)
+    digest: str = ""  # GET: the object's digest, as written; PUT: "" (the uploader declares it)
     once: bool = False  # PUT: only onto a key that does not exist yet (a run's output)
 
     def message(self) -> bytes:
+        algorithm, _, hexpart = self.digest.partition(":")
+        signed = hexpart if algorithm == "sha256" else self.digest  # as g2 grants signed it
         fields = [
             VERSION, self.method.upper(), self.client_id, self.key, str(self.expires),
-            self.job_id, str(self.attempt), self.provider_id, str(self.size), self.sha256,
+            self.job_id, str(self.attempt), self.provider_id, str(self.size), signed,
             "once" if self.once else "",
         ]
         return "\n".join(fields).encode()
@@ -60,8 +67,8 @@ class Grant:
             "expires": str(self.expires), "job": self.job_id, "attempt": str(self.attempt),
             "provider": self.provider_id, "size": str(self.size),
         }
-        if self.sha256:
-            q["sha256"] = self.sha256
+        if self.digest:
+            q["digest"] = self.digest
         if self.once:
             q["once"] = "1"
         return q
@@ -97,9 +104,16 @@ def parse_grant(method: str, client_id: str, key: str, params: dict[str, str]) -
             raise GrantRefused(f"the grant's {name!r} is not a whole number in {low}-{high}")
         return int(raw)
 
-    sha256 = params.get("sha256", "")
-    if sha256 and not _SHA256.fullmatch(sha256):
-        raise GrantRefused("the grant's 'sha256' is not 64 lowercase hex digits")
+    digest, legacy = params.get("digest", ""), params.get("sha256", "")
+    if digest and legacy:
+        raise GrantRefused("the grant names both a 'digest' and a 'sha256'")
+    if digest and not digests.is_digest(digest):
+        raise GrantRefused("the grant's 'digest' is not 'blake3:' or 'sha256:' and 64 "
+                           "lowercase hex digits")
+    if legacy:  # a grant made before BLAKE3
+        if not _SHA256.fullmatch(legacy):
+            raise GrantRefused("the grant's 'sha256' is not 64 lowercase hex digits")
+        digest = f"sha256:{legacy}"
     once = params.get("once", "")
     if once not in ("", "1"):
         raise GrantRefused("the grant's 'once' is not '1'")
@@ -109,7 +123,7 @@ def parse_grant(method: str, client_id: str, key: str, params: dict[str, str]) -
     return Grant(
         method.upper(), client_id, key, integer("expires", 0, 2**63 - 1), job,
         integer("attempt", 1, 1_000_000), provider, integer("size", 0, MAX_GRANT_BYTES),
-        sha256, once == "1",
+        digest, once == "1",
     )
 
 

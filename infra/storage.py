@@ -2,11 +2,12 @@
 
 Every key lives under its client's own space. Writes go to a temporary file and
 are renamed into place only once complete and checked, so nothing is ever
-half-written. Each object's sha256 and size, computed by the store as the bytes
-arrive, are kept where no key can name them: the filesystem backend keeps them
-under `<root>/.meta/` (client ids never start with '.', so no client's space is
-there), the S3 backend in the object's own metadata. A key that looks like a
-metadata file (`.x.sha256`) is an ordinary object. A put with `create_only`
+half-written. Each object's digest (BLAKE3, protocol/digest.py) and size, computed
+by the store as the bytes arrive, are kept where no key can name them: the
+filesystem backend keeps them under `<root>/.meta/` (client ids never start with
+'.', so no client's space is there), the S3 backend in the object's own metadata.
+Objects stored before BLAKE3 keep the sha256 recorded then ("sha256:…"). A key
+that looks like a metadata file (`.x.sha256`) is an ordinary object. A put with `create_only`
 writes a key that does not exist yet, atomically (a run's output: written once,
 never replaced). The S3 backend is in infra/storage_s3.py; `build_store` picks
 one from the settings.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import posixpath
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from protocol import digest
 from protocol.fields import check_storage_key
 
-CHUNK = 1 << 20
+CHUNK = digest.CHUNK_BYTES  # what a download is read in
 
 
 class StorageError(Exception):
@@ -59,12 +60,12 @@ class AlreadyStored(StorageError):
 class ObjectInfo:
     key: str
     size: int
-    sha256: str
+    digest: str  # "blake3:<hex>" (protocol/digest.py); "sha256:<hex>" if stored before
 
 
 class ObjectStore(Protocol):
     def put(
-        self, client_id: str, key: str, chunks: Iterable[bytes], expected_sha256: str | None,
+        self, client_id: str, key: str, chunks: Iterable[bytes], expected_digest: str | None,
         *, expected_size: int | None = None, create_only: bool = False,
     ) -> ObjectInfo: ...
     def open(self, client_id: str, key: str) -> tuple[ObjectInfo, Iterator[bytes]]: ...
@@ -110,17 +111,23 @@ class Intake:
     or past the size the sender declared.
 
     `usage` is what the client stores already, not counting the object being replaced.
+    The digest recorded is BLAKE3's; a sender that declared a sha256 (a client from before
+    BLAKE3) has its bytes checked against that as well, on the same pass.
     """
 
     def __init__(
         self, client_id: str, key: str, quota_bytes: int | None, usage: int = 0,
-        expected_size: int | None = None,
+        expected_size: int | None = None, expected_digest: str | None = None,
     ):
         self.client_id, self.key = client_id, key
         self.quota_bytes, self.usage = quota_bytes, usage
         self.expected_size = expected_size
+        self.expected_digest = declared(key, expected_digest)
         self.size = 0
-        self._digest = hashlib.sha256()
+        self._digest = digest.Digester()
+        self._other: digest.Digester | None = None
+        if self.expected_digest and digest.algorithm_of(self.expected_digest) != digest.ALGORITHM:
+            self._other = digest.Digester.like(self.expected_digest)
 
     def take(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         self._check_quota()
@@ -135,6 +142,8 @@ class Intake:
                     "sender declared"
                 )
             self._digest.update(chunk)
+            if self._other is not None:
+                self._other.update(chunk)
             yield chunk
 
     def _check_quota(self) -> None:
@@ -144,25 +153,37 @@ class Intake:
                 f"bytes, {self.usage} bytes are in use and this upload reached {self.size} bytes"
             )
 
-    def verify(self, expected_sha256: str | None) -> str:
-        """The sha256 of everything taken, refused if the sender announced another (or
+    def verify(self) -> str:
+        """The digest of everything taken, refused if the sender declared another (or
         another size)."""
-        sha = self._digest.hexdigest()
+        got = self._digest.value()
         if self.expected_size is not None and self.size != self.expected_size:
             raise IntegrityMismatch(
                 f"{self.key}: {self.size} bytes received, the sender declared "
                 f"{self.expected_size}"
             )
-        if expected_sha256 and expected_sha256.lower() != sha:
+        checked = got if self._other is None else self._other.value()
+        if self.expected_digest and self.expected_digest != checked:
             raise IntegrityMismatch(
-                f"{self.key}: sha256 of the bytes received is {sha}, the sender said "
-                f"{expected_sha256}"
+                f"{self.key}: the bytes received have digest {checked}, the sender said "
+                f"{self.expected_digest}"
             )
-        return sha
+        return got
+
+
+def declared(key: str, value: str | None) -> str | None:
+    """A sender's digest in its written form (a bare hex is a sha256), or None; refused
+    (StorageError, naming the key) when it is not a digest."""
+    if not value:
+        return None
+    try:
+        return digest.normal(value)
+    except ValueError as err:
+        raise StorageError(f"{key}: the declared digest: {err}") from None
 
 
 class FilesystemStore:
-    """Objects at `<root>/<client>/<key>`; their sha256 and size at `<root>/.meta/<client>/<key>`.
+    """Objects at `<root>/<client>/<key>`; their digest and size at `<root>/.meta/<client>/<key>`.
 
     The metadata also holds the object file's inode and mtime: one that does not
     match the file (a crash between the two renames) is not believed, and the
@@ -207,7 +228,7 @@ class FilesystemStore:
 
     def put(
         self, client_id: str, key: str, chunks: Iterable[bytes],
-        expected_sha256: str | None = None, *, expected_size: int | None = None,
+        expected_digest: str | None = None, *, expected_size: int | None = None,
         create_only: bool = False,
     ) -> ObjectInfo:
         key = check_object_key(client_id, key)
@@ -215,7 +236,7 @@ class FilesystemStore:
         if create_only:
             self._refuse_taken(client_id, key, path)
         usage = 0 if self.quota_bytes is None else self._usage(client_id, replacing=path)
-        intake = Intake(client_id, key, self.quota_bytes, usage, expected_size)
+        intake = Intake(client_id, key, self.quota_bytes, usage, expected_size, expected_digest)
         # A file system can't hold both "a" and "a/b" (S3 can): refuse by name, not with a 500.
         clash = StorageError(f"key: {key!r} clashes with a stored key that is a folder of it "
                              "or inside it (this store can't hold both 'a' and 'a/b')")
@@ -227,7 +248,7 @@ class FilesystemStore:
             with os.fdopen(fd, "wb") as f:
                 for chunk in intake.take(chunks):
                     f.write(chunk)
-            sha = intake.verify(expected_sha256)
+            got = intake.verify()
             with self._locked(client_id):
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +258,7 @@ class FilesystemStore:
                 st = os.stat(tmp)
                 meta_tmp = Path(f"{tmp}.meta")
                 meta_tmp.write_text(json.dumps(
-                    {"sha256": sha, "size": intake.size, "ino": st.st_ino,
+                    {"digest": got, "size": intake.size, "ino": st.st_ino,
                      "mtime_ns": st.st_mtime_ns}
                 ))
                 try:
@@ -255,7 +276,7 @@ class FilesystemStore:
                 os.replace(meta_tmp, meta)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        return ObjectInfo(key, intake.size, sha)
+        return ObjectInfo(key, intake.size, got)
 
     def _refuse_taken(self, client_id: str, key: str, path: Path) -> None:
         if path.is_file():
@@ -265,17 +286,18 @@ class FilesystemStore:
             )
 
     def _info(self, client_id: str, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
-        """The recorded sha256 when it is this very file's, else the file's own, computed."""
+        """The recorded digest when it is this very file's (a "sha256" recorded before BLAKE3
+        counts), else the file's own, computed."""
         try:
             meta = json.loads(self._meta(client_id, key).read_text())
             same = (meta["ino"], meta["mtime_ns"], meta["size"]) == (
                 st.st_ino, st.st_mtime_ns, st.st_size
             )
-            if same and isinstance(meta["sha256"], str):
-                return ObjectInfo(key, st.st_size, meta["sha256"])
-        except (OSError, ValueError, KeyError, TypeError):
+            if same:
+                return ObjectInfo(key, st.st_size, digest.of_record(meta))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
-        return ObjectInfo(key, st.st_size, _hash_file(path))
+        return ObjectInfo(key, st.st_size, digest.of_file(path)[0])
 
     def stat(self, client_id: str, key: str) -> ObjectInfo:
         path = self._path(client_id, key)
@@ -322,14 +344,6 @@ class FilesystemStore:
                 raise ObjectNotFound(f"no object {key!r} in {client_id}'s storage")
             path.unlink()
             self._meta(client_id, key).unlink(missing_ok=True)
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_store(

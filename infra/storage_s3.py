@@ -2,22 +2,23 @@
 
 An upload streams through as the parts of a multipart upload, hashed on the way,
 and becomes visible only once complete and checked: any error aborts it. Its
-sha256 is kept as the object's `sha256` metadata. S3 takes metadata when an
-upload starts, so an upload whose sender announced its sha256 goes straight to
-its key and is checked before it is completed; one that did not goes to a
-staging key outside every client's space and is copied into place with the
-sha256 computed on the way. Either way a refused upload leaves the previous
-object, if any, as it was. Only the control plane holds the bucket's credentials,
-so no client key reaches the metadata: what `stat` says is what the store
-computed when the bytes arrived. A `create_only` put (a run's output) needs the
-sender's sha256 and is made with `If-None-Match: *`, and the key is looked at
-again just before the upload completes, so it never replaces an object.
+digest (BLAKE3, protocol/digest.py) is kept as the object's `digest` metadata
+(objects stored before BLAKE3 have a `sha256` one, read as "sha256:…"). S3 takes
+metadata when an upload starts, so an upload whose sender announced its BLAKE3
+digest goes straight to its key and is checked before it is completed; one that
+did not goes to a staging key outside every client's space and is copied into
+place with the digest computed on the way. Either way a refused upload leaves the
+previous object, if any, as it was. Only the control plane holds the bucket's
+credentials, so no client key reaches the metadata: what `stat` says is what the
+store computed when the bytes arrived. A `create_only` put (a run's output) needs
+the sender's digest and is made with `If-None-Match: *`, and the key is looked at
+again just before the upload completes, so it never replaces an object. (botocore
+still hashes each request's body with sha256 over plain HTTP: SigV4 asks for it.)
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -37,7 +38,9 @@ from infra.storage import (
     StorageError,
     check_client_id,
     check_object_key,
+    declared,
 )
+from protocol import digest
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,6 @@ MAX_PRESIGN_S = 15 * 60  # a GET straight from S3 is a grant: minutes, as ours (
 PRESIGN_OPERATIONS = {"GET": "get_object"}  # a PUT straight to S3 would skip every check
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _TAKEN = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class S3Store:
@@ -151,53 +153,58 @@ class S3Store:
 
     def put(
         self, client_id: str, key: str, chunks: Iterable[bytes],
-        expected_sha256: str | None = None, *, expected_size: int | None = None,
+        expected_digest: str | None = None, *, expected_size: int | None = None,
         create_only: bool = False,
     ) -> ObjectInfo:
         key = check_object_key(client_id, key)
         name = f"{client_id}/{key}"
+        expected_digest = declared(key, expected_digest)
+        # Only a declared BLAKE3 digest is the one the store records: such an upload can
+        # name it in the metadata from the start.
+        announced = (expected_digest is not None
+                     and digest.algorithm_of(expected_digest) == digest.ALGORITHM)
         s3 = self._client()
         if create_only:
-            if not (expected_sha256 and _SHA256.fullmatch(expected_sha256)):
-                raise StorageError(f"{key}: a write-once upload must declare its sha256")
+            if not announced:
+                raise StorageError(f"{key}: a write-once upload must declare its digest "
+                                   f"({digest.ALGORITHM})")
             self._refuse_taken(client_id, key)
         usage = 0 if self.quota_bytes is None else self._usage(client_id, replacing=name)
-        intake = Intake(client_id, key, self.quota_bytes, usage, expected_size)
+        intake = Intake(client_id, key, self.quota_bytes, usage, expected_size, expected_digest)
         parts = _parts(intake.take(chunks), self.part_size)
         first = next(parts)
         if len(first) < self.part_size:  # the whole object: one plain PUT
-            sha = intake.verify(expected_sha256)
+            got = intake.verify()
             condition = {"IfNoneMatch": "*"} if create_only else {}
             try:
                 s3.put_object(Bucket=self.bucket, Key=name, Body=first,
-                              Metadata={"sha256": sha}, **condition)
+                              Metadata={"digest": got}, **condition)
             except ClientError as err:
                 if _code(err) in _TAKEN:
                     self._refuse_taken(client_id, key)
                 raise
-            return ObjectInfo(key, intake.size, sha)
+            return ObjectInfo(key, intake.size, got)
         held = [first]
         del first  # from here on a part is let go of once uploaded
         parts = _released_then(held, parts)
-        if expected_sha256 and _SHA256.fullmatch(expected_sha256):
-            metadata = {"sha256": expected_sha256.lower()}
+        if announced and expected_digest is not None:
             taken = (client_id, key) if create_only else None
-            self._multipart(name, metadata, parts, intake, expected_sha256, taken)
-            return ObjectInfo(key, intake.size, metadata["sha256"])
+            self._multipart(name, {"digest": expected_digest}, parts, intake, taken)
+            return ObjectInfo(key, intake.size, expected_digest)
         staged = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         try:
-            self._multipart(staged, {}, parts, intake, expected_sha256)
-            sha = intake.verify(expected_sha256)
+            self._multipart(staged, {}, parts, intake)
+            got = intake.verify()
             s3.copy(
                 {"Bucket": self.bucket, "Key": staged},
                 self.bucket,
                 name,
-                ExtraArgs={"Metadata": {"sha256": sha}, "MetadataDirective": "REPLACE"},
+                ExtraArgs={"Metadata": {"digest": got}, "MetadataDirective": "REPLACE"},
                 Config=COPY_TRANSFER,
             )
         finally:
             self._delete_quietly(staged)
-        return ObjectInfo(key, intake.size, sha)
+        return ObjectInfo(key, intake.size, got)
 
     def _multipart(
         self,
@@ -205,10 +212,9 @@ class S3Store:
         metadata: dict[str, str],
         parts: Iterator[bytearray],
         intake: Intake,
-        expected_sha256: str | None,
         create_only: tuple[str, str] | None = None,
     ) -> None:
-        """Upload `parts` as the parts of `name`; complete it if the sha256 holds (and, for
+        """Upload `parts` as the parts of `name`; complete it if the digest holds (and, for
         `create_only` (client, key), if the key is still free)."""
         s3 = self.s3
         upload = s3.create_multipart_upload(Bucket=self.bucket, Key=name, Metadata=metadata)
@@ -224,7 +230,7 @@ class S3Store:
                 )
                 done.append({"PartNumber": number, "ETag": answer["ETag"]})
                 del part  # free it before the next one is read
-            intake.verify(expected_sha256)
+            intake.verify()
             condition: dict[str, str] = {}
             if create_only is not None:
                 self._refuse_taken(*create_only)
@@ -280,11 +286,16 @@ class S3Store:
             head = self.s3.head_object(Bucket=self.bucket, Key=name)
         except ClientError as err:
             raise _not_found(err, client_id, key) from None
-        sha = head["Metadata"].get("sha256") or self._hash(name)
-        return ObjectInfo(key, head["ContentLength"], sha)
+        return ObjectInfo(key, head["ContentLength"], self._recorded(name, head["Metadata"]))
 
-    def _hash(self, name: str) -> str:
-        """The sha256 of an object stored without one (PUT through a presigned URL): read it all."""
+    def _recorded(self, name: str, metadata: dict[str, str]) -> str:
+        """The digest the metadata holds (a `sha256` one from before BLAKE3 counts), or, for
+        an object stored without one (written by something else than this store), its own,
+        computed: read it all."""
+        try:
+            return digest.of_record(metadata)
+        except ValueError:
+            pass
         body = self.s3.get_object(Bucket=self.bucket, Key=name)["Body"]
         intake = Intake("", name, None)
         try:
@@ -292,7 +303,7 @@ class S3Store:
                 pass
         finally:
             body.close()
-        return intake.verify(None)
+        return intake.verify()
 
     def open(self, client_id: str, key: str) -> tuple[ObjectInfo, Iterator[bytes]]:
         key = check_object_key(client_id, key)
@@ -302,8 +313,7 @@ class S3Store:
         except ClientError as err:
             raise _not_found(err, client_id, key) from None
         body = got["Body"]
-        sha = got["Metadata"].get("sha256") or self._hash(name)
-        info = ObjectInfo(key, got["ContentLength"], sha)
+        info = ObjectInfo(key, got["ContentLength"], self._recorded(name, got["Metadata"]))
 
         def chunks() -> Iterator[bytes]:
             try:
@@ -322,7 +332,7 @@ class S3Store:
     def presign(self, method: str, client_id: str, key: str, expires_s: int) -> str:
         """A URL that lets its holder GET this one object, straight from S3, for expires_s
         (at most MAX_PRESIGN_S). There is no PUT: one would skip the quota, the declared
-        sha256 and size, and write-once."""
+        digest and size, and write-once."""
         key = check_object_key(client_id, key)
         operation = PRESIGN_OPERATIONS.get(method.upper())
         if operation is None:
@@ -339,7 +349,8 @@ class S3Store:
         )
 
     def list(self, client_id: str, prefix: str = "") -> list[ObjectInfo]:
-        """The client's objects under `prefix`: one LIST per 1000, then one HEAD each for sha256."""
+        """The client's objects under `prefix`: one LIST per 1000, then one HEAD each for its
+        digest."""
         start = f"{check_client_id(client_id)}/"
         pages = self._client().get_paginator("list_objects_v2")
         out = []

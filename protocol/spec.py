@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from protocol import digest as digest_rules
 from protocol.fields import (
     Command,
     EnvValue,
@@ -103,7 +104,7 @@ class Comparator(_Strict):
 
 
 class Verification(_Strict):
-    """What the client asks beyond the checks every job gets (exit code, outputs, sha256s)."""
+    """What the client asks beyond the checks every job gets (exit code, outputs' digests)."""
 
     # Run on this many distinct providers; a quorum of matching outputs decides.
     replicas: Annotated[StrictInt, Field(ge=1, le=MAX_REPLICAS)] = 1
@@ -143,15 +144,30 @@ class Verification(_Strict):
 
 
 class InputRef(_Strict):
-    """An input as the API takes it: an object already in the client's storage."""
+    """An input as the API takes it: an object already in the client's storage.
+
+    Pinned when the job is submitted (`digest`, `size`): staging refuses bytes that
+    changed since. A client may pin them itself; a bare `sha256` (as specs before BLAKE3
+    pinned an input) is read as the digest "sha256:<hex>".
+    """
 
     key: str
     name: PathText | None = None  # where the job sees it; defaults to the key's last part
-    # Pinned when the job is submitted: staging refuses bytes that changed since.
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    digest: str | None = Field(default=None, pattern=digest_rules.PATTERN)
     size: Annotated[StrictInt, Field(ge=0, le=MAX_BYTES)] | None = None
+    # Never kept: read into `digest` as it is taken, left out of what is recorded.
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", exclude=True,
+                               repr=False)
 
     _key = field_validator("key")(check_storage_key)
+
+    @model_validator(mode="after")
+    def _legacy_sha256(self) -> InputRef:
+        if self.sha256 is None:
+            return self
+        if self.digest is not None:
+            raise ValueError("give the input's digest, or its sha256, not both")
+        return self.model_copy(update={"digest": f"sha256:{self.sha256}", "sha256": None})
 
     @field_validator("name")
     @classmethod

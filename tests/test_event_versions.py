@@ -1,20 +1,27 @@
 """Events stored by an earlier version of the code still load: EntryPosted v1 had no `kind`,
-JobSubmitted v1 no `sealed_env` (its env in the clear)."""
+JobSubmitted v1 no `sealed_env` (its env in the clear); before BLAKE3, JobSubmitted v2,
+OutputsUploaded and ResultAccepted v1 and CanaryIssued v1 held bare sha256s."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from eventsourcing.persistence import StoredEvent
 
+from activities.grants import Grants
+from api.features.jobs import OutputFile
 from domain.application import Network
+from domain.canary import Canary, judge_canary
 from domain.job import Job
 from domain.ledger import Account, transfer
 from infra.job_env import open_env
 from infra.row_cipher import RowCipher
 from infra.settings import Settings
-from protocol.spec import parse_job_spec
+from infra.signing import parse_grant
+from protocol import digest
+from protocol.spec import JobSpec, parse_job_spec
 from readmodel.projector import Projector
 from readmodel.schema import ViewDB
 
@@ -78,7 +85,7 @@ def test_job_submitted_v1_with_its_env_in_the_clear_still_loads_and_projects_nam
               max_cost_micro=spec.max_cost_micro, sealed_env="")
     stored = app.mapper.to_stored_event(job.collect_events()[0])
     state = json.loads(stored.state)
-    assert state.pop("class_version") == 2
+    assert state.pop("class_version") == 3
     del state["sealed_env"]
     app.recorder.insert_events([StoredEvent(
         originator_id=stored.originator_id, originator_version=stored.originator_version,
@@ -95,3 +102,100 @@ def test_job_submitted_v1_with_its_env_in_the_clear_still_loads_and_projects_nam
     (row,) = views.query("SELECT spec FROM jobs WHERE job_id = ?", ("job-v1",))
     assert json.loads(row["spec"])["env"] == {"API_TOKEN": ""}
     assert "tok-old" not in repr(views.query("SELECT * FROM job_events"))
+
+
+OLD_IN, OLD_OUT, OLD_ANSWER = "ab" * 32, "cd" * 32, "ef" * 32
+
+
+def _as_before_blake3(app: Network, event: object) -> StoredEvent:
+    """Store an event as the code before BLAKE3 did: its digests as bare sha256s under
+    `sha256`, and its class version as it was then."""
+    stored = app.mapper.to_stored_event(event)  # type: ignore[arg-type]
+    state = json.loads(stored.state)
+    name = stored.topic.rpartition(".")[2]
+
+    def bare(records: list[dict[str, object]]) -> None:
+        for r in records:
+            value = str(r.pop("digest"))
+            assert value.startswith("sha256:")
+            r["sha256"] = value.removeprefix("sha256:")
+
+    if name == "JobSubmitted":
+        assert state["class_version"] == 3
+        state["class_version"] = 2
+        bare(state["spec"]["inputs"])
+    elif name in ("OutputsUploaded", "ResultAccepted"):
+        assert state.pop("class_version") == 2
+        bare(state["manifest"])
+    elif name == "CanaryIssued":
+        assert state.pop("class_version") == 2
+        bare(state["expected"])
+    return StoredEvent(originator_id=stored.originator_id,
+                       originator_version=stored.originator_version, topic=stored.topic,
+                       state=json.dumps(state).encode())
+
+
+def test_digests_recorded_as_bare_sha256s_load_as_sha256_digests_and_still_verify(
+    tmp_path: Path,
+) -> None:
+    """A job, its outputs and a canary recorded before BLAKE3: each digest loads as
+    "sha256:<hex>", so staging checks those bytes with sha256 (worker_gpu/transfer.py), a
+    grant names that digest, the read model shows it, and a canary of then is void
+    against a BLAKE3 report rather than a mismatch."""
+    settings = Settings(event_store="memory", home=tmp_path)
+    app = Network(env=settings.eventsourcing_env())
+    spec = parse_job_spec({"name": "old", "command": "true", "max_price_per_gpu_hour": "3",
+                           "outputs": ["out.bin"],
+                           "inputs": [{"key": "data/in.bin", "sha256": OLD_IN, "size": 3}]})
+    job = Job(job_id="job-old", client_id="alice", spec=spec.model_dump(mode="json"),
+              max_cost_micro=spec.max_cost_micro, sealed_env="")
+    job.record_allocation(1, "prov-1", [0], 1_000_000)
+    entry = {"path": "out.bin", "key": "jobs/job-old/runs/1/out.bin",
+             "digest": f"sha256:{OLD_OUT}", "size": 3}
+    job.record_step("outputs_uploaded", 1,
+                    {"provider_id": "prov-1", "manifest": [entry], "missing": []})
+    job.accept_result(1)
+    canary = Canary(origin_job_id="job-old", provider_id="prov-1", job_id="job-canary",
+                    client_id="u1", seed="0" * 32, gpu_indexes=[0], price_micro=1,
+                    expected=[{"path": "answer.txt", "digest": f"sha256:{OLD_ANSWER}",
+                               "size": 3}])
+    app.recorder.insert_events([_as_before_blake3(app, e) for e in
+                                [*job.collect_events(), *canary.collect_events()]])
+
+    loaded = app.job("job-old")
+    (pinned,) = JobSpec.model_validate(loaded.spec).inputs
+    assert (pinned.digest, pinned.size) == (f"sha256:{OLD_IN}", 3)
+    assert loaded.manifests == {1: [{**entry, "digest": f"sha256:{OLD_OUT}"}]}
+    grants = Grants(settings, "alice", "job-old", 1, "prov-1")
+    url = grants.get("data/in.bin", str(pinned.digest), 3)
+    granted = parse_grant("GET", "alice", "data/in.bin", dict(parse_qsl(urlsplit(url).query)))
+    assert granted.digest == f"sha256:{OLD_IN}"
+
+    (expected,) = app.canary("job-old", "prov-1").expected_outputs()  # type: ignore[union-attr]
+    assert expected.digest == f"sha256:{OLD_ANSWER}"
+    judged = judge_canary([expected], 0, False, [("answer.txt", digest.of_bytes(b"42\n"), 3)],
+                          [])
+    assert judged.outcome == "void" and "sha256" in judged.reason
+
+    views = ViewDB(settings)
+    Projector(app, views).catch_up()
+    (row,) = views.query("SELECT outputs FROM jobs WHERE job_id = ?", ("job-old",))
+    (shown,) = [OutputFile.from_record(o) for o in json.loads(row["outputs"])]
+    assert (shown.path, shown.digest, shown.size) == ("out.bin", f"sha256:{OLD_OUT}", 3)
+
+
+def test_new_digests_are_stored_blake3_and_said_so() -> None:
+    app = Network(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    data = b"new bytes"
+    spec = parse_job_spec({"name": "new", "command": "true", "max_price_per_gpu_hour": "3",
+                           "inputs": [{"key": "in.bin", "digest": digest.of_bytes(data),
+                                       "size": len(data)}]})
+    app.open_client("alice", 10_000_000)
+    app.submit_job("job-new", "alice", spec)
+    raw = {n.topic.rpartition(".")[2]: json.loads(n.state)
+           for n in app.recorder.select_notifications(start=1, limit=50)}
+    submitted = raw["JobSubmitted"]
+    assert submitted["class_version"] == 3
+    assert submitted["spec"]["inputs"][0]["digest"] == digest.of_bytes(data)
+    assert "sha256" not in submitted["spec"]["inputs"][0]
+    assert digest.of_bytes(data).startswith("blake3:")

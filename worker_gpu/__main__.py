@@ -57,7 +57,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
     parser.add_argument(
         "--corrupt-outputs",
         action="store_true",
-        help="TEST ONLY: act as a dishonest provider that reports wrong output sha256s",
+        help="TEST ONLY: act as a dishonest provider that reports wrong output digests",
     )
     parser.add_argument(
         "--wrong-results",

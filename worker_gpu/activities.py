@@ -37,11 +37,11 @@ from worker_gpu.transfer import (
     IntegrityMismatch,
     UnsafePath,
     already_present,
+    digest_file,
     download_verified,
     relative_path,
     ride_out,
     safe_path,
-    sha256_file,
     tls,
     upload_file,
 )
@@ -91,14 +91,15 @@ def _http_error(err: HttpFailure, what: str) -> StepFailed:
 
 def _lie_about(digest: str) -> str:
     # One hex digit off: the smallest lie a verifier must still catch.
-    return ("1" if digest[0] == "0" else "0") + digest[1:]
+    algorithm, _, hexpart = digest.partition(":")
+    return f"{algorithm}:" + ("1" if hexpart[0] == "0" else "0") + hexpart[1:]
 
 
 class GpuActivities:
     """Stage, execute and upload for one provider; the agent runs them for its assignments.
 
     corrupt_outputs=True makes this a DISHONEST provider that reports a wrong
-    sha256 for every output; it exists only to test verification.
+    digest for every output; it exists only to test verification.
     """
 
     def __init__(
@@ -170,7 +171,7 @@ class GpuActivities:
             for transfer in request.inputs:
                 progress.current = transfer.name
                 target = _job_path(work, transfer.name)
-                if already_present(target, transfer.sha256, transfer.size):
+                if already_present(target, transfer.digest, transfer.size):
                     progress.bytes += transfer.size
                 else:
                     try:
@@ -352,7 +353,7 @@ class GpuActivities:
                 if self.wrong_results:  # a cheat that covers its tracks: storage will agree
                     with path.open("ab") as f:
                         f.write(b"\n0.4242 (not what the job computed)\n")
-                digest, size = sha256_file(path, on_chunk)
+                digest, size = digest_file(path, on_chunk)
                 put = partial(_put, client, output.url, path, digest, size, on_chunk, progress,
                               progress.bytes)
                 try:
@@ -389,13 +390,13 @@ def _fetch(client: httpx.Client, transfer: InputTransfer, target: Path, on_chunk
            progress: _Progress, bytes_before: int) -> int:
     progress.bytes = bytes_before  # each try starts the file over
     return download_verified(client, transfer.url, target, name=transfer.name,
-                             sha256=transfer.sha256, size=transfer.size, on_chunk=on_chunk)
+                             digest=transfer.digest, size=transfer.size, on_chunk=on_chunk)
 
 
 def _put(client: httpx.Client, url: str, path: Path, digest: str, size: int, on_chunk: ChunkFn,
          progress: _Progress, bytes_before: int) -> None:
     progress.bytes = bytes_before
-    upload_file(client, url, path, sha256=digest, size=size, on_chunk=on_chunk)
+    upload_file(client, url, path, digest=digest, size=size, on_chunk=on_chunk)
 
 
 def _raise_if_cancelled(ticker: Ticker) -> None:

@@ -184,7 +184,7 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
         wrong_results=config.wrong_results,
     )
     if config.corrupt_outputs:
-        say("WARNING: --corrupt-outputs: this provider reports wrong output sha256s (test only)")
+        say("WARNING: --corrupt-outputs: this provider reports wrong output digests (test only)")
 
     def read_telemetry() -> list[GpuTelemetry]:
         if nvml is not None:

@@ -179,6 +179,15 @@ class ApiStepContext(StepContext):
             self.cancel()
 
 
+def reported(result: Any) -> dict[str, Any]:
+    """A step's result as the API takes it: each manifest entry as events record it, without
+    the field the contract keeps for histories from before BLAKE3."""
+    data = dataclasses.asdict(result)
+    if isinstance(result, c.UploadResult):
+        data["manifest"] = [m.record() for m in result.manifest]
+    return data
+
+
 def run_assignment(api: ProviderApi, activities: GpuActivities, assignment: dict[str, Any],
                    contexts: dict[str, ApiStepContext]) -> None:
     """Run one assignment to its end and report it; never raises."""
@@ -197,7 +206,7 @@ def run_assignment(api: ProviderApi, activities: GpuActivities, assignment: dict
             try:
                 request = from_dict(REQUESTS[kind], assignment.get("request"))
                 result = getattr(activities, kind)(request)
-                report = ("complete", dataclasses.asdict(result))
+                report = ("complete", reported(result))
             except StepCancelled as err:
                 report = ("cancelled", str(err))
             except StepFailed as err:

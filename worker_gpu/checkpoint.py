@@ -9,7 +9,7 @@ uploaded, and a file that changes while it is read waits for the next round.
 While the job runs, `CheckpointUploader` looks at the directory every few seconds
 (the plan's interval). When a file changed, it uploads the changed files through
 the presigned PUT URLs of the plan's slots, then the manifest
-(`jobs/<job_id>/checkpoint/<attempt>/manifest.json`: path, key, sha256 and size of
+(`jobs/<job_id>/checkpoint/<attempt>/manifest.json`: path, key, digest and size of
 every file) last. Each attempt has its own slots and manifest, written only through
 that run's grants while it is live: no other run, and no client, can name what a
 later attempt resumes from.
@@ -23,12 +23,11 @@ is ever read.
 When a provider is lost, the control plane reads the manifest of the latest earlier
 attempt that has one, checks each file
 against storage, and stages the files into the next attempt's `checkpoint/` as
-ordinary inputs (sha256 checked): the job finds them and resumes.
+ordinary inputs (digest checked): the job finds them and resumes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,13 +38,15 @@ from pathlib import Path
 
 import httpx
 
+from protocol import digest as digests
 from worker_gpu.transfer import (
+    DIGEST_HEADER,
     HttpFailure,
     UnsafePath,
+    digest_file,
     relative_path,
     renewed,
     safe_path,
-    sha256_file,
     tls,
     upload_file,
 )
@@ -202,10 +203,10 @@ class CheckpointUploader:
             if before is not None and before.stamp == stamp:
                 entries[rel] = before
                 continue
-            digest, size = sha256_file(path, self._check_stop)
+            digest, size = digest_file(path, self._check_stop)
             if _stamp(path.lstat()) != stamp:
                 return None  # being written: wait for a round where it holds still
-            if before is not None and (before.entry.sha256, before.entry.size) == (digest, size):
+            if before is not None and (before.entry.digest, before.entry.size) == (digest, size):
                 entries[rel] = _Uploaded(before.entry, stamp)  # touched, not changed
                 continue
             slot = next(free, None)
@@ -220,10 +221,10 @@ class CheckpointUploader:
     def _put_file(self, slot: OutputTransfer, rel: str, path: Path, digest: str, size: int) -> bool:
         try:
             upload_file(
-                self._http(), slot.url, path, sha256=digest, size=size, on_chunk=self._check_stop
+                self._http(), slot.url, path, digest=digest, size=size, on_chunk=self._check_stop
             )
         except (HttpFailure, httpx.HTTPError) as err:
-            # A file rewritten during the upload no longer matches its X-Sha256 and is refused.
+            # A file rewritten during the upload no longer matches its X-Digest and is refused.
             log.warning("job %s: checkpoint file %s not uploaded: %s", self.job_id, rel, err)
             return False
         return True
@@ -233,7 +234,7 @@ class CheckpointUploader:
         response = self._http().put(
             renewed(self._http(), self.plan.manifest_url, "PUT"),
             content=body,
-            headers={"X-Sha256": hashlib.sha256(body).hexdigest()},
+            headers={DIGEST_HEADER: digests.of_bytes(body)},
         )
         if not response.is_success:
             raise HttpFailure("PUT", response.status_code, response.text[:500])
@@ -303,7 +304,7 @@ def _walk(root: Path) -> Iterator[str]:
 def manifest_bytes(job_id: str, attempt: int, entries: list[ManifestEntry]) -> bytes:
     """The manifest as stored: what the control plane reads back on the next attempt."""
     files = [
-        {"path": e.path, "key": e.key, "sha256": e.sha256, "size": e.size}
+        {"path": e.path, "key": e.key, "digest": e.digest, "size": e.size}
         for e in sorted(entries, key=lambda e: e.path)
     ]
     doc = {"job_id": job_id, "attempt": attempt, "files": files}

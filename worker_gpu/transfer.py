@@ -1,22 +1,21 @@
-"""Streaming transfers to and from presigned URLs, with sha256 and size checked on the way.
+"""Streaming transfers to and from presigned URLs, with digest and size checked on the way.
 
-No file is ever held whole in memory: downloads go chunk by chunk to a temporary
-file that is renamed into place only once its size and digest are right.
+No file is ever held whole in memory: downloads go piece by piece to a temporary
+file (worker_gpu/receive.py) that is renamed into place only once its size and
+digest are right. Digests are protocol/digest.py's: an input is checked with the
+algorithm of the digest recorded for it (BLAKE3, or sha256 for an object stored
+before), an upload declares its BLAKE3 digest (X-Digest).
 """
 
 from __future__ import annotations
 
-import errno
 import functools
-import hashlib
 import logging
 import os
 import ssl
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
@@ -26,12 +25,15 @@ import httpcore
 import httpx
 
 from infra import tracing
+from protocol import digest as digests
+from worker_gpu.receive import ChunkFn, IntegrityMismatch, receive, reserve
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = digests.CHUNK_BYTES  # what an upload reads its file in
+DIGEST_HEADER = "X-Digest"
 # A storage server that restarts (a deploy, a crash loop) is gone for seconds. A transfer
 # rides that out here, within its step, rather than fail the run: the network retries a
 # staging or upload step only once, and a run lost to a blip costs the whole job.
@@ -44,38 +46,18 @@ def tls() -> ssl.SSLContext:
     """One TLS context per process for every transfer: building one loads the CA bundle,
     which cost more CPU than staging a small job's inputs (bench/pipeline.py)."""
     return httpx.create_ssl_context()
-HASH_QUEUE_DEPTH = 8  # chunks (of at most about CHUNK_BYTES) waiting to be hashed
-RESERVE_FROM_BYTES = 16 * CHUNK_BYTES  # smaller files gain nothing from preallocation
+
 
 # httpcore reads an HTTP/1.1 body 64 KiB at a time, and each read passes through h11 and
-# httpx in Python: half the CPU of staging a large input (bench/staging.py). Reading up to
-# 1 MiB at a time (as much as the socket holds) halves it; smaller responses are unaffected.
+# httpx in Python. Reading up to 1 MiB at a time (as much as the socket holds) halves the
+# CPU of a body that goes that way (worker_gpu/receive.py reads most of a large one from
+# the socket itself); smaller responses are unaffected.
 httpcore.HTTP11Connection.READ_NUM_BYTES = max(httpcore.HTTP11Connection.READ_NUM_BYTES,
-                                               CHUNK_BYTES)
-
-# Told how many bytes just moved; may raise to abort the transfer (cancellation).
-ChunkFn = Callable[[int], None]
+                                               1 << 20)
 
 
 class UnsafePath(ValueError):
     """A job-relative path that would land outside the job's working directory."""
-
-
-@dataclass
-class IntegrityMismatch(Exception):
-    name: str
-    expected_sha256: str
-    expected_size: int
-    got_sha256: str
-    got_size: int
-
-    def __str__(self) -> str:
-        expected = f"expected sha256 {self.expected_sha256} and {self.expected_size} bytes"
-        if not self.got_sha256:
-            got = f"got more than {self.expected_size} bytes"
-        else:
-            got = f"got sha256 {self.got_sha256} and {self.got_size} bytes"
-        return f"input {self.name!r} does not match its declaration: {expected}, {got}"
 
 
 @dataclass
@@ -147,16 +129,10 @@ def safe_path(root: Path, relative: str) -> Path:
     return path
 
 
-def sha256_file(path: Path, on_chunk: ChunkFn | None = None) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-            if on_chunk is not None:
-                on_chunk(len(chunk))
-    return digest.hexdigest(), size
+def digest_file(path: Path, on_chunk: ChunkFn | None = None,
+                algorithm: str = digests.ALGORITHM) -> tuple[str, int]:
+    """The file's digest ("blake3:<hex>", or in `algorithm`) and size."""
+    return digests.of_file(path, on_chunk, algorithm)
 
 
 # A grant (infra/signing.py) lives minutes; one that ends within this is renewed before use.
@@ -198,167 +174,52 @@ def _error_body(response: httpx.Response) -> str:
         return ""
 
 
-class _Sha256Behind:
-    """The sha256 of a stream, computed on a thread of its own, behind the caller's I/O.
-
-    hashlib releases the GIL on large buffers, so hashing one chunk overlaps receiving
-    and writing the next ones instead of following them. At most `depth` chunks wait
-    for it, so memory stays bounded; they are hashed in order (one worker).
-    """
-
-    def __init__(self, depth: int = HASH_QUEUE_DEPTH):
-        self._digest = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-        self._pending: deque[Future[None]] = deque()
-        self._depth = depth
-
-    def update(self, chunk: bytes) -> None:
-        if len(self._pending) >= self._depth:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._digest.update, chunk))
-
-    def hexdigest(self) -> str:
-        while self._pending:
-            self._pending.popleft().result()
-        return self._digest.hexdigest()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _body(response: httpx.Response) -> Iterator[bytes]:
-    """The body as sent, in the pieces read, without h11 in the way where that is safe.
-
-    h11 copies every byte twice and httpcore once more, all holding the GIL. For a
-    plain HTTP/1.1 body of known length, the first piece comes through httpx (it holds
-    what was read along with the headers) and the rest straight from the connection's
-    network stream (httpcore's documented `network_stream` extension). h11 then never
-    sees the end of the body, so the connection is closed with the response rather
-    than reused. Anything else (chunked, encoded, HTTP/2) goes through httpx as is.
-    """
-    headers = response.headers
-    length = headers.get("content-length", "")
-    stream = response.extensions.get("network_stream")
-    plain = (
-        response.extensions.get("http_version") == b"HTTP/1.1"
-        and "transfer-encoding" not in headers
-        and headers.get("content-encoding", "identity") == "identity"
-        and length.isascii()
-        and length.isdigit()
-        and int(length) > 0
-    )
-    if stream is None or not plain:
-        yield from response.iter_raw()
-        return
-    left = int(length)
-    timeout = response.request.extensions.get("timeout", {}).get("read")
-    through_httpx = response.iter_raw()
-    try:
-        # h11 hands over all it holds, up to the length. Were it ever to hold some back,
-        # the digest would not match (tests/worker_gpu/test_transfer.py would say so).
-        first = next(through_httpx, b"")
-        if first:
-            left -= len(first)
-            yield first
-        while left > 0:
-            try:
-                chunk = stream.read(min(CHUNK_BYTES, left), timeout)
-            except httpcore.TimeoutException as err:
-                raise httpx.ReadTimeout(str(err), request=response.request) from err
-            except httpcore.NetworkError as err:
-                raise httpx.ReadError(str(err), request=response.request) from err
-            if not chunk:
-                raise httpx.RemoteProtocolError(
-                    f"peer closed connection without sending complete message body "
-                    f"(received {int(length) - left} bytes, expected {length})",
-                    request=response.request,
-                )
-            left -= len(chunk)
-            yield chunk
-    finally:
-        response.close()  # and its connection, whose h11 did not see the body end
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Allocate the declared size up front, where the filesystem can.
-
-    Writing into blocks already allocated costs ext4 about a quarter less CPU than
-    delayed allocation, block by block, does (bench/staging.py), and a disk too full
-    for the input says so before any byte moves. Only the declared size is reserved:
-    a longer body is refused as it arrives, and the file is removed on any failure.
-    """
-    if size < RESERVE_FROM_BYTES or not hasattr(os, "posix_fallocate"):
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EFBIG):
-            raise
-        # Not supported here: the writes allocate as they go.
-
-
-def _write_all(fd: int, chunk: bytes) -> None:
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def download_verified(
     client: httpx.Client,
     url: str,
     target: Path,
     *,
     name: str,
-    sha256: str,
+    digest: str,
     size: int,
     on_chunk: ChunkFn | None = None,
 ) -> int:
-    """GET `url` into `target`; the file appears only if its size and sha256 match."""
+    """GET `url` into `target`; the file appears only if its size and digest match."""
+    expected = digests.normal(digest)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
-    digest = _Sha256Behind()
     try:
-        _reserve(fd, size)
-        got = 0
-        # The body as sent (no decoder, no regrouping into CHUNK_BYTES, which copies
-        # every byte twice more); so ask for it uncompressed.
+        reserve(fd, size)
+        # The body as sent (no decoder, no regrouping), so ask for it uncompressed.
         headers = {"Accept-Encoding": "identity", **tracing.headers()}
         with client.stream("GET", renewed(client, url, "GET"), headers=headers) as response:
             if not response.is_success:
                 raise HttpFailure("GET", response.status_code, _error_body(response))
-            for chunk in _body(response):
-                got += len(chunk)
-                if got > size:
-                    # Stop early: a wrong file must not fill the provider's disk.
-                    raise IntegrityMismatch(name, sha256, size, "", got)
-                digest.update(chunk)
-                _write_all(fd, chunk)
-                if on_chunk is not None:
-                    on_chunk(len(chunk))
+            got, got_digest = receive(response, fd, name=name, expected=expected, size=size,
+                                      on_chunk=on_chunk)
         os.close(fd)
         fd = -1
-        got_sha256 = digest.hexdigest()
-        if got != size or got_sha256 != sha256.lower():
-            raise IntegrityMismatch(name, sha256, size, got_sha256, got)
+        if got != size or got_digest != expected:
+            raise IntegrityMismatch(name, expected, size, got_digest, got)
         tmp.replace(target)
         return got
     finally:
-        digest.close()
         if fd != -1:
             os.close(fd)
         tmp.unlink(missing_ok=True)
 
 
-def already_present(target: Path, sha256: str, size: int) -> bool:
+def already_present(target: Path, digest: str, size: int) -> bool:
     """True when a retried stage finds the file already verified in place."""
     if not target.is_file() or target.is_symlink() or target.stat().st_size != size:
         return False
-    return sha256_file(target)[0] == sha256.lower()
+    expected = digests.normal(digest)
+    return digest_file(target, algorithm=digests.algorithm_of(expected))[0] == expected
 
 
 def _chunks(path: Path, on_chunk: ChunkFn | None) -> Iterator[bytes]:
-    with path.open("rb") as f:
+    with path.open("rb", buffering=0) as f:
         while chunk := f.read(CHUNK_BYTES):
             yield chunk
             if on_chunk is not None:
@@ -370,30 +231,30 @@ def upload_file(
     url: str,
     path: Path,
     *,
-    sha256: str,
+    digest: str,
     size: int,
     on_chunk: ChunkFn | None = None,
 ) -> None:
-    """PUT `path` to `url` as a stream, declaring its digest (X-Sha256) and size.
+    """PUT `path` to `url` as a stream, declaring its digest (X-Digest) and size.
 
     A write-once key that already holds these very bytes (an upload retried after its
     answer was lost) counts as uploaded: the storage endpoint refuses the PUT (409) and
     says what it holds."""
     # An explicit Content-Length: S3-style presigned PUTs refuse chunked bodies.
-    headers = {"X-Sha256": sha256, "Content-Length": str(size), **tracing.headers()}
+    headers = {DIGEST_HEADER: digest, "Content-Length": str(size), **tracing.headers()}
     url = renewed(client, url, "PUT")
     response = client.put(url, content=_chunks(path, on_chunk), headers=headers)
-    if response.status_code == 409 and _holds(response, sha256, size):
+    if response.status_code == 409 and _holds(response, digest, size):
         return
     if not response.is_success:
         raise HttpFailure("PUT", response.status_code, response.text[:500])
 
 
-def _holds(response: httpx.Response, sha256: str, size: int) -> bool:
+def _holds(response: httpx.Response, digest: str, size: int) -> bool:
     try:
         detail = response.json().get("detail")
     except ValueError:
         return False
-    return isinstance(detail, dict) and (detail.get("sha256"), detail.get("size")) == (
-        sha256.lower(), size
+    return isinstance(detail, dict) and (detail.get("digest"), detail.get("size")) == (
+        digests.normal(digest), size
     )

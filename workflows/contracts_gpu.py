@@ -10,12 +10,22 @@ from dataclasses import dataclass, field
 # No `from __future__ import annotations` here (workflows/contracts.py says why).
 
 
+# A digest is "blake3:<hex>" (protocol/digest.py). Histories and rows written before BLAKE3
+# hold a bare sha256 in a `sha256` field instead: `digest` then reads it as "sha256:<hex>"
+# (the defaults are there for that; every new contract names digest and size).
+
+
 @dataclass
 class InputTransfer:
     name: str  # path inside the job's working directory
     url: str  # presigned GET
-    sha256: str
-    size: int
+    digest: str = ""
+    size: int = 0
+    sha256: str = ""  # before BLAKE3 only
+
+    def __post_init__(self) -> None:
+        if not self.digest and self.sha256:
+            self.digest, self.sha256 = f"sha256:{self.sha256.lower()}", ""
 
 
 @dataclass
@@ -29,8 +39,17 @@ class OutputTransfer:
 class ManifestEntry:
     path: str
     key: str
-    sha256: str
-    size: int
+    digest: str = ""
+    size: int = 0
+    sha256: str = ""  # before BLAKE3 only
+
+    def __post_init__(self) -> None:
+        if not self.digest and self.sha256:
+            self.digest, self.sha256 = f"sha256:{self.sha256.lower()}", ""
+
+    def record(self) -> dict[str, object]:
+        """As a domain event records it (domain/job.py OutputsUploaded)."""
+        return {"path": self.path, "key": self.key, "digest": self.digest, "size": self.size}
 
 
 # Checkpoints (worker_gpu/checkpoint.py): a job's checkpoint/ directory, uploaded while it

@@ -20,6 +20,7 @@ from api.scalars import BigInt
 from api.streams import check_after, live_rows
 from api.waiting import verifying_reasons, waiting_reasons
 from domain.states import TERMINAL_EVENTS, TERMINAL_STATES
+from protocol import digest
 from protocol.spec import SpecError
 from readmodel.queue import EXPECTED_START, iso_time
 from workflows.contracts import job_workflow_id
@@ -29,8 +30,14 @@ from workflows.contracts import job_workflow_id
 class OutputFile:
     path: str
     key: str
-    sha256: str
+    digest: str = strawberry.field(description='"blake3:<hex>" (outputs from before BLAKE3: '
+                                   '"sha256:<hex>"), as storage computed it on upload')
     size: BigInt
+
+    @classmethod
+    def from_record(cls, o: dict[str, Any]) -> OutputFile:
+        # A view row projected before BLAKE3 holds a bare `sha256`.
+        return cls(path=o["path"], key=o["key"], digest=digest.of_record(o), size=o["size"])
 
 
 @strawberry.type
@@ -101,7 +108,7 @@ class Job:
             state=row["state"], reason=row["reason"], provider_id=row["provider_id"],
             max_cost_micro=row["max_cost_micro"], cost_micro=row["cost_micro"],
             submitted_at=row["submitted_at"], updated_at=row["updated_at"],
-            outputs=[OutputFile(**o) for o in json.loads(row["outputs"])],
+            outputs=[OutputFile.from_record(o) for o in json.loads(row["outputs"])],
             queue=row["queue"], priority=row["priority"],
         )
 

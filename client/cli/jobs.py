@@ -181,7 +181,7 @@ def job_outputs(
     job_id: str,
     dest: Annotated[Path, typer.Argument(metavar="DIR", help="Where to put them.")],
 ) -> Shown:
-    """Download every output of a job to DIR/<path>, verifying each sha256."""
+    """Download every output of a job to DIR/<path>, verifying each digest."""
     with connect(ctx) as gp:
         job = gp.job(job_id)
         if not job.outputs:
@@ -190,7 +190,7 @@ def job_outputs(
         with transfers() as report:
             for o in job.outputs:
                 target = dest / _safe_relative(o.path)
-                gp.download(o.key, target, bind_progress(report, o.key), o.sha256)
+                gp.download(o.key, target, bind_progress(report, o.key), o.digest)
     written = [str(dest / o.path) for o in job.outputs]
     return Shown(written, lambda: typer.echo("\n".join(written)))
 

@@ -20,12 +20,12 @@ def storage_put(ctx: typer.Context, local: Path, key: str) -> Shown:
         raise BadInput(f"{local}: no such file")
     with connect(ctx) as gp, transfers() as report:
         obj = gp.upload(local, key, bind_progress(report, key))
-    return Shown(obj, lambda: typer.echo(f"{obj.key}  {obj.size} bytes  sha256 {obj.sha256}"))
+    return Shown(obj, lambda: typer.echo(f"{obj.key}  {obj.size} bytes  {obj.digest}"))
 
 
 @command(storage_app, "get")
 def storage_get(ctx: typer.Context, key: str, local: Path) -> Shown:
-    """Download KEY to LOCAL (a file, or a folder to put it in), verifying its sha256."""
+    """Download KEY to LOCAL (a file, or a folder to put it in), verifying its digest."""
     dest = local / PurePosixPath(key).name if local.is_dir() else local
     with connect(ctx) as gp, transfers() as report:
         obj = gp.download(key, dest, bind_progress(report, key))

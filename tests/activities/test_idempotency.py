@@ -7,7 +7,6 @@ run where each activity ran once.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from activities.verify import output_key
 from domain.application import Network
 from infra.settings import Settings
 from infra.storage import FilesystemStore
+from protocol import digest
 from protocol.spec import parse_job_spec
 from readmodel.schema import ViewDB
 from tests.support.stores import store_settings
@@ -59,7 +59,7 @@ def lifecycle(acts: ControlActivities, job_id: str, repeat: Callable[[Callable[[
     data = b"result"
     store.put("alice", output_key(job_id, "o.txt", 1), [data], None)
     manifest = [c.ManifestEntry("o.txt", output_key(job_id, "o.txt", 1),
-                                hashlib.sha256(data).hexdigest(), len(data))]
+                                digest.of_bytes(data), len(data))]
 
     repeat(lambda: acts.admit_job(c.JobInput(job_id, "alice")))
     alloc = repeat(lambda: acts.allocate_gpus(c.AllocateRequest(job_id, 1)))
@@ -96,7 +96,7 @@ def stable(result: Any) -> Any:
     """A result without what may rightly differ between runs: presigned URLs' expiry."""
     if isinstance(result, c.TransferPlan):
         return repr(result).split("?expires=")[0] + str(
-            [(i.name, i.sha256) for i in result.inputs] + [(o.path, o.key) for o in result.outputs]
+            [(i.name, i.digest) for i in result.inputs] + [(o.path, o.key) for o in result.outputs]
         )
     return result
 

@@ -4,11 +4,11 @@ by how its runs ended and which outputs they left; runs with no majority blame n
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from activities.verify import judge, output_key
 from infra.storage import FilesystemStore
+from protocol import digest
 from protocol.spec import JobSpec
 from workflows import contracts as c
 
@@ -29,9 +29,9 @@ def run(store: FilesystemStore, attempt: int, body: bytes | None, exit_code: int
     manifest, missing = [], []
     if body is not None:
         key = output_key(JOB, "out.txt", attempt)
-        store.put(CLIENT, key, [body], hashlib.sha256(body).hexdigest())
+        store.put(CLIENT, key, [body], digest.of_bytes(body))
         if not reported_missing:
-            manifest = [c.ManifestEntry("out.txt", key, hashlib.sha256(body).hexdigest(),
+            manifest = [c.ManifestEntry("out.txt", key, digest.of_bytes(body),
                                         len(body))]
     if body is None or reported_missing:
         missing = ["out.txt"]

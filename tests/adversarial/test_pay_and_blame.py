@@ -11,7 +11,6 @@ instead: who was paid (the ledger), what outcome was recorded (the job's events)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from protocol import digest
 from tests.adversarial.rogue import Rogue, State
 from tests.e2e.network import Network, network
 from tests.support.graphql import SUSPEND
@@ -224,13 +224,13 @@ def test_a_lost_providers_checkpoint_does_not_decide_another_owners_run(
         planted = b"999\n"
         slot = plan["slots"][0]
         r = httpx.put(slot["url"], content=planted,
-                      headers={"X-Sha256": hashlib.sha256(planted).hexdigest()})
+                      headers={"X-Digest": digest.of_bytes(planted)})
         assert r.status_code == 200, r.text
         manifest = json.dumps({"job_id": job_id, "attempt": 1, "files": [
-            {"path": "n", "key": slot["key"], "sha256": hashlib.sha256(planted).hexdigest(),
+            {"path": "n", "key": slot["key"], "digest": digest.of_bytes(planted),
              "size": len(planted)}]}).encode()
         r = httpx.put(plan["manifest_url"], content=manifest,
-                      headers={"X-Sha256": hashlib.sha256(manifest).hexdigest()})
+                      headers={"X-Digest": digest.of_bytes(manifest)})
         assert r.status_code == 200, r.text
         # ... and no heartbeat: the step times out, rogue-q is lost.
 
@@ -486,11 +486,11 @@ def run_by_hand(net: Network, rogue: Rogue) -> str:
     upload = rogue.take("upload_outputs")
     (out,) = upload["request"]["outputs"]
     body = b"a run of its own\n"
-    digest = hashlib.sha256(body).hexdigest()
-    r = httpx.put(out["url"], content=body, headers={"X-Sha256": digest})
+    body_digest = digest.of_bytes(body)
+    r = httpx.put(out["url"], content=body, headers={"X-Digest": body_digest})
     assert r.status_code == 200, r.text
     r = rogue.call("complete", upload["assignmentId"], {"result": {"manifest": [
-        {"path": out["path"], "key": out["key"], "sha256": digest, "size": len(body)}],
+        {"path": out["path"], "key": out["key"], "digest": body_digest, "size": len(body)}],
         "missing": []}})
     assert r.status_code == 200, r.text
     return job_id

@@ -220,8 +220,8 @@ def test_an_upload_naming_an_output_it_was_not_asked_for_is_refused(
     before = settled(state, wait_s=0.3)
 
     planted = mallory.call("complete", upload["assignmentId"], {"result": {
-        "manifest": [{"path": "model.bin", "key": "jobs/other/model.bin", "sha256": "0" * 64,
-                      "size": 1}], "missing": []}})
+        "manifest": [{"path": "model.bin", "key": "jobs/other/model.bin",
+                      "digest": "blake3:" + "0" * 64, "size": 1}], "missing": []}})
 
     assert planted.status_code == 400 and "model.bin" in planted.text
     assert state.snapshot() == before

@@ -27,6 +27,7 @@ from temporalio.client import Client
 from domain.application import Network as DomainNetwork
 from infra.payload_codec import decrypt_history
 from infra.signing import Grant, grant_url, parse_grant
+from protocol import digest
 from tests.e2e.network import Network, network
 from tests.support.graphql import SUBMIT
 from workflows.contracts import job_workflow_id
@@ -37,8 +38,8 @@ CLIENT, OTHER = "mallory", "victim"
 PROVIDERS = ("adv-a", "adv-b")
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def b3(data: bytes) -> str:
+    return digest.of_bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def snapshot(net: Network, job_id: str, client: str = CLIENT) -> Snapshot:
     r = net.http.get(f"/storage/{space}", params={"prefix": f"jobs/{job_id}/"},
                      headers=net.headers(client))
     r.raise_for_status()
-    stored = {o["key"]: (o["sha256"], o["size"], net.get(client, o["key"])) for o in r.json()}
+    stored = {o["key"]: (o["digest"], o["size"], net.get(client, o["key"])) for o in r.json()}
     return Snapshot(
         events,
         {a: store.balance(a) for a in accounts},
@@ -140,7 +141,7 @@ def output_grant(plan: dict[str, Any], path: str = "result.txt") -> str:
 
 
 def put(url: str, data: bytes, **headers: str) -> httpx.Response:
-    return httpx.put(url, content=data, headers={"X-Sha256": sha(data), **headers}, timeout=30)
+    return httpx.put(url, content=data, headers={"X-Digest": b3(data), **headers}, timeout=30)
 
 
 def reused(url: str, key: str) -> str:
@@ -171,14 +172,14 @@ def test_client_overwrites_the_sha256_sidecar_of_its_output(net: Network) -> Non
     assert after_run.status_code == 403
     assert snapshot(net, job_id) == before
     key = f"jobs/{job_id}/runs/1/result.txt"
-    assert before.stored == {key: (sha(b"honest\n"), 7, b"honest\n")}
+    assert before.stored == {key: (b3(b"honest\n"), 7, b"honest\n")}
     assert before.outcomes[provider][-1] == "success"
     assert "JobSettled" in before.events and "VerificationFailed" not in before.events
 
 
 def test_client_declares_the_sidecar_as_an_output(net: Network) -> None:
     """The job itself writes a false `.result.txt.sha256` and declares it an output: it is
-    an ordinary object; result.txt's sha256 is what storage computed as it arrived."""
+    an ordinary object; result.txt's digest is what storage computed as it arrived."""
     fake = "0" * 64
     job_id = submit(net, {
         "command": f"echo honest > result.txt; printf {fake} > .result.txt.sha256",
@@ -187,8 +188,8 @@ def test_client_declares_the_sidecar_as_an_output(net: Network) -> None:
     provider = finished(net, job_id)["providerId"]
     snap = snapshot(net, job_id)
     runs = f"jobs/{job_id}/runs/1"
-    assert snap.stored[f"{runs}/result.txt"] == (sha(b"honest\n"), 7, b"honest\n")
-    assert snap.stored[f"{runs}/.result.txt.sha256"] == (sha(fake.encode()), 64, fake.encode())
+    assert snap.stored[f"{runs}/result.txt"] == (b3(b"honest\n"), 7, b"honest\n")
+    assert snap.stored[f"{runs}/.result.txt.sha256"] == (b3(fake.encode()), 64, fake.encode())
     assert snap.outcomes[provider][-1] == "success"
 
 
@@ -210,14 +211,18 @@ def test_provider_puts_a_body_other_than_it_declared(net: Network) -> None:
                           "outputs": ["result.txt"]})
     grant = output_grant(wait_plan(net, job_id))
     net.wait_job(job_id, ("RUNNING",), client=CLIENT, timeout_s=60)
-    lying = httpx.put(grant, content=b"forged\n", headers={"X-Sha256": sha(b"other\n")})
+    lying = httpx.put(grant, content=b"forged\n", headers={"X-Digest": b3(b"other\n")})
     assert lying.status_code == 400, lying.text
-    assert "sha256 of the bytes received" in lying.text
+    assert "the bytes received have digest" in lying.text
+    # Nor does a hash of its own choosing get it in: a grant's PUT declares BLAKE3.
+    as_sha256 = httpx.put(grant, content=b"forged\n",
+                          headers={"X-Sha256": hashlib.sha256(b"forged\n").hexdigest()})
+    assert as_sha256.status_code == 400 and "X-Digest" in as_sha256.text
     key = f"jobs/{job_id}/runs/1/result.txt"
     # Nothing was stored: the honest provider's upload is the output, and it is accepted.
     provider = finished(net, job_id)["providerId"]
     snap = snapshot(net, job_id)
-    assert snap.stored == {key: (sha(b"honest\n"), 7, b"honest\n")}
+    assert snap.stored == {key: (b3(b"honest\n"), 7, b"honest\n")}
     assert snap.outcomes[provider][-1] == "success"
 
 
@@ -240,7 +245,7 @@ def test_a_grant_signed_with_the_real_key_past_the_server_maximum(net: Network) 
         grant = Grant(method, space, key, year_3000, job_id, 1, provider, 1 << 20)
         url = grant_url(bytes.fromhex(secret), net.url, grant)
         answer = httpx.request(method, url, content=b"x" if method == "PUT" else None,
-                               headers={"X-Sha256": sha(b"x")})
+                               headers={"X-Digest": b3(b"x")})
         assert answer.status_code == 403, (method, key, answer.text)
         assert "maximum" in answer.text
     assert net.get(OTHER, "private/data.txt") == b"victim's data"
@@ -293,7 +298,7 @@ def test_client_puts_and_deletes_in_its_jobs_output_space_after_success(net: Net
     before = snapshot(net, job_id)
     key = f"jobs/{job_id}/runs/1/result.txt"
     space = net.client_id(CLIENT)
-    headers = {**net.headers(CLIENT), "X-Sha256": sha(b"forged\n")}
+    headers = {**net.headers(CLIENT), "X-Digest": b3(b"forged\n")}
     overwrite = net.http.put(f"/storage/{space}/{key}", content=b"forged\n", headers=headers)
     assert overwrite.status_code == 403, overwrite.text
     delete = net.http.delete(f"/storage/{space}/{key}", headers=net.headers(CLIENT))

@@ -8,7 +8,6 @@ The end-to-end test against the real API lives with the API.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ import httpx
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
+
+from protocol import digest
 
 CLIENT = "alice"
 TOKEN = "gpk_alices-test-key-0123456789abcdef"  # conftest sets GPGPU_API_KEY to it
@@ -136,7 +137,7 @@ class FakeApi:
             return httpx.Response(
                 200,
                 json=[
-                    {"key": k, "size": len(v), "sha256": hashlib.sha256(v).hexdigest()}
+                    {"key": k, "size": len(v), "digest": digest.of_bytes(v)}
                     for k, v in sorted(self.objects.items())
                     if k.startswith(want)
                 ],
@@ -148,11 +149,11 @@ class FakeApi:
     def _object(self, request: httpx.Request, key: str) -> httpx.Response:
         if request.method == "PUT":
             body = request.read()
-            sha = hashlib.sha256(body).hexdigest()
-            if request.headers.get("X-Sha256") != sha:
-                return httpx.Response(400, json={"detail": "sha256 mismatch"})
+            got = digest.of_bytes(body)
+            if request.headers.get("X-Digest") != got:
+                return httpx.Response(400, json={"detail": "digest mismatch"})
             self.objects[key] = body
-            return httpx.Response(200, json={"key": key, "sha256": sha, "size": len(body)})
+            return httpx.Response(200, json={"key": key, "digest": got, "size": len(body)})
         if key not in self.objects:
             return httpx.Response(404, json={"detail": f"no object {key}"})
         if request.method == "DELETE":
@@ -160,7 +161,7 @@ class FakeApi:
             return httpx.Response(204)
         body = self.objects[key]
         return httpx.Response(
-            200, content=body, headers={"X-Sha256": hashlib.sha256(body).hexdigest()}
+            200, content=body, headers={"X-Digest": digest.of_bytes(body)}
         )
 
     def _graphql(self, payload: dict[str, Any]) -> httpx.Response:

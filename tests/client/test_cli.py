@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +11,7 @@ from typer.testing import CliRunner, Result
 from client import cli
 from client.cli import common
 from client.sdk import GpgpuClient
+from protocol import digest
 from tests.client.fake_api import CLIENT, FakeApi, event_json, happy_events, job_json
 
 HELLO = Path(__file__).parents[2] / "examples" / "hello" / "job.yaml"
@@ -95,7 +95,7 @@ def test_submit_wait_follows_the_job_and_reports_the_outcome(wired: FakeApi) -> 
             {
                 "path": "out/result.txt",
                 "key": "outputs/job-1/out/result.txt",
-                "sha256": hashlib.sha256(body).hexdigest(),
+                "digest": digest.of_bytes(body),
                 "size": len(body),
             }
         ],
@@ -213,7 +213,7 @@ def test_outputs_are_downloaded_and_verified(wired: FakeApi, tmp_path: Path) -> 
             {
                 "path": "out/result.txt",
                 "key": "outputs/j/out/result.txt",
-                "sha256": hashlib.sha256(good).hexdigest(),
+                "digest": digest.of_bytes(good),
                 "size": 6,
             },
         ],
@@ -224,11 +224,11 @@ def test_outputs_are_downloaded_and_verified(wired: FakeApi, tmp_path: Path) -> 
     assert (tmp_path / "dl/out/result.txt").read_bytes() == good
 
     wired.jobs["job-1"]["outputs"].append(
-        {"path": "log.txt", "key": "outputs/j/log.txt", "sha256": "0" * 64, "size": 8}
+        {"path": "log.txt", "key": "outputs/j/log.txt", "digest": "blake3:" + "0" * 64, "size": 8}
     )
     result = gpgpu(wired.url, "job", "outputs", "job-1", str(tmp_path / "dl2"))
     assert result.exit_code == 1
-    assert "error: outputs/j/log.txt: downloaded bytes have sha256" in result.stderr
+    assert "error: outputs/j/log.txt: downloaded bytes have digest blake3:" in result.stderr
     assert not (tmp_path / "dl2/log.txt").exists()
 
 

@@ -21,7 +21,7 @@ JOB_RESPONSE = {
                     {
                         "path": "out/result.txt",
                         "key": "outputs/7f0c/out/result.txt",
-                        "sha256": "ab" * 32,
+                        "digest": "blake3:" + "ab" * 32,
                         "size": 97,
                     }
                 ],

@@ -16,6 +16,7 @@ from client import (
     RefusedError,
     SpecRejectedError,
 )
+from protocol import digest
 from tests.client.fake_api import CLIENT, FakeApi, job_json
 
 HELLO = Path(__file__).parents[2] / "examples" / "hello" / "job.yaml"
@@ -62,22 +63,23 @@ def test_the_storage_space_is_the_callers_own(api: FakeApi) -> None:
         assert gp.client_id == CLIENT  # from `me`
 
 
-def test_upload_streams_with_its_sha256_and_reports_progress(api: FakeApi, tmp_path: Path) -> None:
+def test_upload_streams_with_its_digest_and_reports_progress(api: FakeApi, tmp_path: Path) -> None:
     local = tmp_path / "data.bin"
-    local.write_bytes(b"x" * (3 << 20))
+    local.write_bytes(b"x" * (9 << 20))
     seen: list[tuple[int, int | None]] = []
 
     with sync_client(api) as gp:
         obj = gp.upload(local, "datasets/data.bin", lambda d, t: seen.append((d, t)))
 
-    sha = hashlib.sha256(local.read_bytes()).hexdigest()
-    assert (obj.key, obj.size, obj.sha256) == ("datasets/data.bin", 3 << 20, sha)
+    b3 = digest.of_bytes(local.read_bytes())
+    assert b3.startswith("blake3:")
+    assert (obj.key, obj.size, obj.digest) == ("datasets/data.bin", 9 << 20, b3)
     put = api.requests[-1]
     assert put.url.path == f"/storage/{CLIENT}/datasets/data.bin"
-    assert put.headers["X-Sha256"] == sha
-    assert put.headers["Content-Length"] == str(3 << 20)
+    assert put.headers["X-Digest"] == b3
+    assert put.headers["Content-Length"] == str(9 << 20)
     assert "Transfer-Encoding" not in put.headers
-    assert seen[0] == (0, 3 << 20) and seen[-1] == (3 << 20, 3 << 20) and len(seen) == 4
+    assert seen == [(0, 9 << 20), (4 << 20, 9 << 20), (8 << 20, 9 << 20), (9 << 20, 9 << 20)]
 
 
 def test_download_verifies_and_then_renames(api: FakeApi, tmp_path: Path) -> None:
@@ -88,7 +90,7 @@ def test_download_verifies_and_then_renames(api: FakeApi, tmp_path: Path) -> Non
         obj = gp.download("outputs/j/out/result.txt", dest)
 
     assert dest.read_bytes() == b"HELLO\n"
-    assert obj.sha256 == hashlib.sha256(b"HELLO\n").hexdigest()
+    assert obj.digest == digest.of_bytes(b"HELLO\n")
     assert sorted(p.name for p in dest.parent.iterdir()) == ["result.txt"]
 
 
@@ -97,21 +99,42 @@ def test_a_download_that_does_not_match_leaves_nothing_behind(api: FakeApi, tmp_
     dest = tmp_path / "k.txt"
     dest.write_text("old content")
 
-    with sync_client(api) as gp, pytest.raises(IntegrityError, match="expected 00"):
-        gp.download("k", dest, expected_sha256="00" * 32)
+    with sync_client(api) as gp, pytest.raises(IntegrityError, match="expected blake3:00"):
+        gp.download("k", dest, expected_digest="blake3:" + "00" * 32)
 
     assert dest.read_text() == "old content"
     assert [p.name for p in tmp_path.iterdir()] == ["k.txt"]
 
 
-def test_a_lying_server_header_is_caught(tmp_path: Path) -> None:
+@pytest.mark.parametrize("header", [
+    {"X-Digest": "blake3:" + "ab" * 32},
+    {"X-Sha256": "ab" * 32},  # an API from before BLAKE3
+])  # fmt: skip
+def test_a_lying_server_header_is_caught(tmp_path: Path, header: dict[str, str]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"evil", headers={"X-Sha256": "ab" * 32})
+        return httpx.Response(200, content=b"evil", headers=header)
 
     transport = httpx.MockTransport(handler)
     with GpgpuClient("http://x", CLIENT, transport=transport) as gp, pytest.raises(IntegrityError):
         gp.download("k", tmp_path / "k")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_older_apis_sha256_and_a_pinned_sha256_are_checked_too(tmp_path: Path) -> None:
+    """An API from before BLAKE3 sends X-Sha256; an output recorded then is pinned by its
+    sha256: the download is checked against both, each with its own algorithm."""
+    body = b"from before\n"
+    sha = hashlib.sha256(body).hexdigest()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"X-Sha256": sha})
+
+    with GpgpuClient("http://x", CLIENT, transport=httpx.MockTransport(handler)) as gp:
+        obj = gp.download("k", tmp_path / "k", expected_digest=sha)
+        assert (obj.digest, (tmp_path / "k").read_bytes()) == (f"sha256:{sha}", body)
+        with pytest.raises(IntegrityError, match="expected blake3:"):
+            gp.download("k", tmp_path / "j", expected_digest="blake3:" + "0" * 64)
+    assert not (tmp_path / "j").exists()
 
 
 def test_list_delete_and_missing_objects(api: FakeApi) -> None:
@@ -183,7 +206,7 @@ async def test_async_client_does_the_same(api: FakeApi, tmp_path: Path) -> None:
     local.write_bytes(b"async bytes")
     async with AsyncGpgpuClient(api.url, CLIENT, transport=httpx.MockTransport(api.handle)) as gp:
         obj = await gp.upload(local, "in.txt")
-        assert obj.sha256 == hashlib.sha256(b"async bytes").hexdigest()
+        assert obj.digest == digest.of_bytes(b"async bytes")
         await gp.download("in.txt", tmp_path / "back.txt")
         assert (tmp_path / "back.txt").read_bytes() == b"async bytes"
         job = await gp.submit_spec_file(HELLO)

@@ -116,7 +116,7 @@ def step_data(step: str, provider_id: str, gpu_ms: int = GPU_MS) -> dict[str, An
         },
         "outputs_uploaded": {
             "provider_id": provider_id,
-            "manifest": [{"path": "out/model.bin", "size": 3, "sha256": "ab" * 32}],
+            "manifest": [{"path": "out/model.bin", "size": 3, "digest": "blake3:" + "ab" * 32}],
             "missing": [],
         },
     }

@@ -3,7 +3,6 @@ start and close (idempotent, paid from the verification account, reputation reco
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from domain.canary import (
 )
 from domain.errors import UnknownJob
 from domain.ledger import CHECKS, provider_account
+from protocol import digest
 from protocol.money import cost_of_gpu_time
 
 SEED = "0123456789abcdef0123456789abcdef"
@@ -53,7 +53,7 @@ def test_the_same_seed_gives_the_same_canary_and_answer() -> None:
     assert other is not None
     assert other.answer != a.answer and other.job_id != a.job_id
     assert other.client_id != a.client_id
-    assert a.expected[0].sha256 == hashlib.sha256(a.answer).hexdigest()
+    assert a.expected[0].digest == digest.of_bytes(a.answer)
     assert a.expected[0].size == len(a.answer)
 
 
@@ -65,7 +65,7 @@ def test_a_canary_looks_like_an_ordinary_job() -> None:
     spec = task.spec
     assert spec.command[0] == "python3" and spec.command[1] == spec.inputs[0].target
     assert spec.max_price_micro == 2_500_000 and spec.image is None
-    assert spec.inputs[0].sha256 == hashlib.sha256(program()).hexdigest()
+    assert spec.inputs[0].digest == digest.of_bytes(program())
     script = program().decode()
     assert "canary" not in script.lower() and "known" not in script.lower()
     assert task.files == {spec.inputs[0].key: program()}

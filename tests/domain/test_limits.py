@@ -45,7 +45,8 @@ def finished(**over: Any) -> dict[str, Any]:
 
 def manifest(n: int, size: int = 1) -> dict[str, Any]:
     return {"provider_id": "p", "missing": [],
-            "manifest": [{"path": f"o{i}", "size": size, "sha256": "0" * 64} for i in range(n)]}
+            "manifest": [{"path": f"o{i}", "size": size, "digest": "blake3:" + "0" * 64}
+                         for i in range(n)]}
 
 
 ATTACKS: list[tuple[str, Callable[[Network], Any]]] = [

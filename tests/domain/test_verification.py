@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 
 import pytest
@@ -27,6 +26,7 @@ from domain.verification import (
     recheck_after_mismatch,
     verified_streak,
 )
+from protocol import digest
 
 NUMERIC = {"kind": "numeric", "rel_tol": 1e-6, "abs_tol": 0}
 
@@ -37,7 +37,7 @@ def ok(n: int) -> list[str]:
 
 def output(text: str, path: str = "out/result.txt") -> OutputFile:
     data = text.encode()
-    return OutputFile(path, hashlib.sha256(data).hexdigest(), len(data), text)
+    return OutputFile(path, digest.of_bytes(data), len(data), text)
 
 
 # Trust from outcomes
@@ -163,8 +163,8 @@ def test_exact_needs_the_same_bytes_paths_and_sizes() -> None:
     assert not manifests_agree(a, [a[0], output("ok\n", "out/other")], EXACT)
     same_hash_other_size = [a[0]._replace(size=a[0].size + 1), a[1]]
     assert not manifests_agree(a, same_hash_other_size, EXACT)
-    # plain (path, sha256, size) tuples work too
-    plain = [(f.path, f.sha256, f.size) for f in a]
+    # plain (path, digest, size) tuples work too
+    plain = [(f.path, f.digest, f.size) for f in a]
     assert manifests_agree(plain, a, EXACT)
 
 
@@ -172,7 +172,7 @@ def test_numeric_accepts_last_bit_noise_that_exact_rejects() -> None:
     x = 0.1 + 0.2
     a = [output(f"step 0 loss {x!r}\nstep 1 loss {2.5!r}\n")]
     b = [output(f"step 0 loss {x * (1 + 2**-52)!r}\nstep 1 loss 2.5\n")]
-    assert a[0].size != b[0].size or a[0].sha256 != b[0].sha256
+    assert a[0].size != b[0].size or a[0].digest != b[0].digest
     assert not manifests_agree(a, b, EXACT)
     assert manifests_agree(a, b, NUMERIC)
     assert manifests_agree([output("loss 0.3\n")], [output("loss 0.30000000000000004\n")], NUMERIC)

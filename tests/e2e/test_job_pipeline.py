@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from temporalio.worker import Replayer
 from client.sdk import GpgpuClient
 from domain.application import Network as DomainNetwork
 from infra.payload_codec import decrypt_history
+from protocol import digest
 from tests.e2e.network import CREDITS_MICRO, PROVIDER_OWNER, Network, network
 from tests.support.graphql import CANCEL, SUBMIT, accepted
 from workflows.job import JobWorkflow
@@ -88,13 +88,14 @@ def test_job_runs_end_to_end(net: Network) -> None:
     allocated = events[3].data
     assert allocated["provider_id"] == "pipe-a"  # the cheapest GPU that fits
 
-    job = net.gql("query($id: ID!) { job(id: $id) { state costMicro outputs { path key sha256 } }"
+    job = net.gql("query($id: ID!) { job(id: $id) { state costMicro outputs { path key digest } }"
                   " account { balanceMicro escrowMicro } }", client, id=job_id)
     assert job["job"]["state"] == "SUCCEEDED"
     outputs = {o["path"]: o for o in job["job"]["outputs"]}
     upper = net.get(client, outputs["out/upper.txt"]["key"])
     assert upper == b"GPU CLOUD\nVERIFIED\n"
-    assert outputs["out/upper.txt"]["sha256"] == hashlib.sha256(upper).hexdigest()
+    assert outputs["out/upper.txt"]["digest"] == digest.of_bytes(upper)
+    assert outputs["out/upper.txt"]["digest"].startswith("blake3:")
     assert net.get(client, outputs["out/gpus.txt"]["key"]) == b"0"
 
     settled = next(e.data for e in events if e.type == "JobSettled")
@@ -251,7 +252,7 @@ def test_dishonest_provider_is_caught_and_not_paid(net: Network) -> None:
                                       max_price_per_gpu_hour="6"))
     job = net.wait_job(job_id, ("FAILED",), client="gina")
     assert job["providerId"] == "pipe-liar"
-    assert job["reason"].startswith("manifest mismatch: answer.txt: storage holds sha256")
+    assert job["reason"].startswith("manifest mismatch: answer.txt: storage holds blake3:")
     assert job["costMicro"] == 0
     providers = {p["providerId"]: p for p in net.gql(
         "{ providers { providerId reputation earningsMicro } }", PROVIDER_OWNER)["providers"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -181,9 +182,24 @@ def storage_services(store: ObjectStore, api_url: str = "http://127.0.0.1") -> S
                            auth=Authenticator(identity, 0.0))
 
 
-def run_grant(base: str, method: str, key: str, *, sha256: str = "", size: int = 1 << 30,
+def run_grant(base: str, method: str, key: str, *, digest: str = "", size: int = 1 << 30,
               once: bool = False, expires_in: int = 600, job_id: str = RUN.job,
               provider_id: str = RUN.provider) -> str:
     grant = Grant(method, RUN.client, key, int(time.time()) + expires_in, job_id, 1,
-                  provider_id, size, sha256, once)
+                  provider_id, size, digest, once)
     return grant_url(SECRET, base, grant)
+
+
+def recorded_as_before_blake3(store: ObjectStore, client_id: str, key: str, hexpart: str) -> None:
+    """Rewrite an object's metadata as the store wrote it before BLAKE3: a bare `sha256`."""
+    if isinstance(store, FilesystemStore):
+        meta = store.root / ".meta" / client_id / key
+        record = json.loads(meta.read_text())
+        del record["digest"]
+        meta.write_text(json.dumps({**record, "sha256": hexpart}))
+    else:
+        assert isinstance(store, S3Store)
+        name = f"{client_id}/{key}"
+        store.s3.copy_object(Bucket=store.bucket, Key=name, Metadata={"sha256": hexpart},
+                             CopySource={"Bucket": store.bucket, "Key": name},
+                             MetadataDirective="REPLACE")

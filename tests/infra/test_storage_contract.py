@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 from infra.storage import (
+    CHUNK,
     AlreadyStored,
     IntegrityMismatch,
     ObjectInfo,
@@ -19,7 +20,8 @@ from infra.storage import (
     QuotaExceeded,
     StorageError,
 )
-from tests.infra.conftest import StoreFactory, leftovers
+from protocol import digest
+from tests.infra.conftest import StoreFactory, leftovers, recorded_as_before_blake3
 
 # The first S3 test waits for RGW to start, and maybe for Ceph to install.
 pytestmark = pytest.mark.timeout(900)
@@ -28,7 +30,12 @@ ALICE, BOB = "alice", "bob"
 MiB = 1 << 20
 
 
+def b3(data: bytes) -> str:
+    return digest.of_bytes(data)
+
+
 def sha(data: bytes) -> str:
+    """As a client from before BLAKE3 declared it: a bare sha256."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -45,51 +52,88 @@ def keys(objects: Iterable[ObjectInfo]) -> list[str]:
     return sorted(o.key for o in objects)
 
 
-def test_put_stat_open_round_trip_with_sha256(store: ObjectStore) -> None:
+def test_put_stat_open_round_trip_with_its_digest(store: ObjectStore) -> None:
     data = b"model weights\n" * 1000
-    info = store.put(ALICE, "models/w.bin", [data[:100], data[100:]], sha(data))
-    assert info == ObjectInfo("models/w.bin", len(data), sha(data))
+    info = store.put(ALICE, "models/w.bin", [data[:100], data[100:]], b3(data))
+    assert info == ObjectInfo("models/w.bin", len(data), b3(data))
+    assert info.digest.startswith("blake3:")
     assert store.stat(ALICE, "models/w.bin") == info
     opened, chunks = store.open(ALICE, "models/w.bin")
     assert opened == info
     assert b"".join(chunks) == data
 
 
-def test_sha256_is_recorded_when_the_sender_gives_none(store: ObjectStore) -> None:
+def test_the_digest_is_recorded_when_the_sender_gives_none(store: ObjectStore) -> None:
     info = store.put(ALICE, "notes.txt", [b"hello ", b"world"], None)
-    assert info == ObjectInfo("notes.txt", 11, sha(b"hello world"))
-    assert store.stat(ALICE, "notes.txt").sha256 == sha(b"hello world")
+    assert info == ObjectInfo("notes.txt", 11, b3(b"hello world"))
+    assert store.stat(ALICE, "notes.txt").digest == b3(b"hello world")
 
 
-@pytest.mark.parametrize("announced", [True, False], ids=["sha256-announced", "no-sha256"])
+@pytest.mark.parametrize("size", [1000, 20 * MiB], ids=["small", "multipart"])
+def test_a_declared_sha256_is_checked_on_the_same_pass_and_blake3_recorded(
+    store: ObjectStore, size: int
+) -> None:
+    """A client from before BLAKE3 declares a bare sha256: its bytes are checked against
+    it (and refused when they differ), and what the store records is BLAKE3."""
+    data = os.urandom(size)
+    info = store.put(ALICE, "old.bin", in_chunks(data), sha(data))
+    assert info == ObjectInfo("old.bin", size, b3(data))
+    assert store.stat(ALICE, "old.bin") == info
+    with pytest.raises(IntegrityMismatch, match=re.escape(f"the sender said sha256:{sha(b'x')}")):
+        store.put(ALICE, "lie.bin", in_chunks(data), f"sha256:{sha(b'x')}")
+    with pytest.raises(ObjectNotFound):
+        store.stat(ALICE, "lie.bin")
+    assert leftovers(store) == []
+
+
+def test_an_object_stored_before_blake3_keeps_its_sha256(store: ObjectStore) -> None:
+    """Its digest is the sha256 recorded when it arrived, said as one; never recomputed."""
+    data = b"stored before BLAKE3\n"
+    store.put(ALICE, "old/input.txt", [data], None)
+    recorded_as_before_blake3(store, ALICE, "old/input.txt", sha(data))
+    old = ObjectInfo("old/input.txt", len(data), f"sha256:{sha(data)}")
+    assert store.stat(ALICE, "old/input.txt") == old
+    assert store.open(ALICE, "old/input.txt")[0] == old
+    assert store.list(ALICE, "old/") == [old]
+
+
+def test_a_declared_digest_that_is_not_one_is_refused_naming_it(store: ObjectStore) -> None:
+    refusal = re.escape("x.bin: the declared digest: 'md5:00' is not a digest")
+    with pytest.raises(StorageError, match=refusal):
+        store.put(ALICE, "x.bin", [b"x"], "md5:00")
+    with pytest.raises(ObjectNotFound):
+        store.stat(ALICE, "x.bin")
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["digest-announced", "no-digest"])
 def test_20mib_streamed_in_1mib_chunks_round_trips(store: ObjectStore, announced: bool) -> None:
     data = os.urandom(20 * MiB)
     tracemalloc.start()
     try:
-        info = store.put(ALICE, "big.bin", in_chunks(data), sha(data) if announced else None)
+        info = store.put(ALICE, "big.bin", in_chunks(data), b3(data) if announced else None)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert info == ObjectInfo("big.bin", 20 * MiB, sha(data))
+    assert info == ObjectInfo("big.bin", 20 * MiB, b3(data))
     # One 8 MiB part and a chunk at most: the 20 MiB are never held at once.
     assert peak < 12 * MiB, f"the upload held {peak} bytes at once"
     assert store.stat(ALICE, "big.bin") == info
     opened, chunks = store.open(ALICE, "big.bin")
     pieces = list(chunks)
     assert opened == info
-    assert max(len(p) for p in pieces) <= MiB
+    assert max(len(p) for p in pieces) <= CHUNK
     assert b"".join(pieces) == data
     assert leftovers(store) == []
 
 
 @pytest.mark.parametrize("size", [1000, 20 * MiB], ids=["small", "multipart"])
-def test_wrong_sha256_is_refused_and_nothing_is_stored(store: ObjectStore, size: int) -> None:
+def test_a_wrong_digest_is_refused_and_nothing_is_stored(store: ObjectStore, size: int) -> None:
     data = os.urandom(size)
     with pytest.raises(IntegrityMismatch) as refused:
-        store.put(ALICE, "out.bin", in_chunks(data), sha(b"something else"))
+        store.put(ALICE, "out.bin", in_chunks(data), b3(b"something else"))
     assert str(refused.value) == (
-        f"out.bin: sha256 of the bytes received is {sha(data)}, "
-        f"the sender said {sha(b'something else')}"
+        f"out.bin: the bytes received have digest {b3(data)}, "
+        f"the sender said {b3(b'something else')}"
     )
     with pytest.raises(ObjectNotFound):
         store.stat(ALICE, "out.bin")
@@ -101,7 +145,7 @@ def test_wrong_sha256_is_refused_and_nothing_is_stored(store: ObjectStore, size:
 def test_a_refused_upload_leaves_the_previous_object(store: ObjectStore, size: int) -> None:
     before = store.put(ALICE, "out.bin", [b"previous"], None)
     with pytest.raises(IntegrityMismatch):
-        store.put(ALICE, "out.bin", in_chunks(os.urandom(size)), sha(b"something else"))
+        store.put(ALICE, "out.bin", in_chunks(os.urandom(size)), b3(b"something else"))
     assert store.stat(ALICE, "out.bin") == before
     assert read(store, ALICE, "out.bin") == b"previous"
     assert leftovers(store) == []
@@ -169,7 +213,7 @@ def test_an_upload_past_the_quota_is_refused_and_nothing_stored(make_store: Stor
     assert store.stat(ALICE, "a.bin").size == 3 * MiB
 
 
-@pytest.mark.parametrize("announced", [True, False], ids=["sha256-announced", "no-sha256"])
+@pytest.mark.parametrize("announced", [True, False], ids=["digest-announced", "no-digest"])
 def test_a_large_upload_past_the_quota_stops_early(
     make_store: StoreFactory, announced: bool
 ) -> None:
@@ -184,7 +228,7 @@ def test_a_large_upload_past_the_quota_stops_early(
             yield chunk
 
     with pytest.raises(QuotaExceeded, match="alice's storage quota is 10485760 bytes, 0 bytes"):
-        store.put(ALICE, "big.bin", chunks(), sha(data) if announced else None)
+        store.put(ALICE, "big.bin", chunks(), b3(data) if announced else None)
     assert taken == 11, "the upload went on past the quota"
     with pytest.raises(ObjectNotFound):
         store.stat(ALICE, "big.bin")
@@ -212,7 +256,7 @@ def test_list_with_prefix(store: ObjectStore) -> None:
     assert store.list(ALICE, "nothing/") == []
     everything = {o.key: o for o in store.list(ALICE)}
     assert sorted(everything) == ["inputs/data.csv", "runs/1/out.txt", "runs/2/out.txt", "runs10/x"]
-    assert everything["runs10/x"] == ObjectInfo("runs10/x", 8, sha(b"runs10/x"))
+    assert everything["runs10/x"] == ObjectInfo("runs10/x", 8, b3(b"runs10/x"))
 
 
 def test_a_key_named_like_a_metadata_file_is_an_ordinary_object(store: ObjectStore) -> None:
@@ -220,18 +264,18 @@ def test_a_key_named_like_a_metadata_file_is_an_ordinary_object(store: ObjectSto
     changes nothing about `<name>`; it is an object of its own, listed and counted."""
     store.put(ALICE, "out/result.txt", [b"real"], None)
     store.put(ALICE, "out/.result.txt.sha256", [b"0" * 64], None)
-    assert store.stat(ALICE, "out/result.txt") == ObjectInfo("out/result.txt", 4, sha(b"real"))
+    assert store.stat(ALICE, "out/result.txt") == ObjectInfo("out/result.txt", 4, b3(b"real"))
     assert keys(store.list(ALICE, "out/")) == ["out/.result.txt.sha256", "out/result.txt"]
     store.delete(ALICE, "out/.result.txt.sha256")
-    assert store.stat(ALICE, "out/result.txt").sha256 == sha(b"real")
+    assert store.stat(ALICE, "out/result.txt").digest == b3(b"real")
 
 
 @pytest.mark.parametrize("size", [5, 9 * MiB], ids=["one-part", "multipart"])
 def test_a_create_only_put_never_replaces_an_object(store: ObjectStore, size: int) -> None:
     first, other = os.urandom(size), os.urandom(size)
-    stored = store.put(ALICE, "jobs/j/runs/1/o", in_chunks(first), sha(first), create_only=True)
+    stored = store.put(ALICE, "jobs/j/runs/1/o", in_chunks(first), b3(first), create_only=True)
     with pytest.raises(AlreadyStored) as taken:
-        store.put(ALICE, "jobs/j/runs/1/o", in_chunks(other), sha(other), create_only=True)
+        store.put(ALICE, "jobs/j/runs/1/o", in_chunks(other), b3(other), create_only=True)
     assert taken.value.stored == stored
     assert read(store, ALICE, "jobs/j/runs/1/o") == first
     assert store.stat(ALICE, "jobs/j/runs/1/o") == stored

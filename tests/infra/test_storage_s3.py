@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -14,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from infra.storage import FilesystemStore, StorageError, build_store
 from infra.storage_s3 import S3Store
+from protocol import digest
 from tests.infra.conftest import S3Server, fresh_bucket, leftovers
 
 pytestmark = pytest.mark.timeout(900)
@@ -22,8 +22,8 @@ ALICE = "alice"
 MiB = 1 << 20
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def b3(data: bytes) -> str:
+    return digest.of_bytes(data)
 
 
 def in_chunks(data: bytes, size: int = MiB) -> list[bytes]:
@@ -54,15 +54,15 @@ def test_an_existing_bucket_is_used_as_it_is(s3_server: S3Server) -> None:
     assert keys == ["README", "alice/x.txt"]
 
 
-@pytest.mark.parametrize("announced", [True, False], ids=["sha256-announced", "no-sha256"])
-def test_objects_sit_under_the_client_prefix_with_sha256_metadata(
+@pytest.mark.parametrize("announced", [True, False], ids=["digest-announced", "no-digest"])
+def test_objects_sit_under_the_client_prefix_with_their_digest_in_metadata(
     s3_server: S3Server, announced: bool
 ) -> None:
     store = s3_server.store()
     data = os.urandom(20 * MiB)
-    store.put(ALICE, "runs/big.bin", in_chunks(data), sha(data) if announced else None)
+    store.put(ALICE, "runs/big.bin", in_chunks(data), b3(data) if announced else None)
     head = store.s3.head_object(Bucket=store.bucket, Key="alice/runs/big.bin")
-    assert head["Metadata"] == {"sha256": sha(data)}
+    assert head["Metadata"] == {"digest": b3(data)}
     assert head["ContentLength"] == 20 * MiB
     if announced:  # straight to its key in 8 MiB parts; else copied into place from staging
         assert head["ETag"].endswith('-3"')
@@ -72,7 +72,7 @@ def test_objects_sit_under_the_client_prefix_with_sha256_metadata(
 def test_an_upload_of_whole_parts_has_no_empty_last_part(s3_server: S3Server) -> None:
     store = s3_server.store()
     data = os.urandom(16 * MiB)
-    info = store.put(ALICE, "even.bin", in_chunks(data, 3 * MiB), sha(data))
+    info = store.put(ALICE, "even.bin", in_chunks(data, 3 * MiB), b3(data))
     assert info.size == 16 * MiB
     head = store.s3.head_object(Bucket=store.bucket, Key="alice/even.bin")
     assert head["ETag"].endswith('-2"')
@@ -90,7 +90,7 @@ def test_a_presigned_get_talks_to_s3_directly_and_there_is_no_presigned_put(
     got = httpx.get(store.presign("GET", ALICE, "inputs/data.bin", 60))
     assert got.status_code == 200
     assert got.content == data
-    # A PUT straight to S3 would skip the quota, the declared sha256 and write-once.
+    # A PUT straight to S3 would skip the quota, the declared digest and write-once.
     with pytest.raises(StorageError, match="method 'PUT' is not GET"):
         store.presign("PUT", ALICE, "outputs/result.txt", 60)
     # And no GET lives longer than a grant (minutes).

@@ -25,6 +25,7 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowFailureError
 
 from domain.ledger import CHECKS, FEES, client_account, escrow_account, provider_account
+from protocol import digest
 from readmodel.schema import ViewDB
 from tests.e2e.network import Network, network
 from tests.liveness.flow_support import PATIENT, finish, held_gpus, ledger, submit
@@ -228,5 +229,5 @@ async def test_resetting_a_job_after_its_command_ran_takes_the_run_over(
     assert job.settlement is not None and result.charged_micro == job.settlement["charged_micro"]
     assert books.balance(escrow_account(job_id)) == 0
     (entry,) = [m for entries in job.manifests.values() for m in entries]
-    assert hashlib.sha256(net.get("dan", entry["key"])).hexdigest() == entry["sha256"]
+    assert digest.of_bytes(net.get("dan", entry["key"])) == entry["digest"]
     assert held_gpus(net, ["r-1"]) == {}

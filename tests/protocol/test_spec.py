@@ -313,9 +313,23 @@ def test_input_name_must_be_relative() -> None:
     assert fields_of(err) == ["inputs.0.name"]
 
 
-def test_input_sha256_must_be_hex() -> None:
+def test_input_digest_must_say_its_algorithm_and_be_hex() -> None:
+    for bad in ("XYZ", "ab" * 32, "md5:" + "ab" * 16, "blake3:" + "AB" * 32, "blake3:ab"):
+        err = refusal(spec_with(inputs=[{"key": "a", "digest": bad}]))
+        assert fields_of(err) == ["inputs.0.digest"], bad
     err = refusal(spec_with(inputs=[{"key": "a", "sha256": "XYZ"}]))
     assert fields_of(err) == ["inputs.0.sha256"]
+
+
+def test_an_input_pinned_by_a_bare_sha256_reads_as_a_sha256_digest() -> None:
+    """As specs (and JobSubmitted events) before BLAKE3 pinned an input."""
+    spec = parse_job_spec(spec_with(inputs=[{"key": "a", "sha256": "ab" * 32}]))
+    assert spec.inputs[0].digest == "sha256:" + "ab" * 32
+    assert spec.model_dump(mode="json")["inputs"][0] == {
+        "key": "a", "name": None, "digest": "sha256:" + "ab" * 32, "size": None}
+    both = refusal(spec_with(inputs=[{"key": "a", "sha256": "ab" * 32,
+                                      "digest": "blake3:" + "ab" * 32}]))
+    assert fields_of(both) == ["inputs.0"]
 
 
 def test_two_inputs_landing_on_one_name_are_refused() -> None:

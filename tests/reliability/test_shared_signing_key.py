@@ -94,7 +94,7 @@ def test_a_grant_signed_with_another_key_is_refused(rig: Any) -> None:
         settings = Settings(home=worker_home, event_store="postgres", signing_key=key,
                             api_url=cluster.api_urls["api"])
         grants = Grants(settings, net.client_id("sig"), job_id, 1, PROVIDER)
-        return httpx.get(grants.get("in.txt", stored["sha256"], stored["size"]), timeout=30)
+        return httpx.get(grants.get("in.txt", stored["digest"], stored["size"]), timeout=30)
 
     shared = fetch(KEY)
     assert shared.status_code == 200, shared.text

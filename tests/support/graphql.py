@@ -37,7 +37,7 @@ SUBMIT = """mutation($s: JSON!) { submitJob(spec: $s) { __typename
 CANCEL = f"mutation($id: ID!) {{ cancelJob(id: $id) {{ ... on Job {{ id state }} {REFUSAL} }} }}"
 # A job as its client sees it: its ending, what it cost, where it ran, its outputs and events.
 JOB = """query($id: ID!) { job(id: $id) { id state reason costMicro providerId
-  outputs { path key sha256 size } events { type data } } }"""
+  outputs { path key digest size } events { type data } } }"""
 JOB_EVENTS = """subscription($id: ID!, $after: Int!) {
   jobEvents(jobId: $id, after: $after) { seq type } }"""
 

@@ -47,7 +47,7 @@ class _Server:
 class Put:
     name: str
     body: bytes
-    sha256_header: str | None
+    digest_header: str | None
     chunked: bool
 
 
@@ -90,7 +90,7 @@ class _StorageHandler(BaseHTTPRequestHandler):
         owner = self.server.owner  # type: ignore[attr-defined]
         name = self._name()
         chunked = self.headers.get("Transfer-Encoding") == "chunked"
-        owner.puts.append(Put(name, body, self.headers.get("X-Sha256"), chunked))
+        owner.puts.append(Put(name, body, self.headers.get("X-Digest"), chunked))
         (owner.uploaded / name).parent.mkdir(parents=True, exist_ok=True)
         (owner.uploaded / name).write_bytes(body)
         self.send_response(201)

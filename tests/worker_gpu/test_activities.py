@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -10,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from protocol import digest
 from tests.worker_gpu.http_servers import StorageServer
 from tests.worker_gpu.processes import host_pids, wait_for_host_pids
 from tests.worker_gpu.step_env import StepEnvironment
@@ -28,8 +28,8 @@ from workflows.contracts import (
 )
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def b3(data: bytes) -> str:
+    return digest.of_bytes(data)
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def env() -> StepEnvironment:
 
 def put_object(storage: StorageServer, name: str, data: bytes) -> InputTransfer:
     (storage.root / name).write_bytes(data)
-    return InputTransfer(name=name, url=storage.url(name), sha256=sha256(data), size=len(data))
+    return InputTransfer(name=name, url=storage.url(name), digest=b3(data), size=len(data))
 
 
 # -- stage ------------------------------------------------------------------
@@ -80,12 +80,12 @@ def test_stage_fetches_and_verifies_inputs(
     assert env.heartbeats, "stage must heartbeat"
 
 
-def test_stage_rejects_a_sha256_mismatch_without_leaving_the_file(
+def test_stage_rejects_a_digest_mismatch_without_leaving_the_file(
     env: StepEnvironment, acts: GpuActivities, storage: StorageServer
 ) -> None:
     transfer = put_object(storage, "data.csv", b"a,b\n1,2\n")
-    declared = sha256(b"something else")
-    transfer.sha256 = declared
+    declared = b3(b"something else")
+    transfer.digest = declared
 
     with pytest.raises(StepFailed) as caught:
         env.run(acts.stage_inputs, StageRequest("job-1", 1, [transfer]))
@@ -95,7 +95,7 @@ def test_stage_rejects_a_sha256_mismatch_without_leaving_the_file(
     assert err.non_retryable
     assert "'data.csv'" in err.message
     assert declared in err.message
-    assert sha256(b"a,b\n1,2\n") in err.message
+    assert b3(b"a,b\n1,2\n") in err.message
     assert list(acts.work_dir("job-1", 1).iterdir()) == []
 
 
@@ -109,7 +109,7 @@ def test_stage_rejects_a_size_mismatch(
         env.run(acts.stage_inputs, StageRequest("job-1", 1, [transfer]))
 
     assert caught.value.type == "InputIntegrityError"
-    assert "expected sha256" in caught.value.message and "4 bytes" in caught.value.message
+    assert "expected blake3:" in caught.value.message and "4 bytes" in caught.value.message
     assert list(acts.work_dir("job-1", 1).iterdir()) == []
 
 
@@ -262,14 +262,14 @@ def test_upload_streams_outputs_with_their_manifest(
     )
 
     assert result.manifest == [
-        ManifestEntry("res/weights.bin", "out/res/weights.bin", sha256(weights), len(weights)),
-        ManifestEntry("metrics.json", "out/metrics.json", sha256(b'{"loss": 0.1}'), 13),
+        ManifestEntry("res/weights.bin", "out/res/weights.bin", b3(weights), len(weights)),
+        ManifestEntry("metrics.json", "out/metrics.json", b3(b'{"loss": 0.1}'), 13),
     ]
     assert result.missing == ["nope.txt"]
     assert (storage.uploaded / "res" / "weights.bin").read_bytes() == weights
-    assert [(p.name, p.sha256_header, p.chunked) for p in storage.puts] == [
-        ("res/weights.bin", sha256(weights), False),
-        ("metrics.json", sha256(b'{"loss": 0.1}'), False),
+    assert [(p.name, p.digest_header, p.chunked) for p in storage.puts] == [
+        ("res/weights.bin", b3(weights), False),
+        ("metrics.json", b3(b'{"loss": 0.1}'), False),
     ]
     assert not (scratch / "job-1").exists(), "the attempt's scratch dir must be deleted"
 
@@ -344,7 +344,7 @@ def test_upload_server_error_is_retryable(
     assert not caught.value.non_retryable
 
 
-def test_dishonest_provider_reports_a_wrong_sha256(
+def test_dishonest_provider_reports_a_wrong_digest(
     env: StepEnvironment, storage: StorageServer, scratch: Path
 ) -> None:
     liar = GpuActivities("liar", scratch, ProcessRuntime(), corrupt_outputs=True)
@@ -354,10 +354,10 @@ def test_dishonest_provider_reports_a_wrong_sha256(
 
     result = env.run(liar.upload_outputs, UploadRequest("job-1", 1, _outputs(storage, "out.txt")))
 
-    true_digest = sha256(b"result")
-    reported = result.manifest[0].sha256
-    assert reported != true_digest
-    assert len(reported) == 64 and reported[1:] == true_digest[1:]
+    true_digest = b3(b"result")
+    reported = result.manifest[0].digest
+    assert reported != true_digest and digest.is_digest(reported)  # well formed, wrong
+    assert reported.startswith("blake3:") and reported[8:] == true_digest[8:]
     # What reached storage is honest; only the report lies.
     assert storage.puts[0].body == b"result"
-    assert storage.puts[0].sha256_header == true_digest
+    assert storage.puts[0].digest_header == true_digest

@@ -8,7 +8,6 @@ and real Temporal, is tested in tests/e2e and tests/adversarial.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from ops.devstack import free_port
+from protocol import digest
 from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer
 from tests.worker_gpu.processes import host_pids, wait_for_host_pids
@@ -103,7 +103,7 @@ def test_agent_registers_heartbeats_and_runs_a_job(tmp_path: Path) -> None:
                 StageRequest(
                     "job-e2e", 1,
                     [InputTransfer("numbers.txt", storage.url("numbers.txt"),
-                                   hashlib.sha256(data).hexdigest(), len(data))],
+                                   digest.of_bytes(data), len(data))],
                 ),
                 ExecuteRequest("job-e2e", 1, ["python3", "-c", script], [1], timeout_s=60),
                 UploadRequest(
@@ -116,7 +116,7 @@ def test_agent_registers_heartbeats_and_runs_a_job(tmp_path: Path) -> None:
             assert result.executed["exit_code"] == 0
             assert result.executed["gpu_ms"] == result.executed["wall_ms"] >= 1000
             assert (tmp_path / "uploaded" / "sum.txt").read_text() == "7"
-            assert result.uploaded["manifest"][0]["sha256"] == hashlib.sha256(b"7").hexdigest()
+            assert result.uploaded["manifest"][0]["digest"] == digest.of_bytes(b"7")
             assert result.uploaded["missing"] == []
             # Each step heartbeated through the API while it ran.
             assert all(aid for aid, what, _ in api.step_calls if what == "heartbeat")

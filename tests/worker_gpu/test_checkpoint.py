@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from protocol import digest
 from tests.worker_gpu.http_servers import StorageServer
 from tests.worker_gpu.step_env import StepEnvironment
 from worker_gpu.activities import GpuActivities
@@ -22,8 +22,8 @@ from workflows.contracts import CheckpointPlan, ExecuteRequest, ManifestEntry, O
 JOB = "job-1"
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def b3(data: bytes) -> str:
+    return digest.of_bytes(data)
 
 
 @pytest.fixture
@@ -89,11 +89,11 @@ def test_files_go_up_first_and_the_manifest_last(storage: StorageServer, work: P
     files = {f["path"]: f for f in doc["files"]}
     assert set(files) == {"step.txt", "state/weights.bin"}
     step = files["step.txt"]
-    assert (step["sha256"], step["size"]) == (sha256(b"3\n"), 2)
+    assert (step["digest"], step["size"]) == (b3(b"3\n"), 2)
     slot = step["key"].rsplit("/", 1)[1]
     assert (storage.uploaded / "slots" / "1" / slot).read_bytes() == b"3\n"
     # Every PUT announced its digest, so storage refuses a file torn while it was read.
-    assert all(p.sha256_header == sha256(p.body) for p in storage.puts)
+    assert all(p.digest_header == b3(p.body) for p in storage.puts)
 
 
 def test_only_a_change_is_uploaded_and_never_over_the_last_checkpoint(
@@ -167,7 +167,7 @@ def test_a_checkpoint_over_the_limits_is_not_uploaded_and_says_why(
 def test_a_resumed_checkpoint_is_not_sent_again(storage: StorageServer, work: Path) -> None:
     """The files staged from the last attempt are already in storage, under their keys."""
     write(work / "checkpoint" / "step.txt", b"5\n")
-    staged = [ManifestEntry("step.txt", f"jobs/{JOB}/checkpoint/1/0", sha256(b"5\n"), 2)]
+    staged = [ManifestEntry("step.txt", f"jobs/{JOB}/checkpoint/1/0", b3(b"5\n"), 2)]
     plan = make_plan(storage, resumed=staged, attempt=2)
     uploader = CheckpointUploader(plan, work, job_id=JOB, attempt=2)
     assert uploader.poll() is False
@@ -188,7 +188,7 @@ def test_a_refused_upload_writes_no_manifest_and_is_tried_again(
     assert not (storage.uploaded / "checkpoint.json").exists()
     storage.fail_status = None
     assert uploader.poll() is True
-    assert manifest(storage)["files"][0]["sha256"] == sha256(b"7\n")
+    assert manifest(storage)["files"][0]["digest"] == b3(b"7\n")
 
 
 def test_the_thread_uploads_while_the_job_runs(storage: StorageServer, work: Path) -> None:
@@ -201,7 +201,7 @@ def test_the_thread_uploads_while_the_job_runs(storage: StorageServer, work: Pat
         while uploader.uploads < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert uploader.uploads == 2
-    assert manifest(storage)["files"][0]["sha256"] == sha256(b"2\n")
+    assert manifest(storage)["files"][0]["digest"] == b3(b"2\n")
 
 
 # -- within execute_job ---------------------------------------------------------
@@ -223,7 +223,7 @@ def test_execute_uploads_the_jobs_checkpoint_and_logs_what_it_could_not(
     )
     work = acts.work_dir(JOB, 2)
     write(work / "checkpoint" / "step.txt", b"8\n")  # as staged from attempt 1
-    staged = [ManifestEntry("step.txt", f"jobs/{JOB}/checkpoint/1/0", sha256(b"8\n"), 2)]
+    staged = [ManifestEntry("step.txt", f"jobs/{JOB}/checkpoint/1/0", b3(b"8\n"), 2)]
     plan = make_plan(storage, max_bytes=4096, interval_s=0.2, resumed=staged, attempt=2)
     plan.resumed_from_attempt = 1
     request = ExecuteRequest(JOB, 2, ["python3", "-c", script], [0], 30,
@@ -236,5 +236,5 @@ def test_execute_uploads_the_jobs_checkpoint_and_logs_what_it_could_not(
     assert "gpgpu: started from the checkpoint of attempt 1 (1 file, 2 B)" in result.log_tail
     assert "gpgpu: checkpoint not uploaded: checkpoint/ holds 4.9 KiB" in result.log_tail
     doc = manifest(storage)
-    assert [(f["path"], f["sha256"]) for f in doc["files"]] == [("step.txt", sha256(b"9"))]
+    assert [(f["path"], f["digest"]) for f in doc["files"]] == [("step.txt", b3(b"9"))]
     assert doc["attempt"] == 2

@@ -4,7 +4,6 @@ real image made offline (scripts/make-test-image.sh): busybox, nothing else."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ import pytest
 
 from infra.settings import Settings
 from ops.devstack import free_port
+from protocol import digest
 from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.docker_fixtures import TEST_IMAGE, Engine, docker_engine
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer
@@ -598,7 +598,7 @@ def test_an_agent_with_the_docker_runtime_runs_a_job_in_its_image(
                 StageRequest(
                     "job-d1", 1,
                     [InputTransfer("numbers.txt", storage.url("numbers.txt"),
-                                   hashlib.sha256(data).hexdigest(), len(data))],
+                                   digest.of_bytes(data), len(data))],
                 ),
                 execute,
                 UploadRequest(

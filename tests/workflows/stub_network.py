@@ -52,7 +52,7 @@ class StubNetwork:
     admitted: bool = True
     verifier: list[str] = field(default_factory=list)  # AdmitResult.verifier
     liars: set[str] = field(default_factory=set)  # providers whose outputs differ
-    answers: dict[str, str] = field(default_factory=dict)  # a provider's own output sha256
+    answers: dict[str, str] = field(default_factory=dict)  # a provider's own output digest
     exit_codes: dict[str, int] = field(default_factory=dict)  # a provider's command exits so
     timeouts: set[str] = field(default_factory=set)  # providers whose command runs out of time
     empty: set[str] = field(default_factory=set)  # providers whose run writes nothing
@@ -303,7 +303,7 @@ def majority(reports: list[c.ReplicaReport]) -> c.Verdict:
     if len(reports) == 1:
         succeeded, reason = outcome(reports[0])
         return c.Verdict(True, succeeded, reason, [reports[0].attempt], [])
-    outputs = {r.attempt: (ending(r), *(e.sha256 for e in r.manifest)) for r in reports}
+    outputs = {r.attempt: (ending(r), *(e.digest for e in r.manifest)) for r in reports}
     top, votes = Counter(outputs.values()).most_common(1)[0]
     if votes * 2 <= len(reports):
         if len(reports) < 3:

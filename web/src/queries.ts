@@ -15,7 +15,7 @@ export interface SpecRejected {
 export interface OutputFile {
   path: string;
   key: string;
-  sha256: string;
+  digest: string;
   size: number;
 }
 export interface JobEvent {
@@ -253,7 +253,7 @@ export const REVOKE_API_KEY = gql<{ revokeApiKey: { id: string } }, { id: string
 // ---- client ----------------------------------------------------------------
 
 const JOB_FIELDS = `id clientId name state ended reason providerId queue priority queuePosition
-  expectedStart maxCostMicro costMicro submittedAt updatedAt outputs { path key sha256 size }`;
+  expectedStart maxCostMicro costMicro submittedAt updatedAt outputs { path key digest size }`;
 
 export const JOBS = gql<{ jobs: Job[] }, { limit: number }>(
   `query Jobs($limit: Int!) { jobs(limit: $limit) { ${JOB_FIELDS} } }`,

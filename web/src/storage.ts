@@ -4,7 +4,7 @@ import { authHeaders, session } from "./session";
 export interface StoredObject {
   key: string;
   size: number;
-  sha256: string;
+  digest: string;
 }
 
 function url(client: string, key = ""): string {

@@ -198,7 +198,7 @@ export function JobPage(props: { id: string }): JSX.Element {
               <tr>
                 <th>File</th>
                 <th class="num">Size</th>
-                <th>sha256</th>
+                <th>Digest</th>
                 <th />
               </tr>
             </thead>
@@ -207,8 +207,8 @@ export function JobPage(props: { id: string }): JSX.Element {
                 <tr>
                   <td class="mono">{o.path}</td>
                   <td class="num">{bytes(o.size)}</td>
-                  <td class="mono small" title={o.sha256}>
-                    {o.sha256.slice(0, 12)}…
+                  <td class="mono small" title={o.digest}>
+                    {o.digest.slice(0, 19)}…
                   </td>
                   <td>
                     {client ? (

@@ -61,8 +61,8 @@ function Row(props: { client: string; obj: StoredObject; onDeleted: () => void }
     <tr data-key={obj.key}>
       <td class="mono">{obj.key}</td>
       <td class="num">{bytes(obj.size)}</td>
-      <td class="mono small" title={obj.sha256}>
-        {obj.sha256.slice(0, 12)}…
+      <td class="mono small" title={obj.digest}>
+        {obj.digest.slice(0, 19)}…
       </td>
       <td class="actions">
         <button type="button" class="plain" disabled={busy} onClick={() => act(() => downloadObject(client, obj.key))}>
@@ -193,7 +193,7 @@ export function StoragePage(): JSX.Element {
               <tr>
                 <th>Key</th>
                 <th class="num">Size</th>
-                <th>sha256</th>
+                <th>Digest</th>
                 <th />
               </tr>
             </thead>
