@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from api.assignments import GONE_EVERY_S
+from api.dispatch import GONE_EVERY_S
 from tests.e2e.network import Network, network
 
 pytestmark = pytest.mark.e2e
