@@ -71,14 +71,17 @@ def setbacks(failures: list[tuple[int, str, str]], losses: list[tuple[int, str, 
 
 
 def unproven_timeout(run: Run, runs: list[Run]) -> bool:
-    """A run that timed out with no output, and that no other run of the job checked: the
-    window it would be paid for is one its provider chose (heartbeating without running,
-    then reporting a timeout), and nothing shows work was done. The client pays for it all
-    the same (its job was given the GPUs; so a client gains nothing from a job that never
-    ends), the provider is not paid, and it is recorded as a `timeout`."""
+    """A run that timed out, and that no other run of the job checked: the window it would
+    be paid for is one its provider chose (heartbeating without running, then reporting a
+    timeout), and nothing shows work was done: not even an output, which a provider that
+    skipped the work can make up as well as write (a timed-out job fails whatever it left,
+    so nothing compares it). The client pays for it all the same (its job was given the
+    GPUs; so a client gains nothing from a job that never ends), the provider is not paid,
+    and it is recorded as a `timeout`. Checking every timeout instead would cost the
+    network a whole timeout of GPU time each."""
     ran = [r for r in runs if r.purpose == "run"]
-    return (len(ran) == 1 and ran[0] is run and run.executed is not None and run.executed.timed_out
-            and run.uploaded is not None and not run.uploaded.manifest)
+    return (len(ran) == 1 and ran[0] is run and run.executed is not None
+            and run.executed.timed_out)
 
 
 def unproven_ending(run: Run) -> bool:

@@ -171,13 +171,16 @@ def test_a_job_no_provider_can_run_fails_refunded_and_blames_no_provider(
     assert not state.transfers(f"pay:{job_id}:fair-a") + state.transfers(f"pay:{job_id}:fair-b")
 
 
-def test_a_provider_that_heartbeats_then_reports_a_timeout_with_no_outputs_is_not_paid(
-    net: Network, rogue: Rogue, state: State
+@pytest.mark.parametrize("made_up", [False, True], ids=["nothing", "a-made-up-output"])
+def test_a_provider_that_heartbeats_then_reports_a_timeout_is_not_paid(
+    net: Network, rogue: Rogue, state: State, made_up: bool
 ) -> None:
     """mallory takes the job, heartbeats without running it, then reports a timeout with
-    every output missing, to be paid for a window it chose. Nothing checked the run and
-    nothing shows work: the client pays (so it gains nothing from a job that never ends),
-    mallory is not paid, and the run is recorded as a timeout."""
+    every output missing, or with one it made up uploaded through its grant, to be paid for
+    a window it chose. Nothing checked the run and nothing shows work (a made-up file no
+    more than none: a timed-out job fails whatever it left, so nothing compares it): the
+    client pays (so it gains nothing from a job that never ends), mallory is not paid, and
+    the run is recorded as a timeout."""
     # Priced so that only mallory fits (its failure above made the others more attractive).
     job_id = submit(net, "timed", command="sleep 1; echo done > out.txt", outputs=["out.txt"],
                     max_price_per_gpu_hour="0.9")
@@ -191,8 +194,16 @@ def test_a_provider_that_heartbeats_then_reports_a_timeout_with_no_outputs_is_no
         "log_tail": "killed at the timeout"}})
     assert r.status_code == 200, r.text
     upload = rogue.take("upload_outputs")
-    r = rogue.call("complete", upload["assignmentId"],
-                   {"result": {"manifest": [], "missing": ["out.txt"]}})
+    manifest: list[dict[str, object]] = []
+    if made_up:
+        (out,) = upload["request"]["outputs"]
+        body = b"done\n"
+        r = httpx.put(out["url"], content=body, headers={"X-Digest": digest.of_bytes(body)})
+        assert r.status_code == 200, r.text
+        manifest = [{"path": out["path"], "key": out["key"], "digest": digest.of_bytes(body),
+                     "size": len(body)}]
+    r = rogue.call("complete", upload["assignmentId"], {"result": {
+        "manifest": manifest, "missing": [] if made_up else ["out.txt"]}})
     assert r.status_code == 200, r.text
 
     job = ended(net, "timed", job_id)

@@ -55,6 +55,7 @@ class StubNetwork:
     answers: dict[str, str] = field(default_factory=dict)  # a provider's own output digest
     exit_codes: dict[str, int] = field(default_factory=dict)  # a provider's command exits so
     timeouts: set[str] = field(default_factory=set)  # providers whose command runs out of time
+    timeouts_writing: set[str] = field(default_factory=set)  # ... and that still upload out.txt
     empty: set[str] = field(default_factory=set)  # providers whose run writes nothing
     verifier_exit: int = 0  # the client's verifier command exits so
     # A provider that stops answering during this GPU step (its heartbeats stop: Temporal
@@ -268,7 +269,7 @@ class StubNetwork:
             if req.command == VERIFIER:
                 code = net.verifier_exit
                 return c.ExecuteResult(code, False, 500, 500, "rejected" if code else "fine")
-            if req.provider_id in net.timeouts:
+            if req.provider_id in net.timeouts | net.timeouts_writing:
                 return c.ExecuteResult(None, True, 60_000, 60_000, "killed at its timeout")
             code = net.exit_codes.get(req.provider_id, 0)
             return c.ExecuteResult(code, False, 1000, 1000, "ok")

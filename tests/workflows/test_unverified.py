@@ -167,9 +167,24 @@ async def test_a_failed_run_whose_check_succeeds_and_no_tie_break_fits_is_not_pa
 
 
 async def test_a_timeout_is_not_forced_to_a_check(start: Start) -> None:
-    """A timed-out run with no output that nothing checked is not paid anyway (row 7a): a
+    """A timed-out run that nothing checked is not paid anyway (row 7a): a
     check would cost the network a whole timeout of GPU time and change nothing of that."""
     net = StubNetwork(providers=THREE, placeable=set(THREE), timeouts={"p1"})
+    result = await (await start(net)).result()
+    assert result.state == "FAILED" and "timed out" in result.reason, result
+    assert [a.provider_id for a in net.called(c.EXECUTE_JOB)] == ["p1"]
+    assert paid(net) == {"p1": (60_000, "client", True)}
+    assert outcomes(net) == {"p1": "timeout"}
+
+
+async def test_a_timeout_that_uploads_an_output_nothing_checked_is_not_paid(
+    start: Start,
+) -> None:
+    """p1 reports a timeout and uploads an output: one it can make up as easily as write, and
+    a timed-out job fails whatever it left, so nothing compares it. Charged, not paid, a
+    `timeout`, as a timeout with nothing (row 7a): a provider cannot buy its chosen window
+    with a made-up file."""
+    net = StubNetwork(providers=THREE, placeable=set(THREE), timeouts_writing={"p1"})
     result = await (await start(net)).result()
     assert result.state == "FAILED" and "timed out" in result.reason, result
     assert [a.provider_id for a in net.called(c.EXECUTE_JOB)] == ["p1"]
