@@ -15,7 +15,11 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from temporalio import activity, workflow
+try:
+    from temporalio import activity, workflow
+    TEMPORAL = True
+except ModuleNotFoundError:  # a provider's or client's install: no control plane, no Temporal
+    TEMPORAL = False
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -41,7 +45,7 @@ def temporal_context(record: logging.LogRecord) -> dict[str, Any]:
         found = {"workflow_id": details.get("workflow_id"),
                  "run_id": details.get("workflow_run_id"),
                  "activity": details.get("activity_type"), "attempt": details.get("attempt")}
-    elif activity.in_activity():
+    elif TEMPORAL and activity.in_activity():
         info = activity.info()
         found = {"workflow_id": info.workflow_id, "run_id": info.workflow_run_id,
                  "activity": info.activity_type, "attempt": info.attempt}
@@ -50,7 +54,7 @@ def temporal_context(record: logging.LogRecord) -> dict[str, Any]:
         if isinstance(details, dict):
             found = {"workflow_id": details.get("workflow_id"), "run_id": details.get("run_id"),
                      "workflow": details.get("workflow_type")}
-        elif workflow.in_workflow():
+        elif TEMPORAL and workflow.in_workflow():
             winfo = workflow.info()
             found = {"workflow_id": winfo.workflow_id, "run_id": winfo.run_id,
                      "workflow": winfo.workflow_type}
@@ -87,6 +91,7 @@ def configure_logging(level: str | int = "INFO", log_format: LogFormat = "text")
     json_lines = log_format == "json"
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     # temporalio's loggers append their context to the message; a JSON line has it as fields.
-    activity.logger.activity_info_on_message = not json_lines
-    workflow.logger.workflow_info_on_message = not json_lines
+    if TEMPORAL:
+        activity.logger.activity_info_on_message = not json_lines
+        workflow.logger.workflow_info_on_message = not json_lines
     logging.basicConfig(level=level, handlers=[handler], force=True)

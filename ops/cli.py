@@ -9,6 +9,7 @@ and `python -m ops` run this module, `python -m client` the user commands alone.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -37,6 +38,25 @@ admin_app = typer.Typer(
 )
 app.add_typer(admin_app, name="admin")
 
+# What the commands that open the control plane's stores or Temporal import: the `server`
+# extra (pyproject.toml). A provider's or client's machine installs the package without it.
+SERVER_MODULES = ("temporalio", "fastapi", "strawberry", "eventsourcing", "psycopg")
+
+
+def needs_server(command_name: str) -> None:
+    """Fail with the install line, not a traceback, where the control plane is not installed."""
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        fail(f"`gpgpu {command_name}` runs the control plane, whose packages are not installed"
+             f" here ({', '.join(missing)} missing): pip install 'gpgpu[server]' (a provider's"
+             " machine needs none of them: `gpgpu provider start` runs without)", 2)
+
+
+@admin_app.callback()
+def admin() -> None:
+    """Operator commands on this node's stores (GPGPU_HOME / GPGPU_EVENT_STORE)."""
+    needs_server("admin")
+
 
 @provider_app.command(
     "start",
@@ -57,6 +77,7 @@ def provider_start(ctx: typer.Context) -> None:
 @app.command("up")
 def up() -> None:
     """Start the embedded network here: Temporal, the API, the control worker, two providers."""
+    needs_server("up")
     from ops import devstack
 
     devstack.main()  # exits with the stack's code

@@ -188,6 +188,24 @@ def start_listening(
     raise AssertionError("unreachable")
 
 
+def wait_temporal_serving(address: str, timeout_s: float, what: str) -> None:
+    """Until the Temporal frontend at `address` says it serves (`temporal operator cluster
+    health`): a dev server opens its port a moment before its frontend is healthy, and a
+    client that connects in between fails with "Frontend is not healthy yet"."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            [temporal_binary(), "operator", "cluster", "health", "--address", address],
+            capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()),
+        )
+        if done.returncode == 0 and "SERVING" in done.stdout:
+            return
+        last = next(iter((done.stdout + done.stderr).strip().splitlines()), "")
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} at {address} did not serve within {timeout_s:.0f} s ({last})")
+
+
 def wait_for_http(url: str, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,15 @@ def test_the_api_and_the_control_worker_are_given_the_same_keys() -> None:
         env = services[name]["environment"]
         assert env["GPGPU_SIGNING_KEY"] == key and env["GPGPU_TEMPORAL_PAYLOAD_KEYS"] == payload
     assert "GPGPU_SIGNING_KEY" not in services["gpu-worker"]["environment"]
+
+
+def test_the_image_holds_every_package_and_the_control_plane() -> None:
+    """infra/docker/Dockerfile copies every package pyproject.toml ships (a package left out
+    installs, then fails at its first import in the container), and installs the `server`
+    extra: the API and the control worker run from this image."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+    assert "pip install '.[server,otlp]'" in dockerfile

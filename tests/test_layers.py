@@ -9,6 +9,9 @@ dependency. `if TYPE_CHECKING:` imports count too (a type is a dependency of the
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -100,6 +103,46 @@ def test_the_sdk_imports_not_even_the_domain() -> None:
 def test_the_provider_agent_never_imports_the_control_plane() -> None:
     """It shares the steps' contracts (workflows/contracts.py) and nothing else of it."""
     assert violations("worker_gpu", ("readmodel", "activities", "api", "ops")) == {}
+
+
+# The `server` extra of pyproject.toml, as the modules it installs: a provider's or client's
+# `pip install <API URL>/downloads/gpgpu.tar.gz` has none of them.
+SERVER_MODULES = ("temporalio", "fastapi", "starlette", "uvicorn", "strawberry", "eventsourcing",
+                  "psycopg", "boto3", "botocore", "multipart", "python_multipart",
+                  "prometheus_client", "argon2", "cryptography")
+
+
+def test_the_agent_and_the_sdk_run_without_the_control_plane() -> None:
+    """What a provider installs (pyproject's dependencies, no `server` extra) is enough: with
+    the server's packages made unimportable, every module of worker_gpu, client and protocol
+    imports, and the agent's settings, logging and tracing set up. (tests/web/test_browser.py
+    installs the archive in a fresh virtualenv and brings the agent online with it.)"""
+    code = textwrap.dedent(f"""
+        import importlib, importlib.abc, pathlib, sys
+        BLOCKED = {SERVER_MODULES!r}
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)")
+        sys.meta_path.insert(0, Block())
+        for package in ("protocol", "client", "worker_gpu"):
+            for path in sorted(pathlib.Path(package).rglob("*.py")):
+                if path.name != "__main__.py":  # runs its command when imported
+                    importlib.import_module(".".join(path.with_suffix("").parts))
+        import worker_gpu.__main__  # the agent's entry point, run by `gpgpu provider start`
+        from infra.logs import configure_logging
+        from infra.settings import Settings
+        from infra import tracing
+        configure_logging("INFO", "json")
+        Settings()
+        tracing.setup("file:" + sys.argv[1], "gpu-worker", "p")
+        tracing.shutdown()
+        import ops.cli
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code, "/dev/null"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def package_graph() -> dict[str, set[str]]:

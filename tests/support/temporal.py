@@ -25,7 +25,7 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from infra.payload_codec import data_converter
-from ops.devstack import free_port, start_listening, temporal_dev_args
+from ops.devstack import free_port, start_listening, temporal_dev_args, wait_temporal_serving
 
 # Public, so it protects nothing: the replay histories are recorded with it, to be read.
 TEST_PAYLOAD_KEYS = [bytes.fromhex("7e57" * 16)]  # "test", 32 bytes
@@ -60,6 +60,8 @@ def temporal_dev_server(
             "127.0.0.1", port, f"the Temporal dev server (its log: {log_path})", START_TIMEOUT_S,
         )  # fmt: skip
         try:
+            wait_temporal_serving(f"127.0.0.1:{port}", START_TIMEOUT_S,
+                                  f"the Temporal dev server (its log: {log_path})")
             yield f"127.0.0.1:{port}"
         finally:
             proc.terminate()

@@ -564,6 +564,9 @@ def test_the_provider_block_run_as_shown_brings_a_provider_online(
                                timeout=60_000)
         installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
         assert (installed / "worker_gpu" / "__main__.py").is_file()  # from the archive
+        # A provider's machine gets the agent and nothing of the control plane.
+        assert not [m for m in ("temporalio", "eventsourcing", "strawberry", "psycopg")
+                    if (installed / m).exists()], sorted(p.name for p in installed.iterdir())
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(agent.pid, signal.SIGINT)
