@@ -16,6 +16,7 @@ Time is passed in (`at`, `expires_at`: unix seconds), never read in an `@event` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -42,8 +43,14 @@ _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s.]{1,63}")
 _KEY_NAME = re.compile(r"\S.{0,63}")
 
 _hasher = PasswordHasher()  # argon2id, RFC 9106's low-memory profile
-# Checked when the email is unknown, so that a miss takes as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the email is unknown, so that a miss takes as long as a wrong password.
+    Made at the first sign-in, not at import: every process that imports the domain would
+    spend an argon2 hash (~0.2 CPU-s) on it."""
+    return _hasher.hash(secrets.token_hex(16))
 
 
 class IdentityError(DomainError):
@@ -59,7 +66,8 @@ def hash_password(password: str) -> str:
 
 def password_matches(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        matches = _hasher.verify(password_hash or _dummy_hash(), password)
+        return matches and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError, UnicodeEncodeError):
         return False
 
