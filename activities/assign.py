@@ -143,7 +143,7 @@ async def _watch_once(client: Client, board: AssignmentBoard) -> None:
     waiting = await asyncio.to_thread(board.waiting)
     now = board.clock()
     for a in waiting:
-        handle = activity_handle(client, a.task_token, a.workflow_id)
+        handle = activity_handle(client, a.task_token, a.workflow_id, a.activity_id)
         try:
             if now < a.pickup_by:
                 await handle.heartbeat()

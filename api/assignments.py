@@ -172,7 +172,7 @@ async def heartbeat(
         await _store_log(services, a, body.log)
     if not board.due_to_beat(a):  # output comes often; Temporal hears every few seconds
         return {"cancel": False}
-    handle = activity_handle(services.temporal, a.task_token, a.workflow_id)
+    handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
     try:
         await handle.heartbeat(body.details)
     except AsyncActivityCancelledError:
@@ -324,13 +324,14 @@ async def complete(
         raise HTTPException(409, f"assignment {aid!r} is already finished")
     result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
     await _finish(board.board, a, "completed", dataclasses.asdict(result))
-    handle = activity_handle(services.temporal, a.task_token, a.workflow_id)
+    handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
     try:
         return await _deliver(board.board, a, handle.complete(result))
     except HTTPException as err:
         now = await asyncio.to_thread(board.board.get, aid) if err.status_code == 410 else None
         if now is not None and now.task_token != a.task_token:  # taken over meanwhile
-            handle = activity_handle(services.temporal, now.task_token, now.workflow_id)
+            handle = activity_handle(services.temporal, now.task_token, now.workflow_id,
+                                     now.activity_id)
             return await _deliver(board.board, now, handle.complete(result))
         if now is None or not await _reset(services, a):
             raise
@@ -351,7 +352,7 @@ async def fail(
     if body.type in c.CONTROL_PLANE_ERRORS:
         raise HTTPException(400, f"type: {body.type!r} is the control plane's own")
     await _finish(board.board, a, "cancelled" if body.cancelled else "failed")
-    handle = activity_handle(services.temporal, a.task_token, a.workflow_id)
+    handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
     if body.cancelled:
         try:
             await handle.report_cancellation(body.message)

@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Any
 
-from temporalio.converter import WorkflowSerializationContext
+from temporalio.converter import ActivitySerializationContext
 from temporalio.service import RPCError
 
 from api.services import Services
@@ -99,9 +99,11 @@ async def _last_heartbeat(temporal: Any, workflow_id: str, activity: Any) -> str
     payloads = activity.heartbeat_details.payloads
     if not payloads:
         return ""
-    # Sealed for the job's workflow (infra/payload_codec.py): opened for it alone.
-    converter = temporal.data_converter.with_context(
-        WorkflowSerializationContext(temporal.namespace, workflow_id))
+    # Sealed for the job's workflow and that step (infra/payload_codec.py): opened there alone.
+    converter = temporal.data_converter.with_context(ActivitySerializationContext(
+        namespace=temporal.namespace, workflow_id=workflow_id, workflow_type=None,
+        activity_id=activity.activity_id, activity_type=activity.activity_type.name,
+        activity_task_queue=None, is_local=False))
     try:
         details = await converter.decode(payloads)
     except Exception as err:  # a payload this API cannot read: the wait is still said

@@ -21,20 +21,27 @@ headers (the tracing context), the markers the SDK's core records for local acti
 patches. The one payload the server itself writes, its marker for an activity cancelled
 before it started, passes decoding as it is (SERVER_MARKERS).
 
-Each payload is sealed for the workflow it belongs to: its namespace and workflow id are
-AES-GCM's associated data (format 2, `gpgpu-payload-format` in its metadata), taken from the
-serialization context the SDK gives the codec (`with_context`): a workflow's own payloads,
-its activities' (inputs, results, heartbeats, failures) and its queries' are bound to its
-id; a child's input and result, and a signal sent to another workflow, to that workflow's.
-A ciphertext copied from one history into another workflow (a job's input into JobWorkflow
-under another id, a job's payload signalled to another job) fails its tag there and is
-refused like any unreadable payload. Where the SDK gives no workflow (a client's async
-activity handle by task token, `activity_handle` below gives it one; a standalone
-activity; a plain `decode`), nothing is sealed (PayloadUnbound) and nothing opens
-(refused): no ciphertext is bound to no workflow. The binding is to the workflow id, not
-to its run or to one activity: within one workflow id a payload may still be moved (to a
-later run under the same id, to another of its steps), and who may run a control step for
-which job stays activities/guard.py's concern (activities/control.py).
+Each payload is sealed for where it belongs (format 3, `gpgpu-payload-format` in its
+metadata): its namespace and workflow id, and for a step's payloads that step's activity id,
+are AES-GCM's associated data, taken from the serialization context the SDK gives the codec
+(`with_context`). A workflow's own payloads (its input and result, signals, queries) are
+bound to its id; a child's input and result, and a signal sent to another workflow, to that
+workflow's; an activity's (its input, result, heartbeats, failure; remote or local) to its
+workflow's id and its own activity id. Our workflows give every step an activity id of its
+own, the same on replay and unique within the run (workflows/steps.py StepIds): the SDK
+hands the codec the id a workflow passed, none otherwise (the core numbers a step only after
+the codec ran). A ciphertext copied from one history into another workflow (a job's input
+into JobWorkflow under another id, a job's payload signalled to another job) fails its tag
+there, and one copied from one step to another of the same workflow (an earlier attempt's
+result used to complete a later attempt's pending step) fails its tag at that step: each is
+refused like any unreadable payload. Where the SDK gives no workflow, or an activity no id
+(a client's async activity handle by task token, `activity_handle` below gives it both; a
+standalone activity; a step scheduled without an id; a plain `decode`), nothing is sealed
+(PayloadUnbound) and nothing opens (refused). The binding is to the workflow id, not to one
+run of it (the SDK gives the codec no run id): a workflow's own input still opens in a later
+run under the same id, and a step's payloads at the same step of a reset's new run (which
+schedules its steps under the same ids). Who may run a control step for which job stays
+activities/guard.py's concern (activities/control.py).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from typing import Any, Self
@@ -65,10 +73,11 @@ CIPHER = b"AES-256-GCM"
 KEY_ID = "encryption-key-id"
 KEY_BYTES = 32
 NONCE_BYTES = 12
-# Format 2: sealed for one workflow (its namespace and id as associated data). A payload
-# without it (format 1, bound to no workflow) is refused.
+# Format 3: sealed for one workflow (its namespace and id as associated data) and, for a
+# step's payloads, one step of it (its activity id). A payload of another format is refused:
+# format 1 was bound to no workflow, format 2 to a workflow but to none of its steps.
 FORMAT = "gpgpu-payload-format"
-FORMAT_VERSION = b"2"
+FORMAT_VERSION = b"3"
 # What the codec hands the SDK in place of a payload it refused (PayloadCipher.opened).
 REFUSED = b"binary/gpgpu-refused"
 
@@ -123,29 +132,53 @@ def parse_keys(raw: str) -> list[bytes]:
 
 
 class PayloadUnbound(ValueError):
-    """A payload to seal where the SDK gave no workflow: a bug of the caller (an async
-    activity handle without `activity_handle`?), never sealed for no workflow."""
+    """A payload to seal where the SDK gave no workflow, or an activity no id of its own: a
+    bug of the caller (an async activity handle without `activity_handle`? a step scheduled
+    without StepIds?), never sealed for no workflow or no step."""
 
 
-def associated_data(namespace: str, workflow_id: str) -> bytes:
-    """What a payload is sealed for: each part length-prefixed, so no two bindings meet."""
-    parts = [b"gpgpu-temporal-payload", FORMAT_VERSION, namespace.encode(), workflow_id.encode()]
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """Where a payload belongs: a workflow, and for a step's payloads that step."""
+
+    namespace: str
+    workflow_id: str
+    activity_id: str | None = None  # None: the workflow's own payloads
+
+    def where(self) -> str:
+        step = f" step {self.activity_id!r}" if self.activity_id is not None else ""
+        return f"workflow {self.workflow_id!r}{step} (namespace {self.namespace!r})"
+
+
+def associated_data(binding: Binding) -> bytes:
+    """What a payload is sealed for: each part length-prefixed, so no two bindings meet (a
+    step's payloads and the workflow's own are told apart by a part of their own)."""
+    parts = [b"gpgpu-temporal-payload", FORMAT_VERSION, binding.namespace.encode(),
+             binding.workflow_id.encode()]
+    if binding.activity_id is None:
+        parts.append(b"workflow")
+    else:
+        parts += [b"activity", binding.activity_id.encode()]
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
-def workflow_of(context: SerializationContext) -> tuple[str, str] | None:
-    """(namespace, workflow id) that a payload in this context belongs to; None for none (a
-    standalone activity's, a Nexus operation's)."""
-    if (isinstance(context, WorkflowSerializationContext | ActivitySerializationContext)
-            and context.workflow_id):
-        return context.namespace, context.workflow_id
+def binding_of(context: SerializationContext) -> Binding | None:
+    """Where a payload in this context belongs; None for nowhere: a standalone activity's, a
+    Nexus operation's, or an activity's that its workflow gave no id (the SDK then gives the
+    workflow's side none, and the activity's side the core's number: they would not meet)."""
+    if isinstance(context, WorkflowSerializationContext) and context.workflow_id:
+        return Binding(context.namespace, context.workflow_id)
+    if (isinstance(context, ActivitySerializationContext) and context.workflow_id
+            and context.activity_id):
+        return Binding(context.namespace, context.workflow_id, context.activity_id)
     return None
 
 
 class PayloadCipher(temporalio.converter.PayloadCodec, WithSerializationContext):
     """AES-256-GCM over each whole serialized payload (its metadata too), a fresh nonce each,
-    sealed for one workflow: the SDK hands each workflow, activity and client call a copy
-    bound to its workflow (`with_context`); the unbound one seals and opens nothing."""
+    sealed for one workflow or one step of it: the SDK hands each workflow, activity and
+    client call a copy bound to where it is (`with_context`); the unbound one seals and
+    opens nothing."""
 
     def __init__(self, keys: Sequence[bytes]):
         if not keys:
@@ -154,28 +187,38 @@ class PayloadCipher(temporalio.converter.PayloadCodec, WithSerializationContext)
             raise PayloadKeyError(f"every payload key is {KEY_BYTES} bytes")
         self._encrypt_id = key_id(keys[0])
         self._aead = {key_id(k): AESGCM(k) for k in keys}
-        self.workflow: tuple[str, str] | None = None  # (namespace, workflow id)
+        self.binding: Binding | None = None
+
+    def bound(self, binding: Binding | None) -> PayloadCipher:
+        """This cipher, sealing and opening for `binding` (the same keys)."""
+        bound = copy.copy(self)
+        bound.binding = binding if binding is None or binding.workflow_id else None
+        return bound
 
     def for_workflow(self, namespace: str, workflow_id: str) -> PayloadCipher:
-        """This cipher, sealing and opening for one workflow (the same keys)."""
-        bound = copy.copy(self)
-        bound.workflow = (namespace, workflow_id) if workflow_id else None
-        return bound
+        """This cipher, sealing and opening a workflow's own payloads."""
+        return self.bound(Binding(namespace, workflow_id))
+
+    def for_step(self, namespace: str, workflow_id: str, activity_id: str) -> PayloadCipher:
+        """This cipher, sealing and opening the payloads of one step of a workflow."""
+        return self.bound(Binding(namespace, workflow_id, activity_id) if activity_id else None)
 
     def with_context(self, context: SerializationContext) -> Self:
         bound = copy.copy(self)
-        bound.workflow = workflow_of(context)
+        bound.binding = binding_of(context)
         return bound
 
     def encrypt(self, payload: Payload) -> Payload:
-        if self.workflow is None:
+        if self.binding is None:
             raise PayloadUnbound(
-                "a payload to encrypt for no workflow: the SDK gave this codec no workflow"
-                " (a handle by task token needs infra.payload_codec.activity_handle)"
+                "a payload to encrypt for no workflow or no step: the SDK gave this codec no"
+                " workflow, or an activity no id (a handle by task token needs"
+                " infra.payload_codec.activity_handle; a step, an id of its own:"
+                " workflows/steps.py StepIds)"
             )
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._aead[self._encrypt_id].encrypt(
-            nonce, payload.SerializeToString(), associated_data(*self.workflow)
+            nonce, payload.SerializeToString(), associated_data(self.binding)
         )
         return Payload(
             metadata={"encoding": ENCODING, "encryption-cipher": CIPHER,
@@ -184,8 +227,8 @@ class PayloadCipher(temporalio.converter.PayloadCodec, WithSerializationContext)
         )
 
     def decrypt(self, payload: Payload) -> Payload:
-        """The payload `encrypt` sealed for this workflow (or a marker of the server's);
-        PayloadRefused for any other."""
+        """The payload `encrypt` sealed for this workflow or step (or a marker of the
+        server's); PayloadRefused for any other."""
         if payload.metadata.get("encoding") != ENCODING:
             if payload.SerializeToString(deterministic=True) in SERVER_MARKERS:
                 return payload
@@ -195,9 +238,10 @@ class PayloadCipher(temporalio.converter.PayloadCodec, WithSerializationContext)
                 " of the network is encrypted with a key of GPGPU_TEMPORAL_PAYLOAD_KEYS, so"
                 " this one was written by a process without the key"
             )
-        if self.workflow is None:
-            raise PayloadRefused("a payload read for no workflow was refused: each is sealed"
-                                 " for one workflow and opens only there")
+        if self.binding is None:
+            raise PayloadRefused("a payload read for no workflow (or for a step with no id)"
+                                 " was refused: each is sealed for one workflow or step and"
+                                 " opens only there")
         name = payload.metadata.get(KEY_ID, b"").decode(errors="replace")
         aead = self._aead.get(name)
         if aead is None and len(name) != len(self._encrypt_id):
@@ -208,21 +252,21 @@ class PayloadCipher(temporalio.converter.PayloadCodec, WithSerializationContext)
                 " GPGPU_TEMPORAL_PAYLOAD_KEYS (an old key dropped too soon? the workflow's"
                 " task is retried until it is listed again)"
             )
-        namespace, workflow_id = self.workflow
         if payload.metadata.get(FORMAT) != FORMAT_VERSION:
+            written = payload.metadata.get(FORMAT, b"1").decode(errors="replace")
             raise PayloadRefused(
-                f"a payload under key {name!r} is sealed for no workflow (format"
-                f" {payload.metadata.get(FORMAT, b'1').decode(errors='replace')!r}, not"
-                f" {FORMAT_VERSION.decode()!r}): refused in workflow {workflow_id!r}"
+                f"a payload under key {name!r} is of format {written!r}, not"
+                f" {FORMAT_VERSION.decode()!r}: sealed for no workflow (format 1) or for no"
+                f" step (format 2); refused in {self.binding.where()}"
             )
         try:
             plain = aead.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:],
-                                 associated_data(namespace, workflow_id))
+                                 associated_data(self.binding))
         except InvalidTag as err:
             raise PayloadRefused(
-                f"a payload under key {name!r} failed its integrity check in workflow"
-                f" {workflow_id!r} (namespace {namespace!r}): altered, or sealed for another"
-                " workflow and copied here"
+                f"a payload under key {name!r} failed its integrity check in"
+                f" {self.binding.where()}: altered, or sealed for another workflow or another"
+                " step and copied here"
             ) from err
         return Payload.FromString(plain)
 
@@ -289,16 +333,24 @@ def data_converter(keys: Sequence[bytes]) -> temporalio.converter.DataConverter:
     )
 
 
-def activity_handle(client: Client, task_token: bytes, workflow_id: str) -> AsyncActivityHandle:
-    """The handle that heartbeats, completes or fails a workflow's activity by its task
-    token, its payloads sealed for that workflow: the SDK gives a handle by task token no
-    workflow of its own (and seals nothing for none, PayloadUnbound)."""
+def activity_handle(client: Client, task_token: bytes, workflow_id: str,
+                    activity_id: str) -> AsyncActivityHandle:
+    """The handle that heartbeats, completes or fails a workflow's step by its task token,
+    its payloads sealed for that workflow and step (its activity id): the SDK gives a handle
+    by task token no workflow or step of its own (and seals nothing for none,
+    PayloadUnbound)."""
     return client.get_async_activity_handle(task_token=task_token).with_context(
         ActivitySerializationContext(
             namespace=client.namespace, workflow_id=workflow_id, workflow_type=None,
-            activity_id=None, activity_type=None, activity_task_queue=None, is_local=False,
+            activity_id=activity_id, activity_type=None, activity_task_queue=None,
+            is_local=False,
         )
     )
+
+
+# The core's marker for a local activity: its `data` (in the clear, the core's) names the
+# step's activity id; its `result` and `failure` are sealed for that step.
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
 def decrypt_history(history: WorkflowHistory, keys: Sequence[bytes],
@@ -306,34 +358,63 @@ def decrypt_history(history: WorkflowHistory, keys: Sequence[bytes],
     """A copy of `history` (of a workflow in `namespace`) with every encrypted payload
     decrypted in place (the failures' encoded attributes stay as payloads), to read it: what
     Temporal keeps in the clear (search attributes, headers, the core's markers) stays as it
-    is; PayloadRefused for a ciphertext no key opens for the workflow it belongs to (a
-    child's or a signalled workflow's for theirs)."""
+    is; PayloadRefused for a ciphertext no key opens where it belongs (a step's for that
+    step, a child's or a signalled workflow's for theirs)."""
     cipher = PayloadCipher(keys)
+    steps: dict[int, str] = {}  # an activity's scheduled event id -> its activity id
     events = []
     for event in history.events:
         opened = type(event)()
         opened.CopyFrom(event)
-        _decrypt_all(opened, cipher.for_workflow(*_sealed_for(opened, namespace,
-                                                             history.workflow_id)))
+        _decrypt_all(opened, cipher.bound(_sealed_for(opened, namespace, history.workflow_id,
+                                                      steps)))
         events.append(opened)
     return WorkflowHistory(history.workflow_id, events)
 
 
-def _sealed_for(event: Message, namespace: str, workflow_id: str) -> tuple[str, str]:
-    """The workflow an event's payloads were sealed for: a child's start and outcome and a
-    signal sent out name the other workflow; every other event is the history's own."""
+def _sealed_for(event: Any, namespace: str, workflow_id: str,
+                steps: dict[int, str]) -> Binding | None:
+    """Where an event's payloads were sealed: a step's (scheduled, started, completed,
+    failed...; a local activity's marker) for that step, recorded in `steps` as it is
+    scheduled; a child's start and outcome and a signal sent out for the other workflow;
+    every other event's for the history's own workflow."""
+    own = Binding(namespace, workflow_id)
     name = event.WhichOneof("attributes")
     if not name:
-        return namespace, workflow_id
+        return own
     attributes: Any = getattr(event, name)
-    if ("workflow_execution" in attributes.DESCRIPTOR.fields_by_name
-            and attributes.HasField("workflow_execution")):
+    if name == "activity_task_scheduled_event_attributes":
+        steps[event.event_id] = attributes.activity_id
+        return Binding(namespace, workflow_id, attributes.activity_id or None)
+    fields = attributes.DESCRIPTOR.fields_by_name
+    if name.startswith("activity_task_") and "scheduled_event_id" in fields:
+        step = steps.get(attributes.scheduled_event_id)
+        return Binding(namespace, workflow_id, step) if step else None
+    if name == "marker_recorded_event_attributes":
+        if attributes.marker_name != LOCAL_ACTIVITY_MARKER:
+            return own
+        step = _local_activity_id(attributes)
+        return Binding(namespace, workflow_id, step) if step else None
+    if "workflow_execution" in fields and attributes.HasField("workflow_execution"):
         workflow_id = attributes.workflow_execution.workflow_id
     elif name == "start_child_workflow_execution_initiated_event_attributes":
         workflow_id = attributes.workflow_id
     else:
-        return namespace, workflow_id
-    return (getattr(attributes, "namespace", "") or namespace), workflow_id
+        return own
+    return Binding(getattr(attributes, "namespace", "") or namespace, workflow_id)
+
+
+def _local_activity_id(marker: Any) -> str:
+    """The activity id the core wrote in a local activity's marker; "" where none is read."""
+    data = marker.details.get("data")
+    if data is None or not data.payloads:
+        return ""
+    try:
+        found = json.loads(data.payloads[0].data)
+    except ValueError:
+        return ""
+    step = found.get("activity_id") if isinstance(found, dict) else None
+    return step if isinstance(step, str) else ""
 
 
 def _decrypt_all(message: Message, cipher: PayloadCipher) -> None:

@@ -7,13 +7,15 @@ change of what the workflow does: the last test changes one step's name and sees
 history refuse it.
 
 The histories are kept as Temporal stored them, every payload encrypted with the public test
-key (tests/support/temporal.py) and sealed for its workflow, and replay with the network's
-codec: the same history with its payloads in the clear, as an outsider without the key would
-write it, does not replay, nor does it under another workflow id.
+key (tests/support/temporal.py) and sealed for its workflow (a step's for that step), and
+replay with the network's codec: the same history with its payloads in the clear, as an
+outsider without the key would write it, does not replay, nor does it under another workflow
+id, nor with one step's result moved to another step of the same type.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -54,8 +56,8 @@ def test_there_are_histories() -> None:
         text = path.read_text()
         sealed = text.count('"YmluYXJ5L2VuY3J5cHRlZA=="')  # binary/encrypted
         assert sealed, f"{path.name}: not encrypted"
-        # Each sealed for its workflow (format 2): record again after a format change.
-        assert text.count('"gpgpu-payload-format": "Mg=="') == sealed, path.name
+        # Each sealed for its workflow and step (format 3): record again after a format change.
+        assert text.count('"gpgpu-payload-format": "Mw=="') == sealed, path.name
 
 
 async def test_a_history_in_the_clear_does_not_replay() -> None:
@@ -95,3 +97,34 @@ async def test_a_changed_workflow_does_not_replay(path: Path,
     result = await replayer().replay_workflow(history(path), raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "allocate_gpus" in str(result.replay_failure)
+
+
+async def test_a_steps_result_moved_to_another_step_of_its_type_does_not_replay() -> None:
+    # Two replicas each executed: their results are of one type and sealed for the job's
+    # workflow, but each for its own step (its activity id). Swapped, the first result read
+    # is refused where it is read (PayloadRefused), and the workflow fails there.
+    recorded = history(next(p for p in HISTORIES if p.stem.endswith("replicas")))
+    scheduled = {e.event_id: e.activity_task_scheduled_event_attributes
+                 for e in recorded.events if e.HasField("activity_task_scheduled_event_attributes")}
+    executed = [e for e in recorded.events if e.HasField("activity_task_completed_event_attributes")
+                and scheduled[e.activity_task_completed_event_attributes.scheduled_event_id]
+                .activity_type.name == c.EXECUTE_JOB]
+    assert len(executed) >= 2
+    ids = [scheduled[e.activity_task_completed_event_attributes.scheduled_event_id].activity_id
+           for e in executed[:2]]
+    assert ids[0] != ids[1] and all(i.startswith(f"{c.EXECUTE_JOB}:") for i in ids), ids
+    events = [copy.deepcopy(e) for e in recorded.events]
+    first, second = (next(moved for moved in events if moved.event_id == e.event_id)
+                     .activity_task_completed_event_attributes.result for e in executed[:2])
+    first_result, second_result = (copy.deepcopy(r.payloads[0]) for r in (first, second))
+    first.payloads[0].CopyFrom(second_result)
+    second.payloads[0].CopyFrom(first_result)
+    result = await replayer().replay_workflow(WorkflowHistory(recorded.workflow_id, events),
+                                              raise_on_replay_failure=False)
+    # The workflow failed where its history went on to record the run.
+    assert "Nondeterminism" in str(result.replay_failure), result.replay_failure
+    assert (await replayer().replay_workflow(recorded)).replay_failure is None
+    # Failed for the refusal: the first moved result opens at no step but its own.
+    with pytest.raises(PayloadRefused, match=f"step {ids[0]!r}.*sealed for another"):
+        decrypt_history(WorkflowHistory(recorded.workflow_id, events), TEST_PAYLOAD_KEYS,
+                        NAMESPACE)

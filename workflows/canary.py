@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         CONTROL_RETRY,
         GPU_RETRY,
         TRANSFER_S,
+        StepIds,
         gpu_step,
         is_provider_loss,
     )
@@ -45,6 +46,7 @@ ATTEMPT = 1
 class CanaryWorkflow:
     def __init__(self) -> None:
         self._step = "wait"
+        self._ids = StepIds()  # each step's activity id (the codec seals for it)
 
     @workflow.query
     def progress(self) -> dict[str, Any]:
@@ -58,6 +60,7 @@ class CanaryWorkflow:
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=CONTROL_RETRY,
             result_type=result_type,
+            activity_id=self._ids.next(name, arg),
         )
 
     async def _gpu(
@@ -66,7 +69,7 @@ class CanaryWorkflow:
     ) -> T:
         return await gpu_step(
             inp.provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
-            name, arg, result_type, run_for_s, retry,
+            name, arg, result_type, run_for_s, self._ids.next(name, arg), retry,
         )
 
     @workflow.run

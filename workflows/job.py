@@ -82,6 +82,7 @@ class JobWorkflow(JobVerification, JobEndings):
         # The settlement asked for, once asked: a cancel that interrupts it asks it again
         # (the step may have completed in the stores), never a different one.
         self._settle_request: c.SettleRequest | None = None
+        self._ids = st.StepIds()  # each step's activity id (the codec seals for it)
 
     @property
     def _step(self) -> str:
@@ -117,6 +118,7 @@ class JobWorkflow(JobVerification, JobEndings):
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=CONTROL_RETRY,
             result_type=result_type,
+            activity_id=self._ids.next(name, arg),
         )
 
     async def _gpu(
@@ -133,7 +135,8 @@ class JobWorkflow(JobVerification, JobEndings):
         try:
             return await st.gpu_step(
                 provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
-                name, arg, result_type, run_for_s, retry, cancellation,
+                name, arg, result_type, run_for_s, self._ids.next(name, arg), retry,
+                cancellation,
             )
         except ActivityError as err:
             if st.is_provider_loss(err):
@@ -219,10 +222,12 @@ class JobWorkflow(JobVerification, JobEndings):
         avoided = runs_.lost_once(self._lost) if label in OWN_RUN else []
         excluded = runs_.unique(
             [p for p in self._lost if p not in avoided] + self._failed + busy)
+        request = c.AllocateRequest(inp.job_id, attempt, excluded, avoided_provider_ids=[
+            p for p in avoided if p not in excluded])
         handle = workflow.start_activity(
             c.ALLOCATE_GPUS,
-            c.AllocateRequest(inp.job_id, attempt, excluded, avoided_provider_ids=[
-                p for p in avoided if p not in excluded]),
+            request,
+            activity_id=self._ids.next(c.ALLOCATE_GPUS, request),
             task_queue=workflow.info().task_queue,
             start_to_close_timeout=timedelta(seconds=c.CONTROL_STEP_S),
             retry_policy=QUEUE_RETRY,

@@ -41,6 +41,25 @@ TRANSFER_S = 3600.0
 ALLOCATE_HEARTBEAT_S = 6.0  # the scheduler beats each second; a loaded machine may lag
 
 
+class StepIds:
+    """An activity id of its own for each step a workflow schedules, remote or local:
+    `<activity name>:<job attempt>:<n>` (the attempt its request names, 0 where none), n
+    counting the run's steps in the order it scheduled them, so the same on replay and
+    unique within the run. The codec seals a step's payloads for its id
+    (infra/payload_codec.py): one step's result does not open as another's (an earlier
+    attempt's result, copied from the history, does not complete a later attempt's step).
+    Without an id the SDK gives the codec none (the core numbers a step after the codec ran)
+    and the codec seals nothing."""
+
+    def __init__(self) -> None:
+        self._scheduled = 0
+
+    def next(self, name: str, arg: Any = None) -> str:
+        self._scheduled += 1
+        attempt = getattr(arg, "attempt", 0)
+        return f"{name}:{attempt if isinstance(attempt, int) else 0}:{self._scheduled}"
+
+
 class ProviderLostError(Exception):
     pass
 
@@ -78,10 +97,12 @@ async def gpu_step(
     arg: Any,
     result_type: type[T],
     run_for_s: float,
+    activity_id: str,
     retry: RetryPolicy = GPU_RETRY,
     cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
 ) -> T:
-    """One GPU step, as an assignment for `provider_id` (activities/assign.py).
+    """One GPU step, as an assignment for `provider_id` (activities/assign.py), under
+    `activity_id` (StepIds).
 
     It runs on the workflow's own (control-plane) task queue: the control worker records
     the assignment and the provider's agent takes it from the API; no provider polls
@@ -98,6 +119,7 @@ async def gpu_step(
         retry_policy=retry,
         result_type=result_type,
         cancellation_type=cancellation,
+        activity_id=activity_id,
     )
 
 

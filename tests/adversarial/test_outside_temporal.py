@@ -35,7 +35,7 @@ from activities.assign import AssignActivities
 from activities.canary import CanaryActivities
 from activities.control import ControlActivities
 from tests.adversarial.outside_workflow import Forgery, OutsideSweep, OutsideWorkflow
-from tests.adversarial.rogue import State, settled
+from tests.adversarial.rogue import Rogue, State, settled
 from tests.e2e.network import Network, network
 from tests.support.graphql import CANCEL, SUBMIT, accepted
 from workflows.contracts import JobInput, JobResult, job_workflow_id
@@ -377,3 +377,106 @@ async def test_a_signal_the_codec_refuses_does_not_stop_a_victims_job(
     ours = await with_key(net)
     described = await ours.get_workflow_handle(job_workflow_id(job_id)).describe()
     assert described.status != WorkflowExecutionStatus.RUNNING
+
+
+def first_execute(rogues: list[Rogue], timeout_s: float = 60) -> tuple[Rogue, dict[str, Any]]:
+    """The rogue that got the job's first execute step, and that assignment."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for rogue in rogues:
+            r = rogue.poll(wait_s=1)
+            r.raise_for_status()
+            for a in r.json()["assignments"]:
+                if a["kind"] == "execute_job":
+                    return rogue, dict(a)
+    raise AssertionError("no provider got the job's execute step")
+
+
+async def steps_of(client: Client, workflow_id: str) -> dict[str, list[Any]]:
+    """activity id -> [its type, its completed result payload or None], from the history."""
+    found: dict[str, list[Any]] = {}
+    scheduled: dict[int, str] = {}
+    async for e in client.get_workflow_handle(workflow_id).fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attributes = e.activity_task_scheduled_event_attributes
+            scheduled[e.event_id] = attributes.activity_id
+            found[attributes.activity_id] = [attributes.activity_type.name, None]
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            done = e.activity_task_completed_event_attributes
+            (found[scheduled[done.scheduled_event_id]][1],) = done.result.payloads
+    return found
+
+
+async def test_an_earlier_attempts_result_does_not_complete_a_later_attempts_step(
+    net: Network, state: State, temporal_server: str
+) -> None:
+    # The job's first run executes on one provider, which then fails its upload; its second
+    # attempt executes on another. An outsider without the key, reading the job's history,
+    # completes the pending execute step of attempt 2 (its workflow and activity id, as
+    # `describe` shows them) with attempt 1's execute result, byte for byte: the network's
+    # own ciphertext, of the very type the step returns. Sealed for attempt 1's step, it
+    # fails its tag at attempt 2's: the workflow fails (PayloadRefused, as a terminate
+    # would: the sweeper ends the job, row 55) and records nothing of it.
+    rogues = [Rogue(net, "fence-a", "fence-1", 300_000), Rogue(net, "fence-b", "fence-2", 400_000)]
+    try:
+        net.wait_providers_online(["fence-1", "fence-2"])
+        spec = {"name": "adv-steps", "max_price_per_gpu_hour": "1", "timeout": "5m",
+                "command": "true", "outputs": []}
+        result = net.gql(SUBMIT, "victim", s=spec)["submitJob"]
+        assert result["__typename"] == "JobSubmitted", result
+        job_id, workflow_id = str(result["job"]["id"]), job_workflow_id(str(result["job"]["id"]))
+
+        first, execute = first_execute(rogues)
+        r = first.call("complete", execute["assignmentId"], {"result": {
+            "exit_code": 0, "timed_out": False, "wall_ms": 500, "gpu_ms": 500, "log_tail": ""}})
+        assert r.status_code == 200, r.text
+        upload = first.take("upload_outputs")
+        r = first.call("fail", upload["assignmentId"],
+                       {"message": "disk full", "type": "ProviderError", "nonRetryable": True})
+        assert r.status_code == 200, r.text
+        second = rogues[1] if first is rogues[0] else rogues[0]
+        pending = second.take("execute_job")
+        assert second.call("heartbeat", pending["assignmentId"],
+                           {"details": {}}).json() == {"cancel": False}
+
+        outsider = await Client.connect(temporal_server)
+        described = await outsider.get_workflow_handle(workflow_id).describe()
+        (step_id,) = [a.activity_id for a in described.raw_description.pending_activities
+                      if a.activity_type.name == "execute_job"]
+        steps = await steps_of(outsider, workflow_id)
+        done = [(a, result) for a, (kind, result) in steps.items()
+                if kind == "execute_job" and result is not None]
+        assert len(done) == 1, done
+        earlier_id, sealed = done[0]
+        # Each step has an id of its own: `<name>:<attempt>:<n>` (workflows/steps.py).
+        assert earlier_id.startswith("execute_job:1:") and step_id.startswith("execute_job:2:")
+        assert sealed.metadata["encoding"] == b"binary/encrypted"
+        before = [e for e in events(net, job_id) if e["type"] == "ExecutionFinished"]
+
+        await outsider.get_async_activity_handle(
+            workflow_id=workflow_id, run_id=None, activity_id=step_id).complete(RawValue(sealed))
+
+        ours = await with_key(net)
+        with pytest.raises(WorkflowFailureError) as failed:
+            await ours.get_workflow_handle(workflow_id).result()
+        assert cause_type(failed.value) == "PayloadRefused", repr(failed.value.cause)
+        assert (f"failed its integrity check in workflow {workflow_id!r} step {step_id!r}"
+                in str(failed.value.cause)), str(failed.value.cause)
+        # Nothing of it recorded: attempt 2 did not finish executing, nothing was uploaded
+        # or paid, and its provider is handed no upload.
+        time.sleep(1)
+        finished = [e for e in events(net, job_id) if e["type"] == "ExecutionFinished"]
+        assert finished == before and [e["data"]["attempt"] for e in finished] == [1]
+        assert not [e for e in events(net, job_id)
+                    if e["type"] in ("OutputsUploaded", "JobVerified", "JobSucceeded")]
+        assert state.transfers(f"pay:{job_id}:{second.provider_id}") == []
+        polled = second.poll(wait_s=1)
+        assert [a["kind"] for a in polled.json()["assignments"]] == []
+    finally:
+        for rogue in rogues:
+            rogue.close()
+
+
+def events(net: Network, job_id: str) -> list[dict[str, Any]]:
+    query = "query($id: ID!) { job(id: $id) { events { type data } } }"
+    return list(net.gql(query, "victim", id=job_id)["job"]["events"])

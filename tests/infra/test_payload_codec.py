@@ -1,7 +1,7 @@
 """Temporal payloads are encrypted with the first key, opened by any listed key, each sealed
-for one workflow (its namespace and id); a payload in the clear, under another key, altered
-or sealed for another workflow is refused (a non-retryable ApplicationError, so the workflow
-or step given it fails at once)."""
+for one workflow (its namespace and id) and a step's for that step (its activity id too); a
+payload in the clear, under another key, altered or sealed for another workflow or step is
+refused (a non-retryable ApplicationError, so the workflow or step given it fails at once)."""
 
 from __future__ import annotations
 
@@ -50,12 +50,14 @@ def data_converter(keys: list[bytes]) -> DataConverter:
     return network_converter(keys).with_context(JOB)
 
 
-def step_of(workflow_id: str, namespace: str = "default") -> ActivitySerializationContext:
-    """What the SDK gives an activity a workflow scheduled (its worker's side)."""
+def step_of(workflow_id: str, namespace: str = "default",
+            activity_id: str | None = "execute_job:1:7",
+            is_local: bool = False) -> ActivitySerializationContext:
+    """What the SDK gives a step a workflow scheduled (on either side of it)."""
     return ActivitySerializationContext(
         namespace=namespace, workflow_id=workflow_id, workflow_type="JobWorkflow",
-        activity_id="7", activity_type="execute_job", activity_task_queue="control",
-        is_local=False)
+        activity_id=activity_id, activity_type="execute_job", activity_task_queue="control",
+        is_local=is_local)
 
 
 def payload(text: bytes) -> Payload:
@@ -114,17 +116,64 @@ async def test_rotation_the_first_key_encrypts_and_every_listed_key_decrypts() -
 
 async def test_a_payload_sealed_for_one_workflow_opens_there_and_nowhere_else() -> None:
     (sealed,) = await cipher_for([NEW]).encode([payload(b'{"job_id": "a"}')])
-    assert sealed.metadata["gpgpu-payload-format"] == b"2"
-    # The same workflow opens it: its own tasks, and the activities it scheduled.
-    for same in (JOB, step_of("job-a")):
-        assert await PayloadCipher([NEW]).with_context(same).decode([sealed]) == [
-            payload(b'{"job_id": "a"}')]
-    # Copied into another workflow, or the same id in another namespace: refused.
+    assert sealed.metadata["gpgpu-payload-format"] == b"3"
+    # The same workflow opens its own payloads (its input, result, signals, queries).
+    assert await PayloadCipher([NEW]).with_context(JOB).decode([sealed]) == [
+        payload(b'{"job_id": "a"}')]
+    # Copied into another workflow, the same id in another namespace, or into one of the
+    # workflow's own steps: refused.
     for other in (WorkflowSerializationContext("default", "job-b"), step_of("job-b"),
                   WorkflowSerializationContext("staging", "job-a"), step_of("job-a", "staging"),
-                  WorkflowSerializationContext("default", "job-a ")):
-        with pytest.raises(PayloadRefused, match="sealed for another workflow"):
+                  WorkflowSerializationContext("default", "job-a "), step_of("job-a")):
+        with pytest.raises(PayloadRefused, match="sealed for another workflow or another step"):
             await refused_by(PayloadCipher([NEW]).with_context(other), [sealed])
+
+
+async def test_a_steps_payload_sealed_for_one_activity_id_opens_at_no_other_step() -> None:
+    # Attempt 1's execute result, as the history holds it, used to complete attempt 2's
+    # pending execute step of the same job (its activity id, shown by `describe`): refused.
+    earlier, pending = step_of("job-a", activity_id="execute_job:1:7"), step_of(
+        "job-a", activity_id="execute_job:2:15")
+    result = payload(b'{"exit_code": 0, "gpu_ms": 3600000}')
+    (sealed,) = await PayloadCipher([NEW]).with_context(earlier).encode([result])
+    assert sealed.metadata["gpgpu-payload-format"] == b"3"
+    # The step it was sealed for opens it, on either side: the workflow's and the
+    # activity's (and the API's handle: activity_handle gives it the same context).
+    assert await PayloadCipher([NEW]).with_context(earlier).decode([sealed]) == [result]
+    assert PayloadCipher([NEW]).for_step("default", "job-a", "execute_job:1:7").decrypt(
+        sealed) == result
+    # Another step of the same workflow (a later attempt's, one whose id extends or cuts
+    # this one's, a local step's), or the workflow's own payloads: refused.
+    for other in (pending, step_of("job-a", activity_id="execute_job:1:70"),
+                  step_of("job-a", activity_id="execute_job:1:"),
+                  step_of("job-a", activity_id="execute_job:1:8", is_local=True), JOB):
+        with pytest.raises(PayloadRefused, match="sealed for another workflow or another step"):
+            await refused_by(PayloadCipher([NEW]).with_context(other), [sealed])
+    with pytest.raises(PayloadRefused, match="in workflow 'job-a' step 'execute_job:2:15'"):
+        PayloadCipher([NEW]).with_context(pending).decrypt(sealed)
+    # As the SDK decodes it, with its dataclass: the refusal is raised, not a value.
+    converter = network_converter([NEW])
+    with pytest.raises(PayloadRefused):
+        await converter.with_context(pending).decode([sealed], [dict])
+    assert await converter.with_context(earlier).decode([sealed], [dict]) == [
+        {"exit_code": 0, "gpu_ms": 3600000}]
+
+
+async def test_a_steps_failure_and_heartbeat_are_sealed_for_that_step() -> None:
+    converter = network_converter([NEW])
+    earlier, pending = (converter.with_context(step_of("job-a", activity_id=a))
+                        for a in ("execute_job:1:7", "execute_job:2:15"))
+    (beat,) = await earlier.encode(["downloaded 3 of 4"])
+    assert await earlier.decode([beat], [str]) == ["downloaded 3 of 4"]
+    with pytest.raises(PayloadRefused, match="step 'execute_job:2:15'"):
+        await pending.decode([beat], [str])
+    failure = Failure()
+    await earlier.encode_failure(ApplicationError("disk full", "detail"), failure)
+    copied = Failure()
+    copied.CopyFrom(failure)
+    assert str(await earlier.decode_failure(failure)) == "disk full"
+    with pytest.raises(PayloadRefused, match="sealed for another workflow or another step"):
+        await pending.decode_failure(copied)
 
 
 async def test_a_value_and_a_failure_copied_to_another_workflow_are_refused() -> None:
@@ -151,17 +200,32 @@ async def test_a_value_and_a_failure_copied_to_another_workflow_are_refused() ->
 
 async def test_where_the_sdk_gives_no_workflow_nothing_is_sealed_and_nothing_opens() -> None:
     (sealed,) = await cipher_for([NEW]).encode([payload(b'"for job-a"')])
+    (step,) = await PayloadCipher([NEW]).with_context(step_of("job-a")).encode(
+        [payload(b'"for a step of job-a"')])
     standalone = ActivitySerializationContext(
         namespace="default", workflow_id=None, workflow_type=None, activity_id="act-1",
         activity_type="settle_job", activity_task_queue="control", is_local=False)
+    # The workflow's side of a step scheduled with no activity id: the SDK gives none (the
+    # core numbers it after the codec ran), and the activity's side would get a number.
+    no_id = step_of("job-a", activity_id=None)
     for unbound in (PayloadCipher([NEW]), PayloadCipher([NEW]).with_context(standalone),
-                    PayloadCipher([NEW]).for_workflow("default", "")):
+                    PayloadCipher([NEW]).for_workflow("default", ""),
+                    PayloadCipher([NEW]).with_context(no_id),
+                    PayloadCipher([NEW]).with_context(step_of("job-a", activity_id="")),
+                    PayloadCipher([NEW]).for_step("default", "job-a", "")):
         with pytest.raises(PayloadUnbound, match="no workflow"):
             await unbound.encode([payload(b'"anything"')])
-        with pytest.raises(PayloadRefused, match="for no workflow"):
-            await refused_by(unbound, [sealed])
+        for opened in (sealed, step):
+            with pytest.raises(PayloadRefused, match="for no workflow"):
+                await refused_by(unbound, [opened])
     with pytest.raises(PayloadUnbound):  # the converter as a client holds it, before a call
         await network_converter([NEW]).encode(["x"])
+
+
+def format_2_data(namespace: str, workflow_id: str) -> bytes:
+    """Format 2's associated data: the workflow alone, for every payload of it."""
+    parts = [b"gpgpu-temporal-payload", b"2", namespace.encode(), workflow_id.encode()]
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
 @pytest.mark.parametrize("how", ["written by an earlier version", "relabelled"])
@@ -176,6 +240,27 @@ async def test_a_payload_sealed_for_no_workflow_is_refused(how: str) -> None:
                                                    None)
     del sealed.metadata["gpgpu-payload-format"]
     with pytest.raises(PayloadRefused, match="sealed for no workflow"):
+        await refused_by(cipher, [sealed])
+
+
+@pytest.mark.parametrize("where", ["the workflow", "a step"])
+async def test_a_payload_sealed_for_its_workflow_but_no_step_is_refused(where: str) -> None:
+    # Format 2 (before a step's payloads were bound to the step): sealed for the workflow
+    # alone, so one step's result opened at any step of it. Refused, by its label and, were
+    # it relabelled 3, by its tag.
+    nonce = secrets.token_bytes(12)
+    sealed = Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-cipher": b"AES-256-GCM",
+                  "encryption-key-id": (await cipher_for([NEW]).encode([payload(b"x")]))[0]
+                  .metadata["encryption-key-id"], "gpgpu-payload-format": b"2"},
+        data=nonce + AESGCM(NEW).encrypt(nonce, payload(b'"x"').SerializeToString(),
+                                         format_2_data("default", "job-a")))
+    cipher = PayloadCipher([NEW]).with_context(JOB if where == "the workflow"
+                                               else step_of("job-a"))
+    with pytest.raises(PayloadRefused, match="of format '2', not '3'"):
+        await refused_by(cipher, [sealed])
+    sealed.metadata["gpgpu-payload-format"] = b"3"
+    with pytest.raises(PayloadRefused, match="integrity"):
         await refused_by(cipher, [sealed])
 
 
@@ -205,6 +290,43 @@ async def test_a_history_is_read_with_each_payload_for_the_workflow_it_was_seale
                                                         b'"canary result"']
     with pytest.raises(PayloadRefused, match="in workflow 'job-b'"):
         decrypt_history(WorkflowHistory("job-b", events), [NEW], "default")
+
+
+def step_events(first: str, second: str) -> list[HistoryEvent]:
+    """A step scheduled and completed (its input and result sealed for `first`) and a local
+    step's marker (its result sealed for `second`), as the history of job-a holds them."""
+    step, local = (PayloadCipher([NEW]).for_step("default", "job-a", a) for a in (first, second))
+    scheduled = HistoryEvent(event_id=5, event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    scheduled.activity_task_scheduled_event_attributes.activity_id = "execute_job:1:3"
+    scheduled.activity_task_scheduled_event_attributes.input.payloads.append(
+        step.encrypt(payload(b'"request"')))
+    completed = HistoryEvent(event_id=7, event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+    completed.activity_task_completed_event_attributes.scheduled_event_id = 5
+    completed.activity_task_completed_event_attributes.result.payloads.append(
+        step.encrypt(payload(b'"result"')))
+    marker = HistoryEvent(event_id=9, event_type=EventType.EVENT_TYPE_MARKER_RECORDED)
+    attributes = marker.marker_recorded_event_attributes
+    attributes.marker_name = "core_local_activity"
+    attributes.details["data"].payloads.append(payload(
+        b'{"seq":4,"attempt":1,"activity_id":"record_job_step:1:4","activity_type":"x"}'))
+    attributes.details["result"].payloads.append(local.encrypt(payload(b'"recorded"')))
+    return [scheduled, completed, marker]
+
+
+def test_a_history_is_read_with_each_steps_payloads_for_that_step() -> None:
+    plain = decrypt_history(WorkflowHistory(
+        "job-a", step_events("execute_job:1:3", "record_job_step:1:4")), [NEW], "default")
+    scheduled, completed, marker = plain.events
+    assert [scheduled.activity_task_scheduled_event_attributes.input.payloads[0].data,
+            completed.activity_task_completed_event_attributes.result.payloads[0].data,
+            marker.marker_recorded_event_attributes.details["result"].payloads[0].data] == [
+        b'"request"', b'"result"', b'"recorded"']
+    # A step's payloads sealed for another step of the same workflow do not open there.
+    for first, second in (("execute_job:2:8", "record_job_step:1:4"),
+                          ("execute_job:1:3", "record_job_step:1:5")):
+        with pytest.raises(PayloadRefused, match="sealed for another workflow or another step"):
+            decrypt_history(WorkflowHistory("job-a", step_events(first, second)), [NEW],
+                            "default")
 
 
 @pytest.mark.parametrize("where", ["last byte", "nonce", "key id"])

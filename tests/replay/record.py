@@ -7,9 +7,10 @@ owners) run the scenarios below, one job each; each job's history is written as
 `job_workflow_<scenario>.json` and the files of scenarios no longer listed are removed.
 The network runs with the public test key (tests/support/temporal.py TEST_PAYLOAD_KEYS): the
 histories are kept as Temporal stored them, every payload encrypted and sealed for its
-workflow (its id is in the history's first event; the namespace is Temporal's `default`), and
-tests/test_replay.py replays them with the network's codec, which refuses a payload in the
-clear or sealed for another workflow.
+workflow (its id is in the history's first event; the namespace is Temporal's `default`), a
+step's for its activity id too (in the history beside it), and tests/test_replay.py replays
+them with the network's codec, which refuses a payload in the clear or sealed for another
+workflow or step.
 Record again (and commit the files) whenever JobWorkflow changes before a release; after a
 release a change goes behind `workflow.patched`, and the histories of the release stay.
 """
