@@ -291,12 +291,16 @@ class Jobs(Base):
 
     def record_reputation(self, job_id: str, provider_id: str, outcome: str) -> None:
         """`job_id` is the outcome's key: the job's id, or `<job id>#<attempt>` for one of
-        several runs; the job's own stream shows it too (ReputationRecorded)."""
+        several runs; the job's own stream shows it too (ReputationRecorded). The outcome
+        names the job's client, as the job has it (never as a provider says): an `outvoted`
+        counts in the score only once several clients outvoted the provider
+        (domain/reputation.py)."""
 
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self.provider(provider_id)
-            provider.record_outcome(job_id, outcome)
             job = self._get_or_none(Job.create_id(job_id=job_id.split("#", 1)[0]))
+            provider.record_outcome(job_id, outcome,
+                                    client_id="" if job is None else job.client_id)
             if job is None:
                 return None, [provider]
             job.note_reputation(provider_id, job_id, outcome)

@@ -51,21 +51,31 @@ def check_declaration(price_micro: int, gpus: list[dict[str, Any]]) -> None:
 
 class Provider(Aggregate):
     # v2 added per-GPU suspension and health and the client behind each reservation;
-    # v3 the time of each outcome (reputation decays with age).
-    class_version = 3
+    # v3 the time of each outcome (reputation decays with age); v4 the client of each.
+    class_version = 4
 
     class ReputationRecorded(Aggregate.Event):
-        """One outcome of the provider's work. Version 2 added `at` (unix time)."""
+        """One outcome of the provider's work. Version 2 added `at` (unix time), version 3
+        `client_id`: the client whose job it was, as the control plane has it from the job
+        ("" where it was not recorded, for a canary's outcome, which is never `outvoted`, and
+        for the outcome of a job the network does not know)."""
 
-        class_version = 2
+        class_version = 3
         job_id: str
         outcome: str
         at: float
+        client_id: str
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             stamp = state["timestamp"]
             state["at"] = stamp.timestamp() if isinstance(stamp, datetime) else 0.0
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            # Not known: an `outvoted` of an unknown client never counts in the score
+            # (domain/reputation.py), so a log from before scores as it did.
+            state["client_id"] = ""
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -79,6 +89,10 @@ class Provider(Aggregate):
         stamp = state.get("_modified_on")
         at = stamp.timestamp() if isinstance(stamp, datetime) else 0.0
         state.setdefault("outcome_times", [at] * len(state.get("outcomes", [])))
+
+    @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        state.setdefault("outcome_clients", [""] * len(state.get("outcomes", [])))
     @staticmethod
     def create_id(provider_id: str, **_: Any) -> UUID:
         return business_id("provider", provider_id)
@@ -100,6 +114,7 @@ class Provider(Aggregate):
         self.outcomes: list[str] = []
         self.outcome_jobs: list[str] = []
         self.outcome_times: list[float] = []  # unix time of each outcome
+        self.outcome_clients: list[str] = []  # the client of each outcome's job ("" unknown)
         self.runtimes: list[str] = ["process"]
         self.sandbox = ""  # unknown: registered by an agent from before sandboxes were declared
         self.reservation_clients: dict[str, str] = {}  # job id -> the client it runs for
@@ -113,7 +128,8 @@ class Provider(Aggregate):
         return self.reputation_at(time.time()).score
 
     def reputation_at(self, as_of: float) -> Reputation:
-        return reputation(list(zip(self.outcomes, self.outcome_times, strict=True)), as_of)
+        return reputation(list(zip(self.outcomes, self.outcome_times, strict=True)), as_of,
+                          self.outcome_clients)
 
     def free_gpu_indexes(self) -> list[int]:
         """GPUs that could take a job now: not reserved, not suspended, not degraded."""
@@ -222,12 +238,15 @@ class Provider(Aggregate):
         if self.status != "lost":
             self._lost(job_id=job_id, reason=reason)
 
-    def record_outcome(self, job_id: str, outcome: str, at: float | None = None) -> None:
+    def record_outcome(self, job_id: str, outcome: str, at: float | None = None,
+                       client_id: str = "") -> None:
+        """`client_id`: the client of the job, from the job (never from a provider)."""
         if outcome not in OUTCOMES:
             raise DomainError("", f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
         if job_id in self.outcome_jobs:
             return
-        self._outcome(job_id=job_id, outcome=outcome, at=time.time() if at is None else at)
+        self._outcome(job_id=job_id, outcome=outcome, at=time.time() if at is None else at,
+                      client_id=client_id)
 
     @event("ProviderRejoined")
     def _rejoined(self, region: str, price_per_gpu_hour_micro: int, gpus: list[dict[str, Any]]):
@@ -287,10 +306,11 @@ class Provider(Aggregate):
         self.status = "lost"
 
     @event(ReputationRecorded)
-    def _outcome(self, job_id: str, outcome: str, at: float) -> None:
+    def _outcome(self, job_id: str, outcome: str, at: float, client_id: str) -> None:
         self.outcomes.append(outcome)
         self.outcome_jobs.append(job_id)
         self.outcome_times.append(at)
+        self.outcome_clients.append(client_id)
 
 
 class Directory(Aggregate):

@@ -1,61 +1,123 @@
-"""Reputation is a documented function of a provider's recorded outcomes and their times.
+"""Reputation is a documented function of a provider's recorded outcomes, their times and
+the clients whose jobs they were.
 
 Each outcome (a ReputationRecorded event) counts with a weight that halves every
 HALF_LIFE_DAYS of age, so recent behaviour matters most and old faults fade:
 
     w(outcome) = 0.5 ** (age_days / HALF_LIFE_DAYS)
     good = 1 + sum of w over successes
-    bad  = 1 + sum of w * (1 failure, 2 timeout, 3 lost, 5 mismatch)
+    bad  = 1 + sum of w * (1 failure, 2 timeout, 3 lost, 5 mismatch,
+                           OUTVOTED_WEIGHT = 1 an `outvoted` that counts)
     score = good / (good + bad)
 
 A new provider starts at 0.5 (the 1 on each side is a uniform prior), each
 success raises it, and faults weigh by how much they cost clients: a lost
 provider wastes a whole attempt, a wrong result is the worst.
 
-An `outvoted` outcome (a run that a majority of other owners' runs disagreed
-with, its report not contradicted by storage: workflows/runs.py) is recorded
-but not scored: a client's command can choose which answer each run gives, so
-a majority is no evidence against a provider. It counts nowhere here (score,
-confidence, probation, the outcome count); it puts the provider back on
-probation for the check rate instead (domain/verification.py `check_rate`).
+An `outvoted` outcome is a run that a majority of other owners' runs disagreed
+with, its report not contradicted by storage (workflows/runs.py). One client's
+majority is no evidence against a provider: the client's command can choose which
+answer each run gives, and its quota which upload is refused. So an `outvoted`
+counts in the score only where several clients say the same (`counted_outvoted`):
 
-Confidence grows with history: with n = the sum of all weights (the effective
-number of outcomes), confidence = n / (n + CONFIDENCE_HALF), 0 for a new
+- it counts only when, within the OUTVOTED_WINDOW_DAYS (30) up to it (by the times
+  of the outcomes; the same time, in the order recorded), the provider was
+  outvoted on the jobs of at least OUTVOTED_CLIENTS (3) distinct clients, itself
+  included. One client, or two, however often they outvote it, never lower a
+  score; an outcome whose client is not known (recorded before outcomes named
+  their client: "") is no client and never counts;
+- and it counts only when no other `outvoted` of the same client counted within
+  the OUTVOTED_WINDOW_DAYS before it: once three clients outvoted a provider, one
+  of them still costs it at most one fault a window, however many jobs it has
+  outvote it. The score can fall by as many faults a window as clients caught it.
+
+A counted `outvoted` weighs as a `failure` (OUTVOTED_WEIGHT = 1), not as a
+`mismatch` (5): a majority is weaker evidence than storage contradicting a report
+or a known-answer canary (which the client cannot shape), and three accounts may
+be one person's (accounts are cheap: the rule is bounded, not Sybil-proof), so
+framing from three funded accounts costs an honest provider at most one failure an
+account a window. To the client, that run was what a failed run is: a result it
+could not keep. Every `outvoted`, counted or not, also puts the provider back on
+probation for the check rate (domain/verification.py `check_rate`); that use
+needs no second client.
+
+A counted `outvoted` is a scored outcome like any other (score, confidence,
+probation, the outcome count, `last_scored_at`); one not counted is in none of them
+and changes nothing but its own entry in `weighted` (`weighted["outvoted"]` holds
+every `outvoted`, `weighted[OUTVOTED_SCORED]` the counted ones).
+
+Confidence grows with history: with n = the sum of all scored weights (the
+effective number of outcomes), confidence = n / (n + CONFIDENCE_HALF), 0 for a new
 provider and 0.5 after CONFIDENCE_HALF recent outcomes. A provider with fewer
 than PROBATION (scored) outcomes is on probation: every one of its results is checked
 (domain/verification.py).
 
 Anyone holding the event log can recompute every score with `reputation`
-(`gpgpu admin recompute-reputation` does, and compares with the stored ones).
-`reputation_score` is the same formula without time (every weight 1).
+(`gpgpu admin recompute-reputation` does, and compares with the stored ones): each
+ReputationRecorded carries its outcome, its time and its job's client, filled by
+the control plane from the job (never by a provider).
+`reputation_score` is the same formula without time: every outcome at one moment
+(every weight 1, every `outvoted` in one window).
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 OUTCOMES = ("success", "failure", "timeout", "lost", "mismatch", "outvoted")
 WEIGHTS = {"failure": 1, "timeout": 2, "lost": 3, "mismatch": 5}
-# Recorded, shown, and used by the check rate, but never in the score.
-UNSCORED = ("outvoted",)
+OUTVOTED = "outvoted"
+# An `outvoted` counts only once this many distinct clients outvoted the provider within
+# OUTVOTED_WINDOW_DAYS, and then at most once a window for each client; it weighs as a
+# failure. (Recorded, shown and used by the check rate whether it counts or not.)
+OUTVOTED_CLIENTS = 3
+OUTVOTED_WINDOW_DAYS = 30.0
+OUTVOTED_WEIGHT = WEIGHTS["failure"]
+OUTVOTED_SCORED = "outvoted_scored"  # `weighted`'s entry for the counted ones
 HALF_LIFE_DAYS = 30.0
 CONFIDENCE_HALF = 10.0
 PROBATION = 5
 DAY_S = 86_400.0
 
 
-def reputation_score(outcomes: Iterable[str]) -> float:
-    good, bad = 1.0, 1.0
-    for outcome in outcomes:
-        if outcome in UNSCORED:
-            continue
-        if outcome == "success":
-            good += 1
-        else:
-            bad += WEIGHTS[outcome]
-    return good / (good + bad)
+def counted_outvoted(outcomes: Sequence[tuple[str, float]], clients: Sequence[str] = ()
+                     ) -> frozenset[int]:
+    """The indexes of the `outvoted` outcomes the score counts (the rule above).
+
+    `clients[i]` is the client of outcome i's job ("" where not known); with no `clients`
+    at all, none is known and no `outvoted` counts."""
+    if clients and len(clients) != len(outcomes):
+        raise ValueError(f"{len(outcomes)} outcomes but {len(clients)} clients")
+    # Only the outvoted outcomes of known clients matter, in the order of their times.
+    order = sorted((at, i) for i, (o, at) in enumerate(outcomes)
+                   if o == OUTVOTED and clients and clients[i])
+    window_s = OUTVOTED_WINDOW_DAYS * DAY_S
+    in_window: deque[tuple[float, str]] = deque()
+    per_client: Counter[str] = Counter()  # outvoted in the window, by client
+    last_counted: dict[str, float] = {}
+    counted = set()
+    for at, i in order:
+        client = clients[i]
+        in_window.append((at, client))
+        per_client[client] += 1
+        while in_window[0][0] < at - window_s:
+            _, gone = in_window.popleft()
+            per_client[gone] -= 1
+            if not per_client[gone]:
+                del per_client[gone]
+        before = last_counted.get(client)
+        if len(per_client) >= OUTVOTED_CLIENTS and (before is None or before < at - window_s):
+            counted.add(i)
+            last_counted[client] = at
+    return frozenset(counted)
+
+
+def reputation_score(outcomes: Iterable[str], clients: Sequence[str] = ()) -> float:
+    """The score of outcomes all recorded at one moment (`reputation` without time)."""
+    return reputation([(o, 0.0) for o in outcomes], 0.0, clients).score
 
 
 @dataclass(frozen=True)
@@ -65,25 +127,36 @@ class Reputation:
     score: float
     confidence: float
     probation: bool
-    outcomes: int  # scored outcomes, all time
+    outcomes: int  # scored outcomes, all time (counted `outvoted` ones too)
     effective_outcomes: float  # their weights summed (time decay)
-    weighted: dict[str, float]  # outcome -> its decayed count (`outvoted` too, unscored)
+    # outcome -> its decayed count: `outvoted` all of them, OUTVOTED_SCORED the counted ones
+    weighted: dict[str, float]
 
 
-def reputation(outcomes: Sequence[tuple[str, float]], as_of: float) -> Reputation:
-    """The documented score of (outcome, unix time) pairs, as of `as_of` (unix time).
+def reputation(outcomes: Sequence[tuple[str, float]], as_of: float,
+               clients: Sequence[str] = ()) -> Reputation:
+    """The documented score of (outcome, unix time) pairs, as of `as_of` (unix time), the
+    client of each outcome's job in `clients` (see `counted_outvoted`).
 
     An outcome stamped after `as_of` (clocks of two machines differ) counts as new.
-    An unscored outcome (`outvoted`) changes nothing but its own entry in `weighted`.
+    An `outvoted` that does not count changes nothing but its own entry in `weighted`.
     """
-    weighted = dict.fromkeys(OUTCOMES, 0.0)
-    for outcome, at in outcomes:
+    counted = counted_outvoted(outcomes, clients)
+    weighted = dict.fromkeys((*OUTCOMES, OUTVOTED_SCORED), 0.0)
+    scored = 0
+    for i, (outcome, at) in enumerate(outcomes):
         age_days = max(0.0, as_of - at) / DAY_S
-        weighted[outcome] += math.pow(0.5, age_days / HALF_LIFE_DAYS)
+        w = math.pow(0.5, age_days / HALF_LIFE_DAYS)
+        weighted[outcome] += w
+        if outcome != OUTVOTED:
+            scored += 1
+        elif i in counted:
+            weighted[OUTVOTED_SCORED] += w
+            scored += 1
     good = 1.0 + weighted["success"]
-    bad = 1.0 + sum(WEIGHTS[o] * w for o, w in weighted.items() if o in WEIGHTS)
-    effective = sum(w for o, w in weighted.items() if o not in UNSCORED)
-    scored = sum(1 for o, _ in outcomes if o not in UNSCORED)
+    bad = (1.0 + sum(WEIGHTS[o] * w for o, w in weighted.items() if o in WEIGHTS)
+           + OUTVOTED_WEIGHT * weighted[OUTVOTED_SCORED])
+    effective = sum(w for o, w in weighted.items() if o != OUTVOTED)
     return Reputation(
         score=good / (good + bad),
         confidence=effective / (effective + CONFIDENCE_HALF),
@@ -94,7 +167,11 @@ def reputation(outcomes: Sequence[tuple[str, float]], as_of: float) -> Reputatio
     )
 
 
-def last_scored_at(outcomes: Sequence[tuple[str, float]], default: float) -> float:
+def last_scored_at(outcomes: Sequence[tuple[str, float]], default: float,
+                   clients: Sequence[str] = ()) -> float:
     """The time of the latest scored outcome (`default` if none): the moment the read
-    model's stored score is taken as of, so that an unscored outcome does not move it."""
-    return max((at for o, at in outcomes if o not in UNSCORED), default=default)
+    model's stored score is taken as of, so that an `outvoted` that does not count does
+    not move it."""
+    counted = counted_outvoted(outcomes, clients)
+    return max((at for i, (o, at) in enumerate(outcomes) if o != OUTVOTED or i in counted),
+               default=default)

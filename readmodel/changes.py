@@ -109,6 +109,7 @@ def _recovered(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
 def _outcome(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     kept["outcomes"].append(data["outcome"])
     kept["outcome_times"].append(data["at"])
+    kept["outcome_clients"].append(data["client_id"])
     return {}
 
 

@@ -285,8 +285,8 @@ class Fold:
         })
         self.rows.providers[e.agg] = {  # its lists as the columns' defaults hold them
             "provider_id": data["provider_id"], "last_seq": 0, "reservations": {},
-            "reservation_clients": {}, "outcomes": [], "outcome_times": [], "suspended": [],
-            "degraded": {},
+            "reservation_clients": {}, "outcomes": [], "outcome_times": [],
+            "outcome_clients": [], "suspended": [], "degraded": {},
         }
         self.provider(e)
 

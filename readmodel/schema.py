@@ -29,7 +29,7 @@ SCHEMA = [
         provider_id TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, region TEXT NOT NULL,
         status TEXT NOT NULL, price_micro BIGINT NOT NULL, gpus TEXT NOT NULL,
         reservations TEXT NOT NULL DEFAULT '{}', outcomes TEXT NOT NULL DEFAULT '[]',
-        outcome_times TEXT NOT NULL DEFAULT '[]',
+        outcome_times TEXT NOT NULL DEFAULT '[]', outcome_clients TEXT NOT NULL DEFAULT '[]',
         reputation DOUBLE PRECISION NOT NULL, updated_at TEXT NOT NULL,
         runtimes TEXT NOT NULL DEFAULT '["process"]', last_seq INTEGER NOT NULL DEFAULT 0,
         status_reason TEXT NOT NULL DEFAULT '', reservation_clients TEXT NOT NULL DEFAULT '{}',

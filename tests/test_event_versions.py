@@ -1,6 +1,7 @@
 """Events stored by an earlier version of the code still load: EntryPosted v1 had no `kind`,
 JobSubmitted v1 no `sealed_env` (its env in the clear); before BLAKE3, JobSubmitted v2,
-OutputsUploaded and ResultAccepted v1 and CanaryIssued v1 held bare sha256s."""
+OutputsUploaded and ResultAccepted v1 and CanaryIssued v1 held bare sha256s; the provider's
+ReputationRecorded v2 no `client_id`."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from domain.application import Network
 from domain.canary import Canary, judge_canary
 from domain.job import Job
 from domain.ledger import Account, transfer
+from domain.provider import Provider
+from domain.reputation import reputation
 from infra.job_env import open_env
 from infra.row_cipher import RowCipher
 from infra.settings import Settings
 from infra.signing import parse_grant
+from ops.admin import recompute_reputation
 from protocol import digest
 from protocol.spec import JobSpec, parse_job_spec
 from readmodel.projector import Projector
@@ -199,3 +203,43 @@ def test_new_digests_are_stored_blake3_and_said_so() -> None:
     assert submitted["spec"]["inputs"][0]["digest"] == digest.of_bytes(data)
     assert "sha256" not in submitted["spec"]["inputs"][0]
     assert digest.of_bytes(data).startswith("blake3:")
+
+
+def test_outcomes_recorded_before_they_named_their_client_load_and_score_as_then(
+    tmp_path: Path,
+) -> None:
+    """ReputationRecorded v2 had no `client_id`: it loads with none (""), and an `outvoted`
+    of no known client never counts, so three of them (as three clients' jobs would have
+    been) leave the score where it was, for the aggregate, the views and a recompute."""
+    settings = Settings(event_store="sqlite", home=tmp_path)
+    app = Network(env=settings.eventsourcing_env())
+    provider = Provider(provider_id="p-old", region="eu", price_per_gpu_hour_micro=1, gpus=[])
+    provider.record_outcome("job-0", "success", at=1_000.0, client_id="alice")
+    for n, client in enumerate(["alice", "bob", "carol"]):
+        provider.record_outcome(f"job-{n + 1}", "outvoted", at=2_000.0 + n, client_id=client)
+    stored = []
+    for event in provider.collect_events():
+        s = app.mapper.to_stored_event(event)
+        state = json.loads(s.state)
+        if s.topic.endswith("ReputationRecorded"):
+            assert state["class_version"] == 3
+            state["class_version"] = 2
+            del state["client_id"]
+        stored.append(StoredEvent(originator_id=s.originator_id,
+                                  originator_version=s.originator_version, topic=s.topic,
+                                  state=json.dumps(state).encode()))
+    app.recorder.insert_events(stored)
+
+    loaded = app.provider("p-old")
+    assert loaded.outcome_clients == ["", "", "", ""]
+    assert loaded.reputation_at(2_002.0).score == reputation([("success", 1_000.0)],
+                                                             2_002.0).score
+    views = ViewDB(settings)
+    try:
+        Projector(app, views).catch_up()
+        (row,) = views.query("SELECT reputation, outcome_clients FROM providers")
+    finally:
+        views.close()
+    assert json.loads(row["outcome_clients"]) == ["", "", "", ""]
+    assert row["reputation"] == reputation([("success", 1_000.0)], 1_000.0).score
+    assert recompute_reputation(settings)["all_match"]

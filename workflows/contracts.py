@@ -231,7 +231,7 @@ class Verdict:
     decided: bool = True  # False: runs disagree with no majority; another run can decide
     # Of the rejected, the runs whose report storage contradicts: the only ones a judgement
     # blames. A run outvoted by others is not paid, and recorded `outvoted`: back on
-    # probation, not in the score (workflows/runs.py).
+    # probation, in the score only once several clients outvoted it (workflows/runs.py).
     contradicted_attempts: list[int] = field(default_factory=list)
 
 

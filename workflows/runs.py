@@ -170,13 +170,15 @@ def outvoted(runs: list[Run], verdict: c.Verdict) -> list[Run]:
 
     Not paid, and recorded as `outvoted`, which puts the provider back on probation (its
     next results are all checked, domain/verification.py `check_rate`) but is not in its
-    reputation score (domain/reputation.py): the runs compared are of the client's command, which
-    can see when and where it runs (the clock, its GPUs, how much of its client's storage
-    quota is left) and so write one answer on the run it targets and another on the
-    network's check and tie-break (tests/adversarial/test_framing.py). A majority of
-    distinct owners therefore says which result the job keeps, never that a provider
+    reputation score until the jobs of several distinct clients outvoted it within a
+    window (domain/reputation.py `counted_outvoted`): the runs compared are of the client's
+    command, which can see when and where it runs (the clock, its GPUs, how much of its
+    client's storage quota is left) and so write one answer on the run it targets and
+    another on the network's check and tie-break (tests/adversarial/test_framing.py). One
+    client's majority therefore says which result the job keeps, never that a provider
     cheated; that takes evidence the client cannot shape: storage contradicting the
-    provider's report, or a known-answer canary (one follows each outvoted provider)."""
+    provider's report, a known-answer canary (one follows each outvoted provider), or,
+    weighing as a failure, the majorities of several clients."""
     rejected = set(verdict.mismatched_attempts) - set(verdict.contradicted_attempts)
     return [r for r in runs if r.executed is not None and r.alloc.attempt in rejected]
 
@@ -185,7 +187,8 @@ def outcomes(job_id: str, runs: list[Run], verdict: c.Verdict) -> list[c.Reputat
     """The reputation outcome of each run that executed, in the order of `runs`: none for an
     unreproduced failed or empty-handed run, nor for the runs of a job with no majority. A
     `mismatch` is recorded only where storage contradicts the run's report; an outvoted run
-    gets `outvoted` (back on probation, its score unchanged: `outvoted` above)."""
+    gets `outvoted` (back on probation, its score unchanged unless several clients outvoted
+    it: `outvoted` above)."""
     accepted = set(verdict.accepted_attempts)
     contradicted = set(verdict.contradicted_attempts)
     rejected = set(verdict.mismatched_attempts)
@@ -196,7 +199,7 @@ def outcomes(job_id: str, runs: list[Run], verdict: c.Verdict) -> list[c.Reputat
         if r.alloc.attempt in contradicted:
             outcome = "mismatch"  # its report contradicts storage
         elif r.alloc.attempt in rejected:
-            outcome = "outvoted"  # not paid, checked again, not scored (`outvoted`)
+            outcome = "outvoted"  # not paid, checked again, scored only across clients
         elif unreproduced(r, runs, verdict):
             continue
         elif unproven_timeout(r, runs):

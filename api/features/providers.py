@@ -22,7 +22,7 @@ from api.services import Services
 from api.streams import check_after, live_rows
 from domain.limits import GPU_INDEX
 from domain.provider import gpu_status
-from domain.reputation import Reputation, reputation
+from domain.reputation import OUTVOTED_SCORED, Reputation, reputation
 from protocol.money import micro_to_credits, price_to_micro
 from readmodel.queue import iso_time
 from readmodel.telemetry import recent_samples
@@ -68,7 +68,8 @@ class ReputationDetail:
     probation: bool = strawberry.field(
         description="fewer than 5 outcomes: every result checked (as are the next ones after "
         "an outvoted run)")
-    outcomes: int = strawberry.field(description="scored outcomes (not `outvoted`), all time")
+    outcomes: int = strawberry.field(
+        description="scored outcomes (an `outvoted` only where it counts), all time")
     effective_outcomes: float = strawberry.field(description="outcomes weighted by age")
     successes: float
     failures: float
@@ -76,9 +77,13 @@ class ReputationDetail:
     lost: float
     mismatches: float
     outvoted: float = strawberry.field(
-        description="runs a majority of other owners disagreed with: not in the score (the "
-        "client's command may have chosen the answer), but each puts the provider back on "
-        "probation, its next results all checked")
+        description="runs a majority of other owners disagreed with: each puts the provider "
+        "back on probation, its next results all checked; in the score only as "
+        "`outvotedScored` (the client's command may have chosen the answer)")
+    outvoted_scored: float = strawberry.field(
+        description="the outvoted runs the score counts, each as a failure: only once the "
+        "jobs of 3 distinct clients outvoted the provider within 30 days, and at most one a "
+        "client in 30 days (domain/reputation.py)")
 
 
 @strawberry.type
@@ -160,7 +165,7 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
     out = []
     for r in rows:
         rep = reputation(list(zip(json.loads(r["outcomes"]), json.loads(r["outcome_times"]),
-                                  strict=True)), time.time())
+                                  strict=True)), time.time(), json.loads(r["outcome_clients"]))
         busy = {i: job for job, idx in json.loads(r["reservations"]).items() for i in idx}
         beat = r["last_heartbeat_at"]
         status, reason = r["status"], r["status_reason"]
@@ -195,7 +200,7 @@ def _detail(rep: Reputation) -> ReputationDetail:
         score=rep.score, confidence=rep.confidence, probation=rep.probation,
         outcomes=rep.outcomes, effective_outcomes=rep.effective_outcomes,
         successes=w["success"], failures=w["failure"], timeouts=w["timeout"], lost=w["lost"],
-        mismatches=w["mismatch"], outvoted=w["outvoted"],
+        mismatches=w["mismatch"], outvoted=w["outvoted"], outvoted_scored=w[OUTVOTED_SCORED],
     )
 
 

@@ -8,8 +8,11 @@ it targets and another on the check (it can read the clock), or a storage quota 
 one run's upload and free for the other's. Each test mounts one such attack and checks that
 the attack was really mounted (three runs, the first one outvoted) and that it failed:
 no `mismatch` recorded against the honest provider, its reputation score as it was. It is
-recorded `outvoted`, which is not in the score and only puts it back on probation (its
-next results are all checked by the network: domain/verification.py `check_rate`).
+recorded `outvoted`, which puts it back on probation (its next results are all checked by
+the network: domain/verification.py `check_rate`) and counts in the score only once the
+jobs of OUTVOTED_CLIENTS distinct clients outvoted it within a window
+(domain/reputation.py). Every attack here is one client's, `framer`, however often it is
+mounted: one client alone can never lower a score.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from domain.reputation import OUTVOTED_CLIENTS
 from tests.adversarial.rogue import State
 from tests.adversarial.test_pay_and_blame import ended, events, outcomes, reputations, submit
 from tests.e2e.network import Network, network
@@ -31,6 +35,7 @@ pytestmark = pytest.mark.e2e
 QUOTA = 64 * 1024  # each client's storage quota on this network
 WAIT_S = 20  # how long the network's check, and its tie-break, wait for a provider
 HONEST = "fair-a"
+FRAMER = "framer"  # the one client of every attack in this module
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +45,10 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def net(home: Path, temporal_server: str) -> Iterator[Network]:
+    # fair-a is cheap enough to take every job's first run however many successes fair-b
+    # (1.5) earns as the network's check (domain/matching.py weighs price and reputation).
     with network(home, temporal_server, [
-        ("fair-a", "1xA100:40", "1.0", []),
+        ("fair-a", "1xA100:40", "0.5", []),
         ("fair-b", "1xA100:40", "1.5", []),
         ("fair-c", "1xA100:40", "2.0", []),
     ], {"GPGPU_STORAGE_QUOTA_BYTES": str(QUOTA),
@@ -56,6 +63,13 @@ def net(home: Path, temporal_server: str) -> Iterator[Network]:
 @pytest.fixture
 def state(home: Path) -> State:
     return State(home)
+
+
+def stored_bytes(net: Network, client: str) -> int:
+    """What the client's space holds (its uploads and its jobs' outputs), in bytes."""
+    r = net.http.get(f"/storage/{net.client_id(client)}", headers=net.headers(client))
+    r.raise_for_status()
+    return sum(int(o["size"]) for o in r.json())
 
 
 def allocated(net: Network, client: str, job_id: str) -> list[str]:
@@ -84,6 +98,30 @@ def assert_not_framed(net: Network, state: State, client: str, job_id: str,
     assert state.transfers(f"pay:{job}") == [] and state.transfers(f"withheld:{job}") == []
 
 
+def frame_by_the_clock(net: Network, state: State) -> None:
+    """The attack of the test below, mounted once by FRAMER, and its failure checked."""
+    before = reputations(state)[HONEST]
+    switch = int(time.time()) + 12
+    job_id = submit(
+        net, FRAMER, outputs=["out.txt"], verification={"reproducible": True},
+        resources={"gpu_model": "A100"},
+        # The first run writes before the switch and ends after it, so the check and the
+        # tie-break, which follow it, start after it (and end at once).
+        command=f'if [ "$(date +%s)" -lt {switch} ]; then echo here; else echo elsewhere; fi'
+                f' > out.txt; while [ "$(date +%s)" -le {switch} ]; do sleep 0.2; done')
+
+    job = ended(net, FRAMER, job_id)
+
+    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", FRAMER,
+                  id=job_id)["job"]["outputs"]
+    assert net.get(FRAMER, got[0]["key"]) == b"elsewhere\n"
+    stored = net.get(FRAMER, f"jobs/{job_id}/runs/1/out.txt")
+    assert stored == b"here\n"  # fair-a ran it honestly, on its side of the switch
+    assert_not_framed(net, state, FRAMER, job_id, before)
+    assert int(job["costMicro"]) > 0, job  # the client pays for the result it keeps
+
+
 def test_a_job_that_writes_another_answer_on_the_run_it_targets_frames_no_one(
     net: Network, state: State
 ) -> None:
@@ -94,26 +132,22 @@ def test_a_job_that_writes_another_answer_on_the_run_it_targets_frames_no_one(
     (a `mismatch`, its reputation down); it is not paid, but not blamed: a majority of a
     client's command is no evidence against a provider (`outvoted`: its score unchanged,
     its next results checked)."""
-    before = reputations(state)[HONEST]
-    switch = int(time.time()) + 12
-    job_id = submit(
-        net, "targeter", outputs=["out.txt"], verification={"reproducible": True},
-        resources={"gpu_model": "A100"},
-        # The first run writes before the switch and ends after it, so the check and the
-        # tie-break, which follow it, start after it (and end at once).
-        command=f'if [ "$(date +%s)" -lt {switch} ]; then echo here; else echo elsewhere; fi'
-                f' > out.txt; while [ "$(date +%s)" -le {switch} ]; do sleep 0.2; done')
+    frame_by_the_clock(net, state)
 
-    job = ended(net, "targeter", job_id)
 
-    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
-    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", "targeter",
-                  id=job_id)["job"]["outputs"]
-    assert net.get("targeter", got[0]["key"]) == b"elsewhere\n"
-    stored = net.get("targeter", f"jobs/{job_id}/runs/1/out.txt")
-    assert stored == b"here\n"  # fair-a ran it honestly, on its side of the switch
-    assert_not_framed(net, state, "targeter", job_id, before)
-    assert int(job["costMicro"]) > 0, job  # the client pays for the result it keeps
+def test_one_client_that_frames_a_provider_again_and_again_lowers_no_score(
+    net: Network, state: State
+) -> None:
+    """The same attack, mounted by one client as many times as distinct clients would
+    lower the score (OUTVOTED_CLIENTS): each is recorded `outvoted` and none counts, since
+    the evidence of one client's jobs, however many, is its command's to shape
+    (domain/reputation.py `counted_outvoted`). The score is as it was before the first."""
+    first = reputations(state)[HONEST]
+    for _ in range(OUTVOTED_CLIENTS):
+        frame_by_the_clock(net, state)
+    score, recorded = reputations(state)[HONEST]
+    assert score == first[0]
+    assert json.loads(recorded) == [*json.loads(first[1]), *["outvoted"] * OUTVOTED_CLIENTS]
 
 
 def uploaded(net: Network, client: str, job_id: str, provider_id: str,
@@ -136,20 +170,24 @@ def test_a_client_that_fills_its_quota_for_the_run_and_frees_it_for_the_check_fr
     paid (nothing shows its work), but not blamed: the network cannot tell a provider whose
     upload the client's storage refused from one that did nothing."""
     before = reputations(state)[HONEST]
-    net.put("quota-flipper", "filler.bin", b"\0" * (QUOTA - 4096))
-    job_id = submit(net, "quota-flipper", outputs=["out.bin"],
+    # Less than 8 KiB left, whatever the other tests' jobs left in the space (at most
+    # 40 KiB: the next test's), and room for two 8 KiB outputs once the filler is gone.
+    used = stored_bytes(net, FRAMER)
+    assert used <= QUOTA - 4096 - 2 * 8192, used
+    net.put(FRAMER, "filler.bin", b"\0" * (QUOTA - used - 4096))
+    job_id = submit(net, FRAMER, outputs=["out.bin"],
                     resources={"gpu_model": "A100"},
                     command="sleep 4; head -c 8192 /dev/zero > out.bin")
 
-    first = uploaded(net, "quota-flipper", job_id, HONEST)
+    first = uploaded(net, FRAMER, job_id, HONEST)
     assert first["missing"] == ["out.bin"], first  # refused: the quota was full
-    r = net.http.delete(f"/storage/{net.client_id('quota-flipper')}/filler.bin",
-                        headers=net.headers("quota-flipper"))
+    r = net.http.delete(f"/storage/{net.client_id(FRAMER)}/filler.bin",
+                        headers=net.headers(FRAMER))
     assert r.status_code in (200, 204), r.text
-    job = ended(net, "quota-flipper", job_id)
+    job = ended(net, FRAMER, job_id)
 
     assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
-    assert_not_framed(net, state, "quota-flipper", job_id, before)
+    assert_not_framed(net, state, FRAMER, job_id, before)
     assert int(job["costMicro"]) > 0, job
 
 
@@ -161,13 +199,16 @@ def test_a_job_whose_own_output_fills_the_quota_for_the_check_frames_no_one(
     reproducible) are refused theirs: two empty-handed runs against one that delivered.
     fair-a is outvoted by nothing but the client's full storage: not blamed."""
     before = reputations(state)[HONEST]
-    job_id = submit(net, "quota-filler", outputs=["out.bin"],
+    # fair-a's output fits, whatever the other tests' jobs left (at most 16 KiB: the one
+    # above's), and a second one cannot.
+    assert stored_bytes(net, FRAMER) <= QUOTA - QUOTA * 5 // 8, stored_bytes(net, FRAMER)
+    job_id = submit(net, FRAMER, outputs=["out.bin"],
                     verification={"reproducible": True}, resources={"gpu_model": "A100"},
                     command=f"head -c {QUOTA * 5 // 8} /dev/zero > out.bin")
 
-    job = ended(net, "quota-filler", job_id)
+    job = ended(net, FRAMER, job_id)
 
-    assert uploaded(net, "quota-filler", job_id, HONEST)["missing"] == []
-    assert uploaded(net, "quota-filler", job_id, "fair-b")["missing"] == ["out.bin"]
+    assert uploaded(net, FRAMER, job_id, HONEST)["missing"] == []
+    assert uploaded(net, FRAMER, job_id, "fair-b")["missing"] == ["out.bin"]
     assert job["state"] == "FAILED" and "declared outputs missing" in job["reason"], job
-    assert_not_framed(net, state, "quota-filler", job_id, before)
+    assert_not_framed(net, state, FRAMER, job_id, before)

@@ -1,11 +1,14 @@
 """Reputation: the documented formula, and the Provider aggregate that records outcomes.
 
-score = (successes + 1) / (successes + 1 + failures + 2*timeouts + 3*lost + 5*mismatches + 1)
+score = (successes + 1) / (successes + 1 + failures + 2*timeouts + 3*lost + 5*mismatches + 1),
+an `outvoted` counting as a failure only once the jobs of 3 distinct clients outvoted the
+provider within 30 days (and once a client a window).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from fractions import Fraction
 from typing import Any
 
@@ -16,14 +19,22 @@ from domain.errors import DomainError
 from domain.provider import Provider
 from domain.reputation import (
     OUTCOMES,
+    OUTVOTED_CLIENTS,
+    OUTVOTED_SCORED,
+    OUTVOTED_WEIGHT,
+    OUTVOTED_WINDOW_DAYS,
     PROBATION,
-    UNSCORED,
     WEIGHTS,
+    counted_outvoted,
     last_scored_at,
     reputation,
     reputation_score,
 )
-from tests.domain.support import PRICE, gpu, notification_count, provider_event_types
+from infra.settings import Settings
+from ops.admin import recompute_reputation
+from readmodel.projector import Projector
+from readmodel.schema import ViewDB
+from tests.domain.support import PRICE, gpu, make_spec, notification_count, provider_event_types
 
 
 def documented(successes: int, failures: int, timeouts: int, lost: int, mismatches: int) -> float:
@@ -69,7 +80,7 @@ def test_faults_order_by_cost_to_clients() -> None:
     [(0, 0, 0, 0, 0), (3, 0, 0, 0, 0), (2, 1, 1, 1, 1), (10, 0, 0, 0, 1), (0, 4, 0, 2, 0)],
 )
 def test_mixed_outcomes_follow_the_formula(counts: tuple[int, int, int, int, int]) -> None:
-    scored = [o for o in OUTCOMES if o not in UNSCORED]
+    scored = [o for o in OUTCOMES if o != "outvoted"]
     outcomes = [o for o, n in zip(scored, counts, strict=True) for _ in range(n)]
     assert reputation_score(outcomes) == pytest.approx(documented(*counts), rel=1e-12)
     assert reputation_score(reversed(outcomes)) == pytest.approx(documented(*counts), rel=1e-12)
@@ -127,8 +138,9 @@ def test_reputation_through_the_app(app: Network) -> None:
 def test_an_outvoted_run_is_recorded_but_changes_no_figure_of_the_score() -> None:
     """A majority of the client's command is no evidence against a provider
     (workflows/runs.py `outvoted`): the outcome is kept (it raises the check rate,
-    tests/domain/test_verification.py) but the score anyone recomputes is as without it."""
-    assert UNSCORED == ("outvoted",) and "outvoted" in OUTCOMES and "outvoted" not in WEIGHTS
+    tests/domain/test_verification.py) but the score anyone recomputes is as without it,
+    where no client is known (or one alone outvoted it: the tests below)."""
+    assert "outvoted" in OUTCOMES and "outvoted" not in WEIGHTS
     history = ["success", "success", "failure", "success"]
     assert reputation_score([*history, "outvoted", "outvoted"]) == reputation_score(history)
     assert reputation_score(["outvoted"] * 10) == 0.5
@@ -216,3 +228,159 @@ def test_a_provider_snapshot_from_before_outcome_times_still_loads() -> None:
     old: dict[str, Any] = {"reservations": {}}
     Provider.upcast_v1_v2(old)
     assert old["suspended"] == [] and old["degraded"] == {} and old["reservation_clients"] == {}
+
+
+def test_a_provider_snapshot_from_before_outcome_clients_still_loads() -> None:
+    state = {"outcomes": ["success", "outvoted"], "outcome_times": [1.0, 2.0]}
+    Provider.upcast_v3_v4(state)
+    assert state["outcome_clients"] == ["", ""]  # not known: that `outvoted` never counts
+
+
+# `outvoted` across clients (domain/reputation.py `counted_outvoted`)
+
+HISTORY = [("success", day * DAY) for day in range(10)]  # ten days of good work
+
+
+def outvotes(*runs: tuple[str, float]) -> tuple[list[tuple[str, float]], list[str]]:
+    """HISTORY, then an `outvoted` for each (client, day), and the client of each outcome."""
+    pairs = [*HISTORY, *(("outvoted", day * DAY) for _, day in runs)]
+    return pairs, [*(f"happy-{i}" for i in range(len(HISTORY))), *(c for c, _ in runs)]
+
+
+def figures(pairs: list[tuple[str, float]], clients: list[str], as_of: float) -> tuple[Any, ...]:
+    r = reputation(pairs, as_of, clients)
+    return r.score, r.confidence, r.probation, r.outcomes, r.effective_outcomes
+
+
+def without_outvoted(pairs: list[tuple[str, float]], clients: list[str], as_of: float
+                     ) -> tuple[Any, ...]:
+    kept = [i for i, (o, _) in enumerate(pairs) if o != "outvoted"]
+    return figures([pairs[i] for i in kept], [clients[i] for i in kept], as_of)
+
+
+def test_the_rule_is_named_and_weighs_as_a_failure() -> None:
+    assert (OUTVOTED_CLIENTS, OUTVOTED_WINDOW_DAYS) == (3, 30.0)
+    assert OUTVOTED_WEIGHT == WEIGHTS["failure"] < WEIGHTS["mismatch"]
+
+
+@pytest.mark.parametrize("framers", [["mallory"], ["mallory", "mallet"]])
+def test_one_client_or_two_outvoting_a_provider_again_and_again_change_no_score(
+    framers: list[str],
+) -> None:
+    """A client (or two) whose jobs outvote a provider twenty times in as many days lowers
+    no figure of its score: their command may choose the answers."""
+    pairs, clients = outvotes(*((framers[d % len(framers)], 10 + d) for d in range(20)))
+    assert counted_outvoted(pairs, clients) == frozenset()
+    for as_of in (29 * DAY, 40 * DAY, 400 * DAY):
+        assert figures(pairs, clients, as_of) == without_outvoted(pairs, clients, as_of)
+    assert last_scored_at(pairs, 0.0, clients) == 9 * DAY
+    outcomes = [o for o, _ in pairs]
+    assert reputation_score(outcomes, clients) == reputation_score(outcomes[:10])
+
+
+def test_three_distinct_clients_within_the_window_lower_the_score_by_a_failure() -> None:
+    """The third distinct client within OUTVOTED_WINDOW_DAYS: its `outvoted` counts, as a
+    failure at its time would (the first two, from before, do not)."""
+    pairs, clients = outvotes(("alice", 10), ("bob", 12), ("carol", 14))
+    assert counted_outvoted(pairs, clients) == {12}
+    as_of = 20 * DAY
+    with_failure = [*HISTORY, ("failure", 14 * DAY)]
+    expected = reputation(with_failure, as_of)
+    got = reputation(pairs, as_of, clients)
+    assert got.score == pytest.approx(expected.score, rel=1e-12)
+    assert got.score < reputation(HISTORY, as_of).score
+    assert got.confidence == pytest.approx(expected.confidence, rel=1e-12)
+    assert got.outcomes == len(HISTORY) + 1 and not got.probation
+    assert got.weighted[OUTVOTED_SCORED] == pytest.approx(0.5 ** (6 / 30))
+    assert got.weighted["outvoted"] > got.weighted[OUTVOTED_SCORED]  # all three, shown
+    # the read model's score is taken as of it: it is a scored outcome
+    assert last_scored_at(pairs, 0.0, clients) == 14 * DAY
+    # without time: the same rule, every outcome at one moment
+    outcomes = [o for o, _ in pairs]
+    assert reputation_score(outcomes, clients) == pytest.approx(
+        reputation_score([*outcomes[:10], "failure"]), rel=1e-15)
+
+
+def test_outvoted_runs_further_apart_than_the_window_change_no_score() -> None:
+    """Three clients, but never three within OUTVOTED_WINDOW_DAYS of one another."""
+    pairs, clients = outvotes(("alice", 10), ("bob", 30), ("carol", 41), ("alice", 61))
+    assert counted_outvoted(pairs, clients) == frozenset()
+    assert figures(pairs, clients, 70 * DAY) == without_outvoted(pairs, clients, 70 * DAY)
+    # the window holds its first day: 30 days after alice's, carol's counts
+    pairs, clients = outvotes(("alice", 10), ("bob", 30), ("carol", 40))
+    assert counted_outvoted(pairs, clients) == {12}
+
+
+def test_a_client_that_piles_on_costs_at_most_one_failure_a_window() -> None:
+    """Once three clients outvoted a provider, each still costs it at most one fault per
+    OUTVOTED_WINDOW_DAYS, however many of its jobs outvote it."""
+    pairs, clients = outvotes(
+        ("alice", 10), ("bob", 11), ("carol", 12),  # 10, 11, 12: carol's counts
+        *(("carol", 13 + d / 10) for d in range(20)),  # 13 to 32: carol's again, none
+        ("alice", 20),  # 33: alice's first to count
+        ("bob", 40),  # 34: bob's, with alice's at 10 still in the window
+        ("carol", 43),  # 35: more than 30 days after carol's that counted
+        ("carol", 44),  # 36: not again
+    )
+    assert sorted(counted_outvoted(pairs, clients)) == [12, 33, 34, 35]
+    assert reputation(pairs, 50 * DAY, clients).outcomes == len(HISTORY) + 4
+
+
+def test_an_outvoted_run_of_an_unknown_client_never_counts() -> None:
+    """Outcomes recorded before they named their client (""), or with no clients at all."""
+    pairs, clients = outvotes(("", 10), ("", 11), ("", 12), ("alice", 13), ("bob", 14))
+    assert counted_outvoted(pairs, clients) == frozenset()
+    pairs, _ = outvotes(("alice", 10), ("bob", 11), ("carol", 12))
+    assert counted_outvoted(pairs) == frozenset()
+    assert reputation(pairs, 20 * DAY).score == reputation(HISTORY, 20 * DAY).score
+    with pytest.raises(ValueError, match="13 outcomes but 2 clients"):
+        reputation(pairs, 0.0, ["alice", "bob"])
+
+
+def test_the_app_records_each_outcomes_client_from_its_job(app: Network) -> None:
+    """The client comes from the job (for `<job>#<attempt>` too), never from a provider:
+    one client's jobs outvoting a provider change nothing, a third client's lower it."""
+    app.register_provider("p", "eu", PRICE, [gpu(0)])
+    app.record_reputation("job-0", "p", "success")  # of no job the network knows
+    for n, client in enumerate(["mallory", "mallory", "mallory", "alice", "bob"]):
+        app.submit_job(f"job-{client}-{n}", client, make_spec())
+    for n in range(3):
+        app.record_reputation(f"job-mallory-{n}#{n + 1}", "p", "outvoted")
+    provider = app.provider("p")
+    assert provider.outcome_clients == ["", "mallory", "mallory", "mallory"]
+    assert provider.reputation_at(provider.outcome_times[-1]).score == pytest.approx(
+        reputation([("success", provider.outcome_times[0])], provider.outcome_times[-1]).score)
+    app.record_reputation("job-alice-3", "p", "outvoted")
+    score = app.provider("p").reputation
+    app.record_reputation("job-bob-4#2", "p", "outvoted")
+    provider = app.provider("p")
+    assert provider.outcome_clients == ["", "mallory", "mallory", "mallory", "alice", "bob"]
+    assert provider.reputation < score
+    assert provider.reputation_at(provider.outcome_times[-1]).outcomes == 2
+
+
+def test_the_read_model_and_a_recompute_agree_with_the_aggregate(
+    sqlite_settings: Settings,
+) -> None:
+    """The score the views keep is the one anyone recomputes from the log (clients too)."""
+    app = Network(env=sqlite_settings.eventsourcing_env())
+    views = ViewDB(sqlite_settings)
+    try:
+        app.register_provider("p", "eu", PRICE, [gpu(0)])
+        app.record_reputation("job-s", "p", "success")  # of no job the network knows
+        shown = []
+        for n, client in enumerate(["mallory", "mallory", "alice", "bob"]):
+            app.submit_job(f"job-{n}", client, make_spec())
+            app.record_reputation(f"job-{n}", "p", "outvoted")
+            Projector(app, views).catch_up()
+            (row,) = views.query("SELECT reputation, outcome_clients FROM providers")
+            shown.append(row["reputation"])
+        assert json.loads(row["outcome_clients"]) == ["", "mallory", "mallory", "alice", "bob"]
+        assert shown[0] == shown[1] == shown[2] > shown[3]  # bob's is the third client's
+        report = recompute_reputation(sqlite_settings)
+        assert report["all_match"], report
+        (p,) = report["providers"]
+        assert p["components"][OUTVOTED_SCORED] > 0 and p["outcomes"] == 5
+    finally:
+        views.close()
+        app.close()

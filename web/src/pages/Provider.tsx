@@ -16,7 +16,9 @@ import { useStore } from "../store";
 import { LedgerTable } from "./Account";
 import { describe } from "./Job";
 
-// [outcome, words, weight]: weight 0 counts as good, null not in the score at all.
+// [outcome, words, weight]: weight 0 counts as good, null not in the score by itself (an
+// outvoted run counts as a failure only once 3 distinct clients outvoted the provider within
+// 30 days: domain/reputation.py; the score shown is the server's, this table a guide).
 const OUTCOMES: [string, string, number | null][] = [
   ["success", "verified successes", 0],
   ["failure", "failed runs", 1],
@@ -56,7 +58,13 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
               <td class="num" data-outcome={k}>
                 {counts[k]}
               </td>
-              <td class="num">{w === null ? "none: your next results are all checked" : w === 0 ? "+1 good" : `${w} bad`}</td>
+              <td class="num">
+                {w === null
+                  ? "your next results are all checked; 1 bad only once 3 clients outvoted you in 30 days (once a client)"
+                  : w === 0
+                    ? "+1 good"
+                    : `${w} bad`}
+              </td>
             </tr>
           ))}
         </tbody>
