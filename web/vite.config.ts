@@ -13,6 +13,7 @@ export default defineConfig({
       "/graphql": { target: api, ws: true },
       "/storage": api,
       "/healthz": api,
+      "/downloads": api,
     },
   },
 });

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tests.web.conftest import FAILED
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 DIST = ROOT / "web" / "dist"
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
@@ -524,16 +526,18 @@ def test_the_provider_block_run_as_shown_brings_a_provider_online(
 ) -> None:
     """The API keys page's block, copied as shown and run in a fresh virtualenv (a machine
     with Python and no checkout): it installs the agent from this network's
-    /downloads/gpgpu.tar.gz, starts it with --simulate, and My GPUs shows it online."""
+    wheel (/downloads/gpgpu-<version>-py3-none-any.whl), starts it with --simulate, and My
+    GPUs shows it online."""
     enter(page, True, "web-paster", ["client", "provider"])
     nav(page, "API keys", "/keys")
     page.fill("input[name=key-name]", "the-gpu-box")
     page.set_checked("input[name=scope-client]", False)
     page.set_checked("input[name=scope-provider]", True)
     page.click("button:has-text('Create key')")
-    page.wait_for_selector("[data-testid=provider-start-block]")
+    page.wait_for_selector("[data-testid=provider-start-block][data-package=wheel]")
     block = page.inner_text("[data-testid=provider-start-block]")
-    assert block.startswith("# 1.") and f"\npip install {net.url}/downloads/gpgpu.tar.gz\n" in block
+    wheel = f"/downloads/gpgpu-{VERSION}-py3-none-any.whl"  # no build step on the machine
+    assert block.startswith("# 1.") and f"\npip install {net.url}{wheel}\n" in block
     own = re.search(r"--provider-id (\S+)", block)
     assert own and "--simulate" in block, block
 

@@ -91,3 +91,49 @@ def test_the_agent_is_served_as_a_source_archive_of_the_running_code(
     monkeypatch.setattr(api.downloads, "ROOT", tmp_path)
     missing = http.get("/downloads/gpgpu.tar.gz")
     assert missing.status_code == 404 and "no source archive" in missing.json()["detail"]
+
+
+def test_the_agent_is_served_as_a_wheel_a_provider_installs_without_the_control_plane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /downloads/ names the wheel; the wheel holds the same package files as the source
+    tree, a RECORD whose every hash and size is right, the console script, and metadata in
+    which the control plane's packages come only with the `server` extra."""
+    import base64
+    import hashlib
+    import io
+    import zipfile
+
+    import api.downloads
+
+    http = TestClient(api.app.create_app())
+    listing = http.get("/downloads/").json()
+    name = listing["wheel"].removeprefix("/downloads/")
+    assert name == "gpgpu-0.1.0-py3-none-any.whl" and listing["sdist"] == "/downloads/gpgpu.tar.gz"
+    got = http.get(listing["wheel"])
+    assert got.status_code == 200 and got.headers["content-type"] == "application/zip"
+    root = api.downloads.ROOT
+    with zipfile.ZipFile(io.BytesIO(got.content)) as zf:
+        names = set(zf.namelist())
+        assert zf.read("worker_gpu/__main__.py") == (root / "worker_gpu/__main__.py").read_bytes()
+        record = zf.read("gpgpu-0.1.0.dist-info/RECORD").decode().splitlines()
+        for line in record:
+            path, digest, size = line.rsplit(",", 2)
+            if path.endswith("/RECORD"):
+                continue
+            data = zf.read(path)
+            want = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert (digest, int(size)) == (f"sha256={want}", len(data)), path
+        assert {line.rsplit(",", 2)[0] for line in record} == names
+        meta = zf.read("gpgpu-0.1.0.dist-info/METADATA").decode().splitlines()
+        scripts = zf.read("gpgpu-0.1.0.dist-info/entry_points.txt").decode()
+    assert "gpgpu = ops.cli:main" in scripts
+    plain = [m.split(": ", 1)[1] for m in meta
+             if m.startswith("Requires-Dist:") and "extra ==" not in m]
+    assert "httpx>=0.28" in plain
+    assert not [r for r in plain if r.startswith(("temporalio", "fastapi"))]
+    assert 'Requires-Dist: temporalio>=1.35; extra == "server"' in meta
+    assert not [n for n in names if "__pycache__" in n or n.split("/")[0] in ("tests", "web")]
+    assert http.get("/downloads/gpgpu-9.9.9-py3-none-any.whl").status_code == 404
+    monkeypatch.setattr(api.downloads, "ROOT", tmp_path)
+    assert http.get(listing["wheel"]).status_code == 404

@@ -1,7 +1,7 @@
 // How to join as a provider, filled in: install, this network's URL, the key, a provider
 // id of one's own, a price; one block to copy and paste on the machine with the GPUs.
 import type { JSX } from "preact";
-import { useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useState } from "preact/hooks";
 import { session } from "../session";
 import { useStore } from "../store";
 
@@ -19,10 +19,25 @@ export function ProviderStart(props: { apiKey?: string }): JSX.Element {
   const [price, setPrice] = useState("2.5");
   const [simulate, setSimulate] = useState(true);
   const [copied, setCopied] = useState(false);
+  // The wheel's name carries the network's version (GET /downloads/, api/downloads.py); the
+  // source archive, which pip must build first, until it is known or where it is not served.
+  const [pkg, setPkg] = useState({ path: "/downloads/gpgpu.tar.gz", kind: "sdist" });
+  useEffect(() => {
+    let live = true;
+    fetch("/downloads/")
+      .then((r) => (r.ok ? r.json() : null))
+      .then((d: { wheel?: string } | null) => {
+        if (live && d?.wheel) setPkg({ path: d.wheel, kind: "wheel" });
+      })
+      .catch(() => undefined);
+    return () => {
+      live = false;
+    };
+  }, []);
   const key = props.apiKey ?? "<your provider key: API keys, “It may act as: GPU provider”>";
   const block = [
     "# 1. Install the agent from this network (Python 3.11; in a virtualenv if you like)",
-    `pip install ${location.origin}/downloads/gpgpu.tar.gz`,
+    `pip install ${location.origin}${pkg.path}`,
     "# 2. Point it at this network, with your key",
     `export GPGPU_API_URL=${location.origin}`,
     `export GPGPU_API_KEY=${key}`,
@@ -41,7 +56,7 @@ export function ProviderStart(props: { apiKey?: string }): JSX.Element {
           This machine has no NVIDIA GPU: simulate one (--simulate)
         </label>
       </div>
-      <pre class="copy-block" data-testid="provider-start-block" tabIndex={0}>
+      <pre class="copy-block" data-testid="provider-start-block" data-package={pkg.kind} tabIndex={0}>
         {block}
       </pre>
       <button type="button" class="primary" onClick={() => navigator.clipboard?.writeText(block).then(() => setCopied(true))}>
