@@ -22,6 +22,7 @@ from domain.identity import (
     Issued,
     KeyIssued,
     KeyView,
+    Passwords,
     Session,
     User,
     UserView,
@@ -29,13 +30,10 @@ from domain.identity import (
     check_key_name,
     check_password,
     check_roles,
-    hash_password,
     new_api_key,
     new_session_token,
     new_temporary_password,
     normalise_email,
-    password_matches,
-    password_needs_rehash,
     secret_hash,
     user_view,
 )
@@ -83,6 +81,9 @@ class Identity(Ownership):
                  recorder: ApplicationRecorder | None = None) -> None:
         self._shared_recorder = recorder
         super().__init__(env)
+        # argon2id's cost: ARGON2_TIME_COST / _MEMORY_KIB in its environment
+        # (infra/settings.py passes GPGPU_PASSWORD_HASH_* on), bounded in Passwords.
+        self.passwords = Passwords.from_env(self.env)
 
     def construct_recorder(self) -> ApplicationRecorder:
         if self._shared_recorder is not None:
@@ -116,7 +117,7 @@ class Identity(Ownership):
         normal = normalise_email(email)
         check_password(password)
         chosen = check_roles(roles, SELF_SERVICE_ROLES)
-        password_hash = hash_password(password)
+        password_hash = self.passwords.hash(password)
 
         def attempt() -> tuple[Issued, list[Aggregate]]:
             if self._get_or_none(User.create_id(email=normal)) is not None:
@@ -129,11 +130,12 @@ class Identity(Ownership):
 
     def sign_in(self, email: str, password: str, now: float, session_ttl_s: float) -> Issued:
         user = self.user_by_email(email)
-        if not password_matches(user.password_hash if user else None, password) or user is None:
+        known = user.password_hash if user else None
+        if not self.passwords.matches(known, password) or user is None:
             raise IdentityError("password", "the email and password do not match an account")
         changed: list[Aggregate] = []
-        if password_needs_rehash(user.password_hash):
-            user.rehash_password(hash_password(password))
+        if self.passwords.needs_rehash(user.password_hash):
+            user.rehash_password(self.passwords.hash(password))
             changed.append(user)
         token, session = self._start_session(user, now, session_ttl_s)
         self.save(*changed, session)
@@ -144,11 +146,11 @@ class Identity(Ownership):
     ) -> Issued:
         """The account's own new password; its other sessions end, this answer is a new one."""
         check_password(new, "new_password")
-        password_hash = hash_password(new)
+        password_hash = self.passwords.hash(new)
         user = self.user(user_id)
         if user is None:
             raise IdentityError("user", "no such account")
-        if not password_matches(user.password_hash, current):
+        if not self.passwords.matches(user.password_hash, current):
             raise IdentityError("current_password", "does not match the account's password")
         user.set_password(password_hash, now)
         token, session = self._start_session(user, now, session_ttl_s)
@@ -162,7 +164,7 @@ class Identity(Ownership):
         if user is None:
             raise IdentityError("email", f"no account has {normalise_email(email)!r}")
         temporary = new_temporary_password()
-        user.set_password(hash_password(temporary), now)
+        user.set_password(self.passwords.hash(temporary), now)
         self.save(user)
         return temporary
 
@@ -202,7 +204,8 @@ class Identity(Ownership):
         user = self.user_by_email(normal)
         if user is None:
             check_password(password)
-            user = User(email=normal, password_hash=hash_password(password), roles=chosen, at=now)
+            user = User(email=normal, password_hash=self.passwords.hash(password),
+                        roles=chosen, at=now)
         for role in chosen:
             user.grant_role(role)
         self.save(user)

@@ -16,10 +16,10 @@ Time is passed in (`at`, `expires_at`: unix seconds), never read in an `@event` 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -42,15 +42,62 @@ API_KEY_PREFIX = "gpk_"
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s.]{1,63}")
 _KEY_NAME = re.compile(r"\S.{0,63}")
 
-_hasher = PasswordHasher()  # argon2id, RFC 9106's low-memory profile
+# argon2id's cost (RFC 9106's second recommended profile by default: 3 passes over 64 MiB),
+# an operator's choice within these bounds (GPGPU_PASSWORD_HASH_TIME_COST / _MEMORY_KIB,
+# infra/settings.py); OWASP's floor for argon2id is 19 MiB with 2 passes.
+TIME_COST = (1, 10, 3)  # (least, most, default)
+MEMORY_KIB = (1024, 1 << 20, 64 << 10)
+# Their keys in an application's environment. Not named after the settings: eventsourcing
+# looks `<app name>_<key>` (GPGPU_...) up in os.environ first, which would then override
+# what the settings passed on.
+ENV_TIME_COST = "ARGON2_TIME_COST"
+ENV_MEMORY_KIB = "ARGON2_MEMORY_KIB"
 
 
-@functools.cache
-def _dummy_hash() -> str:
-    """Checked when the email is unknown, so that a miss takes as long as a wrong password.
-    Made at the first sign-in, not at import: every process that imports the domain would
-    spend an argon2 hash (~0.2 CPU-s) on it."""
-    return _hasher.hash(secrets.token_hex(16))
+class Passwords:
+    """Password hashes (argon2id) at one cost. A hash made at another cost still verifies,
+    and is made again at this one at its owner's next sign-in (`needs_rehash`)."""
+
+    def __init__(self, time_cost: int = TIME_COST[2], memory_kib: int = MEMORY_KIB[2]):
+        for name, value, (least, most, _) in (("time_cost", time_cost, TIME_COST),
+                                              ("memory_kib", memory_kib, MEMORY_KIB)):
+            if not least <= value <= most:
+                raise IdentityError(name, f"must be between {least} and {most}, not {value}")
+        self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
+        self._dummy: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Passwords:
+        """The cost an application's environment names (defaults where it names none)."""
+        def number(key: str, default: int) -> int:
+            raw = env.get(key)
+            try:
+                return default if raw in (None, "") else int(str(raw))
+            except ValueError:
+                raise IdentityError(key.lower(), f"not a whole number: {raw!r}") from None
+
+        return cls(number(ENV_TIME_COST, TIME_COST[2]), number(ENV_MEMORY_KIB, MEMORY_KIB[2]))
+
+    def _dummy_hash(self) -> str:
+        """Checked when the email is unknown, so that a miss takes as long as a wrong
+        password. Made at the first such sign-in, not before: every process that builds
+        an application would spend a hash on it."""
+        if self._dummy is None:
+            self._dummy = self._hasher.hash(secrets.token_hex(16))
+        return self._dummy
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def matches(self, password_hash: str | None, password: str) -> bool:
+        try:
+            matches = self._hasher.verify(password_hash or self._dummy_hash(), password)
+            return matches and password_hash is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError, UnicodeEncodeError):
+            return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return self._hasher.check_needs_rehash(password_hash)
 
 
 class IdentityError(DomainError):
@@ -58,22 +105,6 @@ class IdentityError(DomainError):
 
 
 # Secrets and their hashes
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
-
-
-def password_matches(password_hash: str | None, password: str) -> bool:
-    try:
-        matches = _hasher.verify(password_hash or _dummy_hash(), password)
-        return matches and password_hash is not None
-    except (VerifyMismatchError, VerificationError, InvalidHashError, UnicodeEncodeError):
-        return False
-
-
-def password_needs_rehash(password_hash: str) -> bool:
-    return _hasher.check_needs_rehash(password_hash)
 
 
 def new_temporary_password() -> str:

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     # How long the network's own check run waits for a GPU on an independent provider
     # before it is skipped (CheckSkipped) and the job settles on the checks it had.
     check_wait_s: float = Field(default=60.0, gt=0, le=3600)
+    # argon2id's cost for passwords (domain/identity.py Passwords): passes and KiB of memory
+    # per hash. The default is RFC 9106's second profile (3 passes over 64 MiB, ~0.2 CPU-s a
+    # hash here); OWASP's floor is 2 passes over 19 MiB. Hashes made at another cost are made
+    # again at this one at their owner's next sign-in. The test suite sets the least.
+    password_hash_time_cost: int = Field(default=3, ge=1, le=10)
+    password_hash_memory_kib: int = Field(default=64 << 10, ge=1024, le=1 << 20)
     # How long a client's further replica, tie-break or verifier run waits for GPUs once
     # the job holds GPUs (or has finished runs), and a run that a provider failed waits for
     # another: then the job fails, its escrow refunded.
@@ -222,7 +228,13 @@ class Settings(BaseSettings):
         return data_converter(self.payload_keys)
 
     def eventsourcing_env(self) -> dict[str, str]:
-        """Environment for the eventsourcing Application, from the store switch."""
+        """Environment for the eventsourcing Applications: the store switch, and the
+        password hashes' cost (Identity reads it)."""
+        return {"ARGON2_TIME_COST": str(self.password_hash_time_cost),
+                "ARGON2_MEMORY_KIB": str(self.password_hash_memory_kib),
+                **self._store_env()}
+
+    def _store_env(self) -> dict[str, str]:
         if self.event_store == "memory":
             return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
         if self.event_store == "sqlite":

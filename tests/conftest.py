@@ -51,10 +51,16 @@ S3_MODULES = frozenset(f"tests/infra/test_storage_{name}.py"
 
 def pytest_configure(config: pytest.Config) -> None:
     """Before xdist starts its workers: they, and every process started from them, compile
-    each module once into PYCACHE and read it from there (unless the caller chose a prefix)."""
+    each module once into PYCACHE and read it from there (unless the caller chose a prefix),
+    and hash passwords cheaply."""
     if "PYTEST_XDIST_WORKER" not in os.environ and "PYTHONPYCACHEPREFIX" not in os.environ:
         os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    # Password hashes at argon2id's least cost (1 pass over 1 MiB: ~1 ms, not ~0.2 CPU-s), in
+    # every process the tests start: the suite signs hundreds of accounts up and in.
+    # tests/domain/test_identity.py checks the default cost and the bounds.
+    os.environ.setdefault("GPGPU_PASSWORD_HASH_TIME_COST", "1")
+    os.environ.setdefault("GPGPU_PASSWORD_HASH_MEMORY_KIB", "1024")
 
 
 @pytest.fixture(scope="session")

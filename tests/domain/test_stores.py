@@ -129,7 +129,7 @@ def test_sqlite_files_live_under_home(sqlite_settings: Settings) -> None:
 
 def test_memory_store_keeps_nothing(tmp_path: Path) -> None:
     settings = Settings(event_store="memory", home=tmp_path)
-    assert settings.eventsourcing_env() == {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    assert settings.eventsourcing_env()["PERSISTENCE_MODULE"] == "eventsourcing.popo"
     app = Network(env=settings.eventsourcing_env())
     app.open_client("alice", 5)
     app.close()
