@@ -21,9 +21,13 @@ from domain.limits import GPU_INDEX, PRICE, check_gpus
 from domain.reputation import OUTCOMES, Reputation, reputation
 
 RUNTIMES = ("process", "docker")
-# How a provider isolates jobs: bubblewrap (process runtime), Docker, or not at all
-# (an agent started with --unsafe-no-sandbox).
-SANDBOXES = ("bwrap", "docker", "none")
+# How a provider isolates jobs: bubblewrap (process runtime) with each job's memory,
+# processes and CPU limited as a whole in control groups of its own; bubblewrap where the
+# agent could make no control groups (not root, a container without cgroup rights), so each
+# process is limited alone and a job's memory is bounded by processes x the limit
+# ("bwrap-rlimits", worker_gpu/cgroup.py); Docker; or not at all (an agent started with
+# --unsafe-no-sandbox).
+SANDBOXES = ("bwrap", "bwrap-rlimits", "docker", "none")
 
 
 def gpu_status(

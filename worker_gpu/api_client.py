@@ -61,8 +61,9 @@ def registration_input(
     node: str = "local",
     sandbox: str = "bwrap",
 ) -> dict[str, Any]:
-    """sandbox: how this provider isolates jobs ("bwrap", "docker", or "none" when it runs
-    them unsandboxed), shown on the provider to the network."""
+    """sandbox: how this provider isolates jobs ("bwrap", "bwrap-rlimits" without control
+    groups, "docker", or "none" when it runs them unsandboxed), shown on the provider to
+    the network."""
     return {
         "node": node,
         "providerId": provider_id,

@@ -178,8 +178,12 @@ class ProcessRuntime:
 
     @property
     def sandbox_name(self) -> str:
-        """What the network is told: "bwrap", or "none" for an unsandboxed runtime."""
-        return "bwrap" if self.sandbox is not None else "none"
+        """What the network is told: "bwrap" (each job in control groups of its own),
+        "bwrap-rlimits" (no control groups could be made: per-process limits alone), or
+        "none" for an unsandboxed runtime."""
+        if self.sandbox is None:
+            return "none"
+        return "bwrap" if self.cgroups else "bwrap-rlimits"
 
     def job_path(self, workdir: Path) -> str:
         """Where the job sees its work directory."""

@@ -102,8 +102,10 @@ class Provider:
     price_per_gpu_hour: str = strawberry.field(description="credits, e.g. '2.5'")
     runtimes: list[str]
     sandbox: str = strawberry.field(
-        description="how its agent isolates jobs: bwrap, docker, or none (started with "
-        "--unsafe-no-sandbox: a job there can read the machine's files); empty if not told"
+        description="how its agent isolates jobs: bwrap (each job's memory, processes and "
+        "CPU limited as a whole), bwrap-rlimits (bubblewrap, but no control groups: each "
+        "process limited alone), docker, or none (started with --unsafe-no-sandbox: a job "
+        "there can read the machine's files); empty if not told"
     )
     gpus: list[Gpu]
     # Its owner, its node's operator and admins see its telemetry and which job holds a GPU.

@@ -79,7 +79,7 @@ def other_provider_account(api: Api) -> str:
                {"index": 1, "model": H100, "memoryMb": MAX_GPU_MEMORY_MB + 1}]},
      "gpus.1.memoryMb", f"must be at most {MAX_GPU_MEMORY_MB} MiB"),
     ({"runtimes": ["chroot"]}, "runtimes", "each one of process, docker"),
-    ({"sandbox": "chroot"}, "sandbox", "one of bwrap, docker, none"),
+    ({"sandbox": "chroot"}, "sandbox", "one of bwrap, bwrap-rlimits, docker, none"),
     ({"node": "nowhere"}, "node", "no node 'nowhere'"),
 ])
 def test_a_registration_refused_names_its_field_and_records_nothing(

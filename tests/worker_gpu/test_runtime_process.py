@@ -438,6 +438,9 @@ def test_memory_is_limited_for_the_job_as_a_whole_not_per_process(
     assert len(list((tmp_path / "a").glob("done.*"))) < 4
     assert "went past its memory limit" in limited.log_tail
     assert len(list((tmp_path / "b").glob("done.*"))) == 4, unlimited.log_tail
+    # What the network is told of each (domain/provider.py SANDBOXES), so that a client can
+    # see which providers bound a job's memory as a whole.
+    assert (grouped.sandbox_name, per_process.sandbox_name) == ("bwrap", "bwrap-rlimits")
     assert len(made) >= 2 and not any(d.exists() for d in made)  # gone with the job
 
 
