@@ -8,6 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.assign import AssignActivities, watch_pickups
 from activities.canary import CanaryActivities
@@ -25,6 +26,19 @@ from workflows.canary import CanaryWorkflow
 from workflows.job import JobWorkflow
 
 log = logging.getLogger(__name__)
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox, with our workflows' own modules (workflows/: deterministic, no I/O)
+    passed through. The sandbox otherwise imports a workflow's module again for each run
+    it starts (JobWorkflow's class body and its definition's checks, every job); the
+    modules that module imports were passed through already. Tracing adds opentelemetry
+    (infra/tracing.py)."""
+    options = tracing.worker_options()
+    runner = options.get("workflow_runner")
+    base = runner.restrictions if isinstance(runner, SandboxedWorkflowRunner) else (
+        SandboxRestrictions.default)
+    return SandboxedWorkflowRunner(restrictions=base.with_passthrough_modules("workflows"))
 
 
 def build_control_activities(settings: Settings) -> ControlActivities:
@@ -49,7 +63,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
             ).all() + AssignActivities(board, activities.callers).all(),
             activity_executor=executor,
             max_concurrent_activities=CONTROL_SLOTS,
-            **tracing.worker_options(),
+            workflow_runner=workflow_runner(),
         )
         sweeper = Sweeper(activities.network, activities.views, client,
                           settings.protocol_fee_bps, settings.sweep_interval_s)

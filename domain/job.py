@@ -69,6 +69,9 @@ MAX_FAILURE_CHARS = 1024  # of a provider's own account of why its step failed
 
 
 class Job(Aggregate):
+    # Lists of strings or numbers, copied flat by the application's aggregate cache.
+    FLAT_LISTS = ("recorded",)
+
     @staticmethod
     def create_id(job_id: str, **_: Any) -> UUID:
         return business_id("job", job_id)

@@ -52,6 +52,9 @@ def provider_account(provider_id: str) -> str:
 
 
 class Account(Aggregate):
+    # Lists of strings or numbers, copied flat by the application's aggregate cache.
+    FLAT_LISTS = ("posted",)
+
     class EntryPosted(Aggregate.Event):
         """One side of a transfer. Version 2 added `kind`."""
 

@@ -49,6 +49,9 @@ def queue_config(
 
 
 class Node(Aggregate):
+    # Lists of strings or numbers, copied flat by the application's aggregate cache.
+    FLAT_LISTS = ("provider_ids",)
+
     # v2: queues carry priority levels, a per-client GPU cap and fair share.
     class_version = 2
 

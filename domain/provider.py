@@ -54,6 +54,10 @@ def check_declaration(price_micro: int, gpus: list[dict[str, Any]]) -> None:
 
 
 class Provider(Aggregate):
+    # Lists of strings or numbers, copied flat by the application's aggregate cache.
+    FLAT_LISTS = ("outcomes", "outcome_jobs", "outcome_times", "outcome_clients", "runtimes",
+                  "suspended")
+
     # v2 added per-GPU suspension and health and the client behind each reservation;
     # v3 the time of each outcome (reputation decays with age); v4 the client of each.
     class_version = 4
@@ -319,6 +323,9 @@ class Provider(Aggregate):
 
 class Directory(Aggregate):
     """The list of providers that ever joined, so allocation can find them."""
+
+    # Lists of strings or numbers, copied flat by the application's aggregate cache.
+    FLAT_LISTS = ("provider_ids",)
 
     @staticmethod
     def create_id(**_: Any) -> UUID:
