@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import tarfile
@@ -41,14 +42,20 @@ _built: dict[tuple[Path, str], bytes] = {}
 _lock = asyncio.Lock()
 
 
+@functools.cache
+def _pyproject(root: Path) -> dict[str, Any]:
+    """pyproject.toml as this process first read it (the archives are built once too)."""
+    return tomllib.loads((root / "pyproject.toml").read_text())
+
+
 def _project(root: Path) -> dict[str, Any]:
-    return tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    found: dict[str, Any] = _pyproject(root)["project"]
+    return found
 
 
 def shipped(root: Path) -> list[Path]:
     """The package files both archives hold, in a stable order."""
-    include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"]["find"]["include"]
+    include = _pyproject(root)["tool"]["setuptools"]["packages"]["find"]["include"]
     files: list[Path] = []
     for package in sorted({pattern.rstrip("*").rstrip(".") for pattern in include}):
         files += sorted(p for p in (root / package).rglob("*") if p.is_file()

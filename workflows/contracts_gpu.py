@@ -15,6 +15,14 @@ from dataclasses import dataclass, field
 # (the defaults are there for that; every new contract names digest and size).
 
 
+def _from_sha256(digest: str, sha256: str) -> tuple[str, str]:
+    """(digest, sha256) of a contract as read: a bare sha256 of before BLAKE3 as the digest
+    "sha256:<hex>" (where no digest is named), the field then emptied."""
+    if not digest and sha256:
+        return f"sha256:{sha256.lower()}", ""
+    return digest, sha256
+
+
 @dataclass
 class InputTransfer:
     name: str  # path inside the job's working directory
@@ -24,8 +32,7 @@ class InputTransfer:
     sha256: str = ""  # before BLAKE3 only
 
     def __post_init__(self) -> None:
-        if not self.digest and self.sha256:
-            self.digest, self.sha256 = f"sha256:{self.sha256.lower()}", ""
+        self.digest, self.sha256 = _from_sha256(self.digest, self.sha256)
 
 
 @dataclass
@@ -44,8 +51,7 @@ class ManifestEntry:
     sha256: str = ""  # before BLAKE3 only
 
     def __post_init__(self) -> None:
-        if not self.digest and self.sha256:
-            self.digest, self.sha256 = f"sha256:{self.sha256.lower()}", ""
+        self.digest, self.sha256 = _from_sha256(self.digest, self.sha256)
 
     def record(self) -> dict[str, object]:
         """As a domain event records it (domain/job.py OutputsUploaded)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +311,19 @@ def fresh_rogue(net: Network, owner: str, provider_id: str,
 TRUSTED = {"gpu_model": "A100", "min_reputation": 0.4}
 
 
+def rogue_takes_a_job(net: Network, state: State, owner: str, provider_id: str, client: str,
+                      act: Callable[[Rogue], None]) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """A job of `client` ("echo done > out.txt" on a trusted A100) that a fresh rogue takes
+    and `act`s on instead of running it: the job as it ended, and the rogue's reputation
+    (score, outcomes) from before."""
+    with fresh_rogue(net, owner, provider_id, "A100") as liar:
+        before = reputations(state)[provider_id]
+        job_id = submit(net, client, command="echo done > out.txt", outputs=["out.txt"],
+                        resources=TRUSTED)
+        act(liar)
+        return ended(net, client, job_id), before
+
+
 def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_not_paid(
     net: Network, state: State
 ) -> None:
@@ -321,13 +334,7 @@ def test_a_provider_that_reports_exit_0_and_every_output_missing_is_checked_and_
     oscar is not blamed: an honest provider whose upload the client's storage refused
     reports the same (tests/adversarial/test_framing.py). It is recorded `outvoted`: its
     score unchanged, its next results all checked."""
-    with fresh_rogue(net, "oscar", "rogue-r", "A100") as liar:
-        before = reputations(state)["rogue-r"]
-        job_id = submit(net, "skipped", command="echo done > out.txt", outputs=["out.txt"],
-                        resources=TRUSTED)
-        skip_the_work(liar)
-
-        job = ended(net, "skipped", job_id)
+    job, before = rogue_takes_a_job(net, state, "oscar", "rogue-r", "skipped", skip_the_work)
 
     assert_outvoted_and_the_check_kept(net, state, "skipped", job, "rogue-r", before)
 
@@ -378,16 +385,11 @@ def test_a_provider_that_reports_a_failure_without_running_is_checked_and_not_pa
     sides with it, peggy's run is outvoted, neither paid nor charged; the job keeps fair-a's
     result and the client pays for that run only. peggy is recorded `outvoted` (not blamed:
     a client's job may fail on the run it targets only), its score unchanged."""
-    with fresh_rogue(net, "peggy", "rogue-f", "A100") as liar:
-        before = reputations(state)["rogue-f"]
-        job_id = submit(net, "crashed", command="echo done > out.txt", outputs=["out.txt"],
-                        resources=TRUSTED)
-        fail_without_running(liar)
-
-        job = ended(net, "crashed", job_id)
+    job, before = rogue_takes_a_job(net, state, "peggy", "rogue-f", "crashed",
+                                    fail_without_running)
 
     finished = [(e["data"]["provider_id"], e["data"]["exit_code"])
-                for e in events(net, "crashed", job_id) if e["type"] == "ExecutionFinished"]
+                for e in events(net, "crashed", job["id"]) if e["type"] == "ExecutionFinished"]
     assert finished == [("rogue-f", 1), ("fair-a", 0), ("fair-b", 0)], finished
     assert_outvoted_and_the_check_kept(net, state, "crashed", job, "rogue-f", before)
 
