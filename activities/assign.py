@@ -6,9 +6,14 @@ with the activity's task token, in the control plane's database, and returns wit
 result (`activity.raise_complete_async()`): the API completes the activity when the
 provider's agent reports (api/assignments.py). No provider ever reaches Temporal.
 
-The pickup watch keeps an assignment alive while it waits for its provider's agent (it
-heartbeats the activity for it) and, past the pickup bound, fails it as not picked up,
-which the workflow treats as a lost provider.
+The assignment watch keeps an assignment alive while it waits for its provider's agent (it
+heartbeats the activity for it) and, past the pickup bound, fails it as not picked up; and
+it fails a handed-out assignment whose provider has not been heard for its heartbeat
+timeout as silent. Both the workflow treats as a lost provider. Silence counts only while
+the network can hear (an API is up: infra/assignments.py listeners), and from the moment it
+could hear again: an API restart, or the control worker's or Temporal's outage, loses no
+run and blames no provider (Temporal's own heartbeat timeout, past the workflow's outage
+grace, is the backstop for when no watch runs).
 
 A Temporal reset ends the workflow's run while its step may be on the provider; the new run
 schedules the step again and takes the earlier run's over (AssignmentBoard.adopt): the
@@ -29,7 +34,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.guard import Callers, ours
 from activities.refusals import RECORDED
@@ -53,8 +58,7 @@ class AssignActivities:
         info = activity.info()
         if not request.provider_id:
             raise ApplicationError(f"{kind}: the request names no provider", non_retryable=True)
-        heartbeat_s = (info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout
-                       else 30.0)
+        heartbeat_s = min(600.0, max(0.5, float(request.heartbeat_timeout_s)))
         ids: dict[str, Any] = {"task_token": info.task_token, "workflow_id": info.workflow_id or "",
                "run_id": info.workflow_run_id or "", "activity_id": info.activity_id,
                "attempt": info.attempt}
@@ -128,13 +132,14 @@ def typed(kind: str, data: dict[str, Any]) -> Any:
                           list(data["missing"]), dict(data.get("refused", {})))
 
 
-async def watch_pickups(client: Client, board: AssignmentBoard, stop: asyncio.Event) -> None:
-    """Heartbeat assignments still waiting for their provider; fail those past their bound."""
+async def watch_assignments(client: Client, board: AssignmentBoard, stop: asyncio.Event) -> None:
+    """Heartbeat assignments still waiting for their provider; fail those past their pickup
+    bound, and those handed out whose provider fell silent."""
     while not stop.is_set():
         try:
             await _watch_once(client, board)
         except Exception as err:  # the database or Temporal blinked: next round
-            log.warning("assignment pickup watch: %s", err)
+            log.warning("assignment watch: %s", err)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
 
@@ -143,21 +148,41 @@ async def _watch_once(client: Client, board: AssignmentBoard) -> None:
     waiting = await asyncio.to_thread(board.waiting)
     now = board.clock()
     for a in waiting:
-        handle = activity_handle(client, a.task_token, a.workflow_id, a.activity_id)
-        try:
-            if now < a.pickup_by:
-                await handle.heartbeat()
-                continue
-            if not await asyncio.to_thread(board.finish, a.assignment_id, "not picked up"):
-                continue  # handed out (or closed) meanwhile
-            await handle.fail(ApplicationError(
+        if now < a.pickup_by:
+            await _fail_or_beat(client, board, a, None)
+        else:
+            await _fail_or_beat(client, board, a, ApplicationError(
                 f"provider {a.provider_id} did not pick up its {a.kind} assignment within "
-                f"{a.pickup_by - a.created_at:g}s", type=c.NOT_PICKED_UP, non_retryable=True,
-            ))
-        except AsyncActivityCancelledError:
-            if await asyncio.to_thread(board.finish, a.assignment_id, "cancelled"):
-                await handle.report_cancellation()
-        except RPCError as err:  # the activity is gone (timed out, workflow ended)
-            log.info("assignment %s: %s", a.assignment_id, err.message)
-            await asyncio.to_thread(board.finish, a.assignment_id, "gone")
+                f"{a.pickup_by - a.created_at:g}s", type=c.NOT_PICKED_UP, non_retryable=True),
+                "not picked up")
+    for a in await asyncio.to_thread(board.silent):
+        await _fail_or_beat(client, board, a, ApplicationError(
+            f"provider {a.provider_id} was not heard for {a.heartbeat_timeout_s:g}s during "
+            f"its {a.kind} assignment", type=c.PROVIDER_SILENT, non_retryable=True),
+            "silent")
     await asyncio.to_thread(board.forget_finished)
+
+
+async def _fail_or_beat(client: Client, board: AssignmentBoard, a: Any,
+                        failure: ApplicationError | None, outcome: str = "") -> None:
+    """Fail the assignment's step with `failure` (closing it first: an agent's report that
+    comes meanwhile is refused), or heartbeat it while it waits."""
+    handle = activity_handle(client, a.task_token, a.workflow_id, a.activity_id)
+    try:
+        if failure is None:
+            await handle.heartbeat()
+            return
+        if not await asyncio.to_thread(board.finish, a.assignment_id, outcome):
+            return  # handed out, reported or closed meanwhile
+        log.info("assignment %s: %s", a.assignment_id, failure.message)
+        await handle.fail(failure)
+    except AsyncActivityCancelledError:
+        if await asyncio.to_thread(board.finish, a.assignment_id, "cancelled"):
+            await handle.report_cancellation()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:  # Temporal is away: the next round
+            if failure is not None:  # open again, failed at the next round
+                await asyncio.to_thread(board.reopen, a.assignment_id)
+            raise
+        log.info("assignment %s: %s", a.assignment_id, err.message)  # the step is gone
+        await asyncio.to_thread(board.finish, a.assignment_id, "gone")

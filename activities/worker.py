@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.assign import AssignActivities, watch_pickups
+from activities.assign import AssignActivities, watch_assignments
 from activities.canary import CanaryActivities
 from activities.control import CONTROL_SLOTS, ControlActivities
 from activities.sweeper import Sweeper
@@ -70,7 +70,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
         async with worker:
             log.info("control worker serving task queue %r", settings.control_task_queue)
             sweeping = asyncio.create_task(sweeper.run(stop))
-            watch = asyncio.create_task(watch_pickups(client, board, stop))
+            watch = asyncio.create_task(watch_assignments(client, board, stop))
             await stop.wait()
             await sweeping
             await watch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from api import assignments, auth, downloads, json_body, metrics, storage
+from api import assignments, auth, dispatch, downloads, json_body, metrics, storage
 from api.body_limit import BodyLimit
 from api.context import Context
 from api.errors import refusal_text
@@ -108,9 +109,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         temporal = await connect(settings)
         services = await Services.start(settings, temporal)
         app.state.services = services
+        app.state.dispatch = dispatch.of_services(services)
+        stop = asyncio.Event()
+        listening = asyncio.create_task(app.state.dispatch.listen(stop))
         try:
             yield
         finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listening, 5)
             services.stop()
 
     # FastAPI's own OpenTelemetry server span per request (`POST /graphql`), parent of the

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import re
 import time
 from typing import Annotated, Any
@@ -49,6 +50,7 @@ from infra.payload_codec import activity_handle
 from readmodel.joblog import LogRefused
 from workflows import contracts as c
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/provider/v1", tags=["provider"])
 
 MAX_WAIT_S = 25.0
@@ -170,6 +172,10 @@ async def heartbeat(
         return {"cancel": True}  # a finished run's output is not taken
     if body.log is not None:
         await _store_log(services, a, body.log)
+    # Heard: what the control worker judges silence by (activities/assign.py), written
+    # before Temporal is told, so that Temporal's own outage does not silence anyone.
+    if board.due_to_record(a):
+        await asyncio.to_thread(board.board.seen, aid)
     if not board.due_to_beat(a):  # output comes often; Temporal hears every few seconds
         return {"cancel": False}
     handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
@@ -179,8 +185,11 @@ async def heartbeat(
         return {"cancel": True}
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
-            raise HTTPException(503, f"the control plane did not take the heartbeat: "
-                                     f"{err.message}") from None
+            # Temporal is away: the run goes on (its step bears the network's outages for
+            # the workflow's grace), and a cancel is heard once Temporal is back.
+            log.warning("assignment %s: Temporal did not take the heartbeat: %s", aid,
+                        err.message)
+            return {"cancel": False}
         now = await asyncio.to_thread(board.board.get, aid)
         if now is not None and now.open and now.task_token != a.task_token:
             return {"cancel": False}  # the reset's new run took it over meanwhile
@@ -188,8 +197,6 @@ async def heartbeat(
             return {"cancel": False}  # its run was reset: the new run will take it over
         await asyncio.to_thread(board.board.finish, aid, "gone")
         return {"cancel": True}
-    if board.due_to_record(aid):  # a write now and then, not one per heartbeat
-        await asyncio.to_thread(board.board.seen, aid)
     return {"cancel": False}
 
 

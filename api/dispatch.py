@@ -1,14 +1,19 @@
 """This process's side of handing out assignments: agents long-polling for their next
 assignment wait here, woken by one shared look at the table (infra/assignments.py) every
-POLL_S, and the per-process pacing of what a run's heartbeats cost (a Temporal heartbeat
-every BEAT_EVERY_S, a last_seen_at write every SEEN_EVERY_S, the grace a reset run's step
-gets). The provider API's routes (api/assignments.py) take it as a dependency."""
+POLL_S; the per-process pacing of what a run's heartbeats cost (a Temporal heartbeat
+every BEAT_EVERY_S, a last_seen_at write a few times per heartbeat timeout, the grace a
+reset run's step gets); and the listener stamp that tells the control worker this API is
+up, so that a provider unheard meanwhile is silent rather than cut off
+(activities/assign.py watch_assignments). The provider API's routes (api/assignments.py)
+take it as a dependency; the app's lifespan runs `listen`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -16,11 +21,13 @@ from fastapi import Depends, Request
 
 from api.services import Services
 from api.waiters import Waiters
-from infra.assignments import Assignment, AssignmentBoard
+from infra.assignments import LISTEN_EVERY_S, LISTEN_GAP_S, Assignment, AssignmentBoard
 from infra.row_cipher import RowCipher
 
 log = logging.getLogger(__name__)
 
+# last_seen_at is written this often per assignment at most, and at least six times per
+# heartbeat timeout (the control worker judges silence by it).
 SEEN_EVERY_S = 15.0
 POLL_S = 0.05  # how often this process looks for new assignments while agents wait
 GONE_EVERY_S = 0.5  # how often a waiting poll looks whether its agent has gone
@@ -39,6 +46,27 @@ class Dispatch:
         self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
         self._beaten: dict[str, float] = {}  # assignment -> its last heartbeat to Temporal
         self._orphaned: dict[str, float] = {}  # assignment -> when its run was seen reset
+        self.listener_id = str(uuid.uuid4())
+
+    async def listen(self, stop: asyncio.Event) -> None:
+        """Stamp this process's listener row every LISTEN_EVERY_S until `stop`; a stamp that
+        comes late (the process stalled) starts its hearing afresh."""
+        up_since = last = self.board.clock()
+        try:
+            while not stop.is_set():
+                now = self.board.clock()
+                if now - last > LISTEN_GAP_S:
+                    up_since = now
+                try:
+                    await asyncio.to_thread(self.board.listen, self.listener_id, up_since)
+                    last = now
+                except Exception as err:  # the database blinked: the next stamp
+                    log.warning("listener stamp: %s", err)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), LISTEN_EVERY_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.board.forget_listener, self.listener_id)
 
     def within_grace(self, aid: str) -> bool:
         """Whether a step whose run was reset may still wait here for the new run."""
@@ -47,15 +75,17 @@ class Dispatch:
         now = self._orphaned.setdefault(aid, time.monotonic())
         return time.monotonic() - now < ADOPT_GRACE_S
 
-    def due_to_record(self, aid: str) -> bool:
-        """Whether to write the assignment's last_seen_at (it only tells the lapsed from the
-        living, a minute past their timeout): every SEEN_EVERY_S at most, per process."""
+    def due_to_record(self, a: Assignment) -> bool:
+        """Whether to write the assignment's last_seen_at, by which the control worker
+        judges its provider silent: at least six times per heartbeat timeout (the agent
+        beats three times), per process."""
+        every = min(SEEN_EVERY_S, a.heartbeat_timeout_s / 6)
         now = time.monotonic()
-        if now - self._recorded.get(aid, -SEEN_EVERY_S) < SEEN_EVERY_S:
+        if now - self._recorded.get(a.assignment_id, -every) < every:
             return False
         if len(self._recorded) > 100_000:
             self._recorded.clear()
-        self._recorded[aid] = now
+        self._recorded[a.assignment_id] = now
         return True
 
     def due_to_beat(self, a: Assignment) -> bool:
@@ -115,12 +145,15 @@ class Dispatch:
             await asyncio.sleep(POLL_S)
 
 
+def of_services(services: Services) -> Dispatch:
+    return Dispatch(AssignmentBoard(services.telemetry_views or services.views,
+                                    RowCipher(services.settings.payload_keys)))
+
+
 def dispatch(request: Request) -> Dispatch:
     state = request.app.state
     if getattr(state, "dispatch", None) is None:
-        services: Services = state.services
-        state.dispatch = Dispatch(AssignmentBoard(services.telemetry_views or services.views,
-                                                  RowCipher(services.settings.payload_keys)))
+        state.dispatch = of_services(state.services)
     found: Dispatch = state.dispatch
     return found
 

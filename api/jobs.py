@@ -87,6 +87,7 @@ async def submit_job(services: Services, client_id: str, data: Any) -> Submitted
         gpu_heartbeat_timeout_s=settings.gpu_activity_heartbeat_timeout_s,
         gpu_schedule_to_start_timeout_s=settings.gpu_schedule_to_start_timeout_s,
         max_provider_attempts=settings.max_provider_attempts,
+        gpu_outage_grace_s=settings.gpu_outage_grace_s,
     )
     node, _ = split_queue(spec.queue)
     attributes = job_search_attributes(client_id, spec.resources.gpu_model, node)

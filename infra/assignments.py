@@ -43,6 +43,11 @@ SCHEMA = [
         trace TEXT NOT NULL DEFAULT '{}', result TEXT NOT NULL DEFAULT '',
         UNIQUE (workflow_id, run_id, activity_id))""",
     "CREATE INDEX IF NOT EXISTS assignments_open ON assignments (finished_at, provider_id)",
+    # Each API process stamps its row every LISTEN_EVERY_S while it serves: the network can
+    # hear providers (their heartbeats reach it) only while some API is up.
+    """CREATE TABLE IF NOT EXISTS listeners (
+        listener_id TEXT PRIMARY KEY, up_since DOUBLE PRECISION NOT NULL,
+        heard_at DOUBLE PRECISION NOT NULL)""",
 ]
 COLUMNS_ADDED: list[Column] = [("assignments", "trace", "TEXT NOT NULL DEFAULT '{}'"),
                                ("assignments", "result", "TEXT NOT NULL DEFAULT ''")]
@@ -51,6 +56,10 @@ COLUMNS_ADDED: list[Column] = [("assignments", "trace", "TEXT NOT NULL DEFAULT '
 KEEP_FINISHED_S = 24 * 3600.0
 # At most this many assignments in one answer to a poll.
 MAX_HANDED_OUT = 64
+# How often each API process stamps its listener row, and the gap between two stamps that
+# says the process stalled (it heard nothing meanwhile: its hearing starts again).
+LISTEN_EVERY_S = 1.0
+LISTEN_GAP_S = 2.0
 # The outcome of a step whose result came once its workflow run had been reset: kept open,
 # with its result, for the reset's new run to take (AssignmentBoard.adopt).
 HELD = "held"
@@ -80,6 +89,14 @@ class Assignment:
     def open(self) -> bool:
         return self.finished_at is None
 
+    @property
+    def outage_grace_s(self) -> float:
+        """How long the step's workflow bears the network's own outages (its request says)."""
+        try:
+            return min(3600.0, max(0.0, float(self.request.get("outage_grace_s", 0.0))))
+        except (TypeError, ValueError):
+            return 0.0
+
     def public(self) -> dict[str, Any]:
         """What the provider's agent is told: never the task token or workflow ids."""
         return {
@@ -88,6 +105,8 @@ class Assignment:
             "kind": self.kind,
             "request": self.request,
             "heartbeatTimeoutS": self.heartbeat_timeout_s,
+            # Unheard this long (the API away), the network has given the step up: stop.
+            "giveUpAfterS": self.heartbeat_timeout_s + self.outage_grace_s,
             "trace": self.trace,
         }
 
@@ -317,6 +336,32 @@ class AssignmentBoard:
                 taken.append(dataclasses.replace(a, handed_out_at=now))
         return taken
 
+    def listen(self, listener_id: str, up_since: float) -> None:
+        """Stamp this API process's listener row: it serves, so providers can be heard."""
+        now = self.clock()
+        with self.db.transaction() as cur:
+            if not cur.execute("UPDATE listeners SET heard_at = ?, up_since = ?"
+                               " WHERE listener_id = ?", (now, up_since, listener_id)):
+                cur.execute("INSERT INTO listeners (listener_id, up_since, heard_at)"
+                            " VALUES (?, ?, ?)", (listener_id, up_since, now))
+
+    def forget_listener(self, listener_id: str) -> None:
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM listeners WHERE listener_id = ?", (listener_id,))
+
+    def silent(self) -> list[Assignment]:
+        """Handed-out assignments whose provider went unheard for its heartbeat timeout
+        while an API was up the whole time: some listener's row spans a stretch that long,
+        from the provider's last word (or the API's start, if later) to its latest stamp.
+        An outage of every API, or a restart, silences no one: the agent reconnects."""
+        rows = self.db.query(
+            "SELECT * FROM assignments a WHERE finished_at IS NULL"
+            " AND handed_out_at IS NOT NULL AND outcome <> ? AND EXISTS (SELECT 1 FROM"
+            " listeners l WHERE l.heard_at - (CASE WHEN a.last_seen_at > l.up_since"
+            " THEN a.last_seen_at ELSE l.up_since END) > a.heartbeat_timeout_s)", (HELD,),
+        )
+        return self._opened(rows)
+
     def seen(self, aid: str) -> None:
         with self.db.transaction() as cur:
             cur.execute("UPDATE assignments SET last_seen_at = ? WHERE assignment_id = ?",
@@ -359,3 +404,4 @@ class AssignmentBoard:
             )
             cur.execute("DELETE FROM assignments WHERE finished_at IS NOT NULL"
                         " AND finished_at < ?", (now - KEEP_FINISHED_S,))
+            cur.execute("DELETE FROM listeners WHERE heard_at < ?", (now - KEEP_FINISHED_S,))

@@ -90,8 +90,12 @@ class Settings(BaseSettings):
     # `provider_missed_heartbeats` of them (see `offline_after_s`); this overrides that.
     provider_heartbeat_interval_s: float = 5.0
     provider_offline_after_s: float | None = None
-    # How long a GPU-side activity may go without a heartbeat before its provider is lost.
-    gpu_activity_heartbeat_timeout_s: float = 10.0
+    # How long a provider may go unheard, while the network can hear (an API is up), on a
+    # GPU step it took before it is lost.
+    gpu_activity_heartbeat_timeout_s: float = Field(default=10.0, ge=1.0, le=600.0)
+    # How long the network's own outages (its API, control worker or Temporal away) are
+    # borne before a GPU step is given up all the same (workflows/steps.py gpu_step).
+    gpu_outage_grace_s: float = Field(default=60.0, ge=0.0, le=3600.0)
     # How long a GPU-side activity may wait in a provider's queue before it is lost.
     gpu_schedule_to_start_timeout_s: float = 30.0
     max_provider_attempts: int = 3

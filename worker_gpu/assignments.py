@@ -3,9 +3,11 @@
 `run_assignment` turns the assignment's request into the step's dataclass, runs the step
 (stage, execute or upload of GpuActivities) inside an `ApiStepContext`, and reports the
 result or the failure. The context sends the step's latest heartbeat details to the API
-every interval; the API's answer is how a cancel arrives. A step whose heartbeats cannot
-be delivered for longer than its heartbeat timeout has been given up by the network (it
-was re-allocated), so the context cancels it here too.
+every interval; the API's answer is how a cancel arrives. A step whose heartbeats the API
+refuses for longer than its heartbeat timeout, or cannot be reached for longer than its
+give-up bound (the heartbeat timeout plus the network's outage grace: an API restart is
+borne), has been given up by the network (it was re-allocated), so the context cancels it
+here too.
 """
 
 from __future__ import annotations
@@ -78,10 +80,11 @@ class ApiStepContext(StepContext):
     threads, and making one per step cost tens of CPU-ms each)."""
 
     def __init__(self, api: ProviderApi, provider_id: str, assignment_id: str,
-                 heartbeat_timeout_s: float) -> None:
+                 heartbeat_timeout_s: float, give_up_after_s: float | None = None) -> None:
         super().__init__()
         self.api, self.provider_id, self.assignment_id = api, provider_id, assignment_id
         self.timeout_s = max(0.5, heartbeat_timeout_s)
+        self.give_up_s = max(self.timeout_s, give_up_after_s or 0.0)
         self.interval_s = min(10.0, max(0.2, self.timeout_s / 3))
         self.told_to_cancel = False  # by the API (else: stopped here, e.g. the agent stops)
         self._latest: Any = {}
@@ -161,10 +164,10 @@ class ApiStepContext(StepContext):
                 if chunk is not None:
                     log.warning("assignment %s: the API refused output at %d: %s",
                                 self.assignment_id, chunk.offset, err)
-                self._gave_up(delivered, err)
+                self._gave_up(delivered, err, self.timeout_s)
             except ApiUnreachable as err:
                 self._failing = True
-                self._gave_up(delivered, err)
+                self._gave_up(delivered, err, self.give_up_s)
 
     def _taken(self, chunk: LogChunk | None) -> None:
         with self._lock:
@@ -172,10 +175,10 @@ class ApiStepContext(StepContext):
                 self._pending.popleft()
                 self._pending_bytes -= chunk.size
 
-    def _gave_up(self, delivered: float, err: Exception) -> None:
-        if time.monotonic() - delivered > self.timeout_s:
+    def _gave_up(self, delivered: float, err: Exception, bound_s: float) -> None:
+        if time.monotonic() - delivered > bound_s:
             log.warning("assignment %s: no heartbeat delivered for %.0fs (%s); "
-                        "stopping it", self.assignment_id, self.timeout_s, err)
+                        "stopping it", self.assignment_id, bound_s, err)
             self.cancel()
 
 
@@ -188,14 +191,22 @@ def reported(result: Any) -> dict[str, Any]:
     return data
 
 
+def _seconds(assignment: dict[str, Any], key: str, default: float) -> float:
+    """A bound the API gave, in seconds (at most an hour); `default` where it gave none."""
+    try:
+        return min(3600.0, max(0.0, float(assignment.get(key, default))))
+    except (TypeError, ValueError):
+        return default
+
+
 def run_assignment(api: ProviderApi, activities: GpuActivities, assignment: dict[str, Any],
                    contexts: dict[str, ApiStepContext]) -> None:
     """Run one assignment to its end and report it; never raises."""
     aid = str(assignment.get("assignmentId", ""))
     provider_id = str(assignment.get("providerId", activities.provider_id))
     kind = str(assignment.get("kind", ""))
-    ctx = ApiStepContext(api, provider_id, aid,
-                         float(assignment.get("heartbeatTimeoutS", 10.0)))
+    ctx = ApiStepContext(api, provider_id, aid, _seconds(assignment, "heartbeatTimeoutS", 10.0),
+                         _seconds(assignment, "giveUpAfterS", 0.0))
     contexts[aid] = ctx
     ctx.start()
     report: tuple[str, Any]

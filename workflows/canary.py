@@ -69,7 +69,8 @@ class CanaryWorkflow:
     ) -> T:
         return await gpu_step(
             inp.provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
-            name, arg, result_type, run_for_s, self._ids.next(name, arg), retry,
+            inp.gpu_outage_grace_s, name, arg, result_type, run_for_s,
+            self._ids.next(name, arg), retry,
         )
 
     @workflow.run

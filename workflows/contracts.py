@@ -65,11 +65,15 @@ UPLOAD_OUTPUTS = "upload_outputs"
 GPU_STEPS = (STAGE_INPUTS, EXECUTE_JOB, UPLOAD_OUTPUTS)
 # The failure type of an assignment its provider did not pick up in time: a lost provider.
 NOT_PICKED_UP = "AssignmentNotPickedUp"
+# The failure type of a handed-out assignment whose provider fell silent while the network
+# could hear it (activities/assign.py watch_assignments): a lost provider too.
+PROVIDER_SILENT = "ProviderSilent"
 # Failure types the control plane raises and the workflow acts on: a provider failing its
 # assignment may not use them (a provider's "JobEnded" would end a live job as if a reset
 # had found it over).
 CONTROL_PLANE_ERRORS = frozenset({
-    NOT_PICKED_UP, JOB_ENDED, "AttemptSpent", "NotOurWorkflow", "NoCapacity", "UnknownJob",
+    NOT_PICKED_UP, PROVIDER_SILENT, JOB_ENDED, "AttemptSpent", "NotOurWorkflow", "NoCapacity",
+    "UnknownJob",
 })
 
 
@@ -87,6 +91,10 @@ class JobInput:
     gpu_heartbeat_timeout_s: float = 10.0
     gpu_schedule_to_start_timeout_s: float = 30.0
     max_provider_attempts: int = 3
+    # How long the network's own processes (API, control worker, Temporal) may be away
+    # before a GPU step is given up for want of heartbeats: a provider is judged silent only
+    # while the network can hear it (workflows/steps.py gpu_step).
+    gpu_outage_grace_s: float = 60.0
 
 
 @dataclass
@@ -342,6 +350,7 @@ class CanaryInput:
     delay_s: float = 0.0
     gpu_heartbeat_timeout_s: float = 10.0
     gpu_schedule_to_start_timeout_s: float = 30.0
+    gpu_outage_grace_s: float = 60.0
 
 
 @dataclass

@@ -98,8 +98,9 @@ class TransferPlan:
     checkpoint: CheckpointPlan | None = None  # None: this run keeps no checkpoint
 
 
-# Every GPU step's request names the provider it is assigned to and how long that provider
-# has to pick it up (JobWorkflow._gpu fills both in); the agent ignores them.
+# Every GPU step's request names the provider it is assigned to, how long that provider has
+# to pick it up, how long it may be silent once it has, and how long the network's own
+# outages are borne (workflows/steps.py gpu_step fills them in); the agent ignores them.
 
 
 @dataclass
@@ -109,6 +110,8 @@ class StageRequest:
     inputs: list[InputTransfer]
     provider_id: str = ""
     pickup_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 10.0
+    outage_grace_s: float = 60.0
 
 
 @dataclass
@@ -130,6 +133,8 @@ class ExecuteRequest:
     checkpoint: CheckpointPlan | None = None  # upload the job's checkpoint/ while it runs
     provider_id: str = ""
     pickup_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 10.0
+    outage_grace_s: float = 60.0
 
 
 @dataclass
@@ -148,6 +153,8 @@ class UploadRequest:
     outputs: list[OutputTransfer]
     provider_id: str = ""
     pickup_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 10.0
+    outage_grace_s: float = 60.0
 
 
 # The most of a storage answer a provider may pass on for an output the store refused.

@@ -135,8 +135,8 @@ class JobWorkflow(JobVerification, JobEndings):
         try:
             return await st.gpu_step(
                 provider_id, inp.gpu_schedule_to_start_timeout_s, inp.gpu_heartbeat_timeout_s,
-                name, arg, result_type, run_for_s, self._ids.next(name, arg), retry,
-                cancellation,
+                inp.gpu_outage_grace_s, name, arg, result_type, run_for_s,
+                self._ids.next(name, arg), retry, cancellation,
             )
         except ActivityError as err:
             if st.is_provider_loss(err):

@@ -77,13 +77,15 @@ class Unplaced(Exception):
 
 
 def is_provider_loss(err: ActivityError) -> bool:
-    """A timeout of a GPU step means its provider stopped answering; an assignment it did
-    not pick up in time, that it never answered at all."""
+    """A GPU step's provider stopped answering: the control plane found it silent while the
+    network could hear it, or it never picked its assignment up; or the step timed out in
+    Temporal (the backstop, past the outage grace)."""
     cause: BaseException | None = err.cause
     while cause is not None:
         if isinstance(cause, TimeoutError):
             return True
-        if isinstance(cause, ApplicationError) and cause.type == c.NOT_PICKED_UP:
+        if isinstance(cause, ApplicationError) and cause.type in (c.NOT_PICKED_UP,
+                                                                  c.PROVIDER_SILENT):
             return True
         cause = cause.__cause__
     return False
@@ -93,6 +95,7 @@ async def gpu_step(
     provider_id: str,
     pickup_timeout_s: float,
     heartbeat_timeout_s: float,
+    outage_grace_s: float,
     name: str,
     arg: Any,
     result_type: type[T],
@@ -106,16 +109,22 @@ async def gpu_step(
 
     It runs on the workflow's own (control-plane) task queue: the control worker records
     the assignment and the provider's agent takes it from the API; no provider polls
-    Temporal. The assignment must be picked up within `pickup_timeout_s` and heartbeated
+    Temporal. The assignment must be picked up within `pickup_timeout_s` and heard from
     within `heartbeat_timeout_s` from then on, else its provider is lost.
+
+    Silence is judged by the control worker (activities/assign.py watch_assignments), and
+    only while the network can hear: an API restart, a control worker's or Temporal's
+    outage loses no run and blames no provider. Temporal's own heartbeat timeout is the
+    backstop for when nothing watches: `heartbeat_timeout_s + outage_grace_s`.
     """
-    arg = replace(arg, provider_id=provider_id, pickup_timeout_s=pickup_timeout_s)
+    arg = replace(arg, provider_id=provider_id, pickup_timeout_s=pickup_timeout_s,
+                  heartbeat_timeout_s=heartbeat_timeout_s, outage_grace_s=outage_grace_s)
     return await workflow.execute_activity(
         name,
         arg,
         task_queue=workflow.info().task_queue,
         start_to_close_timeout=timedelta(seconds=run_for_s + pickup_timeout_s),
-        heartbeat_timeout=timedelta(seconds=heartbeat_timeout_s),
+        heartbeat_timeout=timedelta(seconds=heartbeat_timeout_s + outage_grace_s),
         retry_policy=retry,
         result_type=result_type,
         cancellation_type=cancellation,

@@ -103,7 +103,7 @@ def test_what_waits_and_what_lapsed(boards: Any) -> None:
     lapsed = one.get(held)
     assert lapsed is not None and lapsed.outcome == "lapsed"
     still = one.get(waiting)
-    assert still is not None and still.open  # waiting ones are the pickup watch's business
+    assert still is not None and still.open  # waiting ones are the assignment watch's business
 
 
 def raw(board: AssignmentBoard, aid: str) -> dict[str, Any]:
@@ -218,3 +218,47 @@ def test_a_result_that_came_after_its_run_was_reset_goes_to_the_new_run_once(
     lapsed = one.get(held)
     assert lapsed is not None and lapsed.outcome == "lapsed" and adopt(two, run_id="r5") is None
     assert not one.kept("job-j1", "j1", 1, "execute_job")
+
+
+def test_a_provider_is_silent_only_once_an_api_was_up_all_through_its_bound(
+        boards: Any) -> None:
+    """An API's listener stamps say the network could hear: silence is a stretch of the
+    heartbeat timeout, from the provider's last word (or the API's start, if later) to the
+    API's latest stamp."""
+    one, two, clock = boards
+    aid = publish(one)  # heartbeat timeout 10 s
+    (a,) = two.hand_out("p1")  # heard at 1000
+    assert a.public()["giveUpAfterS"] == 10.0  # its request names no outage grace
+    clock.now += 30.0
+    assert two.silent() == []  # no API stamped: nobody was heard, so nobody is silent
+
+    one.listen("api-1", up_since=900.0)  # up since before, stamped now: 30 s unheard
+    assert [s.assignment_id for s in two.silent()] == [aid]
+    one.seen(aid)  # heard again (at 1030)
+    clock.now += 9.0
+    one.listen("api-1", up_since=900.0)
+    assert two.silent() == []  # 9 s: within its bound
+    clock.now += 5.0  # api-1 died at 1039, unheard since 1030 for 9 s of its life
+    assert two.silent() == []
+    one.listen("api-2", up_since=clock.now - 1.0)  # another came up a moment ago
+    assert two.silent() == []  # the agent reconnects: its bound runs from the API's start
+    clock.now += 9.5
+    one.listen("api-2", up_since=clock.now - 10.5)
+    assert [s.assignment_id for s in two.silent()] == [aid]
+
+    one.seen(aid)
+    assert two.silent() == []
+    assert one.finish(aid, "completed")
+    clock.now += 60.0
+    one.listen("api-2", up_since=clock.now - 70.5)
+    assert two.silent() == []  # a finished step is nobody's silence
+    one.forget_listener("api-2")
+    one.forget_listener("api-1")
+    assert not one.db.query("SELECT * FROM listeners")
+
+
+def test_a_step_whose_request_names_an_outage_grace_gives_up_after_both(boards: Any) -> None:
+    one, two, _ = boards
+    publish(one, request={"job_id": "j1", "attempt": 1, "outage_grace_s": 60.0})
+    (a,) = two.hand_out("p1")
+    assert (a.public()["heartbeatTimeoutS"], a.public()["giveUpAfterS"]) == (10.0, 70.0)

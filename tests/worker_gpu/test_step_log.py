@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from worker_gpu.api_client import ApiUnreachable
+from worker_gpu.api_client import ApiRejected, ApiUnreachable
 from worker_gpu.assignments import MAX_PENDING_LOG_BYTES, ApiStepContext
 from worker_gpu.joblog import LogChunk
 
@@ -64,3 +64,38 @@ def test_while_the_api_is_away_the_oldest_output_goes_first() -> None:
         assert offsets[0] == 4 * size and offsets == sorted(offsets)
     finally:
         ctx.stop()
+
+
+class RefusingApi(RecordingApi):
+    def assignment_heartbeat(self, provider_id: str, aid: str, details: Any,
+                             timeout_s: float | None = None,
+                             log: dict[str, Any] | None = None) -> bool:
+        raise ApiRejected("HTTP 404: no such assignment", 404)
+
+
+def cancelled_after(ctx: ApiStepContext, within_s: float) -> float | None:
+    """Seconds until the context cancelled its step, or None within `within_s`."""
+    began = time.monotonic()
+    ctx.start()
+    try:
+        while time.monotonic() - began < within_s:
+            if ctx.is_cancelled():
+                return time.monotonic() - began
+            time.sleep(0.05)
+        return None
+    finally:
+        ctx.stop()
+
+
+def test_an_api_away_is_borne_for_the_outage_grace_a_refusal_only_for_the_timeout() -> None:
+    """Unreachable, the API may be restarting: the run goes on until the network itself
+    would give it up (heartbeat timeout plus outage grace). Refused, the network has
+    answered: the run stops after the heartbeat timeout."""
+    away = RecordingApi()
+    away.down.set()
+    gone = cancelled_after(ApiStepContext(away, "p1", "a1", heartbeat_timeout_s=0.6,
+                                          give_up_after_s=2.5), within_s=6)
+    assert gone is not None and 2.5 <= gone < 4.5, gone
+    refused = cancelled_after(ApiStepContext(RefusingApi(), "p1", "a1", heartbeat_timeout_s=0.6,
+                                             give_up_after_s=2.5), within_s=6)
+    assert refused is not None and 0.6 <= refused < 2.0, refused

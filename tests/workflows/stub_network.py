@@ -59,8 +59,10 @@ class StubNetwork:
     empty: set[str] = field(default_factory=set)  # providers whose run writes nothing
     verifier_exit: int = 0  # the client's verifier command exits so
     # A provider that stops answering during this GPU step (its heartbeats stop: Temporal
-    # times the step out), or that never picks this step's assignment up.
+    # times the step out), that the control plane finds silent during it, or that never
+    # picks this step's assignment up.
     silent_at: dict[str, str] = field(default_factory=dict)
+    silenced_at: dict[str, str] = field(default_factory=dict)
     unpicked_at: dict[str, str] = field(default_factory=dict)
     refuses: dict[str, tuple[str, str]] = field(default_factory=dict)  # pid: (step, type)
     # Once lost, a provider of `stays_down` is never placeable again; one of `recovers`
@@ -175,6 +177,7 @@ class StubNetwork:
                 net.placeable.discard(req.provider_id)
             if req.provider_id in net.recovers:
                 net.silent_at.pop(req.provider_id, None)
+                net.silenced_at.pop(req.provider_id, None)
                 net.unpicked_at.pop(req.provider_id, None)
 
         @activity.defn(name=c.RECORD_RUN_FAILED)
@@ -245,6 +248,9 @@ class StubNetwork:
         if self.unpicked_at.get(provider_id) == name:
             raise ApplicationError(f"{provider_id} did not pick the assignment up in 30s",
                                    type=c.NOT_PICKED_UP, non_retryable=True)
+        if self.silenced_at.get(provider_id) == name:
+            raise ApplicationError(f"provider {provider_id} was not heard for 10s",
+                                   type=c.PROVIDER_SILENT, non_retryable=True)
         if self.silent_at.get(provider_id) == name:
             await asyncio.sleep(3600)  # no heartbeat: Temporal times the step out
         refused = self.refuses.get(provider_id)

@@ -2,8 +2,10 @@
 starts again elsewhere; when every try loses its provider, the job fails with a full refund.
 
 A provider is lost when its assignment is not picked up in time (the control plane fails it
-as AssignmentNotPickedUp) or when its heartbeats stop (Temporal times the step out): both
-at each GPU step. The same against real processes: tests/e2e/test_provider_dies.py.
+as AssignmentNotPickedUp), when the control plane stops hearing it while it could hear
+(ProviderSilent), or when nothing heartbeats its step past the outage grace (Temporal times
+the step out: the backstop): each at each GPU step. The same against real processes:
+tests/e2e/test_provider_dies.py.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ GPU_STEPS = [c.STAGE_INPUTS, c.EXECUTE_JOB, c.UPLOAD_OUTPUTS]
 # runs), so a silent provider's steps time out after this; every step of an answering stub
 # provider completes within milliseconds of its start.
 HEARTBEAT_TIMEOUT_S = 2.0
+SILENT = {"gpu_heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S, "gpu_outage_grace_s": 0.0}
 
 
-@pytest.mark.parametrize("how", ["unpicked", "silent"])
+@pytest.mark.parametrize("how", ["unpicked", "silenced", "silent"])
 @pytest.mark.parametrize("step", GPU_STEPS)
 async def test_a_lost_provider_is_marked_and_the_run_moves_to_another(
     start: Start, step: str, how: str
 ) -> None:
     net = StubNetwork(**{f"{how}_at": {"p1": step}})  # type: ignore[arg-type]
-    result = await (await start(net, gpu_heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)).result()
+    result = await (await start(net, **SILENT)).result()
     assert (result.state, result.provider_id) == ("SUCCEEDED", "p2"), result.reason
     (lost,) = net.called(c.MARK_PROVIDER_LOST)
     assert (lost.provider_id, lost.attempt) == ("p1", 1)
@@ -64,7 +67,7 @@ async def test_losing_every_provider_fails_the_job_with_a_full_refund(start: Sta
 async def test_a_replica_that_loses_its_provider_runs_again_on_a_third(start: Start) -> None:
     net = StubNetwork(providers=["p1", "p2", "p3"], placeable={"p1", "p2", "p3"}, replicas=2,
                       silent_at={"p2": c.EXECUTE_JOB})
-    result = await (await start(net, gpu_heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)).result()
+    result = await (await start(net, **SILENT)).result()
     assert result.state == "SUCCEEDED", result.reason
     assert [lost.provider_id for lost in net.called(c.MARK_PROVIDER_LOST)] == ["p2"]
     (settle,) = net.called(c.SETTLE_JOB)
@@ -80,7 +83,7 @@ async def test_a_run_whose_only_provider_is_lost_and_stays_down_fails_refunded_i
     skipped) for a provider, not for ever (as its first try does: test_bounded_waits.py):
     then FAILED, refunded, blaming no one. In wall-clock time: tests/liveness/."""
     net = StubNetwork(placeable={"p1"}, silent_at={"p1": c.EXECUTE_JOB}, stays_down={"p1"})
-    result = await (await start(net, gpu_heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)).result()
+    result = await (await start(net, **SILENT)).result()
     reason = ("p1 stopped answering during execute_job; the run, once its provider was lost, "
               "found no provider within 120 s")
     assert (result.state, result.reason) == ("FAILED", reason)
@@ -96,7 +99,7 @@ async def test_a_run_whose_only_provider_is_lost_and_stays_down_fails_refunded_i
 
 async def test_a_run_goes_back_to_its_only_provider_once_it_answers_again(start: Start) -> None:
     net = StubNetwork(placeable={"p1"}, silent_at={"p1": c.EXECUTE_JOB}, recovers={"p1"})
-    result = await (await start(net, gpu_heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)).result()
+    result = await (await start(net, **SILENT)).result()
     assert (result.state, result.provider_id) == ("SUCCEEDED", "p1"), result.reason
     assert [a.provider_id for a in net.called(c.MARK_PROVIDER_LOST)] == ["p1"]
     (verify,) = net.called(c.VERIFY_JOB)
@@ -108,7 +111,7 @@ async def test_a_run_goes_back_to_its_only_provider_once_it_answers_again(start:
 
 async def test_a_provider_lost_twice_by_one_job_is_not_tried_a_third_time(start: Start) -> None:
     net = StubNetwork(placeable={"p1"}, silent_at={"p1": c.EXECUTE_JOB})  # back, lost again
-    result = await (await start(net, gpu_heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)).result()
+    result = await (await start(net, **SILENT)).result()
     assert result.state == "FAILED"
     assert result.reason == (
         "2 runs lost their provider (p1, p1); the last: p1 stopped answering during "
