@@ -74,6 +74,13 @@ class AssignActivities:
             if adopted.result is not None:
                 return typed(kind, adopted.result)
             activity.raise_complete_async()
+        if (kind == c.EXECUTE_JOB and info.attempt > 1
+                and self.board.tried(ids["workflow_id"], ids["run_id"], info.activity_id)):
+            # An earlier try reached its provider, and nothing heard it past the outage
+            # grace (Temporal timed it out): the run is lost, never run again on it.
+            raise ApplicationError(
+                f"provider {request.provider_id} was not heard past the outage grace during "
+                f"its {kind} assignment", type=c.PROVIDER_SILENT, non_retryable=True)
         self._not_again(kind, request)
         if kind == c.STAGE_INPUTS and self.board.begun(
                 ids["workflow_id"], ids["run_id"], request.job_id, request.attempt):
@@ -158,8 +165,9 @@ async def _watch_once(client: Client, board: AssignmentBoard) -> None:
     for a in await asyncio.to_thread(board.silent):
         await _fail_or_beat(client, board, a, ApplicationError(
             f"provider {a.provider_id} was not heard for {a.heartbeat_timeout_s:g}s during "
-            f"its {a.kind} assignment", type=c.PROVIDER_SILENT, non_retryable=True),
-            "silent")
+            f"its {a.kind} assignment", type=c.PROVIDER_SILENT,
+            # A run is never run twice on one provider; staging and upload are tried again.
+            non_retryable=a.kind == c.EXECUTE_JOB), "silent")
     await asyncio.to_thread(board.forget_finished)
 
 

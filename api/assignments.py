@@ -369,6 +369,7 @@ async def fail(
                 raise HTTPException(410, f"assignment {aid!r}: the step is no longer "
                                          "waiting") from None
             # No cancel was asked for: a step the provider stopped on its own failed.
+    # A run is never tried twice on one provider (workflows/steps.py EXECUTE_RETRY).
     error = ApplicationError(f"provider {provider_id}: {body.message}", type=body.type,
-                             non_retryable=body.nonRetryable)
+                             non_retryable=body.nonRetryable or a.kind == c.EXECUTE_JOB)
     return await _deliver(board.board, a, handle.fail(error))

@@ -256,6 +256,13 @@ class AssignmentBoard:
             lost = True
         return None, lost
 
+    def tried(self, workflow_id: str, run_id: str, activity_id: str) -> bool:
+        """Whether an earlier try of this step of this run was published (a row is kept,
+        finished or not, until forget_finished drops it a day later)."""
+        return bool(self.db.query(
+            "SELECT 1 FROM assignments WHERE workflow_id = ? AND run_id = ? AND activity_id = ?",
+            (workflow_id, run_id, activity_id)))
+
     def begun(self, workflow_id: str, run_id: str, job_id: str, job_attempt: int) -> bool:
         """Whether an earlier run of the workflow handed this attempt's command to its
         provider (staging again would write under it)."""

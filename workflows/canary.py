@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     import workflows.contracts as c
     from workflows.steps import (
         CONTROL_RETRY,
+        EXECUTE_RETRY,
         GPU_RETRY,
         TRANSFER_S,
         StepIds,
@@ -119,7 +120,7 @@ class CanaryWorkflow:
                     plan.image, plan.network,
                 ),
                 c.ExecuteResult, plan.timeout_s + 60.0,
-                retry=RetryPolicy(maximum_attempts=1),
+                retry=EXECUTE_RETRY,
             )
             await self._record(c.JobStep(
                 job_id, "execution_finished", pid, ATTEMPT, exit_code=executed.exit_code,

@@ -354,8 +354,7 @@ class JobWorkflow(JobVerification, JobEndings):
                 plan.env, plan.image, plan.network, plan.checkpoint,
             ),
             c.ExecuteResult, plan.timeout_s + 60.0,
-            # Never run a job twice on the same provider: a lost run is re-allocated.
-            retry=RetryPolicy(maximum_attempts=1),
+            retry=st.EXECUTE_RETRY,  # never twice on one provider: see there
             # On cancel, settle only once the process has really stopped.
             cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )

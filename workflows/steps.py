@@ -37,6 +37,15 @@ GPU_RETRY = RetryPolicy(
     maximum_attempts=2,
     non_retryable_error_types=["InputIntegrityError", "PathError"],
 )
+# Never run a job twice on the same provider: a lost run is re-allocated. The one retry is
+# for a try that never reached its provider (the control worker died before it published
+# the assignment); activities/assign.py refuses any other, and the API fails a provider's
+# own error of this step for good.
+EXECUTE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_attempts=2,
+    non_retryable_error_types=["InputIntegrityError", "PathError"],
+)
 TRANSFER_S = 3600.0
 ALLOCATE_HEARTBEAT_S = 6.0  # the scheduler beats each second; a loaded machine may lag
 

@@ -26,6 +26,10 @@ from tests.support.graphql import CREATE_KEY, SIGN_IN, SIGN_UP, accepted
 FAST_FAULTS = {
     "GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "3",
     "GPGPU_GPU_SCHEDULE_TO_START_TIMEOUT_S": "6",
+    # The network's own outages borne (an API restart under load takes seconds); a step
+    # whose try died in a killed control worker before it was published is tried again
+    # after the heartbeat timeout plus this.
+    "GPGPU_GPU_OUTAGE_GRACE_S": "20",
     "GPGPU_PROVIDER_HEARTBEAT_INTERVAL_S": "1",
     # Tests that count runs turn the network's own random checks off; one module turns them on.
     "GPGPU_ADAPTIVE_CHECKS": "false",

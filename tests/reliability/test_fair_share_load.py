@@ -25,7 +25,7 @@ from tests.reliability.ledger import (
     assert_ledger_balances,
     assert_log_is_whole,
 )
-from tests.support.fairness import allocation_order, fairness_report
+from tests.support.fairness import Order, allocation_order, fairness_report
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -68,14 +68,15 @@ def test_jobs_from_5_clients_drain_in_fair_share(cluster: Cluster) -> None:
     assert not failed, f"{len(failed)} jobs did not succeed: {list(failed.items())[:5]}"
 
     names = {net.client_id(n): n for n in [FIRST, *OTHERS]}
-    order = [(names[c], frozenset(names[w] for w in waiting))
-             for c, waiting in allocation_order(log, clients)]
+    order: Order = [(names[c], frozenset(names[w] for w in waiting),
+                     frozenset(names[h] for h in held))
+                    for c, waiting, held in allocation_order(log, clients)]
     # One allocation per job, and one more for each run lost with its provider (a machine
     # this loaded can miss a heartbeat deadline; the provider then comes back on its own).
     lost = len(log.of_type("ProviderLost"))
     assert len(order) == len(job_ids) + lost, (len(order), len(job_ids), lost)
     problems = fairness_report(order, min_windows=1)
-    sequence = "".join(c[0] for c, _ in order)
+    sequence = "".join(a[0][0] for a in order)
     print(f"\n{len(job_ids)} jobs: submitted in {submitted:.0f} s, drained in {drained:.0f} s "
           f"({len(job_ids) / drained:.1f} jobs/s); allocation order (first letter of the "
           f"client):\n{sequence}")

@@ -245,6 +245,11 @@ class StubNetwork:
     async def _provider_side(self, name: str, provider_id: str) -> None:
         """How the provider behaves at this step: answers, stops answering, never picks the
         assignment up, or refuses it."""
+        if name == c.EXECUTE_JOB and activity.info().attempt > 1:
+            # As the control worker: a run that reached its provider (every stub's try
+            # does) is never run there again (activities/assign.py).
+            raise ApplicationError(f"provider {provider_id} was not heard past the grace",
+                                   type=c.PROVIDER_SILENT, non_retryable=True)
         if self.unpicked_at.get(provider_id) == name:
             raise ApplicationError(f"{provider_id} did not pick the assignment up in 30s",
                                    type=c.NOT_PICKED_UP, non_retryable=True)
