@@ -190,6 +190,7 @@ class Market(Ownership):
             queue_models=tuple(node.queues[queue]["gpu_models"]),
             region=spec.resources.region,
             min_reputation=spec.resources.min_reputation,
+            isolation=spec.resources.isolation,
         )
 
     @staticmethod
@@ -206,6 +207,7 @@ class Market(Ownership):
                 region=p.region,
                 suspended=tuple(p.suspended),
                 degraded={int(i): why for i, why in p.degraded.items()},
+                sandbox=getattr(p, "sandbox", ""),
             )
             for p in providers
         ]

@@ -24,6 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# The providers' sandboxes (domain/provider.py SANDBOXES) that hold each job in control
+# groups of its own: what a job's `isolation: full` asks for.
+FULL_ISOLATION = frozenset({"bwrap", "docker"})
+
 
 def gb_to_mib(gb: int) -> int:
     """GPU memory is sold in decimal gigabytes: an "80 GB" H100 reports 81,559 MiB."""
@@ -41,6 +45,7 @@ class Requirements:
     queue_models: tuple[str, ...] = ()
     region: str | None = None
     min_reputation: float = 0.0
+    isolation: str = "any"  # "full": FULL_ISOLATION sandboxes only
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,17 @@ class Candidate:
     region: str = ""
     suspended: tuple[int, ...] = ()
     degraded: Mapping[int, str] = field(default_factory=dict)  # GPU index -> why
+    sandbox: str = ""  # as its agent declared it ("": an agent from before sandboxes)
+
+
+def isolates(req: Requirements, c: Candidate) -> bool:
+    """The provider's sandbox gives the job the isolation it asks for."""
+    return req.isolation != "full" or c.sandbox in FULL_ISOLATION
+
+
+def _isolation_reason(c: Candidate) -> str:
+    return (f"sandbox {c.sandbox or 'undeclared'} does not hold each job in control groups "
+            "of its own (the job asks for isolation: full)")
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,8 @@ def _provider_reasons(req: Requirements, c: Candidate, excluded: set[str]) -> li
         reasons.append(f"in region {c.region}, not {req.region}")
     if req.runtime not in c.runtimes:
         reasons.append(f"no {req.runtime} runtime")
+    if not isolates(req, c):
+        reasons.append(_isolation_reason(c))
     if c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro:
         reasons.append("price above the job's maximum")
     if c.reputation < req.min_reputation:
@@ -175,6 +193,8 @@ def never_fits(req: Requirements, c: Candidate) -> list[str]:
         reasons.append(f"in region {c.region}, not {req.region}")
     if req.runtime not in c.runtimes:
         reasons.append(f"no {req.runtime} runtime")
+    if not isolates(req, c):
+        reasons.append(_isolation_reason(c))
     matching = _matching_gpus(req, c.gpus)
     if len(matching) < req.gpus:
         reasons.append(f"{len(matching)} of its {len(c.gpus)} GPUs fit the job's model and "

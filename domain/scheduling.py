@@ -36,7 +36,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from domain.matching import Candidate, Requirements, gpu_fits, score
+from domain.matching import Candidate, Requirements, gpu_fits, isolates, score
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,7 @@ class _Pool:
                 or c.reputation < req.min_reputation
                 or (req.region is not None and c.region != req.region)
                 or req.runtime not in c.runtimes
+                or not isolates(req, c)
             ):
                 continue
             ranked.append(pid)

@@ -93,6 +93,11 @@ class Resources(_Strict):
     min_gpu_memory_gb: Annotated[StrictInt, Field(ge=0, le=MAX_GPU_MEMORY_GB)] = 0
     region: Label | None = None
     min_reputation: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.0
+    # "full": only a provider whose sandbox holds each job in control groups of its own
+    # (bubblewrap with cgroups, or Docker): a job beside yours can neither take your memory
+    # or CPU nor see your processes. "any" also takes one that limits each process alone
+    # (bwrap-rlimits), or none at all (an agent started with --unsafe-no-sandbox).
+    isolation: Literal["any", "full"] = "any"
 
 
 class Comparator(_Strict):

@@ -55,6 +55,8 @@ def offers(
     max_price: Annotated[str, typer.Option(help="Most credits per GPU-hour.")] = "1000000",
     region: Annotated[str | None, typer.Option(help="Only this region.")] = None,
     min_reputation: Annotated[float, typer.Option(help="Least reputation, 0 to 1.")] = 0.0,
+    isolation: Annotated[str, typer.Option(
+        help="'full': only providers that hold each job in control groups of its own.")] = "any",
     queue: Annotated[str, typer.Option(help="'<node>/<queue>' or a default-node queue.")] = (
         "default"),
     show_all: Annotated[bool, typer.Option("--all", help="Also GPUs that don't fit, and why.")]
@@ -64,7 +66,7 @@ def offers(
     """Search GPUs that fit these filters now, cheapest and best first (every filter is
     checked exactly as a job spec's; a bad one is an error, never dropped)."""
     resources: dict[str, object] = {"gpus": gpus, "min_gpu_memory_gb": min_memory_gb,
-                                    "min_reputation": min_reputation}
+                                    "min_reputation": min_reputation, "isolation": isolation}
     if model is not None:
         resources["gpu_model"] = model
     if region is not None:

@@ -381,3 +381,38 @@ def assert_provider_still_serves(net: Network) -> None:
     after = finish(net, ATTACKER, submit(net, ATTACKER, "after", "open('report.json', 'w')"
                                          ".write('{}')"))
     assert after["state"] == "SUCCEEDED", after
+
+
+EXPLAIN = """query($s: JSON!) { explain(spec: $s) { __typename
+  ... on Explanation { eligible { providerId } rejected { providerId reason } }
+  ... on SpecRejected { errors { field message } } } }"""
+NEVER = "sandbox none does not hold each job in control groups of its own"
+
+
+def test_a_job_that_asks_for_full_isolation_never_lands_on_a_provider_without_it(
+        net: Network) -> None:
+    """A client can keep its job off providers that would run it beside others without a
+    sandbox of its own: the unsandboxed L4 is the only one that fits, and is passed by."""
+    wanted = {"name": "iso", "command": ["true"], "max_price_per_gpu_hour": "10",
+              "resources": {"gpu_model": "L4"}}
+    anyone = net.gql(EXPLAIN, VICTIM, s=wanted)["explain"]
+    assert [e["providerId"] for e in anyone["eligible"]] == [UNSAFE]  # by default: allowed
+
+    full = {**wanted, "resources": {"gpu_model": "L4", "isolation": "full"}}
+    found = net.gql(EXPLAIN, VICTIM, s=full)["explain"]
+    assert found["eligible"] == []
+    assert NEVER in {r["providerId"]: r["reason"] for r in found["rejected"]}[UNSAFE]
+    result = net.gql("""mutation($s: JSON!) { submitJob(spec: $s) { __typename
+        ... on JobSubmitted { job { id } warnings } } }""", VICTIM, s=full)["submitJob"]
+    assert result["__typename"] == "JobSubmitted", result
+    assert any(NEVER in w for w in result["warnings"]), result  # no provider could ever
+    job_id = str(result["job"]["id"])
+    time.sleep(2)  # the scheduler has had its rounds: still waiting, never placed there
+    shown = net.gql("query($id: ID!) { job(id: $id) { state waitingFor } }", VICTIM,
+                    id=job_id)["job"]
+    assert shown["state"] == "QUEUED" and any(NEVER in w for w in shown["waitingFor"]), shown
+    net.gql("mutation($id: ID!) { cancelJob(id: $id) { __typename } }", VICTIM, id=job_id)
+    net.wait_job(job_id, ("CANCELLED",), VICTIM)
+
+    bad = net.gql(EXPLAIN, VICTIM, s={**wanted, "resources": {"isolation": "strict"}})["explain"]
+    assert bad["errors"][0]["field"] == "resources.isolation", bad

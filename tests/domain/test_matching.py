@@ -424,3 +424,25 @@ def test_the_notice_comes_and_goes_with_the_providers_registered(app: Network) -
     assert notice is not None and "one: 1 of its 1 GPUs fit" in notice
     app.register_provider("two", "eu", PRICE, [gpu(0), gpu(1)])
     assert app.unsatisfiable(spec) is None
+
+
+def test_full_isolation_takes_only_a_sandbox_with_control_groups_of_each_job() -> None:
+    """`isolation: full` passes by a provider that limits each process alone, runs jobs
+    unsandboxed, or never said; the cheaper one is passed by, with the reason."""
+    from dataclasses import replace
+
+    from domain.matching import FULL_ISOLATION, never_fits
+    from domain.provider import SANDBOXES
+
+    assert set(SANDBOXES) >= FULL_ISOLATION
+    full = replace(req(), isolation="full")
+    for sandbox in ("bwrap-rlimits", "none", ""):
+        cheap = replace(cand("cheap", price=500_000), sandbox=sandbox)
+        held = replace(cand("held", price=1_500_000), sandbox="bwrap")
+        assert decide(req(), [cheap, held], set()).provider_id == "cheap"  # "any": the price
+        decision = decide(full, [cheap, held], set())
+        assert decision.provider_id == "held"
+        why = f"sandbox {sandbox or 'undeclared'} does not hold each job in control groups"
+        assert decision.rejected["cheap"].startswith(why)
+        assert any(r.startswith(why) for r in never_fits(full, cheap))
+    assert decide(full, [replace(cand("d"), sandbox="docker")], set()).provider_id == "d"

@@ -323,6 +323,7 @@ def test_the_round_index_agrees_with_assess() -> None:
             [gpu(i, model, memory) for i in range(count)], list(range(count)),
             runtimes=rng.choice([("process",), ("process", "docker")]),
             region=rng.choice(["eu", "us"]),
+            sandbox=rng.choice(["bwrap", "bwrap-rlimits", "docker", "none", ""]),
         ))
     pool = _Pool(pool_members, "eu")
     for _ in range(200):
@@ -333,6 +334,7 @@ def test_the_round_index_agrees_with_assess() -> None:
             runtime=rng.choice(["process", "docker"]),
             queue_models=rng.choice([(), ("H100", "L4")]),
             region=rng.choice([None, "eu", "us"]), min_reputation=rng.choice([0.0, 0.5]),
+            isolation=rng.choice(["any", "full"]),
         )
         expected = [a.provider_id for a in sorted(
             (assess(req, c, set(), "eu") for c in pool_members),

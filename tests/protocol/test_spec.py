@@ -546,3 +546,10 @@ def test_inputs_outputs_and_paths_are_bounded() -> None:
 def test_a_long_bad_value_is_shown_cut_short() -> None:
     ((_, message),) = refusal(spec_with(queue="Q" * 1_000_000)).errors
     assert len(message) < 200 and "(1000000 characters)" in message
+
+
+@pytest.mark.parametrize("value", ["strict", "FULL", True, 1, None])
+def test_isolation_is_any_or_full(value: Any) -> None:
+    assert fields_of(refusal(spec_with(resources={"isolation": value}))) == ["resources.isolation"]
+    assert parse_job_spec(spec_with()).resources.isolation == "any"
+    assert parse_job_spec(spec_with(resources={"isolation": "full"})).resources.isolation == "full"
