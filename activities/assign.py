@@ -153,9 +153,11 @@ async def watch_assignments(client: Client, board: AssignmentBoard, stop: asynci
 
 async def _watch_once(client: Client, board: AssignmentBoard) -> None:
     waiting = await asyncio.to_thread(board.waiting)
+    # An API's outage is no provider's fault: nobody could pick anything up meanwhile.
+    hearing = await asyncio.to_thread(board.hearing) if waiting else []
     now = board.clock()
     for a in waiting:
-        if now < a.pickup_by:
+        if not a.pickup_overdue(now, hearing):
             await _fail_or_beat(client, board, a, None)
         else:
             await _fail_or_beat(client, board, a, ApplicationError(
@@ -180,7 +182,10 @@ async def _fail_or_beat(client: Client, board: AssignmentBoard, a: Any,
         if failure is None:
             await handle.heartbeat()
             return
-        if not await asyncio.to_thread(board.finish, a.assignment_id, outcome):
+        # Only in the state it was judged in: a step handed out meanwhile is not "not picked
+        # up", and a result that came meanwhile (held for a reset's new run) is kept.
+        state = "running" if a.handed_out_at is not None else "waiting"
+        if not await asyncio.to_thread(board.finish, a.assignment_id, outcome, None, state):
             return  # handed out, reported or closed meanwhile
         log.info("assignment %s: %s", a.assignment_id, failure.message)
         await handle.fail(failure)
@@ -188,9 +193,11 @@ async def _fail_or_beat(client: Client, board: AssignmentBoard, a: Any,
         if await asyncio.to_thread(board.finish, a.assignment_id, "cancelled"):
             await handle.report_cancellation()
     except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:  # Temporal is away: the next round
-            if failure is not None:  # open again, failed at the next round
-                await asyncio.to_thread(board.reopen, a.assignment_id)
-            raise
+        if err.status != RPCStatusCode.NOT_FOUND:  # Temporal is away, or this row's RPC
+            if failure is not None:  # failed: open again, failed at the next round; the
+                await asyncio.to_thread(board.reopen, a.assignment_id)  # others go on
+            log.warning("assignment %s: Temporal did not take it: %s", a.assignment_id,
+                        err.message)
+            return
         log.info("assignment %s: %s", a.assignment_id, err.message)  # the step is gone
         await asyncio.to_thread(board.finish, a.assignment_id, "gone")

@@ -163,19 +163,19 @@ async def heartbeat(
 ) -> dict[str, bool]:
     await _owner(services, request, provider_id)
     a = await _assignment(board.board, provider_id, aid)
+    if not a.open:
+        return {"cancel": True}  # a finished run's output is not taken
+    # Heard: what the control worker judges silence by (activities/assign.py), written
+    # before anything else can refuse the call (an output chunk, Temporal's own outage).
+    if board.due_to_record(a):
+        await asyncio.to_thread(board.board.seen, aid)
     raw = await _body(request)
     _log_chunk(raw, a)
     body = _parse(HeartbeatBody, raw)
     if len(json.dumps(body.details)) > MAX_DETAILS_BYTES:
         raise HTTPException(413, f"details: larger than {MAX_DETAILS_BYTES} bytes")
-    if not a.open:
-        return {"cancel": True}  # a finished run's output is not taken
     if body.log is not None:
         await _store_log(services, a, body.log)
-    # Heard: what the control worker judges silence by (activities/assign.py), written
-    # before Temporal is told, so that Temporal's own outage does not silence anyone.
-    if board.due_to_record(a):
-        await asyncio.to_thread(board.board.seen, aid)
     if not board.due_to_beat(a):  # output comes often; Temporal hears every few seconds
         return {"cancel": False}
     handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)

@@ -60,6 +60,8 @@ MAX_HANDED_OUT = 64
 # says the process stalled (it heard nothing meanwhile: its hearing starts again).
 LISTEN_EVERY_S = 1.0
 LISTEN_GAP_S = 2.0
+# The most a step's workflow bears the network's own outages (settings: gpu_outage_grace_s).
+MAX_OUTAGE_GRACE_S = 3600.0
 # The outcome of a step whose result came once its workflow run had been reset: kept open,
 # with its result, for the reset's new run to take (AssignmentBoard.adopt).
 HELD = "held"
@@ -93,9 +95,22 @@ class Assignment:
     def outage_grace_s(self) -> float:
         """How long the step's workflow bears the network's own outages (its request says)."""
         try:
-            return min(3600.0, max(0.0, float(self.request.get("outage_grace_s", 0.0))))
+            return min(MAX_OUTAGE_GRACE_S,
+                       max(0.0, float(self.request.get("outage_grace_s", 0.0))))
         except (TypeError, ValueError):
             return 0.0
+
+    def pickup_overdue(self, now: float, hearing: list[tuple[float, float]]) -> bool:
+        """Whether its provider did not pick it up in time: past its pickup bound, with an API
+        up for a whole pickup bound meanwhile (`hearing`: each listener's up_since and
+        latest stamp; the bound runs from the step's publication, or the API's start if
+        later, as `silent` does); or, whatever the network's outages, past its bound and its
+        outage grace."""
+        if now < self.pickup_by:
+            return False
+        bound = self.pickup_by - self.created_at
+        return now >= self.pickup_by + self.outage_grace_s or any(
+            heard - max(self.created_at, up) > bound for up, heard in hearing)
 
     def public(self) -> dict[str, Any]:
         """What the provider's agent is told: never the task token or workflow ids."""
@@ -352,6 +367,11 @@ class AssignmentBoard:
                 cur.execute("INSERT INTO listeners (listener_id, up_since, heard_at)"
                             " VALUES (?, ?, ?)", (listener_id, up_since, now))
 
+    def hearing(self) -> list[tuple[float, float]]:
+        """Each API's listener row: (up since, latest stamp)."""
+        return [(float(r["up_since"]), float(r["heard_at"]))
+                for r in self.db.query("SELECT up_since, heard_at FROM listeners")]
+
     def forget_listener(self, listener_id: str) -> None:
         with self.db.transaction() as cur:
             cur.execute("DELETE FROM listeners WHERE listener_id = ?", (listener_id,))
@@ -374,15 +394,20 @@ class AssignmentBoard:
             cur.execute("UPDATE assignments SET last_seen_at = ? WHERE assignment_id = ?",
                         (self.clock(), aid))
 
-    def finish(self, aid: str, outcome: str, result: dict[str, Any] | None = None) -> bool:
+    def finish(self, aid: str, outcome: str, result: dict[str, Any] | None = None,
+               state: str = "") -> bool:
         """Close the assignment, with the step's result if it completed (a reset's new run
-        takes it: adopt); False if it was closed already (by anyone)."""
+        takes it: adopt); False if it was closed already (by anyone), or is no longer in
+        `state`: "waiting" (not handed out) or "running" (handed out, no result held)."""
+        only = {"": "", "waiting": " AND handed_out_at IS NULL",
+                "running": " AND handed_out_at IS NOT NULL AND outcome <> ?"}[state]
         with self.db.transaction() as cur:
             won = cur.execute(
                 "UPDATE assignments SET finished_at = ?, outcome = ?, result = ?"
-                " WHERE assignment_id = ? AND finished_at IS NULL",
+                " WHERE assignment_id = ? AND finished_at IS NULL" + only,
                 (self.clock(), outcome, "" if result is None
-                 else self._seal(aid, "result", json.dumps(result).encode()), aid),
+                 else self._seal(aid, "result", json.dumps(result).encode()), aid,
+                 *((HELD,) if state == "running" else ())),
             )
         return won == 1
 
@@ -400,15 +425,23 @@ class AssignmentBoard:
         return self._opened(rows)
 
     def forget_finished(self) -> None:
-        """Close what Temporal has long timed out (no heartbeat for a minute past the
-        timeout: its agent died), and drop rows finished long ago."""
+        """Close a held result no run took (a minute past its timeout) and what Temporal has
+        long timed out, and drop rows finished long ago. A step still running is closed only
+        past any outage grace its workflow may bear (MAX_OUTAGE_GRACE_S): while every API is
+        away its agent goes on, and its step lives in Temporal for the heartbeat timeout plus
+        that grace; closed sooner, the agent would be told to stop as the API came back, its
+        run lost. (While an API is up, the watch fails a silent one: `silent`.)"""
         now = self.clock()
         with self.db.transaction() as cur:
             cur.execute(
                 "UPDATE assignments SET finished_at = ?, outcome = 'lapsed'"
                 " WHERE finished_at IS NULL AND handed_out_at IS NOT NULL"
-                " AND last_seen_at + heartbeat_timeout_s + 60 < ?", (now, now),
+                " AND last_seen_at + heartbeat_timeout_s + 60"
+                " + (CASE WHEN outcome = ? THEN 0 ELSE ? END) < ?",
+                (now, HELD, MAX_OUTAGE_GRACE_S, now),
             )
             cur.execute("DELETE FROM assignments WHERE finished_at IS NOT NULL"
                         " AND finished_at < ?", (now - KEEP_FINISHED_S,))
-            cur.execute("DELETE FROM listeners WHERE heard_at < ?", (now - KEEP_FINISHED_S,))
+            # A dead API's row speaks for no step once the longest outage is over.
+            cur.execute("DELETE FROM listeners WHERE heard_at < ?",
+                        (now - MAX_OUTAGE_GRACE_S,))

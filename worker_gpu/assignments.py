@@ -259,7 +259,7 @@ def _deliver(api: ProviderApi, ctx: ApiStepContext, kind: str, report: tuple[str
     """Report the step's end; the heartbeat goes on meanwhile, so a short API outage costs
     nothing."""
     what, value = report
-    deadline = time.monotonic() + REPORT_FOR_S
+    deadline = time.monotonic() + max(REPORT_FOR_S, ctx.give_up_s)
     delay = 0.5
     while True:
         try:

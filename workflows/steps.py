@@ -132,7 +132,10 @@ async def gpu_step(
         name,
         arg,
         task_queue=workflow.info().task_queue,
-        start_to_close_timeout=timedelta(seconds=run_for_s + pickup_timeout_s),
+        # Its pickup may wait out an outage of every API, as long as the grace (it is no
+        # provider's fault: activities/assign.py): the run's own time is not cut short.
+        start_to_close_timeout=timedelta(seconds=run_for_s + pickup_timeout_s
+                                         + outage_grace_s),
         heartbeat_timeout=timedelta(seconds=heartbeat_timeout_s + outage_grace_s),
         retry_policy=retry,
         result_type=result_type,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infra.assignments import AssignmentBoard
+from infra.assignments import MAX_OUTAGE_GRACE_S, AssignmentBoard
 from infra.row_cipher import RowCipher
 from readmodel.schema import ViewDB
 from tests.support.stores import store_settings
@@ -98,7 +98,11 @@ def test_what_waits_and_what_lapsed(boards: Any) -> None:
     assert {a.assignment_id for a in one.waiting()} == {waiting, held}
     one.hand_out("p2")
     assert [a.assignment_id for a in one.waiting()] == [waiting]
-    clock.now += 10.0 + 61.0  # the holder stopped heartbeating a minute past its timeout
+    clock.now += 10.0 + 61.0  # unheard a minute past its timeout: every API may be away,
+    one.forget_finished()  # its agent running on, its step in Temporal for the outage grace
+    running = one.get(held)
+    assert running is not None and running.open
+    clock.now += MAX_OUTAGE_GRACE_S  # past any grace: Temporal has long timed it out
     one.forget_finished()
     lapsed = one.get(held)
     assert lapsed is not None and lapsed.outcome == "lapsed"
@@ -262,3 +266,41 @@ def test_a_step_whose_request_names_an_outage_grace_gives_up_after_both(boards: 
     publish(one, request={"job_id": "j1", "attempt": 1, "outage_grace_s": 60.0})
     (a,) = two.hand_out("p1")
     assert (a.public()["heartbeatTimeoutS"], a.public()["giveUpAfterS"]) == (10.0, 70.0)
+
+
+def test_a_step_is_not_picked_up_only_once_an_api_was_up_all_through_its_bound(
+        boards: Any) -> None:
+    """An outage of every API is no provider's fault: nobody could pick anything up. A
+    waiting step is overdue past its pickup bound (30 s) once an API was up for a whole
+    bound (from the step's publication, or the API's start if later), or, whatever the
+    outages, past its bound and its outage grace (60 s)."""
+    one, two, clock = boards
+    publish(one, request={"job_id": "j1", "attempt": 1, "outage_grace_s": 60.0})  # at 1000
+    (a,) = two.waiting()
+    assert not a.pickup_overdue(1029.0, [(900.0, 1029.0)])  # within its bound
+    assert a.pickup_overdue(1031.0, [(900.0, 1031.0)])  # an API up all through it
+    assert not a.pickup_overdue(1031.0, [])  # every API away: no verdict yet
+    assert not a.pickup_overdue(1031.0, [(900.0, 1010.0)])  # it died 10 s in
+    assert not a.pickup_overdue(1050.0, [(900.0, 1010.0), (1040.0, 1050.0)])  # one came back
+    assert a.pickup_overdue(1071.0, [(900.0, 1010.0), (1040.0, 1071.0)])  # a bound since
+    assert a.pickup_overdue(1090.0, [])  # past its bound and the grace: given up all the same
+
+    clock.now = 1031.0
+    one.listen("api-1", up_since=1020.0)
+    assert two.hearing() == [(1020.0, 1031.0)]
+    assert not a.pickup_overdue(clock.now, two.hearing())
+
+
+def test_the_watch_closes_a_step_only_in_the_state_it_judged(boards: Any) -> None:
+    """Judged not picked up, then handed out meanwhile: not closed. Judged silent, then its
+    result came after a reset (held for the new run): not closed, the result kept."""
+    one, two, _ = boards
+    aid = publish(one)
+    two.hand_out("p1")
+    assert not one.finish(aid, "not picked up", None, "waiting")
+    assert one.finish(aid, "completed", {"files": 1, "bytes": 2})
+    one.hold(aid)
+    assert not one.finish(aid, "silent", None, "running")
+    kept = one.get(aid)
+    assert kept is not None and kept.open and kept.outcome == "held"
+    assert one.kept("job-j1", "j1", 1, "execute_job")
