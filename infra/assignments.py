@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 import uuid
 from typing import Any
 
@@ -141,8 +140,12 @@ def assignment_id(workflow_id: str, run_id: str, activity_id: str, attempt: int)
 
 
 class AssignmentBoard:
-    def __init__(self, db: Database, cipher: RowCipher, clock: Any = time.time):
-        self.db, self.cipher, self.clock = db, cipher, clock
+    def __init__(self, db: Database, cipher: RowCipher, clock: Any = None):
+        # The database's clock by default: the times APIs and control workers on several
+        # machines write here (a provider last heard, an API's listener stamp, a pickup
+        # deadline) are compared with one another, so they come from one clock.
+        self.db, self.cipher = db, cipher
+        self.clock = clock or db.now
         db.ensure(SCHEMA, COLUMNS_ADDED)
 
     def _seal(self, aid: str, column: str, plain: bytes) -> str:
@@ -318,11 +321,12 @@ class AssignmentBoard:
     def hold(self, aid: str) -> None:
         """Keep a completed step, whose run was reset before it took the result, open for
         the new run (adopt); if none takes it, forget_finished closes it as lapsed."""
+        now = self.clock()  # (the database's clock is read outside the transaction)
         with self.db.transaction() as cur:
             cur.execute(
                 "UPDATE assignments SET finished_at = NULL, outcome = ?, last_seen_at = ?"
                 " WHERE assignment_id = ? AND outcome = 'completed'",
-                (HELD, self.clock(), aid),
+                (HELD, now, aid),
             )
 
     def get(self, aid: str) -> Assignment | None:
@@ -390,9 +394,10 @@ class AssignmentBoard:
         return self._opened(rows)
 
     def seen(self, aid: str) -> None:
+        now = self.clock()
         with self.db.transaction() as cur:
             cur.execute("UPDATE assignments SET last_seen_at = ? WHERE assignment_id = ?",
-                        (self.clock(), aid))
+                        (now, aid))
 
     def finish(self, aid: str, outcome: str, result: dict[str, Any] | None = None,
                state: str = "") -> bool:
@@ -401,11 +406,12 @@ class AssignmentBoard:
         `state`: "waiting" (not handed out) or "running" (handed out, no result held)."""
         only = {"": "", "waiting": " AND handed_out_at IS NULL",
                 "running": " AND handed_out_at IS NOT NULL AND outcome <> ?"}[state]
+        now = self.clock()
         with self.db.transaction() as cur:
             won = cur.execute(
                 "UPDATE assignments SET finished_at = ?, outcome = ?, result = ?"
                 " WHERE assignment_id = ? AND finished_at IS NULL" + only,
-                (self.clock(), outcome, "" if result is None
+                (now, outcome, "" if result is None
                  else self._seal(aid, "result", json.dumps(result).encode()), aid,
                  *((HELD,) if state == "running" else ())),
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -117,6 +118,15 @@ class Database:
             if self.is_postgres:
                 self._conn.commit()  # end the read transaction; never sit idle in one
             return rows
+
+    def now(self) -> float:
+        """Seconds since the epoch on the database's clock: one clock for every process
+        that shares the database, on any machine (PostgreSQL's; SQLite's database is on
+        this machine, so this machine's)."""
+        if not self.is_postgres:
+            return time.time()
+        rows = self.query("SELECT EXTRACT(EPOCH FROM clock_timestamp()) AS now")
+        return float(rows[0]["now"])
 
     def close(self) -> None:
         with self._lock:

@@ -304,3 +304,20 @@ def test_the_watch_closes_a_step_only_in_the_state_it_judged(boards: Any) -> Non
     kept = one.get(aid)
     assert kept is not None and kept.open and kept.outcome == "held"
     assert one.kept("job-j1", "j1", 1, "execute_job")
+
+
+def test_a_board_keeps_time_on_the_databases_clock(boards: Any) -> None:
+    """Without a clock of its own, a board stamps with its database's: PostgreSQL's for the
+    APIs and control workers of every machine that share it (so a provider heard by one
+    API and another API's listener stamp are compared on one clock)."""
+    import time
+
+    from infra.row_cipher import RowCipher as Cipher
+
+    one, _, _ = boards
+    board = AssignmentBoard(one.db, Cipher([secrets.token_bytes(32)]))
+    assert board.clock == one.db.now
+    assert abs(board.clock() - time.time()) < 5  # the same machine here
+    if one.db.is_postgres:
+        (row,) = one.db.query("SELECT EXTRACT(EPOCH FROM now()) AS t")
+        assert abs(board.clock() - float(row["t"])) < 5
