@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from domain.application import Network as DomainNetwork
 from tests.e2e.network import ADMIN, Network, network
 from tests.e2e.network import PASSWORD as ADMIN_PASSWORD
 from tests.web.conftest import FAILED
@@ -290,6 +291,7 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     page.fill("input[name=minMemoryGb]", "60")
     page.fill("input[name=maxPrice]", "4")
     page.fill("input[name=timeout]", "2m")
+    page.select_option("select[name=isolation]", "full")  # the web's providers are bwrap
     page.wait_for_selector("[data-testid=quote]")
     # web-a100 has 40 GB: the explanation names it among the rejected, with its reason.
     page.wait_for_selector("[data-testid=rejections] >> text=web-a100")
@@ -306,6 +308,9 @@ def test_client_uploads_runs_a_job_watches_it_and_downloads_the_output(
     job_id = page.url.rsplit("/", 1)[1]
     page.wait_for_selector("[data-testid=job-state] >> text=SUCCEEDED", timeout=120_000)
     page.wait_for_selector("[data-testid=job-events] >> text=JobSucceeded")
+    # The form asked for full isolation, and the job as recorded has it.
+    recorded = DomainNetwork(env=net.stack.settings.eventsourcing_env()).job(job_id)
+    assert recorded.spec["resources"]["isolation"] == "full", recorded.spec
     assert "wrote out/result.txt" in page.inner_text("[data-testid=job-log]")
     assert "credits" in page.inner_text("[data-testid=job-cost]")
     assert page.get_attribute("[data-testid=job-progress] [role=progressbar]",

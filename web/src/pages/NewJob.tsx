@@ -18,6 +18,7 @@ interface Form {
   gpus: string;
   gpuModel: string;
   minMemoryGb: string;
+  isolation: string; // "any" | "full"
   maxPrice: string;
   timeout: string;
   queue: string;
@@ -35,6 +36,7 @@ const START: Form = {
   gpus: "1",
   gpuModel: "",
   minMemoryGb: "0",
+  isolation: "any",
   maxPrice: "2.5",
   timeout: "10m",
   queue: "default",
@@ -79,6 +81,7 @@ function specOf(f: Form): Record<string, unknown> {
       gpus: num(f.gpus),
       ...(f.gpuModel ? { gpu_model: f.gpuModel } : {}),
       min_gpu_memory_gb: num(f.minMemoryGb),
+      ...(f.isolation !== "any" ? { isolation: f.isolation } : {}),
     },
     max_price_per_gpu_hour: f.maxPrice.trim(),
     timeout: f.timeout.trim(),
@@ -129,6 +132,7 @@ const FORM_FIELDS: Record<string, string> = {
   "resources.gpus": "GPUs",
   "resources.gpu_model": "GPU model",
   "resources.min_gpu_memory_gb": "GPU memory",
+  "resources.isolation": "Isolation",
   resources: "Resources",
   max_price_per_gpu_hour: "Most you pay per GPU-hour",
   timeout: "Time limit",
@@ -144,6 +148,7 @@ const SPEC_KEY: Partial<Record<keyof Form, string>> = {
   gpus: "resources.gpus",
   gpuModel: "resources.gpu_model",
   minMemoryGb: "resources.min_gpu_memory_gb",
+  isolation: "resources.isolation",
   maxPrice: "max_price_per_gpu_hour",
   replicas: "verification",
 };
@@ -481,6 +486,14 @@ export function NewJobPage(): JSX.Element {
                   At least GB of GPU memory
                   <input {...text("minMemoryGb")} inputMode="numeric" size={5} />
                   {fe("resources.min_gpu_memory_gb")}
+                </label>
+                <label>
+                  Isolation <span class="hint">full: only providers that give each job control groups of its own</span>
+                  <select name="isolation" {...invalid("resources.isolation")} value={form.isolation} onChange={(e) => set({ isolation: e.currentTarget.value })}>
+                    <option value="any">any</option>
+                    <option value="full">full</option>
+                  </select>
+                  {fe("resources.isolation")}
                 </label>
               </div>
               {fe("resources")}
