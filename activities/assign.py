@@ -39,7 +39,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.guard import Callers, ours
 from activities.refusals import RECORDED
 from infra import tracing
-from infra.assignments import AssignmentBoard
+from infra.assignments import Assignment, AssignmentBoard
 from infra.payload_codec import activity_handle
 from workflows import contracts as c
 
@@ -173,7 +173,7 @@ async def _watch_once(client: Client, board: AssignmentBoard) -> None:
     await asyncio.to_thread(board.forget_finished)
 
 
-async def _fail_or_beat(client: Client, board: AssignmentBoard, a: Any,
+async def _fail_or_beat(client: Client, board: AssignmentBoard, a: Assignment,
                         failure: ApplicationError | None, outcome: str = "") -> None:
     """Fail the assignment's step with `failure` (closing it first: an agent's report that
     comes meanwhile is refused), or heartbeat it while it waits."""
