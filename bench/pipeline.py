@@ -134,6 +134,9 @@ async def measure_pipeline(procs: Processes, temporal: Client,
         say("  median ms from the submit request to each event: " + ", ".join(
             f"{name} {statistics.median(ms):.0f}"
             for name, ms in sorted(stages.items(), key=lambda kv: statistics.median(kv[1]))))
+        say("  p99 ms from the submit request to each event: " + ", ".join(
+            f"{name} {percentile(ms, 99):.0f}"
+            for name, ms in sorted(stages.items(), key=lambda kv: statistics.median(kv[1]))))
         return Measured(rate, *self_cpu, runs), warm, timed
     finally:
         await pipeline.close()
