@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -24,6 +25,12 @@ from infra.temporal import connect
 from readmodel.schema import ViewDB
 from workflows.canary import CanaryWorkflow
 from workflows.job import JobWorkflow
+
+# How long a workflow task waits on this worker's own (sticky) queue before any control
+# worker may take it from the shared one. Temporal's default, 10 s, stalled every job in
+# flight that long when a control worker died (tests/reliability/test_kill_restart.py:
+# GpusAllocated to InputsStaged took 10.3 s after the kill), and a job on a loaded one.
+STICKY_S = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> None:
             activity_executor=executor,
             max_concurrent_activities=CONTROL_SLOTS,
             workflow_runner=workflow_runner(),
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=STICKY_S),
         )
         sweeper = Sweeper(activities.network, activities.views, client,
                           settings.protocol_fee_bps, settings.sweep_interval_s)
