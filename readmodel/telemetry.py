@@ -306,9 +306,12 @@ def liveness_changes(
 
     Silence is counted from `watching_since` at the earliest: a monitor that just
     started (an API restart) gives every provider a full window to beat again.
-    A provider marked lost (it stopped answering for a job: a crash, or a machine too
-    busy to heartbeat in time) comes back once it beats after its last recorded change
-    (`updated_at`, ISO 8601): its agent is alive. The lost run stays in its reputation.
+    A provider marked offline (silent, or drained: its agent is stopping) or lost (it
+    stopped answering for a job: a crash, or a machine too busy to heartbeat in time)
+    comes back once it beats after its last recorded change (`updated_at`, ISO 8601): its
+    agent is alive. A beat from before would put a draining agent back online, and jobs
+    on it as it stops (CI saw a drained provider online again). The lost run stays in its
+    reputation.
     `rows`: provider_id, status (the domain's, from the read model), last_heartbeat_at,
     and updated_at for lost ones.
     """
@@ -325,9 +328,8 @@ def liveness_changes(
                 ))
         elif r["status"] in ("offline", "lost") and beat is not None and (
             now - beat <= offline_after_s
-            # lost: only a beat after the loss was recorded says its agent is alive
-            and (r["status"] == "offline"
-                 or beat > datetime.fromisoformat(r["updated_at"]).timestamp())
+            # only a beat after it went offline (or lost) says its agent is alive
+            and beat > datetime.fromisoformat(r["updated_at"]).timestamp()
         ):
             changes.append(LivenessChange(r["provider_id"], True))
     return changes

@@ -171,6 +171,9 @@ def test_liveness_changes_with_hysteresis() -> None:
     assert liveness_changes(rows("offline", now - 0.5), now, after, interval, 0) == [
         LivenessChange("p", True)
     ]
+    # Drained (its agent stopped beating, then said it is stopping): an earlier beat, however
+    # recent, does not put it back online; a beat after does (its agent started again).
+    assert liveness_changes(rows("offline", now - 1.5), now, after, interval, 0) == []
     # Lost with a run: back once it beats after that was recorded, not on an older beat.
     assert liveness_changes(rows("lost", now - 0.5), now, after, interval, 0) == [
         LivenessChange("p", True)
