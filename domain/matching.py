@@ -68,9 +68,17 @@ def isolates(req: Requirements, c: Candidate) -> bool:
     return req.isolation != "full" or c.sandbox in FULL_ISOLATION
 
 
-def _isolation_reason(c: Candidate) -> str:
-    return (f"sandbox {c.sandbox or 'undeclared'} does not hold each job in control groups "
-            "of its own (the job asks for isolation: full)")
+def _what_it_is(req: Requirements, c: Candidate) -> list[str]:
+    """Why the provider, as it is (its region, runtimes, sandbox), cannot take the job."""
+    reasons = []
+    if req.region is not None and c.region != req.region:
+        reasons.append(f"in region {c.region}, not {req.region}")
+    if req.runtime not in c.runtimes:
+        reasons.append(f"no {req.runtime} runtime")
+    if not isolates(req, c):
+        reasons.append(f"sandbox {c.sandbox or 'undeclared'} does not hold each job in "
+                       "control groups of its own (the job asks for isolation: full)")
+    return reasons
 
 
 @dataclass(frozen=True)
@@ -169,12 +177,7 @@ def _provider_reasons(req: Requirements, c: Candidate, excluded: set[str]) -> li
         reasons.append("excluded: lost while running this job")
     if not c.online:
         reasons.append("offline")
-    if req.region is not None and c.region != req.region:
-        reasons.append(f"in region {c.region}, not {req.region}")
-    if req.runtime not in c.runtimes:
-        reasons.append(f"no {req.runtime} runtime")
-    if not isolates(req, c):
-        reasons.append(_isolation_reason(c))
+    reasons += _what_it_is(req, c)
     if c.price_per_gpu_hour_micro > req.max_price_per_gpu_hour_micro:
         reasons.append("price above the job's maximum")
     if c.reputation < req.min_reputation:
@@ -188,13 +191,7 @@ def never_fits(req: Requirements, c: Candidate) -> list[str]:
     is (its region, runtimes, its GPUs' models and memory, how many fit on the machine),
     not its state (offline, busy, suspended, degraded) nor what it may change (price) or
     earn (reputation)."""
-    reasons = []
-    if req.region is not None and c.region != req.region:
-        reasons.append(f"in region {c.region}, not {req.region}")
-    if req.runtime not in c.runtimes:
-        reasons.append(f"no {req.runtime} runtime")
-    if not isolates(req, c):
-        reasons.append(_isolation_reason(c))
+    reasons = _what_it_is(req, c)
     matching = _matching_gpus(req, c.gpus)
     if len(matching) < req.gpus:
         reasons.append(f"{len(matching)} of its {len(c.gpus)} GPUs fit the job's model and "

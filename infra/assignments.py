@@ -405,15 +405,14 @@ class AssignmentBoard:
         takes it: adopt); False if it was closed already (by anyone), or is no longer in
         `state`: "waiting" (not handed out) or "running" (handed out, no result held)."""
         only = {"": "", "waiting": " AND handed_out_at IS NULL",
-                "running": " AND handed_out_at IS NOT NULL AND outcome <> ?"}[state]
+                "running": f" AND handed_out_at IS NOT NULL AND outcome <> '{HELD}'"}[state]
         now = self.clock()
         with self.db.transaction() as cur:
             won = cur.execute(
                 "UPDATE assignments SET finished_at = ?, outcome = ?, result = ?"
                 " WHERE assignment_id = ? AND finished_at IS NULL" + only,
                 (now, outcome, "" if result is None
-                 else self._seal(aid, "result", json.dumps(result).encode()), aid,
-                 *((HELD,) if state == "running" else ())),
+                 else self._seal(aid, "result", json.dumps(result).encode()), aid),
             )
         return won == 1
 
