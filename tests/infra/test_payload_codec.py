@@ -159,6 +159,17 @@ async def test_a_steps_payload_sealed_for_one_activity_id_opens_at_no_other_step
         {"exit_code": 0, "gpu_ms": 3600000}]
 
 
+async def sealed_failure(converter: temporalio.converter.DataConverter,
+                         error: Exception) -> tuple[Failure, Failure]:
+    """The failure as `converter` seals it, and a copy to move elsewhere (decoding opens a
+    failure in place)."""
+    failure = Failure()
+    await converter.encode_failure(error, failure)
+    copied = Failure()
+    copied.CopyFrom(failure)
+    return failure, copied
+
+
 async def test_a_steps_failure_and_heartbeat_are_sealed_for_that_step() -> None:
     converter = network_converter([NEW])
     earlier, pending = (converter.with_context(step_of("job-a", activity_id=a))
@@ -167,10 +178,7 @@ async def test_a_steps_failure_and_heartbeat_are_sealed_for_that_step() -> None:
     assert await earlier.decode([beat], [str]) == ["downloaded 3 of 4"]
     with pytest.raises(PayloadRefused, match="step 'execute_job:2:15'"):
         await pending.decode([beat], [str])
-    failure = Failure()
-    await earlier.encode_failure(ApplicationError("disk full", "detail"), failure)
-    copied = Failure()
-    copied.CopyFrom(failure)
+    failure, copied = await sealed_failure(earlier, ApplicationError("disk full", "detail"))
     assert str(await earlier.decode_failure(failure)) == "disk full"
     with pytest.raises(PayloadRefused, match="sealed for another workflow or another step"):
         await pending.decode_failure(copied)
@@ -185,10 +193,8 @@ async def test_a_value_and_a_failure_copied_to_another_workflow_are_refused() ->
     with pytest.raises(PayloadRefused, match="in workflow 'job-b'"):
         await b.decode([sealed], [str])
     # A failure: its message (and stack) do not open elsewhere; its details are refused.
-    failure = Failure()
-    await a.encode_failure(ApplicationError("step failed: tok-secret", "detail"), failure)
-    copied = Failure()
-    copied.CopyFrom(failure)  # decoding opens a failure in place
+    failure, copied = await sealed_failure(a, ApplicationError("step failed: tok-secret",
+                                                               "detail"))
     opened = await a.decode_failure(failure)
     assert str(opened) == "step failed: tok-secret"
     assert opened.details == ("detail",)  # type: ignore[attr-defined]
