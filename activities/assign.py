@@ -10,8 +10,9 @@ The assignment watch keeps an assignment alive while it waits for its provider's
 heartbeats the activity for it) and, past the pickup bound, fails it as not picked up; and
 it fails a handed-out assignment whose provider has not been heard for its heartbeat
 timeout as silent. Both the workflow treats as a lost provider. Silence counts only while
-the network can hear (an API is up: infra/assignments.py listeners), and from the moment it
-could hear again: an API restart, or the control worker's or Temporal's outage, loses no
+the network can hear (an API is up and providers reach it: infra/assignments.py listeners,
+api/dispatch.py), and from the moment it could hear again: an API restart, an outage in
+front of the APIs, or the control worker's or Temporal's outage, loses no
 run and blames no provider (Temporal's own heartbeat timeout, past the workflow's outage
 grace, is the backstop for when no watch runs).
 

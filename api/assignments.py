@@ -43,7 +43,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import auth, json_body
-from api.dispatch import DispatchDep
+from api.dispatch import Dispatch, DispatchDep
 from api.services import Services
 from infra.assignments import Assignment, AssignmentBoard
 from infra.payload_codec import activity_handle
@@ -70,8 +70,11 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def _owner(services: Services, request: Request, provider_id: str) -> None:
-    """401 without a valid token; 403 unless the caller's account owns the provider."""
+async def _owner(services: Services, dispatch: Dispatch, request: Request,
+                 provider_id: str) -> None:
+    """401 without a valid token; 403 unless the caller's account owns the provider. A
+    provider let through is heard (api/dispatch.py: the network hears while providers
+    reach it)."""
     token = auth.bearer(request.headers.get("authorization"))
     caller = await services.auth.authenticate(token)
     if caller is None:
@@ -81,6 +84,7 @@ async def _owner(services: Services, request: Request, provider_id: str) -> None
         caller = await services.auth.authenticate(token, fresh=True)
         if not auth.can_manage_provider(caller, provider_id):
             raise HTTPException(403, f"forbidden: provider {provider_id!r} is not one of yours")
+    dispatch.heard()
 
 
 async def _assignment(board: AssignmentBoard, provider_id: str, aid: str) -> Assignment:
@@ -109,7 +113,7 @@ async def assignments(
     provider_id: str, request: Request, services: ServicesDep, board: DispatchDep,
     wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 20.0,
 ) -> dict[str, Any]:
-    await _owner(services, request, provider_id)
+    await _owner(services, board, request, provider_id)
     # No Temporal call here: the pickup watch kept the step alive until now, and the
     # agent's first heartbeat goes out as it starts the step.
     got = await board.next(provider_id, wait_s, request.is_disconnected)
@@ -161,7 +165,7 @@ async def _store_log(services: Services, a: Assignment, chunk: LogChunkIn) -> No
 async def heartbeat(
     provider_id: str, aid: str, request: Request, services: ServicesDep, board: DispatchDep,
 ) -> dict[str, bool]:
-    await _owner(services, request, provider_id)
+    await _owner(services, board, request, provider_id)
     a = await _assignment(board.board, provider_id, aid)
     if not a.open:
         return {"cancel": True}  # a finished run's output is not taken
@@ -324,7 +328,7 @@ async def _deliver(board: AssignmentBoard, a: Assignment, call: Any) -> dict[str
 async def complete(
     provider_id: str, aid: str, request: Request, services: ServicesDep, board: DispatchDep,
 ) -> dict[str, bool]:
-    await _owner(services, request, provider_id)
+    await _owner(services, board, request, provider_id)
     received_at = time.time()
     a = await _assignment(board.board, provider_id, aid)
     if not a.open:
@@ -351,7 +355,7 @@ async def complete(
 async def fail(
     provider_id: str, aid: str, request: Request, services: ServicesDep, board: DispatchDep,
 ) -> dict[str, bool]:
-    await _owner(services, request, provider_id)
+    await _owner(services, board, request, provider_id)
     a = await _assignment(board.board, provider_id, aid)
     if not a.open:
         raise HTTPException(409, f"assignment {aid!r} is already finished")

@@ -2,10 +2,22 @@
 assignment wait here, woken by one shared look at the table (infra/assignments.py) every
 POLL_S; the per-process pacing of what a run's heartbeats cost (a Temporal heartbeat
 every BEAT_EVERY_S, a last_seen_at write a few times per heartbeat timeout, the grace a
-reset run's step gets); and the listener stamp that tells the control worker this API is
-up, so that a provider unheard meanwhile is silent rather than cut off
+reset run's step gets); and the listener stamp that tells the control worker this API
+hears providers, so that a provider unheard meanwhile is silent rather than cut off
 (activities/assign.py watch_assignments). The provider API's routes (api/assignments.py)
-take it as a dependency; the app's lifespan runs `listen`."""
+take it as a dependency and say when a provider was heard; the app's lifespan runs
+`listen`.
+
+An API hears while providers reach it: while some provider's long poll is open here, or a
+provider's request came within HEARD_FOR_S (agents poll again at once). Being up is not
+enough: an outage in front of the APIs (a load balancer that went down, a route withdrawn)
+leaves every API up and hearing no one, and the runs in flight must then bear it as the
+network's own outage, not be lost one by one as each provider's heartbeat timeout runs
+out. A network that hears no one also judges no one: the only provider's death is then
+found at the backstop (the heartbeat timeout plus the outage grace). What this cannot tell
+from a provider's death is an outage that holds connections open and passes nothing (a
+black hole): an open poll counts as hearing until its wait is over (agents wait
+POLL_WAIT_S, 20 s) or its connection is seen closed."""
 
 from __future__ import annotations
 
@@ -34,6 +46,9 @@ GONE_EVERY_S = 0.5  # how often a waiting poll looks whether its agent has gone
 BEAT_EVERY_S = 2.0  # at most one Temporal heartbeat per assignment this often, per process
 # How long a step whose workflow run was reset goes on for the new run to take it over
 ADOPT_GRACE_S = 60.0  # (infra/assignments.py adopt) before its agent is told to stop
+# How long a provider's request (or a poll's answer) counts as hearing it: an agent always
+# has a poll open here, and opens the next as one is answered.
+HEARD_FOR_S = 0.5
 
 
 class Dispatch:
@@ -47,10 +62,22 @@ class Dispatch:
         self._beaten: dict[str, float] = {}  # assignment -> its last heartbeat to Temporal
         self._orphaned: dict[str, float] = {}  # assignment -> when its run was seen reset
         self.listener_id = str(uuid.uuid4())
+        self._polls_open = 0  # providers' long polls waiting here now
+        self._last_heard = -HEARD_FOR_S  # time.monotonic() of a provider's last request
+
+    def heard(self) -> None:
+        """A provider's request reached this process (called once it is authenticated: an
+        outsider's calls do not make the network hear)."""
+        self._last_heard = time.monotonic()
+
+    def hearing(self) -> bool:
+        """Whether providers reach this process now (the module's docstring)."""
+        return self._polls_open > 0 or time.monotonic() - self._last_heard <= HEARD_FOR_S
 
     async def listen(self, stop: asyncio.Event) -> None:
-        """Stamp this process's listener row every LISTEN_EVERY_S until `stop`; a stamp that
-        comes late (the process stalled) starts its hearing afresh."""
+        """Stamp this process's listener row every LISTEN_EVERY_S while it hears providers,
+        until `stop`; a stamp that comes late (the process stalled, or heard no one
+        meanwhile) starts its hearing afresh."""
         up_since = last = self.board.clock()
         try:
             while not stop.is_set():
@@ -58,8 +85,9 @@ class Dispatch:
                 if now - last > LISTEN_GAP_S:
                     up_since = now
                 try:
-                    await asyncio.to_thread(self.board.listen, self.listener_id, up_since)
-                    last = now
+                    if self.hearing():
+                        await asyncio.to_thread(self.board.listen, self.listener_id, up_since)
+                        last = now
                 except Exception as err:  # the database blinked: the next stamp
                     log.warning("listener stamp: %s", err)
                 with contextlib.suppress(TimeoutError):
@@ -110,14 +138,19 @@ class Dispatch:
         heartbeat timeout counted the provider lost again
         (tests/liveness/test_lost_provider_bound.py and CI saw it)."""
         deadline = time.monotonic() + wait_s
-        while True:
-            if gone is not None and await gone():
-                return []
-            got = await asyncio.to_thread(self.board.hand_out, provider_id)
-            left = deadline - time.monotonic()
-            if got or left <= 0:
-                return got
-            await self._wait(provider_id, deadline, gone)
+        self._polls_open += 1
+        try:
+            while True:
+                if gone is not None and await gone():
+                    return []
+                got = await asyncio.to_thread(self.board.hand_out, provider_id)
+                left = deadline - time.monotonic()
+                if got or left <= 0:
+                    self.heard()  # its answer goes out: heard until its next poll comes
+                    return got
+                await self._wait(provider_id, deadline, gone)
+        finally:
+            self._polls_open -= 1
 
     async def _wait(self, provider_id: str, deadline: float,
                     gone: Callable[[], Awaitable[bool]] | None) -> None:

@@ -42,8 +42,8 @@ SCHEMA = [
         trace TEXT NOT NULL DEFAULT '{}', result TEXT NOT NULL DEFAULT '',
         UNIQUE (workflow_id, run_id, activity_id))""",
     "CREATE INDEX IF NOT EXISTS assignments_open ON assignments (finished_at, provider_id)",
-    # Each API process stamps its row every LISTEN_EVERY_S while it serves: the network can
-    # hear providers (their heartbeats reach it) only while some API is up.
+    # Each API process stamps its row every LISTEN_EVERY_S while providers reach it: the
+    # network can hear providers only then (api/dispatch.py Dispatch.hearing).
     """CREATE TABLE IF NOT EXISTS listeners (
         listener_id TEXT PRIMARY KEY, up_since DOUBLE PRECISION NOT NULL,
         heard_at DOUBLE PRECISION NOT NULL)""",
@@ -363,7 +363,7 @@ class AssignmentBoard:
         return taken
 
     def listen(self, listener_id: str, up_since: float) -> None:
-        """Stamp this API process's listener row: it serves, so providers can be heard."""
+        """Stamp this API process's listener row: providers reach it, so can be heard."""
         now = self.clock()
         with self.db.transaction() as cur:
             if not cur.execute("UPDATE listeners SET heard_at = ?, up_since = ?"
