@@ -30,10 +30,10 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 
 from domain.application import Network
+from domain.fleet import FleetCopies
 from domain.job import Job
-from domain.matching import Candidate, Decision
+from domain.matching import Decision
 from domain.node import Node, split_queue
-from domain.provider import Provider
 from domain.scheduling import Placement, Waiting, plan
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,11 @@ class Scheduler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._providers: dict[str, Provider] = {}
-        self._candidates: dict[str, tuple[tuple[str, int, bool], Candidate]] = {}
-        self._nodes: dict[str, Node] = {}
-        self._by_uuid: dict[UUID, str] = {}  # aggregate id -> "p:<id>" or "n:<id>"
+        # Its own copies of the nodes and providers (it writes them as it places jobs).
+        self.fleet = FleetCopies(network)
         # Client -> the turn it was last given GPUs: fair share's tie-break (least recent first).
         self._served: dict[str, int] = {}
         self._turns = 0
-        self._position = network.recorder.max_notification_id() or 0
 
     # The activity's side
 
@@ -205,8 +202,8 @@ class Scheduler:
                 t.reason = f"queue {queue_ref} does not exist"
             return 0
         config = node.queues[queue]
-        providers = [self._provider(pid) for pid in node.provider_ids]
-        candidates = [self._candidate(p, p.provider_id in online) for p in providers]
+        providers = [self.fleet.provider(pid) for pid in node.provider_ids]
+        candidates = [self.fleet.candidate(p, p.provider_id in online) for p in providers]
         held: dict[str, int] = defaultdict(int)
         for p in providers:
             for job_id, client in p.reservation_clients.items():
@@ -245,7 +242,7 @@ class Scheduler:
         for key, why in result.waiting.items():
             by_key[key].reason = f"waiting in {queue_ref}: {why}"
         jobs = {t.entry.job_id: t.job for t in tickets if t.job is not None}
-        written = self.network.place(result.placements, self._providers, jobs)
+        written = self.network.place(result.placements, self.fleet.providers, jobs)
         for t in tickets:  # a copy the store refused is reloaded when next needed
             t.job = jobs.get(t.entry.job_id)
         placed = 0
@@ -269,77 +266,41 @@ class Scheduler:
                 self._owner_of[pid] = self.network.owner_of("provider", pid) or pid
         return {pid: self._owner_of[pid] for pid in provider_ids}
 
-    # Copies of the node's aggregates, kept current from the event log
-
-    def _provider(self, provider_id: str) -> Provider:
-        provider = self._providers.get(provider_id)
-        if provider is None:
-            provider = self._providers[provider_id] = self.network.provider(provider_id)
-            self._by_uuid[provider.id] = "p:" + provider_id
-        return provider
-
-    def _candidate(self, provider: Provider, online: bool) -> Candidate:
-        key = (provider.provider_id, provider.version, online)
-        cached = self._candidates.get(provider.provider_id)
-        if cached is None or cached[0] != key:
-            cached = (key, Network._candidates([provider], {provider.provider_id} if online
-                                               else set())[0])
-            self._candidates[provider.provider_id] = cached
-        return cached[1]
-
     def load_node(self, node_id: str) -> None:
         """Load a node and all its providers now (a long-lived scheduler has them already)."""
         node = self._node(node_id)
         for pid in node.provider_ids:
-            self._provider(pid)
+            self.fleet.provider(pid)
 
     def _node(self, node_id: str) -> Node:
-        node = self._nodes.get(node_id)
-        if node is None:
-            node = self._nodes[node_id] = self.network.node(node_id)
-            self._by_uuid[node.id] = "n:" + node_id
-        return node
+        return self.fleet.node(node_id)
 
     def _refresh(self) -> None:
         """Reload the copies that someone else changed since the last round (a waiting job's
         copy on its next round: where its other runs were placed, lost, given up)."""
-        stale: set[str] = set()
         waiting: dict[UUID, str] | None = None
         changed_jobs: set[str] = set()
-        while True:
-            batch = self.network.recorder.select_notifications(
-                start=self._position, limit=5000, inclusive_of_start=False
-            )
-            if batch and waiting is None:
+
+        def observe(n: Notification, newer: bool) -> None:
+            nonlocal waiting
+            if newer:
+                if n.topic.endswith(".GpusReserved"):
+                    self._served_elsewhere(n)
+                return
+            if waiting is None:
                 with self._lock:
                     waiting = {Job.create_id(job_id=job_id): job_id
                                for job_id, _ in self._tickets}
-            for n in batch:
-                name = self._by_uuid.get(n.originator_id)  # type: ignore[arg-type]
-                if name is None:
-                    if waiting and n.originator_id in waiting:
-                        changed_jobs.add(waiting[n.originator_id])  # type: ignore[index]
-                    continue
-                copy = (self._providers if name[0] == "p" else self._nodes).get(name[2:])
-                if copy is not None and n.originator_version > copy.version:
-                    stale.add(name)
-                    if n.topic.endswith(".GpusReserved"):
-                        self._served_elsewhere(n)
-            if batch:
-                self._position = batch[-1].id
-            if len(batch) < 5000:
-                break
+            job_id = waiting.get(n.originator_id)  # type: ignore[arg-type]
+            if job_id is not None:
+                changed_jobs.add(job_id)
+
+        self.fleet.refresh(observe)
         if changed_jobs:
             with self._lock:
                 for (job_id, _), ticket in self._tickets.items():
                     if job_id in changed_jobs:
                         ticket.job = None  # reloaded when its round needs it
-        for name in stale:
-            if name[0] == "p":
-                self._providers[name[2:]] = self.network.provider(name[2:])
-            else:
-                self._nodes[name[2:]] = self.network.node(name[2:])
-
 
     def _served_elsewhere(self, notification: Notification) -> None:
         """Another scheduler gave a client GPUs: it counts as that client's turn here too,

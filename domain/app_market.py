@@ -3,6 +3,7 @@ scheduler's placements, and the providers' own controls."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +16,7 @@ from domain.errors import (
     DomainError,
     InvalidTransition,
 )
+from domain.fleet import FleetCopies, candidate
 from domain.job import Job
 from domain.matching import (
     Assessment,
@@ -33,12 +35,18 @@ from domain.provider import Directory, Provider, check_declaration
 from domain.scheduling import Placement, Waiting
 from protocol.spec import JobSpec
 
+# A process that read no fleet for this many notifications loads its copies again rather
+# than read them all (domain/fleet.py).
+FLEET_CATCH_UP = 50_000
+
 
 class Market(Ownership):
     """Nodes, their queues and providers, and placing jobs on GPUs (which reads who owns a
     provider: replicas of one job go to distinct owners)."""
 
     name = NAME  # eventsourcing names an application after its class otherwise
+    _fleet: FleetCopies | None = None  # for the reads of a node's whole fleet (_fleet_of)
+    _fleet_lock = threading.Lock()
 
     # Nodes
 
@@ -195,55 +203,36 @@ class Market(Ownership):
 
     @staticmethod
     def _candidates(providers: Iterable[Provider], online: set[str]) -> list[Candidate]:
-        return [
-            Candidate(
-                provider_id=p.provider_id,
-                price_per_gpu_hour_micro=p.price_per_gpu_hour_micro,
-                reputation=p.reputation,
-                online=p.status == "online" and p.provider_id in online,
-                gpus=p.gpus,
-                free_gpu_indexes=p.free_gpu_indexes(),
-                runtimes=tuple(p.runtimes),
-                region=p.region,
-                suspended=tuple(p.suspended),
-                degraded={int(i): why for i, why in p.degraded.items()},
-                sandbox=getattr(p, "sandbox", ""),
-            )
-            for p in providers
-        ]
+        return [candidate(p, p.provider_id in online) for p in providers]
+
+    def _fleet_of(self, spec: JobSpec, online: set[str]
+                  ) -> tuple[Requirements, list[Candidate], Node]:
+        """The spec's requirements, and its node's providers as this process's copies have
+        them (domain/fleet.py: kept current from the log, not loaded one by one)."""
+        node_id, queue = split_queue(spec.queue)
+        with self._fleet_lock:
+            if self._fleet is None:
+                self._fleet = FleetCopies(self, catch_up=FLEET_CATCH_UP)
+        node, candidates = self._fleet.of_node(node_id, online)
+        if queue not in node.queues:
+            raise DomainError("queue", f"node {node_id!r} has no queue {queue!r}")
+        return self._requirements(spec, node), candidates, node
 
     def explain(self, spec: JobSpec, online: set[str]) -> list[Assessment]:
         """Where this spec could run now, and for every other provider of its node, why not."""
-        node_id, queue = split_queue(spec.queue)
-        node = self.node(node_id)
-        if queue not in node.queues:
-            raise DomainError("queue", f"node {node_id!r} has no queue {queue!r}")
-        providers = [self.provider(pid) for pid in node.provider_ids]
-        return explain(
-            self._requirements(spec, node), self._candidates(providers, online), set(), node.region
-        )
+        req, candidates, node = self._fleet_of(spec, online)
+        return explain(req, candidates, set(), node.region)
 
     def unsatisfiable(self, spec: JobSpec) -> str | None:
         """Why no provider registered on the spec's node could ever run it (its GPUs, their
         model and memory, region, runtime), in words; None when one could."""
-        node_id, queue = split_queue(spec.queue)
-        node = self.node(node_id)
-        if queue not in node.queues:
-            raise DomainError("queue", f"node {node_id!r} has no queue {queue!r}")
-        providers = [self.provider(pid) for pid in node.provider_ids]
-        return unsatisfiable(self._requirements(spec, node),
-                             self._candidates(providers, set()), node_id)
+        req, candidates, node = self._fleet_of(spec, set())
+        return unsatisfiable(req, candidates, node.node_id)
 
     def explain_gpus(self, spec: JobSpec, online: set[str]) -> list[GpuAssessment]:
         """Every GPU of the spec's node: eligible now (best first), or why not."""
-        node_id, queue = split_queue(spec.queue)
-        node = self.node(node_id)
-        if queue not in node.queues:
-            raise DomainError("queue", f"node {node_id!r} has no queue {queue!r}")
-        providers = [self.provider(pid) for pid in node.provider_ids]
-        return explain_gpus(
-            self._requirements(spec, node), self._candidates(providers, online), set(), node.region
-        )
+        req, candidates, node = self._fleet_of(spec, online)
+        return explain_gpus(req, candidates, set(), node.region)
 
     # Scheduling (see domain/scheduling.py and activities/scheduler.py)
 
