@@ -25,7 +25,7 @@ from domain.ledger import (
     provider_account,
     transfer,
 )
-from domain.limits import AMOUNT
+from domain.limits import AMOUNT, MAX_SPENT_MICRO
 from protocol.money import cost_of_gpu_time
 from protocol.spec import JobSpec
 
@@ -228,7 +228,9 @@ class Jobs(Base):
 
         The client pays for the runs it asked for, each capped at one run's maximum, and
         the protocol takes its fee from them; the network pays, without a fee, for the
-        checks it added on its own.
+        checks it added on its own. What the client is charged for a job whose verdict was
+        a verified success is noted on its account as verified work (domain/ledger.py),
+        in the same transaction as the settlement, so once.
         """
 
         def attempt() -> tuple[SettlementFigures, list[Aggregate]]:
@@ -284,23 +286,39 @@ class Jobs(Base):
                             accounts[name] = self.account(name)
                     src, dst = accounts[source], accounts[target]
                     transfer(src, dst, transfer_id, amount, memo)
+            if job.verified_success and charged:
+                name = client_account(job.client_id)
+                if name not in accounts:
+                    accounts[name] = self.account(name)
+                accounts[name].note_verified_work(job_id, charged)
             job.record_settlement(charged, paid, fee, held - charged)
             return figures, [job, *accounts.values()]
 
         return self._save_retrying(attempt)
 
+    def verified_spend_before(self, job: Job) -> int:
+        """What the job's client had paid for verified work on its other jobs, as its
+        ledger account has it now (domain/ledger.py: `JobSettled.charged_micro` of each job
+        whose verdict was a verified success): this job's own charge left out, and at most
+        MAX_SPENT_MICRO. Deposits and grants are not in it."""
+        account = self._get_or_none(Account.create_id(name=client_account(job.client_id)))
+        total = 0 if account is None else int(account.verified_spent_micro)
+        return max(0, min(total - job.verified_charge_micro, MAX_SPENT_MICRO))
+
     def record_reputation(self, job_id: str, provider_id: str, outcome: str) -> None:
         """`job_id` is the outcome's key: the job's id, or `<job id>#<attempt>` for one of
         several runs; the job's own stream shows it too (ReputationRecorded). The outcome
-        names the job's client, as the job has it (never as a provider says): an `outvoted`
-        counts in the score only once several clients outvoted the provider
-        (domain/reputation.py)."""
+        names the job's client, as the job has it (never as a provider says), and what that
+        client had paid for verified work before (`verified_spend_before`, from its ledger
+        account, never as anyone says): an `outvoted` counts in the score only once several
+        clients that each paid enough outvoted the provider (domain/reputation.py)."""
 
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self.provider(provider_id)
             job = self._get_or_none(Job.create_id(job_id=job_id.split("#", 1)[0]))
-            provider.record_outcome(job_id, outcome,
-                                    client_id="" if job is None else job.client_id)
+            provider.record_outcome(
+                job_id, outcome, client_id="" if job is None else job.client_id,
+                client_spent_micro=0 if job is None else self.verified_spend_before(job))
             if job is None:
                 return None, [provider]
             job.note_reputation(provider_id, job_id, outcome)

@@ -141,6 +141,7 @@ class Job(Aggregate):
         self.allocations: dict[int, str] = {}  # attempt -> provider
         self.manifests: dict[int, list[dict[str, Any]]] = {}  # attempt -> uploaded outputs
         self.accepted_provider = ""  # whose result verification accepted
+        self.verified_success = False  # the verdict: accepted, and the job did what it asked
 
     @property
     def ended(self) -> bool:
@@ -149,6 +150,14 @@ class Job(Aggregate):
     def spent(self, attempt: int) -> bool:
         """Whether this attempt already ran its command (a re-run would run it twice)."""
         return f"execution_finished:{attempt}" in self.recorded or attempt in self.manifests
+
+    @property
+    def verified_charge_micro(self) -> int:
+        """What the client was charged for this job as verified work: its settlement's
+        charge where its verdict was a verified success, else 0 (domain/ledger.py)."""
+        if not self.verified_success or self.settlement is None:
+            return 0
+        return int(self.settlement["charged_micro"])
 
     def ran_on(self, except_attempt: int | None = None) -> set[str]:
         """The providers this job's runs were placed on (but `except_attempt`), those it lost,
@@ -397,6 +406,7 @@ class Job(Aggregate):
     @event("JobVerified")
     def _verified(self, succeeded: bool, reason: str) -> None:
         self.state = JobState.SETTLING
+        self.verified_success = succeeded
         self.recorded.append("Verdict")
 
     @event("VerificationFailed")

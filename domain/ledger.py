@@ -4,6 +4,12 @@ Accounts are aggregates named by business key (client:alice, escrow:<job>,
 provider:<id>, protocol:fees, external:deposits). A transfer posts two entries
 with the same transfer id, saved in one transaction, so the sum of all balances
 is always zero. A transfer id already posted is skipped: retries are harmless.
+
+A client's account also keeps what the client has paid for verified work
+(`verified_spent_micro`, from VerifiedWorkPaid: each job's `JobSettled.charged_micro` where
+its verdict was a verified success, noted with that settlement). It moves no money; it is
+what an `outvoted` outcome needs to count (domain/reputation.py), and unlike a balance it
+cannot be bought by a deposit or a grant.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class Account(Aggregate):
     # Lists of strings or numbers, copied flat by the application's aggregate cache.
     FLAT_LISTS = ("posted",)
 
+    # v2 keeps what a client paid for verified work (`verified_spent_micro`).
+    class_version = 2
+
     class EntryPosted(Aggregate.Event):
         """One side of a transfer. Version 2 added `kind`."""
 
@@ -70,6 +79,11 @@ class Account(Aggregate):
             state["kind"] = _KIND_FROM_MEMO.get(state["memo"], "other")
 
     @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        # A snapshot from before: no VerifiedWorkPaid came before it, as none was recorded.
+        state.setdefault("verified_spent_micro", 0)
+
+    @staticmethod
     def create_id(name: str, **_: Any) -> UUID:
         return business_id("account", name)
 
@@ -79,6 +93,7 @@ class Account(Aggregate):
         self.may_go_negative = may_go_negative
         self.balance_micro = 0
         self.posted: list[str] = []
+        self.verified_spent_micro = 0  # a client's: what it paid for verified work
 
     def has_posted(self, transfer_id: str) -> bool:
         return transfer_id in self.posted
@@ -89,6 +104,19 @@ class Account(Aggregate):
                 "", f"account {self.name} holds {self.balance_micro} micro-credits, "
                 f"{amount_micro} needed"
             )
+
+    def note_verified_work(self, job_id: str, amount_micro: int) -> None:
+        """The client was charged `amount_micro` for job `job_id`, whose result the network
+        verified. Noted once, with the job's settlement (Jobs.settle_many)."""
+        AMOUNT.check("amount_micro", amount_micro)
+        if not self.name.startswith("client:"):
+            raise InvalidAmount("", f"only a client pays for work, not {self.name}")
+        if amount_micro:
+            self._verified_work_paid(job_id=job_id, amount_micro=amount_micro)
+
+    @event("VerifiedWorkPaid")
+    def _verified_work_paid(self, job_id: str, amount_micro: int) -> None:
+        self.verified_spent_micro += amount_micro
 
     @event(EntryPosted)
     def post(

@@ -29,6 +29,7 @@ signed 64-bit integer (SQLite's INTEGER, PostgreSQL's BIGINT: 9.2e18).
 | telemetry: temperature | 0 | 1000 °C |
 | telemetry: power | 0 | 100000 W |
 | telemetry: ECC, Xid error counts | 0 | 10^12 |
+| a client's verified spend, as an outcome carries it | 0 | 2^53 micro-credits |
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from protocol.limits import (
     MAX_PRIORITY_LEVELS,
     MAX_PROVIDER_GPUS,
     MAX_REPLICAS,
+    MAX_SPENT_MICRO,
     MAX_STEP_FILES,
     MAX_TIMEOUT_S,
 )
@@ -124,6 +126,7 @@ UTILIZATION_PCT = Bound(0, 100, "%")
 TEMPERATURE_C = Bound(0, 1000, "°C")
 POWER_W = Bound(0, 100_000, "W", whole=False)
 ERROR_COUNT = Bound(0, MAX_ERROR_COUNT, "errors")
+SPENT = Bound(0, MAX_SPENT_MICRO, "micro-credits")
 
 # The read model's and the samples' bound per GPU telemetry field (readmodel/telemetry.py).
 TELEMETRY: dict[str, Bound] = {

@@ -17,7 +17,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 from domain.ids import business_id
-from domain.limits import GPU_INDEX, PRICE, check_gpus
+from domain.limits import GPU_INDEX, PRICE, SPENT, check_gpus
 from domain.reputation import OUTCOMES, Reputation, reputation
 
 RUNTIMES = ("process", "docker")
@@ -55,24 +55,31 @@ def check_declaration(price_micro: int, gpus: list[dict[str, Any]]) -> None:
 
 class Provider(Aggregate):
     # Lists of strings or numbers, copied flat by the application's aggregate cache.
-    FLAT_LISTS = ("outcomes", "outcome_jobs", "outcome_times", "outcome_clients", "runtimes",
-                  "suspended")
+    FLAT_LISTS = ("outcomes", "outcome_jobs", "outcome_times", "outcome_clients",
+                  "outcome_spent", "runtimes", "suspended")
 
     # v2 added per-GPU suspension and health and the client behind each reservation;
-    # v3 the time of each outcome (reputation decays with age); v4 the client of each.
-    class_version = 4
+    # v3 the time of each outcome (reputation decays with age); v4 the client of each;
+    # v5 what that client had paid for verified work before it.
+    class_version = 5
 
     class ReputationRecorded(Aggregate.Event):
         """One outcome of the provider's work. Version 2 added `at` (unix time), version 3
         `client_id`: the client whose job it was, as the control plane has it from the job
         ("" where it was not recorded, for a canary's outcome, which is never `outvoted`, and
-        for the outcome of a job the network does not know)."""
+        for the outcome of a job the network does not know). Version 4 added
+        `client_spent_micro`: what that client had paid for verified work before this job,
+        as the control plane has it from the client's ledger account (domain/app_jobs.py
+        `verified_spend_before`; 0 where there is no client), never from a provider or a
+        client: an `outvoted` counts only from a client that paid enough
+        (domain/reputation.py)."""
 
-        class_version = 3
+        class_version = 4
         job_id: str
         outcome: str
         at: float
         client_id: str
+        client_spent_micro: int
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -84,6 +91,12 @@ class Provider(Aggregate):
             # Not known: an `outvoted` of an unknown client never counts in the score
             # (domain/reputation.py), so a log from before scores as it did.
             state["client_id"] = ""
+
+        @staticmethod
+        def upcast_v3_v4(state: dict[str, Any]) -> None:
+            # Not known: an `outvoted` of a client that paid nothing never counts, as one of
+            # no known client never did (domain/reputation.py).
+            state["client_spent_micro"] = 0
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -101,6 +114,11 @@ class Provider(Aggregate):
     @staticmethod
     def upcast_v3_v4(state: dict[str, Any]) -> None:
         state.setdefault("outcome_clients", [""] * len(state.get("outcomes", [])))
+
+    @staticmethod
+    def upcast_v4_v5(state: dict[str, Any]) -> None:
+        state.setdefault("outcome_spent", [0] * len(state.get("outcomes", [])))
+
     @staticmethod
     def create_id(provider_id: str, **_: Any) -> UUID:
         return business_id("provider", provider_id)
@@ -123,6 +141,8 @@ class Provider(Aggregate):
         self.outcome_jobs: list[str] = []
         self.outcome_times: list[float] = []  # unix time of each outcome
         self.outcome_clients: list[str] = []  # the client of each outcome's job ("" unknown)
+        # what that client had paid for verified work before it, in micro-credits
+        self.outcome_spent: list[int] = []
         self.runtimes: list[str] = ["process"]
         self.sandbox = ""  # unknown: registered by an agent from before sandboxes were declared
         self.reservation_clients: dict[str, str] = {}  # job id -> the client it runs for
@@ -137,7 +157,7 @@ class Provider(Aggregate):
 
     def reputation_at(self, as_of: float) -> Reputation:
         return reputation(list(zip(self.outcomes, self.outcome_times, strict=True)), as_of,
-                          self.outcome_clients)
+                          self.outcome_clients, self.outcome_spent)
 
     def free_gpu_indexes(self) -> list[int]:
         """GPUs that could take a job now: not reserved, not suspended, not degraded."""
@@ -247,14 +267,16 @@ class Provider(Aggregate):
             self._lost(job_id=job_id, reason=reason)
 
     def record_outcome(self, job_id: str, outcome: str, at: float | None = None,
-                       client_id: str = "") -> None:
-        """`client_id`: the client of the job, from the job (never from a provider)."""
+                       client_id: str = "", client_spent_micro: int = 0) -> None:
+        """`client_id`: the client of the job, from the job (never from a provider);
+        `client_spent_micro`: what it had paid for verified work before, from its ledger."""
         if outcome not in OUTCOMES:
             raise DomainError("", f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
+        SPENT.check("client_spent_micro", client_spent_micro)
         if job_id in self.outcome_jobs:
             return
         self._outcome(job_id=job_id, outcome=outcome, at=time.time() if at is None else at,
-                      client_id=client_id)
+                      client_id=client_id, client_spent_micro=client_spent_micro)
 
     @event("ProviderRejoined")
     def _rejoined(self, region: str, price_per_gpu_hour_micro: int, gpus: list[dict[str, Any]]):
@@ -314,11 +336,13 @@ class Provider(Aggregate):
         self.status = "lost"
 
     @event(ReputationRecorded)
-    def _outcome(self, job_id: str, outcome: str, at: float, client_id: str) -> None:
+    def _outcome(self, job_id: str, outcome: str, at: float, client_id: str,
+                 client_spent_micro: int) -> None:
         self.outcomes.append(outcome)
         self.outcome_jobs.append(job_id)
         self.outcome_times.append(at)
         self.outcome_clients.append(client_id)
+        self.outcome_spent.append(client_spent_micro)
 
 
 class Directory(Aggregate):

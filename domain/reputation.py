@@ -22,24 +22,46 @@ counts in the score only where several clients say the same (`counted_outvoted`)
 
 - it counts only when, within the OUTVOTED_WINDOW_DAYS (30) up to it (by the times
   of the outcomes; the same time, in the order recorded), the provider was
-  outvoted on the jobs of at least OUTVOTED_CLIENTS (3) distinct clients, itself
-  included. One client, or two, however often they outvote it, never lower a
-  score; an outcome whose client is not known (recorded before outcomes named
+  outvoted on the jobs of at least OUTVOTED_CLIENTS (3) distinct paying clients,
+  itself included. One client, or two, however often they outvote it, never lower
+  a score; an outcome whose client is not known (recorded before outcomes named
   their client: "") is no client and never counts;
+- a client pays (for this rule) where it had paid for at least
+  OUTVOTED_MIN_SPENT_MICRO of verified work before that job: each outcome carries
+  its client's verified spend as the control plane had it when it recorded the
+  outcome (`ReputationRecorded.client_spent_micro`, the sum of what the client was
+  charged, `JobSettled.charged_micro`, for its other jobs whose verdict was a
+  verified success: domain/app_jobs.py `verified_spend_before`). An `outvoted` of a
+  client that paid less is no client's either, for the tally as for the count: a
+  deposit or a grant is no spend (a deposit can be withdrawn, a grant is free), so a
+  new or merely funded account frames no one. Outcomes recorded before they carried
+  the spend (0) never count;
 - and it counts only when no other `outvoted` of the same client counted within
   the OUTVOTED_WINDOW_DAYS before it: once three clients outvoted a provider, one
   of them still costs it at most one fault a window, however many jobs it has
   outvote it. The score can fall by as many faults a window as clients caught it.
 
+OUTVOTED_MIN_SPENT_MICRO is 10 credits: at the README's 2.5 credits a GPU-hour, four
+GPU-hours of work whose results the network verified, paid to providers and gone,
+where a deposit comes back out and a grant costs its holder nothing. An honest client
+with real work crosses it within its first few jobs (until then its majorities, like a
+new account's, lower no score: they still put the provider back on probation, and
+storage and canaries still catch a cheater); an account opened to frame must first buy
+that much verified work, so three of them cost 30 credits before the first counted
+failure. The price is per account, not per failure: once paid, an account costs a
+provider at most one failure a window for as long as it lives. It is not Sybil-proof:
+a person who pays that on three accounts can still frame, and one who also owns the
+providers that ran that work gets it back but for the protocol fee; the rule prices
+the attack, it does not forbid it.
+
 A counted `outvoted` weighs as a `failure` (OUTVOTED_WEIGHT = 1), not as a
 `mismatch` (5): a majority is weaker evidence than storage contradicting a report
-or a known-answer canary (which the client cannot shape), and three accounts may
-be one person's (accounts are cheap: the rule is bounded, not Sybil-proof), so
-framing from three funded accounts costs an honest provider at most one failure an
-account a window. To the client, that run was what a failed run is: a result it
-could not keep. Every `outvoted`, counted or not, also puts the provider back on
-probation for the check rate (domain/verification.py `check_rate`); that use
-needs no second client.
+or a known-answer canary (which the client cannot shape), and three paying accounts
+may still be one person's (the rule is bounded, not Sybil-proof), so framing from
+three of them costs an honest provider at most one failure an account a window. To
+the client, that run was what a failed run is: a result it could not keep. Every
+`outvoted`, counted or not, also puts the provider back on probation for the check
+rate (domain/verification.py `check_rate`); that use needs no second client.
 
 A counted `outvoted` is a scored outcome like any other (score, confidence,
 probation, the outcome count, `last_scored_at`); one not counted is in none of them
@@ -54,8 +76,10 @@ than PROBATION (scored) outcomes is on probation: every one of its results is ch
 
 Anyone holding the event log can recompute every score with `reputation`
 (`gpgpu admin recompute-reputation` does, and compares with the stored ones): each
-ReputationRecorded carries its outcome, its time and its job's client, filled by
-the control plane from the job (never by a provider).
+ReputationRecorded carries its outcome, its time, its job's client and that client's
+verified spend, filled by the control plane from the job and the client's ledger
+account (never by a provider or a client); the spend itself can be checked against
+the log's JobVerified and JobSettled events.
 `reputation_score` is the same formula without time: every outcome at one moment
 (every weight 1, every `outvoted` in one window).
 """
@@ -75,6 +99,9 @@ OUTVOTED = "outvoted"
 # failure. (Recorded, shown and used by the check rate whether it counts or not.)
 OUTVOTED_CLIENTS = 3
 OUTVOTED_WINDOW_DAYS = 30.0
+# ... and only the `outvoted` of clients that had paid this much for verified work before
+# (10 credits; the docstring says why).
+OUTVOTED_MIN_SPENT_MICRO = 10_000_000
 OUTVOTED_WEIGHT = WEIGHTS["failure"]
 OUTVOTED_SCORED = "outvoted_scored"  # `weighted`'s entry for the counted ones
 HALF_LIFE_DAYS = 30.0
@@ -83,24 +110,35 @@ PROBATION = 5
 DAY_S = 86_400.0
 
 
-def counted_outvoted(outcomes: Sequence[tuple[str, float]], clients: Sequence[str] = ()
-                     ) -> frozenset[int]:
+def paying_clients(clients: Sequence[str], spent: Sequence[int]) -> list[str]:
+    """Each outcome's client where it had paid for OUTVOTED_MIN_SPENT_MICRO of verified work
+    before that job, "" where not (or not known): the clients whose `outvoted` may count."""
+    if spent and len(spent) != len(clients):
+        raise ValueError(f"{len(clients)} clients but {len(spent)} spends")
+    return [c if spent and spent[i] >= OUTVOTED_MIN_SPENT_MICRO else ""
+            for i, c in enumerate(clients)]
+
+
+def counted_outvoted(outcomes: Sequence[tuple[str, float]], clients: Sequence[str] = (),
+                     spent: Sequence[int] = ()) -> frozenset[int]:
     """The indexes of the `outvoted` outcomes the score counts (the rule above).
 
-    `clients[i]` is the client of outcome i's job ("" where not known); with no `clients`
-    at all, none is known and no `outvoted` counts."""
+    `clients[i]` is the client of outcome i's job ("" where not known), `spent[i]` what
+    that client had paid for verified work before it (micro-credits); with no `clients`
+    or no `spent` at all, none is known and no `outvoted` counts."""
     if clients and len(clients) != len(outcomes):
         raise ValueError(f"{len(outcomes)} outcomes but {len(clients)} clients")
-    # Only the outvoted outcomes of known clients matter, in the order of their times.
+    paying = paying_clients(clients, spent)
+    # Only the outvoted outcomes of known, paying clients matter, in the order of their times.
     order = sorted((at, i) for i, (o, at) in enumerate(outcomes)
-                   if o == OUTVOTED and clients and clients[i])
+                   if o == OUTVOTED and paying and paying[i])
     window_s = OUTVOTED_WINDOW_DAYS * DAY_S
     in_window: deque[tuple[float, str]] = deque()
     per_client: Counter[str] = Counter()  # outvoted in the window, by client
     last_counted: dict[str, float] = {}
     counted = set()
     for at, i in order:
-        client = clients[i]
+        client = paying[i]
         in_window.append((at, client))
         per_client[client] += 1
         while in_window[0][0] < at - window_s:
@@ -115,9 +153,10 @@ def counted_outvoted(outcomes: Sequence[tuple[str, float]], clients: Sequence[st
     return frozenset(counted)
 
 
-def reputation_score(outcomes: Iterable[str], clients: Sequence[str] = ()) -> float:
+def reputation_score(outcomes: Iterable[str], clients: Sequence[str] = (),
+                     spent: Sequence[int] = ()) -> float:
     """The score of outcomes all recorded at one moment (`reputation` without time)."""
-    return reputation([(o, 0.0) for o in outcomes], 0.0, clients).score
+    return reputation([(o, 0.0) for o in outcomes], 0.0, clients, spent).score
 
 
 @dataclass(frozen=True)
@@ -134,14 +173,15 @@ class Reputation:
 
 
 def reputation(outcomes: Sequence[tuple[str, float]], as_of: float,
-               clients: Sequence[str] = ()) -> Reputation:
+               clients: Sequence[str] = (), spent: Sequence[int] = ()) -> Reputation:
     """The documented score of (outcome, unix time) pairs, as of `as_of` (unix time), the
-    client of each outcome's job in `clients` (see `counted_outvoted`).
+    client of each outcome's job in `clients` and its verified spend before that job in
+    `spent` (see `counted_outvoted`).
 
     An outcome stamped after `as_of` (clocks of two machines differ) counts as new.
     An `outvoted` that does not count changes nothing but its own entry in `weighted`.
     """
-    counted = counted_outvoted(outcomes, clients)
+    counted = counted_outvoted(outcomes, clients, spent)
     weighted = dict.fromkeys((*OUTCOMES, OUTVOTED_SCORED), 0.0)
     scored = 0
     for i, (outcome, at) in enumerate(outcomes):
@@ -168,10 +208,10 @@ def reputation(outcomes: Sequence[tuple[str, float]], as_of: float,
 
 
 def last_scored_at(outcomes: Sequence[tuple[str, float]], default: float,
-                   clients: Sequence[str] = ()) -> float:
+                   clients: Sequence[str] = (), spent: Sequence[int] = ()) -> float:
     """The time of the latest scored outcome (`default` if none): the moment the read
     model's stored score is taken as of, so that an `outvoted` that does not count does
     not move it."""
-    counted = counted_outvoted(outcomes, clients)
+    counted = counted_outvoted(outcomes, clients, spent)
     return max((at for i, (o, at) in enumerate(outcomes) if o != OUTVOTED or i in counted),
                default=default)

@@ -23,6 +23,10 @@ MAX_BYTES = 2**50
 MAX_STEP_FILES = 4096
 MAX_GPU_MS = MAX_JOB_GPUS * MAX_TIMEOUT_S * 1000
 MAX_ERROR_COUNT = 10**12
+# A client's verified spend as a reputation outcome carries it (domain/reputation.py): a
+# sum over all time, kept below 2^53 so that JSON readers that hold numbers as doubles
+# (the web UI) read it exactly; the control plane stamps at most this.
+MAX_SPENT_MICRO = 2**53
 
 # A job spec's sizes (protocol/spec.py, protocol/fields.py).
 MAX_COMMAND_BYTES = 64 * 1024

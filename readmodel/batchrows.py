@@ -13,7 +13,7 @@ from infra.db import Cursor
 
 # A provider row's columns that hold JSON, kept parsed while a batch folds.
 PROVIDER_JSON = ("reservations", "reservation_clients", "outcomes", "outcome_times",
-                 "outcome_clients", "suspended", "degraded")
+                 "outcome_clients", "outcome_spent", "suspended", "degraded")
 
 
 @dataclass
@@ -55,12 +55,13 @@ class BatchRows:
         for agg in self.changed_providers:  # their lists, written once, and the score
             kept = self.providers[agg]
             outcomes, times = kept["outcomes"], kept["outcome_times"]
-            clients = kept["outcome_clients"]
+            clients, spent = kept["outcome_clients"], kept["outcome_spent"]
             # The score as of the latest scored outcome (an `outvoted` that does not count
             # moves nothing); readers decay it to their own moment (domain/reputation.py)
-            # from the outcomes, their times and clients kept beside it.
+            # from the outcomes, their times, clients and clients' spend kept beside it.
             pairs = list(zip(outcomes, times, strict=True))
-            score = reputation(pairs, last_scored_at(pairs, 0.0, clients), clients)
+            score = reputation(pairs, last_scored_at(pairs, 0.0, clients, spent), clients,
+                               spent)
             self.update("providers", "aggregate_id", agg, {
                 **{column: json.dumps(kept[column], sort_keys=column == "degraded")
                    for column in PROVIDER_JSON},

@@ -121,12 +121,13 @@ class Fold:
                     rows.jobs[row.pop("aggregate_id")] = row
             elif table == "accounts":  # with each account's last entry's seq
                 for row in self.cur.all(
-                    "SELECT aggregate_id, name, balance_micro, (SELECT COALESCE(MAX(seq), 0)"
-                    " FROM ledger_entries WHERE account = accounts.name) AS last_seq"
-                    " FROM accounts" + where, chunk,
+                    "SELECT aggregate_id, name, balance_micro, verified_spent_micro,"
+                    " (SELECT COALESCE(MAX(seq), 0) FROM ledger_entries"
+                    " WHERE account = accounts.name) AS last_seq FROM accounts" + where, chunk,
                 ):
-                    rows.accounts[row["aggregate_id"]] = {"name": row["name"],
-                                                          "balance_micro": row["balance_micro"]}
+                    rows.accounts[row["aggregate_id"]] = {
+                        "name": row["name"], "balance_micro": row["balance_micro"],
+                        "verified_spent_micro": row["verified_spent_micro"]}
                     rows.ledger_seq[row["name"]] = row["last_seq"]
             elif table == "providers":
                 for row in self.cur.all(
@@ -161,21 +162,27 @@ class Fold:
     def account_opened(self, e: Event) -> None:
         self.rows.insert("accounts", "aggregate_id", e.agg,
                          {"name": e.data["name"], "aggregate_id": e.agg, "balance_micro": 0})
-        self.rows.accounts[e.agg] = {"name": e.data["name"], "balance_micro": 0}
+        self.rows.accounts[e.agg] = {"name": e.data["name"], "balance_micro": 0,
+                                     "verified_spent_micro": 0}
         self.rows.ledger_seq[e.data["name"]] = 0  # a new account has no entries
 
-    def entry_posted(self, e: Event) -> None:
+    def _account(self, e: Event) -> dict[str, Any] | None:
         acct = self.rows.accounts.get(e.agg)
         if acct is None:  # not prefetched: the account and its last entry's seq
             self._read("accounts", [e.agg])
             acct = self.rows.accounts.get(e.agg)
             if acct is None:
-                log.error("entry for unknown account aggregate %s", e.agg)
-                return
+                log.error("%s for unknown account aggregate %s", e.type, e.agg)
+        return acct
+
+    def entry_posted(self, e: Event) -> None:
+        acct = self._account(e)
+        if acct is None:
+            return
         data = e.data
         name, balance = acct["name"], acct["balance_micro"] + data["amount_micro"]
         seq = self.rows.ledger_seq[name] + 1
-        self.rows.accounts[e.agg] = {"name": name, "balance_micro": balance}
+        acct["balance_micro"] = balance
         self.rows.ledger_seq[name] = seq
         self.rows.update("accounts", "aggregate_id", e.agg, {"balance_micro": balance})
         self.rows.append(
@@ -183,6 +190,15 @@ class Fold:
             (name, seq, data["transfer_id"], data["amount_micro"], balance,
              data["counterparty"], data["kind"], data["memo"], e.at),
         )
+
+    def verified_work_paid(self, e: Event) -> None:
+        """A client's verified spend (no ledger entry: no money moved)."""
+        acct = self._account(e)
+        if acct is None:
+            return
+        acct["verified_spent_micro"] += e.data["amount_micro"]
+        self.rows.update("accounts", "aggregate_id", e.agg,
+                         {"verified_spent_micro": acct["verified_spent_micro"]})
 
     # Nodes
 
@@ -286,7 +302,7 @@ class Fold:
         self.rows.providers[e.agg] = {  # its lists as the columns' defaults hold them
             "provider_id": data["provider_id"], "last_seq": 0, "reservations": {},
             "reservation_clients": {}, "outcomes": [], "outcome_times": [],
-            "outcome_clients": [], "suspended": [], "degraded": {},
+            "outcome_clients": [], "outcome_spent": [], "suspended": [], "degraded": {},
         }
         self.provider(e)
 
@@ -324,6 +340,7 @@ Read = tuple[Notification, Handler | None, Event | None]
 HANDLERS: dict[type[Aggregate.Event], Handler] = {
     event_class(Account, "AccountOpened"): Fold.account_opened,
     Account.EntryPosted: Fold.entry_posted,
+    event_class(Account, "VerifiedWorkPaid"): Fold.verified_work_paid,
     event_class(Node, "NodeRegistered"): Fold.node_registered,
     event_class(Node, "QueueConfigured"): Fold.queue_configured,
     event_class(Node, "QueueRemoved"): Fold.queue_removed,
@@ -350,7 +367,8 @@ def _topic(topic: str) -> tuple[Handler | None, str, int]:
 
 # The table whose row each handler reads (a handler that creates its row reads none).
 _READS: dict[Handler | None, str] = {
-    Fold.entry_posted: "accounts", Fold.job: "jobs", Fold.provider: "providers",
+    Fold.entry_posted: "accounts", Fold.verified_work_paid: "accounts", Fold.job: "jobs",
+    Fold.provider: "providers",
     Fold.queue_configured: "nodes", Fold.queue_removed: "nodes",
     Fold.provider_joined_node: "nodes",
 }

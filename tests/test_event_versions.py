@@ -1,7 +1,7 @@
 """Events stored by an earlier version of the code still load: EntryPosted v1 had no `kind`,
 JobSubmitted v1 no `sealed_env` (its env in the clear); before BLAKE3, JobSubmitted v2,
 OutputsUploaded and ResultAccepted v1 and CanaryIssued v1 held bare sha256s; the provider's
-ReputationRecorded v2 no `client_id`."""
+ReputationRecorded v2 no `client_id`, v3 no `client_spent_micro`."""
 
 from __future__ import annotations
 
@@ -222,9 +222,9 @@ def test_outcomes_recorded_before_they_named_their_client_load_and_score_as_then
         s = app.mapper.to_stored_event(event)
         state = json.loads(s.state)
         if s.topic.endswith("ReputationRecorded"):
-            assert state["class_version"] == 3
+            assert state["class_version"] == 4
             state["class_version"] = 2
-            del state["client_id"]
+            del state["client_id"], state["client_spent_micro"]
         stored.append(StoredEvent(originator_id=s.originator_id,
                                   originator_version=s.originator_version, topic=s.topic,
                                   state=json.dumps(state).encode()))
@@ -243,3 +243,52 @@ def test_outcomes_recorded_before_they_named_their_client_load_and_score_as_then
     assert json.loads(row["outcome_clients"]) == ["", "", "", ""]
     assert row["reputation"] == reputation([("success", 1_000.0)], 1_000.0).score
     assert recompute_reputation(settings)["all_match"]
+
+
+def test_outcomes_recorded_before_they_carried_the_clients_spend_load_and_score_as_unpaid(
+    tmp_path: Path,
+) -> None:
+    """ReputationRecorded v3 had no `client_spent_micro`: it loads as v4 with 0, so an
+    `outvoted` of it never counts (three clients' within a window, which counted then,
+    count no more: nothing says those clients had paid for verified work), and every other
+    outcome scores as it did. The aggregate, the views and a recompute agree."""
+    settings = Settings(event_store="sqlite", home=tmp_path)
+    app = Network(env=settings.eventsourcing_env())
+    provider = Provider(provider_id="p-v3", region="eu", price_per_gpu_hour_micro=1, gpus=[])
+    provider.record_outcome("job-0", "success", at=1_000.0, client_id="alice",
+                            client_spent_micro=10**9)
+    provider.record_outcome("job-1", "failure", at=1_500.0, client_id="alice",
+                            client_spent_micro=10**9)
+    for n, client in enumerate(["alice", "bob", "carol"]):
+        provider.record_outcome(f"job-{n + 2}", "outvoted", at=2_000.0 + n, client_id=client,
+                                client_spent_micro=10**9)
+    as_v4 = provider.reputation_at(2_002.0)
+    stored = []
+    for event in provider.collect_events():
+        s = app.mapper.to_stored_event(event)
+        state = json.loads(s.state)
+        if s.topic.endswith("ReputationRecorded"):
+            assert state["class_version"] == 4
+            state["class_version"] = 3
+            del state["client_spent_micro"]
+        stored.append(StoredEvent(originator_id=s.originator_id,
+                                  originator_version=s.originator_version, topic=s.topic,
+                                  state=json.dumps(state).encode()))
+    app.recorder.insert_events(stored)
+
+    loaded = app.provider("p-v3")
+    assert loaded.outcome_clients == ["alice", "alice", "alice", "bob", "carol"]
+    assert loaded.outcome_spent == [0, 0, 0, 0, 0]
+    scored = [("success", 1_000.0), ("failure", 1_500.0)]
+    assert loaded.reputation_at(2_002.0).score == reputation(scored, 2_002.0).score
+    assert as_v4.score < reputation(scored, 2_002.0).score  # paid for, the third counted
+    views = ViewDB(settings)
+    try:
+        Projector(app, views).catch_up()
+        (row,) = views.query("SELECT reputation, outcome_spent FROM providers")
+    finally:
+        views.close()
+    assert json.loads(row["outcome_spent"]) == [0, 0, 0, 0, 0]
+    assert row["reputation"] == reputation(scored, 1_500.0).score
+    assert recompute_reputation(settings)["all_match"]
+    app.close()

@@ -170,15 +170,15 @@ def outvoted(runs: list[Run], verdict: c.Verdict) -> list[Run]:
 
     Not paid, and recorded as `outvoted`, which puts the provider back on probation (its
     next results are all checked, domain/verification.py `check_rate`) but is not in its
-    reputation score until the jobs of several distinct clients outvoted it within a
-    window (domain/reputation.py `counted_outvoted`): the runs compared are of the client's
-    command, which can see when and where it runs (the clock, its GPUs, how much of its
-    client's storage quota is left) and so write one answer on the run it targets and
-    another on the network's check and tie-break (tests/adversarial/test_framing.py). One
-    client's majority therefore says which result the job keeps, never that a provider
-    cheated; that takes evidence the client cannot shape: storage contradicting the
-    provider's report, a known-answer canary (one follows each outvoted provider), or,
-    weighing as a failure, the majorities of several clients."""
+    reputation score until the jobs of several distinct clients, each having paid for
+    verified work, outvoted it within a window (domain/reputation.py `counted_outvoted`):
+    the runs compared are of the client's command, which can see when and where it runs
+    (the clock, its GPUs, how much of its client's storage quota is left) and so write one
+    answer on the run it targets and another on the network's check and tie-break
+    (tests/adversarial/test_framing.py). One client's majority therefore says which result
+    the job keeps, never that a provider cheated; that takes evidence the client cannot
+    shape: storage contradicting the provider's report, a known-answer canary (one follows
+    each outvoted provider), or, weighing as a failure, the majorities of several clients."""
     rejected = set(verdict.mismatched_attempts) - set(verdict.contradicted_attempts)
     return [r for r in runs if r.executed is not None and r.alloc.attempt in rejected]
 

@@ -22,7 +22,7 @@ from api.services import Services
 from api.streams import check_after, live_rows
 from domain.limits import GPU_INDEX
 from domain.provider import gpu_status
-from domain.reputation import OUTVOTED_SCORED, Reputation, reputation
+from domain.reputation import OUTVOTED_MIN_SPENT_MICRO, OUTVOTED_SCORED, Reputation, reputation
 from protocol.money import micro_to_credits, price_to_micro
 from readmodel.queue import iso_time
 from readmodel.telemetry import recent_samples
@@ -82,8 +82,9 @@ class ReputationDetail:
         "`outvotedScored` (the client's command may have chosen the answer)")
     outvoted_scored: float = strawberry.field(
         description="the outvoted runs the score counts, each as a failure: only once the "
-        "jobs of 3 distinct clients outvoted the provider within 30 days, and at most one a "
-        "client in 30 days (domain/reputation.py)")
+        "jobs of 3 distinct clients, each of which had paid for at least "
+        f"{micro_to_credits(OUTVOTED_MIN_SPENT_MICRO)} credits of verified work, outvoted the "
+        "provider within 30 days, and at most one a client in 30 days (domain/reputation.py)")
 
 
 @strawberry.type
@@ -167,7 +168,8 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
     out = []
     for r in rows:
         rep = reputation(list(zip(json.loads(r["outcomes"]), json.loads(r["outcome_times"]),
-                                  strict=True)), time.time(), json.loads(r["outcome_clients"]))
+                                  strict=True)), time.time(), json.loads(r["outcome_clients"]),
+                         json.loads(r["outcome_spent"]))
         busy = {i: job for job, idx in json.loads(r["reservations"]).items() for i in idx}
         beat = r["last_heartbeat_at"]
         status, reason = r["status"], r["status_reason"]

@@ -12,12 +12,15 @@ recorded `outvoted`, which puts it back on probation (its next results are all c
 the network: domain/verification.py `check_rate`) and counts in the score only once the
 jobs of OUTVOTED_CLIENTS distinct clients outvoted it within a window
 (domain/reputation.py). Every attack here is one client's, `framer`, however often it is
-mounted: one client alone can never lower a score.
+mounted: one client alone can never lower a score; but for the last test's, mounted from
+OUTVOTED_CLIENTS fresh accounts, which count as no clients since none of them paid for
+verified work (OUTVOTED_MIN_SPENT_MICRO).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,28 +101,29 @@ def assert_not_framed(net: Network, state: State, client: str, job_id: str,
     assert state.transfers(f"pay:{job}") == [] and state.transfers(f"withheld:{job}") == []
 
 
-def frame_by_the_clock(net: Network, state: State) -> None:
-    """The attack of the test below, mounted once by FRAMER, and its failure checked."""
+def frame_by_the_clock(net: Network, state: State, client: str = FRAMER) -> str:
+    """The attack of the test below, mounted once (by FRAMER), and its failure checked."""
     before = reputations(state)[HONEST]
     switch = int(time.time()) + 12
     job_id = submit(
-        net, FRAMER, outputs=["out.txt"], verification={"reproducible": True},
+        net, client, outputs=["out.txt"], verification={"reproducible": True},
         resources={"gpu_model": "A100"},
         # The first run writes before the switch and ends after it, so the check and the
         # tie-break, which follow it, start after it (and end at once).
         command=f'if [ "$(date +%s)" -lt {switch} ]; then echo here; else echo elsewhere; fi'
                 f' > out.txt; while [ "$(date +%s)" -le {switch} ]; do sleep 0.2; done')
 
-    job = ended(net, FRAMER, job_id)
+    job = ended(net, client, job_id)
 
     assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
-    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", FRAMER,
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", client,
                   id=job_id)["job"]["outputs"]
-    assert net.get(FRAMER, got[0]["key"]) == b"elsewhere\n"
-    stored = net.get(FRAMER, f"jobs/{job_id}/runs/1/out.txt")
+    assert net.get(client, got[0]["key"]) == b"elsewhere\n"
+    stored = net.get(client, f"jobs/{job_id}/runs/1/out.txt")
     assert stored == b"here\n"  # fair-a ran it honestly, on its side of the switch
-    assert_not_framed(net, state, FRAMER, job_id, before)
+    assert_not_framed(net, state, client, job_id, before)
     assert int(job["costMicro"]) > 0, job  # the client pays for the result it keeps
+    return job_id
 
 
 def test_a_job_that_writes_another_answer_on_the_run_it_targets_frames_no_one(
@@ -148,6 +152,39 @@ def test_one_client_that_frames_a_provider_again_and_again_lowers_no_score(
     score, recorded = reputations(state)[HONEST]
     assert score == first[0]
     assert json.loads(recorded) == [*json.loads(first[1]), *["outvoted"] * OUTVOTED_CLIENTS]
+
+
+def recorded_outcomes(state: State, provider_id: str) -> list[dict[str, Any]]:
+    """The provider's ReputationRecorded events, as the read model holds them."""
+    with sqlite3.connect(state.path, timeout=30) as db:
+        rows = db.execute("SELECT data FROM provider_events WHERE provider_id = ? AND"
+                          " type = 'ReputationRecorded' ORDER BY seq", (provider_id,))
+        return [json.loads(data) for (data,) in rows.fetchall()]
+
+
+def test_fresh_accounts_that_were_only_granted_credits_frame_no_one(
+    net: Network, state: State
+) -> None:
+    """Accounts are cheap: one person opens OUTVOTED_CLIENTS new accounts, each granted
+    credits (as every account of this network is, through the ledger) and none having paid
+    for any verified work, and frames fair-a from each, within minutes: as many distinct
+    clients as the rule asks (with FRAMER's, if its tests ran, more). Each outcome carries
+    its client and what that client had paid for verified work before its job, 0 here (a
+    grant is no spend, nor is the framing job's own charge), so none counts: fair-a's score
+    is as it was before the first. Before the spend was required the third counted as a
+    failure."""
+    first = reputations(state)[HONEST]
+    accounts = [f"sybil-{n + 1}" for n in range(OUTVOTED_CLIENTS)]
+    jobs = [frame_by_the_clock(net, state, account) for account in accounts]
+
+    score, recorded = reputations(state)[HONEST]
+    assert score == first[0]
+    assert json.loads(recorded) == [*json.loads(first[1]), *["outvoted"] * OUTVOTED_CLIENTS]
+    outcomes = recorded_outcomes(state, HONEST)[-OUTVOTED_CLIENTS:]
+    assert [(o["job_id"].split("#")[0], o["outcome"], o["client_id"]) for o in outcomes] == [
+        (job, "outvoted", net.client_id(account))
+        for job, account in zip(jobs, accounts, strict=True)]
+    assert [o["client_spent_micro"] for o in outcomes] == [0] * OUTVOTED_CLIENTS
 
 
 def uploaded(net: Network, client: str, job_id: str, provider_id: str,

@@ -16,10 +16,12 @@ import pytest
 
 from domain.application import Network
 from domain.errors import DomainError
+from domain.ledger import client_account
 from domain.provider import Provider
 from domain.reputation import (
     OUTCOMES,
     OUTVOTED_CLIENTS,
+    OUTVOTED_MIN_SPENT_MICRO,
     OUTVOTED_SCORED,
     OUTVOTED_WEIGHT,
     OUTVOTED_WINDOW_DAYS,
@@ -34,7 +36,17 @@ from infra.settings import Settings
 from ops.admin import recompute_reputation
 from readmodel.projector import Projector
 from readmodel.schema import ViewDB
-from tests.domain.support import PRICE, gpu, make_spec, notification_count, provider_event_types
+from tests.domain.support import (
+    FEE_BPS,
+    PRICE,
+    START,
+    STEPS,
+    gpu,
+    make_spec,
+    notification_count,
+    provider_event_types,
+    step_data,
+)
 
 
 def documented(successes: int, failures: int, timeouts: int, lost: int, mismatches: int) -> float:
@@ -239,6 +251,7 @@ def test_a_provider_snapshot_from_before_outcome_clients_still_loads() -> None:
 # `outvoted` across clients (domain/reputation.py `counted_outvoted`)
 
 HISTORY = [("success", day * DAY) for day in range(10)]  # ten days of good work
+PAID = OUTVOTED_MIN_SPENT_MICRO  # a client that paid just enough for verified work
 
 
 def outvotes(*runs: tuple[str, float]) -> tuple[list[tuple[str, float]], list[str]]:
@@ -247,8 +260,14 @@ def outvotes(*runs: tuple[str, float]) -> tuple[list[tuple[str, float]], list[st
     return pairs, [*(f"happy-{i}" for i in range(len(HISTORY))), *(c for c, _ in runs)]
 
 
-def figures(pairs: list[tuple[str, float]], clients: list[str], as_of: float) -> tuple[Any, ...]:
-    r = reputation(pairs, as_of, clients)
+def paid(clients: list[str], spent: int = PAID) -> list[int]:
+    """Every client's verified spend before each outcome: `spent` (enough, by default)."""
+    return [spent] * len(clients)
+
+
+def figures(pairs: list[tuple[str, float]], clients: list[str], as_of: float,
+            spent: list[int] | None = None) -> tuple[Any, ...]:
+    r = reputation(pairs, as_of, clients, paid(clients) if spent is None else spent)
     return r.score, r.confidence, r.probation, r.outcomes, r.effective_outcomes
 
 
@@ -260,6 +279,7 @@ def without_outvoted(pairs: list[tuple[str, float]], clients: list[str], as_of: 
 
 def test_the_rule_is_named_and_weighs_as_a_failure() -> None:
     assert (OUTVOTED_CLIENTS, OUTVOTED_WINDOW_DAYS) == (3, 30.0)
+    assert OUTVOTED_MIN_SPENT_MICRO == 10_000_000  # 10 credits of verified work
     assert OUTVOTED_WEIGHT == WEIGHTS["failure"] < WEIGHTS["mismatch"]
 
 
@@ -270,23 +290,23 @@ def test_one_client_or_two_outvoting_a_provider_again_and_again_change_no_score(
     """A client (or two) whose jobs outvote a provider twenty times in as many days lowers
     no figure of its score: their command may choose the answers."""
     pairs, clients = outvotes(*((framers[d % len(framers)], 10 + d) for d in range(20)))
-    assert counted_outvoted(pairs, clients) == frozenset()
+    assert counted_outvoted(pairs, clients, paid(clients)) == frozenset()
     for as_of in (29 * DAY, 40 * DAY, 400 * DAY):
         assert figures(pairs, clients, as_of) == without_outvoted(pairs, clients, as_of)
-    assert last_scored_at(pairs, 0.0, clients) == 9 * DAY
+    assert last_scored_at(pairs, 0.0, clients, paid(clients)) == 9 * DAY
     outcomes = [o for o, _ in pairs]
-    assert reputation_score(outcomes, clients) == reputation_score(outcomes[:10])
+    assert reputation_score(outcomes, clients, paid(clients)) == reputation_score(outcomes[:10])
 
 
 def test_three_distinct_clients_within_the_window_lower_the_score_by_a_failure() -> None:
     """The third distinct client within OUTVOTED_WINDOW_DAYS: its `outvoted` counts, as a
     failure at its time would (the first two, from before, do not)."""
     pairs, clients = outvotes(("alice", 10), ("bob", 12), ("carol", 14))
-    assert counted_outvoted(pairs, clients) == {12}
+    assert counted_outvoted(pairs, clients, paid(clients)) == {12}
     as_of = 20 * DAY
     with_failure = [*HISTORY, ("failure", 14 * DAY)]
     expected = reputation(with_failure, as_of)
-    got = reputation(pairs, as_of, clients)
+    got = reputation(pairs, as_of, clients, paid(clients))
     assert got.score == pytest.approx(expected.score, rel=1e-12)
     assert got.score < reputation(HISTORY, as_of).score
     assert got.confidence == pytest.approx(expected.confidence, rel=1e-12)
@@ -294,21 +314,21 @@ def test_three_distinct_clients_within_the_window_lower_the_score_by_a_failure()
     assert got.weighted[OUTVOTED_SCORED] == pytest.approx(0.5 ** (6 / 30))
     assert got.weighted["outvoted"] > got.weighted[OUTVOTED_SCORED]  # all three, shown
     # the read model's score is taken as of it: it is a scored outcome
-    assert last_scored_at(pairs, 0.0, clients) == 14 * DAY
+    assert last_scored_at(pairs, 0.0, clients, paid(clients)) == 14 * DAY
     # without time: the same rule, every outcome at one moment
     outcomes = [o for o, _ in pairs]
-    assert reputation_score(outcomes, clients) == pytest.approx(
+    assert reputation_score(outcomes, clients, paid(clients)) == pytest.approx(
         reputation_score([*outcomes[:10], "failure"]), rel=1e-15)
 
 
 def test_outvoted_runs_further_apart_than_the_window_change_no_score() -> None:
     """Three clients, but never three within OUTVOTED_WINDOW_DAYS of one another."""
     pairs, clients = outvotes(("alice", 10), ("bob", 30), ("carol", 41), ("alice", 61))
-    assert counted_outvoted(pairs, clients) == frozenset()
+    assert counted_outvoted(pairs, clients, paid(clients)) == frozenset()
     assert figures(pairs, clients, 70 * DAY) == without_outvoted(pairs, clients, 70 * DAY)
     # the window holds its first day: 30 days after alice's, carol's counts
     pairs, clients = outvotes(("alice", 10), ("bob", 30), ("carol", 40))
-    assert counted_outvoted(pairs, clients) == {12}
+    assert counted_outvoted(pairs, clients, paid(clients)) == {12}
 
 
 def test_a_client_that_piles_on_costs_at_most_one_failure_a_window() -> None:
@@ -322,26 +342,156 @@ def test_a_client_that_piles_on_costs_at_most_one_failure_a_window() -> None:
         ("carol", 43),  # 35: more than 30 days after carol's that counted
         ("carol", 44),  # 36: not again
     )
-    assert sorted(counted_outvoted(pairs, clients)) == [12, 33, 34, 35]
-    assert reputation(pairs, 50 * DAY, clients).outcomes == len(HISTORY) + 4
+    assert sorted(counted_outvoted(pairs, clients, paid(clients))) == [12, 33, 34, 35]
+    assert reputation(pairs, 50 * DAY, clients, paid(clients)).outcomes == len(HISTORY) + 4
 
 
 def test_an_outvoted_run_of_an_unknown_client_never_counts() -> None:
     """Outcomes recorded before they named their client (""), or with no clients at all."""
     pairs, clients = outvotes(("", 10), ("", 11), ("", 12), ("alice", 13), ("bob", 14))
-    assert counted_outvoted(pairs, clients) == frozenset()
-    pairs, _ = outvotes(("alice", 10), ("bob", 11), ("carol", 12))
+    assert counted_outvoted(pairs, clients, paid(clients)) == frozenset()
+    pairs, clients = outvotes(("alice", 10), ("bob", 11), ("carol", 12))
     assert counted_outvoted(pairs) == frozenset()
     assert reputation(pairs, 20 * DAY).score == reputation(HISTORY, 20 * DAY).score
+    # clients named, but what they paid not known (recorded before outcomes carried it)
+    assert counted_outvoted(pairs, clients) == frozenset()
     with pytest.raises(ValueError, match="13 outcomes but 2 clients"):
         reputation(pairs, 0.0, ["alice", "bob"])
+    with pytest.raises(ValueError, match="13 clients but 2 spends"):
+        reputation(pairs, 0.0, clients, [PAID, PAID])
+
+
+def test_outvoted_runs_of_clients_that_paid_too_little_change_no_score() -> None:
+    """Accounts are cheap, paid-for verified work is not: three new accounts (nothing paid
+    for verified work before, whatever was deposited or granted to them), or three that
+    paid a micro-credit less than OUTVOTED_MIN_SPENT_MICRO, outvoting a provider within
+    the window lower no figure of its score; three that each paid enough do. A client that
+    had not paid enough is no client for the tally either: two that paid and one that did
+    not are two."""
+    pairs, clients = outvotes(("sybil-1", 10), ("sybil-2", 11), ("sybil-3", 12))
+    for spent in (0, PAID - 1):
+        assert counted_outvoted(pairs, clients, paid(clients, spent)) == frozenset()
+        for as_of in (12 * DAY, 40 * DAY):
+            assert (figures(pairs, clients, as_of, paid(clients, spent))
+                    == without_outvoted(pairs, clients, as_of))
+        assert last_scored_at(pairs, 0.0, clients, paid(clients, spent)) == 9 * DAY
+    assert counted_outvoted(pairs, clients, paid(clients)) == {12}
+    assert figures(pairs, clients, 20 * DAY) == figures(
+        [*HISTORY, ("failure", 12 * DAY)], clients[:11], 20 * DAY)
+    # the third one short of the spend: two paying clients, no count
+    short = [*paid(clients)[:12], PAID - 1]
+    assert counted_outvoted(pairs, clients, short) == frozenset()
+    # each outcome judged by its own stamp: the third client's next, once it paid, counts
+    pairs, clients = outvotes(("sybil-1", 10), ("sybil-2", 11), ("sybil-3", 12),
+                              ("sybil-3", 13))
+    assert counted_outvoted(pairs, clients, [*short, PAID]) == {13}
+
+
+PAID_GPU_MS = 10 * 3_600_000  # ten GPU-hours at PRICE (a credit an hour): PAID, charged
+
+
+def pay_for_work(app: Network, client: str, n: int = 0, succeeded: bool = True) -> str:
+    """`client` pays for a job of ten GPU-hours on a provider of its own (`worker-<client>`),
+    which the network verified (`succeeded`) or accepted as a run that did not do what it
+    asked (exit 1, say: paid, but no verified success)."""
+    job, prov = f"work-{client}-{n}", f"worker-{client}"
+    app.open_client(client, START)
+    app.submit_job(job, client, make_spec(timeout="12h"))
+    assert app.admit_job(job).admitted
+    app.register_provider(prov, "eu-west", PRICE, [gpu(0)])
+    app.allocate(job, 1, set(), {prov})
+    for step in STEPS:
+        app.record_step(job, step, 1, step_data(step, prov, PAID_GPU_MS))
+    app.record_verdict(job, True, succeeded, "verified" if succeeded else "exit code 1")
+    assert app.settle(job, prov, PAID_GPU_MS, PRICE, True, FEE_BPS).charged_micro == PAID
+    app.release_gpus(job, prov)
+    app.finish_job(job, succeeded, "" if succeeded else "exit code 1")
+    return job
+
+
+def spent(app: Network, client: str) -> int:
+    return int(app.account(client_account(client)).verified_spent_micro)
+
+
+def test_the_app_stamps_each_outcome_with_what_its_client_paid_for_verified_work(
+    app: Network,
+) -> None:
+    """The spend comes from the client's ledger account, as the control plane has it when it
+    records the outcome: only what the client was charged for jobs whose verdict was a
+    verified success, its other jobs only. Three new accounts with granted or deposited
+    credits outvoting a provider change no score; three that each paid enough do."""
+    app.register_provider("p", "eu", PRICE, [gpu(0)])
+    app.record_reputation("job-0", "p", "success")  # of no job the network knows
+    score = app.provider("p").reputation_at(0.0).score
+    # Funded, not spent: a grant, a deposit, a welcome balance; and one paid job whose run
+    # was accepted but was no success (no verified work either).
+    app.grant("sybil-1", 100 * PAID, "g-1", "granted by admin")
+    app.deposit("sybil-2", 100 * PAID, "d-2")
+    app.open_client("sybil-3", 100 * PAID)
+    pay_for_work(app, "sybil-3", succeeded=False)
+    for n in (1, 2, 3):
+        assert spent(app, f"sybil-{n}") == 0
+        app.submit_job(f"frame-{n}", f"sybil-{n}", make_spec())
+        app.record_reputation(f"frame-{n}#1", "p", "outvoted")
+    provider = app.provider("p")
+    assert provider.outcome_clients == ["", "sybil-1", "sybil-2", "sybil-3"]
+    assert provider.outcome_spent == [0, 0, 0, 0]
+    assert provider.reputation_at(0.0).score == score
+    assert counted_outvoted(list(zip(provider.outcomes, provider.outcome_times, strict=True)),
+                            provider.outcome_clients, provider.outcome_spent) == frozenset()
+    # A job's own charge is not spend before it: each payer's first job frames no one.
+    for client in ("alice", "bob", "carol"):
+        job = pay_for_work(app, client)
+        assert spent(app, client) == PAID
+        app.record_reputation(job, "p", "outvoted")
+    provider = app.provider("p")
+    assert provider.outcome_spent[-3:] == [0, 0, 0]
+    assert provider.reputation_at(0.0).score == score
+    # Their next jobs, each after 10 credits of verified work: the third one counts.
+    for client in ("alice", "bob", "carol"):
+        app.submit_job(f"frame-{client}", client, make_spec())
+        app.record_reputation(f"frame-{client}", "p", "outvoted")
+    provider = app.provider("p")
+    assert provider.outcome_spent[-3:] == [PAID, PAID, PAID]
+    at = provider.outcome_times
+    now = provider.reputation_at(0.0).score
+    assert now < score
+    assert now == pytest.approx(reputation([("success", at[0]), ("failure", at[-1])],
+                                           0.0).score, rel=1e-12)
+    # Retried, the settlement notes nothing twice.
+    app.settle("work-alice-0", "worker-alice", PAID_GPU_MS, PRICE, True, FEE_BPS)
+    assert spent(app, "alice") == PAID
+
+
+def test_the_spend_an_outcome_carries_is_bounded() -> None:
+    provider = Provider(provider_id="p", region="eu", price_per_gpu_hour_micro=PRICE, gpus=[gpu(0)])
+    for bad in (-1, 2**53 + 1, 1.5, "10", True):
+        with pytest.raises(DomainError) as info:
+            provider.record_outcome("job-1", "outvoted", client_id="alice",
+                                    client_spent_micro=bad)  # type: ignore[arg-type]
+        assert info.value.field == "client_spent_micro"
+    assert provider.outcomes == []
+    provider.record_outcome("job-1", "outvoted", client_id="alice", client_spent_micro=2**53)
+    assert provider.outcome_spent == [2**53]
+
+
+def test_a_provider_snapshot_from_before_outcome_spent_still_loads() -> None:
+    state = {"outcomes": ["success", "outvoted"], "outcome_clients": ["a", "b"]}
+    Provider.upcast_v4_v5(state)
+    assert state["outcome_spent"] == [0, 0]  # not known: that `outvoted` never counts
+    account: dict[str, Any] = {"balance_micro": 5}
+    __import__("domain.ledger", fromlist=["Account"]).Account.upcast_v1_v2(account)
+    assert account["verified_spent_micro"] == 0
 
 
 def test_the_app_records_each_outcomes_client_from_its_job(app: Network) -> None:
     """The client comes from the job (for `<job>#<attempt>` too), never from a provider:
-    one client's jobs outvoting a provider change nothing, a third client's lower it."""
+    one client's jobs outvoting a provider change nothing, a third client's lower it (each
+    of them having paid for enough verified work)."""
     app.register_provider("p", "eu", PRICE, [gpu(0)])
     app.record_reputation("job-0", "p", "success")  # of no job the network knows
+    for client in ("mallory", "alice", "bob"):
+        pay_for_work(app, client)
     for n, client in enumerate(["mallory", "mallory", "mallory", "alice", "bob"]):
         app.submit_job(f"job-{client}-{n}", client, make_spec())
     for n in range(3):
@@ -368,19 +518,39 @@ def test_the_read_model_and_a_recompute_agree_with_the_aggregate(
     try:
         app.register_provider("p", "eu", PRICE, [gpu(0)])
         app.record_reputation("job-s", "p", "success")  # of no job the network knows
+        for client in ("mallory", "alice", "bob"):
+            pay_for_work(app, client)
+        # three new accounts that were granted credits, and paid for no verified work
+        for n in (1, 2, 3):
+            app.grant(f"sybil-{n}", START, f"g-{n}", "granted")
+            app.submit_job(f"frame-{n}", f"sybil-{n}", make_spec())
+            app.record_reputation(f"frame-{n}", "p", "outvoted")
+        Projector(app, views).catch_up()
+        (row,) = views.query(
+            "SELECT reputation, outcome_spent FROM providers WHERE provider_id = 'p'")
+        assert json.loads(row["outcome_spent"]) == [0, 0, 0, 0]
+        assert row["reputation"] == reputation_score(["success"])
+        spend = {r["name"]: r["verified_spent_micro"] for r in views.query(
+            "SELECT name, verified_spent_micro FROM accounts WHERE name LIKE 'client:%'")}
+        assert spend == {"client:mallory": PAID, "client:alice": PAID, "client:bob": PAID,
+                         "client:sybil-1": 0, "client:sybil-2": 0, "client:sybil-3": 0}
         shown = []
         for n, client in enumerate(["mallory", "mallory", "alice", "bob"]):
             app.submit_job(f"job-{n}", client, make_spec())
             app.record_reputation(f"job-{n}", "p", "outvoted")
             Projector(app, views).catch_up()
-            (row,) = views.query("SELECT reputation, outcome_clients FROM providers")
+            (row,) = views.query(
+                "SELECT reputation, outcome_clients FROM providers WHERE provider_id = 'p'")
             shown.append(row["reputation"])
-        assert json.loads(row["outcome_clients"]) == ["", "mallory", "mallory", "alice", "bob"]
+        assert json.loads(row["outcome_clients"]) == [
+            "", "sybil-1", "sybil-2", "sybil-3", "mallory", "mallory", "alice", "bob"]
         assert shown[0] == shown[1] == shown[2] > shown[3]  # bob's is the third client's
+        assert row["reputation"] == pytest.approx(
+            app.provider("p").reputation_at(app.provider("p").outcome_times[-1]).score)
         report = recompute_reputation(sqlite_settings)
         assert report["all_match"], report
-        (p,) = report["providers"]
-        assert p["components"][OUTVOTED_SCORED] > 0 and p["outcomes"] == 5
+        (p,) = [r for r in report["providers"] if r["provider_id"] == "p"]
+        assert p["components"][OUTVOTED_SCORED] > 0 and p["outcomes"] == 8
     finally:
         views.close()
         app.close()

@@ -17,8 +17,9 @@ import { LedgerTable } from "./Account";
 import { describe } from "./Job";
 
 // [outcome, words, weight]: weight 0 counts as good, null not in the score by itself (an
-// outvoted run counts as a failure only once 3 distinct clients outvoted the provider within
-// 30 days: domain/reputation.py; the score shown is the server's, this table a guide).
+// outvoted run counts as a failure only once 3 distinct clients, each having paid for 10
+// credits of verified work, outvoted the provider within 30 days: domain/reputation.py; the
+// score shown is the server's, this table a guide).
 const OUTCOMES: [string, string, number | null][] = [
   ["success", "verified successes", 0],
   ["failure", "failed runs", 1],
@@ -60,7 +61,7 @@ function Reputation(props: { score: number; events: ProviderEvent[] }): JSX.Elem
               </td>
               <td class="num">
                 {w === null
-                  ? "your next results are all checked; 1 bad only once 3 clients outvoted you in 30 days (once a client)"
+                  ? "your next results are all checked; 1 bad only once 3 paying clients outvoted you in 30 days (once a client)"
                   : w === 0
                     ? "+1 good"
                     : `${w} bad`}
