@@ -75,7 +75,10 @@ class FleetCopies:
         with self.lock:
             found = self.nodes.get(node_id)
             if found is None:
-                found = self.nodes[node_id] = self.network.node(node_id)
+                found = self.network.node(node_id)
+                if found.pending_events:  # the default node, not stored yet: not kept
+                    return found
+                self.nodes[node_id] = found
                 self._by_uuid[found.id] = "n:" + node_id
             return found
 

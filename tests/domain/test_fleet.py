@@ -90,3 +90,10 @@ def test_a_fleet_far_behind_the_log_loads_again_rather_than_read_it_all(
     assert (first.price_per_gpu_hour_micro, now.price_per_gpu_hour_micro) == (
         PRICE, PRICE + 4)
     assert node.node_id == DEFAULT_NODE
+
+
+def test_the_default_node_before_anyone_joined_is_not_kept(store: Settings) -> None:
+    api, other = (Network(env=store.eventsourcing_env()) for _ in range(2))
+    assert "no provider has joined" in (api.unsatisfiable(make_spec(**H100)) or "")
+    other.register_provider("h100", "eu", PRICE, [gpu(0)])
+    assert api.unsatisfiable(make_spec(**H100)) is None
