@@ -205,6 +205,25 @@ def test_new_digests_are_stored_blake3_and_said_so() -> None:
     assert digest.of_bytes(data).startswith("blake3:")
 
 
+def _store_outcomes_as(app: Network, provider: Provider, version: int, *dropped: str
+                       ) -> None:
+    """Store the provider's events with its ReputationRecorded ones written as `version`
+    wrote them: without the fields added since (`dropped`)."""
+    stored = []
+    for event in provider.collect_events():
+        s = app.mapper.to_stored_event(event)
+        state = json.loads(s.state)
+        if s.topic.endswith("ReputationRecorded"):
+            assert state["class_version"] == 4
+            state["class_version"] = version
+            for name in dropped:
+                del state[name]
+        stored.append(StoredEvent(originator_id=s.originator_id,
+                                  originator_version=s.originator_version, topic=s.topic,
+                                  state=json.dumps(state).encode()))
+    app.recorder.insert_events(stored)
+
+
 def test_outcomes_recorded_before_they_named_their_client_load_and_score_as_then(
     tmp_path: Path,
 ) -> None:
@@ -217,18 +236,7 @@ def test_outcomes_recorded_before_they_named_their_client_load_and_score_as_then
     provider.record_outcome("job-0", "success", at=1_000.0, client_id="alice")
     for n, client in enumerate(["alice", "bob", "carol"]):
         provider.record_outcome(f"job-{n + 1}", "outvoted", at=2_000.0 + n, client_id=client)
-    stored = []
-    for event in provider.collect_events():
-        s = app.mapper.to_stored_event(event)
-        state = json.loads(s.state)
-        if s.topic.endswith("ReputationRecorded"):
-            assert state["class_version"] == 4
-            state["class_version"] = 2
-            del state["client_id"], state["client_spent_micro"]
-        stored.append(StoredEvent(originator_id=s.originator_id,
-                                  originator_version=s.originator_version, topic=s.topic,
-                                  state=json.dumps(state).encode()))
-    app.recorder.insert_events(stored)
+    _store_outcomes_as(app, provider, 2, "client_id", "client_spent_micro")
 
     loaded = app.provider("p-old")
     assert loaded.outcome_clients == ["", "", "", ""]
@@ -263,18 +271,7 @@ def test_outcomes_recorded_before_they_carried_the_clients_spend_load_and_score_
         provider.record_outcome(f"job-{n + 2}", "outvoted", at=2_000.0 + n, client_id=client,
                                 client_spent_micro=10**9)
     as_v4 = provider.reputation_at(2_002.0)
-    stored = []
-    for event in provider.collect_events():
-        s = app.mapper.to_stored_event(event)
-        state = json.loads(s.state)
-        if s.topic.endswith("ReputationRecorded"):
-            assert state["class_version"] == 4
-            state["class_version"] = 3
-            del state["client_spent_micro"]
-        stored.append(StoredEvent(originator_id=s.originator_id,
-                                  originator_version=s.originator_version, topic=s.topic,
-                                  state=json.dumps(state).encode()))
-    app.recorder.insert_events(stored)
+    _store_outcomes_as(app, provider, 3, "client_spent_micro")
 
     loaded = app.provider("p-v3")
     assert loaded.outcome_clients == ["alice", "alice", "alice", "bob", "carol"]
