@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests.support.temporal import temporal_dev_server
+from tests.support.timeline import Timeline
 
 PYCACHE = Path(__file__).resolve().parents[1] / ".pycache"
 
@@ -56,6 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if "PYTEST_XDIST_WORKER" not in os.environ and "PYTHONPYCACHEPREFIX" not in os.environ:
         os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    if "PYTEST_XDIST_WORKER" not in os.environ and config.getoption("dist", "no") != "no":
+        config.pluginmanager.register(Timeline(), "timeline")  # xdist's controller
     # Password hashes at argon2id's least cost (1 pass over 1 MiB: ~1 ms, not ~0.2 CPU-s), in
     # every process the tests start: the suite signs hundreds of accounts up and in.
     # tests/domain/test_identity.py checks the default cost and the bounds.
