@@ -63,7 +63,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.latency_events = args.latency_events or (20 if quick else 200)
     args.single = args.single or (100 if quick else 2_000)
     args.batched = args.batched or (1_000 if quick else 50_000)
-    args.own_jobs = args.own_jobs or (20 if quick else 1_000)
+    args.own_jobs = args.own_jobs or (10 if quick else 1_000)
     args.idle = args.idle or (50 if quick else 1_000)
     args.only = args.only or list(PARTS)
     return args

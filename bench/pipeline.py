@@ -222,10 +222,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    "run (cProfile: slower; the figures are labelled profiled)")
     args = p.parse_args(argv)
     quick = args.quick
-    args.jobs = args.jobs or (20 if quick else 200)
+    args.jobs = args.jobs or (10 if quick else 200)
     args.providers = args.providers or (2 if quick else 4)
     args.gpus = args.gpus or (16 if quick else 64)
-    args.seconds = args.seconds or (4.0 if quick else 60.0)
+    args.seconds = args.seconds or (2.0 if quick else 60.0)
     args.warmup = 2 if quick else 6
     return args
 

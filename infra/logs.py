@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any, Literal
-
-try:
-    from temporalio import activity, workflow
-    TEMPORAL = True
-except ModuleNotFoundError:  # a provider's or client's install: no control plane, no Temporal
-    TEMPORAL = False
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -30,6 +26,14 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 }
 # temporalio's own loggers put their context here (activity.logger, workflow.logger).
 _TEMPORAL = ("temporal_activity", "temporal_workflow", "activity_info", "workflow_info")
+
+
+def _temporal(name: str) -> ModuleType | None:
+    """temporalio's `activity` or `workflow` module where this process has imported it: a
+    line can only be logged in an activity or workflow of a process that runs Temporal
+    code, and those (the control worker; the API) import it before they configure logging.
+    A provider's agent never loads it (its import was ~0.14 CPU-s of the agent's start)."""
+    return sys.modules.get(f"temporalio.{name}")
 
 
 def job_id_of(workflow_id: str) -> str | None:
@@ -45,7 +49,7 @@ def temporal_context(record: logging.LogRecord) -> dict[str, Any]:
         found = {"workflow_id": details.get("workflow_id"),
                  "run_id": details.get("workflow_run_id"),
                  "activity": details.get("activity_type"), "attempt": details.get("attempt")}
-    elif TEMPORAL and activity.in_activity():
+    elif (activity := _temporal("activity")) is not None and activity.in_activity():
         info = activity.info()
         found = {"workflow_id": info.workflow_id, "run_id": info.workflow_run_id,
                  "activity": info.activity_type, "attempt": info.attempt}
@@ -54,7 +58,7 @@ def temporal_context(record: logging.LogRecord) -> dict[str, Any]:
         if isinstance(details, dict):
             found = {"workflow_id": details.get("workflow_id"), "run_id": details.get("run_id"),
                      "workflow": details.get("workflow_type")}
-        elif TEMPORAL and workflow.in_workflow():
+        elif (workflow := _temporal("workflow")) is not None and workflow.in_workflow():
             winfo = workflow.info()
             found = {"workflow_id": winfo.workflow_id, "run_id": winfo.run_id,
                      "workflow": winfo.workflow_type}
@@ -91,7 +95,8 @@ def configure_logging(level: str | int = "INFO", log_format: LogFormat = "text")
     json_lines = log_format == "json"
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     # temporalio's loggers append their context to the message; a JSON line has it as fields.
-    if TEMPORAL:
+    if (activity := _temporal("activity")) is not None:
         activity.logger.activity_info_on_message = not json_lines
+    if (workflow := _temporal("workflow")) is not None:
         workflow.logger.workflow_info_on_message = not json_lines
     logging.basicConfig(level=level, handlers=[handler], force=True)

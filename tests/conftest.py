@@ -8,7 +8,8 @@ the scheduler below:
   starts once, and some tests read what the module's earlier tests left);
 - the modules of the real S3 server (Ceph RGW, heavy to start) all run on one worker;
 - the slowest modules are handed out first, then the rest by directory, so no worker is
-  left with a long module at the end while the others idle (xdist's own loadscope order,
+  left with a long module at the end while the others idle (the timeline printed at the
+  end, tests/support/timeline.py, shows when each worker finished) (xdist's own loadscope order,
   most tests first, is turned off: it ran the many quick protocol and domain tests first
   and the long e2e modules last).
 (xdist's own `--dist loadgroup` with `xdist_group` marks does not group on pytest 9.2:
@@ -31,16 +32,24 @@ from typing import Any
 import pytest
 
 from tests.support.temporal import temporal_dev_server
+from tests.support.timeline import Timeline
 
 PYCACHE = Path(__file__).resolve().parents[1] / ".pycache"
 
-# Handed out first under xdist, in this order: the modules that take longest (a minute or
-# more on a 2-core machine), then the directories whose modules start whole networks.
-SLOWEST = ("tests/web/test_browser.py", "tests/reliability/test_fair_share_load.py",
-           "tests/bench/test_bench_pipeline.py", "tests/bench/test_bench_events.py",
-           "tests/reliability/test_kill_restart.py",
-           "tests/liveness/test_supervisor.py", "tests/reliability/test_replicas.py",
-           "tests/domain/test_scheduling.py", "tests/adversarial/test_pay_and_blame.py",
+# Handed out first under xdist, in this order: the modules that take longest (their
+# setup, calls and teardown together, 25 s to 2.5 min on a 2-core machine with 4 workers:
+# the timeline make test prints at its end), then the directories whose modules start
+# whole networks. Mostly waiting (framing, pay and blame, the job log) or mostly computing
+# (the browser, the benches, fair share), they start together, and none is left to last.
+SLOWEST = ("tests/web/test_browser.py", "tests/adversarial/test_framing.py",
+           "tests/adversarial/test_pay_and_blame.py",
+           "tests/reliability/test_fair_share_load.py", "tests/bench/test_bench_events.py",
+           "tests/reliability/test_kill_restart.py", "tests/adversarial/test_sandbox_escape.py",
+           "tests/adversarial/test_storage_integrity.py", "tests/reliability/test_replicas.py",
+           "tests/bench/test_bench_pipeline.py", "tests/e2e/test_job_log.py",
+           "tests/liveness/test_lost_provider_bound.py", "tests/e2e/test_checkpoint_resume.py",
+           "tests/reliability/test_shared_signing_key.py", "tests/web/test_browser_verifying.py",
+           "tests/liveness/test_supervisor.py", "tests/domain/test_scheduling.py",
            "tests/infra/test_storage_api.py")  # the first of the S3 unit
 SLOW_FIRST = ("reliability", "e2e", "web", "adversarial", "liveness", "bench", "worker_gpu",
               "api", "infra", "activities", "workflows", "ops", "client")
@@ -56,6 +65,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if "PYTEST_XDIST_WORKER" not in os.environ and "PYTHONPYCACHEPREFIX" not in os.environ:
         os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    if "PYTEST_XDIST_WORKER" not in os.environ and config.getoption("dist", "no") != "no":
+        config.pluginmanager.register(Timeline(), "timeline")  # xdist's controller
     # Password hashes at argon2id's least cost (1 pass over 1 MiB: ~1 ms, not ~0.2 CPU-s), in
     # every process the tests start: the suite signs hundreds of accounts up and in.
     # tests/domain/test_identity.py checks the default cost and the bounds.

@@ -21,8 +21,8 @@ EXPECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("rebuild_events_per_s", "events/s", {"store": "postgres"}),
     ("subscriber_latency_p50_ms", "ms", {"subscribers": 100}),
     ("subscriber_latency_p99_ms", "ms", {"subscribers": 100}),
-    ("own_job_latency_p50_ms", "ms", {"subscribers": 20}),
-    ("own_job_latency_p99_ms", "ms", {"subscribers": 20}),
+    ("own_job_latency_p50_ms", "ms", {"subscribers": 10}),
+    ("own_job_latency_p99_ms", "ms", {"subscribers": 10}),
     ("idle_subscription_kib", "KiB", {"subscribers": 50}),
 ]
 
