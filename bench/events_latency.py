@@ -27,7 +27,8 @@ from client.subscription import SUBPROTOCOL, JobEventsSession
 from domain.application import Network
 from domain.states import TERMINAL_EVENTS
 from infra.settings import Settings
-from ops.devstack import Stack, free_port, temporal_dev_args, wait_for_http
+from ops.devstack import Stack
+from ops.launch import free_port, temporal_dev_args, wait_for_http
 
 
 @dataclass

@@ -24,7 +24,8 @@ from bench._common import bounded, say
 from bench.pipeline_history import Run, finished_runs
 from bench.pipeline_procs import Processes, profile_report, replicas
 from client.subscription import SUBPROTOCOL, JobEventsSession
-from ops.devstack import agent_env, wait_for_http
+from ops.devstack import agent_env
+from ops.launch import wait_for_http
 
 T = TypeVar("T")
 

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from bench._common import cpu_seconds, say
 from infra.settings import Settings
-from ops.devstack import Stack, free_port, temporal_dev_args
+from ops.devstack import Stack
+from ops.launch import free_port, temporal_dev_args
 
 T = TypeVar("T")
 

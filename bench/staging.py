@@ -51,7 +51,8 @@ import httpx
 from domain.application import Network
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
-from ops.devstack import ROOT, Stack, free_port, temporal_dev_args, wait_for_http
+from ops.devstack import ROOT, Stack
+from ops.launch import free_port, temporal_dev_args, wait_for_http
 from protocol.spec import parse_job_spec
 from worker_gpu.transfer import digest_file, download_verified, upload_file
 

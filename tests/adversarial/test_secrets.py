@@ -25,7 +25,8 @@ import pytest
 
 from domain.app_identity import Identity
 from infra.settings import Settings
-from ops.devstack import DEV_EMAIL, PROVIDERS, Stack, free_port
+from ops.devstack import DEV_EMAIL, PROVIDERS, Stack
+from ops.launch import free_port
 from tests.e2e.network import FAST_FAULTS
 
 CANARIES = {  # secrets of the control plane, in the environment `gpgpu up` was started from

@@ -25,7 +25,7 @@ from api.services import Services
 from domain.identity import ROLES
 from infra.settings import Settings
 from infra.signing import Grant, grant_url
-from ops.devstack import free_port
+from ops.launch import free_port
 from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
 from tests.support.graphql import (

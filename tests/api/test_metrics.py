@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.services import Services
 from infra.settings import Settings
-from ops.devstack import free_port
+from ops.launch import free_port
 from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
 

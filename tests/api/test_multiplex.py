@@ -23,7 +23,7 @@ from api import multiplex
 from api.services import Services
 from bench.events_store import step_data
 from infra.settings import Settings
-from ops.devstack import free_port
+from ops.launch import free_port
 from protocol.spec import parse_job_spec
 from tests.support.api_server import running_api
 

@@ -20,7 +20,8 @@ import httpx
 
 from infra.settings import Settings
 from ops.admin import create_admin, grant_credits
-from ops.devstack import Stack, free_port
+from ops.devstack import Stack
+from ops.launch import free_port
 from tests.support.graphql import CREATE_KEY, SIGN_IN, SIGN_UP, accepted
 
 FAST_FAULTS = {

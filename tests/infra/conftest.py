@@ -22,7 +22,7 @@ from domain.application import Network
 from infra.signing import Grant, grant_url
 from infra.storage import FilesystemStore, ObjectStore, build_store
 from infra.storage_s3 import STAGING_PREFIX, S3Store
-from ops.devstack import free_port
+from ops.launch import free_port
 from tests.domain.support import Names, lifecycle_commands
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"

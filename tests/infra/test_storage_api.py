@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.storage import router
-from ops.devstack import free_port
+from ops.launch import free_port
 from protocol import digest
 from tests.infra.conftest import KEYS, StoreFactory, run_grant, storage_services
 from tests.support.api_server import serving

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from api.storage import router
 from infra.storage import ObjectStore
-from ops.devstack import free_port
+from ops.launch import free_port
 from protocol import digest
 from tests.infra.conftest import (
     KEYS,

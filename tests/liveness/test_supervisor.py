@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.devstack import DEV_CREDITS_MICRO, ROOT, free_port
+from ops.devstack import DEV_CREDITS_MICRO, ROOT
+from ops.launch import free_port
 from tests.support.graphql import SUBMIT
 
 pytestmark = pytest.mark.e2e

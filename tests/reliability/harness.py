@@ -31,7 +31,8 @@ from temporalio.client import Client
 
 from domain.application import Network as DomainNetwork
 from infra.settings import Settings
-from ops.devstack import ROOT, Stack, free_port, start_listening, temporal_dev_args, wait_for_http
+from ops.devstack import ROOT, Stack
+from ops.launch import free_port, start_listening, temporal_dev_args, wait_for_http
 from tests.e2e.network import FAST_FAULTS, PROVIDER_OWNER, Network
 from tests.support.graphql import SUBMIT
 

@@ -32,7 +32,7 @@ from temporalio.client import Client
 from temporalio.worker import Replayer
 
 from infra.payload_codec import data_converter
-from ops.devstack import free_port, start_listening, temporal_dev_args
+from ops.launch import free_port, start_listening, temporal_dev_args
 from tests.e2e.network import Network, network
 from tests.support.temporal import TEST_PAYLOAD_KEYS
 from workflows.contracts import job_workflow_id

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from api.services import Services
 from domain.identity import ROLES
 from infra.settings import Settings
-from ops.devstack import free_port
+from ops.launch import free_port
 from tests.support.api_server import running_api
 from tests.support.graphql import PROVIDER, REGISTER_PROVIDER, SIGN_IN, SIGN_UP, accepted
 

@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from ops.devstack import free_port
+from ops.launch import free_port
 
 
 class Proxy:

@@ -25,7 +25,7 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from infra.payload_codec import data_converter
-from ops.devstack import free_port, start_listening, temporal_dev_args, wait_temporal_serving
+from ops.launch import free_port, start_listening, temporal_dev_args, wait_temporal_serving
 
 # Public, so it protects nothing: the replay histories are recorded with it, to be read.
 TEST_PAYLOAD_KEYS = [bytes.fromhex("7e57" * 16)]  # "test", 32 bytes

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.devstack import free_port
+from ops.launch import free_port
 from tests.worker_gpu.agent_process import AgentProcess
 from worker_gpu.discovery import NvmlUnavailable, discover_nvml
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ops.devstack import free_port
+from ops.launch import free_port
 from protocol import digest
 from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.http_servers import GraphQLRecorder, StorageServer

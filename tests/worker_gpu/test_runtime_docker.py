@@ -19,7 +19,7 @@ import docker
 import pytest
 
 from infra.settings import Settings
-from ops.devstack import free_port
+from ops.launch import free_port
 from protocol import digest
 from tests.worker_gpu.agent_process import AgentProcess
 from tests.worker_gpu.docker_fixtures import TEST_IMAGE, Engine, docker_engine
