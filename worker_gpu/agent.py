@@ -49,6 +49,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_S = 10.0
+# An API that cannot be reached is asked for assignments again this often at most: the
+# control worker judges a pickup overdue once the network has heard other providers for
+# the pickup bound (6 s in the test networks), so an agent still backing off from the API's
+# restart would have its next step given up as not picked up (seen in test_kill_restart:
+# a poll 8 s out lost a run).
+UNREACHABLE_BACKOFF_S = 1.0
 # How long one long-poll for assignments waits at the API (its maximum is 25 s).
 POLL_WAIT_S = 20.0
 
@@ -317,17 +323,20 @@ async def _take_assignments(
                     running.add(start(assignment))
                 delay = 0.5
             except ApiUnreachable as err:
+                delay = min(delay, UNREACHABLE_BACKOFF_S)
+                cap = UNREACHABLE_BACKOFF_S
                 say(f"waiting for the API ({err}); retrying in {delay:.1f}s")
             except ApiRejected as err:
                 if err.status in (401, 403):
                     raise
+                cap = MAX_BACKOFF_S
                 say(f"the API refused the poll ({err}); retrying in {delay:.1f}s")
             else:
                 continue
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                delay = min(delay * 2, cap)
     finally:
         stopping.cancel()
 

@@ -31,7 +31,7 @@ FAST_FAULTS = {
     # whose try died in a killed control worker before it was published is tried again
     # after the heartbeat timeout plus this.
     "GPGPU_GPU_OUTAGE_GRACE_S": "20",
-    "GPGPU_PROVIDER_HEARTBEAT_INTERVAL_S": "2",
+    "GPGPU_PROVIDER_HEARTBEAT_INTERVAL_S": "1",
     # Tests that count runs turn the network's own random checks off; one module turns them on.
     "GPGPU_ADAPTIVE_CHECKS": "false",
     # Likewise the known-answer canaries; tests/e2e/test_canaries.py turns them on at rate 1.
