@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from infra.settings import Settings
 from worker_gpu.activities import GpuActivities
 from worker_gpu.api_client import (
+    UNREACHABLE_BACKOFF_S,
     ApiRejected,
     ApiUnreachable,
     HeartbeatThread,
@@ -49,12 +50,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_S = 10.0
-# An API that cannot be reached is asked for assignments again this often at most: the
-# control worker judges a pickup overdue once the network has heard other providers for
-# the pickup bound (6 s in the test networks), so an agent still backing off from the API's
-# restart would have its next step given up as not picked up (seen in test_kill_restart:
-# a poll 8 s out lost a run).
-UNREACHABLE_BACKOFF_S = 1.0
 # How long one long-poll for assignments waits at the API (its maximum is 25 s).
 POLL_WAIT_S = 20.0
 

@@ -40,6 +40,15 @@ mutation($id: String!, $t: JSON) {{
 """
 
 
+# An API that cannot be reached is asked again this often at most, by the poll for
+# assignments (worker_gpu/agent.py) and a step's report (worker_gpu/assignments.py): the
+# control worker gives a step up as not picked up, or its provider as silent, once the
+# network has heard other providers for the pickup bound or the heartbeat timeout (6 and
+# 3 s in the test networks), so an agent still backing off from an API's restart lost
+# its runs (test_kill_restart: a poll and a report 8 s out).
+UNREACHABLE_BACKOFF_S = 1.0
+
+
 class ApiUnreachable(Exception):
     """The API did not answer (down, starting, 5xx): worth trying again."""
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from infra import tracing
 from worker_gpu.activities import GpuActivities
-from worker_gpu.api_client import ApiRejected, ApiUnreachable, ProviderApi
+from worker_gpu.api_client import UNREACHABLE_BACKOFF_S, ApiRejected, ApiUnreachable, ProviderApi
 from worker_gpu.context import StepCancelled, StepContext, StepFailed, running
 from worker_gpu.joblog import LogChunk
 from workflows import contracts as c
@@ -284,4 +284,7 @@ def _deliver(api: ProviderApi, ctx: ApiStepContext, kind: str, report: tuple[str
                             ctx.assignment_id, kind, err)
                 return
             time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            # Within a second of the API's return (as the poll, worker_gpu/agent.py): a step
+            # whose result waits here is judged silent a heartbeat timeout after the network
+            # hears again (a report 8 s out lost a finished run in test_kill_restart).
+            delay = min(delay * 2, UNREACHABLE_BACKOFF_S)

@@ -10,8 +10,8 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from worker_gpu.agent import UNREACHABLE_BACKOFF_S, _take_assignments
-from worker_gpu.api_client import ApiUnreachable
+from worker_gpu.agent import _take_assignments
+from worker_gpu.api_client import UNREACHABLE_BACKOFF_S, ApiUnreachable
 
 
 class DownThenUp:
