@@ -34,7 +34,7 @@ sandbox-deps:
 # test collected) fails the target like any other failure. 6 workers on 2 cores: the
 # end-to-end modules mostly wait (jobs sleeping, bounded waits), and on 4 workers the
 # machine idled 40 % of their time (tests/e2e, liveness, adversarial: 205 s on 4, 159 s on 6).
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 
 test: install lint system-deps web
 	$(VENV)/bin/pytest -q -rs -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadscope
