@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from bench._common import cpu_seconds, say
 from infra.settings import Settings
 from ops.devstack import Stack
-from ops.launch import free_port, temporal_dev_args
+from ops.launch import free_port, temporal_dev_args, wait_temporal_serving
 
 T = TypeVar("T")
 
@@ -97,6 +97,9 @@ class Processes:
         self.stack().spawn_listening("temporal", lambda: temporal_dev_args(
             port, self.home / "temporal.db",
         ), "127.0.0.1", port, "the Temporal dev server")  # fmt: skip
+        # Its port opens a moment before its frontend serves: a client that connects in
+        # between fails with "Frontend is not healthy yet" (seen in a CI-try).
+        wait_temporal_serving(self.temporal_address, 60, "the Temporal dev server")
 
     def pids(self) -> dict[str, int]:
         return {c.name: c.proc.pid for s in self.stacks for c in s.children
