@@ -73,10 +73,18 @@ class AssignActivities:
             log.info("%s of %s#%s: took over assignment %s from an earlier run", kind,
                      request.job_id, request.attempt, adopted.assignment_id)
             if adopted.result is not None:
-                return typed(kind, adopted.result)
+                return c.step_result(kind, adopted.result)
             activity.raise_complete_async()
-        if (kind == c.EXECUTE_JOB and info.attempt > 1
-                and self.board.tried(ids["workflow_id"], ids["run_id"], info.activity_id)):
+        earlier = (self.board.tried(ids["workflow_id"], ids["run_id"], info.activity_id)
+                   if info.attempt > 1 else [])
+        for aid in earlier:
+            # Its provider reported it, and the API that kept the result died before
+            # Temporal took it (nor did the agent's report tried again reach one): taken.
+            if (kept := self.board.reported(aid)) is not None:
+                log.info("%s of %s#%s: took the result reported to assignment %s", kind,
+                         request.job_id, request.attempt, aid)
+                return c.step_result(kind, kept)
+        if kind == c.EXECUTE_JOB and earlier:
             # An earlier try reached its provider, and nothing heard it past the outage
             # grace (Temporal timed it out): the run is lost, never run again on it.
             raise ApplicationError(
@@ -128,16 +136,6 @@ class AssignActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.stage_inputs, self.execute_job, self.upload_outputs]
-
-
-def typed(kind: str, data: dict[str, Any]) -> Any:
-    """A step's result as its dataclass, from the JSON the API checked and kept."""
-    if kind == c.STAGE_INPUTS:
-        return c.StageResult(**data)
-    if kind == c.EXECUTE_JOB:
-        return c.ExecuteResult(**data)
-    return c.UploadResult([c.ManifestEntry(**m) for m in data["manifest"]],
-                          list(data["missing"]), dict(data.get("refused", {})))
 
 
 async def watch_assignments(client: Client, board: AssignmentBoard, stop: asyncio.Event) -> None:

@@ -15,9 +15,12 @@ that owns the provider (provider scope):
   the step failed, or stopped on a cancel.
 
 401 without a valid key; 403 for a provider that is not the caller's; 404 for an
-assignment that is not this provider's (or none); 409 for one already finished. Only then
-does the API touch Temporal, with the task token it keeps (activities/assign.py): the
-provider never sees the token or any Temporal address.
+assignment that is not this provider's (or none); 409 for one already finished, except the
+same report tried again while its step may still wait in Temporal: the API that took the
+first may have died before Temporal did, so the result it kept is delivered again (410
+where the step is no longer waiting). Only then does the API touch Temporal, with the task
+token it keeps (activities/assign.py): the provider never sees the token or any Temporal
+address.
 
 The control plane measures what it pays for: an execute result's wall and GPU time are
 cut to the window the API itself observed (assignment handed out -> result received),
@@ -310,6 +313,14 @@ async def _finish(board: AssignmentBoard, a: Assignment, outcome: str,
         raise HTTPException(409, f"assignment {a.assignment_id!r} is already finished")
 
 
+async def _may_wait(board: AssignmentBoard, a: Assignment) -> bool:
+    """Whether a finished step may still wait in Temporal for its result: within its
+    heartbeat timeout and outage grace of its finish (past them Temporal has timed it out,
+    and its next try takes the result kept: activities/assign.py)."""
+    now = await asyncio.to_thread(board.clock)
+    return now - float(a.finished_at or 0.0) <= a.heartbeat_timeout_s + a.outage_grace_s
+
+
 async def _deliver(board: AssignmentBoard, a: Assignment, call: Any) -> dict[str, bool]:
     """Hand the outcome to Temporal; the assignment stays finished unless the RPC failed
     in a way worth trying again."""
@@ -331,10 +342,15 @@ async def complete(
     await _owner(services, board, request, provider_id)
     received_at = time.time()
     a = await _assignment(board.board, provider_id, aid)
-    if not a.open:
+    kept = None if a.open or not await _may_wait(board.board, a) else (
+        await asyncio.to_thread(board.board.reported, aid))
+    if kept is not None:  # a report tried again: the API that kept the first may have died
+        result = c.step_result(a.kind, kept)  # before Temporal took it; the kept one goes
+    elif not a.open:
         raise HTTPException(409, f"assignment {aid!r} is already finished")
-    result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
-    await _finish(board.board, a, "completed", dataclasses.asdict(result))
+    else:
+        result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
+        await _finish(board.board, a, "completed", dataclasses.asdict(result))
     handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
     try:
         return await _deliver(board.board, a, handle.complete(result))
@@ -357,12 +373,15 @@ async def fail(
 ) -> dict[str, bool]:
     await _owner(services, board, request, provider_id)
     a = await _assignment(board.board, provider_id, aid)
-    if not a.open:
-        raise HTTPException(409, f"assignment {aid!r} is already finished")
     body = _parse(FailBody, await _body(request))
     if body.type in c.CONTROL_PLANE_ERRORS:
         raise HTTPException(400, f"type: {body.type!r} is the control plane's own")
-    await _finish(board.board, a, "cancelled" if body.cancelled else "failed")
+    outcome = "cancelled" if body.cancelled else "failed"
+    if a.open:
+        await _finish(board.board, a, outcome)
+    elif a.outcome != outcome or not await _may_wait(board.board, a):  # the same report
+        raise HTTPException(409, f"assignment {aid!r} is already finished")  # tried again
+    # is delivered again: the API that took the first may have died before Temporal did
     handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
     if body.cancelled:
         try:

@@ -274,12 +274,20 @@ class AssignmentBoard:
             lost = True
         return None, lost
 
-    def tried(self, workflow_id: str, run_id: str, activity_id: str) -> bool:
-        """Whether an earlier try of this step of this run was published (a row is kept,
+    def tried(self, workflow_id: str, run_id: str, activity_id: str) -> list[str]:
+        """The earlier tries of this step of this run that were published (a row is kept,
         finished or not, until forget_finished drops it a day later)."""
-        return bool(self.db.query(
-            "SELECT 1 FROM assignments WHERE workflow_id = ? AND run_id = ? AND activity_id = ?",
-            (workflow_id, run_id, activity_id)))
+        return [r["assignment_id"] for r in self.db.query(
+            "SELECT assignment_id FROM assignments WHERE workflow_id = ? AND run_id = ?"
+            " AND activity_id = ?", (workflow_id, run_id, activity_id))]
+
+    def reported(self, aid: str) -> dict[str, Any] | None:
+        """The result its provider reported, kept as it completed (None: none, or it does
+        not open). The API that kept it may have died before Temporal took it: a report
+        tried again, or the step's next try in its run, delivers it once more."""
+        rows = self.db.query("SELECT * FROM assignments WHERE assignment_id = ?"
+                             " AND outcome = 'completed' AND result <> ''", (aid,))
+        return self._result(rows[0]) if rows else None
 
     def begun(self, workflow_id: str, run_id: str, job_id: str, job_attempt: int) -> bool:
         """Whether an earlier run of the workflow handed this attempt's command to its

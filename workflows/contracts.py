@@ -9,6 +9,7 @@ names and dataclasses.
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # The GPU steps' own contracts live in workflows/contracts_gpu.py (the provider agent imports
 # them from there); named here too, with every other step's contracts.
@@ -63,6 +64,16 @@ STAGE_INPUTS = "stage_inputs"
 EXECUTE_JOB = "execute_job"
 UPLOAD_OUTPUTS = "upload_outputs"
 GPU_STEPS = (STAGE_INPUTS, EXECUTE_JOB, UPLOAD_OUTPUTS)
+
+
+def step_result(kind: str, data: dict[str, Any]) -> Any:
+    """A GPU step's result as its dataclass, from the JSON the API checked and kept."""
+    if kind == STAGE_INPUTS:
+        return StageResult(**data)
+    if kind == EXECUTE_JOB:
+        return ExecuteResult(**data)
+    return UploadResult([ManifestEntry(**m) for m in data["manifest"]],
+                        list(data["missing"]), dict(data.get("refused", {})))
 # The failure type of an assignment its provider did not pick up in time: a lost provider.
 NOT_PICKED_UP = "AssignmentNotPickedUp"
 # The failure type of a handed-out assignment whose provider fell silent while the network

@@ -33,13 +33,19 @@ def board(tmp_path: Path) -> Iterator[AssignmentBoard]:
         db.close()
 
 
-def try_step(acts: AssignActivities, kind: str, request: Any, attempt: int) -> None:
-    """Run one try of the step as Temporal would; it ends publishing (complete async)."""
+def step_env(kind: str, attempt: int) -> ActivityEnvironment:
+    """Where one try of the step runs, as Temporal would run it."""
     env = ActivityEnvironment()
     env.info = dataclasses.replace(
         ActivityEnvironment.default_info(), workflow_type="JobWorkflow", workflow_id="job-j1",
         workflow_run_id="r1", activity_id=f"{kind}:1:4", activity_type=kind, attempt=attempt,
         task_token=f"token-{attempt}".encode())
+    return env
+
+
+def try_step(acts: AssignActivities, kind: str, request: Any, attempt: int) -> None:
+    """Run one try of the step; it ends publishing (complete async)."""
+    env = step_env(kind, attempt)
     step = acts.execute_job if kind == c.EXECUTE_JOB else acts.upload_outputs
     with pytest.raises(BaseException) as ended:
         env.run(step, request)
@@ -80,3 +86,16 @@ def test_an_upload_is_tried_again_on_the_same_provider(board: AssignmentBoard) -
     try_step(acts, c.UPLOAD_OUTPUTS, UPLOAD, attempt=2)
     (again,) = board.hand_out("p1")
     assert again.attempt == 2
+
+
+def test_a_second_try_takes_the_result_its_first_was_reported_but_temporal_never_took(
+        board: AssignmentBoard) -> None:
+    """The API kept the agent's report and died before it reached Temporal (nor did the
+    agent's report tried again reach an API): the run is not lost, its result is taken."""
+    acts = AssignActivities(board, Callers(None))
+    try_step(acts, c.EXECUTE_JOB, EXECUTE, attempt=1)
+    (first,) = board.hand_out("p1")
+    ran = c.ExecuteResult(0, False, 2_000, 2_000, "done")
+    assert board.finish(first.assignment_id, "completed", dataclasses.asdict(ran))
+    assert step_env(c.EXECUTE_JOB, attempt=2).run(acts.execute_job, EXECUTE) == ran
+    assert board.hand_out("p1") == []  # not run again

@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+from infra.assignments import AssignmentBoard
+from infra.row_cipher import RowCipher
+from readmodel.schema import ViewDB
 from tests.adversarial.rogue import Rogue, State, settled
 from tests.e2e.network import Network, network
 from tests.e2e.test_job_log import follow as follow_log
@@ -65,6 +68,13 @@ def submit(net: Network, client: str = "victim") -> str:
     result = net.gql(SUBMIT, client, s=spec)["submitJob"]
     assert result["__typename"] == "JobSubmitted", result
     return str(result["job"]["id"])
+
+
+def job_events(net: Network, job_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = net.gql(
+        "query($id: ID!) { job(id: $id) { events { type data } } }", "victim",
+        id=job_id)["job"]["events"]
+    return events
 
 
 def finish_honestly(mallory: Rogue, net: Network, execute: dict[str, Any], job_id: str) -> None:
@@ -136,13 +146,12 @@ def test_another_owners_key_cannot_heartbeat_complete_or_fail_an_assignment(
     assert state.snapshot() == before
     assert state.assignment(aid)["finished_at"] is None
     finish_honestly(mallory, net, execute, job_id)
-    events = net.gql("query($id: ID!) { job(id: $id) { events { type data } } }", "victim",
-                     id=job_id)["job"]["events"]
+    events = job_events(net, job_id)
     finished = next(e for e in events if e["type"] == "ExecutionFinished")
     assert finished["data"]["log_tail"] == ""  # mallory's report, not eve's
 
 
-def test_an_assignment_completed_twice_is_refused_the_second_time(
+def test_an_assignment_completed_twice_changes_nothing_the_second_time(
     net: Network, mallory: Rogue, state: State
 ) -> None:
     job_id = submit(net)
@@ -157,12 +166,48 @@ def test_an_assignment_completed_twice_is_refused_the_second_time(
     second = mallory.call("complete", aid, {"result": {
         "exit_code": 0, "timed_out": False, "wall_ms": 9, "gpu_ms": 9, "log_tail": "second"}})
 
-    assert second.status_code == 409, second.text
+    # Taken as the first report tried again: the first result goes to Temporal once more,
+    # which no longer waits for it.
+    assert second.status_code == 410, second.text
     assert state.snapshot() == before
     r = mallory.call("complete", upload["assignmentId"],
                      {"result": {"manifest": [], "missing": []}})
     assert r.status_code == 200, r.text
     assert net.wait_job(job_id, ("SUCCEEDED",), client="victim")["state"] == "SUCCEEDED"
+    events = job_events(net, job_id)
+    finished = next(e for e in events if e["type"] == "ExecutionFinished")
+    assert finished["data"]["log_tail"] == "first"
+
+
+def test_a_result_whose_api_died_before_temporal_took_it_goes_when_reported_again(
+    net: Network, mallory: Rogue, state: State
+) -> None:
+    """An API killed between keeping a report and handing it to Temporal leaves the row
+    completed, with its result, and the step waiting: the agent's report tried again at
+    another API delivers the result kept (not the one sent again), and the run is not
+    lost."""
+    job_id = submit(net)
+    aid = mallory.take("execute_job")["assignmentId"]
+    kept = {"exit_code": 0, "timed_out": False, "wall_ms": 5, "gpu_ms": 5, "log_tail": "kept"}
+    db = ViewDB(net.stack.settings)
+    try:  # what the dying API left
+        assert AssignmentBoard(db, RowCipher(net.stack.settings.payload_keys)).finish(
+            aid, "completed", kept)
+    finally:
+        db.close()
+
+    again = mallory.call("complete", aid, {"result": {**kept, "log_tail": "sent again"}})
+
+    assert again.status_code == 200, again.text
+    upload = mallory.take("upload_outputs")
+    r = mallory.call("complete", upload["assignmentId"],
+                     {"result": {"manifest": [], "missing": []}})
+    assert r.status_code == 200, r.text
+    assert net.wait_job(job_id, ("SUCCEEDED",), client="victim")["state"] == "SUCCEEDED"
+    events = job_events(net, job_id)
+    assert [e["data"]["log_tail"] for e in events if e["type"] == "ExecutionFinished"] == [
+        "kept"]
+    assert "ProviderLost" not in {e["type"] for e in events}
 
 
 def test_a_result_that_does_not_fit_its_request_is_refused(
@@ -246,8 +291,7 @@ def test_a_provider_claiming_600000_gpu_ms_for_a_1s_job_is_billed_about_1s(
                         {"result": {"manifest": [], "missing": []}}).status_code == 200
 
     job = net.wait_job(job_id, ("SUCCEEDED",), client="victim")
-    events = net.gql("query($id: ID!) { job(id: $id) { events { type data } } }", "victim",
-                     id=job_id)["job"]["events"]
+    events = job_events(net, job_id)
     billed_ms = next(e for e in events if e["type"] == "ExecutionFinished")["data"]["gpu_ms"]
     assert 1000 <= billed_ms < 3000, billed_ms  # what the API saw: handed out -> result
     one_second = PRICE_MICRO / 3600
