@@ -37,6 +37,9 @@ LABEL_PROVIDER = "gpgpu.provider_id"
 WORKDIR = "/work"
 NOBODY = "65534:65534"
 _NOBODY_ID = 65534
+# The engine may record the kernel's OOM kill a moment after the exit (cgroup v2 reports
+# them apart): a run killed (137) and not yet marked is looked at again for this long.
+OOM_SETTLE_S = 1.0
 # Variables the runtime owns; a job's env cannot override them. NVIDIA_VISIBLE_DEVICES
 # is pinned too: CUDA images set it to "all", which on an engine whose default
 # runtime is nvidia would hand the job every GPU of the machine.
@@ -394,6 +397,12 @@ class DockerRuntime:
             if state["Status"] in ("exited", "dead"):
                 if disk_usage(workdir) > limit:
                     return {"Status": "full", "ExitCode": 137}
+                settle = time.monotonic() + OOM_SETTLE_S
+                while (state.get("ExitCode") == 137 and not state.get("OOMKilled")
+                       and time.monotonic() < settle):
+                    time.sleep(0.05)
+                    with contextlib.suppress(docker.errors.NotFound):
+                        state = self._client.api.inspect_container(container.id)["State"]
                 return state
             now = time.monotonic()
             if (cancel_event is not None and cancel_event.is_set()) or now >= deadline:
