@@ -50,10 +50,12 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def net(home: Path, temporal_server: str) -> Iterator[Network]:
     # fair-a is cheap enough to take every job's first run however many successes fair-b
     # (1.5) earns as the network's check (domain/matching.py weighs price and reputation).
+    # Each has a GPU for each of the OUTVOTED_CLIENTS attacks mounted at once.
+    gpus = f"{OUTVOTED_CLIENTS}xA100:40"
     with network(home, temporal_server, [
-        ("fair-a", "1xA100:40", "0.5", []),
-        ("fair-b", "1xA100:40", "1.5", []),
-        ("fair-c", "1xA100:40", "2.0", []),
+        ("fair-a", gpus, "0.5", []),
+        ("fair-b", gpus, "1.5", []),
+        ("fair-c", gpus, "2.0", []),
     ], {"GPGPU_STORAGE_QUOTA_BYTES": str(QUOTA),
         # The network's check: of every empty-handed run, and of every run of a provider on
         # probation (all three are new) of a job declared reproducible.
@@ -80,50 +82,52 @@ def allocated(net: Network, client: str, job_id: str) -> list[str]:
             if e["type"] == "GpusAllocated"]
 
 
-def assert_outvoted_only(after: tuple[Any, ...], before: tuple[Any, ...]) -> None:
-    """One `outvoted` more on the provider's record, and its reputation score (the read
-    model's, as anyone recomputes it) exactly as it was."""
-    score, recorded = after
-    assert json.loads(recorded) == [*json.loads(before[1]), "outvoted"], (after, before)
+def assert_outvoted_only(state: State, before: tuple[Any, ...], times: int = 1) -> None:
+    """`times` `outvoted` more on the honest provider's record, and its reputation score
+    (the read model's, as anyone recomputes it) exactly as it was."""
+    score, recorded = after = reputations(state)[HONEST]
+    assert json.loads(recorded) == [*json.loads(before[1]), *["outvoted"] * times], (
+        after, before)
     assert score == before[0], (after, before)
 
 
-def assert_not_framed(net: Network, state: State, client: str, job_id: str,
-                      before: tuple[Any, ...]) -> None:
+def assert_not_framed(net: Network, state: State, client: str, job_id: str) -> None:
     """The attack was mounted (the honest run, the check, the tie-break) and failed."""
     assert allocated(net, client, job_id) == ["fair-a", "fair-b", "fair-c"]
     recorded = outcomes(net, client, job_id)
     assert recorded[HONEST] == "outvoted", recorded
     assert "mismatch" not in recorded.values(), recorded
-    assert_outvoted_only(reputations(state)[HONEST], before)
     # Outvoted: not paid, and the client is not charged for it either.
     job = f"{job_id}:{HONEST}"
     assert state.transfers(f"pay:{job}") == [] and state.transfers(f"withheld:{job}") == []
 
 
-def frame_by_the_clock(net: Network, state: State, client: str = FRAMER) -> str:
-    """The attack of the test below, mounted once (by FRAMER), and its failure checked."""
+def frame_by_the_clock(net: Network, state: State, clients: list[str]) -> list[str]:
+    """The attack of the tests below, mounted once from each client, all at once (fair-a
+    has a GPU for each), and its failure checked."""
     before = reputations(state)[HONEST]
     switch = int(time.time()) + 12
-    job_id = submit(
+    job_ids = [submit(
         net, client, outputs=["out.txt"], verification={"reproducible": True},
         resources={"gpu_model": "A100"},
         # The first run writes before the switch and ends after it, so the check and the
         # tie-break, which follow it, start after it (and end at once).
         command=f'if [ "$(date +%s)" -lt {switch} ]; then echo here; else echo elsewhere; fi'
                 f' > out.txt; while [ "$(date +%s)" -le {switch} ]; do sleep 0.2; done')
+        for client in clients]
 
-    job = ended(net, client, job_id)
-
-    assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
-    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", client,
-                  id=job_id)["job"]["outputs"]
-    assert net.get(client, got[0]["key"]) == b"elsewhere\n"
-    stored = net.get(client, f"jobs/{job_id}/runs/1/out.txt")
-    assert stored == b"here\n"  # fair-a ran it honestly, on its side of the switch
-    assert_not_framed(net, state, client, job_id, before)
-    assert int(job["costMicro"]) > 0, job  # the client pays for the result it keeps
-    return job_id
+    for client, job_id in zip(clients, job_ids, strict=True):
+        job = ended(net, client, job_id)
+        assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
+        got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", client,
+                      id=job_id)["job"]["outputs"]
+        assert net.get(client, got[0]["key"]) == b"elsewhere\n"
+        stored = net.get(client, f"jobs/{job_id}/runs/1/out.txt")
+        assert stored == b"here\n"  # fair-a ran it honestly, on its side of the switch
+        assert_not_framed(net, state, client, job_id)
+        assert int(job["costMicro"]) > 0, job  # the client pays for the result it keeps
+    assert_outvoted_only(state, before, times=len(clients))
+    return job_ids
 
 
 def test_a_job_that_writes_another_answer_on_the_run_it_targets_frames_no_one(
@@ -136,7 +140,7 @@ def test_a_job_that_writes_another_answer_on_the_run_it_targets_frames_no_one(
     (a `mismatch`, its reputation down); it is not paid, but not blamed: a majority of a
     client's command is no evidence against a provider (`outvoted`: its score unchanged,
     its next results checked)."""
-    frame_by_the_clock(net, state)
+    frame_by_the_clock(net, state, [FRAMER])
 
 
 def test_one_client_that_frames_a_provider_again_and_again_lowers_no_score(
@@ -146,12 +150,7 @@ def test_one_client_that_frames_a_provider_again_and_again_lowers_no_score(
     lower the score (OUTVOTED_CLIENTS): each is recorded `outvoted` and none counts, since
     the evidence of one client's jobs, however many, is its command's to shape
     (domain/reputation.py `counted_outvoted`). The score is as it was before the first."""
-    first = reputations(state)[HONEST]
-    for _ in range(OUTVOTED_CLIENTS):
-        frame_by_the_clock(net, state)
-    score, recorded = reputations(state)[HONEST]
-    assert score == first[0]
-    assert json.loads(recorded) == [*json.loads(first[1]), *["outvoted"] * OUTVOTED_CLIENTS]
+    frame_by_the_clock(net, state, [FRAMER] * OUTVOTED_CLIENTS)
 
 
 def recorded_outcomes(state: State, provider_id: str) -> list[dict[str, Any]]:
@@ -173,17 +172,14 @@ def test_fresh_accounts_that_were_only_granted_credits_frame_no_one(
     grant is no spend, nor is the framing job's own charge), so none counts: fair-a's score
     is as it was before the first. Before the spend was required the third counted as a
     failure."""
-    first = reputations(state)[HONEST]
     accounts = [f"sybil-{n + 1}" for n in range(OUTVOTED_CLIENTS)]
-    jobs = [frame_by_the_clock(net, state, account) for account in accounts]
+    jobs = frame_by_the_clock(net, state, accounts)
 
-    score, recorded = reputations(state)[HONEST]
-    assert score == first[0]
-    assert json.loads(recorded) == [*json.loads(first[1]), *["outvoted"] * OUTVOTED_CLIENTS]
     outcomes = recorded_outcomes(state, HONEST)[-OUTVOTED_CLIENTS:]
-    assert [(o["job_id"].split("#")[0], o["outcome"], o["client_id"]) for o in outcomes] == [
+    assert sorted((o["job_id"].split("#")[0], o["outcome"], o["client_id"])
+                  for o in outcomes) == sorted(
         (job, "outvoted", net.client_id(account))
-        for job, account in zip(jobs, accounts, strict=True)]
+        for job, account in zip(jobs, accounts, strict=True))
     assert [o["client_spent_micro"] for o in outcomes] == [0] * OUTVOTED_CLIENTS
 
 
@@ -224,7 +220,8 @@ def test_a_client_that_fills_its_quota_for_the_run_and_frees_it_for_the_check_fr
     job = ended(net, FRAMER, job_id)
 
     assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
-    assert_not_framed(net, state, FRAMER, job_id, before)
+    assert_not_framed(net, state, FRAMER, job_id)
+    assert_outvoted_only(state, before)
     assert int(job["costMicro"]) > 0, job
 
 
@@ -248,4 +245,5 @@ def test_a_job_whose_own_output_fills_the_quota_for_the_check_frames_no_one(
     assert uploaded(net, FRAMER, job_id, HONEST)["missing"] == []
     assert uploaded(net, FRAMER, job_id, "fair-b")["missing"] == ["out.bin"]
     assert job["state"] == "FAILED" and "declared outputs missing" in job["reason"], job
-    assert_not_framed(net, state, FRAMER, job_id, before)
+    assert_not_framed(net, state, FRAMER, job_id)
+    assert_outvoted_only(state, before)
