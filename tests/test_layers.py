@@ -192,3 +192,14 @@ def test_the_circle_finder_finds_one() -> None:
 
 def test_no_import_circle_between_packages() -> None:
     assert circles(package_graph()) == []
+
+
+# About 450 lines at most (issue 15), with a little slack: a module past it holds more than
+# one concern, or a concern grown big enough for a module of its own.
+MAX_MODULE_LINES = 460
+
+
+def test_no_module_is_over_about_450_lines() -> None:
+    long = {rel: n for rel in imports()
+            if (n := len((ROOT / rel).read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}, f"modules over {MAX_MODULE_LINES} lines: {long}"
