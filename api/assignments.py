@@ -313,12 +313,14 @@ async def _finish(board: AssignmentBoard, a: Assignment, outcome: str,
         raise HTTPException(409, f"assignment {a.assignment_id!r} is already finished")
 
 
-async def _may_wait(board: AssignmentBoard, a: Assignment) -> bool:
-    """Whether a finished step may still wait in Temporal for its result: within its
-    heartbeat timeout and outage grace of its finish (past them Temporal has timed it out,
-    and its next try takes the result kept: activities/assign.py)."""
-    now = await asyncio.to_thread(board.clock)
-    return now - float(a.finished_at or 0.0) <= a.heartbeat_timeout_s + a.outage_grace_s
+async def _may_wait(board: Dispatch, a: Assignment) -> bool:
+    """Whether a finished step may still wait in Temporal for its result, so that its report
+    tried again is delivered once more: within its heartbeat timeout and outage grace of
+    its finish (past them Temporal has timed it out, and its next try takes the result
+    kept: activities/assign.py), paced (Dispatch.due_to_redeliver)."""
+    now = await asyncio.to_thread(board.board.clock)
+    return (now - float(a.finished_at or 0.0) <= a.heartbeat_timeout_s + a.outage_grace_s
+            and board.due_to_redeliver(a.assignment_id))
 
 
 async def _deliver(board: AssignmentBoard, a: Assignment, call: Any) -> dict[str, bool]:
@@ -342,7 +344,7 @@ async def complete(
     await _owner(services, board, request, provider_id)
     received_at = time.time()
     a = await _assignment(board.board, provider_id, aid)
-    kept = None if a.open or not await _may_wait(board.board, a) else (
+    kept = None if a.open or not await _may_wait(board, a) else (
         await asyncio.to_thread(board.board.reported, aid))
     if kept is not None:  # a report tried again: the API that kept the first may have died
         result = c.step_result(a.kind, kept)  # before Temporal took it; the kept one goes
@@ -379,7 +381,7 @@ async def fail(
     outcome = "cancelled" if body.cancelled else "failed"
     if a.open:
         await _finish(board.board, a, outcome)
-    elif a.outcome != outcome or not await _may_wait(board.board, a):  # the same report
+    elif a.outcome != outcome or not await _may_wait(board, a):  # the same report
         raise HTTPException(409, f"assignment {aid!r} is already finished")  # tried again
     # is delivered again: the API that took the first may have died before Temporal did
     handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)

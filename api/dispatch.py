@@ -49,6 +49,20 @@ ADOPT_GRACE_S = 60.0  # (infra/assignments.py adopt) before its agent is told to
 # How long a provider's request (or a poll's answer) counts as hearing it: an agent always
 # has a poll open here, and opens the next as one is answered.
 HEARD_FOR_S = 0.5
+# A report tried again (api/assignments.py complete, fail) goes to Temporal once more at
+# most this often per assignment, per process.
+REDELIVER_EVERY_S = 1.0
+
+
+def _due(last: dict[str, float], aid: str, every: float) -> bool:
+    """Whether `every` has passed since the assignment's entry in `last` (then it is now)."""
+    now = time.monotonic()
+    if now - last.get(aid, -every) < every:
+        return False
+    if len(last) > 100_000:
+        last.clear()
+    last[aid] = now
+    return True
 
 
 class Dispatch:
@@ -60,6 +74,7 @@ class Dispatch:
         self._poller: asyncio.Task[None] | None = None
         self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
         self._beaten: dict[str, float] = {}  # assignment -> its last heartbeat to Temporal
+        self._redelivered: dict[str, float] = {}  # assignment -> its report's last delivery
         self._orphaned: dict[str, float] = {}  # assignment -> when its run was seen reset
         self.listener_id = str(uuid.uuid4())
         self._polls_open = 0  # providers' long polls waiting here now
@@ -107,27 +122,19 @@ class Dispatch:
         """Whether to write the assignment's last_seen_at, by which the control worker
         judges its provider silent: at least six times per heartbeat timeout (the agent
         beats three times), per process."""
-        every = min(SEEN_EVERY_S, a.heartbeat_timeout_s / 6)
-        now = time.monotonic()
-        if now - self._recorded.get(a.assignment_id, -every) < every:
-            return False
-        if len(self._recorded) > 100_000:
-            self._recorded.clear()
-        self._recorded[a.assignment_id] = now
-        return True
+        return _due(self._recorded, a.assignment_id, min(SEEN_EVERY_S, a.heartbeat_timeout_s / 6))
 
     def due_to_beat(self, a: Assignment) -> bool:
         """Whether to pass this heartbeat on to Temporal: the agent beats early to send its
         job's output, and Temporal needs a beat every few seconds only (a cancel is heard
         at the next one passed on)."""
-        every = min(BEAT_EVERY_S, a.heartbeat_timeout_s / 4)
-        now = time.monotonic()
-        if now - self._beaten.get(a.assignment_id, -every) < every:
-            return False
-        if len(self._beaten) > 100_000:
-            self._beaten.clear()
-        self._beaten[a.assignment_id] = now
-        return True
+        return _due(self._beaten, a.assignment_id, min(BEAT_EVERY_S, a.heartbeat_timeout_s / 4))
+
+    def due_to_redeliver(self, aid: str) -> bool:
+        """Whether a report tried again goes to Temporal once more: once per REDELIVER_EVERY_S
+        per assignment, per process (an agent tries again every second; a flood of them
+        costs Temporal no more)."""
+        return _due(self._redelivered, aid, REDELIVER_EVERY_S)
 
     async def next(self, provider_id: str, wait_s: float,
                    gone: Callable[[], Awaitable[bool]] | None = None) -> list[Assignment]:

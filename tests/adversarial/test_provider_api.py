@@ -169,6 +169,10 @@ def test_an_assignment_completed_twice_changes_nothing_the_second_time(
     # Taken as the first report tried again: the first result goes to Temporal once more,
     # which no longer waits for it.
     assert second.status_code == 410, second.text
+    # Again at once: paced, not passed to Temporal again (api/dispatch.py due_to_redeliver).
+    third = mallory.call("complete", aid, {"result": {
+        "exit_code": 0, "timed_out": False, "wall_ms": 9, "gpu_ms": 9, "log_tail": "third"}})
+    assert third.status_code == 409, third.text
     assert state.snapshot() == before
     r = mallory.call("complete", upload["assignmentId"],
                      {"result": {"manifest": [], "missing": []}})
