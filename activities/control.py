@@ -104,6 +104,16 @@ def _busy(fn: F) -> F:
 # scheduler's allocate) look at activity.is_cancelled() themselves.
 
 
+def _payments(req: c.SettleRequest) -> list[Payment]:
+    """Who a settlement pays: the request's lines, or its one provider (`Jobs.settle`)."""
+    if req.payments is not None:
+        return [Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer, p.withheld)
+                for p in req.payments]
+    if not req.pay_provider:
+        return []
+    return [Payment(req.provider_id, req.gpu_ms, req.price_per_gpu_hour_micro)]
+
+
 class ControlActivities:
     def __init__(self, network: Network, views: ViewDB, store: ObjectStore, settings: Settings):
         self.network, self.views, self.store, self.settings = network, views, store, settings
@@ -362,22 +372,8 @@ class ControlActivities:
     @_busy
     def settle_job(self, req: c.SettleRequest) -> c.Settlement:
         try:
-            if req.payments is not None:
-                payments = [
-                    Payment(p.provider_id, p.gpu_ms, p.price_per_gpu_hour_micro, p.payer,
-                            p.withheld)
-                    for p in req.payments
-                ]
-                s = self.network.settle_many(req.job_id, payments, self.settings.protocol_fee_bps)
-            else:
-                s = self.network.settle(
-                    req.job_id,
-                    req.provider_id,
-                    req.gpu_ms,
-                    req.price_per_gpu_hour_micro,
-                    req.pay_provider,
-                    self.settings.protocol_fee_bps,
-                )
+            s = self.network.settle_many(
+                req.job_id, _payments(req), self.settings.protocol_fee_bps)
         except DomainError as err:
             raise refuse(err) from err
         return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
@@ -407,11 +403,34 @@ class ControlActivities:
         if req.succeeded and not req.cancelled:
             checkpoints.drop(self.store, self.network.job(req.job_id).client_id, req.job_id)
 
+    @activity.defn(name=c.CLOSE_JOB, no_thread_cancel_exception=True)
+    @ours
+    @_busy
+    def close_job(self, req: c.CloseRequest) -> c.Settlement:
+        """settle_job, record_reputation, release_gpus and finish_job in one transaction
+        (Network.close_job); a domain error in any refuses the whole, as each refused its own."""
+        job_id, finish = req.finish.job_id, req.finish  # every part of it (activities/guard.py)
+        try:
+            s = self.network.close_job(
+                job_id, None if req.settle is None else _payments(req.settle),
+                self.settings.protocol_fee_bps,
+                [(o.job_id, o.provider_id, o.outcome) for o in req.outcomes],
+                req.release_provider_ids, finish.succeeded, finish.reason, finish.cancelled,
+            )
+        except DomainError as err:
+            raise refuse(err) from err
+        self.scheduler.wake()
+        if finish.succeeded and not finish.cancelled:
+            checkpoints.drop(self.store, self.network.job(job_id).client_id, job_id)
+        if s is None:
+            return c.Settlement(0, 0, 0, 0)
+        return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
+
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.admit_job, self.allocate_gpus, self.prepare_transfers, self.record_job_step,
             self.record_job_steps, self.mark_provider_lost, self.record_run_failed,
             self.verify_job, self.settle_job, self.record_reputation,
             self.release_gpus, self.finish_job, self.plan_check, self.record_unplaced,
-            self.release_run,
+            self.release_run, self.close_job,
         ]

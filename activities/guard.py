@@ -90,6 +90,10 @@ def job_of(req: Any) -> str:
     if isinstance(req, c.JobSteps):
         jobs = {s.job_id.split("#", 1)[0] for s in req.steps}
         return jobs.pop() if len(jobs) == 1 else ""  # steps of one job only
+    if isinstance(req, c.CloseRequest):  # a close of one job only, in every part
+        jobs = {req.finish.job_id, *(o.job_id.split("#", 1)[0] for o in req.outcomes)}
+        jobs |= {req.settle.job_id} if req.settle is not None else set()
+        return jobs.pop() if len(jobs) == 1 else ""
     return str(getattr(req, "job_id", ""))
 
 

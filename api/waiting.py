@@ -31,6 +31,7 @@ DESCRIBE_S = 3.0  # a job page polls: a control plane that is slow to answer is 
 _STEPS = {
     c.VERIFY_JOB: "checking its outputs against storage and any other run's",
     c.SETTLE_JOB: "paying its providers and returning the rest of what was held",
+    c.CLOSE_JOB: "paying its providers and returning the rest of what was held",
 }
 ANOTHER_RUN = ("another run of this job (the network's check, a tie-break between runs that "
                "disagree, or your verifier) waits for GPUs, on a provider of another owner "

@@ -12,9 +12,9 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from copy import deepcopy
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -41,6 +41,8 @@ NAME = "gpgpu"
 # the events stored after them rather than from their first event (or snapshot).
 CACHED_AGGREGATES = 4096
 _STRIPES = 64  # locks, by aggregate id: one aggregate is brought up to date at a time
+
+T = TypeVar("T")
 
 
 def _project(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -106,6 +108,28 @@ class AggregateCache:
             self._items.pop(aggregate_id, None)
 
 
+class Unit:
+    """A unit of work: several commands decided on the same copies of their aggregates,
+    then saved together (`Base.in_one_transaction`).
+
+    `aggregates` holds every aggregate a command of the unit loaded or changed, by id: the
+    next command that loads one gets this copy, with what the commands before it changed
+    (an account the settlement opened, a job settled before it is finished). `events` are
+    the new events of each command's changed aggregates, in the order each command would
+    have saved them on its own; `saved` the changed aggregates, once each, in the order
+    first changed."""
+
+    def __init__(self) -> None:
+        self.aggregates: dict[UUID, Any] = {}
+        self.saved: dict[UUID, Any] = {}
+        self.events: list[Any] = []
+
+    def changed(self, aggregates: Iterable[Any]) -> None:
+        for aggregate in aggregates:
+            self.aggregates[aggregate.id] = self.saved[aggregate.id] = aggregate
+            self.events.extend(aggregate.collect_events())
+
+
 class Base(Application[Any]):
     """The store every context's commands share (one event log: the read model folds it),
     with the loading helpers and the load-decide-save retry."""
@@ -122,13 +146,24 @@ class Base(Application[Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._aggregates = AggregateCache()
         self._conflicted = threading.RLock()
+        self._units = threading.local()  # the unit of work open in this thread, if any
         super().__init__(*args, **kwargs)
 
+    def _unit(self) -> Unit | None:
+        unit: Unit | None = getattr(self._units, "open", None)
+        return unit
+
     def _get_or_none(self, aggregate_id: Any) -> Any:
+        unit = self._unit()
+        if unit is not None and aggregate_id in unit.aggregates:
+            return unit.aggregates[aggregate_id]
         try:
-            return self._aggregates.load(self, aggregate_id)
+            aggregate = self._aggregates.load(self, aggregate_id)
         except AggregateNotFoundError:
             return None
+        if unit is not None:
+            unit.aggregates[aggregate_id] = aggregate
+        return aggregate
 
     def job(self, job_id: str) -> Job:
         job = self._get_or_none(Job.create_id(job_id=job_id))
@@ -163,7 +198,15 @@ class Base(Application[Any]):
         runs alone among them (`_conflicted`), so that the commands of one process that
         write the same hot aggregate (the fee account, a busy provider, a client's
         account) do not collide again and again, each retry loading everything anew.
-        Writers in other processes are still met by the retry."""
+        Writers in other processes are still met by the retry.
+
+        Inside a unit of work (`in_one_transaction`) the command decides once and its
+        changes join the unit's: the unit saves, and tries everything again on a conflict."""
+        unit = self._unit()
+        if unit is not None:
+            result, changed = attempt_fn()
+            unit.changed(changed)
+            return result
         for n in range(CONFLICT_RETRIES):
             try:
                 with self._conflicted if n else contextlib.nullcontext():
@@ -176,4 +219,30 @@ class Base(Application[Any]):
             except OperationalError:
                 # SQLite shared by several processes: another writer holds the lock.
                 time.sleep(min(0.01 * 2**n, 0.5))
+        raise RuntimeError("gave up after repeated concurrent conflicts")
+
+    def in_one_transaction(self, work: Callable[[], T]) -> T:
+        """Run several commands (`work`) as one: each decides on what the ones before it
+        changed, and every event they record is saved in one transaction, in the order
+        they would have been saved one command at a time. A conflict runs them all again,
+        on aggregates loaded anew, as `_save_retrying` does one command. Commands that
+        change nothing (all of them again, after the unit was saved) save nothing."""
+        if self._unit() is not None:
+            return work()  # already inside one: its own unit saves
+        for n in range(CONFLICT_RETRIES):
+            unit = self._units.open = Unit()
+            try:
+                with self._conflicted if n else contextlib.nullcontext():
+                    result = work()
+                    if unit.events:
+                        # The events in their order, then their aggregates, which have no
+                        # events left to give but are what snapshots are taken from.
+                        self.save(*unit.events, *unit.saved.values())
+                return result
+            except IntegrityError:
+                time.sleep(random.uniform(0, min(0.002 * 2**n, 0.1)))
+            except OperationalError:
+                time.sleep(min(0.01 * 2**n, 0.5))
+            finally:
+                self._units.open = None
         raise RuntimeError("gave up after repeated concurrent conflicts")

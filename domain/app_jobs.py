@@ -377,6 +377,36 @@ class Jobs(Base):
 
         self._save_retrying(attempt)
 
+    def close_job(
+        self,
+        job_id: str,
+        payments: list[Payment] | None,
+        fee_bps: int,
+        outcomes: list[tuple[str, str, str]],
+        release_provider_ids: list[str],
+        succeeded: bool,
+        reason: str,
+        cancelled: bool = False,
+    ) -> SettlementFigures | None:
+        """A job's ending in one transaction: settle it (`settle_many`; none when `payments`
+        is None), record each outcome (key, provider, outcome: `record_reputation`), release
+        its GPUs on each provider (`release_gpus`), finish it (`finish_job`). The same events
+        as those commands one after the other, in that order; each sees what the ones before
+        it changed. Closed again, it changes nothing and returns the same settlement."""
+
+        def work() -> SettlementFigures | None:
+            figures = None
+            if payments is not None:
+                figures = self.settle_many(job_id, payments, fee_bps)
+            for key, provider_id, outcome in outcomes:
+                self.record_reputation(key, provider_id, outcome)
+            for provider_id in release_provider_ids:
+                self.release_gpus(job_id, provider_id)
+            self.finish_job(job_id, succeeded, reason, cancelled)
+            return figures
+
+        return self.in_one_transaction(work)
+
     def end_abandoned(self, job_id: str, reason: str, fee_bps: int) -> bool:
         """End a job whose workflow stopped without ending it (an operator terminated it):
         no result was verified, so the escrow goes back whole (a settlement already made

@@ -83,5 +83,4 @@ STATE_OF_STEP: dict[str, JobState] = {
     "verify": JobState.VERIFYING,
     "verifier": JobState.VERIFYING,
     "settle": JobState.SETTLING,
-    "reputation": JobState.SETTLING,
 }

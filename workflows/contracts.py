@@ -50,6 +50,8 @@ SETTLE_JOB = "settle_job"
 RECORD_REPUTATION = "record_reputation"
 RELEASE_GPUS = "release_gpus"
 FINISH_JOB = "finish_job"
+# A job's ending in one step and one transaction: settle, reputation, release, finish.
+CLOSE_JOB = "close_job"
 PLAN_CHECK = "plan_check"
 # A run the workflow gave up placing (a check skipped, a tie-break or replica unplaced).
 RECORD_UNPLACED = "record_unplaced"
@@ -315,6 +317,18 @@ class FinishRequest:
     succeeded: bool
     reason: str
     cancelled: bool = False
+
+
+@dataclass
+class CloseRequest:
+    """What SETTLE_JOB, RECORD_REPUTATION for each outcome, RELEASE_GPUS for each provider
+    and FINISH_JOB did one after the other, in one step (answered with the Settlement; all
+    zero where `settle` is None: nothing to settle, as for a job never admitted)."""
+
+    settle: SettleRequest | None
+    outcomes: list[ReputationRequest]
+    release_provider_ids: list[str]
+    finish: FinishRequest
 
 
 @dataclass

@@ -78,10 +78,10 @@ class JobWorkflow(JobVerification, JobEndings):
         self._failed: list[str] = []  # providers that failed a step of theirs for this job
         self._check_wait_s = 0.0
         self._replica_wait_s = 0.0
-        self._settlement: c.Settlement | None = None  # once SETTLE_JOB answered
-        # The settlement asked for, once asked: a cancel that interrupts it asks it again
-        # (the step may have completed in the stores), never a different one.
-        self._settle_request: c.SettleRequest | None = None
+        self._settlement: c.Settlement | None = None  # once CLOSE_JOB answered
+        # The close asked for, once asked: a cancel that interrupts it asks its settlement
+        # and outcomes again (the step may have completed in the stores), never others.
+        self._closing: c.CloseRequest | None = None
         self._ids = st.StepIds()  # each step's activity id (the codec seals for it)
 
     @property

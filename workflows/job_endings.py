@@ -1,4 +1,5 @@
-"""How a job ends: settle, record reputation, release the GPUs, finish (JobWorkflow's tail).
+"""How a job ends: settle, record reputation, release the GPUs, finish (JobWorkflow's tail),
+all four in one control step (CLOSE_JOB) and one transaction of the stores.
 
 A base of JobWorkflow (workflows/job.py), in the workflow sandbox: deterministic, every
 effect a control step; the arithmetic of who is paid what lives in workflows/runs.py.
@@ -32,7 +33,7 @@ class JobEndings:
     _runs: list[Run]
     _lost: list[str]
     _settlement: c.Settlement | None
-    _settle_request: c.SettleRequest | None
+    _closing: c.CloseRequest | None
 
     async def _control(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
         raise NotImplementedError  # JobWorkflow's: a local activity on the stores
@@ -44,23 +45,17 @@ class JobEndings:
         failure: str,
         verdict: c.Verdict | None = None,
     ) -> c.JobResult:
-        """Settle, record reputation, release: the same tail for every ending."""
+        """Settle, record reputation, release, finish: the same tail for every ending."""
         if verdict is None:
             verdict = c.Verdict(False, False, failure)
         held = [r for r in self._runs if r not in runs] + runs
         self._step = "settle"
-        request = runs_.settlement(inp.job_id, runs, verdict)
-        self._settle_request = request
-        settlement = await self._control(c.SETTLE_JOB, request, c.Settlement)
-        self._settlement = settlement
-        self._step = "reputation"
-        for outcome in runs_.outcomes(inp.job_id, runs, verdict):
-            await self._control(c.RECORD_REPUTATION, outcome)
-        for r in held:
-            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
-        await self._control(
-            c.FINISH_JOB, c.FinishRequest(inp.job_id, verdict.succeeded, verdict.reason)
-        )
+        settlement = await self._close_job(c.CloseRequest(
+            runs_.settlement(inp.job_id, runs, verdict),
+            runs_.outcomes(inp.job_id, runs, verdict),
+            [r.alloc.provider_id for r in held],
+            c.FinishRequest(inp.job_id, verdict.succeeded, verdict.reason),
+        ))
         # A known-answer canary may follow each provider whose run was accepted, at
         # its canary rate; it runs on its own (abandoned) and never holds up the job.
         # One follows each outvoted provider whenever canaries run (draw 0): a canary is
@@ -97,12 +92,20 @@ class JobEndings:
         refund = c.SettleRequest(
             inp.job_id, self._lost[-1] if self._lost else "", 0, 0, pay_provider=False
         )
-        self._settle_request = refund
-        self._settlement = await self._control(c.SETTLE_JOB, refund, c.Settlement)
-        for r in self._runs:  # replicas that finished while another could not be placed
-            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
-        await self._control(c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason))
+        await self._close_job(c.CloseRequest(
+            refund, [],
+            # The replicas that finished while another could not be placed.
+            [r.alloc.provider_id for r in self._runs],
+            c.FinishRequest(inp.job_id, False, reason),
+        ))
         return c.JobResult(inp.job_id, "FAILED", reason)
+
+    async def _close_job(self, closing: c.CloseRequest) -> c.Settlement:
+        """The close, asked once: a cancel that interrupts it asks the same settlement and
+        outcomes again (the step may have completed in the stores), never other ones."""
+        self._closing = closing
+        self._settlement = await self._control(c.CLOSE_JOB, closing, c.Settlement)
+        return self._settlement
 
     async def _cancelled(self, inp: c.JobInput) -> c.JobResult:
         """The client cancelled: pay for the GPU time used, refund the rest, free the GPUs."""
@@ -114,19 +117,20 @@ class JobEndings:
         if admitted.ended is not None:  # it had ended before the cancel reached it
             return st.result_of(inp, admitted.ended)
         charged = 0
-        if self._settlement is not None:  # settled before the cancel: that stands
+        settle: c.SettleRequest | None = None
+        outcomes: list[c.ReputationRequest] = []
+        if self._settlement is not None:  # closed before the cancel: that stands
             charged = self._settlement.charged_micro
-        elif self._settle_request is not None:  # the cancel interrupted the settlement
-            again = await self._control(c.SETTLE_JOB, self._settle_request, c.Settlement)
-            charged = again.charged_micro
+        elif self._closing is not None:  # the cancel interrupted the close: asked again
+            settle, outcomes = self._closing.settle, self._closing.outcomes
         elif admitted.admitted:
             settle = runs_.cancel_settlement(inp.job_id, self._runs, payments)
-            charged = (await self._control(c.SETTLE_JOB, settle, c.Settlement)).charged_micro
-        for r in self._runs:
-            await self._control(c.RELEASE_GPUS, c.ReleaseRequest(inp.job_id, r.alloc.provider_id))
-        await self._control(
-            c.FINISH_JOB, c.FinishRequest(inp.job_id, False, reason, cancelled=True)
-        )
+        closed = await self._control(c.CLOSE_JOB, c.CloseRequest(
+            settle, outcomes, [r.alloc.provider_id for r in self._runs],
+            c.FinishRequest(inp.job_id, False, reason, cancelled=True),
+        ), c.Settlement)
+        if settle is not None:
+            charged = closed.charged_micro
         self._step = "done"
         provider = self._runs[0].alloc.provider_id if self._runs else ""
         return c.JobResult(inp.job_id, "CANCELLED", reason, provider, charged)

@@ -29,6 +29,20 @@ def test_a_check_runs_steps_count_as_its_jobs_and_batches_are_of_one_job() -> No
     assert not CALLERS.allowed(JOB_WORKFLOW, "job-", c.JobSteps([]))
 
 
+def test_a_close_runs_only_in_its_jobs_workflow_and_every_part_names_that_job() -> None:
+    def close(settled: str, blamed: str) -> c.CloseRequest:
+        return c.CloseRequest(c.SettleRequest(settled, "p", 1, 1, True),
+                              [c.ReputationRequest(blamed, "p", "success")], ["p"],
+                              c.FinishRequest("j1", True, ""))
+
+    assert CALLERS.allowed(JOB_WORKFLOW, "job-j1", close("j1", "j1#2"))
+    assert CALLERS.allowed(JOB_WORKFLOW, "job-j1", c.CloseRequest(
+        None, [], [], c.FinishRequest("j1", False, "", cancelled=True)))
+    assert not CALLERS.allowed(JOB_WORKFLOW, "job-j2", close("j1", "j1"))
+    assert not CALLERS.allowed(JOB_WORKFLOW, "job-j1", close("j2", "j1"))
+    assert not CALLERS.allowed(JOB_WORKFLOW, "job-j1", close("j1", "j2#1"))
+
+
 def test_a_canarys_start_and_close_run_only_in_its_own_canary_workflow() -> None:
     start = c.CanaryStartRequest("j1", "prov-a", "seed")
     assert CALLERS.allowed(c.CANARY_WORKFLOW, c.canary_workflow_id("j1", "prov-a"), start)

@@ -43,8 +43,10 @@ def build(settings: Settings) -> ControlActivities:
     return acts
 
 
-def lifecycle(acts: ControlActivities, job_id: str, repeat: Callable[[Callable[[], Any]], Any]):
-    """Drive one job through every control activity; `repeat` decides how often each runs."""
+def lifecycle(acts: ControlActivities, job_id: str, repeat: Callable[[Callable[[], Any]], Any],
+              close: bool = False):
+    """Drive one job through every control activity; `repeat` decides how often each runs.
+    `close`: its ending in one step (close_job), not settle, reputation, release, finish."""
     net, store = acts.network, acts.store
     net.open_client("alice", 100_000_000)
     net.register_provider("p1", "local", 3_600_000, [{"index": 0, "model": "H100",
@@ -74,11 +76,15 @@ def lifecycle(acts: ControlActivities, job_id: str, repeat: Callable[[Callable[[
     verdict = repeat(lambda: acts.verify_job(c.VerifyRequest(job_id, 1, "p1", 0, False,
                                                              manifest, [])))
     assert verdict.accepted and verdict.succeeded
-    settlement = repeat(lambda: acts.settle_job(
-        c.SettleRequest(job_id, "p1", 30_000, alloc.price_per_gpu_hour_micro, True)))
-    repeat(lambda: acts.record_reputation(c.ReputationRequest(job_id, "p1", "success")))
+    settle = c.SettleRequest(job_id, "p1", 30_000, alloc.price_per_gpu_hour_micro, True)
+    outcome = c.ReputationRequest(job_id, "p1", "success")
+    finish = c.FinishRequest(job_id, True, "")
+    if close:
+        return repeat(lambda: acts.close_job(c.CloseRequest(settle, [outcome], ["p1"], finish)))
+    settlement = repeat(lambda: acts.settle_job(settle))
+    repeat(lambda: acts.record_reputation(outcome))
     repeat(lambda: acts.release_gpus(c.ReleaseRequest(job_id, "p1")))
-    repeat(lambda: acts.finish_job(c.FinishRequest(job_id, True, "")))
+    repeat(lambda: acts.finish_job(finish))
     return settlement
 
 
@@ -118,16 +124,18 @@ def concurrently(fn: Callable[[], Any]) -> Any:
     return results[0]
 
 
+@pytest.mark.parametrize("close", [False, True], ids=["step by step", "closed in one"])
 @pytest.mark.parametrize("repeat", [twice, concurrently], ids=["twice", "concurrently"])
 def test_every_activity_is_idempotent(
-    settings: Settings, tmp_path: Path, repeat: Callable[[Callable[[], Any]], Any]
+    settings: Settings, tmp_path: Path, repeat: Callable[[Callable[[], Any]], Any], close: bool
 ) -> None:
+    """Closed in one step, a job's events are those of its four steps one at a time."""
     baseline_settings = Settings(event_store="sqlite", home=tmp_path / "baseline")
     baseline = build(baseline_settings)
     expected = lifecycle(baseline, "job-1", once)
 
     acts = build(settings)
-    got = lifecycle(acts, "job-1", repeat)
+    got = lifecycle(acts, "job-1", repeat, close)
 
     assert got == expected
     assert history(acts.network) == history(baseline.network)

@@ -148,7 +148,7 @@ async def test_workflow_is_visible_and_replays(net: Network, temporal_server: st
     history = await handle.fetch_history()
     scheduled = activity_types(history.events)
     for name in ("admit_job", "allocate_gpus", "stage_inputs", "execute_job", "upload_outputs",
-                 "verify_job", "settle_job", "record_reputation", "release_gpus", "finish_job"):
+                 "verify_job", "close_job"):  # close: settle, reputation, release, finish
         assert name in scheduled
     ARTIFACTS.mkdir(exist_ok=True)
     # Decrypted, as a replay fixture is committed (tests/replay/ replays without a key).

@@ -200,15 +200,33 @@ class StubNetwork:
             net._seen(c.PLAN_CHECK, req)
             return c.CheckDecision(net.run_check, "stub")
 
-        @activity.defn(name=c.SETTLE_JOB)
-        async def settle_job(req: c.SettleRequest) -> c.Settlement:
-            net._seen(c.SETTLE_JOB, req)
-            await net._maybe_block(c.SETTLE_JOB)
+        def settled(req: c.SettleRequest) -> c.Settlement:
             lines = req.payments or []
             charged = sum(p.gpu_ms for p in lines if p.payer == "client")
             if req.payments is None and req.pay_provider:
                 charged = req.gpu_ms
             return c.Settlement(charged, charged, 0, 1_000_000 - charged)
+
+        @activity.defn(name=c.SETTLE_JOB)
+        async def settle_job(req: c.SettleRequest) -> c.Settlement:
+            net._seen(c.SETTLE_JOB, req)
+            await net._maybe_block(c.SETTLE_JOB)
+            return settled(req)
+
+        @activity.defn(name=c.CLOSE_JOB)
+        async def close_job(req: c.CloseRequest) -> c.Settlement:
+            """One step; once through, its parts are recorded as the steps they stand for
+            (SETTLE_JOB, RECORD_REPUTATION, RELEASE_GPUS, FINISH_JOB), so that a test says
+            what was settled, blamed, released and finished however the job ended."""
+            await plain(c.CLOSE_JOB)(req)
+            if req.settle is not None:
+                net._seen(c.SETTLE_JOB, req.settle)
+            for outcome in req.outcomes:
+                net._seen(c.RECORD_REPUTATION, outcome)
+            for provider_id in req.release_provider_ids:
+                net._seen(c.RELEASE_GPUS, c.ReleaseRequest(req.finish.job_id, provider_id))
+            net._seen(c.FINISH_JOB, req.finish)
+            return c.Settlement(0, 0, 0, 0) if req.settle is None else settled(req.settle)
 
         @activity.defn(name=c.RECORD_REPUTATION)
         async def record_reputation(req: c.ReputationRequest) -> None:
@@ -238,7 +256,7 @@ class StubNetwork:
         return [admit_job, allocate_gpus, prepare_transfers, record_job_step, record_job_steps,
                 mark_provider_lost, record_run_failed, verify_job, plan_check, settle_job,
                 record_reputation, release_gpus, release_run, record_unplaced, finish_job,
-                plan_canary]
+                close_job, plan_canary]
 
     # A provider's side (its assignments: on the workflow's own queue, named by provider_id)
 

@@ -9,8 +9,10 @@ from workflows import contracts as c
 ONE_RUN = [
     c.ADMIT_JOB, c.ALLOCATE_GPUS, c.PREPARE_TRANSFERS, c.STAGE_INPUTS, c.RECORD_JOB_STEPS,
     c.EXECUTE_JOB, c.RECORD_JOB_STEP, c.UPLOAD_OUTPUTS, c.RECORD_JOB_STEP, c.RELEASE_RUN,
-    c.PLAN_CHECK, c.VERIFY_JOB, c.SETTLE_JOB, c.RECORD_REPUTATION, c.RELEASE_GPUS,
-    c.FINISH_JOB, c.PLAN_CANARY,  # the accepted provider's canary, at its rate, after
+    c.PLAN_CHECK, c.VERIFY_JOB,
+    # One step (its parts as the stub records them): settle, reputation, release, finish.
+    c.CLOSE_JOB, c.SETTLE_JOB, c.RECORD_REPUTATION, c.RELEASE_GPUS, c.FINISH_JOB,
+    c.PLAN_CANARY,  # the accepted provider's canary, at its rate, after
 ]
 
 
