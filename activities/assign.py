@@ -193,8 +193,8 @@ async def _fail_or_beat(client: Client, board: AssignmentBoard, a: Assignment,
             await handle.report_cancellation()
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:  # Temporal is away, or this row's RPC
-            if failure is not None:  # failed: open again, failed at the next round; the
-                await asyncio.to_thread(board.reopen, a.assignment_id)  # others go on
+            if failure is not None:  # failed: open again, failed at the next round (the
+                await asyncio.to_thread(board.reopen, a.assignment_id, outcome)  # rest go on)
             log.warning("assignment %s: Temporal did not take it: %s", a.assignment_id,
                         err.message)
             return

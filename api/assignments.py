@@ -15,10 +15,12 @@ that owns the provider (provider scope):
   the step failed, or stopped on a cancel.
 
 401 without a valid key; 403 for a provider that is not the caller's; 404 for an
-assignment that is not this provider's (or none); 409 for one already finished, except the
-same report tried again while its step may still wait in Temporal: the API that took the
-first may have died before Temporal did, so the result it kept is delivered again (410
-where the step is no longer waiting). Only then does the API touch Temporal, with the task
+assignment that is not this provider's (or none); 409 for one already finished (or whose
+result is held for a reset's new run), except the same report tried again while its step
+may still wait in Temporal: the API that took the first may have died before Temporal did,
+so what it kept is delivered again, changing nothing here (410 where the step is no longer
+waiting; 429 when one was delivered again within the second). Only then does the API touch
+Temporal, with the task
 token it keeps (activities/assign.py): the provider never sees the token or any Temporal
 address.
 
@@ -309,7 +311,9 @@ async def _reset(services: Services, a: Assignment) -> bool:
 
 async def _finish(board: AssignmentBoard, a: Assignment, outcome: str,
                   result: dict[str, Any] | None = None) -> None:
-    if not await asyncio.to_thread(board.finish, a.assignment_id, outcome, result):
+    """Close the assignment with the provider's report: only while it runs (a result held
+    for a reset's new run is not the provider's to change)."""
+    if not await asyncio.to_thread(board.finish, a.assignment_id, outcome, result, "running"):
         raise HTTPException(409, f"assignment {a.assignment_id!r} is already finished")
 
 
@@ -317,22 +321,30 @@ async def _may_wait(board: Dispatch, a: Assignment) -> bool:
     """Whether a finished step may still wait in Temporal for its result, so that its report
     tried again is delivered once more: within its heartbeat timeout and outage grace of
     its finish (past them Temporal has timed it out, and its next try takes the result
-    kept: activities/assign.py), paced (Dispatch.due_to_redeliver)."""
+    kept: activities/assign.py). 429 when another came within REDELIVER_EVERY_S
+    (Dispatch.due_to_redeliver): the agent tries again."""
     now = await asyncio.to_thread(board.board.clock)
-    return (now - float(a.finished_at or 0.0) <= a.heartbeat_timeout_s + a.outage_grace_s
-            and board.due_to_redeliver(a.assignment_id))
+    if now - float(a.finished_at or 0.0) > a.heartbeat_timeout_s + a.outage_grace_s:
+        return False
+    if not board.due_to_redeliver(a.assignment_id):
+        raise HTTPException(429, f"assignment {a.assignment_id!r}: its report was delivered "
+                                 "again a moment ago", headers={"Retry-After": "1"})
+    return True
 
 
-async def _deliver(board: AssignmentBoard, a: Assignment, call: Any) -> dict[str, bool]:
+async def _deliver(board: AssignmentBoard, a: Assignment, call: Any,
+                   finished_as: str = "") -> dict[str, bool]:
     """Hand the outcome to Temporal; the assignment stays finished unless the RPC failed
-    in a way worth trying again."""
+    in a way worth trying again and this request finished it (`finished_as`, the outcome
+    it wrote): only that finish is undone, never a report's delivered earlier."""
     try:
         await call
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise HTTPException(410, f"assignment {a.assignment_id!r}: the step is no longer "
                                      "waiting (timed out or cancelled)") from None
-        await asyncio.to_thread(board.reopen, a.assignment_id)
+        if finished_as:
+            await asyncio.to_thread(board.reopen, a.assignment_id, finished_as)
         raise HTTPException(503, f"the control plane did not take it: {err.message}") from None
     return {"ok": True}
 
@@ -344,24 +356,27 @@ async def complete(
     await _owner(services, board, request, provider_id)
     received_at = time.time()
     a = await _assignment(board.board, provider_id, aid)
-    kept = None if a.open or not await _may_wait(board, a) else (
-        await asyncio.to_thread(board.board.reported, aid))
-    if kept is not None:  # a report tried again: the API that kept the first may have died
-        result = c.step_result(a.kind, kept)  # before Temporal took it; the kept one goes
-    elif not a.open:
-        raise HTTPException(409, f"assignment {aid!r} is already finished")
-    else:
-        result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
-        await _finish(board.board, a, "completed", dataclasses.asdict(result))
+    if not a.open:
+        # A report tried again: the API that kept the first may have died before Temporal
+        # took it. The result kept goes once more, and nothing else: the row is not this
+        # request's to reopen or hold.
+        kept = (await asyncio.to_thread(board.board.reported, aid)
+                if a.outcome == "completed" and await _may_wait(board, a) else None)
+        if kept is None:
+            raise HTTPException(409, f"assignment {aid!r} is already finished")
+        handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
+        return await _deliver(board.board, a, handle.complete(c.step_result(a.kind, kept)))
+    result = _result(a, _parse(CompleteBody, await _body(request)).result, received_at)
+    await _finish(board.board, a, "completed", dataclasses.asdict(result))
     handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
     try:
-        return await _deliver(board.board, a, handle.complete(result))
+        return await _deliver(board.board, a, handle.complete(result), "completed")
     except HTTPException as err:
         now = await asyncio.to_thread(board.board.get, aid) if err.status_code == 410 else None
         if now is not None and now.task_token != a.task_token:  # taken over meanwhile
             handle = activity_handle(services.temporal, now.task_token, now.workflow_id,
                                      now.activity_id)
-            return await _deliver(board.board, now, handle.complete(result))
+            return await _deliver(board.board, now, handle.complete(result), "completed")
         if now is None or not await _reset(services, a):
             raise
     # Its run was reset before the result came: kept for the new run (it takes it over).
@@ -379,11 +394,13 @@ async def fail(
     if body.type in c.CONTROL_PLANE_ERRORS:
         raise HTTPException(400, f"type: {body.type!r} is the control plane's own")
     outcome = "cancelled" if body.cancelled else "failed"
+    # The same report tried again is delivered again (the API that took the first may have
+    # died before Temporal did), changing nothing here.
+    again = not a.open
     if a.open:
         await _finish(board.board, a, outcome)
-    elif a.outcome != outcome or not await _may_wait(board, a):  # the same report
-        raise HTTPException(409, f"assignment {aid!r} is already finished")  # tried again
-    # is delivered again: the API that took the first may have died before Temporal did
+    elif a.outcome != outcome or not await _may_wait(board, a):
+        raise HTTPException(409, f"assignment {aid!r} is already finished")
     handle = activity_handle(services.temporal, a.task_token, a.workflow_id, a.activity_id)
     if body.cancelled:
         try:
@@ -393,8 +410,11 @@ async def fail(
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise HTTPException(410, f"assignment {aid!r}: the step is no longer "
                                          "waiting") from None
+            if again:
+                raise HTTPException(503, f"the control plane did not take it: {err.message}"
+                                    ) from None
             # No cancel was asked for: a step the provider stopped on its own failed.
     # A run is never tried twice on one provider (workflows/steps.py EXECUTE_RETRY).
     error = ApplicationError(f"provider {provider_id}: {body.message}", type=body.type,
                              non_retryable=body.nonRetryable or a.kind == c.EXECUTE_JOB)
-    return await _deliver(board.board, a, handle.fail(error))
+    return await _deliver(board.board, a, handle.fail(error), "" if again else outcome)

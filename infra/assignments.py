@@ -424,11 +424,11 @@ class AssignmentBoard:
             )
         return won == 1
 
-    def reopen(self, aid: str) -> None:
-        """Undo a finish whose completion Temporal did not take (the RPC failed)."""
+    def reopen(self, aid: str, outcome: str) -> None:
+        """Undo a finish as `outcome` whose delivery Temporal did not take (the RPC failed)."""
         with self.db.transaction() as cur:
             cur.execute("UPDATE assignments SET finished_at = NULL, outcome = ''"
-                        " WHERE assignment_id = ?", (aid,))
+                        " WHERE assignment_id = ? AND outcome = ?", (aid, outcome))
 
     def waiting(self) -> list[Assignment]:
         """Every assignment not yet handed out."""

@@ -172,7 +172,7 @@ def test_an_assignment_completed_twice_changes_nothing_the_second_time(
     # Again at once: paced, not passed to Temporal again (api/dispatch.py due_to_redeliver).
     third = mallory.call("complete", aid, {"result": {
         "exit_code": 0, "timed_out": False, "wall_ms": 9, "gpu_ms": 9, "log_tail": "third"}})
-    assert third.status_code == 409, third.text
+    assert third.status_code == 429 and third.headers["retry-after"] == "1", third.text
     assert state.snapshot() == before
     r = mallory.call("complete", upload["assignmentId"],
                      {"result": {"manifest": [], "missing": []}})

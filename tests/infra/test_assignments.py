@@ -87,7 +87,9 @@ def test_an_assignment_is_finished_once(boards: Any) -> None:
     assert two.finish(aid, "failed") is False
     found = one.get(aid)
     assert found is not None and not found.open and found.outcome == "completed"
-    one.reopen(aid)
+    one.reopen(aid, "failed")  # only the finish it made is undone: not this one
+    assert not one.get(aid).open  # type: ignore[union-attr]
+    one.reopen(aid, "completed")
     assert two.finish(aid, "failed") is True
 
 
