@@ -222,6 +222,13 @@ class Scheduler:
         for t in tickets:
             if t.job is None:
                 t.job = self.network.job(t.entry.job_id)
+            if t.entry.attempt in t.job.allocations:
+                # Placed already: by a copy of this request that came first (Temporal may
+                # run an activity twice at once) and took its ticket out of line, or by
+                # another process. Its GPUs are no longer free for it: it takes them.
+                t.decision = self._held(t.entry.job_id, t.entry.attempt)
+                t.done.set()
+                continue
             ran = holding.get(t.entry.job_id, set()) | t.job.ran_on(t.entry.attempt)
             held_by = {owners.get(pid, pid) for pid in ran}
             extra = {pid for pid, owner in owners.items() if owner in held_by}

@@ -20,10 +20,9 @@ from activities.control import ControlActivities
 from activities.verify import output_key
 from domain.application import Network
 from infra.settings import Settings
-from infra.storage import FilesystemStore
 from protocol import digest
 from protocol.spec import parse_job_spec
-from readmodel.schema import ViewDB
+from tests.support.control import control_activities
 from tests.support.stores import store_settings
 from workflows import contracts as c
 
@@ -32,15 +31,6 @@ from workflows import contracts as c
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     with store_settings(request.param, tmp_path) as s:
         yield s
-
-
-def build(settings: Settings) -> ControlActivities:
-    views = ViewDB(settings)
-    acts = ControlActivities(
-        Network(env=settings.eventsourcing_env()), views,
-        FilesystemStore(settings.home / "storage"), settings,
-    )
-    return acts
 
 
 def lifecycle(acts: ControlActivities, job_id: str, repeat: Callable[[Callable[[], Any]], Any],
@@ -131,15 +121,45 @@ def test_every_activity_is_idempotent(
 ) -> None:
     """Closed in one step, a job's events are those of its four steps one at a time."""
     baseline_settings = Settings(event_store="sqlite", home=tmp_path / "baseline")
-    baseline = build(baseline_settings)
-    expected = lifecycle(baseline, "job-1", once)
+    with control_activities(baseline_settings) as baseline, control_activities(settings) as acts:
+        expected = lifecycle(baseline, "job-1", once)
+        got = lifecycle(acts, "job-1", repeat, close)
+        check_the_same(acts, baseline, got, expected)
 
-    acts = build(settings)
-    got = lifecycle(acts, "job-1", repeat, close)
 
+def check_the_same(acts: ControlActivities, baseline: ControlActivities, got: Any,
+                   expected: Any) -> None:
     assert got == expected
     assert history(acts.network) == history(baseline.network)
     for account in ("client:alice", "escrow:job-1", "provider:p1", "protocol:fees",
                     "external:deposits"):
         assert acts.network.balance(account) == baseline.network.balance(account), account
     assert acts.network.job("job-1").state == "SUCCEEDED"
+
+
+def test_a_copy_of_an_allocation_that_comes_once_the_first_was_placed_takes_it(
+    settings: Settings,
+) -> None:
+    """Three copies at once: the first is placed and takes its ticket out of line; a copy
+    that read the job before that placement was saved puts a new ticket in line, for GPUs
+    now held by its own job. The next round gives it the placement made, rather than
+    keeping it waiting for free GPUs until it fails as NoCapacity (CI saw it)."""
+    with control_activities(settings) as acts:
+        net = acts.network
+        net.open_client("alice", 100_000_000)
+        net.register_provider("p1", "local", 3_600_000, [{"index": 0, "model": "H100",
+                                                          "memory_mb": 81920}])
+        with acts.views.transaction() as cur:
+            cur.execute("INSERT INTO provider_liveness (provider_id, last_heartbeat_at)"
+                        " VALUES ('p1', ?)", (time.time() + 3600,))
+        net.submit_job("job-1", "alice", parse_job_spec({
+            "name": "j", "command": "true", "max_price_per_gpu_hour": "4", "timeout": 60}))
+        acts.admit_job(c.JobInput("job-1", "alice"))
+        first = acts.allocate_gpus(c.AllocateRequest("job-1", 1))
+
+        late = acts.scheduler.enqueue("job-1", 1, set())  # the late copy's ticket
+        acts.scheduler.run_round()
+
+        assert late.done.is_set() and late.decision is not None
+        assert (late.decision.provider_id, late.decision.gpu_indexes) == (
+            first.provider_id, first.gpu_indexes)

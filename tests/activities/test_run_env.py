@@ -16,7 +16,7 @@ from activities.control import ControlActivities
 from infra.job_env import seal_env
 from infra.row_cipher import RowCipher
 from protocol.spec import parse_job_spec
-from tests.activities.test_idempotency import build
+from tests.support.control import control_activities
 from tests.support.stores import store_settings
 from workflows import contracts as c
 
@@ -25,18 +25,14 @@ ENV = {"API_TOKEN": f"tok-secret-{secrets.token_hex(8)}", "MODE": "fast"}
 
 @pytest.fixture
 def acts(tmp_path: Path) -> Iterator[ControlActivities]:
-    with store_settings("sqlite", tmp_path) as settings:
-        acts = build(settings)
+    with store_settings("sqlite", tmp_path) as settings, control_activities(settings) as acts:
         acts.network.open_client("alice", 100_000_000)
         acts.network.register_provider("p1", "local", 3_600_000, [
             {"index": 0, "model": "H100", "memory_mb": 81920}])
         with acts.views.transaction() as cur:
             cur.execute("INSERT INTO provider_liveness (provider_id, last_heartbeat_at)"
                         " VALUES ('p1', ?)", (time.time() + 3600,))
-        try:
-            yield acts
-        finally:
-            acts.network.close()
+        yield acts
 
 
 def planned(acts: ControlActivities, job_id: str, cipher: RowCipher) -> c.TransferPlan:
