@@ -132,13 +132,13 @@ def test_each_command_of_a_close_sees_what_the_ones_before_it_changed(
     assert app.job("job-1").state == "SUCCEEDED"
 
 
+# Two processes share a store only on disk or in PostgreSQL.
+@pytest.mark.parametrize("settings", ["sqlite", "postgres"], indirect=True)
 def test_a_close_that_loses_a_race_is_decided_again(
     settings: Settings, open_app: Callable[[], Network]
 ) -> None:
     """Another process writes the provider between the close's loads and its save: the
     whole close runs again on what is stored now, and records each thing once."""
-    if settings.event_store == "memory":
-        pytest.skip("two processes share a store only on disk or in PostgreSQL")
     app, other = open_app(), open_app()
     verified(app)
     save, tries = app.save, []
