@@ -414,7 +414,11 @@ class Jobs(Base):
         job = self.job(job_id)
         if job.ended:
             return False
-        if "FundsEscrowed" in job.recorded and job.settlement is None:
-            self.settle_many(job_id, [], fee_bps)
-        self.finish_job(job_id, False, reason)
+
+        def work() -> None:  # the refund and the ending, one transaction
+            if "FundsEscrowed" in job.recorded and job.settlement is None:
+                self.settle_many(job_id, [], fee_bps)
+            self.finish_job(job_id, False, reason)
+
+        self.in_one_transaction(work)
         return True
