@@ -420,11 +420,14 @@ class ControlActivities:
         except DomainError as err:
             raise refuse(err) from err
         self.scheduler.wake()
+        job = self.network.job(job_id)
         if finish.succeeded and not finish.cancelled:
-            checkpoints.drop(self.store, self.network.job(job_id).client_id, job_id)
+            checkpoints.drop(self.store, job.client_id, job_id)
+        ending = ended_job(job)
         if s is None:
-            return c.Settlement(0, 0, 0, 0)
-        return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro, s.refunded_micro)
+            return c.Settlement(0, 0, 0, 0, ending)
+        return c.Settlement(s.charged_micro, s.provider_paid_micro, s.fee_micro,
+                            s.refunded_micro, ending)
 
     def all(self) -> list[Callable[..., Any]]:
         return [

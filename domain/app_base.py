@@ -234,6 +234,13 @@ class Base(Application[Any]):
             try:
                 with self._conflicted if n else contextlib.nullcontext():
                     result = work()
+                    # Every change was returned by the command that made it (as a command
+                    # saved alone saves only what it returns): none is left to slip in.
+                    stray = [a for a in unit.aggregates.values() if a.pending_events]
+                    if stray:
+                        what = f"{type(stray[0]).__name__} {stray[0].id}"
+                        raise RuntimeError(f"a command of the unit changed {what} without "
+                                           "returning it")
                     if unit.events:
                         # The events in their order, then their aggregates, which have no
                         # events left to give but are what snapshots are taken from.

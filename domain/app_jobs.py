@@ -411,14 +411,13 @@ class Jobs(Base):
         """End a job whose workflow stopped without ending it (an operator terminated it):
         no result was verified, so the escrow goes back whole (a settlement already made
         stands), its GPUs are released, and it fails with `reason`. False if it had ended."""
-        job = self.job(job_id)
-        if job.ended:
-            return False
-
-        def work() -> None:  # the refund and the ending, one transaction
+        def work() -> bool:  # the refund and the ending, one transaction
+            job = self.job(job_id)  # loaded anew by each try (another may have ended it)
+            if job.ended:
+                return False
             if "FundsEscrowed" in job.recorded and job.settlement is None:
                 self.settle_many(job_id, [], fee_bps)
             self.finish_job(job_id, False, reason)
+            return True
 
-        self.in_one_transaction(work)
-        return True
+        return self.in_one_transaction(work)

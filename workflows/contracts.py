@@ -296,6 +296,9 @@ class Settlement:
     provider_paid_micro: int
     fee_micro: int
     refunded_micro: int
+    # CLOSE_JOB's: the job's recorded ending once closed (a cancel's close may find it ended
+    # by the close the cancel interrupted, whose thread went on and committed first).
+    ended: EndedJob | None = None
 
 
 @dataclass

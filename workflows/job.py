@@ -78,7 +78,6 @@ class JobWorkflow(JobVerification, JobEndings):
         self._failed: list[str] = []  # providers that failed a step of theirs for this job
         self._check_wait_s = 0.0
         self._replica_wait_s = 0.0
-        self._settlement: c.Settlement | None = None  # once CLOSE_JOB answered
         # The close asked for, once asked: a cancel that interrupts it asks its settlement
         # and outcomes again (the step may have completed in the stores), never others.
         self._closing: c.CloseRequest | None = None

@@ -32,7 +32,6 @@ class JobEndings:
     _step: str
     _runs: list[Run]
     _lost: list[str]
-    _settlement: c.Settlement | None
     _closing: c.CloseRequest | None
 
     async def _control(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
@@ -104,8 +103,7 @@ class JobEndings:
         """The close, asked once: a cancel that interrupts it asks the same settlement and
         outcomes again (the step may have completed in the stores), never other ones."""
         self._closing = closing
-        self._settlement = await self._control(c.CLOSE_JOB, closing, c.Settlement)
-        return self._settlement
+        return await self._control(c.CLOSE_JOB, closing, c.Settlement)
 
     async def _cancelled(self, inp: c.JobInput) -> c.JobResult:
         """The client cancelled: pay for the GPU time used, refund the rest, free the GPUs."""
@@ -116,12 +114,11 @@ class JobEndings:
         admitted = await self._control(c.ADMIT_JOB, inp, c.AdmitResult)
         if admitted.ended is not None:  # it had ended before the cancel reached it
             return st.result_of(inp, admitted.ended)
+        # (A close that completed ended the job: admission said so above.)
         charged = 0
         settle: c.SettleRequest | None = None
         outcomes: list[c.ReputationRequest] = []
-        if self._settlement is not None:  # closed before the cancel: that stands
-            charged = self._settlement.charged_micro
-        elif self._closing is not None:  # the cancel interrupted the close: asked again
+        if self._closing is not None:  # the cancel interrupted the close: asked again
             settle, outcomes = self._closing.settle, self._closing.outcomes
         elif admitted.admitted:
             settle = runs_.cancel_settlement(inp.job_id, self._runs, payments)
@@ -129,6 +126,10 @@ class JobEndings:
             settle, outcomes, [r.alloc.provider_id for r in self._runs],
             c.FinishRequest(inp.job_id, False, reason, cancelled=True),
         ), c.Settlement)
+        if closed.ended is not None and closed.ended.state != "CANCELLED":
+            # The interrupted close went on in its thread and ended the job first: that
+            # ending stands (the same settlement and outcomes either way).
+            return st.result_of(inp, closed.ended)
         if settle is not None:
             charged = closed.charged_micro
         self._step = "done"

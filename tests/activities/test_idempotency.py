@@ -7,6 +7,7 @@ run where each activity ran once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -69,8 +70,10 @@ def lifecycle(acts: ControlActivities, job_id: str, repeat: Callable[[Callable[[
     settle = c.SettleRequest(job_id, "p1", 30_000, alloc.price_per_gpu_hour_micro, True)
     outcome = c.ReputationRequest(job_id, "p1", "success")
     finish = c.FinishRequest(job_id, True, "")
-    if close:
-        return repeat(lambda: acts.close_job(c.CloseRequest(settle, [outcome], ["p1"], finish)))
+    if close:  # answered with the job's ending too, which settle_job does not say
+        closed = repeat(lambda: acts.close_job(c.CloseRequest(settle, [outcome], ["p1"], finish)))
+        assert closed.ended is not None and closed.ended.state == "SUCCEEDED", closed
+        return dataclasses.replace(closed, ended=None)
     settlement = repeat(lambda: acts.settle_job(settle))
     repeat(lambda: acts.record_reputation(outcome))
     repeat(lambda: acts.release_gpus(c.ReleaseRequest(job_id, "p1")))

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from domain.application import Network, Payment, SettlementFigures
+from domain.errors import DomainError
+from domain.provider import Provider
 from infra.settings import Settings
 from tests.domain.support import (
     CHARGED,
@@ -158,3 +160,59 @@ def test_a_close_that_loses_a_race_is_decided_again(
     assert "job-0" in fresh.provider("prov-1").outcome_jobs
     assert provider_event_types(fresh, "prov-1").count("GpusReleased") == 1
     assert fresh.balance("provider:prov-1") == PAID
+
+
+def test_a_domain_error_midway_saves_nothing_and_leaves_no_unit_or_cache_behind(
+    app: Network,
+) -> None:
+    verified(app)
+    before = notification_count(app)
+    with pytest.raises(DomainError):
+        app.close_job("job-1", [Payment("prov-1", GPU_MS, PRICE)], FEE_BPS,
+                      [("job-1", "prov-1", "success"), ("job-1#2", "prov-1", "bogus")],
+                      ["prov-1"], True, "")
+    assert app._unit() is None
+    assert notification_count(app) == before
+    # Nothing of the failed unit is seen by later loads in this thread (the cache intact).
+    assert app.job("job-1").settlement is None
+    assert "job-1" in app.provider("prov-1").reservations
+    assert "job-1" not in app.provider("prov-1").outcome_jobs
+    assert app.balance("provider:prov-1") == 0
+    assert close(app) == SettlementFigures(CHARGED, PAID, FEE, REFUND)
+    assert app.provider("prov-1").outcome_jobs.count("job-1") == 1
+
+
+def test_a_snapshot_is_taken_where_a_units_event_reaches_the_interval(app: Network) -> None:
+    verified(app)
+    pid = Provider.create_id(provider_id="prov-1")
+    version = app.provider("prov-1").version
+    for n in range((49 - version) % 50):  # one event short of the next multiple of 50
+        app.record_reputation(f"other-{n}", "prov-1", "success")
+    assert app.provider("prov-1").version % 50 == 49
+    close(app)  # its outcome (the 50th) and its release in one save
+    snaps = list(app.snapshots.get(pid)) if app.snapshots else []
+    assert snaps and snaps[-1].originator_version == app.provider("prov-1").version - 1
+
+
+@pytest.mark.parametrize("settings", ["sqlite", "postgres"], indirect=True)
+def test_the_sweepers_end_of_a_job_that_its_close_ended_meanwhile_changes_nothing(
+    settings: Settings, open_app: Callable[[], Network]
+) -> None:
+    """end_abandoned (a job whose workflow an operator terminated mid-close) loses the race
+    to that close's thread: its unit runs again on the job as stored, which has ended."""
+    sweeper, worker = open_app(), open_app()
+    verified(sweeper)
+    save, tries = sweeper.save, []
+
+    def racing(*objs: Any, **kwargs: Any) -> Any:
+        tries.append(1)
+        if len(tries) == 1:
+            close(worker)  # the terminated workflow's close commits first
+        return save(*objs, **kwargs)
+
+    sweeper.save = racing  # type: ignore[method-assign]
+    assert sweeper.end_abandoned("job-1", "the job's workflow was terminated", FEE_BPS) is False
+    assert len(tries) == 1  # the second try found it ended: nothing to save
+    job = sweeper.job("job-1")
+    assert job.state == "SUCCEEDED" and job.settlement is not None
+    assert job.settlement["charged_micro"] == CHARGED

@@ -10,6 +10,7 @@ recorded, so a test can say what the workflow asked for, in what order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -70,6 +71,11 @@ class StubNetwork:
     stays_down: set[str] = field(default_factory=set)
     recovers: set[str] = field(default_factory=set)
     blocks_at: dict[str, str] = field(default_factory=dict)  # pid: a GPU step it blocks in
+    # A close cancelled while blocked goes on in its thread and commits (a real one runs
+    # with no_thread_cancel_exception) once the cancel's admission looked: the job ends as
+    # that close said (`late_ending`), which only the cancel's own close then finds.
+    close_commits_anyway: bool = False
+    late_ending: c.EndedJob | None = None
     calls: list[tuple[str, Any]] = field(default_factory=list)
     started: dict[str, asyncio.Event] = field(default_factory=dict)
     verdicts: int = 0
@@ -218,7 +224,13 @@ class StubNetwork:
             """One step; once through, its parts are recorded as the steps they stand for
             (SETTLE_JOB, RECORD_REPUTATION, RELEASE_GPUS, FINISH_JOB), so that a test says
             what was settled, blamed, released and finished however the job ended."""
-            await plain(c.CLOSE_JOB)(req)
+            try:
+                await plain(c.CLOSE_JOB)(req)
+            except asyncio.CancelledError:
+                if net.close_commits_anyway and net.late_ending is None:
+                    net.late_ending = c.EndedJob(
+                        "SUCCEEDED" if req.finish.succeeded else "FAILED", req.finish.reason)
+                raise
             if req.settle is not None:
                 net._seen(c.SETTLE_JOB, req.settle)
             for outcome in req.outcomes:
@@ -226,7 +238,11 @@ class StubNetwork:
             for provider_id in req.release_provider_ids:
                 net._seen(c.RELEASE_GPUS, c.ReleaseRequest(req.finish.job_id, provider_id))
             net._seen(c.FINISH_JOB, req.finish)
-            return c.Settlement(0, 0, 0, 0) if req.settle is None else settled(req.settle)
+            settlement = c.Settlement(0, 0, 0, 0) if req.settle is None else settled(req.settle)
+            state = "CANCELLED" if req.finish.cancelled else (
+                "SUCCEEDED" if req.finish.succeeded else "FAILED")
+            ending = net.late_ending or c.EndedJob(state, req.finish.reason)
+            return dataclasses.replace(settlement, ended=ending)
 
         @activity.defn(name=c.RECORD_REPUTATION)
         async def record_reputation(req: c.ReputationRequest) -> None:

@@ -126,3 +126,21 @@ async def test_a_cancel_ends_the_job_cancelled_settled_once_with_its_gpus_releas
         interrupted, again = net.called(c.CLOSE_JOB)
         assert (again.settle, again.outcomes) == (interrupted.settle, interrupted.outcomes)
         assert again.finish.cancelled and not interrupted.finish.cancelled
+
+
+async def test_a_cancel_whose_interrupted_close_committed_first_answers_with_its_ending(
+    start: Start,
+) -> None:
+    """The close a cancel interrupts goes on in its thread and commits before the cancel's
+    own close runs: the job ended SUCCEEDED, and the workflow says so, not CANCELLED (the
+    same settlement and outcomes either way)."""
+    net = StubNetwork(block={c.CLOSE_JOB}, close_commits_anyway=True)
+    handle = await start(net, TASK_TIMEOUT_S)
+    await net.wait_started(blocked(c.CLOSE_JOB))
+    await handle.cancel()
+    await net.wait_started(c.FINISH_JOB)  # the cancel's own close
+    result = await handle.result()
+    assert result.state == "SUCCEEDED" and result.reason.startswith("exit code 0"), result
+    (interrupted, again) = net.called(c.CLOSE_JOB)
+    assert again.finish.cancelled and (again.settle, again.outcomes) == (
+        interrupted.settle, interrupted.outcomes)
