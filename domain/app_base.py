@@ -43,6 +43,8 @@ CACHED_AGGREGATES = 4096
 _STRIPES = 64  # locks, by aggregate id: one aggregate is brought up to date at a time
 
 T = TypeVar("T")
+# A unit of work that lost this many races in a row runs its commands one at a time.
+UNIT_TRIES = 5
 
 
 def _project(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -225,11 +227,12 @@ class Base(Application[Any]):
         """Run several commands (`work`) as one: each decides on what the ones before it
         changed, and every event they record is saved in one transaction, in the order
         they would have been saved one command at a time. A conflict runs them all again,
-        on aggregates loaded anew, as `_save_retrying` does one command. Commands that
-        change nothing (all of them again, after the unit was saved) save nothing."""
+        on aggregates loaded anew, as `_save_retrying` does one command; past UNIT_TRIES
+        conflicts they run one at a time. Commands that change nothing (all of them
+        again, after the unit was saved) save nothing."""
         if self._unit() is not None:
             return work()  # already inside one: its own unit saves
-        for n in range(CONFLICT_RETRIES):
+        for n in range(UNIT_TRIES):
             unit = self._units.open = Unit()
             try:
                 with self._conflicted if n else contextlib.nullcontext():
@@ -252,4 +255,8 @@ class Base(Application[Any]):
                 time.sleep(min(0.01 * 2**n, 0.5))
             finally:
                 self._units.open = None
-        raise RuntimeError("gave up after repeated concurrent conflicts")
+        # Contended: the commands one at a time, as before there were units (each is
+        # idempotent and tries again on its own), so that a writer who keeps one of the
+        # aggregates busy holds up only the command that writes it, not the others (a
+        # provider's own churn cannot keep a job's settlement from being made).
+        return work()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from domain.app_base import UNIT_TRIES
 from domain.application import Network, Payment, SettlementFigures
 from domain.errors import DomainError
 from domain.provider import Provider
@@ -216,3 +217,27 @@ def test_the_sweepers_end_of_a_job_that_its_close_ended_meanwhile_changes_nothin
     job = sweeper.job("job-1")
     assert job.state == "SUCCEEDED" and job.settlement is not None
     assert job.settlement["charged_micro"] == CHARGED
+
+
+@pytest.mark.parametrize("settings", ["sqlite", "postgres"], indirect=True)
+def test_a_close_that_loses_every_race_as_one_is_made_one_command_at_a_time(
+    settings: Settings, open_app: Callable[[], Network]
+) -> None:
+    """A provider's own churn (another process writing it before each of the close's saves)
+    cannot hold the close up: past UNIT_TRIES lost races its commands run one at a time,
+    each recorded once, the settlement made."""
+    app, other = open_app(), open_app()
+    verified(app)
+    save, tries = app.save, []
+
+    def racing(*objs: Any, **kwargs: Any) -> Any:
+        tries.append(len(objs))
+        if len(tries) <= UNIT_TRIES:
+            other.record_reputation(f"churn-{len(tries)}", "prov-1", "success")
+        return save(*objs, **kwargs)
+
+    app.save = racing  # type: ignore[method-assign]
+    assert close(app) == SettlementFigures(CHARGED, PAID, FEE, REFUND)
+    assert len(tries) == UNIT_TRIES + ENDING  # then settle, reputation, release, finish
+    assert app.provider("prov-1").outcome_jobs.count("job-1") == 1
+    assert app.job("job-1").state == "SUCCEEDED"
