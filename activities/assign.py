@@ -10,7 +10,7 @@ The assignment watch keeps an assignment alive while it waits for its provider's
 heartbeats the activity for it) and, past the pickup bound, fails it as not picked up; and
 it fails a handed-out assignment whose provider has not been heard for its heartbeat
 timeout as silent. Both the workflow treats as a lost provider. Silence counts only while
-the network can hear (an API is up and providers reach it: infra/assignments.py listeners,
+the network can hear (an API is up and providers reach it: infra/listeners.py,
 api/dispatch.py), and from the moment it could hear again: an API restart, an outage in
 front of the APIs, or the control worker's or Temporal's outage, loses no
 run and blames no provider (Temporal's own heartbeat timeout, past the workflow's outage
@@ -153,7 +153,7 @@ async def watch_assignments(client: Client, board: AssignmentBoard, stop: asynci
 async def _watch_once(client: Client, board: AssignmentBoard) -> None:
     waiting = await asyncio.to_thread(board.waiting)
     # An API's outage is no provider's fault: nobody could pick anything up meanwhile.
-    hearing = await asyncio.to_thread(board.hearing) if waiting else []
+    hearing = await asyncio.to_thread(board.listeners.rows) if waiting else []
     now = board.clock()
     for a in waiting:
         if not a.pickup_overdue(now, hearing):

@@ -33,7 +33,8 @@ from fastapi import Depends, Request
 
 from api.services import Services
 from api.waiters import Waiters
-from infra.assignments import LISTEN_EVERY_S, LISTEN_GAP_S, Assignment, AssignmentBoard
+from infra.assignments import Assignment, AssignmentBoard
+from infra.listeners import LISTEN_EVERY_S, LISTEN_GAP_S
 from infra.row_cipher import RowCipher
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class Dispatch:
                     up_since = now
                 try:
                     if self.hearing():
-                        await asyncio.to_thread(self.board.listen, self.listener_id, up_since)
+                        await asyncio.to_thread(self.board.listeners.stamp, self.listener_id,
+                                                up_since)
                         last = now
                 except Exception as err:  # the database blinked: the next stamp
                     log.warning("listener stamp: %s", err)
@@ -109,7 +111,7 @@ class Dispatch:
                     await asyncio.wait_for(stop.wait(), LISTEN_EVERY_S)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.board.forget_listener, self.listener_id)
+                await asyncio.to_thread(self.board.listeners.forget, self.listener_id)
 
     def within_grace(self, aid: str) -> bool:
         """Whether a step whose run was reset may still wait here for the new run."""

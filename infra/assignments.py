@@ -24,6 +24,7 @@ import uuid
 from typing import Any
 
 from infra.db import Column, Database
+from infra.listeners import Listeners
 from infra.row_cipher import RowCipher, RowSealError
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,6 @@ SCHEMA = [
         trace TEXT NOT NULL DEFAULT '{}', result TEXT NOT NULL DEFAULT '',
         UNIQUE (workflow_id, run_id, activity_id))""",
     "CREATE INDEX IF NOT EXISTS assignments_open ON assignments (finished_at, provider_id)",
-    # Each API process stamps its row every LISTEN_EVERY_S while providers reach it: the
-    # network can hear providers only then (api/dispatch.py Dispatch.hearing).
-    """CREATE TABLE IF NOT EXISTS listeners (
-        listener_id TEXT PRIMARY KEY, up_since DOUBLE PRECISION NOT NULL,
-        heard_at DOUBLE PRECISION NOT NULL)""",
 ]
 COLUMNS_ADDED: list[Column] = [("assignments", "trace", "TEXT NOT NULL DEFAULT '{}'"),
                                ("assignments", "result", "TEXT NOT NULL DEFAULT ''")]
@@ -55,10 +51,6 @@ COLUMNS_ADDED: list[Column] = [("assignments", "trace", "TEXT NOT NULL DEFAULT '
 KEEP_FINISHED_S = 24 * 3600.0
 # At most this many assignments in one answer to a poll.
 MAX_HANDED_OUT = 64
-# How often each API process stamps its listener row, and the gap between two stamps that
-# says the process stalled (it heard nothing meanwhile: its hearing starts again).
-LISTEN_EVERY_S = 1.0
-LISTEN_GAP_S = 2.0
 # The most a step's workflow bears the network's own outages (settings: gpu_outage_grace_s).
 MAX_OUTAGE_GRACE_S = 3600.0
 # The outcome of a step whose result came once its workflow run had been reset: kept open,
@@ -147,6 +139,7 @@ class AssignmentBoard:
         self.db, self.cipher = db, cipher
         self.clock = clock or db.now
         db.ensure(SCHEMA, COLUMNS_ADDED)
+        self.listeners = Listeners(db, self.clock)  # which APIs hear providers (`silent`)
 
     def _seal(self, aid: str, column: str, plain: bytes) -> str:
         return self.cipher.seal("assignments", column, aid, plain)
@@ -370,24 +363,6 @@ class AssignmentBoard:
                 taken.append(dataclasses.replace(a, handed_out_at=now))
         return taken
 
-    def listen(self, listener_id: str, up_since: float) -> None:
-        """Stamp this API process's listener row: providers reach it, so can be heard."""
-        now = self.clock()
-        with self.db.transaction() as cur:
-            if not cur.execute("UPDATE listeners SET heard_at = ?, up_since = ?"
-                               " WHERE listener_id = ?", (now, up_since, listener_id)):
-                cur.execute("INSERT INTO listeners (listener_id, up_since, heard_at)"
-                            " VALUES (?, ?, ?)", (listener_id, up_since, now))
-
-    def hearing(self) -> list[tuple[float, float]]:
-        """Each API's listener row: (up since, latest stamp)."""
-        return [(float(r["up_since"]), float(r["heard_at"]))
-                for r in self.db.query("SELECT up_since, heard_at FROM listeners")]
-
-    def forget_listener(self, listener_id: str) -> None:
-        with self.db.transaction() as cur:
-            cur.execute("DELETE FROM listeners WHERE listener_id = ?", (listener_id,))
-
     def silent(self) -> list[Assignment]:
         """Handed-out assignments whose provider went unheard for its heartbeat timeout
         while an API was up the whole time: some listener's row spans a stretch that long,
@@ -455,6 +430,4 @@ class AssignmentBoard:
             )
             cur.execute("DELETE FROM assignments WHERE finished_at IS NOT NULL"
                         " AND finished_at < ?", (now - KEEP_FINISHED_S,))
-            # A dead API's row speaks for no step once the longest outage is over.
-            cur.execute("DELETE FROM listeners WHERE heard_at < ?",
-                        (now - MAX_OUTAGE_GRACE_S,))
+        self.listeners.forget_stamped_before(now - MAX_OUTAGE_GRACE_S)

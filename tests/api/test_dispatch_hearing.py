@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from api.dispatch import HEARD_FOR_S, Dispatch
-from infra.assignments import LISTEN_EVERY_S, LISTEN_GAP_S, AssignmentBoard
+from infra.assignments import AssignmentBoard
+from infra.listeners import LISTEN_EVERY_S, LISTEN_GAP_S
 from infra.row_cipher import RowCipher
 from readmodel.schema import ViewDB
 from tests.support.stores import store_settings
@@ -32,7 +33,7 @@ async def _listening(dispatch: Dispatch, seconds: float) -> list[tuple[float, fl
     stop = asyncio.Event()
     task = asyncio.create_task(dispatch.listen(stop))
     await asyncio.sleep(seconds)
-    rows = await asyncio.to_thread(dispatch.board.hearing)
+    rows = await asyncio.to_thread(dispatch.board.listeners.rows)
     stop.set()
     await task
     return rows
@@ -86,16 +87,16 @@ async def test_the_stamps_stop_while_no_one_is_heard_and_hearing_starts_afresh(
     task = asyncio.create_task(dispatch.listen(stop))
     try:
         await asyncio.sleep(LISTEN_EVERY_S * 1.5)
-        [(first_up, first_stamp)] = await asyncio.to_thread(dispatch.board.hearing)
+        [(first_up, first_stamp)] = await asyncio.to_thread(dispatch.board.listeners.rows)
         gone = True  # its connection closed (the load balancer in front went down)
         await asyncio.wait_for(poll, 5.0)
         await asyncio.sleep(LISTEN_GAP_S + 2 * LISTEN_EVERY_S)
-        [(up, stamp)] = await asyncio.to_thread(dispatch.board.hearing)
+        [(up, stamp)] = await asyncio.to_thread(dispatch.board.listeners.rows)
         assert stamp - first_stamp < 2 * LISTEN_EVERY_S + 0.5  # no stamp once it was gone
         gone = False
         poll = asyncio.create_task(dispatch.next("p1", 30.0, is_gone))  # heard again
         await asyncio.sleep(LISTEN_EVERY_S * 1.5)
-        [(up, stamp)] = await asyncio.to_thread(dispatch.board.hearing)
+        [(up, stamp)] = await asyncio.to_thread(dispatch.board.listeners.rows)
         assert up > first_stamp + LISTEN_GAP_S  # counted from when it heard again
         assert stamp >= up
     finally:

@@ -238,28 +238,28 @@ def test_a_provider_is_silent_only_once_an_api_was_up_all_through_its_bound(
     clock.now += 30.0
     assert two.silent() == []  # no API stamped: nobody was heard, so nobody is silent
 
-    one.listen("api-1", up_since=900.0)  # up since before, stamped now: 30 s unheard
+    one.listeners.stamp("api-1", up_since=900.0)  # up since before, stamped now: 30 s unheard
     assert [s.assignment_id for s in two.silent()] == [aid]
     one.seen(aid)  # heard again (at 1030)
     clock.now += 9.0
-    one.listen("api-1", up_since=900.0)
+    one.listeners.stamp("api-1", up_since=900.0)
     assert two.silent() == []  # 9 s: within its bound
     clock.now += 5.0  # api-1 died at 1039, unheard since 1030 for 9 s of its life
     assert two.silent() == []
-    one.listen("api-2", up_since=clock.now - 1.0)  # another came up a moment ago
+    one.listeners.stamp("api-2", up_since=clock.now - 1.0)  # another came up a moment ago
     assert two.silent() == []  # the agent reconnects: its bound runs from the API's start
     clock.now += 9.5
-    one.listen("api-2", up_since=clock.now - 10.5)
+    one.listeners.stamp("api-2", up_since=clock.now - 10.5)
     assert [s.assignment_id for s in two.silent()] == [aid]
 
     one.seen(aid)
     assert two.silent() == []
     assert one.finish(aid, "completed")
     clock.now += 60.0
-    one.listen("api-2", up_since=clock.now - 70.5)
+    one.listeners.stamp("api-2", up_since=clock.now - 70.5)
     assert two.silent() == []  # a finished step is nobody's silence
-    one.forget_listener("api-2")
-    one.forget_listener("api-1")
+    one.listeners.forget("api-2")
+    one.listeners.forget("api-1")
     assert not one.db.query("SELECT * FROM listeners")
 
 
@@ -288,9 +288,9 @@ def test_a_step_is_not_picked_up_only_once_an_api_was_up_all_through_its_bound(
     assert a.pickup_overdue(1090.0, [])  # past its bound and the grace: given up all the same
 
     clock.now = 1031.0
-    one.listen("api-1", up_since=1020.0)
-    assert two.hearing() == [(1020.0, 1031.0)]
-    assert not a.pickup_overdue(clock.now, two.hearing())
+    one.listeners.stamp("api-1", up_since=1020.0)
+    assert two.listeners.rows() == [(1020.0, 1031.0)]
+    assert not a.pickup_overdue(clock.now, two.listeners.rows())
 
 
 def test_the_watch_closes_a_step_only_in_the_state_it_judged(boards: Any) -> None:
