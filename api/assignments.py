@@ -20,9 +20,8 @@ result is held for a reset's new run), except the same report tried again while 
 may still wait in Temporal: the API that took the first may have died before Temporal did,
 so what it kept is delivered again, changing nothing here (410 where the step is no longer
 waiting; 429 when one was delivered again within the second). Only then does the API touch
-Temporal, with the task
-token it keeps (activities/assign.py): the provider never sees the token or any Temporal
-address.
+Temporal, with the task token it keeps (activities/assign.py): the provider never sees the
+token or any Temporal address.
 
 The control plane measures what it pays for: an execute result's wall and GPU time are
 cut to the window the API itself observed (assignment handed out -> result received),

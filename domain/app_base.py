@@ -110,6 +110,16 @@ class AggregateCache:
             self._items.pop(aggregate_id, None)
 
 
+def _pause_after_conflict(err: Exception, n: int) -> None:
+    """Before try n + 2 of a save that lost a race: another writer got there first
+    (IntegrityError: a short random pause), or, on SQLite shared by several processes,
+    holds the lock (OperationalError: a longer one)."""
+    if isinstance(err, IntegrityError):
+        time.sleep(random.uniform(0, min(0.002 * 2**n, 0.1)))
+    else:
+        time.sleep(min(0.01 * 2**n, 0.5))
+
+
 class Unit:
     """A unit of work: several commands decided on the same copies of their aggregates,
     then saved together (`Base.in_one_transaction`).
@@ -216,11 +226,8 @@ class Base(Application[Any]):
                     if changed:
                         self.save(*changed)
                 return result
-            except IntegrityError:
-                time.sleep(random.uniform(0, min(0.002 * 2**n, 0.1)))
-            except OperationalError:
-                # SQLite shared by several processes: another writer holds the lock.
-                time.sleep(min(0.01 * 2**n, 0.5))
+            except (IntegrityError, OperationalError) as err:
+                _pause_after_conflict(err, n)
         raise RuntimeError("gave up after repeated concurrent conflicts")
 
     def in_one_transaction(self, work: Callable[[], T]) -> T:
@@ -249,10 +256,8 @@ class Base(Application[Any]):
                         # events left to give but are what snapshots are taken from.
                         self.save(*unit.events, *unit.saved.values())
                 return result
-            except IntegrityError:
-                time.sleep(random.uniform(0, min(0.002 * 2**n, 0.1)))
-            except OperationalError:
-                time.sleep(min(0.01 * 2**n, 0.5))
+            except (IntegrityError, OperationalError) as err:
+                _pause_after_conflict(err, n)
             finally:
                 self._units.open = None
         # Contended: the commands one at a time, as before there were units (each is

@@ -76,6 +76,8 @@ def step_result(kind: str, data: dict[str, Any]) -> Any:
         return ExecuteResult(**data)
     return UploadResult([ManifestEntry(**m) for m in data["manifest"]],
                         list(data["missing"]), dict(data.get("refused", {})))
+
+
 # The failure type of an assignment its provider did not pick up in time: a lost provider.
 NOT_PICKED_UP = "AssignmentNotPickedUp"
 # The failure type of a handed-out assignment whose provider fell silent while the network
