@@ -244,6 +244,7 @@ class Scheduler:
             served=self._served,
             timings=self.timings,
             owners=owners,
+            now=time.time(),
         )
         by_key = {(t.entry.job_id, t.entry.attempt): t for t in tickets}
         for key, why in result.waiting.items():

@@ -22,6 +22,7 @@ from eventsourcing.persistence import Notification
 from domain.matching import Candidate
 from domain.node import Node
 from domain.provider import Provider
+from domain.resting import streak
 
 if TYPE_CHECKING:
     from domain.app_market import Market
@@ -43,6 +44,7 @@ def candidate(p: Provider, online: bool) -> Candidate:
         suspended=tuple(p.suspended),
         degraded={int(i): why for i, why in p.degraded.items()},
         sandbox=getattr(p, "sandbox", ""),
+        streak=streak(p.outcomes, p.outcome_times),
     )
 
 

@@ -61,6 +61,8 @@ class Candidate:
     suspended: tuple[int, ...] = ()
     degraded: Mapping[int, str] = field(default_factory=dict)  # GPU index -> why
     sandbox: str = ""  # as its agent declared it ("": an agent from before sandboxes)
+    # (its latest success, its `lost` runs since): whether it rests (domain/resting.py)
+    streak: tuple[float, tuple[float, ...]] = (0.0, ())
 
 
 def isolates(req: Requirements, c: Candidate) -> bool:

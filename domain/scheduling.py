@@ -16,11 +16,12 @@ oldest first.
 
 Placement (`plan`): in that order, each job gets the best-scoring provider that
 is eligible (`domain.matching.assess`) and still has enough free GPUs after the
-placements before it; a provider the job `avoided` (one lost once while running it)
-only when no other provider can take it in this round. A client at the queue's cap
-on concurrent GPUs waits; a job that fits nowhere waits, and smaller jobs behind it
-may still start (backfill: a large job can wait long on a busy queue; its position
-shows it).
+placements before it; a provider the job `avoided` (one lost once while running it),
+or one that rests after runs lost with it or its owner's other providers
+(domain/resting.py), only when no other provider can take it in this round. A
+client at the queue's cap on concurrent GPUs waits; a job that fits nowhere waits,
+and smaller jobs behind it may still start (backfill: a large job can wait long on a
+busy queue; its position shows it).
 
 Speed: providers are sorted once per round by score for each distinct set of
 requirements, so one decision looks at the first few providers of a sorted
@@ -37,6 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from domain.matching import Candidate, Requirements, gpu_fits, isolates, score
+from domain.resting import rests_until
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,27 @@ def fair_order(
     return ordered
 
 
+def _resting(candidates: Iterable[Candidate], owners: Mapping[str, str],
+             now: float | None) -> frozenset[str]:
+    """The providers whose owner rests at `now` (domain/resting.py)."""
+    if now is None:
+        return frozenset()
+    by_owner: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        by_owner[owners.get(c.provider_id, c.provider_id)].append(c)
+    return frozenset(
+        c.provider_id for mates in by_owner.values()
+        if any(c.streak[1] for c in mates) and rests_until(c.streak for c in mates) > now
+        for c in mates)
+
+
 class _Pool:
     """The round's view of free GPUs, updated as placements are made."""
 
-    def __init__(self, candidates: Iterable[Candidate], home_region: str) -> None:
+    def __init__(self, candidates: Iterable[Candidate], home_region: str,
+                 owners: Mapping[str, str] | None = None, now: float | None = None) -> None:
         self.by_id = {c.provider_id: c for c in candidates}
+        self.resting = _resting(self.by_id.values(), owners or {}, now)
         self.free = {pid: list(c.free_gpu_indexes) for pid, c in self.by_id.items()}
         self.home_region = home_region
         self._sorted: dict[Requirements, list[str]] = {}
@@ -162,9 +180,10 @@ class _Pool:
 
     def take(self, w: Waiting, also_excluded: set[str]) -> tuple[str, list[int]] | None:
         ranked = self.ranked(w.req)
-        if w.avoided:  # the others first, then the job's last resort
-            ranked = ([pid for pid in ranked if pid not in w.avoided]
-                      + [pid for pid in ranked if pid in w.avoided])
+        last = w.avoided | self.resting
+        if last:  # the others first, then the job's last resort and the resting
+            ranked = ([pid for pid in ranked if pid not in last]
+                      + [pid for pid in ranked if pid in last])
         for pid in ranked:
             if pid in w.excluded or pid in also_excluded:
                 continue
@@ -194,12 +213,15 @@ def plan(
     served: Mapping[str, int] | None = None,
     timings: list[float] | None = None,
     owners: Mapping[str, str] | None = None,
+    now: float | None = None,
 ) -> Plan:
     """Place as many waiting jobs as fit, in fair order; say why the others wait.
 
     `owners` (provider id -> owning account) keeps the replicas of one job placed in this
-    round on providers of distinct owners; a provider without one is its own owner."""
-    pool = _Pool(candidates, home_region)
+    round on providers of distinct owners; a provider without one is its own owner. At
+    `now` (unix time), an owner's providers that rest (domain/resting.py) are every job's
+    last resort; with no `now`, none rests."""
+    pool = _Pool(candidates, home_region, owners, now)
     ordered = fair_order(waiting, held_by_client, fair_share, served)
     for req in {w.req for w in ordered}:  # rank once per kind of job, before deciding
         pool.ranked(req)
