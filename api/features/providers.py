@@ -169,7 +169,7 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
     for r in rows:
         rep = reputation(list(zip(json.loads(r["outcomes"]), json.loads(r["outcome_times"]),
                                   strict=True)), time.time(), json.loads(r["outcome_clients"]),
-                         json.loads(r["outcome_spent"]))
+                         json.loads(r["outcome_spent"]), json.loads(r["outcome_outvotes"]))
         busy = {i: job for job, idx in json.loads(r["reservations"]).items() for i in idx}
         beat = r["last_heartbeat_at"]
         status, reason = r["status"], r["status_reason"]
