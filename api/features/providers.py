@@ -83,8 +83,9 @@ class ReputationDetail:
     outvoted_scored: float = strawberry.field(
         description="the outvoted runs the score counts, each as a failure: only once the "
         "jobs of 3 distinct clients, each of which had paid for at least "
-        f"{micro_to_credits(OUTVOTED_MIN_SPENT_MICRO)} credits of verified work, outvoted the "
-        "provider within 30 days, and at most one a client in 30 days (domain/reputation.py)")
+        f"{micro_to_credits(OUTVOTED_MIN_SPENT_MICRO)} credits of verified work for each "
+        "outvoted run its jobs had caused before and one more, outvoted the provider within "
+        "30 days, and at most one a client in 30 days (domain/reputation.py)")
 
 
 @strawberry.type
