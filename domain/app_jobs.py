@@ -25,7 +25,8 @@ from domain.ledger import (
     provider_account,
     transfer,
 )
-from domain.limits import AMOUNT, MAX_SPENT_MICRO
+from domain.limits import AMOUNT, MAX_OUTVOTES, MAX_SPENT_MICRO
+from domain.reputation import OUTVOTED
 from protocol.money import cost_of_gpu_time
 from protocol.spec import JobSpec
 
@@ -305,24 +306,41 @@ class Jobs(Base):
         total = 0 if account is None else int(account.verified_spent_micro)
         return max(0, min(total - job.verified_charge_micro, MAX_SPENT_MICRO))
 
+    def outvotes_before(self, job: Job) -> int:
+        """How many `outvoted` outcomes the job's client's jobs had caused, against any
+        provider, as its ledger account has counted them so far (`Account.outvotes_caused`),
+        at most MAX_OUTVOTES."""
+        account = self._get_or_none(Account.create_id(name=client_account(job.client_id)))
+        return 0 if account is None else min(int(account.outvotes_caused), MAX_OUTVOTES)
+
     def record_reputation(self, job_id: str, provider_id: str, outcome: str) -> None:
         """`job_id` is the outcome's key: the job's id, or `<job id>#<attempt>` for one of
         several runs; the job's own stream shows it too (ReputationRecorded). The outcome
-        names the job's client, as the job has it (never as a provider says), and what that
-        client had paid for verified work before (`verified_spend_before`, from its ledger
-        account, never as anyone says): an `outvoted` counts in the score only once several
-        clients that each paid enough outvoted the provider (domain/reputation.py)."""
+        names the job's client, as the job has it (never as a provider says), what that
+        client had paid for verified work before (`verified_spend_before`) and how many
+        `outvoted` outcomes its jobs had caused before (`outvotes_before`), both from its
+        ledger account, never as anyone says: an `outvoted` counts in the score only once
+        several clients that each paid enough outvoted the provider, and each `outvoted` a
+        client caused raises what its next one needs (domain/reputation.py). An `outvoted`
+        is counted on the client's account in the same transaction as the outcome, and only
+        where the provider records it for the first time: a retry counts nothing again."""
 
         def attempt() -> tuple[None, list[Aggregate]]:
             provider = self.provider(provider_id)
             job = self._get_or_none(Job.create_id(job_id=job_id.split("#", 1)[0]))
-            provider.record_outcome(
-                job_id, outcome, client_id="" if job is None else job.client_id,
-                client_spent_micro=0 if job is None else self.verified_spend_before(job))
             if job is None:
+                provider.record_outcome(job_id, outcome)
                 return None, [provider]
+            recorded = provider.record_outcome(
+                job_id, outcome, client_id=job.client_id,
+                client_spent_micro=self.verified_spend_before(job),
+                client_outvotes_before=self.outvotes_before(job))
             job.note_reputation(provider_id, job_id, outcome)
-            return None, [provider, job]
+            if not (recorded and outcome == OUTVOTED and job.client_id):
+                return None, [provider, job]
+            client = self.account(client_account(job.client_id))
+            client.note_outvoted(job_id, provider_id)
+            return None, [provider, job, client]
 
         self._save_retrying(attempt)
 

@@ -9,7 +9,10 @@ A client's account also keeps what the client has paid for verified work
 (`verified_spent_micro`, from VerifiedWorkPaid: each job's `JobSettled.charged_micro` where
 its verdict was a verified success, noted with that settlement). It moves no money; it is
 what an `outvoted` outcome needs to count (domain/reputation.py), and unlike a balance it
-cannot be bought by a deposit or a grant.
+cannot be bought by a deposit or a grant. It also counts the `outvoted` outcomes the
+client's jobs have caused (`outvotes_caused`, from OutvotedCaused: one for each `outvoted`
+the control plane records of one of its jobs, against any provider, noted with that outcome,
+so once): each raises the verified spend the client's next `outvoted` needs to count.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import InsufficientFunds, InvalidAmount
+from domain.errors import DomainError, InsufficientFunds, InvalidAmount
 from domain.ids import business_id
 from domain.limits import AMOUNT, MAX_BALANCE_MICRO, OutOfBounds
 
@@ -61,8 +64,9 @@ class Account(Aggregate):
     # Lists of strings or numbers, copied flat by the application's aggregate cache.
     FLAT_LISTS = ("posted",)
 
-    # v2 keeps what a client paid for verified work (`verified_spent_micro`).
-    class_version = 2
+    # v2 keeps what a client paid for verified work (`verified_spent_micro`); v3 how many
+    # `outvoted` outcomes its jobs caused (`outvotes_caused`).
+    class_version = 3
 
     class EntryPosted(Aggregate.Event):
         """One side of a transfer. Version 2 added `kind`."""
@@ -84,6 +88,11 @@ class Account(Aggregate):
         state.setdefault("verified_spent_micro", 0)
 
     @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        # A snapshot from before: no OutvotedCaused came before it, as none was recorded.
+        state.setdefault("outvotes_caused", 0)
+
+    @staticmethod
     def create_id(name: str, **_: Any) -> UUID:
         return business_id("account", name)
 
@@ -94,6 +103,7 @@ class Account(Aggregate):
         self.balance_micro = 0
         self.posted: list[str] = []
         self.verified_spent_micro = 0  # a client's: what it paid for verified work
+        self.outvotes_caused = 0  # a client's: the `outvoted` outcomes its jobs caused
 
     def has_posted(self, transfer_id: str) -> bool:
         return transfer_id in self.posted
@@ -117,6 +127,18 @@ class Account(Aggregate):
     @event("VerifiedWorkPaid")
     def _verified_work_paid(self, job_id: str, amount_micro: int) -> None:
         self.verified_spent_micro += amount_micro
+
+    def note_outvoted(self, outcome_key: str, provider_id: str) -> None:
+        """A job of this client outvoted `provider_id`'s run (the outcome `outcome_key`:
+        `<job id>` or `<job id>#<attempt>`). Noted once, with that outcome, where the
+        provider recorded it for the first time (Jobs.record_reputation)."""
+        if not self.name.startswith("client:"):
+            raise DomainError("", f"only a client's jobs outvote a run, not {self.name}'s")
+        self._outvoted_caused(outcome_key=outcome_key, provider_id=provider_id)
+
+    @event("OutvotedCaused")
+    def _outvoted_caused(self, outcome_key: str, provider_id: str) -> None:
+        self.outvotes_caused += 1
 
     @event(EntryPosted)
     def post(

@@ -30,6 +30,7 @@ signed 64-bit integer (SQLite's INTEGER, PostgreSQL's BIGINT: 9.2e18).
 | telemetry: power | 0 | 100000 W |
 | telemetry: ECC, Xid error counts | 0 | 10^12 |
 | a client's verified spend, as an outcome carries it | 0 | 2^53 micro-credits |
+| the `outvoted` outcomes a client's jobs caused before, as an outcome carries it | 0 | 10^9 |
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from protocol.limits import (
     MAX_GPU_MS,
     MAX_GPUS_PER_CLIENT,
     MAX_JOB_GPUS,
+    MAX_OUTVOTES,
     MAX_PRICE_MICRO,
     MAX_PRIORITY_LEVELS,
     MAX_PROVIDER_GPUS,
@@ -127,6 +129,7 @@ TEMPERATURE_C = Bound(0, 1000, "°C")
 POWER_W = Bound(0, 100_000, "W", whole=False)
 ERROR_COUNT = Bound(0, MAX_ERROR_COUNT, "errors")
 SPENT = Bound(0, MAX_SPENT_MICRO, "micro-credits")
+OUTVOTES = Bound(0, MAX_OUTVOTES, "outvoted outcomes")
 
 # The read model's and the samples' bound per GPU telemetry field (readmodel/telemetry.py).
 TELEMETRY: dict[str, Bound] = {

@@ -17,7 +17,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 from domain.ids import business_id
-from domain.limits import GPU_INDEX, PRICE, SPENT, check_gpus
+from domain.limits import GPU_INDEX, OUTVOTES, PRICE, SPENT, check_gpus
 from domain.reputation import OUTCOMES, Reputation, reputation
 
 RUNTIMES = ("process", "docker")
@@ -56,12 +56,13 @@ def check_declaration(price_micro: int, gpus: list[dict[str, Any]]) -> None:
 class Provider(Aggregate):
     # Lists of strings or numbers, copied flat by the application's aggregate cache.
     FLAT_LISTS = ("outcomes", "outcome_jobs", "outcome_times", "outcome_clients",
-                  "outcome_spent", "runtimes", "suspended")
+                  "outcome_spent", "outcome_outvotes", "runtimes", "suspended")
 
     # v2 added per-GPU suspension and health and the client behind each reservation;
     # v3 the time of each outcome (reputation decays with age); v4 the client of each;
-    # v5 what that client had paid for verified work before it.
-    class_version = 5
+    # v5 what that client had paid for verified work before it; v6 how many `outvoted`
+    # outcomes that client's jobs had caused before it.
+    class_version = 6
 
     class ReputationRecorded(Aggregate.Event):
         """One outcome of the provider's work. Version 2 added `at` (unix time), version 3
@@ -72,14 +73,19 @@ class Provider(Aggregate):
         as the control plane has it from the client's ledger account (domain/app_jobs.py
         `verified_spend_before`; 0 where there is no client), never from a provider or a
         client: an `outvoted` counts only from a client that paid enough
-        (domain/reputation.py)."""
+        (domain/reputation.py). Version 5 added `client_outvotes_before`: how many `outvoted`
+        outcomes that client's jobs had caused before this one, against any provider, as the
+        control plane counts them on the client's ledger account (domain/ledger.py
+        `Account.outvotes_caused`; 0 where there is no client), never from a provider or a
+        client: each one raises the spend the client's next `outvoted` needs to count."""
 
-        class_version = 4
+        class_version = 5
         job_id: str
         outcome: str
         at: float
         client_id: str
         client_spent_micro: int
+        client_outvotes_before: int
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -97,6 +103,11 @@ class Provider(Aggregate):
             # Not known: an `outvoted` of a client that paid nothing never counts, as one of
             # no known client never did (domain/reputation.py).
             state["client_spent_micro"] = 0
+
+        @staticmethod
+        def upcast_v4_v5(state: dict[str, Any]) -> None:
+            # Not counted then: judged as it was when recorded (the spend alone).
+            state["client_outvotes_before"] = 0
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -118,6 +129,10 @@ class Provider(Aggregate):
     @staticmethod
     def upcast_v4_v5(state: dict[str, Any]) -> None:
         state.setdefault("outcome_spent", [0] * len(state.get("outcomes", [])))
+
+    @staticmethod
+    def upcast_v5_v6(state: dict[str, Any]) -> None:
+        state.setdefault("outcome_outvotes", [0] * len(state.get("outcomes", [])))
 
     @staticmethod
     def create_id(provider_id: str, **_: Any) -> UUID:
@@ -143,6 +158,8 @@ class Provider(Aggregate):
         self.outcome_clients: list[str] = []  # the client of each outcome's job ("" unknown)
         # what that client had paid for verified work before it, in micro-credits
         self.outcome_spent: list[int] = []
+        # how many `outvoted` outcomes that client's jobs had caused before it
+        self.outcome_outvotes: list[int] = []
         self.runtimes: list[str] = ["process"]
         self.sandbox = ""  # unknown: registered by an agent from before sandboxes were declared
         self.reservation_clients: dict[str, str] = {}  # job id -> the client it runs for
@@ -157,7 +174,7 @@ class Provider(Aggregate):
 
     def reputation_at(self, as_of: float) -> Reputation:
         return reputation(list(zip(self.outcomes, self.outcome_times, strict=True)), as_of,
-                          self.outcome_clients, self.outcome_spent)
+                          self.outcome_clients, self.outcome_spent, self.outcome_outvotes)
 
     def free_gpu_indexes(self) -> list[int]:
         """GPUs that could take a job now: not reserved, not suspended, not degraded."""
@@ -266,17 +283,26 @@ class Provider(Aggregate):
         if self.status != "lost":
             self._lost(job_id=job_id, reason=reason)
 
+    def has_outcome(self, job_id: str) -> bool:
+        return job_id in self.outcome_jobs
+
     def record_outcome(self, job_id: str, outcome: str, at: float | None = None,
-                       client_id: str = "", client_spent_micro: int = 0) -> None:
+                       client_id: str = "", client_spent_micro: int = 0,
+                       client_outvotes_before: int = 0) -> bool:
         """`client_id`: the client of the job, from the job (never from a provider);
-        `client_spent_micro`: what it had paid for verified work before, from its ledger."""
+        `client_spent_micro`: what it had paid for verified work before, from its ledger;
+        `client_outvotes_before`: the `outvoted` outcomes its jobs had caused before, from
+        its ledger. One outcome per `job_id`: False where it was recorded before."""
         if outcome not in OUTCOMES:
             raise DomainError("", f"unknown outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
         SPENT.check("client_spent_micro", client_spent_micro)
-        if job_id in self.outcome_jobs:
-            return
+        OUTVOTES.check("client_outvotes_before", client_outvotes_before)
+        if self.has_outcome(job_id):
+            return False
         self._outcome(job_id=job_id, outcome=outcome, at=time.time() if at is None else at,
-                      client_id=client_id, client_spent_micro=client_spent_micro)
+                      client_id=client_id, client_spent_micro=client_spent_micro,
+                      client_outvotes_before=client_outvotes_before)
+        return True
 
     @event("ProviderRejoined")
     def _rejoined(self, region: str, price_per_gpu_hour_micro: int, gpus: list[dict[str, Any]]):
@@ -337,12 +363,13 @@ class Provider(Aggregate):
 
     @event(ReputationRecorded)
     def _outcome(self, job_id: str, outcome: str, at: float, client_id: str,
-                 client_spent_micro: int) -> None:
+                 client_spent_micro: int, client_outvotes_before: int) -> None:
         self.outcomes.append(outcome)
         self.outcome_jobs.append(job_id)
         self.outcome_times.append(at)
         self.outcome_clients.append(client_id)
         self.outcome_spent.append(client_spent_micro)
+        self.outcome_outvotes.append(client_outvotes_before)
 
 
 class Directory(Aggregate):

@@ -27,15 +27,21 @@ counts in the score only where several clients say the same (`counted_outvoted`)
   a score; an outcome whose client is not known (recorded before outcomes named
   their client: "") is no client and never counts;
 - a client pays (for this rule) where it had paid for at least
-  OUTVOTED_MIN_SPENT_MICRO of verified work before that job: each outcome carries
-  its client's verified spend as the control plane had it when it recorded the
-  outcome (`ReputationRecorded.client_spent_micro`, the sum of what the client was
-  charged, `JobSettled.charged_micro`, for its other jobs whose verdict was a
-  verified success: domain/app_jobs.py `verified_spend_before`). An `outvoted` of a
-  client that paid less is no client's either, for the tally as for the count: a
-  deposit or a grant is no spend (a deposit can be withdrawn, a grant is free), so a
-  new or merely funded account frames no one. Outcomes recorded before they carried
-  the spend (0) never count;
+  OUTVOTED_MIN_SPENT_MICRO of verified work before that job for each `outvoted` its
+  jobs had caused before it, and once more for this one (`outvoted_price_micro`):
+  10 credits for its first, 20 for its second, 10 x (1 + n) where its jobs had
+  caused n before, against any provider, counted or not. Each outcome carries its
+  client's verified spend as the control plane had it when it recorded the outcome
+  (`ReputationRecorded.client_spent_micro`, the sum of what the client was charged,
+  `JobSettled.charged_micro`, for its other jobs whose verdict was a verified
+  success: domain/app_jobs.py `verified_spend_before`), and how many `outvoted`
+  outcomes its jobs had caused before (`ReputationRecorded.client_outvotes_before`,
+  counted on its ledger account with each `outvoted` recorded: domain/ledger.py
+  `Account.outvotes_caused`). An `outvoted` of a client that paid less is no
+  client's either, for the tally as for the count: a deposit or a grant is no spend
+  (a deposit can be withdrawn, a grant is free), so a new or merely funded account
+  frames no one. Outcomes recorded before they carried the spend (0) never count;
+  those recorded before they carried the count (0) are judged as they were then;
 - and it counts only when no other `outvoted` of the same client counted within
   the OUTVOTED_WINDOW_DAYS before it: once three clients outvoted a provider, one
   of them still costs it at most one fault a window, however many jobs it has
@@ -48,11 +54,23 @@ with real work crosses it within its first few jobs (until then its majorities, 
 new account's, lower no score: they still put the provider back on probation, and
 storage and canaries still catch a cheater); an account opened to frame must first buy
 that much verified work, so three of them cost 30 credits before the first counted
-failure. The price is per account, not per failure: once paid, an account costs a
-provider at most one failure a window for as long as it lives. It is not Sybil-proof:
-a person who pays that on three accounts can still frame, and one who also owns the
-providers that ran that work gets it back but for the protocol fee; the rule prices
-the attack, it does not forbid it.
+failure.
+
+The price is per failure, not per account: each `outvoted` a client's jobs cause, on
+any provider, whether it counted or not, raises by 10 credits the verified spend the
+client needs for its next one to count (its k-th needs 10 x k credits paid before it).
+An account that paid 10 credits frames once, not once a window for as long as it
+lives; each further framing, of that provider or any other, costs it another 10
+credits of verified work, so n counted failures cost about 10 x n credits however the
+framer spreads them over accounts and providers. An honest client pays the same way
+for the cheaters its jobs outvote: its k-th majority counts once it has paid 10 x k
+credits for verified work, which real work does as it goes (and storage and canaries
+catch a cheater whatever the client paid). It is still not Sybil-proof: a person who
+pays the price on three accounts can frame, once per 10 credits an account; one who
+also owns the providers that ran that verified work (under other accounts) gets the
+spend back but for the protocol fee (5%), so to that person a counted failure costs
+about 0.5 credits (5% of 10), plus what its framing jobs' runs cost. The rule prices
+each framing, it does not forbid it.
 
 A counted `outvoted` weighs as a `failure` (OUTVOTED_WEIGHT = 1), not as a
 `mismatch` (5): a majority is weaker evidence than storage contradicting a report
@@ -76,10 +94,12 @@ than PROBATION (scored) outcomes is on probation: every one of its results is ch
 
 Anyone holding the event log can recompute every score with `reputation`
 (`gpgpu admin recompute-reputation` does, and compares with the stored ones): each
-ReputationRecorded carries its outcome, its time, its job's client and that client's
-verified spend, filled by the control plane from the job and the client's ledger
-account (never by a provider or a client); the spend itself can be checked against
-the log's JobVerified and JobSettled events.
+ReputationRecorded carries its outcome, its time, its job's client, that client's
+verified spend and the `outvoted` outcomes its jobs had caused before, filled by the
+control plane from the job and the client's ledger account (never by a provider or a
+client); the spend itself can be checked against the log's JobVerified and JobSettled
+events, the count against the log's `outvoted` outcomes (and the account's
+OutvotedCaused events).
 `reputation_score` is the same formula without time: every outcome at one moment
 (every weight 1, every `outvoted` in one window).
 """
@@ -110,25 +130,39 @@ PROBATION = 5
 DAY_S = 86_400.0
 
 
-def paying_clients(clients: Sequence[str], spent: Sequence[int]) -> list[str]:
-    """Each outcome's client where it had paid for OUTVOTED_MIN_SPENT_MICRO of verified work
-    before that job, "" where not (or not known): the clients whose `outvoted` may count."""
+def outvoted_price_micro(outvotes_before: int) -> int:
+    """The verified spend a client needs before a job for that job's `outvoted` to count:
+    OUTVOTED_MIN_SPENT_MICRO for each `outvoted` its jobs had caused before (against any
+    provider, counted or not), and once more for this one."""
+    return OUTVOTED_MIN_SPENT_MICRO * (1 + outvotes_before)
+
+
+def paying_clients(clients: Sequence[str], spent: Sequence[int],
+                   outvotes: Sequence[int] = ()) -> list[str]:
+    """Each outcome's client where it had paid for `outvoted_price_micro` of verified work
+    before that job (OUTVOTED_MIN_SPENT_MICRO for each `outvoted` its jobs had caused before,
+    `outvotes[i]`, and one more), "" where not (or not known): the clients whose `outvoted`
+    may count. No `outvotes`: none caused before (outcomes recorded before they carried it)."""
     if spent and len(spent) != len(clients):
         raise ValueError(f"{len(clients)} clients but {len(spent)} spends")
-    return [c if spent and spent[i] >= OUTVOTED_MIN_SPENT_MICRO else ""
-            for i, c in enumerate(clients)]
+    if outvotes and len(outvotes) != len(clients):
+        raise ValueError(f"{len(clients)} clients but {len(outvotes)} outvote counts")
+    return [c if spent and spent[i] >= outvoted_price_micro(outvotes[i] if outvotes else 0)
+            else "" for i, c in enumerate(clients)]
 
 
 def counted_outvoted(outcomes: Sequence[tuple[str, float]], clients: Sequence[str] = (),
-                     spent: Sequence[int] = ()) -> frozenset[int]:
+                     spent: Sequence[int] = (), outvotes: Sequence[int] = ()
+                     ) -> frozenset[int]:
     """The indexes of the `outvoted` outcomes the score counts (the rule above).
 
     `clients[i]` is the client of outcome i's job ("" where not known), `spent[i]` what
-    that client had paid for verified work before it (micro-credits); with no `clients`
-    or no `spent` at all, none is known and no `outvoted` counts."""
+    that client had paid for verified work before it (micro-credits), `outvotes[i]` how
+    many `outvoted` outcomes its jobs had caused before it (none given: 0 each); with no
+    `clients` or no `spent` at all, none is known and no `outvoted` counts."""
     if clients and len(clients) != len(outcomes):
         raise ValueError(f"{len(outcomes)} outcomes but {len(clients)} clients")
-    paying = paying_clients(clients, spent)
+    paying = paying_clients(clients, spent, outvotes)
     # Only the outvoted outcomes of known, paying clients matter, in the order of their times.
     order = sorted((at, i) for i, (o, at) in enumerate(outcomes)
                    if o == OUTVOTED and paying and paying[i])
@@ -154,9 +188,9 @@ def counted_outvoted(outcomes: Sequence[tuple[str, float]], clients: Sequence[st
 
 
 def reputation_score(outcomes: Iterable[str], clients: Sequence[str] = (),
-                     spent: Sequence[int] = ()) -> float:
+                     spent: Sequence[int] = (), outvotes: Sequence[int] = ()) -> float:
     """The score of outcomes all recorded at one moment (`reputation` without time)."""
-    return reputation([(o, 0.0) for o in outcomes], 0.0, clients, spent).score
+    return reputation([(o, 0.0) for o in outcomes], 0.0, clients, spent, outvotes).score
 
 
 @dataclass(frozen=True)
@@ -173,15 +207,17 @@ class Reputation:
 
 
 def reputation(outcomes: Sequence[tuple[str, float]], as_of: float,
-               clients: Sequence[str] = (), spent: Sequence[int] = ()) -> Reputation:
+               clients: Sequence[str] = (), spent: Sequence[int] = (),
+               outvotes: Sequence[int] = ()) -> Reputation:
     """The documented score of (outcome, unix time) pairs, as of `as_of` (unix time), the
-    client of each outcome's job in `clients` and its verified spend before that job in
-    `spent` (see `counted_outvoted`).
+    client of each outcome's job in `clients`, its verified spend before that job in
+    `spent` and the `outvoted` outcomes its jobs had caused before in `outvotes` (see
+    `counted_outvoted`).
 
     An outcome stamped after `as_of` (clocks of two machines differ) counts as new.
     An `outvoted` that does not count changes nothing but its own entry in `weighted`.
     """
-    counted = counted_outvoted(outcomes, clients, spent)
+    counted = counted_outvoted(outcomes, clients, spent, outvotes)
     weighted = dict.fromkeys((*OUTCOMES, OUTVOTED_SCORED), 0.0)
     scored = 0
     for i, (outcome, at) in enumerate(outcomes):
@@ -208,10 +244,11 @@ def reputation(outcomes: Sequence[tuple[str, float]], as_of: float,
 
 
 def last_scored_at(outcomes: Sequence[tuple[str, float]], default: float,
-                   clients: Sequence[str] = (), spent: Sequence[int] = ()) -> float:
+                   clients: Sequence[str] = (), spent: Sequence[int] = (),
+                   outvotes: Sequence[int] = ()) -> float:
     """The time of the latest scored outcome (`default` if none): the moment the read
     model's stored score is taken as of, so that an `outvoted` that does not count does
     not move it."""
-    counted = counted_outvoted(outcomes, clients, spent)
+    counted = counted_outvoted(outcomes, clients, spent, outvotes)
     return max((at for i, (o, at) in enumerate(outcomes) if o != OUTVOTED or i in counted),
                default=default)

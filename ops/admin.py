@@ -36,14 +36,16 @@ def recompute_reputation(settings: Settings, as_of: float | None = None) -> dict
     All scores are taken as of one moment (`as_of`, now by default), since they decay
     with age. The read model keeps the score as of the provider's latest scored outcome
     (not an `outvoted` one that does not count), so that one is recomputed as of that time.
-    Each outcome's client and that client's verified spend, which say whether an
-    `outvoted` counts, are read from the log too (domain/reputation.py).
+    Each outcome's client, that client's verified spend and the `outvoted` outcomes its
+    jobs had caused before, which say whether an `outvoted` counts, are read from the log
+    too (domain/reputation.py).
     """
     as_of = time.time() if as_of is None else as_of
     app = Network(env=settings.eventsourcing_env())
     outcomes: dict[str, list[tuple[str, float]]] = {}
     clients: dict[str, list[str]] = {}
     spent: dict[str, list[int]] = {}
+    outvotes: dict[str, list[int]] = {}
     names: dict[str, str] = {}  # aggregate id -> provider id
     position = 0
     while batch := app.recorder.select_notifications(
@@ -63,6 +65,9 @@ def recompute_reputation(settings: Settings, as_of: float | None = None) -> dict
                 spent.setdefault(provider, []).append(
                     event.client_spent_micro  # type: ignore[attr-defined]
                 )
+                outvotes.setdefault(provider, []).append(
+                    event.client_outvotes_before  # type: ignore[attr-defined]
+                )
         position = batch[-1].id
     views = ViewDB(settings)
     try:
@@ -73,10 +78,11 @@ def recompute_reputation(settings: Settings, as_of: float | None = None) -> dict
     report = []
     for provider in sorted(names.values()):
         pairs, of = outcomes.get(provider, []), clients.get(provider, [])
-        paid = spent.get(provider, [])
-        now = reputation(pairs, as_of, of, paid)
+        paid, before = spent.get(provider, []), outvotes.get(provider, [])
+        now = reputation(pairs, as_of, of, paid, before)
         recorded = app.provider(provider).reputation_at(as_of).score
-        as_shown = reputation(pairs, last_scored_at(pairs, as_of, of, paid), of, paid).score
+        as_shown = reputation(pairs, last_scored_at(pairs, as_of, of, paid, before), of, paid,
+                              before).score
         report.append({
             "provider_id": provider, "outcomes": len(pairs),
             "recomputed": now.score, "recorded": recorded, "shown": shown.get(provider),

@@ -27,6 +27,10 @@ MAX_ERROR_COUNT = 10**12
 # sum over all time, kept below 2^53 so that JSON readers that hold numbers as doubles
 # (the web UI) read it exactly; the control plane stamps at most this.
 MAX_SPENT_MICRO = 2**53
+# How many `outvoted` outcomes a client's jobs had caused before one, as the outcome carries
+# it: at this many the spend the next needs (10 credits each, domain/reputation.py) is past
+# any spend an outcome carries (2^53), so the control plane's clamp to it changes no count.
+MAX_OUTVOTES = 10**9
 
 # A job spec's sizes (protocol/spec.py, protocol/fields.py).
 MAX_COMMAND_BYTES = 64 * 1024

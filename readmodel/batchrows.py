@@ -13,7 +13,8 @@ from infra.db import Cursor
 
 # A provider row's columns that hold JSON, kept parsed while a batch folds.
 PROVIDER_JSON = ("reservations", "reservation_clients", "outcomes", "outcome_times",
-                 "outcome_clients", "outcome_spent", "suspended", "degraded")
+                 "outcome_clients", "outcome_spent", "outcome_outvotes", "suspended",
+                 "degraded")
 
 
 @dataclass
@@ -56,12 +57,14 @@ class BatchRows:
             kept = self.providers[agg]
             outcomes, times = kept["outcomes"], kept["outcome_times"]
             clients, spent = kept["outcome_clients"], kept["outcome_spent"]
+            outvotes = kept["outcome_outvotes"]
             # The score as of the latest scored outcome (an `outvoted` that does not count
             # moves nothing); readers decay it to their own moment (domain/reputation.py)
-            # from the outcomes, their times, clients and clients' spend kept beside it.
+            # from the outcomes, their times, clients, clients' spend and clients' earlier
+            # `outvoted` outcomes kept beside it.
             pairs = list(zip(outcomes, times, strict=True))
-            score = reputation(pairs, last_scored_at(pairs, 0.0, clients, spent), clients,
-                               spent)
+            score = reputation(pairs, last_scored_at(pairs, 0.0, clients, spent, outvotes),
+                               clients, spent, outvotes)
             self.update("providers", "aggregate_id", agg, {
                 **{column: json.dumps(kept[column], sort_keys=column == "degraded")
                    for column in PROVIDER_JSON},

@@ -111,6 +111,7 @@ def _outcome(kept: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     kept["outcome_times"].append(data["at"])
     kept["outcome_clients"].append(data["client_id"])
     kept["outcome_spent"].append(data["client_spent_micro"])
+    kept["outcome_outvotes"].append(data["client_outvotes_before"])
     return {}
 
 

@@ -122,12 +122,14 @@ class Fold:
             elif table == "accounts":  # with each account's last entry's seq
                 for row in self.cur.all(
                     "SELECT aggregate_id, name, balance_micro, verified_spent_micro,"
+                    " outvotes_caused,"
                     " (SELECT COALESCE(MAX(seq), 0) FROM ledger_entries"
                     " WHERE account = accounts.name) AS last_seq FROM accounts" + where, chunk,
                 ):
                     rows.accounts[row["aggregate_id"]] = {
                         "name": row["name"], "balance_micro": row["balance_micro"],
-                        "verified_spent_micro": row["verified_spent_micro"]}
+                        "verified_spent_micro": row["verified_spent_micro"],
+                        "outvotes_caused": row["outvotes_caused"]}
                     rows.ledger_seq[row["name"]] = row["last_seq"]
             elif table == "providers":
                 for row in self.cur.all(
@@ -163,7 +165,7 @@ class Fold:
         self.rows.insert("accounts", "aggregate_id", e.agg,
                          {"name": e.data["name"], "aggregate_id": e.agg, "balance_micro": 0})
         self.rows.accounts[e.agg] = {"name": e.data["name"], "balance_micro": 0,
-                                     "verified_spent_micro": 0}
+                                     "verified_spent_micro": 0, "outvotes_caused": 0}
         self.rows.ledger_seq[e.data["name"]] = 0  # a new account has no entries
 
     def _account(self, e: Event) -> dict[str, Any] | None:
@@ -199,6 +201,15 @@ class Fold:
         acct["verified_spent_micro"] += e.data["amount_micro"]
         self.rows.update("accounts", "aggregate_id", e.agg,
                          {"verified_spent_micro": acct["verified_spent_micro"]})
+
+    def outvoted_caused(self, e: Event) -> None:
+        """A client's jobs caused one more `outvoted` (no ledger entry: no money moved)."""
+        acct = self._account(e)
+        if acct is None:
+            return
+        acct["outvotes_caused"] += 1
+        self.rows.update("accounts", "aggregate_id", e.agg,
+                         {"outvotes_caused": acct["outvotes_caused"]})
 
     # Nodes
 
@@ -302,7 +313,8 @@ class Fold:
         self.rows.providers[e.agg] = {  # its lists as the columns' defaults hold them
             "provider_id": data["provider_id"], "last_seq": 0, "reservations": {},
             "reservation_clients": {}, "outcomes": [], "outcome_times": [],
-            "outcome_clients": [], "outcome_spent": [], "suspended": [], "degraded": {},
+            "outcome_clients": [], "outcome_spent": [], "outcome_outvotes": [], "suspended": [],
+            "degraded": {},
         }
         self.provider(e)
 
@@ -341,6 +353,7 @@ HANDLERS: dict[type[Aggregate.Event], Handler] = {
     event_class(Account, "AccountOpened"): Fold.account_opened,
     Account.EntryPosted: Fold.entry_posted,
     event_class(Account, "VerifiedWorkPaid"): Fold.verified_work_paid,
+    event_class(Account, "OutvotedCaused"): Fold.outvoted_caused,
     event_class(Node, "NodeRegistered"): Fold.node_registered,
     event_class(Node, "QueueConfigured"): Fold.queue_configured,
     event_class(Node, "QueueRemoved"): Fold.queue_removed,
@@ -367,7 +380,8 @@ def _topic(topic: str) -> tuple[Handler | None, str, int]:
 
 # The table whose row each handler reads (a handler that creates its row reads none).
 _READS: dict[Handler | None, str] = {
-    Fold.entry_posted: "accounts", Fold.verified_work_paid: "accounts", Fold.job: "jobs",
+    Fold.entry_posted: "accounts", Fold.verified_work_paid: "accounts",
+    Fold.outvoted_caused: "accounts", Fold.job: "jobs",
     Fold.provider: "providers",
     Fold.queue_configured: "nodes", Fold.queue_removed: "nodes",
     Fold.provider_joined_node: "nodes",

@@ -38,7 +38,7 @@ def transient(err: BaseException) -> bool:
 
 NAME = "views"
 # Bump when the views' tables or folding change: the next start rebuilds them from the log.
-VIEWS_VERSION = 12
+VIEWS_VERSION = 13
 CHANNEL = "gpgpu_views"  # PostgreSQL NOTIFY channel: every API replica wakes its subscribers
 
 @contextmanager

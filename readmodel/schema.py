@@ -30,7 +30,7 @@ SCHEMA = [
         status TEXT NOT NULL, price_micro BIGINT NOT NULL, gpus TEXT NOT NULL,
         reservations TEXT NOT NULL DEFAULT '{}', outcomes TEXT NOT NULL DEFAULT '[]',
         outcome_times TEXT NOT NULL DEFAULT '[]', outcome_clients TEXT NOT NULL DEFAULT '[]',
-        outcome_spent TEXT NOT NULL DEFAULT '[]',
+        outcome_spent TEXT NOT NULL DEFAULT '[]', outcome_outvotes TEXT NOT NULL DEFAULT '[]',
         reputation DOUBLE PRECISION NOT NULL, updated_at TEXT NOT NULL,
         runtimes TEXT NOT NULL DEFAULT '["process"]', last_seq INTEGER NOT NULL DEFAULT 0,
         status_reason TEXT NOT NULL DEFAULT '', reservation_clients TEXT NOT NULL DEFAULT '{}',
@@ -44,10 +44,12 @@ SCHEMA = [
         node_id TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, region TEXT NOT NULL,
         operator TEXT NOT NULL, queues TEXT NOT NULL DEFAULT '{}',
         provider_ids TEXT NOT NULL DEFAULT '[]')""",
-    # verified_spent_micro: what a client paid for verified work (domain/ledger.py)
+    # verified_spent_micro: what a client paid for verified work; outvotes_caused: the
+    # `outvoted` outcomes its jobs caused (domain/ledger.py)
     """CREATE TABLE IF NOT EXISTS accounts (
         name TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, balance_micro BIGINT NOT NULL,
-        verified_spent_micro BIGINT NOT NULL DEFAULT 0)""",
+        verified_spent_micro BIGINT NOT NULL DEFAULT 0,
+        outvotes_caused BIGINT NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS ledger_entries (
         account TEXT NOT NULL, seq INTEGER NOT NULL, transfer_id TEXT NOT NULL,
         amount_micro BIGINT NOT NULL, balance_micro BIGINT NOT NULL, counterparty TEXT NOT NULL,

@@ -1,7 +1,8 @@
 """Events stored by an earlier version of the code still load: EntryPosted v1 had no `kind`,
 JobSubmitted v1 no `sealed_env` (its env in the clear); before BLAKE3, JobSubmitted v2,
 OutputsUploaded and ResultAccepted v1 and CanaryIssued v1 held bare sha256s; the provider's
-ReputationRecorded v2 no `client_id`, v3 no `client_spent_micro`."""
+ReputationRecorded v2 no `client_id`, v3 no `client_spent_micro`, v4 no
+`client_outvotes_before`."""
 
 from __future__ import annotations
 
@@ -214,7 +215,7 @@ def _store_outcomes_as(app: Network, provider: Provider, version: int, *dropped:
         s = app.mapper.to_stored_event(event)
         state = json.loads(s.state)
         if s.topic.endswith("ReputationRecorded"):
-            assert state["class_version"] == 4
+            assert state["class_version"] == 5
             state["class_version"] = version
             for name in dropped:
                 del state[name]
@@ -236,7 +237,8 @@ def test_outcomes_recorded_before_they_named_their_client_load_and_score_as_then
     provider.record_outcome("job-0", "success", at=1_000.0, client_id="alice")
     for n, client in enumerate(["alice", "bob", "carol"]):
         provider.record_outcome(f"job-{n + 1}", "outvoted", at=2_000.0 + n, client_id=client)
-    _store_outcomes_as(app, provider, 2, "client_id", "client_spent_micro")
+    _store_outcomes_as(app, provider, 2, "client_id", "client_spent_micro",
+                       "client_outvotes_before")
 
     loaded = app.provider("p-old")
     assert loaded.outcome_clients == ["", "", "", ""]
@@ -256,7 +258,7 @@ def test_outcomes_recorded_before_they_named_their_client_load_and_score_as_then
 def test_outcomes_recorded_before_they_carried_the_clients_spend_load_and_score_as_unpaid(
     tmp_path: Path,
 ) -> None:
-    """ReputationRecorded v3 had no `client_spent_micro`: it loads as v4 with 0, so an
+    """ReputationRecorded v3 had no `client_spent_micro`: it loads with 0, so an
     `outvoted` of it never counts (three clients' within a window, which counted then,
     count no more: nothing says those clients had paid for verified work), and every other
     outcome scores as it did. The aggregate, the views and a recompute agree."""
@@ -271,7 +273,7 @@ def test_outcomes_recorded_before_they_carried_the_clients_spend_load_and_score_
         provider.record_outcome(f"job-{n + 2}", "outvoted", at=2_000.0 + n, client_id=client,
                                 client_spent_micro=10**9)
     as_v4 = provider.reputation_at(2_002.0)
-    _store_outcomes_as(app, provider, 3, "client_spent_micro")
+    _store_outcomes_as(app, provider, 3, "client_spent_micro", "client_outvotes_before")
 
     loaded = app.provider("p-v3")
     assert loaded.outcome_clients == ["alice", "alice", "alice", "bob", "carol"]
@@ -287,5 +289,45 @@ def test_outcomes_recorded_before_they_carried_the_clients_spend_load_and_score_
         views.close()
     assert json.loads(row["outcome_spent"]) == [0, 0, 0, 0, 0]
     assert row["reputation"] == reputation(scored, 1_500.0).score
+    assert recompute_reputation(settings)["all_match"]
+    app.close()
+
+
+def test_outcomes_recorded_before_they_carried_the_clients_outvotes_load_and_score_as_then(
+    tmp_path: Path,
+) -> None:
+    """ReputationRecorded v4 had no `client_outvotes_before`: it loads as v5 with 0, so each
+    outcome is judged by its client's spend alone, as it was then (the price per account):
+    three clients that paid 10 credits each, outvoting a provider in two windows, cost it a
+    failure in each, where stamped with their earlier `outvoted` the second window's would
+    not count. The aggregate, the views and a recompute agree."""
+    settings = Settings(event_store="sqlite", home=tmp_path)
+    app = Network(env=settings.eventsourcing_env())
+    provider = Provider(provider_id="p-v4", region="eu", price_per_gpu_hour_micro=1, gpus=[])
+    provider.record_outcome("job-0", "success", at=1_000.0, client_id="alice",
+                            client_spent_micro=10**7)
+    second = 2_000.0 + 31 * 86_400.0
+    for window, start in enumerate([2_000.0, second]):
+        for n, client in enumerate(["alice", "bob", "carol"]):
+            provider.record_outcome(f"job-{window}-{n}", "outvoted", at=start + n,
+                                    client_id=client, client_spent_micro=10**7,
+                                    client_outvotes_before=window)
+    as_v5 = provider.reputation_at(second + 2)
+    _store_outcomes_as(app, provider, 4, "client_outvotes_before")
+
+    loaded = app.provider("p-v4")
+    assert loaded.outcome_outvotes == [0] * 7
+    assert loaded.outcome_spent == [10**7] * 7
+    scored = [("success", 1_000.0), ("failure", 2_002.0), ("failure", second + 2)]
+    assert loaded.reputation_at(second + 2).score == reputation(scored, second + 2).score
+    assert as_v5.score > loaded.reputation_at(second + 2).score  # v5: the second's count none
+    views = ViewDB(settings)
+    try:
+        Projector(app, views).catch_up()
+        (row,) = views.query("SELECT reputation, outcome_outvotes FROM providers")
+    finally:
+        views.close()
+    assert json.loads(row["outcome_outvotes"]) == [0] * 7
+    assert row["reputation"] == reputation(scored, second + 2).score
     assert recompute_reputation(settings)["all_match"]
     app.close()

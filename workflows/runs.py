@@ -171,7 +171,8 @@ def outvoted(runs: list[Run], verdict: c.Verdict) -> list[Run]:
     Not paid, and recorded as `outvoted`, which puts the provider back on probation (its
     next results are all checked, domain/verification.py `check_rate`) but is not in its
     reputation score until the jobs of several distinct clients, each having paid for
-    verified work, outvoted it within a window (domain/reputation.py `counted_outvoted`):
+    verified work (more for each run its jobs outvoted before), outvoted it within a
+    window (domain/reputation.py `counted_outvoted`):
     the runs compared are of the client's command, which can see when and where it runs
     (the clock, its GPUs, how much of its client's storage quota is left) and so write one
     answer on the run it targets and another on the network's check and tie-break

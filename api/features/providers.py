@@ -83,8 +83,9 @@ class ReputationDetail:
     outvoted_scored: float = strawberry.field(
         description="the outvoted runs the score counts, each as a failure: only once the "
         "jobs of 3 distinct clients, each of which had paid for at least "
-        f"{micro_to_credits(OUTVOTED_MIN_SPENT_MICRO)} credits of verified work, outvoted the "
-        "provider within 30 days, and at most one a client in 30 days (domain/reputation.py)")
+        f"{micro_to_credits(OUTVOTED_MIN_SPENT_MICRO)} credits of verified work for each "
+        "outvoted run its jobs had caused before and one more, outvoted the provider within "
+        "30 days, and at most one a client in 30 days (domain/reputation.py)")
 
 
 @strawberry.type
@@ -169,7 +170,7 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
     for r in rows:
         rep = reputation(list(zip(json.loads(r["outcomes"]), json.loads(r["outcome_times"]),
                                   strict=True)), time.time(), json.loads(r["outcome_clients"]),
-                         json.loads(r["outcome_spent"]))
+                         json.loads(r["outcome_spent"]), json.loads(r["outcome_outvotes"]))
         busy = {i: job for job, idx in json.loads(r["reservations"]).items() for i in idx}
         beat = r["last_heartbeat_at"]
         status, reason = r["status"], r["status_reason"]

@@ -16,7 +16,8 @@ import pytest
 
 from domain.application import Network
 from domain.errors import DomainError
-from domain.ledger import client_account
+from domain.ledger import Account, client_account
+from domain.limits import MAX_OUTVOTES, MAX_SPENT_MICRO
 from domain.provider import Provider
 from domain.reputation import (
     OUTCOMES,
@@ -29,6 +30,7 @@ from domain.reputation import (
     WEIGHTS,
     counted_outvoted,
     last_scored_at,
+    outvoted_price_micro,
     reputation,
     reputation_score,
 )
@@ -41,6 +43,7 @@ from tests.domain.support import (
     PRICE,
     START,
     STEPS,
+    all_events,
     gpu,
     make_spec,
     notification_count,
@@ -266,8 +269,10 @@ def paid(clients: list[str], spent: int = PAID) -> list[int]:
 
 
 def figures(pairs: list[tuple[str, float]], clients: list[str], as_of: float,
-            spent: list[int] | None = None) -> tuple[Any, ...]:
-    r = reputation(pairs, as_of, clients, paid(clients) if spent is None else spent)
+            spent: list[int] | None = None, before: list[int] | None = None
+            ) -> tuple[Any, ...]:
+    r = reputation(pairs, as_of, clients, paid(clients) if spent is None else spent,
+                   before or ())
     return r.score, r.confidence, r.probation, r.outcomes, r.effective_outcomes
 
 
@@ -387,6 +392,52 @@ def test_outvoted_runs_of_clients_that_paid_too_little_change_no_score() -> None
     assert counted_outvoted(pairs, clients, [*short, PAID]) == {13}
 
 
+def test_each_outvoted_a_client_caused_raises_the_spend_its_next_needs() -> None:
+    """The price is per failure: a client's `outvoted` counts only where it had paid for
+    OUTVOTED_MIN_SPENT_MICRO of verified work for each `outvoted` its jobs had caused before
+    (against any provider, counted or not: `outvotes`), and one more. A client that paid
+    10 credits frames once; its second needs 20, its third 30."""
+    assert [outvoted_price_micro(n) for n in range(4)] == [PAID, 2 * PAID, 3 * PAID, 4 * PAID]
+    pairs, clients = outvotes(("alice", 10), ("bob", 11), ("carol", 12))
+    spend = paid(clients)
+    assert counted_outvoted(pairs, clients, spend, [0] * len(clients)) == {12}
+    # each had caused one before (on this provider or another): 10 credits is too little
+    before = [0] * 10 + [1, 1, 1]
+    assert counted_outvoted(pairs, clients, spend, before) == frozenset()
+    assert figures(pairs, clients, 20 * DAY, spend, before) == without_outvoted(
+        pairs, clients, 20 * DAY)
+    assert last_scored_at(pairs, 0.0, clients, spend, before) == 9 * DAY
+    assert reputation_score([o for o, _ in pairs], clients, spend, before) == reputation_score(
+        [o for o, _ in HISTORY])
+    # one micro-credit short of 20 credits, or 20: as with the first one's 10
+    assert counted_outvoted(pairs, clients, paid(clients, 2 * PAID - 1), before) == frozenset()
+    assert counted_outvoted(pairs, clients, paid(clients, 2 * PAID), before) == {12}
+    # a client short of its price is no client for the tally either: two that paid theirs
+    # and one that did not are two
+    assert counted_outvoted(pairs, clients, spend, [0] * 12 + [1]) == frozenset()
+
+
+def test_a_client_that_paid_once_frames_once_not_once_a_window() -> None:
+    """Three clients that each paid 10 credits, and pay nothing more, outvote a provider
+    every 31 days: their first three cost it one failure, and then nothing, where a price
+    per account cost it a failure a client a window for as long as the accounts lived.
+    Each further framing counts once its client paid another 10 credits."""
+    runs = [(c, 10 + 31 * w + k) for w in range(4) for k, c in enumerate(["a", "b", "c"])]
+    pairs, clients = outvotes(*runs)
+    before = [0] * 10 + [w for w in range(4) for _ in range(3)]  # each client's own
+    # the price per account (every stamp 0): each client's in each window after the first
+    assert sorted(counted_outvoted(pairs, clients, paid(clients))) == [
+        12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
+    assert counted_outvoted(pairs, clients, paid(clients), before) == {12}
+    assert reputation(pairs, 200 * DAY, clients, paid(clients), before).outcomes == 11
+    # paying 10 credits more before each framing buys each one again
+    rising = [PAID] * 10 + [PAID * (1 + w) for w in range(4) for _ in range(3)]
+    assert counted_outvoted(pairs, clients, rising, before) == counted_outvoted(
+        pairs, clients, paid(clients))
+    with pytest.raises(ValueError, match="13 clients but 2 outvote counts"):
+        counted_outvoted(pairs[:13], clients[:13], paid(clients)[:13], [0, 0])
+
+
 PAID_GPU_MS = 10 * 3_600_000  # ten GPU-hours at PRICE (a credit an hour): PAID, charged
 
 
@@ -419,7 +470,8 @@ def test_the_app_stamps_each_outcome_with_what_its_client_paid_for_verified_work
     """The spend comes from the client's ledger account, as the control plane has it when it
     records the outcome: only what the client was charged for jobs whose verdict was a
     verified success, its other jobs only. Three new accounts with granted or deposited
-    credits outvoting a provider change no score; three that each paid enough do."""
+    credits outvoting a provider change no score; three that each paid enough do, where
+    enough is 10 credits more for each `outvoted` the client's jobs had caused before."""
     app.register_provider("p", "eu", PRICE, [gpu(0)])
     app.record_reputation("job-0", "p", "success")  # of no job the network knows
     score = app.provider("p").reputation_at(0.0).score
@@ -447,12 +499,24 @@ def test_the_app_stamps_each_outcome_with_what_its_client_paid_for_verified_work
     provider = app.provider("p")
     assert provider.outcome_spent[-3:] == [0, 0, 0]
     assert provider.reputation_at(0.0).score == score
-    # Their next jobs, each after 10 credits of verified work: the third one counts.
+    # Their next jobs, each after 10 credits of verified work, but each client's first
+    # `outvoted` (which did not count) raised the price of its next to 20: none counts.
     for client in ("alice", "bob", "carol"):
         app.submit_job(f"frame-{client}", client, make_spec())
         app.record_reputation(f"frame-{client}", "p", "outvoted")
     provider = app.provider("p")
     assert provider.outcome_spent[-3:] == [PAID, PAID, PAID]
+    assert provider.outcome_outvotes[-6:] == [0, 0, 0, 1, 1, 1]
+    assert provider.reputation_at(0.0).score == score
+    # Two outvoted caused before: their next needs 30 credits paid. The third's counts.
+    for client in ("alice", "bob", "carol"):
+        pay_for_work(app, client, 1)
+        pay_for_work(app, client, 2)
+        app.submit_job(f"frame-{client}-2", client, make_spec())
+        app.record_reputation(f"frame-{client}-2", "p", "outvoted")
+    provider = app.provider("p")
+    assert provider.outcome_spent[-3:] == [3 * PAID] * 3
+    assert provider.outcome_outvotes[-3:] == [2, 2, 2]
     at = provider.outcome_times
     now = provider.reputation_at(0.0).score
     assert now < score
@@ -460,7 +524,75 @@ def test_the_app_stamps_each_outcome_with_what_its_client_paid_for_verified_work
                                            0.0).score, rel=1e-12)
     # Retried, the settlement notes nothing twice.
     app.settle("work-alice-0", "worker-alice", PAID_GPU_MS, PRICE, True, FEE_BPS)
-    assert spent(app, "alice") == PAID
+    assert spent(app, "alice") == 3 * PAID
+
+
+def outvotes_caused(app: Network, client: str) -> int:
+    return int(app.account(client_account(client)).outvotes_caused)
+
+
+def test_the_app_counts_each_outvoted_a_clients_jobs_caused_on_its_account(
+    app: Network,
+) -> None:
+    """Each `outvoted` recorded of a client's job, against any provider, is counted on the
+    client's ledger account (OutvotedCaused), in the outcome's transaction, and the next
+    outcome of its jobs carries the count before it (`client_outvotes_before`); other
+    outcomes count nothing, and an outcome recorded again (a retried activity) counts once.
+    The outcomes of one job's close each see the ones before them."""
+    for prov in ("p", "q", "r"):
+        app.register_provider(prov, "eu", PRICE, [gpu(0)])
+    pay_for_work(app, "alice")
+    for n in range(4):
+        app.submit_job(f"job-{n}", "alice", make_spec())
+    app.record_reputation("job-0#1", "p", "success")
+    app.record_reputation("job-0#2", "q", "failure")
+    app.record_reputation("job-0#3", "r", "outvoted")
+    assert outvotes_caused(app, "alice") == 1
+    for _ in range(2):  # retried: the provider has it, the account counts it once
+        app.record_reputation("job-0#3", "r", "outvoted")
+    assert outvotes_caused(app, "alice") == 1
+    app.record_reputation("job-1", "p", "outvoted")  # another provider: the client's count
+    app.record_reputation("job-1", "q", "outvoted")  # the same job, another provider's run
+    app.record_reputation("job-unknown", "q", "outvoted")  # of no client: counted nowhere
+    assert outvotes_caused(app, "alice") == 3
+    assert app.provider("p").outcome_outvotes == [0, 1]
+    assert app.provider("q").outcome_outvotes == [0, 2, 0]
+    assert app.provider("r").outcome_outvotes == [0]
+    assert app.provider("q").outcome_clients == ["alice", "alice", ""]
+    # one close, two `outvoted` and a success: the second sees the first's count
+    close = [("job-2#1", "p", "outvoted"), ("job-2#2", "q", "success"),
+             ("job-2#3", "r", "outvoted")]
+    for _ in range(2):  # closed again: nothing counted again
+        app.close_job("job-2", None, FEE_BPS, close, [], False, "outvoted twice")
+        assert outvotes_caused(app, "alice") == 5
+    assert app.provider("p").outcome_outvotes == [0, 1, 3]
+    assert app.provider("q").outcome_outvotes[-1] == 4  # a success carries it too
+    assert app.provider("r").outcome_outvotes == [0, 4]
+    caused = [(e.outcome_key, e.provider_id) for e in all_events(app)
+              if type(e).__qualname__ == "Account.OutvotedCaused"]
+    assert caused == [("job-0#3", "r"), ("job-1", "p"), ("job-1", "q"), ("job-2#1", "p"),
+                      ("job-2#3", "r")]
+    # the providers' and other clients' accounts count nothing
+    assert outvotes_caused(app, "bob") == 0
+    assert app.account("provider:p").outvotes_caused == 0
+    with pytest.raises(DomainError, match="only a client's jobs outvote a run"):
+        app.account("provider:p").note_outvoted("job-3", "q")
+
+
+def test_the_outvoted_count_an_outcome_carries_is_bounded() -> None:
+    provider = Provider(provider_id="p", region="eu", price_per_gpu_hour_micro=PRICE, gpus=[gpu(0)])
+    for bad in (-1, MAX_OUTVOTES + 1, 1.5, "1", True):
+        with pytest.raises(DomainError) as info:
+            provider.record_outcome("job-1", "outvoted", client_id="alice",
+                                    client_outvotes_before=bad)  # type: ignore[arg-type]
+        assert info.value.field == "client_outvotes_before"
+    assert provider.outcomes == []
+    assert provider.record_outcome("job-1", "outvoted", client_id="alice",
+                                   client_outvotes_before=MAX_OUTVOTES)
+    assert not provider.record_outcome("job-1", "outvoted", client_id="alice")
+    assert provider.outcome_outvotes == [MAX_OUTVOTES]
+    # at the bound, the price is past any spend an outcome can carry: the clamp counts none
+    assert outvoted_price_micro(MAX_OUTVOTES) > MAX_SPENT_MICRO
 
 
 def test_the_spend_an_outcome_carries_is_bounded() -> None:
@@ -480,8 +612,19 @@ def test_a_provider_snapshot_from_before_outcome_spent_still_loads() -> None:
     Provider.upcast_v4_v5(state)
     assert state["outcome_spent"] == [0, 0]  # not known: that `outvoted` never counts
     account: dict[str, Any] = {"balance_micro": 5}
-    __import__("domain.ledger", fromlist=["Account"]).Account.upcast_v1_v2(account)
+    Account.upcast_v1_v2(account)
     assert account["verified_spent_micro"] == 0
+
+
+def test_snapshots_from_before_outvote_counts_still_load() -> None:
+    """A Provider v5 snapshot's outcomes carried no count (0: judged by the spend alone, as
+    then); an Account v2 snapshot had counted no `outvoted` (none was counted then)."""
+    state = {"outcomes": ["success", "outvoted"], "outcome_spent": [0, PAID]}
+    Provider.upcast_v5_v6(state)
+    assert state["outcome_outvotes"] == [0, 0]
+    account: dict[str, Any] = {"balance_micro": 5, "verified_spent_micro": PAID}
+    Account.upcast_v2_v3(account)
+    assert account["outvotes_caused"] == 0
 
 
 def test_the_app_records_each_outcomes_client_from_its_job(app: Network) -> None:
@@ -551,6 +694,71 @@ def test_the_read_model_and_a_recompute_agree_with_the_aggregate(
         assert report["all_match"], report
         (p,) = [r for r in report["providers"] if r["provider_id"] == "p"]
         assert p["components"][OUTVOTED_SCORED] > 0 and p["outcomes"] == 8
+    finally:
+        views.close()
+        app.close()
+
+
+def test_the_read_model_and_a_recompute_apply_the_price_per_failure(
+    sqlite_settings: Settings,
+) -> None:
+    """Alice and Bob each paid 10 credits and spent their one framing on provider q (two
+    clients: nothing counts there). On p, with Carol's, three paying-looking clients, but
+    Alice's and Bob's `outvoted` each needed 20 credits paid: none counts, for the
+    aggregate, the views and a recompute alike. Once each paid 30 (two caused before),
+    their next ones count: p's score falls, the same everywhere."""
+    app = Network(env=sqlite_settings.eventsourcing_env())
+    views = ViewDB(sqlite_settings)
+
+    def frame(client: str, provider: str) -> None:
+        job = f"frame-{client}-{provider}-{len(app.provider(provider).outcomes)}"
+        app.submit_job(job, client, make_spec())
+        app.record_reputation(job, provider, "outvoted")
+
+    def shown() -> tuple[float, list[int]]:
+        Projector(app, views).catch_up()
+        (row,) = views.query(
+            "SELECT reputation, outcome_outvotes FROM providers WHERE provider_id = 'p'")
+        return row["reputation"], json.loads(row["outcome_outvotes"])
+
+    try:
+        for prov in ("p", "q"):
+            app.register_provider(prov, "eu", PRICE, [gpu(0)])
+        app.record_reputation("job-s", "p", "success")  # of no job the network knows
+        for client in ("alice", "bob", "carol"):
+            pay_for_work(app, client)
+        frame("alice", "q")
+        frame("bob", "q")
+        for client in ("alice", "bob", "carol"):
+            frame(client, "p")
+        provider = app.provider("p")
+        assert provider.outcome_spent == [0, PAID, PAID, PAID]
+        assert provider.outcome_outvotes == [0, 1, 1, 0]
+        assert provider.reputation_at(0.0).score == reputation_score(["success"])
+        assert shown() == (reputation_score(["success"]), [0, 1, 1, 0])
+        report = recompute_reputation(sqlite_settings)
+        assert report["all_match"], report
+        (p,) = [r for r in report["providers"] if r["provider_id"] == "p"]
+        assert p["components"][OUTVOTED_SCORED] == 0
+        for client in ("alice", "bob"):
+            pay_for_work(app, client, 1)
+            pay_for_work(app, client, 2)
+            frame(client, "p")
+        provider = app.provider("p")
+        assert provider.outcome_outvotes[-2:] == [2, 2]
+        score, stamps = shown()
+        assert stamps == [0, 1, 1, 0, 2, 2]
+        assert score < reputation_score(["success"])
+        assert score == pytest.approx(provider.reputation_at(provider.outcome_times[-1]).score)
+        report = recompute_reputation(sqlite_settings)
+        assert report["all_match"], report
+        (p,) = [r for r in report["providers"] if r["provider_id"] == "p"]
+        assert p["components"][OUTVOTED_SCORED] > 0
+        caused = {r["name"]: r["outvotes_caused"] for r in views.query(
+            "SELECT name, outvotes_caused FROM accounts WHERE name LIKE 'client:%'")}
+        assert caused == {"client:alice": 3, "client:bob": 3, "client:carol": 1}
+        assert caused == {f"client:{c}": outvotes_caused(app, c)
+                          for c in ("alice", "bob", "carol")}
     finally:
         views.close()
         app.close()

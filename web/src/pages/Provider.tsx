@@ -18,8 +18,9 @@ import { describe } from "./Job";
 
 // [outcome, words, weight]: weight 0 counts as good, null not in the score by itself (an
 // outvoted run counts as a failure only once 3 distinct clients, each having paid for 10
-// credits of verified work, outvoted the provider within 30 days: domain/reputation.py; the
-// score shown is the server's, this table a guide).
+// credits of verified work for each outvoted run its jobs had caused before and one more,
+// outvoted the provider within 30 days: domain/reputation.py; the score shown is the
+// server's, this table a guide).
 const OUTCOMES: [string, string, number | null][] = [
   ["success", "verified successes", 0],
   ["failure", "failed runs", 1],
