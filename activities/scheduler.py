@@ -66,7 +66,6 @@ class Scheduler:
         self.round_interval_s = round_interval_s
         self._lock = threading.Lock()
         self._tickets: dict[tuple[str, int], _Ticket] = {}
-        self._owner_of: dict[str, str] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -217,7 +216,7 @@ class Scheduler:
             for job_id in p.reservations:
                 holding[job_id].add(p.provider_id)
         # ... nor an owner: every provider of a holder's account is out for its replicas.
-        owners = self._owners(node.provider_ids)
+        owners = self.fleet.owners(node.provider_ids)
         entries = []
         for t in tickets:
             if t.job is None:
@@ -266,13 +265,6 @@ class Scheduler:
                 ticket.reason = "lost a race for GPUs; trying again"
                 self._wake.set()
         return placed
-
-    def _owners(self, provider_ids: list[str]) -> dict[str, str]:
-        """Provider id -> owning account (a claim never changes hands: asked once each)."""
-        for pid in provider_ids:
-            if pid not in self._owner_of:
-                self._owner_of[pid] = self.network.owner_of("provider", pid) or pid
-        return {pid: self._owner_of[pid] for pid in provider_ids}
 
     def load_node(self, node_id: str) -> None:
         """Load a node and all its providers now (a long-lived scheduler has them already)."""

@@ -4,6 +4,7 @@ scheduler's placements, and the providers' own controls."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,7 +33,7 @@ from domain.matching import (
 )
 from domain.node import DEFAULT_NODE, DEFAULT_QUEUE, Node, check_name, split_queue
 from domain.provider import Directory, Provider, check_declaration
-from domain.scheduling import Placement, Waiting
+from domain.scheduling import Placement, Waiting, resting
 from protocol.spec import JobSpec
 
 # A process that read no fleet for this many notifications loads its copies again rather
@@ -205,15 +206,18 @@ class Market(Ownership):
     def _candidates(providers: Iterable[Provider], online: set[str]) -> list[Candidate]:
         return [candidate(p, p.provider_id in online) for p in providers]
 
+    def _copies(self) -> FleetCopies:
+        with self._fleet_lock:
+            if self._fleet is None:
+                self._fleet = FleetCopies(self, catch_up=FLEET_CATCH_UP)
+            return self._fleet
+
     def _fleet_of(self, spec: JobSpec, online: set[str]
                   ) -> tuple[Requirements, list[Candidate], Node]:
         """The spec's requirements, and its node's providers as this process's copies have
         them (domain/fleet.py: kept current from the log, not loaded one by one)."""
         node_id, queue = split_queue(spec.queue)
-        with self._fleet_lock:
-            if self._fleet is None:
-                self._fleet = FleetCopies(self, catch_up=FLEET_CATCH_UP)
-        node, candidates = self._fleet.of_node(node_id, online)
+        node, candidates = self._copies().of_node(node_id, online)
         if queue not in node.queues:
             raise DomainError("queue", f"node {node_id!r} has no queue {queue!r}")
         return self._requirements(spec, node), candidates, node
@@ -221,7 +225,9 @@ class Market(Ownership):
     def explain(self, spec: JobSpec, online: set[str]) -> list[Assessment]:
         """Where this spec could run now, and for every other provider of its node, why not."""
         req, candidates, node = self._fleet_of(spec, online)
-        return explain(req, candidates, set(), node.region)
+        owners = self._copies().owners([c.provider_id for c in candidates])
+        return explain(req, candidates, set(), node.region,
+                       resting(candidates, owners, time.time()))
 
     def unsatisfiable(self, spec: JobSpec) -> str | None:
         """Why no provider registered on the spec's node could ever run it (its GPUs, their

@@ -63,6 +63,7 @@ class FleetCopies:
         self.nodes: dict[str, Node] = {}
         self._by_uuid: dict[UUID, str] = {}  # aggregate id -> "p:<id>" or "n:<id>"
         self._candidates: dict[str, tuple[tuple[int, bool], Candidate]] = {}
+        self._owner_of: dict[str, str] = {}  # provider id -> owning account
         self.position = network.recorder.max_notification_id() or 0
 
     def provider(self, provider_id: str) -> Provider:
@@ -93,6 +94,15 @@ class FleetCopies:
                 cached = (key, candidate(p, online))
                 self._candidates[p.provider_id] = cached
             return cached[1]
+
+    def owners(self, provider_ids: list[str]) -> dict[str, str]:
+        """Provider id -> owning account, itself where none claimed it (a claim never
+        changes hands: asked once each)."""
+        with self.lock:
+            for pid in provider_ids:
+                if pid not in self._owner_of:
+                    self._owner_of[pid] = self.network.owner_of("provider", pid) or pid
+            return {pid: self._owner_of[pid] for pid in provider_ids}
 
     def of_node(self, node_id: str, online: set[str]) -> tuple[Node, list[Candidate]]:
         """The node and its providers' candidates, as the log has them now."""

@@ -21,7 +21,7 @@ full price unless its reputation is about 0.8 lower.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # The providers' sandboxes (domain/provider.py SANDBOXES) that hold each job in control
@@ -134,6 +134,9 @@ class Assessment:
     price_per_gpu_hour_micro: int = 0
     reputation: float = 0.0
     score: float = 0.0
+    # When the provider's rest is over (domain/resting.py): until then, placed only where
+    # no provider that does not rest fits. 0.0: it does not rest.
+    resting_until: float = 0.0
 
 
 def assess(
@@ -238,12 +241,19 @@ def _provider_reason(req: Requirements, c: Candidate, excluded: set[str]) -> str
 
 
 def explain(
-    req: Requirements, candidates: list[Candidate], excluded: set[str], home_region: str = ""
+    req: Requirements, candidates: list[Candidate], excluded: set[str], home_region: str = "",
+    resting: Mapping[str, float] | None = None,
 ) -> list[Assessment]:
-    """Every provider judged: the eligible first, best score first, then the others by id."""
+    """Every provider judged: the eligible first, best score first (those that rest, by
+    `resting`: provider id -> when its rest is over, after the others), then the others by
+    id."""
+    rests = resting or {}
     judged = [assess(req, c, excluded, home_region) for c in candidates]
+    judged = [replace(a, resting_until=rests[a.provider_id])
+              if a.eligible and a.provider_id in rests else a for a in judged]
     return sorted(judged, key=lambda a: (
         not a.eligible,
+        a.resting_until > 0,
         a.score if a.eligible else 0.0,
         a.provider_id,
     ))

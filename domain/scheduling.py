@@ -107,18 +107,22 @@ def fair_order(
     return ordered
 
 
-def _resting(candidates: Iterable[Candidate], owners: Mapping[str, str],
-             now: float | None) -> frozenset[str]:
-    """The providers whose owner rests at `now` (domain/resting.py)."""
+def resting(candidates: Iterable[Candidate], owners: Mapping[str, str],
+            now: float | None) -> dict[str, float]:
+    """The providers whose owner rests at `now` (domain/resting.py), each with the time its
+    rest is over; none with no `now`."""
     if now is None:
-        return frozenset()
+        return {}
     by_owner: dict[str, list[Candidate]] = defaultdict(list)
     for c in candidates:
         by_owner[owners.get(c.provider_id, c.provider_id)].append(c)
-    return frozenset(
-        c.provider_id for mates in by_owner.values()
-        if any(c.streak[1] for c in mates) and rests_until(c.streak for c in mates) > now
-        for c in mates)
+    found: dict[str, float] = {}
+    for mates in by_owner.values():
+        if any(c.streak[1] for c in mates):
+            until = rests_until(c.streak for c in mates)
+            if until > now:
+                found.update((c.provider_id, until) for c in mates)
+    return found
 
 
 class _Pool:
@@ -127,7 +131,7 @@ class _Pool:
     def __init__(self, candidates: Iterable[Candidate], home_region: str,
                  owners: Mapping[str, str] | None = None, now: float | None = None) -> None:
         self.by_id = {c.provider_id: c for c in candidates}
-        self.resting = _resting(self.by_id.values(), owners or {}, now)
+        self.resting = frozenset(resting(self.by_id.values(), owners or {}, now))
         self.free = {pid: list(c.free_gpu_indexes) for pid, c in self.by_id.items()}
         self.home_region = home_region
         self._sorted: dict[Requirements, list[str]] = {}
@@ -270,4 +274,5 @@ def positions(
     return line
 
 
-__all__ = ["Placement", "Plan", "Waiting", "fair_order", "plan", "positions", "score"]
+__all__ = ["Placement", "Plan", "Waiting", "fair_order", "plan", "positions", "resting",
+           "score"]

@@ -19,6 +19,7 @@ from api.services import Services
 from domain.errors import DomainError
 from protocol.money import cost_of_gpu_time
 from protocol.spec import JobSpec, SpecError, parse_job_spec
+from readmodel.queue import iso_time
 from readmodel.telemetry import online_provider_ids
 
 
@@ -30,6 +31,11 @@ class Offer:
     quote_micro: BigInt = strawberry.field(description="the most the job can cost here")
     reputation: float
     expected_start: str = strawberry.field(description="'now': these GPUs are free")
+    resting_until: str | None = strawberry.field(
+        default=None,
+        description="runs were lost with this provider or its owner's others: until then "
+        "(ISO time) it is every job's last resort, placed only where no other fits; null "
+        "when it does not rest")
 
 
 @strawberry.type
@@ -90,6 +96,7 @@ async def explain_spec(services: Services, spec: JobSpec) -> Explanation:
                 price_per_gpu_hour_micro=BigInt(a.price_per_gpu_hour_micro),
                 quote_micro=BigInt(cost_of_gpu_time(hours_ms, a.price_per_gpu_hour_micro)),
                 reputation=a.reputation, expected_start="now",
+                resting_until=iso_time(a.resting_until) if a.resting_until else None,
             )
             for a in judged if a.eligible
         ],

@@ -54,6 +54,12 @@ def test_a_black_hole_provider_costs_one_job_then_rests_and_so_do_its_new_ids(
         assert placements(net) == ["hole-1", "bh-honest"]
 
         net.wait_providers_online(["hole-1"])  # its heartbeats bring it back online
+        # The explanation says so: the cheapest offer, resting, comes last.
+        offers = net.gql("query($s: JSON!) { explain(spec: $s) { ... on Explanation {"
+                         " eligible { providerId restingUntil } } } }", "bh-client",
+                         s=SPEC)["explain"]["eligible"]
+        assert [o["providerId"] for o in offers] == ["bh-honest", "hole-1"], offers
+        assert offers[0]["restingUntil"] is None and offers[1]["restingUntil"], offers
         assert placements(net) == ["bh-honest"]
 
         # A fresh id of the same account is no way round: the owner rests.

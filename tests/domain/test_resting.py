@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from domain.matching import Candidate
+from domain.matching import Candidate, explain
 from domain.resting import REST_BASE_S, REST_MAX_S, rests_until, streak
-from domain.scheduling import Waiting, plan
+from domain.scheduling import Waiting, plan, resting
 from tests.domain.support import PRICE, gpu
 from tests.domain.test_scheduling import REQ
 
@@ -89,3 +89,15 @@ def test_an_honest_owners_success_on_one_machine_brings_back_the_others() -> Non
     owners = {"m1": "owner", "m2": "owner"}
 
     assert placed([crashed, working, provider("other", PRICE * 2)], owners) == "m1"
+
+
+def test_the_explanation_puts_a_resting_offer_last_and_says_until_when() -> None:
+    black_hole = provider("cheap", PRICE // 100, (("lost", NOW - 10),))
+    honest = provider("honest")
+    rests = resting([black_hole, honest], {}, NOW)
+
+    judged = explain(REQ, [black_hole, honest], set(), "", rests)
+
+    assert [(a.provider_id, a.eligible, a.resting_until) for a in judged] == [
+        ("honest", True, 0.0), ("cheap", True, NOW - 10 + REST_BASE_S)]
+    assert explain(REQ, [black_hole, honest], set())[0].provider_id == "cheap"
