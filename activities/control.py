@@ -320,8 +320,11 @@ class ControlActivities:
             req.missing, refused=req.refused,
         )
         reports = [primary, *req.others]
+        # What storage refused for the client's quota, as the storage API recorded it.
+        refused = {r.attempt: job.refused_outputs(r.attempt) for r in reports}
         verdict, winner = judge(
-            self.store, job.client_id, req.job_id, spec, reports, may_add_run=len(reports) < 3
+            self.store, job.client_id, req.job_id, spec, reports, may_add_run=len(reports) < 3,
+            refused=refused,
         )
         if verdict.decided:
             self.network.record_verdict(

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
+from domain.outputs import output_key
 from domain.verification import Comparator, OutputFile, outvoted, quorum
 from infra.storage import ObjectNotFound, ObjectStore
 from protocol import digest
 from protocol.spec import JobSpec
 from workflows import contracts as c
 
+__all__ = ["judge", "output_key"]
+
 TEXT_LIMIT = 1 << 20  # a numeric comparator reads outputs up to this size
-
-
-def output_key(job_id: str, path: str, attempt: int) -> str:
-    """Each run writes its own keys, so replicas and retries never overwrite each other."""
-    return f"jobs/{job_id}/runs/{attempt}/{path}"
 
 
 def stored(store: ObjectStore, client_id: str, key: str) -> bool:
@@ -121,11 +121,30 @@ def comparable(
     return files
 
 
+def abstains(report: c.ReplicaReport, refused: Collection[str]) -> bool:
+    """A run that does not vote: one of its missing outputs is one storage refused for its
+    client's quota, as the storage API recorded it (`refused`, never the provider's report:
+    domain/outputs.py). It delivered nothing the others could be compared with, and the
+    client, which controls its storage, chose that. A run that timed out votes as it ended."""
+    return not report.timed_out and any(path in refused for path in report.missing)
+
+
 def judge(
     store: ObjectStore, client_id: str, job_id: str, spec: JobSpec,
     reports: list[c.ReplicaReport], may_add_run: bool,
+    refused: Mapping[int, Collection[str]] | None = None,
 ) -> tuple[c.Verdict, int | None]:
-    """The verdict over every run so far, and the attempt whose outputs become the job's."""
+    """The verdict over every run so far, and the attempt whose outputs become the job's.
+
+    `refused`: by attempt, the outputs whose upload storage refused for the client's quota
+    (Job.refused_outputs). Such a run abstains (`abstains`): neither accepted nor rejected,
+    so neither paid nor blamed (workflows/runs.py: an empty-handed run nothing reproduced),
+    and the runs that delivered are judged among themselves. Fewer than two of them while
+    another run may be added: one is (the network's tie-break, or the client's). None at
+    all: nothing was delivered, the job fails and no one is blamed. One alone once no run
+    may be added: it stands alone, as a run whose check could not be placed, where the
+    other runs were the network's check and tie-break; a job whose client asked for
+    replicas has no majority."""
     corrupt = {
         r.attempt: p for r in reports
         if (p := integrity_problems(store, client_id, job_id, spec, r))
@@ -139,13 +158,31 @@ def judge(
         succeeded, reason = outcome(spec, r)
         return c.Verdict(True, succeeded, reason, [r.attempt], []), r.attempt
 
+    refused = refused or {}
+    abstaining = [r.attempt for r in intact if abstains(r, refused.get(r.attempt, ()))]
+    voters = [r for r in intact if r.attempt not in abstaining]
+    blamed = sorted(corrupt)
+    if abstaining and len(voters) < 2:
+        note = (f"storage refused the outputs of {len(abstaining)} of {len(reports)} runs for "
+                "the client's storage quota: they did not vote")
+        if voters and may_add_run:
+            return c.Verdict(False, False, f"too few runs to compare; {note}", [], blamed,
+                             decided=False, contradicted_attempts=blamed), None
+        if voters and spec.verification.replicas == 1:
+            succeeded, reason = outcome(spec, voters[0])
+            return c.Verdict(True, succeeded, f"{reason}; {note}", [voters[0].attempt], blamed,
+                             contradicted_attempts=blamed), voters[0].attempt
+        what = "no run delivered its outputs" if not voters else "no majority"
+        return c.Verdict(False, False, f"{what}; {note}; no provider is blamed", [], blamed,
+                         contradicted_attempts=blamed), None
+
     comp = Comparator.from_spec(spec.verification.comparator.model_dump())
-    files = [comparable(store, client_id, r, comp, by_presence(spec)) for r in intact]
+    files = [comparable(store, client_id, r, comp, by_presence(spec)) for r in voters]
     winner = quorum(files, len(files), comp) if len(files) >= 2 else None
     if winner is None:
         if may_add_run:
-            undecided = c.Verdict(False, False, "runs disagree", [], sorted(corrupt),
-                                  decided=False, contradicted_attempts=sorted(corrupt))
+            undecided = c.Verdict(False, False, "runs disagree", [], blamed,
+                                  decided=False, contradicted_attempts=blamed)
             return undecided, None
         # Independent providers (distinct owners) that all disagree say more about the job
         # than about any of them: no provider is blamed but those whose report storage
@@ -153,15 +190,17 @@ def judge(
         # (workflows/runs.py) and the job fails, saying so.
         reason = (f"no majority among {len(reports)} runs on distinct providers: the job's "
                   "outputs are not reproducible as declared; no provider is blamed")
-        return c.Verdict(False, False, reason, [], sorted(corrupt),
-                         contradicted_attempts=sorted(corrupt)), None
-    losers = {intact[i].attempt for i in outvoted(files, winner, comp)} | set(corrupt)
-    accepted = [r.attempt for r in reports if r.attempt not in losers]
-    succeeded, reason = outcome(spec, intact[winner])
+        return c.Verdict(False, False, reason, [], blamed, contradicted_attempts=blamed), None
+    losers = {voters[i].attempt for i in outvoted(files, winner, comp)} | set(corrupt)
+    accepted = [r.attempt for r in voters if r.attempt not in losers]
+    succeeded, reason = outcome(spec, voters[winner])
     if losers:
         reason += f"; {len(losers)} of {len(reports)} runs disagreed and were rejected"
     else:
-        reason += f"; {len(reports)} runs on distinct providers agree"
+        reason += f"; {len(accepted)} runs on distinct providers agree"
+    if abstaining:
+        reason += (f"; storage refused the outputs of {len(abstaining)} for the client's "
+                   "storage quota: they did not vote")
     verdict = c.Verdict(True, succeeded, reason, accepted, sorted(losers),
-                        contradicted_attempts=sorted(corrupt))
-    return verdict, intact[winner].attempt
+                        contradicted_attempts=blamed)
+    return verdict, voters[winner].attempt

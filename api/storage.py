@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -35,7 +36,8 @@ from fastapi.responses import StreamingResponse
 
 from api import auth
 from api.services import Services
-from domain.errors import UnknownJob
+from domain.errors import DomainError, UnknownJob
+from domain.outputs import output_path, refused_for_quota
 from domain.states import TERMINAL_STATES
 from infra.signing import METHODS, Grant, GrantRefused, check, grant_url, parse_grant
 from infra.storage import (
@@ -49,6 +51,7 @@ from infra.storage import (
 )
 from protocol import digest
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/storage", tags=["storage"])
 MAX_UPLOAD_BYTES = 64 << 30  # the most GPGPU_MAX_OBJECT_BYTES may say
 
@@ -219,7 +222,7 @@ async def put_object(
     if size is not None and size > limit:
         raise HTTPException(413, f"upload larger than {limit} bytes (the most one object "
                                  f"may hold)")
-    once = False
+    once, grant = False, None
     if sig is not None:
         grant = await granted(services, "PUT", client_id, key, request, sig)
         declared = _declared(x_digest, x_sha256)
@@ -244,8 +247,31 @@ async def put_object(
     except IntegrityMismatch as err:
         raise HTTPException(400, str(err)) from None
     except StorageError as err:
+        if isinstance(err, QuotaExceeded) and grant is not None and size is not None:
+            await asyncio.to_thread(note_refusal, services, grant, size, declared or "", err)
         raise _storage_error(err) from None
     return {"key": info.key, "digest": info.digest, "size": info.size}
+
+
+def note_refusal(services: Services, grant: Grant, size: int, declared: str,
+                 err: QuotaExceeded) -> None:
+    """Record on the job that the client's quota refused a run's output (domain/outputs.py):
+    the network's own witness, which verification reads (a run whose missing output storage
+    refused so does not vote). Only a run's write-once output grant, only where the declared
+    size would have fit the whole quota but not beside what the space held, and once per
+    output however often the PUT is repeated (the domain records it once)."""
+    if not grant.once or not refused_for_quota(size, err.quota_bytes, err.usage):
+        return
+    try:
+        job = services.network.job(grant.job_id)
+        path = output_path(grant.job_id, grant.attempt, grant.key, job.spec.get("outputs", []))
+        if path is None or path in job.refused_outputs(grant.attempt):
+            return
+        services.network.record_output_refused(
+            grant.job_id, grant.attempt, path, grant.provider_id, size, declared,
+            err.quota_bytes, err.usage, str(err))
+    except DomainError as refused:  # the run ended, or reported its outputs, meanwhile
+        log.info("storage refusal of %s not recorded: %s", grant.key, refused)
 
 
 def _declared(x_digest: str | None, x_sha256: str | None) -> str | None:

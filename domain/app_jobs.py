@@ -209,6 +209,20 @@ class Jobs(Base):
 
         self._save_retrying(attempt)
 
+    def record_output_refused(self, job_id: str, attempt_no: int, path: str, provider_id: str,
+                              size: int, declared: str, quota_bytes: int, usage: int,
+                              reason: str) -> None:
+        """Storage refused a run's upload of an output for the client's quota (Job
+        `OutputRefused`): recorded once, a repeat saves nothing."""
+
+        def attempt() -> tuple[None, list[Aggregate]]:
+            job = self.job(job_id)
+            job.record_output_refused(attempt_no, path, provider_id, size, declared,
+                                      quota_bytes, usage, reason)
+            return None, [job] if job.pending_events else []
+
+        self._save_retrying(attempt)
+
     def settle(
         self,
         job_id: str,

@@ -22,18 +22,8 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import InvalidTransition
 from domain.ids import business_id
-from domain.limits import (
-    AMOUNT,
-    ATTEMPT,
-    BYTES,
-    EXIT_CODE,
-    GPU_INDEX,
-    GPU_MS,
-    JOB_GPUS,
-    PRICE,
-    STEP_FILES,
-    OutOfBounds,
-)
+from domain.limits import AMOUNT, ATTEMPT, BYTES, GPU_INDEX, JOB_GPUS, PRICE, check_step_data
+from domain.outputs import output_key
 from domain.states import TERMINAL_STATES, JobState
 from protocol import digest
 
@@ -45,27 +35,8 @@ def env_names_only(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, "env": dict.fromkeys(spec.get("env") or {}, "")}
 
 
-
-def check_step_data(step: str, data: dict[str, Any]) -> None:
-    """The numbers a step reports (a provider's figures among them), within their bounds."""
-    if step == "inputs_staged":
-        STEP_FILES.check("files", data.get("files"))
-        BYTES.check("bytes", data.get("bytes"))
-    elif step == "execution_finished":
-        if data.get("exit_code") is not None:
-            EXIT_CODE.check("exit_code", data["exit_code"])
-        GPU_MS.check("gpu_ms", data.get("gpu_ms"))
-    elif step == "outputs_uploaded":
-        manifest = data.get("manifest")
-        if not isinstance(manifest, list):
-            raise OutOfBounds("manifest", "must be a list of outputs")
-        STEP_FILES.check("manifest", len(manifest))
-        for n, entry in enumerate(manifest):
-            if isinstance(entry, dict) and "size" in entry:
-                BYTES.check(f"manifest.{n}.size", entry["size"])
-
-
 MAX_FAILURE_CHARS = 1024  # of a provider's own account of why its step failed
+MAX_DIGEST_CHARS = 128  # "blake3:" and 64 hex digits, with room
 
 
 class Job(Aggregate):
@@ -272,6 +243,31 @@ class Job(Aggregate):
         """Whether this attempt's run ended without a result (its provider lost or failed)."""
         return f"ProviderLost:{attempt}" in self.recorded or f"RunFailed:{attempt}" in self.recorded
 
+    def record_output_refused(self, attempt: int, path: str, provider_id: str, size: int,
+                              declared: str, quota_bytes: int, usage: int, reason: str) -> None:
+        """Storage refused this run's upload of a declared output for the client's quota
+        (domain/outputs.py): the storage API's record, never a provider's. Once per output,
+        and only while the run is live and has not reported its outputs."""
+        ATTEMPT.check("attempt", attempt)
+        for name, value in (("size", size), ("quota_bytes", quota_bytes), ("usage", usage)):
+            BYTES.check(name, value)
+        if path not in self.spec.get("outputs", []):
+            raise InvalidTransition("", f"{path!r} is not a declared output of {self.job_id}")
+        if (self.allocations.get(attempt) != provider_id or self.ran_elsewhere(attempt)
+                or f"outputs_uploaded:{attempt}" in self.recorded):
+            raise InvalidTransition("", f"attempt {attempt} of job {self.job_id} is not "
+                                        f"{provider_id}'s live run")
+        if self._once(f"OutputRefused:{attempt}:{path}"):
+            self._output_refused(
+                attempt=attempt, path=path, key=output_key(self.job_id, path, attempt),
+                provider_id=provider_id, size=size, digest=declared[:MAX_DIGEST_CHARS],
+                quota_bytes=quota_bytes, usage=usage, reason=reason[:MAX_FAILURE_CHARS])
+
+    def refused_outputs(self, attempt: int) -> set[str]:
+        """The outputs of this attempt whose upload storage refused for the client's quota."""
+        prefix = f"OutputRefused:{attempt}:"
+        return {k[len(prefix):] for k in self.recorded if k.startswith(prefix)}
+
     def record_verdict(self, accepted: bool, succeeded: bool, reason: str) -> None:
         if not self._once("Verdict"):
             return
@@ -369,6 +365,11 @@ class Job(Aggregate):
         self.state = JobState.VERIFYING
         self.manifests[attempt] = manifest
         self.recorded.append(f"outputs_uploaded:{attempt}")
+
+    @event("OutputRefused")
+    def _output_refused(self, attempt: int, path: str, key: str, provider_id: str, size: int,
+                        digest: str, quota_bytes: int, usage: int, reason: str) -> None:
+        self.recorded.append(f"OutputRefused:{attempt}:{path}")
 
     @event("CheckSkipped")
     def _check_skipped(self, attempt: int, reason: str) -> None:

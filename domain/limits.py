@@ -155,3 +155,22 @@ def check_gpus(field: str, gpus: Any) -> list[dict[str, Any]]:
     if len({g["index"] for g in gpus}) != len(gpus):
         raise OutOfBounds(field, "two GPUs have the same index")
     return gpus
+
+
+def check_step_data(step: str, data: dict[str, Any]) -> None:
+    """The numbers a step reports (a provider's figures among them), within their bounds."""
+    if step == "inputs_staged":
+        STEP_FILES.check("files", data.get("files"))
+        BYTES.check("bytes", data.get("bytes"))
+    elif step == "execution_finished":
+        if data.get("exit_code") is not None:
+            EXIT_CODE.check("exit_code", data["exit_code"])
+        GPU_MS.check("gpu_ms", data.get("gpu_ms"))
+    elif step == "outputs_uploaded":
+        manifest = data.get("manifest")
+        if not isinstance(manifest, list):
+            raise OutOfBounds("manifest", "must be a list of outputs")
+        STEP_FILES.check("manifest", len(manifest))
+        for n, entry in enumerate(manifest):
+            if isinstance(entry, dict) and "size" in entry:
+                BYTES.check(f"manifest.{n}.size", entry["size"])

@@ -52,6 +52,7 @@ STATE_AFTER: dict[str, JobState | None] = {
     "InputsStaged": None,
     "ExecutionStarted": JobState.RUNNING,
     "ExecutionFinished": JobState.UPLOADING,
+    "OutputRefused": None,
     "OutputsUploaded": JobState.VERIFYING,
     "ProviderLost": JobState.QUEUED,
     "RunFailed": JobState.QUEUED,

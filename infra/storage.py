@@ -45,7 +45,11 @@ class IntegrityMismatch(StorageError):
 
 
 class QuotaExceeded(StorageError):
-    pass
+    """An upload past the client's quota: the quota and what the space held beside it."""
+
+    def __init__(self, message: str, quota_bytes: int = 0, usage: int = 0):
+        super().__init__(message)
+        self.quota_bytes, self.usage = quota_bytes, usage
 
 
 class AlreadyStored(StorageError):
@@ -150,7 +154,8 @@ class Intake:
         if self.quota_bytes is not None and self.usage + self.size > self.quota_bytes:
             raise QuotaExceeded(
                 f"{self.key}: refused, {self.client_id}'s storage quota is {self.quota_bytes} "
-                f"bytes, {self.usage} bytes are in use and this upload reached {self.size} bytes"
+                f"bytes, {self.usage} bytes are in use and this upload reached {self.size} bytes",
+                self.quota_bytes, self.usage,
             )
 
     def verify(self) -> str:

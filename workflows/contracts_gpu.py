@@ -166,6 +166,7 @@ class UploadResult:
     manifest: list[ManifestEntry]
     missing: list[str]
     # Outputs the storage refused (larger than one object may be, past the client's quota),
-    # with its answer: they are in `missing` too, so the run is judged and paid like any run
-    # with missing outputs, and the client is told why.
+    # with its answer: they are in `missing` too, and the client is told why. The provider's
+    # word only: what verification judges on is the storage API's own record of a refusal
+    # for the quota (Job `OutputRefused`: such a run does not vote, activities/verify.py).
     refused: dict[str, str] = field(default_factory=dict)

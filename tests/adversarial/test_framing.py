@@ -6,13 +6,15 @@ The client owns the job's command and its storage space, so it can make the netw
 check disagree with an honest run on purpose: a command that writes one answer on the run
 it targets and another on the check (it can read the clock), or a storage quota full for
 one run's upload and free for the other's. Each test mounts one such attack and checks that
-the attack was really mounted (three runs, the first one outvoted) and that it failed:
-no `mismatch` recorded against the honest provider, its reputation score as it was. It is
-recorded `outvoted`, which puts it back on probation (its next results are all checked by
-the network: domain/verification.py `check_rate`) and counts in the score only once the
-jobs of OUTVOTED_CLIENTS distinct clients outvoted it within a window
-(domain/reputation.py). Every attack here is one client's, `framer`, however often it is
-mounted: one client alone can never lower a score; but for the last test's, mounted from
+the attack was really mounted (three runs) and that it failed: no `mismatch` recorded
+against the honest provider, its reputation score as it was. Outvoted by a command that
+answers differently, it is recorded `outvoted`, which puts it back on probation (its next
+results are all checked by the network: domain/verification.py `check_rate`) and counts in
+the score only once the jobs of OUTVOTED_CLIENTS distinct clients outvoted it within a
+window (domain/reputation.py). A run whose upload the client's quota refused is not
+outvoted at all: the storage API recorded the refusal, and such a run does not vote
+(activities/verify.py). Every attack here is one client's, `framer`, however often it is
+mounted: one client alone can never lower a score; but for one test's, mounted from
 OUTVOTED_CLIENTS fresh accounts, which count as no clients since none of them paid for
 verified work (OUTVOTED_MIN_SPENT_MICRO).
 """
@@ -194,14 +196,31 @@ def uploaded(net: Network, client: str, job_id: str, provider_id: str,
     raise AssertionError(f"{provider_id} uploaded nothing for {job_id}")
 
 
+def refusals(net: Network, client: str, job_id: str) -> list[str]:
+    """The providers whose upload of an output the storage API recorded as refused for the
+    client's quota (Job `OutputRefused`: the network's witness, not a provider's word)."""
+    return [e["data"]["provider_id"] for e in events(net, client, job_id)
+            if e["type"] == "OutputRefused"]
+
+
+def assert_abstained(net: Network, state: State, client: str, job_id: str,
+                     provider_id: str) -> None:
+    """A run whose output the client's quota refused: no outcome (no `outvoted`, nothing
+    blamed), neither paid nor charged."""
+    assert provider_id not in outcomes(net, client, job_id), outcomes(net, client, job_id)
+    job = f"{job_id}:{provider_id}"
+    assert state.transfers(f"pay:{job}") == [] and state.transfers(f"withheld:{job}") == []
+
+
 def test_a_client_that_fills_its_quota_for_the_run_and_frees_it_for_the_check_frames_no_one(
     net: Network, state: State
 ) -> None:
     """The client fills its storage quota, so that fair-a's upload is refused (its run is
     empty-handed), then frees it before the network's check uploads: the check and the
-    tie-break deliver and fair-a looks like a provider that skipped the work. It is not
-    paid (nothing shows its work), but not blamed: the network cannot tell a provider whose
-    upload the client's storage refused from one that did nothing."""
+    tie-break deliver and fair-a looks like a provider that skipped the work. But the storage
+    API recorded the refusal: fair-a's run does not vote. The job keeps the check's result
+    (the client pays for it); fair-a is neither paid nor charged, and nothing is recorded
+    against it (no `outvoted`: not back on probation)."""
     before = reputations(state)[HONEST]
     # Less than 8 KiB left, whatever the other tests' jobs left in the space (at most
     # 40 KiB: the next test's), and room for two 8 KiB outputs once the filler is gone.
@@ -220,8 +239,11 @@ def test_a_client_that_fills_its_quota_for_the_run_and_frees_it_for_the_check_fr
     job = ended(net, FRAMER, job_id)
 
     assert job["state"] == "SUCCEEDED" and job["providerId"] == "fair-b", job
-    assert_not_framed(net, state, FRAMER, job_id)
-    assert_outvoted_only(state, before)
+    assert allocated(net, FRAMER, job_id) == ["fair-a", "fair-b", "fair-c"]
+    assert refusals(net, FRAMER, job_id) == [HONEST]
+    assert outcomes(net, FRAMER, job_id) == {"fair-b": "success", "fair-c": "success"}
+    assert_abstained(net, state, FRAMER, job_id, HONEST)
+    assert reputations(state)[HONEST] == before  # no `outvoted`, its score as it was
     assert int(job["costMicro"]) > 0, job
 
 
@@ -230,8 +252,10 @@ def test_a_job_whose_own_output_fills_the_quota_for_the_check_frames_no_one(
 ) -> None:
     """The other way round: fair-a delivers, and its output takes more than half the
     client's quota, so the network's check and its tie-break (the job is declared
-    reproducible) are refused theirs: two empty-handed runs against one that delivered.
-    fair-a is outvoted by nothing but the client's full storage: not blamed."""
+    reproducible) are refused theirs. The storage API recorded both refusals: they do not
+    vote, and fair-a's run stands alone, as one whose check could not be placed. The job
+    keeps fair-a's result and succeeds; fair-a is paid and records a `success`; the check
+    and tie-break are neither paid nor recorded."""
     before = reputations(state)[HONEST]
     # fair-a's output fits, whatever the other tests' jobs left (at most 16 KiB: the one
     # above's), and a second one cannot.
@@ -244,6 +268,15 @@ def test_a_job_whose_own_output_fills_the_quota_for_the_check_frames_no_one(
 
     assert uploaded(net, FRAMER, job_id, HONEST)["missing"] == []
     assert uploaded(net, FRAMER, job_id, "fair-b")["missing"] == ["out.bin"]
-    assert job["state"] == "FAILED" and "declared outputs missing" in job["reason"], job
-    assert_not_framed(net, state, FRAMER, job_id)
-    assert_outvoted_only(state, before)
+    assert allocated(net, FRAMER, job_id) == ["fair-a", "fair-b", "fair-c"]
+    assert refusals(net, FRAMER, job_id) == ["fair-b", "fair-c"]
+    assert job["state"] == "SUCCEEDED" and job["providerId"] == HONEST, job
+    got = net.gql("query($id: ID!) { job(id: $id) { outputs { key } } }", FRAMER,
+                  id=job_id)["job"]["outputs"]
+    assert [o["key"] for o in got] == [f"jobs/{job_id}/runs/1/out.bin"]
+    assert outcomes(net, FRAMER, job_id) == {HONEST: "success"}
+    assert state.transfers(f"pay:{job_id}:{HONEST}") != []
+    for check in ("fair-b", "fair-c"):
+        assert_abstained(net, state, FRAMER, job_id, check)
+    recorded = json.loads(reputations(state)[HONEST][1])
+    assert recorded == [*json.loads(before[1]), "success"], (recorded, before)
