@@ -52,6 +52,7 @@ export interface Offer {
   quoteMicro: number;
   reputation: number;
   expectedStart: string;
+  restingUntil: string | null;
 }
 export interface Explanation {
   __typename: "Explanation";
@@ -348,6 +349,7 @@ export const EXPLAIN = gql<{ explain: Explanation | SpecRejected }, { spec: unkn
           quoteMicro
           reputation
           expectedStart
+          restingUntil
         }
         rejected {
           providerId

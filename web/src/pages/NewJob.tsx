@@ -263,7 +263,11 @@ function Explain(props: { spec: unknown; localError: string | null }): JSX.Eleme
                       <td class="num">{credits(o.pricePerGpuHourMicro)}</td>
                       <td class="num">{credits(o.quoteMicro)}</td>
                       <td class="num">{percent(o.reputation)}</td>
-                      <td>{o.expectedStart}</td>
+                      <td data-testid="starts">
+                        {o.restingUntil
+                          ? `only where no other fits, until ${o.restingUntil} (runs were lost with it)`
+                          : o.expectedStart}
+                      </td>
                     </tr>
                   ))}
                 </tbody>
