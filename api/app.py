@@ -33,6 +33,7 @@ from api.errors import refusal_text
 from api.multiplex import MultiplexedTransportWS
 from api.schema import schema
 from api.services import Services
+from api.socket_limit import SocketLimit
 from domain.errors import UnknownProvider
 from infra.settings import Settings
 from infra.temporal import connect
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="GPGPU", lifespan=lifespan, telemetry=TELEMETRY)
     app.add_middleware(BodyLimit, max_request_bytes=settings.max_request_bytes,
                        max_object_bytes=settings.max_object_bytes)
+    app.add_middleware(SocketLimit, max_websockets=settings.max_websockets_per_process)
 
     async def get_context(connection: HTTPConnection) -> Context:
         """The caller named by `Authorization: Bearer`; a websocket may name it (again) in

@@ -175,6 +175,7 @@ class Services:
     sign_ins: SignInThrottle = field(init=False)
     # Live subscriptions per account (user id), in this process.
     open_subscriptions: dict[str, int] = field(default_factory=dict)
+    subscriptions_open: int = 0  # ... and of every account together
     # Jobs' live logs: chunks from the providers, followed by subscribers (api/joblog.py).
     live_logs: LiveLogs = field(init=False)
     # Live subscriptions by stream, sharing each event's execution (api/multiplex.py).
@@ -245,17 +246,24 @@ class Services:
     @contextmanager
     def subscription_of(self, caller: Caller | None) -> Iterator[None]:
         """One more live subscription of the caller's account while the block runs; refused
-        past `max_subscriptions_per_account` (each one holds a task and a poll a second)."""
+        past `max_subscriptions_per_account`, or `max_subscriptions_per_process` of every
+        account together (each one holds a task and a poll a second)."""
         account = caller.user_id if caller is not None else "anonymous"
         held = self.open_subscriptions.get(account, 0)
         cap = self.settings.max_subscriptions_per_account
         if held >= cap:
             raise ValueError(f"subscriptions: at most {cap} live subscriptions per account; "
                              f"end one (complete) before starting another")
+        everyone = self.settings.max_subscriptions_per_process
+        if self.subscriptions_open >= everyone:
+            raise ValueError(f"subscriptions: this API holds its most, {everyone} live "
+                             "subscriptions; try again in a while, or follow by querying")
+        self.subscriptions_open += 1
         self.open_subscriptions[account] = held + 1
         try:
             yield
         finally:
+            self.subscriptions_open -= 1
             left = self.open_subscriptions[account] - 1
             if left:
                 self.open_subscriptions[account] = left

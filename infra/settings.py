@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     sign_in_max_failures_per_address: int = Field(default=20, ge=1, le=10_000)
     # Live GraphQL subscriptions one account may hold open at once (per API process).
     max_subscriptions_per_account: int = Field(default=32, ge=1, le=10_000)
+    # ... and all accounts together, and open websockets: accounts are free to open, so
+    # these bound what one API process holds (each subscription about 60 KiB, each
+    # websocket about 35 KiB: README, Performance) whoever opens them.
+    max_subscriptions_per_process: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_websockets_per_process: int = Field(default=20_000, ge=1, le=1_000_000)
     # What a provider agent (and the SDK) sends as `Authorization: Bearer`: an API key.
     api_key: str | None = None
     # Set, GET /metrics wants `Authorization: Bearer <it>` (Prometheus: `authorization:`

@@ -1,5 +1,6 @@
 """Subscriptions end: a finished job's stream sends what is after `after` and completes, a
-bad `after` is refused by name, and one account's live subscriptions are capped.
+bad `after` is refused by name, one account's live subscriptions are capped, and so are all
+accounts' together and the websockets one API process holds (accounts are free to open).
 
 Against a real network (API, control worker, one simulated provider), over the
 graphql-transport-ws protocol by hand, so that what is asserted is what a client reads.
@@ -26,13 +27,17 @@ PATIENT = {"GPGPU_GPU_ACTIVITY_HEARTBEAT_TIMEOUT_S": "30",
            "GPGPU_GPU_SCHEDULE_TO_START_TIMEOUT_S": "60"}
 
 CAP = 3
+EVERYONE = CAP + 2  # live subscriptions of every account together
+SOCKETS = 3
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Network]:
     with network(tmp_path_factory.mktemp("subs-end"), temporal_server,
                  [("ends-a", "1xH100:80", "2.0", [])],
-                 {"GPGPU_MAX_SUBSCRIPTIONS_PER_ACCOUNT": str(CAP), **PATIENT}) as n:
+                 {"GPGPU_MAX_SUBSCRIPTIONS_PER_ACCOUNT": str(CAP),
+                  "GPGPU_MAX_SUBSCRIPTIONS_PER_PROCESS": str(EVERYONE),
+                  "GPGPU_MAX_WEBSOCKETS_PER_PROCESS": str(SOCKETS), **PATIENT}) as n:
         yield n
 
 
@@ -141,3 +146,51 @@ async def test_live_subscriptions_per_account_are_capped(net: Network) -> None:
     finally:
         net.gql("mutation($id: ID!) { cancelJob(id: $id) { __typename } }", "capped",
                 id=job_id)
+
+
+async def opened(net: Network, client: str, timeout_s: float = 10) -> Socket:
+    """A socket of `client`, once the API has room for it (another test's may be closing)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await Socket(net, client).__aenter__()
+        except websockets.exceptions.InvalidStatus:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_the_websockets_and_subscriptions_of_every_account_together_are_capped(
+        net: Network) -> None:
+    jobs = {f"crowd-{i}": submit(net, f"crowd-{i}", "sleep 60") for i in (1, 2, 3, 4)}
+    sockets = [await opened(net, f"crowd-{i}") for i in (1, 2, 3)]
+    try:
+        # A fourth websocket, of anyone, is closed before it is accepted: try again later.
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            await Socket(net, "crowd-4").__aenter__()
+        assert refused.value.response.status_code == 403, refused.value
+        # Subscriptions: crowd-1 holds its CAP, crowd-2 two more; then the process is full,
+        # and crowd-3, under its own cap, is refused too.
+        for ws, n, client in ((sockets[0], CAP, "crowd-1"),
+                              (sockets[1], EVERYONE - CAP, "crowd-2")):
+            for _ in range(n):
+                await ws.subscribe(jobs[client], 0)
+        await asyncio.sleep(1)
+        _, end = await sockets[2].until_end(await sockets[2].subscribe(jobs["crowd-3"], 0))
+        assert f"this API holds its most, {EVERYONE} live subscriptions" in end, end
+        # Room again once some end: a socket closes, with its subscriptions.
+        await sockets.pop(1).__aexit__()
+        crowd_4 = await opened(net, "crowd-4")
+        sockets.append(crowd_4)
+        sid = await crowd_4.subscribe(jobs["crowd-4"], 0)
+        while True:
+            msg = json.loads(await asyncio.wait_for(crowd_4.ws.recv(), 10))
+            if msg["id"] == sid:
+                break
+        assert msg["type"] == "next" and not msg["payload"].get("errors"), msg
+    finally:
+        for ws in sockets:
+            await ws.__aexit__()
+        for client, job_id in jobs.items():
+            net.gql("mutation($id: ID!) { cancelJob(id: $id) { __typename } }", client,
+                    id=job_id)
