@@ -21,6 +21,13 @@ schedules the step again and takes the earlier run's over (AssignmentBoard.adopt
 agent goes on and reports to the new run, or the result it reported is the new run's, so
 an attempt's command runs once and its outputs are uploaded once. A new run does not stage
 again into an attempt whose command an earlier run handed out.
+
+A step the new run cannot take over is not run again in the same attempt (its work
+directory, its output keys): one an earlier run handed out that closed with no result to
+take (the new run came after the API's grace, api/dispatch.py, and its agent was told to
+stop), or one of an attempt that ran whose results are no longer kept (a day,
+infra/assignments.py KEEP_FINISHED_S). It is refused as `AttemptSpent`, and the workflow
+leaves the attempt for a fresh one (workflows/job.py): no one blamed, no one paid for it.
 """
 
 from __future__ import annotations
@@ -91,6 +98,12 @@ class AssignActivities:
                 f"provider {request.provider_id} was not heard past the outage grace during "
                 f"its {kind} assignment", type=c.PROVIDER_SILENT, non_retryable=True)
         self._not_again(kind, request)
+        if self.board.abandoned(ids["workflow_id"], ids["run_id"], kind, request.job_id,
+                                request.attempt):
+            raise ApplicationError(
+                f"job {request.job_id} attempt {request.attempt}: an earlier run of its "
+                f"workflow handed its {kind} out, closed with no result to take over; a fresh "
+                "attempt runs", type=c.ATTEMPT_SPENT, non_retryable=True)
         if kind == c.STAGE_INPUTS and self.board.begun(
                 ids["workflow_id"], ids["run_id"], request.job_id, request.attempt):
             # Its command was handed out by the run a reset ended (it runs, or ran, in the
@@ -106,14 +119,15 @@ class AssignActivities:
 
     def _not_again(self, kind: str, request: Any) -> None:
         """Refuse to run an attempt's command or upload a second time: one an earlier run
-        recorded but whose result the board no longer holds (kept KEEP_FINISHED_S)."""
+        recorded but whose result the board no longer holds (kept KEEP_FINISHED_S); the
+        workflow runs a fresh attempt."""
         network = self.callers.network
         job = network.find_job(request.job_id) if network is not None else None
         if (kind in RECORDED and job is not None
                 and f"{RECORDED[kind]}:{request.attempt}" in job.recorded):
             raise ApplicationError(
                 f"job {request.job_id} attempt {request.attempt} has already run; {kind} is "
-                "not run again", type="AttemptSpent", non_retryable=True,
+                "not run again; a fresh attempt runs", type=c.ATTEMPT_SPENT, non_retryable=True,
             )
 
     @activity.defn(name=c.STAGE_INPUTS, no_thread_cancel_exception=True)

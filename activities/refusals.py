@@ -3,7 +3,8 @@
 A Temporal reset may run a job's workflow, or part of it, again. Its steps are refused
 rather than run twice: a step of a job that ended answers the job's recorded ending (the
 workflow ends with it, nothing is stored again), and a run of an attempt whose command an
-earlier run handed out takes that run's results over, or is refused (activities/assign.py).
+earlier run handed out takes that run's results over, or is refused (`AttemptSpent`,
+activities/assign.py): the workflow then leaves that attempt for a fresh one.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def live(job: Job, step: str) -> None:
     """Refuse a step of a job that ended.
 
     A reset's new run may go through an attempt that already ran (its steps are recorded
-    once): its GPU steps take the earlier run's results over, and are refused
-    (AttemptSpent) rather than run again (activities/assign.py)."""
+    once): its GPU steps take the earlier run's results over, or are refused
+    (AttemptSpent: the workflow runs a fresh attempt) rather than run again in it
+    (activities/assign.py)."""
     if job.ended:
         raise ended(job, step)
 
@@ -54,7 +56,8 @@ RECORDED = {c.EXECUTE_JOB: "execution_finished", c.UPLOAD_OUTPUTS: "outputs_uplo
 def spent(board: AssignmentBoard, job: Job, attempt: int, step: str) -> None:
     """Refuse a run of an attempt that already ran (a reset's new run goes through it
     again) unless the assignment board keeps the results of its recorded GPU steps: the
-    new run takes those over (activities/assign.py), nothing runs a second time."""
+    new run takes those over (activities/assign.py), nothing runs a second time. Refused
+    (kept a day: infra/assignments.py KEEP_FINISHED_S), the workflow runs a fresh attempt."""
     if not job.spent(attempt):
         return
     recorded = [kind for kind, name in RECORDED.items() if f"{name}:{attempt}" in job.recorded]
@@ -63,6 +66,6 @@ def spent(board: AssignmentBoard, job: Job, attempt: int, step: str) -> None:
     if all(board.kept(workflow_id, job.job_id, attempt, kind) for kind in recorded):
         return
     raise ApplicationError(
-        f"job {job.job_id} attempt {attempt} has already run; {step} is not run again",
-        type="AttemptSpent", non_retryable=True,
+        f"job {job.job_id} attempt {attempt} has already run; {step} is not run again; "
+        "a fresh attempt runs", type=c.ATTEMPT_SPENT, non_retryable=True,
     )

@@ -46,7 +46,9 @@ POLL_S = 0.05  # how often this process looks for new assignments while agents w
 GONE_EVERY_S = 0.5  # how often a waiting poll looks whether its agent has gone
 BEAT_EVERY_S = 2.0  # at most one Temporal heartbeat per assignment this often, per process
 # How long a step whose workflow run was reset goes on for the new run to take it over
-ADOPT_GRACE_S = 60.0  # (infra/assignments.py adopt) before its agent is told to stop
+# (infra/assignments.py adopt) before its agent is told to stop; the new run then leaves
+# the attempt for a fresh one (activities/assign.py). Settings: gpu_adopt_grace_s.
+ADOPT_GRACE_S = 60.0
 # How long a provider's request (or a poll's answer) counts as hearing it: an agent always
 # has a poll open here, and opens the next as one is answered.
 HEARD_FOR_S = 0.5
@@ -69,8 +71,8 @@ def _due(last: dict[str, float], aid: str, every: float) -> bool:
 class Dispatch:
     """This process's waiting agents, woken by one shared look at the table."""
 
-    def __init__(self, board: AssignmentBoard):
-        self.board = board
+    def __init__(self, board: AssignmentBoard, adopt_grace_s: float = ADOPT_GRACE_S):
+        self.board, self.adopt_grace_s = board, adopt_grace_s
         self._waiters = Waiters()
         self._poller: asyncio.Task[None] | None = None
         self._recorded: dict[str, float] = {}  # assignment -> when its last_seen_at was set
@@ -118,7 +120,7 @@ class Dispatch:
         if len(self._orphaned) > 100_000:
             self._orphaned.clear()
         now = self._orphaned.setdefault(aid, time.monotonic())
-        return time.monotonic() - now < ADOPT_GRACE_S
+        return time.monotonic() - now < self.adopt_grace_s
 
     def due_to_record(self, a: Assignment) -> bool:
         """Whether to write the assignment's last_seen_at, by which the control worker
@@ -189,7 +191,8 @@ class Dispatch:
 
 def of_services(services: Services) -> Dispatch:
     return Dispatch(AssignmentBoard(services.telemetry_views or services.views,
-                                    RowCipher(services.settings.payload_keys)))
+                                    RowCipher(services.settings.payload_keys)),
+                    services.settings.gpu_adopt_grace_s)
 
 
 def dispatch(request: Request) -> Dispatch:

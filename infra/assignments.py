@@ -292,6 +292,19 @@ class AssignmentBoard:
         )
         return bool(self._matching(rows, job_id, job_attempt))
 
+    def abandoned(self, workflow_id: str, run_id: str, kind: str, job_id: str,
+                  job_attempt: int) -> bool:
+        """Whether an earlier run of the workflow handed this step of the job's attempt out
+        and it closed with no result for adopt to take (its agent told to stop once the
+        reset's new run did not come within the API's grace, or lost, or failed): run
+        again, it would run in that run's work directory, under its output keys."""
+        rows = self.db.query(
+            "SELECT * FROM assignments WHERE workflow_id = ? AND run_id <> ? AND kind = ?"
+            " AND handed_out_at IS NOT NULL AND finished_at IS NOT NULL",
+            (workflow_id, run_id, kind),
+        )
+        return bool(self._matching(rows, job_id, job_attempt))
+
     def kept(self, workflow_id: str, job_id: str, job_attempt: int, kind: str) -> bool:
         """Whether the result of this step of the job's attempt is kept for a new run of
         the workflow to take (adopt)."""

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # How long the network's own outages (its API, control worker or Temporal away) are
     # borne before a GPU step is given up all the same (workflows/steps.py gpu_step).
     gpu_outage_grace_s: float = Field(default=60.0, ge=0.0, le=3600.0)
+    # How long a GPU step whose workflow was reset goes on for the new run to take it over
+    # (api/dispatch.py); past it the step stops, and the new run runs a fresh attempt.
+    gpu_adopt_grace_s: float = Field(default=60.0, ge=1.0, le=3600.0)
     # How long a GPU-side activity may wait in a provider's queue before it is lost.
     gpu_schedule_to_start_timeout_s: float = 30.0
     max_provider_attempts: int = 3

@@ -57,6 +57,8 @@ PLAN_CHECK = "plan_check"
 RECORD_UNPLACED = "record_unplaced"
 # One finished run's GPUs go back to the provider at once (the job may still be verifying).
 RELEASE_RUN = "release_run"
+# The purpose record_unplaced is given for an attempt the workflow left (ATTEMPT_SPENT).
+ABANDONED = "abandoned"
 
 # An activity's refusal because the job has already ended (a Temporal reset re-ran it): the
 # workflow ends with the job's recorded outcome (`JobEnded`, details: an EndedJob).
@@ -83,11 +85,17 @@ NOT_PICKED_UP = "AssignmentNotPickedUp"
 # The failure type of a handed-out assignment whose provider fell silent while the network
 # could hear it (activities/assign.py watch_assignments): a lost provider too.
 PROVIDER_SILENT = "ProviderSilent"
+# The refusal of a step of an attempt that can neither run (again) nor be taken over: a
+# Temporal reset's new run reached it after an earlier run had handed its step out and that
+# step closed with no result to take (activities/assign.py), or after the attempt had run
+# and its results are no longer kept (activities/refusals.py spent). The workflow leaves
+# the attempt (nobody blamed, nobody paid for it) and runs a fresh one (workflows/job.py).
+ATTEMPT_SPENT = "AttemptSpent"
 # Failure types the control plane raises and the workflow acts on: a provider failing its
 # assignment may not use them (a provider's "JobEnded" would end a live job as if a reset
 # had found it over).
 CONTROL_PLANE_ERRORS = frozenset({
-    NOT_PICKED_UP, PROVIDER_SILENT, JOB_ENDED, "AttemptSpent", "NotOurWorkflow", "NoCapacity",
+    NOT_PICKED_UP, PROVIDER_SILENT, JOB_ENDED, ATTEMPT_SPENT, "NotOurWorkflow", "NoCapacity",
     "UnknownJob",
 })
 
@@ -142,7 +150,9 @@ class AdmitResult:
 class UnplacedRun:
     job_id: str
     attempt: int
-    purpose: str  # "check" | "tie-break" | "replica" | "verifier"
+    # "check" | "tie-break" | "replica" | "verifier"; or ABANDONED: an attempt a reset's new
+    # run could not take over (c.ATTEMPT_SPENT), left for a fresh one.
+    purpose: str
     reason: str
 
 

@@ -140,7 +140,8 @@ class JobWorkflow(JobVerification, JobEndings):
         except ActivityError as err:
             if st.is_provider_loss(err):
                 raise ProviderLostError(f"{provider_id} stopped answering during {name}") from err
-            if is_cancelled_exception(err) or st.cancel_requested() or st.ended(inp, err):
+            if (is_cancelled_exception(err) or st.cancel_requested() or st.ended(inp, err)
+                    or st.spent(err)):
                 raise
             # The provider's own error (the API refuses the control plane's error types).
             raise ProviderFailed(f"{provider_id} failed its {name} step: {st.reason(err)}") from err
@@ -268,9 +269,11 @@ class JobWorkflow(JobVerification, JobEndings):
         label: str = "run",
     ) -> Run:
         """Allocate, stage, execute, upload; on a lost provider, or one that failed its step
-        with an error of its own, again elsewhere (at most max_provider_attempts in all)."""
+        with an error of its own, again elsewhere; on an attempt a reset's new run cannot
+        take over, again as a fresh attempt (at most max_provider_attempts in all)."""
         failures: list[tuple[int, str, str]] = []  # (attempt, provider, why) of failed runs
         losses: list[tuple[int, str, str]] = []  # (attempt, provider, why) of lost runs
+        left: list[str] = []  # why each attempt a reset left was not taken over
         for _ in range(inp.max_provider_attempts):
             self._attempts += 1
             attempt = self._attempts
@@ -307,6 +310,18 @@ class JobWorkflow(JobVerification, JobEndings):
                 self._failed.append(alloc.provider_id)
                 failures.append((attempt, alloc.provider_id, str(failed)))
                 continue
+            except (ActivityError, ApplicationError) as err:
+                if not st.spent(err) or st.cancel_requested():
+                    raise
+                # A reset's new run can neither run this attempt again (its work directory,
+                # its output keys) nor take it over: no one's fault. Its GPUs go back, its
+                # provider is not blamed, and nobody pays for it (it is no run of the job's).
+                why = (st.reason(err) if isinstance(err, ActivityError) else str(err))[:500]
+                await self._control(c.RECORD_UNPLACED,
+                                    c.UnplacedRun(inp.job_id, attempt, c.ABANDONED, why))
+                self._runs.remove(run)
+                left.append(why)
+                continue
             # Another provider got through where these failed: the failures were theirs, not
             # the job's (a job no provider can run blames none of them).
             for failed_attempt, provider_id, _ in failures:
@@ -318,9 +333,11 @@ class JobWorkflow(JobVerification, JobEndings):
                 f"{len(failures)} providers failed the job and {len(self._lost)} were lost; "
                 f"the last: {failures[-1][2]}"
             )
-        raise AllProvidersLost(
-            f"lost {len(self._lost)} providers in a row: {', '.join(self._lost)}"
-        )
+        if losses:
+            raise AllProvidersLost(
+                f"lost {len(self._lost)} providers in a row: {', '.join(self._lost)}")
+        raise AllProvidersLost(f"{len(left)} attempts in a row could not be taken over after "
+                               f"a reset of the job's workflow; the last: {left[-1]}")
 
     async def _run_on_provider(
         self, inp: c.JobInput, run: Run, purpose: str, source_attempt: int

@@ -165,6 +165,13 @@ def ended(inp: c.JobInput, err: BaseException) -> c.JobResult | None:
     return None
 
 
+def spent(err: BaseException) -> bool:
+    """Whether a step refused its attempt as one a reset's new run can neither run again nor
+    take over (c.ATTEMPT_SPENT): the workflow leaves it for a fresh attempt."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return isinstance(cause, ApplicationError) and cause.type == c.ATTEMPT_SPENT
+
+
 def result_of(inp: c.JobInput, ended: c.EndedJob) -> c.JobResult:
     return c.JobResult(inp.job_id, ended.state, ended.reason, ended.provider_id,
                        ended.charged_micro)

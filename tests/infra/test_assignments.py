@@ -188,6 +188,28 @@ def test_a_reset_runs_new_run_takes_over_the_step_its_old_run_left(boards: Any) 
     assert adopt(one, run_id="r3") is not None and adopt(two, run_id="r3") is None
 
 
+def test_a_step_an_earlier_run_handed_out_that_closed_with_nothing_to_take_is_abandoned(
+    boards: Any,
+) -> None:
+    """The reset's new run came after the API's grace (its agent was told to stop: `gone`):
+    nothing to take over, and the attempt is not handed out again (activities/assign.py
+    refuses it, AttemptSpent, for a fresh attempt). Only a row an earlier run handed out."""
+    one, two, _ = boards
+    aid = publish(one)
+    assert not two.abandoned("job-j1", "r2", "execute_job", "j1", 1)  # waiting: taken over
+    one.hand_out("p1")
+    assert not two.abandoned("job-j1", "r2", "execute_job", "j1", 1)  # running: taken over
+    assert one.finish(aid, "gone")
+    assert adopt(two) is None
+    assert two.abandoned("job-j1", "r2", "execute_job", "j1", 1)
+    assert not two.abandoned("job-j1", "r1", "execute_job", "j1", 1)  # its own run's retry
+    assert not two.abandoned("job-j1", "r2", "execute_job", "j1", 2)
+    assert not two.abandoned("job-j1", "r2", "upload_outputs", "j1", 1)
+    never = publish(one, request={"job_id": "j1", "attempt": 2}, activity_id="8")
+    assert one.finish(never, "not picked up")  # never handed out: nothing ran under it
+    assert not two.abandoned("job-j1", "r2", "execute_job", "j1", 2)
+
+
 def test_a_result_that_came_after_its_run_was_reset_goes_to_the_new_run_once(
     boards: Any,
 ) -> None:

@@ -66,6 +66,9 @@ class StubNetwork:
     silenced_at: dict[str, str] = field(default_factory=dict)
     unpicked_at: dict[str, str] = field(default_factory=dict)
     refuses: dict[str, tuple[str, str]] = field(default_factory=dict)  # pid: (step, type)
+    # The control plane refuses this GPU step of the provider's attempt once, as one a reset's
+    # new run can neither run again nor take over (AttemptSpent).
+    spent_at: dict[str, str] = field(default_factory=dict)
     # Once lost, a provider of `stays_down` is never placeable again; one of `recovers`
     # answers again (its silence or unpicked step was once).
     stays_down: set[str] = field(default_factory=set)
@@ -259,6 +262,7 @@ class StubNetwork:
         @activity.defn(name=c.RECORD_UNPLACED)
         async def record_unplaced(req: c.UnplacedRun) -> None:
             await plain(c.RECORD_UNPLACED)(req)
+            net.lost_attempts.add(req.attempt)  # any GPUs it got go back
 
         @activity.defn(name=c.FINISH_JOB)
         async def finish_job(req: c.FinishRequest) -> None:
@@ -292,6 +296,10 @@ class StubNetwork:
                                    type=c.PROVIDER_SILENT, non_retryable=True)
         if self.silent_at.get(provider_id) == name:
             await asyncio.sleep(3600)  # no heartbeat: Temporal times the step out
+        if self.spent_at.get(provider_id) == name:
+            del self.spent_at[provider_id]
+            raise ApplicationError(f"{provider_id}'s attempt cannot be taken over",
+                                   type=c.ATTEMPT_SPENT, non_retryable=True)
         refused = self.refuses.get(provider_id)
         if refused is not None and refused[0] == name:
             raise ApplicationError(f"{provider_id} refused the {name} step", type=refused[1],
