@@ -182,6 +182,31 @@ class SignInThrottle:
                         (self._key(email),))
 
 
+class SignUpThrottle:
+    """Sign-ups per source address in a sliding window (an hour): each costs a password
+    hash, and accounts are free, so one machine may open only so many. Counted in the
+    read-model database (table sign_ups) so that every API process agrees. One short
+    transaction: call it off the event loop."""
+
+    def __init__(self, db: ViewDB, per_address: int = 20, window_s: float = 3600.0,
+                 clock: Callable[[], float] = time.time):
+        self.db, self.per_address, self.window_s, self.clock = db, per_address, window_s, clock
+
+    def take(self, source: str, field: str = "email") -> None:
+        """Count one sign-up from `source`, or raise a Refusal saying when to try again."""
+        now = self.clock()
+        with self.db.transaction() as cur:  # everyone's old sign-ups go: the table stays small
+            cur.execute("DELETE FROM sign_ups WHERE at <= ?", (now - self.window_s,))
+            (row,) = cur.all("SELECT COUNT(*) AS n, MIN(at) AS first FROM sign_ups"
+                             " WHERE source = ?", (source,))
+            n = row["n"]
+            if n >= self.per_address:
+                wait = math.ceil(row["first"] + self.window_s - now)
+                raise Refusal(field, f"{n} accounts signed up from your address in the last "
+                              f"{self.window_s / 3600:g} h; try again in {wait} s")
+            cur.execute("INSERT INTO sign_ups (source, at) VALUES (?, ?)", (source, now))
+
+
 # Rules
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -31,9 +32,16 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLObjectType,
+    GraphQLSchema,
     InlineFragmentNode,
+    IntValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    VariableNode,
+    get_named_type,
+    get_nullable_type,
+    is_list_type,
 )
 from strawberry.extensions import (
     MaxTokensLimiter,
@@ -42,10 +50,13 @@ from strawberry.extensions import (
     ValidationCache,
 )
 
+from api.cost import FIRST_OF_LIST, ROWS, WAITING_REASONS_SHOWN, WEIGHTS, Rows
+
 MAX_DEPTH = 10
 MAX_TOKENS = 2_000
 MAX_ALIASES = 20
 MAX_SELECTIONS = 1_000  # fields after every fragment spread is expanded
+MAX_COST = 60_000  # values resolved and resolvers' weights, estimated (api/cost.py)
 
 
 @dataclass(frozen=True)
@@ -55,63 +66,120 @@ class Cost:
     depth: int = 0  # levels of nested selection sets below its fields
     aliases: int = 0
     selections: int = 0  # fields
+    cost: int = 0  # estimated work for each time the selection set is answered
+    first: int = 0  # ... only for the first WAITING_REASONS_SHOWN items of its list
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(max(self.depth, other.depth), self.aliases + other.aliases,
-                    self.selections + other.selections)
+                    self.selections + other.selections, self.cost + other.cost,
+                    self.first + other.first)
 
 
 class _Measure:
-    """Costs of a document's selection sets, each fragment measured once.
+    """Costs of a document's selection sets, each fragment measured once (for each bound
+    its parent list puts on it, where that matters: `ProviderEarnings.entries`).
 
     A spread of a fragment already being measured (a cycle, which graphql-core's
-    NoFragmentCyclesRule refuses) and a spread of an unknown fragment cost nothing here."""
+    NoFragmentCyclesRule refuses), of an unknown fragment, and a field the schema does not
+    have (refused by validation after this) cost nothing beyond being counted."""
 
-    def __init__(self, document: DocumentNode):
+    def __init__(self, document: DocumentNode, schema: GraphQLSchema | None = None,
+                 variables: dict[str, Any] | None = None):
         self.fragments = {d.name.value: d for d in document.definitions
                           if isinstance(d, FragmentDefinitionNode)}
-        self.known: dict[str, Cost] = {}
+        self.schema, self.variables = schema, variables or {}
+        self.known: dict[tuple[str, int], Cost] = {}
         self.open: set[str] = set()
 
-    def fragment(self, name: str) -> Cost:
-        if name in self.known:
-            return self.known[name]
+    def type_named(self, name: str | None) -> GraphQLObjectType | None:
+        found = self.schema.get_type(name) if self.schema and name else None
+        return found if isinstance(found, GraphQLObjectType) else None
+
+    def fragment(self, name: str, bound: int) -> Cost:
+        if (name, bound) in self.known:
+            return self.known[name, bound]
         definition = self.fragments.get(name)
         if definition is None or name in self.open:
             return Cost()
         self.open.add(name)
-        cost = self.selection_set(definition.selection_set)
+        parent = self.type_named(definition.type_condition.name.value)
+        cost = self.selection_set(definition.selection_set, parent, bound)
         self.open.discard(name)
-        self.known[name] = cost
+        self.known[name, bound] = cost
         return cost
 
-    def selection_set(self, node: SelectionSetNode | None) -> Cost:
+    def argument(self, node: FieldNode, rows: Rows) -> int:
+        """How many items the field asks for: its argument, the most where a variable has
+        no value here, its default where it is absent."""
+        for arg in node.arguments or ():
+            if arg.name.value != rows.arg:
+                continue
+            value = arg.value
+            if isinstance(value, VariableNode):
+                given = self.variables.get(value.name.value)
+                number = given if isinstance(given, int) else rows.most
+            elif isinstance(value, IntValueNode):
+                number = int(value.value)
+            else:
+                number = rows.most
+            return max(1, min(number, rows.most))
+        return rows.default
+
+    def field(self, node: FieldNode, parent: GraphQLObjectType | None, bound: int) -> Cost:
+        name = node.name.value
+        key = (parent.name if parent else "", name)
+        definition = parent.fields.get(name) if parent else None
+        returns = definition.type if definition else None
+        child = self.type_named(get_named_type(returns).name) if returns else None
+        inherited = next((r for (t, _), r in ROWS.items()
+                          if child is not None and t == child.name and r.of_parent), None)
+        inner = self.selection_set(node.selection_set, child,
+                                   self.argument(node, inherited) if inherited else 0)
+        size, rows = 1, ROWS.get(key)
+        if rows is not None and rows.of_parent:
+            size = bound
+        elif rows is not None:
+            size = self.argument(node, rows) if rows.arg else rows.estimate
+        if returns is not None and is_list_type(get_nullable_type(returns)):
+            work = 1 + size * inner.cost + min(size, WAITING_REASONS_SHOWN) * inner.first
+        else:
+            work = 1 + inner.cost + inner.first
+        weight = WEIGHTS.get(key, 0)
+        first = weight if key in FIRST_OF_LIST else 0
+        nested = node.selection_set is not None and not name.startswith("__")
+        return Cost(inner.depth + 1 if nested else 0,
+                    inner.aliases + (node.alias is not None), inner.selections + 1,
+                    work + weight - first, first)
+
+    def selection_set(self, node: SelectionSetNode | None, parent: GraphQLObjectType | None,
+                      bound: int = 0) -> Cost:
         total = Cost()
         if node is None:
             return total
         for selection in node.selections:
             if isinstance(selection, FieldNode):
-                inner = self.selection_set(selection.selection_set)
-                introspection = selection.name.value.startswith("__")
-                nested = selection.selection_set is not None and not introspection
-                total += Cost(inner.depth + 1 if nested else 0,
-                              inner.aliases + (selection.alias is not None),
-                              inner.selections + 1)
+                total += self.field(selection, parent, bound)
             elif isinstance(selection, InlineFragmentNode):
-                total += self.selection_set(selection.selection_set)
+                condition = selection.type_condition
+                total += self.selection_set(
+                    selection.selection_set,
+                    self.type_named(condition.name.value) if condition else parent, bound)
             elif isinstance(selection, FragmentSpreadNode):
-                total += self.fragment(selection.name.value)
+                total += self.fragment(selection.name.value, bound)
         return total
 
 
-def document_errors(document: DocumentNode) -> list[GraphQLError]:
-    """Each operation over a limit, with the limit it passed (linear in the document)."""
-    measure, errors = _Measure(document), []
+def document_errors(document: DocumentNode, schema: GraphQLSchema | None = None,
+                    variables: dict[str, Any] | None = None) -> list[GraphQLError]:
+    """Each operation over a limit, with the limit it passed (linear in the document).
+    Without a schema its cost is its selections (no field is known to be a list)."""
+    measure, errors = _Measure(document, schema, variables), []
     for definition in document.definitions:
         if not isinstance(definition, OperationDefinitionNode):
             continue
         name = definition.name.value if definition.name else "anonymous"
-        cost = measure.selection_set(definition.selection_set)
+        root = schema.get_root_type(definition.operation) if schema else None
+        cost = measure.selection_set(definition.selection_set, root)
         if cost.depth > MAX_DEPTH:
             errors.append(GraphQLError(
                 f"'{name}' exceeds maximum operation depth of {MAX_DEPTH}", definition))
@@ -122,6 +190,11 @@ def document_errors(document: DocumentNode) -> list[GraphQLError]:
             errors.append(GraphQLError(
                 f"'{name}' expands to {cost.selections} selections (its fragments spread "
                 f"in full); at most {MAX_SELECTIONS} are allowed", definition))
+        elif cost.cost + cost.first > MAX_COST:
+            errors.append(GraphQLError(
+                f"'{name}' may cost {cost.cost + cost.first} (values resolved, each list's "
+                f"by its limit, and each expensive resolver's weight: api/cost.py); at most "
+                f"{MAX_COST}", definition))
     return errors
 
 
@@ -131,7 +204,8 @@ class LimitedValidation(ValidationCache):
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         if context.graphql_document is not None and context.pre_execution_errors is None:
-            refused = document_errors(context.graphql_document)
+            schema = context.schema._schema
+            refused = document_errors(context.graphql_document, schema, context.variables)
             if refused:
                 context.pre_execution_errors = refused
                 yield

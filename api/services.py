@@ -15,7 +15,8 @@ from typing import Any
 
 from temporalio.client import Client
 
-from api.auth import Authenticator, SignInThrottle
+from api.auth import Authenticator, SignInThrottle, SignUpThrottle
+from api.hashing import PasswordSlots
 from api.joblog import LiveLogs
 from api.multiplex import Hub
 from domain.app_identity import Identity
@@ -173,6 +174,9 @@ class Services:
     auth: Authenticator = field(init=False)
     # Wrong passwords per email: guessing is refused after a few (api/auth.py).
     sign_ins: SignInThrottle = field(init=False)
+    # Sign-ups per source address, and password hashes at once (api/auth.py, api/hashing.py).
+    sign_ups: SignUpThrottle = field(init=False)
+    password_slots: PasswordSlots = field(init=False)
     # Live subscriptions per account (user id), in this process.
     open_subscriptions: dict[str, int] = field(default_factory=dict)
     subscriptions_open: int = 0  # ... and of every account together
@@ -194,6 +198,10 @@ class Services:
         self.sign_ins = SignInThrottle(
             self.telemetry_views or self.views,
             max_source_failures=self.settings.sign_in_max_failures_per_address)
+        self.sign_ups = SignUpThrottle(self.telemetry_views or self.views,
+                                       self.settings.sign_ups_per_address)
+        self.password_slots = PasswordSlots(self.settings.password_hash_concurrency,
+                                            self.settings.password_hash_wait_s)
 
     @classmethod
     async def start(cls, settings: Settings, temporal: Client) -> Services:

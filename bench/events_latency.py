@@ -138,6 +138,7 @@ def api_processes(home: Path) -> Iterator[Stack]:
         "GPGPU_TEMPORAL_ADDRESS": settings.temporal_address, "GPGPU_LOG_LEVEL": "WARNING",
         # Every subscriber of the bench is one account: past the default cap of 32.
         "GPGPU_MAX_SUBSCRIPTIONS_PER_ACCOUNT": "10000",
+        "GPGPU_SIGN_UPS_PER_ADDRESS": "1000000",  # every account from 127.0.0.1
     })
     interrupt = signal.getsignal(signal.SIGINT)
     try:

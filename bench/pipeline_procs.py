@@ -83,6 +83,7 @@ class Processes:
             "GPGPU_ADAPTIVE_CHECKS": "false", "GPGPU_CANARIES": "false",
             # Sign-up gives nothing by default; the bench's clients open with 100 credits.
             "GPGPU_STARTING_BALANCE_MICRO": "100000000",
+            "GPGPU_SIGN_UPS_PER_ADDRESS": "1000000",  # every account from 127.0.0.1
         }
         self.stacks: list[Stack] = []
 

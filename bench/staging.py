@@ -185,6 +185,7 @@ def api_process(backend: str, home: Path, temporal: str, s3_env: dict[str, str] 
         "GPGPU_EVENT_STORE": "sqlite", "GPGPU_API_HOST": "127.0.0.1",
         "GPGPU_API_PORT": str(port), "GPGPU_API_URL": f"http://127.0.0.1:{port}",
         "GPGPU_TEMPORAL_ADDRESS": temporal, "GPGPU_LOG_LEVEL": "WARNING",
+        "GPGPU_SIGN_UPS_PER_ADDRESS": "1000000",  # every account from 127.0.0.1
         "GPGPU_STORAGE": backend, **(s3_env or {}),
     }
     if backend == "s3":

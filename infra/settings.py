@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     # again at this one at their owner's next sign-in. The test suite sets the least.
     password_hash_time_cost: int = Field(default=3, ge=1, le=10)
     password_hash_memory_kib: int = Field(default=64 << 10, ge=1024, le=1 << 20)
+    # Commands that hash a password (sign-up, sign-in, a new password) at once in one API
+    # process, and how long one waits for its turn before it is refused (api/hashing.py).
+    password_hash_concurrency: int = Field(default=2, ge=1, le=64)
+    password_hash_wait_s: float = Field(default=5.0, gt=0, le=60)
     # How long a client's further replica, tie-break or verifier run waits for GPUs once
     # the job holds GPUs (or has finished runs), and a run that a provider failed waits for
     # another: then the job fails, its escrow refunded.
@@ -150,6 +154,8 @@ class Settings(BaseSettings):
     # Wrong passwords from one address (any emails) in 5 minutes before it must wait; one
     # email is locked after 5 (api/auth.py SignInThrottle).
     sign_in_max_failures_per_address: int = Field(default=20, ge=1, le=10_000)
+    # Accounts one source address may sign up in an hour (api/auth.py SignUpThrottle).
+    sign_ups_per_address: int = Field(default=20, ge=1, le=1_000_000)
     # Live GraphQL subscriptions one account may hold open at once (per API process).
     max_subscriptions_per_account: int = Field(default=32, ge=1, le=10_000)
     # ... and all accounts together, and open websockets: accounts are free to open, so

@@ -73,6 +73,10 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sign_in_failures (
         email TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, source TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS sign_in_failures_email ON sign_in_failures (email, at)",
+    # Sign-ups per source address, for every API process (api/auth.py SignUpThrottle);
+    # rows leave once they are older than its window.
+    "CREATE TABLE IF NOT EXISTS sign_ups (source TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sign_ups_source ON sign_ups (source, at)",
 ]
 
 # Columns added to tables that are not rebuilt from the log: (table, column, declaration).

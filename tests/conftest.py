@@ -72,6 +72,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # tests/domain/test_identity.py checks the default cost and the bounds.
     os.environ.setdefault("GPGPU_PASSWORD_HASH_TIME_COST", "1")
     os.environ.setdefault("GPGPU_PASSWORD_HASH_MEMORY_KIB", "1024")
+    # ... and from one address (127.0.0.1) past the default limit of sign-ups an hour.
+    os.environ.setdefault("GPGPU_SIGN_UPS_PER_ADDRESS", "1000000")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import strawberry
 
 from api import auth
 from api.context import I, run_command, signed_in
+from api.cost import MAX_LEDGER_ENTRIES
 from api.errors import FieldError, Refusal, refusable
 from api.features.providers import own_provider
 from api.scalars import BigInt
@@ -93,7 +94,7 @@ async def load_earnings(services: Services, provider_id: str, limit: int) -> Pro
     )
     rows = await services.query(
         "SELECT * FROM ledger_entries WHERE account = ? ORDER BY seq DESC LIMIT ?",
-        (account, max(1, min(limit, 1000))),
+        (account, max(1, min(limit, MAX_LEDGER_ENTRIES))),
     )
     return ProviderEarnings(
         provider_id=provider_id,
@@ -136,7 +137,7 @@ class AccountQuery:
     async def ledger(self, info: I, limit: int = 100) -> list[LedgerEntry]:
         rows = await info.context.services.query(
             "SELECT * FROM ledger_entries WHERE account = ? ORDER BY seq DESC LIMIT ?",
-            (client_account(info.context.client_id), max(1, min(limit, 1000))),
+            (client_account(info.context.client_id), max(1, min(limit, MAX_LEDGER_ENTRIES))),
         )
         return [ledger_entry(r) for r in rows]
 

@@ -144,9 +144,11 @@ class IdentityMutation:
     async def sign_up(
         self, info: I, email: str, password: str, roles: list[str]
     ) -> SignUpResult:
-        settings = info.context.services.settings
-        issued = await run_command(info.context.services.identity.sign_up, email, password, roles,
-                            time.time(), settings.session_ttl_s)
+        services = info.context.services
+        await asyncio.to_thread(services.sign_ups.take, _source_address(info), "")
+        async with services.password_slots:
+            issued = await run_command(services.identity.sign_up, email, password, roles,
+                                       time.time(), services.settings.session_ttl_s)
         return await _session(info, issued.token)
 
     @strawberry.mutation(description="Sign in: a session token for `Authorization: Bearer`",
@@ -157,8 +159,9 @@ class IdentityMutation:
         source = _source_address(info)
         await asyncio.to_thread(services.sign_ins.check, email, source)
         try:
-            issued = await asyncio.to_thread(services.identity.sign_in, email, password,
-                                             time.time(), services.settings.session_ttl_s)
+            async with services.password_slots:
+                issued = await asyncio.to_thread(services.identity.sign_in, email, password,
+                                                 time.time(), services.settings.session_ttl_s)
         except DomainError as err:
             if err.field == "password":
                 await asyncio.to_thread(services.sign_ins.failed, email, source)
@@ -183,9 +186,10 @@ class IdentityMutation:
         await asyncio.to_thread(services.sign_ins.check, caller.email, source,
                                 "currentPassword")
         try:
-            issued = await asyncio.to_thread(
-                services.identity.change_password, caller.user_id, current_password,
-                new_password, time.time(), services.settings.session_ttl_s)
+            async with services.password_slots:
+                issued = await asyncio.to_thread(
+                    services.identity.change_password, caller.user_id, current_password,
+                    new_password, time.time(), services.settings.session_ttl_s)
         except DomainError as err:
             if err.field == "current_password":
                 await asyncio.to_thread(services.sign_ins.failed, caller.email, source)
@@ -201,7 +205,8 @@ class IdentityMutation:
     @refusable
     async def reset_password(self, info: I, email: str) -> PasswordResetResult:
         services = info.context.services
-        temporary = await run_command(services.identity.reset_password, email, time.time())
+        async with services.password_slots:
+            temporary = await run_command(services.identity.reset_password, email, time.time())
         await asyncio.to_thread(services.sign_ins.succeeded, email)
         user = await asyncio.to_thread(services.identity.user_by_email, email)
         if user is not None:

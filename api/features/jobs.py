@@ -14,6 +14,7 @@ from strawberry.scalars import JSON
 
 from api import auth, multiplex
 from api.context import I
+from api.cost import MAX_JOBS_LISTED
 from api.errors import FieldError, Refusal, refusable
 from api.jobs import submit_job
 from api.scalars import BigInt
@@ -197,7 +198,7 @@ class JobQuery:
     @strawberry.field(description="The caller's jobs, newest first",
                       permission_classes=[auth.ClientRole])
     async def jobs(self, info: I, limit: int = 50) -> list[Job]:
-        limit = max(1, min(limit, 500))
+        limit = max(1, min(limit, MAX_JOBS_LISTED))
         rows = await info.context.services.query(
             "SELECT * FROM jobs WHERE client_id = ? ORDER BY submitted_at DESC LIMIT ?",
             (info.context.client_id, limit),

@@ -11,6 +11,7 @@ import strawberry
 
 from api import auth
 from api.context import I, bounded, run_command, signed_in
+from api.cost import MAX_QUEUE_LISTED, WAITING_REASONS_SHOWN
 from api.errors import FieldError, refusable
 from api.services import Services
 from api.waiting import waiting_reasons
@@ -40,7 +41,6 @@ class Node:
     queues: list[Queue]
 
 
-WAITING_REASONS_SHOWN = 20  # each is a match over the node's providers
 
 
 @strawberry.type
@@ -136,7 +136,7 @@ class NodeQuery:
         caller = info.context.caller
         line = await info.context.line(name)
         out = []
-        for n, r in enumerate(line.rows[: max(1, min(limit, 1000))]):
+        for n, r in enumerate(line.rows[: max(1, min(limit, MAX_QUEUE_LISTED))]):
             resources = json.loads(r["spec"])["resources"]
             mine = caller is not None and r["client_id"] == caller.client_id
             out.append(QueuedJob(

@@ -165,7 +165,13 @@ async def load_providers(services: Services, provider_id: str | None = None) -> 
         f" {where} ORDER BY p.provider_id",
         params,
     )
-    cutoff = time.time() - services.settings.offline_after_s
+    # Scoring every provider's reputation is CPU work that grows with the fleet (1,400
+    # providers: seconds): in a thread, so the event loop answers everyone else meanwhile.
+    return await asyncio.to_thread(_providers_of, rows, services.settings.offline_after_s)
+
+
+def _providers_of(rows: list[dict[str, Any]], offline_after_s: float) -> list[Provider]:
+    cutoff = time.time() - offline_after_s
     out = []
     for r in rows:
         rep = reputation(list(zip(json.loads(r["outcomes"]), json.loads(r["outcome_times"]),

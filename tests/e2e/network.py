@@ -167,6 +167,9 @@ def network(
         "GPGPU_API_URL": f"http://127.0.0.1:{port}",
         "GPGPU_LOG_LEVEL": "WARNING",
         "GPGPU_CONTROL_TASK_QUEUE": f"control-{port}",
+        # Every test account signs up from 127.0.0.1; tests/liveness/test_quotas.py sets
+        # a small limit to try it.
+        "GPGPU_SIGN_UPS_PER_ADDRESS": "1000000",
         **(extra_env or {}),
     }
     settings = Settings(

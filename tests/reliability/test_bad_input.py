@@ -546,7 +546,7 @@ def our_documents() -> dict[str, str]:
     return docs
 
 
-LIMIT_WORDS = ("maximum operation depth", "aliases found", "tokens", "selections")
+LIMIT_WORDS = ("maximum operation depth", "aliases found", "tokens", "selections", "may cost")
 
 
 def test_our_own_clients_documents_pass_the_limits() -> None:
