@@ -1,4 +1,8 @@
-"""Submit a job: validate, pin inputs, record, start its workflow; or refuse, recording nothing."""
+"""Submit a job: validate, pin inputs, record, start its workflow; or refuse, recording nothing.
+
+A submission the client cannot pay for is refused here, before anything is recorded: one
+whose escrow its balance cannot hold, or one past the client's live jobs (accounts are
+free to open, and each recorded job costs the network a workflow and its history)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.services import Services
 from domain.errors import DomainError
 from domain.node import split_queue
+from domain.states import JOB_STATES, TERMINAL_STATES
 from infra.job_env import seal_env
 from infra.storage import ObjectNotFound, StorageError
 from protocol.spec import JobSpec, SpecError, parse_job_spec
@@ -24,6 +29,8 @@ from workflows.job import JobWorkflow
 from workflows.search_attributes import job_search_attributes
 
 log = logging.getLogger(__name__)
+
+LIVE_STATES = tuple(s for s in JOB_STATES if s not in TERMINAL_STATES)
 
 # A server that lacked the search attributes (target, namespace) -> when it was found so;
 # asked again after a while, since an operator may register them on a running cluster.
@@ -67,12 +74,39 @@ async def pin_inputs(services: Services, client_id: str, spec: JobSpec) -> JobSp
     return spec.model_copy(update={"inputs": pinned})
 
 
+async def check_affordable(services: Services, client_id: str, spec: JobSpec) -> None:
+    """Refuse a job whose escrow (what admission holds: every run's maximum) the client's
+    balance cannot hold now, or one past its live jobs. Admission checks the balance again
+    when it takes the escrow: another job may spend it in between."""
+    held = spec.max_cost_micro
+    available = await asyncio.to_thread(services.network.available_micro, client_id,
+                                         services.settings.starting_balance_micro)
+    if held > available:
+        runs = spec.verification.runs
+        each = f", for each of its {runs} runs" if runs > 1 else ""
+        raise SpecError([("balance", f"the job holds up to {held} micro-credits in escrow "
+                          f"until it settles (its GPUs for its whole timeout at its max "
+                          f"price{each}); your balance is {available} micro-credits")])
+    most = services.settings.max_live_jobs_per_client
+    # Counted from the read model, which every API process shares (index jobs_client_state:
+    # the client's live rows only, however many jobs it ran before), and no further than
+    # the cap.
+    rows = await services.query(
+        f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs WHERE client_id = ? AND state IN"
+        f" ({', '.join('?' * len(LIVE_STATES))}) LIMIT ?) AS live",
+        (client_id, *LIVE_STATES, most),
+    )
+    if rows[0]["n"] >= most:
+        raise SpecError([("jobs", f"at most {most} live jobs per client; wait for some to end")])
+
+
 async def submit_job(services: Services, client_id: str, data: Any) -> Submitted:
     spec = parse_job_spec(data)
     try:
         await asyncio.to_thread(services.network.check_queue, spec.queue, spec.priority)
     except DomainError as err:
         raise queue_refusal(err) from None
+    await check_affordable(services, client_id, spec)
     spec = await pin_inputs(services, client_id, spec)
     job_id = str(uuid.uuid4())
     settings = services.settings

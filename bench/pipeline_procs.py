@@ -84,6 +84,10 @@ class Processes:
             # Sign-up gives nothing by default; the bench's clients open with 100 credits.
             "GPGPU_STARTING_BALANCE_MICRO": "100000000",
             "GPGPU_SIGN_UPS_PER_ADDRESS": "1000000",  # every account from 127.0.0.1
+            # One client may submit a whole batch, one account owns every provider: the
+            # flood caps (README, Configuration) stay out of the figures.
+            "GPGPU_MAX_LIVE_JOBS_PER_CLIENT": "1000000",
+            "GPGPU_MAX_PROVIDERS_PER_ACCOUNT": "10000",
         }
         self.stacks: list[Stack] = []
 

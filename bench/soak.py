@@ -238,6 +238,9 @@ def run(args: argparse.Namespace, home: Path) -> int:
         # they cause)
         "GPGPU_ADAPTIVE_CHECKS": "false" if args.no_checks else "true",
         "GPGPU_STARTING_BALANCE_MICRO": str(1000 * 1_000_000),
+        # Every job may be one client's (--clients 1), every provider one account's.
+        "GPGPU_MAX_LIVE_JOBS_PER_CLIENT": str(max(1000, args.jobs)),
+        "GPGPU_MAX_PROVIDERS_PER_ACCOUNT": str(max(64, args.providers)),
         # A run that cannot be placed gives up within these (CheckSkipped, RunUnplaced): short
         # here so that a stuck wait shows within the soak's own deadline and grace.
         "GPGPU_CHECK_WAIT_S": str(args.check_wait_s),

@@ -12,6 +12,8 @@ from eventsourcing.persistence import ApplicationRecorder
 from domain.app_base import NAME, Base
 from domain.identity import (
     API_KEY_PREFIX,
+    ENV_PROVIDERS_PER_ACCOUNT,
+    PROVIDERS_PER_ACCOUNT,
     ROLES,
     SELF_SERVICE_ROLES,
     SESSION_PREFIX,
@@ -30,6 +32,7 @@ from domain.identity import (
     check_key_name,
     check_password,
     check_roles,
+    env_number,
     new_api_key,
     new_session_token,
     new_temporary_password,
@@ -84,6 +87,10 @@ class Identity(Ownership):
         # argon2id's cost: ARGON2_TIME_COST / _MEMORY_KIB in its environment
         # (infra/settings.py passes GPGPU_PASSWORD_HASH_* on), bounded in Passwords.
         self.passwords = Passwords.from_env(self.env)
+        # The provider ids an account may own (GPGPU_MAX_PROVIDERS_PER_ACCOUNT, passed on
+        # the same way): the one place a provider id is claimed counts them.
+        self.providers_per_account = env_number(self.env, ENV_PROVIDERS_PER_ACCOUNT,
+                                                PROVIDERS_PER_ACCOUNT)
 
     def construct_recorder(self) -> ApplicationRecorder:
         if self._shared_recorder is not None:
@@ -317,7 +324,10 @@ class Identity(Ownership):
         self._save_retrying(attempt)
 
     def claim(self, kind: str, key: str, user_id: str) -> None:
-        """The user owns this provider or node id from now on; refused if another user does."""
+        """The user owns this provider or node id from now on; refused if another user does,
+        or if it would be a provider id past the most one account may own (an id it owns
+        already is no new one). The user is saved with the claim, so two claims of one
+        account at once conflict and the second counts the first, in any process."""
         field = "provider_id" if kind == "provider" else "node_id"
 
         def attempt() -> tuple[None, list[Aggregate]]:
@@ -329,6 +339,12 @@ class Identity(Ownership):
                 claim = Claim(kind=kind, key=key, user_id=user.id)
             elif claim.user_id != user.id:
                 raise IdentityError(field, f"{key!r} belongs to another account")
+            most = self.providers_per_account
+            if kind == "provider" and key not in user.provider_ids \
+                    and len(user.provider_ids) >= most:
+                raise IdentityError(field, f"an account owns at most {most} providers and "
+                                    f"this one owns {len(user.provider_ids)}; register again "
+                                    "under a provider id it owns")
             user.own(kind, key)
             return None, [claim, user]
 

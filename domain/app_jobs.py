@@ -9,11 +9,7 @@ from typing import Any
 from eventsourcing.domain import Aggregate
 
 from domain.app_base import NAME, Base
-from domain.errors import (
-    InsufficientFunds,
-    InvalidAmount,
-    InvalidTransition,
-)
+from domain.errors import InsufficientFunds, InvalidAmount, InvalidTransition
 from domain.job import Job, env_names_only
 from domain.ledger import (
     CHECKS,
@@ -98,6 +94,13 @@ class Jobs(Base):
     def open_client(self, client_id: str, starting_balance_micro: int) -> None:
         """A client's first contact opens its account with the starting balance."""
         self.deposit(client_id, starting_balance_micro, f"welcome:{client_id}")
+
+    def available_micro(self, client_id: str, starting_balance_micro: int) -> int:
+        """What the client could put in escrow now: its balance, with the starting balance
+        `open_client` would deposit first where it has not yet (records nothing)."""
+        account = self.account(client_account(client_id))
+        welcomed = account.has_posted(f"deposit:welcome:{client_id}")
+        return int(account.balance_micro) + (0 if welcomed else starting_balance_micro)
 
     # Jobs
 

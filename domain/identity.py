@@ -52,6 +52,24 @@ MEMORY_KIB = (1024, 1 << 20, 64 << 10)
 # what the settings passed on.
 ENV_TIME_COST = "ARGON2_TIME_COST"
 ENV_MEMORY_KIB = "ARGON2_MEMORY_KIB"
+# The provider ids one account may claim (GPGPU_MAX_PROVIDERS_PER_ACCOUNT): accounts are
+# free to open, and every provider stays in the directory that scheduling walks.
+PROVIDERS_PER_ACCOUNT = (1, 10_000, 64)
+ENV_PROVIDERS_PER_ACCOUNT = "PROVIDERS_PER_ACCOUNT_MOST"
+
+
+def env_number(env: Mapping[str, str], key: str, bounds: tuple[int, int, int]) -> int:
+    """A whole number from an application's environment, within (least, most), or the
+    default where it names none."""
+    least, most, default = bounds
+    raw = env.get(key)
+    try:
+        value = default if raw in (None, "") else int(str(raw))
+    except ValueError:
+        raise IdentityError(key.lower(), f"not a whole number: {raw!r}") from None
+    if not least <= value <= most:
+        raise IdentityError(key.lower(), f"must be between {least} and {most}, not {value}")
+    return value
 
 
 class Passwords:
@@ -69,14 +87,8 @@ class Passwords:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Passwords:
         """The cost an application's environment names (defaults where it names none)."""
-        def number(key: str, default: int) -> int:
-            raw = env.get(key)
-            try:
-                return default if raw in (None, "") else int(str(raw))
-            except ValueError:
-                raise IdentityError(key.lower(), f"not a whole number: {raw!r}") from None
-
-        return cls(number(ENV_TIME_COST, TIME_COST[2]), number(ENV_MEMORY_KIB, MEMORY_KIB[2]))
+        return cls(env_number(env, ENV_TIME_COST, TIME_COST),
+                   env_number(env, ENV_MEMORY_KIB, MEMORY_KIB))
 
     def _dummy_hash(self) -> str:
         """Checked when the email is unknown, so that a miss takes as long as a wrong

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     # grant their accounts credits through the ledger: ops/admin.py grant_credits).
     starting_balance_micro: int = Field(default=0, ge=0, le=10**15)
     protocol_fee_bps: int = 500
+    # Floods (api/jobs.py, domain/identity.py): the jobs one client may have that have not
+    # ended (submitted, queued, running...), counted by every API process alike from the
+    # read model; and the provider ids one account may own (a claim is an event, so every
+    # process agrees). Neither is reached by a real user; both bound what one free account
+    # can make the network carry.
+    max_live_jobs_per_client: int = Field(default=1000, ge=1, le=1_000_000)
+    max_providers_per_account: int = Field(default=64, ge=1, le=10_000)
 
     # Liveness: the agents' heartbeat interval. A provider is offline once it missed
     # `provider_missed_heartbeats` of them (see `offline_after_s`); this overrides that.
@@ -246,10 +253,11 @@ class Settings(BaseSettings):
         return data_converter(self.payload_keys)
 
     def eventsourcing_env(self) -> dict[str, str]:
-        """Environment for the eventsourcing Applications: the store switch, and the
-        password hashes' cost (Identity reads it)."""
+        """Environment for the eventsourcing Applications: the store switch, the password
+        hashes' cost and the providers an account may own (Identity reads them)."""
         return {"ARGON2_TIME_COST": str(self.password_hash_time_cost),
                 "ARGON2_MEMORY_KIB": str(self.password_hash_memory_kib),
+                "PROVIDERS_PER_ACCOUNT_MOST": str(self.max_providers_per_account),
                 **self._store_env()}
 
     def _store_env(self) -> dict[str, str]:

@@ -22,6 +22,7 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS jobs_client ON jobs (client_id, submitted_at)",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, queued_position)",
     "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (queue, state)",
+    "CREATE INDEX IF NOT EXISTS jobs_client_state ON jobs (client_id, state)",
     """CREATE TABLE IF NOT EXISTS job_events (
         job_id TEXT NOT NULL, seq INTEGER NOT NULL, notification_id BIGINT NOT NULL,
         type TEXT NOT NULL, at TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, seq))""",

@@ -59,9 +59,11 @@ PROPERTY = settings(deadline=None, database=None, derandomize=False,
 def api(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[AsgiApi]:
     home = tmp_path_factory.mktemp("bad-input")
     # No worker serves this task queue: a spec that is accepted starts a workflow that waits.
+    # Its client may hold all it submits in escrow, and keep every job it submits live.
     settings = Settings(home=home, temporal_address=temporal_server,
                         control_task_queue=f"bad-input-{uuid.uuid4().hex[:8]}",
-                        storage_quota_bytes=QUOTA)
+                        storage_quota_bytes=QUOTA, starting_balance_micro=10**15,
+                        max_live_jobs_per_client=1_000_000)
     running = AsgiApi(settings)
     try:
         yield running
@@ -212,15 +214,16 @@ def test_bad_job_specs_are_refused_by_field_and_record_nothing(
     assert api.notifications() == before, "a refused spec recorded events"
     errors = result["errors"]
     assert errors, result
-    allowed = top_fields(spec) | REQUIRED | {"spec"}
+    allowed = top_fields(spec) | REQUIRED | {"spec", "balance"}
     for e in errors:
         assert e["message"].strip(), e
         named = any(e["field"] == k or e["field"].startswith(f"{k}.") for k in allowed)
         assert named, f"{e} names no field of the spec {sorted(allowed)}"
     if expected is not None:
         assert {f for f, _ in expected} <= {e["field"] for e in errors}
-    else:  # valid on its own: refused only for what storage or the queues hold
-        assert all(e["field"].startswith(("inputs.", "queue")) for e in errors), errors
+    else:  # valid on its own: refused only for what storage, the queues or escrow hold
+        assert all(e["field"].startswith(("inputs.", "queue", "balance")) for e in errors), \
+            errors
 
 
 @pytest.mark.parametrize("priority", [3, True])
