@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.client import Client
@@ -76,8 +77,9 @@ async def pin_inputs(services: Services, client_id: str, spec: JobSpec) -> JobSp
 
 async def check_affordable(services: Services, client_id: str, spec: JobSpec) -> None:
     """Refuse a job whose escrow (what admission holds: every run's maximum) the client's
-    balance cannot hold now, or one past its live jobs. Admission checks the balance again
-    when it takes the escrow: another job may spend it in between."""
+    balance cannot hold now, or one past its live jobs or its submissions a minute.
+    Admission checks the balance again when it takes the escrow: another job may spend it
+    in between."""
     held = spec.max_cost_micro
     available = await asyncio.to_thread(services.network.available_micro, client_id,
                                          services.settings.starting_balance_micro)
@@ -98,6 +100,16 @@ async def check_affordable(services: Services, client_id: str, spec: JobSpec) ->
     )
     if rows[0]["n"] >= most:
         raise SpecError([("jobs", f"at most {most} live jobs per client; wait for some to end")])
+    # And how fast: a job submitted and cancelled at once is refunded in full, yet each one
+    # is recorded and starts a workflow (index jobs_client: the last minute's rows only).
+    rate = services.settings.max_submissions_per_client_per_minute
+    since = datetime.fromtimestamp(time.time() - 60, UTC).isoformat()
+    rows = await services.query(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs WHERE client_id = ? AND submitted_at > ?"
+        " LIMIT ?) AS recent", (client_id, since, rate))
+    if rows[0]["n"] >= rate:
+        raise SpecError([("jobs", f"at most {rate} jobs a minute per client; try again in a "
+                          "few seconds")])
 
 
 async def submit_job(services: Services, client_id: str, data: Any) -> Submitted:

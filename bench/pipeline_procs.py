@@ -87,6 +87,7 @@ class Processes:
             # One client may submit a whole batch, one account owns every provider: the
             # flood caps (README, Configuration) stay out of the figures.
             "GPGPU_MAX_LIVE_JOBS_PER_CLIENT": "1000000",
+            "GPGPU_MAX_SUBMISSIONS_PER_CLIENT_PER_MINUTE": "1000000",
             "GPGPU_MAX_PROVIDERS_PER_ACCOUNT": "10000",
         }
         self.stacks: list[Stack] = []

@@ -240,6 +240,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
         "GPGPU_STARTING_BALANCE_MICRO": str(1000 * 1_000_000),
         # Every job may be one client's (--clients 1), every provider one account's.
         "GPGPU_MAX_LIVE_JOBS_PER_CLIENT": str(max(1000, args.jobs)),
+        "GPGPU_MAX_SUBMISSIONS_PER_CLIENT_PER_MINUTE": str(max(600, args.jobs)),
         "GPGPU_MAX_PROVIDERS_PER_ACCOUNT": str(max(64, args.providers)),
         # A run that cannot be placed gives up within these (CheckSkipped, RunUnplaced): short
         # here so that a stuck wait shows within the soak's own deadline and grace.

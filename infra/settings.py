@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     # process agrees). Neither is reached by a real user; both bound what one free account
     # can make the network carry.
     max_live_jobs_per_client: int = Field(default=1000, ge=1, le=1_000_000)
+    # ... and jobs one client may submit in a minute (recorded, each starts a workflow).
+    max_submissions_per_client_per_minute: int = Field(default=600, ge=1, le=1_000_000)
     max_providers_per_account: int = Field(default=64, ge=1, le=10_000)
 
     # Liveness: the agents' heartbeat interval. A provider is offline once it missed

@@ -4,7 +4,8 @@ in escrow is refused at once and records nothing, a client's live jobs are cappe
 are the provider ids one account may register (docs/security.md rows 62a-62c).
 
 The network runs with small caps (GPGPU_MAX_LIVE_JOBS_PER_CLIENT,
-GPGPU_MAX_PROVIDERS_PER_ACCOUNT); tests/liveness/test_quotas.py pins the defaults.
+GPGPU_MAX_PROVIDERS_PER_ACCOUNT, GPGPU_MAX_SUBMISSIONS_PER_CLIENT_PER_MINUTE);
+tests/liveness/test_quotas.py pins the defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.e2e
 
 LIVE_JOBS = 3
 PROVIDERS = 3
+PER_MINUTE = 5  # jobs one client may submit in a minute
 # 1 GPU for 60 s at 3 credits an hour: what escrow holds for it.
 WAITS = {"name": "waits", "command": "true", "max_price_per_gpu_hour": "3", "timeout": 60}
 HELD_MICRO = 50_000
@@ -34,6 +36,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Itera
     with network(tmp_path_factory.mktemp("floods"), temporal_server, [], {
         "GPGPU_MAX_LIVE_JOBS_PER_CLIENT": str(LIVE_JOBS),
         "GPGPU_MAX_PROVIDERS_PER_ACCOUNT": str(PROVIDERS),
+        "GPGPU_MAX_SUBMISSIONS_PER_CLIENT_PER_MINUTE": str(PER_MINUTE),
     }) as n:
         yield n
 
@@ -120,6 +123,21 @@ def test_a_clients_live_jobs_are_capped(net: Network) -> None:
     ids[0] = submitted(net.gql(SUBMIT, "busy", s=WAITS)["submitJob"])
     for client, job_id in [*(("busy", i) for i in ids), ("calm", other)]:
         net.gql(CANCEL, client, id=job_id)
+
+
+def test_a_client_that_submits_and_cancels_in_a_loop_is_held_to_its_rate(
+        net: Network) -> None:
+    # Each job cancelled at once is refunded in full and no longer live, yet each was
+    # recorded and started a workflow: the rate bounds that.
+    for _ in range(PER_MINUTE):
+        job_id = submitted(net.gql(SUBMIT, "hasty", s=WAITS)["submitJob"])
+        assert net.gql(CANCEL, "hasty", id=job_id)["cancelJob"]["__typename"] == "Job"
+        net.wait_job(job_id, ("CANCELLED",), "hasty")
+    before = event_position(net)
+    refused = net.gql(SUBMIT, "hasty", s=WAITS)["submitJob"]
+    assert refused == {"__typename": "SpecRejected", "errors": [{"field": "jobs", "message": (
+        f"at most {PER_MINUTE} jobs a minute per client; try again in a few seconds")}]}, refused
+    assert jobs_recorded(net, net.client_id("hasty"), before) == []
 
 
 def register(http: httpx.Client, provider_id: str) -> dict[str, Any]:
