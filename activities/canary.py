@@ -53,7 +53,7 @@ class CanaryActivities:
         comparable = True
         origin = self.network.find_job(req.job_id)
         if origin is not None:  # a job that cannot be compared gets a canary in its stead
-            comparable = JobSpec.model_validate(origin.spec).verification.comparable
+            comparable = JobSpec.recorded(origin.spec).verification.comparable
         rate = canary_rate(outcomes, comparable) if override is None else override
         if not 0.0 <= req.draw < 1.0 or req.draw >= rate:
             return c.CanaryPlan(False, f"canary rate {rate:.3f} for {req.provider_id}")
@@ -74,7 +74,7 @@ class CanaryActivities:
         )
         if not started.started:
             return c.CanaryStart(False, started.reason)
-        spec = JobSpec.model_validate(self.network.job(started.job_id).spec)
+        spec = JobSpec.recorded(self.network.job(started.job_id).spec)
         for ref, data in staged_inputs(spec):
             self.store.put(started.client_id, ref.key, [data], ref.digest)
         return c.CanaryStart(
@@ -97,7 +97,7 @@ class CanaryActivities:
         elif req.void:
             outcome, reason = "void", req.void
         else:
-            spec = JobSpec.model_validate(self.network.job(canary.job_id).spec)
+            spec = JobSpec.recorded(self.network.job(canary.job_id).spec)
             report = c.ReplicaReport(
                 req.attempt, req.provider_id, canary.price_micro, req.exit_code, req.timed_out,
                 req.gpu_ms, req.manifest, req.missing,

@@ -155,7 +155,7 @@ class ControlActivities:
         except DomainError as err:
             raise refuse(err) from err
         job = self.network.job(req.job_id)
-        verification = JobSpec.model_validate(job.spec).verification
+        verification = JobSpec.recorded(job.spec).verification
         return c.AdmitResult(
             admission.admitted, admission.max_cost_micro, admission.reason,
             verification.replicas, list(verification.verifier or []),
@@ -209,7 +209,7 @@ class ControlActivities:
         job = self.network.job(req.job_id)
         live(job, "a run")
         spent(self.board, job, req.attempt, "a run")
-        spec = JobSpec.model_validate(job.spec)
+        spec = JobSpec.recorded(job.spec)
         provider_id = job.allocations.get(req.attempt)
         if provider_id is None:
             raise refuse(DomainError("", f"attempt {req.attempt} of job {req.job_id} is not "
@@ -314,7 +314,7 @@ class ControlActivities:
         """Check each run's report against storage, the runs against each other, the outcome."""
         job = self.network.job(req.job_id)
         live(job, "verification")
-        spec = JobSpec.model_validate(job.spec)
+        spec = JobSpec.recorded(job.spec)
         primary = c.ReplicaReport(
             req.attempt, req.provider_id, 0, req.exit_code, req.timed_out, 0, req.manifest,
             req.missing, refused=req.refused,
@@ -341,7 +341,7 @@ class ControlActivities:
             return c.CheckDecision(False, "adaptive checks are off on this network")
         job = self.network.job(req.job_id)
         live(job, "a check")
-        if not JobSpec.model_validate(job.spec).verification.comparable:
+        if not JobSpec.recorded(job.spec).verification.comparable:
             return c.CheckDecision(False, "the job is not declared reproducible: its provider "
                                           "is checked with known-answer canaries instead")
         outcomes = self.network.provider(req.provider_id).outcomes

@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 
 from domain.outputs import output_key
 from domain.verification import Comparator, OutputFile, outvoted, quorum
-from infra.storage import ObjectNotFound, ObjectStore
+from infra.storage import ObjectNotFound, ObjectStore, StorageError
 from protocol import digest
 from protocol.spec import JobSpec
 from workflows import contracts as c
@@ -17,9 +17,12 @@ TEXT_LIMIT = 1 << 20  # a numeric comparator reads outputs up to this size
 
 
 def stored(store: ObjectStore, client_id: str, key: str) -> bool:
+    """Whether storage holds `key`. A key storage refuses to name (a spec admitted before its
+    output's path was bounded: its key past the key's bound) holds nothing: no upload to it
+    was taken, and the verdict must not fail on what a client wrote in its spec."""
     try:
         store.stat(client_id, key)
-    except ObjectNotFound:
+    except StorageError:  # ObjectNotFound, or a key refused (infra/storage.py check_object_key)
         return False
     return True
 
@@ -48,6 +51,10 @@ def integrity_problems(
             info = store.stat(client_id, entry.key)
         except ObjectNotFound:
             problems.append(f"{entry.path}: reported uploaded but not in storage")
+            continue
+        except StorageError as err:  # a key storage refuses: no upload to it was taken
+            problems.append(f"{entry.path}: reported uploaded but storage refuses its key "
+                            f"({str(err)[:200]})")
             continue
         if (info.digest, info.size) != (entry.digest, entry.size):
             problems.append(

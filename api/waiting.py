@@ -54,7 +54,7 @@ async def waiting_reasons(
                        f"client's jobs hold {held} and this one needs {row['gpus']}: it starts "
                        "when one ends")
     try:
-        spec = JobSpec.model_validate(json.loads(row["spec"]))
+        spec = JobSpec.recorded(json.loads(row["spec"]))
         online = await asyncio.to_thread(online_provider_ids, services.views, services.settings)
         judged = await asyncio.to_thread(services.network.explain, spec, online)
         never = None  # an eligible provider could run it, so one could ever

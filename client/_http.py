@@ -24,7 +24,7 @@ from client.errors import (
 )
 from client.models import Account, Job, Node, Provider, ProviderEarnings, QueuedJob, User
 from protocol import digest
-from protocol.money import price_to_micro
+from protocol.money import micro_to_credits, price_to_micro
 
 CHUNK = digest.CHUNK_BYTES
 ByteProgress = Callable[[int, int | None], None]  # (bytes done, total if known)
@@ -148,10 +148,10 @@ def parse_queue(data: dict[str, Any]) -> list[QueuedJob]:
 def price_text(credits: str | int | float) -> str:
     """A price in credits, checked here so a typo is answered before any request."""
     try:
-        price_to_micro(credits)
+        micro = price_to_micro(credits)
     except ValueError as err:
         raise BadInput(f"price: {err}") from None
-    return str(credits)
+    return micro_to_credits(micro)  # the form the API takes (a float's str may be "1e-05")
 
 
 def queue_variables(

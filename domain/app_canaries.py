@@ -110,7 +110,7 @@ class Canaries(Base):
             changed: list[Aggregate] = [canary, job, provider]
             honest, paid = outcome == "success", 0
             if honest:
-                cap = JobSpec.model_validate(job.spec).max_run_cost_micro
+                cap = JobSpec.recorded(job.spec).max_run_cost_micro
                 paid = min(cost_of_gpu_time(gpu_ms, canary.price_micro), cap)
                 src, dst = self.account(CHECKS), self.account(provider_account(provider_id))
                 transfer(src, dst, f"check:{job.job_id}:{provider_id}", paid, "verification run")

@@ -256,7 +256,7 @@ class Jobs(Base):
             if "FundsEscrowed" not in job.recorded:
                 raise InvalidTransition("", f"job {job_id} holds no escrow to settle")
             held = job.max_cost_micro
-            run_cap = JobSpec.model_validate(job.spec).max_run_cost_micro
+            run_cap = JobSpec.recorded(job.spec).max_run_cost_micro
             moves: list[tuple[str, str, str, int, str]] = []  # from, to, id, amount, memo
             charged = fee = paid = 0
             for p in payments:

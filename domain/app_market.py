@@ -144,7 +144,7 @@ class Market(Ownership):
         """Reserve GPUs for the job, or say why none fit. Never books a GPU twice."""
 
         def attempt() -> tuple[Decision, list[Aggregate]]:
-            spec = JobSpec.model_validate(self.job(job_id).spec)
+            spec = JobSpec.recorded(self.job(job_id).spec)
             node_id, queue = split_queue(spec.queue)
             node = self.node(node_id)
             if queue not in node.queues:
@@ -259,7 +259,7 @@ class Market(Ownership):
     ) -> Waiting:
         """What the scheduler needs to know about one allocation a job waits for."""
         job = job or self.job(job_id)
-        spec = JobSpec.model_validate(job.spec)
+        spec = JobSpec.recorded(job.spec)
         node = node or self.node(split_queue(spec.queue)[0])
         return Waiting(
             job_id=job_id,

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from protocol import digest
 from protocol.fields import check_storage_key
+from protocol.limits import MAX_CLIENT_ID_CHARS
 
 CHUNK = digest.CHUNK_BYTES  # what a download is read in
 
@@ -87,8 +88,9 @@ def delete_each(store: ObjectStore, client_id: str, keys: Iterable[str]) -> None
 
 def check_client_id(client_id: str) -> str:
     allowed = all(c.isalnum() or c in "-_." for c in client_id)
-    if not client_id or len(client_id) > 64 or not allowed:
-        raise StorageError(f"client id {client_id!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    if not client_id or len(client_id) > MAX_CLIENT_ID_CHARS or not allowed:
+        raise StorageError(f"client id {client_id[:80]!r} must be 1-{MAX_CLIENT_ID_CHARS} "
+                           "letters, digits, '-', '_' or '.'")
     if client_id.startswith("."):
         raise StorageError(f"client id {client_id!r} must not start with '.'")
     return client_id

@@ -9,13 +9,15 @@ import posixpath
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationInfo
 
 from protocol.limits import (
     MAX_COMMAND_BYTES,
     MAX_ENV_VALUE_BYTES,
+    MAX_KEY_BYTES,
     MAX_LABEL_CHARS,
-    MAX_PATH_CHARS,
+    MAX_PATH_BYTES,
+    MAX_SEGMENT_BYTES,
     MAX_TIMEOUT_S,
 )
 
@@ -89,12 +91,40 @@ def command_size(args: list[str]) -> list[str]:
 Text = Annotated[str, AfterValidator(check_text)]
 Label = Annotated[Text, chars_at_most(MAX_LABEL_CHARS)]
 Command = Annotated[list[Text], AfterValidator(command_size)]
-# Paths and keys: their own checks (check_relative_path, check_storage_key) refuse NUL.
-PathText = Annotated[str, chars_at_most(MAX_PATH_CHARS)]
 EnvValue = Annotated[Text, utf8_at_most(MAX_ENV_VALUE_BYTES)]
 # Strict: a bool or a string is refused, never read as 1 or 2.
 StrictInt = Annotated[int, Field(strict=True)]
 StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # an int is taken
+
+
+def as_recorded(info: ValidationInfo) -> bool:
+    """Whether a spec is read back as the network recorded it (`JobSpec.recorded`), not as
+    submitted: a bound added since must not make a job already admitted unreadable."""
+    return isinstance(info.context, dict) and info.context.get("recorded") is True
+
+
+def utf8_sizes(value: str, limit: int, what: str) -> None:
+    """Refuse `value` past `limit` bytes of UTF-8, or with a '/'-segment past
+    MAX_SEGMENT_BYTES (the longest name a file system gives a file). A lone surrogate is
+    counted, not refused: check_text says what is wrong with it."""
+    if (size := len(value.encode("utf-8", "surrogatepass"))) > limit:
+        raise ValueError(f"{shown(value, 40)} is {size} bytes of UTF-8, more than the {limit} "
+                         f"{what}")
+    for part in value.split("/"):
+        if (size := len(part.encode("utf-8", "surrogatepass"))) > MAX_SEGMENT_BYTES:
+            raise ValueError(f"{shown(value, 40)} has a part {shown(part, 20)} of {size} bytes "
+                             f"of UTF-8, more than the {MAX_SEGMENT_BYTES} a file or folder "
+                             "name may have")
+
+
+def check_spec_path(value: str, info: ValidationInfo) -> str:
+    """A path of the spec (`outputs.N`, `inputs.N.name`): relative, inside the job's
+    directory, and short enough for its storage key (an output's is
+    `jobs/<job>/runs/<attempt>/<path>`) and a provider's file system."""
+    if not as_recorded(info):
+        utf8_sizes(value, MAX_PATH_BYTES, "a path may have (an output's storage key, "
+                   f"jobs/<job>/runs/<attempt>/<path>, is at most {MAX_KEY_BYTES})")
+    return check_relative_path(value)
 
 
 def check_relative_path(value: str) -> str:
@@ -110,10 +140,14 @@ def check_relative_path(value: str) -> str:
     return norm
 
 
-def check_storage_key(value: str) -> str:
-    """A key inside the client's own storage space."""
-    if not value or len(value) > 1024 or "\x00" in value or "\\" in value:
-        raise ValueError("must be a non-empty key of at most 1024 characters")
+def check_storage_key(value: str, *, bounded: bool = True) -> str:
+    """A key inside the client's own storage space: at most MAX_KEY_BYTES of UTF-8 (S3's
+    bound on `<client id>/<key>`), each part at most MAX_SEGMENT_BYTES (a file system's).
+    `bounded=False`: a key as a spec recorded before those bounds (JobSpec.recorded)."""
+    if not value or "\x00" in value or "\\" in value:
+        raise ValueError("must be a non-empty key without NUL or '\\'")
+    if bounded:
+        utf8_sizes(value, MAX_KEY_BYTES, "a key may have")
     check_text(value)
     if value.startswith("/"):
         raise ValueError(f"{value!r} is absolute; keys are relative to your storage space")
@@ -123,4 +157,5 @@ def check_storage_key(value: str) -> str:
     return value
 
 
-OutputPath = Annotated[PathText, AfterValidator(check_relative_path)]  # refused as outputs.N
+# Refused as outputs.N, inputs.N.name (a key has its own check: check_storage_key).
+SpecPath = Annotated[str, AfterValidator(check_spec_path)]

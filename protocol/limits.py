@@ -38,5 +38,16 @@ MAX_ENV_VARS = 256
 MAX_ENV_VALUE_BYTES = 32 * 1024
 MAX_ENV_BYTES = 256 * 1024  # all of them, as execve counts: NAME=value and a NUL each
 MAX_FILES = 256  # inputs, and outputs
-MAX_PATH_CHARS = 1024
+# A storage key (protocol/fields.py check_storage_key): S3 names an object by at most 1024
+# bytes of UTF-8 and the S3 backend names it `<client id>/<key>` (a client id has at most 64
+# characters); a file system names a file, each segment of a key, by at most 255 bytes.
+MAX_CLIENT_ID_CHARS = 64
+MAX_KEY_BYTES = 1024 - MAX_CLIENT_ID_CHARS - 1  # 959
+MAX_SEGMENT_BYTES = 255
+# A run's output is stored under `jobs/<job id, a UUID>/runs/<attempt>/<path>`
+# (domain/outputs.py): room for an attempt of 10 digits, any a 32-bit counter holds.
+OUTPUT_KEY_PREFIX_BYTES = len("jobs/") + 36 + len("/runs/") + 10 + len("/")
+# A path in a spec (`outputs.N`, `inputs.N.name`), in UTF-8: an output's key fits the key's
+# bound, and a provider's file system takes the file (PATH_MAX 4096 with its folder).
+MAX_PATH_BYTES = MAX_KEY_BYTES - OUTPUT_KEY_PREFIX_BYTES  # 901
 MAX_LABEL_CHARS = 128  # resources.gpu_model, resources.region

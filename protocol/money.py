@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation, localcontext
 
 MICRO = 1_000_000
 MS_PER_HOUR = 3_600_000
 
 
+# Credits as text: ASCII digits, a point and digits after it if any, a minus sign at most
+# ("-1" is then refused as not more than 0, in words). Nothing a reader could misread or a
+# parser reads otherwise: no "1_000", "+2", ".5", "2.", "1e3", spaces or Arabic-Indic digits
+# (Python's Decimal and int take all of these).
+WRITTEN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
 def credits_to_micro(value: str | int | float | Decimal) -> int:
-    """Parse a credit amount as written by a person ("2.5", 3) into micro-credits exactly."""
+    """Parse a credit amount as written by a person ("2.5", 3) into micro-credits exactly.
+    Text must be plain (WRITTEN); a number (JSON's, YAML's) is read by its shortest form."""
+    if isinstance(value, str) and not WRITTEN.fullmatch(value):
+        raise ValueError(f"{shown(value)} is not a number of credits: write digits, and a "
+                         "point and digits after it for a fraction, such as \"2.5\" or \"0.5\"")
+    return recorded_credits_to_micro(value)
+
+
+def recorded_credits_to_micro(value: str | int | float | Decimal) -> int:
+    """An amount as a record made before WRITTEN holds it ("1e3"): read as Decimal reads
+    it, exactly, refused past the bounds."""
     if isinstance(value, bool):
         raise ValueError("must be a number of credits, not a boolean")
     try:
         amount = Decimal(str(value))
     except InvalidOperation:
-        raise ValueError(f"{value!r} is not a number of credits") from None
+        raise ValueError(f"{shown(str(value))} is not a number of credits") from None
     if not amount.is_finite():
         raise ValueError(f"{value!r} is not a finite number of credits")
     if abs(amount) >= 10**18:
@@ -39,6 +57,11 @@ def price_to_micro(value: str | int | float | Decimal) -> int:
     if micro > MAX_PRICE_MICRO:
         raise ValueError(f"must be at most {MAX_PRICE_MICRO // MICRO} credits, got {value}")
     return micro
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """A value for a message: its repr, cut short."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def micro_to_credits(micro: int) -> str:

@@ -14,8 +14,14 @@ provider's execve (argv and environment share its ARG_MAX, 2 MiB on Linux):
 | `command`, `verification.verifier` | 64 KiB: UTF-8 bytes and a NUL per argument |
 | `env` | 256 variables, a value 32 KiB; 256 KiB in all (`NAME=value` and a NUL each) |
 | `inputs`, `outputs` | 256 each |
-| a path (`outputs.N`, `inputs.N.name`), a key (`inputs.N.key`) | 1024 characters |
+| a path (`outputs.N`, `inputs.N.name`) | 901 bytes of UTF-8, so that an output's storage key fits |
+| a key (`inputs.N.key`) | 959 bytes of UTF-8 (`<client id>/<key>` fits S3's 1024) |
+| a part of a path or key (between '/') | 255 bytes of UTF-8, as a file system names a file |
 | `resources.gpu_model`, `resources.region` | 128 characters |
+
+A spec read back as the network recorded it (`JobSpec.recorded`) is not held to bounds
+added since it was admitted (a path's or key's bytes, a price's written form): those
+apply to what is submitted.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,12 +47,11 @@ from protocol.fields import (
     Command,
     EnvValue,
     Label,
-    OutputPath,
-    PathText,
+    SpecPath,
     StrictFloat,
     StrictInt,
     Text,
-    check_relative_path,
+    as_recorded,
     check_storage_key,
     kib,
     parse_duration,
@@ -61,7 +67,12 @@ from protocol.limits import (
     MAX_PRIORITY_LEVELS,
     MAX_REPLICAS,
 )
-from protocol.money import cost_of_gpu_time, credits_to_micro, price_to_micro
+from protocol.money import (
+    cost_of_gpu_time,
+    micro_to_credits,
+    price_to_micro,
+    recorded_credits_to_micro,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -157,14 +168,17 @@ class InputRef(_Strict):
     """
 
     key: str
-    name: PathText | None = None  # where the job sees it; defaults to the key's last part
+    name: SpecPath | None = None  # where the job sees it; defaults to the key's last part
     digest: str | None = Field(default=None, pattern=digest_rules.PATTERN)
     size: Annotated[StrictInt, Field(ge=0, le=MAX_BYTES)] | None = None
     # Never kept: read into `digest` as it is taken, left out of what is recorded.
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", exclude=True,
                                repr=False)
 
-    _key = field_validator("key")(check_storage_key)
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str, info: ValidationInfo) -> str:
+        return check_storage_key(v, bounded=not as_recorded(info))
 
     @model_validator(mode="after")
     def _legacy_sha256(self) -> InputRef:
@@ -173,11 +187,6 @@ class InputRef(_Strict):
         if self.digest is not None:
             raise ValueError("give the input's digest, or its sha256, not both")
         return self.model_copy(update={"digest": f"sha256:{self.sha256}", "sha256": None})
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        return None if v is None else check_relative_path(v)
 
     @property
     def target(self) -> str:
@@ -189,7 +198,7 @@ class InputFile(_Strict):
 
     path: Text | None = None
     key: str | None = None
-    name: PathText | None = None
+    name: SpecPath | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> InputFile:
@@ -197,8 +206,6 @@ class InputFile(_Strict):
             raise ValueError("give exactly one of 'path' (a local file) or 'key' (in storage)")
         if self.key is not None:
             check_storage_key(self.key)
-        if self.name is not None:
-            check_relative_path(self.name)
         return self
 
 
@@ -213,7 +220,7 @@ class _SpecBase(_Strict):
     # Higher goes first within the queue; the queue says how many levels it has.
     priority: Annotated[StrictInt, Field(ge=0, le=MAX_PRIORITY_LEVELS - 1)] = 0
     verification: Verification = Verification()
-    outputs: Annotated[list[OutputPath], Field(max_length=MAX_FILES)] = []
+    outputs: Annotated[list[SpecPath], Field(max_length=MAX_FILES)] = []
     resources: Resources = Resources()
     max_price_per_gpu_hour: str | int | float
     timeout: str | int = 600
@@ -259,7 +266,7 @@ class _SpecBase(_Strict):
     @classmethod
     def _outputs(cls, v: list[str]) -> list[str]:
         first: dict[str, int] = {}
-        for n, path in enumerate(v):  # each one already checked and normalised (OutputPath)
+        for n, path in enumerate(v):  # each one already checked and normalised (SpecPath)
             if path in first:
                 raise ValueError(f"lists the same output twice ({path!r} is outputs.{first[path]} "
                                  f"and outputs.{n})")
@@ -268,11 +275,14 @@ class _SpecBase(_Strict):
 
     @field_validator("max_price_per_gpu_hour", mode="before")
     @classmethod
-    def _price(cls, v: Any) -> str:
+    def _price(cls, v: Any, info: ValidationInfo) -> str:
         if not isinstance(v, str | int | float) or isinstance(v, bool):
             raise ValueError("must be a number of credits such as \"2.5\"")
-        price_to_micro(v)
-        return str(v)
+        if as_recorded(info):  # as admitted: perhaps a form refused since ("1e3")
+            return str(v)
+        micro = price_to_micro(v)
+        # A number (JSON's, YAML's) is kept in the written form, never a float's "1e-05".
+        return v if isinstance(v, str) else micro_to_credits(micro)
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -307,7 +317,7 @@ class _SpecBase(_Strict):
 
     @property
     def max_price_micro(self) -> int:
-        return credits_to_micro(self.max_price_per_gpu_hour)
+        return recorded_credits_to_micro(self.max_price_per_gpu_hour)
 
     @property
     def max_run_cost_micro(self) -> int:
@@ -324,6 +334,13 @@ class JobSpec(_SpecBase):
     """A job as submitted to the API: inputs are keys in the client's storage."""
 
     inputs: Annotated[list[InputRef], Field(max_length=MAX_FILES)] = []
+
+    @classmethod
+    def recorded(cls, data: Any) -> JobSpec:
+        """A spec as the network recorded it when it admitted the job (Job.spec): read
+        without the bounds added since, so that no job already admitted becomes unreadable
+        (a run whose output storage refuses is judged so: activities/verify.py)."""
+        return cls.model_validate(data, context={"recorded": True})
 
     @model_validator(mode="after")
     def _distinct_inputs(self) -> JobSpec:

@@ -103,3 +103,27 @@ def test_a_failed_run_agrees_with_a_failed_check_and_not_with_one_that_succeeds(
     both = [run(store, 6, b"same", exit_code=2), run(store, 7, b"same", exit_code=1)]
     verdict, _ = judge(store, CLIENT, JOB, spec(reproducible=True), both, may_add_run=True)
     assert verdict.accepted_attempts == [6, 7] and not verdict.succeeded
+
+
+def test_a_job_admitted_with_an_output_storage_refuses_is_judged_not_failed(
+    tmp_path: Path,
+) -> None:
+    """The red team's long output path: a spec recorded before paths were bounded names an
+    output whose key storage refuses (past the key's bound). Its runs could not upload it;
+    verification says so (missing, as storage is the witness) instead of failing on storage's
+    refusal of the key, which failed the workflow and refunded every run (two free runs)."""
+    store = FilesystemStore(tmp_path)
+    long = "out/" + "/".join(["\U0001d552" * 63] * 15) + "/" + "\U0001d552" * 50
+    job = JobSpec.recorded({"name": "j", "command": ["true"], "outputs": [long],
+                            "max_price_per_gpu_hour": "1", "timeout": "1m"})
+    honest = [c.ReplicaReport(n, f"p{n}", 0, 0, False, 0, [], [long]) for n in (1, 2)]
+    verdict, winner = judge(store, CLIENT, JOB, job, honest, may_add_run=False)
+    assert (verdict.accepted_attempts, winner, verdict.succeeded) == ([1, 2], 1, False)
+    assert verdict.reason.startswith("declared outputs missing: out/")
+    # A provider that says it uploaded it reports what storage could never have taken.
+    key = output_key(JOB, long, 3)
+    lying = c.ReplicaReport(3, "p3", 0, 0, False, 0,
+                            [c.ManifestEntry(long, key, digest.of_bytes(b"x"), 1)], [])
+    verdict, winner = judge(store, CLIENT, JOB, job, [lying], may_add_run=True)
+    assert (verdict.mismatched_attempts, verdict.contradicted_attempts, winner) == ([3], [3], None)
+    assert "reported uploaded but storage refuses its key" in verdict.reason

@@ -30,6 +30,7 @@ from domain.limits import (
     MAX_TIMEOUT_S,
     OutOfBounds,
 )
+from protocol.limits import MAX_KEY_BYTES, MAX_PATH_BYTES, MAX_SEGMENT_BYTES
 from protocol.spec import parse_job_spec
 from readmodel.telemetry import GpuReading, Heartbeat
 from tests.support.api_client import Api, api_in_thread
@@ -44,6 +45,7 @@ from tests.support.graphql import (
 )
 
 H100 = "NVIDIA H100 80GB HBM3"
+RED_TEAM_PATH = "out/" + "/".join(["\U0001d552" * 63] * 15) + "/" + "\U0001d552" * 50
 CONFIGURE = f"""mutation($n: String!, $l: Int!, $m: Int!) {{ configureQueue(nodeId: $n,
   name: "q", gpuModels: [], priorityLevels: $l, maxGpusPerClient: $m) {{ {REFUSAL} }} }}"""
 REGISTER_NODE = f"""mutation($n: String!) {{ registerNode(nodeId: $n, region: "eu",
@@ -203,6 +205,15 @@ def test_set_price_one_micro_credit_past_the_bound(api: Api) -> None:
     assert price_of(api, "p-price-bound") == MAX_PRICE_MICRO
 
 
+@pytest.mark.parametrize("price", ["1_000", "\u0663", " 2.5", "2.5\n", "+2.5", ".5", "1e2"])
+def test_set_price_in_a_form_a_reader_could_misread(api: Api, price: str) -> None:
+    api.register("p-price-form")
+    before = last_event(api)
+    assert api.refusal(SET_PRICE, id="p-price-form", p=price).startswith(
+        f"pricePerGpuHour: {price!r} is not a number of credits: write digits")
+    assert last_event(api) == before and price_of(api, "p-price-form") == 2_000_000
+
+
 @pytest.mark.parametrize("mutation", [SUSPEND, RESUME])
 def test_a_gpu_index_past_the_bound(api: Api, mutation: str) -> None:
     api.register("p-gpu-index")
@@ -234,6 +245,24 @@ def test_queue_configuration_past_a_bound(api: Api, levels: int, cap: int, messa
      "must be at most 1000000 credits"),
     ("inputs.0.size", {"inputs": [{"key": "a", "size": MAX_BYTES + 1}]},
      f"less than or equal to {MAX_BYTES}"),
+    # The red team's long output path: its key jobs/<job>/runs/<n>/<path> was past storage's
+    # bound, so no run could upload it and verification failed on the key, the workflow with
+    # it, and the sweeper refunded both runs (the client read its result in the job log).
+    ("outputs.0", {"outputs": [RED_TEAM_PATH]},
+     f"is 3999 bytes of UTF-8, more than the {MAX_PATH_BYTES} a path may have (an output's "
+     f"storage key, jobs/<job>/runs/<attempt>/<path>, is at most {MAX_KEY_BYTES})"),
+    ("outputs.0", {"outputs": ["o" * 1000]}, f"more than the {MAX_PATH_BYTES} a path may have"),
+    ("outputs.0", {"outputs": ["out/" + "a" * 256]},
+     f"of 256 bytes of UTF-8, more than the {MAX_SEGMENT_BYTES} a file or folder name may have"),
+    ("inputs.0.name", {"inputs": [{"key": "a", "name": "n" * 256}]},
+     f"more than the {MAX_SEGMENT_BYTES} a file or folder name may have"),
+    ("inputs.0.key", {"inputs": [{"key": "k" * 960}]},
+     f"more than the {MAX_KEY_BYTES} a key may have"),
+    # Money in a form Python's Decimal reads and a person may misread: 1000, 3, 2.5, 100.
+    ("max_price_per_gpu_hour", {"max_price_per_gpu_hour": "1_000"}, "is not a number of credits"),
+    ("max_price_per_gpu_hour", {"max_price_per_gpu_hour": "\u0663"}, "is not a number of credits"),
+    ("max_price_per_gpu_hour", {"max_price_per_gpu_hour": " 2.5 "}, "is not a number of credits"),
+    ("max_price_per_gpu_hour", {"max_price_per_gpu_hour": "1e2"}, "is not a number of credits"),
 ])
 def test_a_job_spec_past_a_bound(api: Api, field: str, over: dict[str, Any], message: str) -> None:
     spec = {"name": "x", "command": "true", "max_price_per_gpu_hour": "3", **over}

@@ -136,7 +136,8 @@ def test_controls_name_the_field_in_their_errors(api: Api) -> None:
     )
     assert api.refusal(RESUME, "admin", id="nobody", i=0) == "providerId: no provider 'nobody'"
     assert api.refusal(SET_PRICE, id="p-errors", p="cheap") == (
-        "pricePerGpuHour: 'cheap' is not a number of credits"
+        "pricePerGpuHour: 'cheap' is not a number of credits: write digits, and a point and "
+        'digits after it for a fraction, such as "2.5" or "0.5"'
     )
     assert api.refusal(SET_PRICE, id="p-errors", p="0") == (
         "pricePerGpuHour: must be more than 0 credits, got 0"
@@ -457,7 +458,11 @@ def test_an_admin_grants_credits_and_the_ledger_shows_it(api: Api) -> None:
     # Only an admin grants; every bad value is refused naming its field (a FieldError).
     assert "forbidden" in api.error(GRANT, "granted", c=client, a="1", m="")
     assert api.refusal(GRANT, "admin", c=client, a="0", m="").startswith("amount: must be more")
-    assert api.refusal(GRANT, "admin", c=client, a="1e9", m="").startswith("amount: must be")
+    assert api.refusal(GRANT, "admin", c=client, a="1000000000", m="").startswith(
+        "amount: must be")
+    for misread in ("1e9", "1_000", "\u0663", " 5"):  # Decimal reads each; a person may not
+        assert api.refusal(GRANT, "admin", c=client, a=misread, m="").startswith(
+            f"amount: {misread!r} is not a number of credits")
     assert api.refusal(GRANT, "admin", c=client, a="lots", m="").startswith("amount: ")
     assert api.refusal(GRANT, "admin", c=client, a="0.0000001", m="") == (
         "amount: '0.0000001' has more than 6 decimal places")

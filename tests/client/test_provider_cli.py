@@ -175,7 +175,10 @@ def test_price(fake: ProviderApi) -> None:
     assert fake.operations[-1] == ("SetPrice", {"id": "p1", "price": "3.25"})
 
     calls = len(fake.operations)
-    for price, why in [("abc", "'abc' is not a number of credits"),
+    plain = ': write digits, and a point and digits after it for a fraction, such as "2.5" or "0.5"'
+    for price, why in [("abc", "'abc' is not a number of credits" + plain),
+                       ("1_000", "'1_000' is not a number of credits" + plain),
+                       ("\u0663", "'\u0663' is not a number of credits" + plain),
                        ("0", "must be more than 0 credits, got 0"),
                        ("1.0000001", "'1.0000001' has more than 6 decimal places")]:
         bad = gpgpu("provider", "price", "p1", price)

@@ -169,6 +169,48 @@ def test_keys_leaving_the_client_space_are_refused(store: ObjectStore, key: str)
     assert read(store, BOB, "x") == b"bob's"
 
 
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("a" * 300, "of 300 bytes of UTF-8, more than the 255 a file or folder name may have"),
+        ("d/" + "\u00e9" * 128, "of 256 bytes of UTF-8, more than the 255"),
+        ("/".join(["k" * 200] * 5), "is 1004 bytes of UTF-8, more than the 959 a key may have"),
+    ],
+)
+def test_a_key_past_the_bounds_is_refused_naming_it(
+    store: ObjectStore, key: str, words: str
+) -> None:
+    """A part past a file system's 255 bytes answered 500 (ENAMETOOLONG) on the filesystem
+    store; a key past S3's 1024 bytes (with `<client>/`) was S3's error: both are refused by
+    name, on every backend, before any I/O."""
+    attempts = {
+        "put": lambda: store.put(ALICE, key, [b"data"], None),
+        "stat": lambda: store.stat(ALICE, key),
+        "open": lambda: store.open(ALICE, key),
+        "delete": lambda: store.delete(ALICE, key),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(StorageError) as refused:
+            attempt()
+        assert type(refused.value) is StorageError, name
+        assert str(refused.value).startswith(f"key: {key[:40]!r}"), name
+        assert words in str(refused.value), name
+    assert store.list(ALICE) == []
+
+
+def test_the_longest_key_round_trips_for_the_longest_client_id(store: ObjectStore) -> None:
+    """959 bytes in 4-byte characters, each part 252 bytes: what an output's key may reach."""
+    client = "c" * 64
+    part = "\U0001d552" * 63
+    key = "/".join([part] * 3) + "/" + "x" * (959 - 3 * 253)
+    assert len(key.encode()) == 959
+    info = store.put(client, key, [b"long"], b3(b"long"))
+    assert (info.key, store.stat(client, key).digest, read(store, client, key)) == (
+        key, b3(b"long"), b"long")
+    assert keys(store.list(client)) == [key]
+    store.delete(client, key)
+
+
 def test_client_ids_that_are_not_plain_names_are_refused(store: ObjectStore) -> None:
     for client_id in ["../bob", ".hidden", "a/b", ""]:
         with pytest.raises(StorageError, match="client id"):

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from protocol.money import MICRO, cost_of_gpu_time, credits_to_micro, micro_to_credits
+from protocol.money import (
+    MICRO,
+    cost_of_gpu_time,
+    credits_to_micro,
+    micro_to_credits,
+    price_to_micro,
+    recorded_credits_to_micro,
+)
 
 
 @pytest.mark.parametrize(
@@ -24,8 +31,6 @@ from protocol.money import MICRO, cost_of_gpu_time, credits_to_micro, micro_to_c
         (0.1, 100_000),  # the float's shortest repr, "0.1", not 0.1000000000000000055...
         (2.5, 2_500_000),
         (Decimal("7.25"), 7_250_000),
-        ("1e-6", 1),
-        ("1e3", 1_000_000_000),
         ("9223372036854.775807", 2**63 - 1),
     ],
 )
@@ -41,7 +46,7 @@ def test_booleans_are_refused(value: bool) -> None:
         credits_to_micro(value)
 
 
-@pytest.mark.parametrize("value", ["abc", "", "1,5", "2.5 credits", "0x10"])
+@pytest.mark.parametrize("value", ["abc", "", "1,5", "2.5 credits", "0x10", "nan", "inf"])
 def test_text_that_is_not_a_number(value: str) -> None:
     with pytest.raises(ValueError, match="is not a number of credits") as info:
         credits_to_micro(value)
@@ -53,10 +58,33 @@ def test_text_that_is_not_a_number(value: str) -> None:
 )
 def test_non_finite_amounts(value: Any) -> None:
     with pytest.raises(ValueError, match="is not a finite number of credits"):
+        recorded_credits_to_micro(value)
+    with pytest.raises(ValueError, match=r"is not .*number of credits"):
         credits_to_micro(value)
 
 
-@pytest.mark.parametrize("value", ["2.0000001", "0.0000001", 1e-7, "1e-7", "-0.0000005"])
+@pytest.mark.parametrize(
+    "value",
+    ["1_000", "\u0663", "\u0661.\u0665", "\uff12", " 2.5 ", " 2.5", "2.5 ", "2.5\n", "\t2",
+     "+2.5", ".5", "2.", "1e2", "1E2", "1e-6", "0x10", "--1", "2..5", "2.5.1", "- 2"],
+)
+def test_only_plain_digits_are_credits(value: str) -> None:
+    """Python's Decimal takes each of these ("1_000" is 1000, Arabic-Indic three is 3, spaces
+    are stripped); a person reading the spec or the ledger's memo might read another amount."""
+    with pytest.raises(ValueError, match="is not a number of credits: write digits") as info:
+        credits_to_micro(value)
+    assert repr(value) in str(info.value)
+    with pytest.raises(ValueError, match="is not a number of credits"):
+        price_to_micro(value)
+
+
+@pytest.mark.parametrize(("value", "micro"), [("1e3", 10**9), ("1e-6", 1), (" 2.5", 2_500_000)])
+def test_a_recorded_amount_reads_as_it_was_admitted(value: str, micro: int) -> None:
+    """A spec stored before the plain form was required (JobSpec.recorded) still reads."""
+    assert recorded_credits_to_micro(value) == micro
+
+
+@pytest.mark.parametrize("value", ["2.0000001", "0.0000001", 1e-7, "-0.0000005"])
 def test_more_than_six_decimal_places(value: Any) -> None:
     with pytest.raises(ValueError, match="has more than 6 decimal places"):
         credits_to_micro(value)
@@ -129,7 +157,9 @@ def test_huge_amounts_are_exact_or_refused(value: str) -> None:
     assert micro == exact
 
 
-@pytest.mark.parametrize("value", ["1e400", "1e18", -(10**18)])
+@pytest.mark.parametrize("value", ["1" + "0" * 400, "1" + "0" * 18, -(10**18), 1e18])
 def test_absurd_amounts_are_refused(value: Any) -> None:
     with pytest.raises(ValueError, match="more credits than exist"):
         credits_to_micro(value)
+    with pytest.raises(ValueError, match="more credits than exist"):
+        recorded_credits_to_micro("1e400")

@@ -15,8 +15,10 @@ from protocol.limits import (
     MAX_ENV_VALUE_BYTES,
     MAX_ENV_VARS,
     MAX_FILES,
+    MAX_KEY_BYTES,
     MAX_LABEL_CHARS,
-    MAX_PATH_CHARS,
+    MAX_PATH_BYTES,
+    MAX_SEGMENT_BYTES,
     MAX_TIMEOUT_S,
 )
 from protocol.spec import (
@@ -299,7 +301,9 @@ def test_duplicate_outputs_even_after_normalising() -> None:
         ("dir/", "is not a plain key"),
         ("/abs", "is absolute"),
         ("", "non-empty key"),
-        ("k" * 1025, "at most 1024 characters"),
+        ("k" * (MAX_KEY_BYTES + 1), f"more than the {MAX_KEY_BYTES} a key may have"),
+        ("\u00e9" * 480, f"is 960 bytes of UTF-8, more than the {MAX_KEY_BYTES}"),
+        ("d/" + "k" * 256, f"of 256 bytes of UTF-8, more than the {MAX_SEGMENT_BYTES}"),
     ],
 )
 def test_input_keys_stay_in_the_clients_storage(key: str, words: str) -> None:
@@ -532,9 +536,12 @@ def test_inputs_outputs_and_paths_are_bounded() -> None:
                     f"not {MAX_FILES + 1}")]
     inputs = [{"key": f"k{n}"} for n in range(MAX_FILES + 1)]
     assert fields_of(refusal(spec_with(inputs=inputs))) == ["inputs"]
-    long = "d/" * (MAX_PATH_CHARS // 2) + "x"
-    assert refusal(spec_with(outputs=[long])).errors == [
-        ("outputs.0", f"is {len(long)} characters, more than the {MAX_PATH_CHARS} allowed")]
+    long = "d/" * (MAX_PATH_BYTES // 2 + 1) + "x"
+    ((field, message),) = refusal(spec_with(outputs=[long])).errors
+    assert field == "outputs.0"
+    assert message.endswith(f"is {len(long)} bytes of UTF-8, more than the {MAX_PATH_BYTES} a "
+                            "path may have (an output's storage key, jobs/<job>/runs/<attempt>/"
+                            f"<path>, is at most {MAX_KEY_BYTES})")
     assert fields_of(refusal(spec_with(inputs=[{"key": "k", "name": long}]))) == [
         "inputs.0.name"]
     model = "H" * (MAX_LABEL_CHARS + 1)
@@ -553,3 +560,76 @@ def test_isolation_is_any_or_full(value: Any) -> None:
     assert fields_of(refusal(spec_with(resources={"isolation": value}))) == ["resources.isolation"]
     assert parse_job_spec(spec_with()).resources.isolation == "any"
     assert parse_job_spec(spec_with(resources={"isolation": "full"})).resources.isolation == "full"
+
+
+# Paths that become storage keys (the red team's "a long output path gives every run free")
+
+
+def test_every_output_a_spec_admits_has_a_key_storage_takes() -> None:
+    """The longest output path, each part as long as a file system allows, in 4-byte
+    characters: its key for any job and any attempt up to 10 digits is a key storage takes."""
+    from domain.outputs import output_key
+    from protocol.fields import check_storage_key
+
+    part = "\U0001d552" * (MAX_SEGMENT_BYTES // 4)  # 252 bytes
+    parts, size = [], -1
+    while size + 1 + len(part.encode()) <= MAX_PATH_BYTES:
+        parts.append(part)
+        size += 1 + len(part.encode())
+    path = "/".join(parts) + "/" + "x" * (MAX_PATH_BYTES - size - 1)
+    assert len(path.encode()) == MAX_PATH_BYTES
+    spec = parse_job_spec(spec_with(outputs=[path]))
+    key = output_key("0f8fad5b-d9cb-469f-a165-70867728950e", spec.outputs[0], 2**31 - 1)
+    assert check_storage_key(key) == key
+    assert len(f"{'c' * 64}/{key}".encode()) <= 1024  # S3's bound on the object's name
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "out/" + "/".join(["\U0001d552" * 63] * 15) + "/" + "\U0001d552" * 50,  # the red team's
+        "o" * 1000,
+        "o" * (MAX_PATH_BYTES + 1),
+        "\u00e9" * (MAX_PATH_BYTES // 2 + 1),
+        "out/" + "a" * (MAX_SEGMENT_BYTES + 1),
+        "\U0001d552" * 64,  # 256 bytes in one part
+    ],
+)
+def test_an_output_whose_key_storage_would_refuse_is_refused_at_submission(path: str) -> None:
+    ((field, message),) = refusal(spec_with(outputs=["ok.txt", path])).errors
+    assert field == "outputs.1"
+    assert f"more than the {MAX_PATH_BYTES} a path may have" in message or (
+        f"more than the {MAX_SEGMENT_BYTES} a file or folder name may have" in message)
+    assert len(message) < 400  # the path is shown cut short
+    ((field, _),) = refusal(spec_with(inputs=[{"key": "k", "name": path}])).errors
+    assert field == "inputs.0.name"
+    ((field, _),) = refusal(spec_with(outputs=[path]), parse_job_spec_file).errors
+    assert field == "outputs.0"
+
+
+def test_a_recorded_spec_reads_past_bounds_added_since() -> None:
+    """A job admitted before a bound (a longer output path, a key, a price as "1e3") still
+    reads as the network recorded it: only what is submitted is held to the new bounds."""
+    data = spec_with(outputs=["o" * 1000], inputs=[{"key": "k" * 1000, "name": "n" * 1000}],
+                     max_price_per_gpu_hour="1e1")
+    assert sorted(fields_of(refusal(data))) == ["inputs.0.key", "inputs.0.name",
+                                                "max_price_per_gpu_hour", "outputs.0"]
+    spec = JobSpec.recorded(data)
+    assert (spec.outputs, spec.max_price_micro) == (["o" * 1000], 10_000_000)
+    with pytest.raises(ValueError, match="leaves the job's directory"):  # the rest still holds
+        JobSpec.recorded(spec_with(outputs=["../x"]))
+
+
+@pytest.mark.parametrize("price", ["1_000", "\u0663", " 2.5 ", "2.5\n", "+2.5", ".5", "1e2"])
+def test_a_price_is_plain_digits(price: str) -> None:
+    ((field, message),) = refusal(spec_with(max_price_per_gpu_hour=price)).errors
+    assert field == "max_price_per_gpu_hour"
+    assert message.startswith(f"{price!r} is not a number of credits: write digits")
+
+
+@pytest.mark.parametrize(("price", "kept"), [(1e-05, "0.00001"), (100.0, "100"), (2.5, "2.5"),
+                                             ("2.50", "2.50"), (3, "3")])
+def test_a_price_given_as_a_number_is_kept_in_its_plain_form(price: Any, kept: str) -> None:
+    spec = parse_job_spec(spec_with(max_price_per_gpu_hour=price))
+    assert spec.max_price_per_gpu_hour == kept
+    assert parse_job_spec(spec.model_dump(mode="json")) == spec

@@ -429,6 +429,20 @@ def test_a_key_that_clashes_with_a_stored_folder_is_refused_by_name(
     assert not leftovers, leftovers
 
 
+def test_a_key_part_past_255_bytes_is_refused_by_name_not_a_500(
+    api: AsgiApi, mallory: tuple[str, str]
+) -> None:
+    """ENAMETOOLONG from the file system answered 500 until check_storage_key bounded each
+    part of a key (255 bytes of UTF-8) and the whole (959)."""
+    token, client_id = mallory
+    for key in ("a" * 300, "d/" + "\u00e9" * 200, "/".join(["k" * 250] * 4)):
+        r = api.request("PUT", f"/storage/{client_id}/{quote(key)}", token, content=b"x")
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"].startswith(f"key: {key[:40]!r}"), r.text
+        assert "bytes of UTF-8, more than the" in r.json()["detail"]
+        assert api.request("GET", f"/storage/{client_id}/{quote(key)}", token).status_code == 400
+
+
 def test_nothing_was_written_outside_the_client_spaces(
     api: AsgiApi, mallory: tuple[str, str]
 ) -> None:
