@@ -76,6 +76,7 @@ def test_the_defaults() -> None:
     assert defaults.sign_in_max_failures_per_address == 20
     assert defaults.max_subscriptions_per_account == 32
     assert defaults.max_live_jobs_per_client == 1000
+    assert defaults.max_submissions_per_client_per_minute == 600
     assert defaults.max_providers_per_account == 64
 
 
