@@ -151,20 +151,29 @@ def test_a_refused_upload_leaves_the_previous_object(store: ObjectStore, size: i
     assert leftovers(store) == []
 
 
-@pytest.mark.parametrize("key", ["../x", "/abs", "a/../b", "a//b", "a/./b"])
-def test_keys_leaving_the_client_space_are_refused(store: ObjectStore, key: str) -> None:
-    store.put(BOB, "x", [b"bob's"], None)
+def refusals_of(store: ObjectStore, key: str) -> list[str]:
+    """What put, stat, open and delete of `key` in ALICE's space answer: each a plain
+    StorageError (the message of each)."""
     attempts = {
         "put": lambda: store.put(ALICE, key, [b"data"], None),
         "stat": lambda: store.stat(ALICE, key),
         "open": lambda: store.open(ALICE, key),
         "delete": lambda: store.delete(ALICE, key),
     }
+    found = []
     for name, attempt in attempts.items():
         with pytest.raises(StorageError) as refused:
             attempt()
         assert type(refused.value) is StorageError, name
-        assert repr(key) in str(refused.value), name
+        found.append(str(refused.value))
+    return found
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a/../b", "a//b", "a/./b"])
+def test_keys_leaving_the_client_space_are_refused(store: ObjectStore, key: str) -> None:
+    store.put(BOB, "x", [b"bob's"], None)
+    for refusal in refusals_of(store, key):
+        assert repr(key) in refusal
     assert store.list(ALICE) == []
     assert read(store, BOB, "x") == b"bob's"
 
@@ -183,18 +192,8 @@ def test_a_key_past_the_bounds_is_refused_naming_it(
     """A part past a file system's 255 bytes answered 500 (ENAMETOOLONG) on the filesystem
     store; a key past S3's 1024 bytes (with `<client>/`) was S3's error: both are refused by
     name, on every backend, before any I/O."""
-    attempts = {
-        "put": lambda: store.put(ALICE, key, [b"data"], None),
-        "stat": lambda: store.stat(ALICE, key),
-        "open": lambda: store.open(ALICE, key),
-        "delete": lambda: store.delete(ALICE, key),
-    }
-    for name, attempt in attempts.items():
-        with pytest.raises(StorageError) as refused:
-            attempt()
-        assert type(refused.value) is StorageError, name
-        assert str(refused.value).startswith(f"key: {key[:40]!r}"), name
-        assert words in str(refused.value), name
+    for refusal in refusals_of(store, key):
+        assert refusal.startswith(f"key: {key[:40]!r}") and words in refusal, refusal
     assert store.list(ALICE) == []
 
 
