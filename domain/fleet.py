@@ -19,6 +19,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import Notification
 
+from domain.identity import client_id_of
 from domain.matching import Candidate
 from domain.node import Node
 from domain.provider import Provider
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 BATCH = 5000  # notifications read per query while catching up
 
 
-def candidate(p: Provider, online: bool) -> Candidate:
-    """What matching needs of a provider (domain/matching.py)."""
+def candidate(p: Provider, online: bool, own_client: str | None = None) -> Candidate:
+    """What matching needs of a provider (domain/matching.py); `own_client`: its owner's
+    client id, whose jobs' successes end no rest (domain/resting.py)."""
     return Candidate(
         provider_id=p.provider_id,
         price_per_gpu_hour_micro=p.price_per_gpu_hour_micro,
@@ -44,7 +46,8 @@ def candidate(p: Provider, online: bool) -> Candidate:
         suspended=tuple(p.suspended),
         degraded={int(i): why for i, why in p.degraded.items()},
         sandbox=getattr(p, "sandbox", ""),
-        streak=streak(p.outcomes, p.outcome_times),
+        streak=streak(p.outcomes, p.outcome_times, p.outcome_clients, p.outcome_spent,
+                      own_client),
     )
 
 
@@ -91,9 +94,17 @@ class FleetCopies:
         with self.lock:
             cached = self._candidates.get(p.provider_id)
             if cached is None or cached[0] != key:
-                cached = (key, candidate(p, online))
+                cached = (key, candidate(p, online, self.own_client(p)))
                 self._candidates[p.provider_id] = cached
             return cached[1]
+
+    def own_client(self, p: Provider) -> str | None:
+        """The client id of the provider's owner, looked up only for one that lost a run
+        (only its rest needs it); None where no account claimed it."""
+        if "lost" not in p.outcomes:
+            return None
+        owner = self.owners([p.provider_id])[p.provider_id]
+        return None if owner == p.provider_id else client_id_of(UUID(owner))
 
     def owners(self, provider_ids: list[str]) -> dict[str, str]:
         """Provider id -> owning account, itself where none claimed it (a claim never

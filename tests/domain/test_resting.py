@@ -14,10 +14,16 @@ from tests.domain.test_scheduling import REQ
 NOW = 1_000_000.0
 
 
-def provider(pid: str, price: int = PRICE, outcomes: tuple[tuple[str, float], ...] = ()
+ESTABLISHED = 10_000_000  # a client that paid 10 credits for verified work before
+
+
+def provider(pid: str, price: int = PRICE, outcomes: tuple[tuple[str, float], ...] = (),
+             client: str = "c-someone", spent: int = ESTABLISHED, own_client: str = "c-owner"
              ) -> Candidate:
-    return Candidate(pid, price, 0.5, True, [gpu(0)], [0],
-                     streak=streak([o for o, _ in outcomes], [at for _, at in outcomes]))
+    """A candidate whose outcomes were all on jobs of `client`, which had paid `spent`."""
+    return Candidate(pid, price, 0.5, True, [gpu(0)], [0], streak=streak(
+        [o for o, _ in outcomes], [at for _, at in outcomes], [client] * len(outcomes),
+        [spent] * len(outcomes), own_client))
 
 
 def one_job(job: str = "j") -> list[Waiting]:
@@ -67,6 +73,16 @@ def test_a_success_ends_the_streak() -> None:
 
     assert came_back.streak == (NOW - 10, ())
     assert placed([came_back, provider("honest")]) == "cheap"
+
+
+def test_a_success_on_the_owners_own_job_or_a_new_clients_ends_no_streak() -> None:
+    outcomes = (("lost", NOW - 30), ("success", NOW - 10))
+    own = provider("cheap", PRICE // 100, outcomes, client="c-owner")
+    new_client = provider("cheap", PRICE // 100, outcomes, spent=ESTABLISHED - 1)
+
+    for came_back in (own, new_client):
+        assert came_back.streak == (0.0, (NOW - 30,))
+        assert placed([came_back, provider("honest")]) == "honest"
 
 
 def test_an_owners_provider_ids_are_one_streak() -> None:
