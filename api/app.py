@@ -126,7 +126,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="GPGPU", lifespan=lifespan, telemetry=TELEMETRY)
     app.add_middleware(BodyLimit, max_request_bytes=settings.max_request_bytes,
                        max_object_bytes=settings.max_object_bytes)
-    app.add_middleware(SocketLimit, max_websockets=settings.max_websockets_per_process)
+    app.add_middleware(SocketLimit, max_websockets=settings.max_websockets_per_process,
+                       max_per_address=settings.max_websockets_per_address)
 
     async def get_context(connection: HTTPConnection) -> Context:
         """The caller named by `Authorization: Bearer`; a websocket may name it (again) in

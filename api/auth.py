@@ -183,27 +183,34 @@ class SignInThrottle:
 
 
 class SignUpThrottle:
-    """Sign-ups per source address in a sliding window (an hour): each costs a password
-    hash, and accounts are free, so one machine may open only so many. Counted in the
-    read-model database (table sign_ups) so that every API process agrees. One short
-    transaction: call it off the event loop."""
+    """Accounts made per source address in a sliding window (an hour): each costs a
+    password hash, and accounts are free, so one machine may open only so many. Counted in
+    the read-model database (table sign_ups) so that every API process agrees (two at one
+    moment may both pass the check). One short statement each: call them off the event
+    loop."""
 
     def __init__(self, db: ViewDB, per_address: int = 20, window_s: float = 3600.0,
                  clock: Callable[[], float] = time.time):
         self.db, self.per_address, self.window_s, self.clock = db, per_address, window_s, clock
 
-    def take(self, source: str, field: str = "email") -> None:
-        """Count one sign-up from `source`, or raise a Refusal saying when to try again."""
+    def check(self, source: str, field: str = "email") -> None:
+        """Raise a Refusal saying when to try again while `source` has signed up its most
+        accounts in the window."""
+        now = self.clock()
+        (row,) = self.db.query("SELECT COUNT(*) AS n, MIN(at) AS first FROM sign_ups"
+                               " WHERE source = ? AND at > ?", (source, now - self.window_s))
+        if row["n"] >= self.per_address:
+            wait = math.ceil(row["first"] + self.window_s - now)
+            raise Refusal(field, f"{row['n']} accounts signed up from your address in the "
+                          f"last {self.window_s / 3600:g} h; try again in {wait} s")
+
+    def signed_up(self, source: str) -> None:
+        """Count an account made from `source`. Only accounts made count: a refused sign-up
+        (a malformed email, one already registered, a short password) is refused before
+        any password is hashed, and must not lock out everyone behind one address."""
         now = self.clock()
         with self.db.transaction() as cur:  # everyone's old sign-ups go: the table stays small
             cur.execute("DELETE FROM sign_ups WHERE at <= ?", (now - self.window_s,))
-            (row,) = cur.all("SELECT COUNT(*) AS n, MIN(at) AS first FROM sign_ups"
-                             " WHERE source = ?", (source,))
-            n = row["n"]
-            if n >= self.per_address:
-                wait = math.ceil(row["first"] + self.window_s - now)
-                raise Refusal(field, f"{n} accounts signed up from your address in the last "
-                              f"{self.window_s / 3600:g} h; try again in {wait} s")
             cur.execute("INSERT INTO sign_ups (source, at) VALUES (?, ?)", (source, now))
 
 

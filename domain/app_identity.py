@@ -124,6 +124,8 @@ class Identity(Ownership):
         normal = normalise_email(email)
         check_password(password)
         chosen = check_roles(roles, SELF_SERVICE_ROLES)
+        if self._get_or_none(User.create_id(email=normal)) is not None:  # before the hash
+            raise IdentityError("email", "already registered")
         password_hash = self.passwords.hash(password)
 
         def attempt() -> tuple[Issued, list[Aggregate]]:

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     # websocket about 35 KiB: README, Performance) whoever opens them.
     max_subscriptions_per_process: int = Field(default=10_000, ge=1, le=1_000_000)
     max_websockets_per_process: int = Field(default=20_000, ge=1, le=1_000_000)
+    # ... of which one source address may hold (a NAT's many people; behind a proxy, the
+    # proxy's address: raise it there, and bound per address at the proxy).
+    max_websockets_per_address: int = Field(default=200, ge=1, le=1_000_000)
     # What a provider agent (and the SDK) sends as `Authorization: Bearer`: an API key.
     api_key: str | None = None
     # Set, GET /metrics wants `Authorization: Bearer <it>` (Prometheus: `authorization:`

@@ -145,10 +145,12 @@ class IdentityMutation:
         self, info: I, email: str, password: str, roles: list[str]
     ) -> SignUpResult:
         services = info.context.services
-        await asyncio.to_thread(services.sign_ups.take, _source_address(info), "")
+        source = _source_address(info)
+        await asyncio.to_thread(services.sign_ups.check, source, "")
         async with services.password_slots:
             issued = await run_command(services.identity.sign_up, email, password, roles,
                                        time.time(), services.settings.session_ttl_s)
+        await asyncio.to_thread(services.sign_ups.signed_up, source)
         return await _session(info, issued.token)
 
     @strawberry.mutation(description="Sign in: a session token for `Authorization: Bearer`",

@@ -36,6 +36,20 @@ def api_url(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> I
         yield settings.api_url
 
 
+@pytest.fixture(scope="module")
+def fresh_api_url(tmp_path_factory: pytest.TempPathFactory, temporal_server: str
+                  ) -> Iterator[str]:
+    """Another API with a count of its own (the tests above use up the first one's)."""
+    port = free_port()
+    settings = Settings(
+        home=Path(tmp_path_factory.mktemp("sign-ups-fresh")),
+        temporal_address=temporal_server, event_store="memory", api_port=port,
+        api_url=f"http://127.0.0.1:{port}", sign_ups_per_address=PER_ADDRESS,
+    )
+    with running_api(settings):
+        yield settings.api_url
+
+
 def sign_up(http: httpx.Client, email: str) -> dict[str, object]:
     r = http.post("/graphql", json={"query": SIGN_UP, "variables": {
         "e": email, "p": "a good password", "r": ["client"]}})
@@ -92,3 +106,19 @@ def test_password_hashing_runs_a_few_at_a_time_and_a_long_wait_is_refused() -> N
     assert 4 <= outcomes.count("hashed") <= 6, outcomes
     assert {o for o in outcomes if o != "hashed"} == {
         "busy: too many passwords are being checked right now; try again in 1 s"}, outcomes
+
+
+def test_refused_sign_ups_do_not_count(fresh_api_url: str) -> None:
+    """Only accounts made count: twenty refused tries (a malformed email, one already
+    registered) from an address shared by many (a NAT, a campus) lock no one out, and
+    none of them hashed a password."""
+    with httpx.Client(base_url=fresh_api_url, timeout=30) as http:
+        assert sign_up(http, "taken@test.example")["__typename"] == "Session"
+        for n in range(10):
+            bad = sign_up(http, f"not-an-email-{n}")
+            taken = sign_up(http, "taken@test.example")
+            assert bad["__typename"] == taken["__typename"] == "FieldError", (bad, taken)
+            assert taken["message"] == "already registered", taken
+        made = [sign_up(http, f"late-{n}@test.example") for n in range(PER_ADDRESS - 1)]
+        assert all(m["__typename"] == "Session" for m in made), made
+        assert sign_up(http, "one-too-many@test.example")["__typename"] == "FieldError"
