@@ -46,9 +46,12 @@ def read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
-def _acts(tmp_path: Path, disk_mb: int = 20 * 1024) -> GpuActivities:
-    return GpuActivities("p1", tmp_path / "scratch", ProcessRuntime(kill_grace_s=0.5),
-                         gpu_indexes=[0], disk_mb=disk_mb)
+def _acts(tmp_path: Path, disk_mb: int | None = None) -> GpuActivities:
+    acts = GpuActivities("p1", tmp_path / "scratch", ProcessRuntime(kill_grace_s=0.5),
+                         gpu_indexes=[0])
+    if disk_mb is not None:  # else JobLimits' default
+        acts.disk_mb = disk_mb
+    return acts
 
 
 def _output(storage: StorageServer, name: str, most: int | None = None) -> OutputTransfer:
