@@ -237,8 +237,10 @@ class ControlActivities:
         outputs = []
         for path in spec.outputs:
             key = output_key(req.job_id, path, req.attempt)
-            outputs.append(c.OutputTransfer(path, key, grants.put(key, OUTPUT_GRANT_BYTES,
-                                                                  once=True)))
+            # At most what one object may hold: the agent refuses a larger output from its
+            # size alone, before it reads it (worker_gpu/outputs.py).
+            most = min(OUTPUT_GRANT_BYTES, self.settings.max_object_bytes)
+            outputs.append(c.OutputTransfer(path, key, grants.put(key, most, once=True)))
         checkpoint = None
         if spec.verification.replicas == 1 and not job.manifests:
             # The job's one line of runs (not a check or a tie-break that follows it): it

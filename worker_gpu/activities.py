@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
-import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,10 +24,12 @@ import httpx
 from worker_gpu import checkpoint, context
 from worker_gpu.context import StepCancelled, StepFailed
 from worker_gpu.joblog import LogFollower, read_log_tail
+from worker_gpu.outputs import choose_outputs
 from worker_gpu.runtime import JobRuntime, ProgressFn, RunOutcome
 from worker_gpu.runtime_docker import WORKDIR as CONTAINER_WORKDIR
 from worker_gpu.runtime_docker import DockerRuntime, EngineUnavailable, ImageUnavailable
 from worker_gpu.runtime_process import ProcessRuntime
+from worker_gpu.sandbox import JobLimits
 from worker_gpu.ticker import Ticker
 from worker_gpu.transfer import (
     ChunkFn,
@@ -39,7 +39,6 @@ from worker_gpu.transfer import (
     already_present,
     digest_file,
     download_verified,
-    relative_path,
     ride_out,
     safe_path,
     tls,
@@ -112,6 +111,7 @@ class GpuActivities:
         memory_limit_mb: int | None = None,
         corrupt_outputs: bool = False,
         wrong_results: bool = False,
+        disk_mb: int = JobLimits.disk_mb,
     ) -> None:
         self.provider_id = provider_id
         self.scratch_root = scratch_root
@@ -120,6 +120,7 @@ class GpuActivities:
         self._memory_limit_mb = memory_limit_mb
         self.corrupt_outputs = corrupt_outputs
         self.wrong_results = wrong_results
+        self.disk_mb = disk_mb  # the job's disk allowance: its outputs' apparent sizes in all
         self._busy_lock = threading.Lock()
         self._busy: dict[int, int] = {}  # GPU index -> number of jobs holding it
 
@@ -332,8 +333,9 @@ class GpuActivities:
     def upload_outputs(self, request: UploadRequest) -> UploadResult:
         work = self.work_dir(request.job_id, request.attempt)
         manifest: list[ManifestEntry] = []
-        missing: list[str] = []
-        refused: dict[str, str] = {}
+        # Stat'ed and bounded before any is read (worker_gpu/outputs.py).
+        choice = choose_outputs(work, request.outputs, self.disk_mb * 2**20)
+        missing, refused = choice.missing, choice.refused
         progress = _Progress()
         with (
             httpx.Client(timeout=HTTP_TIMEOUT, verify=tls()) as client,
@@ -344,12 +346,9 @@ class GpuActivities:
                 progress.bytes += n
                 _raise_if_cancelled(ticker)
 
-            for output in request.outputs:
+            for chosen in choice.chosen:
+                output, path = chosen.output, chosen.path
                 progress.current = output.path
-                path = _produced_file(work, output.path)
-                if path is None:
-                    missing.append(output.path)
-                    continue
                 if self.wrong_results:  # a cheat that covers its tracks: storage will agree
                     with path.open("ab") as f:
                         f.write(b"\n0.4242 (not what the job computed)\n")
@@ -411,34 +410,3 @@ def _job_path(work: Path, name: str) -> Path:
         return safe_path(work, name)
     except UnsafePath as err:
         raise _non_retryable(str(err), "UnsafePathError") from None
-
-
-def _produced_file(work: Path, relative: str) -> Path | None:
-    """The output file the job produced, or None when it did not produce one of its own.
-
-    Only a regular file reached without any symlink and with no other name (st_nlink 1)
-    is uploaded: a job could leave a symlink to the provider's files, or a hard link to a
-    file it can read but does not own, as an "output". Those count as missing, and the
-    agent's log says why.
-    """
-    try:
-        parts = relative_path(relative).parts
-    except UnsafePath as err:
-        raise _non_retryable(str(err), "UnsafePathError") from None
-    path = work
-    for part in parts:
-        path = path / part
-        try:
-            mode = os.lstat(path)
-        except OSError:
-            return None
-        if stat.S_ISLNK(mode.st_mode):
-            log.warning("output %r: %s is a symlink; treated as missing", relative, path)
-            return None
-    if not stat.S_ISREG(mode.st_mode):
-        return None
-    if mode.st_nlink != 1:
-        log.warning("output %r has %d names (a hard link); treated as missing", relative,
-                    mode.st_nlink)  # fmt: skip
-        return None
-    return path

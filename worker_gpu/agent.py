@@ -183,6 +183,7 @@ async def serve(config: AgentConfig, settings: Settings) -> int:
         gpu_indexes=[g.index for g in gpus],
         corrupt_outputs=config.corrupt_outputs,
         wrong_results=config.wrong_results,
+        disk_mb=config.job_disk_mb,
     )
     if config.corrupt_outputs:
         say("WARNING: --corrupt-outputs: this provider reports wrong output digests (test only)")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 from temporalio.workflow import ActivityCancellationType
 
 import workflows.contracts as c
@@ -81,23 +81,52 @@ class AllProvidersLost(Exception):
     pass
 
 
+class OutputsOverran(AllProvidersLost):
+    """A run's upload step ran past its limit while its provider kept heartbeating: the
+    job's outputs are more than a run can move in TRANSFER_S. No provider is blamed and the
+    run is not tried elsewhere (the next would take as long): the job fails, refunded."""
+
+
 class Unplaced(Exception):
     """A bounded run found no GPUs in time (recorded on the job: CheckSkipped, RunUnplaced)."""
 
 
+# Temporal's timeouts that say the provider is gone: nothing heartbeat the step for longer
+# than its heartbeat timeout, or no one started it. A step that ran past its start-to-close
+# limit while its provider kept heartbeating is no loss (`overran`).
+LOSS_TIMEOUTS = (TimeoutType.HEARTBEAT, TimeoutType.SCHEDULE_TO_START)
+
+
+def _causes(err: ActivityError) -> list[BaseException]:
+    found: list[BaseException] = []
+    cause: BaseException | None = err.cause
+    while cause is not None and len(found) < 16:
+        found.append(cause)
+        cause = cause.__cause__
+    return found
+
+
 def is_provider_loss(err: ActivityError) -> bool:
     """A GPU step's provider stopped answering: the control plane found it silent while the
-    network could hear it, or it never picked its assignment up; or the step timed out in
-    Temporal (the backstop, past the outage grace)."""
-    cause: BaseException | None = err.cause
-    while cause is not None:
-        if isinstance(cause, TimeoutError):
+    network could hear it, or it never picked its assignment up; or Temporal found its step
+    unheard past the heartbeat timeout (the backstop, past the outage grace) or never
+    started. Not a step that ran past its start-to-close limit while heartbeating
+    (`overran`): that is the step's length, not the provider's silence."""
+    for cause in _causes(err):
+        if isinstance(cause, TimeoutError) and cause.type in LOSS_TIMEOUTS:
             return True
         if isinstance(cause, ApplicationError) and cause.type in (c.NOT_PICKED_UP,
                                                                   c.PROVIDER_SILENT):
             return True
-        cause = cause.__cause__
     return False
+
+
+def overran(err: ActivityError) -> bool:
+    """A GPU step that its provider kept heartbeating ran past its start-to-close limit (an
+    upload of outputs too large to move in the step's time, say); not a loss."""
+    return not is_provider_loss(err) and any(
+        isinstance(cause, TimeoutError) and cause.type == TimeoutType.START_TO_CLOSE
+        for cause in _causes(err))
 
 
 async def gpu_step(

@@ -65,6 +65,9 @@ class StubNetwork:
     silent_at: dict[str, str] = field(default_factory=dict)
     silenced_at: dict[str, str] = field(default_factory=dict)
     unpicked_at: dict[str, str] = field(default_factory=dict)
+    # A provider that keeps heartbeating this GPU step and never ends it: Temporal times it
+    # out at its start-to-close limit.
+    slow_at: dict[str, str] = field(default_factory=dict)
     refuses: dict[str, tuple[str, str]] = field(default_factory=dict)  # pid: (step, type)
     # The control plane refuses this GPU step of the provider's attempt once, as one a reset's
     # new run can neither run again nor take over (AttemptSpent).
@@ -296,6 +299,10 @@ class StubNetwork:
                                    type=c.PROVIDER_SILENT, non_retryable=True)
         if self.silent_at.get(provider_id) == name:
             await asyncio.sleep(3600)  # no heartbeat: Temporal times the step out
+        if self.slow_at.get(provider_id) == name:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(0.2)
         if self.spent_at.get(provider_id) == name:
             del self.spent_at[provider_id]
             raise ApplicationError(f"{provider_id}'s attempt cannot be taken over",
