@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         StepIds,
         gpu_step,
         is_provider_loss,
+        overran,
     )
     from workflows.steps import reason as error_reason
 
@@ -141,7 +142,9 @@ class CanaryWorkflow:
         except ActivityError as err:
             if is_cancelled_exception(err):
                 raise
-            if is_provider_loss(err):
+            # A canary is small and the network's own: a step past its time limit while
+            # heartbeating is the provider stalling it (no job of a client's to blame).
+            if is_provider_loss(err) or overran(err):
                 reason = f"{pid} stopped answering during {self._step}"
                 await self._control(
                     c.MARK_PROVIDER_LOST, c.ProviderLost(job_id, ATTEMPT, pid, reason)

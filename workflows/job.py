@@ -10,9 +10,10 @@ and only once (runs_.lost_once), waiting at most GPGPU_REPLICA_WAIT_S (then FAIL
 refunded); the next attempt starts from the checkpoint
 the job last wrote on a provider of the same owner, if any (worker_gpu/checkpoint.py).
 A provider that fails its step with an error of its own is treated alike (RunFailed),
-and blamed (`failure`) once another provider got through. An upload that runs past
-its limit while its provider still answers is the job's outputs' doing: the job fails,
-refunded, no provider blamed nor tried after it (steps.OutputsOverran). A run that
+and blamed (`failure`) once another provider got through; so is a step that ran past
+its start-to-close limit while its provider still answered (steps.overran: a provider
+that heartbeats and never finishes is no lost provider, nor a blameless one; outputs too
+large for anyone to move in time blame none, as no other gets through either). A run that
 timed out with no output, unchecked, is charged but not paid to its provider (`timeout`);
 a run whose command failed, or exited 0 with outputs missing, is always checked, and
 unless another run reproduces it is charged but not paid, and changes no reputation.
@@ -55,7 +56,6 @@ with workflow.unsafe.imports_passed_through():
         QUEUE_RETRY,
         TRANSFER_S,
         AllProvidersLost,
-        OutputsOverran,
         ProviderFailed,
         ProviderLostError,
         Unplaced,
@@ -143,11 +143,10 @@ class JobWorkflow(JobVerification, JobEndings):
         except ActivityError as err:
             if st.is_provider_loss(err):
                 raise ProviderLostError(f"{provider_id} stopped answering during {name}") from err
-            if name == c.UPLOAD_OUTPUTS and st.overran(err):
-                raise OutputsOverran(
-                    f"the job's outputs could not be uploaded within the upload step's "
-                    f"{TRANSFER_S:.0f} s (its provider {provider_id} was still answering)"
-                ) from err
+            if st.overran(err):
+                raise ProviderFailed(
+                    f"{provider_id} did not finish its {name} step within its time limit "
+                    "(still answering)") from err
             if (is_cancelled_exception(err) or st.cancel_requested() or st.ended(inp, err)
                     or st.spent(err)):
                 raise
@@ -309,15 +308,6 @@ class JobWorkflow(JobVerification, JobEndings):
                 self._lost.append(alloc.provider_id)
                 losses.append((attempt, alloc.provider_id, str(lost)))
                 continue
-            except OutputsOverran as overran:
-                # The job's outputs, not its provider: nobody is blamed, and no other
-                # provider is tied up as long again for the same outputs.
-                await self._control(
-                    c.RECORD_RUN_FAILED,
-                    c.RunFailed(inp.job_id, attempt, alloc.provider_id, str(overran)),
-                )
-                self._runs.remove(run)
-                raise
             except ProviderFailed as failed:
                 await self._control(
                     c.RECORD_RUN_FAILED,

@@ -81,12 +81,6 @@ class AllProvidersLost(Exception):
     pass
 
 
-class OutputsOverran(AllProvidersLost):
-    """A run's upload step ran past its limit while its provider kept heartbeating: the
-    job's outputs are more than a run can move in TRANSFER_S. No provider is blamed and the
-    run is not tried elsewhere (the next would take as long): the job fails, refunded."""
-
-
 class Unplaced(Exception):
     """A bounded run found no GPUs in time (recorded on the job: CheckSkipped, RunUnplaced)."""
 
@@ -122,8 +116,10 @@ def is_provider_loss(err: ActivityError) -> bool:
 
 
 def overran(err: ActivityError) -> bool:
-    """A GPU step that its provider kept heartbeating ran past its start-to-close limit (an
-    upload of outputs too large to move in the step's time, say); not a loss."""
+    """A GPU step that its provider kept heartbeating ran past its start-to-close limit:
+    not a loss, the provider's own failure (workflows/job.py: blamed once another provider
+    got through; the agent bounds what it uploads by the job's disk allowance, so an
+    honest upload fits the step's time on any link of a few MB/s)."""
     return not is_provider_loss(err) and any(
         isinstance(cause, TimeoutError) and cause.type == TimeoutType.START_TO_CLOSE
         for cause in _causes(err))
