@@ -68,8 +68,8 @@ def choose_outputs(work: Path, outputs: list[OutputTransfer], total_bytes: int) 
         limit = grant_limit(output.url)
         why = ""
         if limit is not None and size > limit:
-            why = (f"output is {size} bytes, more than the {limit} one object may hold; "
-                   f"not read")
+            why = (f"output is {size} bytes, larger than {limit} bytes (the most one "
+                   "object may hold); not read")
         elif used + size > total_bytes:
             why = (f"output is {size} bytes and the outputs before it {used}: past the "
                    f"job's disk allowance of {total_bytes} bytes for its outputs in all; "

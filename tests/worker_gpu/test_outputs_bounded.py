@@ -83,7 +83,8 @@ def test_a_sparse_output_past_the_object_limit_is_refused_unread(
     assert [e.path for e in result.manifest] == ["small.txt"]
     assert result.missing == ["huge.bin"]
     assert result.refused["huge.bin"].startswith(
-        f"output is {5 * GIB} bytes, more than the {4 * GIB} one object may hold")
+        f"output is {5 * GIB} bytes, larger than {4 * GIB} bytes (the most one object may "
+        "hold)")
     assert [p.name for p in storage.puts] == ["small.txt"]
 
 
