@@ -20,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.services import Services
 from domain.errors import DomainError
+from domain.ledger import client_account
 from domain.node import split_queue
 from domain.states import JOB_STATES, TERMINAL_STATES
 from infra.job_env import seal_env
@@ -81,33 +82,38 @@ async def check_affordable(services: Services, client_id: str, spec: JobSpec) ->
     Admission checks the balance again when it takes the escrow: another job may spend it
     in between."""
     held = spec.max_cost_micro
-    available = await asyncio.to_thread(services.network.available_micro, client_id,
-                                         services.settings.starting_balance_micro)
+    most = services.settings.max_live_jobs_per_client
+    rate = services.settings.max_submissions_per_client_per_minute
+    since = datetime.fromtimestamp(time.time() - 60, UTC).isoformat()
+    # One statement on the read model, which every API process shares: the client's
+    # balance (one indexed row), its live jobs (index jobs_client_state: the live rows
+    # only, however many jobs it ran before) and those of the last minute (index
+    # jobs_client), each counted no further than its cap.
+    (row,) = await services.query(
+        "SELECT (SELECT balance_micro FROM accounts WHERE name = ?) AS balance,"
+        " (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE client_id = ? AND state IN"
+        f" ({', '.join('?' * len(LIVE_STATES))}) LIMIT ?) AS live) AS live,"
+        " (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE client_id = ? AND submitted_at > ?"
+        " LIMIT ?) AS recent) AS recent",
+        (client_account(client_id), client_id, *LIVE_STATES, most, client_id, since, rate))
+    # Where the read model's balance does not cover the job (or lags behind a grant), the
+    # ledger's own account decides, exactly (it loads every transfer the account ever
+    # posted: the slow way, for refusals only).
+    available = held
+    if row["balance"] is None or int(row["balance"]) < held:
+        available = await asyncio.to_thread(services.network.available_micro, client_id,
+                                             services.settings.starting_balance_micro)
     if held > available:
         runs = spec.verification.runs
         each = f", for each of its {runs} runs" if runs > 1 else ""
         raise SpecError([("balance", f"the job holds up to {held} micro-credits in escrow "
                           f"until it settles (its GPUs for its whole timeout at its max "
                           f"price{each}); your balance is {available} micro-credits")])
-    most = services.settings.max_live_jobs_per_client
-    # Counted from the read model, which every API process shares (index jobs_client_state:
-    # the client's live rows only, however many jobs it ran before), and no further than
-    # the cap.
-    rows = await services.query(
-        f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs WHERE client_id = ? AND state IN"
-        f" ({', '.join('?' * len(LIVE_STATES))}) LIMIT ?) AS live",
-        (client_id, *LIVE_STATES, most),
-    )
-    if rows[0]["n"] >= most:
+    if row["live"] >= most:
         raise SpecError([("jobs", f"at most {most} live jobs per client; wait for some to end")])
-    # And how fast: a job submitted and cancelled at once is refunded in full, yet each one
-    # is recorded and starts a workflow (index jobs_client: the last minute's rows only).
-    rate = services.settings.max_submissions_per_client_per_minute
-    since = datetime.fromtimestamp(time.time() - 60, UTC).isoformat()
-    rows = await services.query(
-        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs WHERE client_id = ? AND submitted_at > ?"
-        " LIMIT ?) AS recent", (client_id, since, rate))
-    if rows[0]["n"] >= rate:
+    # A job submitted and cancelled at once is refunded in full, yet each one is recorded
+    # and starts a workflow: the rate bounds that loop.
+    if row["recent"] >= rate:
         raise SpecError([("jobs", f"at most {rate} jobs a minute per client; try again in a "
                           "few seconds")])
 
