@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ from workflows.contracts import (
 
 def b3(data: bytes) -> str:
     return digest.of_bytes(data)
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[StorageServer]:
-    (tmp_path / "store").mkdir()
-    (tmp_path / "uploaded").mkdir()
-    with StorageServer(tmp_path / "store", tmp_path / "uploaded") as server:
-        yield server
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,6 @@ from worker_gpu.runtime_process import ProcessRuntime
 from workflows.contracts import OutputTransfer, UploadRequest
 
 GIB = 1 << 30
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[StorageServer]:
-    (tmp_path / "store").mkdir()
-    (tmp_path / "uploaded").mkdir()
-    with StorageServer(tmp_path / "store", tmp_path / "uploaded") as server:
-        yield server
 
 
 @pytest.fixture
