@@ -88,3 +88,6 @@ WEIGHTS: dict[tuple[str, str], int] = {
     ("Job", "expectedStart"): QUERY,
 }
 FIRST_OF_LIST = {("QueuedJob", "waitingFor")}
+# A type whose list field takes its bound from the field that returned the type (by name:
+# `providerEarnings(limit)` bounds its `entries`), looked up once per field measured.
+BOUND_BY_PARENT: dict[str, Rows] = {t: r for (t, _), r in ROWS.items() if r.of_parent}

@@ -50,7 +50,7 @@ from strawberry.extensions import (
     ValidationCache,
 )
 
-from api.cost import FIRST_OF_LIST, ROWS, WAITING_REASONS_SHOWN, WEIGHTS, Rows
+from api.cost import BOUND_BY_PARENT, FIRST_OF_LIST, ROWS, WAITING_REASONS_SHOWN, WEIGHTS, Rows
 
 MAX_DEPTH = 10
 MAX_TOKENS = 2_000
@@ -131,8 +131,7 @@ class _Measure:
         definition = parent.fields.get(name) if parent else None
         returns = definition.type if definition else None
         child = self.type_named(get_named_type(returns).name) if returns else None
-        inherited = next((r for (t, _), r in ROWS.items()
-                          if child is not None and t == child.name and r.of_parent), None)
+        inherited = BOUND_BY_PARENT.get(child.name) if child is not None else None
         inner = self.selection_set(node.selection_set, child,
                                    self.argument(node, inherited) if inherited else 0)
         size, rows = 1, ROWS.get(key)
