@@ -314,29 +314,27 @@ class Jobs(Base):
 
         return self._save_retrying(attempt)
 
-    def verified_spend_before(self, job: Job) -> int:
-        """What the job's client had paid for verified work on its other jobs, as its
-        ledger account has it now (domain/ledger.py: `JobSettled.charged_micro` of each job
-        whose verdict was a verified success): this job's own charge left out, and at most
-        MAX_SPENT_MICRO. Deposits and grants are not in it."""
+    def client_standing(self, job: Job) -> tuple[Account | None, int, int]:
+        """The job's client's ledger account (None before it has one), what the client had
+        paid for verified work on its other jobs (domain/ledger.py: `JobSettled.charged_micro`
+        of each job whose verdict was a verified success; this job's own charge left out;
+        deposits and grants are not in it; at most MAX_SPENT_MICRO), and how many `outvoted`
+        outcomes its jobs had caused so far, against any provider (`Account.outvotes_caused`,
+        at most MAX_OUTVOTES): read from one load of the account."""
         account = self._get_or_none(Account.create_id(name=client_account(job.client_id)))
-        total = 0 if account is None else int(account.verified_spent_micro)
-        return max(0, min(total - job.verified_charge_micro, MAX_SPENT_MICRO))
-
-    def outvotes_before(self, job: Job) -> int:
-        """How many `outvoted` outcomes the job's client's jobs had caused, against any
-        provider, as its ledger account has counted them so far (`Account.outvotes_caused`),
-        at most MAX_OUTVOTES."""
-        account = self._get_or_none(Account.create_id(name=client_account(job.client_id)))
-        return 0 if account is None else min(int(account.outvotes_caused), MAX_OUTVOTES)
+        if account is None:
+            return None, 0, 0
+        spent = int(account.verified_spent_micro) - job.verified_charge_micro
+        return (account, max(0, min(spent, MAX_SPENT_MICRO)),
+                min(int(account.outvotes_caused), MAX_OUTVOTES))
 
     def record_reputation(self, job_id: str, provider_id: str, outcome: str) -> None:
         """`job_id` is the outcome's key: the job's id, or `<job id>#<attempt>` for one of
         several runs; the job's own stream shows it too (ReputationRecorded). The outcome
         names the job's client, as the job has it (never as a provider says), what that
-        client had paid for verified work before (`verified_spend_before`) and how many
-        `outvoted` outcomes its jobs had caused before (`outvotes_before`), both from its
-        ledger account, never as anyone says: an `outvoted` counts in the score only once
+        client had paid for verified work before and how many `outvoted` outcomes its jobs
+        had caused before (`client_standing`), both from its ledger account, never as
+        anyone says: an `outvoted` counts in the score only once
         several clients that each paid enough outvoted the provider, and each `outvoted` a
         client caused raises what its next one needs (domain/reputation.py). An `outvoted`
         is counted on the client's account in the same transaction as the outcome, and only
@@ -348,14 +346,14 @@ class Jobs(Base):
             if job is None:
                 provider.record_outcome(job_id, outcome)
                 return None, [provider]
+            account, spent, outvotes = self.client_standing(job)
             recorded = provider.record_outcome(
-                job_id, outcome, client_id=job.client_id,
-                client_spent_micro=self.verified_spend_before(job),
-                client_outvotes_before=self.outvotes_before(job))
+                job_id, outcome, client_id=job.client_id, client_spent_micro=spent,
+                client_outvotes_before=outvotes)
             job.note_reputation(provider_id, job_id, outcome)
             if not (recorded and outcome == OUTVOTED and job.client_id):
                 return None, [provider, job]
-            client = self.account(client_account(job.client_id))
+            client = account or self.account(client_account(job.client_id))
             client.note_outvoted(job_id, provider_id)
             return None, [provider, job, client]
 

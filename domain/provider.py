@@ -71,7 +71,7 @@ class Provider(Aggregate):
         for the outcome of a job the network does not know). Version 4 added
         `client_spent_micro`: what that client had paid for verified work before this job,
         as the control plane has it from the client's ledger account (domain/app_jobs.py
-        `verified_spend_before`; 0 where there is no client), never from a provider or a
+        `client_standing`; 0 where there is no client), never from a provider or a
         client: an `outvoted` counts only from a client that paid enough
         (domain/reputation.py). Version 5 added `client_outvotes_before`: how many `outvoted`
         outcomes that client's jobs had caused before this one, against any provider, as the

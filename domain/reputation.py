@@ -34,7 +34,7 @@ counts in the score only where several clients say the same (`counted_outvoted`)
   client's verified spend as the control plane had it when it recorded the outcome
   (`ReputationRecorded.client_spent_micro`, the sum of what the client was charged,
   `JobSettled.charged_micro`, for its other jobs whose verdict was a verified
-  success: domain/app_jobs.py `verified_spend_before`), and how many `outvoted`
+  success: domain/app_jobs.py `client_standing`), and how many `outvoted`
   outcomes its jobs had caused before (`ReputationRecorded.client_outvotes_before`,
   counted on its ledger account with each `outvoted` recorded: domain/ledger.py
   `Account.outvotes_caused`). An `outvoted` of a client that paid less is no
