@@ -56,12 +56,17 @@ class Ownership(Base):
     def same_owner(self, provider_ids: set[str]) -> set[str]:
         """These providers and every other provider of their owners' accounts: a job's check
         runs are on providers of distinct owners, or one owner could agree with itself."""
-        found = set(provider_ids)
-        owners = {self.owner_of("provider", pid) for pid in provider_ids}
-        for owner in owners - {None}:
-            user = self.user(str(owner))
-            if user is not None:
-                found.update(user.provider_ids)
+        return set(self.with_mates({pid: self.owner_of("provider", pid) or pid
+                                    for pid in provider_ids}))
+
+    def with_mates(self, owners: dict[str, str]) -> dict[str, str]:
+        """`owners` (provider id -> the user id owning it, itself where none claimed it),
+        with every other provider of those owners' accounts."""
+        found = dict(owners)
+        for owner in {owner for pid, owner in owners.items() if owner != pid}:  # claimed
+            user = self.user(owner)
+            for mate in user.provider_ids if user is not None else ():
+                found[mate] = owner
         return found
 
     def owner_of(self, kind: str, key: str) -> str | None:

@@ -227,11 +227,8 @@ class Market(Ownership):
         req, candidates, node = self._fleet_of(spec, online)
         # Only an owner with a loss can rest: the owners of the providers that lost a run,
         # and their other providers (a node's whole fleet would be a load each).
-        owners = self._copies().owners([c.provider_id for c in candidates if c.streak[1]])
-        for owner in {owner for pid, owner in owners.items() if owner != pid}:  # claimed
-            user = self.user(owner)
-            for mate in user.provider_ids if user is not None else ():
-                owners[mate] = owner
+        owners = self.with_mates(
+            self._copies().owners([c.provider_id for c in candidates if c.streak[1]]))
         return explain(req, candidates, set(), node.region,
                        resting(candidates, owners, time.time()))
 
