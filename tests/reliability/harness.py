@@ -42,6 +42,16 @@ TERMINAL = ("JobSucceeded", "JobFailed", "JobCancelled", "JobRejected")
 # Processes
 
 
+def _parent_and_group(pid: int) -> tuple[int, int] | None:
+    """(parent pid, process group) of `pid` from one read of /proc/<pid>/stat, or None when
+    it is gone. "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @dataclass
 class Proc:
     """One child process that can be killed and started again with the same arguments."""
@@ -77,17 +87,9 @@ class Proc:
         """The pids of its child processes now (a provider's: the jobs it runs)."""
         if not self.alive():
             return []
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-            if ppid == self.pid:
-                found.append(int(entry.name))
-        return found
+        return [pid for pid in (int(e.name) for e in Path("/proc").iterdir()
+                                if e.name.isdigit())
+                if (found := _parent_and_group(pid)) is not None and found[0] == self.pid]
 
     def kill9(self) -> None:
         """SIGKILL the process and everything it started, as a machine that dies: its own
@@ -96,9 +98,17 @@ class Proc:
             return
         groups = {self.proc.pid}
         for child in self.children():
-            with contextlib.suppress(ProcessLookupError):
-                groups.add(os.getpgid(child))
+            # Its group as the same read of the child shows it, then only while that group's
+            # leader is still a child of this process: a child that ended meanwhile may have
+            # its pid taken by another process, as the leader of a group of its own (another
+            # provider's job; a CI-try lost one so when the control worker was killed).
+            found = _parent_and_group(child)
+            if found is not None and found[0] == self.pid:
+                groups.add(found[1])
         for group in groups:
+            leader = _parent_and_group(group)
+            if group != self.proc.pid and (leader is None or leader[0] != self.pid):
+                continue
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
         self.proc.wait()
